@@ -1,0 +1,103 @@
+"""The ``Bracket`` data contract: N exposures of one scene plus their metadata.
+
+Every bracket source (synthetic camera, image folder, V4L2, picamera2) produces
+a ``Bracket``; alignment and merging consume it. Frames are stacked in one
+``(N, H, W, 3)`` array so the merge kernel reads them without a copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Bracket", "as_frame_stack"]
+
+
+def as_frame_stack(frames, *, name: str = "frames") -> np.ndarray:
+    """Return ``frames`` as one contiguous ``(N, H, W, 3)`` uint8/uint16 array.
+
+    Raises ``ValueError`` naming the offending frame when sizes, channel counts
+    or dtypes differ.
+    """
+    if isinstance(frames, np.ndarray):
+        stack = frames
+        if stack.ndim != 4 or stack.shape[-1] != 3:
+            raise ValueError(f"{name}: expected an (N, H, W, 3) array, got shape {stack.shape}")
+    else:
+        frames = list(frames)
+        if not frames:
+            raise ValueError(f"{name}: no frames given")
+        first = np.asarray(frames[0])
+        for i, frame in enumerate(frames):
+            frame = np.asarray(frame)
+            if frame.ndim != 3 or frame.shape[-1] != 3:
+                raise ValueError(f"{name}[{i}]: expected an HxWx3 RGB frame, got shape {frame.shape}")
+            if frame.shape != first.shape:
+                raise ValueError(
+                    f"{name}[{i}]: size {frame.shape[1]}x{frame.shape[0]} differs from "
+                    f"{name}[0] ({first.shape[1]}x{first.shape[0]}); all frames of a bracket must match"
+                )
+            if frame.dtype != first.dtype:
+                raise ValueError(f"{name}[{i}]: dtype {frame.dtype} differs from {name}[0] ({first.dtype})")
+        stack = np.stack(frames)
+    if stack.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{name}: frames must be uint8 or uint16 code values, got {stack.dtype}")
+    return np.ascontiguousarray(stack)
+
+
+@dataclass
+class Bracket:
+    """N frames of one scene with their exposure metadata.
+
+    Attributes
+    ----------
+    frames : ndarray, (N, H, W, 3) uint8 or uint16
+        Code values in RGB order.
+    exposure_s : ndarray, (N,) float64
+        Exposure time of each frame in seconds.
+    gain : ndarray, (N,) float64
+        Linear analogue gain (ISO / 100 for a camera at base ISO 100).
+    bits : int
+        Significant bits per code value (8 for uint8; 10, 12 or 16 for uint16).
+    timestamp_ns : ndarray, (N,) int64
+        Capture time of each frame (monotonic clock).
+    sequence : int
+        Bracket sequence id from its source.
+    """
+
+    frames: np.ndarray
+    exposure_s: np.ndarray
+    gain: np.ndarray | None = None
+    bits: int | None = None
+    timestamp_ns: np.ndarray | None = None
+    sequence: int = 0
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.frames = as_frame_stack(self.frames)
+        n = self.frames.shape[0]
+        self.exposure_s = np.asarray(self.exposure_s, dtype=np.float64).reshape(-1)
+        if self.exposure_s.shape != (n,):
+            raise ValueError(f"Bracket: {n} frames but {self.exposure_s.size} exposure times")
+        if not np.all(np.isfinite(self.exposure_s)) or np.any(self.exposure_s <= 0):
+            raise ValueError(f"Bracket: exposure_s must be positive and finite, got {self.exposure_s.tolist()}")
+        self.gain = np.ones(n) if self.gain is None else np.asarray(self.gain, dtype=np.float64).reshape(-1)
+        if self.gain.shape != (n,) or np.any(self.gain <= 0):
+            raise ValueError(f"Bracket: gain must hold {n} positive values, got {np.asarray(self.gain).tolist()}")
+        if self.bits is None:
+            self.bits = 8 if self.frames.dtype == np.uint8 else 16
+        if not (1 <= self.bits <= 16) or (self.frames.dtype == np.uint8 and self.bits > 8):
+            raise ValueError(f"Bracket: bits={self.bits} does not fit dtype {self.frames.dtype}")
+        if self.timestamp_ns is None:
+            self.timestamp_ns = np.zeros(n, dtype=np.int64)
+        self.timestamp_ns = np.asarray(self.timestamp_ns, dtype=np.int64).reshape(-1)
+
+    @property
+    def relative_exposure(self) -> np.ndarray:
+        """Exposure time times gain: what scales scene radiance to sensor signal."""
+        return self.exposure_s * self.gain
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]

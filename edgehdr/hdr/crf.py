@@ -1,0 +1,418 @@
+"""Camera response functions (CRF): standard curves, Debevec–Malik calibration, JSON.
+
+The merge needs the *inverse* response ``f^-1``: code value -> relative linear
+exposure. ``CameraResponse`` stores it as a per-channel LUT over all code values
+(the ``CameraResponse`` data contract: float32, shape (C, K)). Standard curves
+are analytic (``ResponseCurve``) and also drive the synthetic camera; unknown
+cameras are calibrated from a bracket with Debevec & Malik (1997).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgehdr.bracket import as_frame_stack
+from edgehdr.hdr.weights import weight_lut
+from edgehdr.io.atomic import write_text_atomic
+
+__all__ = [
+    "ResponseCurve",
+    "CameraResponse",
+    "standard_response",
+    "calibrate_debevec",
+    "select_calibration_samples",
+    "STANDARD_CURVES",
+]
+
+STANDARD_CURVES = ("linear", "gamma2.2", "srgb", "s-curve")
+
+
+def _srgb_encode(x):
+    x = np.clip(x, 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+
+
+def _srgb_decode(y):
+    y = np.clip(y, 0.0, 1.0)
+    return np.where(y <= 0.04045, y / 12.92, np.power((y + 0.055) / 1.055, 2.4))
+
+
+@dataclass(frozen=True)
+class ResponseCurve:
+    """An analytic camera response ``y = f(x)`` on [0, 1] -> [0, 1], with its inverse.
+
+    Kinds
+    -----
+    linear
+        ``y = x``.
+    gamma
+        ``y = x^(1/gamma)`` (``gamma2.2`` is the usual display-matched encoding).
+    srgb
+        The IEC 61966-2-1 transfer function.
+    s-curve
+        A film-like characteristic curve: a display gamma of 2.2 followed by a
+        sigmoid in log exposure (Naka–Rushton form) ``u^n (1 + p^n) / (u^n + p^n)``
+        with ``u = x^(1/2.2)``, ``n`` = ``contrast`` and ``p`` = ``pivot``. This is
+        the shape of in-camera "picture style" tone curves on top of gamma encoding
+        (cf. the measured curves of Grossberg & Nayar's DoRF database). ``contrast``
+        in [0.6, 2.5] and ``pivot`` in [0.1, 1] span gentle to punchy curves.
+    """
+
+    kind: str = "srgb"
+    gamma: float = 2.2
+    contrast: float = 1.4
+    pivot: float = 0.45
+
+    def __post_init__(self):
+        if self.kind not in ("linear", "gamma", "srgb", "s-curve"):
+            raise ValueError(f"unknown response kind {self.kind!r}; use linear, gamma, srgb or s-curve")
+        if self.gamma <= 0 or self.contrast <= 0 or self.pivot <= 0:
+            raise ValueError("gamma, contrast and pivot must be positive")
+
+    @classmethod
+    def parse(cls, text: str) -> "ResponseCurve":
+        """Parse ``linear``, ``srgb``, ``gamma2.2`` / ``gamma:2.4``, ``s-curve[:contrast:pivot]``."""
+        t = text.strip().lower()
+        if t in ("linear", "srgb"):
+            return cls(kind=t)
+        if t.startswith("gamma"):
+            value = t[5:].lstrip(":=") or "2.2"
+            try:
+                return cls(kind="gamma", gamma=float(value))
+            except ValueError:
+                raise ValueError(f"bad gamma in response {text!r}; write e.g. gamma2.2") from None
+        if t.startswith("s-curve"):
+            parts = [p for p in t[7:].split(":") if p]
+            try:
+                values = [float(p) for p in parts]
+            except ValueError:
+                raise ValueError(f"bad s-curve parameters in {text!r}; write s-curve:CONTRAST:PIVOT") from None
+            if len(values) > 2:
+                raise ValueError(f"s-curve takes at most two parameters (contrast, pivot), got {text!r}")
+            return cls(kind="s-curve", **dict(zip(("contrast", "pivot"), values)))
+        raise ValueError(f"unknown response {text!r}; use one of {', '.join(STANDARD_CURVES)}")
+
+    @property
+    def name(self) -> str:
+        if self.kind == "gamma":
+            return f"gamma{self.gamma:g}"
+        if self.kind == "s-curve":
+            return f"s-curve:{self.contrast:g}:{self.pivot:g}"
+        return self.kind
+
+    def forward(self, x):
+        """Relative exposure in [0, 1] -> normalised code value in [0, 1]."""
+        x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
+        if self.kind == "linear":
+            return x
+        if self.kind == "gamma":
+            return np.power(x, 1.0 / self.gamma)
+        if self.kind == "srgb":
+            return _srgb_encode(x)
+        n, p = self.contrast, self.pivot
+        u = np.power(x, 1.0 / 2.2) ** n
+        return u * (1.0 + p**n) / (u + p**n)
+
+    def inverse(self, y):
+        """Normalised code value in [0, 1] -> relative exposure in [0, 1]."""
+        y = np.clip(np.asarray(y, dtype=np.float64), 0.0, 1.0)
+        if self.kind == "linear":
+            return y
+        if self.kind == "gamma":
+            return np.power(y, self.gamma)
+        if self.kind == "srgb":
+            return _srgb_decode(y)
+        n, p = self.contrast, self.pivot
+        un = y * p**n / np.maximum(1.0 + p**n - y, 1e-300)
+        return np.power(np.power(un, 1.0 / n), 2.2)
+
+
+@dataclass
+class CameraResponse:
+    """Inverse camera response as a per-channel LUT over code values.
+
+    Attributes
+    ----------
+    inverse_lut : ndarray, (C, K) float32
+        ``inverse_lut[c, z]`` is the relative linear exposure of code ``z`` in
+        channel ``c``; non-decreasing in ``z``, largest value 1 at ``z = K - 1``.
+    name : str
+        Where it came from (``srgb``, ``debevec``, a file name).
+    """
+
+    inverse_lut: np.ndarray
+    name: str = "custom"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        lut = np.asarray(self.inverse_lut, dtype=np.float32)
+        if lut.ndim == 1:
+            lut = np.repeat(lut[None, :], 3, axis=0)
+        if lut.ndim != 2 or lut.shape[0] not in (1, 3) or lut.shape[1] < 4:
+            raise ValueError(f"inverse_lut must have shape (3, K) or (K,), got {lut.shape}")
+        if lut.shape[0] == 1:
+            lut = np.repeat(lut, 3, axis=0)
+        k = lut.shape[1]
+        if k & (k - 1):
+            raise ValueError(f"inverse_lut needs 2^bits entries per channel, got {k}")
+        if not np.all(np.isfinite(lut)) or np.any(lut < 0):
+            raise ValueError("inverse_lut must be finite and non-negative")
+        if np.any(np.diff(lut, axis=1) < 0):
+            raise ValueError("inverse_lut must be non-decreasing in the code value")
+        self.inverse_lut = np.ascontiguousarray(lut)
+
+    @property
+    def bits(self) -> int:
+        return int(self.inverse_lut.shape[1]).bit_length() - 1
+
+    @property
+    def levels(self) -> int:
+        return int(self.inverse_lut.shape[1])
+
+    @classmethod
+    def from_curve(cls, curve: ResponseCurve | str, bits: int = 8) -> "CameraResponse":
+        """Sample an analytic curve at every code value of a ``bits``-bit sensor."""
+        if isinstance(curve, str):
+            curve = ResponseCurve.parse(curve)
+        if not 2 <= bits <= 16:
+            raise ValueError(f"bits must be in 2..16, got {bits}")
+        k = 1 << bits
+        lut = curve.inverse(np.arange(k) / (k - 1))
+        return cls(np.repeat(lut[None, :], 3, axis=0), name=curve.name, meta={"curve": curve.name})
+
+    def log_lut(self) -> np.ndarray:
+        """``ln f^-1(z)`` as float32 (C, K), finite everywhere.
+
+        Code 0 of a curve with ``f^-1(0) = 0`` would give ``-inf``; it is given
+        half the value of code 1 instead (the centre of the lowest quantisation bin).
+        """
+        lut = self.inverse_lut.astype(np.float64)
+        floor = np.where(lut[:, 1:2] > 0, lut[:, 1:2] * 0.5, 1e-9)
+        return np.log(np.maximum(lut, floor)).astype(np.float32)
+
+    def resampled(self, bits: int) -> "CameraResponse":
+        """The same response at another bit depth (linear interpolation over code centres)."""
+        if bits == self.bits:
+            return self
+        k_new = 1 << bits
+        x_old = np.arange(self.levels) / (self.levels - 1)
+        x_new = np.arange(k_new) / (k_new - 1)
+        lut = np.stack([np.interp(x_new, x_old, ch) for ch in self.inverse_lut])
+        return CameraResponse(lut, name=self.name, meta=dict(self.meta, resampled_from_bits=self.bits))
+
+    def to_dict(self) -> dict:
+        return {
+            "format": "edgehdr-camera-response",
+            "version": 1,
+            "name": self.name,
+            "bits": self.bits,
+            "channels": ["R", "G", "B"],
+            "inverse_lut": [[float(v) for v in ch] for ch in self.inverse_lut],
+            "meta": self.meta,
+        }
+
+    def save(self, path) -> Path:
+        """Write the response as JSON (atomically)."""
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path) -> "CameraResponse":
+        """Read a response written by ``save``; errors name the file and field."""
+        path = Path(path)
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such response file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a JSON camera response ({exc})") from exc
+        if not isinstance(data, dict) or data.get("format") != "edgehdr-camera-response":
+            raise ValueError(f"{path}: field 'format' must be 'edgehdr-camera-response'")
+        if data.get("version") != 1:
+            raise ValueError(f"{path}: field 'version' must be 1, got {data.get('version')!r}")
+        try:
+            lut = np.asarray(data["inverse_lut"], dtype=np.float64)
+        except (KeyError, ValueError, TypeError):
+            raise ValueError(f"{path}: field 'inverse_lut' must be a 3 x 2^bits list of numbers") from None
+        bits = data.get("bits")
+        if not isinstance(bits, int) or not 2 <= bits <= 16:
+            raise ValueError(f"{path}: field 'bits' must be an integer in 2..16, got {bits!r}")
+        if lut.shape != (3, 1 << bits):
+            raise ValueError(f"{path}: field 'inverse_lut' must be 3 rows of {1 << bits} entries, got shape {lut.shape}")
+        try:
+            return cls(lut, name=str(data.get("name", path.stem)), meta=dict(data.get("meta") or {}))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+
+def standard_response(name: str, bits: int = 8) -> CameraResponse:
+    """A standard inverse response (``linear``, ``gamma2.2``, ``srgb``, ``s-curve``) at ``bits``."""
+    return CameraResponse.from_curve(ResponseCurve.parse(name), bits=bits)
+
+
+def select_calibration_samples(frames, n_samples: int, *, seed: int = 0, max_levels: int = 256) -> np.ndarray:
+    """Choose pixel positions for CRF calibration, per channel.
+
+    Samples are stratified over the code values of the middle exposure (so every
+    part of the curve is constrained), drawn from smooth regions (low gradient in
+    every frame, robust to small misalignment) whose codes increase with exposure
+    (rejecting moving or noisy pixels), as Debevec & Malik (1997, sec. 2.1) advise.
+
+    Returns
+    -------
+    ndarray, (C, n_samples) int64
+        Flat pixel indices into an HxW frame.
+    """
+    import cv2
+
+    stack = as_frame_stack(frames)
+    n, h, w, c = stack.shape
+    order = np.argsort(stack.reshape(n, -1).mean(axis=1))
+    stack = stack[order]
+    scale = max(1, (int(stack.max()) + 1) // max_levels) if stack.dtype == np.uint16 else 1
+    rng = np.random.default_rng(seed)
+    grad = np.zeros((h, w), np.float32)
+    for frame in stack:
+        gray = cv2.cvtColor(frame.astype(np.float32), cv2.COLOR_RGB2GRAY)
+        gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
+        grad = np.maximum(grad, cv2.magnitude(gx, gy) / (gray + gray.mean() * 0.05 + 1))
+    smooth = grad <= np.quantile(grad, 0.6)
+    monotone = np.all(np.diff(stack.astype(np.int32), axis=0) >= -2 * scale, axis=(0,))
+    out = np.empty((c, n_samples), np.int64)
+    mid = stack[n // 2]
+    for ch in range(c):
+        ok = (smooth & monotone[..., ch]).reshape(-1)
+        codes = (mid[..., ch].reshape(-1) // scale).astype(np.int64)
+        candidates = np.flatnonzero(ok)
+        if candidates.size < n_samples:
+            candidates = np.arange(h * w)
+        levels = codes[candidates]
+        # Stratify: equal share per occupied code level, then fill randomly.
+        picks = []
+        occupied = np.unique(levels)
+        per_level = max(1, n_samples // max(1, occupied.size))
+        by_level = np.argsort(levels, kind="stable")
+        starts = np.searchsorted(levels[by_level], occupied)
+        ends = np.append(starts[1:], by_level.size)
+        for s, e in zip(starts, ends):
+            take = min(per_level, e - s)
+            picks.append(candidates[by_level[s + rng.choice(e - s, size=take, replace=False)]])
+        picks = np.concatenate(picks)
+        if picks.size > n_samples:
+            picks = rng.choice(picks, size=n_samples, replace=False)
+        elif picks.size < n_samples:
+            rest = np.setdiff1d(candidates, picks, assume_unique=False)
+            picks = np.concatenate([picks, rng.choice(rest, size=min(rest.size, n_samples - picks.size), replace=False)])
+        out[ch, : picks.size] = picks
+        out[ch, picks.size :] = picks[: n_samples - picks.size] if picks.size else 0
+    return out
+
+
+def calibrate_debevec(
+    frames,
+    exposures,
+    *,
+    smoothness: float = 50.0,
+    n_samples: int | None = None,
+    weighting: str = "triangle",
+    bits: int | None = None,
+    seed: int = 0,
+) -> CameraResponse:
+    """Recover the inverse camera response from a bracket (Debevec & Malik 1997).
+
+    Solves, per channel, the linear least-squares problem of eq. 3,
+
+    ``O = sum_ij [w(Z_ij) (g(Z_ij) - ln E_i - ln dt_j)]^2 + lambda sum_z [w(z) g''(z)]^2``
+
+    for the log inverse response ``g`` and the sample log radiances ``ln E_i``,
+    fixing ``g(Z_mid) = 0``. For sensors above 8 bits the codes are binned to 256
+    levels for the solve and ``g`` is interpolated back to every code.
+
+    Parameters
+    ----------
+    frames : (N, H, W, 3) uint8/uint16 array or sequence of frames
+    exposures : sequence of float
+        Relative exposure of each frame (exposure time times gain).
+    smoothness : float
+        ``lambda`` of eq. 3.
+    n_samples : int, optional
+        Pixels per channel; default ``4 * 255 / (N - 1)`` so that eq. 3 is well
+        overdetermined (the paper asks for ``N (P - 1) > Z_max - Z_min``).
+    weighting : str
+        Weighting function (``edgehdr.hdr.weights``); the paper's is ``triangle``.
+    bits : int, optional
+        Significant bits of uint16 frames (default 16).
+
+    Returns
+    -------
+    CameraResponse
+        Monotonic, normalised so that ``f^-1(K - 1) = 1``.
+
+    References
+    ----------
+    P. E. Debevec and J. Malik, "Recovering high dynamic range radiance maps from
+    photographs," SIGGRAPH 1997.
+    """
+    stack = as_frame_stack(frames)
+    exposures = np.asarray(exposures, dtype=np.float64).reshape(-1)
+    n_frames = stack.shape[0]
+    if n_frames < 2:
+        raise ValueError(f"calibration needs at least two exposures, got {n_frames}")
+    if exposures.shape != (n_frames,) or np.any(exposures <= 0):
+        raise ValueError(f"need {n_frames} positive exposures, got {exposures.tolist()}")
+    if np.unique(exposures).size != n_frames:
+        raise ValueError("calibration needs distinct exposures")
+    if bits is None:
+        bits = 8 if stack.dtype == np.uint8 else 16
+    levels_out = 1 << bits
+    shift = max(0, bits - 8)
+    levels = levels_out >> shift
+    if n_samples is None:
+        n_samples = int(np.ceil(4 * (levels - 1) / (n_frames - 1)))
+    if n_samples * (n_frames - 1) <= levels - 1:
+        raise ValueError(
+            f"n_samples={n_samples} too few for {n_frames} exposures: need more than {(levels - 1) / (n_frames - 1):.0f}"
+        )
+    positions = select_calibration_samples(stack, n_samples, seed=seed, max_levels=levels)
+    weights = weight_lut(weighting, levels).astype(np.float64)
+    # Debevec's hat gives zero weight at the ends; keep a tiny floor so the
+    # smoothness rows still pin the end codes.
+    weights = np.maximum(weights, 1e-3)
+    log_t = np.log(exposures)
+    flat = stack.reshape(n_frames, -1, 3)
+    g_all = np.empty((3, levels), np.float64)
+    for ch in range(3):
+        z = (flat[:, positions[ch], ch].astype(np.int64) >> shift).T  # (samples, frames)
+        rows = z.size + 1 + (levels - 2)
+        a = np.zeros((rows, levels + n_samples))
+        b = np.zeros(rows)
+        wz = weights[z]
+        r = np.arange(z.size)
+        sample_index = np.repeat(np.arange(n_samples), n_frames)
+        a[r, z.reshape(-1)] = wz.reshape(-1)
+        a[r, levels + sample_index] = -wz.reshape(-1)
+        b[r] = (wz * log_t[None, :]).reshape(-1)
+        a[z.size, levels // 2] = 1.0
+        k = np.arange(1, levels - 1)
+        rr = z.size + 1 + np.arange(levels - 2)
+        lam = np.sqrt(smoothness) * weights[k]
+        a[rr, k - 1] = lam
+        a[rr, k] = -2 * lam
+        a[rr, k + 1] = lam
+        solution, *_ = np.linalg.lstsq(a, b, rcond=None)
+        g_all[ch] = solution[:levels]
+    if shift:
+        centres = (np.arange(levels) + 0.5) * (1 << shift) - 0.5
+        codes = np.arange(levels_out)
+        g_all = np.stack([np.interp(codes, centres, g) for g in g_all])
+    inverse = np.exp(g_all - g_all.max(axis=1, keepdims=True))
+    inverse = np.maximum.accumulate(inverse, axis=1)
+    inverse /= inverse[:, -1:]
+    return CameraResponse(
+        inverse, name="debevec",
+        meta={"method": "debevec-malik-1997", "smoothness": smoothness, "samples": n_samples, "weighting": weighting},
+    )

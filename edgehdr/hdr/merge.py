@@ -1,0 +1,159 @@
+"""Exposure merging: N LDR frames -> one linear radiance map (the ``Radiance`` contract).
+
+Debevec & Malik's weighted average in the log domain (1997, eq. 6),
+
+    ln E = sum_j w(Z_j) (g(Z_j) - ln dt_j) / sum_j w(Z_j),
+
+computed by one fused numba kernel that reads the stacked uint8/uint16 frames
+once and writes float32 radiance: no full-size temporaries per frame. Pixels that
+are clipped (or black) in every frame fall back to the darkest (or brightest)
+frame's bound, so the result has no holes, NaN or inf. Optional deghosting
+rejects, per frame and pixel, samples inconsistent with a reference exposure
+(``edgehdr.hdr.deghost``).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from edgehdr.bracket import Bracket, as_frame_stack
+from edgehdr.hdr.crf import CameraResponse, standard_response
+from edgehdr.hdr.weights import weight_lut
+
+__all__ = ["merge_debevec", "resolve_response"]
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _log_merge_kernel(frames, weights, weighted_log, log_lut, log_exposure, short_i, long_i, use_mask, mask, out):
+    # Writes ln E; the caller exponentiates in place with numpy's SIMD exp, which
+    # measured 2x faster than a per-pixel exp inside this loop.
+    n, h, w, _ = frames.shape
+    top = weights.shape[0] - 1
+    for y in numba.prange(h):
+        for x in range(w):
+            for c in range(3):
+                num = np.float32(0.0)
+                den = np.float32(0.0)
+                for i in range(n):
+                    if use_mask and mask[i, y, x] == 0:
+                        continue
+                    z = frames[i, y, x, c]
+                    num += weighted_log[i, c, z]
+                    den += weights[z]
+                if den > np.float32(1e-6):
+                    out[y, x, c] = num / den
+                else:
+                    # Clipped or black in every usable frame: the bound from the darkest
+                    # frame if it is bright, else from the brightest frame.
+                    zs = frames[short_i, y, x, c]
+                    j = short_i if 2 * np.int32(zs) >= top else long_i
+                    out[y, x, c] = log_lut[c, frames[j, y, x, c]] - log_exposure[j]
+    return out
+
+
+def resolve_response(response, bits: int) -> CameraResponse:
+    """Turn ``None``/a curve name/a JSON path/a ``CameraResponse`` into a response at ``bits``."""
+    if response is None:
+        response = "srgb"
+    if isinstance(response, CameraResponse):
+        return response.resampled(bits)
+    text = str(response)
+    if text.lower().endswith(".json"):
+        return CameraResponse.load(text).resampled(bits)
+    return standard_response(text, bits=bits)
+
+
+def merge_debevec(
+    frames,
+    exposures=None,
+    response=None,
+    *,
+    weighting: str = "tutorial",
+    bits: int | None = None,
+    deghost: bool = False,
+    reference_index: int | None = None,
+    deghost_tolerance: float = 0.25,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Merge an exposure stack into linear radiance.
+
+    Parameters
+    ----------
+    frames : Bracket, (N, H, W, 3) array or sequence of (H, W, 3) arrays
+        uint8 or uint16 RGB code values, N >= 2, any exposure spacing and order.
+    exposures : sequence of float, optional
+        Relative exposure per frame (time x gain); taken from the ``Bracket`` if omitted.
+    response : CameraResponse, str or path, optional
+        Inverse camera response: a ``CameraResponse``, a standard curve name
+        (``srgb``, ``gamma2.2``, ``linear``, ``s-curve``) or a JSON file. Default sRGB.
+    weighting : str
+        ``tutorial`` (``1 - (2x - 1)^12``, the default), ``hat`` (same), ``triangle``,
+        ``gaussian`` or ``box``; see ``edgehdr.hdr.weights``.
+    bits : int, optional
+        Significant bits of uint16 frames (default: from the Bracket, else 16).
+    deghost : bool
+        Reject samples inconsistent with the reference frame (Grosch 2006).
+    reference_index : int, optional
+        Reference frame for deghosting; default the middle exposure.
+    deghost_tolerance : float
+        Relative radiance tolerance of the consistency test.
+    out : ndarray, optional
+        Preallocated (H, W, 3) float32 output, reused across frames by the runtime.
+
+    Returns
+    -------
+    ndarray, (H, W, 3) float32
+        Radiance in units of the exposures (``f^-1(Z) / exposure``), finite and > 0.
+
+    References
+    ----------
+    P. E. Debevec and J. Malik, "Recovering high dynamic range radiance maps from
+    photographs," SIGGRAPH 1997, eq. 6. F. Banterle and A. Artusi, "Modern HDR
+    imaging at the time of deep learning" (tutorial): weighting ``1 - (2x - 1)^12``.
+    """
+    if isinstance(frames, Bracket):
+        exposures = frames.relative_exposure if exposures is None else exposures
+        bits = frames.bits if bits is None else bits
+        frames = frames.frames
+    stack = as_frame_stack(frames)
+    n, h, w, _ = stack.shape
+    if n < 2:
+        raise ValueError(f"merging needs at least two exposures, got {n}")
+    if exposures is None:
+        raise ValueError("exposures are required when frames are not a Bracket")
+    exposures = np.asarray(exposures, dtype=np.float64).reshape(-1)
+    if exposures.shape != (n,) or not np.all(np.isfinite(exposures)) or np.any(exposures <= 0):
+        raise ValueError(f"need {n} positive, finite exposures, got {exposures.tolist()}")
+    if bits is None:
+        bits = 8 if stack.dtype == np.uint8 else 16
+    if stack.dtype == np.uint8 and bits != 8:
+        raise ValueError(f"uint8 frames carry 8 bits, not {bits}")
+    levels = 1 << bits
+    if stack.dtype == np.uint16 and bits < 16 and int(stack.max()) >= levels:
+        raise ValueError(f"frames hold code {int(stack.max())} but bits={bits} allows at most {levels - 1}")
+    resp = resolve_response(response, bits)
+    weights = weight_lut(weighting, levels)
+    log_lut = resp.log_lut()
+    log_exposure = np.log(exposures).astype(np.float32)
+    order = np.argsort(exposures)
+    short_i, long_i = int(order[0]), int(order[-1])
+    if out is None:
+        out = np.empty((h, w, 3), np.float32)
+    elif out.shape != (h, w, 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous ({h}, {w}, 3) float32 array")
+    if deghost:
+        from edgehdr.hdr.deghost import consistency_masks
+
+        ref = int(order[n // 2]) if reference_index is None else int(reference_index)
+        if not 0 <= ref < n:
+            raise ValueError(f"reference_index {ref} out of range for {n} frames")
+        mask = consistency_masks(stack, exposures, resp, reference_index=ref, tolerance=deghost_tolerance)
+        use_mask = True
+    else:
+        mask = np.ones((1, 1, 1), np.uint8)
+        use_mask = False
+    # w(z) * (g(z) - ln t_i) per frame, channel and code: one table read per sample.
+    weighted_log = weights[None, None, :] * (log_lut[None, :, :] - log_exposure[:, None, None])
+    _log_merge_kernel(stack, weights, weighted_log, log_lut, log_exposure, short_i, long_i, use_mask, mask, out)
+    return np.exp(out, out=out)

@@ -1,0 +1,227 @@
+"""Loading LDR exposure stacks from files into a ``Bracket``.
+
+Offline input to the frame's journey (the live equivalent is a camera source).
+Exposures come from a list file (OpenCV's ``list.txt`` convention: one line per
+frame with the file name and the *inverse* shutter time, e.g. ``img0.png 30``)
+or from EXIF (ExposureTime, FNumber, ISO). With EXIF, aperture and ISO are folded
+into the bracket's gain so that ``exposure_s * gain`` is the relative exposure
+``t * (ISO / 100) * (N_0 / N)^2``, N_0 being the first frame's f-number.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgehdr.bracket import Bracket
+from edgehdr.io.atomic import write_bytes_atomic
+
+__all__ = ["read_ldr_stack", "read_ldr_image", "write_ldr_image", "read_list_file", "read_exif_exposure", "LDR_SUFFIXES"]
+
+LDR_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".ppm", ".pgm", ".bmp", ".webp")
+_EXIF_IFD = 0x8769
+_TAG_EXPOSURE_TIME = 0x829A
+_TAG_FNUMBER = 0x829D
+_TAG_ISO = 0x8827
+
+
+def read_ldr_image(path) -> np.ndarray:
+    """Read an 8- or 16-bit image as an RGB (H, W, 3) uint8/uint16 array."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if bgr is None:
+        raise ValueError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
+    if bgr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{path}: expected 8- or 16-bit integer pixels, got {bgr.dtype}")
+    if bgr.ndim == 2:
+        return np.ascontiguousarray(np.repeat(bgr[:, :, None], 3, axis=2))
+    if bgr.shape[2] == 4:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def write_ldr_image(path, rgb: np.ndarray) -> Path:
+    """Write an RGB uint8/uint16 image atomically; PNG, TIFF or JPEG by suffix."""
+    path = Path(path)
+    rgb = np.asarray(rgb)
+    if rgb.dtype not in (np.uint8, np.uint16) or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"{path}: expected an HxWx3 uint8/uint16 RGB image, got {rgb.dtype} {rgb.shape}")
+    ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode a {path.suffix!r} image")
+    return write_bytes_atomic(path, encoded.tobytes())
+
+
+def read_list_file(list_path) -> list[tuple[Path, float]]:
+    """Parse an OpenCV-style list file into ``[(image path, exposure_s), ...]``.
+
+    Each non-empty, non-comment line holds a file name (relative to the list
+    file's folder) and the inverse shutter time ``1 / exposure_s``.
+    """
+    list_path = Path(list_path)
+    if not list_path.is_file():
+        raise FileNotFoundError(f"{list_path}: no such list file")
+    entries = []
+    for lineno, raw in enumerate(list_path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{list_path}:{lineno}: expected 'FILENAME INVERSE_SHUTTER_TIME', got {raw!r}")
+        name, value = parts
+        try:
+            inverse_s = float(value)
+        except ValueError:
+            raise ValueError(f"{list_path}:{lineno}: inverse shutter time {value!r} is not a number") from None
+        if not np.isfinite(inverse_s) or inverse_s <= 0:
+            raise ValueError(f"{list_path}:{lineno}: inverse shutter time must be > 0, got {value}")
+        entries.append((list_path.parent / name, 1.0 / inverse_s))
+    return entries
+
+
+def _rational(value) -> float:
+    if isinstance(value, tuple) and len(value) == 2:
+        return float(value[0]) / float(value[1]) if value[1] else float("nan")
+    return float(value)
+
+
+def read_exif_exposure(path) -> tuple[float, float | None, float | None]:
+    """Return ``(exposure_s, f_number, iso)`` from a file's EXIF.
+
+    ``f_number`` and ``iso`` are None when absent. Raises ``ValueError`` naming
+    the file when ExposureTime is missing or invalid.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            exif = img.getexif()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{path}: cannot read EXIF ({exc})") from exc
+    tags = dict(exif)
+    tags.update(exif.get_ifd(_EXIF_IFD))
+    if _TAG_EXPOSURE_TIME not in tags:
+        raise ValueError(
+            f"{path}: no EXIF ExposureTime; give the exposures in a list file "
+            "('FILENAME INVERSE_SHUTTER_TIME' per line)"
+        )
+    exposure_s = _rational(tags[_TAG_EXPOSURE_TIME])
+    if not np.isfinite(exposure_s) or exposure_s <= 0:
+        raise ValueError(f"{path}: EXIF ExposureTime {tags[_TAG_EXPOSURE_TIME]!r} is not a positive time")
+    f_number = _rational(tags[_TAG_FNUMBER]) if _TAG_FNUMBER in tags else None
+    if f_number is not None and (not np.isfinite(f_number) or f_number <= 0):
+        f_number = None
+    iso = tags.get(_TAG_ISO)
+    if isinstance(iso, (tuple, list)):
+        iso = iso[0] if iso else None
+    iso = float(iso) if iso else None
+    return exposure_s, f_number, iso
+
+
+def _collect_paths(inputs) -> tuple[list[Path], Path | None]:
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    inputs = [Path(p) for p in inputs]
+    if len(inputs) == 1 and inputs[0].is_dir():
+        folder = inputs[0]
+        list_file = folder / "list.txt"
+        if list_file.is_file():
+            return [], list_file
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in LDR_SUFFIXES)
+        if not paths:
+            raise ValueError(f"{folder}: no images ({', '.join(LDR_SUFFIXES)}) and no list.txt")
+        return paths, None
+    if len(inputs) == 1 and inputs[0].suffix.lower() == ".txt":
+        return [], inputs[0]
+    return inputs, None
+
+
+def read_ldr_stack(inputs, *, list_file=None, bits: int | None = None) -> Bracket:
+    """Load an exposure stack as a ``Bracket``.
+
+    Parameters
+    ----------
+    inputs : path, folder or sequence of paths
+        Image files; or a folder (its ``list.txt`` wins over EXIF); or a list file.
+    list_file : path, optional
+        Explicit list file; its entries replace ``inputs``.
+    bits : int, optional
+        Significant bits of 16-bit files (e.g. 12 for 12-bit raw data in a 16-bit
+        container). Default: 8 for 8-bit files, 16 for 16-bit files.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two frames, unreadable files, frames of different size or bit
+        depth, missing or duplicated exposures. The message names the file(s).
+    """
+    paths, found_list = _collect_paths(inputs)
+    list_file = list_file or found_list
+    gains = None
+    if list_file is not None:
+        entries = read_list_file(list_file)
+        paths = [p for p, _ in entries]
+        exposures = [t for _, t in entries]
+        where = str(list_file)
+    else:
+        where = "EXIF"
+        exposures, f_numbers, isos = [], [], []
+        for p in paths:
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: no such file")
+            t, n, iso = read_exif_exposure(p)
+            exposures.append(t)
+            f_numbers.append(n)
+            isos.append(iso)
+        gains = []
+        n0 = next((n for n in f_numbers if n), None)
+        for n, iso in zip(f_numbers, isos):
+            g = (iso / 100.0) if iso else 1.0
+            if n0 and n:
+                g *= (n0 / n) ** 2
+            gains.append(g)
+    if len(paths) < 2:
+        raise ValueError(f"{where}: an exposure stack needs at least two frames, got {len(paths)}")
+    seen = {}
+    for p in paths:
+        key = p.resolve()
+        if key in seen:
+            raise ValueError(f"{where}: file {p} is listed twice")
+        seen[key] = p
+    relative = np.asarray(exposures) * (np.asarray(gains) if gains else 1.0)
+    for i in range(len(paths)):
+        for j in range(i):
+            if np.isclose(relative[i], relative[j], rtol=1e-6):
+                raise ValueError(
+                    f"{where}: {paths[j]} and {paths[i]} have the same exposure "
+                    f"({relative[i]:.6g} s relative); each frame of a stack needs its own exposure"
+                )
+    frames = []
+    for p in paths:
+        frame = read_ldr_image(p)
+        if frames:
+            ref, ref_path = frames[0], paths[0]
+            if frame.shape != ref.shape:
+                raise ValueError(
+                    f"{p}: size {frame.shape[1]}x{frame.shape[0]} differs from {ref_path} "
+                    f"({ref.shape[1]}x{ref.shape[0]}); all frames of a stack must match"
+                )
+            if frame.dtype != ref.dtype:
+                raise ValueError(f"{p}: bit depth {frame.dtype} differs from {ref_path} ({ref.dtype})")
+        frames.append(frame)
+    if bits is None:
+        bits = 8 if frames[0].dtype == np.uint8 else 16
+    return Bracket(
+        frames=np.stack(frames),
+        exposure_s=np.asarray(exposures, dtype=np.float64),
+        gain=None if gains is None else np.asarray(gains),
+        bits=bits,
+        source=str(list_file or paths[0].parent),
+        extra={"paths": [str(p) for p in paths]},
+    )
