@@ -1,0 +1,81 @@
+"""Colour helpers for tone mapping: luminance, colour correction, sRGB encoding.
+
+Tone mapping in EdgeHDR works on luminance only; colour is put back afterwards
+with Schlick's saturation power or Mantiuk's linear correction (the tutorial's
+"colour correction after luminance tone mapping"). These numpy versions are the
+readable reference; the operators use fused numba kernels with the same maths.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "REC709_LUMA",
+    "luminance",
+    "color_correct_schlick",
+    "color_correct_mantiuk",
+    "srgb_encode",
+    "srgb_decode",
+    "srgb_lut",
+    "COLOR_METHODS",
+]
+
+REC709_LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
+COLOR_METHODS = ("schlick", "mantiuk")
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 709 / sRGB relative luminance ``Y = 0.2126 R + 0.7152 G + 0.0722 B``."""
+    return np.asarray(rgb, dtype=np.float32) @ REC709_LUMA
+
+
+def color_correct_schlick(rgb_in, lum_in, lum_out, saturation: float = 1.0):
+    """``C_out = (C_in / L_in)^s * L_out`` (Schlick 1994; tutorial eq. for colour after TMO).
+
+    References
+    ----------
+    C. Schlick, "Quantization techniques for visualization of high dynamic range
+    pictures," Eurographics Rendering Workshop 1994.
+    """
+    ratio = np.asarray(rgb_in, np.float64) / np.maximum(np.asarray(lum_in, np.float64), 1e-12)[..., None]
+    return np.power(np.maximum(ratio, 0.0), saturation) * np.asarray(lum_out, np.float64)[..., None]
+
+
+def color_correct_mantiuk(rgb_in, lum_in, lum_out, saturation: float = 1.0):
+    """``C_out = ((C_in / L_in - 1) s + 1) L_out`` (Mantiuk et al. 2009, eq. 4).
+
+    Preserves luminance better than Schlick's power for ``s < 1``.
+
+    References
+    ----------
+    R. Mantiuk, A. Tomaszewska and W. Heidrich, "Color correction for tone
+    mapping," Computer Graphics Forum 28(2), 2009.
+    """
+    ratio = np.asarray(rgb_in, np.float64) / np.maximum(np.asarray(lum_in, np.float64), 1e-12)[..., None]
+    return ((ratio - 1.0) * saturation + 1.0) * np.asarray(lum_out, np.float64)[..., None]
+
+
+def srgb_encode(linear):
+    """IEC 61966-2-1 sRGB OETF on [0, 1] (values outside are clipped)."""
+    x = np.clip(np.asarray(linear, np.float64), 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
+
+
+def srgb_decode(encoded):
+    """Inverse of ``srgb_encode``."""
+    y = np.clip(np.asarray(encoded, np.float64), 0.0, 1.0)
+    return np.where(y <= 0.04045, y / 12.92, np.power((y + 0.055) / 1.055, 2.4))
+
+
+_LUT_SIZE = 1 << 16
+_SRGB_LUT = None
+
+
+def srgb_lut() -> np.ndarray:
+    """Linear [0, 1] quantised to 65536 steps -> sRGB uint8 (max error 0.05 code)."""
+    global _SRGB_LUT
+    if _SRGB_LUT is None:
+        x = np.arange(_LUT_SIZE, dtype=np.float64) / (_LUT_SIZE - 1)
+        _SRGB_LUT = np.rint(srgb_encode(x) * 255.0).astype(np.uint8)
+    return _SRGB_LUT
