@@ -15,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import cv2
+import numba
 import numpy as np
 
 from edgehdr.bracket import Bracket, as_frame_stack
 
-__all__ = ["Motion", "align_mtb", "align_homography", "align_bracket", "ALIGN_METHODS"]
+__all__ = ["Motion", "align_mtb", "median_threshold_shift", "align_homography", "align_bracket", "ALIGN_METHODS"]
 
 ALIGN_METHODS = ("mtb", "homography", "none")
 
@@ -59,6 +60,16 @@ def _gray8(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
 
+def _shift_integer(frame: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``out[y, x] = frame[y + dy, x + dx]`` with edge pixels replicated (exact, no resampling)."""
+    h, w = frame.shape[:2]
+    pad = max(abs(dx), abs(dy))
+    if pad == 0:
+        return frame.copy()
+    padded = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    return padded[pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+
+
 def _warp(frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     h, w = frame.shape[:2]
     if np.allclose(matrix[2], [0, 0, 1]):
@@ -68,7 +79,94 @@ def _warp(frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
                                borderMode=cv2.BORDER_REPLICATE)
 
 
-def align_mtb(frames, *, reference_index: int | None = None, max_bits: int = 6, exclude_range: int = 4):
+def _matched_pair(stack, ref: int, i: int, exposures, response):
+    """Grey images of the reference and frame ``i`` at a common exposure.
+
+    With a known response the shorter exposure of the pair is re-rendered at the
+    longer one's exposure through the response (brightening keeps texture that
+    darkening would quantise away, and both images then clip alike). Without one,
+    both are returned as plain grey images.
+    """
+    if response is None:
+        return _gray8(stack[ref]), _gray8(stack[i])
+    if exposures[i] < exposures[ref]:
+        return _gray8(stack[ref]), _exposure_normalised(stack[i], exposures[ref] / exposures[i], response)
+    return _exposure_normalised(stack[ref], exposures[i] / exposures[ref], response), _gray8(stack[i])
+
+
+def _resolve(response, exposures, bits):
+    if response is None or exposures is None:
+        return None, None
+    from edgehdr.hdr.merge import resolve_response
+
+    return resolve_response(response, bits), np.asarray(exposures, dtype=np.float64)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _mtb_errors(thr_a, excl_a, thr_b, excl_b, sx, sy, row_step, errors):
+    # XOR count of the threshold bitmaps over pixels outside both exclusion bands,
+    # for the 3x3 candidate shifts around (sx, sy); b is moved by the shift. Large
+    # levels count every ``row_step``-th row: the counts only rank 9 candidates.
+    h, w = thr_a.shape
+    for k in numba.prange(9):
+        dy = k // 3 - 1 + sy
+        dx = k % 3 - 1 + sx
+        count = 0
+        for y in range(max(0, dy), min(h, h + dy), row_step):
+            yb = y - dy
+            for x in range(max(0, dx), min(w, w + dx)):
+                xb = x - dx
+                count += (thr_a[y, x] ^ thr_b[yb, xb]) & excl_a[y, x] & excl_b[yb, xb]
+        errors[k] = count
+    return errors
+
+
+def _median_threshold_bitmaps(img, valid, exclude_range):
+    hist = cv2.calcHist([img], [0], valid.view(np.uint8), [256], [0, 256]).ravel()
+    if hist.sum() < 16:  # nothing usable at this level: empty bitmaps vote for no shift
+        zeros = np.zeros(img.shape, np.uint8)
+        return zeros, zeros
+    median = int(np.searchsorted(np.cumsum(hist), hist.sum() / 2.0))
+    threshold = (img > median).view(np.uint8)
+    exclusion = ((np.abs(img.astype(np.int16) - median) > exclude_range) & valid).view(np.uint8)
+    return threshold, exclusion
+
+
+def median_threshold_shift(ref_gray, gray, *, max_bits: int = 6, exclude_range: int = 4,
+                           valid_range=(6, 249)) -> tuple[int, int]:
+    """Translation ``(dx, dy)`` that moves ``gray`` onto ``ref_gray`` (Ward 2003).
+
+    Ward's pyramid search over median threshold bitmaps, with the threshold (the
+    median) taken over pixels that are neither clipped nor black in *both* images,
+    and those excluded from the XOR count. On an exposure-matched pair this keeps
+    the bitmaps meaningful when most of a long exposure is clipped, where a median
+    over all pixels lands on the clip level. Ties prefer the smaller shift.
+    """
+    if ref_gray.shape != gray.shape or ref_gray.dtype != np.uint8 or gray.dtype != np.uint8:
+        raise ValueError("median_threshold_shift needs two uint8 grey images of equal size")
+    pyr_a, pyr_b = [ref_gray], [gray]
+    for _ in range(max_bits - 1):
+        if min(pyr_a[-1].shape) < 16:
+            break
+        pyr_a.append(cv2.resize(pyr_a[-1], None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
+        pyr_b.append(cv2.resize(pyr_b[-1], None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
+    lo, hi = valid_range
+    sx = sy = 0
+    errors = np.empty(9, np.int64)
+    order = [4, 1, 3, 5, 7, 0, 2, 6, 8]  # centre first, then edges, then corners
+    for a, b in zip(reversed(pyr_a), reversed(pyr_b)):
+        sx, sy = 2 * sx, 2 * sy
+        valid = (a > lo) & (a < hi) & (b > lo) & (b < hi)
+        thr_a, excl_a = _median_threshold_bitmaps(a, valid, exclude_range)
+        thr_b, excl_b = _median_threshold_bitmaps(b, valid, exclude_range)
+        _mtb_errors(thr_a, excl_a, thr_b, excl_b, sx, sy, max(1, a.shape[0] // 256), errors)
+        best = min(order, key=lambda k: errors[k])
+        sx, sy = sx + best % 3 - 1, sy + best // 3 - 1
+    return sx, sy
+
+
+def align_mtb(frames, *, reference_index: int | None = None, exposures=None, response=None, bits: int | None = None,
+              max_bits: int = 6, exclude_range: int = 4):
     """Align frames by translation with Ward's median threshold bitmaps.
 
     Parameters
@@ -76,6 +174,11 @@ def align_mtb(frames, *, reference_index: int | None = None, max_bits: int = 6, 
     frames : (N, H, W, 3) uint8/uint16 array or sequence
     reference_index : int, optional
         Frame the others are aligned to (default: the middle one).
+    exposures, response : optional
+        With both, each pair is exposure-matched through the response and registered
+        by ``median_threshold_shift`` (reliable for brackets 4 stops apart); without
+        them, OpenCV's ``AlignMTB`` runs on the raw grey frames, Ward's original
+        setting, which suits brackets up to about 2 stops apart.
     max_bits : int
         Pyramid levels: the search covers shifts up to ``2^max_bits`` pixels.
     exclude_range : int
@@ -95,37 +198,41 @@ def align_mtb(frames, *, reference_index: int | None = None, max_bits: int = 6, 
     stack = as_frame_stack(frames)
     n = stack.shape[0]
     ref = n // 2 if reference_index is None else int(reference_index)
+    if bits is None:
+        bits = 8 if stack.dtype == np.uint8 else 16
+    response, exposures = _resolve(response, exposures, bits)
     mtb = cv2.createAlignMTB(max_bits, exclude_range, False)
-    ref_gray = _gray8(stack[ref])
     aligned = stack.copy()
     motions = []
     for i in range(n):
         if i == ref:
             motions.append(Motion(method="mtb"))
             continue
-        # calculateShift returns how to shift frame i onto the reference.
-        sx, sy = mtb.calculateShift(ref_gray, _gray8(stack[i]))
+        ref_gray, gray = _matched_pair(stack, ref, i, exposures, response)
+        if response is None:
+            # calculateShift returns how to shift frame i onto the reference.
+            sx, sy = mtb.calculateShift(ref_gray, gray)
+        else:
+            sx, sy = median_threshold_shift(ref_gray, gray, max_bits=max_bits, exclude_range=exclude_range)
         matrix = np.array([[1, 0, -sx], [0, 1, -sy], [0, 0, 1]], np.float64)
-        aligned[i] = _warp(stack[i], matrix)
+        aligned[i] = _shift_integer(stack[i], int(-sx), int(-sy))
         motions.append(Motion(dx_px=float(-sx), dy_px=float(-sy), matrix=matrix, method="mtb"))
     return aligned, motions
 
 
-def _exposure_normalised(frame: np.ndarray, gain_to_reference: float | None, response) -> np.ndarray:
-    """An 8-bit grey image whose values do not depend on the frame's exposure.
+def _exposure_normalised(frame: np.ndarray, gain_to_reference: float, response) -> np.ndarray:
+    """Grey 8-bit image of ``frame`` as the camera would have recorded it with ``gain_to_reference`` x the exposure.
 
-    With a known response the frame is re-rendered at the reference exposure,
-    ``z' = f(f^-1(z) * gain_to_reference)``; without one it is histogram-equalised.
+    ``z' = f(min(f^-1(z) * gain, f^-1(top)))`` through the mean-channel response,
+    applied as a 256-entry LUT to the grey image.
     """
-    gray = _gray8(frame)
-    if response is None or gain_to_reference is None:
-        return cv2.equalizeHist(gray)
-    lut = response.inverse_lut.mean(axis=0)
-    codes = frame.mean(axis=2).astype(np.int64) if frame.dtype == np.uint16 else gray
-    linear = np.minimum(lut[codes] * gain_to_reference, lut[-1])
+    inverse = response.inverse_lut.mean(axis=0).astype(np.float64)
+    levels = inverse.size
+    centres = inverse[(np.arange(256) * (levels // 256)) + (levels // 512)]
+    linear = np.minimum(centres * gain_to_reference, inverse[-1])
     # Back through the (monotonic) response: interpolate the inverse LUT.
-    back = np.interp(linear, lut, np.linspace(0.0, 255.0, lut.size))
-    return back.astype(np.uint8)
+    lut = np.interp(linear, inverse, np.linspace(0.0, 255.0, levels))
+    return cv2.LUT(_gray8(frame), np.clip(np.rint(lut), 0, 255).astype(np.uint8))
 
 
 def align_homography(
@@ -142,13 +249,14 @@ def align_homography(
 ):
     """Align frames with a homography (hand-held motion: shift, rotation, perspective).
 
-    1. ORB features on histogram-equalised grey copies scaled to ``work_size_px``,
-       ratio-test matching, homography by RANSAC (``min_inliers`` required).
-    2. Sub-pixel refinement by ECC (Evangelidis & Psarakis 2008) on an
-       exposure-matched pair: with a known response and exposures, the shorter
-       exposure of the pair is re-rendered at the longer one's exposure through the
-       response (brightening keeps texture; darkening would quantise it away);
-       otherwise both are equalised.
+    Each frame is paired with the reference at a common exposure: with a known
+    response and exposures, the shorter exposure of the pair is re-rendered at the
+    longer one's exposure through the response; otherwise both are
+    histogram-equalised. On that pair, scaled to ``work_size_px``:
+
+    1. ORB features, ratio-test matching, homography by RANSAC (``min_inliers``
+       required);
+    2. sub-pixel refinement by ECC (Evangelidis & Psarakis 2008).
 
     A frame that fails step 1 is left unwarped with ``Motion.ok = False``.
 
@@ -164,28 +272,20 @@ def align_homography(
     ref = n // 2 if reference_index is None else int(reference_index)
     if bits is None:
         bits = 8 if stack.dtype == np.uint8 else 16
-    if response is not None and exposures is not None:
-        from edgehdr.hdr.merge import resolve_response
-
-        response = resolve_response(response, bits)
-        exposures = np.asarray(exposures, dtype=np.float64)
-    else:
-        response = exposures = None
+    response, exposures = _resolve(response, exposures, bits)
     scale = min(1.0, work_size_px / max(h, w))
     size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
 
     def small(img):
         return cv2.resize(img, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else img
 
-    def ecc_pair(i):
+    def pair(i):
         if response is None:
             return small(cv2.equalizeHist(_gray8(stack[ref]))), small(cv2.equalizeHist(_gray8(stack[i])))
-        if exposures[i] < exposures[ref]:
-            return small(_gray8(stack[ref])), small(_exposure_normalised(stack[i], exposures[ref] / exposures[i], response))
-        return small(_exposure_normalised(stack[ref], exposures[i] / exposures[ref], response)), small(_gray8(stack[i]))
+        a, b = _matched_pair(stack, ref, i, exposures, response)
+        return small(a), small(b)
 
     orb = cv2.ORB_create(nfeatures=max_features)
-    kp_ref, des_ref = orb.detectAndCompute(small(cv2.equalizeHist(_gray8(stack[ref]))), None)
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
     s = np.diag([scale, scale, 1.0])
     s_inv = np.linalg.inv(s)
@@ -195,7 +295,9 @@ def align_homography(
         if i == ref:
             motions.append(Motion(method="homography"))
             continue
-        kp, des = orb.detectAndCompute(small(cv2.equalizeHist(_gray8(stack[i]))), None)
+        ref_img, img = pair(i)
+        kp_ref, des_ref = orb.detectAndCompute(ref_img, None)
+        kp, des = orb.detectAndCompute(img, None)
         hom, inliers = None, 0
         if des is not None and des_ref is not None and len(kp) >= 4:
             pairs = matcher.knnMatch(des_ref, des, k=2)
@@ -209,11 +311,10 @@ def align_homography(
             motions.append(Motion(method="homography", ok=False, inliers=inliers))
             continue
         if refine:
-            a, b = ecc_pair(i)
             criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-5)
             try:
                 _, refined = cv2.findTransformECC(
-                    a.astype(np.float32), b.astype(np.float32), hom.astype(np.float32),
+                    ref_img.astype(np.float32), img.astype(np.float32), hom.astype(np.float32),
                     cv2.MOTION_HOMOGRAPHY, criteria, None, 3,
                 )
                 hom = refined.astype(np.float64)
@@ -238,14 +339,19 @@ def _describe(matrix: np.ndarray, inliers: int) -> Motion:
 
 
 def align_bracket(bracket: Bracket, method: str = "mtb", *, reference_index: int | None = None, response=None):
-    """Align a ``Bracket`` in place of its frames; returns ``(Bracket, motions)``."""
+    """Align a ``Bracket``; returns a new ``(Bracket, motions)``.
+
+    The reference defaults to the middle exposure. Pass the camera ``response`` to
+    exposure-match each pair before registration (recommended for wide brackets).
+    """
     if method not in ALIGN_METHODS:
         raise ValueError(f"unknown alignment {method!r}; use one of {', '.join(ALIGN_METHODS)}")
     if method == "none":
         return bracket, [Motion() for _ in range(len(bracket))]
     ref = int(np.argsort(bracket.relative_exposure)[len(bracket) // 2]) if reference_index is None else reference_index
     if method == "mtb":
-        frames, motions = align_mtb(bracket.frames, reference_index=ref)
+        frames, motions = align_mtb(bracket.frames, reference_index=ref, exposures=bracket.relative_exposure,
+                                    response=response, bits=bracket.bits)
     else:
         frames, motions = align_homography(
             bracket.frames, reference_index=ref, exposures=bracket.relative_exposure,

@@ -25,7 +25,7 @@ __all__ = ["merge_debevec", "resolve_response"]
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _log_merge_kernel(frames, weights, weighted_log, log_lut, log_exposure, short_i, long_i, use_mask, mask, out):
+def _log_merge_kernel(frames, weights, weighted_log, log_lut, log_exposure, order, use_mask, mask, out):
     # Writes ln E; the caller exponentiates in place with numpy's SIMD exp, which
     # measured 2x faster than a per-pixel exp inside this loop.
     n, h, w, _ = frames.shape
@@ -44,10 +44,24 @@ def _log_merge_kernel(frames, weights, weighted_log, log_lut, log_exposure, shor
                 if den > np.float32(1e-6):
                     out[y, x, c] = num / den
                 else:
-                    # Clipped or black in every usable frame: the bound from the darkest
-                    # frame if it is bright, else from the brightest frame.
-                    zs = frames[short_i, y, x, c]
-                    j = short_i if 2 * np.int32(zs) >= top else long_i
+                    # Clipped or black in every usable frame. A clipped sample bounds the
+                    # radiance from below, the shortest such frame most tightly; a black one
+                    # bounds it from above, the longest most tightly. Take the bright bound
+                    # when there is one: no holes, and the closest value the stack allows.
+                    j = -1
+                    for k in range(n):
+                        i = order[k]
+                        if use_mask and mask[i, y, x] == 0:
+                            continue
+                        if 2 * np.int32(frames[i, y, x, c]) >= top:
+                            j = i
+                            break
+                    if j < 0:
+                        for k in range(n - 1, -1, -1):
+                            i = order[k]
+                            if not use_mask or mask[i, y, x] != 0:
+                                j = i
+                                break
                     out[y, x, c] = log_lut[c, frames[j, y, x, c]] - log_exposure[j]
     return out
 
@@ -136,8 +150,7 @@ def merge_debevec(
     weights = weight_lut(weighting, levels)
     log_lut = resp.log_lut()
     log_exposure = np.log(exposures).astype(np.float32)
-    order = np.argsort(exposures)
-    short_i, long_i = int(order[0]), int(order[-1])
+    order = np.argsort(exposures, kind="stable").astype(np.int64)
     if out is None:
         out = np.empty((h, w, 3), np.float32)
     elif out.shape != (h, w, 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
@@ -155,5 +168,5 @@ def merge_debevec(
         use_mask = False
     # w(z) * (g(z) - ln t_i) per frame, channel and code: one table read per sample.
     weighted_log = weights[None, None, :] * (log_lut[None, :, :] - log_exposure[:, None, None])
-    _log_merge_kernel(stack, weights, weighted_log, log_lut, log_exposure, short_i, long_i, use_mask, mask, out)
+    _log_merge_kernel(stack, weights, weighted_log, log_lut, log_exposure, order, use_mask, mask, out)
     return np.exp(out, out=out)

@@ -84,17 +84,26 @@ class SyntheticBracket:
     response: CameraResponse
 
 
-def suggest_exposures(radiance: np.ndarray, n: int = 3, spacing_stops: float = 2.0, *, mid_grey: float = 0.18):
-    """Exposure times (s) for an ``n``-frame bracket centred on the scene's log-mean.
+def suggest_exposures(radiance: np.ndarray, n: int = 3, spacing_stops: float | None = None, *,
+                      peak_percentile: float = 99.5, dark_percentile: float = 5.0, max_spacing_stops: float = 4.0):
+    """Exposure times (s), shortest first, for an ``n``-frame bracket covering ``radiance``.
 
-    The middle exposure maps the geometric mean luminance to ``mid_grey`` of full
-    scale; the others are ``spacing_stops`` apart, shortest first.
+    The shortest exposure puts the ``peak_percentile`` luminance at 85% of full
+    scale (highlights just unclipped); the longest aims to lift the
+    ``dark_percentile`` luminance to 20% of full scale. With ``spacing_stops``
+    given, the frames are that far apart instead; otherwise the spacing spreads
+    the range over ``n`` frames, between 1 and ``max_spacing_stops`` stops.
     """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
     lum = radiance @ np.array([0.2126, 0.7152, 0.0722], np.float32)
-    log_mean = float(np.exp(np.mean(np.log(np.maximum(lum, 1e-6)))))
-    mid = mid_grey / log_mean
-    offsets = (np.arange(n) - (n - 1) / 2.0) * spacing_stops
-    return mid * np.power(2.0, offsets)
+    peak, dark = np.percentile(lum, [peak_percentile, dark_percentile])
+    shortest = 0.85 / max(float(peak), 1e-12)
+    if spacing_stops is None:
+        longest = 0.2 / max(float(dark), 1e-12)
+        span = np.log2(max(longest / shortest, 1.0))
+        spacing_stops = float(np.clip(span / max(n - 1, 1), 1.0, max_spacing_stops))
+    return shortest * np.power(2.0, np.arange(n) * spacing_stops)
 
 
 def random_camera_motion(n: int, *, max_shift_px: float = 8.0, max_rotation_deg: float = 0.0, seed: int = 0,

@@ -1,0 +1,113 @@
+"""``edgehdr bench``: median per-stage latency against OpenCV, measured in the same run.
+
+For each frame size a synthetic 3-exposure bracket (with a small hand shake) goes
+through alignment, merging and tone mapping, once with EdgeHDR and once with the
+OpenCV equivalent (``AlignMTB``, ``MergeDebevec`` with the same response,
+``TonemapReinhard``). The ratio column is OpenCV time / EdgeHDR time: above 1
+means EdgeHDR is faster. OpenCV's tone mapper is timed without the sRGB/uint8
+conversion EdgeHDR's includes, which favours OpenCV.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import cv2
+import numpy as np
+
+from edgehdr.hdr.align import align_mtb
+from edgehdr.hdr.merge import merge_debevec
+from edgehdr.progress import Progress
+from edgehdr.synth import CameraModel, capture_bracket, make_scene, suggest_exposures
+from edgehdr.tonemap import reinhard_global, reinhard_local
+
+__all__ = ["SIZES", "run_benchmark", "format_table"]
+
+SIZES = {"720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
+
+
+def _median_ms(fn, repeat: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def run_benchmark(sizes=("720p", "1080p", "4k"), *, repeat: int = 7, seed: int = 0, quiet: bool = False) -> dict:
+    """Measure every stage at every size; returns a JSON-ready dict."""
+    for name in sizes:
+        if name not in SIZES:
+            raise ValueError(f"unknown size {name!r}; use one of {', '.join(SIZES)}")
+    progress = Progress(len(sizes) * 2, quiet=quiet)
+    rows = []
+    for name in sizes:
+        h, w = SIZES[name]
+        progress.step(f"{name}: rendering a synthetic 3-exposure bracket ({w}x{h})")
+        scene = make_scene(seed, h, w)
+        camera = CameraModel()
+        shot = capture_bracket(scene, suggest_exposures(scene.radiance, 3, 2.0), camera=camera, seed=seed,
+                               camera_poses=[(3.0, -2.0, 0.0), (0.0, 0.0, 0.0), (-4.0, 1.0, 0.0)])
+        bracket = shot.bracket
+        frames_bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in bracket.frames]
+        times = bracket.relative_exposure.astype(np.float32)
+        response = shot.response
+        response_cv = np.ascontiguousarray(response.inverse_lut[::-1].T.reshape(256, 1, 3))
+        radiance = merge_debevec(bracket, response=response)
+        radiance_bgr = cv2.cvtColor(radiance, cv2.COLOR_RGB2BGR)
+        mtb = cv2.createAlignMTB()
+        merger = cv2.createMergeDebevec()
+        tonemapper = cv2.createTonemapReinhard()
+        progress.step(f"{name}: timing {repeat} runs per stage")
+        stage = {
+            "align": (
+                _median_ms(lambda: align_mtb(bracket.frames), repeat),
+                _median_ms(lambda: mtb.process(frames_bgr, [f.copy() for f in frames_bgr]), repeat),
+            ),
+            "merge": (
+                _median_ms(lambda: merge_debevec(bracket, response=response), repeat),
+                _median_ms(lambda: merger.process(frames_bgr, times, response_cv), repeat),
+            ),
+            "tonemap_global": (
+                _median_ms(lambda: reinhard_global(radiance), repeat),
+                _median_ms(lambda: tonemapper.process(radiance_bgr), repeat),
+            ),
+        }
+        local_ms = _median_ms(lambda: reinhard_local(radiance), repeat)
+        for key, (ours, ocv) in stage.items():
+            rows.append({"size": name, "stage": key, "edgehdr_ms": round(ours, 2), "opencv_ms": round(ocv, 2),
+                         "ratio": round(ocv / ours, 2)})
+        rows.append({"size": name, "stage": "tonemap_local", "edgehdr_ms": round(local_ms, 2), "opencv_ms": None,
+                     "ratio": None, "local_over_global": round(local_ms / stage["tonemap_global"][0], 2)})
+    return {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "opencv": cv2.__version__, "numpy": np.__version__},
+        "repeat": repeat,
+        "exposures": 3,
+        "rows": rows,
+    }
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'size':<6} {'stage':<15} {'edgehdr ms':>11} {'opencv ms':>10} {'ratio':>7}  note",
+             "-" * 64]
+    for row in result["rows"]:
+        ocv = "-" if row["opencv_ms"] is None else f"{row['opencv_ms']:.2f}"
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.1f}x"
+        note = f"local/global = {row['local_over_global']:.2f}" if "local_over_global" in row else ""
+        lines.append(f"{row['size']:<6} {row['stage']:<15} {row['edgehdr_ms']:>11.2f} {ocv:>10} {ratio:>7}  {note}")
+    m = result["machine"]
+    lines.append(f"(median of {result['repeat']} runs, {result['exposures']} exposures; {m['cpus']} CPUs, "
+                 f"OpenCV {m['opencv']}, Python {m['python']}; ratio = OpenCV ms / EdgeHDR ms)")
+    return "\n".join(lines)
+
+
+def dumps(result: dict) -> str:
+    return json.dumps(result, indent=2)

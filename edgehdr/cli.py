@@ -1,0 +1,200 @@
+"""The ``edgehdr`` command: merge, tonemap, synth, bench, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_merge(args) -> int:
+    import numpy as np
+
+    from edgehdr.hdr.align import align_bracket
+    from edgehdr.hdr.crf import calibrate_debevec
+    from edgehdr.hdr.merge import merge_debevec, resolve_response
+    from edgehdr.io import read_ldr_stack, write_radiance
+    from edgehdr.progress import Progress
+
+    progress = Progress(4, quiet=args.quiet)
+    bracket = read_ldr_stack(args.images, list_file=args.list, bits=args.bits)
+    progress.step(f"read {len(bracket)} frames {bracket.frames.shape[2]}x{bracket.frames.shape[1]}, "
+                  f"{bracket.bits}-bit, relative exposures {np.round(bracket.relative_exposure, 6).tolist()}")
+    if args.response == "auto":
+        response = calibrate_debevec(bracket.frames, bracket.relative_exposure, bits=bracket.bits,
+                                     smoothness=args.smoothness)
+        if args.save_response:
+            response.save(args.save_response)
+    else:
+        response = resolve_response(args.response, bracket.bits)
+    progress.step(f"camera response: {response.name}")
+    bracket, motions = align_bracket(bracket, args.align, response=response)
+    for i, m in enumerate(motions):
+        if args.align != "none":
+            progress.note(f"frame {i}: {json.dumps(m.as_dict())}")
+    progress.step(f"aligned ({args.align})")
+    radiance = merge_debevec(bracket, response=response, weighting=args.weighting, deghost=args.deghost)
+    write_radiance(args.output, radiance, exr_pixel_type=args.exr_pixel_type)
+    progress.step(f"merged{' with deghosting' if args.deghost else ''} -> {args.output}")
+    return 0
+
+
+def _cmd_tonemap(args) -> int:
+    from edgehdr.io import read_radiance, write_ldr_image
+    from edgehdr.tonemap import tonemap
+
+    radiance = read_radiance(args.input)
+    params = {"color": args.color}
+    if args.operator in ("reinhard", "reinhard-local"):
+        params.update(key=args.key, saturation=args.saturation)
+        if args.white is not None:
+            params["white"] = args.white
+    elif args.operator == "drago":
+        params.update(bias=args.bias, saturation=args.saturation)
+    else:
+        params.update(alpha=args.alpha, gamma=args.saturation, key=args.key)
+        if args.mu is not None:
+            params["mu"] = args.mu
+    sdr = tonemap(radiance, args.operator, **params)
+    write_ldr_image(args.output, sdr)
+    if not args.quiet:
+        print(f"{args.operator}: {args.input} -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    from edgehdr.hdr.crf import ResponseCurve
+    from edgehdr.io import write_ldr_image, write_radiance, write_text_atomic
+    from edgehdr.synth import CameraModel, capture_bracket, make_scene, random_camera_motion, suggest_exposures
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    scene = make_scene(args.seed, args.height, args.width, kind=args.kind, moving_objects=args.moving)
+    camera = CameraModel(response=ResponseCurve.parse(args.response), bits=args.bits)
+    poses = random_camera_motion(args.exposures, max_shift_px=args.shake_px, seed=args.seed) if args.shake_px else None
+    shot = capture_bracket(scene, suggest_exposures(scene.radiance, args.exposures, args.spacing), camera=camera,
+                           seed=args.seed, camera_poses=poses)
+    lines = []
+    suffix = ".png" if args.bits == 8 else ".tif"
+    for i, (frame, t) in enumerate(zip(shot.bracket.frames, shot.bracket.exposure_s)):
+        name = f"frame_{i}{suffix}"
+        write_ldr_image(out / name, frame)
+        lines.append(f"{name} {1.0 / t:.9g}")
+    write_text_atomic(out / "list.txt", "\n".join(lines) + "\n")
+    write_radiance(out / "ground_truth.exr", shot.radiance, exr_pixel_type="float")
+    shot.response.save(out / "response.json")
+    if not args.quiet:
+        print(f"wrote {args.exposures} frames, list.txt, ground_truth.exr and response.json to {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from edgehdr.bench import dumps, format_table, run_benchmark
+
+    result = run_benchmark(args.sizes.split(","), repeat=args.repeat, quiet=args.quiet)
+    print(format_table(result))
+    if args.json:
+        from edgehdr.io import write_text_atomic
+
+        write_text_atomic(args.json, dumps(result))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from edgehdr.demo import run_demo
+
+    metrics = run_demo(args.output, seed=args.seed, height=args.height, width=args.width, quiet=args.quiet)
+    merge = metrics["merge"]
+    print(f"results in {args.output}/ (open contact_sheet.png)")
+    print(f"merge vs ground truth: PU21-PSNR {merge['pu21_psnr_db']} dB, PSNR-mu {merge['psnr_mu_db']} dB; "
+          f"moving region {merge['pu21_psnr_moving_db']} dB with deghosting, "
+          f"{merge['pu21_psnr_moving_without_deghost_db']} dB without")
+    print("TMQI: " + ", ".join(f"{k} {v}" for k, v in metrics["tmqi"].items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgehdr import __version__
+    from edgehdr.hdr.align import ALIGN_METHODS
+    from edgehdr.hdr.weights import WEIGHTINGS
+    from edgehdr.tonemap import COLOR_METHODS, OPERATORS
+
+    parser = argparse.ArgumentParser(prog="edgehdr", description="HDR imaging on edge devices.")
+    parser.add_argument("--version", action="version", version=f"edgehdr {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("merge", help="merge an exposure stack into a radiance map")
+    p.add_argument("images", nargs="*", help="image files, a folder (uses its list.txt or EXIF) or a list file")
+    p.add_argument("-o", "--output", required=True, help="output .exr, .hdr or .pfm")
+    p.add_argument("--list", help="OpenCV-style list file: 'FILENAME INVERSE_SHUTTER_TIME' per line")
+    p.add_argument("--response", default="auto",
+                   help="auto (Debevec calibration), srgb, gamma2.2, linear, s-curve[:C:P] or a response .json")
+    p.add_argument("--save-response", help="with --response auto: write the calibrated response here (.json)")
+    p.add_argument("--smoothness", type=float, default=1000.0, help="Debevec calibration smoothness lambda")
+    p.add_argument("--align", choices=ALIGN_METHODS, default="mtb")
+    p.add_argument("--deghost", action="store_true", help="reject moving objects against the middle exposure")
+    p.add_argument("--weighting", choices=sorted(WEIGHTINGS), default="tutorial")
+    p.add_argument("--bits", type=int, help="significant bits of 16-bit files (e.g. 12)")
+    p.add_argument("--exr-pixel-type", choices=("half", "float"), default="half")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("tonemap", help="tone map a radiance map to an sRGB image")
+    p.add_argument("input", help="input .exr, .hdr or .pfm")
+    p.add_argument("-o", "--output", required=True, help="output .png, .jpg or .tif")
+    p.add_argument("--operator", choices=OPERATORS, default="reinhard")
+    p.add_argument("--key", type=float, default=0.18, help="Reinhard key / parametric mid-grey")
+    p.add_argument("--white", type=float, help="Reinhard white point (default: scene maximum)")
+    p.add_argument("--bias", type=float, default=0.85, help="Drago bias")
+    p.add_argument("--alpha", type=float, default=0.8, help="parametric contrast exponent")
+    p.add_argument("--mu", type=float, help="parametric mid-point (default from the key)")
+    p.add_argument("--saturation", type=float, default=None, help="colour saturation s (gamma for parametric)")
+    p.add_argument("--color", choices=COLOR_METHODS, default="schlick", help="colour correction")
+    p.set_defaults(func=_cmd_tonemap)
+
+    p = sub.add_parser("synth", help="write a synthetic bracket with its exact ground truth")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kind", choices=("outdoor", "indoor", "night"))
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--exposures", type=int, default=3)
+    p.add_argument("--spacing", type=float, default=2.0, help="stops between exposures")
+    p.add_argument("--moving", type=int, default=0, help="moving objects")
+    p.add_argument("--shake-px", type=float, default=0.0, help="random hand shake up to this many pixels")
+    p.add_argument("--response", default="srgb", help="camera response curve")
+    p.add_argument("--bits", type=int, default=8, choices=(8, 10, 12, 16))
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("bench", help="per-stage latency against OpenCV at 720p, 1080p and 4K")
+    p.add_argument("--sizes", default="720p,1080p,4k")
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--json", help="also write the figures as JSON")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("demo", help="the built-in default job on a synthetic scene")
+    p.add_argument("-o", "--output", default="edgehdr-demo", help="result folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "saturation", "absent") is None:
+        args.saturation = 0.8 if args.operator == "parametric" else 1.0
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"edgehdr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Shared fixtures: small synthetic scenes with exact ground truth (cached per session)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from edgehdr.synth import CameraModel, capture_bracket, make_scene, suggest_exposures
+
+
+@functools.lru_cache(maxsize=None)
+def _scene(seed: int, height: int, width: int, moving: int = 0):
+    return make_scene(seed, height, width, moving_objects=moving, object_speed_px=12.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _shot(seed: int, height: int, width: int, n: int = 3, moving: int = 0, noise: bool = True, curve: str = "srgb"):
+    from edgehdr.hdr.crf import ResponseCurve
+
+    scene = _scene(seed, height, width, moving)
+    camera = CameraModel(response=ResponseCurve.parse(curve))
+    return capture_bracket(scene, suggest_exposures(scene.radiance, n), camera=camera, seed=seed, noise=noise)
+
+
+@pytest.fixture
+def scene_factory():
+    return _scene
+
+
+@pytest.fixture
+def shot_factory():
+    return _shot
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,88 @@
+"""Camera response: analytic curves, JSON round trip, Debevec calibration vs truth and vs OpenCV."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edgehdr.hdr import CameraResponse, ResponseCurve, calibrate_debevec, standard_response
+from edgehdr.synth import CameraModel, capture_bracket, make_scene, suggest_exposures
+
+CURVES = ("linear", "gamma2.2", "srgb", "s-curve", "s-curve:2.0:0.3", "s-curve:0.7:0.8")
+
+
+@pytest.mark.parametrize("name", CURVES)
+def test_curve_inverse_round_trip_and_monotonic(name):
+    curve = ResponseCurve.parse(name)
+    x = np.linspace(0, 1, 2001)
+    y = curve.forward(x)
+    assert y[0] == pytest.approx(0, abs=1e-12) and y[-1] == pytest.approx(1)
+    assert np.all(np.diff(y) > 0)
+    np.testing.assert_allclose(curve.inverse(y), x, atol=1e-9)
+
+
+def test_srgb_curve_matches_the_standard_formula():
+    lut = standard_response("srgb").inverse_lut[0]
+    c = np.arange(256) / 255.0
+    expected = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    np.testing.assert_allclose(lut, expected, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(standard_response("gamma2.2").inverse_lut[1], c**2.2, rtol=1e-6)
+
+
+def test_response_json_round_trip_and_errors(tmp_path):
+    resp = standard_response("s-curve", bits=10)
+    path = resp.save(tmp_path / "r.json")
+    back = CameraResponse.load(path)
+    np.testing.assert_array_equal(back.inverse_lut, resp.inverse_lut)
+    assert back.bits == 10 and back.name == resp.name
+    (tmp_path / "bad.json").write_text('{"format": "edgehdr-camera-response", "version": 1, "bits": 8, '
+                                       '"inverse_lut": [[0, 1]]}')
+    with pytest.raises(ValueError, match=r"bad\.json: field 'inverse_lut' must be 3 rows of 256"):
+        CameraResponse.load(tmp_path / "bad.json")
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"x\.json: not a JSON camera response"):
+        CameraResponse.load(tmp_path / "x.json")
+    with pytest.raises(ValueError, match="non-decreasing"):
+        CameraResponse(np.linspace(1, 0, 256))
+
+
+def _log_rms_error(estimate: CameraResponse, truth: CameraResponse, lo=10, hi=245):
+    d = np.log(estimate.inverse_lut[:, lo:hi]) - np.log(truth.inverse_lut[:, lo:hi])
+    d -= d.mean(axis=1, keepdims=True)  # the response is only defined up to scale
+    return float(np.sqrt(np.mean(d**2)))
+
+
+def test_debevec_recovers_known_responses_as_well_as_opencv():
+    ours, theirs = [], []
+    for seed, curve in enumerate(("srgb", "gamma2.2", "s-curve", "s-curve:2.0:0.3")):
+        scene = make_scene(seed, 180, 240)
+        camera = CameraModel(response=ResponseCurve.parse(curve))
+        shot = capture_bracket(scene, suggest_exposures(scene.radiance, 5, 1.5), camera=camera, seed=seed)
+        frames, times = shot.bracket.frames, shot.bracket.relative_exposure
+        estimate = calibrate_debevec(frames, times)
+        err = _log_rms_error(estimate, shot.response)
+        assert err < 0.05, f"{curve}: log-RMS error {err:.3f}"
+        bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames]
+        cv_resp = cv2.createCalibrateDebevec().process(bgr, times.astype(np.float32)).reshape(256, 3).T[::-1]
+        cv_resp = CameraResponse(np.maximum.accumulate(np.maximum(cv_resp, 1e-9), axis=1))
+        ours.append(err)
+        theirs.append(_log_rms_error(cv_resp, shot.response))
+    assert np.mean(ours) <= np.mean(theirs), (ours, theirs)
+
+
+def test_debevec_on_twelve_bit_frames():
+    scene = make_scene(4, 160, 200)
+    camera = CameraModel(response=ResponseCurve.parse("gamma2.2"), bits=12)
+    shot = capture_bracket(scene, suggest_exposures(scene.radiance, 4, 2.0), camera=camera, seed=1)
+    estimate = calibrate_debevec(shot.bracket.frames, shot.bracket.relative_exposure, bits=12)
+    assert estimate.bits == 12
+    assert _log_rms_error(estimate, shot.response, lo=160, hi=3900) < 0.04
+
+
+def test_calibration_input_validation():
+    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="distinct exposures"):
+        calibrate_debevec(frames, [1.0, 1.0])
+    with pytest.raises(ValueError, match="at least two exposures"):
+        calibrate_debevec(frames[:1], [1.0])

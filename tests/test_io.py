@@ -1,0 +1,203 @@
+"""Radiance files, LDR stacks and atomic writes: round trips, independent parsing, clear errors."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgehdr.io import (
+    atomic_output,
+    read_exif_exposure,
+    read_ldr_stack,
+    read_radiance,
+    write_ldr_image,
+    write_radiance,
+)
+
+
+@pytest.fixture
+def radiance(rng):
+    # Spans 1e-3 .. 1e3 with distinct channels so colour order errors show.
+    base = np.exp(rng.uniform(np.log(1e-3), np.log(1e3), size=(24, 32, 3))).astype(np.float32)
+    base[..., 0] *= 1.0
+    base[..., 1] *= 0.5
+    base[..., 2] *= 0.25
+    return base
+
+
+def test_pfm_round_trip_is_exact_and_stores_rgb(tmp_path, radiance):
+    path = write_radiance(tmp_path / "x.pfm", radiance)
+    np.testing.assert_array_equal(read_radiance(path), radiance)
+    # Independent parse of the PFM container: header, scale < 0 = little endian, rows bottom-up, RGB.
+    raw = path.read_bytes()
+    parts = raw.split(b"\n", 3)
+    assert parts[0] == b"PF"
+    w, h = map(int, parts[1].split())
+    scale = float(parts[2])
+    assert (w, h) == (32, 24)
+    data = np.frombuffer(parts[3], dtype="<f4" if scale < 0 else ">f4").reshape(h, w, 3)[::-1]
+    np.testing.assert_array_equal(data, radiance)
+
+
+def test_exr_float_is_exact_and_half_within_half_precision(tmp_path, radiance):
+    np.testing.assert_array_equal(read_radiance(write_radiance(tmp_path / "f.exr", radiance, exr_pixel_type="float")),
+                                  radiance)
+    half = read_radiance(write_radiance(tmp_path / "h.exr", radiance))
+    np.testing.assert_allclose(half, radiance, rtol=2**-10, atol=6e-8)
+
+
+def test_exr_channel_order_matches_an_independent_reader(tmp_path, radiance):
+    import OpenEXR
+
+    write_radiance(tmp_path / "c.exr", radiance, exr_pixel_type="float")
+    with OpenEXR.File(str(tmp_path / "c.exr"), separate_channels=True) as exr:
+        channels = exr.channels()
+        np.testing.assert_array_equal(channels["R"].pixels, radiance[..., 0])
+        np.testing.assert_array_equal(channels["B"].pixels, radiance[..., 2])
+
+
+def test_radiance_hdr_round_trip_within_rgbe_precision(tmp_path, radiance):
+    back = read_radiance(write_radiance(tmp_path / "x.hdr", radiance))
+    # RGBE keeps 8 mantissa bits against the largest channel: relative error < 2^-7 of the max channel.
+    tol = radiance.max(axis=2, keepdims=True) * 2**-7
+    assert np.all(np.abs(back - radiance) <= tol)
+    assert np.argmax(back.mean(axis=(0, 1))) == 0  # red stays the brightest channel
+
+
+@pytest.mark.parametrize("suffix", [".exr", ".hdr", ".pfm"])
+def test_corrupt_radiance_file_names_the_file(tmp_path, suffix):
+    bad = tmp_path / f"broken{suffix}"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="broken"):
+        read_radiance(bad)
+
+
+def test_unknown_suffix_and_missing_file(tmp_path, radiance):
+    with pytest.raises(ValueError, match="unknown radiance file type"):
+        write_radiance(tmp_path / "x.png", radiance)
+    with pytest.raises(FileNotFoundError, match="nope.exr"):
+        read_radiance(tmp_path / "nope.exr")
+
+
+def test_write_refuses_nan(tmp_path, radiance):
+    radiance[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        write_radiance(tmp_path / "x.exr", radiance)
+    assert not list(tmp_path.iterdir())
+
+
+def test_atomic_output_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "result.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_text("half-writ")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.txt"]
+
+
+def test_atomic_output_replaces_in_one_step(tmp_path):
+    target = tmp_path / "result.txt"
+    target.write_text("old")
+    inode_before = target.stat().st_ino
+    with atomic_output(target) as tmp:
+        tmp.write_text("new")
+        assert target.read_text() == "old"  # readers see the old file until the rename
+    assert target.read_text() == "new"
+    assert target.stat().st_ino != inode_before
+
+
+def _write_stack(folder: Path, frames, exposures_s, *, suffix=".png", list_file=True):
+    names = []
+    for i, frame in enumerate(frames):
+        name = f"f{i}{suffix}"
+        write_ldr_image(folder / name, frame)
+        names.append(name)
+    if list_file:
+        (folder / "list.txt").write_text("".join(f"{n} {1 / t}\n" for n, t in zip(names, exposures_s)))
+    return names
+
+
+def test_list_file_stack_round_trip(tmp_path, shot_factory):
+    shot = shot_factory(0, 64, 96)
+    _write_stack(tmp_path, shot.bracket.frames, shot.bracket.exposure_s)
+    bracket = read_ldr_stack(tmp_path)
+    np.testing.assert_array_equal(bracket.frames, shot.bracket.frames)
+    np.testing.assert_allclose(bracket.exposure_s, shot.bracket.exposure_s, rtol=1e-12)
+    assert bracket.bits == 8
+
+
+def test_sixteen_bit_stack(tmp_path, rng):
+    frames = [rng.integers(0, 4096, size=(20, 30, 3), dtype=np.uint16) for _ in range(2)]
+    _write_stack(tmp_path, frames, [0.01, 0.04], suffix=".tif")
+    bracket = read_ldr_stack(tmp_path, bits=12)
+    assert bracket.frames.dtype == np.uint16 and bracket.bits == 12
+    np.testing.assert_array_equal(bracket.frames[1], frames[1])
+
+
+def _jpeg_with_exif(path: Path, rgb, exposure, f_number, iso):
+    img = Image.fromarray(rgb)
+    exif = Image.Exif()
+    exif_ifd = exif.get_ifd(0x8769)
+    exif_ifd[0x829A] = exposure
+    exif_ifd[0x829D] = f_number
+    exif_ifd[0x8827] = iso
+    img.save(path, exif=exif, quality=95)
+
+
+def test_exif_exposure_folds_aperture_and_iso_into_gain(tmp_path, rng):
+    from PIL.TiffImagePlugin import IFDRational as Fraction
+
+    rgb = rng.integers(0, 255, size=(16, 16, 3), dtype=np.uint8)
+    _jpeg_with_exif(tmp_path / "a.jpg", rgb, Fraction(1, 100), Fraction(4, 1), 100)
+    _jpeg_with_exif(tmp_path / "b.jpg", rgb, Fraction(1, 25), Fraction(8, 1), 400)
+    assert read_exif_exposure(tmp_path / "a.jpg") == pytest.approx((0.01, 4.0, 100.0))
+    bracket = read_ldr_stack(tmp_path)
+    np.testing.assert_allclose(bracket.exposure_s, [0.01, 0.04])
+    # b: ISO 400 (x4) at f/8 vs f/4 (x1/4): same light per second, 4x the time.
+    np.testing.assert_allclose(bracket.gain, [1.0, 1.0])
+    np.testing.assert_allclose(bracket.relative_exposure, [0.01, 0.04])
+
+
+def test_missing_exif_exposure_names_the_file(tmp_path, rng):
+    for name in ("a.png", "b.png"):
+        write_ldr_image(tmp_path / name, rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"a\.png: no EXIF ExposureTime"):
+        read_ldr_stack(tmp_path)
+
+
+def test_stack_errors_name_the_files(tmp_path, rng):
+    small = rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)
+    big = rng.integers(0, 255, size=(8, 10, 3), dtype=np.uint8)
+    write_ldr_image(tmp_path / "a.png", small)
+    write_ldr_image(tmp_path / "b.png", big)
+    (tmp_path / "list.txt").write_text("a.png 100\nb.png 25\n")
+    with pytest.raises(ValueError, match=r"b\.png: size 10x8 differs from .*a\.png"):
+        read_ldr_stack(tmp_path)
+    (tmp_path / "list.txt").write_text("a.png 100\na.png 25\n")
+    with pytest.raises(ValueError, match="listed twice"):
+        read_ldr_stack(tmp_path)
+    write_ldr_image(tmp_path / "c.png", small)
+    (tmp_path / "list.txt").write_text("a.png 100\nc.png 100\n")
+    with pytest.raises(ValueError, match="same exposure"):
+        read_ldr_stack(tmp_path)
+    (tmp_path / "list.txt").write_text("a.png 100\n")
+    with pytest.raises(ValueError, match="at least two frames"):
+        read_ldr_stack(tmp_path)
+    (tmp_path / "list.txt").write_text("a.png fast\nc.png 100\n")
+    with pytest.raises(ValueError, match=r"list\.txt:1: inverse shutter time 'fast'"):
+        read_ldr_stack(tmp_path)
+    (tmp_path / "d.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "list.txt").write_text("a.png 100\nd.png 25\n")
+    with pytest.raises(ValueError, match=r"d\.png: not a readable image"):
+        read_ldr_stack(tmp_path)
+    (tmp_path / "list.txt").write_text("a.png 100\nmissing.png 25\n")
+    with pytest.raises(FileNotFoundError, match=r"missing\.png"):
+        read_ldr_stack(tmp_path)

@@ -1,0 +1,147 @@
+"""Merging against exact synthetic radiance and against cv2.MergeDebevec."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edgehdr.bracket import Bracket
+from edgehdr.hdr import calibrate_debevec, standard_response, weight_lut
+from edgehdr.hdr.merge import merge_debevec
+from edgehdr.quality import pu21_psnr
+from edgehdr.synth import CameraModel, capture_bracket, make_scene, suggest_exposures
+
+
+def _opencv_merge(frames, exposures, response):
+    bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames]
+    lut = np.ascontiguousarray(response.inverse_lut[::-1].T.reshape(256, 1, 3))
+    out = cv2.createMergeDebevec().process(bgr, np.asarray(exposures, np.float32), lut)
+    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
+
+
+def test_weighting_functions_match_their_formulas():
+    x = np.arange(256) / 255.0
+    np.testing.assert_allclose(weight_lut("tutorial", 256)[1:-1], (1 - (2 * x - 1) ** 12)[1:-1], rtol=1e-6)
+    np.testing.assert_allclose(weight_lut("triangle", 256)[1:-1], (1 - np.abs(2 * x - 1))[1:-1], rtol=1e-6)
+    np.testing.assert_allclose(weight_lut("gaussian", 256)[1:-1], np.exp(-16 * (x - 0.5) ** 2)[1:-1], rtol=1e-6)
+    for name in ("tutorial", "hat", "triangle", "gaussian", "box"):
+        lut = weight_lut(name, 1024)
+        assert lut[0] == 0 and lut[-1] == 0 and lut[512] > 0.9
+
+
+def test_noise_free_merge_recovers_exact_radiance():
+    scene = make_scene(3, 96, 128)
+    shot = capture_bracket(scene, suggest_exposures(scene.radiance, 3), seed=0, noise=False)
+    merged = merge_debevec(shot.bracket, response=shot.response)
+    frames = shot.bracket.frames
+    covered = np.all((frames.max(axis=0) > 30) & (frames.min(axis=0) < 225), axis=2)
+    rel = np.abs(merged[covered] / shot.radiance[covered] - 1)
+    assert covered.mean() > 0.5
+    assert np.median(rel) < 0.01 and np.percentile(rel, 99) < 0.04
+
+
+def test_agrees_with_opencv_where_well_exposed():
+    scene = make_scene(0, 120, 160)
+    shot = capture_bracket(scene, suggest_exposures(scene.radiance, 3), seed=1)
+    ours = merge_debevec(shot.bracket, response=shot.response, weighting="triangle")
+    theirs = _opencv_merge(shot.bracket.frames, shot.bracket.relative_exposure, shot.response)
+    well = np.all((shot.bracket.frames[1] > 20) & (shot.bracket.frames[1] < 235), axis=2)
+    ratio = ours[well] / theirs[well]
+    # Same estimator; OpenCV's triangle is offset by one code, so agreement is close, not bit-exact.
+    assert np.median(np.abs(ratio - 1)) < 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_pu21_psnr_at_least_opencv_with_known_response(seed):
+    scene = make_scene(seed, 120, 160)
+    shot = capture_bracket(scene, suggest_exposures(scene.radiance, 3), seed=seed)
+    ours = merge_debevec(shot.bracket, response=shot.response)
+    theirs = _opencv_merge(shot.bracket.frames, shot.bracket.relative_exposure, shot.response)
+    assert pu21_psnr(ours, shot.radiance) >= pu21_psnr(theirs, shot.radiance)
+
+
+def test_calibrated_response_within_1db_of_known():
+    gaps = []
+    for seed, curve in enumerate(("srgb", "s-curve", "gamma2.2")):
+        from edgehdr.hdr import ResponseCurve
+
+        scene = make_scene(seed, 180, 240)
+        shot = capture_bracket(scene, suggest_exposures(scene.radiance, 5, 1.5),
+                               camera=CameraModel(response=ResponseCurve.parse(curve)), seed=seed)
+        known = merge_debevec(shot.bracket, response=shot.response)
+        calibrated_response = calibrate_debevec(shot.bracket.frames, shot.bracket.relative_exposure)
+        calibrated = merge_debevec(shot.bracket, response=calibrated_response)
+        # A calibrated response fixes radiance only up to scale: align it once, globally.
+        scale = np.exp(np.median(np.log(known / calibrated)))
+        gaps.append(pu21_psnr(known, shot.radiance) - pu21_psnr(calibrated * scale, shot.radiance))
+    assert max(gaps) < 1.0, gaps
+
+
+def test_every_clipped_or_black_pixel_gets_a_finite_bound():
+    frames = np.zeros((3, 4, 4, 3), np.uint8)
+    frames[:, :2] = 255  # clipped in all three frames
+    exposures = np.array([0.01, 0.04, 0.16])
+    merged = merge_debevec(frames, exposures, "srgb")
+    assert np.all(np.isfinite(merged)) and np.all(merged > 0)
+    # Clipped everywhere: at least the shortest frame's clip level (1.0 / 0.01).
+    np.testing.assert_allclose(merged[:2], 100.0, rtol=1e-5)
+    # Black everywhere: the longest frame's lowest bin.
+    assert np.all(merged[2:] < standard_response("srgb").inverse_lut[0, 1] / 0.16)
+
+
+@pytest.mark.parametrize("bits", [10, 12, 16])
+def test_high_bit_depth_merge(bits):
+    from edgehdr.hdr import ResponseCurve
+
+    scene = make_scene(2, 64, 96)
+    camera = CameraModel(response=ResponseCurve("gamma"), bits=bits)
+    shot = capture_bracket(scene, suggest_exposures(scene.radiance, 2, 3.0), camera=camera, seed=0, noise=False)
+    merged = merge_debevec(shot.bracket, response=shot.response)
+    assert shot.bracket.frames.dtype == np.uint16
+    covered = np.all(shot.bracket.frames.max(axis=0) > (1 << bits) // 16, axis=2) & np.all(
+        shot.bracket.frames.min(axis=0) < (1 << bits) - 8, axis=2)
+    assert np.median(np.abs(merged[covered] / shot.radiance[covered] - 1)) < 0.005
+
+
+def test_deghosting_gains_3db_in_moving_regions_without_hurting_static():
+    gains, static_loss = [], []
+    for seed in range(6):
+        scene = make_scene(seed, 180, 320, moving_objects=2, object_speed_px=10.0)
+        shot = capture_bracket(scene, suggest_exposures(scene.radiance, 3), seed=seed)
+        plain = merge_debevec(shot.bracket, response=shot.response)
+        clean = merge_debevec(shot.bracket, response=shot.response, deghost=True,
+                              reference_index=shot.reference_index)
+        moving = shot.motion_mask
+        gains.append(pu21_psnr(clean, shot.radiance, mask=moving) - pu21_psnr(plain, shot.radiance, mask=moving))
+        static_loss.append(pu21_psnr(plain, shot.radiance, mask=~moving)
+                           - pu21_psnr(clean, shot.radiance, mask=~moving))
+    assert np.mean(gains) >= 3.0, gains
+    assert min(gains) > 0.0, gains
+    assert max(static_loss) < 0.5, static_loss
+
+
+def test_preallocated_output_and_validation():
+    frames = np.full((2, 8, 8, 3), 100, np.uint8)
+    out = np.empty((8, 8, 3), np.float32)
+    result = merge_debevec(frames, [0.1, 0.2], "gamma2.2", out=out)
+    assert result is out
+    with pytest.raises(ValueError, match="at least two exposures"):
+        merge_debevec(frames[:1], [0.1], "srgb")
+    with pytest.raises(ValueError, match="positive, finite exposures"):
+        merge_debevec(frames, [0.1, -1.0], "srgb")
+    with pytest.raises(ValueError, match="unknown weighting"):
+        merge_debevec(frames, [0.1, 0.2], "srgb", weighting="cosine")
+    with pytest.raises(ValueError, match="differs from frames"):
+        merge_debevec([frames[0], frames[1, :4]], [0.1, 0.2], "srgb")
+    with pytest.raises(ValueError, match="bits=10 allows at most 1023"):
+        merge_debevec(np.full((2, 4, 4, 3), 4000, np.uint16), [0.1, 0.2], "srgb", bits=10)
+
+
+def test_bracket_input_uses_its_exposure_and_gain():
+    scene = make_scene(1, 64, 64)
+    shot = capture_bracket(scene, [0.02, 0.02], gains=[1.0, 4.0], seed=0, noise=False)
+    merged = merge_debevec(shot.bracket, response=shot.response)
+    assert isinstance(shot.bracket, Bracket)
+    ok = np.all(shot.bracket.frames[0] > 40, axis=2) & np.all(shot.bracket.frames[1] < 220, axis=2)
+    assert np.median(np.abs(merged[ok] / shot.radiance[ok] - 1)) < 0.01
