@@ -271,8 +271,9 @@ def reinhard_local(
     Parameters
     ----------
     filter : {'guided', 'bilateral', 'gaussian'}
-        Edge-aware guided filter (default, fast), bilateral (Durand & Dorsey 2002)
-        or the halo-prone Gaussian, for comparison.
+        Edge-aware guided filter on log luminance (default, fast), bilateral on log
+        luminance (Durand & Dorsey 2002), or Reinhard's linear Gaussian average,
+        which halos at strong edges (kept for comparison).
     radius_fraction : float
         Filter radius as a fraction of the frame's long side.
     eps : float
@@ -303,7 +304,8 @@ def reinhard_local(
         if filter == "bilateral":
             smooth = cv2.bilateralFilter(log_lm, 2 * radius + 1, math.sqrt(eps), radius / 2.0)
         else:
-            smooth = cv2.GaussianBlur(log_lm, (0, 0), radius / 2.0)
+            # Reinhard's own local average: a Gaussian of L_m in the linear domain.
+            smooth = np.log(np.maximum(cv2.GaussianBlur(np.exp(log_lm), (0, 0), radius / 2.0), _MIN_LUM))
         coef = (np.zeros_like(smooth), np.ascontiguousarray(smooth, np.float32))
     coef = tuple(np.ascontiguousarray(c, np.float32) for c in coef)
     return _run_apply(rgb, _OP_REINHARD, (scale, 1.0 / max(l_white, 1e-6) ** 2), color, saturation, out,

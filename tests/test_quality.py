@@ -1,0 +1,113 @@
+"""Quality metrics against their published formulas, constants and closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edgehdr.quality import (
+    PU21_PARAMS,
+    mu_law,
+    psnr,
+    psnr_mu,
+    pu21_decode,
+    pu21_encode,
+    pu21_psnr,
+    pu21_ssim,
+    ssim,
+    statistical_naturalness,
+    tmqi,
+)
+
+
+def test_pu21_published_anchor_points():
+    # banding_glare: 0 at the 0.005 cd/m^2 floor, ~256 at 100 cd/m^2 (why PU-PSNR uses peak 256).
+    assert pu21_encode(0.005) == pytest.approx(0.0, abs=1e-6)
+    assert pu21_encode(100.0) == pytest.approx(256.4, abs=0.1)
+    assert pu21_encode(1e6) == pu21_encode(1e4)  # clamped at 10,000 cd/m^2
+    for variant in PU21_PARAMS:
+        y = np.logspace(np.log10(0.005), 4, 500)
+        v = pu21_encode(y, variant)
+        assert np.all(np.diff(v) > 0), variant
+        np.testing.assert_allclose(pu21_decode(v, variant), y, rtol=1e-6)
+
+
+def test_psnr_closed_form():
+    ref = np.ones((10, 10, 3))
+    assert psnr(ref + 0.1, ref, peak=1.0) == pytest.approx(20.0)
+    assert psnr(ref, ref) == math.inf
+
+
+def test_mu_law_closed_form():
+    x = np.array([0.0, 0.25, 1.0, 3.0])
+    expected = np.log1p(5000 * np.minimum(x, 1.0)) / np.log1p(5000)
+    np.testing.assert_allclose(mu_law(x), expected)
+    ref = np.full((8, 8, 3), 2.0)
+    test = ref.copy()
+    test[0, 0, 0] = 1.0
+    t = math.log1p(5000 * 0.5) / math.log1p(5000)
+    assert psnr_mu(test, ref, peak_percentile=100) == pytest.approx(10 * math.log10(192 / (1 - t) ** 2))
+
+
+def test_pu21_psnr_scale_handling_and_mask():
+    ref = np.full((20, 20, 3), 10.0)
+    test = ref * 1.1
+    scale = 4000.0 / 10.0
+    a, b = pu21_encode(test * scale), pu21_encode(ref * scale)
+    assert pu21_psnr(test, ref) == pytest.approx(10 * math.log10(256**2 / np.mean((a - b) ** 2)))
+    assert pu21_psnr(test, ref, scale_cd_m2=1.0) == pytest.approx(
+        10 * math.log10(256**2 / np.mean((pu21_encode(11.0) - pu21_encode(10.0)) ** 2)))
+    mask = np.zeros((20, 20), bool)
+    test[:10] = ref[:10]
+    mask[:10] = True
+    assert pu21_psnr(test, ref, mask=mask) == math.inf
+    with pytest.raises(ValueError, match="mask selects no pixel"):
+        pu21_psnr(test, ref, mask=np.zeros((20, 20), bool))
+
+
+def test_ssim_closed_forms(rng):
+    img = rng.random((40, 40)) * 255
+    assert ssim(img, img, data_range=255) == pytest.approx(1.0)
+    a, b = np.full((40, 40), 100.0), np.full((40, 40), 150.0)
+    c1 = (0.01 * 255) ** 2
+    assert ssim(a, b, data_range=255) == pytest.approx((2 * 100 * 150 + c1) / (100**2 + 150**2 + c1))
+    slightly = ssim(img + rng.normal(0, 10, img.shape), img, data_range=255)
+    badly = ssim(img + rng.normal(0, 60, img.shape), img, data_range=255)
+    assert 1.0 > slightly > badly
+    hdr = rng.uniform(0.1, 100, (40, 40, 3))
+    assert pu21_ssim(hdr, hdr) == pytest.approx(1.0)
+
+
+def _texture(mean, block_std, size=(176, 176)):
+    # A +-d checkerboard has sample std d * sqrt(n / (n - 1)) in each 11x11 block (n = 121).
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    d = block_std / math.sqrt(121 / 120)
+    return mean + d * np.where((yy + xx) % 2 == 0, 1.0, -1.0), d
+
+
+def test_tmqi_naturalness_is_one_at_the_published_modes():
+    mode = (4.4 - 1) / (4.4 + 10.1 - 2)
+    img, _ = _texture(115.94, mode * 64.29)
+    assert statistical_naturalness(img) == pytest.approx(1.0, rel=1e-6)
+    flat = np.full((176, 176), 115.94)
+    assert statistical_naturalness(flat) == pytest.approx(0.0, abs=1e-12)
+    dark, _ = _texture(115.94 - 27.99, mode * 64.29)
+    assert statistical_naturalness(dark) == pytest.approx(math.exp(-0.5), rel=1e-6)
+
+
+def test_tmqi_ranks_structure_loss_and_combines_with_published_weights(scene_factory):
+    from edgehdr.tonemap import reinhard_global
+
+    hdr = scene_factory(0, 192, 256).radiance
+    good = reinhard_global(hdr)
+    import cv2
+
+    blurred = cv2.GaussianBlur(good, (0, 0), 3)
+    r_good, r_blur = tmqi(hdr, good), tmqi(hdr, blurred)
+    assert 0 < r_good.Q <= 1 and 0 <= r_good.N <= 1
+    assert r_good.S > r_blur.S
+    assert r_good.Q == pytest.approx(0.8012 * r_good.S**0.3046 + 0.1988 * r_good.N**0.7088)
+    with pytest.raises(ValueError, match="normalised"):
+        tmqi(hdr, good / 255.0)
