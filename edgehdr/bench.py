@@ -59,7 +59,8 @@ def run_benchmark(sizes=("720p", "1080p", "4k"), *, repeat: int = 7, seed: int =
         frames_bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in bracket.frames]
         times = bracket.relative_exposure.astype(np.float32)
         response = shot.response
-        response_cv = np.ascontiguousarray(response.inverse_lut[::-1].T.reshape(256, 1, 3))
+        # OpenCV gets the same (floored) response: it takes the log of the LUT itself.
+        response_cv = np.ascontiguousarray(np.exp(response.log_lut())[::-1].T.reshape(256, 1, 3))
         radiance = merge_debevec(bracket, response=response)
         radiance_bgr = cv2.cvtColor(radiance, cv2.COLOR_RGB2BGR)
         mtb = cv2.createAlignMTB()

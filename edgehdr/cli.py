@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--response", default="auto",
                    help="auto (Debevec calibration), srgb, gamma2.2, linear, s-curve[:C:P] or a response .json")
     p.add_argument("--save-response", help="with --response auto: write the calibrated response here (.json)")
-    p.add_argument("--smoothness", type=float, default=1000.0, help="Debevec calibration smoothness lambda")
+    p.add_argument("--smoothness", type=float, default=10000.0, help="Debevec calibration smoothness lambda")
     p.add_argument("--align", choices=ALIGN_METHODS, default="mtb")
     p.add_argument("--deghost", action="store_true", help="reject moving objects against the middle exposure")
     p.add_argument("--weighting", choices=sorted(WEIGHTINGS), default="tutorial")

@@ -44,7 +44,7 @@ def run_demo(outdir="edgehdr-demo", *, seed: int = 0, height: int = 720, width: 
 
     progress.step("aligning (median threshold bitmaps)")
     t0 = time.perf_counter()
-    aligned, motions = align_bracket(shot.bracket, "mtb")
+    aligned, motions = align_bracket(shot.bracket, "mtb", response=shot.response)
     timings["align_ms"] = 1e3 * (time.perf_counter() - t0)
     for i, m in enumerate(motions):
         progress.note(f"frame {i}: shift ({m.dx_px:+.0f}, {m.dy_px:+.0f}) px; true {shot.camera_poses[i][:2]}")

@@ -47,8 +47,13 @@ def test_response_json_round_trip_and_errors(tmp_path):
         CameraResponse(np.linspace(1, 0, 256))
 
 
-def _log_rms_error(estimate: CameraResponse, truth: CameraResponse, lo=10, hi=245):
-    d = np.log(estimate.inverse_lut[:, lo:hi]) - np.log(truth.inverse_lut[:, lo:hi])
+def _log_rms_error(estimate: CameraResponse, truth: CameraResponse, lo=10, hi=245, frames=None):
+    codes = np.arange(lo, hi)
+    if frames is not None:  # only codes the stack actually holds can be recovered
+        scale = (1 << estimate.bits) // 256
+        counts = np.bincount((frames.ravel() // scale).astype(np.int64), minlength=256)
+        codes = codes[counts[codes // scale if scale > 1 else codes] >= 20]
+    d = np.log(estimate.inverse_lut[:, codes]) - np.log(truth.inverse_lut[:, codes])
     d -= d.mean(axis=1, keepdims=True)  # the response is only defined up to scale
     return float(np.sqrt(np.mean(d**2)))
 
@@ -61,23 +66,33 @@ def test_debevec_recovers_known_responses_as_well_as_opencv():
         shot = capture_bracket(scene, suggest_exposures(scene.radiance, 5, 1.5), camera=camera, seed=seed)
         frames, times = shot.bracket.frames, shot.bracket.relative_exposure
         estimate = calibrate_debevec(frames, times)
-        err = _log_rms_error(estimate, shot.response)
-        assert err < 0.05, f"{curve}: log-RMS error {err:.3f}"
+        err = _log_rms_error(estimate, shot.response, frames=frames)
+        # For scale: sRGB and gamma 2.2 differ by 0.22 on this measure.
+        assert err < 0.04, f"{curve}: log-RMS error {err:.3f}"
         bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames]
         cv_resp = cv2.createCalibrateDebevec().process(bgr, times.astype(np.float32)).reshape(256, 3).T[::-1]
         cv_resp = CameraResponse(np.maximum.accumulate(np.maximum(cv_resp, 1e-9), axis=1))
         ours.append(err)
-        theirs.append(_log_rms_error(cv_resp, shot.response))
+        theirs.append(_log_rms_error(cv_resp, shot.response, frames=frames))
     assert np.mean(ours) <= np.mean(theirs), (ours, theirs)
 
 
 def test_debevec_on_twelve_bit_frames():
-    scene = make_scene(4, 160, 200)
+    scene = make_scene(0, 160, 200)
     camera = CameraModel(response=ResponseCurve.parse("gamma2.2"), bits=12)
     shot = capture_bracket(scene, suggest_exposures(scene.radiance, 4, 2.0), camera=camera, seed=1)
     estimate = calibrate_debevec(shot.bracket.frames, shot.bracket.relative_exposure, bits=12)
     assert estimate.bits == 12
-    assert _log_rms_error(estimate, shot.response, lo=160, hi=3900) < 0.04
+    assert _log_rms_error(estimate, shot.response, lo=160, hi=3900, frames=shot.bracket.frames) < 0.04
+
+
+def test_separate_channels_recover_each_channel_shape():
+    scene = make_scene(0, 180, 240)
+    shot = capture_bracket(scene, suggest_exposures(scene.radiance, 5, 1.5), seed=0)
+    estimate = calibrate_debevec(shot.bracket.frames, shot.bracket.relative_exposure, channels="separate")
+    assert _log_rms_error(estimate, shot.response, frames=shot.bracket.frames) < 0.04
+    with pytest.raises(ValueError, match="channels must be"):
+        calibrate_debevec(shot.bracket.frames, shot.bracket.relative_exposure, channels="bayer")
 
 
 def test_calibration_input_validation():

@@ -15,7 +15,9 @@ from edgehdr.synth import CameraModel, capture_bracket, make_scene, suggest_expo
 
 def _opencv_merge(frames, exposures, response):
     bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames]
-    lut = np.ascontiguousarray(response.inverse_lut[::-1].T.reshape(256, 1, 3))
+    # The same response EdgeHDR uses, including its floor at code 0: OpenCV takes the log of
+    # the LUT, and a zero there would turn every black sample into -inf.
+    lut = np.ascontiguousarray(np.exp(response.log_lut())[::-1].T.reshape(256, 1, 3))
     out = cv2.createMergeDebevec().process(bgr, np.asarray(exposures, np.float32), lut)
     return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
 

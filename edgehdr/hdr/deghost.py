@@ -6,8 +6,9 @@ reference frame's: each code value stands for a radiance *interval* (quantisatio
 noise, and clipping, which opens the interval to infinity, or black, which opens
 it to zero), and a sample whose interval does not overlap the reference's is
 inconsistent: it saw a moving object. The pixel-wise decision is cleaned with a
-morphological opening (isolated noise hits) and dilated to cover object borders;
-the merge then uses only consistent samples, and always the reference.
+5x5 morphological opening (noise hits, a few pixels wide) and dilated to cover
+object borders, except where the reference itself is clipped or black; the merge
+then uses only consistent samples, and always the reference.
 """
 
 from __future__ import annotations
@@ -86,12 +87,22 @@ def consistency_masks(
     bad = np.empty((n, h, w), np.uint8)
     _inconsistent_kernel(frames, lo, hi, exposures, int(reference_index), bad)
     radius = dilate_px if dilate_px is not None else max(2, int(round(0.006 * min(h, w))))
-    opener = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    opener = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     grower = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    # Where the reference is clipped or black in some channel it measures nothing
+    # there, only a bound; the dilation must not take away the other frames'
+    # samples that passed the test, or the merge is left with that bound alone.
+    levels = response.levels
+    margin = max(2, 2 * (levels // 256))
+    ref = frames[reference_index]
+    ref_unmeasured = ((ref >= levels - 1 - margin) | (ref <= margin)).any(axis=2)
     for i in range(n):
         if i == reference_index:
             bad[i] = 0
             continue
+        passed = bad[i] == 0
         cleaned = cv2.morphologyEx(bad[i], cv2.MORPH_OPEN, opener)
-        bad[i] = cv2.dilate(cleaned, grower)
+        grown = cv2.dilate(cleaned, grower)
+        grown[passed & ref_unmeasured] = 0
+        bad[i] = grown
     return np.ascontiguousarray(1 - bad)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-__all__ = ["SyntheticScene", "Sprite", "make_scene", "camera_matrix", "SCENE_KINDS", "fractal_noise"]
+__all__ = ["SyntheticScene", "Sprite", "make_scene", "camera_matrix", "SCENE_KINDS", "fractal_noise", "brick_texture"]
 
 SCENE_KINDS = ("outdoor", "indoor", "night")
 
@@ -35,6 +35,27 @@ def fractal_noise(rng: np.random.Generator, height: int, width: int, *, octaves:
     out /= total
     lo, hi = float(out.min()), float(out.max())
     return (out - lo) / max(hi - lo, 1e-6)
+
+
+def brick_texture(rng: np.random.Generator, height: int, width: int, *, brick_px: float = 24.0) -> np.ndarray:
+    """Running-bond brick pattern in [0, 1] (H, W) float32: per-brick albedo, dark mortar lines.
+
+    Gives scenes the sharp horizontal and vertical edges that feature matching and
+    bitmap alignment rely on in real photographs.
+    """
+    bh = max(3, int(round(brick_px / 2))) | 1  # odd course height: no period-2 row pattern
+    bw = max(6, int(round(brick_px)))
+    rows = height // bh + 2
+    cols = width // bw + 2
+    shade = rng.uniform(0.55, 1.0, size=(rows, cols)).astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0:width]
+    row = yy // bh
+    offset = (row % 2) * (bw // 2)
+    col = (xx + offset) // bw
+    out = shade[row, col]
+    mortar = ((yy % bh) == 0) | (((xx + offset) % bw) == 0)
+    out[mortar] = 0.25
+    return out
 
 
 def _disc(yy, xx, cy, cx, radius):
@@ -241,15 +262,26 @@ def make_scene(
     grad = (0.6 + 0.4 * np.clip(yy / max(horizon, 1.0), 0, 1))[..., None]
     clouds = np.clip((fractal_noise(rng, hh, ww, octaves=5, base_cells=3) - 0.55) * 3.0, 0.0, 1.0)[..., None]
     sky = sky_level * grad * (sky_colour * (1 - clouds) + 1.6 * clouds)
+    # Paved ground and walls: bricks of ~2.5% of the frame, modulating the albedo.
+    bricks = brick_texture(rng, hh, ww, brick_px=max(8.0, 0.025 * max(height, width)))[..., None]
+    albedo = albedo * (0.45 + 0.55 * bricks)
     ground = ground_light * albedo * tint
     radiance[:] = sky_mask * sky + (1 - sky_mask) * ground
+    # Vertical structures (poles, door frames) crossing the horizon.
+    for _ in range(int(rng.integers(2, 5))):
+        px0 = int(rng.uniform(m, ww - m))
+        pw = max(2, int(width * rng.uniform(0.006, 0.015)))
+        py0 = int(max(0, horizon - height * rng.uniform(0.1, 0.3)))
+        py1 = int(min(hh, horizon + height * rng.uniform(0.05, 0.3)))
+        level = ground_light * rng.uniform(0.02, 0.3)
+        radiance[py0:py1, px0 : px0 + pw] = level * np.float32([0.8, 0.8, 0.85])
 
-    def add_light(cy, cx, radius, level, colour, glow, where):
+    def add_light(cy, cx, radius, level, colour, glow, where, spill):
         # ``glow`` scatters in the air (only where ``where`` is 1: the sky for the sun);
-        # lamps also light the surfaces around them (spill, through the albedo).
+        # lamps also light the surfaces around them (``spill``, through the albedo).
         d2 = (yy - cy) ** 2 + (xx - cx) ** 2
-        halo = glow * level / (1.0 + d2 / (radius * 4.0) ** 2) ** 1.5
-        radiance[...] += (halo[..., None] * where) * (albedo * colour * 3.0 + 0.02 * colour)
+        halo = (glow * level / (1.0 + d2 / (radius * 4.0) ** 2) ** 1.5)[..., None] * where
+        radiance[...] += halo * (0.02 * colour + (albedo * colour * 3.0 if spill else 0.0))
         cover = _disc(yy, xx, cy, cx, radius)[..., None]
         radiance[...] = radiance * (1 - cover) + cover * level * colour
 
@@ -267,7 +299,7 @@ def make_scene(
     if kind == "outdoor":
         sun_y = m + horizon * rng.uniform(0.15, 0.6) - m
         sun_x = m + width * rng.uniform(0.55, 0.95)
-        add_light(sun_y, sun_x, max(2.0, 0.012 * short), rng.uniform(2e4, 1e5), np.float32([1.0, 0.95, 0.85]), 2e-3, sky_mask)
+        add_light(sun_y, sun_x, max(2.0, 0.012 * short), rng.uniform(2e4, 1e5), np.float32([1.0, 0.95, 0.85]), 2e-3, sky_mask, False)
     elif kind == "indoor":
         # A sunlit window: the bright outside seen from a dim room.
         wx0 = m + int(width * rng.uniform(0.55, 0.7))
@@ -280,7 +312,7 @@ def make_scene(
         ly = rng.uniform(sy0 + 4, max(sy0 + 5, sy1 - 4))
         lx = rng.uniform(sx0 + 4, max(sx0 + 5, sx1 - 4))
         colour = np.float32([1.0, rng.uniform(0.7, 0.9), rng.uniform(0.4, 0.7)])
-        add_light(ly, lx, max(1.5, 0.008 * short), rng.uniform(300, 3000), colour, 1e-4, np.float32(1.0))
+        add_light(ly, lx, max(1.5, 0.008 * short), rng.uniform(300, 3000), colour, 1e-4, np.float32(1.0), True)
 
     # Specular spheres standing on the ground.
     for _ in range(int(rng.integers(2, 5))):

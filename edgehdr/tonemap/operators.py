@@ -158,7 +158,9 @@ def frame_statistics(radiance: np.ndarray, *, delta: float = 1e-6, block: int = 
     Returns
     -------
     log_average : float
-        ``exp(mean(log(delta + L)))`` over a ``stride``-decimated grid (Reinhard 2002, eq. 1).
+        ``exp(mean(log(delta + L)))`` over a ``stride``-decimated grid (Reinhard 2002, eq. 1);
+        within 1% of the full-resolution value on natural content, though a pattern
+        with a period of ``stride`` rows aliases.
     max_luminance : float
         Largest luminance over all pixels.
     blocks : ndarray, (ceil(H / block), ceil(W / block)) float32

@@ -1,0 +1,80 @@
+"""The edgehdr command end to end on real files: synth -> merge -> tonemap, demo, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgehdr.cli import main
+from edgehdr.io import read_ldr_image, read_radiance
+from edgehdr.quality import pu21_psnr
+
+
+@pytest.fixture
+def synth_dir(tmp_path):
+    out = tmp_path / "stack"
+    assert main(["-q", "synth", "-o", str(out), "--seed", "3", "--width", "320", "--height", "200",
+                 "--shake-px", "4"]) == 0
+    return out
+
+
+def test_synth_merge_tonemap_round_trip(synth_dir, tmp_path):
+    truth = read_radiance(synth_dir / "ground_truth.exr")
+    merged_path = tmp_path / "merged.exr"
+    assert main(["-q", "merge", str(synth_dir), "-o", str(merged_path),
+                 "--response", str(synth_dir / "response.json"), "--align", "mtb"]) == 0
+    merged = read_radiance(merged_path)
+    assert merged.shape == truth.shape
+    unaligned_path = tmp_path / "unaligned.exr"
+    assert main(["-q", "merge", str(synth_dir), "-o", str(unaligned_path),
+                 "--response", str(synth_dir / "response.json"), "--align", "none"]) == 0
+    inner = (slice(8, -8), slice(8, -8))
+    aligned_db = pu21_psnr(merged[inner], truth[inner])
+    # Sub-pixel shake remains after whole-pixel MTB alignment, but alignment must pay off.
+    assert aligned_db > 25.0
+    assert aligned_db > pu21_psnr(read_radiance(unaligned_path)[inner], truth[inner]) + 2.0
+    png = tmp_path / "out.png"
+    assert main(["-q", "tonemap", str(merged_path), "-o", str(png), "--operator", "reinhard-local"]) == 0
+    sdr = read_ldr_image(png)
+    assert sdr.shape == truth.shape and sdr.dtype == np.uint8 and 60 < sdr.mean() < 200
+
+
+def test_merge_with_calibrated_response_saves_it(synth_dir, tmp_path):
+    out, resp = tmp_path / "m.pfm", tmp_path / "resp.json"
+    assert main(["-q", "merge", str(synth_dir / "list.txt"), "-o", str(out), "--response", "auto",
+                 "--save-response", str(resp)]) == 0
+    saved = json.loads(resp.read_text())
+    assert saved["format"] == "edgehdr-camera-response" and saved["meta"]["method"] == "debevec-malik-1997"
+    assert np.all(np.isfinite(read_radiance(out)))
+
+
+def test_errors_exit_2_and_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.exr"
+    bad.write_bytes(b"nope")
+    assert main(["tonemap", str(bad), "-o", str(tmp_path / "x.png")]) == 2
+    assert "bad.exr" in capsys.readouterr().err
+    assert main(["merge", str(tmp_path / "missing.png"), str(tmp_path / "m2.png"), "-o", str(tmp_path / "o.exr")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "o.exr").exists()
+
+
+def test_demo_writes_viewable_results_and_deghosting_helps(tmp_path):
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "edgehdr.cli", "demo", "-o", str(out), "--width", "480",
+                             "--height", "270"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "[6/6]" in result.stderr  # progress lines
+    for name in ("contact_sheet.png", "merged.exr", "metrics.json", "bracket_0.png", "tonemapped_reinhard.png"):
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    merge = metrics["merge"]
+    assert merge["pu21_psnr_moving_db"] > merge["pu21_psnr_moving_without_deghost_db"]
+    assert metrics["scene"]["dynamic_range_stops"] >= 20
+    assert [(m["dx_px"], m["dy_px"]) for m in metrics["alignment"]] == [(4.0, -3.0), (0.0, 0.0), (-3.0, 2.0)]
+    sheet = read_ldr_image(out / "contact_sheet.png")
+    assert sheet.shape[1] == 3 * 480
+    assert not list(out.glob(".*tmp*")), "no temporary files left behind"
