@@ -5,7 +5,9 @@ through alignment, merging and tone mapping, once with EdgeHDR and once with the
 OpenCV equivalent (``AlignMTB``, ``MergeDebevec`` with the same response,
 ``TonemapReinhard``). The ratio column is OpenCV time / EdgeHDR time: above 1
 means EdgeHDR is faster. OpenCV's tone mapper is timed without the sRGB/uint8
-conversion EdgeHDR's includes, which favours OpenCV.
+conversion EdgeHDR's includes, which favours OpenCV. ``align_mtb`` is the raw
+MTB path (OpenCV's search inside); ``align_mtb_matched`` is the exposure-matched
+MTB the runtime uses when the response is known (more robust, somewhat slower).
 """
 
 from __future__ import annotations
@@ -68,8 +70,13 @@ def run_benchmark(sizes=("720p", "1080p", "4k"), *, repeat: int = 7, seed: int =
         tonemapper = cv2.createTonemapReinhard()
         progress.step(f"{name}: timing {repeat} runs per stage")
         stage = {
-            "align": (
+            "align_mtb": (
                 _median_ms(lambda: align_mtb(bracket.frames), repeat),
+                _median_ms(lambda: mtb.process(frames_bgr, [f.copy() for f in frames_bgr]), repeat),
+            ),
+            "align_mtb_matched": (
+                _median_ms(lambda: align_mtb(bracket.frames, exposures=bracket.relative_exposure,
+                                             response=response), repeat),
                 _median_ms(lambda: mtb.process(frames_bgr, [f.copy() for f in frames_bgr]), repeat),
             ),
             "merge": (
@@ -97,13 +104,13 @@ def run_benchmark(sizes=("720p", "1080p", "4k"), *, repeat: int = 7, seed: int =
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{'size':<6} {'stage':<15} {'edgehdr ms':>11} {'opencv ms':>10} {'ratio':>7}  note",
-             "-" * 64]
+    lines = [f"{'size':<6} {'stage':<18} {'edgehdr ms':>11} {'opencv ms':>10} {'ratio':>7}  note",
+             "-" * 68]
     for row in result["rows"]:
         ocv = "-" if row["opencv_ms"] is None else f"{row['opencv_ms']:.2f}"
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.1f}x"
         note = f"local/global = {row['local_over_global']:.2f}" if "local_over_global" in row else ""
-        lines.append(f"{row['size']:<6} {row['stage']:<15} {row['edgehdr_ms']:>11.2f} {ocv:>10} {ratio:>7}  {note}")
+        lines.append(f"{row['size']:<6} {row['stage']:<18} {row['edgehdr_ms']:>11.2f} {ocv:>10} {ratio:>7}  {note}")
     m = result["machine"]
     lines.append(f"(median of {result['repeat']} runs, {result['exposures']} exposures; {m['cpus']} CPUs, "
                  f"OpenCV {m['opencv']}, Python {m['python']}; ratio = OpenCV ms / EdgeHDR ms)")

@@ -34,6 +34,17 @@ def _stats(radiance, delta=1e-6):
     return math.exp(np.mean(np.log(delta + lum[::2, ::2]))), float(lum[::2].max())
 
 
+def test_fused_srgb_encoding_matches_the_standard():
+    from edgehdr.tonemap.operators import srgb8
+
+    x = np.concatenate([np.linspace(0, 1, 200001), np.geomspace(1e-7, 1, 100000), [-1.0, 2.0]]).astype(np.float32)
+    exact = srgb_encode(x.astype(np.float64)) * 255.0
+    got = np.array([srgb8(v) for v in x[::97]] + [srgb8(np.float32(-1.0)), srgb8(np.float32(2.0))])
+    ref = exact[::97].tolist() + [0.0, 255.0]
+    # The polynomial is within 0.011 code of the OETF, so rounding differs only at .5 ties.
+    assert np.all(np.abs(got - np.asarray(ref)) <= 0.5 + 0.011)
+
+
 def test_frame_statistics_match_numpy_and_full_resolution(scene_factory):
     radiance = scene_factory(0, 120, 160).radiance
     log_avg, lmax, blocks = frame_statistics(radiance)

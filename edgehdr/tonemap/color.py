@@ -17,7 +17,6 @@ __all__ = [
     "color_correct_mantiuk",
     "srgb_encode",
     "srgb_decode",
-    "srgb_lut",
     "COLOR_METHODS",
 ]
 
@@ -66,16 +65,3 @@ def srgb_decode(encoded):
     """Inverse of ``srgb_encode``."""
     y = np.clip(np.asarray(encoded, np.float64), 0.0, 1.0)
     return np.where(y <= 0.04045, y / 12.92, np.power((y + 0.055) / 1.055, 2.4))
-
-
-_LUT_SIZE = 1 << 16
-_SRGB_LUT = None
-
-
-def srgb_lut() -> np.ndarray:
-    """Linear [0, 1] quantised to 65536 steps -> sRGB uint8 (max error 0.05 code)."""
-    global _SRGB_LUT
-    if _SRGB_LUT is None:
-        x = np.arange(_LUT_SIZE, dtype=np.float64) / (_LUT_SIZE - 1)
-        _SRGB_LUT = np.rint(srgb_encode(x) * 255.0).astype(np.uint8)
-    return _SRGB_LUT
