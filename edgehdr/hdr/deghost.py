@@ -42,10 +42,17 @@ def radiance_intervals(response: CameraResponse, *, tolerance: float = 0.25, cod
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _inconsistent_kernel(frames, lo, hi, exposures, ref, out):
+def _inconsistent_kernel(frames, lo, hi, exposures, ref, margin, out, ref_unmeasured):
     n, h, w, _ = frames.shape
+    top = lo.shape[1] - 1 - margin
     for y in numba.prange(h):
         for x in range(w):
+            unmeasured = 0
+            for c in range(3):
+                zr = frames[ref, y, x, c]
+                if zr >= top or zr <= margin:
+                    unmeasured = 1
+            ref_unmeasured[y, x] = unmeasured
             for i in range(n):
                 if i == ref:
                     out[i, y, x] = 0
@@ -82,27 +89,25 @@ def consistency_masks(
     evaluation," Computer Graphics Forum 34(2), 2015 (the tutorial's reference).
     """
     n, h, w, _ = frames.shape
-    lo, hi = radiance_intervals(response, tolerance=tolerance)
+    margin = max(2, 2 * (response.levels // 256))
+    lo, hi = radiance_intervals(response, tolerance=tolerance, code_margin=margin)
     exposures = np.asarray(exposures, dtype=np.float32)
     bad = np.empty((n, h, w), np.uint8)
-    _inconsistent_kernel(frames, lo, hi, exposures, int(reference_index), bad)
-    radius = dilate_px if dilate_px is not None else max(2, int(round(0.006 * min(h, w))))
-    opener = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-    grower = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     # Where the reference is clipped or black in some channel it measures nothing
     # there, only a bound; the dilation must not take away the other frames'
     # samples that passed the test, or the merge is left with that bound alone.
-    levels = response.levels
-    margin = max(2, 2 * (levels // 256))
-    ref = frames[reference_index]
-    ref_unmeasured = ((ref >= levels - 1 - margin) | (ref <= margin)).any(axis=2)
+    ref_unmeasured = np.empty((h, w), np.uint8)
+    _inconsistent_kernel(frames, lo, hi, exposures, int(reference_index), margin, bad, ref_unmeasured)
+    ref_measured = 1 - ref_unmeasured
+    radius = dilate_px if dilate_px is not None else max(2, int(round(0.006 * min(h, w))))
+    opener = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    grower = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     for i in range(n):
         if i == reference_index:
             bad[i] = 0
             continue
-        passed = bad[i] == 0
         cleaned = cv2.morphologyEx(bad[i], cv2.MORPH_OPEN, opener)
         grown = cv2.dilate(cleaned, grower)
-        grown[passed & ref_unmeasured] = 0
-        bad[i] = grown
+        # Rejected: grown, unless the sample passed and the reference measured nothing.
+        bad[i] = cv2.bitwise_and(grown, cv2.bitwise_or(bad[i], ref_measured))
     return np.ascontiguousarray(1 - bad)

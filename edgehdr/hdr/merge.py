@@ -5,7 +5,8 @@ Debevec & Malik's weighted average in the log domain (1997, eq. 6),
     ln E = sum_j w(Z_j) (g(Z_j) - ln dt_j) / sum_j w(Z_j),
 
 computed by one fused numba kernel that reads the stacked uint8/uint16 frames
-once and writes float32 radiance: per-row buffers, no full-size temporaries. Pixels that
+once and writes float32 radiance: per-row buffers, no full-size temporaries,
+one packed fixed-point table read per sample (weight and weighted log together). Pixels that
 are clipped (or black) in every frame fall back to the darkest (or brightest)
 frame's bound, so the result has no holes, NaN or inf. Optional deghosting
 rejects, per frame and pixel, samples inconsistent with a reference exposure
@@ -25,49 +26,67 @@ from edgehdr.hdr.weights import weight_lut
 __all__ = ["merge_debevec", "resolve_response"]
 
 
+_FIXED_BITS = 20  # fixed-point fraction bits of the packed tables
+
+
+def _packed_tables(weights, log_lut, log_exposure):
+    """Per frame, channel and code: ``w`` and ``w (g - ln t + offset)`` in one int64.
+
+    High 32 bits: ``w`` in 12.20 fixed point; low 32 bits: the weighted log value,
+    shifted by ``offset`` to be non-negative, in the same fixed point. Summing the
+    int64s sums both parts at once (no carry: bounded below), so the kernel reads
+    one table entry per sample instead of two. Returns ``(tables, offset)``.
+    """
+    values = log_lut[None, :, :].astype(np.float64) - log_exposure[:, None, None].astype(np.float64)
+    offset = -float(values.min())
+    n = values.shape[0]
+    span = float(values.max()) + offset
+    if n * span * (1 << _FIXED_BITS) >= 2**32 or n >= 2048:
+        raise ValueError(f"merge of {n} frames spanning {span:.0f} log units exceeds the packed fixed-point range")
+    scale = float(1 << _FIXED_BITS)
+    w = weights.astype(np.float64)
+    high = np.rint(w * scale).astype(np.int64)
+    low = np.rint(w[None, None, :] * (values + offset) * scale).astype(np.int64)
+    return np.ascontiguousarray((high[None, None, :] << 32) | low), offset
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _merge_kernel(frames, weights, weighted_log, log_lut, log_exposure, order, use_mask, mask, out_bits):
-    # Per row: accumulate sum w (g - ln t) and sum w over the frames into row buffers
-    # (one table read per sample), then ln E = num / den and E = 2^(ln E / ln 2),
-    # written as float32 bits into the output (vectorisable exp2, edgehdr.fastmath).
-    # Pixels with no usable sample get a scalar fix-up pass.
+def _merge_kernel(frames, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, out_bits):
+    # Per row: accumulate sum w and sum w (g - ln t + offset) over the frames as packed
+    # int64 (one table read per sample), then ln E = num / den - offset and
+    # E = 2^(ln E / ln 2), written as float32 bits into the output (vectorisable
+    # exp2, edgehdr.fastmath). Pixels with no usable sample get a scalar fix-up pass.
     n, h, w, _ = frames.shape
-    top = weights.shape[0] - 1
     log2e = np.float32(1.4426950408889634)
+    low_mask = np.int64(0xFFFFFFFF)
     for y in numba.prange(h):
-        num = np.zeros(3 * w, np.float32)
-        den = np.zeros(3 * w, np.float32)
+        acc = np.zeros(3 * w, np.int64)
         for i in range(n):
             row = frames[i, y]
-            lut0 = weighted_log[i, 0]
-            lut1 = weighted_log[i, 1]
-            lut2 = weighted_log[i, 2]
+            lut0 = packed[i, 0]
+            lut1 = packed[i, 1]
+            lut2 = packed[i, 2]
             if use_mask:
                 keep = mask[i, y]
                 for x in range(w):
-                    m = np.float32(keep[x])
-                    z0, z1, z2 = row[x, 0], row[x, 1], row[x, 2]
-                    num[3 * x] += m * lut0[z0]
-                    num[3 * x + 1] += m * lut1[z1]
-                    num[3 * x + 2] += m * lut2[z2]
-                    den[3 * x] += m * weights[z0]
-                    den[3 * x + 1] += m * weights[z1]
-                    den[3 * x + 2] += m * weights[z2]
+                    m = np.int64(keep[x])
+                    acc[3 * x] += m * lut0[row[x, 0]]
+                    acc[3 * x + 1] += m * lut1[row[x, 1]]
+                    acc[3 * x + 2] += m * lut2[row[x, 2]]
             else:
                 for x in range(w):
-                    z0, z1, z2 = row[x, 0], row[x, 1], row[x, 2]
-                    num[3 * x] += lut0[z0]
-                    num[3 * x + 1] += lut1[z1]
-                    num[3 * x + 2] += lut2[z2]
-                    den[3 * x] += weights[z0]
-                    den[3 * x + 1] += weights[z1]
-                    den[3 * x + 2] += weights[z2]
+                    acc[3 * x] += lut0[row[x, 0]]
+                    acc[3 * x + 1] += lut1[row[x, 1]]
+                    acc[3 * x + 2] += lut2[row[x, 2]]
         out_row = out_bits[y].reshape(-1)
         for j in range(3 * w):
-            log_e = num[j] / max(den[j], np.float32(1e-30))
+            a = acc[j]
+            den = np.float32(a >> 32)
+            num = np.float32(a & low_mask)
+            log_e = num / max(den, np.float32(1e-30)) - np.float32(offset)
             out_row[j] = exp2_bits(max(min(log_e * log2e, np.float32(126.0)), np.float32(-126.0)))
         for j in range(3 * w):
-            if den[j] > np.float32(1e-6):
+            if (acc[j] >> 32) > 0:
                 continue
             # Clipped or black in every usable frame. A clipped sample bounds the
             # radiance from below, the shortest such frame most tightly; a black one
@@ -193,7 +212,6 @@ def merge_debevec(
     else:
         mask = np.ones((1, 1, 1), np.uint8)
         use_mask = False
-    # w(z) * (g(z) - ln t_i) per frame, channel and code: one table read per sample.
-    weighted_log = np.ascontiguousarray(weights[None, None, :] * (log_lut[None, :, :] - log_exposure[:, None, None]))
-    _merge_kernel(stack, weights, weighted_log, log_lut, log_exposure, order, use_mask, mask, out.view(np.int32))
+    packed, offset = _packed_tables(weights, log_lut, log_exposure)
+    _merge_kernel(stack, packed, offset, log_lut, log_exposure, order, levels - 1, use_mask, mask, out.view(np.int32))
     return out
