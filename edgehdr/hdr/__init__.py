@@ -1,5 +1,6 @@
 """HDR core: camera response, alignment, merging and deghosting."""
 
+from edgehdr.hdr.align import ALIGN_METHODS, Motion, align_bracket, align_homography, align_mtb, median_threshold_shift
 from edgehdr.hdr.crf import (
     STANDARD_CURVES,
     CameraResponse,
@@ -8,15 +9,26 @@ from edgehdr.hdr.crf import (
     select_calibration_samples,
     standard_response,
 )
+from edgehdr.hdr.deghost import consistency_masks
+from edgehdr.hdr.merge import merge_debevec, resolve_response
 from edgehdr.hdr.weights import WEIGHTINGS, weight_lut
 
 __all__ = [
+    "ALIGN_METHODS",
+    "Motion",
+    "align_bracket",
+    "align_homography",
+    "align_mtb",
+    "median_threshold_shift",
     "STANDARD_CURVES",
     "CameraResponse",
     "ResponseCurve",
     "calibrate_debevec",
     "select_calibration_samples",
     "standard_response",
+    "consistency_masks",
+    "merge_debevec",
+    "resolve_response",
     "WEIGHTINGS",
     "weight_lut",
 ]
