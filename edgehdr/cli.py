@@ -92,10 +92,14 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from edgehdr.bench import dumps, format_table, run_benchmark
+    from edgehdr.bench import dumps, format_quality, format_table, merge_quality_report, run_benchmark
 
-    result = run_benchmark(args.sizes.split(","), repeat=args.repeat, quiet=args.quiet)
-    print(format_table(result))
+    if args.quality:
+        result = merge_quality_report(quiet=args.quiet)
+        print(format_quality(result))
+    else:
+        result = run_benchmark(args.sizes.split(","), repeat=args.repeat, quiet=args.quiet)
+        print(format_table(result))
     if args.json:
         from edgehdr.io import write_text_atomic
 
@@ -173,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="720p,1080p,4k")
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--json", help="also write the figures as JSON")
+    p.add_argument("--quality", action="store_true",
+                   help="instead: merge quality against ground truth on 10 synthetic scenes (PU21-PSNR)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="the built-in default job on a synthetic scene")
