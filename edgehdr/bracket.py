@@ -11,7 +11,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Bracket", "as_frame_stack"]
+__all__ = ["Bracket", "as_frame_stack", "check_frame_matches"]
+
+
+def check_frame_matches(frame: np.ndarray, first: np.ndarray, label: str, first_label: str) -> None:
+    """Raise ``ValueError`` naming both frames when ``frame`` differs from ``first`` in size or dtype."""
+    if frame.shape != first.shape:
+        raise ValueError(
+            f"{label}: size {frame.shape[1]}x{frame.shape[0]} differs from {first_label} "
+            f"({first.shape[1]}x{first.shape[0]}); all frames of a bracket must match"
+        )
+    if frame.dtype != first.dtype:
+        raise ValueError(f"{label}: dtype {frame.dtype} differs from {first_label} ({first.dtype})")
 
 
 def as_frame_stack(frames, *, name: str = "frames") -> np.ndarray:
@@ -33,13 +44,7 @@ def as_frame_stack(frames, *, name: str = "frames") -> np.ndarray:
             frame = np.asarray(frame)
             if frame.ndim != 3 or frame.shape[-1] != 3:
                 raise ValueError(f"{name}[{i}]: expected an HxWx3 RGB frame, got shape {frame.shape}")
-            if frame.shape != first.shape:
-                raise ValueError(
-                    f"{name}[{i}]: size {frame.shape[1]}x{frame.shape[0]} differs from "
-                    f"{name}[0] ({first.shape[1]}x{first.shape[0]}); all frames of a bracket must match"
-                )
-            if frame.dtype != first.dtype:
-                raise ValueError(f"{name}[{i}]: dtype {frame.dtype} differs from {name}[0] ({first.dtype})")
+            check_frame_matches(frame, first, f"{name}[{i}]", f"{name}[0]")
         stack = np.stack(frames)
     if stack.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{name}: frames must be uint8 or uint16 code values, got {stack.dtype}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgehdr.bracket import Bracket
+from edgehdr.bracket import Bracket, check_frame_matches
 from edgehdr.io.atomic import write_bytes_atomic
 
 __all__ = ["read_ldr_stack", "read_ldr_image", "write_ldr_image", "read_list_file", "read_exif_exposure", "LDR_SUFFIXES"]
@@ -206,14 +206,7 @@ def read_ldr_stack(inputs, *, list_file=None, bits: int | None = None) -> Bracke
     for p in paths:
         frame = read_ldr_image(p)
         if frames:
-            ref, ref_path = frames[0], paths[0]
-            if frame.shape != ref.shape:
-                raise ValueError(
-                    f"{p}: size {frame.shape[1]}x{frame.shape[0]} differs from {ref_path} "
-                    f"({ref.shape[1]}x{ref.shape[0]}); all frames of a stack must match"
-                )
-            if frame.dtype != ref.dtype:
-                raise ValueError(f"{p}: bit depth {frame.dtype} differs from {ref_path} ({ref.dtype})")
+            check_frame_matches(frame, frames[0], str(p), str(paths[0]))
         frames.append(frame)
     if bits is None:
         bits = 8 if frames[0].dtype == np.uint8 else 16

@@ -270,6 +270,15 @@ def _adapted(adaptation: TemporalAdaptation | None, dt_s, **values):
     return values if adaptation is None else adaptation.update(dt_s, **values)
 
 
+def _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, block=4):
+    """Scale ``key / L_avg`` (eq. 2), ``1 / L_white^2`` (eq. 4) and the block luminance."""
+    log_avg, lmax, blocks = frame_statistics(rgb, delta=delta, block=block)
+    stats = _adapted(adaptation, dt_s, log_average=log_avg, max_luminance=max(lmax, _MIN_LUM))
+    scale = key / stats["log_average"]
+    l_white = white if white is not None else stats["max_luminance"] * scale
+    return scale, 1.0 / max(l_white, 1e-6) ** 2, blocks
+
+
 def reinhard_global(
     radiance: np.ndarray,
     *,
@@ -307,11 +316,8 @@ def reinhard_global(
     reproduction for digital images," ACM TOG 21(3), 2002.
     """
     rgb = _check_radiance(radiance)
-    log_avg, lmax, _ = frame_statistics(rgb, delta=delta)
-    stats = _adapted(adaptation, dt_s, log_average=log_avg, max_luminance=max(lmax, _MIN_LUM))
-    scale = key / stats["log_average"]
-    l_white = white if white is not None else stats["max_luminance"] * scale
-    return _run_apply(rgb, _OP_REINHARD, (scale, 1.0 / max(l_white, 1e-6) ** 2), color, saturation, out)
+    scale, inv_white2, _ = _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s)
+    return _run_apply(rgb, _OP_REINHARD, (scale, inv_white2), color, saturation, out)
 
 
 def reinhard_local(
@@ -361,10 +367,7 @@ def reinhard_local(
         raise ValueError(f"unknown filter {filter!r}; use one of {', '.join(LOCAL_FILTERS)}")
     rgb = _check_radiance(radiance)
     h, w, _ = rgb.shape
-    log_avg, lmax, blocks = frame_statistics(rgb, delta=delta, block=block)
-    stats = _adapted(adaptation, dt_s, log_average=log_avg, max_luminance=max(lmax, _MIN_LUM))
-    scale = key / stats["log_average"]
-    l_white = white if white is not None else stats["max_luminance"] * scale
+    scale, inv_white2, blocks = _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, block)
     log_lm = np.log(np.maximum(blocks * np.float32(scale), np.float32(_MIN_LUM)))
     radius = max(1, int(round(radius_fraction * max(h, w) / block)))
     if filter == "guided":
@@ -380,7 +383,7 @@ def reinhard_local(
     # convention); the kernel blends the two rows around each output row.
     coef = tuple(np.ascontiguousarray(cv2.resize(np.asarray(c, np.float32), (w, c.shape[0]),
                                                  interpolation=cv2.INTER_LINEAR)) for c in coef)
-    return _run_apply(rgb, _OP_REINHARD, (scale, 1.0 / max(l_white, 1e-6) ** 2), color, saturation, out,
+    return _run_apply(rgb, _OP_REINHARD, (scale, inv_white2), color, saturation, out,
                       local=True, coef=coef, block=block)
 
 
