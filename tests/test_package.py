@@ -7,7 +7,7 @@ import sys
 def test_imports_without_optional_extras():
     code = (
         "import sys, edgehdr, export, firmware_bridge, edgehdr.io, edgehdr.hdr, edgehdr.synth, "
-        "edgehdr.tonemap, edgehdr.quality, edgehdr.cli\n"
+        "edgehdr.tonemap, edgehdr.quality, edgehdr.cli, firmware_bridge.link, firmware_bridge.simulator\n"
         "heavy = [m for m in ('tensorrt', 'pycuda', 'torch', 'picamera2', 'serial', 'spidev') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )

@@ -1,0 +1,333 @@
+"""Display-controller simulator: the firmware's behaviour in Python, on the protocol code.
+
+Sits at the far end of a pty pair or a UDP socket and behaves as PROTOCOL.md
+says a controller must: answers HELLO with CAPS (negotiating the version), CONFIG
+with ACK or NACK, applies ZONES latest-wins at its vsync to a simulated backlight
+(through the configured drive curve), enforces the watchdog (safe level when the
+host goes quiet), sends HEARTBEATs and answers STATUS requests. It is what the
+demo, the tests and the link benchmarks talk to when no board is attached.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from firmware_bridge.protocol import (
+    FEATURE_PACKED_ZONES,
+    FLAG_ACK_REQUEST,
+    MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+    Ack,
+    Caps,
+    Config,
+    FrameDecoder,
+    Heartbeat,
+    Hello,
+    MsgType,
+    Nack,
+    NackReason,
+    ProtocolError,
+    State,
+    Status,
+    StatusRequest,
+    Zones,
+    decode_message,
+    encode_message,
+)
+from firmware_bridge.transports import Transport, TransportError
+
+__all__ = ["ControllerSimulator", "UdpControllerEndpoint"]
+
+log = logging.getLogger("edgehdr.bridge.sim")
+
+
+@dataclass
+class _Counters:
+    frames_applied: int = 0
+    frames_superseded: int = 0
+    rejected: int = 0
+    faults: int = 0
+
+
+class UdpControllerEndpoint(Transport):
+    """The controller's UDP socket: replies go to whoever sent the last datagram."""
+
+    def __init__(self, bind=("127.0.0.1", 0)):
+        self.bind = bind
+        self._sock = None
+        self._peer = None
+        self.name = "udp-controller"
+
+    def open(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(self.bind)
+        self._sock.setblocking(False)
+
+    @property
+    def address(self):
+        return self._sock.getsockname()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._sock is not None
+
+    def fileno(self):
+        return self._sock.fileno() if self._sock else None
+
+    def write(self, data: bytes) -> None:
+        if self._peer is not None and self._sock is not None:
+            try:
+                self._sock.sendto(data, self._peer)
+            except OSError as exc:
+                raise TransportError(f"udp controller: send failed ({exc})") from exc
+
+    def read(self, max_bytes: int = 65536) -> bytes:
+        chunks = []
+        while self._sock is not None:
+            try:
+                data, self._peer = self._sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError, ConnectionRefusedError):
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+class ControllerSimulator:
+    """A simulated LED-backlight controller on a transport.
+
+    Parameters
+    ----------
+    transport : Transport
+        The controller's end (``PtyPair.controller``, ``UdpControllerEndpoint``).
+    rows, cols : int
+        Largest zone grid the "hardware" has (reported in CAPS).
+    max_bits : int
+        Deepest zone values it accepts.
+    vsync_hz : float
+        Display refresh; zone frames are applied at vsync. 0 applies on receipt.
+    version_range : (int, int)
+        Protocol versions this firmware speaks.
+    """
+
+    def __init__(self, transport: Transport, *, rows: int = 48, cols: int = 48, max_bits: int = 16,
+                 vsync_hz: float = 120.0, fw_version=(1, 0, 0), version_range=(1, 1), packed_zones: bool = True):
+        self.transport = transport
+        self.rows, self.cols, self.max_bits = rows, cols, max_bits
+        self.vsync_hz = vsync_hz
+        self.fw_version = fw_version
+        self.version_range = version_range
+        self.packed_zones = packed_zones
+        self.decoder = FrameDecoder(version=None)
+        self.counters = _Counters()
+        self.config: Config | None = None
+        self.state = State.UNCONFIGURED
+        self.version: int | None = None
+        self.backlight_u16 = np.zeros((rows, cols), np.uint16)
+        self.duty = np.zeros((rows, cols), np.float32)
+        self.last_frame_id: int | None = None
+        self.vsync_count = 0
+        self.applied_log = collections.deque(maxlen=100_000)  # (frame_id, monotonic ns)
+        self.received = collections.Counter()
+        self._pending: Zones | None = None
+        self._seq = 0
+        self._start = time.monotonic()
+        self._last_rx = None
+        self._last_tx = 0.0
+        self._last_not_configured = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> "ControllerSimulator":
+        self.transport.open()
+        self._thread = threading.Thread(target=self._run, name="controller-sim", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+            self._thread = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def status(self) -> Status:
+        return Status(frames_applied=self.counters.frames_applied, frames_superseded=self.counters.frames_superseded,
+                      crc_errors=self.decoder.crc_errors, framing_errors=self.decoder.framing_errors,
+                      rejected=self.counters.rejected + self.decoder.rejected,
+                      last_frame_id=self.last_frame_id or 0, faults=self.counters.faults, state=self.state)
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def _run(self) -> None:
+        period = 1.0 / self.vsync_hz if self.vsync_hz else None
+        next_vsync = time.monotonic() + (period or 0)
+        while not self._stop.is_set():
+            now = time.monotonic()
+            timeout = 0.01 if period is None else max(0.0, min(0.01, next_vsync - now))
+            fd = self.transport.fileno()
+            try:
+                if fd is not None:
+                    select.select([fd], [], [], timeout)
+                else:
+                    time.sleep(timeout)
+                data = self.transport.read()
+            except (TransportError, OSError, ValueError):
+                return  # unplugged
+            with self._lock:
+                for frame in self.decoder.feed(data):
+                    self._on_frame(frame)
+                now = time.monotonic()
+                if period is None:
+                    self._vsync()
+                elif now >= next_vsync:
+                    self._vsync()
+                    next_vsync += period * max(1, int((now - next_vsync) / period) + 1)
+                self._watchdog(now)
+                self._maybe_heartbeat(now)
+
+    def _send(self, msg, flags: int = 0) -> None:
+        data = encode_message(msg, self._seq, flags=flags, version=self.version or PROTOCOL_VERSION)
+        self._seq = (self._seq + 1) & 0xFFFF
+        try:
+            self.transport.write(data)
+        except TransportError:
+            self._stop.set()
+        self._last_tx = time.monotonic()
+
+    def _on_frame(self, frame) -> None:
+        self._last_rx = time.monotonic()
+        self.received[frame.type] += 1
+        if frame.type != MsgType.HELLO and self.version is not None and frame.version != self.version:
+            self.counters.rejected += 1
+            return
+        try:
+            msg = decode_message(frame)
+        except ProtocolError as exc:
+            self.counters.rejected += 1
+            self._send(Nack(frame.seq, frame.type, int(exc.reason)))
+            return
+        if isinstance(msg, Hello):
+            lo, hi = max(msg.version_min, self.version_range[0]), min(msg.version_max, self.version_range[1])
+            if lo > hi:
+                self._send(Nack(frame.seq, frame.type, NackReason.UNSUPPORTED_VERSION))
+                return
+            self.version = hi
+            self._send(Caps(version=hi, fw_major=self.fw_version[0], fw_minor=self.fw_version[1],
+                            fw_patch=self.fw_version[2], rows=self.rows, cols=self.cols, max_bits=self.max_bits,
+                            features=FEATURE_PACKED_ZONES if self.packed_zones else 0, max_fps=int(self.vsync_hz),
+                            max_payload=MAX_PAYLOAD))
+        elif isinstance(msg, Config):
+            try:
+                msg.validate()
+                if msg.rows > self.rows or msg.cols > self.cols or msg.bits > self.max_bits:
+                    raise ProtocolError(f"grid {msg.rows}x{msg.cols}x{msg.bits} exceeds the hardware",
+                                        NackReason.BAD_CONFIG)
+            except ProtocolError as exc:
+                self._send(Nack(frame.seq, frame.type, int(exc.reason)))
+                return
+            self.config = msg
+            self.backlight_u16 = np.full((msg.rows, msg.cols), msg.safe_level, np.uint16)
+            self._drive()
+            self.state = State.RUNNING
+            self._pending = None
+            self.last_frame_id = None
+            if frame.flags & FLAG_ACK_REQUEST:
+                self._send(Ack(frame.seq, frame.type))
+        elif isinstance(msg, Zones):
+            self._on_zones(msg, frame.seq)
+        elif isinstance(msg, StatusRequest):
+            self._send(self.status())
+        elif isinstance(msg, (Heartbeat, Ack, Nack, Caps, Status)):
+            pass
+        if frame.flags & FLAG_ACK_REQUEST and not isinstance(msg, Config):
+            self._send(Ack(frame.seq, frame.type))
+
+    def _on_zones(self, zones: Zones, seq: int) -> None:
+        cfg = self.config
+        if cfg is None:
+            now = time.monotonic()
+            if now - self._last_not_configured >= 1.0:
+                self._last_not_configured = now
+                self._send(Nack(seq, MsgType.ZONES, NackReason.NOT_CONFIGURED))
+            return
+        if zones.values.shape != (cfg.rows, cfg.cols) or zones.bits != cfg.bits:
+            self.counters.rejected += 1
+            self._send(Nack(seq, MsgType.ZONES, NackReason.ZONE_MISMATCH))
+            return
+        newest = self._pending.frame_id if self._pending is not None else self.last_frame_id
+        if newest is not None and ((zones.frame_id - newest) & 0xFFFFFFFF) >= 0x80000000 or (
+                newest is not None and zones.frame_id == newest):
+            self.counters.frames_superseded += 1  # stale (older than what we hold): dropped
+            return
+        if self._pending is not None:
+            self.counters.frames_superseded += 1
+        self._pending = zones
+
+    def _vsync(self) -> None:
+        self.vsync_count += 1
+        pending = self._pending
+        if pending is None or (pending.present_vsync and pending.present_vsync > self.vsync_count):
+            return
+        self._pending = None
+        self.backlight_u16 = pending.values.copy()
+        self.last_frame_id = pending.frame_id
+        self.counters.frames_applied += 1
+        self.applied_log.append((pending.frame_id, time.monotonic_ns()))
+        if self.state == State.FALLBACK:
+            self.state = State.RUNNING
+        self._drive()
+
+    def _drive(self) -> None:
+        cfg = self.config
+        if cfg is None:
+            return
+        level = self.backlight_u16.astype(np.float32) / float((1 << cfg.bits) - 1)
+        self.duty = level if cfg.drive_curve == 0 else np.power(level, cfg.drive_gamma_x100 / 100.0)
+
+    def _watchdog(self, now: float) -> None:
+        cfg = self.config
+        if cfg is None or self.state != State.RUNNING or self._last_rx is None:
+            return
+        if (now - self._last_rx) * 1000.0 > cfg.watchdog_ms:
+            self.state = State.FALLBACK
+            self.counters.faults |= 0x1
+            self._pending = None
+            self.backlight_u16 = np.full((cfg.rows, cfg.cols), cfg.safe_level, np.uint16)
+            self._drive()
+            log.warning("controller: host silent for %.0f ms, safe backlight", (now - self._last_rx) * 1000)
+
+    def _maybe_heartbeat(self, now: float) -> None:
+        period = (self.config.heartbeat_ms if self.config else 100) / 1000.0
+        if self.version is not None and now - self._last_tx >= period:
+            self._send(Heartbeat(int((now - self._start) * 1000), self.state))
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"state": State(self.state).name, "backlight_u16": self.backlight_u16.copy(),
+                    "last_frame_id": self.last_frame_id, "status": self.status(), "vsync_count": self.vsync_count}
+
+
+def _pid() -> int:  # pragma: no cover - tiny helper for CLI messages
+    return os.getpid()

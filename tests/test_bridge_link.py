@@ -1,0 +1,223 @@
+"""Host link against the controller simulator over real pty pairs (pyserial) and UDP sockets."""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+
+import numpy as np
+import pytest
+
+from firmware_bridge.link import Link
+from firmware_bridge.protocol import Config, MsgType, State
+from firmware_bridge.simulator import ControllerSimulator, UdpControllerEndpoint
+from firmware_bridge.transports import PtyPair, SerialTransport, SpiTransport, UdpTransport
+
+CONFIG = Config(rows=16, cols=24, bits=12, safe_level=300, watchdog_ms=250, heartbeat_ms=40)
+
+
+def wait_for(predicate, timeout_s=3.0, step_s=0.005):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return predicate()
+
+
+@pytest.fixture
+def pty_pair(tmp_path):
+    pair = PtyPair(tmp_path / "ttyEH0")
+    yield pair
+    pair.close()
+
+
+@pytest.fixture
+def controller(pty_pair):
+    sim = ControllerSimulator(pty_pair.controller, rows=48, cols=48, vsync_hz=240).start()
+    yield sim
+    sim.stop()
+
+
+def zones(seed, config=CONFIG):
+    return np.random.default_rng(seed).integers(0, 1 << config.bits, (config.rows, config.cols)).astype(np.uint16)
+
+
+def test_handshake_config_and_zones_reach_the_backlight(pty_pair, controller):
+    with Link(SerialTransport(pty_pair.path, 2_000_000), CONFIG) as link:
+        assert link.wait_running(3.0)
+        for i in range(1, 6):
+            link.send_zones(zones(i), frame_id=i)
+            assert wait_for(lambda: controller.last_frame_id == i)
+            np.testing.assert_array_equal(controller.backlight_u16, zones(i))
+        stats = link.stats()
+    assert stats["controller"]["rows"] == 48 and stats["config_acked"] == 1
+    assert controller.state == State.RUNNING
+    assert controller.received[MsgType.ZONES] == 5
+    # 12-bit zones travel packed: 16*24*12/8 = 576 data bytes instead of 768.
+    assert controller.decoder.crc_errors == controller.decoder.framing_errors == 0
+
+
+def test_latest_wins_never_queues_stale_frames(pty_pair, controller):
+    with Link(SerialTransport(pty_pair.path), CONFIG) as link:
+        assert link.wait_running(3.0)
+        for i in range(1, 501):  # far faster than the wire and the 240 Hz vsync
+            link.send_zones(zones(i % 7), frame_id=i)
+        assert wait_for(lambda: controller.last_frame_id == 500)
+        stats = link.stats()
+    applied = [frame_id for frame_id, _ in controller.applied_log]
+    assert applied[-1] == 500 and applied == sorted(applied), "frames applied out of order"
+    assert stats["frames_superseded"] > 0, "a burst must supersede unsent frames, not queue them"
+    assert stats["frames_sent"] + stats["frames_superseded"] == 500
+    np.testing.assert_array_equal(controller.backlight_u16, zones(500 % 7))
+
+
+def test_controller_falls_back_to_safe_level_when_the_host_goes_quiet(pty_pair, controller):
+    link = Link(SerialTransport(pty_pair.path), CONFIG).start()
+    assert link.wait_running(3.0)
+    link.send_zones(zones(1), frame_id=1)
+    assert wait_for(lambda: controller.last_frame_id == 1)
+    link.close()  # host process dies: no more bytes, not even heartbeats
+    assert wait_for(lambda: controller.state == State.FALLBACK, timeout_s=2.0)
+    assert np.all(controller.backlight_u16 == CONFIG.safe_level)
+    assert controller.status().faults & 1
+    with Link(SerialTransport(pty_pair.path), CONFIG) as link2:  # host back: frames resume
+        assert link2.wait_running(3.0)
+        link2.send_zones(zones(2), frame_id=2)
+        assert wait_for(lambda: controller.state == State.RUNNING and controller.last_frame_id == 2)
+
+
+def test_heartbeats_keep_an_idle_link_alive(pty_pair, controller):
+    with Link(SerialTransport(pty_pair.path), CONFIG) as link:
+        assert link.wait_running(3.0)
+        link.send_zones(zones(3), frame_id=3)
+        time.sleep(4 * CONFIG.watchdog_ms / 1000)  # no zone frames, only heartbeats
+        assert controller.state == State.RUNNING
+        assert link.stats()["heartbeats_received"] > 0 and link.stats()["reconnects"] == 0
+
+
+def test_unplug_and_replug_reconnects_and_resends_config(tmp_path):
+    path = tmp_path / "ttyEH0"
+    pair = PtyPair(path)
+    sim = ControllerSimulator(pair.controller, vsync_hz=240).start()
+    link = Link(SerialTransport(str(path)), CONFIG).start()
+    try:
+        assert link.wait_running(3.0)
+        link.send_zones(zones(1), frame_id=1)
+        assert wait_for(lambda: sim.last_frame_id == 1)
+        sim.stop()
+        pair.close()  # unplug: the device node disappears
+        assert wait_for(lambda: not link.running, timeout_s=2.0)
+        for i in range(2, 50):
+            link.send_zones(zones(i), frame_id=i)  # never blocks while unplugged
+        pair = PtyPair(path)  # replug at the same (udev-stable) path
+        sim = ControllerSimulator(pair.controller, vsync_hz=240).start()
+        t_replug = time.monotonic()
+        assert link.wait_running(3.0), link.stats()
+        reconnect_s = time.monotonic() - t_replug
+        link.send_zones(zones(50), frame_id=50)
+        assert wait_for(lambda: sim.last_frame_id == 50)
+        stats = link.stats()
+        assert stats["reconnects"] >= 1 and stats["config_acked"] == 2 and stats["transport_errors"] >= 1
+        assert sim.received[MsgType.CONFIG] >= 1
+        assert reconnect_s < 2.0  # generous bound; `edgehdr bridge bench` reports the figure
+    finally:
+        link.close()
+        sim.stop()
+        pair.close()
+
+
+def test_garbage_between_frames_costs_no_frame(pty_pair, controller):
+    with Link(SerialTransport(pty_pair.path), CONFIG) as link:
+        assert link.wait_running(3.0)
+        for i in range(1, 21):
+            link.send_zones(zones(i), frame_id=i)
+            assert wait_for(lambda: controller.last_frame_id == i)
+            os.write(pty_pair.slave_fd, os.urandom(50) + b"\x00")  # line noise reaching the controller
+    status = controller.status()
+    assert status.frames_applied == 20
+    assert status.framing_errors + status.crc_errors >= 15
+
+
+class _DeafToFirstConfigs(ControllerSimulator):
+    """A controller that misses the first two CONFIG frames (e.g. still booting)."""
+
+    dropped = 0
+
+    def _on_frame(self, frame):
+        if frame.type == MsgType.CONFIG and self.dropped < 2:
+            self.dropped += 1
+            self._last_rx = time.monotonic()
+            return
+        super()._on_frame(frame)
+
+
+def test_config_is_retried_with_backoff_until_acknowledged(pty_pair):
+    sim = _DeafToFirstConfigs(pty_pair.controller).start()
+    try:
+        with Link(SerialTransport(pty_pair.path), CONFIG) as link:
+            assert link.wait_running(3.0)
+            stats = link.stats()
+        assert stats["config_sent"] >= 3 and stats["config_acked"] == 1
+    finally:
+        sim.stop()
+
+
+def test_version_and_config_refusals_are_reported(tmp_path):
+    for kwargs, expected in (({"version_range": (2, 3)}, "UNSUPPORTED_VERSION"), ({"rows": 8}, "BAD_CONFIG")):
+        pair = PtyPair(tmp_path / f"tty{expected}")
+        sim = ControllerSimulator(pair.controller, **kwargs).start()
+        try:
+            with Link(SerialTransport(pair.path), CONFIG) as link:
+                assert wait_for(lambda: link.stats()["state"] == "rejected")
+                stats = link.stats()
+                assert expected in stats["nacks"] and stats["last_error"]
+                assert not link.running
+        finally:
+            sim.stop()
+            pair.close()
+
+
+def test_udp_transport_to_a_network_controller():
+    endpoint = UdpControllerEndpoint(("127.0.0.1", 0))
+    sim = ControllerSimulator(endpoint, vsync_hz=0).start()
+    try:
+        host, port = endpoint.address
+        with Link(UdpTransport(host, port, bind=("127.0.0.1", 0)), CONFIG) as link:
+            assert link.wait_running(3.0)
+            link.send_zones(zones(9), frame_id=9)
+            assert wait_for(lambda: sim.last_frame_id == 9)
+        np.testing.assert_array_equal(sim.backlight_u16, zones(9))
+    finally:
+        sim.stop()
+        endpoint.close()
+
+
+def test_send_zones_validates_its_input():
+    link = Link(SerialTransport("/nonexistent/tty"), CONFIG)
+    with pytest.raises(ValueError, match=r"shape \(2, 2\) do not match the configured grid \(16, 24\)"):
+        link.send_zones(np.zeros((2, 2), np.uint16), 1)
+    with pytest.raises(ValueError, match=r"0\.\.4095"):
+        link.send_zones(np.full((16, 24), 4096), 1)
+    link.close()
+
+
+def test_missing_port_is_retried_and_reported_without_blocking_the_caller(tmp_path):
+    with Link(SerialTransport(str(tmp_path / "never-plugged")), CONFIG) as link:
+        for i in range(100):
+            link.send_zones(zones(0), frame_id=i)
+        assert wait_for(lambda: link.stats()["transport_errors"] >= 2)
+        stats = link.stats()
+    assert "never-plugged" in stats["last_error"] and "cannot open" in stats["last_error"]
+    assert stats["frames_superseded"] == 99 and stats["frames_sent"] == 0
+
+
+@pytest.mark.skipif(not glob.glob("/dev/spidev*"), reason="no /dev/spidev* device: SPI needs a board with SPI enabled "
+                                                          "and a controller on the bus")
+def test_spi_transport_opens_the_device():
+    dev = sorted(glob.glob("/dev/spidev*"))[0]
+    bus, device = dev.removeprefix("/dev/spidev").split(".")
+    with SpiTransport(int(bus), int(device)) as spi:
+        assert spi.chunk_bytes == SpiTransport.kernel_buffer_size()
+        assert isinstance(spi.read(), bytes)
