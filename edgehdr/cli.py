@@ -120,6 +120,122 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _bridge_config(args):
+    from firmware_bridge.protocol import Config
+
+    return Config(rows=args.rows, cols=args.cols, bits=args.bits, safe_level=args.safe_level,
+                  watchdog_ms=args.watchdog_ms, heartbeat_ms=args.heartbeat_ms).validate()
+
+
+def _cmd_bridge_simulate(args) -> int:
+    import time
+
+    from firmware_bridge.simulator import ControllerSimulator, UdpControllerEndpoint
+    from firmware_bridge.transports import PtyPair
+
+    if args.udp:
+        host, _, port = args.udp.rpartition(":")
+        endpoint = UdpControllerEndpoint((host or "127.0.0.1", int(port)))
+        pair = None
+    else:
+        pair = PtyPair(args.pty)
+        endpoint = pair.controller
+    sim = ControllerSimulator(endpoint, rows=args.rows, cols=args.cols, max_bits=args.bits,
+                              vsync_hz=args.vsync_hz).start()
+    where = f"udp:{endpoint.address[0]}:{endpoint.address[1]}" if args.udp else pair.path
+    print(f"controller simulator listening on {where} ({args.rows}x{args.cols} zones, {args.vsync_hz:g} Hz vsync); "
+          f"Ctrl-C to stop", flush=True)
+    try:
+        end = time.monotonic() + args.seconds if args.seconds else None
+        while end is None or time.monotonic() < end:
+            time.sleep(1.0)
+            st = sim.status()
+            print(f"state={st.state} applied={st.frames_applied} superseded={st.frames_superseded} "
+                  f"crc_errors={st.crc_errors} framing_errors={st.framing_errors} last_frame={st.last_frame_id}",
+                  file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+        if pair is not None:
+            pair.close()
+        else:
+            endpoint.close()
+    return 0
+
+
+def _cmd_bridge_send(args) -> int:
+    import time
+
+    import numpy as np
+
+    from firmware_bridge.link import Link
+    from firmware_bridge.transports import open_transport
+
+    config = _bridge_config(args)
+    top = (1 << config.bits) - 1
+    yy, xx = np.mgrid[0 : config.rows, 0 : config.cols]
+    with Link(open_transport(args.port, baudrate=args.baud), config) as link:
+        if not link.wait_running(args.connect_timeout):
+            print(f"edgehdr bridge send: error: controller on {args.port} did not come up: {link.stats()['last_error']}",
+                  file=sys.stderr)
+            return 2
+        n = int(args.seconds * args.fps)
+        start = time.monotonic()
+        for i in range(1, n + 1):
+            if args.pattern == "gradient":
+                values = ((xx + yy + i) % (config.rows + config.cols)) * top // (config.rows + config.cols - 1)
+            elif args.pattern == "checker":
+                values = ((xx + yy + i) % 2) * top
+            else:
+                values = np.random.default_rng(i).integers(0, top + 1, (config.rows, config.cols))
+            link.send_zones(np.clip(values, 0, top).astype(np.uint16), frame_id=i)
+            delay = start + i / args.fps - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        time.sleep(0.2)
+        print(json.dumps(link.stats(), indent=2, default=str))
+    return 0
+
+
+def _cmd_bridge_bench(args) -> int:
+    from firmware_bridge import bench
+
+    progress_print = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    progress_print("[1/4] encode + write one ZONES frame, 2000 times")
+    ew = bench.encode_write_ms(args.zones)
+    print(f"encode+write {args.zones} x 16-bit zones ({ew['bytes']} bytes on the wire): median {ew['median_ms']:.3f} ms, "
+          f"p99 {ew['p99_ms']:.3f} ms ({100 * ew['median_ms'] / (1000 / 60):.2f}% of a 60 fps frame)")
+    progress_print(f"[2/4] {args.hz:g} Hz stream over a pty for {args.seconds:g} s, vsync {args.hz:g} Hz")
+    st = bench.stream_run(args.seconds, args.hz, args.zones)
+    print(f"stream {st['seconds']:g} s at {st['hz']:g} Hz: delivered {100 * st['delivered_fraction']:.2f}% "
+          f"({st['received_by_controller']}/{st['submitted']}), applied {st['applied']}, "
+          f"corrupted accepted {st['corrupted_accepted']} of {st['spot_checks']} spot checks, "
+          f"send-to-apply latency median {st['latency_ms_median']:.2f} ms, p99 {st['latency_ms_p99']:.2f} ms")
+    progress_print("[3/4] the same, applied on receipt (no vsync wait), 10 s")
+    st0 = bench.stream_run(min(args.seconds, 10.0), args.hz, args.zones, vsync_hz=0)
+    print(f"apply on receipt: delivered {100 * st0['delivered_fraction']:.2f}%, send-to-apply latency median "
+          f"{st0['latency_ms_median']:.2f} ms, p99 {st0['latency_ms_p99']:.2f} ms")
+    progress_print("[4/4] fault run: unplug/replug, garbage injection")
+    fr = bench.fault_run(args.hz, args.zones)
+    print(f"unplug detected after {fr['detect_unplug_s']:.3f} s; reconnected {fr['reconnect_after_replug_s']:.3f} s "
+          f"after replug, first frame applied after {fr['first_frame_applied_after_replug_s']:.3f} s; "
+          f"garbage: {fr['garbage_injections']} injections, {fr['frames_lost_to_garbage']} of "
+          f"{fr['frames_sent_during_garbage']} frames lost, {fr['controller_errors_counted']} errors counted")
+    if args.json:
+        from edgehdr.io import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps({"encode_write": ew, "stream": st, "stream_apply_on_receipt": st0,
+                                                 "faults": fr}, indent=2))
+    return 0
+
+
+def _add_bridge_grid(p, rows=16, cols=24, bits=12):
+    p.add_argument("--rows", type=int, default=rows)
+    p.add_argument("--cols", type=int, default=cols)
+    p.add_argument("--bits", type=int, default=bits)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgehdr import __version__
     from edgehdr.hdr.align import ALIGN_METHODS
@@ -181,6 +297,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: merge quality against ground truth on 10 synthetic scenes (PU21-PSNR)")
     p.set_defaults(func=_cmd_bench)
 
+    p = sub.add_parser("bridge", help="display-controller link: simulator, test sender, benchmark")
+    bridge = p.add_subparsers(dest="bridge_command", required=True)
+    b = bridge.add_parser("simulate", help="run the controller simulator on a pty (or UDP)")
+    b.add_argument("--pty", default="ttyEH0", help="path of the pty symlink the host opens (default ./ttyEH0)")
+    b.add_argument("--udp", help="listen on HOST:PORT over UDP instead")
+    _add_bridge_grid(b, rows=48, cols=48, bits=16)
+    b.add_argument("--vsync-hz", type=float, default=120.0)
+    b.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: until Ctrl-C)")
+    b.set_defaults(func=_cmd_bridge_simulate)
+    b = bridge.add_parser("send", help="stream test patterns to a controller")
+    b.add_argument("port", help="serial device, udp:HOST:PORT or spi:BUS.DEV[@HZ]")
+    _add_bridge_grid(b)
+    b.add_argument("--baud", type=int, default=2_000_000)
+    b.add_argument("--fps", type=float, default=60.0)
+    b.add_argument("--seconds", type=float, default=5.0)
+    b.add_argument("--pattern", choices=("gradient", "checker", "random"), default="gradient")
+    b.add_argument("--safe-level", type=int, default=0)
+    b.add_argument("--watchdog-ms", type=int, default=500)
+    b.add_argument("--heartbeat-ms", type=int, default=100)
+    b.add_argument("--connect-timeout", type=float, default=5.0)
+    b.set_defaults(func=_cmd_bridge_send)
+    b = bridge.add_parser("bench", help="encode cost, 120 Hz stream over a pty, fault run")
+    b.add_argument("--zones", type=int, default=2304)
+    b.add_argument("--hz", type=float, default=120.0)
+    b.add_argument("--seconds", type=float, default=60.0)
+    b.add_argument("--json", help="also write the figures as JSON")
+    b.set_defaults(func=_cmd_bridge_bench)
+
     p = sub.add_parser("demo", help="the built-in default job on a synthetic scene")
     p.add_argument("-o", "--output", default="edgehdr-demo", help="result folder")
     p.add_argument("--seed", type=int, default=0)
@@ -198,6 +342,9 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:
+        print(f"edgehdr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. TransportError: a device that cannot be opened
         print(f"edgehdr {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

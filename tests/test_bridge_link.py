@@ -221,3 +221,25 @@ def test_spi_transport_opens_the_device():
     with SpiTransport(int(bus), int(device)) as spi:
         assert spi.chunk_bytes == SpiTransport.kernel_buffer_size()
         assert isinstance(spi.read(), bytes)
+
+
+def test_cli_send_streams_to_a_controller_and_reports(pty_pair, controller, capsys):
+    import json
+
+    from edgehdr.cli import main
+
+    assert main(["-q", "bridge", "send", pty_pair.path, "--seconds", "0.5", "--fps", "60", "--rows", "8",
+                 "--cols", "12", "--pattern", "checker"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["config_acked"] == 1 and stats["frames_sent"] + stats["frames_superseded"] == 30
+    assert wait_for(lambda: controller.last_frame_id == 30)
+    top = (1 << 12) - 1
+    yy, xx = np.mgrid[0:8, 0:12]
+    np.testing.assert_array_equal(controller.backlight_u16, ((xx + yy + 30) % 2) * top)
+
+
+def test_cli_send_to_a_missing_port_fails_cleanly(tmp_path, capsys):
+    from edgehdr.cli import main
+
+    assert main(["bridge", "send", str(tmp_path / "ttyNONE"), "--connect-timeout", "0.3"]) == 2
+    assert "ttyNONE" in capsys.readouterr().err
