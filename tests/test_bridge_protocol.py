@@ -202,3 +202,37 @@ def test_c_reference_library_passes_make_test(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert ", 0 failures" in result.stdout
     assert "0 crashes" in result.stdout
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.tuples(st.binary(max_size=200), st.integers(0, 2**32 - 1)), min_size=1, max_size=8))
+def test_interleaved_garbage_costs_no_frame_behind_a_delimiter(chunks):
+    stream, expected = b"", []
+    for garbage, uptime in chunks:
+        msg = Heartbeat(uptime, 1)
+        stream += garbage + b"\x00" + encode_message(msg, uptime & 0xFFFF)
+        expected.append(msg)
+    decoder = FrameDecoder()
+    assert [decode_message(f) for f in decoder.feed(stream)] == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(cut=st.integers(1, 10_000), wrong_length=st.integers(0, 65535))
+def test_truncated_frames_and_lying_length_fields_are_rejected(cut, wrong_length):
+    import struct
+
+    msg = Status(frames_applied=5, state=1)
+    frame = encode_message(msg, 1)
+    truncated = frame[: cut % (len(frame) - 1)] + b"\x00"
+    raw = bytearray(cobs.decode(frame[:-1]))
+    body = raw[:-4]
+    if wrong_length != len(body) - HEADER_SIZE:
+        body[8:10] = struct.pack("<H", wrong_length)
+    lying = cobs.encode(bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))) + b"\x00"  # valid CRC, bad length
+    decoder = FrameDecoder()
+    frames = decoder.feed(truncated + lying + frame)
+    if wrong_length == len(body) - HEADER_SIZE:
+        assert [decode_message(f) for f in frames] == [msg, msg]
+    else:
+        assert [decode_message(f) for f in frames] == [msg]
+        assert decoder.framing_errors >= 1
