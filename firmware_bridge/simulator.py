@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import select
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -43,7 +41,7 @@ from firmware_bridge.protocol import (
     decode_message,
     encode_message,
 )
-from firmware_bridge.transports import Transport, TransportError
+from firmware_bridge.transports import Transport, TransportError, UdpControllerEndpoint
 
 __all__ = ["ControllerSimulator", "UdpControllerEndpoint"]
 
@@ -56,54 +54,6 @@ class _Counters:
     frames_superseded: int = 0
     rejected: int = 0
     faults: int = 0
-
-
-class UdpControllerEndpoint(Transport):
-    """The controller's UDP socket: replies go to whoever sent the last datagram."""
-
-    def __init__(self, bind=("127.0.0.1", 0)):
-        self.bind = bind
-        self._sock = None
-        self._peer = None
-        self.name = "udp-controller"
-
-    def open(self) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.bind(self.bind)
-        self._sock.setblocking(False)
-
-    @property
-    def address(self):
-        return self._sock.getsockname()
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    @property
-    def is_open(self) -> bool:
-        return self._sock is not None
-
-    def fileno(self):
-        return self._sock.fileno() if self._sock else None
-
-    def write(self, data: bytes) -> None:
-        if self._peer is not None and self._sock is not None:
-            try:
-                self._sock.sendto(data, self._peer)
-            except OSError as exc:
-                raise TransportError(f"udp controller: send failed ({exc})") from exc
-
-    def read(self, max_bytes: int = 65536) -> bytes:
-        chunks = []
-        while self._sock is not None:
-            try:
-                data, self._peer = self._sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError, ConnectionRefusedError):
-                break
-            chunks.append(data)
-        return b"".join(chunks)
 
 
 class ControllerSimulator:
@@ -327,7 +277,3 @@ class ControllerSimulator:
         with self._lock:
             return {"state": State(self.state).name, "backlight_u16": self.backlight_u16.copy(),
                     "last_frame_id": self.last_frame_id, "status": self.status(), "vsync_count": self.vsync_count}
-
-
-def _pid() -> int:  # pragma: no cover - tiny helper for CLI messages
-    return os.getpid()

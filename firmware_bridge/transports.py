@@ -23,6 +23,7 @@ __all__ = [
     "SerialTransport",
     "SpiTransport",
     "UdpTransport",
+    "UdpControllerEndpoint",
     "FdTransport",
     "PtyPair",
     "open_transport",
@@ -221,22 +222,12 @@ class SpiTransport(Transport):
         return out
 
 
-class UdpTransport(Transport):
-    """Network-attached controller: one wire frame per datagram.
+class _DatagramSocket(Transport):
+    """A non-blocking UDP socket bound to ``bind``; the base of both link ends over UDP."""
 
-    Parameters
-    ----------
-    host, port : str, int
-        The controller's address.
-    bind : (str, int)
-        Local address; port 0 picks a free one.
-    """
-
-    def __init__(self, host: str, port: int, *, bind: tuple[str, int] = ("0.0.0.0", 0)):
-        self.address = (host, int(port))
+    def __init__(self, bind: tuple[str, int]):
         self.bind = bind
         self._sock = None
-        self.name = f"udp:{host}:{port}"
 
     def open(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -264,21 +255,22 @@ class UdpTransport(Transport):
     def fileno(self) -> int | None:
         return self._sock.fileno() if self._sock else None
 
-    def write(self, data: bytes) -> None:
+    def _send(self, data: bytes, address) -> None:
         if self._sock is None:
             raise TransportError(f"{self.name}: not open")
         try:
-            self._sock.sendto(data, self.address)
+            self._sock.sendto(data, address)
         except OSError as exc:
             if exc.errno in (errno.ECONNREFUSED, errno.EAGAIN):
                 return  # nobody listening yet / buffer full: datagrams may be lost, the link copes
             raise TransportError(f"{self.name}: send failed ({exc})") from exc
 
-    def read(self, max_bytes: int = 65536) -> bytes:
+    def _receive_all(self, max_bytes: int, accept) -> bytes:
+        """Drain the socket; keep datagrams whose sender ``accept(peer)`` approves."""
         if self._sock is None:
             raise TransportError(f"{self.name}: not open")
-        chunks = []
-        while True:
+        chunks, total = [], 0
+        while total < max_bytes:
             try:
                 data, peer = self._sock.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
@@ -287,11 +279,57 @@ class UdpTransport(Transport):
                 continue
             except OSError as exc:
                 raise TransportError(f"{self.name}: receive failed ({exc})") from exc
-            if peer[1] == self.address[1] or self.address[1] == 0:
+            if accept(peer):
                 chunks.append(data)
-            if sum(map(len, chunks)) >= max_bytes:
-                break
+                total += len(data)
         return b"".join(chunks)
+
+
+class UdpTransport(_DatagramSocket):
+    """Network-attached controller: one wire frame per datagram.
+
+    Parameters
+    ----------
+    host, port : str, int
+        The controller's address.
+    bind : (str, int)
+        Local address; port 0 picks a free one.
+    """
+
+    def __init__(self, host: str, port: int, *, bind: tuple[str, int] = ("0.0.0.0", 0)):
+        super().__init__(bind)
+        self.address = (host, int(port))
+        self.name = f"udp:{host}:{port}"
+
+    def write(self, data: bytes) -> None:
+        self._send(data, self.address)
+
+    def read(self, max_bytes: int = 65536) -> bytes:
+        return self._receive_all(max_bytes, lambda peer: peer[1] == self.address[1])
+
+
+class UdpControllerEndpoint(_DatagramSocket):
+    """The controller's end over UDP: replies go to whoever sent the last datagram."""
+
+    def __init__(self, bind: tuple[str, int] = ("127.0.0.1", 0)):
+        super().__init__(bind)
+        self._peer = None
+        self.name = "udp-controller"
+
+    @property
+    def address(self):
+        return self.local_address
+
+    def write(self, data: bytes) -> None:
+        if self._peer is not None:
+            self._send(data, self._peer)
+
+    def read(self, max_bytes: int = 65536) -> bytes:
+        def remember(peer):
+            self._peer = peer
+            return True
+
+        return self._receive_all(max_bytes, remember)
 
 
 class FdTransport(Transport):

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import struct
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
