@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PU21_PARAMS", "PU21_L_MIN", "PU21_L_MAX", "pu21_encode", "pu21_decode"]
+__all__ = ["PU21_PARAMS", "PU21_L_MIN", "PU21_L_MAX", "pu21_encode", "pu21_decode", "pu21_derivative"]
 
 PU21_L_MIN = 0.005
 PU21_L_MAX = 10000.0
@@ -52,3 +52,20 @@ def pu21_decode(values, variant: str = "banding_glare") -> np.ndarray:
     t = np.power(np.maximum(v / p7 + p6, 0.0), 1.0 / p5)
     yp = np.maximum(t - p1, 0.0) / np.maximum(p2 - p3 * t, 1e-300)
     return np.power(yp, 1.0 / p4)
+
+
+def pu21_derivative(luminance_cd_m2, variant: str = "banding_glare") -> np.ndarray:
+    """``dV/dY`` of ``pu21_encode``; zero outside the clamped range [0.005, 10000] cd/m^2.
+
+    ``dV/dY = p7 p5 u^(p5 - 1) p4 Y^(p4 - 1) (p2 - p1 p3) / (1 + p3 Y^p4)^2`` with
+    ``u = (p1 + p2 Y^p4) / (1 + p3 Y^p4)``.
+    """
+    p1, p2, p3, p4, p5, p6, p7 = _params(variant)
+    y = np.asarray(luminance_cd_m2, dtype=np.float64)
+    inside = (y > PU21_L_MIN) & (y < PU21_L_MAX)
+    yc = np.clip(y, PU21_L_MIN, PU21_L_MAX)
+    yp = np.power(yc, p4)
+    den = 1.0 + p3 * yp
+    u = (p1 + p2 * yp) / den
+    d = p7 * p5 * np.power(u, p5 - 1.0) * p4 * np.power(yc, p4 - 1.0) * (p2 - p1 * p3) / (den * den)
+    return np.where(inside, d, 0.0)

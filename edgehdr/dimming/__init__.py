@@ -1,0 +1,30 @@
+"""Local dimming for HDR LCDs: LED layout and PSF, zone algorithms, backlight simulation, LCD compensation, metrics."""
+
+from edgehdr.dimming.backlight import BacklightModel
+from edgehdr.dimming.compensation import ideal_display, lcd_compensation, simulate_display
+from edgehdr.dimming.display import display_target
+from edgehdr.dimming.layout import LayoutError, LedLayout, load_layout
+from edgehdr.dimming.metrics import clipped_fraction, dimming_metrics, halo_measure, power_fraction
+from edgehdr.dimming.optimize import optimal_zone_light, project_power_budget
+from edgehdr.dimming.zones import HEURISTICS, ZoneTemporalFilter, zone_light, zone_statistics
+
+__all__ = [
+    "BacklightModel",
+    "ideal_display",
+    "lcd_compensation",
+    "simulate_display",
+    "display_target",
+    "LayoutError",
+    "LedLayout",
+    "load_layout",
+    "clipped_fraction",
+    "dimming_metrics",
+    "halo_measure",
+    "power_fraction",
+    "optimal_zone_light",
+    "project_power_budget",
+    "HEURISTICS",
+    "ZoneTemporalFilter",
+    "zone_light",
+    "zone_statistics",
+]

@@ -1,0 +1,171 @@
+"""Zone algorithms: per-zone statistics of the target and the LED light level each heuristic picks.
+
+Input is the display-referred target (cd/m^2, limited to the panel's peak); what
+matters for a zone is the brightest channel it must reproduce. One fused numba
+pass gathers every zone's maximum, mean and (on request) a log-luminance
+histogram; the heuristics then work on the small zone grid:
+
+- ``max``: light = zone maximum (no clipping inside the zone, most power, most halo);
+- ``mean``: light = zone mean (least power, clips highlights);
+- ``sqrt``: light = sqrt(max * mean), the usual compromise;
+- ``percentile``: light = the zone's p-quantile of max-RGB (CDF-based; p = 0.95).
+
+These are the standard heuristics of the local-dimming literature (dual-modulation
+displays after Seetzen et al., ACM TOG 23(3), 2004, as presented in the tutorial);
+``edgehdr.dimming.optimal_zone_light`` is the optimisation-based quality reference.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from edgehdr.dimming.layout import LedLayout
+from edgehdr.fastmath import log2_from_bits
+
+__all__ = ["zone_statistics", "zone_light", "HEURISTICS", "ZoneTemporalFilter"]
+
+HEURISTICS = ("max", "mean", "sqrt", "percentile")
+_HIST_BINS = 64
+_HIST_STOPS = 16.0  # histogram spans 2^-16 .. 1 of the peak
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _zone_stats_kernel(target, inv_peak, rows, cols, want_hist, zmax, zsum, hist):
+    # Parallel over zone rows (no two threads touch one zone). Per pixel row: max-RGB /
+    # peak into a row buffer, its histogram bins by a vectorised log2 on the float
+    # bits, then per-zone max, sum and counts.
+    h, w, _ = target.shape
+    nbins = hist.shape[2]
+    bins_per_stop = np.float32(nbins / 16.0)
+    col_edges = np.empty(cols + 1, np.int64)
+    for c in range(cols + 1):
+        col_edges[c] = (c * w) // cols
+    for r in numba.prange(rows):
+        y0 = (r * h) // rows
+        y1 = ((r + 1) * h) // rows
+        for c in range(cols):
+            zmax[r, c] = 0.0
+            zsum[r, c] = 0.0
+            for b in range(nbins):
+                hist[r, c, b] = 0
+        m_row = np.empty(w, np.float32)
+        bin_row = np.empty(w, np.int32)
+        for y in range(y0, y1):
+            row = target[y]
+            for x in range(w):
+                m = max(row[x, 0], max(row[x, 1], row[x, 2])) * inv_peak
+                m_row[x] = min(max(m, np.float32(1.52587890625e-05)), np.float32(1.0))  # floor 2^-16
+            if want_hist:
+                m_bits = m_row.view(np.int32)
+                for x in range(w):
+                    b = np.int32((log2_from_bits(m_bits[x]) + np.float32(16.0)) * bins_per_stop)
+                    bin_row[x] = min(max(b, np.int32(0)), np.int32(nbins - 1))
+            for c in range(cols):
+                m_max = np.float32(0.0)
+                m_sum = np.float32(0.0)
+                for x in range(col_edges[c], col_edges[c + 1]):
+                    m_max = max(m_max, m_row[x])
+                    m_sum += m_row[x]
+                zmax[r, c] = max(zmax[r, c], m_max)
+                zsum[r, c] += m_sum
+                if want_hist:
+                    for x in range(col_edges[c], col_edges[c + 1]):
+                        hist[r, c, bin_row[x]] += 1
+        for c in range(cols):
+            zsum[r, c] /= (y1 - y0) * (col_edges[c + 1] - col_edges[c])
+
+
+def zone_statistics(target_cd_m2: np.ndarray, layout: LedLayout, *, histogram: bool = False):
+    """Per-zone max and mean of max-RGB / peak, and optionally a log2 histogram.
+
+    Returns
+    -------
+    zmax, zmean : ndarray (rows, cols) float32 in [0, 1]
+    hist : ndarray (rows, cols, 64) int32 or None
+        Counts over log2(value) from -16 to 0 (bin 0 also holds everything darker).
+    """
+    target = np.ascontiguousarray(target_cd_m2, dtype=np.float32)
+    if target.ndim != 3 or target.shape[2] != 3:
+        raise ValueError(f"target must be an HxWx3 image in cd/m^2, got shape {target.shape}")
+    if target.shape[:2] != (layout.height_px, layout.width_px):
+        raise ValueError(f"target is {target.shape[1]}x{target.shape[0]} but the layout's panel is "
+                         f"{layout.width_px}x{layout.height_px}")
+    zmax = np.empty((layout.rows, layout.cols), np.float32)
+    zsum = np.empty((layout.rows, layout.cols), np.float32)
+    hist = np.empty((layout.rows, layout.cols, _HIST_BINS if histogram else 1), np.int32)
+    _zone_stats_kernel(target, np.float32(1.0 / layout.peak_luminance_cd_m2), layout.rows, layout.cols,
+                       histogram, zmax, zsum, hist)
+    return zmax, zsum, (hist if histogram else None)
+
+
+def _percentile_from_hist(hist: np.ndarray, zmax: np.ndarray, p: float) -> np.ndarray:
+    cdf = np.cumsum(hist, axis=2)
+    total = cdf[..., -1:]
+    idx = np.argmax(cdf >= p * total, axis=2)
+    # Upper edge of the bin where the CDF crosses p, never above the zone maximum.
+    value = np.power(2.0, (idx + 1) * (_HIST_STOPS / hist.shape[2]) - _HIST_STOPS)
+    return np.minimum(value, zmax).astype(np.float32)
+
+
+def zone_light(target_cd_m2: np.ndarray, layout: LedLayout, algorithm: str = "sqrt", *,
+               percentile: float = 0.95, stats=None) -> np.ndarray:
+    """LED light fraction (rows, cols) in [0, 1] chosen by a heuristic (see the module docstring).
+
+    ``stats`` may pass precomputed ``zone_statistics`` (with a histogram for ``percentile``).
+    The optimisation-based reference is ``edgehdr.dimming.optimal_zone_light``.
+    """
+    if algorithm not in HEURISTICS:
+        raise ValueError(f"unknown zone algorithm {algorithm!r}; use one of {', '.join(HEURISTICS)} "
+                         "(or optimal_zone_light for the optimisation-based reference)")
+    if not 0.0 < percentile <= 1.0:
+        raise ValueError(f"percentile must be in (0, 1], got {percentile}")
+    if stats is None:
+        stats = zone_statistics(target_cd_m2, layout, histogram=algorithm == "percentile")
+    zmax, zmean, hist = stats
+    if algorithm == "max":
+        return zmax.copy()
+    if algorithm == "mean":
+        return zmean.copy()
+    if algorithm == "sqrt":
+        return np.sqrt(zmax * zmean).astype(np.float32)
+    if hist is None:
+        raise ValueError("the percentile algorithm needs zone_statistics(..., histogram=True)")
+    return _percentile_from_hist(hist, zmax, percentile)
+
+
+class ZoneTemporalFilter:
+    """Rate limiter for zone light over video: bounded rise and fall per second.
+
+    Rising fast keeps highlights from clipping when they appear; falling slowly keeps
+    a zone from pumping when content flickers. ``update`` returns the filtered light.
+
+    Parameters
+    ----------
+    max_rise_per_s, max_fall_per_s : float
+        Largest change of a zone's light fraction per second upwards / downwards.
+    frame_interval_s : float
+        Default time step when ``update`` gets no ``dt_s``.
+    """
+
+    def __init__(self, max_rise_per_s: float = 8.0, max_fall_per_s: float = 2.0, frame_interval_s: float = 1 / 60):
+        if max_rise_per_s <= 0 or max_fall_per_s <= 0 or frame_interval_s <= 0:
+            raise ValueError("rise and fall limits and the frame interval must be positive")
+        self.max_rise_per_s = float(max_rise_per_s)
+        self.max_fall_per_s = float(max_fall_per_s)
+        self.frame_interval_s = float(frame_interval_s)
+        self.state: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.state = None
+
+    def update(self, light: np.ndarray, dt_s: float | None = None) -> np.ndarray:
+        light = np.asarray(light, np.float32)
+        if self.state is None or self.state.shape != light.shape:
+            self.state = light.copy()
+            return self.state.copy()
+        dt = self.frame_interval_s if dt_s is None else max(float(dt_s), 0.0)
+        step = light - self.state
+        np.clip(step, -self.max_fall_per_s * dt, self.max_rise_per_s * dt, out=step)
+        self.state += step
+        return self.state.copy()
