@@ -94,7 +94,14 @@ def _cmd_synth(args) -> int:
 def _cmd_bench(args) -> int:
     from edgehdr.bench import dumps, format_quality, format_table, merge_quality_report, run_benchmark
 
-    if args.quality:
+    if args.dimming:
+        from edgehdr.bench import dimming_benchmark, dimming_quality_table, format_dimming
+
+        result = {"timing": dimming_benchmark(quiet=args.quiet)}
+        print(format_dimming(result["timing"], None), flush=True)
+        result["quality"] = dimming_quality_table(quiet=args.quiet)
+        print(format_dimming(None, result["quality"]))
+    elif args.quality:
         result = merge_quality_report(quiet=args.quiet)
         print(format_quality(result))
     else:
@@ -117,6 +124,33 @@ def _cmd_demo(args) -> int:
           f"moving region {merge['pu21_psnr_moving_db']} dB with deghosting, "
           f"{merge['pu21_psnr_moving_without_deghost_db']} dB without")
     print("TMQI: " + ", ".join(f"{k} {v}" for k, v in metrics["tmqi"].items()))
+    return 0
+
+
+def _cmd_dim(args) -> int:
+    from edgehdr.dimming import LedLayout, dim_frame, display_target, load_layout, write_results
+    from edgehdr.io import read_radiance
+    from edgehdr.progress import Progress
+
+    progress = Progress(4, quiet=args.quiet)
+    image = read_radiance(args.input)
+    h, w = image.shape[:2]
+    if args.layout:
+        layout = load_layout(args.layout)
+        if (layout.height_px, layout.width_px) != (h, w):
+            raise ValueError(f"{args.input} is {w}x{h} but layout {args.layout} is for a "
+                             f"{layout.width_px}x{layout.height_px} panel")
+    else:
+        layout = LedLayout(rows=min(48, h), cols=min(48, w), width_px=w, height_px=h, source="<built-in 48x48>")
+    progress.step(f"read {args.input} ({w}x{h}); layout {layout.rows}x{layout.cols} zones, "
+                  f"peak {layout.peak_luminance_cd_m2:g} cd/m^2, contrast {layout.native_contrast:g}:1")
+    target = display_target(image, layout, referred=args.input_referred)
+    progress.step(f"target: {args.input_referred}-referred -> cd/m^2 (robust peak to panel peak)")
+    result = dim_frame(target, layout, args.algorithm, simulate=True)
+    progress.step(f"{args.algorithm}: power {result.metrics['power']:.3f}, PU-PSNR {result.metrics['pu_psnr_db']:.2f} dB")
+    write_results(args.output, result, layout, target_cd_m2=target)
+    progress.step(f"wrote zones.csv, zones.npy, lcd.png, display.exr, heatmap.png, metrics.json to {args.output}")
+    print(json.dumps(result.metrics, indent=2, default=float))
     return 0
 
 
@@ -295,7 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the figures as JSON")
     p.add_argument("--quality", action="store_true",
                    help="instead: merge quality against ground truth on 10 synthetic scenes (PU21-PSNR)")
+    p.add_argument("--dimming", action="store_true",
+                   help="instead: local-dimming timing at 1080p/2304 zones and the quality table over 10 scenes")
     p.set_defaults(func=_cmd_bench)
+
+    from edgehdr.dimming.run import ALGORITHMS as DIM_ALGORITHMS
+
+    p = sub.add_parser("dim", help="local dimming of one image: zone values, LCD image, simulated display")
+    p.add_argument("input", help="input .exr, .hdr or .pfm")
+    p.add_argument("--layout", help="LED layout (.toml or .json); default 48x48 zones on a panel of the image size")
+    p.add_argument("--algorithm", choices=DIM_ALGORITHMS, default="sqrt")
+    p.add_argument("--input-referred", choices=("scene", "display"), default="scene",
+                   help="scene: robust peak mapped to the panel peak; display: already cd/m^2")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.set_defaults(func=_cmd_dim)
 
     p = sub.add_parser("bridge", help="display-controller link: simulator, test sender, benchmark")
     bridge = p.add_subparsers(dest="bridge_command", required=True)

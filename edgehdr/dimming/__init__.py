@@ -6,6 +6,7 @@ from edgehdr.dimming.display import display_target
 from edgehdr.dimming.layout import LayoutError, LedLayout, load_layout
 from edgehdr.dimming.metrics import clipped_fraction, dimming_metrics, halo_measure, power_fraction
 from edgehdr.dimming.optimize import optimal_zone_light, project_power_budget
+from edgehdr.dimming.run import ALGORITHMS, DimmingResult, dim_frame, write_results, zone_heatmap
 from edgehdr.dimming.zones import HEURISTICS, ZoneTemporalFilter, zone_light, zone_statistics
 
 __all__ = [
@@ -22,6 +23,11 @@ __all__ = [
     "halo_measure",
     "power_fraction",
     "optimal_zone_light",
+    "ALGORITHMS",
+    "DimmingResult",
+    "dim_frame",
+    "write_results",
+    "zone_heatmap",
     "project_power_budget",
     "HEURISTICS",
     "ZoneTemporalFilter",

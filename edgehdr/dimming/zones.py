@@ -50,14 +50,17 @@ def _zone_stats_kernel(target, inv_peak, rows, cols, want_hist, zmax, zsum, hist
             for b in range(nbins):
                 hist[r, c, b] = 0
         m_row = np.empty(w, np.float32)
+        floored_row = np.empty(w, np.float32)
         bin_row = np.empty(w, np.int32)
         for y in range(y0, y1):
             row = target[y]
             for x in range(w):
                 m = max(row[x, 0], max(row[x, 1], row[x, 2])) * inv_peak
-                m_row[x] = min(max(m, np.float32(1.52587890625e-05)), np.float32(1.0))  # floor 2^-16
+                m_row[x] = min(max(m, np.float32(0.0)), np.float32(1.0))
             if want_hist:
-                m_bits = m_row.view(np.int32)
+                for x in range(w):
+                    floored_row[x] = max(m_row[x], np.float32(1.52587890625e-05))  # 2^-16: bin 0
+                m_bits = floored_row.view(np.int32)
                 for x in range(w):
                     b = np.int32((log2_from_bits(m_bits[x]) + np.float32(16.0)) * bins_per_stop)
                     bin_row[x] = min(max(b, np.int32(0)), np.int32(nbins - 1))

@@ -1,0 +1,216 @@
+"""Local dimming against closed forms, a direct PSF summation, adjoint identities and the heuristics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgehdr.dimming import (
+    BacklightModel,
+    LayoutError,
+    LedLayout,
+    ZoneTemporalFilter,
+    dim_frame,
+    dimming_metrics,
+    display_target,
+    halo_measure,
+    ideal_display,
+    lcd_compensation,
+    load_layout,
+    optimal_zone_light,
+    project_power_budget,
+    simulate_display,
+    zone_light,
+    zone_statistics,
+)
+from edgehdr.synth import make_scene
+
+SMALL = dict(rows=6, cols=8, width_px=160, height_px=96)
+
+
+def test_layout_loads_toml_and_json_and_names_bad_keys(tmp_path):
+    toml = tmp_path / "layout.toml"
+    toml.write_text("[panel]\nwidth_px = 320\nheight_px = 180\npeak_luminance_cd_m2 = 1500\nnative_contrast = 3000\n"
+                    "[zones]\nrows = 9\ncols = 16\nbits = 10\n[psf]\nmodel = 'gaussian'\nsigma_pitch = 1.1\n"
+                    "[drive]\nresponse = 'lut'\nlut = [0.0, 0.1, 0.3, 0.6, 1.0]\n")
+    lay = load_layout(toml)
+    assert (lay.rows, lay.cols, lay.zone_bits, lay.width_px) == (9, 16, 10, 320)
+    assert lay.leakage == pytest.approx(1 / 3000)
+    assert lay.light_from_drive(0.375) == pytest.approx(0.2)  # halfway between LUT points 0.1 and 0.3
+    assert lay.drive_from_light(0.2) == pytest.approx(0.375)
+    js = tmp_path / "layout.json"
+    js.write_text(json.dumps({"zones": {"rows": 4, "cols": 4}, "panel": {"width_px": 64, "height_px": 64}}))
+    assert load_layout(js).zones == 16
+    for body, message in (
+        ("[zones]\nrows = 0\n", r"\[zones\] rows = 0: expected an integer 1..255"),
+        ("[zones]\nrows = 'six'\n", r"\[zones\] rows = 'six': expected int"),
+        ("[panel]\nbrightness = 3\n", r"unknown key \[panel\] brightness"),
+        ("[leds]\n", r"unknown section \[leds\]"),
+        ("[psf]\nmodel = 'lorentz'\n", r"\[psf\] model = 'lorentz'"),
+        ("[psf]\nmodel = 'image'\n", r"\[psf\] file"),
+        ("[drive]\nresponse = 'lut'\nlut = [0.5, 0.2, 1.0]\n", r"\[drive\] lut"),
+        ("[panel]\nlcd_bits = 12\n", r"lcd_bits = 12: expected 8 or 10"),
+        ("not toml [", "not valid TOML"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(body)
+        with pytest.raises(LayoutError, match=message):
+            load_layout(bad)
+
+
+def test_backlight_matches_direct_psf_summation_and_normalisation():
+    layout = LedLayout(rows=12, cols=16, width_px=640, height_px=360, peak_luminance_cd_m2=800.0)
+    model = BacklightModel(layout)
+    light = np.random.default_rng(0).random((12, 16)).astype(np.float32)
+    fast = model.simulate(light)
+    direct = model.reference_backlight(light)
+    error = np.abs(fast - direct) / layout.peak_luminance_cd_m2
+    # Bilinear upsampling from the 1/4-resolution grid: tiny inside, ~2 % at the panel's very edge.
+    assert np.median(error) < 0.003 and np.max(error[8:-8, 8:-8]) < 0.01 and np.max(error) < 0.025
+    full_on = model.simulate(np.ones((12, 16), np.float32))
+    assert full_on[180, 320] == pytest.approx(800.0, rel=0.01)
+    assert np.all(model.simulate(np.zeros((12, 16), np.float32)) == 0)
+
+
+def test_measured_psf_image_reproduces_the_gaussian_model(tmp_path):
+    import cv2
+
+    gauss = LedLayout(rows=8, cols=8, width_px=256, height_px=256, psf_sigma_pitch=0.8)
+    yy, xx = np.mgrid[-64:65, -64:65] / 32.0  # 4 pitches across at 32 px per pitch
+    psf = np.exp(-0.5 * (yy**2 + xx**2) / 0.8**2)
+    cv2.imwrite(str(tmp_path / "psf.png"), np.rint(psf * 65535).astype(np.uint16))
+    (tmp_path / "l.toml").write_text("[panel]\nwidth_px = 256\nheight_px = 256\n[zones]\nrows = 8\ncols = 8\n"
+                                     "[psf]\nmodel = 'image'\nfile = 'psf.png'\nextent_pitch = 4.03\n")
+    measured = load_layout(tmp_path / "l.toml")
+    light = np.random.default_rng(1).random((8, 8)).astype(np.float32)
+    a = BacklightModel(gauss).simulate(light)
+    b = BacklightModel(measured).simulate(light)
+    assert np.median(np.abs(a - b)) < 0.02 * gauss.peak_luminance_cd_m2
+
+
+@pytest.mark.parametrize("psf", ["gaussian", "image"])
+def test_adjoint_is_the_transpose(psf):
+    kwargs = {}
+    if psf == "image":
+        yy, xx = np.mgrid[-10:11, -10:11] / 5.0
+        kwargs = dict(psf_model="image", psf_image=np.exp(-(yy**2 + 2 * xx**2)), psf_extent_pitch=4.0)
+    layout = LedLayout(rows=5, cols=7, width_px=140, height_px=100, **kwargs)
+    model = BacklightModel(layout)
+    rng = np.random.default_rng(2)
+    x = rng.random((5, 7)).astype(np.float32)
+    y = rng.random(model.work_shape).astype(np.float32)
+    assert float(np.sum(model.forward(x) * y)) == pytest.approx(float(np.sum(x * model.adjoint(y))), rel=1e-4)
+
+
+def test_zone_statistics_and_heuristics_on_a_known_zone():
+    layout = LedLayout(rows=2, cols=2, width_px=40, height_px=20, peak_luminance_cd_m2=100.0)
+    target = np.zeros((20, 40, 3), np.float32)
+    # Zone (0, 0): 180 pixels at 10 cd/m^2 (blue channel), 20 at 90 cd/m^2.
+    target[:10, :20, 2] = 10.0
+    target[:2, :10, 0] = 90.0
+    zmax, zmean, hist = zone_statistics(target, layout, histogram=True)
+    assert zmax[0, 0] == pytest.approx(0.9) and zmean[0, 0] == pytest.approx((180 * 0.1 + 20 * 0.9) / 200)
+    assert hist[0, 0].sum() == 200 and zmax[1, 1] == 0.0
+    assert zone_light(target, layout, "max")[0, 0] == pytest.approx(0.9)
+    assert zone_light(target, layout, "mean")[0, 0] == pytest.approx(0.18)
+    assert zone_light(target, layout, "sqrt")[0, 0] == pytest.approx(np.sqrt(0.9 * 0.18), rel=1e-5)
+    # 90% of the zone is at 0.1: the 0.85-quantile lies in the 0.1 bin (upper edge within a quarter stop).
+    p85 = zone_light(target, layout, "percentile", percentile=0.85)[0, 0]
+    assert 0.1 <= p85 <= 0.1 * 2**0.25 + 1e-6
+    assert zone_light(target, layout, "percentile", percentile=1.0)[0, 0] == pytest.approx(0.9, rel=0.2)
+    with pytest.raises(ValueError, match="unknown zone algorithm 'median'"):
+        zone_light(target, layout, "median")
+
+
+def test_lcd_compensation_reproduces_the_target_where_the_backlight_allows():
+    layout = LedLayout(**SMALL, peak_luminance_cd_m2=1000.0, native_contrast=1000.0, lcd_bits=10)
+    rng = np.random.default_rng(3)
+    backlight = np.full((96, 160), 500.0, np.float32)
+    target = rng.uniform(1.0, 400.0, (96, 160, 3)).astype(np.float32)
+    target[0, 0] = [800.0, 0.01, 250.0]  # one channel clipped, one below the leakage floor
+    codes = lcd_compensation(target, backlight, layout)
+    assert codes.dtype == np.uint16 and codes.max() <= 1023
+    shown = simulate_display(codes, backlight, layout)
+    inside = (slice(1, None), slice(None))
+    rel = np.abs(shown[inside] / target[inside] - 1)
+    assert np.median(rel) < 0.005  # 10-bit LCD quantisation
+    np.testing.assert_allclose(shown[0, 0], [500.0, 0.5, 250.0], rtol=0.01)
+    np.testing.assert_allclose(ideal_display(target, backlight, layout)[0, 0], [500.0, 0.5, 250.0], rtol=1e-5)
+
+
+def test_temporal_filter_bounds_rise_and_fall():
+    filt = ZoneTemporalFilter(max_rise_per_s=6.0, max_fall_per_s=1.5, frame_interval_s=0.1)
+    assert filt.update(np.zeros((2, 2))).max() == 0.0
+    rising = [filt.update(np.ones((2, 2)))[0, 0] for _ in range(3)]
+    np.testing.assert_allclose(rising, [0.6, 1.0, 1.0], rtol=1e-6)
+    falling = [filt.update(np.zeros((2, 2)))[0, 0] for _ in range(3)]
+    np.testing.assert_allclose(falling, [0.85, 0.7, 0.55], rtol=1e-6)
+
+
+def test_power_budget_projection():
+    rng = np.random.default_rng(4)
+    light = rng.uniform(-0.2, 1.3, (10, 10))
+    p = project_power_budget(light, 0.3)
+    assert p.min() >= 0 and p.max() <= 1 and p.mean() == pytest.approx(0.3, abs=1e-6)
+    np.testing.assert_array_equal(project_power_budget(np.full((3, 3), 0.1), 0.5), np.full((3, 3), 0.1))
+
+
+def _result(target, layout, model, light):
+    backlight = model.simulate(light)
+    shown = simulate_display(lcd_compensation(target, backlight, layout), backlight, layout)
+    return dimming_metrics(target, shown, light, layout)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_optimiser_beats_every_heuristic_at_equal_power(seed):
+    layout = LedLayout(rows=9, cols=16, width_px=320, height_px=180)
+    model = BacklightModel(layout)
+    target = display_target(make_scene(seed, 180, 320).radiance, layout)
+    for algorithm in ("max", "mean", "sqrt", "percentile"):
+        light = zone_light(target, layout, algorithm)
+        base = _result(target, layout, model, light)
+        best = optimal_zone_light(target, layout, model=model, init=light, power_budget=base["power"], iterations=60)
+        opt = _result(target, layout, model, best)
+        assert opt["power"] <= base["power"] + 1e-6
+        assert opt["pu_psnr_db"] > base["pu_psnr_db"], (algorithm, opt, base)
+
+
+def test_halo_appears_around_a_bright_object_on_black():
+    layout = LedLayout(rows=6, cols=8, width_px=160, height_px=96, native_contrast=500.0)
+    target = np.full((96, 160, 3), 0.05, np.float32)
+    target[40:56, 70:90] = 900.0
+    model = BacklightModel(layout)
+    light = zone_light(target, layout, "max")
+    shown = ideal_display(target, model.simulate(light), layout)
+    halo = halo_measure(target, shown, layout)
+    assert halo > 1.0  # the LED behind the object lights its black surround above leakage
+    assert halo_measure(target, target, layout) == 0.0
+    assert halo_measure(np.full_like(target, 0.05), np.full_like(target, 0.05), layout) is None
+
+
+def test_dim_frame_zone_values_and_cli_outputs(tmp_path):
+    from edgehdr.cli import main
+    from edgehdr.io import read_ldr_image, read_radiance, write_radiance
+
+    scene = make_scene(1, 96, 160).radiance
+    write_radiance(tmp_path / "in.exr", scene, exr_pixel_type="float")
+    (tmp_path / "layout.toml").write_text("[panel]\nwidth_px = 160\nheight_px = 96\n[zones]\nrows = 6\ncols = 8\n"
+                                          "bits = 10\n")
+    out = tmp_path / "out"
+    assert main(["-q", "dim", str(tmp_path / "in.exr"), "--layout", str(tmp_path / "layout.toml"),
+                 "--algorithm", "max", "-o", str(out)]) == 0
+    zones = np.load(out / "zones.npy")
+    csv = np.loadtxt(out / "zones.csv", delimiter=",", dtype=np.int64)
+    assert zones.shape == (6, 8) and zones.dtype == np.uint16 and zones.max() <= 1023
+    np.testing.assert_array_equal(zones, csv)
+    layout = load_layout(tmp_path / "layout.toml")
+    target = display_target(scene, layout)
+    np.testing.assert_array_equal(zones, dim_frame(target, layout, "max").zone_values)
+    assert read_ldr_image(out / "lcd.png").shape == (96, 160, 3)
+    assert read_ldr_image(out / "heatmap.png").shape[2] == 3
+    assert read_radiance(out / "display.exr").max() <= layout.peak_luminance_cd_m2 * 1.01
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["pu_psnr_db"] > 20 and 0 < metrics["power"] <= 1
+    assert main(["dim", str(tmp_path / "in.exr"), "--layout", str(tmp_path / "missing.toml"), "-o", str(out)]) == 2
