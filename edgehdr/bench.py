@@ -218,7 +218,7 @@ def dimming_quality_table(seeds=range(10), *, height: int = 540, width: int = 96
                           quiet: bool = False) -> dict:
     """PU-PSNR, halo and power of every algorithm over synthetic scenes; the optimiser at each heuristic's power."""
     from edgehdr.dimming import (BacklightModel, LedLayout, dimming_metrics, display_target, lcd_compensation,
-                                 optimal_zone_light, simulate_display, zone_light)
+                                 optimal_zone_light, quantise_within_budget, simulate_display, zone_light)
     from edgehdr.dimming.zones import HEURISTICS
 
     layout = LedLayout(rows=rows, cols=cols, width_px=width, height_px=height)
@@ -226,8 +226,8 @@ def dimming_quality_table(seeds=range(10), *, height: int = 540, width: int = 96
     seeds = list(seeds)
     progress = Progress(len(seeds), quiet=quiet)
 
-    def evaluate(light, target):
-        light = layout.light_from_zone_values(layout.to_zone_values(light)).astype(np.float32)
+    def evaluate(light, target, budget=None):
+        light = layout.light_from_zone_values(quantise_within_budget(light, layout, budget)).astype(np.float32)
         backlight = model.simulate(light)
         shown = simulate_display(lcd_compensation(target, backlight, layout), backlight, layout)
         return dimming_metrics(target, shown, light, layout)
@@ -239,11 +239,8 @@ def dimming_quality_table(seeds=range(10), *, height: int = 540, width: int = 96
         for algorithm in HEURISTICS:
             light = zone_light(target, layout, algorithm)
             m = evaluate(light, target)
-            # One LSB of mean drive below the heuristic's power: the 12-bit rounding of the
-            # optimiser's zone values must not lift it above the budget.
-            lsb = 1.0 / ((1 << layout.zone_bits) - 1)
-            opt = optimal_zone_light(target, layout, model=model, init=light, power_budget=max(m["power"] - lsb, 0.0))
-            mo = evaluate(opt, target)
+            opt = optimal_zone_light(target, layout, model=model, init=light, power_budget=m["power"])
+            mo = evaluate(opt, target, budget=m["power"])  # 12-bit codes rounded within the budget
             results.append({"seed": seed, "algorithm": algorithm, **{k: m[k] for k in ("pu_psnr_db", "halo_pu", "power",
                                                                                       "clipped_fraction")},
                             "optimal_pu_psnr_db": mo["pu_psnr_db"], "optimal_halo_pu": mo["halo_pu"],

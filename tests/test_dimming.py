@@ -157,6 +157,20 @@ def test_power_budget_projection():
     np.testing.assert_array_equal(project_power_budget(np.full((3, 3), 0.1), 0.5), np.full((3, 3), 0.1))
 
 
+def test_budget_aware_quantisation_never_exceeds_the_budget():
+    from edgehdr.dimming import quantise_within_budget
+
+    layout = LedLayout(rows=6, cols=8, width_px=160, height_px=96, zone_bits=8)
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        light = rng.random((6, 8)) * rng.random()
+        budget = float(light.mean())
+        codes = quantise_within_budget(light, layout, budget)
+        assert codes.mean() / 255 <= budget + 1e-12
+        assert np.max(np.abs(codes / 255 - light)) <= 1 / 255 + 1e-9  # never more than one LSB away
+        assert codes.mean() / 255 >= budget - 1 / 255  # and no power thrown away needlessly
+
+
 def _result(target, layout, model, light):
     backlight = model.simulate(light)
     shown = simulate_display(lcd_compensation(target, backlight, layout), backlight, layout)

@@ -25,7 +25,7 @@ from edgehdr.dimming.layout import LedLayout
 from edgehdr.dimming.zones import zone_statistics
 from edgehdr.quality.pu21 import pu21_derivative, pu21_encode
 
-__all__ = ["optimal_zone_light", "project_power_budget"]
+__all__ = ["optimal_zone_light", "project_power_budget", "quantise_within_budget"]
 
 
 def project_power_budget(light: np.ndarray, budget: float | None) -> np.ndarray:
@@ -41,6 +41,27 @@ def project_power_budget(light: np.ndarray, budget: float | None) -> np.ndarray:
         else:
             hi = tau
     return np.clip(light - hi, 0.0, 1.0)
+
+
+def quantise_within_budget(light: np.ndarray, layout: LedLayout, budget: float | None) -> np.ndarray:
+    """Zone drive codes nearest to ``light`` whose mean drive stays within ``budget``.
+
+    Plain rounding can lift the mean drive above a budget the continuous answer met;
+    this floors every zone, then gives one LSB back to the zones with the largest
+    remainders while the budget allows (largest-remainder rounding).
+    """
+    top = (1 << layout.zone_bits) - 1
+    exact = np.clip(layout.drive_from_light(light), 0.0, 1.0) * top
+    codes = np.floor(exact + 1e-9).astype(np.int64)
+    if budget is None:
+        return np.rint(exact).astype(np.uint16)
+    allowance = int(np.floor(budget * top * codes.size + 1e-6)) - int(codes.sum())
+    remainder = (exact - codes).ravel()
+    order = np.argsort(-remainder, kind="stable")
+    give = order[: max(0, min(allowance, int(np.count_nonzero(remainder >= 0.5))))]
+    flat = codes.ravel()
+    flat[give] += 1
+    return np.minimum(flat, top).reshape(codes.shape).astype(np.uint16)
 
 
 def optimal_zone_light(
