@@ -1,0 +1,87 @@
+"""The bracket-source interface: where the frame's journey starts.
+
+Every camera (synthetic, file replay, V4L2, GStreamer/Argus, picamera2) is a small
+object that owns its device: a context manager that opens it, yields ``Bracket``
+objects from ``read_bracket`` and takes new exposure plans through
+``set_plan``. Hardware libraries are imported when a source opens, and errors say
+what to do. ``SourceError`` means the device failed (the pipeline restarts the
+source with backoff); ``SourceTimeout`` means nothing arrived in time (a stall).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgehdr.bracket import Bracket
+
+__all__ = ["BracketSource", "ExposurePlan", "SourceError", "SourceTimeout"]
+
+
+class SourceError(RuntimeError):
+    """The camera failed or is gone; the message says what to check."""
+
+
+class SourceTimeout(SourceError):
+    """No frame within the timeout: the source stalled."""
+
+
+@dataclass(frozen=True)
+class ExposurePlan:
+    """Exposure time (s) and analogue gain of each frame of a bracket, shortest first."""
+
+    exposure_s: tuple
+    gain: tuple
+
+    def __post_init__(self):
+        if len(self.exposure_s) != len(self.gain) or not self.exposure_s:
+            raise ValueError("an exposure plan needs one gain per exposure time and at least one frame")
+        if any(t <= 0 for t in self.exposure_s) or any(g <= 0 for g in self.gain):
+            raise ValueError(f"exposure times and gains must be positive: {self}")
+
+    @classmethod
+    def of(cls, exposure_s, gain=None) -> "ExposurePlan":
+        exposure_s = tuple(float(t) for t in exposure_s)
+        gain = tuple(float(g) for g in gain) if gain is not None else (1.0,) * len(exposure_s)
+        return cls(exposure_s, gain)
+
+    @property
+    def relative(self) -> np.ndarray:
+        return np.asarray(self.exposure_s) * np.asarray(self.gain)
+
+    def __len__(self) -> int:
+        return len(self.exposure_s)
+
+
+class BracketSource:
+    """Base class of every bracket source (see the module docstring)."""
+
+    name = "source"
+    bits = 8
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def read_bracket(self, timeout_s: float = 1.0) -> Bracket:
+        raise NotImplementedError
+
+    def set_plan(self, plan: ExposurePlan) -> None:
+        """Use these exposures from the next bracket on (sources without control ignore it)."""
+
+    @property
+    def plan(self) -> ExposurePlan | None:
+        return None
+
+    def describe(self) -> dict:
+        return {"name": self.name, "bits": self.bits}
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
