@@ -21,7 +21,7 @@ __all__ = ["lcd_compensation", "simulate_display", "ideal_display"]
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _compensation_kernel(target, backlight, leak, inv_gamma, top, out):
+def _compensation_kernel(target, scale, backlight, leak, inv_gamma, top, out):
     h, w, _ = target.shape
     scale = np.float32(1.0) / (np.float32(1.0) - leak)
     for y in numba.prange(h):
@@ -29,7 +29,7 @@ def _compensation_kernel(target, backlight, leak, inv_gamma, top, out):
         b_row = backlight[y]
         t_row = np.empty(3 * w, np.float32)
         for x in range(w):
-            inv_b = np.float32(1.0) / max(b_row[x], np.float32(1e-9))
+            inv_b = scale / max(b_row[x], np.float32(1e-9))
             for c in range(3):
                 t = (src[3 * x + c] * inv_b - leak) * scale
                 t_row[3 * x + c] = min(max(t, np.float32(1e-12)), np.float32(1.0))
@@ -46,8 +46,11 @@ def _compensation_kernel(target, backlight, leak, inv_gamma, top, out):
 
 
 def lcd_compensation(target_cd_m2: np.ndarray, backlight_cd_m2: np.ndarray, layout: LedLayout,
-                     out: np.ndarray | None = None) -> np.ndarray:
-    """LCD codes (H, W, 3), uint8 for 8-bit panels, uint16 for 10-bit, that best show the target."""
+                     out: np.ndarray | None = None, *, scale: float = 1.0) -> np.ndarray:
+    """LCD codes (H, W, 3), uint8 for 8-bit panels, uint16 for 10-bit, that best show the target.
+
+    ``scale`` multiplies the target first (radiance times its display scale).
+    """
     target = np.ascontiguousarray(target_cd_m2, dtype=np.float32)
     backlight = np.ascontiguousarray(backlight_cd_m2, dtype=np.float32)
     if target.shape[:2] != backlight.shape or target.ndim != 3:
@@ -58,7 +61,8 @@ def lcd_compensation(target_cd_m2: np.ndarray, backlight_cd_m2: np.ndarray, layo
     elif out.shape != target.shape or out.dtype != dtype:
         raise ValueError(f"out must be a {target.shape} {np.dtype(dtype).name} array")
     top = np.float32((1 << layout.lcd_bits) - 1)
-    _compensation_kernel(target, backlight, np.float32(layout.leakage), np.float32(1.0 / layout.lcd_gamma), top, out)
+    _compensation_kernel(target, np.float32(scale), backlight, np.float32(layout.leakage),
+                         np.float32(1.0 / layout.lcd_gamma), top, out)
     return out
 
 

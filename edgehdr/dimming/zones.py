@@ -79,8 +79,11 @@ def _zone_stats_kernel(target, inv_peak, rows, cols, want_hist, zmax, zsum, hist
             zsum[r, c] /= (y1 - y0) * (col_edges[c + 1] - col_edges[c])
 
 
-def zone_statistics(target_cd_m2: np.ndarray, layout: LedLayout, *, histogram: bool = False):
+def zone_statistics(target_cd_m2: np.ndarray, layout: LedLayout, *, histogram: bool = False, scale: float = 1.0):
     """Per-zone max and mean of max-RGB / peak, and optionally a log2 histogram.
+
+    ``scale`` multiplies the input first (the runtime passes radiance and its display
+    scale instead of materialising the cd/m^2 target).
 
     Returns
     -------
@@ -97,7 +100,7 @@ def zone_statistics(target_cd_m2: np.ndarray, layout: LedLayout, *, histogram: b
     zmax = np.empty((layout.rows, layout.cols), np.float32)
     zsum = np.empty((layout.rows, layout.cols), np.float32)
     hist = np.empty((layout.rows, layout.cols, _HIST_BINS if histogram else 1), np.int32)
-    _zone_stats_kernel(target, np.float32(1.0 / layout.peak_luminance_cd_m2), layout.rows, layout.cols,
+    _zone_stats_kernel(target, np.float32(scale / layout.peak_luminance_cd_m2), layout.rows, layout.cols,
                        histogram, zmax, zsum, hist)
     return zmax, zsum, (hist if histogram else None)
 
