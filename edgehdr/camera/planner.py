@@ -21,7 +21,7 @@ import numpy as np
 
 from edgehdr.camera.base import ExposurePlan
 from edgehdr.hdr.crf import CameraResponse
-from edgehdr.tonemap.color import REC709_LUMA
+from edgehdr.tonemap.color import luminance
 
 __all__ = ["ExposurePlanner"]
 
@@ -111,8 +111,7 @@ class ExposurePlanner:
 
     def update(self, radiance: np.ndarray, current: ExposurePlan, dt_s: float = 1 / 30) -> ExposurePlan:
         """New plan from a merged frame (radiance in the units of ``current``'s relative exposure)."""
-        rgb = np.asarray(radiance, np.float32)[::8, ::8]
-        lum = np.maximum(rgb @ REC709_LUMA, 1e-12)
+        lum = np.maximum(luminance(np.asarray(radiance, np.float32)[::8, ::8]), 1e-12)
         log_k = self.target_exposures(np.log2(lum))
         # Frame count: change only after it has been wanted hysteresis_updates times in a row.
         count = len(current) if self._log_k is None else len(self._log_k)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from edgehdr.quality.pu21 import pu21_encode
-from edgehdr.tonemap.color import REC709_LUMA
+from edgehdr.tonemap.color import luminance
 
 __all__ = [
     "psnr",
@@ -53,7 +53,7 @@ def psnr(test, reference, *, peak: float | None = None) -> float:
 
 
 def _robust_peak(reference, percentile: float) -> float:
-    lum = reference @ REC709_LUMA.astype(np.float64) if reference.ndim == 3 else reference
+    lum = luminance(reference, np.float64) if reference.ndim == 3 else reference
     peak = float(np.percentile(lum, percentile)) if percentile < 100 else float(lum.max())
     if not peak > 0:
         raise ValueError("reference has no positive luminance to normalise by")
@@ -144,9 +144,8 @@ def pu21_ssim(test, reference, *, scale_cd_m2: float | None = None, peak_cd_m2: 
               peak_percentile: float = 99.9, variant: str = "banding_glare") -> float:
     """SSIM of PU21-encoded luminance with data range 256."""
     test, reference = _pair(test, reference)
-    luma = REC709_LUMA.astype(np.float64)
-    lt = test @ luma if test.ndim == 3 else test
-    lr = reference @ luma if reference.ndim == 3 else reference
+    lt = luminance(test, np.float64) if test.ndim == 3 else test
+    lr = luminance(reference, np.float64) if reference.ndim == 3 else reference
     a, b = _pu_pair(lt, lr, scale_cd_m2 if scale_cd_m2 is not None else absolute_scale(
         reference, peak_cd_m2=peak_cd_m2, peak_percentile=peak_percentile), peak_cd_m2, peak_percentile, variant)
     return ssim(a, b, data_range=256.0)

@@ -24,9 +24,15 @@ REC709_LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 COLOR_METHODS = ("schlick", "mantiuk")
 
 
-def luminance(rgb: np.ndarray) -> np.ndarray:
-    """Rec. 709 / sRGB relative luminance ``Y = 0.2126 R + 0.7152 G + 0.0722 B``."""
-    return np.asarray(rgb, dtype=np.float32) @ REC709_LUMA
+def luminance(rgb: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Rec. 709 / sRGB relative luminance ``Y = 0.2126 R + 0.7152 G + 0.0722 B``.
+
+    Plain element-wise arithmetic on purpose: a matrix product would go through
+    OpenBLAS, whose idle worker threads spin and starve the runtime's numba kernels.
+    """
+    rgb = np.asarray(rgb, dtype=dtype)
+    weights = REC709_LUMA.astype(dtype)
+    return rgb[..., 0] * weights[0] + rgb[..., 1] * weights[1] + rgb[..., 2] * weights[2]
 
 
 def color_correct_schlick(rgb_in, lum_in, lum_out, saturation: float = 1.0):

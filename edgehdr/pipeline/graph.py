@@ -1,0 +1,307 @@
+"""The stage graph: capture -> align -> merge -> tone map -> dimming -> bridge -> outputs, one thread per stage.
+
+Stages hand ``FrameContext`` objects along bounded queues. Every hand-off is
+latest-wins: when the next stage's queue is full, the oldest waiting frame is
+dropped and counted, so overload sheds frames instead of piling them up (and
+latency stays bounded). A stage that raises on a frame drops that frame, logs
+it and counts it. The capture thread restarts a failing or stalled source with
+exponential backoff. ``stop()`` drains: the capture thread stops, every queued
+frame still flows through, stages are closed, the source is closed, and the
+final statistics are returned. Heavy kernels release the GIL (numba ``nogil``,
+OpenCV), so stages really run side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgehdr.bracket import Bracket
+from edgehdr.camera.base import BracketSource, SourceTimeout
+
+__all__ = ["FrameContext", "Stage", "Pipeline", "StageStats"]
+
+log = logging.getLogger("edgehdr.pipeline")
+_STOP = object()
+
+
+@dataclass
+class FrameContext:
+    """Everything known about one frame as it travels the pipeline."""
+
+    frame_id: int
+    bracket: Bracket
+    captured_ns: int
+    aligned: Bracket | None = None
+    motions: list | None = None
+    radiance: np.ndarray | None = None
+    sdr: np.ndarray | None = None
+    display_scale: float | None = None
+    light: np.ndarray | None = None
+    zone_values: np.ndarray | None = None
+    backlight: np.ndarray | None = None
+    lcd: np.ndarray | None = None
+    zones_sent_ns: int | None = None
+    stage_ms: dict = field(default_factory=dict)
+
+
+class StageStats:
+    """Counters and a latency window of one stage (thread-safe)."""
+
+    def __init__(self, name: str, window: int = 600):
+        self.name = name
+        self.processed = 0
+        self.dropped = 0
+        self.errors = 0
+        self.last_error = ""
+        self._latency = deque(maxlen=window)
+        self._times = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def record(self, seconds: float) -> None:
+        with self._lock:
+            self.processed += 1
+            self._latency.append(seconds)
+            self._times.append(time.monotonic())
+
+    def drop(self) -> None:
+        with self._lock:
+            self.dropped += 1
+
+    def error(self, message: str) -> None:
+        with self._lock:
+            self.errors += 1
+            self.last_error = message
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            lat = np.array(self._latency) * 1e3 if self._latency else np.zeros(0)
+            span = (self._times[-1] - self._times[0]) if len(self._times) > 1 else 0.0
+            fps = (len(self._times) - 1) / span if span > 0 else 0.0
+            return {
+                "name": self.name, "processed": self.processed, "dropped": self.dropped, "errors": self.errors,
+                "fps": round(fps, 2),
+                "latency_ms_median": round(float(np.median(lat)), 3) if lat.size else None,
+                "latency_ms_p99": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
+                "last_error": self.last_error,
+            }
+
+
+class Stage:
+    """A named step: ``fn(ctx) -> ctx`` (or None to drop the frame on purpose); optional ``close()``."""
+
+    def __init__(self, name: str, fn, *, queue_size: int = 2):
+        self.name = name
+        self.fn = fn
+        self.queue = queue.Queue(maxsize=queue_size)
+        self.stats = StageStats(name)
+        self.thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        closer = getattr(self.fn, "close", None)
+        if callable(closer):
+            closer()
+
+
+class Pipeline:
+    """Runs a bracket source through stages on threads (see the module docstring).
+
+    Parameters
+    ----------
+    source : BracketSource
+    stages : list of Stage
+    read_timeout_s : float
+        A read that takes longer is a stall.
+    stalls_before_restart : int
+        Consecutive stalls (or one error) after which the source is reopened.
+    max_backoff_s : float
+        Cap of the exponential restart backoff.
+    """
+
+    def __init__(self, source: BracketSource, stages: list[Stage], *, read_timeout_s: float = 1.0,
+                 stalls_before_restart: int = 2, max_backoff_s: float = 5.0):
+        self.source = source
+        self.stages = stages
+        self.read_timeout_s = read_timeout_s
+        self.stalls_before_restart = stalls_before_restart
+        self.max_backoff_s = max_backoff_s
+        self.capture = StageStats("capture")
+        self.source_restarts = 0
+        self.source_stalls = 0
+        self._stop = threading.Event()
+        self._capture_thread: threading.Thread | None = None
+        self._next_id = 0
+        self._started = None
+        self._latency = deque(maxlen=2000)  # capture -> zones sent, seconds
+        self._lat_lock = threading.Lock()
+        self.last_context: FrameContext | None = None
+
+    # ------------------------------------------------------------------------------------------ control
+
+    def start(self) -> "Pipeline":
+        self._started = time.monotonic()
+        self.source.open()
+        for i, stage in enumerate(self.stages):
+            stage.thread = threading.Thread(target=self._worker, args=(i,), name=f"stage:{stage.name}", daemon=True)
+            stage.thread.start()
+        self._capture_thread = threading.Thread(target=self._capture_loop, name="capture", daemon=True)
+        self._capture_thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> dict:
+        """Stop capturing, drain queued frames through every stage, close everything; return final stats."""
+        self._stop.set()
+        if self._capture_thread is not None:
+            self._capture_thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for stage in self.stages:
+            if stage.thread is not None:
+                stage.thread.join(max(0.1, deadline - time.monotonic()))
+        for stage in self.stages:
+            try:
+                stage.close()
+            except Exception as exc:  # noqa: BLE001 - a failing close must not stop the others
+                log.error("stage %s: close failed: %s", stage.name, exc)
+        try:
+            self.source.close()
+        except Exception as exc:  # noqa: BLE001
+            log.error("source close failed: %s", exc)
+        return self.stats()
+
+    @property
+    def running(self) -> bool:
+        return self._capture_thread is not None and self._capture_thread.is_alive()
+
+    def healthy(self, within_s: float = 2.0) -> bool:
+        """True when the last stage finished a frame within ``within_s`` seconds."""
+        last = self.stages[-1].stats._times
+        return bool(last) and time.monotonic() - last[-1] < within_s
+
+    # ------------------------------------------------------------------------------------------ threads
+
+    def _offer(self, index: int, item) -> None:
+        q = self.stages[index].queue
+        while True:
+            try:
+                q.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    q.get_nowait()  # latest wins: the oldest waiting frame goes
+                    self.stages[index].stats.drop()
+                except queue.Empty:
+                    pass
+
+    def _capture_loop(self) -> None:
+        failures = 0
+        backoff = 0.1
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                bracket = self.source.read_bracket(self.read_timeout_s)
+            except SourceTimeout as exc:
+                self.source_stalls += 1
+                failures += 1
+                self.capture.error(f"stall: {exc}")
+                log.warning("source %s stalled (%s)", self.source.name, exc)
+                if failures >= self.stalls_before_restart:
+                    backoff = self._restart_source(backoff)
+                continue
+            except Exception as exc:  # noqa: BLE001 - any device failure: restart, never die
+                failures += 1
+                self.capture.error(f"{type(exc).__name__}: {exc}")
+                log.error("source %s failed: %s", self.source.name, exc)
+                backoff = self._restart_source(backoff)
+                continue
+            failures = 0
+            backoff = 0.1
+            self.capture.record(time.perf_counter() - t0)
+            self._next_id += 1
+            captured = int(np.max(bracket.timestamp_ns)) if bracket.timestamp_ns is not None else time.monotonic_ns()
+            self._offer(0, FrameContext(frame_id=self._next_id, bracket=bracket, captured_ns=captured or time.monotonic_ns()))
+        self._offer_stop(0)
+
+    def _offer_stop(self, index: int) -> None:
+        # The stop marker must not be dropped: wait for room (the stage keeps draining).
+        while True:
+            try:
+                self.stages[index].queue.put(_STOP, timeout=0.5)
+                return
+            except queue.Full:
+                if self.stages[index].thread is None or not self.stages[index].thread.is_alive():
+                    return
+
+    def _restart_source(self, backoff: float) -> float:
+        self.source_restarts += 1
+        try:
+            self.source.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if self._stop.wait(backoff):
+            return backoff
+        try:
+            self.source.open()
+            log.info("source %s reopened", self.source.name)
+        except Exception as exc:  # noqa: BLE001
+            self.capture.error(f"reopen failed: {exc}")
+            log.error("source %s: reopen failed: %s", self.source.name, exc)
+        return min(backoff * 2, self.max_backoff_s)
+
+    def _worker(self, index: int) -> None:
+        stage = self.stages[index]
+        last = index == len(self.stages) - 1
+        while True:
+            item = stage.queue.get()
+            if item is _STOP:
+                if not last:
+                    self._offer_stop(index + 1)
+                return
+            t0 = time.perf_counter()
+            try:
+                out = stage.fn(item)
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the daemon
+                stage.stats.error(f"frame {item.frame_id}: {type(exc).__name__}: {exc}")
+                log.error("stage %s dropped frame %d: %s: %s", stage.name, item.frame_id, type(exc).__name__, exc)
+                continue
+            dt = time.perf_counter() - t0
+            stage.stats.record(dt)
+            if out is None:
+                continue
+            out.stage_ms[stage.name] = dt * 1e3
+            if out.zones_sent_ns is not None and stage.name == "bridge":
+                with self._lat_lock:
+                    self._latency.append((out.zones_sent_ns - out.captured_ns) / 1e9)
+            if last:
+                self.last_context = out
+            else:
+                self._offer(index + 1, out)
+
+    # ------------------------------------------------------------------------------------------ stats
+
+    def stats(self) -> dict:
+        with self._lat_lock:
+            lat = np.array(self._latency) * 1e3
+        stages = [self.capture.snapshot()] + [s.stats.snapshot() for s in self.stages]
+        captured = self.capture.processed
+        finished = self.stages[-1].stats.processed if self.stages else 0
+        elapsed = time.monotonic() - self._started if self._started else 0.0
+        return {
+            "elapsed_s": round(elapsed, 2),
+            "frames_captured": captured,
+            "frames_completed": finished,
+            "frames_dropped": sum(s.stats.dropped for s in self.stages),
+            "frames_failed": sum(s.stats.errors for s in self.stages),
+            "drop_fraction": round(1.0 - finished / captured, 4) if captured else 0.0,
+            "fps": round(finished / elapsed, 2) if elapsed > 0 else 0.0,
+            "source_stalls": self.source_stalls,
+            "source_restarts": self.source_restarts,
+            "capture_to_zones_ms_median": round(float(np.median(lat)), 2) if lat.size else None,
+            "capture_to_zones_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+            "stages": stages,
+        }

@@ -1,0 +1,177 @@
+"""The runtime's stages: thin, stateful wrappers around the plain functions of each package.
+
+Each stage is a callable ``ctx -> ctx`` holding what must persist across frames
+(a camera response, a temporal adaptation state, a backlight model, a link) and
+nothing else; the algorithms stay in ``edgehdr.hdr``, ``edgehdr.tonemap`` and
+``edgehdr.dimming``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from edgehdr.bracket import Bracket
+from edgehdr.camera.base import BracketSource
+from edgehdr.camera.planner import ExposurePlanner
+from edgehdr.dimming import BacklightModel, LedLayout, ZoneTemporalFilter, lcd_compensation, zone_light, zone_statistics
+from edgehdr.hdr.align import align_homography, align_mtb
+from edgehdr.hdr.crf import CameraResponse
+from edgehdr.hdr.merge import merge_debevec
+from edgehdr.tonemap import TemporalAdaptation, tonemap
+from edgehdr.tonemap.color import luminance
+
+__all__ = ["AlignStage", "MergeStage", "ToneMapStage", "DimmingStage", "BridgeStage", "OutputStage"]
+
+log = logging.getLogger("edgehdr.pipeline")
+
+
+class AlignStage:
+    """Registers each bracket to its middle exposure (MTB by default, estimated at reduced scale)."""
+
+    def __init__(self, method: str = "mtb", *, response: CameraResponse | None = None, work_scale: int = 2):
+        if method not in ("mtb", "homography", "none"):
+            raise ValueError(f"align method must be mtb, homography or none, got {method!r}")
+        self.method, self.response, self.work_scale = method, response, work_scale
+        self._cache: dict = {}  # grey images and pair shifts reused across rolling brackets
+
+    def __call__(self, ctx):
+        b = ctx.bracket
+        if self.method == "none" or len(b) < 2:
+            ctx.aligned = b
+            return ctx
+        ref = int(np.argsort(b.relative_exposure)[len(b) // 2])
+        if self.method == "mtb":
+            frames, motions = align_mtb(b.frames, reference_index=ref, exposures=b.relative_exposure,
+                                        response=self.response, bits=b.bits, work_scale=self.work_scale,
+                                        frame_keys=[int(t) for t in b.timestamp_ns], cache=self._cache)
+        else:
+            frames, motions = align_homography(b.frames, reference_index=ref, exposures=b.relative_exposure,
+                                               response=self.response, bits=b.bits)
+        ctx.aligned = b if frames is b.frames else Bracket(frames=frames, exposure_s=b.exposure_s, gain=b.gain,
+                                                            bits=b.bits, timestamp_ns=b.timestamp_ns,
+                                                            sequence=b.sequence, source=b.source)
+        ctx.motions = motions
+        return ctx
+
+
+class MergeStage:
+    """Merges the aligned bracket; every ``plan_every`` frames asks the planner for new exposures."""
+
+    def __init__(self, response: CameraResponse, *, weighting: str = "tutorial", deghost: bool = False,
+                 planner: ExposurePlanner | None = None, source: BracketSource | None = None, plan_every: int = 5):
+        self.response, self.weighting, self.deghost = response, weighting, deghost
+        self.planner, self.source, self.plan_every = planner, source, plan_every
+        self._last_plan_t = None
+
+    def __call__(self, ctx):
+        b = ctx.aligned or ctx.bracket
+        ctx.radiance = merge_debevec(b, response=self.response, weighting=self.weighting, deghost=self.deghost)
+        if self.planner is not None and self.source is not None and ctx.frame_id % self.plan_every == 0:
+            now = time.monotonic()
+            dt = (now - self._last_plan_t) if self._last_plan_t else self.plan_every / 30.0
+            self._last_plan_t = now
+            current = self.source.plan
+            if current is not None:
+                # Radiance is in units of relative exposure; the planner wants the scene in those units.
+                self.source.set_plan(self.planner.update(ctx.radiance, current, dt_s=dt))
+        return ctx
+
+
+class ToneMapStage:
+    """Tone maps the radiance to sRGB with temporally smoothed adaptation."""
+
+    def __init__(self, operator: str = "reinhard", params: dict | None = None, *, time_constant_s: float = 0.4):
+        self.operator = operator
+        self.params = dict(params or {})
+        self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s) if operator != "parametric" or \
+            "mu" not in self.params else None
+
+    def __call__(self, ctx):
+        kwargs = dict(self.params)
+        if self.adaptation is not None:
+            kwargs["adaptation"] = self.adaptation
+        ctx.sdr = tonemap(ctx.radiance, self.operator, **kwargs)
+        return ctx
+
+
+class DimmingStage:
+    """Zone values, full-resolution backlight and LCD image for the panel, from the radiance.
+
+    The display mapping sends the radiance's robust peak (99.9th percentile luminance
+    of a 1/64 subsample) to the panel peak, smoothed over time like the tone mapper's
+    adaptation so the backlight does not pump.
+    """
+
+    def __init__(self, layout: LedLayout, *, algorithm: str = "sqrt", max_rise_per_s: float = 8.0,
+                 max_fall_per_s: float = 2.0, peak_percentile: float = 99.9, time_constant_s: float = 0.4,
+                 frame_interval_s: float = 1 / 30):
+        if algorithm not in ("max", "mean", "sqrt", "percentile"):
+            raise ValueError(f"runtime dimming algorithm must be a heuristic (max, mean, sqrt, percentile), "
+                             f"got {algorithm!r}; 'optimal' is an offline reference")
+        self.layout, self.algorithm, self.peak_percentile = layout, algorithm, peak_percentile
+        self.model = BacklightModel(layout)
+        self.temporal = ZoneTemporalFilter(max_rise_per_s, max_fall_per_s, frame_interval_s)
+        self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s, frame_interval_s=frame_interval_s)
+
+    def __call__(self, ctx):
+        rad = ctx.radiance
+        if rad.shape[:2] != (self.layout.height_px, self.layout.width_px):
+            raise ValueError(f"frame {rad.shape[1]}x{rad.shape[0]} does not match the panel "
+                             f"{self.layout.width_px}x{self.layout.height_px} of the LED layout")
+        robust = float(np.percentile(luminance(rad[::8, ::8]), self.peak_percentile))
+        robust = self.adaptation.update(peak=max(robust, 1e-9))["peak"]
+        scale = self.layout.peak_luminance_cd_m2 / robust
+        stats = zone_statistics(rad, self.layout, histogram=self.algorithm == "percentile", scale=scale)
+        light = self.temporal.update(zone_light(rad, self.layout, self.algorithm, stats=stats))
+        ctx.zone_values = self.layout.to_zone_values(light)
+        ctx.light = self.layout.light_from_zone_values(ctx.zone_values).astype(np.float32)
+        ctx.backlight = self.model.simulate(ctx.light)
+        ctx.lcd = lcd_compensation(rad, ctx.backlight, self.layout, scale=scale)
+        ctx.display_scale = scale
+        return ctx
+
+
+class BridgeStage:
+    """Hands the zone values to the display-controller link (never blocks)."""
+
+    def __init__(self, link):
+        self.link = link
+
+    def __call__(self, ctx):
+        if ctx.zone_values is not None:
+            self.link.send_zones(ctx.zone_values, ctx.frame_id)
+            ctx.zones_sent_ns = time.monotonic_ns()
+        return ctx
+
+    def close(self) -> None:
+        self.link.close()
+
+
+class OutputStage:
+    """Feeds every sink; a failing sink drops its own output for that frame, not the others'."""
+
+    def __init__(self, sinks):
+        self.sinks = list(sinks)
+        self.errors = {type(s).__name__: 0 for s in self.sinks}
+
+    def __call__(self, ctx):
+        for sink in self.sinks:
+            try:
+                sink.write(ctx)
+            except Exception as exc:  # noqa: BLE001 - count per sink, keep the others going
+                name = type(sink).__name__
+                self.errors[name] = self.errors.get(name, 0) + 1
+                log.error("sink %s failed on frame %d: %s", name, ctx.frame_id, exc)
+        return ctx
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            closer = getattr(sink, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception as exc:  # noqa: BLE001
+                    log.error("sink %s: close failed: %s", type(sink).__name__, exc)
