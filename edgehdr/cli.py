@@ -114,6 +114,12 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_run(args) -> int:
+    from edgehdr.pipeline.daemon import run_daemon
+
+    return run_daemon(args.config, seconds=args.seconds)
+
+
 def _cmd_demo(args) -> int:
     from edgehdr.demo import run_demo
 
@@ -371,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=60.0)
     b.add_argument("--json", help="also write the figures as JSON")
     b.set_defaults(func=_cmd_bridge_bench)
+
+    p = sub.add_parser("run", help="the capture daemon (SIGTERM/SIGINT stop it cleanly)")
+    p.add_argument("--config", help="edgehdr.toml (see edgehdr/deploy/edgehdr.example.toml); default: synthetic camera")
+    p.add_argument("--seconds", type=float, help="stop after this long (overrides [run] seconds)")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="the built-in default job on a synthetic scene")
     p.add_argument("-o", "--output", default="edgehdr-demo", help="result folder")

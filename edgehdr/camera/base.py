@@ -16,7 +16,7 @@ import numpy as np
 
 from edgehdr.bracket import Bracket
 
-__all__ = ["BracketSource", "ExposurePlan", "SourceError", "SourceTimeout"]
+__all__ = ["BracketSource", "ExposurePlan", "SourceError", "SourceTimeout", "SourceExhausted", "FrameGrouper"]
 
 
 class SourceError(RuntimeError):
@@ -25,6 +25,10 @@ class SourceError(RuntimeError):
 
 class SourceTimeout(SourceError):
     """No frame within the timeout: the source stalled."""
+
+
+class SourceExhausted(SourceError):
+    """A finite source (replay without looping) has delivered its last bracket."""
 
 
 @dataclass(frozen=True)
@@ -85,3 +89,44 @@ class BracketSource:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class FrameGrouper:
+    """Groups single frames into brackets by exposure index.
+
+    ``mode="rolling"``: every new frame replaces the frame of its exposure and a
+    bracket is ready as soon as every exposure has been seen once (then after every
+    frame: output at capture rate). ``mode="burst"``: a bracket is ready when all
+    frames of one round have arrived, and the round starts over.
+    """
+
+    def __init__(self, count: int, mode: str = "rolling"):
+        if mode not in ("rolling", "burst"):
+            raise ValueError(f"mode must be 'rolling' or 'burst', got {mode!r}")
+        self.count, self.mode = count, mode
+        self.reset(count)
+
+    def reset(self, count: int | None = None) -> None:
+        self.count = count or self.count
+        self.frames = [None] * self.count
+        self.meta = [None] * self.count
+        self._fresh = set()
+
+    def add(self, index: int, frame: np.ndarray, exposure_s: float, gain: float, timestamp_ns: int) -> bool:
+        """Store a frame; True when a bracket can be taken."""
+        self.frames[index] = frame
+        self.meta[index] = (exposure_s, gain, timestamp_ns)
+        self._fresh.add(index)
+        if any(f is None for f in self.frames):
+            return False
+        if self.mode == "burst":
+            return len(self._fresh) == self.count
+        return True
+
+    def take(self, bits: int, sequence: int, source: str) -> Bracket:
+        exposure, gain, stamps = zip(*self.meta)
+        bracket = Bracket(frames=np.stack(self.frames), exposure_s=exposure, gain=gain, bits=bits,
+                          timestamp_ns=stamps, sequence=sequence, source=source)
+        if self.mode == "burst":
+            self._fresh.clear()
+        return bracket

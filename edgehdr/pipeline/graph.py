@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgehdr.bracket import Bracket
-from edgehdr.camera.base import BracketSource, SourceTimeout
+from edgehdr.camera.base import BracketSource, SourceExhausted, SourceTimeout
 
 __all__ = ["FrameContext", "Stage", "Pipeline", "StageStats"]
 
@@ -141,6 +141,7 @@ class Pipeline:
         self._latency = deque(maxlen=2000)  # capture -> zones sent, seconds
         self._lat_lock = threading.Lock()
         self.last_context: FrameContext | None = None
+        self.exhausted = False
 
     # ------------------------------------------------------------------------------------------ control
 
@@ -175,6 +176,11 @@ class Pipeline:
         return self.stats()
 
     @property
+    def finished(self) -> bool:
+        """A finite source ran out and every stage has drained."""
+        return self.exhausted and all(s.thread is not None and not s.thread.is_alive() for s in self.stages)
+
+    @property
     def running(self) -> bool:
         return self._capture_thread is not None and self._capture_thread.is_alive()
 
@@ -205,6 +211,10 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 bracket = self.source.read_bracket(self.read_timeout_s)
+            except SourceExhausted as exc:
+                log.info("source %s finished: %s", self.source.name, exc)
+                self.exhausted = True
+                break
             except SourceTimeout as exc:
                 self.source_stalls += 1
                 failures += 1

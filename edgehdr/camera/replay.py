@@ -1,0 +1,120 @@
+"""Replay of recorded brackets from files, with real timing and looping.
+
+A folder (its ``list.txt`` or, failing that, the EXIF of its images) or a list
+file gives an ordered sequence of frames; every ``bracket_size`` consecutive
+frames form one bracket. Brackets come out at ``fps`` (per bracket), decoded
+frames are cached, and the sequence loops unless ``loop=False``, in which case
+the end raises ``SourceExhausted`` and the pipeline finishes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgehdr.bracket import Bracket
+from edgehdr.camera.base import BracketSource, SourceError, SourceExhausted, SourceTimeout
+from edgehdr.io.ldr_stack import LDR_SUFFIXES, read_exif_exposure, read_ldr_image, read_list_file
+
+__all__ = ["ReplaySource"]
+
+
+class ReplaySource(BracketSource):
+    """Brackets read from image files.
+
+    Parameters
+    ----------
+    path : folder or list file
+    bracket_size : int
+        Frames per bracket (consecutive entries of the sequence).
+    fps : float
+        Brackets per second (0 = as fast as they decode).
+    loop : bool
+    bits : int, optional
+        Significant bits of 16-bit files.
+    cache_bytes : int
+        Decoded frames kept in memory (the sequence is decoded once when it fits).
+    """
+
+    name = "replay"
+
+    def __init__(self, path, *, bracket_size: int = 3, fps: float = 30.0, loop: bool = True, bits: int | None = None,
+                 cache_bytes: int = 1 << 30):
+        self.path = Path(path)
+        self.bracket_size, self.fps, self.loop = int(bracket_size), float(fps), loop
+        self._bits = bits
+        self.cache_bytes = cache_bytes
+        self._entries = None
+        self._cache: dict[int, np.ndarray] = {}
+        self._cached_bytes = 0
+
+    def open(self) -> None:
+        if not self.path.exists():
+            raise SourceError(f"{self.path}: no such folder or list file")
+        if self.path.is_dir():
+            listing = self.path / "list.txt"
+            if listing.is_file():
+                entries = read_list_file(listing)
+            else:
+                paths = sorted(p for p in self.path.iterdir() if p.suffix.lower() in LDR_SUFFIXES)
+                entries = []
+                for p in paths:
+                    t, f_number, iso = read_exif_exposure(p)
+                    entries.append((p, t))
+        else:
+            entries = read_list_file(self.path)
+        if len(entries) < self.bracket_size:
+            raise SourceError(f"{self.path}: {len(entries)} frames, fewer than one bracket of {self.bracket_size}")
+        usable = len(entries) - len(entries) % self.bracket_size
+        self._entries = entries[:usable]
+        self._index = 0
+        self._sequence = 0
+        self._next_time = time.monotonic()
+
+    def close(self) -> None:
+        self._entries = None
+
+    def _frame(self, i: int) -> np.ndarray:
+        frame = self._cache.get(i)
+        if frame is None:
+            frame = read_ldr_image(self._entries[i][0])
+            if self._cached_bytes + frame.nbytes <= self.cache_bytes:
+                self._cache[i] = frame
+                self._cached_bytes += frame.nbytes
+        return frame
+
+    @property
+    def bits(self) -> int:
+        return self._bits or 8
+
+    def read_bracket(self, timeout_s: float = 1.0) -> Bracket:
+        if self._entries is None:
+            raise SourceTimeout(f"{self.path}: replay not open")
+        if self._index >= len(self._entries):
+            if not self.loop:
+                raise SourceExhausted(f"{self.path}: end of replay")
+            self._index = 0
+        if self.fps:
+            delay = self._next_time - time.monotonic()
+            if delay > timeout_s:
+                raise SourceTimeout(f"{self.path}: next bracket due in {delay:.2f} s")
+            if delay > 0:
+                time.sleep(delay)
+            self._next_time = max(self._next_time + 1.0 / self.fps, time.monotonic() - 1.0 / self.fps)
+        idx = range(self._index, self._index + self.bracket_size)
+        self._index += self.bracket_size
+        frames = [self._frame(i) for i in idx]
+        for i, f in zip(idx, frames):
+            if f.shape != frames[0].shape or f.dtype != frames[0].dtype:
+                raise SourceError(f"{self._entries[i][0]}: size or depth differs from the rest of its bracket")
+        bits = self._bits or (8 if frames[0].dtype == np.uint8 else 16)
+        now = time.monotonic_ns()
+        self._sequence += 1
+        return Bracket(frames=np.stack(frames), exposure_s=[self._entries[i][1] for i in idx], bits=bits,
+                       timestamp_ns=[now] * self.bracket_size, sequence=self._sequence, source=str(self.path))
+
+    def describe(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "bracket_size": self.bracket_size, "fps": self.fps,
+                "loop": self.loop}

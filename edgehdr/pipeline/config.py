@@ -1,0 +1,178 @@
+"""The daemon's configuration file (``edgehdr.toml``): schema, defaults, validation.
+
+Every key has a type, a default and an allowed range; an unknown section or key,
+a wrong type or a value out of range fails with the file, ``[section] key``, the
+value and what is allowed. ``edgehdr/deploy/edgehdr.example.toml`` lists every key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["load_config", "default_config", "ConfigError", "SCHEMA"]
+
+
+class ConfigError(ValueError):
+    """A configuration value that is not allowed; the message names the key."""
+
+
+def _choice(*options):
+    return (lambda v: v in options), "one of " + ", ".join(repr(o) for o in options)
+
+
+def _range(lo, hi):
+    return (lambda v: lo <= v <= hi), f"a number in {lo}..{hi}"
+
+
+def _any():
+    return (lambda v: True), "any value"
+
+
+# section -> key -> (type, default, (check, allowed text))
+SCHEMA = {
+    "source": {
+        "kind": (str, "synthetic", _choice("synthetic", "replay", "v4l2", "gstreamer", "picamera2")),
+        "width": (int, 1920, _range(16, 16384)),
+        "height": (int, 1080, _range(16, 16384)),
+        "fps": (float, 30.0, _range(0.0, 1000.0)),
+        "mode": (str, "rolling", _choice("rolling", "burst")),
+        "exposures_s": (list, [], _any()),
+        "gains": (list, [], _any()),
+        "seed": (int, 0, _range(0, 2**31 - 1)),
+        "path": (str, "", _any()),
+        "bracket_size": (int, 3, _range(2, 9)),
+        "loop": (bool, True, _any()),
+        "pipeline": (str, "", _any()),
+        "sensor_id": (int, 0, _range(0, 16)),
+        "response": (str, "srgb", _any()),
+        "moving_objects": (int, 2, _range(0, 32)),
+        "shake_px": (int, 0, _range(0, 64)),
+    },
+    "planner": {
+        "enabled": (bool, True, _any()),
+        "max_frames": (int, 3, _range(1, 9)),
+        "min_exposure_s": (float, 1e-5, _range(1e-7, 10.0)),
+        "max_exposure_s": (float, 1 / 30, _range(1e-6, 60.0)),
+        "max_gain": (float, 8.0, _range(1.0, 256.0)),
+        "every_n": (int, 5, _range(1, 1000)),
+    },
+    "align": {
+        "method": (str, "mtb", _choice("mtb", "homography", "none")),
+        "work_scale": (int, 2, _range(1, 8)),
+    },
+    "merge": {
+        "weighting": (str, "tutorial", _choice("tutorial", "hat", "triangle", "gaussian", "box")),
+        "deghost": (bool, False, _any()),
+    },
+    "tonemap": {
+        "operator": (str, "reinhard", _choice("reinhard", "reinhard-local", "drago", "parametric")),
+        "key": (float, 0.18, _range(0.01, 1.0)),
+        "saturation": (float, 1.0, _range(0.0, 2.0)),
+        "time_constant_s": (float, 0.4, _range(0.0, 60.0)),
+    },
+    "dimming": {
+        "enabled": (bool, True, _any()),
+        "layout": (str, "", _any()),
+        "rows": (int, 48, _range(1, 255)),
+        "cols": (int, 48, _range(1, 255)),
+        "peak_luminance_cd_m2": (float, 1000.0, _range(1.0, 100000.0)),
+        "algorithm": (str, "sqrt", _choice("max", "mean", "sqrt", "percentile")),
+    },
+    "bridge": {
+        "enabled": (bool, True, _any()),
+        "port": (str, "simulate", _any()),
+        "baudrate": (int, 2_000_000, _range(1200, 100_000_000)),
+        "bits": (int, 12, _range(8, 16)),
+        "watchdog_ms": (int, 500, _range(50, 65535)),
+        "heartbeat_ms": (int, 100, _range(10, 30000)),
+        "safe_level": (int, 0, _range(0, 65535)),
+    },
+    "outputs": {
+        "frames_dir": (str, "", _any()),
+        "frames_every_n": (int, 30, _range(1, 100000)),
+        "lcd_dir": (str, "", _any()),
+        "video": (str, "", _any()),
+    },
+    "preview": {
+        "enabled": (bool, True, _any()),
+        "host": (str, "127.0.0.1", _any()),
+        "port": (int, 8080, _range(0, 65535)),
+    },
+    "run": {
+        "seconds": (float, 0.0, _range(0.0, 1e9)),
+        "queue_size": (int, 2, _range(1, 64)),
+        "log_level": (str, "info", _choice("debug", "info", "warning", "error")),
+        "log_format": (str, "text", _choice("text", "json")),
+        "stats_interval_s": (float, 5.0, _range(0.1, 3600.0)),
+    },
+}
+
+
+def default_config() -> dict:
+    return {section: {key: (list(spec[1]) if isinstance(spec[1], list) else spec[1]) for key, spec in keys.items()}
+            for section, keys in SCHEMA.items()}
+
+
+def _coerce(source: str, section: str, key: str, value, expected):
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
+        raise ConfigError(f"{source}: [{section}] {key} = {value!r}: expected {expected.__name__}")
+    return value
+
+
+def validate(data: dict, source: str = "<config>") -> dict:
+    """Defaults overlaid with ``data``; raises ``ConfigError`` naming the first bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a table of sections {', '.join(SCHEMA)}")
+    config = default_config()
+    for section, table in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{source}: unknown section [{section}]; allowed: {', '.join(SCHEMA)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        for key, value in table.items():
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{source}: unknown key [{section}] {key}; allowed: "
+                                  f"{', '.join(SCHEMA[section])}")
+            expected, _, (check, allowed) = SCHEMA[section][key]
+            value = _coerce(source, section, key, value, expected)
+            if not check(value):
+                raise ConfigError(f"{source}: [{section}] {key} = {value!r}: expected {allowed}")
+            config[section][key] = value
+    src = config["source"]
+    for key in ("exposures_s", "gains"):
+        values = src[key]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+            raise ConfigError(f"{source}: [source] {key} = {values!r}: expected a list of positive numbers")
+    if src["gains"] and len(src["gains"]) != len(src["exposures_s"]):
+        raise ConfigError(f"{source}: [source] gains has {len(src['gains'])} values for "
+                          f"{len(src['exposures_s'])} exposures_s")
+    if src["kind"] in ("replay", "v4l2") and not src["path"]:
+        raise ConfigError(f"{source}: [source] path is required when kind = {src['kind']!r}")
+    planner = config["planner"]
+    if planner["min_exposure_s"] >= planner["max_exposure_s"]:
+        raise ConfigError(f"{source}: [planner] min_exposure_s must be below max_exposure_s")
+    bridge = config["bridge"]
+    if 2 * bridge["heartbeat_ms"] >= bridge["watchdog_ms"]:
+        raise ConfigError(f"{source}: [bridge] heartbeat_ms = {bridge['heartbeat_ms']}: expected less than "
+                          f"watchdog_ms / 2 ({bridge['watchdog_ms'] // 2})")
+    if bridge["safe_level"] >= (1 << bridge["bits"]):
+        raise ConfigError(f"{source}: [bridge] safe_level = {bridge['safe_level']}: expected 0..{(1 << bridge['bits']) - 1}")
+    return config
+
+
+def load_config(path) -> dict:
+    """Read and validate a TOML configuration file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such configuration file")
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # noqa: BLE001 - any parser error, with the file name
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    return validate(data, str(path))
