@@ -52,7 +52,7 @@ SCHEMA = {
         "enabled": (bool, True, _any()),
         "max_frames": (int, 3, _range(1, 9)),
         "min_exposure_s": (float, 1e-5, _range(1e-7, 10.0)),
-        "max_exposure_s": (float, 1 / 30, _range(1e-6, 60.0)),
+        "max_exposure_s": (float, 0.0333, _range(1e-6, 60.0)),
         "max_gain": (float, 8.0, _range(1.0, 256.0)),
         "every_n": (int, 5, _range(1, 1000)),
     },

@@ -182,8 +182,9 @@ def build_runtime(cfg: dict, *, extra_sinks=()) -> Runtime:
 
                 rt._tmp = tempfile.TemporaryDirectory(prefix="edgehdr-")
                 rt.pty = PtyPair(Path(rt._tmp.name) / "ttyEH0")
+                # The simulated panel refreshes at 120 Hz, like HDR LCDs, independent of the camera.
                 rt.simulator = ControllerSimulator(rt.pty.controller, rows=layout.rows, cols=layout.cols,
-                                                   vsync_hz=fps).start()
+                                                   vsync_hz=120.0).start()
                 transport = SerialTransport(rt.pty.path, br["baudrate"])
             else:
                 transport = open_transport(br["port"], baudrate=br["baudrate"])

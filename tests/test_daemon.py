@@ -1,0 +1,151 @@
+"""The daemon: configuration errors, systemd notifications, SIGTERM, atomic outputs, preview server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from edgehdr.pipeline.config import ConfigError, load_config, validate
+from edgehdr.pipeline.preview import PreviewServer, prometheus_text
+from edgehdr.pipeline.sinks import PreviewState
+
+
+@pytest.mark.parametrize("body,message", [
+    ("[source]\nkind = 'webcam'\n", r"\[source\] kind = 'webcam': expected one of 'synthetic'"),
+    ("[source]\nfps = 'fast'\n", r"\[source\] fps = 'fast': expected float"),
+    ("[tonemap]\nkey = 3.0\n", r"\[tonemap\] key = 3.0: expected a number in 0.01..1.0"),
+    ("[bridge]\nwatchdog_ms = 100\nheartbeat_ms = 80\n", r"\[bridge\] heartbeat_ms = 80: expected less than"),
+    ("[outputs]\nmovie = 'x.avi'\n", r"unknown key \[outputs\] movie; allowed: frames_dir"),
+    ("[camera]\n", r"unknown section \[camera\]"),
+    ("[source]\nkind = 'replay'\n", r"\[source\] path is required when kind = 'replay'"),
+    ("[source]\nexposures_s = [0.01, -1]\n", r"\[source\] exposures_s"),
+])
+def test_config_errors_name_the_key_and_allowed_values(tmp_path, body, message):
+    path = tmp_path / "edgehdr.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_example_config_is_valid_and_complete():
+    from pathlib import Path
+
+    import edgehdr
+
+    example = Path(edgehdr.__file__).parent / "deploy" / "edgehdr.example.toml"
+    cfg = load_config(example)
+    assert cfg == validate({}), "the example lists every key at its default"
+
+
+def _config(tmp_path, **sections):
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+    path = tmp_path / "edgehdr.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_sigterm_mid_run_exits_cleanly_with_notifications_and_complete_files(tmp_path):
+    notify_path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(notify_path)
+    listener.settimeout(0.2)
+    frames, video = tmp_path / "frames", tmp_path / "out.avi"
+    cfg = _config(tmp_path,
+                  source={"width": 320, "height": 180, "fps": 30},
+                  dimming={"rows": 9, "cols": 16},
+                  outputs={"frames_dir": str(frames), "frames_every_n": 5, "video": str(video)},
+                  preview={"enabled": False},
+                  run={"stats_interval_s": 0.5, "log_format": "json"})
+    env = dict(os.environ, NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="1000000")
+    proc = subprocess.Popen([sys.executable, "-m", "edgehdr.cli", "run", "--config", str(cfg)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    messages = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and not any("READY=1" in m for m in messages):
+            try:
+                messages.append(listener.recv(4096).decode())
+            except socket.timeout:
+                pass
+        assert any("READY=1" in m for m in messages), "no READY=1 from the daemon"
+        time.sleep(1.5)  # frames flow, the video grows, status and watchdog pings go out
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    while True:
+        try:
+            messages.append(listener.recv(4096).decode())
+        except socket.timeout:
+            break
+    listener.close()
+    assert proc.returncode == 0, err[-2000:]
+    joined = "\n".join(messages)
+    assert "STATUS=" in joined and "WATCHDOG=1" in joined and "STOPPING=1" in joined
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(rec["msg"] == "signal SIGTERM: stopping" for rec in logs)
+    final = next(rec for rec in logs if rec["msg"] == "stopped")
+    assert final["frames_completed"] > 0 and final["frames_failed"] == 0
+    # Outputs: complete files under their final names, nothing partial left behind.
+    assert video.is_file() and not list(tmp_path.glob(".*partial*"))
+    cap = cv2.VideoCapture(str(video))
+    ok, first = cap.read()
+    assert ok and first.shape == (180, 320, 3)
+    pngs = sorted(frames.glob("sdr_*.png"))
+    assert pngs and not list(frames.glob(".*"))
+    assert cv2.imread(str(pngs[-1])).shape == (180, 320, 3)
+
+
+def test_config_error_exits_2(tmp_path):
+    cfg = _config(tmp_path, source={"kind": "teleporter"})
+    proc = subprocess.run([sys.executable, "-m", "edgehdr.cli", "run", "--config", str(cfg)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "[source] kind = 'teleporter'" in proc.stderr
+
+
+def test_preview_server_endpoints():
+    stats = {"fps": 29.5, "frames_captured": 10, "frames_completed": 9, "frames_dropped": 1, "frames_failed": 0,
+             "capture_to_zones_ms_median": 20.0, "capture_to_zones_ms_p99": 40.0, "source_restarts": 0,
+             "stages": [{"name": "merge", "fps": 30.0, "latency_ms_median": 6.0, "latency_ms_p99": 9.0, "dropped": 1,
+                         "errors": 0}]}
+    state = PreviewState(lambda: stats)
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    state.publish(jpeg.tobytes(), b"\x89PNG fake")
+    server = PreviewServer(state, host="127.0.0.1", port=0).start()
+    host, port = server.address
+    try:
+        base = f"http://{host}:{port}"
+        page = urllib.request.urlopen(base + "/", timeout=5).read().decode()
+        assert "29.5 fps" in page and "<td>merge</td>" in page
+        metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert 'edgehdr_stage_latency_seconds{stage="merge"} 0.006' in metrics
+        assert "edgehdr_frames_dropped_total 1" in metrics
+        for line in metrics.splitlines():  # every sample line: name{labels} value
+            if not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                assert name.startswith("edgehdr_") and float(value) >= 0
+        assert json.loads(urllib.request.urlopen(base + "/stats.json", timeout=5).read())["fps"] == 29.5
+        stream = urllib.request.urlopen(base + "/stream.mjpg", timeout=5)
+        assert stream.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+        state.publish(jpeg.tobytes())
+        head = stream.read(200)
+        assert head.startswith(b"--frame\r\nContent-Type: image/jpeg") and b"\xff\xd8" in head
+        stream.close()
+    finally:
+        server.close()
+    assert prometheus_text({}).count("# TYPE") >= 5

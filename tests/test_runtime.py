@@ -1,0 +1,228 @@
+"""The runtime: sources, bracket grouping, exposure planning, the stage graph under load and faults, sinks."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edgehdr.camera.base import ExposurePlan, FrameGrouper, SourceError, SourceExhausted, SourceTimeout
+from edgehdr.camera.planner import ExposurePlanner
+from edgehdr.camera.replay import ReplaySource
+from edgehdr.camera.synthetic import SyntheticCamera
+from edgehdr.hdr import merge_debevec, standard_response
+from edgehdr.pipeline import Pipeline, Stage
+from edgehdr.pipeline.stages import AlignStage, MergeStage, ToneMapStage
+
+
+def test_frame_grouper_rolling_and_burst():
+    frames = [np.full((2, 2, 3), v, np.uint8) for v in range(6)]
+    rolling = FrameGrouper(3, "rolling")
+    ready = [rolling.add(i % 3, frames[i], 0.01 * (i % 3 + 1), 1.0, i) for i in range(6)]
+    assert ready == [False, False, True, True, True, True]  # output at capture rate once primed
+    b = rolling.take(8, 1, "t")
+    assert [int(f[0, 0, 0]) for f in b.frames] == [3, 4, 5]
+    burst = FrameGrouper(3, "burst")
+    ready = []
+    for i in range(6):
+        ready.append(burst.add(i % 3, frames[i], 0.01 * (i % 3 + 1), 1.0, i))
+        if ready[-1]:
+            burst.take(8, 1, "t")
+    assert ready == [False, False, True, False, False, True]  # a whole new bracket each time
+
+
+def test_synthetic_camera_is_radiometrically_consistent():
+    cam = SyntheticCamera(320, 180, fps=0, illumination_stops=0.0, moving_objects=0, noise_codes=0.0)
+    with cam:
+        bracket = cam.read_bracket()
+    assert bracket.frames.shape == (3, 180, 320, 3) and np.all(np.diff(bracket.relative_exposure) > 0)
+    assert bracket.frames[0].mean() < bracket.frames[1].mean() < bracket.frames[2].mean()
+    merged = merge_debevec(bracket, response=cam.response)
+    m = cam._scene.margin
+    truth = cam._scene.background[m : m + 180, m : m + 320]
+    ok = np.all((bracket.frames.max(axis=0) > 30) & (bracket.frames.min(axis=0) < 225), axis=2)
+    assert ok.mean() > 0.3
+    assert np.median(np.abs(merged[ok] / truth[ok] - 1)) < 0.01  # the log-LUT camera is 1/256 stop exact
+
+
+def test_synthetic_camera_paces_frames_and_follows_the_plan():
+    cam = SyntheticCamera(160, 90, fps=100, moving_objects=1)
+    with cam:
+        cam.read_bracket()
+        t0 = time.monotonic()
+        for _ in range(10):
+            cam.read_bracket()  # rolling: one capture per read
+        elapsed = time.monotonic() - t0
+        cam.set_plan(ExposurePlan.of([0.01, 0.1]))
+        b = cam.read_bracket()
+    assert 0.08 <= elapsed  # 10 captures at 100 fps cannot come faster than ~0.1 s
+    assert len(b) == 2 and list(b.exposure_s) == [0.01, 0.1]
+
+
+def test_planner_covers_the_range_with_few_frames_within_limits():
+    response = standard_response("srgb")
+    planner = ExposurePlanner(response, max_frames=4, exposure_limits_s=(1e-6, 1.0), gain_limits=(1.0, 4.0))
+    rng = np.random.default_rng(0)
+    narrow = rng.uniform(-3.0, 1.0, 10000)  # 4 stops: one frame suffices
+    wide = rng.uniform(-14.0, 2.0, 10000)  # 16 stops: more frames
+    assert len(planner.target_exposures(narrow)) == 1
+    ladder = planner.target_exposures(wide)
+    assert 2 <= len(ladder) <= 4
+    # Shortest frame: the robust peak lands at the top of the well-exposed range (not clipped).
+    peak = np.percentile(wide, 99.5)
+    assert peak + ladder[0] == pytest.approx(np.log2(planner.x_high), abs=1e-6)
+    # Neighbouring frames overlap: coverage is contiguous.
+    assert np.all(np.diff(ladder) <= planner.span_stops - planner.overlap_stops + 1e-9)
+    plan = planner._split(np.exp2(np.array([-25.0, -5.0, 3.0])))
+    assert min(plan.exposure_s) >= 1e-6 and max(plan.exposure_s) <= 1.0 and max(plan.gain) <= 4.0
+    assert plan.gain[-1] == 4.0  # beyond the longest time, gain rises to its limit
+
+
+def test_planner_smooths_and_does_not_flip_flop():
+    response = standard_response("srgb")
+    planner = ExposurePlanner(response, max_frames=3, exposure_limits_s=(1e-7, 100.0), gain_limits=(1.0, 1.0),
+                              time_constant_s=0.3, hysteresis_updates=5)
+    current = ExposurePlan.of([0.01, 0.04, 0.16])
+    bright = np.full((64, 64, 3), 8.0, np.float32)  # a plain, bright scene wants fewer frames, shorter
+    plans = [current]
+    for _ in range(4):
+        plans.append(planner.update(bright, plans[-1], dt_s=1 / 30))
+    assert all(len(p) == 3 for p in plans), "frame count must wait for the hysteresis"
+    first_step = np.log2(plans[1].exposure_s[0] / plans[0].exposure_s[0])
+    for _ in range(3):
+        plans.append(planner.update(bright, plans[-1], dt_s=1 / 30))
+    assert len(plans[-1]) < 3
+    assert abs(first_step) < 1.0, "exposure moves smoothly, not in one jump"
+
+
+def _small_pipeline(source, extra=(), queue_size=2):
+    stages = [Stage("align", AlignStage("mtb", response=source.response), queue_size=queue_size),
+              Stage("merge", MergeStage(source.response), queue_size=queue_size),
+              Stage("tonemap", ToneMapStage("reinhard"), queue_size=queue_size)]
+    return Pipeline(source, stages + list(extra), read_timeout_s=0.3, stalls_before_restart=2, max_backoff_s=0.2)
+
+
+class _SlowSink:
+    """An output stage slower than the camera (writing to a slow disk, say)."""
+
+    def __init__(self, delay_s):
+        self.delay_s, self.seen, self.max_queue = delay_s, [], 0
+
+    def __call__(self, ctx):
+        time.sleep(self.delay_s)
+        self.seen.append(ctx.frame_id)
+        return ctx
+
+
+def test_overload_drops_oldest_frames_and_keeps_latency_bounded():
+    cam = SyntheticCamera(160, 90, fps=120, moving_objects=0)
+    sink = _SlowSink(0.03)
+    stage = Stage("slow", sink, queue_size=2)
+    pipe = _small_pipeline(cam, [stage]).start()
+    depths = []
+    for _ in range(40):
+        depths.append(stage.queue.qsize())
+        time.sleep(0.02)
+    stats = pipe.stop()
+    assert max(depths) <= 2, "a queue never grows past its bound"
+    assert stats["frames_dropped"] > 0 and stats["frames_failed"] == 0
+    assert sink.seen == sorted(sink.seen), "frames stay in order"
+    assert stats["frames_captured"] > len(sink.seen) * 2, "the camera was never slowed down by the sink"
+
+
+class _FlakyCamera(SyntheticCamera):
+    """A real synthetic camera whose reads fail on schedule: raise at read 5, stall at reads 10 and 11."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.reads = 0
+        self.opens = 0
+
+    def open(self):
+        self.opens += 1
+        super().open()
+
+    def read_bracket(self, timeout_s=1.0):
+        self.reads += 1
+        if self.reads == 5:
+            raise SourceError("USB camera reset")
+        if self.reads in (10, 11):
+            time.sleep(timeout_s)
+            raise SourceTimeout("no frame")
+        return super().read_bracket(timeout_s)
+
+
+class _FailOn:
+    """A stage that fails on one frame (a corrupt frame) and passes the others through."""
+
+    def __init__(self, frame_id):
+        self.frame_id = frame_id
+
+    def __call__(self, ctx):
+        if ctx.frame_id == self.frame_id:
+            raise ValueError("corrupt frame")
+        return ctx
+
+
+def test_source_errors_stalls_and_a_bad_frame_are_survived():
+    cam = _FlakyCamera(160, 90, fps=60, moving_objects=0)
+    pipe = _small_pipeline(cam, [Stage("check", _FailOn(3))]).start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and pipe.stages[-1].stats.processed < 25:
+        time.sleep(0.05)
+    stats = pipe.stop()
+    assert stats["source_restarts"] >= 2 and stats["source_stalls"] == 2 and cam.opens >= 3
+    assert stats["frames_failed"] == 1 and stats["frames_completed"] >= 25
+    check = next(s for s in stats["stages"] if s["name"] == "check")
+    assert "corrupt frame" in check["last_error"]
+
+
+def test_stop_drains_every_queued_frame():
+    cam = SyntheticCamera(160, 90, fps=0, moving_objects=0)
+    sink = _SlowSink(0.005)
+    pipe = _small_pipeline(cam, [Stage("sink", sink, queue_size=8)], queue_size=8).start()
+    time.sleep(0.5)
+    stats = pipe.stop()
+    accounted = stats["frames_completed"] + stats["frames_dropped"] + stats["frames_failed"]
+    assert accounted == stats["frames_captured"], "every captured frame was completed or counted as dropped"
+    assert len(sink.seen) == stats["frames_completed"]
+
+
+def test_replay_source_timing_loop_and_end(tmp_path):
+    from edgehdr.cli import main
+
+    assert main(["-q", "synth", "-o", str(tmp_path / "s"), "--width", "96", "--height", "64", "--exposures", "3"]) == 0
+    src = ReplaySource(tmp_path / "s", bracket_size=3, fps=0, loop=False)
+    with src:
+        b = src.read_bracket()
+        with pytest.raises(SourceExhausted):
+            src.read_bracket()
+    listed = [line.split() for line in (tmp_path / "s" / "list.txt").read_text().splitlines()]
+    np.testing.assert_allclose(b.exposure_s, [1 / float(v) for _, v in listed])
+    looping = ReplaySource(tmp_path / "s", bracket_size=3, fps=50, loop=True)
+    with looping:
+        t0 = time.monotonic()
+        seqs = [looping.read_bracket().sequence for _ in range(5)]
+        elapsed = time.monotonic() - t0
+    assert seqs == [1, 2, 3, 4, 5] and elapsed >= 0.07
+    with pytest.raises(SourceError, match="fewer than one bracket"):
+        ReplaySource(tmp_path / "s", bracket_size=4).open()
+
+
+def test_device_sources_fail_with_actionable_errors():
+    from edgehdr.camera.devices import GStreamerSource, Picamera2Source, V4L2Source
+
+    with pytest.raises(SourceError, match="/dev/video99: cannot open the V4L2 device"):
+        V4L2Source("/dev/video99").open()
+    try:
+        import picamera2  # noqa: F401
+    except ImportError:
+        with pytest.raises(SourceError, match="picamera2 is not installed"):
+            Picamera2Source().open()
+    try:
+        import gi  # noqa: F401
+    except ImportError:
+        with pytest.raises(SourceError, match="GStreamer Python bindings missing"):
+            GStreamerSource().open()
