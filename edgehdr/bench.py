@@ -277,3 +277,120 @@ def format_dimming(bench: dict | None, table: dict | None) -> str:
                          f"{mean('clipped_fraction'):8.3f} | {mean('optimal_pu_psnr_db'):8.2f} "
                          f"{mean('optimal_halo_pu'):8.3f} {mean('optimal_power'):7.4f}  {wins}/{len(rs)}")
     return "\n".join(lines)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int = 1080, fps: float = 30.0,
+                      warmup_s: float = 5.0, memory_every_s: float = 10.0, quiet: bool = False) -> dict:
+    """The daemon's pipeline on the synthetic camera: sustained fps, drops, latency, memory.
+
+    Synthetic 3-exposure rolling bracket at ``fps``; align (exposure-matched MTB at 1/2
+    scale), merge with exposure planning, Reinhard tone mapping with temporal
+    adaptation, 48 x 48-zone dimming, zones over a pty to the controller simulator.
+    Figures cover the window after ``warmup_s`` (JIT compilation, planner settling).
+    """
+    from edgehdr.pipeline.config import validate
+    from edgehdr.pipeline.daemon import build_runtime
+
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+    except ImportError:
+        pass
+    cfg = validate({"source": {"width": width, "height": height, "fps": fps},
+                    "planner": {"max_exposure_s": 10.0}, "preview": {"enabled": False}})
+    rt = build_runtime(cfg)
+    rt.pipeline.start()
+    progress = Progress(3, quiet=quiet)
+    progress.step(f"warming up {warmup_s:g} s")
+    time.sleep(warmup_s)
+    base = rt.stats()
+    with rt.pipeline._lat_lock:
+        rt.pipeline._latency.clear()
+    memory = [(0.0, _rss_mb())]
+    progress.step(f"measuring {seconds:g} s at {width}x{height}, {fps:g} fps")
+    t0 = time.monotonic()
+    next_mem = t0 + memory_every_s
+    while time.monotonic() - t0 < seconds:
+        time.sleep(0.2)
+        if time.monotonic() >= next_mem:
+            memory.append((round(time.monotonic() - t0, 1), _rss_mb()))
+            next_mem += memory_every_s
+    end = rt.stats()
+    memory.append((round(time.monotonic() - t0, 1), _rss_mb()))
+    progress.step("stopping")
+    final = rt.close()
+    window = end["elapsed_s"] - base["elapsed_s"]
+    captured = end["frames_captured"] - base["frames_captured"]
+    completed = end["frames_completed"] - base["frames_completed"]
+    rss = [m for _, m in memory]
+    return {
+        "size": [width, height], "target_fps": fps, "seconds": round(window, 2),
+        "fps": round(completed / window, 2), "frames_captured": captured, "frames_completed": completed,
+        "frames_dropped": end["frames_dropped"] - base["frames_dropped"],
+        "frames_failed": end["frames_failed"] - base["frames_failed"],
+        "drop_fraction": round(1 - completed / captured, 4) if captured else None,
+        "capture_to_zones_ms_median": end["capture_to_zones_ms_median"],
+        "capture_to_zones_ms_p99": end["capture_to_zones_ms_p99"],
+        "stages": end["stages"], "controller_applied": end.get("controller", {}).get("frames_applied"),
+        "link_reconnects": final.get("link", {}).get("reconnects"),
+        "rss_mb": [(t, round(m, 1)) for t, m in memory],
+        "rss_change_after_warmup": round((max(rss) - rss[0]) / rss[0], 4),
+    }
+
+
+def fault_run(*, width: int = 640, height: int = 360, fps: float = 30.0, quiet: bool = False) -> dict:
+    """Source error, stall and a corrupt frame mid-stream, the serial link unplugged and replugged."""
+    from edgehdr.camera.faults import FaultInjector
+    from edgehdr.pipeline.config import validate
+    from edgehdr.pipeline.daemon import build_runtime
+    from firmware_bridge.simulator import ControllerSimulator
+    from firmware_bridge.transports import PtyPair
+
+    progress = Progress(3, quiet=quiet)
+    cfg = validate({"source": {"width": width, "height": height, "fps": fps},
+                    "planner": {"max_exposure_s": 10.0}, "preview": {"enabled": False},
+                    "dimming": {"rows": 18, "cols": 32}})
+    rt = build_runtime(cfg)
+    faulty = FaultInjector(rt.source, raise_at=[60], stall_at=[120, 121], corrupt_at=[180])
+    rt.pipeline.source = faulty
+    rt.pipeline.read_timeout_s = 0.5
+    rt.pipeline.start()
+    progress.step("source error at read 60, stall at 120-121, corrupt frame at 180")
+    time.sleep(9.0)
+    mid = rt.stats()
+    progress.step("unplugging the controller link for 1 s, then replugging")
+    path = rt.pty.link_path
+    rt.simulator.stop()
+    rt.pty.close()
+    t_unplug = time.monotonic()
+    while rt.link.running and time.monotonic() - t_unplug < 5:
+        time.sleep(0.005)
+    detect_s = time.monotonic() - t_unplug
+    time.sleep(1.0)
+    rt.pty = PtyPair(path)
+    rt.simulator = ControllerSimulator(rt.pty.controller, rows=rt.layout.rows, cols=rt.layout.cols,
+                                       vsync_hz=120.0).start()
+    t_replug = time.monotonic()
+    while not rt.link.running and time.monotonic() - t_replug < 10:
+        time.sleep(0.005)
+    reconnect_s = time.monotonic() - t_replug
+    applied0 = rt.simulator.counters.frames_applied
+    time.sleep(2.0)
+    applied_after = rt.simulator.counters.frames_applied - applied0
+    progress.step("stopping")
+    final = rt.close()
+    stage_errors = {s["name"]: s["errors"] for s in final["stages"] if s["errors"]}
+    return {
+        "injected": faulty.injected, "source_restarts": final["source_restarts"],
+        "source_stalls": final["source_stalls"], "frames_failed": final["frames_failed"],
+        "stage_errors": stage_errors, "frames_completed": final["frames_completed"],
+        "fps_before_unplug": mid["fps"], "unplug_detected_s": round(detect_s, 3),
+        "link_back_after_replug_s": round(reconnect_s, 3), "zone_frames_applied_2s_after_replug": applied_after,
+        "link_reconnects": final["link"]["reconnects"],
+    }

@@ -94,7 +94,31 @@ def _cmd_synth(args) -> int:
 def _cmd_bench(args) -> int:
     from edgehdr.bench import dumps, format_quality, format_table, merge_quality_report, run_benchmark
 
-    if args.dimming:
+    if args.runtime or args.faults:
+        from edgehdr.bench import fault_run, runtime_benchmark
+
+        result = {}
+        if args.runtime:
+            rb = runtime_benchmark(args.seconds, quiet=args.quiet)
+            result["runtime"] = rb
+            print(f"runtime {rb['size'][0]}x{rb['size'][1]}, 3-exposure rolling bracket at {rb['target_fps']:g} fps, "
+                  f"{rb['seconds']} s: {rb['fps']} fps, {rb['frames_completed']}/{rb['frames_captured']} frames, "
+                  f"{rb['frames_dropped']} dropped ({100 * (rb['drop_fraction'] or 0):.2f}%), {rb['frames_failed']} "
+                  f"failed; capture-to-zones median {rb['capture_to_zones_ms_median']} ms, p99 "
+                  f"{rb['capture_to_zones_ms_p99']} ms; RSS {rb['rss_mb'][0][1]} -> {rb['rss_mb'][-1][1]} MB "
+                  f"(max change {100 * rb['rss_change_after_warmup']:.1f}%)")
+            for st in rb["stages"]:
+                print(f"  {st['name']:<9} {st['fps']:6.2f} fps  median {st['latency_ms_median']} ms  p99 "
+                      f"{st['latency_ms_p99']} ms  dropped {st['dropped']}")
+        if args.faults:
+            fr = fault_run(quiet=args.quiet)
+            result["faults"] = fr
+            print(f"faults: injected {fr['injected']}; source restarts {fr['source_restarts']}, stalls "
+                  f"{fr['source_stalls']}, frames failed {fr['frames_failed']} {fr['stage_errors']}; link unplug "
+                  f"detected in {fr['unplug_detected_s']} s, back {fr['link_back_after_replug_s']} s after replug, "
+                  f"{fr['zone_frames_applied_2s_after_replug']} zone frames applied in the next 2 s; "
+                  f"{fr['frames_completed']} frames completed")
+    elif args.dimming:
         from edgehdr.bench import dimming_benchmark, dimming_quality_table, format_dimming
 
         result = {"timing": dimming_benchmark(quiet=args.quiet)}
@@ -337,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: merge quality against ground truth on 10 synthetic scenes (PU21-PSNR)")
     p.add_argument("--dimming", action="store_true",
                    help="instead: local-dimming timing at 1080p/2304 zones and the quality table over 10 scenes")
+    p.add_argument("--runtime", action="store_true",
+                   help="instead: the daemon's pipeline at 1080p/30 fps for --seconds (fps, drops, latency, memory)")
+    p.add_argument("--faults", action="store_true",
+                   help="instead: fault run (source error/stall, corrupt frame, link unplug/replug)")
+    p.add_argument("--seconds", type=float, default=60.0, help="duration of --runtime (600 for the soak)")
     p.set_defaults(func=_cmd_bench)
 
     from edgehdr.dimming.run import ALGORITHMS as DIM_ALGORITHMS

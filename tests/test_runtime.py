@@ -226,3 +226,26 @@ def test_device_sources_fail_with_actionable_errors():
     except ImportError:
         with pytest.raises(SourceError, match="GStreamer Python bindings missing"):
             GStreamerSource().open()
+
+
+def test_a_corrupt_frame_costs_exactly_that_frame():
+    from edgehdr.camera.faults import FaultInjector
+
+    cam = SyntheticCamera(160, 90, fps=60, moving_objects=0)
+
+    class SizeCheck:  # what the dimming stage does: the panel size is fixed
+        def __call__(self, ctx):
+            if ctx.radiance.shape[:2] != (90, 160):
+                raise ValueError("frame does not match the panel")
+            return ctx
+
+    faulty = FaultInjector(cam, corrupt_at=[8])
+    pipe = Pipeline(faulty, [Stage("align", AlignStage("mtb", response=cam.response)),
+                             Stage("merge", MergeStage(cam.response)), Stage("panel", SizeCheck())],
+                    read_timeout_s=0.5).start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and pipe.stages[-1].stats.processed < 20:
+        time.sleep(0.05)
+    stats = pipe.stop()
+    assert faulty.injected["corrupt"] == 1
+    assert stats["frames_failed"] == 1, stats["stages"]

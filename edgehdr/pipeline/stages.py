@@ -46,7 +46,8 @@ class AlignStage:
         if self.method == "mtb":
             frames, motions = align_mtb(b.frames, reference_index=ref, exposures=b.relative_exposure,
                                         response=self.response, bits=b.bits, work_scale=self.work_scale,
-                                        frame_keys=[int(t) for t in b.timestamp_ns], cache=self._cache)
+                                        frame_keys=[(int(t), b.frames.shape) for t in b.timestamp_ns],
+                                        cache=self._cache)
         else:
             frames, motions = align_homography(b.frames, reference_index=ref, exposures=b.relative_exposure,
                                                response=self.response, bits=b.bits)
