@@ -328,7 +328,13 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     window = end["elapsed_s"] - base["elapsed_s"]
     captured = end["frames_captured"] - base["frames_captured"]
     completed = end["frames_completed"] - base["frames_completed"]
-    rss = [m for _, m in memory]
+    t_mem = np.array([t for t, _ in memory])
+    rss = np.array([m for _, m in memory])
+    # RSS moves by tens of MB with the frames in flight at the sampling instant (each ~70 MB at
+    # 1080p); compare medians of the first and the last minute, and fit the slope.
+    first = np.median(rss[t_mem <= min(60.0, t_mem.max())])
+    last = np.median(rss[t_mem >= max(0.0, t_mem.max() - 60.0)])
+    slope = float(np.polyfit(t_mem, rss, 1)[0]) * 60.0 if len(rss) > 2 else 0.0
     return {
         "size": [width, height], "target_fps": fps, "seconds": round(window, 2),
         "fps": round(completed / window, 2), "frames_captured": captured, "frames_completed": completed,
@@ -340,7 +346,9 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
         "stages": end["stages"], "controller_applied": end.get("controller", {}).get("frames_applied"),
         "link_reconnects": final.get("link", {}).get("reconnects"),
         "rss_mb": [(t, round(m, 1)) for t, m in memory],
-        "rss_change_after_warmup": round((max(rss) - rss[0]) / rss[0], 4),
+        "rss_first_minute_median_mb": round(float(first), 1), "rss_last_minute_median_mb": round(float(last), 1),
+        "rss_change_after_warmup": round(float((last - first) / first), 4),
+        "rss_trend_mb_per_min": round(slope, 3),
     }
 
 
