@@ -331,10 +331,14 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     t_mem = np.array([t for t, _ in memory])
     rss = np.array([m for _, m in memory])
     # RSS moves by tens of MB with the frames in flight at the sampling instant (each ~70 MB at
-    # 1080p); compare medians of the first and the last minute, and fit the slope.
-    first = np.median(rss[t_mem <= min(60.0, t_mem.max())])
-    last = np.median(rss[t_mem >= max(0.0, t_mem.max() - 60.0)])
-    slope = float(np.polyfit(t_mem, rss, 1)[0]) * 60.0 if len(rss) > 2 else 0.0
+    # 1080p), and the allocator's per-thread arenas fill during the first minute. So: medians of
+    # minute 2 and of the last minute, and the slope after the first minute (runs >= 3 min);
+    # shorter runs compare their first and last minute.
+    settle = 60.0 if t_mem.max() >= 180.0 else 0.0
+    first = np.median(rss[(t_mem >= settle) & (t_mem <= settle + 60.0)])
+    last = np.median(rss[t_mem >= t_mem.max() - 60.0])
+    tail = t_mem >= settle
+    slope = float(np.polyfit(t_mem[tail], rss[tail], 1)[0]) * 60.0 if tail.sum() > 2 else 0.0
     return {
         "size": [width, height], "target_fps": fps, "seconds": round(window, 2),
         "fps": round(completed / window, 2), "frames_captured": captured, "frames_completed": completed,
@@ -346,6 +350,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
         "stages": end["stages"], "controller_applied": end.get("controller", {}).get("frames_applied"),
         "link_reconnects": final.get("link", {}).get("reconnects"),
         "rss_mb": [(t, round(m, 1)) for t, m in memory],
+        "rss_settle_s": settle,
         "rss_first_minute_median_mb": round(float(first), 1), "rss_last_minute_median_mb": round(float(last), 1),
         "rss_change_after_warmup": round(float((last - first) / first), 4),
         "rss_trend_mb_per_min": round(slope, 3),

@@ -105,7 +105,8 @@ def _cmd_bench(args) -> int:
                   f"{rb['seconds']} s: {rb['fps']} fps, {rb['frames_completed']}/{rb['frames_captured']} frames, "
                   f"{rb['frames_dropped']} dropped ({100 * (rb['drop_fraction'] or 0):.2f}%), {rb['frames_failed']} "
                   f"failed; capture-to-zones median {rb['capture_to_zones_ms_median']} ms, p99 "
-                  f"{rb['capture_to_zones_ms_p99']} ms; RSS median first minute {rb['rss_first_minute_median_mb']} MB, "
+                  f"{rb['capture_to_zones_ms_p99']} ms; RSS median first minute after {rb['rss_settle_s']:g} s "
+                  f"{rb['rss_first_minute_median_mb']} MB, "
                   f"last minute {rb['rss_last_minute_median_mb']} MB ({100 * rb['rss_change_after_warmup']:+.1f}%), "
                   f"trend {rb['rss_trend_mb_per_min']:+.2f} MB/min")
             for st in rb["stages"]:
