@@ -33,11 +33,12 @@ Example ``layout.toml``::
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from edgehdr.tomlconfig import read_table, typed_entries
 
 __all__ = ["LedLayout", "load_layout", "LayoutError"]
 
@@ -196,51 +197,21 @@ class LedLayout:
         return cls(rows=rows, cols=cols, width_px=width_px, height_px=height_px, **kwargs)
 
 
-def _typed(source: str, section: str, key: str, value, expected):
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-        raise LayoutError(f"{source}: [{section}] {key} = {value!r}: expected {expected.__name__}")
-    return value
-
-
 def load_layout(path) -> LedLayout:
     """Read a layout from TOML (``.toml``) or JSON (``.json``); see the module docstring."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such layout file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            data = tomllib.loads(text)
-    except Exception as exc:  # noqa: BLE001 - report any parser's error with the file name
-        raise LayoutError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} ({exc})") from exc
-    if not isinstance(data, dict):
-        raise LayoutError(f"{path}: expected a table of sections {sorted(_SCHEMA)}")
+    data = read_table(path, LayoutError)
     kwargs = {}
     names = {("panel", "width_px"): "width_px", ("panel", "height_px"): "height_px",
              ("panel", "peak_luminance_cd_m2"): "peak_luminance_cd_m2", ("panel", "native_contrast"): "native_contrast",
              ("panel", "lcd_gamma"): "lcd_gamma", ("panel", "lcd_bits"): "lcd_bits", ("zones", "rows"): "rows",
              ("zones", "cols"): "cols", ("zones", "bits"): "zone_bits", ("psf", "model"): "psf_model",
              ("psf", "sigma_pitch"): "psf_sigma_pitch", ("psf", "extent_pitch"): "psf_extent_pitch"}
-    for section, table in data.items():
-        if section not in _SCHEMA:
-            raise LayoutError(f"{path}: unknown section [{section}]; allowed: {', '.join(sorted(_SCHEMA))}")
-        if not isinstance(table, dict):
-            raise LayoutError(f"{path}: [{section}] must be a table")
-        for key, value in table.items():
-            if key not in _SCHEMA[section]:
-                raise LayoutError(f"{path}: unknown key [{section}] {key}; allowed: "
-                                  f"{', '.join(sorted(_SCHEMA[section]))}")
-            value = _typed(str(path), section, key, value, _SCHEMA[section][key])
-            if (section, key) in names:
-                kwargs[names[(section, key)]] = value
+    for section, key, value in typed_entries(data, _SCHEMA, str(path), LayoutError):
+        if (section, key) in names:
+            kwargs[names[(section, key)]] = value
     drive = data.get("drive", {})
     response = drive.get("response", "linear")
     if response not in ("linear", "lut"):

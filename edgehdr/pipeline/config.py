@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgehdr.tomlconfig import read_table, typed_entries
+
 __all__ = ["load_config", "default_config", "ConfigError", "SCHEMA"]
 
 
@@ -113,33 +115,15 @@ def default_config() -> dict:
             for section, keys in SCHEMA.items()}
 
 
-def _coerce(source: str, section: str, key: str, value, expected):
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
-        raise ConfigError(f"{source}: [{section}] {key} = {value!r}: expected {expected.__name__}")
-    return value
-
-
 def validate(data: dict, source: str = "<config>") -> dict:
     """Defaults overlaid with ``data``; raises ``ConfigError`` naming the first bad key."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a table of sections {', '.join(SCHEMA)}")
     config = default_config()
-    for section, table in data.items():
-        if section not in SCHEMA:
-            raise ConfigError(f"{source}: unknown section [{section}]; allowed: {', '.join(SCHEMA)}")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: [{section}] must be a table")
-        for key, value in table.items():
-            if key not in SCHEMA[section]:
-                raise ConfigError(f"{source}: unknown key [{section}] {key}; allowed: "
-                                  f"{', '.join(SCHEMA[section])}")
-            expected, _, (check, allowed) = SCHEMA[section][key]
-            value = _coerce(source, section, key, value, expected)
-            if not check(value):
-                raise ConfigError(f"{source}: [{section}] {key} = {value!r}: expected {allowed}")
-            config[section][key] = value
+    types = {section: {key: spec[0] for key, spec in keys.items()} for section, keys in SCHEMA.items()}
+    for section, key, value in typed_entries(data, types, source, ConfigError):
+        _, _, (check, allowed) = SCHEMA[section][key]
+        if not check(value):
+            raise ConfigError(f"{source}: [{section}] {key} = {value!r}: expected {allowed}")
+        config[section][key] = value
     src = config["source"]
     for key in ("exposures_s", "gains"):
         values = src[key]
@@ -167,12 +151,4 @@ def load_config(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such configuration file")
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except Exception as exc:  # noqa: BLE001 - any parser error, with the file name
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    return validate(data, str(path))
+    return validate(read_table(path, ConfigError), str(path))

@@ -1,0 +1,57 @@
+"""Reading TOML/JSON configuration files against a schema, with errors that name the key.
+
+Shared by the LED layout loader (``edgehdr.dimming.layout``) and the daemon
+configuration (``edgehdr.pipeline.config``): unknown sections or keys and values
+of the wrong type fail with ``FILE: [section] key = value: expected TYPE``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["read_table", "typed_entries"]
+
+
+def read_table(path: Path, error: type[Exception]) -> dict:
+    """Parse ``path`` as JSON (``.json``) or TOML (anything else); ``error`` on a syntax error."""
+    text = Path(path).read_text(encoding="utf-8")
+    is_json = Path(path).suffix.lower() == ".json"
+    try:
+        if is_json:
+            data = json.loads(text)
+        else:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parser error, reported with the file name
+        raise error(f"{path}: not valid {'JSON' if is_json else 'TOML'} ({exc})") from exc
+    return data
+
+
+def _coerce(source: str, section: str, key: str, value, expected, error):
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
+        raise error(f"{source}: [{section}] {key} = {value!r}: expected {expected.__name__}")
+    return value
+
+
+def typed_entries(data, types: dict, source: str, error: type[Exception]):
+    """Yield ``(section, key, value)`` of ``data`` after checking names and types against ``types``.
+
+    ``types`` maps section -> key -> Python type (``float`` also accepts integers).
+    """
+    if not isinstance(data, dict):
+        raise error(f"{source}: expected a table of sections {', '.join(types)}")
+    for section, table in data.items():
+        if section not in types:
+            raise error(f"{source}: unknown section [{section}]; allowed: {', '.join(types)}")
+        if not isinstance(table, dict):
+            raise error(f"{source}: [{section}] must be a table")
+        for key, value in table.items():
+            if key not in types[section]:
+                raise error(f"{source}: unknown key [{section}] {key}; allowed: {', '.join(types[section])}")
+            yield section, key, _coerce(source, section, key, value, types[section][key], error)
