@@ -50,6 +50,9 @@ def run_demo(outdir="edgehdr-demo", *, seconds: float = 5.0, width: int = 1280, 
         threadpool_limits(limits=1, user_api="blas")
     except ImportError:
         pass
+    from edgehdr.warmup import warm_up
+
+    say(f"      kernels ready in {warm_up():.1f} s (compiled on the first run, then cached)")
     rt = build_runtime(cfg)
     rt.pipeline.start()
     started = time.monotonic()

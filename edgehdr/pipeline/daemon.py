@@ -232,6 +232,10 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
+        from edgehdr.warmup import warm_up
+
+        log.info("kernels ready", extra={"fields": {"seconds": round(warm_up(deghost=cfg["merge"]["deghost"],
+                                                                            dimming=cfg["dimming"]["enabled"]), 2)}})
         rt = build_runtime(cfg)
         rt.pipeline.start()
     except Exception as exc:  # noqa: BLE001 - report any start-up failure with its reason

@@ -1,0 +1,45 @@
+"""Compile the numba kernels before real-time work starts.
+
+numba compiles a kernel on its first call (and caches it on disk for later
+processes), so the first frames of a fresh installation would each wait seconds.
+``warm_up`` runs every runtime kernel once on tiny inputs of the real dtypes: the
+demo and the daemon call it before their clocks start.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+__all__ = ["warm_up"]
+
+
+def warm_up(*, deghost: bool = False, dimming: bool = True) -> float:
+    """Compile (or load from the cache) every per-frame kernel; returns the seconds it took."""
+    from edgehdr.bracket import Bracket
+    from edgehdr.camera.synthetic import SyntheticCamera
+    from edgehdr.dimming import BacklightModel, LedLayout, lcd_compensation, zone_statistics
+    from edgehdr.hdr import align_mtb, merge_debevec, standard_response
+    from edgehdr.tonemap import drago, parametric, reinhard_global, reinhard_local
+
+    t0 = time.perf_counter()
+    cam = SyntheticCamera(64, 48, fps=0, moving_objects=1)
+    with cam:
+        bracket: Bracket = cam.read_bracket()
+    response = standard_response("srgb")
+    align_mtb(bracket.frames, reference_index=1, exposures=bracket.relative_exposure, response=response,
+              work_scale=2, frame_keys=[0, 1, 2], cache={})
+    radiance = merge_debevec(bracket, response=response, deghost=deghost)
+    for op in (reinhard_global, reinhard_local, drago, parametric):
+        op(radiance)
+    reinhard_global(radiance, saturation=0.8)
+    reinhard_global(radiance, color="mantiuk", saturation=0.8)
+    if dimming:
+        layout = LedLayout(rows=3, cols=4, width_px=64, height_px=48)
+        target = np.ascontiguousarray(radiance, dtype=np.float32)
+        zone_statistics(target, layout)
+        zmax, _, _ = zone_statistics(target, layout, histogram=True)
+        backlight = BacklightModel(layout).simulate(zmax)
+        lcd_compensation(target, backlight, layout)
+    return time.perf_counter() - t0
