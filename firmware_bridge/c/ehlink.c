@@ -398,17 +398,6 @@ size_t ehl_build_caps(const ehl_caps_t *c, uint8_t *out, size_t out_cap)
     return 12;
 }
 
-size_t ehl_build_ack(uint16_t ref_seq, uint8_t ref_type, uint8_t *out, size_t out_cap)
-{
-    if (out_cap < 4) {
-        return 0;
-    }
-    put_u16(out, ref_seq);
-    out[2] = ref_type;
-    out[3] = 0;
-    return 4;
-}
-
 size_t ehl_build_nack(uint16_t ref_seq, uint8_t ref_type, uint8_t reason, uint8_t *out, size_t out_cap)
 {
     if (out_cap < 4) {
@@ -418,6 +407,12 @@ size_t ehl_build_nack(uint16_t ref_seq, uint8_t ref_type, uint8_t reason, uint8_
     out[2] = ref_type;
     out[3] = reason;
     return 4;
+}
+
+/* ACK has NACK's layout with the last byte (reason) reserved as 0. */
+size_t ehl_build_ack(uint16_t ref_seq, uint8_t ref_type, uint8_t *out, size_t out_cap)
+{
+    return ehl_build_nack(ref_seq, ref_type, 0, out, out_cap);
 }
 
 size_t ehl_build_heartbeat(uint32_t uptime_ms, uint8_t state, uint8_t *out, size_t out_cap)
