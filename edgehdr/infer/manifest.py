@@ -1,0 +1,82 @@
+"""Engine / model manifests: what a model or engine is, what it was built from and for.
+
+``export`` writes one JSON manifest next to every engine or quantised model (see
+ARCHITECTURE.md "Engines and manifests"); the runtime reads it to check that an
+engine fits this device and TensorRT version before loading it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["Manifest", "sha256_file", "TensorSpec"]
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list
+    dtype: str
+
+
+@dataclass
+class Manifest:
+    """Metadata of one built artefact (ONNX model, quantised ONNX, or TensorRT engine)."""
+
+    model_name: str
+    model_version: str = "0"
+    artefact: str = ""  # file name of the engine / model next to the manifest
+    format: str = "onnx"  # onnx | tensorrt
+    precision: str = "fp32"  # fp32 | fp16 | int8
+    source_onnx_sha256: str = ""
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)
+    accuracy_vs_fp32: dict = field(default_factory=dict)
+    tensorrt_version: str | None = None
+    device_name: str | None = None
+    compute_capability: str | None = None
+    build_flags: dict = field(default_factory=dict)
+    created: str = ""
+    tool: str = "edgehdr-export"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+    def save(self, path) -> Path:
+        from edgehdr.io.atomic import write_text_atomic
+
+        return write_text_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path) -> "Manifest":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no manifest (engines need the manifest written by edgehdr-export)") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not a JSON manifest ({exc})") from exc
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown manifest fields {sorted(unknown)}")
+        if "model_name" not in data:
+            raise ValueError(f"{path}: manifest lacks 'model_name'")
+        return cls(**data)
+
+    @staticmethod
+    def path_for(artefact) -> Path:
+        artefact = Path(artefact)
+        return artefact.with_name(artefact.name + ".manifest.json")

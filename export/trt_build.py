@@ -1,0 +1,104 @@
+"""TensorRT engine builder (TensorRT 10 Python API). Engines are built on the target device.
+
+Parses the ONNX file, configures the builder (workspace, FP16/INT8 flags for
+non-strongly-typed builds, strongly typed for Q/DQ models, an optimisation profile
+for dynamic inputs, a timing cache, a DLA core with GPU fallback), serialises the
+engine and writes the manifest next to it. Needs ``tensorrt`` (JetPack) and, for
+the device name in the manifest, ``pycuda``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import onnx
+
+from edgehdr.infer.base import BackendUnavailable
+from edgehdr.infer.manifest import Manifest, sha256_file
+from export.checks import io_specs
+
+__all__ = ["build_engine"]
+
+
+def build_engine(onnx_path, out_dir, *, precision: str = "fp16", strongly_typed: bool | None = None,
+                 workspace_mb: int = 1024, dla_core: int | None = None, timing_cache=None, profile: dict | None = None,
+                 model_name: str | None = None, model_version: str = "0", calibration: dict | None = None) -> Path:
+    """Build ``OUT_DIR/<name>.<precision>.engine`` (+ ``.manifest.json``); returns the engine path.
+
+    ``precision``: fp32, fp16 or int8 (int8 expects a Q/DQ model; it is built strongly
+    typed unless ``strongly_typed=False``). ``profile`` maps dynamic input names to
+    ``(min, opt, max)`` shapes. ``timing_cache`` is a file read before and written after.
+    """
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailable("TensorRT is not installed; build engines on the Jetson (JetPack) with "
+                                 "edgehdr-export build MODEL.onnx --target trt") from exc
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ValueError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = model_name or onnx_path.stem
+    if strongly_typed is None:
+        strongly_typed = precision == "int8"
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ValueError(f"{onnx_path}: TensorRT cannot parse the model: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if not strongly_typed:
+        if precision == "fp16":
+            config.set_flag(trt.BuilderFlag.FP16)
+        elif precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.set_flag(trt.BuilderFlag.FP16)
+    dynamic = [network.get_input(i) for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)]
+    if dynamic:
+        if not profile:
+            raise ValueError(f"{onnx_path}: dynamic inputs {[t.name for t in dynamic]} need a profile "
+                             "{name: (min, opt, max)}")
+        opt = builder.create_optimization_profile()
+        for tensor in dynamic:
+            lo, mid, hi = profile[tensor.name]
+            opt.set_shape(tensor.name, lo, mid, hi)
+        config.add_optimization_profile(opt)
+    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    if dla_core is not None:
+        if builder.num_DLA_cores <= dla_core:
+            raise BackendUnavailable(f"DLA core {dla_core} requested, this device has {builder.num_DLA_cores}")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"{onnx_path}: TensorRT build failed (see the log above)")
+    build_s = time.perf_counter() - t0
+    from edgehdr.io.atomic import write_bytes_atomic
+
+    engine_path = out_dir / f"{name}.{precision}{'.dla' + str(dla_core) if dla_core is not None else ''}.engine"
+    write_bytes_atomic(engine_path, bytes(serialized))
+    if timing_cache:
+        write_bytes_atomic(timing_cache, bytes(cache.serialize()))
+    try:
+        from edgehdr.infer.cuda_buffers import device_properties
+
+        props = device_properties(0)
+    except BackendUnavailable:
+        props = {"device_name": None, "compute_capability": None}
+    specs = io_specs(onnx.load(str(onnx_path)))
+    Manifest(model_name=name, model_version=model_version, artefact=engine_path.name, format="tensorrt",
+             precision=precision, source_onnx_sha256=sha256_file(onnx_path), inputs=specs["inputs"],
+             outputs=specs["outputs"], calibration=calibration or {}, tensorrt_version=trt.__version__,
+             build_flags={"strongly_typed": strongly_typed, "workspace_mb": workspace_mb, "dla_core": dla_core,
+                          "profile": profile, "build_seconds": round(build_s, 2)},
+             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **props).save(Manifest.path_for(engine_path))
+    return engine_path
