@@ -6,7 +6,28 @@ from pathlib import Path
 
 import onnx
 
-__all__ = ["check_model", "simplify", "io_specs"]
+__all__ = ["check_model", "simplify", "io_specs", "topological_sort"]
+
+
+def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder ``model.graph.node`` in place so every node follows the producers of its inputs (Kahn's order,
+    stable for nodes already in order); raises ``ValueError`` on a cycle or an input nothing produces."""
+    graph = model.graph
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            missing = sorted({i for n in pending for i in n.input if i not in available})
+            raise ValueError(f"graph {graph.name!r}: cycle or unproduced inputs {missing[:5]}")
+        for n in ready:
+            available.update(n.output)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        ordered.extend(ready)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model
 
 
 def io_specs(model: onnx.ModelProto) -> dict:

@@ -17,7 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-__all__ = ["to_fp16", "quantize_int8", "CALIBRATION_METHODS", "FP16_KEEP_FP32"]
+from export.checks import topological_sort
+# QUANTISED_OPS: ops whose inputs get Q/DQ pairs (TensorRT runs them in INT8); everything else reads float.
+from export.trt_check import QUANTISED_OPS
+
+__all__ = ["to_fp16", "quantize_int8", "CALIBRATION_METHODS", "QUANTISED_OPS", "FP16_KEEP_FP32"]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Ops whose range or precision FP16 tends to break; they stay in FP32 with casts around them.
@@ -34,6 +38,7 @@ def to_fp16(path_in, path_out, *, keep_fp32=None) -> dict:
 
     block = list(FP16_KEEP_FP32 if keep_fp32 is None else keep_fp32)
     model = convert_float_to_float16(onnx.load(str(path_in)), keep_io_types=True, op_block_list=block)
+    topological_sort(model)  # the converter appends its input casts after their consumers
     onnx.checker.check_model(model)
     write_bytes_atomic(path_out, model.SerializeToString())
     return {"precision": "fp16", "kept_fp32_ops": sorted({n.op_type for n in onnx.load(str(path_in)).graph.node}
@@ -54,19 +59,35 @@ def quantize_int8(path_in, path_out, reader, *, method: str = "entropy", percent
     cal = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}[method]
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "DedicatedQDQPair": True,
-             "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1}}
+             "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1},
+             # Q/DQ on the inputs of quantised ops only (TensorRT's placement): an output is quantised by its
+             # consumer, so a Resize or activation between two convolutions reads and writes float.
+             "OpTypesToExcludeOutputQuantization": list(QUANTISED_OPS)}
     if method == "percentile":
         extra["CalibPercentile"] = percentile
+    reader.rewind()  # a reader may have fed an earlier quantisation
     pre = path_out.with_name(f".{path_out.stem}.pre.onnx")
     tmp = path_out.with_name(f".{path_out.stem}.partial.onnx")
     try:
         quant_pre_process(str(path_in), str(pre), skip_symbolic_shape=True)
+        if method == "entropy":
+            # quantize_static builds its entropy histogram with 128 bins for 128 quantised bins, where the KL
+            # search has nothing to clip and returns the min/max range. TensorRT's entropy calibration uses
+            # 2048 bins; ranges computed that way enter as per-tensor overrides (public API since ORT 1.17).
+            ranges = _entropy_ranges(pre, reader)
+            extra["TensorQuantOverrides"] = {name: [{"rmin": np.float32(-t), "rmax": np.float32(t)}]
+                                             for name, t in ranges.items()}
+            cal = CalibrationMethod.MinMax
+            reader.rewind()
         quantize_static(str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv", "ConvTranspose", "Gemm", "MatMul", "Add"],
+                        op_types_to_quantize=list(QUANTISED_OPS),
                         per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=cal, extra_options=extra)
-        onnx.checker.check_model(str(tmp))
-        tmp.replace(path_out)
+        model = _float_inputs_for_float_ops(onnx.load(str(tmp)))
+        onnx.checker.check_model(model)
+        from edgehdr.io.atomic import write_bytes_atomic
+
+        write_bytes_atomic(path_out, model.SerializeToString())
     finally:
         for p in (pre, tmp):
             p.unlink(missing_ok=True)
@@ -74,6 +95,68 @@ def quantize_int8(path_in, path_out, reader, *, method: str = "entropy", percent
     return {"precision": "int8", "format": "QDQ", "method": method, "samples": len(reader),
             "percentile": percentile if method == "percentile" else None, "per_channel": per_channel,
             "symmetric": True, "activation_ranges": ranges}
+
+
+def _float_inputs_for_float_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewire ops TensorRT runs in float (Resize, activations, pooling) to read the tensor before its Q/DQ pair.
+
+    ONNX Runtime quantises a tensor once when it feeds a quantised op and shares
+    the DequantizeLinear output with every other consumer, which puts a Resize
+    that reads the same tensor behind Q/DQ. Each such consumer is pointed at the
+    float tensor instead; pairs left without consumers are removed.
+    """
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {i.name for i in graph.initializer}
+    float_source = {}
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] not in inits:
+            q = producer.get(n.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                float_source[n.output[0]] = q.input[0]
+    for n in graph.node:
+        if n.op_type in QUANTISED_OPS or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for k, name in enumerate(n.input):
+            if name in float_source:
+                n.input[k] = float_source[name]
+    graph_outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | graph_outputs
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and n.input[0] not in inits and not any(o in used for o in n.output)]
+        if not dead:
+            return model
+        for n in dead:
+            graph.node.remove(n)
+
+
+def _entropy_ranges(model_path, reader, *, num_bins: int = 2048, num_quantized_bins: int = 128) -> dict:
+    """Symmetric KL-divergence thresholds per activation tensor (TensorRT's entropy calibration, 2048 bins).
+
+    References: Migacz, "8-bit Inference with TensorRT", GTC 2017.
+    """
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    inits = {i.name for i in onnx.load(str(model_path)).graph.initializer}
+    with tempfile.TemporaryDirectory(prefix="edgehdr-calib-") as tmp:
+        calibrator = create_calibrator(Path(model_path), list(QUANTISED_OPS),
+                                       augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.Entropy,
+                                       extra_options={"symmetric": True, "num_bins": num_bins,
+                                                      "num_quantized_bins": num_quantized_bins})
+        reader.rewind()
+        calibrator.collect_data(reader)
+        data = calibrator.compute_data()
+    ranges = {}
+    for name, value in data.data.items():
+        if name in inits:
+            continue
+        lo, hi = value.range_value if hasattr(value, "range_value") else value
+        ranges[name] = float(max(abs(float(np.asarray(lo).ravel()[0])), abs(float(np.asarray(hi).ravel()[0])), 1e-8))
+    return ranges
 
 
 def _activation_ranges(path) -> dict:

@@ -6,9 +6,12 @@ to 0 (symmetric) and positive, finite scales; activations quantised per tensor;
 weights quantised per channel on the output-channel axis of their consumer
 (Conv: 0, ConvTranspose: 1, Gemm: 0 with transB=1 else 1, MatMul: the last
 axis); the data and weight inputs of every Conv/ConvTranspose/Gemm coming from
-a DequantizeLinear; both inputs of a quantised Add quantised; no Q/DQ on Resize
-inputs or outputs; every QuantizeLinear feeding DequantizeLinear only. The CPU
-test suite runs this on every quantised model.
+a DequantizeLinear; both inputs of a quantised Add quantised; activation Q/DQ
+only on the inputs of ops TensorRT runs in INT8 (Conv, ConvTranspose, Gemm,
+MatMul, Add), so none on a Resize input (a Q on a Resize *output* that feeds a
+convolution or an Add belongs to that consumer and is allowed); every
+QuantizeLinear feeding DequantizeLinear only. The CPU test suite runs this on
+every quantised model.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["check_qdq_for_tensorrt"]
+__all__ = ["check_qdq_for_tensorrt", "QUANTISED_OPS"]
+
+QUANTISED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
 
 
 def check_qdq_for_tensorrt(model_or_path) -> list[str]:
@@ -89,6 +94,10 @@ def check_qdq_for_tensorrt(model_or_path) -> list[str]:
             src = producer.get(n.input[0])
             if src is not None and src.op_type == "DequantizeLinear":
                 problems.append(f"{n.name}: Resize input comes from DequantizeLinear (no Q/DQ on Resize)")
-            if any(c.op_type == "QuantizeLinear" for c in consumers.get(n.output[0], [])):
-                problems.append(f"{n.name}: Resize output is quantised (no Q/DQ on Resize)")
+    for n in qdq:
+        if n.op_type == "DequantizeLinear" and n.input[0] not in inits:
+            for c in consumers.get(n.output[0], []):
+                if c.op_type not in QUANTISED_OPS and c.op_type != "Resize":
+                    problems.append(f"{c.name or c.output[0]}: {c.op_type} reads a DequantizeLinear output; "
+                                    f"Q/DQ belongs on the inputs of {', '.join(QUANTISED_OPS)} only")
     return problems
