@@ -1,10 +1,16 @@
 """Calibration and held-out data: HDR images (files or synthetic scenes) through the runtime's pre-processing.
 
 PTQ ranges are only as good as the data they are measured on, so calibration
-feeds the network what the runtime stage will feed it: HDR radiance through the
-same pre-processing. Until a model brings its own, the default pre-processing is
-the log encoding the HDR stages use (log2 radiance mapped from [-20, 12] stops
-to [0, 1]) at the network's input size.
+feeds the network what the runtime stage will feed it: HDR radiance or exposure
+brackets through the same pre-processing. A model names its pre-processing in
+its ONNX metadata (``edgehdr.preprocess``); without one it is ``log_radiance``:
+log2 of radiance relative to the median luminance (radiance maps are relative,
+so the encoding is scale-invariant), mapped from [-16, 16] stops to [0, 1], at
+the network's input size. ``bracket_ldr`` stacks the K frames of a
+bracket (code values / full scale, RGB) into 3K channels, shortest exposure first.
+
+Calibration and held-out sets never overlap: synthetic scenes draw from disjoint
+seed ranges, and a folder is split (every fifth file held out).
 """
 
 from __future__ import annotations
@@ -14,15 +20,55 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["log_encode_nchw", "synthetic_hdr", "hdr_files", "CalibrationReader", "batches"]
+__all__ = ["log_encode_nchw", "bracket_nchw", "synthetic_hdr", "synthetic_brackets", "hdr_files", "bracket_folders",
+           "CalibrationReader", "batches", "PREPROCESSING", "preprocessing_of", "model_feeds",
+           "CALIBRATION_SEED", "HOLDOUT_SEED"]
+
+CALIBRATION_SEED = 0
+HOLDOUT_SEED = 100_000  # synthetic held-out scenes start here: disjoint from any calibration set
 
 
-def log_encode_nchw(radiance: np.ndarray, height: int, width: int, *, stops=(-20.0, 12.0)) -> np.ndarray:
-    """HDR radiance (H, W, 3) -> (1, 3, height, width) float32 in [0, 1], log2-encoded."""
+def log_encode_nchw(radiance: np.ndarray, height: int, width: int, *, stops: float = 16.0) -> np.ndarray:
+    """HDR radiance (H, W, 3) -> (1, 3, height, width) float32 in [0, 1]: log2(radiance / median luminance),
+    +-``stops`` mapped to [0, 1] (scale-invariant: a radiance map's absolute scale is arbitrary)."""
     small = cv2.resize(np.asarray(radiance, np.float32), (width, height), interpolation=cv2.INTER_AREA)
-    lo, hi = stops
-    enc = (np.log2(np.maximum(small, 2.0**lo)) - lo) / (hi - lo)
+    luminance = small @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    key = max(float(np.median(luminance)), 1e-12)
+    enc = (np.log2(np.maximum(small / key, 2.0**-stops)) + stops) / (2.0 * stops)
     return np.ascontiguousarray(np.clip(enc, 0.0, 1.0).transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def bracket_nchw(bracket, height: int, width: int) -> np.ndarray:
+    """A bracket (N frames, shortest exposure first) -> (1, 3N, height, width) float32 code values in [0, 1]."""
+    order = np.argsort(np.asarray(bracket.exposure_s) * np.asarray(bracket.gain))
+    full_scale = float(2 ** bracket.bits - 1)
+    planes = []
+    for i in order:
+        frame = cv2.resize(bracket.frames[i], (width, height), interpolation=cv2.INTER_AREA)
+        planes.append(frame.astype(np.float32).transpose(2, 0, 1) / full_scale)
+    return np.ascontiguousarray(np.concatenate(planes)[None], dtype=np.float32)
+
+
+def synthetic_brackets(count: int, frames: int, *, seed: int = 0, height: int = 256, width: int = 384):
+    """``count`` synthetic brackets of ``frames`` exposures each (noisy, with hand shake), seeds from ``seed``."""
+    from edgehdr.synth import capture_bracket, make_scene, random_camera_motion, suggest_exposures
+
+    for i in range(count):
+        scene = make_scene(seed + i, height, width)
+        exposures = suggest_exposures(scene.radiance, n=frames)
+        poses = random_camera_motion(frames, max_shift_px=3.0, seed=seed + i)
+        yield capture_bracket(scene, exposures, seed=seed + i, camera_poses=poses).bracket
+
+
+def bracket_folders(folder):
+    """Brackets from the sub-folders of ``folder`` (one bracket of LDR images per sub-folder, sorted)."""
+    from edgehdr.io import read_ldr_stack
+
+    subdirs = sorted(p for p in Path(folder).iterdir() if p.is_dir())
+    if not subdirs:
+        raise ValueError(f"{folder}: no sub-folders; bracket calibration data is one folder of LDR images per bracket")
+    for d in subdirs:
+        yield read_ldr_stack([d])
 
 
 def synthetic_hdr(count: int, *, seed: int = 0, height: int = 256, width: int = 384):
@@ -53,12 +99,71 @@ def batches(images, input_name: str, shape, preprocess=None):
         yield {input_name: preprocess(rad)}
 
 
+PREPROCESSING = {
+    "log_radiance": {"source": "radiance", "to_nchw": lambda item, shape: log_encode_nchw(item, shape[2], shape[3])},
+    "bracket_ldr": {"source": "bracket", "to_nchw": lambda item, shape: bracket_nchw(item, shape[2], shape[3])},
+}
+
+
+def preprocessing_of(model) -> str:
+    """The pre-processing a model declares in its metadata (``edgehdr.preprocess``), default ``log_radiance``."""
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    name = {p.key: p.value for p in model.metadata_props}.get("edgehdr.preprocess", "log_radiance")
+    if name not in PREPROCESSING:
+        raise ValueError(f"model metadata edgehdr.preprocess={name!r}; known: {', '.join(PREPROCESSING)}")
+    return name
+
+
+def model_feeds(model_path, source, count: int, *, role: str = "calibration") -> tuple[list[dict], dict]:
+    """Feeds for a model from ``source`` ('synth' or a folder) and a description for the manifest.
+
+    ``role`` is 'calibration' or 'holdout': synthetic data comes from disjoint seed
+    ranges; a folder gives every fifth item to the held-out set and the rest to
+    calibration. The model's single image input decides the shape.
+    """
+    import onnx
+
+    if role not in ("calibration", "holdout"):
+        raise ValueError(f"role must be 'calibration' or 'holdout', got {role!r}")
+    model = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in inits]
+    if len(inputs) != 1:
+        raise ValueError(f"{model_path}: calibration feeds one image input, the model has {[v.name for v in inputs]}")
+    shape = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    if len(shape) != 4 or any(d <= 0 for d in shape):
+        raise ValueError(f"{model_path}: input {inputs[0].name} shape {shape}; calibration needs a static NCHW shape")
+    kind = preprocessing_of(model)
+    spec = PREPROCESSING[kind]
+    if source == "synth":
+        seed = CALIBRATION_SEED if role == "calibration" else HOLDOUT_SEED
+        items = (synthetic_hdr(count, seed=seed) if spec["source"] == "radiance"
+                 else synthetic_brackets(count, shape[1] // 3, seed=seed))
+        description = {"source": "synthetic scenes", "seeds": [seed, seed + count - 1]}
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise ValueError(f"calibration source {source!r}: neither 'synth' nor a folder")
+        every = list(hdr_files(folder) if spec["source"] == "radiance" else bracket_folders(folder))
+        picked = [x for i, x in enumerate(every) if (i % 5 == 4) == (role == "holdout")]
+        items = picked[:count]
+        description = {"source": str(folder), "split": "every 5th item held out"}
+    feeds = [{inputs[0].name: spec["to_nchw"](item, shape)} for item in items]
+    if not feeds:
+        raise ValueError(f"{source}: no {role} samples (a folder needs at least 5 items to hold one out)")
+    description.update(role=role, samples=len(feeds), preprocess=kind)
+    return feeds, description
+
+
 class CalibrationReader:
     """ONNX Runtime ``CalibrationDataReader`` over a list of feeds (re-iterable via ``rewind``)."""
 
-    def __init__(self, feeds):
+    def __init__(self, feeds, description: dict | None = None):
         self.feeds = list(feeds)
-        self.description = {"samples": len(self.feeds)}
+        self.description = {"samples": len(self.feeds), **(description or {})}
         self._it = iter(self.feeds)
 
     def get_next(self):

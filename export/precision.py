@@ -12,6 +12,8 @@ for and installed.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from export.checks import topological_sort
 # QUANTISED_OPS: ops whose inputs get Q/DQ pairs (TensorRT runs them in INT8); everything else reads float.
 from export.trt_check import QUANTISED_OPS
 
-__all__ = ["to_fp16", "quantize_int8", "CALIBRATION_METHODS", "QUANTISED_OPS", "FP16_KEEP_FP32"]
+__all__ = ["to_fp16", "quantize_int8", "scalar_heads", "CALIBRATION_METHODS", "QUANTISED_OPS", "FP16_KEEP_FP32"]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Ops whose range or precision FP16 tends to break; they stay in FP32 with casts around them.
@@ -46,10 +48,24 @@ def to_fp16(path_in, path_out, *, keep_fp32=None) -> dict:
 
 
 def quantize_int8(path_in, path_out, reader, *, method: str = "entropy", percentile: float = 99.999,
-                  per_channel: bool = True, backend: str = "onnxruntime") -> dict:
-    """Explicit Q/DQ INT8 model from a calibration reader; returns a description for the manifest."""
+                  per_channel: bool = True, backend: str = "onnxruntime", keep_float="auto") -> dict:
+    """Explicit Q/DQ INT8 model from a calibration reader; returns a description for the manifest.
+
+    ``method``: minmax, entropy, percentile, or auto (each tried, the closest to FP32 on
+    a split of the calibration data kept; see ``_quantize_auto``).
+
+    ``keep_float``: names of nodes left unquantised (TensorRT runs them in FP16/FP32);
+    'auto' keeps score heads (``scalar_heads``), ``()`` quantises everything.
+    """
+    if isinstance(keep_float, str):
+        if keep_float != "auto":
+            raise ValueError(f"keep_float must be 'auto' or a list of node names, got {keep_float!r}")
+        keep_float = scalar_heads(path_in)
+    if method == "auto":
+        return _quantize_auto(path_in, path_out, reader, percentile=percentile, per_channel=per_channel,
+                              backend=backend, keep_float=keep_float)
     if method not in CALIBRATION_METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
+        raise ValueError(f"unknown calibration method {method!r}; use one of auto, {', '.join(CALIBRATION_METHODS)}")
     path_in, path_out = Path(path_in), Path(path_out)
     if backend == "modelopt":
         return _quantize_modelopt(path_in, path_out, reader, method)
@@ -79,10 +95,11 @@ def quantize_int8(path_in, path_out, reader, *, method: str = "entropy", percent
                                              for name, t in ranges.items()}
             cal = CalibrationMethod.MinMax
             reader.rewind()
-        quantize_static(str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(QUANTISED_OPS),
-                        per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=cal, extra_options=extra)
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress to stdout
+            quantize_static(str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(QUANTISED_OPS),
+                            per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=cal, nodes_to_exclude=list(keep_float), extra_options=extra)
         model = _float_inputs_for_float_ops(onnx.load(str(tmp)))
         onnx.checker.check_model(model)
         from edgehdr.io.atomic import write_bytes_atomic
@@ -94,7 +111,7 @@ def quantize_int8(path_in, path_out, reader, *, method: str = "entropy", percent
     ranges = _activation_ranges(path_out)
     return {"precision": "int8", "format": "QDQ", "method": method, "samples": len(reader),
             "percentile": percentile if method == "percentile" else None, "per_channel": per_channel,
-            "symmetric": True, "activation_ranges": ranges}
+            "symmetric": True, "kept_float": list(keep_float), "activation_ranges": ranges}
 
 
 def _float_inputs_for_float_ops(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -131,6 +148,78 @@ def _float_inputs_for_float_ops(model: onnx.ModelProto) -> onnx.ModelProto:
             graph.node.remove(n)
 
 
+def scalar_heads(path) -> list[str]:
+    """The last Conv/ConvTranspose/Gemm/MatMul before each output of <= 4 values (a score head).
+
+    Its output error maps one-to-one onto the score, and it costs next to nothing in
+    FP16, so ``keep_float='auto'`` leaves it unquantised: the usual PTQ practice of
+    keeping a regression head in higher precision.
+    """
+    model = onnx.load(str(path))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    heads = []
+    for out in model.graph.output:
+        dims = [d.dim_value for d in out.type.tensor_type.shape.dim]
+        if not dims or any(d <= 0 for d in dims) or int(np.prod(dims)) > 4:
+            continue
+        stack, seen = [out.name], set()
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in QUANTISED_OPS and node.op_type != "Add":
+                heads.append(node.name)
+                continue
+            stack.extend(i for i in node.input if i in producer)
+    return sorted(set(heads))
+
+
+def _quantize_auto(path_in, path_out, reader, **options) -> dict:
+    """Quantise with every calibration method and keep the one closest to FP32 on a selection split.
+
+    Ranges are calibrated on the first three quarters of the calibration feeds; each
+    candidate is scored on the last quarter by what the validation budget measures:
+    image outputs by their mean squared error against FP32 normalised by the FP32
+    variance, scalar outputs (scores) by their largest absolute error. The held-out validation set is not
+    touched, so the accuracy reported afterwards is not biased by the choice. The
+    winner is then re-quantised on all calibration feeds.
+    """
+    import onnxruntime as ort
+
+    from export.calibration import CalibrationReader
+
+    feeds = list(reader.feeds)
+    if len(feeds) < 4:
+        raise ValueError(f"calibration method 'auto' needs at least 4 calibration samples, got {len(feeds)}")
+    cut = (3 * len(feeds)) // 4
+    fit, select = CalibrationReader(feeds[:cut]), feeds[cut:]
+    ref = ort.InferenceSession(str(path_in), providers=["CPUExecutionProvider"])
+    names = [o.name for o in ref.get_outputs()]
+    reference = [ref.run(names, f) for f in select]
+    scores = {}
+    path_out = Path(path_out)
+    trial = path_out.with_name(f".{path_out.stem}.trial.onnx")
+    try:
+        for method in CALIBRATION_METHODS:
+            quantize_int8(path_in, trial, fit, method=method, **options)
+            cand = ort.InferenceSession(str(trial), providers=["CPUExecutionProvider"])
+            image_err, scalar_err = 0.0, 0.0
+            for f, ref_out in zip(select, reference):
+                for r, c in zip(ref_out, cand.run(names, f)):
+                    if r.size > 4:  # images: MSE relative to the FP32 variance (the PSNR budget's quantity)
+                        image_err += float(np.mean((c - r) ** 2) / max(float(np.var(r)), 1e-12)) / len(select)
+                    else:  # scores: the worst absolute error (the budget's quantity)
+                        scalar_err = max(scalar_err, float(np.abs(c - r).max()))
+            scores[method] = image_err + scalar_err
+    finally:
+        trial.unlink(missing_ok=True)
+    best = min(scores, key=scores.get)
+    described = quantize_int8(path_in, path_out, reader, method=best, **options)
+    described.update(method_selected_by="auto", selection_error=scores, selection_samples=len(select))
+    return described
+
+
 def _entropy_ranges(model_path, reader, *, num_bins: int = 2048, num_quantized_bins: int = 128) -> dict:
     """Symmetric KL-divergence thresholds per activation tensor (TensorRT's entropy calibration, 2048 bins).
 
@@ -148,8 +237,9 @@ def _entropy_ranges(model_path, reader, *, num_bins: int = 2048, num_quantized_b
                                        extra_options={"symmetric": True, "num_bins": num_bins,
                                                       "num_quantized_bins": num_quantized_bins})
         reader.rewind()
-        calibrator.collect_data(reader)
-        data = calibrator.compute_data()
+        with contextlib.redirect_stdout(io.StringIO()):  # progress prints
+            calibrator.collect_data(reader)
+            data = calibrator.compute_data()
     ranges = {}
     for name, value in data.data.items():
         if name in inits:

@@ -81,7 +81,8 @@ def score_net(path, *, height: int = 64, width: int = 64, seed: int = 1, opset: 
         x, in_ch = f"relu{i}", out_ch
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["pooled"], name="pool"))
     nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], axis=1, name="flatten"))
-    wg = (rng.standard_normal((1, in_ch)) * np.sqrt(1.0 / in_ch)).astype(np.float32)
+    # head gain: the logit spans a few units over natural images, so scores spread over (0, 1) like a metric's
+    wg = (rng.standard_normal((1, in_ch)) * 12.0 / np.sqrt(in_ch)).astype(np.float32)
     inits += [numpy_helper.from_array(wg, "fc.weight"), numpy_helper.from_array(np.zeros(1, np.float32), "fc.bias")]
     nodes.append(helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logit"], transB=1, name="fc"))
     nodes.append(helper.make_node("Sigmoid", ["logit"], ["score"], name="sigmoid"))

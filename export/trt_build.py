@@ -18,12 +18,44 @@ from edgehdr.infer.base import BackendUnavailable
 from edgehdr.infer.manifest import Manifest, sha256_file
 from export.checks import io_specs
 
-__all__ = ["build_engine"]
+__all__ = ["build_engine", "engine_source", "trt_major"]
+
+
+def trt_major() -> int:
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailable("TensorRT is not installed; build engines on the Jetson (JetPack) with "
+                                 "edgehdr-export build MODEL.onnx --target trt") from exc
+    return int(trt.__version__.split(".")[0])
+
+
+def engine_source(fp32_onnx, converted_onnx, precision: str, strongly_typed: bool | None = None):
+    """Which ONNX file to parse, and whether strongly typed, for an engine of ``precision``.
+
+    TensorRT 11 removed the FP16/INT8 builder flags: every network is strongly typed and
+    its precision comes from the graph (the FP16 ONNX, the Q/DQ ONNX). TensorRT 10
+    (JetPack 6) defaults to weak typing: FP16 engines from the FP32 graph with the FP16
+    flag (TensorRT keeps a layer in FP32 where FP16 is slower or unsupported; DLA needs
+    the flag), INT8 from the Q/DQ graph with INT8+FP16 flags so the layers between Q/DQ
+    pairs run in FP16 rather than FP32.
+    """
+    major = trt_major()
+    if strongly_typed is None:
+        strongly_typed = major >= 11
+    if not strongly_typed and major >= 11:
+        raise ValueError(f"TensorRT {major}.x builds strongly typed networks only; drop --no-strongly-typed")
+    if precision == "fp32":
+        return Path(fp32_onnx), strongly_typed
+    if precision == "fp16":
+        return (Path(converted_onnx) if strongly_typed else Path(fp32_onnx)), strongly_typed
+    return Path(converted_onnx), strongly_typed
 
 
 def build_engine(onnx_path, out_dir, *, precision: str = "fp16", strongly_typed: bool | None = None,
                  workspace_mb: int = 1024, dla_core: int | None = None, timing_cache=None, profile: dict | None = None,
-                 model_name: str | None = None, model_version: str = "0", calibration: dict | None = None) -> Path:
+                 model_name: str | None = None, model_version: str = "0", calibration: dict | None = None,
+                 source_onnx_sha256: str | None = None) -> Path:
     """Build ``OUT_DIR/<name>.<precision>.engine`` (+ ``.manifest.json``); returns the engine path.
 
     ``precision``: fp32, fp16 or int8 (int8 expects a Q/DQ model; it is built strongly
@@ -41,7 +73,7 @@ def build_engine(onnx_path, out_dir, *, precision: str = "fp16", strongly_typed:
     out_dir.mkdir(parents=True, exist_ok=True)
     name = model_name or onnx_path.stem
     if strongly_typed is None:
-        strongly_typed = precision == "int8"
+        strongly_typed = int(trt.__version__.split(".")[0]) >= 11
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
@@ -96,7 +128,7 @@ def build_engine(onnx_path, out_dir, *, precision: str = "fp16", strongly_typed:
         props = {"device_name": None, "compute_capability": None}
     specs = io_specs(onnx.load(str(onnx_path)))
     Manifest(model_name=name, model_version=model_version, artefact=engine_path.name, format="tensorrt",
-             precision=precision, source_onnx_sha256=sha256_file(onnx_path), inputs=specs["inputs"],
+             precision=precision, source_onnx_sha256=source_onnx_sha256 or sha256_file(onnx_path), inputs=specs["inputs"],
              outputs=specs["outputs"], calibration=calibration or {}, tensorrt_version=trt.__version__,
              build_flags={"strongly_typed": strongly_typed, "workspace_mb": workspace_mb, "dla_core": dla_core,
                           "profile": profile, "build_seconds": round(build_s, 2)},

@@ -25,8 +25,13 @@ __all__ = ["check_qdq_for_tensorrt", "QUANTISED_OPS"]
 QUANTISED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
 
 
-def check_qdq_for_tensorrt(model_or_path) -> list[str]:
-    """List of violations (empty when the model is fit for TensorRT)."""
+def check_qdq_for_tensorrt(model_or_path, *, float_nodes=()) -> list[str]:
+    """List of violations (empty when the model is fit for TensorRT).
+
+    ``float_nodes``: nodes deliberately left unquantised (``quantize_int8(keep_float=...)``);
+    TensorRT runs them in FP16/FP32, so their inputs need no Q/DQ.
+    """
+    float_nodes = set(float_nodes)
     model = onnx.load(str(model_or_path)) if not isinstance(model_or_path, onnx.ModelProto) else model_or_path
     problems = []
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
@@ -81,7 +86,7 @@ def check_qdq_for_tensorrt(model_or_path) -> list[str]:
                     problems.append(f"{c.name}: weight quantised on axis {attr(n, 'axis', 1)}, output channels are "
                                     f"axis {expected}")
     for n in model.graph.node:
-        if n.op_type in ("Conv", "ConvTranspose", "Gemm"):
+        if n.op_type in ("Conv", "ConvTranspose", "Gemm") and n.name not in float_nodes:
             for k in (0, 1):
                 src = producer.get(n.input[k])
                 if src is None or src.op_type != "DequantizeLinear":

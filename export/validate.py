@@ -26,7 +26,8 @@ def compare_runners(reference, candidate, feeds, *, task_metric=None) -> dict:
         cand_all.append(out)
         for name, value in ref.items():
             acc = per_output.setdefault(name, {"max_abs": 0.0, "sum_abs": 0.0, "sum_sq": 0.0, "n": 0,
-                                              "lo": math.inf, "hi": -math.inf})
+                                              "lo": math.inf, "hi": -math.inf,
+                                              "elements": int(np.asarray(value).size)})
             diff = np.asarray(out[name], np.float64) - np.asarray(value, np.float64)
             acc["max_abs"] = max(acc["max_abs"], float(np.abs(diff).max()))
             acc["sum_abs"] += float(np.abs(diff).sum())
@@ -40,25 +41,29 @@ def compare_runners(reference, candidate, feeds, *, task_metric=None) -> dict:
         peak = max(acc["hi"] - acc["lo"], 1e-12)
         report["outputs"][name] = {"max_abs_error": acc["max_abs"], "mean_abs_error": acc["sum_abs"] / max(acc["n"], 1),
                                    "psnr_db": float("inf") if mse == 0 else 10 * math.log10(peak * peak / mse),
-                                   "fp32_range": [acc["lo"], acc["hi"]]}
+                                   "fp32_range": [acc["lo"], acc["hi"]], "elements": acc["elements"]}
     if task_metric is not None:
         report["task"] = task_metric(ref_all, cand_all)
     return report
 
 
 def write_report(report: dict, out_base, *, title: str) -> list[Path]:
-    """``OUT_BASE.json`` and ``OUT_BASE.md`` (atomic)."""
+    """``OUT_BASE.json`` and ``OUT_BASE.md`` (atomic; a .json/.md suffix on ``out_base`` is dropped)."""
     from edgehdr.io.atomic import write_text_atomic
 
     out_base = Path(out_base)
+    if out_base.suffix in (".json", ".md"):
+        out_base = out_base.with_suffix("")
+    json_path, md_path = Path(f"{out_base}.json"), Path(f"{out_base}.md")
     lines = [f"# {title}", "", f"{report['samples']} held-out samples.", "",
              "| output | max abs error | mean abs error | PSNR dB | FP32 range |", "| --- | ---: | ---: | ---: | --- |"]
     for name, r in report["outputs"].items():
-        lines.append(f"| {name} | {r['max_abs_error']:.3g} | {r['mean_abs_error']:.3g} | {r['psnr_db']:.2f} | "
+        psnr = "n/a (score)" if r.get("scalar") else f"{r['psnr_db']:.2f}"
+        lines.append(f"| {name} | {r['max_abs_error']:.3g} | {r['mean_abs_error']:.3g} | {psnr} | "
                      f"{r['fp32_range'][0]:.3g} .. {r['fp32_range'][1]:.3g} |")
-    if "task" in report:
+    if report.get("task"):
         lines += ["", f"Task metric: {json.dumps(report['task'])}"]
     if "budget" in report:
         lines += ["", f"Budget: {report['budget']['rule']} -> {'PASS' if report['budget']['passed'] else 'FAIL'}"]
-    return [write_text_atomic(out_base.with_suffix(".json"), json.dumps(report, indent=2, default=float)),
-            write_text_atomic(out_base.with_suffix(".md"), "\n".join(lines) + "\n")]
+    return [write_text_atomic(json_path, json.dumps(report, indent=2, default=float)),
+            write_text_atomic(md_path, "\n".join(lines) + "\n")]

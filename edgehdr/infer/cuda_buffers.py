@@ -30,19 +30,34 @@ def device_properties(index: int = 0) -> dict:
 
 
 class CudaContext:
-    """A CUDA context and stream owned by one runner."""
+    """A CUDA context and stream owned by one runner.
+
+    The context is not left current on the creating thread: every use is wrapped in
+    ``with ctx:`` (push ... pop), so a runner loaded on one thread can run frames on
+    another (the pipeline's stage threads).
+    """
 
     def __init__(self, index: int = 0):
         self.cuda = _cuda()
         self.cuda.init()
         if self.cuda.Device.count() <= index:
-            raise BackendUnavailable(f"no CUDA device {index}")
-        self.context = self.cuda.Device(index).make_context()
-        self.stream = self.cuda.Stream()
+            raise BackendUnavailable(f"no CUDA device {index} (found {self.cuda.Device.count()})")
+        self.context = self.cuda.Device(index).make_context()  # created current on this thread
+        try:
+            self.stream = self.cuda.Stream()
+        finally:
+            self.context.pop()
+
+    def __enter__(self) -> "CudaContext":
+        self.context.push()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cuda.Context.pop()
 
     def close(self) -> None:
         if self.context is not None:
-            self.context.pop()
+            self.stream = None
             self.context.detach()
             self.context = None
 

@@ -69,8 +69,20 @@ class TensorRTRunner(Runner):
         props = device_properties(self.device)
         check_engine_manifest(self.manifest, trt_version=trt.__version__, engine_path=self.engine_path, **props)
         self._ctx = CudaContext(self.device)
+        try:
+            with self._ctx:
+                self._create(trt, DeviceBuffer)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _create(self, trt, DeviceBuffer) -> None:
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
+        dla_core = (self.manifest.build_flags or {}).get("dla_core")
+        if dla_core is not None:
+            runtime.DLA_core = int(dla_core)  # a DLA engine deserialises onto the core it was built for
         self._engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self._engine is None:
             raise EngineMismatch(f"{self.engine_path}: TensorRT could not deserialise the engine; rebuild it")
@@ -83,13 +95,13 @@ class TensorRTRunner(Runner):
                                      "engine with a fixed profile for the runtime stage")
             dtype = trt.nptype(self._engine.get_tensor_dtype(name))
             buf = DeviceBuffer(self._ctx, shape, dtype)
-            self._context.set_tensor_address(name, buf.address)
             self._buffers[name] = buf
+            if not self._context.set_tensor_address(name, buf.address):
+                raise RuntimeError(f"{self.engine_path.name}: set_tensor_address({name}) failed")
             if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 self._inputs.append(name)
             else:
                 self._outputs.append(name)
-        return self
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._context is None:
@@ -97,15 +109,17 @@ class TensorRTRunner(Runner):
         if set(feed) != set(self._inputs):
             raise ValueError(f"{self.engine_path.name}: inputs {sorted(feed)} do not match {sorted(self._inputs)}")
         for name in self._inputs:
-            buf = self._buffers[name]
-            if feed[name].shape != buf.host.shape:
-                raise ValueError(f"input {name}: shape {feed[name].shape}, engine expects {buf.host.shape}")
-            buf.upload(feed[name])
-        if not self._context.execute_async_v3(self._ctx.stream.handle):
-            raise RuntimeError(f"{self.engine_path.name}: execute_async_v3 failed")
-        for name in self._outputs:
-            self._buffers[name].download()
-        self._ctx.stream.synchronize()
+            if feed[name].shape != self._buffers[name].host.shape:
+                raise ValueError(f"input {name}: shape {feed[name].shape}, engine expects "
+                                 f"{self._buffers[name].host.shape}")
+        with self._ctx:
+            for name in self._inputs:
+                self._buffers[name].upload(feed[name])
+            if not self._context.execute_async_v3(self._ctx.stream.handle):
+                raise RuntimeError(f"{self.engine_path.name}: execute_async_v3 failed")
+            for name in self._outputs:
+                self._buffers[name].download()
+            self._ctx.stream.synchronize()
         return {name: self._buffers[name].host.copy() for name in self._outputs}
 
     def describe(self) -> dict:
@@ -116,10 +130,13 @@ class TensorRTRunner(Runner):
                 "outputs": {n: list(self._buffers[n].host.shape) for n in self._outputs}}
 
     def close(self) -> None:
-        for buf in self._buffers.values():
-            buf.free()
-        self._buffers.clear()
-        self._context = self._engine = None
-        if self._ctx is not None:
+        if self._ctx is not None and self._ctx.context is not None:
+            with self._ctx:  # free device memory and TensorRT objects with their context current
+                for buf in self._buffers.values():
+                    buf.free()
+                self._context = self._engine = None
             self._ctx.close()
-            self._ctx = None
+        self._buffers.clear()
+        self._inputs, self._outputs = [], []
+        self._context = self._engine = None
+        self._ctx = None
