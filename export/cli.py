@@ -6,6 +6,7 @@ Sub-commands::
     edgehdr-export validate FP32.onnx CANDIDATE.(onnx|engine) [--data synth|DIR] -o REPORT
     edgehdr-export bench MODEL_OR_DIR [--runs N]
     edgehdr-export inspect MODEL.onnx|ENGINE
+    edgehdr-export device-suite -o engines/      (on the Jetson)
 
 Nothing here trains. ``build --target trt`` needs TensorRT (build on the target
 device: engines are not portable across GPUs or TensorRT versions); everything
@@ -437,6 +438,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = default)")
     p.add_argument("--json", type=Path, default=None)
 
+    p = sub.add_parser("device-suite", help="on the Jetson: build all zoo engines, validate vs ONNX Runtime, "
+                                            "print the table")
+    p.add_argument("--precisions", default="fp16,int8")
+    p.add_argument("--dla", type=int, default=None, metavar="CORE")
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--models", type=Path, nargs="*", default=None, help="default: edgehdr/models + test nets")
+    p.add_argument("-o", "--out", type=Path, required=True)
+
     p = sub.add_parser("inspect", help="what a model or engine expects and what it was built for")
     p.add_argument("path", type=Path)
     return parser
@@ -471,6 +480,12 @@ def main(argv=None) -> int:
 
                 write_text_atomic(args.json, json.dumps(rows, indent=2))
             return 0
+        if args.command == "device-suite":
+            from export.device_suite import run_device_suite
+
+            result = run_device_suite(args.out, precisions=tuple(args.precisions.split(",")), dla_core=args.dla,
+                                      runs=args.runs, models=args.models)
+            return 0 if all(r.get("within_budget") for r in result["rows"]) else 1
         if args.command == "inspect":
             print(json.dumps(inspect(args.path), indent=2, default=str))
             return 0

@@ -1,0 +1,126 @@
+"""Inference runners: real ONNX Runtime sessions against OpenCV DNN, backend selection, manifests, TensorRT."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from edgehdr.infer import EngineMismatch, Manifest, OnnxRuntimeRunner, best_providers, open_runner, sha256_file
+from edgehdr.infer.trt import check_engine_manifest
+from export.testnets import image_net, score_net
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("nets")
+    return {"image": image_net(d / "image.onnx", height=48, width=64), "score": score_net(d / "score.onnx")}
+
+
+@pytest.mark.parametrize("which", ["image", "score"])
+def test_onnxruntime_runner_matches_opencv_dnn(nets, which):
+    """Two independent inference engines agree on the same graph (ORT vs OpenCV's DNN module)."""
+    path = nets[which]
+    with OnnxRuntimeRunner(path, intra_op_threads=1) as runner:
+        desc = runner.describe()
+        shape = desc["inputs"][0]["shape"]
+        x = np.random.default_rng(3).random(shape, dtype=np.float32)
+        out = runner.run({"image": x})
+    net = cv2.dnn.readNetFromONNX(str(path))
+    net.setInput(x)
+    reference = net.forward()
+    (name, value), = out.items()
+    assert value.shape == reference.shape
+    np.testing.assert_allclose(value, reference, atol=2e-5)
+    assert desc["providers"] == ["CPUExecutionProvider"] and desc["threads"]["intra_op"] == 1
+    assert 0.0 < float(value.min()) and float(value.max()) < 1.0  # sigmoid outputs
+
+
+def test_onnxruntime_runner_rejects_bad_input(nets, tmp_path):
+    with OnnxRuntimeRunner(nets["score"]) as runner:
+        with pytest.raises(ValueError, match="do not match"):
+            runner.run({"picture": np.zeros((1, 3, 64, 64), np.float32)})
+    with pytest.raises(FileNotFoundError, match="no such ONNX model"):
+        OnnxRuntimeRunner(tmp_path / "missing.onnx").load()
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(ValueError, match="broken.onnx"):
+        OnnxRuntimeRunner(bad).load()
+
+
+def test_best_providers_order():
+    assert best_providers(["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]) == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert best_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert best_providers(["AzureExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def _engine_manifest(**changes):
+    base = dict(model_name="image", artefact="image.fp16.engine", format="tensorrt", precision="fp16",
+                tensorrt_version="10.3.0", device_name="Orin", compute_capability="8.7")
+    base.update(changes)
+    return Manifest(**base)
+
+
+def test_engine_manifest_check_says_how_to_rebuild():
+    check_engine_manifest(_engine_manifest(), trt_version="10.3.0", device_name="Orin", compute_capability="8.7")
+    with pytest.raises(EngineMismatch, match=r"built with TensorRT 10\.3\.0, running 10\.7\.0.*edgehdr-export build"):
+        check_engine_manifest(_engine_manifest(), trt_version="10.7.0", device_name="Orin", compute_capability="8.7")
+    with pytest.raises(EngineMismatch, match=r"compute capability 8\.7 \(Orin\), this GPU is 9\.0.*--precision fp16"):
+        check_engine_manifest(_engine_manifest(), trt_version="10.3.0", device_name="H100", compute_capability="9.0")
+    with pytest.raises(EngineMismatch, match="not 'tensorrt'"):
+        check_engine_manifest(_engine_manifest(format="onnx"), trt_version="10.3.0", device_name="Orin",
+                              compute_capability="8.7")
+
+
+def test_manifest_round_trip_and_errors(tmp_path, nets):
+    m = _engine_manifest(source_onnx_sha256=sha256_file(nets["image"]), build_flags={"dla_core": None})
+    path = m.save(tmp_path / "image.fp16.engine.manifest.json")
+    assert Manifest.path_for(tmp_path / "image.fp16.engine") == path
+    assert Manifest.load(path) == m
+    path.write_text('{"model_name": "x", "colour": 1}')
+    with pytest.raises(ValueError, match="unknown manifest fields.*colour"):
+        Manifest.load(path)
+    with pytest.raises(FileNotFoundError, match="no manifest"):
+        Manifest.load(tmp_path / "none.json")
+
+
+def test_open_runner_falls_back_past_an_unusable_engine(nets, tmp_path, caplog):
+    """An engine that cannot be used here (no TensorRT, or built elsewhere) is skipped with its reason logged."""
+    engine = tmp_path / "image.fp16.engine"
+    engine.write_bytes(b"\0" * 64)
+    _engine_manifest(compute_capability="0.0").save(Manifest.path_for(engine))
+    with caplog.at_level(logging.INFO, logger="edgehdr.infer"):
+        runner = open_runner(nets["image"], engine_dir=tmp_path)
+    try:
+        assert isinstance(runner, OnnxRuntimeRunner)
+        assert "not using engine" in caplog.text and "image.fp16.engine" in caplog.text
+        x = np.random.default_rng(0).random((1, 3, 48, 64), dtype=np.float32)
+        with OnnxRuntimeRunner(nets["image"]) as cpu:
+            np.testing.assert_array_equal(runner.run({"image": x})["output"], cpu.run({"image": x})["output"])
+    finally:
+        runner.close()
+    cpu_runner = open_runner(nets["image"], prefer="cpu")
+    assert cpu_runner.describe()["providers"] == ["CPUExecutionProvider"]
+
+
+@pytest.mark.skipif(not HAVE_TRT, reason="TensorRT and pycuda are not installed (a Jetson or a CUDA machine with "
+                                         "pip install 'edgehdr[trt]' runs this)")
+def test_tensorrt_engine_matches_onnxruntime(nets, tmp_path):
+    from edgehdr.infer.trt import TensorRTRunner
+    from export.trt_build import build_engine
+
+    engine = build_engine(nets["image"], tmp_path, precision="fp32")
+    manifest = Manifest.load(Manifest.path_for(engine))
+    assert manifest.format == "tensorrt" and manifest.source_onnx_sha256 == sha256_file(nets["image"])
+    x = np.random.default_rng(1).random((1, 3, 48, 64), dtype=np.float32)
+    with TensorRTRunner(engine) as trt_runner, OnnxRuntimeRunner(nets["image"]) as ort_runner:
+        first = trt_runner.run({"image": x})["output"]
+        again = trt_runner.run({"image": x})["output"]  # buffers reused across frames
+        np.testing.assert_allclose(first, ort_runner.run({"image": x})["output"], atol=1e-3)
+        np.testing.assert_array_equal(first, again)
