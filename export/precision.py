@@ -61,14 +61,14 @@ def quantize_int8(path_in, path_out, reader, *, method: str = "entropy", percent
         if keep_float != "auto":
             raise ValueError(f"keep_float must be 'auto' or a list of node names, got {keep_float!r}")
         keep_float = scalar_heads(path_in)
+    if backend == "modelopt":
+        return _quantize_modelopt(Path(path_in), Path(path_out), reader, method, keep_float)
     if method == "auto":
         return _quantize_auto(path_in, path_out, reader, percentile=percentile, per_channel=per_channel,
                               backend=backend, keep_float=keep_float)
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r}; use one of auto, {', '.join(CALIBRATION_METHODS)}")
     path_in, path_out = Path(path_in), Path(path_out)
-    if backend == "modelopt":
-        return _quantize_modelopt(path_in, path_out, reader, method)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -262,15 +262,23 @@ def _activation_ranges(path) -> dict:
     return ranges
 
 
-def _quantize_modelopt(path_in, path_out, reader, method):
+def _quantize_modelopt(path_in, path_out, reader, method, keep_float=()):
+    """NVIDIA ModelOpt's ONNX PTQ (its Q/DQ follows TensorRT's rules; the rest of the graph goes to FP16, which
+    strongly typed TensorRT builds need). ModelOpt calibrates INT8 with 'entropy' (its default) or 'max'."""
     try:
         from modelopt.onnx.quantization import quantize
     except ImportError as exc:
-        raise RuntimeError("NVIDIA ModelOpt is not installed: pip install nvidia-modelopt[onnx]") from exc
+        raise RuntimeError("NVIDIA ModelOpt is not installed: pip install 'edgehdr[modelopt]'") from exc
+    methods = {"auto": "entropy", "entropy": "entropy", "minmax": "max"}
+    if method not in methods:
+        raise ValueError(f"ModelOpt calibrates INT8 with entropy or minmax (max), not {method!r}")
     reader.rewind()
-    feeds = [f for f in iter(reader.get_next, None)]
-    name = list(feeds[0])[0]
-    data = np.concatenate([f[name] for f in feeds])
-    quantize(onnx_path=str(path_in), quantize_mode="int8", calibration_data={name: data},
-             calibration_method="max" if method == "minmax" else method, output_path=str(path_out))
-    return {"precision": "int8", "format": "QDQ", "method": method, "backend": "modelopt", "samples": len(feeds)}
+    feeds = list(iter(reader.get_next, None))
+    if not feeds:
+        raise ValueError("no calibration samples")
+    data = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
+    quantize(onnx_path=str(path_in), quantize_mode="int8", calibration_data=data,
+             calibration_method=methods[method], calibration_eps=["cpu"], nodes_to_exclude=list(keep_float) or None,
+             output_path=str(path_out))
+    return {"precision": "int8", "format": "QDQ", "method": methods[method], "backend": "modelopt",
+            "samples": len(feeds), "kept_float": list(keep_float)}
