@@ -28,14 +28,10 @@ __all__ = ["run_device_suite", "suite_models", "preflight"]
 
 def preflight() -> dict:
     """TensorRT version, CUDA device and DLA cores, or ``BackendUnavailable`` naming what is missing."""
-    from edgehdr.infer.base import BackendUnavailable
     from edgehdr.infer.cuda_buffers import device_properties
+    from edgehdr.infer.trt import import_tensorrt
 
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailable("the device suite needs TensorRT: run it on the Jetson (JetPack 6 ships "
-                                 "python3-libnvinfer) or pip install 'edgehdr[trt]' on a CUDA machine") from exc
+    trt = import_tensorrt()
     props = device_properties(0)
     builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
     return {"tensorrt_version": trt.__version__, "dla_cores": int(builder.num_DLA_cores),

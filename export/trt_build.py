@@ -16,18 +16,14 @@ import onnx
 
 from edgehdr.infer.base import BackendUnavailable
 from edgehdr.infer.manifest import Manifest, sha256_file
+from edgehdr.infer.trt import import_tensorrt
 from export.checks import io_specs
 
 __all__ = ["build_engine", "engine_source", "trt_major"]
 
 
 def trt_major() -> int:
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailable("TensorRT is not installed; build engines on the Jetson (JetPack) with "
-                                 "edgehdr-export build MODEL.onnx --target trt") from exc
-    return int(trt.__version__.split(".")[0])
+    return int(import_tensorrt().__version__.split(".")[0])
 
 
 def engine_source(fp32_onnx, converted_onnx, precision: str, strongly_typed: bool | None = None):
@@ -62,11 +58,7 @@ def build_engine(onnx_path, out_dir, *, precision: str = "fp16", strongly_typed:
     typed unless ``strongly_typed=False``). ``profile`` maps dynamic input names to
     ``(min, opt, max)`` shapes. ``timing_cache`` is a file read before and written after.
     """
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailable("TensorRT is not installed; build engines on the Jetson (JetPack) with "
-                                 "edgehdr-export build MODEL.onnx --target trt") from exc
+    trt = import_tensorrt()
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"precision must be fp32, fp16 or int8, got {precision!r}")
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)

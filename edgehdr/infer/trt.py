@@ -16,15 +16,18 @@ import numpy as np
 from edgehdr.infer.base import BackendUnavailable, EngineMismatch, Runner
 from edgehdr.infer.manifest import Manifest
 
-__all__ = ["TensorRTRunner", "check_engine_manifest"]
+__all__ = ["TensorRTRunner", "check_engine_manifest", "import_tensorrt"]
 
 
-def _trt():
+def import_tensorrt():
+    """The ``tensorrt`` module, or ``BackendUnavailable`` saying how to get it (imported only when used)."""
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise BackendUnavailable("TensorRT is not installed: on Jetson it comes with JetPack "
-                                 "(python3-libnvinfer); elsewhere pip install 'edgehdr[trt]'") from exc
+        raise BackendUnavailable("TensorRT is not installed: on a Jetson it comes with JetPack 6 "
+                                 "(python3-libnvinfer); on a CUDA machine pip install 'edgehdr[trt]'. Engines are "
+                                 "built on the device that runs them (edgehdr-export build MODEL.onnx --target trt)"
+                                 ) from exc
     return trt
 
 
@@ -60,7 +63,7 @@ class TensorRTRunner(Runner):
         self._outputs: list[str] = []
 
     def load(self) -> "TensorRTRunner":
-        trt = _trt()
+        trt = import_tensorrt()
         from edgehdr.infer.cuda_buffers import CudaContext, DeviceBuffer, device_properties
 
         if not self.engine_path.is_file():
