@@ -1,0 +1,251 @@
+"""The real-time neural tone mapper: a small CNN predicts the parametric operator's parameters per region.
+
+The network sees a downsampled log luminance and predicts, on a coarse grid,
+the three parameters of the tutorial's parametric operator (Banterle & Artusi,
+tone mapping section):
+
+    L_d = L_w^alpha / (L_w^alpha + mu),      C_d = (C_w / L_w)^gamma * L_d
+
+with ``mu = (m * 2^s)^alpha`` written through ``s``, the mid-point in stops
+relative to the frame's median luminance ``m`` (so ``L_d = 1 / (1 + 2^-t)`` with
+``t = alpha (log2 L_w - log2 m - s)``). The grid is brought to full resolution
+edge-aware, as HDRNet does with its bilateral grid (Gharbi et al. 2017): each
+parameter map, bilinearly upsampled to 1/4 resolution, is guided-filtered with
+the 1/4-resolution log luminance as guide, and the guided filter's linear
+coefficients are interpolated per pixel and applied to the full-resolution log
+luminance (fast guided filter, He & Sun 2015). The network therefore never
+runs at full resolution; the application is one fused numba pass.
+
+Input encoding (the ONNX input ``log_luminance``, (1, 1, 128, 224) float32):
+4 x 4 block means of the Rec. 709 luminance, area-resampled to 128 x 224,
+``(log2(L) - log2(median) + 16) / 32`` clipped to [0, 1]. Output ``params``
+(1, 3, 8, 14): alpha in [0.2, 1.6], s in [-6, 10] stops, gamma in [0.3, 1.3].
+
+The training recipe (``edgehdr/models/training/train_tmo.py``) renders with a
+PyTorch twin of ``apply_parameter_grid``; a test holds the two together.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numba
+import numpy as np
+
+from edgehdr.fastmath import exp2_bits, log2_from_bits
+from edgehdr.tonemap.operators import _check_radiance, frame_statistics, srgb8
+
+__all__ = ["TMO_INPUT_SHAPE", "TMO_GRID_SHAPE", "PARAM_RANGES", "encode_tmo_input", "apply_parameter_grid",
+           "guide_radius", "NeuralToneMapper", "GUIDE_EPS", "BLOCK", "LOG_STOPS"]
+
+TMO_INPUT_SHAPE = (1, 1, 128, 224)
+TMO_GRID_SHAPE = (1, 3, 8, 14)
+# Physical ranges of alpha, s (stops from the median) and gamma; the network's last layer maps into them.
+PARAM_RANGES = ((0.2, 1.6), (-6.0, 10.0), (0.3, 1.3))
+BLOCK = 4  # the working resolution of the edge-aware upsampling is 1/BLOCK of the frame
+GUIDE_EPS = 0.25  # guided-filter regulariser, stops^2: parameter edges follow luminance edges above ~0.5 stop
+RADIUS_FRACTION = 0.025  # guided-filter radius as a fraction of the frame's long side
+LOG_STOPS = 16.0  # the input encoding spans +-16 stops around the median
+_MIN_LUM = 1e-9
+_LUMA_R, _LUMA_G, _LUMA_B = 0.2126, 0.7152, 0.0722
+
+
+def guide_radius(height: int, width: int) -> int:
+    """Guided-filter radius in working-resolution pixels (scale-invariant: 2.5 % of the long side)."""
+    return max(1, int(round(RADIUS_FRACTION * max(height, width) / BLOCK)))
+
+
+def _encode_blocks(blocks: np.ndarray):
+    small = cv2.resize(blocks, (TMO_INPUT_SHAPE[3], TMO_INPUT_SHAPE[2]), interpolation=cv2.INTER_AREA)
+    log_small = np.log2(np.maximum(small, np.float32(_MIN_LUM)))
+    key_log2 = float(np.median(log_small))
+    x = np.clip((log_small - np.float32(key_log2) + np.float32(LOG_STOPS)) / np.float32(2 * LOG_STOPS), 0.0, 1.0)
+    return np.ascontiguousarray(x[None, None], np.float32), key_log2
+
+
+def encode_tmo_input(radiance: np.ndarray):
+    """The network input and its reference: ``(x (1, 1, 128, 224) float32, key_log2, blocks)``.
+
+    ``key_log2`` is log2 of the median luminance of the downsampled frame (the
+    anchor ``s`` is measured from); ``blocks`` the 4 x 4 block-mean luminance that
+    the application reuses as its working-resolution guide.
+    """
+    rgb = _check_radiance(radiance)
+    _, _, blocks = frame_statistics(rgb, block=BLOCK)
+    x, key_log2 = _encode_blocks(blocks)
+    return x, key_log2, blocks
+
+
+def _coefficients(params: np.ndarray, blocks: np.ndarray, key_log2: float, height: int, width: int):
+    """Guided-filter coefficients (a, b) of the three parameter maps at the working resolution, (6, nby, nbx).
+
+    One guided filter per map sharing the guide's box statistics (He et al. 2013, eq. 7-8 with
+    the mean of the coefficients over each window).
+    """
+    params = np.asarray(params, np.float32).reshape(TMO_GRID_SHAPE[1:])
+    nby, nbx = blocks.shape
+    guide = np.log2(np.maximum(blocks, np.float32(_MIN_LUM))) - np.float32(key_log2)
+    r = guide_radius(height, width)
+    ksize = (2 * r + 1, 2 * r + 1)
+
+    def box(img):
+        return cv2.boxFilter(img, cv2.CV_32F, ksize, normalize=True, borderType=cv2.BORDER_REFLECT)
+
+    mean_i = box(guide)
+    var_i = np.maximum(box(guide * guide) - mean_i * mean_i, 0.0) + np.float32(GUIDE_EPS)
+    coef = np.empty((6, nby, nbx), np.float32)
+    for c in range(3):
+        p = cv2.resize(params[c], (nbx, nby), interpolation=cv2.INTER_LINEAR)
+        mean_p = box(p)
+        a = (box(guide * p) - mean_i * mean_p) / var_i
+        coef[2 * c] = box(a)
+        coef[2 * c + 1] = box(mean_p - a * mean_i)
+    return coef
+
+
+def _row_taps(n_src: int, n_dst: int):
+    """Bilinear taps (half-pixel centres, clamped; OpenCV's INTER_LINEAR and torch's align_corners=False)."""
+    f = np.clip((np.arange(n_dst, dtype=np.float64) + 0.5) * (n_src / n_dst) - 0.5, 0.0, n_src - 1)
+    i0 = np.minimum(f.astype(np.int32), max(n_src - 2, 0))
+    i1 = np.minimum(i0 + 1, n_src - 1).astype(np.int32)
+    return i0, i1, (f - i0).astype(np.float32)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _apply_grid_kernel(rgb, coef, key_log2, y0s, y1s, tys, lo, hi, out):
+    h, w, _ = rgb.shape
+    for y in numba.prange(h):
+        src = rgb[y].reshape(-1)
+        dst = out[y].reshape(-1)
+        y0, y1, ty = y0s[y], y1s[y], tys[y]
+        # Vertical half of the bilinear interpolation (the horizontal half is done at working rows).
+        rows = np.empty((6, w), np.float32)
+        for c in range(6):
+            r0, r1, rc = coef[c, y0], coef[c, y1], rows[c]
+            for x in range(w):
+                rc[x] = r0[x] * (1 - ty) + r1[x] * ty
+        lum_row = np.empty(w, np.float32)
+        for x in range(w):
+            lum = (np.float32(_LUMA_R) * src[3 * x] + np.float32(_LUMA_G) * src[3 * x + 1]
+                   + np.float32(_LUMA_B) * src[3 * x + 2])
+            lum_row[x] = max(lum, np.float32(_MIN_LUM))
+        lum_bits = lum_row.view(np.int32)
+        t_row = np.empty(w, np.float32)
+        gam = np.empty(w, np.float32)
+        a_al, b_al, a_mid, b_mid, a_gam, b_gam = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
+        for x in range(w):
+            g = log2_from_bits(lum_bits[x]) - key_log2
+            alpha = min(max(a_al[x] * g + b_al[x], lo[0]), hi[0])
+            mid = min(max(a_mid[x] * g + b_mid[x], lo[1]), hi[1])
+            gam[x] = min(max(a_gam[x] * g + b_gam[x], lo[2]), hi[2])
+            t_row[x] = min(max(-alpha * (g - mid), np.float32(-126.0)), np.float32(126.0))
+        ld_bits = np.empty(w, np.int32)
+        for x in range(w):
+            ld_bits[x] = exp2_bits(t_row[x])
+        powed = ld_bits.view(np.float32)
+        ld = np.empty(w, np.float32)
+        inv_lum = np.empty(w, np.float32)
+        for x in range(w):
+            ld[x] = np.float32(1.0) / (np.float32(1.0) + powed[x])
+            inv_lum[x] = np.float32(1.0) / lum_row[x]
+        # Schlick colour: C_d = L_d (C_w / L_w)^gamma, the power as exp2(gamma log2(ratio)), per channel.
+        ratio = np.empty(w, np.float32)
+        ratio_bits = ratio.view(np.int32)
+        pw_bits = np.empty(w, np.int32)
+        pw = pw_bits.view(np.float32)
+        for c in range(3):
+            for x in range(w):
+                ratio[x] = max(src[3 * x + c] * inv_lum[x], np.float32(1e-30))
+            for x in range(w):
+                pw_bits[x] = exp2_bits(min(max(gam[x] * log2_from_bits(ratio_bits[x]), np.float32(-126.0)),
+                                           np.float32(126.0)))
+            for x in range(w):
+                dst[3 * x + c] = srgb8(ld[x] * pw[x])
+    return out
+
+
+_LO = np.array([r[0] for r in PARAM_RANGES], np.float32)
+_HI = np.array([r[1] for r in PARAM_RANGES], np.float32)
+
+
+def apply_parameter_grid(radiance: np.ndarray, params: np.ndarray, *, key_log2: float | None = None,
+                         blocks: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Tone map ``radiance`` with a parameter grid ``params`` (3, gh, gw): alpha, s (stops), gamma.
+
+    ``key_log2`` and ``blocks`` come from ``encode_tmo_input`` (recomputed when not given).
+    Returns sRGB uint8 (H, W, 3).
+
+    References
+    ----------
+    F. Banterle and A. Artusi, "Modern HDR imaging at the time of deep learning", tone mapping
+    (parametric operator, colour correction after luminance tone mapping). M. Gharbi et al., "Deep
+    bilateral learning for real-time image enhancement," ACM TOG 36(4), 2017. K. He and J. Sun,
+    "Fast guided filter," arXiv:1505.00996, 2015.
+    """
+    rgb = _check_radiance(radiance)
+    h, w, _ = rgb.shape
+    if key_log2 is None or blocks is None:
+        _, key_log2, blocks = encode_tmo_input(rgb)
+    coef = _coefficients(params, blocks, key_log2, h, w)
+    if out is None:
+        out = np.empty(rgb.shape, np.uint8)
+    elif out.shape != rgb.shape or out.dtype != np.uint8:
+        raise ValueError(f"out must be a {rgb.shape} uint8 array")
+    coef = np.stack([cv2.resize(c, (w, c.shape[0]), interpolation=cv2.INTER_LINEAR) for c in coef])
+    return _apply_grid_kernel(rgb, coef, np.float32(key_log2), *_row_taps(coef.shape[1], h), _LO, _HI, out)
+
+
+def default_parameter_grid(alpha: float = 0.8, s: float = 0.0, gamma: float = 0.8) -> np.ndarray:
+    """A constant grid: the global parametric operator with its mid-point at the median."""
+    grid = np.empty(TMO_GRID_SHAPE[1:], np.float32)
+    grid[0], grid[1], grid[2] = alpha, s, gamma
+    return grid
+
+
+class NeuralToneMapper:
+    """The neural TMO as a stateful per-frame operator: runner + encoding + temporal smoothing + application.
+
+    Parameters
+    ----------
+    runner : edgehdr.infer.Runner
+        A loaded runner for the TMO network (``open_runner(model_path('tmo_net'))``).
+    time_constant_s : float
+        Exponential smoothing of the parameter grid and of the median (log domain) across
+        frames; 0 turns it off. Without it, sensor noise moves the median and the
+        predicted grid by small amounts every frame, which reads as flicker.
+    """
+
+    def __init__(self, runner, *, time_constant_s: float = 0.4, frame_interval_s: float = 1 / 30):
+        self.runner = runner
+        self.time_constant_s = float(time_constant_s)
+        self.frame_interval_s = float(frame_interval_s)
+        self._params = None
+        self._key = None
+        (self._input_name,) = [i["name"] if isinstance(i, dict) else i for i in _input_names(runner)]
+
+    def reset(self) -> None:
+        self._params = self._key = None
+
+    def predict(self, radiance: np.ndarray):
+        """Raw network prediction for one frame: ``(params (3, 8, 14), key_log2, blocks)``."""
+        x, key_log2, blocks = encode_tmo_input(radiance)
+        (params,) = self.runner.run({self._input_name: x}).values()
+        return np.asarray(params, np.float32).reshape(TMO_GRID_SHAPE[1:]), key_log2, blocks
+
+    def __call__(self, radiance: np.ndarray, *, dt_s: float | None = None, out=None) -> np.ndarray:
+        params, key_log2, blocks = self.predict(radiance)
+        if self.time_constant_s > 0 and self._params is not None:
+            dt = self.frame_interval_s if dt_s is None else max(float(dt_s), 0.0)
+            k = np.float32(1.0 - math.exp(-dt / self.time_constant_s))
+            self._params += k * (params - self._params)
+            self._key += float(k) * (key_log2 - self._key)
+        else:
+            self._params, self._key = params.copy(), key_log2
+        return apply_parameter_grid(radiance, self._params, key_log2=self._key, blocks=blocks, out=out)
+
+
+def _input_names(runner):
+    desc = runner.describe()
+    inputs = desc["inputs"]
+    return list(inputs) if isinstance(inputs, dict) else inputs
