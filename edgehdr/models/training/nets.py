@@ -1,0 +1,87 @@
+"""Network definitions (PyTorch; used for training and ONNX export only).
+
+Every network keeps the ONNX graph TensorRT- and DLA-friendly: static shapes,
+3x3 convolutions, ReLU, residual adds, global average pooling, 1x1 convolutions
+instead of fully connected layers, sigmoid output mapped into physical ranges.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, TMO_INPUT_SHAPE
+
+__all__ = ["TMONet", "count_parameters", "count_macs"]
+
+
+def _conv(cin, cout, stride=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU(inplace=True))
+
+
+class TMONet(nn.Module):
+    """Real-time TMO: log luminance (1, 1, 128, 224) -> parameter grid (1, 3, 8, 14) of (alpha, s, gamma).
+
+    An HDRNet-style split (Gharbi et al. 2017): a strided encoder to the 1/16 grid, a
+    local path, and a global path (further strided convolution, global average pool,
+    1 x 1 convolutions) added to every grid cell, so each cell sees both its region and
+    the whole frame. The head maps into ``PARAM_RANGES`` with a sigmoid and starts at the
+    global operator's defaults (alpha 0.8, s 0, gamma 0.8).
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.encoder = nn.Sequential(_conv(1, 8, 2), _conv(8, 16, 2), _conv(16, width, 2), _conv(width, width, 2))
+        self.local = nn.Sequential(_conv(width, width), nn.Conv2d(width, width, 3, padding=1))
+        self.global_path = nn.Sequential(_conv(width, width, 2), nn.AdaptiveAvgPool2d(1),
+                                         nn.Conv2d(width, width, 1), nn.ReLU(inplace=True),
+                                         nn.Conv2d(width, width, 1))
+        self.head = nn.Conv2d(width, 3, 1)
+        lo = torch.tensor([r[0] for r in PARAM_RANGES])
+        hi = torch.tensor([r[1] for r in PARAM_RANGES])
+        self.register_buffer("lo", lo.view(1, 3, 1, 1))
+        self.register_buffer("span", (hi - lo).view(1, 3, 1, 1))
+        start = torch.tensor([0.8, 0.0, 0.8])
+        with torch.no_grad():
+            self.head.weight.mul_(0.1)
+            frac = (start - lo) / (hi - lo)
+            self.head.bias.copy_(torch.log(frac / (1 - frac)))
+
+    def forward(self, log_luminance: torch.Tensor) -> torch.Tensor:
+        feat = self.encoder(log_luminance)
+        fused = torch.relu(self.local(feat) + self.global_path(feat))
+        return self.lo + self.span * torch.sigmoid(self.head(fused))
+
+    input_shape = TMO_INPUT_SHAPE
+    output_shape = TMO_GRID_SHAPE
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape) -> int:
+    """Multiply-accumulates of one forward pass (convolutions and linear layers), by forward hooks."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * (module.in_channels // module.groups)
+            total += output.numel() * k
+        elif isinstance(module, nn.Linear):
+            total += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return int(total)
+
+
+assert math.isclose(TMO_INPUT_SHAPE[2] / TMO_GRID_SHAPE[2], 16) and TMO_INPUT_SHAPE[3] // TMO_GRID_SHAPE[3] == 16
