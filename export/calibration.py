@@ -99,9 +99,16 @@ def batches(images, input_name: str, shape, preprocess=None):
         yield {input_name: preprocess(rad)}
 
 
+def _tmo_input(radiance, shape):
+    from edgehdr.tonemap.neural import encode_tmo_input  # the runtime stage's own encoder
+
+    return encode_tmo_input(radiance)[0]
+
+
 PREPROCESSING = {
     "log_radiance": {"source": "radiance", "to_nchw": lambda item, shape: log_encode_nchw(item, shape[2], shape[3])},
     "bracket_ldr": {"source": "bracket", "to_nchw": lambda item, shape: bracket_nchw(item, shape[2], shape[3])},
+    "tmo_log_luminance": {"source": "radiance", "to_nchw": _tmo_input},
 }
 
 
@@ -117,12 +124,13 @@ def preprocessing_of(model) -> str:
     return name
 
 
-def model_feeds(model_path, source, count: int, *, role: str = "calibration") -> tuple[list[dict], dict]:
+def model_feeds(model_path, source, count: int, *, role: str = "calibration", with_items: bool = False):
     """Feeds for a model from ``source`` ('synth' or a folder) and a description for the manifest.
 
     ``role`` is 'calibration' or 'holdout': synthetic data comes from disjoint seed
     ranges; a folder gives every fifth item to the held-out set and the rest to
-    calibration. The model's single image input decides the shape.
+    calibration. The model's single image input decides the shape. Returns ``(feeds,
+    description)``, plus the source items (radiance maps or brackets) with ``with_items``.
     """
     import onnx
 
@@ -140,8 +148,8 @@ def model_feeds(model_path, source, count: int, *, role: str = "calibration") ->
     spec = PREPROCESSING[kind]
     if source == "synth":
         seed = CALIBRATION_SEED if role == "calibration" else HOLDOUT_SEED
-        items = (synthetic_hdr(count, seed=seed) if spec["source"] == "radiance"
-                 else synthetic_brackets(count, shape[1] // 3, seed=seed))
+        items = list(synthetic_hdr(count, seed=seed) if spec["source"] == "radiance"
+                     else synthetic_brackets(count, shape[1] // 3, seed=seed))
         description = {"source": "synthetic scenes", "seeds": [seed, seed + count - 1]}
     else:
         folder = Path(source)
@@ -155,7 +163,7 @@ def model_feeds(model_path, source, count: int, *, role: str = "calibration") ->
     if not feeds:
         raise ValueError(f"{source}: no {role} samples (a folder needs at least 5 items to hold one out)")
     description.update(role=role, samples=len(feeds), preprocess=kind)
-    return feeds, description
+    return (feeds, description, items) if with_items else (feeds, description)
 
 
 class CalibrationReader:

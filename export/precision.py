@@ -23,7 +23,7 @@ from export.checks import topological_sort
 # QUANTISED_OPS: ops whose inputs get Q/DQ pairs (TensorRT runs them in INT8); everything else reads float.
 from export.trt_check import QUANTISED_OPS
 
-__all__ = ["to_fp16", "quantize_int8", "scalar_heads", "CALIBRATION_METHODS", "QUANTISED_OPS", "FP16_KEEP_FP32"]
+__all__ = ["to_fp16", "quantize_int8", "scalar_heads", "constant_adds", "CALIBRATION_METHODS", "QUANTISED_OPS", "FP16_KEEP_FP32"]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Ops whose range or precision FP16 tends to break; they stay in FP32 with casts around them.
@@ -55,12 +55,13 @@ def quantize_int8(path_in, path_out, reader, *, method: str = "entropy", percent
     the calibration data kept; see ``_quantize_auto``).
 
     ``keep_float``: names of nodes left unquantised (TensorRT runs them in FP16/FP32);
-    'auto' keeps score heads (``scalar_heads``), ``()`` quantises everything.
+    'auto' keeps score heads (``scalar_heads``) and adds of a constant (``constant_adds``, an
+    output's affine range mapping) in float; ``()`` quantises everything.
     """
     if isinstance(keep_float, str):
         if keep_float != "auto":
             raise ValueError(f"keep_float must be 'auto' or a list of node names, got {keep_float!r}")
-        keep_float = scalar_heads(path_in)
+        keep_float = scalar_heads(path_in) + constant_adds(path_in)
     if backend == "modelopt":
         return _quantize_modelopt(Path(path_in), Path(path_out), reader, method, keep_float)
     if method == "auto":
@@ -173,6 +174,18 @@ def scalar_heads(path) -> list[str]:
                 continue
             stack.extend(i for i in node.input if i in producer)
     return sorted(set(heads))
+
+
+def constant_adds(path) -> list[str]:
+    """Add nodes with a constant operand (a bias or an output's range offset, not a residual add).
+
+    TensorRT fuses them into the neighbouring layer; quantising the constant would only
+    round the offset, so ``keep_float='auto'`` leaves them in float.
+    """
+    model = onnx.load(str(path))
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return sorted(n.name for n in model.graph.node if n.op_type == "Add" and any(i in consts for i in n.input))
 
 
 def _quantize_auto(path_in, path_out, reader, **options) -> dict:

@@ -67,7 +67,8 @@ SCHEMA = {
         "deghost": (bool, False, _any()),
     },
     "tonemap": {
-        "operator": (str, "reinhard", _choice("reinhard", "reinhard-local", "drago", "parametric")),
+        "operator": (str, "reinhard", _choice("reinhard", "reinhard-local", "drago", "parametric", "neural")),
+        "model": (str, "tmo_net", _any()),
         "key": (float, 0.18, _range(0.01, 1.0)),
         "saturation": (float, 1.0, _range(0.0, 2.0)),
         "time_constant_s": (float, 0.4, _range(0.0, 60.0)),
@@ -78,7 +79,13 @@ SCHEMA = {
         "rows": (int, 48, _range(1, 255)),
         "cols": (int, 48, _range(1, 255)),
         "peak_luminance_cd_m2": (float, 1000.0, _range(1.0, 100000.0)),
-        "algorithm": (str, "sqrt", _choice("max", "mean", "sqrt", "percentile")),
+        "algorithm": (str, "sqrt", _choice("max", "mean", "sqrt", "percentile", "neural")),
+        "model": (str, "dimming_net", _any()),
+    },
+    "infer": {
+        "backend": (str, "auto", _choice("auto", "cpu")),
+        "engine_dir": (str, "", _any()),
+        "threads": (int, 0, _range(0, 64)),
     },
     "bridge": {
         "enabled": (bool, True, _any()),

@@ -121,6 +121,16 @@ def _build_source(cfg: dict, response_bits: int = 8):
     return Picamera2Source(camera_num=src["sensor_id"], **common)
 
 
+def _model_runner(cfg: dict, model: str):
+    """A loaded runner for a neural stage's model: engine for this device, else ONNX Runtime (``[infer]``)."""
+    from edgehdr.infer import open_runner
+    from edgehdr.models import model_path
+
+    inf = cfg["infer"]
+    return open_runner(model_path(model), engine_dir=inf["engine_dir"] or None,
+                       prefer="cpu" if inf["backend"] == "cpu" else "auto", intra_op_threads=inf["threads"])
+
+
 def build_runtime(cfg: dict, *, extra_sinks=()) -> Runtime:
     """Wire a runtime from a validated configuration (the caller starts and closes it)."""
     from edgehdr.camera.planner import ExposurePlanner
@@ -149,10 +159,11 @@ def build_runtime(cfg: dict, *, extra_sinks=()) -> Runtime:
                                             plan_every=cfg["planner"]["every_n"]), queue_size=q))
     tm = cfg["tonemap"]
     params = {"key": tm["key"]} if tm["operator"] in ("reinhard", "reinhard-local", "parametric") else {}
-    if tm["operator"] != "parametric":
+    if tm["operator"] not in ("parametric", "neural"):
         params["saturation"] = tm["saturation"]
-    stages.append(Stage("tonemap", ToneMapStage(tm["operator"], params, time_constant_s=tm["time_constant_s"]),
-                        queue_size=q))
+    tm_runner = _model_runner(cfg, tm["model"]) if tm["operator"] == "neural" else None
+    stages.append(Stage("tonemap", ToneMapStage(tm["operator"], params, time_constant_s=tm["time_constant_s"],
+                                                runner=tm_runner), queue_size=q))
     width, height = cfg["source"]["width"], cfg["source"]["height"]
     if hasattr(source, "width"):
         width, height = source.width, source.height

@@ -82,15 +82,30 @@ class MergeStage:
 
 
 class ToneMapStage:
-    """Tone maps the radiance to sRGB with temporally smoothed adaptation."""
+    """Tone maps the radiance to sRGB with temporally smoothed adaptation.
 
-    def __init__(self, operator: str = "reinhard", params: dict | None = None, *, time_constant_s: float = 0.4):
+    ``operator='neural'`` runs the real-time TMO network (``edgehdr.tonemap.neural``)
+    through ``runner``; its parameter grid is smoothed over time instead.
+    """
+
+    def __init__(self, operator: str = "reinhard", params: dict | None = None, *, time_constant_s: float = 0.4,
+                 runner=None):
         self.operator = operator
         self.params = dict(params or {})
+        self.neural = None
+        if operator == "neural":
+            if runner is None:
+                raise ValueError("the neural tone mapper needs a runner (edgehdr.infer.open_runner(model))")
+            from edgehdr.tonemap.neural import NeuralToneMapper
+
+            self.neural = NeuralToneMapper(runner, time_constant_s=time_constant_s)
         self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s) if operator != "parametric" or \
             "mu" not in self.params else None
 
     def __call__(self, ctx):
+        if self.neural is not None:
+            ctx.sdr = self.neural(ctx.radiance)
+            return ctx
         kwargs = dict(self.params)
         if self.adaptation is not None:
             kwargs["adaptation"] = self.adaptation

@@ -1,0 +1,45 @@
+"""Task metrics and budgets of converted models: what a precision change does to the stage's real output.
+
+The generic validation compares raw network outputs; a stage's budget is about
+what the stage produces from them. A task is looked up by the model's
+pre-processing name (its ONNX metadata ``edgehdr.preprocess``) and gets the
+held-out source items (radiance maps or brackets) with both runners' outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["TASKS", "task_for"]
+
+
+def _tmo_output_psnr(items, ref_outputs, cand_outputs) -> dict:
+    """Tone-mapped sRGB frames rendered from the FP32 and converted parameter grids: PSNR (peak 255)."""
+    from edgehdr.tonemap.neural import apply_parameter_grid, encode_tmo_input
+
+    values = []
+    for radiance, ref, cand in zip(items, ref_outputs, cand_outputs):
+        _, key, blocks = encode_tmo_input(radiance)
+        a = apply_parameter_grid(radiance, next(iter(ref.values()))[0], key_log2=key, blocks=blocks)
+        b = apply_parameter_grid(radiance, next(iter(cand.values()))[0], key_log2=key, blocks=blocks)
+        mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+        values.append(float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse))
+    finite = [v for v in values if math.isfinite(v)]
+    return {"tmo_output_psnr_db_mean": float(np.mean(finite)) if finite else float("inf"),
+            "tmo_output_psnr_db_min": min(values)}
+
+
+def _tmo_budget(task) -> list:
+    return [(f"tone-mapped output PSNR {task['tmo_output_psnr_db_mean']:.2f} dB >= 40", 
+             task["tmo_output_psnr_db_mean"] >= 40.0)]
+
+
+TASKS = {
+    "tmo_log_luminance": {"metric": _tmo_output_psnr, "budget": _tmo_budget},
+}
+
+
+def task_for(preprocess: str):
+    return TASKS.get(preprocess)

@@ -1,0 +1,133 @@
+"""The real-time neural TMO: application against the classical operator, the training twins, the shipped model."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from edgehdr.infer import Manifest, OnnxRuntimeRunner, sha256_file
+from edgehdr.models import MODELS_DIR, model_path
+from edgehdr.quality import tmqi
+from edgehdr.tonemap import drago, parametric, reinhard_global
+from edgehdr.tonemap.neural import (
+    TMO_GRID_SHAPE,
+    TMO_INPUT_SHAPE,
+    NeuralToneMapper,
+    apply_parameter_grid,
+    default_parameter_grid,
+    encode_tmo_input,
+)
+
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is the training extra (pip install 'edgehdr[train]')")
+
+
+def test_constant_grid_is_the_global_parametric_operator(scene_factory):
+    """A constant grid through the edge-aware application equals the tutorial's global operator."""
+    rad = scene_factory(3, 180, 320).radiance
+    _, key, blocks = encode_tmo_input(rad)
+    for alpha, s, gamma in ((0.8, 0.0, 0.8), (1.2, 2.0, 0.5), (0.5, -3.0, 1.0)):
+        out = apply_parameter_grid(rad, default_parameter_grid(alpha, s, gamma), key_log2=key, blocks=blocks)
+        mu = (2.0 ** (key + s)) ** alpha
+        ref = parametric(rad, alpha=alpha, mu=mu, gamma=gamma)
+        diff = np.abs(out.astype(int) - ref)
+        assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3, (alpha, s, gamma)
+
+
+def test_encoding_is_scale_invariant_and_in_range(scene_factory):
+    rad = scene_factory(5, 180, 320).radiance
+    x, key, _ = encode_tmo_input(rad)
+    x2, key2, _ = encode_tmo_input(rad * 64.0)
+    assert x.shape == TMO_INPUT_SHAPE and x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    np.testing.assert_allclose(x, x2, atol=1e-5)
+    assert key2 == pytest.approx(key + 6.0, abs=1e-4)
+    assert abs(float(np.median(x)) - 0.5) < 0.01  # the median sits mid-range
+
+
+def test_parameters_take_effect_where_they_are(scene_factory):
+    """Raising s (the mid-point) in the left half of the grid darkens the left half only."""
+    rad = scene_factory(8, 192, 336).radiance
+    base = default_parameter_grid()
+    grid = base.copy()
+    grid[1, :, : TMO_GRID_SHAPE[3] // 2] += 3.0
+    a = apply_parameter_grid(rad, base).astype(float).mean(axis=2)
+    b = apply_parameter_grid(rad, grid).astype(float).mean(axis=2)
+    w = rad.shape[1]
+    left, right = slice(0, w // 3), slice(2 * w // 3, w)
+    assert (a[:, left] - b[:, left]).mean() > 20.0
+    assert abs((a[:, right] - b[:, right]).mean()) < 1.0
+
+
+@needs_torch
+def test_training_twins_match_the_runtime(scene_factory):
+    import torch
+
+    from edgehdr.models.training.torch_ops import apply_grid_torch, tmqi_torch, to_nchw
+
+    rng = np.random.default_rng(0)
+    for seed in (1, 2):
+        rad = scene_factory(seed, 192, 288).radiance
+        _, key, blocks = encode_tmo_input(rad)
+        grid = default_parameter_grid() + rng.normal(0, 0.3, (3, 8, 14)).astype(np.float32)
+        ref = apply_parameter_grid(rad, grid, key_log2=key, blocks=blocks)
+        twin = apply_grid_torch(to_nchw(rad), torch.from_numpy(grid)[None], torch.tensor([key]))
+        twin = twin[0].permute(1, 2, 0).detach().numpy()
+        assert np.abs(twin - ref).max() <= 3.5 and np.abs(twin - ref).mean() < 0.4
+        q = tmqi_torch(to_nchw(rad), torch.from_numpy(ref.astype(np.float32).transpose(2, 0, 1))[None])
+        assert float(q[0]) == pytest.approx(tmqi(rad, ref).Q, abs=1e-4)
+
+
+@needs_torch
+def test_teacher_improves_tmqi_over_its_start(scene_factory):
+    from edgehdr.models.training.torch_ops import to_nchw
+    from edgehdr.models.training.train_tmo import teacher_grid
+
+    rad = scene_factory(4, 192, 288).radiance
+    _, key, blocks = encode_tmo_input(rad)
+    grid, q = teacher_grid({"radiance": to_nchw(rad), "key": key}, steps=15)
+    start = tmqi(rad, apply_parameter_grid(rad, default_parameter_grid(), key_log2=key, blocks=blocks)).Q
+    rendered = tmqi(rad, apply_parameter_grid(rad, grid, key_log2=key, blocks=blocks)).Q
+    assert rendered == pytest.approx(q, abs=2e-3)  # what the twin optimised is what the runtime renders
+    assert rendered > start + 0.05
+
+
+# ------------------------------------------------------------------------------------------- the shipped model
+@pytest.fixture(scope="module")
+def tmo_runner():
+    with OnnxRuntimeRunner(model_path("tmo_net")) as runner:
+        yield runner
+
+
+def test_shipped_model_matches_its_manifest(tmo_runner):
+    path = MODELS_DIR / "tmo_net.onnx"
+    manifest = Manifest.load(Manifest.path_for(path))
+    assert manifest.source_onnx_sha256 == sha256_file(path)
+    assert manifest.inputs == [{"name": "log_luminance", "shape": list(TMO_INPUT_SHAPE), "dtype": "float32"}]
+    assert manifest.outputs == [{"name": "params", "shape": list(TMO_GRID_SHAPE), "dtype": "float32"}]
+
+
+def test_shipped_model_beats_the_classical_operators_on_held_out_scenes(tmo_runner, scene_factory):
+    tm = NeuralToneMapper(tmo_runner, time_constant_s=0.0)
+    ours, reinhard, drago_q = [], [], []
+    for seed in (100_000, 100_001, 100_002, 100_003):
+        rad = scene_factory(seed, 256, 384).radiance
+        ours.append(tmqi(rad, tm(rad)).Q)
+        reinhard.append(tmqi(rad, reinhard_global(rad)).Q)
+        drago_q.append(tmqi(rad, drago(rad)).Q)
+    assert np.mean(ours) > np.mean(reinhard) + 0.02 and np.mean(ours) > np.mean(drago_q) + 0.02
+
+
+def test_temporal_smoothing_removes_flicker_on_a_static_scene(tmo_runner, scene_factory):
+    base = scene_factory(11, 180, 320).radiance
+    steps = {}
+    for tc in (0.4, 0.0):
+        rng = np.random.default_rng(1)
+        tm = NeuralToneMapper(tmo_runner, time_constant_s=tc)
+        means = []
+        for _ in range(20):
+            noisy = np.maximum(base * (1 + 0.03 * rng.standard_normal(base.shape).astype(np.float32)), 0)
+            means.append(float(tm(noisy).mean()))
+        steps[tc] = float(np.mean(np.abs(np.diff(means[8:]))))
+    assert steps[0.4] < 0.5 * steps[0.0] + 1e-3 and steps[0.4] < 0.1
