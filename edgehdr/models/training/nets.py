@@ -14,7 +14,7 @@ from torch import nn
 
 from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, TMO_INPUT_SHAPE
 
-__all__ = ["TMONet", "count_parameters", "count_macs"]
+__all__ = ["TMONet", "DimmingNet", "count_parameters", "count_macs"]
 
 
 def _conv(cin, cout, stride=1):
@@ -85,3 +85,26 @@ def count_macs(model: nn.Module, input_shape) -> int:
 
 
 assert math.isclose(TMO_INPUT_SHAPE[2] / TMO_GRID_SHAPE[2], 16) and TMO_INPUT_SHAPE[3] // TMO_GRID_SHAPE[3] == 16
+
+
+class DimmingNet(nn.Module):
+    """Local dimming: sub-zone statistics (1, 2, 4R, 4C) -> zone light (1, 1, R, C) in [0, 1].
+
+    Two strided convolutions bring the 4 x 4 sub-zone grid to the zone grid; two residual
+    3 x 3 blocks at zone resolution give every zone the neighbourhood the LED PSF couples it
+    to (a receptive field of +-4 zones); a 1 x 1 head and a sigmoid give the light fraction.
+    """
+
+    def __init__(self, rows: int, cols: int, width: int = 32):
+        super().__init__()
+        self.rows, self.cols = rows, cols
+        self.down = nn.Sequential(_conv(2, 16), _conv(16, 24, 2), _conv(24, width, 2))
+        self.block1 = nn.Sequential(_conv(width, width), nn.Conv2d(width, width, 3, padding=1))
+        self.block2 = nn.Sequential(_conv(width, width), nn.Conv2d(width, width, 3, padding=1))
+        self.head = nn.Conv2d(width, 1, 1)
+
+    def forward(self, zone_stats: torch.Tensor) -> torch.Tensor:
+        x = self.down(zone_stats)
+        x = torch.relu(x + self.block1(x))
+        x = torch.relu(x + self.block2(x))
+        return torch.sigmoid(self.head(x))

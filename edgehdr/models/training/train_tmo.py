@@ -76,10 +76,10 @@ def teacher_grid(scene: dict, *, steps: int = 60, lr: float = 0.08, smooth: floa
 
 
 def train_student(scenes: list[dict], teacher: np.ndarray, *, epochs: int = 30, batch: int = 8, lr: float = 3e-3,
-                  distill: float = 1.0, seed: int = 0, log=print) -> tuple[TMONet, list]:
+                  distill: float = 1.0, width: int = 32, seed: int = 0, log=print) -> tuple[TMONet, list]:
     """Adam on ``(1 - TMQI(render(student))) + distill * ||(student - teacher) / range||^2``."""
     torch.manual_seed(seed)
-    model = TMONet()
+    model = TMONet(width)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     teacher_t = torch.from_numpy(np.asarray(teacher, np.float32))
@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-steps", type=int, default=60)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=32, help="feature channels of TMONet")
+    p.add_argument("--distill", type=float, default=1.0, help="weight of the teacher-grid term")
     p.add_argument("--work", type=Path, default=Path("tmo-training"), help="teacher cache and training log")
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "tmo_net.onnx")
     args = p.parse_args(argv)
@@ -170,11 +172,12 @@ def main(argv=None) -> int:
         teacher, teacher_q = np.stack(grids), np.asarray(qs)
         np.savez(cache, grids=teacher, tmqi=teacher_q)
     t_teacher = time.perf_counter() - t0
-    model, history = train_student(scenes, teacher, epochs=args.epochs, seed=args.seed)
+    model, history = train_student(scenes, teacher, epochs=args.epochs, seed=args.seed, width=args.width,
+                                   distill=args.distill)
     t_total = time.perf_counter() - t0
     export_tmo(model, args.out, extra_metadata={"edgehdr.recipe": f"train_tmo --scenes {args.scenes} --teacher-steps "
                                                                   f"{args.teacher_steps} --epochs {args.epochs} "
-                                                                  f"--seed {args.seed}"})
+                                                                  f"--seed {args.seed} --width {args.width} --distill {args.distill}"})
     log = {"parameters": count_parameters(model), "macs_per_frame": count_macs(model, TMO_INPUT_SHAPE),
            "teacher_mean_tmqi": float(np.mean(teacher_q)), "teacher_seconds": round(t_teacher, 1),
            "total_seconds": round(t_total, 1), "history": history, "torch": torch.__version__}

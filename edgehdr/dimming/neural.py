@@ -1,0 +1,93 @@
+"""The local-dimming CNN: zone light from a downsampled frame, distilled from the PU21 optimiser.
+
+The network sees, for every zone, a 4 x 4 grid of sub-zone statistics of the
+display target (max and mean of max-RGB as a fraction of the panel peak, the
+same statistics the heuristics use per zone, at 4x the zone resolution), and
+predicts the zone light fractions that ``optimal_zone_light`` (projected
+gradient on the PU21 error of the simulated display, Seetzen et al. 2004 model)
+would choose, in one pass of well under a millisecond.
+
+Input encoding (ONNX input ``zone_stats``, (1, 2, 4 R, 4 C) float32): channel 0
+the sub-zone maxima, channel 1 the sub-zone means, each ``log2(v) / 12 + 1``
+clipped to [0, 1] (12 stops below the peak to the peak). Output ``light``
+(1, 1, R, C) in [0, 1]. A model is made for one zone grid and PSF (its metadata
+says which); the stage refuses a model whose grid differs from the layout's.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from edgehdr.dimming.layout import LedLayout
+from edgehdr.dimming.zones import zone_statistics
+
+__all__ = ["SUBDIVISION", "STATS_STOPS", "encode_dimming_input", "NeuralDimmer", "model_layout_metadata"]
+
+SUBDIVISION = 4
+STATS_STOPS = 12.0
+
+
+def _stats_layout(layout: LedLayout) -> LedLayout:
+    return LedLayout(rows=layout.rows * SUBDIVISION, cols=layout.cols * SUBDIVISION, width_px=layout.width_px,
+                     height_px=layout.height_px, peak_luminance_cd_m2=layout.peak_luminance_cd_m2,
+                     source=f"{layout.source} (x{SUBDIVISION} statistics grid)")
+
+
+def encode_dimming_input(target: np.ndarray, layout: LedLayout, *, scale: float = 1.0,
+                         stats_layout: LedLayout | None = None) -> np.ndarray:
+    """(1, 2, 4 R, 4 C) float32 network input from a target in cd/m^2 (or radiance times ``scale``)."""
+    zmax, zmean, _ = zone_statistics(target, stats_layout or _stats_layout(layout), scale=scale)
+    x = np.stack([zmax, zmean])[None]
+    floor = np.float32(2.0 ** -STATS_STOPS)
+    return np.ascontiguousarray(np.clip(np.log2(np.maximum(x, floor)) / np.float32(STATS_STOPS) + 1, 0, 1),
+                                np.float32)
+
+
+def model_layout_metadata(layout: LedLayout) -> dict:
+    """What a dimming model is made for (stored in its ONNX metadata as ``edgehdr.layout``)."""
+    return {"rows": layout.rows, "cols": layout.cols, "psf_model": layout.psf_model,
+            "psf_sigma_pitch": layout.psf_sigma_pitch, "native_contrast": layout.native_contrast,
+            "peak_luminance_cd_m2": layout.peak_luminance_cd_m2}
+
+
+class NeuralDimmer:
+    """Zone light for each frame from the dimming network (a loaded ``edgehdr.infer`` runner).
+
+    Raises ``ValueError`` at construction when the model's zone grid is not the layout's;
+    differences in PSF or contrast are reported in ``warnings`` (the model still runs,
+    but was distilled for another panel).
+    """
+
+    def __init__(self, runner, layout: LedLayout, *, model_path=None):
+        self.runner, self.layout = runner, layout
+        desc = runner.describe()
+        inputs = desc["inputs"]
+        if isinstance(inputs, dict):
+            (self._input_name, shape), = inputs.items()
+        else:
+            (spec,) = inputs
+            self._input_name, shape = spec["name"], spec["shape"]
+        expected = [1, 2, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION]
+        if list(shape) != expected:
+            raise ValueError(f"dimming model {model_path or ''} expects input {list(shape)}, the layout "
+                             f"({layout.rows}x{layout.cols} zones) needs {expected}; make a model for this layout "
+                             f"with: python -m edgehdr.models.training.train_dimming --rows {layout.rows} "
+                             f"--cols {layout.cols}")
+        self.warnings = []
+        if model_path is not None:
+            import onnx
+
+            meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
+            made_for = json.loads(meta.get("edgehdr.layout", "{}"))
+            ours = model_layout_metadata(layout)
+            for key in ("psf_model", "psf_sigma_pitch", "native_contrast"):
+                if key in made_for and made_for[key] != ours[key]:
+                    self.warnings.append(f"model made for {key}={made_for[key]}, layout has {ours[key]}")
+        self._stats_layout = _stats_layout(layout)
+
+    def __call__(self, target: np.ndarray, *, scale: float = 1.0) -> np.ndarray:
+        x = encode_dimming_input(target, self.layout, scale=scale, stats_layout=self._stats_layout)
+        (light,) = self.runner.run({self._input_name: x}).values()
+        return np.clip(np.asarray(light, np.float32).reshape(self.layout.rows, self.layout.cols), 0.0, 1.0)

@@ -1,0 +1,199 @@
+"""Recipe: the local-dimming CNN, distilled from the PU21 optimiser.
+
+    python -m edgehdr.models.training.train_dimming        # ~15 min on 2 CPU cores
+
+1. Synthetic HDR scenes from ``edgehdr.synth`` mapped to the panel
+   (``display_target``), on a panel of half the demo's resolution with the demo's
+   18 x 32 zones (the network input is per-zone statistics, so the panel resolution
+   only changes how small a highlight can be).
+2. Teacher: ``optimal_zone_light`` (projected gradient on the PU21 error of the
+   simulated display) for every scene.
+3. Student (``DimmingNet``) on the runtime's own input encoding, trained on the
+   same objective as the teacher through a PyTorch twin of the display model
+   (Gaussian LED PSF, bilinear backlight, LCD clipping and leakage, PU21), plus the
+   teacher's zone light as a distillation term.
+4. Export to ONNX (``zone_stats`` -> ``light``), checked, with a manifest and the
+   layout it was made for in its metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgehdr.dimming import BacklightModel, LedLayout, display_target, optimal_zone_light
+from edgehdr.dimming.neural import SUBDIVISION, encode_dimming_input, model_layout_metadata
+from edgehdr.models.training.nets import DimmingNet, count_macs, count_parameters
+from edgehdr.quality.pu21 import PU21_L_MAX, PU21_L_MIN, PU21_PARAMS
+
+__all__ = ["training_layout", "dimming_scenes", "DisplayTwin", "pu21_torch", "train_student", "export_dimming", "main"]
+
+MODELS_DIR = Path(__file__).resolve().parent.parent
+
+
+def training_layout(rows: int = 18, cols: int = 32, width_px: int = 640, height_px: int = 360, **kw) -> LedLayout:
+    return LedLayout(rows=rows, cols=cols, width_px=width_px, height_px=height_px, source="train_dimming", **kw)
+
+
+def dimming_scenes(count: int, layout: LedLayout, *, seed: int = 0) -> list[dict]:
+    from edgehdr.synth import make_scene
+
+    out = []
+    for i in range(count):
+        target = display_target(make_scene(seed + i, layout.height_px, layout.width_px).radiance, layout)
+        out.append({"target": target, "x": torch.from_numpy(encode_dimming_input(target, layout))})
+    return out
+
+
+def pu21_torch(y: torch.Tensor, variant: str = "banding_glare") -> torch.Tensor:
+    """``edgehdr.quality.pu21.pu21_encode`` in PyTorch."""
+    p1, p2, p3, p4, p5, p6, p7 = PU21_PARAMS[variant]
+    yp = y.clamp(PU21_L_MIN, PU21_L_MAX).pow(p4)
+    return p7 * (((p1 + p2 * yp) / (1.0 + p3 * yp)).pow(p5) - p6)
+
+
+class DisplayTwin:
+    """PyTorch twin of ``BacklightModel.simulate`` + ideal LCD (clip to [leak b, b]) for a Gaussian PSF."""
+
+    def __init__(self, layout: LedLayout):
+        if layout.psf_model != "gaussian":
+            raise NotImplementedError("the training twin models a Gaussian PSF; measured PSFs train on "
+                                      "the teacher term only (--display-weight 0)")
+        model = BacklightModel(layout)
+        self.layout = layout
+        self.a_rows = torch.from_numpy(model._a_rows)
+        self.a_cols = torch.from_numpy(model._a_cols)
+        self.gain = float(model.gain)
+        self.leak = 1.0 / layout.native_contrast
+
+    def backlight(self, light: torch.Tensor) -> torch.Tensor:
+        """(B, 1, R, C) light -> (B, 1, H, W) backlight in cd/m^2."""
+        work = self.gain * torch.einsum("hr,brc,wc->bhw", self.a_rows, light[:, 0], self.a_cols)
+        return F.interpolate(work[:, None], size=(self.layout.height_px, self.layout.width_px), mode="bilinear",
+                             align_corners=False)
+
+    def pu_error(self, light: torch.Tensor, target: torch.Tensor, target_pu: torch.Tensor) -> torch.Tensor:
+        """Mean squared PU21 error of the shown image per sample (the teacher's objective)."""
+        b = self.backlight(light)
+        shown = torch.minimum(torch.maximum(target, self.leak * b), b)
+        return ((pu21_torch(shown) - target_pu) ** 2).mean(dim=(1, 2, 3))
+
+
+def train_student(scenes, teacher, layout: LedLayout, *, epochs: int = 60, batch: int = 8, lr: float = 3e-3,
+                  distill: float = 200.0, seed: int = 0, log=print):
+    """Adam on the PU21 display error plus ``distill`` x MSE to the teacher's light."""
+    torch.manual_seed(seed)
+    model = DimmingNet(layout.rows, layout.cols)
+    twin = DisplayTwin(layout)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    targets = [torch.from_numpy(s["target"].transpose(2, 0, 1).copy())[None] for s in scenes]
+    targets_pu = [pu21_torch(t) for t in targets]
+    teacher_t = torch.from_numpy(np.asarray(teacher, np.float32))[:, None]
+    rng = np.random.default_rng(seed)
+    history = []
+    for epoch in range(epochs):
+        order = rng.permutation(len(scenes))
+        e_sum, d_sum = 0.0, 0.0
+        for start in range(0, len(order), batch):
+            idx = order[start:start + batch]
+            x = torch.cat([scenes[i]["x"] for i in idx])
+            light = model(x)
+            err = twin.pu_error(light, torch.cat([targets[i] for i in idx]), torch.cat([targets_pu[i] for i in idx]))
+            d = ((light - teacher_t[idx]) ** 2).mean()
+            loss = err.mean() + distill * d
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            e_sum += float(err.detach().sum())
+            d_sum += float(d.detach()) * len(idx)
+        sched.step()
+        n = len(scenes)
+        history.append({"epoch": epoch + 1, "pu_mse": e_sum / n, "distill_mse": d_sum / n})
+        log(f"epoch {epoch + 1:2d}/{epochs}: PU21 MSE {e_sum / n:.3f}, teacher MSE {d_sum / n:.5f}")
+    return model.eval(), history
+
+
+def export_dimming(model: DimmingNet, layout: LedLayout, path, *, extra_metadata: dict | None = None) -> Path:
+    import onnx
+
+    from edgehdr.infer.manifest import Manifest, sha256_file
+    from edgehdr.io.atomic import write_bytes_atomic
+    from export.checks import check_model, io_specs
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.export")
+    shape = (1, 2, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION)
+    torch.onnx.export(model.eval(), (torch.zeros(shape),), str(tmp), input_names=["zone_stats"],
+                      output_names=["light"], opset_version=17, dynamo=False)
+    m = onnx.load(str(tmp))
+    tmp.unlink()
+    meta = {"edgehdr.preprocess": "dimming_zone_stats", "edgehdr.model": "dimming_net",
+            "edgehdr.layout": json.dumps(model_layout_metadata(layout)),
+            "edgehdr.encoding": "input: per 4x4 sub-zone max and mean of max-RGB / panel peak, log2(v)/12 + 1 "
+                                "clipped to [0, 1]; output: zone light fraction in [0, 1]"}
+    meta.update(extra_metadata or {})
+    onnx.helper.set_model_props(m, meta)
+    m.producer_name = "edgehdr.models.training.train_dimming"
+    write_bytes_atomic(path, m.SerializeToString())
+    info = check_model(path, require_static=True)
+    specs = io_specs(onnx.load(str(path)))
+    Manifest(model_name="dimming_net", model_version="1", artefact=path.name, format="onnx", precision="fp32",
+             source_onnx_sha256=sha256_file(path), inputs=specs["inputs"], outputs=specs["outputs"],
+             build_flags={"opset": info["opset"], "recipe": "train_dimming", "layout": model_layout_metadata(layout)},
+             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).save(Manifest.path_for(path))
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.train_dimming",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=18)
+    p.add_argument("--cols", type=int, default=32)
+    p.add_argument("--scenes", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--distill", type=float, default=200.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=Path("dimming-training"))
+    p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "dimming_net.onnx")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    layout = training_layout(args.rows, args.cols)
+    args.work.mkdir(parents=True, exist_ok=True)
+    scenes = dimming_scenes(args.scenes, layout, seed=args.seed)
+    cache = args.work / f"teacher_{args.rows}x{args.cols}_{args.scenes}_{args.seed}.npz"
+    if cache.is_file():
+        teacher = np.load(cache)["light"]
+        print(f"teacher light from {cache}")
+    else:
+        model = BacklightModel(layout)
+        lights = []
+        for i, s in enumerate(scenes):
+            lights.append(optimal_zone_light(s["target"], layout, model=model))
+            print(f"teacher {i + 1}/{len(scenes)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        teacher = np.stack(lights)
+        np.savez(cache, light=teacher)
+    t_teacher = time.perf_counter() - t0
+    net, history = train_student(scenes, teacher, layout, epochs=args.epochs, distill=args.distill, seed=args.seed)
+    t_total = time.perf_counter() - t0
+    export_dimming(net, layout, args.out, extra_metadata={
+        "edgehdr.recipe": f"train_dimming --rows {args.rows} --cols {args.cols} --scenes {args.scenes} "
+                          f"--epochs {args.epochs} --distill {args.distill} --seed {args.seed}"})
+    shape = (1, 2, args.rows * SUBDIVISION, args.cols * SUBDIVISION)
+    log = {"parameters": count_parameters(net), "macs_per_frame": count_macs(net, shape),
+           "teacher_seconds": round(t_teacher, 1), "total_seconds": round(t_total, 1), "history": history,
+           "torch": torch.__version__}
+    (args.work / "train_dimming_log.json").write_text(json.dumps(log, indent=2))
+    print(f"wrote {args.out}: {log['parameters']} parameters, {log['macs_per_frame'] / 1e6:.1f} M MAC; "
+          f"teacher {t_teacher:.0f} s, total {t_total:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
