@@ -105,10 +105,29 @@ def _tmo_input(radiance, shape):
     return encode_tmo_input(radiance)[0]
 
 
+def dimming_layout_for(radiance, shape):
+    """The layout a dimming model's input implies for a frame: its zone grid on a panel of the frame's size."""
+    from edgehdr.dimming import LedLayout
+    from edgehdr.dimming.neural import SUBDIVISION
+
+    h, w = np.asarray(radiance).shape[:2]
+    return LedLayout(rows=shape[2] // SUBDIVISION, cols=shape[3] // SUBDIVISION, width_px=w, height_px=h,
+                     source="calibration")
+
+
+def _dimming_input(radiance, shape):
+    from edgehdr.dimming import display_target
+    from edgehdr.dimming.neural import encode_dimming_input  # the runtime stage's own encoder
+
+    layout = dimming_layout_for(radiance, shape)
+    return encode_dimming_input(display_target(radiance, layout), layout)
+
+
 PREPROCESSING = {
     "log_radiance": {"source": "radiance", "to_nchw": lambda item, shape: log_encode_nchw(item, shape[2], shape[3])},
     "bracket_ldr": {"source": "bracket", "to_nchw": lambda item, shape: bracket_nchw(item, shape[2], shape[3])},
     "tmo_log_luminance": {"source": "radiance", "to_nchw": _tmo_input},
+    "dimming_zone_stats": {"source": "radiance", "to_nchw": _dimming_input, "synth_size": (360, 640)},
 }
 
 
@@ -148,8 +167,9 @@ def model_feeds(model_path, source, count: int, *, role: str = "calibration", wi
     spec = PREPROCESSING[kind]
     if source == "synth":
         seed = CALIBRATION_SEED if role == "calibration" else HOLDOUT_SEED
-        items = list(synthetic_hdr(count, seed=seed) if spec["source"] == "radiance"
-                     else synthetic_brackets(count, shape[1] // 3, seed=seed))
+        size = dict(zip(("height", "width"), spec["synth_size"])) if "synth_size" in spec else {}
+        items = list(synthetic_hdr(count, seed=seed, **size) if spec["source"] == "radiance"
+                     else synthetic_brackets(count, shape[1] // 3, seed=seed, **size))
         description = {"source": "synthetic scenes", "seeds": [seed, seed + count - 1]}
     else:
         folder = Path(source)

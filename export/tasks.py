@@ -32,12 +32,26 @@ def _tmo_output_psnr(items, ref_outputs, cand_outputs) -> dict:
 
 
 def _tmo_budget(task) -> list:
-    return [(f"tone-mapped output PSNR {task['tmo_output_psnr_db_mean']:.2f} dB >= 40", 
+    return [(f"tone-mapped output PSNR {task['tmo_output_psnr_db_mean']:.2f} dB >= 40",
              task["tmo_output_psnr_db_mean"] >= 40.0)]
+
+
+def _zone_light_error(items, ref_outputs, cand_outputs) -> dict:
+    """Zone light of the converted model against FP32: mean and max absolute error (light fraction, 1 = full)."""
+    diffs = [np.abs(np.asarray(next(iter(c.values())), np.float64) - next(iter(r.values())))
+             for r, c in zip(ref_outputs, cand_outputs)]
+    return {"zone_light_mae": float(np.mean([d.mean() for d in diffs])),
+            "zone_light_max_abs": float(max(d.max() for d in diffs))}
+
+
+def _dimming_budget(task) -> list:
+    return [(f"zone light mean abs error {task['zone_light_mae']:.4f} <= 0.01 (1 % of full drive)",
+             task["zone_light_mae"] <= 0.01)]
 
 
 TASKS = {
     "tmo_log_luminance": {"metric": _tmo_output_psnr, "budget": _tmo_budget},
+    "dimming_zone_stats": {"metric": _zone_light_error, "budget": _dimming_budget},
 }
 
 

@@ -177,8 +177,17 @@ def build_runtime(cfg: dict, *, extra_sinks=()) -> Runtime:
                                height_px=height, peak_luminance_cd_m2=dim["peak_luminance_cd_m2"],
                                zone_bits=cfg["bridge"]["bits"], source="[dimming] rows/cols")
         rt.layout = layout
-        stages.append(Stage("dimming", DimmingStage(layout, algorithm=dim["algorithm"], frame_interval_s=1 / fps),
-                            queue_size=q))
+        dim_runner = dim_model = None
+        if dim["algorithm"] == "neural":
+            from edgehdr.models import model_path
+
+            dim_model = model_path(dim["model"])
+            dim_runner = _model_runner(cfg, dim["model"])
+        dimming = DimmingStage(layout, algorithm=dim["algorithm"], frame_interval_s=1 / fps, runner=dim_runner,
+                               model_path=dim_model)
+        for warning in getattr(dimming.neural, "warnings", []):
+            log.warning("dimming model %s: %s", dim_model, warning)
+        stages.append(Stage("dimming", dimming, queue_size=q))
         br = cfg["bridge"]
         if br["enabled"]:
             from firmware_bridge.link import Link

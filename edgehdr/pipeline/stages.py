@@ -123,11 +123,18 @@ class DimmingStage:
 
     def __init__(self, layout: LedLayout, *, algorithm: str = "sqrt", max_rise_per_s: float = 8.0,
                  max_fall_per_s: float = 2.0, peak_percentile: float = 99.9, time_constant_s: float = 0.4,
-                 frame_interval_s: float = 1 / 30):
-        if algorithm not in ("max", "mean", "sqrt", "percentile"):
-            raise ValueError(f"runtime dimming algorithm must be a heuristic (max, mean, sqrt, percentile), "
-                             f"got {algorithm!r}; 'optimal' is an offline reference")
+                 frame_interval_s: float = 1 / 30, runner=None, model_path=None):
+        if algorithm not in ("max", "mean", "sqrt", "percentile", "neural"):
+            raise ValueError(f"runtime dimming algorithm must be a heuristic (max, mean, sqrt, percentile) or "
+                             f"neural, got {algorithm!r}; 'optimal' is an offline reference")
         self.layout, self.algorithm, self.peak_percentile = layout, algorithm, peak_percentile
+        self.neural = None
+        if algorithm == "neural":
+            if runner is None:
+                raise ValueError("neural dimming needs a runner (edgehdr.infer.open_runner(model))")
+            from edgehdr.dimming.neural import NeuralDimmer
+
+            self.neural = NeuralDimmer(runner, layout, model_path=model_path)
         self.model = BacklightModel(layout)
         self.temporal = ZoneTemporalFilter(max_rise_per_s, max_fall_per_s, frame_interval_s)
         self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s, frame_interval_s=frame_interval_s)
@@ -140,8 +147,11 @@ class DimmingStage:
         robust = float(np.percentile(luminance(rad[::8, ::8]), self.peak_percentile))
         robust = self.adaptation.update(peak=max(robust, 1e-9))["peak"]
         scale = self.layout.peak_luminance_cd_m2 / robust
-        stats = zone_statistics(rad, self.layout, histogram=self.algorithm == "percentile", scale=scale)
-        light = self.temporal.update(zone_light(rad, self.layout, self.algorithm, stats=stats))
+        if self.neural is not None:
+            light = self.temporal.update(self.neural(rad, scale=scale))
+        else:
+            stats = zone_statistics(rad, self.layout, histogram=self.algorithm == "percentile", scale=scale)
+            light = self.temporal.update(zone_light(rad, self.layout, self.algorithm, stats=stats))
         ctx.zone_values = self.layout.to_zone_values(light)
         ctx.light = self.layout.light_from_zone_values(ctx.zone_values).astype(np.float32)
         ctx.backlight = self.model.simulate(ctx.light)

@@ -1,0 +1,128 @@
+"""Quality and speed table of the local-dimming CNN against its teacher and the heuristics.
+
+    python -m edgehdr.models.training.evaluate_dimming [--scenes 16] [--int8 out/dimming_net.int8.onnx]
+
+Held-out synthetic scenes (seeds from 100000), the demo's 18 x 32 zones on a 640 x 360
+and a 1280 x 720 panel. Every light goes through the same path as at runtime: 12-bit
+codes (rounded within a power budget where there is one), backlight simulation, LCD
+compensation, simulated display; PU-PSNR against the target. "At equal power": the
+network's light projected onto each heuristic's power (``project_power_budget``) and
+compared with that heuristic. Speed: one 1080p frame (encoder + network, ONNX Runtime
+CPU FP32) against the ``sqrt`` heuristic's zone statistics, median of 30.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+__all__ = ["evaluate", "main"]
+
+
+def evaluate(scenes: int = 16, *, model="dimming_net", int8=None, sizes=((360, 640), (720, 1280))) -> dict:
+    from edgehdr.dimming import (BacklightModel, LedLayout, dimming_metrics, display_target, lcd_compensation,
+                                 optimal_zone_light, project_power_budget, quantise_within_budget, simulate_display,
+                                 zone_light)
+    from edgehdr.dimming.neural import NeuralDimmer
+    from edgehdr.dimming.zones import HEURISTICS, zone_statistics
+    from edgehdr.infer import OnnxRuntimeRunner
+    from edgehdr.models import model_path
+    from edgehdr.synth import make_scene
+
+    path = model_path(model)
+    runner = OnnxRuntimeRunner(path).load()
+    quant = OnnxRuntimeRunner(int8).load() if int8 else None
+    result = {"sizes": {}}
+    for height, width in sizes:
+        layout = LedLayout(rows=18, cols=32, width_px=width, height_px=height)
+        backlight = BacklightModel(layout)
+        net = NeuralDimmer(runner, layout, model_path=path)
+        net8 = NeuralDimmer(quant, layout) if quant else None
+
+        def shown_metrics(light, target, budget=None):
+            light = layout.light_from_zone_values(quantise_within_budget(light, layout, budget)).astype(np.float32)
+            b = backlight.simulate(light)
+            return dimming_metrics(target, simulate_display(lcd_compensation(target, b, layout), b, layout), light,
+                                   layout)
+
+        rows = {k: [] for k in ("teacher", "network", "network_int8", *HEURISTICS)}
+        equal_power = {h: [] for h in HEURISTICS}
+        zone_mae_int8 = []
+        for i in range(scenes):
+            target = display_target(make_scene(100_000 + i, height, width).radiance, layout)
+            ours = net(target)
+            rows["network"].append(shown_metrics(ours, target))
+            rows["teacher"].append(shown_metrics(optimal_zone_light(target, layout, model=backlight), target))
+            if net8 is not None:
+                ours8 = net8(target)
+                rows["network_int8"].append(shown_metrics(ours8, target))
+                zone_mae_int8.append(float(np.mean(np.abs(ours8 - ours))))
+            for h in HEURISTICS:
+                m = shown_metrics(zone_light(target, layout, h), target)
+                rows[h].append(m)
+                mine = shown_metrics(project_power_budget(ours, m["power"]), target, budget=m["power"])
+                equal_power[h].append({"heuristic_db": m["pu_psnr_db"], "network_db": mine["pu_psnr_db"],
+                                       "network_power": mine["power"], "heuristic_power": m["power"]})
+        summary = {k: {"pu_psnr_db": float(np.mean([m["pu_psnr_db"] for m in v])),
+                       "power": float(np.mean([m["power"] for m in v])),
+                       "halo_pu": float(np.mean([m["halo_pu"] for m in v]))} for k, v in rows.items() if v}
+        eq = {h: {"heuristic_db": float(np.mean([r["heuristic_db"] for r in v])),
+                  "network_db": float(np.mean([r["network_db"] for r in v])),
+                  "wins": int(sum(r["network_db"] > r["heuristic_db"] for r in v)), "of": len(v),
+                  "power_ok": all(r["network_power"] <= r["heuristic_power"] + 1e-6 for r in v)}
+              for h, v in equal_power.items()}
+        result["sizes"][f"{width}x{height}"] = {"summary": summary, "equal_power": eq,
+                                                 "int8_zone_mae": float(np.mean(zone_mae_int8)) if zone_mae_int8
+                                                 else None}
+    # Speed at 1080p.
+    layout = LedLayout(rows=18, cols=32, width_px=1920, height_px=1080)
+    net = NeuralDimmer(runner, layout)
+    target = display_target(make_scene(3, 1080, 1920).radiance, layout)
+
+    def median_ms(fn, repeat=30):
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return float(np.median(times))
+
+    result["speed_1080p_ms"] = {"network_total": median_ms(lambda: net(target)),
+                                "sqrt_heuristic": median_ms(lambda: zone_light(
+                                    target, layout, "sqrt", stats=zone_statistics(target, layout)))}
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.evaluate_dimming")
+    p.add_argument("--scenes", type=int, default=16)
+    p.add_argument("--model", default="dimming_net")
+    p.add_argument("--int8", default=None)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    result = evaluate(args.scenes, model=args.model, int8=args.int8)
+    for size, r in result["sizes"].items():
+        print(f"panel {size}, 18x32 zones, {args.scenes} held-out scenes")
+        print(f"  {'algorithm':<14} {'PU-PSNR dB':>10} {'power':>7} {'halo PU':>8}")
+        for k, v in r["summary"].items():
+            print(f"  {k:<14} {v['pu_psnr_db']:>10.2f} {v['power']:>7.4f} {v['halo_pu']:>8.3f}")
+        for h, v in r["equal_power"].items():
+            print(f"  at {h}'s power: network {v['network_db']:.2f} dB vs {v['heuristic_db']:.2f} dB, "
+                  f"wins {v['wins']}/{v['of']}, power within budget: {v['power_ok']}")
+        if r["int8_zone_mae"] is not None:
+            print(f"  INT8 zone light mean abs error vs FP32: {r['int8_zone_mae']:.4f}")
+    print("1080p ms:", result["speed_1080p_ms"])
+    if args.json:
+        from edgehdr.io.atomic import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
