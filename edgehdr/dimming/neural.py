@@ -7,11 +7,15 @@ predicts the zone light fractions that ``optimal_zone_light`` (projected
 gradient on the PU21 error of the simulated display, Seetzen et al. 2004 model)
 would choose, in one pass of well under a millisecond.
 
-Input encoding (ONNX input ``zone_stats``, (1, 2, 4 R, 4 C) float32): channel 0
+Input encoding (ONNX input ``zone_stats``, (1, 3, 4 R, 4 C) float32): channel 0
 the sub-zone maxima, channel 1 the sub-zone means, each ``log2(v) / 12 + 1``
-clipped to [0, 1] (12 stops below the peak to the peak). Output ``light``
-(1, 1, R, C) in [0, 1]. A model is made for one zone grid and PSF (its metadata
-says which); the stage refuses a model whose grid differs from the layout's.
+clipped to [0, 1] (12 stops below the peak to the peak); channel 2 the power
+budget (mean light fraction allowed, 1 = no limit) everywhere. Output ``light``
+(1, 1, R, C) in [0, 1], then scaled down uniformly if its mean exceeds the budget
+(``within_budget``; training optimises through the same step), so the result
+never draws more than the budget. A model is made for one zone grid and PSF (its
+metadata says which); the stage refuses a model whose grid differs from the
+layout's.
 """
 
 from __future__ import annotations
@@ -23,10 +27,18 @@ import numpy as np
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.dimming.zones import zone_statistics
 
-__all__ = ["SUBDIVISION", "STATS_STOPS", "encode_dimming_input", "NeuralDimmer", "model_layout_metadata"]
+__all__ = ["SUBDIVISION", "STATS_STOPS", "INPUT_CHANNELS", "encode_dimming_input", "within_budget", "NeuralDimmer",
+           "model_layout_metadata"]
 
 SUBDIVISION = 4
 STATS_STOPS = 12.0
+INPUT_CHANNELS = 3
+
+
+def within_budget(light: np.ndarray, power_budget: float) -> np.ndarray:
+    """``light`` scaled down uniformly when its mean exceeds ``power_budget`` (mean light fraction)."""
+    mean = float(np.mean(light))
+    return light * np.float32(power_budget / mean) if mean > power_budget > 0 else light
 
 
 def _stats_layout(layout: LedLayout) -> LedLayout:
@@ -35,14 +47,19 @@ def _stats_layout(layout: LedLayout) -> LedLayout:
                      source=f"{layout.source} (x{SUBDIVISION} statistics grid)")
 
 
-def encode_dimming_input(target: np.ndarray, layout: LedLayout, *, scale: float = 1.0,
+def encode_dimming_input(target: np.ndarray, layout: LedLayout, *, scale: float = 1.0, power_budget: float = 1.0,
                          stats_layout: LedLayout | None = None) -> np.ndarray:
-    """(1, 2, 4 R, 4 C) float32 network input from a target in cd/m^2 (or radiance times ``scale``)."""
+    """(1, 3, 4 R, 4 C) float32 network input from a target in cd/m^2 (or radiance times ``scale``)."""
+    if not 0.0 < power_budget <= 1.0:
+        raise ValueError(f"power_budget must be in (0, 1], got {power_budget}")
     zmax, zmean, _ = zone_statistics(target, stats_layout or _stats_layout(layout), scale=scale)
-    x = np.stack([zmax, zmean])[None]
+    x = np.empty((1, INPUT_CHANNELS) + zmax.shape, np.float32)
     floor = np.float32(2.0 ** -STATS_STOPS)
-    return np.ascontiguousarray(np.clip(np.log2(np.maximum(x, floor)) / np.float32(STATS_STOPS) + 1, 0, 1),
-                                np.float32)
+    x[0, 0] = np.log2(np.maximum(zmax, floor))
+    x[0, 1] = np.log2(np.maximum(zmean, floor))
+    np.clip(x[0, :2] / np.float32(STATS_STOPS) + 1, 0, 1, out=x[0, :2])
+    x[0, 2] = power_budget
+    return x
 
 
 def model_layout_metadata(layout: LedLayout) -> dict:
@@ -60,8 +77,10 @@ class NeuralDimmer:
     but was distilled for another panel).
     """
 
-    def __init__(self, runner, layout: LedLayout, *, model_path=None):
-        self.runner, self.layout = runner, layout
+    def __init__(self, runner, layout: LedLayout, *, model_path=None, power_budget: float = 1.0):
+        if not 0.0 < power_budget <= 1.0:
+            raise ValueError(f"power_budget must be in (0, 1], got {power_budget}")
+        self.runner, self.layout, self.power_budget = runner, layout, float(power_budget)
         desc = runner.describe()
         inputs = desc["inputs"]
         if isinstance(inputs, dict):
@@ -69,7 +88,7 @@ class NeuralDimmer:
         else:
             (spec,) = inputs
             self._input_name, shape = spec["name"], spec["shape"]
-        expected = [1, 2, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION]
+        expected = [1, INPUT_CHANNELS, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION]
         if list(shape) != expected:
             raise ValueError(f"dimming model {model_path or ''} expects input {list(shape)}, the layout "
                              f"({layout.rows}x{layout.cols} zones) needs {expected}; make a model for this layout "
@@ -87,7 +106,10 @@ class NeuralDimmer:
                     self.warnings.append(f"model made for {key}={made_for[key]}, layout has {ours[key]}")
         self._stats_layout = _stats_layout(layout)
 
-    def __call__(self, target: np.ndarray, *, scale: float = 1.0) -> np.ndarray:
-        x = encode_dimming_input(target, self.layout, scale=scale, stats_layout=self._stats_layout)
+    def __call__(self, target: np.ndarray, *, scale: float = 1.0, power_budget: float | None = None) -> np.ndarray:
+        budget = self.power_budget if power_budget is None else float(power_budget)
+        x = encode_dimming_input(target, self.layout, scale=scale, power_budget=budget,
+                                 stats_layout=self._stats_layout)
         (light,) = self.runner.run({self._input_name: x}).values()
-        return np.clip(np.asarray(light, np.float32).reshape(self.layout.rows, self.layout.cols), 0.0, 1.0)
+        light = np.clip(np.asarray(light, np.float32).reshape(self.layout.rows, self.layout.cols), 0.0, 1.0)
+        return within_budget(light, budget)

@@ -81,6 +81,7 @@ SCHEMA = {
         "peak_luminance_cd_m2": (float, 1000.0, _range(1.0, 100000.0)),
         "algorithm": (str, "sqrt", _choice("max", "mean", "sqrt", "percentile", "neural")),
         "model": (str, "dimming_net", _any()),
+        "power_budget": (float, 1.0, _range(0.01, 1.0)),
     },
     "infer": {
         "backend": (str, "auto", _choice("auto", "cpu")),

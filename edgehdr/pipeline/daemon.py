@@ -184,7 +184,7 @@ def build_runtime(cfg: dict, *, extra_sinks=()) -> Runtime:
             dim_model = model_path(dim["model"])
             dim_runner = _model_runner(cfg, dim["model"])
         dimming = DimmingStage(layout, algorithm=dim["algorithm"], frame_interval_s=1 / fps, runner=dim_runner,
-                               model_path=dim_model)
+                               model_path=dim_model, power_budget=dim["power_budget"])
         for warning in getattr(dimming.neural, "warnings", []):
             log.warning("dimming model %s: %s", dim_model, warning)
         stages.append(Stage("dimming", dimming, queue_size=q))

@@ -123,7 +123,7 @@ class DimmingStage:
 
     def __init__(self, layout: LedLayout, *, algorithm: str = "sqrt", max_rise_per_s: float = 8.0,
                  max_fall_per_s: float = 2.0, peak_percentile: float = 99.9, time_constant_s: float = 0.4,
-                 frame_interval_s: float = 1 / 30, runner=None, model_path=None):
+                 frame_interval_s: float = 1 / 30, runner=None, model_path=None, power_budget: float = 1.0):
         if algorithm not in ("max", "mean", "sqrt", "percentile", "neural"):
             raise ValueError(f"runtime dimming algorithm must be a heuristic (max, mean, sqrt, percentile) or "
                              f"neural, got {algorithm!r}; 'optimal' is an offline reference")
@@ -134,7 +134,7 @@ class DimmingStage:
                 raise ValueError("neural dimming needs a runner (edgehdr.infer.open_runner(model))")
             from edgehdr.dimming.neural import NeuralDimmer
 
-            self.neural = NeuralDimmer(runner, layout, model_path=model_path)
+            self.neural = NeuralDimmer(runner, layout, model_path=model_path, power_budget=power_budget)
         self.model = BacklightModel(layout)
         self.temporal = ZoneTemporalFilter(max_rise_per_s, max_fall_per_s, frame_interval_s)
         self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s, frame_interval_s=frame_interval_s)

@@ -88,7 +88,7 @@ assert math.isclose(TMO_INPUT_SHAPE[2] / TMO_GRID_SHAPE[2], 16) and TMO_INPUT_SH
 
 
 class DimmingNet(nn.Module):
-    """Local dimming: sub-zone statistics (1, 2, 4R, 4C) -> zone light (1, 1, R, C) in [0, 1].
+    """Local dimming: sub-zone statistics and power budget (1, 3, 4R, 4C) -> zone light (1, 1, R, C) in [0, 1].
 
     Two strided convolutions bring the 4 x 4 sub-zone grid to the zone grid; two residual
     3 x 3 blocks at zone resolution give every zone the neighbourhood the LED PSF couples it
@@ -98,7 +98,7 @@ class DimmingNet(nn.Module):
     def __init__(self, rows: int, cols: int, width: int = 32):
         super().__init__()
         self.rows, self.cols = rows, cols
-        self.down = nn.Sequential(_conv(2, 16), _conv(16, 24, 2), _conv(24, width, 2))
+        self.down = nn.Sequential(_conv(3, 16), _conv(16, 24, 2), _conv(24, width, 2))
         self.block1 = nn.Sequential(_conv(width, width), nn.Conv2d(width, width, 3, padding=1))
         self.block2 = nn.Sequential(_conv(width, width), nn.Conv2d(width, width, 3, padding=1))
         self.head = nn.Conv2d(width, 1, 1)

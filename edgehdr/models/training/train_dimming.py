@@ -7,11 +7,13 @@
    18 x 32 zones (the network input is per-zone statistics, so the panel resolution
    only changes how small a highlight can be).
 2. Teacher: ``optimal_zone_light`` (projected gradient on the PU21 error of the
-   simulated display) for every scene.
-3. Student (``DimmingNet``) on the runtime's own input encoding, trained on the
-   same objective as the teacher through a PyTorch twin of the display model
-   (Gaussian LED PSF, bilinear backlight, LCD clipping and leakage, PU21), plus the
-   teacher's zone light as a distillation term.
+   simulated display) for every scene, once without a power limit and once at the
+   power each of the ``max``, ``sqrt`` and ``mean`` heuristics draws on that scene.
+3. Student (``DimmingNet``) on the runtime's own input encoding (with the power
+   budget as an input channel), trained on the same objective as the teacher
+   through a PyTorch twin of the display model (Gaussian LED PSF, bilinear
+   backlight, LCD clipping and leakage, PU21) after the runtime's budget step,
+   plus the teacher's zone light as a distillation term.
 4. Export to ONNX (``zone_stats`` -> ``light``), checked, with a manifest and the
    layout it was made for in its metadata.
 """
@@ -27,14 +29,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgehdr.dimming import BacklightModel, LedLayout, display_target, optimal_zone_light
-from edgehdr.dimming.neural import SUBDIVISION, encode_dimming_input, model_layout_metadata
+from edgehdr.dimming import BacklightModel, LedLayout, display_target, optimal_zone_light, power_fraction, zone_light
+from edgehdr.dimming.neural import INPUT_CHANNELS, SUBDIVISION, encode_dimming_input, model_layout_metadata
 from edgehdr.models.training.nets import DimmingNet, count_macs, count_parameters
 from edgehdr.quality.pu21 import PU21_L_MAX, PU21_L_MIN, PU21_PARAMS
 
 __all__ = ["training_layout", "dimming_scenes", "DisplayTwin", "pu21_torch", "train_student", "export_dimming", "main"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent
+BUDGETS = ("none", "max", "sqrt", "mean")  # teacher runs per scene: no limit, then each heuristic's power
 
 
 def training_layout(rows: int = 18, cols: int = 32, width_px: int = 640, height_px: int = 360, **kw) -> LedLayout:
@@ -42,13 +45,27 @@ def training_layout(rows: int = 18, cols: int = 32, width_px: int = 640, height_
 
 
 def dimming_scenes(count: int, layout: LedLayout, *, seed: int = 0) -> list[dict]:
+    """Scenes on the panel with each budget's power (1 for 'none') and the runtime's encoding at that budget."""
     from edgehdr.synth import make_scene
 
     out = []
     for i in range(count):
         target = display_target(make_scene(seed + i, layout.height_px, layout.width_px).radiance, layout)
-        out.append({"target": target, "x": torch.from_numpy(encode_dimming_input(target, layout))})
+        budgets = {"none": 1.0}
+        inits = {"none": None}
+        for h in BUDGETS[1:]:
+            light = zone_light(target, layout, h)
+            budgets[h], inits[h] = power_fraction(light, layout), light
+        out.append({"target": target, "budgets": budgets, "inits": inits,
+                    "x": {k: torch.from_numpy(encode_dimming_input(target, layout, power_budget=b))
+                          for k, b in budgets.items()}})
     return out
+
+
+def budget_scale_torch(light: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """``edgehdr.dimming.neural.within_budget`` in PyTorch, per sample."""
+    mean = light.mean(dim=(1, 2, 3), keepdim=True)
+    return light * torch.clamp(budget.view(-1, 1, 1, 1) / mean.clamp_min(1e-12), max=1.0)
 
 
 def pu21_torch(y: torch.Tensor, variant: str = "banding_glare") -> torch.Tensor:
@@ -85,9 +102,12 @@ class DisplayTwin:
         return ((pu21_torch(shown) - target_pu) ** 2).mean(dim=(1, 2, 3))
 
 
-def train_student(scenes, teacher, layout: LedLayout, *, epochs: int = 60, batch: int = 8, lr: float = 3e-3,
+def train_student(scenes, teacher: dict, layout: LedLayout, *, epochs: int = 60, batch: int = 8, lr: float = 3e-3,
                   distill: float = 200.0, seed: int = 0, log=print):
-    """Adam on the PU21 display error plus ``distill`` x MSE to the teacher's light."""
+    """Adam on the PU21 display error of the budgeted light plus ``distill`` x MSE to the teacher's light.
+
+    ``teacher[kind]`` is (scenes, R, C) for each budget kind; every (scene, budget) pair is a sample.
+    """
     torch.manual_seed(seed)
     model = DimmingNet(layout.rows, layout.cols)
     twin = DisplayTwin(layout)
@@ -95,26 +115,29 @@ def train_student(scenes, teacher, layout: LedLayout, *, epochs: int = 60, batch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     targets = [torch.from_numpy(s["target"].transpose(2, 0, 1).copy())[None] for s in scenes]
     targets_pu = [pu21_torch(t) for t in targets]
-    teacher_t = torch.from_numpy(np.asarray(teacher, np.float32))[:, None]
+    samples = [(i, k) for i in range(len(scenes)) for k in BUDGETS]
+    teacher_t = {k: torch.from_numpy(np.asarray(v, np.float32))[:, None] for k, v in teacher.items()}
     rng = np.random.default_rng(seed)
     history = []
     for epoch in range(epochs):
-        order = rng.permutation(len(scenes))
+        order = rng.permutation(len(samples))
         e_sum, d_sum = 0.0, 0.0
         for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
-            x = torch.cat([scenes[i]["x"] for i in idx])
-            light = model(x)
-            err = twin.pu_error(light, torch.cat([targets[i] for i in idx]), torch.cat([targets_pu[i] for i in idx]))
-            d = ((light - teacher_t[idx]) ** 2).mean()
+            chosen = [samples[j] for j in order[start:start + batch]]
+            x = torch.cat([scenes[i]["x"][k] for i, k in chosen])
+            budget = torch.tensor([scenes[i]["budgets"][k] for i, k in chosen], dtype=torch.float32)
+            light = budget_scale_torch(model(x), budget)
+            err = twin.pu_error(light, torch.cat([targets[i] for i, _ in chosen]),
+                                torch.cat([targets_pu[i] for i, _ in chosen]))
+            d = ((light - torch.cat([teacher_t[k][i:i + 1] for i, k in chosen])) ** 2).mean()
             loss = err.mean() + distill * d
             opt.zero_grad()
             loss.backward()
             opt.step()
             e_sum += float(err.detach().sum())
-            d_sum += float(d.detach()) * len(idx)
+            d_sum += float(d.detach()) * len(chosen)
         sched.step()
-        n = len(scenes)
+        n = len(samples)
         history.append({"epoch": epoch + 1, "pu_mse": e_sum / n, "distill_mse": d_sum / n})
         log(f"epoch {epoch + 1:2d}/{epochs}: PU21 MSE {e_sum / n:.3f}, teacher MSE {d_sum / n:.5f}")
     return model.eval(), history
@@ -129,7 +152,7 @@ def export_dimming(model: DimmingNet, layout: LedLayout, path, *, extra_metadata
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.export")
-    shape = (1, 2, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION)
+    shape = (1, INPUT_CHANNELS, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION)
     torch.onnx.export(model.eval(), (torch.zeros(shape),), str(tmp), input_names=["zone_stats"],
                       output_names=["light"], opset_version=17, dynamo=False)
     m = onnx.load(str(tmp))
@@ -137,7 +160,9 @@ def export_dimming(model: DimmingNet, layout: LedLayout, path, *, extra_metadata
     meta = {"edgehdr.preprocess": "dimming_zone_stats", "edgehdr.model": "dimming_net",
             "edgehdr.layout": json.dumps(model_layout_metadata(layout)),
             "edgehdr.encoding": "input: per 4x4 sub-zone max and mean of max-RGB / panel peak, log2(v)/12 + 1 "
-                                "clipped to [0, 1]; output: zone light fraction in [0, 1]"}
+                                "clipped to [0, 1], and the power budget (mean light allowed, 1 = none) as a "
+                                "constant channel; output: zone light fraction in [0, 1], scaled down uniformly "
+                                "when its mean exceeds the budget"}
     meta.update(extra_metadata or {})
     onnx.helper.set_model_props(m, meta)
     m.producer_name = "edgehdr.models.training.train_dimming"
@@ -156,7 +181,7 @@ def main(argv=None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=18)
     p.add_argument("--cols", type=int, default=32)
-    p.add_argument("--scenes", type=int, default=128)
+    p.add_argument("--scenes", type=int, default=96)
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--distill", type=float, default=200.0)
     p.add_argument("--seed", type=int, default=0)
@@ -167,25 +192,29 @@ def main(argv=None) -> int:
     layout = training_layout(args.rows, args.cols)
     args.work.mkdir(parents=True, exist_ok=True)
     scenes = dimming_scenes(args.scenes, layout, seed=args.seed)
-    cache = args.work / f"teacher_{args.rows}x{args.cols}_{args.scenes}_{args.seed}.npz"
+    cache = args.work / f"teacher_{args.rows}x{args.cols}_{args.scenes}_{args.seed}_budgets.npz"
     if cache.is_file():
-        teacher = np.load(cache)["light"]
+        data = np.load(cache)
+        teacher = {k: data[k] for k in BUDGETS}
         print(f"teacher light from {cache}")
     else:
         model = BacklightModel(layout)
-        lights = []
+        teacher = {k: [] for k in BUDGETS}
         for i, s in enumerate(scenes):
-            lights.append(optimal_zone_light(s["target"], layout, model=model))
+            for k in BUDGETS:
+                budget = None if k == "none" else s["budgets"][k]
+                teacher[k].append(optimal_zone_light(s["target"], layout, model=model, init=s["inits"][k],
+                                                     power_budget=budget))
             print(f"teacher {i + 1}/{len(scenes)} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        teacher = np.stack(lights)
-        np.savez(cache, light=teacher)
+        teacher = {k: np.stack(v) for k, v in teacher.items()}
+        np.savez(cache, **teacher)
     t_teacher = time.perf_counter() - t0
     net, history = train_student(scenes, teacher, layout, epochs=args.epochs, distill=args.distill, seed=args.seed)
     t_total = time.perf_counter() - t0
     export_dimming(net, layout, args.out, extra_metadata={
         "edgehdr.recipe": f"train_dimming --rows {args.rows} --cols {args.cols} --scenes {args.scenes} "
                           f"--epochs {args.epochs} --distill {args.distill} --seed {args.seed}"})
-    shape = (1, 2, args.rows * SUBDIVISION, args.cols * SUBDIVISION)
+    shape = (1, INPUT_CHANNELS, args.rows * SUBDIVISION, args.cols * SUBDIVISION)
     log = {"parameters": count_parameters(net), "macs_per_frame": count_macs(net, shape),
            "teacher_seconds": round(t_teacher, 1), "total_seconds": round(t_total, 1), "history": history,
            "torch": torch.__version__}
