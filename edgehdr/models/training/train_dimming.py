@@ -7,8 +7,9 @@
    18 x 32 zones (the network input is per-zone statistics, so the panel resolution
    only changes how small a highlight can be).
 2. Teacher: ``optimal_zone_light`` (projected gradient on the PU21 error of the
-   simulated display) for every scene, once without a power limit and once at the
-   power each of the ``max``, ``sqrt`` and ``mean`` heuristics draws on that scene.
+   simulated display) for every scene without a power limit (``--teacher-budgets``
+   adds a run at the power each of the ``max``, ``sqrt`` and ``mean`` heuristics
+   draws, four times the cost).
 3. Student (``DimmingNet``) on the runtime's own input encoding (with the power
    budget as an input channel), trained on the same objective as the teacher
    through a PyTorch twin of the display model (Gaussian LED PSF, bilinear
@@ -106,7 +107,9 @@ def train_student(scenes, teacher: dict, layout: LedLayout, *, epochs: int = 60,
                   distill: float = 200.0, seed: int = 0, log=print):
     """Adam on the PU21 display error of the budgeted light plus ``distill`` x MSE to the teacher's light.
 
-    ``teacher[kind]`` is (scenes, R, C) for each budget kind; every (scene, budget) pair is a sample.
+    ``teacher[kind]`` is (scenes, R, C) for the budget kinds that have a teacher; every (scene, budget)
+    pair is a sample, trained on the display objective (the teacher's own) and, where there is a
+    teacher for its budget, the distillation term.
     """
     torch.manual_seed(seed)
     model = DimmingNet(layout.rows, layout.cols)
@@ -129,7 +132,9 @@ def train_student(scenes, teacher: dict, layout: LedLayout, *, epochs: int = 60,
             light = budget_scale_torch(model(x), budget)
             err = twin.pu_error(light, torch.cat([targets[i] for i, _ in chosen]),
                                 torch.cat([targets_pu[i] for i, _ in chosen]))
-            d = ((light - torch.cat([teacher_t[k][i:i + 1] for i, k in chosen])) ** 2).mean()
+            taught = [(j, teacher_t[k][i:i + 1]) for j, (i, k) in enumerate(chosen) if k in teacher_t]
+            d = (((light[[j for j, _ in taught]] - torch.cat([t for _, t in taught])) ** 2).mean() if taught
+                 else torch.zeros(()))
             loss = err.mean() + distill * d
             opt.zero_grad()
             loss.backward()
@@ -181,7 +186,8 @@ def main(argv=None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=18)
     p.add_argument("--cols", type=int, default=32)
-    p.add_argument("--scenes", type=int, default=96)
+    p.add_argument("--scenes", type=int, default=128)
+    p.add_argument("--teacher-budgets", action="store_true", help="also run the teacher at the heuristics' powers")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--distill", type=float, default=200.0)
     p.add_argument("--seed", type=int, default=0)
@@ -192,16 +198,17 @@ def main(argv=None) -> int:
     layout = training_layout(args.rows, args.cols)
     args.work.mkdir(parents=True, exist_ok=True)
     scenes = dimming_scenes(args.scenes, layout, seed=args.seed)
-    cache = args.work / f"teacher_{args.rows}x{args.cols}_{args.scenes}_{args.seed}_budgets.npz"
+    kinds = BUDGETS if args.teacher_budgets else ("none",)
+    cache = args.work / f"teacher_{args.rows}x{args.cols}_{args.scenes}_{args.seed}_{'-'.join(kinds)}.npz"
     if cache.is_file():
         data = np.load(cache)
-        teacher = {k: data[k] for k in BUDGETS}
+        teacher = {k: data[k] for k in kinds}
         print(f"teacher light from {cache}")
     else:
         model = BacklightModel(layout)
-        teacher = {k: [] for k in BUDGETS}
+        teacher = {k: [] for k in kinds}
         for i, s in enumerate(scenes):
-            for k in BUDGETS:
+            for k in kinds:
                 budget = None if k == "none" else s["budgets"][k]
                 teacher[k].append(optimal_zone_light(s["target"], layout, model=model, init=s["inits"][k],
                                                      power_budget=budget))
