@@ -129,3 +129,19 @@ def test_neural_stages_run_in_the_pipeline():
     assert len(seen) >= 6, final
     assert seen[-1] == ((180, 320, 3), (18, 32))
     assert final["frames_failed"] == 0
+
+
+def test_int8_export_of_the_dimming_net_stays_within_its_budget(tmp_path):
+    """edgehdr-export on the shipped model: Q/DQ fit for TensorRT, zone light within 1 % of FP32 on average."""
+    import json
+
+    from export.cli import main as export_main
+    from export.trt_check import check_qdq_for_tensorrt
+
+    rc = export_main(["build", str(model_path("dimming_net")), "--precision", "int8", "--calib-count", "16",
+                      "--holdout-count", "6", "--method", "minmax", "-o", str(tmp_path)])
+    report = json.loads((tmp_path / "dimming_net.int8.validation.json").read_text())
+    manifest = json.loads((tmp_path / "dimming_net.int8.onnx.manifest.json").read_text())
+    assert rc == 0 and report["budget"]["passed"] and report["task"]["zone_light_mae"] <= 0.01
+    assert check_qdq_for_tensorrt(tmp_path / "dimming_net.int8.onnx",
+                                  float_nodes=manifest["calibration"]["kept_float"]) == []

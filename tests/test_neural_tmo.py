@@ -131,3 +131,20 @@ def test_temporal_smoothing_removes_flicker_on_a_static_scene(tmo_runner, scene_
             means.append(float(tm(noisy).mean()))
         steps[tc] = float(np.mean(np.abs(np.diff(means[8:]))))
     assert steps[0.4] < 0.5 * steps[0.0] + 1e-3 and steps[0.4] < 0.1
+
+
+def test_int8_export_of_the_tmo_stays_within_its_budget(tmp_path):
+    """edgehdr-export on the shipped model: Q/DQ fit for TensorRT, tone-mapped output >= 40 dB PSNR vs FP32."""
+    import json
+
+    from export.cli import main as export_main
+    from export.trt_check import check_qdq_for_tensorrt
+
+    rc = export_main(["build", str(model_path("tmo_net")), "--precision", "int8", "--calib-count", "16",
+                      "--holdout-count", "6", "--method", "minmax", "-o", str(tmp_path)])
+    report = json.loads((tmp_path / "tmo_net.int8.validation.json").read_text())
+    assert rc == 0 and report["budget"]["passed"] and report["budget"]["kind"] == "task"
+    assert report["task"]["tmo_output_psnr_db_mean"] >= 40.0
+    manifest = json.loads((tmp_path / "tmo_net.int8.onnx.manifest.json").read_text())
+    assert check_qdq_for_tensorrt(tmp_path / "tmo_net.int8.onnx",
+                                  float_nodes=manifest["calibration"]["kept_float"]) == []
