@@ -150,7 +150,7 @@ def _cmd_demo(args) -> int:
     from edgehdr.demo import run_demo
 
     stats = run_demo(args.output, seconds=args.seconds, seed=args.seed, height=args.height, width=args.width,
-                     quiet=args.quiet)
+                     quiet=args.quiet, neural=args.neural)
     ctrl = stats.get("controller") or {}
     print(f"results in {args.output}/ (open contact_sheet.png; stats.json has the figures)")
     print(f"{stats['frames_completed']} frames at {stats['fps']} fps, {stats['frames_dropped']} dropped, "
@@ -421,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
+    p.add_argument("--neural", action="store_true", help="the neural tone mapper and local-dimming network "
+                                                         "(edgehdr/models) instead of Reinhard and sqrt")
     p.set_defaults(func=_cmd_demo)
     return parser
 

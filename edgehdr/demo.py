@@ -23,7 +23,7 @@ __all__ = ["run_demo"]
 
 
 def run_demo(outdir="edgehdr-demo", *, seconds: float = 5.0, width: int = 1280, height: int = 720, fps: float = 30.0,
-             seed: int = 0, quiet: bool = False) -> dict:
+             seed: int = 0, quiet: bool = False, neural: bool = False) -> dict:
     """Run the pipeline demo and return its statistics (also written to ``stats.json``)."""
     from edgehdr.dimming import simulate_display, zone_heatmap
     from edgehdr.io import write_ldr_image, write_radiance, write_text_atomic
@@ -38,12 +38,14 @@ def run_demo(outdir="edgehdr-demo", *, seconds: float = 5.0, width: int = 1280, 
     cfg = validate({
         "source": {"kind": "synthetic", "width": width, "height": height, "fps": fps, "seed": seed},
         "planner": {"max_exposure_s": 10.0},  # synthetic units: no frame-rate bound on exposure
-        "dimming": {"rows": 18, "cols": 32},
+        "dimming": {"rows": 18, "cols": 32, "algorithm": "neural" if neural else "sqrt"},
+        "tonemap": {"operator": "neural" if neural else "reinhard"},
         "bridge": {"port": "simulate"},
         "preview": {"enabled": False},
     })
     say(f"[1/3] starting: synthetic {width}x{height} camera at {fps:g} fps (3 exposures, rolling) -> align -> merge "
-        "-> tone map -> 18x32-zone dimming -> controller simulator on a pty")
+        f"-> {'neural ' if neural else ''}tone map -> 18x32-zone {'neural ' if neural else ''}dimming -> controller "
+        "simulator on a pty")
     try:
         from threadpoolctl import threadpool_limits
 

@@ -35,6 +35,9 @@ def warm_up(*, deghost: bool = False, dimming: bool = True) -> float:
         op(radiance)
     reinhard_global(radiance, saturation=0.8)
     reinhard_global(radiance, color="mantiuk", saturation=0.8)
+    from edgehdr.tonemap.neural import apply_parameter_grid, default_parameter_grid
+
+    apply_parameter_grid(radiance, default_parameter_grid())
     if dimming:
         layout = LedLayout(rows=3, cols=4, width_px=64, height_px=48)
         target = np.ascontiguousarray(radiance, dtype=np.float32)
