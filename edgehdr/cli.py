@@ -1,4 +1,4 @@
-"""The ``edgehdr`` command: merge, tonemap, synth, bench, demo."""
+"""The ``edgehdr`` command: merge, tonemap, synth, bench, dim, bridge, run, demo, score."""
 
 from __future__ import annotations
 
@@ -39,6 +39,41 @@ def _cmd_merge(args) -> int:
     radiance = merge_debevec(bracket, response=response, weighting=args.weighting, deghost=args.deghost)
     write_radiance(args.output, radiance, exr_pixel_type=args.exr_pixel_type)
     progress.step(f"merged{' with deghosting' if args.deghost else ''} -> {args.output}")
+    return 0
+
+
+def _cmd_score(args) -> int:
+    from edgehdr.infer import open_runner
+    from edgehdr.models import model_path
+    from edgehdr.io.hdr_files import RADIANCE_SUFFIXES
+    from edgehdr.quality.norvdpnet import NoRVDPNetScorer, model_encoding
+
+    model = model_path(args.model)
+    encoding = model_encoding(model)
+    suffixes = RADIANCE_SUFFIXES if encoding == "hdr" else (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+    paths = []
+    for item in args.images:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such image or folder")
+    if not paths:
+        raise ValueError(f"no images found in {', '.join(args.images)}")
+    runner = open_runner(model, prefer="cpu" if args.backend == "cpu" else "auto")
+    try:
+        ranked = NoRVDPNetScorer(runner, encoding=encoding).rank(paths)
+    finally:
+        runner.close()
+    if args.json:
+        print(json.dumps([{"rank": i + 1, "score": round(s, 4), "path": str(p)} for i, (s, p) in enumerate(ranked)],
+                         indent=2))
+    else:
+        print(f"{'rank':>4}  {'score':>6}  image   ({args.model}: higher is better)")
+        for i, (score, p) in enumerate(ranked):
+            print(f"{i + 1:4d}  {score:6.4f}  {p}")
     return 0
 
 
@@ -408,6 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=60.0)
     b.add_argument("--json", help="also write the figures as JSON")
     b.set_defaults(func=_cmd_bridge_bench)
+
+    p = sub.add_parser("score", help="no-reference quality (NoR-VDPNet) of SDR images, ranked best first")
+    p.add_argument("images", nargs="+", help="image files or folders (PNG, JPEG, TIFF, ...; "
+                                                  ".exr/.hdr/.pfm for an HDR-encoding model)")
+    p.add_argument("--model", default="norvdpnet_tmo", help="shipped model name or an .onnx path "
+                                                            "(default: norvdpnet_tmo, a TMQI estimate)")
+    p.add_argument("--backend", choices=("auto", "cpu"), default="auto")
+    p.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("run", help="the capture daemon (SIGTERM/SIGINT stop it cleanly)")
     p.add_argument("--config", help="edgehdr.toml (see edgehdr/deploy/edgehdr.example.toml); default: synthetic camera")

@@ -8,6 +8,8 @@ log2 of radiance relative to the median luminance (radiance maps are relative,
 so the encoding is scale-invariant), mapped from [-16, 16] stops to [0, 1], at
 the network's input size. ``bracket_ldr`` stacks the K frames of a
 bracket (code values / full scale, RGB) into 3K channels, shortest exposure first.
+``norvdpnet_sdr`` tone maps each radiance map several ways (varied operators and
+parameters) and feeds the SDR renderings through the scorer's encoding.
 
 Calibration and held-out sets never overlap: synthetic scenes draw from disjoint
 seed ranges, and a folder is split (every fifth file held out).
@@ -21,7 +23,7 @@ import cv2
 import numpy as np
 
 __all__ = ["log_encode_nchw", "bracket_nchw", "synthetic_hdr", "synthetic_brackets", "hdr_files", "bracket_folders",
-           "CalibrationReader", "batches", "PREPROCESSING", "preprocessing_of", "model_feeds",
+           "CalibrationReader", "batches", "tone_mapped_pairs", "PREPROCESSING", "preprocessing_of", "model_feeds",
            "CALIBRATION_SEED", "HOLDOUT_SEED"]
 
 CALIBRATION_SEED = 0
@@ -123,11 +125,31 @@ def _dimming_input(radiance, shape):
     return encode_dimming_input(display_target(radiance, layout), layout)
 
 
+def tone_mapped_pairs(radiance_items, count: int, *, per_scene: int = 4, seed: int = 0):
+    """``(radiance, sdr_u8)`` pairs: each radiance map tone mapped ``per_scene`` ways (varied operators and
+    parameters, ``edgehdr.quality.norvdpnet.tone_mapping_variants``), ``count`` pairs in all."""
+    from edgehdr.quality.norvdpnet import tone_mapping_variants
+
+    pairs = []
+    for i, radiance in enumerate(radiance_items):
+        pairs += [(radiance, sdr) for sdr, _ in tone_mapping_variants(radiance, per_scene, seed=seed + i)]
+        if len(pairs) >= count:
+            break
+    return pairs[:count]
+
+
+def _score_input(pair, shape):
+    from edgehdr.quality.norvdpnet import encode_sdr  # the runtime scorer's own encoder
+
+    return encode_sdr(pair[1], shape)
+
+
 PREPROCESSING = {
     "log_radiance": {"source": "radiance", "to_nchw": lambda item, shape: log_encode_nchw(item, shape[2], shape[3])},
     "bracket_ldr": {"source": "bracket", "to_nchw": lambda item, shape: bracket_nchw(item, shape[2], shape[3])},
     "tmo_log_luminance": {"source": "radiance", "to_nchw": _tmo_input},
     "dimming_zone_stats": {"source": "radiance", "to_nchw": _dimming_input, "synth_size": (360, 640)},
+    "norvdpnet_sdr": {"source": "tone_mapped", "to_nchw": _score_input},
 }
 
 
@@ -168,16 +190,20 @@ def model_feeds(model_path, source, count: int, *, role: str = "calibration", wi
     if source == "synth":
         seed = CALIBRATION_SEED if role == "calibration" else HOLDOUT_SEED
         size = dict(zip(("height", "width"), spec["synth_size"])) if "synth_size" in spec else {}
-        items = list(synthetic_hdr(count, seed=seed, **size) if spec["source"] == "radiance"
-                     else synthetic_brackets(count, shape[1] // 3, seed=seed, **size))
+        if spec["source"] == "tone_mapped":
+            items = tone_mapped_pairs(synthetic_hdr(count, seed=seed, **size), count, seed=seed)
+        elif spec["source"] == "radiance":
+            items = list(synthetic_hdr(count, seed=seed, **size))
+        else:
+            items = list(synthetic_brackets(count, shape[1] // 3, seed=seed, **size))
         description = {"source": "synthetic scenes", "seeds": [seed, seed + count - 1]}
     else:
         folder = Path(source)
         if not folder.is_dir():
             raise ValueError(f"calibration source {source!r}: neither 'synth' nor a folder")
-        every = list(hdr_files(folder) if spec["source"] == "radiance" else bracket_folders(folder))
+        every = list(bracket_folders(folder) if spec["source"] == "bracket" else hdr_files(folder))
         picked = [x for i, x in enumerate(every) if (i % 5 == 4) == (role == "holdout")]
-        items = picked[:count]
+        items = tone_mapped_pairs(picked, count) if spec["source"] == "tone_mapped" else picked[:count]
         description = {"source": str(folder), "split": "every 5th item held out"}
     feeds = [{inputs[0].name: spec["to_nchw"](item, shape)} for item in items]
     if not feeds:

@@ -49,9 +49,28 @@ def _dimming_budget(task) -> list:
              task["zone_light_mae"] <= 0.01)]
 
 
+def _score_correlation(items, ref_outputs, cand_outputs) -> dict:
+    """Spearman correlation with TMQI of the FP32 and the converted scorer on held-out (radiance, SDR) pairs."""
+    from edgehdr.quality import tmqi
+    from edgehdr.quality.norvdpnet import spearman
+
+    labels = [tmqi(radiance, sdr).Q for radiance, sdr in items]
+    ref = [float(np.asarray(next(iter(r.values()))).reshape(-1)[0]) for r in ref_outputs]
+    cand = [float(np.asarray(next(iter(c.values()))).reshape(-1)[0]) for c in cand_outputs]
+    return {"srocc_fp32": spearman(ref, labels), "srocc_converted": spearman(cand, labels),
+            "score_max_abs_diff": float(np.max(np.abs(np.subtract(ref, cand))))}
+
+
+def _score_budget(task) -> list:
+    drop = task["srocc_fp32"] - task["srocc_converted"]
+    return [(f"SROCC with TMQI {task['srocc_converted']:.4f} vs FP32 {task['srocc_fp32']:.4f}: drop {drop:.4f} <= 0.02",
+             drop <= 0.02)]
+
+
 TASKS = {
     "tmo_log_luminance": {"metric": _tmo_output_psnr, "budget": _tmo_budget},
     "dimming_zone_stats": {"metric": _zone_light_error, "budget": _dimming_budget},
+    "norvdpnet_sdr": {"metric": _score_correlation, "budget": _score_budget},
 }
 
 

@@ -83,6 +83,10 @@ SCHEMA = {
         "model": (str, "dimming_net", _any()),
         "power_budget": (float, 1.0, _range(0.01, 1.0)),
     },
+    "score": {
+        "every_n": (int, 0, _range(0, 100000)),
+        "model": (str, "norvdpnet_tmo", _any()),
+    },
     "infer": {
         "backend": (str, "auto", _choice("auto", "cpu")),
         "engine_dir": (str, "", _any()),

@@ -64,12 +64,15 @@ class Runtime:
         self.preview_state = None
         self.source = None
         self.layout = None
+        self.scorer = None
         self._tmp = None
 
     def stats(self) -> dict:
         stats = self.pipeline.stats() if self.pipeline else {}
         if self.link is not None:
             stats["link"] = self.link.stats()
+        if self.scorer is not None:
+            stats["quality"] = self.scorer.snapshot()
         if self.simulator is not None:
             st = self.simulator.status()
             stats["controller"] = {"frames_applied": st.frames_applied, "state": int(st.state),
@@ -138,7 +141,8 @@ def build_runtime(cfg: dict, *, extra_sinks=()) -> Runtime:
     from edgehdr.hdr.merge import resolve_response
     from edgehdr.pipeline.preview import PreviewServer
     from edgehdr.pipeline.sinks import ImageSequenceSink, PreviewSink, PreviewState, VideoSink
-    from edgehdr.pipeline.stages import AlignStage, BridgeStage, DimmingStage, MergeStage, OutputStage, ToneMapStage
+    from edgehdr.pipeline.stages import (AlignStage, BridgeStage, DimmingStage, MergeStage, OutputStage, ScoreStage,
+                                         ToneMapStage)
 
     rt = Runtime()
     source = _build_source(cfg)
@@ -164,6 +168,10 @@ def build_runtime(cfg: dict, *, extra_sinks=()) -> Runtime:
     tm_runner = _model_runner(cfg, tm["model"]) if tm["operator"] == "neural" else None
     stages.append(Stage("tonemap", ToneMapStage(tm["operator"], params, time_constant_s=tm["time_constant_s"],
                                                 runner=tm_runner), queue_size=q))
+    sc = cfg["score"]
+    if sc["every_n"] > 0:
+        rt.scorer = ScoreStage(_model_runner(cfg, sc["model"]), every_n=sc["every_n"], model=sc["model"])
+        stages.append(Stage("score", rt.scorer, queue_size=q))
     width, height = cfg["source"]["width"], cfg["source"]["height"]
     if hasattr(source, "width"):
         width, height = source.width, source.height

@@ -42,6 +42,7 @@ class FrameContext:
     motions: list | None = None
     radiance: np.ndarray | None = None
     sdr: np.ndarray | None = None
+    quality_score: float | None = None
     display_scale: float | None = None
     light: np.ndarray | None = None
     zone_values: np.ndarray | None = None

@@ -23,7 +23,7 @@ from edgehdr.hdr.merge import merge_debevec
 from edgehdr.tonemap import TemporalAdaptation, tonemap
 from edgehdr.tonemap.color import luminance
 
-__all__ = ["AlignStage", "MergeStage", "ToneMapStage", "DimmingStage", "BridgeStage", "OutputStage"]
+__all__ = ["AlignStage", "MergeStage", "ToneMapStage", "ScoreStage", "DimmingStage", "BridgeStage", "OutputStage"]
 
 log = logging.getLogger("edgehdr.pipeline")
 
@@ -111,6 +111,36 @@ class ToneMapStage:
             kwargs["adaptation"] = self.adaptation
         ctx.sdr = tonemap(ctx.radiance, self.operator, **kwargs)
         return ctx
+
+
+class ScoreStage:
+    """No-reference quality of the tone-mapped output (NoR-VDPNet) on every ``every_n``-th frame.
+
+    The score lands in ``ctx.quality_score`` (None on frames not scored) and in the
+    running statistics ``snapshot()`` reports (the daemon's stats under ``quality``).
+    """
+
+    def __init__(self, runner, *, every_n: int = 30, model: str = "norvdpnet_tmo", window: int = 100):
+        from edgehdr.quality.norvdpnet import NoRVDPNetScorer
+
+        if every_n < 1:
+            raise ValueError(f"[score] every_n must be >= 1 for a score stage, got {every_n}")
+        self.scorer, self.every_n, self.model = NoRVDPNetScorer(runner), int(every_n), model
+        self.recent: list[float] = []
+        self.window, self.frames_scored = window, 0
+
+    def __call__(self, ctx):
+        if ctx.sdr is not None and ctx.frame_id % self.every_n == 0:
+            ctx.quality_score = self.scorer.score(ctx.sdr)
+            self.frames_scored += 1
+            self.recent = (self.recent + [ctx.quality_score])[-self.window:]
+        return ctx
+
+    def snapshot(self) -> dict:
+        recent = list(self.recent)
+        return {"model": self.model, "every_n": self.every_n, "frames_scored": self.frames_scored,
+                "last": round(recent[-1], 4) if recent else None,
+                "mean_recent": round(float(np.mean(recent)), 4) if recent else None}
 
 
 class DimmingStage:

@@ -14,7 +14,7 @@ from torch import nn
 
 from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, TMO_INPUT_SHAPE
 
-__all__ = ["TMONet", "DimmingNet", "count_parameters", "count_macs"]
+__all__ = ["TMONet", "DimmingNet", "NoRVDPNet", "load_norvdpnet_checkpoint", "count_parameters", "count_macs"]
 
 
 def _conv(cin, cout, stride=1):
@@ -108,3 +108,79 @@ class DimmingNet(nn.Module):
         x = torch.relu(x + self.block1(x))
         x = torch.relu(x + self.block2(x))
         return torch.sigmoid(self.head(x))
+
+
+class _BlockQ(nn.Module):
+    """3 x 3 convolution + ReLU; the attribute name ``conv`` keeps the authors' parameter names."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU())
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class _Regressor(nn.Module):
+    """Global mean pool -> Linear -> ReLU -> Linear -> sigmoid (the authors' ``Regressor``)."""
+
+    def __init__(self, features: int, hidden: int, outputs: int = 1):
+        super().__init__()
+        self.regressor = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, outputs),
+                                       nn.Sigmoid())
+
+    def forward(self, features):
+        return self.regressor(features.mean(dim=(2, 3)))
+
+
+NORVDPNET_WIDTHS = (32, 32, 64, 64, 128, 128, 256, 256, 512, 512)
+
+
+class NoRVDPNet(nn.Module):
+    """NoR-VDPNet (Banterle et al., ICIP 2020): image (N, C, H, W) -> quality (N, 1) in [0, 1].
+
+    Ten 3 x 3 convolutions with ReLU, widths 32-32-64-64-128-128-256-256-512-512
+    (times ``width_scale``), 2 x 2 max pooling after each pair, the tenth with stride 2;
+    global mean pooling; Linear(512, 256) -> ReLU -> Linear(256, 1) -> sigmoid.
+    Parameter names equal the authors' (``conv.0.conv.0.weight`` ...
+    ``conv.13.conv.0.bias``, ``regressor.regressor.0.weight`` ... ``regressor.regressor.2.bias``),
+    so their checkpoints (``weights_nor_{sdr,jpg_xt,tmo,itmo}.pth``) load with strict loading
+    at ``width_scale = 1`` (``load_norvdpnet_checkpoint``).
+    """
+
+    def __init__(self, in_channels: int = 1, width_scale: float = 1.0):
+        super().__init__()
+        widths = [max(1, int(round(w * width_scale))) for w in NORVDPNET_WIDTHS]
+        layers, cin = [], in_channels
+        for i, w in enumerate(widths):
+            layers.append(_BlockQ(cin, w, stride=2 if i == len(widths) - 1 else 1))
+            cin = w
+            if i % 2 == 1:
+                layers.append(nn.MaxPool2d(2))
+        self.conv = nn.Sequential(*layers)
+        self.regressor = _Regressor(widths[-1], max(1, int(round(256 * width_scale))))
+        self.in_channels, self.width_scale = in_channels, width_scale
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.regressor(self.conv(image))
+
+
+def load_norvdpnet_checkpoint(path) -> NoRVDPNet:
+    """The authors' checkpoint (a dict with ``model``, or a bare state dict) in a ``NoRVDPNet``, strictly loaded.
+
+    ``torch.load(..., weights_only=True)``: no pickled code runs. The input channels
+    (1 grey, 3 colour) and the width come from the first convolution's weight.
+    """
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    first = state.get("conv.0.conv.0.weight") if isinstance(state, dict) else None
+    if first is None:
+        keys = list(state)[:6] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: not a NoR-VDPNet checkpoint (no conv.0.conv.0.weight; first keys {keys})")
+    model = NoRVDPNet(in_channels=int(first.shape[1]), width_scale=int(first.shape[0]) / NORVDPNET_WIDTHS[0])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: checkpoint does not match the NoR-VDPNet architecture: {exc}") from None
+    return model.eval()

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from edgehdr.dimming import BacklightModel, LedLayout, display_target, optimal_zone_light, power_fraction, zone_light
 from edgehdr.dimming.neural import INPUT_CHANNELS, SUBDIVISION, encode_dimming_input, model_layout_metadata
+from edgehdr.models.training.onnx_export import export_onnx
 from edgehdr.models.training.nets import DimmingNet, count_macs, count_parameters
 from edgehdr.quality.pu21 import PU21_L_MAX, PU21_L_MIN, PU21_PARAMS
 
@@ -150,36 +151,18 @@ def train_student(scenes, teacher: dict, layout: LedLayout, *, epochs: int = 60,
 
 
 def export_dimming(model: DimmingNet, layout: LedLayout, path, *, extra_metadata: dict | None = None) -> Path:
-    import onnx
-
-    from edgehdr.infer.manifest import Manifest, sha256_file
-    from edgehdr.io.atomic import write_bytes_atomic
-    from export.checks import check_model, io_specs
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.export")
+    """ONNX export (``zone_stats`` -> ``light``, the layout and encoding in metadata), checked, with a manifest."""
     shape = (1, INPUT_CHANNELS, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION)
-    torch.onnx.export(model.eval(), (torch.zeros(shape),), str(tmp), input_names=["zone_stats"],
-                      output_names=["light"], opset_version=17, dynamo=False)
-    m = onnx.load(str(tmp))
-    tmp.unlink()
-    meta = {"edgehdr.preprocess": "dimming_zone_stats", "edgehdr.model": "dimming_net",
+    meta = {"edgehdr.preprocess": "dimming_zone_stats",
             "edgehdr.layout": json.dumps(model_layout_metadata(layout)),
             "edgehdr.encoding": "input: per 4x4 sub-zone max and mean of max-RGB / panel peak, log2(v)/12 + 1 "
                                 "clipped to [0, 1], and the power budget (mean light allowed, 1 = none) as a "
                                 "constant channel; output: zone light fraction in [0, 1], scaled down uniformly "
-                                "when its mean exceeds the budget"}
-    meta.update(extra_metadata or {})
-    onnx.helper.set_model_props(m, meta)
-    m.producer_name = "edgehdr.models.training.train_dimming"
-    write_bytes_atomic(path, m.SerializeToString())
-    info = check_model(path, require_static=True)
-    specs = io_specs(onnx.load(str(path)))
-    Manifest(model_name="dimming_net", model_version="1", artefact=path.name, format="onnx", precision="fp32",
-             source_onnx_sha256=sha256_file(path), inputs=specs["inputs"], outputs=specs["outputs"],
-             build_flags={"opset": info["opset"], "recipe": "train_dimming", "layout": model_layout_metadata(layout)},
-             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).save(Manifest.path_for(path))
-    return path
+                                "when its mean exceeds the budget",
+            **(extra_metadata or {})}
+    return export_onnx(model, path, input_shape=shape, input_name="zone_stats", output_name="light",
+                       model_name="dimming_net", metadata=meta, recipe="train_dimming",
+                       build_flags={"layout": model_layout_metadata(layout)})
 
 
 def main(argv=None) -> int:

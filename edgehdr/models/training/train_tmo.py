@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from edgehdr.models.training.nets import TMONet, count_macs, count_parameters
+from edgehdr.models.training.onnx_export import export_onnx
 from edgehdr.models.training.torch_ops import apply_grid_torch, tmqi_torch, to_nchw
 from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, TMO_INPUT_SHAPE, encode_tmo_input
 
@@ -111,35 +112,13 @@ def train_student(scenes: list[dict], teacher: np.ndarray, *, epochs: int = 30, 
 
 def export_tmo(model: TMONet, path, *, extra_metadata: dict | None = None) -> Path:
     """ONNX export (opset 17, fixed names and shapes, encoding in metadata), checked, with a manifest."""
-    import onnx
-
-    from edgehdr.infer.manifest import Manifest, sha256_file
-    from edgehdr.io.atomic import write_bytes_atomic
-    from export.checks import check_model, io_specs
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.export")
-    torch.onnx.export(model.eval(), (torch.zeros(TMO_INPUT_SHAPE),), str(tmp), input_names=["log_luminance"],
-                      output_names=["params"], opset_version=17, dynamo=False)
-    m = onnx.load(str(tmp))
-    tmp.unlink()
     meta = {"edgehdr.preprocess": "tmo_log_luminance",
             "edgehdr.encoding": "input: 4x4 block-mean Rec.709 luminance, area-resampled to 128x224, "
                                 "(log2 L - log2 median + 16) / 32 clipped to [0, 1]; output: alpha in [0.2, 1.6], "
                                 "s in [-6, 10] stops from the median, gamma in [0.3, 1.3] on an 8x14 grid",
-            "edgehdr.model": "tmo_net"}
-    meta.update(extra_metadata or {})
-    onnx.helper.set_model_props(m, meta)
-    m.producer_name = "edgehdr.models.training.train_tmo"
-    write_bytes_atomic(path, m.SerializeToString())
-    info = check_model(path, require_static=True)
-    specs = io_specs(onnx.load(str(path)))
-    Manifest(model_name="tmo_net", model_version=meta.get("edgehdr.version", "1"), artefact=path.name,
-             format="onnx", precision="fp32", source_onnx_sha256=sha256_file(path), inputs=specs["inputs"],
-             outputs=specs["outputs"], build_flags={"opset": info["opset"], "recipe": "train_tmo"},
-             calibration={}, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).save(
-        Manifest.path_for(path))
-    return path
+            **(extra_metadata or {})}
+    return export_onnx(model, path, input_shape=TMO_INPUT_SHAPE, input_name="log_luminance", output_name="params",
+                       model_name="tmo_net", metadata=meta, recipe="train_tmo")
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,229 @@
+"""NoR-VDPNet: a no-reference quality metric, run through ``edgehdr.infer``.
+
+NoR-VDPNet (Banterle et al., ICIP 2020) regresses a quality score in [0, 1] from
+the distorted image alone: ten 3 x 3 convolutions with ReLU (widths 32-32-64-64-
+128-128-256-256-512-512, max pooling after each pair, the last convolution with
+stride 2), global mean pooling and a two-layer regressor ending in a sigmoid. The
+PyTorch definition, with parameter names that load the authors' checkpoints, is
+``edgehdr.models.training.nets.NoRVDPNet``; this module holds what the runtime
+needs: the input encodings, the scorer and the tone-mapping variants that make
+the project's training and calibration data.
+
+Input encodings (as the authors' ``util.py``):
+
+* SDR (8-bit, gamma encoded): PIL's ``L`` luma of the 8-bit RGB codes
+  (``(19595 R + 38470 G + 7471 B + 2^15) >> 16``), divided by 255, linearised
+  with ``x^2.2`` and mapped to ``2 x - 1`` (so [-1, 1]).
+* HDR: Rec. 709 luminance, negatives to 0, clipped at ``max_clip`` (1e6),
+  ``log10(1 + L)``.
+
+The shipped default ``norvdpnet_tmo`` is a width-reduced variant (every width
+divided by 4) trained in the project to predict the TMQI of a tone-mapped SDR
+image from the image alone (the NoR-VDPNet++ "TMO" task); it takes the SDR
+encoding at a fixed (1, 1, 128, 192): images are area-resampled to that size,
+whatever their aspect ratio.
+
+References
+----------
+F. Banterle, A. Artusi, A. Moreo, F. Carrara, "NoR-VDPNet: a no-reference high
+dynamic range quality metric trained on HDR-VDP 2," ICIP 2020.
+F. Banterle, A. Artusi, A. Moreo, F. Carrara, P. Cignoni, "NoR-VDPNet++: real-time
+no-reference image quality metrics," IEEE Access 11, 2023.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["model_encoding", "SCORE_INPUT_SHAPE", "pil_luma8", "encode_sdr", "encode_hdr", "NoRVDPNetScorer", "tone_mapping_variants",
+           "VARIANT_KINDS", "spearman", "pearson"]
+
+SCORE_INPUT_SHAPE = (1, 1, 128, 192)
+SDR_GAMMA = 2.2
+HDR_MAX_CLIP = 1e6
+
+
+def pil_luma8(rgb_u8: np.ndarray) -> np.ndarray:
+    """PIL's ``convert('L')`` of 8-bit RGB: ITU-R 601 luma in 16-bit fixed point, rounded (uint8)."""
+    rgb = np.asarray(rgb_u8)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"SDR image must be uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def encode_sdr(rgb_u8: np.ndarray, shape=SCORE_INPUT_SHAPE) -> np.ndarray:
+    """An 8-bit sRGB image -> the SDR input of NoR-VDPNet, (1, 1, H, W) float32 in [-1, 1].
+
+    Luma as PIL's ``L``, ``(luma / 255)^2.2``, ``2 x - 1``; area-resampled to ``shape``
+    (``shape=None`` keeps the image's size, as the authors' evaluation does).
+    """
+    rgb = np.asarray(rgb_u8)
+    if rgb.ndim == 2:
+        luma = rgb.astype(np.uint8) if rgb.dtype == np.uint8 else None
+        if luma is None:
+            raise ValueError(f"SDR image must be uint8, got {rgb.dtype}")
+    else:
+        luma = pil_luma8(rgb)
+    lin = (luma.astype(np.float32) / 255.0) ** SDR_GAMMA
+    if shape is not None:
+        lin = cv2.resize(lin, (shape[3], shape[2]), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray((lin * 2.0 - 1.0)[None, None], dtype=np.float32)
+
+
+def encode_hdr(radiance: np.ndarray, shape=None, *, max_clip: float = HDR_MAX_CLIP) -> np.ndarray:
+    """HDR radiance (H, W, 3) or luminance (H, W) -> (1, 1, H, W) float32 ``log10(1 + L)`` (Rec. 709 L, clipped)."""
+    rad = np.asarray(radiance, np.float32)
+    lum = rad @ np.array([0.2126, 0.7152, 0.0722], np.float32) if rad.ndim == 3 else rad
+    lum = np.nan_to_num(lum, nan=max_clip, posinf=max_clip)
+    lum = np.clip(lum, 0.0, max_clip)
+    if shape is not None:
+        lum = cv2.resize(lum, (shape[3], shape[2]), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(np.log10(1.0 + lum)[None, None], dtype=np.float32)
+
+
+def model_encoding(onnx_path) -> str:
+    """'sdr' or 'hdr': the input encoding a NoR-VDPNet ONNX file declares (``edgehdr.preprocess``)."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    return "hdr" if meta.get("edgehdr.preprocess") == "norvdpnet_hdr" else "sdr"
+
+
+class NoRVDPNetScorer:
+    """Scores SDR frames with a NoR-VDPNet model through a runner (``edgehdr.infer``).
+
+    ``score(image)`` returns the model's output in [0, 1] (for the shipped
+    ``norvdpnet_tmo``, a TMQI estimate: higher is better). ``encoding='hdr'`` is for
+    the authors' HDR checkpoints (``jpg_xt``, ``itmo``): ``score`` then takes radiance.
+    """
+
+    def __init__(self, runner, *, encoding: str = "sdr"):
+        if encoding not in ("sdr", "hdr"):
+            raise ValueError(f"encoding must be 'sdr' or 'hdr', got {encoding!r}")
+        self.runner, self.encoding = runner, encoding
+        inputs = runner.describe()["inputs"]  # ONNX Runtime: list of dicts; TensorRT: {name: shape}
+        if isinstance(inputs, dict):
+            (self.input_name, shape), = inputs.items()
+        else:
+            (first,) = inputs
+            self.input_name, shape = first["name"], first["shape"]
+        if len(shape) != 4 or shape[1] != 1:
+            raise ValueError(f"NoR-VDPNet model input must be (1, 1, H, W) grey, got {shape}")
+        # a static input size is resampled to; a dynamic one (an imported checkpoint) takes the image as it is
+        self.shape = tuple(shape) if all(isinstance(d, int) and d > 0 for d in shape) else None
+
+    def score(self, image: np.ndarray) -> float:
+        x = encode_sdr(image, self.shape) if self.encoding == "sdr" else encode_hdr(image, self.shape)
+        out = self.runner.run({self.input_name: x})
+        return float(np.asarray(next(iter(out.values()))).reshape(-1)[0])
+
+    def rank(self, paths) -> list[tuple[float, Path]]:
+        """``(score, path)`` for image files, best first (8-bit images; radiance files for an HDR model)."""
+        scored = []
+        for p in paths:
+            p = Path(p)
+            if self.encoding == "hdr":
+                from edgehdr.io import read_radiance
+
+                image = read_radiance(p)
+            else:
+                img = cv2.imread(str(p), cv2.IMREAD_COLOR)  # 16-bit files are reduced to 8 bits by OpenCV
+                if img is None:
+                    raise ValueError(f"{p}: not a readable 8-bit image (PNG, JPEG, TIFF, ...)")
+                image = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            scored.append((self.score(image), p))
+        return sorted(scored, key=lambda t: -t[0])
+
+
+# --- data: tone mappings of a radiance map by the project's operators, with varied parameters ---------------
+
+VARIANT_KINDS = ("reinhard", "reinhard-local", "drago", "parametric", "grid", "exposure")
+
+
+def _loguniform(rng, lo, hi):
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _one_variant(radiance, kind: str, rng) -> tuple[np.ndarray, dict]:
+    from edgehdr.tonemap import tonemap
+    from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, apply_parameter_grid
+
+    if kind in ("reinhard", "reinhard-local"):
+        params = {"key": _loguniform(rng, 0.02, 0.8)}
+        return tonemap(radiance, kind, **params), params
+    if kind == "drago":
+        params = {"bias": float(rng.uniform(0.5, 1.0)), "max_display_cd_m2": _loguniform(rng, 30, 400)}
+        return tonemap(radiance, kind, **params), params
+    if kind == "parametric":
+        params = {"alpha": float(rng.uniform(0.25, 1.5)), "key": _loguniform(rng, 0.02, 0.8),
+                  "gamma": float(rng.uniform(0.3, 1.3))}
+        return tonemap(radiance, kind, **params), params
+    if kind == "grid":  # spatially varying parameters, as the neural TMO produces (smooth random field)
+        _, _, gh, gw = TMO_GRID_SHAPE
+        grid = np.empty((3, gh, gw), np.float32)
+        for c, (lo, hi) in enumerate(PARAM_RANGES):
+            centre = rng.uniform(lo + 0.15 * (hi - lo), hi - 0.25 * (hi - lo))
+            field = cv2.resize(rng.normal(size=(3, 4)).astype(np.float32), (gw, gh), interpolation=cv2.INTER_CUBIC)
+            grid[c] = np.clip(centre + field * rng.uniform(0.0, 0.25) * (hi - lo), lo, hi)
+        return apply_parameter_grid(radiance, grid), {"grid_mean": grid.mean(axis=(1, 2)).round(3).tolist()}
+    if kind == "exposure":  # a single camera exposure: scale, clip, sRGB (over- and under-exposure)
+        stops = float(rng.uniform(-4.0, 4.0))
+        lum = np.asarray(radiance, np.float32) @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+        scale = 0.18 * 2.0 ** stops / max(float(np.median(lum)), 1e-12)
+        lin = np.clip(np.asarray(radiance, np.float32) * scale, 0.0, 1.0)
+        srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(lin, 1 / 2.4) - 0.055)
+        return np.round(srgb * 255.0).astype(np.uint8), {"stops": stops}
+    raise ValueError(f"unknown tone-mapping variant {kind!r}; known: {', '.join(VARIANT_KINDS)}")
+
+
+def tone_mapping_variants(radiance: np.ndarray, count: int, *, seed: int = 0, contrast_loss: float = 0.25):
+    """``count`` 8-bit tone mappings of one radiance map with varied operators and parameters.
+
+    Kinds cycle through ``VARIANT_KINDS``; a fraction ``contrast_loss`` of them is
+    further blended towards mid grey (washed-out renderings), so the set spans good
+    and poor results. Returns a list of ``(sdr_u8, description)``; seeded.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        kind = VARIANT_KINDS[(i + seed) % len(VARIANT_KINDS)]
+        sdr, params = _one_variant(radiance, kind, rng)
+        if rng.uniform() < contrast_loss:
+            amount = float(rng.uniform(0.2, 0.7))
+            sdr = np.round(sdr.astype(np.float32) * (1 - amount) + 128.0 * amount).astype(np.uint8)
+            params = {**params, "grey_blend": round(amount, 3)}
+        out.append((np.ascontiguousarray(sdr), {"kind": kind, **params}))
+    return out
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    xs = x[order]
+    i = 0
+    while i < len(x):  # average ranks of ties
+        j = i
+        while j + 1 < len(x) and xs[j + 1] == xs[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j)
+        i = j + 1
+    return ranks
+
+
+def pearson(a, b) -> float:
+    """Pearson linear correlation coefficient."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def spearman(a, b) -> float:
+    """Spearman rank-order correlation (SROCC): Pearson of the (tie-averaged) ranks."""
+    return pearson(_ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64)))
