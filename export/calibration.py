@@ -51,15 +51,18 @@ def bracket_nchw(bracket, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(planes)[None], dtype=np.float32)
 
 
-def synthetic_brackets(count: int, frames: int, *, seed: int = 0, height: int = 256, width: int = 384):
-    """``count`` synthetic brackets of ``frames`` exposures each (noisy, with hand shake), seeds from ``seed``."""
+def synthetic_brackets(count: int, frames: int, *, seed: int = 0, height: int = 256, width: int = 384,
+                       moving_objects: int = 0, with_truth: bool = False):
+    """``count`` synthetic brackets of ``frames`` exposures each (noisy, with hand shake), seeds from ``seed``;
+    ``with_truth`` yields ``(bracket, exact radiance of the reference frame)``."""
     from edgehdr.synth import capture_bracket, make_scene, random_camera_motion, suggest_exposures
 
     for i in range(count):
-        scene = make_scene(seed + i, height, width)
+        scene = make_scene(seed + i, height, width, moving_objects=moving_objects, object_speed_px=0.02 * width)
         exposures = suggest_exposures(scene.radiance, n=frames)
         poses = random_camera_motion(frames, max_shift_px=3.0, seed=seed + i)
-        yield capture_bracket(scene, exposures, seed=seed + i, camera_poses=poses).bracket
+        sb = capture_bracket(scene, exposures, seed=seed + i, camera_poses=poses)
+        yield (sb.bracket, sb.radiance) if with_truth else sb.bracket
 
 
 def bracket_folders(folder):
@@ -138,6 +141,12 @@ def tone_mapped_pairs(radiance_items, count: int, *, per_scene: int = 4, seed: i
     return pairs[:count]
 
 
+def _merge_input(item, shape):
+    from edgehdr.hdr.neural_merge import encode_merge_input  # the runtime merger's own encoder
+
+    return encode_merge_input(item[0], response=MERGE_RESPONSE)
+
+
 def _score_input(pair, shape):
     from edgehdr.quality.norvdpnet import encode_sdr  # the runtime scorer's own encoder
 
@@ -150,7 +159,9 @@ PREPROCESSING = {
     "tmo_log_luminance": {"source": "radiance", "to_nchw": _tmo_input},
     "dimming_zone_stats": {"source": "radiance", "to_nchw": _dimming_input, "synth_size": (360, 640)},
     "norvdpnet_sdr": {"source": "tone_mapped", "to_nchw": _score_input},
+    "merge_bracket": {"source": "bracket_truth", "to_nchw": _merge_input, "synth_size": (272, 480)},
 }
+MERGE_RESPONSE = "srgb"  # brackets of a folder are taken as sRGB-encoded; the synthetic camera's curve is sRGB
 
 
 def preprocessing_of(model) -> str:
@@ -190,7 +201,9 @@ def model_feeds(model_path, source, count: int, *, role: str = "calibration", wi
     if source == "synth":
         seed = CALIBRATION_SEED if role == "calibration" else HOLDOUT_SEED
         size = dict(zip(("height", "width"), spec["synth_size"])) if "synth_size" in spec else {}
-        if spec["source"] == "tone_mapped":
+        if spec["source"] == "bracket_truth":  # 3 frames with moving objects, the exact radiance beside them
+            items = list(synthetic_brackets(count, 3, seed=seed, moving_objects=2, with_truth=True, **size))
+        elif spec["source"] == "tone_mapped":
             items = tone_mapped_pairs(synthetic_hdr(count, seed=seed, **size), count, seed=seed)
         elif spec["source"] == "radiance":
             items = list(synthetic_hdr(count, seed=seed, **size))
@@ -201,8 +214,10 @@ def model_feeds(model_path, source, count: int, *, role: str = "calibration", wi
         folder = Path(source)
         if not folder.is_dir():
             raise ValueError(f"calibration source {source!r}: neither 'synth' nor a folder")
-        every = list(bracket_folders(folder) if spec["source"] == "bracket" else hdr_files(folder))
+        every = list(bracket_folders(folder) if spec["source"].startswith("bracket") else hdr_files(folder))
         picked = [x for i, x in enumerate(every) if (i % 5 == 4) == (role == "holdout")]
+        if spec["source"] == "bracket_truth":
+            picked = [(b, None) for b in picked]  # no ground truth for captured brackets
         items = tone_mapped_pairs(picked, count) if spec["source"] == "tone_mapped" else picked[:count]
         description = {"source": str(folder), "split": "every 5th item held out"}
     feeds = [{inputs[0].name: spec["to_nchw"](item, shape)} for item in items]

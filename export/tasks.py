@@ -67,10 +67,46 @@ def _score_budget(task) -> list:
              drop <= 0.02)]
 
 
+def _merge_quality(items, ref_outputs, cand_outputs) -> dict:
+    """Radiance merged with the FP32 and the converted weights: PSNR-mu against the exact radiance where the
+    items carry it (synthetic brackets), and of the converted merge against the FP32 merge."""
+    from edgehdr.hdr.neural_merge import merge_with_weights, softmax_weights
+    from edgehdr.quality import psnr_mu
+    from export.calibration import MERGE_RESPONSE
+
+    vs_truth_ref, vs_truth_cand, vs_fp32 = [], [], []
+    for (bracket, truth), r, c in zip(items, ref_outputs, cand_outputs):
+        order = np.argsort(bracket.relative_exposure, kind="stable")
+        merged = []
+        for out in (r, c):
+            prob = np.empty((3, *np.shape(next(iter(out.values())))[-2:]), np.float32)
+            prob[order] = softmax_weights(next(iter(out.values())))
+            merged.append(merge_with_weights(bracket, prob, response=MERGE_RESPONSE))
+        vs_fp32.append(psnr_mu(merged[1], merged[0]))
+        if truth is not None:
+            vs_truth_ref.append(psnr_mu(merged[0], truth))
+            vs_truth_cand.append(psnr_mu(merged[1], truth))
+    result = {"merge_psnr_mu_vs_fp32_db": float(np.mean(vs_fp32))}
+    if vs_truth_ref:
+        result.update(merge_psnr_mu_fp32_db=float(np.mean(vs_truth_ref)),
+                      merge_psnr_mu_converted_db=float(np.mean(vs_truth_cand)))
+    return result
+
+
+def _merge_budget(task) -> list:
+    if "merge_psnr_mu_fp32_db" in task:
+        drop = task["merge_psnr_mu_fp32_db"] - task["merge_psnr_mu_converted_db"]
+        return [(f"merge PSNR-mu vs ground truth {task['merge_psnr_mu_converted_db']:.2f} dB vs FP32 "
+                 f"{task['merge_psnr_mu_fp32_db']:.2f} dB: drop {drop:.2f} <= 0.5 dB", drop <= 0.5)]
+    return [(f"merge PSNR-mu against the FP32 merge {task['merge_psnr_mu_vs_fp32_db']:.2f} dB >= 40 (no ground "
+             f"truth in this data)", task["merge_psnr_mu_vs_fp32_db"] >= 40.0)]
+
+
 TASKS = {
     "tmo_log_luminance": {"metric": _tmo_output_psnr, "budget": _tmo_budget},
     "dimming_zone_stats": {"metric": _zone_light_error, "budget": _dimming_budget},
     "norvdpnet_sdr": {"metric": _score_correlation, "budget": _score_budget},
+    "merge_bracket": {"metric": _merge_quality, "budget": _merge_budget},
 }
 
 

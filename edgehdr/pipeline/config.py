@@ -63,6 +63,8 @@ SCHEMA = {
         "work_scale": (int, 2, _range(1, 8)),
     },
     "merge": {
+        "method": (str, "debevec", _choice("debevec", "neural")),
+        "model": (str, "merge_net", _any()),
         "weighting": (str, "tutorial", _choice("tutorial", "hat", "triangle", "gaussian", "box")),
         "deghost": (bool, False, _any()),
     },

@@ -158,9 +158,14 @@ def build_runtime(cfg: dict, *, extra_sinks=()) -> Runtime:
         planner = ExposurePlanner(response, max_frames=p["max_frames"],
                                   exposure_limits_s=(p["min_exposure_s"], p["max_exposure_s"]),
                                   gain_limits=(1.0, p["max_gain"]))
+    merger = None
+    if cfg["merge"]["method"] == "neural":
+        from edgehdr.hdr.neural_merge import NeuralMerger
+
+        merger = NeuralMerger(_model_runner(cfg, cfg["merge"]["model"]), response)
     stages.append(Stage("merge", MergeStage(response, weighting=cfg["merge"]["weighting"],
                                             deghost=cfg["merge"]["deghost"], planner=planner, source=source,
-                                            plan_every=cfg["planner"]["every_n"]), queue_size=q))
+                                            plan_every=cfg["planner"]["every_n"], merger=merger), queue_size=q))
     tm = cfg["tonemap"]
     params = {"key": tm["key"]} if tm["operator"] in ("reinhard", "reinhard-local", "parametric") else {}
     if tm["operator"] not in ("parametric", "neural"):

@@ -59,17 +59,34 @@ class AlignStage:
 
 
 class MergeStage:
-    """Merges the aligned bracket; every ``plan_every`` frames asks the planner for new exposures."""
+    """Merges the aligned bracket; every ``plan_every`` frames asks the planner for new exposures.
+
+    With ``merger`` (an ``edgehdr.hdr.neural_merge.NeuralMerger``) 3-frame brackets are
+    merged with the network's weights; other bracket sizes fall back to the classical
+    merge and are counted in ``fallbacks``.
+    """
 
     def __init__(self, response: CameraResponse, *, weighting: str = "tutorial", deghost: bool = False,
-                 planner: ExposurePlanner | None = None, source: BracketSource | None = None, plan_every: int = 5):
+                 planner: ExposurePlanner | None = None, source: BracketSource | None = None, plan_every: int = 5,
+                 merger=None):
         self.response, self.weighting, self.deghost = response, weighting, deghost
         self.planner, self.source, self.plan_every = planner, source, plan_every
+        self.merger, self.fallbacks = merger, 0
+        if merger is not None:
+            merger.response = response
         self._last_plan_t = None
 
     def __call__(self, ctx):
         b = ctx.aligned or ctx.bracket
-        ctx.radiance = merge_debevec(b, response=self.response, weighting=self.weighting, deghost=self.deghost)
+        if self.merger is not None and len(b) == 3:
+            ctx.radiance = self.merger(b)
+        else:
+            if self.merger is not None:
+                self.fallbacks += 1
+                if self.fallbacks == 1:
+                    log.warning("merge network takes 3 exposures, frame %d has %d: classical merge (counted)",
+                                ctx.frame_id, len(b))
+            ctx.radiance = merge_debevec(b, response=self.response, weighting=self.weighting, deghost=self.deghost)
         if self.planner is not None and self.source is not None and ctx.frame_id % self.plan_every == 0:
             now = time.monotonic()
             dt = (now - self._last_plan_t) if self._last_plan_t else self.plan_every / 30.0

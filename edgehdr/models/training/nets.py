@@ -14,7 +14,7 @@ from torch import nn
 
 from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, TMO_INPUT_SHAPE
 
-__all__ = ["TMONet", "DimmingNet", "NoRVDPNet", "load_norvdpnet_checkpoint", "count_parameters", "count_macs"]
+__all__ = ["TMONet", "DimmingNet", "MergeNet", "NoRVDPNet", "load_norvdpnet_checkpoint", "count_parameters", "count_macs"]
 
 
 def _conv(cin, cout, stride=1):
@@ -108,6 +108,40 @@ class DimmingNet(nn.Module):
         x = torch.relu(x + self.block1(x))
         x = torch.relu(x + self.block2(x))
         return torch.sigmoid(self.head(x))
+
+
+class MergeNet(nn.Module):
+    """Merge weights: bracket encoding (1, 12, 272, 480) -> per-frame logits (1, 3, 136, 240).
+
+    A small U-Net (three strided 3 x 3 encoders to 1/8 of the working size, two 3 x 3
+    convolutions there, two decoder steps with bilinear x2 upsampling, skip concatenation,
+    a 1 x 1 fusion and a 3 x 3 convolution), a 3 x 3 head at half the working size. The head
+    starts at zero, so an untrained network weights the frames equally: the classical
+    merge without deghosting (Kalantari & Ramamoorthi 2017, weight-estimation variant).
+    """
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        w1, w2, w3 = width, width * 3 // 2, width * 2
+        self.enc1 = _conv(12, w1, 2)
+        self.enc2 = _conv(w1, w2, 2)
+        self.enc3 = _conv(w2, w3, 2)
+        self.mid = nn.Sequential(_conv(w3, w3), _conv(w3, w3))
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.dec2 = nn.Sequential(nn.Conv2d(w3 + w2, w2, 1), nn.ReLU(inplace=True), _conv(w2, w2))
+        self.dec1 = nn.Sequential(nn.Conv2d(w2 + w1, w1, 1), nn.ReLU(inplace=True), _conv(w1, w1))
+        self.head = nn.Conv2d(w1, 3, 3, padding=1)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+
+    def forward(self, bracket: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(bracket)
+        e2 = self.enc2(e1)
+        e3 = self.mid(self.enc3(e2))
+        d2 = self.dec2(torch.cat([self.up(e3), e2], dim=1))
+        d1 = self.dec1(torch.cat([self.up(d2), e1], dim=1))
+        return self.head(d1)
 
 
 class _BlockQ(nn.Module):

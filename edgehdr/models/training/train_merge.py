@@ -1,0 +1,200 @@
+"""Recipe: the compact merge network (per-pixel blending weights), trained on synthetic dynamic brackets.
+
+    python -m edgehdr.models.training.train_merge            # ~15 min on 2 CPU cores
+
+1. Synthetic dynamic scenes from ``edgehdr.synth`` (seeds 0..N-1, 544 x 960; 0-3
+   moving objects at varied speeds, a quarter of them static), captured as 3-exposure
+   brackets with shot and read noise and hand shake (up to 3 px), aligned by the
+   runtime's own exposure-matched MTB (so the residual misalignment is real); the
+   exact radiance of the reference frame is the ground truth.
+2. ``MergeNet`` on the runtime's encoding (``edgehdr.hdr.neural_merge``), rendered by a
+   PyTorch twin of the fused weighted-merge kernel on 256 x 256 crops (half of them on
+   moving objects), loss: squared error of the tutorial's mu-law (mu = 5000) of the
+   merge against the ground truth, both normalised by the truth's 99.9th-percentile
+   luminance (Kalantari & Ramamoorthi 2017).
+3. Export to ONNX (``bracket`` -> ``weights``) with a manifest into ``edgehdr/models``.
+
+Everything is seeded; a run on the same versions reproduces the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgehdr.hdr.neural_merge import MERGE_INPUT_SHAPE, encode_merge_input
+from edgehdr.hdr.weights import weight_lut
+from edgehdr.models.training.nets import MergeNet, count_macs, count_parameters
+from edgehdr.models.training.onnx_export import export_onnx
+from edgehdr.quality.metrics import MU_LAW_MU
+
+__all__ = ["dynamic_bracket", "merge_samples", "merge_twin", "train_merge", "export_merge", "main"]
+
+MODELS_DIR = Path(__file__).resolve().parent.parent
+CROP = 256  # full-resolution crop; the network sees CROP/2 (the working size is half of 544 x 960)
+
+
+def dynamic_bracket(seed: int, *, height: int = 544, width: int = 960, moving_objects: int | None = None,
+                    speed_fraction: float | None = None, shake_px: float = 3.0):
+    """A captured, MTB-aligned 3-exposure bracket of a synthetic scene: ``(frames, exposures, truth, mask,
+    response)`` with the exact radiance of the reference frame as ``truth``."""
+    from edgehdr.hdr.align import align_mtb
+    from edgehdr.synth import capture_bracket, make_scene, random_camera_motion, suggest_exposures
+
+    rng = np.random.default_rng(seed + 7_000_000)
+    if moving_objects is None:
+        moving_objects = int(rng.choice([0, 1, 2, 3], p=[0.25, 0.25, 0.3, 0.2]))
+    if speed_fraction is None:
+        speed_fraction = float(rng.uniform(0.01, 0.04))
+    scene = make_scene(seed, height, width, moving_objects=moving_objects, object_speed_px=speed_fraction * width)
+    poses = random_camera_motion(3, max_shift_px=shake_px, seed=seed) if shake_px > 0 else None
+    sb = capture_bracket(scene, suggest_exposures(scene.radiance, 3), seed=seed, camera_poses=poses)
+    b = sb.bracket
+    frames, _ = align_mtb(b.frames, reference_index=sb.reference_index, exposures=b.relative_exposure,
+                          response=sb.response, bits=b.bits, work_scale=2)
+    return np.ascontiguousarray(frames), b.relative_exposure, sb.radiance, sb.motion_mask, sb.response
+
+
+def merge_samples(seeds, *, log=None, **kwargs) -> list[dict]:
+    """Training samples: the runtime encoding, the aligned codes in exposure order, truth and normaliser."""
+    from edgehdr.quality.metrics import _robust_peak
+
+    out = []
+    for n, seed in enumerate(seeds):
+        frames, exposures, truth, mask, response = dynamic_bracket(seed, **kwargs)
+        order = np.argsort(exposures, kind="stable")
+        out.append({"x": encode_merge_input(frames, exposures, response)[0],
+                    "codes": frames[order], "log_t": np.log(exposures[order]).astype(np.float32),
+                    "log_lut": response.log_lut(), "truth": truth.astype(np.float32), "mask": mask,
+                    "norm": _robust_peak(truth, 99.9)})
+        if log and (n + 1) % 20 == 0:
+            log(f"data {n + 1}/{len(seeds)} brackets")
+    return out
+
+
+def merge_twin(logits: torch.Tensor, log_rad: torch.Tensor, valid: torch.Tensor, fallback: torch.Tensor,
+               size) -> torch.Tensor:
+    """PyTorch twin of the fused merge kernel: softmax weights upsampled bilinearly (half-pixel centres)
+    to ``size``; ``log_rad``, ``valid`` (N, 3 frames, 3 channels, H, W); returns radiance (N, 3, H, W)."""
+    prob = F.interpolate(torch.softmax(logits, dim=1), size=size, mode="bilinear", align_corners=False)
+    wv = prob[:, :, None] * valid
+    den = wv.sum(dim=1)
+    num = (wv * log_rad).sum(dim=1)
+    usable = den > 1e-8
+    return torch.exp(torch.where(usable, num / den.clamp_min(1e-8), fallback))
+
+
+def _crop_tensors(sample, oy, ox, vtab):
+    codes = sample["codes"][:, oy:oy + CROP, ox:ox + CROP]  # (3 frames, h, w, 3) exposure order
+    z = codes.transpose(0, 3, 1, 2).astype(np.int64)  # (3, 3 ch, h, w)
+    lut = sample["log_lut"]
+    log_rad = np.stack([np.stack([lut[c][z[k, c]] for c in range(3)]) - sample["log_t"][k] for k in range(3)])
+    valid = vtab[z]
+    half = (lut.shape[1]) // 2
+    fallback = np.where(z[0] >= half, log_rad[0], np.where(z[1] >= half, log_rad[1], log_rad[2]))
+    truth = sample["truth"][oy:oy + CROP, ox:ox + CROP].transpose(2, 0, 1)
+    x = sample["x"][:, oy // 2:oy // 2 + CROP // 2, ox // 2:ox // 2 + CROP // 2]
+    norm = np.full((1, 1, 1), 1.0 / sample["norm"], np.float32)
+    return x, log_rad.astype(np.float32), valid.astype(np.float32), fallback.astype(np.float32), truth, norm
+
+
+def _mu_law(h):
+    return torch.log1p(MU_LAW_MU * h.clamp(0.0, 1.0)) / np.log1p(MU_LAW_MU)
+
+
+def train_merge(samples: list[dict], *, epochs: int = 40, crops_per_sample: int = 2, batch: int = 8,
+                lr: float = 2e-3, width: int = 16, seed: int = 0, log=print) -> tuple[MergeNet, list]:
+    """Adam on the mu-law squared error of the twin's merge; half the crops centred on moving objects."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = MergeNet(width)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    levels = samples[0]["log_lut"].shape[1]
+    vtab = weight_lut("tutorial", levels).astype(np.float32)
+    history = []
+    for epoch in range(epochs):
+        jobs = [(i, j) for i in rng.permutation(len(samples)) for j in range(crops_per_sample)]
+        total, count = 0.0, 0
+        for start in range(0, len(jobs), batch):
+            parts = []
+            for i, j in jobs[start:start + batch]:
+                s = samples[i]
+                h, w = s["truth"].shape[:2]
+                ys, xs = np.nonzero(s["mask"][::8, ::8])
+                if j % 2 == 0 and ys.size:  # on a moving object
+                    k = rng.integers(ys.size)
+                    cy, cx = ys[k] * 8, xs[k] * 8
+                else:
+                    cy, cx = rng.integers(h), rng.integers(w)
+                oy = int(np.clip(cy - CROP // 2, 0, h - CROP)) // 4 * 4
+                ox = int(np.clip(cx - CROP // 2, 0, w - CROP)) // 4 * 4
+                parts.append(_crop_tensors(s, oy, ox, vtab))
+            x, log_rad, valid, fallback, truth, inv_norm = (torch.from_numpy(np.stack(p)) for p in zip(*parts))
+            merged = merge_twin(model(x), log_rad, valid, fallback, (CROP, CROP))
+            loss = ((_mu_law(merged * inv_norm) - _mu_law(truth * inv_norm)) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(parts)
+            count += len(parts)
+        sched.step()
+        mse = total / count
+        history.append({"epoch": epoch + 1, "mu_law_mse": mse})
+        log(f"epoch {epoch + 1:2d}/{epochs}: train mu-law PSNR {10 * np.log10(1 / max(mse, 1e-12)):.2f} dB")
+    return model.eval(), history
+
+
+def export_merge(model: MergeNet, path, *, extra_metadata: dict | None = None) -> Path:
+    """ONNX export (``bracket`` -> ``weights``), the encoding in metadata, checked, with a manifest."""
+    meta = {"edgehdr.preprocess": "merge_bracket",
+            "edgehdr.encoding": "input: 3 frames sorted by exposure (short, reference, long), area-resampled to "
+                                "480x272: RGB codes / full scale (9 ch), then log2 luminance radiance relative to "
+                                "the reference median, (v + 16) / 32 clipped (3 ch); output: per-frame weight logits "
+                                "at 136x240 (softmax over frames, bilinear to the frame, times the tutorial "
+                                "weighting, Debevec log-domain merge)",
+            **(extra_metadata or {})}
+    return export_onnx(model, path, input_shape=MERGE_INPUT_SHAPE, input_name="bracket", output_name="weights",
+                       model_name="merge_net", metadata=meta, recipe="train_merge")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.train_merge",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--brackets", type=int, default=120)
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--crops", type=int, default=2, help="crops per bracket and epoch")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=Path("merge-training"), help="training log")
+    p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "merge_net.onnx")
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    args.work.mkdir(parents=True, exist_ok=True)
+    samples = merge_samples(range(args.seed, args.seed + args.brackets), log=print)
+    t_data = time.perf_counter() - t0
+    print(f"{len(samples)} brackets ({t_data:.0f} s)", flush=True)
+    model, history = train_merge(samples, epochs=args.epochs, crops_per_sample=args.crops, width=args.width,
+                                 seed=args.seed)
+    t_total = time.perf_counter() - t0
+    export_merge(model, args.out, extra_metadata={
+        "edgehdr.recipe": f"train_merge --brackets {args.brackets} --epochs {args.epochs} --crops {args.crops} "
+                          f"--width {args.width} --seed {args.seed}"})
+    log = {"parameters": count_parameters(model), "macs_per_frame": count_macs(model, MERGE_INPUT_SHAPE),
+           "data_seconds": round(t_data, 1), "total_seconds": round(t_total, 1), "history": history,
+           "torch": torch.__version__}
+    (args.work / "train_merge_log.json").write_text(json.dumps(log, indent=2))
+    print(f"wrote {args.out}: {log['parameters']} parameters, {log['macs_per_frame'] / 1e9:.2f} GMAC per frame; "
+          f"total {t_total:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
