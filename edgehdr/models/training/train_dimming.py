@@ -1,16 +1,16 @@
 """Recipe: the local-dimming CNN, distilled from the PU21 optimiser.
 
-    python -m edgehdr.models.training.train_dimming        # ~22 min on 2 CPU cores
+    python -m edgehdr.models.training.train_dimming        # the shipped weights; ~15 min on 2 CPU cores
 
 1. Synthetic HDR scenes from ``edgehdr.synth`` mapped to the panel
    (``display_target``), on a panel of half the demo's resolution with the demo's
    18 x 32 zones (the network input is per-zone statistics, so the panel resolution
    only changes how small a highlight can be).
 2. Teacher: ``optimal_zone_light`` (projected gradient on the PU21 error of the
-   simulated display) for every scene, once without a power limit and once at the
+   simulated display) for every scene without a power limit (the budgets are then
+   learnt on the display objective alone); ``--teacher-budgets`` also runs it at the
    power each of the ``max``, ``sqrt`` and ``mean`` heuristics draws on that scene
-   (``--no-teacher-budgets``: the first only, a quarter of the cost; the budgets are
-   then learnt on the display objective alone).
+   (four times the teacher cost).
 3. Student (``DimmingNet``) on the runtime's own input encoding (with the power
    budget as an input channel), trained on the same objective as the teacher
    through a PyTorch twin of the display model (Gaussian LED PSF, bilinear
@@ -170,10 +170,10 @@ def main(argv=None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=18)
     p.add_argument("--cols", type=int, default=32)
-    p.add_argument("--scenes", type=int, default=96)
-    p.add_argument("--teacher-budgets", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--scenes", type=int, default=128)
+    p.add_argument("--teacher-budgets", action=argparse.BooleanOptionalAction, default=False,
                    help="also run the teacher at the heuristics' powers (four times the teacher cost)")
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--distill", type=float, default=200.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("dimming-training"))
