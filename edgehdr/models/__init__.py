@@ -4,6 +4,7 @@
 | --- | --- | --- | --- |
 | ``tmo_net`` | real-time TMO: parametric-operator parameters on an 8 x 14 grid | ``[tonemap] operator = "neural"`` | ``python -m edgehdr.models.training.train_tmo`` |
 | ``dimming_net`` | local dimming: zone light from a downsampled frame (18 x 32 zones) | ``[dimming] algorithm = "neural"`` | ``python -m edgehdr.models.training.train_dimming`` |
+| ``merge_net`` | 3-exposure merge: per-pixel blending weights of a weighted Debevec merge | ``[merge] method = "neural"`` | ``python -m edgehdr.models.training.train_merge`` |
 | ``norvdpnet_tmo`` | NoR-VDPNet (width / 4): TMQI estimate of an SDR image, no reference | ``[score] every_n``, ``edgehdr score`` | ``python -m edgehdr.models.training.train_norvdpnet`` |
 
 The runtime loads them through ``edgehdr.infer`` (ONNX Runtime, or a TensorRT engine
@@ -20,7 +21,8 @@ __all__ = ["MODELS_DIR", "model_path", "RECIPES"]
 MODELS_DIR = Path(__file__).resolve().parent
 RECIPES = {"tmo_net": "python -m edgehdr.models.training.train_tmo",
            "dimming_net": "python -m edgehdr.models.training.train_dimming",
-           "norvdpnet_tmo": "python -m edgehdr.models.training.train_norvdpnet"}
+           "norvdpnet_tmo": "python -m edgehdr.models.training.train_norvdpnet",
+           "merge_net": "python -m edgehdr.models.training.train_merge"}
 
 
 def model_path(name_or_path) -> Path:
