@@ -1,0 +1,181 @@
+"""NoR-VDPNet: encodings against PIL and closed forms, the authors' checkpoint layout, the shipped TMQI
+estimator on held-out scenes, `edgehdr score`, the pipeline's score stage and the INT8 export."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgehdr.infer import Manifest, OnnxRuntimeRunner, sha256_file
+from edgehdr.models import model_path
+from edgehdr.quality import tmqi
+from edgehdr.quality.norvdpnet import (SCORE_INPUT_SHAPE, NoRVDPNetScorer, encode_hdr, encode_sdr, pearson,
+                                       pil_luma8, spearman, tone_mapping_variants)
+
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is the training extra (pip install 'edgehdr[train]')")
+
+# The authors' parameter names (NoR-VDPNet model.py: BlockQ convolutions, MaxPool2d between pairs, Regressor).
+AUTHORS_KEYS = [f"conv.{i}.conv.0.{p}" for i in (0, 1, 3, 4, 6, 7, 9, 10, 12, 13) for p in ("weight", "bias")] + \
+               [f"regressor.regressor.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    runner = OnnxRuntimeRunner(model_path("norvdpnet_tmo")).load()
+    yield NoRVDPNetScorer(runner)
+    runner.close()
+
+
+def test_sdr_encoding_is_the_authors_pil_luma_linearised():
+    rgb = np.random.default_rng(0).integers(0, 256, (61, 83, 3)).astype(np.uint8)
+    luma = pil_luma8(rgb)
+    assert np.array_equal(luma, np.asarray(Image.fromarray(rgb).convert("L")))  # independent: Pillow itself
+    x = encode_sdr(rgb, shape=None)
+    assert x.shape == (1, 1, 61, 83) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, 0], (luma / 255.0) ** 2.2 * 2 - 1, atol=1e-6)
+    small = encode_sdr(rgb)
+    assert small.shape == SCORE_INPUT_SHAPE and -1 <= small.min() and small.max() <= 1
+
+
+def test_hdr_encoding_is_log10_of_rec709_luminance():
+    rad = np.random.default_rng(1).lognormal(0, 3, (20, 30, 3)).astype(np.float32)
+    rad[0, 0] = [np.inf, 0, 0]
+    x = encode_hdr(rad)
+    lum = np.clip(np.nan_to_num(rad @ np.array([0.2126, 0.7152, 0.0722], np.float32), posinf=1e6), 0, 1e6)
+    np.testing.assert_allclose(x[0, 0], np.log10(1 + lum), rtol=1e-6)
+    assert np.isfinite(x).all()
+
+
+def test_rank_correlations_against_closed_forms():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=50), rng.normal(size=50)
+    assert pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-12)
+    d = np.argsort(np.argsort(a)) - np.argsort(np.argsort(b))  # no ties: 1 - 6 sum d^2 / (n (n^2 - 1))
+    assert spearman(a, b) == pytest.approx(1 - 6 * np.sum(d ** 2) / (50 * (50 ** 2 - 1)), abs=1e-12)
+    assert spearman(a, np.exp(a)) == pytest.approx(1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(np.corrcoef([0, 1.5, 1.5, 3], [0, 1, 2, 3])[0, 1])
+
+
+@needs_torch
+def test_authors_checkpoint_layout_loads_strictly_and_exports(tmp_path):
+    """A checkpoint in the authors' format ({'model': state_dict}, full width) imports with strict loading,
+    and the exported ONNX (ONNX Runtime) computes what PyTorch computes."""
+    import torch
+
+    from edgehdr.models.training.import_norvdpnet import main as import_main
+    from edgehdr.models.training.nets import NoRVDPNet, load_norvdpnet_checkpoint
+
+    torch.manual_seed(0)
+    net = NoRVDPNet()
+    assert list(net.state_dict()) == AUTHORS_KEYS
+    assert [tuple(net.state_dict()[k].shape) for k in AUTHORS_KEYS[::2]][:2] == [(32, 1, 3, 3), (32, 32, 3, 3)]
+    assert tuple(net.state_dict()["regressor.regressor.0.weight"].shape) == (256, 512)
+    ckpt = tmp_path / "weights_nor_tmo.pth"
+    torch.save({"model": net.state_dict(), "epoch": 3}, ckpt)
+    loaded = load_norvdpnet_checkpoint(ckpt)
+    x = torch.rand(1, 1, 128, 128) * 2 - 1
+    with torch.no_grad():
+        expected = float(net(x))
+        assert float(loaded(x)) == expected
+    out = tmp_path / "authors_tmo.onnx"
+    assert import_main([str(ckpt), "-o", str(out), "--height", "128", "--width", "128"]) == 0
+    with OnnxRuntimeRunner(out) as runner:
+        got = float(next(iter(runner.run({"image": x.numpy()}).values())).reshape(-1)[0])
+    assert got == pytest.approx(expected, abs=1e-5)
+    broken = {k: v for k, v in net.state_dict().items() if k != "regressor.regressor.2.bias"}
+    torch.save({"model": broken}, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match=r"(?s)broken.pth.*regressor.regressor.2.bias"):
+        load_norvdpnet_checkpoint(tmp_path / "broken.pth")
+
+
+def test_shipped_model_matches_its_manifest():
+    path = model_path("norvdpnet_tmo")
+    manifest = Manifest.load(Manifest.path_for(path))
+    assert manifest.source_onnx_sha256 == sha256_file(path)
+    assert manifest.inputs[0]["shape"] == list(SCORE_INPUT_SHAPE) and manifest.outputs[0]["shape"] == [1, 1]
+
+
+def test_shipped_model_ranks_held_out_renderings_like_tmqi(scorer, scene_factory):
+    """Held-out scenes (never trained on) tone mapped six ways each: rank agreement with TMQI."""
+    pred, label = [], []
+    for seed in range(100_000, 100_006):
+        radiance = scene_factory(seed, 256, 384).radiance
+        for sdr, _ in tone_mapping_variants(radiance, 6, seed=seed):
+            pred.append(scorer.score(sdr))
+            label.append(tmqi(radiance, sdr).Q)
+    assert spearman(pred, label) >= 0.8, (spearman(pred, label), pearson(pred, label))
+    assert pearson(pred, label) >= 0.8
+
+
+def test_score_command_ranks_a_photo_set_best_first(tmp_path, scene_factory, capsys):
+    from edgehdr.cli import main
+    from edgehdr.tonemap import reinhard_local
+
+    radiance = scene_factory(100_010, 256, 384).radiance
+    good = reinhard_local(radiance)
+    lum = radiance @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    blown = np.clip(radiance * (0.18 * 16 / np.median(lum)), 0, 1) ** (1 / 2.2) * 255
+    washed = good * 0.35 + 128 * 0.65
+    names = {"washed.png": washed, "good.png": good, "blown.png": blown}
+    for name, img in names.items():
+        cv2.imwrite(str(tmp_path / name), cv2.cvtColor(np.round(img).astype(np.uint8), cv2.COLOR_RGB2BGR))
+    truth = sorted(names, key=lambda n: -tmqi(radiance, np.round(names[n]).astype(np.uint8)).Q)
+    assert main(["score", str(tmp_path), "--json", "--backend", "cpu"]) == 0
+    ranked = json.loads(capsys.readouterr().out)
+    assert [r["path"].rsplit("/", 1)[-1] for r in ranked] == truth
+    assert ranked[0]["score"] > ranked[-1]["score"]
+    assert main(["score", str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+
+
+def test_score_stage_scores_every_nth_frame_in_the_pipeline(scorer):
+    from edgehdr.pipeline.config import validate
+    from edgehdr.pipeline.daemon import build_runtime
+
+    cfg = validate({"source": {"width": 320, "height": 180, "fps": 30}, "score": {"every_n": 2},
+                    "dimming": {"enabled": False}, "bridge": {"enabled": False}, "preview": {"enabled": False},
+                    "infer": {"backend": "cpu"}})
+    seen = []
+
+    class Recorder:
+        def write(self, ctx):
+            seen.append((ctx.frame_id, ctx.quality_score, ctx.sdr.copy()))
+
+    rt = build_runtime(cfg, extra_sinks=[Recorder()])
+    try:
+        rt.pipeline.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(seen) < 6:
+            time.sleep(0.05)
+        stats = rt.stats()
+    finally:
+        final = rt.close()
+    assert len(seen) >= 6 and final["frames_failed"] == 0
+    for frame_id, score, sdr in seen:
+        if frame_id % 2:
+            assert score is None
+        else:  # the stage's score is the scorer's on that very frame
+            assert score == pytest.approx(scorer.score(sdr), abs=1e-6)
+    assert stats["quality"]["frames_scored"] >= 2 and stats["quality"]["every_n"] == 2
+
+
+def test_int8_export_of_the_scorer_keeps_its_rank_correlation(tmp_path):
+    """edgehdr-export on the shipped model: SROCC with TMQI within 0.02 of FP32 on held-out renderings."""
+    from export.cli import main as export_main
+    from export.trt_check import check_qdq_for_tensorrt
+
+    rc = export_main(["build", str(model_path("norvdpnet_tmo")), "--precision", "int8", "--calib-count", "32",
+                      "--holdout-count", "32", "-o", str(tmp_path)])
+    report = json.loads((tmp_path / "norvdpnet_tmo.int8.validation.json").read_text())
+    assert rc == 0 and report["budget"]["passed"] and report["budget"]["kind"] == "task"
+    assert report["task"]["srocc_fp32"] - report["task"]["srocc_converted"] <= 0.02
+    manifest = json.loads((tmp_path / "norvdpnet_tmo.int8.onnx.manifest.json").read_text())
+    assert check_qdq_for_tensorrt(tmp_path / "norvdpnet_tmo.int8.onnx",
+                                  float_nodes=manifest["calibration"]["kept_float"]) == []
