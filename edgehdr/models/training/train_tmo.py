@@ -1,8 +1,8 @@
 """Recipe: the real-time TMO network, distilled from a per-image TMQI-optimised teacher.
 
-    python -m edgehdr.models.training.train_tmo            # ~15 min on 2 CPU cores
+    python -m edgehdr.models.training.train_tmo            # the shipped weights; ~15 min on 2 CPU cores
 
-1. Synthetic HDR scenes from ``edgehdr.synth`` (seeds 0..N-1, 192 x 288).
+1. Synthetic HDR scenes from ``edgehdr.synth`` (seeds 0..191, 192 x 288).
 2. Teacher: for each scene, the parameter grid of the tutorial's parametric
    operator (the same 3 x 8 x 14 grid and edge-aware application the network
    drives) optimised by Adam to maximise TMQI through a differentiable TMQI —
@@ -123,12 +123,12 @@ def export_tmo(model: TMONet, path, *, extra_metadata: dict | None = None) -> Pa
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.train_tmo", description=__doc__.split("\n")[0])
-    p.add_argument("--scenes", type=int, default=96)
+    p.add_argument("--scenes", type=int, default=192)
     p.add_argument("--teacher-steps", type=int, default=60)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width", type=int, default=32, help="feature channels of TMONet")
-    p.add_argument("--distill", type=float, default=1.0, help="weight of the teacher-grid term")
+    p.add_argument("--width", type=int, default=48, help="feature channels of TMONet")
+    p.add_argument("--distill", type=float, default=0.1, help="weight of the teacher-grid term")
     p.add_argument("--work", type=Path, default=Path("tmo-training"), help="teacher cache and training log")
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "tmo_net.onnx")
     args = p.parse_args(argv)
