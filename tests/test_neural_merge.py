@@ -39,9 +39,33 @@ def merger():
 def test_equal_weights_are_the_classical_debevec_merge(bracket):
     """Against merge_debevec (packed fixed-point tables, its own kernel): the same log-domain formula."""
     b = bracket.bracket
-    ours = merge_with_weights(b, np.full((3, 17, 30), 1 / 3, np.float32), response=bracket.response)
+    ours = merge_with_weights(b, np.full((3, 17, 30), 1 / 3, np.float32), response=bracket.response,
+                              consistency_gate=False)
     ref = merge_debevec(b, response=bracket.response)
     assert np.max(np.abs(np.log(ours / ref))) < 1e-3
+
+
+def test_consistency_gate_drops_the_samples_grosch_rejects(bracket):
+    """Against NumPy with the classical per-pixel test (edgehdr.hdr.deghost's kernel, before morphology):
+    equal weights over the samples that are usable and consistent with the reference."""
+    from edgehdr.hdr.deghost import _inconsistent_kernel, radiance_intervals
+
+    b, resp = bracket.bracket, bracket.response
+    ours = merge_with_weights(b, np.full((3, 4, 4), 1 / 3, np.float32), response=resp)
+    n, h, w, _ = b.frames.shape
+    lo, hi = radiance_intervals(resp)
+    bad = np.empty((n, h, w), np.uint8)
+    _inconsistent_kernel(b.frames, lo, hi, b.relative_exposure.astype(np.float32), 1, 2, bad, np.empty((h, w), np.uint8))
+    assert bad[[0, 2]].any()  # the moving objects make some
+    z = b.frames.astype(np.int64)
+    x = z / 255.0
+    v = (1 - (2 * x - 1) ** 12) * (1 - bad[..., None])
+    logs = np.stack([np.stack([resp.log_lut()[c][z[i][..., c]] for c in range(3)], -1) - np.log(b.relative_exposure[i])
+                     for i in range(3)])
+    den = v.sum(axis=0)
+    ok = den > 1e-6
+    expected = np.exp((v * logs).sum(axis=0) / np.maximum(den, 1e-30))
+    np.testing.assert_allclose(ours[ok], expected[ok], rtol=2e-3)
 
 
 def test_one_hot_weights_take_that_frame_where_it_is_usable(bracket):
@@ -87,8 +111,11 @@ def test_training_twin_matches_the_fused_kernel(bracket):
     from edgehdr.hdr.weights import weight_lut
     from edgehdr.models.training.train_merge import CROP, _crop_tensors, merge_twin
 
+    from edgehdr.hdr.neural_merge import gate_tables
+
     b = bracket.bracket
-    sample = {"codes": b.frames, "log_t": np.log(b.relative_exposure).astype(np.float32),
+    lo2, hi2 = gate_tables(bracket.response, b.relative_exposure)  # frames are shortest first
+    sample = {"codes": b.frames, "lo2": lo2, "hi2": hi2, "log_t": np.log(b.relative_exposure).astype(np.float32),
               "log_lut": bracket.response.log_lut(), "truth": bracket.radiance, "norm": 1.0,
               "x": encode_merge_input(b, response=bracket.response)[0]}
     x, log_rad, valid, fallback, _, _ = _crop_tensors(sample, 0, 0, weight_lut("tutorial", 256).astype(np.float32))

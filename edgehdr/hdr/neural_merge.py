@@ -7,7 +7,10 @@ output stays a weighted Debevec merge of the inputs (tutorial, eq. 6, log domain
     ln H(x) = sum_i w_i(x) v(Z_i(x)) (ln f^-1(Z_i(x)) - ln t_i) / sum_i w_i(x) v(Z_i(x))
 
 with ``v`` the tutorial's weighting ``1 - (2x - 1)^12`` (so clipped and black codes
-never count, whatever the network says) and ``w_i`` the network's softmax weights.
+never count, whatever the network says), ``w_i`` the network's softmax weights, and,
+per pixel at full resolution, Grosch's consistency test: a sample whose radiance
+interval misses the reference's is dropped (the network's low-resolution weights
+cover object borders, where the classical method dilates).
 Where no frame is usable (``sum w v`` below 1e-8) the classical merge's rule applies:
 the shortest clipped frame (the tightest lower bound), else the longest frame. The
 network learns what the classical deghosting (Grosch 2006) does by rule — prefer the
@@ -132,7 +135,8 @@ def bilinear_taps(n_src: int, n_dst: int):
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _weighted_merge_kernel(stack, order, log2_rad, vtab, prob, y0s, y1s, fys, x0s, x1s, fxs, half_level, out_bits):
+def _weighted_merge_kernel(stack, order, log2_rad, vtab, prob, y0s, y1s, fys, x0s, x1s, fxs, half_level,
+                           gate, lo2, hi2, out_bits):
     """One pass: bilinear weights, tutorial weighting, log2-domain Debevec average, exp2 on the float bits.
 
     ``log2_rad[k, c, z]`` is ``log2 f^-1(z) - log2 t`` of the k-th shortest frame (a table per frame)."""
@@ -152,9 +156,18 @@ def _weighted_merge_kernel(stack, order, log2_rad, vtab, prob, y0s, y1s, fys, x0
             p0 = rows[0, x0] + fx * (rows[0, x1] - rows[0, x0])
             p1 = rows[1, x0] + fx * (rows[1, x1] - rows[1, x0])
             p2 = rows[2, x0] + fx * (rows[2, x1] - rows[2, x0])
+            g0 = np.float32(1.0)
+            g2 = np.float32(1.0)
+            if gate:  # Grosch's test per pixel: a sample whose radiance interval misses the reference's is out
+                for c in range(3):
+                    z0, z1, z2 = stack[i0, y, x, c], stack[i1, y, x, c], stack[i2, y, x, c]
+                    if lo2[0, c, z0] > hi2[1, c, z1] or lo2[1, c, z1] > hi2[0, c, z0]:
+                        g0 = np.float32(0.0)
+                    if lo2[2, c, z2] > hi2[1, c, z1] or lo2[1, c, z1] > hi2[2, c, z2]:
+                        g2 = np.float32(0.0)
             for c in range(3):
                 z0, z1, z2 = stack[i0, y, x, c], stack[i1, y, x, c], stack[i2, y, x, c]
-                w0, w1, w2 = p0 * vtab[z0], p1 * vtab[z1], p2 * vtab[z2]
+                w0, w1, w2 = g0 * p0 * vtab[z0], p1 * vtab[z1], g2 * p2 * vtab[z2]
                 den = w0 + w1 + w2
                 if den > np.float32(1e-8):
                     v = (w0 * log2_rad[0, c, z0] + w1 * log2_rad[1, c, z1] + w2 * log2_rad[2, c, z2]) / den
@@ -167,11 +180,29 @@ def _weighted_merge_kernel(stack, order, log2_rad, vtab, prob, y0s, y1s, fys, x0
                 out_bits[y, x, c] = exp2_bits(max(min(v, np.float32(126.0)), np.float32(-126.0)))
 
 
+def gate_tables(response, exposures_sorted) -> tuple[np.ndarray, np.ndarray]:
+    """log2 radiance intervals per frame (sorted by exposure), channel and code: Grosch's consistency test
+    (``edgehdr.hdr.deghost.radiance_intervals``, tolerance 0.25, 2-code slack; clipped codes open upwards,
+    black ones downwards)."""
+    from edgehdr.hdr.deghost import radiance_intervals
+
+    lo, hi = radiance_intervals(response)
+    with np.errstate(divide="ignore"):
+        lo2 = np.log2(lo.astype(np.float64))
+        hi2 = np.log2(hi.astype(np.float64))
+    lo2, hi2 = np.maximum(lo2, -1e30), np.minimum(hi2, 1e30)
+    t2 = np.log2(np.asarray(exposures_sorted, np.float64))
+    return (np.stack([lo2 - t for t in t2]).astype(np.float32), np.stack([hi2 - t for t in t2]).astype(np.float32))
+
+
 def merge_with_weights(frames, prob, exposures=None, response=None, *, bits: int | None = None,
-                       out: np.ndarray | None = None) -> np.ndarray:
+                       out: np.ndarray | None = None, consistency_gate: bool = True) -> np.ndarray:
     """Weighted Debevec merge with per-frame weight maps ``prob`` (3, h, w) at any resolution (bilinear).
 
     ``prob[i]`` belongs to input frame ``i`` (the bracket's order, not the exposure order).
+    ``consistency_gate`` drops, per pixel, a non-reference sample whose radiance interval does
+    not overlap the reference's (Grosch 2006, without the morphology: the network's weights
+    cover object borders).
     """
     stack, exposures, resp, bits, order = _prepare(frames, exposures, response, bits)
     _, h, w, _ = stack.shape
@@ -188,7 +219,9 @@ def merge_with_weights(frames, prob, exposures=None, response=None, *, bits: int
     log2_lut = resp.log_lut() * np.float32(1.0 / math.log(2.0))
     log2_rad = np.ascontiguousarray(np.stack([log2_lut - np.float32(math.log2(exposures[i])) for i in order]),
                                     dtype=np.float32)
-    _weighted_merge_kernel(stack, order, log2_rad, vtab, prob, *ys, *xs, levels // 2, out.view(np.int32))
+    lo2, hi2 = gate_tables(resp, exposures[order])
+    _weighted_merge_kernel(stack, order, log2_rad, vtab, prob, *ys, *xs, levels // 2, bool(consistency_gate),
+                           lo2, hi2, out.view(np.int32))
     return out
 
 
@@ -200,8 +233,8 @@ class NeuralMerger:
     exposure order back to the bracket's frame order.
     """
 
-    def __init__(self, runner, response=None):
-        self.runner, self.response = runner, response
+    def __init__(self, runner, response=None, *, consistency_gate: bool = True):
+        self.runner, self.response, self.consistency_gate = runner, response, consistency_gate
         desc = runner.describe()["inputs"]
         self.input_name = next(iter(desc)) if isinstance(desc, dict) else desc[0]["name"]
 
@@ -221,4 +254,5 @@ class NeuralMerger:
             bits = bracket.bits if bits is None else bits
             bracket = bracket.frames
         prob = self.weights(bracket, exposures, bits=bits)
-        return merge_with_weights(bracket, prob, exposures, self.response, bits=bits, out=out)
+        return merge_with_weights(bracket, prob, exposures, self.response, bits=bits, out=out,
+                                  consistency_gate=self.consistency_gate)

@@ -8,7 +8,7 @@
    runtime's own exposure-matched MTB (so the residual misalignment is real); the
    exact radiance of the reference frame is the ground truth.
 2. ``MergeNet`` on the runtime's encoding (``edgehdr.hdr.neural_merge``), rendered by a
-   PyTorch twin of the fused weighted-merge kernel on 256 x 256 crops (half of them on
+   PyTorch twin of the fused weighted-merge kernel (with its per-pixel consistency gate) on 256 x 256 crops (half of them on
    moving objects), loss: squared error of the tutorial's mu-law (mu = 5000) of the
    merge against the ground truth, both normalised by the truth's 99.9th-percentile
    luminance (Kalantari & Ramamoorthi 2017).
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgehdr.hdr.neural_merge import MERGE_INPUT_SHAPE, encode_merge_input
+from edgehdr.hdr.neural_merge import MERGE_INPUT_SHAPE, encode_merge_input, gate_tables
 from edgehdr.hdr.weights import weight_lut
 from edgehdr.models.training.nets import MergeNet, count_macs, count_parameters
 from edgehdr.models.training.onnx_export import export_onnx
@@ -69,7 +69,8 @@ def merge_samples(seeds, *, log=None, **kwargs) -> list[dict]:
     for n, seed in enumerate(seeds):
         frames, exposures, truth, mask, response = dynamic_bracket(seed, **kwargs)
         order = np.argsort(exposures, kind="stable")
-        out.append({"x": encode_merge_input(frames, exposures, response)[0],
+        lo2, hi2 = gate_tables(response, exposures[order])
+        out.append({"x": encode_merge_input(frames, exposures, response)[0], "lo2": lo2, "hi2": hi2,
                     "codes": frames[order], "log_t": np.log(exposures[order]).astype(np.float32),
                     "log_lut": response.log_lut(), "truth": truth.astype(np.float32), "mask": mask,
                     "norm": _robust_peak(truth, 99.9)})
@@ -96,6 +97,11 @@ def _crop_tensors(sample, oy, ox, vtab):
     lut = sample["log_lut"]
     log_rad = np.stack([np.stack([lut[c][z[k, c]] for c in range(3)]) - sample["log_t"][k] for k in range(3)])
     valid = vtab[z]
+    lo2, hi2 = sample["lo2"], sample["hi2"]
+    chan = np.arange(3)[:, None, None]
+    for k in (0, 2):  # the runtime kernel's consistency gate against the reference (k = 1)
+        bad = ((lo2[k][chan, z[k]] > hi2[1][chan, z[1]]) | (lo2[1][chan, z[1]] > hi2[k][chan, z[k]])).any(axis=0)
+        valid[k] *= ~bad
     half = (lut.shape[1]) // 2
     fallback = np.where(z[0] >= half, log_rad[0], np.where(z[1] >= half, log_rad[1], log_rad[2]))
     truth = sample["truth"][oy:oy + CROP, ox:ox + CROP].transpose(2, 0, 1)
