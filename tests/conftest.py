@@ -37,3 +37,34 @@ def shot_factory():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def _run_pipeline(overrides: dict, record, frames: int, *, timeout_s: float = 60.0, inspect=None):
+    """Run the daemon's pipeline built from ``overrides`` until ``record`` (a sink callable) saw ``frames``
+    frames; returns ``(final stats, inspect(runtime) taken before closing)``."""
+    import time
+
+    from edgehdr.pipeline.config import validate
+    from edgehdr.pipeline.daemon import build_runtime
+
+    seen = []
+
+    class Recorder:
+        def write(self, ctx):
+            seen.append(record(ctx))
+
+    rt = build_runtime(validate(overrides), extra_sinks=[Recorder()])
+    try:
+        rt.pipeline.start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(seen) < frames:
+            time.sleep(0.05)
+        inspected = inspect(rt) if inspect else None
+    finally:
+        final = rt.close()
+    return seen, final, inspected
+
+
+@pytest.fixture
+def run_pipeline():
+    return _run_pipeline

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import numpy as np
 import pytest
@@ -104,28 +103,13 @@ def test_shipped_dimming_model_beats_the_heuristics_at_their_power(dim_runner, s
         assert np.mean(ours[algorithm]) > np.mean(theirs[algorithm]), algorithm
 
 
-def test_neural_stages_run_in_the_pipeline():
+def test_neural_stages_run_in_the_pipeline(run_pipeline):
     """The daemon wiring with both neural stages: frames flow, none fail, zones and SDR come out."""
-    from edgehdr.pipeline.config import validate
-    from edgehdr.pipeline.daemon import build_runtime
-
-    cfg = validate({"source": {"width": 320, "height": 180, "fps": 30},
-                    "tonemap": {"operator": "neural"}, "dimming": {"rows": 18, "cols": 32, "algorithm": "neural"},
-                    "bridge": {"enabled": False}, "preview": {"enabled": False}, "infer": {"backend": "cpu"}})
-    seen = []
-
-    class Recorder:
-        def write(self, ctx):
-            seen.append((ctx.sdr.shape, ctx.zone_values.shape))
-
-    rt = build_runtime(cfg, extra_sinks=[Recorder()])
-    try:
-        rt.pipeline.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(seen) < 6:
-            time.sleep(0.05)
-    finally:
-        final = rt.close()
+    seen, final, _ = run_pipeline(
+        {"source": {"width": 320, "height": 180, "fps": 30}, "tonemap": {"operator": "neural"},
+         "dimming": {"rows": 18, "cols": 32, "algorithm": "neural"}, "bridge": {"enabled": False},
+         "preview": {"enabled": False}, "infer": {"backend": "cpu"}},
+        lambda ctx: (ctx.sdr.shape, ctx.zone_values.shape), 6)
     assert len(seen) >= 6, final
     assert seen[-1] == ((180, 320, 3), (18, 32))
     assert final["frames_failed"] == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 
 import cv2
 import numpy as np
@@ -152,28 +151,12 @@ def test_shipped_model_against_the_classical_merge_on_held_out_scenes(merger):
         assert m[f"dynamic_network_{metric}"] >= m[f"dynamic_plain_{metric}"] + 2.0, m
 
 
-def test_neural_merge_runs_in_the_pipeline():
-    from edgehdr.pipeline.config import validate
-    from edgehdr.pipeline.daemon import build_runtime
-
-    cfg = validate({"source": {"width": 320, "height": 180, "fps": 30}, "merge": {"method": "neural"},
-                    "dimming": {"enabled": False}, "bridge": {"enabled": False}, "preview": {"enabled": False},
-                    "planner": {"enabled": False}, "infer": {"backend": "cpu"}})
-    seen = []
-
-    class Recorder:
-        def write(self, ctx):
-            seen.append((ctx.aligned or ctx.bracket, ctx.radiance.copy()))
-
-    rt = build_runtime(cfg, extra_sinks=[Recorder()])
-    try:
-        rt.pipeline.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(seen) < 4:
-            time.sleep(0.05)
-        merge_stage = rt.pipeline.stages[1].fn
-    finally:
-        final = rt.close()
+def test_neural_merge_runs_in_the_pipeline(run_pipeline):
+    seen, final, merge_stage = run_pipeline(
+        {"source": {"width": 320, "height": 180, "fps": 30}, "merge": {"method": "neural"},
+         "dimming": {"enabled": False}, "bridge": {"enabled": False}, "preview": {"enabled": False},
+         "planner": {"enabled": False}, "infer": {"backend": "cpu"}},
+        lambda ctx: (ctx.aligned or ctx.bracket, ctx.radiance.copy()), 4, inspect=lambda rt: rt.pipeline.stages[1].fn)
     assert len(seen) >= 4 and final["frames_failed"] == 0 and merge_stage.fallbacks == 0
     bracket, radiance = seen[-1]
     np.testing.assert_array_equal(radiance, merge_stage.merger(bracket))  # the network's merge of that bracket

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 
 import cv2
 import numpy as np
@@ -135,28 +134,12 @@ def test_score_command_ranks_a_photo_set_best_first(tmp_path, scene_factory, cap
     assert "missing.png" in capsys.readouterr().err
 
 
-def test_score_stage_scores_every_nth_frame_in_the_pipeline(scorer):
-    from edgehdr.pipeline.config import validate
-    from edgehdr.pipeline.daemon import build_runtime
-
-    cfg = validate({"source": {"width": 320, "height": 180, "fps": 30}, "score": {"every_n": 2},
-                    "dimming": {"enabled": False}, "bridge": {"enabled": False}, "preview": {"enabled": False},
-                    "infer": {"backend": "cpu"}})
-    seen = []
-
-    class Recorder:
-        def write(self, ctx):
-            seen.append((ctx.frame_id, ctx.quality_score, ctx.sdr.copy()))
-
-    rt = build_runtime(cfg, extra_sinks=[Recorder()])
-    try:
-        rt.pipeline.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(seen) < 6:
-            time.sleep(0.05)
-        stats = rt.stats()
-    finally:
-        final = rt.close()
+def test_score_stage_scores_every_nth_frame_in_the_pipeline(scorer, run_pipeline):
+    seen, final, stats = run_pipeline(
+        {"source": {"width": 320, "height": 180, "fps": 30}, "score": {"every_n": 2},
+         "dimming": {"enabled": False}, "bridge": {"enabled": False}, "preview": {"enabled": False},
+         "infer": {"backend": "cpu"}},
+        lambda ctx: (ctx.frame_id, ctx.quality_score, ctx.sdr.copy()), 6, inspect=lambda rt: rt.stats())
     assert len(seen) >= 6 and final["frames_failed"] == 0
     for frame_id, score, sdr in seen:
         if frame_id % 2:

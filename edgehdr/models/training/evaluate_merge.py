@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 
+from edgehdr.bench import _median_ms
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.hdr.neural_merge import NeuralMerger, encode_merge_input, merge_with_weights
 from edgehdr.models.training.train_merge import dynamic_bracket
@@ -76,13 +76,7 @@ def timing(merger: NeuralMerger, *, repeats: int = 7) -> dict:
     name = merger.input_name
 
     def med(fn):
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return float(np.median(ts) * 1e3)
+        return _median_ms(fn, repeats)
 
     prob = merger.weights(frames, exposures, bits=8)
     out = np.empty((1080, 1920, 3), np.float32)
