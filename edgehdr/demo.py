@@ -40,12 +40,15 @@ def run_demo(outdir="edgehdr-demo", *, seconds: float = 5.0, width: int = 1280, 
         "planner": {"max_exposure_s": 10.0},  # synthetic units: no frame-rate bound on exposure
         "dimming": {"rows": 18, "cols": 32, "algorithm": "neural" if neural else "sqrt"},
         "tonemap": {"operator": "neural" if neural else "reinhard"},
+        "merge": {"method": "neural" if neural else "debevec"},
+        "score": {"every_n": 15},  # NoR-VDPNet's TMQI estimate of the output, twice a second
         "bridge": {"port": "simulate"},
         "preview": {"enabled": False},
     })
-    say(f"[1/3] starting: synthetic {width}x{height} camera at {fps:g} fps (3 exposures, rolling) -> align -> merge "
-        f"-> {'neural ' if neural else ''}tone map -> 18x32-zone {'neural ' if neural else ''}dimming -> controller "
-        "simulator on a pty")
+    say(f"[1/3] starting: synthetic {width}x{height} camera at {fps:g} fps (3 exposures, rolling) -> align -> "
+        f"{'neural ' if neural else ''}merge "
+        f"-> {'neural ' if neural else ''}tone map (scored by NoR-VDPNet) -> 18x32-zone {'neural ' if neural else ''}"
+        "dimming -> controller simulator on a pty")
     try:
         from threadpoolctl import threadpool_limits
 
@@ -65,9 +68,12 @@ def run_demo(outdir="edgehdr-demo", *, seconds: float = 5.0, width: int = 1280, 
             ctrl = st.get("controller", {})
             say(f"      {time.monotonic() - started:4.1f} s: {st['fps']:5.1f} fps, {st['frames_completed']} frames, "
                 f"{st['frames_dropped']} dropped, capture-to-zones {st['capture_to_zones_ms_median']} ms median; "
-                f"controller applied {ctrl.get('frames_applied', 0)}")
+                f"controller applied {ctrl.get('frames_applied', 0)}; quality "
+                f"{st.get('quality', {}).get('last')}")
     finally:
+        quality = rt.scorer.snapshot() if rt.scorer is not None else None
         stats = rt.close()
+    stats["quality"] = quality
     ctx = rt.pipeline.last_context
     stats["controller"] = rt.stats().get("controller") if rt.simulator is None else {
         "frames_applied": rt.simulator.counters.frames_applied, "crc_errors": rt.simulator.decoder.crc_errors,
@@ -84,7 +90,7 @@ def run_demo(outdir="edgehdr-demo", *, seconds: float = 5.0, width: int = 1280, 
              enumerate(zip(b.exposure_s, b.gain, b.frames))]
     tiles += [
         (f"merged HDR, log2 L {lo:.0f}..{hi:.0f} (false colour)", fc),
-        ("tone-mapped (reinhard, temporal adaptation)", ctx.sdr),
+        (f"tone-mapped ({'neural TMO' if neural else 'reinhard'}, temporal adaptation)", ctx.sdr),
         (f"LED zones {layout.rows}x{layout.cols} (drive^1/2.2)", zone_heatmap(ctx.zone_values, layout, width_px=width)),
         ("LCD compensation image", ctx.lcd if ctx.lcd.dtype == np.uint8 else (ctx.lcd >> 2).astype(np.uint8)),
         (f"simulated display, {layout.peak_luminance_cd_m2:g} cd/m2 peak (tone-mapped to view)",

@@ -74,6 +74,7 @@ def test_demo_runs_the_pipeline_to_the_controller_and_writes_results(tmp_path):
     assert stats["frames_completed"] >= 30 and stats["frames_failed"] == 0
     assert stats["controller"]["frames_applied"] > 0 and stats["controller"]["crc_errors"] == 0
     assert stats["link"]["config_acked"] >= 1
+    assert stats["quality"]["frames_scored"] >= 2 and 0.0 < stats["quality"]["last"] < 1.0  # NoR-VDPNet, every 15th
     zones = np.loadtxt(out / "zones.csv", delimiter=",")
     assert zones.shape == (18, 32) and zones.max() <= 4095
     sheet = read_ldr_image(out / "contact_sheet.png")
