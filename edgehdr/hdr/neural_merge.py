@@ -72,13 +72,35 @@ def _prepare(frames, exposures, response, bits):
     return stack, exposures, resp, bits, order
 
 
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _block_mean(frame, k, out):
+    """k x k block means of integer codes, rounded (as OpenCV's INTER_AREA at an integer factor)."""
+    rows, cols = out.shape[0], out.shape[1]
+    inv = np.float32(1.0 / (k * k))
+    for r in numba.prange(rows):
+        acc = np.zeros((cols, 3), np.int64)
+        for dy in range(k):
+            line = frame[r * k + dy]
+            for col in range(cols):
+                for dx in range(k):
+                    for c in range(3):
+                        acc[col, c] += line[col * k + dx, c]
+        for col in range(cols):
+            for c in range(3):
+                out[r, col, c] = np.uint16(np.float32(acc[col, c]) * inv + np.float32(0.5))
+
+
 def _working_size(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     """Area-average by the nearest integer factor (OpenCV's fast path: 1080p -> 480 x 270 in ~1 ms, where a
     fractional area resize takes ~8x longer), then bilinear to the working size. Codes keep their dtype
     (rounded), so the response LUT applies to the small frames."""
     fh, fw = frame.shape[:2]
     k = max(1, int(round(min(fh / height, fw / width))))
-    if k > 1:
+    if k > 1 and fh % k == 0 and fw % k == 0:
+        small = np.empty((fh // k, fw // k, 3), frame.dtype)
+        _block_mean(frame, k, small)
+        frame = small
+    elif k > 1:
         frame = cv2.resize(frame, (fw // k, fh // k), interpolation=cv2.INTER_AREA)
     if frame.shape[:2] != (height, width):
         frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
@@ -135,14 +157,14 @@ def bilinear_taps(n_src: int, n_dst: int):
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _weighted_merge_kernel(stack, order, log2_rad, vtab, prob, y0s, y1s, fys, x0s, x1s, fxs, half_level,
-                           gate, lo2, hi2, out_bits):
-    """One pass: bilinear weights, tutorial weighting, log2-domain Debevec average, exp2 on the float bits.
-
-    ``log2_rad[k, c, z]`` is ``log2 f^-1(z) - log2 t`` of the k-th shortest frame (a table per frame)."""
+def _weighted_merge_kernel(stack, order, log2_rad, packed, prob, y0s, y1s, fys, x0s, x1s, fxs, half_level,
+                           gate, lo2, hi2, badtab, out_bits):
+    """One pass: bilinear weights, consistency gate, tutorial weighting, log2-domain Debevec average, exp2 on
+    the float bits. ``log2_rad[k, c, z]`` is ``log2 f^-1(z) - log2 t`` of the k-th shortest frame."""
     n_rows, n_cols = stack.shape[1], stack.shape[2]
     n_small = prob.shape[2]
     i0, i1, i2 = order[0], order[1], order[2]
+    eps = np.float32(1e-8)
     for y in numba.prange(n_rows):
         y0, y1, fy = y0s[y], y1s[y], fys[y]
         rows = np.empty((3, n_small), np.float32)  # the weight maps interpolated vertically for this row
@@ -151,33 +173,52 @@ def _weighted_merge_kernel(stack, order, log2_rad, vtab, prob, y0s, y1s, fys, x0
             for x in range(n_small):
                 a = prob[i, y0, x]
                 rows[k, x] = a + fy * (prob[i, y1, x] - a)
+        wrow = np.empty((3, n_cols), np.float32)  # per-pixel frame weights (bilinear x gate) for this row
         for x in range(n_cols):
             x0, x1, fx = x0s[x], x1s[x], fxs[x]
-            p0 = rows[0, x0] + fx * (rows[0, x1] - rows[0, x0])
-            p1 = rows[1, x0] + fx * (rows[1, x1] - rows[1, x0])
-            p2 = rows[2, x0] + fx * (rows[2, x1] - rows[2, x0])
-            g0 = np.float32(1.0)
-            g2 = np.float32(1.0)
-            if gate:  # Grosch's test per pixel: a sample whose radiance interval misses the reference's is out
+            wrow[0, x] = rows[0, x0] + fx * (rows[0, x1] - rows[0, x0])
+            wrow[1, x] = rows[1, x0] + fx * (rows[1, x1] - rows[1, x0])
+            wrow[2, x] = rows[2, x0] + fx * (rows[2, x1] - rows[2, x0])
+        if gate and badtab.shape[2] > 1:  # Grosch's test per pixel from a (code, reference code) table
+            for x in range(n_cols):
+                bad0 = np.uint8(0)
+                bad2 = np.uint8(0)
+                for c in range(3):
+                    z1 = stack[i1, y, x, c]
+                    bad0 |= badtab[0, c, stack[i0, y, x, c], z1]
+                    bad2 |= badtab[1, c, stack[i2, y, x, c], z1]
+                wrow[0, x] *= np.float32(1 - bad0)
+                wrow[2, x] *= np.float32(1 - bad2)
+        elif gate:  # the same test on the interval bounds (sensors above 8 bits: the table would be large)
+            for x in range(n_cols):
+                bad0 = False
+                bad2 = False
                 for c in range(3):
                     z0, z1, z2 = stack[i0, y, x, c], stack[i1, y, x, c], stack[i2, y, x, c]
-                    if lo2[0, c, z0] > hi2[1, c, z1] or lo2[1, c, z1] > hi2[0, c, z0]:
-                        g0 = np.float32(0.0)
-                    if lo2[2, c, z2] > hi2[1, c, z1] or lo2[1, c, z1] > hi2[2, c, z2]:
-                        g2 = np.float32(0.0)
+                    lr, hr = lo2[1, c, z1], hi2[1, c, z1]
+                    bad0 |= (lo2[0, c, z0] > hr) | (lr > hi2[0, c, z0])
+                    bad2 |= (lo2[2, c, z2] > hr) | (lr > hi2[2, c, z2])
+                if bad0:
+                    wrow[0, x] = 0.0
+                if bad2:
+                    wrow[2, x] = 0.0
+        f0, f1, f2 = stack[i0, y], stack[i1, y], stack[i2, y]
+        buf = np.empty(3 * n_cols, np.float32)  # log2 radiance of the row; exp2 in a separate, SIMD pass
+        for x in range(n_cols):
+            p0, p1, p2 = wrow[0, x], wrow[1, x], wrow[2, x]
             for c in range(3):
-                z0, z1, z2 = stack[i0, y, x, c], stack[i1, y, x, c], stack[i2, y, x, c]
-                w0, w1, w2 = g0 * p0 * vtab[z0], p1 * vtab[z1], g2 * p2 * vtab[z2]
-                den = w0 + w1 + w2
-                if den > np.float32(1e-8):
-                    v = (w0 * log2_rad[0, c, z0] + w1 * log2_rad[1, c, z1] + w2 * log2_rad[2, c, z2]) / den
-                elif z0 >= half_level:  # nothing usable: the classical rule, the shortest clipped frame (a
-                    v = log2_rad[0, c, z0]  # lower bound), else the longest (an upper bound)
-                elif z1 >= half_level:
-                    v = log2_rad[1, c, z1]
-                else:
-                    v = log2_rad[2, c, z2]
-                out_bits[y, x, c] = exp2_bits(max(min(v, np.float32(126.0)), np.float32(-126.0)))
+                z0, z1, z2 = f0[x, c], f1[x, c], f2[x, c]
+                # packed[k, c, z] = (v(z), v(z) * log2 radiance): one table row per sample
+                den = p0 * packed[0, c, z0, 0] + p1 * packed[1, c, z1, 0] + p2 * packed[2, c, z2, 0]
+                num = p0 * packed[0, c, z0, 1] + p1 * packed[1, c, z1, 1] + p2 * packed[2, c, z2, 1]
+                v = num / max(den, eps)
+                if den <= eps:  # nothing usable: the classical rule, the shortest clipped frame (a lower
+                    v = log2_rad[0, c, z0] if z0 >= half_level else (  # bound), else the longest
+                        log2_rad[1, c, z1] if z1 >= half_level else log2_rad[2, c, z2])
+                buf[3 * x + c] = v
+        o = out_bits[y].reshape(-1)
+        for j in range(3 * n_cols):
+            o[j] = exp2_bits(max(min(buf[j], np.float32(126.0)), np.float32(-126.0)))
 
 
 def gate_tables(response, exposures_sorted) -> tuple[np.ndarray, np.ndarray]:
@@ -220,8 +261,15 @@ def merge_with_weights(frames, prob, exposures=None, response=None, *, bits: int
     log2_rad = np.ascontiguousarray(np.stack([log2_lut - np.float32(math.log2(exposures[i])) for i in order]),
                                     dtype=np.float32)
     lo2, hi2 = gate_tables(resp, exposures[order])
-    _weighted_merge_kernel(stack, order, log2_rad, vtab, prob, *ys, *xs, levels // 2, bool(consistency_gate),
-                           lo2, hi2, out.view(np.int32))
+    if levels <= 256:  # bad[k, c, z_k, z_ref] for the short and the long frame: one byte read per test
+        badtab = np.stack([(lo2[k][:, :, None] > hi2[1][:, None, :]) | (lo2[1][:, None, :] > hi2[k][:, :, None])
+                           for k in (0, 2)]).astype(np.uint8)
+    else:
+        badtab = np.zeros((2, 3, 1, 1), np.uint8)
+    packed = np.ascontiguousarray(np.stack([np.broadcast_to(vtab, log2_rad.shape), vtab * log2_rad], axis=-1),
+                                  dtype=np.float32)
+    _weighted_merge_kernel(stack, order, log2_rad, packed, prob, *ys, *xs, levels // 2, bool(consistency_gate),
+                           lo2, hi2, badtab, out.view(np.int32))
     return out
 
 

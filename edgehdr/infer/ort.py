@@ -76,6 +76,10 @@ class OnnxRuntimeRunner(Runner):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = self.inter_op_threads
+        # ORT's pool spin-waits after every run by default; on a small CPU that steals the cores the next
+        # numba stage needs (measured: the merge kernel 2x slower right after the merge network ran).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.model), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types

@@ -37,6 +37,7 @@ import math
 from pathlib import Path
 
 import cv2
+import numba
 import numpy as np
 
 __all__ = ["model_encoding", "SCORE_INPUT_SHAPE", "pil_luma8", "encode_sdr", "encode_hdr", "NoRVDPNetScorer", "tone_mapping_variants",
@@ -45,6 +46,18 @@ __all__ = ["model_encoding", "SCORE_INPUT_SHAPE", "pil_luma8", "encode_sdr", "en
 SCORE_INPUT_SHAPE = (1, 1, 128, 192)
 SDR_GAMMA = 2.2
 HDR_MAX_CLIP = 1e6
+
+
+_LINEAR = ((np.arange(256) / 255.0) ** SDR_GAMMA).astype(np.float32)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _luma_linear(rgb, table, out):
+    for y in numba.prange(rgb.shape[0]):
+        for x in range(rgb.shape[1]):
+            luma = (np.uint32(rgb[y, x, 0]) * 19595 + np.uint32(rgb[y, x, 1]) * 38470
+                    + np.uint32(rgb[y, x, 2]) * 7471 + 0x8000) >> 16
+            out[y, x] = table[luma]
 
 
 def pil_luma8(rgb_u8: np.ndarray) -> np.ndarray:
@@ -63,13 +76,13 @@ def encode_sdr(rgb_u8: np.ndarray, shape=SCORE_INPUT_SHAPE) -> np.ndarray:
     (``shape=None`` keeps the image's size, as the authors' evaluation does).
     """
     rgb = np.asarray(rgb_u8)
+    if rgb.dtype != np.uint8 or not (rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] == 3)):
+        raise ValueError(f"SDR image must be uint8 grey (H, W) or RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
     if rgb.ndim == 2:
-        luma = rgb.astype(np.uint8) if rgb.dtype == np.uint8 else None
-        if luma is None:
-            raise ValueError(f"SDR image must be uint8, got {rgb.dtype}")
-    else:
-        luma = pil_luma8(rgb)
-    lin = (luma.astype(np.float32) / 255.0) ** SDR_GAMMA
+        lin = _LINEAR[rgb]
+    else:  # PIL's luma and the linearisation fused (numba): 1 ms at 1080p where NumPy takes ~10
+        lin = np.empty(rgb.shape[:2], np.float32)
+        _luma_linear(np.ascontiguousarray(rgb), _LINEAR, lin)
     if shape is not None:
         lin = cv2.resize(lin, (shape[3], shape[2]), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray((lin * 2.0 - 1.0)[None, None], dtype=np.float32)
