@@ -140,14 +140,14 @@ def test_shipped_model_matches_its_manifest_and_budget():
 def test_shipped_model_against_the_classical_merge_on_held_out_scenes(merger):
     """Held-out scenes (seeds never trained on), measured against the exact radiance: on the static versions
     >= 1 dB over the classical merge in PSNR-mu and PU21-PSNR (noise-aware weights); on the moving versions
-    at least as good as deghosting within 0.25 dB and far better than no deghosting."""
+    above deghosting (measured on these three: +1.0 dB PSNR-mu, +0.6 dB PU21-PSNR) and far above none."""
     from edgehdr.models.training.evaluate_merge import evaluate
 
     report = evaluate(merger, range(100_000, 100_003))
     m = report["mean"]
     for metric in ("psnr_mu", "pu_psnr"):
         assert m[f"static_network_{metric}"] >= max(m[f"static_plain_{metric}"], m[f"static_deghost_{metric}"]) + 1.0
-        assert m[f"dynamic_network_{metric}"] >= m[f"dynamic_deghost_{metric}"] - 0.25, m
+        assert m[f"dynamic_network_{metric}"] >= m[f"dynamic_deghost_{metric}"] + 0.3, m
         assert m[f"dynamic_network_{metric}"] >= m[f"dynamic_plain_{metric}"] + 2.0, m
 
 
