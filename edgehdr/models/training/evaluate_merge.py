@@ -22,7 +22,7 @@ import numpy as np
 from edgehdr.bench import _median_ms
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.hdr.neural_merge import NeuralMerger, encode_merge_input, merge_with_weights
-from edgehdr.models.training.train_merge import dynamic_bracket
+from edgehdr.models.training.merge_data import dynamic_bracket
 from edgehdr.quality import psnr_mu, pu21_psnr
 
 __all__ = ["evaluate", "timing", "main"]

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from edgehdr.hdr.neural_merge import MERGE_INPUT_SHAPE, encode_merge_input, gate_tables
 from edgehdr.hdr.weights import weight_lut
+from edgehdr.models.training.merge_data import dynamic_bracket
 from edgehdr.models.training.nets import MergeNet, count_macs, count_parameters
 from edgehdr.models.training.onnx_export import export_onnx
 from edgehdr.quality.metrics import MU_LAW_MU
@@ -38,27 +39,6 @@ __all__ = ["dynamic_bracket", "merge_samples", "merge_twin", "train_merge", "exp
 
 MODELS_DIR = Path(__file__).resolve().parent.parent
 CROP = 256  # full-resolution crop; the network sees CROP/2 (the working size is half of 544 x 960)
-
-
-def dynamic_bracket(seed: int, *, height: int = 544, width: int = 960, moving_objects: int | None = None,
-                    speed_fraction: float | None = None, shake_px: float = 3.0):
-    """A captured, MTB-aligned 3-exposure bracket of a synthetic scene: ``(frames, exposures, truth, mask,
-    response)`` with the exact radiance of the reference frame as ``truth``."""
-    from edgehdr.hdr.align import align_mtb
-    from edgehdr.synth import capture_bracket, make_scene, random_camera_motion, suggest_exposures
-
-    rng = np.random.default_rng(seed + 7_000_000)
-    if moving_objects is None:
-        moving_objects = int(rng.choice([0, 1, 2, 3], p=[0.25, 0.25, 0.3, 0.2]))
-    if speed_fraction is None:
-        speed_fraction = float(rng.uniform(0.01, 0.04))
-    scene = make_scene(seed, height, width, moving_objects=moving_objects, object_speed_px=speed_fraction * width)
-    poses = random_camera_motion(3, max_shift_px=shake_px, seed=seed) if shake_px > 0 else None
-    sb = capture_bracket(scene, suggest_exposures(scene.radiance, 3), seed=seed, camera_poses=poses)
-    b = sb.bracket
-    frames, _ = align_mtb(b.frames, reference_index=sb.reference_index, exposures=b.relative_exposure,
-                          response=sb.response, bits=b.bits, work_scale=2)
-    return np.ascontiguousarray(frames), b.relative_exposure, sb.radiance, sb.motion_mask, sb.response
 
 
 def merge_samples(seeds, *, log=None, **kwargs) -> list[dict]:
