@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["export_onnx"]
+__all__ = ["export_onnx", "write_training_log"]
 
 
 def export_onnx(model: torch.nn.Module, path, *, input_shape, input_name: str, output_name: str, model_name: str,
@@ -43,3 +44,15 @@ def export_onnx(model: torch.nn.Module, path, *, input_shape, input_name: str, o
              calibration={}, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).save(
         Manifest.path_for(path))
     return path
+
+
+def write_training_log(path, model: torch.nn.Module, input_shape, **figures) -> dict:
+    """The recipe's log (parameters, MAC per forward pass at ``input_shape``, PyTorch version and ``figures``)
+    written atomically as JSON; returns it."""
+    from edgehdr.io.atomic import write_text_atomic
+    from edgehdr.models.training.nets import count_macs, count_parameters
+
+    log = {"parameters": count_parameters(model), "macs_per_frame": count_macs(model, input_shape), **figures,
+           "torch": torch.__version__}
+    write_text_atomic(path, json.dumps(log, indent=2))
+    return log

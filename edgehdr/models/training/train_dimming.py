@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from edgehdr.dimming import BacklightModel, LedLayout, display_target, optimal_zone_light, power_fraction, zone_light
 from edgehdr.dimming.neural import INPUT_CHANNELS, SUBDIVISION, encode_dimming_input, model_layout_metadata
-from edgehdr.models.training.onnx_export import export_onnx
-from edgehdr.models.training.nets import DimmingNet, count_macs, count_parameters
+from edgehdr.models.training.onnx_export import export_onnx, write_training_log
+from edgehdr.models.training.nets import DimmingNet
 from edgehdr.quality.pu21 import PU21_L_MAX, PU21_L_MIN, PU21_PARAMS
 
 __all__ = ["training_layout", "dimming_scenes", "DisplayTwin", "pu21_torch", "train_student", "export_dimming", "main"]
@@ -205,12 +205,11 @@ def main(argv=None) -> int:
     t_total = time.perf_counter() - t0
     export_dimming(net, layout, args.out, extra_metadata={
         "edgehdr.recipe": f"train_dimming --rows {args.rows} --cols {args.cols} --scenes {args.scenes} "
-                          f"--epochs {args.epochs} --distill {args.distill} --seed {args.seed}"})
+                          f"--epochs {args.epochs} --distill {args.distill} --seed {args.seed} "
+                          f"{'--teacher-budgets' if args.teacher_budgets else '--no-teacher-budgets'}"})
     shape = (1, INPUT_CHANNELS, args.rows * SUBDIVISION, args.cols * SUBDIVISION)
-    log = {"parameters": count_parameters(net), "macs_per_frame": count_macs(net, shape),
-           "teacher_seconds": round(t_teacher, 1), "total_seconds": round(t_total, 1), "history": history,
-           "torch": torch.__version__}
-    (args.work / "train_dimming_log.json").write_text(json.dumps(log, indent=2))
+    log = write_training_log(args.work / "train_dimming_log.json", net, shape, history=history,
+                             teacher_seconds=round(t_teacher, 1), total_seconds=round(t_total, 1))
     print(f"wrote {args.out}: {log['parameters']} parameters, {log['macs_per_frame'] / 1e6:.1f} M MAC; "
           f"teacher {t_teacher:.0f} s, total {t_total:.0f} s")
     return 0

@@ -20,7 +20,6 @@ Everything is seeded; a run on the same versions reproduces the weights.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,8 +30,8 @@ import torch.nn.functional as F
 from edgehdr.hdr.neural_merge import MERGE_INPUT_SHAPE, encode_merge_input, gate_tables
 from edgehdr.hdr.weights import weight_lut
 from edgehdr.models.training.merge_data import dynamic_bracket
-from edgehdr.models.training.nets import MergeNet, count_macs, count_parameters
-from edgehdr.models.training.onnx_export import export_onnx
+from edgehdr.models.training.nets import MergeNet
+from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.quality.metrics import MU_LAW_MU
 
 __all__ = ["dynamic_bracket", "merge_samples", "merge_twin", "train_merge", "export_merge", "main"]
@@ -173,10 +172,8 @@ def main(argv=None) -> int:
     export_merge(model, args.out, extra_metadata={
         "edgehdr.recipe": f"train_merge --brackets {args.brackets} --epochs {args.epochs} --crops {args.crops} "
                           f"--width {args.width} --seed {args.seed}"})
-    log = {"parameters": count_parameters(model), "macs_per_frame": count_macs(model, MERGE_INPUT_SHAPE),
-           "data_seconds": round(t_data, 1), "total_seconds": round(t_total, 1), "history": history,
-           "torch": torch.__version__}
-    (args.work / "train_merge_log.json").write_text(json.dumps(log, indent=2))
+    log = write_training_log(args.work / "train_merge_log.json", model, MERGE_INPUT_SHAPE, history=history,
+                             data_seconds=round(t_data, 1), total_seconds=round(t_total, 1))
     print(f"wrote {args.out}: {log['parameters']} parameters, {log['macs_per_frame'] / 1e9:.2f} GMAC per frame; "
           f"total {t_total:.0f} s")
     return 0

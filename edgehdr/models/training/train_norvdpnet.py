@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgehdr.models.training.nets import NoRVDPNet, count_macs, count_parameters
-from edgehdr.models.training.onnx_export import export_onnx
+from edgehdr.models.training.nets import NoRVDPNet
+from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.quality.norvdpnet import SCORE_INPUT_SHAPE, encode_sdr, pearson, spearman, tone_mapping_variants
 
 __all__ = ["score_dataset", "train_scorer", "predict", "export_scorer", "main", "HOLDOUT_SEED"]
@@ -148,11 +148,9 @@ def main(argv=None) -> int:
         "edgehdr.recipe": f"train_norvdpnet --scenes {args.scenes} --variants {args.variants} --epochs {args.epochs} "
                           f"--width-scale {args.width_scale} --seed {args.seed}",
         "edgehdr.holdout": json.dumps({k: round(v, 4) for k, v in result.items()})})
-    log = {"parameters": count_parameters(model), "macs": count_macs(model, SCORE_INPUT_SHAPE),
-           "holdout": result, "data_seconds": round(t_data, 1), "total_seconds": round(t_total, 1),
-           "history": history, "torch": torch.__version__}
-    (args.work / "train_norvdpnet_log.json").write_text(json.dumps(log, indent=2))
-    print(f"wrote {args.out}: {log['parameters']} parameters, {log['macs'] / 1e6:.1f} M MAC; held-out SROCC "
+    log = write_training_log(args.work / "train_norvdpnet_log.json", model, SCORE_INPUT_SHAPE, holdout=result,
+                             history=history, data_seconds=round(t_data, 1), total_seconds=round(t_total, 1))
+    print(f"wrote {args.out}: {log['parameters']} parameters, {log['macs_per_frame'] / 1e6:.1f} M MAC; held-out SROCC "
           f"{result['srocc']:.3f}, PLCC {result['plcc']:.3f}, RMSE {result['rmse']:.4f}; total {t_total:.0f} s")
     return 0
 

@@ -18,15 +18,14 @@ Everything is seeded; a run on the same versions reproduces the weights.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgehdr.models.training.nets import TMONet, count_macs, count_parameters
-from edgehdr.models.training.onnx_export import export_onnx
+from edgehdr.models.training.nets import TMONet
+from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.models.training.torch_ops import apply_grid_torch, tmqi_torch, to_nchw
 from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, TMO_INPUT_SHAPE, encode_tmo_input
 
@@ -157,10 +156,9 @@ def main(argv=None) -> int:
     export_tmo(model, args.out, extra_metadata={"edgehdr.recipe": f"train_tmo --scenes {args.scenes} --teacher-steps "
                                                                   f"{args.teacher_steps} --epochs {args.epochs} "
                                                                   f"--seed {args.seed} --width {args.width} --distill {args.distill}"})
-    log = {"parameters": count_parameters(model), "macs_per_frame": count_macs(model, TMO_INPUT_SHAPE),
-           "teacher_mean_tmqi": float(np.mean(teacher_q)), "teacher_seconds": round(t_teacher, 1),
-           "total_seconds": round(t_total, 1), "history": history, "torch": torch.__version__}
-    (args.work / "train_tmo_log.json").write_text(json.dumps(log, indent=2))
+    log = write_training_log(args.work / "train_tmo_log.json", model, TMO_INPUT_SHAPE, history=history,
+                             teacher_mean_tmqi=float(np.mean(teacher_q)), teacher_seconds=round(t_teacher, 1),
+                             total_seconds=round(t_total, 1))
     print(f"wrote {args.out}: {log['parameters']} parameters, {log['macs_per_frame'] / 1e6:.1f} M MAC per frame; "
           f"teacher {t_teacher:.0f} s, total {t_total:.0f} s")
     return 0
