@@ -38,6 +38,15 @@ def warm_up(*, deghost: bool = False, dimming: bool = True) -> float:
     from edgehdr.tonemap.neural import apply_parameter_grid, default_parameter_grid
 
     apply_parameter_grid(radiance, default_parameter_grid())
+    from edgehdr.hdr.neural_merge import encode_merge_input, merge_with_weights
+    from edgehdr.quality.norvdpnet import encode_sdr
+
+    encode_merge_input(bracket, response=response)
+    big = np.repeat(np.repeat(bracket.frames, 16, axis=1), 16, axis=2)  # 768 x 1024: the block-mean path too
+    encode_merge_input(big, bracket.relative_exposure, response, bits=bracket.bits)
+    for gate in (True, False):
+        merge_with_weights(bracket, np.full((3, 4, 4), 1 / 3, np.float32), response=response, consistency_gate=gate)
+    encode_sdr(reinhard_global(radiance))
     if dimming:
         layout = LedLayout(rows=3, cols=4, width_px=64, height_px=48)
         target = np.ascontiguousarray(radiance, dtype=np.float32)
