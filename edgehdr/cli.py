@@ -465,8 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
-    p.add_argument("--neural", action="store_true", help="the neural tone mapper and local-dimming network "
-                                                         "(edgehdr/models) instead of Reinhard and sqrt")
+    p.add_argument("--neural", action="store_true", help="the merge network, neural tone mapper and local-dimming "
+                                                         "network (edgehdr/models) instead of the classical stages")
     p.set_defaults(func=_cmd_demo)
     return parser
 
