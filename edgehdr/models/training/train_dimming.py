@@ -1,6 +1,6 @@
 """Recipe: the local-dimming CNN, distilled from the PU21 optimiser.
 
-    python -m edgehdr.models.training.train_dimming        # the shipped weights; ~15 min on 2 CPU cores
+    python -m edgehdr.models.training.train_dimming        # the shipped weights (2 CPU cores)
 
 1. Synthetic HDR scenes from ``edgehdr.synth`` mapped to the panel
    (``display_target``), on a panel of half the demo's resolution with the demo's
