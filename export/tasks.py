@@ -70,18 +70,14 @@ def _score_budget(task) -> list:
 def _merge_quality(items, ref_outputs, cand_outputs) -> dict:
     """Radiance merged with the FP32 and the converted weights: PSNR-mu against the exact radiance where the
     items carry it (synthetic brackets), and of the converted merge against the FP32 merge."""
-    from edgehdr.hdr.neural_merge import merge_with_weights, softmax_weights
+    from edgehdr.hdr.neural_merge import frame_weights, merge_with_weights
     from edgehdr.quality import psnr_mu
     from export.calibration import MERGE_RESPONSE
 
     vs_truth_ref, vs_truth_cand, vs_fp32 = [], [], []
     for (bracket, truth), r, c in zip(items, ref_outputs, cand_outputs):
-        order = np.argsort(bracket.relative_exposure, kind="stable")
-        merged = []
-        for out in (r, c):
-            prob = np.empty((3, *np.shape(next(iter(out.values())))[-2:]), np.float32)
-            prob[order] = softmax_weights(next(iter(out.values())))
-            merged.append(merge_with_weights(bracket, prob, response=MERGE_RESPONSE))
+        merged = [merge_with_weights(bracket, frame_weights(next(iter(out.values())), bracket.relative_exposure),
+                                     response=MERGE_RESPONSE) for out in (r, c)]
         vs_fp32.append(psnr_mu(merged[1], merged[0]))
         if truth is not None:
             vs_truth_ref.append(psnr_mu(merged[0], truth))

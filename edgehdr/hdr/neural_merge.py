@@ -44,14 +44,15 @@ from edgehdr.bracket import Bracket
 from edgehdr.fastmath import exp2_bits
 from edgehdr.hdr.merge import as_frame_stack, resolve_response
 from edgehdr.hdr.weights import weight_lut
+from edgehdr.tonemap.color import REC709_LUMA
 
 __all__ = ["MERGE_INPUT_SHAPE", "MERGE_OUTPUT_SHAPE", "encode_merge_input", "merge_with_weights", "softmax_weights",
+           "frame_weights",
            "NeuralMerger", "bilinear_taps"]
 
 MERGE_INPUT_SHAPE = (1, 12, 272, 480)
 MERGE_OUTPUT_SHAPE = (1, 3, 136, 240)
 LOG_STOPS = 16.0
-_LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 
 
 def _prepare(frames, exposures, response, bits):
@@ -127,7 +128,7 @@ def encode_merge_input(frames, exposures=None, response=None, *, bits: int | Non
     small = np.stack([_working_size(stack[i], w, h) for i in order])
     x = np.empty(MERGE_INPUT_SHAPE, np.float32)
     lin = np.exp(resp.log_lut().astype(np.float64))  # (3, K)
-    luma_rad = np.stack([_LUMA[:, None] * lin / exposures[i] for i in order]).astype(np.float32)
+    luma_rad = np.stack([REC709_LUMA[:, None] * lin / exposures[i] for i in order]).astype(np.float32)
     _encode_kernel(small, luma_rad, np.float32(1.0 / ((1 << bits) - 1)), x)
     logs = x[0, 9:]
     key = float(np.median(logs[1, ::2, ::2]))
@@ -135,6 +136,15 @@ def encode_merge_input(frames, exposures=None, response=None, *, bits: int | Non
     logs *= np.float32(1.0 / (2 * LOG_STOPS))
     np.clip(logs, 0.0, 1.0, out=logs)
     return x
+
+
+def frame_weights(logits: np.ndarray, exposures) -> np.ndarray:
+    """The network's logits (exposure order) -> softmax weight maps (3, h, w) in the bracket's frame order."""
+    order = np.argsort(np.asarray(exposures, np.float64).reshape(-1), kind="stable")
+    sorted_prob = softmax_weights(logits)
+    prob = np.empty_like(sorted_prob)
+    prob[order] = sorted_prob
+    return prob
 
 
 def softmax_weights(logits: np.ndarray) -> np.ndarray:
@@ -286,13 +296,9 @@ class NeuralMerger:
 
     def weights(self, bracket, exposures=None, *, bits=None) -> np.ndarray:
         """Per-frame weight maps (3, 136, 240) in the bracket's frame order."""
-        stack, exposures, _, bits, order = _prepare(bracket, exposures, self.response, bits)
+        stack, exposures, _, bits, _ = _prepare(bracket, exposures, self.response, bits)
         x = encode_merge_input(stack, exposures, self.response, bits=bits)
-        logits = np.asarray(next(iter(self.runner.run({self.input_name: x}).values())), np.float32)
-        sorted_prob = softmax_weights(logits)
-        prob = np.empty_like(sorted_prob)
-        prob[order] = sorted_prob
-        return prob
+        return frame_weights(next(iter(self.runner.run({self.input_name: x}).values())), exposures)
 
     def __call__(self, bracket, exposures=None, *, bits=None, out=None) -> np.ndarray:
         if isinstance(bracket, Bracket):

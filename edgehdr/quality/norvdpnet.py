@@ -40,6 +40,8 @@ import cv2
 import numba
 import numpy as np
 
+from edgehdr.tonemap.color import REC709_LUMA, luminance
+
 __all__ = ["model_encoding", "SCORE_INPUT_SHAPE", "pil_luma8", "encode_sdr", "encode_hdr", "NoRVDPNetScorer", "tone_mapping_variants",
            "VARIANT_KINDS", "spearman", "pearson"]
 
@@ -91,7 +93,7 @@ def encode_sdr(rgb_u8: np.ndarray, shape=SCORE_INPUT_SHAPE) -> np.ndarray:
 def encode_hdr(radiance: np.ndarray, shape=None, *, max_clip: float = HDR_MAX_CLIP) -> np.ndarray:
     """HDR radiance (H, W, 3) or luminance (H, W) -> (1, 1, H, W) float32 ``log10(1 + L)`` (Rec. 709 L, clipped)."""
     rad = np.asarray(radiance, np.float32)
-    lum = rad @ np.array([0.2126, 0.7152, 0.0722], np.float32) if rad.ndim == 3 else rad
+    lum = luminance(rad) if rad.ndim == 3 else rad
     lum = np.nan_to_num(lum, nan=max_clip, posinf=max_clip)
     lum = np.clip(lum, 0.0, max_clip)
     if shape is not None:
@@ -186,7 +188,9 @@ def _one_variant(radiance, kind: str, rng) -> tuple[np.ndarray, dict]:
         return apply_parameter_grid(radiance, grid), {"grid_mean": grid.mean(axis=(1, 2)).round(3).tolist()}
     if kind == "exposure":  # a single camera exposure: scale, clip, sRGB (over- and under-exposure)
         stops = float(rng.uniform(-4.0, 4.0))
-        lum = np.asarray(radiance, np.float32) @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+        # float32 throughout, as the shipped model's training data was made (srgb_encode works in float64 and
+        # moves a few codes at rounding boundaries)
+        lum = np.asarray(radiance, np.float32) @ REC709_LUMA
         scale = 0.18 * 2.0 ** stops / max(float(np.median(lum)), 1e-12)
         lin = np.clip(np.asarray(radiance, np.float32) * scale, 0.0, 1.0)
         srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(lin, 1 / 2.4) - 0.055)
