@@ -1,5 +1,17 @@
-/* ehlink - EdgeHDR LED-zone link, C99 reference implementation. See ehlink.h and PROTOCOL.md. */
+/* ehlink - EdgeHDR LED-zone link, C99 reference implementation. See ehlink.h and PROTOCOL.md.
+ * Written for an int of 16 bits as well as 32: a uint8_t or uint16_t operand promotes to (16-bit)
+ * int or unsigned, so every shift or product that can leave 16 bits casts to uint32_t first. */
 #include "ehlink.h"
+
+/* Header field offsets (PROTOCOL.md, "Header"). */
+#define HDR_MAGIC 0u
+#define HDR_VERSION 2u
+#define HDR_TYPE 3u
+#define HDR_FLAGS 4u
+#define HDR_RESERVED 5u
+#define HDR_SEQ 6u
+#define HDR_LENGTH 8u
+#define COBS_MAX_RUN 0xFFu /* a COBS code byte of 0xFF: 254 data bytes, no implied zero */
 
 /* CRC-32/ISO-HDLC, reflected polynomial 0xEDB88320, four bits at a time (64-byte table). */
 static const uint32_t crc_nibble[16] = {
@@ -21,7 +33,7 @@ uint32_t ehl_crc32(uint32_t crc, const uint8_t *data, size_t len)
 static void put_u16(uint8_t *p, uint16_t v)
 {
     p[0] = (uint8_t)(v & 0xFFu);
-    p[1] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)((unsigned)v >> 8);
 }
 
 static void put_u32(uint8_t *p, uint32_t v)
@@ -32,7 +44,8 @@ static void put_u32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)(v >> 24);
 }
 
-static uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+/* p[1] << 8 would shift a signed 16-bit int into its sign bit: widen to unsigned first. */
+static uint16_t get_u16(const uint8_t *p) { return (uint16_t)((unsigned)p[0] | ((unsigned)p[1] << 8)); }
 
 static uint32_t get_u32(const uint8_t *p)
 {
@@ -50,7 +63,7 @@ static size_t cobs_encode_segments(const uint8_t *const seg[3], const size_t seg
     size_t code_idx = 0, write = 1, total = seg_len[0] + seg_len[1] + seg_len[2], done = 0;
     unsigned s;
     uint8_t code = 1;
-    if (out_cap == 0) {
+    if (out == NULL || out_cap == 0) {
         return 0;
     }
     for (s = 0; s < 3; s++) {
@@ -71,7 +84,7 @@ static size_t cobs_encode_segments(const uint8_t *const seg[3], const size_t seg
                 }
                 out[write++] = b;
                 code++;
-                if (code == 0xFFu && done < total) {
+                if (code == COBS_MAX_RUN && done < total) {
                     out[code_idx] = code;
                     if (write >= out_cap) {
                         return 0;
@@ -90,6 +103,9 @@ size_t ehl_cobs_encode(const uint8_t *in, size_t len, uint8_t *out, size_t out_c
 {
     const uint8_t *seg[3];
     size_t seg_len[3];
+    if (in == NULL && len != 0) {
+        return 0;
+    }
     seg[0] = in;
     seg[1] = in;
     seg[2] = in;
@@ -99,29 +115,36 @@ size_t ehl_cobs_encode(const uint8_t *in, size_t len, uint8_t *out, size_t out_c
     return cobs_encode_segments(seg, seg_len, out, out_cap);
 }
 
-size_t ehl_cobs_decode(const uint8_t *in, size_t len, uint8_t *out, size_t out_cap)
+int ehl_cobs_decode(const uint8_t *in, size_t len, uint8_t *out, size_t out_cap, size_t *out_len)
 {
     size_t r = 0, w = 0;
+    if ((in == NULL && len != 0) || (out == NULL && out_cap != 0) || out_len == NULL) {
+        return EHL_ERR_ARG;
+    }
     while (r < len) {
         uint8_t code = in[r++];
         uint8_t i;
         if (code == 0) {
-            return (size_t)-1;
+            return EHL_ERR_FRAMING;
         }
         for (i = 1; i < code; i++) {
-            if (r >= len || in[r] == 0 || w >= out_cap) {
-                return (size_t)-1;
+            if (r >= len || in[r] == 0) {
+                return EHL_ERR_FRAMING;
+            }
+            if (w >= out_cap) {
+                return EHL_ERR_SPACE;
             }
             out[w++] = in[r++];
         }
-        if (code != 0xFFu && r < len) {
+        if (code != COBS_MAX_RUN && r < len) {
             if (w >= out_cap) {
-                return (size_t)-1;
+                return EHL_ERR_SPACE;
             }
             out[w++] = 0;
         }
     }
-    return w;
+    *out_len = w;
+    return EHL_OK;
 }
 
 /* ------------------------------------------------------------------------------------------ decoder */
@@ -129,7 +152,7 @@ size_t ehl_cobs_decode(const uint8_t *in, size_t len, uint8_t *out, size_t out_c
 void ehl_decoder_init(ehl_decoder_t *d, uint8_t *buf, size_t cap)
 {
     d->buf = buf;
-    d->cap = cap;
+    d->cap = buf != NULL ? cap : 0;
     d->len = 0;
     d->discarding = 0;
     d->version = EHL_PROTOCOL_VERSION;
@@ -146,7 +169,7 @@ int ehl_decoder_feed(ehl_decoder_t *d, uint8_t byte, ehl_msg_t *msg)
 {
     size_t n;
     uint16_t length;
-    uint32_t crc;
+    uint8_t version, type;
     if (byte != 0) {
         if (d->discarding) {
             return EHL_NEED_MORE;
@@ -169,31 +192,34 @@ int ehl_decoder_feed(ehl_decoder_t *d, uint8_t byte, ehl_msg_t *msg)
     if (d->len == 0) {
         return EHL_NEED_MORE; /* idle fill */
     }
-    n = ehl_cobs_decode(d->buf, d->len, d->buf, d->cap);
+    n = d->len;
     d->len = 0;
-    if (n == (size_t)-1 || n < EHL_HEADER_SIZE + EHL_CRC_SIZE || d->buf[0] != EHL_MAGIC0 || d->buf[1] != EHL_MAGIC1) {
+    if (ehl_cobs_decode(d->buf, n, d->buf, d->cap, &n) != EHL_OK || n < EHL_HEADER_SIZE + EHL_CRC_SIZE ||
+        d->buf[HDR_MAGIC] != EHL_MAGIC0 || d->buf[HDR_MAGIC + 1u] != EHL_MAGIC1) {
         d->stats.framing_errors++;
         return EHL_ERR_FRAMING;
     }
-    crc = get_u32(d->buf + n - EHL_CRC_SIZE);
-    if (ehl_crc32(0, d->buf, n - EHL_CRC_SIZE) != crc) {
+    if (ehl_crc32(0, d->buf, n - EHL_CRC_SIZE) != get_u32(d->buf + n - EHL_CRC_SIZE)) {
         d->stats.crc_errors++;
         return EHL_ERR_CRC;
     }
-    length = get_u16(d->buf + 8);
+    length = get_u16(d->buf + HDR_LENGTH);
     if ((size_t)length != n - EHL_HEADER_SIZE - EHL_CRC_SIZE || length > EHL_MAX_PAYLOAD) {
         d->stats.framing_errors++;
         return EHL_ERR_FRAMING;
     }
-    if (d->version != 0 && d->buf[2] != d->version) {
+    version = d->buf[HDR_VERSION];
+    type = d->buf[HDR_TYPE];
+    /* HELLO passes in any version: the controller must read it to negotiate (or to NACK it). */
+    if (type != EHL_HELLO && d->version != 0 && version != d->version) {
         d->stats.rejected++;
         return EHL_ERR_VERSION;
     }
     d->stats.frames++;
-    msg->version = d->buf[2];
-    msg->type = d->buf[3];
-    msg->flags = d->buf[4];
-    msg->seq = get_u16(d->buf + 6);
+    msg->version = version;
+    msg->type = type;
+    msg->flags = d->buf[HDR_FLAGS];
+    msg->seq = get_u16(d->buf + HDR_SEQ);
     msg->length = length;
     msg->payload = d->buf + EHL_HEADER_SIZE;
     return EHL_OK;
@@ -213,14 +239,14 @@ size_t ehl_encode(uint8_t *out, size_t out_cap, uint8_t version, uint8_t type, u
     if (out == NULL || length > EHL_MAX_PAYLOAD || (payload == NULL && length != 0) || out_cap < 2) {
         return 0;
     }
-    header[0] = EHL_MAGIC0;
-    header[1] = EHL_MAGIC1;
-    header[2] = version;
-    header[3] = type;
-    header[4] = flags;
-    header[5] = 0;
-    put_u16(header + 6, seq);
-    put_u16(header + 8, length);
+    header[HDR_MAGIC] = EHL_MAGIC0;
+    header[HDR_MAGIC + 1u] = EHL_MAGIC1;
+    header[HDR_VERSION] = version;
+    header[HDR_TYPE] = type;
+    header[HDR_FLAGS] = flags;
+    header[HDR_RESERVED] = 0;
+    put_u16(header + HDR_SEQ, seq);
+    put_u16(header + HDR_LENGTH, length);
     crc = ehl_crc32(0, header, sizeof header);
     if (length != 0) {
         crc = ehl_crc32(crc, payload, length);
@@ -232,19 +258,38 @@ size_t ehl_encode(uint8_t *out, size_t out_cap, uint8_t version, uint8_t type, u
     seg_len[1] = length;
     seg[2] = crc_bytes;
     seg_len[2] = sizeof crc_bytes;
-    n = cobs_encode_segments(seg, seg_len, out, out_cap - 1); /* keep room for the delimiter */
+    n = cobs_encode_segments(seg, seg_len, out, out_cap - 1u); /* keep room for the delimiter */
     if (n == 0) {
         return 0;
     }
     out[n] = 0;
-    return n + 1;
+    return n + 1u;
 }
 
 /* ------------------------------------------------------------------------------------------ payloads */
 
+/* Largest zone value of `bits` (8..16) bits, without 1 << 16 (undefined where unsigned is 16 bits). */
+static uint16_t zone_max(uint8_t bits) { return (uint16_t)(0xFFFFu >> (EHL_MAX_BITS - bits)); }
+
+static int zone_format_valid(uint8_t rows, uint8_t cols, uint8_t bits, uint8_t encoding)
+{
+    return rows >= 1u && cols >= 1u && bits >= EHL_MIN_BITS && bits <= EHL_MAX_BITS &&
+           (encoding == EHL_ENCODING_RAW || encoding == EHL_ENCODING_PACKED);
+}
+
+/* Zone data bytes after the head. In uint32_t: 255 * 255 zones * 16 bits overflows a 16-bit size_t. */
+static uint32_t zone_data_size(uint32_t zones, uint8_t bits, uint8_t encoding)
+{
+    if (encoding == EHL_ENCODING_PACKED) {
+        return (zones * bits + 7u) / 8u;
+    }
+    return zones * (bits <= 8u ? 1u : 2u);
+}
+
 int ehl_parse_hello(const ehl_msg_t *m, uint8_t *version_min, uint8_t *version_max, uint16_t *host_features)
 {
-    if (m->type != EHL_HELLO || m->length != 4) {
+    if (m == NULL || version_min == NULL || version_max == NULL || host_features == NULL ||
+        m->type != EHL_HELLO || m->length != EHL_HELLO_SIZE || m->payload == NULL) {
         return EHL_ERR_ARG;
     }
     *version_min = m->payload[0];
@@ -255,10 +300,11 @@ int ehl_parse_hello(const ehl_msg_t *m, uint8_t *version_min, uint8_t *version_m
 
 int ehl_parse_config(const ehl_msg_t *m, ehl_config_t *cfg)
 {
-    const uint8_t *p = m->payload;
-    if (m->type != EHL_CONFIG || m->length != 12) {
+    const uint8_t *p;
+    if (m == NULL || cfg == NULL || m->type != EHL_CONFIG || m->length != EHL_CONFIG_SIZE || m->payload == NULL) {
         return EHL_ERR_ARG;
     }
+    p = m->payload;
     cfg->rows = p[0];
     cfg->cols = p[1];
     cfg->bits = p[2];
@@ -272,20 +318,23 @@ int ehl_parse_config(const ehl_msg_t *m, ehl_config_t *cfg)
 
 int ehl_config_valid(const ehl_config_t *c)
 {
-    uint32_t zones = (uint32_t)c->rows * c->cols;
-    if (c->rows < 1 || c->cols < 1 || c->bits < 8 || c->bits > 16 || c->drive_curve > 1) {
+    if (c == NULL || !zone_format_valid(c->rows, c->cols, c->bits, EHL_ENCODING_RAW) ||
+        c->drive_curve > EHL_DRIVE_POWER) {
         return EHL_ERR_ARG;
     }
-    if (c->drive_gamma_x100 < 1 || c->drive_gamma_x100 > 1000) {
+    if (c->drive_gamma_x100 < EHL_MIN_GAMMA_X100 || c->drive_gamma_x100 > EHL_MAX_GAMMA_X100) {
         return EHL_ERR_ARG;
     }
-    if ((uint32_t)c->safe_level >= (1u << c->bits)) {
+    if (c->safe_level > zone_max(c->bits)) {
         return EHL_ERR_ARG;
     }
-    if (c->watchdog_ms < 50 || c->heartbeat_ms < 10 || 2u * c->heartbeat_ms >= c->watchdog_ms) {
+    /* 2 * heartbeat_ms in 32 bits: in a 16-bit unsigned, 2 * 40000 wraps below any watchdog. */
+    if (c->watchdog_ms < EHL_MIN_WATCHDOG_MS || c->heartbeat_ms < EHL_MIN_HEARTBEAT_MS ||
+        2u * (uint32_t)c->heartbeat_ms >= c->watchdog_ms) {
         return EHL_ERR_ARG;
     }
-    if (12u + zones * (c->bits <= 8 ? 1u : 2u) > EHL_MAX_PAYLOAD) {
+    if (EHL_ZONES_HEAD_SIZE + zone_data_size((uint32_t)c->rows * c->cols, c->bits, EHL_ENCODING_RAW) >
+        EHL_MAX_PAYLOAD) {
         return EHL_ERR_ARG;
     }
     return EHL_OK;
@@ -293,63 +342,90 @@ int ehl_config_valid(const ehl_config_t *c)
 
 int ehl_parse_zones(const ehl_msg_t *m, ehl_zones_head_t *head, uint16_t *values, size_t max_values)
 {
-    const uint8_t *p = m->payload;
-    size_t n, i, expected;
-    if (m->type != EHL_ZONES || m->length < 12) {
+    const uint8_t *p, *data;
+    ehl_zones_head_t h;
+    uint32_t zones;
+    size_t n, i;
+    if (m == NULL || head == NULL || m->type != EHL_ZONES || m->length < EHL_ZONES_HEAD_SIZE ||
+        m->payload == NULL || values == NULL) {
         return EHL_ERR_ARG;
     }
-    head->frame_id = get_u32(p);
-    head->present_vsync = get_u32(p + 4);
-    head->rows = p[8];
-    head->cols = p[9];
-    head->bits = p[10];
-    head->encoding = p[11];
-    if (head->rows == 0 || head->cols == 0 || head->bits < 8 || head->bits > 16 || head->encoding > 1) {
+    /* Validate the whole payload before writing head or values: a rejected frame must leave the
+     * caller's last good zone frame intact. */
+    p = m->payload;
+    h.frame_id = get_u32(p);
+    h.present_vsync = get_u32(p + 4);
+    h.rows = p[8];
+    h.cols = p[9];
+    h.bits = p[10];
+    h.encoding = p[11];
+    if (!zone_format_valid(h.rows, h.cols, h.bits, h.encoding)) {
         return EHL_ERR_ARG;
     }
-    n = (size_t)head->rows * head->cols;
-    if (n > max_values) {
+    zones = (uint32_t)h.rows * h.cols;
+    if (zones > max_values) {
         return EHL_ERR_ARG;
     }
-    expected = head->encoding == 1 ? (n * head->bits + 7u) / 8u : n * (head->bits <= 8 ? 1u : 2u);
-    if ((size_t)m->length != 12u + expected) {
+    if ((uint32_t)m->length != EHL_ZONES_HEAD_SIZE + zone_data_size(zones, h.bits, h.encoding)) {
         return EHL_ERR_ARG;
     }
-    p += 12;
-    if (head->encoding == 0) {
+    n = (size_t)zones; /* fits: zones <= max_values */
+    data = p + EHL_ZONES_HEAD_SIZE;
+    /* Only raw 9..15-bit zones can carry a value wider than `bits` (8-bit raw zones are bytes, packed
+     * zones are exactly `bits` wide). 2 * i fits a 16-bit size_t: the length check bounds it. */
+    if (h.encoding == EHL_ENCODING_RAW && h.bits > 8u && h.bits < EHL_MAX_BITS) {
+        uint16_t top = zone_max(h.bits);
         for (i = 0; i < n; i++) {
-            values[i] = head->bits <= 8 ? p[i] : get_u16(p + 2 * i);
+            if (get_u16(data + 2u * i) > top) {
+                return EHL_ERR_ARG;
+            }
+        }
+    }
+    if (h.encoding == EHL_ENCODING_RAW) {
+        for (i = 0; i < n; i++) {
+            values[i] = h.bits <= 8u ? data[i] : get_u16(data + 2u * i);
         }
     } else {
-        size_t bit = 0;
+        /* LSB-first bit stream: at most 7 + 16 bits are pending in acc. */
+        uint32_t acc = 0;
+        unsigned have = 0;
+        uint16_t mask = zone_max(h.bits);
+        size_t byte = 0;
         for (i = 0; i < n; i++) {
-            uint32_t v = 0;
-            unsigned k;
-            for (k = 0; k < head->bits; k++, bit++) {
-                v |= (uint32_t)((p[bit >> 3] >> (bit & 7u)) & 1u) << k;
+            while (have < h.bits) {
+                acc |= (uint32_t)data[byte++] << have;
+                have += 8u;
             }
-            values[i] = (uint16_t)v;
+            values[i] = (uint16_t)(acc & mask);
+            acc >>= h.bits;
+            have -= h.bits;
         }
     }
-    if (head->bits < 16) {
-        for (i = 0; i < n; i++) {
-            if (values[i] >> head->bits) {
-                return EHL_ERR_ARG; /* raw value wider than the declared depth */
-            }
-        }
-    }
+    *head = h;
     return EHL_OK;
 }
 
 size_t ehl_build_zones(const ehl_zones_head_t *head, const uint16_t *values, uint8_t *out, size_t out_cap)
 {
-    size_t n = (size_t)head->rows * head->cols, i, data;
-    if (head->bits < 8 || head->bits > 16 || head->encoding > 1 || n == 0) {
+    uint32_t zones, size;
+    size_t n, i;
+    uint8_t *data;
+    uint16_t top;
+    if (head == NULL || values == NULL || out == NULL ||
+        !zone_format_valid(head->rows, head->cols, head->bits, head->encoding)) {
         return 0;
     }
-    data = head->encoding == 1 ? (n * head->bits + 7u) / 8u : n * (head->bits <= 8 ? 1u : 2u);
-    if (12u + data > out_cap || 12u + data > EHL_MAX_PAYLOAD) {
+    zones = (uint32_t)head->rows * head->cols;
+    size = EHL_ZONES_HEAD_SIZE + zone_data_size(zones, head->bits, head->encoding);
+    if (size > out_cap || size > EHL_MAX_PAYLOAD) {
         return 0;
+    }
+    n = (size_t)zones; /* fits: zones < size <= out_cap */
+    top = zone_max(head->bits);
+    for (i = 0; i < n; i++) {
+        if (values[i] > top) {
+            return 0; /* the receiver would reject it (raw) or it would not survive packing */
+        }
     }
     put_u32(out, head->frame_id);
     put_u32(out + 4, head->present_vsync);
@@ -357,32 +433,38 @@ size_t ehl_build_zones(const ehl_zones_head_t *head, const uint16_t *values, uin
     out[9] = head->cols;
     out[10] = head->bits;
     out[11] = head->encoding;
-    if (head->encoding == 0) {
+    data = out + EHL_ZONES_HEAD_SIZE;
+    if (head->encoding == EHL_ENCODING_RAW) {
         for (i = 0; i < n; i++) {
-            if (head->bits <= 8) {
-                out[12 + i] = (uint8_t)values[i];
+            if (head->bits <= 8u) {
+                data[i] = (uint8_t)values[i];
             } else {
-                put_u16(out + 12 + 2 * i, values[i]);
+                put_u16(data + 2u * i, values[i]);
             }
         }
     } else {
-        size_t bit = 0;
-        for (i = 0; i < data; i++) {
-            out[12 + i] = 0;
-        }
+        uint32_t acc = 0;
+        unsigned have = 0;
+        size_t byte = 0;
         for (i = 0; i < n; i++) {
-            unsigned k;
-            for (k = 0; k < head->bits; k++, bit++) {
-                out[12 + (bit >> 3)] |= (uint8_t)(((values[i] >> k) & 1u) << (bit & 7u));
+            acc |= (uint32_t)values[i] << have;
+            have += head->bits;
+            while (have >= 8u) {
+                data[byte++] = (uint8_t)(acc & 0xFFu);
+                acc >>= 8;
+                have -= 8u;
             }
         }
+        if (have != 0) {
+            data[byte] = (uint8_t)acc;
+        }
     }
-    return 12u + data;
+    return (size_t)size;
 }
 
 size_t ehl_build_caps(const ehl_caps_t *c, uint8_t *out, size_t out_cap)
 {
-    if (out_cap < 12) {
+    if (c == NULL || out == NULL || out_cap < EHL_CAPS_SIZE) {
         return 0;
     }
     out[0] = c->version;
@@ -395,18 +477,18 @@ size_t ehl_build_caps(const ehl_caps_t *c, uint8_t *out, size_t out_cap)
     out[7] = c->features;
     put_u16(out + 8, c->max_fps);
     put_u16(out + 10, c->max_payload);
-    return 12;
+    return EHL_CAPS_SIZE;
 }
 
 size_t ehl_build_nack(uint16_t ref_seq, uint8_t ref_type, uint8_t reason, uint8_t *out, size_t out_cap)
 {
-    if (out_cap < 4) {
+    if (out == NULL || out_cap < EHL_NACK_SIZE) {
         return 0;
     }
     put_u16(out, ref_seq);
     out[2] = ref_type;
     out[3] = reason;
-    return 4;
+    return EHL_NACK_SIZE;
 }
 
 /* ACK has NACK's layout with the last byte (reason) reserved as 0. */
@@ -417,7 +499,7 @@ size_t ehl_build_ack(uint16_t ref_seq, uint8_t ref_type, uint8_t *out, size_t ou
 
 size_t ehl_build_heartbeat(uint32_t uptime_ms, uint8_t state, uint8_t *out, size_t out_cap)
 {
-    if (out_cap < 8) {
+    if (out == NULL || out_cap < EHL_HEARTBEAT_SIZE) {
         return 0;
     }
     put_u32(out, uptime_ms);
@@ -425,12 +507,12 @@ size_t ehl_build_heartbeat(uint32_t uptime_ms, uint8_t state, uint8_t *out, size
     out[5] = 0;
     out[6] = 0;
     out[7] = 0;
-    return 8;
+    return EHL_HEARTBEAT_SIZE;
 }
 
 size_t ehl_build_status(const ehl_status_t *s, uint8_t *out, size_t out_cap)
 {
-    if (out_cap < 28) {
+    if (s == NULL || out == NULL || out_cap < EHL_STATUS_SIZE) {
         return 0;
     }
     put_u32(out, s->frames_applied);
@@ -442,5 +524,5 @@ size_t ehl_build_status(const ehl_status_t *s, uint8_t *out, size_t out_cap)
     put_u16(out + 24, s->faults);
     out[26] = s->state;
     out[27] = 0;
-    return 28;
+    return EHL_STATUS_SIZE;
 }

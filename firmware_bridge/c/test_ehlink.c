@@ -211,11 +211,11 @@ static void test_streams(const char *dir)
 
 static void test_config_and_bounds(void)
 {
-    uint8_t payload[12] = {48, 48, 12, 1, 220, 0, 0, 2, 0xF4, 0x01, 100, 0};
+    uint8_t payload[EHL_CONFIG_SIZE] = {48, 48, 12, 1, 220, 0, 0, 2, 0xF4, 0x01, 100, 0};
     ehl_msg_t msg;
     ehl_config_t cfg;
     msg.type = EHL_CONFIG;
-    msg.length = 12;
+    msg.length = EHL_CONFIG_SIZE;
     msg.payload = payload;
     CHECK(ehl_parse_config(&msg, &cfg) == EHL_OK && ehl_config_valid(&cfg) == EHL_OK, "valid config");
     CHECK(cfg.safe_level == 512 && cfg.watchdog_ms == 500 && cfg.heartbeat_ms == 100, "config fields");
@@ -224,11 +224,168 @@ static void test_config_and_bounds(void)
     cfg.safe_level = 0;
     cfg.heartbeat_ms = 300;
     CHECK(ehl_config_valid(&cfg) == EHL_ERR_ARG, "heartbeat >= watchdog/2 refused");
-    msg.length = 11;
+    cfg.heartbeat_ms = 40000; /* 2 * 40000 wraps to 14464 in a 16-bit unsigned */
+    cfg.watchdog_ms = 65535;
+    CHECK(ehl_config_valid(&cfg) == EHL_ERR_ARG, "heartbeat 40000 ms >= watchdog 65535 ms / 2 refused");
+    cfg.heartbeat_ms = 32767;
+    CHECK(ehl_config_valid(&cfg) == EHL_OK, "heartbeat 32767 ms < watchdog 65535 ms / 2 accepted");
+    cfg.bits = 16;
+    cfg.safe_level = 65535;
+    CHECK(ehl_config_valid(&cfg) == EHL_OK, "16-bit safe level 65535 accepted");
+    cfg.bits = 17;
+    CHECK(ehl_config_valid(&cfg) == EHL_ERR_ARG, "17 bits refused");
+    cfg.bits = 8;
+    cfg.safe_level = 256;
+    CHECK(ehl_config_valid(&cfg) == EHL_ERR_ARG, "safe level 256 at 8 bits refused");
+    msg.length = EHL_CONFIG_SIZE - 1;
     CHECK(ehl_parse_config(&msg, &cfg) == EHL_ERR_ARG, "short config refused");
-    CHECK(ehl_encode(tx_buf, 8, 1, EHL_HELLO, 0, 0, payload, 4) == 0, "too small output refused");
+    msg.type = EHL_ZONES;
+    msg.length = EHL_CONFIG_SIZE;
+    CHECK(ehl_parse_config(&msg, &cfg) == EHL_ERR_ARG, "CONFIG parser refuses another type");
+    CHECK(ehl_encode(tx_buf, 8, 1, EHL_HELLO, 0, 0, payload, EHL_HELLO_SIZE) == 0, "too small output refused");
     CHECK(ehl_encode(tx_buf, sizeof tx_buf, 1, EHL_ZONES, 0, 0, bytes_a, EHL_MAX_PAYLOAD + 1) == 0,
           "oversize payload refused");
+}
+
+/* A rejected ZONES frame must leave head and values as they were: the controller keeps showing its last
+ * good frame. The over-wide value sits last, so a parser that unpacks before it checks would have written
+ * every other zone. */
+static void test_zones_rejected_leave_output_untouched(void)
+{
+    enum { ROWS = 3, COLS = 4, ZONES = ROWS * COLS };
+    const uint16_t sentinel = 0xA5A5u;
+    uint16_t values[ZONES], out[ZONES + 1];
+    uint8_t payload[EHL_ZONES_HEAD_SIZE + 2 * ZONES];
+    ehl_zones_head_t head, got;
+    ehl_msg_t msg;
+    size_t i, n;
+    head.frame_id = 7;
+    head.present_vsync = 0;
+    head.rows = ROWS;
+    head.cols = COLS;
+    head.bits = 12;
+    head.encoding = EHL_ENCODING_RAW;
+    for (i = 0; i < ZONES; i++) values[i] = (uint16_t)(i * 300u);
+    n = ehl_build_zones(&head, values, payload, sizeof payload);
+    CHECK(n == sizeof payload, "12-bit raw zones: %lu bytes", (unsigned long)n);
+    payload[EHL_ZONES_HEAD_SIZE + 2 * (ZONES - 1) + 1] = 0x10; /* last zone = 0x10xx: 13 bits */
+    msg.type = EHL_ZONES;
+    msg.length = (uint16_t)n;
+    msg.payload = payload;
+    for (i = 0; i < ZONES + 1; i++) out[i] = sentinel;
+    memset(&got, 0x5A, sizeof got);
+    CHECK(ehl_parse_zones(&msg, &got, out, ZONES) == EHL_ERR_ARG, "over-wide raw value refused");
+    i = 0;
+    while (i < ZONES + 1 && out[i] == sentinel) i++;
+    CHECK(i == ZONES + 1, "rejected frame left values untouched (zone %lu written)", (unsigned long)i);
+    CHECK(got.frame_id == 0x5A5A5A5Au && got.rows == 0x5A, "rejected frame left head untouched");
+    /* Wrong length, bad head, grid larger than the output: untouched too. */
+    payload[EHL_ZONES_HEAD_SIZE + 2 * (ZONES - 1) + 1] = 0x0F;
+    msg.length = (uint16_t)(n - 1);
+    CHECK(ehl_parse_zones(&msg, &got, out, ZONES) == EHL_ERR_ARG && out[0] == sentinel, "short frame refused");
+    msg.length = (uint16_t)n;
+    CHECK(ehl_parse_zones(&msg, &got, out, ZONES - 1) == EHL_ERR_ARG && out[0] == sentinel, "grid > max_values");
+    payload[10] = 17;
+    CHECK(ehl_parse_zones(&msg, &got, out, ZONES) == EHL_ERR_ARG && out[0] == sentinel, "17 bits refused");
+    payload[10] = 12;
+    CHECK(ehl_parse_zones(&msg, &got, out, ZONES) == EHL_OK && got.rows == ROWS && out[ZONES] == sentinel &&
+              out[ZONES - 1] == 0x0F00u + (uint16_t)(((ZONES - 1) * 300u) & 0xFFu) && out[1] == 300,
+          "repaired frame parses, nothing written past rows*cols");
+    /* The builder refuses what the parser would refuse. */
+    values[3] = 4096;
+    CHECK(ehl_build_zones(&head, values, payload, sizeof payload) == 0, "builder refuses a 13-bit value at 12 bits");
+    head.encoding = EHL_ENCODING_PACKED;
+    CHECK(ehl_build_zones(&head, values, payload, sizeof payload) == 0, "packed builder refuses it too");
+    values[3] = 4095;
+    n = ehl_build_zones(&head, values, payload, sizeof payload);
+    CHECK(n == EHL_ZONES_HEAD_SIZE + (ZONES * 12 + 7) / 8, "packed 12-bit size");
+    msg.length = (uint16_t)n;
+    CHECK(ehl_parse_zones(&msg, &got, out, ZONES) == EHL_OK && memcmp(out, values, sizeof values) == 0,
+          "packed round trip");
+}
+
+/* A controller must see a HELLO of any version to answer CAPS or NACK(unsupported version); every
+ * other type of a version it does not speak is rejected and counted. */
+static void test_version_negotiation(void)
+{
+    uint8_t hello[EHL_HELLO_SIZE] = {2, 3, 0x01, 0x00};
+    uint8_t zones[EHL_ZONES_HEAD_SIZE + 1] = {1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 8, 0, 200};
+    uint8_t frame[64];
+    uint8_t vmin = 0, vmax = 0;
+    uint16_t features = 0;
+    size_t n, i;
+    int rc = EHL_NEED_MORE;
+    ehl_decoder_t d;
+    ehl_msg_t msg;
+    ehl_decoder_init(&d, rx_buf, sizeof rx_buf);
+
+    n = ehl_encode(frame, sizeof frame, 2, EHL_HELLO, 0, 11, hello, EHL_HELLO_SIZE);
+    for (i = 0; i < n; i++) rc = ehl_decoder_feed(&d, frame[i], &msg);
+    CHECK(rc == EHL_OK && msg.type == EHL_HELLO && msg.version == 2 && msg.seq == 11, "version-2 HELLO delivered");
+    CHECK(rc == EHL_OK && ehl_parse_hello(&msg, &vmin, &vmax, &features) == EHL_OK && vmin == 2 && vmax == 3 &&
+              features == 1,
+          "version-2 HELLO parses");
+    CHECK(d.stats.frames == 1 && d.stats.rejected == 0, "HELLO counted as a frame");
+
+    n = ehl_encode(frame, sizeof frame, 2, EHL_ZONES, 0, 12, zones, sizeof zones);
+    for (i = 0; i < n; i++) rc = ehl_decoder_feed(&d, frame[i], &msg);
+    CHECK(rc == EHL_ERR_VERSION && d.stats.rejected == 1 && d.stats.frames == 1, "version-2 ZONES rejected");
+
+    n = ehl_encode(frame, sizeof frame, 1, EHL_ZONES, 0, 13, zones, sizeof zones);
+    for (i = 0; i < n; i++) rc = ehl_decoder_feed(&d, frame[i], &msg);
+    CHECK(rc == EHL_OK && msg.type == EHL_ZONES && msg.version == 1, "version-1 ZONES delivered");
+
+    /* After negotiating version 2: version-1 frames are rejected, a version-1 HELLO (a host
+     * reconnecting) still passes. */
+    ehl_decoder_set_version(&d, 2);
+    for (i = 0; i < n; i++) rc = ehl_decoder_feed(&d, frame[i], &msg);
+    CHECK(rc == EHL_ERR_VERSION && d.stats.rejected == 2, "version-1 ZONES rejected at version 2");
+    n = ehl_encode(frame, sizeof frame, 1, EHL_HELLO, 0, 14, hello, EHL_HELLO_SIZE);
+    for (i = 0; i < n; i++) rc = ehl_decoder_feed(&d, frame[i], &msg);
+    CHECK(rc == EHL_OK && msg.version == 1 && msg.type == EHL_HELLO, "version-1 HELLO delivered at version 2");
+    ehl_decoder_set_version(&d, 0);
+    n = ehl_encode(frame, sizeof frame, 9, EHL_ZONES, 0, 15, zones, sizeof zones);
+    for (i = 0; i < n; i++) rc = ehl_decoder_feed(&d, frame[i], &msg);
+    CHECK(rc == EHL_OK && msg.version == 9, "version 0 accepts any version");
+}
+
+/* Builders return their EHL_*_SIZE, or 0 (never a partial length) when the output is too small. */
+static void test_builders_and_error_convention(void)
+{
+    uint8_t out[EHL_STATUS_SIZE + 1];
+    ehl_caps_t caps;
+    ehl_status_t st;
+    ehl_msg_t msg;
+    uint8_t vmin, vmax;
+    uint16_t features;
+    memset(&caps, 1, sizeof caps);
+    memset(&st, 2, sizeof st);
+    CHECK(ehl_build_caps(&caps, out, sizeof out) == EHL_CAPS_SIZE, "CAPS size");
+    CHECK(ehl_build_caps(&caps, out, EHL_CAPS_SIZE - 1) == 0, "CAPS: no room is 0");
+    CHECK(ehl_build_ack(1, EHL_CONFIG, out, sizeof out) == EHL_ACK_SIZE && out[3] == 0, "ACK size, reason 0");
+    CHECK(ehl_build_ack(1, EHL_CONFIG, out, EHL_ACK_SIZE - 1) == 0, "ACK: no room is 0");
+    CHECK(ehl_build_nack(0x1234, EHL_ZONES, EHL_NACK_ZONE_MISMATCH, out, sizeof out) == EHL_NACK_SIZE &&
+              out[0] == 0x34 && out[1] == 0x12 && out[2] == EHL_ZONES && out[3] == EHL_NACK_ZONE_MISMATCH,
+          "NACK layout");
+    CHECK(ehl_build_heartbeat(0x80FF0102u, EHL_STATE_FALLBACK, out, sizeof out) == EHL_HEARTBEAT_SIZE &&
+              out[0] == 0x02 && out[3] == 0x80 && out[4] == EHL_STATE_FALLBACK,
+          "HEARTBEAT layout");
+    CHECK(ehl_build_heartbeat(0, 0, out, EHL_HEARTBEAT_SIZE - 1) == 0, "HEARTBEAT: no room is 0");
+    CHECK(ehl_build_status(&st, out, sizeof out) == EHL_STATUS_SIZE, "STATUS size");
+    CHECK(ehl_build_status(&st, out, EHL_STATUS_SIZE - 1) == 0, "STATUS: no room is 0");
+    CHECK(ehl_build_status(&st, NULL, sizeof out) == 0, "STATUS: NULL output is 0");
+    out[0] = 1;
+    out[1] = 1;
+    out[2] = 0xFF; /* features 0x80FF: the high byte must not go through a signed 16-bit int */
+    out[3] = 0x80;
+    msg.type = EHL_HELLO;
+    msg.length = EHL_HELLO_SIZE;
+    msg.payload = out;
+    CHECK(ehl_parse_hello(&msg, &vmin, &vmax, &features) == EHL_OK && features == 0x80FFu, "HELLO features");
+    msg.length = EHL_HELLO_SIZE + 1;
+    vmin = 77;
+    CHECK(ehl_parse_hello(&msg, &vmin, &vmax, &features) == EHL_ERR_ARG && vmin == 77, "long HELLO refused");
+    CHECK(ehl_parse_hello(NULL, &vmin, &vmax, &features) == EHL_ERR_ARG, "NULL message refused");
 }
 
 /* xorshift64*: local state, deterministic. */
@@ -251,9 +408,9 @@ static void test_fuzz(long iterations)
     long it, accepted_corrupt = 0, resync_failures = 0, garbage_frames = 0;
     ehl_decoder_t d;
     ehl_msg_t msg;
-    uint8_t hb[8];
+    uint8_t hb[EHL_HEARTBEAT_SIZE];
     ehl_build_heartbeat(77, EHL_STATE_RUNNING, hb, sizeof hb);
-    good_len = ehl_encode(good, sizeof good, 1, EHL_HEARTBEAT, 0, 7, hb, 8);
+    good_len = ehl_encode(good, sizeof good, 1, EHL_HEARTBEAT, 0, 7, hb, EHL_HEARTBEAT_SIZE);
     ehl_decoder_init(&d, rx_buf, sizeof rx_buf);
     for (it = 0; it < iterations; it++) {
         size_t plen = (size_t)(next_rand(&rng) % sizeof payload), flen;
@@ -280,8 +437,9 @@ static void test_fuzz(long iterations)
             flen = 0;
         } else { /* corrupted length field: rewrite header length, keep CRC */
             uint8_t raw[EHL_MAX_FRAME];
-            size_t n = ehl_cobs_decode(frame, flen - 1, raw, sizeof raw);
-            if (n != (size_t)-1 && n >= 14) {
+            size_t n = 0;
+            if (ehl_cobs_decode(frame, flen - 1, raw, sizeof raw, &n) == EHL_OK &&
+                n >= EHL_HEADER_SIZE + EHL_CRC_SIZE) {
                 raw[8] ^= (uint8_t)(1 + next_rand(&rng) % 255);
                 flen = ehl_cobs_encode(raw, n, frame, sizeof frame - 1);
                 frame[flen++] = 0;
@@ -295,8 +453,8 @@ static void test_fuzz(long iterations)
         if (mode == 0 && ok) garbage_frames++;
         /* A delimiter then a good frame: the decoder must be back in sync. */
         ehl_decoder_feed(&d, 0, &msg);
-        if (feed_all(&d, good, good_len, &msg) != 1 || msg.seq != 7 || msg.length != 8 ||
-            memcmp(msg.payload, hb, 8) != 0) {
+        if (feed_all(&d, good, good_len, &msg) != 1 || msg.seq != 7 || msg.length != EHL_HEARTBEAT_SIZE ||
+            memcmp(msg.payload, hb, EHL_HEARTBEAT_SIZE) != 0) {
             resync_failures++;
         }
     }
@@ -323,8 +481,25 @@ static void test_cobs_round_trip(void)
             if (bytes_b[i] == 0) break;
         }
         CHECK(e > 0 && i == e, "COBS output holds no zero byte");
-        dlen = ehl_cobs_decode(bytes_b, e, bytes_b, sizeof bytes_b); /* in place */
+        dlen = 0;
+        CHECK(ehl_cobs_decode(bytes_b, e, bytes_b, sizeof bytes_b, &dlen) == EHL_OK, "COBS decodes"); /* in place */
         CHECK(dlen == len && memcmp(bytes_a, bytes_b, len) == 0, "COBS round trip of %lu bytes", (unsigned long)len);
+    }
+    {
+        const uint8_t zero_inside[] = {0x03, 0x11, 0x00, 0x22};
+        const uint8_t two_bytes[] = {0x03, 0x11, 0x22};
+        uint8_t out[4];
+        size_t dlen = 99;
+        CHECK(ehl_cobs_decode(zero_inside, sizeof zero_inside, out, sizeof out, &dlen) == EHL_ERR_FRAMING && dlen == 99,
+              "COBS: a zero inside a block is malformed, *out_len untouched");
+        CHECK(ehl_cobs_decode(two_bytes, 2, out, sizeof out, &dlen) == EHL_ERR_FRAMING, "COBS: truncated block");
+        CHECK(ehl_cobs_decode(two_bytes, sizeof two_bytes, out, 1, &dlen) == EHL_ERR_SPACE && dlen == 99,
+              "COBS: output too small is EHL_ERR_SPACE");
+        CHECK(ehl_cobs_decode(two_bytes, sizeof two_bytes, out, sizeof out, &dlen) == EHL_OK && dlen == 2 &&
+                  out[0] == 0x11 && out[1] == 0x22,
+              "COBS: two bytes");
+        CHECK(ehl_cobs_encode(two_bytes, 0, out, sizeof out) == 1 && out[0] == 0x01, "COBS: empty input is one byte");
+        CHECK(ehl_cobs_encode(two_bytes, 3, out, 3) == 0, "COBS: output too small is 0");
     }
 }
 
@@ -337,6 +512,9 @@ int main(int argc, char **argv)
     test_zones(dir);
     test_streams(dir);
     test_config_and_bounds();
+    test_zones_rejected_leave_output_untouched();
+    test_version_negotiation();
+    test_builders_and_error_convention();
     test_cobs_round_trip();
     test_fuzz(fuzz);
     printf("%d checks, %d failures\n", checks, failures);
