@@ -5,20 +5,26 @@ brackets to ``FrameGrouper`` (rolling: exposures alternate frame by frame and a
 bracket comes out at capture rate; burst: a whole bracket per read). Sensors apply
 new exposure controls a frame or two late, so every source discards frames until
 the new setting has taken effect: picamera2 by checking each frame's metadata,
-the others by a configured number of settle frames. Libraries are imported when a
-source opens; failures raise ``SourceError`` with what to check.
+GStreamer by each buffer's timestamp plus settle frames, V4L2 by a configured
+number of settle frames. Libraries are imported when a source opens; failures
+raise ``SourceError`` with what to check.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from edgehdr.bracket import Bracket
 from edgehdr.camera.base import BracketSource, ExposurePlan, FrameGrouper, SourceError, SourceTimeout
 
-__all__ = ["V4L2Source", "GStreamerSource", "Picamera2Source"]
+__all__ = ["ExposureControl", "GStreamerSource", "Picamera2Source", "V4L2Source"]
+
+log = logging.getLogger("edgehdr.camera")
 
 
 class _GroupingSource(BracketSource):
@@ -123,34 +129,140 @@ class V4L2Source(_GroupingSource):
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), time.monotonic_ns()
 
 
+_ARGUS = "argus"
+_POLL_S = 0.1  # longest wait for a frame before the bus is read again: errors surface within this time
+
+
+@dataclass(frozen=True)
+class ExposureControl:
+    """Where a GStreamer pipeline takes its exposure, and how a plan entry becomes a property value.
+
+    Parameters
+    ----------
+    element : str
+        Name (``name=...`` in the pipeline) of the live element that carries the exposure.
+    property_name : str
+        Property set on ``element`` while PLAYING. Ignored in ``"argus"`` mode, which sets
+        ``exposuretimerange`` and ``gainrange``.
+    mapping : "argus" or callable
+        ``"argus"`` (default): Jetson ``nvarguscamerasrc`` ranges pinned to one value,
+        ``exposuretimerange="t_ns t_ns"`` and ``gainrange="g g"``. A callable
+        ``mapping(exposure_s, gain) -> value`` gives the value set on ``property_name``
+        for any other element (a test source, a V4L2 ``extra-controls`` structure, ...).
+
+    Examples
+    --------
+    A test pattern whose brightness stands in for exposure (one stop = 0.25):
+
+    >>> ExposureControl("exp", "brightness", lambda t_s, g: 0.25 * math.log2(t_s * g * 500))  # doctest: +SKIP
+    """
+
+    element: str = "src"
+    property_name: str = "exposuretimerange"
+    mapping: str | Callable[[float, float], object] = _ARGUS
+
+    def __post_init__(self):
+        if self.mapping != _ARGUS and not callable(self.mapping):
+            raise ValueError(f"mapping must be 'argus' or a callable (exposure_s, gain) -> value, got {self.mapping!r}")
+
+    @property
+    def properties(self) -> tuple:
+        """Names of the properties this control sets."""
+        return ("exposuretimerange", "gainrange") if self.mapping == _ARGUS else (self.property_name,)
+
+    def apply(self, element, exposure_s: float, gain: float) -> None:
+        """Set ``element``'s properties for this exposure time (s) and analogue gain."""
+        if self.mapping == _ARGUS:
+            t_ns = int(exposure_s * 1e9)
+            element.set_property("exposuretimerange", f"{t_ns} {t_ns}")
+            element.set_property("gainrange", f"{gain:g} {gain:g}")
+        else:
+            element.set_property(self.property_name, self.mapping(exposure_s, gain))
+
+    def describe(self) -> dict:
+        mapping = self.mapping if self.mapping == _ARGUS else getattr(self.mapping, "__name__", "callable")
+        return {"element": self.element, "properties": list(self.properties), "mapping": mapping}
+
+
 class GStreamerSource(_GroupingSource):
     """A GStreamer pipeline through PyGObject; by default Jetson's Argus camera (``nvarguscamerasrc``).
 
-    Exposure on a running pipeline needs a live element: the source element is
-    named ``src`` and its ``exposuretimerange`` and ``gainrange`` properties (time in
-    ns, as "min max" strings) are set to a single value while PLAYING, with
-    ``aelock=true``; Argus applies them a few frames later, so ``settle_frames``
-    frames are dropped after a change. (OpenCV's GStreamer capture cannot reach the
-    element, hence PyGObject: ``apt install python3-gi gir1.2-gstreamer-1.0``.)
-    A custom ``pipeline`` must end in ``appsink name=sink`` delivering BGR and may
-    name its controllable source ``src``.
+    Exposure on a running pipeline needs a live element: by default the source
+    element named ``src`` gets its ``exposuretimerange`` and ``gainrange``
+    properties (time in ns, as "min max" strings) pinned to one value while
+    PLAYING, with ``aelock=true``. ``control`` names another element, property and
+    mapping (see ``ExposureControl``). (OpenCV's GStreamer capture cannot reach
+    the element, hence PyGObject: ``apt install python3-gi gir1.2-gstreamer-1.0``;
+    see ``docs/jetson-capture.md``.)
+
+    After a change, a frame is kept only when (a) it was captured after the
+    change, judged by its buffer timestamp (PTS) on the pipeline clock, which
+    drops frames already queued in the appsink, and (b) at least
+    ``settle_frames`` frames have been dropped since the change, for devices that
+    apply controls late (Argus: a few frames). Timestamps are the buffers' PTS on
+    the pipeline clock expressed in ``time.monotonic_ns`` terms (pull time when a
+    buffer has no PTS). Errors posted on the bus raise ``SourceError`` naming the
+    element and reason, and the end of the stream (EOS) raises ``SourceError``
+    naming EOS; either way the caller (the daemon's capture loop) closes and
+    reopens the source, which rebuilds the pipeline and counts ``restarts``.
+
+    Parameters
+    ----------
+    pipeline : str
+        ``gst-launch-1.0`` description ending in ``appsink name=sink`` that delivers
+        BGR; empty for the Argus default (``default_pipeline``).
+    sensor_id, width, height, fps
+        Argus sensor and stream size (px) and rate (frames/s) of the default pipeline.
+    plan : ExposurePlan, optional
+    mode : {"rolling", "burst"}
+        How ``FrameGrouper`` forms brackets.
+    settle_frames : int
+        Frames dropped after every exposure change on top of those captured before it.
+    control : ExposureControl, optional
+        Default: Argus ranges on ``src``, optional (a custom pipeline without a
+        ``src`` that has them runs uncontrolled). An explicit control whose element
+        or property is missing makes ``open`` fail.
+    max_discard : int
+        A change not visible after this many dropped frames raises ``SourceTimeout``.
+    start_timeout_s : float
+        How long ``open`` waits for the pipeline to reach PLAYING (Argus needs ~1-2 s).
     """
 
     name = "gstreamer"
 
     def __init__(self, pipeline: str = "", *, sensor_id: int = 0, width: int = 1920, height: int = 1080,
-                 fps: float = 30.0, plan: ExposurePlan | None = None, mode: str = "rolling", settle_frames: int = 3):
+                 fps: float = 30.0, plan: ExposurePlan | None = None, mode: str = "rolling", settle_frames: int = 3,
+                 control: ExposureControl | None = None, max_discard: int = 8, start_timeout_s: float = 10.0):
         super().__init__(plan, mode)
+        if settle_frames < 0 or max_discard < settle_frames:
+            raise ValueError(f"need 0 <= settle_frames <= max_discard, got {settle_frames} and {max_discard}")
         self.sensor_id, self.width, self.height, self.fps = sensor_id, width, height, fps
-        self.settle_frames = settle_frames
-        t_ns = int(self._plan.exposure_s[0] * 1e9)
-        self.pipeline_text = pipeline or (
-            f'nvarguscamerasrc name=src sensor-id={sensor_id} aelock=true exposuretimerange="{t_ns} {t_ns}" '
-            f'gainrange="1 1" ! video/x-raw(memory:NVMM),width={width},height={height},framerate={int(fps)}/1 ! '
-            "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
-            "appsink name=sink max-buffers=2 drop=true sync=false")
-        self._pipeline = self._src = self._sink = None
+        self.settle_frames, self.max_discard, self.start_timeout_s = settle_frames, max_discard, start_timeout_s
+        self.control = control or ExposureControl()
+        self._control_required = control is not None
+        self.pipeline_text = pipeline or self.default_pipeline(sensor_id, width, height, fps,
+                                                               self._plan.exposure_s[0])
+        self._Gst = None
+        self._pipeline = self._sink = self._bus = self._element = self._clock = None
+        self._base_time_ns = 0
+        self._clock_is_monotonic = False
         self._current = None
+        self._opened_before = False
+        self.restarts = 0  # reopenings after the first open (each rebuilds the pipeline)
+        self.bus_errors = 0
+        self.last_error = ""
+        self.frames_stale = 0  # of frames_discarded: captured before the change they were read after
+        self.timestamps = "pts"
+
+    @staticmethod
+    def default_pipeline(sensor_id: int = 0, width: int = 1920, height: int = 1080, fps: float = 30.0,
+                         exposure_s: float = 1 / 2000) -> str:
+        """The Jetson pipeline: ``nvarguscamerasrc`` (manual exposure, AE locked) -> NVMM NV12 -> BGR appsink."""
+        t_ns = int(exposure_s * 1e9)
+        return (f'nvarguscamerasrc name=src sensor-id={sensor_id} aelock=true exposuretimerange="{t_ns} {t_ns}" '
+                f'gainrange="1 1" ! video/x-raw(memory:NVMM),width={width},height={height},framerate={int(fps)}/1 ! '
+                "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+                "appsink name=sink max-buffers=2 drop=true sync=false")
 
     def open(self) -> None:
         try:
@@ -160,30 +272,114 @@ class GStreamerSource(_GroupingSource):
             from gi.repository import Gst
         except (ImportError, ValueError) as exc:
             raise SourceError("GStreamer Python bindings missing: apt install python3-gi gir1.2-gstreamer-1.0 "
-                              "(and use the system Python or --system-site-packages)") from exc
+                              "(and use the system Python or --system-site-packages), or pip install "
+                              "'PyGObject<3.51' with libgirepository1.0-dev; see docs/jetson-capture.md") from exc
         Gst.init(None)
+        self._Gst = Gst
         try:
             pipeline = Gst.parse_launch(self.pipeline_text)
         except Exception as exc:  # GLib.Error
-            raise SourceError(f"GStreamer pipeline does not parse: {exc}") from exc
+            hint = ""
+            if "nvarguscamerasrc" in str(exc) or "nvvidconv" in str(exc):
+                hint = " (Jetson elements come with JetPack's nvidia-l4t-gstreamer; elsewhere give a pipeline)"
+            raise SourceError(f"GStreamer pipeline does not parse: {exc}{hint}") from exc
         sink = pipeline.get_by_name("sink")
-        if sink is None:
+        if sink is None or sink.get_factory() is None or sink.get_factory().get_name() != "appsink":
             raise SourceError("the GStreamer pipeline needs an 'appsink name=sink'")
-        if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
-            raise SourceError("GStreamer pipeline failed to start (camera connected? nvargus-daemon running?)")
-        self._Gst = Gst
-        self._pipeline, self._sink, self._src = pipeline, sink, pipeline.get_by_name("src")
+        element = self._control_element(pipeline)
+        bus = pipeline.get_bus()
+        started = pipeline.set_state(Gst.State.PLAYING) != Gst.StateChangeReturn.FAILURE
+        if started:
+            result, state, _ = pipeline.get_state(int(self.start_timeout_s * 1e9))
+            started = result != Gst.StateChangeReturn.FAILURE and state == Gst.State.PLAYING
+        if not started:
+            reason = self._bus_error(bus) or f"not PLAYING within {self.start_timeout_s:g} s"
+            pipeline.set_state(Gst.State.NULL)
+            raise SourceError(f"GStreamer pipeline failed to start: {reason} (camera connected? nvargus-daemon "
+                              "running? try the pipeline with gst-launch-1.0)")
+        self._pipeline, self._sink, self._bus, self._element = pipeline, sink, bus, element
+        self._clock, self._base_time_ns = pipeline.get_clock(), pipeline.get_base_time()
+        self._clock_is_monotonic = (isinstance(self._clock, Gst.SystemClock)
+                                    and self._clock.props.clock_type == Gst.ClockType.MONOTONIC)
         self._current = None
+        # Frames from before a restart do not belong with the new pipeline's frames.
+        self._grouper.reset(len(self._plan))
+        self._index = 0
+        if self._opened_before:
+            self.restarts += 1
+        self._opened_before = True
+
+    def _control_element(self, pipeline):
+        """The live element carrying the exposure, or None when the (default) control is absent."""
+        element = pipeline.get_by_name(self.control.element)
+        missing = [p for p in self.control.properties if element is not None and element.find_property(p) is None]
+        if element is not None and not missing:
+            return element
+        if self._control_required:
+            what = (f"no element named {self.control.element!r}" if element is None
+                    else f"{self.control.element!r} has no property {missing[0]!r}")
+            raise SourceError(f"GStreamer pipeline: {what} to carry the exposure; name the live element in the "
+                              "pipeline (name=...) or fix the ExposureControl")
+        log.warning("gstreamer: no element %r with %s: exposures are not applied", self.control.element,
+                    "/".join(self.control.properties))
+        return None
 
     def close(self) -> None:
         if self._pipeline is not None:
             self._pipeline.set_state(self._Gst.State.NULL)
-            self._pipeline = self._src = self._sink = None
+            self._pipeline = self._sink = self._bus = self._element = self._clock = None
+
+    def element(self, name: str):
+        """The running pipeline's element called ``name`` (None when absent), e.g. to tune other properties."""
+        if self._pipeline is None:
+            raise SourceError(f"{self.name}: not open")
+        return self._pipeline.get_by_name(name)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "pipeline": self.pipeline_text, "control": self.control.describe(),
+                "controlled": self._element is not None, "settle_frames": self.settle_frames,
+                "frames_discarded": self.frames_discarded, "frames_stale": self.frames_stale,
+                "restarts": self.restarts, "bus_errors": self.bus_errors, "last_error": self.last_error,
+                "timestamps": self.timestamps}
+
+    def _bus_error(self, bus) -> str:
+        """Drain the bus: log warnings, return the first error as text ('' when none)."""
+        Gst = self._Gst
+        error = ""
+        while True:
+            msg = bus.pop_filtered(Gst.MessageType.ERROR | Gst.MessageType.WARNING)  # drops other messages
+            if msg is None:
+                return error
+            if msg.type == Gst.MessageType.WARNING:
+                warn, debug = msg.parse_warning()
+                log.warning("gstreamer: %s: %s", msg.src.get_name() if msg.src else "?", warn.message)
+            elif not error:
+                err, debug = msg.parse_error()
+                reason = (debug or "").strip().splitlines()[-1:] or [""]
+                error = f"error from {msg.src.get_name() if msg.src else '?'}: {err.message} {reason[0]}".strip()
+
+    def _check_bus(self) -> None:
+        error = self._bus_error(self._bus)
+        if error:
+            self.bus_errors += 1
+            self.last_error = error
+            raise SourceError(f"{self.name}: pipeline {error}; the source must be reopened (the daemon restarts it)")
 
     def _pull(self, timeout_s):
-        sample = self._sink.emit("try-pull-sample", int(timeout_s * 1e9))
-        if sample is None:
-            raise SourceTimeout(f"{self.name}: no frame within {timeout_s:.2f} s")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._check_bus()
+            wait_s = min(max(0.0, deadline - time.monotonic()), _POLL_S)
+            sample = self._sink.emit("try-pull-sample", int(wait_s * 1e9))
+            if sample is not None:
+                break
+            self._check_bus()  # a failing element also ends the stream: report its error, not the EOS
+            if self._sink.get_property("eos"):
+                self.last_error = "end of stream (EOS)"
+                raise SourceError(f"{self.name}: end of stream (EOS): the pipeline stopped delivering frames "
+                                  "(Argus sends EOS when the camera fails); the source must be reopened")
+            if time.monotonic() >= deadline:
+                raise SourceTimeout(f"{self.name}: no frame within {timeout_s:.2f} s")
         buf = sample.get_buffer()
         caps = sample.get_caps().get_structure(0)
         w, h = caps.get_value("width"), caps.get_value("height")
@@ -191,24 +387,58 @@ class GStreamerSource(_GroupingSource):
         if not ok:
             raise SourceError(f"{self.name}: cannot map a buffer")
         try:
-            bgr = np.frombuffer(info.data, np.uint8, count=w * h * 3).reshape(h, w, 3)
-            rgb = bgr[..., ::-1].copy()
+            stride = info.size // h  # GStreamer pads each BGR row to a multiple of 4 bytes
+            if stride < w * 3:
+                raise SourceError(f"{self.name}: a {w}x{h} buffer of {info.size} bytes is not BGR; end the "
+                                  "pipeline in 'videoconvert ! video/x-raw,format=BGR ! appsink name=sink'")
+            rows = np.frombuffer(info.data, np.uint8, count=stride * h).reshape(h, stride)
+            rgb = rows[:, : w * 3].reshape(h, w, 3)[..., ::-1].copy()
         finally:
             buf.unmap(info)
-        return rgb, time.monotonic_ns()
+        return rgb, self._stamp_ns(sample, buf)
+
+    def _stamp_ns(self, sample, buf) -> int:
+        """Capture time of a buffer in ``time.monotonic_ns`` terms, from its PTS on the pipeline clock."""
+        Gst = self._Gst
+        now_ns = time.monotonic_ns()
+        if self._clock is None or buf.pts == Gst.CLOCK_TIME_NONE:
+            self.timestamps = "pull"
+            return now_ns
+        running_ns = sample.get_segment().to_running_time(Gst.Format.TIME, buf.pts)
+        if running_ns == Gst.CLOCK_TIME_NONE:
+            self.timestamps = "pull"
+            return now_ns
+        clock_ns = self._base_time_ns + running_ns
+        if self._clock_is_monotonic:  # GStreamer's system clock reads CLOCK_MONOTONIC, as time.monotonic_ns does
+            return clock_ns
+        return now_ns - (self._clock.get_time() - clock_ns)  # any other clock: shift by the buffer's age
 
     def _capture(self, exposure_s, gain, timeout_s):
         if self._pipeline is None:
             raise SourceError(f"{self.name}: not open")
-        if self._src is not None and self._current != (exposure_s, gain):
-            t_ns = int(exposure_s * 1e9)
-            self._src.set_property("exposuretimerange", f"{t_ns} {t_ns}")
-            self._src.set_property("gainrange", f"{gain:g} {gain:g}")
+        deadline = time.monotonic() + timeout_s
+        changed_ns = None
+        if self._element is not None and self._current != (exposure_s, gain):
+            try:
+                self.control.apply(self._element, exposure_s, gain)
+            except (TypeError, ValueError) as exc:
+                target = f"{self.control.element}.{'/'.join(self.control.properties)}"
+                raise SourceError(f"{self.name}: cannot set {target} for {exposure_s:g} s, gain {gain:g}: {exc}; "
+                                  "check the ExposureControl mapping") from exc
             self._current = (exposure_s, gain)
-            for _ in range(self.settle_frames):
-                self._pull(timeout_s)
-                self.frames_discarded += 1
-        return self._pull(max(timeout_s, 0.05))
+            changed_ns = time.monotonic_ns()  # after the set: later frames were processed with the new value
+        dropped = 0
+        while True:
+            frame, stamp = self._pull(max(deadline - time.monotonic(), 0.05))
+            if changed_ns is None or (dropped >= self.settle_frames and stamp >= changed_ns):
+                return frame, stamp
+            self.frames_discarded += 1
+            self.frames_stale += stamp < changed_ns
+            dropped += 1
+            if dropped > self.max_discard:
+                raise SourceTimeout(f"{self.name}: exposure {exposure_s * 1e3:g} ms / gain {gain:g}: no frame "
+                                    f"captured after the change within {self.max_discard} frames (do the "
+                                    "buffers carry pipeline-clock timestamps?)")
 
 
 class Picamera2Source(_GroupingSource):
