@@ -299,9 +299,50 @@ def _cmd_bridge_send(args) -> int:
     return 0
 
 
+def _cmd_bridge_bench_qemu(args) -> int:
+    from firmware_bridge import bench
+    from firmware_bridge.qemu import FirmwareUnavailable
+
+    progress_print = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        result = bench.qemu_summary(args.seconds, args.hz, progress=progress_print)
+    except FirmwareUnavailable as exc:
+        print(f"edgehdr bridge bench: {exc}", file=sys.stderr)
+        return 2
+    st, full, fr = result["stream"], result["full_grid"], result["faults"]
+    print(f"emulated MCU link UART: {st['uart_bytes_per_s'] / 1e3:.1f} kB/s (QEMU's CMSDK UART, one byte per round "
+          f"trip); stream uses {st['rows']}x{st['cols']}x{st['bits']}-bit zones, {st['bytes_per_frame']} bytes a "
+          f"frame, {100 * st['uart_load']:.0f}% of it")
+    print(f"stream {st['seconds']:g} s at {st['hz']:g} Hz: sent {st['frames_sent']}/{st['frames_submitted']}, applied "
+          f"{st['frames_applied']} ({100 * st['applied_fraction']:.2f}%), corrupted accepted "
+          f"{st['corrupted_accepted']} (every applied frame's duty CRC checked), send-to-apply latency median "
+          f"{st['latency_ms_median']:.2f} ms, p99 {st['latency_ms_p99']:.2f} ms; firmware STATUS {st['firmware_status']}")
+    for curve in ("power_law", "linear"):
+        r = full[curve]
+        print(f"{full['rows']}x{full['cols']}x{full['bits']}-bit, {curve.replace('_', ' ')} drive: applied "
+              f"{r['applied']}/{r['frames']}, corrupted accepted {r['corrupted_accepted']}, "
+              f"{r['frames_per_s']:.2f} frames/s")
+    resume = fr["resume_after_reset_s"]
+    print(f"faults: {fr['noise_bursts']} noise bursts, {fr['errors_counted_by_firmware']} errors counted by the "
+          f"firmware; MCU reset: boot line '{fr['reset_boot_line']}', re-configured {fr['reconfigured']}x, resumed "
+          f"{'never' if resume is None else f'{resume:.3f} s'} after the reset; corrupted accepted "
+          f"{fr['corrupted_accepted']}")
+    if args.json:
+        from edgehdr.io import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(result, indent=2))
+    ok = (st["corrupted_accepted"] == 0 and fr["corrupted_accepted"] == 0 and fr["all_bursts_counted"]
+          and resume is not None and all(full[c]["corrupted_accepted"] == 0 for c in ("power_law", "linear")))
+    return 0 if ok else 1
+
+
 def _cmd_bridge_bench(args) -> int:
     from firmware_bridge import bench
 
+    if args.controller == "qemu":
+        args.hz = args.hz or 60.0
+        return _cmd_bridge_bench_qemu(args)
+    args.hz = args.hz or 120.0
     progress_print = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     progress_print("[1/4] encode + write one ZONES frame, 2000 times")
     ew = bench.encode_write_ms(args.zones)
@@ -437,9 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--heartbeat-ms", type=int, default=100)
     b.add_argument("--connect-timeout", type=float, default=5.0)
     b.set_defaults(func=_cmd_bridge_send)
-    b = bridge.add_parser("bench", help="encode cost, 120 Hz stream over a pty, fault run")
-    b.add_argument("--zones", type=int, default=2304)
-    b.add_argument("--hz", type=float, default=120.0)
+    b = bridge.add_parser("bench", help="encode cost, 120 Hz stream over a pty, fault run; --controller qemu runs "
+                                        "the reference firmware on an emulated Cortex-M3")
+    b.add_argument("--controller", choices=("sim", "qemu"), default="sim",
+                   help="sim: the Python controller simulator on a pty; qemu: the C firmware "
+                        "(firmware_bridge/firmware) built with arm-none-eabi-gcc and run in qemu-system-arm")
+    b.add_argument("--zones", type=int, default=2304, help="zones per frame for --controller sim")
+    b.add_argument("--hz", type=float, default=None,
+                   help="zone frames per second (default: 120 with sim; 60 with qemu, whose emulated UART "
+                        "carries only ~5-10 kB/s, see firmware_bridge/firmware/README.md)")
     b.add_argument("--seconds", type=float, default=60.0)
     b.add_argument("--json", help="also write the figures as JSON")
     b.set_defaults(func=_cmd_bridge_bench)

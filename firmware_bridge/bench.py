@@ -17,7 +17,8 @@ from firmware_bridge.protocol import Config, MsgType, Zones, encode_message
 from firmware_bridge.simulator import ControllerSimulator
 from firmware_bridge.transports import PtyPair, SerialTransport
 
-__all__ = ["encode_write_ms", "stream_run", "fault_run"]
+__all__ = ["encode_write_ms", "stream_run", "fault_run", "qemu_uart_throughput", "qemu_stream_run",
+           "qemu_full_grid_run", "qemu_fault_run", "qemu_summary"]
 
 
 def _grid(zones: int) -> tuple[int, int]:
@@ -194,3 +195,273 @@ def summary(zones: int = 2304, seconds: float = 60.0, hz: float = 120.0) -> dict
             "stream_apply_on_receipt": stream_run(min(seconds, 10.0), hz, zones, vsync_hz=0),
             "faults": fault_run(hz, zones)}
 
+
+
+# ------------------------------------------------------------------------------------------ QEMU controller
+
+
+def _qemu_link(controller, config: Config, *, status_interval_s: float = 0.25) -> Link:
+    # The emulated UART moves ~10 kB/s (below); a big frame takes longer than the default write timeout.
+    transport = SerialTransport(controller.pty_path, 2_000_000, write_timeout_s=10.0)
+    link = Link(transport, config, status_interval_s=status_interval_s, handshake_timeout_s=5.0).start()
+    if not link.wait_running(10.0):
+        link.close()
+        raise RuntimeError(f"the QEMU controller did not come up: {link.stats()}")
+    return link
+
+
+def qemu_uart_throughput(controller, n_bytes: int = 12288) -> float:
+    """Bytes per second the emulated MCU's link UART accepts (idle 0x00 fill, which the decoder ignores).
+
+    QEMU's CMSDK UART model holds one received byte and takes the next only after the
+    firmware has read it, one QEMU main-loop round trip per byte: ~10 kB/s here,
+    whatever baud rate the host sets. The stream runs are sized against this figure.
+    """
+    import serial
+
+    port = serial.Serial(controller.pty_path, 2_000_000, timeout=0, write_timeout=60)
+    try:
+        port.write(bytes(8192))  # fill the pty's buffer first: the timed part then moves at the MCU's pace
+        t0 = time.perf_counter()
+        port.write(bytes(n_bytes))
+        return n_bytes / (time.perf_counter() - t0)
+    finally:
+        port.close()
+
+
+def _verify_applied(lines, expected_crc: dict, sent_log: dict) -> dict:
+    """Check every frame the firmware latched against the duty CRC the host predicts for that frame id."""
+    applied = [ln for ln in lines if ln.kind == "A" and ln.frame_id != 0]
+    corrupted = [ln.frame_id for ln in applied if ln.crc32 != expected_crc.get(ln.frame_id)]
+    latencies = [(ln.t_ns - sent_log[ln.frame_id]) / 1e6 for ln in applied if ln.frame_id in sent_log]
+    return {"applied": len(applied), "corrupted_accepted": len(corrupted), "corrupted_ids": corrupted[:10],
+            "latency_ms_median": float(np.median(latencies)) if latencies else None,
+            "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None}
+
+
+def qemu_stream_run(seconds: float = 60.0, hz: float = 120.0, rows: int = 4, cols: int = 6, bits: int = 8,
+                    drive_gamma_x100: int = 220, controller=None) -> dict:
+    """Stream zone frames at ``hz`` to the reference firmware in QEMU and verify every frame it applies.
+
+    The firmware reports, for each frame it latches at vsync, the CRC-32 of the 16-bit
+    duty values it drove (after its fixed-point drive curve); the host predicts that CRC
+    with ``firmware_bridge.drive`` from what it sent under the frame id, so every applied
+    frame is checked bit for bit, not sampled. Sends are phase-locked to the controller's
+    vsync (estimated from the apply times of a warm-up second), as a host that drives
+    the same panel's video timing is: free-running at the same rate, the two clocks'
+    phase would sit near a tick for the whole run and frames would pair up in one
+    vsync interval (superseded, not lost). Latency is from the host's write to the
+    host reading the firmware's apply line (so it includes the vsync wait and the
+    monitor polling, < 1 ms).
+    """
+    from firmware_bridge.drive import duty_crc32
+    from firmware_bridge.qemu import QemuController
+
+    own = controller is None
+    controller = controller or QemuController().start()
+    rng = np.random.default_rng(3)
+    patterns = [rng.integers(0, 1 << bits, (rows, cols)).astype(np.uint16) for _ in range(16)]
+    pattern_crc = [duty_crc32(p, bits, 1, drive_gamma_x100) for p in patterns]
+    config = Config(rows=rows, cols=cols, bits=bits, drive_curve=1, drive_gamma_x100=drive_gamma_x100,
+                    watchdog_ms=1000, heartbeat_ms=100)
+    try:
+        throughput = qemu_uart_throughput(controller)
+        link = _qemu_link(controller, config)
+        try:
+            period = 1.0 / hz
+            frame_id = 0
+
+            def send_at(target: float) -> None:
+                nonlocal frame_id
+                delay = target - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                frame_id += 1
+                link.send_zones(patterns[frame_id % len(patterns)], frame_id)
+
+            # Warm-up: free-running for 1 s, then estimate the vsync phase from the apply times.
+            mark = len(controller.snapshot())
+            start = time.monotonic()
+            for i in range(int(hz)):
+                send_at(start + i * period)
+            time.sleep(0.05)
+            applies = [ln.t_ns / 1e9 for ln in controller.snapshot(mark) if ln.kind == "A"]
+            phase = min((t % period) for t in applies) if applies else 0.0
+            # Stream: each frame half a period before a vsync tick.
+            mark = len(controller.snapshot())
+            sent0 = link.stats()["frames_sent"]
+            first_id = frame_id + 1
+            base = (time.monotonic() // period + 2) * period + phase - period / 2
+            n = int(seconds * hz)
+            for i in range(n):
+                send_at(base + i * period)
+            time.sleep(0.3)
+            stats = link.stats()
+            expected = {fid: pattern_crc[fid % len(patterns)] for fid in range(first_id, frame_id + 1)}
+            lines = [ln for ln in controller.snapshot(mark) if ln.kind != "A" or ln.frame_id >= first_id]
+            verified = _verify_applied(lines, expected, link.sent_log)
+        finally:
+            link.close()
+    finally:
+        if own:
+            controller.stop()
+    status = stats["controller_status"]
+    sent = stats["frames_sent"] - sent0
+    wire_bytes = len(encode_message(Zones(frame_id=1, values=patterns[0], bits=bits), 1))
+    return {
+        "seconds": seconds, "hz": hz, "rows": rows, "cols": cols, "bits": bits, "bytes_per_frame": wire_bytes,
+        "uart_bytes_per_s": round(throughput), "uart_load": wire_bytes * hz / throughput,
+        "frames_submitted": n, "frames_sent": sent, "frames_applied": verified["applied"],
+        "applied_fraction": verified["applied"] / n if n else 0.0,
+        "corrupted_accepted": verified["corrupted_accepted"], "corrupted_ids": verified["corrupted_ids"],
+        "latency_ms_median": verified["latency_ms_median"], "latency_ms_p99": verified["latency_ms_p99"],
+        "firmware_status": status, "host_nacks": stats["nacks"], "host_reconnects": stats["reconnects"],
+    }
+
+
+def qemu_full_grid_run(frames: int = 6, rows: int = 48, cols: int = 48, bits: int = 16,
+                       drive_gamma_x100: int = 220, controller=None) -> dict:
+    """The firmware's largest grid (48 x 48 x 16 bit, 4.6 kB per frame) at the rate the emulated UART carries.
+
+    Frames go one at a time, each after the previous one was applied; every applied
+    frame's duty CRC is checked, for the power-law and the linear drive curve.
+    """
+    from firmware_bridge.drive import duty_crc32
+    from firmware_bridge.qemu import QemuController
+
+    own = controller is None
+    controller = controller or QemuController().start()
+    rng = np.random.default_rng(4)
+    result = {"rows": rows, "cols": cols, "bits": bits}
+    try:
+        for curve in (1, 0):
+            config = Config(rows=rows, cols=cols, bits=bits, drive_curve=curve, drive_gamma_x100=drive_gamma_x100,
+                            watchdog_ms=5000, heartbeat_ms=1000)
+            link = _qemu_link(controller, config, status_interval_s=0)
+            try:
+                mark = len(controller.snapshot())
+                expected, t0 = {}, time.monotonic()
+                for fid in range(1, frames + 1):
+                    values = rng.integers(0, 1 << bits, (rows, cols)).astype(np.uint16)
+                    expected[fid] = duty_crc32(values, bits, curve, drive_gamma_x100)
+                    link.send_zones(values, fid)
+                    deadline = time.monotonic() + 5.0
+                    while time.monotonic() < deadline and not any(
+                            ln.kind == "A" and ln.frame_id == fid for ln in controller.snapshot(mark)):
+                        time.sleep(0.005)
+                elapsed = time.monotonic() - t0
+                verified = _verify_applied(controller.snapshot(mark), expected, link.sent_log)
+            finally:
+                link.close()
+            name = "power_law" if curve else "linear"
+            result[name] = {"frames": frames, "applied": verified["applied"],
+                            "corrupted_accepted": verified["corrupted_accepted"],
+                            "frames_per_s": frames / elapsed}
+    finally:
+        if own:
+            controller.stop()
+    return result
+
+
+def qemu_fault_run(hz: float = 120.0, rows: int = 4, cols: int = 6, bits: int = 8, bursts: int = 20,
+                   controller=None) -> dict:
+    """Line noise between host and MCU, then an MCU reset through QEMU's monitor, mid-stream.
+
+    Noise: a burst of 40 random non-zero bytes (no delimiter) written into the MCU's
+    receive line before every 10th frame; each burst corrupts exactly the frame it
+    lands in, so the firmware's CRC + framing error counters (from STATUS) must grow
+    by exactly the number of bursts, and no corrupted frame may be applied. Reset:
+    ``system_reset`` on QEMU's monitor; the firmware boots unconfigured, NACKs the
+    next ZONES (not configured), the host re-sends CONFIG, and the stream resumes.
+    ``resume_after_reset_s`` is from the reset command to the host reading the first
+    frame applied after the reboot.
+    """
+    from firmware_bridge.drive import duty_crc32
+    from firmware_bridge.qemu import QemuController
+
+    own = controller is None
+    controller = controller or QemuController().start()
+    rng = np.random.default_rng(5)
+    patterns = [rng.integers(0, 1 << bits, (rows, cols)).astype(np.uint16) for _ in range(16)]
+    pattern_crc = [duty_crc32(p, bits, 1, 220) for p in patterns]
+    config = Config(rows=rows, cols=cols, bits=bits, drive_curve=1, drive_gamma_x100=220, watchdog_ms=1000,
+                    heartbeat_ms=100)
+    result: dict = {}
+    try:
+        link = _qemu_link(controller, config, status_interval_s=0.1)
+        try:
+            frame_id = 0
+            mark = len(controller.snapshot())
+
+            def send() -> None:
+                nonlocal frame_id
+                frame_id += 1
+                link.send_zones(patterns[frame_id % len(patterns)], frame_id)
+                time.sleep(1.0 / hz)
+
+            for _ in range(int(hz // 2)):
+                send()
+            time.sleep(0.3)
+            before = dict(link.stats()["controller_status"])
+            injected = 0
+            k = 0
+            while injected < bursts:
+                k += 1
+                if k % 10 == 0:
+                    controller.inject(bytes(b or 1 for b in rng.integers(0, 256, 40, dtype=np.uint8).tobytes()))
+                    injected += 1
+                send()
+            for _ in range(int(hz // 4)):
+                send()
+            time.sleep(0.5)  # two STATUS replies
+            after = dict(link.stats()["controller_status"])
+            errors = (after["crc_errors"] + after["framing_errors"]) - (before["crc_errors"] + before["framing_errors"])
+            result.update({"noise_bursts": injected, "errors_counted_by_firmware": errors,
+                           "all_bursts_counted": errors == injected})
+            # MCU reset mid-stream.
+            acked0 = link.stats()["config_acked"]
+            reset_mark = len(controller.snapshot())
+            t_reset = controller.reset()
+            resumed = None
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and resumed is None:
+                send()
+                lines = controller.snapshot(reset_mark)
+                boot = next((i for i, ln in enumerate(lines) if ln.kind == "B"), None)
+                if boot is not None:
+                    resumed = next((ln for ln in lines[boot:] if ln.kind == "A" and ln.frame_id != 0), None)
+            for _ in range(int(hz // 2)):
+                send()
+            time.sleep(0.3)
+            stats = link.stats()
+            expected = {fid: pattern_crc[fid % len(patterns)] for fid in range(1, frame_id + 1)}
+            verified = _verify_applied(controller.snapshot(mark), expected, link.sent_log)
+            boot_lines = [ln.fields for ln in controller.snapshot(reset_mark) if ln.kind == "B"]
+            result.update({
+                "reset_boot_line": " ".join(boot_lines[0]) if boot_lines else None,
+                "resume_after_reset_s": (resumed.t_ns - t_reset) / 1e9 if resumed else None,
+                "reconfigured": stats["config_acked"] - acked0, "host_nacks": stats["nacks"],
+                "frames_applied": verified["applied"], "corrupted_accepted": verified["corrupted_accepted"],
+                "firmware_status": stats["controller_status"],
+            })
+        finally:
+            link.close()
+    finally:
+        if own:
+            controller.stop()
+    return result
+
+
+def qemu_summary(seconds: float = 60.0, hz: float = 120.0, progress=None) -> dict:
+    """The whole QEMU controller bench on one emulated MCU: stream, full grid, faults."""
+    from firmware_bridge.qemu import QemuController
+
+    say = progress or (lambda text: None)
+    with QemuController() as controller:
+        say(f"[1/3] {hz:g} Hz stream to the firmware in QEMU for {seconds:g} s, every applied frame verified")
+        stream = qemu_stream_run(seconds, hz, controller=controller)
+        say("[2/3] 48 x 48 x 16-bit frames at the emulated UART's pace, both drive curves")
+        full = qemu_full_grid_run(controller=controller)
+        say("[3/3] fault run: line noise, then an MCU reset through QEMU's monitor")
+        faults = qemu_fault_run(hz, controller=controller)
+    return {"stream": stream, "full_grid": full, "faults": faults}

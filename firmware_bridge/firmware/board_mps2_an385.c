@@ -1,0 +1,244 @@
+/*
+ * board_mps2_an385.c - board layer for ARM's MPS2 with the AN385 image (Cortex-M3), as QEMU's
+ * `-M mps2-an385` emulates it. The only file to replace when porting (PORTING.md).
+ *
+ *   link UART      CMSDK UART0 (0x40004000), RX interrupt = IRQ 0   -> QEMU -serial #1
+ *   monitor        CMSDK UART1 (0x40005000), polled TX              -> QEMU -serial #2
+ *   millisecond    SysTick at 1 kHz from the 25 MHz core clock
+ *   vsync          CMSDK APB timer 0 (0x40000000), IRQ 8, at CONTROLLER_VSYNC_HZ
+ *   LED drivers    none on this board: duty values go to a driver shift register stand-in, and each
+ *                  latched frame is reported on the monitor as "A <frame_id> <vsync> <crc32>\n" (hex)
+ *   reset cause    a magic word in .noinit RAM (QEMU, like SRAM, keeps RAM across system_reset)
+ *
+ * Also the vector table, the reset handler (.data copy, .bss clear) and memcpy/memset, which gcc
+ * may emit calls to even under -ffreestanding (there is no libc).
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "board.h"
+#include "controller.h"
+
+#define CORE_HZ 25000000u
+
+typedef struct {
+    volatile uint32_t data, state, ctrl, intstatus, bauddiv;
+} cmsdk_uart_t;
+
+typedef struct {
+    volatile uint32_t ctrl, value, reload, intstatus;
+} cmsdk_timer_t;
+
+#define UART0 ((cmsdk_uart_t *)0x40004000u)
+#define UART1 ((cmsdk_uart_t *)0x40005000u)
+#define TIMER0 ((cmsdk_timer_t *)0x40000000u)
+#define UART_STATE_TXFULL 0x1u
+#define UART_STATE_RXFULL 0x2u
+#define UART_CTRL_TXEN 0x1u
+#define UART_CTRL_RXEN 0x2u
+#define UART_CTRL_RXIRQ 0x8u
+#define UART_INT_RX 0x2u
+#define TIMER_CTRL_EN 0x1u
+#define TIMER_CTRL_IRQ 0x8u
+
+#define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
+#define SYST_RVR (*(volatile uint32_t *)0xE000E014u)
+#define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
+#define NVIC_ISER0 (*(volatile uint32_t *)0xE000E100u)
+#define IRQ_UART0_RX 0u
+#define IRQ_TIMER0 8u
+
+#define RESET_MAGIC 0x45484C4Bu /* "EHLK" */
+
+extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
+int main(void);
+
+static volatile uint32_t millis;
+static enum board_reset_cause reset_cause;
+static volatile uint16_t led_shift_register; /* stand-in for the LED drivers' SPI data register */
+__attribute__((section(".noinit"))) static volatile uint32_t reset_magic;
+
+/* ------------------------------------------------------------------------------ libc stand-ins */
+
+void *memcpy(void *dst, const void *src, size_t n);
+void *memset(void *dst, int c, size_t n);
+
+void *memcpy(void *dst, const void *src, size_t n)
+{
+    uint8_t *d = dst;
+    const uint8_t *s = src;
+    while (n--) {
+        *d++ = *s++;
+    }
+    return dst;
+}
+
+void *memset(void *dst, int c, size_t n)
+{
+    uint8_t *d = dst;
+    while (n--) {
+        *d++ = (uint8_t)c;
+    }
+    return dst;
+}
+
+/* ------------------------------------------------------------------------------ interrupts */
+
+static void uart0_rx_handler(void)
+{
+    /* Clear first, then drain: a byte that lands after the last read raises a new interrupt.
+     * (Clearing after the reads can lose that interrupt and stall the UART for good.) */
+    UART0->intstatus = UART_INT_RX;
+    while (UART0->state & UART_STATE_RXFULL) {
+        controller_rx_byte((uint8_t)UART0->data);
+    }
+}
+
+static void timer0_handler(void)
+{
+    TIMER0->intstatus = 1u;
+    controller_vsync_isr();
+}
+
+static void systick_handler(void) { millis++; }
+
+static void fault_handler(void)
+{
+    for (;;) {
+    }
+}
+
+void reset_handler(void);
+
+void reset_handler(void)
+{
+    uint32_t *src = &_sidata, *dst = &_sdata;
+    while (dst < &_edata) {
+        *dst++ = *src++;
+    }
+    for (dst = &_sbss; dst < &_ebss; dst++) {
+        *dst = 0;
+    }
+    (void)main();
+    for (;;) {
+    }
+}
+
+typedef void (*handler_t)(void);
+
+/* Cortex-M vector table: initial stack pointer, 15 system exceptions, 32 external interrupts. */
+struct vector_table {
+    uint32_t *initial_sp;
+    handler_t system[15];
+    handler_t irq[32];
+};
+
+__attribute__((section(".isr_vector"), used)) static const struct vector_table vectors = {
+    &_estack,
+    {reset_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, 0, 0, 0, 0,
+     fault_handler, fault_handler, 0, fault_handler, systick_handler},
+    {uart0_rx_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
+     fault_handler, timer0_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
+     fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
+     fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
+     fault_handler, fault_handler, fault_handler, fault_handler}};
+
+/* ------------------------------------------------------------------------------ board API */
+
+void board_init(void)
+{
+    /* This board has no reset-cause register: RAM survives a warm reset, so a magic word that is
+     * there at boot means one. (No hardware watchdog is used, so BOARD_RESET_WATCHDOG never occurs.) */
+    reset_cause = reset_magic == RESET_MAGIC ? BOARD_RESET_WARM : BOARD_RESET_POWER_ON;
+    reset_magic = RESET_MAGIC;
+
+    UART0->bauddiv = CORE_HZ / 2000000u < 16u ? 16u : CORE_HZ / 2000000u;
+    UART0->ctrl = UART_CTRL_TXEN | UART_CTRL_RXEN | UART_CTRL_RXIRQ;
+    UART1->bauddiv = CORE_HZ / 115200u;
+    UART1->ctrl = UART_CTRL_TXEN;
+
+    SYST_RVR = CORE_HZ / 1000u - 1u;
+    SYST_CVR = 0;
+    SYST_CSR = 0x7u; /* core clock, interrupt, enable */
+
+    TIMER0->reload = CORE_HZ / CONTROLLER_VSYNC_HZ - 1u;
+    TIMER0->value = TIMER0->reload;
+    TIMER0->intstatus = 1u;
+    TIMER0->ctrl = TIMER_CTRL_EN | TIMER_CTRL_IRQ;
+
+    NVIC_ISER0 = (1u << IRQ_UART0_RX) | (1u << IRQ_TIMER0);
+    __asm__ volatile("cpsie i" ::: "memory");
+}
+
+uint32_t board_millis(void) { return millis; }
+
+enum board_reset_cause board_reset_cause(void) { return reset_cause; }
+
+static void uart_write(cmsdk_uart_t *uart, const uint8_t *data, size_t len)
+{
+    size_t i;
+    for (i = 0; i < len; i++) {
+        while (uart->state & UART_STATE_TXFULL) {
+        }
+        uart->data = data[i];
+    }
+}
+
+void board_link_write(const uint8_t *data, size_t len) { uart_write(UART0, data, len); }
+
+void board_monitor_write(const char *text)
+{
+    size_t n = 0;
+    while (text[n] != '\0') {
+        n++;
+    }
+    uart_write(UART1, (const uint8_t *)text, n);
+}
+
+void board_led_zone(uint16_t index, uint16_t duty)
+{
+    (void)index;
+    led_shift_register = duty;
+}
+
+static char *put_hex(char *p, uint32_t v)
+{
+    int shift;
+    for (shift = 28; shift >= 0; shift -= 4) {
+        *p++ = "0123456789abcdef"[(v >> shift) & 0xFu];
+    }
+    return p;
+}
+
+void board_led_latch(uint32_t frame_id, uint32_t vsync, uint32_t duty_crc32)
+{
+    char line[32];
+    char *p = line;
+    *p++ = 'A';
+    *p++ = ' ';
+    p = put_hex(p, frame_id);
+    *p++ = ' ';
+    p = put_hex(p, vsync);
+    *p++ = ' ';
+    p = put_hex(p, duty_crc32);
+    *p++ = '\n';
+    *p = '\0';
+    board_monitor_write(line);
+}
+
+int board_led_fault(void) { return 0; }
+
+void board_sleep(int (*work_pending)(void))
+{
+    __asm__ volatile("cpsid i" ::: "memory");
+    if (!work_pending()) {
+        __asm__ volatile("wfi" ::: "memory");
+    }
+    __asm__ volatile("cpsie i" ::: "memory");
+}
+
+int main(void)
+{
+    controller_main();
+    return 0;
+}
