@@ -17,8 +17,16 @@ from firmware_bridge.protocol import Config, MsgType, Zones, encode_message
 from firmware_bridge.simulator import ControllerSimulator
 from firmware_bridge.transports import PtyPair, SerialTransport
 
-__all__ = ["encode_write_ms", "stream_run", "fault_run", "qemu_uart_throughput", "qemu_stream_run",
-           "qemu_full_grid_run", "qemu_fault_run", "qemu_summary"]
+__all__ = [
+    "encode_write_ms",
+    "fault_run",
+    "qemu_fault_run",
+    "qemu_full_grid_run",
+    "qemu_stream_run",
+    "qemu_summary",
+    "qemu_uart_throughput",
+    "stream_run",
+]
 
 
 def _grid(zones: int) -> tuple[int, int]:

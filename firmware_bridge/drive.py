@@ -25,7 +25,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["DUTY_MAX", "drive_table", "duty_u16", "duty_crc32"]
+__all__ = ["DUTY_MAX", "drive_table", "duty_crc32", "duty_u16"]
 
 DUTY_MAX = 65535
 LUT_STEPS = 256
