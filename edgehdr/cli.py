@@ -305,13 +305,13 @@ def _cmd_bridge_bench_qemu(args) -> int:
 
     progress_print = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     try:
-        result = bench.qemu_summary(args.seconds, args.hz, progress=progress_print)
+        result = bench.qemu_summary(args.seconds, args.hz, progress=progress_print, board=args.board)
     except FirmwareUnavailable as exc:
         print(f"edgehdr bridge bench: {exc}", file=sys.stderr)
         return 2
     st, full, fr = result["stream"], result["full_grid"], result["faults"]
-    print(f"emulated MCU link UART: {st['uart_bytes_per_s'] / 1e3:.1f} kB/s (QEMU's CMSDK UART, one byte per round "
-          f"trip); stream uses {st['rows']}x{st['cols']}x{st['bits']}-bit zones, {st['bytes_per_frame']} bytes a "
+    print(f"board {result['board']}: emulated link UART {st['uart_bytes_per_s'] / 1e3:.1f} kB/s (QEMU hands over "
+          f"one byte per main-loop iteration), controller vsync {st['controller_vsync_hz'] or 0:.2f} Hz; stream uses {st['rows']}x{st['cols']}x{st['bits']}-bit zones, {st['bytes_per_frame']} bytes a "
           f"frame, {100 * st['uart_load']:.0f}% of it")
     print(f"stream {st['seconds']:g} s at {st['hz']:g} Hz: sent {st['frames_sent']}/{st['frames_submitted']}, applied "
           f"{st['frames_applied']} ({100 * st['applied_fraction']:.2f}%), corrupted accepted "
@@ -340,7 +340,6 @@ def _cmd_bridge_bench(args) -> int:
     from firmware_bridge import bench
 
     if args.controller == "qemu":
-        args.hz = args.hz or 60.0
         return _cmd_bridge_bench_qemu(args)
     args.hz = args.hz or 120.0
     progress_print = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
@@ -484,9 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sim: the Python controller simulator on a pty; qemu: the C firmware "
                         "(firmware_bridge/firmware) built with arm-none-eabi-gcc and run in qemu-system-arm")
     b.add_argument("--zones", type=int, default=2304, help="zones per frame for --controller sim")
+    b.add_argument("--board", choices=("mps2_an385", "lm3s6965evb"), default="mps2_an385",
+                   help="with --controller qemu: the emulated board (firmware_bridge/firmware/board_<name>.c)")
     b.add_argument("--hz", type=float, default=None,
-                   help="zone frames per second (default: 120 with sim; 60 with qemu, whose emulated UART "
-                        "carries only ~5-10 kB/s, see firmware_bridge/firmware/README.md)")
+                   help="zone frames per second (default: 120; with --controller qemu 60 on mps2_an385, whose "
+                        "emulated UART carries ~10 kB/s, 120 on lm3s6965evb; see firmware_bridge/firmware/PORTING.md)")
     b.add_argument("--seconds", type=float, default=60.0)
     b.add_argument("--json", help="also write the figures as JSON")
     b.set_defaults(func=_cmd_bridge_bench)

@@ -28,10 +28,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FIRMWARE_DIR", "FirmwareUnavailable", "MonitorLine", "QemuController", "build_firmware",
+__all__ = ["BOARDS", "FIRMWARE_DIR", "FirmwareUnavailable", "MonitorLine", "QemuController", "build_firmware",
            "toolchain_missing"]
 
 FIRMWARE_DIR = Path(__file__).resolve().parent / "firmware"
+# Board name (firmware/board_<name>.c) -> QEMU machine. mps2_an385's CMSDK UART holds one byte; lm3s6965evb's
+# PL011 has a 16-byte receive FIFO, so the emulated link carries several times more (firmware/PORTING.md).
+BOARDS = {"mps2_an385": "mps2-an385", "lm3s6965evb": "lm3s6965evb"}
 _INSTALL_HINT = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 
 
@@ -44,21 +47,23 @@ def toolchain_missing(qemu: str = "qemu-system-arm") -> list[str]:
     return [tool for tool in ("make", "arm-none-eabi-gcc", qemu) if shutil.which(tool) is None]
 
 
-def build_firmware(build_dir: str | os.PathLike | None = None) -> Path:
-    """Build ``controller.elf`` (``make -C firmware_bridge/firmware``) and return its path.
+def build_firmware(build_dir: str | os.PathLike | None = None, board: str = "mps2_an385") -> Path:
+    """Build the firmware for ``board`` (``make -C firmware_bridge/firmware BOARD=...``); returns the ELF's path.
 
     ``build_dir`` defaults to ``firmware/build`` beside the sources; make rebuilds only what changed.
     Raises ``FirmwareUnavailable`` with the compiler's output when the build fails.
     """
+    if board not in BOARDS:
+        raise ValueError(f"unknown board {board!r}; boards: {', '.join(BOARDS)}")
     missing = [t for t in toolchain_missing() if t != "qemu-system-arm"]
     if missing:
         raise FirmwareUnavailable(f"cannot build the firmware: {', '.join(missing)} not found ({_INSTALL_HINT})")
     build = Path(build_dir) if build_dir is not None else FIRMWARE_DIR / "build"
-    proc = subprocess.run(["make", "-C", str(FIRMWARE_DIR), f"BUILD={build.resolve()}"], capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(["make", "-C", str(FIRMWARE_DIR), f"BUILD={build.resolve()}", f"BOARD={board}"],
+                          capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise FirmwareUnavailable(f"firmware build failed (make -C {FIRMWARE_DIR}):\n{proc.stdout}{proc.stderr}")
-    return build.resolve() / "controller.elf"
+    return build.resolve() / ("controller.elf" if board == "mps2_an385" else f"controller-{board}.elf")
 
 
 @dataclass(frozen=True)
@@ -88,19 +93,23 @@ class QemuController:
     Parameters
     ----------
     elf : path, optional
-        Firmware image; built with ``build_firmware`` when omitted.
+        Firmware image for ``board``; built with ``build_firmware`` when omitted.
+    board : {'mps2_an385', 'lm3s6965evb'}
+        Which board (and QEMU machine) the firmware runs on.
     qemu : str
         The QEMU system emulator binary.
     boot_timeout_s : float
         How long to wait for QEMU's pty and the firmware's boot line.
     """
 
-    def __init__(self, elf: str | os.PathLike | None = None, *, qemu: str = "qemu-system-arm",
-                 boot_timeout_s: float = 10.0):
+    def __init__(self, elf: str | os.PathLike | None = None, *, board: str = "mps2_an385",
+                 qemu: str = "qemu-system-arm", boot_timeout_s: float = 10.0):
+        if board not in BOARDS:
+            raise ValueError(f"unknown board {board!r}; boards: {', '.join(BOARDS)}")
+        self.board = board
         self.qemu = qemu
         self.elf = Path(elf) if elf is not None else None
         self.boot_timeout_s = boot_timeout_s
-        self.extra_args = list(os.environ.get("EDGEHDR_QEMU_ARGS", "").split())
         self.pty_path = ""
         self.lines: list[MonitorLine] = []
         self._proc: subprocess.Popen | None = None
@@ -118,15 +127,15 @@ class QemuController:
             raise FirmwareUnavailable(f"{', '.join(missing)} not found ({_INSTALL_HINT})")
         if shutil.which(self.qemu) is None:
             raise FirmwareUnavailable(f"{self.qemu} not found ({_INSTALL_HINT})")
-        elf = self.elf or build_firmware()
+        elf = self.elf or build_firmware(board=self.board)
         self._tmp = tempfile.TemporaryDirectory(prefix="edgehdr-qemu-")
         tmp = Path(self._tmp.name)
         self._monitor_log = tmp / "monitor.log"
         self._monitor_log.touch()
         self._qmp_path = tmp / "hmp.sock"
-        cmd = [self.qemu, "-M", "mps2-an385", "-display", "none", "-nodefaults", "-kernel", str(elf),
+        cmd = [self.qemu, "-M", BOARDS[self.board], "-display", "none", "-nodefaults", "-kernel", str(elf),
                "-serial", "pty", "-serial", f"file:{self._monitor_log}",
-               "-monitor", f"unix:{self._qmp_path},server=on,wait=off", "-nic", "none", *self.extra_args]
+               "-monitor", f"unix:{self._qmp_path},server=on,wait=off", "-nic", "none"]
         # QEMU names the pty it opened ("char device redirected to /dev/pts/N (label serial0)") on stdout.
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True)

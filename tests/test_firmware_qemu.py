@@ -68,6 +68,21 @@ def test_stream_every_applied_frame_is_what_was_sent(controller):
     assert result["applied_fraction"] >= 0.95, result
     status = result["firmware_status"]
     assert status["state"] == 1 and status["crc_errors"] == 0 and status["framing_errors"] == 0
+    assert abs(result["controller_vsync_hz"] - 120.0) < 3.0  # the APB timer ticks at 120 Hz of wall time
+
+
+@needs_toolchain
+def test_the_port_to_a_second_board_behaves_the_same(tmp_path):
+    """board_lm3s6965evb.c (PL011 UART, vsync from SysTick) is the only file that differs."""
+    elf = build_firmware(tmp_path, board="lm3s6965evb")
+    with QemuController(elf, board="lm3s6965evb") as qemu:
+        stream = bench.qemu_stream_run(2.0, bits=12, controller=qemu)  # 120 Hz, 4x6 zones at 12 bit, packed
+        faults = bench.qemu_fault_run(60.0, bursts=5, controller=qemu)
+    assert stream["corrupted_accepted"] == 0 and stream["applied_fraction"] >= 0.95, stream
+    assert stream["hz"] == 120.0 and stream["bits"] == 12
+    assert abs(stream["controller_vsync_hz"] - 120.0) < 3.0, stream
+    assert faults["errors_counted_by_firmware"] == 5 and faults["reset_boot_line"] == "reset", faults
+    assert faults["resume_after_reset_s"] is not None and faults["resume_after_reset_s"] <= 1.0, faults
 
 
 @needs_toolchain

@@ -20,8 +20,8 @@ CASES = Path(__file__).with_name("gstreamer_cases.py")
 
 
 def test_gstreamer_source_on_a_real_pipeline():
-    probe = subprocess.run([sys.executable, "-c", "import gi; gi.require_version('Gst', '1.0'); "
-                            "from gi.repository import Gst"], capture_output=True, text=True, check=False)
+    code = "import gi; gi.require_version('Gst', '1.0'); from gi.repository import Gst"
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         pytest.skip("GStreamer Python bindings missing: apt install gir1.2-gstreamer-1.0 gstreamer1.0-plugins-base "
                     "gstreamer1.0-plugins-good and pip install 'PyGObject<3.51' (.ci/run does)")

@@ -1,0 +1,274 @@
+/*
+ * board_lm3s6965evb.c - board layer for TI's Stellaris LM3S6965 evaluation board (Cortex-M3), as QEMU's
+ * `-M lm3s6965evb` emulates it: the port of the reference controller to a second board, in one file.
+ *
+ *   link UART      UART0 (PL011, 0x4000C000) with its 16-byte FIFOs, RX interrupt = IRQ 5 -> QEMU -serial #1
+ *   monitor        UART1 (PL011, 0x4000D000), polled TX                                   -> QEMU -serial #2
+ *   clock          50 MHz from the PLL and the board's 8 MHz crystal (SYSDIV 4), set up as TivaWare's
+ *                  SysCtlClockSet does; QEMU derives its clock from the same RCC fields (200 MHz / (SYSDIV + 1))
+ *   millisecond    SysTick at 1 kHz from the core clock
+ *   vsync          derived from the same tick: CONTROLLER_VSYNC_HZ ticks per 1000 ms, spread evenly
+ *   LED drivers    as on MPS2: a driver shift register stand-in, and "A <frame_id> <vsync> <crc32>\n" lines
+ *   reset cause    a magic word in .noinit RAM (kept across QEMU's system_reset, as on MPS2)
+ *
+ * Why a second board: it shows what a port is (this file, nothing else changes) and runs the same controller
+ * on a different UART (PL011 with FIFOs) and a different vsync source (derived from SysTick). In QEMU its link
+ * is about ten times faster than MPS2's: the PL011 queues bytes in its FIFO without waiting for the CPU.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "board.h"
+#include "controller.h"
+
+#define CORE_HZ 50000000u
+
+#define SYSCTL_RIS (*(volatile uint32_t *)0x400FE050u)
+#define SYSCTL_MISC (*(volatile uint32_t *)0x400FE058u)
+#define SYSCTL_RCC (*(volatile uint32_t *)0x400FE060u)
+#define RCC_MOSCDIS 0x00000001u
+#define RCC_OSCSRC_M 0x00000030u
+#define RCC_XTAL_M 0x000003C0u
+#define RCC_XTAL_8MHZ 0x00000380u
+#define RCC_BYPASS 0x00000800u
+#define RCC_PWRDN 0x00002000u
+#define RCC_USESYSDIV 0x00400000u
+#define RCC_SYSDIV_M 0x07800000u
+#define RCC_SYSDIV_4 0x01800000u /* SYSDIV = 3: 200 MHz / 4 */
+#define SYSCTL_PLLLRIS 0x40u
+
+typedef struct {
+    volatile uint32_t dr, rsr, reserved0[4], fr, reserved1, ilpr, ibrd, fbrd, lcrh, ctl, ifls, im, ris, mis, icr;
+} pl011_t;
+
+#define UART0 ((pl011_t *)0x4000C000u)
+#define UART1 ((pl011_t *)0x4000D000u)
+#define UART_FR_RXFE 0x10u
+#define UART_FR_TXFF 0x20u
+#define UART_LCRH_FEN 0x10u
+#define UART_LCRH_WLEN8 0x60u
+#define UART_CTL_EN 0x301u /* UARTEN | TXE | RXE */
+#define UART_INT_RX 0x10u
+#define UART_INT_RT 0x40u
+
+#define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
+#define SYST_RVR (*(volatile uint32_t *)0xE000E014u)
+#define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
+#define NVIC_ISER0 (*(volatile uint32_t *)0xE000E100u)
+#define IRQ_UART0 5u
+
+#define RESET_MAGIC 0x45484C4Bu /* "EHLK" */
+
+extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
+int main(void);
+
+static volatile uint32_t millis;
+static enum board_reset_cause reset_cause;
+static volatile uint16_t led_shift_register; /* stand-in for the LED drivers' SPI data register */
+__attribute__((section(".noinit"))) static volatile uint32_t reset_magic;
+
+/* ------------------------------------------------------------------------------ libc stand-ins */
+
+void *memcpy(void *dst, const void *src, size_t n);
+void *memset(void *dst, int c, size_t n);
+
+void *memcpy(void *dst, const void *src, size_t n)
+{
+    uint8_t *d = dst;
+    const uint8_t *s = src;
+    while (n--) {
+        *d++ = *s++;
+    }
+    return dst;
+}
+
+void *memset(void *dst, int c, size_t n)
+{
+    uint8_t *d = dst;
+    while (n--) {
+        *d++ = (uint8_t)c;
+    }
+    return dst;
+}
+
+/* ------------------------------------------------------------------------------ interrupts */
+
+static void uart0_handler(void)
+{
+    /* Clear, then drain the FIFO: a byte that lands after the last read raises a new interrupt. */
+    UART0->icr = UART_INT_RX | UART_INT_RT;
+    while (!(UART0->fr & UART_FR_RXFE)) {
+        controller_rx_byte((uint8_t)UART0->dr);
+    }
+}
+
+static uint32_t vsync_acc;
+
+static void systick_handler(void)
+{
+    millis++;
+    vsync_acc += CONTROLLER_VSYNC_HZ; /* a vsync whenever 1000 ms worth of CONTROLLER_VSYNC_HZ has accrued */
+    if (vsync_acc >= 1000u) {
+        vsync_acc -= 1000u;
+        controller_vsync_isr();
+    }
+}
+
+static void fault_handler(void)
+{
+    for (;;) {
+    }
+}
+
+void reset_handler(void);
+
+void reset_handler(void)
+{
+    uint32_t *src = &_sidata, *dst = &_sdata;
+    while (dst < &_edata) {
+        *dst++ = *src++;
+    }
+    for (dst = &_sbss; dst < &_ebss; dst++) {
+        *dst = 0;
+    }
+    (void)main();
+    for (;;) {
+    }
+}
+
+typedef void (*handler_t)(void);
+
+/* Cortex-M vector table: initial stack pointer, 15 system exceptions, 32 external interrupts. */
+struct vector_table {
+    uint32_t *initial_sp;
+    handler_t system[15];
+    handler_t irq[32];
+};
+
+__attribute__((section(".isr_vector"), used)) static const struct vector_table vectors = {
+    &_estack,
+    {reset_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, 0, 0, 0, 0,
+     fault_handler, fault_handler, 0, fault_handler, systick_handler},
+    {fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, uart0_handler, fault_handler, fault_handler,
+     fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
+     fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
+     fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler}};
+
+/* ------------------------------------------------------------------------------ board API */
+
+/* PLL from the main oscillator (8 MHz crystal), system clock 200 MHz / 4 = 50 MHz. */
+static void clock_init(void)
+{
+    uint32_t rcc = SYSCTL_RCC, spin;
+    rcc = (rcc | RCC_BYPASS) & ~RCC_USESYSDIV; /* run from the oscillator while the PLL changes */
+    SYSCTL_RCC = rcc;
+    rcc &= ~(RCC_MOSCDIS | RCC_OSCSRC_M | RCC_XTAL_M | RCC_PWRDN | RCC_SYSDIV_M);
+    rcc |= RCC_XTAL_8MHZ | RCC_SYSDIV_4 | RCC_USESYSDIV;
+    SYSCTL_MISC = SYSCTL_PLLLRIS;
+    SYSCTL_RCC = rcc;
+    for (spin = 0; spin < 100000u && !(SYSCTL_RIS & SYSCTL_PLLLRIS); spin++) {
+    }
+    SYSCTL_RCC = rcc & ~RCC_BYPASS;
+}
+
+void board_init(void)
+{
+    /* This board has no reset-cause register: RAM survives a warm reset, so a magic word that is
+     * there at boot means one. (No hardware watchdog is used, so BOARD_RESET_WATCHDOG never occurs.) */
+    reset_cause = reset_magic == RESET_MAGIC ? BOARD_RESET_WARM : BOARD_RESET_POWER_ON;
+    reset_magic = RESET_MAGIC;
+
+    clock_init();
+    /* 115200 baud from 50 MHz: 27.127 = 27 + 8/64 (QEMU does not emulate the baud rate; a board does). */
+    UART0->ctl = 0;
+    UART0->ibrd = 27u;
+    UART0->fbrd = 8u;
+    UART0->lcrh = UART_LCRH_WLEN8 | UART_LCRH_FEN;
+    UART0->im = UART_INT_RX | UART_INT_RT;
+    UART0->ctl = UART_CTL_EN;
+    UART1->ctl = 0;
+    UART1->ibrd = 27u;
+    UART1->fbrd = 8u;
+    UART1->lcrh = UART_LCRH_WLEN8 | UART_LCRH_FEN;
+    UART1->ctl = UART_CTL_EN;
+
+    SYST_RVR = CORE_HZ / 1000u - 1u;
+    SYST_CVR = 0;
+    SYST_CSR = 0x7u; /* core clock, interrupt, enable */
+
+    NVIC_ISER0 = 1u << IRQ_UART0;
+    __asm__ volatile("cpsie i" ::: "memory");
+}
+
+uint32_t board_millis(void) { return millis; }
+
+enum board_reset_cause board_reset_cause(void) { return reset_cause; }
+
+static void uart_write(pl011_t *uart, const uint8_t *data, size_t len)
+{
+    size_t i;
+    for (i = 0; i < len; i++) {
+        while (uart->fr & UART_FR_TXFF) {
+        }
+        uart->dr = data[i];
+    }
+}
+
+void board_link_write(const uint8_t *data, size_t len) { uart_write(UART0, data, len); }
+
+void board_monitor_write(const char *text)
+{
+    size_t n = 0;
+    while (text[n] != '\0') {
+        n++;
+    }
+    uart_write(UART1, (const uint8_t *)text, n);
+}
+
+void board_led_zone(uint16_t index, uint16_t duty)
+{
+    (void)index;
+    led_shift_register = duty;
+}
+
+static char *put_hex(char *p, uint32_t v)
+{
+    int shift;
+    for (shift = 28; shift >= 0; shift -= 4) {
+        *p++ = "0123456789abcdef"[(v >> shift) & 0xFu];
+    }
+    return p;
+}
+
+void board_led_latch(uint32_t frame_id, uint32_t vsync, uint32_t duty_crc32)
+{
+    char line[32];
+    char *p = line;
+    *p++ = 'A';
+    *p++ = ' ';
+    p = put_hex(p, frame_id);
+    *p++ = ' ';
+    p = put_hex(p, vsync);
+    *p++ = ' ';
+    p = put_hex(p, duty_crc32);
+    *p++ = '\n';
+    *p = '\0';
+    board_monitor_write(line);
+}
+
+int board_led_fault(void) { return 0; }
+
+void board_sleep(int (*work_pending)(void))
+{
+    __asm__ volatile("cpsid i" ::: "memory");
+    if (!work_pending()) {
+        __asm__ volatile("wfi" ::: "memory");
+    }
+    __asm__ volatile("cpsie i" ::: "memory");
+}
+
+int main(void)
+{
+    controller_main();
+    return 0;
+}
