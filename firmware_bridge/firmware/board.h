@@ -11,8 +11,10 @@
  *   - The vsync timer's interrupt calls controller_vsync_isr().
  *   - board_link_write() sends bytes on the link UART and returns once they are queued/sent.
  *   - board_led_zone()/board_led_latch() stream one frame of 16-bit duty values to the LED drivers
- *     (zone order row-major) and latch them; the controller passes the CRC-32 of the duty values so
- *     a board can report it on its monitor output (the host's bench verifies every applied frame).
+ *     (zone order row-major) and latch them at once.
+ *   - board_monitor_write() is diagnostic output (a second UART, SWO, RTT); the controller writes one
+ *     line per event there, e.g. "A <frame_id> <vsync> <crc32 of the duty values>" per latched frame,
+ *     which the host's bench checks against what it sent.
  *   - board_sleep() waits for the next interrupt unless work_pending() says there is work; it must
  *     close the race between the check and the wait (on Cortex-M: CPSID, check, WFI, CPSIE).
  */
@@ -33,7 +35,7 @@ uint32_t board_millis(void);
 enum board_reset_cause board_reset_cause(void);
 void board_link_write(const uint8_t *data, size_t len);
 void board_led_zone(uint16_t index, uint16_t duty);
-void board_led_latch(uint32_t frame_id, uint32_t vsync, uint32_t duty_crc32);
+void board_led_latch(void);
 int board_led_fault(void);
 void board_monitor_write(const char *text);
 void board_sleep(int (*work_pending)(void));

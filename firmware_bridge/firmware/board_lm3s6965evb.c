@@ -8,7 +8,7 @@
  *                  SysCtlClockSet does; QEMU derives its clock from the same RCC fields (200 MHz / (SYSDIV + 1))
  *   millisecond    SysTick at 1 kHz from the core clock
  *   vsync          derived from the same tick: CONTROLLER_VSYNC_HZ ticks per 1000 ms, spread evenly
- *   LED drivers    as on MPS2: a driver shift register stand-in, and "A <frame_id> <vsync> <crc32>\n" lines
+ *   LED drivers    as on MPS2: a driver shift register stand-in; the controller reports each latch
  *   reset cause    a magic word in .noinit RAM (kept across QEMU's system_reset, as on MPS2)
  *
  * Why a second board: it shows what a port is (this file, nothing else changes) and runs the same controller
@@ -20,6 +20,7 @@
 
 #include "board.h"
 #include "controller.h"
+#include "cortex_m.h"
 
 #define CORE_HZ 50000000u
 
@@ -59,37 +60,12 @@ typedef struct {
 
 #define RESET_MAGIC 0x45484C4Bu /* "EHLK" */
 
-extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
-int main(void);
 
 static volatile uint32_t millis;
 static enum board_reset_cause reset_cause;
 static volatile uint16_t led_shift_register; /* stand-in for the LED drivers' SPI data register */
+static volatile uint32_t led_latch_count;     /* stand-in for the drivers' latch strobe */
 __attribute__((section(".noinit"))) static volatile uint32_t reset_magic;
-
-/* ------------------------------------------------------------------------------ libc stand-ins */
-
-void *memcpy(void *dst, const void *src, size_t n);
-void *memset(void *dst, int c, size_t n);
-
-void *memcpy(void *dst, const void *src, size_t n)
-{
-    uint8_t *d = dst;
-    const uint8_t *s = src;
-    while (n--) {
-        *d++ = *s++;
-    }
-    return dst;
-}
-
-void *memset(void *dst, int c, size_t n)
-{
-    uint8_t *d = dst;
-    while (n--) {
-        *d++ = (uint8_t)c;
-    }
-    return dst;
-}
 
 /* ------------------------------------------------------------------------------ interrupts */
 
@@ -113,37 +89,6 @@ static void systick_handler(void)
         controller_vsync_isr();
     }
 }
-
-static void fault_handler(void)
-{
-    for (;;) {
-    }
-}
-
-void reset_handler(void);
-
-void reset_handler(void)
-{
-    uint32_t *src = &_sidata, *dst = &_sdata;
-    while (dst < &_edata) {
-        *dst++ = *src++;
-    }
-    for (dst = &_sbss; dst < &_ebss; dst++) {
-        *dst = 0;
-    }
-    (void)main();
-    for (;;) {
-    }
-}
-
-typedef void (*handler_t)(void);
-
-/* Cortex-M vector table: initial stack pointer, 15 system exceptions, 32 external interrupts. */
-struct vector_table {
-    uint32_t *initial_sp;
-    handler_t system[15];
-    handler_t irq[32];
-};
 
 __attribute__((section(".isr_vector"), used)) static const struct vector_table vectors = {
     &_estack,
@@ -231,44 +176,6 @@ void board_led_zone(uint16_t index, uint16_t duty)
     led_shift_register = duty;
 }
 
-static char *put_hex(char *p, uint32_t v)
-{
-    int shift;
-    for (shift = 28; shift >= 0; shift -= 4) {
-        *p++ = "0123456789abcdef"[(v >> shift) & 0xFu];
-    }
-    return p;
-}
-
-void board_led_latch(uint32_t frame_id, uint32_t vsync, uint32_t duty_crc32)
-{
-    char line[32];
-    char *p = line;
-    *p++ = 'A';
-    *p++ = ' ';
-    p = put_hex(p, frame_id);
-    *p++ = ' ';
-    p = put_hex(p, vsync);
-    *p++ = ' ';
-    p = put_hex(p, duty_crc32);
-    *p++ = '\n';
-    *p = '\0';
-    board_monitor_write(line);
-}
+void board_led_latch(void) { led_latch_count++; }
 
 int board_led_fault(void) { return 0; }
-
-void board_sleep(int (*work_pending)(void))
-{
-    __asm__ volatile("cpsid i" ::: "memory");
-    if (!work_pending()) {
-        __asm__ volatile("wfi" ::: "memory");
-    }
-    __asm__ volatile("cpsie i" ::: "memory");
-}
-
-int main(void)
-{
-    controller_main();
-    return 0;
-}

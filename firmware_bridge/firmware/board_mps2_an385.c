@@ -6,18 +6,18 @@
  *   monitor        CMSDK UART1 (0x40005000), polled TX              -> QEMU -serial #2
  *   millisecond    SysTick at 1 kHz from the 25 MHz core clock
  *   vsync          CMSDK APB timer 0 (0x40000000), IRQ 8, at CONTROLLER_VSYNC_HZ
- *   LED drivers    none on this board: duty values go to a driver shift register stand-in, and each
- *                  latched frame is reported on the monitor as "A <frame_id> <vsync> <crc32>\n" (hex)
+ *   LED drivers    none on this board: duty values go to a driver shift register stand-in (the controller
+ *                  reports each latched frame on the monitor)
  *   reset cause    a magic word in .noinit RAM (QEMU, like SRAM, keeps RAM across system_reset)
  *
- * Also the vector table, the reset handler (.data copy, .bss clear) and memcpy/memset, which gcc
- * may emit calls to even under -ffreestanding (there is no libc).
+ * Also the vector table; the start-up and idle code every Cortex-M board shares is cortex_m.c.
  */
 #include <stddef.h>
 #include <stdint.h>
 
 #include "board.h"
 #include "controller.h"
+#include "cortex_m.h"
 
 #define CORE_HZ 25000000u
 
@@ -50,37 +50,12 @@ typedef struct {
 
 #define RESET_MAGIC 0x45484C4Bu /* "EHLK" */
 
-extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
-int main(void);
 
 static volatile uint32_t millis;
 static enum board_reset_cause reset_cause;
 static volatile uint16_t led_shift_register; /* stand-in for the LED drivers' SPI data register */
+static volatile uint32_t led_latch_count;     /* stand-in for the drivers' latch strobe */
 __attribute__((section(".noinit"))) static volatile uint32_t reset_magic;
-
-/* ------------------------------------------------------------------------------ libc stand-ins */
-
-void *memcpy(void *dst, const void *src, size_t n);
-void *memset(void *dst, int c, size_t n);
-
-void *memcpy(void *dst, const void *src, size_t n)
-{
-    uint8_t *d = dst;
-    const uint8_t *s = src;
-    while (n--) {
-        *d++ = *s++;
-    }
-    return dst;
-}
-
-void *memset(void *dst, int c, size_t n)
-{
-    uint8_t *d = dst;
-    while (n--) {
-        *d++ = (uint8_t)c;
-    }
-    return dst;
-}
 
 /* ------------------------------------------------------------------------------ interrupts */
 
@@ -101,37 +76,6 @@ static void timer0_handler(void)
 }
 
 static void systick_handler(void) { millis++; }
-
-static void fault_handler(void)
-{
-    for (;;) {
-    }
-}
-
-void reset_handler(void);
-
-void reset_handler(void)
-{
-    uint32_t *src = &_sidata, *dst = &_sdata;
-    while (dst < &_edata) {
-        *dst++ = *src++;
-    }
-    for (dst = &_sbss; dst < &_ebss; dst++) {
-        *dst = 0;
-    }
-    (void)main();
-    for (;;) {
-    }
-}
-
-typedef void (*handler_t)(void);
-
-/* Cortex-M vector table: initial stack pointer, 15 system exceptions, 32 external interrupts. */
-struct vector_table {
-    uint32_t *initial_sp;
-    handler_t system[15];
-    handler_t irq[32];
-};
 
 __attribute__((section(".isr_vector"), used)) static const struct vector_table vectors = {
     &_estack,
@@ -201,44 +145,6 @@ void board_led_zone(uint16_t index, uint16_t duty)
     led_shift_register = duty;
 }
 
-static char *put_hex(char *p, uint32_t v)
-{
-    int shift;
-    for (shift = 28; shift >= 0; shift -= 4) {
-        *p++ = "0123456789abcdef"[(v >> shift) & 0xFu];
-    }
-    return p;
-}
-
-void board_led_latch(uint32_t frame_id, uint32_t vsync, uint32_t duty_crc32)
-{
-    char line[32];
-    char *p = line;
-    *p++ = 'A';
-    *p++ = ' ';
-    p = put_hex(p, frame_id);
-    *p++ = ' ';
-    p = put_hex(p, vsync);
-    *p++ = ' ';
-    p = put_hex(p, duty_crc32);
-    *p++ = '\n';
-    *p = '\0';
-    board_monitor_write(line);
-}
+void board_led_latch(void) { led_latch_count++; }
 
 int board_led_fault(void) { return 0; }
-
-void board_sleep(int (*work_pending)(void))
-{
-    __asm__ volatile("cpsid i" ::: "memory");
-    if (!work_pending()) {
-        __asm__ volatile("wfi" ::: "memory");
-    }
-    __asm__ volatile("cpsie i" ::: "memory");
-}
-
-int main(void)
-{
-    controller_main();
-    return 0;
-}

@@ -139,7 +139,33 @@ static uint16_t drive(uint16_t level)
     return (uint16_t)(drive_lut[k] + (((uint32_t)(drive_lut[k + 1u] - drive_lut[k]) * f + 0x8000u) >> 16));
 }
 
-/* Drive the front buffer to the LEDs and latch it; the CRC-32 of the duty values goes to the board. */
+static char *put_hex(char *p, uint32_t v)
+{
+    int shift;
+    for (shift = 28; shift >= 0; shift -= 4) {
+        *p++ = "0123456789abcdef"[(v >> shift) & 0xFu];
+    }
+    return p;
+}
+
+/* "A <frame_id> <vsync> <crc32>\n" in hex on the monitor: what the host's bench checks every applied frame by. */
+static void monitor_applied(uint32_t frame_id, uint32_t vsync, uint32_t duty_crc32)
+{
+    char line[32];
+    char *p = line;
+    *p++ = 'A';
+    *p++ = ' ';
+    p = put_hex(p, frame_id);
+    *p++ = ' ';
+    p = put_hex(p, vsync);
+    *p++ = ' ';
+    p = put_hex(p, duty_crc32);
+    *p++ = '\n';
+    *p = '\0';
+    board_monitor_write(line);
+}
+
+/* Drive the front buffer to the LEDs, latch it and report the CRC-32 of the duty values on the monitor. */
 static void output_front(uint32_t frame_id)
 {
     uint8_t chunk[64];
@@ -157,7 +183,8 @@ static void output_front(uint32_t frame_id)
         }
     }
     crc = ehl_crc32(crc, chunk, used);
-    board_led_latch(frame_id, vsync_count, crc);
+    board_led_latch();
+    monitor_applied(frame_id, vsync_count, crc);
 }
 
 static void fill_safe(void)
