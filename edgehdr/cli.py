@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -239,8 +241,20 @@ def _cmd_bridge_simulate(args) -> int:
         endpoint = UdpControllerEndpoint((host or "127.0.0.1", int(port)))
         pair = None
     else:
+        if args.pty:
+            link = Path(args.pty)
+            stale_pty_link = link.is_symlink() and os.readlink(link).startswith("/dev/pts/")
+            if (link.exists() or link.is_symlink()) and not stale_pty_link:
+                print(f"edgehdr bridge simulate: error: --pty {link} exists and is not a link to a pty; refusing to "
+                      "replace it (give a path that does not exist yet)", file=sys.stderr)
+                return 2
         pair = PtyPair(args.pty)
         endpoint = pair.controller
+
+    def _stop_on_signal(signum, frame):
+        raise KeyboardInterrupt  # SIGTERM like Ctrl-C: the finally below removes the pty link
+
+    previous_term = signal.signal(signal.SIGTERM, _stop_on_signal)
     sim = ControllerSimulator(endpoint, rows=args.rows, cols=args.cols, max_bits=args.bits,
                               vsync_hz=args.vsync_hz).start()
     where = f"udp:{endpoint.address[0]}:{endpoint.address[1]}" if args.udp else pair.path
@@ -257,6 +271,7 @@ def _cmd_bridge_simulate(args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous_term)
         sim.stop()
         if pair is not None:
             pair.close()

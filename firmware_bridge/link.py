@@ -66,6 +66,8 @@ class LinkStats:
     rx_crc_errors: int = 0
     rx_framing_errors: int = 0
     transport_errors: int = 0
+    rejections: int = 0
+    handshake_retries: int = 0
     last_error: str = ""
     controller: dict = field(default_factory=dict)
     controller_status: dict = field(default_factory=dict)
@@ -110,6 +112,7 @@ class Link:
         self._stop = threading.Event()
         self._running = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -118,6 +121,8 @@ class Link:
         self._silence_s = max(0.15, 3 * self._heartbeat_s)
         self.sent_log: dict[int, int] = {}  # frame_id -> monotonic ns when written (bounded)
         self._decoder = FrameDecoder()
+        self._reject_backoff = 1.0
+        self._retry_at = 0.0
 
     # ---------------------------------------------------------------------------------- public API
 
@@ -138,8 +143,14 @@ class Link:
         self._set_state("stopped")
 
     def close(self) -> None:
+        """Stop the I/O thread, close the transport and the wake pipe. Idempotent: a second call does nothing
+        (closing the pipe's descriptors twice would close whatever file has reused their numbers)."""
+        if self._closed:
+            return
+        self._closed = True
         self.stop()
-        for fd in (self._wake_r, self._wake_w):
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
@@ -189,6 +200,8 @@ class Link:
     # ---------------------------------------------------------------------------------- internals
 
     def _wake(self) -> None:
+        if self._wake_w < 0:
+            return
         try:
             os.write(self._wake_w, b"\x01")
         except (BlockingIOError, OSError):
@@ -307,6 +320,16 @@ class Link:
             if self.status_interval_s and now >= self._next_status:
                 self._write(StatusRequest())
                 self._next_status = now + self.status_interval_s
+        elif state == "rejected" and now >= self._retry_at:
+            with self._lock:
+                self._stats.handshake_retries += 1
+                attempt = self._stats.handshake_retries
+            log.warning("link %s: retrying the handshake after a rejection (attempt %d; last error: %s)",
+                        self.transport.name, attempt, self._stats.last_error)
+            self._opened_at = now
+            self._next_hello = now
+            self._hello_backoff = 0.05
+            self._set_state("hello")
         if state in ("config", "running", "rejected"):
             if now - self._last_tx >= self._heartbeat_s:
                 self._write(Heartbeat(int(now * 1000), State.RUNNING if state == "running" else State.UNCONFIGURED))
@@ -315,6 +338,9 @@ class Link:
 
     def _handle(self, msg, seq: int) -> None:
         if isinstance(msg, Caps):
+            if self._stats.state != "hello":
+                log.debug("link %s: unsolicited CAPS ignored (state %s)", self.transport.name, self._stats.state)
+                return  # CAPS only answers our HELLO; one out of turn (stale, or forged) changes nothing
             with self._lock:
                 self._stats.controller = asdict(msg)
             if msg.version != PROTOCOL_VERSION:
@@ -332,6 +358,7 @@ class Link:
                 with self._lock:
                     self._stats.config_acked += 1
                 self._set_state("running")
+                self._reject_backoff = 1.0
                 log.info("link %s: controller configured (%dx%d, %d bit)", self.transport.name,
                          self.config.rows, self.config.cols, self.config.bits)
         elif isinstance(msg, Nack):
@@ -359,7 +386,12 @@ class Link:
                 self._stats.controller_status = asdict(msg)
 
     def _reject(self, message: str) -> None:
-        log.error("link %s: %s", self.transport.name, message)
+        """The controller refused the session: state ``rejected``; the handshake is retried with backoff
+        (1 s doubling to 30 s), so a transient or forged refusal does not end the link for good."""
+        log.error("link %s: %s; retrying in %.0f s", self.transport.name, message, self._reject_backoff)
         with self._lock:
             self._stats.last_error = message
+            self._stats.rejections += 1
+        self._retry_at = time.monotonic() + self._reject_backoff
+        self._reject_backoff = min(self._reject_backoff * 2, 30.0)
         self._set_state("rejected")

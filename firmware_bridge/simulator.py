@@ -126,7 +126,9 @@ class ControllerSimulator:
         return Status(frames_applied=self.counters.frames_applied, frames_superseded=self.counters.frames_superseded,
                       crc_errors=self.decoder.crc_errors, framing_errors=self.decoder.framing_errors,
                       rejected=self.counters.rejected + self.decoder.rejected,
-                      last_frame_id=self.last_frame_id or 0, faults=self.counters.faults, state=self.state)
+                      last_frame_id=self.last_frame_id or 0,
+                      faults=self.counters.faults | (0x2 if self.decoder.overflows else 0),  # bit 1: RX overflow
+                      state=self.state)
 
     # ------------------------------------------------------------------------------------------ loop
 

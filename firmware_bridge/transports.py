@@ -225,18 +225,25 @@ class SpiTransport(Transport):
 class _DatagramSocket(Transport):
     """A non-blocking UDP socket bound to ``bind``; the base of both link ends over UDP."""
 
-    def __init__(self, bind: tuple[str, int]):
+    def __init__(self, bind: tuple[str, int] | None):
         self.bind = bind
         self._sock = None
+        self._connect_to: tuple[str, int] | None = None
 
     def open(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.bind(self.bind)
+            if self.bind is not None:
+                sock.bind(self.bind)
+            if self._connect_to is not None:
+                # A connected datagram socket: the kernel delivers only the peer's datagrams, so no other
+                # host or port on the network can inject frames into the link.
+                sock.connect(self._connect_to)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            raise TransportError(f"{self.name}: cannot bind {self.bind} ({exc})") from exc
+            where = f"connect to {self._connect_to}" if self._connect_to else f"bind {self.bind}"
+            raise TransportError(f"{self.name}: cannot {where} ({exc})") from exc
         self._sock = sock
 
     @property
@@ -259,7 +266,10 @@ class _DatagramSocket(Transport):
         if self._sock is None:
             raise TransportError(f"{self.name}: not open")
         try:
-            self._sock.sendto(data, address)
+            if address is None:
+                self._sock.send(data)  # connected socket
+            else:
+                self._sock.sendto(data, address)
         except OSError as exc:
             if exc.errno in (errno.ECONNREFUSED, errno.EAGAIN):
                 return  # nobody listening yet / buffer full: datagrams may be lost, the link copes
@@ -292,20 +302,24 @@ class UdpTransport(_DatagramSocket):
     ----------
     host, port : str, int
         The controller's address.
-    bind : (str, int)
-        Local address; port 0 picks a free one.
+    bind : (str, int), optional
+        Local address to bind before connecting; by default the kernel picks the
+        interface that routes to the controller and a free port. The socket is
+        connected to the controller, so datagrams from any other address or port
+        are dropped by the kernel, never seen by the link.
     """
 
-    def __init__(self, host: str, port: int, *, bind: tuple[str, int] = ("0.0.0.0", 0)):
+    def __init__(self, host: str, port: int, *, bind: tuple[str, int] | None = None):
         super().__init__(bind)
         self.address = (host, int(port))
+        self._connect_to = self.address
         self.name = f"udp:{host}:{port}"
 
     def write(self, data: bytes) -> None:
-        self._send(data, self.address)
+        self._send(data, None)
 
     def read(self, max_bytes: int = 65536) -> bytes:
-        return self._receive_all(max_bytes, lambda peer: peer[1] == self.address[1])
+        return self._receive_all(max_bytes, lambda peer: True)  # connected: the kernel drops other senders
 
 
 class UdpControllerEndpoint(_DatagramSocket):

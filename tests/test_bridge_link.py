@@ -174,9 +174,74 @@ def test_version_and_config_refusals_are_reported(tmp_path):
                 stats = link.stats()
                 assert expected in stats["nacks"] and stats["last_error"]
                 assert not link.running
+                # A rejection is not for good: a silent controller is reconnected to; one that keeps talking
+                # (heartbeats) gets the handshake again after 1 s (then 2, 4, ... 30 s).
+                assert wait_for(lambda: link.stats()["rejections"] >= 2, timeout_s=4.0)
+                if expected == "BAD_CONFIG":
+                    assert link.stats()["handshake_retries"] >= 1
         finally:
             sim.stop()
             pair.close()
+
+
+def test_a_rejected_link_recovers_when_the_controller_accepts_again(tmp_path):
+    pair = PtyPair(tmp_path / "tty")
+    sim = ControllerSimulator(pair.controller, version_range=(2, 3)).start()
+    try:
+        with Link(SerialTransport(pair.path), CONFIG) as link:
+            assert wait_for(lambda: link.stats()["state"] == "rejected")
+            sim.version_range = (1, 1)  # e.g. the controller's firmware was updated
+            assert link.wait_running(4.0), link.stats()
+    finally:
+        sim.stop()
+        pair.close()
+
+
+def test_udp_link_ignores_datagrams_from_other_addresses():
+    """A forged CAPS (version 9) from another local address once put the link in 'rejected' for good."""
+    import socket
+
+    from firmware_bridge.protocol import Caps, encode_message
+
+    endpoint = UdpControllerEndpoint(("127.0.0.1", 0))
+    sim = ControllerSimulator(endpoint, vsync_hz=0).start()
+    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        host, port = endpoint.address
+        attacker.bind(("127.0.0.5", port))  # same source port as the controller, another address
+        with Link(UdpTransport(host, port), CONFIG) as link:
+            assert link.wait_running(3.0)
+            forged = encode_message(Caps(version=9, fw_major=6, fw_minor=6, fw_patch=6, rows=1, cols=1, max_bits=8,
+                                         features=0, max_fps=1, max_payload=16), 0)
+            local = link.transport.local_address
+            assert local[0] == "127.0.0.1"  # bound by connect() to the interface that reaches the controller
+            for frame_id in range(1, 40):
+                attacker.sendto(forged, ("127.0.0.1", local[1]))
+                link.send_zones(zones(frame_id), frame_id=frame_id)
+                time.sleep(0.005)
+            assert wait_for(lambda: sim.last_frame_id == 39)
+            stats = link.stats()
+            assert stats["state"] == "running" and stats["rejections"] == 0
+            assert stats["controller"]["version"] == 1
+    finally:
+        attacker.close()
+        sim.stop()
+        endpoint.close()
+
+
+def test_link_close_is_idempotent_and_never_closes_a_reused_descriptor(tmp_path):
+    link = Link(SerialTransport(str(tmp_path / "nope")), CONFIG)
+    wake_fds = (link._wake_r, link._wake_w)
+    link.close()
+    path = tmp_path / "other.txt"
+    with open(path, "w") as other:  # likely reuses one of the freed descriptor numbers
+        link.close()
+        other.write("still open")
+        other.flush()
+        os.fstat(other.fileno())
+    assert path.read_text() == "still open"
+    assert wake_fds[0] >= 0 and link._wake_r == -1 and link._wake_w == -1
+    link.send_zones(zones(1), frame_id=1)  # after close: no write into a stale descriptor, no error
 
 
 def test_udp_transport_to_a_network_controller():
@@ -243,3 +308,39 @@ def test_cli_send_to_a_missing_port_fails_cleanly(tmp_path, capsys):
 
     assert main(["bridge", "send", str(tmp_path / "ttyNONE"), "--connect-timeout", "0.3"]) == 2
     assert "ttyNONE" in capsys.readouterr().err
+
+
+def test_cli_simulate_refuses_to_replace_a_file_and_cleans_up_on_sigterm(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    from edgehdr.cli import main
+
+    precious = tmp_path / "notes.txt"
+    precious.write_text("keep me")
+    assert main(["bridge", "simulate", "--pty", str(precious), "--seconds", "0.1"]) == 2
+    assert "refusing to replace" in capsys.readouterr().err and precious.read_text() == "keep me"
+
+    link = tmp_path / "ttyEH"
+    proc = subprocess.Popen([sys.executable, "-m", "edgehdr.cli", "bridge", "simulate", "--pty", str(link)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "listening" in proc.stdout.readline()
+        assert link.is_symlink() and os.readlink(link).startswith("/dev/pts/")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+    assert not link.exists() and not link.is_symlink()
+
+
+def test_simulator_reports_receive_overflow_in_status(pty_pair, controller):
+    port = SerialTransport(pty_pair.path)
+    port.open()
+    try:
+        port.write(b"\x55" * 6000 + b"\x00")  # longer than any frame: discarded up to the delimiter
+        assert wait_for(lambda: controller.decoder.overflows >= 1)
+    finally:
+        port.close()
+    assert controller.status().faults & 0x2

@@ -208,7 +208,11 @@ class DimmingStage:
 
 
 class BridgeStage:
-    """Hands the zone values to the display-controller link (never blocks)."""
+    """Hands the zone values to the display-controller link (never blocks).
+
+    The stage uses the link but does not own it: whoever opened the link (the
+    runtime in ``pipeline/daemon.py``) closes it, once, after the pipeline stopped.
+    """
 
     def __init__(self, link):
         self.link = link
@@ -218,9 +222,6 @@ class BridgeStage:
             self.link.send_zones(ctx.zone_values, ctx.frame_id)
             ctx.zones_sent_ns = time.monotonic_ns()
         return ctx
-
-    def close(self) -> None:
-        self.link.close()
 
 
 class OutputStage:
