@@ -238,6 +238,10 @@ def _cmd_bridge_simulate(args) -> int:
 
     if args.udp:
         host, _, port = args.udp.rpartition(":")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            print(f"edgehdr bridge simulate: error: --udp {args.udp!r}: give HOST:PORT with a port in 1..65535",
+                  file=sys.stderr)
+            return 2
         endpoint = UdpControllerEndpoint((host or "127.0.0.1", int(port)))
         pair = None
     else:
@@ -255,12 +259,13 @@ def _cmd_bridge_simulate(args) -> int:
         raise KeyboardInterrupt  # SIGTERM like Ctrl-C: the finally below removes the pty link
 
     previous_term = signal.signal(signal.SIGTERM, _stop_on_signal)
-    sim = ControllerSimulator(endpoint, rows=args.rows, cols=args.cols, max_bits=args.bits,
-                              vsync_hz=args.vsync_hz).start()
-    where = f"udp:{endpoint.address[0]}:{endpoint.address[1]}" if args.udp else pair.path
-    print(f"controller simulator listening on {where} ({args.rows}x{args.cols} zones, {args.vsync_hz:g} Hz vsync); "
-          f"Ctrl-C to stop", flush=True)
+    sim = None
     try:
+        sim = ControllerSimulator(endpoint, rows=args.rows, cols=args.cols, max_bits=args.bits,
+                                  vsync_hz=args.vsync_hz).start()
+        where = f"udp:{endpoint.address[0]}:{endpoint.address[1]}" if args.udp else pair.path
+        print(f"controller simulator listening on {where} ({args.rows}x{args.cols} zones, {args.vsync_hz:g} Hz "
+              "vsync); Ctrl-C to stop", flush=True)
         end = time.monotonic() + args.seconds if args.seconds else None
         while end is None or time.monotonic() < end:
             time.sleep(1.0)
@@ -271,12 +276,14 @@ def _cmd_bridge_simulate(args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        sim.stop()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+        if sim is not None:
+            sim.stop()
         if pair is not None:
             pair.close()
         else:
             endpoint.close()
+        signal.signal(signal.SIGTERM, previous_term)
     return 0
 
 
@@ -386,10 +393,37 @@ def _cmd_bridge_bench(args) -> int:
     return 0
 
 
+def _int_in(lo: int, hi: int):
+    """argparse type: an integer in lo..hi (argparse then names the option in its error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; allowed {lo}..{hi}")
+        return value
+    return parse
+
+
+def _float_at_least(lo: float):
+    """argparse type: a finite number >= lo."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value == value and abs(value) != float("inf") and value >= lo):
+            raise argparse.ArgumentTypeError(f"{text} is not allowed; give a finite number >= {lo:g}")
+        return value
+    return parse
+
+
 def _add_bridge_grid(p, rows=16, cols=24, bits=12):
-    p.add_argument("--rows", type=int, default=rows)
-    p.add_argument("--cols", type=int, default=cols)
-    p.add_argument("--bits", type=int, default=bits)
+    # PROTOCOL.md: rows and cols are u8 (1..255), zone depth 8..16 bit
+    p.add_argument("--rows", type=_int_in(1, 255), default=rows, help=f"zone rows, 1..255 (default {rows})")
+    p.add_argument("--cols", type=_int_in(1, 255), default=cols, help=f"zone columns, 1..255 (default {cols})")
+    p.add_argument("--bits", type=_int_in(8, 16), default=bits, help=f"zone value depth, 8..16 (default {bits})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,8 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pty", default="ttyEH0", help="path of the pty symlink the host opens (default ./ttyEH0)")
     b.add_argument("--udp", help="listen on HOST:PORT over UDP instead")
     _add_bridge_grid(b, rows=48, cols=48, bits=16)
-    b.add_argument("--vsync-hz", type=float, default=120.0)
-    b.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: until Ctrl-C)")
+    b.add_argument("--vsync-hz", type=_float_at_least(0.0), default=120.0,
+                   help="display refresh; 0 applies frames on receipt (default 120)")
+    b.add_argument("--seconds", type=_float_at_least(0.0), default=0.0,
+                   help="stop after this long (default: until Ctrl-C)")
     b.set_defaults(func=_cmd_bridge_simulate)
     b = bridge.add_parser("send", help="stream test patterns to a controller")
     b.add_argument("port", help="serial device, udp:HOST:PORT or spi:BUS.DEV[@HZ]")

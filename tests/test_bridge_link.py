@@ -344,3 +344,20 @@ def test_simulator_reports_receive_overflow_in_status(pty_pair, controller):
     finally:
         port.close()
     assert controller.status().faults & 0x2
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--rows", "300"], "--rows"), (["--rows", "0"], "--rows"), (["--bits", "40"], "--bits"),
+    (["--cols", "x"], "--cols"), (["--seconds", "nan"], "--seconds"), (["--vsync-hz", "-1"], "--vsync-hz"),
+    (["--udp", "127.0.0.1:70000"], "--udp"),
+])
+def test_cli_simulate_rejects_impossible_arguments_naming_them(argv, named, capsys):
+    """These used to kill the simulator thread at the first HELLO (or loop forever) while the process went on."""
+    from edgehdr.cli import main
+
+    try:
+        code = main(["bridge", "simulate", *argv, "--pty", "/nonexistent/dir/tty"])
+    except SystemExit as exc:  # argparse's own exit
+        code = exc.code
+    assert code == 2
+    assert named in capsys.readouterr().err
