@@ -431,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edgehdr.hdr.align import ALIGN_METHODS
     from edgehdr.hdr.weights import WEIGHTINGS
     from edgehdr.tonemap import COLOR_METHODS, OPERATORS
+    from firmware_bridge.qemu import BOARDS as QEMU_BOARDS
 
     parser = argparse.ArgumentParser(prog="edgehdr", description="HDR imaging on edge devices.")
     parser.add_argument("--version", action="version", version=f"edgehdr {__version__}")
@@ -534,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sim: the Python controller simulator on a pty; qemu: the C firmware "
                         "(firmware_bridge/firmware) built with arm-none-eabi-gcc and run in qemu-system-arm")
     b.add_argument("--zones", type=int, default=2304, help="zones per frame for --controller sim")
-    b.add_argument("--board", choices=("mps2_an385", "lm3s6965evb"), default="mps2_an385",
+    b.add_argument("--board", choices=tuple(QEMU_BOARDS), default="mps2_an385",
                    help="with --controller qemu: the emulated board (firmware_bridge/firmware/board_<name>.c)")
     b.add_argument("--hz", type=float, default=None,
                    help="zone frames per second (default: 120; with --controller qemu 60 on mps2_an385, whose "

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -209,6 +210,26 @@ def summary(zones: int = 2304, seconds: float = 60.0, hz: float = 120.0) -> dict
 # ------------------------------------------------------------------------------------------ QEMU controller
 
 
+@contextlib.contextmanager
+def _qemu_controller(controller):
+    """``controller`` as given, or a fresh ``QemuController`` for the duration (stopped afterwards)."""
+    if controller is not None:
+        yield controller
+        return
+    from firmware_bridge.qemu import QemuController
+
+    with QemuController() as own:
+        yield own
+
+
+def _pattern_set(rng, rows: int, cols: int, bits: int, drive_gamma_x100: int):
+    """16 random zone frames and the duty CRC the firmware reports for each under the power-law drive."""
+    from firmware_bridge.drive import duty_crc32
+
+    patterns = [rng.integers(0, 1 << bits, (rows, cols)).astype(np.uint16) for _ in range(16)]
+    return patterns, [duty_crc32(p, bits, 1, drive_gamma_x100) for p in patterns]
+
+
 def _qemu_link(controller, config: Config, *, status_interval_s: float = 0.25) -> Link:
     # The emulated UART moves ~10 kB/s (below); a big frame takes longer than the default write timeout.
     transport = SerialTransport(controller.pty_path, 2_000_000, write_timeout_s=10.0)
@@ -299,74 +320,68 @@ def qemu_stream_run(seconds: float = 60.0, hz: float | None = None, rows: int | 
     Latency is from the host's write to the host reading the firmware's apply line (so
     it includes the UART transfer, the vsync wait and the monitor polling).
     """
-    from firmware_bridge.drive import duty_crc32
-    from firmware_bridge.qemu import QemuController
+    with _qemu_controller(controller) as qemu:
+        return _qemu_stream(qemu, seconds, hz, rows, cols, bits, drive_gamma_x100, lead)
 
-    own = controller is None
-    controller = controller or QemuController().start()
+
+def _qemu_stream(controller, seconds, hz, rows, cols, bits, drive_gamma_x100, lead) -> dict:
     default_hz, default_rows, default_cols, default_bits = QEMU_STREAM_DEFAULTS[controller.board]
     hz, rows, cols, bits = hz or default_hz, rows or default_rows, cols or default_cols, bits or default_bits
-    rng = np.random.default_rng(3)
-    patterns = [rng.integers(0, 1 << bits, (rows, cols)).astype(np.uint16) for _ in range(16)]
-    pattern_crc = [duty_crc32(p, bits, 1, drive_gamma_x100) for p in patterns]
+    patterns, pattern_crc = _pattern_set(np.random.default_rng(3), rows, cols, bits, drive_gamma_x100)
     config = Config(rows=rows, cols=cols, bits=bits, drive_curve=1, drive_gamma_x100=drive_gamma_x100,
                     watchdog_ms=1000, heartbeat_ms=100)
+    throughput = qemu_uart_throughput(controller)
+    link = _qemu_link(controller, config)
     try:
-        throughput = qemu_uart_throughput(controller)
-        link = _qemu_link(controller, config)
-        try:
-            period = 1.0 / hz
-            frame_id = 0
+        period = 1.0 / hz
+        frame_id = 0
 
-            def send_at(target: float) -> None:
-                nonlocal frame_id
-                delay = target - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                frame_id += 1
-                link.send_zones(patterns[frame_id % len(patterns)], frame_id)
+        def send_at(target: float) -> None:
+            nonlocal frame_id
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            frame_id += 1
+            link.send_zones(patterns[frame_id % len(patterns)], frame_id)
 
-            # Warm-up: free-running for 1 s; the apply lines then give the controller's vsync clock.
-            mark = len(controller.snapshot())
-            start = time.monotonic()
-            for i in range(int(hz)):
-                send_at(start + i * period)
-            time.sleep(0.05)
-            clock = _vsync_clock(controller.snapshot(mark), period)
-            # Stream: one frame per controller vsync (or per `step` of them), each sent `lead` of a period before the
-            # tick it is meant for, the clock re-fitted every second from the last two seconds of apply lines (the
-            # controller's timer drifts against the host's). Half a period measured as well as 0.8 and adds less delay.
-            mark = len(controller.snapshot())
-            sent0 = link.stats()["frames_sent"]
-            first_id = frame_id + 1
-            t0, vsync_period = clock
-            step = max(1, round(1.0 / (hz * vsync_period)))  # vsyncs per frame
-            k = int((time.monotonic() - t0) / vsync_period) + 2
-            n = int(seconds * hz)
-            refit_at = time.monotonic() + 1.0
-            for _ in range(n):
-                send_at(t0 + (k - lead) * vsync_period)
-                k += step
-                if time.monotonic() >= refit_at:
-                    recent = [ln for ln in controller.snapshot(mark) if ln.t_ns >= time.monotonic_ns() - 2e9]
-                    fitted = _vsync_clock(recent, vsync_period)
-                    # keep the frame schedule continuous: re-anchor k on the new clock
-                    k = round((t0 + k * vsync_period - fitted[0]) / fitted[1])
-                    t0, vsync_period = fitted
-                    refit_at += 1.0
-            time.sleep(0.3)
-            stats = link.stats()
-            expected = {fid: pattern_crc[fid % len(patterns)] for fid in range(first_id, frame_id + 1)}
-            lines = [ln for ln in controller.snapshot(mark) if ln.kind != "A" or ln.frame_id >= first_id]
-            verified = _verify_applied(lines, expected, link.sent_log)
-            applied = [ln for ln in lines if ln.kind == "A"]
-            vsync_hz = ((applied[-1].vsync - applied[0].vsync) / ((applied[-1].t_ns - applied[0].t_ns) / 1e9)
-                        if len(applied) > 1 and applied[-1].t_ns > applied[0].t_ns else None)
-        finally:
-            link.close()
+        # Warm-up: free-running for 1 s; the apply lines then give the controller's vsync clock.
+        mark = len(controller.snapshot())
+        start = time.monotonic()
+        for i in range(int(hz)):
+            send_at(start + i * period)
+        time.sleep(0.05)
+        clock = _vsync_clock(controller.snapshot(mark), period)
+        # Stream: one frame per controller vsync (or per `step` of them), each sent `lead` of a period before the
+        # tick it is meant for, the clock re-fitted every second from the last two seconds of apply lines (the
+        # controller's timer drifts against the host's). Half a period measured as well as 0.8 and adds less delay.
+        mark = len(controller.snapshot())
+        sent0 = link.stats()["frames_sent"]
+        first_id = frame_id + 1
+        t0, vsync_period = clock
+        step = max(1, round(1.0 / (hz * vsync_period)))  # vsyncs per frame
+        k = int((time.monotonic() - t0) / vsync_period) + 2
+        n = int(seconds * hz)
+        refit_at = time.monotonic() + 1.0
+        for _ in range(n):
+            send_at(t0 + (k - lead) * vsync_period)
+            k += step
+            if time.monotonic() >= refit_at:
+                recent = [ln for ln in controller.snapshot(mark) if ln.t_ns >= time.monotonic_ns() - 2e9]
+                fitted = _vsync_clock(recent, vsync_period)
+                # keep the frame schedule continuous: re-anchor k on the new clock
+                k = round((t0 + k * vsync_period - fitted[0]) / fitted[1])
+                t0, vsync_period = fitted
+                refit_at += 1.0
+        time.sleep(0.3)
+        stats = link.stats()
+        expected = {fid: pattern_crc[fid % len(patterns)] for fid in range(first_id, frame_id + 1)}
+        lines = [ln for ln in controller.snapshot(mark) if ln.kind != "A" or ln.frame_id >= first_id]
+        verified = _verify_applied(lines, expected, link.sent_log)
+        applied = [ln for ln in lines if ln.kind == "A"]
+        vsync_hz = ((applied[-1].vsync - applied[0].vsync) / ((applied[-1].t_ns - applied[0].t_ns) / 1e9)
+                    if len(applied) > 1 and applied[-1].t_ns > applied[0].t_ns else None)
     finally:
-        if own:
-            controller.stop()
+        link.close()
     status = stats["controller_status"]
     sent = stats["frames_sent"] - sent0
     encoding = 1 if bits not in (8, 16) else 0  # what Link's 'auto' picks with a controller that packs
@@ -391,19 +406,16 @@ def qemu_full_grid_run(frames: int = 6, rows: int = 48, cols: int = 48, bits: in
     frame's duty CRC is checked, for the power-law and the linear drive curve.
     """
     from firmware_bridge.drive import duty_crc32
-    from firmware_bridge.qemu import QemuController
 
-    own = controller is None
-    controller = controller or QemuController().start()
     rng = np.random.default_rng(4)
     result = {"rows": rows, "cols": cols, "bits": bits}
-    try:
+    with _qemu_controller(controller) as qemu:
         for curve in (1, 0):
             config = Config(rows=rows, cols=cols, bits=bits, drive_curve=curve, drive_gamma_x100=drive_gamma_x100,
                             watchdog_ms=5000, heartbeat_ms=1000)
-            link = _qemu_link(controller, config, status_interval_s=0)
+            link = _qemu_link(qemu, config, status_interval_s=0)
             try:
-                mark = len(controller.snapshot())
+                mark = len(qemu.snapshot())
                 expected, t0 = {}, time.monotonic()
                 for fid in range(1, frames + 1):
                     values = rng.integers(0, 1 << bits, (rows, cols)).astype(np.uint16)
@@ -411,19 +423,16 @@ def qemu_full_grid_run(frames: int = 6, rows: int = 48, cols: int = 48, bits: in
                     link.send_zones(values, fid)
                     deadline = time.monotonic() + 5.0
                     while time.monotonic() < deadline and not any(
-                            ln.kind == "A" and ln.frame_id == fid for ln in controller.snapshot(mark)):
+                            ln.kind == "A" and ln.frame_id == fid for ln in qemu.snapshot(mark)):
                         time.sleep(0.005)
                 elapsed = time.monotonic() - t0
-                verified = _verify_applied(controller.snapshot(mark), expected, link.sent_log)
+                verified = _verify_applied(qemu.snapshot(mark), expected, link.sent_log)
             finally:
                 link.close()
             name = "power_law" if curve else "linear"
             result[name] = {"frames": frames, "applied": verified["applied"],
                             "corrupted_accepted": verified["corrupted_accepted"],
                             "frames_per_s": frames / elapsed}
-    finally:
-        if own:
-            controller.stop()
     return result
 
 
@@ -440,22 +449,17 @@ def qemu_fault_run(hz: float = 120.0, rows: int = 4, cols: int = 6, bits: int = 
     ``resume_after_reset_s`` is from the reset command to the host reading the first
     frame applied after the reboot.
     """
-    from firmware_bridge.drive import duty_crc32
-    from firmware_bridge.qemu import QemuController
-
-    own = controller is None
-    controller = controller or QemuController().start()
+    gamma_x100 = 220
     rng = np.random.default_rng(5)
-    patterns = [rng.integers(0, 1 << bits, (rows, cols)).astype(np.uint16) for _ in range(16)]
-    pattern_crc = [duty_crc32(p, bits, 1, 220) for p in patterns]
-    config = Config(rows=rows, cols=cols, bits=bits, drive_curve=1, drive_gamma_x100=220, watchdog_ms=1000,
+    patterns, pattern_crc = _pattern_set(rng, rows, cols, bits, gamma_x100)
+    config = Config(rows=rows, cols=cols, bits=bits, drive_curve=1, drive_gamma_x100=gamma_x100, watchdog_ms=1000,
                     heartbeat_ms=100)
     result: dict = {}
-    try:
-        link = _qemu_link(controller, config, status_interval_s=0.1)
+    with _qemu_controller(controller) as qemu:
+        link = _qemu_link(qemu, config, status_interval_s=0.1)
         try:
             frame_id = 0
-            mark = len(controller.snapshot())
+            mark = len(qemu.snapshot())
 
             def send() -> None:
                 nonlocal frame_id
@@ -472,7 +476,7 @@ def qemu_fault_run(hz: float = 120.0, rows: int = 4, cols: int = 6, bits: int = 
             while injected < bursts:
                 k += 1
                 if k % 10 == 0:
-                    controller.inject(bytes(b or 1 for b in rng.integers(0, 256, 40, dtype=np.uint8).tobytes()))
+                    qemu.inject(bytes(b or 1 for b in rng.integers(0, 256, 40, dtype=np.uint8).tobytes()))
                     injected += 1
                 send()
             for _ in range(int(hz // 4)):
@@ -484,13 +488,13 @@ def qemu_fault_run(hz: float = 120.0, rows: int = 4, cols: int = 6, bits: int = 
                            "all_bursts_counted": errors == injected})
             # MCU reset mid-stream.
             acked0 = link.stats()["config_acked"]
-            reset_mark = len(controller.snapshot())
-            t_reset = controller.reset()
+            reset_mark = len(qemu.snapshot())
+            t_reset = qemu.reset()
             resumed = None
             deadline = time.monotonic() + 5.0
             while time.monotonic() < deadline and resumed is None:
                 send()
-                lines = controller.snapshot(reset_mark)
+                lines = qemu.snapshot(reset_mark)
                 boot = next((i for i, ln in enumerate(lines) if ln.kind == "B"), None)
                 if boot is not None:
                     resumed = next((ln for ln in lines[boot:] if ln.kind == "A" and ln.frame_id != 0), None)
@@ -499,8 +503,8 @@ def qemu_fault_run(hz: float = 120.0, rows: int = 4, cols: int = 6, bits: int = 
             time.sleep(0.3)
             stats = link.stats()
             expected = {fid: pattern_crc[fid % len(patterns)] for fid in range(1, frame_id + 1)}
-            verified = _verify_applied(controller.snapshot(mark), expected, link.sent_log)
-            boot_lines = [ln.fields for ln in controller.snapshot(reset_mark) if ln.kind == "B"]
+            verified = _verify_applied(qemu.snapshot(mark), expected, link.sent_log)
+            boot_lines = [ln.fields for ln in qemu.snapshot(reset_mark) if ln.kind == "B"]
             result.update({
                 "reset_boot_line": " ".join(boot_lines[0]) if boot_lines else None,
                 "resume_after_reset_s": (resumed.t_ns - t_reset) / 1e9 if resumed else None,
@@ -510,9 +514,6 @@ def qemu_fault_run(hz: float = 120.0, rows: int = 4, cols: int = 6, bits: int = 
             })
         finally:
             link.close()
-    finally:
-        if own:
-            controller.stop()
     return result
 
 

@@ -256,11 +256,8 @@ class Link:
         now = time.monotonic()
         self._decoder = FrameDecoder(frames=self._decoder.frames, crc_errors=self._decoder.crc_errors,
                                      framing_errors=self._decoder.framing_errors)
-        self._opened_at = now
         self._last_rx = now
         self._last_tx = 0.0
-        self._next_hello = now
-        self._hello_backoff = 0.05
         self._next_config = now
         self._config_backoff = 0.05
         self._config_seq = None
@@ -269,8 +266,15 @@ class Link:
         with self._lock:
             self._stats.connects += 1
             self._stats.reconnects = self._stats.connects - 1
-        self._set_state("hello")
+        self._begin_handshake(now)
         log.info("link %s: connected, saying HELLO", self.transport.name)
+
+    def _begin_handshake(self, now: float) -> None:
+        """State ``hello``: HELLO now, repeated with backoff, CAPS expected within ``handshake_timeout_s``."""
+        self._opened_at = now
+        self._next_hello = now
+        self._hello_backoff = 0.05
+        self._set_state("hello")
 
     def _service(self) -> None:
         fd = self.transport.fileno()
@@ -326,10 +330,7 @@ class Link:
                 attempt = self._stats.handshake_retries
             log.warning("link %s: retrying the handshake after a rejection (attempt %d; last error: %s)",
                         self.transport.name, attempt, self._stats.last_error)
-            self._opened_at = now
-            self._next_hello = now
-            self._hello_backoff = 0.05
-            self._set_state("hello")
+            self._begin_handshake(now)
         if state in ("config", "running", "rejected"):
             if now - self._last_tx >= self._heartbeat_s:
                 self._write(Heartbeat(int(now * 1000), State.RUNNING if state == "running" else State.UNCONFIGURED))

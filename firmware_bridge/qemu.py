@@ -123,10 +123,10 @@ class QemuController:
 
     def start(self) -> QemuController:
         missing = toolchain_missing(self.qemu)
-        if self.elf is None and missing:
+        if self.elf is not None:  # a prebuilt ELF needs QEMU only, not make and the cross-compiler
+            missing = [tool for tool in missing if tool == self.qemu]
+        if missing:
             raise FirmwareUnavailable(f"{', '.join(missing)} not found ({_INSTALL_HINT})")
-        if shutil.which(self.qemu) is None:
-            raise FirmwareUnavailable(f"{self.qemu} not found ({_INSTALL_HINT})")
         elf = self.elf or build_firmware(board=self.board)
         self._tmp = tempfile.TemporaryDirectory(prefix="edgehdr-qemu-")
         tmp = Path(self._tmp.name)
@@ -140,14 +140,14 @@ class QemuController:
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + self.boot_timeout_s
-        stderr_lines = []
+        output_lines = []
         assert self._proc.stdout is not None
         while not self.pty_path:
             line = self._proc.stdout.readline()
             if not line:
                 self.stop()
-                raise FirmwareUnavailable(f"QEMU exited before opening its pty: {' '.join(stderr_lines)[-500:]}")
-            stderr_lines.append(line.strip())
+                raise FirmwareUnavailable(f"QEMU exited before opening its pty: {' '.join(output_lines)[-500:]}")
+            output_lines.append(line.strip())
             match = re.search(r"redirected to (\S+) \(label serial0\)", line)
             if match:
                 self.pty_path = match.group(1)

@@ -225,10 +225,10 @@ class SpiTransport(Transport):
 class _DatagramSocket(Transport):
     """A non-blocking UDP socket bound to ``bind``; the base of both link ends over UDP."""
 
-    def __init__(self, bind: tuple[str, int] | None):
+    def __init__(self, bind: tuple[str, int] | None, connect_to: tuple[str, int] | None = None):
         self.bind = bind
         self._sock = None
-        self._connect_to: tuple[str, int] | None = None
+        self._connect_to = connect_to
 
     def open(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -310,9 +310,8 @@ class UdpTransport(_DatagramSocket):
     """
 
     def __init__(self, host: str, port: int, *, bind: tuple[str, int] | None = None):
-        super().__init__(bind)
         self.address = (host, int(port))
-        self._connect_to = self.address
+        super().__init__(bind, connect_to=self.address)
         self.name = f"udp:{host}:{port}"
 
     def write(self, data: bytes) -> None:

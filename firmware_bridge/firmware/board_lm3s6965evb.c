@@ -8,8 +8,8 @@
  *                  SysCtlClockSet does; QEMU derives its clock from the same RCC fields (200 MHz / (SYSDIV + 1))
  *   millisecond    SysTick at 1 kHz from the core clock
  *   vsync          derived from the same tick: CONTROLLER_VSYNC_HZ ticks per 1000 ms, spread evenly
- *   LED drivers    as on MPS2: a driver shift register stand-in; the controller reports each latch
- *   reset cause    a magic word in .noinit RAM (kept across QEMU's system_reset, as on MPS2)
+ *   LED drivers,   stand-ins shared with MPS2 (emulated.c)
+ *   reset cause
  *
  * Why a second board: it shows what a port is (this file, nothing else changes) and runs the same controller
  * on a different UART (PL011 with FIFOs) and a different vsync source (derived from SysTick). In QEMU its link
@@ -21,6 +21,7 @@
 #include "board.h"
 #include "controller.h"
 #include "cortex_m.h"
+#include "emulated.h"
 
 #define CORE_HZ 50000000u
 
@@ -58,14 +59,8 @@ typedef struct {
 #define NVIC_ISER0 (*(volatile uint32_t *)0xE000E100u)
 #define IRQ_UART0 5u
 
-#define RESET_MAGIC 0x45484C4Bu /* "EHLK" */
 
 
-static volatile uint32_t millis;
-static enum board_reset_cause reset_cause;
-static volatile uint16_t led_shift_register; /* stand-in for the LED drivers' SPI data register */
-static volatile uint32_t led_latch_count;     /* stand-in for the drivers' latch strobe */
-__attribute__((section(".noinit"))) static volatile uint32_t reset_magic;
 
 /* ------------------------------------------------------------------------------ interrupts */
 
@@ -82,7 +77,7 @@ static uint32_t vsync_acc;
 
 static void systick_handler(void)
 {
-    millis++;
+    cortex_m_millis++;
     vsync_acc += CONTROLLER_VSYNC_HZ; /* a vsync whenever 1000 ms worth of CONTROLLER_VSYNC_HZ has accrued */
     if (vsync_acc >= 1000u) {
         vsync_acc -= 1000u;
@@ -118,10 +113,7 @@ static void clock_init(void)
 
 void board_init(void)
 {
-    /* This board has no reset-cause register: RAM survives a warm reset, so a magic word that is
-     * there at boot means one. (No hardware watchdog is used, so BOARD_RESET_WATCHDOG never occurs.) */
-    reset_cause = reset_magic == RESET_MAGIC ? BOARD_RESET_WARM : BOARD_RESET_POWER_ON;
-    reset_magic = RESET_MAGIC;
+    emulated_boot(); /* reset cause from RAM (emulated.c) */
 
     clock_init();
     /* 115200 baud from 50 MHz: 27.127 = 27 + 8/64 (QEMU does not emulate the baud rate; a board does). */
@@ -145,10 +137,6 @@ void board_init(void)
     __asm__ volatile("cpsie i" ::: "memory");
 }
 
-uint32_t board_millis(void) { return millis; }
-
-enum board_reset_cause board_reset_cause(void) { return reset_cause; }
-
 static void uart_write(pl011_t *uart, const uint8_t *data, size_t len)
 {
     size_t i;
@@ -169,13 +157,3 @@ void board_monitor_write(const char *text)
     }
     uart_write(UART1, (const uint8_t *)text, n);
 }
-
-void board_led_zone(uint16_t index, uint16_t duty)
-{
-    (void)index;
-    led_shift_register = duty;
-}
-
-void board_led_latch(void) { led_latch_count++; }
-
-int board_led_fault(void) { return 0; }

@@ -6,9 +6,8 @@
  *   monitor        CMSDK UART1 (0x40005000), polled TX              -> QEMU -serial #2
  *   millisecond    SysTick at 1 kHz from the 25 MHz core clock
  *   vsync          CMSDK APB timer 0 (0x40000000), IRQ 8, at CONTROLLER_VSYNC_HZ
- *   LED drivers    none on this board: duty values go to a driver shift register stand-in (the controller
- *                  reports each latched frame on the monitor)
- *   reset cause    a magic word in .noinit RAM (QEMU, like SRAM, keeps RAM across system_reset)
+ *   LED drivers,   stand-ins shared with the other emulated board (emulated.c)
+ *   reset cause
  *
  * Also the vector table; the start-up and idle code every Cortex-M board shares is cortex_m.c.
  */
@@ -18,6 +17,7 @@
 #include "board.h"
 #include "controller.h"
 #include "cortex_m.h"
+#include "emulated.h"
 
 #define CORE_HZ 25000000u
 
@@ -48,14 +48,8 @@ typedef struct {
 #define IRQ_UART0_RX 0u
 #define IRQ_TIMER0 8u
 
-#define RESET_MAGIC 0x45484C4Bu /* "EHLK" */
 
 
-static volatile uint32_t millis;
-static enum board_reset_cause reset_cause;
-static volatile uint16_t led_shift_register; /* stand-in for the LED drivers' SPI data register */
-static volatile uint32_t led_latch_count;     /* stand-in for the drivers' latch strobe */
-__attribute__((section(".noinit"))) static volatile uint32_t reset_magic;
 
 /* ------------------------------------------------------------------------------ interrupts */
 
@@ -75,7 +69,7 @@ static void timer0_handler(void)
     controller_vsync_isr();
 }
 
-static void systick_handler(void) { millis++; }
+static void systick_handler(void) { cortex_m_millis++; }
 
 __attribute__((section(".isr_vector"), used)) static const struct vector_table vectors = {
     &_estack,
@@ -91,10 +85,7 @@ __attribute__((section(".isr_vector"), used)) static const struct vector_table v
 
 void board_init(void)
 {
-    /* This board has no reset-cause register: RAM survives a warm reset, so a magic word that is
-     * there at boot means one. (No hardware watchdog is used, so BOARD_RESET_WATCHDOG never occurs.) */
-    reset_cause = reset_magic == RESET_MAGIC ? BOARD_RESET_WARM : BOARD_RESET_POWER_ON;
-    reset_magic = RESET_MAGIC;
+    emulated_boot(); /* reset cause from RAM (emulated.c) */
 
     UART0->bauddiv = CORE_HZ / 2000000u < 16u ? 16u : CORE_HZ / 2000000u;
     UART0->ctrl = UART_CTRL_TXEN | UART_CTRL_RXEN | UART_CTRL_RXIRQ;
@@ -113,10 +104,6 @@ void board_init(void)
     NVIC_ISER0 = (1u << IRQ_UART0_RX) | (1u << IRQ_TIMER0);
     __asm__ volatile("cpsie i" ::: "memory");
 }
-
-uint32_t board_millis(void) { return millis; }
-
-enum board_reset_cause board_reset_cause(void) { return reset_cause; }
 
 static void uart_write(cmsdk_uart_t *uart, const uint8_t *data, size_t len)
 {
@@ -138,13 +125,3 @@ void board_monitor_write(const char *text)
     }
     uart_write(UART1, (const uint8_t *)text, n);
 }
-
-void board_led_zone(uint16_t index, uint16_t duty)
-{
-    (void)index;
-    led_shift_register = duty;
-}
-
-void board_led_latch(void) { led_latch_count++; }
-
-int board_led_fault(void) { return 0; }

@@ -51,6 +51,10 @@ void reset_handler(void)
     controller_main();
 }
 
+volatile uint32_t cortex_m_millis;
+
+uint32_t board_millis(void) { return cortex_m_millis; }
+
 void board_sleep(int (*work_pending)(void))
 {
     __asm__ volatile("cpsid i" ::: "memory");

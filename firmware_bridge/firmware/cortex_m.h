@@ -1,7 +1,8 @@
 /*
  * cortex_m.h - what every Cortex-M board of the reference controller shares (cortex_m.c): the reset handler
  * (.data copy, .bss clear, then controller_main), a fault handler that parks the CPU, the linker script's
- * stack symbol for the vector table, and board_sleep (CPSID, check, WFI, CPSIE). A board file adds its
+ * stack symbol for the vector table, board_millis over a SysTick-driven counter, and board_sleep (CPSID,
+ * check, WFI, CPSIE). A board file adds its
  * vector table, peripherals and board.h's other functions.
  */
 #ifndef CORTEX_M_H
@@ -10,6 +11,9 @@
 #include <stdint.h>
 
 extern uint32_t _estack; /* top of the stack, from the linker script */
+
+/* Milliseconds since boot: the board's SysTick handler (1 kHz) increments it; board_millis() returns it. */
+extern volatile uint32_t cortex_m_millis;
 
 void reset_handler(void);
 void fault_handler(void);
