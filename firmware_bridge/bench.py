@@ -251,7 +251,7 @@ def qemu_uart_throughput(controller, n_bytes: int = 24576) -> float:
     """
     import serial
 
-    from firmware_bridge.protocol import Heartbeat
+    from firmware_bridge.protocol import FrameDecoder, Heartbeat, Status, StatusRequest, decode_message
 
     frame = encode_message(Heartbeat(0, 0), 0)
     burst = frame * (n_bytes // len(frame))
@@ -263,6 +263,17 @@ def qemu_uart_throughput(controller, n_bytes: int = 24576) -> float:
             t0 = time.perf_counter()
             port.write(burst)
             rates.append(len(burst) / (time.perf_counter() - t0))
+        # The pty still holds up to ~16 kB (a second or more at the MCU's pace): wait until the firmware has
+        # read it all, i.e. until it answers a STATUS request queued behind it, so that what runs next is
+        # not delayed by this measurement's backlog.
+        port.write(encode_message(StatusRequest(), 1))
+        decoder, deadline = FrameDecoder(version=None), time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            if any(isinstance(decode_message(f), Status) for f in decoder.feed(port.read(4096))):
+                break
+            time.sleep(0.01)
+        else:
+            raise RuntimeError("the QEMU controller did not answer STATUS after the throughput measurement")
         return max(rates)
     finally:
         port.close()
@@ -298,8 +309,8 @@ def _vsync_clock(lines, fallback_period: float) -> tuple[float, float]:
 
 # What each emulated board's link carries with room to spare: (frames/s, rows, cols, bits). mps2_an385's CMSDK UART
 # (~10 kB/s) takes a 4x6x8-bit stream (52 bytes a frame) at 60 Hz, about half its capacity; 120 Hz of even 4x4 zones
-# would fill ~90 %. lm3s6965evb's PL011 (~70-120 kB/s) takes it at 120 Hz, where 1-4 % of the frames are superseded
-# on the 2-core VM (a frame late by the host's or QEMU's scheduling pairs up with the next one in one vsync).
+# would fill ~90 %. lm3s6965evb's PL011 (~30-120 kB/s) takes it at 120 Hz; there a few per cent of the frames can be
+# superseded on the 2-core VM (a frame late by the host's or QEMU's scheduling pairs up with the next one in one vsync).
 QEMU_STREAM_DEFAULTS = {"mps2_an385": (60.0, 4, 6, 8), "lm3s6965evb": (120.0, 4, 6, 8)}
 
 
@@ -314,8 +325,8 @@ def qemu_stream_run(seconds: float = 60.0, hz: float | None = None, rows: int | 
     frame is checked bit for bit, not sampled. Sends are locked to the controller's vsync
     clock, fitted from the firmware's apply lines (vsync count against the time read)
     and re-fitted every second, as a host that drives the same panel's video timing is:
-    free-running at a nominal rate, the two clocks drift (QEMU's SysTick-derived vsync
-    runs at ~119.4 Hz) and frames pair up in one vsync interval (superseded, latest-wins,
+    free-running at a nominal rate, the two clocks drift (QEMU's timers run late when the
+    host is busy) and frames pair up in one vsync interval (superseded, latest-wins,
     not lost). Each frame goes out half a period before the tick it is meant for.
     Latency is from the host's write to the host reading the firmware's apply line (so
     it includes the UART transfer, the vsync wait and the monitor polling).

@@ -7,12 +7,12 @@
  *   clock          50 MHz from the PLL and the board's 8 MHz crystal (SYSDIV 4), set up as TivaWare's
  *                  SysCtlClockSet does; QEMU derives its clock from the same RCC fields (200 MHz / (SYSDIV + 1))
  *   millisecond    SysTick at 1 kHz from the core clock
- *   vsync          derived from the same tick: CONTROLLER_VSYNC_HZ ticks per 1000 ms, spread evenly
+ *   vsync          general-purpose timer 0A (0x40030000), periodic, IRQ 19, at CONTROLLER_VSYNC_HZ
  *   LED drivers,   stand-ins shared with MPS2 (emulated.c)
  *   reset cause
  *
  * Why a second board: it shows what a port is (this file, nothing else changes) and runs the same controller
- * on a different UART (PL011 with FIFOs) and a different vsync source (derived from SysTick). In QEMU its link
+ * on a different UART (PL011 with FIFOs) and a different vsync timer (the general-purpose timer). In QEMU its link
  * is about ten times faster than MPS2's: the PL011 queues bytes in its FIFO without waiting for the CPU.
  */
 #include <stddef.h>
@@ -28,6 +28,10 @@
 #define SYSCTL_RIS (*(volatile uint32_t *)0x400FE050u)
 #define SYSCTL_MISC (*(volatile uint32_t *)0x400FE058u)
 #define SYSCTL_RCC (*(volatile uint32_t *)0x400FE060u)
+#define SYSCTL_RCGC1 (*(volatile uint32_t *)0x400FE104u)
+#define RCGC1_UART0 0x00000001u
+#define RCGC1_UART1 0x00000002u
+#define RCGC1_TIMER0 0x00010000u
 #define RCC_MOSCDIS 0x00000001u
 #define RCC_OSCSRC_M 0x00000030u
 #define RCC_XTAL_M 0x000003C0u
@@ -58,6 +62,17 @@ typedef struct {
 #define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
 #define NVIC_ISER0 (*(volatile uint32_t *)0xE000E100u)
 #define IRQ_UART0 5u
+#define IRQ_TIMER0A 19u
+
+typedef struct {
+    volatile uint32_t cfg, tamr, tbmr, ctl, reserved0[2], imr, ris, mis, icr, tailr;
+} gptm_t;
+
+#define TIMER0 ((gptm_t *)0x40030000u)
+#define GPTM_CFG_32BIT 0x0u
+#define GPTM_TAMR_PERIODIC 0x2u
+#define GPTM_CTL_TAEN 0x1u
+#define GPTM_TATO 0x1u /* time-out interrupt */
 
 
 
@@ -73,16 +88,12 @@ static void uart0_handler(void)
     }
 }
 
-static uint32_t vsync_acc;
+static void systick_handler(void) { cortex_m_millis++; }
 
-static void systick_handler(void)
+static void timer0a_handler(void)
 {
-    cortex_m_millis++;
-    vsync_acc += CONTROLLER_VSYNC_HZ; /* a vsync whenever 1000 ms worth of CONTROLLER_VSYNC_HZ has accrued */
-    if (vsync_acc >= 1000u) {
-        vsync_acc -= 1000u;
-        controller_vsync_isr();
-    }
+    TIMER0->icr = GPTM_TATO;
+    controller_vsync_isr();
 }
 
 __attribute__((section(".isr_vector"), used)) static const struct vector_table vectors = {
@@ -91,7 +102,7 @@ __attribute__((section(".isr_vector"), used)) static const struct vector_table v
      fault_handler, fault_handler, 0, fault_handler, systick_handler},
     {fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, uart0_handler, fault_handler, fault_handler,
      fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
-     fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
+     fault_handler, fault_handler, fault_handler, timer0a_handler, fault_handler, fault_handler, fault_handler, fault_handler,
      fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler, fault_handler}};
 
 /* ------------------------------------------------------------------------------ board API */
@@ -116,6 +127,8 @@ void board_init(void)
     emulated_boot(); /* reset cause from RAM (emulated.c) */
 
     clock_init();
+    SYSCTL_RCGC1 |= RCGC1_UART0 | RCGC1_UART1 | RCGC1_TIMER0; /* clock the peripherals (gated after reset) */
+    (void)SYSCTL_RCGC1;                                       /* a few cycles before they are touched */
     /* 115200 baud from 50 MHz: 27.127 = 27 + 8/64 (QEMU does not emulate the baud rate; a board does). */
     UART0->ctl = 0;
     UART0->ibrd = 27u;
@@ -133,7 +146,15 @@ void board_init(void)
     SYST_CVR = 0;
     SYST_CSR = 0x7u; /* core clock, interrupt, enable */
 
-    NVIC_ISER0 = 1u << IRQ_UART0;
+    TIMER0->ctl = 0;
+    TIMER0->cfg = GPTM_CFG_32BIT;
+    TIMER0->tamr = GPTM_TAMR_PERIODIC;
+    TIMER0->tailr = CORE_HZ / CONTROLLER_VSYNC_HZ - 1u;
+    TIMER0->icr = GPTM_TATO;
+    TIMER0->imr = GPTM_TATO;
+    TIMER0->ctl = GPTM_CTL_TAEN;
+
+    NVIC_ISER0 = (1u << IRQ_UART0) | (1u << IRQ_TIMER0A);
     __asm__ volatile("cpsie i" ::: "memory");
 }
 
