@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -413,7 +414,7 @@ def _float_at_least(lo: float):
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (value == value and abs(value) != float("inf") and value >= lo):
+        if not (math.isfinite(value) and value >= lo):
             raise argparse.ArgumentTypeError(f"{text} is not allowed; give a finite number >= {lo:g}")
         return value
     return parse

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import select
 import threading
 import time
@@ -75,6 +76,14 @@ class ControllerSimulator:
 
     def __init__(self, transport: Transport, *, rows: int = 48, cols: int = 48, max_bits: int = 16,
                  vsync_hz: float = 120.0, fw_version=(1, 0, 0), version_range=(1, 1), packed_zones: bool = True):
+        # CAPS carries rows, cols and max_bits as u8, max_fps as u16 (PROTOCOL.md); refuse what cannot be sent,
+        # here rather than in the controller thread at the first HELLO.
+        for name, value, lo, hi in (("rows", rows, 1, 255), ("cols", cols, 1, 255), ("max_bits", max_bits, 8, 16)):
+            if not lo <= value <= hi:
+                raise ValueError(f"ControllerSimulator {name}={value} out of range; allowed {lo}..{hi}")
+        if not (math.isfinite(vsync_hz) and 0 <= vsync_hz < 65536):
+            raise ValueError(f"ControllerSimulator vsync_hz={vsync_hz} out of range; allowed 0 (apply on receipt) "
+                             "up to 65535")
         self.transport = transport
         self.rows, self.cols, self.max_bits = rows, cols, max_bits
         self.vsync_hz = vsync_hz

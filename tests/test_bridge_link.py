@@ -361,3 +361,13 @@ def test_cli_simulate_rejects_impossible_arguments_naming_them(argv, named, caps
         code = exc.code
     assert code == 2
     assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs", [{"rows": 300}, {"cols": 0}, {"max_bits": 40}, {"vsync_hz": float("nan")}])
+def test_simulator_refuses_a_layout_its_caps_cannot_carry(kwargs, tmp_path):
+    pair = PtyPair(tmp_path / "tty")
+    try:
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            ControllerSimulator(pair.controller, **kwargs)
+    finally:
+        pair.close()
