@@ -340,25 +340,34 @@ int ehl_config_valid(const ehl_config_t *c)
     return EHL_OK;
 }
 
+int ehl_parse_zones_head(const ehl_msg_t *m, ehl_zones_head_t *head)
+{
+    const uint8_t *p;
+    if (m == NULL || head == NULL || m->type != EHL_ZONES || m->length < EHL_ZONES_HEAD_SIZE || m->payload == NULL) {
+        return EHL_ERR_ARG;
+    }
+    p = m->payload;
+    head->frame_id = get_u32(p);
+    head->present_vsync = get_u32(p + 4);
+    head->rows = p[8];
+    head->cols = p[9];
+    head->bits = p[10];
+    head->encoding = p[11];
+    return EHL_OK;
+}
+
 int ehl_parse_zones(const ehl_msg_t *m, ehl_zones_head_t *head, uint16_t *values, size_t max_values)
 {
     const uint8_t *p, *data;
     ehl_zones_head_t h;
     uint32_t zones;
     size_t n, i;
-    if (m == NULL || head == NULL || m->type != EHL_ZONES || m->length < EHL_ZONES_HEAD_SIZE ||
-        m->payload == NULL || values == NULL) {
-        return EHL_ERR_ARG;
-    }
     /* Validate the whole payload before writing head or values: a rejected frame must leave the
      * caller's last good zone frame intact. */
+    if (head == NULL || values == NULL || ehl_parse_zones_head(m, &h) != EHL_OK) {
+        return EHL_ERR_ARG;
+    }
     p = m->payload;
-    h.frame_id = get_u32(p);
-    h.present_vsync = get_u32(p + 4);
-    h.rows = p[8];
-    h.cols = p[9];
-    h.bits = p[10];
-    h.encoding = p[11];
     if (!zone_format_valid(h.rows, h.cols, h.bits, h.encoding)) {
         return EHL_ERR_ARG;
     }

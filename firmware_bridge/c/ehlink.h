@@ -226,6 +226,9 @@ size_t ehl_encode(uint8_t *out, size_t out_cap, uint8_t version, uint8_t type, u
 int ehl_parse_config(const ehl_msg_t *m, ehl_config_t *cfg);
 int ehl_config_valid(const ehl_config_t *cfg);
 int ehl_parse_zones(const ehl_msg_t *m, ehl_zones_head_t *head, uint16_t *values, size_t max_values);
+/* Only the 12-byte head of a ZONES message (e.g. to drop a stale frame id or a grid of another size before
+ * unpacking); checks the type and that the head is there, nothing of the values. */
+int ehl_parse_zones_head(const ehl_msg_t *m, ehl_zones_head_t *head);
 int ehl_parse_hello(const ehl_msg_t *m, uint8_t *version_min, uint8_t *version_max, uint16_t *host_features);
 
 /* Payload builders: write into out, return the payload length (EHL_*_SIZE), 0 if out_cap is too small. */

@@ -166,6 +166,13 @@ static void test_zones(const char *dir)
         n = ehl_build_zones(&head, values_a, bytes_b, sizeof bytes_b);
         CHECK(n == (size_t)plen && memcmp(bytes_a, bytes_b, n) == 0, "%s: C packer reproduces the Python bytes",
               fld[0]);
+        {
+            ehl_zones_head_t only;
+            CHECK(ehl_parse_zones_head(&msg, &only) == EHL_OK && only.frame_id == head.frame_id &&
+                      only.present_vsync == head.present_vsync && only.rows == head.rows && only.cols == head.cols &&
+                      only.bits == head.bits && only.encoding == head.encoding,
+                  "%s: head alone = head of the full parse", fld[0]);
+        }
         /* One byte short or long must be refused. */
         msg.length = (uint16_t)(plen - 1);
         CHECK(ehl_parse_zones(&msg, &head, values_b, sizeof values_b / sizeof values_b[0]) == EHL_ERR_ARG,

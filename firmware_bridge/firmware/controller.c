@@ -68,11 +68,6 @@ static uint16_t faults;
 static uint32_t last_rx_ms, last_tx_ms, last_not_configured_ms;
 static int not_configured_sent;
 
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
 /* --------------------------------------------------------------------------------- drive curve */
 
 /* round(2^(-2^-i) * 2^30), i = 1..16; the same literals are in firmware_bridge/drive.py. */
@@ -319,17 +314,17 @@ static void on_zones(const ehl_msg_t *m)
         }
         return;
     }
-    if (m->length < 12u) {
+    if (ehl_parse_zones_head(m, &head) != EHL_OK) {
         rejected++;
         send_nack(m, EHL_NACK_BAD_LENGTH);
         return;
     }
-    if (m->payload[8] != config.rows || m->payload[9] != config.cols || m->payload[10] != config.bits) {
+    if (head.rows != config.rows || head.cols != config.cols || head.bits != config.bits) {
         rejected++;
         send_nack(m, EHL_NACK_ZONE_MISMATCH);
         return;
     }
-    frame_id = get_u32(m->payload);
+    frame_id = head.frame_id;
     if ((pending && !newer(frame_id, pending_id)) || (!pending && have_last && !newer(frame_id, last_frame_id))) {
         frames_superseded++; /* stale: older than what we hold */
         return;
