@@ -1,6 +1,6 @@
 """File I/O: radiance maps (.hdr, .exr, .pfm), LDR exposure stacks, atomic writes."""
 
-from edgehdr.io.atomic import atomic_output, write_bytes_atomic, write_text_atomic
+from edgehdr.io.atomic import atomic_output, dumps_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from edgehdr.io.hdr_files import RADIANCE_SUFFIXES, read_radiance, write_radiance
 from edgehdr.io.ldr_stack import (
     LDR_SUFFIXES,
@@ -15,6 +15,8 @@ __all__ = [
     "atomic_output",
     "write_bytes_atomic",
     "write_text_atomic",
+    "write_json_atomic",
+    "dumps_json",
     "read_radiance",
     "write_radiance",
     "RADIANCE_SUFFIXES",

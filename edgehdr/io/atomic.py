@@ -7,11 +7,12 @@ only once its content is complete. Every writer in EdgeHDR goes through here.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_output", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["atomic_output", "dumps_json", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -65,3 +66,29 @@ def write_bytes_atomic(path, data: bytes) -> Path:
 def write_text_atomic(path, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically and return the path."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def dumps_json(obj, **kwargs) -> str:
+    """``json.dumps`` that refuses NaN and infinities (bare ``NaN`` is not JSON).
+
+    Numpy scalars and other numbers are converted with ``float``; a non-finite
+    value raises ``ValueError`` naming it instead of producing an invalid file.
+    """
+    kwargs.setdefault("default", _json_default)
+    return json.dumps(obj, allow_nan=False, **kwargs)
+
+
+def _json_default(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def write_json_atomic(path, obj, *, indent: int | None = 2) -> Path:
+    """Write ``obj`` as strict JSON (no NaN/Infinity) to ``path`` atomically."""
+    try:
+        text = dumps_json(obj, indent=indent)
+    except ValueError as exc:
+        raise ValueError(f"{path}: refusing to write non-finite numbers as JSON ({exc})") from exc
+    return write_text_atomic(path, text + "\n")
