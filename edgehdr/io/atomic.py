@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
+import threading
 from pathlib import Path
 
 __all__ = ["atomic_output", "dumps_json", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
@@ -36,6 +38,7 @@ def atomic_output(path, *, suffix: str | None = None):
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise OSError(f"{path}: writer produced no data")
+        os.chmod(tmp, _final_mode(path))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -44,6 +47,31 @@ def atomic_output(path, *, suffix: str | None = None):
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _final_mode(path: Path) -> int:
+    # mkstemp creates 0600 files; the result should look like any other new file
+    # (0666 less the umask), or keep the mode of the file it replaces.
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the platform allows."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _UMASK_LOCK:  # os.umask can only be read by setting it: keep the window closed to other writers
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -14,7 +14,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+import logging
+
 from edgehdr.io.atomic import atomic_output
+from edgehdr.io.headers import check_image_header
+
+log = logging.getLogger("edgehdr.io")
+HALF_MAX = 65504.0
 
 __all__ = ["read_radiance", "write_radiance", "RADIANCE_SUFFIXES"]
 
@@ -28,8 +34,12 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
-def read_radiance(path) -> np.ndarray:
+def read_radiance(path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read a radiance map as linear float32 RGB, shape (H, W, 3).
+
+    The header is checked before decoding: the content must match the suffix and the
+    declared size must be positive and within ``max_pixels`` (default: the package's
+    pixel limit, see ``edgehdr.io.headers``).
 
     Raises
     ------
@@ -42,6 +52,7 @@ def read_radiance(path) -> np.ndarray:
     suffix = _suffix(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    declared = check_image_header(path, max_pixels=max_pixels)
     if suffix == ".exr":
         rgb = _read_exr(path)
     else:
@@ -52,6 +63,9 @@ def read_radiance(path) -> np.ndarray:
             bgr = np.repeat(bgr[:, :, None], 3, axis=2)
         rgb = cv2.cvtColor(bgr[:, :, :3].astype(np.float32, copy=False), cv2.COLOR_BGR2RGB)
     rgb = np.ascontiguousarray(rgb, dtype=np.float32)
+    if declared is not None and rgb.shape[1::-1] != declared:
+        raise ValueError(f"{path}: decoded {rgb.shape[1]} x {rgb.shape[0]} pixels, header declares "
+                         f"{declared[0]} x {declared[1]} (truncated or corrupt?)")
     if not np.all(np.isfinite(rgb)):
         raise ValueError(f"{path}: contains NaN or infinite pixels")
     return rgb
@@ -63,20 +77,19 @@ def _read_exr(path: Path) -> np.ndarray:
     try:
         with OpenEXR.File(str(path)) as exr:
             channels = exr.channels()
+            names = sorted(channels)
             if "RGB" in channels:
-                rgb = channels["RGB"].pixels
-            elif "RGBA" in channels:
-                rgb = channels["RGBA"].pixels[..., :3]
-            elif "Y" in channels:
-                rgb = np.repeat(channels["Y"].pixels[..., None], 3, axis=2)
-            else:
-                raise ValueError(f"{path}: no R,G,B or Y channels (found {sorted(channels)})")
-            return np.asarray(rgb, dtype=np.float32)
-    except (RuntimeError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable OpenEXR file ({exc})") from exc
+                return np.asarray(channels["RGB"].pixels, dtype=np.float32)
+            if "RGBA" in channels:
+                return np.asarray(channels["RGBA"].pixels[..., :3], dtype=np.float32)
+            if "Y" in channels:
+                return np.repeat(np.asarray(channels["Y"].pixels, dtype=np.float32)[..., None], 3, axis=2)
+    except (RuntimeError, OSError, IndexError, TypeError, ValueError) as exc:  # the binding's errors on damaged files
+        raise ValueError(f"{path}: not a readable OpenEXR file, truncated or corrupt ({exc})") from exc
+    raise ValueError(f"{path}: no R,G,B or Y channels in the OpenEXR file (found {names})")
 
 
-def write_radiance(path, radiance: np.ndarray, *, exr_pixel_type: str = "half") -> Path:
+def write_radiance(path, radiance: np.ndarray, *, exr_pixel_type: str = "auto") -> Path:
     """Write linear RGB radiance atomically; the format follows the suffix.
 
     Parameters
@@ -85,22 +98,42 @@ def write_radiance(path, radiance: np.ndarray, *, exr_pixel_type: str = "half") 
         Target file, ``.hdr``/``.pic`` (RGBE, 8-bit mantissas), ``.exr`` or ``.pfm`` (float32).
     radiance : ndarray, (H, W, 3) float
         Non-negative, finite linear RGB.
-    exr_pixel_type : {'half', 'float'}
-        Pixel type of OpenEXR output. Half covers 6.1e-5 .. 65504 with 11-bit precision;
-        use 'float' for calibrated values beyond that range.
+    exr_pixel_type : {'auto', 'half', 'float'}
+        Pixel type of OpenEXR output. Half covers 6.1e-5 .. 65504 with 11-bit precision.
+        'auto' (default) writes half when every value fits and float (with a logged
+        notice) when one exceeds 65504, so no pixel is ever written as +inf; 'half'
+        refuses radiance beyond the half range instead of overflowing.
+
+    Raises
+    ------
+    ValueError
+        Non-finite radiance (also values beyond float32), a shape that is not HxWx3,
+        or radiance beyond 65504 with ``exr_pixel_type='half'``.
     """
     path = Path(path)
     suffix = _suffix(path)
     rgb = np.asarray(radiance)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"{path}: radiance must be an HxWx3 array, got shape {rgb.shape}")
-    rgb = rgb.astype(np.float32, copy=False)
     if not np.all(np.isfinite(rgb)):
         raise ValueError(f"{path}: refusing to write NaN or infinite radiance")
+    rgb = rgb.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(rgb)):
+        raise ValueError(f"{path}: radiance exceeds the float32 range (3.4e38); rescale before writing")
     if suffix == ".exr":
-        if exr_pixel_type not in ("half", "float"):
-            raise ValueError(f"{path}: exr_pixel_type must be 'half' or 'float', got {exr_pixel_type!r}")
+        if exr_pixel_type not in ("auto", "half", "float"):
+            raise ValueError(f"{path}: exr_pixel_type must be 'auto', 'half' or 'float', got {exr_pixel_type!r}")
         import OpenEXR
+
+        peak = float(rgb.max()) if rgb.size else 0.0
+        if peak > HALF_MAX:
+            if exr_pixel_type == "half":
+                raise ValueError(f"{path}: radiance up to {peak:.6g} exceeds the half-float maximum {HALF_MAX:g}; "
+                                 "write float pixels (exr_pixel_type='float' or 'auto') or rescale")
+            if exr_pixel_type == "auto":
+                log.info("%s: radiance up to %.6g exceeds the half-float range; writing 32-bit float pixels",
+                         path, peak)
+                exr_pixel_type = "float"
 
         pixels = np.ascontiguousarray(rgb if exr_pixel_type == "float" else rgb.astype(np.float16))
         header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgehdr.bracket import Bracket, check_frame_matches
 from edgehdr.io.atomic import write_bytes_atomic
+from edgehdr.io.headers import check_image_header, jpeg_is_complete
 
 __all__ = ["read_ldr_stack", "read_ldr_image", "write_ldr_image", "read_list_file", "read_exif_exposure", "LDR_SUFFIXES"]
 
@@ -27,14 +28,35 @@ _TAG_FNUMBER = 0x829D
 _TAG_ISO = 0x8827
 
 
-def read_ldr_image(path) -> np.ndarray:
-    """Read an 8- or 16-bit image as an RGB (H, W, 3) uint8/uint16 array."""
+def read_ldr_image(path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read an 8- or 16-bit image as an RGB (H, W, 3) uint8/uint16 array.
+
+    The header is checked before decoding (content matches the suffix, positive size
+    within ``max_pixels``, see ``edgehdr.io.headers``) and a JPEG must reach its end
+    marker: libjpeg decodes a truncated file with only a warning and grey fill, which
+    would merge into a wrong HDR image.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        Unreadable, truncated or corrupt file, size above the limit, pixels that are
+        not 8/16-bit integers. The message names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    declared = check_image_header(path, max_pixels=max_pixels)
+    data = np.fromfile(path, np.uint8)
+    if path.suffix.lower() in (".jpg", ".jpeg") and not jpeg_is_complete(data.tobytes()):
+        raise ValueError(f"{path}: truncated or corrupt JPEG (the data ends before the end-of-image marker)")
+    bgr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if bgr is None:
         raise ValueError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
+    if declared is not None and bgr.shape[1::-1] != tuple(declared):
+        raise ValueError(f"{path}: decoded {bgr.shape[1]} x {bgr.shape[0]} pixels, header declares "
+                         f"{declared[0]} x {declared[1]}")
     if bgr.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{path}: expected 8- or 16-bit integer pixels, got {bgr.dtype}")
     if bgr.ndim == 2:
