@@ -60,11 +60,10 @@ def _final_mode(path: Path) -> int:
 
 def current_umask() -> int:
     """The process umask, read without changing it where the platform allows."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     with _UMASK_LOCK:  # os.umask can only be read by setting it: keep the window closed to other writers
         mask = os.umask(0o022)
         os.umask(mask)

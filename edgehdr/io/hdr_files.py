@@ -9,12 +9,11 @@ here. OpenEXR goes through the ASWF ``OpenEXR`` binding (half or float pixels),
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
-
-import logging
 
 from edgehdr.io.atomic import atomic_output
 from edgehdr.io.headers import check_image_header
