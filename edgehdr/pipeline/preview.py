@@ -1,27 +1,50 @@
 """Preview HTTP endpoint: MJPEG stream, status page, zone heat map, Prometheus metrics.
 
 Bound to 127.0.0.1 by default (reach it over an SSH tunnel); binding elsewhere is
-an explicit configuration choice. Endpoints:
+an explicit configuration choice. Endpoints (each answers GET and HEAD):
 
-- ``/``             status page: fps, latency, drops per stage, preview and zone heat map
+- ``/``             status page: fps, latency, drops per stage, outputs, link, preview and zone heat map
 - ``/stream.mjpg``  multipart MJPEG of the tone-mapped output
 - ``/frame.jpg``    the latest preview frame
 - ``/zones.png``    LED zone heat map
-- ``/stats.json``   the pipeline statistics
+- ``/stats.json``   the pipeline statistics (strict JSON: NaN and infinities become null)
 - ``/metrics``      Prometheus text exposition format
+
+The server holds a bounded number of threads whatever the clients do. One
+acceptor thread accepts connections and reads request heads with a selector,
+without blocking; a connection is handed to a fixed pool of worker threads only
+once its whole request head has arrived, so a slow or idle client never holds a
+worker. A head that has not arrived within ``head_timeout_s`` of the connection
+is cut off. At most ``max_connections`` connections are open at once: beyond
+that the oldest connection still sending its head is closed to make room, or,
+when every open connection is being answered, the new one gets a 503. MJPEG
+streams are long-lived and occupy a worker each, so at most ``max_streams`` of
+them run at once (fewer than the workers); they end when the server closes.
+Writes time out after ``write_timeout_s``. One request per connection (HTTP/1.0).
 """
 
 from __future__ import annotations
 
 import html
-import json
+import io
 import logging
+import math
+import numbers
+import queue
+import selectors
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from http.server import BaseHTTPRequestHandler
 
-__all__ = ["PreviewServer", "prometheus_text"]
+from edgehdr.io import dumps_json
+
+__all__ = ["LINK_STATES", "PreviewServer", "prometheus_text"]
 
 log = logging.getLogger("edgehdr.preview")
+
+LINK_STATES = ("connected", "connecting", "rejected", "down")
+"""The controller link states ``edgehdr_link_state`` enumerates (an unknown current state is added)."""
 
 
 def prometheus_text(stats: dict) -> str:
@@ -34,8 +57,8 @@ def prometheus_text(stats: dict) -> str:
         for labels, value in samples:
             if value is None:
                 continue
-            label = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
-            lines.append(f"edgehdr_{name}{label} {float(value):.6g}")
+            label = "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items()) + "}" if labels else ""
+            lines.append(f"edgehdr_{name}{label} {_sample_value(value)}")
 
     metric("frames_captured_total", "counter", "Brackets read from the source.", [({}, stats.get("frames_captured"))])
     metric("frames_completed_total", "counter", "Frames through every stage.", [({}, stats.get("frames_completed"))])
@@ -54,15 +77,56 @@ def prometheus_text(stats: dict) -> str:
            [({"stage": s["name"]}, s.get("dropped")) for s in stages])
     metric("stage_errors_total", "counter", "Frames a stage failed on.",
            [({"stage": s["name"]}, s.get("errors")) for s in stages])
+    outputs = stats.get("outputs") or []
+    if outputs:
+        metric("output_frames_written_total", "counter", "Frames an output sink wrote.",
+               [({"sink": o["sink"]}, o.get("frames_written")) for o in outputs])
+        metric("output_errors_total", "counter", "Writes an output sink failed.",
+               [({"sink": o["sink"]}, o.get("errors")) for o in outputs])
     link = stats.get("link") or {}
     metric("link_frames_sent_total", "counter", "Zone frames written to the controller link.",
            [({}, link.get("frames_sent"))])
     metric("link_reconnects_total", "counter", "Controller link reconnections.", [({}, link.get("reconnects"))])
+    current = link.get("state")
+    if current is not None:
+        states = LINK_STATES if current in LINK_STATES else (*LINK_STATES, current)
+        metric("link_state", "gauge", "Controller link state: 1 for the current state, 0 for the others.",
+               [({"state": s}, int(s == current)) for s in states])
+    if link.get("errors") is not None:
+        metric("link_errors_total", "counter", "Controller link errors.", [({}, link.get("errors"))])
     return "\n".join(lines) + "\n"
 
 
 def _ms(value):
     return None if value is None else value / 1000.0
+
+
+def _label_value(value) -> str:
+    """A label value escaped as the exposition format wants: backslash, double quote, newline."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _sample_value(value) -> str:
+    """Integers in full (counters past a million stay exact), other numbers to 6 digits, NaN/+Inf/-Inf spelt out."""
+    v = float(value)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    if v.is_integer() and abs(v) < 2**53:
+        return str(int(v))
+    return f"{v:.6g}"
+
+
+def _json_safe(value):
+    """``value`` with every non-finite float (NaN, infinities, numpy ones too) replaced by ``None``."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        return None
+    return value
 
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>EdgeHDR</title>
@@ -71,84 +135,377 @@ td,th{{padding:2px 10px;text-align:right}} img{{margin:4px;border:1px solid #444
 <h2>EdgeHDR: {fps} fps, capture-to-zones {lat_med} ms (p99 {lat_p99} ms), dropped {dropped}, failed {failed}</h2>
 <img src="/frame.jpg" width="640"><img src="/zones.png" width="320">
 <table><tr><th>stage</th><th>fps</th><th>median ms</th><th>p99 ms</th><th>dropped</th><th>errors</th></tr>{rows}</table>
-<p><a href="/stream.mjpg">live MJPEG</a> &middot; <a href="/metrics">metrics</a> &middot;
+{extra}<p><a href="/stream.mjpg">live MJPEG</a> &middot; <a href="/metrics">metrics</a> &middot;
 <a href="/stats.json">stats.json</a></p></body></html>"""
 
 
-class PreviewServer:
-    """Serves a ``PreviewState`` over HTTP on a background thread."""
+def _status_page(st: dict) -> str:
+    def cell(value):
+        return f"<td>{html.escape(str(value))}</td>"
 
-    def __init__(self, state, *, host: str = "127.0.0.1", port: int = 8080):
+    rows = "".join("<tr>" + "".join(cell(s.get(k)) for k in ("name", "fps", "latency_ms_median", "latency_ms_p99",
+                                                               "dropped", "errors")) + "</tr>"
+                   for s in st.get("stages", []))
+    extra = ""
+    outputs = st.get("outputs") or []
+    if outputs:
+        extra += ("<table><tr><th>output</th><th>frames written</th><th>errors</th><th>last error</th></tr>"
+                  + "".join("<tr>" + "".join(cell("" if o.get(k) is None else o.get(k))
+                                             for k in ("sink", "frames_written", "errors", "last_error")) + "</tr>"
+                            for o in outputs) + "</table>\n")
+    link = st.get("link") or {}
+    if link:
+        parts = [f"{label} {html.escape(str(link[k]))}" for k, label in (
+            ("state", "state"), ("errors", "errors"), ("frames_sent", "frames sent"), ("reconnects", "reconnects"))
+            if link.get(k) is not None]
+        extra += f"<p>controller link: {', '.join(parts)}</p>\n"
+    return _PAGE.format(fps=st.get("fps"), lat_med=st.get("capture_to_zones_ms_median"),
+                        lat_p99=st.get("capture_to_zones_ms_p99"), dropped=st.get("frames_dropped"),
+                        failed=st.get("frames_failed"), rows=rows, extra=extra)
+
+
+_MAX_HEAD_BYTES = 16384
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+         b"Retry-After: 1\r\nConnection: close\r\n\r\nbusy\n")
+_TOO_LARGE = (b"HTTP/1.0 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n"
+              b"Connection: close\r\n\r\nhead too large.\n")
+_WARN_EVERY_S = 10.0
+
+
+class _Pending:
+    """A connection whose request head is still arriving."""
+
+    __slots__ = ("addr", "deadline", "head")
+
+    def __init__(self, addr, deadline: float):
+        self.addr, self.deadline, self.head = addr, deadline, bytearray()
+
+
+class PreviewServer:
+    """Serves a ``PreviewState`` over HTTP on background threads (one acceptor, ``workers`` workers).
+
+    ``connection_stats()`` counts what the server did with its connections.
+    """
+
+    def __init__(self, state, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 8,
+                 max_connections: int = 256, max_streams: int = 3, head_timeout_s: float = 5.0,
+                 write_timeout_s: float = 10.0, request_queue_size: int = 128):
+        if workers < 1 or max_connections < 1 or not 0 <= max_streams < workers:
+            raise ValueError(f"preview server needs workers >= 1, max_connections >= 1 and 0 <= max_streams < "
+                             f"workers (got workers={workers}, max_connections={max_connections}, "
+                             f"max_streams={max_streams})")
         self.state = state
-        handler = self._handler()
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="preview-http", daemon=True)
+        self.workers, self.max_connections, self.max_streams = workers, max_connections, max_streams
+        self.head_timeout_s, self.write_timeout_s = head_timeout_s, write_timeout_s
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, port), family=family, backlog=request_queue_size)
+        self._listener.setblocking(False)
+        self._address = self._listener.getsockname()[:2]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._closing = threading.Event()
+        self._lock = threading.Lock()  # guards the counts, _open, _streams and _next_warning
+        self._open = 0
+        self._streams: set[socket.socket] = set()
+        self._next_warning = 0.0
+        self._counts = dict.fromkeys(("accepted", "rejected_over_limit", "evicted", "timed_out", "bad_request",
+                                      "requests", "streams_refused"), 0)
+        self._threads = [threading.Thread(target=self._accept_loop, name="preview-accept", daemon=True)]
+        self._threads += [threading.Thread(target=self._work_loop, name=f"preview-worker-{i}", daemon=True)
+                          for i in range(workers)]
+        self._started = False
 
     @property
     def address(self):
-        return self.httpd.server_address
+        return self._address
 
-    def start(self) -> "PreviewServer":
-        self._thread.start()
+    def start(self) -> PreviewServer:
+        self._started = True
+        for thread in self._threads:
+            thread.start()
         log.info("preview on http://%s:%d/", *self.address)
         return self
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        """Stop accepting, close waiting connections, end the streams, and join the threads."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        with self._lock:
+            for sock in self._streams:  # unblocks a stream stuck writing to a stalled client
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        if self._started:
+            self._wake_w.send(b"x")
+            self._threads[0].join(timeout=5.0)
+            for _ in range(self.workers):
+                self._jobs.put(None)
+            for thread in self._threads[1:]:
+                thread.join(timeout=5.0)
+        for sock in (self._listener, self._wake_r, self._wake_w):
+            sock.close()
 
-    def _handler(self):
-        state = self.state
+    def connection_stats(self) -> dict:
+        """Counts since start (accepted, rejected_over_limit, evicted, timed_out, bad_request, requests,
+        streams_refused) and the current open connections and streams."""
+        with self._lock:
+            return {**self._counts, "open": self._open, "streams": len(self._streams)}
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, fmt, *args):  # quiet: the daemon logs structured lines itself
-                log.debug("preview %s " + fmt, self.client_address[0], *args)
+    # ---------------------------------------------------------------------------- acceptor thread
 
-            def _send(self, code, ctype, body: bytes):
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
+    def _accept_loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ, "listener")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        pending: dict[socket.socket, _Pending] = {}  # in accept order, so the first has the earliest deadline
+        try:
+            while not self._closing.is_set():
+                timeout = None
+                if pending:
+                    timeout = max(0.0, next(iter(pending.values())).deadline - time.monotonic())
+                for key, _ in sel.select(timeout):
+                    if key.data == "listener":
+                        self._accept(sel, pending)
+                    elif key.fileobj in pending:
+                        self._read_head(sel, pending, key.fileobj)
+                now = time.monotonic()
+                while pending and next(iter(pending.values())).deadline <= now:
+                    sock = next(iter(pending))
+                    self._note("timed_out", "closing %s: no complete request head within %.1f s",
+                               pending[sock].addr[0], self.head_timeout_s)
+                    self._drop(sel, pending, sock)
+        except Exception:  # the acceptor must report why it stopped
+            log.exception("preview acceptor failed")
+        finally:
+            for sock in list(pending):
+                self._drop(sel, pending, sock)
+            sel.close()
 
-            def do_GET(self):  # noqa: N802 - http.server API
-                path = self.path.split("?", 1)[0]
-                if path == "/":
-                    st = state.stats()
-                    rows = "".join(
-                        f"<tr><td>{html.escape(s['name'])}</td><td>{s['fps']}</td><td>{s['latency_ms_median']}</td>"
-                        f"<td>{s['latency_ms_p99']}</td><td>{s['dropped']}</td><td>{s['errors']}</td></tr>"
-                        for s in st.get("stages", []))
-                    body = _PAGE.format(fps=st.get("fps"), lat_med=st.get("capture_to_zones_ms_median"),
-                                        lat_p99=st.get("capture_to_zones_ms_p99"), dropped=st.get("frames_dropped"),
-                                        failed=st.get("frames_failed"), rows=rows)
-                    self._send(200, "text/html; charset=utf-8", body.encode())
-                elif path == "/stats.json":
-                    self._send(200, "application/json", json.dumps(state.stats(), default=str).encode())
-                elif path == "/metrics":
-                    self._send(200, "text/plain; version=0.0.4", prometheus_text(state.stats()).encode())
-                elif path == "/frame.jpg" and state.jpeg is not None:
-                    self._send(200, "image/jpeg", state.jpeg)
-                elif path == "/zones.png" and state.zones_png is not None:
-                    self._send(200, "image/png", state.zones_png)
-                elif path == "/stream.mjpg":
-                    self.send_response(200)
-                    self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                    self.send_header("Cache-Control", "no-store")
-                    self.end_headers()
-                    seq = -1
-                    try:
-                        while True:
-                            seq, jpeg = state.wait_frame(seq)
-                            if jpeg is None:
-                                continue
-                            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                             + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
-                    except (BrokenPipeError, ConnectionResetError):
-                        return
-                else:
-                    self._send(404, "text/plain", b"not found\n")
+    def _accept(self, sel, pending: dict) -> None:
+        for _ in range(64):  # drain the backlog a batch at a time
+            try:
+                sock, addr = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # out of file descriptors and the like: let the backlog wait
+                log.warning("preview: accept failed: %s", exc)
+                time.sleep(0.1)
+                return
+            with self._lock:
+                full = self._open >= self.max_connections
+            if full and pending:  # make room: the oldest connection still sending its head goes
+                oldest = next(iter(pending))
+                self._note("evicted", "closing %s to make room: %d connections open, its head still incomplete",
+                           pending[oldest].addr[0], self.max_connections)
+                self._drop(sel, pending, oldest)
+            elif full:  # every open connection is being answered: refuse
+                self._note("rejected_over_limit", "refusing %s: %d connections open", addr[0], self.max_connections)
+                try:
+                    sock.setblocking(False)
+                    sock.send(_BUSY)
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            with self._lock:
+                self._open += 1
+                self._counts["accepted"] += 1
+            sock.setblocking(False)
+            pending[sock] = _Pending(addr, time.monotonic() + self.head_timeout_s)
+            sel.register(sock, selectors.EVENT_READ, "client")
 
-        return Handler
+    def _read_head(self, sel, pending: dict, sock: socket.socket) -> None:
+        p = pending[sock]
+        try:
+            chunk = sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # the client went away
+            self._drop(sel, pending, sock)
+            return
+        p.head += chunk
+        if b"\n\r\n" in p.head or b"\n\n" in p.head:  # the blank line that ends the head
+            sel.unregister(sock)
+            del pending[sock]
+            sock.setblocking(True)
+            self._jobs.put((sock, p.addr, bytes(p.head)))
+        elif len(p.head) > _MAX_HEAD_BYTES:
+            self._note("bad_request", "closing %s: request head over %d bytes", p.addr[0], _MAX_HEAD_BYTES,
+                       warn=False)
+            try:
+                sock.send(_TOO_LARGE)
+            except OSError:
+                pass
+            self._drop(sel, pending, sock)
+
+    def _drop(self, sel, pending: dict, sock: socket.socket) -> None:
+        sel.unregister(sock)
+        del pending[sock]
+        self._release(sock)
+
+    def _release(self, sock: socket.socket) -> None:
+        with self._lock:  # counted first, so a client that sees the close sees the count too
+            self._open -= 1
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        sock.close()
+
+    def _note(self, what: str, message: str, *args, warn: bool = True) -> None:
+        """Count ``what`` and log it: a warning at most every 10 s with the running counts, debug otherwise."""
+        now = time.monotonic()
+        with self._lock:
+            self._counts[what] += 1
+            counts = dict(self._counts)
+            level = logging.DEBUG
+            if warn and now >= self._next_warning:
+                level, self._next_warning = logging.WARNING, now + _WARN_EVERY_S
+        log.log(level, "preview: " + message + " (so far: %d refused over the limit, %d evicted, %d timed out, "
+                "%d streams refused)", *args, counts["rejected_over_limit"], counts["evicted"],
+                counts["timed_out"], counts["streams_refused"])
+
+    # ---------------------------------------------------------------------------- worker threads
+
+    def _work_loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            sock, addr, head = job
+            try:
+                if not self._closing.is_set():
+                    sock.settimeout(self.write_timeout_s)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    with self._lock:
+                        self._counts["requests"] += 1
+                    _Handler((sock, head), addr, self)
+            except OSError as exc:  # the client went away or stopped reading
+                log.debug("preview: %s: %s", addr[0], exc)
+            except Exception:  # a worker must survive any request
+                log.exception("preview: request from %s failed", addr[0])
+            finally:
+                self._release(sock)
+
+    def _enter_stream(self, sock: socket.socket) -> bool:
+        with self._lock:
+            if len(self._streams) >= self.max_streams or self._closing.is_set():
+                return False
+            self._streams.add(sock)
+            return True
+
+    def _leave_stream(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._streams.discard(sock)
+
+    def _stream_slot_free(self) -> bool:
+        with self._lock:
+            return len(self._streams) < self.max_streams
+
+
+class _SocketWriter:
+    """The handler's ``wfile``: every write goes out with ``sendall`` (under the socket's timeout)."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+
+    def write(self, data) -> int:
+        self._sock.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers one request whose head the acceptor has read; ``request`` is ``(socket, head bytes)``."""
+
+    server: PreviewServer
+
+    def setup(self):
+        self.connection, head = self.request
+        self.rfile = io.BytesIO(head)
+        self.wfile = _SocketWriter(self.connection)
+
+    def finish(self):
+        pass  # the worker closes the socket
+
+    def log_message(self, fmt, *args):  # quiet: the daemon logs structured lines itself
+        log.debug("preview %s " + fmt, self.client_address[0], *args)
+
+    def do_GET(self):  # http.server API
+        self._route(send_body=True)
+
+    def do_HEAD(self):  # http.server API
+        self._route(send_body=False)
+
+    def _send(self, code, ctype, body: bytes, send_body: bool, headers=()):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def _route(self, send_body: bool):
+        state = self.server.state
+        path = self.path.split("?", 1)[0]
+        if path == "/":
+            self._send(200, "text/html; charset=utf-8", _status_page(state.stats()).encode(), send_body)
+        elif path == "/stats.json":
+            try:
+                body = dumps_json(_json_safe(state.stats())).encode()
+            except ValueError:
+                log.exception("preview: /stats.json: statistics are not JSON")
+                self._send(500, "text/plain", b"statistics are not JSON\n", send_body)
+                return
+            self._send(200, "application/json", body, send_body)
+        elif path == "/metrics":
+            self._send(200, "text/plain; version=0.0.4", prometheus_text(state.stats()).encode(), send_body)
+        elif path == "/frame.jpg" and (jpeg := state.jpeg) is not None:
+            self._send(200, "image/jpeg", jpeg, send_body)
+        elif path == "/zones.png" and (png := state.zones_png) is not None:
+            self._send(200, "image/png", png, send_body)
+        elif path == "/stream.mjpg":
+            self._stream(send_body)
+        else:  # fixed endpoints only: nothing is read from the file system, so "/../x" is just unknown
+            self._send(404, "text/plain", b"not found\n", send_body)
+
+    def _stream(self, send_body: bool):
+        srv = self.server
+        admitted = srv._enter_stream(self.connection) if send_body else srv._stream_slot_free()
+        if not admitted:
+            if send_body:
+                srv._note("streams_refused", "refused a stream to %s: %d streams running", self.client_address[0],
+                          srv.max_streams)
+            self._send(503, "text/plain", b"too many streams\n", send_body, headers=[("Retry-After", "5")])
+            return
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if send_body:
+                self._stream_frames()
+        finally:
+            if send_body:
+                srv._leave_stream(self.connection)
+
+    def _stream_frames(self):
+        """New frames as they come, the last one again every 2 s meanwhile, until the client or server goes."""
+        srv, state = self.server, self.server.state
+        seq, sent_seq, sent_at = -1, -1, 0.0
+        try:
+            while not srv._closing.is_set():
+                seq, jpeg = state.wait_frame(seq, timeout_s=0.25)
+                if jpeg is None or (seq == sent_seq and time.monotonic() - sent_at < 2.0):
+                    continue
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                 + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+                sent_seq, sent_at = seq, time.monotonic()
+        except OSError as exc:  # the client went away, stopped reading, or the server shut the socket
+            log.debug("preview: stream to %s ended: %s", self.client_address[0], exc)
