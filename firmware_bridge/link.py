@@ -209,7 +209,9 @@ class Link:
 
     def _set_state(self, state: str) -> None:
         with self._lock:
-            self._stats.state = state
+            previous, self._stats.state = self._stats.state, state
+        if state != previous:
+            log.debug("link %s: %s -> %s", self.transport.name, previous, state)
         if state == "running":
             self._running.set()
         else:
@@ -250,7 +252,10 @@ class Link:
     def _record_error(self, message: str) -> None:
         with self._lock:
             self._stats.transport_errors += 1
+            repeated = self._stats.last_error == message
             self._stats.last_error = message
+        # A port that keeps failing the same way is logged once, then at debug level on every retry.
+        log.log(logging.DEBUG if repeated else logging.WARNING, "link %s: %s (retrying)", self.transport.name, message)
 
     def _on_open(self) -> None:
         now = time.monotonic()

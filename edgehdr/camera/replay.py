@@ -69,6 +69,8 @@ class ReplaySource(BracketSource):
             raise SourceError(f"{self.path}: {len(entries)} frames, fewer than one bracket of {self.bracket_size}")
         usable = len(entries) - len(entries) % self.bracket_size
         self._entries = entries[:usable]
+        first = self._frame(0)  # the frame size is the source's, whatever the configuration's defaults say
+        self.height, self.width = first.shape[:2]
         self._index = 0
         self._sequence = 0
         self._next_time = time.monotonic()

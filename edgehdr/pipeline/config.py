@@ -7,6 +7,8 @@ value and what is allowed. ``edgehdr/deploy/edgehdr.example.toml`` lists every k
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
 from pathlib import Path
 
 from edgehdr.tomlconfig import read_table, typed_entries
@@ -141,8 +143,20 @@ def validate(data: dict, source: str = "<config>") -> dict:
     src = config["source"]
     for key in ("exposures_s", "gains"):
         values = src[key]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
-            raise ConfigError(f"{source}: [source] {key} = {values!r}: expected a list of positive numbers")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                   for v in values):
+            raise ConfigError(f"{source}: [source] {key} = {values!r}: expected a list of finite positive numbers")
+    if len(src["exposures_s"]) == 1:
+        raise ConfigError(f"{source}: [source] exposures_s = {src['exposures_s']!r}: an HDR bracket needs at least "
+                          "two exposures (or leave it empty for the source's own guess)")
+    if len(set(src["exposures_s"])) != len(src["exposures_s"]) and not src["gains"]:
+        raise ConfigError(f"{source}: [source] exposures_s = {src['exposures_s']!r}: each exposure must differ")
+    for key in ("frames_dir", "lcd_dir", "video"):
+        try:
+            config["outputs"][key].format(start=datetime(2000, 1, 1))
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{source}: [outputs] {key} = {config['outputs'][key]!r}: the only placeholder "
+                              f"allowed is {{start:FORMAT}} with a strftime FORMAT ({exc})") from None
     if src["gains"] and len(src["gains"]) != len(src["exposures_s"]):
         raise ConfigError(f"{source}: [source] gains has {len(src['gains'])} values for "
                           f"{len(src['exposures_s'])} exposures_s")

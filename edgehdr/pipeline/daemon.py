@@ -5,28 +5,48 @@ Builds the source, stages, sinks, preview server and controller link from
 stderr, talks to systemd (READY when frames flow, STATUS, WATCHDOG while healthy,
 STOPPING), and shuts down gracefully on SIGTERM or SIGINT: capture stops, queued
 frames drain through every stage, files are closed atomically, the link and the
-source are closed, final statistics are logged. Exit status: 0 after a clean stop,
-2 for a configuration error, 1 when the pipeline could not start.
+source are closed, final statistics are logged.
+
+Failure behaviour (README "Failure behaviour"): a frame a stage fails on is
+dropped, logged and counted (``frames_failed``); when the first
+``FAIL_FAST_FRAMES`` frames all fail, the configuration cannot work and the daemon
+stops with the first error. Output (sink) failures are counted per sink
+(``outputs`` in the stats, ``edgehdr_output_errors_total{sink=}``), logged at
+error level (rate-limited), shown in ``STATUS=``, and make the exit status 1. The
+controller link's state (connected, connecting, rejected, down) and last error are
+logged on every change and shown in the stats, ``/metrics`` and ``STATUS=``.
+
+Exit status: 0 after a clean stop with every output complete; 2 for a
+configuration error; 1 when the pipeline could not start, stopped because every
+frame failed, or an output lost data.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
-from edgehdr.pipeline.config import load_config, validate
+from edgehdr.pipeline.config import ConfigError, load_config, validate
 from edgehdr.pipeline.graph import Pipeline, Stage
 from edgehdr.pipeline.notify import SystemdNotifier
 
 __all__ = ["Runtime", "build_runtime", "run_daemon", "setup_logging"]
 
 log = logging.getLogger("edgehdr.daemon")
+
+FAIL_FAST_FRAMES = 30
+
+# The link's protocol states, as an operator reads them.
+LINK_STATES = {"running": "connected", "hello": "connecting", "config": "connecting", "rejected": "rejected",
+               "disconnected": "down", "stopped": "down", "idle": "down"}
 
 
 class _KeyValueFormatter(logging.Formatter):
@@ -65,12 +85,29 @@ class Runtime:
         self.source = None
         self.layout = None
         self.scorer = None
+        self.outputs = None
+        self.bridge = None
         self._tmp = None
+        self._closed = False
+
+    def link_stats(self) -> dict | None:
+        if self.link is None:
+            return None
+        link = self.link.stats()
+        link["protocol_state"] = link.get("state")
+        link["state"] = LINK_STATES.get(link.get("state"), "down")
+        link["errors"] = link.get("transport_errors", 0) + link.get("rejections", 0)
+        if self.bridge is not None:
+            link["frames_unsent"] = self.bridge.unsent
+        return link
 
     def stats(self) -> dict:
         stats = self.pipeline.stats() if self.pipeline else {}
+        if self.outputs is not None:
+            stats["outputs"] = self.outputs.snapshot()
+            stats["output_errors"] = sum(o["errors"] for o in stats["outputs"])
         if self.link is not None:
-            stats["link"] = self.link.stats()
+            stats["link"] = self.link_stats()
         if self.scorer is not None:
             stats["quality"] = self.scorer.snapshot()
         if self.simulator is not None:
@@ -80,9 +117,21 @@ class Runtime:
         return stats
 
     def close(self) -> dict:
+        """Stop and release everything this run opened, in order; safe after a partial build and twice."""
+        if self._closed:
+            return {}
+        self._closed = True
         final = self.pipeline.stop() if self.pipeline else {}
+        if self.pipeline is None and self.source is not None:
+            try:
+                self.source.close()
+            except Exception as exc:  # noqa: BLE001 - keep closing the rest
+                log.error("source close failed: %s", exc)
+        if self.outputs is not None:
+            final["outputs"] = self.outputs.snapshot()
+            final["output_errors"] = sum(o["errors"] for o in final["outputs"])
         if self.link is not None:
-            final["link"] = self.link.stats()
+            final["link"] = self.link_stats()
             self.link.close()
         if self.simulator is not None:
             self.simulator.stop()
@@ -134,17 +183,39 @@ def _model_runner(cfg: dict, model: str):
                        prefer="cpu" if inf["backend"] == "cpu" else "auto", intra_op_threads=inf["threads"])
 
 
-def build_runtime(cfg: dict, *, extra_sinks=()) -> Runtime:
-    """Wire a runtime from a validated configuration (the caller starts and closes it)."""
+def build_runtime(cfg: dict, *, extra_sinks=(), start: datetime | None = None) -> Runtime:
+    """Wire a runtime from a validated configuration (the caller starts and closes it).
+
+    ``start`` (default: now) fills ``{start:...}`` in output names. When a step fails,
+    everything opened so far (source, simulator, pty, link, preview) is closed before
+    the error propagates.
+    """
+    rt = Runtime()
+    try:
+        _wire(rt, cfg, extra_sinks, start or datetime.now())
+    except BaseException:
+        rt.close()
+        raise
+    return rt
+
+
+def _check_layout_fits(layout, width: int, height: int, where: str) -> None:
+    if (layout.width_px, layout.height_px) != (width, height):
+        raise ConfigError(f"{where}: the LED layout is for a {layout.width_px}x{layout.height_px} panel but the "
+                          f"source delivers {width}x{height} frames; give a layout for that size or leave "
+                          "[dimming] layout empty to lay the zones over the frame")
+
+
+def _wire(rt: Runtime, cfg: dict, extra_sinks, start: datetime) -> None:
     from edgehdr.camera.planner import ExposurePlanner
     from edgehdr.dimming import LedLayout, load_layout
     from edgehdr.hdr.merge import resolve_response
     from edgehdr.pipeline.preview import PreviewServer
-    from edgehdr.pipeline.sinks import ImageSequenceSink, PreviewSink, PreviewState, VideoSink
+    from edgehdr.pipeline.sinks import (ImageSequenceSink, PreviewSink, PreviewState, VideoSink, expand_run_pattern,
+                                        unused_path)
     from edgehdr.pipeline.stages import (AlignStage, BridgeStage, DimmingStage, MergeStage, OutputStage, ScoreStage,
                                          ToneMapStage)
 
-    rt = Runtime()
     source = _build_source(cfg)
     rt.source = source
     source.open()  # open early: size, bits and response come from the device
@@ -185,6 +256,7 @@ def build_runtime(cfg: dict, *, extra_sinks=()) -> Runtime:
     if dim["enabled"]:
         if dim["layout"]:
             layout = load_layout(dim["layout"])
+            _check_layout_fits(layout, width, height, f"[dimming] layout = {dim['layout']!r}")
         else:
             layout = LedLayout(rows=min(dim["rows"], height), cols=min(dim["cols"], width), width_px=width,
                                height_px=height, peak_luminance_cd_m2=dim["peak_luminance_cd_m2"],
@@ -221,22 +293,29 @@ def build_runtime(cfg: dict, *, extra_sinks=()) -> Runtime:
             else:
                 transport = open_transport(br["port"], baudrate=br["baudrate"])
             rt.link = Link(transport, link_cfg).start()
-            stages.append(Stage("bridge", BridgeStage(rt.link), queue_size=q))
+            rt.bridge = BridgeStage(rt.link)
+            stages.append(Stage("bridge", rt.bridge, queue_size=q))
     sinks = list(extra_sinks)
     out = cfg["outputs"]
+    stamp = start.strftime("%Y%m%d-%H%M%S")
     if out["frames_dir"]:
-        sinks.append(ImageSequenceSink(out["frames_dir"], every_n=out["frames_every_n"]))
+        sinks.append(ImageSequenceSink(expand_run_pattern(out["frames_dir"], start), every_n=out["frames_every_n"],
+                                       prefix=f"sdr_{stamp}", name="frames"))
     if out["lcd_dir"] and dim["enabled"]:
-        sinks.append(ImageSequenceSink(out["lcd_dir"], what="lcd", every_n=out["frames_every_n"]))
+        sinks.append(ImageSequenceSink(expand_run_pattern(out["lcd_dir"], start), what="lcd",
+                                       every_n=out["frames_every_n"], prefix=f"lcd_{stamp}", name="lcd"))
     if out["video"]:
-        sinks.append(VideoSink(out["video"], fps=fps))
+        video = Path(expand_run_pattern(out["video"], start))
+        if video.exists():
+            log.warning("output video %s exists (a previous run's?): this run writes %s", video, unused_path(video))
+        sinks.append(VideoSink(unused_path(video), fps=fps))
     if cfg["preview"]["enabled"]:
         rt.preview_state = PreviewState(rt.stats)
         sinks.append(PreviewSink(rt.preview_state, rt.layout))
         rt.preview = PreviewServer(rt.preview_state, host=cfg["preview"]["host"], port=cfg["preview"]["port"]).start()
-    stages.append(Stage("outputs", OutputStage(sinks), queue_size=q))
+    rt.outputs = OutputStage(sinks)
+    stages.append(Stage("outputs", rt.outputs, queue_size=q))
     rt.pipeline = Pipeline(source, stages)
-    return rt
 
 
 def run_daemon(config_path=None, *, config: dict | None = None, seconds: float | None = None) -> int:
@@ -245,6 +324,10 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
         cfg = config if config is not None else (load_config(config_path) if config_path else validate({}))
     except (ValueError, FileNotFoundError) as exc:
         print(f"edgehdr run: error: {exc}", file=sys.stderr)
+        return 2
+    if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
+        print(f"edgehdr run: error: --seconds must be a finite number >= 0 (0 = until stopped), got {seconds}",
+              file=sys.stderr)
         return 2
     setup_logging(cfg["run"]["log_level"], cfg["run"]["log_format"])
     seconds = cfg["run"]["seconds"] if seconds is None else seconds
@@ -271,6 +354,10 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
                                                                             dimming=cfg["dimming"]["enabled"]), 2)}})
         rt = build_runtime(cfg)
         rt.pipeline.start()
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        print(f"edgehdr run: error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - report any start-up failure with its reason
         log.error("could not start: %s: %s", type(exc).__name__, exc)
         print(f"edgehdr run: error: {exc}", file=sys.stderr)
@@ -281,6 +368,8 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
     ready = False
     next_stats = started + cfg["run"]["stats_interval_s"]
     next_watchdog = started
+    failure = None
+    link_seen = None
     while not stop.is_set():
         stop.wait(0.1)
         now = time.monotonic()
@@ -291,14 +380,29 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
         if notifier.watchdog_interval_s and now >= next_watchdog and rt.pipeline.healthy(within_s=5.0):
             notifier.watchdog()
             next_watchdog = now + notifier.watchdog_interval_s
+        link = rt.link_stats()
+        if link is not None and (link["state"], link["last_error"]) != link_seen:
+            link_seen = (link["state"], link["last_error"])
+            level = logging.INFO if link["state"] in ("connected", "connecting") and not link["last_error"] \
+                else logging.WARNING
+            log.log(level, "controller link %s", link["state"], extra={"fields": {
+                "port": cfg["bridge"]["port"], "protocol_state": link["protocol_state"],
+                "last_error": link["last_error"]}})
         if now >= next_stats:
             st = rt.stats()
             summary = {k: st.get(k) for k in ("fps", "frames_completed", "frames_dropped", "frames_failed",
-                                             "capture_to_zones_ms_median", "capture_to_zones_ms_p99",
-                                             "source_restarts")}
+                                             "output_errors", "capture_to_zones_ms_median",
+                                             "capture_to_zones_ms_p99", "source_restarts")}
+            if link is not None:
+                summary["link"] = link["state"]
             log.info("stats", extra={"fields": summary})
-            notifier.status(f"{summary['fps']} fps, {summary['frames_dropped']} dropped")
+            notifier.status(status_line(st))
             next_stats = now + cfg["run"]["stats_interval_s"]
+        failure = rt.pipeline.failing_from_start(FAIL_FAST_FRAMES)
+        if failure:
+            log.error("the first %d frames all failed; stopping: %s", FAIL_FAST_FRAMES, failure)
+            notifier.status(f"stopped: every frame failed: {failure}")
+            break
         if seconds and now - started >= seconds:
             break
         if rt.pipeline.finished:
@@ -308,7 +412,35 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
     final = rt.close()
     log.info("stopped", extra={"fields": {k: final.get(k) for k in ("fps", "frames_captured", "frames_completed",
                                                                     "frames_dropped", "frames_failed",
-                                                                    "capture_to_zones_ms_median",
+                                                                    "output_errors", "capture_to_zones_ms_median",
                                                                     "capture_to_zones_ms_p99")}})
     notifier.close()
-    return 0
+    status = 0
+    if failure:
+        print(f"edgehdr run: error: the first {FAIL_FAST_FRAMES} frames all failed: {failure}", file=sys.stderr)
+        status = 1
+    link = final.get("link")
+    if link is not None and not link.get("frames_sent") and final.get("frames_completed"):
+        print(f"edgehdr run: error: the controller link ({cfg['bridge']['port']}) never sent a frame: "
+              f"{link.get('state')}, last error: {link.get('last_error') or 'none'}", file=sys.stderr)
+        status = 1
+    for out in final.get("outputs", []):
+        if out["errors"]:
+            log.error("output %s: %d failures, last: %s", out["sink"], out["errors"], out["last_error"])
+            print(f"edgehdr run: error: output {out['sink']} failed {out['errors']} times "
+                  f"(last: {out['last_error']})", file=sys.stderr)
+            status = 1
+    return status
+
+
+def status_line(stats: dict) -> str:
+    """The systemd ``STATUS=`` text: rate, drops, failures, output errors per sink, link state."""
+    parts = [f"{stats.get('fps')} fps", f"{stats.get('frames_dropped')} dropped", f"{stats.get('frames_failed')} failed"]
+    failing = [f"{o['sink']} {o['errors']}" for o in stats.get("outputs", []) if o["errors"]]
+    if failing:
+        parts.append("output errors: " + ", ".join(failing))
+    link = stats.get("link")
+    if link is not None:
+        parts.append(f"link {link['state']}" + (f" ({link['last_error']})" if link["state"] != "connected"
+                                                 and link.get("last_error") else ""))
+    return ", ".join(parts)

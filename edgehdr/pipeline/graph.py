@@ -61,6 +61,7 @@ class StageStats:
         self.dropped = 0
         self.errors = 0
         self.last_error = ""
+        self.first_error = ""
         self._latency = deque(maxlen=window)
         self._times = deque(maxlen=window)
         self._lock = threading.Lock()
@@ -79,6 +80,8 @@ class StageStats:
         with self._lock:
             self.errors += 1
             self.last_error = message
+            if not self.first_error:
+                self.first_error = message
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -184,6 +187,22 @@ class Pipeline:
     @property
     def running(self) -> bool:
         return self._capture_thread is not None and self._capture_thread.is_alive()
+
+    def failing_from_start(self, frames: int) -> str | None:
+        """The first error, when at least ``frames`` frames failed in a stage and none ever completed.
+
+        A configuration that cannot work (a layout for another frame size, a bracket
+        the merge refuses) fails every frame; the daemon stops on this instead of
+        running on silently.
+        """
+        if not self.stages or self.stages[-1].stats.processed:
+            return None
+        if self.capture.errors >= frames and not self.capture.processed:
+            return f"source {self.source.name}: {self.capture.first_error}"
+        for stage in self.stages:
+            if stage.stats.errors >= frames:
+                return f"stage {stage.name}: {stage.stats.first_error}"
+        return None
 
     def healthy(self, within_s: float = 2.0) -> bool:
         """True when the last stage finished a frame within ``within_s`` seconds."""

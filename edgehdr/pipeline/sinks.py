@@ -3,13 +3,26 @@
 Every file appears atomically: images through ``edgehdr.io``'s temp-and-rename,
 the video as a hidden partial file renamed when the writer closes, so a reader
 (or a crash, or SIGTERM) never finds a half-written output under its final name.
+
+Failures are the sinks' to report, not to hide. OpenCV's video writer only prints
+"Failed to write frame" on a full disk, so ``VideoSink`` checks the free space
+before each frame (a frame that cannot fit is refused with ``ENOSPC`` and counted by
+the output stage) and, on close, re-reads the file and compares its frame count
+with the frames written. A video that lost frames is kept as
+``NAME.incomplete.SUFFIX`` and ``close()`` raises, so the run ends non-zero.
+
+Output names may carry the run's start time: ``{start:%Y%m%d-%H%M%S}`` in a path
+(``expand_run_pattern``), so a restarted daemon never overwrites the last run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -17,7 +30,39 @@ import numpy as np
 
 from edgehdr.io import write_ldr_image
 
-__all__ = ["ImageSequenceSink", "VideoSink", "PreviewState", "PreviewSink"]
+__all__ = ["ImageSequenceSink", "VideoSink", "PreviewState", "PreviewSink", "expand_run_pattern", "unused_path"]
+
+
+def expand_run_pattern(path: str, start: datetime) -> str:
+    """Fill ``{start:FORMAT}`` (strftime) in an output path with the run's start time.
+
+    Raises ``ValueError`` for any other placeholder or a malformed pattern.
+    """
+    if "{" not in path and "}" not in path:
+        return path
+    try:
+        return path.format(start=start)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise ValueError(f"output path {path!r}: only the placeholder {{start:%Y%m%d-%H%M%S}} (strftime format) "
+                         f"is allowed ({type(exc).__name__}: {exc})") from None
+
+
+def unused_path(path: Path) -> Path:
+    """``path`` itself if nothing is there, else ``STEM-1.SUFFIX``, ``STEM-2.SUFFIX``, ...: never overwrite."""
+    if not path.exists():
+        return path
+    n = 1
+    while True:
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+def _check_space(folder: Path, needed_bytes: int, what) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise OSError(errno.ENOSPC, f"{what}: only {free} bytes free in {folder}, a frame needs about {needed_bytes}")
 
 
 def _pick(ctx, what: str):
@@ -30,10 +75,14 @@ def _pick(ctx, what: str):
 
 
 class ImageSequenceSink:
-    """Writes every ``every_n``-th frame's ``what`` (``sdr`` or ``lcd``) as ``PREFIX_000123.png``."""
+    """Writes every ``every_n``-th frame's ``what`` (``sdr`` or ``lcd``) as ``PREFIX_000123.png``.
+
+    The daemon gives a prefix with the run's start time (``sdr_20261129-231500``), so
+    a second run into the same folder adds files instead of replacing the first run's.
+    """
 
     def __init__(self, folder, *, what: str = "sdr", every_n: int = 30, prefix: str | None = None,
-                 suffix: str = ".png"):
+                 suffix: str = ".png", name: str | None = None):
         if what not in ("sdr", "lcd"):
             raise ValueError(f"image sink can write 'sdr' or 'lcd', got {what!r}")
         if every_n < 1:
@@ -42,6 +91,7 @@ class ImageSequenceSink:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.what, self.every_n, self.suffix = what, every_n, suffix
         self.prefix = prefix or what
+        self.name = name or f"{what}_frames"
         self.written = 0
 
     def write(self, ctx) -> None:
@@ -56,7 +106,8 @@ class ImageSequenceSink:
 class VideoSink:
     """Tone-mapped frames into a video (``.avi`` MJPG or ``.mp4`` mp4v), renamed into place on close."""
 
-    def __init__(self, path, *, fps: float = 30.0, what: str = "sdr"):
+    def __init__(self, path, *, fps: float = 30.0, what: str = "sdr", name: str = "video"):
+        self.name = name
         self.path = Path(path)
         if self.path.suffix.lower() not in (".avi", ".mp4"):
             raise ValueError(f"{self.path}: video output must end in .avi or .mp4")
@@ -66,6 +117,12 @@ class VideoSink:
         self.fps, self.what = fps, what
         self._writer = None
         self.frames = 0
+        self.refused = 0  # frames that could not be written (disk full): the recording has gaps
+        self.incomplete: Path | None = None
+
+    @property
+    def written(self) -> int:
+        return self.frames
 
     def write(self, ctx) -> None:
         image = _pick(ctx, self.what)
@@ -73,6 +130,15 @@ class VideoSink:
             return
         if image.dtype != np.uint8:
             image = (image >> 2).astype(np.uint8)
+        # Room for two more frames of the size written so far (a quarter of the raw size before the first)
+        # and 256 KiB for the container's index, which is written on close.
+        size = self.partial.stat().st_size if self.frames and self.partial.exists() else 0
+        per_frame = size // self.frames if size else image.nbytes // 4
+        try:
+            _check_space(self.path.parent, 2 * per_frame + (256 << 10), self.path)
+        except OSError:
+            self.refused += 1
+            raise
         if self._writer is None:
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
             h, w = image.shape[:2]
@@ -83,15 +149,53 @@ class VideoSink:
         self.frames += 1
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-            if self.frames:
-                with open(self.partial, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(self.partial, self.path)
-        with contextlib.suppress(FileNotFoundError):
-            self.partial.unlink()
+        """Finish the file; rename it into place if it holds every frame of the run, else keep it as incomplete.
+
+        Raises ``OSError`` when frames were lost, in the file or refused before it for want of
+        space (the file stays as ``NAME.incomplete.SUFFIX``).
+        """
+        if self._writer is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.partial.unlink()
+            return
+        self._writer.release()
+        self._writer = None
+        if not self.frames:
+            with contextlib.suppress(FileNotFoundError):
+                self.partial.unlink()
+            return
+        try:
+            with open(self.partial, "rb+") as fh:
+                os.fsync(fh.fileno())
+            readable = _frames_in(self.partial)
+        except OSError as exc:
+            readable, reason = 0, str(exc)
+        else:
+            reason = f"{readable} readable frames of {self.frames} written, {self.refused} refused for want of space"
+        if readable == self.frames and not self.refused:
+            os.replace(self.partial, self.path)
+            return
+        if self.partial.exists():
+            self.incomplete = unused_path(self.path.with_name(f"{self.path.stem}.incomplete{self.path.suffix}"))
+            os.replace(self.partial, self.incomplete)
+        raise OSError(errno.EIO, f"{self.path}: video incomplete ({reason}); kept as {self.incomplete}")
+
+
+def _frames_in(path: Path) -> int:
+    """Frames a video file really holds, read back through OpenCV (a truncated AVI has no index)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return 0
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if count > 0:
+            return count
+        n = 0
+        while cap.grab():
+            n += 1
+        return n
+    finally:
+        cap.release()
 
 
 class PreviewState:
@@ -122,8 +226,11 @@ class PreviewState:
 class PreviewSink:
     """Encodes a reduced preview JPEG and the zone heat map every ``every_n``-th frame."""
 
+    name = "preview"
+
     def __init__(self, state: PreviewState, layout=None, *, width_px: int = 640, every_n: int = 3, quality: int = 80):
         self.state, self.layout = state, layout
+        self.written = 0
         self.width_px, self.every_n, self.quality = width_px, every_n, quality
 
     def write(self, ctx) -> None:
@@ -141,3 +248,4 @@ class PreviewSink:
                                                          cv2.COLOR_RGB2BGR))
             zones = png.tobytes() if ok2 else None
         self.state.publish(jpeg.tobytes() if ok else None, zones)
+        self.written += 1

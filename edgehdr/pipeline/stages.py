@@ -212,40 +212,79 @@ class BridgeStage:
 
     The stage uses the link but does not own it: whoever opened the link (the
     runtime in ``pipeline/daemon.py``) closes it, once, after the pipeline stopped.
+    While the link is not running (connecting, rejected, down) a frame's zones are
+    not sent and no capture-to-zones latency is recorded for it; ``unsent`` counts them.
     """
 
     def __init__(self, link):
         self.link = link
+        self.unsent = 0
 
     def __call__(self, ctx):
         if ctx.zone_values is not None:
+            if not self.link.running:
+                self.unsent += 1
+                return ctx
             self.link.send_zones(ctx.zone_values, ctx.frame_id)
             ctx.zones_sent_ns = time.monotonic_ns()
         return ctx
 
 
 class OutputStage:
-    """Feeds every sink; a failing sink drops its own output for that frame, not the others'."""
+    """Feeds every sink; a failing sink drops its own output for that frame, not the others'.
 
-    def __init__(self, sinks):
+    Failures are counted per sink (``snapshot()``: frames written, errors, last error)
+    and logged at error level: the first failure of a sink at once, then at most one
+    line per ``log_interval_s`` with the count since the last line. A sink whose
+    ``close()`` fails (e.g. a video that lost frames) counts one more error.
+    """
+
+    def __init__(self, sinks, *, log_interval_s: float = 10.0):
         self.sinks = list(sinks)
-        self.errors = {type(s).__name__: 0 for s in self.sinks}
+        self.log_interval_s = log_interval_s
+        self._names = []
+        for i, sink in enumerate(self.sinks):
+            name = getattr(sink, "name", None) or type(sink).__name__
+            self._names.append(name if name not in self._names else f"{name}{i}")
+        self._counts = {name: {"errors": 0, "last_error": None, "logged_at": None, "unlogged": 0}
+                        for name in self._names}
+
+    @property
+    def errors(self) -> dict:
+        return {name: c["errors"] for name, c in self._counts.items()}
 
     def __call__(self, ctx):
-        for sink in self.sinks:
+        for name, sink in zip(self._names, self.sinks):
             try:
                 sink.write(ctx)
             except Exception as exc:  # noqa: BLE001 - count per sink, keep the others going
-                name = type(sink).__name__
-                self.errors[name] = self.errors.get(name, 0) + 1
-                log.error("sink %s failed on frame %d: %s", name, ctx.frame_id, exc)
+                self._failed(name, f"frame {ctx.frame_id}: {type(exc).__name__}: {exc}")
         return ctx
 
+    def _failed(self, name: str, message: str) -> None:
+        c = self._counts[name]
+        c["errors"] += 1
+        c["last_error"] = message
+        now = time.monotonic()
+        if c["logged_at"] is None or now - c["logged_at"] >= self.log_interval_s:
+            log.error("output %s failed: %s (%d failures so far, %d since the last report)",
+                      name, message, c["errors"], c["unlogged"] + 1)
+            c["logged_at"], c["unlogged"] = now, 0
+        else:
+            c["unlogged"] += 1
+
+    def snapshot(self) -> list[dict]:
+        """Per sink: ``{"sink", "frames_written", "errors", "last_error"}``."""
+        return [{"sink": name, "frames_written": int(getattr(sink, "written", 0)),
+                 "errors": self._counts[name]["errors"], "last_error": self._counts[name]["last_error"]}
+                for name, sink in zip(self._names, self.sinks)]
+
     def close(self) -> None:
-        for sink in self.sinks:
+        for name, sink in zip(self._names, self.sinks):
             closer = getattr(sink, "close", None)
             if callable(closer):
                 try:
                     closer()
-                except Exception as exc:  # noqa: BLE001
-                    log.error("sink %s: close failed: %s", type(sink).__name__, exc)
+                except Exception as exc:  # noqa: BLE001 - every sink gets closed
+                    self._counts[name]["logged_at"] = None  # a close failure is always logged
+                    self._failed(name, f"close: {type(exc).__name__}: {exc}")
