@@ -13,15 +13,34 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 
+def _check_output(path, suffixes, *, option: str = "-o") -> None:
+    """Refuse an output path before any work: wrong suffix, a folder, or a folder that does not exist."""
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise ValueError(f"{option} {path}: unsupported output type {p.suffix or '(no extension)'!r}; "
+                         f"use one of {', '.join(suffixes)}")
+    if p.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{option} {path}: output folder {parent} does not exist")
+
+
 def _cmd_merge(args) -> int:
     import numpy as np
 
     from edgehdr.hdr.align import align_bracket
     from edgehdr.hdr.crf import calibrate_debevec
     from edgehdr.hdr.merge import merge_debevec, resolve_response
-    from edgehdr.io import read_ldr_stack, write_radiance
+    from edgehdr.io import RADIANCE_SUFFIXES, read_ldr_stack, write_radiance
     from edgehdr.progress import Progress
 
+    if args.save_response and args.response != "auto":
+        raise ValueError(f"--save-response {args.save_response}: only with --response auto (the calibration "
+                         f"writes it; --response {args.response} is given, not estimated)")
+    _check_output(args.output, RADIANCE_SUFFIXES)
+    if args.save_response:
+        _check_output(args.save_response, (".json",), option="--save-response")
     progress = Progress(4, quiet=args.quiet)
     bracket = read_ldr_stack(args.images, list_file=args.list, bits=args.bits)
     progress.step(f"read {len(bracket)} frames {bracket.frames.shape[2]}x{bracket.frames.shape[1]}, "
@@ -84,6 +103,7 @@ def _cmd_tonemap(args) -> int:
     from edgehdr.io import read_radiance, write_ldr_image
     from edgehdr.tonemap import tonemap
 
+    _check_output(args.output, (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".webp"))
     radiance = read_radiance(args.input)
     params = {"color": args.color}
     if args.operator in ("reinhard", "reinhard-local"):
@@ -420,6 +440,32 @@ def _float_at_least(lo: float):
     return parse
 
 
+def _float_above(lo: float):
+    """argparse type: a finite number > lo."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and value > lo):
+            raise argparse.ArgumentTypeError(f"{text} is not allowed; give a finite number > {lo:g}")
+        return value
+    return parse
+
+
+def _float_in(lo: float, hi: float):
+    """argparse type: a finite number in lo..hi."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed {lo:g}..{hi:g}")
+        return value
+    return parse
+
+
 def _add_bridge_grid(p, rows=16, cols=24, bits=12):
     # PROTOCOL.md: rows and cols are u8 (1..255), zone depth 8..16 bit
     p.add_argument("--rows", type=_int_in(1, 255), default=rows, help=f"zone rows, 1..255 (default {rows})")
@@ -446,44 +492,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--response", default="auto",
                    help="auto (Debevec calibration), srgb, gamma2.2, linear, s-curve[:C:P] or a response .json")
     p.add_argument("--save-response", help="with --response auto: write the calibrated response here (.json)")
-    p.add_argument("--smoothness", type=float, default=10000.0, help="Debevec calibration smoothness lambda")
+    p.add_argument("--smoothness", type=_float_at_least(0.0), default=10000.0,
+                   help="Debevec calibration smoothness lambda (>= 0)")
     p.add_argument("--align", choices=ALIGN_METHODS, default="mtb")
     p.add_argument("--deghost", action="store_true", help="reject moving objects against the middle exposure")
     p.add_argument("--weighting", choices=sorted(WEIGHTINGS), default="tutorial")
-    p.add_argument("--bits", type=int, help="significant bits of 16-bit files (e.g. 12)")
-    p.add_argument("--exr-pixel-type", choices=("half", "float"), default="half")
+    p.add_argument("--bits", type=_int_in(8, 16), help="significant bits of 16-bit files (e.g. 12)")
+    p.add_argument("--exr-pixel-type", choices=("auto", "half", "float"), default="auto",
+                   help="auto: half-float unless radiance exceeds 65504, then float (never +inf)")
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("tonemap", help="tone map a radiance map to an sRGB image")
     p.add_argument("input", help="input .exr, .hdr or .pfm")
     p.add_argument("-o", "--output", required=True, help="output .png, .jpg or .tif")
     p.add_argument("--operator", choices=OPERATORS, default="reinhard")
-    p.add_argument("--key", type=float, default=0.18, help="Reinhard key / parametric mid-grey")
-    p.add_argument("--white", type=float, help="Reinhard white point (default: scene maximum)")
-    p.add_argument("--bias", type=float, default=0.85, help="Drago bias")
-    p.add_argument("--alpha", type=float, default=0.8, help="parametric contrast exponent")
-    p.add_argument("--mu", type=float, help="parametric mid-point (default from the key)")
-    p.add_argument("--saturation", type=float, default=None, help="colour saturation s (gamma for parametric)")
+    p.add_argument("--key", type=_float_above(0.0), default=0.18, help="Reinhard key / parametric mid-grey")
+    p.add_argument("--white", type=_float_above(0.0), help="Reinhard white point (default: scene maximum)")
+    p.add_argument("--bias", type=_float_above(0.0), default=0.85, help="Drago bias")
+    p.add_argument("--alpha", type=_float_above(0.0), default=0.8, help="parametric contrast exponent")
+    p.add_argument("--mu", type=_float_above(0.0), help="parametric mid-point (default from the key)")
+    p.add_argument("--saturation", type=_float_at_least(0.0), default=None,
+                   help="colour saturation s (gamma for parametric)")
     p.add_argument("--color", choices=COLOR_METHODS, default="schlick", help="colour correction")
     p.set_defaults(func=_cmd_tonemap)
 
     p = sub.add_parser("synth", help="write a synthetic bracket with its exact ground truth")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0)
     p.add_argument("--kind", choices=("outdoor", "indoor", "night"))
-    p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--height", type=int, default=720)
-    p.add_argument("--exposures", type=int, default=3)
-    p.add_argument("--spacing", type=float, default=2.0, help="stops between exposures")
-    p.add_argument("--moving", type=int, default=0, help="moving objects")
-    p.add_argument("--shake-px", type=float, default=0.0, help="random hand shake up to this many pixels")
+    p.add_argument("--width", type=_int_in(16, 16384), default=1280, help="16..16384, within the pixel limit")
+    p.add_argument("--height", type=_int_in(16, 16384), default=720, help="16..16384, within the pixel limit")
+    p.add_argument("--exposures", type=_int_in(2, 9), default=3, help="frames in the bracket, 2..9")
+    p.add_argument("--spacing", type=_float_in(0.1, 8.0), default=2.0, help="stops between exposures, 0.1..8")
+    p.add_argument("--moving", type=_int_in(0, 32), default=0, help="moving objects")
+    p.add_argument("--shake-px", type=_float_in(0.0, 64.0), default=0.0,
+                   help="random hand shake up to this many pixels, 0..64")
     p.add_argument("--response", default="srgb", help="camera response curve")
     p.add_argument("--bits", type=int, default=8, choices=(8, 10, 12, 16))
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("bench", help="per-stage latency against OpenCV at 720p, 1080p and 4K")
     p.add_argument("--sizes", default="720p,1080p,4k")
-    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--repeat", type=_int_in(1, 1000), default=7)
     p.add_argument("--json", help="also write the figures as JSON")
     p.add_argument("--quality", action="store_true",
                    help="instead: merge quality against ground truth on 10 synthetic scenes (PU21-PSNR)")
@@ -493,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: the daemon's pipeline at 1080p/30 fps for --seconds (fps, drops, latency, memory)")
     p.add_argument("--faults", action="store_true",
                    help="instead: fault run (source error/stall, corrupt frame, link unplug/replug)")
-    p.add_argument("--seconds", type=float, default=60.0, help="duration of --runtime (600 for the soak)")
+    p.add_argument("--seconds", type=_float_above(0.0), default=60.0, help="duration of --runtime (600 for the soak)")
     p.set_defaults(func=_cmd_bench)
 
     from edgehdr.dimming.run import ALGORITHMS as DIM_ALGORITHMS
@@ -521,27 +571,27 @@ def build_parser() -> argparse.ArgumentParser:
     b = bridge.add_parser("send", help="stream test patterns to a controller")
     b.add_argument("port", help="serial device, udp:HOST:PORT or spi:BUS.DEV[@HZ]")
     _add_bridge_grid(b)
-    b.add_argument("--baud", type=int, default=2_000_000)
-    b.add_argument("--fps", type=float, default=60.0)
-    b.add_argument("--seconds", type=float, default=5.0)
+    b.add_argument("--baud", type=_int_in(1200, 100_000_000), default=2_000_000)
+    b.add_argument("--fps", type=_float_above(0.0), default=60.0)
+    b.add_argument("--seconds", type=_float_above(0.0), default=5.0)
     b.add_argument("--pattern", choices=("gradient", "checker", "random"), default="gradient")
-    b.add_argument("--safe-level", type=int, default=0)
-    b.add_argument("--watchdog-ms", type=int, default=500)
-    b.add_argument("--heartbeat-ms", type=int, default=100)
-    b.add_argument("--connect-timeout", type=float, default=5.0)
+    b.add_argument("--safe-level", type=_int_in(0, 65535), default=0)
+    b.add_argument("--watchdog-ms", type=_int_in(50, 65535), default=500)
+    b.add_argument("--heartbeat-ms", type=_int_in(10, 30000), default=100)
+    b.add_argument("--connect-timeout", type=_float_above(0.0), default=5.0)
     b.set_defaults(func=_cmd_bridge_send)
     b = bridge.add_parser("bench", help="encode cost, 120 Hz stream over a pty, fault run; --controller qemu runs "
                                         "the reference firmware on an emulated Cortex-M3")
     b.add_argument("--controller", choices=("sim", "qemu"), default="sim",
                    help="sim: the Python controller simulator on a pty; qemu: the C firmware "
                         "(firmware_bridge/firmware) built with arm-none-eabi-gcc and run in qemu-system-arm")
-    b.add_argument("--zones", type=int, default=2304, help="zones per frame for --controller sim")
+    b.add_argument("--zones", type=_int_in(1, 255 * 255), default=2304, help="zones per frame for --controller sim")
     b.add_argument("--board", choices=tuple(QEMU_BOARDS), default="mps2_an385",
                    help="with --controller qemu: the emulated board (firmware_bridge/firmware/board_<name>.c)")
-    b.add_argument("--hz", type=float, default=None,
+    b.add_argument("--hz", type=_float_above(0.0), default=None,
                    help="zone frames per second (default: 120; with --controller qemu 60 on mps2_an385, whose "
                         "emulated UART carries ~10 kB/s, 120 on lm3s6965evb; see firmware_bridge/firmware/PORTING.md)")
-    b.add_argument("--seconds", type=float, default=60.0)
+    b.add_argument("--seconds", type=_float_above(0.0), default=60.0)
     b.add_argument("--json", help="also write the figures as JSON")
     b.set_defaults(func=_cmd_bridge_bench)
 
@@ -556,20 +606,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the capture daemon (SIGTERM/SIGINT stop it cleanly)")
     p.add_argument("--config", help="edgehdr.toml (see edgehdr/deploy/edgehdr.example.toml); default: synthetic camera")
-    p.add_argument("--seconds", type=float, help="stop after this long (overrides [run] seconds)")
+    p.add_argument("--seconds", type=_float_at_least(0.0), help="stop after this long (overrides [run] seconds)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="the main job on the built-in default: synthetic camera -> pipeline -> "
                                    "controller simulator, a few seconds")
     p.add_argument("-o", "--output", default="edgehdr-demo", help="result folder")
-    p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--seconds", type=_float_above(0.0), default=5.0)
+    p.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0)
+    p.add_argument("--width", type=_int_in(16, 16384), default=1280)
+    p.add_argument("--height", type=_int_in(16, 16384), default=720)
     p.add_argument("--neural", action="store_true", help="the merge network, neural tone mapper and local-dimming "
                                                          "network (edgehdr/models) instead of the classical stages")
     p.set_defaults(func=_cmd_demo)
+    _show_defaults(parser)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command's --help shows the default of each option."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
 
 
 def main(argv=None) -> int:

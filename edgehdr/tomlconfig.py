@@ -15,7 +15,10 @@ __all__ = ["read_table", "typed_entries"]
 
 def read_table(path: Path, error: type[Exception]) -> dict:
     """Parse ``path`` as JSON (``.json``) or TOML (anything else); ``error`` on a syntax error."""
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not a text file (byte {exc.start} is not UTF-8); expected TOML or JSON") from None
     is_json = Path(path).suffix.lower() == ".json"
     try:
         if is_json:

@@ -43,6 +43,12 @@ def atomic_output(path, *, suffix: str | None = None):
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(directory)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if exc.errno is not None and str(path) not in str(exc):  # name the output, not the temporary file
+            raise OSError(exc.errno, f"{path}: cannot write ({exc.strerror})") from exc
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

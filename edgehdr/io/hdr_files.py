@@ -116,7 +116,8 @@ def write_radiance(path, radiance: np.ndarray, *, exr_pixel_type: str = "auto") 
         raise ValueError(f"{path}: radiance must be an HxWx3 array, got shape {rgb.shape}")
     if not np.all(np.isfinite(rgb)):
         raise ValueError(f"{path}: refusing to write NaN or infinite radiance")
-    rgb = rgb.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # overflow is checked right below
+        rgb = rgb.astype(np.float32, copy=False)
     if not np.all(np.isfinite(rgb)):
         raise ValueError(f"{path}: radiance exceeds the float32 range (3.4e38); rescale before writing")
     if suffix == ".exr":

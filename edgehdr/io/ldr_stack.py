@@ -87,8 +87,13 @@ def read_list_file(list_path) -> list[tuple[Path, float]]:
     list_path = Path(list_path)
     if not list_path.is_file():
         raise FileNotFoundError(f"{list_path}: no such list file")
+    try:
+        text = list_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{list_path}: not a text list file (byte {exc.start} is not UTF-8); expected lines of "
+                         "'FILENAME INVERSE_SHUTTER_TIME'") from None
     entries = []
-    for lineno, raw in enumerate(list_path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue

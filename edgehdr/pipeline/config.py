@@ -160,6 +160,7 @@ def validate(data: dict, source: str = "<config>") -> dict:
     if src["gains"] and len(src["gains"]) != len(src["exposures_s"]):
         raise ConfigError(f"{source}: [source] gains has {len(src['gains'])} values for "
                           f"{len(src['exposures_s'])} exposures_s")
+    _check_response(src["response"], source)
     if src["kind"] in ("replay", "v4l2") and not src["path"]:
         raise ConfigError(f"{source}: [source] path is required when kind = {src['kind']!r}")
     planner = config["planner"]
@@ -172,6 +173,21 @@ def validate(data: dict, source: str = "<config>") -> dict:
     if bridge["safe_level"] >= (1 << bridge["bits"]):
         raise ConfigError(f"{source}: [bridge] safe_level = {bridge['safe_level']}: expected 0..{(1 << bridge['bits']) - 1}")
     return config
+
+
+def _check_response(response: str, source: str) -> None:
+    from edgehdr.hdr.crf import ResponseCurve
+
+    if response == "auto":
+        return
+    if response.lower().endswith(".json"):
+        if not Path(response).is_file():
+            raise ConfigError(f"{source}: [source] response = {response!r}: no such response file")
+        return
+    try:
+        ResponseCurve.parse(response)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: [source] response = {response!r}: {exc}, or a response .json file") from None
 
 
 def load_config(path) -> dict:

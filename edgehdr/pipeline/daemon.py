@@ -312,7 +312,13 @@ def _wire(rt: Runtime, cfg: dict, extra_sinks, start: datetime) -> None:
     if cfg["preview"]["enabled"]:
         rt.preview_state = PreviewState(rt.stats)
         sinks.append(PreviewSink(rt.preview_state, rt.layout))
-        rt.preview = PreviewServer(rt.preview_state, host=cfg["preview"]["host"], port=cfg["preview"]["port"]).start()
+        host, port = cfg["preview"]["host"], cfg["preview"]["port"]
+        try:
+            rt.preview = PreviewServer(rt.preview_state, host=host, port=port).start()
+        except OSError as exc:
+            raise ConfigError(f"[preview] host = {host!r}, port = {port}: cannot listen there "
+                              f"({exc.strerror or exc}); choose another port, 0 for any free one, or "
+                              "[preview] enabled = false") from None
     rt.outputs = OutputStage(sinks)
     stages.append(Stage("outputs", rt.outputs, queue_size=q))
     rt.pipeline = Pipeline(source, stages)

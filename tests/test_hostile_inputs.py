@@ -1,0 +1,345 @@
+"""Hostile and careless input to the readers and the CLI: a clear error naming the file, never a traceback.
+
+Each case asserts the exit status (2 for bad input) and that the message names the file,
+option or key; a corrupter driven by hypothesis mutates valid files of every format the
+readers take and checks that each either decodes to a sane image or raises ``ValueError``
+naming the file, nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgehdr.cli import main
+from edgehdr.io import read_ldr_image, read_ldr_stack, read_list_file, read_radiance, write_radiance
+from edgehdr.io.headers import check_image_header, jpeg_is_complete
+
+
+def _run(argv, capsys):
+    rc = main(["-q", *argv])
+    return rc, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def radiance():
+    rng = np.random.default_rng(3)
+    base = np.exp(rng.uniform(-3, 4, size=(24, 32, 1))).astype(np.float32)
+    return base * np.array([1.0, 0.8, 0.6], np.float32)
+
+
+def _stack(folder: Path, n: int = 3, *, suffix: str = ".png", size=(40, 56)) -> list[Path]:
+    rng = np.random.default_rng(0)
+    scene = rng.uniform(0.05, 1.0, size=(*size, 3))
+    scene = cv2.GaussianBlur(scene, (0, 0), 2.0)
+    paths, lines = [], []
+    for i in range(n):
+        t = 0.25 * 4.0 ** i
+        codes = np.clip(255 * (scene * t) ** (1 / 2.2), 0, 255).astype(np.uint8)
+        p = folder / f"f{i}{suffix}"
+        cv2.imwrite(str(p), codes)
+        paths.append(p)
+        lines.append(f"{p.name} {1 / t:g}")
+    (folder / "list.txt").write_text("\n".join(lines) + "\n")
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------ headers
+
+
+def _rgbe(path: Path, resolution: bytes) -> Path:
+    cv2.imwrite(str(path), np.ones((8, 10, 3), np.float32))
+    raw = path.read_bytes().replace(b"-Y 8 +X 10", resolution)
+    path.write_bytes(raw)
+    return path
+
+
+def _pfm(path: Path, size: bytes) -> Path:
+    cv2.imwrite(str(path), np.ones((8, 10, 3), np.float32))
+    path.write_bytes(path.read_bytes().replace(b"10 8", size, 1))
+    return path
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: _rgbe(p / "big.hdr", b"-Y 100000 +X 100000"), r"big\.hdr: header declares 100000 x 100000 .* limit"),
+    (lambda p: _rgbe(p / "neg.hdr", b"-Y -5 +X -5"), r"neg\.hdr: header declares an image of -5 x -5"),
+    (lambda p: _rgbe(p / "bad.hdr", b"-Y x +X 5"), r"bad\.hdr: malformed Radiance resolution line"),
+    (lambda p: _pfm(p / "big.pfm", b"100000 100000"), r"big\.pfm: header declares 100000 x 100000"),
+    (lambda p: _pfm(p / "neg.pfm", b"-5 -5"), r"neg\.pfm: header declares an image of -5 x -5"),
+])
+def test_radiance_headers_that_lie_are_refused_before_decoding(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        read_radiance(path)
+
+
+def test_exr_decompression_bomb_is_refused_from_its_header(tmp_path):
+    import OpenEXR
+
+    # 16384 x 16384 declared (3.2 GB as float RGB) in a file of a few kB: ZIP of zeros.
+    path = tmp_path / "bomb.exr"
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage,
+              "dataWindow": ((0, 0), (16383, 16383)), "displayWindow": ((0, 0), (16383, 16383))}
+    try:
+        with OpenEXR.File(header, {"RGB": np.zeros((8, 8, 3), np.float16)}) as exr:
+            exr.write(str(path))
+    except Exception:  # noqa: BLE001 - the binding checks the window against the pixels
+        # Write a small file and patch its dataWindow attribute (box2i: four int32) to declare 16384^2.
+        with OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage},
+                          {"RGB": np.zeros((8, 8, 3), np.float16)}) as exr:
+            exr.write(str(path))
+        raw = bytearray(path.read_bytes())
+        at = raw.index(b"dataWindow\0box2i\0") + len(b"dataWindow\0box2i\0") + 4
+        raw[at:at + 16] = struct.pack("<4i", 0, 0, 16383, 16383)
+        path.write_bytes(bytes(raw))
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ValueError, match=r"bomb\.exr: header declares 16384 x 16384 = 268\.4 MP"):
+        read_radiance(path)
+    # The limit is configurable: a low one refuses an ordinary image, naming the variable.
+    small = tmp_path / "small.exr"
+    write_radiance(small, np.ones((20, 30, 3), np.float32))
+    with pytest.raises(ValueError, match="EDGEHDR_MAX_PIXELS"):
+        read_radiance(small, max_pixels=100)
+    assert read_radiance(small).shape == (20, 30, 3)
+
+
+def test_content_that_does_not_match_the_suffix_is_refused(tmp_path):
+    png_as_hdr = tmp_path / "photo.hdr"
+    ok, enc = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    png_as_hdr.write_bytes(enc.tobytes())
+    with pytest.raises(ValueError, match=r"photo\.hdr: .*does not match its suffix '\.hdr' \(a PNG file\)"):
+        read_radiance(png_as_hdr)
+    text_as_jpg = tmp_path / "notes.jpg"
+    text_as_jpg.write_text("hello")
+    with pytest.raises(ValueError, match=r"notes\.jpg: not a readable image"):
+        read_ldr_image(text_as_jpg)
+
+
+def test_declared_size_matches_opencv_for_every_ldr_format(tmp_path):
+    img = np.random.default_rng(1).integers(0, 255, size=(37, 53, 3), dtype=np.uint8)
+    for suffix in (".png", ".jpg", ".tif", ".bmp", ".ppm"):
+        path = tmp_path / f"x{suffix}"
+        cv2.imwrite(str(path), img)
+        assert check_image_header(path) == (53, 37), suffix
+        assert read_ldr_image(path).shape == (37, 53, 3)
+
+
+# ------------------------------------------------------------------------------------------------ JPEG
+
+
+@pytest.mark.parametrize("params", [[], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 2]])
+def test_truncated_jpeg_is_detected_at_every_cut(params):
+    img = np.random.default_rng(2).integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
+    data = cv2.imencode(".jpg", img, params)[1].tobytes()
+    assert jpeg_is_complete(data)
+    assert jpeg_is_complete(data + b"trailing maker data")
+    for cut in range(2, len(data) - 1, max(1, len(data) // 97)):
+        assert not jpeg_is_complete(data[:cut]), cut
+
+
+def test_truncated_jpeg_in_a_stack_fails_merge_naming_the_file(tmp_path, capsys):
+    paths = _stack(tmp_path, suffix=".jpg")
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ValueError, match=r"f1\.jpg: truncated or corrupt JPEG"):
+        read_ldr_stack(tmp_path)
+    rc, err = _run(["merge", str(tmp_path), "-o", str(tmp_path / "out.exr")], capsys)
+    assert rc == 2 and "f1.jpg: truncated or corrupt JPEG" in err
+    assert not (tmp_path / "out.exr").exists()
+
+
+def test_truncated_exr_names_the_file(tmp_path, radiance):
+    path = tmp_path / "r.exr"
+    write_radiance(path, radiance)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"r\.exr: not a readable OpenEXR file"):
+        read_radiance(path)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def test_exr_never_holds_inf_auto_switches_to_float(tmp_path, radiance, caplog):
+    bright = radiance * (1e6 / radiance.max())
+    path = tmp_path / "bright.exr"
+    with caplog.at_level("INFO", logger="edgehdr.io"):
+        write_radiance(path, bright)
+    back = read_radiance(path)
+    assert np.all(np.isfinite(back)) and np.allclose(back, bright, rtol=1e-6)
+    assert any("32-bit float" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match=r"exceeds the half-float maximum 65504"):
+        write_radiance(tmp_path / "half.exr", bright, exr_pixel_type="half")
+    assert not (tmp_path / "half.exr").exists()
+    # In range, 'auto' stays half-float (the compact default).
+    write_radiance(tmp_path / "small.exr", radiance)
+    assert (tmp_path / "small.exr").stat().st_size < path.stat().st_size
+    # RGBE and PFM carry the range natively.
+    for suffix in (".hdr", ".pfm"):
+        write_radiance(tmp_path / f"b{suffix}", bright)
+        assert np.allclose(read_radiance(tmp_path / f"b{suffix}"), bright, rtol=0.02)
+    with pytest.raises(ValueError, match="float32 range"):
+        write_radiance(tmp_path / "huge.pfm", radiance.astype(np.float64) * 1e300)
+
+
+def test_atomic_outputs_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path, radiance):
+    old = os.umask(0o027)
+    try:
+        path = tmp_path / "new.exr"
+        write_radiance(path, radiance)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        os.chmod(path, 0o604)
+        write_radiance(path, radiance * 2)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o604
+    finally:
+        os.umask(old)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["tonemap", "{exr}", "-o", "{tmp}/out.xyz"], "-o {tmp}/out.xyz: unsupported output type '.xyz'"),
+    (["tonemap", "{exr}", "-o", "{tmp}/out"], "unsupported output type '(no extension)'"),
+    (["tonemap", "{exr}", "-o", "{tmp}/missing/out.png"], "output folder {tmp}/missing does not exist"),
+    (["tonemap", "{tmp}/photo.hdr", "-o", "{tmp}/o.png"], "photo.hdr: not a readable image"),
+    (["merge", "{tmp}/stack", "-o", "{tmp}/m.exr", "--response", "srgb", "--save-response", "{tmp}/r.json"],
+     "--save-response {tmp}/r.json: only with --response auto"),
+    (["merge", "{tmp}/stack", "-o", "{tmp}/m.jpg"], "-o {tmp}/m.jpg: unsupported output type '.jpg'"),
+    (["merge", "{tmp}/binary.txt", "-o", "{tmp}/m.exr"], "binary.txt: not a text list file"),
+    (["run", "--config", "{tmp}/binary.toml"], "binary.toml: not a text file"),
+    (["run", "--config", "{tmp}/nope.toml"], "[source] response = 'nope': unknown response"),
+    (["run", "--config", "{tmp}/inf.toml"], "[source] exposures_s = [inf, 0.01]: expected a list of finite"),
+    (["run", "--config", "{tmp}/one.toml"], "[source] exposures_s = [0.01]: an HDR bracket needs at least two"),
+    (["run", "--config", "{tmp}/pattern.toml"], "[outputs] video = 'rec-{{when}}.avi': the only placeholder"),
+])
+def test_cli_bad_input_exits_2_naming_it(tmp_path, capsys, radiance, argv, message):
+    write_radiance(tmp_path / "in.exr", radiance)
+    (tmp_path / "photo.hdr").write_bytes(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    (tmp_path / "stack").mkdir()
+    _stack(tmp_path / "stack")
+    (tmp_path / "binary.txt").write_bytes(b"f0.png 4\n\xff\xfe\x00\n")
+    (tmp_path / "binary.toml").write_bytes(b"\x00\xff\xfe binary")
+    (tmp_path / "nope.toml").write_text('[source]\nresponse = "nope"\n')
+    (tmp_path / "inf.toml").write_text("[source]\nexposures_s = [inf, 0.01]\n")
+    (tmp_path / "one.toml").write_text("[source]\nexposures_s = [0.01]\n")
+    (tmp_path / "pattern.toml").write_text('[outputs]\nvideo = "rec-{when}.avi"\n')
+    fill = {"tmp": str(tmp_path), "exr": str(tmp_path / "in.exr")}
+    rc, err = _run([a.format(**fill) for a in argv], capsys)
+    assert rc == 2, err
+    assert message.format(**fill) in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["synth", "-o", "{tmp}/s", "--shake-px", "nan"], "--shake-px: nan is out of range"),
+    (["synth", "-o", "{tmp}/s", "--width", "100000"], "--width: 100000 is out of range; allowed 16..16384"),
+    (["synth", "-o", "{tmp}/s", "--exposures", "1"], "--exposures: 1 is out of range"),
+    (["merge", "{tmp}", "-o", "{tmp}/m.exr", "--smoothness", "-1"], "--smoothness: -1 is not allowed"),
+    (["run", "--seconds", "nan"], "--seconds: nan is not allowed"),
+    (["run", "--seconds", "-5"], "--seconds: -5 is not allowed"),
+    (["tonemap", "{tmp}/x.exr", "-o", "{tmp}/x.png", "--key", "0"], "--key: 0 is not allowed"),
+    (["bridge", "send", "/dev/null", "--fps", "inf"], "--fps: inf is not allowed"),
+])
+def test_cli_bad_numbers_are_argparse_errors(tmp_path, capsys, argv, option):
+    with pytest.raises(SystemExit) as exc:
+        main([a.format(tmp=tmp_path) for a in argv])
+    assert exc.value.code == 2
+    assert option in capsys.readouterr().err
+    assert not (tmp_path / "s").exists(), "a refused synth leaves no folder"
+
+
+def test_cli_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["merge", "--help"])
+    assert "(default: 10000.0)" in " ".join(capsys.readouterr().out.split())
+
+
+# ------------------------------------------------------------------------------------------------ corrupter
+
+_FORMATS = (".png", ".jpg", ".tif", ".bmp", ".hdr", ".pfm", ".exr")
+
+
+def _valid_bytes(suffix: str) -> bytes:
+    rng = np.random.default_rng(len(suffix))
+    if suffix in (".hdr", ".pfm", ".exr"):
+        img = np.exp(rng.uniform(-2, 3, size=(12, 16, 3))).astype(np.float32)
+        if suffix == ".exr":
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as d:
+                write_radiance(Path(d) / "v.exr", img)
+                return (Path(d) / "v.exr").read_bytes()
+        return cv2.imencode(suffix, img)[1].tobytes()
+    img = rng.integers(0, 255, size=(12, 16, 3), dtype=np.uint8)
+    return cv2.imencode(suffix, img)[1].tobytes()
+
+
+_VALID = {s: _valid_bytes(s) for s in _FORMATS}
+
+
+@st.composite
+def _mutation(draw):
+    suffix = draw(st.sampled_from(_FORMATS))
+    data = bytearray(_VALID[suffix])
+    kind = draw(st.sampled_from(("truncate", "flip", "insert", "header", "number")))
+    if kind == "truncate":
+        data = data[: draw(st.integers(0, len(data) - 1))]
+    elif kind == "flip":
+        for _ in range(draw(st.integers(1, 8))):
+            i = draw(st.integers(0, len(data) - 1))
+            data[i] ^= 1 << draw(st.integers(0, 7))
+    elif kind == "insert":
+        i = draw(st.integers(0, len(data)))
+        data[i:i] = draw(st.binary(min_size=1, max_size=64))
+    elif kind == "header":
+        i = draw(st.integers(0, min(len(data), 64) - 1))
+        data[i] = draw(st.integers(0, 255))
+    else:  # replace a decimal size in a text header, or a 32-bit field in a binary one
+        text = bytes(data[:128])
+        digits = [i for i in range(len(text)) if chr(text[i]).isdigit()]
+        if digits:
+            i = draw(st.sampled_from(digits))
+            data[i:i + 1] = draw(st.sampled_from([b"9999999", b"-", b"0", b"nan", b"1e9"]))
+        else:
+            i = draw(st.integers(0, max(0, min(len(data), 64) - 4)))
+            data[i:i + 4] = struct.pack("<i", draw(st.sampled_from([-5, 0, 1 << 30, 65535 * 65535 & 0x7FFFFFFF])))
+    return suffix, bytes(data), kind
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_mutation())
+def test_corrupted_files_decode_sanely_or_fail_naming_the_file(tmp_path, case):
+    suffix, data, kind = case
+    path = tmp_path / f"corrupt{suffix}"
+    path.write_bytes(data)
+    reader = read_radiance if suffix in (".hdr", ".pfm", ".exr") else read_ldr_image
+    try:
+        img = reader(path, max_pixels=4_000_000)
+    except ValueError as exc:
+        assert str(exc).startswith(str(path)), str(exc)
+        return
+    assert img.ndim == 3 and img.shape[2] == 3 and 0 < img.shape[0] * img.shape[1] <= 4_000_000
+    if img.dtype == np.float32:
+        assert np.all(np.isfinite(img))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.binary(max_size=200))
+def test_corrupted_list_files_fail_naming_the_file_and_line(tmp_path, text):
+    path = tmp_path / "list.txt"
+    path.write_bytes(text)
+    try:
+        entries = read_list_file(path)
+    except ValueError as exc:
+        assert str(path) in str(exc)
+        return
+    assert all(t > 0 and np.isfinite(t) for _, t in entries)
