@@ -34,6 +34,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from edgehdr.dimming.layout import LayoutError
 from edgehdr.pipeline.config import ConfigError, load_config, validate
 from edgehdr.pipeline.graph import Pipeline, Stage
 from edgehdr.pipeline.notify import SystemdNotifier
@@ -360,7 +361,7 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
                                                                             dimming=cfg["dimming"]["enabled"]), 2)}})
         rt = build_runtime(cfg)
         rt.pipeline.start()
-    except ConfigError as exc:
+    except (ConfigError, LayoutError) as exc:
         log.error("configuration error: %s", exc)
         print(f"edgehdr run: error: {exc}", file=sys.stderr)
         return 2
