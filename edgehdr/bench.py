@@ -16,7 +16,9 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -406,4 +408,109 @@ def fault_run(*, width: int = 640, height: int = 360, fps: float = 30.0, quiet: 
         "fps_before_unplug": mid["fps"], "unplug_detected_s": round(detect_s, 3),
         "link_back_after_replug_s": round(reconnect_s, 3), "zone_frames_applied_2s_after_replug": applied_after,
         "link_reconnects": final["link"]["reconnects"],
+        "more": _more_faults(quiet=quiet),
     }
+
+
+def _short_run(cfg: dict, seconds: float, during=None) -> dict:
+    """Build, run for ``seconds`` (calling ``during(rt)`` once frames flow), close; the final statistics."""
+    from edgehdr.pipeline.daemon import build_runtime
+
+    rt = build_runtime(cfg)
+    rt.pipeline.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not rt.pipeline.healthy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if during is not None:
+            during(rt)
+        time.sleep(seconds)
+        live = rt.stats()
+    finally:
+        final = rt.close()
+    final["live"] = live
+    return final
+
+
+def _more_faults(*, quiet: bool = False) -> dict:
+    """Disk-full outputs, a spoofed link datagram, a missing bridge port, a replay source: each counted where
+    an operator looks (the run's statistics, which feed the log, ``/metrics`` and ``STATUS=``)."""
+    import socket
+    import subprocess
+    import tempfile
+
+    from edgehdr.pipeline.config import validate
+    from firmware_bridge.protocol import Caps, encode_message
+    from firmware_bridge.simulator import ControllerSimulator, UdpControllerEndpoint
+
+    small = {"source": {"width": 320, "height": 200, "fps": 30.0}, "dimming": {"rows": 8, "cols": 12},
+             "preview": {"enabled": False}}
+    progress = Progress(4, quiet=quiet)
+    result = {}
+    with tempfile.TemporaryDirectory(prefix="edgehdr-faults-") as tmp:
+        full = Path(tmp) / "full"
+        full.mkdir()
+        mounted = os.geteuid() == 0 and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(full)], capture_output=True).returncode == 0
+        if mounted:
+            try:
+                cfg = validate({**small, "outputs": {"video": str(full / "rec.avi"), "frames_dir": str(full / "png"),
+                                                     "frames_every_n": 10}})
+                final = _short_run(cfg, 4.0)
+                result["disk_full"] = {
+                    "outputs": {o["sink"]: {"frames_written": o["frames_written"], "errors": o["errors"]}
+                                for o in final["outputs"]},
+                    "files": sorted(p.name for p in full.glob("*.avi")), "frames_failed": final["frames_failed"]}
+            finally:
+                subprocess.run(["umount", str(full)], capture_output=True)
+        else:
+            result["disk_full"] = {"skipped": "needs root to mount a 1.2 MB tmpfs"}
+        progress.step("disk-full outputs (tmpfs of 1.2 MB)")
+
+        endpoint = UdpControllerEndpoint(("127.0.0.1", 0))
+        sim = ControllerSimulator(endpoint, rows=8, cols=12, vsync_hz=120.0).start()
+        attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        forged_sent = 0
+        try:
+            attacker.bind(("127.0.0.5", endpoint.address[1]))
+            forged = encode_message(Caps(version=9, fw_major=6, fw_minor=6, fw_patch=6, rows=1, cols=1, max_bits=8,
+                                         features=0, max_fps=1, max_payload=16), 0)
+
+            def spoof(rt):
+                nonlocal forged_sent
+                local = rt.link.transport.local_address
+                for _ in range(20):
+                    attacker.sendto(forged, ("127.0.0.1", local[1]))
+                    forged_sent += 1
+                    time.sleep(0.01)
+
+            cfg = validate({**small, "bridge": {"port": f"udp:127.0.0.1:{endpoint.address[1]}"}})
+            final = _short_run(cfg, 2.0, spoof)
+            result["spoofed_datagram"] = {"forged_sent": forged_sent, "link_state": final["link"]["state"],
+                                          "rejections": final["link"]["rejections"],
+                                          "frames_sent": final["link"]["frames_sent"],
+                                          "frames_applied": sim.counters.frames_applied}
+        finally:
+            attacker.close()
+            sim.stop()
+        progress.step("spoofed CAPS(version 9) datagrams from 127.0.0.5 on a UDP link")
+
+        cfg = validate({**small, "bridge": {"port": str(Path(tmp) / "ttyNOPE")}})
+        final = _short_run(cfg, 2.0)
+        result["missing_port"] = {"link_state": final["live"]["link"]["state"],
+                                  "last_error": final["link"]["last_error"],
+                                  "frames_unsent": final["link"].get("frames_unsent"),
+                                  "capture_to_zones_ms_median": final["capture_to_zones_ms_median"],
+                                  "frames_completed": final["frames_completed"]}
+        progress.step("bridge port that does not exist")
+
+        stack = Path(tmp) / "stack"
+        subprocess.run([sys.executable, "-m", "edgehdr.cli", "-q", "synth", "-o", str(stack), "--width", "320",
+                        "--height", "200"], check=True, capture_output=True)
+        cfg = validate({"source": {"kind": "replay", "path": str(stack), "fps": 30.0},
+                        "preview": {"enabled": False}})
+        final = _short_run(cfg, 2.0)
+        result["replay_default_dimming"] = {"frames_completed": final["frames_completed"],
+                                            "frames_failed": final["frames_failed"]}
+        progress.step("replay source with the default dimming configuration")
+    return result

@@ -178,6 +178,25 @@ def _cmd_bench(args) -> int:
                   f"detected in {fr['unplug_detected_s']} s, back {fr['link_back_after_replug_s']} s after replug, "
                   f"{fr['zone_frames_applied_2s_after_replug']} zone frames applied in the next 2 s; "
                   f"{fr['frames_completed']} frames completed")
+            more = fr["more"]
+            disk = more["disk_full"]
+            if "skipped" in disk:
+                print(f"  disk full: skipped ({disk['skipped']})")
+            else:
+                sinks = ", ".join(f"{k} {v['frames_written']} written/{v['errors']} errors counted"
+                                  for k, v in disk["outputs"].items())
+                print(f"  disk full (1.2 MB tmpfs): {sinks}; files {disk['files']}; frames failed "
+                      f"{disk['frames_failed']} (outputs -> stats 'outputs', edgehdr_output_errors_total, STATUS=)")
+            sp = more["spoofed_datagram"]
+            print(f"  spoofed CAPS from 127.0.0.5: {sp['forged_sent']} sent; link {sp['link_state']}, rejections "
+                  f"{sp['rejections']}, {sp['frames_sent']} zone frames sent, {sp['frames_applied']} applied")
+            mp = more["missing_port"]
+            print(f"  missing bridge port: link {mp['link_state']} ({mp['last_error']}); {mp['frames_unsent']} "
+                  f"zone frames not sent, capture-to-zones {mp['capture_to_zones_ms_median']} (none recorded); "
+                  f"{mp['frames_completed']} frames completed")
+            rp = more["replay_default_dimming"]
+            print(f"  replay 320x200 with default dimming: {rp['frames_completed']} completed, "
+                  f"{rp['frames_failed']} failed")
     elif args.dimming:
         from edgehdr.bench import dimming_benchmark, dimming_quality_table, format_dimming
 
