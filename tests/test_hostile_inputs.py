@@ -219,6 +219,7 @@ def test_atomic_outputs_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path
     (["run", "--config", "{tmp}/nope.toml"], "[source] response = 'nope': unknown response"),
     (["run", "--config", "{tmp}/inf.toml"], "[source] exposures_s = [inf, 0.01]: expected a list of finite"),
     (["run", "--config", "{tmp}/one.toml"], "[source] exposures_s = [0.01]: an HDR bracket needs at least two"),
+    (["score", "{tmp}/stack", "--model", "{tmp}/binary.txt"], "binary.txt: not a loadable ONNX model"),
     (["run", "--config", "{tmp}/pattern.toml"], "[outputs] video = 'rec-{{when}}.avi': the only placeholder"),
 ])
 def test_cli_bad_input_exits_2_naming_it(tmp_path, capsys, radiance, argv, message):

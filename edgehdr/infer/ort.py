@@ -8,7 +8,7 @@ import numpy as np
 
 from edgehdr.infer.base import BackendUnavailable, Runner
 
-__all__ = ["OnnxRuntimeRunner", "best_providers"]
+__all__ = ["model_metadata", "OnnxRuntimeRunner", "best_providers"]
 
 
 def best_providers(available: list[str] | None = None) -> list[str]:
@@ -107,3 +107,26 @@ class OnnxRuntimeRunner(Runner):
 
     def close(self) -> None:
         self.session = None
+
+
+def model_metadata(model) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX model (key -> value), read through ONNX Runtime.
+
+    The runtime needs no ``onnx`` package for this: ``get_modelmeta().custom_metadata_map``
+    holds the same keys. Raises ``FileNotFoundError`` or ``ValueError`` naming the file.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from exc
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX model")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        raise ValueError(f"{path}: not a loadable ONNX model ({exc})") from exc
+    return dict(session.get_modelmeta().custom_metadata_map)
+

@@ -103,9 +103,9 @@ def encode_hdr(radiance: np.ndarray, shape=None, *, max_clip: float = HDR_MAX_CL
 
 def model_encoding(onnx_path) -> str:
     """'sdr' or 'hdr': the input encoding a NoR-VDPNet ONNX file declares (``edgehdr.preprocess``)."""
-    import onnx
+    from edgehdr.infer.ort import model_metadata
 
-    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    meta = model_metadata(onnx_path)
     return "hdr" if meta.get("edgehdr.preprocess") == "norvdpnet_hdr" else "sdr"
 
 
