@@ -22,9 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["log_encode_nchw", "bracket_nchw", "synthetic_hdr", "synthetic_brackets", "hdr_files", "bracket_folders",
-           "CalibrationReader", "batches", "tone_mapped_pairs", "PREPROCESSING", "preprocessing_of", "model_feeds",
-           "CALIBRATION_SEED", "HOLDOUT_SEED"]
+__all__ = ["CALIBRATION_SEED", "HOLDOUT_SEED", "PREPROCESSING", "CalibrationReader", "batches", "bracket_folders",
+           "bracket_nchw", "check_source", "hdr_files", "log_encode_nchw", "model_feeds", "preprocessing_of",
+           "synthetic_brackets", "synthetic_hdr", "tone_mapped_pairs"]
 
 CALIBRATION_SEED = 0
 HOLDOUT_SEED = 100_000  # synthetic held-out scenes start here: disjoint from any calibration set
@@ -91,7 +91,7 @@ def hdr_files(folder):
 
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in RADIANCE_SUFFIXES)
     if not paths:
-        raise ValueError(f"{folder}: no .exr, .hdr or .pfm files for calibration")
+        raise ValueError(f"{folder}: no .exr, .hdr or .pfm files (radiance maps for calibration or validation)")
     for p in paths:
         yield read_radiance(p)
 
@@ -176,26 +176,40 @@ def preprocessing_of(model) -> str:
     return name
 
 
-def model_feeds(model_path, source, count: int, *, role: str = "calibration", with_items: bool = False):
+def check_source(source, option: str) -> None:
+    """``source`` is 'synth' or an existing folder (``option`` names it in the error)."""
+    if source != "synth" and not Path(source).is_dir():
+        raise ValueError(f"{option} {source}: neither 'synth' nor a folder (of .exr/.hdr/.pfm files, or of "
+                         "bracket folders)")
+
+
+def model_feeds(model_path, source, count: int, *, role: str = "calibration", with_items: bool = False,
+                shapes=None):
     """Feeds for a model from ``source`` ('synth' or a folder) and a description for the manifest.
 
     ``role`` is 'calibration' or 'holdout': synthetic data comes from disjoint seed
     ranges; a folder gives every fifth item to the held-out set and the rest to
-    calibration. The model's single image input decides the shape. Returns ``(feeds,
+    calibration. The model's single image input decides the shape; ``shapes``
+    (``{input: dims}``, ``export.shapes``) fixes its dynamic dimensions. Returns ``(feeds,
     description)``, plus the source items (radiance maps or brackets) with ``with_items``.
     """
     import onnx
 
+    from export.shapes import fix_input_shapes, model_inputs, static_shape
+
     if role not in ("calibration", "holdout"):
         raise ValueError(f"role must be 'calibration' or 'holdout', got {role!r}")
     model = onnx.load(str(model_path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in inits]
+    if shapes:
+        model = fix_input_shapes(model, shapes, label=model_path)
+    inputs = model_inputs(model)
     if len(inputs) != 1:
         raise ValueError(f"{model_path}: calibration feeds one image input, the model has {[v.name for v in inputs]}")
-    shape = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
-    if len(shape) != 4 or any(d <= 0 for d in shape):
-        raise ValueError(f"{model_path}: input {inputs[0].name} shape {shape}; calibration needs a static NCHW shape")
+    shape = static_shape(inputs[0], label=model_path,
+                         why="calibration" if role == "calibration" else "validation on held-out data")
+    if len(shape) != 4:
+        raise ValueError(f"{model_path}: input {inputs[0].name!r} has shape {shape}; {role} feeds an NCHW image "
+                         "(4 dimensions)")
     kind = preprocessing_of(model)
     spec = PREPROCESSING[kind]
     if source == "synth":

@@ -18,12 +18,11 @@ preflight with what is missing.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
 
-__all__ = ["run_device_suite", "suite_models", "preflight"]
+__all__ = ["preflight", "run_device_suite", "suite_models"]
 
 
 def preflight() -> dict:
@@ -53,16 +52,25 @@ def suite_models(work_dir) -> list[Path]:
 
 def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, runs: int = 100, models=None,
                      calib_count: int = 64, holdout_count: int = 16) -> dict:
-    from edgehdr.infer.ort import OnnxRuntimeRunner
-    from edgehdr.infer.trt import TensorRTRunner
     import numpy as np
 
+    from edgehdr.infer.ort import OnnxRuntimeRunner
+    from edgehdr.infer.trt import TensorRTRunner
     from edgehdr.progress import Progress
+    from export.checks import load_model
     from export.cli import _time_runs, build
+    from export.shapes import resolve_shape
+    from export.staging import output_folder
 
-    info = preflight()
+    unknown = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
+    if not precisions or unknown:
+        raise ValueError(f"--precisions {','.join(precisions)}: give a comma-separated list of fp32, fp16, int8")
+    for model in models or ():
+        load_model(model, check=True)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir, create=False)
+    info = preflight()
+    out_dir.mkdir(exist_ok=True)
     models = [Path(m) for m in models] if models else suite_models(out_dir / "sources")
     print(f"TensorRT {info['tensorrt_version']} on {info['device_name']} (compute {info['compute_capability']}), "
           f"{info['dla_cores']} DLA cores")
@@ -71,9 +79,10 @@ def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, run
     cache = out_dir / "timing.cache"
     for model in models:
         ref = OnnxRuntimeRunner(model, providers="cpu").load()
-        feed = {i["name"]: np.random.default_rng(0).random([int(d) for d in i["shape"]], dtype=np.float32)
+        feed = {i["name"]: np.random.default_rng(0).random(resolve_shape(i["name"], i["shape"], None, label=model,
+                                                                         why="timing"), dtype=np.float32)
                 for i in ref.describe()["inputs"]}
-        ort_cpu = _time_runs(lambda: ref.run(feed), max(runs // 5, 10), 3)
+        ort_cpu = _time_runs(lambda ref=ref, feed=feed: ref.run(feed), max(runs // 5, 10), 3)
         ref.close()
         for precision in precisions:
             row = {"model": model.stem, "precision": precision, "ort_cpu_fp32_ms": ort_cpu["median_ms"]}
@@ -93,15 +102,15 @@ def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, run
                                for name, r in report["outputs"].items()}
             row["within_budget"] = report["budget"]["passed"]
             with TensorRTRunner(result["engine"]) as engine:
-                timing = _time_runs(lambda: engine.run(feed), runs, 10)
+                timing = _time_runs(lambda engine=engine, feed=feed: engine.run(feed), runs, 10)
             row.update(engine=Path(result["engine"]).name, trt_ms=timing["median_ms"], trt_p99_ms=timing["p99_ms"],
                        speedup_vs_ort_cpu=ort_cpu["median_ms"] / timing["median_ms"])
             rows.append(row)
             progress.step(f"{model.stem} {precision}: {timing['median_ms']:.3f} ms, "
                           f"{'within' if row['within_budget'] else 'OUTSIDE'} budget")
     lines = [f"# Device suite: TensorRT {info['tensorrt_version']} on {info['device_name']}", "",
-             "| model | precision | accuracy vs FP32 (PSNR dB / max abs) | budget | TensorRT ms (p99) | "
-             "ORT CPU FP32 ms | speed-up | build s |", "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+             ("| model | precision | accuracy vs FP32 (PSNR dB / max abs) | budget | TensorRT ms (p99) | "
+              "ORT CPU FP32 ms | speed-up | build s |"), "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['precision']} | {r['error']} | | | {r['ort_cpu_fp32_ms']:.2f} | | |")
@@ -112,8 +121,9 @@ def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, run
                      f"{r['speedup_vs_ort_cpu']:.1f}x | {r['build_s']} |")
     table = "\n".join(lines) + "\n"
     print(table)
-    from edgehdr.io.atomic import write_text_atomic
+    from edgehdr.io.atomic import write_json_atomic, write_text_atomic
+    from export.strict_json import null_undefined
 
     write_text_atomic(out_dir / "device_report.md", table)
-    write_text_atomic(out_dir / "device_report.json", json.dumps({"device": info, "rows": rows}, indent=2))
+    write_json_atomic(out_dir / "device_report.json", null_undefined({"device": info, "rows": rows}))
     return {"device": info, "rows": rows}

@@ -18,6 +18,7 @@ from edgehdr.infer.base import BackendUnavailable
 from edgehdr.infer.manifest import Manifest, sha256_file
 from edgehdr.infer.trt import import_tensorrt
 from export.checks import io_specs
+from export.strict_json import save_manifest
 
 __all__ = ["build_engine", "engine_source", "trt_major"]
 
@@ -119,10 +120,12 @@ def build_engine(onnx_path, out_dir, *, precision: str = "fp16", strongly_typed:
     except BackendUnavailable:
         props = {"device_name": None, "compute_capability": None}
     specs = io_specs(onnx.load(str(onnx_path)))
-    Manifest(model_name=name, model_version=model_version, artefact=engine_path.name, format="tensorrt",
-             precision=precision, source_onnx_sha256=source_onnx_sha256 or sha256_file(onnx_path), inputs=specs["inputs"],
-             outputs=specs["outputs"], calibration=calibration or {}, tensorrt_version=trt.__version__,
-             build_flags={"strongly_typed": strongly_typed, "workspace_mb": workspace_mb, "dla_core": dla_core,
-                          "profile": profile, "build_seconds": round(build_s, 2)},
-             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **props).save(Manifest.path_for(engine_path))
+    manifest = Manifest(model_name=name, model_version=model_version, artefact=engine_path.name, format="tensorrt",
+                        precision=precision, source_onnx_sha256=source_onnx_sha256 or sha256_file(onnx_path),
+                        inputs=specs["inputs"], outputs=specs["outputs"], calibration=calibration or {},
+                        tensorrt_version=trt.__version__,
+                        build_flags={"strongly_typed": strongly_typed, "workspace_mb": workspace_mb,
+                                     "dla_core": dla_core, "profile": profile, "build_seconds": round(build_s, 2)},
+                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **props)
+    save_manifest(manifest, Manifest.path_for(engine_path))
     return engine_path

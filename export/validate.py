@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -48,8 +47,12 @@ def compare_runners(reference, candidate, feeds, *, task_metric=None) -> dict:
 
 
 def write_report(report: dict, out_base, *, title: str) -> list[Path]:
-    """``OUT_BASE.json`` and ``OUT_BASE.md`` (atomic; a .json/.md suffix on ``out_base`` is dropped)."""
-    from edgehdr.io.atomic import write_text_atomic
+    """``OUT_BASE.json`` and ``OUT_BASE.md`` (atomic; a .json/.md suffix on ``out_base`` is dropped).
+
+    The JSON is strict: undefined figures (the PSNR of identical outputs, a correlation of
+    constant scores) are ``null``."""
+    from edgehdr.io.atomic import dumps_json, write_json_atomic, write_text_atomic
+    from export.strict_json import null_undefined
 
     out_base = Path(out_base)
     if out_base.suffix in (".json", ".md"):
@@ -62,8 +65,8 @@ def write_report(report: dict, out_base, *, title: str) -> list[Path]:
         lines.append(f"| {name} | {r['max_abs_error']:.3g} | {r['mean_abs_error']:.3g} | {psnr} | "
                      f"{r['fp32_range'][0]:.3g} .. {r['fp32_range'][1]:.3g} |")
     if report.get("task"):
-        lines += ["", f"Task metric: {json.dumps(report['task'])}"]
+        lines += ["", f"Task metric: {dumps_json(null_undefined(report['task']))}"]
     if "budget" in report:
         lines += ["", f"Budget: {report['budget']['rule']} -> {'PASS' if report['budget']['passed'] else 'FAIL'}"]
-    return [write_text_atomic(json_path, json.dumps(report, indent=2, default=float)),
+    return [write_json_atomic(json_path, null_undefined(report)),
             write_text_atomic(md_path, "\n".join(lines) + "\n")]
