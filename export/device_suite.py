@@ -57,8 +57,9 @@ def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, run
     from edgehdr.infer.ort import OnnxRuntimeRunner
     from edgehdr.infer.trt import TensorRTRunner
     from edgehdr.progress import Progress
+    from export.bench import time_runs
+    from export.build import build
     from export.checks import load_model
-    from export.cli import _time_runs, build
     from export.shapes import resolve_shape
     from export.staging import output_folder
 
@@ -82,7 +83,7 @@ def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, run
         feed = {i["name"]: np.random.default_rng(0).random(resolve_shape(i["name"], i["shape"], None, label=model,
                                                                          why="timing"), dtype=np.float32)
                 for i in ref.describe()["inputs"]}
-        ort_cpu = _time_runs(lambda ref=ref, feed=feed: ref.run(feed), max(runs // 5, 10), 3)
+        ort_cpu = time_runs(lambda ref=ref, feed=feed: ref.run(feed), max(runs // 5, 10), 3)
         ref.close()
         for precision in precisions:
             row = {"model": model.stem, "precision": precision, "ort_cpu_fp32_ms": ort_cpu["median_ms"]}
@@ -102,7 +103,7 @@ def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, run
                                for name, r in report["outputs"].items()}
             row["within_budget"] = report["budget"]["passed"]
             with TensorRTRunner(result["engine"]) as engine:
-                timing = _time_runs(lambda engine=engine, feed=feed: engine.run(feed), runs, 10)
+                timing = time_runs(lambda engine=engine, feed=feed: engine.run(feed), runs, 10)
             row.update(engine=Path(result["engine"]).name, trt_ms=timing["median_ms"], trt_p99_ms=timing["p99_ms"],
                        speedup_vs_ort_cpu=ort_cpu["median_ms"] / timing["median_ms"])
             rows.append(row)

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["compare_runners", "write_report"]
+__all__ = ["ABS_BUDGET", "PSNR_BUDGET_DB", "apply_budget", "budget_line", "compare_runners", "spearman", "validate",
+           "write_report"]
+
+PSNR_BUDGET_DB = 40.0  # image outputs of a converted model vs FP32
+ABS_BUDGET = 0.01  # scalar outputs (scores in [0, 1]) vs FP32
 
 
 def compare_runners(reference, candidate, feeds, *, task_metric=None) -> dict:
@@ -70,3 +74,129 @@ def write_report(report: dict, out_base, *, title: str) -> list[Path]:
         lines += ["", f"Budget: {report['budget']['rule']} -> {'PASS' if report['budget']['passed'] else 'FAIL'}"]
     return [write_json_atomic(json_path, null_undefined(report)),
             write_text_atomic(md_path, "\n".join(lines) + "\n")]
+
+
+def budget_line(report: dict) -> str:
+    parts = []
+    for out, r in report["outputs"].items():
+        psnr = "" if r.get("scalar") else f" PSNR {r['psnr_db']:.1f} dB,"
+        parts.append(f"{out}{psnr} max abs {r['max_abs_error']:.3g}")
+    if report["budget"].get("kind") == "task":
+        parts.append(report["budget"]["rule"])
+    return "; ".join(parts) + f" -> {'within' if report['budget']['passed'] else 'OUTSIDE'} budget"
+
+
+def _open(path, providers="cpu"):
+    path = Path(path)
+    if path.suffix == ".engine":
+        from edgehdr.infer.trt import TensorRTRunner
+
+        return TensorRTRunner(path).load()
+    from edgehdr.infer.ort import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(path, providers=providers).load()
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    import numpy as np
+
+    def ranks(x):
+        x = np.asarray(x, np.float64).ravel()
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x), dtype=np.float64)
+        for value in np.unique(x):  # average ties
+            tie = x == value
+            r[tie] = r[tie].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _task_metric(ref_outputs, cand_outputs) -> dict:
+    """Scores (outputs of <= 4 values per sample): does the converted model rank samples like FP32 (SROCC)?"""
+    import numpy as np
+
+    task = {}
+    for name in ref_outputs[0]:
+        if np.asarray(ref_outputs[0][name]).size <= 4 and len(ref_outputs) >= 3:
+            ref = [float(np.asarray(r[name]).ravel()[0]) for r in ref_outputs]
+            cand = [float(np.asarray(c[name]).ravel()[0]) for c in cand_outputs]
+            task[f"{name}_srocc_vs_fp32"] = spearman(ref, cand)
+    return task
+
+
+def apply_budget(report: dict, *, psnr_db: float = PSNR_BUDGET_DB, max_abs: float = ABS_BUDGET,
+                 task_budget=None) -> dict:
+    """Image outputs need PSNR >= ``psnr_db`` against FP32; scalar outputs max |error| <= ``max_abs``.
+
+    A model with a task (``export.tasks``) is held to its task's budget instead: what the
+    stage produces from the outputs (e.g. the tone-mapped frame), not the raw outputs.
+    """
+    if task_budget is not None:
+        checks = task_budget(report["task"])
+        report["budget"] = {"rule": "; ".join(c[0] for c in checks), "passed": all(c[1] for c in checks),
+                            "kind": "task"}
+        return report
+    checks = []
+    for name, r in report["outputs"].items():
+        if r.get("scalar"):
+            checks.append((f"{name}: max abs error {r['max_abs_error']:.3g} <= {max_abs}",
+                           r["max_abs_error"] <= max_abs))
+        else:
+            checks.append((f"{name}: PSNR {r['psnr_db']:.2f} dB >= {psnr_db}", r["psnr_db"] >= psnr_db))
+    report["budget"] = {"rule": "; ".join(c[0] for c in checks), "passed": all(c[1] for c in checks),
+                        "psnr_db_min": psnr_db, "max_abs_error_max": max_abs}
+    return report
+
+
+def validate(reference, candidate, *, data: str = "synth", count: int = 16, out_base=None,
+             psnr_db: float = PSNR_BUDGET_DB, max_abs: float = ABS_BUDGET, quiet: bool = False, shapes=None) -> dict:
+    """FP32 ``reference`` vs ``candidate`` on held-out data; report (and ``out_base``.json/.md) with the budget.
+
+    ``shapes`` (``{input: dims}``, ``export.shapes``) fixes the dynamic input dimensions of the held-out feeds.
+    """
+    from export.calibration import check_source, model_feeds
+    from export.checks import load_model, refuse_custom_ops, require_engine
+    from export.staging import output_file
+    from export.tasks import task_for
+
+    why = "validation runs it in ONNX Runtime"
+    refuse_custom_ops(load_model(reference, what="FP32 ONNX model", check=True), reference, why)
+    if Path(candidate).suffix == ".engine":
+        require_engine(candidate)
+    else:
+        refuse_custom_ops(load_model(candidate, check=True), candidate, why)
+    check_source(data, "--data")
+    if out_base is not None:
+        output_file(out_base, option="-o")
+    feeds, described, items = model_feeds(reference, data, count, role="holdout", with_items=True, shapes=shapes)
+    task = task_for(described["preprocess"])
+
+    def metric(ref_outputs, cand_outputs):
+        result = _task_metric(ref_outputs, cand_outputs)
+        if task is not None:
+            result.update(task["metric"](items, ref_outputs, cand_outputs))
+        return result
+
+    ref, cand = _open(reference), _open(candidate)
+    try:
+        report = compare_runners(ref, cand, feeds, task_metric=metric)
+    finally:
+        ref.close()
+        cand.close()
+    for r in report["outputs"].values():
+        r["scalar"] = bool(int(r.get("elements", 0)) <= 4)
+    report["data"] = described
+    report["reference"], report["candidate"] = Path(reference).name, Path(candidate).name
+    apply_budget(report, psnr_db=psnr_db, max_abs=max_abs, task_budget=task["budget"] if task else None)
+    if out_base is not None:
+        report["files"] = [str(p) for p in write_report(report, out_base, title=f"{Path(candidate).name} vs "
+                                                                              f"{Path(reference).name}")]
+    if not quiet:
+        print(budget_line(report))
+    return report

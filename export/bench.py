@@ -1,0 +1,157 @@
+"""``edgehdr-export bench``: latency and throughput of models and engines per backend, OpenCV DNN as the baseline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+__all__ = ["bench", "print_bench", "time_runs"]
+
+
+def _artefacts(target) -> list[Path]:
+    target = Path(target)
+    if target.is_dir():
+        found = sorted(p for p in target.iterdir() if p.suffix in (".onnx", ".engine") and not p.name.startswith("."))
+        if not found:
+            raise ValueError(f"{target}: no .onnx or .engine files")
+        return found
+    if not target.is_file():
+        raise FileNotFoundError(f"{target}: no such model, engine or folder")
+    return [target]
+
+
+def _backends_for(path: Path) -> list[tuple[str, object]]:
+    """(label, factory) for every backend present that can run ``path``."""
+    if path.suffix == ".engine":
+        from edgehdr.infer.trt import TensorRTRunner
+
+        return [("tensorrt", lambda: TensorRTRunner(path))]
+    import onnxruntime as ort
+
+    from edgehdr.infer.ort import OnnxRuntimeRunner
+
+    out = [("ort-cpu", lambda: OnnxRuntimeRunner(path, providers="cpu"))]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        out.append(("ort-cuda", lambda: OnnxRuntimeRunner(path, providers=["CUDAExecutionProvider",
+                                                                         "CPUExecutionProvider"])))
+    if "TensorrtExecutionProvider" in available:
+        out.append(("ort-trt", lambda: OnnxRuntimeRunner(path, providers=["TensorrtExecutionProvider",
+                                                                        "CUDAExecutionProvider",
+                                                                        "CPUExecutionProvider"],
+                                                         trt_fp16=".fp16." in path.name or ".int8." in path.name,
+                                                         trt_int8=".int8." in path.name,
+                                                         trt_cache_dir=path.parent / ".trt-ep-cache")))
+    return out
+
+
+def time_runs(fn, runs: int, warmup: int) -> dict:
+    import numpy as np
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    t_start = time.perf_counter()
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    total_s = time.perf_counter() - t_start
+    t = np.asarray(times)
+    return {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
+            "p99_ms": float(np.percentile(t, 99)), "throughput_per_s": runs / total_s, "runs": runs}
+
+
+def _bench_inputs(artefacts, shapes) -> None:
+    """Refuse unreadable artefacts, and ``--shape`` names no benchmarked ONNX model has, before timing anything."""
+    from export.checks import load_model, require_engine
+    from export.shapes import model_inputs
+
+    names = set()
+    for path in artefacts:
+        if path.suffix == ".onnx":
+            names |= {v.name for v in model_inputs(load_model(path, check=True))}
+        else:
+            require_engine(path)
+    unknown = sorted(set(shapes) - names)
+    if unknown and all(p.suffix == ".onnx" for p in artefacts):
+        raise ValueError(f"--shape for {unknown}, but the inputs of the models are {sorted(names)}")
+
+
+def bench(target, *, runs: int = 50, warmup: int = 5, threads: int = 0, opencv: bool = True,
+          shapes=None) -> list[dict]:
+    """Latency and throughput of every artefact under every backend present, with OpenCV DNN on FP32 ONNX
+    models as the independent baseline measured in the same run (ratio = OpenCV median / this median).
+    ``shapes`` (``{input: dims}``, ``export.shapes``) fixes dynamic input dimensions of the random feeds."""
+    import numpy as np
+
+    from export.shapes import overrides, resolve_shape
+
+    rows = []
+    rng = np.random.default_rng(0)
+    shapes = overrides(shapes)
+    artefacts = _artefacts(target)
+    _bench_inputs(artefacts, shapes)
+    for path in artefacts:
+        for label, factory in _backends_for(path):
+            try:
+                runner = factory()
+                if hasattr(runner, "intra_op_threads"):
+                    runner.intra_op_threads = threads
+                runner.load()
+            except Exception as exc:  # noqa: BLE001 - a backend that cannot load this artefact is reported
+                rows.append({"artefact": path.name, "backend": label, "error": str(exc).splitlines()[0]})
+                continue
+            try:
+                ins = runner.describe()["inputs"]
+                dims = {i["name"]: i["shape"] for i in ins} if isinstance(ins, list) else dict(ins)
+                feed = {n: rng.random(resolve_shape(n, d, shapes, label=path, why="bench"), dtype=np.float32)
+                        for n, d in dims.items()}
+                stats = time_runs(lambda runner=runner, feed=feed: runner.run(feed), runs, warmup)
+            finally:
+                runner.close()
+            rows.append({"artefact": path.name, "backend": label, **stats})
+        if opencv and path.suffix == ".onnx" and ".int8." not in path.name and ".fp16." not in path.name:
+            import cv2
+
+            try:
+                net = cv2.dnn.readNetFromONNX(str(path))
+            except cv2.error as exc:
+                rows.append({"artefact": path.name, "backend": "opencv-dnn", "error": str(exc).splitlines()[0]})
+                continue
+            x = rng.random(_first_input_shape(path, shapes), dtype=np.float32)
+
+            def cv_run(net=net, x=x):
+                net.setInput(x)
+                return net.forward()
+
+            rows.append({"artefact": path.name, "backend": "opencv-dnn", **time_runs(cv_run, runs, warmup)})
+    baseline = {r["artefact"].split(".")[0]: r["median_ms"] for r in rows if r["backend"] == "opencv-dnn"
+                and "median_ms" in r}
+    for r in rows:
+        base = baseline.get(r["artefact"].split(".")[0])
+        if base and "median_ms" in r:
+            r["speedup_vs_opencv_dnn"] = base / r["median_ms"]
+    return rows
+
+
+def _first_input_shape(path, shapes=None) -> list[int]:
+    import onnx
+
+    from export.checks import io_specs
+    from export.shapes import resolve_shape
+
+    spec = io_specs(onnx.load(str(path)))["inputs"][0]
+    return resolve_shape(spec["name"], spec["shape"], shapes, label=path, why="bench")
+
+
+def print_bench(rows) -> None:
+    print(f"{'artefact':<34} {'backend':<11} {'median ms':>9} {'p90 ms':>8} {'p99 ms':>8} {'per s':>8} "
+          f"{'x OpenCV':>8}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['artefact']:<34} {r['backend']:<11} unavailable: {r['error']}")
+            continue
+        ratio = r.get("speedup_vs_opencv_dnn")
+        print(f"{r['artefact']:<34} {r['backend']:<11} {r['median_ms']:>9.3f} {r['p90_ms']:>8.3f} "
+              f"{r['p99_ms']:>8.3f} {r['throughput_per_s']:>8.1f} {'' if ratio is None else f'{ratio:.2f}':>8}")
