@@ -126,24 +126,31 @@ def _cmd_tonemap(args) -> int:
 def _cmd_synth(args) -> int:
     from edgehdr.hdr.crf import ResponseCurve
     from edgehdr.io import write_ldr_image, write_radiance, write_text_atomic
+    from edgehdr.io.headers import max_pixels_limit
+    from edgehdr.io.staging import staged_outputs
     from edgehdr.synth import CameraModel, capture_bracket, make_scene, random_camera_motion, suggest_exposures
 
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    scene = make_scene(args.seed, args.height, args.width, kind=args.kind, moving_objects=args.moving)
+    if args.width * args.height > max_pixels_limit():
+        raise ValueError(f"--width {args.width} --height {args.height}: {args.width * args.height / 1e6:.1f} MP is "
+                         f"above the pixel limit of {max_pixels_limit() / 1e6:.1f} MP (EDGEHDR_MAX_PIXELS)")
     camera = CameraModel(response=ResponseCurve.parse(args.response), bits=args.bits)
-    poses = random_camera_motion(args.exposures, max_shift_px=args.shake_px, seed=args.seed) if args.shake_px else None
-    shot = capture_bracket(scene, suggest_exposures(scene.radiance, args.exposures, args.spacing), camera=camera,
-                           seed=args.seed, camera_poses=poses)
-    lines = []
-    suffix = ".png" if args.bits == 8 else ".tif"
-    for i, (frame, t) in enumerate(zip(shot.bracket.frames, shot.bracket.exposure_s)):
-        name = f"frame_{i}{suffix}"
-        write_ldr_image(out / name, frame)
-        lines.append(f"{name} {1.0 / t:.9g}")
-    write_text_atomic(out / "list.txt", "\n".join(lines) + "\n")
-    write_radiance(out / "ground_truth.exr", shot.radiance, exr_pixel_type="float")
-    shot.response.save(out / "response.json")
+    out = Path(args.output)
+    # All or nothing: every file is written into a hidden folder beside the result and moved in at the end.
+    with staged_outputs(out, "synth") as stage:
+        scene = make_scene(args.seed, args.height, args.width, kind=args.kind, moving_objects=args.moving)
+        poses = random_camera_motion(args.exposures, max_shift_px=args.shake_px, seed=args.seed) \
+            if args.shake_px else None
+        shot = capture_bracket(scene, suggest_exposures(scene.radiance, args.exposures, args.spacing), camera=camera,
+                               seed=args.seed, camera_poses=poses)
+        lines = []
+        suffix = ".png" if args.bits == 8 else ".tif"
+        for i, (frame, t) in enumerate(zip(shot.bracket.frames, shot.bracket.exposure_s)):
+            name = f"frame_{i}{suffix}"
+            write_ldr_image(stage / name, frame)
+            lines.append(f"{name} {1.0 / t:.9g}")
+        write_text_atomic(stage / "list.txt", "\n".join(lines) + "\n")
+        write_radiance(stage / "ground_truth.exr", shot.radiance, exr_pixel_type="float")
+        shot.response.save(stage / "response.json")
     if not args.quiet:
         print(f"wrote {args.exposures} frames, list.txt, ground_truth.exr and response.json to {out}", file=sys.stderr)
     return 0
@@ -239,8 +246,10 @@ def _cmd_demo(args) -> int:
 def _cmd_dim(args) -> int:
     from edgehdr.dimming import LedLayout, dim_frame, display_target, load_layout, write_results
     from edgehdr.io import read_radiance
+    from edgehdr.io.staging import output_folder, staged_outputs
     from edgehdr.progress import Progress
 
+    output_folder(args.output, create=False)  # refuse an unwritable -o before the work
     progress = Progress(4, quiet=args.quiet)
     image = read_radiance(args.input)
     h, w = image.shape[:2]
@@ -257,7 +266,8 @@ def _cmd_dim(args) -> int:
     progress.step(f"target: {args.input_referred}-referred -> cd/m^2 (robust peak to panel peak)")
     result = dim_frame(target, layout, args.algorithm, simulate=True)
     progress.step(f"{args.algorithm}: power {result.metrics['power']:.3f}, PU-PSNR {result.metrics['pu_psnr_db']:.2f} dB")
-    write_results(args.output, result, layout, target_cd_m2=target)
+    with staged_outputs(args.output, "dim") as stage:  # all or nothing: moved in when every file is written
+        write_results(stage, result, layout, target_cd_m2=target)
     progress.step(f"wrote zones.csv, zones.npy, lcd.png, display.exr, heatmap.png, metrics.json to {args.output}")
     print(json.dumps(result.metrics, indent=2, default=float))
     return 0

@@ -36,11 +36,11 @@ def build(model, out_dir, *, precision: str = "fp32", calib: str = "synth", cali
     dynamic input dimensions in ``NAME.fp32.onnx``; every step that feeds the model (calibration,
     validation, an engine) needs them static. Returns what it wrote and measured.
     """
+    from edgehdr.io.staging import output_file, output_folder, staged_outputs
     from edgehdr.progress import Progress
     from export.calibration import check_source
     from export.checks import check_model, refuse_custom_ops
     from export.shapes import fix_input_shapes, model_inputs, overrides, static_shape
-    from export.staging import output_file, output_folder, staged_outputs
 
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"--precision must be fp32, fp16 or int8, got {precision!r}")

@@ -167,7 +167,7 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     from edgehdr.io import dumps_json, write_json_atomic
-    from export.staging import output_file
+    from edgehdr.io.staging import output_file
     from export.strict_json import null_undefined
 
     if args.command == "build":

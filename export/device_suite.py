@@ -56,12 +56,12 @@ def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, run
 
     from edgehdr.infer.ort import OnnxRuntimeRunner
     from edgehdr.infer.trt import TensorRTRunner
+    from edgehdr.io.staging import output_folder
     from edgehdr.progress import Progress
     from export.bench import time_runs
     from export.build import build
     from export.checks import load_model
     from export.shapes import resolve_shape
-    from export.staging import output_folder
 
     unknown = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
     if not precisions or unknown:

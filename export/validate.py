@@ -160,9 +160,9 @@ def validate(reference, candidate, *, data: str = "synth", count: int = 16, out_
 
     ``shapes`` (``{input: dims}``, ``export.shapes``) fixes the dynamic input dimensions of the held-out feeds.
     """
+    from edgehdr.io.staging import output_file
     from export.calibration import check_source, model_feeds
     from export.checks import load_model, refuse_custom_ops, require_engine
-    from export.staging import output_file
     from export.tasks import task_for
 
     why = "validation runs it in ONNX Runtime"

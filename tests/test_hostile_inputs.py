@@ -344,3 +344,44 @@ def test_corrupted_list_files_fail_naming_the_file_and_line(tmp_path, text):
         assert str(path) in str(exc)
         return
     assert all(t > 0 and np.isfinite(t) for _, t in entries)
+
+
+# ------------------------------------------------------------------------------------------------ all or nothing
+
+
+@pytest.mark.parametrize("command", ["synth", "dim"])
+def test_multi_file_outputs_are_all_or_nothing(tmp_path, radiance, command):
+    # A file-size limit fails the writes part-way, as a full disk does.
+    import subprocess
+    import sys
+    import textwrap
+
+    write_radiance(tmp_path / "in.exr", np.tile(radiance, (20, 20, 1)))
+    out = tmp_path / "result"
+    argv = (["synth", "-o", str(out), "--width", "640", "--height", "480"] if command == "synth"
+            else ["dim", str(tmp_path / "in.exr"), "-o", str(out)])
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+        from edgehdr.cli import main
+        sys.exit(main(["-q", *{argv!r}]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "cannot write" in proc.stderr
+    assert not out.exists(), f"a failed {command} leaves nothing: {list(out.iterdir()) if out.exists() else ''}"
+    # Into an existing folder with an earlier result: that result stays as it was.
+    out.mkdir()
+    (out / "list.txt").write_text("earlier result\n")
+    (out / "metrics.json").write_text("{}\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert sorted(p.name for p in out.iterdir()) == ["list.txt", "metrics.json"]
+    assert (out / "list.txt").read_text() == "earlier result\n"
+    # Without the limit the same command writes the whole result.
+    assert main(["-q", *argv]) == 0
+    expected = {"synth": {"frame_0.png", "list.txt", "ground_truth.exr", "response.json"},
+                "dim": {"zones.csv", "lcd.png", "display.exr", "metrics.json"}}[command]
+    assert expected <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -1,14 +1,21 @@
 """File I/O: radiance maps (.hdr, .exr, .pfm), LDR exposure stacks, atomic writes."""
 
-from edgehdr.io.atomic import atomic_output, dumps_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from edgehdr.io.atomic import (
+                               atomic_output,
+                               dumps_json,
+                               null_undefined,
+                               write_bytes_atomic,
+                               write_json_atomic,
+                               write_text_atomic,
+)
 from edgehdr.io.hdr_files import RADIANCE_SUFFIXES, read_radiance, write_radiance
 from edgehdr.io.ldr_stack import (
-    LDR_SUFFIXES,
-    read_exif_exposure,
-    read_ldr_image,
-    read_ldr_stack,
-    read_list_file,
-    write_ldr_image,
+                               LDR_SUFFIXES,
+                               read_exif_exposure,
+                               read_ldr_image,
+                               read_ldr_stack,
+                               read_list_file,
+                               write_ldr_image,
 )
 
 __all__ = [
@@ -17,6 +24,7 @@ __all__ = [
     "write_text_atomic",
     "write_json_atomic",
     "dumps_json",
+    "null_undefined",
     "read_radiance",
     "write_radiance",
     "RADIANCE_SUFFIXES",

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import stat
 import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["atomic_output", "dumps_json", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_output", "dumps_json", "null_undefined", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -109,6 +110,28 @@ def dumps_json(obj, **kwargs) -> str:
     """
     kwargs.setdefault("default", _json_default)
     return json.dumps(obj, allow_nan=False, **kwargs)
+
+
+def null_undefined(obj):
+    """A copy of ``obj`` (dicts, lists, numbers) ready for strict JSON: NaN and infinities as ``None``.
+
+    Some metrics are undefined for some data (the PSNR of identical images is infinite,
+    a rank correlation of constant scores is NaN); JSON has no such numbers, so they are
+    written as ``null``. Numpy scalars and arrays become Python numbers and lists, bytes
+    become text.
+    """
+    if isinstance(obj, dict):
+        return {(k.decode("utf-8", "replace") if isinstance(k, bytes) else k): null_undefined(v)
+                for k, v in obj.items()}
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", errors="replace")
+    if isinstance(obj, (list, tuple)):
+        return [null_undefined(v) for v in obj]
+    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # numpy arrays and scalars
+        return null_undefined(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj
 
 
 def _json_default(value):

@@ -29,7 +29,6 @@ import html
 import io
 import logging
 import math
-import numbers
 import queue
 import selectors
 import socket
@@ -37,7 +36,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
-from edgehdr.io import dumps_json
+from edgehdr.io import dumps_json, null_undefined
 
 __all__ = ["LINK_STATES", "PreviewServer", "prometheus_text"]
 
@@ -116,17 +115,6 @@ def _sample_value(value) -> str:
     if v.is_integer() and abs(v) < 2**53:
         return str(int(v))
     return f"{v:.6g}"
-
-
-def _json_safe(value):
-    """``value`` with every non-finite float (NaN, infinities, numpy ones too) replaced by ``None``."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
-        return None
-    return value
 
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>EdgeHDR</title>
@@ -458,7 +446,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "text/html; charset=utf-8", _status_page(state.stats()).encode(), send_body)
         elif path == "/stats.json":
             try:
-                body = dumps_json(_json_safe(state.stats())).encode()
+                body = dumps_json(null_undefined(state.stats())).encode()
             except ValueError:
                 log.exception("preview: /stats.json: statistics are not JSON")
                 self._send(500, "text/plain", b"statistics are not JSON\n", send_body)

@@ -1,9 +1,10 @@
-"""Output paths of the export commands, checked before any work, and all-or-nothing multi-file outputs.
+"""Output paths checked before any work, and all-or-nothing multi-file outputs.
 
-A build writes several files: the FP32 model, the converted one, a manifest next
-to each, validation reports, an engine. A failure half-way must not leave some
-of them under their final names next to older ones, which a runtime would then
-load together. ``staged_outputs`` gives the build a hidden folder
+A command that writes several files (``edgehdr synth``: frames, list, ground truth,
+response; ``edgehdr dim``: zones, LCD image, display, metrics; ``edgehdr-export
+build``: models, manifests, reports, an engine) must not leave some of them under
+their final names after a failure half-way, next to older ones that a reader
+would then take together. ``staged_outputs`` gives the command a hidden folder
 ``.NAME.build-XXXX`` inside the output folder (the same file system, so
 publishing is one rename per file); the files move into place only when the
 whole build succeeded, and on any failure the folder goes with everything in
