@@ -385,3 +385,25 @@ def test_multi_file_outputs_are_all_or_nothing(tmp_path, radiance, command):
                 "dim": {"zones.csv", "lcd.png", "display.exr", "metrics.json"}}[command]
     assert expected <= {p.name for p in out.iterdir()}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("suffix", [".exr", ".hdr", ".pfm"])
+def test_radiance_write_on_a_full_disk_is_a_clear_error(tmp_path, suffix):
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "stack").mkdir()
+    _stack(tmp_path / "stack", size=(240, 320))
+    out = tmp_path / f"m{suffix}"
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        from edgehdr.cli import main
+        sys.exit(main(["-q", "merge", {str(tmp_path / 'stack')!r}, "-o", {str(out)!r}, "--response", "srgb"]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"{out}: cannot write" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob(f"*{suffix}*")) and not list(tmp_path.glob(".*")), "nothing partial left"

@@ -9,6 +9,7 @@ here. OpenEXR goes through the ASWF ``OpenEXR`` binding (half or float pixels),
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
@@ -138,12 +139,21 @@ def write_radiance(path, radiance: np.ndarray, *, exr_pixel_type: str = "auto") 
         pixels = np.ascontiguousarray(rgb if exr_pixel_type == "float" else rgb.astype(np.float16))
         header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
         with atomic_output(path) as tmp, OpenEXR.File(header, {"RGB": pixels}) as exr:
-            exr.write(str(tmp))
+            try:
+                exr.write(str(tmp))
+            except RuntimeError as exc:  # the binding reports I/O failures (a full disk) as RuntimeError
+                reason = "no space left on device" if "No space left" in str(exc) else str(exc)
+                raise OSError(errno.ENOSPC if "No space left" in str(exc) else errno.EIO,
+                              f"{path}: cannot write ({reason})") from exc
     else:
         bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
-        ok, encoded = cv2.imencode(suffix, bgr)
-        if not ok:
-            raise ValueError(f"{path}: OpenCV could not encode a {suffix} image")
+        # imwrite straight into the temporary file: OpenCV's in-memory .hdr encoder goes through a file in
+        # the system's temporary folder anyway, which would make a full /tmp fail a write elsewhere.
         with atomic_output(path) as tmp:
-            tmp.write_bytes(encoded.tobytes())
+            try:
+                ok = cv2.imwrite(str(tmp), bgr)
+            except cv2.error as exc:
+                raise OSError(errno.EIO, f"{path}: cannot write ({exc.err})") from None
+            if not ok:
+                raise OSError(errno.EIO, f"{path}: cannot write (OpenCV's {suffix} writer failed; disk full?)")
     return path
