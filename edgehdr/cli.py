@@ -456,43 +456,30 @@ def _int_in(lo: int, hi: int):
     return parse
 
 
-def _float_at_least(lo: float):
-    """argparse type: a finite number >= lo."""
+def _float_range(lo: float, hi: float = math.inf, *, above: bool = False):
+    """argparse type: a finite number in lo..hi (``above``: strictly greater than lo)."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (math.isfinite(value) and value >= lo):
-            raise argparse.ArgumentTypeError(f"{text} is not allowed; give a finite number >= {lo:g}")
+        if not (math.isfinite(value) and (value > lo if above else value >= lo) and value <= hi):
+            allowed = (f"> {lo:g}" if above else f">= {lo:g}") if hi == math.inf else f"{lo:g}..{hi:g}"
+            raise argparse.ArgumentTypeError(f"{text} is not allowed; give a finite number {allowed}")
         return value
     return parse
+
+
+def _float_at_least(lo: float):
+    return _float_range(lo)
 
 
 def _float_above(lo: float):
-    """argparse type: a finite number > lo."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (math.isfinite(value) and value > lo):
-            raise argparse.ArgumentTypeError(f"{text} is not allowed; give a finite number > {lo:g}")
-        return value
-    return parse
+    return _float_range(lo, above=True)
 
 
 def _float_in(lo: float, hi: float):
-    """argparse type: a finite number in lo..hi."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (math.isfinite(value) and lo <= value <= hi):
-            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed {lo:g}..{hi:g}")
-        return value
-    return parse
+    return _float_range(lo, hi)
 
 
 def _add_bridge_grid(p, rows=16, cols=24, bits=12):

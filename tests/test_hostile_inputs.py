@@ -241,7 +241,7 @@ def test_cli_bad_input_exits_2_naming_it(tmp_path, capsys, radiance, argv, messa
 
 
 @pytest.mark.parametrize("argv,option", [
-    (["synth", "-o", "{tmp}/s", "--shake-px", "nan"], "--shake-px: nan is out of range"),
+    (["synth", "-o", "{tmp}/s", "--shake-px", "nan"], "--shake-px: nan is not allowed; give a finite number 0..64"),
     (["synth", "-o", "{tmp}/s", "--width", "100000"], "--width: 100000 is out of range; allowed 16..16384"),
     (["synth", "-o", "{tmp}/s", "--exposures", "1"], "--exposures: 1 is out of range"),
     (["merge", "{tmp}", "-o", "{tmp}/m.exr", "--smoothness", "-1"], "--smoothness: -1 is not allowed"),
