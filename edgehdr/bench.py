@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,22 +26,12 @@ from edgehdr.hdr.align import align_mtb
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.progress import Progress
 from edgehdr.synth import CameraModel, capture_bracket, make_scene, suggest_exposures
+from edgehdr.timing import median_ms
 from edgehdr.tonemap import reinhard_global, reinhard_local
 
 __all__ = ["SIZES", "run_benchmark", "format_table"]
 
 SIZES = {"720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
-
-
-def _median_ms(fn, repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def run_benchmark(sizes=("720p", "1080p", "4k"), *, repeat: int = 7, seed: int = 0, quiet: bool = False) -> dict:
@@ -73,24 +62,24 @@ def run_benchmark(sizes=("720p", "1080p", "4k"), *, repeat: int = 7, seed: int =
         progress.step(f"{name}: timing {repeat} runs per stage")
         stage = {
             "align_mtb": (
-                _median_ms(lambda: align_mtb(bracket.frames), repeat),
-                _median_ms(lambda: mtb.process(frames_bgr, [f.copy() for f in frames_bgr]), repeat),
+                median_ms(lambda: align_mtb(bracket.frames), repeat),
+                median_ms(lambda: mtb.process(frames_bgr, [f.copy() for f in frames_bgr]), repeat),
             ),
             "align_mtb_matched": (
-                _median_ms(lambda: align_mtb(bracket.frames, exposures=bracket.relative_exposure,
+                median_ms(lambda: align_mtb(bracket.frames, exposures=bracket.relative_exposure,
                                              response=response), repeat),
-                _median_ms(lambda: mtb.process(frames_bgr, [f.copy() for f in frames_bgr]), repeat),
+                median_ms(lambda: mtb.process(frames_bgr, [f.copy() for f in frames_bgr]), repeat),
             ),
             "merge": (
-                _median_ms(lambda: merge_debevec(bracket, response=response), repeat),
-                _median_ms(lambda: merger.process(frames_bgr, times, response_cv), repeat),
+                median_ms(lambda: merge_debevec(bracket, response=response), repeat),
+                median_ms(lambda: merger.process(frames_bgr, times, response_cv), repeat),
             ),
             "tonemap_global": (
-                _median_ms(lambda: reinhard_global(radiance), repeat),
-                _median_ms(lambda: tonemapper.process(radiance_bgr), repeat),
+                median_ms(lambda: reinhard_global(radiance), repeat),
+                median_ms(lambda: tonemapper.process(radiance_bgr), repeat),
             ),
         }
-        local_ms = _median_ms(lambda: reinhard_local(radiance), repeat)
+        local_ms = median_ms(lambda: reinhard_local(radiance), repeat)
         for key, (ours, ocv) in stage.items():
             rows.append({"size": name, "stage": key, "edgehdr_ms": round(ours, 2), "opencv_ms": round(ocv, 2),
                          "ratio": round(ocv / ours, 2)})
@@ -205,12 +194,12 @@ def dimming_benchmark(*, repeat: int = 15, seed: int = 0, quiet: bool = False) -
             model.simulate(light, out=backlight)
             lcd_compensation(target, backlight, layout, out=lcd)
 
-        rows.append({"algorithm": algorithm, "total_ms": round(_median_ms(run, repeat), 2)})
+        rows.append({"algorithm": algorithm, "total_ms": round(median_ms(run, repeat), 2)})
     light = zone_light(target, layout, "sqrt")
     parts = {
-        "zone_statistics_ms": _median_ms(lambda: zone_statistics(target, layout), repeat),
-        "backlight_ms": _median_ms(lambda: model.simulate(light, out=backlight), repeat),
-        "lcd_compensation_ms": _median_ms(lambda: lcd_compensation(target, backlight, layout, out=lcd), repeat),
+        "zone_statistics_ms": median_ms(lambda: zone_statistics(target, layout), repeat),
+        "backlight_ms": median_ms(lambda: model.simulate(light, out=backlight), repeat),
+        "lcd_compensation_ms": median_ms(lambda: lcd_compensation(target, backlight, layout, out=lcd), repeat),
     }
     return {"size": "1080p", "zones": layout.zones, "repeat": repeat, "rows": rows,
             "parts": {k: round(v, 2) for k, v in parts.items()}}
@@ -219,8 +208,17 @@ def dimming_benchmark(*, repeat: int = 15, seed: int = 0, quiet: bool = False) -
 def dimming_quality_table(seeds=range(10), *, height: int = 540, width: int = 960, rows: int = 24, cols: int = 32,
                           quiet: bool = False) -> dict:
     """PU-PSNR, halo and power of every algorithm over synthetic scenes; the optimiser at each heuristic's power."""
-    from edgehdr.dimming import (BacklightModel, LedLayout, dimming_metrics, display_target, lcd_compensation,
-                                 optimal_zone_light, quantise_within_budget, simulate_display, zone_light)
+    from edgehdr.dimming import (
+        BacklightModel,
+        LedLayout,
+        dimming_metrics,
+        display_target,
+        lcd_compensation,
+        optimal_zone_light,
+        quantise_within_budget,
+        simulate_display,
+        zone_light,
+    )
     from edgehdr.dimming.zones import HEURISTICS
 
     layout = LedLayout(rows=rows, cols=cols, width_px=width, height_px=height)
@@ -297,13 +295,9 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     """
     from edgehdr.pipeline.config import validate
     from edgehdr.pipeline.daemon import build_runtime
+    from edgehdr.warmup import limit_blas_threads
 
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=1, user_api="blas")
-    except ImportError:
-        pass
+    limit_blas_threads()
     cfg = validate({"source": {"width": width, "height": height, "fps": fps},
                     "planner": {"max_exposure_s": 10.0}, "preview": {"enabled": False}})
     rt = build_runtime(cfg)

@@ -49,12 +49,9 @@ def run_demo(outdir="edgehdr-demo", *, seconds: float = 5.0, width: int = 1280, 
         f"{'neural ' if neural else ''}merge "
         f"-> {'neural ' if neural else ''}tone map (scored by NoR-VDPNet) -> 18x32-zone {'neural ' if neural else ''}"
         "dimming -> controller simulator on a pty")
-    try:
-        from threadpoolctl import threadpool_limits
+    from edgehdr.warmup import limit_blas_threads
 
-        threadpool_limits(limits=1, user_api="blas")
-    except ImportError:
-        pass
+    limit_blas_threads()
     from edgehdr.warmup import warm_up
 
     say(f"      kernels ready in {warm_up():.1f} s (compiled on the first run, then cached)")

@@ -1,4 +1,4 @@
-"""Compile the numba kernels before real-time work starts.
+"""Prepare a process for real-time work: numba kernels compiled, BLAS on one thread.
 
 numba compiles a kernel on its first call (and caches it on disk for later
 processes), so the first frames of a fresh installation would each wait seconds.
@@ -12,7 +12,18 @@ import time
 
 import numpy as np
 
-__all__ = ["warm_up"]
+__all__ = ["limit_blas_threads", "warm_up"]
+
+
+def limit_blas_threads() -> None:
+    """Keep BLAS (numpy's linear algebra) on one thread for the rest of the process.
+
+    OpenBLAS workers spin after every call and starve the numba kernels of the next
+    stage on a small CPU (measured); the runtime's matrix work is tiny anyway.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def warm_up(*, deghost: bool = False, dimming: bool = True) -> float:

@@ -212,10 +212,23 @@ def _wire(rt: Runtime, cfg: dict, extra_sinks, start: datetime) -> None:
     from edgehdr.dimming import LedLayout, load_layout
     from edgehdr.hdr.merge import resolve_response
     from edgehdr.pipeline.preview import PreviewServer
-    from edgehdr.pipeline.sinks import (ImageSequenceSink, PreviewSink, PreviewState, VideoSink, expand_run_pattern,
-                                        unused_path)
-    from edgehdr.pipeline.stages import (AlignStage, BridgeStage, DimmingStage, MergeStage, OutputStage, ScoreStage,
-                                         ToneMapStage)
+    from edgehdr.pipeline.sinks import (
+        ImageSequenceSink,
+        PreviewSink,
+        PreviewState,
+        VideoSink,
+        expand_run_pattern,
+        unused_path,
+    )
+    from edgehdr.pipeline.stages import (
+        AlignStage,
+        BridgeStage,
+        DimmingStage,
+        MergeStage,
+        OutputStage,
+        ScoreStage,
+        ToneMapStage,
+    )
 
     source = _build_source(cfg)
     rt.source = source
@@ -338,13 +351,9 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
         return 2
     setup_logging(cfg["run"]["log_level"], cfg["run"]["log_format"])
     seconds = cfg["run"]["seconds"] if seconds is None else seconds
-    # BLAS threads spin after every call and starve the numba kernels (measured): keep BLAS on one thread.
-    try:
-        from threadpoolctl import threadpool_limits
+    from edgehdr.warmup import limit_blas_threads
 
-        threadpool_limits(limits=1, user_api="blas")
-    except ImportError:
-        pass
+    limit_blas_threads()  # BLAS workers spin and starve the numba kernels (measured)
     notifier = SystemdNotifier()
     stop = threading.Event()
 

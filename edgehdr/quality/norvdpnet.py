@@ -40,6 +40,7 @@ import cv2
 import numba
 import numpy as np
 
+from edgehdr.quality.correlation import pearson, spearman
 from edgehdr.tonemap.color import REC709_LUMA, luminance
 
 __all__ = ["model_encoding", "SCORE_INPUT_SHAPE", "pil_luma8", "encode_sdr", "encode_hdr", "NoRVDPNetScorer", "tone_mapping_variants",
@@ -218,29 +219,3 @@ def tone_mapping_variants(radiance: np.ndarray, count: int, *, seed: int = 0, co
     return out
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), np.float64)
-    ranks[order] = np.arange(len(x), dtype=np.float64)
-    xs = x[order]
-    i = 0
-    while i < len(x):  # average ranks of ties
-        j = i
-        while j + 1 < len(x) and xs[j + 1] == xs[i]:
-            j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j)
-        i = j + 1
-    return ranks
-
-
-def pearson(a, b) -> float:
-    """Pearson linear correlation coefficient."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else 0.0
-
-
-def spearman(a, b) -> float:
-    """Spearman rank-order correlation (SROCC): Pearson of the (tie-averaged) ranks."""
-    return pearson(_ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64)))

@@ -15,16 +15,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
+
+from edgehdr.timing import median_ms
 
 __all__ = ["evaluate", "main"]
 
 
 def evaluate(scenes: int = 16, *, model="dimming_net", int8=None, sizes=((360, 640), (720, 1280))) -> dict:
-    from edgehdr.dimming import (BacklightModel, LedLayout, dimming_metrics, display_target, lcd_compensation,
-                                 optimal_zone_light, quantise_within_budget, simulate_display, zone_light)
+    from edgehdr.dimming import (
+        BacklightModel,
+        LedLayout,
+        dimming_metrics,
+        display_target,
+        lcd_compensation,
+        optimal_zone_light,
+        quantise_within_budget,
+        simulate_display,
+        zone_light,
+    )
     from edgehdr.dimming.neural import NeuralDimmer
     from edgehdr.dimming.zones import HEURISTICS, zone_statistics
     from edgehdr.infer import OnnxRuntimeRunner
@@ -86,19 +96,9 @@ def evaluate(scenes: int = 16, *, model="dimming_net", int8=None, sizes=((360, 6
     net = NeuralDimmer(runner, layout)
     target = display_target(make_scene(3, 1080, 1920).radiance, layout)
 
-    def median_ms(fn, repeat=30):
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return float(np.median(times))
-
-    result["speed_1080p_ms"] = {"network_total": median_ms(lambda: net(target)),
+    result["speed_1080p_ms"] = {"network_total": median_ms(lambda: net(target), 30, 3),
                                 "sqrt_heuristic": median_ms(lambda: zone_light(
-                                    target, layout, "sqrt", stats=zone_statistics(target, layout)))}
+                                    target, layout, "sqrt", stats=zone_statistics(target, layout)), 30, 3)}
     return result
 
 

@@ -13,22 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 
+from edgehdr.timing import median_ms
+
 __all__ = ["evaluate", "main"]
-
-
-def _median_ms(fn, repeat=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
 
 
 def evaluate(scenes: int = 24, *, model="tmo_net", int8=None, teacher_steps: int = 60) -> dict:
@@ -71,11 +61,11 @@ def evaluate(scenes: int = 24, *, model="tmo_net", int8=None, teacher_steps: int
     feed = {"log_luminance": x}
     grid = np.asarray(next(iter(runner.run(feed).values()))[0])
     speed = {
-        "encode_ms": _median_ms(lambda: encode_tmo_input(big)),
-        "network_ms": _median_ms(lambda: runner.run(feed)),
-        "apply_ms": _median_ms(lambda: apply_parameter_grid(big, grid, key_log2=key, blocks=blocks)),
-        "full_frame_ms": _median_ms(lambda: student(big)),
-        "reinhard_global_ms": _median_ms(lambda: reinhard_global(big)),
+        "encode_ms": median_ms(lambda: encode_tmo_input(big), 20, 3),
+        "network_ms": median_ms(lambda: runner.run(feed), 20, 3),
+        "apply_ms": median_ms(lambda: apply_parameter_grid(big, grid, key_log2=key, blocks=blocks), 20, 3),
+        "full_frame_ms": median_ms(lambda: student(big), 20, 3),
+        "reinhard_global_ms": median_ms(lambda: reinhard_global(big), 20, 3),
     }
     # Temporal stability: static scene, fresh sensor-like noise each frame.
     rng = np.random.default_rng(0)

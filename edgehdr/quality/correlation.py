@@ -1,0 +1,35 @@
+"""Correlation coefficients for judging quality metrics against references: PLCC and SROCC.
+
+One implementation for the package (NoR-VDPNet training and hold-out figures, export's
+validation of converted scorers). A correlation of a constant sequence is undefined:
+both return NaN there (written as ``null`` in JSON reports), never a made-up 0 or 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["pearson", "spearman", "tie_averaged_ranks"]
+
+
+def tie_averaged_ranks(x) -> np.ndarray:
+    """Ranks 0..n-1 of ``x`` (flattened), ties given the mean of the ranks they span."""
+    x = np.asarray(x, np.float64).ravel()
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    return (first + 0.5 * (counts - 1))[inverse].astype(np.float64)
+
+
+def pearson(a, b) -> float:
+    """Pearson linear correlation coefficient (PLCC); NaN when either input is constant."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"correlation needs equally long inputs, got {a.size} and {b.size}")
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def spearman(a, b) -> float:
+    """Spearman rank-order correlation (SROCC): Pearson of the tie-averaged ranks; NaN for constant input."""
+    return pearson(tie_averaged_ranks(a), tie_averaged_ranks(b))
