@@ -136,7 +136,7 @@ def _median_threshold_bitmaps(img, valid, exclude_range):
 
 
 def median_threshold_shift(ref_gray, gray, *, max_bits: int = 6, exclude_range: int = 4,
-                           valid_range=(6, 249)) -> tuple[int, int]:
+                           valid_range=(6, 249), bitmaps_out: list | None = None) -> tuple[int, int]:
     """Translation ``(dx, dy)`` that moves ``gray`` onto ``ref_gray`` (Ward 2003).
 
     Ward's pyramid search over median threshold bitmaps, with the threshold (the
@@ -144,6 +144,8 @@ def median_threshold_shift(ref_gray, gray, *, max_bits: int = 6, exclude_range: 
     and those excluded from the XOR count. On an exposure-matched pair this keeps
     the bitmaps meaningful when most of a long exposure is clipped, where a median
     over all pixels lands on the clip level. Ties prefer the smaller shift.
+    ``bitmaps_out``, a list, receives the full-resolution bitmaps (threshold and
+    exclusion of each image) for ``mtb_shift_support``.
     """
     if ref_gray.shape != gray.shape or ref_gray.dtype != np.uint8 or gray.dtype != np.uint8:
         raise ValueError("median_threshold_shift needs two uint8 grey images of equal size")
@@ -165,10 +167,13 @@ def median_threshold_shift(ref_gray, gray, *, max_bits: int = 6, exclude_range: 
         _mtb_errors(thr_a, excl_a, thr_b, excl_b, sx, sy, max(1, a.shape[0] // 128), errors)
         best = min(order, key=lambda k: errors[k])
         sx, sy = sx + best % 3 - 1, sy + best // 3 - 1
+    if bitmaps_out is not None:  # the full-resolution bitmaps, for mtb_shift_support
+        bitmaps_out[:] = [thr_a, excl_a, thr_b, excl_b]
     return sx, sy
 
 
-def mtb_shift_support(ref_gray, gray, shift, *, exclude_range: int = 4, valid_range=(6, 249)) -> float:
+def mtb_shift_support(ref_gray, gray, shift, *, exclude_range: int = 4, valid_range=(6, 249),
+                      bitmaps=None) -> float:
     """Fraction by which ``shift`` lowers the bitmap mismatch rate against no shift at all.
 
     The mismatch rate is the XOR count of the median threshold bitmaps over the pixels
@@ -177,20 +182,27 @@ def mtb_shift_support(ref_gray, gray, shift, *, exclude_range: int = 4, valid_ra
     count: a large shift also shrinks the overlap, which lowers any count. A real
     motion of a textured scene lowers the rate clearly; a shift picked from noise,
     JPEG blocking or a corrupt region barely does, or raises it. Returns 1.0 for a
-    zero shift and 0.0 when nothing can be compared.
+    zero shift and 0.0 when nothing can be compared. ``bitmaps`` (from
+    ``median_threshold_shift(bitmaps_out=...)``) saves computing them again.
     """
     sx, sy = int(shift[0]), int(shift[1])
     if (sx, sy) == (0, 0):
         return 1.0
-    lo, hi = valid_range
-    valid = (ref_gray > lo) & (ref_gray < hi) & (gray > lo) & (gray < hi)
-    thr_a, excl_a = _median_threshold_bitmaps(ref_gray, valid, exclude_range)
-    thr_b, excl_b = _median_threshold_bitmaps(gray, valid, exclude_range)
+    if bitmaps is None:
+        lo, hi = valid_range
+        valid = (ref_gray > lo) & (ref_gray < hi) & (gray > lo) & (gray < hi)
+        thr_a, excl_a = _median_threshold_bitmaps(ref_gray, valid, exclude_range)
+        thr_b, excl_b = _median_threshold_bitmaps(gray, valid, exclude_range)
+    else:  # those median_threshold_shift computed at full resolution
+        thr_a, excl_a, thr_b, excl_b = bitmaps
     h, w = ref_gray.shape
+    step = max(1, h // 256)
 
     def rate(dx, dy):
         ya, yb = slice(max(0, dy), min(h, h + dy)), slice(max(0, -dy), min(h, h - dy))
         xa, xb = slice(max(0, dx), min(w, w + dx)), slice(max(0, -dx), min(w, w - dx))
+        # Every ``step``-th row: a rate needs a sample, not every pixel (about 256 rows are counted).
+        ya, yb = slice(ya.start, ya.stop, step), slice(yb.start, yb.stop, step)
         counted = excl_a[ya, xa] & excl_b[yb, xb]
         n = int(np.count_nonzero(counted))
         return None if n == 0 else int(np.count_nonzero((thr_a[ya, xa] ^ thr_b[yb, xb]) & counted)) / n
@@ -284,12 +296,16 @@ def align_mtb(frames, *, reference_index: int | None = None, exposures=None, res
                     other = _gain_grey(other, exposures[ref] / exposures[i], response)
                 else:
                     ref_gray = _gain_grey(ref_gray, exposures[i] / exposures[ref], response)
-                sx, sy = median_threshold_shift(ref_gray, other, max_bits=max_bits, exclude_range=exclude_range)
+                bitmaps: list | None = []
+                sx, sy = median_threshold_shift(ref_gray, other, max_bits=max_bits, exclude_range=exclude_range,
+                                                bitmaps_out=bitmaps)
             else:
                 # calculateShift returns how to shift frame i onto the reference.
                 sx, sy = mtb.calculateShift(ref_gray, other)
+                bitmaps = None
             sx, sy = int(sx), int(sy)
-            support = mtb_shift_support(ref_gray, other, (sx, sy), exclude_range=exclude_range)
+            support = mtb_shift_support(ref_gray, other, (sx, sy), exclude_range=exclude_range,
+                                        bitmaps=bitmaps or None)
             too_far = (max(abs(sx), abs(sy)) > max_shift_fraction * min(ref_gray.shape)
                        or max(abs(sx), abs(sy)) >= (1 << max_bits) - 2)
             sane = support >= min_support and not too_far
