@@ -133,7 +133,7 @@ def test_preview_server_endpoints():
         page = urllib.request.urlopen(base + "/", timeout=5).read().decode()
         assert "29.5 fps" in page and "<td>merge</td>" in page
         metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
-        assert 'edgehdr_stage_latency_seconds{stage="merge"} 0.006' in metrics
+        assert 'edgehdr_stage_latency_seconds{stage="merge",quantile="0.5"} 0.006' in metrics
         assert "edgehdr_frames_dropped_total 1" in metrics
         for line in metrics.splitlines():  # every sample line: name{labels} value
             if not line.startswith("#"):
@@ -149,3 +149,39 @@ def test_preview_server_endpoints():
     finally:
         server.close()
     assert prometheus_text({}).count("# TYPE") >= 5
+
+
+def test_metrics_of_a_real_runtime_parse_with_prometheus_client():
+    """Every family of /metrics, from a runtime that ran, read by Prometheus' own parser: types and names."""
+    parser = pytest.importorskip("prometheus_client.parser", reason="prometheus_client is a test dependency "
+                                 "(pip install -e '.[test]')")
+    from edgehdr.pipeline.daemon import build_runtime
+
+    cfg = validate({"source": {"width": 160, "height": 96, "fps": 30}, "dimming": {"rows": 4, "cols": 6},
+                    "preview": {"enabled": False}})
+    rt = build_runtime(cfg)
+    rt.pipeline.start()
+    try:
+        deadline = time.monotonic() + 30
+        while rt.stats().get("capture_to_zones_count", 0) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = rt.stats()
+    finally:
+        rt.close()
+    families = {f.name: f for f in parser.text_string_to_metric_families(prometheus_text(stats))}
+    kinds = {name: f.type for name, f in families.items()}
+    assert kinds["edgehdr_capture_to_zones_seconds"] == "summary"
+    assert kinds["edgehdr_stage_latency_seconds"] == "summary"
+    assert kinds["edgehdr_frames_completed"] == "counter"  # the parser names counters without _total
+    assert kinds["edgehdr_fps"] == "gauge" and kinds["edgehdr_link_state"] == "gauge"
+    latency = families["edgehdr_capture_to_zones_seconds"].samples
+    count = next(s.value for s in latency if s.name.endswith("_count"))
+    assert count == stats["capture_to_zones_count"] >= 10 and len(latency) == 4  # 2 quantiles, _sum, _count
+    merge = [s for s in families["edgehdr_stage_latency_seconds"].samples if s.labels.get("stage") == "merge"]
+    assert {s.labels.get("quantile") for s in merge} == {"0.5", "0.99", None}
+    assert next(s.value for s in merge if s.name.endswith("_count")) == next(
+        st["processed"] for st in stats["stages"] if st["name"] == "merge")
+    state = [s for s in families["edgehdr_link_state"].samples if s.value == 1]
+    assert [s.labels["state"] for s in state] == ["connected"]
+    for name in families:
+        assert name.startswith("edgehdr_"), name

@@ -62,6 +62,7 @@ class StageStats:
         self.errors = 0
         self.last_error = ""
         self.first_error = ""
+        self.total_s = 0.0  # cumulative processing time (a Prometheus summary's _sum)
         self._latency = deque(maxlen=window)
         self._times = deque(maxlen=window)
         self._lock = threading.Lock()
@@ -69,6 +70,7 @@ class StageStats:
     def record(self, seconds: float) -> None:
         with self._lock:
             self.processed += 1
+            self.total_s += seconds
             self._latency.append(seconds)
             self._times.append(time.monotonic())
 
@@ -93,6 +95,7 @@ class StageStats:
                 "fps": round(fps, 2),
                 "latency_ms_median": round(float(np.median(lat)), 3) if lat.size else None,
                 "latency_ms_p99": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
+                "latency_s_total": round(self.total_s, 6),
                 "last_error": self.last_error,
             }
 
@@ -144,6 +147,8 @@ class Pipeline:
         self._started = None
         self._latency = deque(maxlen=2000)  # capture -> zones sent, seconds
         self._lat_lock = threading.Lock()
+        self._latency_count = 0  # cumulative, beside the window: a Prometheus summary's _count and _sum
+        self._latency_sum_s = 0.0
         self.last_context: FrameContext | None = None
         self.exhausted = False
 
@@ -306,7 +311,10 @@ class Pipeline:
             out.stage_ms[stage.name] = dt * 1e3
             if out.zones_sent_ns is not None and stage.name == "bridge":
                 with self._lat_lock:
-                    self._latency.append((out.zones_sent_ns - out.captured_ns) / 1e9)
+                    seconds = (out.zones_sent_ns - out.captured_ns) / 1e9
+                    self._latency.append(seconds)
+                    self._latency_count += 1
+                    self._latency_sum_s += seconds
             if last:
                 self.last_context = out
             else:
@@ -317,6 +325,7 @@ class Pipeline:
     def stats(self) -> dict:
         with self._lat_lock:
             lat = np.array(self._latency) * 1e3
+            lat_count, lat_sum_s = self._latency_count, self._latency_sum_s
         stages = [self.capture.snapshot()] + [s.stats.snapshot() for s in self.stages]
         captured = self.capture.processed
         finished = self.stages[-1].stats.processed if self.stages else 0
@@ -333,5 +342,7 @@ class Pipeline:
             "source_restarts": self.source_restarts,
             "capture_to_zones_ms_median": round(float(np.median(lat)), 2) if lat.size else None,
             "capture_to_zones_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+            "capture_to_zones_count": lat_count,
+            "capture_to_zones_s_total": round(lat_sum_s, 6),
             "stages": stages,
         }

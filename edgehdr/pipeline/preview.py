@@ -56,8 +56,10 @@ def prometheus_text(stats: dict) -> str:
         for labels, value in samples:
             if value is None:
                 continue
+            labels = dict(labels)
+            suffix = labels.pop("__suffix__", "")  # a summary's _sum and _count
             label = "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items()) + "}" if labels else ""
-            lines.append(f"edgehdr_{name}{label} {_sample_value(value)}")
+            lines.append(f"edgehdr_{name}{suffix}{label} {_sample_value(value)}")
 
     metric("frames_captured_total", "counter", "Brackets read from the source.", [({}, stats.get("frames_captured"))])
     metric("frames_completed_total", "counter", "Frames through every stage.", [({}, stats.get("frames_completed"))])
@@ -65,12 +67,19 @@ def prometheus_text(stats: dict) -> str:
     metric("frames_failed_total", "counter", "Frames dropped by a stage error.", [({}, stats.get("frames_failed"))])
     metric("source_restarts_total", "counter", "Source reopenings.", [({}, stats.get("source_restarts"))])
     metric("fps", "gauge", "Completed frames per second since start.", [({}, stats.get("fps"))])
-    metric("capture_to_zones_seconds", "gauge", "Capture to zone values sent.",
+    # Latencies are summaries: quantiles over the recent window, _sum and _count since start.
+    metric("capture_to_zones_seconds", "summary", "Capture to zone values sent.",
            [({"quantile": "0.5"}, _ms(stats.get("capture_to_zones_ms_median"))),
-            ({"quantile": "0.99"}, _ms(stats.get("capture_to_zones_ms_p99")))])
+            ({"quantile": "0.99"}, _ms(stats.get("capture_to_zones_ms_p99"))),
+            ({"__suffix__": "_sum"}, stats.get("capture_to_zones_s_total")),
+            ({"__suffix__": "_count"}, stats.get("capture_to_zones_count"))])
     stages = stats.get("stages", [])
-    metric("stage_latency_seconds", "gauge", "Per-stage processing time (median).",
-           [({"stage": s["name"]}, _ms(s.get("latency_ms_median"))) for s in stages])
+    metric("stage_latency_seconds", "summary", "Per-stage processing time.",
+           [sample for s in stages for sample in (
+               ({"stage": s["name"], "quantile": "0.5"}, _ms(s.get("latency_ms_median"))),
+               ({"stage": s["name"], "quantile": "0.99"}, _ms(s.get("latency_ms_p99"))),
+               ({"__suffix__": "_sum", "stage": s["name"]}, s.get("latency_s_total")),
+               ({"__suffix__": "_count", "stage": s["name"]}, s.get("processed")))])
     metric("stage_fps", "gauge", "Per-stage frames per second.", [({"stage": s["name"]}, s.get("fps")) for s in stages])
     metric("stage_dropped_total", "counter", "Frames dropped before the stage.",
            [({"stage": s["name"]}, s.get("dropped")) for s in stages])
