@@ -11,7 +11,11 @@ import math
 from datetime import datetime
 from pathlib import Path
 
+from edgehdr.dimming.zones import HEURISTICS
+from edgehdr.hdr.align import ALIGN_METHODS
+from edgehdr.hdr.weights import WEIGHTINGS
 from edgehdr.tomlconfig import read_table, typed_entries
+from edgehdr.tonemap import OPERATORS
 
 __all__ = ["load_config", "default_config", "ConfigError", "SCHEMA"]
 
@@ -61,17 +65,17 @@ SCHEMA = {
         "every_n": (int, 5, _range(1, 1000)),
     },
     "align": {
-        "method": (str, "mtb", _choice("mtb", "homography", "none")),
+        "method": (str, "mtb", _choice(*ALIGN_METHODS)),
         "work_scale": (int, 2, _range(1, 8)),
     },
     "merge": {
         "method": (str, "debevec", _choice("debevec", "neural")),
         "model": (str, "merge_net", _any()),
-        "weighting": (str, "tutorial", _choice("tutorial", "hat", "triangle", "gaussian", "box")),
+        "weighting": (str, "tutorial", _choice(*sorted(WEIGHTINGS))),
         "deghost": (bool, False, _any()),
     },
     "tonemap": {
-        "operator": (str, "reinhard", _choice("reinhard", "reinhard-local", "drago", "parametric", "neural")),
+        "operator": (str, "reinhard", _choice(*OPERATORS, "neural")),
         "model": (str, "tmo_net", _any()),
         "key": (float, 0.18, _range(0.01, 1.0)),
         "saturation": (float, 1.0, _range(0.0, 2.0)),
@@ -83,7 +87,7 @@ SCHEMA = {
         "rows": (int, 48, _range(1, 255)),
         "cols": (int, 48, _range(1, 255)),
         "peak_luminance_cd_m2": (float, 1000.0, _range(1.0, 100000.0)),
-        "algorithm": (str, "sqrt", _choice("max", "mean", "sqrt", "percentile", "neural")),
+        "algorithm": (str, "sqrt", _choice(*HEURISTICS, "neural")),
         "model": (str, "dimming_net", _any()),
         "power_budget": (float, 1.0, _range(0.01, 1.0)),
     },

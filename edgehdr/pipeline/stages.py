@@ -16,8 +16,9 @@ import numpy as np
 from edgehdr.bracket import Bracket
 from edgehdr.camera.base import BracketSource
 from edgehdr.camera.planner import ExposurePlanner
-from edgehdr.dimming import BacklightModel, LedLayout, ZoneTemporalFilter, lcd_compensation, zone_light, zone_statistics
-from edgehdr.hdr.align import align_homography, align_mtb
+from edgehdr.dimming import (HEURISTICS, BacklightModel, LedLayout, ZoneTemporalFilter, lcd_compensation, zone_light,
+                             zone_statistics)
+from edgehdr.hdr.align import ALIGN_METHODS, align_homography, align_mtb
 from edgehdr.hdr.crf import CameraResponse
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.tonemap import TemporalAdaptation, tonemap
@@ -32,8 +33,8 @@ class AlignStage:
     """Registers each bracket to its middle exposure (MTB by default, estimated at reduced scale)."""
 
     def __init__(self, method: str = "mtb", *, response: CameraResponse | None = None, work_scale: int = 2):
-        if method not in ("mtb", "homography", "none"):
-            raise ValueError(f"align method must be mtb, homography or none, got {method!r}")
+        if method not in ALIGN_METHODS:
+            raise ValueError(f"align method must be one of {', '.join(ALIGN_METHODS)}, got {method!r}")
         self.method, self.response, self.work_scale = method, response, work_scale
         self._cache: dict = {}  # grey images and pair shifts reused across rolling brackets
 
@@ -171,8 +172,8 @@ class DimmingStage:
     def __init__(self, layout: LedLayout, *, algorithm: str = "sqrt", max_rise_per_s: float = 8.0,
                  max_fall_per_s: float = 2.0, peak_percentile: float = 99.9, time_constant_s: float = 0.4,
                  frame_interval_s: float = 1 / 30, runner=None, model_path=None, power_budget: float = 1.0):
-        if algorithm not in ("max", "mean", "sqrt", "percentile", "neural"):
-            raise ValueError(f"runtime dimming algorithm must be a heuristic (max, mean, sqrt, percentile) or "
+        if algorithm not in (*HEURISTICS, "neural"):
+            raise ValueError(f"runtime dimming algorithm must be a heuristic ({', '.join(HEURISTICS)}) or "
                              f"neural, got {algorithm!r}; 'optimal' is an offline reference")
         self.layout, self.algorithm, self.peak_percentile = layout, algorithm, peak_percentile
         self.neural = None
