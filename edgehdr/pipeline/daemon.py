@@ -208,35 +208,33 @@ def _check_layout_fits(layout, width: int, height: int, where: str) -> None:
 
 
 def _wire(rt: Runtime, cfg: dict, extra_sinks, start: datetime) -> None:
-    from edgehdr.camera.planner import ExposurePlanner
-    from edgehdr.dimming import LedLayout, load_layout
+    """Build the runtime step by step; each builder records on ``rt`` what it opened, so ``rt.close()``
+    releases it when a later step fails."""
     from edgehdr.hdr.merge import resolve_response
-    from edgehdr.pipeline.preview import PreviewServer
-    from edgehdr.pipeline.sinks import (
-        ImageSequenceSink,
-        PreviewSink,
-        PreviewState,
-        VideoSink,
-        expand_run_pattern,
-        unused_path,
-    )
-    from edgehdr.pipeline.stages import (
-        AlignStage,
-        BridgeStage,
-        DimmingStage,
-        MergeStage,
-        OutputStage,
-        ScoreStage,
-        ToneMapStage,
-    )
 
     source = _build_source(cfg)
     rt.source = source
     source.open()  # open early: size, bits and response come from the device
     response = getattr(source, "response", None) or resolve_response(cfg["source"]["response"], source.bits)
+    width, height = (source.width, source.height) if hasattr(source, "width") else \
+        (cfg["source"]["width"], cfg["source"]["height"])
+    fps = cfg["source"]["fps"] or 30.0
+    stages = _hdr_stages(cfg, source, response)
+    stages += _tonemap_stages(rt, cfg)
+    if cfg["dimming"]["enabled"]:
+        stages.append(_dimming_stage(rt, cfg, width, height, fps))
+        if cfg["bridge"]["enabled"]:
+            stages.append(_bridge_stage(rt, cfg))
+    stages.append(_output_stage(rt, cfg, extra_sinks, start, fps))
+    rt.pipeline = Pipeline(source, stages)
+
+
+def _hdr_stages(cfg: dict, source, response) -> list[Stage]:
+    """Align and merge (with the exposure planner when the source takes exposure plans)."""
+    from edgehdr.camera.planner import ExposurePlanner
+    from edgehdr.pipeline.stages import AlignStage, MergeStage
+
     q = cfg["run"]["queue_size"]
-    stages = [Stage("align", AlignStage(cfg["align"]["method"], response=response,
-                                        work_scale=cfg["align"]["work_scale"]), queue_size=q)]
     planner = None
     if cfg["planner"]["enabled"] and source.plan is not None:
         p = cfg["planner"]
@@ -248,74 +246,105 @@ def _wire(rt: Runtime, cfg: dict, extra_sinks, start: datetime) -> None:
         from edgehdr.hdr.neural_merge import NeuralMerger
 
         merger = NeuralMerger(_model_runner(cfg, cfg["merge"]["model"]), response)
-    stages.append(Stage("merge", MergeStage(response, weighting=cfg["merge"]["weighting"],
-                                            deghost=cfg["merge"]["deghost"], planner=planner, source=source,
-                                            plan_every=cfg["planner"]["every_n"], merger=merger), queue_size=q))
+    return [Stage("align", AlignStage(cfg["align"]["method"], response=response,
+                                      work_scale=cfg["align"]["work_scale"]), queue_size=q),
+            Stage("merge", MergeStage(response, weighting=cfg["merge"]["weighting"], deghost=cfg["merge"]["deghost"],
+                                      planner=planner, source=source, plan_every=cfg["planner"]["every_n"],
+                                      merger=merger), queue_size=q)]
+
+
+def _tonemap_stages(rt: Runtime, cfg: dict) -> list[Stage]:
+    """Tone mapping, and the NoR-VDPNet quality score when ``[score] every_n`` asks for it."""
+    from edgehdr.pipeline.stages import ScoreStage, ToneMapStage
+
+    q = cfg["run"]["queue_size"]
     tm = cfg["tonemap"]
     params = {"key": tm["key"]} if tm["operator"] in ("reinhard", "reinhard-local", "parametric") else {}
     if tm["operator"] not in ("parametric", "neural"):
         params["saturation"] = tm["saturation"]
-    tm_runner = _model_runner(cfg, tm["model"]) if tm["operator"] == "neural" else None
-    stages.append(Stage("tonemap", ToneMapStage(tm["operator"], params, time_constant_s=tm["time_constant_s"],
-                                                runner=tm_runner), queue_size=q))
+    runner = _model_runner(cfg, tm["model"]) if tm["operator"] == "neural" else None
+    stages = [Stage("tonemap", ToneMapStage(tm["operator"], params, time_constant_s=tm["time_constant_s"],
+                                            runner=runner), queue_size=q)]
     sc = cfg["score"]
     if sc["every_n"] > 0:
         rt.scorer = ScoreStage(_model_runner(cfg, sc["model"]), every_n=sc["every_n"], model=sc["model"])
         stages.append(Stage("score", rt.scorer, queue_size=q))
-    width, height = cfg["source"]["width"], cfg["source"]["height"]
-    if hasattr(source, "width"):
-        width, height = source.width, source.height
+    return stages
+
+
+def _dimming_stage(rt: Runtime, cfg: dict, width: int, height: int, fps: float) -> Stage:
+    """Local dimming over the configured layout (or a rows x cols grid over the frame)."""
+    from edgehdr.dimming import LedLayout, load_layout
+    from edgehdr.pipeline.stages import DimmingStage
+
     dim = cfg["dimming"]
-    fps = cfg["source"]["fps"] or 30.0
-    if dim["enabled"]:
-        if dim["layout"]:
-            layout = load_layout(dim["layout"])
-            _check_layout_fits(layout, width, height, f"[dimming] layout = {dim['layout']!r}")
-        else:
-            layout = LedLayout(rows=min(dim["rows"], height), cols=min(dim["cols"], width), width_px=width,
-                               height_px=height, peak_luminance_cd_m2=dim["peak_luminance_cd_m2"],
-                               zone_bits=cfg["bridge"]["bits"], source="[dimming] rows/cols")
-        rt.layout = layout
-        dim_runner = dim_model = None
-        if dim["algorithm"] == "neural":
-            from edgehdr.models import model_path
+    if dim["layout"]:
+        layout = load_layout(dim["layout"])
+        _check_layout_fits(layout, width, height, f"[dimming] layout = {dim['layout']!r}")
+    else:
+        layout = LedLayout(rows=min(dim["rows"], height), cols=min(dim["cols"], width), width_px=width,
+                           height_px=height, peak_luminance_cd_m2=dim["peak_luminance_cd_m2"],
+                           zone_bits=cfg["bridge"]["bits"], source="[dimming] rows/cols")
+    rt.layout = layout
+    runner = model = None
+    if dim["algorithm"] == "neural":
+        from edgehdr.models import model_path
 
-            dim_model = model_path(dim["model"])
-            dim_runner = _model_runner(cfg, dim["model"])
-        dimming = DimmingStage(layout, algorithm=dim["algorithm"], frame_interval_s=1 / fps, runner=dim_runner,
-                               model_path=dim_model, power_budget=dim["power_budget"])
-        for warning in getattr(dimming.neural, "warnings", []):
-            log.warning("dimming model %s: %s", dim_model, warning)
-        stages.append(Stage("dimming", dimming, queue_size=q))
-        br = cfg["bridge"]
-        if br["enabled"]:
-            from firmware_bridge.link import Link
-            from firmware_bridge.protocol import Config
-            from firmware_bridge.transports import PtyPair, SerialTransport, open_transport
+        model = model_path(dim["model"])
+        runner = _model_runner(cfg, dim["model"])
+    dimming = DimmingStage(layout, algorithm=dim["algorithm"], frame_interval_s=1 / fps, runner=runner,
+                           model_path=model, power_budget=dim["power_budget"])
+    for warning in getattr(dimming.neural, "warnings", []):
+        log.warning("dimming model %s: %s", model, warning)
+    return Stage("dimming", dimming, queue_size=cfg["run"]["queue_size"])
 
-            link_cfg = Config(rows=layout.rows, cols=layout.cols, bits=layout.zone_bits, safe_level=br["safe_level"],
-                              watchdog_ms=br["watchdog_ms"], heartbeat_ms=br["heartbeat_ms"])
-            if br["port"] == "simulate":
-                from firmware_bridge.simulator import ControllerSimulator
 
-                rt._tmp = tempfile.TemporaryDirectory(prefix="edgehdr-")
-                rt.pty = PtyPair(Path(rt._tmp.name) / "ttyEH0")
-                # The simulated panel refreshes at 120 Hz, like HDR LCDs, independent of the camera.
-                rt.simulator = ControllerSimulator(rt.pty.controller, rows=layout.rows, cols=layout.cols,
-                                                   vsync_hz=120.0).start()
-                transport = SerialTransport(rt.pty.path, br["baudrate"])
-            else:
-                transport = open_transport(br["port"], baudrate=br["baudrate"])
-            rt.link = Link(transport, link_cfg).start()
-            rt.bridge = BridgeStage(rt.link)
-            stages.append(Stage("bridge", rt.bridge, queue_size=q))
+def _bridge_stage(rt: Runtime, cfg: dict) -> Stage:
+    """The controller link (``port = "simulate"``: a controller simulator on a pty of its own)."""
+    from edgehdr.pipeline.stages import BridgeStage
+    from firmware_bridge.link import Link
+    from firmware_bridge.protocol import Config
+    from firmware_bridge.transports import PtyPair, SerialTransport, open_transport
+
+    br, layout = cfg["bridge"], rt.layout
+    link_cfg = Config(rows=layout.rows, cols=layout.cols, bits=layout.zone_bits, safe_level=br["safe_level"],
+                      watchdog_ms=br["watchdog_ms"], heartbeat_ms=br["heartbeat_ms"])
+    if br["port"] == "simulate":
+        from firmware_bridge.simulator import ControllerSimulator
+
+        rt._tmp = tempfile.TemporaryDirectory(prefix="edgehdr-")
+        rt.pty = PtyPair(Path(rt._tmp.name) / "ttyEH0")
+        # The simulated panel refreshes at 120 Hz, like HDR LCDs, independent of the camera.
+        rt.simulator = ControllerSimulator(rt.pty.controller, rows=layout.rows, cols=layout.cols,
+                                           vsync_hz=120.0).start()
+        transport = SerialTransport(rt.pty.path, br["baudrate"])
+    else:
+        transport = open_transport(br["port"], baudrate=br["baudrate"])
+    rt.link = Link(transport, link_cfg).start()
+    rt.bridge = BridgeStage(rt.link)
+    return Stage("bridge", rt.bridge, queue_size=cfg["run"]["queue_size"])
+
+
+def _output_stage(rt: Runtime, cfg: dict, extra_sinks, start: datetime, fps: float) -> Stage:
+    """Image sequences, the video and the preview server; output names filled with the run's start time."""
+    from edgehdr.pipeline.preview import PreviewServer
+    from edgehdr.pipeline.sinks import (
+        ImageSequenceSink,
+        PreviewSink,
+        PreviewState,
+        VideoSink,
+        expand_run_pattern,
+        unused_path,
+    )
+    from edgehdr.pipeline.stages import OutputStage
+
     sinks = list(extra_sinks)
     out = cfg["outputs"]
     stamp = start.strftime("%Y%m%d-%H%M%S")
     if out["frames_dir"]:
         sinks.append(ImageSequenceSink(expand_run_pattern(out["frames_dir"], start), every_n=out["frames_every_n"],
                                        prefix=f"sdr_{stamp}", name="frames"))
-    if out["lcd_dir"] and dim["enabled"]:
+    if out["lcd_dir"] and cfg["dimming"]["enabled"]:
         sinks.append(ImageSequenceSink(expand_run_pattern(out["lcd_dir"], start), what="lcd",
                                        every_n=out["frames_every_n"], prefix=f"lcd_{stamp}", name="lcd"))
     if out["video"]:
@@ -334,8 +363,7 @@ def _wire(rt: Runtime, cfg: dict, extra_sinks, start: datetime) -> None:
                               f"({exc.strerror or exc}); choose another port, 0 for any free one, or "
                               "[preview] enabled = false") from None
     rt.outputs = OutputStage(sinks)
-    stages.append(Stage("outputs", rt.outputs, queue_size=q))
-    rt.pipeline = Pipeline(source, stages)
+    return Stage("outputs", rt.outputs, queue_size=cfg["run"]["queue_size"])
 
 
 def run_daemon(config_path=None, *, config: dict | None = None, seconds: float | None = None) -> int:
