@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from export.validate import budget_line, validate
+from export.validate import COSINE_BUDGET, REL_L2_BUDGET, budget_line, validate
 
 __all__ = ["build"]
 
@@ -25,7 +25,7 @@ def build(model, out_dir, *, precision: str = "fp32", calib: str = "synth", cali
           holdout: str | None = None, holdout_count: int = 16, method: str = "auto", target: str = "onnx",
           dla_core: int | None = None, workspace_mb: int = 1024, timing_cache=None, quantiser: str = "onnxruntime",
           strongly_typed: bool | None = None, shapes=None, name: str | None = None, version: str = "0",
-          progress=None) -> dict:
+          progress=None, cosine: float = COSINE_BUDGET, rel_l2: float = REL_L2_BUDGET) -> dict:
     """Check, simplify, convert (FP16 / INT8 Q/DQ), validate against FP32 and optionally build an engine.
 
     Writes into ``out_dir``: ``NAME.fp32.onnx`` (checked, simplified), ``NAME.fp16.onnx`` or
@@ -35,6 +35,12 @@ def build(model, out_dir, *, precision: str = "fp32", calib: str = "synth", cali
     (``export.staging``). ``shapes`` (``{input: dims}`` or ``'NAME:1x3x64x64'`` strings) fixes
     dynamic input dimensions in ``NAME.fp32.onnx``; every step that feeds the model (calibration,
     validation, an engine) needs them static. Returns what it wrote and measured.
+
+    ``calib`` and ``holdout``: 'synth', a folder (HDR images, bracket folders, or ``.npz``/``.npy``
+    tensors for anyone's model) or a data-loader hook ``MODULE:FUNCTION`` / ``FILE.py:FUNCTION``
+    (``export.calibration``). Without ``holdout``, validation uses ``calib``'s held-out part (every
+    fifth item), or disjoint synthetic scenes. Models validated on user tensors are held to
+    ``cosine`` and ``rel_l2`` against FP32 (``export.validate.apply_budget``).
     """
     from edgehdr.io.staging import output_file, output_folder, staged_outputs
     from edgehdr.progress import Progress
@@ -89,13 +95,14 @@ def build(model, out_dir, *, precision: str = "fp32", calib: str = "synth", cali
                                calib_count=calib_count, holdout=holdout, holdout_count=holdout_count, method=method,
                                target=target, dla_core=dla_core, workspace_mb=workspace_mb,
                                timing_cache=timing_cache, quantiser=quantiser, strongly_typed=strongly_typed,
-                               shapes=shapes, name=name, version=version, progress=progress)
+                               shapes=shapes, name=name, version=version, progress=progress, cosine=cosine,
+                               rel_l2=rel_l2)
     return result
 
 
 def _build_staged(model, source, stage, out_dir, *, precision, calib, calib_count, holdout, holdout_count, method,
                   target, dla_core, workspace_mb, timing_cache, quantiser, strongly_typed, shapes, name, version,
-                  progress) -> dict:
+                  progress, cosine, rel_l2) -> dict:
     """``build``'s work, every file written into ``stage``; paths in the result are those in ``out_dir``."""
     import onnx
 
@@ -124,8 +131,13 @@ def _build_staged(model, source, stage, out_dir, *, precision, calib, calib_coun
                                precision=prec, source_onnx_sha256=source_sha, inputs=specs["inputs"],
                                outputs=specs["outputs"], created=_now(), **extra), Manifest.path_for(path))
 
-    def checked_validation(candidate, base, data):
-        report = validate(fp32, candidate, data=data, count=holdout_count, out_base=stage / base, quiet=True)
+    # one source for both roles: its every fifth sample held out (user tensors; HDR folders always split)
+    held_out = holdout if holdout is not None else calib
+    split, data_option = holdout is None, "--holdout" if holdout is not None else "--calib"
+
+    def checked_validation(candidate, base):
+        report = validate(fp32, candidate, data=held_out, count=holdout_count, out_base=stage / base, quiet=True,
+                          cosine=cosine, rel_l2=rel_l2, split=split, option=data_option)
         report["files"] = [str(final(f)) for f in report.get("files", [])]
         return report
 
@@ -141,9 +153,10 @@ def _build_staged(model, source, stage, out_dir, *, precision, calib, calib_coun
         from export.precision import quantize_int8
         from export.trt_check import check_qdq_for_tensorrt
 
-        feeds, described = model_feeds(fp32, calib, calib_count, role="calibration")
-        progress.step(f"calibration data: {described['samples']} samples ({described['source']}, "
-                      f"{described['preprocess']})")
+        feeds, described = model_feeds(fp32, calib, calib_count, role="calibration", split=holdout is None,
+                                       option="--calib")
+        kind = described.get("format", "") if described["preprocess"] == "none" else described["preprocess"]
+        progress.step(f"calibration data: {described['samples']} samples ({described['source']}, {kind})")
         converted = stage / f"{name}.int8.onnx"
         t0 = time.perf_counter()
         calibration = quantize_int8(fp32, converted, CalibrationReader(feeds, described), method=method,
@@ -156,8 +169,7 @@ def _build_staged(model, source, stage, out_dir, *, precision, calib, calib_coun
         result["tensorrt_qdq_check"] = "passed"
     report = None
     if converted != fp32:
-        report = checked_validation(converted, f"{name}.{precision}.validation",
-                                    holdout or (calib if calib != "synth" else "synth"))
+        report = checked_validation(converted, f"{name}.{precision}.validation")
         manifest(converted, precision, calibration=calibration, accuracy_vs_fp32=report, build_flags=flags)
         result["accuracy_vs_fp32"] = report
     progress.step(f"wrote {converted.name}" + (f": {budget_line(report)}" if report else ""))
@@ -171,7 +183,7 @@ def _build_staged(model, source, stage, out_dir, *, precision, calib, calib_coun
                               model_name=name, model_version=version, calibration=calibration,
                               source_onnx_sha256=source_sha)
         progress.step(f"built {engine.name}")
-        eng_report = checked_validation(engine, f"{name}.{precision}.engine.validation", holdout or "synth")
+        eng_report = checked_validation(engine, f"{name}.{precision}.engine.validation")
         m = Manifest.load(Manifest.path_for(engine))
         m.accuracy_vs_fp32 = eng_report
         m.build_flags.update(flags)

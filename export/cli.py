@@ -26,7 +26,7 @@ from pathlib import Path
 from export.bench import bench, print_bench
 from export.build import build
 from export.inspection import inspect
-from export.validate import ABS_BUDGET, PSNR_BUDGET_DB, apply_budget, spearman, validate
+from export.validate import ABS_BUDGET, COSINE_BUDGET, PSNR_BUDGET_DB, REL_L2_BUDGET, apply_budget, spearman, validate
 
 __all__ = ["ABS_BUDGET", "PSNR_BUDGET_DB", "apply_budget", "bench", "build", "inspect", "main", "spearman", "validate"]
 
@@ -72,6 +72,17 @@ def _shape(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _add_user_budget(p) -> None:
+    p.add_argument("--cosine-budget", type=_finite_float, default=COSINE_BUDGET,
+                   help="user tensors: minimum cosine similarity with FP32 per output (worst held-out sample)")
+    p.add_argument("--rel-l2-budget", type=_finite_float, default=REL_L2_BUDGET,
+                   help="user tensors: maximum relative L2 error vs FP32 per output")
+
+
+_DATA_HELP = ("'synth', a folder (.exr/.hdr/.pfm, bracket folders, or .npz/.npy tensors named after the model's "
+              "inputs), or a data-loader hook MODULE:FUNCTION / FILE.py:FUNCTION yielding {input: array} dicts")
+
+
 def _add_shape(p) -> None:
     p.add_argument("--shape", action="append", type=_shape, default=None, metavar="NAME:DIMS",
                    help="fix a dynamic input, e.g. image:1x3x64x64 (repeat per input; as trtexec --shapes)")
@@ -86,9 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="check, convert (fp16/int8 Q/DQ), validate, build a TensorRT engine")
     p.add_argument("model", type=Path)
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
-    p.add_argument("--calib", default="synth", help="'synth' or a folder of .exr/.hdr/.pfm (or bracket folders)")
+    p.add_argument("--calib", default="synth", help=_DATA_HELP)
     p.add_argument("--calib-count", type=positive, default=64)
-    p.add_argument("--holdout", default=None, help="held-out data for validation (default: disjoint from --calib)")
+    p.add_argument("--holdout", default=None, help="held-out data for validation, as --calib (default: disjoint "
+                                                    "from --calib)")
     p.add_argument("--holdout-count", type=positive, default=16)
     p.add_argument("--method", choices=("auto", "minmax", "entropy", "percentile"), default="auto",
                    help="calibration; auto tries all three and keeps the closest to FP32 on calibration data")
@@ -101,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strongly-typed", action=argparse.BooleanOptionalAction, default=None,
                    help="TensorRT typing (default: weak with precision flags on TensorRT 10, strong on 11+)")
     _add_shape(p)
+    _add_user_budget(p)
     p.add_argument("--name", default=None)
     p.add_argument("--model-version", default="0")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder (created if its parent exists)")
@@ -108,10 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="FP32 vs converted model or engine on held-out data (markdown + JSON)")
     p.add_argument("reference", type=Path)
     p.add_argument("candidate", type=Path)
-    p.add_argument("--data", default="synth")
+    p.add_argument("--data", default="synth", help=_DATA_HELP)
     p.add_argument("--count", type=positive, default=16)
     p.add_argument("--psnr-budget", type=_finite_float, default=PSNR_BUDGET_DB)
     p.add_argument("--abs-budget", type=_finite_float, default=ABS_BUDGET)
+    _add_user_budget(p)
     _add_shape(p)
     p.add_argument("-o", "--out", type=Path, default=None, help="report base path (writes .json and .md)")
 
@@ -176,7 +190,7 @@ def _run(args) -> int:
                        method=args.method, target=args.target, dla_core=args.dla, workspace_mb=args.workspace_mb,
                        timing_cache=args.timing_cache, quantiser=args.quantiser,
                        strongly_typed=args.strongly_typed, shapes=args.shape, name=args.name,
-                       version=args.model_version)
+                       version=args.model_version, cosine=args.cosine_budget, rel_l2=args.rel_l2_budget)
         for key in ("fp32_onnx", "onnx", "engine"):
             if key in result:
                 print(f"{key}: {result[key]}")
@@ -184,7 +198,8 @@ def _run(args) -> int:
         return 0 if report is None or report["budget"]["passed"] else 1
     if args.command == "validate":
         report = validate(args.reference, args.candidate, data=args.data, count=args.count, out_base=args.out,
-                          psnr_db=args.psnr_budget, max_abs=args.abs_budget, shapes=args.shape)
+                          psnr_db=args.psnr_budget, max_abs=args.abs_budget, shapes=args.shape,
+                          cosine=args.cosine_budget, rel_l2=args.rel_l2_budget)
         return 0 if report["budget"]["passed"] else 1
     if args.command == "bench":
         if args.json:

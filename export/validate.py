@@ -1,4 +1,14 @@
-"""Validation of a converted model (FP16, INT8 Q/DQ, TensorRT engine) against its FP32 original on held-out data."""
+"""Validation of a converted model (FP16, INT8 Q/DQ, TensorRT engine) against its FP32 original on held-out data.
+
+Every output gets generic figures: max and mean absolute error, PSNR (peak: the
+FP32 output's range), relative L2 error (||candidate - FP32|| / ||FP32|| over the
+whole set) and cosine similarity (the worst sample's, and over the whole set). The
+budget is the EdgeHDR task's where the model has one (``export.tasks``); for
+EdgeHDR images without one, PSNR for image outputs and max absolute error for scores;
+for anyone's model fed user tensors (``export.calibration``: ``.npz``/``.npy``
+folders, hooks), whose outputs may be logits, features or anything else, the
+scale-free figures: cosine similarity and relative L2 error of every output.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +17,25 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ABS_BUDGET", "PSNR_BUDGET_DB", "apply_budget", "budget_line", "compare_runners", "spearman", "validate",
-           "write_report"]
+__all__ = ["ABS_BUDGET", "COSINE_BUDGET", "PSNR_BUDGET_DB", "REL_L2_BUDGET", "apply_budget", "budget_line",
+           "compare_runners", "spearman", "validate", "write_report"]
 
 PSNR_BUDGET_DB = 40.0  # image outputs of a converted model vs FP32
 ABS_BUDGET = 0.01  # scalar outputs (scores in [0, 1]) vs FP32
+COSINE_BUDGET = 0.99  # user models: cosine similarity with FP32, worst held-out sample (whole set for scores)
+REL_L2_BUDGET = 0.1  # user models: ||candidate - FP32|| / ||FP32|| over the held-out set
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two flattened arrays; 1 when both are zero, 0 when only one is."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
 
 
 def compare_runners(reference, candidate, feeds, *, task_metric=None) -> dict:
-    """Max/mean absolute error and PSNR of every output (peak = FP32 output range); optional task metric.
+    """Generic figures of every output (module notes; PSNR's peak = FP32 output range); optional task metric.
 
     ``reference`` and ``candidate`` are loaded runners (``edgehdr.infer``); ``task_metric(ref_outputs,
     cand_outputs)`` may add the model's own figure (e.g. TMQI, SROCC) under ``"task"``.
@@ -29,21 +49,40 @@ def compare_runners(reference, candidate, feeds, *, task_metric=None) -> dict:
         cand_all.append(out)
         for name, value in ref.items():
             acc = per_output.setdefault(name, {"max_abs": 0.0, "sum_abs": 0.0, "sum_sq": 0.0, "n": 0,
-                                              "lo": math.inf, "hi": -math.inf,
+                                              "lo": math.inf, "hi": -math.inf, "ref_sq": 0.0, "cos_min": math.inf,
+                                              "dot": 0.0, "cand_sq": 0.0,
                                               "elements": int(np.asarray(value).size)})
-            diff = np.asarray(out[name], np.float64) - np.asarray(value, np.float64)
+            r = np.asarray(value, np.float64).ravel()
+            c = np.asarray(out[name], np.float64).ravel()
+            diff = c - r
             acc["max_abs"] = max(acc["max_abs"], float(np.abs(diff).max()))
             acc["sum_abs"] += float(np.abs(diff).sum())
             acc["sum_sq"] += float((diff * diff).sum())
             acc["n"] += diff.size
             acc["lo"] = min(acc["lo"], float(np.min(value)))
             acc["hi"] = max(acc["hi"], float(np.max(value)))
+            acc["ref_sq"] += float(r @ r)
+            acc["cand_sq"] += float(c @ c)
+            acc["dot"] += float(r @ c)
+            cos = _cosine(r, c)
+            acc["cos_min"] = cos if math.isnan(cos) else min(acc["cos_min"], cos)
     report = {"samples": len(ref_all), "outputs": {}}
     for name, acc in per_output.items():
         mse = acc["sum_sq"] / max(acc["n"], 1)
         peak = max(acc["hi"] - acc["lo"], 1e-12)
+        ref_norm, cand_norm = math.sqrt(acc["ref_sq"]), math.sqrt(acc["cand_sq"])
+        if ref_norm == 0.0:
+            rel_l2 = 0.0 if acc["sum_sq"] == 0.0 else math.inf
+        else:
+            rel_l2 = math.sqrt(acc["sum_sq"]) / ref_norm
+        if ref_norm == 0.0 or cand_norm == 0.0:
+            cos_all = 1.0 if ref_norm == cand_norm else 0.0
+        else:
+            cos_all = acc["dot"] / (ref_norm * cand_norm)
         report["outputs"][name] = {"max_abs_error": acc["max_abs"], "mean_abs_error": acc["sum_abs"] / max(acc["n"], 1),
                                    "psnr_db": float("inf") if mse == 0 else 10 * math.log10(peak * peak / mse),
+                                   "relative_l2_error": rel_l2, "cosine_similarity_min": acc["cos_min"],
+                                   "cosine_similarity": cos_all,
                                    "fp32_range": [acc["lo"], acc["hi"]], "elements": acc["elements"]}
     if task_metric is not None:
         report["task"] = task_metric(ref_all, cand_all)
@@ -63,11 +102,15 @@ def write_report(report: dict, out_base, *, title: str) -> list[Path]:
         out_base = out_base.with_suffix("")
     json_path, md_path = Path(f"{out_base}.json"), Path(f"{out_base}.md")
     lines = [f"# {title}", "", f"{report['samples']} held-out samples.", "",
-             "| output | max abs error | mean abs error | PSNR dB | FP32 range |", "| --- | ---: | ---: | ---: | --- |"]
+             "| output | max abs error | mean abs error | PSNR dB | relative L2 | cosine (worst sample) | FP32 range |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for name, r in report["outputs"].items():
         psnr = "n/a (score)" if r.get("scalar") else f"{r['psnr_db']:.2f}"
-        lines.append(f"| {name} | {r['max_abs_error']:.3g} | {r['mean_abs_error']:.3g} | {psnr} | "
-                     f"{r['fp32_range'][0]:.3g} .. {r['fp32_range'][1]:.3g} |")
+        rel_l2, cos = r.get("relative_l2_error", math.nan), r.get("cosine_similarity_min", math.nan)
+        lines.append(f"| {name} | {r['max_abs_error']:.3g} | {r['mean_abs_error']:.3g} | {psnr} | {rel_l2:.3g} | "
+                     f"{cos:.5f} | {r['fp32_range'][0]:.3g} .. {r['fp32_range'][1]:.3g} |")
+    if report.get("data"):
+        lines += ["", f"Data: {dumps_json(null_undefined(report['data']))}"]
     if report.get("task"):
         lines += ["", f"Task metric: {dumps_json(null_undefined(report['task']))}"]
     if "budget" in report:
@@ -78,7 +121,12 @@ def write_report(report: dict, out_base, *, title: str) -> list[Path]:
 
 def budget_line(report: dict) -> str:
     parts = []
+    generic = report.get("budget", {}).get("kind") == "generic"
     for out, r in report["outputs"].items():
+        if generic:
+            parts.append(f"{out} cosine {_budget_cosine(r):.5f}, relative L2 {r['relative_l2_error']:.3g}, "
+                         f"max abs {r['max_abs_error']:.3g}")
+            continue
         psnr = "" if r.get("scalar") else f" PSNR {r['psnr_db']:.1f} dB,"
         parts.append(f"{out}{psnr} max abs {r['max_abs_error']:.3g}")
     if report["budget"].get("kind") == "task":
@@ -130,12 +178,20 @@ def _task_metric(ref_outputs, cand_outputs) -> dict:
     return task
 
 
+def _budget_cosine(r: dict) -> float:
+    """The cosine a budget holds an output to: the worst sample's, or the whole set's for a score (<= 4 values
+    per sample, whose per-sample cosine is only a sign)."""
+    return r["cosine_similarity"] if r.get("scalar") else r["cosine_similarity_min"]
+
+
 def apply_budget(report: dict, *, psnr_db: float = PSNR_BUDGET_DB, max_abs: float = ABS_BUDGET,
-                 task_budget=None) -> dict:
+                 task_budget=None, cosine: float | None = None, rel_l2: float | None = None) -> dict:
     """Image outputs need PSNR >= ``psnr_db`` against FP32; scalar outputs max |error| <= ``max_abs``.
 
     A model with a task (``export.tasks``) is held to its task's budget instead: what the
     stage produces from the outputs (e.g. the tone-mapped frame), not the raw outputs.
+    Given ``cosine`` and ``rel_l2`` (anyone's model on user tensors), every output needs
+    cosine similarity >= ``cosine`` (``_budget_cosine``) and relative L2 error <= ``rel_l2``.
     """
     if task_budget is not None:
         checks = task_budget(report["task"])
@@ -143,6 +199,17 @@ def apply_budget(report: dict, *, psnr_db: float = PSNR_BUDGET_DB, max_abs: floa
                             "kind": "task"}
         return report
     checks = []
+    if cosine is not None or rel_l2 is not None:
+        cosine = COSINE_BUDGET if cosine is None else cosine
+        rel_l2 = REL_L2_BUDGET if rel_l2 is None else rel_l2
+        for name, r in report["outputs"].items():
+            which = "cosine (whole set)" if r.get("scalar") else "cosine (worst sample)"
+            checks.append((f"{name}: {which} {_budget_cosine(r):.5f} >= {cosine}", _budget_cosine(r) >= cosine))
+            checks.append((f"{name}: relative L2 {r['relative_l2_error']:.3g} <= {rel_l2}",
+                           r["relative_l2_error"] <= rel_l2))
+        report["budget"] = {"rule": "; ".join(c[0] for c in checks), "passed": all(c[1] for c in checks),
+                            "kind": "generic", "cosine_min": cosine, "relative_l2_max": rel_l2}
+        return report
     for name, r in report["outputs"].items():
         if r.get("scalar"):
             checks.append((f"{name}: max abs error {r['max_abs_error']:.3g} <= {max_abs}",
@@ -155,10 +222,16 @@ def apply_budget(report: dict, *, psnr_db: float = PSNR_BUDGET_DB, max_abs: floa
 
 
 def validate(reference, candidate, *, data: str = "synth", count: int = 16, out_base=None,
-             psnr_db: float = PSNR_BUDGET_DB, max_abs: float = ABS_BUDGET, quiet: bool = False, shapes=None) -> dict:
+             psnr_db: float = PSNR_BUDGET_DB, max_abs: float = ABS_BUDGET, quiet: bool = False, shapes=None,
+             cosine: float = COSINE_BUDGET, rel_l2: float = REL_L2_BUDGET, split: bool | None = None,
+             option: str = "--data") -> dict:
     """FP32 ``reference`` vs ``candidate`` on held-out data; report (and ``out_base``.json/.md) with the budget.
 
-    ``shapes`` (``{input: dims}``, ``export.shapes``) fixes the dynamic input dimensions of the held-out feeds.
+    ``data``: 'synth', a folder or a data-loader hook (``export.calibration``). ``shapes``
+    (``{input: dims}``, ``export.shapes``) fixes the dynamic input dimensions of the held-out
+    feeds. User tensors are held to ``cosine`` and ``rel_l2`` (``apply_budget``); ``split``:
+    they also served as calibration data, so only every fifth sample is held out. ``option``
+    names the data source in errors.
     """
     from edgehdr.io.staging import output_file
     from export.calibration import check_source, model_feeds
@@ -171,10 +244,11 @@ def validate(reference, candidate, *, data: str = "synth", count: int = 16, out_
         require_engine(candidate)
     else:
         refuse_custom_ops(load_model(candidate, check=True), candidate, why)
-    check_source(data, "--data")
+    check_source(data, option)
     if out_base is not None:
         output_file(out_base, option="-o")
-    feeds, described, items = model_feeds(reference, data, count, role="holdout", with_items=True, shapes=shapes)
+    feeds, described, items = model_feeds(reference, data, count, role="holdout", with_items=True, shapes=shapes,
+                                          split=split, option=option)
     task = task_for(described["preprocess"])
 
     def metric(ref_outputs, cand_outputs):
@@ -193,7 +267,9 @@ def validate(reference, candidate, *, data: str = "synth", count: int = 16, out_
         r["scalar"] = bool(int(r.get("elements", 0)) <= 4)
     report["data"] = described
     report["reference"], report["candidate"] = Path(reference).name, Path(candidate).name
-    apply_budget(report, psnr_db=psnr_db, max_abs=max_abs, task_budget=task["budget"] if task else None)
+    user_data = described.get("preprocess") == "none"
+    apply_budget(report, psnr_db=psnr_db, max_abs=max_abs, task_budget=task["budget"] if task else None,
+                 cosine=cosine if user_data else None, rel_l2=rel_l2 if user_data else None)
     if out_base is not None:
         report["files"] = [str(p) for p in write_report(report, out_base, title=f"{Path(candidate).name} vs "
                                                                               f"{Path(reference).name}")]
