@@ -103,10 +103,9 @@ def bench(target, *, runs: int = 50, warmup: int = 5, threads: int = 0, opencv: 
                 rows.append({"artefact": path.name, "backend": label, "error": str(exc).splitlines()[0]})
                 continue
             try:
-                ins = runner.describe()["inputs"]
-                dims = {i["name"]: i["shape"] for i in ins} if isinstance(ins, list) else dict(ins)
-                feed = {n: rng.random(resolve_shape(n, d, shapes, label=path, why="bench"), dtype=np.float32)
-                        for n, d in dims.items()}
+                feed = {t.name: rng.random(resolve_shape(t.name, t.shape, shapes, label=path, why="bench"),
+                                           dtype=np.float32)
+                        for t in runner.describe().inputs}
                 stats = time_runs(lambda runner=runner, feed=feed: runner.run(feed), runs, warmup)
             finally:
                 runner.close()

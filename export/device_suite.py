@@ -80,9 +80,9 @@ def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, run
     cache = out_dir / "timing.cache"
     for model in models:
         ref = OnnxRuntimeRunner(model, providers="cpu").load()
-        feed = {i["name"]: np.random.default_rng(0).random(resolve_shape(i["name"], i["shape"], None, label=model,
-                                                                         why="timing"), dtype=np.float32)
-                for i in ref.describe()["inputs"]}
+        feed = {t.name: np.random.default_rng(0).random(resolve_shape(t.name, t.shape, None, label=model,
+                                                                      why="timing"), dtype=np.float32)
+                for t in ref.describe().inputs}
         ort_cpu = time_runs(lambda ref=ref, feed=feed: ref.run(feed), max(runs // 5, 10), 3)
         ref.close()
         for precision in precisions:

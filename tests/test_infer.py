@@ -28,23 +28,22 @@ def test_onnxruntime_runner_matches_opencv_dnn(nets, which):
     path = nets[which]
     with OnnxRuntimeRunner(path, intra_op_threads=1) as runner:
         desc = runner.describe()
-        shape = desc["inputs"][0]["shape"]
-        x = np.random.default_rng(3).random(shape, dtype=np.float32)
+        (spec,) = desc.inputs
+        x = np.random.default_rng(3).random(spec.shape, dtype=np.float32)
         out = runner.run({"image": x})
     net = cv2.dnn.readNetFromONNX(str(path))
     net.setInput(x)
     reference = net.forward()
-    (name, value), = out.items()
+    (_name, value), = out.items()
     assert value.shape == reference.shape
     np.testing.assert_allclose(value, reference, atol=2e-5)
-    assert desc["providers"] == ["CPUExecutionProvider"] and desc["threads"]["intra_op"] == 1
+    assert desc.providers == ("CPUExecutionProvider",) and desc.device == "cpu" and spec.dtype == "float32"
     assert 0.0 < float(value.min()) and float(value.max()) < 1.0  # sigmoid outputs
 
 
 def test_onnxruntime_runner_rejects_bad_input(nets, tmp_path):
-    with OnnxRuntimeRunner(nets["score"]) as runner:
-        with pytest.raises(ValueError, match="do not match"):
-            runner.run({"picture": np.zeros((1, 3, 64, 64), np.float32)})
+    with OnnxRuntimeRunner(nets["score"]) as runner, pytest.raises(ValueError, match="do not match"):
+        runner.run({"picture": np.zeros((1, 3, 64, 64), np.float32)})
     with pytest.raises(FileNotFoundError, match="no such ONNX model"):
         OnnxRuntimeRunner(tmp_path / "missing.onnx").load()
     bad = tmp_path / "broken.onnx"
@@ -61,8 +60,8 @@ def test_best_providers_order():
 
 
 def _engine_manifest(**changes):
-    base = dict(model_name="image", artefact="image.fp16.engine", format="tensorrt", precision="fp16",
-                tensorrt_version="10.3.0", device_name="Orin", compute_capability="8.7")
+    base = {"model_name": "image", "artefact": "image.fp16.engine", "format": "tensorrt", "precision": "fp16",
+            "tensorrt_version": "10.3.0", "device_name": "Orin", "compute_capability": "8.7"}
     base.update(changes)
     return Manifest(**base)
 
@@ -106,7 +105,10 @@ def test_open_runner_falls_back_past_an_unusable_engine(nets, tmp_path, caplog):
     finally:
         runner.close()
     cpu_runner = open_runner(nets["image"], prefer="cpu")
-    assert cpu_runner.describe()["providers"] == ["CPUExecutionProvider"]
+    try:
+        assert cpu_runner.describe().providers == ("CPUExecutionProvider",)
+    finally:
+        cpu_runner.close()
 
 
 @pytest.mark.skipif(not HAVE_TRT, reason="TensorRT and pycuda are not installed (a Jetson or a CUDA machine with "
@@ -120,6 +122,9 @@ def test_tensorrt_engine_matches_onnxruntime(nets, tmp_path):
     assert manifest.format == "tensorrt" and manifest.source_onnx_sha256 == sha256_file(nets["image"])
     x = np.random.default_rng(1).random((1, 3, 48, 64), dtype=np.float32)
     with TensorRTRunner(engine) as trt_runner, OnnxRuntimeRunner(nets["image"]) as ort_runner:
+        trt_desc, ort_desc = trt_runner.describe(), ort_runner.describe()
+        assert (trt_desc.inputs, trt_desc.outputs) == (ort_desc.inputs, ort_desc.outputs)
+        assert trt_desc.backend == "tensorrt" and trt_desc.precision == "fp32" and trt_desc.device.startswith("cuda:")
         first = trt_runner.run({"image": x})["output"]
         again = trt_runner.run({"image": x})["output"]  # buffers reused across frames
         np.testing.assert_allclose(first, ort_runner.run({"image": x})["output"], atol=1e-3)

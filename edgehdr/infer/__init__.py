@@ -1,6 +1,13 @@
 """Inference backends for the neural stages: ONNX Runtime and native TensorRT runners, manifests, selection."""
 
-from edgehdr.infer.base import BackendUnavailable, EngineMismatch, Runner
+from edgehdr.infer.base import (
+    BackendUnavailable,
+    EngineMismatch,
+    Runner,
+    RunnerBase,
+    RunnerDescription,
+    TensorDescription,
+)
 from edgehdr.infer.manifest import Manifest, TensorSpec, sha256_file
 from edgehdr.infer.ort import OnnxRuntimeRunner, best_providers
 from edgehdr.infer.select import open_runner
@@ -8,11 +15,14 @@ from edgehdr.infer.select import open_runner
 __all__ = [
     "BackendUnavailable",
     "EngineMismatch",
-    "Runner",
     "Manifest",
-    "TensorSpec",
-    "sha256_file",
     "OnnxRuntimeRunner",
+    "Runner",
+    "RunnerBase",
+    "RunnerDescription",
+    "TensorDescription",
+    "TensorSpec",
     "best_providers",
     "open_runner",
+    "sha256_file",
 ]

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+from numpy.typing import DTypeLike
 
 from edgehdr.infer.base import BackendUnavailable
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["CudaContext", "DeviceBuffer", "device_properties"]
 
 
-def _cuda():
+def _cuda() -> Any:
     try:
         import pycuda.driver as cuda
     except ImportError as exc:
@@ -18,7 +26,7 @@ def _cuda():
     return cuda
 
 
-def device_properties(index: int = 0) -> dict:
+def device_properties(index: int = 0) -> dict[str, str]:
     """Name and compute capability of CUDA device ``index``."""
     cuda = _cuda()
     cuda.init()
@@ -37,22 +45,23 @@ class CudaContext:
     another (the pipeline's stage threads).
     """
 
-    def __init__(self, index: int = 0):
+    def __init__(self, index: int = 0) -> None:
         self.cuda = _cuda()
         self.cuda.init()
         if self.cuda.Device.count() <= index:
             raise BackendUnavailable(f"no CUDA device {index} (found {self.cuda.Device.count()})")
-        self.context = self.cuda.Device(index).make_context()  # created current on this thread
+        self.context: Any = self.cuda.Device(index).make_context()  # created current on this thread
         try:
-            self.stream = self.cuda.Stream()
+            self.stream: Any = self.cuda.Stream()
         finally:
             self.context.pop()
 
-    def __enter__(self) -> "CudaContext":
+    def __enter__(self) -> Self:
         self.context.push()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.cuda.Context.pop()
 
     def close(self) -> None:
@@ -65,10 +74,10 @@ class CudaContext:
 class DeviceBuffer:
     """A page-locked host array and its device twin, allocated once and reused for every frame."""
 
-    def __init__(self, ctx: CudaContext, shape, dtype):
+    def __init__(self, ctx: CudaContext, shape: Sequence[int], dtype: DTypeLike) -> None:
         self.ctx = ctx
-        self.host = ctx.cuda.pagelocked_empty(tuple(shape), np.dtype(dtype))
-        self.device = ctx.cuda.mem_alloc(self.host.nbytes)
+        self.host: np.ndarray = ctx.cuda.pagelocked_empty(tuple(shape), np.dtype(dtype))
+        self.device: Any = ctx.cuda.mem_alloc(self.host.nbytes)
 
     @property
     def address(self) -> int:

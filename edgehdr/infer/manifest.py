@@ -11,11 +11,14 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Manifest", "sha256_file", "TensorSpec"]
+from edgehdr.infer.base import PathLike
+
+__all__ = ["Manifest", "TensorSpec", "sha256_file"]
 
 
-def sha256_file(path) -> str:
+def sha256_file(path: PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -26,7 +29,7 @@ def sha256_file(path) -> str:
 @dataclass
 class TensorSpec:
     name: str
-    shape: list
+    shape: list[int | str]
     dtype: str
 
 
@@ -40,27 +43,27 @@ class Manifest:
     format: str = "onnx"  # onnx | tensorrt
     precision: str = "fp32"  # fp32 | fp16 | int8
     source_onnx_sha256: str = ""
-    inputs: list = field(default_factory=list)
-    outputs: list = field(default_factory=list)
-    calibration: dict = field(default_factory=dict)
-    accuracy_vs_fp32: dict = field(default_factory=dict)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    accuracy_vs_fp32: dict[str, Any] = field(default_factory=dict)
     tensorrt_version: str | None = None
     device_name: str | None = None
     compute_capability: str | None = None
-    build_flags: dict = field(default_factory=dict)
+    build_flags: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     tool: str = "edgehdr-export"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
 
-    def save(self, path) -> Path:
+    def save(self, path: PathLike) -> Path:
         from edgehdr.io.atomic import write_text_atomic
 
         return write_text_atomic(path, self.to_json())
 
     @classmethod
-    def load(cls, path) -> "Manifest":
+    def load(cls, path: PathLike) -> Manifest:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -77,6 +80,6 @@ class Manifest:
         return cls(**data)
 
     @staticmethod
-    def path_for(artefact) -> Path:
+    def path_for(artefact: PathLike) -> Path:
         artefact = Path(artefact)
         return artefact.with_name(artefact.name + ".manifest.json")

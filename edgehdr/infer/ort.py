@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgehdr.infer.base import BackendUnavailable, Runner
+from edgehdr.infer.base import (
+    BackendUnavailable,
+    PathLike,
+    Precision,
+    RunnerBase,
+    RunnerDescription,
+    TensorDescription,
+    precision_or_unknown,
+)
+from edgehdr.infer.manifest import Manifest
 
-__all__ = ["model_metadata", "OnnxRuntimeRunner", "best_providers"]
+if TYPE_CHECKING:
+    import onnxruntime
+
+__all__ = [
+    "OnnxRuntimeRunner",
+    "best_providers",
+    "model_metadata",
+    "ort_device",
+    "ort_dtype_name",
+    "ort_shape",
+    "ort_tensor",
+]
+
+# ONNX Runtime's element type names (the inside of 'tensor(...)') whose numpy name differs
+_ORT_TO_NUMPY = {"float": "float32", "double": "float64", "string": "object",
+                 "float8e4m3fn": "float8_e4m3fn", "float8e4m3fnuz": "float8_e4m3fnuz", "float8e5m2": "float8_e5m2",
+                 "float8e5m2fnuz": "float8_e5m2fnuz"}
 
 
 def best_providers(available: list[str] | None = None) -> list[str]:
@@ -21,7 +48,44 @@ def best_providers(available: list[str] | None = None) -> list[str]:
     return [p for p in order if p in available] or ["CPUExecutionProvider"]
 
 
-class OnnxRuntimeRunner(Runner):
+def ort_dtype_name(ort_type: str) -> str:
+    """ONNX Runtime's type string as a numpy dtype name: ``'tensor(float)'`` -> ``'float32'``.
+
+    Element types numpy spells the same way (``int64``, ``float16``, ``bool``) pass through;
+    a non-tensor type (``'seq(tensor(float))'``, ``'map(string,tensor(float))'``) is returned as it is.
+    """
+    if not (ort_type.startswith("tensor(") and ort_type.endswith(")")):
+        return ort_type
+    element = ort_type[len("tensor("):-1]
+    return _ORT_TO_NUMPY.get(element, element)
+
+
+def ort_shape(dims: Sequence[int | str | None] | None) -> tuple[int | str, ...]:
+    """ONNX Runtime's shape list as a tuple: ints stay, a symbolic dimension keeps its name, an unnamed one
+    (``None`` or negative) becomes ``'?'``; no shape at all gives ``()``."""
+    if dims is None:
+        return ()
+    return tuple(d if isinstance(d, str) and d else d if isinstance(d, int) and d >= 0 else "?" for d in dims)
+
+
+def ort_tensor(node_arg: Any) -> TensorDescription:
+    """A ``TensorDescription`` from an ONNX Runtime ``NodeArg`` (``session.get_inputs()[i]``)."""
+    return TensorDescription(name=str(node_arg.name), shape=ort_shape(node_arg.shape),
+                             dtype=ort_dtype_name(str(node_arg.type)))
+
+
+def ort_device(providers: Sequence[str], provider_options: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """Where a session with ``providers`` (in priority order) runs: ``'cpu'`` or ``'cuda:N'``."""
+    first = providers[0] if providers else "CPUExecutionProvider"
+    if first in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        device_id = (provider_options or {}).get(first, {}).get("device_id", 0)
+        return f"cuda:{device_id}"
+    if first == "CPUExecutionProvider":
+        return "cpu"
+    return first.removesuffix("ExecutionProvider").lower()
+
+
+class OnnxRuntimeRunner(RunnerBase):
     """An ONNX model in an ONNX Runtime session.
 
     Parameters
@@ -38,15 +102,16 @@ class OnnxRuntimeRunner(Runner):
 
     name = "onnxruntime"
 
-    def __init__(self, model, *, providers="cpu", intra_op_threads: int = 0, inter_op_threads: int = 0,
-                 trt_fp16: bool = False, trt_int8: bool = False, trt_cache_dir=None):
+    def __init__(self, model: PathLike, *, providers: str | Sequence[str] = "cpu", intra_op_threads: int = 0,
+                 inter_op_threads: int = 0, trt_fp16: bool = False, trt_int8: bool = False,
+                 trt_cache_dir: PathLike | None = None) -> None:
         self.model = Path(model)
         self.providers = providers
         self.intra_op_threads, self.inter_op_threads = intra_op_threads, inter_op_threads
         self.trt_fp16, self.trt_int8, self.trt_cache_dir = trt_fp16, trt_int8, trt_cache_dir
-        self.session = None
+        self.session: onnxruntime.InferenceSession | None = None
 
-    def load(self) -> "OnnxRuntimeRunner":
+    def load(self) -> OnnxRuntimeRunner:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -64,10 +129,10 @@ class OnnxRuntimeRunner(Runner):
             if missing:
                 raise BackendUnavailable(f"execution providers {missing} are not in this onnxruntime build "
                                          f"(have {ort.get_available_providers()}); install onnxruntime-gpu")
-        providers = []
+        providers: list[str | tuple[str, dict[str, Any]]] = []
         for name in names:
             if name == "TensorrtExecutionProvider":
-                opts = {"trt_fp16_enable": self.trt_fp16, "trt_int8_enable": self.trt_int8}
+                opts: dict[str, Any] = {"trt_fp16_enable": self.trt_fp16, "trt_int8_enable": self.trt_int8}
                 if self.trt_cache_dir:
                     opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(self.trt_cache_dir))
                 providers.append((name, opts))
@@ -82,7 +147,7 @@ class OnnxRuntimeRunner(Runner):
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.model), sess_options=options, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        except Exception as exc:  # ORT raises its own exception types
             raise ValueError(f"{self.model}: ONNX Runtime cannot load the model ({exc})") from exc
         return self
 
@@ -95,21 +160,36 @@ class OnnxRuntimeRunner(Runner):
         names = [o.name for o in self.session.get_outputs()]
         return dict(zip(names, self.session.run(names, feed)))
 
-    def describe(self) -> dict:
+    def describe(self) -> RunnerDescription:
+        """Providers in use, precision, device and the model's inputs and outputs as ONNX Runtime reports them."""
         s = self.session
-        return {
-            "backend": self.name, "model": str(self.model),
-            "providers": s.get_providers() if s else None,
-            "inputs": [{"name": i.name, "shape": i.shape, "dtype": i.type} for i in s.get_inputs()] if s else [],
-            "outputs": [{"name": o.name, "shape": o.shape, "dtype": o.type} for o in s.get_outputs()] if s else [],
-            "threads": {"intra_op": self.intra_op_threads, "inter_op": self.inter_op_threads},
-        }
+        if s is None:
+            raise RuntimeError(f"{self.model.name}: runner not loaded: call load() or use it in a with block")
+        providers = tuple(s.get_providers())
+        return RunnerDescription(backend=self.name, model=str(self.model), providers=providers,
+                                 precision=self._precision(providers), device=ort_device(providers,
+                                                                                         s.get_provider_options()),
+                                 inputs=tuple(ort_tensor(i) for i in s.get_inputs()),
+                                 outputs=tuple(ort_tensor(o) for o in s.get_outputs()))
+
+    def _precision(self, providers: Sequence[str]) -> Precision:
+        """The manifest's precision when one lies beside the model; ``'mixed'`` when TensorRT's provider may
+        lower layers to FP16/INT8 itself; else ``'unknown'`` (an ONNX graph does not state one)."""
+        if providers and providers[0] == "TensorrtExecutionProvider" and (self.trt_fp16 or self.trt_int8):
+            return "mixed"
+        manifest = Manifest.path_for(self.model)
+        if not manifest.is_file():
+            return "unknown"
+        try:
+            return precision_or_unknown(Manifest.load(manifest).precision)
+        except (OSError, ValueError, TypeError):  # a damaged manifest does not stop the model from running
+            return "unknown"
 
     def close(self) -> None:
         self.session = None
 
 
-def model_metadata(model) -> dict[str, str]:
+def model_metadata(model: PathLike) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX model (key -> value), read through ONNX Runtime.
 
     The runtime needs no ``onnx`` package for this: ``get_modelmeta().custom_metadata_map``
@@ -126,7 +206,7 @@ def model_metadata(model) -> dict[str, str]:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+    except Exception as exc:  # ORT raises its own exception types
         raise ValueError(f"{path}: not a loadable ONNX model ({exc})") from exc
     return dict(session.get_modelmeta().custom_metadata_map)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-from edgehdr.infer.base import BackendUnavailable, EngineMismatch, Runner
+from edgehdr.infer.base import BackendUnavailable, EngineMismatch, PathLike, Runner
 from edgehdr.infer.ort import OnnxRuntimeRunner
 
 __all__ = ["open_runner"]
@@ -13,7 +14,8 @@ __all__ = ["open_runner"]
 log = logging.getLogger("edgehdr.infer")
 
 
-def open_runner(onnx_path, *, engine_dir=None, prefer: str = "auto", **ort_options) -> Runner:
+def open_runner(onnx_path: PathLike, *, engine_dir: PathLike | None = None, prefer: str = "auto",
+                **ort_options: Any) -> Runner:
     """Load the best runner for a model and return it (loaded).
 
     Order: a TensorRT engine in ``engine_dir`` whose manifest matches this device and
