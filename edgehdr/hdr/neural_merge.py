@@ -291,8 +291,7 @@ class NeuralMerger:
 
     def __init__(self, runner, response=None, *, consistency_gate: bool = True):
         self.runner, self.response, self.consistency_gate = runner, response, consistency_gate
-        desc = runner.describe()["inputs"]
-        self.input_name = next(iter(desc)) if isinstance(desc, dict) else desc[0]["name"]
+        self.input_name = runner.describe().inputs[0].name
 
     def weights(self, bracket, exposures=None, *, bits=None) -> np.ndarray:
         """Per-frame weight maps (3, 136, 240) in the bracket's frame order."""

@@ -229,7 +229,7 @@ def read_ldr_stack(inputs, *, list_file=None, bits: int | None = None) -> Bracke
                     f"{where}: {paths[j]} and {paths[i]} have the same exposure "
                     f"({relative[i]:.6g} s relative); each frame of a stack needs its own exposure"
                 )
-    frames = []
+    frames: list[np.ndarray] = []
     for p in paths:
         frame = read_ldr_image(p)
         if frames:

@@ -122,12 +122,8 @@ class NoRVDPNetScorer:
         if encoding not in ("sdr", "hdr"):
             raise ValueError(f"encoding must be 'sdr' or 'hdr', got {encoding!r}")
         self.runner, self.encoding = runner, encoding
-        inputs = runner.describe()["inputs"]  # ONNX Runtime: list of dicts; TensorRT: {name: shape}
-        if isinstance(inputs, dict):
-            (self.input_name, shape), = inputs.items()
-        else:
-            (first,) = inputs
-            self.input_name, shape = first["name"], first["shape"]
+        (first,) = runner.describe().inputs
+        self.input_name, shape = first.name, first.shape
         if len(shape) != 4 or shape[1] != 1:
             raise ValueError(f"NoR-VDPNet model input must be (1, 1, H, W) grey, got {shape}")
         # a static input size is resampled to; a dynamic one (an imported checkpoint) takes the image as it is

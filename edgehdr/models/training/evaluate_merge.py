@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 
-from edgehdr.bench import _median_ms
+from edgehdr.timing import median_ms
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.hdr.neural_merge import NeuralMerger, encode_merge_input, merge_with_weights
 from edgehdr.models.training.merge_data import dynamic_bracket
@@ -76,7 +76,7 @@ def timing(merger: NeuralMerger, *, repeats: int = 7) -> dict:
     name = merger.input_name
 
     def med(fn):
-        return _median_ms(fn, repeats)
+        return median_ms(fn, repeats)
 
     prob = merger.weights(frames, exposures, bits=8)
     out = np.empty((1080, 1920, 3), np.float32)
