@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+
+from edgehdr.timing import time_calls as time_runs  # one timing helper for every benchmark
 
 __all__ = ["bench", "print_bench", "time_runs"]
 
@@ -43,23 +44,6 @@ def _backends_for(path: Path) -> list[tuple[str, object]]:
                                                          trt_int8=".int8." in path.name,
                                                          trt_cache_dir=path.parent / ".trt-ep-cache")))
     return out
-
-
-def time_runs(fn, runs: int, warmup: int) -> dict:
-    import numpy as np
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    t_start = time.perf_counter()
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    total_s = time.perf_counter() - t_start
-    t = np.asarray(times)
-    return {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
-            "p99_ms": float(np.percentile(t, 99)), "throughput_per_s": runs / total_s, "runs": runs}
 
 
 def _bench_inputs(artefacts, shapes) -> None:

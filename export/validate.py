@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgehdr.quality.correlation import spearman  # re-exported: export.cli names it
+
 __all__ = ["ABS_BUDGET", "COSINE_BUDGET", "PSNR_BUDGET_DB", "REL_L2_BUDGET", "apply_budget", "budget_line",
            "compare_runners", "spearman", "validate", "write_report"]
 
@@ -143,26 +145,6 @@ def _open(path, providers="cpu"):
     from edgehdr.infer.ort import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(path, providers=providers).load()
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    import numpy as np
-
-    def ranks(x):
-        x = np.asarray(x, np.float64).ravel()
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x), dtype=np.float64)
-        for value in np.unique(x):  # average ties
-            tie = x == value
-            r[tie] = r[tie].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def _task_metric(ref_outputs, cand_outputs) -> dict:
