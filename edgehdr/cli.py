@@ -157,70 +157,30 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from edgehdr.bench import dumps, format_quality, format_table, merge_quality_report, run_benchmark
+    from edgehdr import bench
+    from edgehdr.io import null_undefined, write_json_atomic
 
     if args.runtime or args.faults:
-        from edgehdr.bench import fault_run, runtime_benchmark
-
         result = {}
         if args.runtime:
-            rb = runtime_benchmark(args.seconds, quiet=args.quiet)
-            result["runtime"] = rb
-            print(f"runtime {rb['size'][0]}x{rb['size'][1]}, 3-exposure rolling bracket at {rb['target_fps']:g} fps, "
-                  f"{rb['seconds']} s: {rb['fps']} fps, {rb['frames_completed']}/{rb['frames_captured']} frames, "
-                  f"{rb['frames_dropped']} dropped ({100 * (rb['drop_fraction'] or 0):.2f}%), {rb['frames_failed']} "
-                  f"failed; capture-to-zones median {rb['capture_to_zones_ms_median']} ms, p99 "
-                  f"{rb['capture_to_zones_ms_p99']} ms; RSS median first minute after {rb['rss_settle_s']:g} s "
-                  f"{rb['rss_first_minute_median_mb']} MB, "
-                  f"last minute {rb['rss_last_minute_median_mb']} MB ({100 * rb['rss_change_after_warmup']:+.1f}%), "
-                  f"trend {rb['rss_trend_mb_per_min']:+.2f} MB/min")
-            for st in rb["stages"]:
-                print(f"  {st['name']:<9} {st['fps']:6.2f} fps  median {st['latency_ms_median']} ms  p99 "
-                      f"{st['latency_ms_p99']} ms  dropped {st['dropped']}")
+            result["runtime"] = bench.runtime_benchmark(args.seconds, quiet=args.quiet)
+            print(bench.format_runtime(result["runtime"]))
         if args.faults:
-            fr = fault_run(quiet=args.quiet)
-            result["faults"] = fr
-            print(f"faults: injected {fr['injected']}; source restarts {fr['source_restarts']}, stalls "
-                  f"{fr['source_stalls']}, frames failed {fr['frames_failed']} {fr['stage_errors']}; link unplug "
-                  f"detected in {fr['unplug_detected_s']} s, back {fr['link_back_after_replug_s']} s after replug, "
-                  f"{fr['zone_frames_applied_2s_after_replug']} zone frames applied in the next 2 s; "
-                  f"{fr['frames_completed']} frames completed")
-            more = fr["more"]
-            disk = more["disk_full"]
-            if "skipped" in disk:
-                print(f"  disk full: skipped ({disk['skipped']})")
-            else:
-                sinks = ", ".join(f"{k} {v['frames_written']} written/{v['errors']} errors counted"
-                                  for k, v in disk["outputs"].items())
-                print(f"  disk full (1.2 MB tmpfs): {sinks}; files {disk['files']}; frames failed "
-                      f"{disk['frames_failed']} (outputs -> stats 'outputs', edgehdr_output_errors_total, STATUS=)")
-            sp = more["spoofed_datagram"]
-            print(f"  spoofed CAPS from 127.0.0.5: {sp['forged_sent']} sent; link {sp['link_state']}, rejections "
-                  f"{sp['rejections']}, {sp['frames_sent']} zone frames sent, {sp['frames_applied']} applied")
-            mp = more["missing_port"]
-            print(f"  missing bridge port: link {mp['link_state']} ({mp['last_error']}); {mp['frames_unsent']} "
-                  f"zone frames not sent, capture-to-zones {mp['capture_to_zones_ms_median']} (none recorded); "
-                  f"{mp['frames_completed']} frames completed")
-            rp = more["replay_default_dimming"]
-            print(f"  replay 320x200 with default dimming: {rp['frames_completed']} completed, "
-                  f"{rp['frames_failed']} failed")
+            result["faults"] = bench.fault_run(quiet=args.quiet)
+            print(bench.format_faults(result["faults"]))
     elif args.dimming:
-        from edgehdr.bench import dimming_benchmark, dimming_quality_table, format_dimming
-
-        result = {"timing": dimming_benchmark(quiet=args.quiet)}
-        print(format_dimming(result["timing"], None), flush=True)
-        result["quality"] = dimming_quality_table(quiet=args.quiet)
-        print(format_dimming(None, result["quality"]))
+        result = {"timing": bench.dimming_benchmark(quiet=args.quiet)}
+        print(bench.format_dimming(result["timing"], None), flush=True)
+        result["quality"] = bench.dimming_quality_table(quiet=args.quiet)
+        print(bench.format_dimming(None, result["quality"]))
     elif args.quality:
-        result = merge_quality_report(quiet=args.quiet)
-        print(format_quality(result))
+        result = bench.merge_quality_report(quiet=args.quiet)
+        print(bench.format_quality(result))
     else:
-        result = run_benchmark(args.sizes.split(","), repeat=args.repeat, quiet=args.quiet)
-        print(format_table(result))
+        result = bench.run_benchmark(args.sizes.split(","), repeat=args.repeat, quiet=args.quiet)
+        print(bench.format_table(result))
     if args.json:
-        from edgehdr.io import write_text_atomic
-
-        write_text_atomic(args.json, dumps(result))
+        write_json_atomic(args.json, null_undefined(result))
     return 0
 
 

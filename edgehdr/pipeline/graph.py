@@ -193,6 +193,11 @@ class Pipeline:
     def running(self) -> bool:
         return self._capture_thread is not None and self._capture_thread.is_alive()
 
+    def reset_latency_window(self) -> None:
+        """Forget the capture-to-zones latencies so far (a benchmark starts its window after warm-up)."""
+        with self._lat_lock:
+            self._latency.clear()
+
     def failing_from_start(self, frames: int) -> str | None:
         """The first error, when at least ``frames`` frames failed in a stage and none ever completed.
 

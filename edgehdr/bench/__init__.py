@@ -1,0 +1,30 @@
+"""``edgehdr bench``: the package's benchmarks, one module per subject.
+
+- ``stages``: per-stage latency against OpenCV at 720p, 1080p and 4K (the default)
+- ``merge_quality``: merge quality against exact ground truth (``--quality``)
+- ``dimming``: local-dimming timing and quality (``--dimming``)
+- ``runtime``: the daemon's pipeline sustained, with memory (``--runtime``)
+- ``faults``: injected faults and where each is counted (``--faults``)
+"""
+
+from edgehdr.bench.dimming import dimming_benchmark, dimming_quality_table, format_dimming
+from edgehdr.bench.faults import fault_run, format_faults
+from edgehdr.bench.merge_quality import format_quality, merge_quality_report
+from edgehdr.bench.runtime import format_runtime, runtime_benchmark
+from edgehdr.bench.stages import SIZES, dumps, format_table, run_benchmark
+
+__all__ = [
+    "SIZES",
+    "dimming_benchmark",
+    "dimming_quality_table",
+    "dumps",
+    "fault_run",
+    "format_dimming",
+    "format_faults",
+    "format_quality",
+    "format_runtime",
+    "format_table",
+    "merge_quality_report",
+    "run_benchmark",
+    "runtime_benchmark",
+]
