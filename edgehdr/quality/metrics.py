@@ -19,6 +19,7 @@ from edgehdr.tonemap.color import luminance
 
 __all__ = [
     "psnr",
+    "robust_peak",
     "mu_law",
     "psnr_mu",
     "pu21_psnr",
@@ -52,7 +53,9 @@ def psnr(test, reference, *, peak: float | None = None) -> float:
     return _psnr_from_mse(float(np.mean((test - reference) ** 2)), peak)
 
 
-def _robust_peak(reference, percentile: float) -> float:
+def robust_peak(reference, percentile: float) -> float:
+    """The ``percentile`` luminance of ``reference`` (its maximum at 100): the normalising peak of the
+    mu-law and PU21 comparisons, robust to a few hot pixels. Raises ``ValueError`` if not positive."""
     lum = luminance(reference, np.float64) if reference.ndim == 3 else reference
     peak = float(np.percentile(lum, percentile)) if percentile < 100 else float(lum.max())
     if not peak > 0:
@@ -75,7 +78,7 @@ def mu_law(hdr, *, mu: float = MU_LAW_MU, normaliser: float = 1.0):
 def psnr_mu(test, reference, *, mu: float = MU_LAW_MU, peak_percentile: float = 99.9) -> float:
     """PSNR of mu-law tone-mapped images (peak 1); both normalised by the reference's robust peak."""
     test, reference = _pair(test, reference)
-    norm = _robust_peak(reference, peak_percentile)
+    norm = robust_peak(reference, peak_percentile)
     a = mu_law(test, mu=mu, normaliser=norm)
     b = mu_law(reference, mu=mu, normaliser=norm)
     return _psnr_from_mse(float(np.mean((a - b) ** 2)), 1.0)
@@ -83,7 +86,7 @@ def psnr_mu(test, reference, *, mu: float = MU_LAW_MU, peak_percentile: float = 
 
 def absolute_scale(reference, *, peak_cd_m2: float = 4000.0, peak_percentile: float = 99.9) -> float:
     """Factor mapping a relative reference's robust peak luminance to ``peak_cd_m2``."""
-    return peak_cd_m2 / _robust_peak(np.asarray(reference, dtype=np.float64), peak_percentile)
+    return peak_cd_m2 / robust_peak(np.asarray(reference, dtype=np.float64), peak_percentile)
 
 
 def _pu_pair(test, reference, scale_cd_m2, peak_cd_m2, peak_percentile, variant):

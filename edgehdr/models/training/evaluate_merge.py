@@ -33,9 +33,9 @@ HOLDOUT_SEED = 100_000
 def oracle_selection(frames, exposures, response, truth) -> np.ndarray:
     """Per pixel and channel the single frame closest to the truth in the mu-law domain: a bound on what any
     per-pixel choice among the inputs reaches (it needs the ground truth; it is not a method)."""
-    from edgehdr.quality.metrics import _robust_peak, mu_law
+    from edgehdr.quality.metrics import robust_peak, mu_law
 
-    norm = _robust_peak(truth, 99.9)
+    norm = robust_peak(truth, 99.9)
     lut = response.log_lut()
     singles = np.stack([np.exp(np.stack([lut[c][frames[i][..., c]] for c in range(3)], -1)) / exposures[i]
                         for i in range(len(frames))])

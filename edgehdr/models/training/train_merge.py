@@ -42,7 +42,7 @@ CROP = 256  # full-resolution crop; the network sees CROP/2 (the working size is
 
 def merge_samples(seeds, *, log=None, **kwargs) -> list[dict]:
     """Training samples: the runtime encoding, the aligned codes in exposure order, truth and normaliser."""
-    from edgehdr.quality.metrics import _robust_peak
+    from edgehdr.quality.metrics import robust_peak
 
     out = []
     for n, seed in enumerate(seeds):
@@ -52,7 +52,7 @@ def merge_samples(seeds, *, log=None, **kwargs) -> list[dict]:
         out.append({"x": encode_merge_input(frames, exposures, response)[0], "lo2": lo2, "hi2": hi2,
                     "codes": frames[order], "log_t": np.log(exposures[order]).astype(np.float32),
                     "log_lut": response.log_lut(), "truth": truth.astype(np.float32), "mask": mask,
-                    "norm": _robust_peak(truth, 99.9)})
+                    "norm": robust_peak(truth, 99.9)})
         if log and (n + 1) % 20 == 0:
             log(f"data {n + 1}/{len(seeds)} brackets")
     return out
