@@ -300,14 +300,11 @@ def _cmd_bridge_simulate(args) -> int:
 def _cmd_bridge_send(args) -> int:
     import time
 
-    import numpy as np
-
     from firmware_bridge.link import Link
+    from firmware_bridge.patterns import test_pattern
     from firmware_bridge.transports import open_transport
 
     config = _bridge_config(args)
-    top = (1 << config.bits) - 1
-    yy, xx = np.mgrid[0 : config.rows, 0 : config.cols]
     with Link(open_transport(args.port, baudrate=args.baud), config) as link:
         if not link.wait_running(args.connect_timeout):
             print(f"edgehdr bridge send: error: controller on {args.port} did not come up: {link.stats()['last_error']}",
@@ -316,13 +313,7 @@ def _cmd_bridge_send(args) -> int:
         n = int(args.seconds * args.fps)
         start = time.monotonic()
         for i in range(1, n + 1):
-            if args.pattern == "gradient":
-                values = ((xx + yy + i) % (config.rows + config.cols)) * top // (config.rows + config.cols - 1)
-            elif args.pattern == "checker":
-                values = ((xx + yy + i) % 2) * top
-            else:
-                values = np.random.default_rng(i).integers(0, top + 1, (config.rows, config.cols))
-            link.send_zones(np.clip(values, 0, top).astype(np.uint16), frame_id=i)
+            link.send_zones(test_pattern(args.pattern, config.rows, config.cols, config.bits, i), frame_id=i)
             delay = start + i / args.fps - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -454,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edgehdr.hdr.align import ALIGN_METHODS
     from edgehdr.hdr.weights import WEIGHTINGS
     from edgehdr.tonemap import COLOR_METHODS, OPERATORS
+    from firmware_bridge.patterns import PATTERNS
     from firmware_bridge.qemu import BOARDS as QEMU_BOARDS
 
     parser = argparse.ArgumentParser(prog="edgehdr", description="HDR imaging on edge devices.")
@@ -550,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--baud", type=_int_in(1200, 100_000_000), default=2_000_000)
     b.add_argument("--fps", type=_float_above(0.0), default=60.0)
     b.add_argument("--seconds", type=_float_above(0.0), default=5.0)
-    b.add_argument("--pattern", choices=("gradient", "checker", "random"), default="gradient")
+    b.add_argument("--pattern", choices=PATTERNS, default="gradient")
     b.add_argument("--safe-level", type=_int_in(0, 65535), default=0)
     b.add_argument("--watchdog-ms", type=_int_in(50, 65535), default=500)
     b.add_argument("--heartbeat-ms", type=_int_in(10, 30000), default=100)

@@ -371,3 +371,19 @@ def test_simulator_refuses_a_layout_its_caps_cannot_carry(kwargs, tmp_path):
             ControllerSimulator(pair.controller, **kwargs)
     finally:
         pair.close()
+
+
+def test_test_patterns_cover_the_range_and_change_every_frame():
+    from firmware_bridge.patterns import PATTERNS, test_pattern
+
+    for kind in PATTERNS:
+        a, b = test_pattern(kind, 9, 16, 12, 1), test_pattern(kind, 9, 16, 12, 2)
+        assert a.shape == (9, 16) and a.dtype == np.uint16 and int(a.max()) <= 4095
+        assert not np.array_equal(a, b), kind
+    ramp = test_pattern("gradient", 9, 16, 12, 0)  # diagonal index 0..23 of a period of 25
+    assert ramp.min() == 0 and ramp.max() == 23 * 4095 // 24
+    assert test_pattern("gradient", 9, 16, 12, 1).max() == 4095  # full scale one frame later
+    checker = test_pattern("checker", 4, 4, 8, 3)
+    assert set(np.unique(checker)) == {0, 255} and checker[0, 0] != checker[0, 1]
+    with pytest.raises(ValueError, match="unknown test pattern 'stripes'"):
+        test_pattern("stripes", 4, 4, 8, 0)
