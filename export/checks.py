@@ -150,7 +150,7 @@ def simplify(path_in, path_out) -> dict:
     try:
         import onnxslim
     except ImportError:
-        return {"simplified": False, "reason": "onnxslim not installed (pip install onnxslim)"}
+        return {"simplified": False, "reason": "onnxslim not installed (pip install 'edgehdr[export]')"}
     model = onnx.load(str(path_in))
     before = len(model.graph.node)
     slim = onnxslim.slim(model)

@@ -19,6 +19,7 @@ the work lives in ``export.build``, ``export.validate``, ``export.bench`` and
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -166,8 +167,19 @@ def _input_errors() -> tuple:
                            ort_errors.InvalidProtobuf, ort_errors.NoSuchFile])
 
 
+def _have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if not _have("onnx"):  # the device install leaves the host tools out
+        print(f"edgehdr-export {args.command}: error: the export tools need onnx, which the device install does "
+              "not carry: pip install 'edgehdr[export]'", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
         logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser logs every tensor at WARNING

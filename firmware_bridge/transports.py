@@ -175,7 +175,7 @@ class SpiTransport(Transport):
         try:
             import spidev
         except ImportError as exc:
-            raise TransportError("spidev is not installed: pip install 'edgehdr[serial]' on a Linux board "
+            raise TransportError("spidev is not installed: pip install 'edgehdr[spi]' on a Linux board "
                                  "with SPI enabled (e.g. dtparam=spi=on on a Raspberry Pi)") from exc
         path = f"/dev/spidev{self.bus}.{self.device}"
         spi = spidev.SpiDev()
