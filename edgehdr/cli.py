@@ -66,8 +66,8 @@ def _cmd_merge(args) -> int:
 
 def _cmd_score(args) -> int:
     from edgehdr.infer import open_runner
-    from edgehdr.models import model_path
     from edgehdr.io.hdr_files import RADIANCE_SUFFIXES
+    from edgehdr.models import model_path
     from edgehdr.quality.norvdpnet import NoRVDPNetScorer, model_encoding
 
     model = model_path(args.model)

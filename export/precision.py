@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from export.checks import topological_sort
+
 # QUANTISED_OPS: ops whose inputs get Q/DQ pairs (TensorRT runs them in INT8); everything else reads float.
 from export.trt_check import QUANTISED_OPS
 

@@ -126,7 +126,7 @@ class Link:
 
     # ---------------------------------------------------------------------------------- public API
 
-    def start(self) -> "Link":
+    def start(self) -> Link:
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name=f"link:{self.transport.name}", daemon=True)
@@ -156,7 +156,7 @@ class Link:
             except OSError:
                 pass
 
-    def __enter__(self) -> "Link":
+    def __enter__(self) -> Link:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -119,7 +119,7 @@ class Hello:
         return self._S.pack(self.version_min, self.version_max, self.host_features)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Hello":
+    def unpack(cls, data: bytes) -> Hello:
         return cls(*_unpack(cls._S, data, "HELLO"))
 
 
@@ -143,7 +143,7 @@ class Caps:
                             self.max_bits, self.features, self.max_fps, self.max_payload)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Caps":
+    def unpack(cls, data: bytes) -> Caps:
         return cls(*_unpack(cls._S, data, "CAPS"))
 
 
@@ -160,7 +160,7 @@ class Config:
     TYPE = MsgType.CONFIG
     _S = struct.Struct("<BBBBHHHH")
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Raise ``ProtocolError(BAD_CONFIG)`` naming the field that is out of range."""
         checks = [
             (1 <= self.rows <= 255, "rows", "1..255"),
@@ -187,7 +187,7 @@ class Config:
                             self.safe_level, self.watchdog_ms, self.heartbeat_ms)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Config":
+    def unpack(cls, data: bytes) -> Config:
         return cls(*_unpack(cls._S, data, "CONFIG"))
 
 
@@ -249,7 +249,7 @@ class Zones:
         return head + pack_zone_values(values, self.bits, self.encoding)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Zones":
+    def unpack(cls, data: bytes) -> Zones:
         if len(data) < cls._S.size:
             raise ProtocolError(f"ZONES payload of {len(data)} bytes is shorter than its 12-byte head")
         frame_id, vsync, rows, cols, bits, encoding = cls._S.unpack_from(data)
@@ -276,7 +276,7 @@ class Ack:
         return self._S.pack(self.ref_seq, self.ref_type)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Ack":
+    def unpack(cls, data: bytes) -> Ack:
         return cls(*_unpack(cls._S, data, "ACK"))
 
 
@@ -292,7 +292,7 @@ class Nack:
         return self._S.pack(self.ref_seq, self.ref_type, self.reason)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Nack":
+    def unpack(cls, data: bytes) -> Nack:
         return cls(*_unpack(cls._S, data, "NACK"))
 
 
@@ -307,7 +307,7 @@ class Heartbeat:
         return self._S.pack(self.uptime_ms & 0xFFFFFFFF, self.state)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Heartbeat":
+    def unpack(cls, data: bytes) -> Heartbeat:
         return cls(*_unpack(cls._S, data, "HEARTBEAT"))
 
 
@@ -319,7 +319,7 @@ class StatusRequest:
         return b""
 
     @classmethod
-    def unpack(cls, data: bytes) -> "StatusRequest":
+    def unpack(cls, data: bytes) -> StatusRequest:
         if data:
             raise ProtocolError(f"STATUS_REQUEST carries no payload, got {len(data)} bytes")
         return cls()
@@ -344,7 +344,7 @@ class Status:
                                                        self.last_frame_id)), self.faults, self.state)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Status":
+    def unpack(cls, data: bytes) -> Status:
         return cls(*_unpack(cls._S, data, "STATUS"))
 
 

@@ -113,7 +113,7 @@ class ControllerSimulator:
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "ControllerSimulator":
+    def start(self) -> ControllerSimulator:
         self.transport.open()
         self._thread = threading.Thread(target=self._run, name="controller-sim", daemon=True)
         self._thread.start()

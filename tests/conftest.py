@@ -10,12 +10,12 @@ import pytest
 from edgehdr.synth import CameraModel, capture_bracket, make_scene, suggest_exposures
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scene(seed: int, height: int, width: int, moving: int = 0):
     return make_scene(seed, height, width, moving_objects=moving, object_speed_px=12.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shot(seed: int, height: int, width: int, n: int = 3, moving: int = 0, noise: bool = True, curve: str = "srgb"):
     from edgehdr.hdr.crf import ResponseCurve
 

@@ -79,7 +79,7 @@ def test_sigterm_mid_run_exits_cleanly_with_notifications_and_complete_files(tmp
         while time.monotonic() < deadline and not any("READY=1" in m for m in messages):
             try:
                 messages.append(listener.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 pass
         assert any("READY=1" in m for m in messages), "no READY=1 from the daemon"
         time.sleep(1.5)  # frames flow, the video grows, status and watchdog pings go out
@@ -91,7 +91,7 @@ def test_sigterm_mid_run_exits_cleanly_with_notifications_and_complete_files(tmp
     while True:
         try:
             messages.append(listener.recv(4096).decode())
-        except socket.timeout:
+        except TimeoutError:
             break
     listener.close()
     assert proc.returncode == 0, err[-2000:]

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgehdr.pipeline.daemon import build_runtime, status_line
 from edgehdr.pipeline.config import ConfigError, validate
+from edgehdr.pipeline.daemon import build_runtime, status_line
 from edgehdr.pipeline.sinks import VideoSink, expand_run_pattern, unused_path
 from edgehdr.pipeline.stages import OutputStage
 

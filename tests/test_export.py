@@ -22,8 +22,8 @@ from export.calibration import (
     synthetic_brackets,
 )
 from export.checks import check_model, topological_sort
-from export.cli import main as export_main
 from export.cli import ABS_BUDGET, PSNR_BUDGET_DB, spearman, validate
+from export.cli import main as export_main
 from export.precision import _activation_ranges, quantize_int8, scalar_heads, to_fp16
 from export.testnets import image_net, score_net
 from export.trt_check import check_qdq_for_tensorrt

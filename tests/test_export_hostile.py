@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from edgehdr.infer import Manifest
+from edgehdr.io.staging import staged_outputs
 from export.checks import check_model, custom_ops, load_model
 from export.cli import main as export_main
 from export.shapes import fix_input_shapes, parse_shape, written_dims
-from edgehdr.io.staging import staged_outputs
 from export.strict_json import null_undefined, save_manifest
 from export.testnets import image_net
 from export.trt_check import check_qdq_for_tensorrt

@@ -7,8 +7,16 @@ import importlib.util
 import numpy as np
 import pytest
 
-from edgehdr.dimming import (BacklightModel, LedLayout, dimming_metrics, display_target, lcd_compensation,
-                             quantise_within_budget, simulate_display, zone_light)
+from edgehdr.dimming import (
+    BacklightModel,
+    LedLayout,
+    dimming_metrics,
+    display_target,
+    lcd_compensation,
+    quantise_within_budget,
+    simulate_display,
+    zone_light,
+)
 from edgehdr.dimming.neural import SUBDIVISION, NeuralDimmer, encode_dimming_input, within_budget
 from edgehdr.infer import Manifest, OnnxRuntimeRunner, sha256_file
 from edgehdr.models import MODELS_DIR, model_path

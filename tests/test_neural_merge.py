@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from edgehdr.hdr.merge import merge_debevec
-from edgehdr.hdr.neural_merge import (MERGE_INPUT_SHAPE, MERGE_OUTPUT_SHAPE, NeuralMerger, bilinear_taps,
-                                      encode_merge_input, merge_with_weights, softmax_weights)
+from edgehdr.hdr.neural_merge import (
+    MERGE_INPUT_SHAPE,
+    MERGE_OUTPUT_SHAPE,
+    NeuralMerger,
+    bilinear_taps,
+    encode_merge_input,
+    merge_with_weights,
+    softmax_weights,
+)
 from edgehdr.infer import Manifest, OnnxRuntimeRunner, sha256_file
 from edgehdr.models import model_path
 
@@ -107,10 +114,9 @@ def test_encoding_sorts_by_exposure_and_centres_on_the_reference(bracket):
 def test_training_twin_matches_the_fused_kernel(bracket):
     import torch
 
+    from edgehdr.hdr.neural_merge import gate_tables
     from edgehdr.hdr.weights import weight_lut
     from edgehdr.models.training.train_merge import CROP, _crop_tensors, merge_twin
-
-    from edgehdr.hdr.neural_merge import gate_tables
 
     b = bracket.bracket
     lo2, hi2 = gate_tables(bracket.response, b.relative_exposure)  # frames are shortest first

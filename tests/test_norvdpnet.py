@@ -14,8 +14,16 @@ from PIL import Image
 from edgehdr.infer import Manifest, OnnxRuntimeRunner, sha256_file
 from edgehdr.models import model_path
 from edgehdr.quality import tmqi
-from edgehdr.quality.norvdpnet import (SCORE_INPUT_SHAPE, NoRVDPNetScorer, encode_hdr, encode_sdr, pearson,
-                                       pil_luma8, spearman, tone_mapping_variants)
+from edgehdr.quality.norvdpnet import (
+    SCORE_INPUT_SHAPE,
+    NoRVDPNetScorer,
+    encode_hdr,
+    encode_sdr,
+    pearson,
+    pil_luma8,
+    spearman,
+    tone_mapping_variants,
+)
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is the training extra (pip install 'edgehdr[train]')")

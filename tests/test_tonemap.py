@@ -170,9 +170,7 @@ def test_guided_filter_properties(rng):
 
 def test_temporal_adaptation_no_flicker_on_static_noisy_scene(shot_factory):
     from edgehdr.hdr.merge import merge_debevec
-    from edgehdr.synth import capture_bracket
-
-    from edgehdr.synth import make_scene
+    from edgehdr.synth import capture_bracket, make_scene
 
     exposures = shot_factory(0, 90, 120).bracket.exposure_s
     scene = make_scene(0, 90, 120)

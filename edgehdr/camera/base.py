@@ -45,7 +45,7 @@ class ExposurePlan:
             raise ValueError(f"exposure times and gains must be positive: {self}")
 
     @classmethod
-    def of(cls, exposure_s, gain=None) -> "ExposurePlan":
+    def of(cls, exposure_s, gain=None) -> ExposurePlan:
         exposure_s = tuple(float(t) for t in exposure_s)
         gain = tuple(float(g) for g in gain) if gain is not None else (1.0,) * len(exposure_s)
         return cls(exposure_s, gain)

@@ -223,7 +223,7 @@ class SyntheticCamera(BracketSource):
             self._sequence = getattr(self, "_sequence", 0) + 1
         return Bracket(frames=frames, exposure_s=exposure, gain=gains, bits=8, timestamp_ns=stamps,
                        sequence=self._sequence, source=self.name,
-                       extra={"illumination": self.illumination((time.monotonic() - self._t0))})
+                       extra={"illumination": self.illumination(time.monotonic() - self._t0)})
 
     def describe(self) -> dict:
         return {"name": self.name, "bits": 8, "size": [self.width, self.height], "fps": self.fps, "mode": self.mode,

@@ -74,7 +74,7 @@ class ResponseCurve:
             raise ValueError("gamma, contrast and pivot must be positive")
 
     @classmethod
-    def parse(cls, text: str) -> "ResponseCurve":
+    def parse(cls, text: str) -> ResponseCurve:
         """Parse ``linear``, ``srgb``, ``gamma2.2`` / ``gamma:2.4``, ``s-curve[:contrast:pivot]``."""
         t = text.strip().lower()
         if t in ("linear", "srgb"):
@@ -174,7 +174,7 @@ class CameraResponse:
         return int(self.inverse_lut.shape[1])
 
     @classmethod
-    def from_curve(cls, curve: ResponseCurve | str, bits: int = 8) -> "CameraResponse":
+    def from_curve(cls, curve: ResponseCurve | str, bits: int = 8) -> CameraResponse:
         """Sample an analytic curve at every code value of a ``bits``-bit sensor."""
         if isinstance(curve, str):
             curve = ResponseCurve.parse(curve)
@@ -194,7 +194,7 @@ class CameraResponse:
         floor = np.where(lut[:, 1:2] > 0, lut[:, 1:2] * 0.5, 1e-9)
         return np.log(np.maximum(lut, floor)).astype(np.float32)
 
-    def resampled(self, bits: int) -> "CameraResponse":
+    def resampled(self, bits: int) -> CameraResponse:
         """The same response at another bit depth (linear interpolation over code centres)."""
         if bits == self.bits:
             return self
@@ -220,7 +220,7 @@ class CameraResponse:
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def load(cls, path) -> "CameraResponse":
+    def load(cls, path) -> CameraResponse:
         """Read a response written by ``save``; errors name the file and field."""
         path = Path(path)
         try:

@@ -154,7 +154,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ control
 
-    def start(self) -> "Pipeline":
+    def start(self) -> Pipeline:
         self._started = time.monotonic()
         self.source.open()
         for i, stage in enumerate(self.stages):

@@ -16,8 +16,15 @@ import numpy as np
 from edgehdr.bracket import Bracket
 from edgehdr.camera.base import BracketSource
 from edgehdr.camera.planner import ExposurePlanner
-from edgehdr.dimming import (HEURISTICS, BacklightModel, LedLayout, ZoneTemporalFilter, lcd_compensation, zone_light,
-                             zone_statistics)
+from edgehdr.dimming import (
+    HEURISTICS,
+    BacklightModel,
+    LedLayout,
+    ZoneTemporalFilter,
+    lcd_compensation,
+    zone_light,
+    zone_statistics,
+)
 from edgehdr.hdr.align import ALIGN_METHODS, align_homography, align_mtb
 from edgehdr.hdr.crf import CameraResponse
 from edgehdr.hdr.merge import merge_debevec

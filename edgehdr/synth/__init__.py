@@ -7,7 +7,7 @@ from edgehdr.synth.camera import (
     random_camera_motion,
     suggest_exposures,
 )
-from edgehdr.synth.scenes import SCENE_KINDS, SyntheticScene, Sprite, camera_matrix, fractal_noise, make_scene
+from edgehdr.synth.scenes import SCENE_KINDS, Sprite, SyntheticScene, camera_matrix, fractal_noise, make_scene
 
 __all__ = [
     "CameraModel",

@@ -19,11 +19,11 @@ import json
 
 import numpy as np
 
-from edgehdr.timing import median_ms
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.hdr.neural_merge import NeuralMerger, encode_merge_input, merge_with_weights
 from edgehdr.models.training.merge_data import dynamic_bracket
 from edgehdr.quality import psnr_mu, pu21_psnr
+from edgehdr.timing import median_ms
 
 __all__ = ["evaluate", "timing", "main"]
 
@@ -33,7 +33,7 @@ HOLDOUT_SEED = 100_000
 def oracle_selection(frames, exposures, response, truth) -> np.ndarray:
     """Per pixel and channel the single frame closest to the truth in the mu-law domain: a bound on what any
     per-pixel choice among the inputs reaches (it needs the ground truth; it is not a method)."""
-    from edgehdr.quality.metrics import robust_peak, mu_law
+    from edgehdr.quality.metrics import mu_law, robust_peak
 
     norm = robust_peak(truth, 99.9)
     lut = response.log_lut()

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from edgehdr.dimming import BacklightModel, LedLayout, display_target, optimal_zone_light, power_fraction, zone_light
 from edgehdr.dimming.neural import INPUT_CHANNELS, SUBDIVISION, encode_dimming_input, model_layout_metadata
-from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.models.training.nets import DimmingNet
+from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.quality.pu21 import PU21_L_MAX, PU21_L_MIN, PU21_PARAMS
 
 __all__ = ["training_layout", "dimming_scenes", "DisplayTwin", "pu21_torch", "train_student", "export_dimming", "main"]
