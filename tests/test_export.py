@@ -100,6 +100,7 @@ def test_fp16_keeps_sensitive_ops_in_fp32_and_stays_close(work):
 # ------------------------------------------------------------------------------------------------------- INT8
 # Entropy calibration clips the activations that a global average pool sums, which biases the score network's
 # output past its budget (max abs error ~0.011 > 0.01); 'auto' avoids it by scoring each method on calibration data.
+@pytest.mark.slow
 @pytest.mark.parametrize("which, method", [("image", "minmax"), ("image", "entropy"), ("image", "percentile"),
                                            ("score", "minmax"), ("score", "percentile"), ("score", "auto")])
 def test_int8_qdq_is_fit_for_tensorrt_and_within_budget(work, which, method):
@@ -241,6 +242,7 @@ def test_spearman_matches_closed_form():
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_cli_build_int8_writes_models_manifests_and_report(work, tmp_path, capsys):
     out = tmp_path / "out"
     rc = export_main(["build", str(work["nets"]["image"]), "--precision", "int8", "--calib-count", "16",
