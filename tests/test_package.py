@@ -319,7 +319,7 @@ def test_wheel_ships_models_c_sources_and_firmware(wheel):
     expected = set()
     for pattern in ("firmware_bridge/c/*", "firmware_bridge/firmware/*", "firmware_bridge/vectors/*.txt",
                     "firmware_bridge/PROTOCOL.md", "edgehdr/models/*.onnx", "edgehdr/models/*.onnx.manifest.json",
-                    "edgehdr/deploy/*"):
+                    "edgehdr/deploy/*", "*/py.typed"):
         expected |= {p.relative_to(ROOT).as_posix() for p in ROOT.glob(pattern) if p.is_file()}
     assert any(name.endswith(".c") for name in expected) and any(".onnx" in name for name in expected)
     missing = sorted(expected - names)
