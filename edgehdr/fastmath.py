@@ -15,7 +15,7 @@ __all__ = ["exp2_bits", "log2_from_bits"]
 
 
 @numba.njit(fastmath=True, cache=True, inline="always")
-def exp2_bits(t):
+def exp2_bits(t: np.float32) -> np.int32:
     """Bit pattern (int32) of the float32 ``2^t`` for ``t`` in [-126, 126]."""
     # 2^floor(t) goes in the exponent field, 2^frac(t) (degree-6 polynomial) in the mantissa.
     k = np.int32(t + np.float32(1000.0)) - np.int32(1000)
@@ -27,7 +27,7 @@ def exp2_bits(t):
 
 
 @numba.njit(fastmath=True, cache=True, inline="always")
-def log2_from_bits(bits):
+def log2_from_bits(bits: np.int32) -> np.float32:
     """``log2(x)`` of a positive, normal float32 ``x`` given its bit pattern (int32)."""
     exponent = np.float32(((bits >> 23) & 0xFF) - 127)
     # Mantissa in [1, 2) rebuilt arithmetically from its 23 fraction bits.

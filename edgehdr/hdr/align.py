@@ -13,13 +13,17 @@ gate on it, or compare it with ground truth.
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
 from edgehdr.bracket import Bracket, as_frame_stack
+from edgehdr.hdr.crf import CameraResponse, ResponseLike
 
 log = logging.getLogger("edgehdr.align")
 
@@ -45,7 +49,7 @@ class Motion:
     ok: bool = True
     method: str = "none"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "dx_px": round(self.dx_px, 3),
@@ -82,7 +86,8 @@ def _warp(frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
                                borderMode=cv2.BORDER_REPLICATE)
 
 
-def _matched_pair(stack, ref: int, i: int, exposures, response):
+def _matched_pair(stack: np.ndarray, ref: int, i: int, exposures: np.ndarray | None,
+                  response: CameraResponse | None) -> tuple[np.ndarray, np.ndarray]:
     """Grey images of the reference and frame ``i`` at a common exposure.
 
     With a known response the shorter exposure of the pair is re-rendered at the
@@ -90,14 +95,16 @@ def _matched_pair(stack, ref: int, i: int, exposures, response):
     darkening would quantise away, and both images then clip alike). Without one,
     both are returned as plain grey images.
     """
-    if response is None:
+    if response is None or exposures is None:
         return _gray8(stack[ref]), _gray8(stack[i])
     if exposures[i] < exposures[ref]:
         return _gray8(stack[ref]), _exposure_normalised(stack[i], exposures[ref] / exposures[i], response)
     return _exposure_normalised(stack[ref], exposures[i] / exposures[ref], response), _gray8(stack[i])
 
 
-def _resolve(response, exposures, bits):
+def _resolve(response: ResponseLike, exposures: ArrayLike | None,
+             bits: int) -> tuple[CameraResponse | None, np.ndarray | None]:
+    """Both the response at ``bits`` and the exposures as float64, or neither (``(None, None)``)."""
     if response is None or exposures is None:
         return None, None
     from edgehdr.hdr.merge import resolve_response
@@ -124,7 +131,7 @@ def _mtb_errors(thr_a, excl_a, thr_b, excl_b, sx, sy, row_step, errors):
     return errors
 
 
-def _median_threshold_bitmaps(img, valid, exclude_range):
+def _median_threshold_bitmaps(img: np.ndarray, valid: np.ndarray, exclude_range: int) -> tuple[np.ndarray, np.ndarray]:
     hist = cv2.calcHist([img], [0], valid.view(np.uint8), [256], [0, 256]).ravel()
     if hist.sum() < 16:  # nothing usable at this level: empty bitmaps vote for no shift
         zeros = np.zeros(img.shape, np.uint8)
@@ -135,8 +142,9 @@ def _median_threshold_bitmaps(img, valid, exclude_range):
     return threshold, exclusion
 
 
-def median_threshold_shift(ref_gray, gray, *, max_bits: int = 6, exclude_range: int = 4,
-                           valid_range=(6, 249), bitmaps_out: list | None = None) -> tuple[int, int]:
+def median_threshold_shift(ref_gray: np.ndarray, gray: np.ndarray, *, max_bits: int = 6, exclude_range: int = 4,
+                           valid_range: tuple[int, int] = (6, 249),
+                           bitmaps_out: list[np.ndarray] | None = None) -> tuple[int, int]:
     """Translation ``(dx, dy)`` that moves ``gray`` onto ``ref_gray`` (Ward 2003).
 
     Ward's pyramid search over median threshold bitmaps, with the threshold (the
@@ -172,8 +180,8 @@ def median_threshold_shift(ref_gray, gray, *, max_bits: int = 6, exclude_range: 
     return sx, sy
 
 
-def mtb_shift_support(ref_gray, gray, shift, *, exclude_range: int = 4, valid_range=(6, 249),
-                      bitmaps=None) -> float:
+def mtb_shift_support(ref_gray: np.ndarray, gray: np.ndarray, shift: Sequence[int], *, exclude_range: int = 4,
+                      valid_range: tuple[int, int] = (6, 249), bitmaps: Sequence[np.ndarray] | None = None) -> float:
     """Fraction by which ``shift`` lowers the bitmap mismatch rate against no shift at all.
 
     The mismatch rate is the XOR count of the median threshold bitmaps over the pixels
@@ -198,7 +206,7 @@ def mtb_shift_support(ref_gray, gray, shift, *, exclude_range: int = 4, valid_ra
     h, w = ref_gray.shape
     step = max(1, h // 256)
 
-    def rate(dx, dy):
+    def rate(dx: int, dy: int) -> float | None:
         ya, yb = slice(max(0, dy), min(h, h + dy)), slice(max(0, -dy), min(h, h - dy))
         xa, xb = slice(max(0, dx), min(w, w + dx)), slice(max(0, -dx), min(w, w - dx))
         # Every ``step``-th row: a rate needs a sample, not every pixel (about 256 rows are counted).
@@ -213,9 +221,11 @@ def mtb_shift_support(ref_gray, gray, shift, *, exclude_range: int = 4, valid_ra
     return (at_zero - at_shift) / at_zero
 
 
-def align_mtb(frames, *, reference_index: int | None = None, exposures=None, response=None, bits: int | None = None,
-              max_bits: int = 6, exclude_range: int = 4, work_scale: int = 1, frame_keys=None,
-              cache: dict | None = None, min_support: float = 0.1, max_shift_fraction: float = 0.05):
+def align_mtb(frames: np.ndarray | Sequence[np.ndarray], *, reference_index: int | None = None,
+              exposures: ArrayLike | None = None, response: ResponseLike = None, bits: int | None = None,
+              max_bits: int = 6, exclude_range: int = 4, work_scale: int = 1,
+              frame_keys: Sequence[Hashable] | None = None, cache: dict[str, Any] | None = None,
+              min_support: float = 0.1, max_shift_fraction: float = 0.05) -> tuple[np.ndarray, list[Motion]]:
     """Align frames by translation with Ward's median threshold bitmaps.
 
     Parameters
@@ -275,7 +285,7 @@ def align_mtb(frames, *, reference_index: int | None = None, exposures=None, res
     h, w = stack.shape[1:3]
     size = (max(1, w // work_scale), max(1, h // work_scale))
 
-    def gray(i):
+    def gray(i: int) -> np.ndarray:
         key = frame_keys[i]
         if key not in grays:
             g = _gray8(stack[i])
@@ -290,13 +300,13 @@ def align_mtb(frames, *, reference_index: int | None = None, exposures=None, res
         pair = (frame_keys[ref], frame_keys[i], None if exposures is None else (exposures[ref], exposures[i]))
         if pair not in pair_shifts:
             ref_gray, other = gray(ref), gray(i)
-            if response is not None:
+            if response is not None and exposures is not None:
                 # Exposure-match the pair: the shorter frame re-rendered at the longer's exposure.
                 if exposures[i] < exposures[ref]:
                     other = _gain_grey(other, exposures[ref] / exposures[i], response)
                 else:
                     ref_gray = _gain_grey(ref_gray, exposures[i] / exposures[ref], response)
-                bitmaps: list | None = []
+                bitmaps: list[np.ndarray] | None = []
                 sx, sy = median_threshold_shift(ref_gray, other, max_bits=max_bits, exclude_range=exclude_range,
                                                 bitmaps_out=bitmaps)
             else:
@@ -332,7 +342,7 @@ def align_mtb(frames, *, reference_index: int | None = None, exposures=None, res
     return aligned, motions
 
 
-def _gain_lut(gain_to_reference: float, response) -> np.ndarray:
+def _gain_lut(gain_to_reference: float, response: CameraResponse) -> np.ndarray:
     """256-entry LUT: grey code -> code the camera would give at ``gain_to_reference`` x the exposure."""
     inverse = response.inverse_lut.mean(axis=0).astype(np.float64)
     levels = inverse.size
@@ -342,11 +352,11 @@ def _gain_lut(gain_to_reference: float, response) -> np.ndarray:
     return np.clip(np.rint(lut), 0, 255).astype(np.uint8)
 
 
-def _gain_grey(gray: np.ndarray, gain_to_reference: float, response) -> np.ndarray:
+def _gain_grey(gray: np.ndarray, gain_to_reference: float, response: CameraResponse) -> np.ndarray:
     return cv2.LUT(gray, _gain_lut(gain_to_reference, response))
 
 
-def _exposure_normalised(frame: np.ndarray, gain_to_reference: float, response) -> np.ndarray:
+def _exposure_normalised(frame: np.ndarray, gain_to_reference: float, response: CameraResponse) -> np.ndarray:
     """Grey 8-bit image of ``frame`` as the camera would have recorded it with ``gain_to_reference`` x the exposure.
 
     ``z' = f(min(f^-1(z) * gain, f^-1(top)))`` through the mean-channel response,
@@ -356,17 +366,17 @@ def _exposure_normalised(frame: np.ndarray, gain_to_reference: float, response) 
 
 
 def align_homography(
-    frames,
+    frames: np.ndarray | Sequence[np.ndarray],
     *,
     reference_index: int | None = None,
-    exposures=None,
-    response=None,
+    exposures: ArrayLike | None = None,
+    response: ResponseLike = None,
     bits: int | None = None,
     max_features: int = 3000,
     work_size_px: int = 960,
     min_inliers: int = 25,
     refine: bool = True,
-):
+) -> tuple[np.ndarray, list[Motion]]:
     """Align frames with a homography (hand-held motion: shift, rotation, perspective).
 
     Each frame is paired with the reference at a common exposure: with a known
@@ -396,16 +406,16 @@ def align_homography(
     scale = min(1.0, work_size_px / max(h, w))
     size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
 
-    def small(img):
+    def small(img: np.ndarray) -> np.ndarray:
         return cv2.resize(img, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else img
 
-    def pair(i):
+    def pair(i: int) -> tuple[np.ndarray, np.ndarray]:
         if response is None:
             return small(cv2.equalizeHist(_gray8(stack[ref]))), small(cv2.equalizeHist(_gray8(stack[i])))
         a, b = _matched_pair(stack, ref, i, exposures, response)
         return small(a), small(b)
 
-    orb = cv2.ORB_create(nfeatures=max_features)
+    orb = cv2.ORB.create(nfeatures=max_features)
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
     s = np.diag([scale, scale, 1.0])
     s_inv = np.linalg.inv(s)
@@ -423,8 +433,8 @@ def align_homography(
             pairs = matcher.knnMatch(des_ref, des, k=2)
             good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
             if len(good) >= 4:
-                src = np.float32([kp_ref[m.queryIdx].pt for m in good])
-                dst = np.float32([kp[m.trainIdx].pt for m in good])
+                src = np.array([kp_ref[m.queryIdx].pt for m in good], np.float32)
+                dst = np.array([kp[m.trainIdx].pt for m in good], np.float32)
                 hom, inlier_mask = cv2.findHomography(src, dst, cv2.RANSAC, 2.0)
                 inliers = int(inlier_mask.sum()) if inlier_mask is not None else 0
         if hom is None or inliers < min_inliers:
@@ -433,7 +443,9 @@ def align_homography(
         if refine:
             criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-5)
             try:
-                _, refined = cv2.findTransformECC(
+                # OpenCV's stub makes inputMask non-optional in the overload that takes gaussFiltSize; the binding
+                # accepts None there (no mask), as it does in the overload without gaussFiltSize.
+                _, refined = cv2.findTransformECC(  # type: ignore[call-overload]
                     ref_img.astype(np.float32), img.astype(np.float32), hom.astype(np.float32),
                     cv2.MOTION_HOMOGRAPHY, criteria, None, 3,
                 )
@@ -458,7 +470,8 @@ def _describe(matrix: np.ndarray, inliers: int) -> Motion:
     )
 
 
-def align_bracket(bracket: Bracket, method: str = "mtb", *, reference_index: int | None = None, response=None):
+def align_bracket(bracket: Bracket, method: str = "mtb", *, reference_index: int | None = None,
+                  response: ResponseLike = None) -> tuple[Bracket, list[Motion]]:
     """Align a ``Bracket``; returns a new ``(Bracket, motions)``.
 
     The reference defaults to the middle exposure. Pass the camera ``response`` to

@@ -10,10 +10,14 @@ cameras are calibrated from a bracket with Debevec & Malik (1997).
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from edgehdr.bracket import as_frame_stack
 from edgehdr.hdr.weights import weight_lut
@@ -22,6 +26,7 @@ from edgehdr.io.atomic import write_text_atomic
 __all__ = [
     "ResponseCurve",
     "CameraResponse",
+    "ResponseLike",
     "standard_response",
     "calibrate_debevec",
     "select_calibration_samples",
@@ -31,12 +36,12 @@ __all__ = [
 STANDARD_CURVES = ("linear", "gamma2.2", "srgb", "s-curve")
 
 
-def _srgb_encode(x):
+def _srgb_encode(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
 
 
-def _srgb_decode(y):
+def _srgb_decode(y: np.ndarray) -> np.ndarray:
     y = np.clip(y, 0.0, 1.0)
     return np.where(y <= 0.04045, y / 12.92, np.power((y + 0.055) / 1.055, 2.4))
 
@@ -67,7 +72,7 @@ class ResponseCurve:
     contrast: float = 1.4
     pivot: float = 0.45
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.kind not in ("linear", "gamma", "srgb", "s-curve"):
             raise ValueError(f"unknown response kind {self.kind!r}; use linear, gamma, srgb or s-curve")
         if self.gamma <= 0 or self.contrast <= 0 or self.pivot <= 0:
@@ -104,7 +109,7 @@ class ResponseCurve:
             return f"s-curve:{self.contrast:g}:{self.pivot:g}"
         return self.kind
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """Relative exposure in [0, 1] -> normalised code value in [0, 1]."""
         x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
         if self.kind == "linear":
@@ -117,7 +122,7 @@ class ResponseCurve:
         u = np.power(x, 1.0 / 2.2) ** n
         return u * (1.0 + p**n) / (u + p**n)
 
-    def inverse(self, y):
+    def inverse(self, y: ArrayLike) -> np.ndarray:
         """Normalised code value in [0, 1] -> relative exposure in [0, 1]."""
         y = np.clip(np.asarray(y, dtype=np.float64), 0.0, 1.0)
         if self.kind == "linear":
@@ -146,9 +151,9 @@ class CameraResponse:
 
     inverse_lut: np.ndarray
     name: str = "custom"
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         lut = np.asarray(self.inverse_lut, dtype=np.float32)
         if lut.ndim == 1:
             lut = np.repeat(lut[None, :], 3, axis=0)
@@ -204,7 +209,7 @@ class CameraResponse:
         lut = np.stack([np.interp(x_new, x_old, ch) for ch in self.inverse_lut])
         return CameraResponse(lut, name=self.name, meta=dict(self.meta, resampled_from_bits=self.bits))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "format": "edgehdr-camera-response",
             "version": 1,
@@ -215,12 +220,12 @@ class CameraResponse:
             "meta": self.meta,
         }
 
-    def save(self, path) -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the response as JSON (atomically)."""
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def load(cls, path) -> CameraResponse:
+    def load(cls, path: str | os.PathLike[str]) -> CameraResponse:
         """Read a response written by ``save``; errors name the file and field."""
         path = Path(path)
         try:
@@ -241,11 +246,17 @@ class CameraResponse:
         if not isinstance(bits, int) or not 2 <= bits <= 16:
             raise ValueError(f"{path}: field 'bits' must be an integer in 2..16, got {bits!r}")
         if lut.shape != (3, 1 << bits):
-            raise ValueError(f"{path}: field 'inverse_lut' must be 3 rows of {1 << bits} entries, got shape {lut.shape}")
+            raise ValueError(
+                f"{path}: field 'inverse_lut' must be 3 rows of {1 << bits} entries, got shape {lut.shape}")
         try:
             return cls(lut, name=str(data.get("name", path.stem)), meta=dict(data.get("meta") or {}))
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
+
+
+# What ``edgehdr.hdr.merge.resolve_response`` turns into a ``CameraResponse``: the response itself, a standard
+# curve name, a JSON file written by ``CameraResponse.save``, or None (sRGB).
+ResponseLike: TypeAlias = CameraResponse | str | os.PathLike[str] | None
 
 
 def standard_response(name: str, bits: int = 8) -> CameraResponse:
@@ -253,7 +264,8 @@ def standard_response(name: str, bits: int = 8) -> CameraResponse:
     return CameraResponse.from_curve(ResponseCurve.parse(name), bits=bits)
 
 
-def select_calibration_samples(frames, n_samples: int, *, seed: int = 0, max_levels: int = 256) -> np.ndarray:
+def select_calibration_samples(frames: np.ndarray | Sequence[np.ndarray], n_samples: int, *, seed: int = 0,
+                               max_levels: int = 256) -> np.ndarray:
     """Choose pixel positions for CRF calibration, per channel.
 
     Samples are stratified over the code values of every exposure (so every part of
@@ -293,24 +305,27 @@ def select_calibration_samples(frames, n_samples: int, *, seed: int = 0, max_lev
         # Stratify over (frame, code level): the shoulder of the curve is seen mostly in
         # the long exposures and the toe in the short ones, so every frame gets a share
         # spread evenly over the code levels it holds (clipped and black codes excluded).
-        picks = []
+        per_frame = []
         share = max(1, n_samples // n)
         for j in range(n):
             codes = (stack[j, ..., ch].reshape(-1)[candidates] // scale).astype(np.int64)
             usable = (codes > 0) & (codes < top)
-            picks.append(_stratified(candidates[usable], codes[usable], share, rng))
-        picks = np.unique(np.concatenate(picks))
+            per_frame.append(_stratified(candidates[usable], codes[usable], share, rng))
+        picks = np.unique(np.concatenate(per_frame))
         if picks.size > n_samples:
             picks = rng.choice(picks, size=n_samples, replace=False)
         elif picks.size < n_samples:
             rest = np.setdiff1d(candidates, picks)
-            picks = np.concatenate([picks, rng.choice(rest, size=min(rest.size, n_samples - picks.size), replace=False)])
+            extra = rng.choice(rest, size=min(rest.size, n_samples - picks.size), replace=False)
+            picks = np.concatenate([picks, extra])
         out[ch, : picks.size] = picks
-        out[ch, picks.size :] = picks[: n_samples - picks.size] if picks.size else 0
+        # A frame with fewer pixels than n_samples: the picks repeat cyclically to fill the row (a plain slice
+        # of them would be too short when the frame has fewer than n_samples / 2 pixels).
+        out[ch, picks.size :] = np.resize(picks, n_samples - picks.size) if picks.size else 0
     return out
 
 
-def _stratified(candidates: np.ndarray, codes: np.ndarray, count: int, rng) -> np.ndarray:
+def _stratified(candidates: np.ndarray, codes: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     """About ``count`` of ``candidates``, an equal share per occupied code level."""
     if candidates.size == 0:
         return candidates
@@ -325,8 +340,8 @@ def _stratified(candidates: np.ndarray, codes: np.ndarray, count: int, rng) -> n
 
 
 def calibrate_debevec(
-    frames,
-    exposures,
+    frames: np.ndarray | Sequence[np.ndarray],
+    exposures: ArrayLike,
     *,
     smoothness: float = 10000.0,
     n_samples: int | None = None,
@@ -401,7 +416,8 @@ def calibrate_debevec(
         n_samples = 2000
     if n_samples * (n_frames - 1) <= levels - 1:
         raise ValueError(
-            f"n_samples={n_samples} too few for {n_frames} exposures: need more than {(levels - 1) / (n_frames - 1):.0f}"
+            f"n_samples={n_samples} too few for {n_frames} exposures: "
+            f"need more than {(levels - 1) / (n_frames - 1):.0f}"
         )
     positions = select_calibration_samples(stack, n_samples, seed=seed, max_levels=levels)
     weights = weight_lut(weighting, levels).astype(np.float64)
@@ -418,7 +434,7 @@ def calibrate_debevec(
     # lambda is stated for 256 levels; a finer grid has smaller second differences.
     lam = smoothness * (levels / 256.0) ** 3
     smooth = second.T @ (second * (lam * weights[k] ** 2)[:, None])
-    def solve(z):
+    def solve(z: np.ndarray) -> np.ndarray:
         a = weights[z] ** 2
         total = a.sum(axis=1, keepdims=True)
         # Eliminate each sample's ln E_i (its optimum is the weighted mean of

@@ -16,13 +16,15 @@ from __future__ import annotations
 import cv2
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
 from edgehdr.hdr.crf import CameraResponse
 
 __all__ = ["consistency_masks", "radiance_intervals"]
 
 
-def radiance_intervals(response: CameraResponse, *, tolerance: float = 0.25, code_margin: int | None = None):
+def radiance_intervals(response: CameraResponse, *, tolerance: float = 0.25,
+                       code_margin: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-code bounds ``(lo, hi)`` of the relative exposure a code value can stand for.
 
     ``lo[c, z] = f^-1(z - d) / (1 + tolerance)``, ``hi[c, z] = f^-1(z + d) (1 + tolerance)``
@@ -72,7 +74,7 @@ def _inconsistent_kernel(frames, lo, hi, exposures, ref, margin, out, ref_unmeas
 
 def consistency_masks(
     frames: np.ndarray,
-    exposures,
+    exposures: ArrayLike,
     response: CameraResponse,
     *,
     reference_index: int,

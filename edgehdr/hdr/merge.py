@@ -15,21 +15,29 @@ rejects, per frame and pixel, samples inconsistent with a reference exposure
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeAlias
+
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
 from edgehdr.bracket import Bracket, as_frame_stack
 from edgehdr.fastmath import exp2_bits
-from edgehdr.hdr.crf import CameraResponse, standard_response
+from edgehdr.hdr.crf import CameraResponse, ResponseLike, standard_response
 from edgehdr.hdr.weights import weight_lut
 
-__all__ = ["merge_debevec", "resolve_response"]
+__all__ = ["FramesLike", "merge_debevec", "resolve_response"]
 
+
+# What the merges take as frames: a Bracket (exposures and bits come with it), an (N, H, W, 3) stack or a list
+# of (H, W, 3) frames.
+FramesLike: TypeAlias = Bracket | np.ndarray | Sequence[np.ndarray]
 
 _FIXED_BITS = 20  # fixed-point fraction bits of the packed tables
 
 
-def _packed_tables(weights, log_lut, log_exposure):
+def _packed_tables(weights: np.ndarray, log_lut: np.ndarray, log_exposure: np.ndarray) -> tuple[np.ndarray, float]:
     """Per frame, channel and code: ``w`` and ``w (g - ln t + offset)`` in one int64.
 
     High 32 bits: ``w`` in 12.20 fixed point; low 32 bits: the weighted log value,
@@ -112,7 +120,7 @@ def _merge_kernel(frames, packed, offset, log_lut, log_exposure, order, top, use
     return out_bits
 
 
-def resolve_response(response, bits: int) -> CameraResponse:
+def resolve_response(response: ResponseLike, bits: int) -> CameraResponse:
     """Turn ``None``/a curve name/a JSON path/a ``CameraResponse`` into a response at ``bits``."""
     if response is None:
         response = "srgb"
@@ -125,9 +133,9 @@ def resolve_response(response, bits: int) -> CameraResponse:
 
 
 def merge_debevec(
-    frames,
-    exposures=None,
-    response=None,
+    frames: FramesLike,
+    exposures: ArrayLike | None = None,
+    response: ResponseLike = None,
     *,
     weighting: str = "tutorial",
     bits: int | None = None,

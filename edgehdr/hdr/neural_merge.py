@@ -35,16 +35,22 @@ F. Banterle and A. Artusi, "Modern HDR imaging at the time of deep learning" (tu
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import cv2
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
 from edgehdr.bracket import Bracket
 from edgehdr.fastmath import exp2_bits
-from edgehdr.hdr.merge import as_frame_stack, resolve_response
+from edgehdr.hdr.crf import CameraResponse, ResponseLike
+from edgehdr.hdr.merge import FramesLike, as_frame_stack, resolve_response
 from edgehdr.hdr.weights import weight_lut
 from edgehdr.tonemap.color import REC709_LUMA
+
+if TYPE_CHECKING:
+    from edgehdr.infer.base import Runner
 
 __all__ = ["MERGE_INPUT_SHAPE", "MERGE_OUTPUT_SHAPE", "encode_merge_input", "merge_with_weights", "softmax_weights",
            "frame_weights",
@@ -55,7 +61,8 @@ MERGE_OUTPUT_SHAPE = (1, 3, 136, 240)
 LOG_STOPS = 16.0
 
 
-def _prepare(frames, exposures, response, bits):
+def _prepare(frames: FramesLike, exposures: ArrayLike | None, response: ResponseLike,
+             bits: int | None) -> tuple[np.ndarray, np.ndarray, CameraResponse, int, np.ndarray]:
     if isinstance(frames, Bracket):
         exposures = frames.relative_exposure if exposures is None else exposures
         bits = frames.bits if bits is None else bits
@@ -121,7 +128,8 @@ def _encode_kernel(small, luma_rad, inv_full, x):
                 x[0, 9 + k, y, col] = math.log2(max(lum, np.float32(1e-20)))
 
 
-def encode_merge_input(frames, exposures=None, response=None, *, bits: int | None = None):
+def encode_merge_input(frames: FramesLike, exposures: ArrayLike | None = None, response: ResponseLike = None, *,
+                       bits: int | None = None) -> np.ndarray:
     """A 3-frame bracket -> the network input (1, 12, 272, 480) float32 (see the module docstring)."""
     stack, exposures, resp, bits, order = _prepare(frames, exposures, response, bits)
     _, h, w = MERGE_INPUT_SHAPE[1:]
@@ -138,7 +146,7 @@ def encode_merge_input(frames, exposures=None, response=None, *, bits: int | Non
     return x
 
 
-def frame_weights(logits: np.ndarray, exposures) -> np.ndarray:
+def frame_weights(logits: np.ndarray, exposures: ArrayLike) -> np.ndarray:
     """The network's logits (exposure order) -> softmax weight maps (3, h, w) in the bracket's frame order."""
     order = np.argsort(np.asarray(exposures, np.float64).reshape(-1), kind="stable")
     sorted_prob = softmax_weights(logits)
@@ -154,7 +162,7 @@ def softmax_weights(logits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(e / e.sum(axis=0, keepdims=True), dtype=np.float32)
 
 
-def bilinear_taps(n_src: int, n_dst: int):
+def bilinear_taps(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source indices and weights of bilinear resampling with half-pixel centres (``cv2.resize``, PyTorch
     ``align_corners=False``): ``(i0, i1, frac)`` per destination index."""
     pos = (np.arange(n_dst) + 0.5) * (n_src / n_dst) - 0.5
@@ -229,7 +237,7 @@ def _weighted_merge_kernel(stack, order, log2_rad, packed, prob, y0s, y1s, fys, 
             o[j] = exp2_bits(max(min(buf[j], np.float32(126.0)), np.float32(-126.0)))
 
 
-def gate_tables(response, exposures_sorted) -> tuple[np.ndarray, np.ndarray]:
+def gate_tables(response: CameraResponse, exposures_sorted: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """log2 radiance intervals per frame (sorted by exposure), channel and code: Grosch's consistency test
     (``edgehdr.hdr.deghost.radiance_intervals``, tolerance 0.25, 2-code slack; clipped codes open upwards,
     black ones downwards)."""
@@ -244,8 +252,9 @@ def gate_tables(response, exposures_sorted) -> tuple[np.ndarray, np.ndarray]:
     return (np.stack([lo2 - t for t in t2]).astype(np.float32), np.stack([hi2 - t for t in t2]).astype(np.float32))
 
 
-def merge_with_weights(frames, prob, exposures=None, response=None, *, bits: int | None = None,
-                       out: np.ndarray | None = None, consistency_gate: bool = True) -> np.ndarray:
+def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike | None = None,
+                       response: ResponseLike = None, *, bits: int | None = None, out: np.ndarray | None = None,
+                       consistency_gate: bool = True) -> np.ndarray:
     """Weighted Debevec merge with per-frame weight maps ``prob`` (3, h, w) at any resolution (bilinear).
 
     ``prob[i]`` belongs to input frame ``i`` (the bracket's order, not the exposure order).
@@ -289,17 +298,21 @@ class NeuralMerger:
     exposure order back to the bracket's frame order.
     """
 
-    def __init__(self, runner, response=None, *, consistency_gate: bool = True):
-        self.runner, self.response, self.consistency_gate = runner, response, consistency_gate
+    def __init__(self, runner: Runner, response: ResponseLike = None, *, consistency_gate: bool = True) -> None:
+        self.runner: Runner = runner
+        self.response: ResponseLike = response
+        self.consistency_gate = consistency_gate
         self.input_name = runner.describe().inputs[0].name
 
-    def weights(self, bracket, exposures=None, *, bits=None) -> np.ndarray:
+    def weights(self, bracket: FramesLike, exposures: ArrayLike | None = None, *,
+                bits: int | None = None) -> np.ndarray:
         """Per-frame weight maps (3, 136, 240) in the bracket's frame order."""
         stack, exposures, _, bits, _ = _prepare(bracket, exposures, self.response, bits)
         x = encode_merge_input(stack, exposures, self.response, bits=bits)
         return frame_weights(next(iter(self.runner.run({self.input_name: x}).values())), exposures)
 
-    def __call__(self, bracket, exposures=None, *, bits=None, out=None) -> np.ndarray:
+    def __call__(self, bracket: FramesLike, exposures: ArrayLike | None = None, *, bits: int | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
         if isinstance(bracket, Bracket):
             exposures = bracket.relative_exposure if exposures is None else exposures
             bits = bracket.bits if bits is None else bits

@@ -8,32 +8,34 @@ forced to zero at the first and last code so clipped samples never vote.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 __all__ = ["WEIGHTINGS", "weight_function", "weight_lut"]
 
 
-def _tutorial(x):
+def _tutorial(x: np.ndarray) -> np.ndarray:
     # Banterle & Artusi tutorial, and HDR Toolbox's "hat": w(x) = 1 - (2x - 1)^12.
     return 1.0 - (2.0 * x - 1.0) ** 12
 
 
-def _triangle(x):
+def _triangle(x: np.ndarray) -> np.ndarray:
     # Debevec & Malik 1997, eq. 4: the hat that rises linearly to mid-grey.
     return 1.0 - np.abs(2.0 * x - 1.0)
 
 
-def _gaussian(x):
+def _gaussian(x: np.ndarray) -> np.ndarray:
     # Robertson, Borman & Stevenson 2003: exp(-4 (x - 0.5)^2 / 0.5^2).
     return np.exp(-4.0 * (x - 0.5) ** 2 / 0.25)
 
 
-def _box(x):
+def _box(x: np.ndarray) -> np.ndarray:
     # Every unclipped code counts alike; the zero ends are set by weight_lut.
     return np.ones_like(x)
 
 
-WEIGHTINGS = {
+WEIGHTINGS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "tutorial": _tutorial,
     "hat": _tutorial,
     "triangle": _triangle,
@@ -42,7 +44,7 @@ WEIGHTINGS = {
 }
 
 
-def weight_function(name: str):
+def weight_function(name: str) -> Callable[[np.ndarray], np.ndarray]:
     """Return the weighting function called ``name`` (see ``WEIGHTINGS``)."""
     try:
         return WEIGHTINGS[name]

@@ -68,7 +68,8 @@ class Manifest:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no manifest (engines need the manifest written by edgehdr-export)") from None
+            raise FileNotFoundError(
+                f"{path}: no manifest (engines need the manifest written by edgehdr-export)") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not a JSON manifest ({exc})") from exc
         known = set(cls.__dataclass_fields__)

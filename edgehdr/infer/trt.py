@@ -60,7 +60,8 @@ class TrtTensor(NamedTuple):
 
 
 def _member_name(value: object) -> str:
-    """``'FLOAT'`` from ``tensorrt.DataType.FLOAT`` (a pybind11 enum: ``.name``), ``'DataType.FLOAT'`` or ``'FLOAT'``."""
+    """``'FLOAT'`` from ``tensorrt.DataType.FLOAT`` (a pybind11 enum: ``.name``), ``'DataType.FLOAT'`` or
+    ``'FLOAT'``."""
     name = value if isinstance(value, str) else getattr(value, "name", None) or str(value)
     return str(name).rsplit(".", 1)[-1]
 

@@ -8,11 +8,12 @@ both return NaN there (written as ``null`` in JSON reports), never a made-up 0 o
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["pearson", "spearman", "tie_averaged_ranks"]
 
 
-def tie_averaged_ranks(x) -> np.ndarray:
+def tie_averaged_ranks(x: ArrayLike) -> np.ndarray:
     """Ranks 0..n-1 of ``x`` (flattened), ties given the mean of the ranks they span."""
     x = np.asarray(x, np.float64).ravel()
     _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
@@ -20,16 +21,16 @@ def tie_averaged_ranks(x) -> np.ndarray:
     return (first + 0.5 * (counts - 1))[inverse].astype(np.float64)
 
 
-def pearson(a, b) -> float:
+def pearson(a: ArrayLike, b: ArrayLike) -> float:
     """Pearson linear correlation coefficient (PLCC); NaN when either input is constant."""
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"correlation needs equally long inputs, got {a.size} and {b.size}")
-    a, b = a - a.mean(), b - b.mean()
-    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else float("nan")
+    x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"correlation needs equally long inputs, got {x.size} and {y.size}")
+    x, y = x - x.mean(), y - y.mean()
+    den = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / den) if den > 0 else float("nan")
 
 
-def spearman(a, b) -> float:
+def spearman(a: ArrayLike, b: ArrayLike) -> float:
     """Spearman rank-order correlation (SROCC): Pearson of the tie-averaged ranks; NaN for constant input."""
     return pearson(tie_averaged_ranks(a), tie_averaged_ranks(b))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from edgehdr.quality.pu21 import pu21_encode
 from edgehdr.tonemap.color import luminance
@@ -32,7 +33,7 @@ __all__ = [
 MU_LAW_MU = 5000.0
 
 
-def _pair(test, reference):
+def _pair(test: ArrayLike, reference: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     test = np.asarray(test, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     if test.shape != reference.shape:
@@ -46,14 +47,14 @@ def _psnr_from_mse(mse: float, peak: float) -> float:
     return float("inf") if mse == 0 else float(10.0 * np.log10(peak * peak / mse))
 
 
-def psnr(test, reference, *, peak: float | None = None) -> float:
+def psnr(test: ArrayLike, reference: ArrayLike, *, peak: float | None = None) -> float:
     """PSNR in dB with ``peak`` defaulting to the reference maximum (linear HDR PSNR)."""
     test, reference = _pair(test, reference)
     peak = float(reference.max()) if peak is None else float(peak)
     return _psnr_from_mse(float(np.mean((test - reference) ** 2)), peak)
 
 
-def robust_peak(reference, percentile: float) -> float:
+def robust_peak(reference: np.ndarray, percentile: float) -> float:
     """The ``percentile`` luminance of ``reference`` (its maximum at 100): the normalising peak of the
     mu-law and PU21 comparisons, robust to a few hot pixels. Raises ``ValueError`` if not positive."""
     lum = luminance(reference, np.float64) if reference.ndim == 3 else reference
@@ -63,7 +64,7 @@ def robust_peak(reference, percentile: float) -> float:
     return peak
 
 
-def mu_law(hdr, *, mu: float = MU_LAW_MU, normaliser: float = 1.0):
+def mu_law(hdr: ArrayLike, *, mu: float = MU_LAW_MU, normaliser: float = 1.0) -> np.ndarray:
     """``T(H) = log(1 + mu H) / log(1 + mu)`` with ``H = hdr / normaliser`` clipped to [0, 1].
 
     References
@@ -75,7 +76,7 @@ def mu_law(hdr, *, mu: float = MU_LAW_MU, normaliser: float = 1.0):
     return np.log1p(mu * h) / np.log1p(mu)
 
 
-def psnr_mu(test, reference, *, mu: float = MU_LAW_MU, peak_percentile: float = 99.9) -> float:
+def psnr_mu(test: ArrayLike, reference: ArrayLike, *, mu: float = MU_LAW_MU, peak_percentile: float = 99.9) -> float:
     """PSNR of mu-law tone-mapped images (peak 1); both normalised by the reference's robust peak."""
     test, reference = _pair(test, reference)
     norm = robust_peak(reference, peak_percentile)
@@ -84,20 +85,21 @@ def psnr_mu(test, reference, *, mu: float = MU_LAW_MU, peak_percentile: float = 
     return _psnr_from_mse(float(np.mean((a - b) ** 2)), 1.0)
 
 
-def absolute_scale(reference, *, peak_cd_m2: float = 4000.0, peak_percentile: float = 99.9) -> float:
+def absolute_scale(reference: ArrayLike, *, peak_cd_m2: float = 4000.0, peak_percentile: float = 99.9) -> float:
     """Factor mapping a relative reference's robust peak luminance to ``peak_cd_m2``."""
     return peak_cd_m2 / robust_peak(np.asarray(reference, dtype=np.float64), peak_percentile)
 
 
-def _pu_pair(test, reference, scale_cd_m2, peak_cd_m2, peak_percentile, variant):
+def _pu_pair(test: ArrayLike, reference: ArrayLike, scale_cd_m2: float | None, peak_cd_m2: float,
+             peak_percentile: float, variant: str) -> tuple[np.ndarray, np.ndarray]:
     test, reference = _pair(test, reference)
     scale = scale_cd_m2 if scale_cd_m2 is not None else absolute_scale(
         reference, peak_cd_m2=peak_cd_m2, peak_percentile=peak_percentile)
     return pu21_encode(test * scale, variant), pu21_encode(reference * scale, variant)
 
 
-def pu21_psnr(test, reference, *, scale_cd_m2: float | None = None, peak_cd_m2: float = 4000.0,
-              peak_percentile: float = 99.9, variant: str = "banding_glare", mask=None) -> float:
+def pu21_psnr(test: ArrayLike, reference: ArrayLike, *, scale_cd_m2: float | None = None, peak_cd_m2: float = 4000.0,
+              peak_percentile: float = 99.9, variant: str = "banding_glare", mask: ArrayLike | None = None) -> float:
     """PSNR of PU21-encoded values with peak 256 (the PU value of ~100 cd/m^2), per colour channel.
 
     ``mask`` (H, W) bool restricts the error to a region (e.g. moving objects).
@@ -114,7 +116,7 @@ def pu21_psnr(test, reference, *, scale_cd_m2: float | None = None, peak_cd_m2: 
     return _psnr_from_mse(float(np.mean(err)), 256.0)
 
 
-def ssim(test, reference, *, data_range: float) -> float:
+def ssim(test: ArrayLike, reference: ArrayLike, *, data_range: float) -> float:
     """Mean SSIM of two single-channel images (Wang et al. 2004).
 
     Gaussian window 11x11, sigma 1.5, K1 = 0.01, K2 = 0.03; statistics with
@@ -131,7 +133,7 @@ def ssim(test, reference, *, data_range: float) -> float:
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
 
-    def blur(img):
+    def blur(img: np.ndarray) -> np.ndarray:
         return cv2.GaussianBlur(img, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
 
     mx, my = blur(x), blur(y)
@@ -143,7 +145,7 @@ def ssim(test, reference, *, data_range: float) -> float:
     return float(smap[pad : smap.shape[0] - pad or None, pad : smap.shape[1] - pad or None].mean())
 
 
-def pu21_ssim(test, reference, *, scale_cd_m2: float | None = None, peak_cd_m2: float = 4000.0,
+def pu21_ssim(test: ArrayLike, reference: ArrayLike, *, scale_cd_m2: float | None = None, peak_cd_m2: float = 4000.0,
               peak_percentile: float = 99.9, variant: str = "banding_glare") -> float:
     """SSIM of PU21-encoded luminance with data range 256."""
     test, reference = _pair(test, reference)

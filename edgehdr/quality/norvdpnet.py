@@ -34,7 +34,10 @@ no-reference image quality metrics," IEEE Access 11, 2023.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numba
@@ -43,8 +46,11 @@ import numpy as np
 from edgehdr.quality.correlation import pearson, spearman
 from edgehdr.tonemap.color import REC709_LUMA, luminance
 
-__all__ = ["model_encoding", "SCORE_INPUT_SHAPE", "pil_luma8", "encode_sdr", "encode_hdr", "NoRVDPNetScorer", "tone_mapping_variants",
-           "VARIANT_KINDS", "spearman", "pearson"]
+if TYPE_CHECKING:
+    from edgehdr.infer.base import Runner
+
+__all__ = ["model_encoding", "SCORE_INPUT_SHAPE", "pil_luma8", "encode_sdr", "encode_hdr", "NoRVDPNetScorer",
+           "tone_mapping_variants", "VARIANT_KINDS", "spearman", "pearson"]
 
 SCORE_INPUT_SHAPE = (1, 1, 128, 192)
 SDR_GAMMA = 2.2
@@ -72,7 +78,7 @@ def pil_luma8(rgb_u8: np.ndarray) -> np.ndarray:
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
 
 
-def encode_sdr(rgb_u8: np.ndarray, shape=SCORE_INPUT_SHAPE) -> np.ndarray:
+def encode_sdr(rgb_u8: np.ndarray, shape: Sequence[int] | None = SCORE_INPUT_SHAPE) -> np.ndarray:
     """An 8-bit sRGB image -> the SDR input of NoR-VDPNet, (1, 1, H, W) float32 in [-1, 1].
 
     Luma as PIL's ``L``, ``(luma / 255)^2.2``, ``2 x - 1``; area-resampled to ``shape``
@@ -91,7 +97,8 @@ def encode_sdr(rgb_u8: np.ndarray, shape=SCORE_INPUT_SHAPE) -> np.ndarray:
     return np.ascontiguousarray((lin * 2.0 - 1.0)[None, None], dtype=np.float32)
 
 
-def encode_hdr(radiance: np.ndarray, shape=None, *, max_clip: float = HDR_MAX_CLIP) -> np.ndarray:
+def encode_hdr(radiance: np.ndarray, shape: Sequence[int] | None = None, *,
+               max_clip: float = HDR_MAX_CLIP) -> np.ndarray:
     """HDR radiance (H, W, 3) or luminance (H, W) -> (1, 1, H, W) float32 ``log10(1 + L)`` (Rec. 709 L, clipped)."""
     rad = np.asarray(radiance, np.float32)
     lum = luminance(rad) if rad.ndim == 3 else rad
@@ -102,7 +109,7 @@ def encode_hdr(radiance: np.ndarray, shape=None, *, max_clip: float = HDR_MAX_CL
     return np.ascontiguousarray(np.log10(1.0 + lum)[None, None], dtype=np.float32)
 
 
-def model_encoding(onnx_path) -> str:
+def model_encoding(onnx_path: str | os.PathLike[str]) -> str:
     """'sdr' or 'hdr': the input encoding a NoR-VDPNet ONNX file declares (``edgehdr.preprocess``)."""
     from edgehdr.infer.ort import model_metadata
 
@@ -118,7 +125,7 @@ class NoRVDPNetScorer:
     the authors' HDR checkpoints (``jpg_xt``, ``itmo``): ``score`` then takes radiance.
     """
 
-    def __init__(self, runner, *, encoding: str = "sdr"):
+    def __init__(self, runner: Runner, *, encoding: str = "sdr") -> None:
         if encoding not in ("sdr", "hdr"):
             raise ValueError(f"encoding must be 'sdr' or 'hdr', got {encoding!r}")
         self.runner, self.encoding = runner, encoding
@@ -127,18 +134,19 @@ class NoRVDPNetScorer:
         if len(shape) != 4 or shape[1] != 1:
             raise ValueError(f"NoR-VDPNet model input must be (1, 1, H, W) grey, got {shape}")
         # a static input size is resampled to; a dynamic one (an imported checkpoint) takes the image as it is
-        self.shape = tuple(shape) if all(isinstance(d, int) and d > 0 for d in shape) else None
+        self.shape: tuple[int, ...] | None = (tuple(int(d) for d in shape)
+                                               if all(isinstance(d, int) and d > 0 for d in shape) else None)
 
     def score(self, image: np.ndarray) -> float:
         x = encode_sdr(image, self.shape) if self.encoding == "sdr" else encode_hdr(image, self.shape)
         out = self.runner.run({self.input_name: x})
         return float(np.asarray(next(iter(out.values()))).reshape(-1)[0])
 
-    def rank(self, paths) -> list[tuple[float, Path]]:
+    def rank(self, paths: Iterable[str | os.PathLike[str]]) -> list[tuple[float, Path]]:
         """``(score, path)`` for image files, best first (8-bit images; radiance files for an HDR model)."""
         scored = []
-        for p in paths:
-            p = Path(p)
+        for name in paths:
+            p = Path(name)
             if self.encoding == "hdr":
                 from edgehdr.io import read_radiance
 
@@ -157,11 +165,11 @@ class NoRVDPNetScorer:
 VARIANT_KINDS = ("reinhard", "reinhard-local", "drago", "parametric", "grid", "exposure")
 
 
-def _loguniform(rng, lo, hi):
+def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def _one_variant(radiance, kind: str, rng) -> tuple[np.ndarray, dict]:
+def _one_variant(radiance: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     from edgehdr.tonemap import tonemap
     from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, apply_parameter_grid
 
@@ -195,7 +203,8 @@ def _one_variant(radiance, kind: str, rng) -> tuple[np.ndarray, dict]:
     raise ValueError(f"unknown tone-mapping variant {kind!r}; known: {', '.join(VARIANT_KINDS)}")
 
 
-def tone_mapping_variants(radiance: np.ndarray, count: int, *, seed: int = 0, contrast_loss: float = 0.25):
+def tone_mapping_variants(radiance: np.ndarray, count: int, *, seed: int = 0,
+                          contrast_loss: float = 0.25) -> list[tuple[np.ndarray, dict[str, Any]]]:
     """``count`` 8-bit tone mappings of one radiance map with varied operators and parameters.
 
     Kinds cycle through ``VARIANT_KINDS``; a fraction ``contrast_loss`` of them is

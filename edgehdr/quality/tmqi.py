@@ -11,14 +11,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["tmqi", "TMQIResult", "structural_fidelity", "statistical_naturalness", "TMQI_CONSTANTS"]
 
+class _TMQIConstants(TypedDict):
+    a: float
+    alpha: float
+    beta: float
+    levels: int
+    level_weights: tuple[float, ...]
+    brightness_mean: float
+    brightness_std: float
+    contrast_beta: tuple[float, float]
+    contrast_scale: float
+    block: int
+    window_size: int
+    window_sigma: float
+    C1: float
+    C2: float
+
+
 # Published constants (Yeganeh & Wang 2013, sec. IV; authors' code).
-TMQI_CONSTANTS = {
+TMQI_CONSTANTS: _TMQIConstants = {
     "a": 0.8012,
     "alpha": 0.3046,
     "beta": 0.7088,
@@ -42,36 +61,37 @@ class TMQIResult:
     Q: float
     S: float
     N: float
-    s_local: tuple
+    s_local: tuple[float, ...]
 
 
-def _erf(x):
+def _erf(x: np.ndarray) -> np.ndarray:
     # Abramowitz & Stegun 7.1.26, |error| < 1.5e-7; vectorised (no SciPy dependency).
     sign = np.sign(x)
     x = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * x)
-    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * np.exp(-x * x)
+    poly = ((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592
+    y = 1.0 - poly * t * np.exp(-x * x)
     return sign * y
 
 
-def _norm_cdf(x, mu, sigma):
+def _norm_cdf(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
     return 0.5 * (1.0 + _erf((x - mu) / (sigma * math.sqrt(2.0))))
 
 
-def _beta_pdf(x, a, b):
+def _beta_pdf(x: ArrayLike, a: float, b: float) -> np.ndarray:
     x = np.clip(np.asarray(x, np.float64), 1e-300, 1.0 - 1e-16)
     log_beta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
     return np.exp((a - 1) * np.log(x) + (b - 1) * np.log1p(-x) - log_beta)
 
 
-def _gauss_window():
+def _gauss_window() -> np.ndarray:
     k = cv2.getGaussianKernel(TMQI_CONSTANTS["window_size"], TMQI_CONSTANTS["window_sigma"], cv2.CV_64F)
     window = k @ k.T
     return window / window.sum()
 
 
-def _local_fidelity(l_hdr, l_ldr, window, spatial_freq):
-    def filt(img):
+def _local_fidelity(l_hdr: np.ndarray, l_ldr: np.ndarray, window: np.ndarray, spatial_freq: float) -> float:
+    def filt(img: np.ndarray) -> np.ndarray:
         # MATLAB filter2(..., 'same'): correlation with zero padding.
         return cv2.filter2D(img, cv2.CV_64F, window, borderType=cv2.BORDER_CONSTANT)
 
@@ -89,14 +109,14 @@ def _local_fidelity(l_hdr, l_ldr, window, spatial_freq):
     return float(smap.mean())
 
 
-def _downsample2(img):
+def _downsample2(img: np.ndarray) -> np.ndarray:
     # MATLAB imfilter(ones(2)/4, 'symmetric') then (1:2:end): means of 2x2 blocks.
     h, w = img.shape
     padded = np.pad(img, ((0, h % 2), (0, w % 2)), mode="symmetric")
     return 0.25 * (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2])
 
 
-def structural_fidelity(l_hdr, l_ldr):
+def structural_fidelity(l_hdr: np.ndarray, l_ldr: np.ndarray) -> tuple[float, tuple[float, ...]]:
     """Multi-scale structural fidelity ``S`` and its per-scale values (eq. 3-9)."""
     window = _gauss_window()
     f = 32.0
@@ -111,7 +131,7 @@ def structural_fidelity(l_hdr, l_ldr):
     return s, tuple(s_local)
 
 
-def statistical_naturalness(l_ldr):
+def statistical_naturalness(l_ldr: ArrayLike) -> float:
     """Statistical naturalness ``N = P_m P_d`` (eq. 10-13) of an SDR luminance in [0, 255].
 
     The contrast term uses the mean standard deviation of non-overlapping 11x11

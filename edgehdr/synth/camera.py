@@ -10,9 +10,11 @@ with the true response recovers the scene radiance in the scene's own units.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from edgehdr.bracket import Bracket
 from edgehdr.hdr.crf import CameraResponse, ResponseCurve
@@ -42,7 +44,7 @@ class CameraModel:
     full_well_e: float = 20000.0
     read_noise_e: float = 4.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.bits not in (8, 10, 12, 14, 16):
             raise ValueError(f"bits must be 8, 10, 12, 14 or 16, got {self.bits}")
         if self.full_well_e <= 0 or self.read_noise_e < 0:
@@ -53,7 +55,8 @@ class CameraModel:
         """The exact inverse response LUT of this camera."""
         return CameraResponse.from_curve(self.response, self.bits)
 
-    def capture(self, radiance: np.ndarray, exposure_s: float, gain: float = 1.0, *, rng=None, noise: bool = True):
+    def capture(self, radiance: np.ndarray, exposure_s: float, gain: float = 1.0, *,
+                rng: np.random.Generator | None = None, noise: bool = True) -> np.ndarray:
         """Expose one frame; returns (H, W, 3) uint8 or uint16 code values."""
         rng = np.random.default_rng(0) if rng is None else rng
         scale = np.float32(exposure_s * self.full_well_e)
@@ -80,12 +83,13 @@ class SyntheticBracket:
     radiance: np.ndarray  # exact radiance of the reference frame, (H, W, 3) float32
     reference_index: int
     motion_mask: np.ndarray  # (H, W) bool: pixels touched by moving objects
-    camera_poses: list  # per frame (dx, dy, rotation_deg) applied to the content
+    camera_poses: list[tuple[float, float, float]]  # per frame (dx, dy, rotation_deg) applied to the content
     response: CameraResponse
 
 
 def suggest_exposures(radiance: np.ndarray, n: int = 3, spacing_stops: float | None = None, *,
-                      peak_percentile: float = 99.5, dark_percentile: float = 5.0, max_spacing_stops: float = 4.0):
+                      peak_percentile: float = 99.5, dark_percentile: float = 5.0,
+                      max_spacing_stops: float = 4.0) -> np.ndarray:
     """Exposure times (s), shortest first, for an ``n``-frame bracket covering ``radiance``.
 
     The shortest exposure puts the ``peak_percentile`` luminance at 85% of full
@@ -107,11 +111,11 @@ def suggest_exposures(radiance: np.ndarray, n: int = 3, spacing_stops: float | N
 
 
 def random_camera_motion(n: int, *, max_shift_px: float = 8.0, max_rotation_deg: float = 0.0, seed: int = 0,
-                         reference_index: int | None = None):
+                         reference_index: int | None = None) -> list[tuple[float, float, float]]:
     """Per-frame hand-shake poses ``(dx, dy, rotation_deg)``; the reference frame is at rest."""
     rng = np.random.default_rng(seed)
     ref = n // 2 if reference_index is None else reference_index
-    poses = []
+    poses: list[tuple[float, float, float]] = []
     for i in range(n):
         if i == ref:
             poses.append((0.0, 0.0, 0.0))
@@ -126,13 +130,13 @@ def random_camera_motion(n: int, *, max_shift_px: float = 8.0, max_rotation_deg:
 
 def capture_bracket(
     scene: SyntheticScene,
-    exposures_s,
+    exposures_s: ArrayLike,
     *,
     camera: CameraModel | None = None,
-    gains=None,
+    gains: ArrayLike | None = None,
     seed: int = 0,
     reference_index: int | None = None,
-    camera_poses=None,
+    camera_poses: Iterable[tuple[float, float, float]] | None = None,
     noise: bool = True,
     start_time: float = 0.0,
 ) -> SyntheticBracket:

@@ -12,17 +12,20 @@ thousands, sky around 5, sunlit ground around 0.3, deep shadow around 1e-4.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["SyntheticScene", "Sprite", "make_scene", "camera_matrix", "SCENE_KINDS", "fractal_noise", "brick_texture"]
 
 SCENE_KINDS = ("outdoor", "indoor", "night")
 
 
-def fractal_noise(rng: np.random.Generator, height: int, width: int, *, octaves: int = 5, base_cells: int = 4) -> np.ndarray:
+def fractal_noise(rng: np.random.Generator, height: int, width: int, *, octaves: int = 5,
+                  base_cells: int = 4) -> np.ndarray:
     """Multi-octave value noise in [0, 1], float32 (H, W): procedural texture."""
     out = np.zeros((height, width), np.float32)
     amplitude, total = 1.0, 0.0
@@ -58,7 +61,7 @@ def brick_texture(rng: np.random.Generator, height: int, width: int, *, brick_px
     return out
 
 
-def _disc(yy, xx, cy, cx, radius):
+def _disc(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, radius: float) -> np.ndarray:
     """Anti-aliased disc coverage in [0, 1]."""
     d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
     return np.clip(radius + 0.5 - d, 0.0, 1.0).astype(np.float32)
@@ -97,7 +100,7 @@ class SyntheticScene:
     """
 
     background: np.ndarray
-    sprites: list = field(default_factory=list)
+    sprites: list[Sprite] = field(default_factory=list)
     margin: int = 0
     seed: int = 0
     kind: str = "outdoor"
@@ -133,7 +136,8 @@ class SyntheticScene:
             region += a * r
         return canvas
 
-    def render(self, t: float = 0.0, *, shift_px=(0.0, 0.0), rotation_deg: float = 0.0) -> np.ndarray:
+    def render(self, t: float = 0.0, *, shift_px: Sequence[float] = (0.0, 0.0),
+               rotation_deg: float = 0.0) -> np.ndarray:
         """Exact radiance (H, W, 3) float32 seen at time ``t`` (in frames) and camera pose.
 
         The camera pose moves the image content by ``shift_px`` (dx, dy) and rotates it
@@ -153,7 +157,7 @@ class SyntheticScene:
             out = out * np.float32(self.illumination)
         return out
 
-    def motion_mask(self, times) -> np.ndarray:
+    def motion_mask(self, times: Iterable[float]) -> np.ndarray:
         """Pixels (H, W) bool covered by any sprite at any of ``times`` (camera at rest)."""
         mask = np.zeros((self.height, self.width), bool)
         for t in times:
@@ -167,7 +171,8 @@ class SyntheticScene:
         return mask
 
 
-def camera_matrix(width: int, height: int, shift_px=(0.0, 0.0), rotation_deg: float = 0.0) -> np.ndarray:
+def camera_matrix(width: int, height: int, shift_px: Sequence[float] = (0.0, 0.0),
+                  rotation_deg: float = 0.0) -> np.ndarray:
     """2x3 affine matrix moving image content: rotation about the centre, then shift."""
     matrix = cv2.getRotationMatrix2D((width / 2.0 - 0.5, height / 2.0 - 0.5), rotation_deg, 1.0)
     matrix[:, 2] += np.asarray(shift_px, dtype=np.float64)
@@ -182,7 +187,8 @@ def matrix_with_margin(matrix: np.ndarray, margin: int) -> np.ndarray:
     return (np.vstack([matrix, [0, 0, 1]]) @ unpad)[:2]
 
 
-def _sphere(rng, radius: int, albedo_rgb, light_level: float, highlight: float):
+def _sphere(rng: np.random.Generator, radius: int, albedo_rgb: ArrayLike, light_level: float,
+            highlight: float) -> tuple[np.ndarray, np.ndarray]:
     """Shaded sphere patch: Lambert + Phong highlight, with its coverage."""
     size = 2 * radius + 3
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -274,7 +280,7 @@ def make_scene(
         py0 = int(max(0, horizon - height * rng.uniform(0.1, 0.3)))
         py1 = int(min(hh, horizon + height * rng.uniform(0.05, 0.3)))
         level = ground_light * rng.uniform(0.02, 0.3)
-        radiance[py0:py1, px0 : px0 + pw] = level * np.float32([0.8, 0.8, 0.85])
+        radiance[py0:py1, px0 : px0 + pw] = level * np.array([0.8, 0.8, 0.85], np.float32)
 
     def add_light(cy, cx, radius, level, colour, glow, where, spill):
         # ``glow`` scatters in the air (only where ``where`` is 1: the sky for the sun);
@@ -291,27 +297,29 @@ def make_scene(
     sy0 = m + int(height * rng.uniform(0.25, 0.45))
     sy1 = min(hh - m, sy0 + int(height * rng.uniform(0.35, 0.55)))
     shadow_light = rng.uniform(0.0005, 0.002) * (1.0 if kind == "outdoor" else 0.5)
-    shadow = np.zeros((hh, ww), np.float32)
-    shadow[sy0:sy1, sx0:sx1] = 1.0
-    shadow = cv2.GaussianBlur(shadow, (0, 0), 1.0)[..., None]
-    radiance[...] = radiance * (1 - shadow) + shadow * shadow_light * albedo * np.float32([0.9, 0.95, 1.0])
+    footprint = np.zeros((hh, ww), np.float32)
+    footprint[sy0:sy1, sx0:sx1] = 1.0
+    shadow = cv2.GaussianBlur(footprint, (0, 0), 1.0)[..., None]
+    radiance[...] = radiance * (1 - shadow) + shadow * shadow_light * albedo * np.array([0.9, 0.95, 1.0], np.float32)
 
     if kind == "outdoor":
         sun_y = m + horizon * rng.uniform(0.15, 0.6) - m
         sun_x = m + width * rng.uniform(0.55, 0.95)
-        add_light(sun_y, sun_x, max(2.0, 0.012 * short), rng.uniform(2e4, 1e5), np.float32([1.0, 0.95, 0.85]), 2e-3, sky_mask, False)
+        add_light(sun_y, sun_x, max(2.0, 0.012 * short), rng.uniform(2e4, 1e5), np.array([1.0, 0.95, 0.85], np.float32),
+                  2e-3, sky_mask, False)
     elif kind == "indoor":
         # A sunlit window: the bright outside seen from a dim room.
         wx0 = m + int(width * rng.uniform(0.55, 0.7))
         wy0 = m + int(height * rng.uniform(0.1, 0.2))
         wx1, wy1 = wx0 + int(width * 0.22), wy0 + int(height * 0.3)
-        outside = rng.uniform(4.0, 10.0) * (0.5 + texture[wy0:wy1, wx0:wx1, None]) * np.float32([0.7, 0.85, 1.0])
+        outside = (rng.uniform(4.0, 10.0) * (0.5 + texture[wy0:wy1, wx0:wx1, None])
+                   * np.array([0.7, 0.85, 1.0], np.float32))
         radiance[wy0:wy1, wx0:wx1] = outside
     n_lamps = int(rng.integers(1, 4))
     for _ in range(n_lamps):
         ly = rng.uniform(sy0 + 4, max(sy0 + 5, sy1 - 4))
         lx = rng.uniform(sx0 + 4, max(sx0 + 5, sx1 - 4))
-        colour = np.float32([1.0, rng.uniform(0.7, 0.9), rng.uniform(0.4, 0.7)])
+        colour = np.array([1.0, rng.uniform(0.7, 0.9), rng.uniform(0.4, 0.7)], np.float32)
         add_light(ly, lx, max(1.5, 0.008 * short), rng.uniform(300, 3000), colour, 1e-4, np.float32(1.0), True)
 
     # Specular spheres standing on the ground.

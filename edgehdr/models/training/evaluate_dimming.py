@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +26,9 @@ from edgehdr.timing import median_ms
 __all__ = ["evaluate", "main"]
 
 
-def evaluate(scenes: int = 16, *, model="dimming_net", int8=None, sizes=((360, 640), (720, 1280))) -> dict:
+def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
+             int8: str | os.PathLike[str] | None = None,
+             sizes: Sequence[tuple[int, int]] = ((360, 640), (720, 1280))) -> dict[str, Any]:
     from edgehdr.dimming import (
         BacklightModel,
         LedLayout,
@@ -44,22 +49,24 @@ def evaluate(scenes: int = 16, *, model="dimming_net", int8=None, sizes=((360, 6
     path = model_path(model)
     runner = OnnxRuntimeRunner(path).load()
     quant = OnnxRuntimeRunner(int8).load() if int8 else None
-    result = {"sizes": {}}
+    result: dict[str, Any] = {"sizes": {}}
     for height, width in sizes:
         layout = LedLayout(rows=18, cols=32, width_px=width, height_px=height)
         backlight = BacklightModel(layout)
         net = NeuralDimmer(runner, layout, model_path=path)
         net8 = NeuralDimmer(quant, layout) if quant else None
 
-        def shown_metrics(light, target, budget=None):
+        # layout and backlight bound as defaults: the closure belongs to this loop iteration's panel.
+        def shown_metrics(light: np.ndarray, target: np.ndarray, budget: float | None = None, *,
+                          layout: LedLayout = layout, backlight: BacklightModel = backlight) -> dict[str, Any]:
             light = layout.light_from_zone_values(quantise_within_budget(light, layout, budget)).astype(np.float32)
             b = backlight.simulate(light)
             return dimming_metrics(target, simulate_display(lcd_compensation(target, b, layout), b, layout), light,
                                    layout)
 
-        rows = {k: [] for k in ("teacher", "network", "network_int8", *HEURISTICS)}
-        equal_power = {h: [] for h in HEURISTICS}
-        zone_mae_int8 = []
+        rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("teacher", "network", "network_int8", *HEURISTICS)}
+        equal_power: dict[str, list[dict[str, float]]] = {h: [] for h in HEURISTICS}
+        zone_mae_int8: list[float] = []
         for i in range(scenes):
             target = display_target(make_scene(100_000 + i, height, width).radiance, layout)
             ours = net(target)
@@ -102,7 +109,7 @@ def evaluate(scenes: int = 16, *, model="dimming_net", int8=None, sizes=((360, 6
     return result
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.evaluate_dimming")
     p.add_argument("--scenes", type=int, default=16)
     p.add_argument("--model", default="dimming_net")

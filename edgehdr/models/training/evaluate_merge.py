@@ -8,17 +8,21 @@ PSNR-mu (mu = 5000) and PU21-PSNR of the merge against the exact radiance, on
 dynamic scenes (two moving objects; also inside the moving regions) and on the same
 scenes without motion. The ``oracle`` row picks, per pixel, the single input frame
 closest to the truth: a bound for any per-pixel choice among the inputs (where the
-reference frame is clipped on a moving object, no weighted merge can recover it). Speed: one 1080p bracket, median of 7, network (ONNX Runtime,
-FP32, CPU) + encoding + fused merge against ``merge_debevec`` with deghosting.
+reference frame is clipped on a moving object, no weighted merge can recover it).
+Speed: one 1080p bracket, median of 7, network (ONNX Runtime, FP32, CPU) + encoding +
+fused merge against ``merge_debevec`` with deghosting.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
+from edgehdr.hdr.crf import CameraResponse
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.hdr.neural_merge import NeuralMerger, encode_merge_input, merge_with_weights
 from edgehdr.models.training.merge_data import dynamic_bracket
@@ -30,7 +34,8 @@ __all__ = ["evaluate", "timing", "main"]
 HOLDOUT_SEED = 100_000
 
 
-def oracle_selection(frames, exposures, response, truth) -> np.ndarray:
+def oracle_selection(frames: np.ndarray, exposures: np.ndarray, response: CameraResponse,
+                     truth: np.ndarray) -> np.ndarray:
     """Per pixel and channel the single frame closest to the truth in the mu-law domain: a bound on what any
     per-pixel choice among the inputs reaches (it needs the ground truth; it is not a method)."""
     from edgehdr.quality.metrics import mu_law, robust_peak
@@ -44,10 +49,10 @@ def oracle_selection(frames, exposures, response, truth) -> np.ndarray:
     return np.take_along_axis(singles, best[None], axis=0)[0].astype(np.float32)
 
 
-def evaluate(merger: NeuralMerger, seeds, *, height: int = 544, width: int = 960) -> dict:
+def evaluate(merger: NeuralMerger, seeds: Iterable[int], *, height: int = 544, width: int = 960) -> dict[str, Any]:
     rows = []
     for seed in seeds:
-        row = {"seed": int(seed)}
+        row: dict[str, float] = {"seed": int(seed)}
         for motion in ("dynamic", "static"):
             frames, exposures, truth, mask, response = dynamic_bracket(
                 seed, height=height, width=width, moving_objects=2 if motion == "dynamic" else 0,
@@ -68,14 +73,14 @@ def evaluate(merger: NeuralMerger, seeds, *, height: int = 544, width: int = 960
     return {"size": [width, height], "rows": rows, "mean": mean}
 
 
-def timing(merger: NeuralMerger, *, repeats: int = 7) -> dict:
+def timing(merger: NeuralMerger, *, repeats: int = 7) -> dict[str, float]:
     """Per-bracket milliseconds at 1080p (median): encoding, network, fused merge; classical deghost merge."""
     frames, exposures, _, _, response = dynamic_bracket(HOLDOUT_SEED, height=1080, width=1920, moving_objects=2)
     merger.response = response
     x = encode_merge_input(frames, exposures, response)
     name = merger.input_name
 
-    def med(fn):
+    def med(fn: Callable[[], object]) -> float:
         return median_ms(fn, repeats)
 
     prob = merger.weights(frames, exposures, bits=8)
@@ -89,7 +94,7 @@ def timing(merger: NeuralMerger, *, repeats: int = 7) -> dict:
     return {k: round(v, 2) for k, v in result.items()}
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
 

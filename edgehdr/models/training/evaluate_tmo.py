@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +24,8 @@ from edgehdr.timing import median_ms
 __all__ = ["evaluate", "main"]
 
 
-def evaluate(scenes: int = 24, *, model="tmo_net", int8=None, teacher_steps: int = 60) -> dict:
+def evaluate(scenes: int = 24, *, model: str | os.PathLike[str] = "tmo_net", int8: str | os.PathLike[str] | None = None,
+             teacher_steps: int = 60) -> dict[str, Any]:
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
     from edgehdr.quality import tmqi
@@ -34,13 +38,16 @@ def evaluate(scenes: int = 24, *, model="tmo_net", int8=None, teacher_steps: int
     quant = NeuralToneMapper(OnnxRuntimeRunner(int8).load(), time_constant_s=0.0) if int8 else None
     rows: dict[str, list] = {k: [] for k in ("teacher", "student", "student_int8", "reinhard", "reinhard_local",
                                              "drago", "parametric")}
+    teacher: Callable[..., tuple[np.ndarray, float]] | None
     try:
         import torch  # noqa: F401 - the teacher needs the training extra
 
         from edgehdr.models.training.torch_ops import to_nchw
         from edgehdr.models.training.train_tmo import teacher_grid
+
+        teacher = teacher_grid
     except ImportError:
-        teacher_grid = None
+        teacher = None
     for i in range(scenes):
         rad = make_scene(100_000 + i, 256, 384).radiance
         rows["student"].append(tmqi(rad, student(rad)).Q)
@@ -50,9 +57,9 @@ def evaluate(scenes: int = 24, *, model="tmo_net", int8=None, teacher_steps: int
         rows["reinhard_local"].append(tmqi(rad, reinhard_local(rad)).Q)
         rows["drago"].append(tmqi(rad, drago(rad)).Q)
         rows["parametric"].append(tmqi(rad, parametric(rad)).Q)
-        if teacher_grid is not None:
+        if teacher is not None:
             _, key, blocks = encode_tmo_input(rad)
-            grid, _ = teacher_grid({"radiance": to_nchw(rad), "key": key}, steps=teacher_steps)
+            grid, _ = teacher({"radiance": to_nchw(rad), "key": key}, steps=teacher_steps)
             rows["teacher"].append(tmqi(rad, apply_parameter_grid(rad, grid, key_log2=key, blocks=blocks)).Q)
     quality = {k: {"mean_tmqi": float(np.mean(v)), "min_tmqi": float(np.min(v))} for k, v in rows.items() if v}
     # Speed at 1080p.
@@ -82,7 +89,7 @@ def evaluate(scenes: int = 24, *, model="tmo_net", int8=None, teacher_steps: int
     return {"scenes": scenes, "quality": quality, "speed_1080p": speed, "mean_frame_step_codes": flicker}
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.evaluate_tmo")
     p.add_argument("--scenes", type=int, default=24)
     p.add_argument("--model", default="tmo_net")

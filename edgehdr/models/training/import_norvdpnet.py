@@ -15,6 +15,7 @@ scores each image at its own size, as the authors' evaluation does).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgehdr.models.training.nets import load_norvdpnet_checkpoint
@@ -25,7 +26,7 @@ __all__ = ["main"]
 HDR_CHECKPOINTS = ("jpg_xt", "itmo", "hdr")
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.import_norvdpnet",
                                 description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", type=Path, help="the authors' .pth (e.g. weights_nor_tmo.pth)")
@@ -43,7 +44,8 @@ def main(argv=None) -> int:
     shape = (1, model.in_channels, args.height, args.width)
     export_scorer(model, args.out, model_name=args.out.stem, input_shape=shape, dynamic_hw=args.dynamic,
                   encoding=encoding, extra_metadata={"edgehdr.checkpoint": args.checkpoint.name})
-    print(f"wrote {args.out} ({encoding} encoding, input {'1x%dxHxW' % model.in_channels if args.dynamic else shape})")
+    described = f"1x{model.in_channels}xHxW" if args.dynamic else shape
+    print(f"wrote {args.out} ({encoding} encoding, input {described})")
     return 0
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgehdr.hdr.crf import CameraResponse
 
 __all__ = ["dynamic_bracket"]
 
 
 def dynamic_bracket(seed: int, *, height: int = 544, width: int = 960, moving_objects: int | None = None,
-                    speed_fraction: float | None = None, shake_px: float = 3.0):
+                    speed_fraction: float | None = None, shake_px: float = 3.0
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, CameraResponse]:
     """A captured, MTB-aligned 3-exposure bracket of a synthetic scene: ``(frames, exposures, truth, mask,
     response)`` with the exact radiance of the reference frame as ``truth``."""
     from edgehdr.hdr.align import align_mtb

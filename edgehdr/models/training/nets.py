@@ -8,16 +8,19 @@ instead of fully connected layers, sigmoid output mapped into physical ranges.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, TMO_INPUT_SHAPE
 
-__all__ = ["TMONet", "DimmingNet", "MergeNet", "NoRVDPNet", "load_norvdpnet_checkpoint", "count_parameters", "count_macs"]
+__all__ = ["TMONet", "DimmingNet", "MergeNet", "NoRVDPNet", "load_norvdpnet_checkpoint", "count_parameters",
+           "count_macs"]
 
 
-def _conv(cin, cout, stride=1):
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU(inplace=True))
 
 
@@ -31,7 +34,7 @@ class TMONet(nn.Module):
     global operator's defaults (alpha 0.8, s 0, gamma 0.8).
     """
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32) -> None:
         super().__init__()
         self.encoder = nn.Sequential(_conv(1, 8, 2), _conv(8, 16, 2), _conv(16, width, 2), _conv(width, width, 2))
         self.local = nn.Sequential(_conv(width, width), nn.Conv2d(width, width, 3, padding=1))
@@ -62,11 +65,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape) -> int:
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-accumulates of one forward pass (convolutions and linear layers), by forward hooks."""
     total = 0
 
-    def hook(module, inputs, output):
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
         if isinstance(module, nn.Conv2d):
             k = module.kernel_size[0] * module.kernel_size[1] * (module.in_channels // module.groups)
@@ -95,7 +98,7 @@ class DimmingNet(nn.Module):
     to (a receptive field of +-4 zones); a 1 x 1 head and a sigmoid give the light fraction.
     """
 
-    def __init__(self, rows: int, cols: int, width: int = 32):
+    def __init__(self, rows: int, cols: int, width: int = 32) -> None:
         super().__init__()
         self.rows, self.cols = rows, cols
         self.down = nn.Sequential(_conv(3, 16), _conv(16, 24, 2), _conv(24, width, 2))
@@ -120,7 +123,7 @@ class MergeNet(nn.Module):
     merge without deghosting (Kalantari & Ramamoorthi 2017, weight-estimation variant).
     """
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 16) -> None:
         super().__init__()
         w1, w2, w3 = width, width * 3 // 2, width * 2
         self.enc1 = _conv(12, w1, 2)
@@ -147,23 +150,23 @@ class MergeNet(nn.Module):
 class _BlockQ(nn.Module):
     """3 x 3 convolution + ReLU; the attribute name ``conv`` keeps the authors' parameter names."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU())
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
 
 
 class _Regressor(nn.Module):
     """Global mean pool -> Linear -> ReLU -> Linear -> sigmoid (the authors' ``Regressor``)."""
 
-    def __init__(self, features: int, hidden: int, outputs: int = 1):
+    def __init__(self, features: int, hidden: int, outputs: int = 1) -> None:
         super().__init__()
         self.regressor = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, outputs),
                                        nn.Sigmoid())
 
-    def forward(self, features):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.regressor(features.mean(dim=(2, 3)))
 
 
@@ -182,7 +185,7 @@ class NoRVDPNet(nn.Module):
     at ``width_scale = 1`` (``load_norvdpnet_checkpoint``).
     """
 
-    def __init__(self, in_channels: int = 1, width_scale: float = 1.0):
+    def __init__(self, in_channels: int = 1, width_scale: float = 1.0) -> None:
         super().__init__()
         widths = [max(1, int(round(w * width_scale))) for w in NORVDPNET_WIDTHS]
         layers, cin = [], in_channels
@@ -199,7 +202,7 @@ class NoRVDPNet(nn.Module):
         return self.regressor(self.conv(image))
 
 
-def load_norvdpnet_checkpoint(path) -> NoRVDPNet:
+def load_norvdpnet_checkpoint(path: str | os.PathLike[str]) -> NoRVDPNet:
     """The authors' checkpoint (a dict with ``model``, or a bare state dict) in a ``NoRVDPNet``, strictly loaded.
 
     ``torch.load(..., weights_only=True)``: no pickled code runs. The input channels

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 __all__ = ["export_onnx", "write_training_log"]
 
 
-def export_onnx(model: torch.nn.Module, path, *, input_shape, input_name: str, output_name: str, model_name: str,
-                metadata: dict, recipe: str, build_flags: dict | None = None, dynamic_hw: bool = False) -> Path:
+def export_onnx(model: torch.nn.Module, path: str | os.PathLike[str], *, input_shape: Sequence[int], input_name: str,
+                output_name: str, model_name: str, metadata: dict[str, Any], recipe: str,
+                build_flags: dict[str, Any] | None = None, dynamic_hw: bool = False) -> Path:
     """Export ``model`` at ``input_shape`` (opset 17) with ``metadata`` as ONNX model properties.
 
     The model is checked by ``export.checks.check_model`` (static shapes unless
@@ -46,7 +50,8 @@ def export_onnx(model: torch.nn.Module, path, *, input_shape, input_name: str, o
     return path
 
 
-def write_training_log(path, model: torch.nn.Module, input_shape, **figures) -> dict:
+def write_training_log(path: str | os.PathLike[str], model: torch.nn.Module, input_shape: Sequence[int],
+                       **figures: Any) -> dict[str, Any]:
     """The recipe's log (parameters, MAC per forward pass at ``input_shape``, PyTorch version and ``figures``)
     written atomically as JSON; returns it."""
     from edgehdr.io.atomic import write_text_atomic

@@ -25,7 +25,7 @@ _TMQI_LUMA = (0.213, 0.715, 0.072)
 
 def box_symmetric(x: torch.Tensor, r: int) -> torch.Tensor:
     """Normalised (2r+1)^2 box filter with OpenCV's BORDER_REFLECT (edge pixel repeated) on (B, C, H, W)."""
-    def pad(t, dim):
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
         n = t.shape[dim]
         if r > n:
             raise ValueError(f"box radius {r} exceeds the size {n}")
@@ -80,18 +80,18 @@ def apply_grid_torch(radiance: torch.Tensor, params: torch.Tensor, key_log2: tor
     return srgb_encode_torch(ld * ratio.pow(gamma))
 
 
-def _gauss_1d(dtype):
+def _gauss_1d(dtype: torch.dtype) -> torch.Tensor:
     n, sigma = TMQI_CONSTANTS["window_size"], TMQI_CONSTANTS["window_sigma"]
     x = torch.arange(n, dtype=dtype) - (n - 1) / 2
     k = torch.exp(-(x * x) / (2 * sigma * sigma))
     return k / k.sum()
 
 
-def _norm_cdf(x, mu, sigma):
+def _norm_cdf(x: torch.Tensor, mu: float, sigma: float) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf((x - mu) / (sigma * math.sqrt(2.0))))
 
 
-def _downsample2(x):
+def _downsample2(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[2:]
     if h % 2 or w % 2:  # MATLAB 'symmetric' padding on the far side only matters for odd sizes
         x = torch.cat([x, x[:, :, -1:, :]], 2) if h % 2 else x
@@ -99,7 +99,7 @@ def _downsample2(x):
     return F.avg_pool2d(x, 2)
 
 
-def _beta_log_pdf(x, a, b):
+def _beta_log_pdf(x: torch.Tensor, a: float, b: float) -> torch.Tensor:
     log_beta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
     x = x.clamp(1e-12, 1 - 1e-12)
     return (a - 1) * torch.log(x) + (b - 1) * torch.log1p(-x) - log_beta
@@ -135,7 +135,7 @@ def tmqi_torch(hdr: torch.Tensor, sdr_codes: torch.Tensor) -> torch.Tensor:
     kx = g.view(1, 1, 1, n).repeat(5, 1, 1, 1)
     ky = g.view(1, 1, n, 1).repeat(5, 1, 1, 1)
 
-    def filt5(x):  # zero-padded 'same' correlation, MATLAB filter2 as in the reference
+    def filt5(x: torch.Tensor) -> torch.Tensor:  # zero-padded 'same' correlation, MATLAB filter2 as in the reference
         x = F.conv2d(x, kx, padding=(0, n // 2), groups=5)
         return F.conv2d(x, ky, padding=(n // 2, 0), groups=5)
 

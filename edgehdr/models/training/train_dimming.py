@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,19 +46,20 @@ MODELS_DIR = Path(__file__).resolve().parent.parent
 BUDGETS = ("none", "max", "sqrt", "mean")  # teacher runs per scene: no limit, then each heuristic's power
 
 
-def training_layout(rows: int = 18, cols: int = 32, width_px: int = 640, height_px: int = 360, **kw) -> LedLayout:
+def training_layout(rows: int = 18, cols: int = 32, width_px: int = 640, height_px: int = 360,
+                    **kw: Any) -> LedLayout:
     return LedLayout(rows=rows, cols=cols, width_px=width_px, height_px=height_px, source="train_dimming", **kw)
 
 
-def dimming_scenes(count: int, layout: LedLayout, *, seed: int = 0) -> list[dict]:
+def dimming_scenes(count: int, layout: LedLayout, *, seed: int = 0) -> list[dict[str, Any]]:
     """Scenes on the panel with each budget's power (1 for 'none') and the runtime's encoding at that budget."""
     from edgehdr.synth import make_scene
 
     out = []
     for i in range(count):
         target = display_target(make_scene(seed + i, layout.height_px, layout.width_px).radiance, layout)
-        budgets = {"none": 1.0}
-        inits = {"none": None}
+        budgets: dict[str, float] = {"none": 1.0}
+        inits: dict[str, np.ndarray | None] = {"none": None}
         for h in BUDGETS[1:]:
             light = zone_light(target, layout, h)
             budgets[h], inits[h] = power_fraction(light, layout), light
@@ -81,7 +85,7 @@ def pu21_torch(y: torch.Tensor, variant: str = "banding_glare") -> torch.Tensor:
 class DisplayTwin:
     """PyTorch twin of ``BacklightModel.simulate`` + ideal LCD (clip to [leak b, b]) for a Gaussian PSF."""
 
-    def __init__(self, layout: LedLayout):
+    def __init__(self, layout: LedLayout) -> None:
         if layout.psf_model != "gaussian":
             raise NotImplementedError("the training twin models a Gaussian PSF; measured PSFs train on "
                                       "the teacher term only (--display-weight 0)")
@@ -105,8 +109,9 @@ class DisplayTwin:
         return ((pu21_torch(shown) - target_pu) ** 2).mean(dim=(1, 2, 3))
 
 
-def train_student(scenes, teacher: dict, layout: LedLayout, *, epochs: int = 60, batch: int = 8, lr: float = 3e-3,
-                  distill: float = 200.0, seed: int = 0, log=print):
+def train_student(scenes: Sequence[Mapping[str, Any]], teacher: Mapping[str, np.ndarray], layout: LedLayout, *,
+                  epochs: int = 60, batch: int = 8, lr: float = 3e-3, distill: float = 200.0, seed: int = 0,
+                  log: Callable[[str], object] = print) -> tuple[DimmingNet, list[dict[str, float]]]:
     """Adam on the PU21 display error of the budgeted light plus ``distill`` x MSE to the teacher's light.
 
     ``teacher[kind]`` is (scenes, R, C) for the budget kinds that have a teacher; every (scene, budget)
@@ -150,7 +155,8 @@ def train_student(scenes, teacher: dict, layout: LedLayout, *, epochs: int = 60,
     return model.eval(), history
 
 
-def export_dimming(model: DimmingNet, layout: LedLayout, path, *, extra_metadata: dict | None = None) -> Path:
+def export_dimming(model: DimmingNet, layout: LedLayout, path: str | os.PathLike[str], *,
+                   extra_metadata: dict[str, Any] | None = None) -> Path:
     """ONNX export (``zone_stats`` -> ``light``, the layout and encoding in metadata), checked, with a manifest."""
     shape = (1, INPUT_CHANNELS, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION)
     meta = {"edgehdr.preprocess": "dimming_zone_stats",
@@ -165,7 +171,7 @@ def export_dimming(model: DimmingNet, layout: LedLayout, path, *, extra_metadata
                        build_flags={"layout": model_layout_metadata(layout)})
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.train_dimming",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=18)

@@ -8,8 +8,8 @@
    runtime's own exposure-matched MTB (so the residual misalignment is real); the
    exact radiance of the reference frame is the ground truth.
 2. ``MergeNet`` on the runtime's encoding (``edgehdr.hdr.neural_merge``), rendered by a
-   PyTorch twin of the fused weighted-merge kernel (with its per-pixel consistency gate) on 256 x 256 crops (half of them on
-   moving objects), loss: squared error of the tutorial's mu-law (mu = 5000) of the
+   PyTorch twin of the fused weighted-merge kernel (with its per-pixel consistency gate)
+   on 256 x 256 crops (half of them on moving objects), loss: squared error of the tutorial's mu-law (mu = 5000) of the
    merge against the ground truth, both normalised by the truth's 99.9th-percentile
    luminance (Kalantari & Ramamoorthi 2017).
 3. Export to ONNX (``bracket`` -> ``weights``) with a manifest into ``edgehdr/models``.
@@ -20,8 +20,11 @@ Everything is seeded; a run on the same versions reproduces the weights.
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +43,8 @@ MODELS_DIR = Path(__file__).resolve().parent.parent
 CROP = 256  # full-resolution crop; the network sees CROP/2 (the working size is half of 544 x 960)
 
 
-def merge_samples(seeds, *, log=None, **kwargs) -> list[dict]:
+def merge_samples(seeds: Sequence[int], *, log: Callable[[str], object] | None = None,
+                  **kwargs: Any) -> list[dict[str, Any]]:
     """Training samples: the runtime encoding, the aligned codes in exposure order, truth and normaliser."""
     from edgehdr.quality.metrics import robust_peak
 
@@ -59,7 +63,7 @@ def merge_samples(seeds, *, log=None, **kwargs) -> list[dict]:
 
 
 def merge_twin(logits: torch.Tensor, log_rad: torch.Tensor, valid: torch.Tensor, fallback: torch.Tensor,
-               size) -> torch.Tensor:
+               size: tuple[int, int]) -> torch.Tensor:
     """PyTorch twin of the fused merge kernel: softmax weights upsampled bilinearly (half-pixel centres)
     to ``size``; ``log_rad``, ``valid`` (N, 3 frames, 3 channels, H, W); returns radiance (N, 3, H, W)."""
     prob = F.interpolate(torch.softmax(logits, dim=1), size=size, mode="bilinear", align_corners=False)
@@ -70,7 +74,7 @@ def merge_twin(logits: torch.Tensor, log_rad: torch.Tensor, valid: torch.Tensor,
     return torch.exp(torch.where(usable, num / den.clamp_min(1e-8), fallback))
 
 
-def _crop_tensors(sample, oy, ox, vtab):
+def _crop_tensors(sample: dict[str, Any], oy: int, ox: int, vtab: np.ndarray) -> tuple[np.ndarray, ...]:
     codes = sample["codes"][:, oy:oy + CROP, ox:ox + CROP]  # (3 frames, h, w, 3) exposure order
     z = codes.transpose(0, 3, 1, 2).astype(np.int64)  # (3, 3 ch, h, w)
     lut = sample["log_lut"]
@@ -89,12 +93,13 @@ def _crop_tensors(sample, oy, ox, vtab):
     return x, log_rad.astype(np.float32), valid.astype(np.float32), fallback.astype(np.float32), truth, norm
 
 
-def _mu_law(h):
+def _mu_law(h: torch.Tensor) -> torch.Tensor:
     return torch.log1p(MU_LAW_MU * h.clamp(0.0, 1.0)) / np.log1p(MU_LAW_MU)
 
 
-def train_merge(samples: list[dict], *, epochs: int = 40, crops_per_sample: int = 2, batch: int = 8,
-                lr: float = 2e-3, width: int = 16, seed: int = 0, log=print) -> tuple[MergeNet, list]:
+def train_merge(samples: list[dict[str, Any]], *, epochs: int = 40, crops_per_sample: int = 2, batch: int = 8,
+                lr: float = 2e-3, width: int = 16, seed: int = 0,
+                log: Callable[[str], object] = print) -> tuple[MergeNet, list[dict[str, float]]]:
     """Adam on the mu-law squared error of the twin's merge; half the crops centred on moving objects."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -136,7 +141,8 @@ def train_merge(samples: list[dict], *, epochs: int = 40, crops_per_sample: int 
     return model.eval(), history
 
 
-def export_merge(model: MergeNet, path, *, extra_metadata: dict | None = None) -> Path:
+def export_merge(model: MergeNet, path: str | os.PathLike[str], *,
+                 extra_metadata: dict[str, Any] | None = None) -> Path:
     """ONNX export (``bracket`` -> ``weights``), the encoding in metadata, checked, with a manifest."""
     meta = {"edgehdr.preprocess": "merge_bracket",
             "edgehdr.encoding": "input: 3 frames sorted by exposure (short, reference, long), area-resampled to "
@@ -149,7 +155,7 @@ def export_merge(model: MergeNet, path, *, extra_metadata: dict | None = None) -
                        model_name="merge_net", metadata=meta, recipe="train_merge")
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.train_merge",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--brackets", type=int, default=120)

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +42,9 @@ MODELS_DIR = Path(__file__).resolve().parent.parent
 HOLDOUT_SEED = 100_000
 
 
-def score_dataset(scenes: int, variants: int, *, seed: int = 0, height: int = 256, width: int = 384, log=None):
+def score_dataset(scenes: int, variants: int, *, seed: int = 0, height: int = 256, width: int = 384,
+                  log: Callable[[str], object] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Inputs (N, 1, 128, 192) float32, TMQI labels (N,), scene index (N,) and descriptions."""
     from edgehdr.quality import tmqi
     from edgehdr.synth import make_scene
@@ -65,7 +70,8 @@ def predict(model: NoRVDPNet, x: np.ndarray, batch: int = 64) -> np.ndarray:
 
 
 def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int = 16, lr: float = 1e-3,
-                 width_scale: float = 0.25, seed: int = 0, log=print) -> tuple[NoRVDPNet, list]:
+                 width_scale: float = 0.25, seed: int = 0,
+                 log: Callable[[str], object] = print) -> tuple[NoRVDPNet, list[dict[str, float]]]:
     """Adam on the squared error to TMQI, cosine learning rate, random horizontal flips."""
     torch.manual_seed(seed)
     model = NoRVDPNet(width_scale=width_scale)
@@ -97,8 +103,9 @@ def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int =
     return model.eval(), history
 
 
-def export_scorer(model: NoRVDPNet, path, *, extra_metadata: dict | None = None, model_name: str = "norvdpnet_tmo",
-                  input_shape=SCORE_INPUT_SHAPE, dynamic_hw: bool = False, encoding: str = "sdr") -> Path:
+def export_scorer(model: NoRVDPNet, path: str | os.PathLike[str], *, extra_metadata: dict[str, Any] | None = None,
+                  model_name: str = "norvdpnet_tmo", input_shape: Sequence[int] = SCORE_INPUT_SHAPE,
+                  dynamic_hw: bool = False, encoding: str = "sdr") -> Path:
     """ONNX export (``image`` -> ``quality``), the encoding in metadata, checked, with a manifest."""
     text = {"sdr": "input: PIL 'L' luma of 8-bit sRGB / 255, ^2.2, 2x-1 (range [-1, 1]), area-resampled to the "
                    "input size; output: quality in [0, 1] (norvdpnet_tmo: a TMQI estimate, higher is better)",
@@ -110,7 +117,8 @@ def export_scorer(model: NoRVDPNet, path, *, extra_metadata: dict | None = None,
                        build_flags={"width_scale": model.width_scale})
 
 
-def _load_or_make(work: Path, name: str, scenes: int, variants: int, seed: int):
+def _load_or_make(work: Path, name: str, scenes: int, variants: int,
+                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     cache = work / f"{name}_{scenes}x{variants}_{seed}.npz"
     if cache.is_file():
         d = np.load(cache)
@@ -120,7 +128,7 @@ def _load_or_make(work: Path, name: str, scenes: int, variants: int, seed: int):
     return x, y, owner
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.train_norvdpnet",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--scenes", type=int, default=160)

@@ -18,8 +18,11 @@ Everything is seeded; a run on the same versions reproduces the weights.
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +39,7 @@ _LO = torch.tensor([r[0] for r in PARAM_RANGES]).view(1, 3, 1, 1)
 _SPAN = torch.tensor([r[1] - r[0] for r in PARAM_RANGES]).view(1, 3, 1, 1)
 
 
-def tmo_scenes(count: int, *, seed: int = 0, height: int = 192, width: int = 288) -> list[dict]:
+def tmo_scenes(count: int, *, seed: int = 0, height: int = 192, width: int = 288) -> list[dict[str, Any]]:
     """Scenes with the network input computed by the runtime's own encoder."""
     from edgehdr.synth import make_scene
 
@@ -48,15 +51,18 @@ def tmo_scenes(count: int, *, seed: int = 0, height: int = 192, width: int = 288
     return out
 
 
-def _tv(grid):
+def _tv(grid: torch.Tensor) -> torch.Tensor:
     return ((grid[..., 1:, :] - grid[..., :-1, :]) ** 2).mean() + ((grid[..., 1:] - grid[..., :-1]) ** 2).mean()
 
 
-def teacher_grid(scene: dict, *, steps: int = 60, lr: float = 0.08, smooth: float = 0.01) -> tuple[np.ndarray, float]:
+def teacher_grid(scene: dict[str, Any], *, steps: int = 60, lr: float = 0.08,
+                 smooth: float = 0.01) -> tuple[np.ndarray, float]:
     """Per-image optimisation of the parameter grid maximising TMQI (minus a small smoothness term).
 
     Returns the grid (3, 8, 14) in physical units and its TMQI (differentiable twin).
     """
+    if steps < 1:
+        raise ValueError(f"teacher_grid needs steps >= 1, got {steps}")
     start = torch.tensor([0.8, 0.0, 0.8]).view(1, 3, 1, 1)
     frac = (start - _LO) / _SPAN
     raw = torch.log(frac / (1 - frac)).expand(1, 3, *TMO_GRID_SHAPE[2:]).clone().requires_grad_(True)
@@ -72,11 +78,14 @@ def teacher_grid(scene: dict, *, steps: int = 60, lr: float = 0.08, smooth: floa
         opt.zero_grad()
         loss.backward()
         opt.step()
+    if best is None:  # TMQI was NaN at every step: there is no grid to return
+        raise ValueError(f"teacher optimisation found no finite TMQI in {steps} steps (scene key {scene['key']})")
     return best[0].numpy(), best_q
 
 
-def train_student(scenes: list[dict], teacher: np.ndarray, *, epochs: int = 30, batch: int = 8, lr: float = 3e-3,
-                  distill: float = 1.0, width: int = 32, seed: int = 0, log=print) -> tuple[TMONet, list]:
+def train_student(scenes: list[dict[str, Any]], teacher: np.ndarray, *, epochs: int = 30, batch: int = 8,
+                  lr: float = 3e-3, distill: float = 1.0, width: int = 32, seed: int = 0,
+                  log: Callable[[str], object] = print) -> tuple[TMONet, list[dict[str, float]]]:
     """Adam on ``(1 - TMQI(render(student))) + distill * ||(student - teacher) / range||^2``."""
     torch.manual_seed(seed)
     model = TMONet(width)
@@ -109,7 +118,7 @@ def train_student(scenes: list[dict], teacher: np.ndarray, *, epochs: int = 30, 
     return model.eval(), history
 
 
-def export_tmo(model: TMONet, path, *, extra_metadata: dict | None = None) -> Path:
+def export_tmo(model: TMONet, path: str | os.PathLike[str], *, extra_metadata: dict[str, Any] | None = None) -> Path:
     """ONNX export (opset 17, fixed names and shapes, encoding in metadata), checked, with a manifest."""
     meta = {"edgehdr.preprocess": "tmo_log_luminance",
             "edgehdr.encoding": "input: 4x4 block-mean Rec.709 luminance, area-resampled to 128x224, "
@@ -120,7 +129,7 @@ def export_tmo(model: TMONet, path, *, extra_metadata: dict | None = None) -> Pa
                        model_name="tmo_net", metadata=meta, recipe="train_tmo")
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.train_tmo", description=__doc__.split("\n")[0])
     p.add_argument("--scenes", type=int, default=192)
     p.add_argument("--teacher-steps", type=int, default=60)
@@ -153,9 +162,9 @@ def main(argv=None) -> int:
     model, history = train_student(scenes, teacher, epochs=args.epochs, seed=args.seed, width=args.width,
                                    distill=args.distill)
     t_total = time.perf_counter() - t0
-    export_tmo(model, args.out, extra_metadata={"edgehdr.recipe": f"train_tmo --scenes {args.scenes} --teacher-steps "
-                                                                  f"{args.teacher_steps} --epochs {args.epochs} "
-                                                                  f"--seed {args.seed} --width {args.width} --distill {args.distill}"})
+    export_tmo(model, args.out, extra_metadata={
+        "edgehdr.recipe": f"train_tmo --scenes {args.scenes} --teacher-steps {args.teacher_steps} "
+                          f"--epochs {args.epochs} --seed {args.seed} --width {args.width} --distill {args.distill}"})
     log = write_training_log(args.work / "train_tmo_log.json", model, TMO_INPUT_SHAPE, history=history,
                              teacher_mean_tmqi=float(np.mean(teacher_q)), teacher_seconds=round(t_teacher, 1),
                              total_seconds=round(t_total, 1))
