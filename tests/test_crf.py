@@ -101,3 +101,14 @@ def test_calibration_input_validation():
         calibrate_debevec(frames, [1.0, 1.0])
     with pytest.raises(ValueError, match="at least two exposures"):
         calibrate_debevec(frames[:1], [1.0])
+
+
+def test_debevec_on_frames_smaller_than_the_sample_count():
+    # 24 x 24 = 576 pixels, fewer than half the default sample count: this once failed to broadcast.
+    scene = make_scene(2, 48, 48)
+    shot = capture_bracket(scene, suggest_exposures(scene.radiance, 3, 2.0), seed=2)
+    frames = np.ascontiguousarray(shot.bracket.frames[:, 12:36, 12:36])
+    estimate = calibrate_debevec(frames, shot.bracket.relative_exposure)
+    assert estimate.inverse_lut.shape[-1] == 256
+    assert np.all(np.diff(estimate.inverse_lut, axis=-1) >= 0)
+    assert _log_rms_error(estimate, shot.response, frames=frames) < 0.3
