@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edgehdr.timing import time_calls as time_runs  # one timing helper for every benchmark
+
+if TYPE_CHECKING:
+    from edgehdr.infer.base import PathLike, Runner
+    from export.shapes import ShapeOverrides
 
 __all__ = ["bench", "print_bench", "time_runs"]
 
 
-def _artefacts(target) -> list[Path]:
+def _artefacts(target: PathLike) -> list[Path]:
     target = Path(target)
     if target.is_dir():
         found = sorted(p for p in target.iterdir() if p.suffix in (".onnx", ".engine") and not p.name.startswith("."))
@@ -21,7 +28,7 @@ def _artefacts(target) -> list[Path]:
     return [target]
 
 
-def _backends_for(path: Path) -> list[tuple[str, object]]:
+def _backends_for(path: Path) -> list[tuple[str, Callable[[], Runner]]]:
     """(label, factory) for every backend present that can run ``path``."""
     if path.suffix == ".engine":
         from edgehdr.infer.trt import TensorRTRunner
@@ -31,7 +38,7 @@ def _backends_for(path: Path) -> list[tuple[str, object]]:
 
     from edgehdr.infer.ort import OnnxRuntimeRunner
 
-    out = [("ort-cpu", lambda: OnnxRuntimeRunner(path, providers="cpu"))]
+    out: list[tuple[str, Callable[[], Runner]]] = [("ort-cpu", lambda: OnnxRuntimeRunner(path, providers="cpu"))]
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" in available:
         out.append(("ort-cuda", lambda: OnnxRuntimeRunner(path, providers=["CUDAExecutionProvider",
@@ -46,12 +53,12 @@ def _backends_for(path: Path) -> list[tuple[str, object]]:
     return out
 
 
-def _bench_inputs(artefacts, shapes) -> None:
+def _bench_inputs(artefacts: Sequence[Path], shapes: Mapping[str, Sequence[int]]) -> None:
     """Refuse unreadable artefacts, and ``--shape`` names no benchmarked ONNX model has, before timing anything."""
     from export.checks import load_model, require_engine
     from export.shapes import model_inputs
 
-    names = set()
+    names: set[str] = set()
     for path in artefacts:
         if path.suffix == ".onnx":
             names |= {v.name for v in model_inputs(load_model(path, check=True))}
@@ -62,8 +69,8 @@ def _bench_inputs(artefacts, shapes) -> None:
         raise ValueError(f"--shape for {unknown}, but the inputs of the models are {sorted(names)}")
 
 
-def bench(target, *, runs: int = 50, warmup: int = 5, threads: int = 0, opencv: bool = True,
-          shapes=None) -> list[dict]:
+def bench(target: PathLike, *, runs: int = 50, warmup: int = 5, threads: int = 0, opencv: bool = True,
+          shapes: ShapeOverrides | None = None) -> list[dict[str, Any]]:
     """Latency and throughput of every artefact under every backend present, with OpenCV DNN on FP32 ONNX
     models as the independent baseline measured in the same run (ratio = OpenCV median / this median).
     ``shapes`` (``{input: dims}``, ``export.shapes``) fixes dynamic input dimensions of the random feeds."""
@@ -71,11 +78,11 @@ def bench(target, *, runs: int = 50, warmup: int = 5, threads: int = 0, opencv: 
 
     from export.shapes import overrides, resolve_shape
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     rng = np.random.default_rng(0)
-    shapes = overrides(shapes)
+    fixed = overrides(shapes)
     artefacts = _artefacts(target)
-    _bench_inputs(artefacts, shapes)
+    _bench_inputs(artefacts, fixed)
     for path in artefacts:
         for label, factory in _backends_for(path):
             try:
@@ -87,10 +94,10 @@ def bench(target, *, runs: int = 50, warmup: int = 5, threads: int = 0, opencv: 
                 rows.append({"artefact": path.name, "backend": label, "error": str(exc).splitlines()[0]})
                 continue
             try:
-                feed = {t.name: rng.random(resolve_shape(t.name, t.shape, shapes, label=path, why="bench"),
+                feed = {t.name: rng.random(resolve_shape(t.name, t.shape, fixed, label=path, why="bench"),
                                            dtype=np.float32)
                         for t in runner.describe().inputs}
-                stats = time_runs(lambda runner=runner, feed=feed: runner.run(feed), runs, warmup)
+                stats = time_runs(functools.partial(runner.run, feed), runs, warmup)
             finally:
                 runner.close()
             rows.append({"artefact": path.name, "backend": label, **stats})
@@ -102,7 +109,7 @@ def bench(target, *, runs: int = 50, warmup: int = 5, threads: int = 0, opencv: 
             except cv2.error as exc:
                 rows.append({"artefact": path.name, "backend": "opencv-dnn", "error": str(exc).splitlines()[0]})
                 continue
-            x = rng.random(_first_input_shape(path, shapes), dtype=np.float32)
+            x = rng.random(_first_input_shape(path, fixed), dtype=np.float32)
 
             def cv_run(net=net, x=x):
                 net.setInput(x)
@@ -118,7 +125,7 @@ def bench(target, *, runs: int = 50, warmup: int = 5, threads: int = 0, opencv: 
     return rows
 
 
-def _first_input_shape(path, shapes=None) -> list[int]:
+def _first_input_shape(path: Path, shapes: ShapeOverrides | None = None) -> list[int]:
     import onnx
 
     from export.checks import io_specs
@@ -128,7 +135,7 @@ def _first_input_shape(path, shapes=None) -> list[int]:
     return resolve_shape(spec["name"], spec["shape"], shapes, label=path, why="bench")
 
 
-def print_bench(rows) -> None:
+def print_bench(rows: Iterable[Mapping[str, Any]]) -> None:
     print(f"{'artefact':<34} {'backend':<11} {'median ms':>9} {'p90 ms':>8} {'p99 ms':>8} {'per s':>8} "
           f"{'x OpenCV':>8}")
     for r in rows:

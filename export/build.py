@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from export.validate import COSINE_BUDGET, REL_L2_BUDGET, budget_line, validate
+
+if TYPE_CHECKING:
+    from edgehdr.infer.base import PathLike
+    from edgehdr.progress import Progress
+    from export.shapes import ShapeOverrides
 
 __all__ = ["build"]
 
@@ -21,11 +27,13 @@ def _now() -> str:
 
 
 
-def build(model, out_dir, *, precision: str = "fp32", calib: str = "synth", calib_count: int = 64,
-          holdout: str | None = None, holdout_count: int = 16, method: str = "auto", target: str = "onnx",
-          dla_core: int | None = None, workspace_mb: int = 1024, timing_cache=None, quantiser: str = "onnxruntime",
-          strongly_typed: bool | None = None, shapes=None, name: str | None = None, version: str = "0",
-          progress=None, cosine: float = COSINE_BUDGET, rel_l2: float = REL_L2_BUDGET) -> dict:
+def build(model: PathLike, out_dir: PathLike, *, precision: str = "fp32", calib: PathLike = "synth",
+          calib_count: int = 64, holdout: PathLike | None = None, holdout_count: int = 16, method: str = "auto",
+          target: str = "onnx", dla_core: int | None = None, workspace_mb: int = 1024,
+          timing_cache: PathLike | None = None, quantiser: str = "onnxruntime", strongly_typed: bool | None = None,
+          shapes: ShapeOverrides | None = None, name: str | None = None, version: str = "0",
+          progress: Progress | None = None,
+          cosine: float = COSINE_BUDGET, rel_l2: float = REL_L2_BUDGET) -> dict[str, Any]:
     """Check, simplify, convert (FP16 / INT8 Q/DQ), validate against FP32 and optionally build an engine.
 
     Writes into ``out_dir``: ``NAME.fp32.onnx`` (checked, simplified), ``NAME.fp16.onnx`` or
@@ -100,9 +108,11 @@ def build(model, out_dir, *, precision: str = "fp32", calib: str = "synth", cali
     return result
 
 
-def _build_staged(model, source, stage, out_dir, *, precision, calib, calib_count, holdout, holdout_count, method,
-                  target, dla_core, workspace_mb, timing_cache, quantiser, strongly_typed, shapes, name, version,
-                  progress, cosine, rel_l2) -> dict:
+def _build_staged(model: Path, source: Path, stage: Path, out_dir: Path, *, precision: str, calib: PathLike,
+                  calib_count: int, holdout: PathLike | None, holdout_count: int, method: str, target: str,
+                  dla_core: int | None, workspace_mb: int, timing_cache: PathLike | None, quantiser: str,
+                  strongly_typed: bool | None, shapes: dict[str, tuple[int, ...]], name: str, version: str,
+                  progress: Progress, cosine: float, rel_l2: float) -> dict[str, Any]:
     """``build``'s work, every file written into ``stage``; paths in the result are those in ``out_dir``."""
     import onnx
 
@@ -110,7 +120,7 @@ def _build_staged(model, source, stage, out_dir, *, precision, calib, calib_coun
     from export.checks import check_model, io_specs, simplify
     from export.strict_json import save_manifest
 
-    def final(path) -> Path:
+    def final(path: PathLike) -> Path:
         return out_dir / Path(path).name
 
     fp32 = stage / f"{name}.fp32.onnx"
@@ -123,10 +133,10 @@ def _build_staged(model, source, stage, out_dir, *, precision, calib, calib_coun
     progress.step(f"simplified: {slim.get('nodes_before', '?')} -> {slim.get('nodes_after', '?')} nodes")
     source_sha = sha256_file(model)
     specs = io_specs(onnx.load(str(fp32)))
-    result: dict = {"model": name, "precision": precision, "fp32_onnx": str(final(fp32))}
+    result: dict[str, Any] = {"model": name, "precision": precision, "fp32_onnx": str(final(fp32))}
     flags = {"input_shapes": {k: list(v) for k, v in shapes.items()}} if shapes else {}
 
-    def manifest(path, prec, **extra):
+    def manifest(path: Path, prec: str, **extra: Any) -> None:
         save_manifest(Manifest(model_name=name, model_version=version, artefact=Path(path).name, format="onnx",
                                precision=prec, source_onnx_sha256=source_sha, inputs=specs["inputs"],
                                outputs=specs["outputs"], created=_now(), **extra), Manifest.path_for(path))
@@ -135,14 +145,15 @@ def _build_staged(model, source, stage, out_dir, *, precision, calib, calib_coun
     held_out = holdout if holdout is not None else calib
     split, data_option = holdout is None, "--holdout" if holdout is not None else "--calib"
 
-    def checked_validation(candidate, base):
+    def checked_validation(candidate: Path, base: str) -> dict[str, Any]:
         report = validate(fp32, candidate, data=held_out, count=holdout_count, out_base=stage / base, quiet=True,
                           cosine=cosine, rel_l2=rel_l2, split=split, option=data_option)
         report["files"] = [str(final(f)) for f in report.get("files", [])]
         return report
 
     manifest(fp32, "fp32", build_flags={"simplified": slim, **flags})
-    converted, calibration = fp32, {}
+    converted = fp32
+    calibration: dict[str, Any] = {}
     if precision == "fp16":
         from export.precision import to_fp16
 
@@ -167,7 +178,7 @@ def _build_staged(model, source, stage, out_dir, *, precision, calib, calib_coun
         if problems:
             raise ValueError(f"{final(converted)}: the Q/DQ model is not fit for TensorRT: " + "; ".join(problems))
         result["tensorrt_qdq_check"] = "passed"
-    report = None
+    report: dict[str, Any] | None = None
     if converted != fp32:
         report = checked_validation(converted, f"{name}.{precision}.validation")
         manifest(converted, precision, calibration=calibration, accuracy_vs_fp32=report, build_flags=flags)

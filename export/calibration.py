@@ -62,12 +62,24 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict, overload
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import onnx
+
+    from edgehdr.bracket import Bracket
+    from edgehdr.dimming import LedLayout
+    from edgehdr.infer.base import PathLike
+    from export.shapes import ShapeOverrides
+
+    Feed: TypeAlias = dict[str, np.ndarray]  # one sample: {input name: array}
 
 __all__ = ["CALIBRATION_SEED", "HOLDOUT_SEED", "PREPROCESSING", "TENSOR_SUFFIXES", "CalibrationReader", "batches",
            "bracket_folders", "bracket_nchw", "check_source", "hdr_files", "hook_samples", "input_specs", "is_hook",
@@ -90,9 +102,11 @@ def log_encode_nchw(radiance: np.ndarray, height: int, width: int, *, stops: flo
     return np.ascontiguousarray(np.clip(enc, 0.0, 1.0).transpose(2, 0, 1)[None], dtype=np.float32)
 
 
-def bracket_nchw(bracket, height: int, width: int) -> np.ndarray:
+def bracket_nchw(bracket: Bracket, height: int, width: int) -> np.ndarray:
     """A bracket (N frames, shortest exposure first) -> (1, 3N, height, width) float32 code values in [0, 1]."""
     order = np.argsort(np.asarray(bracket.exposure_s) * np.asarray(bracket.gain))
+    if bracket.bits is None:  # Bracket() fills it in from the frames' dtype
+        raise ValueError("bracket without a bit depth: build it with edgehdr.bracket.Bracket")
     full_scale = float(2 ** bracket.bits - 1)
     planes = []
     for i in order:
@@ -102,7 +116,8 @@ def bracket_nchw(bracket, height: int, width: int) -> np.ndarray:
 
 
 def synthetic_brackets(count: int, frames: int, *, seed: int = 0, height: int = 256, width: int = 384,
-                       moving_objects: int = 0, with_truth: bool = False):
+                       moving_objects: int = 0,
+                       with_truth: bool = False) -> Iterator[Bracket | tuple[Bracket, np.ndarray]]:
     """``count`` synthetic brackets of ``frames`` exposures each (noisy, with hand shake), seeds from ``seed``;
     ``with_truth`` yields ``(bracket, exact radiance of the reference frame)``."""
     from edgehdr.synth import capture_bracket, make_scene, random_camera_motion, suggest_exposures
@@ -115,7 +130,7 @@ def synthetic_brackets(count: int, frames: int, *, seed: int = 0, height: int = 
         yield (sb.bracket, sb.radiance) if with_truth else sb.bracket
 
 
-def bracket_folders(folder):
+def bracket_folders(folder: PathLike) -> Iterator[Bracket]:
     """Brackets from the sub-folders of ``folder`` (one bracket of LDR images per sub-folder, sorted)."""
     from edgehdr.io import read_ldr_stack
 
@@ -126,15 +141,16 @@ def bracket_folders(folder):
         yield read_ldr_stack([d])
 
 
-def synthetic_hdr(count: int, *, seed: int = 0, height: int = 256, width: int = 384):
-    """``count`` synthetic scenes (radiance arrays); seeds from ``seed`` up (disjoint sets for calibration vs held-out)."""
+def synthetic_hdr(count: int, *, seed: int = 0, height: int = 256, width: int = 384) -> Iterator[np.ndarray]:
+    """``count`` synthetic scenes (radiance arrays); seeds from ``seed`` up (disjoint sets for calibration vs
+    held-out)."""
     from edgehdr.synth import make_scene
 
     for i in range(count):
         yield make_scene(seed + i, height, width).radiance
 
 
-def hdr_files(folder):
+def hdr_files(folder: PathLike) -> Iterator[np.ndarray]:
     """Radiance maps (.exr/.hdr/.pfm) in a folder, sorted by name."""
     from edgehdr.io import read_radiance
     from edgehdr.io.hdr_files import RADIANCE_SUFFIXES
@@ -147,7 +163,8 @@ def hdr_files(folder):
         yield read_radiance(p)
 
 
-def batches(images, input_name: str, shape, preprocess=None):
+def batches(images: Iterable[np.ndarray], input_name: str, shape: Sequence[int],
+            preprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Feed]:
     """Model feeds ``{input_name: array}`` from radiance images through ``preprocess``."""
     _, _, h, w = shape
     preprocess = preprocess or (lambda rad: log_encode_nchw(rad, h, w))
@@ -155,13 +172,13 @@ def batches(images, input_name: str, shape, preprocess=None):
         yield {input_name: preprocess(rad)}
 
 
-def _tmo_input(radiance, shape):
+def _tmo_input(radiance: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     from edgehdr.tonemap.neural import encode_tmo_input  # the runtime stage's own encoder
 
     return encode_tmo_input(radiance)[0]
 
 
-def dimming_layout_for(radiance, shape):
+def dimming_layout_for(radiance: np.ndarray, shape: Sequence[int]) -> LedLayout:
     """The layout a dimming model's input implies for a frame: its zone grid on a panel of the frame's size."""
     from edgehdr.dimming import LedLayout
     from edgehdr.dimming.neural import SUBDIVISION
@@ -171,7 +188,7 @@ def dimming_layout_for(radiance, shape):
                      source="calibration")
 
 
-def _dimming_input(radiance, shape):
+def _dimming_input(radiance: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     from edgehdr.dimming import display_target
     from edgehdr.dimming.neural import encode_dimming_input  # the runtime stage's own encoder
 
@@ -179,12 +196,13 @@ def _dimming_input(radiance, shape):
     return encode_dimming_input(display_target(radiance, layout), layout)
 
 
-def tone_mapped_pairs(radiance_items, count: int, *, per_scene: int = 4, seed: int = 0):
+def tone_mapped_pairs(radiance_items: Iterable[np.ndarray], count: int, *, per_scene: int = 4,
+                      seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(radiance, sdr_u8)`` pairs: each radiance map tone mapped ``per_scene`` ways (varied operators and
     parameters, ``edgehdr.quality.norvdpnet.tone_mapping_variants``), ``count`` pairs in all."""
     from edgehdr.quality.norvdpnet import tone_mapping_variants
 
-    pairs = []
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
     for i, radiance in enumerate(radiance_items):
         pairs += [(radiance, sdr) for sdr, _ in tone_mapping_variants(radiance, per_scene, seed=seed + i)]
         if len(pairs) >= count:
@@ -192,19 +210,30 @@ def tone_mapped_pairs(radiance_items, count: int, *, per_scene: int = 4, seed: i
     return pairs[:count]
 
 
-def _merge_input(item, shape):
+def _merge_input(item: tuple[Bracket, np.ndarray | None], shape: Sequence[int]) -> np.ndarray:
     from edgehdr.hdr.neural_merge import encode_merge_input  # the runtime merger's own encoder
 
     return encode_merge_input(item[0], response=MERGE_RESPONSE)
 
 
-def _score_input(pair, shape):
+def _score_input(pair: tuple[np.ndarray, np.ndarray], shape: Sequence[int]) -> np.ndarray:
     from edgehdr.quality.norvdpnet import encode_sdr  # the runtime scorer's own encoder
 
     return encode_sdr(pair[1], shape)
 
 
-PREPROCESSING = {
+class _PreprocessingRequired(TypedDict):
+    source: str  # what the items are: radiance, bracket, bracket_truth (with exact radiance), tone_mapped
+    to_nchw: Callable[[Any, Sequence[int]], np.ndarray]  # (item, input shape) -> the network's input
+
+
+class Preprocessing(_PreprocessingRequired, total=False):
+    """How calibration items become a network's input; ``synth_size`` (height, width) of synthetic scenes."""
+
+    synth_size: tuple[int, int]
+
+
+PREPROCESSING: dict[str, Preprocessing] = {
     "log_radiance": {"source": "radiance", "to_nchw": lambda item, shape: log_encode_nchw(item, shape[2], shape[3])},
     "bracket_ldr": {"source": "bracket", "to_nchw": lambda item, shape: bracket_nchw(item, shape[2], shape[3])},
     "tmo_log_luminance": {"source": "radiance", "to_nchw": _tmo_input},
@@ -215,7 +244,7 @@ PREPROCESSING = {
 MERGE_RESPONSE = "srgb"  # brackets of a folder are taken as sRGB-encoded; the synthetic camera's curve is sRGB
 
 
-def preprocessing_of(model) -> str:
+def preprocessing_of(model: onnx.ModelProto | PathLike) -> str:
     """The pre-processing a model declares in its metadata (``edgehdr.preprocess``), default ``log_radiance``."""
     import onnx
 
@@ -227,7 +256,7 @@ def preprocessing_of(model) -> str:
     return name
 
 
-def check_source(source, option: str) -> None:
+def check_source(source: PathLike, option: str) -> None:
     """``source`` is 'synth', an existing folder or a data-loader hook that imports (``option`` names it in the
     error); a hook's function is looked up, not called."""
     if source == "synth" or Path(source).is_dir():
@@ -246,10 +275,10 @@ class InputSpec(NamedTuple):
 
     name: str
     dtype: np.dtype
-    dims: list | None
+    dims: list[int | str] | None
 
 
-def input_specs(model) -> dict[str, InputSpec]:
+def input_specs(model: onnx.ModelProto | PathLike) -> dict[str, InputSpec]:
     """``{name: InputSpec}`` of the fed inputs of an ONNX model (a ModelProto or a path), in graph order."""
     import onnx
 
@@ -257,7 +286,7 @@ def input_specs(model) -> dict[str, InputSpec]:
 
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model), load_external_data=False)
-    specs = {}
+    specs: dict[str, InputSpec] = {}
     for v in model_inputs(model):
         elem = v.type.tensor_type.elem_type if v.type.HasField("tensor_type") else 0
         if not elem:
@@ -267,7 +296,7 @@ def input_specs(model) -> dict[str, InputSpec]:
     return specs
 
 
-def _fits(shape, dims) -> bool:
+def _fits(shape: Sequence[int], dims: Sequence[int | str] | None) -> bool:
     return dims is None or (len(shape) == len(dims) and
                             all(not isinstance(d, int) or d == n for d, n in zip(dims, shape)))
 
@@ -276,7 +305,7 @@ def _sample_count(array: np.ndarray, spec: InputSpec, label: str) -> int:
     """1 when ``array`` is one sample of ``spec``; K when it stacks K samples along axis 0 (the input's first
     dimension fixed at B, the array's K*B); ``ValueError`` otherwise."""
     dims = spec.dims
-    if _fits(array.shape, dims):
+    if dims is None or _fits(array.shape, dims):  # no shape in the model: anything fits
         return 1
     batch = dims[0] if dims and isinstance(dims[0], int) else None
     if batch and array.ndim == len(dims) and array.shape[0] % batch == 0 and _fits((batch, *array.shape[1:]), dims):
@@ -290,7 +319,7 @@ def _sample_count(array: np.ndarray, spec: InputSpec, label: str) -> int:
                      f"{dims} (one sample{stack}){hint}")
 
 
-def _require_inputs(label: str, present, specs: dict) -> None:
+def _require_inputs(label: str, present: Collection[str], specs: Mapping[str, InputSpec]) -> None:
     missing = [name for name in specs if name not in present]
     if missing:
         raise ValueError(f"{label}: no array named {', '.join(repr(m) for m in missing)} (model input"
@@ -298,7 +327,7 @@ def _require_inputs(label: str, present, specs: dict) -> None:
                          f"{list(specs)}: one array per input, named after it")
 
 
-def samples_of(arrays: Mapping, specs: dict, label: str) -> list[dict]:
+def samples_of(arrays: Mapping[str, np.ndarray], specs: Mapping[str, InputSpec], label: str) -> list[Feed]:
     """Samples ``{input: array}`` from one file's (or one hook dict's) arrays, checked against the model.
 
     Every model input needs an array of that name (others are ignored) with the input's
@@ -307,7 +336,7 @@ def samples_of(arrays: Mapping, specs: dict, label: str) -> list[dict]:
     hook and dict number) starts every error, which names the array, expected vs found.
     """
     _require_inputs(label, list(arrays), specs)
-    counts = {}
+    counts: dict[str, int] = {}
     for name, spec in specs.items():
         array = arrays[name]
         if array.dtype != spec.dtype:
@@ -323,11 +352,13 @@ def samples_of(arrays: Mapping, specs: dict, label: str) -> list[dict]:
     n = next(iter(counts.values()), 1)
     if n == 1:
         return [{name: np.ascontiguousarray(arrays[name]) for name in specs}]
-    return [{name: np.ascontiguousarray(arrays[name][k * spec.dims[0]:(k + 1) * spec.dims[0]])
-             for name, spec in specs.items()} for k in range(n)]
+    # n > 1: every array stacks samples, so every input's first dimension is fixed (``_sample_count``)
+    batch = {name: spec.dims[0] for name, spec in specs.items() if spec.dims and isinstance(spec.dims[0], int)}
+    return [{name: np.ascontiguousarray(arrays[name][k * batch[name]:(k + 1) * batch[name]]) for name in specs}
+            for k in range(n)]
 
 
-def tensor_files(folder) -> list[Path]:
+def tensor_files(folder: PathLike) -> list[Path]:
     """The ``.npz`` and ``.npy`` files of ``folder`` in name order (names starting with '.' skipped)."""
     return sorted(p for p in Path(folder).iterdir()
                   if p.suffix.lower() in TENSOR_SUFFIXES and not p.name.startswith(".") and p.is_file())
@@ -339,7 +370,7 @@ def _unreadable(path: Path, exc: Exception) -> ValueError:
     return ValueError(f"{path}: not a readable {path.suffix.lower()} file ({why})")
 
 
-def _file_samples(path: Path, specs: dict) -> list[dict]:
+def _file_samples(path: Path, specs: Mapping[str, InputSpec]) -> list[Feed]:
     if path.suffix.lower() == ".npy":
         if len(specs) != 1:
             raise ValueError(f"{path}: a .npy file holds one array, the model has inputs {list(specs)}: give one .npz "
@@ -362,7 +393,7 @@ def _file_samples(path: Path, specs: dict) -> list[dict]:
     return samples_of(arrays, specs, str(path))
 
 
-def tensor_folder_samples(folder, specs: dict):
+def tensor_folder_samples(folder: PathLike, specs: Mapping[str, InputSpec]) -> Iterator[tuple[Path, Feed]]:
     """``(file, sample)`` pairs from the ``.npz``/``.npy`` files of ``folder`` in name order, each file checked
     (``samples_of``) when it is reached: a consumer that stops early leaves later files unread."""
     for path in tensor_files(folder):
@@ -370,7 +401,7 @@ def tensor_folder_samples(folder, specs: dict):
             yield path, sample
 
 
-def is_hook(source) -> bool:
+def is_hook(source: PathLike) -> bool:
     """``source`` is written as a data-loader hook: ``MODULE.PATH:FUNCTION``, ``FILE.py:FUNCTION`` or ``FILE.py``."""
     text = str(source)
     if text == "synth" or Path(text).is_dir():
@@ -393,7 +424,7 @@ def _where(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{at}"
 
 
-def load_hook(spec, option: str = "--calib"):
+def load_hook(spec: PathLike, option: str = "--calib") -> Callable[[], object]:
     """The function a data-loader hook names, imported (``FILE.py`` runs once per version of the file)."""
     target, sep, function = str(spec).rpartition(":")
     if not sep:
@@ -410,6 +441,9 @@ def load_hook(spec, option: str = "--calib"):
         module = sys.modules.get(key)
         if module is None:
             loader_spec = importlib.util.spec_from_file_location(key, path)
+            if loader_spec is None or loader_spec.loader is None:
+                raise ValueError(f"{label}: {path}: Python has no loader for this file (a data-loader hook is "
+                                 "MODULE:FUNCTION or FILE.py:FUNCTION)")
             module = importlib.util.module_from_spec(loader_spec)
             try:
                 loader_spec.loader.exec_module(module)
@@ -434,7 +468,8 @@ def load_hook(spec, option: str = "--calib"):
     return fn
 
 
-def hook_samples(spec, specs: dict, *, option: str = "--calib"):
+def hook_samples(spec: PathLike, specs: Mapping[str, InputSpec], *,
+                 option: str = "--calib") -> Iterator[tuple[str, Feed]]:
     """``(label, sample)`` pairs from a data-loader hook: its function called with no arguments returns an
     iterable of dicts ``{input name: numpy array}``, each checked as a file's arrays are (``samples_of``).
     Drawn lazily: an endless generator is fine."""
@@ -445,8 +480,8 @@ def hook_samples(spec, specs: dict, *, option: str = "--calib"):
     except Exception as exc:  # user code
         raise ValueError(f"{label}: calling it raised {_where(exc)}") from exc
     if isinstance(returned, (Mapping, np.ndarray, str, bytes)) or not hasattr(returned, "__iter__"):
-        raise ValueError(f"{label}: returned {type(returned).__name__} {_short(returned)}; a hook returns an iterable (list, "
-                         "generator) of dicts {input name: numpy array}, one per sample")
+        raise ValueError(f"{label}: returned {type(returned).__name__} {_short(returned)}; a hook returns an "
+                         "iterable (list, generator) of dicts {input name: numpy array}, one per sample")
     iterator = iter(returned)
     k = 0
     while True:
@@ -461,7 +496,7 @@ def hook_samples(spec, specs: dict, *, option: str = "--calib"):
             raise ValueError(  # noqa: TRY004
                 f"{where}: a {type(item).__name__}; a hook yields one dict {{input name: numpy array}} per sample")
         _require_inputs(where, [str(key) for key in item], specs)
-        arrays = {}
+        arrays: dict[str, np.ndarray] = {}
         for name in specs:
             value = item[name]
             if not isinstance(value, np.ndarray):
@@ -478,12 +513,12 @@ def hook_samples(spec, specs: dict, *, option: str = "--calib"):
         k += 1
 
 
-def _short(value) -> str:
+def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _fingerprint(feeds) -> str:
+def _fingerprint(feeds: Iterable[Feed]) -> str:
     """sha256 over the samples as fed (names, dtypes, shapes, bytes), in order: the data set's identity."""
     digest = hashlib.sha256()
     for feed in feeds:
@@ -494,7 +529,7 @@ def _fingerprint(feeds) -> str:
     return digest.hexdigest()
 
 
-def is_tensor_source(source) -> bool:
+def is_tensor_source(source: PathLike) -> bool:
     """``source`` is data for anyone's model: a hook, or a folder holding ``.npz``/``.npy`` files."""
     if source == "synth":
         return False
@@ -503,8 +538,8 @@ def is_tensor_source(source) -> bool:
     return Path(source).is_dir() and bool(tensor_files(source))
 
 
-def user_feeds(model, source, count: int, *, role: str = "calibration", split: bool = False,
-               option: str = "--calib"):
+def user_feeds(model: onnx.ModelProto | PathLike, source: PathLike, count: int, *, role: str = "calibration",
+               split: bool = False, option: str = "--calib") -> tuple[list[Feed], dict[str, Any]]:
     """Feeds from user tensors (a ``.npz``/``.npy`` folder or a hook) for ``model`` (a ModelProto with its
     shapes already fixed, or a path) and a description for the manifest.
 
@@ -513,15 +548,18 @@ def user_feeds(model, source, count: int, *, role: str = "calibration", split: b
     samples are drawn (later files stay unread).
     """
     specs = input_specs(model)
+    stream: Iterator[tuple[str | Path, Feed]]
+    description: dict[str, Any]
     if is_hook(source):
-        stream, description = hook_samples(source, specs, option=option), {"source": str(source),
-                                                                             "format": "python hook"}
+        stream = hook_samples(source, specs, option=option)
+        description = {"source": str(source), "format": "python hook"}
     else:
         files = tensor_files(source)
         stream = tensor_folder_samples(source, specs)
         description = {"source": str(source),
                        "format": "+".join(s[1:] for s in TENSOR_SUFFIXES if any(p.suffix.lower() == s for p in files))}
-    feeds, origins = [], []
+    feeds: list[Feed] = []
+    origins: list[object] = []  # the file (or the hook and dict number) of each sample
     for index, (origin, sample) in enumerate(stream):
         if split and (index % 5 == 4) != (role == "holdout"):
             continue
@@ -542,8 +580,27 @@ def user_feeds(model, source, count: int, *, role: str = "calibration", split: b
     return feeds, description
 
 
-def model_feeds(model_path, source, count: int, *, role: str = "calibration", with_items: bool = False,
-                shapes=None, split: bool | None = None, option: str | None = None):
+class _SceneSize(TypedDict, total=False):
+    height: int
+    width: int
+
+
+@overload
+def model_feeds(model_path: PathLike, source: PathLike, count: int, *, role: str = ...,
+                with_items: Literal[False] = ..., shapes: ShapeOverrides | None = ..., split: bool | None = ...,
+                option: str | None = ...) -> tuple[list[Feed], dict[str, Any]]: ...
+
+
+@overload
+def model_feeds(model_path: PathLike, source: PathLike, count: int, *, role: str = ..., with_items: Literal[True],
+                shapes: ShapeOverrides | None = ..., split: bool | None = ...,
+                option: str | None = ...) -> tuple[list[Feed], dict[str, Any], list[Any]]: ...
+
+
+def model_feeds(model_path: PathLike, source: PathLike, count: int, *, role: str = "calibration",
+                with_items: bool = False, shapes: ShapeOverrides | None = None, split: bool | None = None,
+                option: str | None = None
+                ) -> tuple[list[Feed], dict[str, Any]] | tuple[list[Feed], dict[str, Any], list[Any]]:
     """Feeds for a model from ``source`` ('synth', a folder or a hook) and a description for the manifest.
 
     ``role`` is 'calibration' or 'holdout': synthetic data comes from disjoint seed
@@ -582,7 +639,10 @@ def model_feeds(model_path, source, count: int, *, role: str = "calibration", wi
     spec = PREPROCESSING[kind]
     if source == "synth":
         seed = CALIBRATION_SEED if role == "calibration" else HOLDOUT_SEED
-        size = dict(zip(("height", "width"), spec["synth_size"])) if "synth_size" in spec else {}
+        size: _SceneSize = {}
+        if "synth_size" in spec:
+            size["height"], size["width"] = spec["synth_size"]
+        items: list[Any]
         if spec["source"] == "bracket_truth":  # 3 frames with moving objects, the exact radiance beside them
             items = list(synthetic_brackets(count, 3, seed=seed, moving_objects=2, with_truth=True, **size))
         elif spec["source"] == "tone_mapped":
@@ -598,7 +658,7 @@ def model_feeds(model_path, source, count: int, *, role: str = "calibration", wi
             raise ValueError(f"calibration source {source!r}: neither 'synth' nor a folder nor a data-loader hook "
                          "(MODULE:FUNCTION or FILE.py:FUNCTION)")
         every = list(bracket_folders(folder) if spec["source"].startswith("bracket") else hdr_files(folder))
-        picked = [x for i, x in enumerate(every) if (i % 5 == 4) == (role == "holdout")]
+        picked: list[Any] = [x for i, x in enumerate(every) if (i % 5 == 4) == (role == "holdout")]
         if spec["source"] == "bracket_truth":
             picked = [(b, None) for b in picked]  # no ground truth for captured brackets
         items = tone_mapped_pairs(picked, count) if spec["source"] == "tone_mapped" else picked[:count]
@@ -613,16 +673,16 @@ def model_feeds(model_path, source, count: int, *, role: str = "calibration", wi
 class CalibrationReader:
     """ONNX Runtime ``CalibrationDataReader`` over a list of feeds (re-iterable via ``rewind``)."""
 
-    def __init__(self, feeds, description: dict | None = None):
+    def __init__(self, feeds: Iterable[Feed], description: dict[str, Any] | None = None) -> None:
         self.feeds = list(feeds)
         self.description = {"samples": len(self.feeds), **(description or {})}
         self._it = iter(self.feeds)
 
-    def get_next(self):
+    def get_next(self) -> Feed | None:
         return next(self._it, None)
 
-    def rewind(self):
+    def rewind(self) -> None:
         self._it = iter(self.feeds)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.feeds)

@@ -5,9 +5,13 @@ ONNX model is refused with its name before any work starts."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import onnx
 from google.protobuf.message import DecodeError
+
+if TYPE_CHECKING:
+    from edgehdr.infer.base import PathLike
 
 __all__ = ["STANDARD_DOMAINS", "check_model", "custom_ops", "io_specs", "load_model", "refuse_custom_ops",
            "require_engine", "simplify", "topological_sort"]
@@ -16,7 +20,7 @@ __all__ = ["STANDARD_DOMAINS", "check_model", "custom_ops", "io_specs", "load_mo
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 
 
-def load_model(path, *, what: str = "ONNX model", check: bool = False) -> onnx.ModelProto:
+def load_model(path: PathLike, *, what: str = "ONNX model", check: bool = False) -> onnx.ModelProto:
     """Parse ``path`` as an ONNX model that has a graph with inputs, outputs and nodes.
 
     Raises ``FileNotFoundError`` / ``IsADirectoryError`` / ``ValueError`` naming the file
@@ -54,7 +58,7 @@ def load_model(path, *, what: str = "ONNX model", check: bool = False) -> onnx.M
     return model
 
 
-def require_engine(path) -> Path:
+def require_engine(path: PathLike) -> Path:
     """``path`` is a non-empty file (what TensorRT makes of its bytes is its own check)."""
     path = Path(path)
     if path.is_dir():
@@ -74,7 +78,7 @@ def custom_ops(model: onnx.ModelProto) -> list[str]:
             if n.domain not in STANDARD_DOMAINS and (n.domain, n.op_type) not in local]
 
 
-def refuse_custom_ops(model: onnx.ModelProto, label, why: str) -> None:
+def refuse_custom_ops(model: onnx.ModelProto, label: object, why: str) -> None:
     """``ValueError`` naming the custom-domain nodes of ``model`` (``why``: the step that cannot run them)."""
     found = custom_ops(model)
     if found:
@@ -104,19 +108,20 @@ def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def io_specs(model: onnx.ModelProto) -> dict:
+def io_specs(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     """Graph inputs/outputs (without initializers) as ``{name, shape, dtype}`` lists."""
     inits = {i.name for i in model.graph.initializer}
 
-    def spec(v):
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in v.type.tensor_type.shape.dim]
-        return {"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
+    def spec(v: onnx.ValueInfoProto) -> dict[str, Any]:
+        tensor = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+        return {"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
 
     return {"inputs": [spec(v) for v in model.graph.input if v.name not in inits],
             "outputs": [spec(v) for v in model.graph.output]}
 
 
-def check_model(path, *, min_opset: int = 13, require_static: bool = False) -> dict:
+def check_model(path: PathLike, *, min_opset: int = 13, require_static: bool = False) -> dict[str, Any]:
     """Run the ONNX checker and shape inference; report opset and static shapes.
 
     Raises ``ValueError`` naming the file for an invalid model, an opset below
@@ -145,7 +150,7 @@ def check_model(path, *, min_opset: int = 13, require_static: bool = False) -> d
             "static_shapes": not dynamic, "dynamic": dynamic, "custom_ops": custom_ops(model), **specs}
 
 
-def simplify(path_in, path_out) -> dict:
+def simplify(path_in: PathLike, path_out: PathLike) -> dict[str, Any]:
     """Simplify with onnxslim (constant folding, dead-node removal); checks the result loads and validates."""
     try:
         import onnxslim

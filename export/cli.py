@@ -22,7 +22,9 @@ import argparse
 import importlib.util
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from export.bench import bench, print_bench
 from export.build import build
@@ -35,12 +37,12 @@ __all__ = ["ABS_BUDGET", "PSNR_BUDGET_DB", "apply_budget", "bench", "build", "in
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (which argument, what it takes), exit status 2 as argparse has it."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _int_at_least(lo: int):
-    def parse(text):
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
@@ -52,7 +54,7 @@ def _int_at_least(lo: int):
     return parse
 
 
-def _finite_float(text):
+def _finite_float(text: str) -> float:
     import math
 
     try:
@@ -64,7 +66,7 @@ def _finite_float(text):
     return value
 
 
-def _shape(text):
+def _shape(text: str) -> tuple[str, tuple[int, ...]]:
     from export.shapes import parse_shape
 
     try:
@@ -73,7 +75,7 @@ def _shape(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _add_user_budget(p) -> None:
+def _add_user_budget(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cosine-budget", type=_finite_float, default=COSINE_BUDGET,
                    help="user tensors: minimum cosine similarity with FP32 per output (worst held-out sample)")
     p.add_argument("--rel-l2-budget", type=_finite_float, default=REL_L2_BUDGET,
@@ -84,7 +86,7 @@ _DATA_HELP = ("'synth', a folder (.exr/.hdr/.pfm, bracket folders, or .npz/.npy 
               "inputs), or a data-loader hook MODULE:FUNCTION / FILE.py:FUNCTION yielding {input: array} dicts")
 
 
-def _add_shape(p) -> None:
+def _add_shape(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", action="append", type=_shape, default=None, metavar="NAME:DIMS",
                    help="fix a dynamic input, e.g. image:1x3x64x64 (repeat per input; as trtexec --shapes)")
 
@@ -151,13 +153,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _input_errors() -> tuple:
+def _input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean a bad input (file, argument, environment), reported in one line with exit status 2;
     anything else is a bug and keeps its traceback."""
     import onnx
     from google.protobuf.message import DecodeError
 
-    errors = [ValueError, OSError, RuntimeError, DecodeError, onnx.checker.ValidationError,
+    errors: list[type[BaseException]] = [ValueError, OSError, RuntimeError, DecodeError, onnx.checker.ValidationError,
               onnx.shape_inference.InferenceError]
     try:
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
@@ -174,7 +176,7 @@ def _have(module: str) -> bool:
         return False
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not _have("onnx"):  # the device install leaves the host tools out
         print(f"edgehdr-export {args.command}: error: the export tools need onnx, which the device install does "
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
         return 2
 
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     from edgehdr.io import dumps_json, write_json_atomic
     from edgehdr.io.staging import output_file
     from export.strict_json import null_undefined

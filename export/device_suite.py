@@ -18,14 +18,20 @@ preflight with what is missing.
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgehdr.infer.base import PathLike
 
 __all__ = ["preflight", "run_device_suite", "suite_models"]
 
 
-def preflight() -> dict:
+def preflight() -> dict[str, Any]:
     """TensorRT version, CUDA device and DLA cores, or ``BackendUnavailable`` naming what is missing."""
     from edgehdr.infer.cuda_buffers import device_properties
     from edgehdr.infer.trt import import_tensorrt
@@ -37,7 +43,7 @@ def preflight() -> dict:
             "machine": platform.machine(), "python": platform.python_version(), **props}
 
 
-def suite_models(work_dir) -> list[Path]:
+def suite_models(work_dir: PathLike) -> list[Path]:
     """Shipped zoo models (``edgehdr/models/*.onnx``) plus the export test networks at 256 x 256."""
     from export.testnets import image_net, score_net
 
@@ -50,8 +56,9 @@ def suite_models(work_dir) -> list[Path]:
     return zoo + tests
 
 
-def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, runs: int = 100, models=None,
-                     calib_count: int = 64, holdout_count: int = 16) -> dict:
+def run_device_suite(out_dir: PathLike, *, precisions: Sequence[str] = ("fp16", "int8"), dla_core: int | None = None,
+                     runs: int = 100, models: Sequence[PathLike] | None = None, calib_count: int = 64,
+                     holdout_count: int = 16) -> dict[str, Any]:
     import numpy as np
 
     from edgehdr.infer.ort import OnnxRuntimeRunner
@@ -75,7 +82,7 @@ def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, run
     models = [Path(m) for m in models] if models else suite_models(out_dir / "sources")
     print(f"TensorRT {info['tensorrt_version']} on {info['device_name']} (compute {info['compute_capability']}), "
           f"{info['dla_cores']} DLA cores")
-    rows = []
+    rows: list[dict[str, Any]] = []
     progress = Progress(len(models) * len(precisions))
     cache = out_dir / "timing.cache"
     for model in models:
@@ -83,10 +90,10 @@ def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, run
         feed = {t.name: np.random.default_rng(0).random(resolve_shape(t.name, t.shape, None, label=model,
                                                                       why="timing"), dtype=np.float32)
                 for t in ref.describe().inputs}
-        ort_cpu = time_runs(lambda ref=ref, feed=feed: ref.run(feed), max(runs // 5, 10), 3)
+        ort_cpu = time_runs(functools.partial(ref.run, feed), max(runs // 5, 10), 3)
         ref.close()
         for precision in precisions:
-            row = {"model": model.stem, "precision": precision, "ort_cpu_fp32_ms": ort_cpu["median_ms"]}
+            row: dict[str, Any] = {"model": model.stem, "precision": precision, "ort_cpu_fp32_ms": ort_cpu["median_ms"]}
             t0 = time.perf_counter()
             try:
                 result = build(model, out_dir, precision=precision, target="trt", dla_core=dla_core,
@@ -103,7 +110,7 @@ def run_device_suite(out_dir, *, precisions=("fp16", "int8"), dla_core=None, run
                                for name, r in report["outputs"].items()}
             row["within_budget"] = report["budget"]["passed"]
             with TensorRTRunner(result["engine"]) as engine:
-                timing = time_runs(lambda engine=engine, feed=feed: engine.run(feed), runs, 10)
+                timing = time_runs(functools.partial(engine.run, feed), runs, 10)
             row.update(engine=Path(result["engine"]).name, trt_ms=timing["median_ms"], trt_p99_ms=timing["p99_ms"],
                        speedup_vs_ort_cpu=ort_cpu["median_ms"] / timing["median_ms"])
             rows.append(row)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgehdr.infer.base import PathLike
 
 __all__ = ["inspect"]
 
 
-def inspect(path) -> dict:
+def inspect(path: PathLike) -> dict[str, Any]:
     """What a model or engine expects (I/O names, shapes, dtypes) and what it was built for (its manifest)."""
     from edgehdr.infer.manifest import Manifest
     from export.checks import custom_ops, io_specs, load_model, require_engine
@@ -20,12 +24,14 @@ def inspect(path) -> dict:
         raise FileNotFoundError(f"{path}: no such model or engine")
     if path.suffix not in (".onnx", ".engine"):
         raise ValueError(f"{path}: expected a .onnx model or a .engine file")
-    model = load_model(path) if path.suffix == ".onnx" else require_engine(path)
-    info: dict = {"file": str(path), "bytes": path.stat().st_size}
+    model = load_model(path) if path.suffix == ".onnx" else None
+    if model is None:
+        require_engine(path)
+    info: dict[str, Any] = {"file": str(path), "bytes": path.stat().st_size}
     manifest_path = Manifest.path_for(path)
     if manifest_path.is_file():
         info["manifest"] = dataclasses.asdict(Manifest.load(manifest_path))
-    if path.suffix == ".onnx":
+    if model is not None:  # an ONNX model
         from export.calibration import preprocessing_of
         from export.trt_check import check_qdq_for_tensorrt
 

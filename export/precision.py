@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -24,7 +26,12 @@ from export.checks import topological_sort
 # QUANTISED_OPS: ops whose inputs get Q/DQ pairs (TensorRT runs them in INT8); everything else reads float.
 from export.trt_check import QUANTISED_OPS
 
-__all__ = ["to_fp16", "quantize_int8", "scalar_heads", "constant_adds", "CALIBRATION_METHODS", "QUANTISED_OPS", "FP16_KEEP_FP32"]
+if TYPE_CHECKING:
+    from edgehdr.infer.base import PathLike
+    from export.calibration import CalibrationReader
+
+__all__ = ["to_fp16", "quantize_int8", "scalar_heads", "constant_adds", "CALIBRATION_METHODS", "QUANTISED_OPS",
+           "FP16_KEEP_FP32"]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Ops whose range or precision FP16 tends to break; they stay in FP32 with casts around them.
@@ -33,7 +40,7 @@ FP16_KEEP_FP32 = ["Exp", "Log", "Pow", "Sqrt", "Reciprocal", "Div", "ReduceMean"
                   "CumSum", "TopK", "NonMaxSuppression", "RandomNormalLike", "RandomUniformLike"]
 
 
-def to_fp16(path_in, path_out, *, keep_fp32=None) -> dict:
+def to_fp16(path_in: PathLike, path_out: PathLike, *, keep_fp32: Iterable[str] | None = None) -> dict[str, Any]:
     """FP16 weights and compute with FP32 inputs/outputs; ``keep_fp32`` ops (default ``FP16_KEEP_FP32``) stay FP32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -48,8 +55,9 @@ def to_fp16(path_in, path_out, *, keep_fp32=None) -> dict:
                                                         & set(block))}
 
 
-def quantize_int8(path_in, path_out, reader, *, method: str = "entropy", percentile: float = 99.999,
-                  per_channel: bool = True, backend: str = "onnxruntime", keep_float="auto") -> dict:
+def quantize_int8(path_in: PathLike, path_out: PathLike, reader: CalibrationReader, *, method: str = "entropy",
+                  percentile: float = 99.999, per_channel: bool = True, backend: str = "onnxruntime",
+                  keep_float: str | Sequence[str] = "auto") -> dict[str, Any]:
     """Explicit Q/DQ INT8 model from a calibration reader; returns a description for the manifest.
 
     ``method``: minmax, entropy, percentile, or auto (each tried, the closest to FP32 on
@@ -150,7 +158,7 @@ def _float_inputs_for_float_ops(model: onnx.ModelProto) -> onnx.ModelProto:
             graph.node.remove(n)
 
 
-def scalar_heads(path) -> list[str]:
+def scalar_heads(path: PathLike) -> list[str]:
     """The last Conv/ConvTranspose/Gemm/MatMul before each output of <= 4 values (a score head).
 
     Its output error maps one-to-one onto the score, and it costs next to nothing in
@@ -177,7 +185,7 @@ def scalar_heads(path) -> list[str]:
     return sorted(set(heads))
 
 
-def constant_adds(path) -> list[str]:
+def constant_adds(path: PathLike) -> list[str]:
     """Add nodes with a constant operand (a bias or an output's range offset, not a residual add).
 
     TensorRT fuses them into the neighbouring layer; quantising the constant would only
@@ -189,7 +197,7 @@ def constant_adds(path) -> list[str]:
     return sorted(n.name for n in model.graph.node if n.op_type == "Add" and any(i in consts for i in n.input))
 
 
-def _quantize_auto(path_in, path_out, reader, **options) -> dict:
+def _quantize_auto(path_in: PathLike, path_out: PathLike, reader: CalibrationReader, **options: Any) -> dict[str, Any]:
     """Quantise with every calibration method and keep the one closest to FP32 on the calibration data.
 
     Each candidate is scored on the calibration feeds by what the validation budget
@@ -211,7 +219,8 @@ def _quantize_auto(path_in, path_out, reader, **options) -> dict:
     reference = [ref.run(names, f) for f in feeds]
     path_out = Path(path_out)
     trials = {m: path_out.with_name(f".{path_out.stem}.{m}.trial.onnx") for m in CALIBRATION_METHODS}
-    scores, described = {}, {}
+    scores: dict[str, float] = {}
+    described: dict[str, dict[str, Any]] = {}
     try:
         for method, trial in trials.items():
             described[method] = quantize_int8(path_in, trial, reader, method=method, **options)
@@ -224,7 +233,7 @@ def _quantize_auto(path_in, path_out, reader, **options) -> dict:
                     else:  # scores: the worst absolute error (the budget's quantity)
                         scalar_err = max(scalar_err, float(np.abs(c - r).max()))
             scores[method] = image_err + scalar_err
-        best = min(scores, key=scores.get)
+        best = min(scores, key=scores.__getitem__)
         trials[best].replace(path_out)
     finally:
         for trial in trials.values():
@@ -234,7 +243,8 @@ def _quantize_auto(path_in, path_out, reader, **options) -> dict:
     return result
 
 
-def _entropy_ranges(model_path, reader, *, num_bins: int = 2048, num_quantized_bins: int = 128) -> dict:
+def _entropy_ranges(model_path: PathLike, reader: CalibrationReader, *, num_bins: int = 2048,
+                    num_quantized_bins: int = 128) -> dict[str, float]:
     """Symmetric KL-divergence thresholds per activation tensor (TensorRT's entropy calibration, 2048 bins).
 
     References: Migacz, "8-bit Inference with TensorRT", GTC 2017.
@@ -263,7 +273,7 @@ def _entropy_ranges(model_path, reader, *, num_bins: int = 2048, num_quantized_b
     return ranges
 
 
-def _activation_ranges(path) -> dict:
+def _activation_ranges(path: PathLike) -> dict[str, float]:
     """Calibrated activation ranges (+- 127 x scale) of every per-tensor QuantizeLinear."""
     model = onnx.load(str(path))
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -276,7 +286,8 @@ def _activation_ranges(path) -> dict:
     return ranges
 
 
-def _quantize_modelopt(path_in, path_out, reader, method, keep_float=()):
+def _quantize_modelopt(path_in: Path, path_out: Path, reader: CalibrationReader, method: str,
+                       keep_float: Sequence[str] = ()) -> dict[str, Any]:
     """NVIDIA ModelOpt's ONNX PTQ (its Q/DQ follows TensorRT's rules; the rest of the graph goes to FP16, which
     strongly typed TensorRT builds need). ModelOpt calibrates INT8 with 'entropy' (its default) or 'max'."""
     try:

@@ -12,7 +12,16 @@ with its shape as written in the model and the ``--shape`` that would fix it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
 import onnx
+
+if TYPE_CHECKING:
+    from typing import TypeAlias, TypeGuard
+
+    # ``{name: dims}``, ``(name, dims)`` pairs or ``'NAME:DIMS'`` strings (``--shape``)
+    ShapeOverrides: TypeAlias = Mapping[str, Iterable[int]] | Iterable[str | tuple[str, Iterable[int]]]
 
 __all__ = ["SHAPE_FORMAT", "fix_input_shapes", "format_dims", "is_static", "model_inputs", "overrides", "parse_shape",
            "resolve_shape", "static_shape", "written_dims"]
@@ -20,7 +29,7 @@ __all__ = ["SHAPE_FORMAT", "fix_input_shapes", "format_dims", "is_static", "mode
 SHAPE_FORMAT = "NAME:DIMS, DIMS positive integers joined by 'x' (e.g. image:1x3x64x64)"
 
 
-def format_dims(dims) -> str:
+def format_dims(dims: Iterable[object]) -> str:
     return "x".join(str(d) for d in dims)
 
 
@@ -33,7 +42,7 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, tuple(int(p) for p in parts)
 
 
-def overrides(shapes) -> dict[str, tuple[int, ...]]:
+def overrides(shapes: ShapeOverrides | None) -> dict[str, tuple[int, ...]]:
     """``{name: dims}`` from a mapping, ``(name, dims)`` pairs or ``'NAME:DIMS'`` strings; repeats must agree."""
     if not shapes:
         return {}
@@ -48,13 +57,13 @@ def overrides(shapes) -> dict[str, tuple[int, ...]]:
     return result
 
 
-def model_inputs(model: onnx.ModelProto) -> list:
+def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Graph inputs that are fed (initializers listed as inputs excluded)."""
     inits = {i.name for i in model.graph.initializer}
     return [v for v in model.graph.input if v.name not in inits]
 
 
-def written_dims(value_info) -> list | None:
+def written_dims(value_info: onnx.ValueInfoProto) -> list[int | str] | None:
     """Dimensions as written in the model: ints, symbolic names (``'N'``), ``'?'`` for unnamed ones;
     ``None`` when the model gives no shape at all."""
     tensor = value_info.type.tensor_type
@@ -63,11 +72,11 @@ def written_dims(value_info) -> list | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
 
 
-def is_static(dims) -> bool:
+def is_static(dims: Sequence[int | str] | None) -> TypeGuard[Sequence[int]]:
     return dims is not None and all(isinstance(d, int) and d > 0 for d in dims)
 
 
-def _suggestion(name: str, dims) -> str:
+def _suggestion(name: str, dims: Sequence[int | str] | None) -> str:
     """The ``--shape`` to suggest: batch 1, the model's fixed dims, a placeholder (the dim's name) elsewhere."""
     if dims is None:
         return f"--shape {name}:1x3xHxW"
@@ -76,7 +85,7 @@ def _suggestion(name: str, dims) -> str:
     return f"--shape {name}:{format_dims(fill)}"
 
 
-def _check_override(label, name: str, written, dims) -> None:
+def _check_override(label: object, name: str, written: Sequence[int | str] | None, dims: Sequence[int]) -> None:
     """An override must keep the input's rank and every dimension the model fixes."""
     if written is None:
         return
@@ -89,7 +98,7 @@ def _check_override(label, name: str, written, dims) -> None:
                              f"{written}, which the model fixes at {was}")
 
 
-def fix_input_shapes(model: onnx.ModelProto, shapes, *, label) -> onnx.ModelProto:
+def fix_input_shapes(model: onnx.ModelProto, shapes: ShapeOverrides | None, *, label: object) -> onnx.ModelProto:
     """A copy of ``model`` with the inputs named in ``shapes`` fixed to those dimensions.
 
     Symbolic dimensions of the same name elsewhere (outputs, value infos) take the same
@@ -132,7 +141,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes, *, label) -> onnx.ModelProt
     return fixed
 
 
-def static_shape(value_info, *, label, why: str) -> list[int]:
+def static_shape(value_info: onnx.ValueInfoProto, *, label: object, why: str) -> list[int]:
     """The input's dimensions, or ``ValueError`` naming the input, its shape as written and the ``--shape``
     that would fix it (``why``: what needs concrete dimensions)."""
     dims = written_dims(value_info)
@@ -142,7 +151,8 @@ def static_shape(value_info, *, label, why: str) -> list[int]:
     return list(dims)
 
 
-def resolve_shape(name: str, dims, shapes, *, label, why: str) -> list[int]:
+def resolve_shape(name: str, dims: Iterable[int | str | None], shapes: ShapeOverrides | None, *, label: object,
+                  why: str) -> list[int]:
     """Concrete dimensions for input ``name`` reported as ``dims`` by a runner (ints; strings, ``None`` or
     negative values for dynamic ones): the ``shapes`` override if given, else ``dims`` if static."""
     written = [d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else "?") for d in dims]

@@ -9,13 +9,29 @@ held-out source items (radiance maps or brackets) with both runners' outputs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
-__all__ = ["TASKS", "task_for"]
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Outputs: TypeAlias = Mapping[str, np.ndarray]  # one sample's outputs: {output name: array}
+
+__all__ = ["TASKS", "Task", "task_for"]
 
 
-def _tmo_output_psnr(items, ref_outputs, cand_outputs) -> dict:
+class Task(TypedDict):
+    """A stage's figure of merit: ``metric(items, fp32 outputs, converted outputs)`` -> figures, and
+    ``budget(figures)`` -> ``(rule, passed)`` checks."""
+
+    metric: Callable[[Sequence[Any], Sequence[Outputs], Sequence[Outputs]], dict[str, Any]]
+    budget: Callable[[dict[str, Any]], list[tuple[str, bool]]]
+
+
+def _tmo_output_psnr(items: Sequence[Any], ref_outputs: Sequence[Outputs],
+                     cand_outputs: Sequence[Outputs]) -> dict[str, Any]:
     """Tone-mapped sRGB frames rendered from the FP32 and converted parameter grids: PSNR (peak 255)."""
     from edgehdr.tonemap.neural import apply_parameter_grid, encode_tmo_input
 
@@ -31,12 +47,13 @@ def _tmo_output_psnr(items, ref_outputs, cand_outputs) -> dict:
             "tmo_output_psnr_db_min": min(values)}
 
 
-def _tmo_budget(task) -> list:
+def _tmo_budget(task: dict[str, Any]) -> list[tuple[str, bool]]:
     return [(f"tone-mapped output PSNR {task['tmo_output_psnr_db_mean']:.2f} dB >= 40",
              task["tmo_output_psnr_db_mean"] >= 40.0)]
 
 
-def _zone_light_error(items, ref_outputs, cand_outputs) -> dict:
+def _zone_light_error(items: Sequence[Any], ref_outputs: Sequence[Outputs],
+                      cand_outputs: Sequence[Outputs]) -> dict[str, Any]:
     """Zone light of the converted model against FP32: mean and max absolute error (light fraction, 1 = full)."""
     diffs = [np.abs(np.asarray(next(iter(c.values())), np.float64) - next(iter(r.values())))
              for r, c in zip(ref_outputs, cand_outputs)]
@@ -44,12 +61,13 @@ def _zone_light_error(items, ref_outputs, cand_outputs) -> dict:
             "zone_light_max_abs": float(max(d.max() for d in diffs))}
 
 
-def _dimming_budget(task) -> list:
+def _dimming_budget(task: dict[str, Any]) -> list[tuple[str, bool]]:
     return [(f"zone light mean abs error {task['zone_light_mae']:.4f} <= 0.01 (1 % of full drive)",
              task["zone_light_mae"] <= 0.01)]
 
 
-def _score_correlation(items, ref_outputs, cand_outputs) -> dict:
+def _score_correlation(items: Sequence[Any], ref_outputs: Sequence[Outputs],
+                       cand_outputs: Sequence[Outputs]) -> dict[str, Any]:
     """Spearman correlation with TMQI of the FP32 and the converted scorer on held-out (radiance, SDR) pairs."""
     from edgehdr.quality import tmqi
     from edgehdr.quality.norvdpnet import spearman
@@ -61,13 +79,14 @@ def _score_correlation(items, ref_outputs, cand_outputs) -> dict:
             "score_max_abs_diff": float(np.max(np.abs(np.subtract(ref, cand))))}
 
 
-def _score_budget(task) -> list:
+def _score_budget(task: dict[str, Any]) -> list[tuple[str, bool]]:
     drop = task["srocc_fp32"] - task["srocc_converted"]
     return [(f"SROCC with TMQI {task['srocc_converted']:.4f} vs FP32 {task['srocc_fp32']:.4f}: drop {drop:.4f} <= 0.02",
              drop <= 0.02)]
 
 
-def _merge_quality(items, ref_outputs, cand_outputs) -> dict:
+def _merge_quality(items: Sequence[Any], ref_outputs: Sequence[Outputs],
+                   cand_outputs: Sequence[Outputs]) -> dict[str, Any]:
     """Radiance merged with the FP32 and the converted weights: PSNR-mu against the exact radiance where the
     items carry it (synthetic brackets), and of the converted merge against the FP32 merge."""
     from edgehdr.hdr.neural_merge import frame_weights, merge_with_weights
@@ -89,7 +108,7 @@ def _merge_quality(items, ref_outputs, cand_outputs) -> dict:
     return result
 
 
-def _merge_budget(task) -> list:
+def _merge_budget(task: dict[str, Any]) -> list[tuple[str, bool]]:
     if "merge_psnr_mu_fp32_db" in task:
         drop = task["merge_psnr_mu_fp32_db"] - task["merge_psnr_mu_converted_db"]
         return [(f"merge PSNR-mu vs ground truth {task['merge_psnr_mu_converted_db']:.2f} dB vs FP32 "
@@ -98,7 +117,7 @@ def _merge_budget(task) -> list:
              f"truth in this data)", task["merge_psnr_mu_vs_fp32_db"] >= 40.0)]
 
 
-TASKS = {
+TASKS: dict[str, Task] = {
     "tmo_log_luminance": {"metric": _tmo_output_psnr, "budget": _tmo_budget},
     "dimming_zone_stats": {"metric": _zone_light_error, "budget": _dimming_budget},
     "norvdpnet_sdr": {"metric": _score_correlation, "budget": _score_budget},
@@ -106,5 +125,5 @@ TASKS = {
 }
 
 
-def task_for(preprocess: str):
+def task_for(preprocess: str) -> Task | None:
     return TASKS.get(preprocess)

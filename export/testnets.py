@@ -9,21 +9,25 @@ are seeded He-initialised: deterministic, and activations stay in range.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+if TYPE_CHECKING:
+    from edgehdr.infer.base import PathLike
+
 __all__ = ["image_net", "score_net"]
 
 
-def _conv_weights(rng, out_ch, in_ch, k=3):
+def _conv_weights(rng: np.random.Generator, out_ch: int, in_ch: int, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
     w = (rng.standard_normal((out_ch, in_ch, k, k)) * np.sqrt(2.0 / (in_ch * k * k))).astype(np.float32)
     b = (rng.standard_normal(out_ch) * 0.05).astype(np.float32)
     return w, b
 
 
-def _save(graph, path, opset: int) -> Path:
+def _save(graph: onnx.GraphProto, path: PathLike, opset: int) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgehdr-testnets")
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -34,19 +38,21 @@ def _save(graph, path, opset: int) -> Path:
     return path
 
 
-def image_net(path, *, height: int = 64, width: int = 64, channels: int = 8, seed: int = 0, opset: int = 17) -> Path:
+def image_net(path: PathLike, *, height: int = 64, width: int = 64, channels: int = 8, seed: int = 0,
+              opset: int = 17) -> Path:
     """(1, 3, H, W) 'image' in [0, 1] -> (1, 3, H, W) 'output' in (0, 1)."""
     rng = np.random.default_rng(seed)
-    inits, nodes = [], []
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
 
-    def conv(name, x, out_ch, in_ch, stride=1):
+    def conv(name: str, x: str, out_ch: int, in_ch: int, stride: int = 1) -> str:
         w, b = _conv_weights(rng, out_ch, in_ch)
         inits.extend([numpy_helper.from_array(w, f"{name}.weight"), numpy_helper.from_array(b, f"{name}.bias")])
         nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [name], pads=[1, 1, 1, 1],
                                       strides=[stride, stride], name=name))
         return name
 
-    def relu(x):
+    def relu(x: str) -> str:
         nodes.append(helper.make_node("Relu", [x], [x + ".relu"], name=x + ".relu"))
         return x + ".relu"
 
@@ -67,10 +73,11 @@ def image_net(path, *, height: int = 64, width: int = 64, channels: int = 8, see
     return _save(graph, path, opset)
 
 
-def score_net(path, *, height: int = 64, width: int = 64, seed: int = 1, opset: int = 17) -> Path:
+def score_net(path: PathLike, *, height: int = 64, width: int = 64, seed: int = 1, opset: int = 17) -> Path:
     """(1, 3, H, W) 'image' -> (1, 1) 'score' in (0, 1)."""
     rng = np.random.default_rng(seed)
-    inits, nodes = [], []
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
     x, in_ch = "image", 3
     for i, out_ch in enumerate((8, 16, 32)):
         w, b = _conv_weights(rng, out_ch, in_ch)

@@ -10,7 +10,9 @@ the device name in the manifest, ``pycuda``.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -20,6 +22,9 @@ from edgehdr.infer.trt import import_tensorrt
 from export.checks import io_specs
 from export.strict_json import save_manifest
 
+if TYPE_CHECKING:
+    from edgehdr.infer.base import PathLike
+
 __all__ = ["build_engine", "engine_source", "trt_major"]
 
 
@@ -27,7 +32,8 @@ def trt_major() -> int:
     return int(import_tensorrt().__version__.split(".")[0])
 
 
-def engine_source(fp32_onnx, converted_onnx, precision: str, strongly_typed: bool | None = None):
+def engine_source(fp32_onnx: PathLike, converted_onnx: PathLike, precision: str,
+                  strongly_typed: bool | None = None) -> tuple[Path, bool]:
     """Which ONNX file to parse, and whether strongly typed, for an engine of ``precision``.
 
     TensorRT 11 removed the FP16/INT8 builder flags: every network is strongly typed and
@@ -49,9 +55,11 @@ def engine_source(fp32_onnx, converted_onnx, precision: str, strongly_typed: boo
     return Path(converted_onnx), strongly_typed
 
 
-def build_engine(onnx_path, out_dir, *, precision: str = "fp16", strongly_typed: bool | None = None,
-                 workspace_mb: int = 1024, dla_core: int | None = None, timing_cache=None, profile: dict | None = None,
-                 model_name: str | None = None, model_version: str = "0", calibration: dict | None = None,
+def build_engine(onnx_path: PathLike, out_dir: PathLike, *, precision: str = "fp16",
+                 strongly_typed: bool | None = None, workspace_mb: int = 1024, dla_core: int | None = None,
+                 timing_cache: PathLike | None = None,
+                 profile: Mapping[str, tuple[Sequence[int], Sequence[int], Sequence[int]]] | None = None,
+                 model_name: str | None = None, model_version: str = "0", calibration: dict[str, Any] | None = None,
                  source_onnx_sha256: str | None = None) -> Path:
     """Build ``OUT_DIR/<name>.<precision>.engine`` (+ ``.manifest.json``); returns the engine path.
 
@@ -113,6 +121,7 @@ def build_engine(onnx_path, out_dir, *, precision: str = "fp16", strongly_typed:
     write_bytes_atomic(engine_path, bytes(serialized))
     if timing_cache:
         write_bytes_atomic(timing_cache, bytes(cache.serialize()))
+    props: Mapping[str, str | None]
     try:
         from edgehdr.infer.cuda_buffers import device_properties
 
@@ -126,6 +135,7 @@ def build_engine(onnx_path, out_dir, *, precision: str = "fp16", strongly_typed:
                         tensorrt_version=trt.__version__,
                         build_flags={"strongly_typed": strongly_typed, "workspace_mb": workspace_mb,
                                      "dla_core": dla_core, "profile": profile, "build_seconds": round(build_s, 2)},
-                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **props)
+                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        device_name=props["device_name"], compute_capability=props["compute_capability"])
     save_manifest(manifest, Manifest.path_for(engine_path))
     return engine_path

@@ -16,16 +16,22 @@ every quantised model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+if TYPE_CHECKING:
+    from edgehdr.infer.base import PathLike
 
 __all__ = ["check_qdq_for_tensorrt", "QUANTISED_OPS"]
 
 QUANTISED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
 
 
-def check_qdq_for_tensorrt(model_or_path, *, float_nodes=()) -> list[str]:
+def check_qdq_for_tensorrt(model_or_path: onnx.ModelProto | PathLike, *, float_nodes: Iterable[str] = ()) -> list[str]:
     """List of violations (empty when the model is fit for TensorRT).
 
     ``float_nodes``: nodes deliberately left unquantised (``quantize_int8(keep_float=...)``);
@@ -33,7 +39,7 @@ def check_qdq_for_tensorrt(model_or_path, *, float_nodes=()) -> list[str]:
     """
     float_nodes = set(float_nodes)
     model = onnx.load(str(model_or_path)) if not isinstance(model_or_path, onnx.ModelProto) else model_or_path
-    problems = []
+    problems: list[str] = []
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < 13:
         problems.append(f"opset {opset} < 13: per-channel Q/DQ needs opset 13")
@@ -47,7 +53,7 @@ def check_qdq_for_tensorrt(model_or_path, *, float_nodes=()) -> list[str]:
     if not qdq:
         problems.append("no QuantizeLinear/DequantizeLinear nodes: not an explicitly quantised model")
 
-    def attr(node, name, default=None):
+    def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
         for a in node.attribute:
             if a.name == name:
                 return onnx.helper.get_attribute_value(a)

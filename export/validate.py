@@ -13,11 +13,23 @@ scale-free figures: cosine similarity and relative L2 error of every output.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgehdr.quality.correlation import spearman  # re-exported: export.cli names it
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from edgehdr.infer.base import PathLike, Runner
+    from export.shapes import ShapeOverrides
+
+    Outputs: TypeAlias = Mapping[str, np.ndarray]  # one sample's outputs: {output name: array}
+    TaskMetric: TypeAlias = Callable[[list[Outputs], list[Outputs]], dict[str, Any]]  # (FP32, candidate) -> figures
+    Budget: TypeAlias = Callable[[dict[str, Any]], list[tuple[str, bool]]]  # task figures -> (rule, passed)
 
 __all__ = ["ABS_BUDGET", "COSINE_BUDGET", "PSNR_BUDGET_DB", "REL_L2_BUDGET", "apply_budget", "budget_line",
            "compare_runners", "spearman", "validate", "write_report"]
@@ -36,14 +48,16 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
-def compare_runners(reference, candidate, feeds, *, task_metric=None) -> dict:
+def compare_runners(reference: Runner, candidate: Runner, feeds: Iterable[dict[str, np.ndarray]], *,
+                    task_metric: TaskMetric | None = None) -> dict[str, Any]:
     """Generic figures of every output (module notes; PSNR's peak = FP32 output range); optional task metric.
 
     ``reference`` and ``candidate`` are loaded runners (``edgehdr.infer``); ``task_metric(ref_outputs,
     cand_outputs)`` may add the model's own figure (e.g. TMQI, SROCC) under ``"task"``.
     """
     per_output: dict[str, dict] = {}
-    ref_all, cand_all = [], []
+    ref_all: list[Outputs] = []
+    cand_all: list[Outputs] = []
     for feed in feeds:
         ref = reference.run(feed)
         out = candidate.run(feed)
@@ -68,7 +82,7 @@ def compare_runners(reference, candidate, feeds, *, task_metric=None) -> dict:
             acc["dot"] += float(r @ c)
             cos = _cosine(r, c)
             acc["cos_min"] = cos if math.isnan(cos) else min(acc["cos_min"], cos)
-    report = {"samples": len(ref_all), "outputs": {}}
+    report: dict[str, Any] = {"samples": len(ref_all), "outputs": {}}
     for name, acc in per_output.items():
         mse = acc["sum_sq"] / max(acc["n"], 1)
         peak = max(acc["hi"] - acc["lo"], 1e-12)
@@ -91,7 +105,7 @@ def compare_runners(reference, candidate, feeds, *, task_metric=None) -> dict:
     return report
 
 
-def write_report(report: dict, out_base, *, title: str) -> list[Path]:
+def write_report(report: Mapping[str, Any], out_base: PathLike, *, title: str) -> list[Path]:
     """``OUT_BASE.json`` and ``OUT_BASE.md`` (atomic; a .json/.md suffix on ``out_base`` is dropped).
 
     The JSON is strict: undefined figures (the PSNR of identical outputs, a correlation of
@@ -121,7 +135,7 @@ def write_report(report: dict, out_base, *, title: str) -> list[Path]:
             write_text_atomic(md_path, "\n".join(lines) + "\n")]
 
 
-def budget_line(report: dict) -> str:
+def budget_line(report: Mapping[str, Any]) -> str:
     parts = []
     generic = report.get("budget", {}).get("kind") == "generic"
     for out, r in report["outputs"].items():
@@ -136,7 +150,7 @@ def budget_line(report: dict) -> str:
     return "; ".join(parts) + f" -> {'within' if report['budget']['passed'] else 'OUTSIDE'} budget"
 
 
-def _open(path, providers="cpu"):
+def _open(path: PathLike, providers: str | Sequence[str] = "cpu") -> Runner:
     path = Path(path)
     if path.suffix == ".engine":
         from edgehdr.infer.trt import TensorRTRunner
@@ -147,11 +161,11 @@ def _open(path, providers="cpu"):
     return OnnxRuntimeRunner(path, providers=providers).load()
 
 
-def _task_metric(ref_outputs, cand_outputs) -> dict:
+def _task_metric(ref_outputs: Sequence[Outputs], cand_outputs: Sequence[Outputs]) -> dict[str, Any]:
     """Scores (outputs of <= 4 values per sample): does the converted model rank samples like FP32 (SROCC)?"""
     import numpy as np
 
-    task = {}
+    task: dict[str, Any] = {}
     for name in ref_outputs[0]:
         if np.asarray(ref_outputs[0][name]).size <= 4 and len(ref_outputs) >= 3:
             ref = [float(np.asarray(r[name]).ravel()[0]) for r in ref_outputs]
@@ -160,14 +174,15 @@ def _task_metric(ref_outputs, cand_outputs) -> dict:
     return task
 
 
-def _budget_cosine(r: dict) -> float:
+def _budget_cosine(r: Mapping[str, Any]) -> float:
     """The cosine a budget holds an output to: the worst sample's, or the whole set's for a score (<= 4 values
     per sample, whose per-sample cosine is only a sign)."""
     return r["cosine_similarity"] if r.get("scalar") else r["cosine_similarity_min"]
 
 
-def apply_budget(report: dict, *, psnr_db: float = PSNR_BUDGET_DB, max_abs: float = ABS_BUDGET,
-                 task_budget=None, cosine: float | None = None, rel_l2: float | None = None) -> dict:
+def apply_budget(report: dict[str, Any], *, psnr_db: float = PSNR_BUDGET_DB, max_abs: float = ABS_BUDGET,
+                 task_budget: Budget | None = None, cosine: float | None = None,
+                 rel_l2: float | None = None) -> dict[str, Any]:
     """Image outputs need PSNR >= ``psnr_db`` against FP32; scalar outputs max |error| <= ``max_abs``.
 
     A model with a task (``export.tasks``) is held to its task's budget instead: what the
@@ -203,10 +218,10 @@ def apply_budget(report: dict, *, psnr_db: float = PSNR_BUDGET_DB, max_abs: floa
     return report
 
 
-def validate(reference, candidate, *, data: str = "synth", count: int = 16, out_base=None,
-             psnr_db: float = PSNR_BUDGET_DB, max_abs: float = ABS_BUDGET, quiet: bool = False, shapes=None,
-             cosine: float = COSINE_BUDGET, rel_l2: float = REL_L2_BUDGET, split: bool | None = None,
-             option: str = "--data") -> dict:
+def validate(reference: PathLike, candidate: PathLike, *, data: PathLike = "synth", count: int = 16,
+             out_base: PathLike | None = None, psnr_db: float = PSNR_BUDGET_DB, max_abs: float = ABS_BUDGET,
+             quiet: bool = False, shapes: ShapeOverrides | None = None, cosine: float = COSINE_BUDGET,
+             rel_l2: float = REL_L2_BUDGET, split: bool | None = None, option: str = "--data") -> dict[str, Any]:
     """FP32 ``reference`` vs ``candidate`` on held-out data; report (and ``out_base``.json/.md) with the budget.
 
     ``data``: 'synth', a folder or a data-loader hook (``export.calibration``). ``shapes``
@@ -233,7 +248,7 @@ def validate(reference, candidate, *, data: str = "synth", count: int = 16, out_
                                           split=split, option=option)
     task = task_for(described["preprocess"])
 
-    def metric(ref_outputs, cand_outputs):
+    def metric(ref_outputs: list[Outputs], cand_outputs: list[Outputs]) -> dict[str, Any]:
         result = _task_metric(ref_outputs, cand_outputs)
         if task is not None:
             result.update(task["metric"](items, ref_outputs, cand_outputs))

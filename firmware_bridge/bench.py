@@ -9,7 +9,9 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +19,9 @@ from firmware_bridge.link import Link
 from firmware_bridge.protocol import Config, MsgType, Zones, encode_message
 from firmware_bridge.simulator import ControllerSimulator
 from firmware_bridge.transports import PtyPair, SerialTransport
+
+if TYPE_CHECKING:
+    from firmware_bridge.qemu import MonitorLine, QemuController
 
 __all__ = [
     "QEMU_STREAM_DEFAULTS",
@@ -200,7 +205,7 @@ def fault_run(hz: float = 120.0, zones: int = 2304) -> dict:
     return result
 
 
-def summary(zones: int = 2304, seconds: float = 60.0, hz: float = 120.0) -> dict:
+def summary(zones: int = 2304, seconds: float = 60.0, hz: float = 120.0) -> dict[str, Any]:
     return {"encode_write": encode_write_ms(zones), "stream": stream_run(seconds, hz, zones),
             "stream_apply_on_receipt": stream_run(min(seconds, 10.0), hz, zones, vsync_hz=0),
             "faults": fault_run(hz, zones)}
@@ -211,7 +216,7 @@ def summary(zones: int = 2304, seconds: float = 60.0, hz: float = 120.0) -> dict
 
 
 @contextlib.contextmanager
-def _qemu_controller(controller):
+def _qemu_controller(controller: QemuController | None) -> Iterator[QemuController]:
     """``controller`` as given, or a fresh ``QemuController`` for the duration (stopped afterwards)."""
     if controller is not None:
         yield controller
@@ -222,7 +227,8 @@ def _qemu_controller(controller):
         yield own
 
 
-def _pattern_set(rng, rows: int, cols: int, bits: int, drive_gamma_x100: int):
+def _pattern_set(rng: np.random.Generator, rows: int, cols: int, bits: int,
+                 drive_gamma_x100: int) -> tuple[list[np.ndarray], list[int]]:
     """16 random zone frames and the duty CRC the firmware reports for each under the power-law drive."""
     from firmware_bridge.drive import duty_crc32
 
@@ -230,7 +236,7 @@ def _pattern_set(rng, rows: int, cols: int, bits: int, drive_gamma_x100: int):
     return patterns, [duty_crc32(p, bits, 1, drive_gamma_x100) for p in patterns]
 
 
-def _qemu_link(controller, config: Config, *, status_interval_s: float = 0.25) -> Link:
+def _qemu_link(controller: QemuController, config: Config, *, status_interval_s: float = 0.25) -> Link:
     # The emulated UART moves ~10 kB/s (below); a big frame takes longer than the default write timeout.
     transport = SerialTransport(controller.pty_path, 2_000_000, write_timeout_s=10.0)
     link = Link(transport, config, status_interval_s=status_interval_s, handshake_timeout_s=5.0).start()
@@ -240,7 +246,7 @@ def _qemu_link(controller, config: Config, *, status_interval_s: float = 0.25) -
     return link
 
 
-def qemu_uart_throughput(controller, n_bytes: int = 24576) -> float:
+def qemu_uart_throughput(controller: QemuController, n_bytes: int = 24576) -> float:
     """Bytes per second the emulated MCU's link UART accepts, measured with valid HEARTBEAT frames.
 
     QEMU's I/O thread hands the emulated UART one byte per main-loop iteration; the
@@ -279,7 +285,8 @@ def qemu_uart_throughput(controller, n_bytes: int = 24576) -> float:
         port.close()
 
 
-def _verify_applied(lines, expected_crc: dict, sent_log: dict) -> dict:
+def _verify_applied(lines: Iterable[MonitorLine], expected_crc: Mapping[int, int],
+                    sent_log: Mapping[int, int]) -> dict[str, Any]:
     """Check every frame the firmware latched against the duty CRC the host predicts for that frame id."""
     applied = [ln for ln in lines if ln.kind == "A" and ln.frame_id != 0]
     corrupted = [ln.frame_id for ln in applied if ln.crc32 != expected_crc.get(ln.frame_id)]
@@ -289,7 +296,7 @@ def _verify_applied(lines, expected_crc: dict, sent_log: dict) -> dict:
             "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None}
 
 
-def _vsync_clock(lines, fallback_period: float) -> tuple[float, float]:
+def _vsync_clock(lines: Iterable[MonitorLine], fallback_period: float) -> tuple[float, float]:
     """(time of vsync 0, vsync period), both s on the host's monotonic clock, from the firmware's apply lines.
 
     A least-squares line through (vsync count, time read) gives the period; the
@@ -298,8 +305,8 @@ def _vsync_clock(lines, fallback_period: float) -> tuple[float, float]:
     """
     applied = [ln for ln in lines if ln.kind == "A"]
     if len(applied) < 10:
-        t = applied[0].t_ns / 1e9 if applied else time.monotonic()
-        return t - (applied[0].vsync if applied else 0) * fallback_period, fallback_period
+        first_s = applied[0].t_ns / 1e9 if applied else time.monotonic()
+        return first_s - (applied[0].vsync if applied else 0) * fallback_period, fallback_period
     v = np.array([ln.vsync for ln in applied], np.float64)
     t = np.array([ln.t_ns for ln in applied], np.float64) / 1e9
     period, offset = np.polyfit(v - v[0], t, 1)
@@ -316,7 +323,7 @@ QEMU_STREAM_DEFAULTS = {"mps2_an385": (60.0, 4, 6, 8), "lm3s6965evb": (120.0, 4,
 
 def qemu_stream_run(seconds: float = 60.0, hz: float | None = None, rows: int | None = None,
                     cols: int | None = None, bits: int | None = None, drive_gamma_x100: int = 220,
-                    controller=None, lead: float = 0.5) -> dict:
+                    controller: QemuController | None = None, lead: float = 0.5) -> dict[str, Any]:
     """Stream zone frames at ``hz`` to the reference firmware in QEMU and verify every frame it applies.
 
     The firmware reports, for each frame it latches at vsync, the CRC-32 of the 16-bit
@@ -335,7 +342,8 @@ def qemu_stream_run(seconds: float = 60.0, hz: float | None = None, rows: int | 
         return _qemu_stream(qemu, seconds, hz, rows, cols, bits, drive_gamma_x100, lead)
 
 
-def _qemu_stream(controller, seconds, hz, rows, cols, bits, drive_gamma_x100, lead) -> dict:
+def _qemu_stream(controller: QemuController, seconds: float, hz: float | None, rows: int | None, cols: int | None,
+                 bits: int | None, drive_gamma_x100: int, lead: float) -> dict[str, Any]:
     default_hz, default_rows, default_cols, default_bits = QEMU_STREAM_DEFAULTS[controller.board]
     hz, rows, cols, bits = hz or default_hz, rows or default_rows, cols or default_cols, bits or default_bits
     patterns, pattern_crc = _pattern_set(np.random.default_rng(3), rows, cols, bits, drive_gamma_x100)
@@ -410,7 +418,7 @@ def _qemu_stream(controller, seconds, hz, rows, cols, bits, drive_gamma_x100, le
 
 
 def qemu_full_grid_run(frames: int = 6, rows: int = 48, cols: int = 48, bits: int = 16,
-                       drive_gamma_x100: int = 220, controller=None) -> dict:
+                       drive_gamma_x100: int = 220, controller: QemuController | None = None) -> dict[str, Any]:
     """The firmware's largest grid (48 x 48 x 16 bit, 4.6 kB per frame) at the rate the emulated UART carries.
 
     Frames go one at a time, each after the previous one was applied; every applied
@@ -419,7 +427,7 @@ def qemu_full_grid_run(frames: int = 6, rows: int = 48, cols: int = 48, bits: in
     from firmware_bridge.drive import duty_crc32
 
     rng = np.random.default_rng(4)
-    result = {"rows": rows, "cols": cols, "bits": bits}
+    result: dict[str, Any] = {"rows": rows, "cols": cols, "bits": bits}
     with _qemu_controller(controller) as qemu:
         for curve in (1, 0):
             config = Config(rows=rows, cols=cols, bits=bits, drive_curve=curve, drive_gamma_x100=drive_gamma_x100,
@@ -448,7 +456,7 @@ def qemu_full_grid_run(frames: int = 6, rows: int = 48, cols: int = 48, bits: in
 
 
 def qemu_fault_run(hz: float = 120.0, rows: int = 4, cols: int = 6, bits: int = 8, bursts: int = 20,
-                   controller=None) -> dict:
+                   controller: QemuController | None = None) -> dict[str, Any]:
     """Line noise between host and MCU, then an MCU reset through QEMU's monitor, mid-stream.
 
     Noise: a burst of 40 random non-zero bytes (no delimiter) written into the MCU's
@@ -528,7 +536,8 @@ def qemu_fault_run(hz: float = 120.0, rows: int = 4, cols: int = 6, bits: int = 
     return result
 
 
-def qemu_summary(seconds: float = 60.0, hz: float | None = None, progress=None, board: str = "mps2_an385") -> dict:
+def qemu_summary(seconds: float = 60.0, hz: float | None = None, progress: Callable[[str], object] | None = None,
+                 board: str = "mps2_an385") -> dict[str, Any]:
     """The whole QEMU controller bench on one emulated MCU: stream, full grid, faults."""
     from firmware_bridge.qemu import QemuController
 

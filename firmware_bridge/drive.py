@@ -22,8 +22,12 @@ C. S. Turner, "A fast binary logarithm algorithm", IEEE Signal Processing Magazi
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["DUTY_MAX", "drive_table", "duty_crc32", "duty_u16"]
 
@@ -68,7 +72,7 @@ def drive_table(gamma_x100: int) -> np.ndarray:
     return lut
 
 
-def duty_u16(levels, bits: int, drive_curve: int = 0, gamma_x100: int = 100) -> np.ndarray:
+def duty_u16(levels: ArrayLike, bits: int, drive_curve: int = 0, gamma_x100: int = 100) -> np.ndarray:
     """Duty (0..65535) the firmware drives for zone ``levels`` of depth ``bits`` under a CONFIG's curve.
 
     Linear: ``round(level * 65535 / (2^bits - 1))``. Power law: position
@@ -86,6 +90,6 @@ def duty_u16(levels, bits: int, drive_curve: int = 0, gamma_x100: int = 100) -> 
     return (lut[k] + (((lut[k + 1] - lut[k]) * f + 0x8000) >> 16)).astype(np.uint16)
 
 
-def duty_crc32(levels, bits: int, drive_curve: int = 0, gamma_x100: int = 100) -> int:
+def duty_crc32(levels: ArrayLike, bits: int, drive_curve: int = 0, gamma_x100: int = 100) -> int:
     """CRC-32 (zlib) of the duty values as little-endian u16, row-major: what the firmware reports per frame."""
     return zlib.crc32(duty_u16(levels, bits, drive_curve, gamma_x100).astype("<u2").tobytes())

@@ -17,6 +17,7 @@ import select
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +42,11 @@ from firmware_bridge.protocol import (
     encode_message,
 )
 from firmware_bridge.transports import Transport, TransportError
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from firmware_bridge.protocol import Message
 
 __all__ = ["Link", "LinkStats"]
 
@@ -98,7 +104,7 @@ class Link:
     """
 
     def __init__(self, transport: Transport, config: Config, *, zone_encoding: str = "auto",
-                 status_interval_s: float = 1.0, handshake_timeout_s: float = 2.0):
+                 status_interval_s: float = 1.0, handshake_timeout_s: float = 2.0) -> None:
         if zone_encoding not in ("auto", "raw", "packed"):
             raise ValueError(f"zone_encoding must be 'auto', 'raw' or 'packed', got {zone_encoding!r}")
         self.transport = transport
@@ -108,7 +114,7 @@ class Link:
         self.handshake_timeout_s = handshake_timeout_s
         self._stats = LinkStats()
         self._lock = threading.Lock()
-        self._pending = None
+        self._pending: tuple[np.ndarray, int, int] | None = None  # (values, frame_id, present_vsync)
         self._stop = threading.Event()
         self._running = threading.Event()
         self._thread: threading.Thread | None = None
@@ -159,10 +165,10 @@ class Link:
     def __enter__(self) -> Link:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send_zones(self, values_u16, frame_id: int, present_vsync: int = 0) -> None:
+    def send_zones(self, values_u16: ArrayLike, frame_id: int, present_vsync: int = 0) -> None:
         """Queue one frame of zone values, replacing any frame not yet sent. Never blocks.
 
         Raises ``ValueError`` if the array does not match the configured grid or depth.
@@ -189,7 +195,7 @@ class Link:
     def running(self) -> bool:
         return self._running.is_set()
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         with self._lock:
             snapshot = asdict(self._stats)
         snapshot["rx_frames"] = self._decoder.frames
@@ -217,7 +223,7 @@ class Link:
         else:
             self._running.clear()
 
-    def _write(self, msg, *, flags=None) -> int:
+    def _write(self, msg: Message, *, flags: int | None = None) -> int:
         seq = self._seq
         self._seq = (self._seq + 1) & 0xFFFF
         data = encode_message(msg, seq, flags=flags)
@@ -265,7 +271,7 @@ class Link:
         self._last_tx = 0.0
         self._next_config = now
         self._config_backoff = 0.05
-        self._config_seq = None
+        self._config_seq: int | None = None  # the CONFIG frame an ACK must name
         self._next_status = now + self.status_interval_s
         self._encoding = 0
         with self._lock:
@@ -342,7 +348,7 @@ class Link:
             if now - self._last_rx > self._silence_s:
                 raise TransportError(f"{self.transport.name}: controller silent for {now - self._last_rx:.2f} s")
 
-    def _handle(self, msg, seq: int) -> None:
+    def _handle(self, msg: Message, seq: int) -> None:
         if isinstance(msg, Caps):
             if self._stats.state != "hello":
                 log.debug("link %s: unsolicited CAPS ignored (state %s)", self.transport.name, self._stats.state)
@@ -379,7 +385,9 @@ class Link:
                 self._config_backoff = 0.05
                 self._next_config = time.monotonic()
             elif msg.reason in (NackReason.BAD_CONFIG, NackReason.UNSUPPORTED_VERSION):
-                self._reject(f"controller refused {MsgType(msg.ref_type).name if msg.ref_type in MsgType._value2member_map_ else msg.ref_type}: {reason}")
+                refused = (MsgType(msg.ref_type).name if msg.ref_type in MsgType._value2member_map_
+                           else msg.ref_type)
+                self._reject(f"controller refused {refused}: {reason}")
         elif isinstance(msg, Heartbeat):
             with self._lock:
                 self._stats.heartbeats_received += 1

@@ -11,9 +11,13 @@ import enum
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cobs import cobs
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -88,7 +92,7 @@ class State(enum.IntEnum):
 class ProtocolError(ValueError):
     """A payload that does not follow PROTOCOL.md; ``reason`` is the NACK reason it maps to."""
 
-    def __init__(self, message: str, reason: NackReason = NackReason.BAD_LENGTH):
+    def __init__(self, message: str, reason: NackReason = NackReason.BAD_LENGTH) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -178,8 +182,8 @@ class Config:
         ]
         for ok, name, allowed in checks:
             if not ok:
-                raise ProtocolError(f"CONFIG field {name}={getattr(self, name, None)!r} out of range; allowed {allowed}",
-                                    NackReason.BAD_CONFIG)
+                raise ProtocolError(f"CONFIG field {name}={getattr(self, name, None)!r} out of range; "
+                                    f"allowed {allowed}", NackReason.BAD_CONFIG)
         return self
 
     def pack(self) -> bytes:
@@ -259,7 +263,7 @@ class Zones:
         values = unpack_zone_values(data[cls._S.size:], rows, cols, bits, encoding)
         return cls(frame_id=frame_id, values=values, bits=bits, encoding=encoding, present_vsync=vsync)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return (isinstance(other, Zones) and (self.frame_id, self.bits, self.encoding, self.present_vsync)
                 == (other.frame_id, other.bits, other.encoding, other.present_vsync)
                 and np.array_equal(self.values, other.values))
@@ -348,10 +352,15 @@ class Status:
         return cls(*_unpack(cls._S, data, "STATUS"))
 
 
-_MESSAGES = {m.TYPE: m for m in (Hello, Caps, Config, Zones, Ack, Nack, Heartbeat, StatusRequest, Status)}
+if TYPE_CHECKING:
+    Message: TypeAlias = Hello | Caps | Config | Zones | Ack | Nack | Heartbeat | StatusRequest | Status
+
+# keyed by the wire's type byte (an int; MsgType members hash and compare equal to theirs)
+_MESSAGES: dict[int, type[Message]] = {
+    m.TYPE: m for m in (Hello, Caps, Config, Zones, Ack, Nack, Heartbeat, StatusRequest, Status)}
 
 
-def _unpack(st: struct.Struct, data: bytes, name: str):
+def _unpack(st: struct.Struct, data: bytes, name: str) -> tuple[Any, ...]:
     if len(data) != st.size:
         raise ProtocolError(f"{name} payload must be {st.size} bytes, got {len(data)}")
     return st.unpack(data)
@@ -368,14 +377,14 @@ def encode_frame(msg_type: int, payload: bytes, seq: int, *, flags: int = 0, ver
     return cobs.encode(body + struct.pack("<I", zlib.crc32(body))) + b"\x00"
 
 
-def encode_message(msg, seq: int, *, flags: int | None = None, version: int = PROTOCOL_VERSION) -> bytes:
+def encode_message(msg: Message, seq: int, *, flags: int | None = None, version: int = PROTOCOL_VERSION) -> bytes:
     """Frame a message object; CONFIG asks for an ACK unless ``flags`` says otherwise."""
     if flags is None:
         flags = FLAG_ACK_REQUEST if msg.TYPE == MsgType.CONFIG else 0
     return encode_frame(msg.TYPE, msg.pack(), seq, flags=flags, version=version)
 
 
-def decode_message(frame: Frame):
+def decode_message(frame: Frame) -> Message:
     """Parse a frame's payload into its message object (``ProtocolError`` if malformed)."""
     cls = _MESSAGES.get(frame.type)
     if cls is None:
@@ -403,7 +412,7 @@ class FrameDecoder:
     _discarding: bool = False
 
     def feed(self, data: bytes) -> list[Frame]:
-        out = []
+        out: list[Frame] = []
         start = 0
         while True:
             end = data.find(b"\x00", start)

@@ -103,7 +103,7 @@ class QemuController:
     """
 
     def __init__(self, elf: str | os.PathLike | None = None, *, board: str = "mps2_an385",
-                 qemu: str = "qemu-system-arm", boot_timeout_s: float = 10.0):
+                 qemu: str = "qemu-system-arm", boot_timeout_s: float = 10.0) -> None:
         if board not in BOARDS:
             raise ValueError(f"unknown board {board!r}; boards: {', '.join(BOARDS)}")
         self.board = board
@@ -140,7 +140,7 @@ class QemuController:
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + self.boot_timeout_s
-        output_lines = []
+        output_lines: list[str] = []
         assert self._proc.stdout is not None
         while not self.pty_path:
             line = self._proc.stdout.readline()
@@ -186,7 +186,7 @@ class QemuController:
     def __enter__(self) -> QemuController:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # ------------------------------------------------------------------------------------- control

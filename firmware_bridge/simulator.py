@@ -17,6 +17,7 @@ import select
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +44,9 @@ from firmware_bridge.protocol import (
     encode_message,
 )
 from firmware_bridge.transports import Transport, TransportError, UdpControllerEndpoint
+
+if TYPE_CHECKING:
+    from firmware_bridge.protocol import Frame, Message
 
 __all__ = ["ControllerSimulator", "UdpControllerEndpoint"]
 
@@ -75,7 +79,8 @@ class ControllerSimulator:
     """
 
     def __init__(self, transport: Transport, *, rows: int = 48, cols: int = 48, max_bits: int = 16,
-                 vsync_hz: float = 120.0, fw_version=(1, 0, 0), version_range=(1, 1), packed_zones: bool = True):
+                 vsync_hz: float = 120.0, fw_version: tuple[int, int, int] = (1, 0, 0),
+                 version_range: tuple[int, int] = (1, 1), packed_zones: bool = True) -> None:
         # CAPS carries rows, cols and max_bits as u8, max_fps as u16 (PROTOCOL.md); refuse what cannot be sent,
         # here rather than in the controller thread at the first HELLO.
         for name, value, lo, hi in (("rows", rows, 1, 255), ("cols", cols, 1, 255), ("max_bits", max_bits, 8, 16)):
@@ -99,12 +104,12 @@ class ControllerSimulator:
         self.duty = np.zeros((rows, cols), np.float32)
         self.last_frame_id: int | None = None
         self.vsync_count = 0
-        self.applied_log = collections.deque(maxlen=100_000)  # (frame_id, monotonic ns)
-        self.received = collections.Counter()
+        self.applied_log: collections.deque[tuple[int, int]] = collections.deque(maxlen=100_000)  # (frame_id, ns)
+        self.received: collections.Counter[int] = collections.Counter()  # frames received per message type
         self._pending: Zones | None = None
         self._seq = 0
         self._start = time.monotonic()
-        self._last_rx = None
+        self._last_rx: float | None = None
         self._last_tx = 0.0
         self._last_not_configured = 0.0
         self._stop = threading.Event()
@@ -125,10 +130,10 @@ class ControllerSimulator:
             self._thread.join(2.0)
             self._thread = None
 
-    def __enter__(self):
+    def __enter__(self) -> ControllerSimulator:
         return self.start()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def status(self) -> Status:
@@ -168,7 +173,7 @@ class ControllerSimulator:
                 self._watchdog(now)
                 self._maybe_heartbeat(now)
 
-    def _send(self, msg, flags: int = 0) -> None:
+    def _send(self, msg: Message, flags: int = 0) -> None:
         data = encode_message(msg, self._seq, flags=flags, version=self.version or PROTOCOL_VERSION)
         self._seq = (self._seq + 1) & 0xFFFF
         try:
@@ -177,7 +182,7 @@ class ControllerSimulator:
             self._stop.set()
         self._last_tx = time.monotonic()
 
-    def _on_frame(self, frame) -> None:
+    def _on_frame(self, frame: Frame) -> None:
         self._last_rx = time.monotonic()
         self.received[frame.type] += 1
         if frame.type != MsgType.HELLO and self.version is not None and frame.version != self.version:
@@ -284,7 +289,7 @@ class ControllerSimulator:
         if self.version is not None and now - self._last_tx >= period:
             self._send(Heartbeat(int((now - self._start) * 1000), self.state))
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {"state": State(self.state).name, "backlight_u16": self.backlight_u16.copy(),
                     "last_frame_id": self.last_frame_id, "status": self.status(), "vsync_count": self.vsync_count}

@@ -15,7 +15,18 @@ import errno
 import os
 import select
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import serial
+    import spidev
+    from typing_extensions import Self
+
+    Address: TypeAlias = tuple[str, int]  # (host, port) of a UDP peer
 
 __all__ = [
     "TransportError",
@@ -59,11 +70,11 @@ class Transport:
     def is_open(self) -> bool:
         raise NotImplementedError
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self.open()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -80,12 +91,13 @@ class SerialTransport(Transport):
         A write that cannot drain in this time raises ``TransportError`` (a wedged device).
     """
 
-    def __init__(self, port: str, baudrate: int = 2_000_000, *, write_timeout_s: float = 0.5, exclusive: bool = True):
+    def __init__(self, port: str, baudrate: int = 2_000_000, *, write_timeout_s: float = 0.5,
+                 exclusive: bool = True) -> None:
         self.port = str(port)
         self.baudrate = int(baudrate)
         self.write_timeout_s = write_timeout_s
         self.exclusive = exclusive
-        self._serial = None
+        self._serial: serial.Serial | None = None
         self.name = f"serial:{self.port}@{self.baudrate}"
 
     def open(self) -> None:
@@ -154,12 +166,12 @@ class SpiTransport(Transport):
     """
 
     def __init__(self, bus: int = 0, device: int = 0, *, speed_hz: int = 10_000_000, mode: int = 0,
-                 chunk_bytes: int | None = None, poll_bytes: int = 64):
+                 chunk_bytes: int | None = None, poll_bytes: int = 64) -> None:
         self.bus, self.device = int(bus), int(device)
         self.speed_hz, self.mode = int(speed_hz), int(mode)
         self.chunk_bytes = chunk_bytes
         self.poll_bytes = int(poll_bytes)
-        self._spi = None
+        self._spi: spidev.SpiDev | None = None
         self._rx = bytearray()
         self.name = f"spi:/dev/spidev{self.bus}.{self.device}@{self.speed_hz}"
 
@@ -205,9 +217,10 @@ class SpiTransport(Transport):
     def _transfer(self, data: bytes) -> None:
         if self._spi is None:
             raise TransportError(f"{self.name}: not open")
+        chunk = self.chunk_bytes if self.chunk_bytes is not None else self.kernel_buffer_size()  # open() sets it
         try:
-            for start in range(0, len(data), self.chunk_bytes):
-                self._rx += bytes(self._spi.xfer2(list(data[start:start + self.chunk_bytes])))
+            for start in range(0, len(data), chunk):
+                self._rx += bytes(self._spi.xfer2(list(data[start:start + chunk])))
         except OSError as exc:
             raise TransportError(f"{self.name}: transfer failed ({exc})") from exc
 
@@ -225,9 +238,9 @@ class SpiTransport(Transport):
 class _DatagramSocket(Transport):
     """A non-blocking UDP socket bound to ``bind``; the base of both link ends over UDP."""
 
-    def __init__(self, bind: tuple[str, int] | None, connect_to: tuple[str, int] | None = None):
+    def __init__(self, bind: Address | None, connect_to: Address | None = None) -> None:
         self.bind = bind
-        self._sock = None
+        self._sock: socket.socket | None = None
         self._connect_to = connect_to
 
     def open(self) -> None:
@@ -247,7 +260,7 @@ class _DatagramSocket(Transport):
         self._sock = sock
 
     @property
-    def local_address(self):
+    def local_address(self) -> Address | None:
         return self._sock.getsockname() if self._sock else None
 
     def close(self) -> None:
@@ -262,7 +275,7 @@ class _DatagramSocket(Transport):
     def fileno(self) -> int | None:
         return self._sock.fileno() if self._sock else None
 
-    def _send(self, data: bytes, address) -> None:
+    def _send(self, data: bytes, address: Address | None) -> None:
         if self._sock is None:
             raise TransportError(f"{self.name}: not open")
         try:
@@ -275,11 +288,12 @@ class _DatagramSocket(Transport):
                 return  # nobody listening yet / buffer full: datagrams may be lost, the link copes
             raise TransportError(f"{self.name}: send failed ({exc})") from exc
 
-    def _receive_all(self, max_bytes: int, accept) -> bytes:
+    def _receive_all(self, max_bytes: int, accept: Callable[[Address], bool]) -> bytes:
         """Drain the socket; keep datagrams whose sender ``accept(peer)`` approves."""
         if self._sock is None:
             raise TransportError(f"{self.name}: not open")
-        chunks, total = [], 0
+        chunks: list[bytes] = []
+        total = 0
         while total < max_bytes:
             try:
                 data, peer = self._sock.recvfrom(65536)
@@ -309,7 +323,7 @@ class UdpTransport(_DatagramSocket):
         are dropped by the kernel, never seen by the link.
     """
 
-    def __init__(self, host: str, port: int, *, bind: tuple[str, int] | None = None):
+    def __init__(self, host: str, port: int, *, bind: Address | None = None) -> None:
         self.address = (host, int(port))
         super().__init__(bind, connect_to=self.address)
         self.name = f"udp:{host}:{port}"
@@ -324,13 +338,13 @@ class UdpTransport(_DatagramSocket):
 class UdpControllerEndpoint(_DatagramSocket):
     """The controller's end over UDP: replies go to whoever sent the last datagram."""
 
-    def __init__(self, bind: tuple[str, int] = ("127.0.0.1", 0)):
+    def __init__(self, bind: Address = ("127.0.0.1", 0)) -> None:
         super().__init__(bind)
-        self._peer = None
+        self._peer: Address | None = None
         self.name = "udp-controller"
 
     @property
-    def address(self):
+    def address(self) -> Address | None:
         return self.local_address
 
     def write(self, data: bytes) -> None:
@@ -338,7 +352,7 @@ class UdpControllerEndpoint(_DatagramSocket):
             self._send(data, self._peer)
 
     def read(self, max_bytes: int = 65536) -> bytes:
-        def remember(peer):
+        def remember(peer: Address) -> bool:
             self._peer = peer
             return True
 
@@ -348,8 +362,8 @@ class UdpControllerEndpoint(_DatagramSocket):
 class FdTransport(Transport):
     """A raw file descriptor (the controller end of a pty pair in the simulator)."""
 
-    def __init__(self, fd: int, name: str = "fd"):
-        self._fd = fd
+    def __init__(self, fd: int, name: str = "fd") -> None:
+        self._fd: int | None = fd
         self.name = name
 
     def open(self) -> None:
@@ -402,7 +416,7 @@ class PtyPair:
     ``link_path`` is the replug.
     """
 
-    def __init__(self, link_path: str | os.PathLike | None = None):
+    def __init__(self, link_path: str | os.PathLike[str] | None = None) -> None:
         import tty
 
         self.master_fd, self.slave_fd = os.openpty()
@@ -434,10 +448,10 @@ class PtyPair:
                 os.close(fd)
         self.master_fd = self.slave_fd = -1
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
