@@ -7,9 +7,12 @@ a ``Bracket``; alignment and merging consume it. Frames are stacked in one
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["Bracket", "as_frame_stack", "check_frame_matches"]
 
@@ -25,7 +28,7 @@ def check_frame_matches(frame: np.ndarray, first: np.ndarray, label: str, first_
         raise ValueError(f"{label}: dtype {frame.dtype} differs from {first_label} ({first.dtype})")
 
 
-def as_frame_stack(frames, *, name: str = "frames") -> np.ndarray:
+def as_frame_stack(frames: np.ndarray | Iterable[ArrayLike], *, name: str = "frames") -> np.ndarray:
     """Return ``frames`` as one contiguous ``(N, H, W, 3)`` uint8/uint16 array.
 
     Raises ``ValueError`` naming the offending frame when sizes, channel counts
@@ -51,9 +54,13 @@ def as_frame_stack(frames, *, name: str = "frames") -> np.ndarray:
     return np.ascontiguousarray(stack)
 
 
-@dataclass
+@dataclass(init=False)
 class Bracket:
     """N frames of one scene with their exposure metadata.
+
+    The constructor takes any array-likes (and None for ``gain``, ``bits`` and
+    ``timestamp_ns``: unit gain, the dtype's depth, zeros) and validates them; the
+    attributes are then always the arrays and numbers described below.
 
     Attributes
     ----------
@@ -73,31 +80,37 @@ class Bracket:
 
     frames: np.ndarray
     exposure_s: np.ndarray
-    gain: np.ndarray | None = None
-    bits: int | None = None
-    timestamp_ns: np.ndarray | None = None
+    gain: np.ndarray
+    bits: int
+    timestamp_ns: np.ndarray
     sequence: int = 0
     source: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self):
-        self.frames = as_frame_stack(self.frames)
+    def __init__(self, frames: np.ndarray | Iterable[ArrayLike], exposure_s: ArrayLike, gain: ArrayLike | None = None,
+                 bits: int | None = None, timestamp_ns: ArrayLike | None = None, sequence: int = 0, source: str = "",
+                 extra: dict[str, Any] | None = None) -> None:
+        self.frames = as_frame_stack(frames)
         n = self.frames.shape[0]
-        self.exposure_s = np.asarray(self.exposure_s, dtype=np.float64).reshape(-1)
+        self.exposure_s = np.asarray(exposure_s, dtype=np.float64).reshape(-1)
         if self.exposure_s.shape != (n,):
             raise ValueError(f"Bracket: {n} frames but {self.exposure_s.size} exposure times")
         if not np.all(np.isfinite(self.exposure_s)) or np.any(self.exposure_s <= 0):
             raise ValueError(f"Bracket: exposure_s must be positive and finite, got {self.exposure_s.tolist()}")
-        self.gain = np.ones(n) if self.gain is None else np.asarray(self.gain, dtype=np.float64).reshape(-1)
+        self.gain = np.ones(n) if gain is None else np.asarray(gain, dtype=np.float64).reshape(-1)
         if self.gain.shape != (n,) or np.any(self.gain <= 0):
             raise ValueError(f"Bracket: gain must hold {n} positive values, got {np.asarray(self.gain).tolist()}")
-        if self.bits is None:
-            self.bits = 8 if self.frames.dtype == np.uint8 else 16
+        if bits is None:
+            bits = 8 if self.frames.dtype == np.uint8 else 16
+        self.bits = bits
         if not (1 <= self.bits <= 16) or (self.frames.dtype == np.uint8 and self.bits > 8):
             raise ValueError(f"Bracket: bits={self.bits} does not fit dtype {self.frames.dtype}")
-        if self.timestamp_ns is None:
-            self.timestamp_ns = np.zeros(n, dtype=np.int64)
-        self.timestamp_ns = np.asarray(self.timestamp_ns, dtype=np.int64).reshape(-1)
+        if timestamp_ns is None:
+            timestamp_ns = np.zeros(n, dtype=np.int64)
+        self.timestamp_ns = np.asarray(timestamp_ns, dtype=np.int64).reshape(-1)
+        self.sequence = sequence
+        self.source = source
+        self.extra = {} if extra is None else extra
 
     @property
     def relative_exposure(self) -> np.ndarray:

@@ -8,12 +8,19 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from firmware_bridge.protocol import Config
+    from firmware_bridge.transports import Transport
 
 __all__ = ["main", "build_parser"]
 
 
-def _check_output(path, suffixes, *, option: str = "-o") -> None:
+def _check_output(path: str | os.PathLike[str], suffixes: Sequence[str], *, option: str = "-o") -> None:
     """Refuse an output path before any work: wrong suffix, a folder, or a folder that does not exist."""
     p = Path(path)
     if p.suffix.lower() not in suffixes:
@@ -26,7 +33,7 @@ def _check_output(path, suffixes, *, option: str = "-o") -> None:
         raise FileNotFoundError(f"{option} {path}: output folder {parent} does not exist")
 
 
-def _cmd_merge(args) -> int:
+def _cmd_merge(args: argparse.Namespace) -> int:
     import numpy as np
 
     from edgehdr.hdr.align import align_bracket
@@ -64,7 +71,7 @@ def _cmd_merge(args) -> int:
     return 0
 
 
-def _cmd_score(args) -> int:
+def _cmd_score(args: argparse.Namespace) -> int:
     from edgehdr.infer import open_runner
     from edgehdr.io.hdr_files import RADIANCE_SUFFIXES
     from edgehdr.models import model_path
@@ -99,7 +106,7 @@ def _cmd_score(args) -> int:
     return 0
 
 
-def _cmd_tonemap(args) -> int:
+def _cmd_tonemap(args: argparse.Namespace) -> int:
     from edgehdr.io import read_radiance, write_ldr_image
     from edgehdr.tonemap import tonemap
 
@@ -123,7 +130,7 @@ def _cmd_tonemap(args) -> int:
     return 0
 
 
-def _cmd_synth(args) -> int:
+def _cmd_synth(args: argparse.Namespace) -> int:
     from edgehdr.hdr.crf import ResponseCurve
     from edgehdr.io import write_ldr_image, write_radiance, write_text_atomic
     from edgehdr.io.headers import max_pixels_limit
@@ -156,7 +163,7 @@ def _cmd_synth(args) -> int:
     return 0
 
 
-def _cmd_bench(args) -> int:
+def _cmd_bench(args: argparse.Namespace) -> int:
     from edgehdr import bench
     from edgehdr.io import null_undefined, write_json_atomic
 
@@ -184,13 +191,13 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def _cmd_run(args) -> int:
+def _cmd_run(args: argparse.Namespace) -> int:
     from edgehdr.pipeline.daemon import run_daemon
 
     return run_daemon(args.config, seconds=args.seconds)
 
 
-def _cmd_demo(args) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
     from edgehdr.demo import run_demo
 
     stats = run_demo(args.output, seconds=args.seconds, seed=args.seed, height=args.height, width=args.width,
@@ -203,7 +210,7 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _cmd_dim(args) -> int:
+def _cmd_dim(args: argparse.Namespace) -> int:
     from edgehdr.dimming import LedLayout, dim_frame, display_target, load_layout, write_results
     from edgehdr.io import read_radiance
     from edgehdr.io.staging import output_folder, staged_outputs
@@ -225,27 +232,32 @@ def _cmd_dim(args) -> int:
     target = display_target(image, layout, referred=args.input_referred)
     progress.step(f"target: {args.input_referred}-referred -> cd/m^2 (robust peak to panel peak)")
     result = dim_frame(target, layout, args.algorithm, simulate=True)
-    progress.step(f"{args.algorithm}: power {result.metrics['power']:.3f}, PU-PSNR {result.metrics['pu_psnr_db']:.2f} dB")
+    metrics = result.metrics
+    if metrics is None:  # simulate=True computes them
+        raise RuntimeError("dim_frame(simulate=True) returned no metrics")
+    progress.step(f"{args.algorithm}: power {metrics['power']:.3f}, PU-PSNR {metrics['pu_psnr_db']:.2f} dB")
     with staged_outputs(args.output, "dim") as stage:  # all or nothing: moved in when every file is written
         write_results(stage, result, layout, target_cd_m2=target)
     progress.step(f"wrote zones.csv, zones.npy, lcd.png, display.exr, heatmap.png, metrics.json to {args.output}")
-    print(json.dumps(result.metrics, indent=2, default=float))
+    print(json.dumps(metrics, indent=2, default=float))
     return 0
 
 
-def _bridge_config(args):
+def _bridge_config(args: argparse.Namespace) -> Config:
     from firmware_bridge.protocol import Config
 
     return Config(rows=args.rows, cols=args.cols, bits=args.bits, safe_level=args.safe_level,
                   watchdog_ms=args.watchdog_ms, heartbeat_ms=args.heartbeat_ms).validate()
 
 
-def _cmd_bridge_simulate(args) -> int:
+def _cmd_bridge_simulate(args: argparse.Namespace) -> int:
     import time
 
     from firmware_bridge.simulator import ControllerSimulator, UdpControllerEndpoint
     from firmware_bridge.transports import PtyPair
 
+    endpoint: Transport
+    pair: PtyPair | None
     if args.udp:
         host, _, port = args.udp.rpartition(":")
         if not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -265,7 +277,7 @@ def _cmd_bridge_simulate(args) -> int:
         pair = PtyPair(args.pty)
         endpoint = pair.controller
 
-    def _stop_on_signal(signum, frame):
+    def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt  # SIGTERM like Ctrl-C: the finally below removes the pty link
 
     previous_term = signal.signal(signal.SIGTERM, _stop_on_signal)
@@ -273,7 +285,10 @@ def _cmd_bridge_simulate(args) -> int:
     try:
         sim = ControllerSimulator(endpoint, rows=args.rows, cols=args.cols, max_bits=args.bits,
                                   vsync_hz=args.vsync_hz).start()
-        where = f"udp:{endpoint.address[0]}:{endpoint.address[1]}" if args.udp else pair.path
+        if isinstance(endpoint, UdpControllerEndpoint) and endpoint.address is not None:  # open: bound
+            where = f"udp:{endpoint.address[0]}:{endpoint.address[1]}"
+        else:
+            where = pair.path if pair is not None else args.udp
         print(f"controller simulator listening on {where} ({args.rows}x{args.cols} zones, {args.vsync_hz:g} Hz "
               "vsync); Ctrl-C to stop", flush=True)
         end = time.monotonic() + args.seconds if args.seconds else None
@@ -297,7 +312,7 @@ def _cmd_bridge_simulate(args) -> int:
     return 0
 
 
-def _cmd_bridge_send(args) -> int:
+def _cmd_bridge_send(args: argparse.Namespace) -> int:
     import time
 
     from firmware_bridge.link import Link
@@ -307,8 +322,8 @@ def _cmd_bridge_send(args) -> int:
     config = _bridge_config(args)
     with Link(open_transport(args.port, baudrate=args.baud), config) as link:
         if not link.wait_running(args.connect_timeout):
-            print(f"edgehdr bridge send: error: controller on {args.port} did not come up: {link.stats()['last_error']}",
-                  file=sys.stderr)
+            print(f"edgehdr bridge send: error: controller on {args.port} did not come up: "
+                  f"{link.stats()['last_error']}", file=sys.stderr)
             return 2
         n = int(args.seconds * args.fps)
         start = time.monotonic()
@@ -322,7 +337,7 @@ def _cmd_bridge_send(args) -> int:
     return 0
 
 
-def _cmd_bridge_bench_qemu(args) -> int:
+def _cmd_bridge_bench_qemu(args: argparse.Namespace) -> int:
     from firmware_bridge import bench
     from firmware_bridge.qemu import FirmwareUnavailable
 
@@ -334,12 +349,14 @@ def _cmd_bridge_bench_qemu(args) -> int:
         return 2
     st, full, fr = result["stream"], result["full_grid"], result["faults"]
     print(f"board {result['board']}: emulated link UART {st['uart_bytes_per_s'] / 1e3:.1f} kB/s (QEMU hands over "
-          f"one byte per main-loop iteration), controller vsync {st['controller_vsync_hz'] or 0:.2f} Hz; stream uses {st['rows']}x{st['cols']}x{st['bits']}-bit zones, {st['bytes_per_frame']} bytes a "
+          f"one byte per main-loop iteration), controller vsync {st['controller_vsync_hz'] or 0:.2f} Hz; stream uses "
+          f"{st['rows']}x{st['cols']}x{st['bits']}-bit zones, {st['bytes_per_frame']} bytes a "
           f"frame, {100 * st['uart_load']:.0f}% of it")
     print(f"stream {st['seconds']:g} s at {st['hz']:g} Hz: sent {st['frames_sent']}/{st['frames_submitted']}, applied "
           f"{st['frames_applied']} ({100 * st['applied_fraction']:.2f}%), corrupted accepted "
           f"{st['corrupted_accepted']} (every applied frame's duty CRC checked), send-to-apply latency median "
-          f"{st['latency_ms_median']:.2f} ms, p99 {st['latency_ms_p99']:.2f} ms; firmware STATUS {st['firmware_status']}")
+          f"{st['latency_ms_median']:.2f} ms, p99 {st['latency_ms_p99']:.2f} ms; firmware STATUS "
+          f"{st['firmware_status']}")
     for curve in ("power_law", "linear"):
         r = full[curve]
         print(f"{full['rows']}x{full['cols']}x{full['bits']}-bit, {curve.replace('_', ' ')} drive: applied "
@@ -359,7 +376,7 @@ def _cmd_bridge_bench_qemu(args) -> int:
     return 0 if ok else 1
 
 
-def _cmd_bridge_bench(args) -> int:
+def _cmd_bridge_bench(args: argparse.Namespace) -> int:
     from firmware_bridge import bench
 
     if args.controller == "qemu":
@@ -368,8 +385,9 @@ def _cmd_bridge_bench(args) -> int:
     progress_print = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     progress_print("[1/4] encode + write one ZONES frame, 2000 times")
     ew = bench.encode_write_ms(args.zones)
-    print(f"encode+write {args.zones} x 16-bit zones ({ew['bytes']} bytes on the wire): median {ew['median_ms']:.3f} ms, "
-          f"p99 {ew['p99_ms']:.3f} ms ({100 * ew['median_ms'] / (1000 / 60):.2f}% of a 60 fps frame)")
+    print(f"encode+write {args.zones} x 16-bit zones ({ew['bytes']} bytes on the wire): median "
+          f"{ew['median_ms']:.3f} ms, p99 {ew['p99_ms']:.3f} ms "
+          f"({100 * ew['median_ms'] / (1000 / 60):.2f}% of a 60 fps frame)")
     progress_print(f"[2/4] {args.hz:g} Hz stream over a pty for {args.seconds:g} s, vsync {args.hz:g} Hz")
     st = bench.stream_run(args.seconds, args.hz, args.zones)
     print(f"stream {st['seconds']:g} s at {st['hz']:g} Hz: delivered {100 * st['delivered_fraction']:.2f}% "
@@ -394,7 +412,7 @@ def _cmd_bridge_bench(args) -> int:
     return 0
 
 
-def _int_in(lo: int, hi: int):
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     """argparse type: an integer in lo..hi (argparse then names the option in its error, exit 2)."""
     def parse(text: str) -> int:
         try:
@@ -407,7 +425,7 @@ def _int_in(lo: int, hi: int):
     return parse
 
 
-def _float_range(lo: float, hi: float = math.inf, *, above: bool = False):
+def _float_range(lo: float, hi: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
     """argparse type: a finite number in lo..hi (``above``: strictly greater than lo)."""
     def parse(text: str) -> float:
         try:
@@ -421,19 +439,19 @@ def _float_range(lo: float, hi: float = math.inf, *, above: bool = False):
     return parse
 
 
-def _float_at_least(lo: float):
+def _float_at_least(lo: float) -> Callable[[str], float]:
     return _float_range(lo)
 
 
-def _float_above(lo: float):
+def _float_above(lo: float) -> Callable[[str], float]:
     return _float_range(lo, above=True)
 
 
-def _float_in(lo: float, hi: float):
+def _float_in(lo: float, hi: float) -> Callable[[str], float]:
     return _float_range(lo, hi)
 
 
-def _add_bridge_grid(p, rows=16, cols=24, bits=12):
+def _add_bridge_grid(p: argparse.ArgumentParser, rows: int = 16, cols: int = 24, bits: int = 12) -> None:
     # PROTOCOL.md: rows and cols are u8 (1..255), zone depth 8..16 bit
     p.add_argument("--rows", type=_int_in(1, 255), default=rows, help=f"zone rows, 1..255 (default {rows})")
     p.add_argument("--cols", type=_int_in(1, 255), default=cols, help=f"zone columns, 1..255 (default {cols})")
@@ -600,7 +618,7 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
                 _show_defaults(sub)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "saturation", "absent") is None:

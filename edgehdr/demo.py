@@ -13,17 +13,20 @@ statistics), and the last frame's files. Every file is written atomically.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 __all__ = ["run_demo"]
 
 
-def run_demo(outdir="edgehdr-demo", *, seconds: float = 5.0, width: int = 1280, height: int = 720, fps: float = 30.0,
-             seed: int = 0, quiet: bool = False, neural: bool = False) -> dict:
+def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float = 5.0, width: int = 1280,
+             height: int = 720, fps: float = 30.0, seed: int = 0, quiet: bool = False,
+             neural: bool = False) -> dict[str, Any]:
     """Run the pipeline demo and return its statistics (also written to ``stats.json``)."""
     from edgehdr.dimming import simulate_display, zone_heatmap
     from edgehdr.io import write_ldr_image, write_radiance, write_text_atomic
@@ -56,7 +59,7 @@ def run_demo(outdir="edgehdr-demo", *, seconds: float = 5.0, width: int = 1280, 
 
     say(f"      kernels ready in {warm_up():.1f} s (compiled on the first run, then cached)")
     rt = build_runtime(cfg)
-    rt.pipeline.start()
+    pipeline = rt.built_pipeline().start()
     started = time.monotonic()
     try:
         while time.monotonic() - started < seconds:
@@ -71,7 +74,7 @@ def run_demo(outdir="edgehdr-demo", *, seconds: float = 5.0, width: int = 1280, 
         quality = rt.scorer.snapshot() if rt.scorer is not None else None
         stats = rt.close()
     stats["quality"] = quality
-    ctx = rt.pipeline.last_context
+    ctx = pipeline.last_context
     stats["controller"] = rt.stats().get("controller") if rt.simulator is None else {
         "frames_applied": rt.simulator.counters.frames_applied, "crc_errors": rt.simulator.decoder.crc_errors,
         "framing_errors": rt.simulator.decoder.framing_errors, "state": int(rt.simulator.state)}
@@ -80,6 +83,10 @@ def run_demo(outdir="edgehdr-demo", *, seconds: float = 5.0, width: int = 1280, 
     if ctx is None:
         raise RuntimeError("the pipeline produced no frame; see the log above")
     layout = rt.layout
+    # A completed frame went through every stage of this configuration, dimming included.
+    if (layout is None or ctx.radiance is None or ctx.sdr is None or ctx.zone_values is None or ctx.lcd is None
+            or ctx.backlight is None):
+        raise RuntimeError(f"frame {ctx.frame_id} lacks the dimming results; see the log above")
     displayed = simulate_display(ctx.lcd, ctx.backlight, layout)
     b = ctx.bracket
     fc, (lo, hi) = false_colour(ctx.radiance)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TextIO
 
 __all__ = ["Progress"]
 
@@ -15,7 +16,7 @@ class Progress:
     ``quiet=True`` silences it (tests, scripts).
     """
 
-    def __init__(self, total: int, *, stream=None, quiet: bool = False):
+    def __init__(self, total: int, *, stream: TextIO | None = None, quiet: bool = False) -> None:
         self.total = total
         self.done = 0
         self.stream = stream or sys.stderr

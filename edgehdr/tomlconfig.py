@@ -8,13 +8,20 @@ of the wrong type fail with ``FILE: [section] key = value: expected TYPE``.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = ["read_table", "typed_entries"]
 
 
-def read_table(path: Path, error: type[Exception]) -> dict:
-    """Parse ``path`` as JSON (``.json``) or TOML (anything else); ``error`` on a syntax error."""
+def read_table(path: str | os.PathLike[str], error: type[Exception]) -> Any:
+    """Parse ``path`` as JSON (``.json``) or TOML (anything else); ``error`` on a syntax error.
+
+    TOML always gives a table (dict); the top level of a JSON file may be any value, which
+    ``typed_entries`` then refuses.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -34,7 +41,7 @@ def read_table(path: Path, error: type[Exception]) -> dict:
     return data
 
 
-def _coerce(source: str, section: str, key: str, value, expected, error):
+def _coerce(source: str, section: str, key: str, value: Any, expected: type, error: type[Exception]) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
@@ -42,7 +49,8 @@ def _coerce(source: str, section: str, key: str, value, expected, error):
     return value
 
 
-def typed_entries(data, types: dict, source: str, error: type[Exception]):
+def typed_entries(data: object, types: dict[str, Any], source: str,
+                  error: type[Exception]) -> Iterator[tuple[str, str, Any]]:
     """Yield ``(section, key, value)`` of ``data`` after checking names and types against ``types``.
 
     ``types`` maps section -> key -> Python type (``float`` also accepts integers).

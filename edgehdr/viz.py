@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import cv2
 import numpy as np
 
@@ -10,7 +12,8 @@ from edgehdr.tonemap.color import luminance
 __all__ = ["false_colour", "contact_sheet"]
 
 
-def false_colour(radiance: np.ndarray, *, low_percentile: float = 0.5, high_percentile: float = 99.95):
+def false_colour(radiance: np.ndarray, *, low_percentile: float = 0.5,
+                 high_percentile: float = 99.95) -> tuple[np.ndarray, tuple[float, float]]:
     """log2 luminance through the Turbo colour map; returns (image, (low, high) in log2 units)."""
     log_l = np.log2(np.maximum(luminance(radiance), 1e-9))
     low, high = np.percentile(log_l, [low_percentile, high_percentile])
@@ -20,7 +23,8 @@ def false_colour(radiance: np.ndarray, *, low_percentile: float = 0.5, high_perc
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (float(low), float(high))
 
 
-def contact_sheet(tiles, *, columns: int = 3, tile_width: int = 480, label_px: int = 28) -> np.ndarray:
+def contact_sheet(tiles: Iterable[tuple[str, np.ndarray]], *, columns: int = 3, tile_width: int = 480,
+                  label_px: int = 28) -> np.ndarray:
     """Grid of ``(label, rgb_uint8)`` tiles, each scaled to ``tile_width`` with a caption bar."""
     tiles = list(tiles)
     if not tiles:

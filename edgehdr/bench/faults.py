@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edgehdr.progress import Progress
+
+if TYPE_CHECKING:
+    from edgehdr.pipeline.daemon import Runtime
 
 __all__ = ["fault_run", "format_faults"]
 
 
-def fault_run(*, width: int = 640, height: int = 360, fps: float = 30.0, quiet: bool = False) -> dict:
+def fault_run(*, width: int = 640, height: int = 360, fps: float = 30.0, quiet: bool = False) -> dict[str, Any]:
     """Source error, stall and a corrupt frame mid-stream, the serial link unplugged and replugged."""
     from edgehdr.camera.faults import FaultInjector
     from edgehdr.pipeline.config import validate
@@ -25,10 +30,14 @@ def fault_run(*, width: int = 640, height: int = 360, fps: float = 30.0, quiet: 
                     "planner": {"max_exposure_s": 10.0}, "preview": {"enabled": False},
                     "dimming": {"rows": 18, "cols": 32}})
     rt = build_runtime(cfg)
+    pipeline, link, layout = rt.built_pipeline(), rt.link, rt.layout
+    if rt.source is None or link is None or layout is None or rt.pty is None or rt.simulator is None:
+        rt.close()
+        raise RuntimeError("the fault run needs a source, dimming and the simulated controller link")
     faulty = FaultInjector(rt.source, raise_at=[60], stall_at=[120, 121], corrupt_at=[180])
-    rt.pipeline.source = faulty
-    rt.pipeline.read_timeout_s = 0.5
-    rt.pipeline.start()
+    pipeline.source = faulty
+    pipeline.read_timeout_s = 0.5
+    pipeline.start()
     progress.step("source error at read 60, stall at 120-121, corrupt frame at 180")
     time.sleep(9.0)
     mid = rt.stats()
@@ -37,20 +46,20 @@ def fault_run(*, width: int = 640, height: int = 360, fps: float = 30.0, quiet: 
     rt.simulator.stop()
     rt.pty.close()
     t_unplug = time.monotonic()
-    while rt.link.running and time.monotonic() - t_unplug < 5:
+    while link.running and time.monotonic() - t_unplug < 5:
         time.sleep(0.005)
     detect_s = time.monotonic() - t_unplug
     time.sleep(1.0)
-    rt.pty = PtyPair(path)
-    rt.simulator = ControllerSimulator(rt.pty.controller, rows=rt.layout.rows, cols=rt.layout.cols,
-                                       vsync_hz=120.0).start()
+    rt.pty = pty = PtyPair(path)
+    rt.simulator = simulator = ControllerSimulator(pty.controller, rows=layout.rows, cols=layout.cols,
+                                                   vsync_hz=120.0).start()
     t_replug = time.monotonic()
-    while not rt.link.running and time.monotonic() - t_replug < 10:
+    while not link.running and time.monotonic() - t_replug < 10:
         time.sleep(0.005)
     reconnect_s = time.monotonic() - t_replug
-    applied0 = rt.simulator.counters.frames_applied
+    applied0 = simulator.counters.frames_applied
     time.sleep(2.0)
-    applied_after = rt.simulator.counters.frames_applied - applied0
+    applied_after = simulator.counters.frames_applied - applied0
     progress.step("stopping")
     final = rt.close()
     stage_errors = {s["name"]: s["errors"] for s in final["stages"] if s["errors"]}
@@ -65,15 +74,15 @@ def fault_run(*, width: int = 640, height: int = 360, fps: float = 30.0, quiet: 
     }
 
 
-def _short_run(cfg: dict, seconds: float, during=None) -> dict:
+def _short_run(cfg: dict[str, Any], seconds: float, during: Callable[[Runtime], None] | None = None) -> dict[str, Any]:
     """Build, run for ``seconds`` (calling ``during(rt)`` once frames flow), close; the final statistics."""
     from edgehdr.pipeline.daemon import build_runtime
 
     rt = build_runtime(cfg)
-    rt.pipeline.start()
+    pipeline = rt.built_pipeline().start()
     try:
         deadline = time.monotonic() + 20
-        while not rt.pipeline.healthy() and time.monotonic() < deadline:
+        while not pipeline.healthy() and time.monotonic() < deadline:
             time.sleep(0.05)
         if during is not None:
             during(rt)
@@ -85,7 +94,7 @@ def _short_run(cfg: dict, seconds: float, during=None) -> dict:
     return final
 
 
-def _more_faults(*, quiet: bool = False) -> dict:
+def _more_faults(*, quiet: bool = False) -> dict[str, Any]:
     """Disk-full outputs, a spoofed link datagram, a missing bridge port, a replay source: each counted where
     an operator looks (the run's statistics, which feed the log, ``/metrics`` and ``STATUS=``)."""
     import socket
@@ -95,11 +104,12 @@ def _more_faults(*, quiet: bool = False) -> dict:
     from edgehdr.pipeline.config import validate
     from firmware_bridge.protocol import Caps, encode_message
     from firmware_bridge.simulator import ControllerSimulator, UdpControllerEndpoint
+    from firmware_bridge.transports import UdpTransport
 
     small = {"source": {"width": 320, "height": 200, "fps": 30.0}, "dimming": {"rows": 8, "cols": 12},
              "preview": {"enabled": False}}
     progress = Progress(4, quiet=quiet)
-    result = {}
+    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgehdr-faults-") as tmp:
         full = Path(tmp) / "full"
         full.mkdir()
@@ -125,19 +135,25 @@ def _more_faults(*, quiet: bool = False) -> dict:
         attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         forged_sent = 0
         try:
-            attacker.bind(("127.0.0.5", endpoint.address[1]))
+            if endpoint.address is None:  # the simulator opened it
+                raise RuntimeError("the UDP controller endpoint did not open")
+            controller_port = endpoint.address[1]
+            attacker.bind(("127.0.0.5", controller_port))
             forged = encode_message(Caps(version=9, fw_major=6, fw_minor=6, fw_patch=6, rows=1, cols=1, max_bits=8,
                                          features=0, max_fps=1, max_payload=16), 0)
 
-            def spoof(rt):
+            def spoof(rt: Runtime) -> None:
                 nonlocal forged_sent
-                local = rt.link.transport.local_address
+                transport = rt.link.transport if rt.link is not None else None
+                local = transport.local_address if isinstance(transport, UdpTransport) else None
+                if local is None:
+                    raise RuntimeError("the spoofing run needs an open UDP controller link")
                 for _ in range(20):
                     attacker.sendto(forged, ("127.0.0.1", local[1]))
                     forged_sent += 1
                     time.sleep(0.01)
 
-            cfg = validate({**small, "bridge": {"port": f"udp:127.0.0.1:{endpoint.address[1]}"}})
+            cfg = validate({**small, "bridge": {"port": f"udp:127.0.0.1:{controller_port}"}})
             final = _short_run(cfg, 2.0, spoof)
             result["spoofed_datagram"] = {"forged_sent": forged_sent, "link_state": final["link"]["state"],
                                           "rejections": final["link"]["rejections"],
@@ -169,7 +185,7 @@ def _more_faults(*, quiet: bool = False) -> dict:
     return result
 
 
-def format_faults(fr: dict) -> str:
+def format_faults(fr: dict[str, Any]) -> str:
     """The fault run as the lines ``edgehdr bench --faults`` prints: each failure and where it was counted."""
     lines = [f"faults: injected {fr['injected']}; source restarts {fr['source_restarts']}, stalls "
              f"{fr['source_stalls']}, frames failed {fr['frames_failed']} {fr['stage_errors']}; link unplug "

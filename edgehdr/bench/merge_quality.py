@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -12,7 +15,8 @@ from edgehdr.synth import capture_bracket, make_scene, suggest_exposures
 __all__ = ["format_quality", "merge_quality_report"]
 
 
-def merge_quality_report(seeds=range(10), *, height: int = 360, width: int = 640, quiet: bool = False) -> dict:
+def merge_quality_report(seeds: Iterable[int] = range(10), *, height: int = 360, width: int = 640,
+                         quiet: bool = False) -> dict[str, Any]:
     """Merge quality against exact ground truth over synthetic scenes (PU21-PSNR, dB).
 
     Per scene: EdgeHDR vs ``cv2.MergeDebevec`` with the same (known) response; a
@@ -53,7 +57,7 @@ def merge_quality_report(seeds=range(10), *, height: int = 360, width: int = 640
     return {"size": [width, height], "exposures": 3, "rows": rows}
 
 
-def format_quality(report: dict) -> str:
+def format_quality(report: dict[str, Any]) -> str:
     head = (f"{'seed':>4} {'kind':<8} {'edgehdr':>8} {'opencv':>8} {'calibr.':>8} "
             f"{'moving':>8} {'deghost':>8}   (PU21-PSNR dB)")
     lines = [head, "-" * len(head)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ def _rss_mb() -> float:
 
 
 def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int = 1080, fps: float = 30.0,
-                      warmup_s: float = 5.0, memory_every_s: float = 10.0, quiet: bool = False) -> dict:
+                      warmup_s: float = 5.0, memory_every_s: float = 10.0, quiet: bool = False) -> dict[str, Any]:
     """The daemon's pipeline on the synthetic camera: sustained fps, drops, latency, memory.
 
     Synthetic 3-exposure rolling bracket at ``fps``; align (exposure-matched MTB at 1/2
@@ -34,12 +35,12 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     cfg = validate({"source": {"width": width, "height": height, "fps": fps},
                     "planner": {"max_exposure_s": 10.0}, "preview": {"enabled": False}})
     rt = build_runtime(cfg)
-    rt.pipeline.start()
+    pipeline = rt.built_pipeline().start()
     progress = Progress(3, quiet=quiet)
     progress.step(f"warming up {warmup_s:g} s")
     time.sleep(warmup_s)
     base = rt.stats()
-    rt.pipeline.reset_latency_window()
+    pipeline.reset_latency_window()
     memory = [(0.0, _rss_mb())]
     progress.step(f"measuring {seconds:g} s at {width}x{height}, {fps:g} fps")
     t0 = time.monotonic()
@@ -85,7 +86,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     }
 
 
-def format_runtime(rb: dict) -> str:
+def format_runtime(rb: dict[str, Any]) -> str:
     """The runtime benchmark as the lines ``edgehdr bench --runtime`` prints."""
     lines = [f"runtime {rb['size'][0]}x{rb['size'][1]}, 3-exposure rolling bracket at {rb['target_fps']:g} fps, "
              f"{rb['seconds']} s: {rb['fps']} fps, {rb['frames_completed']}/{rb['frames_captured']} frames, "

@@ -10,11 +10,16 @@ source with backoff); ``SourceTimeout`` means nothing arrived in time (a stall).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgehdr.bracket import Bracket
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["BracketSource", "ExposurePlan", "SourceError", "SourceTimeout", "SourceExhausted", "FrameGrouper"]
 
@@ -35,20 +40,20 @@ class SourceExhausted(SourceError):
 class ExposurePlan:
     """Exposure time (s) and analogue gain of each frame of a bracket, shortest first."""
 
-    exposure_s: tuple
-    gain: tuple
+    exposure_s: tuple[float, ...]
+    gain: tuple[float, ...]
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if len(self.exposure_s) != len(self.gain) or not self.exposure_s:
             raise ValueError("an exposure plan needs one gain per exposure time and at least one frame")
         if any(t <= 0 for t in self.exposure_s) or any(g <= 0 for g in self.gain):
             raise ValueError(f"exposure times and gains must be positive: {self}")
 
     @classmethod
-    def of(cls, exposure_s, gain=None) -> ExposurePlan:
-        exposure_s = tuple(float(t) for t in exposure_s)
-        gain = tuple(float(g) for g in gain) if gain is not None else (1.0,) * len(exposure_s)
-        return cls(exposure_s, gain)
+    def of(cls, exposure_s: Iterable[float], gain: Iterable[float] | None = None) -> ExposurePlan:
+        times = tuple(float(t) for t in exposure_s)
+        gains = tuple(float(g) for g in gain) if gain is not None else (1.0,) * len(times)
+        return cls(times, gains)
 
     @property
     def relative(self) -> np.ndarray:
@@ -80,14 +85,14 @@ class BracketSource:
     def plan(self) -> ExposurePlan | None:
         return None
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"name": self.name, "bits": self.bits}
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self.open()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -100,7 +105,7 @@ class FrameGrouper:
     frames of one round have arrived, and the round starts over.
     """
 
-    def __init__(self, count: int, mode: str = "rolling"):
+    def __init__(self, count: int, mode: str = "rolling") -> None:
         if mode not in ("rolling", "burst"):
             raise ValueError(f"mode must be 'rolling' or 'burst', got {mode!r}")
         self.count, self.mode = count, mode
@@ -108,9 +113,9 @@ class FrameGrouper:
 
     def reset(self, count: int | None = None) -> None:
         self.count = count or self.count
-        self.frames = [None] * self.count
-        self.meta = [None] * self.count
-        self._fresh = set()
+        self.frames: list[np.ndarray | None] = [None] * self.count
+        self.meta: list[tuple[float, float, int] | None] = [None] * self.count
+        self._fresh: set[int] = set()
 
     def add(self, index: int, frame: np.ndarray, exposure_s: float, gain: float, timestamp_ns: int) -> bool:
         """Store a frame; True when a bracket can be taken."""
@@ -124,8 +129,14 @@ class FrameGrouper:
         return True
 
     def take(self, bits: int, sequence: int, source: str) -> Bracket:
-        exposure, gain, stamps = zip(*self.meta)
-        bracket = Bracket(frames=np.stack(self.frames), exposure_s=exposure, gain=gain, bits=bits,
+        """The bracket of the stored frames (call after ``add`` returned True)."""
+        frames = [f for f in self.frames if f is not None]
+        meta = [m for m in self.meta if m is not None]
+        if len(frames) != self.count or len(meta) != self.count:
+            raise RuntimeError(f"FrameGrouper.take: {len(frames)} of {self.count} exposures stored; wait until "
+                               "add() returns True")
+        exposure, gain, stamps = zip(*meta)
+        bracket = Bracket(frames=np.stack(frames), exposure_s=exposure, gain=gain, bits=bits,
                           timestamp_ns=stamps, sequence=sequence, source=source)
         if self.mode == "burst":
             self._fresh.clear()

@@ -16,11 +16,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgehdr.bracket import Bracket
 from edgehdr.camera.base import BracketSource, ExposurePlan, FrameGrouper, SourceError, SourceTimeout
+
+if TYPE_CHECKING:
+    import cv2
 
 __all__ = ["ExposureControl", "GStreamerSource", "Picamera2Source", "V4L2Source"]
 
@@ -30,7 +34,7 @@ log = logging.getLogger("edgehdr.camera")
 class _GroupingSource(BracketSource):
     """Shared plan handling and frame grouping of the device sources."""
 
-    def __init__(self, plan: ExposurePlan | None, mode: str):
+    def __init__(self, plan: ExposurePlan | None, mode: str) -> None:
         self._plan = plan or ExposurePlan.of([1 / 2000, 1 / 500, 1 / 125])
         self.mode = mode
         self._grouper = FrameGrouper(len(self._plan), mode)
@@ -48,7 +52,7 @@ class _GroupingSource(BracketSource):
             self._index = 0
         self._plan = plan
 
-    def _capture(self, exposure_s: float, gain: float, timeout_s: float):
+    def _capture(self, exposure_s: float, gain: float, timeout_s: float) -> tuple[np.ndarray, int]:
         """(frame RGB, timestamp ns) at this exposure; implemented per device."""
         raise NotImplementedError
 
@@ -80,12 +84,12 @@ class V4L2Source(_GroupingSource):
 
     def __init__(self, device: str = "/dev/video0", *, width: int = 1920, height: int = 1080, fps: float = 30.0,
                  plan: ExposurePlan | None = None, mode: str = "rolling", settle_frames: int = 2,
-                 exposure_unit_s: float = 100e-6, fourcc: str = "MJPG"):
+                 exposure_unit_s: float = 100e-6, fourcc: str = "MJPG") -> None:
         super().__init__(plan, mode)
         self.device, self.width, self.height, self.fps = device, width, height, fps
         self.settle_frames, self.exposure_unit_s, self.fourcc = settle_frames, exposure_unit_s, fourcc
-        self._cap = None
-        self._current = None
+        self._cap: cv2.VideoCapture | None = None
+        self._current: tuple[float, float] | None = None
 
     def open(self) -> None:
         import cv2
@@ -95,7 +99,7 @@ class V4L2Source(_GroupingSource):
             raise SourceError(f"{self.device}: cannot open the V4L2 device; check that it exists (v4l2-ctl "
                               "--list-devices), that your user is in the 'video' group, and that no other process "
                               "holds it")
-        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*self.fourcc))
+        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*self.fourcc))
         cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
         cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
         cap.set(cv2.CAP_PROP_FPS, self.fps)
@@ -111,7 +115,7 @@ class V4L2Source(_GroupingSource):
             self._cap.release()
             self._cap = None
 
-    def _capture(self, exposure_s, gain, timeout_s):
+    def _capture(self, exposure_s: float, gain: float, timeout_s: float) -> tuple[np.ndarray, int]:
         import cv2
 
         if self._cap is None:
@@ -161,25 +165,26 @@ class ExposureControl:
     property_name: str = "exposuretimerange"
     mapping: str | Callable[[float, float], object] = _ARGUS
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.mapping != _ARGUS and not callable(self.mapping):
             raise ValueError(f"mapping must be 'argus' or a callable (exposure_s, gain) -> value, got {self.mapping!r}")
 
     @property
-    def properties(self) -> tuple:
+    def properties(self) -> tuple[str, ...]:
         """Names of the properties this control sets."""
         return ("exposuretimerange", "gainrange") if self.mapping == _ARGUS else (self.property_name,)
 
-    def apply(self, element, exposure_s: float, gain: float) -> None:
-        """Set ``element``'s properties for this exposure time (s) and analogue gain."""
-        if self.mapping == _ARGUS:
+    def apply(self, element: Any, exposure_s: float, gain: float) -> None:
+        """Set ``element``'s properties (a ``Gst.Element``) for this exposure time (s) and analogue gain."""
+        mapping = self.mapping
+        if isinstance(mapping, str):  # "argus": __post_init__ admits no other string
             t_ns = int(exposure_s * 1e9)
             element.set_property("exposuretimerange", f"{t_ns} {t_ns}")
             element.set_property("gainrange", f"{gain:g} {gain:g}")
         else:
-            element.set_property(self.property_name, self.mapping(exposure_s, gain))
+            element.set_property(self.property_name, mapping(exposure_s, gain))
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         mapping = self.mapping if self.mapping == _ARGUS else getattr(self.mapping, "__name__", "callable")
         return {"element": self.element, "properties": list(self.properties), "mapping": mapping}
 
@@ -232,7 +237,8 @@ class GStreamerSource(_GroupingSource):
 
     def __init__(self, pipeline: str = "", *, sensor_id: int = 0, width: int = 1920, height: int = 1080,
                  fps: float = 30.0, plan: ExposurePlan | None = None, mode: str = "rolling", settle_frames: int = 3,
-                 control: ExposureControl | None = None, max_discard: int = 8, start_timeout_s: float = 10.0):
+                 control: ExposureControl | None = None, max_discard: int = 8,
+                 start_timeout_s: float = 10.0) -> None:
         super().__init__(plan, mode)
         if settle_frames < 0 or max_discard < settle_frames:
             raise ValueError(f"need 0 <= settle_frames <= max_discard, got {settle_frames} and {max_discard}")
@@ -242,11 +248,16 @@ class GStreamerSource(_GroupingSource):
         self._control_required = control is not None
         self.pipeline_text = pipeline or self.default_pipeline(sensor_id, width, height, fps,
                                                                self._plan.exposure_s[0])
-        self._Gst = None
-        self._pipeline = self._sink = self._bus = self._element = self._clock = None
+        self._Gst: Any = None  # the gi.repository.Gst module, imported by open()
+        # Gst.Pipeline, its appsink, bus, exposure element and clock while open (PyGObject has no type stubs).
+        self._pipeline: Any | None = None
+        self._sink: Any | None = None
+        self._bus: Any | None = None
+        self._element: Any | None = None
+        self._clock: Any | None = None
         self._base_time_ns = 0
         self._clock_is_monotonic = False
-        self._current = None
+        self._current: tuple[float, float] | None = None
         self._opened_before = False
         self.restarts = 0  # reopenings after the first open (each rebuilds the pipeline)
         self.bus_errors = 0
@@ -309,7 +320,7 @@ class GStreamerSource(_GroupingSource):
             self.restarts += 1
         self._opened_before = True
 
-    def _control_element(self, pipeline):
+    def _control_element(self, pipeline: Any) -> Any | None:
         """The live element carrying the exposure, or None when the (default) control is absent."""
         element = pipeline.get_by_name(self.control.element)
         missing = [p for p in self.control.properties if element is not None and element.find_property(p) is None]
@@ -329,20 +340,20 @@ class GStreamerSource(_GroupingSource):
             self._pipeline.set_state(self._Gst.State.NULL)
             self._pipeline = self._sink = self._bus = self._element = self._clock = None
 
-    def element(self, name: str):
+    def element(self, name: str) -> Any | None:
         """The running pipeline's element called ``name`` (None when absent), e.g. to tune other properties."""
         if self._pipeline is None:
             raise SourceError(f"{self.name}: not open")
         return self._pipeline.get_by_name(name)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {**super().describe(), "pipeline": self.pipeline_text, "control": self.control.describe(),
                 "controlled": self._element is not None, "settle_frames": self.settle_frames,
                 "frames_discarded": self.frames_discarded, "frames_stale": self.frames_stale,
                 "restarts": self.restarts, "bus_errors": self.bus_errors, "last_error": self.last_error,
                 "timestamps": self.timestamps}
 
-    def _bus_error(self, bus) -> str:
+    def _bus_error(self, bus: Any) -> str:
         """Drain the bus: log warnings, return the first error as text ('' when none)."""
         Gst = self._Gst
         error = ""
@@ -365,16 +376,19 @@ class GStreamerSource(_GroupingSource):
             self.last_error = error
             raise SourceError(f"{self.name}: pipeline {error}; the source must be reopened (the daemon restarts it)")
 
-    def _pull(self, timeout_s):
+    def _pull(self, timeout_s: float) -> tuple[np.ndarray, int]:
+        sink = self._sink
+        if sink is None:
+            raise SourceError(f"{self.name}: not open")
         deadline = time.monotonic() + timeout_s
         while True:
             self._check_bus()
             wait_s = min(max(0.0, deadline - time.monotonic()), _POLL_S)
-            sample = self._sink.emit("try-pull-sample", int(wait_s * 1e9))
+            sample = sink.emit("try-pull-sample", int(wait_s * 1e9))
             if sample is not None:
                 break
             self._check_bus()  # a failing element also ends the stream: report its error, not the EOS
-            if self._sink.get_property("eos"):
+            if sink.get_property("eos"):
                 self.last_error = "end of stream (EOS)"
                 raise SourceError(f"{self.name}: end of stream (EOS): the pipeline stopped delivering frames "
                                   "(Argus sends EOS when the camera fails); the source must be reopened")
@@ -397,7 +411,7 @@ class GStreamerSource(_GroupingSource):
             buf.unmap(info)
         return rgb, self._stamp_ns(sample, buf)
 
-    def _stamp_ns(self, sample, buf) -> int:
+    def _stamp_ns(self, sample: Any, buf: Any) -> int:
         """Capture time of a buffer in ``time.monotonic_ns`` terms, from its PTS on the pipeline clock."""
         Gst = self._Gst
         now_ns = time.monotonic_ns()
@@ -413,7 +427,7 @@ class GStreamerSource(_GroupingSource):
             return clock_ns
         return now_ns - (self._clock.get_time() - clock_ns)  # any other clock: shift by the buffer's age
 
-    def _capture(self, exposure_s, gain, timeout_s):
+    def _capture(self, exposure_s: float, gain: float, timeout_s: float) -> tuple[np.ndarray, int]:
         if self._pipeline is None:
             raise SourceError(f"{self.name}: not open")
         deadline = time.monotonic() + timeout_s
@@ -456,11 +470,11 @@ class Picamera2Source(_GroupingSource):
 
     def __init__(self, *, camera_num: int = 0, width: int = 1920, height: int = 1080, fps: float = 30.0,
                  plan: ExposurePlan | None = None, mode: str = "rolling", hdr_mode: bool = False,
-                 tolerance: float = 0.05, max_discard: int = 8):
+                 tolerance: float = 0.05, max_discard: int = 8) -> None:
         super().__init__(plan, mode)
         self.camera_num, self.width, self.height, self.fps = camera_num, width, height, fps
         self.hdr_mode, self.tolerance, self.max_discard = hdr_mode, tolerance, max_discard
-        self._cam = None
+        self._cam: Any | None = None  # a picamera2.Picamera2 while open
 
     def open(self) -> None:
         try:
@@ -497,10 +511,13 @@ class Picamera2Source(_GroupingSource):
             return super().read_bracket(timeout_s)
         # The ISP alternates exposures itself: file each frame under the plan slot nearest
         # to the exposure its metadata reports.
+        cam = self._cam
+        if cam is None:
+            raise SourceError(f"{self.name}: not open")
         deadline = time.monotonic() + timeout_s
         plan_us = np.asarray(self._plan.exposure_s) * 1e6
         while time.monotonic() < deadline:
-            request = self._cam.capture_request()
+            request = cam.capture_request()
             try:
                 md = request.get_metadata()
                 got_us = md.get("ExposureTime", 0)
@@ -514,14 +531,15 @@ class Picamera2Source(_GroupingSource):
                 return self._grouper.take(self.bits, self._sequence, self.name)
         raise SourceTimeout(f"{self.name}: no complete HDR bracket within {timeout_s} s")
 
-    def _capture(self, exposure_s, gain, timeout_s):
-        if self._cam is None:
+    def _capture(self, exposure_s: float, gain: float, timeout_s: float) -> tuple[np.ndarray, int]:
+        cam = self._cam
+        if cam is None:
             raise SourceError(f"{self.name}: not open")
         want_us = int(round(exposure_s * 1e6))
         if not self.hdr_mode:
-            self._cam.set_controls({"ExposureTime": want_us, "AnalogueGain": float(gain)})
+            cam.set_controls({"ExposureTime": want_us, "AnalogueGain": float(gain)})
         for _ in range(self.max_discard + 1):
-            request = self._cam.capture_request()
+            request = cam.capture_request()
             try:
                 md = request.get_metadata()
                 got_us, got_gain = md.get("ExposureTime", 0), md.get("AnalogueGain", 0.0)

@@ -8,17 +8,20 @@ size), so the pipeline's recovery paths run against the real stages.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 from edgehdr.bracket import Bracket
-from edgehdr.camera.base import BracketSource, SourceError, SourceTimeout
+from edgehdr.camera.base import BracketSource, ExposurePlan, SourceError, SourceTimeout
 
 __all__ = ["FaultInjector"]
 
 
 class FaultInjector(BracketSource):
-    def __init__(self, source: BracketSource, *, raise_at=(), stall_at=(), corrupt_at=()):
+    def __init__(self, source: BracketSource, *, raise_at: Iterable[int] = (), stall_at: Iterable[int] = (),
+                 corrupt_at: Iterable[int] = ()) -> None:
         self.source = source
         self.raise_at, self.stall_at, self.corrupt_at = set(raise_at), set(stall_at), set(corrupt_at)
         self.reads = 0
@@ -26,7 +29,7 @@ class FaultInjector(BracketSource):
         self.bits = source.bits
         self.injected = {"raise": 0, "stall": 0, "corrupt": 0}
 
-    def __getattr__(self, item):  # response, width, height, ... of the wrapped source
+    def __getattr__(self, item: str) -> Any:  # response, width, height, ... of the wrapped source
         return getattr(self.source, item)
 
     def open(self) -> None:
@@ -36,13 +39,13 @@ class FaultInjector(BracketSource):
         self.source.close()
 
     @property
-    def plan(self):
+    def plan(self) -> ExposurePlan | None:
         return self.source.plan
 
-    def set_plan(self, plan) -> None:
+    def set_plan(self, plan: ExposurePlan) -> None:
         self.source.set_plan(plan)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return dict(self.source.describe(), faults=sorted(self.raise_at | self.stall_at | self.corrupt_at))
 
     def read_bracket(self, timeout_s: float = 1.0) -> Bracket:

@@ -57,9 +57,11 @@ class ExposurePlanner:
     """
 
     def __init__(self, response: CameraResponse, *, max_frames: int = 3, min_frames: int = 1,
-                 exposure_limits_s=(1e-5, 1 / 30), gain_limits=(1.0, 16.0), low_percentile: float = 1.0,
-                 high_percentile: float = 99.5, well_exposed=(0.08, 0.92), overlap_stops: float = 1.0,
-                 time_constant_s: float = 0.5, dead_band_stops: float = 0.1, hysteresis_updates: int = 5):
+                 exposure_limits_s: tuple[float, float] = (1e-5, 1 / 30),
+                 gain_limits: tuple[float, float] = (1.0, 16.0), low_percentile: float = 1.0,
+                 high_percentile: float = 99.5, well_exposed: tuple[float, float] = (0.08, 0.92),
+                 overlap_stops: float = 1.0, time_constant_s: float = 0.5, dead_band_stops: float = 0.1,
+                 hysteresis_updates: int = 5) -> None:
         if not 1 <= min_frames <= max_frames <= 9:
             raise ValueError(f"need 1 <= min_frames <= max_frames <= 9, got {min_frames}, {max_frames}")
         if not 0 < exposure_limits_s[0] < exposure_limits_s[1]:
@@ -80,7 +82,7 @@ class ExposurePlanner:
         self.time_constant_s, self.dead_band = time_constant_s, dead_band_stops
         self.hysteresis_updates = hysteresis_updates
         self._log_k: np.ndarray | None = None
-        self._wanted_count = None
+        self._wanted_count: int | None = None
         self._wanted_streak = 0
 
     # ------------------------------------------------------------------------------------------

@@ -9,8 +9,10 @@ the end raises ``SourceExhausted`` and the pipeline finishes.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,13 +42,14 @@ class ReplaySource(BracketSource):
 
     name = "replay"
 
-    def __init__(self, path, *, bracket_size: int = 3, fps: float = 30.0, loop: bool = True, bits: int | None = None,
-                 cache_bytes: int = 1 << 30):
+    def __init__(self, path: str | os.PathLike[str], *, bracket_size: int = 3, fps: float = 30.0, loop: bool = True,
+                 bits: int | None = None, cache_bytes: int = 1 << 30) -> None:
         self.path = Path(path)
         self.bracket_size, self.fps, self.loop = int(bracket_size), float(fps), loop
         self._bits = bits
+        self.bits = bits or 8  # the source's nominal depth; a bracket's bits follow its files unless ``bits`` is given
         self.cache_bytes = cache_bytes
-        self._entries = None
+        self._entries: list[tuple[Path, float]] | None = None
         self._cache: dict[int, np.ndarray] = {}
         self._cached_bytes = 0
 
@@ -81,20 +84,19 @@ class ReplaySource(BracketSource):
     def _frame(self, i: int) -> np.ndarray:
         frame = self._cache.get(i)
         if frame is None:
+            if self._entries is None:
+                raise SourceTimeout(f"{self.path}: replay not open")
             frame = read_ldr_image(self._entries[i][0])
             if self._cached_bytes + frame.nbytes <= self.cache_bytes:
                 self._cache[i] = frame
                 self._cached_bytes += frame.nbytes
         return frame
 
-    @property
-    def bits(self) -> int:
-        return self._bits or 8
-
     def read_bracket(self, timeout_s: float = 1.0) -> Bracket:
-        if self._entries is None:
+        entries = self._entries
+        if entries is None:
             raise SourceTimeout(f"{self.path}: replay not open")
-        if self._index >= len(self._entries):
+        if self._index >= len(entries):
             if not self.loop:
                 raise SourceExhausted(f"{self.path}: end of replay")
             self._index = 0
@@ -110,13 +112,13 @@ class ReplaySource(BracketSource):
         frames = [self._frame(i) for i in idx]
         for i, f in zip(idx, frames):
             if f.shape != frames[0].shape or f.dtype != frames[0].dtype:
-                raise SourceError(f"{self._entries[i][0]}: size or depth differs from the rest of its bracket")
+                raise SourceError(f"{entries[i][0]}: size or depth differs from the rest of its bracket")
         bits = self._bits or (8 if frames[0].dtype == np.uint8 else 16)
         now = time.monotonic_ns()
         self._sequence += 1
-        return Bracket(frames=np.stack(frames), exposure_s=[self._entries[i][1] for i in idx], bits=bits,
+        return Bracket(frames=np.stack(frames), exposure_s=[entries[i][1] for i in idx], bits=bits,
                        timestamp_ns=[now] * self.bracket_size, sequence=self._sequence, source=str(self.path))
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "bracket_size": self.bracket_size, "fps": self.fps,
                 "loop": self.loop}

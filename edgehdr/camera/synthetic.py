@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from typing import Any
 
 import numba
 import numpy as np
@@ -32,7 +33,8 @@ _LOG_MIN = -40.0  # stops; LUT covers log2(L t) in [_LOG_MIN, 0] (clipped above)
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _expose(log_q, y0, x0, offset_q, lut, dither, out):
+def _expose(log_q: np.ndarray, y0: int, x0: int, offset_q: int | np.integer, lut: np.ndarray, dither: np.ndarray,
+            out: np.ndarray) -> np.ndarray:
     h, w, _ = out.shape
     top = lut.shape[0] - 1
     dh, dw = dither.shape
@@ -77,7 +79,7 @@ class SyntheticCamera(BracketSource):
                  mode: str = "rolling", seed: int = 0, kind: str | None = "outdoor", moving_objects: int = 2,
                  object_speed_px: float | None = None, illumination_stops: float = 0.5,
                  illumination_period_s: float = 8.0, shake_px: int = 0, response: str = "srgb",
-                 noise_codes: float = 1.0):
+                 noise_codes: float = 1.0) -> None:
         if mode not in ("rolling", "burst"):
             raise ValueError(f"mode must be 'rolling' or 'burst', got {mode!r}")
         self.width, self.height, self.fps, self.mode = int(width), int(height), float(fps), mode
@@ -119,8 +121,8 @@ class SyntheticCamera(BracketSource):
             from edgehdr.synth import suggest_exposures
 
             self._plan = ExposurePlan.of(suggest_exposures(scene.radiance, 3, 2.0))
-        self._frames = [None] * len(self._plan)
-        self._exposures = [None] * len(self._plan)
+        self._frames: list[np.ndarray] = []  # the last bracket's frames (empty: none retained)
+        self._exposures: list[tuple[float, float, int] | None] = [None] * len(self._plan)
         self._next_index = 0
         self._t0 = time.monotonic()
         self._next_capture = self._t0
@@ -140,8 +142,9 @@ class SyntheticCamera(BracketSource):
 
     def set_plan(self, plan: ExposurePlan) -> None:
         with self._lock:
-            if len(plan) != len(self._plan):
-                self._frames = [None] * len(plan)
+            # Before open() there may be no plan yet: open() then sizes its buffers from this one.
+            if self._plan is None or len(plan) != len(self._plan):
+                self._frames = []
                 self._exposures = [None] * len(plan)
                 self._next_index = 0
             self._plan = plan
@@ -200,11 +203,13 @@ class SyntheticCamera(BracketSource):
             raise SourceTimeout(f"{self.name}: not open")
         with self._lock:
             plan = self._plan
+            if plan is None:  # open() always sets one
+                raise SourceTimeout(f"{self.name}: not open")
             n = len(plan)
             # A fresh stack per bracket (the pipeline may still hold the previous one): the
             # retained frames are copied, the new capture is written straight into its slot.
             frames = np.empty((n, self.height, self.width, 3), np.uint8)
-            fresh = set(range(n)) if self.mode == "burst" or self._frames[0] is None else set()
+            fresh = set(range(n)) if self.mode == "burst" or not self._frames else set()
             if not fresh:
                 fresh = {self._next_index}
             for i in range(n):
@@ -217,14 +222,16 @@ class SyntheticCamera(BracketSource):
                 self._exposures[i] = (plan.exposure_s[i], plan.gain[i], time.monotonic_ns())
                 self._next_index = (i + 1) % n
             self._frames = list(frames)
-            exposure = [e[0] for e in self._exposures]
-            gains = [e[1] for e in self._exposures]
-            stamps = [e[2] for e in self._exposures]
+            # Every slot is filled: the first bracket after open() or a new frame count captures them all.
+            meta = [e for e in self._exposures if e is not None]
+            exposure = [e[0] for e in meta]
+            gains = [e[1] for e in meta]
+            stamps = [e[2] for e in meta]
             self._sequence = getattr(self, "_sequence", 0) + 1
         return Bracket(frames=frames, exposure_s=exposure, gain=gains, bits=8, timestamp_ns=stamps,
                        sequence=self._sequence, source=self.name,
                        extra={"illumination": self.illumination(time.monotonic() - self._t0)})
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"name": self.name, "bits": 8, "size": [self.width, self.height], "fps": self.fps, "mode": self.mode,
                 "seed": self.seed, "response": self.curve.name}

@@ -13,13 +13,16 @@ import os
 import stat
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_output", "dumps_json", "null_undefined", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_output", "dumps_json", "null_undefined", "write_bytes_atomic", "write_json_atomic",
+           "write_text_atomic"]
 
 
 @contextlib.contextmanager
-def atomic_output(path, *, suffix: str | None = None):
+def atomic_output(path: str | os.PathLike[str], *, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
 
     The temporary name keeps the target's suffix (or ``suffix``) so writers that
@@ -90,19 +93,19 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def write_bytes_atomic(path, data: bytes) -> Path:
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and return the path."""
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
-def write_text_atomic(path, text: str) -> Path:
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically and return the path."""
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def dumps_json(obj, **kwargs) -> str:
+def dumps_json(obj: object, **kwargs: Any) -> str:
     """``json.dumps`` that refuses NaN and infinities (bare ``NaN`` is not JSON).
 
     Numpy scalars and other numbers are converted with ``float``; a non-finite
@@ -112,7 +115,7 @@ def dumps_json(obj, **kwargs) -> str:
     return json.dumps(obj, allow_nan=False, **kwargs)
 
 
-def null_undefined(obj):
+def null_undefined(obj: Any) -> Any:
     """A copy of ``obj`` (dicts, lists, numbers) ready for strict JSON: NaN and infinities as ``None``.
 
     Some metrics are undefined for some data (the PSNR of identical images is infinite,
@@ -134,14 +137,14 @@ def null_undefined(obj):
     return obj
 
 
-def _json_default(value):
+def _json_default(value: Any) -> float | str:
     try:
         return float(value)
     except (TypeError, ValueError):
         return str(value)
 
 
-def write_json_atomic(path, obj, *, indent: int | None = 2) -> Path:
+def write_json_atomic(path: str | os.PathLike[str], obj: object, *, indent: int | None = 2) -> Path:
     """Write ``obj`` as strict JSON (no NaN/Infinity) to ``path`` atomically."""
     try:
         text = dumps_json(obj, indent=indent)

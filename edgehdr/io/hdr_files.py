@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from pathlib import Path
 
 import cv2
@@ -34,7 +35,7 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
-def read_radiance(path, *, max_pixels: int | None = None) -> np.ndarray:
+def read_radiance(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:
     """Read a radiance map as linear float32 RGB, shape (H, W, 3).
 
     The header is checked before decoding: the content must match the suffix and the
@@ -89,7 +90,7 @@ def _read_exr(path: Path) -> np.ndarray:
     raise ValueError(f"{path}: no R,G,B or Y channels in the OpenEXR file (found {names})")
 
 
-def write_radiance(path, radiance: np.ndarray, *, exr_pixel_type: str = "auto") -> Path:
+def write_radiance(path: str | os.PathLike[str], radiance: np.ndarray, *, exr_pixel_type: str = "auto") -> Path:
     """Write linear RGB radiance atomically; the format follows the suffix.
 
     Parameters

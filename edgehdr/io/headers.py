@@ -66,7 +66,7 @@ def _what_it_is(head: bytes) -> str:
     return "not a recognised image"
 
 
-def declared_size(path, head: bytes | None = None) -> tuple[int, int] | None:
+def declared_size(path: str | os.PathLike[str], head: bytes | None = None) -> tuple[int, int] | None:
     """``(width, height)`` as the file's header declares it, or None for formats not parsed.
 
     Raises ``ValueError`` naming the file when the content does not match its suffix
@@ -140,7 +140,8 @@ def _tiff_size(path: Path, head: bytes) -> tuple[int, int]:
         entry = head[offset + 2 + 12 * k:offset + 14 + 12 * k]
         tag, kind = struct.unpack(order + "HH", entry[:4])
         if tag in (256, 257):
-            found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), entry[8:10] if kind == 3 else entry[8:12])[0]
+            value = entry[8:10] if kind == 3 else entry[8:12]
+            found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value)[0]
     if 256 not in found or 257 not in found:
         raise ValueError(f"{path}: TIFF without ImageWidth/ImageLength in its first directory")
     return found[256], found[257]
@@ -179,7 +180,7 @@ def _exr_size(path: Path) -> tuple[int, int]:
     return int(x1) - int(x0) + 1, int(y1) - int(y0) + 1
 
 
-def check_image_header(path, *, max_pixels: int | None = None) -> tuple[int, int] | None:
+def check_image_header(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> tuple[int, int] | None:
     """Validate a file's header before decoding; return its declared ``(width, height)``.
 
     Raises

@@ -10,7 +10,10 @@ into the bracket's gain so that ``exposure_s * gain`` is the relative exposure
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -19,7 +22,8 @@ from edgehdr.bracket import Bracket, check_frame_matches
 from edgehdr.io.atomic import write_bytes_atomic
 from edgehdr.io.headers import check_image_header, jpeg_is_complete
 
-__all__ = ["read_ldr_stack", "read_ldr_image", "write_ldr_image", "read_list_file", "read_exif_exposure", "LDR_SUFFIXES"]
+__all__ = ["read_ldr_stack", "read_ldr_image", "write_ldr_image", "read_list_file", "read_exif_exposure",
+           "LDR_SUFFIXES"]
 
 LDR_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".ppm", ".pgm", ".bmp", ".webp")
 _EXIF_IFD = 0x8769
@@ -28,7 +32,7 @@ _TAG_FNUMBER = 0x829D
 _TAG_ISO = 0x8827
 
 
-def read_ldr_image(path, *, max_pixels: int | None = None) -> np.ndarray:
+def read_ldr_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:
     """Read an 8- or 16-bit image as an RGB (H, W, 3) uint8/uint16 array.
 
     The header is checked before decoding (content matches the suffix, positive size
@@ -66,7 +70,7 @@ def read_ldr_image(path, *, max_pixels: int | None = None) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def write_ldr_image(path, rgb: np.ndarray) -> Path:
+def write_ldr_image(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
     """Write an RGB uint8/uint16 image atomically; PNG, TIFF or JPEG by suffix."""
     path = Path(path)
     rgb = np.asarray(rgb)
@@ -78,7 +82,7 @@ def write_ldr_image(path, rgb: np.ndarray) -> Path:
     return write_bytes_atomic(path, encoded.tobytes())
 
 
-def read_list_file(list_path) -> list[tuple[Path, float]]:
+def read_list_file(list_path: str | os.PathLike[str]) -> list[tuple[Path, float]]:
     """Parse an OpenCV-style list file into ``[(image path, exposure_s), ...]``.
 
     Each non-empty, non-comment line holds a file name (relative to the list
@@ -111,13 +115,13 @@ def read_list_file(list_path) -> list[tuple[Path, float]]:
     return entries
 
 
-def _rational(value) -> float:
+def _rational(value: Any) -> float:
     if isinstance(value, tuple) and len(value) == 2:
         return float(value[0]) / float(value[1]) if value[1] else float("nan")
     return float(value)
 
 
-def read_exif_exposure(path) -> tuple[float, float | None, float | None]:
+def read_exif_exposure(path: str | os.PathLike[str]) -> tuple[float, float | None, float | None]:
     """Return ``(exposure_s, f_number, iso)`` from a file's EXIF.
 
     ``f_number`` and ``iso`` are None when absent. Raises ``ValueError`` naming
@@ -151,12 +155,14 @@ def read_exif_exposure(path) -> tuple[float, float | None, float | None]:
     return exposure_s, f_number, iso
 
 
-def _collect_paths(inputs) -> tuple[list[Path], Path | None]:
-    if isinstance(inputs, (str, Path)):
+def _collect_paths(
+    inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> tuple[list[Path], Path | None]:
+    if isinstance(inputs, (str, os.PathLike)):  # one path (any os.PathLike, not only Path)
         inputs = [inputs]
-    inputs = [Path(p) for p in inputs]
-    if len(inputs) == 1 and inputs[0].is_dir():
-        folder = inputs[0]
+    paths = [Path(p) for p in inputs]
+    if len(paths) == 1 and paths[0].is_dir():
+        folder = paths[0]
         list_file = folder / "list.txt"
         if list_file.is_file():
             return [], list_file
@@ -164,12 +170,13 @@ def _collect_paths(inputs) -> tuple[list[Path], Path | None]:
         if not paths:
             raise ValueError(f"{folder}: no images ({', '.join(LDR_SUFFIXES)}) and no list.txt")
         return paths, None
-    if len(inputs) == 1 and inputs[0].suffix.lower() == ".txt":
-        return [], inputs[0]
-    return inputs, None
+    if len(paths) == 1 and paths[0].suffix.lower() == ".txt":
+        return [], paths[0]
+    return paths, None
 
 
-def read_ldr_stack(inputs, *, list_file=None, bits: int | None = None) -> Bracket:
+def read_ldr_stack(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
+                   list_file: str | os.PathLike[str] | None = None, bits: int | None = None) -> Bracket:
     """Load an exposure stack as a ``Bracket``.
 
     Parameters

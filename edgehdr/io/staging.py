@@ -18,6 +18,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["output_file", "output_folder", "publish", "staged_outputs"]
@@ -30,7 +31,7 @@ def _writable_folder(folder: Path, what: str) -> None:
         raise PermissionError(f"{what}: folder {folder} is not writable")
 
 
-def output_folder(path, *, option: str = "-o", create: bool = True) -> bool:
+def output_folder(path: str | os.PathLike[str], *, option: str = "-o", create: bool = True) -> bool:
     """Make sure ``path`` is a writable folder, creating it (not its parents) when missing.
 
     Returns True when it was created here; ``create=False`` only checks that it could
@@ -49,7 +50,7 @@ def output_folder(path, *, option: str = "-o", create: bool = True) -> bool:
     return create
 
 
-def output_file(path, *, option: str) -> Path:
+def output_file(path: str | os.PathLike[str], *, option: str) -> Path:
     """Check that ``path`` can be written: not a folder, in an existing writable folder."""
     path = Path(path)
     if path.is_dir():
@@ -58,7 +59,7 @@ def output_file(path, *, option: str) -> Path:
     return path
 
 
-def publish(stage, out_dir) -> list[Path]:
+def publish(stage: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> list[Path]:
     """Move the files of ``stage`` (dot-files excepted: intermediates) into ``out_dir``, manifests last, so a
     manifest never appears before its artefact."""
     stage, out_dir = Path(stage), Path(out_dir)
@@ -78,7 +79,7 @@ def publish(stage, out_dir) -> list[Path]:
 
 
 @contextlib.contextmanager
-def staged_outputs(out_dir, name: str, *, option: str = "-o"):
+def staged_outputs(out_dir: str | os.PathLike[str], name: str, *, option: str = "-o") -> Iterator[Path]:
     """Yield a hidden staging folder inside ``out_dir`` (created if missing, see ``output_folder``); publish its
     files into ``out_dir`` when the block succeeds, remove it (and ``out_dir`` if created here) when it fails."""
     out_dir = Path(out_dir)

@@ -8,8 +8,11 @@ value and what is allowed. ``edgehdr/deploy/edgehdr.example.toml`` lists every k
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeAlias
 
 from edgehdr.dimming.zones import HEURISTICS
 from edgehdr.hdr.align import ALIGN_METHODS
@@ -24,20 +27,23 @@ class ConfigError(ValueError):
     """A configuration value that is not allowed; the message names the key."""
 
 
-def _choice(*options):
+_Check: TypeAlias = tuple[Callable[[Any], bool], str]  # (check, what is allowed, as text)
+
+
+def _choice(*options: object) -> _Check:
     return (lambda v: v in options), "one of " + ", ".join(repr(o) for o in options)
 
 
-def _range(lo, hi):
+def _range(lo: float, hi: float) -> _Check:
     return (lambda v: lo <= v <= hi), f"a number in {lo}..{hi}"
 
 
-def _any():
+def _any() -> _Check:
     return (lambda v: True), "any value"
 
 
 # section -> key -> (type, default, (check, allowed text))
-SCHEMA = {
+SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
     "source": {
         "kind": (str, "synthetic", _choice("synthetic", "replay", "v4l2", "gstreamer", "picamera2")),
         "width": (int, 1920, _range(16, 16384)),
@@ -130,12 +136,12 @@ SCHEMA = {
 }
 
 
-def default_config() -> dict:
+def default_config() -> dict[str, dict[str, Any]]:
     return {section: {key: (list(spec[1]) if isinstance(spec[1], list) else spec[1]) for key, spec in keys.items()}
             for section, keys in SCHEMA.items()}
 
 
-def validate(data: dict, source: str = "<config>") -> dict:
+def validate(data: dict[str, Any], source: str = "<config>") -> dict[str, dict[str, Any]]:
     """Defaults overlaid with ``data``; raises ``ConfigError`` naming the first bad key."""
     config = default_config()
     types = {section: {key: spec[0] for key, spec in keys.items()} for section, keys in SCHEMA.items()}
@@ -175,7 +181,8 @@ def validate(data: dict, source: str = "<config>") -> dict:
         raise ConfigError(f"{source}: [bridge] heartbeat_ms = {bridge['heartbeat_ms']}: expected less than "
                           f"watchdog_ms / 2 ({bridge['watchdog_ms'] // 2})")
     if bridge["safe_level"] >= (1 << bridge["bits"]):
-        raise ConfigError(f"{source}: [bridge] safe_level = {bridge['safe_level']}: expected 0..{(1 << bridge['bits']) - 1}")
+        raise ConfigError(f"{source}: [bridge] safe_level = {bridge['safe_level']}: expected "
+                          f"0..{(1 << bridge['bits']) - 1}")
     return config
 
 
@@ -194,7 +201,7 @@ def _check_response(response: str, source: str) -> None:
         raise ConfigError(f"{source}: [source] response = {response!r}: {exc}, or a response .json file") from None
 
 
-def load_config(path) -> dict:
+def load_config(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """Read and validate a TOML configuration file."""
     path = Path(path)
     if not path.is_file():

@@ -31,13 +31,30 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from edgehdr.dimming.layout import LayoutError
 from edgehdr.pipeline.config import ConfigError, load_config, validate
 from edgehdr.pipeline.graph import Pipeline, Stage
 from edgehdr.pipeline.notify import SystemdNotifier
+
+if TYPE_CHECKING:
+    import os
+
+    from edgehdr.camera.base import BracketSource
+    from edgehdr.dimming import LedLayout
+    from edgehdr.hdr.crf import CameraResponse
+    from edgehdr.infer.base import Runner
+    from edgehdr.pipeline.preview import PreviewServer
+    from edgehdr.pipeline.sinks import PreviewState
+    from edgehdr.pipeline.stages import BridgeStage, OutputStage, ScoreStage
+    from firmware_bridge.link import Link
+    from firmware_bridge.simulator import ControllerSimulator
+    from firmware_bridge.transports import PtyPair, Transport
 
 __all__ = ["Runtime", "build_runtime", "run_daemon", "setup_logging"]
 
@@ -51,11 +68,11 @@ LINK_STATES = {"running": "connected", "hello": "connecting", "config": "connect
 
 
 class _KeyValueFormatter(logging.Formatter):
-    def __init__(self, as_json: bool):
+    def __init__(self, as_json: bool) -> None:
         super().__init__()
         self.as_json = as_json
 
-    def format(self, record):
+    def format(self, record: logging.LogRecord) -> str:
         fields = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
                   "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
         fields.update(getattr(record, "fields", {}))
@@ -76,33 +93,39 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
 class Runtime:
     """Everything one daemon run owns; ``close()`` releases it in the right order."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.pipeline: Pipeline | None = None
-        self.link = None
-        self.simulator = None
-        self.pty = None
-        self.preview = None
-        self.preview_state = None
-        self.source = None
-        self.layout = None
-        self.scorer = None
-        self.outputs = None
-        self.bridge = None
-        self._tmp = None
+        self.link: Link | None = None
+        self.simulator: ControllerSimulator | None = None
+        self.pty: PtyPair | None = None
+        self.preview: PreviewServer | None = None
+        self.preview_state: PreviewState | None = None
+        self.source: BracketSource | None = None
+        self.layout: LedLayout | None = None
+        self.scorer: ScoreStage | None = None
+        self.outputs: OutputStage | None = None
+        self.bridge: BridgeStage | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._closed = False
 
-    def link_stats(self) -> dict | None:
+    def built_pipeline(self) -> Pipeline:
+        """The pipeline ``build_runtime`` wired; ``RuntimeError`` when there is none (the build failed)."""
+        if self.pipeline is None:
+            raise RuntimeError("this runtime has no pipeline: build it with build_runtime()")
+        return self.pipeline
+
+    def link_stats(self) -> dict[str, Any] | None:
         if self.link is None:
             return None
         link = self.link.stats()
         link["protocol_state"] = link.get("state")
-        link["state"] = LINK_STATES.get(link.get("state"), "down")
+        link["state"] = LINK_STATES.get(link.get("state", ""), "down")
         link["errors"] = link.get("transport_errors", 0) + link.get("rejections", 0)
         if self.bridge is not None:
             link["frames_unsent"] = self.bridge.unsent
         return link
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         stats = self.pipeline.stats() if self.pipeline else {}
         if self.outputs is not None:
             stats["outputs"] = self.outputs.snapshot()
@@ -117,7 +140,7 @@ class Runtime:
                                    "crc_errors": st.crc_errors, "framing_errors": st.framing_errors}
         return stats
 
-    def close(self) -> dict:
+    def close(self) -> dict[str, Any]:
         """Stop and release everything this run opened, in order; safe after a partial build and twice."""
         if self._closed:
             return {}
@@ -145,13 +168,13 @@ class Runtime:
         return final
 
 
-def _build_source(cfg: dict, response_bits: int = 8):
+def _build_source(cfg: dict[str, Any], response_bits: int = 8) -> BracketSource:
     from edgehdr.camera.base import ExposurePlan
 
     src = cfg["source"]
     plan = ExposurePlan.of(src["exposures_s"], src["gains"] or None) if src["exposures_s"] else None
     kind = src["kind"]
-    common = dict(width=src["width"], height=src["height"], fps=src["fps"], plan=plan, mode=src["mode"])
+    common: dict[str, Any] = dict(width=src["width"], height=src["height"], fps=src["fps"], plan=plan, mode=src["mode"])
     if kind == "synthetic":
         from edgehdr.camera.synthetic import SyntheticCamera
 
@@ -174,7 +197,7 @@ def _build_source(cfg: dict, response_bits: int = 8):
     return Picamera2Source(camera_num=src["sensor_id"], **common)
 
 
-def _model_runner(cfg: dict, model: str):
+def _model_runner(cfg: dict[str, Any], model: str) -> Runner:
     """A loaded runner for a neural stage's model: engine for this device, else ONNX Runtime (``[infer]``)."""
     from edgehdr.infer import open_runner
     from edgehdr.models import model_path
@@ -184,7 +207,7 @@ def _model_runner(cfg: dict, model: str):
                        prefer="cpu" if inf["backend"] == "cpu" else "auto", intra_op_threads=inf["threads"])
 
 
-def build_runtime(cfg: dict, *, extra_sinks=(), start: datetime | None = None) -> Runtime:
+def build_runtime(cfg: dict[str, Any], *, extra_sinks: Iterable[Any] = (), start: datetime | None = None) -> Runtime:
     """Wire a runtime from a validated configuration (the caller starts and closes it).
 
     ``start`` (default: now) fills ``{start:...}`` in output names. When a step fails,
@@ -200,14 +223,14 @@ def build_runtime(cfg: dict, *, extra_sinks=(), start: datetime | None = None) -
     return rt
 
 
-def _check_layout_fits(layout, width: int, height: int, where: str) -> None:
+def _check_layout_fits(layout: LedLayout, width: int, height: int, where: str) -> None:
     if (layout.width_px, layout.height_px) != (width, height):
         raise ConfigError(f"{where}: the LED layout is for a {layout.width_px}x{layout.height_px} panel but the "
                           f"source delivers {width}x{height} frames; give a layout for that size or leave "
                           "[dimming] layout empty to lay the zones over the frame")
 
 
-def _wire(rt: Runtime, cfg: dict, extra_sinks, start: datetime) -> None:
+def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: datetime) -> None:
     """Build the runtime step by step; each builder records on ``rt`` what it opened, so ``rt.close()``
     releases it when a later step fails."""
     from edgehdr.hdr.merge import resolve_response
@@ -216,7 +239,7 @@ def _wire(rt: Runtime, cfg: dict, extra_sinks, start: datetime) -> None:
     rt.source = source
     source.open()  # open early: size, bits and response come from the device
     response = getattr(source, "response", None) or resolve_response(cfg["source"]["response"], source.bits)
-    width, height = (source.width, source.height) if hasattr(source, "width") else \
+    width, height = (source.width, source.height) if hasattr(source, "width") and hasattr(source, "height") else \
         (cfg["source"]["width"], cfg["source"]["height"])
     fps = cfg["source"]["fps"] or 30.0
     stages = _hdr_stages(cfg, source, response)
@@ -229,7 +252,7 @@ def _wire(rt: Runtime, cfg: dict, extra_sinks, start: datetime) -> None:
     rt.pipeline = Pipeline(source, stages)
 
 
-def _hdr_stages(cfg: dict, source, response) -> list[Stage]:
+def _hdr_stages(cfg: dict[str, Any], source: BracketSource, response: CameraResponse) -> list[Stage]:
     """Align and merge (with the exposure planner when the source takes exposure plans)."""
     from edgehdr.camera.planner import ExposurePlanner
     from edgehdr.pipeline.stages import AlignStage, MergeStage
@@ -253,7 +276,7 @@ def _hdr_stages(cfg: dict, source, response) -> list[Stage]:
                                       merger=merger), queue_size=q)]
 
 
-def _tonemap_stages(rt: Runtime, cfg: dict) -> list[Stage]:
+def _tonemap_stages(rt: Runtime, cfg: dict[str, Any]) -> list[Stage]:
     """Tone mapping, and the NoR-VDPNet quality score when ``[score] every_n`` asks for it."""
     from edgehdr.pipeline.stages import ScoreStage, ToneMapStage
 
@@ -272,7 +295,7 @@ def _tonemap_stages(rt: Runtime, cfg: dict) -> list[Stage]:
     return stages
 
 
-def _dimming_stage(rt: Runtime, cfg: dict, width: int, height: int, fps: float) -> Stage:
+def _dimming_stage(rt: Runtime, cfg: dict[str, Any], width: int, height: int, fps: float) -> Stage:
     """Local dimming over the configured layout (or a rows x cols grid over the frame)."""
     from edgehdr.dimming import LedLayout, load_layout
     from edgehdr.pipeline.stages import DimmingStage
@@ -299,7 +322,7 @@ def _dimming_stage(rt: Runtime, cfg: dict, width: int, height: int, fps: float) 
     return Stage("dimming", dimming, queue_size=cfg["run"]["queue_size"])
 
 
-def _bridge_stage(rt: Runtime, cfg: dict) -> Stage:
+def _bridge_stage(rt: Runtime, cfg: dict[str, Any]) -> Stage:
     """The controller link (``port = "simulate"``: a controller simulator on a pty of its own)."""
     from edgehdr.pipeline.stages import BridgeStage
     from firmware_bridge.link import Link
@@ -307,8 +330,11 @@ def _bridge_stage(rt: Runtime, cfg: dict) -> Stage:
     from firmware_bridge.transports import PtyPair, SerialTransport, open_transport
 
     br, layout = cfg["bridge"], rt.layout
+    if layout is None:
+        raise ConfigError("[bridge] enabled needs [dimming] enabled: the link carries the zone values")
     link_cfg = Config(rows=layout.rows, cols=layout.cols, bits=layout.zone_bits, safe_level=br["safe_level"],
                       watchdog_ms=br["watchdog_ms"], heartbeat_ms=br["heartbeat_ms"])
+    transport: Transport
     if br["port"] == "simulate":
         from firmware_bridge.simulator import ControllerSimulator
 
@@ -325,7 +351,7 @@ def _bridge_stage(rt: Runtime, cfg: dict) -> Stage:
     return Stage("bridge", rt.bridge, queue_size=cfg["run"]["queue_size"])
 
 
-def _output_stage(rt: Runtime, cfg: dict, extra_sinks, start: datetime, fps: float) -> Stage:
+def _output_stage(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: datetime, fps: float) -> Stage:
     """Image sequences, the video and the preview server; output names filled with the run's start time."""
     from edgehdr.pipeline.preview import PreviewServer
     from edgehdr.pipeline.sinks import (
@@ -366,7 +392,8 @@ def _output_stage(rt: Runtime, cfg: dict, extra_sinks, start: datetime, fps: flo
     return Stage("outputs", rt.outputs, queue_size=cfg["run"]["queue_size"])
 
 
-def run_daemon(config_path=None, *, config: dict | None = None, seconds: float | None = None) -> int:
+def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dict[str, Any] | None = None,
+               seconds: float | None = None) -> int:
     """Run until SIGTERM/SIGINT (or ``seconds``); returns the exit status."""
     try:
         cfg = config if config is not None else (load_config(config_path) if config_path else validate({}))
@@ -385,7 +412,7 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
     notifier = SystemdNotifier()
     stop = threading.Event()
 
-    def on_signal(signum, _frame):
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
         stop.set()
 
@@ -397,7 +424,7 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
         log.info("kernels ready", extra={"fields": {"seconds": round(warm_up(deghost=cfg["merge"]["deghost"],
                                                                             dimming=cfg["dimming"]["enabled"]), 2)}})
         rt = build_runtime(cfg)
-        rt.pipeline.start()
+        pipeline = rt.built_pipeline().start()
     except (ConfigError, LayoutError) as exc:
         log.error("configuration error: %s", exc)
         print(f"edgehdr run: error: {exc}", file=sys.stderr)
@@ -406,22 +433,22 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
         log.error("could not start: %s: %s", type(exc).__name__, exc)
         print(f"edgehdr run: error: {exc}", file=sys.stderr)
         return 1
-    log.info("started", extra={"fields": {"source": rt.source.describe(), "preview": (
+    log.info("started", extra={"fields": {"source": pipeline.source.describe(), "preview": (
         f"http://{rt.preview.address[0]}:{rt.preview.address[1]}/" if rt.preview else None)}})
     started = time.monotonic()
     ready = False
     next_stats = started + cfg["run"]["stats_interval_s"]
     next_watchdog = started
-    failure = None
-    link_seen = None
+    failure: str | None = None
+    link_seen: tuple[Any, Any] | None = None
     while not stop.is_set():
         stop.wait(0.1)
         now = time.monotonic()
-        if not ready and rt.pipeline.healthy():
+        if not ready and pipeline.healthy():
             ready = True
             notifier.ready("frames flowing")
             log.info("ready: frames flowing")
-        if notifier.watchdog_interval_s and now >= next_watchdog and rt.pipeline.healthy(within_s=5.0):
+        if notifier.watchdog_interval_s and now >= next_watchdog and pipeline.healthy(within_s=5.0):
             notifier.watchdog()
             next_watchdog = now + notifier.watchdog_interval_s
         link = rt.link_stats()
@@ -442,14 +469,14 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
             log.info("stats", extra={"fields": summary})
             notifier.status(status_line(st))
             next_stats = now + cfg["run"]["stats_interval_s"]
-        failure = rt.pipeline.failing_from_start(FAIL_FAST_FRAMES)
+        failure = pipeline.failing_from_start(FAIL_FAST_FRAMES)
         if failure:
             log.error("the first %d frames all failed; stopping: %s", FAIL_FAST_FRAMES, failure)
             notifier.status(f"stopped: every frame failed: {failure}")
             break
         if seconds and now - started >= seconds:
             break
-        if rt.pipeline.finished:
+        if pipeline.finished:
             log.info("source finished")
             break
     notifier.stopping()
@@ -477,9 +504,10 @@ def run_daemon(config_path=None, *, config: dict | None = None, seconds: float |
     return status
 
 
-def status_line(stats: dict) -> str:
+def status_line(stats: dict[str, Any]) -> str:
     """The systemd ``STATUS=`` text: rate, drops, failures, output errors per sink, link state."""
-    parts = [f"{stats.get('fps')} fps", f"{stats.get('frames_dropped')} dropped", f"{stats.get('frames_failed')} failed"]
+    parts = [f"{stats.get('fps')} fps", f"{stats.get('frames_dropped')} dropped",
+             f"{stats.get('frames_failed')} failed"]
     failing = [f"{o['sink']} {o['errors']}" for o in stats.get("outputs", []) if o["errors"]]
     if failing:
         parts.append("output errors: " + ", ".join(failing))

@@ -18,7 +18,9 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +30,13 @@ from edgehdr.camera.base import BracketSource, SourceExhausted, SourceTimeout
 __all__ = ["FrameContext", "Stage", "Pipeline", "StageStats"]
 
 log = logging.getLogger("edgehdr.pipeline")
-_STOP = object()
+
+
+class _Stop:
+    """The end-of-stream marker that follows the last frame through every stage's queue."""
+
+
+_STOP = _Stop()
 
 
 @dataclass
@@ -39,7 +47,7 @@ class FrameContext:
     bracket: Bracket
     captured_ns: int
     aligned: Bracket | None = None
-    motions: list | None = None
+    motions: list[Any] | None = None
     radiance: np.ndarray | None = None
     sdr: np.ndarray | None = None
     quality_score: float | None = None
@@ -49,13 +57,13 @@ class FrameContext:
     backlight: np.ndarray | None = None
     lcd: np.ndarray | None = None
     zones_sent_ns: int | None = None
-    stage_ms: dict = field(default_factory=dict)
+    stage_ms: dict[str, float] = field(default_factory=dict)
 
 
 class StageStats:
     """Counters and a latency window of one stage (thread-safe)."""
 
-    def __init__(self, name: str, window: int = 600):
+    def __init__(self, name: str, window: int = 600) -> None:
         self.name = name
         self.processed = 0
         self.dropped = 0
@@ -63,8 +71,8 @@ class StageStats:
         self.last_error = ""
         self.first_error = ""
         self.total_s = 0.0  # cumulative processing time (a Prometheus summary's _sum)
-        self._latency = deque(maxlen=window)
-        self._times = deque(maxlen=window)
+        self._latency: deque[float] = deque(maxlen=window)
+        self._times: deque[float] = deque(maxlen=window)
         self._lock = threading.Lock()
 
     def record(self, seconds: float) -> None:
@@ -85,7 +93,7 @@ class StageStats:
             if not self.first_error:
                 self.first_error = message
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         with self._lock:
             lat = np.array(self._latency) * 1e3 if self._latency else np.zeros(0)
             span = (self._times[-1] - self._times[0]) if len(self._times) > 1 else 0.0
@@ -103,10 +111,11 @@ class StageStats:
 class Stage:
     """A named step: ``fn(ctx) -> ctx`` (or None to drop the frame on purpose); optional ``close()``."""
 
-    def __init__(self, name: str, fn, *, queue_size: int = 2):
+    def __init__(self, name: str, fn: Callable[[FrameContext], FrameContext | None], *,
+                 queue_size: int = 2) -> None:
         self.name = name
         self.fn = fn
-        self.queue = queue.Queue(maxsize=queue_size)
+        self.queue: queue.Queue[FrameContext | _Stop] = queue.Queue(maxsize=queue_size)
         self.stats = StageStats(name)
         self.thread: threading.Thread | None = None
 
@@ -132,7 +141,7 @@ class Pipeline:
     """
 
     def __init__(self, source: BracketSource, stages: list[Stage], *, read_timeout_s: float = 1.0,
-                 stalls_before_restart: int = 2, max_backoff_s: float = 5.0):
+                 stalls_before_restart: int = 2, max_backoff_s: float = 5.0) -> None:
         self.source = source
         self.stages = stages
         self.read_timeout_s = read_timeout_s
@@ -144,8 +153,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._capture_thread: threading.Thread | None = None
         self._next_id = 0
-        self._started = None
-        self._latency = deque(maxlen=2000)  # capture -> zones sent, seconds
+        self._started: float | None = None
+        self._latency: deque[float] = deque(maxlen=2000)  # capture -> zones sent, seconds
         self._lat_lock = threading.Lock()
         self._latency_count = 0  # cumulative, beside the window: a Prometheus summary's _count and _sum
         self._latency_sum_s = 0.0
@@ -164,7 +173,7 @@ class Pipeline:
         self._capture_thread.start()
         return self
 
-    def stop(self, timeout_s: float = 10.0) -> dict:
+    def stop(self, timeout_s: float = 10.0) -> dict[str, Any]:
         """Stop capturing, drain queued frames through every stage, close everything; return final stats."""
         self._stop.set()
         if self._capture_thread is not None:
@@ -221,7 +230,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ threads
 
-    def _offer(self, index: int, item) -> None:
+    def _offer(self, index: int, item: FrameContext) -> None:
         q = self.stages[index].queue
         while True:
             try:
@@ -264,7 +273,8 @@ class Pipeline:
             self.capture.record(time.perf_counter() - t0)
             self._next_id += 1
             captured = int(np.max(bracket.timestamp_ns)) if bracket.timestamp_ns is not None else time.monotonic_ns()
-            self._offer(0, FrameContext(frame_id=self._next_id, bracket=bracket, captured_ns=captured or time.monotonic_ns()))
+            self._offer(0, FrameContext(frame_id=self._next_id, bracket=bracket,
+                                        captured_ns=captured or time.monotonic_ns()))
         self._offer_stop(0)
 
     def _offer_stop(self, index: int) -> None:
@@ -274,7 +284,8 @@ class Pipeline:
                 self.stages[index].queue.put(_STOP, timeout=0.5)
                 return
             except queue.Full:
-                if self.stages[index].thread is None or not self.stages[index].thread.is_alive():
+                thread = self.stages[index].thread
+                if thread is None or not thread.is_alive():
                     return
 
     def _restart_source(self, backoff: float) -> float:
@@ -298,7 +309,7 @@ class Pipeline:
         last = index == len(self.stages) - 1
         while True:
             item = stage.queue.get()
-            if item is _STOP:
+            if isinstance(item, _Stop):
                 if not last:
                     self._offer_stop(index + 1)
                 return
@@ -327,7 +338,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ stats
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         with self._lat_lock:
             lat = np.array(self._latency) * 1e3
             lat_count, lat_sum_s = self._latency_count, self._latency_sum_s

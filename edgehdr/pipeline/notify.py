@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 
 __all__ = ["SystemdNotifier"]
 
 
 class SystemdNotifier:
-    def __init__(self, environ=None):
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         self.address = env.get("NOTIFY_SOCKET")
         usec = env.get("WATCHDOG_USEC")
         self.watchdog_interval_s = int(usec) / 2e6 if usec and usec.isdigit() else None
-        self._sock = None
+        self._sock: socket.socket | None = None
         if self.address:
             if self.address.startswith("@"):
                 self.address = "\0" + self.address[1:]
@@ -33,7 +34,7 @@ class SystemdNotifier:
 
     def notify(self, *fields: str) -> bool:
         """Send ``KEY=value`` lines; returns False when not under systemd or the send failed."""
-        if self._sock is None:
+        if self._sock is None or not self.address:  # the socket exists only with an address
             return False
         try:
             self._sock.sendto("\n".join(fields).encode(), self.address)
@@ -42,7 +43,7 @@ class SystemdNotifier:
             return False
 
     def ready(self, status: str = "") -> bool:
-        return self.notify("READY=1", *( [f"STATUS={status}"] if status else []))
+        return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
 
     def status(self, text: str) -> bool:
         return self.notify(f"STATUS={text}")

@@ -34,9 +34,16 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any
 
 from edgehdr.io import dumps_json, null_undefined
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from edgehdr.pipeline.sinks import PreviewState
 
 __all__ = ["LINK_STATES", "PreviewServer", "prometheus_text"]
 
@@ -46,11 +53,11 @@ LINK_STATES = ("connected", "connecting", "rejected", "down")
 """The controller link states ``edgehdr_link_state`` enumerates (an unknown current state is added)."""
 
 
-def prometheus_text(stats: dict) -> str:
+def prometheus_text(stats: dict[str, Any]) -> str:
     """Pipeline statistics in the Prometheus text format (version 0.0.4)."""
-    lines = []
+    lines: list[str] = []
 
-    def metric(name, kind, helptext, samples):
+    def metric(name: str, kind: str, helptext: str, samples: Iterable[tuple[dict[str, Any], Any]]) -> None:
         lines.append(f"# HELP edgehdr_{name} {helptext}")
         lines.append(f"# TYPE edgehdr_{name} {kind}")
         for labels, value in samples:
@@ -105,16 +112,16 @@ def prometheus_text(stats: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ms(value):
+def _ms(value: float | None) -> float | None:
     return None if value is None else value / 1000.0
 
 
-def _label_value(value) -> str:
+def _label_value(value: object) -> str:
     """A label value escaped as the exposition format wants: backslash, double quote, newline."""
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _sample_value(value) -> str:
+def _sample_value(value: float) -> str:
     """Integers in full (counters past a million stay exact), other numbers to 6 digits, NaN/+Inf/-Inf spelt out."""
     v = float(value)
     if math.isnan(v):
@@ -136,8 +143,8 @@ td,th{{padding:2px 10px;text-align:right}} img{{margin:4px;border:1px solid #444
 <a href="/stats.json">stats.json</a></p></body></html>"""
 
 
-def _status_page(st: dict) -> str:
-    def cell(value):
+def _status_page(st: dict[str, Any]) -> str:
+    def cell(value: object) -> str:
         return f"<td>{html.escape(str(value))}</td>"
 
     rows = "".join("<tr>" + "".join(cell(s.get(k)) for k in ("name", "fps", "latency_ms_median", "latency_ms_p99",
@@ -174,7 +181,7 @@ class _Pending:
 
     __slots__ = ("addr", "deadline", "head")
 
-    def __init__(self, addr, deadline: float):
+    def __init__(self, addr: tuple[Any, ...], deadline: float) -> None:
         self.addr, self.deadline, self.head = addr, deadline, bytearray()
 
 
@@ -184,9 +191,9 @@ class PreviewServer:
     ``connection_stats()`` counts what the server did with its connections.
     """
 
-    def __init__(self, state, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 8,
+    def __init__(self, state: PreviewState, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 8,
                  max_connections: int = 256, max_streams: int = 3, head_timeout_s: float = 5.0,
-                 write_timeout_s: float = 10.0, request_queue_size: int = 128):
+                 write_timeout_s: float = 10.0, request_queue_size: int = 128) -> None:
         if workers < 1 or max_connections < 1 or not 0 <= max_streams < workers:
             raise ValueError(f"preview server needs workers >= 1, max_connections >= 1 and 0 <= max_streams < "
                              f"workers (got workers={workers}, max_connections={max_connections}, "
@@ -199,7 +206,8 @@ class PreviewServer:
         self._listener.setblocking(False)
         self._address = self._listener.getsockname()[:2]
         self._wake_r, self._wake_w = socket.socketpair()
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        # (socket, client address, request head) per request; None tells a worker to stop
+        self._jobs: queue.SimpleQueue[tuple[socket.socket, Any, bytes] | None] = queue.SimpleQueue()
         self._closing = threading.Event()
         self._lock = threading.Lock()  # guards the counts, _open, _streams and _next_warning
         self._open = 0
@@ -213,7 +221,8 @@ class PreviewServer:
         self._started = False
 
     @property
-    def address(self):
+    def address(self) -> tuple[Any, ...]:
+        """(host, port) the server listens on (the port chosen by the system for port 0)."""
         return self._address
 
     def start(self) -> PreviewServer:
@@ -244,7 +253,7 @@ class PreviewServer:
         for sock in (self._listener, self._wake_r, self._wake_w):
             sock.close()
 
-    def connection_stats(self) -> dict:
+    def connection_stats(self) -> dict[str, int]:
         """Counts since start (accepted, rejected_over_limit, evicted, timed_out, bad_request, requests,
         streams_refused) and the current open connections and streams."""
         with self._lock:
@@ -280,7 +289,7 @@ class PreviewServer:
                 self._drop(sel, pending, sock)
             sel.close()
 
-    def _accept(self, sel, pending: dict) -> None:
+    def _accept(self, sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending]) -> None:
         for _ in range(64):  # drain the backlog a batch at a time
             try:
                 sock, addr = self._listener.accept()
@@ -313,7 +322,8 @@ class PreviewServer:
             pending[sock] = _Pending(addr, time.monotonic() + self.head_timeout_s)
             sel.register(sock, selectors.EVENT_READ, "client")
 
-    def _read_head(self, sel, pending: dict, sock: socket.socket) -> None:
+    def _read_head(self, sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending],
+                   sock: socket.socket) -> None:
         p = pending[sock]
         try:
             chunk = sock.recv(4096)
@@ -339,7 +349,7 @@ class PreviewServer:
                 pass
             self._drop(sel, pending, sock)
 
-    def _drop(self, sel, pending: dict, sock: socket.socket) -> None:
+    def _drop(self, sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending], sock: socket.socket) -> None:
         sel.unregister(sock)
         del pending[sock]
         self._release(sock)
@@ -353,7 +363,7 @@ class PreviewServer:
             pass
         sock.close()
 
-    def _note(self, what: str, message: str, *args, warn: bool = True) -> None:
+    def _note(self, what: str, message: str, *args: object, warn: bool = True) -> None:
         """Count ``what`` and log it: a warning at most every 10 s with the running counts, debug otherwise."""
         now = time.monotonic()
         with self._lock:
@@ -377,7 +387,7 @@ class PreviewServer:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     with self._lock:
                         self._counts["requests"] += 1
-                    _Handler((sock, head), addr, self)
+                    _Handler(sock, head, addr, self)
             except OSError as exc:  # the client went away or stopped reading
                 log.debug("preview: %s: %s", addr[0], exc)
             except Exception:  # a worker must survive any request
@@ -401,43 +411,64 @@ class PreviewServer:
             return len(self._streams) < self.max_streams
 
 
-class _SocketWriter:
-    """The handler's ``wfile``: every write goes out with ``sendall`` (under the socket's timeout)."""
+class _SocketWriter(io.BufferedIOBase):
+    """The handler's ``wfile``: every write goes out with ``sendall`` (under the socket's timeout), unbuffered,
+    like ``socketserver``'s own writer."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
 
-    def write(self, data) -> int:
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Buffer, /) -> int:
         self._sock.sendall(data)
-        return len(data)
+        with memoryview(data) as view:
+            return view.nbytes
 
     def flush(self) -> None:
         pass
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Answers one request whose head the acceptor has read; ``request`` is ``(socket, head bytes)``."""
+    """Answers one request whose head the acceptor has read.
 
-    server: PreviewServer
+    The preview server's workers construct it directly (not through a ``socketserver``
+    server): ``preview`` is the server it answers for, ``self.server`` is not set.
+    """
 
-    def setup(self):
-        self.connection, head = self.request
-        self.rfile = io.BytesIO(head)
+    def __init__(self, sock: socket.socket, head: bytes, client_address: tuple[Any, ...],
+                 preview: PreviewServer) -> None:
+        # What BaseRequestHandler.__init__ does (setup, handle, finish), with the request head already read.
+        self.request = sock
+        self.client_address = client_address
+        self.preview = preview
+        self._head = head
+        self.setup()
+        try:
+            self.handle()
+        finally:
+            self.finish()
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self.rfile = io.BytesIO(self._head)
         self.wfile = _SocketWriter(self.connection)
 
-    def finish(self):
+    def finish(self) -> None:
         pass  # the worker closes the socket
 
-    def log_message(self, fmt, *args):  # quiet: the daemon logs structured lines itself
+    def log_message(self, fmt: str, *args: Any) -> None:  # quiet: the daemon logs structured lines itself
         log.debug("preview %s " + fmt, self.client_address[0], *args)
 
-    def do_GET(self):  # http.server API
+    def do_GET(self) -> None:  # http.server API
         self._route(send_body=True)
 
-    def do_HEAD(self):  # http.server API
+    def do_HEAD(self) -> None:  # http.server API
         self._route(send_body=False)
 
-    def _send(self, code, ctype, body: bytes, send_body: bool, headers=()):
+    def _send(self, code: int, ctype: str, body: bytes, send_body: bool,
+              headers: Iterable[tuple[str, str]] = ()) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -448,8 +479,8 @@ class _Handler(BaseHTTPRequestHandler):
         if send_body:
             self.wfile.write(body)
 
-    def _route(self, send_body: bool):
-        state = self.server.state
+    def _route(self, send_body: bool) -> None:
+        state = self.preview.state
         path = self.path.split("?", 1)[0]
         if path == "/":
             self._send(200, "text/html; charset=utf-8", _status_page(state.stats()).encode(), send_body)
@@ -472,8 +503,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:  # fixed endpoints only: nothing is read from the file system, so "/../x" is just unknown
             self._send(404, "text/plain", b"not found\n", send_body)
 
-    def _stream(self, send_body: bool):
-        srv = self.server
+    def _stream(self, send_body: bool) -> None:
+        srv = self.preview
         admitted = srv._enter_stream(self.connection) if send_body else srv._stream_slot_free()
         if not admitted:
             if send_body:
@@ -492,9 +523,9 @@ class _Handler(BaseHTTPRequestHandler):
             if send_body:
                 srv._leave_stream(self.connection)
 
-    def _stream_frames(self):
+    def _stream_frames(self) -> None:
         """New frames as they come, the last one again every 2 s meanwhile, until the client or server goes."""
-        srv, state = self.server, self.server.state
+        srv, state = self.preview, self.preview.state
         seq, sent_seq, sent_at = -1, -1, 0.0
         try:
             while not srv._closing.is_set():

@@ -22,13 +22,19 @@ import errno
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from edgehdr.io import write_ldr_image
+
+if TYPE_CHECKING:
+    from edgehdr.dimming import LedLayout
+    from edgehdr.pipeline.graph import FrameContext
 
 __all__ = ["ImageSequenceSink", "VideoSink", "PreviewState", "PreviewSink", "expand_run_pattern", "unused_path"]
 
@@ -59,14 +65,14 @@ def unused_path(path: Path) -> Path:
         n += 1
 
 
-def _check_space(folder: Path, needed_bytes: int, what) -> None:
+def _check_space(folder: Path, needed_bytes: int, what: object) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed_bytes:
         raise OSError(errno.ENOSPC, f"{what}: only {free} bytes free in {folder}, a frame needs about {needed_bytes}")
 
 
-def _pick(ctx, what: str):
-    image = getattr(ctx, what)
+def _pick(ctx: FrameContext, what: str) -> np.ndarray | None:
+    image: np.ndarray | None = getattr(ctx, what)
     if image is None:
         return None
     if image.dtype == np.uint16:  # 10-bit LCD codes: keep 16-bit PNGs
@@ -81,8 +87,8 @@ class ImageSequenceSink:
     a second run into the same folder adds files instead of replacing the first run's.
     """
 
-    def __init__(self, folder, *, what: str = "sdr", every_n: int = 30, prefix: str | None = None,
-                 suffix: str = ".png", name: str | None = None):
+    def __init__(self, folder: str | os.PathLike[str], *, what: str = "sdr", every_n: int = 30,
+                 prefix: str | None = None, suffix: str = ".png", name: str | None = None) -> None:
         if what not in ("sdr", "lcd"):
             raise ValueError(f"image sink can write 'sdr' or 'lcd', got {what!r}")
         if every_n < 1:
@@ -94,7 +100,7 @@ class ImageSequenceSink:
         self.name = name or f"{what}_frames"
         self.written = 0
 
-    def write(self, ctx) -> None:
+    def write(self, ctx: FrameContext) -> None:
         if ctx.frame_id % self.every_n:
             return
         image = _pick(ctx, self.what)
@@ -106,7 +112,8 @@ class ImageSequenceSink:
 class VideoSink:
     """Tone-mapped frames into a video (``.avi`` MJPG or ``.mp4`` mp4v), renamed into place on close."""
 
-    def __init__(self, path, *, fps: float = 30.0, what: str = "sdr", name: str = "video"):
+    def __init__(self, path: str | os.PathLike[str], *, fps: float = 30.0, what: str = "sdr",
+                 name: str = "video") -> None:
         self.name = name
         self.path = Path(path)
         if self.path.suffix.lower() not in (".avi", ".mp4"):
@@ -115,7 +122,7 @@ class VideoSink:
             raise FileNotFoundError(f"{self.path}: output folder {self.path.parent} does not exist")
         self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.fps, self.what = fps, what
-        self._writer = None
+        self._writer: cv2.VideoWriter | None = None
         self.frames = 0
         self.refused = 0  # frames that could not be written (disk full): the recording has gaps
         self.incomplete: Path | None = None
@@ -124,7 +131,7 @@ class VideoSink:
     def written(self) -> int:
         return self.frames
 
-    def write(self, ctx) -> None:
+    def write(self, ctx: FrameContext) -> None:
         image = _pick(ctx, self.what)
         if image is None:
             return
@@ -140,7 +147,7 @@ class VideoSink:
             self.refused += 1
             raise
         if self._writer is None:
-            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+            fourcc = cv2.VideoWriter.fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
             h, w = image.shape[:2]
             self._writer = cv2.VideoWriter(str(self.partial), fourcc, self.fps, (w, h))
             if not self._writer.isOpened():
@@ -201,7 +208,7 @@ def _frames_in(path: Path) -> int:
 class PreviewState:
     """What the preview server shows: latest JPEG, zone heat map, and a stats callback."""
 
-    def __init__(self, stats=None):
+    def __init__(self, stats: Callable[[], dict[str, Any]] | None = None) -> None:
         self.stats = stats or (lambda: {})
         self._cond = threading.Condition()
         self.jpeg: bytes | None = None
@@ -217,7 +224,7 @@ class PreviewState:
                 self.zones_png = zones_png
             self._cond.notify_all()
 
-    def wait_frame(self, last_sequence: int, timeout_s: float = 2.0):
+    def wait_frame(self, last_sequence: int, timeout_s: float = 2.0) -> tuple[int, bytes | None]:
         with self._cond:
             self._cond.wait_for(lambda: self.sequence != last_sequence, timeout=timeout_s)
             return self.sequence, self.jpeg
@@ -228,18 +235,20 @@ class PreviewSink:
 
     name = "preview"
 
-    def __init__(self, state: PreviewState, layout=None, *, width_px: int = 640, every_n: int = 3, quality: int = 80):
+    def __init__(self, state: PreviewState, layout: LedLayout | None = None, *, width_px: int = 640, every_n: int = 3,
+                 quality: int = 80) -> None:
         self.state, self.layout = state, layout
         self.written = 0
         self.width_px, self.every_n, self.quality = width_px, every_n, quality
 
-    def write(self, ctx) -> None:
+    def write(self, ctx: FrameContext) -> None:
         if ctx.frame_id % self.every_n or ctx.sdr is None:
             return
         h, w = ctx.sdr.shape[:2]
         small = cv2.resize(ctx.sdr, (self.width_px, max(1, int(round(h * self.width_px / w)))),
                            interpolation=cv2.INTER_AREA)
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
+                                [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         zones = None
         if self.layout is not None and ctx.zone_values is not None:
             from edgehdr.dimming import zone_heatmap

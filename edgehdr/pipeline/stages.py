@@ -9,7 +9,10 @@ nothing else; the algorithms stay in ``edgehdr.hdr``, ``edgehdr.tonemap`` and
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -31,21 +34,34 @@ from edgehdr.hdr.merge import merge_debevec
 from edgehdr.tonemap import TemporalAdaptation, tonemap
 from edgehdr.tonemap.color import luminance
 
+if TYPE_CHECKING:
+    from edgehdr.hdr.neural_merge import NeuralMerger
+    from edgehdr.infer.base import Runner
+    from edgehdr.pipeline.graph import FrameContext
+    from firmware_bridge.link import Link
+
 __all__ = ["AlignStage", "MergeStage", "ToneMapStage", "ScoreStage", "DimmingStage", "BridgeStage", "OutputStage"]
 
 log = logging.getLogger("edgehdr.pipeline")
 
 
+def _radiance(ctx: FrameContext, what: str) -> np.ndarray:
+    """The merged radiance a stage after the merge works on."""
+    if ctx.radiance is None:
+        raise ValueError(f"frame {ctx.frame_id}: {what} needs the merged radiance; put a merge stage before it")
+    return ctx.radiance
+
+
 class AlignStage:
     """Registers each bracket to its middle exposure (MTB by default, estimated at reduced scale)."""
 
-    def __init__(self, method: str = "mtb", *, response: CameraResponse | None = None, work_scale: int = 2):
+    def __init__(self, method: str = "mtb", *, response: CameraResponse | None = None, work_scale: int = 2) -> None:
         if method not in ALIGN_METHODS:
             raise ValueError(f"align method must be one of {', '.join(ALIGN_METHODS)}, got {method!r}")
         self.method, self.response, self.work_scale = method, response, work_scale
-        self._cache: dict = {}  # grey images and pair shifts reused across rolling brackets
+        self._cache: dict[Any, Any] = {}  # grey images and pair shifts reused across rolling brackets
 
-    def __call__(self, ctx):
+    def __call__(self, ctx: FrameContext) -> FrameContext:
         b = ctx.bracket
         if self.method == "none" or len(b) < 2:
             ctx.aligned = b
@@ -76,15 +92,15 @@ class MergeStage:
 
     def __init__(self, response: CameraResponse, *, weighting: str = "tutorial", deghost: bool = False,
                  planner: ExposurePlanner | None = None, source: BracketSource | None = None, plan_every: int = 5,
-                 merger=None):
+                 merger: NeuralMerger | None = None) -> None:
         self.response, self.weighting, self.deghost = response, weighting, deghost
         self.planner, self.source, self.plan_every = planner, source, plan_every
         self.merger, self.fallbacks = merger, 0
         if merger is not None:
             merger.response = response
-        self._last_plan_t = None
+        self._last_plan_t: float | None = None
 
-    def __call__(self, ctx):
+    def __call__(self, ctx: FrameContext) -> FrameContext:
         b = ctx.aligned or ctx.bracket
         if self.merger is not None and len(b) == 3:
             ctx.radiance = self.merger(b)
@@ -113,8 +129,8 @@ class ToneMapStage:
     through ``runner``; its parameter grid is smoothed over time instead.
     """
 
-    def __init__(self, operator: str = "reinhard", params: dict | None = None, *, time_constant_s: float = 0.4,
-                 runner=None):
+    def __init__(self, operator: str = "reinhard", params: dict[str, Any] | None = None, *,
+                 time_constant_s: float = 0.4, runner: Runner | None = None) -> None:
         self.operator = operator
         self.params = dict(params or {})
         self.neural = None
@@ -127,14 +143,15 @@ class ToneMapStage:
         self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s) if operator != "parametric" or \
             "mu" not in self.params else None
 
-    def __call__(self, ctx):
+    def __call__(self, ctx: FrameContext) -> FrameContext:
+        radiance = _radiance(ctx, "tone mapping")
         if self.neural is not None:
-            ctx.sdr = self.neural(ctx.radiance)
+            ctx.sdr = self.neural(radiance)
             return ctx
         kwargs = dict(self.params)
         if self.adaptation is not None:
             kwargs["adaptation"] = self.adaptation
-        ctx.sdr = tonemap(ctx.radiance, self.operator, **kwargs)
+        ctx.sdr = tonemap(radiance, self.operator, **kwargs)
         return ctx
 
 
@@ -145,7 +162,7 @@ class ScoreStage:
     running statistics ``snapshot()`` reports (the daemon's stats under ``quality``).
     """
 
-    def __init__(self, runner, *, every_n: int = 30, model: str = "norvdpnet_tmo", window: int = 100):
+    def __init__(self, runner: Runner, *, every_n: int = 30, model: str = "norvdpnet_tmo", window: int = 100) -> None:
         from edgehdr.quality.norvdpnet import NoRVDPNetScorer
 
         if every_n < 1:
@@ -154,14 +171,14 @@ class ScoreStage:
         self.recent: list[float] = []
         self.window, self.frames_scored = window, 0
 
-    def __call__(self, ctx):
+    def __call__(self, ctx: FrameContext) -> FrameContext:
         if ctx.sdr is not None and ctx.frame_id % self.every_n == 0:
             ctx.quality_score = self.scorer.score(ctx.sdr)
             self.frames_scored += 1
             self.recent = (self.recent + [ctx.quality_score])[-self.window:]
         return ctx
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         recent = list(self.recent)
         return {"model": self.model, "every_n": self.every_n, "frames_scored": self.frames_scored,
                 "last": round(recent[-1], 4) if recent else None,
@@ -178,7 +195,8 @@ class DimmingStage:
 
     def __init__(self, layout: LedLayout, *, algorithm: str = "sqrt", max_rise_per_s: float = 8.0,
                  max_fall_per_s: float = 2.0, peak_percentile: float = 99.9, time_constant_s: float = 0.4,
-                 frame_interval_s: float = 1 / 30, runner=None, model_path=None, power_budget: float = 1.0):
+                 frame_interval_s: float = 1 / 30, runner: Runner | None = None,
+                 model_path: str | os.PathLike[str] | None = None, power_budget: float = 1.0) -> None:
         if algorithm not in (*HEURISTICS, "neural"):
             raise ValueError(f"runtime dimming algorithm must be a heuristic ({', '.join(HEURISTICS)}) or "
                              f"neural, got {algorithm!r}; 'optimal' is an offline reference")
@@ -194,8 +212,8 @@ class DimmingStage:
         self.temporal = ZoneTemporalFilter(max_rise_per_s, max_fall_per_s, frame_interval_s)
         self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s, frame_interval_s=frame_interval_s)
 
-    def __call__(self, ctx):
-        rad = ctx.radiance
+    def __call__(self, ctx: FrameContext) -> FrameContext:
+        rad = _radiance(ctx, "local dimming")
         if rad.shape[:2] != (self.layout.height_px, self.layout.width_px):
             raise ValueError(f"frame {rad.shape[1]}x{rad.shape[0]} does not match the panel "
                              f"{self.layout.width_px}x{self.layout.height_px} of the LED layout")
@@ -224,11 +242,11 @@ class BridgeStage:
     not sent and no capture-to-zones latency is recorded for it; ``unsent`` counts them.
     """
 
-    def __init__(self, link):
+    def __init__(self, link: Link) -> None:
         self.link = link
         self.unsent = 0
 
-    def __call__(self, ctx):
+    def __call__(self, ctx: FrameContext) -> FrameContext:
         if ctx.zone_values is not None:
             if not self.link.running:
                 self.unsent += 1
@@ -236,6 +254,13 @@ class BridgeStage:
             self.link.send_zones(ctx.zone_values, ctx.frame_id)
             ctx.zones_sent_ns = time.monotonic_ns()
         return ctx
+
+
+class _SinkCounts(TypedDict):
+    errors: int
+    last_error: str | None
+    logged_at: float | None  # time.monotonic() of the last log line about this sink
+    unlogged: int  # failures since that line
 
 
 class OutputStage:
@@ -247,21 +272,21 @@ class OutputStage:
     ``close()`` fails (e.g. a video that lost frames) counts one more error.
     """
 
-    def __init__(self, sinks, *, log_interval_s: float = 10.0):
+    def __init__(self, sinks: Iterable[Any], *, log_interval_s: float = 10.0) -> None:
         self.sinks = list(sinks)
         self.log_interval_s = log_interval_s
-        self._names = []
+        self._names: list[str] = []
         for i, sink in enumerate(self.sinks):
             name = getattr(sink, "name", None) or type(sink).__name__
             self._names.append(name if name not in self._names else f"{name}{i}")
-        self._counts = {name: {"errors": 0, "last_error": None, "logged_at": None, "unlogged": 0}
+        self._counts = {name: _SinkCounts(errors=0, last_error=None, logged_at=None, unlogged=0)
                         for name in self._names}
 
     @property
-    def errors(self) -> dict:
+    def errors(self) -> dict[str, int]:
         return {name: c["errors"] for name, c in self._counts.items()}
 
-    def __call__(self, ctx):
+    def __call__(self, ctx: FrameContext) -> FrameContext:
         for name, sink in zip(self._names, self.sinks):
             try:
                 sink.write(ctx)
@@ -281,7 +306,7 @@ class OutputStage:
         else:
             c["unlogged"] += 1
 
-    def snapshot(self) -> list[dict]:
+    def snapshot(self) -> list[dict[str, Any]]:
         """Per sink: ``{"sink", "frames_written", "errors", "last_error"}``."""
         return [{"sink": name, "frames_written": int(getattr(sink, "written", 0)),
                  "errors": self._counts[name]["errors"], "last_error": self._counts[name]["last_error"]}
