@@ -2,7 +2,7 @@
 
 from edgehdr.dimming.backlight import BacklightModel
 from edgehdr.dimming.compensation import ideal_display, lcd_compensation, simulate_display
-from edgehdr.dimming.display import display_target
+from edgehdr.dimming.display import display_target, robust_peak_luminance
 from edgehdr.dimming.layout import LayoutError, LedLayout, load_layout
 from edgehdr.dimming.metrics import clipped_fraction, dimming_metrics, halo_measure, power_fraction
 from edgehdr.dimming.optimize import optimal_zone_light, project_power_budget, quantise_within_budget
@@ -15,6 +15,7 @@ __all__ = [
     "lcd_compensation",
     "simulate_display",
     "display_target",
+    "robust_peak_luminance",
     "LayoutError",
     "LedLayout",
     "load_layout",

@@ -71,8 +71,10 @@ class BacklightModel:
         if layout.psf_model == "gaussian":
             sig_y = layout.psf_sigma_pitch * pitch_y / sy
             sig_x = layout.psf_sigma_pitch * pitch_x / sx
-            self._a_rows = np.exp(-0.5 * ((np.arange(h)[:, None] - self.centre_y[None, :]) / sig_y) ** 2).astype(np.float32)
-            self._a_cols = np.exp(-0.5 * ((np.arange(w)[:, None] - self.centre_x[None, :]) / sig_x) ** 2).astype(np.float32)
+            self._a_rows = np.exp(-0.5 * ((np.arange(h)[:, None] - self.centre_y[None, :]) / sig_y) ** 2
+                                  ).astype(np.float32)
+            self._a_cols = np.exp(-0.5 * ((np.arange(w)[:, None] - self.centre_x[None, :]) / sig_x) ** 2
+                                  ).astype(np.float32)
             self._a_cols_t = np.ascontiguousarray(self._a_cols.T)
             self._kernel = None
         else:
@@ -111,6 +113,9 @@ class BacklightModel:
         if light.shape != (self.layout.rows, self.layout.cols):
             raise ValueError(f"zone light of shape {light.shape} does not match the layout "
                              f"{(self.layout.rows, self.layout.cols)}")
+        if not np.isfinite(light).all():
+            raise ValueError(f"zone light has {int(np.count_nonzero(~np.isfinite(light)))} non-finite values of "
+                             f"{light.size}: no backlight to simulate")
         return self._spread(light) * self.gain
 
     def adjoint(self, grad_backlight: np.ndarray) -> np.ndarray:

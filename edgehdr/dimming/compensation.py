@@ -7,23 +7,32 @@ and the LCD code ``(2^bits - 1) T^(1 / gamma)``. The displayed image is then
 is too dim (``Y > B``), and raised where it is too bright for the LCD to block
 (``Y < leak B``: the halo of local dimming). One fused numba pass computes the
 codes per row with vectorisable ``log2``/``exp2``.
+
+A non-finite target pixel (``edgehdr.tonemap.nonfinite``) gets code 0 (NaN, ``-inf``)
+or full transmittance (``+inf``), counted in one warning per call.
 """
 
 from __future__ import annotations
+
+import logging
+import math
 
 import numba
 import numpy as np
 
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.fastmath import exp2_bits, log2_from_bits
+from edgehdr.tonemap.nonfinite import SHOWN_BLACK, SHOWN_WHITE, any_nonfinite, pixel_class, report_nonfinite
 
 __all__ = ["lcd_compensation", "simulate_display", "ideal_display"]
 
+log = logging.getLogger("edgehdr.dimming")
+
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _compensation_kernel(target, scale, backlight, leak, inv_gamma, top, out):
+def _compensation_kernel(target, bits, scale, backlight, leak, inv_gamma, top, out, row_black, row_white):
     h, w, _ = target.shape
-    scale = np.float32(1.0) / (np.float32(1.0) - leak)
+    inv_open = np.float32(1.0) / (np.float32(1.0) - leak)
     for y in numba.prange(h):
         src = target[y].reshape(-1)
         b_row = backlight[y]
@@ -31,8 +40,10 @@ def _compensation_kernel(target, scale, backlight, leak, inv_gamma, top, out):
         for x in range(w):
             inv_b = scale / max(b_row[x], np.float32(1e-9))
             for c in range(3):
-                t = (src[3 * x + c] * inv_b - leak) * scale
+                t = (src[3 * x + c] * inv_b - leak) * inv_open
                 t_row[3 * x + c] = min(max(t, np.float32(1e-12)), np.float32(1.0))
+        row_bits = bits[y]
+        fix_row = any_nonfinite(row_bits)  # while the row is in cache; fixed up at the end
         t_bits = t_row.view(np.int32)
         code_bits = np.empty(3 * w, np.int32)
         for j in range(3 * w):
@@ -42,6 +53,19 @@ def _compensation_kernel(target, scale, backlight, leak, inv_gamma, top, out):
         dst = out[y].reshape(-1)
         for j in range(3 * w):
             dst[j] = min(enc[j] * top + np.float32(0.5), top)
+        black = 0
+        white = 0
+        if fix_row:
+            for x in range(w):
+                cls = pixel_class(row_bits, 3 * x)
+                if cls == SHOWN_BLACK:
+                    black += 1
+                    dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = 0
+                elif cls == SHOWN_WHITE:
+                    white += 1
+                    dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = top
+        row_black[y] = black
+        row_white[y] = white
     return out
 
 
@@ -49,8 +73,11 @@ def lcd_compensation(target_cd_m2: np.ndarray, backlight_cd_m2: np.ndarray, layo
                      out: np.ndarray | None = None, *, scale: float = 1.0) -> np.ndarray:
     """LCD codes (H, W, 3), uint8 for 8-bit panels, uint16 for 10-bit, that best show the target.
 
-    ``scale`` multiplies the target first (radiance times its display scale).
+    ``scale`` multiplies the target first (radiance times its display scale); it must be
+    finite and positive. The backlight is taken as finite (``BacklightModel`` output).
     """
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale}")
     target = np.ascontiguousarray(target_cd_m2, dtype=np.float32)
     backlight = np.ascontiguousarray(backlight_cd_m2, dtype=np.float32)
     if target.shape[:2] != backlight.shape or target.ndim != 3:
@@ -61,8 +88,12 @@ def lcd_compensation(target_cd_m2: np.ndarray, backlight_cd_m2: np.ndarray, layo
     elif out.shape != target.shape or out.dtype != dtype:
         raise ValueError(f"out must be a {target.shape} {np.dtype(dtype).name} array")
     top = np.float32((1 << layout.lcd_bits) - 1)
-    _compensation_kernel(target, np.float32(scale), backlight, np.float32(layout.leakage),
-                         np.float32(1.0 / layout.lcd_gamma), top, out)
+    h, w = backlight.shape
+    row_black = np.empty(h, np.int64)
+    row_white = np.empty(h, np.int64)
+    _compensation_kernel(target, target.reshape(h, -1).view(np.int32), np.float32(scale), backlight,
+                         np.float32(layout.leakage), np.float32(1.0 / layout.lcd_gamma), top, out, row_black, row_white)
+    report_nonfinite(log, "LCD compensation", row_black.sum(), row_white.sum(), h * w)
     return out
 
 

@@ -3,7 +3,9 @@
 Describes the HDR local-dimming display of the frame's journey: an LCD in front of
 a grid of individually driven LED zones (the dual-modulation display of Seetzen et
 al. 2004). Layouts load from TOML or JSON; every key is validated and errors name
-the file, the key and what is allowed.
+the file, the key and what is allowed. Numbers must be finite (TOML ``nan``/``inf``
+and JSON ``NaN``/``Infinity`` are refused, each LUT entry by its index), and a zone
+grid or panel size is given whole: ``rows`` with ``cols``, ``width_px`` with ``height_px``.
 
 Example ``layout.toml``::
 
@@ -33,6 +35,7 @@ Example ``layout.toml``::
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,6 +57,13 @@ _SCHEMA = {
     "psf": {"model": str, "sigma_pitch": float, "file": str, "extent_pitch": float},
     "drive": {"response": str, "lut": list},
 }
+
+
+_REAL = (int, float, np.integer, np.floating)
+
+
+def _num(value: float) -> str:
+    return f"{value:g}".replace("e+0", "e").replace("e+", "e")
 
 
 @dataclass
@@ -108,45 +118,60 @@ class LedLayout:
     def _fail(self, key: str, value, allowed: str):
         raise LayoutError(f"{self.source}: {key} = {value!r}: expected {allowed}")
 
-    def validate(self) -> "LedLayout":
-        if not (1 <= self.rows <= 255):
-            self._fail("[zones] rows", self.rows, "an integer 1..255")
-        if not (1 <= self.cols <= 255):
-            self._fail("[zones] cols", self.cols, "an integer 1..255")
-        if not (8 <= self.zone_bits <= 16):
-            self._fail("[zones] bits", self.zone_bits, "an integer 8..16")
-        if not (16 <= self.width_px <= 16384):
-            self._fail("[panel] width_px", self.width_px, "an integer 16..16384")
-        if not (16 <= self.height_px <= 16384):
-            self._fail("[panel] height_px", self.height_px, "an integer 16..16384")
+    def _integer(self, key: str, value, lo: int, hi: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+            self._fail(key, value, f"an integer {lo}..{hi}")
+
+    def _number(self, key: str, value, lo: float, hi: float) -> None:
+        # NaN fails every comparison, so it is named here rather than slipping through a range test.
+        if (isinstance(value, bool) or not isinstance(value, _REAL) or not math.isfinite(value)
+                or not lo <= value <= hi):
+            self._fail(key, value, f"a finite number {_num(lo)}..{_num(hi)}")
+
+    def validate(self) -> LedLayout:
+        self._integer("[zones] rows", self.rows, 1, 255)
+        self._integer("[zones] cols", self.cols, 1, 255)
+        self._integer("[zones] bits", self.zone_bits, 8, 16)
+        self._integer("[panel] width_px", self.width_px, 16, 16384)
+        self._integer("[panel] height_px", self.height_px, 16, 16384)
         if self.rows > self.height_px or self.cols > self.width_px:
             self._fail("[zones] rows/cols", (self.rows, self.cols), "at most one zone per panel pixel")
-        if not (1.0 <= self.peak_luminance_cd_m2 <= 100000.0):
-            self._fail("[panel] peak_luminance_cd_m2", self.peak_luminance_cd_m2, "a number 1..100000")
-        if not (10.0 <= self.native_contrast <= 1e7):
-            self._fail("[panel] native_contrast", self.native_contrast, "a number 10..1e7")
-        if not (1.0 <= self.lcd_gamma <= 3.0):
-            self._fail("[panel] lcd_gamma", self.lcd_gamma, "a number 1..3")
-        if self.lcd_bits not in (8, 10):
+        self._number("[panel] peak_luminance_cd_m2", self.peak_luminance_cd_m2, 1.0, 100000.0)
+        self._number("[panel] native_contrast", self.native_contrast, 10.0, 1e7)
+        self._number("[panel] lcd_gamma", self.lcd_gamma, 1.0, 3.0)
+        if isinstance(self.lcd_bits, bool) or self.lcd_bits not in (8, 10):
             self._fail("[panel] lcd_bits", self.lcd_bits, "8 or 10")
         if self.psf_model not in ("gaussian", "image"):
             self._fail("[psf] model", self.psf_model, "'gaussian' or 'image'")
-        if not (0.1 <= self.psf_sigma_pitch <= 10.0):
-            self._fail("[psf] sigma_pitch", self.psf_sigma_pitch, "a number 0.1..10")
+        self._number("[psf] sigma_pitch", self.psf_sigma_pitch, 0.1, 10.0)
         if self.psf_model == "image":
             if self.psf_image is None:
                 self._fail("[psf] file", None, "a PSF image when model = 'image'")
             img = np.asarray(self.psf_image, np.float64)
             if img.ndim != 2 or min(img.shape) < 3 or not np.all(np.isfinite(img)) or img.min() < 0 or img.max() <= 0:
                 self._fail("[psf] file", getattr(img, "shape", None), "a finite, non-negative 2-D image with a peak")
-            if not (0.5 <= self.psf_extent_pitch <= 64.0):
-                self._fail("[psf] extent_pitch", self.psf_extent_pitch, "a number 0.5..64")
+            self._number("[psf] extent_pitch", self.psf_extent_pitch, 0.5, 64.0)
         if self.drive_lut is not None:
-            lut = np.asarray(self.drive_lut, np.float64)
-            if lut.ndim != 1 or lut.size < 2 or np.any(np.diff(lut) < 0) or lut[0] < 0 or abs(lut[-1] - 1) > 1e-6:
-                self._fail("[drive] lut", "...", "a non-decreasing list of light fractions from >= 0 to 1")
-            self.drive_lut = lut
+            self.drive_lut = self._checked_lut(self.drive_lut)
         return self
+
+    def _checked_lut(self, raw) -> np.ndarray:
+        """The drive LUT as float64, each entry checked by its index."""
+        what = "a list of at least 2 light fractions in [0, 1], non-decreasing, ending at 1"
+        if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__len__"):
+            self._fail("[drive] lut", raw, what)
+        items = raw.tolist() if isinstance(raw, np.ndarray) else list(raw)
+        for i, v in enumerate(items):
+            if isinstance(v, bool) or not isinstance(v, _REAL) or not math.isfinite(v) or not 0 <= v <= 1:
+                self._fail(f"[drive] lut[{i}]", v, "a finite number in [0, 1]")
+            if i and v < items[i - 1]:
+                self._fail(f"[drive] lut[{i}]", v, f"a value >= lut[{i - 1}] = {items[i - 1]!r} (the LUT never "
+                                                   f"decreases)")
+        if len(items) < 2:
+            self._fail("[drive] lut", items, what)
+        if abs(items[-1] - 1) > 1e-6:
+            self._fail(f"[drive] lut[{len(items) - 1}]", items[-1], "1.0 (full drive gives full light)")
+        return np.asarray(items, np.float64)
 
     # -------------------------------------------------------------------------------------- derived
 
@@ -178,8 +203,15 @@ class LedLayout:
         return np.interp(light, self.drive_lut, np.linspace(0.0, 1.0, self.drive_lut.size))
 
     def to_zone_values(self, light) -> np.ndarray:
-        """Light fractions (rows, cols) -> uint16 drive codes ``0 .. 2^zone_bits - 1`` (the ZoneFrame)."""
+        """Light fractions (rows, cols) -> uint16 drive codes ``0 .. 2^zone_bits - 1`` (the ZoneFrame).
+
+        ``ValueError`` on a non-finite light fraction: it has no drive code (a cast would turn it into 0, a dark LED).
+        """
         top = (1 << self.zone_bits) - 1
+        light = np.asarray(light)
+        if not np.isfinite(light).all():
+            raise ValueError(f"zone light has {int(np.count_nonzero(~np.isfinite(light)))} non-finite values of "
+                             f"{light.size}: no drive code for them")
         return np.rint(self.drive_from_light(light) * top).astype(np.uint16)
 
     def light_from_zone_values(self, values) -> np.ndarray:
@@ -193,7 +225,7 @@ class LedLayout:
         return d
 
     @classmethod
-    def for_panel(cls, height_px: int, width_px: int, rows: int, cols: int, **kwargs) -> "LedLayout":
+    def for_panel(cls, height_px: int, width_px: int, rows: int, cols: int, **kwargs) -> LedLayout:
         return cls(rows=rows, cols=cols, width_px=width_px, height_px=height_px, **kwargs)
 
 
@@ -219,7 +251,7 @@ def load_layout(path) -> LedLayout:
     if response == "lut":
         if "lut" not in drive:
             raise LayoutError(f"{path}: [drive] lut is required when response = 'lut'")
-        kwargs["drive_lut"] = np.asarray(drive["lut"], np.float64)
+        kwargs["drive_lut"] = drive["lut"]  # checked entry by entry in LedLayout.validate
     psf_file = data.get("psf", {}).get("file")
     if psf_file is not None:
         from edgehdr.io import read_ldr_image, read_radiance
@@ -230,4 +262,12 @@ def load_layout(path) -> LedLayout:
             raise LayoutError(f"{path}: [psf] file = {psf_file!r}: no such file ({psf_path})")
         img = read_radiance(psf_path) if psf_path.suffix.lower() in RADIANCE_SUFFIXES else read_ldr_image(psf_path)
         kwargs["psf_image"] = np.asarray(img, np.float64).mean(axis=2)
-    return LedLayout(source=str(path), **kwargs)
+    layout = LedLayout(source=str(path), **kwargs)
+    # A half-given grid would silently take the default for the other half (48 zones, 1920 px ...).
+    for section, first, second in (("zones", "rows", "cols"), ("panel", "width_px", "height_px")):
+        given = [key for key in (first, second) if key in data.get(section, {})]
+        if len(given) == 1:
+            missing = second if given[0] == first else first
+            raise LayoutError(f"{path}: [{section}] {given[0]} is given without {missing}: give both "
+                              f"(the default {missing} = {getattr(layout, missing)} would be used silently)")
+    return layout

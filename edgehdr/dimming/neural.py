@@ -16,11 +16,17 @@ budget (mean light fraction allowed, 1 = no limit) everywhere. Output ``light``
 never draws more than the budget. A model is made for one zone grid and PSF (its
 metadata says which); the stage refuses a model whose grid differs from the
 layout's.
+
+Non-finite pixels enter the statistics as ``zone_statistics`` counts them (black or
+peak, with a warning). Should the network itself return a non-finite zone value, that
+zone gets full light, so the LCD still shows the target there (a warning names how
+many zones), instead of a dark zone or a NaN reaching the LED drive.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 
@@ -29,6 +35,8 @@ from edgehdr.dimming.zones import zone_statistics
 
 __all__ = ["SUBDIVISION", "STATS_STOPS", "INPUT_CHANNELS", "encode_dimming_input", "within_budget", "NeuralDimmer",
            "model_layout_metadata"]
+
+log = logging.getLogger("edgehdr.dimming")
 
 SUBDIVISION = 4
 STATS_STOPS = 12.0
@@ -111,5 +119,10 @@ class NeuralDimmer:
         x = encode_dimming_input(target, self.layout, scale=scale, power_budget=budget,
                                  stats_layout=self._stats_layout)
         (light,) = self.runner.run({self._input_name: x}).values()
-        light = np.clip(np.asarray(light, np.float32).reshape(self.layout.rows, self.layout.cols), 0.0, 1.0)
-        return within_budget(light, budget)
+        light = np.asarray(light, np.float32).reshape(self.layout.rows, self.layout.cols)
+        finite = np.isfinite(light)
+        if not finite.all():
+            log.warning("dimming network returned %d non-finite zone values of %d; those zones get full light",
+                        light.size - int(np.count_nonzero(finite)), light.size)
+            light = np.where(finite, light, np.float32(1.0))
+        return within_budget(np.clip(light, 0.0, 1.0), budget)

@@ -17,6 +17,8 @@ reference, not a runtime stage (the local-dimming CNN learns to imitate it).
 
 from __future__ import annotations
 
+import logging
+
 import cv2
 import numpy as np
 
@@ -24,8 +26,11 @@ from edgehdr.dimming.backlight import BacklightModel
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.dimming.zones import zone_statistics
 from edgehdr.quality.pu21 import pu21_derivative, pu21_encode
+from edgehdr.tonemap.nonfinite import nonfinite_pixels, report_nonfinite
 
 __all__ = ["optimal_zone_light", "project_power_budget", "quantise_within_budget"]
+
+log = logging.getLogger("edgehdr.dimming")
 
 
 def project_power_budget(light: np.ndarray, budget: float | None) -> np.ndarray:
@@ -104,7 +109,17 @@ def optimal_zone_light(
     Bertsekas, Nonlinear Programming, 1999, sec. 2.3.
     """
     model = model or BacklightModel(layout)
-    target = np.minimum(np.asarray(target_cd_m2, np.float32), np.float32(layout.peak_luminance_cd_m2))
+    target = np.asarray(target_cd_m2, np.float32)
+    black = None
+    if not np.isfinite(target).all():
+        # Non-finite pixels are optimised as they will be shown: black (NaN, -inf) or the peak (+inf).
+        black, white = nonfinite_pixels(target)
+        report_nonfinite(log, "optimal zone light", np.count_nonzero(black), np.count_nonzero(white),
+                         target.shape[0] * target.shape[1])
+    target = np.minimum(target, np.float32(layout.peak_luminance_cd_m2))
+    if black is not None:
+        target[black] = 0.0
+        target[white] = np.float32(layout.peak_luminance_cd_m2)
     h, w = target.shape[:2]
     wh, ww = model.work_shape
     flat = target.reshape(-1, 3)

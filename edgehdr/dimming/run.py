@@ -2,12 +2,12 @@
 
 ``dim_frame`` goes target -> zone light -> zone values -> backlight -> LCD codes
 (the runtime path); ``simulate`` adds the displayed image and metrics; ``write_results``
-writes them atomically.
+writes them atomically; ``metrics.json`` is strict JSON, an undefined metric (PU-PSNR of
+identical images, anything NaN) written as ``null``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +79,14 @@ def zone_heatmap(zone_values: np.ndarray, layout: LedLayout, *, width_px: int = 
 
 def write_results(outdir, result: DimmingResult, layout: LedLayout, *, target_cd_m2=None) -> list[Path]:
     """zones.csv, zones.npy, lcd.png, backlight.exr, display.exr, display_preview.png, heatmap.png, metrics.json."""
-    from edgehdr.io import write_bytes_atomic, write_ldr_image, write_radiance, write_text_atomic
+    from edgehdr.io import (
+        null_undefined,
+        write_bytes_atomic,
+        write_json_atomic,
+        write_ldr_image,
+        write_radiance,
+        write_text_atomic,
+    )
     from edgehdr.tonemap import reinhard_global
 
     out = Path(outdir)
@@ -104,5 +111,5 @@ def write_results(outdir, result: DimmingResult, layout: LedLayout, *, target_cd
         written.append(write_ldr_image(out / "target_preview.png", reinhard_global(np.asarray(target_cd_m2))))
     meta = {"layout": layout.to_dict(), "metrics": result.metrics,
             "zone_bits": layout.zone_bits, "power": float(layout.drive_from_light(result.light).mean())}
-    written.append(write_text_atomic(out / "metrics.json", json.dumps(meta, indent=2, default=float)))
+    written.append(write_json_atomic(out / "metrics.json", null_undefined(meta)))
     return written

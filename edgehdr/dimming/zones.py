@@ -13,25 +13,35 @@ histogram; the heuristics then work on the small zone grid:
 These are the standard heuristics of the local-dimming literature (dual-modulation
 displays after Seetzen et al., ACM TOG 23(3), 2004, as presented in the tutorial);
 ``edgehdr.dimming.optimal_zone_light`` is the optimisation-based quality reference.
+
+Non-finite pixels (``edgehdr.tonemap.nonfinite``) count as what the panel will show
+for them: a NaN or ``-inf`` pixel as black, a ``+inf`` pixel as the panel peak; one
+warning per call on the ``edgehdr.dimming`` logger gives the count, and a frame with
+no finite pixel raises ``ValueError`` instead of turning every LED off.
 """
 
 from __future__ import annotations
+
+import logging
+import math
 
 import numba
 import numpy as np
 
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.fastmath import log2_from_bits
+from edgehdr.tonemap.nonfinite import SHOWN_BLACK, SHOWN_WHITE, any_nonfinite, pixel_class, report_nonfinite
 
 __all__ = ["zone_statistics", "zone_light", "HEURISTICS", "ZoneTemporalFilter"]
 
 HEURISTICS = ("max", "mean", "sqrt", "percentile")
 _HIST_BINS = 64
 _HIST_STOPS = 16.0  # histogram spans 2^-16 .. 1 of the peak
+log = logging.getLogger("edgehdr.dimming")
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _zone_stats_kernel(target, inv_peak, rows, cols, want_hist, zmax, zsum, hist):
+def _zone_stats_kernel(target, bits, inv_peak, rows, cols, want_hist, zmax, zsum, hist, row_black, row_white):
     # Parallel over zone rows (no two threads touch one zone). Per pixel row: max-RGB /
     # peak into a row buffer, its histogram bins by a vectorised log2 on the float
     # bits, then per-zone max, sum and counts.
@@ -52,11 +62,23 @@ def _zone_stats_kernel(target, inv_peak, rows, cols, want_hist, zmax, zsum, hist
         m_row = np.empty(w, np.float32)
         floored_row = np.empty(w, np.float32)
         bin_row = np.empty(w, np.int32)
+        black = 0
+        white = 0
         for y in range(y0, y1):
             row = target[y]
             for x in range(w):
                 m = max(row[x, 0], max(row[x, 1], row[x, 2])) * inv_peak
                 m_row[x] = min(max(m, np.float32(0.0)), np.float32(1.0))
+            row_bits = bits[y]
+            if any_nonfinite(row_bits):
+                for x in range(w):
+                    cls = pixel_class(row_bits, 3 * x)
+                    if cls == SHOWN_BLACK:
+                        m_row[x] = 0.0
+                        black += 1
+                    elif cls == SHOWN_WHITE:
+                        m_row[x] = 1.0
+                        white += 1
             if want_hist:
                 for x in range(w):
                     floored_row[x] = max(m_row[x], np.float32(1.52587890625e-05))  # 2^-16: bin 0
@@ -77,13 +99,17 @@ def _zone_stats_kernel(target, inv_peak, rows, cols, want_hist, zmax, zsum, hist
                         hist[r, c, bin_row[x]] += 1
         for c in range(cols):
             zsum[r, c] /= (y1 - y0) * (col_edges[c + 1] - col_edges[c])
+        row_black[r] = black
+        row_white[r] = white
 
 
 def zone_statistics(target_cd_m2: np.ndarray, layout: LedLayout, *, histogram: bool = False, scale: float = 1.0):
     """Per-zone max and mean of max-RGB / peak, and optionally a log2 histogram.
 
     ``scale`` multiplies the input first (the runtime passes radiance and its display
-    scale instead of materialising the cd/m^2 target).
+    scale instead of materialising the cd/m^2 target); it must be finite and positive.
+    Non-finite pixels count as black (NaN, -inf) or as the peak (+inf), with one warning
+    (module docstring); ``ValueError`` if no pixel is finite.
 
     Returns
     -------
@@ -97,11 +123,17 @@ def zone_statistics(target_cd_m2: np.ndarray, layout: LedLayout, *, histogram: b
     if target.shape[:2] != (layout.height_px, layout.width_px):
         raise ValueError(f"target is {target.shape[1]}x{target.shape[0]} but the layout's panel is "
                          f"{layout.width_px}x{layout.height_px}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale}")
     zmax = np.empty((layout.rows, layout.cols), np.float32)
     zsum = np.empty((layout.rows, layout.cols), np.float32)
     hist = np.empty((layout.rows, layout.cols, _HIST_BINS if histogram else 1), np.int32)
-    _zone_stats_kernel(target, np.float32(scale / layout.peak_luminance_cd_m2), layout.rows, layout.cols,
-                       histogram, zmax, zsum, hist)
+    row_black = np.empty(layout.rows, np.int64)
+    row_white = np.empty(layout.rows, np.int64)
+    h, w = target.shape[:2]
+    _zone_stats_kernel(target, target.reshape(h, -1).view(np.int32), np.float32(scale / layout.peak_luminance_cd_m2),
+                       layout.rows, layout.cols, histogram, zmax, zsum, hist, row_black, row_white)
+    report_nonfinite(log, "zone statistics", row_black.sum(), row_white.sum(), h * w)
     return zmax, zsum, (hist if histogram else None)
 
 
@@ -166,7 +198,11 @@ class ZoneTemporalFilter:
         self.state = None
 
     def update(self, light: np.ndarray, dt_s: float | None = None) -> np.ndarray:
+        """Filtered light; a non-finite ``light`` raises ``ValueError`` and leaves the state as it was."""
         light = np.asarray(light, np.float32)
+        if not np.isfinite(light).all():
+            raise ValueError(f"zone light has {int(np.count_nonzero(~np.isfinite(light)))} non-finite values of "
+                             f"{light.size}; the temporal filter state is unchanged")
         if self.state is None or self.state.shape != light.shape:
             self.state = light.copy()
             return self.state.copy()

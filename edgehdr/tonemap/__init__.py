@@ -1,4 +1,10 @@
-"""Tone mapping: Reinhard global/local, Drago, the tutorial's parametric operator, colour correction, video stabilisation."""
+"""Tone mapping: Reinhard global/local, Drago, the tutorial's parametric operator, colour correction, video smoothing.
+
+Every operator handles non-finite pixels alike (``edgehdr.tonemap.nonfinite``): NaN and
+infinite pixels stay out of the frame statistics and come out black (NaN, -inf) or white
+(+inf), with one warning per call on the ``edgehdr.tonemap`` logger giving their count;
+a frame without a finite pixel raises ``ValueError``.
+"""
 
 from edgehdr.tonemap.color import (
     COLOR_METHODS,

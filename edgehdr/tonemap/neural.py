@@ -23,10 +23,15 @@ Input encoding (the ONNX input ``log_luminance``, (1, 1, 128, 224) float32):
 
 The training recipe (``edgehdr/models/training/train_tmo.py``) renders with a
 PyTorch twin of ``apply_parameter_grid``; a test holds the two together.
+
+Non-finite pixels follow the policy of ``edgehdr.tonemap.nonfinite``: left out of
+the block statistics the network sees, shown black (NaN, ``-inf``) or white
+(``+inf``), counted in one warning per call.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import cv2
@@ -34,7 +39,8 @@ import numba
 import numpy as np
 
 from edgehdr.fastmath import exp2_bits, log2_from_bits
-from edgehdr.tonemap.operators import _check_radiance, frame_statistics, srgb8
+from edgehdr.tonemap.nonfinite import SHOWN_BLACK, SHOWN_WHITE, any_nonfinite, pixel_class, report_nonfinite
+from edgehdr.tonemap.operators import _bits, _check_radiance, frame_statistics, srgb8
 
 __all__ = ["TMO_INPUT_SHAPE", "TMO_GRID_SHAPE", "PARAM_RANGES", "encode_tmo_input", "apply_parameter_grid",
            "guide_radius", "NeuralToneMapper", "GUIDE_EPS", "BLOCK", "LOG_STOPS"]
@@ -48,6 +54,7 @@ GUIDE_EPS = 0.25  # guided-filter regulariser, stops^2: parameter edges follow l
 RADIUS_FRACTION = 0.025  # guided-filter radius as a fraction of the frame's long side
 LOG_STOPS = 16.0  # the input encoding spans +-16 stops around the median
 _MIN_LUM = 1e-9
+log = logging.getLogger("edgehdr.tonemap")
 _LUMA_R, _LUMA_G, _LUMA_B = 0.2126, 0.7152, 0.0722
 
 
@@ -113,7 +120,7 @@ def _row_taps(n_src: int, n_dst: int):
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _apply_grid_kernel(rgb, coef, key_log2, y0s, y1s, tys, lo, hi, out):
+def _apply_grid_kernel(rgb, bits, coef, key_log2, y0s, y1s, tys, lo, hi, out, row_black, row_white):
     h, w, _ = rgb.shape
     for y in numba.prange(h):
         src = rgb[y].reshape(-1)
@@ -130,6 +137,8 @@ def _apply_grid_kernel(rgb, coef, key_log2, y0s, y1s, tys, lo, hi, out):
             lum = (np.float32(_LUMA_R) * src[3 * x] + np.float32(_LUMA_G) * src[3 * x + 1]
                    + np.float32(_LUMA_B) * src[3 * x + 2])
             lum_row[x] = max(lum, np.float32(_MIN_LUM))
+        row_bits = bits[y]
+        fix_row = any_nonfinite(row_bits)  # while the row is in cache; fixed up at the end
         lum_bits = lum_row.view(np.int32)
         t_row = np.empty(w, np.float32)
         gam = np.empty(w, np.float32)
@@ -162,6 +171,20 @@ def _apply_grid_kernel(rgb, coef, key_log2, y0s, y1s, tys, lo, hi, out):
                                            np.float32(126.0)))
             for x in range(w):
                 dst[3 * x + c] = srgb8(ld[x] * pw[x])
+        # Non-finite pixels: what was computed for them is replaced by black or white.
+        black = 0
+        white = 0
+        if fix_row:
+            for x in range(w):
+                cls = pixel_class(row_bits, 3 * x)
+                if cls == SHOWN_BLACK:
+                    black += 1
+                    dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = 0
+                elif cls == SHOWN_WHITE:
+                    white += 1
+                    dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = 255
+        row_black[y] = black
+        row_white[y] = white
     return out
 
 
@@ -193,7 +216,12 @@ def apply_parameter_grid(radiance: np.ndarray, params: np.ndarray, *, key_log2: 
     elif out.shape != rgb.shape or out.dtype != np.uint8:
         raise ValueError(f"out must be a {rgb.shape} uint8 array")
     coef = np.stack([cv2.resize(c, (w, c.shape[0]), interpolation=cv2.INTER_LINEAR) for c in coef])
-    return _apply_grid_kernel(rgb, coef, np.float32(key_log2), *_row_taps(coef.shape[1], h), _LO, _HI, out)
+    row_black = np.empty(h, np.int64)
+    row_white = np.empty(h, np.int64)
+    _apply_grid_kernel(rgb, _bits(rgb), coef, np.float32(key_log2), *_row_taps(coef.shape[1], h), _LO, _HI, out,
+                       row_black, row_white)
+    report_nonfinite(log, "tonemap neural", row_black.sum(), row_white.sum(), h * w)
+    return out
 
 
 def default_parameter_grid(alpha: float = 0.8, s: float = 0.0, gamma: float = 0.8) -> np.ndarray:

@@ -9,10 +9,21 @@ the colour correction and the sRGB encoding per pixel. The local operator adds
 a guided filter on a 1/4-resolution log-luminance whose linear coefficients are
 interpolated back per pixel (fast guided filter), so its halo-free local
 adaptation costs a small multiple of the global operator.
+
+Non-finite input (``edgehdr.tonemap.nonfinite``): a pixel with a NaN or infinite
+channel is left out of the statistics (log-average, maximum, block means), so the
+other pixels map as they would in the frame without it; it is shown black (NaN,
+``-inf``) or white (``+inf``, an overflowed highlight), one warning per call on the
+``edgehdr.tonemap`` logger gives the count, and a frame with no finite pixel raises
+``ValueError``. The output never holds an undefined value. Negative finite radiance
+is noise around black and counts as black. Finding such pixels is an integer pass
+over each row inside the kernels (under 2 % of a frame's time); only rows that hold
+one take the slower per-pixel path.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import cv2
@@ -22,6 +33,7 @@ import numpy as np
 from edgehdr.fastmath import exp2_bits, log2_from_bits
 from edgehdr.tonemap.color import COLOR_METHODS
 from edgehdr.tonemap.guided import guided_coefficients
+from edgehdr.tonemap.nonfinite import SHOWN_BLACK, SHOWN_WHITE, any_nonfinite, pixel_class, report_nonfinite
 from edgehdr.tonemap.temporal import TemporalAdaptation
 
 __all__ = [
@@ -40,6 +52,7 @@ LOCAL_FILTERS = ("guided", "bilateral", "gaussian")
 _OP_REINHARD, _OP_DRAGO, _OP_PARAMETRIC = 0, 1, 2
 _LUMA_R, _LUMA_G, _LUMA_B = 0.2126, 0.7152, 0.0722
 _MIN_LUM = 1e-9
+log = logging.getLogger("edgehdr.tonemap")
 
 # sRGB OETF x 255 on [0.0031308, 1] as a degree-5 polynomial in x^(1/4) (least-squares fit,
 # max error 0.011 code; tests/test_tonemap.py checks it). Arithmetic vectorises, where a
@@ -60,9 +73,12 @@ def srgb8(v):
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _stats_kernel(rgb, delta, block, stride, blocks, row_logsum, row_count, row_max):
+def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, row_count, row_max, row_bad,
+                  row_state):
     # Reads only every ``stride``-th row: statistics of a decimated grid, half the
     # memory traffic at stride 2. Block means are taken over the rows read.
+    # Non-finite pixels are skipped (and counted) on the rows that hold any; row_state
+    # records for each row read whether it holds one, so the apply pass need not look again.
     h, w, _ = rgb.shape
     nby, nbx = blocks.shape
     for by in numba.prange(nby):
@@ -71,14 +87,35 @@ def _stats_kernel(rgb, delta, block, stride, blocks, row_logsum, row_count, row_
         logsum = 0.0
         count = 0
         rows = 0
+        bad = 0
         peak = np.float32(0.0)
         for bx in range(nbx):
             blocks[by, bx] = 0.0
+            block_n[by, bx] = 0  # pixels skipped, until the end of the block row
         for y in range(y0, y1):
             if y % stride != 0 and y1 - y0 > 1:
                 continue
             rows += 1
+            row_bits = bits[y]
+            if not any_nonfinite(row_bits):
+                row_state[y] = 0
+                for x in range(w):
+                    lum = (np.float32(_LUMA_R) * rgb[y, x, 0] + np.float32(_LUMA_G) * rgb[y, x, 1]
+                           + np.float32(_LUMA_B) * rgb[y, x, 2])
+                    blocks[by, x // block] += lum
+                    if lum > peak:
+                        peak = lum
+                    if x % stride == 0:
+                        logsum += math.log(delta + max(lum, np.float32(0.0)))
+                        count += 1
+                continue
+            # The same loop, skipping non-finite pixels (kept apart so the common loop has no test).
+            row_state[y] = 1
             for x in range(w):
+                if pixel_class(row_bits, 3 * x) != 0:
+                    block_n[by, x // block] += 1
+                    bad += 1
+                    continue
                 lum = (np.float32(_LUMA_R) * rgb[y, x, 0] + np.float32(_LUMA_G) * rgb[y, x, 1]
                        + np.float32(_LUMA_B) * rgb[y, x, 2])
                 blocks[by, x // block] += lum
@@ -89,14 +126,18 @@ def _stats_kernel(rgb, delta, block, stride, blocks, row_logsum, row_count, row_
                     count += 1
         for bx in range(nbx):
             x0 = bx * block
-            blocks[by, bx] /= rows * (min(x0 + block, w) - x0)
+            n = rows * (min(x0 + block, w) - x0) - block_n[by, bx]
+            block_n[by, bx] = n
+            blocks[by, bx] = blocks[by, bx] / n if n > 0 else np.float32(0.0)
         row_logsum[by] = logsum
         row_count[by] = count
         row_max[by] = peak
+        row_bad[by] = bad
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _apply_kernel(rgb, op, p0, p1, p2, p3, local, coef_a, coef_b, block, color_mode, saturation, out):
+def _apply_kernel(rgb, bits, op, p0, p1, p2, p3, local, coef_a, coef_b, block, color_mode, saturation, out,
+                  row_state, row_black, row_white):
     h, w, _ = rgb.shape
     nby = coef_a.shape[0]
     inv_block = np.float32(1.0 / block)
@@ -118,6 +159,9 @@ def _apply_kernel(rgb, op, p0, p1, p2, p3, local, coef_a, coef_b, block, color_m
             lum = max(lum, np.float32(_MIN_LUM))
             inv_lum_row[x] = np.float32(1.0) / lum
             ld_row[x] = lum
+        # Rows the statistics pass read are known; the others are looked at now, while in cache.
+        row_bits = bits[y]
+        fix_row = row_state[y] == 1 if row_state[y] >= 0 else any_nonfinite(row_bits)
         if op == 0 and not local:
             # Reinhard et al. 2002, eq. 4: p0 = key / log-average, p1 = 1 / L_white^2.
             for x in range(w):
@@ -207,6 +251,20 @@ def _apply_kernel(rgb, op, p0, p1, p2, p3, local, coef_a, coef_b, block, color_m
                 for c in range(3):
                     ratio = max(src[3 * x + c] * il, np.float32(0.0))
                     dst[3 * x + c] = srgb8(ld * ((ratio - 1) * saturation + 1))
+        # Non-finite pixels: what was computed for them is replaced by black or white.
+        black = 0
+        white = 0
+        if fix_row:
+            for x in range(w):
+                cls = pixel_class(row_bits, 3 * x)
+                if cls == SHOWN_BLACK:
+                    black += 1
+                    dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = 0
+                elif cls == SHOWN_WHITE:
+                    white += 1
+                    dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = 255
+        row_black[y] = black
+        row_white[y] = white
     return out
 
 
@@ -219,8 +277,21 @@ def _check_radiance(radiance: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def _bits(rgb: np.ndarray) -> np.ndarray:
+    """(H, 3 W) int32 view of a contiguous float32 image: what the kernels test for non-finite values."""
+    return rgb.reshape(rgb.shape[0], -1).view(np.int32)
+
+
+def _unchecked_rows(h: int) -> np.ndarray:
+    """Per-row non-finite state for the kernels: -1 not looked at yet, 0 finite, 1 holds a non-finite pixel."""
+    return np.full(h, -1, np.int8)
+
+
 def frame_statistics(radiance: np.ndarray, *, delta: float = 1e-6, block: int = 4, stride: int = 2):
     """Luminance statistics of a frame in one pass.
+
+    Non-finite pixels (NaN, +-inf in any channel) are left out of all three; a block
+    without a finite pixel gets the log-average. ``ValueError`` if no pixel is finite.
 
     Returns
     -------
@@ -234,14 +305,27 @@ def frame_statistics(radiance: np.ndarray, *, delta: float = 1e-6, block: int = 
         Block means of the luminance (the local operator's low-resolution input).
     """
     rgb = _check_radiance(radiance)
+    return _statistics(rgb, delta, block, stride, _unchecked_rows(rgb.shape[0]))
+
+
+def _statistics(rgb, delta, block, stride, row_state):
     h, w, _ = rgb.shape
     nby, nbx = -(-h // block), -(-w // block)
     blocks = np.empty((nby, nbx), np.float32)
+    block_n = np.empty((nby, nbx), np.int64)
     row_logsum = np.empty(nby, np.float64)
     row_count = np.empty(nby, np.int64)
     row_max = np.empty(nby, np.float32)
-    _stats_kernel(rgb, np.float32(delta), block, stride, blocks, row_logsum, row_count, row_max)
+    row_bad = np.empty(nby, np.int64)
+    _stats_kernel(rgb, _bits(rgb), np.float32(delta), block, stride, blocks, block_n, row_logsum, row_count,
+                  row_max, row_bad, row_state)
+    if row_count.sum() == 0 and row_bad.sum() > 0:
+        if stride > 1:  # every pixel on the decimated grid is non-finite: read them all
+            return _statistics(rgb, delta, block, 1, row_state)
+        raise ValueError(f"frame statistics: all {h * w} pixels are non-finite (NaN or +-inf)")
     log_average = math.exp(row_logsum.sum() / max(1, row_count.sum()))
+    if row_bad.sum() > 0:
+        blocks[block_n == 0] = log_average
     return log_average, float(row_max.max()), blocks
 
 
@@ -253,7 +337,8 @@ def _color_args(color: str, saturation: float):
     return (0 if color == "schlick" else 1), np.float32(saturation)
 
 
-def _run_apply(rgb, op, params, color, saturation, out, local=False, coef=None, block=4):
+def _run_apply(rgb, op, params, color, saturation, out, local=False, coef=None, block=4, who="tonemap",
+               row_state=None):
     color_mode, sat = _color_args(color, saturation)
     if out is None:
         out = np.empty(rgb.shape, np.uint8)
@@ -262,7 +347,13 @@ def _run_apply(rgb, op, params, color, saturation, out, local=False, coef=None, 
     p = [np.float32(v) for v in (list(params) + [0.0] * 4)[:4]]
     if coef is None:
         coef = (np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32))
-    _apply_kernel(rgb, op, p[0], p[1], p[2], p[3], local, coef[0], coef[1], block, color_mode, sat, out)
+    if row_state is None:
+        row_state = _unchecked_rows(rgb.shape[0])
+    row_black = np.empty(rgb.shape[0], np.int64)
+    row_white = np.empty(rgb.shape[0], np.int64)
+    _apply_kernel(rgb, _bits(rgb), op, p[0], p[1], p[2], p[3], local, coef[0], coef[1], block, color_mode, sat, out,
+                  row_state, row_black, row_white)
+    report_nonfinite(log, who, row_black.sum(), row_white.sum(), rgb.shape[0] * rgb.shape[1])
     return out
 
 
@@ -270,9 +361,9 @@ def _adapted(adaptation: TemporalAdaptation | None, dt_s, **values):
     return values if adaptation is None else adaptation.update(dt_s, **values)
 
 
-def _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, block=4):
+def _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, row_state, block=4):
     """Scale ``key / L_avg`` (eq. 2), ``1 / L_white^2`` (eq. 4) and the block luminance."""
-    log_avg, lmax, blocks = frame_statistics(rgb, delta=delta, block=block)
+    log_avg, lmax, blocks = _statistics(rgb, delta, block, 2, row_state)
     stats = _adapted(adaptation, dt_s, log_average=log_avg, max_luminance=max(lmax, _MIN_LUM))
     scale = key / stats["log_average"]
     l_white = white if white is not None else stats["max_luminance"] * scale
@@ -316,8 +407,10 @@ def reinhard_global(
     reproduction for digital images," ACM TOG 21(3), 2002.
     """
     rgb = _check_radiance(radiance)
-    scale, inv_white2, _ = _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s)
-    return _run_apply(rgb, _OP_REINHARD, (scale, inv_white2), color, saturation, out)
+    rows = _unchecked_rows(rgb.shape[0])
+    scale, inv_white2, _ = _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, rows)
+    return _run_apply(rgb, _OP_REINHARD, (scale, inv_white2), color, saturation, out, who="tonemap reinhard",
+                      row_state=rows)
 
 
 def reinhard_local(
@@ -367,7 +460,8 @@ def reinhard_local(
         raise ValueError(f"unknown filter {filter!r}; use one of {', '.join(LOCAL_FILTERS)}")
     rgb = _check_radiance(radiance)
     h, w, _ = rgb.shape
-    scale, inv_white2, blocks = _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, block)
+    rows = _unchecked_rows(h)
+    scale, inv_white2, blocks = _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, rows, block)
     log_lm = np.log(np.maximum(blocks * np.float32(scale), np.float32(_MIN_LUM)))
     radius = max(1, int(round(radius_fraction * max(h, w) / block)))
     if filter == "guided":
@@ -384,7 +478,7 @@ def reinhard_local(
     coef = tuple(np.ascontiguousarray(cv2.resize(np.asarray(c, np.float32), (w, c.shape[0]),
                                                  interpolation=cv2.INTER_LINEAR)) for c in coef)
     return _run_apply(rgb, _OP_REINHARD, (scale, inv_white2), color, saturation, out,
-                      local=True, coef=coef, block=block)
+                      local=True, coef=coef, block=block, who="tonemap reinhard-local", row_state=rows)
 
 
 def drago(
@@ -413,13 +507,14 @@ def drago(
     if not 0.5 <= bias <= 1.0:
         raise ValueError(f"bias must be in [0.5, 1], got {bias}")
     rgb = _check_radiance(radiance)
-    log_avg, lmax, _ = frame_statistics(rgb, delta=delta)
+    rows = _unchecked_rows(rgb.shape[0])
+    log_avg, lmax, _ = _statistics(rgb, delta, 4, 2, rows)
     stats = _adapted(adaptation, dt_s, log_average=log_avg, max_luminance=max(lmax, _MIN_LUM))
     l_wa = stats["log_average"] / (1.0 + bias - 0.85) ** 5
     l_wmax = max(stats["max_luminance"] / l_wa, 1e-6)
     params = (1.0 / l_wa, 1.0 / l_wmax, math.log(bias) / math.log(0.5),
               (max_display_cd_m2 / 100.0) / math.log10(l_wmax + 1.0))
-    return _run_apply(rgb, _OP_DRAGO, params, color, saturation, out)
+    return _run_apply(rgb, _OP_DRAGO, params, color, saturation, out, who="tonemap drago", row_state=rows)
 
 
 def parametric(
@@ -450,18 +545,25 @@ def parametric(
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     rgb = _check_radiance(radiance)
+    rows = _unchecked_rows(rgb.shape[0])
     if mu is None:
-        log_avg, lmax, _ = frame_statistics(rgb, delta=delta)
+        log_avg, lmax, _ = _statistics(rgb, delta, 4, 2, rows)
         stats = _adapted(adaptation, dt_s, log_average=log_avg, max_luminance=max(lmax, _MIN_LUM))
         target = key / (1.0 + key)
         mu = stats["log_average"] ** alpha * (1.0 - target) / target
     if mu <= 0:
         raise ValueError(f"mu must be > 0, got {mu}")
-    return _run_apply(rgb, _OP_PARAMETRIC, (alpha, mu), color, gamma, out)
+    return _run_apply(rgb, _OP_PARAMETRIC, (alpha, mu), color, gamma, out, who="tonemap parametric",
+                      row_state=rows)
 
 
 def tonemap(radiance: np.ndarray, operator: str = "reinhard", **params) -> np.ndarray:
-    """Dispatch by name: ``reinhard``, ``reinhard-local``, ``drago``, ``parametric``."""
+    """Dispatch by name: ``reinhard``, ``reinhard-local``, ``drago``, ``parametric``.
+
+    Every operator treats non-finite pixels alike (see the module docstring): left out
+    of the statistics, shown black (NaN, -inf) or white (+inf), one warning per call
+    on the ``edgehdr.tonemap`` logger; ``ValueError`` when no pixel is finite.
+    """
     table = {"reinhard": reinhard_global, "reinhard-local": reinhard_local, "drago": drago, "parametric": parametric}
     try:
         fn = table[operator]

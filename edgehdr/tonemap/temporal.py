@@ -44,7 +44,15 @@ class TemporalAdaptation:
         self._state.clear()
 
     def update(self, dt_s: float | None = None, **values: float) -> dict[str, float]:
-        """Feed this frame's positive statistics (e.g. ``log_average=..., white=...``); get the smoothed ones."""
+        """Feed this frame's positive statistics (e.g. ``log_average=..., white=...``); get the smoothed ones.
+
+        A non-finite value raises ``ValueError`` and leaves the state as it was: one NaN
+        would otherwise stay in the state and spoil every later frame.
+        """
+        for name, value in values.items():
+            if not math.isfinite(float(value)):
+                raise ValueError(f"adaptation statistic {name} = {float(value)}: expected a finite number "
+                                 f"(the adaptation state is unchanged)")
         dt = self.frame_interval_s if dt_s is None else max(float(dt_s), 0.0)
         step = 1.0 if self.time_constant_s == 0 else 1.0 - math.exp(-dt / self.time_constant_s)
         out = {}
