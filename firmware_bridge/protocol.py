@@ -177,12 +177,15 @@ class Config:
             (50 <= self.watchdog_ms <= 65535, "watchdog_ms", "50..65535"),
             (10 <= self.heartbeat_ms and 2 * self.heartbeat_ms < self.watchdog_ms, "heartbeat_ms",
              "10 .. watchdog_ms/2"),
-            (_zone_payload_size(self.rows, self.cols, self.bits, 0) <= MAX_PAYLOAD, "rows*cols",
-             f"a grid whose raw zone payload fits {MAX_PAYLOAD} bytes"),
+            (_zone_payload_size(self.rows, self.cols, self.bits, 0) <= MAX_PAYLOAD, "grid",
+             f"a grid whose raw zone payload fits {MAX_PAYLOAD} bytes "
+             f"({self.rows}x{self.cols} zones at {self.bits} bit need "
+             f"{_zone_payload_size(self.rows, self.cols, self.bits, 0)})"),
         ]
         for ok, name, allowed in checks:
             if not ok:
-                raise ProtocolError(f"CONFIG field {name}={getattr(self, name, None)!r} out of range; "
+                value = f"{self.rows}x{self.cols}" if name == "grid" else repr(getattr(self, name, None))
+                raise ProtocolError(f"CONFIG field {name}={value} out of range; "
                                     f"allowed {allowed}", NackReason.BAD_CONFIG)
         return self
 

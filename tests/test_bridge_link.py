@@ -49,7 +49,7 @@ def test_handshake_config_and_zones_reach_the_backlight(pty_pair, controller):
         assert link.wait_running(3.0)
         for i in range(1, 6):
             link.send_zones(zones(i), frame_id=i)
-            assert wait_for(lambda: controller.last_frame_id == i)
+            assert wait_for(lambda i=i: controller.last_frame_id == i)
             np.testing.assert_array_equal(controller.backlight_u16, zones(i))
         stats = link.stats()
     assert stats["controller"]["rows"] == 48 and stats["config_acked"] == 1
@@ -133,7 +133,7 @@ def test_garbage_between_frames_costs_no_frame(pty_pair, controller):
         assert link.wait_running(3.0)
         for i in range(1, 21):
             link.send_zones(zones(i), frame_id=i)
-            assert wait_for(lambda: controller.last_frame_id == i)
+            assert wait_for(lambda i=i: controller.last_frame_id == i)
             os.write(pty_pair.slave_fd, os.urandom(50) + b"\x00")  # line noise reaching the controller
     status = controller.status()
     assert status.frames_applied == 20

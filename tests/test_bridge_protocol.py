@@ -119,7 +119,8 @@ messages = st.one_of(
     st.builds(Heartbeat, uptime_ms=st.integers(0, 2**32 - 1), state=st.integers(0, 2)),
     st.builds(Status, *[st.integers(0, 2**32 - 1)] * 6, st.integers(0, 65535), st.integers(0, 2)),
     st.builds(lambda r, c, b, seed: Zones(frame_id=seed, bits=b, encoding=int(b not in (8, 16)),
-                                          values=np.random.default_rng(seed).integers(0, 1 << b, (r, c)).astype(np.uint16)),
+                                          values=np.random.default_rng(seed).integers(0, 1 << b, (r, c))
+                                          .astype(np.uint16)),
               st.integers(1, 48), st.integers(1, 48), st.integers(8, 16), st.integers(0, 2**32 - 1)),
 )
 

@@ -61,7 +61,8 @@ def test_consistency_gate_drops_the_samples_grosch_rejects(bracket):
     n, h, w, _ = b.frames.shape
     lo, hi = radiance_intervals(resp)
     bad = np.empty((n, h, w), np.uint8)
-    _inconsistent_kernel(b.frames, lo, hi, b.relative_exposure.astype(np.float32), 1, 2, bad, np.empty((h, w), np.uint8))
+    _inconsistent_kernel(b.frames, lo, hi, b.relative_exposure.astype(np.float32), 1, 2, bad,
+                         np.empty((h, w), np.uint8))
     assert bad[[0, 2]].any()  # the moving objects make some
     z = b.frames.astype(np.int64)
     x = z / 255.0

@@ -279,7 +279,11 @@ class _FakeRunner:
         self.layout, self.answer, self.seen = layout, answer, None
 
     def describe(self):
-        return {"inputs": {"zone_stats": [1, 3, 4 * self.layout.rows, 4 * self.layout.cols]}}
+        from edgehdr.infer.base import RunnerDescription, TensorDescription
+
+        shape = (1, 3, 4 * self.layout.rows, 4 * self.layout.cols)
+        return RunnerDescription(backend="fixed-answer", model="-", providers=(), precision="fp32", device="cpu",
+                                 inputs=(TensorDescription("zone_stats", shape, "float32"),))
 
     def run(self, feeds):
         self.seen = feeds["zone_stats"]

@@ -112,14 +112,6 @@ def test_description_is_frozen_and_checks_its_precision():
         RunnerDescription("onnxruntime", "m.onnx", (), "float32", "cpu")  # type: ignore[arg-type]
 
 
-def test_old_dict_spelling_still_reads_until_the_stages_move():
-    """``desc['inputs']`` is the list of dicts the neural stages read today; remove with the last such caller."""
-    with OnnxRuntimeRunner(model_path("dimming_net")) as runner:
-        desc = runner.describe()
-    assert desc["inputs"] == [t.as_dict() for t in desc.inputs]
-    assert desc["inputs"][0]["shape"] == list(desc.inputs[0].shape)
-
-
 def test_describe_before_load_says_what_to_do():
     with pytest.raises(RuntimeError, match="not loaded.*with block"):
         OnnxRuntimeRunner(model_path("tmo_net")).describe()

@@ -89,13 +89,8 @@ class NeuralDimmer:
         if not 0.0 < power_budget <= 1.0:
             raise ValueError(f"power_budget must be in (0, 1], got {power_budget}")
         self.runner, self.layout, self.power_budget = runner, layout, float(power_budget)
-        desc = runner.describe()
-        inputs = desc["inputs"]
-        if isinstance(inputs, dict):
-            (self._input_name, shape), = inputs.items()
-        else:
-            (spec,) = inputs
-            self._input_name, shape = spec["name"], spec["shape"]
+        (spec,) = runner.describe().inputs
+        self._input_name, shape = spec.name, spec.shape
         expected = [1, INPUT_CHANNELS, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION]
         if list(shape) != expected:
             raise ValueError(f"dimming model {model_path or ''} expects input {list(shape)}, the layout "
@@ -104,9 +99,9 @@ class NeuralDimmer:
                              f"--cols {layout.cols}")
         self.warnings = []
         if model_path is not None:
-            import onnx
+            from edgehdr.infer.ort import model_metadata
 
-            meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
+            meta = model_metadata(model_path)  # through ONNX Runtime: the device install has no onnx package
             made_for = json.loads(meta.get("edgehdr.layout", "{}"))
             ours = model_layout_metadata(layout)
             for key in ("psf_model", "psf_sigma_pitch", "native_contrast"):

@@ -70,10 +70,10 @@ def zone_heatmap(zone_values: np.ndarray, layout: LedLayout, *, width_px: int = 
     big = cv2.resize(codes, (width_px, height_px), interpolation=cv2.INTER_NEAREST)
     rgb = cv2.cvtColor(cv2.applyColorMap(big, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
     if width_px / layout.cols >= 6:
-        for c in range(1, layout.cols):
-            rgb[:, int(round(c * width_px / layout.cols))] //= 2
-        for r in range(1, layout.rows):
-            rgb[int(round(r * height_px / layout.rows))] //= 2
+        cols = [int(round(c * width_px / layout.cols)) for c in range(1, layout.cols)]
+        rows = [int(round(r * height_px / layout.rows)) for r in range(1, layout.rows)]
+        rgb[:, cols] = rgb[:, cols] // 2  # zone borders at half brightness
+        rgb[rows] = rgb[rows] // 2
     return rgb
 
 

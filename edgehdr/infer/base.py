@@ -135,11 +135,6 @@ class RunnerDescription:
                    inputs=tuple(TensorDescription.from_dict(t) for t in data["inputs"]),
                    outputs=tuple(TensorDescription.from_dict(t) for t in data["outputs"]))
 
-    def __getitem__(self, key: str) -> Any:
-        """``desc['inputs']`` as ``as_dict()['inputs']``: the old dict spelling, kept only until the neural
-        stages (tonemap, dimming, merge, quality) read the attributes; new code uses ``desc.inputs``."""
-        return self.as_dict()[key]
-
 
 @runtime_checkable
 class Runner(Protocol):

@@ -326,7 +326,7 @@ def _bridge_stage(rt: Runtime, cfg: dict[str, Any]) -> Stage:
     """The controller link (``port = "simulate"``: a controller simulator on a pty of its own)."""
     from edgehdr.pipeline.stages import BridgeStage
     from firmware_bridge.link import Link
-    from firmware_bridge.protocol import Config
+    from firmware_bridge.protocol import Config, ProtocolError
     from firmware_bridge.transports import PtyPair, SerialTransport, open_transport
 
     br, layout = cfg["bridge"], rt.layout
@@ -334,6 +334,11 @@ def _bridge_stage(rt: Runtime, cfg: dict[str, Any]) -> Stage:
         raise ConfigError("[bridge] enabled needs [dimming] enabled: the link carries the zone values")
     link_cfg = Config(rows=layout.rows, cols=layout.cols, bits=layout.zone_bits, safe_level=br["safe_level"],
                       watchdog_ms=br["watchdog_ms"], heartbeat_ms=br["heartbeat_ms"])
+    try:
+        link_cfg.validate()
+    except ProtocolError as exc:
+        raise ConfigError(f"[dimming] {layout.rows}x{layout.cols} zones at [bridge] bits = {layout.zone_bits} "
+                          f"cannot go over the controller link: {exc}") from None
     transport: Transport
     if br["port"] == "simulate":
         from firmware_bridge.simulator import ControllerSimulator

@@ -25,6 +25,7 @@ from edgehdr.dimming import (
     LedLayout,
     ZoneTemporalFilter,
     lcd_compensation,
+    robust_peak_luminance,
     zone_light,
     zone_statistics,
 )
@@ -32,7 +33,6 @@ from edgehdr.hdr.align import ALIGN_METHODS, align_homography, align_mtb
 from edgehdr.hdr.crf import CameraResponse
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.tonemap import TemporalAdaptation, tonemap
-from edgehdr.tonemap.color import luminance
 
 if TYPE_CHECKING:
     from edgehdr.hdr.neural_merge import NeuralMerger
@@ -217,7 +217,7 @@ class DimmingStage:
         if rad.shape[:2] != (self.layout.height_px, self.layout.width_px):
             raise ValueError(f"frame {rad.shape[1]}x{rad.shape[0]} does not match the panel "
                              f"{self.layout.width_px}x{self.layout.height_px} of the LED layout")
-        robust = float(np.percentile(luminance(rad[::8, ::8]), self.peak_percentile))
+        robust = robust_peak_luminance(rad[::8, ::8], self.peak_percentile)  # over finite pixels only
         robust = self.adaptation.update(peak=max(robust, 1e-9))["peak"]
         scale = self.layout.peak_luminance_cd_m2 / robust
         if self.neural is not None:

@@ -111,7 +111,7 @@ def _coefficients(params: np.ndarray, blocks: np.ndarray, key_log2: float, heigh
     return coef
 
 
-def _row_taps(n_src: int, n_dst: int):
+def _row_taps(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bilinear taps (half-pixel centres, clamped; OpenCV's INTER_LINEAR and torch's align_corners=False)."""
     f = np.clip((np.arange(n_dst, dtype=np.float64) + 0.5) * (n_src / n_dst) - 0.5, 0.0, n_src - 1)
     i0 = np.minimum(f.astype(np.int32), max(n_src - 2, 0))
@@ -248,12 +248,12 @@ class NeuralToneMapper:
         self.runner = runner
         self.time_constant_s = float(time_constant_s)
         self.frame_interval_s = float(frame_interval_s)
-        self._params = None
-        self._key = None
-        (self._input_name,) = [i["name"] if isinstance(i, dict) else i for i in _input_names(runner)]
+        self._params: np.ndarray | None = None
+        self._key: float | None = None
+        (self._input_name,) = [i.name for i in runner.describe().inputs]
 
     def reset(self) -> None:
-        self._params = self._key = None
+        self._params, self._key = None, None
 
     def predict(self, radiance: np.ndarray):
         """Raw network prediction for one frame: ``(params (3, 8, 14), key_log2, blocks)``."""
@@ -263,17 +263,14 @@ class NeuralToneMapper:
 
     def __call__(self, radiance: np.ndarray, *, dt_s: float | None = None, out=None) -> np.ndarray:
         params, key_log2, blocks = self.predict(radiance)
-        if self.time_constant_s > 0 and self._params is not None:
+        if self.time_constant_s > 0 and self._params is not None and self._key is not None:
             dt = self.frame_interval_s if dt_s is None else max(float(dt_s), 0.0)
             k = np.float32(1.0 - math.exp(-dt / self.time_constant_s))
             self._params += k * (params - self._params)
             self._key += float(k) * (key_log2 - self._key)
+            smoothed, key = self._params, self._key
         else:
-            self._params, self._key = params.copy(), key_log2
-        return apply_parameter_grid(radiance, self._params, key_log2=self._key, blocks=blocks, out=out)
+            smoothed, key = params.copy(), key_log2
+            self._params, self._key = smoothed, key
+        return apply_parameter_grid(radiance, smoothed, key_log2=key, blocks=blocks, out=out)
 
-
-def _input_names(runner):
-    desc = runner.describe()
-    inputs = desc["inputs"]
-    return list(inputs) if isinstance(inputs, dict) else inputs

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import cv2
 import numba
@@ -564,7 +565,8 @@ def tonemap(radiance: np.ndarray, operator: str = "reinhard", **params) -> np.nd
     of the statistics, shown black (NaN, -inf) or white (+inf), one warning per call
     on the ``edgehdr.tonemap`` logger; ``ValueError`` when no pixel is finite.
     """
-    table = {"reinhard": reinhard_global, "reinhard-local": reinhard_local, "drago": drago, "parametric": parametric}
+    table: dict[str, Callable[..., np.ndarray]] = {"reinhard": reinhard_global, "reinhard-local": reinhard_local,
+                                                   "drago": drago, "parametric": parametric}
     try:
         fn = table[operator]
     except KeyError:
