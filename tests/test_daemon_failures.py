@@ -248,3 +248,20 @@ def test_build_runtime_closes_what_it_opened_when_a_later_step_fails():
             break
         time.sleep(0.05)
     assert not left, f"threads left running after a failed build: {left}"
+
+
+def test_repeated_per_frame_warnings_are_held_back_and_counted():
+    from edgehdr.pipeline.daemon import RepeatFilter
+
+    f = RepeatFilter(interval_s=0.2)
+
+    def record(msg, level=logging.WARNING, name="edgehdr.tonemap"):
+        return logging.LogRecord(name, level, __file__, 1, msg, (), None)
+
+    passed = [f.filter(record("%d non-finite pixels")) for _ in range(50)]
+    assert passed[0] and not any(passed[1:])
+    assert f.filter(record("another message")), "a different message is not held back"
+    assert f.filter(record("output failed", level=logging.ERROR)) and f.filter(record("output failed", logging.ERROR))
+    time.sleep(0.25)
+    later = record("%d non-finite pixels")
+    assert f.filter(later) and "(49 more like this in the last 0.2 s)" in later.msg

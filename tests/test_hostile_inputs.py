@@ -220,6 +220,7 @@ def test_atomic_outputs_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path
     (["run", "--config", "{tmp}/inf.toml"], "[source] exposures_s = [inf, 0.01]: expected a list of finite"),
     (["run", "--config", "{tmp}/one.toml"], "[source] exposures_s = [0.01]: an HDR bracket needs at least two"),
     (["score", "{tmp}/stack", "--model", "{tmp}/binary.txt"], "binary.txt: not a loadable ONNX model"),
+    (["run", "--config", "{tmp}/grid.toml"], "[dimming] 64x48 zones at [bridge] bits = 12 cannot go over the"),
     (["run", "--config", "{tmp}/pattern.toml"], "[outputs] video = 'rec-{{when}}.avi': the only placeholder"),
 ])
 def test_cli_bad_input_exits_2_naming_it(tmp_path, capsys, radiance, argv, message):
@@ -233,6 +234,8 @@ def test_cli_bad_input_exits_2_naming_it(tmp_path, capsys, radiance, argv, messa
     (tmp_path / "inf.toml").write_text("[source]\nexposures_s = [inf, 0.01]\n")
     (tmp_path / "one.toml").write_text("[source]\nexposures_s = [0.01]\n")
     (tmp_path / "pattern.toml").write_text('[outputs]\nvideo = "rec-{when}.avi"\n')
+    (tmp_path / "grid.toml").write_text("[source]\nwidth = 320\nheight = 200\n[dimming]\nrows = 64\n"
+                                        "[preview]\nenabled = false\n")
     fill = {"tmp": str(tmp_path), "exr": str(tmp_path / "in.exr")}
     rc, err = _run([a.format(**fill) for a in argv], capsys)
     assert rc == 2, err

@@ -82,9 +82,39 @@ class _KeyValueFormatter(logging.Formatter):
                         for k, v in fields.items())
 
 
+class RepeatFilter(logging.Filter):
+    """Lets a repeated per-frame message through once per ``interval_s`` and says how many it held back.
+
+    A camera that delivers a non-finite pixel in every frame would otherwise log a
+    warning per frame from each stage that met it (tone mapping, zone statistics,
+    LCD compensation). Messages are grouped by logger and format string.
+    """
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [last emitted at, held back since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is None or now - seen[0] >= self.interval_s:
+            held = int(seen[1]) if seen else 0
+            self._seen[key] = [now, 0]
+            if held:
+                record.msg = f"{record.msg} ({held} more like this in the last {self.interval_s:g} s)"
+            return True
+        seen[1] += 1
+        return False
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_KeyValueFormatter(fmt == "json"))
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
