@@ -22,7 +22,11 @@ import numpy as np
 
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.fastmath import exp2_bits, log2_from_bits
-from edgehdr.tonemap.nonfinite import SHOWN_BLACK, SHOWN_WHITE, any_nonfinite, pixel_class, report_nonfinite
+from edgehdr.tonemap.nonfinite import (
+    any_nonfinite,
+    paint_nonfinite_row,
+    report_nonfinite,
+)
 
 __all__ = ["lcd_compensation", "simulate_display", "ideal_display"]
 
@@ -53,17 +57,9 @@ def _compensation_kernel(target, bits, scale, backlight, leak, inv_gamma, top, o
         dst = out[y].reshape(-1)
         for j in range(3 * w):
             dst[j] = min(enc[j] * top + np.float32(0.5), top)
-        black = 0
-        white = 0
+        black = white = 0
         if fix_row:
-            for x in range(w):
-                cls = pixel_class(row_bits, 3 * x)
-                if cls == SHOWN_BLACK:
-                    black += 1
-                    dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = 0
-                elif cls == SHOWN_WHITE:
-                    white += 1
-                    dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = top
+            black, white = paint_nonfinite_row(dst, row_bits, w, top)
         row_black[y] = black
         row_white[y] = white
     return out

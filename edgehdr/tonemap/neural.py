@@ -39,7 +39,11 @@ import numba
 import numpy as np
 
 from edgehdr.fastmath import exp2_bits, log2_from_bits
-from edgehdr.tonemap.nonfinite import SHOWN_BLACK, SHOWN_WHITE, any_nonfinite, pixel_class, report_nonfinite
+from edgehdr.tonemap.nonfinite import (
+    any_nonfinite,
+    paint_nonfinite_row,
+    report_nonfinite,
+)
 from edgehdr.tonemap.operators import _bits, _check_radiance, frame_statistics, srgb8
 
 __all__ = ["TMO_INPUT_SHAPE", "TMO_GRID_SHAPE", "PARAM_RANGES", "encode_tmo_input", "apply_parameter_grid",
@@ -172,17 +176,9 @@ def _apply_grid_kernel(rgb, bits, coef, key_log2, y0s, y1s, tys, lo, hi, out, ro
             for x in range(w):
                 dst[3 * x + c] = srgb8(ld[x] * pw[x])
         # Non-finite pixels: what was computed for them is replaced by black or white.
-        black = 0
-        white = 0
+        black = white = 0
         if fix_row:
-            for x in range(w):
-                cls = pixel_class(row_bits, 3 * x)
-                if cls == SHOWN_BLACK:
-                    black += 1
-                    dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = 0
-                elif cls == SHOWN_WHITE:
-                    white += 1
-                    dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = 255
+            black, white = paint_nonfinite_row(dst, row_bits, w, 255)
         row_black[y] = black
         row_white[y] = white
     return out

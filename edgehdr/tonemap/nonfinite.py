@@ -22,8 +22,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["FINITE", "SHOWN_BLACK", "SHOWN_WHITE", "any_nonfinite", "nonfinite_pixels", "pixel_class",
-           "report_nonfinite"]
+__all__ = ["FINITE", "SHOWN_BLACK", "SHOWN_WHITE", "any_nonfinite", "nonfinite_pixels", "paint_nonfinite_row",
+           "pixel_class", "report_nonfinite"]
 
 FINITE, SHOWN_BLACK, SHOWN_WHITE = 0, 1, 2
 _EXPONENT = 0x7F800000  # float32 exponent field; all ones: inf or NaN
@@ -54,6 +54,23 @@ def pixel_class(bits, i):
                 return SHOWN_BLACK
             cls = SHOWN_WHITE
     return cls
+
+
+@numba.njit(cache=True, inline="always")
+def paint_nonfinite_row(dst, row_bits, w, white_value):
+    """Overwrite the output of a row's non-finite pixels (interleaved RGB ``dst``) with black or
+    ``white_value``, as ``pixel_class`` says; returns ``(black, white)`` counts."""
+    black = 0
+    white = 0
+    for x in range(w):
+        cls = pixel_class(row_bits, 3 * x)
+        if cls == SHOWN_BLACK:
+            black += 1
+            dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = 0
+        elif cls == SHOWN_WHITE:
+            white += 1
+            dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = white_value
+    return black, white
 
 
 def report_nonfinite(log, who: str, black: int | np.integer, white: int | np.integer, total: int) -> int:

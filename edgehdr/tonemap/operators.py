@@ -34,7 +34,12 @@ import numpy as np
 from edgehdr.fastmath import exp2_bits, log2_from_bits
 from edgehdr.tonemap.color import COLOR_METHODS
 from edgehdr.tonemap.guided import guided_coefficients
-from edgehdr.tonemap.nonfinite import SHOWN_BLACK, SHOWN_WHITE, any_nonfinite, pixel_class, report_nonfinite
+from edgehdr.tonemap.nonfinite import (
+    any_nonfinite,
+    paint_nonfinite_row,
+    pixel_class,
+    report_nonfinite,
+)
 from edgehdr.tonemap.temporal import TemporalAdaptation
 
 __all__ = [
@@ -253,17 +258,9 @@ def _apply_kernel(rgb, bits, op, p0, p1, p2, p3, local, coef_a, coef_b, block, c
                     ratio = max(src[3 * x + c] * il, np.float32(0.0))
                     dst[3 * x + c] = srgb8(ld * ((ratio - 1) * saturation + 1))
         # Non-finite pixels: what was computed for them is replaced by black or white.
-        black = 0
-        white = 0
+        black = white = 0
         if fix_row:
-            for x in range(w):
-                cls = pixel_class(row_bits, 3 * x)
-                if cls == SHOWN_BLACK:
-                    black += 1
-                    dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = 0
-                elif cls == SHOWN_WHITE:
-                    white += 1
-                    dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = 255
+            black, white = paint_nonfinite_row(dst, row_bits, w, 255)
         row_black[y] = black
         row_white[y] = white
     return out
