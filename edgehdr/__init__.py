@@ -8,6 +8,6 @@ truth from ``edgehdr.synth``. Colour order everywhere inside the package is RGB.
 
 __version__ = "0.1.0"
 
-from edgehdr.bracket import Bracket  # noqa: E402
+from edgehdr.bracket import Bracket
 
 __all__ = ["Bracket", "__version__"]

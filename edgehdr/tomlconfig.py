@@ -36,7 +36,7 @@ def read_table(path: str | os.PathLike[str], error: type[Exception]) -> Any:
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib
             data = tomllib.loads(text)
-    except Exception as exc:  # noqa: BLE001 - any parser error, reported with the file name
+    except Exception as exc:
         raise error(f"{path}: not valid {'JSON' if is_json else 'TOML'} ({exc})") from exc
     return data
 

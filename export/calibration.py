@@ -464,7 +464,7 @@ def load_hook(spec: PathLike, option: str = "--calib") -> Callable[[], object]:
     if fn is None:
         raise ValueError(f"{label}: {target} has no function {function!r}")
     if not callable(fn):
-        raise ValueError(f"{label}: {target}.{function} is a {type(fn).__name__}, not a function")  # noqa: TRY004
+        raise ValueError(f"{label}: {target}.{function} is a {type(fn).__name__}, not a function")
     return fn
 
 
@@ -493,7 +493,7 @@ def hook_samples(spec: PathLike, specs: Mapping[str, InputSpec], *,
             raise ValueError(f"{label}: raised {_where(exc)} while producing dict {k}") from exc
         where = f"{label} dict {k}"
         if not isinstance(item, Mapping):  # a bad input for the CLI (ValueError: exit 2), not a bug
-            raise ValueError(  # noqa: TRY004
+            raise ValueError(
                 f"{where}: a {type(item).__name__}; a hook yields one dict {{input name: numpy array}} per sample")
         _require_inputs(where, [str(key) for key in item], specs)
         arrays: dict[str, np.ndarray] = {}

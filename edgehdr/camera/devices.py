@@ -494,7 +494,7 @@ class Picamera2Source(_GroupingSource):
                 controls["HdrMode"] = lc.HdrModeEnum.MultiExposureUnmerged
             cam.set_controls(controls)
             cam.start()
-        except Exception as exc:  # noqa: BLE001 - libcamera raises many kinds
+        except Exception as exc:
             raise SourceError(f"camera {self.camera_num}: cannot start ({exc}); is it connected and enabled?") from exc
         self._cam = cam
 
