@@ -36,6 +36,7 @@ Example ``layout.toml``::
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -188,21 +189,21 @@ class LedLayout:
         """Zone pitch (rows, cols) in panel pixels."""
         return self.height_px / self.rows, self.width_px / self.cols
 
-    def light_from_drive(self, drive):
+    def light_from_drive(self, drive: np.ndarray | float) -> np.ndarray:
         """LED light fraction for a normalised drive value in [0, 1] (the LED drive response)."""
         drive = np.clip(np.asarray(drive, np.float64), 0.0, 1.0)
         if self.drive_lut is None:
             return drive
         return np.interp(drive, np.linspace(0.0, 1.0, self.drive_lut.size), self.drive_lut)
 
-    def drive_from_light(self, light):
+    def drive_from_light(self, light: np.ndarray | float) -> np.ndarray:
         """Inverse drive response: the drive value that gives a light fraction."""
         light = np.clip(np.asarray(light, np.float64), 0.0, 1.0)
         if self.drive_lut is None:
             return light
         return np.interp(light, self.drive_lut, np.linspace(0.0, 1.0, self.drive_lut.size))
 
-    def to_zone_values(self, light) -> np.ndarray:
+    def to_zone_values(self, light: np.ndarray) -> np.ndarray:
         """Light fractions (rows, cols) -> uint16 drive codes ``0 .. 2^zone_bits - 1`` (the ZoneFrame).
 
         ``ValueError`` on a non-finite light fraction: it has no drive code (a cast would turn it into 0, a dark LED).
@@ -214,7 +215,7 @@ class LedLayout:
                              f"{light.size}: no drive code for them")
         return np.rint(self.drive_from_light(light) * top).astype(np.uint16)
 
-    def light_from_zone_values(self, values) -> np.ndarray:
+    def light_from_zone_values(self, values: np.ndarray) -> np.ndarray:
         top = (1 << self.zone_bits) - 1
         return self.light_from_drive(np.asarray(values, np.float64) / top)
 
@@ -229,7 +230,7 @@ class LedLayout:
         return cls(rows=rows, cols=cols, width_px=width_px, height_px=height_px, **kwargs)
 
 
-def load_layout(path) -> LedLayout:
+def load_layout(path: str | os.PathLike[str]) -> LedLayout:
     """Read a layout from TOML (``.toml``) or JSON (``.json``); see the module docstring."""
     path = Path(path)
     if not path.is_file():

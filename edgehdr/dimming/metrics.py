@@ -17,15 +17,16 @@ from edgehdr.tonemap.color import luminance
 __all__ = ["dimming_metrics", "halo_measure", "clipped_fraction", "power_fraction"]
 
 
-def clipped_fraction(target_cd_m2, displayed_cd_m2, *, tolerance: float = 0.02) -> float:
+def clipped_fraction(target_cd_m2: np.ndarray, displayed_cd_m2: np.ndarray, *, tolerance: float = 0.02) -> float:
     """Fraction of pixels where some channel is shown more than ``tolerance`` below the target."""
     t = np.asarray(target_cd_m2, np.float32)
     d = np.asarray(displayed_cd_m2, np.float32)
     return float(np.mean(np.any(d < t * (1.0 - tolerance) - 1e-3, axis=2)))
 
 
-def halo_measure(target_cd_m2, displayed_cd_m2, layout: LedLayout, *, bright_fraction: float = 0.25,
-                 dark_fraction: float = 0.01, reach_pitch: float = 1.5):
+def halo_measure(target_cd_m2: np.ndarray, displayed_cd_m2: np.ndarray, layout: LedLayout, *,
+                 bright_fraction: float = 0.25, dark_fraction: float = 0.01,
+                 reach_pitch: float = 1.5) -> float | None:
     """Mean PU21 rise of dark pixels near bright objects (PU units; ~1 per just-noticeable step).
 
     Bright pixels: luminance above ``bright_fraction`` of the peak. The ring: pixels
@@ -52,7 +53,8 @@ def power_fraction(light: np.ndarray, layout: LedLayout) -> float:
     return float(np.mean(layout.drive_from_light(light)))
 
 
-def dimming_metrics(target_cd_m2, displayed_cd_m2, light, layout: LedLayout) -> dict:
+def dimming_metrics(target_cd_m2: np.ndarray, displayed_cd_m2: np.ndarray, light: np.ndarray,
+                    layout: LedLayout) -> dict:
     """PU-PSNR, PU-SSIM, clipped fraction, halo (PU units) and power of one dimming result."""
     target = np.minimum(np.asarray(target_cd_m2, np.float32), np.float32(layout.peak_luminance_cd_m2))
     displayed = np.asarray(displayed_cd_m2, np.float32)

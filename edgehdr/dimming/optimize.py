@@ -130,7 +130,7 @@ def optimal_zone_light(
     n = float(flat.size)
     area = (h * w) / float(wh * ww)
 
-    def objective_and_grad(light):
+    def objective_and_grad(light: np.ndarray) -> tuple[float, np.ndarray]:
         b = model.simulate(light).reshape(-1)
         idx = np.flatnonzero((t_max > b) | (t_min < leak * b))
         tb = flat[idx].astype(np.float64)

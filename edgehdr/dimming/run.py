@@ -8,6 +8,7 @@ identical images, anything NaN) written as ``null``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from edgehdr.dimming.compensation import lcd_compensation, simulate_display
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.dimming.metrics import dimming_metrics
 from edgehdr.dimming.optimize import optimal_zone_light
-from edgehdr.dimming.zones import HEURISTICS, zone_light, zone_statistics
+from edgehdr.dimming.zones import HEURISTICS, ZoneTemporalFilter, zone_light, zone_statistics
 
 __all__ = ["ALGORITHMS", "DimmingResult", "dim_frame", "zone_heatmap", "write_results"]
 
@@ -37,8 +38,8 @@ class DimmingResult:
 
 
 def dim_frame(target_cd_m2: np.ndarray, layout: LedLayout, algorithm: str = "sqrt", *,
-              model: BacklightModel | None = None, temporal=None, simulate: bool = False,
-              optimal_kwargs: dict | None = None) -> DimmingResult:
+              model: BacklightModel | None = None, temporal: ZoneTemporalFilter | None = None,
+              simulate: bool = False, optimal_kwargs: dict | None = None) -> DimmingResult:
     """Zone values, backlight and LCD image for one display-referred frame."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown dimming algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
@@ -77,7 +78,8 @@ def zone_heatmap(zone_values: np.ndarray, layout: LedLayout, *, width_px: int = 
     return rgb
 
 
-def write_results(outdir, result: DimmingResult, layout: LedLayout, *, target_cd_m2=None) -> list[Path]:
+def write_results(outdir: str | os.PathLike[str], result: DimmingResult, layout: LedLayout, *,
+                  target_cd_m2: np.ndarray | None = None) -> list[Path]:
     """zones.csv, zones.npy, lcd.png, backlight.exr, display.exr, display_preview.png, heatmap.png, metrics.json."""
     from edgehdr.io import (
         null_undefined,

@@ -103,7 +103,8 @@ def _zone_stats_kernel(target, bits, inv_peak, rows, cols, want_hist, zmax, zsum
         row_white[r] = white
 
 
-def zone_statistics(target_cd_m2: np.ndarray, layout: LedLayout, *, histogram: bool = False, scale: float = 1.0):
+def zone_statistics(target_cd_m2: np.ndarray, layout: LedLayout, *, histogram: bool = False,
+                    scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Per-zone max and mean of max-RGB / peak, and optionally a log2 histogram.
 
     ``scale`` multiplies the input first (the runtime passes radiance and its display
@@ -147,7 +148,8 @@ def _percentile_from_hist(hist: np.ndarray, zmax: np.ndarray, p: float) -> np.nd
 
 
 def zone_light(target_cd_m2: np.ndarray, layout: LedLayout, algorithm: str = "sqrt", *,
-               percentile: float = 0.95, stats=None) -> np.ndarray:
+               percentile: float = 0.95,
+               stats: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None) -> np.ndarray:
     """LED light fraction (rows, cols) in [0, 1] chosen by a heuristic (see the module docstring).
 
     ``stats`` may pass precomputed ``zone_statistics`` (with a histogram for ``percentile``).

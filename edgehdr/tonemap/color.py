@@ -9,6 +9,7 @@ readable reference; the operators use fused numba kernels with the same maths.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 __all__ = [
     "REC709_LUMA",
@@ -24,7 +25,7 @@ REC709_LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 COLOR_METHODS = ("schlick", "mantiuk")
 
 
-def luminance(rgb: np.ndarray, dtype=np.float32) -> np.ndarray:
+def luminance(rgb: np.ndarray, dtype: DTypeLike = np.float32) -> np.ndarray:
     """Rec. 709 / sRGB relative luminance ``Y = 0.2126 R + 0.7152 G + 0.0722 B``.
 
     Plain element-wise arithmetic on purpose: a matrix product would go through
@@ -35,7 +36,8 @@ def luminance(rgb: np.ndarray, dtype=np.float32) -> np.ndarray:
     return rgb[..., 0] * weights[0] + rgb[..., 1] * weights[1] + rgb[..., 2] * weights[2]
 
 
-def color_correct_schlick(rgb_in, lum_in, lum_out, saturation: float = 1.0):
+def color_correct_schlick(rgb_in: np.ndarray, lum_in: np.ndarray, lum_out: np.ndarray,
+                          saturation: float = 1.0) -> np.ndarray:
     """``C_out = (C_in / L_in)^s * L_out`` (Schlick 1994; tutorial eq. for colour after TMO).
 
     References
@@ -47,7 +49,8 @@ def color_correct_schlick(rgb_in, lum_in, lum_out, saturation: float = 1.0):
     return np.power(np.maximum(ratio, 0.0), saturation) * np.asarray(lum_out, np.float64)[..., None]
 
 
-def color_correct_mantiuk(rgb_in, lum_in, lum_out, saturation: float = 1.0):
+def color_correct_mantiuk(rgb_in: np.ndarray, lum_in: np.ndarray, lum_out: np.ndarray,
+                          saturation: float = 1.0) -> np.ndarray:
     """``C_out = ((C_in / L_in - 1) s + 1) L_out`` (Mantiuk et al. 2009, eq. 4).
 
     Preserves luminance better than Schlick's power for ``s < 1``.
@@ -61,13 +64,13 @@ def color_correct_mantiuk(rgb_in, lum_in, lum_out, saturation: float = 1.0):
     return ((ratio - 1.0) * saturation + 1.0) * np.asarray(lum_out, np.float64)[..., None]
 
 
-def srgb_encode(linear):
+def srgb_encode(linear: np.ndarray) -> np.ndarray:
     """IEC 61966-2-1 sRGB OETF on [0, 1] (values outside are clipped)."""
     x = np.clip(np.asarray(linear, np.float64), 0.0, 1.0)
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
 
 
-def srgb_decode(encoded):
+def srgb_decode(encoded: np.ndarray) -> np.ndarray:
     """Inverse of ``srgb_encode``."""
     y = np.clip(np.asarray(encoded, np.float64), 0.0, 1.0)
     return np.where(y <= 0.04045, y / 12.92, np.power((y + 0.055) / 1.055, 2.4))

@@ -14,7 +14,8 @@ import numpy as np
 __all__ = ["guided_filter", "guided_coefficients"]
 
 
-def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int, eps: float):
+def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int,
+                        eps: float) -> tuple[np.ndarray, np.ndarray]:
     """Mean linear coefficients ``(a, b)`` of the guided filter: output ``= a * guide + b``.
 
     Returning the coefficients lets a caller compute them at low resolution and
@@ -28,7 +29,7 @@ def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int, eps: fl
     src = np.asarray(src, np.float32)
     ksize = (2 * radius + 1, 2 * radius + 1)
 
-    def box(img):
+    def box(img: np.ndarray) -> np.ndarray:
         return cv2.boxFilter(img, cv2.CV_32F, ksize, normalize=True, borderType=cv2.BORDER_REFLECT)
 
     mean_i = box(guide)

@@ -75,7 +75,7 @@ def _encode_blocks(blocks: np.ndarray):
     return np.ascontiguousarray(x[None, None], np.float32), key_log2
 
 
-def encode_tmo_input(radiance: np.ndarray):
+def encode_tmo_input(radiance: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
     """The network input and its reference: ``(x (1, 1, 128, 224) float32, key_log2, blocks)``.
 
     ``key_log2`` is log2 of the median luminance of the downsampled frame (the
@@ -100,7 +100,7 @@ def _coefficients(params: np.ndarray, blocks: np.ndarray, key_log2: float, heigh
     r = guide_radius(height, width)
     ksize = (2 * r + 1, 2 * r + 1)
 
-    def box(img):
+    def box(img: np.ndarray) -> np.ndarray:
         return cv2.boxFilter(img, cv2.CV_32F, ksize, normalize=True, borderType=cv2.BORDER_REFLECT)
 
     mean_i = box(guide)
@@ -251,7 +251,7 @@ class NeuralToneMapper:
     def reset(self) -> None:
         self._params, self._key = None, None
 
-    def predict(self, radiance: np.ndarray):
+    def predict(self, radiance: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
         """Raw network prediction for one frame: ``(params (3, 8, 14), key_log2, blocks)``."""
         x, key_log2, blocks = encode_tmo_input(radiance)
         (params,) = self.runner.run({self._input_name: x}).values()

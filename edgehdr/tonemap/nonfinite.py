@@ -19,6 +19,8 @@ holds in cache; the per-pixel classification runs only on rows that need it.
 
 from __future__ import annotations
 
+import logging
+
 import numba
 import numpy as np
 
@@ -31,7 +33,7 @@ _POS_INF = 0x7F800000  # bits of +inf
 
 
 @numba.njit(cache=True, inline="always")
-def any_nonfinite(bits):
+def any_nonfinite(bits: np.ndarray) -> bool:
     """Whether a 1-D int32 view of float32 values holds a NaN or an infinity.
 
     A max-reduction of the exponent fields in 32-bit lanes (SIMD); about a quarter of
@@ -44,7 +46,7 @@ def any_nonfinite(bits):
 
 
 @numba.njit(cache=True, inline="always")
-def pixel_class(bits, i):
+def pixel_class(bits: np.ndarray, i: int) -> int:
     """``FINITE``, ``SHOWN_BLACK`` (a NaN or -inf channel) or ``SHOWN_WHITE`` (+inf only) of channels ``i..i+2``."""
     cls = FINITE
     for c in range(3):
@@ -57,7 +59,7 @@ def pixel_class(bits, i):
 
 
 @numba.njit(cache=True, inline="always")
-def paint_nonfinite_row(dst, row_bits, w, white_value):
+def paint_nonfinite_row(dst: np.ndarray, row_bits: np.ndarray, w: int, white_value: float) -> tuple[int, int]:
     """Overwrite the output of a row's non-finite pixels (interleaved RGB ``dst``) with black or
     ``white_value``, as ``pixel_class`` says; returns ``(black, white)`` counts."""
     black = 0
@@ -73,7 +75,8 @@ def paint_nonfinite_row(dst, row_bits, w, white_value):
     return black, white
 
 
-def report_nonfinite(log, who: str, black: int | np.integer, white: int | np.integer, total: int) -> int:
+def report_nonfinite(log: logging.Logger, who: str, black: int | np.integer, white: int | np.integer,
+                     total: int) -> int:
     """Log the one warning of a call that met non-finite pixels; ``ValueError`` if no pixel was finite.
 
     Returns the number of non-finite pixels.

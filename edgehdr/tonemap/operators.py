@@ -68,7 +68,7 @@ _S3, _S4, _S5 = -130.572346, 60.5571508, -13.318309
 
 
 @numba.njit(fastmath=True, cache=True, inline="always")
-def srgb8(v):
+def srgb8(v: float) -> np.uint8:
     """Linear value -> sRGB code 0..255 (clipped), rounded."""
     v = min(max(v, np.float32(0.0)), np.float32(1.0))
     q = math.sqrt(math.sqrt(v))
@@ -285,7 +285,8 @@ def _unchecked_rows(h: int) -> np.ndarray:
     return np.full(h, -1, np.int8)
 
 
-def frame_statistics(radiance: np.ndarray, *, delta: float = 1e-6, block: int = 4, stride: int = 2):
+def frame_statistics(radiance: np.ndarray, *, delta: float = 1e-6, block: int = 4,
+                     stride: int = 2) -> tuple[float, float, np.ndarray]:
     """Luminance statistics of a frame in one pass.
 
     Non-finite pixels (NaN, +-inf in any channel) are left out of all three; a block
@@ -462,6 +463,7 @@ def reinhard_local(
     scale, inv_white2, blocks = _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, rows, block)
     log_lm = np.log(np.maximum(blocks * np.float32(scale), np.float32(_MIN_LUM)))
     radius = max(1, int(round(radius_fraction * max(h, w) / block)))
+    coef: tuple[np.ndarray, ...]
     if filter == "guided":
         coef = guided_coefficients(log_lm, log_lm, radius, eps)
     else:
