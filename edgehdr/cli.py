@@ -338,6 +338,7 @@ def _cmd_bridge_send(args: argparse.Namespace) -> int:
 
 
 def _cmd_bridge_bench_qemu(args: argparse.Namespace) -> int:
+    from edgehdr.io import null_undefined, write_json_atomic
     from firmware_bridge import bench
     from firmware_bridge.qemu import FirmwareUnavailable
 
@@ -347,36 +348,14 @@ def _cmd_bridge_bench_qemu(args: argparse.Namespace) -> int:
     except FirmwareUnavailable as exc:
         print(f"edgehdr bridge bench: {exc}", file=sys.stderr)
         return 2
-    st, full, fr = result["stream"], result["full_grid"], result["faults"]
-    print(f"board {result['board']}: emulated link UART {st['uart_bytes_per_s'] / 1e3:.1f} kB/s (QEMU hands over "
-          f"one byte per main-loop iteration), controller vsync {st['controller_vsync_hz'] or 0:.2f} Hz; stream uses "
-          f"{st['rows']}x{st['cols']}x{st['bits']}-bit zones, {st['bytes_per_frame']} bytes a "
-          f"frame, {100 * st['uart_load']:.0f}% of it")
-    print(f"stream {st['seconds']:g} s at {st['hz']:g} Hz: sent {st['frames_sent']}/{st['frames_submitted']}, applied "
-          f"{st['frames_applied']} ({100 * st['applied_fraction']:.2f}%), corrupted accepted "
-          f"{st['corrupted_accepted']} (every applied frame's duty CRC checked), send-to-apply latency median "
-          f"{st['latency_ms_median']:.2f} ms, p99 {st['latency_ms_p99']:.2f} ms; firmware STATUS "
-          f"{st['firmware_status']}")
-    for curve in ("power_law", "linear"):
-        r = full[curve]
-        print(f"{full['rows']}x{full['cols']}x{full['bits']}-bit, {curve.replace('_', ' ')} drive: applied "
-              f"{r['applied']}/{r['frames']}, corrupted accepted {r['corrupted_accepted']}, "
-              f"{r['frames_per_s']:.2f} frames/s")
-    resume = fr["resume_after_reset_s"]
-    print(f"faults: {fr['noise_bursts']} noise bursts, {fr['errors_counted_by_firmware']} errors counted by the "
-          f"firmware; MCU reset: boot line '{fr['reset_boot_line']}', re-configured {fr['reconfigured']}x, resumed "
-          f"{'never' if resume is None else f'{resume:.3f} s'} after the reset; corrupted accepted "
-          f"{fr['corrupted_accepted']}")
+    print(bench.format_qemu_summary(result))
     if args.json:
-        from edgehdr.io import write_text_atomic
-
-        write_text_atomic(args.json, json.dumps(result, indent=2))
-    ok = (st["corrupted_accepted"] == 0 and fr["corrupted_accepted"] == 0 and fr["all_bursts_counted"]
-          and resume is not None and all(full[c]["corrupted_accepted"] == 0 for c in ("power_law", "linear")))
-    return 0 if ok else 1
+        write_json_atomic(args.json, null_undefined(result))
+    return 0 if bench.qemu_summary_ok(result) else 1
 
 
 def _cmd_bridge_bench(args: argparse.Namespace) -> int:
+    from edgehdr.io import null_undefined, write_json_atomic
     from firmware_bridge import bench
 
     if args.controller == "qemu":
@@ -384,31 +363,19 @@ def _cmd_bridge_bench(args: argparse.Namespace) -> int:
     args.hz = args.hz or 120.0
     progress_print = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     progress_print("[1/4] encode + write one ZONES frame, 2000 times")
-    ew = bench.encode_write_ms(args.zones)
-    print(f"encode+write {args.zones} x 16-bit zones ({ew['bytes']} bytes on the wire): median "
-          f"{ew['median_ms']:.3f} ms, p99 {ew['p99_ms']:.3f} ms "
-          f"({100 * ew['median_ms'] / (1000 / 60):.2f}% of a 60 fps frame)")
+    result = {"encode_write": bench.encode_write_ms(args.zones)}
+    print(bench.format_encode_write(result["encode_write"], args.zones))
     progress_print(f"[2/4] {args.hz:g} Hz stream over a pty for {args.seconds:g} s, vsync {args.hz:g} Hz")
-    st = bench.stream_run(args.seconds, args.hz, args.zones)
-    print(f"stream {st['seconds']:g} s at {st['hz']:g} Hz: delivered {100 * st['delivered_fraction']:.2f}% "
-          f"({st['received_by_controller']}/{st['submitted']}), applied {st['applied']}, "
-          f"corrupted accepted {st['corrupted_accepted']} of {st['spot_checks']} spot checks, "
-          f"send-to-apply latency median {st['latency_ms_median']:.2f} ms, p99 {st['latency_ms_p99']:.2f} ms")
+    result["stream"] = bench.stream_run(args.seconds, args.hz, args.zones)
+    print(bench.format_stream(result["stream"]))
     progress_print("[3/4] the same, applied on receipt (no vsync wait), 10 s")
-    st0 = bench.stream_run(min(args.seconds, 10.0), args.hz, args.zones, vsync_hz=0)
-    print(f"apply on receipt: delivered {100 * st0['delivered_fraction']:.2f}%, send-to-apply latency median "
-          f"{st0['latency_ms_median']:.2f} ms, p99 {st0['latency_ms_p99']:.2f} ms")
+    result["stream_apply_on_receipt"] = bench.stream_run(min(args.seconds, 10.0), args.hz, args.zones, vsync_hz=0)
+    print(bench.format_apply_on_receipt(result["stream_apply_on_receipt"]))
     progress_print("[4/4] fault run: unplug/replug, garbage injection")
-    fr = bench.fault_run(args.hz, args.zones)
-    print(f"unplug detected after {fr['detect_unplug_s']:.3f} s; reconnected {fr['reconnect_after_replug_s']:.3f} s "
-          f"after replug, first frame applied after {fr['first_frame_applied_after_replug_s']:.3f} s; "
-          f"garbage: {fr['garbage_injections']} injections, {fr['frames_lost_to_garbage']} of "
-          f"{fr['frames_sent_during_garbage']} frames lost, {fr['controller_errors_counted']} errors counted")
+    result["faults"] = bench.fault_run(args.hz, args.zones)
+    print(bench.format_link_faults(result["faults"]))
     if args.json:
-        from edgehdr.io import write_text_atomic
-
-        write_text_atomic(args.json, json.dumps({"encode_write": ew, "stream": st, "stream_apply_on_receipt": st0,
-                                                 "faults": fr}, indent=2))
+        write_json_atomic(args.json, null_undefined(result))
     return 0
 
 

@@ -27,10 +27,16 @@ __all__ = [
     "QEMU_STREAM_DEFAULTS",
     "encode_write_ms",
     "fault_run",
+    "format_apply_on_receipt",
+    "format_encode_write",
+    "format_link_faults",
+    "format_qemu_summary",
+    "format_stream",
     "qemu_fault_run",
     "qemu_full_grid_run",
     "qemu_stream_run",
     "qemu_summary",
+    "qemu_summary_ok",
     "qemu_uart_throughput",
     "stream_run",
 ]
@@ -551,3 +557,65 @@ def qemu_summary(seconds: float = 60.0, hz: float | None = None, progress: Calla
         say("[3/3] fault run: line noise, then an MCU reset through QEMU's monitor")
         faults = qemu_fault_run(hz, controller=controller)
     return {"board": board, "stream": stream, "full_grid": full, "faults": faults}
+
+
+# --- reports: the lines ``edgehdr bridge bench`` prints ---------------------------------------------------------
+
+
+def format_encode_write(ew: dict[str, Any], zones: int) -> str:
+    return (f"encode+write {zones} x 16-bit zones ({ew['bytes']} bytes on the wire): median "
+            f"{ew['median_ms']:.3f} ms, p99 {ew['p99_ms']:.3f} ms "
+            f"({100 * ew['median_ms'] / (1000 / 60):.2f}% of a 60 fps frame)")
+
+
+def format_stream(st: dict[str, Any]) -> str:
+    return (f"stream {st['seconds']:g} s at {st['hz']:g} Hz: delivered {100 * st['delivered_fraction']:.2f}% "
+            f"({st['received_by_controller']}/{st['submitted']}), applied {st['applied']}, "
+            f"corrupted accepted {st['corrupted_accepted']} of {st['spot_checks']} spot checks, "
+            f"send-to-apply latency median {st['latency_ms_median']:.2f} ms, p99 {st['latency_ms_p99']:.2f} ms")
+
+
+def format_apply_on_receipt(st: dict[str, Any]) -> str:
+    return (f"apply on receipt: delivered {100 * st['delivered_fraction']:.2f}%, send-to-apply latency median "
+            f"{st['latency_ms_median']:.2f} ms, p99 {st['latency_ms_p99']:.2f} ms")
+
+
+def format_link_faults(fr: dict[str, Any]) -> str:
+    return (f"unplug detected after {fr['detect_unplug_s']:.3f} s; reconnected {fr['reconnect_after_replug_s']:.3f} s "
+            f"after replug, first frame applied after {fr['first_frame_applied_after_replug_s']:.3f} s; "
+            f"garbage: {fr['garbage_injections']} injections, {fr['frames_lost_to_garbage']} of "
+            f"{fr['frames_sent_during_garbage']} frames lost, {fr['controller_errors_counted']} errors counted")
+
+
+def format_qemu_summary(result: dict[str, Any]) -> str:
+    """The QEMU bench (``qemu_summary``) as the lines ``edgehdr bridge bench --controller qemu`` prints."""
+    st, full, fr = result["stream"], result["full_grid"], result["faults"]
+    lines = [f"board {result['board']}: emulated link UART {st['uart_bytes_per_s'] / 1e3:.1f} kB/s (QEMU hands over "
+             f"one byte per main-loop iteration), controller vsync {st['controller_vsync_hz'] or 0:.2f} Hz; stream "
+             f"uses {st['rows']}x{st['cols']}x{st['bits']}-bit zones, {st['bytes_per_frame']} bytes a "
+             f"frame, {100 * st['uart_load']:.0f}% of it",
+             f"stream {st['seconds']:g} s at {st['hz']:g} Hz: sent {st['frames_sent']}/{st['frames_submitted']}, "
+             f"applied {st['frames_applied']} ({100 * st['applied_fraction']:.2f}%), corrupted accepted "
+             f"{st['corrupted_accepted']} (every applied frame's duty CRC checked), send-to-apply latency median "
+             f"{st['latency_ms_median']:.2f} ms, p99 {st['latency_ms_p99']:.2f} ms; firmware STATUS "
+             f"{st['firmware_status']}"]
+    for curve in ("power_law", "linear"):
+        r = full[curve]
+        lines.append(f"{full['rows']}x{full['cols']}x{full['bits']}-bit, {curve.replace('_', ' ')} drive: applied "
+                     f"{r['applied']}/{r['frames']}, corrupted accepted {r['corrupted_accepted']}, "
+                     f"{r['frames_per_s']:.2f} frames/s")
+    resume = fr["resume_after_reset_s"]
+    lines.append(f"faults: {fr['noise_bursts']} noise bursts, {fr['errors_counted_by_firmware']} errors counted by "
+                 f"the firmware; MCU reset: boot line '{fr['reset_boot_line']}', re-configured {fr['reconfigured']}x, "
+                 f"resumed {'never' if resume is None else f'{resume:.3f} s'} after the reset; corrupted accepted "
+                 f"{fr['corrupted_accepted']}")
+    return "\n".join(lines)
+
+
+def qemu_summary_ok(result: dict[str, Any]) -> bool:
+    """Nothing corrupt applied anywhere, every noise burst counted, and the stream resumed after the reset."""
+    st, full, fr = result["stream"], result["full_grid"], result["faults"]
+    return (st["corrupted_accepted"] == 0 and fr["corrupted_accepted"] == 0 and fr["all_bursts_counted"]
+            and fr["resume_after_reset_s"] is not None
+            and all(full[c]["corrupted_accepted"] == 0 for c in ("power_law", "linear")))
+
