@@ -447,7 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-response", help="with --response auto: write the calibrated response here (.json)")
     p.add_argument("--smoothness", type=_float_at_least(0.0), default=10000.0,
                    help="Debevec calibration smoothness lambda (>= 0)")
-    p.add_argument("--align", choices=ALIGN_METHODS, default="mtb")
+    p.add_argument("--align", choices=ALIGN_METHODS, default="auto",
+                   help="auto: translation, rotation or homography only where it lowers the exposure-matched "
+                        "residual (tripod stacks stay put); mtb: Ward's bitmaps; homography; none")
     p.add_argument("--deghost", action="store_true", help="reject moving objects against the middle exposure")
     p.add_argument("--weighting", choices=sorted(WEIGHTINGS), default="tutorial")
     p.add_argument("--bits", type=_int_in(8, 16), help="significant bits of 16-bit files (e.g. 12)")

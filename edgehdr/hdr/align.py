@@ -27,9 +27,10 @@ from edgehdr.hdr.crf import CameraResponse, ResponseLike
 
 log = logging.getLogger("edgehdr.align")
 
-__all__ = ["Motion", "align_mtb", "median_threshold_shift", "align_homography", "align_bracket", "ALIGN_METHODS"]
+__all__ = ["Motion", "align_auto", "align_mtb", "median_threshold_shift", "align_homography", "align_bracket",
+           "ALIGN_METHODS"]
 
-ALIGN_METHODS = ("mtb", "homography", "none")
+ALIGN_METHODS = ("auto", "mtb", "homography", "none")
 
 
 @dataclass
@@ -48,6 +49,8 @@ class Motion:
     inliers: int = 0
     ok: bool = True
     method: str = "none"
+    confidence: float = 1.0
+    residual_ratio: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +61,8 @@ class Motion:
             "scale": round(self.scale, 5),
             "inliers": self.inliers,
             "ok": self.ok,
+            "confidence": round(self.confidence, 3),
+            "residual_ratio": None if self.residual_ratio is None else round(self.residual_ratio, 4),
         }
 
 
@@ -365,6 +370,40 @@ def _exposure_normalised(frame: np.ndarray, gain_to_reference: float, response: 
     return _gain_grey(_gray8(frame), gain_to_reference, response)
 
 
+def _estimate_homography(ref_img: np.ndarray, img: np.ndarray, orb: cv2.ORB, matcher: cv2.BFMatcher, *,
+                         min_inliers: int, refine: bool) -> tuple[np.ndarray | None, int]:
+    """Homography mapping ``ref_img`` coordinates to ``img`` coordinates: ORB, ratio test, RANSAC, ECC.
+
+    Returns ``(None, inliers)`` when fewer than ``min_inliers`` matches agree.
+    """
+    kp_ref, des_ref = orb.detectAndCompute(ref_img, None)
+    kp, des = orb.detectAndCompute(img, None)
+    hom, inliers = None, 0
+    if des is not None and des_ref is not None and len(kp) >= 4:
+        pairs = matcher.knnMatch(des_ref, des, k=2)
+        good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
+        if len(good) >= 4:
+            src = np.array([kp_ref[m.queryIdx].pt for m in good], np.float32)
+            dst = np.array([kp[m.trainIdx].pt for m in good], np.float32)
+            hom, inlier_mask = cv2.findHomography(src, dst, cv2.RANSAC, 2.0)
+            inliers = int(inlier_mask.sum()) if inlier_mask is not None else 0
+    if hom is None or inliers < min_inliers:
+        return None, inliers
+    if refine:
+        criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-5)
+        try:
+            # OpenCV's stub makes inputMask non-optional in the overload that takes gaussFiltSize; the binding
+            # accepts None there (no mask), as it does in the overload without gaussFiltSize.
+            _, refined = cv2.findTransformECC(  # type: ignore[call-overload]
+                ref_img.astype(np.float32), img.astype(np.float32), hom.astype(np.float32),
+                cv2.MOTION_HOMOGRAPHY, criteria, None, 3,
+            )
+            hom = refined.astype(np.float64)
+        except cv2.error:
+            pass  # ECC did not converge: keep the RANSAC estimate
+    return np.asarray(hom, np.float64), inliers
+
+
 def align_homography(
     frames: np.ndarray | Sequence[np.ndarray],
     *,
@@ -426,35 +465,172 @@ def align_homography(
             motions.append(Motion(method="homography"))
             continue
         ref_img, img = pair(i)
-        kp_ref, des_ref = orb.detectAndCompute(ref_img, None)
-        kp, des = orb.detectAndCompute(img, None)
-        hom, inliers = None, 0
-        if des is not None and des_ref is not None and len(kp) >= 4:
-            pairs = matcher.knnMatch(des_ref, des, k=2)
-            good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
-            if len(good) >= 4:
-                src = np.array([kp_ref[m.queryIdx].pt for m in good], np.float32)
-                dst = np.array([kp[m.trainIdx].pt for m in good], np.float32)
-                hom, inlier_mask = cv2.findHomography(src, dst, cv2.RANSAC, 2.0)
-                inliers = int(inlier_mask.sum()) if inlier_mask is not None else 0
-        if hom is None or inliers < min_inliers:
+        hom, inliers = _estimate_homography(ref_img, img, orb, matcher, min_inliers=min_inliers, refine=refine)
+        if hom is None:
             motions.append(Motion(method="homography", ok=False, inliers=inliers))
             continue
-        if refine:
-            criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-5)
-            try:
-                # OpenCV's stub makes inputMask non-optional in the overload that takes gaussFiltSize; the binding
-                # accepts None there (no mask), as it does in the overload without gaussFiltSize.
-                _, refined = cv2.findTransformECC(  # type: ignore[call-overload]
-                    ref_img.astype(np.float32), img.astype(np.float32), hom.astype(np.float32),
-                    cv2.MOTION_HOMOGRAPHY, criteria, None, 3,
-                )
-                hom = refined.astype(np.float64)
-            except cv2.error:
-                pass  # ECC did not converge: keep the RANSAC estimate
         full = s_inv @ hom @ s
         full /= full[2, 2]
         motion = _describe(full, inliers)
+        aligned[i] = _warp(stack[i], motion.matrix)
+        motions.append(motion)
+    return aligned, motions
+
+
+def _corner_shift(m1: np.ndarray, m2: np.ndarray, shape: tuple[int, ...]) -> float:
+    """Largest distance (px) between where two motions send the image corners."""
+    h, w = shape[:2]
+    corners = np.array([[0, w - 1, 0, w - 1], [0, 0, h - 1, h - 1], [1, 1, 1, 1]], np.float64)
+    p1, p2 = m1 @ corners, m2 @ corners
+    return float(np.max(np.hypot(*(p1[:2] / p1[2] - p2[:2] / p2[2]))))
+
+
+def _residual(ref_img: np.ndarray, img: np.ndarray, valid_ref: np.ndarray, valid_img: np.ndarray,
+              matrix: np.ndarray | None) -> tuple[float, int]:
+    """Mean absolute grey difference of two exposure-matched images over the pixels both let through, after
+    warping ``img`` by ``matrix`` (reference -> frame coordinates); ``(residual, pixels counted)``."""
+    if matrix is not None:
+        h, w = ref_img.shape
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        if np.allclose(matrix[2], [0, 0, 1]):
+            img = cv2.warpAffine(img, matrix[:2], (w, h), flags=flags)
+            valid_img = cv2.warpAffine(valid_img, matrix[:2], (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                                       borderValue=0)
+        else:
+            img = cv2.warpPerspective(img, matrix, (w, h), flags=flags)
+            valid_img = cv2.warpPerspective(valid_img, matrix, (w, h),
+                                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
+    both = (valid_ref & valid_img).astype(bool)
+    n = int(np.count_nonzero(both))
+    if n == 0:
+        return float("inf"), 0
+    diff = cv2.absdiff(ref_img, img)
+    return float(diff[both].mean()), n
+
+
+def align_auto(
+    frames: np.ndarray | Sequence[np.ndarray],
+    *,
+    reference_index: int | None = None,
+    exposures: ArrayLike | None = None,
+    response: ResponseLike = None,
+    bits: int | None = None,
+    work_size_px: int = 960,
+    min_gain: float = 0.1,
+    rigid_margin: float = 0.0,
+    homography_margin: float = 0.0,
+    min_valid_fraction: float = 0.01,
+    min_motion_px: float = 0.25,
+) -> tuple[np.ndarray, list[Motion]]:
+    """Align frames only where the evidence supports a motion: translation, or a homography where it does better.
+
+    For each frame, at a common exposure with the reference (through ``response`` and
+    ``exposures``; histogram-equalised without them) and reduced to ``work_size_px``:
+
+    1. the exposure-normalised residual without motion ``r0``: the mean absolute grey
+       difference over pixels neither clipped nor black in both images;
+    2. a translation: Ward's exposure-matched MTB search refined to sub-pixel by ECC
+       (``MOTION_TRANSLATION``), residual ``r_t``;
+    3. a rigid motion (rotation + translation) by ECC from the translation, residual ``r_e``;
+    4. a homography: ORB + RANSAC + ECC as in ``align_homography``, residual ``r_h``.
+
+    The translation is kept when ``r_t <= (1 - min_gain) r0``. A richer model replaces
+    the one kept when its residual is no worse (``rigid_margin``, ``homography_margin``)
+    and it moves some image corner by more than ``min_motion_px`` relative to it: sensor
+    noise and exposure matching dominate the residual, so models that differ by a
+    fraction of a pixel cannot be told apart by it, and the simpler one stays. A motion
+    under ``min_motion_px`` everywhere counts as none. So a tripod stack stays unwarped, and
+    a frame with too few usable pixels (under ``min_valid_fraction``: nearly black or
+    clipped) gets no invented motion. Each ``Motion`` reports ``confidence`` (the
+    fraction of usable pixels) and ``residual_ratio`` (residual after / before).
+
+    References
+    ----------
+    G. Ward, "Fast, robust image registration for compositing high dynamic range
+    photographs from hand-held exposures," Journal of Graphics Tools 8(2), 2003.
+    G. D. Evangelidis and E. Z. Psarakis, "Parametric image alignment using
+    enhanced correlation coefficient maximization," IEEE TPAMI 30(10), 2008.
+    """
+    stack = as_frame_stack(frames)
+    n, h, w, _ = stack.shape
+    ref = n // 2 if reference_index is None else int(reference_index)
+    if bits is None:
+        bits = 8 if stack.dtype == np.uint8 else 16
+    resolved, exposures_arr = _resolve(response, exposures, bits)
+    scale = min(1.0, work_size_px / max(h, w))
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+
+    def small(img: np.ndarray) -> np.ndarray:
+        return cv2.resize(img, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else img
+
+    orb = cv2.ORB.create(nfeatures=3000)
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    s = np.diag([scale, scale, 1.0])
+    s_inv = np.linalg.inv(s)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
+    aligned = stack.copy()
+    motions = []
+    for i in range(n):
+        if i == ref:
+            motions.append(Motion(method="auto"))
+            continue
+        if resolved is None:
+            a, b = cv2.equalizeHist(_gray8(stack[ref])), cv2.equalizeHist(_gray8(stack[i]))
+        else:
+            a, b = _matched_pair(stack, ref, i, exposures_arr, resolved)
+        a, b = small(a), small(b)
+        # Usable pixels by each frame's own codes: a dark frame brightened to the reference's exposure is
+        # still all noise and quantisation, whatever grey it was lifted to.
+        own_a, own_b = small(_gray8(stack[ref])), small(_gray8(stack[i]))
+        valid_a = ((own_a > 6) & (own_a < 249) & (a > 6) & (a < 249)).view(np.uint8)
+        valid_b = ((own_b > 6) & (own_b < 249) & (b > 6) & (b < 249)).view(np.uint8)
+        usable = float(np.count_nonzero(valid_a & valid_b)) / a.size
+        if usable < min_valid_fraction:
+            motions.append(Motion(method="auto", confidence=usable, residual_ratio=1.0))
+            continue
+        r0, _ = _residual(a, b, valid_a, valid_b, None)
+        best, best_r, kind, inliers = None, r0, "none", 0
+        # Translation: integer MTB, then sub-pixel ECC from there.
+        sx, sy = median_threshold_shift(a, b)
+        warp = np.array([[1, 0, -sx], [0, 1, -sy]], np.float32)
+        try:
+            _, warp = cv2.findTransformECC(a.astype(np.float32), b.astype(np.float32), warp,
+                                           cv2.MOTION_TRANSLATION, criteria, valid_a, 3)
+        except cv2.error:
+            pass  # ECC did not converge: keep the MTB shift
+        translation = np.vstack([warp.astype(np.float64), [0, 0, 1]])
+        r_t, _ = _residual(a, b, valid_a, valid_b, translation)
+        if r_t <= (1.0 - min_gain) * r0:
+            best, best_r, kind = translation, r_t, "translation"
+            # Hand-held frames also turn a little: a rigid (Euclidean) ECC from the translation.
+            try:
+                _, rigid = cv2.findTransformECC(a.astype(np.float32), b.astype(np.float32), warp.copy(),
+                                                cv2.MOTION_EUCLIDEAN, criteria, valid_a, 3)
+                euclidean = np.vstack([rigid.astype(np.float64), [0, 0, 1]])
+                r_e, _ = _residual(a, b, valid_a, valid_b, euclidean)
+                if r_e <= (1.0 - rigid_margin) * best_r and _corner_shift(euclidean, best, a.shape) > min_motion_px:
+                    best, best_r, kind = euclidean, r_e, "rigid"
+            except cv2.error:
+                pass
+        hom, inliers = _estimate_homography(a, b, orb, matcher, min_inliers=25, refine=True)
+        if hom is not None:
+            hom = hom / hom[2, 2]
+            r_h, _ = _residual(a, b, valid_a, valid_b, hom)
+            simpler_differs = best is None or _corner_shift(hom, best, a.shape) > min_motion_px
+            if r_h <= (1.0 - min_gain) * r0 and r_h <= (1.0 - homography_margin) * best_r and simpler_differs:
+                best, best_r, kind = hom, r_h, "homography"
+        if best is not None:
+            full = s_inv @ best @ s
+            full /= full[2, 2]
+            if _corner_shift(full, np.eye(3), (h, w)) < min_motion_px:
+                best, kind = None, "none"
+        if best is None:
+            motions.append(Motion(method="auto", confidence=usable, residual_ratio=1.0, inliers=inliers))
+            continue
+        motion = _describe(full, inliers)
+        motion.method = f"auto:{kind}"
+        motion.confidence = usable
+        motion.residual_ratio = best_r / r0 if r0 > 0 else 1.0
         aligned[i] = _warp(stack[i], motion.matrix)
         motions.append(motion)
     return aligned, motions
@@ -470,7 +646,7 @@ def _describe(matrix: np.ndarray, inliers: int) -> Motion:
     )
 
 
-def align_bracket(bracket: Bracket, method: str = "mtb", *, reference_index: int | None = None,
+def align_bracket(bracket: Bracket, method: str = "auto", *, reference_index: int | None = None,
                   response: ResponseLike = None) -> tuple[Bracket, list[Motion]]:
     """Align a ``Bracket``; returns a new ``(Bracket, motions)``.
 
@@ -482,7 +658,10 @@ def align_bracket(bracket: Bracket, method: str = "mtb", *, reference_index: int
     if method == "none":
         return bracket, [Motion() for _ in range(len(bracket))]
     ref = int(np.argsort(bracket.relative_exposure)[len(bracket) // 2]) if reference_index is None else reference_index
-    if method == "mtb":
+    if method == "auto":
+        frames, motions = align_auto(bracket.frames, reference_index=ref, exposures=bracket.relative_exposure,
+                                     response=response, bits=bracket.bits)
+    elif method == "mtb":
         frames, motions = align_mtb(bracket.frames, reference_index=ref, exposures=bracket.relative_exposure,
                                     response=response, bits=bracket.bits)
     else:
