@@ -594,8 +594,9 @@ def align_auto(
         sx, sy = median_threshold_shift(a, b)
         warp = np.array([[1, 0, -sx], [0, 1, -sy]], np.float32)
         try:
-            _, warp = cv2.findTransformECC(a.astype(np.float32), b.astype(np.float32), warp,
-                                           cv2.MOTION_TRANSLATION, criteria, valid_a, 3)
+            _, refined = cv2.findTransformECC(a.astype(np.float32), b.astype(np.float32), warp,
+                                              cv2.MOTION_TRANSLATION, criteria, valid_a, 3)
+            warp = np.asarray(refined, np.float32)
         except cv2.error:
             pass  # ECC did not converge: keep the MTB shift
         translation = np.vstack([warp.astype(np.float64), [0, 0, 1]])
