@@ -175,6 +175,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.faults:
             result["faults"] = bench.fault_run(quiet=args.quiet)
             print(bench.format_faults(result["faults"]))
+    elif args.real:
+        rows = [bench.real_stack_report(path) for path in args.real]
+        result = {"real": rows}
+        print(bench.format_real(rows))
     elif args.dimming:
         result = {"timing": bench.dimming_benchmark(quiet=args.quiet)}
         print(bench.format_dimming(result["timing"], None), flush=True)
@@ -496,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: local-dimming timing at 1080p/2304 zones and the quality table over 10 scenes")
     p.add_argument("--runtime", action="store_true",
                    help="instead: the daemon's pipeline at 1080p/30 fps for --seconds (fps, drops, latency, memory)")
+    p.add_argument("--real", nargs="+", metavar="STACK",
+                   help="instead: EdgeHDR and OpenCV side by side on your own stacks (folders with list.txt or "
+                        "EXIF, or list files): reprojection error of each tool's merge and response, and time")
     p.add_argument("--faults", action="store_true",
                    help="instead: fault run (source error/stall, corrupt frame, link unplug/replug)")
     p.add_argument("--seconds", type=_float_above(0.0), default=60.0, help="duration of --runtime (600 for the soak)")

@@ -5,11 +5,13 @@
 - ``dimming``: local-dimming timing and quality (``--dimming``)
 - ``runtime``: the daemon's pipeline sustained, with memory (``--runtime``)
 - ``faults``: injected faults and where each is counted (``--faults``)
+- ``real``: EdgeHDR and OpenCV on your own exposure stacks (``--real PATHS``)
 """
 
 from edgehdr.bench.dimming import dimming_benchmark, dimming_quality_table, format_dimming
 from edgehdr.bench.faults import fault_run, format_faults
 from edgehdr.bench.merge_quality import format_quality, merge_quality_report
+from edgehdr.bench.real import format_real, real_stack_report
 from edgehdr.bench.runtime import format_runtime, runtime_benchmark
 from edgehdr.bench.stages import SIZES, dumps, format_table, run_benchmark
 
@@ -22,9 +24,11 @@ __all__ = [
     "format_dimming",
     "format_faults",
     "format_quality",
+    "format_real",
     "format_runtime",
     "format_table",
     "merge_quality_report",
+    "real_stack_report",
     "run_benchmark",
     "runtime_benchmark",
 ]
