@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from firmware_bridge.protocol import Config
@@ -167,6 +167,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from edgehdr import bench
     from edgehdr.io import null_undefined, write_json_atomic
 
+    result: dict[str, Any]
     if args.runtime or args.faults:
         result = {}
         if args.runtime:

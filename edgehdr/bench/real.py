@@ -40,7 +40,7 @@ def _forward(response: CameraResponse, exposure: np.ndarray) -> np.ndarray:
     return codes
 
 
-def reprojection_error(frames: np.ndarray, relative_exposure: Sequence[float], radiance: np.ndarray,
+def reprojection_error(frames: np.ndarray, relative_exposure: Sequence[float] | np.ndarray, radiance: np.ndarray,
                        response: CameraResponse) -> float:
     """Mean |predicted - real| code over pixels with codes 13..242 in every frame of a stack.
 
