@@ -590,6 +590,8 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
     """Every (sub)command's --help shows the default of each option."""
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     for action in parser._actions:
+        if action.help is None and action.option_strings and action.default not in (None, argparse.SUPPRESS):
+            action.help = "default: %(default)s"  # argparse prints defaults only beside a help text
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 _show_defaults(sub)

@@ -261,10 +261,26 @@ def test_cli_bad_numbers_are_argparse_errors(tmp_path, capsys, argv, option):
     assert not (tmp_path / "s").exists(), "a refused synth leaves no folder"
 
 
-def test_cli_help_shows_defaults(capsys):
+def test_cli_help_shows_every_default(capsys):
+    import argparse
+
+    from edgehdr.cli import build_parser
+
     with pytest.raises(SystemExit):
         main(["merge", "--help"])
     assert "(default: 10000.0)" in " ".join(capsys.readouterr().out.split())
+
+    def actions(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from actions(sub)
+            elif action.option_strings and action.default not in (None, argparse.SUPPRESS, False):
+                yield action
+
+    missing = [a.option_strings for a in actions(build_parser()) if not a.help or "%(default)" not in
+               argparse.ArgumentDefaultsHelpFormatter("x")._get_help_string(a)]
+    assert not missing
 
 
 # ------------------------------------------------------------------------------------------------ corrupter
