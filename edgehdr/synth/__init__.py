@@ -1,4 +1,5 @@
-"""Synthetic ground truth: procedural HDR scenes with exact radiance and a camera model."""
+"""Synthetic ground truth: procedural HDR scenes with exact radiance, a camera model, and realistic
+re-photographs of real HDR photographs."""
 
 from edgehdr.synth.camera import (
     CameraModel,
@@ -6,6 +7,14 @@ from edgehdr.synth.camera import (
     capture_bracket,
     random_camera_motion,
     suggest_exposures,
+)
+from edgehdr.synth.realistic import (
+    FilmicResponse,
+    RealisticCamera,
+    jpeg_roundtrip,
+    real_hdr_dir,
+    real_hdr_scenes,
+    rephotograph,
 )
 from edgehdr.synth.scenes import SCENE_KINDS, Sprite, SyntheticScene, camera_matrix, fractal_noise, make_scene
 
@@ -15,6 +24,12 @@ __all__ = [
     "capture_bracket",
     "random_camera_motion",
     "suggest_exposures",
+    "FilmicResponse",
+    "RealisticCamera",
+    "jpeg_roundtrip",
+    "real_hdr_dir",
+    "real_hdr_scenes",
+    "rephotograph",
     "SCENE_KINDS",
     "SyntheticScene",
     "Sprite",
