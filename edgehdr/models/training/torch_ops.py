@@ -20,7 +20,7 @@ from edgehdr.tonemap.neural import BLOCK, GUIDE_EPS, PARAM_RANGES, guide_radius
 __all__ = ["tmqi_torch", "apply_grid_torch", "srgb_encode_torch", "box_symmetric"]
 
 _LUMA709 = (0.2126, 0.7152, 0.0722)
-_TMQI_LUMA = (0.213, 0.715, 0.072)
+_TMQI_LUMA = _LUMA709  # the reference TMQI code's Y (matched to its outputs, edgehdr.quality.tmqi)
 
 
 def box_symmetric(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -157,11 +157,12 @@ def tmqi_torch(hdr: torch.Tensor, sdr_codes: torch.Tensor) -> torch.Tensor:
         s_level = smap.mean(dim=(1, 2, 3)).clamp_min(1e-12)
         s_total = s_total * s_level.pow(c["level_weights"][level])
         a, b = _downsample2(a), _downsample2(b)
-    # Statistical naturalness over full 11 x 11 blocks.
+    # Statistical naturalness over 11 x 11 blocks; like the reference's blkproc, the image is padded with zeros
+    # to whole blocks and the border blocks count too (edgehdr.quality.tmqi matches the authors' code).
     k = c["block"]
-    h, w = (l_ldr.shape[2] // k) * k, (l_ldr.shape[3] // k) * k
     mean_level = l_ldr.mean(dim=(1, 2, 3))
-    blocks = l_ldr[:, :, :h, :w].unfold(2, k, k).unfold(3, k, k).reshape(l_ldr.shape[0], -1, k * k)
+    padded = F.pad(l_ldr, (0, (-l_ldr.shape[3]) % k, 0, (-l_ldr.shape[2]) % k))
+    blocks = padded.unfold(2, k, k).unfold(3, k, k).reshape(l_ldr.shape[0], -1, k * k)
     sig = blocks.std(dim=2, unbiased=True).mean(dim=1)
     ca, cb = c["contrast_beta"]
     mode = (ca - 1) / (ca + cb - 2)
