@@ -11,11 +11,23 @@ are clipped (or black) in every frame fall back to the darkest (or brightest)
 frame's bound, so the result has no holes, NaN or inf. Optional deghosting
 rejects, per frame and pixel, samples inconsistent with a reference exposure
 (``edgehdr.hdr.deghost``).
+
+Everything that depends only on the response, the bit depth and the weighting
+(resolved response, log LUT, weights), and the packed tables that add the
+exposures and gains, is kept in a small LRU, so a video merge pays the table
+construction once; a response is recognised by its LUT's content, not its
+identity, so a different curve never reuses another's tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import itertools
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 import numba
@@ -25,9 +37,9 @@ from numpy.typing import ArrayLike
 from edgehdr.bracket import Bracket, as_frame_stack
 from edgehdr.fastmath import exp2_bits
 from edgehdr.hdr.crf import CameraResponse, ResponseLike, standard_response
-from edgehdr.hdr.weights import weight_lut
+from edgehdr.hdr.weights import NoiseModel, noise_weights, weight_function, weight_lut, weighting_names
 
-__all__ = ["FramesLike", "merge_debevec", "resolve_response"]
+__all__ = ["FramesLike", "merge_debevec", "resolve_response", "weighting_names"]
 
 
 # What the merges take as frames: a Bracket (exposures and bits come with it), an (N, H, W, 3) stack or a list
@@ -39,6 +51,8 @@ _FIXED_BITS = 20  # fixed-point fraction bits of the packed tables
 
 def _packed_tables(weights: np.ndarray, log_lut: np.ndarray, log_exposure: np.ndarray) -> tuple[np.ndarray, float]:
     """Per frame, channel and code: ``w`` and ``w (g - ln t + offset)`` in one int64.
+
+    ``weights`` in [0, 1] per code (K,) or per frame, channel and code (N, C, K).
 
     High 32 bits: ``w`` in 12.20 fixed point; low 32 bits: the weighted log value,
     shifted by ``offset`` to be non-negative, in the same fixed point. Summing the
@@ -52,71 +66,101 @@ def _packed_tables(weights: np.ndarray, log_lut: np.ndarray, log_exposure: np.nd
     if n * span * (1 << _FIXED_BITS) >= 2**32 or n >= 2048:
         raise ValueError(f"merge of {n} frames spanning {span:.0f} log units exceeds the packed fixed-point range")
     scale = float(1 << _FIXED_BITS)
-    w = weights.astype(np.float64)
+    w = np.broadcast_to(weights.astype(np.float64), values.shape)
     high = np.rint(w * scale).astype(np.int64)
-    low = np.rint(w[None, None, :] * (values + offset) * scale).astype(np.int64)
-    return np.ascontiguousarray((high[None, None, :] << 32) | low), offset
+    low = np.rint(w * (values + offset) * scale).astype(np.int64)
+    return np.ascontiguousarray((high << 32) | low), offset
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _merge_kernel(frames, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, out_bits):
-    # Per row: accumulate sum w and sum w (g - ln t + offset) over the frames as packed
+@numba.njit(fastmath=True, cache=True, nogil=True, inline="always")
+def _merge_row(y, frames, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, out_bits):
+    # One row: accumulate sum w and sum w (g - ln t + offset) over the frames as packed
     # int64 (one table read per sample), then ln E = num / den - offset and
     # E = 2^(ln E / ln 2), written as float32 bits into the output (vectorisable
     # exp2, edgehdr.fastmath). Pixels with no usable sample get a scalar fix-up pass.
-    n, h, w, _ = frames.shape
+    n, _, w, _ = frames.shape
     log2e = np.float32(1.4426950408889634)
     low_mask = np.int64(0xFFFFFFFF)
-    for y in numba.prange(h):
-        acc = np.zeros(3 * w, np.int64)
-        for i in range(n):
-            row = frames[i, y]
-            lut0 = packed[i, 0]
-            lut1 = packed[i, 1]
-            lut2 = packed[i, 2]
-            if use_mask:
-                keep = mask[i, y]
+    acc = np.empty(3 * w, np.int64)
+    for i in range(n):
+        row = frames[i, y]
+        lut0 = packed[i, 0]
+        lut1 = packed[i, 1]
+        lut2 = packed[i, 2]
+        # The first frame stores, the others add: one pass over acc fewer than zeroing it.
+        if use_mask:
+            keep = mask[i, y]
+            if i == 0:
+                for x in range(w):
+                    m = np.int64(keep[x])
+                    acc[3 * x] = m * lut0[row[x, 0]]
+                    acc[3 * x + 1] = m * lut1[row[x, 1]]
+                    acc[3 * x + 2] = m * lut2[row[x, 2]]
+            else:
                 for x in range(w):
                     m = np.int64(keep[x])
                     acc[3 * x] += m * lut0[row[x, 0]]
                     acc[3 * x + 1] += m * lut1[row[x, 1]]
                     acc[3 * x + 2] += m * lut2[row[x, 2]]
-            else:
-                for x in range(w):
-                    acc[3 * x] += lut0[row[x, 0]]
-                    acc[3 * x + 1] += lut1[row[x, 1]]
-                    acc[3 * x + 2] += lut2[row[x, 2]]
-        out_row = out_bits[y].reshape(-1)
-        for j in range(3 * w):
-            a = acc[j]
-            den = np.float32(a >> 32)
-            num = np.float32(a & low_mask)
-            log_e = num / max(den, np.float32(1e-30)) - np.float32(offset)
-            out_row[j] = exp2_bits(max(min(log_e * log2e, np.float32(126.0)), np.float32(-126.0)))
-        for j in range(3 * w):
-            if (acc[j] >> 32) > 0:
+        elif i == 0:
+            for x in range(w):
+                acc[3 * x] = lut0[row[x, 0]]
+                acc[3 * x + 1] = lut1[row[x, 1]]
+                acc[3 * x + 2] = lut2[row[x, 2]]
+        else:
+            for x in range(w):
+                acc[3 * x] += lut0[row[x, 0]]
+                acc[3 * x + 1] += lut1[row[x, 1]]
+                acc[3 * x + 2] += lut2[row[x, 2]]
+    out_row = out_bits[y].reshape(-1)
+    unmeasured = 0
+    for j in range(3 * w):
+        a = acc[j]
+        unmeasured += (a >> 32) == 0
+        den = np.float32(a >> 32)
+        num = np.float32(a & low_mask)
+        log_e = num / max(den, np.float32(1e-30)) - np.float32(offset)
+        out_row[j] = exp2_bits(max(min(log_e * log2e, np.float32(126.0)), np.float32(-126.0)))
+    if unmeasured == 0:
+        return
+    for j in range(3 * w):
+        if (acc[j] >> 32) > 0:
+            continue
+        # Clipped or black in every usable frame. A clipped sample bounds the
+        # radiance from below, the shortest such frame most tightly; a black one
+        # bounds it from above, the longest most tightly. Take the bright bound
+        # when there is one: no holes, and the closest value the stack allows.
+        x, c = j // 3, j % 3
+        pick = -1
+        for k in range(n):
+            i = order[k]
+            if use_mask and mask[i, y, x] == 0:
                 continue
-            # Clipped or black in every usable frame. A clipped sample bounds the
-            # radiance from below, the shortest such frame most tightly; a black one
-            # bounds it from above, the longest most tightly. Take the bright bound
-            # when there is one: no holes, and the closest value the stack allows.
-            x, c = j // 3, j % 3
-            pick = -1
-            for k in range(n):
+            if 2 * np.int32(frames[i, y, x, c]) >= top:
+                pick = i
+                break
+        if pick < 0:
+            for k in range(n - 1, -1, -1):
                 i = order[k]
-                if use_mask and mask[i, y, x] == 0:
-                    continue
-                if 2 * np.int32(frames[i, y, x, c]) >= top:
+                if not use_mask or mask[i, y, x] != 0:
                     pick = i
                     break
-            if pick < 0:
-                for k in range(n - 1, -1, -1):
-                    i = order[k]
-                    if not use_mask or mask[i, y, x] != 0:
-                        pick = i
-                        break
-            log_e = log_lut[c, frames[pick, y, x, c]] - log_exposure[pick]
-            out_row[j] = exp2_bits(max(min(log_e * log2e, np.float32(126.0)), np.float32(-126.0)))
+        log_e = log_lut[c, frames[pick, y, x, c]] - log_exposure[pick]
+        out_row[j] = exp2_bits(max(min(log_e * log2e, np.float32(126.0)), np.float32(-126.0)))
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _merge_kernel(frames, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, out_bits):
+    for y in numba.prange(frames.shape[1]):
+        _merge_row(y, frames, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, out_bits)
+    return out_bits
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def _merge_kernel_serial(frames, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, out_bits):
+    # Small frames: waking the worker threads costs more than the rows (tens of us idle, ms on a busy machine).
+    for y in range(frames.shape[1]):
+        _merge_row(y, frames, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, out_bits)
     return out_bits
 
 
@@ -132,6 +176,135 @@ def resolve_response(response: ResponseLike, bits: int) -> CameraResponse:
     return standard_response(text, bits=bits)
 
 
+_SERIAL_MAX_PIXELS = 1 << 13  # below this the serial kernel runs (thread wake-up costs more than the rows)
+_NO_MASK = np.ones((1, 1, 1), np.uint8)  # the kernel's mask argument when deghosting is off
+
+
+@dataclass
+class _Prepared:
+    """What a merge needs that depends only on (response, bits, weighting, noise model)."""
+
+    response: CameraResponse
+    source_lut: np.ndarray | None  # copy of the caller's LUT, to confirm a fingerprint hit
+    log_lut: np.ndarray  # float32 (3, K)
+    weights: np.ndarray | None  # float32 (K,) for a fixed weighting; None for "noise"
+    noise: NoiseModel | None
+    token: int = field(default_factory=itertools.count().__next__)
+
+
+@dataclass
+class _Tables:
+    """What depends on the exposures (and, for the noise weighting, the gains) besides."""
+
+    packed: np.ndarray
+    offset: float
+    log_exposure: np.ndarray
+    order: np.ndarray
+
+
+class _StateCache:
+    """Two small LRUs under one lock: ``_Prepared`` by response key, ``_Tables`` by (token, exposures, gains).
+
+    Tables are bounded by bytes as well as count (a 16-bit bracket's are megabytes).
+    """
+
+    def __init__(self, max_prepared: int = 16, max_tables: int = 32, max_table_bytes: int = 64 << 20) -> None:
+        self._lock = threading.Lock()
+        self._prepared: OrderedDict[Hashable, _Prepared] = OrderedDict()
+        self._tables: OrderedDict[Hashable, _Tables] = OrderedDict()
+        self._table_bytes = 0
+        self.max_prepared, self.max_tables, self.max_table_bytes = max_prepared, max_tables, max_table_bytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._prepared.clear()
+            self._tables.clear()
+            self._table_bytes = 0
+
+    def prepared(self, key: Hashable, source_lut: np.ndarray | None, build: Callable[[], _Prepared]) -> _Prepared:
+        with self._lock:
+            hit = self._prepared.get(key)
+            if hit is not None:
+                self._prepared.move_to_end(key)
+        if hit is not None and (source_lut is None or (hit.source_lut is not None
+                                                       and np.array_equal(hit.source_lut, source_lut))):
+            return hit
+        built = build()
+        with self._lock:
+            self._prepared[key] = built
+            self._prepared.move_to_end(key)
+            while len(self._prepared) > self.max_prepared:
+                self._prepared.popitem(last=False)
+        return built
+
+    def tables(self, key: Hashable, build: Callable[[], _Tables]) -> _Tables:
+        with self._lock:
+            hit = self._tables.get(key)
+            if hit is not None:
+                self._tables.move_to_end(key)
+                return hit
+        built = build()
+        with self._lock:
+            old = self._tables.pop(key, None)
+            if old is not None:
+                self._table_bytes -= old.packed.nbytes
+            self._tables[key] = built
+            self._table_bytes += built.packed.nbytes
+            while len(self._tables) > 1 and (len(self._tables) > self.max_tables
+                                             or self._table_bytes > self.max_table_bytes):
+                _, dropped = self._tables.popitem(last=False)
+                self._table_bytes -= dropped.packed.nbytes
+        return built
+
+
+_STATE = _StateCache()
+
+
+def _response_key(response: ResponseLike, bits: int) -> tuple[Hashable, np.ndarray | None]:
+    """A cache key for ``response`` at ``bits``, and the LUT a hit must equal (None: the key is exact)."""
+    if isinstance(response, CameraResponse):
+        lut = response.inverse_lut
+        step = max(1, lut.shape[-1] // 256)  # the whole LUT at 8 bits; equality is checked on a hit anyway
+        return ("lut", bits, lut.shape, lut[:, ::step].tobytes(), lut[:, -1].tobytes()), lut
+    text = "srgb" if response is None else os.fspath(response)
+    if text.lower().endswith(".json"):
+        # By content: reading and hashing the file costs far less than parsing it, and a file rewritten
+        # within the clock's granularity keeps its mtime.
+        try:
+            with open(text, "rb") as fh:
+                digest = hashlib.blake2b(fh.read(), digest_size=16).digest()
+        except OSError:
+            return ("uncached", object()), None  # resolve_response raises the actionable error
+        return ("file", digest, bits), None
+    return ("curve", text.strip().lower(), bits), None
+
+
+def _prepare(response: ResponseLike, bits: int, weighting: str, noise: NoiseModel | None) -> _Prepared:
+    key, source_lut = _response_key(response, bits)
+
+    def build() -> _Prepared:
+        resolved = resolve_response(response, bits)
+        # A private copy: the caller may change its LUT in place later.
+        resp = CameraResponse(resolved.inverse_lut.copy(), name=resolved.name, meta=dict(resolved.meta))
+        weights = None if weighting == "noise" else weight_lut(weighting, resp.levels)
+        return _Prepared(resp, None if source_lut is None else source_lut.copy(), resp.log_lut(), weights, noise)
+
+    return _STATE.prepared((key, weighting, noise), source_lut, build)
+
+
+def _tables(prep: _Prepared, exposures: np.ndarray, gains: np.ndarray) -> _Tables:
+    noise = prep.weights is None
+    key = (prep.token, exposures.tobytes(), gains.tobytes() if noise else None)
+
+    def build() -> _Tables:
+        log_exposure = np.log(exposures).astype(np.float32)
+        weights = noise_weights(prep.response.inverse_lut, gains, prep.noise) if prep.weights is None else prep.weights
+        packed, offset = _packed_tables(weights, prep.log_lut, log_exposure)
+        return _Tables(packed, offset, log_exposure, np.argsort(exposures, kind="stable").astype(np.int64))
+
+    return _STATE.tables(key, build)
+
+
 def merge_debevec(
     frames: FramesLike,
     exposures: ArrayLike | None = None,
@@ -143,6 +316,7 @@ def merge_debevec(
     reference_index: int | None = None,
     deghost_tolerance: float = 0.25,
     out: np.ndarray | None = None,
+    noise: NoiseModel | None = None,
 ) -> np.ndarray:
     """Merge an exposure stack into linear radiance.
 
@@ -156,8 +330,10 @@ def merge_debevec(
         Inverse camera response: a ``CameraResponse``, a standard curve name
         (``srgb``, ``gamma2.2``, ``linear``, ``s-curve``) or a JSON file. Default sRGB.
     weighting : str
-        ``tutorial`` (``1 - (2x - 1)^12``, the default), ``hat`` (same), ``triangle``,
-        ``gaussian`` or ``box``; see ``edgehdr.hdr.weights``.
+        ``tutorial`` (``1 - (2x - 1)^12``, the default), ``triangle`` (``hat``, Debevec &
+        Malik's), ``gaussian``, ``box`` or ``noise`` (noise-optimal, from the response,
+        the frames' gains and ``noise``); ``weighting_names()`` lists them and
+        ``edgehdr.hdr.weights.WEIGHTINGS`` describes them.
     bits : int, optional
         Significant bits of uint16 frames (default: from the Bracket, else 16).
     deghost : bool
@@ -168,21 +344,40 @@ def merge_debevec(
         Relative radiance tolerance of the consistency test.
     out : ndarray, optional
         Preallocated (H, W, 3) float32 output, reused across frames by the runtime.
+    noise : NoiseModel, optional
+        Sensor noise and clip tapers of the ``noise`` weighting (default ``NoiseModel()``,
+        an 8-bit JPEG camera); the gains come from the Bracket (unit gain for arrays).
 
     Returns
     -------
     ndarray, (H, W, 3) float32
         Radiance in units of the exposures (``f^-1(Z) / exposure``), finite and > 0.
 
+    Notes
+    -----
+    The ``noise`` weighting is ``w = X^2 / var(X)``, ``X = f^-1(Z)``: the inverse variance
+    of ``ln E`` that this log-domain average combines, and to first order the same
+    estimator as the linear-domain maximum-likelihood merge of Granados et al. (2010);
+    see ``edgehdr.hdr.weights.noise_weights`` for the derivation.
+
+    Per-call state (resolved response, log LUT, weights, packed tables) is cached by
+    the response's LUT content, bits, weighting, exposures and gains.
+
     References
     ----------
     P. E. Debevec and J. Malik, "Recovering high dynamic range radiance maps from
     photographs," SIGGRAPH 1997, eq. 6. F. Banterle and A. Artusi, "Modern HDR
     imaging at the time of deep learning" (tutorial): weighting ``1 - (2x - 1)^12``.
+    M. Granados et al., "Optimal HDR reconstruction with linear digital cameras," CVPR 2010.
     """
+    weight_function(weighting)  # unknown names fail here, before any work
+    if noise is not None and weighting != "noise":
+        raise ValueError(f"noise= sets the model of the 'noise' weighting; it has no effect with {weighting!r}")
+    gains = None
     if isinstance(frames, Bracket):
         exposures = frames.relative_exposure if exposures is None else exposures
         bits = frames.bits if bits is None else bits
+        gains = frames.gain
         frames = frames.frames
     stack = as_frame_stack(frames)
     n, h, w, _ = stack.shape
@@ -200,11 +395,11 @@ def merge_debevec(
     levels = 1 << bits
     if stack.dtype == np.uint16 and bits < 16 and int(stack.max()) >= levels:
         raise ValueError(f"frames hold code {int(stack.max())} but bits={bits} allows at most {levels - 1}")
-    resp = resolve_response(response, bits)
-    weights = weight_lut(weighting, levels)
-    log_lut = resp.log_lut()
-    log_exposure = np.log(exposures).astype(np.float32)
-    order = np.argsort(exposures, kind="stable").astype(np.int64)
+    if gains is None or weighting != "noise":
+        gains = np.ones(n)
+    prep = _prepare(response, bits, weighting, (noise or NoiseModel()) if weighting == "noise" else None)
+    tables = _tables(prep, exposures, gains)
+    order = tables.order
     if out is None:
         out = np.empty((h, w, 3), np.float32)
     elif out.shape != (h, w, 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
@@ -215,11 +410,12 @@ def merge_debevec(
         ref = int(order[n // 2]) if reference_index is None else int(reference_index)
         if not 0 <= ref < n:
             raise ValueError(f"reference_index {ref} out of range for {n} frames")
-        mask = consistency_masks(stack, exposures, resp, reference_index=ref, tolerance=deghost_tolerance)
+        mask = consistency_masks(stack, exposures, prep.response, reference_index=ref, tolerance=deghost_tolerance)
         use_mask = True
     else:
-        mask = np.ones((1, 1, 1), np.uint8)
+        mask = _NO_MASK
         use_mask = False
-    packed, offset = _packed_tables(weights, log_lut, log_exposure)
-    _merge_kernel(stack, packed, offset, log_lut, log_exposure, order, levels - 1, use_mask, mask, out.view(np.int32))
+    kernel = _merge_kernel_serial if h * w <= _SERIAL_MAX_PIXELS else _merge_kernel
+    kernel(stack, tables.packed, tables.offset, prep.log_lut, tables.log_exposure, order, levels - 1, use_mask, mask,
+           out.view(np.int32))
     return out
