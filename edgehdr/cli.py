@@ -186,8 +186,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         result["quality"] = bench.dimming_quality_table(quiet=args.quiet)
         print(bench.format_dimming(None, result["quality"]))
     elif args.quality:
-        result = bench.merge_quality_report(quiet=args.quiet)
-        print(bench.format_quality(result))
+        result = {"synthetic": bench.merge_quality_report(quiet=args.quiet)}
+        print(bench.format_quality(result["synthetic"]), flush=True)
+        from edgehdr.synth import real_hdr_dir
+
+        try:
+            real_hdr_dir()
+        except FileNotFoundError as exc:
+            print(f"real photographs: skipped ({exc})")
+        else:
+            result["real"] = bench.real_merge_report(quiet=args.quiet)
+            print(bench.format_real_merge(result["real"]))
     else:
         result = bench.run_benchmark(args.sizes.split(","), repeat=args.repeat, quiet=args.quiet)
         print(bench.format_table(result))
@@ -456,7 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: translation, rotation or homography only where it lowers the exposure-matched "
                         "residual (tripod stacks stay put); mtb: Ward's bitmaps; homography; none")
     p.add_argument("--deghost", action="store_true", help="reject moving objects against the middle exposure")
-    p.add_argument("--weighting", choices=sorted(WEIGHTINGS), default="tutorial")
+    p.add_argument("--weighting", choices=sorted(WEIGHTINGS), default="noise",
+                   help="noise: inverse-variance weights from the camera noise model (best measured on real "
+                        "photographs re-taken through JPEG cameras); triangle (= hat, Debevec's); tutorial: the "
+                        "seed's weighting")
     p.add_argument("--bits", type=_int_in(8, 16), help="significant bits of 16-bit files (e.g. 12)")
     p.add_argument("--exr-pixel-type", choices=("auto", "half", "float"), default="auto",
                    help="auto: half-float unless radiance exceeds 65504, then float (never +inf)")
@@ -496,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=_int_in(1, 1000), default=7)
     p.add_argument("--json", help="also write the figures as JSON")
     p.add_argument("--quality", action="store_true",
-                   help="instead: merge quality against ground truth on 10 synthetic scenes (PU21-PSNR)")
+                   help="instead: merge quality against ground truth (PU21-PSNR) on 10 synthetic scenes and on the "
+                        "real HDR photographs of ../shared/data (or $EDGEHDR_DATA) re-taken through JPEG cameras")
     p.add_argument("--dimming", action="store_true",
                    help="instead: local-dimming timing at 1080p/2304 zones and the quality table over 10 scenes")
     p.add_argument("--runtime", action="store_true",

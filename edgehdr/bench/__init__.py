@@ -10,7 +10,7 @@
 
 from edgehdr.bench.dimming import dimming_benchmark, dimming_quality_table, format_dimming
 from edgehdr.bench.faults import fault_run, format_faults
-from edgehdr.bench.merge_quality import format_quality, merge_quality_report
+from edgehdr.bench.merge_quality import format_quality, format_real_merge, merge_quality_report, real_merge_report
 from edgehdr.bench.real import format_real, real_stack_report
 from edgehdr.bench.runtime import format_runtime, runtime_benchmark
 from edgehdr.bench.stages import SIZES, dumps, format_table, run_benchmark
@@ -24,10 +24,12 @@ __all__ = [
     "format_dimming",
     "format_faults",
     "format_quality",
+    "format_real_merge",
     "format_real",
     "format_runtime",
     "format_table",
     "merge_quality_report",
+    "real_merge_report",
     "real_stack_report",
     "run_benchmark",
     "runtime_benchmark",

@@ -77,7 +77,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
     "merge": {
         "method": (str, "debevec", _choice("debevec", "neural")),
         "model": (str, "merge_net", _any()),
-        "weighting": (str, "tutorial", _choice(*sorted(WEIGHTINGS))),
+        "weighting": (str, "noise", _choice(*sorted(WEIGHTINGS))),
         "deghost": (bool, False, _any()),
     },
     "tonemap": {

@@ -93,7 +93,7 @@ class MergeStage:
     merge and are counted in ``fallbacks``.
     """
 
-    def __init__(self, response: CameraResponse, *, weighting: str = "tutorial", deghost: bool = False,
+    def __init__(self, response: CameraResponse, *, weighting: str = "noise", deghost: bool = False,
                  planner: ExposurePlanner | None = None, source: BracketSource | None = None, plan_every: int = 5,
                  merger: NeuralMerger | None = None) -> None:
         self.response, self.weighting, self.deghost = response, weighting, deghost
