@@ -47,7 +47,9 @@ def _cmd_merge(args: argparse.Namespace) -> int:
                          f"writes it; --response {args.response} is given, not estimated)")
     _check_output(args.output, RADIANCE_SUFFIXES)
     if args.save_response:
-        _check_output(args.save_response, (".json",), option="--save-response")
+        from edgehdr.hdr.crf import RESPONSE_FILE_SUFFIXES
+
+        _check_output(args.save_response, RESPONSE_FILE_SUFFIXES, option="--save-response")
     progress = Progress(4, quiet=args.quiet)
     bracket = read_ldr_stack(args.images, list_file=args.list, bits=args.bits)
     progress.step(f"read {len(bracket)} frames {bracket.frames.shape[2]}x{bracket.frames.shape[1]}, "
@@ -457,8 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .exr, .hdr or .pfm")
     p.add_argument("--list", help="OpenCV-style list file: 'FILENAME INVERSE_SHUTTER_TIME' per line")
     p.add_argument("--response", default="auto",
-                   help="auto (Debevec calibration), srgb, gamma2.2, linear, s-curve[:C:P] or a response .json")
-    p.add_argument("--save-response", help="with --response auto: write the calibrated response here (.json)")
+                   help="auto (Debevec calibration), srgb, gamma2.2, linear, s-curve[:C:P], or a response file: "
+                        ".json, OpenCV's .npy, pfstools' .m, a .txt/.lut table")
+    p.add_argument("--save-response", help="with --response auto: write the calibrated response here (.json; .npy for "
+                                            "OpenCV, .m for pfstools, .txt/.lut for a plain LUT)")
     p.add_argument("--smoothness", type=_float_at_least(0.0), default=10000.0,
                    help="Debevec calibration smoothness lambda (>= 0)")
     p.add_argument("--align", choices=ALIGN_METHODS, default="auto",

@@ -279,3 +279,17 @@ def test_non_monotone_curve_is_projected_with_a_warning(caplog):
     # A falling curve has a flat nearest non-decreasing curve: refused.
     with pytest.raises(ValueError, match="non-decreasing.*falls overall"):
         CameraResponse(np.linspace(1, 0, 256))
+
+
+def test_every_response_file_type_resolves_for_merge(tmp_path):
+    from edgehdr.hdr.crf import RESPONSE_FILE_SUFFIXES, standard_response
+    from edgehdr.hdr.merge import resolve_response
+
+    original = standard_response("gamma2.2")
+    for suffix in RESPONSE_FILE_SUFFIXES:
+        path = tmp_path / f"r{suffix}"
+        original.save(path)
+        loaded = resolve_response(path, 10)
+        assert loaded.bits == 10, suffix
+        np.testing.assert_allclose(loaded.inverse_lut, original.resampled(10).inverse_lut, rtol=1e-3, atol=1e-7,
+                                   err_msg=suffix)

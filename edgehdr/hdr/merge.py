@@ -36,7 +36,7 @@ from numpy.typing import ArrayLike
 
 from edgehdr.bracket import Bracket, as_frame_stack
 from edgehdr.fastmath import exp2_bits
-from edgehdr.hdr.crf import CameraResponse, ResponseLike, standard_response
+from edgehdr.hdr.crf import RESPONSE_FILE_SUFFIXES, CameraResponse, ResponseLike, standard_response
 from edgehdr.hdr.weights import NoiseModel, noise_weights, weight_function, weight_lut, weighting_names
 
 __all__ = ["FramesLike", "merge_debevec", "resolve_response", "weighting_names"]
@@ -165,13 +165,17 @@ def _merge_kernel_serial(frames, packed, offset, log_lut, log_exposure, order, t
 
 
 def resolve_response(response: ResponseLike, bits: int) -> CameraResponse:
-    """Turn ``None``/a curve name/a JSON path/a ``CameraResponse`` into a response at ``bits``."""
+    """Turn ``None``/a curve name/a response file/a ``CameraResponse`` into a response at ``bits``.
+
+    Files go by suffix (``RESPONSE_FILE_SUFFIXES``): ``.json`` (EdgeHDR's), ``.npy``
+    (OpenCV's calibrated (K, 1, 3) array), ``.m`` (pfstools), ``.txt``/``.lut`` (a plain LUT).
+    """
     if response is None:
         response = "srgb"
     if isinstance(response, CameraResponse):
         return response.resampled(bits)
-    text = str(response)
-    if text.lower().endswith(".json"):
+    text = os.fspath(response)
+    if text.lower().endswith(RESPONSE_FILE_SUFFIXES):
         return CameraResponse.load(text).resampled(bits)
     return standard_response(text, bits=bits)
 
@@ -267,7 +271,7 @@ def _response_key(response: ResponseLike, bits: int) -> tuple[Hashable, np.ndarr
         step = max(1, lut.shape[-1] // 256)  # the whole LUT at 8 bits; equality is checked on a hit anyway
         return ("lut", bits, lut.shape, lut[:, ::step].tobytes(), lut[:, -1].tobytes()), lut
     text = "srgb" if response is None else os.fspath(response)
-    if text.lower().endswith(".json"):
+    if text.lower().endswith(RESPONSE_FILE_SUFFIXES):
         # By content: reading and hashing the file costs far less than parsing it, and a file rewritten
         # within the clock's granularity keeps its mtime.
         try:
