@@ -137,14 +137,21 @@ def _mtb_errors(thr_a, excl_a, thr_b, excl_b, sx, sy, row_step, errors):
 
 
 def _median_threshold_bitmaps(img: np.ndarray, valid: np.ndarray, exclude_range: int) -> tuple[np.ndarray, np.ndarray]:
-    hist = cv2.calcHist([img], [0], valid.view(np.uint8), [256], [0, 256]).ravel()
+    # The median from every other row and column on large levels (a median needs a sample, not every pixel);
+    # thresholds and the exclusion band with OpenCV's vectorised kernels. ``valid`` is 0/255.
+    step = 2 if img.size > (1 << 18) else 1
+    sample, mask = (img, valid) if step == 1 else (np.ascontiguousarray(img[::step, ::step]),
+                                                    np.ascontiguousarray(valid[::step, ::step]))
+    hist = cv2.calcHist([sample], [0], mask, [256], [0, 256]).ravel()
     if hist.sum() < 16:  # nothing usable at this level: empty bitmaps vote for no shift
         zeros = np.zeros(img.shape, np.uint8)
         return zeros, zeros
     median = int(np.searchsorted(np.cumsum(hist), hist.sum() / 2.0))
-    threshold = (img > median).view(np.uint8)
-    exclusion = ((np.abs(img.astype(np.int16) - median) > exclude_range) & valid).view(np.uint8)
-    return threshold, exclusion
+    _, threshold = cv2.threshold(img, median, 1, cv2.THRESH_BINARY)  # 1 where img > median
+    # OpenCV's stub lacks the scalar overload of absdiff that the binding has.
+    distance = cv2.absdiff(img, (median, 0, 0, 0))  # type: ignore[call-overload]
+    _, outside = cv2.threshold(distance, exclude_range, 1, cv2.THRESH_BINARY)
+    return threshold, cv2.bitwise_and(outside, valid)
 
 
 def median_threshold_shift(ref_gray: np.ndarray, gray: np.ndarray, *, max_bits: int = 6, exclude_range: int = 4,
@@ -174,7 +181,7 @@ def median_threshold_shift(ref_gray: np.ndarray, gray: np.ndarray, *, max_bits: 
     order = [4, 1, 3, 5, 7, 0, 2, 6, 8]  # centre first, then edges, then corners
     for a, b in zip(reversed(pyr_a), reversed(pyr_b)):
         sx, sy = 2 * sx, 2 * sy
-        valid = (a > lo) & (a < hi) & (b > lo) & (b < hi)
+        valid = cv2.bitwise_and(cv2.inRange(a, lo + 1, hi - 1), cv2.inRange(b, lo + 1, hi - 1))
         thr_a, excl_a = _median_threshold_bitmaps(a, valid, exclude_range)
         thr_b, excl_b = _median_threshold_bitmaps(b, valid, exclude_range)
         _mtb_errors(thr_a, excl_a, thr_b, excl_b, sx, sy, max(1, a.shape[0] // 128), errors)
@@ -203,7 +210,7 @@ def mtb_shift_support(ref_gray: np.ndarray, gray: np.ndarray, shift: Sequence[in
         return 1.0
     if bitmaps is None:
         lo, hi = valid_range
-        valid = (ref_gray > lo) & (ref_gray < hi) & (gray > lo) & (gray < hi)
+        valid = cv2.bitwise_and(cv2.inRange(ref_gray, lo + 1, hi - 1), cv2.inRange(gray, lo + 1, hi - 1))
         thr_a, excl_a = _median_threshold_bitmaps(ref_gray, valid, exclude_range)
         thr_b, excl_b = _median_threshold_bitmaps(gray, valid, exclude_range)
     else:  # those median_threshold_shift computed at full resolution
