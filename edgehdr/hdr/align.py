@@ -13,7 +13,7 @@ gate on it, or compare it with ground truth.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -377,6 +377,27 @@ def _exposure_normalised(frame: np.ndarray, gain_to_reference: float, response: 
     return _gain_grey(_gray8(frame), gain_to_reference, response)
 
 
+def _work_setup(frames: np.ndarray | Sequence[np.ndarray], reference_index: int | None, exposures: ArrayLike | None,
+                response: ResponseLike, bits: int | None, work_size_px: int
+                ) -> tuple[np.ndarray, int, CameraResponse | None, np.ndarray | None, float,
+                           Callable[[np.ndarray], np.ndarray]]:
+    """What the feature-based aligners share: the stack, the reference, the response and exposures (or None), and
+    the reduction to ``work_size_px`` (its scale and a function applying it)."""
+    stack = as_frame_stack(frames)
+    n, h, w, _ = stack.shape
+    ref = n // 2 if reference_index is None else int(reference_index)
+    if bits is None:
+        bits = 8 if stack.dtype == np.uint8 else 16
+    resolved, exposures_arr = _resolve(response, exposures, bits)
+    scale = min(1.0, work_size_px / max(h, w))
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+
+    def small(img: np.ndarray) -> np.ndarray:
+        return cv2.resize(img, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else img
+
+    return stack, ref, resolved, exposures_arr, scale, small
+
+
 def _estimate_homography(ref_img: np.ndarray, img: np.ndarray, orb: cv2.ORB, matcher: cv2.BFMatcher, *,
                          min_inliers: int, refine: bool) -> tuple[np.ndarray | None, int]:
     """Homography mapping ``ref_img`` coordinates to ``img`` coordinates: ORB, ratio test, RANSAC, ECC.
@@ -443,17 +464,9 @@ def align_homography(
     G. D. Evangelidis and E. Z. Psarakis, "Parametric image alignment using
     enhanced correlation coefficient maximization," IEEE TPAMI 30(10), 2008.
     """
-    stack = as_frame_stack(frames)
+    stack, ref, response, exposures, scale, small = _work_setup(frames, reference_index, exposures, response, bits,
+                                                                 work_size_px)
     n, h, w, _ = stack.shape
-    ref = n // 2 if reference_index is None else int(reference_index)
-    if bits is None:
-        bits = 8 if stack.dtype == np.uint8 else 16
-    response, exposures = _resolve(response, exposures, bits)
-    scale = min(1.0, work_size_px / max(h, w))
-    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-
-    def small(img: np.ndarray) -> np.ndarray:
-        return cv2.resize(img, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else img
 
     def pair(i: int) -> tuple[np.ndarray, np.ndarray]:
         if response is None:
@@ -558,17 +571,9 @@ def align_auto(
     G. D. Evangelidis and E. Z. Psarakis, "Parametric image alignment using
     enhanced correlation coefficient maximization," IEEE TPAMI 30(10), 2008.
     """
-    stack = as_frame_stack(frames)
+    stack, ref, resolved, exposures_arr, scale, small = _work_setup(frames, reference_index, exposures, response,
+                                                                     bits, work_size_px)
     n, h, w, _ = stack.shape
-    ref = n // 2 if reference_index is None else int(reference_index)
-    if bits is None:
-        bits = 8 if stack.dtype == np.uint8 else 16
-    resolved, exposures_arr = _resolve(response, exposures, bits)
-    scale = min(1.0, work_size_px / max(h, w))
-    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-
-    def small(img: np.ndarray) -> np.ndarray:
-        return cv2.resize(img, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else img
 
     orb = cv2.ORB.create(nfeatures=3000)
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
