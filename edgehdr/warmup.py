@@ -55,6 +55,8 @@ def warm_up(*, deghost: bool = False, dimming: bool = True) -> float:
     encode_merge_input(bracket, response=response)
     big = np.repeat(np.repeat(bracket.frames, 16, axis=1), 16, axis=2)  # 768 x 1024: the block-mean path too
     encode_merge_input(big, bracket.relative_exposure, response, bits=bracket.bits)
+    # Frames above a few thousand pixels take the merge's parallel kernel (small ones the serial one).
+    merge_debevec(big, bracket.relative_exposure, response, bits=bracket.bits, deghost=deghost)
     for gate in (True, False):
         merge_with_weights(bracket, np.full((3, 4, 4), 1 / 3, np.float32), response=response, consistency_gate=gate)
     encode_sdr(reinhard_global(radiance))
