@@ -13,13 +13,12 @@ from edgehdr.bench.faults import fault_run, format_faults
 from edgehdr.bench.merge_quality import format_quality, format_real_merge, merge_quality_report, real_merge_report
 from edgehdr.bench.real import format_real, real_stack_report
 from edgehdr.bench.runtime import format_runtime, runtime_benchmark
-from edgehdr.bench.stages import SIZES, dumps, format_table, run_benchmark
+from edgehdr.bench.stages import SIZES, format_table, run_benchmark
 
 __all__ = [
     "SIZES",
     "dimming_benchmark",
     "dimming_quality_table",
-    "dumps",
     "fault_run",
     "format_dimming",
     "format_faults",

@@ -27,7 +27,7 @@ from edgehdr.synth import CameraModel, capture_bracket, make_scene, suggest_expo
 from edgehdr.timing import median_ms
 from edgehdr.tonemap import reinhard_global, reinhard_local
 
-__all__ = ["SIZES", "dumps", "format_table", "run_benchmark"]
+__all__ = ["SIZES", "format_table", "run_benchmark"]
 
 SIZES = {"720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
 
@@ -112,10 +112,3 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"(median of {result['repeat']} runs, {result['exposures']} exposures; {m['cpus']} CPUs, "
                  f"OpenCV {m['opencv']}, Python {m['python']}; ratio = OpenCV ms / EdgeHDR ms)")
     return "\n".join(lines)
-
-
-def dumps(result: dict[str, Any]) -> str:
-    """Strict JSON of a benchmark result (undefined figures as null)."""
-    from edgehdr.io import dumps_json, null_undefined
-
-    return dumps_json(null_undefined(result), indent=2)
