@@ -29,10 +29,15 @@ __all__ = ["format_real", "real_stack_report", "reprojection_error"]
 _LO, _HI = 13, 242
 
 
+def _lut3(response: CameraResponse) -> np.ndarray:
+    """The response's inverse LUT as float64 (3, K), a shared curve repeated per channel."""
+    lut = np.asarray(response.inverse_lut, np.float64)
+    return np.broadcast_to(lut, (3, lut.shape[-1])) if lut.ndim == 1 else lut
+
+
 def _forward(response: CameraResponse, exposure: np.ndarray) -> np.ndarray:
     """Codes (float) a response gives to relative exposures, channel by channel (inverse of its LUT)."""
-    lut = np.asarray(response.inverse_lut, np.float64)
-    lut = np.broadcast_to(lut, (3, lut.shape[-1])) if lut.ndim == 1 else lut
+    lut = _lut3(response)
     codes = np.empty(exposure.shape, np.float64)
     levels = np.arange(lut.shape[1], dtype=np.float64)
     for c in range(3):
@@ -48,8 +53,7 @@ def reprojection_error(frames: np.ndarray, relative_exposure: Sequence[float] | 
     domain over all frames and pixels (a merge fixes radiance only up to scale).
     """
     stack = np.asarray(frames)
-    lut = np.asarray(response.inverse_lut, np.float64)
-    lut = np.broadcast_to(lut, (3, lut.shape[-1])) if lut.ndim == 1 else lut
+    lut = _lut3(response)
     logs, obs = [], []
     for j, t in enumerate(relative_exposure):
         z = stack[j].astype(np.int64)
