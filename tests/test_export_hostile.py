@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from export_cli import cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
@@ -63,15 +64,6 @@ def files(tmp_path_factory):
     (d / "emptydir").mkdir()
     return d
 
-
-def cli(capsys, *argv):
-    """``edgehdr-export ARGV`` in-process: (exit status, stdout, stderr); argparse's exit becomes the status."""
-    try:
-        rc = export_main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def assert_clear_error(rc, err, *needles, one_line=True):

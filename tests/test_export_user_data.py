@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from export_cli import cli
 from onnx import TensorProto, helper, numpy_helper
 
 from edgehdr.infer import Manifest
 from export.calibration import model_feeds
-from export.cli import main as export_main
 from export.trt_check import check_qdq_for_tensorrt
 from export.validate import apply_budget, compare_runners
 
@@ -80,14 +80,6 @@ def work(tmp_path_factory):
     return {"dir": d, "net": user_net(d / "user.onnx"), "net2": user_net(d / "two.onnx", two_inputs=True),
             "calib": npz_folder(d / "calib", 16, seed=1), "holdout": npz_folder(d / "holdout", 8, seed=2)}
 
-
-def cli(capsys, *argv):
-    try:
-        rc = export_main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def assert_refused(rc, err, *needles):
