@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -243,12 +244,13 @@ def test_every_listed_suffix_loads(tmp_path):
 def _brute_force_isotonic(values):
     """Least-squares non-decreasing fit by trying every split into runs of equal value (each run at its mean)."""
     n = len(values)
-    best, best_err = None, np.inf
+    best, best_err = None, Fraction(10**9)
     for cuts in itertools.product([False, True], repeat=n - 1):
         bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
         fit = np.concatenate([np.full(e - s, np.mean(values[s:e])) for s, e in zip(bounds[:-1], bounds[1:])])
         if np.all(np.diff(fit) >= -1e-12):
-            err = float(np.sum((fit - values) ** 2))
+            # Exact arithmetic: near-ties (values 1e-8 apart) differ by less than a float's resolution of the sum.
+            err = sum((Fraction(float(f)) - Fraction(float(v))) ** 2 for f, v in zip(fit, values))
             if err < best_err:
                 best, best_err = fit, err
     return best
