@@ -27,7 +27,8 @@ from edgehdr.hdr.crf import CameraResponse, ResponseLike
 
 log = logging.getLogger("edgehdr.align")
 
-__all__ = ["Motion", "align_auto", "align_mtb", "median_threshold_shift", "align_homography", "align_bracket",
+__all__ = ["Motion", "align_auto", "align_mtb", "median_threshold_shift", "mtb_shift_support", "histogram_matched",
+           "align_homography", "align_bracket",
            "ALIGN_METHODS"]
 
 ALIGN_METHODS = ("auto", "mtb", "homography", "none")
@@ -117,41 +118,158 @@ def _resolve(response: ResponseLike, exposures: ArrayLike | None,
     return resolve_response(response, bits), np.asarray(exposures, dtype=np.float64)
 
 
+@numba.njit(cache=True, nogil=True)
+def _mtb_medians(a, b, lo, hi, step):
+    # Medians of a and b over the pixels valid (lo < code < hi) in both, from every ``step``-th
+    # row and column (a median needs a sample, not every pixel); -1 when fewer than 16 are valid.
+    hist_a = np.zeros(256, np.int64)
+    hist_b = np.zeros(256, np.int64)
+    valid = np.zeros(256, np.uint8)
+    valid[lo + 1:hi] = 1  # a table: comparing uint8 codes with the int bounds costs 3x the loop
+    h, w = a.shape
+    for y in range(0, h, step):
+        row_a, row_b = a[y], b[y]
+        for i in range((w + step - 1) // step):
+            va, vb = row_a[i * step], row_b[i * step]
+            both = valid[va] & valid[vb]
+            hist_a[va] += both
+            hist_b[vb] += both
+    total = hist_a.sum()
+    if total < 16:
+        return -1, -1
+    half = total / 2.0
+    med_a = med_b = 255
+    run = 0
+    for v in range(256):
+        run += hist_a[v]
+        if run >= half:
+            med_a = v
+            break
+    run = 0
+    for v in range(256):
+        run += hist_b[v]
+        if run >= half:
+            med_b = v
+            break
+    return med_a, med_b
+
+
+@numba.njit(inline="always")
+def _mtb_code_rows(y0, y1, a, b, lut_a, lut_b, valid, codes_a, codes_b):
+    w = a.shape[1]
+    for y in range(y0, y1):
+        for x in range(w):
+            va, vb = a[y, x], b[y, x]
+            keep = valid[va] & valid[vb]
+            codes_a[y, x] = lut_a[va] & keep
+            codes_b[y, x] = lut_b[vb] & keep
+
+
+@numba.njit(cache=True, nogil=True)
+def _mtb_codes_serial(a, b, lut_a, lut_b, valid, codes_a, codes_b):
+    _mtb_code_rows(0, a.shape[0], a, b, lut_a, lut_b, valid, codes_a, codes_b)
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _mtb_errors(thr_a, excl_a, thr_b, excl_b, sx, sy, row_step, errors):
-    # XOR count of the threshold bitmaps over pixels outside both exclusion bands,
-    # for the 3x3 candidate shifts around (sx, sy); b is moved by the shift. Large
-    # levels count every ``row_step``-th row: the counts only rank 9 candidates.
-    h, w = thr_a.shape
-    for k in numba.prange(9):
-        dy = k // 3 - 1 + sy
-        dx = k % 3 - 1 + sx
-        count = 0
-        for y in range(max(0, dy), min(h, h + dy), row_step):
+def _mtb_codes_parallel(a, b, lut_a, lut_b, valid, codes_a, codes_b):
+    h = a.shape[0]
+    chunks = 16
+    for c in numba.prange(chunks):
+        _mtb_code_rows(c * h // chunks, (c + 1) * h // chunks, a, b, lut_a, lut_b, valid, codes_a, codes_b)
+
+
+@numba.njit(inline="always")
+def _count_mismatch(ra, rb):
+    # Pixels with code 1 in one row and 2 in the other: ``(a | b) == 3`` as arithmetic on
+    # contiguous slices indexed from 0, so LLVM vectorises the loop.
+    count = np.uint32(0)
+    for i in range(ra.size):
+        t = ra[i] | rb[i]
+        count += (t & (t >> 1)) & 1
+    return count
+
+
+@numba.njit(inline="always")
+def _count_both(ra, rb):
+    count = np.uint32(0)
+    for i in range(ra.size):
+        count += (ra[i] != 0) & (rb[i] != 0)
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _mtb_errors(codes_a, codes_b, sx, sy, row_step, errors):
+    # Mismatch count of the median threshold bitmaps over pixels outside both exclusion bands,
+    # for the 3x3 candidate shifts around (sx, sy); b is moved by the shift. A code is 0 (excluded),
+    # 1 (above the median) or 2 (below), so a counted mismatch is exactly ``(ca | cb) == 3``.
+    # Every ``row_step``-th row of a is counted, the same rows for every candidate: the counts
+    # only rank 9 candidates.
+    h, w = codes_a.shape
+    errors[:] = 0
+    for y in range(0, h, row_step):
+        for ky in range(3):
+            dy = ky - 1 + sy
             yb = y - dy
-            for x in range(max(0, dx), min(w, w + dx)):
-                xb = x - dx
-                count += (thr_a[y, x] ^ thr_b[yb, xb]) & excl_a[y, x] & excl_b[yb, xb]
-        errors[k] = count
+            if yb < 0 or yb >= h:
+                continue
+            for kx in range(3):
+                dx = kx - 1 + sx
+                x0, x1 = max(0, dx), min(w, w + dx)
+                errors[3 * ky + kx] += _count_mismatch(codes_a[y, x0:x1], codes_b[yb, x0 - dx:x1 - dx])
     return errors
 
 
-def _median_threshold_bitmaps(img: np.ndarray, valid: np.ndarray, exclude_range: int) -> tuple[np.ndarray, np.ndarray]:
-    # The median from every other row and column on large levels (a median needs a sample, not every pixel);
-    # thresholds and the exclusion band with OpenCV's vectorised kernels. ``valid`` is 0/255.
-    step = 2 if img.size > (1 << 18) else 1
-    sample, mask = (img, valid) if step == 1 else (np.ascontiguousarray(img[::step, ::step]),
-                                                    np.ascontiguousarray(valid[::step, ::step]))
-    hist = cv2.calcHist([sample], [0], mask, [256], [0, 256]).ravel()
-    if hist.sum() < 16:  # nothing usable at this level: empty bitmaps vote for no shift
-        zeros = np.zeros(img.shape, np.uint8)
-        return zeros, zeros
-    median = int(np.searchsorted(np.cumsum(hist), hist.sum() / 2.0))
-    _, threshold = cv2.threshold(img, median, 1, cv2.THRESH_BINARY)  # 1 where img > median
-    # OpenCV's stub lacks the scalar overload of absdiff that the binding has.
-    distance = cv2.absdiff(img, (median, 0, 0, 0))  # type: ignore[call-overload]
-    _, outside = cv2.threshold(distance, exclude_range, 1, cv2.THRESH_BINARY)
-    return threshold, cv2.bitwise_and(outside, valid)
+@numba.njit(cache=True, nogil=True)
+def _mtb_mismatch(codes_a, codes_b, dx, dy, row_step):
+    # (mismatched, counted) pixels with b moved by (dx, dy), over every ``row_step``-th row of the overlap.
+    h, w = codes_a.shape
+    mismatched = counted = 0
+    x0, x1 = max(0, dx), min(w, w + dx)
+    for y in range(max(0, dy), min(h, h + dy), row_step):
+        ra, rb = codes_a[y, x0:x1], codes_b[y - dy, x0 - dx:x1 - dx]
+        mismatched += _count_mismatch(ra, rb)
+        counted += _count_both(ra, rb)
+    return mismatched, counted
+
+
+@numba.njit(cache=True, nogil=True)
+def _mtb_level(a, b, lo, hi, exclude_range, median_step, parallel, codes_a, codes_b):
+    med_a, med_b = _mtb_medians(a, b, lo, hi, median_step)
+    if med_a < 0:  # nothing usable at this level: empty bitmaps vote for no shift
+        codes_a[:] = 0
+        codes_b[:] = 0
+        return
+    valid = np.zeros(256, np.uint8)
+    lut_a = np.zeros(256, np.uint8)
+    lut_b = np.zeros(256, np.uint8)
+    for v in range(256):
+        valid[v] = 3 if lo < v < hi else 0
+        if abs(v - med_a) > exclude_range:
+            lut_a[v] = 1 if v > med_a else 2
+        if abs(v - med_b) > exclude_range:
+            lut_b[v] = 1 if v > med_b else 2
+    if parallel:
+        _mtb_codes_parallel(a, b, lut_a, lut_b, valid, codes_a, codes_b)
+    else:
+        _mtb_codes_serial(a, b, lut_a, lut_b, valid, codes_a, codes_b)
+
+
+_MTB_PARALLEL_MIN_PIXELS = 1 << 17  # below this the serial code kernel runs (thread wake-up costs more)
+
+
+def _mtb_level_codes(a: np.ndarray, b: np.ndarray, valid_range: tuple[int, int],
+                     exclude_range: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of both images at one pyramid level: 0 excluded, 1 above the median, 2 below (see ``_mtb_errors``).
+
+    The median of each image is taken over pixels valid in *both* (neither clipped nor
+    black); a pixel is excluded where either image is not valid or where its code lies
+    within ``exclude_range`` of its image's median. Nothing valid: all codes 0 (empty
+    bitmaps vote for no shift).
+    """
+    codes_a, codes_b = np.empty_like(a), np.empty_like(b)
+    _mtb_level(a, b, int(valid_range[0]), int(valid_range[1]), int(exclude_range), 2 if a.size > (1 << 18) else 1,
+               a.size >= _MTB_PARALLEL_MIN_PIXELS, codes_a, codes_b)
+    return codes_a, codes_b
 
 
 def median_threshold_shift(ref_gray: np.ndarray, gray: np.ndarray, *, max_bits: int = 6, exclude_range: int = 4,
@@ -164,8 +282,9 @@ def median_threshold_shift(ref_gray: np.ndarray, gray: np.ndarray, *, max_bits: 
     and those excluded from the XOR count. On an exposure-matched pair this keeps
     the bitmaps meaningful when most of a long exposure is clipped, where a median
     over all pixels lands on the clip level. Ties prefer the smaller shift.
-    ``bitmaps_out``, a list, receives the full-resolution bitmaps (threshold and
-    exclusion of each image) for ``mtb_shift_support``.
+    ``bitmaps_out``, a list, receives the full-resolution bitmaps of both images for
+    ``mtb_shift_support``, as one code image each: 0 excluded, 1 above the median,
+    2 below it.
     """
     if ref_gray.shape != gray.shape or ref_gray.dtype != np.uint8 or gray.dtype != np.uint8:
         raise ValueError("median_threshold_shift needs two uint8 grey images of equal size")
@@ -175,20 +294,17 @@ def median_threshold_shift(ref_gray: np.ndarray, gray: np.ndarray, *, max_bits: 
             break
         pyr_a.append(cv2.resize(pyr_a[-1], None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
         pyr_b.append(cv2.resize(pyr_b[-1], None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
-    lo, hi = valid_range
     sx = sy = 0
     errors = np.empty(9, np.int64)
     order = [4, 1, 3, 5, 7, 0, 2, 6, 8]  # centre first, then edges, then corners
     for a, b in zip(reversed(pyr_a), reversed(pyr_b)):
         sx, sy = 2 * sx, 2 * sy
-        valid = cv2.bitwise_and(cv2.inRange(a, lo + 1, hi - 1), cv2.inRange(b, lo + 1, hi - 1))
-        thr_a, excl_a = _median_threshold_bitmaps(a, valid, exclude_range)
-        thr_b, excl_b = _median_threshold_bitmaps(b, valid, exclude_range)
-        _mtb_errors(thr_a, excl_a, thr_b, excl_b, sx, sy, max(1, a.shape[0] // 128), errors)
+        codes_a, codes_b = _mtb_level_codes(a, b, valid_range, exclude_range)
+        _mtb_errors(codes_a, codes_b, sx, sy, max(1, a.shape[0] // 128), errors)
         best = min(order, key=lambda k: errors[k])
         sx, sy = sx + best % 3 - 1, sy + best // 3 - 1
-    if bitmaps_out is not None:  # the full-resolution bitmaps, for mtb_shift_support
-        bitmaps_out[:] = [thr_a, excl_a, thr_b, excl_b]
+    if bitmaps_out is not None:  # the full-resolution codes, for mtb_shift_support
+        bitmaps_out[:] = [codes_a, codes_b]
     return sx, sy
 
 
@@ -209,27 +325,16 @@ def mtb_shift_support(ref_gray: np.ndarray, gray: np.ndarray, shift: Sequence[in
     if (sx, sy) == (0, 0):
         return 1.0
     if bitmaps is None:
-        lo, hi = valid_range
-        valid = cv2.bitwise_and(cv2.inRange(ref_gray, lo + 1, hi - 1), cv2.inRange(gray, lo + 1, hi - 1))
-        thr_a, excl_a = _median_threshold_bitmaps(ref_gray, valid, exclude_range)
-        thr_b, excl_b = _median_threshold_bitmaps(gray, valid, exclude_range)
+        codes_a, codes_b = _mtb_level_codes(ref_gray, gray, valid_range, exclude_range)
     else:  # those median_threshold_shift computed at full resolution
-        thr_a, excl_a, thr_b, excl_b = bitmaps
-    h, w = ref_gray.shape
-    step = max(1, h // 256)
-
-    def rate(dx: int, dy: int) -> float | None:
-        ya, yb = slice(max(0, dy), min(h, h + dy)), slice(max(0, -dy), min(h, h - dy))
-        xa, xb = slice(max(0, dx), min(w, w + dx)), slice(max(0, -dx), min(w, w - dx))
-        # Every ``step``-th row: a rate needs a sample, not every pixel (about 256 rows are counted).
-        ya, yb = slice(ya.start, ya.stop, step), slice(yb.start, yb.stop, step)
-        counted = excl_a[ya, xa] & excl_b[yb, xb]
-        n = int(np.count_nonzero(counted))
-        return None if n == 0 else int(np.count_nonzero((thr_a[ya, xa] ^ thr_b[yb, xb]) & counted)) / n
-
-    at_zero, at_shift = rate(0, 0), rate(sx, sy)
-    if not at_zero or at_shift is None:
+        codes_a, codes_b = bitmaps
+    # Every ``step``-th row: a rate needs a sample, not every pixel (about 256 rows are counted).
+    step = max(1, ref_gray.shape[0] // 256)
+    mismatched0, counted0 = _mtb_mismatch(codes_a, codes_b, 0, 0, step)
+    mismatched, counted = _mtb_mismatch(codes_a, codes_b, sx, sy, step)
+    if mismatched0 == 0 or counted == 0:
         return 0.0
+    at_zero, at_shift = mismatched0 / counted0, mismatched / counted
     return (at_zero - at_shift) / at_zero
 
 
@@ -246,10 +351,15 @@ def align_mtb(frames: np.ndarray | Sequence[np.ndarray], *, reference_index: int
     reference_index : int, optional
         Frame the others are aligned to (default: the middle one).
     exposures, response : optional
-        With both, each pair is exposure-matched through the response and registered
-        by ``median_threshold_shift`` (reliable for brackets 4 stops apart); without
-        them, OpenCV's ``AlignMTB`` runs on the raw grey frames, Ward's original
-        setting, which suits brackets up to about 2 stops apart.
+        With both, each pair is exposure-matched through the response before
+        ``median_threshold_shift`` registers it (reliable for brackets 4 stops apart);
+        without them the darker frame of each pair is histogram-matched to the brighter
+        (``histogram_matched``) and then registered: Ward's median threshold is one
+        percentile of that matching, and matching all of them keeps the bitmaps alike
+        where one frame is half black. Measured against the true shifts (raw frames, 1-
+        and 2-stop brackets): on re-photographed real HDR images (160 pairs) 0.26 px mean
+        error and 1 pair off by more than 1.5 px, OpenCV ``AlignMTB.calculateShift`` 0.52 px
+        and 4; on synthetic 28-stop scenes (24 pairs) 0.47 px and 2, OpenCV 4.78 px and 5.
     max_bits : int
         Pyramid levels: the search covers shifts up to ``2^max_bits`` pixels.
     exclude_range : int
@@ -289,7 +399,6 @@ def align_mtb(frames: np.ndarray | Sequence[np.ndarray], *, reference_index: int
     if bits is None:
         bits = 8 if stack.dtype == np.uint8 else 16
     response, exposures = _resolve(response, exposures, bits)
-    mtb = cv2.createAlignMTB(max_bits, exclude_range, False)
     if cache is None or frame_keys is None:
         cache, frame_keys = {}, list(range(n))
     grays = cache.setdefault("gray", {})
@@ -318,16 +427,13 @@ def align_mtb(frames: np.ndarray | Sequence[np.ndarray], *, reference_index: int
                     other = _gain_grey(other, exposures[ref] / exposures[i], response)
                 else:
                     ref_gray = _gain_grey(ref_gray, exposures[i] / exposures[ref], response)
-                bitmaps: list[np.ndarray] | None = []
-                sx, sy = median_threshold_shift(ref_gray, other, max_bits=max_bits, exclude_range=exclude_range,
-                                                bitmaps_out=bitmaps)
             else:
-                # calculateShift returns how to shift frame i onto the reference.
-                sx, sy = mtb.calculateShift(ref_gray, other)
-                bitmaps = None
-            sx, sy = int(sx), int(sy)
+                ref_gray, other = histogram_matched(ref_gray, other)
+            bitmaps: list[np.ndarray] = []
+            sx, sy = median_threshold_shift(ref_gray, other, max_bits=max_bits, exclude_range=exclude_range,
+                                            bitmaps_out=bitmaps)
             support = mtb_shift_support(ref_gray, other, (sx, sy), exclude_range=exclude_range,
-                                        bitmaps=bitmaps or None)
+                                        bitmaps=bitmaps)
             too_far = (max(abs(sx), abs(sy)) > max_shift_fraction * min(ref_gray.shape)
                        or max(abs(sx), abs(sy)) >= (1 << max_bits) - 2)
             sane = support >= min_support and not too_far
@@ -352,6 +458,27 @@ def align_mtb(frames: np.ndarray | Sequence[np.ndarray], *, reference_index: int
         motions.append(Motion(dx_px=float(-fx), dy_px=float(-fy), matrix=matrix if sane else np.eye(3),
                               method="mtb", ok=sane))
     return aligned, motions
+
+
+def histogram_matched(ref_gray: np.ndarray, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pair with the darker image mapped onto the brighter one's histogram (grey codes, uint8).
+
+    Each code of the darker image goes to the brighter image's code at the same
+    percentile (the code's mid-rank), so both images split the scene at the same
+    places wherever it is not clipped or black in one of them: exposure matching for
+    frames whose response is unknown. The brighter image is returned as it is.
+    """
+    hist_ref = cv2.calcHist([ref_gray], [0], None, [256], [0, 256]).ravel().astype(np.float64)
+    hist = cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel().astype(np.float64)
+    codes = np.arange(256)
+    darker_is_ref = float(hist_ref @ codes) * hist.sum() < float(hist @ codes) * hist_ref.sum()  # mean codes
+    source, target = (hist_ref, hist) if darker_is_ref else (hist, hist_ref)
+    source_cdf = (np.cumsum(source) - source / 2.0) / max(source.sum(), 1.0)
+    target_cdf = np.cumsum(target) / max(target.sum(), 1.0)
+    lut = np.minimum(np.searchsorted(target_cdf, source_cdf), 255).astype(np.uint8)
+    if darker_is_ref:
+        return cv2.LUT(ref_gray, lut), gray
+    return ref_gray, cv2.LUT(gray, lut)
 
 
 def _gain_lut(gain_to_reference: float, response: CameraResponse) -> np.ndarray:
