@@ -173,7 +173,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.runtime or args.faults:
         result = {}
         if args.runtime:
-            result["runtime"] = bench.runtime_benchmark(args.seconds, quiet=args.quiet)
+            width, height = args.size
+            result["runtime"] = bench.runtime_benchmark(args.seconds, width=width, height=height, fps=args.fps,
+                                                        quiet=args.quiet)
             print(bench.format_runtime(result["runtime"]))
         if args.faults:
             result["faults"] = bench.fault_run(quiet=args.quiet)
@@ -434,6 +436,24 @@ def _float_in(lo: float, hi: float) -> Callable[[str], float]:
     return _float_range(lo, hi)
 
 
+def _frame_size(text: str) -> tuple[int, int]:
+    """argparse type: ``WIDTHxHEIGHT`` (e.g. 1280x720) or a name (720p, 1080p, 4k) -> (width, height)."""
+    from edgehdr.bench.stages import SIZES
+
+    if text.lower() in SIZES:
+        h, w = SIZES[text.lower()]
+        return w, h
+    parts = text.lower().split("x")
+    try:
+        w, h = (int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT (e.g. 1280x720) or one of "
+                                         f"{', '.join(SIZES)}") from None
+    if not (16 <= w <= 16384 and 16 <= h <= 16384):
+        raise argparse.ArgumentTypeError(f"{text}: width and height must be 16..16384")
+    return w, h
+
+
 def _add_bridge_grid(p: argparse.ArgumentParser, rows: int = 16, cols: int = 24, bits: int = 12) -> None:
     # PROTOCOL.md: rows and cols are u8 (1..255), zone depth 8..16 bit
     p.add_argument("--rows", type=_int_in(1, 255), default=rows, help=f"zone rows, 1..255 (default {rows})")
@@ -463,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
                         ".json, OpenCV's .npy, pfstools' .m, a .txt/.lut table")
     p.add_argument("--save-response", help="with --response auto: write the calibrated response here (.json; .npy for "
                                             "OpenCV, .m for pfstools, .txt/.lut for a plain LUT)")
-    p.add_argument("--smoothness", type=_float_at_least(0.0), default=10000.0,
+    p.add_argument("--smoothness", type=_float_at_least(0.0), default=30000.0,
                    help="Debevec calibration smoothness lambda (>= 0)")
     p.add_argument("--align", choices=ALIGN_METHODS, default="auto",
                    help="auto: translation, rotation or homography only where it lowers the exposure-matched "
@@ -517,13 +537,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dimming", action="store_true",
                    help="instead: local-dimming timing at 1080p/2304 zones and the quality table over 10 scenes")
     p.add_argument("--runtime", action="store_true",
-                   help="instead: the daemon's pipeline at 1080p/30 fps for --seconds (fps, drops, latency, memory)")
+                   help="instead: the daemon's pipeline at --size and --fps for --seconds (fps, drops, latency "
+                        "p50/p99/p99.9, CPU %%, peak and median RSS)")
     p.add_argument("--real", nargs="+", metavar="STACK",
                    help="instead: EdgeHDR and OpenCV side by side on your own stacks (folders with list.txt or "
                         "EXIF, or list files): reprojection error of each tool's merge and response, and time")
     p.add_argument("--faults", action="store_true",
                    help="instead: fault run (source error/stall, corrupt frame, link unplug/replug)")
     p.add_argument("--seconds", type=_float_above(0.0), default=60.0, help="duration of --runtime (600 for the soak)")
+    p.add_argument("--size", type=_frame_size, default="1080p", metavar="WxH",
+                   help="frame size of --runtime: WIDTHxHEIGHT or 720p, 1080p, 4k")
+    p.add_argument("--fps", type=_float_in(1.0, 240.0), default=30.0, help="capture rate of --runtime")
     p.set_defaults(func=_cmd_bench)
 
     from edgehdr.dimming.run import ALGORITHMS as DIM_ALGORITHMS

@@ -18,14 +18,32 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _peak_rss_mb() -> float:
+    """The process's peak resident set (``VmHWM``), MB; what ``/usr/bin/time -v`` reports as maximum RSS."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise OSError("/proc/self/status has no VmHWM line")
+
+
+def _cpu_s() -> float:
+    """User + system CPU time of the process (all threads), s."""
+    t = os.times()
+    return t.user + t.system
+
+
 def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int = 1080, fps: float = 30.0,
-                      warmup_s: float = 5.0, memory_every_s: float = 10.0, quiet: bool = False) -> dict[str, Any]:
+                      warmup_s: float = 5.0, memory_every_s: float = 1.0, quiet: bool = False) -> dict[str, Any]:
     """The daemon's pipeline on the synthetic camera: sustained fps, drops, latency, memory.
 
     Synthetic 3-exposure rolling bracket at ``fps``; align (exposure-matched MTB at 1/2
     scale), merge with exposure planning, Reinhard tone mapping with temporal
     adaptation, 48 x 48-zone dimming, zones over a pty to the controller simulator.
-    Figures cover the window after ``warmup_s`` (JIT compilation, planner settling).
+    Figures cover the window after ``warmup_s`` (JIT compilation, planner settling):
+    CPU % is the process's CPU time (all threads) over the window's wall time (100 % =
+    one core); RSS is sampled every ``memory_every_s``; the peak is the process's
+    high-water mark (``VmHWM``, start-up included, as ``/usr/bin/time -v`` reports it).
     """
     from edgehdr.pipeline.config import validate
     from edgehdr.pipeline.daemon import build_runtime
@@ -41,6 +59,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     time.sleep(warmup_s)
     base = rt.stats()
     pipeline.reset_latency_window()
+    cpu0, wall0 = _cpu_s(), time.monotonic()
     memory = [(0.0, _rss_mb())]
     progress.step(f"measuring {seconds:g} s at {width}x{height}, {fps:g} fps")
     t0 = time.monotonic()
@@ -51,7 +70,9 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
             memory.append((round(time.monotonic() - t0, 1), _rss_mb()))
             next_mem += memory_every_s
     end = rt.stats()
+    cpu_percent = 100.0 * (_cpu_s() - cpu0) / (time.monotonic() - wall0)
     memory.append((round(time.monotonic() - t0, 1), _rss_mb()))
+    peak_mb = _peak_rss_mb()
     progress.step("stopping")
     final = rt.close()
     window = end["elapsed_s"] - base["elapsed_s"]
@@ -76,9 +97,12 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
         "drop_fraction": round(1 - completed / captured, 4) if captured else None,
         "capture_to_zones_ms_median": end["capture_to_zones_ms_median"],
         "capture_to_zones_ms_p99": end["capture_to_zones_ms_p99"],
+        "capture_to_zones_ms_p999": end["capture_to_zones_ms_p999"],
+        "cpu_percent": round(cpu_percent, 1), "rss_peak_mb": round(peak_mb, 1),
+        "rss_median_mb": round(float(np.median(rss)), 1),
         "stages": end["stages"], "controller_applied": end.get("controller", {}).get("frames_applied"),
         "link_reconnects": final.get("link", {}).get("reconnects"),
-        "rss_mb": [(t, round(m, 1)) for t, m in memory],
+        "rss_mb": [(t, round(m, 1)) for t, m in memory[::max(1, int(round(10.0 / memory_every_s)))]],
         "rss_settle_s": settle,
         "rss_first_minute_median_mb": round(float(first), 1), "rss_last_minute_median_mb": round(float(last), 1),
         "rss_change_after_warmup": round(float((last - first) / first), 4),
@@ -91,8 +115,11 @@ def format_runtime(rb: dict[str, Any]) -> str:
     lines = [f"runtime {rb['size'][0]}x{rb['size'][1]}, 3-exposure rolling bracket at {rb['target_fps']:g} fps, "
              f"{rb['seconds']} s: {rb['fps']} fps, {rb['frames_completed']}/{rb['frames_captured']} frames, "
              f"{rb['frames_dropped']} dropped ({100 * (rb['drop_fraction'] or 0):.2f}%), {rb['frames_failed']} "
-             f"failed; capture-to-zones median {rb['capture_to_zones_ms_median']} ms, p99 "
-             f"{rb['capture_to_zones_ms_p99']} ms; RSS median first minute after {rb['rss_settle_s']:g} s "
+             f"failed",
+             f"capture-to-zones p50 {rb['capture_to_zones_ms_median']} ms, p99 {rb['capture_to_zones_ms_p99']} ms, "
+             f"p99.9 {rb['capture_to_zones_ms_p999']} ms; CPU {rb['cpu_percent']:.0f} % (100 % = one core)",
+             f"RSS peak {rb['rss_peak_mb']:.0f} MB, median {rb['rss_median_mb']:.0f} MB; "
+             f"median first minute after {rb['rss_settle_s']:g} s "
              f"{rb['rss_first_minute_median_mb']} MB, "
              f"last minute {rb['rss_last_minute_median_mb']} MB ({100 * rb['rss_change_after_warmup']:+.1f}%), "
              f"trend {rb['rss_trend_mb_per_min']:+.2f} MB/min"]

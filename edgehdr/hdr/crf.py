@@ -778,7 +778,7 @@ def calibrate_debevec(
     frames: np.ndarray | Sequence[np.ndarray],
     exposures: ArrayLike,
     *,
-    smoothness: float = 10000.0,
+    smoothness: float = 30000.0,
     n_samples: int | None = None,
     weighting: str = "triangle",
     bits: int | None = None,
@@ -807,9 +807,12 @@ def calibrate_debevec(
         Relative exposure of each frame (exposure time times gain).
     smoothness : float
         ``lambda`` of eq. 3 (weights in [0, 1]), against 2000 samples per channel.
-        The default 10000 measured best on noisy synthetic brackets of every
-        standard curve (tests/test_crf.py); lower it for clean, many-frame stacks of
-        an unusually shaped curve.
+        The default 30000 was chosen by merge quality (PU21-PSNR of the noise-weighted
+        merge through the calibrated response against the truth): on 24 real HDR
+        photographs re-taken through three JPEG cameras 10000 / 30000 / 50000 / 100000
+        gave 31.87 / 32.16 / 32.20 / 32.03 dB (100000 lost 5 dB on one bracket), on 30
+        noisy synthetic brackets (srgb, gamma 2.2, s-curve) 29.83 / 30.27 / - / 30.44 dB.
+        Lower it for clean, many-frame stacks of an unusually shaped curve.
     n_samples : int, optional
         Pixels per channel; default 2000. The paper's minimum is
         ``N (P - 1) > Z_max - Z_min``; more samples cost almost nothing here because

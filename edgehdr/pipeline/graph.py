@@ -154,7 +154,8 @@ class Pipeline:
         self._capture_thread: threading.Thread | None = None
         self._next_id = 0
         self._started: float | None = None
-        self._latency: deque[float] = deque(maxlen=2000)  # capture -> zones sent, seconds
+        # capture -> zones sent, seconds: the last 8192 frames (over 2 min at 60 fps; enough samples for a p99.9)
+        self._latency: deque[float] = deque(maxlen=8192)
         self._lat_lock = threading.Lock()
         self._latency_count = 0  # cumulative, beside the window: a Prometheus summary's _count and _sum
         self._latency_sum_s = 0.0
@@ -358,6 +359,7 @@ class Pipeline:
             "source_restarts": self.source_restarts,
             "capture_to_zones_ms_median": round(float(np.median(lat)), 2) if lat.size else None,
             "capture_to_zones_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+            "capture_to_zones_ms_p999": round(float(np.percentile(lat, 99.9)), 2) if lat.size else None,
             "capture_to_zones_count": lat_count,
             "capture_to_zones_s_total": round(lat_sum_s, 6),
             "stages": stages,
