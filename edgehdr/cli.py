@@ -180,6 +180,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.faults:
             result["faults"] = bench.fault_run(quiet=args.quiet)
             print(bench.format_faults(result["faults"]))
+    elif args.calls:
+        result = bench.calls_benchmark(quiet=args.quiet)
+        print(bench.format_calls(result))
     elif args.real:
         rows = [bench.real_stack_report(path) for path in args.real]
         result = {"real": rows}
@@ -542,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", nargs="+", metavar="STACK",
                    help="instead: EdgeHDR and OpenCV side by side on your own stacks (folders with list.txt or "
                         "EXIF, or list files): reprojection error of each tool's merge and response, and time")
+    p.add_argument("--calls", action="store_true",
+                   help="instead: per-call time of calibrate, merge and exposure-matched MTB against OpenCV at "
+                        "0.3-12 MP on a real photograph re-taken through a JPEG camera")
     p.add_argument("--faults", action="store_true",
                    help="instead: fault run (source error/stall, corrupt frame, link unplug/replug)")
     p.add_argument("--seconds", type=_float_above(0.0), default=60.0, help="duration of --runtime (600 for the soak)")

@@ -268,7 +268,7 @@ def test_cli_help_shows_every_default(capsys):
 
     with pytest.raises(SystemExit):
         main(["merge", "--help"])
-    assert "(default: 10000.0)" in " ".join(capsys.readouterr().out.split())
+    assert "(default: 30000.0)" in " ".join(capsys.readouterr().out.split())
 
     def actions(parser):
         for action in parser._actions:

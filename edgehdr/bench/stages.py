@@ -6,8 +6,8 @@ OpenCV equivalent (``AlignMTB``, ``MergeDebevec`` with the same response,
 ``TonemapReinhard``). The ratio column is OpenCV time / EdgeHDR time: above 1
 means EdgeHDR is faster. OpenCV's tone mapper is timed without the sRGB/uint8
 conversion EdgeHDR's includes, which favours OpenCV. ``align_mtb`` is the raw
-MTB path (OpenCV's search inside); ``align_mtb_matched`` is the exposure-matched
-MTB the runtime uses when the response is known (more robust, somewhat slower).
+MTB path (histogram-matched pairs); ``align_mtb_matched`` is the exposure-matched
+MTB the runtime uses when the response is known.
 """
 
 from __future__ import annotations
