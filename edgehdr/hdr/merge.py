@@ -123,23 +123,6 @@ def _merge_row(y, frames, packed, offset, log_lut, log_exposure, order, top, use
         out_row[j] = exp2_bits(max(min(log_e * log2e, np.float32(126.0)), np.float32(-126.0)))
     if unmeasured == 0:
         return
-    if not use_mask:
-        # The same choice without masks, branch-light: walk the frames from the last in
-        # ``order`` to the first and keep the last bright one seen (the first in order),
-        # else the last frame in order.
-        last = order[n - 1]
-        for x in range(w):
-            for c in range(3):
-                if (acc[3 * x + c] >> 32) > 0:
-                    continue
-                pick = last
-                for k in range(n - 2, -1, -1):
-                    i = order[k]
-                    if 2 * np.int32(frames[i, y, x, c]) >= top:
-                        pick = i
-                log_e = log_lut[c, frames[pick, y, x, c]] - log_exposure[pick]
-                out_row[3 * x + c] = exp2_bits(max(min(log_e * log2e, np.float32(126.0)), np.float32(-126.0)))
-        return
     for j in range(3 * w):
         if (acc[j] >> 32) > 0:
             continue
