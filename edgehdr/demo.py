@@ -58,7 +58,7 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
     from edgehdr.warmup import warm_up
 
     say(f"      kernels ready in {warm_up():.1f} s (compiled on the first run, then cached)")
-    rt = build_runtime(cfg)
+    rt = build_runtime(cfg, keep=("radiance", "sdr", "lcd", "backlight"))  # what the contact sheet shows
     pipeline = rt.built_pipeline().start()
     started = time.monotonic()
     try:

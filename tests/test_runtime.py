@@ -248,3 +248,48 @@ def test_a_corrupt_frame_costs_exactly_that_frame():
     stats = pipe.stop()
     assert faulty.injected["corrupt"] == 1
     assert stats["frames_failed"] == 1, stats["stages"]
+
+
+def test_frames_release_what_no_later_stage_reads():
+    """A stage's ``reads`` lets the pipeline drop large results early; ``keep`` holds them to the end; a stage
+    without ``reads`` is taken to read everything."""
+    from edgehdr.pipeline.graph import RELEASABLE_FIELDS
+
+    class Probe:
+        def __init__(self, name, reads=None):
+            self.name, self.seen = name, None
+            if reads is not None:
+                self.reads = reads
+
+        def __call__(self, ctx):
+            if self.seen is None:
+                self.seen = {f for f in RELEASABLE_FIELDS if getattr(ctx, f) is not None}
+            return ctx
+
+    def run(probes, keep=()):
+        cam = SyntheticCamera(96, 64, fps=60, moving_objects=0)
+        pipe = Pipeline(cam, [Stage("align", AlignStage("mtb", response=cam.response)),
+                              Stage("merge", MergeStage(cam.response)),
+                              Stage("tonemap", ToneMapStage("reinhard"))]
+                        + [Stage(p.name, p) for p in probes], keep=keep).start()
+        deadline = time.monotonic() + 20
+        while pipe.last_context is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pipe.stop()
+        assert pipe.last_context is not None
+        return pipe.last_context
+
+    # Only the tone-mapped image is read after the tone mapper: aligned and radiance are gone.
+    a, b = Probe("a", ("sdr",)), Probe("b", ("sdr",))
+    last = run([a, b])
+    assert a.seen == {"sdr"} and b.seen == {"sdr"}
+    assert last.radiance is None and last.sdr is None  # after the last stage nothing reads anything
+    # keep holds the radiance to the last frame (the demo's contact sheet).
+    a, b = Probe("a", ("sdr",)), Probe("b", ("sdr",))
+    last = run([a, b], keep=("radiance",))
+    assert a.seen == {"sdr", "radiance"} and last.radiance is not None
+    # An unannotated stage may read anything: what reaches it is still there (here the aligned bracket too).
+    a, b = Probe("a", ("sdr",)), Probe("b")
+    run([a, b])
+    assert a.seen == {"sdr", "radiance", "aligned"} or a.seen == {"sdr", "radiance"}
+    assert b.seen == a.seen

@@ -34,7 +34,8 @@ def _cpu_s() -> float:
 
 
 def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int = 1080, fps: float = 30.0,
-                      warmup_s: float = 5.0, memory_every_s: float = 1.0, quiet: bool = False) -> dict[str, Any]:
+                      warmup_s: float = 5.0, memory_every_s: float = 1.0, quiet: bool = False,
+                      overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The daemon's pipeline on the synthetic camera: sustained fps, drops, latency, memory.
 
     Synthetic 3-exposure rolling bracket at ``fps``; align (exposure-matched MTB at 1/2
@@ -44,14 +45,18 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     CPU % is the process's CPU time (all threads) over the window's wall time (100 % =
     one core); RSS is sampled every ``memory_every_s``; the peak is the process's
     high-water mark (``VmHWM``, start-up included, as ``/usr/bin/time -v`` reports it).
+    ``overrides`` (section -> {key: value}) change the daemon configuration.
     """
     from edgehdr.pipeline.config import validate
     from edgehdr.pipeline.daemon import build_runtime
     from edgehdr.warmup import limit_blas_threads
 
     limit_blas_threads()
-    cfg = validate({"source": {"width": width, "height": height, "fps": fps},
-                    "planner": {"max_exposure_s": 10.0}, "preview": {"enabled": False}})
+    raw: dict[str, dict[str, Any]] = {"source": {"width": width, "height": height, "fps": fps},
+                                      "planner": {"max_exposure_s": 10.0}, "preview": {"enabled": False}}
+    for section, values in (overrides or {}).items():  # e.g. {"run": {"queue_size": 1}}
+        raw.setdefault(section, {}).update(values)
+    cfg = validate(raw)
     rt = build_runtime(cfg)
     pipeline = rt.built_pipeline().start()
     progress = Progress(3, quiet=quiet)

@@ -129,6 +129,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
     "run": {
         "seconds": (float, 0.0, _range(0.0, 1e9)),
         "queue_size": (int, 2, _range(1, 64)),
+        "kernel_threads": (int, 1, _range(1, 64)),
         "log_level": (str, "info", _choice("debug", "info", "warning", "error")),
         "log_format": (str, "text", _choice("text", "json")),
         "stats_interval_s": (float, 5.0, _range(0.1, 3600.0)),

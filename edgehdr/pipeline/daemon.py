@@ -237,16 +237,19 @@ def _model_runner(cfg: dict[str, Any], model: str) -> Runner:
                        prefer="cpu" if inf["backend"] == "cpu" else "auto", intra_op_threads=inf["threads"])
 
 
-def build_runtime(cfg: dict[str, Any], *, extra_sinks: Iterable[Any] = (), start: datetime | None = None) -> Runtime:
+def build_runtime(cfg: dict[str, Any], *, extra_sinks: Iterable[Any] = (), start: datetime | None = None,
+                  keep: Iterable[str] = ()) -> Runtime:
     """Wire a runtime from a validated configuration (the caller starts and closes it).
 
-    ``start`` (default: now) fills ``{start:...}`` in output names. When a step fails,
+    ``start`` (default: now) fills ``{start:...}`` in output names; ``keep`` names frame
+    fields the pipeline must not release before the last stage (``Pipeline``'s ``keep``:
+    the demo keeps what its contact sheet shows). When a step fails,
     everything opened so far (source, simulator, pty, link, preview) is closed before
     the error propagates.
     """
     rt = Runtime()
     try:
-        _wire(rt, cfg, extra_sinks, start or datetime.now())
+        _wire(rt, cfg, extra_sinks, start or datetime.now(), keep)
     except BaseException:
         rt.close()
         raise
@@ -260,7 +263,8 @@ def _check_layout_fits(layout: LedLayout, width: int, height: int, where: str) -
                           "[dimming] layout empty to lay the zones over the frame")
 
 
-def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: datetime) -> None:
+def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: datetime,
+          keep: Iterable[str] = ()) -> None:
     """Build the runtime step by step; each builder records on ``rt`` what it opened, so ``rt.close()``
     releases it when a later step fails."""
     from edgehdr.hdr.merge import resolve_response
@@ -279,7 +283,7 @@ def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: d
         if cfg["bridge"]["enabled"]:
             stages.append(_bridge_stage(rt, cfg))
     stages.append(_output_stage(rt, cfg, extra_sinks, start, fps))
-    rt.pipeline = Pipeline(source, stages)
+    rt.pipeline = Pipeline(source, stages, keep=keep, kernel_threads=cfg["run"]["kernel_threads"])
 
 
 def _hdr_stages(cfg: dict[str, Any], source: BracketSource, response: CameraResponse) -> list[Stage]:

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,8 +108,18 @@ class StageStats:
             }
 
 
+# The large per-frame results a stage may leave behind; the pipeline releases each once no later stage reads it.
+RELEASABLE_FIELDS = ("aligned", "radiance", "sdr", "light", "backlight", "lcd")
+
+
 class Stage:
-    """A named step: ``fn(ctx) -> ctx`` (or None to drop the frame on purpose); optional ``close()``."""
+    """A named step: ``fn(ctx) -> ctx`` (or None to drop the frame on purpose); optional ``close()``.
+
+    ``fn.reads``, when present, names the ``FrameContext`` fields the step reads (of
+    ``RELEASABLE_FIELDS``); a step without it is taken to read them all. The pipeline
+    drops a field from a frame as soon as no later step reads it, so a 1080p frame in
+    flight does not hold its 25 MB radiance through the bridge and output queues.
+    """
 
     def __init__(self, name: str, fn: Callable[[FrameContext], FrameContext | None], *,
                  queue_size: int = 2) -> None:
@@ -141,8 +151,19 @@ class Pipeline:
     """
 
     def __init__(self, source: BracketSource, stages: list[Stage], *, read_timeout_s: float = 1.0,
-                 stalls_before_restart: int = 2, max_backoff_s: float = 5.0) -> None:
+                 stalls_before_restart: int = 2, max_backoff_s: float = 5.0, keep: Iterable[str] = (),
+                 kernel_threads: int | None = 1) -> None:
         self.source = source
+        # Fields to release after stage i: those no later stage reads, less ``keep`` (e.g. the demo's last frame).
+        self._release: list[tuple[str, ...]] = []
+        for i in range(len(stages)):
+            later: set[str] = set(keep)
+            for st in stages[i + 1:]:
+                later |= set(getattr(st.fn, "reads", RELEASABLE_FIELDS))
+            self._release.append(tuple(f for f in RELEASABLE_FIELDS if f not in later))
+        # Each stage thread runs numba's parallel kernels on this many threads: the stages already
+        # run side by side, and on a small CPU nested parallelism only adds hand-offs and spinning.
+        self.kernel_threads = kernel_threads
         self.stages = stages
         self.read_timeout_s = read_timeout_s
         self.stalls_before_restart = stalls_before_restart
@@ -308,6 +329,11 @@ class Pipeline:
     def _worker(self, index: int) -> None:
         stage = self.stages[index]
         last = index == len(self.stages) - 1
+        release = self._release[index]
+        if self.kernel_threads is not None:
+            import numba
+
+            numba.set_num_threads(max(1, min(self.kernel_threads, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
         while True:
             item = stage.queue.get()
             if isinstance(item, _Stop):
@@ -326,6 +352,8 @@ class Pipeline:
             if out is None:
                 continue
             out.stage_ms[stage.name] = dt * 1e3
+            for name in release:
+                setattr(out, name, None)
             if out.zones_sent_ns is not None and stage.name == "bridge":
                 with self._lat_lock:
                     seconds = (out.zones_sent_ns - out.captured_ns) / 1e9

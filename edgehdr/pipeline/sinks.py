@@ -99,6 +99,7 @@ class ImageSequenceSink:
         self.prefix = prefix or what
         self.name = name or f"{what}_frames"
         self.written = 0
+        self.reads = (what,)  # the frame fields this sink needs (the pipeline releases the others early)
 
     def write(self, ctx: FrameContext) -> None:
         if ctx.frame_id % self.every_n:
@@ -122,6 +123,7 @@ class VideoSink:
             raise FileNotFoundError(f"{self.path}: output folder {self.path.parent} does not exist")
         self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.fps, self.what = fps, what
+        self.reads = (what,)
         self._writer: cv2.VideoWriter | None = None
         self.frames = 0
         self.refused = 0  # frames that could not be written (disk full): the recording has gaps
@@ -232,6 +234,8 @@ class PreviewState:
 
 class PreviewSink:
     """Encodes a reduced preview JPEG and the zone heat map every ``every_n``-th frame."""
+
+    reads: tuple[str, ...] = ("sdr",)
 
     name = "preview"
 

@@ -55,6 +55,8 @@ def _radiance(ctx: FrameContext, what: str) -> np.ndarray:
 class AlignStage:
     """Registers each bracket to its middle exposure (MTB by default, estimated at reduced scale)."""
 
+    reads: tuple[str, ...] = ()  # of the releasable frame fields (edgehdr.pipeline.graph.RELEASABLE_FIELDS)
+
     def __init__(self, method: str = "mtb", *, response: CameraResponse | None = None, work_scale: int = 2) -> None:
         if method not in ALIGN_METHODS:
             raise ValueError(f"align method must be one of {', '.join(ALIGN_METHODS)}, got {method!r}")
@@ -92,6 +94,8 @@ class MergeStage:
     merged with the network's weights; other bracket sizes fall back to the classical
     merge and are counted in ``fallbacks``.
     """
+
+    reads: tuple[str, ...] = ("aligned",)
 
     def __init__(self, response: CameraResponse, *, weighting: str = "noise", deghost: bool = False,
                  planner: ExposurePlanner | None = None, source: BracketSource | None = None, plan_every: int = 5,
@@ -132,6 +136,8 @@ class ToneMapStage:
     through ``runner``; its parameter grid is smoothed over time instead.
     """
 
+    reads: tuple[str, ...] = ("radiance",)
+
     def __init__(self, operator: str = "reinhard", params: dict[str, Any] | None = None, *,
                  time_constant_s: float = 0.4, runner: Runner | None = None) -> None:
         self.operator = operator
@@ -165,6 +171,8 @@ class ScoreStage:
     running statistics ``snapshot()`` reports (the daemon's stats under ``quality``).
     """
 
+    reads: tuple[str, ...] = ("sdr",)
+
     def __init__(self, runner: Runner, *, every_n: int = 30, model: str = "norvdpnet_tmo", window: int = 100) -> None:
         from edgehdr.quality.norvdpnet import NoRVDPNetScorer
 
@@ -195,6 +203,8 @@ class DimmingStage:
     of a 1/64 subsample) to the panel peak, smoothed over time like the tone mapper's
     adaptation so the backlight does not pump.
     """
+
+    reads: tuple[str, ...] = ("radiance",)
 
     def __init__(self, layout: LedLayout, *, algorithm: str = "sqrt", max_rise_per_s: float = 8.0,
                  max_fall_per_s: float = 2.0, peak_percentile: float = 99.9, time_constant_s: float = 0.4,
@@ -245,6 +255,8 @@ class BridgeStage:
     not sent and no capture-to-zones latency is recorded for it; ``unsent`` counts them.
     """
 
+    reads: tuple[str, ...] = ()
+
     def __init__(self, link: Link) -> None:
         self.link = link
         self.unsent = 0
@@ -288,6 +300,14 @@ class OutputStage:
     @property
     def errors(self) -> dict[str, int]:
         return {name: c["errors"] for name, c in self._counts.items()}
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The frame fields the sinks need; a sink that does not say is taken to need them all."""
+        from edgehdr.pipeline.graph import RELEASABLE_FIELDS
+
+        needed = set().union(*(getattr(sink, "reads", RELEASABLE_FIELDS) for sink in self.sinks))
+        return tuple(f for f in RELEASABLE_FIELDS if f in needed)
 
     def __call__(self, ctx: FrameContext) -> FrameContext:
         for name, sink in zip(self._names, self.sinks):
