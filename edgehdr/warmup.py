@@ -8,11 +8,17 @@ demo and the daemon call it before their clocks start.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["limit_blas_threads", "warm_up"]
+__all__ = ["ALL_JOBS", "jobs_for_config", "limit_blas_threads", "warm_up"]
+
+log = logging.getLogger("edgehdr.warmup")
 
 
 def limit_blas_threads() -> None:
@@ -26,45 +32,144 @@ def limit_blas_threads() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-def warm_up(*, deghost: bool = False, dimming: bool = True) -> float:
-    """Compile (or load from the cache) every per-frame kernel; returns the seconds it took."""
-    from edgehdr.bracket import Bracket
-    from edgehdr.camera.synthetic import SyntheticCamera
-    from edgehdr.dimming import BacklightModel, LedLayout, lcd_compensation, zone_statistics
-    from edgehdr.hdr import align_mtb, merge_debevec, standard_response
-    from edgehdr.tonemap import drago, parametric, reinhard_global, reinhard_local
+# Every job and its cold compile time on the 2-core development machine (s): what the scheduler balances.
+JOB_SECONDS = {"camera": 1.1, "align": 3.1, "merge": 6.5, "deghost": 3.0, "tonemap": 16.1, "score": 0.6,
+               "dimming": 7.8, "neural_tmo": 6.9, "neural_merge": 7.3}
+ALL_JOBS = tuple(JOB_SECONDS)
 
+
+def jobs_for_config(cfg: dict[str, Any]) -> tuple[str, ...]:
+    """The warm-up jobs a validated daemon configuration needs (``edgehdr.pipeline.config``)."""
+    jobs = ["align", "merge", "tonemap"]
+    if cfg["source"]["kind"] == "synthetic":
+        jobs.append("camera")
+    if cfg["merge"]["deghost"]:
+        jobs.append("deghost")
+    if cfg["merge"]["method"] == "neural":
+        jobs.append("neural_merge")
+    if cfg["tonemap"]["operator"] == "neural":
+        jobs.append("neural_tmo")
+    if cfg["score"]["every_n"]:
+        jobs.append("score")
+    if cfg["dimming"]["enabled"]:
+        jobs.append("dimming")
+    return tuple(jobs)
+
+
+def warm_up(*, deghost: bool = False, dimming: bool = True, jobs: Sequence[str] | None = None,
+            workers: int | None = None) -> float:
+    """Compile (or load from numba's cache) the per-frame kernels; returns the seconds it took.
+
+    ``jobs`` (of ``ALL_JOBS``; ``jobs_for_config`` picks them for a configuration)
+    default to all of them, ``deghost`` and ``dimming`` adding or removing theirs.
+    On a cold cache the compilation is shared out over ``workers`` processes (default:
+    the CPUs, at most 4), longest jobs first, each writing numba's on-disk cache; this
+    process then loads every kernel from the cache. Cold, the demo's kernels took 45 s
+    in one process on the 2-core development machine. Where the cache cannot be
+    written (numba then compiles in memory only), the workers' work is lost and this
+    process compiles everything itself, as it would without them.
+
+    numba's cache lives in ``__pycache__`` beside the package's modules, or under
+    ``NUMBA_CACHE_DIR`` when that is set: on a read-only root filesystem point it at a
+    writable folder that persists across runs (systemd: ``CacheDirectory=edgehdr`` and
+    ``Environment=NUMBA_CACHE_DIR=/var/cache/edgehdr``).
+    """
     t0 = time.perf_counter()
-    cam = SyntheticCamera(64, 48, fps=0, moving_objects=1)
-    with cam:
-        bracket: Bracket = cam.read_bracket()
-    response = standard_response("srgb")
-    align_mtb(bracket.frames, reference_index=1, exposures=bracket.relative_exposure, response=response,
-              work_scale=2, frame_keys=[0, 1, 2], cache={})
-    radiance = merge_debevec(bracket, response=response, deghost=deghost)
-    for op in (reinhard_global, reinhard_local, drago, parametric):
-        op(radiance)
-    reinhard_global(radiance, saturation=0.8)
-    reinhard_global(radiance, color="mantiuk", saturation=0.8)
-    from edgehdr.tonemap.neural import apply_parameter_grid, default_parameter_grid
+    if jobs is None:
+        jobs = [j for j in ALL_JOBS if (j != "deghost" or deghost) and (j != "dimming" or dimming)]
+    unknown = sorted(set(jobs) - set(ALL_JOBS))
+    if unknown:
+        raise ValueError(f"unknown warm-up jobs {unknown}; known: {', '.join(ALL_JOBS)}")
+    jobs = list(dict.fromkeys(jobs))
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    # The synthetic camera's kernel is the probe: when numba did not find it in its cache, the cache is
+    # cold (a fresh install, or kernels changed) and the other jobs go to the workers.
+    from edgehdr.camera.synthetic import _expose
 
-    apply_parameter_grid(radiance, default_parameter_grid())
-    from edgehdr.hdr.neural_merge import encode_merge_input, merge_with_weights
-    from edgehdr.quality.norvdpnet import encode_sdr
-
-    encode_merge_input(bracket, response=response)
-    big = np.repeat(np.repeat(bracket.frames, 16, axis=1), 16, axis=2)  # 768 x 1024: the block-mean path too
-    encode_merge_input(big, bracket.relative_exposure, response, bits=bracket.bits)
-    # Frames above a few thousand pixels take the merge's parallel kernel (small ones the serial one).
-    merge_debevec(big, bracket.relative_exposure, response, bits=bracket.bits, deghost=deghost)
-    for gate in (True, False):
-        merge_with_weights(bracket, np.full((3, 4, 4), 1 / 3, np.float32), response=response, consistency_gate=gate)
-    encode_sdr(reinhard_global(radiance))
-    if dimming:
-        layout = LedLayout(rows=3, cols=4, width_px=64, height_px=48)
-        target = np.ascontiguousarray(radiance, dtype=np.float32)
-        zone_statistics(target, layout)
-        zmax, _, _ = zone_statistics(target, layout, histogram=True)
-        backlight = BacklightModel(layout).simulate(zmax)
-        lcd_compensation(target, backlight, layout)
+    _run_jobs(["camera"])
+    rest = [j for j in jobs if j != "camera"]
+    if workers > 1 and len(rest) > 1 and sum(_expose.stats.cache_misses.values()) > 0:
+        _compile_in_workers(rest, workers)
+    _run_jobs(rest)
     return time.perf_counter() - t0
+
+
+def _compile_in_workers(jobs: Sequence[str], workers: int) -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    groups: list[list[str]] = [[] for _ in range(workers)]
+    loads = [0.0] * workers
+    for job in sorted(jobs, key=lambda j: -JOB_SECONDS[j]):  # longest first, onto the least-loaded worker
+        k = loads.index(min(loads))
+        groups[k].append(job)
+        loads[k] += JOB_SECONDS[job]
+    groups = [g for g in groups if g]
+    try:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(len(groups), mp_context=context) as pool:
+            for future in [pool.submit(_run_jobs, g) for g in groups]:
+                future.result()
+    except Exception as exc:  # noqa: BLE001 - this process compiles whatever the workers did not leave cached
+        log.warning("parallel kernel compilation failed (%s: %s); compiling in this process", type(exc).__name__, exc)
+
+
+def _run_jobs(jobs: Sequence[str]) -> None:
+    from edgehdr.bracket import Bracket
+    from edgehdr.hdr import align_mtb, merge_debevec, standard_response
+
+    # Inputs of the runtime's dtypes and layouts, made without numba (a worker compiles only its own jobs).
+    rng = np.random.default_rng(0)
+    bracket = Bracket(frames=rng.integers(0, 256, (3, 48, 64, 3), dtype=np.uint8), exposure_s=[0.25, 1.0, 4.0], bits=8)
+    response = standard_response("srgb")
+    radiance = np.ascontiguousarray(((bracket.frames[1] / np.float32(255.0)) ** 2.2).astype(np.float32))
+    big = np.repeat(np.repeat(bracket.frames, 16, axis=1), 16, axis=2)  # 768 x 1024: the parallel/block paths
+    for job in jobs:
+        if job == "camera":
+            from edgehdr.camera.synthetic import SyntheticCamera
+
+            with SyntheticCamera(64, 48, fps=0, moving_objects=1) as cam:
+                cam.read_bracket()
+        elif job == "align":
+            align_mtb(bracket.frames, reference_index=1, exposures=bracket.relative_exposure, response=response,
+                      work_scale=2, frame_keys=[0, 1, 2], cache={})
+            align_mtb(bracket.frames, reference_index=1)  # the raw path (no response)
+        elif job in ("merge", "deghost"):
+            deghost = job == "deghost"
+            merge_debevec(bracket, response=response, deghost=deghost)
+            # Frames above a few thousand pixels take the merge's parallel kernel (small ones the serial one).
+            merge_debevec(big, bracket.relative_exposure, response, bits=bracket.bits, deghost=deghost)
+        elif job == "tonemap":
+            from edgehdr.tonemap import drago, parametric, reinhard_global, reinhard_local
+
+            for op in (reinhard_global, reinhard_local, drago, parametric):
+                op(radiance)
+            reinhard_global(radiance, saturation=0.8)
+            reinhard_global(radiance, color="mantiuk", saturation=0.8)
+        elif job == "score":
+            from edgehdr.quality.norvdpnet import encode_sdr
+            from edgehdr.tonemap import reinhard_global
+
+            encode_sdr(reinhard_global(radiance))
+        elif job == "dimming":
+            from edgehdr.dimming import BacklightModel, LedLayout, lcd_compensation, zone_statistics
+
+            layout = LedLayout(rows=3, cols=4, width_px=64, height_px=48)
+            target = np.ascontiguousarray(radiance, dtype=np.float32)
+            zone_statistics(target, layout)
+            zmax, _, _ = zone_statistics(target, layout, histogram=True)
+            backlight = BacklightModel(layout).simulate(zmax)
+            lcd_compensation(target, backlight, layout)
+        elif job == "neural_tmo":
+            from edgehdr.tonemap.neural import apply_parameter_grid, default_parameter_grid
+
+            apply_parameter_grid(radiance, default_parameter_grid())
+        elif job == "neural_merge":
+            from edgehdr.hdr.neural_merge import encode_merge_input, merge_with_weights
+
+            encode_merge_input(bracket, response=response)
+            encode_merge_input(big, bracket.relative_exposure, response, bits=bracket.bits)
+            for gate in (True, False):
+                merge_with_weights(bracket, np.full((3, 4, 4), 1 / 3, np.float32), response=response,
+                                   consistency_gate=gate)

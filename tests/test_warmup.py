@@ -32,3 +32,36 @@ def test_no_kernel_compiles_after_warm_up(tmp_path):
     after = {name: len(d.signatures) for name, d in _dispatchers().items()}
     late = sorted(name for name in after if after[name] > before.get(name, 0))
     assert not late, f"compiled during frames (add them to edgehdr.warmup.warm_up): {late}"
+
+
+def test_jobs_follow_the_configuration():
+    import pytest
+
+    from edgehdr.pipeline.config import validate
+    from edgehdr.warmup import ALL_JOBS, jobs_for_config, warm_up
+
+    default = jobs_for_config(validate({}))
+    assert {"align", "merge", "tonemap", "dimming", "camera"} <= set(default)
+    assert "neural_tmo" not in default and "neural_merge" not in default and "deghost" not in default
+    custom = jobs_for_config(validate({"source": {"kind": "replay", "path": "x"}, "dimming": {"enabled": False},
+                                       "tonemap": {"operator": "neural"}, "merge": {"deghost": True}}))
+    assert "camera" not in custom and "dimming" not in custom and {"neural_tmo", "deghost"} <= set(custom)
+    assert set(default) | set(custom) <= set(ALL_JOBS)
+    with pytest.raises(ValueError, match="unknown warm-up jobs"):
+        warm_up(jobs=["tonemapp"])
+
+
+def test_cold_cache_is_filled_by_worker_processes(tmp_path):
+    """On a cold cache the jobs compile in spawned workers, which write numba's cache; the caller then loads."""
+    import subprocess
+    import sys
+
+    code = ("from edgehdr.warmup import warm_up; import edgehdr.dimming.zones as z; "
+            "warm_up(jobs=['camera', 'score', 'dimming'], workers=2); "
+            "print(sum(sum(d.stats.cache_hits.values()) for d in [z._zone_stats_kernel]))")
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    # The zone kernel was compiled by a worker, so this process found it in the cache.
+    assert int(out.stdout.split()[-1]) >= 1, out.stdout
+    assert any(p.suffix == ".nbi" for p in tmp_path.rglob("*"))
