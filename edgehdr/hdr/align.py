@@ -137,21 +137,18 @@ def _mtb_medians(a, b, lo, hi, step):
     total = hist_a.sum()
     if total < 16:
         return -1, -1
-    half = total / 2.0
-    med_a = med_b = 255
+    return _histogram_median(hist_a, total / 2.0), _histogram_median(hist_b, total / 2.0)
+
+
+@numba.njit(inline="always")
+def _histogram_median(hist, half):
+    # First code at which the cumulative count reaches half the total (np.searchsorted(cumsum, half)).
     run = 0
     for v in range(256):
-        run += hist_a[v]
+        run += hist[v]
         if run >= half:
-            med_a = v
-            break
-    run = 0
-    for v in range(256):
-        run += hist_b[v]
-        if run >= half:
-            med_b = v
-            break
-    return med_a, med_b
+            return v
+    return 255
 
 
 @numba.njit(inline="always")
