@@ -119,13 +119,11 @@ def _resolve(response: ResponseLike, exposures: ArrayLike | None,
 
 
 @numba.njit(cache=True, nogil=True)
-def _mtb_medians(a, b, lo, hi, step):
-    # Medians of a and b over the pixels valid (lo < code < hi) in both, from every ``step``-th
-    # row and column (a median needs a sample, not every pixel); -1 when fewer than 16 are valid.
+def _mtb_medians(a, b, valid, step):
+    # Medians of a and b over the pixels valid in both (``valid``: 1 per usable code, 0 else), from every
+    # ``step``-th row and column (a median needs a sample, not every pixel); -1 when fewer than 16 are valid.
     hist_a = np.zeros(256, np.int64)
     hist_b = np.zeros(256, np.int64)
-    valid = np.zeros(256, np.uint8)
-    valid[lo + 1:hi] = 1  # a table: comparing uint8 codes with the int bounds costs 3x the loop
     h, w = a.shape
     for y in range(0, h, step):
         row_a, row_b = a[y], b[y]
@@ -157,7 +155,7 @@ def _mtb_code_rows(y0, y1, a, b, lut_a, lut_b, valid, codes_a, codes_b):
     for y in range(y0, y1):
         for x in range(w):
             va, vb = a[y, x], b[y, x]
-            keep = valid[va] & valid[vb]
+            keep = (valid[va] & valid[vb]) * np.uint8(3)  # 3 keeps both code bits, 0 clears them
             codes_a[y, x] = lut_a[va] & keep
             codes_b[y, x] = lut_b[vb] & keep
 
@@ -231,16 +229,16 @@ def _mtb_mismatch(codes_a, codes_b, dx, dy, row_step):
 
 @numba.njit(cache=True, nogil=True)
 def _mtb_level(a, b, lo, hi, exclude_range, median_step, parallel, codes_a, codes_b):
-    med_a, med_b = _mtb_medians(a, b, lo, hi, median_step)
+    valid = np.zeros(256, np.uint8)
+    valid[lo + 1:hi] = 1  # a table: comparing uint8 codes with the int bounds costs 3x the loop
+    med_a, med_b = _mtb_medians(a, b, valid, median_step)
     if med_a < 0:  # nothing usable at this level: empty bitmaps vote for no shift
         codes_a[:] = 0
         codes_b[:] = 0
         return
-    valid = np.zeros(256, np.uint8)
     lut_a = np.zeros(256, np.uint8)
     lut_b = np.zeros(256, np.uint8)
     for v in range(256):
-        valid[v] = 3 if lo < v < hi else 0
         if abs(v - med_a) > exclude_range:
             lut_a[v] = 1 if v > med_a else 2
         if abs(v - med_b) > exclude_range:
