@@ -85,14 +85,22 @@ def warm_up(*, deghost: bool = False, dimming: bool = True, jobs: Sequence[str] 
         workers = min(4, os.cpu_count() or 1)
     # The synthetic camera's kernel is the probe: when numba did not find it in its cache, the cache is
     # cold (a fresh install, or kernels changed) and the other jobs go to the workers.
-    from edgehdr.camera.synthetic import _expose
-
-    _run_jobs(["camera"])
+    _expose = _camera_kernel()
     rest = [j for j in jobs if j != "camera"]
     if workers > 1 and len(rest) > 1 and sum(_expose.stats.cache_misses.values()) > 0:
         _compile_in_workers(rest, workers)
     _run_jobs(rest)
     return time.perf_counter() - t0
+
+
+def _camera_kernel() -> Any:
+    """The synthetic camera's one kernel, called on a 1-pixel frame with the argument types
+    ``SyntheticCamera.capture`` passes (no scene is built); returns its dispatcher."""
+    from edgehdr.camera.synthetic import _expose
+
+    _expose(np.zeros((1, 1, 3), np.int16), 0, 0, np.int32(0), np.zeros(1, np.uint8), np.zeros((1, 1), np.int32),
+            np.empty((1, 1, 3), np.uint8))
+    return _expose
 
 
 def _compile_in_workers(jobs: Sequence[str], workers: int) -> None:
@@ -127,10 +135,7 @@ def _run_jobs(jobs: Sequence[str]) -> None:
     big = np.repeat(np.repeat(bracket.frames, 16, axis=1), 16, axis=2)  # 768 x 1024: the parallel/block paths
     for job in jobs:
         if job == "camera":
-            from edgehdr.camera.synthetic import SyntheticCamera
-
-            with SyntheticCamera(64, 48, fps=0, moving_objects=1) as cam:
-                cam.read_bracket()
+            _camera_kernel()
         elif job == "align":
             align_mtb(bracket.frames, reference_index=1, exposures=bracket.relative_exposure, response=response,
                       work_scale=2, frame_keys=[0, 1, 2], cache={})
