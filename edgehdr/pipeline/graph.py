@@ -161,8 +161,8 @@ class Pipeline:
             for st in stages[i + 1:]:
                 later |= set(getattr(st.fn, "reads", RELEASABLE_FIELDS))
             self._release.append(tuple(f for f in RELEASABLE_FIELDS if f not in later))
-        # Each stage thread runs numba's parallel kernels on this many threads: the stages already
-        # run side by side, and on a small CPU nested parallelism only adds hand-offs and spinning.
+        # Each stage thread (and the capture thread) runs numba's parallel kernels on this many threads: the stages
+        # already run side by side, and on a small CPU nested parallelism only adds hand-offs and spinning.
         self.kernel_threads = kernel_threads
         self.stages = stages
         self.read_timeout_s = read_timeout_s
@@ -265,7 +265,16 @@ class Pipeline:
                 except queue.Empty:
                     pass
 
+    def _limit_kernel_threads(self) -> None:
+        """numba's threads for this thread's parallel kernels (``kernel_threads``; None leaves numba's default)."""
+        if self.kernel_threads is not None:
+            import numba
+
+            limit = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+            numba.set_num_threads(max(1, min(self.kernel_threads, limit)))
+
     def _capture_loop(self) -> None:
+        self._limit_kernel_threads()  # a synthetic or replay source runs kernels on this thread too
         failures = 0
         backoff = 0.1
         while not self._stop.is_set():
@@ -330,10 +339,7 @@ class Pipeline:
         stage = self.stages[index]
         last = index == len(self.stages) - 1
         release = self._release[index]
-        if self.kernel_threads is not None:
-            import numba
-
-            numba.set_num_threads(max(1, min(self.kernel_threads, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
+        self._limit_kernel_threads()
         while True:
             item = stage.queue.get()
             if isinstance(item, _Stop):
