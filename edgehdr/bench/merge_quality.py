@@ -130,7 +130,7 @@ def real_merge_report(*, max_side: int = 640, frames: int = 3, spacing_stops: fl
             b, truth, true_resp = shot.bracket, shot.radiance, shot.response
             t = b.relative_exposure
             row: dict[str, Any] = {"scene": scene_name, "camera": cam_name}
-            calibrated = calibrate_debevec(b.frames, t, bits=8)
+            calibrated = calibrate_debevec(b.frames, t, bits=8, smoothness=cli.smoothness)  # as `edgehdr merge`
             for w in names:
                 known = merge_debevec(b, response=true_resp, weighting=w)
                 est = merge_debevec(b, response=calibrated, weighting=w)
