@@ -83,6 +83,17 @@ def _shift_integer(frame: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return padded[pad + dy : pad + dy + h, pad + dx : pad + dx + w]
 
 
+def _shift_integer_into(frame: np.ndarray, dx: int, dy: int, out: np.ndarray) -> None:
+    """``_shift_integer`` written into ``out`` (contiguous, frame's shape and type): one pass, no padded copy."""
+    h, w = frame.shape[:2]
+    if max(abs(dx), abs(dy)) >= min(h, w):  # nothing of the frame overlaps: the padded route handles it
+        out[...] = _shift_integer(frame, dx, dy)
+        return
+    # The part of the frame that lands inside, then its edges replicated outwards.
+    core = frame[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+    cv2.copyMakeBorder(core, max(0, -dy), max(0, dy), max(0, -dx), max(0, dx), cv2.BORDER_REPLICATE, dst=out)
+
+
 def _warp(frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     h, w = frame.shape[:2]
     if np.allclose(matrix[2], [0, 0, 1]):
@@ -324,7 +335,7 @@ def mtb_shift_support(ref_gray: np.ndarray, gray: np.ndarray, shift: Sequence[in
     else:  # those median_threshold_shift computed at full resolution
         codes_a, codes_b = bitmaps
     # Every ``step``-th row: a rate needs a sample, not every pixel (about 256 rows are counted).
-    step = max(1, ref_gray.shape[0] // 256)
+    step = max(1, round(ref_gray.shape[0] / 256))
     mismatched0, counted0 = _mtb_mismatch(codes_a, codes_b, 0, 0, step)
     mismatched, counted = _mtb_mismatch(codes_a, codes_b, sx, sy, step)
     if mismatched0 == 0 or counted == 0:
@@ -441,11 +452,11 @@ def align_mtb(frames: np.ndarray | Sequence[np.ndarray], *, reference_index: int
     for key in [k for k in pair_shifts if k[0] not in live or k[1] not in live]:
         del pair_shifts[key]
     motions = []
-    aligned = stack if all(s[0] == (0, 0) for s in shifts) else stack.copy()
+    aligned = stack if all(s[0] == (0, 0) for s in shifts) else np.empty_like(stack)
     for i, ((sx, sy), sane, (fx, fy)) in enumerate(shifts):
         matrix = np.array([[1, 0, -sx], [0, 1, -sy], [0, 0, 1]], np.float64)
-        if (sx, sy) != (0, 0):
-            aligned[i] = _shift_integer(stack[i], -sx, -sy)
+        if aligned is not stack:
+            _shift_integer_into(stack[i], -sx, -sy, aligned[i])
         if not sane:
             log.debug("MTB shift (%d, %d) of frame %d is not supported by the image content; frame left unshifted",
                         -fx, -fy, i)
