@@ -99,7 +99,7 @@ def _camera_kernel() -> Any:
     from edgehdr.camera.synthetic import _expose
 
     _expose(np.zeros((1, 1, 3), np.int16), 0, 0, np.int32(0), np.zeros(1, np.uint8), np.zeros((1, 1), np.int32),
-            np.empty((1, 1, 3), np.uint8))
+            0, 0, np.empty((1, 1, 3), np.uint8))
     return _expose
 
 
