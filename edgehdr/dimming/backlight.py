@@ -22,11 +22,13 @@ __all__ = ["BacklightModel"]
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _separable_spread(a_rows, light, a_cols_t, out):
+def _separable_spread(a_rows, light, a_cols_t, col_start, col_stop, out):
     # out = a_rows @ light @ a_cols_t, rows in parallel, the wide inner loop contiguous
-    # (vectorised). Done here rather than with numpy's BLAS: OpenBLAS worker threads keep
-    # spinning after a call and starve the next numba kernel of both cores (8 ms vs 1 ms
-    # measured for zone statistics right after a BLAS product).
+    # (vectorised) and limited to each zone column's support [col_start, col_stop) (the
+    # PSF is zero beyond it: 6x less work at 48 columns). Done here rather than with
+    # numpy's BLAS: OpenBLAS worker threads keep spinning after a call and starve the
+    # next numba kernel of both cores (8 ms vs 1 ms measured for zone statistics right
+    # after a BLAS product).
     h = a_rows.shape[0]
     rows, cols = light.shape
     w = a_cols_t.shape[1]
@@ -34,7 +36,7 @@ def _separable_spread(a_rows, light, a_cols_t, out):
         mixed = np.zeros(cols, np.float32)
         for r in range(rows):
             a = a_rows[y, r]
-            if a < np.float32(1e-7):
+            if a == np.float32(0.0):
                 continue
             for c in range(cols):
                 mixed[c] += a * light[r, c]
@@ -43,9 +45,20 @@ def _separable_spread(a_rows, light, a_cols_t, out):
             row[x] = 0.0
         for c in range(cols):
             m = mixed[c]
-            for x in range(w):
-                row[x] += m * a_cols_t[c, x]
+            band = a_cols_t[c]
+            for x in range(col_start[c], col_stop[c]):
+                row[x] += m * band[x]
     return out
+
+
+def _psf_matrix(distance_sigmas: np.ndarray) -> np.ndarray:
+    """Gaussian PSF weights ``exp(-d^2 / 2)`` as float32, exactly 0 below 1e-7 (beyond 5.7 sigma).
+
+    The spread skips the zeros; forward and adjoint share the same matrices, so they stay exact adjoints.
+    """
+    a = np.exp(-0.5 * distance_sigmas ** 2).astype(np.float32)
+    a[a < np.float32(1e-7)] = 0.0
+    return a
 
 
 class BacklightModel:
@@ -71,11 +84,14 @@ class BacklightModel:
         if layout.psf_model == "gaussian":
             sig_y = layout.psf_sigma_pitch * pitch_y / sy
             sig_x = layout.psf_sigma_pitch * pitch_x / sx
-            self._a_rows = np.exp(-0.5 * ((np.arange(h)[:, None] - self.centre_y[None, :]) / sig_y) ** 2
-                                  ).astype(np.float32)
-            self._a_cols = np.exp(-0.5 * ((np.arange(w)[:, None] - self.centre_x[None, :]) / sig_x) ** 2
-                                  ).astype(np.float32)
+            self._a_rows = _psf_matrix((np.arange(h)[:, None] - self.centre_y[None, :]) / sig_y)
+            self._a_cols = _psf_matrix((np.arange(w)[:, None] - self.centre_x[None, :]) / sig_x)
             self._a_cols_t = np.ascontiguousarray(self._a_cols.T)
+            # Each zone column's support: the first and one past the last non-zero pixel.
+            nonzero = self._a_cols_t != 0
+            self._col_start = np.argmax(nonzero, axis=1).astype(np.int64)
+            self._col_stop = (w - np.argmax(nonzero[:, ::-1], axis=1)).astype(np.int64)
+            self._col_stop[~nonzero.any(axis=1)] = 0
             self._kernel = None
         else:
             kh = max(3, int(round(layout.psf_extent_pitch * pitch_y / sy)) | 1)
@@ -100,7 +116,8 @@ class BacklightModel:
     def _spread(self, light: np.ndarray) -> np.ndarray:
         light = np.ascontiguousarray(light, np.float32)
         if self._kernel is None:
-            return _separable_spread(self._a_rows, light, self._a_cols_t, np.empty(self.work_shape, np.float32))
+            return _separable_spread(self._a_rows, light, self._a_cols_t, self._col_start, self._col_stop,
+                                     np.empty(self.work_shape, np.float32))
         h, w = self.work_shape
         impulses = np.zeros(h * w, np.float32)
         for idx, wt in self._splat:
