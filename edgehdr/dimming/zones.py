@@ -65,9 +65,9 @@ def _zone_stats_kernel(target, bits, inv_peak, rows, cols, want_hist, zmax, zsum
         black = 0
         white = 0
         for y in range(y0, y1):
-            row = target[y]
+            src = target[y].reshape(-1)
             for x in range(w):
-                m = max(row[x, 0], max(row[x, 1], row[x, 2])) * inv_peak
+                m = max(src[3 * x], max(src[3 * x + 1], src[3 * x + 2])) * inv_peak
                 m_row[x] = min(max(m, np.float32(0.0)), np.float32(1.0))
             row_bits = bits[y]
             if any_nonfinite(row_bits):
