@@ -55,7 +55,6 @@ __all__ = [
 
 OPERATORS = ("reinhard", "reinhard-local", "drago", "parametric")
 LOCAL_FILTERS = ("guided", "bilateral", "gaussian")
-_OP_REINHARD, _OP_DRAGO, _OP_PARAMETRIC = 0, 1, 2
 _LUMA_R, _LUMA_G, _LUMA_B = 0.2126, 0.7152, 0.0722
 _LN2 = math.log(2.0)
 _MIN_LUM = 1e-9
@@ -159,129 +158,204 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
         row_bad[by] = bad
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _apply_kernel(rgb, bits, op, p0, p1, p2, p3, local, coef_a, coef_b, block, color_mode, saturation, out,
-                  row_state, row_black, row_white):
-    h, w, _ = rgb.shape
+# The apply pass is one parallel kernel skeleton (luminance, then the operator's display
+# luminance L_d, then colour and sRGB, per row) that takes the operator's and the colour
+# correction's row functions as arguments: numba compiles one specialisation per pair,
+# so a process pays for the operator it runs (a kernel with every operator behind
+# runtime branches took 14 s to compile; the daemon and the demo use one).
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def _ld_reinhard_global(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
+    # Reinhard et al. 2002, eq. 4: p0 = key / log-average, p1 = 1 / L_white^2.
+    for x in range(ld_row.size):
+        lm = ld_row[x] * p0
+        ld_row[x] = lm * (1 + lm * p1) / (1 + lm)
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def _ld_reinhard_local(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
+    # Eq. 9 with the adaptation luminance V from the low-resolution filter
+    # coefficients, interpolated bilinearly: log2 V = a log2 L_m + b log2(e).
+    w = ld_row.size
     nby = coef_a.shape[0]
-    inv_block = np.float32(1.0 / block)
-    for y in numba.prange(h):
-        src = rgb[y].reshape(-1)
-        dst = out[y].reshape(-1)
-        ld_row = np.empty(w, np.float32)
-        inv_lum_row = np.empty(w, np.float32)
-        # Bilinear interpolation rows of the low-resolution filter coefficients.
-        fy = min(max((y + np.float32(0.5)) * inv_block - np.float32(0.5), np.float32(0.0)), np.float32(nby - 1))
-        y0 = min(int(fy), max(nby - 2, 0))
-        y1 = min(y0 + 1, nby - 1)
-        ty = fy - y0
-        # Pass 1 over the row: luminance, then the operator's display luminance L_d.
-        # One branch-free loop per operator so each vectorises.
+    fy = min(max((y + np.float32(0.5)) * inv_block - np.float32(0.5), np.float32(0.0)), np.float32(nby - 1))
+    y0 = min(int(fy), max(nby - 2, 0))
+    y1 = min(y0 + 1, nby - 1)
+    ty = fy - y0
+    lm_row = np.empty(w, np.float32)
+    for x in range(w):
+        lm_row[x] = ld_row[x] * p0
+    lm_bits = lm_row.view(np.int32)
+    adapt_bits = np.empty(w, np.int32)
+    # coef_a / coef_b are already interpolated to full width: only rows y0, y1 blend.
+    a0, a1, b0, b1 = coef_a[y0], coef_a[y1], coef_b[y0], coef_b[y1]
+    for x in range(w):
+        a = a0[x] * (1 - ty) + a1[x] * ty
+        bb = b0[x] * (1 - ty) + b1[x] * ty
+        t = a * log2_from_bits(lm_bits[x]) + bb * np.float32(1.4426950408889634)
+        adapt_bits[x] = exp2_bits(min(max(t, np.float32(-126.0)), np.float32(126.0)))
+    adapt = adapt_bits.view(np.float32)
+    for x in range(w):
+        lm = lm_row[x]
+        ld_row[x] = lm * (1 + lm * p1) / (1 + adapt[x])
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def _ld_drago(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
+    # Drago et al. 2003, eq. 4: p0 = 1 / L_wa, p1 = 1 / L_wmax, p2 = log(b)/log(0.5),
+    # p3 = (L_dmax / 100) / log10(L_wmax + 1). The ratio of logs is base-free: log2.
+    w = ld_row.size
+    num_row = np.empty(w, np.float32)
+    rel_row = np.empty(w, np.float32)
+    for x in range(w):
+        lw = ld_row[x] * p0
+        num_row[x] = lw + 1
+        rel_row[x] = max(lw * p1, np.float32(1e-30))
+    num_bits = num_row.view(np.int32)
+    rel_bits = rel_row.view(np.int32)
+    pow_bits = np.empty(w, np.int32)
+    for x in range(w):
+        t = p2 * log2_from_bits(rel_bits[x])
+        pow_bits[x] = exp2_bits(min(max(t, np.float32(-126.0)), np.float32(126.0)))
+    powed = pow_bits.view(np.float32)
+    for x in range(w):
+        rel_row[x] = 2 + 8 * powed[x]
+    for x in range(w):
+        ld_row[x] = p3 * log2_from_bits(num_bits[x]) / log2_from_bits(rel_bits[x])
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def _ld_parametric(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
+    # Tutorial parametric operator: L_d = L^alpha / (L^alpha + mu); p0 = alpha, p1 = mu.
+    w = ld_row.size
+    lum_bits = ld_row.view(np.int32)
+    pow_bits = np.empty(w, np.int32)
+    for x in range(w):
+        t = p0 * log2_from_bits(lum_bits[x])
+        pow_bits[x] = exp2_bits(min(max(t, np.float32(-126.0)), np.float32(126.0)))
+    powed = pow_bits.view(np.float32)
+    for x in range(w):
+        ld_row[x] = powed[x] / (powed[x] + p1)
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def _color_schlick(src, dst, ld_row, inv_lum_row, saturation):
+    w = ld_row.size
+    if saturation == 1.0:
+        # Hue-preserving fast path: every channel scaled by L_d / L_w.
         for x in range(w):
-            lum = (np.float32(_LUMA_R) * src[3 * x] + np.float32(_LUMA_G) * src[3 * x + 1]
-                   + np.float32(_LUMA_B) * src[3 * x + 2])
-            lum = max(lum, np.float32(_MIN_LUM))
-            inv_lum_row[x] = np.float32(1.0) / lum
-            ld_row[x] = lum
-        # Rows the statistics pass read are known; the others are looked at now, while in cache.
-        row_bits = bits[y]
-        fix_row = row_state[y] == 1 if row_state[y] >= 0 else any_nonfinite(row_bits)
-        if op == 0 and not local:
-            # Reinhard et al. 2002, eq. 4: p0 = key / log-average, p1 = 1 / L_white^2.
-            for x in range(w):
-                lm = ld_row[x] * p0
-                ld_row[x] = lm * (1 + lm * p1) / (1 + lm)
-        elif op == 0:
-            # Eq. 9 with the adaptation luminance V from the low-resolution filter
-            # coefficients, interpolated bilinearly: log2 V = a log2 L_m + b log2(e).
-            lm_row = np.empty(w, np.float32)
-            for x in range(w):
-                lm_row[x] = ld_row[x] * p0
-            lm_bits = lm_row.view(np.int32)
-            adapt_bits = np.empty(w, np.int32)
-            # coef_a / coef_b are already interpolated to full width: only rows y0, y1 blend.
-            a0, a1, b0, b1 = coef_a[y0], coef_a[y1], coef_b[y0], coef_b[y1]
-            for x in range(w):
-                a = a0[x] * (1 - ty) + a1[x] * ty
-                bb = b0[x] * (1 - ty) + b1[x] * ty
-                t = a * log2_from_bits(lm_bits[x]) + bb * np.float32(1.4426950408889634)
-                adapt_bits[x] = exp2_bits(min(max(t, np.float32(-126.0)), np.float32(126.0)))
-            adapt = adapt_bits.view(np.float32)
-            for x in range(w):
-                lm = lm_row[x]
-                ld_row[x] = lm * (1 + lm * p1) / (1 + adapt[x])
-        elif op == 1:
-            # Drago et al. 2003, eq. 4: p0 = 1 / L_wa, p1 = 1 / L_wmax, p2 = log(b)/log(0.5),
-            # p3 = (L_dmax / 100) / log10(L_wmax + 1). The ratio of logs is base-free: log2.
-            num_row = np.empty(w, np.float32)
-            rel_row = np.empty(w, np.float32)
-            for x in range(w):
-                lw = ld_row[x] * p0
-                num_row[x] = lw + 1
-                rel_row[x] = max(lw * p1, np.float32(1e-30))
-            num_bits = num_row.view(np.int32)
-            rel_bits = rel_row.view(np.int32)
-            pow_bits = np.empty(w, np.int32)
-            for x in range(w):
-                t = p2 * log2_from_bits(rel_bits[x])
-                pow_bits[x] = exp2_bits(min(max(t, np.float32(-126.0)), np.float32(126.0)))
-            powed = pow_bits.view(np.float32)
-            for x in range(w):
-                rel_row[x] = 2 + 8 * powed[x]
-            for x in range(w):
-                ld_row[x] = p3 * log2_from_bits(num_bits[x]) / log2_from_bits(rel_bits[x])
-        else:
-            # Tutorial parametric operator: L_d = L^alpha / (L^alpha + mu); p0 = alpha, p1 = mu.
-            lum_bits = ld_row.view(np.int32)
-            pow_bits = np.empty(w, np.int32)
-            for x in range(w):
-                t = p0 * log2_from_bits(lum_bits[x])
-                pow_bits[x] = exp2_bits(min(max(t, np.float32(-126.0)), np.float32(126.0)))
-            powed = pow_bits.view(np.float32)
-            for x in range(w):
-                ld_row[x] = powed[x] / (powed[x] + p1)
-        # Pass 2: colour correction and sRGB encoding.
-        if color_mode == 0 and saturation == 1.0:
-            # Hue-preserving fast path: every channel scaled by L_d / L_w.
-            for x in range(w):
-                k = ld_row[x] * inv_lum_row[x]
-                dst[3 * x] = srgb8(src[3 * x] * k)
-                dst[3 * x + 1] = srgb8(src[3 * x + 1] * k)
-                dst[3 * x + 2] = srgb8(src[3 * x + 2] * k)
-        elif color_mode == 0:
-            # Schlick: C_d = L_d (C_w / L_w)^s, the power as exp2(s log2(ratio)).
-            ratio_row = np.empty(3 * w, np.float32)
-            for x in range(w):
-                il = inv_lum_row[x]
-                ratio_row[3 * x] = max(src[3 * x] * il, np.float32(1e-30))
-                ratio_row[3 * x + 1] = max(src[3 * x + 1] * il, np.float32(1e-30))
-                ratio_row[3 * x + 2] = max(src[3 * x + 2] * il, np.float32(1e-30))
-            ratio_bits = ratio_row.view(np.int32)
-            powed_bits = np.empty(3 * w, np.int32)
-            for j in range(3 * w):
-                t = saturation * log2_from_bits(ratio_bits[j])
-                powed_bits[j] = exp2_bits(min(max(t, np.float32(-126.0)), np.float32(126.0)))
-            powed = powed_bits.view(np.float32)
-            for x in range(w):
-                ld = ld_row[x]
-                dst[3 * x] = srgb8(ld * powed[3 * x])
-                dst[3 * x + 1] = srgb8(ld * powed[3 * x + 1])
-                dst[3 * x + 2] = srgb8(ld * powed[3 * x + 2])
-        else:
-            # Mantiuk: C_d = L_d ((C_w / L_w - 1) s + 1).
-            for x in range(w):
-                ld = ld_row[x]
-                il = inv_lum_row[x]
-                for c in range(3):
-                    ratio = max(src[3 * x + c] * il, np.float32(0.0))
-                    dst[3 * x + c] = srgb8(ld * ((ratio - 1) * saturation + 1))
-        # Non-finite pixels: what was computed for them is replaced by black or white.
-        black = white = 0
-        if fix_row:
-            black, white = paint_nonfinite_row(dst, row_bits, w, 255)
-        row_black[y] = black
-        row_white[y] = white
-    return out
+            k = ld_row[x] * inv_lum_row[x]
+            dst[3 * x] = srgb8(src[3 * x] * k)
+            dst[3 * x + 1] = srgb8(src[3 * x + 1] * k)
+            dst[3 * x + 2] = srgb8(src[3 * x + 2] * k)
+        return
+    # Schlick: C_d = L_d (C_w / L_w)^s, the power as exp2(s log2(ratio)).
+    ratio_row = np.empty(3 * w, np.float32)
+    for x in range(w):
+        il = inv_lum_row[x]
+        ratio_row[3 * x] = max(src[3 * x] * il, np.float32(1e-30))
+        ratio_row[3 * x + 1] = max(src[3 * x + 1] * il, np.float32(1e-30))
+        ratio_row[3 * x + 2] = max(src[3 * x + 2] * il, np.float32(1e-30))
+    ratio_bits = ratio_row.view(np.int32)
+    powed_bits = np.empty(3 * w, np.int32)
+    for j in range(3 * w):
+        t = saturation * log2_from_bits(ratio_bits[j])
+        powed_bits[j] = exp2_bits(min(max(t, np.float32(-126.0)), np.float32(126.0)))
+    powed = powed_bits.view(np.float32)
+    for x in range(w):
+        ld = ld_row[x]
+        dst[3 * x] = srgb8(ld * powed[3 * x])
+        dst[3 * x + 1] = srgb8(ld * powed[3 * x + 1])
+        dst[3 * x + 2] = srgb8(ld * powed[3 * x + 2])
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def _color_mantiuk(src, dst, ld_row, inv_lum_row, saturation):
+    # Mantiuk: C_d = L_d ((C_w / L_w - 1) s + 1).
+    for x in range(ld_row.size):
+        ld = ld_row[x]
+        il = inv_lum_row[x]
+        for c in range(3):
+            ratio = max(src[3 * x + c] * il, np.float32(0.0))
+            dst[3 * x + c] = srgb8(ld * ((ratio - 1) * saturation + 1))
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def _luminance_row(rgb, bits, row_state, y):
+    # Pass 1 over a row: luminance (floored) and its reciprocal; whether the row holds a
+    # non-finite pixel (rows the statistics pass read are known; the others are looked at
+    # now, while in cache).
+    w = rgb.shape[1]
+    src = rgb[y].reshape(-1)
+    ld_row = np.empty(w, np.float32)
+    inv_lum_row = np.empty(w, np.float32)
+    for x in range(w):
+        lum = (np.float32(_LUMA_R) * src[3 * x] + np.float32(_LUMA_G) * src[3 * x + 1]
+               + np.float32(_LUMA_B) * src[3 * x + 2])
+        lum = max(lum, np.float32(_MIN_LUM))
+        inv_lum_row[x] = np.float32(1.0) / lum
+        ld_row[x] = lum
+    fix_row = row_state[y] == 1 if row_state[y] >= 0 else any_nonfinite(bits[y])
+    return ld_row, inv_lum_row, fix_row
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, out, row_black, row_white):
+    # Pass 2: colour correction and sRGB encoding; non-finite pixels then replaced by black or white.
+    src = rgb[y].reshape(-1)
+    dst = out[y].reshape(-1)
+    if color == 0:
+        _color_schlick(src, dst, ld_row, inv_lum_row, saturation)
+    else:
+        _color_mantiuk(src, dst, ld_row, inv_lum_row, saturation)
+    black = white = 0
+    if fix_row:
+        black, white = paint_nonfinite_row(dst, bits[y], rgb.shape[1], 255)
+    row_black[y] = black
+    row_white[y] = white
+
+
+# One parallel kernel per operator, each the same three calls per row (luminance, the
+# operator's L_d, colour and sRGB): a process compiles only the operators it runs. One
+# kernel holding every operator behind runtime branches took 14 s to compile cold, and
+# the daemon and the demo use one operator.
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _apply_reinhard_global(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block, color, saturation, out, row_state,
+                           row_black, row_white):
+    for y in numba.prange(rgb.shape[0]):
+        ld_row, inv_lum_row, fix_row = _luminance_row(rgb, bits, row_state, y)
+        _ld_reinhard_global(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block)
+        _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, out, row_black, row_white)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _apply_reinhard_local(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block, color, saturation, out, row_state,
+                          row_black, row_white):
+    for y in numba.prange(rgb.shape[0]):
+        ld_row, inv_lum_row, fix_row = _luminance_row(rgb, bits, row_state, y)
+        _ld_reinhard_local(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block)
+        _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, out, row_black, row_white)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _apply_drago(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block, color, saturation, out, row_state,
+                 row_black, row_white):
+    for y in numba.prange(rgb.shape[0]):
+        ld_row, inv_lum_row, fix_row = _luminance_row(rgb, bits, row_state, y)
+        _ld_drago(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block)
+        _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, out, row_black, row_white)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _apply_parametric(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block, color, saturation, out, row_state,
+                      row_black, row_white):
+    for y in numba.prange(rgb.shape[0]):
+        ld_row, inv_lum_row, fix_row = _luminance_row(rgb, bits, row_state, y)
+        _ld_parametric(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block)
+        _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, out, row_black, row_white)
 
 
 def _check_radiance(radiance: np.ndarray) -> np.ndarray:
@@ -354,9 +428,8 @@ def _color_args(color: str, saturation: float):
     return (0 if color == "schlick" else 1), np.float32(saturation)
 
 
-def _run_apply(rgb, op, params, color, saturation, out, local=False, coef=None, block=4, who="tonemap",
-               row_state=None):
-    color_mode, sat = _color_args(color, saturation)
+def _run_apply(rgb, kernel, params, color, saturation, out, coef=None, block=4, who="tonemap", row_state=None):
+    color_code, sat = _color_args(color, saturation)
     if out is None:
         out = np.empty(rgb.shape, np.uint8)
     elif out.shape != rgb.shape or out.dtype != np.uint8:
@@ -368,8 +441,8 @@ def _run_apply(rgb, op, params, color, saturation, out, local=False, coef=None, 
         row_state = _unchecked_rows(rgb.shape[0])
     row_black = np.empty(rgb.shape[0], np.int64)
     row_white = np.empty(rgb.shape[0], np.int64)
-    _apply_kernel(rgb, _bits(rgb), op, p[0], p[1], p[2], p[3], local, coef[0], coef[1], block, color_mode, sat, out,
-                  row_state, row_black, row_white)
+    kernel(rgb, _bits(rgb), p[0], p[1], p[2], p[3], coef[0], coef[1], np.float32(1.0 / block), color_code, sat,
+           out, row_state, row_black, row_white)
     report_nonfinite(log, who, row_black.sum(), row_white.sum(), rgb.shape[0] * rgb.shape[1])
     return out
 
@@ -426,7 +499,7 @@ def reinhard_global(
     rgb = _check_radiance(radiance)
     rows = _unchecked_rows(rgb.shape[0])
     scale, inv_white2, _ = _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, rows)
-    return _run_apply(rgb, _OP_REINHARD, (scale, inv_white2), color, saturation, out, who="tonemap reinhard",
+    return _run_apply(rgb, _apply_reinhard_global, (scale, inv_white2), color, saturation, out, who="tonemap reinhard",
                       row_state=rows)
 
 
@@ -495,8 +568,8 @@ def reinhard_local(
     # convention); the kernel blends the two rows around each output row.
     coef = tuple(np.ascontiguousarray(cv2.resize(np.asarray(c, np.float32), (w, c.shape[0]),
                                                  interpolation=cv2.INTER_LINEAR)) for c in coef)
-    return _run_apply(rgb, _OP_REINHARD, (scale, inv_white2), color, saturation, out,
-                      local=True, coef=coef, block=block, who="tonemap reinhard-local", row_state=rows)
+    return _run_apply(rgb, _apply_reinhard_local, (scale, inv_white2), color, saturation, out,
+                      coef=coef, block=block, who="tonemap reinhard-local", row_state=rows)
 
 
 def drago(
@@ -532,7 +605,7 @@ def drago(
     l_wmax = max(stats["max_luminance"] / l_wa, 1e-6)
     params = (1.0 / l_wa, 1.0 / l_wmax, math.log(bias) / math.log(0.5),
               (max_display_cd_m2 / 100.0) / math.log10(l_wmax + 1.0))
-    return _run_apply(rgb, _OP_DRAGO, params, color, saturation, out, who="tonemap drago", row_state=rows)
+    return _run_apply(rgb, _apply_drago, params, color, saturation, out, who="tonemap drago", row_state=rows)
 
 
 def parametric(
@@ -571,7 +644,7 @@ def parametric(
         mu = stats["log_average"] ** alpha * (1.0 - target) / target
     if mu <= 0:
         raise ValueError(f"mu must be > 0, got {mu}")
-    return _run_apply(rgb, _OP_PARAMETRIC, (alpha, mu), color, gamma, out, who="tonemap parametric",
+    return _run_apply(rgb, _apply_parametric, (alpha, mu), color, gamma, out, who="tonemap parametric",
                       row_state=rows)
 
 
