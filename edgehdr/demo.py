@@ -55,12 +55,12 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
     from edgehdr.warmup import limit_blas_threads
 
     limit_blas_threads()
-    from edgehdr.warmup import freeze_heap, jobs_for_config, warm_up
+    from edgehdr.warmup import jobs_for_config, settle_heap, warm_up
 
     say(f"      kernels ready in {warm_up(jobs=jobs_for_config(cfg)):.1f} s (compiled on the first run, then cached)")
     rt = build_runtime(cfg, keep=("radiance", "sdr", "lcd", "backlight"))  # what the contact sheet shows
     pipeline = rt.built_pipeline()
-    freeze_heap()
+    settle_heap()
     pipeline.start()
     started = time.monotonic()
     try:

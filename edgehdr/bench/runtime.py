@@ -49,7 +49,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     """
     from edgehdr.pipeline.config import validate
     from edgehdr.pipeline.daemon import build_runtime
-    from edgehdr.warmup import freeze_heap, limit_blas_threads
+    from edgehdr.warmup import limit_blas_threads, settle_heap
 
     limit_blas_threads()
     raw: dict[str, dict[str, Any]] = {"source": {"width": width, "height": height, "fps": fps},
@@ -59,7 +59,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     cfg = validate(raw)
     rt = build_runtime(cfg)
     pipeline = rt.built_pipeline()
-    freeze_heap()
+    settle_heap()
     pipeline.start()
     progress = Progress(3, quiet=quiet)
     progress.step(f"warming up {warmup_s:g} s")

@@ -105,8 +105,7 @@ class SyntheticCamera(BracketSource):
             return
         scene = make_scene(self.seed, self.height, self.width, kind=self.kind, moving_objects=self.moving_objects,
                            object_speed_px=self.object_speed_px)
-        self._scene = scene
-        m = scene.margin
+        m = scene.margin  # the scene itself is not kept: its full-size layers are only needed here
         self._margin = min(m, max(self.shake_px, 0))
         bg = scene.background
         pad = self._margin

@@ -458,12 +458,12 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        from edgehdr.warmup import freeze_heap, jobs_for_config, warm_up
+        from edgehdr.warmup import jobs_for_config, settle_heap, warm_up
 
         log.info("kernels ready", extra={"fields": {"seconds": round(warm_up(jobs=jobs_for_config(cfg)), 2)}})
         rt = build_runtime(cfg)
         pipeline = rt.built_pipeline()
-        freeze_heap()
+        settle_heap()
         pipeline.start()
     except (ConfigError, LayoutError) as exc:
         log.error("configuration error: %s", exc)
