@@ -32,6 +32,7 @@ from edgehdr.dimming import (
 from edgehdr.hdr.align import ALIGN_METHODS, align_auto, align_homography, align_mtb
 from edgehdr.hdr.crf import CameraResponse
 from edgehdr.hdr.merge import merge_debevec
+from edgehdr.pipeline.buffers import BufferPool
 from edgehdr.tonemap import TemporalAdaptation, tonemap
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ class MergeStage:
         if merger is not None:
             merger.response = response
         self._last_plan_t: float | None = None
+        self._radiance = BufferPool()
 
     def __call__(self, ctx: FrameContext) -> FrameContext:
         b = ctx.aligned or ctx.bracket
@@ -117,7 +119,9 @@ class MergeStage:
                 if self.fallbacks == 1:
                     log.warning("merge network takes 3 exposures, frame %d has %d: classical merge (counted)",
                                 ctx.frame_id, len(b))
-            ctx.radiance = merge_debevec(b, response=self.response, weighting=self.weighting, deghost=self.deghost)
+            h, w = b.frames.shape[1:3]
+            ctx.radiance = merge_debevec(b, response=self.response, weighting=self.weighting, deghost=self.deghost,
+                                         out=self._radiance.take((h, w, 3), np.float32))
         if self.planner is not None and self.source is not None and ctx.frame_id % self.plan_every == 0:
             now = time.monotonic()
             dt = (now - self._last_plan_t) if self._last_plan_t else self.plan_every / 30.0
@@ -151,6 +155,7 @@ class ToneMapStage:
             self.neural = NeuralToneMapper(runner, time_constant_s=time_constant_s)
         self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s) if operator != "parametric" or \
             "mu" not in self.params else None
+        self._sdr = BufferPool()
 
     def __call__(self, ctx: FrameContext) -> FrameContext:
         radiance = _radiance(ctx, "tone mapping")
@@ -160,7 +165,7 @@ class ToneMapStage:
         kwargs = dict(self.params)
         if self.adaptation is not None:
             kwargs["adaptation"] = self.adaptation
-        ctx.sdr = tonemap(radiance, self.operator, **kwargs)
+        ctx.sdr = tonemap(radiance, self.operator, out=self._sdr.take(radiance.shape, np.uint8), **kwargs)
         return ctx
 
 
@@ -224,6 +229,7 @@ class DimmingStage:
         self.model = BacklightModel(layout)
         self.temporal = ZoneTemporalFilter(max_rise_per_s, max_fall_per_s, frame_interval_s)
         self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s, frame_interval_s=frame_interval_s)
+        self._backlight, self._lcd = BufferPool(), BufferPool()
 
     def __call__(self, ctx: FrameContext) -> FrameContext:
         rad = _radiance(ctx, "local dimming")
@@ -240,8 +246,9 @@ class DimmingStage:
             light = self.temporal.update(zone_light(rad, self.layout, self.algorithm, stats=stats))
         ctx.zone_values = self.layout.to_zone_values(light)
         ctx.light = self.layout.light_from_zone_values(ctx.zone_values).astype(np.float32)
-        ctx.backlight = self.model.simulate(ctx.light)
-        ctx.lcd = lcd_compensation(rad, ctx.backlight, self.layout, scale=scale)
+        ctx.backlight = self.model.simulate(ctx.light, out=self._backlight.take(rad.shape[:2], np.float32))
+        lcd_dtype = np.uint8 if self.layout.lcd_bits == 8 else np.uint16
+        ctx.lcd = lcd_compensation(rad, ctx.backlight, self.layout, self._lcd.take(rad.shape, lcd_dtype), scale=scale)
         ctx.display_scale = scale
         return ctx
 

@@ -1,0 +1,57 @@
+"""``BufferPool`` hands an array out again only when nothing outside the pool holds it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgehdr.pipeline.buffers import BufferPool
+
+
+def test_an_array_is_reused_only_after_every_holder_let_go():
+    pool = BufferPool(capacity=4)
+    a = pool.take((4, 5, 3), np.float32)
+    b = pool.take((4, 5, 3), np.float32)
+    assert a is not b  # a is still held here
+    view = a[1:]
+    del a
+    c = pool.take((4, 5, 3), np.float32)
+    assert c is not view.base and c is not b  # a view keeps its base from reuse
+    del view
+    d = pool.take((4, 5, 3), np.float32)
+    assert pool.reused == 1 and d.base is None and d.shape == (4, 5, 3)
+    del b, c, d
+    assert pool.take((4, 5, 3), np.float32).dtype == np.float32 and pool.allocated == 3
+
+
+def test_a_new_size_or_dtype_gets_new_arrays_and_capacity_bounds_what_is_kept():
+    pool = BufferPool(capacity=2)
+    held = [pool.take((8, 8), np.uint8) for _ in range(3)]  # three in flight: the third is not kept
+    assert pool.allocated == 3 and len({id(x) for x in held}) == 3
+    del held
+    x = pool.take((16, 8), np.uint8)  # a free array of the old size is dropped, a new one made
+    assert x.shape == (16, 8) and x.dtype == np.uint8
+    y = pool.take((8, 8), np.uint16)
+    assert y.dtype == np.uint16 and y is not x
+    with pytest.raises(ValueError, match="capacity"):
+        BufferPool(capacity=0)
+
+
+def test_pipeline_stages_reuse_their_outputs():
+    """Merge, tone map and dimming outputs are recycled in a running pipeline, and frames stay right."""
+    from edgehdr.camera.synthetic import SyntheticCamera
+    from edgehdr.hdr import standard_response
+    from edgehdr.hdr.merge import merge_debevec
+    from edgehdr.pipeline.graph import FrameContext
+    from edgehdr.pipeline.stages import MergeStage
+
+    cam = SyntheticCamera(96, 64, fps=0, moving_objects=0)
+    stage = MergeStage(standard_response("srgb"))
+    with cam:
+        for i in range(6):
+            bracket = cam.read_bracket()
+            ctx = stage(FrameContext(frame_id=i, bracket=bracket, captured_ns=0))
+            expected = merge_debevec(bracket, response=stage.response)
+            np.testing.assert_array_equal(ctx.radiance, expected)
+            del ctx  # the frame is done: its radiance goes back to the pool
+    assert stage._radiance.reused >= 4 and stage._radiance.allocated <= 2
