@@ -319,7 +319,10 @@ def _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, o
 # One parallel kernel per operator, each the same three calls per row (luminance, the
 # operator's L_d, colour and sRGB): a process compiles only the operators it runs. One
 # kernel holding every operator behind runtime branches took 14 s to compile cold, and
-# the daemon and the demo use one operator.
+# the daemon and the demo use one operator. The four skeletons are written out on
+# purpose: one kernel taking the row function as an argument compiled per function, but
+# numba's cache keys such a signature per process, so every start compiled it again
+# (15.6 s measured), and ``numba.literally`` on an operator code still typed every branch.
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
