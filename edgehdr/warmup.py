@@ -124,24 +124,48 @@ def warm_up(*, deghost: bool = False, dimming: bool = True, jobs: Sequence[str] 
     jobs = list(dict.fromkeys(jobs))
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
-    # The synthetic camera's kernel is the probe: when numba did not find it in its cache, the cache is
-    # cold (a fresh install, or kernels changed) and the other jobs go to the workers.
-    _expose = _camera_kernel()
-    rest = [j for j in jobs if j != "camera"]
-    if workers > 1 and len(rest) > 1 and sum(_expose.stats.cache_misses.values()) > 0:
-        _compile_in_workers(rest, workers)
-    _run_jobs(rest)
+    # The synthetic camera's kernel is the probe: when numba's cache does not hold it, the cache is cold
+    # (a fresh install, or kernels changed) and the jobs go to the workers. Asked of the cache without
+    # compiling, so a cold start does not compile the probe first and then start the workers.
+    cold = _camera_cache_cold()
+    if cold is None:  # the cache could not be asked: compile the probe and look whether it missed
+        cold = sum(_camera_kernel().stats.cache_misses.values()) > 0
+    if workers > 1 and len(jobs) > 1 and cold:
+        _compile_in_workers(jobs, workers)
+    _run_jobs(jobs)
     return time.perf_counter() - t0
 
 
+def _camera_args() -> tuple[Any, ...]:
+    """Arguments of the types ``SyntheticCamera.capture`` passes to its kernel, on a 1-pixel frame."""
+    return (np.zeros((1, 1, 3), np.int16), 0, 0, np.int32(0), np.zeros(1, np.uint8), np.zeros((1, 1), np.int32),
+            0, 0, np.empty((1, 1, 3), np.uint8))
+
+
 def _camera_kernel() -> Any:
-    """The synthetic camera's one kernel, called on a 1-pixel frame with the argument types
-    ``SyntheticCamera.capture`` passes (no scene is built); returns its dispatcher."""
+    """The synthetic camera's one kernel, called on a 1-pixel frame (no scene is built); returns its dispatcher."""
     from edgehdr.camera.synthetic import _expose
 
-    _expose(np.zeros((1, 1, 3), np.int16), 0, 0, np.int32(0), np.zeros(1, np.uint8), np.zeros((1, 1), np.int32),
-            0, 0, np.empty((1, 1, 3), np.uint8))
+    _expose(*_camera_args())
     return _expose
+
+
+def _camera_cache_cold() -> bool | None:
+    """Whether numba's on-disk cache lacks the camera kernel (None: the cache could not be asked).
+
+    Looks the signature up with the dispatcher's cache (numba's own first step before it
+    compiles), which is not public API: any failure answers None and the caller compiles.
+    """
+    try:
+        import numba
+
+        from edgehdr.camera.synthetic import _expose
+
+        dispatcher: Any = _expose
+        signature = tuple(numba.typeof(a) for a in _camera_args())
+        return dispatcher._cache.load_overload(signature, dispatcher.targetctx) is None
+    except Exception:  # noqa: BLE001 - an internal API: fall back to compiling the probe
+        return None
 
 
 def _compile_in_workers(jobs: Sequence[str], workers: int) -> None:

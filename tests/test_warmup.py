@@ -56,12 +56,16 @@ def test_cold_cache_is_filled_by_worker_processes(tmp_path):
     import subprocess
     import sys
 
-    code = ("from edgehdr.warmup import warm_up; import edgehdr.dimming.zones as z; "
+    code = ("from edgehdr.warmup import warm_up, _camera_cache_cold; import edgehdr.dimming.zones as z; "
+            "print(_camera_cache_cold()); "
             "warm_up(jobs=['camera', 'score', 'dimming'], workers=2); "
+            "print(_camera_cache_cold()); "
             "print(sum(sum(d.stats.cache_hits.values()) for d in [z._zone_stats_kernel]))")
     env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
+    # The probe asks the cache without compiling: cold before, warm after (a worker compiled the camera kernel).
+    assert out.stdout.split()[:2] == ["True", "False"], out.stdout
     # The zone kernel was compiled by a worker, so this process found it in the cache.
     assert int(out.stdout.split()[-1]) >= 1, out.stdout
     assert any(p.suffix == ".nbi" for p in tmp_path.rglob("*"))
