@@ -14,6 +14,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from firmware_bridge.protocol import Config
     from firmware_bridge.transports import Transport
 
@@ -114,6 +116,14 @@ def _cmd_tonemap(args: argparse.Namespace) -> int:
 
     _check_output(args.output, (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".webp"))
     radiance = read_radiance(args.input)
+    if args.operator == "neural":
+        sdr = _neural_tonemap(radiance, args.model, args.backend)
+        write_ldr_image(args.output, sdr)
+        if not args.quiet:
+            print(f"neural ({args.model}): {args.input} -> {args.output}", file=sys.stderr)
+        return 0
+    if args.model is not None:
+        raise ValueError(f"--model applies to --operator neural, not {args.operator}")
     params = {"color": args.color}
     if args.operator in ("reinhard", "reinhard-local"):
         params.update(key=args.key, saturation=args.saturation)
@@ -130,6 +140,19 @@ def _cmd_tonemap(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{args.operator}: {args.input} -> {args.output}", file=sys.stderr)
     return 0
+
+
+def _neural_tonemap(radiance: np.ndarray, model: str | None, backend: str) -> np.ndarray:
+    """One frame through the real-time TMO network (no temporal smoothing: a still has no history)."""
+    from edgehdr.infer import open_runner
+    from edgehdr.models import model_path
+    from edgehdr.tonemap.neural import NeuralToneMapper
+
+    runner = open_runner(model_path(model or "tmo_net"), prefer="cpu" if backend == "cpu" else "auto")
+    try:
+        return NeuralToneMapper(runner, time_constant_s=0.0)(radiance)
+    finally:
+        runner.close()
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -504,7 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tonemap", help="tone map a radiance map to an sRGB image")
     p.add_argument("input", help="input .exr, .hdr or .pfm")
     p.add_argument("-o", "--output", required=True, help="output .png, .jpg or .tif")
-    p.add_argument("--operator", choices=OPERATORS, default="reinhard")
+    p.add_argument("--operator", choices=(*OPERATORS, "neural"), default="reinhard",
+                   help="neural: the real-time TMO network through ONNX Runtime (or a TensorRT engine); the "
+                        "curve options below do not apply to it")
+    p.add_argument("--model", help="with --operator neural: a shipped model name or an .onnx path (default tmo_net)")
+    p.add_argument("--backend", choices=("auto", "cpu"), default="auto",
+                   help="with --operator neural: auto (a TensorRT engine where one is built) or cpu")
     p.add_argument("--key", type=_float_above(0.0), default=0.18, help="Reinhard key / parametric mid-grey")
     p.add_argument("--white", type=_float_above(0.0), help="Reinhard white point (default: scene maximum)")
     p.add_argument("--bias", type=_float_above(0.0), default=0.85, help="Drago bias")

@@ -80,3 +80,35 @@ def test_demo_runs_the_pipeline_to_the_controller_and_writes_results(tmp_path):
     sheet = read_ldr_image(out / "contact_sheet.png")
     assert sheet.shape[1] == 3 * 480
     assert not list(out.glob(".*tmp*")), "no temporary files left behind"
+
+
+def test_tonemap_neural_operator_matches_the_runtime_network(tmp_path, capsys):
+    """``tonemap --operator neural`` writes what the real-time TMO network gives for the same radiance."""
+    from edgehdr.infer import open_runner
+    from edgehdr.io import write_radiance
+    from edgehdr.models import model_path
+    from edgehdr.synth import make_scene
+    from edgehdr.tonemap.neural import NeuralToneMapper
+
+    radiance = make_scene(4, 180, 320).radiance
+    hdr = tmp_path / "scene.exr"
+    write_radiance(hdr, radiance)
+    radiance = read_radiance(hdr)  # what the command reads (half floats)
+    png = tmp_path / "neural.png"
+    assert main(["-q", "tonemap", str(hdr), "-o", str(png), "--operator", "neural", "--backend", "cpu"]) == 0
+    runner = open_runner(model_path("tmo_net"), prefer="cpu")
+    try:
+        expected = NeuralToneMapper(runner, time_constant_s=0.0)(radiance)
+    finally:
+        runner.close()
+    np.testing.assert_array_equal(read_ldr_image(png), expected)
+    # A different operator's output differs: the option really selects the network.
+    other = tmp_path / "reinhard.png"
+    assert main(["-q", "tonemap", str(hdr), "-o", str(other)]) == 0
+    assert np.abs(read_ldr_image(other).astype(int) - expected).mean() > 1.0
+    # --model belongs to the network; a model that does not exist is named.
+    assert main(["tonemap", str(hdr), "-o", str(tmp_path / "x.png"), "--model", "tmo_net"]) == 2
+    assert "--model applies to --operator neural" in capsys.readouterr().err
+    assert main(["tonemap", str(hdr), "-o", str(tmp_path / "y.png"), "--operator", "neural",
+                 "--model", str(tmp_path / "none.onnx")]) == 2
+    assert "none.onnx" in capsys.readouterr().err
