@@ -71,8 +71,8 @@ def _malloc_trim() -> None:
 # Every job and its cold compile time on the 2-core development machine (s): what the scheduler balances.
 # "tonemap" is the frame statistics and Reinhard's global operator (the default); each other operator has its
 # own apply kernel and job.
-JOB_SECONDS = {"camera": 1.1, "align": 3.1, "merge": 6.5, "deghost": 3.0, "tonemap": 13.3, "tonemap_local": 12.0,
-               "tonemap_drago": 9.4, "tonemap_parametric": 8.8, "score": 0.6, "dimming": 7.8, "neural_tmo": 6.9,
+JOB_SECONDS = {"camera": 1.6, "align": 4.3, "merge": 5.2, "deghost": 5.8, "tonemap": 12.0, "tonemap_local": 12.7,
+               "tonemap_drago": 11.9, "tonemap_parametric": 11.3, "score": 1.0, "dimming": 9.7, "neural_tmo": 6.9,
                "neural_merge": 7.3}
 _OPERATOR_JOBS = {"reinhard": "tonemap", "reinhard-local": "tonemap_local", "drago": "tonemap_drago",
                   "parametric": "tonemap_parametric", "neural": "tonemap"}

@@ -18,6 +18,17 @@ import numpy as np
 __all__ = ["BufferPool"]
 
 
+def _references_when_free() -> int:
+    # What ``sys.getrefcount`` reports for a list item nobody else holds, measured with the
+    # same expression ``take`` uses rather than assumed (the temporary references counted
+    # differ between Python versions).
+    probe = [np.empty(1)]
+    return sys.getrefcount(probe[0])
+
+
+_FREE = _references_when_free()
+
+
 class BufferPool:
     """Arrays of the requested shape and dtype, recycled when nothing outside the pool holds them.
 
@@ -41,8 +52,8 @@ class BufferPool:
         """A C-contiguous array of ``shape`` and ``dtype``, contents undefined (like ``np.empty``)."""
         dtype = np.dtype(dtype)
         for i in range(len(self._arrays)):
-            # Referenced by the list and by getrefcount's argument only: nobody else holds it.
-            if sys.getrefcount(self._arrays[i]) == 2:
+            # Referenced by the list (and getrefcount's temporaries) only: nobody else holds it.
+            if sys.getrefcount(self._arrays[i]) == _FREE:
                 array = self._arrays[i]
                 if array.shape == tuple(shape) and array.dtype == dtype:
                     self.reused += 1
