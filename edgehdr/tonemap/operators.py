@@ -158,11 +158,10 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
         row_bad[by] = bad
 
 
-# The apply pass is one parallel kernel skeleton (luminance, then the operator's display
-# luminance L_d, then colour and sRGB, per row) that takes the operator's and the colour
-# correction's row functions as arguments: numba compiles one specialisation per pair,
-# so a process pays for the operator it runs (a kernel with every operator behind
-# runtime branches took 14 s to compile; the daemon and the demo use one).
+# The apply pass, per row: luminance (``_luminance_row``), the operator's display
+# luminance L_d (one ``_ld_*`` row function per operator, each branch-free so it
+# vectorises), then colour and sRGB (``_finish_row``); one parallel kernel per operator
+# below strings them together.
 
 
 @numba.njit(fastmath=True, cache=True, nogil=True)
