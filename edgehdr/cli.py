@@ -115,40 +115,40 @@ def _cmd_tonemap(args: argparse.Namespace) -> int:
     from edgehdr.tonemap import tonemap
 
     _check_output(args.output, (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".webp"))
+    if args.model is not None and args.operator != "neural":
+        raise ValueError(f"--model applies to --operator neural, not {args.operator}")
     radiance = read_radiance(args.input)
     if args.operator == "neural":
-        sdr = _neural_tonemap(radiance, args.model, args.backend)
-        write_ldr_image(args.output, sdr)
-        if not args.quiet:
-            print(f"neural ({args.model}): {args.input} -> {args.output}", file=sys.stderr)
-        return 0
-    if args.model is not None:
-        raise ValueError(f"--model applies to --operator neural, not {args.operator}")
-    params = {"color": args.color}
-    if args.operator in ("reinhard", "reinhard-local"):
-        params.update(key=args.key, saturation=args.saturation)
-        if args.white is not None:
-            params["white"] = args.white
-    elif args.operator == "drago":
-        params.update(bias=args.bias, saturation=args.saturation)
+        model = args.model or "tmo_net"
+        sdr = _neural_tonemap(radiance, model, args.backend)
+        label = f"neural ({model})"
     else:
-        params.update(alpha=args.alpha, gamma=args.saturation, key=args.key)
-        if args.mu is not None:
-            params["mu"] = args.mu
-    sdr = tonemap(radiance, args.operator, **params)
+        params = {"color": args.color}
+        if args.operator in ("reinhard", "reinhard-local"):
+            params.update(key=args.key, saturation=args.saturation)
+            if args.white is not None:
+                params["white"] = args.white
+        elif args.operator == "drago":
+            params.update(bias=args.bias, saturation=args.saturation)
+        else:
+            params.update(alpha=args.alpha, gamma=args.saturation, key=args.key)
+            if args.mu is not None:
+                params["mu"] = args.mu
+        sdr = tonemap(radiance, args.operator, **params)
+        label = args.operator
     write_ldr_image(args.output, sdr)
     if not args.quiet:
-        print(f"{args.operator}: {args.input} -> {args.output}", file=sys.stderr)
+        print(f"{label}: {args.input} -> {args.output}", file=sys.stderr)
     return 0
 
 
-def _neural_tonemap(radiance: np.ndarray, model: str | None, backend: str) -> np.ndarray:
+def _neural_tonemap(radiance: np.ndarray, model: str, backend: str) -> np.ndarray:
     """One frame through the real-time TMO network (no temporal smoothing: a still has no history)."""
     from edgehdr.infer import open_runner
     from edgehdr.models import model_path
     from edgehdr.tonemap.neural import NeuralToneMapper
 
-    runner = open_runner(model_path(model or "tmo_net"), prefer="cpu" if backend == "cpu" else "auto")
+    runner = open_runner(model_path(model), prefer="cpu" if backend == "cpu" else "auto")
     try:
         return NeuralToneMapper(runner, time_constant_s=0.0)(radiance)
     finally:
