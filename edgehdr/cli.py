@@ -275,7 +275,7 @@ def _cmd_dim(args: argparse.Namespace) -> int:
                   f"peak {layout.peak_luminance_cd_m2:g} cd/m^2, contrast {layout.native_contrast:g}:1")
     target = display_target(image, layout, referred=args.input_referred)
     progress.step(f"target: {args.input_referred}-referred -> cd/m^2 (robust peak to panel peak)")
-    result = dim_frame(target, layout, args.algorithm, simulate=True)
+    result = dim_frame(target, layout, args.algorithm, simulate=True, power_budget=args.power_budget)
     metrics = result.metrics
     if metrics is None:  # simulate=True computes them
         raise RuntimeError("dim_frame(simulate=True) returned no metrics")
@@ -444,7 +444,10 @@ def _float_range(lo: float, hi: float = math.inf, *, above: bool = False) -> Cal
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not (math.isfinite(value) and (value > lo if above else value >= lo) and value <= hi):
-            allowed = (f"> {lo:g}" if above else f">= {lo:g}") if hi == math.inf else f"{lo:g}..{hi:g}"
+            if hi == math.inf:
+                allowed = f"> {lo:g}" if above else f">= {lo:g}"
+            else:
+                allowed = f"in ({lo:g}, {hi:g}]" if above else f"{lo:g}..{hi:g}"
             raise argparse.ArgumentTypeError(f"{text} is not allowed; give a finite number {allowed}")
         return value
     return parse
@@ -592,6 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", choices=DIM_ALGORITHMS, default="sqrt")
     p.add_argument("--input-referred", choices=("scene", "display"), default="scene",
                    help="scene: robust peak mapped to the panel peak; display: already cd/m^2")
+    p.add_argument("--power-budget", type=_float_range(0.0, 1.0, above=True), default=None,
+                   help="cap the mean LED light fraction (0..1]; default: no cap")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.set_defaults(func=_cmd_dim)
 

@@ -228,3 +228,48 @@ def test_dim_frame_zone_values_and_cli_outputs(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert metrics["pu_psnr_db"] > 20 and 0 < metrics["power"] <= 1
     assert main(["dim", str(tmp_path / "in.exr"), "--layout", str(tmp_path / "missing.toml"), "-o", str(out)]) == 2
+
+
+def test_power_budget_caps_every_algorithm_and_the_cli(tmp_path):
+    """A budget scales a heuristic's light down to it (zone ratios kept), the optimiser optimises under it,
+    and the 12-bit codes never exceed it; the CLI passes it through."""
+    from edgehdr.cli import main
+    from edgehdr.dimming import within_budget
+    from edgehdr.io import write_radiance
+
+    scene = make_scene(2, 96, 160).radiance
+    layout = LedLayout(rows=6, cols=8, width_px=160, height_px=96)
+    target = display_target(scene, layout)
+    top = (1 << layout.zone_bits) - 1
+    for algorithm in ("max", "sqrt", "optimal"):
+        free = dim_frame(target, layout, algorithm, simulate=True,
+                         optimal_kwargs={"iterations": 20} if algorithm == "optimal" else None)
+        budget = 0.5 * free.metrics["power"]
+        capped = dim_frame(target, layout, algorithm, simulate=True, power_budget=budget,
+                           optimal_kwargs={"iterations": 20} if algorithm == "optimal" else None)
+        assert capped.zone_values.mean() / top <= budget + 1e-12, algorithm
+        assert capped.metrics["power"] == pytest.approx(budget, rel=0.02), algorithm
+    light = np.array([[0.2, 0.8]], np.float32)
+    np.testing.assert_allclose(within_budget(light, 0.25), light * 0.5, rtol=1e-6)
+    write_radiance(tmp_path / "in.exr", scene, exr_pixel_type="float")
+    out = tmp_path / "out"
+    assert main(["-q", "dim", str(tmp_path / "in.exr"), "--algorithm", "max", "--power-budget", "0.1",
+                 "-o", str(out)]) == 0
+    assert np.load(out / "zones.npy").mean() / top <= 0.1
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "dim", str(tmp_path / "in.exr"), "--power-budget", "0", "-o", str(tmp_path / "o2")])
+    assert exc.value.code == 2 and not (tmp_path / "o2").exists()
+
+
+def test_runtime_dimming_stage_keeps_every_frame_within_the_power_budget(run_pipeline):
+    """[dimming] power_budget applies to the heuristics too, after the rate limiter (which can lift zones)."""
+    seen, final, _ = run_pipeline(
+        {"source": {"width": 320, "height": 180, "fps": 30}, "tonemap": {"operator": "reinhard"},
+         "dimming": {"rows": 9, "cols": 16, "algorithm": "max", "power_budget": 0.15}, "bridge": {"enabled": False},
+         "preview": {"enabled": False}},
+        lambda ctx: (ctx.zone_values.copy(), ctx.light.copy()), 6)
+    assert len(seen) >= 6 and final["frames_failed"] == 0, final
+    top = (1 << 12) - 1
+    for zones, light in seen:
+        assert zones.mean() / top <= 0.15 + 1e-12 and light.mean() <= 0.15 + 1e-6
+    assert max(z.mean() / top for z, _ in seen) > 0.1  # the budget binds: 'max' wants more than 0.15 here

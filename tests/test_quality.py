@@ -111,3 +111,34 @@ def test_tmqi_ranks_structure_loss_and_combines_with_published_weights(scene_fac
     assert r_good.Q == pytest.approx(0.8012 * r_good.S**0.3046 + 0.1988 * r_good.N**0.7088)
     with pytest.raises(ValueError, match="normalised"):
         tmqi(hdr, good / 255.0)
+
+
+# ------------------------------------------------------------------ rendering checks (colour, highlights)
+def test_rendering_checks_closed_forms():
+    from edgehdr.quality import colourfulness, highlight_clipping, midtone_saturation
+
+    rng = np.random.default_rng(3)
+    lum = np.exp2(rng.uniform(-8, 8, (64, 96))).astype(np.float32)
+    rad = np.repeat(lum[..., None], 3, axis=2) * np.array([1.0, 0.5, 0.25], np.float32)
+    # A constant-hue rendering with max code 200 and min code 50: HSV saturation 150/200 everywhere.
+    sdr = np.empty(rad.shape, np.uint8)
+    sdr[...] = (200, 120, 50)
+    assert midtone_saturation(rad, sdr) == pytest.approx(150 / 200, abs=1e-6)
+    grey = np.full(rad.shape, 128, np.uint8)
+    assert midtone_saturation(rad, grey) == 0.0 and colourfulness(grey) == pytest.approx(0.0, abs=1e-12)
+    # Clip exactly the brightest 2 % (and darker pixels, which must not count).
+    log_lum = np.log2(0.2126 * rad[..., 0] + 0.7152 * rad[..., 1] + 0.0722 * rad[..., 2])
+    top = log_lum >= np.percentile(log_lum, 98.0)
+    sdr[...] = 100
+    sdr[top, 0] = 255
+    assert highlight_clipping(rad, sdr) == 1.0
+    sdr[top, 0] = 254
+    sdr[~top] = 255
+    assert highlight_clipping(rad, sdr) == 0.0
+    # Colourfulness of a two-colour image, Hasler & Süsstrunk's formula by hand.
+    two = np.zeros((2, 1, 3), np.uint8)
+    two[0, 0], two[1, 0] = (255, 0, 0), (0, 0, 255)
+    rg, yb = np.array([255.0, 0.0]), np.array([127.5, -255.0])
+    assert colourfulness(two) == pytest.approx(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
+    with pytest.raises(ValueError, match="uint8"):
+        midtone_saturation(rad, sdr.astype(np.float32))

@@ -7,7 +7,7 @@ from edgehdr.dimming.layout import LayoutError, LedLayout, load_layout
 from edgehdr.dimming.metrics import clipped_fraction, dimming_metrics, halo_measure, power_fraction
 from edgehdr.dimming.optimize import optimal_zone_light, project_power_budget, quantise_within_budget
 from edgehdr.dimming.run import ALGORITHMS, DimmingResult, dim_frame, write_results, zone_heatmap
-from edgehdr.dimming.zones import HEURISTICS, ZoneTemporalFilter, zone_light, zone_statistics
+from edgehdr.dimming.zones import HEURISTICS, ZoneTemporalFilter, within_budget, zone_light, zone_statistics
 
 __all__ = [
     "BacklightModel",
@@ -31,6 +31,7 @@ __all__ = [
     "zone_heatmap",
     "project_power_budget",
     "quantise_within_budget",
+    "within_budget",
     "HEURISTICS",
     "ZoneTemporalFilter",
     "zone_light",

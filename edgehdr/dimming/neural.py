@@ -31,7 +31,7 @@ import logging
 import numpy as np
 
 from edgehdr.dimming.layout import LedLayout
-from edgehdr.dimming.zones import zone_statistics
+from edgehdr.dimming.zones import within_budget, zone_statistics  # within_budget: re-exported
 
 __all__ = ["SUBDIVISION", "STATS_STOPS", "INPUT_CHANNELS", "encode_dimming_input", "within_budget", "NeuralDimmer",
            "model_layout_metadata"]
@@ -41,12 +41,6 @@ log = logging.getLogger("edgehdr.dimming")
 SUBDIVISION = 4
 STATS_STOPS = 12.0
 INPUT_CHANNELS = 3
-
-
-def within_budget(light: np.ndarray, power_budget: float) -> np.ndarray:
-    """``light`` scaled down uniformly when its mean exceeds ``power_budget`` (mean light fraction)."""
-    mean = float(np.mean(light))
-    return light * np.float32(power_budget / mean) if mean > power_budget > 0 else light
 
 
 def _stats_layout(layout: LedLayout) -> LedLayout:

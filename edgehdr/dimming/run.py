@@ -19,8 +19,8 @@ from edgehdr.dimming.backlight import BacklightModel
 from edgehdr.dimming.compensation import lcd_compensation, simulate_display
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.dimming.metrics import dimming_metrics
-from edgehdr.dimming.optimize import optimal_zone_light
-from edgehdr.dimming.zones import HEURISTICS, ZoneTemporalFilter, zone_light, zone_statistics
+from edgehdr.dimming.optimize import optimal_zone_light, quantise_within_budget
+from edgehdr.dimming.zones import HEURISTICS, ZoneTemporalFilter, within_budget, zone_light, zone_statistics
 
 __all__ = ["ALGORITHMS", "DimmingResult", "dim_frame", "zone_heatmap", "write_results"]
 
@@ -39,19 +39,31 @@ class DimmingResult:
 
 def dim_frame(target_cd_m2: np.ndarray, layout: LedLayout, algorithm: str = "sqrt", *,
               model: BacklightModel | None = None, temporal: ZoneTemporalFilter | None = None,
-              simulate: bool = False, optimal_kwargs: dict | None = None) -> DimmingResult:
-    """Zone values, backlight and LCD image for one display-referred frame."""
+              simulate: bool = False, optimal_kwargs: dict | None = None,
+              power_budget: float | None = None) -> DimmingResult:
+    """Zone values, backlight and LCD image for one display-referred frame.
+
+    ``power_budget`` (mean light fraction in (0, 1]) caps the backlight power: a heuristic's light is
+    scaled down to it (``within_budget``), the optimiser optimises under it.
+    """
+    if power_budget is not None and not 0.0 < power_budget <= 1.0:
+        raise ValueError(f"power_budget must be in (0, 1], got {power_budget}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown dimming algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
     model = model or BacklightModel(layout)
     if algorithm == "optimal":
-        light = optimal_zone_light(target_cd_m2, layout, model=model, **(optimal_kwargs or {}))
+        kwargs = {"power_budget": power_budget, **(optimal_kwargs or {})}
+        light = optimal_zone_light(target_cd_m2, layout, model=model, **kwargs)
     else:
         stats = zone_statistics(target_cd_m2, layout, histogram=algorithm == "percentile")
         light = zone_light(target_cd_m2, layout, algorithm, stats=stats)
     if temporal is not None:
         light = temporal.update(light)
-    zone_values = layout.to_zone_values(light)
+    if power_budget is not None:
+        light = within_budget(light, power_budget)
+        zone_values = quantise_within_budget(light, layout, power_budget)
+    else:
+        zone_values = layout.to_zone_values(light)
     light = layout.light_from_zone_values(zone_values).astype(np.float32)  # what the LEDs really get
     backlight = model.simulate(light)
     lcd = lcd_compensation(target_cd_m2, backlight, layout)

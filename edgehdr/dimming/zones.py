@@ -32,7 +32,7 @@ from edgehdr.dimming.layout import LedLayout
 from edgehdr.fastmath import log2_from_bits
 from edgehdr.tonemap.nonfinite import SHOWN_BLACK, SHOWN_WHITE, any_nonfinite, pixel_class, report_nonfinite
 
-__all__ = ["zone_statistics", "zone_light", "HEURISTICS", "ZoneTemporalFilter"]
+__all__ = ["zone_statistics", "zone_light", "within_budget", "HEURISTICS", "ZoneTemporalFilter"]
 
 HEURISTICS = ("max", "mean", "sqrt", "percentile")
 _HIST_BINS = 64
@@ -172,6 +172,16 @@ def zone_light(target_cd_m2: np.ndarray, layout: LedLayout, algorithm: str = "sq
     if hist is None:
         raise ValueError("the percentile algorithm needs zone_statistics(..., histogram=True)")
     return _percentile_from_hist(hist, zmax, percentile)
+
+
+def within_budget(light: np.ndarray, power_budget: float) -> np.ndarray:
+    """``light`` scaled down uniformly when its mean exceeds ``power_budget`` (mean light fraction).
+
+    The budget of every algorithm, the heuristics' and the network's alike: the zones keep their
+    ratios and the LCD compensation opens up to make up the difference where it can.
+    """
+    mean = float(np.mean(light))
+    return light * np.float32(power_budget / mean) if mean > power_budget > 0 else light
 
 
 class ZoneTemporalFilter:

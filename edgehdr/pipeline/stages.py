@@ -25,7 +25,9 @@ from edgehdr.dimming import (
     LedLayout,
     ZoneTemporalFilter,
     lcd_compensation,
+    quantise_within_budget,
     robust_peak_luminance,
+    within_budget,
     zone_light,
     zone_statistics,
 )
@@ -218,7 +220,10 @@ class DimmingStage:
         if algorithm not in (*HEURISTICS, "neural"):
             raise ValueError(f"runtime dimming algorithm must be a heuristic ({', '.join(HEURISTICS)}) or "
                              f"neural, got {algorithm!r}; 'optimal' is an offline reference")
+        if not 0.0 < power_budget <= 1.0:
+            raise ValueError(f"power_budget must be in (0, 1], got {power_budget}")
         self.layout, self.algorithm, self.peak_percentile = layout, algorithm, peak_percentile
+        self.power_budget = float(power_budget)
         self.neural = None
         if algorithm == "neural":
             if runner is None:
@@ -244,7 +249,11 @@ class DimmingStage:
         else:
             stats = zone_statistics(rad, self.layout, histogram=self.algorithm == "percentile", scale=scale)
             light = self.temporal.update(zone_light(rad, self.layout, self.algorithm, stats=stats))
-        ctx.zone_values = self.layout.to_zone_values(light)
+        if self.power_budget < 1.0:  # after the rate limiter, which can lift some zones above their target
+            light = within_budget(light, self.power_budget)
+            ctx.zone_values = quantise_within_budget(light, self.layout, self.power_budget)
+        else:
+            ctx.zone_values = self.layout.to_zone_values(light)
         ctx.light = self.layout.light_from_zone_values(ctx.zone_values).astype(np.float32)
         ctx.backlight = self.model.simulate(ctx.light, out=self._backlight.take(rad.shape[:2], np.float32))
         lcd_dtype = np.uint8 if self.layout.lcd_bits == 8 else np.uint16

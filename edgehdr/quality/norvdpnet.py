@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from edgehdr.infer.base import Runner
 
 __all__ = ["model_encoding", "SCORE_INPUT_SHAPE", "pil_luma8", "encode_sdr", "encode_hdr", "NoRVDPNetScorer",
-           "tone_mapping_variants", "VARIANT_KINDS", "spearman", "pearson"]
+           "tone_mapping_variants", "VARIANT_KINDS", "WIDE_VARIANT_KINDS", "spearman", "pearson"]
 
 SCORE_INPUT_SHAPE = (1, 1, 128, 192)
 SDR_GAMMA = 2.2
@@ -163,6 +163,11 @@ class NoRVDPNetScorer:
 # --- data: tone mappings of a radiance map by the project's operators, with varied parameters ---------------
 
 VARIANT_KINDS = ("reinhard", "reinhard-local", "drago", "parametric", "grid", "exposure")
+# The cross-scene recipe's wider set: OpenCV's tone mappers (what users already have), colour pushed over and
+# under (Schlick's power far from 1; TMQI sees it only through the luma), and highlights clipped by a
+# brightened global curve.
+WIDE_VARIANT_KINDS = (*VARIANT_KINDS, "opencv-reinhard", "opencv-drago", "opencv-mantiuk", "saturation",
+                      "clipped")
 
 
 def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -200,21 +205,49 @@ def _one_variant(radiance: np.ndarray, kind: str, rng: np.random.Generator) -> t
         lin = np.clip(np.asarray(radiance, np.float32) * scale, 0.0, 1.0)
         srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(lin, 1 / 2.4) - 0.055)
         return np.round(srgb * 255.0).astype(np.uint8), {"stops": stops}
-    raise ValueError(f"unknown tone-mapping variant {kind!r}; known: {', '.join(VARIANT_KINDS)}")
+    if kind.startswith("opencv-"):
+        bgr = np.ascontiguousarray(np.asarray(radiance, np.float32)[..., ::-1])
+        bgr = bgr / max(float(bgr.max()), 1e-12)
+        gamma = float(rng.uniform(1.6, 2.8))
+        tm: cv2.Tonemap
+        if kind == "opencv-reinhard":
+            params = {"gamma": gamma, "intensity": float(rng.uniform(-3.0, 3.0)),
+                      "light_adapt": float(rng.uniform(0.0, 1.0)), "color_adapt": float(rng.uniform(0.0, 1.0))}
+            tm = cv2.createTonemapReinhard(**params)
+        elif kind == "opencv-drago":
+            params = {"gamma": gamma, "saturation": float(rng.uniform(0.4, 1.4)), "bias": float(rng.uniform(0.6, 0.95))}
+            tm = cv2.createTonemapDrago(**params)
+        elif kind == "opencv-mantiuk":
+            params = {"gamma": gamma, "scale": float(rng.uniform(0.4, 1.0)), "saturation": float(rng.uniform(0.4, 1.4))}
+            tm = cv2.createTonemapMantiuk(**params)
+        else:
+            raise ValueError(f"unknown tone-mapping variant {kind!r}; known: {', '.join(WIDE_VARIANT_KINDS)}")
+        out = np.nan_to_num(tm.process(bgr), nan=0.0, posinf=1.0, neginf=0.0)
+        sdr = np.ascontiguousarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., ::-1])
+        return sdr, {k: round(v, 3) for k, v in params.items()}
+    if kind == "saturation":  # colour far from the scene's: drained (s < 0.6) or pushed (s > 1.3)
+        s = float(rng.uniform(0.1, 0.6) if rng.uniform() < 0.5 else rng.uniform(1.3, 2.0))
+        params = {"key": _loguniform(rng, 0.05, 0.5), "saturation": s}
+        return tonemap(radiance, "reinhard", **params), params
+    if kind == "clipped":  # a global curve brightened until the highlights clip
+        params = {"key": _loguniform(rng, 0.3, 2.0), "white": float(rng.uniform(0.5, 2.0))}
+        return tonemap(radiance, "reinhard", key=params["key"], white=params["white"]), params
+    raise ValueError(f"unknown tone-mapping variant {kind!r}; known: {', '.join(WIDE_VARIANT_KINDS)}")
 
 
-def tone_mapping_variants(radiance: np.ndarray, count: int, *, seed: int = 0,
-                          contrast_loss: float = 0.25) -> list[tuple[np.ndarray, dict[str, Any]]]:
+def tone_mapping_variants(radiance: np.ndarray, count: int, *, seed: int = 0, contrast_loss: float = 0.25,
+                          kinds: Sequence[str] = VARIANT_KINDS) -> list[tuple[np.ndarray, dict[str, Any]]]:
     """``count`` 8-bit tone mappings of one radiance map with varied operators and parameters.
 
-    Kinds cycle through ``VARIANT_KINDS``; a fraction ``contrast_loss`` of them is
+    Kinds cycle through ``kinds`` (``VARIANT_KINDS``, or ``WIDE_VARIANT_KINDS`` with OpenCV's
+    tone mappers, colour pushed over and under and clipped highlights); a fraction ``contrast_loss`` of them is
     further blended towards mid grey (washed-out renderings), so the set spans good
     and poor results. Returns a list of ``(sdr_u8, description)``; seeded.
     """
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
-        kind = VARIANT_KINDS[(i + seed) % len(VARIANT_KINDS)]
+        kind = kinds[(i + seed) % len(kinds)]
         sdr, params = _one_variant(radiance, kind, rng)
         if rng.uniform() < contrast_loss:
             amount = float(rng.uniform(0.2, 0.7))

@@ -7,11 +7,20 @@ TMQI (``edgehdr.quality.tmqi``, the NumPy reference) on held-out synthetic scene
 per held-out image exactly as in training. Speed: one 1080p frame, encode + network
 (ONNX Runtime CPU, FP32) + application, median of 20, with Reinhard global timed in
 the same run. Temporal stability: a static scene with sensor noise over 30 frames.
+
+Real content (``evaluate_real``): every shared HDR photograph, labelled held-out or
+training by ``edgehdr.models.training.splits``, rendered by the network, the
+project's classical operators and OpenCV's Reinhard, Drago and Mantiuk tone mappers in
+the same run, each scored by TMQI, mid-tone saturation, highlight clipping and
+colourfulness (``edgehdr.quality.rendering``: TMQI sees luminance only). The issue's
+targets are checked per image: TMQI >= reinhard-local's, mid-tone saturation >= 0.9 x
+Reinhard global's, highlight clipping <= reinhard-local's.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -21,7 +30,58 @@ import numpy as np
 
 from edgehdr.timing import median_ms
 
-__all__ = ["evaluate", "main"]
+__all__ = ["evaluate", "evaluate_real", "opencv_tonemap", "main"]
+
+
+def opencv_tonemap(radiance: np.ndarray, name: str) -> np.ndarray:
+    """OpenCV's ``cv2.createTonemap{Reinhard,Drago,Mantiuk}`` with its defaults (gamma 1 -> sRGB-like 2.2
+    below), radiance RGB float32 -> sRGB uint8 RGB, as a user of OpenCV would render it."""
+    import cv2
+
+    makers = {"opencv_reinhard": lambda: cv2.createTonemapReinhard(gamma=2.2),
+              "opencv_drago": lambda: cv2.createTonemapDrago(gamma=2.2),
+              "opencv_mantiuk": lambda: cv2.createTonemapMantiuk(gamma=2.2)}
+    bgr = np.ascontiguousarray(radiance[..., ::-1], np.float32)
+    out = makers[name]().process(bgr / max(float(bgr.max()), 1e-12))
+    out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.ascontiguousarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., ::-1])
+
+
+def _opencv_positional(radiance: np.ndarray, *, name: str) -> np.ndarray:
+    return opencv_tonemap(radiance, name)
+
+
+def evaluate_real(*, model: str | os.PathLike[str] = "tmo_net", max_side: int = 1024,
+                  with_opencv: bool = True) -> list[dict[str, Any]]:
+    """Per photograph and operator: TMQI, mid-tone saturation, highlight clipping, colourfulness, split."""
+    from edgehdr.infer import OnnxRuntimeRunner
+    from edgehdr.models import model_path
+    from edgehdr.models.training.splits import is_held_out
+    from edgehdr.quality import colourfulness, highlight_clipping, midtone_saturation, tmqi
+    from edgehdr.synth.realistic import real_hdr_scenes
+    from edgehdr.tonemap import drago, reinhard_global, reinhard_local
+    from edgehdr.tonemap.neural import NeuralToneMapper
+
+    runner = OnnxRuntimeRunner(model_path(model)).load()
+    student = NeuralToneMapper(runner, time_constant_s=0.0)
+    operators: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "neural": student, "reinhard": reinhard_global, "reinhard_local": reinhard_local, "drago": drago}
+    if with_opencv:
+        for name in ("opencv_reinhard", "opencv_drago", "opencv_mantiuk"):
+            operators[name] = functools.partial(_opencv_positional, name=name)
+    rows = []
+    for name, rad in real_hdr_scenes(max_side=max_side):
+        row: dict[str, Any] = {"photo": name, "split": "held-out" if is_held_out(name) else "training"}
+        for label, op in operators.items():
+            out = op(rad)
+            row[label] = {"tmqi": tmqi(rad, out).Q, "midtone_saturation": midtone_saturation(rad, out),
+                          "highlight_clipping": highlight_clipping(rad, out), "colourfulness": colourfulness(out)}
+        n, rl, rg = row["neural"], row["reinhard_local"], row["reinhard"]
+        row["targets_met"] = {"tmqi_ge_reinhard_local": n["tmqi"] >= rl["tmqi"],
+                              "saturation_ge_0.9_reinhard": n["midtone_saturation"] >= 0.9 * rg["midtone_saturation"],
+                              "clipping_le_reinhard_local": n["highlight_clipping"] <= rl["highlight_clipping"]}
+        rows.append(row)
+    return rows
 
 
 def evaluate(scenes: int = 24, *, model: str | os.PathLike[str] = "tmo_net", int8: str | os.PathLike[str] | None = None,
@@ -89,14 +149,35 @@ def evaluate(scenes: int = 24, *, model: str | os.PathLike[str] = "tmo_net", int
     return {"scenes": scenes, "quality": quality, "speed_1080p": speed, "mean_frame_step_codes": flicker}
 
 
+def format_real(rows: Sequence[dict[str, Any]]) -> str:
+    """The real-content table: one line per photograph and operator."""
+    lines = [f"{'photograph':<32} {'split':<9} {'operator':<16} {'TMQI':>6} {'mid sat':>7} {'hl@255':>6} "
+             f"{'colourf':>7}"]
+    for row in rows:
+        for label, v in row.items():
+            if isinstance(v, dict) and "tmqi" in v:
+                lines.append(f"{row['photo']:<32} {row['split']:<9} {label:<16} {v['tmqi']:>6.3f} "
+                             f"{v['midtone_saturation']:>7.3f} {v['highlight_clipping']:>6.3f} "
+                             f"{v['colourfulness']:>7.1f}")
+        lines.append(f"{'':<32} {'':<9} targets: " + ", ".join(f"{k} {'yes' if ok else 'NO'}"
+                                                             for k, ok in row["targets_met"].items()))
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.evaluate_tmo")
     p.add_argument("--scenes", type=int, default=24)
     p.add_argument("--model", default="tmo_net")
     p.add_argument("--int8", default=None, help="an INT8 Q/DQ model from edgehdr-export build --precision int8")
     p.add_argument("--json", default=None)
+    p.add_argument("--real-only", action="store_true", help="only the table on the shared real photographs")
     args = p.parse_args(argv)
+    real = evaluate_real(model=args.model)
+    print(format_real(real))
+    if args.real_only:
+        return 0
     result = evaluate(args.scenes, model=args.model, int8=args.int8)
+    result["real"] = real
     print(f"{'operator':<16} {'mean TMQI':>9} {'min TMQI':>9}")
     for k, v in result["quality"].items():
         print(f"{k:<16} {v['mean_tmqi']:>9.4f} {v['min_tmqi']:>9.4f}")

@@ -31,7 +31,7 @@ class TMONet(nn.Module):
     local path, and a global path (further strided convolution, global average pool,
     1 x 1 convolutions) added to every grid cell, so each cell sees both its region and
     the whole frame. The head maps into ``PARAM_RANGES`` with a sigmoid and starts at the
-    global operator's defaults (alpha 0.8, s 0, gamma 0.8).
+    global operator's defaults with the colour ratios kept (alpha 0.8, s 0, gamma 1).
     """
 
     def __init__(self, width: int = 32) -> None:
@@ -46,16 +46,18 @@ class TMONet(nn.Module):
         hi = torch.tensor([r[1] for r in PARAM_RANGES])
         self.register_buffer("lo", lo.view(1, 3, 1, 1))
         self.register_buffer("span", (hi - lo).view(1, 3, 1, 1))
-        start = torch.tensor([0.8, 0.0, 0.8])
+        start = torch.tensor([0.8, 0.0, 1.0])
         with torch.no_grad():
             self.head.weight.mul_(0.1)
             frac = (start - lo) / (hi - lo)
+            assert self.head.bias is not None  # Conv2d(bias=True)
             self.head.bias.copy_(torch.log(frac / (1 - frac)))
 
     def forward(self, log_luminance: torch.Tensor) -> torch.Tensor:
         feat = self.encoder(log_luminance)
         fused = torch.relu(self.local(feat) + self.global_path(feat))
-        return self.lo + self.span * torch.sigmoid(self.head(fused))
+        lo, span = self.get_buffer("lo"), self.get_buffer("span")
+        return lo + span * torch.sigmoid(self.head(fused))
 
     input_shape = TMO_INPUT_SHAPE
     output_shape = TMO_GRID_SHAPE
@@ -136,6 +138,7 @@ class MergeNet(nn.Module):
         self.head = nn.Conv2d(w1, 3, 3, padding=1)
         with torch.no_grad():
             self.head.weight.zero_()
+            assert self.head.bias is not None  # Conv2d(bias=True)
             self.head.bias.zero_()
 
     def forward(self, bracket: torch.Tensor) -> torch.Tensor:
@@ -188,7 +191,8 @@ class NoRVDPNet(nn.Module):
     def __init__(self, in_channels: int = 1, width_scale: float = 1.0) -> None:
         super().__init__()
         widths = [max(1, int(round(w * width_scale))) for w in NORVDPNET_WIDTHS]
-        layers, cin = [], in_channels
+        layers: list[nn.Module] = []
+        cin = in_channels
         for i, w in enumerate(widths):
             layers.append(_BlockQ(cin, w, stride=2 if i == len(widths) - 1 else 1))
             cin = w

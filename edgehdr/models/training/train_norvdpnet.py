@@ -1,20 +1,28 @@
 """Recipe: the default NoR-VDPNet weights, a width-reduced variant that predicts TMQI from the SDR image alone.
 
-    python -m edgehdr.models.training.train_norvdpnet        # the shipped weights; ~30 min on 2 CPU cores
+    python -m edgehdr.models.training.train_norvdpnet        # the shipped weights; ~40 min on 2 CPU cores
 
 The NoR-VDPNet++ "TMO" task (Banterle et al. 2023) with TMQI (Yeganeh & Wang 2013)
 as the full-reference target instead of HDR-VDP:
 
-1. Synthetic HDR scenes from ``edgehdr.synth`` (seeds 0..N-1, 256 x 384); each is
-   tone mapped ``--variants`` times by the project's operators with varied
-   parameters (``edgehdr.quality.norvdpnet.tone_mapping_variants``: Reinhard global and
-   local, Drago, the parametric operator, random smooth parameter grids, single
-   exposures, some washed out towards grey).
+1. HDR images: synthetic scenes from ``edgehdr.synth`` (seeds 0..N-1, 256 x 384) and
+   random crops of the shared real photographs outside the held-out split
+   (``edgehdr.models.training.splits``). Each is tone mapped ``--variants`` times
+   (``edgehdr.quality.norvdpnet.tone_mapping_variants`` over ``WIDE_VARIANT_KINDS``: the
+   project's operators with varied parameters, random smooth parameter grids, single
+   exposures, OpenCV's Reinhard / Drago / Mantiuk, colour drained or pushed, clipped
+   highlights, some washed out towards grey).
 2. Label: TMQI of each rendering against its radiance map (``edgehdr.quality.tmqi``).
-3. Model: ``NoRVDPNet(width_scale=0.25)`` (every width divided by 4) on the authors'
-   SDR encoding at 128 x 192; Adam on the squared error, horizontal flips.
-4. Held-out scenes (seeds from 100000, never trained on): Spearman and Pearson
-   correlation with TMQI; export to ONNX (``image`` -> ``quality``) with a manifest.
+3. Model: ``NoRVDPNet(width_scale=0.25)`` (every width divided by 4, the authors'
+   architecture otherwise) on the authors' SDR encoding at 128 x 192. Loss: squared
+   error plus a ranking loss over **every pair in the batch** (RankNet's logistic loss on
+   the sign of the TMQI difference; batches mix scenes), so scores are comparable across
+   scenes, not only within one — a user ranks a folder of different photographs.
+   Adam, horizontal flips.
+4. Held out: synthetic scenes (seeds from 100000) and the held-out real photographs
+   (whole, plus crops), never trained on: Spearman and Pearson correlation with TMQI
+   pooled over scenes and within each scene; export to ONNX (``image`` -> ``quality``)
+   with a manifest.
 
 Everything is seeded; a run on the same versions reproduces the weights.
 """
@@ -34,32 +42,63 @@ import torch
 
 from edgehdr.models.training.nets import NoRVDPNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
-from edgehdr.quality.norvdpnet import SCORE_INPUT_SHAPE, encode_sdr, pearson, spearman, tone_mapping_variants
+from edgehdr.quality.norvdpnet import (
+    SCORE_INPUT_SHAPE,
+    WIDE_VARIANT_KINDS,
+    encode_sdr,
+    pearson,
+    spearman,
+    tone_mapping_variants,
+)
 
-__all__ = ["score_dataset", "train_scorer", "predict", "export_scorer", "main", "HOLDOUT_SEED"]
+__all__ = ["score_dataset", "hdr_sources", "rank_loss", "train_scorer", "predict", "export_scorer", "correlations",
+           "main", "HOLDOUT_SEED"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent
 HOLDOUT_SEED = 100_000
 
 
-def score_dataset(scenes: int, variants: int, *, seed: int = 0, height: int = 256, width: int = 384,
-                  log: Callable[[str], object] | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """Inputs (N, 1, 128, 192) float32, TMQI labels (N,), scene index (N,) and descriptions."""
-    from edgehdr.quality import tmqi
+def hdr_sources(scenes: int, *, seed: int = 0, real: str | None = None, crops: int = 0, height: int = 256,
+                width: int = 384) -> list[tuple[str, np.ndarray]]:
+    """``(name, radiance)``: ``scenes`` synthetic scenes from ``seed``, then ``crops`` crops of each real
+    photograph of the ``real`` split (``"train"`` or ``"held-out"``; None for none)."""
+    from edgehdr.models.training.splits import random_crops, real_split
     from edgehdr.synth import make_scene
 
+    out = [(f"synthetic-{seed + i}", make_scene(seed + i, height, width).radiance) for i in range(scenes)]
+    if real is not None and crops > 0:
+        train, held_out = real_split()
+        photos = train if real == "train" else held_out
+        out += random_crops(photos, crops, seed=seed, height=height, width=width)
+    return out
+
+
+def score_dataset(sources: Sequence[tuple[str, np.ndarray]], variants: int, *, seed: int = 0,
+                  kinds: Sequence[str] = WIDE_VARIANT_KINDS, log: Callable[[str], object] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Inputs (N, 1, 128, 192) float32, TMQI labels (N,), source index (N,) and descriptions."""
+    from edgehdr.quality import tmqi
+
     xs, ys, owner, desc = [], [], [], []
-    for i in range(scenes):
-        radiance = make_scene(seed + i, height, width).radiance
-        for sdr, d in tone_mapping_variants(radiance, variants, seed=seed + i):
+    for i, (name, radiance) in enumerate(sources):
+        for sdr, d in tone_mapping_variants(radiance, variants, seed=seed + i, kinds=kinds):
             xs.append(encode_sdr(sdr)[0])
             ys.append(tmqi(radiance, sdr).Q)
             owner.append(i)
-            desc.append(d)
+            desc.append({"source": name, **d})
         if log and (i + 1) % 20 == 0:
-            log(f"data {i + 1}/{scenes} scenes")
+            log(f"data {i + 1}/{len(sources)} images")
     return np.stack(xs).astype(np.float32), np.asarray(ys, np.float32), np.asarray(owner), desc
+
+
+def correlations(pred: np.ndarray, label: np.ndarray, owner: np.ndarray) -> dict[str, float]:
+    """Pooled Spearman / Pearson / RMSE and the mean and minimum within-scene Spearman."""
+    within = [spearman(pred[owner == k], label[owner == k]) for k in np.unique(owner)
+              if np.count_nonzero(owner == k) >= 3]
+    return {"srocc": spearman(pred, label), "plcc": pearson(pred, label),
+            "rmse": float(np.sqrt(np.mean((pred - label) ** 2))),
+            "within_srocc_mean": float(np.mean(within)) if within else float("nan"),
+            "within_srocc_min": float(np.min(within)) if within else float("nan")}
 
 
 def predict(model: NoRVDPNet, x: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -69,15 +108,34 @@ def predict(model: NoRVDPNet, x: np.ndarray, batch: int = 64) -> np.ndarray:
                                for i in range(0, len(x), batch)])
 
 
+def rank_loss(pred: torch.Tensor, label: torch.Tensor, *, temperature: float = 0.02,
+              min_gap: float = 0.005) -> torch.Tensor:
+    """RankNet's logistic loss over every pair of the batch whose labels differ by more than ``min_gap``.
+
+    References
+    ----------
+    C. Burges et al., "Learning to rank using gradient descent," ICML 2005.
+    """
+    dp = pred[:, None] - pred[None, :]
+    dy = label[:, None] - label[None, :]
+    mask = dy > min_gap
+    if not bool(mask.any()):
+        return pred.sum() * 0.0
+    return torch.nn.functional.softplus(-dp[mask] / temperature).mean() * temperature
+
+
 def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int = 16, lr: float = 1e-3,
-                 width_scale: float = 0.25, seed: int = 0,
+                 width_scale: float = 0.25, seed: int = 0, rank: float = 1.0,
                  log: Callable[[str], object] = print) -> tuple[NoRVDPNet, list[dict[str, float]]]:
-    """Adam on the squared error to TMQI, cosine learning rate, random horizontal flips."""
+    """Adam on the squared error to TMQI plus ``rank`` x the batch-wide ranking loss, cosine learning rate,
+    random horizontal flips. Batches are drawn from the whole set, so most pairs cross scenes."""
     torch.manual_seed(seed)
     model = NoRVDPNet(width_scale=width_scale)
     with torch.no_grad():  # start at the mean label: the sigmoid's logit of mean(y)
         mean = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
-        model.regressor.regressor[2].bias.fill_(float(np.log(mean / (1 - mean))))
+        head = model.regressor.regressor[2]
+        assert isinstance(head, torch.nn.Linear)
+        head.bias.fill_(float(np.log(mean / (1 - mean))))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     rng = np.random.default_rng(seed)
@@ -92,14 +150,15 @@ def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int =
             xb = xt[idx]
             if rng.uniform() < 0.5:
                 xb = torch.flip(xb, dims=(3,))
-            loss = ((model(xb)[:, 0] - yt[idx]) ** 2).mean()
+            pred = model(xb)[:, 0]
+            loss = ((pred - yt[idx]) ** 2).mean() + rank * rank_loss(pred, yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
         sched.step()
-        history.append({"epoch": epoch + 1, "mse": total / len(x)})
-        log(f"epoch {epoch + 1:2d}/{epochs}: train RMSE {np.sqrt(total / len(x)):.4f}")
+        history.append({"epoch": epoch + 1, "loss": total / len(x)})
+        log(f"epoch {epoch + 1:2d}/{epochs}: train loss {total / len(x):.5f}")
     return model.eval(), history
 
 
@@ -117,13 +176,13 @@ def export_scorer(model: NoRVDPNet, path: str | os.PathLike[str], *, extra_metad
                        build_flags={"width_scale": model.width_scale})
 
 
-def _load_or_make(work: Path, name: str, scenes: int, variants: int,
+def _load_or_make(work: Path, name: str, sources: Callable[[], list[tuple[str, np.ndarray]]], variants: int,
                   seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cache = work / f"{name}_{scenes}x{variants}_{seed}.npz"
+    cache = work / f"{name}_{variants}_{seed}_wide.npz"
     if cache.is_file():
         d = np.load(cache)
         return d["x"], d["y"], d["owner"]
-    x, y, owner, _ = score_dataset(scenes, variants, seed=seed, log=print)
+    x, y, owner, _ = score_dataset(sources(), variants, seed=seed, log=print)
     np.savez(cache, x=x, y=y, owner=owner)
     return x, y, owner
 
@@ -131,10 +190,13 @@ def _load_or_make(work: Path, name: str, scenes: int, variants: int,
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.train_norvdpnet",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--scenes", type=int, default=160)
+    p.add_argument("--scenes", type=int, default=120, help="synthetic training scenes")
+    p.add_argument("--crops", type=int, default=24, help="crops per real training photograph")
     p.add_argument("--holdout-scenes", type=int, default=40)
-    p.add_argument("--variants", type=int, default=8, help="tone mappings per scene")
+    p.add_argument("--holdout-crops", type=int, default=4, help="whole + crops per held-out photograph")
+    p.add_argument("--variants", type=int, default=8, help="tone mappings per image")
     p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--rank", type=float, default=1.0, help="weight of the batch-wide ranking loss")
     p.add_argument("--width-scale", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("norvdpnet-training"), help="dataset cache and training log")
@@ -142,24 +204,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
-    x, y, _ = _load_or_make(args.work, "train", args.scenes, args.variants, args.seed)
-    xh, yh, _ = _load_or_make(args.work, "holdout", args.holdout_scenes, args.variants, HOLDOUT_SEED)
+    x, y, _ = _load_or_make(args.work, f"train_{args.scenes}_{args.crops}",
+                            lambda: hdr_sources(args.scenes, seed=args.seed, real="train", crops=args.crops),
+                            args.variants, args.seed)
+    held = {
+        "synthetic": _load_or_make(args.work, f"holdout_{args.holdout_scenes}",
+                                   lambda: hdr_sources(args.holdout_scenes, seed=HOLDOUT_SEED), args.variants,
+                                   HOLDOUT_SEED),
+        "real": _load_or_make(args.work, f"holdout_real_{args.holdout_crops}",
+                              lambda: hdr_sources(0, seed=HOLDOUT_SEED, real="held-out", crops=args.holdout_crops),
+                              args.variants, HOLDOUT_SEED)}
     t_data = time.perf_counter() - t0
-    print(f"{len(x)} training and {len(xh)} held-out renderings; TMQI {y.min():.3f}..{y.max():.3f} "
-          f"({t_data:.0f} s)", flush=True)
-    model, history = train_scorer(x, y, epochs=args.epochs, width_scale=args.width_scale, seed=args.seed)
-    pred = predict(model, xh)
-    result = {"srocc": spearman(pred, yh), "plcc": pearson(pred, yh),
-              "rmse": float(np.sqrt(np.mean((pred - yh) ** 2)))}
+    print(f"{len(x)} training renderings, held out {len(held['synthetic'][0])} synthetic and {len(held['real'][0])} "
+          f"real; TMQI {y.min():.3f}..{y.max():.3f} ({t_data:.0f} s)", flush=True)
+    model, history = train_scorer(x, y, epochs=args.epochs, width_scale=args.width_scale, seed=args.seed,
+                                  rank=args.rank)
+    result = {k: correlations(predict(model, xh), yh, oh) for k, (xh, yh, oh) in held.items()}
     t_total = time.perf_counter() - t0
     export_scorer(model, args.out, extra_metadata={
-        "edgehdr.recipe": f"train_norvdpnet --scenes {args.scenes} --variants {args.variants} --epochs {args.epochs} "
-                          f"--width-scale {args.width_scale} --seed {args.seed}",
-        "edgehdr.holdout": json.dumps({k: round(v, 4) for k, v in result.items()})})
+        "edgehdr.recipe": f"train_norvdpnet --scenes {args.scenes} --crops {args.crops} --variants {args.variants} "
+                          f"--epochs {args.epochs} --rank {args.rank} --width-scale {args.width_scale} "
+                          f"--seed {args.seed}",
+        "edgehdr.holdout": json.dumps({k: {m: round(v, 4) for m, v in r.items()} for k, r in result.items()})})
     log = write_training_log(args.work / "train_norvdpnet_log.json", model, SCORE_INPUT_SHAPE, holdout=result,
                              history=history, data_seconds=round(t_data, 1), total_seconds=round(t_total, 1))
-    print(f"wrote {args.out}: {log['parameters']} parameters, {log['macs_per_frame'] / 1e6:.1f} M MAC; held-out SROCC "
-          f"{result['srocc']:.3f}, PLCC {result['plcc']:.3f}, RMSE {result['rmse']:.4f}; total {t_total:.0f} s")
+    for k, r in result.items():
+        print(f"held-out {k}: pooled SROCC {r['srocc']:.3f}, PLCC {r['plcc']:.3f}, RMSE {r['rmse']:.4f}; "
+              f"within-scene SROCC mean {r['within_srocc_mean']:.3f}, min {r['within_srocc_min']:.3f}")
+    print(f"wrote {args.out}: {log['parameters']} parameters, {log['macs_per_frame'] / 1e6:.1f} M MAC; "
+          f"total {t_total:.0f} s")
     return 0
 
 

@@ -1,15 +1,25 @@
-"""Recipe: the real-time TMO network, distilled from a per-image TMQI-optimised teacher.
+"""Recipe: the real-time TMO network, distilled from a per-image teacher optimised for TMQI, colour and highlights.
 
-    python -m edgehdr.models.training.train_tmo            # the shipped weights; ~15 min on 2 CPU cores
+    python -m edgehdr.models.training.train_tmo            # the shipped weights; ~35 min on 2 CPU cores
 
-1. Synthetic HDR scenes from ``edgehdr.synth`` (seeds 0..191, 192 x 288).
-2. Teacher: for each scene, the parameter grid of the tutorial's parametric
-   operator (the same 3 x 8 x 14 grid and edge-aware application the network
-   drives) optimised by Adam to maximise TMQI through a differentiable TMQI —
-   the tutorial's "TMO optimised with a metric"; seconds per image.
-3. Student (``TMONet``): trained on the runtime's own input encoding to maximise
-   TMQI of its rendering, with the teacher's grids as a distillation term.
-4. Export to ONNX (``log_luminance`` -> ``params``, opset 17, the encoding in the
+1. Training images: synthetic HDR scenes from ``edgehdr.synth`` (seeds 0..191,
+   192 x 288) and random crops of the shared real photographs outside the held-out
+   split (``edgehdr.models.training.splits``), at several scales, mirrored at random.
+2. Objective (``tmo_objective``), per image, on what the runtime renders:
+   ``(1 - TMQI) + colour + highlights``. TMQI judges luminance only, and a network
+   trained on it alone learned to drain chroma (its saturation exponent is free), so
+   * **colour**: the mean HSV saturation of mid-tone pixels (the scene's 25th..75th
+     luminance percentiles) relative to the same rendering with the colour ratios kept
+     (``gamma = 1``, the tutorial's ``C_d = (C_w / L_w) L_d``, which is what Reinhard's
+     operators show), as ``(ratio - 1)^2``;
+   * **highlights**: the soft fraction of the scene's brightest 2 % of pixels whose
+     brightest channel reaches code 255 (a bright window washed out to white).
+3. Teacher: for each image, the parameter grid of the tutorial's parametric operator
+   (the same 3 x 8 x 14 grid and edge-aware application the network drives)
+   optimised by Adam on the same objective; seconds per image.
+4. Student (``TMONet``): trained on the runtime's own input encoding on the objective,
+   with the teacher's grids as a distillation term.
+5. Export to ONNX (``log_luminance`` -> ``params``, opset 17, the encoding in the
    model metadata), checked, with a manifest, into ``edgehdr/models/``.
 
 Everything is seeded; a run on the same versions reproduces the weights.
@@ -30,25 +40,73 @@ import torch
 from edgehdr.models.training.nets import TMONet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.models.training.torch_ops import apply_grid_torch, tmqi_torch, to_nchw
+from edgehdr.quality.rendering import tone_masks
 from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, TMO_INPUT_SHAPE, encode_tmo_input
 
-__all__ = ["tmo_scenes", "teacher_grid", "train_student", "export_tmo", "main"]
+__all__ = ["prepare_scene", "tmo_scenes", "real_crops", "tmo_objective", "teacher_grid", "train_student",
+           "export_tmo", "main", "COLOUR_WEIGHT", "HIGHLIGHT_WEIGHT"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent
 _LO = torch.tensor([r[0] for r in PARAM_RANGES]).view(1, 3, 1, 1)
 _SPAN = torch.tensor([r[1] - r[0] for r in PARAM_RANGES]).view(1, 3, 1, 1)
+COLOUR_WEIGHT = 2.0
+HIGHLIGHT_WEIGHT = 0.2
+
+
+def prepare_scene(radiance: np.ndarray) -> dict[str, Any]:
+    """One training image: radiance (1, 3, H, W), the runtime's network input, its key and the tone masks."""
+    x, key_log2, _ = encode_tmo_input(radiance)
+    mid, high = (m.astype(np.float32) for m in tone_masks(radiance))  # the evaluation's own masks
+    return {"radiance": to_nchw(radiance), "x": torch.from_numpy(x), "key": float(key_log2),
+            "mid": torch.from_numpy(mid)[None, None], "high": torch.from_numpy(high)[None, None]}
 
 
 def tmo_scenes(count: int, *, seed: int = 0, height: int = 192, width: int = 288) -> list[dict[str, Any]]:
-    """Scenes with the network input computed by the runtime's own encoder."""
+    """Synthetic scenes with the network input computed by the runtime's own encoder."""
     from edgehdr.synth import make_scene
 
-    out = []
-    for i in range(count):
-        radiance = make_scene(seed + i, height, width).radiance
-        x, key_log2, _ = encode_tmo_input(radiance)
-        out.append({"radiance": to_nchw(radiance), "x": torch.from_numpy(x), "key": float(key_log2)})
-    return out
+    return [prepare_scene(make_scene(seed + i, height, width).radiance) for i in range(count)]
+
+
+def real_crops(photos: Sequence[tuple[str, np.ndarray]], per_photo: int, *, seed: int = 0, height: int = 192,
+               width: int = 288) -> list[dict[str, Any]]:
+    """``splits.random_crops`` of real photographs, prepared as training images."""
+    from edgehdr.models.training.splits import random_crops
+
+    return [prepare_scene(crop) for _, crop in random_crops(photos, per_photo, seed=seed, height=height, width=width)]
+
+
+def _batch(scenes: Sequence[dict[str, Any]], key: str) -> torch.Tensor:
+    return torch.cat([s[key] for s in scenes])
+
+
+def _saturation(codes: torch.Tensor) -> torch.Tensor:
+    """HSV saturation of sRGB codes (B, 3, H, W) -> (B, 1, H, W)."""
+    mx = codes.amax(1, keepdim=True)
+    return (mx - codes.amin(1, keepdim=True)) / (mx + 1.0)
+
+
+def tmo_objective(scenes: Sequence[dict[str, Any]], grid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The per-image training objective of ``grid`` (B, 3, 8, 14) on ``scenes``; every entry is (B,).
+
+    ``loss = (1 - tmqi) + COLOUR_WEIGHT * colour + HIGHLIGHT_WEIGHT * highlights``; also returned:
+    ``tmqi``, ``saturation_ratio`` (mid-tone saturation / the colour-ratio-keeping rendering's),
+    ``colour`` and ``highlights`` (soft fraction of highlight pixels at code 255).
+    """
+    rad, mid, high = _batch(scenes, "radiance"), _batch(scenes, "mid"), _batch(scenes, "high")
+    key = torch.tensor([s["key"] for s in scenes])
+    codes = apply_grid_torch(rad, grid, key)
+    q = tmqi_torch(rad, codes).float()
+    with torch.no_grad():
+        kept = grid.detach().clone()
+        kept[:, 2] = 1.0
+        sat_ref = (_saturation(apply_grid_torch(rad, kept, key)) * mid).sum((1, 2, 3))
+    ratio = (_saturation(codes) * mid).sum((1, 2, 3)) / sat_ref.clamp_min(1e-6)
+    colour = (ratio - 1.0) ** 2
+    clipped = torch.sigmoid((codes.amax(1, keepdim=True) - 253.5) / 0.75)
+    highlights = (clipped * high).sum((1, 2, 3)) / high.sum((1, 2, 3)).clamp_min(1.0)
+    loss = (1.0 - q) + COLOUR_WEIGHT * colour + HIGHLIGHT_WEIGHT * highlights
+    return {"loss": loss, "tmqi": q, "saturation_ratio": ratio, "colour": colour, "highlights": highlights}
 
 
 def _tv(grid: torch.Tensor) -> torch.Tensor:
@@ -57,64 +115,68 @@ def _tv(grid: torch.Tensor) -> torch.Tensor:
 
 def teacher_grid(scene: dict[str, Any], *, steps: int = 60, lr: float = 0.08,
                  smooth: float = 0.01) -> tuple[np.ndarray, float]:
-    """Per-image optimisation of the parameter grid maximising TMQI (minus a small smoothness term).
+    """Per-image optimisation of the parameter grid on ``tmo_objective`` (plus a small smoothness term).
 
-    Returns the grid (3, 8, 14) in physical units and its TMQI (differentiable twin).
+    ``scene`` is a ``prepare_scene`` dict. Returns the best grid (3, 8, 14) in physical units and its
+    objective value (the differentiable twin's; lower is better).
     """
     if steps < 1:
         raise ValueError(f"teacher_grid needs steps >= 1, got {steps}")
-    start = torch.tensor([0.8, 0.0, 0.8]).view(1, 3, 1, 1)
-    frac = (start - _LO) / _SPAN
+    start = torch.tensor([0.8, 0.0, 1.0]).view(1, 3, 1, 1)
+    frac = ((start - _LO) / _SPAN).clamp(0.02, 0.98)
     raw = torch.log(frac / (1 - frac)).expand(1, 3, *TMO_GRID_SHAPE[2:]).clone().requires_grad_(True)
     opt = torch.optim.Adam([raw], lr=lr)
-    key = torch.tensor([scene["key"]])
-    best, best_q = None, -1.0
+    best, best_loss = None, float("inf")
     for _ in range(steps):
         grid = _LO + _SPAN * torch.sigmoid(raw)
-        q = tmqi_torch(scene["radiance"], apply_grid_torch(scene["radiance"], grid, key))[0]
-        if float(q.detach()) > best_q:
-            best_q, best = float(q.detach()), grid.detach().clone()
-        loss = -q + smooth * _tv((grid - _LO) / _SPAN)
+        loss = tmo_objective([scene], grid)["loss"][0]
+        value = float(loss.detach())
+        if value < best_loss:  # NaN never compares smaller
+            best_loss, best = value, grid.detach().clone()
+        total = loss + smooth * _tv((grid - _LO) / _SPAN)
         opt.zero_grad()
-        loss.backward()
+        total.backward()
         opt.step()
-    if best is None:  # TMQI was NaN at every step: there is no grid to return
-        raise ValueError(f"teacher optimisation found no finite TMQI in {steps} steps (scene key {scene['key']})")
-    return best[0].numpy(), best_q
+    if best is None:  # the objective was NaN at every step: there is no grid to return
+        raise ValueError(f"teacher optimisation found no finite objective in {steps} steps (scene key {scene['key']})")
+    return best[0].numpy(), best_loss
 
 
-def train_student(scenes: list[dict[str, Any]], teacher: np.ndarray, *, epochs: int = 30, batch: int = 8,
+def train_student(scenes: list[dict[str, Any]], teacher: np.ndarray | None, *, epochs: int = 30, batch: int = 8,
                   lr: float = 3e-3, distill: float = 1.0, width: int = 32, seed: int = 0,
                   log: Callable[[str], object] = print) -> tuple[TMONet, list[dict[str, float]]]:
-    """Adam on ``(1 - TMQI(render(student))) + distill * ||(student - teacher) / range||^2``."""
+    """Adam on ``tmo_objective(student) + distill * ||(student - teacher) / range||^2`` (no teacher term
+    when ``teacher`` is None)."""
     torch.manual_seed(seed)
     model = TMONet(width)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    teacher_t = torch.from_numpy(np.asarray(teacher, np.float32))
+    teacher_t = None if teacher is None else torch.from_numpy(np.asarray(teacher, np.float32))
     rng = np.random.default_rng(seed)
     history = []
     for epoch in range(epochs):
         order = rng.permutation(len(scenes))
-        q_sum, d_sum, n = 0.0, 0.0, 0
+        sums = {"tmqi": 0.0, "saturation_ratio": 0.0, "highlights": 0.0, "distill": 0.0}
+        n = 0
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
-            x = torch.cat([scenes[i]["x"] for i in idx])
-            rad = torch.cat([scenes[i]["radiance"] for i in idx])
-            key = torch.tensor([scenes[i]["key"] for i in idx])
-            grid = model(x)
-            q = tmqi_torch(rad, apply_grid_torch(rad, grid, key))
-            d = (((grid - teacher_t[idx]) / _SPAN) ** 2).mean()
-            loss = (1.0 - q).mean() + distill * d
+            chosen = [scenes[i] for i in idx]
+            grid = model(_batch(chosen, "x"))
+            terms = tmo_objective(chosen, grid)
+            d = torch.zeros(()) if teacher_t is None else (((grid - teacher_t[idx]) / _SPAN) ** 2).mean()
+            loss = terms["loss"].mean() + distill * d
             opt.zero_grad()
             loss.backward()
             opt.step()
-            q_sum += float(q.sum())
-            d_sum += float(d) * len(idx)
+            for k in ("tmqi", "saturation_ratio", "highlights"):
+                sums[k] += float(terms[k].detach().sum())
+            sums["distill"] += float(d.detach()) * len(idx)
             n += len(idx)
         sched.step()
-        history.append({"epoch": epoch + 1, "tmqi": q_sum / n, "distill": d_sum / n})
-        log(f"epoch {epoch + 1:2d}/{epochs}: train TMQI {q_sum / n:.4f}, distillation {d_sum / n:.5f}")
+        history.append({"epoch": epoch + 1, **{k: v / n for k, v in sums.items()}})
+        log(f"epoch {epoch + 1:2d}/{epochs}: train TMQI {sums['tmqi'] / n:.4f}, saturation ratio "
+            f"{sums['saturation_ratio'] / n:.3f}, highlights at 255 {sums['highlights'] / n:.3f}, "
+            f"distillation {sums['distill'] / n:.5f}")
     return model.eval(), history
 
 
@@ -131,12 +193,13 @@ def export_tmo(model: TMONet, path: str | os.PathLike[str], *, extra_metadata: d
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.train_tmo", description=__doc__.split("\n")[0])
-    p.add_argument("--scenes", type=int, default=192)
-    p.add_argument("--teacher-steps", type=int, default=60)
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--scenes", type=int, default=128, help="synthetic scenes")
+    p.add_argument("--crops", type=int, default=24, help="crops per real training photograph (0: none)")
+    p.add_argument("--teacher-steps", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=48, help="feature channels of TMONet")
-    p.add_argument("--distill", type=float, default=0.1, help="weight of the teacher-grid term")
+    p.add_argument("--distill", type=float, default=0.1, help="weight of the teacher-grid term (0: no teacher)")
     p.add_argument("--work", type=Path, default=Path("tmo-training"), help="teacher cache and training log")
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "tmo_net.onnx")
     args = p.parse_args(argv)
@@ -144,30 +207,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     scenes = tmo_scenes(args.scenes, seed=args.seed)
-    cache = args.work / f"teacher_{args.scenes}_{args.seed}_{args.teacher_steps}.npz"
-    if cache.is_file():
-        data = np.load(cache)
-        teacher, teacher_q = data["grids"], data["tmqi"]
-        print(f"teacher grids from {cache}")
-    else:
-        grids, qs = [], []
-        for i, scene in enumerate(scenes):
-            g, q = teacher_grid(scene, steps=args.teacher_steps)
-            grids.append(g)
-            qs.append(q)
-            print(f"teacher {i + 1}/{len(scenes)}: TMQI {q:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        teacher, teacher_q = np.stack(grids), np.asarray(qs)
-        np.savez(cache, grids=teacher, tmqi=teacher_q)
-    t_teacher = time.perf_counter() - t0
+    photos: list[str] = []
+    if args.crops:
+        from edgehdr.models.training.splits import real_split
+
+        train_photos, _ = real_split()
+        photos = [name for name, _ in train_photos]
+        scenes += real_crops(train_photos, args.crops, seed=args.seed)
+    print(f"{len(scenes)} training images: {args.scenes} synthetic, {len(scenes) - args.scenes} crops of "
+          f"{', '.join(photos) or 'no photograph'}", flush=True)
+    teacher = None
+    t_teacher = 0.0
+    if args.distill > 0:
+        cache = args.work / (f"teacher_{args.scenes}_{args.crops}x{len(photos)}_{args.seed}_{args.teacher_steps}"
+                             "_objective2.npz")
+        if cache.is_file():
+            teacher = np.load(cache)["grids"]
+            print(f"teacher grids from {cache}")
+        else:
+            grids = []
+            for i, scene in enumerate(scenes):
+                g, value = teacher_grid(scene, steps=args.teacher_steps)
+                grids.append(g)
+                print(f"teacher {i + 1}/{len(scenes)}: objective {value:.4f} ({time.perf_counter() - t0:.0f} s)",
+                      flush=True)
+            teacher = np.stack(grids)
+            np.savez(cache, grids=teacher)
+        t_teacher = time.perf_counter() - t0
     model, history = train_student(scenes, teacher, epochs=args.epochs, seed=args.seed, width=args.width,
                                    distill=args.distill)
     t_total = time.perf_counter() - t0
     export_tmo(model, args.out, extra_metadata={
-        "edgehdr.recipe": f"train_tmo --scenes {args.scenes} --teacher-steps {args.teacher_steps} "
-                          f"--epochs {args.epochs} --seed {args.seed} --width {args.width} --distill {args.distill}"})
+        "edgehdr.recipe": f"train_tmo --scenes {args.scenes} --crops {args.crops} --teacher-steps "
+                          f"{args.teacher_steps} --epochs {args.epochs} --seed {args.seed} --width {args.width} "
+                          f"--distill {args.distill}",
+        "edgehdr.training_photos": ",".join(photos)})
     log = write_training_log(args.work / "train_tmo_log.json", model, TMO_INPUT_SHAPE, history=history,
-                             teacher_mean_tmqi=float(np.mean(teacher_q)), teacher_seconds=round(t_teacher, 1),
-                             total_seconds=round(t_total, 1))
+                             teacher_seconds=round(t_teacher, 1), total_seconds=round(t_total, 1),
+                             training_photos=photos)
     print(f"wrote {args.out}: {log['parameters']} parameters, {log['macs_per_frame'] / 1e6:.1f} M MAC per frame; "
           f"teacher {t_teacher:.0f} s, total {t_total:.0f} s")
     return 0

@@ -1,0 +1,126 @@
+"""Rank agreement of NoR-VDPNet models with TMQI on real photographs, pooled across scenes and within each.
+
+    python -m edgehdr.models.training.evaluate_norvdpnet [--model norvdpnet_tmo] [--against other.onnx]
+
+Two rendering sets per photograph, both scored against TMQI (``edgehdr.quality.tmqi``):
+
+* **operators** — what a user compares: the project's Reinhard global and local, Drago,
+  the parametric operator and the neural TMO, OpenCV's Reinhard, Drago and Mantiuk at
+  their defaults, and single exposures at -2, 0 and +2 stops (11 renderings);
+* **wide** — ``tone_mapping_variants`` over ``WIDE_VARIANT_KINDS`` (8 seeded renderings,
+  a quarter washed out towards grey), the training recipe's distribution.
+
+Photographs are labelled held-out or training by ``edgehdr.models.training.splits``;
+the correlations that judge a model are the held-out ones. Speed: one 1080p frame
+(encoding + network, ONNX Runtime CPU), median of 20, each model in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edgehdr.timing import median_ms
+
+__all__ = ["operator_renderings", "evaluate", "main"]
+
+
+def operator_renderings(radiance: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The 'operators' set: 11 renderings of ``radiance`` a user would compare (see the module docstring)."""
+    from edgehdr.infer import OnnxRuntimeRunner
+    from edgehdr.models import model_path
+    from edgehdr.models.training.evaluate_tmo import opencv_tonemap
+    from edgehdr.tonemap import drago, parametric, reinhard_global, reinhard_local
+    from edgehdr.tonemap.color import luminance, srgb_encode
+    from edgehdr.tonemap.neural import NeuralToneMapper
+
+    with OnnxRuntimeRunner(model_path("tmo_net")) as runner:
+        neural = NeuralToneMapper(runner, time_constant_s=0.0)(radiance)
+    out = [("reinhard", reinhard_global(radiance)), ("reinhard-local", reinhard_local(radiance)),
+           ("drago", drago(radiance)), ("parametric", parametric(radiance)), ("neural", neural)]
+    out += [(name, opencv_tonemap(radiance, name)) for name in ("opencv_reinhard", "opencv_drago", "opencv_mantiuk")]
+    median = max(float(np.median(luminance(radiance))), 1e-12)
+    for stops in (-2, 0, 2):
+        lin = np.clip(radiance * (0.18 * 2.0 ** stops / median), 0.0, 1.0)
+        out.append((f"exposure {stops:+d}", np.round(srgb_encode(lin) * 255.0).astype(np.uint8)))
+    return out
+
+
+def _correlations(pred: np.ndarray, label: np.ndarray, owner: np.ndarray) -> dict[str, float]:
+    from edgehdr.quality.norvdpnet import pearson, spearman
+
+    within = [spearman(pred[owner == k], label[owner == k]) for k in np.unique(owner)]
+    return {"pooled_srocc": spearman(pred, label), "pooled_plcc": pearson(pred, label),
+            "within_srocc_mean": float(np.mean(within)), "within_srocc_min": float(np.min(within)),
+            "renderings": int(len(pred)), "photographs": int(len(np.unique(owner)))}
+
+
+def evaluate(models: Sequence[str], *, max_side: int = 768) -> dict[str, Any]:
+    from edgehdr.infer import OnnxRuntimeRunner
+    from edgehdr.models import model_path
+    from edgehdr.models.training.splits import is_held_out
+    from edgehdr.quality import tmqi
+    from edgehdr.quality.norvdpnet import WIDE_VARIANT_KINDS, NoRVDPNetScorer, tone_mapping_variants
+    from edgehdr.synth import make_scene
+    from edgehdr.synth.realistic import real_hdr_scenes
+
+    runners = {m: OnnxRuntimeRunner(model_path(m)).load() for m in models}
+    scorers = {m: NoRVDPNetScorer(r) for m, r in runners.items()}
+    rows: list[dict[str, Any]] = []
+    for k, (name, radiance) in enumerate(real_hdr_scenes(max_side=max_side)):
+        sets = {"operators": operator_renderings(radiance),
+                "wide": [(d["kind"], sdr) for sdr, d in
+                         tone_mapping_variants(radiance, 8, seed=200_000 + k, kinds=WIDE_VARIANT_KINDS)]}
+        for set_name, renderings in sets.items():
+            for label, sdr in renderings:
+                rows.append({"photo": name, "held_out": is_held_out(name), "set": set_name, "rendering": label,
+                             "tmqi": tmqi(radiance, sdr).Q, **{m: s.score(sdr) for m, s in scorers.items()}})
+    result: dict[str, Any] = {"rows": rows, "correlations": {}}
+    photos = sorted({r["photo"] for r in rows})
+    for split in ("held-out", "training"):
+        for set_name in ("operators", "wide"):
+            sel = [r for r in rows if r["held_out"] == (split == "held-out") and r["set"] == set_name]
+            if not sel:
+                continue
+            label = np.array([r["tmqi"] for r in sel])
+            owner = np.array([photos.index(r["photo"]) for r in sel])
+            result["correlations"][f"{split} {set_name}"] = {
+                m: _correlations(np.array([r[m] for r in sel]), label, owner) for m in models}
+    from edgehdr.tonemap import reinhard_global
+
+    frame = reinhard_global(make_scene(7, 1080, 1920).radiance)
+    result["score_1080p_ms"] = {m: median_ms(functools.partial(s.score, frame), 20, 3) for m, s in scorers.items()}
+    for r in runners.values():
+        r.close()
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.evaluate_norvdpnet")
+    p.add_argument("--model", default="norvdpnet_tmo")
+    p.add_argument("--against", action="append", default=[], help="another model to score in the same run")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    models = [args.model, *args.against]
+    result = evaluate(models)
+    print(f"{'split / set':<22} {'model':<28} {'pooled SROCC':>12} {'PLCC':>6} {'within mean':>11} {'min':>6} {'n':>4}")
+    for key, per_model in result["correlations"].items():
+        for m, c in per_model.items():
+            print(f"{key:<22} {m[-28:]:<28} {c['pooled_srocc']:>12.3f} {c['pooled_plcc']:>6.3f} "
+                  f"{c['within_srocc_mean']:>11.3f} {c['within_srocc_min']:>6.3f} {c['renderings']:>4}")
+    print("1080p scoring (encode + network):", ", ".join(f"{m} {v:.2f} ms" for m, v in
+                                                          result["score_1080p_ms"].items()))
+    if args.json:
+        from edgehdr.io.atomic import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
