@@ -588,15 +588,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     from edgehdr.dimming.run import ALGORITHMS as DIM_ALGORITHMS
+    from edgehdr.dimming.zones import DEFAULT_ALGORITHM, DEFAULT_POWER_BUDGET
 
     p = sub.add_parser("dim", help="local dimming of one image: zone values, LCD image, simulated display")
     p.add_argument("input", help="input .exr, .hdr or .pfm")
     p.add_argument("--layout", help="LED layout (.toml or .json); default 48x48 zones on a panel of the image size")
-    p.add_argument("--algorithm", choices=DIM_ALGORITHMS, default="sqrt")
+    p.add_argument("--algorithm", choices=DIM_ALGORITHMS, default=DEFAULT_ALGORITHM,
+                   help=f"zone algorithm (default {DEFAULT_ALGORITHM}, chosen on real photographs)")
     p.add_argument("--input-referred", choices=("scene", "display"), default="scene",
                    help="scene: robust peak mapped to the panel peak; display: already cd/m^2")
-    p.add_argument("--power-budget", type=_float_range(0.0, 1.0, above=True), default=None,
-                   help="cap the mean LED light fraction (0..1]; default: no cap")
+    p.add_argument("--power-budget", type=_float_range(0.0, 1.0, above=True), default=DEFAULT_POWER_BUDGET,
+                   help=f"cap on the mean LED light fraction, (0, 1] (default {DEFAULT_POWER_BUDGET}; 1: no cap)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.set_defaults(func=_cmd_dim)
 

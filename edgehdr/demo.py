@@ -41,7 +41,7 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
     cfg = validate({
         "source": {"kind": "synthetic", "width": width, "height": height, "fps": fps, "seed": seed},
         "planner": {"max_exposure_s": 10.0},  # synthetic units: no frame-rate bound on exposure
-        "dimming": {"rows": 18, "cols": 32, "algorithm": "neural" if neural else "sqrt"},
+        "dimming": {"rows": 18, "cols": 32, **({"algorithm": "neural"} if neural else {})},
         "tonemap": {"operator": "neural" if neural else "reinhard"},
         "merge": {"method": "neural" if neural else "debevec"},
         "score": {"every_n": 15},  # NoR-VDPNet's TMQI estimate of the output, twice a second

@@ -7,7 +7,15 @@ from edgehdr.dimming.layout import LayoutError, LedLayout, load_layout
 from edgehdr.dimming.metrics import clipped_fraction, dimming_metrics, halo_measure, power_fraction
 from edgehdr.dimming.optimize import optimal_zone_light, project_power_budget, quantise_within_budget
 from edgehdr.dimming.run import ALGORITHMS, DimmingResult, dim_frame, write_results, zone_heatmap
-from edgehdr.dimming.zones import HEURISTICS, ZoneTemporalFilter, within_budget, zone_light, zone_statistics
+from edgehdr.dimming.zones import (
+    DEFAULT_ALGORITHM,
+    DEFAULT_POWER_BUDGET,
+    HEURISTICS,
+    ZoneTemporalFilter,
+    within_budget,
+    zone_light,
+    zone_statistics,
+)
 
 __all__ = [
     "BacklightModel",
@@ -32,6 +40,8 @@ __all__ = [
     "project_power_budget",
     "quantise_within_budget",
     "within_budget",
+    "DEFAULT_ALGORITHM",
+    "DEFAULT_POWER_BUDGET",
     "HEURISTICS",
     "ZoneTemporalFilter",
     "zone_light",

@@ -20,7 +20,14 @@ from edgehdr.dimming.compensation import lcd_compensation, simulate_display
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.dimming.metrics import dimming_metrics
 from edgehdr.dimming.optimize import optimal_zone_light, quantise_within_budget
-from edgehdr.dimming.zones import HEURISTICS, ZoneTemporalFilter, within_budget, zone_light, zone_statistics
+from edgehdr.dimming.zones import (
+    DEFAULT_ALGORITHM,
+    HEURISTICS,
+    ZoneTemporalFilter,
+    within_budget,
+    zone_light,
+    zone_statistics,
+)
 
 __all__ = ["ALGORITHMS", "DimmingResult", "dim_frame", "zone_heatmap", "write_results"]
 
@@ -37,7 +44,7 @@ class DimmingResult:
     metrics: dict | None = None
 
 
-def dim_frame(target_cd_m2: np.ndarray, layout: LedLayout, algorithm: str = "sqrt", *,
+def dim_frame(target_cd_m2: np.ndarray, layout: LedLayout, algorithm: str = DEFAULT_ALGORITHM, *,
               model: BacklightModel | None = None, temporal: ZoneTemporalFilter | None = None,
               simulate: bool = False, optimal_kwargs: dict | None = None,
               power_budget: float | None = None) -> DimmingResult:

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from edgehdr.dimming.zones import HEURISTICS
+from edgehdr.dimming.zones import DEFAULT_ALGORITHM, DEFAULT_POWER_BUDGET, HEURISTICS
 from edgehdr.hdr.align import ALIGN_METHODS
 from edgehdr.hdr.weights import WEIGHTINGS
 from edgehdr.tomlconfig import read_table, typed_entries
@@ -93,9 +93,9 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
         "rows": (int, 48, _range(1, 255)),
         "cols": (int, 48, _range(1, 255)),
         "peak_luminance_cd_m2": (float, 1000.0, _range(1.0, 100000.0)),
-        "algorithm": (str, "sqrt", _choice(*HEURISTICS, "neural")),
+        "algorithm": (str, DEFAULT_ALGORITHM, _choice(*HEURISTICS, "neural")),
         "model": (str, "dimming_net", _any()),
-        "power_budget": (float, 1.0, _range(0.01, 1.0)),
+        "power_budget": (float, DEFAULT_POWER_BUDGET, _range(0.01, 1.0)),
     },
     "score": {
         "every_n": (int, 0, _range(0, 100000)),

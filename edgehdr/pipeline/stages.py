@@ -20,6 +20,8 @@ from edgehdr.bracket import Bracket
 from edgehdr.camera.base import BracketSource
 from edgehdr.camera.planner import ExposurePlanner
 from edgehdr.dimming import (
+    DEFAULT_ALGORITHM,
+    DEFAULT_POWER_BUDGET,
     HEURISTICS,
     BacklightModel,
     LedLayout,
@@ -213,10 +215,11 @@ class DimmingStage:
 
     reads: tuple[str, ...] = ("radiance",)
 
-    def __init__(self, layout: LedLayout, *, algorithm: str = "sqrt", max_rise_per_s: float = 8.0,
+    def __init__(self, layout: LedLayout, *, algorithm: str = DEFAULT_ALGORITHM, max_rise_per_s: float = 8.0,
                  max_fall_per_s: float = 2.0, peak_percentile: float = 99.9, time_constant_s: float = 0.4,
                  frame_interval_s: float = 1 / 30, runner: Runner | None = None,
-                 model_path: str | os.PathLike[str] | None = None, power_budget: float = 1.0) -> None:
+                 model_path: str | os.PathLike[str] | None = None,
+                 power_budget: float = DEFAULT_POWER_BUDGET) -> None:
         if algorithm not in (*HEURISTICS, "neural"):
             raise ValueError(f"runtime dimming algorithm must be a heuristic ({', '.join(HEURISTICS)}) or "
                              f"neural, got {algorithm!r}; 'optimal' is an offline reference")
