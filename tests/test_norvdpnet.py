@@ -16,6 +16,7 @@ from edgehdr.models import model_path
 from edgehdr.quality import tmqi
 from edgehdr.quality.norvdpnet import (
     SCORE_INPUT_SHAPE,
+    WIDE_VARIANT_KINDS,
     NoRVDPNetScorer,
     encode_hdr,
     encode_sdr,
@@ -119,6 +120,54 @@ def test_shipped_model_ranks_held_out_renderings_like_tmqi(scorer, scene_factory
             label.append(tmqi(radiance, sdr).Q)
     assert spearman(pred, label) >= 0.8, (spearman(pred, label), pearson(pred, label))
     assert pearson(pred, label) >= 0.8
+
+
+def test_shipped_model_ranks_renderings_across_held_out_photographs(scorer):
+    """What a user compares (the project's and OpenCV's operators, plain exposures) on real photographs no
+    recipe saw, pooled over photographs: a user ranking a folder of different photos gets TMQI's order."""
+    from edgehdr.models.training.evaluate_norvdpnet import operator_renderings
+    from edgehdr.models.training.splits import REAL_HELD_OUT
+    from edgehdr.synth.realistic import real_hdr_scenes
+
+    try:
+        photos = [(n, r) for n, r in real_hdr_scenes(max_side=384) if n in REAL_HELD_OUT]
+    except FileNotFoundError as exc:
+        pytest.skip(f"real HDR photographs not available: {exc}")
+    if len(photos) < 2:
+        pytest.skip("fewer than two held-out photographs in the data folder")
+    pred, label = [], []
+    for _, radiance in photos:
+        for _, sdr in operator_renderings(radiance):
+            pred.append(scorer.score(sdr))
+            label.append(tmqi(radiance, sdr).Q)
+    assert spearman(pred, label) >= 0.8, spearman(pred, label)
+
+
+def test_wide_variants_cover_opencv_colour_and_clipping(scene_factory):
+    radiance = scene_factory(9, 96, 144).radiance
+    out = tone_mapping_variants(radiance, len(WIDE_VARIANT_KINDS), seed=0, kinds=WIDE_VARIANT_KINDS, contrast_loss=0)
+    assert [d["kind"] for _, d in out] == list(WIDE_VARIANT_KINDS)
+    for sdr, d in out:
+        assert sdr.dtype == np.uint8 and sdr.shape == radiance.shape and sdr.flags.c_contiguous, d
+        assert 2 < sdr.mean() < 253, d  # a picture, not a constant
+    by_kind = {d["kind"]: (sdr, d) for sdr, d in out}
+    clipped, d = by_kind["clipped"]
+    assert np.mean(clipped.max(axis=2) == 255) > 0.02, d
+    again = tone_mapping_variants(radiance, len(WIDE_VARIANT_KINDS), seed=0, kinds=WIDE_VARIANT_KINDS, contrast_loss=0)
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(out, again))  # seeded
+
+
+@needs_torch
+def test_rank_loss_prefers_the_labels_order_across_the_batch():
+    import torch
+
+    from edgehdr.models.training.train_norvdpnet import rank_loss
+
+    label = torch.tensor([0.9, 0.6, 0.8, 0.7])
+    right = torch.tensor([0.7, 0.4, 0.6, 0.5])  # same order, shifted: no regression fit, rank perfect
+    wrong = torch.flip(right, (0,))
+    assert float(rank_loss(right, label)) < 0.1 * float(rank_loss(wrong, label))
+    assert float(rank_loss(right, torch.full((4,), 0.5))) == 0.0  # no pair differs: nothing to rank
 
 
 def test_score_command_ranks_a_photo_set_best_first(tmp_path, scene_factory, capsys):
