@@ -16,6 +16,7 @@ fused merge against ``merge_debevec`` with deghosting.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 from edgehdr.hdr.crf import CameraResponse
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.hdr.neural_merge import NeuralMerger, encode_merge_input, merge_with_weights
-from edgehdr.models.training.merge_data import dynamic_bracket
+from edgehdr.models.training.merge_data import dynamic_bracket, real_dynamic_bracket
 from edgehdr.quality import psnr_mu, pu21_psnr
 from edgehdr.timing import median_ms
 
@@ -49,14 +50,32 @@ def oracle_selection(frames: np.ndarray, exposures: np.ndarray, response: Camera
     return np.take_along_axis(singles, best[None], axis=0)[0].astype(np.float32)
 
 
-def evaluate(merger: NeuralMerger, seeds: Iterable[int], *, height: int = 544, width: int = 960) -> dict[str, Any]:
+def _real_source(radiance: np.ndarray, seed: int, moving: int) -> tuple[Any, ...]:
+    return real_dynamic_bracket(radiance, seed, moving_objects=moving)
+
+
+def _synthetic_source(seed: int, height: int, width: int, moving: int) -> tuple[Any, ...]:
+    return dynamic_bracket(seed, height=height, width=width, moving_objects=moving, speed_fraction=0.02)
+
+
+def evaluate(merger: NeuralMerger, seeds: Iterable[int], *, height: int = 544, width: int = 960,
+             real: bool = False) -> dict[str, Any]:
+    """Per scene and merge: PSNR-mu and PU-PSNR, dynamic and static. ``real``: instead of synthetic scenes, the
+    shared real photographs re-photographed (``real_dynamic_bracket``), ``seeds`` ignored."""
+    sources: list[tuple[Any, Callable[[int], tuple[Any, ...]]]] = []
+    if real:
+        from edgehdr.synth.realistic import real_hdr_scenes
+
+        for k, (name, rad) in enumerate(real_hdr_scenes(max_side=max(height, width))):
+            sources.append((name, functools.partial(_real_source, rad, HOLDOUT_SEED + k)))
+    else:
+        for seed in seeds:
+            sources.append((int(seed), functools.partial(_synthetic_source, int(seed), height, width)))
     rows = []
-    for seed in seeds:
-        row: dict[str, float] = {"seed": int(seed)}
+    for key, make in sources:
+        row: dict[str, Any] = {"seed" if not real else "photo": key}
         for motion in ("dynamic", "static"):
-            frames, exposures, truth, mask, response = dynamic_bracket(
-                seed, height=height, width=width, moving_objects=2 if motion == "dynamic" else 0,
-                speed_fraction=0.02)
+            frames, exposures, truth, mask, response = make(2 if motion == "dynamic" else 0)
             merger.response = response
             results = {"plain": merge_debevec(frames, exposures, response),
                        "deghost": merge_debevec(frames, exposures, response, deghost=True),
@@ -68,7 +87,7 @@ def evaluate(merger: NeuralMerger, seeds: Iterable[int], *, height: int = 544, w
                 if motion == "dynamic" and mask.any():
                     row[f"moving_{name}_pu_psnr"] = pu21_psnr(rad, truth, mask=mask)
         rows.append(row)
-    keys = [k for k in rows[0] if k != "seed"]
+    keys = [k for k in rows[0] if k not in ("seed", "photo")]
     mean = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
     return {"size": [width, height], "rows": rows, "mean": mean}
 
@@ -103,21 +122,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scenes", type=int, default=8)
     p.add_argument("--model", default="merge_net")
     p.add_argument("--no-timing", action="store_true")
+    p.add_argument("--real", action="store_true", help="also the shared real photographs, re-photographed")
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
     runner = OnnxRuntimeRunner(model_path(args.model)).load()
     merger = NeuralMerger(runner)
     report = evaluate(merger, range(HOLDOUT_SEED, HOLDOUT_SEED + args.scenes))
+    if args.real:
+        report["real"] = evaluate(merger, (), real=True)
     if not args.no_timing:
         report["timing_1080p"] = timing(merger)
-    m = report["mean"]
-    print(f"held-out scenes: {args.scenes} at {report['size'][0]}x{report['size'][1]} (mean dB)")
-    print(f"{'merge':<10} {'dyn PSNR-mu':>12} {'dyn PU-PSNR':>12} {'moving PU':>10} {'static PSNR-mu':>15} "
-          f"{'static PU':>10}")
-    for name in ("plain", "deghost", "network", "oracle"):
-        print(f"{name:<10} {m[f'dynamic_{name}_psnr_mu']:>12.2f} {m[f'dynamic_{name}_pu_psnr']:>12.2f} "
-              f"{m[f'moving_{name}_pu_psnr']:>10.2f} {m[f'static_{name}_psnr_mu']:>15.2f} "
-              f"{m[f'static_{name}_pu_psnr']:>10.2f}")
+    for label, part in (("held-out synthetic scenes", report), ("real photographs, re-photographed",
+                                                                report.get("real"))):
+        if part is None:
+            continue
+        m = part["mean"]
+        print(f"{label}: {len(part['rows'])} (mean dB)")
+        print(f"{'merge':<10} {'dyn PSNR-mu':>12} {'dyn PU-PSNR':>12} {'moving PU':>10} {'static PSNR-mu':>15} "
+              f"{'static PU':>10}")
+        for name in ("plain", "deghost", "network", "oracle"):
+            print(f"{name:<10} {m[f'dynamic_{name}_psnr_mu']:>12.2f} {m[f'dynamic_{name}_pu_psnr']:>12.2f} "
+                  f"{m.get(f'moving_{name}_pu_psnr', float('nan')):>10.2f} {m[f'static_{name}_psnr_mu']:>15.2f} "
+                  f"{m[f'static_{name}_pu_psnr']:>10.2f}")
     if "timing_1080p" in report:
         print("1080p ms:", json.dumps(report["timing_1080p"]))
     if args.json:
