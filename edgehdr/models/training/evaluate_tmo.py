@@ -88,7 +88,7 @@ def evaluate(scenes: int = 24, *, model: str | os.PathLike[str] = "tmo_net", int
              teacher_steps: int = 60) -> dict[str, Any]:
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
-    from edgehdr.quality import tmqi
+    from edgehdr.quality import highlight_clipping, midtone_saturation, tmqi
     from edgehdr.synth import make_scene
     from edgehdr.tonemap import drago, parametric, reinhard_global, reinhard_local
     from edgehdr.tonemap.neural import NeuralToneMapper, apply_parameter_grid, encode_tmo_input
@@ -102,26 +102,36 @@ def evaluate(scenes: int = 24, *, model: str | os.PathLike[str] = "tmo_net", int
     try:
         import torch  # noqa: F401 - the teacher needs the training extra
 
-        from edgehdr.models.training.torch_ops import to_nchw
-        from edgehdr.models.training.train_tmo import teacher_grid
+        from edgehdr.models.training.train_tmo import prepare_scene, teacher_grid
 
         teacher = teacher_grid
     except ImportError:
         teacher = None
+    colour: dict[str, list[tuple[float, float]]] = {"student": [], "reinhard": [], "reinhard_local": []}
     for i in range(scenes):
         rad = make_scene(100_000 + i, 256, 384).radiance
-        rows["student"].append(tmqi(rad, student(rad)).Q)
+        rendered = {"student": student(rad), "reinhard": reinhard_global(rad), "reinhard_local": reinhard_local(rad)}
+        for k, sdr in rendered.items():
+            rows[k].append(tmqi(rad, sdr).Q)
+            colour[k].append((midtone_saturation(rad, sdr), highlight_clipping(rad, sdr)))
         if quant is not None:
             rows["student_int8"].append(tmqi(rad, quant(rad)).Q)
-        rows["reinhard"].append(tmqi(rad, reinhard_global(rad)).Q)
-        rows["reinhard_local"].append(tmqi(rad, reinhard_local(rad)).Q)
         rows["drago"].append(tmqi(rad, drago(rad)).Q)
         rows["parametric"].append(tmqi(rad, parametric(rad)).Q)
         if teacher is not None:
             _, key, blocks = encode_tmo_input(rad)
-            grid, _ = teacher({"radiance": to_nchw(rad), "key": key}, steps=teacher_steps)
+            grid, _ = teacher(prepare_scene(rad), steps=teacher_steps)
             rows["teacher"].append(tmqi(rad, apply_parameter_grid(rad, grid, key_log2=key, blocks=blocks)).Q)
     quality = {k: {"mean_tmqi": float(np.mean(v)), "min_tmqi": float(np.min(v))} for k, v in rows.items() if v}
+    for k, v in colour.items():
+        quality[k]["mean_midtone_saturation"] = float(np.mean([c[0] for c in v]))
+        quality[k]["mean_highlight_clipping"] = float(np.mean([c[1] for c in v]))
+    targets = {"tmqi_ge_reinhard_local": sum(a >= b for a, b in zip(rows["student"], rows["reinhard_local"])),
+               "saturation_ge_0.9_reinhard": sum(a[0] >= 0.9 * b[0] for a, b in zip(colour["student"],
+                                                                                    colour["reinhard"])),
+               "clipping_le_reinhard_local": sum(a[1] <= b[1] for a, b in zip(colour["student"],
+                                                                             colour["reinhard_local"])),
+               "of": scenes}
     # Speed at 1080p.
     big = make_scene(7, 1080, 1920).radiance
     x, key, blocks = encode_tmo_input(big)
@@ -146,7 +156,8 @@ def evaluate(scenes: int = 24, *, model: str | os.PathLike[str] = "tmo_net", int
             frames.append(tm(np.maximum(noisy, 0)).astype(np.float32))
         flicker[label] = float(np.mean([np.abs(frames[k + 1].mean() - frames[k].mean())
                                         for k in range(10, 29)]))
-    return {"scenes": scenes, "quality": quality, "speed_1080p": speed, "mean_frame_step_codes": flicker}
+    return {"scenes": scenes, "quality": quality, "targets_met_scenes": targets, "speed_1080p": speed,
+            "mean_frame_step_codes": flicker}
 
 
 def format_real(rows: Sequence[dict[str, Any]]) -> str:
@@ -178,9 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     result = evaluate(args.scenes, model=args.model, int8=args.int8)
     result["real"] = real
-    print(f"{'operator':<16} {'mean TMQI':>9} {'min TMQI':>9}")
+    print(f"held-out synthetic scenes: {args.scenes}")
+    print(f"{'operator':<16} {'mean TMQI':>9} {'min TMQI':>9} {'mid sat':>7} {'hl@255':>6}")
     for k, v in result["quality"].items():
-        print(f"{k:<16} {v['mean_tmqi']:>9.4f} {v['min_tmqi']:>9.4f}")
+        extra = (f" {v['mean_midtone_saturation']:>7.3f} {v['mean_highlight_clipping']:>6.3f}"
+                 if "mean_midtone_saturation" in v else "")
+        print(f"{k:<16} {v['mean_tmqi']:>9.4f} {v['min_tmqi']:>9.4f}{extra}")
+    print("scenes meeting each target:", result["targets_met_scenes"])
     print("1080p:", ", ".join(f"{k} {v:.2f}" for k, v in result["speed_1080p"].items()))
     print("mean frame-to-frame change of the mean code, static noisy scene:", result["mean_frame_step_codes"])
     if args.json:
