@@ -1,9 +1,9 @@
 """Recipe: the real-time TMO network, trained on TMQI, colour and highlights on synthetic scenes and real photographs.
 
-    python -m edgehdr.models.training.train_tmo            # the shipped weights; 50 min on 2 CPU cores
-                                                           # (measured with another recipe training beside it)
+    python -m edgehdr.models.training.train_tmo            # the shipped weights; 6 min on 2 idle CPU cores
+                                                           # (50 min beside another training: threads contend)
 
-1. Training images: synthetic HDR scenes from ``edgehdr.synth`` (seeds 0..191,
+1. Training images: synthetic HDR scenes from ``edgehdr.synth`` (seeds 0..127,
    192 x 288) and random crops of the shared real photographs outside the held-out
    split (``edgehdr.models.training.splits``), at several scales, mirrored at random.
 2. Objective (``tmo_objective``), per image, on what the runtime renders:
@@ -147,10 +147,11 @@ def teacher_grid(scene: dict[str, Any], *, steps: int = 60, lr: float = 0.08,
 
 
 def train_student(scenes: list[dict[str, Any]], teacher: np.ndarray | None, *, epochs: int = 30, batch: int = 8,
-                  lr: float = 3e-3, distill: float = 1.0, width: int = 32, seed: int = 0,
+                  lr: float = 3e-3, distill: float = 1.0, smooth: float = 0.0, width: int = 32, seed: int = 0,
                   log: Callable[[str], object] = print) -> tuple[TMONet, list[dict[str, float]]]:
-    """Adam on ``tmo_objective(student) + distill * ||(student - teacher) / range||^2`` (no teacher term
-    when ``teacher`` is None)."""
+    """Adam on ``tmo_objective(student) + distill * ||(student - teacher) / range||^2 + smooth * TV(grid)``
+    (no teacher term when ``teacher`` is None; TV on the grid normalised to its ranges: parameter changes
+    between neighbouring cells are what paints halos across strong edges)."""
     torch.manual_seed(seed)
     model = TMONet(width)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -169,6 +170,8 @@ def train_student(scenes: list[dict[str, Any]], teacher: np.ndarray | None, *, e
             terms = tmo_objective(chosen, grid)
             d = torch.zeros(()) if teacher_t is None else (((grid - teacher_t[idx]) / _SPAN) ** 2).mean()
             loss = terms["loss"].mean() + distill * d
+            if smooth > 0:
+                loss = loss + smooth * _tv((grid - _LO) / _SPAN)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -204,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=48, help="feature channels of TMONet")
     p.add_argument("--distill", type=float, default=0.0, help="weight of the teacher-grid term (0: no teacher)")
+    p.add_argument("--smooth", type=float, default=0.0, help="weight of the grid's total variation")
     p.add_argument("--work", type=Path, default=Path("tmo-training"), help="teacher cache and training log")
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "tmo_net.onnx")
     args = p.parse_args(argv)
@@ -239,12 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             np.savez(cache, grids=teacher)
         t_teacher = time.perf_counter() - t0
     model, history = train_student(scenes, teacher, epochs=args.epochs, seed=args.seed, width=args.width,
-                                   distill=args.distill)
+                                   distill=args.distill, smooth=args.smooth)
     t_total = time.perf_counter() - t0
     export_tmo(model, args.out, extra_metadata={
         "edgehdr.recipe": f"train_tmo --scenes {args.scenes} --crops {args.crops} --teacher-steps "
                           f"{args.teacher_steps} --epochs {args.epochs} --seed {args.seed} --width {args.width} "
-                          f"--distill {args.distill}",
+                          f"--distill {args.distill} --smooth {args.smooth}",
         "edgehdr.training_photos": ",".join(photos)})
     log = write_training_log(args.work / "train_tmo_log.json", model, TMO_INPUT_SHAPE, history=history,
                              teacher_seconds=round(t_teacher, 1), total_seconds=round(t_total, 1),
