@@ -57,7 +57,11 @@ def read_radiance(path: str | os.PathLike[str], *, max_pixels: int | None = None
     if suffix == ".exr":
         rgb = _read_exr(path)
     else:
-        bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        try:
+            bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:  # OpenCV asserts on some headers ours accepts (a tab before a PFM's width)
+            raise ValueError(f"{path}: OpenCV cannot decode this {suffix} file ({str(exc).strip().splitlines()[-1]})"
+                             ) from exc
         if bgr is None:
             raise ValueError(f"{path}: not a readable {suffix} file (corrupt or truncated?)")
         if bgr.ndim == 2:

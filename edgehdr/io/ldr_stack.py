@@ -55,7 +55,10 @@ def read_ldr_image(path: str | os.PathLike[str], *, max_pixels: int | None = Non
     data = np.fromfile(path, np.uint8)
     if path.suffix.lower() in (".jpg", ".jpeg") and not jpeg_is_complete(data.tobytes()):
         raise ValueError(f"{path}: truncated or corrupt JPEG (the data ends before the end-of-image marker)")
-    bgr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        bgr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # some malformed headers make OpenCV assert instead of returning None
+        raise ValueError(f"{path}: not a readable image ({str(exc).strip().splitlines()[-1]})") from exc
     if bgr is None:
         raise ValueError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
     if declared is not None and bgr.shape[1::-1] != tuple(declared):

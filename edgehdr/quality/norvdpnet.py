@@ -152,7 +152,10 @@ class NoRVDPNetScorer:
 
                 image = read_radiance(p)
             else:
-                img = cv2.imread(str(p), cv2.IMREAD_COLOR)  # 16-bit files are reduced to 8 bits by OpenCV
+                try:
+                    img = cv2.imread(str(p), cv2.IMREAD_COLOR)  # 16-bit files are reduced to 8 bits by OpenCV
+                except cv2.error:  # some malformed headers make OpenCV assert instead of returning None
+                    img = None
                 if img is None:
                     raise ValueError(f"{p}: not a readable 8-bit image (PNG, JPEG, TIFF, ...)")
                 image = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
