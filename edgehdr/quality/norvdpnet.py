@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from edgehdr.infer.base import Runner
 
 __all__ = ["model_encoding", "SCORE_INPUT_SHAPE", "pil_luma8", "encode_sdr", "encode_hdr", "NoRVDPNetScorer",
-           "tone_mapping_variants", "VARIANT_KINDS", "WIDE_VARIANT_KINDS", "spearman", "pearson"]
+           "tone_mapping_variants", "VARIANT_KINDS", "WIDE_VARIANT_KINDS", "single_exposure", "opencv_render",
+           "spearman", "pearson"]
 
 SCORE_INPUT_SHAPE = (1, 1, 128, 192)
 SDR_GAMMA = 2.2
@@ -177,6 +178,27 @@ def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
+def single_exposure(radiance: np.ndarray, stops: float) -> np.ndarray:
+    """One camera exposure of ``radiance``: the median luminance at 0.18 x 2^stops, clipped, sRGB uint8.
+
+    float32 throughout, as the shipped model's training data was made (``srgb_encode`` works in
+    float64 and moves a few codes at rounding boundaries).
+    """
+    lum = np.asarray(radiance, np.float32) @ REC709_LUMA
+    scale = 0.18 * 2.0 ** stops / max(float(np.median(lum)), 1e-12)
+    lin = np.clip(np.asarray(radiance, np.float32) * scale, 0.0, 1.0)
+    srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(lin, 1 / 2.4) - 0.055)
+    return np.round(srgb * 255.0).astype(np.uint8)
+
+
+def opencv_render(radiance: np.ndarray, tonemapper: cv2.Tonemap) -> np.ndarray:
+    """Radiance RGB through one of OpenCV's tone mappers, as a user of OpenCV renders it: BGR, normalised
+    by the maximum, ``process``, non-finite results to 0 (1 for +inf), codes rounded; sRGB uint8 RGB."""
+    bgr = np.ascontiguousarray(np.asarray(radiance, np.float32)[..., ::-1])
+    out = np.nan_to_num(tonemapper.process(bgr / max(float(bgr.max()), 1e-12)), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.ascontiguousarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., ::-1])
+
+
 def _one_variant(radiance: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     from edgehdr.tonemap import tonemap
     from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, apply_parameter_grid
@@ -201,16 +223,8 @@ def _one_variant(radiance: np.ndarray, kind: str, rng: np.random.Generator) -> t
         return apply_parameter_grid(radiance, grid), {"grid_mean": grid.mean(axis=(1, 2)).round(3).tolist()}
     if kind == "exposure":  # a single camera exposure: scale, clip, sRGB (over- and under-exposure)
         stops = float(rng.uniform(-4.0, 4.0))
-        # float32 throughout, as the shipped model's training data was made (srgb_encode works in float64 and
-        # moves a few codes at rounding boundaries)
-        lum = np.asarray(radiance, np.float32) @ REC709_LUMA
-        scale = 0.18 * 2.0 ** stops / max(float(np.median(lum)), 1e-12)
-        lin = np.clip(np.asarray(radiance, np.float32) * scale, 0.0, 1.0)
-        srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(lin, 1 / 2.4) - 0.055)
-        return np.round(srgb * 255.0).astype(np.uint8), {"stops": stops}
+        return single_exposure(radiance, stops), {"stops": stops}
     if kind.startswith("opencv-"):
-        bgr = np.ascontiguousarray(np.asarray(radiance, np.float32)[..., ::-1])
-        bgr = bgr / max(float(bgr.max()), 1e-12)
         gamma = float(rng.uniform(1.6, 2.8))
         tm: cv2.Tonemap
         if kind == "opencv-reinhard":
@@ -225,9 +239,7 @@ def _one_variant(radiance: np.ndarray, kind: str, rng: np.random.Generator) -> t
             tm = cv2.createTonemapMantiuk(**params)
         else:
             raise ValueError(f"unknown tone-mapping variant {kind!r}; known: {', '.join(WIDE_VARIANT_KINDS)}")
-        out = np.nan_to_num(tm.process(bgr), nan=0.0, posinf=1.0, neginf=0.0)
-        sdr = np.ascontiguousarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., ::-1])
-        return sdr, {k: round(v, 3) for k, v in params.items()}
+        return opencv_render(radiance, tm), {k: round(v, 3) for k, v in params.items()}
     if kind == "saturation":  # colour far from the scene's: drained (s < 0.6) or pushed (s > 1.3)
         s = float(rng.uniform(0.1, 0.6) if rng.uniform() < 0.5 else rng.uniform(1.3, 2.0))
         params = {"key": _loguniform(rng, 0.05, 0.5), "saturation": s}

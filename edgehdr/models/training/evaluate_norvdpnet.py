@@ -5,8 +5,8 @@
 Two rendering sets per photograph, both scored against TMQI (``edgehdr.quality.tmqi``):
 
 * **operators** — what a user compares: the project's Reinhard global and local, Drago,
-  the parametric operator and the neural TMO, OpenCV's Reinhard, Drago and Mantiuk at
-  their defaults, and single exposures at -2, 0 and +2 stops (11 renderings);
+  the parametric operator and the neural TMO, OpenCV's Reinhard, Drago and Mantiuk
+  (gamma 2.2, otherwise their defaults), and single exposures at -2, 0 and +2 stops (11 renderings);
 * **wide** — ``tone_mapping_variants`` over ``WIDE_VARIANT_KINDS`` (8 seeded renderings,
   a quarter washed out towards grey), the training recipe's distribution.
 
@@ -35,8 +35,8 @@ def operator_renderings(radiance: np.ndarray) -> list[tuple[str, np.ndarray]]:
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
     from edgehdr.models.training.evaluate_tmo import opencv_tonemap
+    from edgehdr.quality.norvdpnet import single_exposure
     from edgehdr.tonemap import drago, parametric, reinhard_global, reinhard_local
-    from edgehdr.tonemap.color import luminance, srgb_encode
     from edgehdr.tonemap.neural import NeuralToneMapper
 
     with OnnxRuntimeRunner(model_path("tmo_net")) as runner:
@@ -44,10 +44,7 @@ def operator_renderings(radiance: np.ndarray) -> list[tuple[str, np.ndarray]]:
     out = [("reinhard", reinhard_global(radiance)), ("reinhard-local", reinhard_local(radiance)),
            ("drago", drago(radiance)), ("parametric", parametric(radiance)), ("neural", neural)]
     out += [(name, opencv_tonemap(radiance, name)) for name in ("opencv_reinhard", "opencv_drago", "opencv_mantiuk")]
-    median = max(float(np.median(luminance(radiance))), 1e-12)
-    for stops in (-2, 0, 2):
-        lin = np.clip(radiance * (0.18 * 2.0 ** stops / median), 0.0, 1.0)
-        out.append((f"exposure {stops:+d}", np.round(srgb_encode(lin) * 255.0).astype(np.uint8)))
+    out += [(f"exposure {stops:+d}", single_exposure(radiance, stops)) for stops in (-2, 0, 2)]
     return out
 
 

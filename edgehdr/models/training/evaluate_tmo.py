@@ -34,21 +34,17 @@ __all__ = ["evaluate", "evaluate_real", "opencv_tonemap", "main"]
 
 
 def opencv_tonemap(radiance: np.ndarray, name: str) -> np.ndarray:
-    """OpenCV's ``cv2.createTonemap{Reinhard,Drago,Mantiuk}`` with its defaults (gamma 1 -> sRGB-like 2.2
-    below), radiance RGB float32 -> sRGB uint8 RGB, as a user of OpenCV would render it."""
+    """OpenCV's ``cv2.createTonemap{Reinhard,Drago,Mantiuk}`` with gamma 2.2 (OpenCV's default of 1 leaves the
+    output linear) and otherwise their defaults, radiance RGB float32 -> sRGB uint8 RGB
+    (``edgehdr.quality.norvdpnet.opencv_render``)."""
     import cv2
 
-    makers = {"opencv_reinhard": lambda: cv2.createTonemapReinhard(gamma=2.2),
-              "opencv_drago": lambda: cv2.createTonemapDrago(gamma=2.2),
-              "opencv_mantiuk": lambda: cv2.createTonemapMantiuk(gamma=2.2)}
-    bgr = np.ascontiguousarray(radiance[..., ::-1], np.float32)
-    out = makers[name]().process(bgr / max(float(bgr.max()), 1e-12))
-    out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
-    return np.ascontiguousarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., ::-1])
+    from edgehdr.quality.norvdpnet import opencv_render
 
-
-def _opencv_positional(radiance: np.ndarray, *, name: str) -> np.ndarray:
-    return opencv_tonemap(radiance, name)
+    makers: dict[str, Callable[..., cv2.Tonemap]] = {
+        "opencv_reinhard": cv2.createTonemapReinhard, "opencv_drago": cv2.createTonemapDrago,
+        "opencv_mantiuk": cv2.createTonemapMantiuk}
+    return opencv_render(radiance, makers[name](gamma=2.2))
 
 
 def evaluate_real(*, model: str | os.PathLike[str] = "tmo_net", max_side: int = 1024,
@@ -68,7 +64,7 @@ def evaluate_real(*, model: str | os.PathLike[str] = "tmo_net", max_side: int = 
         "neural": student, "reinhard": reinhard_global, "reinhard_local": reinhard_local, "drago": drago}
     if with_opencv:
         for name in ("opencv_reinhard", "opencv_drago", "opencv_mantiuk"):
-            operators[name] = functools.partial(_opencv_positional, name=name)
+            operators[name] = functools.partial(opencv_tonemap, name=name)
     rows = []
     for name, rad in real_hdr_scenes(max_side=max_side):
         row: dict[str, Any] = {"photo": name, "split": "held-out" if is_held_out(name) else "training"}
@@ -81,6 +77,7 @@ def evaluate_real(*, model: str | os.PathLike[str] = "tmo_net", max_side: int = 
                               "saturation_ge_0.9_reinhard": n["midtone_saturation"] >= 0.9 * rg["midtone_saturation"],
                               "clipping_le_reinhard_local": n["highlight_clipping"] <= rl["highlight_clipping"]}
         rows.append(row)
+    runner.close()
     return rows
 
 
