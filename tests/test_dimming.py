@@ -234,7 +234,7 @@ def test_power_budget_caps_every_algorithm_and_the_cli(tmp_path):
     """A budget scales a heuristic's light down to it (zone ratios kept), the optimiser optimises under it,
     and the 12-bit codes never exceed it; the CLI passes it through."""
     from edgehdr.cli import main
-    from edgehdr.dimming import within_budget
+    from edgehdr.dimming import within_budget, zone_values_within_budget
     from edgehdr.io import write_radiance
 
     scene = make_scene(2, 96, 160).radiance
@@ -251,6 +251,8 @@ def test_power_budget_caps_every_algorithm_and_the_cli(tmp_path):
         assert capped.metrics["power"] == pytest.approx(budget, rel=0.02), algorithm
     light = np.array([[0.2, 0.8]], np.float32)
     np.testing.assert_allclose(within_budget(light, 0.25), light * 0.5, rtol=1e-6)
+    with pytest.raises(ValueError, match="non-finite"):  # no drive code for NaN, budget or not
+        zone_values_within_budget(np.array([[np.nan, 0.2]], np.float32), layout, 0.25)
     write_radiance(tmp_path / "in.exr", scene, exr_pixel_type="float")
     out = tmp_path / "out"
     assert main(["-q", "dim", str(tmp_path / "in.exr"), "--algorithm", "max", "--power-budget", "0.1",

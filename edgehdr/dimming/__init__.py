@@ -5,7 +5,12 @@ from edgehdr.dimming.compensation import ideal_display, lcd_compensation, simula
 from edgehdr.dimming.display import display_target, robust_peak_luminance
 from edgehdr.dimming.layout import LayoutError, LedLayout, load_layout
 from edgehdr.dimming.metrics import clipped_fraction, dimming_metrics, halo_measure, power_fraction
-from edgehdr.dimming.optimize import optimal_zone_light, project_power_budget, quantise_within_budget
+from edgehdr.dimming.optimize import (
+    optimal_zone_light,
+    project_power_budget,
+    quantise_within_budget,
+    zone_values_within_budget,
+)
 from edgehdr.dimming.run import ALGORITHMS, DimmingResult, dim_frame, write_results, zone_heatmap
 from edgehdr.dimming.zones import (
     DEFAULT_ALGORITHM,
@@ -39,6 +44,7 @@ __all__ = [
     "zone_heatmap",
     "project_power_budget",
     "quantise_within_budget",
+    "zone_values_within_budget",
     "within_budget",
     "DEFAULT_ALGORITHM",
     "DEFAULT_POWER_BUDGET",

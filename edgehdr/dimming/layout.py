@@ -67,6 +67,16 @@ def _num(value: float) -> str:
     return f"{value:g}".replace("e+0", "e").replace("e+", "e")
 
 
+def require_finite_light(light: np.ndarray) -> np.ndarray:
+    """``light`` as an array; ``ValueError`` on a non-finite light fraction: it has no drive code (a cast
+    would turn it into 0, a dark LED)."""
+    light = np.asarray(light)
+    if not np.isfinite(light).all():
+        raise ValueError(f"zone light has {int(np.count_nonzero(~np.isfinite(light)))} non-finite values of "
+                         f"{light.size}: no drive code for them")
+    return light
+
+
 @dataclass
 class LedLayout:
     """A local-dimming display.
@@ -209,11 +219,7 @@ class LedLayout:
         ``ValueError`` on a non-finite light fraction: it has no drive code (a cast would turn it into 0, a dark LED).
         """
         top = (1 << self.zone_bits) - 1
-        light = np.asarray(light)
-        if not np.isfinite(light).all():
-            raise ValueError(f"zone light has {int(np.count_nonzero(~np.isfinite(light)))} non-finite values of "
-                             f"{light.size}: no drive code for them")
-        return np.rint(self.drive_from_light(light) * top).astype(np.uint16)
+        return np.rint(self.drive_from_light(require_finite_light(light)) * top).astype(np.uint16)
 
     def light_from_zone_values(self, values: np.ndarray) -> np.ndarray:
         top = (1 << self.zone_bits) - 1

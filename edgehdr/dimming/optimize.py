@@ -23,12 +23,12 @@ import cv2
 import numpy as np
 
 from edgehdr.dimming.backlight import BacklightModel
-from edgehdr.dimming.layout import LedLayout
-from edgehdr.dimming.zones import zone_statistics
+from edgehdr.dimming.layout import LedLayout, require_finite_light
+from edgehdr.dimming.zones import within_budget, zone_statistics
 from edgehdr.quality.pu21 import pu21_derivative, pu21_encode
 from edgehdr.tonemap.nonfinite import nonfinite_pixels, report_nonfinite
 
-__all__ = ["optimal_zone_light", "project_power_budget", "quantise_within_budget"]
+__all__ = ["optimal_zone_light", "project_power_budget", "quantise_within_budget", "zone_values_within_budget"]
 
 log = logging.getLogger("edgehdr.dimming")
 
@@ -53,10 +53,11 @@ def quantise_within_budget(light: np.ndarray, layout: LedLayout, budget: float |
 
     Plain rounding can lift the mean drive above a budget the continuous answer met;
     this floors every zone, then gives one LSB back to the zones with the largest
-    remainders while the budget allows (largest-remainder rounding).
+    remainders while the budget allows (largest-remainder rounding). ``ValueError`` on a
+    non-finite light fraction, as ``LedLayout.to_zone_values``.
     """
     top = (1 << layout.zone_bits) - 1
-    exact = np.clip(layout.drive_from_light(light), 0.0, 1.0) * top
+    exact = np.clip(layout.drive_from_light(require_finite_light(light)), 0.0, 1.0) * top
     codes = np.floor(exact + 1e-9).astype(np.int64)
     if budget is None:
         return np.rint(exact).astype(np.uint16)
@@ -67,6 +68,18 @@ def quantise_within_budget(light: np.ndarray, layout: LedLayout, budget: float |
     flat = codes.ravel()
     flat[give] += 1
     return np.minimum(flat, top).reshape(codes.shape).astype(np.uint16)
+
+
+def zone_values_within_budget(light: np.ndarray, layout: LedLayout, budget: float | None) -> np.ndarray:
+    """Drive codes for ``light`` under ``budget`` (mean light fraction; None: no cap): the light scaled
+    down to the budget (``within_budget``), then rounded within it (``quantise_within_budget``).
+
+    The last step of every dimming path, offline (``dim_frame``) and at runtime (``DimmingStage``),
+    after the rate limiter, which can lift zones above what the algorithm chose.
+    """
+    if budget is None:
+        return layout.to_zone_values(light)
+    return quantise_within_budget(within_budget(light, budget), layout, budget)
 
 
 def optimal_zone_light(

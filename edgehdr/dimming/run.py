@@ -19,15 +19,8 @@ from edgehdr.dimming.backlight import BacklightModel
 from edgehdr.dimming.compensation import lcd_compensation, simulate_display
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.dimming.metrics import dimming_metrics
-from edgehdr.dimming.optimize import optimal_zone_light, quantise_within_budget
-from edgehdr.dimming.zones import (
-    DEFAULT_ALGORITHM,
-    HEURISTICS,
-    ZoneTemporalFilter,
-    within_budget,
-    zone_light,
-    zone_statistics,
-)
+from edgehdr.dimming.optimize import optimal_zone_light, zone_values_within_budget
+from edgehdr.dimming.zones import DEFAULT_ALGORITHM, HEURISTICS, ZoneTemporalFilter, zone_light, zone_statistics
 
 __all__ = ["ALGORITHMS", "DimmingResult", "dim_frame", "zone_heatmap", "write_results"]
 
@@ -66,11 +59,7 @@ def dim_frame(target_cd_m2: np.ndarray, layout: LedLayout, algorithm: str = DEFA
         light = zone_light(target_cd_m2, layout, algorithm, stats=stats)
     if temporal is not None:
         light = temporal.update(light)
-    if power_budget is not None:
-        light = within_budget(light, power_budget)
-        zone_values = quantise_within_budget(light, layout, power_budget)
-    else:
-        zone_values = layout.to_zone_values(light)
+    zone_values = zone_values_within_budget(light, layout, power_budget)
     light = layout.light_from_zone_values(zone_values).astype(np.float32)  # what the LEDs really get
     backlight = model.simulate(light)
     lcd = lcd_compensation(target_cd_m2, backlight, layout)

@@ -27,11 +27,10 @@ from edgehdr.dimming import (
     LedLayout,
     ZoneTemporalFilter,
     lcd_compensation,
-    quantise_within_budget,
     robust_peak_luminance,
-    within_budget,
     zone_light,
     zone_statistics,
+    zone_values_within_budget,
 )
 from edgehdr.hdr.align import ALIGN_METHODS, align_auto, align_homography, align_mtb
 from edgehdr.hdr.crf import CameraResponse
@@ -252,11 +251,8 @@ class DimmingStage:
         else:
             stats = zone_statistics(rad, self.layout, histogram=self.algorithm == "percentile", scale=scale)
             light = self.temporal.update(zone_light(rad, self.layout, self.algorithm, stats=stats))
-        if self.power_budget < 1.0:  # after the rate limiter, which can lift some zones above their target
-            light = within_budget(light, self.power_budget)
-            ctx.zone_values = quantise_within_budget(light, self.layout, self.power_budget)
-        else:
-            ctx.zone_values = self.layout.to_zone_values(light)
+        ctx.zone_values = zone_values_within_budget(light, self.layout,
+                                                    self.power_budget if self.power_budget < 1.0 else None)
         ctx.light = self.layout.light_from_zone_values(ctx.zone_values).astype(np.float32)
         ctx.backlight = self.model.simulate(ctx.light, out=self._backlight.take(rad.shape[:2], np.float32))
         lcd_dtype = np.uint8 if self.layout.lcd_bits == 8 else np.uint16
