@@ -12,7 +12,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -211,13 +211,11 @@ def _run_jobs(jobs: Sequence[str]) -> None:
             # Frames above a few thousand pixels take the merge's parallel kernel (small ones the serial one).
             merge_debevec(big, bracket.relative_exposure, response, bits=bracket.bits, deghost=deghost)
         elif job.startswith("tonemap"):
-            from edgehdr.tonemap import drago, parametric, reinhard_global, reinhard_local
+            from edgehdr.tonemap import tonemap
 
-            operators: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-                "tonemap": reinhard_global, "tonemap_local": reinhard_local, "tonemap_drago": drago,
-                "tonemap_parametric": parametric}
-            operator = operators[job]
-            operator(radiance)  # colour correction and saturation are run-time arguments of the same kernel
+            # The operator whose job this is (the neural operator shares Reinhard's job: frame statistics).
+            operator = next(op for op, j in _OPERATOR_JOBS.items() if j == job and op != "neural")
+            tonemap(radiance, operator)  # colour correction and saturation are run-time arguments of the same kernel
         elif job == "score":
             from edgehdr.quality.norvdpnet import encode_sdr
 

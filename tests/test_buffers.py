@@ -38,7 +38,7 @@ def test_a_new_size_or_dtype_gets_new_arrays_and_capacity_bounds_what_is_kept():
 
 
 def test_pipeline_stages_reuse_their_outputs():
-    """Merge, tone map and dimming outputs are recycled in a running pipeline, and frames stay right."""
+    """The merge stage recycles its radiance output frame after frame, and every frame stays right."""
     from edgehdr.camera.synthetic import SyntheticCamera
     from edgehdr.hdr import standard_response
     from edgehdr.hdr.merge import merge_debevec
