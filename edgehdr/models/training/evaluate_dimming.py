@@ -43,11 +43,11 @@ def evaluate_real(*, zones: Sequence[tuple[int, int]] = ((48, 48), (18, 32)),
         dimming_metrics,
         display_target,
         lcd_compensation,
-        quantise_within_budget,
         simulate_display,
         zone_light,
+        zone_values_within_budget,
     )
-    from edgehdr.dimming.neural import NeuralDimmer, within_budget
+    from edgehdr.dimming.neural import NeuralDimmer
     from edgehdr.dimming.zones import HEURISTICS
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
@@ -66,14 +66,14 @@ def evaluate_real(*, zones: Sequence[tuple[int, int]] = ((48, 48), (18, 32)),
                 net = NeuralDimmer(runner, layout)
             except ValueError:  # the shipped network is made for one zone grid
                 pass
+            free = {a: zone_light(target, layout, a) for a in HEURISTICS}  # the same for every budget
             for budget in budgets:
-                lights = {a: zone_light(target, layout, a) for a in HEURISTICS}
-                if budget is not None:
-                    lights = {a: within_budget(v, budget) for a, v in lights.items()}
+                lights = dict(free)
                 if net is not None:
                     lights["neural"] = net(target, power_budget=1.0 if budget is None else budget)
-                for algorithm, light in lights.items():
-                    q = layout.light_from_zone_values(quantise_within_budget(light, layout, budget)).astype(np.float32)
+                for algorithm, light in lights.items():  # the runtime's last step: scaled, rounded within
+                    codes = zone_values_within_budget(light, layout, budget)
+                    q = layout.light_from_zone_values(codes).astype(np.float32)
                     b = backlight.simulate(q)
                     m = dimming_metrics(target, simulate_display(lcd_compensation(target, b, layout), b, layout), q,
                                         layout)
