@@ -142,3 +142,18 @@ def test_rendering_checks_closed_forms():
     assert colourfulness(two) == pytest.approx(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
     with pytest.raises(ValueError, match="uint8"):
         midtone_saturation(rad, sdr.astype(np.float32))
+
+
+def test_scene_correlations_separate_within_scene_from_pooled_ranking():
+    from edgehdr.quality.correlation import scene_correlations
+
+    label = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.5, 0.4])
+    # Right order inside each of the two 3-rendering scenes, but the first scene scored above the second:
+    # within-scene Spearman 1, pooled clearly below. The last two renderings form a scene too small to rank.
+    pred = np.array([0.91, 0.92, 0.93, 0.11, 0.12, 0.13, 0.2, 0.1])
+    scene = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    c = scene_correlations(pred, label, scene)
+    assert c["within_srocc_mean"] == 1.0 and c["within_srocc_min"] == 1.0
+    assert c["srocc"] < 0.0 and c["renderings"] == 8 and c["scenes"] == 3
+    assert c["rmse"] == pytest.approx(float(np.sqrt(np.mean((pred - label) ** 2))))
+    assert math.isnan(scene_correlations(pred[:2], label[:2], scene[:2])["within_srocc_mean"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["pearson", "spearman", "tie_averaged_ranks"]
+__all__ = ["pearson", "spearman", "tie_averaged_ranks", "scene_correlations"]
 
 
 def tie_averaged_ranks(x: ArrayLike) -> np.ndarray:
@@ -34,3 +34,19 @@ def pearson(a: ArrayLike, b: ArrayLike) -> float:
 def spearman(a: ArrayLike, b: ArrayLike) -> float:
     """Spearman rank-order correlation (SROCC): Pearson of the tie-averaged ranks; NaN for constant input."""
     return pearson(tie_averaged_ranks(a), tie_averaged_ranks(b))
+
+
+def scene_correlations(pred: ArrayLike, label: ArrayLike, scene: ArrayLike) -> dict[str, float]:
+    """How a quality model's scores ``pred`` follow ``label`` across and within scenes.
+
+    ``srocc`` / ``plcc`` pooled over every rendering, ``rmse``, and the mean and minimum
+    Spearman within each ``scene`` (a scene with fewer than 3 renderings has no ranking to
+    judge and is left out; NaN when none is left), with the counts.
+    """
+    p, y, s = (np.asarray(a).ravel() for a in (pred, label, scene))
+    within = [spearman(p[s == k], y[s == k]) for k in np.unique(s) if np.count_nonzero(s == k) >= 3]
+    return {"srocc": spearman(p, y), "plcc": pearson(p, y),
+            "rmse": float(np.sqrt(np.mean((p.astype(np.float64) - y) ** 2))),
+            "within_srocc_mean": float(np.mean(within)) if within else float("nan"),
+            "within_srocc_min": float(np.min(within)) if within else float("nan"),
+            "renderings": int(p.size), "scenes": int(np.unique(s).size)}

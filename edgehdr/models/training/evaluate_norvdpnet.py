@@ -48,20 +48,12 @@ def operator_renderings(radiance: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _correlations(pred: np.ndarray, label: np.ndarray, owner: np.ndarray) -> dict[str, float]:
-    from edgehdr.quality.norvdpnet import pearson, spearman
-
-    within = [spearman(pred[owner == k], label[owner == k]) for k in np.unique(owner)]
-    return {"pooled_srocc": spearman(pred, label), "pooled_plcc": pearson(pred, label),
-            "within_srocc_mean": float(np.mean(within)), "within_srocc_min": float(np.min(within)),
-            "renderings": int(len(pred)), "photographs": int(len(np.unique(owner)))}
-
-
 def evaluate(models: Sequence[str], *, max_side: int = 768) -> dict[str, Any]:
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
     from edgehdr.models.training.splits import is_held_out
     from edgehdr.quality import tmqi
+    from edgehdr.quality.correlation import scene_correlations
     from edgehdr.quality.norvdpnet import WIDE_VARIANT_KINDS, NoRVDPNetScorer, tone_mapping_variants
     from edgehdr.synth import make_scene
     from edgehdr.synth.realistic import real_hdr_scenes
@@ -87,7 +79,7 @@ def evaluate(models: Sequence[str], *, max_side: int = 768) -> dict[str, Any]:
             label = np.array([r["tmqi"] for r in sel])
             owner = np.array([photos.index(r["photo"]) for r in sel])
             result["correlations"][f"{split} {set_name}"] = {
-                m: _correlations(np.array([r[m] for r in sel]), label, owner) for m in models}
+                m: scene_correlations(np.array([r[m] for r in sel]), label, owner) for m in models}
     from edgehdr.tonemap import reinhard_global
 
     frame = reinhard_global(make_scene(7, 1080, 1920).radiance)
@@ -108,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'split / set':<22} {'model':<28} {'pooled SROCC':>12} {'PLCC':>6} {'within mean':>11} {'min':>6} {'n':>4}")
     for key, per_model in result["correlations"].items():
         for m, c in per_model.items():
-            print(f"{key:<22} {m[-28:]:<28} {c['pooled_srocc']:>12.3f} {c['pooled_plcc']:>6.3f} "
+            print(f"{key:<22} {m[-28:]:<28} {c['srocc']:>12.3f} {c['plcc']:>6.3f} "
                   f"{c['within_srocc_mean']:>11.3f} {c['within_srocc_min']:>6.3f} {c['renderings']:>4}")
     print("1080p scoring (encode + network):", ", ".join(f"{m} {v:.2f} ms" for m, v in
                                                           result["score_1080p_ms"].items()))

@@ -43,17 +43,16 @@ import torch
 
 from edgehdr.models.training.nets import NoRVDPNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
+from edgehdr.quality.correlation import scene_correlations
 from edgehdr.quality.norvdpnet import (
     SCORE_INPUT_SHAPE,
     WIDE_VARIANT_KINDS,
     encode_sdr,
-    pearson,
-    spearman,
     tone_mapping_variants,
 )
 
-__all__ = ["score_dataset", "hdr_sources", "rank_loss", "train_scorer", "predict", "export_scorer", "correlations",
-           "main", "HOLDOUT_SEED"]
+__all__ = ["score_dataset", "hdr_sources", "rank_loss", "train_scorer", "predict", "export_scorer", "main",
+           "HOLDOUT_SEED"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent
 HOLDOUT_SEED = 100_000
@@ -90,16 +89,6 @@ def score_dataset(sources: Sequence[tuple[str, np.ndarray]], variants: int, *, s
         if log and (i + 1) % 20 == 0:
             log(f"data {i + 1}/{len(sources)} images")
     return np.stack(xs).astype(np.float32), np.asarray(ys, np.float32), np.asarray(owner), desc
-
-
-def correlations(pred: np.ndarray, label: np.ndarray, owner: np.ndarray) -> dict[str, float]:
-    """Pooled Spearman / Pearson / RMSE and the mean and minimum within-scene Spearman."""
-    within = [spearman(pred[owner == k], label[owner == k]) for k in np.unique(owner)
-              if np.count_nonzero(owner == k) >= 3]
-    return {"srocc": spearman(pred, label), "plcc": pearson(pred, label),
-            "rmse": float(np.sqrt(np.mean((pred - label) ** 2))),
-            "within_srocc_mean": float(np.mean(within)) if within else float("nan"),
-            "within_srocc_min": float(np.min(within)) if within else float("nan")}
 
 
 def predict(model: NoRVDPNet, x: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -220,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"real; TMQI {y.min():.3f}..{y.max():.3f} ({t_data:.0f} s)", flush=True)
     model, history = train_scorer(x, y, epochs=args.epochs, width_scale=args.width_scale, seed=args.seed,
                                   rank=args.rank)
-    result = {k: correlations(predict(model, xh), yh, oh) for k, (xh, yh, oh) in held.items()}
+    result = {k: scene_correlations(predict(model, xh), yh, oh) for k, (xh, yh, oh) in held.items()}
     t_total = time.perf_counter() - t0
     export_scorer(model, args.out, extra_metadata={
         "edgehdr.recipe": f"train_norvdpnet --scenes {args.scenes} --crops {args.crops} --variants {args.variants} "
