@@ -380,7 +380,8 @@ def _qemu_stream(controller: QemuController, seconds: float, hz: float | None, r
         # tick it is meant for, the clock re-fitted every second from the last two seconds of apply lines (the
         # controller's timer drifts against the host's). Half a period measured as well as 0.8 and adds less delay.
         mark = len(controller.snapshot())
-        sent0 = link.stats()["frames_sent"]
+        before = link.stats()
+        sent0, superseded0 = before["frames_sent"], before["frames_superseded"]
         first_id = frame_id + 1
         t0, vsync_period = clock
         step = max(1, round(1.0 / (hz * vsync_period)))  # vsyncs per frame
@@ -409,12 +410,14 @@ def _qemu_stream(controller: QemuController, seconds: float, hz: float | None, r
         link.close()
     status = stats["controller_status"]
     sent = stats["frames_sent"] - sent0
+    superseded = stats["frames_superseded"] - superseded0
     encoding = 1 if bits not in (8, 16) else 0  # what Link's 'auto' picks with a controller that packs
     wire_bytes = len(encode_message(Zones(frame_id=1, values=patterns[0], bits=bits, encoding=encoding), 1))
     return {
         "seconds": seconds, "hz": hz, "rows": rows, "cols": cols, "bits": bits, "bytes_per_frame": wire_bytes,
         "uart_bytes_per_s": round(throughput), "uart_load": wire_bytes * hz / throughput,
-        "frames_submitted": n, "frames_sent": sent, "frames_applied": verified["applied"],
+        "frames_submitted": n, "frames_sent": sent,
+        "frames_superseded_on_host": superseded, "frames_applied": verified["applied"],
         "applied_fraction": verified["applied"] / n if n else 0.0,
         "corrupted_accepted": verified["corrupted_accepted"], "corrupted_ids": verified["corrupted_ids"],
         "latency_ms_median": verified["latency_ms_median"], "latency_ms_p99": verified["latency_ms_p99"],

@@ -63,7 +63,10 @@ def test_stream_every_applied_frame_is_what_was_sent(controller):
     # 60 Hz: QEMU's one-byte UART carries ~5-10 kB/s here; 120 Hz of even 4x4 zones fills ~90 % of it.
     result = bench.qemu_stream_run(2.0, 60.0, controller=controller)
     assert result["corrupted_accepted"] == 0
-    assert result["frames_sent"] == result["frames_submitted"]
+    # Every submitted frame is either written or counted as superseded on the host (latest-wins when the link's
+    # writer thread is descheduled: CI once saw 3 of 120); none vanishes uncounted.
+    assert result["frames_sent"] + result["frames_superseded_on_host"] == result["frames_submitted"], result
+    assert result["frames_sent"] >= 0.5 * result["frames_submitted"], result
     # Latest-wins may supersede frames when the host or QEMU is descheduled (a 2 s run on a loaded 2-core CI
     # machine saw 94 %; the 60 s bench 99.8-99.9 %); what must hold exactly is that nothing corrupt is applied.
     assert result["applied_fraction"] >= 0.5, result  # a timing figure under load; the bench reports it
