@@ -128,6 +128,10 @@ def _cmd_tonemap(args: argparse.Namespace) -> int:
             params.update(key=args.key, saturation=args.saturation)
             if args.white is not None:
                 params["white"] = args.white
+            if args.base_compression:
+                if args.operator != "reinhard-local":
+                    raise ValueError("--base-compression applies to --operator reinhard-local")
+                params["base_compression"] = args.base_compression
         elif args.operator == "drago":
             params.update(bias=args.bias, saturation=args.saturation)
         else:
@@ -538,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --operator neural: auto (a TensorRT engine where one is built) or cpu")
     p.add_argument("--key", type=_float_above(0.0), default=0.18, help="Reinhard key / parametric mid-grey")
     p.add_argument("--white", type=_float_above(0.0), help="Reinhard white point (default: scene maximum)")
+    p.add_argument("--base-compression", type=_float_in(0.0, 0.95), default=0.0,
+                   help="reinhard-local: compress the base layer towards the key by 1 - this (Durand & Dorsey); "
+                        "0 is Reinhard's operator, 0.5 lifts deep shadows beside a bright sky")
     p.add_argument("--bias", type=_float_above(0.0), default=0.85, help="Drago bias")
     p.add_argument("--alpha", type=_float_above(0.0), default=0.8, help="parametric contrast exponent")
     p.add_argument("--mu", type=_float_above(0.0), help="parametric mid-point (default from the key)")

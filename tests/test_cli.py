@@ -79,6 +79,14 @@ def test_demo_runs_the_pipeline_to_the_controller_and_writes_results(tmp_path):
     assert zones.shape == (18, 32) and zones.max() <= 4095
     sheet = read_ldr_image(out / "contact_sheet.png")
     assert sheet.shape[1] == 3 * 480
+    # The scene's darkest 5 % (the room, 7 stops below the wall) is shown, not black: Reinhard's eq. 9 alone puts
+    # it at code 1 here; the demo's base-layer compression at about 18.
+    from edgehdr.tonemap import luminance, reinhard_local
+
+    radiance, sdr = read_radiance(out / "merged.exr"), read_ldr_image(out / "tonemapped.png")
+    lum = luminance(radiance)
+    darkest = lum <= np.quantile(lum, 0.05)
+    assert np.median(sdr[darkest]) >= 10 > np.median(reinhard_local(radiance)[darkest])
     assert not list(out.glob(".*tmp*")), "no temporary files left behind"
 
 

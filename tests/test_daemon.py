@@ -29,6 +29,8 @@ from edgehdr.pipeline.sinks import PreviewState
     ("[camera]\n", r"unknown section \[camera\]"),
     ("[source]\nkind = 'replay'\n", r"\[source\] path is required when kind = 'replay'"),
     ("[source]\nexposures_s = [0.01, -1]\n", r"\[source\] exposures_s"),
+    ("[tonemap]\noperator = 'drago'\nbase_compression = 0.5\n",
+     r"\[tonemap\] base_compression = 0.5: applies to operator = 'reinhard-local', not 'drago'"),
 ])
 def test_config_errors_name_the_key_and_allowed_values(tmp_path, body, message):
     path = tmp_path / "edgehdr.toml"

@@ -155,6 +155,34 @@ def test_guided_filter_avoids_the_halo_a_gaussian_leaves():
     assert abs(guided) < 0.5 and abs(bilateral) < 0.5
 
 
+def test_base_compression_follows_its_closed_form_in_flat_regions():
+    """Inside a large flat region the guided filter's V equals L_m, so eq. 9 with the base layer compressed by
+    1 - beta reads L_m' = L_m^(1 - beta) key^beta, L_d = L_m' (1 + L_m' / L_white^2) / (1 + L_m') exactly."""
+    h, w = 256, 256
+    lum = np.full((h, w), 2.0 ** -10, np.float32)  # a dark room ...
+    lum[:, w // 2:] = 1.0  # ... beside a lit wall, 10 stops apart
+    radiance = np.repeat(lum[..., None], 3, axis=2)
+    log_avg, l_max = _stats(radiance)
+    key = 0.18
+    scale = key / log_avg
+    inv_white2 = 1.0 / (l_max * scale) ** 2
+    previous = None
+    for beta in (0.0, 0.3, 0.6):
+        out = reinhard_local(radiance, key=key, base_compression=beta)
+        codes = []
+        for cols, level in ((slice(20, 90), 2.0 ** -10), (slice(170, 236), 1.0)):
+            lm = (level * scale) ** (1 - beta) * key ** beta
+            expected = _encode(lm * (1 + lm * inv_white2) / (1 + lm))
+            assert np.abs(out[20:236, cols].astype(float) - expected).max() <= 1, (beta, level)
+            codes.append(expected)
+        if previous is not None:  # the room rises and the wall falls as beta grows: the step between them shrinks
+            assert codes[0] > previous[0] and codes[1] < previous[1]
+        previous = codes
+    np.testing.assert_array_equal(reinhard_local(radiance, base_compression=0.0), reinhard_local(radiance))
+    with pytest.raises(ValueError, match="base_compression"):
+        reinhard_local(radiance, base_compression=1.0)
+
+
 def test_guided_filter_properties(rng):
     img = rng.random((40, 50)).astype(np.float32)
     flat = np.full((40, 50), 0.3, np.float32)

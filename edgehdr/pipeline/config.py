@@ -85,6 +85,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
         "model": (str, "tmo_net", _any()),
         "key": (float, 0.18, _range(0.01, 1.0)),
         "saturation": (float, 1.0, _range(0.0, 2.0)),
+        "base_compression": (float, 0.0, _range(0.0, 0.95)),
         "time_constant_s": (float, 0.4, _range(0.0, 60.0)),
     },
     "dimming": {
@@ -177,6 +178,10 @@ def validate(data: dict[str, Any], source: str = "<config>") -> dict[str, dict[s
     planner = config["planner"]
     if planner["min_exposure_s"] >= planner["max_exposure_s"]:
         raise ConfigError(f"{source}: [planner] min_exposure_s must be below max_exposure_s")
+    tm = config["tonemap"]
+    if tm["base_compression"] and tm["operator"] != "reinhard-local":
+        raise ConfigError(f"{source}: [tonemap] base_compression = {tm['base_compression']!r}: applies to "
+                          f"operator = 'reinhard-local', not {tm['operator']!r} (leave it at 0)")
     bridge = config["bridge"]
     if 2 * bridge["heartbeat_ms"] >= bridge["watchdog_ms"]:
         raise ConfigError(f"{source}: [bridge] heartbeat_ms = {bridge['heartbeat_ms']}: expected less than "

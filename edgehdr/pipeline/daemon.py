@@ -319,6 +319,8 @@ def _tonemap_stages(rt: Runtime, cfg: dict[str, Any]) -> list[Stage]:
     params = {"key": tm["key"]} if tm["operator"] in ("reinhard", "reinhard-local", "parametric") else {}
     if tm["operator"] not in ("parametric", "neural"):
         params["saturation"] = tm["saturation"]
+    if tm["operator"] == "reinhard-local":
+        params["base_compression"] = tm["base_compression"]
     runner = _model_runner(cfg, tm["model"]) if tm["operator"] == "neural" else None
     stages = [Stage("tonemap", ToneMapStage(tm["operator"], params, time_constant_s=tm["time_constant_s"],
                                             runner=runner), queue_size=q)]

@@ -60,8 +60,11 @@ def evaluate_real(*, model: str | os.PathLike[str] = "tmo_net", max_side: int = 
 
     runner = OnnxRuntimeRunner(model_path(model)).load()
     student = NeuralToneMapper(runner, time_constant_s=0.0)
+    from edgehdr.demo import DEMO_BASE_COMPRESSION
+
     operators: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "neural": student, "reinhard": reinhard_global, "reinhard_local": reinhard_local, "drago": drago}
+        "neural": student, "reinhard": reinhard_global, "reinhard_local": reinhard_local,
+        "rl_demo": functools.partial(reinhard_local, base_compression=DEMO_BASE_COMPRESSION), "drago": drago}
     if with_opencv:
         for name in ("opencv_reinhard", "opencv_drago", "opencv_mantiuk"):
             operators[name] = functools.partial(opencv_tonemap, name=name)
