@@ -159,8 +159,9 @@ def _merge_row(y, frames, packed, offset, log_lut, log_exposure, order, top, use
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _merge_kernel(frames, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, out_bits):
-    for y in numba.prange(frames.shape[1]):
-        _merge_row(y, frames, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, out_bits)
+    for row in numba.prange(frames.shape[1]):
+        # int64, as the serial kernel passes: a prange index is uint64, and _merge_row compiled once per type.
+        _merge_row(np.int64(row), frames, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, out_bits)
     return out_bits
 
 

@@ -335,12 +335,15 @@ def _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, o
 # purpose: one kernel taking the row function as an argument compiled per function, but
 # numba's cache keys such a signature per process, so every start compiled it again
 # (15.6 s measured), and ``numba.literally`` on an operator code still typed every branch.
+# The row index goes to the row functions as int64: a prange index is uint64 after parfor
+# lowering, and the row functions then compiled a second time for it (2.7 s of a cold start).
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _apply_reinhard_global(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block, color, saturation, out, row_state,
                            row_black, row_white):
-    for y in numba.prange(rgb.shape[0]):
+    for row in numba.prange(rgb.shape[0]):
+        y = np.int64(row)
         ld_row, inv_lum_row, fix_row = _luminance_row(rgb, bits, row_state, y)
         _ld_reinhard_global(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block)
         _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, out, row_black, row_white)
@@ -349,7 +352,8 @@ def _apply_reinhard_global(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block,
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _apply_reinhard_local(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block, color, saturation, out, row_state,
                           row_black, row_white):
-    for y in numba.prange(rgb.shape[0]):
+    for row in numba.prange(rgb.shape[0]):
+        y = np.int64(row)
         ld_row, inv_lum_row, fix_row = _luminance_row(rgb, bits, row_state, y)
         _ld_reinhard_local(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block)
         _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, out, row_black, row_white)
@@ -358,7 +362,8 @@ def _apply_reinhard_local(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block, 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _apply_drago(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block, color, saturation, out, row_state,
                  row_black, row_white):
-    for y in numba.prange(rgb.shape[0]):
+    for row in numba.prange(rgb.shape[0]):
+        y = np.int64(row)
         ld_row, inv_lum_row, fix_row = _luminance_row(rgb, bits, row_state, y)
         _ld_drago(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block)
         _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, out, row_black, row_white)
@@ -367,10 +372,26 @@ def _apply_drago(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block, color, sa
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _apply_parametric(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block, color, saturation, out, row_state,
                       row_black, row_white):
-    for y in numba.prange(rgb.shape[0]):
+    for row in numba.prange(rgb.shape[0]):
+        y = np.int64(row)
         ld_row, inv_lum_row, fix_row = _luminance_row(rgb, bits, row_state, y)
         _ld_parametric(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block)
         _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, out, row_black, row_white)
+
+
+_APPLY_KERNELS = {"reinhard": _apply_reinhard_global, "reinhard-local": _apply_reinhard_local, "drago": _apply_drago,
+                  "parametric": _apply_parametric}
+
+
+def compile_apply_kernel(operator: str) -> None:
+    """Compile (or load from numba's cache) one operator's apply kernel alone, without the statistics kernel.
+
+    What ``edgehdr.warmup`` runs per operator, so that the statistics kernel, which every
+    operator shares, can compile in another process at the same time.
+    """
+    rgb = np.full((8, 8, 3), 0.5, np.float32)
+    coef = (np.zeros((2, 8), np.float32), np.zeros((2, 8), np.float32))
+    _run_apply(rgb, _APPLY_KERNELS[operator], (1.0, 0.0, 0.0, 0.0), "schlick", 1.0, None, coef=coef)
 
 
 def _check_radiance(radiance: np.ndarray) -> np.ndarray:
