@@ -72,7 +72,7 @@ def _packed_tables(weights: np.ndarray, log_lut: np.ndarray, log_exposure: np.nd
     return np.ascontiguousarray((high << 32) | low), offset
 
 
-@numba.njit(fastmath=True, cache=True, nogil=True)
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _merge_row(y, frames, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, out_bits):
     # One row: accumulate sum w and sum w (g - ln t + offset) over the frames as packed
     # int64 (one table read per sample), then ln E = num / den - offset and

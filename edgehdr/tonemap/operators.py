@@ -164,7 +164,7 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
 # below strings them together.
 
 
-@numba.njit(fastmath=True, cache=True, nogil=True)
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _ld_reinhard_global(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
     # Reinhard et al. 2002, eq. 4: p0 = key / log-average, p1 = 1 / L_white^2.
     for x in range(ld_row.size):
@@ -172,7 +172,7 @@ def _ld_reinhard_global(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
         ld_row[x] = lm * (1 + lm * p1) / (1 + lm)
 
 
-@numba.njit(fastmath=True, cache=True, nogil=True)
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _ld_reinhard_local(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
     # Eq. 9 with the adaptation luminance V from the low-resolution filter
     # coefficients, interpolated bilinearly: log2 V = a log2 L_m + b log2(e).
@@ -213,7 +213,7 @@ def _ld_reinhard_local(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
         ld_row[x] = lm * (1 + lm * p1) / (1 + adapt[x])
 
 
-@numba.njit(fastmath=True, cache=True, nogil=True)
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _ld_drago(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
     # Drago et al. 2003, eq. 4: p0 = 1 / L_wa, p1 = 1 / L_wmax, p2 = log(b)/log(0.5),
     # p3 = (L_dmax / 100) / log10(L_wmax + 1). The ratio of logs is base-free: log2.
@@ -237,7 +237,7 @@ def _ld_drago(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
         ld_row[x] = p3 * log2_from_bits(num_bits[x]) / log2_from_bits(rel_bits[x])
 
 
-@numba.njit(fastmath=True, cache=True, nogil=True)
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _ld_parametric(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
     # Tutorial parametric operator: L_d = L^alpha / (L^alpha + mu); p0 = alpha, p1 = mu.
     w = ld_row.size
@@ -251,7 +251,7 @@ def _ld_parametric(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
         ld_row[x] = powed[x] / (powed[x] + p1)
 
 
-@numba.njit(fastmath=True, cache=True, nogil=True)
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _color_schlick(src, dst, ld_row, inv_lum_row, saturation):
     w = ld_row.size
     if saturation == 1.0:
@@ -282,7 +282,7 @@ def _color_schlick(src, dst, ld_row, inv_lum_row, saturation):
         dst[3 * x + 2] = srgb8(ld * powed[3 * x + 2])
 
 
-@numba.njit(fastmath=True, cache=True, nogil=True)
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _color_mantiuk(src, dst, ld_row, inv_lum_row, saturation):
     # Mantiuk: C_d = L_d ((C_w / L_w - 1) s + 1).
     for x in range(ld_row.size):
@@ -293,7 +293,7 @@ def _color_mantiuk(src, dst, ld_row, inv_lum_row, saturation):
             dst[3 * x + c] = srgb8(ld * ((ratio - 1) * saturation + 1))
 
 
-@numba.njit(fastmath=True, cache=True, nogil=True)
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _luminance_row(rgb, bits, row_state, y):
     # Pass 1 over a row: luminance (floored) and its reciprocal; whether the row holds a
     # non-finite pixel (rows the statistics pass read are known; the others are looked at
@@ -312,7 +312,7 @@ def _luminance_row(rgb, bits, row_state, y):
     return ld_row, inv_lum_row, fix_row
 
 
-@numba.njit(fastmath=True, cache=True, nogil=True)
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, out, row_black, row_white):
     # Pass 2: colour correction and sRGB encoding; non-finite pixels then replaced by black or white.
     src = rgb[y].reshape(-1)
@@ -337,6 +337,8 @@ def _finish_row(rgb, bits, y, ld_row, inv_lum_row, fix_row, color, saturation, o
 # (15.6 s measured), and ``numba.literally`` on an operator code still typed every branch.
 # The row index goes to the row functions as int64: a prange index is uint64 after parfor
 # lowering, and the row functions then compiled a second time for it (2.7 s of a cold start).
+# The row functions use numpy's error model, as the parallel loop body does: a float division
+# by zero on a non-finite pixel gives inf or NaN (painted afterwards), not an exception.
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
