@@ -348,6 +348,18 @@ def qemu_stream_run(seconds: float = 60.0, hz: float | None = None, rows: int | 
         return _qemu_stream(qemu, seconds, hz, rows, cols, bits, drive_gamma_x100, lead)
 
 
+def _drained_stats(link: Link, timeout_s: float = 2.0) -> dict[str, Any]:
+    """The link's statistics once no frame is pending: then every submitted frame is counted as sent or
+    superseded, so differences of two such snapshots account for every frame submitted between them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = link.stats()
+        if (stats["frames_submitted"] == stats["frames_sent"] + stats["frames_superseded"]
+                or time.monotonic() >= deadline):
+            return stats
+        time.sleep(0.005)
+
+
 def _qemu_stream(controller: QemuController, seconds: float, hz: float | None, rows: int | None, cols: int | None,
                  bits: int | None, drive_gamma_x100: int, lead: float) -> dict[str, Any]:
     default_hz, default_rows, default_cols, default_bits = QEMU_STREAM_DEFAULTS[controller.board]
@@ -380,7 +392,7 @@ def _qemu_stream(controller: QemuController, seconds: float, hz: float | None, r
         # tick it is meant for, the clock re-fitted every second from the last two seconds of apply lines (the
         # controller's timer drifts against the host's). Half a period measured as well as 0.8 and adds less delay.
         mark = len(controller.snapshot())
-        before = link.stats()
+        before = _drained_stats(link)
         sent0, superseded0 = before["frames_sent"], before["frames_superseded"]
         first_id = frame_id + 1
         t0, vsync_period = clock
@@ -399,7 +411,7 @@ def _qemu_stream(controller: QemuController, seconds: float, hz: float | None, r
                 t0, vsync_period = fitted
                 refit_at += 1.0
         time.sleep(0.3)
-        stats = link.stats()
+        stats = _drained_stats(link)
         expected = {fid: pattern_crc[fid % len(patterns)] for fid in range(first_id, frame_id + 1)}
         lines = [ln for ln in controller.snapshot(mark) if ln.kind != "A" or ln.frame_id >= first_id]
         verified = _verify_applied(lines, expected, link.sent_log)
