@@ -117,6 +117,8 @@ def _cmd_tonemap(args: argparse.Namespace) -> int:
     _check_output(args.output, (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".webp"))
     if args.model is not None and args.operator != "neural":
         raise ValueError(f"--model applies to --operator neural, not {args.operator}")
+    if args.base_compression and args.operator != "reinhard-local":
+        raise ValueError(f"--base-compression applies to --operator reinhard-local, not {args.operator}")
     radiance = read_radiance(args.input)
     if args.operator == "neural":
         model = args.model or "tmo_net"
@@ -128,9 +130,7 @@ def _cmd_tonemap(args: argparse.Namespace) -> int:
             params.update(key=args.key, saturation=args.saturation)
             if args.white is not None:
                 params["white"] = args.white
-            if args.base_compression:
-                if args.operator != "reinhard-local":
-                    raise ValueError("--base-compression applies to --operator reinhard-local")
+            if args.operator == "reinhard-local":
                 params["base_compression"] = args.base_compression
         elif args.operator == "drago":
             params.update(bias=args.bias, saturation=args.saturation)

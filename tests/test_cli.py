@@ -120,3 +120,23 @@ def test_tonemap_neural_operator_matches_the_runtime_network(tmp_path, capsys):
     assert main(["tonemap", str(hdr), "-o", str(tmp_path / "y.png"), "--operator", "neural",
                  "--model", str(tmp_path / "none.onnx")]) == 2
     assert "none.onnx" in capsys.readouterr().err
+
+
+def test_tonemap_base_compression_is_the_operators_and_only_reinhard_locals(tmp_path, capsys):
+    """``--base-compression`` gives what ``reinhard_local(..., base_compression=...)`` gives; with any other
+    operator it is refused, naming the option, rather than ignored."""
+    from edgehdr.io import write_radiance
+    from edgehdr.synth import make_scene
+    from edgehdr.tonemap import reinhard_local
+
+    hdr = tmp_path / "scene.exr"
+    write_radiance(hdr, make_scene(4, 180, 320).radiance)
+    png = tmp_path / "lifted.png"
+    assert main(["-q", "tonemap", str(hdr), "-o", str(png), "--operator", "reinhard-local",
+                 "--base-compression", "0.5"]) == 0
+    np.testing.assert_array_equal(read_ldr_image(png), reinhard_local(read_radiance(hdr), base_compression=0.5))
+    for operator in ("reinhard", "drago", "parametric", "neural"):
+        assert main(["tonemap", str(hdr), "-o", str(tmp_path / f"{operator}.png"), "--operator", operator,
+                     "--base-compression", "0.5"]) == 2, operator
+        assert f"--base-compression applies to --operator reinhard-local, not {operator}" in capsys.readouterr().err
+        assert not (tmp_path / f"{operator}.png").exists()

@@ -190,20 +190,21 @@ def _ld_reinhard_local(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
         lm_row[x] = ld_row[x] * p0
     lm_bits = lm_row.view(np.int32)
     adapt_bits = np.empty(w, np.int32)
+    shift_row = np.empty(w, np.float32)  # log2 of the base-compression gain (0 at beta = 0)
     # coef_a / coef_b are already interpolated to full width: only rows y0, y1 blend.
     a0, a1, b0, b1 = coef_a[y0], coef_a[y1], coef_b[y0], coef_b[y1]
     for x in range(w):
         a = a0[x] * (1 - ty) + a1[x] * ty
         bb = b0[x] * (1 - ty) + b1[x] * ty
         t = a * log2_from_bits(lm_bits[x]) + bb * np.float32(1.4426950408889634)
-        adapt_bits[x] = exp2_bits(min(max(t, np.float32(-126.0)), np.float32(126.0)))
+        t = min(max(t, np.float32(-126.0)), np.float32(126.0))
+        shift = p2 * (p3 - t)
+        shift_row[x] = shift
+        adapt_bits[x] = exp2_bits(min(max(t + shift, np.float32(-126.0)), np.float32(126.0)))
     if p2 != 0:
         gain_bits = np.empty(w, np.int32)
         for x in range(w):
-            t = log2_from_bits(adapt_bits[x])
-            shift = p2 * (p3 - t)
-            adapt_bits[x] = exp2_bits(t + shift)
-            gain_bits[x] = exp2_bits(shift)
+            gain_bits[x] = exp2_bits(min(max(shift_row[x], np.float32(-126.0)), np.float32(126.0)))
         gain = gain_bits.view(np.float32)
         for x in range(w):
             lm_row[x] *= gain[x]

@@ -50,6 +50,7 @@ def opencv_tonemap(radiance: np.ndarray, name: str) -> np.ndarray:
 def evaluate_real(*, model: str | os.PathLike[str] = "tmo_net", max_side: int = 1024,
                   with_opencv: bool = True) -> list[dict[str, Any]]:
     """Per photograph and operator: TMQI, mid-tone saturation, highlight clipping, colourfulness, split."""
+    from edgehdr.demo import DEMO_BASE_COMPRESSION
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
     from edgehdr.models.training.splits import is_held_out
@@ -60,8 +61,6 @@ def evaluate_real(*, model: str | os.PathLike[str] = "tmo_net", max_side: int = 
 
     runner = OnnxRuntimeRunner(model_path(model)).load()
     student = NeuralToneMapper(runner, time_constant_s=0.0)
-    from edgehdr.demo import DEMO_BASE_COMPRESSION
-
     operators: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "neural": student, "reinhard": reinhard_global, "reinhard_local": reinhard_local,
         "rl_demo": functools.partial(reinhard_local, base_compression=DEMO_BASE_COMPRESSION), "drago": drago}
