@@ -69,7 +69,7 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
     # The contact sheet shows the simulated display through reinhard-local: compiled with the rest (--neural).
     jobs = (*jobs_for_config(cfg), "tonemap_local")
     say(f"      kernels ready in {warm_up(jobs=jobs):.1f} s (compiled on the first run, then cached)")
-    rt = build_runtime(cfg, keep=("radiance", "sdr", "lcd", "backlight"))  # what the contact sheet shows
+    rt = build_runtime(cfg, keep=("bracket", "radiance", "sdr", "lcd", "backlight"))  # what the contact sheet shows
     pipeline = rt.built_pipeline()
     settle_heap()
     pipeline.start()
@@ -104,8 +104,8 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
         raise RuntimeError("the pipeline produced no frame; see the log above")
     layout = rt.layout
     # A completed frame went through every stage of this configuration, dimming included.
-    if (layout is None or ctx.radiance is None or ctx.sdr is None or ctx.zone_values is None or ctx.lcd is None
-            or ctx.backlight is None):
+    if (layout is None or ctx.bracket is None or ctx.radiance is None or ctx.sdr is None or ctx.zone_values is None
+            or ctx.lcd is None or ctx.backlight is None):
         raise RuntimeError(f"frame {ctx.frame_id} lacks the dimming results; see the log above")
     displayed = simulate_display(ctx.lcd, ctx.backlight, layout)
     b = ctx.bracket

@@ -282,17 +282,19 @@ def test_frames_release_what_no_later_stage_reads():
         assert pipe.last_context is not None
         return pipe.last_context
 
-    # Only the tone-mapped image is read after the tone mapper: aligned and radiance are gone.
+    # Only the tone-mapped image is read after the tone mapper: the captured and aligned brackets and the
+    # radiance are gone.
     a, b = Probe("a", ("sdr",)), Probe("b", ("sdr",))
     last = run([a, b])
     assert a.seen == {"sdr"} and b.seen == {"sdr"}
-    assert last.radiance is None and last.sdr is None  # after the last stage nothing reads anything
-    # keep holds the radiance to the last frame (the demo's contact sheet).
+    assert last.bracket is None and last.radiance is None and last.sdr is None  # after the last stage nothing reads
+    # keep holds the radiance (or the bracket) to the last frame (the demo's contact sheet).
     a, b = Probe("a", ("sdr",)), Probe("b", ("sdr",))
-    last = run([a, b], keep=("radiance",))
-    assert a.seen == {"sdr", "radiance"} and last.radiance is not None
-    # An unannotated stage may read anything: what reaches it is still there (here the aligned bracket too).
+    last = run([a, b], keep=("radiance", "bracket"))
+    assert a.seen == {"sdr", "radiance", "bracket"} and last.radiance is not None
+    assert last.bracket is not None and last.bracket.frames.shape == (3, 64, 96, 3)
+    # An unannotated stage may read anything: what reaches it is still there (the brackets too).
     a, b = Probe("a", ("sdr",)), Probe("b")
     run([a, b])
-    assert a.seen == {"sdr", "radiance", "aligned"} or a.seen == {"sdr", "radiance"}
+    assert a.seen in ({"sdr", "radiance", "aligned", "bracket"}, {"sdr", "radiance", "bracket"})
     assert b.seen == a.seen

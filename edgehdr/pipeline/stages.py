@@ -49,6 +49,13 @@ __all__ = ["AlignStage", "MergeStage", "ToneMapStage", "ScoreStage", "DimmingSta
 log = logging.getLogger("edgehdr.pipeline")
 
 
+def _bracket(ctx: FrameContext, what: str) -> Bracket:
+    """The captured bracket a stage before the merge works on."""
+    if ctx.bracket is None:
+        raise ValueError(f"frame {ctx.frame_id}: {what} needs the captured bracket, released before this stage")
+    return ctx.bracket
+
+
 def _radiance(ctx: FrameContext, what: str) -> np.ndarray:
     """The merged radiance a stage after the merge works on."""
     if ctx.radiance is None:
@@ -59,7 +66,7 @@ def _radiance(ctx: FrameContext, what: str) -> np.ndarray:
 class AlignStage:
     """Registers each bracket to its middle exposure (MTB by default, estimated at reduced scale)."""
 
-    reads: tuple[str, ...] = ()  # of the releasable frame fields (edgehdr.pipeline.graph.RELEASABLE_FIELDS)
+    reads: tuple[str, ...] = ("bracket",)  # of the releasable frame fields (edgehdr.pipeline.graph.RELEASABLE_FIELDS)
 
     def __init__(self, method: str = "mtb", *, response: CameraResponse | None = None, work_scale: int = 2) -> None:
         if method not in ALIGN_METHODS:
@@ -68,7 +75,7 @@ class AlignStage:
         self._cache: dict[Any, Any] = {}  # grey images and pair shifts reused across rolling brackets
 
     def __call__(self, ctx: FrameContext) -> FrameContext:
-        b = ctx.bracket
+        b = _bracket(ctx, "alignment")
         if self.method == "none" or len(b) < 2:
             ctx.aligned = b
             return ctx
@@ -99,7 +106,7 @@ class MergeStage:
     merge and are counted in ``fallbacks``.
     """
 
-    reads: tuple[str, ...] = ("aligned",)
+    reads: tuple[str, ...] = ("aligned", "bracket")
 
     def __init__(self, response: CameraResponse, *, weighting: str = "noise", deghost: bool = False,
                  planner: ExposurePlanner | None = None, source: BracketSource | None = None, plan_every: int = 5,
@@ -113,7 +120,7 @@ class MergeStage:
         self._radiance = BufferPool()
 
     def __call__(self, ctx: FrameContext) -> FrameContext:
-        b = ctx.aligned or ctx.bracket
+        b = ctx.aligned or _bracket(ctx, "the merge")
         if self.merger is not None and len(b) == 3:
             ctx.radiance = self.merger(b)
         else:
