@@ -51,13 +51,14 @@ def brick_texture(rng: np.random.Generator, height: int, width: int, *, brick_px
     rows = height // bh + 2
     cols = width // bw + 2
     shade = rng.uniform(0.55, 1.0, size=(rows, cols)).astype(np.float32)
-    yy, xx = np.mgrid[0:height, 0:width]
+    # A column and a row of int32 coordinates that broadcast (a full int64 grid peaked at 179 MB at 1080p).
+    yy = np.arange(height, dtype=np.int32)[:, None]
+    xx = np.arange(width, dtype=np.int32)[None, :]
     row = yy // bh
     offset = (row % 2) * (bw // 2)
-    col = (xx + offset) // bw
-    out = shade[row, col]
-    mortar = ((yy % bh) == 0) | (((xx + offset) % bw) == 0)
-    out[mortar] = 0.25
+    shifted = xx + offset
+    out = shade[row, shifted // bw]
+    out[((yy % bh) == 0) | ((shifted % bw) == 0)] = 0.25
     return out
 
 
@@ -209,6 +210,13 @@ def _sphere(rng: np.random.Generator, radius: int, albedo_rgb: ArrayLike, light_
     return radiance.astype(np.float32), alpha
 
 
+_ROW_STRIP = 64  # rows per strip of make_scene's full-size expressions
+
+
+def _row_strips(height: int) -> list[slice]:
+    return [slice(y, min(y + _ROW_STRIP, height)) for y in range(0, height, _ROW_STRIP)]
+
+
 def make_scene(
     seed: int = 0,
     height: int = 480,
@@ -243,7 +251,11 @@ def make_scene(
         raise ValueError(f"unknown scene kind {kind!r}; use one of {', '.join(SCENE_KINDS)}")
     m = max(8, int(0.08 * max(height, width)))
     hh, ww = height + 2 * m, width + 2 * m
-    yy, xx = np.mgrid[0:hh, 0:ww].astype(np.float32)
+    # Pixel coordinates as a column and a row that broadcast, and the full-size colour layers built in strips of
+    # rows (``_ROW_STRIP``): the same values element by element as whole-image expressions, without their
+    # temporaries (a 1080p scene peaked at 353 MB of numpy arrays built whole, the daemon's start-up high-water mark).
+    yy = np.arange(hh, dtype=np.float32)[:, None]
+    xx = np.arange(ww, dtype=np.float32)[None, :]
     short = min(height, width)
 
     texture = fractal_noise(rng, hh, ww, octaves=6, base_cells=6)
@@ -265,14 +277,15 @@ def make_scene(
         sky_colour = np.array([0.15, 0.2, 0.45], np.float32)
 
     # Sky (or ceiling/wall): gradient towards the horizon + cloud texture.
-    grad = (0.6 + 0.4 * np.clip(yy / max(horizon, 1.0), 0, 1))[..., None]
     clouds = np.clip((fractal_noise(rng, hh, ww, octaves=5, base_cells=3) - 0.55) * 3.0, 0.0, 1.0)[..., None]
-    sky = sky_level * grad * (sky_colour * (1 - clouds) + 1.6 * clouds)
     # Paved ground and walls: bricks of ~2.5% of the frame, modulating the albedo.
     bricks = brick_texture(rng, hh, ww, brick_px=max(8.0, 0.025 * max(height, width)))[..., None]
     albedo = albedo * (0.45 + 0.55 * bricks)
-    ground = ground_light * albedo * tint
-    radiance[:] = sky_mask * sky + (1 - sky_mask) * ground
+    for rows in _row_strips(hh):
+        grad = (0.6 + 0.4 * np.clip(yy[rows] / max(horizon, 1.0), 0, 1))[..., None]
+        sky = sky_level * grad * (sky_colour * (1 - clouds[rows]) + 1.6 * clouds[rows])
+        ground = ground_light * albedo[rows] * tint
+        radiance[rows] = sky_mask[rows] * sky + (1 - sky_mask[rows]) * ground
     # Vertical structures (poles, door frames) crossing the horizon.
     for _ in range(int(rng.integers(2, 5))):
         px0 = int(rng.uniform(m, ww - m))
@@ -285,11 +298,13 @@ def make_scene(
     def add_light(cy, cx, radius, level, colour, glow, where, spill):
         # ``glow`` scatters in the air (only where ``where`` is 1: the sky for the sun);
         # lamps also light the surfaces around them (``spill``, through the albedo).
-        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
-        halo = (glow * level / (1.0 + d2 / (radius * 4.0) ** 2) ** 1.5)[..., None] * where
-        radiance[...] += halo * (0.02 * colour + (albedo * colour * 3.0 if spill else 0.0))
-        cover = _disc(yy, xx, cy, cx, radius)[..., None]
-        radiance[...] = radiance * (1 - cover) + cover * level * colour
+        for rows in _row_strips(hh):
+            d2 = (yy[rows] - cy) ** 2 + (xx - cx) ** 2
+            halo = (glow * level / (1.0 + d2 / (radius * 4.0) ** 2) ** 1.5)[..., None] * (
+                where[rows] if np.ndim(where) else where)
+            radiance[rows] += halo * (0.02 * colour + (albedo[rows] * colour * 3.0 if spill else 0.0))
+            cover = _disc(yy[rows], xx, cy, cx, radius)[..., None]
+            radiance[rows] = radiance[rows] * (1 - cover) + cover * level * colour
 
     # Deep shadow: an unlit structure (building, alcove) whose interior is ~1e-4.
     sx0 = m + int(width * rng.uniform(0.05, 0.45))
@@ -300,7 +315,9 @@ def make_scene(
     footprint = np.zeros((hh, ww), np.float32)
     footprint[sy0:sy1, sx0:sx1] = 1.0
     shadow = cv2.GaussianBlur(footprint, (0, 0), 1.0)[..., None]
-    radiance[...] = radiance * (1 - shadow) + shadow * shadow_light * albedo * np.array([0.9, 0.95, 1.0], np.float32)
+    for rows in _row_strips(hh):
+        radiance[rows] = (radiance[rows] * (1 - shadow[rows])
+                          + shadow[rows] * shadow_light * albedo[rows] * np.array([0.9, 0.95, 1.0], np.float32))
 
     if kind == "outdoor":
         sun_y = m + horizon * rng.uniform(0.15, 0.6) - m
