@@ -69,6 +69,10 @@ def _zone_stats_kernel(target, bits, inv_peak, rows, cols, want_hist, zmax, zsum
         m_row = np.empty(w, np.float32)
         floored_row = np.empty(w, np.float32)
         bin_row = np.empty(w, np.int32)
+        # Column max and sum over the zone row's pixel rows (full-width, vectorised), reduced per zone once at
+        # the end: reducing each pixel row per zone (short loops of about 40) took 60 % of the kernel at 1080p.
+        col_max = np.zeros(w, np.float32)
+        col_sum = np.zeros(w, np.float32)
         black = 0
         white = 0
         for y in range(y0, y1):
@@ -93,19 +97,21 @@ def _zone_stats_kernel(target, bits, inv_peak, rows, cols, want_hist, zmax, zsum
                 for x in range(w):
                     b = np.int32((log2_from_bits(m_bits[x]) + np.float32(16.0)) * bins_per_stop)
                     bin_row[x] = min(max(b, np.int32(0)), np.int32(nbins - 1))
-            for c in range(cols):
-                m_max = np.float32(0.0)
-                m_sum = np.float32(0.0)
-                for x in range(col_edges[c], col_edges[c + 1]):
-                    m_max = max(m_max, m_row[x])
-                    m_sum += m_row[x]
-                zmax[r, c] = max(zmax[r, c], m_max)
-                zsum[r, c] += m_sum
-                if want_hist:
+            for x in range(w):
+                col_max[x] = max(col_max[x], m_row[x])
+                col_sum[x] += m_row[x]
+            if want_hist:
+                for c in range(cols):
                     for x in range(col_edges[c], col_edges[c + 1]):
                         hist[r, c, bin_row[x]] += 1
         for c in range(cols):
-            zsum[r, c] /= (y1 - y0) * (col_edges[c + 1] - col_edges[c])
+            m_max = np.float32(0.0)
+            m_sum = np.float32(0.0)
+            for x in range(col_edges[c], col_edges[c + 1]):
+                m_max = max(m_max, col_max[x])
+                m_sum += col_sum[x]
+            zmax[r, c] = m_max
+            zsum[r, c] = m_sum / ((y1 - y0) * (col_edges[c + 1] - col_edges[c]))
         row_black[r] = black
         row_white[r] = white
 
