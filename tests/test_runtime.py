@@ -298,3 +298,30 @@ def test_frames_release_what_no_later_stage_reads():
     run([a, b])
     assert a.seen in ({"sdr", "radiance", "aligned", "bracket"}, {"sdr", "radiance", "bracket"})
     assert b.seen == a.seen
+
+
+def test_stage_cpu_time_counts_work_not_waiting():
+    """Each stage records its thread's CPU time beside its latency: a stage that sleeps costs (almost) no CPU, one
+    that computes costs about its latency, and the totals add up over the frames."""
+
+    def sleeper(ctx):
+        time.sleep(0.02)
+        return ctx
+
+    def spinner(ctx):
+        end = time.thread_time() + 0.02
+        while time.thread_time() < end:
+            pass
+        return ctx
+
+    cam = SyntheticCamera(64, 48, fps=20, moving_objects=0)
+    pipe = Pipeline(cam, [Stage("sleep", sleeper, queue_size=8), Stage("spin", spinner, queue_size=8)]).start()
+    deadline = time.monotonic() + 20
+    while pipe.stages[1].stats.processed < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stats = {s["name"]: s for s in pipe.stop()["stages"]}
+    sleep, spin = stats["sleep"], stats["spin"]
+    assert sleep["latency_ms_median"] >= 19.0 and sleep["cpu_ms_median"] < 5.0
+    assert spin["cpu_ms_median"] >= 19.0 and spin["cpu_ms_median"] <= spin["latency_ms_median"] + 0.5
+    assert spin["cpu_s_total"] >= 0.019 * spin["processed"]
+    assert stats["capture"]["cpu_s_total"] > 0.0 and stats["capture"]["cpu_ms_median"] is not None

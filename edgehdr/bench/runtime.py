@@ -85,6 +85,11 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     window = end["elapsed_s"] - base["elapsed_s"]
     captured = end["frames_captured"] - base["frames_captured"]
     completed = end["frames_completed"] - base["frames_completed"]
+    # CPU time of each stage's thread (and of the capture thread) per completed frame over the window: frames
+    # dropped after a stage still cost that stage, so this is what a delivered frame costs, stage by stage.
+    base_cpu = {st["name"]: st.get("cpu_s_total") or 0.0 for st in base["stages"]}
+    stage_cpu = {st["name"]: round(1e3 * ((st.get("cpu_s_total") or 0.0) - base_cpu.get(st["name"], 0.0))
+                                   / max(completed, 1), 2) for st in end["stages"]}
     t_mem = np.array([t for t, _ in memory])
     rss = np.array([m for _, m in memory])
     # RSS moves by tens of MB with the frames in flight at the sampling instant (each ~70 MB at
@@ -105,7 +110,9 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
         "capture_to_zones_ms_median": end["capture_to_zones_ms_median"],
         "capture_to_zones_ms_p99": end["capture_to_zones_ms_p99"],
         "capture_to_zones_ms_p999": end["capture_to_zones_ms_p999"],
-        "cpu_percent": round(cpu_percent, 1), "rss_peak_mb": round(peak_mb, 1),
+        "cpu_percent": round(cpu_percent, 1), "cpu_ms_per_frame": round(10.0 * cpu_percent * window
+                                                                         / max(completed, 1), 2),
+        "stage_cpu_ms_per_frame": stage_cpu, "rss_peak_mb": round(peak_mb, 1),
         "rss_median_mb": round(float(np.median(rss)), 1),
         "stages": end["stages"], "controller_applied": end.get("controller", {}).get("frames_applied"),
         "link_reconnects": final.get("link", {}).get("reconnects"),
@@ -130,7 +137,12 @@ def format_runtime(rb: dict[str, Any]) -> str:
              f"{rb['rss_first_minute_median_mb']} MB, "
              f"last minute {rb['rss_last_minute_median_mb']} MB ({100 * rb['rss_change_after_warmup']:+.1f}%), "
              f"trend {rb['rss_trend_mb_per_min']:+.2f} MB/min"]
+    per_frame = rb.get("stage_cpu_ms_per_frame", {})
+    lines.append(f"CPU per completed frame {rb.get('cpu_ms_per_frame')} ms, of which the stage threads "
+                 f"{sum(per_frame.values()):.1f} ms; capture is the synthetic camera rendering each frame in software "
+                 f"({per_frame.get('capture', 0.0)} ms), which a camera's driver does not cost")
     for st in rb["stages"]:
         lines.append(f"  {st['name']:<9} {st['fps']:6.2f} fps  median {st['latency_ms_median']} ms  p99 "
-                     f"{st['latency_ms_p99']} ms  dropped {st['dropped']}")
+                     f"{st['latency_ms_p99']} ms  CPU {st.get('cpu_ms_median')} ms a call, "
+                     f"{per_frame.get(st['name'])} ms a completed frame  dropped {st['dropped']}")
     return "\n".join(lines)

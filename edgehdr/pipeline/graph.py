@@ -71,16 +71,23 @@ class StageStats:
         self.last_error = ""
         self.first_error = ""
         self.total_s = 0.0  # cumulative processing time (a Prometheus summary's _sum)
+        # CPU time of the stage's thread while it processed (time.thread_time: waiting and being descheduled
+        # excluded): what a frame costs the machine, where the latency also counts the other threads' turns.
+        self.cpu_total_s = 0.0
+        self._cpu: deque[float] = deque(maxlen=window)
         self._latency: deque[float] = deque(maxlen=window)
         self._times: deque[float] = deque(maxlen=window)
         self._lock = threading.Lock()
 
-    def record(self, seconds: float) -> None:
+    def record(self, seconds: float, cpu_seconds: float | None = None) -> None:
         with self._lock:
             self.processed += 1
             self.total_s += seconds
             self._latency.append(seconds)
             self._times.append(time.monotonic())
+            if cpu_seconds is not None:
+                self.cpu_total_s += cpu_seconds
+                self._cpu.append(cpu_seconds)
 
     def drop(self) -> None:
         with self._lock:
@@ -96,6 +103,7 @@ class StageStats:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             lat = np.array(self._latency) * 1e3 if self._latency else np.zeros(0)
+            cpu = np.array(self._cpu) * 1e3 if self._cpu else np.zeros(0)
             span = (self._times[-1] - self._times[0]) if len(self._times) > 1 else 0.0
             fps = (len(self._times) - 1) / span if span > 0 else 0.0
             return {
@@ -104,6 +112,8 @@ class StageStats:
                 "latency_ms_median": round(float(np.median(lat)), 3) if lat.size else None,
                 "latency_ms_p99": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
                 "latency_s_total": round(self.total_s, 6),
+                "cpu_ms_median": round(float(np.median(cpu)), 3) if cpu.size else None,
+                "cpu_s_total": round(self.cpu_total_s, 6),
                 "last_error": self.last_error,
             }
 
@@ -281,6 +291,7 @@ class Pipeline:
         backoff = 0.1
         while not self._stop.is_set():
             t0 = time.perf_counter()
+            c0 = time.thread_time()
             try:
                 bracket = self.source.read_bracket(self.read_timeout_s)
             except SourceExhausted as exc:
@@ -303,7 +314,7 @@ class Pipeline:
                 continue
             failures = 0
             backoff = 0.1
-            self.capture.record(time.perf_counter() - t0)
+            self.capture.record(time.perf_counter() - t0, time.thread_time() - c0)
             self._next_id += 1
             captured = int(np.max(bracket.timestamp_ns)) if bracket.timestamp_ns is not None else time.monotonic_ns()
             self._offer(0, FrameContext(frame_id=self._next_id, bracket=bracket,
@@ -349,6 +360,7 @@ class Pipeline:
                     self._offer_stop(index + 1)
                 return
             t0 = time.perf_counter()
+            c0 = time.thread_time()
             try:
                 out = stage.fn(item)
             except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the daemon
@@ -356,7 +368,7 @@ class Pipeline:
                 log.error("stage %s dropped frame %d: %s: %s", stage.name, item.frame_id, type(exc).__name__, exc)
                 continue
             dt = time.perf_counter() - t0
-            stage.stats.record(dt)
+            stage.stats.record(dt, time.thread_time() - c0)
             if out is None:
                 continue
             out.stage_ms[stage.name] = dt * 1e3

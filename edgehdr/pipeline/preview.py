@@ -87,6 +87,8 @@ def prometheus_text(stats: dict[str, Any]) -> str:
                ({"stage": s["name"], "quantile": "0.99"}, _ms(s.get("latency_ms_p99"))),
                ({"__suffix__": "_sum", "stage": s["name"]}, s.get("latency_s_total")),
                ({"__suffix__": "_count", "stage": s["name"]}, s.get("processed")))])
+    metric("stage_cpu_seconds_total", "counter", "CPU time of each stage's thread while processing (capture: "
+           "reading the source).", [({"stage": s["name"]}, s.get("cpu_s_total")) for s in stages])
     metric("stage_fps", "gauge", "Per-stage frames per second.", [({"stage": s["name"]}, s.get("fps")) for s in stages])
     metric("stage_dropped_total", "counter", "Frames dropped before the stage.",
            [({"stage": s["name"]}, s.get("dropped")) for s in stages])
