@@ -106,7 +106,7 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
     # A completed frame went through every stage of this configuration, dimming included.
     if (layout is None or ctx.bracket is None or ctx.radiance is None or ctx.sdr is None or ctx.zone_values is None
             or ctx.lcd is None or ctx.backlight is None):
-        raise RuntimeError(f"frame {ctx.frame_id} lacks the dimming results; see the log above")
+        raise RuntimeError(f"frame {ctx.frame_id} lacks the bracket or the dimming results; see the log above")
     displayed = simulate_display(ctx.lcd, ctx.backlight, layout)
     b = ctx.bracket
     fc, (lo, hi) = false_colour(ctx.radiance)

@@ -124,7 +124,7 @@ def test_preview_server_endpoints():
     stats = {"fps": 29.5, "frames_captured": 10, "frames_completed": 9, "frames_dropped": 1, "frames_failed": 0,
              "capture_to_zones_ms_median": 20.0, "capture_to_zones_ms_p99": 40.0, "source_restarts": 0,
              "stages": [{"name": "merge", "fps": 30.0, "latency_ms_median": 6.0, "latency_ms_p99": 9.0, "dropped": 1,
-                         "errors": 0}]}
+                         "errors": 0, "cpu_s_total": 1.25}]}
     state = PreviewState(lambda: stats)
     ok, jpeg = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
     state.publish(jpeg.tobytes(), b"\x89PNG fake")
@@ -137,6 +137,7 @@ def test_preview_server_endpoints():
         metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
         assert 'edgehdr_stage_latency_seconds{stage="merge",quantile="0.5"} 0.006' in metrics
         assert "edgehdr_frames_dropped_total 1" in metrics
+        assert 'edgehdr_stage_cpu_seconds_total{stage="merge"} 1.25' in metrics
         for line in metrics.splitlines():  # every sample line: name{labels} value
             if not line.startswith("#"):
                 name, value = line.rsplit(" ", 1)
@@ -183,6 +184,11 @@ def test_metrics_of_a_real_runtime_parse_with_prometheus_client():
     assert {s.labels.get("quantile") for s in merge} == {"0.5", "0.99", None}
     assert next(s.value for s in merge if s.name.endswith("_count")) == next(
         st["processed"] for st in stats["stages"] if st["name"] == "merge")
+    # Each stage's CPU seconds: a counter, no larger than the time the stage spent processing.
+    assert kinds["edgehdr_stage_cpu_seconds"] == "counter"
+    cpu = {s.labels["stage"]: s.value for s in families["edgehdr_stage_cpu_seconds"].samples}
+    busy = {st["name"]: st["latency_s_total"] for st in stats["stages"]}
+    assert cpu["merge"] > 0 and all(cpu[name] <= busy[name] + 1e-3 for name in cpu), (cpu, busy)
     state = [s for s in families["edgehdr_link_state"].samples if s.value == 1]
     assert [s.labels["state"] for s in state] == ["connected"]
     for name in families:

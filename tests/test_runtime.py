@@ -316,10 +316,13 @@ def test_stage_cpu_time_counts_work_not_waiting():
 
     cam = SyntheticCamera(64, 48, fps=20, moving_objects=0)
     pipe = Pipeline(cam, [Stage("sleep", sleeper, queue_size=8), Stage("spin", spinner, queue_size=8)]).start()
-    deadline = time.monotonic() + 20
-    while pipe.stages[1].stats.processed < 6 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stats = {s["name"]: s for s in pipe.stop()["stages"]}
+    try:
+        deadline = time.monotonic() + 20
+        while pipe.stages[1].stats.processed < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stats = {s["name"]: s for s in pipe.stop()["stages"]}
+    assert stats["spin"]["processed"] >= 6, stats
     sleep, spin = stats["sleep"], stats["spin"]
     assert sleep["latency_ms_median"] >= 19.0 and sleep["cpu_ms_median"] < 5.0
     assert spin["cpu_ms_median"] >= 19.0 and spin["cpu_ms_median"] <= spin["latency_ms_median"] + 0.5

@@ -128,9 +128,11 @@ class Stage:
     """A named step: ``fn(ctx) -> ctx`` (or None to drop the frame on purpose); optional ``close()``.
 
     ``fn.reads``, when present, names the ``FrameContext`` fields the step reads (of
-    ``RELEASABLE_FIELDS``); a step without it is taken to read them all. The pipeline
-    drops a field from a frame as soon as no later step reads it, so a 1080p frame in
-    flight does not hold its 25 MB radiance through the bridge and output queues.
+    ``RELEASABLE_FIELDS``, the captured ``bracket`` included); a step without it is taken
+    to read them all. The pipeline drops a field from a frame as soon as no later step
+    reads it, so a 1080p frame in flight does not hold its 25 MB radiance through the
+    bridge and output queues, nor its 19 MB bracket past the merge: a step that declares
+    ``reads`` and uses ``ctx.bracket`` must name it.
     """
 
     def __init__(self, name: str, fn: Callable[[FrameContext], FrameContext | None], *,
