@@ -365,8 +365,10 @@ def test_over_the_connection_limit_new_clients_get_503(serve):
     threads = [threading.Thread(target=lambda: results.append(_request(server)[0])) for _ in range(4)]
     for t in threads:
         t.start()
-    try:  # two being answered, two queued with their heads read: nothing to evict
-        assert _wait_for(lambda: server.connection_stats()["open"] == 4 and server.connection_stats()["requests"] == 2)
+    try:  # two being answered, two queued with their heads read: nothing to evict (on a loaded machine a client
+        # thread may not have sent its head yet when the other counts are reached: its connection could be evicted)
+        assert _wait_for(lambda: server.connection_stats()["open"] == 4 and server.connection_stats()["requests"] == 2
+                         and server.connection_stats()["queued"] == 2)
         with socket.create_connection(server.address, timeout=5.0) as s:
             try:
                 data = s.recv(4096)

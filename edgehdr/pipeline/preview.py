@@ -257,9 +257,10 @@ class PreviewServer:
 
     def connection_stats(self) -> dict[str, int]:
         """Counts since start (accepted, rejected_over_limit, evicted, timed_out, bad_request, requests,
-        streams_refused) and the current open connections and streams."""
+        streams_refused), the current open connections and streams, and the requests whose head is read
+        waiting for a worker (queued)."""
         with self._lock:
-            return {**self._counts, "open": self._open, "streams": len(self._streams)}
+            return {**self._counts, "open": self._open, "streams": len(self._streams), "queued": self._jobs.qsize()}
 
     # ---------------------------------------------------------------------------- acceptor thread
 
