@@ -328,3 +328,66 @@ def test_stage_cpu_time_counts_work_not_waiting():
     assert spin["cpu_ms_median"] >= 19.0 and spin["cpu_ms_median"] <= spin["latency_ms_median"] + 0.5
     assert spin["cpu_s_total"] >= 0.019 * spin["processed"]
     assert stats["capture"]["cpu_s_total"] > 0.0 and stats["capture"]["cpu_ms_median"] is not None
+
+
+def test_a_concurrent_stage_runs_beside_the_one_before_on_the_same_frame():
+    """``concurrent=True``: the two stages work on the same frame at the same time (each waits for the other's
+    signal on that frame, which sequential stages could never give), the frame moves on once both are done, and a
+    failure in either drops that frame, counted where it failed."""
+    import threading
+
+    seen = {"a": [], "b": [], "after": []}
+    meet: dict[int, tuple[threading.Event, threading.Event]] = {}
+    lock = threading.Lock()
+
+    def events(frame_id):
+        with lock:
+            return meet.setdefault(frame_id, (threading.Event(), threading.Event()))
+
+    def stage_a(ctx):
+        here, there = events(ctx.frame_id)
+        here.set()
+        if not there.wait(5.0):
+            raise RuntimeError("the concurrent stage never ran beside this one")
+        if ctx.frame_id % 5 == 0:
+            raise ValueError("a's bad frame")
+        seen["a"].append(ctx.frame_id)
+        ctx.radiance = np.zeros(1, np.float32)  # released after both stages (nothing later reads it)
+        return ctx
+
+    def stage_b(ctx):
+        there, here = events(ctx.frame_id)
+        here.set()
+        if not there.wait(5.0):
+            raise RuntimeError("the stage before never ran beside this one")
+        if ctx.frame_id % 7 == 0:
+            raise ValueError("b's bad frame")
+        seen["b"].append(ctx.frame_id)
+        return ctx
+
+    def after(ctx):
+        seen["after"].append((ctx.frame_id, ctx.radiance is None))
+        return ctx
+
+    stage_a.reads, stage_b.reads, after.reads = ("bracket",), ("bracket",), ()
+    cam = SyntheticCamera(64, 48, fps=60, moving_objects=0)
+    pipe = Pipeline(cam, [Stage("a", stage_a, queue_size=64), Stage("b", stage_b, concurrent=True),
+                          Stage("after", after, queue_size=64)]).start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(seen["after"]) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stats = pipe.stop()
+    by_name = {s["name"]: s for s in stats["stages"]}
+    passed = [frame_id for frame_id, _ in seen["after"]]
+    assert len(passed) >= 30 and all(released for _, released in seen["after"])
+    assert not any(f % 5 == 0 or f % 7 == 0 for f in passed)  # a failure in either stage drops the frame
+    assert set(passed) == set(seen["a"]) & set(seen["b"])
+    assert "never ran beside" not in (by_name["a"]["last_error"] + by_name["b"]["last_error"])
+    assert by_name["a"]["errors"] >= 1 and by_name["b"]["errors"] >= 1
+    # Every captured frame is completed, dropped or failed, once: frame 35 failed in both stages, one frame.
+    assert stats["frames_captured"] >= 35
+    assert stats["frames_completed"] + stats["frames_dropped"] + stats["frames_failed"] == stats["frames_captured"]
+    with pytest.raises(ValueError, match="concurrent stage"):
+        Pipeline(cam, [Stage("b", stage_b, concurrent=True)])

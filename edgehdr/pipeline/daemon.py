@@ -277,11 +277,17 @@ def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: d
         (cfg["source"]["width"], cfg["source"]["height"])
     fps = cfg["source"]["fps"] or 30.0
     stages = _hdr_stages(cfg, source, response)
-    stages += _tonemap_stages(rt, cfg)
+    tonemap, *score = _tonemap_stages(rt, cfg)
+    stages.append(tonemap)
     if cfg["dimming"]["enabled"]:
-        stages.append(_dimming_stage(rt, cfg, width, height, fps))
+        # The dimming runs beside the tone mapper on the same frame (both read only the radiance): the zones and the
+        # LCD image do not wait for the SDR picture, and a frame holds its radiance for one step instead of two.
+        dimming = _dimming_stage(rt, cfg, width, height, fps)
+        dimming.concurrent = True
+        stages.append(dimming)
         if cfg["bridge"]["enabled"]:
             stages.append(_bridge_stage(rt, cfg))
+    stages += score  # after the zones are sent: scoring a frame never delays its zones
     stages.append(_output_stage(rt, cfg, extra_sinks, start, fps))
     rt.pipeline = Pipeline(source, stages, keep=keep, kernel_threads=cfg["run"]["kernel_threads"])
 

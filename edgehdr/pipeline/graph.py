@@ -1,4 +1,4 @@
-"""The stage graph: capture -> align -> merge -> tone map -> dimming -> bridge -> outputs, one thread per stage.
+"""The stage graph: capture -> align -> merge -> (tone map | dimming) -> bridge -> outputs, one thread per stage.
 
 Stages hand ``FrameContext`` objects along bounded queues. Every hand-off is
 latest-wins: when the next stage's queue is full, the oldest waiting frame is
@@ -9,6 +9,11 @@ exponential backoff. ``stop()`` drains: the capture thread stops, every queued
 frame still flows through, stages are closed, the source is closed, and the
 final statistics are returned. Heavy kernels release the GIL (numba ``nogil``,
 OpenCV), so stages really run side by side.
+
+A stage made with ``concurrent=True`` runs beside the stage before it on the same
+frame (fork-join, on its own thread): the daemon runs the tone mapper and the local
+dimming so, both reading only the radiance, so the zones do not wait for the SDR
+picture and the LCD image and the zones still leave together.
 """
 
 from __future__ import annotations
@@ -136,9 +141,12 @@ class Stage:
     """
 
     def __init__(self, name: str, fn: Callable[[FrameContext], FrameContext | None], *,
-                 queue_size: int = 2) -> None:
+                 queue_size: int = 2, concurrent: bool = False) -> None:
         self.name = name
         self.fn = fn
+        # Runs beside the previous stage on the same frame (module docstring): it must not read what that stage
+        # writes, nor write what it reads. Its queue only carries the frames the previous stage passes it.
+        self.concurrent = concurrent
         self.queue: queue.Queue[FrameContext | _Stop] = queue.Queue(maxsize=queue_size)
         self.stats = StageStats(name)
         self.thread: threading.Thread | None = None
@@ -168,6 +176,15 @@ class Pipeline:
                  stalls_before_restart: int = 2, max_backoff_s: float = 5.0, keep: Iterable[str] = (),
                  kernel_threads: int | None = 1) -> None:
         self.source = source
+        for i, st in enumerate(stages):
+            if st.concurrent and (i == 0 or stages[i - 1].concurrent):
+                raise ValueError(f"stage {st.name}: a concurrent stage runs beside the stage before it, which must "
+                                 "be an ordinary stage")
+        # A concurrent stage's outcome per frame, back to the stage before it: the frame it returned (None when
+        # dropped on purpose) and whether it failed.
+        self._joined: dict[int, queue.SimpleQueue[tuple[FrameContext | None, bool]]] = {
+            i: queue.SimpleQueue() for i, st in enumerate(stages) if st.concurrent}
+        self._both_failed = 0  # frames both stages of a concurrent pair failed on: one frame, two stage errors
         # Fields to release after stage i: those no later stage reads, less ``keep`` (e.g. the demo's last frame).
         self._release: list[tuple[str, ...]] = []
         for i in range(len(stages)):
@@ -350,33 +367,66 @@ class Pipeline:
             log.error("source %s: reopen failed: %s", self.source.name, exc)
         return min(backoff * 2, self.max_backoff_s)
 
-    def _worker(self, index: int) -> None:
+    def _run_stage(self, stage: Stage, item: FrameContext) -> tuple[FrameContext | None, bool]:
+        """One stage on one frame, timed and counted: what it returned (None: dropped on purpose) and whether it
+        failed (raised; then counted in its errors)."""
+        t0 = time.perf_counter()
+        c0 = time.thread_time()
+        try:
+            out = stage.fn(item)
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the daemon
+            stage.stats.error(f"frame {item.frame_id}: {type(exc).__name__}: {exc}")
+            log.error("stage %s dropped frame %d: %s: %s", stage.name, item.frame_id, type(exc).__name__, exc)
+            return None, True
+        dt = time.perf_counter() - t0
+        stage.stats.record(dt, time.thread_time() - c0)
+        if out is not None:
+            out.stage_ms[stage.name] = dt * 1e3
+        return out, False
+
+    def _concurrent_worker(self, index: int) -> None:
+        # The thread of a concurrent stage: frames come from the stage before it, the outcome goes back to it.
         stage = self.stages[index]
-        last = index == len(self.stages) - 1
-        release = self._release[index]
         self._limit_kernel_threads()
         while True:
             item = stage.queue.get()
             if isinstance(item, _Stop):
-                if not last:
-                    self._offer_stop(index + 1)
                 return
-            t0 = time.perf_counter()
-            c0 = time.thread_time()
-            try:
-                out = stage.fn(item)
-            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the daemon
-                stage.stats.error(f"frame {item.frame_id}: {type(exc).__name__}: {exc}")
-                log.error("stage %s dropped frame %d: %s: %s", stage.name, item.frame_id, type(exc).__name__, exc)
-                continue
-            dt = time.perf_counter() - t0
-            stage.stats.record(dt, time.thread_time() - c0)
+            self._joined[index].put(self._run_stage(stage, item))
+
+    def _worker(self, index: int) -> None:
+        stage = self.stages[index]
+        if stage.concurrent:
+            self._concurrent_worker(index)
+            return
+        partner = index + 1 if index + 1 < len(self.stages) and self.stages[index + 1].concurrent else None
+        end = index if partner is None else partner  # the last stage of this step
+        last = end == len(self.stages) - 1
+        release = self._release[end]
+        self._limit_kernel_threads()
+        while True:
+            item = stage.queue.get()
+            if isinstance(item, _Stop):
+                if partner is not None:
+                    self.stages[partner].queue.put(_STOP)
+                if not last:
+                    self._offer_stop(end + 1)
+                return
+            if partner is not None:  # its queue is empty: it finished the previous frame before this one came
+                self.stages[partner].queue.put(item)
+            out, failed = self._run_stage(stage, item)
+            if partner is not None:  # the frame goes on only when both stages passed it
+                partner_out, partner_failed = self._joined[partner].get()
+                if failed and partner_failed:
+                    with self._lat_lock:
+                        self._both_failed += 1
+                if partner_out is not out:
+                    out = None
             if out is None:
                 continue
-            out.stage_ms[stage.name] = dt * 1e3
             for name in release:
                 setattr(out, name, None)
-            if out.zones_sent_ns is not None and stage.name == "bridge":
+            if out.zones_sent_ns is not None and self.stages[end].name == "bridge":
                 with self._lat_lock:
                     seconds = (out.zones_sent_ns - out.captured_ns) / 1e9
                     self._latency.append(seconds)
@@ -385,7 +435,7 @@ class Pipeline:
             if last:
                 self.last_context = out
             else:
-                self._offer(index + 1, out)
+                self._offer(end + 1, out)
 
     # ------------------------------------------------------------------------------------------ stats
 
@@ -402,7 +452,7 @@ class Pipeline:
             "frames_captured": captured,
             "frames_completed": finished,
             "frames_dropped": sum(s.stats.dropped for s in self.stages),
-            "frames_failed": sum(s.stats.errors for s in self.stages),
+            "frames_failed": sum(s.stats.errors for s in self.stages) - self._both_failed,
             "drop_fraction": round(1.0 - finished / captured, 4) if captured else 0.0,
             "fps": round(finished / elapsed, 2) if elapsed > 0 else 0.0,
             "source_stalls": self.source_stalls,
