@@ -129,10 +129,11 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
     },
     "run": {
         "seconds": (float, 0.0, _range(0.0, 1e9)),
-        # 1: a frame waits for at most one frame ahead of it at each stage. Measured at 1080p30 on 2 cores, 3 runs
-        # each, alternating: capture-to-zones p50 130-152 ms and p99 191-238 ms against 183-229 and 289-491 ms with
-        # 2, peak RSS 431 against 472-490 MB, fps the same within the VM's noise (21.7-24.8 against 16.1-23.4).
-        "queue_size": (int, 1, _range(1, 64)),
+        # 2 absorbs a stage's jitter where the machine keeps up (the 720p demo: 0 of 154 frames dropped, 1-2 with
+        # 1, the same latency). Overloaded, 1 sheds frames sooner: 1080p30 on 2 cores, 3 runs each, alternating,
+        # capture-to-zones p50 130-152 ms and p99 191-238 ms against 183-229 and 289-491 ms with 2, peak RSS 431
+        # against 472-490 MB, fps the same within the VM's noise.
+        "queue_size": (int, 2, _range(1, 64)),
         "kernel_threads": (int, 1, _range(1, 64)),
         "log_level": (str, "info", _choice("debug", "info", "warning", "error")),
         "log_format": (str, "text", _choice("text", "json")),
