@@ -59,8 +59,8 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
     })
     say(f"[1/3] starting: synthetic {width}x{height} camera at {fps:g} fps (3 exposures, rolling) -> align -> "
         f"{'neural ' if neural else ''}merge "
-        f"-> {'neural ' if neural else ''}tone map (scored by NoR-VDPNet) -> 18x32-zone {'neural ' if neural else ''}"
-        "dimming -> controller simulator on a pty")
+        f"-> {'neural ' if neural else ''}tone map beside 18x32-zone {'neural ' if neural else ''}dimming "
+        "-> controller simulator on a pty; NoR-VDPNet scores the tone-mapped frames")
     from edgehdr.warmup import limit_blas_threads
 
     limit_blas_threads()

@@ -13,6 +13,7 @@ from edgehdr.camera.replay import ReplaySource
 from edgehdr.camera.synthetic import SyntheticCamera
 from edgehdr.hdr import merge_debevec, standard_response
 from edgehdr.pipeline import Pipeline, Stage
+from edgehdr.pipeline.graph import FrameContext
 from edgehdr.pipeline.stages import AlignStage, MergeStage, ToneMapStage
 from edgehdr.synth import make_scene
 
@@ -379,6 +380,7 @@ def test_a_concurrent_stage_runs_beside_the_one_before_on_the_same_frame():
             time.sleep(0.05)
     finally:
         stats = pipe.stop()
+    assert not any(st.thread.is_alive() for st in pipe.stages)  # the concurrent stage's thread stopped too
     by_name = {s["name"]: s for s in stats["stages"]}
     passed = [frame_id for frame_id, _ in seen["after"]]
     assert len(passed) >= 30 and all(released for _, released in seen["after"])
@@ -391,3 +393,17 @@ def test_a_concurrent_stage_runs_beside_the_one_before_on_the_same_frame():
     assert stats["frames_completed"] + stats["frames_dropped"] + stats["frames_failed"] == stats["frames_captured"]
     with pytest.raises(ValueError, match="concurrent stage"):
         Pipeline(cam, [Stage("b", stage_b, concurrent=True)])
+    # A concurrent stage that returns something other than its frame fails that frame, counted; nothing hangs.
+    cam = SyntheticCamera(64, 48, fps=60, moving_objects=0)
+    pipe = Pipeline(cam, [Stage("a", lambda ctx: ctx, queue_size=64),
+                          Stage("b", lambda ctx: "not a frame" if ctx.frame_id % 2 else FrameContext(
+                              frame_id=ctx.frame_id, bracket=None, captured_ns=0), concurrent=True)]).start()
+    try:
+        deadline = time.monotonic() + 20
+        while pipe.stages[1].stats.errors < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stats = pipe.stop()
+    assert not any(st.thread.is_alive() for st in pipe.stages)
+    assert stats["frames_completed"] == 0 and stats["frames_failed"] >= 6
+    assert stats["frames_failed"] + stats["frames_dropped"] == stats["frames_captured"]

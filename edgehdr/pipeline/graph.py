@@ -185,6 +185,7 @@ class Pipeline:
         self._joined: dict[int, queue.SimpleQueue[tuple[FrameContext | None, bool]]] = {
             i: queue.SimpleQueue() for i, st in enumerate(stages) if st.concurrent}
         self._both_failed = 0  # frames both stages of a concurrent pair failed on: one frame, two stage errors
+        self._completed = 0  # frames through the last step (a concurrent pair at the end: once both passed it)
         # Fields to release after stage i: those no later stage reads, less ``keep`` (e.g. the demo's last frame).
         self._release: list[tuple[str, ...]] = []
         for i in range(len(stages)):
@@ -385,14 +386,27 @@ class Pipeline:
         return out, False
 
     def _concurrent_worker(self, index: int) -> None:
-        # The thread of a concurrent stage: frames come from the stage before it, the outcome goes back to it.
+        # The thread of a concurrent stage: frames come from the stage before it, the outcome goes back to it,
+        # always (the stage before waits for it): anything that goes wrong counts as this stage failing the frame.
         stage = self.stages[index]
         self._limit_kernel_threads()
         while True:
             item = stage.queue.get()
             if isinstance(item, _Stop):
                 return
-            self._joined[index].put(self._run_stage(stage, item))
+            outcome: tuple[FrameContext | None, bool] = (None, True)
+            try:
+                outcome = self._run_stage(stage, item)
+                if outcome[0] is not None and outcome[0] is not item:
+                    stage.stats.error(f"frame {item.frame_id}: a concurrent stage must return the frame it was given")
+                    log.error("stage %s dropped frame %d: it returned another frame context", stage.name,
+                              item.frame_id)
+                    outcome = (None, True)
+            except Exception as exc:  # noqa: BLE001 - e.g. a stage returning something that is not a frame
+                stage.stats.error(f"frame {item.frame_id}: {type(exc).__name__}: {exc}")
+                log.error("stage %s dropped frame %d: %s: %s", stage.name, item.frame_id, type(exc).__name__, exc)
+            finally:
+                self._joined[index].put(outcome)
 
     def _worker(self, index: int) -> None:
         stage = self.stages[index]
@@ -433,6 +447,8 @@ class Pipeline:
                     self._latency_count += 1
                     self._latency_sum_s += seconds
             if last:
+                with self._lat_lock:
+                    self._completed += 1
                 self.last_context = out
             else:
                 self._offer(end + 1, out)
@@ -445,7 +461,8 @@ class Pipeline:
             lat_count, lat_sum_s = self._latency_count, self._latency_sum_s
         stages = [self.capture.snapshot()] + [s.stats.snapshot() for s in self.stages]
         captured = self.capture.processed
-        finished = self.stages[-1].stats.processed if self.stages else 0
+        with self._lat_lock:
+            finished = self._completed
         elapsed = time.monotonic() - self._started if self._started else 0.0
         return {
             "elapsed_s": round(elapsed, 2),
