@@ -345,26 +345,22 @@ def test_a_concurrent_stage_runs_beside_the_one_before_on_the_same_frame():
         with lock:
             return meet.setdefault(frame_id, (threading.Event(), threading.Event()))
 
-    def stage_a(ctx):
-        here, there = events(ctx.frame_id)
-        here.set()
-        if not there.wait(5.0):
-            raise RuntimeError("the concurrent stage never ran beside this one")
-        if ctx.frame_id % 5 == 0:
-            raise ValueError("a's bad frame")
-        seen["a"].append(ctx.frame_id)
-        ctx.radiance = np.zeros(1, np.float32)  # released after both stages (nothing later reads it)
-        return ctx
+    def meeting(name, mine, bad_every):
+        # A stage that signals its half of the frame's meeting and waits for the other half.
+        def stage(ctx):
+            pair = events(ctx.frame_id)
+            pair[mine].set()
+            if not pair[1 - mine].wait(5.0):
+                raise RuntimeError(f"stage {name} never ran beside the other one")
+            if ctx.frame_id % bad_every == 0:
+                raise ValueError(f"{name}'s bad frame")
+            seen[name].append(ctx.frame_id)
+            if name == "a":
+                ctx.radiance = np.zeros(1, np.float32)  # released after both stages (nothing later reads it)
+            return ctx
+        return stage
 
-    def stage_b(ctx):
-        there, here = events(ctx.frame_id)
-        here.set()
-        if not there.wait(5.0):
-            raise RuntimeError("the stage before never ran beside this one")
-        if ctx.frame_id % 7 == 0:
-            raise ValueError("b's bad frame")
-        seen["b"].append(ctx.frame_id)
-        return ctx
+    stage_a, stage_b = meeting("a", 0, 5), meeting("b", 1, 7)
 
     def after(ctx):
         seen["after"].append((ctx.frame_id, ctx.radiance is None))
@@ -386,7 +382,7 @@ def test_a_concurrent_stage_runs_beside_the_one_before_on_the_same_frame():
     assert len(passed) >= 30 and all(released for _, released in seen["after"])
     assert not any(f % 5 == 0 or f % 7 == 0 for f in passed)  # a failure in either stage drops the frame
     assert set(passed) == set(seen["a"]) & set(seen["b"])
-    assert "never ran beside" not in (by_name["a"]["last_error"] + by_name["b"]["last_error"])
+    assert "never ran beside" not in (by_name["a"]["last_error"] + by_name["b"]["last_error"])  # no error but ours
     assert by_name["a"]["errors"] >= 1 and by_name["b"]["errors"] >= 1
     # Every captured frame is completed, dropped or failed, once: frame 35 failed in both stages, one frame.
     assert stats["frames_captured"] >= 35
