@@ -162,19 +162,31 @@ def _apply_grid_kernel(rgb, bits, coef, key_log2, y0s, y1s, tys, lo, hi, out, ro
         for x in range(w):
             ld[x] = np.float32(1.0) / (np.float32(1.0) + powed[x])
             inv_lum[x] = np.float32(1.0) / lum_row[x]
-        # Schlick colour: C_d = L_d (C_w / L_w)^gamma, the power as exp2(gamma log2(ratio)), per channel.
-        ratio = np.empty(w, np.float32)
+        # Schlick colour: C_d = L_d (C_w / L_w)^gamma, the power as exp2(gamma log2(ratio)). The three
+        # channels go through one contiguous 3W loop (gamma spread to match): per-channel loops over the
+        # interleaved row ran 4 ms slower at 1080p (strided loads and byte stores).
+        ratio = np.empty(3 * w, np.float32)
+        gam3 = np.empty(3 * w, np.float32)
+        for x in range(w):
+            il = inv_lum[x]
+            ratio[3 * x] = max(src[3 * x] * il, np.float32(1e-30))
+            ratio[3 * x + 1] = max(src[3 * x + 1] * il, np.float32(1e-30))
+            ratio[3 * x + 2] = max(src[3 * x + 2] * il, np.float32(1e-30))
+            gamma_x = gam[x]
+            gam3[3 * x] = gamma_x
+            gam3[3 * x + 1] = gamma_x
+            gam3[3 * x + 2] = gamma_x
         ratio_bits = ratio.view(np.int32)
-        pw_bits = np.empty(w, np.int32)
+        pw_bits = np.empty(3 * w, np.int32)
+        for j in range(3 * w):
+            pw_bits[j] = exp2_bits(min(max(gam3[j] * log2_from_bits(ratio_bits[j]), np.float32(-126.0)),
+                                       np.float32(126.0)))
         pw = pw_bits.view(np.float32)
-        for c in range(3):
-            for x in range(w):
-                ratio[x] = max(src[3 * x + c] * inv_lum[x], np.float32(1e-30))
-            for x in range(w):
-                pw_bits[x] = exp2_bits(min(max(gam[x] * log2_from_bits(ratio_bits[x]), np.float32(-126.0)),
-                                           np.float32(126.0)))
-            for x in range(w):
-                dst[3 * x + c] = srgb8(ld[x] * pw[x])
+        for x in range(w):
+            d = ld[x]
+            dst[3 * x] = srgb8(d * pw[3 * x])
+            dst[3 * x + 1] = srgb8(d * pw[3 * x + 1])
+            dst[3 * x + 2] = srgb8(d * pw[3 * x + 2])
         # Non-finite pixels: what was computed for them is replaced by black or white.
         black = white = 0
         if fix_row:
@@ -211,7 +223,11 @@ def apply_parameter_grid(radiance: np.ndarray, params: np.ndarray, *, key_log2: 
         out = np.empty(rgb.shape, np.uint8)
     elif out.shape != rgb.shape or out.dtype != np.uint8:
         raise ValueError(f"out must be a {rgb.shape} uint8 array")
-    coef = np.stack([cv2.resize(c, (w, c.shape[0]), interpolation=cv2.INTER_LINEAR) for c in coef])
+    # Horizontal half of the bilinear upsampling: the six maps as one (6 nby, nbx) image in one call
+    # (bit-identical to six calls; at 1080p 1.0-2.4 ms against 11-13 ms for six calls, OpenCV's per-call cost).
+    nmaps, nby, nbx = coef.shape
+    coef = cv2.resize(coef.reshape(nmaps * nby, nbx), (w, nmaps * nby),
+                      interpolation=cv2.INTER_LINEAR).reshape(nmaps, nby, w)
     row_black = np.empty(h, np.int64)
     row_white = np.empty(h, np.int64)
     _apply_grid_kernel(rgb, _bits(rgb), coef, np.float32(key_log2), *_row_taps(coef.shape[1], h), _LO, _HI, out,
