@@ -266,23 +266,35 @@ def _color_schlick(src, dst, ld_row, inv_lum_row, saturation):
             dst[3 * x + 2] = srgb8(src[3 * x + 2] * k)
         return
     # Schlick: C_d = L_d (C_w / L_w)^s, the power as exp2(s log2(ratio)).
+    ratio_bits = _colour_ratios(src, inv_lum_row).view(np.int32)
+    powed_bits = np.empty(3 * w, np.int32)
+    for j in range(3 * w):
+        t = saturation * log2_from_bits(ratio_bits[j])
+        powed_bits[j] = exp2_bits(min(max(t, np.float32(-126.0)), np.float32(126.0)))
+    _encode_srgb_row(dst, ld_row, powed_bits.view(np.float32))
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
+def _colour_ratios(src, inv_lum_row):
+    """``C_w / L_w`` of each channel of an interleaved row (3 W), floored at 1e-30 so its log2 is finite."""
+    w = inv_lum_row.size
     ratio_row = np.empty(3 * w, np.float32)
     for x in range(w):
         il = inv_lum_row[x]
         ratio_row[3 * x] = max(src[3 * x] * il, np.float32(1e-30))
         ratio_row[3 * x + 1] = max(src[3 * x + 1] * il, np.float32(1e-30))
         ratio_row[3 * x + 2] = max(src[3 * x + 2] * il, np.float32(1e-30))
-    ratio_bits = ratio_row.view(np.int32)
-    powed_bits = np.empty(3 * w, np.int32)
-    for j in range(3 * w):
-        t = saturation * log2_from_bits(ratio_bits[j])
-        powed_bits[j] = exp2_bits(min(max(t, np.float32(-126.0)), np.float32(126.0)))
-    powed = powed_bits.view(np.float32)
-    for x in range(w):
+    return ratio_row
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
+def _encode_srgb_row(dst, ld_row, colour_row):
+    """sRGB codes of ``L_d * colour`` into an interleaved row (``colour_row`` 3 W, ``ld_row`` W)."""
+    for x in range(ld_row.size):
         ld = ld_row[x]
-        dst[3 * x] = srgb8(ld * powed[3 * x])
-        dst[3 * x + 1] = srgb8(ld * powed[3 * x + 1])
-        dst[3 * x + 2] = srgb8(ld * powed[3 * x + 2])
+        dst[3 * x] = srgb8(ld * colour_row[3 * x])
+        dst[3 * x + 1] = srgb8(ld * colour_row[3 * x + 1])
+        dst[3 * x + 2] = srgb8(ld * colour_row[3 * x + 2])
 
 
 @numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
