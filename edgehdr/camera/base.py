@@ -109,9 +109,6 @@ class FrameGrouper:
         if mode not in ("rolling", "burst"):
             raise ValueError(f"mode must be 'rolling' or 'burst', got {mode!r}")
         self.count, self.mode = count, mode
-        from edgehdr.pipeline.buffers import BufferPool  # here: edgehdr.pipeline imports this module
-
-        self._stacks = BufferPool(capacity=4)  # bracket stacks, reused once nobody holds them
         self.reset(count)
 
     def reset(self, count: int | None = None) -> None:
@@ -139,9 +136,7 @@ class FrameGrouper:
             raise RuntimeError(f"FrameGrouper.take: {len(frames)} of {self.count} exposures stored; wait until "
                                "add() returns True")
         exposure, gain, stamps = zip(*meta)
-        first = frames[0]
-        stack = self._stacks.take((self.count, *first.shape), first.dtype)
-        bracket = Bracket(frames=np.stack(frames, out=stack), exposure_s=exposure, gain=gain, bits=bits,
+        bracket = Bracket(frames=np.stack(frames), exposure_s=exposure, gain=gain, bits=bits,
                           timestamp_ns=stamps, sequence=sequence, source=source)
         if self.mode == "burst":
             self._fresh.clear()

@@ -126,9 +126,6 @@ class SyntheticCamera(BracketSource):
 
             self._plan = ExposurePlan.of(suggest_exposures(scene.radiance, 3, 2.0))
         self._frames: list[np.ndarray] = []  # the last bracket's frames (empty: none retained)
-        from edgehdr.pipeline.buffers import BufferPool  # here: edgehdr.pipeline imports the camera package
-
-        self._stacks = BufferPool(capacity=4)  # about the brackets a pipeline holds at once
         self._exposures: list[tuple[float, float, int] | None] = [None] * len(self._plan)
         self._next_index = 0
         self._t0 = time.monotonic()
@@ -214,10 +211,9 @@ class SyntheticCamera(BracketSource):
             if plan is None:  # open() always sets one
                 raise SourceTimeout(f"{self.name}: not open")
             n = len(plan)
-            # A stack per bracket from the pool: one the pipeline (or anyone) still holds is never
-            # handed out again, so the previous brackets stay as they were. The retained frames are
-            # copied, the new capture is written straight into its slot.
-            frames = self._stacks.take((n, self.height, self.width, 3), np.uint8)
+            # A fresh stack per bracket (the pipeline may still hold the previous one): the
+            # retained frames are copied, the new capture is written straight into its slot.
+            frames = np.empty((n, self.height, self.width, 3), np.uint8)
             fresh = set(range(n)) if self.mode == "burst" or not self._frames else set()
             if not fresh:
                 fresh = {self._next_index}
