@@ -235,3 +235,17 @@ def test_invalid_inputs_are_named():
         reinhard_global(rgb, color="lab")
     with pytest.raises(ValueError, match="unknown filter"):
         reinhard_local(rgb, filter="median")
+
+
+def test_widen_maps_is_a_horizontal_resize_per_map():
+    """The stacked single call equals OpenCV's resize of each map on its own (rows never mix), bit for bit."""
+    import cv2
+
+    from edgehdr.tonemap.guided import widen_maps
+
+    rng = np.random.default_rng(3)
+    maps = rng.normal(size=(6, 9, 13)).astype(np.float32)
+    wide = widen_maps(maps, 50)
+    per_map = np.stack([cv2.resize(m, (50, 9), interpolation=cv2.INTER_LINEAR) for m in maps])
+    assert wide.shape == (6, 9, 50) and np.array_equal(wide, per_map)
+    assert widen_maps(maps, 13) is maps

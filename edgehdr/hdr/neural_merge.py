@@ -48,6 +48,7 @@ from edgehdr.hdr.crf import CameraResponse, ResponseLike
 from edgehdr.hdr.merge import FramesLike, as_frame_stack, resolve_response
 from edgehdr.hdr.weights import weight_lut
 from edgehdr.tonemap.color import REC709_LUMA
+from edgehdr.tonemap.guided import widen_maps
 
 if TYPE_CHECKING:
     from edgehdr.infer.base import Runner
@@ -268,13 +269,9 @@ def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike
     elif out.shape != (h, w, 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a contiguous ({h}, {w}, 3) float32 array")
     ys = bilinear_taps(prob.shape[1], h)
-    # The horizontal half of the bilinear upsampling in one OpenCV call over the three maps stacked (same
-    # half-pixel convention); the kernel blends rows. Per-pixel gathers of the small maps' columns in the
-    # kernel cost 15-20 % more at 1080p.
-    n_maps, n_small = prob.shape[0], prob.shape[1]
-    if prob.shape[2] != w:
-        prob = cv2.resize(prob.reshape(n_maps * n_small, prob.shape[2]), (w, n_maps * n_small),
-                          interpolation=cv2.INTER_LINEAR).reshape(n_maps, n_small, w)
+    # The horizontal half of the bilinear upsampling by OpenCV; the kernel blends rows (per-pixel gathers
+    # of the small maps' columns in the kernel cost 15-20 % more at 1080p).
+    prob = widen_maps(prob, w)
     log2_lut = resp.log_lut() * np.float32(1.0 / math.log(2.0))
     log2_rad = np.ascontiguousarray(np.stack([log2_lut - np.float32(math.log2(exposures[i])) for i in order]),
                                     dtype=np.float32)

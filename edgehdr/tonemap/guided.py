@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["guided_filter", "guided_coefficients"]
+__all__ = ["guided_filter", "guided_coefficients", "widen_maps"]
 
 
 def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int,
@@ -59,3 +59,19 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     """
     a, b = guided_coefficients(guide, src, radius, eps)
     return a * np.asarray(guide, np.float32) + b
+
+
+def widen_maps(maps: np.ndarray, width: int) -> np.ndarray:
+    """Low-resolution maps (N, h, w) float32 -> (N, h, ``width``): the horizontal half of a bilinear upsampling.
+
+    OpenCV's half-pixel convention (``cv2.resize`` INTER_LINEAR, PyTorch ``align_corners=False``);
+    the caller's kernel blends the two rows around each output row. The N maps go through one
+    call as one (N h, w) image: the height is unchanged, so rows never mix and the result is
+    bit-identical to a call per map, while OpenCV's per-call cost with its thread pool made six
+    calls take 11-13 ms at 1080p against 1-2.4 ms for one.
+    """
+    n, h, w = maps.shape
+    if w == width:
+        return maps
+    return cv2.resize(np.ascontiguousarray(maps, np.float32).reshape(n * h, w), (width, n * h),
+                      interpolation=cv2.INTER_LINEAR).reshape(n, h, width)

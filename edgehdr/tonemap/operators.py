@@ -33,7 +33,7 @@ import numpy as np
 
 from edgehdr.fastmath import exp2_bits, log2_from_bits
 from edgehdr.tonemap.color import COLOR_METHODS
-from edgehdr.tonemap.guided import guided_coefficients
+from edgehdr.tonemap.guided import guided_coefficients, widen_maps
 from edgehdr.tonemap.nonfinite import (
     any_nonfinite,
     paint_nonfinite_row,
@@ -632,14 +632,9 @@ def reinhard_local(
             # Reinhard's own local average: a Gaussian of L_m in the linear domain.
             smooth = np.log(np.maximum(cv2.GaussianBlur(np.exp(log_lm), (0, 0), radius / 2.0), _MIN_LUM))
         coef = (np.zeros_like(smooth), np.ascontiguousarray(smooth, np.float32))
-    # Horizontal half of the bilinear upsampling here (OpenCV, same half-pixel
-    # convention); the kernel blends the two rows around each output row. Both maps
-    # go through one call as a (2 nby, nbx) image: bit-identical to a call each, and
-    # OpenCV's per-call cost made two calls several times slower at 1080p.
-    nby = coef[0].shape[0]
-    stacked = cv2.resize(np.concatenate([np.asarray(c, np.float32) for c in coef]), (w, 2 * nby),
-                         interpolation=cv2.INTER_LINEAR)
-    coef = (stacked[:nby], stacked[nby:])
+    # Horizontal half of the bilinear upsampling here; the kernel blends the two rows around each output row.
+    wide = widen_maps(np.stack([np.asarray(c, np.float32) for c in coef]), w)
+    coef = (wide[0], wide[1])
     return _run_apply(rgb, _apply_reinhard_local, (scale, inv_white2, base_compression, math.log2(key)), color,
                       saturation, out,
                       coef=coef, block=block, who="tonemap reinhard-local", row_state=rows)
