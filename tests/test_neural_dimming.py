@@ -67,6 +67,45 @@ def test_display_twin_matches_the_numpy_display(scene_factory):
         assert got == pytest.approx(expected, rel=1e-4)
 
 
+@needs_torch
+@pytest.mark.parametrize("loss", ["mse", "log"])
+def test_student_training_lowers_the_display_error(loss):
+    """A few epochs of either display loss lower the twin's PU21 error of the unlimited light below the
+    untrained network's on the scenes trained on (the recipe's loop, on a tiny panel)."""
+    import torch
+
+    from edgehdr.models.training.nets import DimmingNet
+    from edgehdr.models.training.train_dimming import (
+        DisplayTwin,
+        budget_scale_torch,
+        dimming_scenes,
+        pu21_torch,
+        train_student,
+        training_layout,
+    )
+
+    layout = training_layout(rows=3, cols=4, width_px=64, height_px=48)
+    scenes = dimming_scenes(4, layout, seed=7)
+    twin = DisplayTwin(layout)
+
+    def error(net):
+        with torch.no_grad():
+            out = []
+            for s in scenes:
+                t = torch.from_numpy(s["target"].transpose(2, 0, 1).copy())[None]
+                light = budget_scale_torch(net(s["x"]["none"]), torch.tensor([1.0]))
+                out.append(float(twin.pu_error(light, t, pu21_torch(t))[0]))
+        return np.mean(out)
+
+    torch.manual_seed(0)
+    untrained = error(DimmingNet(layout.rows, layout.cols).eval())
+    net, history = train_student(scenes, {}, layout, epochs=8, batch=4, lr=1e-2, loss=loss, log=lambda _: None)
+    assert len(history) == 8
+    assert error(net) < 0.7 * untrained
+    with pytest.raises(ValueError, match="loss"):
+        train_student(scenes, {}, layout, epochs=1, loss="psnr")
+
+
 @pytest.fixture(scope="module")
 def dim_runner():
     with OnnxRuntimeRunner(model_path("dimming_net")) as runner:
@@ -104,7 +143,9 @@ def test_shipped_dimming_model_beats_the_heuristics_at_their_power(dim_runner, s
             heuristic = shown(zone_light(target, layout, algorithm), target)
             assert unlimited["pu_psnr_db"] > heuristic["pu_psnr_db"], algorithm
             mine = shown(net(target, power_budget=heuristic["power"]), target, budget=heuristic["power"])
-            assert mine["power"] <= heuristic["power"] + 1e-9
+            # The budget holds on the codes; power is a mean over float32 light, where equal code sums
+            # can differ in the last places (1e-9 seen); one drive code more on 18 x 32 zones is 4e-7.
+            assert mine["power"] <= heuristic["power"] + 5e-8
             ours.setdefault(algorithm, []).append(mine["pu_psnr_db"])
             theirs.setdefault(algorithm, []).append(heuristic["pu_psnr_db"])
     for algorithm in ("mean", "sqrt", "percentile"):
