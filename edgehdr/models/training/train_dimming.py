@@ -115,7 +115,7 @@ class DisplayTwin:
 
 def train_student(scenes: Sequence[Mapping[str, Any]], teacher: Mapping[str, np.ndarray], layout: LedLayout, *,
                   epochs: int = 60, batch: int = 8, lr: float = 3e-3, distill: float = 200.0, seed: int = 0,
-                  loss: str = "log",
+                  loss: str = "log", width: int = 32,
                   log: Callable[[str], object] = print) -> tuple[DimmingNet, list[dict[str, float]]]:
     """Adam on the PU21 display error of the budgeted light plus ``distill`` x MSE to the teacher's light.
 
@@ -131,7 +131,7 @@ def train_student(scenes: Sequence[Mapping[str, Any]], teacher: Mapping[str, np.
     if loss not in ("mse", "log"):
         raise ValueError(f"loss must be 'mse' or 'log', got {loss!r}")
     torch.manual_seed(seed)
-    model = DimmingNet(layout.rows, layout.cols)
+    model = DimmingNet(layout.rows, layout.cols, width=width)
     twin = DisplayTwin(layout)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
@@ -195,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--distill", type=float, default=10.0)
     p.add_argument("--loss", choices=("mse", "log"), default="log",
                    help="display term: mean of the samples' PU21 MSE, or of its logarithm (the mean PU-PSNR)")
+    p.add_argument("--width", type=int, default=32, help="channels of DimmingNet at zone resolution")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("dimming-training"))
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "dimming_net.onnx")
@@ -222,11 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         np.savez(cache, **teacher)
     t_teacher = time.perf_counter() - t0
     net, history = train_student(scenes, teacher, layout, epochs=args.epochs, distill=args.distill, seed=args.seed,
-                                 loss=args.loss)
+                                 loss=args.loss, width=args.width)
     t_total = time.perf_counter() - t0
     export_dimming(net, layout, args.out, extra_metadata={
         "edgehdr.recipe": f"train_dimming --rows {args.rows} --cols {args.cols} --scenes {args.scenes} "
-                          f"--epochs {args.epochs} --distill {args.distill} --loss {args.loss} --seed {args.seed} "
+                          f"--epochs {args.epochs} --distill {args.distill} --loss {args.loss} --width {args.width} "
+                          f"--seed {args.seed} "
                           f"{'--teacher-budgets' if args.teacher_budgets else '--no-teacher-budgets'}"})
     shape = (1, INPUT_CHANNELS, args.rows * SUBDIVISION, args.cols * SUBDIVISION)
     log = write_training_log(args.work / "train_dimming_log.json", net, shape, history=history,
