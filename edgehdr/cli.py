@@ -469,7 +469,7 @@ def _float_in(lo: float, hi: float) -> Callable[[str], float]:
     return _float_range(lo, hi)
 
 
-def _frame_size(text: str) -> tuple[int, int]:
+def frame_size(text: str) -> tuple[int, int]:
     """argparse type: ``WIDTHxHEIGHT`` (e.g. 1280x720) or a name (720p, 1080p, 4k) -> (width, height)."""
     from edgehdr.bench.stages import SIZES
 
@@ -589,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faults", action="store_true",
                    help="instead: fault run (source error/stall, corrupt frame, link unplug/replug)")
     p.add_argument("--seconds", type=_float_above(0.0), default=60.0, help="duration of --runtime (600 for the soak)")
-    p.add_argument("--size", type=_frame_size, default="1080p", metavar="WxH",
+    p.add_argument("--size", type=frame_size, default="1080p", metavar="WxH",
                    help="frame size of --runtime: WIDTHxHEIGHT or 720p, 1080p, 4k")
     p.add_argument("--fps", type=_float_in(1.0, 240.0), default=30.0, help="capture rate of --runtime")
     p.set_defaults(func=_cmd_bench)

@@ -1,7 +1,7 @@
 """Quality and speed table of the local-dimming CNN against its teacher and the heuristics.
 
     python -m edgehdr.models.training.evaluate_dimming [--scenes 16] [--int8 out/dimming_net.int8.onnx]
-        [--sizes 640x360,1280x720]
+        [--sizes 640x360 1280x720]
 
 Held-out synthetic scenes (seeds from 100000), the demo's 18 x 32 zones on a 640 x 360
 and a 1280 x 720 panel (``--sizes``; the larger panel takes about four times as long,
@@ -183,12 +183,14 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from edgehdr.cli import frame_size
+
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.evaluate_dimming")
     p.add_argument("--scenes", type=int, default=16)
     p.add_argument("--model", default="dimming_net")
     p.add_argument("--int8", default=None)
-    p.add_argument("--sizes", default="640x360,1280x720",
-                   help="panel sizes WxH, comma separated (the 1280x720 panel takes about 4x the 640x360 time)")
+    p.add_argument("--sizes", type=frame_size, nargs="+", default=[(640, 360), (1280, 720)], metavar="WxH",
+                   help="panel sizes (default 640x360 1280x720; the larger takes about 4x the smaller's time)")
     p.add_argument("--json", default=None)
     p.add_argument("--real", action="store_true", help="only the table on the shared real photographs")
     args = p.parse_args(argv)
@@ -200,14 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             write_text_atomic(args.json, json.dumps(rows, indent=2))
         return 0
-    try:
-        sizes = [tuple(int(v) for v in size.lower().split("x"))[::-1] for size in args.sizes.split(",")]
-    except ValueError:
-        p.error(f"--sizes: expected WxH[,WxH...], e.g. 640x360, got {args.sizes!r}")
-    if any(len(size) != 2 or min(size) < 1 for size in sizes):
-        p.error(f"--sizes: expected WxH[,WxH...] with positive integers, got {args.sizes!r}")
-    result = evaluate(args.scenes, model=args.model, int8=args.int8,
-                      sizes=[(size[0], size[1]) for size in sizes])
+    result = evaluate(args.scenes, model=args.model, int8=args.int8, sizes=[(h, w) for w, h in args.sizes])
     for size, r in result["sizes"].items():
         print(f"panel {size}, 18x32 zones, {args.scenes} held-out scenes")
         print(f"  {'algorithm':<14} {'PU-PSNR dB':>10} {'power':>7} {'halo PU':>8}")
