@@ -106,6 +106,47 @@ def test_student_training_lowers_the_display_error(loss):
         train_student(scenes, {}, layout, epochs=1, loss="psnr")
 
 
+@needs_torch
+def test_training_data_is_the_same_from_worker_processes_and_real_crops_skip_held_out(tmp_path):
+    """dimming_scenes / teacher_light with 2 worker processes equal the serial result exactly; the real
+    crops come from the training split only (a held-out photograph of a different level is never seen)."""
+    from edgehdr.io import write_radiance
+    from edgehdr.models.training.splits import REAL_HELD_OUT
+    from edgehdr.models.training.train_dimming import (
+        dimming_scenes,
+        real_photo_crops,
+        teacher_light,
+        training_layout,
+    )
+
+    layout = training_layout(rows=3, cols=4, width_px=64, height_px=48)
+    rng = np.random.default_rng(3)
+    train_photo = rng.uniform(0.5, 2.0, (96, 128, 3)).astype(np.float32)
+    write_radiance(tmp_path / "train_photo.hdr", train_photo)
+    write_radiance(tmp_path / f"{REAL_HELD_OUT[0]}.hdr", np.full((96, 128, 3), 500.0, np.float32))
+    crops = real_photo_crops(3, layout, seed=1, root=tmp_path)
+    assert len(crops) == 3 and all(c.shape == (48, 64, 3) for c in crops)
+    assert max(float(c.max()) for c in crops) < 2.1  # the held-out photo is 500 everywhere
+    assert real_photo_crops(0, layout, root=tmp_path) == []
+
+    serial = dimming_scenes(3, layout, seed=5, photos=crops[:2], workers=1)
+    pooled = dimming_scenes(3, layout, seed=5, photos=crops[:2], workers=2)
+    assert len(pooled) == 5
+    for a, b in zip(serial, pooled, strict=True):
+        np.testing.assert_array_equal(a["target"], b["target"])
+        assert a["budgets"] == b["budgets"]
+        for k in a["x"]:
+            np.testing.assert_array_equal(a["x"][k].numpy(), b["x"][k].numpy())
+    t_serial = teacher_light(serial, layout, ("none", "max"), log=lambda _: None)
+    t_pooled = teacher_light(pooled, layout, ("none", "max"), workers=2, log=lambda _: None)
+    for k in ("none", "max"):
+        assert t_serial[k].shape == (5, 3, 4)
+        np.testing.assert_array_equal(t_serial[k], t_pooled[k])
+    # the budgeted teacher keeps to the heuristic's power
+    powers = [s["budgets"]["max"] for s in serial]
+    assert np.all(t_serial["max"].mean(axis=(1, 2)) <= np.array(powers) * (1 + 1e-4))
+
+
 @pytest.fixture(scope="module")
 def dim_runner():
     with OnnxRuntimeRunner(model_path("dimming_net")) as runner:

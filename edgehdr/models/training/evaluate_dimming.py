@@ -16,8 +16,11 @@ Real content (``evaluate_real``, ``--real``): every shared HDR photograph as the
 target (its robust peak at the panel's peak), at 48 x 48 zones (heuristics) and at the
 network's 18 x 32 (heuristics and network), with no power limit and under power budgets
 (``within_budget``: the light scaled down uniformly to the budget's mean light fraction,
-as the runtime does): PU-PSNR, clipped pixels and power per algorithm. The runtime's
-default algorithm and budget are chosen from this table.
+as the runtime does): PU-PSNR, clipped pixels and power per algorithm, and at the network's
+grid the PU21 optimiser (the network's teacher) at each budget. Rows are reported per split
+(``splits.REAL_HELD_OUT``: photographs no recipe trains on; "train": those that
+``train_dimming --crops`` may crop). The runtime's default algorithm and budget are chosen
+from this table.
 """
 
 from __future__ import annotations
@@ -38,13 +41,18 @@ __all__ = ["evaluate", "evaluate_real", "main"]
 def evaluate_real(*, zones: Sequence[tuple[int, int]] = ((48, 48), (18, 32)),
                   budgets: Sequence[float | None] = (None, 0.5, 0.35, 0.25), model: str = "dimming_net",
                   max_side: int = 1024) -> list[dict[str, Any]]:
-    """One row per photograph, zone grid, budget and algorithm: PU-PSNR, clipped fraction, power."""
+    """One row per photograph, zone grid, budget and algorithm: PU-PSNR, clipped fraction, power.
+
+    Where the network runs (its own zone grid), the PU21 optimiser ``optimal_zone_light`` at the
+    same budget is a row too ("teacher"). Each row names its split ("held-out" or "train").
+    """
     from edgehdr.dimming import (
         BacklightModel,
         LedLayout,
         dimming_metrics,
         display_target,
         lcd_compensation,
+        optimal_zone_light,
         simulate_display,
         zone_light,
         zone_values_within_budget,
@@ -53,6 +61,7 @@ def evaluate_real(*, zones: Sequence[tuple[int, int]] = ((48, 48), (18, 32)),
     from edgehdr.dimming.zones import HEURISTICS
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
+    from edgehdr.models.training.splits import is_held_out
     from edgehdr.synth.realistic import real_hdr_scenes
 
     runner = OnnxRuntimeRunner(model_path(model)).load()
@@ -73,27 +82,33 @@ def evaluate_real(*, zones: Sequence[tuple[int, int]] = ((48, 48), (18, 32)),
                 lights = dict(free)
                 if net is not None:
                     lights["neural"] = net(target, power_budget=1.0 if budget is None else budget)
+                    lights["teacher"] = optimal_zone_light(target, layout, model=backlight, power_budget=budget,
+                                                           init=zone_light(target, layout, "max"))
                 for algorithm, light in lights.items():  # the runtime's last step: scaled, rounded within
                     codes = zone_values_within_budget(light, layout, budget)
                     q = layout.light_from_zone_values(codes).astype(np.float32)
                     b = backlight.simulate(q)
                     m = dimming_metrics(target, simulate_display(lcd_compensation(target, b, layout), b, layout), q,
                                         layout)
-                    rows.append({"photo": name, "zones": f"{zr}x{zc}", "budget": budget, "algorithm": algorithm,
+                    rows.append({"photo": name, "split": "held-out" if is_held_out(name) else "train",
+                                 "zones": f"{zr}x{zc}", "budget": budget, "algorithm": algorithm,
                                  **{k: m[k] for k in ("pu_psnr_db", "clipped_fraction", "power")}})
     runner.close()
     return rows
 
 
 def format_real(rows: Sequence[dict[str, Any]]) -> str:
-    """Mean and worst PU-PSNR, mean clipped fraction and mean power per zone grid, budget and algorithm."""
-    lines = [f"{'zones':<6} {'budget':>6} {'algorithm':<11} {'mean PU-PSNR':>12} {'worst':>6} {'clipped':>8} "
-             f"{'power':>6} {'max power':>9}"]
-    keys = dict.fromkeys((r["zones"], r["budget"], r["algorithm"]) for r in rows)
-    for zones, budget, algorithm in keys:
-        sel = [r for r in rows if (r["zones"], r["budget"], r["algorithm"]) == (zones, budget, algorithm)]
+    """Mean and worst PU-PSNR, mean clipped fraction and mean power per split, zone grid, budget and algorithm."""
+    lines = [f"{'split':<8} {'zones':<6} {'budget':>6} {'algorithm':<11} {'mean PU-PSNR':>12} {'worst':>6} "
+             f"{'clipped':>8} {'power':>6} {'max power':>9}"]
+    keys = sorted(dict.fromkeys((r.get("split", "all"), r["zones"], r["budget"], r["algorithm"]) for r in rows),
+                  key=lambda k: (k[0], k[1], -1.0 if k[2] is None else -k[2]))
+    for split, zones, budget, algorithm in keys:
+        sel = [r for r in rows
+               if (r.get("split", "all"), r["zones"], r["budget"], r["algorithm"]) == (split, zones, budget, algorithm)]
         psnr = [r["pu_psnr_db"] for r in sel]
-        lines.append(f"{zones:<6} {'none' if budget is None else budget:>6} {algorithm:<11} {np.mean(psnr):>12.2f} "
+        lines.append(f"{split:<8} {zones:<6} {'none' if budget is None else budget:>6} {algorithm:<11} "
+                     f"{np.mean(psnr):>12.2f} "
                      f"{np.min(psnr):>6.2f} {np.mean([r['clipped_fraction'] for r in sel]):>8.4f} "
                      f"{np.mean([r['power'] for r in sel]):>6.3f} {np.max([r['power'] for r in sel]):>9.3f}")
     return "\n".join(lines)

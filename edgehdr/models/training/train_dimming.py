@@ -44,7 +44,8 @@ from edgehdr.models.training.nets import DimmingNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.quality.pu21 import PU21_L_MAX, PU21_L_MIN, PU21_PARAMS
 
-__all__ = ["training_layout", "dimming_scenes", "DisplayTwin", "pu21_torch", "train_student", "export_dimming", "main"]
+__all__ = ["training_layout", "dimming_scenes", "real_photo_crops", "teacher_light", "DisplayTwin", "pu21_torch",
+           "train_student", "export_dimming", "main"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent
 BUDGETS = ("none", "max", "sqrt", "mean")  # teacher runs per scene: no limit, then each heuristic's power
@@ -55,22 +56,107 @@ def training_layout(rows: int = 18, cols: int = 32, width_px: int = 640, height_
     return LedLayout(rows=rows, cols=cols, width_px=width_px, height_px=height_px, source="train_dimming", **kw)
 
 
-def dimming_scenes(count: int, layout: LedLayout, *, seed: int = 0) -> list[dict[str, Any]]:
-    """Scenes on the panel with each budget's power (1 for 'none') and the runtime's encoding at that budget."""
+def _scene_sample(target: np.ndarray, layout: LedLayout) -> dict[str, Any]:
+    """One training sample: the panel target, each budget's power (1 for 'none'), heuristic inits and encodings."""
+    budgets: dict[str, float] = {"none": 1.0}
+    inits: dict[str, np.ndarray | None] = {"none": None}
+    for h in BUDGETS[1:]:
+        light = zone_light(target, layout, h)
+        budgets[h], inits[h] = power_fraction(light, layout), light
+    return {"target": target, "budgets": budgets, "inits": inits,
+            "x": {k: encode_dimming_input(target, layout, power_budget=b) for k, b in budgets.items()}}
+
+
+def _synthetic_sample(args: tuple[int, LedLayout]) -> dict[str, Any]:
     from edgehdr.synth import make_scene
 
-    out = []
-    for i in range(count):
-        target = display_target(make_scene(seed + i, layout.height_px, layout.width_px).radiance, layout)
-        budgets: dict[str, float] = {"none": 1.0}
-        inits: dict[str, np.ndarray | None] = {"none": None}
-        for h in BUDGETS[1:]:
-            light = zone_light(target, layout, h)
-            budgets[h], inits[h] = power_fraction(light, layout), light
-        out.append({"target": target, "budgets": budgets, "inits": inits,
-                    "x": {k: torch.from_numpy(encode_dimming_input(target, layout, power_budget=b))
-                          for k, b in budgets.items()}})
+    index, layout = args
+    return _scene_sample(display_target(make_scene(index, layout.height_px, layout.width_px).radiance, layout), layout)
+
+
+def _photo_sample(args: tuple[np.ndarray, LedLayout]) -> dict[str, Any]:
+    radiance, layout = args
+    return _scene_sample(display_target(radiance, layout), layout)
+
+
+def dimming_scenes(count: int, layout: LedLayout, *, seed: int = 0, photos: Sequence[np.ndarray] = (),
+                   workers: int = 1) -> list[dict[str, Any]]:
+    """Scenes on the panel with each budget's power (1 for 'none') and the runtime's encoding at that budget.
+
+    ``count`` synthetic scenes (``make_scene(seed + i)``), then one sample per radiance map in
+    ``photos`` (crops of real photographs at the panel's resolution, see ``real_photo_crops``).
+    ``workers`` > 1 prepares them in that many processes (same result, in order).
+    """
+    jobs: list[tuple[Callable[[Any], dict[str, Any]], Any]] = (
+        [(_synthetic_sample, (seed + i, layout)) for i in range(count)]
+        + [(_photo_sample, (np.asarray(r, np.float32), layout)) for r in photos])
+    if workers > 1 and len(jobs) > 1:
+        with _pool(workers) as pool:
+            out = ([*pool.map(_synthetic_sample, [a for f, a in jobs if f is _synthetic_sample], chunksize=8)]
+                   + [*pool.map(_photo_sample, [a for f, a in jobs if f is _photo_sample], chunksize=4)])
+    else:
+        out = [f(a) for f, a in jobs]
+    for sample in out:
+        sample["x"] = {k: torch.from_numpy(v) for k, v in sample["x"].items()}
     return out
+
+
+def _single_threaded() -> None:
+    import numba
+
+    numba.set_num_threads(1)  # one process per core: numba's own threads would oversubscribe
+
+
+def _pool(workers: int) -> Any:
+    """A pool of single-threaded workers, forked from a fresh server process (forking this one is unsafe
+    once it has run OpenMP threads: PyTorch's or numba's)."""
+    import multiprocessing
+
+    return multiprocessing.get_context("forkserver").Pool(workers, initializer=_single_threaded)
+
+
+def _teacher_job(args: tuple[Mapping[str, Any], LedLayout, tuple[str, ...]]) -> list[np.ndarray]:
+    sample, layout, kinds = args
+    model = BacklightModel(layout)
+    return [optimal_zone_light(sample["target"], layout, model=model, init=sample["inits"][k],
+                               power_budget=None if k == "none" else sample["budgets"][k]) for k in kinds]
+
+
+def teacher_light(scenes: Sequence[Mapping[str, Any]], layout: LedLayout, kinds: Sequence[str] = ("none",), *,
+                  workers: int = 1, log: Callable[[str], object] = print) -> dict[str, np.ndarray]:
+    """``optimal_zone_light`` of every scene at each budget kind in ``kinds``: ``{kind: (scenes, R, C)}``.
+
+    ``workers`` > 1 runs the scenes in that many single-threaded processes (same result).
+    """
+    t0 = time.perf_counter()
+    jobs = [({"target": s["target"], "budgets": s["budgets"], "inits": s["inits"]}, layout, tuple(kinds))
+            for s in scenes]
+    results: list[list[np.ndarray]] = []
+    if workers > 1 and len(jobs) > 1:
+        with _pool(workers) as pool:
+            for r in pool.imap(_teacher_job, jobs, chunksize=4):
+                results.append(r)
+                if len(results) % 64 == 0 or len(results) == len(jobs):
+                    log(f"teacher {len(results)}/{len(jobs)} ({time.perf_counter() - t0:.0f} s)")
+    else:
+        for job in jobs:
+            results.append(_teacher_job(job))
+            log(f"teacher {len(results)}/{len(jobs)} ({time.perf_counter() - t0:.0f} s)")
+    return {k: np.stack([r[j] for r in results]) for j, k in enumerate(kinds)}
+
+
+def real_photo_crops(per_photo: int, layout: LedLayout, *, seed: int = 0,
+                     root: str | os.PathLike[str] | None = None) -> list[np.ndarray]:
+    """``splits.random_crops`` of the training split of the shared photographs at the panel's resolution.
+
+    The held-out photographs (``splits.REAL_HELD_OUT``) are never used.
+    """
+    from edgehdr.models.training.splits import random_crops, real_split
+
+    if per_photo < 1:
+        return []
+    train, _ = real_split(root, max_side=2 * max(layout.width_px, layout.height_px))
+    return [c for _, c in random_crops(train, per_photo, seed=seed, height=layout.height_px, width=layout.width_px)]
 
 
 def budget_scale_torch(light: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
@@ -89,14 +175,14 @@ def pu21_torch(y: torch.Tensor, variant: str = "banding_glare") -> torch.Tensor:
 class DisplayTwin:
     """PyTorch twin of ``BacklightModel.simulate`` + ideal LCD (clip to [leak b, b]) for a Gaussian PSF."""
 
-    def __init__(self, layout: LedLayout) -> None:
+    def __init__(self, layout: LedLayout, device: str | torch.device = "cpu") -> None:
         if layout.psf_model != "gaussian":
             raise NotImplementedError("the training twin models a Gaussian PSF; measured PSFs train on "
                                       "the teacher term only (--display-weight 0)")
         model = BacklightModel(layout)
         self.layout = layout
-        self.a_rows = torch.from_numpy(model._a_rows)
-        self.a_cols = torch.from_numpy(model._a_cols)
+        self.a_rows = torch.from_numpy(model._a_rows).to(device)
+        self.a_cols = torch.from_numpy(model._a_cols).to(device)
         self.gain = float(model.gain)
         self.leak = 1.0 / layout.native_contrast
 
@@ -115,7 +201,7 @@ class DisplayTwin:
 
 def train_student(scenes: Sequence[Mapping[str, Any]], teacher: Mapping[str, np.ndarray], layout: LedLayout, *,
                   epochs: int = 60, batch: int = 8, lr: float = 3e-3, distill: float = 200.0, seed: int = 0,
-                  loss: str = "log", width: int = 32,
+                  loss: str = "log", width: int = 32, device: str = "cpu",
                   log: Callable[[str], object] = print) -> tuple[DimmingNet, list[dict[str, float]]]:
     """Adam on the PU21 display error of the budgeted light plus ``distill`` x MSE to the teacher's light.
 
@@ -126,45 +212,50 @@ def train_student(scenes: Sequence[Mapping[str, Any]], teacher: Mapping[str, np.
 
     ``teacher[kind]`` is (scenes, R, C) for the budget kinds that have a teacher; every (scene, budget)
     pair is a sample, trained on the display objective (the teacher's own) and, where there is a
-    teacher for its budget, the distillation term.
+    teacher for its budget, the distillation term. ``device`` is a PyTorch device ("cuda" trains on a
+    GPU: the same recipe, not bit-identical to a CPU run); the returned model is on the CPU.
     """
     if loss not in ("mse", "log"):
         raise ValueError(f"loss must be 'mse' or 'log', got {loss!r}")
     torch.manual_seed(seed)
-    model = DimmingNet(layout.rows, layout.cols, width=width)
-    twin = DisplayTwin(layout)
+    dev = torch.device(device)
+    model = DimmingNet(layout.rows, layout.cols, width=width).to(dev)
+    twin = DisplayTwin(layout, dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    targets = [torch.from_numpy(s["target"].transpose(2, 0, 1).copy())[None] for s in scenes]
+    targets = [torch.from_numpy(s["target"].transpose(2, 0, 1).copy())[None].to(dev) for s in scenes]
+    inputs = [{k: v.to(dev) for k, v in s["x"].items()} for s in scenes]
     targets_pu = [pu21_torch(t) for t in targets]
     samples = [(i, k) for i in range(len(scenes)) for k in BUDGETS]
-    teacher_t = {k: torch.from_numpy(np.asarray(v, np.float32))[:, None] for k, v in teacher.items()}
+    teacher_t = {k: torch.from_numpy(np.asarray(v, np.float32))[:, None].to(dev) for k, v in teacher.items()}
     rng = np.random.default_rng(seed)
     history = []
+    t_start = time.perf_counter()
     for epoch in range(epochs):
         order = rng.permutation(len(samples))
-        e_sum, d_sum = 0.0, 0.0
+        e_sum, d_sum = torch.zeros((), device=dev), torch.zeros((), device=dev)
         for start in range(0, len(order), batch):
             chosen = [samples[j] for j in order[start:start + batch]]
-            x = torch.cat([scenes[i]["x"][k] for i, k in chosen])
-            budget = torch.tensor([scenes[i]["budgets"][k] for i, k in chosen], dtype=torch.float32)
+            x = torch.cat([inputs[i][k] for i, k in chosen])
+            budget = torch.tensor([scenes[i]["budgets"][k] for i, k in chosen], dtype=torch.float32, device=dev)
             light = budget_scale_torch(model(x), budget)
             err = twin.pu_error(light, torch.cat([targets[i] for i, _ in chosen]),
                                 torch.cat([targets_pu[i] for i, _ in chosen]))
             taught = [(j, teacher_t[k][i:i + 1]) for j, (i, k) in enumerate(chosen) if k in teacher_t]
             d = (((light[[j for j, _ in taught]] - torch.cat([t for _, t in taught])) ** 2).mean() if taught
-                 else torch.zeros(()))
+                 else torch.zeros((), device=dev))
             objective = (err.clamp_min(1e-6).log().mean() if loss == "log" else err.mean()) + distill * d
             opt.zero_grad()
             objective.backward()
             opt.step()
-            e_sum += float(err.detach().sum())
-            d_sum += float(d.detach()) * len(chosen)
+            e_sum = e_sum + err.detach().sum()  # summed on the device: no synchronisation per step
+            d_sum = d_sum + d.detach() * len(chosen)
         sched.step()
         n = len(samples)
-        history.append({"epoch": epoch + 1, "pu_mse": e_sum / n, "distill_mse": d_sum / n})
-        log(f"epoch {epoch + 1:2d}/{epochs}: PU21 MSE {e_sum / n:.3f}, teacher MSE {d_sum / n:.5f}")
-    return model.eval(), history
+        history.append({"epoch": epoch + 1, "pu_mse": float(e_sum) / n, "distill_mse": float(d_sum) / n})
+        log(f"epoch {epoch + 1:2d}/{epochs}: PU21 MSE {float(e_sum) / n:.3f}, teacher MSE {float(d_sum) / n:.5f} "
+            f"({time.perf_counter() - t_start:.0f} s)")
+    return model.cpu().eval(), history
 
 
 def export_dimming(model: DimmingNet, layout: LedLayout, path: str | os.PathLike[str], *,
@@ -196,6 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--loss", choices=("mse", "log"), default="log",
                    help="display term: mean of the samples' PU21 MSE, or of its logarithm (the mean PU-PSNR)")
     p.add_argument("--width", type=int, default=32, help="channels of DimmingNet at zone resolution")
+    p.add_argument("--crops", type=int, default=0,
+                   help="crops per real training photograph (splits.real_split; the held-out ones never), 0: none")
+    p.add_argument("--device", default="cpu", help="PyTorch device for the student ('cuda' on a GPU)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes preparing the scenes and running the teacher (the result does not depend on it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("dimming-training"))
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "dimming_net.onnx")
@@ -203,32 +299,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     layout = training_layout(args.rows, args.cols)
     args.work.mkdir(parents=True, exist_ok=True)
-    scenes = dimming_scenes(args.scenes, layout, seed=args.seed)
+    photos = real_photo_crops(args.crops, layout, seed=args.seed)
+    scenes = dimming_scenes(args.scenes, layout, seed=args.seed, photos=photos, workers=args.workers)
+    print(f"{len(scenes)} scenes: {args.scenes} synthetic, {len(photos)} crops of real photographs "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
     kinds = BUDGETS if args.teacher_budgets else ("none",)
-    cache = args.work / f"teacher_{args.rows}x{args.cols}_{args.scenes}_{args.seed}_{'-'.join(kinds)}.npz"
+    crops = f"_crops{args.crops}x{len(photos) // max(args.crops, 1)}" if photos else ""
+    cache = args.work / f"teacher_{args.rows}x{args.cols}_{args.scenes}{crops}_{args.seed}_{'-'.join(kinds)}.npz"
     if cache.is_file():
         data = np.load(cache)
         teacher = {k: data[k] for k in kinds}
         print(f"teacher light from {cache}")
     else:
-        model = BacklightModel(layout)
-        teacher = {k: [] for k in kinds}
-        for i, s in enumerate(scenes):
-            for k in kinds:
-                budget = None if k == "none" else s["budgets"][k]
-                teacher[k].append(optimal_zone_light(s["target"], layout, model=model, init=s["inits"][k],
-                                                     power_budget=budget))
-            print(f"teacher {i + 1}/{len(scenes)} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        teacher = {k: np.stack(v) for k, v in teacher.items()}
-        np.savez(cache, **teacher)
+        teacher = teacher_light(scenes, layout, kinds, workers=args.workers,
+                                log=lambda m: print(m, flush=True))
+        np.savez(cache, **teacher)  # type: ignore[arg-type]
     t_teacher = time.perf_counter() - t0
     net, history = train_student(scenes, teacher, layout, epochs=args.epochs, distill=args.distill, seed=args.seed,
-                                 loss=args.loss, width=args.width)
+                                 loss=args.loss, width=args.width, device=args.device)
     t_total = time.perf_counter() - t0
     export_dimming(net, layout, args.out, extra_metadata={
         "edgehdr.recipe": f"train_dimming --rows {args.rows} --cols {args.cols} --scenes {args.scenes} "
                           f"--epochs {args.epochs} --distill {args.distill} --loss {args.loss} --width {args.width} "
-                          f"--seed {args.seed} "
+                          f"--crops {args.crops} --seed {args.seed} "
                           f"{'--teacher-budgets' if args.teacher_budgets else '--no-teacher-budgets'}"})
     shape = (1, INPUT_CHANNELS, args.rows * SUBDIVISION, args.cols * SUBDIVISION)
     log = write_training_log(args.work / "train_dimming_log.json", net, shape, history=history,
