@@ -27,10 +27,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,21 @@ def _single_threaded() -> None:
     numba.set_num_threads(1)  # one process per core: numba's own threads would oversubscribe
 
 
-def _pool(workers: int) -> Any:
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[Any]:
     """A pool of single-threaded workers, forked from a fresh server process (forking this one is unsafe
-    once it has run OpenMP threads: PyTorch's or numba's)."""
+    once it has run OpenMP threads: PyTorch's or numba's); closed and joined, not terminated, on the way out."""
     import multiprocessing
 
-    return multiprocessing.get_context("forkserver").Pool(workers, initializer=_single_threaded)
+    pool = multiprocessing.get_context("forkserver").Pool(workers, initializer=_single_threaded)
+    try:
+        yield pool
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 def _teacher_job(args: tuple[Mapping[str, Any], LedLayout, tuple[str, ...]]) -> list[np.ndarray]:
