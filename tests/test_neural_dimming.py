@@ -222,3 +222,22 @@ def test_int8_export_of_the_dimming_net_stays_within_its_budget(tmp_path):
     assert rc == 0 and report["budget"]["passed"] and report["task"]["zone_light_mae"] <= 0.01
     assert check_qdq_for_tensorrt(tmp_path / "dimming_net.int8.onnx",
                                   float_nodes=manifest["calibration"]["kept_float"]) == []
+
+
+def test_real_table_groups_by_split_budget_and_algorithm():
+    """format_real averages each (split, zones, budget, algorithm) group on its own, budgets largest first."""
+    from edgehdr.models.training.evaluate_dimming import format_real
+
+    def row(photo, split, budget, algorithm, db):
+        return {"photo": photo, "split": split, "zones": "18x32", "budget": budget, "algorithm": algorithm,
+                "pu_psnr_db": db, "clipped_fraction": 0.1, "power": 0.2}
+
+    rows = [row("a", "train", 0.25, "max", 30.0), row("b", "train", 0.25, "max", 34.0),
+            row("c", "held-out", 0.25, "max", 20.0), row("a", "train", None, "max", 40.0)]
+    lines = format_real(rows).splitlines()[1:]
+    table = {tuple(line.split()[:4]): (float(line.split()[4]), float(line.split()[5])) for line in lines}
+    assert table == {("held-out", "18x32", "0.25", "max"): (20.0, 20.0),
+                     ("train", "18x32", "none", "max"): (40.0, 40.0),
+                     ("train", "18x32", "0.25", "max"): (32.0, 30.0)}
+    assert [line.split()[0] for line in lines] == ["held-out", "train", "train"]
+    assert lines[1].split()[2] == "none"  # no limit first within a split

@@ -83,7 +83,7 @@ def evaluate_real(*, zones: Sequence[tuple[int, int]] = ((48, 48), (18, 32)),
                 if net is not None:
                     lights["neural"] = net(target, power_budget=1.0 if budget is None else budget)
                     lights["teacher"] = optimal_zone_light(target, layout, model=backlight, power_budget=budget,
-                                                           init=zone_light(target, layout, "max"))
+                                                           init=free["max"])
                 for algorithm, light in lights.items():  # the runtime's last step: scaled, rounded within
                     codes = zone_values_within_budget(light, layout, budget)
                     q = layout.light_from_zone_values(codes).astype(np.float32)
