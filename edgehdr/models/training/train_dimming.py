@@ -92,15 +92,13 @@ def dimming_scenes(count: int, layout: LedLayout, *, seed: int = 0, photos: Sequ
     ``photos`` (crops of real photographs at the panel's resolution, see ``real_photo_crops``).
     ``workers`` > 1 prepares them in that many processes (same result, in order).
     """
-    jobs: list[tuple[Callable[[Any], dict[str, Any]], Any]] = (
-        [(_synthetic_sample, (seed + i, layout)) for i in range(count)]
-        + [(_photo_sample, (np.asarray(r, np.float32), layout)) for r in photos])
-    if workers > 1 and len(jobs) > 1:
+    synthetic = [(seed + i, layout) for i in range(count)]
+    real = [(np.asarray(r, np.float32), layout) for r in photos]
+    if workers > 1 and len(synthetic) + len(real) > 1:
         with _pool(workers) as pool:
-            out = ([*pool.map(_synthetic_sample, [a for f, a in jobs if f is _synthetic_sample], chunksize=8)]
-                   + [*pool.map(_photo_sample, [a for f, a in jobs if f is _photo_sample], chunksize=4)])
+            out = pool.map(_synthetic_sample, synthetic, chunksize=8) + pool.map(_photo_sample, real, chunksize=4)
     else:
-        out = [f(a) for f, a in jobs]
+        out = [*map(_synthetic_sample, synthetic), *map(_photo_sample, real)]
     for sample in out:
         sample["x"] = {k: torch.from_numpy(v) for k, v in sample["x"].items()}
     return out
@@ -146,16 +144,14 @@ def teacher_light(scenes: Sequence[Mapping[str, Any]], layout: LedLayout, kinds:
     jobs = [({"target": s["target"], "budgets": s["budgets"], "inits": s["inits"]}, layout, tuple(kinds))
             for s in scenes]
     results: list[list[np.ndarray]] = []
-    if workers > 1 and len(jobs) > 1:
-        with _pool(workers) as pool:
-            for r in pool.imap(_teacher_job, jobs, chunksize=4):
-                results.append(r)
-                if len(results) % 64 == 0 or len(results) == len(jobs):
-                    log(f"teacher {len(results)}/{len(jobs)} ({time.perf_counter() - t0:.0f} s)")
-    else:
-        for job in jobs:
-            results.append(_teacher_job(job))
-            log(f"teacher {len(results)}/{len(jobs)} ({time.perf_counter() - t0:.0f} s)")
+    parallel = workers > 1 and len(jobs) > 1
+    with contextlib.ExitStack() as stack:
+        mapped = (stack.enter_context(_pool(workers)).imap(_teacher_job, jobs, chunksize=4) if parallel
+                  else map(_teacher_job, jobs))
+        for r in mapped:
+            results.append(r)
+            if not parallel or len(results) % 64 == 0 or len(results) == len(jobs):  # a line a scene when serial
+                log(f"teacher {len(results)}/{len(jobs)} ({time.perf_counter() - t0:.0f} s)")
     return {k: np.stack([r[j] for r in results]) for j, k in enumerate(kinds)}
 
 
