@@ -13,6 +13,7 @@ raise ``SourceError`` with what to check.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ class _GroupingSource(BracketSource):
 
     def __init__(self, plan: ExposurePlan | None, mode: str) -> None:
         self._plan = plan or ExposurePlan.of([1 / 2000, 1 / 500, 1 / 125])
+        # set_plan runs on the merge stage's thread, read_bracket on the capture thread: the new plan waits here
+        # and the capture thread adopts it before its next frame (the grouper is only touched by that thread).
+        self._plan_lock = threading.Lock()
+        self._pending_plan: ExposurePlan | None = None
         self.mode = mode
         self._grouper = FrameGrouper(len(self._plan), mode)
         self._index = 0
@@ -44,13 +49,24 @@ class _GroupingSource(BracketSource):
 
     @property
     def plan(self) -> ExposurePlan:
-        return self._plan
+        """The plan of the next frame: the last one set, adopted or not yet."""
+        with self._plan_lock:
+            return self._pending_plan if self._pending_plan is not None else self._plan
 
     def set_plan(self, plan: ExposurePlan) -> None:
-        if len(plan) != len(self._plan):
-            self._grouper.reset(len(plan))
-            self._index = 0
-        self._plan = plan
+        """Use ``plan`` from the next frame on; returns at once, also while a read is in progress."""
+        with self._plan_lock:
+            self._pending_plan = plan
+
+    def _adopt_pending_plan(self) -> ExposurePlan:
+        with self._plan_lock:
+            plan, self._pending_plan = self._pending_plan, None
+        if plan is not None:
+            if len(plan) != len(self._plan):
+                self._grouper.reset(len(plan))
+                self._index = 0
+            self._plan = plan
+        return self._plan
 
     def _capture(self, exposure_s: float, gain: float, timeout_s: float) -> tuple[np.ndarray, int]:
         """(frame RGB, timestamp ns) at this exposure; implemented per device."""
@@ -59,7 +75,7 @@ class _GroupingSource(BracketSource):
     def read_bracket(self, timeout_s: float = 1.0) -> Bracket:
         deadline = time.monotonic() + timeout_s
         while True:
-            plan = self._plan
+            plan = self._adopt_pending_plan()
             i = self._index % len(plan)
             frame, stamp = self._capture(plan.exposure_s[i], plan.gain[i], max(0.0, deadline - time.monotonic()))
             self._index = (i + 1) % len(plan)
@@ -515,7 +531,7 @@ class Picamera2Source(_GroupingSource):
         if cam is None:
             raise SourceError(f"{self.name}: not open")
         deadline = time.monotonic() + timeout_s
-        plan_us = np.asarray(self._plan.exposure_s) * 1e6
+        plan_us = np.asarray(self._adopt_pending_plan().exposure_s) * 1e6
         while time.monotonic() < deadline:
             request = cam.capture_request()
             try:

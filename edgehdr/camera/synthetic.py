@@ -94,7 +94,12 @@ class SyntheticCamera(BracketSource):
         self.response = CameraResponse.from_curve(self.curve, 8)
         self.noise_codes = noise_codes
         self._plan = plan
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by read_bracket for a whole read (its wait for the slot included)
+        # set_plan only leaves the plan here (a lock held for microseconds): the next read adopts it. Waiting for
+        # self._lock instead blocked the merge stage for up to a frame period and a capture every plan update
+        # (the p99 of 720p60's capture-to-zones latency, measured).
+        self._plan_lock = threading.Lock()
+        self._pending_plan: ExposurePlan | None = None
         self._opened = False
         self.frames_captured = 0
 
@@ -121,6 +126,9 @@ class SyntheticCamera(BracketSource):
         # Each tile repeated along x to the frame width plus one tile, so a shifted tile is a slice.
         reps = -(-(self.width + 64) // 64)
         self._dithers = [np.ascontiguousarray(np.tile(t, (1, reps))) for t in tiles]
+        with self._plan_lock:  # a plan set before open() sizes the buffers
+            if self._pending_plan is not None:
+                self._plan, self._pending_plan = self._pending_plan, None
         if self._plan is None:
             from edgehdr.synth import suggest_exposures
 
@@ -142,16 +150,26 @@ class SyntheticCamera(BracketSource):
 
     @property
     def plan(self) -> ExposurePlan | None:
-        return self._plan
+        """The plan of the next bracket: the last one set, adopted or not yet."""
+        with self._plan_lock:
+            return self._pending_plan if self._pending_plan is not None else self._plan
 
     def set_plan(self, plan: ExposurePlan) -> None:
-        with self._lock:
-            # Before open() there may be no plan yet: open() then sizes its buffers from this one.
-            if self._plan is None or len(plan) != len(self._plan):
-                self._frames = []
-                self._exposures = [None] * len(plan)
-                self._next_index = 0
-            self._plan = plan
+        """Use ``plan`` from the next read on; returns at once, also while a read is in progress."""
+        with self._plan_lock:
+            self._pending_plan = plan
+
+    def _adopt_pending_plan(self) -> None:
+        # Under self._lock, at the start of a read.
+        with self._plan_lock:
+            plan, self._pending_plan = self._pending_plan, None
+        if plan is None:
+            return
+        if self._plan is None or len(plan) != len(self._plan):
+            self._frames = []
+            self._exposures = [None] * len(plan)
+            self._next_index = 0
+        self._plan = plan
 
     def illumination(self, t_s: float) -> float:
         if not self.illumination_period_s or not self.illumination_stops:
@@ -207,6 +225,7 @@ class SyntheticCamera(BracketSource):
         if not self._opened:
             raise SourceTimeout(f"{self.name}: not open")
         with self._lock:
+            self._adopt_pending_plan()
             plan = self._plan
             if plan is None:  # open() always sets one
                 raise SourceTimeout(f"{self.name}: not open")
