@@ -58,6 +58,8 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     for section, values in (overrides or {}).items():  # e.g. {"run": {"queue_size": 1}}
         raw.setdefault(section, {}).update(values)
     cfg = validate(raw)
+    progress = Progress(4, quiet=quiet)
+    progress.step("kernels: compiling, or loading numba's cache")
     # As the daemon does: on a cold numba cache (a fresh install) the kernels would otherwise compile on the
     # first frames, inside the measured window (a first run measured 18 fps and a 7.7 s p99.9 that way).
     warm_up(jobs=jobs_for_config(cfg))
@@ -65,7 +67,6 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     pipeline = rt.built_pipeline()
     settle_heap()
     pipeline.start()
-    progress = Progress(3, quiet=quiet)
     progress.step(f"warming up {warmup_s:g} s")
     time.sleep(warmup_s)
     base = rt.stats()
