@@ -73,8 +73,9 @@ def test_stream_every_applied_frame_is_what_was_sent(controller):
     status = result["firmware_status"]
     assert status["state"] == 1 and status["crc_errors"] == 0 and status["framing_errors"] == 0
     # The APB timer is programmed for 120 Hz of wall time. QEMU's timers run late, never early, when the host is
-    # busy (110 Hz seen on this 2-core machine with the suite's load): a wrong divider would give 60 or 240.
-    assert 100.0 <= result["controller_vsync_hz"] <= 123.0, result
+    # busy (110 Hz seen on this 2-core machine with the suite's load, 99.99 Hz with a training run beside it): a
+    # wrong divider would give 60 or 240, which these bounds still tell apart.
+    assert 90.0 <= result["controller_vsync_hz"] <= 123.0, result
 
 
 @needs_toolchain
@@ -89,8 +90,8 @@ def test_the_port_to_a_second_board_behaves_the_same(tmp_path):
     # measured 0.80-1.00); the test only asserts the stream flowed, the bench reports the figure.
     assert stream["corrupted_accepted"] == 0 and stream["applied_fraction"] >= 0.5, stream
     assert stream["hz"] == 120.0 and stream["bits"] == 12
-    # the GPTM timer at 120 Hz of wall time (QEMU's timers run late when the host is busy)
-    assert 100.0 <= stream["controller_vsync_hz"] <= 123.0, stream
+    # the GPTM timer at 120 Hz of wall time (QEMU's timers run late when the host is busy; 60 or 240 is a wrong divider)
+    assert 90.0 <= stream["controller_vsync_hz"] <= 123.0, stream
     assert faults["errors_counted_by_firmware"] == 5 and faults["reset_boot_line"] == "reset", faults
     assert faults["resume_after_reset_s"] is not None and faults["resume_after_reset_s"] <= 1.0, faults
 
