@@ -3,7 +3,14 @@
 libm's ``expf``/``logf`` are opaque calls that stop LLVM from vectorising a pixel
 loop; these are plain arithmetic on the float's exponent and mantissa, so loops
 that use them run in SIMD. Kernels read and write the bit patterns through int32
-views of float32 row buffers. Relative error: exp2 < 1e-6, log2 < 5e-6 (absolute).
+views of float32 row buffers. Error, measured against float64 over 4 M arguments: exp2
+below 8.4e-6 relative (the degree-6 polynomial's own error, largest as the fraction
+nears 1), log2 below 5.1e-6 absolute plus the float32 rounding of the result (1.1e-5 in
+all near log2 = 71).
+
+numba caches a kernel under its own module's file: the kernels that inline these are
+recompiled after a change here only when their cache is cleared (``__pycache__/*.nb?``)
+or their files change, as they do with every install of a new version.
 """
 
 from __future__ import annotations
@@ -17,13 +24,18 @@ __all__ = ["exp2_bits", "log2_from_bits"]
 @numba.njit(fastmath=True, cache=True, inline="always")
 def exp2_bits(t: np.float32) -> np.int32:
     """Bit pattern (int32) of the float32 ``2^t`` for ``t`` in [-126, 126]."""
-    # 2^floor(t) goes in the exponent field, 2^frac(t) (degree-6 polynomial) in the mantissa.
-    k = np.int32(t + np.float32(1000.0)) - np.int32(1000)
-    f = t - np.float32(k)
+    # 2^floor(t) goes in the exponent field, 2^frac(t) (degree-6 polynomial) in the mantissa. The exponent is the
+    # float floor scaled by 2^23 (exact). It used to be int(t + 1000) - 1000 shifted, which is slower in a pixel
+    # loop (6.2 M values 3.04 against 1.98 ms on one core) and wrong where t + 1000 rounds up to the next integer
+    # (fractions above 0.99994): the fraction then went slightly negative and its mantissa correction landed in
+    # the binade below at half weight, 2.1e-5 relative error against 8.4e-6 now.
+    k = np.floor(t)
+    f = t - k
     p = np.float32(1.0) + f * (np.float32(0.6931472) + f * (np.float32(0.2402265) + f * (
         np.float32(0.05550411) + f * (np.float32(0.009618129) + f * (np.float32(0.001333355)
                                                                    + f * np.float32(0.0001540353))))))
-    return np.int32(0x3F800000) + np.int32((p - np.float32(1.0)) * np.float32(8388608.0)) + (k << 23)
+    return (np.int32(0x3F800000) + np.int32(k * np.float32(8388608.0))
+            + np.int32((p - np.float32(1.0)) * np.float32(8388608.0)))
 
 
 @numba.njit(fastmath=True, cache=True, inline="always")
