@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=18)
     p.add_argument("--cols", type=int, default=32)
-    p.add_argument("--scenes", type=int, default=256)
+    p.add_argument("--scenes", type=int, default=512)
     p.add_argument("--teacher-budgets", action=argparse.BooleanOptionalAction, default=False,
                    help="also run the teacher at the heuristics' powers (four times the teacher cost)")
     p.add_argument("--epochs", type=int, default=40)
