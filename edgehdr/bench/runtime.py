@@ -91,6 +91,8 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     window = end["elapsed_s"] - base["elapsed_s"]
     captured = end["frames_captured"] - base["frames_captured"]
     completed = end["frames_completed"] - base["frames_completed"]
+    dropped = end["frames_dropped"] - base["frames_dropped"]
+    failed = end["frames_failed"] - base["frames_failed"]
     # CPU time of each stage's thread (and of the capture thread) per completed frame over the window: frames
     # dropped after a stage still cost that stage, so this is what a delivered frame costs, stage by stage.
     base_cpu = {st["name"]: st.get("cpu_s_total") or 0.0 for st in base["stages"]}
@@ -110,12 +112,10 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     return {
         "size": [width, height], "target_fps": fps, "seconds": round(window, 2),
         "fps": round(completed / window, 2), "frames_captured": captured, "frames_completed": completed,
-        "frames_dropped": end["frames_dropped"] - base["frames_dropped"],
-        "frames_failed": end["frames_failed"] - base["frames_failed"],
+        "frames_dropped": dropped, "frames_failed": failed,
         # Counted drops and failures over the window's captures: 1 - completed / captured is off by the frames in
         # flight at the window's two ends (it read -0.03 % on a run that dropped none).
-        "drop_fraction": round((end["frames_dropped"] - base["frames_dropped"] + end["frames_failed"]
-                                - base["frames_failed"]) / captured, 4) if captured else None,
+        "drop_fraction": round((dropped + failed) / captured, 4) if captured else None,
         "capture_to_zones_ms_median": end["capture_to_zones_ms_median"],
         "capture_to_zones_ms_p99": end["capture_to_zones_ms_p99"],
         "capture_to_zones_ms_p999": end["capture_to_zones_ms_p999"],

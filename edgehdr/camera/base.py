@@ -10,6 +10,7 @@ source with backoff); ``SourceTimeout`` means nothing arrived in time (a stall).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,8 @@ from edgehdr.bracket import Bracket
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["BracketSource", "ExposurePlan", "SourceError", "SourceTimeout", "SourceExhausted", "FrameGrouper"]
+__all__ = ["BracketSource", "ExposurePlan", "PendingPlan", "SourceError", "SourceTimeout", "SourceExhausted",
+           "FrameGrouper"]
 
 
 class SourceError(RuntimeError):
@@ -61,6 +63,33 @@ class ExposurePlan:
 
     def __len__(self) -> int:
         return len(self.exposure_s)
+
+
+class PendingPlan:
+    """A new exposure plan on its way from the planner's thread to the capture thread.
+
+    ``put`` (the merge stage, via a source's ``set_plan``) never waits for a read in
+    progress; the capture thread ``take``s the plan before its next frame and applies
+    it there, so a source's frame buffers are only ever touched by that thread.
+    ``peek`` is the plan set but not yet taken (None: none).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # held for an assignment, never across a read
+        self._plan: ExposurePlan | None = None
+
+    def put(self, plan: ExposurePlan) -> None:
+        with self._lock:
+            self._plan = plan
+
+    def peek(self) -> ExposurePlan | None:
+        with self._lock:
+            return self._plan
+
+    def take(self) -> ExposurePlan | None:
+        with self._lock:
+            plan, self._plan = self._plan, None
+        return plan
 
 
 class BracketSource:

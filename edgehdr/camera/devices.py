@@ -13,7 +13,6 @@ raise ``SourceError`` with what to check.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgehdr.bracket import Bracket
-from edgehdr.camera.base import BracketSource, ExposurePlan, FrameGrouper, SourceError, SourceTimeout
+from edgehdr.camera.base import BracketSource, ExposurePlan, FrameGrouper, PendingPlan, SourceError, SourceTimeout
 
 if TYPE_CHECKING:
     import cv2
@@ -39,8 +38,7 @@ class _GroupingSource(BracketSource):
         self._plan = plan or ExposurePlan.of([1 / 2000, 1 / 500, 1 / 125])
         # set_plan runs on the merge stage's thread, read_bracket on the capture thread: the new plan waits here
         # and the capture thread adopts it before its next frame (the grouper is only touched by that thread).
-        self._plan_lock = threading.Lock()
-        self._pending_plan: ExposurePlan | None = None
+        self._pending_plan = PendingPlan()
         self.mode = mode
         self._grouper = FrameGrouper(len(self._plan), mode)
         self._index = 0
@@ -50,17 +48,15 @@ class _GroupingSource(BracketSource):
     @property
     def plan(self) -> ExposurePlan:
         """The plan of the next frame: the last one set, adopted or not yet."""
-        with self._plan_lock:
-            return self._pending_plan if self._pending_plan is not None else self._plan
+        pending = self._pending_plan.peek()
+        return pending if pending is not None else self._plan
 
     def set_plan(self, plan: ExposurePlan) -> None:
         """Use ``plan`` from the next frame on; returns at once, also while a read is in progress."""
-        with self._plan_lock:
-            self._pending_plan = plan
+        self._pending_plan.put(plan)
 
     def _adopt_pending_plan(self) -> ExposurePlan:
-        with self._plan_lock:
-            plan, self._pending_plan = self._pending_plan, None
+        plan = self._pending_plan.take()
         if plan is not None:
             if len(plan) != len(self._plan):
                 self._grouper.reset(len(plan))

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from edgehdr.bracket import Bracket
-from edgehdr.camera.base import BracketSource, ExposurePlan, SourceTimeout
+from edgehdr.camera.base import BracketSource, ExposurePlan, PendingPlan, SourceTimeout
 from edgehdr.hdr.crf import CameraResponse, ResponseCurve
 from edgehdr.synth.scenes import make_scene
 
@@ -98,8 +98,7 @@ class SyntheticCamera(BracketSource):
         # set_plan only leaves the plan here (a lock held for microseconds): the next read adopts it. Waiting for
         # self._lock instead blocked the merge stage for up to a frame period and a capture every plan update
         # (the p99 of 720p60's capture-to-zones latency, measured).
-        self._plan_lock = threading.Lock()
-        self._pending_plan: ExposurePlan | None = None
+        self._pending_plan = PendingPlan()
         self._opened = False
         self.frames_captured = 0
 
@@ -126,9 +125,9 @@ class SyntheticCamera(BracketSource):
         # Each tile repeated along x to the frame width plus one tile, so a shifted tile is a slice.
         reps = -(-(self.width + 64) // 64)
         self._dithers = [np.ascontiguousarray(np.tile(t, (1, reps))) for t in tiles]
-        with self._plan_lock:  # a plan set before open() sizes the buffers
-            if self._pending_plan is not None:
-                self._plan, self._pending_plan = self._pending_plan, None
+        pending = self._pending_plan.take()  # a plan set before open() sizes the buffers
+        if pending is not None:
+            self._plan = pending
         if self._plan is None:
             from edgehdr.synth import suggest_exposures
 
@@ -151,18 +150,16 @@ class SyntheticCamera(BracketSource):
     @property
     def plan(self) -> ExposurePlan | None:
         """The plan of the next bracket: the last one set, adopted or not yet."""
-        with self._plan_lock:
-            return self._pending_plan if self._pending_plan is not None else self._plan
+        pending = self._pending_plan.peek()
+        return pending if pending is not None else self._plan
 
     def set_plan(self, plan: ExposurePlan) -> None:
         """Use ``plan`` from the next read on; returns at once, also while a read is in progress."""
-        with self._plan_lock:
-            self._pending_plan = plan
+        self._pending_plan.put(plan)
 
     def _adopt_pending_plan(self) -> None:
         # Under self._lock, at the start of a read.
-        with self._plan_lock:
-            plan, self._pending_plan = self._pending_plan, None
+        plan = self._pending_plan.take()
         if plan is None:
             return
         if self._plan is None or len(plan) != len(self._plan):
