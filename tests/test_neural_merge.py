@@ -51,12 +51,18 @@ def test_equal_weights_are_the_classical_debevec_merge(bracket):
     assert np.max(np.abs(np.log(ours / ref))) < 1e-3
 
 
-def test_consistency_gate_drops_the_samples_grosch_rejects(bracket):
+@pytest.mark.parametrize("bits", [8, 16])
+def test_consistency_gate_drops_the_samples_grosch_rejects(bracket, bits):
     """Against NumPy with the classical per-pixel test (edgehdr.hdr.deghost's kernel, before morphology):
-    equal weights over the samples that are usable and consistent with the reference."""
+    equal weights over the samples that are usable and consistent with the reference. At 16 bits the
+    kernel is compiled for 65536 codes (the tables' stride is a compile-time constant)."""
+    from edgehdr.bracket import Bracket
     from edgehdr.hdr.deghost import _inconsistent_kernel, radiance_intervals
 
     b, resp = bracket.bracket, bracket.response
+    if bits == 16:
+        b = Bracket(frames=b.frames.astype(np.uint16) * 257, exposure_s=b.exposure_s, gain=b.gain, bits=16)
+        resp = resp.resampled(16)
     ours = merge_with_weights(b, np.full((3, 4, 4), 1 / 3, np.float32), response=resp)
     n, h, w, _ = b.frames.shape
     lo, hi = radiance_intervals(resp)
@@ -65,7 +71,7 @@ def test_consistency_gate_drops_the_samples_grosch_rejects(bracket):
                          np.empty((h, w), np.uint8))
     assert bad[[0, 2]].any()  # the moving objects make some
     z = b.frames.astype(np.int64)
-    x = z / 255.0
+    x = z / float((1 << bits) - 1)
     v = (1 - (2 * x - 1) ** 12) * (1 - bad[..., None])
     logs = np.stack([np.stack([resp.log_lut()[c][z[i][..., c]] for c in range(3)], -1) - np.log(b.relative_exposure[i])
                      for i in range(3)])
@@ -95,6 +101,25 @@ def test_weight_upsampling_is_opencv_bilinear():
     bot = small[ys[1]][:, xs[0]] * (1 - xs[2]) + small[ys[1]][:, xs[1]] * xs[2]
     ours = top * (1 - ys[2][:, None]) + bot * ys[2][:, None]
     np.testing.assert_allclose(ours, cv2.resize(small, (170, 100), interpolation=cv2.INTER_LINEAR), atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_working_size_block_means_are_rounded_means(k, dtype):
+    """The encoder's block means of the three frames (one kernel call, exposure order) against NumPy's
+    exact integer means, rounded half up, on a size that leaves rows and columns over."""
+    from edgehdr.hdr.neural_merge import _block_means
+
+    rng = np.random.default_rng(k)
+    top = np.iinfo(dtype).max
+    stack = rng.integers(0, top + 1, (3, 7 * k + k - 1, 11 * k + 1, 3)).astype(dtype)
+    stack[1, :k, :k] = top  # the largest sums
+    order = np.array([2, 0, 1], np.int64)
+    out = np.empty((3, 7, 11, 3), dtype)
+    _block_means(stack, order, k, out)
+    for f, i in enumerate(order):
+        sums = stack[i, :7 * k, :11 * k].astype(np.int64).reshape(7, k, 11, k, 3).sum(axis=(1, 3))
+        np.testing.assert_array_equal(out[f], (2 * sums + k * k) // (2 * k * k))
 
 
 def test_encoding_sorts_by_exposure_and_centres_on_the_reference(bracket):

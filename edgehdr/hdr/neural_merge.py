@@ -34,6 +34,7 @@ F. Banterle and A. Artusi, "Modern HDR imaging at the time of deep learning" (tu
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -82,36 +83,48 @@ def _prepare(frames: FramesLike, exposures: ArrayLike | None, response: Response
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _block_mean(frame, k, out):
-    """k x k block means of integer codes, rounded (as OpenCV's INTER_AREA at an integer factor)."""
-    rows, cols = out.shape[0], out.shape[1]
+def _block_means(stack, order, k, out):
+    """k x k block means of integer codes, rounded (as OpenCV's INTER_AREA at an integer factor), of the three
+    frames in ``order`` into ``out`` (3, rows, cols, 3).
+
+    Per output row, each frame's k rows are summed into a row of uint32 (flat, vectorised), then the k
+    neighbours of each column; one call for the three frames (1080p, one core: 4.3 against 5.1 ms for
+    per-pixel int64 sums and a call per frame)."""
+    rows, cols = out.shape[1], out.shape[2]
     inv = np.float32(1.0 / (k * k))
+    span = cols * k * 3
     for r in numba.prange(rows):
-        acc = np.zeros((cols, 3), np.int64)
-        for dy in range(k):
-            line = frame[r * k + dy]
+        acc = np.empty(span, np.uint32)
+        for f in range(3):
+            frame = stack[order[f]]
+            first = frame[r * k].reshape(-1)
+            for j in range(span):
+                acc[j] = np.uint32(first[j])
+            for dy in range(1, k):
+                line = frame[r * k + dy].reshape(-1)
+                for j in range(span):
+                    acc[j] += np.uint32(line[j])
             for col in range(cols):
-                for dx in range(k):
-                    for c in range(3):
-                        acc[col, c] += line[col * k + dx, c]
-        for col in range(cols):
-            for c in range(3):
-                out[r, col, c] = np.uint16(np.float32(acc[col, c]) * inv + np.float32(0.5))
+                for c in range(3):
+                    total = np.uint32(0)
+                    for dx in range(k):
+                        total += acc[3 * (col * k + dx) + c]
+                    out[f, r, col, c] = np.uint16(np.float32(total) * inv + np.float32(0.5))
 
 
-def _working_size(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Block means by the nearest integer factor (numba; 1080p -> 480 x 270, where a fractional area resize
-    takes ~8x longer), then bilinear to the working size. Codes keep their dtype (rounded), so the response
-    LUT applies to the small frames."""
-    fh, fw = frame.shape[:2]
+def _working_size(stack: np.ndarray, order: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The three frames (exposure order) at the working size, (3, height, width, 3): block means by the nearest
+    integer factor (numba; 1080p -> 480 x 270, where a fractional area resize takes ~8x longer), then
+    bilinear to the working size. Codes keep their dtype (rounded), so the response LUT applies to the small
+    frames."""
+    _, fh, fw, _ = stack.shape
     k = max(1, int(round(min(fh / height, fw / width))))
-    if k > 1:  # the last fh % k rows and fw % k columns (at most k - 1 pixels) are left out
-        small = np.empty((fh // k, fw // k, 3), frame.dtype)
-        _block_mean(frame, k, small)
-        frame = small
-    if frame.shape[:2] != (height, width):
-        frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
-    return frame
+    # the last fh % k rows and fw % k columns (at most k - 1 pixels) are left out
+    small = np.empty((3, fh // k, fw // k, 3), stack.dtype)
+    _block_means(stack, order, k, small)
+    if small.shape[1:3] != (height, width):  # frame by frame: OpenCV rounds 16-bit codes of 9 channels otherwise
+        small = np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in small])
+    return small
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
@@ -134,7 +147,7 @@ def encode_merge_input(frames: FramesLike, exposures: ArrayLike | None = None, r
     """A 3-frame bracket -> the network input (1, 12, 272, 480) float32 (see the module docstring)."""
     stack, exposures, resp, bits, order = _prepare(frames, exposures, response, bits)
     _, h, w = MERGE_INPUT_SHAPE[1:]
-    small = np.stack([_working_size(stack[i], w, h) for i in order])
+    small = _working_size(stack, order, w, h)
     x = np.empty(MERGE_INPUT_SHAPE, np.float32)
     lin = np.exp(resp.log_lut().astype(np.float64))  # (3, K)
     luma_rad = np.stack([REC709_LUMA[:, None] * lin / exposures[i] for i in order]).astype(np.float32)
@@ -173,63 +186,76 @@ def bilinear_taps(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return i0, i1, (pos - i0).astype(np.float32)
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _weighted_merge_kernel(stack, order, log2_rad, packed, prob, y0s, y1s, fys, half_level,
-                           gate, lo2, hi2, badtab, out_bits):
-    """One pass: bilinear weights, consistency gate, tutorial weighting, log2-domain Debevec average, exp2 on
-    the float bits. ``log2_rad[k, c, z]`` is ``log2 f^-1(z) - log2 t`` of the k-th shortest frame."""
-    n_rows, n_cols = stack.shape[1], stack.shape[2]
-    i0, i1, i2 = order[0], order[1], order[2]
-    eps = np.float32(1e-8)
-    for y in numba.prange(n_rows):
-        y0, y1, fy = y0s[y], y1s[y], fys[y]
-        # The weight maps come already interpolated horizontally (full width): blend the two rows around y.
-        wrow = np.empty((3, n_cols), np.float32)  # per-pixel frame weights (bilinear x gate) for this row
-        for k in range(3):
-            i = order[k]
-            a0, a1, wk = prob[i, y0], prob[i, y1], wrow[k]
+@functools.cache
+def _weighted_merge_kernel(levels: int):
+    """The fused weighted merge for ``levels`` code values: the tables' channel stride is a compile-time
+    constant (read from their shape, the kernel took 30.7 against 21.2 ms at 1080p on one core); numba
+    caches one kernel per value."""
+
+    @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+    def kernel(stack, order, log2_rad, v, vl, lo2, hi2, prob, y0s, y1s, fys, half_level, gate, out_bits):
+        """One pass: bilinear weights, consistency gate, tutorial weighting, log2-domain Debevec average, exp2
+        on the float bits. The tables are indexed ``[k, c * levels + z]`` for the k-th shortest frame: ``v``
+        the weight, ``vl`` the weight times log2 radiance, ``lo2``/``hi2`` the log2 radiance interval of the
+        code. ``log2_rad[k, c, z]`` is ``log2 f^-1(z) - log2 t`` (the fallback where no sample is usable)."""
+        n_rows, n_cols = stack.shape[1], stack.shape[2]
+        i0, i1, i2 = order[0], order[1], order[2]
+        eps = np.float32(1e-8)
+        for y in numba.prange(n_rows):
+            y0, y1, fy = y0s[y], y1s[y], fys[y]
+            # The weight maps come already interpolated horizontally (full width): blend the two rows around y.
+            wrow = np.empty((3, n_cols), np.float32)
+            for k in range(3):
+                i = order[k]
+                a0, a1, wk = prob[i, y0], prob[i, y1], wrow[k]
+                for x in range(n_cols):
+                    wk[x] = a0[x] + fy * (a1[x] - a0[x])
+            w0, w1, w2 = wrow[0], wrow[1], wrow[2]
+            f0, f1, f2 = stack[i0, y].reshape(-1), stack[i1, y].reshape(-1), stack[i2, y].reshape(-1)
+            if gate:
+                # Grosch's test: a non-reference sample whose radiance interval misses the reference's, in any
+                # channel, is dropped.
+                for x in range(n_cols):
+                    ok0 = True
+                    ok2 = True
+                    for c in range(3):
+                        z0 = np.int32(f0[3 * x + c]) + c * levels
+                        z1 = np.int32(f1[3 * x + c]) + c * levels
+                        z2 = np.int32(f2[3 * x + c]) + c * levels
+                        l1, h1 = lo2[1, z1], hi2[1, z1]
+                        ok0 = ok0 & (lo2[0, z0] <= h1) & (l1 <= hi2[0, z0])
+                        ok2 = ok2 & (lo2[2, z2] <= h1) & (l1 <= hi2[2, z2])
+                    w0[x] = w0[x] if ok0 else np.float32(0.0)
+                    w2[x] = w2[x] if ok2 else np.float32(0.0)
+            buf = np.empty(3 * n_cols, np.float32)  # log2 radiance of the row; exp2 in a separate, SIMD pass
+            den_row = np.empty(3 * n_cols, np.float32)
             for x in range(n_cols):
-                wk[x] = a0[x] + fy * (a1[x] - a0[x])
-        if gate and badtab.shape[2] > 1:  # Grosch's test per pixel from a (code, reference code) table
-            for x in range(n_cols):
-                bad0 = np.uint8(0)
-                bad2 = np.uint8(0)
+                p0, p1, p2 = w0[x], w1[x], w2[x]
                 for c in range(3):
-                    z1 = stack[i1, y, x, c]
-                    bad0 |= badtab[0, c, stack[i0, y, x, c], z1]
-                    bad2 |= badtab[1, c, stack[i2, y, x, c], z1]
-                wrow[0, x] *= np.float32(1 - bad0)
-                wrow[2, x] *= np.float32(1 - bad2)
-        elif gate:  # the same test on the interval bounds (sensors above 8 bits: the table would be large)
-            for x in range(n_cols):
-                bad0 = False
-                bad2 = False
-                for c in range(3):
-                    z0, z1, z2 = stack[i0, y, x, c], stack[i1, y, x, c], stack[i2, y, x, c]
-                    lr, hr = lo2[1, c, z1], hi2[1, c, z1]
-                    bad0 |= (lo2[0, c, z0] > hr) | (lr > hi2[0, c, z0])
-                    bad2 |= (lo2[2, c, z2] > hr) | (lr > hi2[2, c, z2])
-                if bad0:
-                    wrow[0, x] = 0.0
-                if bad2:
-                    wrow[2, x] = 0.0
-        f0, f1, f2 = stack[i0, y], stack[i1, y], stack[i2, y]
-        buf = np.empty(3 * n_cols, np.float32)  # log2 radiance of the row; exp2 in a separate, SIMD pass
-        for x in range(n_cols):
-            p0, p1, p2 = wrow[0, x], wrow[1, x], wrow[2, x]
-            for c in range(3):
-                z0, z1, z2 = f0[x, c], f1[x, c], f2[x, c]
-                # packed[k, c, z] = (v(z), v(z) * log2 radiance): one table row per sample
-                den = p0 * packed[0, c, z0, 0] + p1 * packed[1, c, z1, 0] + p2 * packed[2, c, z2, 0]
-                num = p0 * packed[0, c, z0, 1] + p1 * packed[1, c, z1, 1] + p2 * packed[2, c, z2, 1]
-                v = num / max(den, eps)
-                if den <= eps:  # nothing usable: the classical rule, the shortest clipped frame (a lower
-                    v = log2_rad[0, c, z0] if z0 >= half_level else (  # bound), else the longest
-                        log2_rad[1, c, z1] if z1 >= half_level else log2_rad[2, c, z2])
-                buf[3 * x + c] = v
-        o = out_bits[y].reshape(-1)
-        for j in range(3 * n_cols):
-            o[j] = exp2_bits(max(min(buf[j], np.float32(126.0)), np.float32(-126.0)))
+                    z0 = np.int32(f0[3 * x + c]) + c * levels
+                    z1 = np.int32(f1[3 * x + c]) + c * levels
+                    z2 = np.int32(f2[3 * x + c]) + c * levels
+                    den = p0 * v[0, z0] + p1 * v[1, z1] + p2 * v[2, z2]
+                    num = p0 * vl[0, z0] + p1 * vl[1, z1] + p2 * vl[2, z2]
+                    buf[3 * x + c] = num / max(den, eps)
+                    den_row[3 * x + c] = den
+            # Samples with nothing usable, outside the loop above (a data-dependent branch there cost more):
+            # the classical rule, the shortest clipped frame (a lower bound), else the longest.
+            unusable = 0
+            for j in range(3 * n_cols):
+                unusable += den_row[j] <= eps
+            if unusable:
+                for j in range(3 * n_cols):
+                    if den_row[j] <= eps:
+                        c = j % 3
+                        z0, z1, z2 = f0[j], f1[j], f2[j]
+                        buf[j] = log2_rad[0, c, z0] if z0 >= half_level else (
+                            log2_rad[1, c, z1] if z1 >= half_level else log2_rad[2, c, z2])
+            o = out_bits[y].reshape(-1)
+            for j in range(3 * n_cols):
+                o[j] = exp2_bits(max(min(buf[j], np.float32(126.0)), np.float32(-126.0)))
+
+    return kernel
 
 
 def gate_tables(response: CameraResponse, exposures_sorted: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -276,15 +302,13 @@ def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike
     log2_rad = np.ascontiguousarray(np.stack([log2_lut - np.float32(math.log2(exposures[i])) for i in order]),
                                     dtype=np.float32)
     lo2, hi2 = gate_tables(resp, exposures[order])
-    if levels <= 256:  # bad[k, c, z_k, z_ref] for the short and the long frame: one byte read per test
-        badtab = np.stack([(lo2[k][:, :, None] > hi2[1][:, None, :]) | (lo2[1][:, None, :] > hi2[k][:, :, None])
-                           for k in (0, 2)]).astype(np.uint8)
-    else:
-        badtab = np.zeros((2, 3, 1, 1), np.uint8)
-    packed = np.ascontiguousarray(np.stack([np.broadcast_to(vtab, log2_rad.shape), vtab * log2_rad], axis=-1),
-                                  dtype=np.float32)
-    _weighted_merge_kernel(stack, order, log2_rad, packed, prob, *ys, levels // 2, bool(consistency_gate),
-                           lo2, hi2, badtab, out.view(np.int32))
+    # Four tables of (frame, channel x code), one float each: read apart they ran 12 % faster at 1080p than
+    # one packed (weight, weighted log, low, high) row per sample or a byte table of the gate's verdicts.
+    v = np.ascontiguousarray(np.broadcast_to(vtab, log2_rad.shape).reshape(3, -1))
+    vl = np.ascontiguousarray((vtab * log2_rad).reshape(3, -1))
+    _weighted_merge_kernel(levels)(stack, order, log2_rad, v, vl, np.ascontiguousarray(lo2.reshape(3, -1)),
+                                   np.ascontiguousarray(hi2.reshape(3, -1)), prob, *ys, levels // 2,
+                                   bool(consistency_gate), out.view(np.int32))
     return out
 
 
