@@ -50,6 +50,31 @@ def test_synthetic_camera_is_radiometrically_consistent():
     assert np.median(np.abs(merged[ok] / truth[ok] - 1)) < 0.01  # the log-LUT camera is 1/256 stop exact
 
 
+@pytest.mark.parametrize("corner", [(-12, -15), (100, 40), (150, 290)])
+def test_synthetic_camera_pastes_sprites_clipped_at_the_frame_edges(corner):
+    """A sprite half outside the frame, inside it, and over the far corner: exactly the sprite's codes
+    (its log radiance through the camera's LUT, no dither) where its mask is set, the background elsewhere."""
+    from edgehdr.camera.synthetic import _paste
+
+    cam = SyntheticCamera(320, 180, fps=0, noise_codes=0.0, moving_objects=1)
+    cam.open()
+    _, log_q, mask = cam._sprites[0]
+    background = np.full((180, 320, 3), 7, np.uint8)
+    out = background.copy()
+    sy, sx = corner
+    offset = -1234
+    _paste(log_q, mask, sy, sx, np.int32(offset), cam._lut, out)
+    expected = background.copy()
+    h, w = mask.shape
+    for y in range(max(sy, 0), min(sy + h, 180)):
+        for x in range(max(sx, 0), min(sx + w, 320)):
+            if mask[y - sy, x - sx]:
+                idx = np.clip(log_q[y - sy, x - sx].astype(np.int64) + offset, 0, cam._lut.size - 1)
+                expected[y, x] = cam._lut[idx]
+    np.testing.assert_array_equal(out, expected)
+    assert (out != background).any()
+
+
 def test_synthetic_camera_paces_frames_and_follows_the_plan():
     cam = SyntheticCamera(160, 90, fps=100, moving_objects=1)
     with cam:

@@ -53,6 +53,22 @@ def _expose(log_q: np.ndarray, y0: int, x0: int, offset_q: int | np.integer, lut
     return out
 
 
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def _paste(log_q: np.ndarray, mask: np.ndarray, sy: int, sx: int, offset_q: int | np.integer, lut: np.ndarray,
+           out: np.ndarray) -> None:
+    # A sprite (log radiance, mask) with its top-left corner at (sy, sx), clipped to the frame: one pass
+    # (the NumPy version, a clipped copy, an int32 patch, a clip, a LUT gather and a masked copy, took
+    # 1.5 ms of the 1080p frame's 4.1).
+    h, w = mask.shape
+    top = lut.shape[0] - 1
+    for y in range(max(sy, 0), min(sy + h, out.shape[0])):
+        src, keep, orow = log_q[y - sy], mask[y - sy], out[y]
+        for x in range(max(sx, 0), min(sx + w, out.shape[1])):
+            if keep[x - sx]:
+                for c in range(3):
+                    orow[x, c] = lut[min(max(np.int32(src[x - sx, c]) + offset_q, 0), top)]
+
+
 class SyntheticCamera(BracketSource):
     """A synthetic scene streamed as brackets at a target frame rate.
 
@@ -196,14 +212,7 @@ class SyntheticCamera(BracketSource):
             sx, sy = sprite.position(frame_time)
             sx += dx - self._margin
             sy += dy - self._margin
-            h, w = mask.shape
-            x0, y0 = max(sx, 0), max(sy, 0)
-            x1, y1 = min(sx + w, self.width), min(sy + h, self.height)
-            if x0 >= x1 or y0 >= y1:
-                continue
-            patch = log_q[y0 - sy : y1 - sy, x0 - sx : x1 - sx].astype(np.int32) + offset
-            codes = self._lut[np.clip(patch, 0, self._lut.size - 1)]
-            np.copyto(out[y0:y1, x0:x1], codes, where=mask[y0 - sy : y1 - sy, x0 - sx : x1 - sx, None])
+            _paste(log_q, mask, int(sy), int(sx), np.int32(offset), self._lut, out)
         self.frames_captured += 1
         return out
 
