@@ -149,10 +149,13 @@ def _camera_args() -> tuple[Any, ...]:
 
 
 def _camera_kernel() -> Any:
-    """The synthetic camera's one kernel, called on a 1-pixel frame (no scene is built); returns its dispatcher."""
-    from edgehdr.camera.synthetic import _expose
+    """The synthetic camera's kernels (the exposure and the sprites' paste), called on a 1-pixel frame (no scene
+    is built); returns the exposure kernel's dispatcher."""
+    from edgehdr.camera.synthetic import _expose, _paste
 
     _expose(*_camera_args())
+    _paste(np.zeros((1, 1, 3), np.int16), np.ones((1, 1), np.bool_), 0, 0, np.int32(0), np.zeros(1, np.uint8),
+           np.empty((1, 1, 3), np.uint8))
     return _expose
 
 
