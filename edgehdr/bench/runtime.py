@@ -147,8 +147,10 @@ def format_runtime(rb: dict[str, Any]) -> str:
              f"trend {rb['rss_trend_mb_per_min']:+.2f} MB/min"]
     per_frame = rb.get("stage_cpu_ms_per_frame", {})
     lines.append(f"CPU per completed frame {rb.get('cpu_ms_per_frame')} ms, of which the capture and stage threads "
-                 f"{sum(per_frame.values()):.1f} ms; capture is the synthetic camera rendering each frame in software "
-                 f"({per_frame.get('capture', 0.0)} ms), which a camera's driver does not cost")
+                 f"themselves {sum(per_frame.values()):.1f} ms (the rest: their kernels' worker threads, as [run] "
+                 f"kernel_threads allows, the link and the controller simulator); capture is the synthetic camera "
+                 f"rendering each frame in software ({per_frame.get('capture', 0.0)} ms on its own thread), which a "
+                 f"camera's driver does not cost")
     for st in rb["stages"]:
         lines.append(f"  {st['name']:<9} {st['fps']:6.2f} fps  median {st['latency_ms_median']} ms  p99 "
                      f"{st['latency_ms_p99']} ms  CPU {st.get('cpu_ms_median')} ms a call, "

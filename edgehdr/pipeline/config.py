@@ -134,7 +134,8 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
         # capture-to-zones p50 130-152 ms and p99 191-238 ms against 183-229 and 289-491 ms with 2, peak RSS 431
         # against 472-490 MB, fps the same within the VM's noise.
         "queue_size": (int, 2, _range(1, 64)),
-        "kernel_threads": (int, 1, _range(1, 64)),
+        # 0: all cores (numba's threads) for each stage's kernels; measured in edgehdr/pipeline/graph.py.
+        "kernel_threads": (int, 0, _range(0, 64)),
         "log_level": (str, "info", _choice("debug", "info", "warning", "error")),
         "log_format": (str, "text", _choice("text", "json")),
         "stats_interval_s": (float, 5.0, _range(0.1, 3600.0)),
