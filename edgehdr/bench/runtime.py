@@ -27,6 +27,18 @@ def _peak_rss_mb() -> float:
     raise OSError("/proc/self/status has no VmHWM line")
 
 
+def _rss_split_mb() -> dict[str, float]:
+    """Resident memory by kind, MB: ``anonymous`` (heap, arrays: the process's own) and ``file`` (mapped library
+    code and data, clean pages the kernel reclaims under pressure and re-reads when touched)."""
+    fields = {"Rss:": 0.0, "Anonymous:": 0.0}
+    with open("/proc/self/smaps_rollup") as fh:
+        for line in fh:
+            key = line.split(":", 1)[0] + ":"
+            if key in fields:
+                fields[key] = int(line.split()[1]) / 1024.0
+    return {"anonymous": round(fields["Anonymous:"], 1), "file": round(fields["Rss:"] - fields["Anonymous:"], 1)}
+
+
 def _cpu_s() -> float:
     """User + system CPU time of the process (all threads), s."""
     t = os.times()
@@ -53,6 +65,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     from edgehdr.warmup import jobs_for_config, limit_blas_threads, settle_heap, warm_up
 
     limit_blas_threads()
+    startup_mb = {"imported": round(_rss_mb(), 1)}  # the runtime's modules (numba, OpenCV, NumPy) loaded
     raw: dict[str, dict[str, Any]] = {"source": {"width": width, "height": height, "fps": fps},
                                       "planner": {"max_exposure_s": 10.0}, "preview": {"enabled": False}}
     for section, values in (overrides or {}).items():  # e.g. {"run": {"queue_size": 1}}
@@ -63,9 +76,12 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     # As the daemon does: on a cold numba cache (a fresh install) the kernels would otherwise compile on the
     # first frames, inside the measured window (a first run measured 18 fps and a 7.7 s p99.9 that way).
     warm_up(jobs=jobs_for_config(cfg))
+    startup_mb["kernels"] = round(_rss_mb(), 1)
     rt = build_runtime(cfg)
     pipeline = rt.built_pipeline()
     settle_heap()
+    startup_mb["built"] = round(_rss_mb(), 1)  # source, stages, link and simulator, before the first frame
+    split_before = _rss_split_mb()
     pipeline.start()
     progress.step(f"warming up {warmup_s:g} s")
     time.sleep(warmup_s)
@@ -86,6 +102,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     cpu_percent = 100.0 * cpu_s / (time.monotonic() - wall0)
     memory.append((round(time.monotonic() - t0, 1), _rss_mb()))
     peak_mb = _peak_rss_mb()
+    split_running = _rss_split_mb()
     progress.step("stopping")
     final = rt.close()
     window = end["elapsed_s"] - base["elapsed_s"]
@@ -122,6 +139,8 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
         "cpu_percent": round(cpu_percent, 1), "cpu_ms_per_frame": round(1e3 * cpu_s / max(completed, 1), 2),
         "stage_cpu_ms_per_frame": stage_cpu, "rss_peak_mb": round(peak_mb, 1),
         "rss_median_mb": round(float(np.median(rss)), 1),
+        "rss_startup_mb": startup_mb, "rss_split_before_frames_mb": split_before,
+        "rss_split_running_mb": split_running,
         "stages": end["stages"], "controller_applied": end.get("controller", {}).get("frames_applied"),
         "link_reconnects": final.get("link", {}).get("reconnects"),
         "rss_mb": [(t, round(m, 1)) for t, m in memory[::max(1, int(round(10.0 / memory_every_s)))]],
@@ -145,6 +164,13 @@ def format_runtime(rb: dict[str, Any]) -> str:
              f"{rb['rss_first_minute_median_mb']} MB, "
              f"last minute {rb['rss_last_minute_median_mb']} MB ({100 * rb['rss_change_after_warmup']:+.1f}%), "
              f"trend {rb['rss_trend_mb_per_min']:+.2f} MB/min"]
+    if "rss_startup_mb" in rb:
+        up, before, running = rb["rss_startup_mb"], rb["rss_split_before_frames_mb"], rb["rss_split_running_mb"]
+        lines.append(f"RSS before the first frame: modules {up['imported']:.0f} MB, with the kernels "
+                     f"{up['kernels']:.0f} MB, the runtime built {up['built']:.0f} MB "
+                     f"({before['anonymous']:.0f} MB anonymous, {before['file']:.0f} MB file-backed); at the end "
+                     f"{running['anonymous']:.0f} MB anonymous, {running['file']:.0f} MB file-backed (library code "
+                     f"the kernel can reclaim)")
     per_frame = rb.get("stage_cpu_ms_per_frame", {})
     lines.append(f"CPU per completed frame {rb.get('cpu_ms_per_frame')} ms, of which the capture and stage threads "
                  f"themselves {sum(per_frame.values()):.1f} ms (the rest: their kernels' worker threads, as [run] "
