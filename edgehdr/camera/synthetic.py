@@ -14,6 +14,7 @@ camera model of ``edgehdr.synth`` stays the ground truth for accuracy tests.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from typing import Any
@@ -30,6 +31,16 @@ __all__ = ["SyntheticCamera"]
 
 _Q = 256  # fixed point: 1/256 stop
 _LOG_MIN = -40.0  # stops; LUT covers log2(L t) in [_LOG_MIN, 0] (clipped above)
+
+
+def _references_when_unheld() -> int:
+    # What sys.getrefcount reports for an array only a local variable holds, measured with the expression
+    # read_bracket uses (the temporary references counted differ between Python versions).
+    probe = np.empty(1)
+    return sys.getrefcount(probe)
+
+
+_UNHELD = _references_when_unheld()
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
@@ -117,6 +128,7 @@ class SyntheticCamera(BracketSource):
         self._pending_plan = PendingPlan()
         self._opened = False
         self.frames_captured = 0
+        self.stacks_allocated = self.stacks_reused = 0  # bracket stacks: new, or the last one reused in place
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -148,7 +160,7 @@ class SyntheticCamera(BracketSource):
             from edgehdr.synth import suggest_exposures
 
             self._plan = ExposurePlan.of(suggest_exposures(scene.radiance, 3, 2.0))
-        self._frames: list[np.ndarray] = []  # the last bracket's frames (empty: none retained)
+        self._stack: np.ndarray | None = None  # the last bracket's frames (None: none retained)
         self._exposures: list[tuple[float, float, int] | None] = [None] * len(self._plan)
         self._next_index = 0
         self._t0 = time.monotonic()
@@ -179,7 +191,7 @@ class SyntheticCamera(BracketSource):
         if plan is None:
             return
         if self._plan is None or len(plan) != len(self._plan):
-            self._frames = []
+            self._stack = None
             self._exposures = [None] * len(plan)
             self._next_index = 0
         self._plan = plan
@@ -236,22 +248,35 @@ class SyntheticCamera(BracketSource):
             if plan is None:  # open() always sets one
                 raise SourceTimeout(f"{self.name}: not open")
             n = len(plan)
-            # A fresh stack per bracket (the pipeline may still hold the previous one): the
-            # retained frames are copied, the new capture is written straight into its slot.
-            frames = np.empty((n, self.height, self.width, 3), np.uint8)
-            fresh = set(range(n)) if self.mode == "burst" or not self._frames else set()
-            if not fresh:
-                fresh = {self._next_index}
-            for i in range(n):
-                if i not in fresh:
-                    frames[i] = self._frames[i]
+            # The last bracket's stack is reused in place when nothing outside the camera holds it or a view of it
+            # (the pipeline let go of that bracket): the new capture overwrites the oldest exposure's slot, the
+            # retained ones are already there. Otherwise a fresh stack with the retained frames copied in, so a
+            # bracket still in use is never written to. Decided once the first frame's slot has come: at the start
+            # of the read the pipeline still holds the bracket just handed over (0 of 451 stacks reused at 1080p30).
+            shape = (n, self.height, self.width, 3)
+            retained = self._stack if self._stack is not None and self._stack.shape == shape else None
+            fresh = {self._next_index} if retained is not None and self.mode == "rolling" else set(range(n))
+            frames: np.ndarray | None = None
             for _ in range(len(fresh)):
-                t_s = self._wait_for_slot(timeout_s)
+                t_s = self._wait_for_slot(timeout_s)  # on a timeout the last bracket's frames stay retained
+                if frames is None:
+                    self._stack = None
+                    if retained is not None and sys.getrefcount(retained) == _UNHELD:
+                        frames = retained
+                        self.stacks_reused += 1
+                    else:
+                        frames = np.empty(shape, np.uint8)
+                        self.stacks_allocated += 1
+                        for i in range(n):
+                            if retained is not None and i not in fresh:
+                                frames[i] = retained[i]
+                    retained = None
                 i = self._next_index
                 self.capture(plan.exposure_s[i], plan.gain[i], t_s, out=frames[i])
                 self._exposures[i] = (plan.exposure_s[i], plan.gain[i], time.monotonic_ns())
                 self._next_index = (i + 1) % n
-            self._frames = list(frames)
+            assert frames is not None  # fresh is never empty
+            self._stack = frames
             # Every slot is filled: the first bracket after open() or a new frame count captures them all.
             meta = [e for e in self._exposures if e is not None]
             exposure = [e[0] for e in meta]

@@ -174,12 +174,16 @@ class Pipeline:
         Frame fields held to the end of the pipeline (e.g. the demo's last frame).
     kernel_threads : int or None
         numba threads of each stage's parallel kernels; 0 or None: all of numba's (one per core).
+    trim_interval_s : float
+        The capture thread hands the allocator's free memory back to the OS this often, between frames
+        (``edgehdr.warmup.trim_heap``); 0 never.
     """
 
     def __init__(self, source: BracketSource, stages: list[Stage], *, read_timeout_s: float = 1.0,
                  stalls_before_restart: int = 2, max_backoff_s: float = 5.0, keep: Iterable[str] = (),
-                 kernel_threads: int | None = 0) -> None:
+                 kernel_threads: int | None = 0, trim_interval_s: float = 10.0) -> None:
         self.source = source
+        self.trim_interval_s = trim_interval_s
         for i, st in enumerate(stages):
             if st.concurrent and (i == 0 or stages[i - 1].concurrent):
                 raise ValueError(f"stage {st.name}: a concurrent stage runs beside the stage before it, which must "
@@ -316,10 +320,16 @@ class Pipeline:
         numba.set_num_threads(max(1, min(self.kernel_threads or limit, limit)))
 
     def _capture_loop(self) -> None:
+        from edgehdr.warmup import trim_heap
+
         self._limit_kernel_threads()  # a synthetic or replay source runs kernels on this thread too
         failures = 0
         backoff = 0.1
+        next_trim = time.monotonic() + self.trim_interval_s
         while not self._stop.is_set():
+            if self.trim_interval_s and time.monotonic() >= next_trim:
+                trim_heap()
+                next_trim = time.monotonic() + self.trim_interval_s
             t0 = time.perf_counter()
             c0 = time.thread_time()
             try:
@@ -349,6 +359,9 @@ class Pipeline:
             captured = int(np.max(bracket.timestamp_ns)) if bracket.timestamp_ns is not None else time.monotonic_ns()
             self._offer(0, FrameContext(frame_id=self._next_id, bracket=bracket,
                                         captured_ns=captured or time.monotonic_ns()))
+            # Not held here during the next read: a source may reuse a bracket's memory once the stages let go of
+            # it (the synthetic camera does).
+            del bracket
         self._offer_stop(0)
 
     def _offer_stop(self, index: int) -> None:
