@@ -55,3 +55,22 @@ def test_pipeline_stages_reuse_their_outputs():
             np.testing.assert_array_equal(ctx.radiance, expected)
             del ctx  # the frame is done: its radiance goes back to the pool
     assert stage._radiance.reused >= 4 and stage._radiance.allocated <= 2
+
+
+def test_surplus_free_arrays_are_let_go_once_idle():
+    """Three in flight once, one at a time later: the two arrays nobody needs are dropped from the pool (their
+    memory goes back to the allocator) once they have not been handed out for ``idle_takes`` calls, not kept for
+    the rest of the run, and not at the first call that finds them free."""
+    pool = BufferPool(capacity=4, idle_takes=2)
+    burst = [pool.take((32, 32), np.float32) for _ in range(3)]
+    ids = [id(x) for x in burst]
+    del burst
+    for _ in range(2):
+        a = pool.take((32, 32), np.float32)
+        assert id(a) == ids[0]
+        del a
+    assert pool.released == 1 and len(pool._arrays) == 2  # the second went at the second call, not the first
+    b = pool.take((32, 32), np.float32)
+    assert id(b) == ids[0] and pool.released == 2 and len(pool._arrays) == 1 and pool.allocated == 3
+    c = pool.take((32, 32), np.float32)  # the kept one is in use: a new one
+    assert c is not b and pool.allocated == 4
