@@ -91,8 +91,9 @@ def test_synthetic_camera_reuses_a_released_stack_and_never_writes_to_a_held_one
         address = second.frames.ctypes.data
         snapshot = second.frames.copy()
         del first, second
+        assert cam.stacks_reused == 0
         third = cam.read_bracket()  # ``second`` released: its stack is reused in place
-        assert third.frames.ctypes.data == address
+        assert third.frames.ctypes.data == address and cam.stacks_reused == 1
         new_slot = int(np.argmax(third.timestamp_ns))
         kept = [i for i in range(3) if i != new_slot]
         np.testing.assert_array_equal(third.frames[kept], snapshot[kept])
@@ -101,7 +102,7 @@ def test_synthetic_camera_reuses_a_released_stack_and_never_writes_to_a_held_one
         view_copy = view.copy()
         del third
         fourth = cam.read_bracket()
-        assert not np.shares_memory(fourth.frames, view)
+        assert not np.shares_memory(fourth.frames, view) and cam.stacks_reused == 1
         np.testing.assert_array_equal(view, view_copy)
 
 

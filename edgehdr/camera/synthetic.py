@@ -14,7 +14,6 @@ camera model of ``edgehdr.synth`` stays the ground truth for accuracy tests.
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
 from typing import Any
@@ -25,22 +24,13 @@ import numpy as np
 from edgehdr.bracket import Bracket
 from edgehdr.camera.base import BracketSource, ExposurePlan, PendingPlan, SourceTimeout
 from edgehdr.hdr.crf import CameraResponse, ResponseCurve
+from edgehdr.pipeline.buffers import unshared
 from edgehdr.synth.scenes import make_scene
 
 __all__ = ["SyntheticCamera"]
 
 _Q = 256  # fixed point: 1/256 stop
 _LOG_MIN = -40.0  # stops; LUT covers log2(L t) in [_LOG_MIN, 0] (clipped above)
-
-
-def _references_when_unheld() -> int:
-    # What sys.getrefcount reports for an array only a local variable holds, measured with the expression
-    # read_bracket uses (the temporary references counted differ between Python versions).
-    probe = np.empty(1)
-    return sys.getrefcount(probe)
-
-
-_UNHELD = _references_when_unheld()
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
@@ -249,10 +239,11 @@ class SyntheticCamera(BracketSource):
                 raise SourceTimeout(f"{self.name}: not open")
             n = len(plan)
             # The last bracket's stack is reused in place when nothing outside the camera holds it or a view of it
-            # (the pipeline let go of that bracket): the new capture overwrites the oldest exposure's slot, the
-            # retained ones are already there. Otherwise a fresh stack with the retained frames copied in, so a
-            # bracket still in use is never written to. Decided once the first frame's slot has come: at the start
-            # of the read the pipeline still holds the bracket just handed over (0 of 451 stacks reused at 1080p30).
+            # (the pipeline let go of that bracket; ``unshared``, BufferPool's test): the new capture overwrites
+            # the oldest exposure's slot, the retained ones are already there. Otherwise a fresh stack with the
+            # retained frames copied in, so a bracket still in use is never written to. Decided once the first
+            # frame's slot has come: at the start of the read the pipeline still holds the bracket just handed
+            # over (0 of 451 stacks reused at 1080p30).
             shape = (n, self.height, self.width, 3)
             retained = self._stack if self._stack is not None and self._stack.shape == shape else None
             fresh = {self._next_index} if retained is not None and self.mode == "rolling" else set(range(n))
@@ -261,7 +252,7 @@ class SyntheticCamera(BracketSource):
                 t_s = self._wait_for_slot(timeout_s)  # on a timeout the last bracket's frames stay retained
                 if frames is None:
                     self._stack = None
-                    if retained is not None and sys.getrefcount(retained) == _UNHELD:
+                    if retained is not None and unshared(retained):
                         frames = retained
                         self.stacks_reused += 1
                     else:

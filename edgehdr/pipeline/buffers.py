@@ -15,18 +15,27 @@ import sys
 
 import numpy as np
 
-__all__ = ["BufferPool"]
+__all__ = ["BufferPool", "unshared"]
 
 
-def _references_when_free() -> int:
-    # What ``sys.getrefcount`` reports for a list item nobody else holds, measured with the
-    # same expression ``take`` uses rather than assumed (the temporary references counted
-    # differ between Python versions).
-    probe = [np.empty(1)]
-    return sys.getrefcount(probe[0])
+def _references_when_unshared() -> int:
+    # What ``sys.getrefcount`` reports inside a one-argument call like ``unshared``'s for an array that one local
+    # variable (or one list item: the same count) holds and nothing else; measured rather than assumed (the
+    # temporary references counted differ between Python versions).
+    def count(array: np.ndarray) -> int:
+        return sys.getrefcount(array)
+
+    probe = np.empty(1)
+    return count(probe)
 
 
-_FREE = _references_when_free()
+_UNSHARED = _references_when_unshared()
+
+
+def unshared(array: np.ndarray) -> bool:
+    """True when the caller's one reference (a local variable or a list item) is the only one to ``array``: no
+    other variable, container or view (a view holds its base) keeps it, so its memory may be written again."""
+    return sys.getrefcount(array) == _UNSHARED
 
 
 class BufferPool:
@@ -68,8 +77,7 @@ class BufferPool:
         chosen = -1
         drop = []
         for i in range(len(self._arrays)):
-            # Referenced by the list (and getrefcount's temporaries) only: nobody else holds it.
-            if sys.getrefcount(self._arrays[i]) == _FREE:
+            if unshared(self._arrays[i]):  # held by the list only
                 fits = self._arrays[i].shape == shape and self._arrays[i].dtype == dtype
                 if fits and chosen < 0:
                     chosen = i
