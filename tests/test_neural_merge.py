@@ -81,6 +81,33 @@ def test_consistency_gate_drops_the_samples_grosch_rejects(bracket, bits):
     np.testing.assert_allclose(ours[ok], expected[ok], rtol=2e-3)
 
 
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_gate_spans_are_the_interval_test(bracket, bits):
+    """The span table the fused kernel reads says "consistent" exactly where the two log2 radiance intervals
+    meet: every code pair at 8 bits, 200 000 random pairs plus the ends (black, clipped) at 16."""
+    from edgehdr.hdr.neural_merge import gate_spans, gate_tables
+
+    resp = bracket.response if bits == 8 else bracket.response.resampled(16)
+    levels = 1 << bits
+    lo2, hi2 = gate_tables(resp, np.sort(bracket.bracket.relative_exposure))
+    spans = gate_spans(lo2, hi2)
+    rng = np.random.default_rng(3)
+    if bits == 8:
+        z1, zk = (a.ravel() for a in np.meshgrid(np.arange(levels), np.arange(levels), indexing="ij"))
+    else:
+        ends = np.array([0, 1, 2, 3, levels - 4, levels - 3, levels - 2, levels - 1])
+        z1 = np.concatenate([rng.integers(0, levels, 200_000), np.repeat(ends, ends.size)])
+        zk = np.concatenate([rng.integers(0, levels, 200_000), np.tile(ends, ends.size)])
+    for j, k in enumerate((0, 2)):
+        for c in range(3):
+            meets = (lo2[k, c, zk] <= hi2[1, c, z1]) & (lo2[1, c, z1] <= hi2[k, c, zk])
+            s = spans[j, c * levels + z1]
+            start, width = s & 0xFFFFFFFF, s >> 32
+            in_span = (zk >= start) & (zk <= start + width)
+            assert 0.05 < meets.mean() < 0.95  # both verdicts occur
+            np.testing.assert_array_equal(in_span, meets)
+
 def test_one_hot_weights_take_that_frame_where_it_is_usable(bracket):
     b, resp = bracket.bracket, bracket.response
     prob = np.zeros((3, 8, 8), np.float32)
