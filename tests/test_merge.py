@@ -152,3 +152,29 @@ def test_bracket_input_uses_its_exposure_and_gain():
     assert isinstance(shot.bracket, Bracket)
     ok = np.all(shot.bracket.frames[0] > 40, axis=2) & np.all(shot.bracket.frames[1] < 220, axis=2)
     assert np.median(np.abs(merged[ok] / shot.radiance[ok] - 1)) < 0.01
+
+
+@pytest.mark.parametrize("size", [(40, 56), (96, 160)])  # the serial kernel and the parallel one
+@pytest.mark.parametrize("deghost", [False, True])
+def test_shifts_read_in_the_kernel_equal_merging_the_shifted_copy(size, deghost):
+    """merge_debevec(shifts=...) reads frame i at (y + dy, x + dx), edges replicated: bit-identical to merging
+    align_mtb's shifted copy (edgehdr.hdr.align.shifted_stack), clipped and black samples (the fix-up path) and
+    shifts larger than the frame included."""
+    from edgehdr.hdr.align import shifted_stack
+
+    h, w = size
+    rng = np.random.default_rng(7)
+    frames = rng.integers(0, 256, (3, h, w, 3), dtype=np.uint8)
+    frames[:, : h // 4, : w // 3] = 255  # clipped in every frame
+    frames[:, -h // 5:, -w // 4:] = 0  # black in every frame
+    for shifts in ([[3, -2], [0, 0], [-5, 4]], [[1, 1], [-1, -1], [0, 7]], [[w + 3, 0], [0, -h - 2], [-w - 1, h]]):
+        shifts = np.array(shifts)
+        copied = shifted_stack(frames, shifts)
+        assert not np.array_equal(copied, frames)
+        ours = merge_debevec(frames, [0.25, 1.0, 4.0], "srgb", shifts=shifts, deghost=deghost)
+        reference = merge_debevec(copied, [0.25, 1.0, 4.0], "srgb", deghost=deghost)
+        np.testing.assert_array_equal(ours.view(np.int32), reference.view(np.int32))
+    with pytest.raises(ValueError, match="integer"):
+        merge_debevec(frames, [0.25, 1.0, 4.0], "srgb", shifts=np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="one per frame"):
+        merge_debevec(frames, [0.25, 1.0, 4.0], "srgb", shifts=np.zeros((2, 2), np.int64))

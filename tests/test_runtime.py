@@ -231,6 +231,37 @@ def _small_pipeline(source, extra=(), queue_size=2):
     return Pipeline(source, stages + list(extra), read_timeout_s=0.3, stalls_before_restart=2, max_backoff_s=0.2)
 
 
+
+@pytest.mark.parametrize("neural", [False, True])
+def test_deferred_shifts_give_the_radiance_of_the_shifted_copy(neural):
+    """AlignStage(defer_shifts=True) hands the MTB shifts to the merge instead of moving the frames (the daemon's
+    pipeline): the same radiance as aligning first, bit for bit, for the classical merge (shifts read in its
+    kernel) and the network (the merge stage makes the shifted copy it needs)."""
+
+    cam = SyntheticCamera(320, 180, fps=30, moving_objects=1, shake_px=10, seed=2)
+    cam.open()
+    merger = None
+    if neural:
+        from edgehdr.hdr.neural_merge import NeuralMerger
+        from edgehdr.infer import OnnxRuntimeRunner
+        from edgehdr.models import model_path
+
+        merger = NeuralMerger(OnnxRuntimeRunner(model_path("merge_net")).load())
+    moved = 0
+    try:
+        for i in range(8):
+            bracket = cam.read_bracket()
+            deferred = AlignStage("mtb", response=cam.response, defer_shifts=True)(FrameContext(i, bracket, 0))
+            applied = AlignStage("mtb", response=cam.response)(FrameContext(i, bracket, 0))
+            assert applied.shifts is None and deferred.aligned.frames is bracket.frames
+            moved += bool(deferred.shifts.any())
+            a = MergeStage(cam.response, merger=merger)(deferred).radiance
+            b = MergeStage(cam.response, merger=merger)(applied).radiance
+            np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+    finally:
+        cam.close()
+    assert moved >= 1, "no bracket was moved: the test would prove nothing"
+
 class _SlowSink:
     """An output stage slower than the camera (writing to a slow disk, say)."""
 

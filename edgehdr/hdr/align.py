@@ -28,7 +28,7 @@ from edgehdr.hdr.crf import CameraResponse, ResponseLike
 log = logging.getLogger("edgehdr.align")
 
 __all__ = ["Motion", "align_auto", "align_mtb", "median_threshold_shift", "mtb_shift_support", "histogram_matched",
-           "align_homography", "align_bracket",
+           "align_homography", "align_bracket", "shifted_stack", "shifts_of",
            "ALIGN_METHODS"]
 
 ALIGN_METHODS = ("auto", "mtb", "homography", "none")
@@ -348,7 +348,8 @@ def align_mtb(frames: np.ndarray | Sequence[np.ndarray], *, reference_index: int
               exposures: ArrayLike | None = None, response: ResponseLike = None, bits: int | None = None,
               max_bits: int = 6, exclude_range: int = 4, work_scale: int = 1,
               frame_keys: Sequence[Hashable] | None = None, cache: dict[str, Any] | None = None,
-              min_support: float = 0.1, max_shift_fraction: float = 0.05) -> tuple[np.ndarray, list[Motion]]:
+              min_support: float = 0.1, max_shift_fraction: float = 0.05,
+              apply: bool = True) -> tuple[np.ndarray, list[Motion]]:
     """Align frames by translation with Ward's median threshold bitmaps.
 
     Parameters
@@ -386,11 +387,14 @@ def align_mtb(frames: np.ndarray | Sequence[np.ndarray], *, reference_index: int
         *some* shift; on a corrupt frame that shift is noise. Measured on re-photographed
         real HDR images: true shifts of 1-15 px have support 0.27-0.99; a frame with a
         grey-filled lower two thirds gave shifts of 28-63 px with support -0.45..0.89.
+    apply : bool
+        False: find the shifts only and return the input stack; the motions' matrices hold the
+        translations for a reader that applies them itself (``shifts_of``, ``merge_debevec(shifts=...)``).
 
     Returns
     -------
     aligned : ndarray, (N, H, W, 3)
-        The input itself (no copy) when every shift is zero.
+        The input itself (no copy) when every shift is zero or ``apply`` is False.
     motions : list of Motion
         Integer translation of each frame relative to the reference.
 
@@ -452,18 +456,40 @@ def align_mtb(frames: np.ndarray | Sequence[np.ndarray], *, reference_index: int
     for key in [k for k in pair_shifts if k[0] not in live or k[1] not in live]:
         del pair_shifts[key]
     motions = []
-    aligned = stack if all(s[0] == (0, 0) for s in shifts) else np.empty_like(stack)
     for i, ((sx, sy), sane, (fx, fy)) in enumerate(shifts):
         matrix = np.array([[1, 0, -sx], [0, 1, -sy], [0, 0, 1]], np.float64)
-        if aligned is not stack:
-            _shift_integer_into(stack[i], -sx, -sy, aligned[i])
         if not sane:
             log.debug("MTB shift (%d, %d) of frame %d is not supported by the image content; frame left unshifted",
                         -fx, -fy, i)
         # An unsupported shift is reported as found (so it can be inspected) but not applied.
         motions.append(Motion(dx_px=float(-fx), dy_px=float(-fy), matrix=matrix if sane else np.eye(3),
                               method="mtb", ok=sane))
-    return aligned, motions
+    return (shifted_stack(stack, shifts_of(motions)) if apply else stack), motions
+
+
+def shifts_of(motions: Sequence[Motion]) -> np.ndarray:
+    """The integer translations ``(dx, dy)`` (N, 2) int64 that ``align_mtb`` applies (``Motion.matrix[:2, 2]``;
+    zero for a motion it did not apply)."""
+    shifts = np.array([[m.matrix[0, 2], m.matrix[1, 2]] for m in motions], np.float64).reshape(-1, 2)
+    if not np.array_equal(shifts, np.round(shifts)):
+        raise ValueError(f"shifts_of takes integer translations (align_mtb's), got {shifts.tolist()}")
+    return shifts.astype(np.int64)
+
+
+def shifted_stack(stack: np.ndarray, shifts: ArrayLike) -> np.ndarray:
+    """Frames moved by integer ``(dx, dy)`` each: ``out[i, y, x] = stack[i, y + dy, x + dx]``, edges replicated.
+
+    The input itself (no copy) when every shift is zero.
+    """
+    offsets = np.asarray(shifts, np.int64).reshape(-1, 2)
+    if offsets.shape[0] != stack.shape[0]:
+        raise ValueError(f"{stack.shape[0]} frames need {stack.shape[0]} shifts, got {offsets.shape[0]}")
+    if not offsets.any():
+        return stack
+    out = np.empty_like(stack)
+    for i, (dx, dy) in enumerate(offsets):
+        _shift_integer_into(stack[i], int(dx), int(dy), out[i])
+    return out
 
 
 def histogram_matched(ref_gray: np.ndarray, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -310,7 +310,7 @@ def _hdr_stages(cfg: dict[str, Any], source: BracketSource, response: CameraResp
 
         merger = NeuralMerger(_model_runner(cfg, cfg["merge"]["model"]), response)
     return [Stage("align", AlignStage(cfg["align"]["method"], response=response,
-                                      work_scale=cfg["align"]["work_scale"]), queue_size=q),
+                                      work_scale=cfg["align"]["work_scale"], defer_shifts=True), queue_size=q),
             Stage("merge", MergeStage(response, weighting=cfg["merge"]["weighting"], deghost=cfg["merge"]["deghost"],
                                       planner=planner, source=source, plan_every=cfg["planner"]["every_n"],
                                       merger=merger), queue_size=q)]
