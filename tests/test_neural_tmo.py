@@ -115,6 +115,30 @@ def test_objective_penalises_drained_colour_and_washed_out_highlights(scene_fact
     assert float(bright["highlights"][0]) > float(kept["highlights"][0]) + 0.2
 
 
+
+@needs_torch
+def test_hinge_on_reinhard_locals_tmqi(scene_factory):
+    """prepare_scene scores Reinhard local with the NumPy TMQI; the hinges add beat_weight x the shortfall below
+    its TMQI and above its highlights at 255 (each with the margin) to the loss, and nothing where the rendering
+    is on the right side of both."""
+    import torch
+
+    from edgehdr.models.training.train_tmo import BEAT_MARGIN, prepare_scene, tmo_objective
+
+    rad = scene_factory(6, 192, 288).radiance
+    scene = prepare_scene(rad)
+    assert scene["tmqi_rl"] == pytest.approx(tmqi(rad, reinhard_local(rad)).Q, abs=1e-12)
+    grid = torch.from_numpy(default_parameter_grid(alpha=1.0, s=-4.0, gamma=1.0))[None]  # washes the scene out
+    plain = tmo_objective([scene], grid)
+    hinged = tmo_objective([scene], grid, beat_weight=10.0)
+    below = scene["tmqi_rl"] + BEAT_MARGIN - float(plain["tmqi"][0])
+    brighter = float(plain["highlights"][0]) - scene["highlights_rl"] + BEAT_MARGIN
+    assert below > 0.01 and brighter > 0.01
+    assert float(hinged["shortfall"][0]) == pytest.approx(below + brighter, abs=1e-6)
+    assert float(hinged["loss"][0] - plain["loss"][0]) == pytest.approx(10.0 * (below + brighter), abs=1e-5)
+    beaten = dict(scene, tmqi_rl=float(plain["tmqi"][0]) - 2 * BEAT_MARGIN, highlights_rl=1.0)
+    assert float(tmo_objective([beaten], grid, beat_weight=10.0)["loss"][0]) == pytest.approx(float(plain["loss"][0]))
+
 # ------------------------------------------------------------------------------------------- the shipped model
 @pytest.fixture(scope="module")
 def tmo_runner():

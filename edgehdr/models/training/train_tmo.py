@@ -59,14 +59,23 @@ _LO = torch.tensor([r[0] for r in PARAM_RANGES]).view(1, 3, 1, 1)
 _SPAN = torch.tensor([r[1] - r[0] for r in PARAM_RANGES]).view(1, 3, 1, 1)
 COLOUR_WEIGHT = 2.0
 HIGHLIGHT_WEIGHT = 0.2
+BEAT_MARGIN = 0.003  # TMQI above Reinhard local's that the hinge asks for on every training image
 
 
 def prepare_scene(radiance: np.ndarray) -> dict[str, Any]:
-    """One training image: radiance (1, 3, H, W), the runtime's network input, its key and the tone masks."""
+    """One training image: radiance (1, 3, H, W), the runtime's network input, its key, the tone masks and the
+    TMQI of Reinhard's local operator on it (``tmqi_rl``, the NumPy reference, as ``evaluate_tmo`` scores it)."""
+    from edgehdr.quality import tmqi
+    from edgehdr.tonemap import reinhard_local
+
     x, key_log2, _ = encode_tmo_input(radiance)
     mid, high = (m.astype(np.float32) for m in tone_masks(radiance))  # the evaluation's own masks
+    high_t = torch.from_numpy(high)[None, None]
+    rl = reinhard_local(radiance)
     return {"radiance": to_nchw(radiance), "x": torch.from_numpy(x), "key": float(key_log2),
-            "mid": torch.from_numpy(mid)[None, None], "high": torch.from_numpy(high)[None, None]}
+            "mid": torch.from_numpy(mid)[None, None], "high": high_t,
+            "tmqi_rl": float(tmqi(radiance, rl).Q),
+            "highlights_rl": float(_highlights(to_nchw(rl.astype(np.float32)), high_t)[0])}
 
 
 def tmo_scenes(count: int, *, seed: int = 0, height: int = 192, width: int = 288) -> list[dict[str, Any]]:
@@ -94,12 +103,23 @@ def _saturation(codes: torch.Tensor) -> torch.Tensor:
     return (mx - codes.amin(1, keepdim=True)) / (mx + 1.0)
 
 
-def tmo_objective(scenes: Sequence[dict[str, Any]], grid: torch.Tensor) -> dict[str, torch.Tensor]:
+def _highlights(codes: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Soft fraction (B,) of the ``high`` mask's pixels whose brightest channel reaches code 255."""
+    clipped = torch.sigmoid((codes.amax(1, keepdim=True) - 253.5) / 0.75)
+    return (clipped * high).sum((1, 2, 3)) / high.sum((1, 2, 3)).clamp_min(1.0)
+
+
+def tmo_objective(scenes: Sequence[dict[str, Any]], grid: torch.Tensor, *,
+                  beat_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """The per-image training objective of ``grid`` (B, 3, 8, 14) on ``scenes``; every entry is (B,).
 
-    ``loss = (1 - tmqi) + COLOUR_WEIGHT * colour + HIGHLIGHT_WEIGHT * highlights``; also returned:
-    ``tmqi``, ``saturation_ratio`` (mid-tone saturation / the colour-ratio-keeping rendering's),
-    ``colour`` and ``highlights`` (soft fraction of highlight pixels at code 255).
+    ``loss = (1 - tmqi) + COLOUR_WEIGHT * colour + HIGHLIGHT_WEIGHT * highlights + beat_weight * shortfall``
+    with ``shortfall = max(0, tmqi_rl + BEAT_MARGIN - tmqi) + max(0, highlights - highlights_rl + BEAT_MARGIN)``
+    (the second part only when ``beat_weight > 0``): the issue's per-image targets against Reinhard's local
+    operator (TMQI at least its, highlights at 255 at most its) as hinges. The mean objective lets the network
+    give up TMQI on a few images for the colour and highlight terms. Also returned: ``tmqi``,
+    ``saturation_ratio`` (mid-tone saturation / the colour-ratio-keeping rendering's), ``colour``,
+    ``highlights`` (soft fraction of highlight pixels at code 255) and ``shortfall``.
     """
     rad, mid, high = _batch(scenes, "radiance"), _batch(scenes, "mid"), _batch(scenes, "high")
     key = torch.tensor([s["key"] for s in scenes])
@@ -111,10 +131,15 @@ def tmo_objective(scenes: Sequence[dict[str, Any]], grid: torch.Tensor) -> dict[
         sat_ref = (_saturation(apply_grid_torch(rad, kept, key)) * mid).sum((1, 2, 3))
     ratio = (_saturation(codes) * mid).sum((1, 2, 3)) / sat_ref.clamp_min(1e-6)
     colour = (ratio - 1.0) ** 2
-    clipped = torch.sigmoid((codes.amax(1, keepdim=True) - 253.5) / 0.75)
-    highlights = (clipped * high).sum((1, 2, 3)) / high.sum((1, 2, 3)).clamp_min(1.0)
-    loss = (1.0 - q) + COLOUR_WEIGHT * colour + HIGHLIGHT_WEIGHT * highlights
-    return {"loss": loss, "tmqi": q, "saturation_ratio": ratio, "colour": colour, "highlights": highlights}
+    highlights = _highlights(codes, high)
+    target = torch.tensor([s.get("tmqi_rl", 0.0) for s in scenes], dtype=q.dtype)
+    shortfall = torch.relu(target + BEAT_MARGIN - q)
+    if beat_weight > 0:  # and no more highlights at 255 than Reinhard local shows
+        hl_rl = torch.tensor([s.get("highlights_rl", 1.0) for s in scenes], dtype=highlights.dtype)
+        shortfall = shortfall + torch.relu(highlights - hl_rl + BEAT_MARGIN)
+    loss = (1.0 - q) + COLOUR_WEIGHT * colour + HIGHLIGHT_WEIGHT * highlights + beat_weight * shortfall
+    return {"loss": loss, "tmqi": q, "saturation_ratio": ratio, "colour": colour, "highlights": highlights,
+            "shortfall": shortfall}
 
 
 def _tv(grid: torch.Tensor) -> torch.Tensor:
@@ -152,6 +177,7 @@ def teacher_grid(scene: dict[str, Any], *, steps: int = 60, lr: float = 0.08,
 
 def train_student(scenes: list[dict[str, Any]], teacher: np.ndarray | None, *, epochs: int = 30, batch: int = 8,
                   lr: float = 3e-3, distill: float = 1.0, smooth: float = 0.0, width: int = 32, seed: int = 0,
+                  beat_weight: float = 0.0,
                   log: Callable[[str], object] = print) -> tuple[TMONet, list[dict[str, float]]]:
     """Adam on ``tmo_objective(student) + distill * ||(student - teacher) / range||^2 + smooth * TV(grid)``
     (no teacher term when ``teacher`` is None; TV on the grid normalised to its ranges: parameter changes
@@ -165,13 +191,13 @@ def train_student(scenes: list[dict[str, Any]], teacher: np.ndarray | None, *, e
     history = []
     for epoch in range(epochs):
         order = rng.permutation(len(scenes))
-        sums = {"tmqi": 0.0, "saturation_ratio": 0.0, "highlights": 0.0, "distill": 0.0}
+        sums = {"tmqi": 0.0, "saturation_ratio": 0.0, "highlights": 0.0, "shortfall": 0.0, "distill": 0.0}
         n = 0
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
             chosen = [scenes[i] for i in idx]
             grid = model(_batch(chosen, "x"))
-            terms = tmo_objective(chosen, grid)
+            terms = tmo_objective(chosen, grid, beat_weight=beat_weight)
             d = torch.zeros(()) if teacher_t is None else (((grid - teacher_t[idx]) / _SPAN) ** 2).mean()
             loss = terms["loss"].mean() + distill * d
             if smooth > 0:
@@ -179,7 +205,7 @@ def train_student(scenes: list[dict[str, Any]], teacher: np.ndarray | None, *, e
             opt.zero_grad()
             loss.backward()
             opt.step()
-            for k in ("tmqi", "saturation_ratio", "highlights"):
+            for k in ("tmqi", "saturation_ratio", "highlights", "shortfall"):
                 sums[k] += float(terms[k].detach().sum())
             sums["distill"] += float(d.detach()) * len(idx)
             n += len(idx)
@@ -187,7 +213,7 @@ def train_student(scenes: list[dict[str, Any]], teacher: np.ndarray | None, *, e
         history.append({"epoch": epoch + 1, **{k: v / n for k, v in sums.items()}})
         log(f"epoch {epoch + 1:2d}/{epochs}: train TMQI {sums['tmqi'] / n:.4f}, saturation ratio "
             f"{sums['saturation_ratio'] / n:.3f}, highlights at 255 {sums['highlights'] / n:.3f}, "
-            f"distillation {sums['distill'] / n:.5f}")
+            f"below Reinhard local {sums['shortfall'] / n:.5f}, distillation {sums['distill'] / n:.5f}")
     return model.eval(), history
 
 
@@ -212,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=48, help="feature channels of TMONet")
     p.add_argument("--distill", type=float, default=0.0, help="weight of the teacher-grid term (0: no teacher)")
     p.add_argument("--smooth", type=float, default=0.1, help="weight of the grid's total variation (halos)")
+    p.add_argument("--beat", type=float, default=0.0,
+                   help="weight of the hinge on TMQI below Reinhard local's (+ BEAT_MARGIN) per image")
     p.add_argument("--work", type=Path, default=Path("tmo-training"), help="teacher cache and training log")
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "tmo_net.onnx")
     args = p.parse_args(argv)
@@ -247,12 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             np.savez(cache, grids=teacher)
         t_teacher = time.perf_counter() - t0
     model, history = train_student(scenes, teacher, epochs=args.epochs, seed=args.seed, width=args.width,
-                                   distill=args.distill, smooth=args.smooth)
+                                   distill=args.distill, smooth=args.smooth, beat_weight=args.beat)
     t_total = time.perf_counter() - t0
     export_tmo(model, args.out, extra_metadata={
         "edgehdr.recipe": f"train_tmo --scenes {args.scenes} --crops {args.crops} --teacher-steps "
                           f"{args.teacher_steps} --epochs {args.epochs} --seed {args.seed} --width {args.width} "
-                          f"--distill {args.distill} --smooth {args.smooth}",
+                          f"--distill {args.distill} --smooth {args.smooth} --beat {args.beat}",
         "edgehdr.training_photos": ",".join(photos)})
     log = write_training_log(args.work / "train_tmo_log.json", model, TMO_INPUT_SHAPE, history=history,
                              teacher_seconds=round(t_teacher, 1), total_seconds=round(t_total, 1),
