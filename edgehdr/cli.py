@@ -202,7 +202,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.runtime:
             width, height = args.size
             result["runtime"] = bench.runtime_benchmark(args.seconds, width=width, height=height, fps=args.fps,
-                                                        quiet=args.quiet)
+                                                        shake_px=args.shake_px, quiet=args.quiet)
             print(bench.format_runtime(result["runtime"]))
         if args.faults:
             result["faults"] = bench.fault_run(quiet=args.quiet)
@@ -592,6 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=frame_size, default="1080p", metavar="WxH",
                    help="frame size of --runtime: WIDTHxHEIGHT or 720p, 1080p, 4k")
     p.add_argument("--fps", type=_float_in(1.0, 240.0), default=30.0, help="capture rate of --runtime")
+    p.add_argument("--shake-px", type=_int_in(0, 64), default=0,
+                   help="hand shake of --runtime's synthetic camera in pixels (default 0: on a tripod)")
     p.set_defaults(func=_cmd_bench)
 
     from edgehdr.dimming.run import ALGORITHMS as DIM_ALGORITHMS

@@ -140,3 +140,18 @@ def test_tonemap_base_compression_is_the_operators_and_only_reinhard_locals(tmp_
                      "--base-compression", "0.5"]) == 2, operator
         assert f"--base-compression applies to --operator reinhard-local, not {operator}" in capsys.readouterr().err
         assert not (tmp_path / f"{operator}.png").exists()
+
+
+def test_runtime_bench_with_hand_shake(capsys):
+    """`edgehdr bench --runtime --shake-px N`: the daemon's pipeline on a shaking camera, whose shifts the
+    alignment hands to the merge (AlignStage.defer_shifts): frames complete and none fails; a shake out of
+    the configuration's range is refused with exit 2, naming the option."""
+    assert main(["-q", "bench", "--runtime", "--seconds", "1", "--size", "320x180", "--shake-px", "6"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "hand shake 6 px" in header and ", 0 failed" in header
+    frames = int(header.split(" frames,")[0].rsplit(" ", 1)[1].split("/")[0])
+    assert frames >= 20
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--runtime", "--shake-px", "65"])
+    assert exc.value.code == 2
+    assert "--shake-px" in capsys.readouterr().err

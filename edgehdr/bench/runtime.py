@@ -56,7 +56,7 @@ def _cpu_s() -> float:
 
 
 def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int = 1080, fps: float = 30.0,
-                      warmup_s: float = 5.0, memory_every_s: float = 1.0, quiet: bool = False,
+                      warmup_s: float = 5.0, memory_every_s: float = 1.0, quiet: bool = False, shake_px: int = 0,
                       overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The daemon's pipeline on the synthetic camera: sustained fps, drops, latency, memory.
 
@@ -69,7 +69,8 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     one core); RSS is sampled every ``memory_every_s``; the peak is the process's
     high-water mark (``VmHWM``) from the moment frames start (the mark is reset then; the start-up's own peak,
     what ``/usr/bin/time -v`` would report if higher, is in ``rss_startup_mb``).
-    ``overrides`` (section -> {key: value}) change the daemon configuration.
+    ``shake_px``: the synthetic camera's hand shake (0: on a tripod), which the alignment then finds and the merge
+    applies. ``overrides`` (section -> {key: value}) change the daemon configuration.
     """
     from edgehdr.pipeline.config import validate
     from edgehdr.pipeline.daemon import build_runtime
@@ -77,7 +78,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
 
     limit_blas_threads()
     startup_mb = {"imported": round(_rss_mb(), 1)}  # the runtime's modules (numba, OpenCV, NumPy) loaded
-    raw: dict[str, dict[str, Any]] = {"source": {"width": width, "height": height, "fps": fps},
+    raw: dict[str, dict[str, Any]] = {"source": {"width": width, "height": height, "fps": fps, "shake_px": shake_px},
                                       "planner": {"max_exposure_s": 10.0}, "preview": {"enabled": False}}
     for section, values in (overrides or {}).items():  # e.g. {"run": {"queue_size": 1}}
         raw.setdefault(section, {}).update(values)
@@ -142,7 +143,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     tail = t_mem >= settle
     slope = float(np.polyfit(t_mem[tail], rss[tail], 1)[0]) * 60.0 if tail.sum() > 2 else 0.0
     return {
-        "size": [width, height], "target_fps": fps, "seconds": round(window, 2),
+        "size": [width, height], "target_fps": fps, "shake_px": cfg["source"]["shake_px"], "seconds": round(window, 2),
         "fps": round(completed / window, 2), "frames_captured": captured, "frames_completed": completed,
         "frames_dropped": dropped, "frames_failed": failed,
         # Counted drops and failures over the window's captures: 1 - completed / captured is off by the frames in
@@ -171,7 +172,8 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
 
 def format_runtime(rb: dict[str, Any]) -> str:
     """The runtime benchmark as the lines ``edgehdr bench --runtime`` prints."""
-    lines = [f"runtime {rb['size'][0]}x{rb['size'][1]}, 3-exposure rolling bracket at {rb['target_fps']:g} fps, "
+    shake = f", hand shake {rb['shake_px']} px" if rb.get("shake_px") else ""
+    lines = [f"runtime {rb['size'][0]}x{rb['size'][1]}, 3-exposure rolling bracket at {rb['target_fps']:g} fps{shake}, "
              f"{rb['seconds']} s: {rb['fps']} fps, {rb['frames_completed']}/{rb['frames_captured']} frames, "
              f"{rb['frames_dropped']} dropped ({100 * (rb['drop_fraction'] or 0):.2f}%), {rb['frames_failed']} "
              f"failed",
