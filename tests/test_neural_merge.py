@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edgehdr.hdr.align import shifted_stack
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.hdr.neural_merge import (
     MERGE_INPUT_SHAPE,
@@ -215,10 +216,13 @@ def test_neural_merge_runs_in_the_pipeline(run_pipeline):
         {"source": {"width": 320, "height": 180, "fps": 30}, "merge": {"method": "neural"},
          "dimming": {"enabled": False}, "bridge": {"enabled": False}, "preview": {"enabled": False},
          "planner": {"enabled": False}, "infer": {"backend": "cpu"}},
-        lambda ctx: (ctx.aligned or ctx.bracket, ctx.radiance.copy()), 4, inspect=lambda rt: rt.pipeline.stages[1].fn)
+        lambda ctx: (ctx.aligned or ctx.bracket, ctx.shifts, ctx.radiance.copy()), 4,
+        inspect=lambda rt: rt.pipeline.stages[1].fn)
     assert len(seen) >= 4 and final["frames_failed"] == 0 and merge_stage.fallbacks == 0
-    bracket, radiance = seen[-1]
-    np.testing.assert_array_equal(radiance, merge_stage.merger(bracket))  # the network's merge of that bracket
+    bracket, shifts, radiance = seen[-1]
+    # the alignment's shifts, applied by the merge stage (AlignStage.defer_shifts), None where there were none
+    frames = bracket.frames if shifts is None else shifted_stack(bracket.frames, shifts)
+    np.testing.assert_array_equal(radiance, merge_stage.merger(frames, bracket.relative_exposure, bits=bracket.bits))
 
 
 def test_int8_export_of_the_merge_net_stays_within_its_budget(tmp_path):

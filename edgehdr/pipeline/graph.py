@@ -53,7 +53,7 @@ class FrameContext:
     captured_ns: int
     aligned: Bracket | None = None
     motions: list[Any] | None = None
-    shifts: np.ndarray | None = None  # (N, 2) integer (dx, dy) still to apply to ``aligned`` (AlignStage.defer_shifts)
+    shifts: np.ndarray | None = None  # (N, 2) integer (dx, dy) still to apply to ``aligned``; None: none to apply
     radiance: np.ndarray | None = None
     sdr: np.ndarray | None = None
     quality_score: float | None = None

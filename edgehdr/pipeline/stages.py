@@ -93,7 +93,8 @@ class AlignStage:
                                         frame_keys=[(int(t), b.frames.shape) for t in b.timestamp_ns],
                                         cache=self._cache, apply=not self.defer_shifts)
             if self.defer_shifts:
-                ctx.shifts = shifts_of(motions)
+                shifts = shifts_of(motions)
+                ctx.shifts = shifts if shifts.any() else None
         elif self.method == "auto":  # offline quality; at 1080p30 the MTB path is the one that keeps up
             frames, motions = align_auto(b.frames, reference_index=ref, exposures=b.relative_exposure,
                                          response=self.response, bits=b.bits)
