@@ -87,9 +87,22 @@ def evaluate(merger: NeuralMerger, seeds: Iterable[int], *, height: int = 544, w
                 if motion == "dynamic" and mask.any():
                     row[f"moving_{name}_pu_psnr"] = pu21_psnr(rad, truth, mask=mask)
         rows.append(row)
-    keys = [k for k in rows[0] if k not in ("seed", "photo")]
-    mean = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
-    return {"size": [width, height], "rows": rows, "mean": mean}
+    keys = [k for k in rows[0] if k not in ("seed", "photo", "split")]
+
+    def mean_of(chosen: list[dict[str, Any]]) -> dict[str, float]:
+        return {k: float(np.mean([r[k] for r in chosen if k in r])) for k in keys}
+
+    report = {"size": [width, height], "rows": rows, "mean": mean_of(rows)}
+    if real:  # the merge recipe can train on re-photographed crops of the training photographs: report apart
+        from edgehdr.models.training.splits import is_held_out
+
+        for row in rows:
+            row["split"] = "held-out" if is_held_out(row["photo"]) else "training"
+        for split in ("held-out", "training"):
+            chosen = [r for r in rows if r["split"] == split]
+            if chosen:
+                report[f"mean_{split}"] = mean_of(chosen)
+    return report
 
 
 def timing(merger: NeuralMerger, *, repeats: int = 7) -> dict[str, float]:
@@ -132,12 +145,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["real"] = evaluate(merger, (), real=True)
     if not args.no_timing:
         report["timing_1080p"] = timing(merger)
-    for label, part in (("held-out synthetic scenes", report), ("real photographs, re-photographed",
-                                                                report.get("real"))):
-        if part is None:
-            continue
-        m = part["mean"]
-        print(f"{label}: {len(part['rows'])} (mean dB)")
+    tables: list[tuple[str, dict[str, float]]] = [(f"held-out synthetic scenes: {len(report['rows'])}",
+                                                   report["mean"])]
+    if "real" in report:
+        real_rows = report["real"]["rows"]
+        for split in ("held-out", "training"):
+            if f"mean_{split}" in report["real"]:
+                count = sum(r["split"] == split for r in real_rows)
+                tables.append((f"real photographs re-photographed, {split}: {count}", report["real"][f"mean_{split}"]))
+    for label, m in tables:
+        print(f"{label} (mean dB)")
         print(f"{'merge':<10} {'dyn PSNR-mu':>12} {'dyn PU-PSNR':>12} {'moving PU':>10} {'static PSNR-mu':>15} "
               f"{'static PU':>10}")
         for name in ("plain", "deghost", "network", "oracle"):
