@@ -19,7 +19,6 @@ from edgehdr.hdr.neural_merge import (
     bilinear_taps,
     encode_merge_input,
     merge_with_weights,
-    softmax_weights,
 )
 from edgehdr.infer import Manifest, OnnxRuntimeRunner, sha256_file
 from edgehdr.models import model_path
@@ -165,10 +164,13 @@ def test_encoding_sorts_by_exposure_and_centres_on_the_reference(bracket):
 
 
 @needs_torch
-def test_training_twin_matches_the_fused_kernel(bracket):
+@pytest.mark.parametrize("channels", [3, 4])
+def test_training_twin_matches_the_fused_kernel(bracket, channels):
+    """The recipe's PyTorch twin against the runtime's fused kernel on the same logits: 3 frame channels, and with
+    the gate-strength channel (random strengths, so rejected samples keep part of their weight)."""
     import torch
 
-    from edgehdr.hdr.neural_merge import gate_tables
+    from edgehdr.hdr.neural_merge import frame_weights, gate_tables
     from edgehdr.hdr.weights import weight_lut
     from edgehdr.models.training.train_merge import CROP, _crop_tensors, merge_twin
 
@@ -177,12 +179,25 @@ def test_training_twin_matches_the_fused_kernel(bracket):
     sample = {"codes": b.frames, "lo2": lo2, "hi2": hi2, "log_t": np.log(b.relative_exposure).astype(np.float32),
               "log_lut": bracket.response.log_lut(), "truth": bracket.radiance, "norm": 1.0,
               "x": encode_merge_input(b, response=bracket.response)[0]}
-    x, log_rad, valid, fallback, _, _ = _crop_tensors(sample, 0, 0, weight_lut("tutorial", 256).astype(np.float32))
-    logits = torch.randn(1, 3, CROP // 4, CROP // 4, generator=torch.Generator().manual_seed(0))
-    twin = merge_twin(logits, *(torch.from_numpy(a[None]) for a in (log_rad, valid, fallback)), (CROP, CROP))
-    kernel = merge_with_weights(np.ascontiguousarray(b.frames[:, :CROP, :CROP]), softmax_weights(logits.numpy()),
-                                b.relative_exposure, bracket.response)
+    x, log_rad, valid, rejected, fallback, _, _ = _crop_tensors(sample, 0, 0,
+                                                                weight_lut("tutorial", 256).astype(np.float32))
+    assert rejected[[0, 2]].any() and not rejected[1].any()  # the moving objects make some
+    logits = torch.randn(1, channels, CROP // 4, CROP // 4, generator=torch.Generator().manual_seed(0))
+    twin = merge_twin(logits, *(torch.from_numpy(a[None]) for a in (log_rad, valid, rejected, fallback)),
+                      (CROP, CROP))
+    kernel = merge_with_weights(np.ascontiguousarray(b.frames[:, :CROP, :CROP]),
+                                frame_weights(logits.numpy(), b.relative_exposure), b.relative_exposure,
+                                bracket.response)
     np.testing.assert_allclose(twin[0].numpy().transpose(1, 2, 0), kernel, rtol=1e-4)
+    if channels == 4:  # the strength matters: at full strength the rejected samples are dropped, as with 3
+        full = frame_weights(logits.numpy(), b.relative_exposure)
+        full[3] = 1.0
+        dropped = merge_with_weights(np.ascontiguousarray(b.frames[:, :CROP, :CROP]), full, b.relative_exposure,
+                                     bracket.response)
+        three = merge_with_weights(np.ascontiguousarray(b.frames[:, :CROP, :CROP]), full[:3], b.relative_exposure,
+                                   bracket.response)
+        np.testing.assert_array_equal(dropped, three)
+        assert np.abs(np.log(kernel / dropped)).max() > 0.05
 
 
 def test_shipped_model_matches_its_manifest_and_budget():
