@@ -161,17 +161,11 @@ def encode_merge_input(frames: FramesLike, exposures: ArrayLike | None = None, r
 
 
 def frame_weights(logits: np.ndarray, exposures: ArrayLike) -> np.ndarray:
-    """The network's logits (exposure order) -> softmax weight maps (3, h, w) in the bracket's frame order; a
-    network with a fourth output channel adds its gate strength ``sigmoid(logit)`` as a fourth map (4, h, w)."""
+    """The network's logits (exposure order) -> softmax weight maps (3, h, w) in the bracket's frame order."""
     order = np.argsort(np.asarray(exposures, np.float64).reshape(-1), kind="stable")
-    z = np.asarray(logits, np.float32)
-    z = z.reshape(-1, *z.shape[-2:])
-    if z.shape[0] not in (3, 4):
-        raise ValueError(f"merge logits have 3 frame channels and an optional gate channel, got {z.shape[0]}")
-    prob = np.empty(z.shape, np.float32)
-    prob[order] = softmax_weights(z[:3])
-    if z.shape[0] == 4:
-        prob[3] = 1.0 / (1.0 + np.exp(-z[3]))
+    sorted_prob = softmax_weights(logits)
+    prob = np.empty_like(sorted_prob)
+    prob[order] = sorted_prob
     return prob
 
 
@@ -192,22 +186,6 @@ def bilinear_taps(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return i0, i1, (pos - i0).astype(np.float32)
 
 
-@numba.njit(fastmath=True, cache=True, nogil=True, inline="always")
-def _consistent(f0, f1, f2, x, spans, levels):
-    """Grosch's test of pixel x's shortest and longest samples against the reference's, every channel: one span
-    read per channel and frame (``gate_spans``: start | width << 32), tested as unsigned (z - start) <= width.
-    1080p, the gate alone: 3.2 against 3.8 ms for the four interval reads it replaced (two cores; 5.9 against 7.0
-    on one)."""
-    ok0 = True
-    ok2 = True
-    for c in range(3):
-        z1 = np.int64(f1[3 * x + c]) + c * levels
-        s0, s2 = spans[0, z1], spans[1, z1]
-        ok0 = ok0 & (np.uint32(np.int64(f0[3 * x + c]) - (s0 & 0xFFFFFFFF)) <= np.uint32(s0 >> 32))
-        ok2 = ok2 & (np.uint32(np.int64(f2[3 * x + c]) - (s2 & 0xFFFFFFFF)) <= np.uint32(s2 >> 32))
-    return ok0, ok2
-
-
 @functools.cache
 def _weighted_merge_kernel(levels: int):
     """The fused weighted merge for ``levels`` code values: the tables' channel stride is a compile-time
@@ -217,11 +195,9 @@ def _weighted_merge_kernel(levels: int):
     @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
     def kernel(stack, order, log2_rad, v, vl, spans, prob, y0s, y1s, fys, half_level, gate, out_bits):
         """One pass: bilinear weights, consistency gate, tutorial weighting, log2-domain Debevec average, exp2
-        on the float bits. ``prob`` (3 or 4, rows, width): the frames' weight maps in the bracket's order, then
-        the network's gate strength, if it has one. The tables are indexed ``[k, c * levels + z]`` for the
-        k-th shortest frame: ``v`` the weight, ``vl`` the weight times log2 radiance; ``spans[j, c * levels + z]``
-        the codes of the shortest (j = 0) and longest (j = 1) frame consistent with reference code z
-        (``gate_spans``).
+        on the float bits. The tables are indexed ``[k, c * levels + z]`` for the k-th shortest frame: ``v``
+        the weight, ``vl`` the weight times log2 radiance; ``spans[j, c * levels + z]`` the codes of the
+        shortest (j = 0) and longest (j = 1) frame consistent with reference code z (``gate_spans``).
         ``log2_rad[k, c, z]`` is ``log2 f^-1(z) - log2 t`` (the fallback where no sample is usable)."""
         n_rows, n_cols = stack.shape[1], stack.shape[2]
         i0, i1, i2 = order[0], order[1], order[2]
@@ -229,10 +205,9 @@ def _weighted_merge_kernel(levels: int):
         for y in numba.prange(n_rows):
             y0, y1, fy = y0s[y], y1s[y], fys[y]
             # The weight maps come already interpolated horizontally (full width): blend the two rows around y.
-            maps = prob.shape[0]
-            wrow = np.empty((maps, n_cols), np.float32)
-            for k in range(maps):
-                i = order[k] if k < 3 else k
+            wrow = np.empty((3, n_cols), np.float32)
+            for k in range(3):
+                i = order[k]
                 a0, a1, wk = prob[i, y0], prob[i, y1], wrow[k]
                 for x in range(n_cols):
                     wk[x] = a0[x] + fy * (a1[x] - a0[x])
@@ -240,20 +215,19 @@ def _weighted_merge_kernel(levels: int):
             f0, f1, f2 = stack[i0, y].reshape(-1), stack[i1, y].reshape(-1), stack[i2, y].reshape(-1)
             if gate:
                 # Grosch's test: a non-reference sample whose radiance interval misses the reference's, in any
-                # channel, is dropped; with the network's gate strength g (a fourth map) it keeps (1 - g) of its
-                # weight instead.
-                if maps == 4:
-                    g = wrow[3]
-                    for x in range(n_cols):
-                        ok0, ok2 = _consistent(f0, f1, f2, x, spans, levels)
-                        keep = np.float32(1.0) - g[x]
-                        w0[x] = w0[x] if ok0 else w0[x] * keep
-                        w2[x] = w2[x] if ok2 else w2[x] * keep
-                else:
-                    for x in range(n_cols):
-                        ok0, ok2 = _consistent(f0, f1, f2, x, spans, levels)
-                        w0[x] = w0[x] if ok0 else np.float32(0.0)
-                        w2[x] = w2[x] if ok2 else np.float32(0.0)
+                # channel, is dropped. One table read per channel and frame: the span of consistent codes
+                # (start | width << 32), tested as unsigned (z - start) <= width. 1080p, the gate alone: 3.2
+                # against 3.8 ms for the four interval reads it replaces (two cores; 5.9 against 7.0 on one).
+                for x in range(n_cols):
+                    ok0 = True
+                    ok2 = True
+                    for c in range(3):
+                        z1 = np.int64(f1[3 * x + c]) + c * levels
+                        s0, s2 = spans[0, z1], spans[1, z1]
+                        ok0 = ok0 & (np.uint32(np.int64(f0[3 * x + c]) - (s0 & 0xFFFFFFFF)) <= np.uint32(s0 >> 32))
+                        ok2 = ok2 & (np.uint32(np.int64(f2[3 * x + c]) - (s2 & 0xFFFFFFFF)) <= np.uint32(s2 >> 32))
+                    w0[x] = w0[x] if ok0 else np.float32(0.0)
+                    w2[x] = w2[x] if ok2 else np.float32(0.0)
             buf = np.empty(3 * n_cols, np.float32)  # log2 radiance of the row; exp2 in a separate, SIMD pass
             den_row = np.empty(3 * n_cols, np.float32)
             for x in range(n_cols):
@@ -331,14 +305,13 @@ def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike
     ``prob[i]`` belongs to input frame ``i`` (the bracket's order, not the exposure order).
     ``consistency_gate`` drops, per pixel, a non-reference sample whose radiance interval does
     not overlap the reference's (Grosch 2006, without the morphology: the network's weights
-    cover object borders). A fourth map ``prob[3]`` in [0, 1] is the gate's strength: a rejected
-    sample keeps ``1 - prob[3]`` of its weight (``frame_weights`` of a network with a gate channel).
+    cover object borders).
     """
     stack, exposures, resp, bits, order = _prepare(frames, exposures, response, bits)
     _, h, w, _ = stack.shape
     prob = np.ascontiguousarray(prob, dtype=np.float32)
-    if prob.ndim != 3 or prob.shape[0] not in (3, 4):
-        raise ValueError(f"weights must be (3, h, w), or (4, h, w) with a gate strength map, got {prob.shape}")
+    if prob.ndim != 3 or prob.shape[0] != 3:
+        raise ValueError(f"weights must be (3, h, w), got {prob.shape}")
     levels = 1 << bits
     vtab = weight_lut("tutorial", levels).astype(np.float32)
     if out is None:

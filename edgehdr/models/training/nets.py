@@ -123,15 +123,11 @@ class MergeNet(nn.Module):
     a 1 x 1 fusion and a 3 x 3 convolution), a 3 x 3 head at half the working size. The head
     starts at zero, so an untrained network weights the frames equally: the classical
     merge without deghosting (Kalantari & Ramamoorthi 2017, weight-estimation variant).
-    With ``gate`` a fourth output is the logit of the consistency gate's strength per cell
-    (``edgehdr.hdr.neural_merge``): where the reference's test misjudges (JPEG noise read as
-    motion on a real camera) the network can let rejected samples keep their weight.
     """
 
-    def __init__(self, width: int = 16, *, gate: bool = False) -> None:
+    def __init__(self, width: int = 16) -> None:
         super().__init__()
         w1, w2, w3 = width, width * 3 // 2, width * 2
-        self.gate = gate
         self.enc1 = _conv(12, w1, 2)
         self.enc2 = _conv(w1, w2, 2)
         self.enc3 = _conv(w2, w3, 2)
@@ -139,13 +135,11 @@ class MergeNet(nn.Module):
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
         self.dec2 = nn.Sequential(nn.Conv2d(w3 + w2, w2, 1), nn.ReLU(inplace=True), _conv(w2, w2))
         self.dec1 = nn.Sequential(nn.Conv2d(w2 + w1, w1, 1), nn.ReLU(inplace=True), _conv(w1, w1))
-        self.head = nn.Conv2d(w1, 4 if gate else 3, 3, padding=1)
+        self.head = nn.Conv2d(w1, 3, 3, padding=1)
         with torch.no_grad():
             self.head.weight.zero_()
             assert self.head.bias is not None  # Conv2d(bias=True)
             self.head.bias.zero_()
-            if gate:  # the gate's strength starts at sigmoid(4) = 0.98: the consistency test as before
-                self.head.bias[3] = 4.0
 
     def forward(self, bracket: torch.Tensor) -> torch.Tensor:
         e1 = self.enc1(bracket)
