@@ -132,10 +132,9 @@ class MergeStage:
     def __call__(self, ctx: FrameContext) -> FrameContext:
         b = ctx.aligned or _bracket(ctx, "the merge")
         if self.merger is not None and len(b) == 3:
-            if ctx.shifts is not None:  # the network reads aligned frames
-                b = Bracket(frames=shifted_stack(b.frames, ctx.shifts), exposure_s=b.exposure_s, gain=b.gain,
-                            bits=b.bits, timestamp_ns=b.timestamp_ns, sequence=b.sequence, source=b.source)
-            ctx.radiance = self.merger(b)
+            # the network reads aligned frames: the shifts the alignment deferred are applied here
+            frames = b.frames if ctx.shifts is None else shifted_stack(b.frames, ctx.shifts)
+            ctx.radiance = self.merger(frames, b.relative_exposure, bits=b.bits)
         else:
             if self.merger is not None:
                 self.fallbacks += 1
