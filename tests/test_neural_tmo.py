@@ -126,7 +126,7 @@ def test_hinge_on_reinhard_locals_tmqi(scene_factory):
     from edgehdr.models.training.train_tmo import BEAT_MARGIN, prepare_scene, tmo_objective
 
     rad = scene_factory(6, 192, 288).radiance
-    scene = prepare_scene(rad)
+    scene = prepare_scene(rad, reinhard_local_targets=True)
     assert scene["tmqi_rl"] == pytest.approx(tmqi(rad, reinhard_local(rad)).Q, abs=1e-12)
     grid = torch.from_numpy(default_parameter_grid(alpha=1.0, s=-4.0, gamma=1.0))[None]  # washes the scene out
     plain = tmo_objective([scene], grid)
@@ -138,6 +138,8 @@ def test_hinge_on_reinhard_locals_tmqi(scene_factory):
     assert float(hinged["loss"][0] - plain["loss"][0]) == pytest.approx(10.0 * (below + brighter), abs=1e-5)
     beaten = dict(scene, tmqi_rl=float(plain["tmqi"][0]) - 2 * BEAT_MARGIN, highlights_rl=1.0)
     assert float(tmo_objective([beaten], grid, beat_weight=10.0)["loss"][0]) == pytest.approx(float(plain["loss"][0]))
+    with pytest.raises(ValueError, match="reinhard_local_targets"):  # scenes prepared without the figures
+        tmo_objective([prepare_scene(rad)], grid, beat_weight=10.0)
 
 # ------------------------------------------------------------------------------------------- the shipped model
 @pytest.fixture(scope="module")

@@ -62,35 +62,41 @@ HIGHLIGHT_WEIGHT = 0.2
 BEAT_MARGIN = 0.003  # TMQI above Reinhard local's that the hinge asks for on every training image
 
 
-def prepare_scene(radiance: np.ndarray) -> dict[str, Any]:
-    """One training image: radiance (1, 3, H, W), the runtime's network input, its key, the tone masks and the
-    TMQI of Reinhard's local operator on it (``tmqi_rl``, the NumPy reference, as ``evaluate_tmo`` scores it)."""
-    from edgehdr.quality import tmqi
-    from edgehdr.tonemap import reinhard_local
-
+def prepare_scene(radiance: np.ndarray, *, reinhard_local_targets: bool = False) -> dict[str, Any]:
+    """One training image: radiance (1, 3, H, W), the runtime's network input, its key and the tone masks; with
+    ``reinhard_local_targets`` (what ``tmo_objective``'s hinges need) also Reinhard's local operator's TMQI on it
+    (``tmqi_rl``, the NumPy reference, as ``evaluate_tmo`` scores it) and its highlights at 255 (``highlights_rl``)."""
     x, key_log2, _ = encode_tmo_input(radiance)
     mid, high = (m.astype(np.float32) for m in tone_masks(radiance))  # the evaluation's own masks
     high_t = torch.from_numpy(high)[None, None]
-    rl = reinhard_local(radiance)
-    return {"radiance": to_nchw(radiance), "x": torch.from_numpy(x), "key": float(key_log2),
-            "mid": torch.from_numpy(mid)[None, None], "high": high_t,
-            "tmqi_rl": float(tmqi(radiance, rl).Q),
-            "highlights_rl": float(_highlights(to_nchw(rl.astype(np.float32)), high_t)[0])}
+    scene: dict[str, Any] = {"radiance": to_nchw(radiance), "x": torch.from_numpy(x), "key": float(key_log2),
+                             "mid": torch.from_numpy(mid)[None, None], "high": high_t}
+    if reinhard_local_targets:
+        from edgehdr.quality import tmqi
+        from edgehdr.tonemap import reinhard_local
+
+        rl = reinhard_local(radiance)
+        scene["tmqi_rl"] = float(tmqi(radiance, rl).Q)
+        scene["highlights_rl"] = float(_highlights(to_nchw(rl.astype(np.float32)), high_t)[0])
+    return scene
 
 
-def tmo_scenes(count: int, *, seed: int = 0, height: int = 192, width: int = 288) -> list[dict[str, Any]]:
-    """Synthetic scenes with the network input computed by the runtime's own encoder."""
+def tmo_scenes(count: int, *, seed: int = 0, height: int = 192, width: int = 288,
+               reinhard_local_targets: bool = False) -> list[dict[str, Any]]:
+    """Synthetic scenes with the network input computed by the runtime's own encoder (``prepare_scene``)."""
     from edgehdr.synth import make_scene
 
-    return [prepare_scene(make_scene(seed + i, height, width).radiance) for i in range(count)]
+    return [prepare_scene(make_scene(seed + i, height, width).radiance, reinhard_local_targets=reinhard_local_targets)
+            for i in range(count)]
 
 
 def real_crops(photos: Sequence[tuple[str, np.ndarray]], per_photo: int, *, seed: int = 0, height: int = 192,
-               width: int = 288) -> list[dict[str, Any]]:
+               width: int = 288, reinhard_local_targets: bool = False) -> list[dict[str, Any]]:
     """``splits.random_crops`` of real photographs, prepared as training images."""
     from edgehdr.models.training.splits import random_crops
 
-    return [prepare_scene(crop) for _, crop in random_crops(photos, per_photo, seed=seed, height=height, width=width)]
+    return [prepare_scene(crop, reinhard_local_targets=reinhard_local_targets)
+            for _, crop in random_crops(photos, per_photo, seed=seed, height=height, width=width)]
 
 
 def _batch(scenes: Sequence[dict[str, Any]], key: str) -> torch.Tensor:
@@ -115,8 +121,9 @@ def tmo_objective(scenes: Sequence[dict[str, Any]], grid: torch.Tensor, *,
 
     ``loss = (1 - tmqi) + COLOUR_WEIGHT * colour + HIGHLIGHT_WEIGHT * highlights + beat_weight * shortfall``
     with ``shortfall = max(0, tmqi_rl + BEAT_MARGIN - tmqi) + max(0, highlights - highlights_rl + BEAT_MARGIN)``
-    (the second part only when ``beat_weight > 0``): the issue's per-image targets against Reinhard's local
-    operator (TMQI at least its, highlights at 255 at most its) as hinges. The mean objective lets the network
+    (0 when ``beat_weight`` is 0; otherwise the scenes need ``prepare_scene(..., reinhard_local_targets=True)``):
+    the issue's per-image targets against Reinhard's local operator (TMQI at least its, highlights at 255 at most
+    its) as hinges. The mean objective lets the network
     give up TMQI on a few images for the colour and highlight terms. Also returned: ``tmqi``,
     ``saturation_ratio`` (mid-tone saturation / the colour-ratio-keeping rendering's), ``colour``,
     ``highlights`` (soft fraction of highlight pixels at code 255) and ``shortfall``.
@@ -132,11 +139,14 @@ def tmo_objective(scenes: Sequence[dict[str, Any]], grid: torch.Tensor, *,
     ratio = (_saturation(codes) * mid).sum((1, 2, 3)) / sat_ref.clamp_min(1e-6)
     colour = (ratio - 1.0) ** 2
     highlights = _highlights(codes, high)
-    target = torch.tensor([s.get("tmqi_rl", 0.0) for s in scenes], dtype=q.dtype)
-    shortfall = torch.relu(target + BEAT_MARGIN - q)
-    if beat_weight > 0:  # and no more highlights at 255 than Reinhard local shows
-        hl_rl = torch.tensor([s.get("highlights_rl", 1.0) for s in scenes], dtype=highlights.dtype)
-        shortfall = shortfall + torch.relu(highlights - hl_rl + BEAT_MARGIN)
+    shortfall = torch.zeros_like(q)
+    if beat_weight > 0:
+        if any("tmqi_rl" not in s for s in scenes):
+            raise ValueError("the hinges need Reinhard local's figures: "
+                             "prepare_scene(..., reinhard_local_targets=True)")
+        tmqi_rl = torch.tensor([s["tmqi_rl"] for s in scenes], dtype=q.dtype)
+        hl_rl = torch.tensor([s["highlights_rl"] for s in scenes], dtype=highlights.dtype)
+        shortfall = torch.relu(tmqi_rl + BEAT_MARGIN - q) + torch.relu(highlights - hl_rl + BEAT_MARGIN)
     loss = (1.0 - q) + COLOUR_WEIGHT * colour + HIGHLIGHT_WEIGHT * highlights + beat_weight * shortfall
     return {"loss": loss, "tmqi": q, "saturation_ratio": ratio, "colour": colour, "highlights": highlights,
             "shortfall": shortfall}
@@ -246,14 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
-    scenes = tmo_scenes(args.scenes, seed=args.seed)
+    targets = args.beat > 0  # Reinhard local's TMQI and highlights per image, for the hinges only
+    scenes = tmo_scenes(args.scenes, seed=args.seed, reinhard_local_targets=targets)
     photos: list[str] = []
     if args.crops:
         from edgehdr.models.training.splits import real_split
 
         train_photos, _ = real_split()
         photos = [name for name, _ in train_photos]
-        scenes += real_crops(train_photos, args.crops, seed=args.seed)
+        scenes += real_crops(train_photos, args.crops, seed=args.seed, reinhard_local_targets=targets)
     print(f"{len(scenes)} training images: {args.scenes} synthetic, {len(scenes) - args.scenes} crops of "
           f"{', '.join(photos) or 'no photograph'}", flush=True)
     teacher = None
