@@ -258,8 +258,9 @@ def _run_jobs(jobs: Sequence[str]) -> None:
             if job == "dimming_stats":
                 zone_statistics(target, layout)
                 zone_statistics(target, layout, histogram=True)
-            else:  # the backlight and the LCD image, from zone light made without the statistics kernel
-                backlight = BacklightModel(layout).simulate(np.full((3, 4), 0.5, np.float32))
+            else:  # the backlight (working resolution, as the stage has it) and the LCD image, from zone light
+                # made without the statistics kernel
+                backlight = BacklightModel(layout).forward(np.full((3, 4), 0.5, np.float32))
                 lcd_compensation(target, backlight, layout)
         elif job == "neural_tmo":
             from edgehdr.tonemap.neural import BLOCK, apply_parameter_grid, default_parameter_grid

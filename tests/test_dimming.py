@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -138,6 +139,35 @@ def test_lcd_compensation_reproduces_the_target_where_the_backlight_allows():
     assert np.median(rel) < 0.005  # 10-bit LCD quantisation
     np.testing.assert_allclose(shown[0, 0], [500.0, 0.5, 250.0], rtol=0.01)
     np.testing.assert_allclose(ideal_display(target, backlight, layout)[0, 0], [500.0, 0.5, 250.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("lcd_bits", [8, 10])
+def test_lcd_compensation_interpolates_a_working_resolution_backlight_as_opencv_does(lcd_bits):
+    # The runtime hands the LCD pass the light model's 1/4-resolution backlight; the pass interpolates it row by
+    # row. The codes must be those of the backlight brought to full resolution by OpenCV first (the model's
+    # ``full_resolution``, an independent implementation of the same bilinear interpolation).
+    from edgehdr.dimming import BacklightModel, full_resolution_backlight
+
+    layout = LedLayout(rows=5, cols=7, width_px=203, height_px=117, lcd_bits=lcd_bits)  # 4 divides neither
+    model = BacklightModel(layout)
+    rng = np.random.default_rng(8)
+    work = model.forward(rng.random((5, 7)).astype(np.float32))
+    assert work.shape == model.work_shape and work.shape != (117, 203)
+    full = model.full_resolution(work)
+    np.testing.assert_allclose(full_resolution_backlight(work, 117, 203), full, rtol=1e-5, atol=1e-3)
+    target = (full[..., None] * rng.uniform(0.0005, 1.3, (117, 203, 3))).astype(np.float32)
+    from_work = lcd_compensation(target, work, layout, scale=0.5)
+    from_full = lcd_compensation(target, full, layout, scale=0.5)
+    diff = np.abs(from_work.astype(int) - from_full)
+    assert diff.max() <= 1 and np.count_nonzero(diff) <= 5e-4 * diff.size  # float rounding at a code's edge only
+    assert not np.array_equal(from_work, lcd_compensation(target, cv2.resize(work, (203, 117),
+                                                          interpolation=cv2.INTER_NEAREST), layout, scale=0.5))
+    np.testing.assert_allclose(simulate_display(from_work, work, layout), simulate_display(from_work, full, layout),
+                               rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(ideal_display(target, work, layout), ideal_display(target, full, layout),
+                               rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="do not match"):
+        lcd_compensation(target[:50], work[:, :60].repeat(2, axis=0), layout)  # backlight taller than the target
 
 
 def test_temporal_filter_bounds_rise_and_fall():

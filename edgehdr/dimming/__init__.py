@@ -1,7 +1,7 @@
 """Local dimming for HDR LCDs: LED layout and PSF, zone algorithms, backlight simulation, LCD compensation, metrics."""
 
 from edgehdr.dimming.backlight import BacklightModel
-from edgehdr.dimming.compensation import ideal_display, lcd_compensation, simulate_display
+from edgehdr.dimming.compensation import full_resolution_backlight, ideal_display, lcd_compensation, simulate_display
 from edgehdr.dimming.display import display_target, robust_peak_luminance
 from edgehdr.dimming.layout import LayoutError, LedLayout, load_layout
 from edgehdr.dimming.metrics import clipped_fraction, dimming_metrics, halo_measure, power_fraction
@@ -25,6 +25,7 @@ from edgehdr.dimming.zones import (
 __all__ = [
     "BacklightModel",
     "ideal_display",
+    "full_resolution_backlight",
     "lcd_compensation",
     "simulate_display",
     "display_target",

@@ -49,7 +49,7 @@ from edgehdr.hdr.crf import CameraResponse, ResponseLike
 from edgehdr.hdr.merge import FramesLike, as_frame_stack, resolve_response
 from edgehdr.hdr.weights import weight_lut
 from edgehdr.tonemap.color import REC709_LUMA
-from edgehdr.tonemap.guided import widen_maps
+from edgehdr.tonemap.guided import bilinear_taps, widen_maps
 
 if TYPE_CHECKING:
     from edgehdr.infer.base import Runner
@@ -174,16 +174,6 @@ def softmax_weights(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, np.float32).reshape(3, *np.shape(logits)[-2:])
     e = np.exp(z - z.max(axis=0, keepdims=True))
     return np.ascontiguousarray(e / e.sum(axis=0, keepdims=True), dtype=np.float32)
-
-
-def bilinear_taps(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of bilinear resampling with half-pixel centres (``cv2.resize``, PyTorch
-    ``align_corners=False``): ``(i0, i1, frac)`` per destination index."""
-    pos = (np.arange(n_dst) + 0.5) * (n_src / n_dst) - 0.5
-    pos = np.clip(pos, 0.0, n_src - 1)
-    i0 = np.floor(pos).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_src - 1)
-    return i0, i1, (pos - i0).astype(np.float32)
 
 
 @functools.cache

@@ -60,7 +60,7 @@ class FrameContext:
     display_scale: float | None = None
     light: np.ndarray | None = None
     zone_values: np.ndarray | None = None
-    backlight: np.ndarray | None = None
+    backlight: np.ndarray | None = None  # cd/m^2 at the light model's working resolution (dimming stage)
     lcd: np.ndarray | None = None
     zones_sent_ns: int | None = None
     stage_ms: dict[str, float] = field(default_factory=dict)

@@ -224,7 +224,11 @@ class ScoreStage:
 
 
 class DimmingStage:
-    """Zone values, full-resolution backlight and LCD image for the panel, from the radiance.
+    """Zone values, backlight and LCD image for the panel, from the radiance.
+
+    ``ctx.backlight`` is the simulated backlight at the light model's working resolution
+    (1/4 of the panel's); the LCD compensation interpolates it per pixel row as it goes,
+    and ``edgehdr.dimming.full_resolution_backlight`` brings it to the panel's.
 
     The display mapping sends the radiance's robust peak (99.9th percentile luminance
     of a 1/64 subsample) to the panel peak, smoothed over time like the tone mapper's
@@ -255,7 +259,7 @@ class DimmingStage:
         self.model = BacklightModel(layout)
         self.temporal = ZoneTemporalFilter(max_rise_per_s, max_fall_per_s, frame_interval_s)
         self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s, frame_interval_s=frame_interval_s)
-        self._backlight, self._lcd = BufferPool(), BufferPool()
+        self._lcd = BufferPool()
 
     def __call__(self, ctx: FrameContext) -> FrameContext:
         rad = _radiance(ctx, "local dimming")
@@ -273,7 +277,7 @@ class DimmingStage:
         ctx.zone_values = zone_values_within_budget(light, self.layout,
                                                     self.power_budget if self.power_budget < 1.0 else None)
         ctx.light = self.layout.light_from_zone_values(ctx.zone_values).astype(np.float32)
-        ctx.backlight = self.model.simulate(ctx.light, out=self._backlight.take(rad.shape[:2], np.float32))
+        ctx.backlight = self.model.forward(ctx.light)
         lcd_dtype = np.uint8 if self.layout.lcd_bits == 8 else np.uint16
         ctx.lcd = lcd_compensation(rad, ctx.backlight, self.layout, self._lcd.take(rad.shape, lcd_dtype), scale=scale)
         ctx.display_scale = scale

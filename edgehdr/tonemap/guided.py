@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["guided_filter", "guided_coefficients", "widen_maps"]
+__all__ = ["guided_filter", "guided_coefficients", "widen_maps", "bilinear_taps"]
 
 
 def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int,
@@ -59,6 +59,17 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     """
     a, b = guided_coefficients(guide, src, radius, eps)
     return a * np.asarray(guide, np.float32) + b
+
+
+def bilinear_taps(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of bilinear resampling with half-pixel centres (``cv2.resize``, PyTorch
+    ``align_corners=False``): ``(i0, i1, frac)`` per destination index, the vertical half that kernels
+    reading ``widen_maps``' rows apply themselves."""
+    pos = (np.arange(n_dst) + 0.5) * (n_src / n_dst) - 0.5
+    pos = np.clip(pos, 0.0, n_src - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_src - 1)
+    return i0, i1, (pos - i0).astype(np.float32)
 
 
 def widen_maps(maps: np.ndarray, width: int) -> np.ndarray:
