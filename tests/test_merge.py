@@ -128,6 +128,40 @@ def test_deghosting_gains_3db_in_moving_regions_without_hurting_static():
     assert max(static_loss) < 0.5, static_loss
 
 
+def test_codes_near_clipping_do_not_reject_a_correct_shorter_frame():
+    """JPEG and sharpening ring around a clipped highlight: the reference reads 246-254 where the truth is far
+    above its range. Those codes count as clipped (``clip_margin_codes``), so the shorter frame's correct samples
+    stay and the merge recovers the highlight; read as measurements (the 2-code margin used before), they
+    rejected the short frame and the merge kept the reference's too-low values."""
+    from edgehdr.hdr.deghost import clip_margin_codes, consistency_masks
+
+    resp = standard_response("gamma2.2")
+    exposures = np.array([1.0, 16.0, 256.0])
+    rng = np.random.default_rng(0)
+    truth = np.full((48, 64, 3), 0.25)  # 4x over the reference's clipping point
+    truth[:, :32] = 0.002  # a dark half that all three frames measure
+    codes = [np.clip(np.rint(255 * np.minimum(truth * t, 1.0) ** (1 / 2.2)), 0, 255) for t in exposures]
+    blocks = np.kron(rng.random((6, 8, 1)) < 0.3, np.ones((8, 8, 3), bool))  # whole 8 x 8 JPEG blocks ring
+    ringing = (truth > 0.1) & blocks
+    codes[1] = np.where(ringing, rng.integers(246, 255, truth.shape), codes[1])
+    frames = np.stack(codes).astype(np.uint8)
+    assert clip_margin_codes(256) == 8 and clip_margin_codes(1 << 16) == 512
+    masks = consistency_masks(frames, exposures, resp, reference_index=1)
+    assert masks[0].all()  # the short frame agrees wherever it was looked at
+    merged = merge_debevec(frames, exposures, resp, deghost=True, reference_index=1)
+    bright = truth[..., 0] > 0.1
+    assert np.median(np.abs(merged[bright] / truth[bright] - 1)) < 0.05
+    import edgehdr.hdr.deghost as deghost
+
+    original = deghost.clip_margin_codes
+    deghost.clip_margin_codes = lambda levels: 2
+    try:
+        before = merge_debevec(frames, exposures, resp, deghost=True, reference_index=1)
+    finally:
+        deghost.clip_margin_codes = original
+    assert np.mean(np.abs(np.log(before[bright] / truth[bright])) > 1.0) > 0.05  # the old margin lost samples
+
+
 def test_preallocated_output_and_validation():
     frames = np.full((2, 8, 8, 3), 100, np.uint8)
     out = np.empty((8, 8, 3), np.float32)

@@ -251,8 +251,8 @@ def _weighted_merge_kernel(levels: int):
 
 def gate_tables(response: CameraResponse, exposures_sorted: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """log2 radiance intervals per frame (sorted by exposure), channel and code: Grosch's consistency test
-    (``edgehdr.hdr.deghost.radiance_intervals``, tolerance 0.25, 2-code slack; clipped codes open upwards,
-    black ones downwards)."""
+    (``edgehdr.hdr.deghost.radiance_intervals``, tolerance 0.25, 2-code slack; the codes within
+    ``clip_margin_codes`` of either end, 8 at 8 bits, open upwards (clipped) or downwards (black))."""
     from edgehdr.hdr.deghost import radiance_intervals
 
     lo, hi = radiance_intervals(response)
