@@ -125,11 +125,11 @@ def evaluate(scenes: int = 24, *, model: str | os.PathLike[str] = "tmo_net", int
     for k, v in colour.items():
         quality[k]["mean_midtone_saturation"] = float(np.mean([c[0] for c in v]))
         quality[k]["mean_highlight_clipping"] = float(np.mean([c[1] for c in v]))
-    targets = {"tmqi_ge_reinhard_local": sum(a >= b for a, b in zip(rows["student"], rows["reinhard_local"])),
-               "saturation_ge_0.9_reinhard": sum(a[0] >= 0.9 * b[0] for a, b in zip(colour["student"],
-                                                                                    colour["reinhard"])),
-               "clipping_le_reinhard_local": sum(a[1] <= b[1] for a, b in zip(colour["student"],
-                                                                             colour["reinhard_local"])),
+    met = [(q >= q_rl, c[0] >= 0.9 * c_rg[0], c[1] <= c_rl[1]) for q, q_rl, c, c_rg, c_rl in
+           zip(rows["student"], rows["reinhard_local"], colour["student"], colour["reinhard"],
+               colour["reinhard_local"])]
+    targets = {"tmqi_ge_reinhard_local": sum(m[0] for m in met), "saturation_ge_0.9_reinhard": sum(m[1] for m in met),
+               "clipping_le_reinhard_local": sum(m[2] for m in met), "all_three": sum(all(m) for m in met),
                "of": scenes}
     # Speed at 1080p.
     big = make_scene(7, 1080, 1920).radiance
