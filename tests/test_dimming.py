@@ -168,6 +168,8 @@ def test_lcd_compensation_interpolates_a_working_resolution_backlight_as_opencv_
                                rtol=1e-5, atol=1e-3)
     with pytest.raises(ValueError, match="do not match"):
         lcd_compensation(target[:50], work[:, :60].repeat(2, axis=0), layout)  # backlight taller than the target
+    with pytest.raises(ValueError, match="lower resolution"):
+        simulate_display(from_work[:20], work, layout)  # a backlight larger than the image
 
 
 def test_temporal_filter_bounds_rise_and_fall():

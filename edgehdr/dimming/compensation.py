@@ -86,8 +86,9 @@ def full_resolution_backlight(backlight_cd_m2: np.ndarray, height: int, width: i
     """A backlight at the panel's (``height``, ``width``), interpolated bilinearly from a working resolution
     (half-pixel centres, as ``BacklightModel.full_resolution``); returned as is when it is already that size."""
     backlight = np.ascontiguousarray(backlight_cd_m2, dtype=np.float32)
-    if backlight.ndim != 2 or min(backlight.shape) < 1:
-        raise ValueError(f"backlight must be a 2-D (rows, cols) array, got shape {backlight.shape}")
+    if backlight.ndim != 2 or min(backlight.shape) < 1 or backlight.shape[0] > height or backlight.shape[1] > width:
+        raise ValueError(f"backlight must be a 2-D (rows, cols) array at the panel's {height}x{width} or a lower "
+                         f"resolution, got shape {backlight.shape}")
     if backlight.shape == (height, width):
         return backlight
     wide, y0s, y1s, fys = _panel_rows(backlight, height, width)
