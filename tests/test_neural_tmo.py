@@ -98,6 +98,10 @@ def test_teacher_improves_its_objective_and_keeps_colour(scene_factory):
     rendered = apply_parameter_grid(rad, grid, key_log2=key, blocks=blocks)
     assert tmqi(rad, rendered).Q == pytest.approx(float(terms["tmqi"][0]), abs=2e-3)
     assert midtone_saturation(rad, rendered) >= 0.9 * midtone_saturation(rad, reinhard_global(rad))
+    # the teacher optimises the objective with the highlight weight it is given (train_tmo --highlight)
+    heavy, heavy_value = teacher_grid(scene, steps=15, highlight_weight=2.0)
+    weighted = tmo_objective([scene], torch.from_numpy(heavy)[None], highlight_weight=2.0)
+    assert float(weighted["loss"][0]) == pytest.approx(heavy_value, abs=1e-4)
 
 
 @needs_torch

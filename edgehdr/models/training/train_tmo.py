@@ -162,9 +162,10 @@ def _tv(grid: torch.Tensor) -> torch.Tensor:
     return ((grid[..., 1:, :] - grid[..., :-1, :]) ** 2).mean() + ((grid[..., 1:] - grid[..., :-1]) ** 2).mean()
 
 
-def teacher_grid(scene: dict[str, Any], *, steps: int = 60, lr: float = 0.08,
-                 smooth: float = 0.01) -> tuple[np.ndarray, float]:
-    """Per-image optimisation of the parameter grid on ``tmo_objective`` (plus a small smoothness term).
+def teacher_grid(scene: dict[str, Any], *, steps: int = 60, lr: float = 0.08, smooth: float = 0.01,
+                 highlight_weight: float = HIGHLIGHT_WEIGHT) -> tuple[np.ndarray, float]:
+    """Per-image optimisation of the parameter grid on ``tmo_objective`` (plus a small smoothness term), with
+    the student's ``highlight_weight``.
 
     ``scene`` is a ``prepare_scene`` dict. Returns the best grid (3, 8, 14) in physical units and its
     objective value (the differentiable twin's; lower is better).
@@ -178,7 +179,7 @@ def teacher_grid(scene: dict[str, Any], *, steps: int = 60, lr: float = 0.08,
     best, best_loss = None, float("inf")
     for _ in range(steps):
         grid = _LO + _SPAN * torch.sigmoid(raw)
-        loss = tmo_objective([scene], grid)["loss"][0]
+        loss = tmo_objective([scene], grid, highlight_weight=highlight_weight)["loss"][0]
         value = float(loss.detach())
         if value < best_loss:  # NaN never compares smaller
             best_loss, best = value, grid.detach().clone()
@@ -278,15 +279,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     teacher = None
     t_teacher = 0.0
     if args.distill > 0:
+        # the teacher's objective depends on the highlight weight: a cache made with another weight is not reused
         cache = args.work / (f"teacher_{args.scenes}_{args.crops}x{len(photos)}_{args.seed}_{args.teacher_steps}"
-                             "_objective2.npz")
+                             f"_objective2_highlight{args.highlight:g}.npz")
         if cache.is_file():
             teacher = np.load(cache)["grids"]
             print(f"teacher grids from {cache}")
         else:
             grids = []
             for i, scene in enumerate(scenes):
-                g, value = teacher_grid(scene, steps=args.teacher_steps)
+                g, value = teacher_grid(scene, steps=args.teacher_steps, highlight_weight=args.highlight)
                 grids.append(g)
                 print(f"teacher {i + 1}/{len(scenes)}: objective {value:.4f} ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
