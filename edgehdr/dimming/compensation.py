@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 
+import cv2
 import numba
 import numpy as np
 
@@ -82,17 +83,23 @@ def _panel_rows(backlight: np.ndarray, height: int, width: int) -> tuple[np.ndar
     return (np.ascontiguousarray(widen_maps(backlight[None], width)[0]), *bilinear_taps(backlight.shape[0], height))
 
 
-def full_resolution_backlight(backlight_cd_m2: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A backlight at the panel's (``height``, ``width``), interpolated bilinearly from a working resolution
-    (half-pixel centres, as ``BacklightModel.full_resolution``); returned as is when it is already that size."""
+def _checked_backlight(backlight_cd_m2: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The backlight as contiguous float32 (rows, cols) at the panel's ``height`` x ``width`` or lower, else
+    ``ValueError``."""
     backlight = np.ascontiguousarray(backlight_cd_m2, dtype=np.float32)
     if backlight.ndim != 2 or min(backlight.shape) < 1 or backlight.shape[0] > height or backlight.shape[1] > width:
-        raise ValueError(f"backlight must be a 2-D (rows, cols) array at the panel's {height}x{width} or a lower "
-                         f"resolution, got shape {backlight.shape}")
+        raise ValueError(f"backlight {backlight.shape} and the {height}x{width} image do not match: the backlight "
+                         "must be (rows, cols) at the image's resolution or a lower resolution")
+    return backlight
+
+
+def full_resolution_backlight(backlight_cd_m2: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A backlight at the panel's (``height``, ``width``), interpolated bilinearly from a working resolution
+    (OpenCV, as ``BacklightModel.full_resolution``); returned as is when it is already that size."""
+    backlight = _checked_backlight(backlight_cd_m2, height, width)
     if backlight.shape == (height, width):
         return backlight
-    wide, y0s, y1s, fys = _panel_rows(backlight, height, width)
-    return (wide[y0s] + fys[:, None] * (wide[y1s] - wide[y0s])).astype(np.float32)
+    return cv2.resize(backlight, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def lcd_compensation(target_cd_m2: np.ndarray, backlight_cd_m2: np.ndarray, layout: LedLayout,
@@ -109,11 +116,9 @@ def lcd_compensation(target_cd_m2: np.ndarray, backlight_cd_m2: np.ndarray, layo
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite number > 0, got {scale}")
     target = np.ascontiguousarray(target_cd_m2, dtype=np.float32)
-    backlight = np.ascontiguousarray(backlight_cd_m2, dtype=np.float32)
-    if target.ndim != 3 or target.shape[2] != 3 or backlight.ndim != 2 or backlight.shape[0] > target.shape[0] \
-            or backlight.shape[1] > target.shape[1] or min(backlight.shape) < 1:
-        raise ValueError(f"target {target.shape} and backlight {backlight.shape} do not match: the backlight is "
-                         "(rows, cols) at the target's resolution or a lower one")
+    if target.ndim != 3 or target.shape[2] != 3:
+        raise ValueError(f"target must be an (H, W, 3) image, got shape {target.shape}")
+    backlight = _checked_backlight(backlight_cd_m2, *target.shape[:2])
     dtype = np.uint8 if layout.lcd_bits == 8 else np.uint16
     if out is None:
         out = np.empty(target.shape, dtype)
