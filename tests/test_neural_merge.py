@@ -44,12 +44,36 @@ def merger():
 
 
 def test_equal_weights_are_the_classical_debevec_merge(bracket):
-    """Against merge_debevec (packed fixed-point tables, its own kernel): the same log-domain formula."""
+    """Against merge_debevec (packed fixed-point tables, its own kernel): the same log-domain formula, on the
+    samples no frame reads within the clip margin (there the fused merge's weights are zero, the tutorial's not)."""
+    from edgehdr.hdr.deghost import clip_margin_codes
+
     b = bracket.bracket
     ours = merge_with_weights(b, np.full((3, 17, 30), 1 / 3, np.float32), response=bracket.response,
                               consistency_gate=False)
     ref = merge_debevec(b, response=bracket.response, weighting="tutorial")  # the network's code weighting
-    assert np.max(np.abs(np.log(ours / ref))) < 1e-3
+    margin = clip_margin_codes(256)
+    inside = ((b.frames >= margin) & (b.frames <= 255 - margin)).all(axis=0)
+    assert inside.mean() > 0.2  # the scene's sky and shadows are clipped or black in some frame
+    assert np.max(np.abs(np.log(ours[inside] / ref[inside]))) < 1e-3
+
+
+def test_codes_within_the_clip_margin_carry_no_weight():
+    """A reference channel read at 250 where the highlight clips (JPEG ringing beside it) is not a measurement:
+    the short frame's reading is the merge's, where the tutorial's weight (0.39 at 250) pulled it down."""
+    from edgehdr.bracket import Bracket
+    from edgehdr.hdr.crf import CameraResponse, ResponseCurve
+    from edgehdr.hdr.neural_merge import merge_weight_table
+    from edgehdr.hdr.weights import weight_lut
+
+    response = CameraResponse.from_curve(ResponseCurve.parse("srgb"), 8)
+    frames = np.empty((3, 8, 8, 3), np.uint8)
+    frames[0], frames[1], frames[2] = (150, 60, 40), (250, 120, 85), (255, 225, 160)  # 2 stops apart
+    b = Bracket(frames=frames, exposure_s=[1 / 400, 1 / 100, 1 / 25], gain=[1.0] * 3, bits=8)
+    ours = merge_with_weights(b, np.full((3, 2, 2), 1 / 3, np.float32), response=response)
+    short_red = np.exp(response.log_lut()[0, 150]) / b.relative_exposure[0]
+    np.testing.assert_allclose(ours[..., 0], short_red, rtol=1e-4)
+    assert merge_weight_table(256)[250] == 0 and weight_lut("tutorial", 256)[250] > 0.3
 
 
 @pytest.mark.parametrize("bits", [8, 16])
@@ -58,7 +82,7 @@ def test_consistency_gate_drops_the_samples_grosch_rejects(bracket, bits):
     equal weights over the samples that are usable and consistent with the reference. At 16 bits the
     kernel is compiled for 65536 codes (the tables' stride is a compile-time constant)."""
     from edgehdr.bracket import Bracket
-    from edgehdr.hdr.deghost import _inconsistent_kernel, radiance_intervals
+    from edgehdr.hdr.deghost import _inconsistent_kernel, clip_margin_codes, radiance_intervals
 
     b, resp = bracket.bracket, bracket.response
     if bits == 16:
@@ -73,7 +97,8 @@ def test_consistency_gate_drops_the_samples_grosch_rejects(bracket, bits):
     assert bad[[0, 2]].any()  # the moving objects make some
     z = b.frames.astype(np.int64)
     x = z / float((1 << bits) - 1)
-    v = (1 - (2 * x - 1) ** 12) * (1 - bad[..., None])
+    margin = clip_margin_codes(1 << bits)  # codes the gate counts as clipped or black weigh nothing either
+    v = (1 - (2 * x - 1) ** 12) * (1 - bad[..., None]) * ((z >= margin) & (z <= (1 << bits) - 1 - margin))
     logs = np.stack([np.stack([resp.log_lut()[c][z[i][..., c]] for c in range(3)], -1) - np.log(b.relative_exposure[i])
                      for i in range(3)])
     den = v.sum(axis=0)
@@ -110,12 +135,15 @@ def test_gate_spans_are_the_interval_test(bracket, bits):
             np.testing.assert_array_equal(in_span, meets)
 
 def test_one_hot_weights_take_that_frame_where_it_is_usable(bracket):
+    from edgehdr.hdr.deghost import clip_margin_codes
+
     b, resp = bracket.bracket, bracket.response
     prob = np.zeros((3, 8, 8), np.float32)
     prob[1] = 1.0  # the reference only
     out = merge_with_weights(b, prob, response=resp)
     z = b.frames[1].astype(np.int64)
-    usable = (z > 0) & (z < 255)
+    margin = clip_margin_codes(256)  # codes the merge counts as clipped or black fall back
+    usable = (z >= margin) & (z <= 255 - margin)
     expected = np.exp(np.stack([resp.log_lut()[c][z[..., c]] for c in range(3)], -1)) / b.relative_exposure[1]
     np.testing.assert_allclose(out[usable], expected[usable], rtol=1e-4)
     assert np.isfinite(out).all() and (out > 0).all()
@@ -164,12 +192,34 @@ def test_encoding_sorts_by_exposure_and_centres_on_the_reference(bracket):
     assert np.median(x[0, 11] - x[0, 10]) == pytest.approx(0.0, abs=0.05)
 
 
+def test_fallback_skips_the_frames_the_gate_rejected():
+    """A moving red object in the short frame over a background the reference and the long frame clip: the gate
+    rejects the short frame's pixel (its green and blue fall below the clipped reference's bound), every channel
+    then falls back, and it must fall back on the reference's clipped bound in all three, as the classical
+    merge with deghosting does (its own kernel and masks): the short frame's red beside the reference's green
+    and blue painted magenta and yellow patches."""
+    from edgehdr.bracket import Bracket
+    from edgehdr.hdr.crf import CameraResponse, ResponseCurve
+
+    response = CameraResponse.from_curve(ResponseCurve.parse("srgb"), 8)
+    frames = np.full((3, 32, 32, 3), 255, np.uint8)
+    frames[0] = 120  # the short frame sees the background grey below clipping
+    frames[0, 8:24, 8:24] = (200, 10, 10)  # and the object where the others clip the background
+    b = Bracket(frames=frames, exposure_s=[1 / 400, 1 / 100, 1 / 25], gain=[1.0] * 3, bits=8)
+    ours = merge_with_weights(b, np.full((3, 4, 4), 1 / 3, np.float32), response=response)
+    classical = merge_debevec(b, response=response, weighting="tutorial", deghost=True)
+    bound = np.exp(response.log_lut()[:, 255]) / b.relative_exposure[1]  # the reference's clipped bound
+    inside = ours[12:20, 12:20].reshape(-1, 3)
+    np.testing.assert_allclose(inside, np.broadcast_to(bound, inside.shape), rtol=1e-4)
+    np.testing.assert_allclose(ours[12:20, 12:20], classical[12:20, 12:20], rtol=1e-3)
+    assert np.ptp(inside, axis=1).max() <= 1e-3 * inside.max()  # no colour cast from mixed frames
+
+
 @needs_torch
 def test_training_twin_matches_the_fused_kernel(bracket):
     import torch
 
-    from edgehdr.hdr.neural_merge import gate_tables
-    from edgehdr.hdr.weights import weight_lut
+    from edgehdr.hdr.neural_merge import gate_tables, merge_weight_table
     from edgehdr.models.training.train_merge import CROP, _crop_tensors, merge_twin
 
     b = bracket.bracket
@@ -177,7 +227,7 @@ def test_training_twin_matches_the_fused_kernel(bracket):
     sample = {"codes": b.frames, "lo2": lo2, "hi2": hi2, "log_t": np.log(b.relative_exposure).astype(np.float32),
               "log_lut": bracket.response.log_lut(), "truth": bracket.radiance, "norm": 1.0,
               "x": encode_merge_input(b, response=bracket.response)[0]}
-    x, log_rad, valid, fallback, _, _ = _crop_tensors(sample, 0, 0, weight_lut("tutorial", 256).astype(np.float32))
+    x, log_rad, valid, fallback, _, _ = _crop_tensors(sample, 0, 0, merge_weight_table(256))
     logits = torch.randn(1, 3, CROP // 4, CROP // 4, generator=torch.Generator().manual_seed(0))
     twin = merge_twin(logits, *(torch.from_numpy(a[None]) for a in (log_rad, valid, fallback)), (CROP, CROP))
     kernel = merge_with_weights(np.ascontiguousarray(b.frames[:, :CROP, :CROP]), softmax_weights(logits.numpy()),

@@ -34,8 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgehdr.hdr.neural_merge import MERGE_INPUT_SHAPE, encode_merge_input, gate_tables
-from edgehdr.hdr.weights import weight_lut
+from edgehdr.hdr.neural_merge import MERGE_INPUT_SHAPE, encode_merge_input, gate_tables, merge_weight_table
 from edgehdr.models.training.merge_data import dynamic_bracket
 from edgehdr.models.training.nets import MergeNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
@@ -112,11 +111,18 @@ def _crop_tensors(sample: dict[str, Any], oy: int, ox: int, vtab: np.ndarray) ->
     valid = vtab[z]
     lo2, hi2 = sample["lo2"], sample["hi2"]
     chan = np.arange(3)[:, None, None]
-    for k in (0, 2):  # the runtime kernel's consistency gate against the reference (k = 1)
-        bad = ((lo2[k][chan, z[k]] > hi2[1][chan, z[1]]) | (lo2[1][chan, z[1]] > hi2[k][chan, z[k]])).any(axis=0)
-        valid[k] *= ~bad
+    bad = {}
+    for k in (0, 2):  # the runtime kernel's consistency gate against the reference (k = 1), per channel
+        bad[k] = (lo2[k][chan, z[k]] > hi2[1][chan, z[1]]) | (lo2[1][chan, z[1]] > hi2[k][chan, z[k]])
+    for k in (0, 2):
+        valid[k] *= ~bad[k].any(axis=0)
     half = (lut.shape[1]) // 2
-    fallback = np.where(z[0] >= half, log_rad[0], np.where(z[1] >= half, log_rad[1], log_rad[2]))
+    # the kernel's fallback (``edgehdr.hdr.neural_merge``): samples no frame measures, from the frames consistent
+    # with the reference in every channel of the pixel that falls back (softmax weights are never 0)
+    falls = valid.sum(axis=0) <= 0
+    use0 = ~(bad[0] & falls).any(axis=0)
+    use2 = ~(bad[2] & falls).any(axis=0)
+    fallback = np.where(use0 & (z[0] >= half), log_rad[0], np.where((z[1] >= half) | ~use2, log_rad[1], log_rad[2]))
     truth = sample["truth"][oy:oy + CROP, ox:ox + CROP].transpose(2, 0, 1)
     x = sample["x"][:, oy // 2:oy // 2 + CROP // 2, ox // 2:ox // 2 + CROP // 2]
     norm = np.full((1, 1, 1), 1.0 / sample["norm"], np.float32)
@@ -137,7 +143,7 @@ def train_merge(samples: list[dict[str, Any]], *, epochs: int = 40, crops_per_sa
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     levels = samples[0]["log_lut"].shape[1]
-    vtab = weight_lut("tutorial", levels).astype(np.float32)
+    vtab = merge_weight_table(levels)
     history = []
     for epoch in range(epochs):
         jobs = [(i, j) for i in rng.permutation(len(samples)) for j in range(crops_per_sample)]
