@@ -185,7 +185,8 @@ def export_merge(model: MergeNet, path: str | os.PathLike[str], *,
                                 "480x272: RGB codes / full scale (9 ch), then log2 luminance radiance relative to "
                                 "the reference median, (v + 16) / 32 clipped (3 ch); output: per-frame weight logits "
                                 "at 136x240 (softmax over frames, bilinear to the frame, times the tutorial "
-                                "weighting, Debevec log-domain merge)",
+                                "weighting with no weight within the clip margin, merge_weight_table, Debevec "
+                                "log-domain merge)",
             **(extra_metadata or {})}
     return export_onnx(model, path, input_shape=MERGE_INPUT_SHAPE, input_name="bracket", output_name="weights",
                        model_name="merge_net", metadata=meta, recipe="train_merge")
