@@ -114,7 +114,6 @@ def _crop_tensors(sample: dict[str, Any], oy: int, ox: int, vtab: np.ndarray) ->
     bad = {}
     for k in (0, 2):  # the runtime kernel's consistency gate against the reference (k = 1), per channel
         bad[k] = (lo2[k][chan, z[k]] > hi2[1][chan, z[1]]) | (lo2[1][chan, z[1]] > hi2[k][chan, z[k]])
-    for k in (0, 2):
         valid[k] *= ~bad[k].any(axis=0)
     half = (lut.shape[1]) // 2
     # the kernel's fallback (``edgehdr.hdr.neural_merge``): samples no frame measures, from the frames consistent
