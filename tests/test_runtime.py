@@ -76,34 +76,52 @@ def test_synthetic_camera_pastes_sprites_clipped_at_the_frame_edges(corner):
 
 
 def test_synthetic_camera_reuses_a_released_stack_and_never_writes_to_a_held_one():
-    """Rolling brackets: a stack nobody holds any more is reused in place (its retained exposures stay, the new
-    capture overwrites the oldest slot); a held bracket, or a view of one of its frames, is never written to."""
+    """Rolling brackets from a pool of stacks: a stack nobody holds any more is reused (the last bracket's own in
+    place: its retained exposures stay, the new capture overwrites the oldest slot; an older one gets the retained
+    frames copied in); a held bracket, or a view of one of its frames, is never written to."""
     cam = SyntheticCamera(96, 64, fps=0, moving_objects=1)
     with cam:
         first = cam.read_bracket()
         held = first.frames.copy()
-        second = cam.read_bracket()  # ``first`` is held: a fresh stack, first's frames untouched
+        second = cam.read_bracket()  # ``first`` is held: a new stack, first's frames untouched
         assert second.frames is not first.frames and not np.shares_memory(second.frames, first.frames)
         np.testing.assert_array_equal(first.frames, held)
         new_slot = int(np.argmax(second.timestamp_ns))
         kept = [i for i in range(3) if i != new_slot]
         np.testing.assert_array_equal(second.frames[kept], held[kept])
-        address = second.frames.ctypes.data
-        snapshot = second.frames.copy()
-        del first, second
-        assert cam.stacks_reused == 0
-        third = cam.read_bracket()  # ``second`` released: its stack is reused in place
-        assert third.frames.ctypes.data == address and cam.stacks_reused == 1
+        assert cam.stacks_reused == 0 and cam.stacks_allocated == 2
+        # ``first`` released, ``second`` held (the pipeline still has the last bracket when the next read starts):
+        # first's stack is reused, the frame it lacks copied in from second's.
+        first_address = first.frames.ctypes.data
+        del first
+        snapshot2 = second.frames.copy()
+        third = cam.read_bracket()
+        assert third.frames.ctypes.data == first_address and cam.stacks_reused == 1
+        np.testing.assert_array_equal(second.frames, snapshot2)
         new_slot = int(np.argmax(third.timestamp_ns))
         kept = [i for i in range(3) if i != new_slot]
-        np.testing.assert_array_equal(third.frames[kept], snapshot[kept])
-        assert not np.array_equal(third.frames[new_slot], snapshot[new_slot])  # a later capture (sprites move)
-        view = third.frames[0]  # a view keeps the whole stack from being reused
+        np.testing.assert_array_equal(third.frames[kept], snapshot2[kept])
+        assert not np.array_equal(third.frames[new_slot], snapshot2[new_slot])  # a later capture (sprites move)
+        address = third.frames.ctypes.data
+        snapshot = third.frames.copy()
+        del second, third
+        copied = cam.frames_copied
+        fourth = cam.read_bracket()  # the last bracket's stack is free: reused in place, nothing copied
+        assert fourth.frames.ctypes.data == address and cam.frames_copied == copied
+        new_slot = int(np.argmax(fourth.timestamp_ns))
+        kept = [i for i in range(3) if i != new_slot]
+        np.testing.assert_array_equal(fourth.frames[kept], snapshot[kept])
+        view = fourth.frames[0]  # a view keeps the whole stack from being reused
         view_copy = view.copy()
-        del third
-        fourth = cam.read_bracket()
-        assert not np.shares_memory(fourth.frames, view) and cam.stacks_reused == 1
+        reused = cam.stacks_reused
+        del fourth
+        fifth = cam.read_bracket()
+        assert not np.shares_memory(fifth.frames, view) and cam.stacks_reused == reused + 1
         np.testing.assert_array_equal(view, view_copy)
+        # A pipeline holding every stack: a new one each read, never more than the pool's size kept.
+        hold = [fifth] + [cam.read_bracket() for _ in range(cam.stack_pool_size + 2)]
+        addresses = {b.frames.ctypes.data for b in hold}
+        assert len(addresses) == len(hold) and len(cam._pool) == cam.stack_pool_size
 
 
 def test_synthetic_camera_paces_frames_and_follows_the_plan():
