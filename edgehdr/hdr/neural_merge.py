@@ -176,6 +176,12 @@ def softmax_weights(logits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(e / e.sum(axis=0, keepdims=True), dtype=np.float32)
 
 
+@numba.njit(fastmath=True, cache=True, inline="always")
+def _in_span(z: np.integer, span: np.int64) -> bool:
+    """Whether code ``z`` lies in a ``gate_spans`` entry (start | width << 32): unsigned ``z - start <= width``."""
+    return np.uint32(np.int64(z) - (span & 0xFFFFFFFF)) <= np.uint32(span >> 32)
+
+
 @functools.cache
 def _weighted_merge_kernel(levels: int):
     """The fused weighted merge for ``levels`` code values: the tables' channel stride is a compile-time
@@ -215,8 +221,8 @@ def _weighted_merge_kernel(levels: int):
                     for c in range(3):
                         z1 = np.int64(f1[3 * x + c]) + c * levels
                         s0, s2 = spans[0, z1], spans[1, z1]
-                        ok0 = ok0 & (np.uint32(np.int64(f0[3 * x + c]) - (s0 & 0xFFFFFFFF)) <= np.uint32(s0 >> 32))
-                        ok2 = ok2 & (np.uint32(np.int64(f2[3 * x + c]) - (s2 & 0xFFFFFFFF)) <= np.uint32(s2 >> 32))
+                        ok0 = ok0 & _in_span(f0[3 * x + c], s0)
+                        ok2 = ok2 & _in_span(f2[3 * x + c], s2)
                     w0[x] = w0[x] if ok0 else np.float32(0.0)
                     w2[x] = w2[x] if ok2 else np.float32(0.0)
             buf = np.empty(3 * n_cols, np.float32)  # log2 radiance of the row; exp2 in a separate, SIMD pass
@@ -254,10 +260,8 @@ def _weighted_merge_kernel(levels: int):
                                 if den_row[3 * x + cc] <= eps:
                                     zr = np.int64(f1[3 * x + cc]) + cc * levels
                                     s0, s2 = spans[0, zr], spans[1, zr]
-                                    use0 = use0 & (np.uint32(np.int64(f0[3 * x + cc]) - (s0 & 0xFFFFFFFF))
-                                                   <= np.uint32(s0 >> 32))
-                                    use2 = use2 & (np.uint32(np.int64(f2[3 * x + cc]) - (s2 & 0xFFFFFFFF))
-                                                   <= np.uint32(s2 >> 32))
+                                    use0 = use0 & _in_span(f0[3 * x + cc], s0)
+                                    use2 = use2 & _in_span(f2[3 * x + cc], s2)
                         z0, z1, z2 = f0[j], f1[j], f2[j]
                         if use0 and z0 >= half_level:
                             buf[j] = log2_rad[0, c, z0]
