@@ -122,6 +122,17 @@ def test_synthetic_camera_reuses_a_released_stack_and_never_writes_to_a_held_one
         hold = [fifth] + [cam.read_bracket() for _ in range(cam.stack_pool_size + 2)]
         addresses = {b.frames.ctypes.data for b in hold}
         assert len(addresses) == len(hold) and len(cam._pool) == cam.stack_pool_size
+        # Released again, the stacks a hiccup added go once idle for ``stack_idle_reads`` reads; a held one stays.
+        cam.stack_idle_reads = 3
+        keep = hold[0]
+        kept_frames = keep.frames.copy()
+        del hold, fifth, view
+        for _ in range(6):
+            b = cam.read_bracket()
+            del b  # released at once: the last bracket's stack is reused in place each time
+        assert len(cam._pool) == 2 and cam.stacks_released >= cam.stack_pool_size - 2
+        assert any(p is keep.frames for p in cam._pool)
+        np.testing.assert_array_equal(keep.frames, kept_frames)
 
 
 def test_synthetic_camera_paces_frames_and_follows_the_plan():

@@ -121,6 +121,10 @@ class SyntheticCamera(BracketSource):
         self.stacks_allocated = self.stacks_reused = 0  # bracket stacks: new, or a pooled one reused
         self.frames_copied = 0  # retained frames copied into a reused or new stack
         self.stack_pool_size = 4  # bracket stacks kept for reuse (frames in flight between capture and merge)
+        # A free stack not handed out for this many reads is let go, as BufferPool's idle_takes (900: 30 s at
+        # 30 fps): a hiccup's extra stacks do not stay for the whole run.
+        self.stack_idle_reads = 900
+        self.stacks_released = 0
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -155,6 +159,8 @@ class SyntheticCamera(BracketSource):
         self._latest: np.ndarray | None = None  # the last bracket's frames (None: none retained)
         self._pool: list[np.ndarray] = []  # bracket stacks kept for reuse, and the frame each slot holds
         self._pool_frames: list[list[int]] = []
+        self._pool_last_read: list[int] = []  # the read (self._reads) that last took each pooled stack
+        self._reads = 0
         self._slot_frames = [-1] * len(self._plan)  # the newest frame (capture count) of each exposure slot
         self._latest_frames: list[int] = []  # the frame each slot of the stack being filled holds
         self._exposures: list[tuple[float, float, int] | None] = [None] * len(self._plan)
@@ -256,9 +262,12 @@ class SyntheticCamera(BracketSource):
         """
         source = self._latest  # the last bracket's stack: read only
         self._latest = None
-        for j in reversed(range(len(self._pool))):  # of another frame count or size: let go
-            if self._pool[j].shape != shape:
-                del self._pool[j], self._pool_frames[j]
+        self._reads += 1
+        for j in reversed(range(len(self._pool))):  # of another frame count or size, or free and idle: let go
+            idle = self._reads - self._pool_last_read[j] > self.stack_idle_reads and self._pool[j] is not source
+            if self._pool[j].shape != shape or (idle and unshared(self._pool[j])):
+                del self._pool[j], self._pool_frames[j], self._pool_last_read[j]
+                self.stacks_released += 1
         source_j = self._pool_index(source)
         if source_j >= 0 or (source is not None and source.shape != shape):
             source = None  # a pooled one is read through the pool: a local reference would count as a holder
@@ -271,6 +280,7 @@ class SyntheticCamera(BracketSource):
         if best >= 0:
             stack = self._pool[best]
             held = self._pool_frames[best]
+            self._pool_last_read[best] = self._reads
             self.stacks_reused += 1
         else:
             stack = np.empty(shape, np.uint8)
@@ -279,6 +289,7 @@ class SyntheticCamera(BracketSource):
             if len(self._pool) < self.stack_pool_size:
                 self._pool.append(stack)
                 self._pool_frames.append(held)
+                self._pool_last_read.append(self._reads)
         if source_j >= 0:
             source = self._pool[source_j]
         for i in keep:
