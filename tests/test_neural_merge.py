@@ -215,16 +215,58 @@ def test_fallback_skips_the_frames_the_gate_rejected():
     assert np.ptp(inside, axis=1).max() <= 1e-3 * inside.max()  # no colour cast from mixed frames
 
 
+def test_fallback_keeps_a_frame_that_differs_a_little_in_another_channel():
+    """The reference clips red only; the short frame measures it but the gate rejects the short frame for its green
+    and blue, so red falls back. Green a few codes outside the gate's span (JPEG noise): the fallback still takes
+    the short frame's red measurement (the classical rule would take the reference's clipped bound). Green far
+    outside (a moving object): the short frame does not serve, red takes the reference's bound (the kernel
+    before ``fallback_gate_tables`` took the object's red)."""
+    from edgehdr.bracket import Bracket
+    from edgehdr.hdr.crf import CameraResponse, ResponseCurve
+    from edgehdr.hdr.neural_merge import fallback_gate_tables, gate_spans, gate_tables
+
+    curve = ResponseCurve.parse("srgb")
+    response = CameraResponse.from_curve(curve, 8)
+    b = Bracket(frames=np.zeros((3, 16, 16, 3), np.uint8), exposure_s=[1 / 400, 1 / 100, 1 / 25], gain=[1.0] * 3,
+                bits=8)
+    rel = b.relative_exposure / b.relative_exposure[1]
+    zr = 60  # the reference's green and blue
+    strict = gate_spans(*gate_tables(response, rel))[0, 256 + zr]
+    loose = gate_spans(*fallback_gate_tables(response, rel))[0, 256 + zr]
+    strict_end, loose_end = ((s & 0xFFFFFFFF) + (s >> 32) for s in (strict, loose))
+    near, far = int(strict_end) + 6, int(loose_end) + 30
+    assert near < loose_end and far < 248  # outside the gate's span; inside / outside the fallback's, not clipped
+
+    def code(x: float) -> int:
+        return int(np.rint(255 * curve.forward(np.minimum(np.float64(x), 1.0))))
+
+    green = float(np.exp(response.log_lut()[1, zr]))  # the scene, in units of the reference's exposure
+    frames = b.frames
+    frames[1] = (255, zr, zr)
+    frames[2] = (255, code(green * rel[2]), code(green * rel[2]))
+    frames[0] = (code(1.5 * rel[0]), near, near)
+    frames[0, :, 8:] = (code(1.5 * rel[0]), far, far)
+    out = merge_with_weights(b, np.full((3, 4, 4), 1 / 3, np.float32), response=response)
+    lut = response.log_lut()
+    short_red = np.exp(lut[0, frames[0, 0, 0, 0]]) / b.relative_exposure[0]
+    bound = np.exp(lut[0, 255]) / b.relative_exposure[1]
+    np.testing.assert_allclose(out[:, :8, 0], short_red, rtol=1e-4)
+    np.testing.assert_allclose(out[:, 8:, 0], bound, rtol=1e-4)
+    assert short_red > 1.2 * bound  # the two answers are far apart
+
+
 @needs_torch
 def test_training_twin_matches_the_fused_kernel(bracket):
     import torch
 
-    from edgehdr.hdr.neural_merge import gate_tables, merge_weight_table
+    from edgehdr.hdr.neural_merge import fallback_gate_tables, gate_tables, merge_weight_table
     from edgehdr.models.training.train_merge import CROP, _crop_tensors, merge_twin
 
     b = bracket.bracket
     lo2, hi2 = gate_tables(bracket.response, b.relative_exposure)  # frames are shortest first
-    sample = {"codes": b.frames, "lo2": lo2, "hi2": hi2, "log_t": np.log(b.relative_exposure).astype(np.float32),
+    loose_lo2, loose_hi2 = fallback_gate_tables(bracket.response, b.relative_exposure)
+    sample = {"codes": b.frames, "lo2": lo2, "hi2": hi2, "loose_lo2": loose_lo2, "loose_hi2": loose_hi2,
+              "log_t": np.log(b.relative_exposure).astype(np.float32),
               "log_lut": bracket.response.log_lut(), "truth": bracket.radiance, "norm": 1.0,
               "x": encode_merge_input(b, response=bracket.response)[0]}
     x, log_rad, valid, fallback, _, _ = _crop_tensors(sample, 0, 0, merge_weight_table(256))

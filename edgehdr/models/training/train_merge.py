@@ -34,7 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgehdr.hdr.neural_merge import MERGE_INPUT_SHAPE, encode_merge_input, gate_tables, merge_weight_table
+from edgehdr.hdr.neural_merge import (
+    MERGE_INPUT_SHAPE,
+    encode_merge_input,
+    fallback_gate_tables,
+    gate_tables,
+    merge_weight_table,
+)
 from edgehdr.models.training.merge_data import dynamic_bracket
 from edgehdr.models.training.nets import MergeNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
@@ -54,7 +60,9 @@ def _sample(frames: np.ndarray, exposures: np.ndarray, truth: np.ndarray, mask: 
 
     order = np.argsort(exposures, kind="stable")
     lo2, hi2 = gate_tables(response, exposures[order])
+    loose_lo2, loose_hi2 = fallback_gate_tables(response, exposures[order])
     return {"x": encode_merge_input(frames, exposures, response)[0], "lo2": lo2, "hi2": hi2,
+            "loose_lo2": loose_lo2, "loose_hi2": loose_hi2,
             "codes": frames[order], "log_t": np.log(exposures[order]).astype(np.float32),
             "log_lut": response.log_lut(), "truth": truth.astype(np.float32), "mask": mask,
             "norm": robust_peak(truth, 99.9)}
@@ -109,18 +117,25 @@ def _crop_tensors(sample: dict[str, Any], oy: int, ox: int, vtab: np.ndarray) ->
     lut = sample["log_lut"]
     log_rad = np.stack([np.stack([lut[c][z[k, c]] for c in range(3)]) - sample["log_t"][k] for k in range(3)])
     valid = vtab[z]
-    lo2, hi2 = sample["lo2"], sample["hi2"]
     chan = np.arange(3)[:, None, None]
+
+    def inconsistent(k: int, lo2: np.ndarray, hi2: np.ndarray) -> np.ndarray:
+        """Per channel, frame k's interval misses the reference's (k = 1)."""
+        return (lo2[k][chan, z[k]] > hi2[1][chan, z[1]]) | (lo2[1][chan, z[1]] > hi2[k][chan, z[k]])
+
     bad = {}
     for k in (0, 2):  # the runtime kernel's consistency gate against the reference (k = 1), per channel
-        bad[k] = (lo2[k][chan, z[k]] > hi2[1][chan, z[1]]) | (lo2[1][chan, z[1]] > hi2[k][chan, z[k]])
+        bad[k] = inconsistent(k, sample["lo2"], sample["hi2"])
         valid[k] *= ~bad[k].any(axis=0)
     half = (lut.shape[1]) // 2
     # the kernel's fallback (``edgehdr.hdr.neural_merge``): samples no frame measures, from the frames consistent
-    # with the reference in every channel of the pixel that falls back (softmax weights are never 0)
+    # with the reference in every channel of the pixel that falls back and within the looser test
+    # (``fallback_gate_tables``) in its other channels (softmax weights are never 0)
     falls = valid.sum(axis=0) <= 0
-    use0 = ~(bad[0] & falls).any(axis=0)
-    use2 = ~(bad[2] & falls).any(axis=0)
+    far0 = inconsistent(0, sample["loose_lo2"], sample["loose_hi2"])
+    far2 = inconsistent(2, sample["loose_lo2"], sample["loose_hi2"])
+    use0 = ~np.where(falls, bad[0], far0).any(axis=0)
+    use2 = ~np.where(falls, bad[2], far2).any(axis=0)
     fallback = np.where(use0 & (z[0] >= half), log_rad[0], np.where((z[1] >= half) | ~use2, log_rad[1], log_rad[2]))
     truth = sample["truth"][oy:oy + CROP, ox:ox + CROP].transpose(2, 0, 1)
     x = sample["x"][:, oy // 2:oy // 2 + CROP // 2, ox // 2:ox // 2 + CROP // 2]
