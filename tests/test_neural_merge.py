@@ -163,7 +163,8 @@ def test_weight_upsampling_is_opencv_bilinear():
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_working_size_block_means_are_rounded_means(k, dtype):
     """The encoder's block means of the three frames (one kernel call, exposure order) against NumPy's
-    exact integer means, rounded half up, on a size that leaves rows and columns over."""
+    exact integer means, rounded half up, on a size that leaves rows and columns over; with deferred shifts, the
+    means of ``shifted_stack``'s moved frames."""
     from edgehdr.hdr.neural_merge import _block_means
 
     rng = np.random.default_rng(k)
@@ -171,11 +172,30 @@ def test_working_size_block_means_are_rounded_means(k, dtype):
     stack = rng.integers(0, top + 1, (3, 7 * k + k - 1, 11 * k + 1, 3)).astype(dtype)
     stack[1, :k, :k] = top  # the largest sums
     order = np.array([2, 0, 1], np.int64)
-    out = np.empty((3, 7, 11, 3), dtype)
-    _block_means(stack, order, k, out)
-    for f, i in enumerate(order):
-        sums = stack[i, :7 * k, :11 * k].astype(np.int64).reshape(7, k, 11, k, 3).sum(axis=(1, 3))
-        np.testing.assert_array_equal(out[f], (2 * sums + k * k) // (2 * k * k))
+    for shifts in (np.zeros((3, 2), np.int64), np.array([[3, -2], [0, 0], [-k - 1, 5]], np.int64)):
+        out = np.empty((3, 7, 11, 3), dtype)
+        _block_means(stack, order, shifts, k, out)
+        moved = shifted_stack(stack, shifts)
+        for f, i in enumerate(order):
+            sums = moved[i, :7 * k, :11 * k].astype(np.int64).reshape(7, k, 11, k, 3).sum(axis=(1, 3))
+            np.testing.assert_array_equal(out[f], (2 * sums + k * k) // (2 * k * k))
+
+
+def test_deferred_shifts_give_the_merge_of_the_moved_frames(bracket, merger):
+    """The merger reading the frames through the alignment's deferred shifts (the daemon's path) gives exactly the
+    merge of ``shifted_stack``'s moved copy: the encoder's input and the fused merge, shifts along both axes, both
+    signs, and one frame not moved."""
+    b = bracket.bracket
+    shifts = np.array([[2, -1], [0, 0], [-3, 4]], np.int64)
+    moved = shifted_stack(b.frames, shifts)
+    np.testing.assert_array_equal(encode_merge_input(b.frames, b.relative_exposure, bracket.response, shifts=shifts),
+                                  encode_merge_input(moved, b.relative_exposure, bracket.response))
+    merger.response = bracket.response
+    ours = merger(b.frames, b.relative_exposure, bits=8, shifts=shifts)
+    np.testing.assert_array_equal(ours, merger(moved, b.relative_exposure, bits=8))
+    assert not np.array_equal(ours, merger(b.frames, b.relative_exposure, bits=8))  # the shifts did something
+    with pytest.raises(ValueError, match="shifts must be 3"):
+        merger(b.frames, b.relative_exposure, bits=8, shifts=[[1, 0]])
 
 
 def test_encoding_sorts_by_exposure_and_centres_on_the_reference(bracket):
@@ -327,16 +347,19 @@ def test_shipped_model_against_the_classical_merge_on_held_out_scenes(merger):
 
 def test_neural_merge_runs_in_the_pipeline(run_pipeline):
     seen, final, merge_stage = run_pipeline(
-        {"source": {"width": 320, "height": 180, "fps": 30}, "merge": {"method": "neural"},
+        {"source": {"width": 320, "height": 180, "fps": 30, "shake_px": 4}, "merge": {"method": "neural"},
          "dimming": {"enabled": False}, "bridge": {"enabled": False}, "preview": {"enabled": False},
          "planner": {"enabled": False}, "infer": {"backend": "cpu"}},
-        lambda ctx: (ctx.aligned or ctx.bracket, ctx.shifts, ctx.radiance.copy()), 4,
+        lambda ctx: (ctx.aligned or ctx.bracket, ctx.shifts, ctx.radiance.copy()), 6,
         inspect=lambda rt: rt.pipeline.stages[1].fn)
-    assert len(seen) >= 4 and final["frames_failed"] == 0 and merge_stage.fallbacks == 0
-    bracket, shifts, radiance = seen[-1]
-    # the alignment's shifts, applied by the merge stage (AlignStage.defer_shifts), None where there were none
-    frames = bracket.frames if shifts is None else shifted_stack(bracket.frames, shifts)
-    np.testing.assert_array_equal(radiance, merge_stage.merger(frames, bracket.relative_exposure, bits=bracket.bits))
+    assert len(seen) >= 6 and final["frames_failed"] == 0 and merge_stage.fallbacks == 0
+    # the alignment's shifts (AlignStage.defer_shifts; None where there were none), applied by the merge stage as it
+    # reads: the merge of the moved frames
+    assert any(shifts is not None for _, shifts, _ in seen)  # the hand shake moved some frames
+    for bracket, shifts, radiance in seen:
+        frames = bracket.frames if shifts is None else shifted_stack(bracket.frames, shifts)
+        np.testing.assert_array_equal(radiance, merge_stage.merger(frames, bracket.relative_exposure,
+                                                                    bits=bracket.bits))
 
 
 def test_int8_export_of_the_merge_net_stays_within_its_budget(tmp_path):

@@ -32,7 +32,7 @@ from edgehdr.dimming import (
     zone_statistics,
     zone_values_within_budget,
 )
-from edgehdr.hdr.align import ALIGN_METHODS, align_auto, align_homography, align_mtb, shifted_stack, shifts_of
+from edgehdr.hdr.align import ALIGN_METHODS, align_auto, align_homography, align_mtb, shifts_of
 from edgehdr.hdr.crf import CameraResponse
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.pipeline.buffers import BufferPool
@@ -131,17 +131,17 @@ class MergeStage:
 
     def __call__(self, ctx: FrameContext) -> FrameContext:
         b = ctx.aligned or _bracket(ctx, "the merge")
+        h, w = b.frames.shape[1:3]
         if self.merger is not None and len(b) == 3:
-            # the network reads aligned frames: the shifts the alignment deferred are applied here
-            frames = b.frames if ctx.shifts is None else shifted_stack(b.frames, ctx.shifts)
-            ctx.radiance = self.merger(frames, b.relative_exposure, bits=b.bits)
+            # the shifts the alignment deferred are applied as the network's encoder and merge read the frames
+            ctx.radiance = self.merger(b.frames, b.relative_exposure, bits=b.bits, shifts=ctx.shifts,
+                                       out=self._radiance.take((h, w, 3), np.float32))
         else:
             if self.merger is not None:
                 self.fallbacks += 1
                 if self.fallbacks == 1:
                     log.warning("merge network takes 3 exposures, frame %d has %d: classical merge (counted)",
                                 ctx.frame_id, len(b))
-            h, w = b.frames.shape[1:3]
             ctx.radiance = merge_debevec(b, response=self.response, weighting=self.weighting, deghost=self.deghost,
                                          out=self._radiance.take((h, w, 3), np.float32), shifts=ctx.shifts)
         if self.planner is not None and self.source is not None and ctx.frame_id % self.plan_every == 0:
