@@ -59,7 +59,9 @@ PINNED = {
 @pytest.mark.parametrize("weighting,curve", sorted(PINNED))
 def test_existing_weightings_give_the_results_they_gave_before(weighting, curve):
     merged = merge_debevec(_pinned_frames(), EXPOSURES, curve, weighting=weighting)
-    np.testing.assert_allclose(merged.ravel()[::13], PINNED[weighting, curve], rtol=1e-6)
+    # 1e-5: the pinned figures came from another CPU; NumPy's SIMD log and numba's code for this one differ in the
+    # last bits (1.05e-6 relative seen on an AVX2-only CPU); a change of the weighting moves them far more
+    np.testing.assert_allclose(merged.ravel()[::13], PINNED[weighting, curve], rtol=1e-5)
 
 
 def test_hat_is_debevecs_triangle():
