@@ -215,6 +215,10 @@ def _quantize_auto(path_in: PathLike, path_out: PathLike, reader: CalibrationRea
     if not feeds:
         raise ValueError("calibration method 'auto' needs calibration samples")
     ref = ort.InferenceSession(str(path_in), providers=["CPUExecutionProvider"])
+    # the candidates as the validation judges them: Q/DQ nodes as written (export.validate, OnnxRuntimeRunner's
+    # "basic" level), not this CPU's fused int8 kernels
+    basic = ort.SessionOptions()
+    basic.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     names = [o.name for o in ref.get_outputs()]
     reference = [ref.run(names, f) for f in feeds]
     path_out = Path(path_out)
@@ -224,7 +228,7 @@ def _quantize_auto(path_in: PathLike, path_out: PathLike, reader: CalibrationRea
     try:
         for method, trial in trials.items():
             described[method] = quantize_int8(path_in, trial, reader, method=method, **options)
-            cand = ort.InferenceSession(str(trial), providers=["CPUExecutionProvider"])
+            cand = ort.InferenceSession(str(trial), sess_options=basic, providers=["CPUExecutionProvider"])
             image_err, scalar_err = 0.0, 0.0
             for f, ref_out in zip(feeds, reference):
                 for r, c in zip(ref_out, cand.run(names, f)):

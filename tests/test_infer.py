@@ -129,3 +129,40 @@ def test_tensorrt_engine_matches_onnxruntime(nets, tmp_path):
         again = trt_runner.run({"image": x})["output"]  # buffers reused across frames
         np.testing.assert_allclose(first, ort_runner.run({"image": x})["output"], atol=1e-3)
         np.testing.assert_array_equal(first, again)
+
+
+def test_basic_graph_optimisation_runs_qdq_nodes_as_written(tmp_path):
+    """A Q/DQ convolution under ``graph_optimization="basic"`` equals its arithmetic written out in NumPy
+    (quantise, dequantise, then a float convolution), the semantics the export's validation judges INT8 models
+    by; an unknown level is refused."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 3.0, (1, 4, 6, 6)).astype(np.float32)
+    w = rng.normal(0.0, 0.5, (8, 4, 3, 3)).astype(np.float32)
+    sx, sw = np.float32(0.05), np.float32(0.01)  # x saturates at 6.35: the clip is part of the arithmetic
+    inits = [numpy_helper.from_array(np.round(w / sw).clip(-127, 127).astype(np.int8), "wq"),
+             numpy_helper.from_array(np.array(sx), "sx"), numpy_helper.from_array(np.array(sw), "sw"),
+             numpy_helper.from_array(np.array(0, np.int8), "zx"), numpy_helper.from_array(np.array(0, np.int8), "zw")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"]),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "qdq_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, 8, 6, 6))], inits)
+    path = tmp_path / "qdq_conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+    xd = np.clip(np.round(x / sx), -128, 127) * sx
+    wd = np.clip(np.round(w / sw), -127, 127) * sw
+    padded = np.pad(xd, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.zeros((1, 8, 6, 6), np.float64)
+    for dy in range(3):
+        for dx in range(3):
+            want[0] += np.einsum("oc,chw->ohw", wd[:, :, dy, dx], padded[0, :, dy:dy + 6, dx:dx + 6])
+    with OnnxRuntimeRunner(path, graph_optimization="basic") as runner:
+        got = runner.run({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="graph_optimization"):
+        OnnxRuntimeRunner(path, graph_optimization="fast")
