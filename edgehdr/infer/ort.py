@@ -43,8 +43,8 @@ _ORT_TO_NUMPY = {"float": "float32", "double": "float64", "string": "object",
 # (Q/DQ) model's QuantizeLinear / DequantizeLinear nodes as written instead of fusing them into ONNX Runtime's int8
 # kernels: the Q/DQ model's own arithmetic, which TensorRT computes (int8 products summed in int32). On x86 CPUs
 # without VNNI the fused kernels saturate (AVX2's 16-bit pair sums): tmo_net's INT8 parameter grid 31.8 dB PSNR against
-# FP32 on such a CPU (tone-mapped output 27.1 dB), 50.4 dB (49.6) under "basic" on the same CPU, as earlier sessions
-# measured with the fused kernels on a CPU that has VNNI (export.validate judges Q/DQ models under "basic").
+# FP32 on such a CPU (tone-mapped output 27.1 dB), 50.4 dB (49.6) under "basic" on the same CPU, which the fused
+# kernels also gave on the earlier development machine (49.7) (export.validate judges Q/DQ models under "basic").
 GRAPH_OPTIMIZATION_LEVELS = {"all": "ORT_ENABLE_ALL", "basic": "ORT_ENABLE_BASIC"}
 
 
