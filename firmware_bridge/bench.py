@@ -278,9 +278,14 @@ def qemu_uart_throughput(controller: QemuController, n_bytes: int = 24576) -> fl
         # The pty still holds up to ~16 kB (a second or more at the MCU's pace): wait until the firmware has
         # read it all, i.e. until it answers a STATUS request queued behind it, so that what runs next is
         # not delayed by this measurement's backlog.
-        port.write(encode_message(StatusRequest(), 1))
+        # The request goes again every 2 s: on a slow host the emulated firmware can fall behind the burst, its
+        # receive ring overflows and a request in it is lost (seen on a 2-core VM: no answer in 30 s, 2 runs of 3).
         decoder, deadline = FrameDecoder(version=None), time.monotonic() + 30.0
+        sequence, next_request = 1, 0.0
         while time.monotonic() < deadline:
+            if time.monotonic() >= next_request:
+                port.write(encode_message(StatusRequest(), sequence))
+                sequence, next_request = sequence + 1, time.monotonic() + 2.0
             if any(isinstance(decode_message(f), Status) for f in decoder.feed(port.read(4096))):
                 break
             time.sleep(0.01)
