@@ -354,8 +354,8 @@ def test_neural_merge_runs_in_the_pipeline(run_pipeline):
         inspect=lambda rt: rt.pipeline.stages[1].fn)
     assert len(seen) >= 6 and final["frames_failed"] == 0 and merge_stage.fallbacks == 0
     # the alignment's shifts (AlignStage.defer_shifts; None where there were none), applied by the merge stage as it
-    # reads: the merge of the moved frames
-    assert any(shifts is not None for _, shifts, _ in seen)  # the hand shake moved some frames
+    # reads: the merge of the moved frames. Whether the slow shake moves a frame within a run depends on when it
+    # runs (the exact shifted read is test_deferred_shifts_give_the_merge_of_the_moved_frames's).
     for bracket, shifts, radiance in seen:
         frames = bracket.frames if shifts is None else shifted_stack(bracket.frames, shifts)
         np.testing.assert_array_equal(radiance, merge_stage.merger(frames, bracket.relative_exposure,
