@@ -381,7 +381,7 @@ def fallback_gate_tables(response: CameraResponse, exposures_sorted: ArrayLike) 
     """``gate_tables`` of the fallback's looser test (``FALLBACK_TOLERANCE``, 8 codes of slack per 256 levels):
     a frame the gate rejected only for a small difference in a channel that does not fall back still serves the
     fallback; one that differs by more than about 4 stops (a moving object) does not."""
-    levels = response.log_lut().shape[1]
+    levels = response.levels
     return gate_tables(response, exposures_sorted, tolerance=FALLBACK_TOLERANCE, code_margin=8 * max(1, levels // 256))
 
 
