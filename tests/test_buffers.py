@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -54,7 +57,7 @@ def test_pipeline_stages_reuse_their_outputs():
             expected = merge_debevec(bracket, response=stage.response)
             np.testing.assert_array_equal(ctx.radiance, expected)
             del ctx  # the frame is done: its radiance goes back to the pool
-    assert stage._radiance.reused >= 4 and stage._radiance.allocated <= 2
+    assert stage.radiance_pool.reused >= 4 and stage.radiance_pool.allocated <= 2
 
 
 def test_surplus_free_arrays_are_let_go_once_idle():
@@ -74,3 +77,36 @@ def test_surplus_free_arrays_are_let_go_once_idle():
     assert id(b) == ids[0] and pool.released == 2 and len(pool._arrays) == 1 and pool.allocated == 3
     c = pool.take((32, 32), np.float32)  # the kept one is in use: a new one
     assert c is not b and pool.allocated == 4
+
+
+def _release_later(holder: list, delay_s: float) -> threading.Thread:
+    # another thread (a later stage) lets go of the array after delay_s
+    def run() -> None:
+        time.sleep(delay_s)
+        holder.clear()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_at_its_limit_the_pool_waits_for_a_release_and_allocates_past_it_only_after_wait_s():
+    pool = BufferPool(limit=1, wait_s=5.0)
+    held = [pool.take((4, 4), np.float32)]
+    address = held[0].ctypes.data
+    t0 = time.monotonic()
+    thread = _release_later(held, 0.1)
+    again = pool.take((4, 4), np.float32)  # waits for the other thread's release, then reuses that array
+    waited = time.monotonic() - t0
+    thread.join()
+    assert again.ctypes.data == address and waited >= 0.09
+    assert pool.allocated == 1 and pool.waits == 1 and pool.wait_s_total >= 0.09 and pool.over_limit == 0
+    # Nothing released within wait_s: one array past the limit, counted and not kept.
+    pool.wait_s = 0.05
+    extra = pool.take((4, 4), np.float32)
+    assert extra is not again and pool.over_limit == 1 and pool.allocated == 2 and pool.snapshot()["kept"] == 1
+    del extra
+    assert pool.take((4, 4), np.float32) is not again  # waits for ``again``, not for the array past the limit
+    assert pool.over_limit == 2
+    with pytest.raises(ValueError, match="limit"):
+        BufferPool(limit=0)

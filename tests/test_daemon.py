@@ -189,7 +189,60 @@ def test_metrics_of_a_real_runtime_parse_with_prometheus_client():
     cpu = {s.labels["stage"]: s.value for s in families["edgehdr_stage_cpu_seconds"].samples}
     busy = {st["name"]: st["latency_s_total"] for st in stats["stages"]}
     assert cpu["merge"] > 0 and all(cpu[name] <= busy[name] + 1e-3 for name in cpu), (cpu, busy)
+    # The bounded pools' waits: counters per pool, as the stats hold them.
+    waits = {s.labels["buffer"]: s.value for s in families["edgehdr_buffer_waits"].samples}
+    assert kinds["edgehdr_buffer_waits"] == "counter"
+    assert waits == {"source": stats["source_buffer_waits"], "radiance": stats["radiance_buffers"]["waits"]}
     state = [s for s in families["edgehdr_link_state"].samples if s.value == 1]
     assert [s.labels["state"] for s in state] == ["connected"]
     for name in families:
         assert name.startswith("edgehdr_"), name
+
+
+def test_bounded_buffers_follow_the_config_and_what_the_pipeline_keeps():
+    from edgehdr.pipeline.daemon import build_runtime
+
+    raw = {"source": {"width": 96, "height": 64, "fps": 0}, "preview": {"enabled": False}}
+    for keep, sections, radiance_limit, max_stacks in [
+            ((), {}, 1, 2), (("bracket", "radiance"), {}, 2, 3),  # the demo keeps the last frame's: one more each
+            ((), {"run": {"radiance_buffers": 0}, "source": {"buffers": 0}}, None, None),
+            ((), {"run": {"radiance_buffers": 2}, "source": {"buffers": 4}}, 2, 4)]:
+        cfg = {k: dict(v) for k, v in raw.items()}
+        for section, values in sections.items():
+            cfg.setdefault(section, {}).update(values)
+        rt = build_runtime(validate(cfg), keep=keep)
+        try:
+            assert rt.pipeline.stages[1].fn.radiance_pool.limit == radiance_limit, (keep, sections)
+            assert rt.source.max_stacks == max_stacks, (keep, sections)
+        finally:
+            rt.close()
+
+
+@pytest.mark.parametrize("sections", [{}, {"run": {"radiance_buffers": 0}, "source": {"buffers": 0}}])
+def test_frames_through_bounded_buffers_are_right_and_the_pools_stay_within_their_limits(sections):
+    """The last frame's radiance is the merge of its bracket (no buffer was written while a stage still read it),
+    and the pools held no more arrays than their limits (one past a limit only after waiting wait_s, counted)."""
+    from edgehdr.hdr.merge import merge_debevec
+    from edgehdr.pipeline.daemon import build_runtime
+
+    raw = {"source": {"width": 96, "height": 64, "fps": 0, "moving_objects": 1},
+           "preview": {"enabled": False}, "dimming": {"rows": 4, "cols": 6}}
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    rt = build_runtime(validate(raw), keep=("bracket", "radiance"))
+    merge = rt.pipeline.stages[1].fn
+    rt.pipeline.start()
+    try:
+        deadline = time.monotonic() + 30
+        while rt.stats()["frames_completed"] < 30 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stats = rt.stats()
+        last = rt.pipeline.last_context
+    finally:
+        rt.close()
+    assert stats["frames_completed"] >= 30 and stats["frames_failed"] == 0
+    np.testing.assert_array_equal(last.radiance, merge_debevec(last.bracket, response=merge.response))
+    pool = stats["radiance_buffers"]
+    if merge.radiance_pool.limit is not None:
+        assert pool["allocated"] - pool["over_limit"] <= merge.radiance_pool.limit == 2
+        assert rt.source.stacks_allocated <= rt.source.max_stacks == 3

@@ -152,6 +152,11 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
         "capture_to_zones_ms_median": end["capture_to_zones_ms_median"],
         "capture_to_zones_ms_p99": end["capture_to_zones_ms_p99"],
         "capture_to_zones_ms_p999": end["capture_to_zones_ms_p999"],
+        # the bounded pools ([source] buffers, [run] radiance_buffers) over the whole run, warm-up included
+        "buffers": {"source_waits": end.get("source_buffer_waits", 0),
+                    "source_wait_s": end.get("source_buffer_wait_s", 0.0),
+                    "source_stacks": getattr(rt.source, "stacks_allocated", None),
+                    "radiance": end.get("radiance_buffers")},
         "cpu_percent": round(cpu_percent, 1), "cpu_ms_per_frame": round(1e3 * cpu_s / max(completed, 1), 2),
         "stage_cpu_ms_per_frame": stage_cpu, "rss_peak_mb": round(peak_mb, 1),
         # True: rss_peak_mb is the running pipeline's (VmHWM reset when frames started); False: the process's,
@@ -194,6 +199,14 @@ def format_runtime(rb: dict[str, Any]) -> str:
                      f"({before['anonymous']:.0f} MB anonymous, {before['file']:.0f} MB file-backed); at the end "
                      f"{running['anonymous']:.0f} MB anonymous, {running['file']:.0f} MB file-backed (library code "
                      f"the kernel can reclaim)")
+    buffers = rb.get("buffers") or {}
+    radiance = buffers.get("radiance") or {}
+    if buffers:
+        lines.append(f"buffers over the run (warm-up included): camera stacks {buffers.get('source_stacks')}, the "
+                     f"capture waited for one {buffers['source_waits']} times ({buffers['source_wait_s']} s); "
+                     f"radiance arrays {radiance.get('allocated')} (limit {radiance.get('limit')}, "
+                     f"{radiance.get('over_limit')} past it), the merge waited {radiance.get('waits')} times "
+                     f"({radiance.get('wait_s')} s)")
     per_frame = rb.get("stage_cpu_ms_per_frame", {})
     lines.append(f"CPU per completed frame {rb.get('cpu_ms_per_frame')} ms, of which the capture and stage threads "
                  f"themselves {sum(per_frame.values()):.1f} ms (the rest: their kernels' worker threads, as [run] "

@@ -90,6 +90,12 @@ class SyntheticCamera(BracketSource):
         Hand-shake amplitude in whole pixels.
     response : str
         Camera response curve.
+    max_stacks : int, optional
+        Bracket stacks in flight at most, as a camera driver's fixed buffer count: when the
+        pipeline holds every one (a hiccup downstream), the read waits for one to be released
+        (counted in ``buffer_waits`` and ``buffer_wait_s``; the slots the sensor passed meanwhile
+        in ``frames_skipped``) instead of allocating another 19 MB stack at 1080p. None: a new
+        stack whenever all are held (a caller collecting brackets in a list).
     """
 
     name = "synthetic"
@@ -99,9 +105,11 @@ class SyntheticCamera(BracketSource):
                  mode: str = "rolling", seed: int = 0, kind: str | None = "outdoor", moving_objects: int = 2,
                  object_speed_px: float | None = None, illumination_stops: float = 0.5,
                  illumination_period_s: float = 8.0, shake_px: int = 0, response: str = "srgb",
-                 noise_codes: float = 1.0) -> None:
+                 noise_codes: float = 1.0, max_stacks: int | None = None) -> None:
         if mode not in ("rolling", "burst"):
             raise ValueError(f"mode must be 'rolling' or 'burst', got {mode!r}")
+        if max_stacks is not None and max_stacks < 1:
+            raise ValueError(f"max_stacks must be >= 1 or None, got {max_stacks}")
         self.width, self.height, self.fps, self.mode = int(width), int(height), float(fps), mode
         self.seed, self.kind, self.moving_objects = seed, kind, moving_objects
         self.object_speed_px = object_speed_px if object_speed_px is not None else 0.006 * width
@@ -125,6 +133,10 @@ class SyntheticCamera(BracketSource):
         # 30 fps): a hiccup's extra stacks do not stay for the whole run.
         self.stack_idle_reads = 900
         self.stacks_released = 0
+        self.max_stacks = max_stacks
+        self.buffer_waits = 0  # reads that waited for the pipeline to release a stack (all max_stacks held)
+        self.buffer_wait_s = 0.0
+        self.frames_skipped = 0  # capture slots passed without a capture (a read more than a period late)
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -239,8 +251,41 @@ class SyntheticCamera(BracketSource):
                 raise SourceTimeout(f"{self.name}: next frame due in {delay:.3f} s, after the timeout")
             if delay > 0:
                 time.sleep(delay)
-            self._next_capture = max(self._next_capture + 1.0 / self.fps, time.monotonic() - 1.0 / self.fps)
+            period = 1.0 / self.fps
+            scheduled = self._next_capture + period
+            caught_up = time.monotonic() - period  # a late read may catch up one period, not more
+            if caught_up > scheduled:
+                self.frames_skipped += int(round((caught_up - scheduled) * self.fps))
+            self._next_capture = max(scheduled, caught_up)
         return time.monotonic() - self._t0
+
+    def _wait_for_stack(self, timeout_s: float) -> None:
+        """With ``max_stacks`` stacks all held downstream, wait (polling) until the pipeline releases one."""
+        if self.max_stacks is None:
+            return
+
+        def none_free() -> bool:
+            if len(self._pool) < self.max_stacks:  # type: ignore[operator]
+                return False
+            # A free stack of another shape counts: it is let go and a new one allocated. self._latest is the
+            # camera's own reference to the last bracket's stack, which it drops before reusing it.
+            for j in range(len(self._pool)):
+                if unshared(self._pool[j], int(self._pool[j] is self._latest)):
+                    return False
+            return True
+
+        if not none_free():
+            return
+        t0 = time.monotonic()
+        self.buffer_waits += 1
+        try:
+            while none_free():
+                if time.monotonic() - t0 > timeout_s:
+                    raise SourceTimeout(f"{self.name}: all {self.max_stacks} bracket buffers held downstream for "
+                                        f"{timeout_s:g} s")
+                time.sleep(0.0005)
+        finally:
+            self.buffer_wait_s += time.monotonic() - t0
 
     def _pool_index(self, stack: np.ndarray | None) -> int:
         for j in range(len(self._pool)):
@@ -286,7 +331,7 @@ class SyntheticCamera(BracketSource):
             stack = np.empty(shape, np.uint8)
             held = [-1] * shape[0]
             self.stacks_allocated += 1
-            if len(self._pool) < self.stack_pool_size:
+            if len(self._pool) < max(self.stack_pool_size, self.max_stacks or 0):
                 self._pool.append(stack)
                 self._pool_frames.append(held)
                 self._pool_last_read.append(self._reads)
@@ -316,6 +361,8 @@ class SyntheticCamera(BracketSource):
             fresh = [self._next_index] if rolling else list(range(n))
             frames: np.ndarray | None = None
             for _ in range(len(fresh)):
+                if frames is None:
+                    self._wait_for_stack(timeout_s)
                 t_s = self._wait_for_slot(timeout_s)  # on a timeout the last bracket's frames stay retained
                 if frames is None:
                     frames = self._stack_for(shape, keep=[i for i in range(n) if i not in fresh])

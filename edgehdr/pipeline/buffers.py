@@ -12,6 +12,8 @@ result: at worst the pool allocates, as the stage did before.
 from __future__ import annotations
 
 import sys
+import time
+from typing import Any
 
 import numpy as np
 
@@ -32,10 +34,11 @@ def _references_when_unshared() -> int:
 _UNSHARED = _references_when_unshared()
 
 
-def unshared(array: np.ndarray) -> bool:
+def unshared(array: np.ndarray, known: int = 0) -> bool:
     """True when the caller's one reference (a local variable or a list item) is the only one to ``array``: no
-    other variable, container or view (a view holds its base) keeps it, so its memory may be written again."""
-    return sys.getrefcount(array) == _UNSHARED
+    other variable, container or view (a view holds its base) keeps it, so its memory may be written again.
+    ``known``: further references the caller holds and accounts for itself (e.g. an attribute it will drop)."""
+    return sys.getrefcount(array) == _UNSHARED + known
 
 
 class BufferPool:
@@ -51,12 +54,26 @@ class BufferPool:
         A free array not handed out for this many ``take`` calls is let go (900: 30 s at 30 fps),
         so that a hiccup's extra arrays do not stay for the whole run. A shorter window (90) was
         tried: some runs then had allocation storms (p99 51-71 ms in three of seven).
+    limit : int, optional
+        Arrays in flight at most: with ``limit`` arrays all held, ``take`` waits (polling) up to
+        ``wait_s`` for one to be released, and allocates past the limit only then (counted in
+        ``over_limit``): a hiccup downstream then holds the stage back instead of adding a
+        25 MB radiance buffer that stays until it idles out. None: allocate at once, as above.
+    wait_s : float
+        How long ``take`` waits at the limit.
     """
 
-    def __init__(self, capacity: int = 4, *, idle_takes: int = 900) -> None:
+    def __init__(self, capacity: int = 4, *, idle_takes: int = 900, limit: int | None = None,
+                 wait_s: float = 0.25) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity, self.idle_takes = capacity, idle_takes
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {limit}")
+        self.capacity, self.idle_takes = max(capacity, limit or 0), idle_takes
+        self.limit, self.wait_s = limit, wait_s
+        self.waits = 0  # takes that found every array held at the limit and waited
+        self.wait_s_total = 0.0
+        self.over_limit = 0  # arrays allocated past the limit after waiting wait_s
         self._arrays: list[np.ndarray] = []
         self._last_take: list[int] = []  # the take() call that last handed each array out
         self._takes = 0
@@ -73,6 +90,16 @@ class BufferPool:
         """
         dtype = np.dtype(dtype)
         shape = tuple(shape)
+        past_limit = False
+        if self.limit is not None and len(self._arrays) >= self.limit and not self._any_free():
+            t0 = time.monotonic()
+            self.waits += 1
+            while not self._any_free():
+                if time.monotonic() - t0 > self.wait_s:
+                    past_limit = True
+                    break
+                time.sleep(0.0005)
+            self.wait_s_total += time.monotonic() - t0
         self._takes += 1
         chosen = -1
         drop = []
@@ -90,10 +117,21 @@ class BufferPool:
         else:
             array = np.empty(shape, dtype)
             self.allocated += 1
+            self.over_limit += past_limit
         for i in reversed(drop):
             del self._arrays[i], self._last_take[i]
             self.released += 1
-        if chosen < 0 and len(self._arrays) < self.capacity:
+        if chosen < 0 and len(self._arrays) < self.capacity and not past_limit:  # one past the limit is not kept
             self._arrays.append(array)
             self._last_take.append(self._takes)
         return array
+
+    def _any_free(self) -> bool:
+        # a free array of another shape or dtype counts: take() lets it go and allocates in its place
+        return any(unshared(self._arrays[i]) for i in range(len(self._arrays)))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters, for the runtime's stats."""
+        return {"kept": len(self._arrays), "limit": self.limit, "allocated": self.allocated, "reused": self.reused,
+                "released": self.released, "waits": self.waits, "wait_s": round(self.wait_s_total, 3),
+                "over_limit": self.over_limit}

@@ -61,6 +61,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
         "response": (str, "srgb", _any()),
         "moving_objects": (int, 2, _range(0, 32)),
         "shake_px": (int, 0, _range(0, 64)),
+        "buffers": (int, 2, _range(0, 64)),
     },
     "planner": {
         "enabled": (bool, True, _any()),
@@ -136,6 +137,10 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
         "queue_size": (int, 2, _range(1, 64)),
         # 0: all cores (numba's threads) for each stage's kernels; measured in edgehdr/pipeline/graph.py.
         "kernel_threads": (int, 0, _range(0, 64)),
+        # Radiance arrays (25 MB each at 1080p) in flight at most between the merge and the stages that read them
+        # (0: no limit): at the limit the merge waits for the tone mapper and the dimming to let one go. One more
+        # is allowed for each later step that reads the radiance and when the pipeline keeps it (the demo).
+        "radiance_buffers": (int, 1, _range(0, 16)),
         "log_level": (str, "info", _choice("debug", "info", "warning", "error")),
         "log_format": (str, "text", _choice("text", "json")),
         "stats_interval_s": (float, 5.0, _range(0.1, 3600.0)),

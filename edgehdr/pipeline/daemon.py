@@ -164,6 +164,10 @@ class Runtime:
             stats["link"] = self.link_stats()
         if self.scorer is not None:
             stats["quality"] = self.scorer.snapshot()
+        if self.pipeline is not None and len(self.pipeline.stages) > 1:
+            merge = self.pipeline.stages[1].fn
+            if hasattr(merge, "radiance_pool"):
+                stats["radiance_buffers"] = merge.radiance_pool.snapshot()
         if self.simulator is not None:
             st = self.simulator.status()
             stats["controller"] = {"frames_applied": st.frames_applied, "state": int(st.state),
@@ -198,7 +202,7 @@ class Runtime:
         return final
 
 
-def _build_source(cfg: dict[str, Any], response_bits: int = 8) -> BracketSource:
+def _build_source(cfg: dict[str, Any], response_bits: int = 8, keep: Iterable[str] = ()) -> BracketSource:
     from edgehdr.camera.base import ExposurePlan
 
     src = cfg["source"]
@@ -208,8 +212,12 @@ def _build_source(cfg: dict[str, Any], response_bits: int = 8) -> BracketSource:
     if kind == "synthetic":
         from edgehdr.camera.synthetic import SyntheticCamera
 
+        # [source] buffers: bracket stacks in flight (0: unbounded), one more when the pipeline keeps the last
+        # frame's bracket (the demo's contact sheet).
+        max_stacks = src["buffers"] + int("bracket" in keep) if src["buffers"] else None
         return SyntheticCamera(seed=src["seed"], response=src["response"] if src["response"] != "auto" else "srgb",
-                               moving_objects=src["moving_objects"], shake_px=src["shake_px"], **common)
+                               moving_objects=src["moving_objects"], shake_px=src["shake_px"], max_stacks=max_stacks,
+                               **common)
     if kind == "replay":
         from edgehdr.camera.replay import ReplaySource
 
@@ -268,8 +276,10 @@ def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: d
     """Build the runtime step by step; each builder records on ``rt`` what it opened, so ``rt.close()``
     releases it when a later step fails."""
     from edgehdr.hdr.merge import resolve_response
+    from edgehdr.pipeline.graph import RELEASABLE_FIELDS
+    from edgehdr.pipeline.stages import MergeStage
 
-    source = _build_source(cfg)
+    source = _build_source(cfg, keep=keep)
     rt.source = source
     source.open()  # open early: size, bits and response come from the device
     response = getattr(source, "response", None) or resolve_response(cfg["source"]["response"], source.bits)
@@ -289,6 +299,14 @@ def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: d
             stages.append(_bridge_stage(rt, cfg))
     stages += score  # after the zones are sent: scoring a frame never delays its zones
     stages.append(_output_stage(rt, cfg, extra_sinks, start, fps))
+    keep = tuple(keep)  # iterated more than once below
+    merge = stages[1].fn
+    if cfg["run"]["radiance_buffers"] and isinstance(merge, MergeStage):
+        # the steps (a concurrent stage shares its predecessor's) that read the radiance each hold a frame's
+        readers = [st for st in stages[2:] if "radiance" in getattr(st.fn, "reads", RELEASABLE_FIELDS)]
+        steps = sum(1 for st in readers if not st.concurrent)
+        merge.radiance_pool.limit = cfg["run"]["radiance_buffers"] + max(steps - 1, 0) + int("radiance" in keep)
+        merge.radiance_pool.capacity = max(merge.radiance_pool.capacity, merge.radiance_pool.limit)
     rt.pipeline = Pipeline(source, stages, keep=keep, kernel_threads=cfg["run"]["kernel_threads"])
 
 

@@ -217,6 +217,7 @@ class Pipeline:
         self.stalls_before_restart = stalls_before_restart
         self.max_backoff_s = max_backoff_s
         self.capture = StageStats("capture")
+        self._source_skipped = 0  # the source's frames_skipped already counted in capture.dropped
         self.source_restarts = 0
         self.source_stalls = 0
         self._stop = threading.Event()
@@ -359,6 +360,12 @@ class Pipeline:
             failures = 0
             backoff = 0.1
             self.capture.record(time.perf_counter() - t0, time.thread_time() - c0)
+            # Capture slots the source let pass (the synthetic camera waiting for a bracket buffer the stages still
+            # held): frames lost before the first stage, counted as the capture's drops.
+            skipped = getattr(self.source, "frames_skipped", 0)
+            for _ in range(skipped - self._source_skipped):
+                self.capture.drop()
+            self._source_skipped = skipped
             self._next_id += 1
             captured = int(np.max(bracket.timestamp_ns)) if bracket.timestamp_ns is not None else time.monotonic_ns()
             self._offer(0, FrameContext(frame_id=self._next_id, bracket=bracket,
@@ -497,12 +504,16 @@ class Pipeline:
             "elapsed_s": round(elapsed, 2),
             "frames_captured": captured,
             "frames_completed": finished,
-            "frames_dropped": sum(s.stats.dropped for s in self.stages),
+            "frames_dropped": self.capture.dropped + sum(s.stats.dropped for s in self.stages),
             "frames_failed": sum(s.stats.errors for s in self.stages) - self._both_failed,
             "drop_fraction": round(1.0 - finished / captured, 4) if captured else 0.0,
             "fps": round(finished / elapsed, 2) if elapsed > 0 else 0.0,
             "source_stalls": self.source_stalls,
             "source_restarts": self.source_restarts,
+            # a source with a fixed number of buffers (the synthetic camera's [source] buffers): reads that waited
+            # for the stages to release one, and for how long in all
+            "source_buffer_waits": getattr(self.source, "buffer_waits", 0),
+            "source_buffer_wait_s": round(getattr(self.source, "buffer_wait_s", 0.0), 3),
             "capture_to_zones_ms_median": round(float(np.median(lat)), 2) if lat.size else None,
             "capture_to_zones_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
             "capture_to_zones_ms_p999": round(float(np.percentile(lat, 99.9)), 2) if lat.size else None,

@@ -94,6 +94,13 @@ def prometheus_text(stats: dict[str, Any]) -> str:
            [({"stage": s["name"]}, s.get("dropped")) for s in stages])
     metric("stage_errors_total", "counter", "Frames a stage failed on.",
            [({"stage": s["name"]}, s.get("errors")) for s in stages])
+    radiance = stats.get("radiance_buffers") or {}
+    metric("buffer_waits_total", "counter", "Times a stage found every buffer of a bounded pool in flight and waited "
+           "for a release ([source] buffers, [run] radiance_buffers).",
+           [({"buffer": "source"}, stats.get("source_buffer_waits")), ({"buffer": "radiance"}, radiance.get("waits"))])
+    metric("buffer_wait_seconds_total", "counter", "Time spent in those waits.",
+           [({"buffer": "source"}, stats.get("source_buffer_wait_s")),
+            ({"buffer": "radiance"}, radiance.get("wait_s"))])
     outputs = stats.get("outputs") or []
     if outputs:
         metric("output_frames_written_total", "counter", "Frames an output sink wrote.",

@@ -120,14 +120,15 @@ class MergeStage:
 
     def __init__(self, response: CameraResponse, *, weighting: str = "noise", deghost: bool = False,
                  planner: ExposurePlanner | None = None, source: BracketSource | None = None, plan_every: int = 5,
-                 merger: NeuralMerger | None = None) -> None:
+                 merger: NeuralMerger | None = None, radiance_buffers: int | None = None) -> None:
         self.response, self.weighting, self.deghost = response, weighting, deghost
         self.planner, self.source, self.plan_every = planner, source, plan_every
         self.merger, self.fallbacks = merger, 0
         if merger is not None:
             merger.response = response
         self._last_plan_t: float | None = None
-        self._radiance = BufferPool()
+        # radiance_buffers: radiance arrays in flight at most (BufferPool's limit; None: as many as frames need)
+        self.radiance_pool = BufferPool(limit=radiance_buffers)
 
     def __call__(self, ctx: FrameContext) -> FrameContext:
         b = ctx.aligned or _bracket(ctx, "the merge")
@@ -135,7 +136,7 @@ class MergeStage:
         if self.merger is not None and len(b) == 3:
             # the shifts the alignment deferred are applied as the network's encoder and merge read the frames
             ctx.radiance = self.merger(b.frames, b.relative_exposure, bits=b.bits, shifts=ctx.shifts,
-                                       out=self._radiance.take((h, w, 3), np.float32))
+                                       out=self.radiance_pool.take((h, w, 3), np.float32))
         else:
             if self.merger is not None:
                 self.fallbacks += 1
@@ -143,7 +144,7 @@ class MergeStage:
                     log.warning("merge network takes 3 exposures, frame %d has %d: classical merge (counted)",
                                 ctx.frame_id, len(b))
             ctx.radiance = merge_debevec(b, response=self.response, weighting=self.weighting, deghost=self.deghost,
-                                         out=self._radiance.take((h, w, 3), np.float32), shifts=ctx.shifts)
+                                         out=self.radiance_pool.take((h, w, 3), np.float32), shifts=ctx.shifts)
         if self.planner is not None and self.source is not None and ctx.frame_id % self.plan_every == 0:
             now = time.monotonic()
             dt = (now - self._last_plan_t) if self._last_plan_t else self.plan_every / 30.0
