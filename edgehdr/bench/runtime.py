@@ -156,6 +156,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
         "buffers": {"source_waits": end.get("source_buffer_waits", 0),
                     "source_wait_s": end.get("source_buffer_wait_s", 0.0),
                     "source_stacks": getattr(rt.source, "stacks_allocated", None),
+                    "source_max_stacks": getattr(rt.source, "max_stacks", None),
                     "radiance": end.get("radiance_buffers")},
         "cpu_percent": round(cpu_percent, 1), "cpu_ms_per_frame": round(1e3 * cpu_s / max(completed, 1), 2),
         "stage_cpu_ms_per_frame": stage_cpu, "rss_peak_mb": round(peak_mb, 1),
@@ -202,9 +203,10 @@ def format_runtime(rb: dict[str, Any]) -> str:
     buffers = rb.get("buffers") or {}
     radiance = buffers.get("radiance") or {}
     if buffers:
-        lines.append(f"buffers over the run (warm-up included): camera stacks {buffers.get('source_stacks')}, the "
+        lines.append(f"buffers over the run (warm-up included): camera stacks allocated {buffers.get('source_stacks')} "
+                     f"(at most {buffers.get('source_max_stacks')} at once; an idle one is let go), the "
                      f"capture waited for one {buffers['source_waits']} times ({buffers['source_wait_s']} s); "
-                     f"radiance arrays {radiance.get('allocated')} (limit {radiance.get('limit')}, "
+                     f"radiance arrays allocated {radiance.get('allocated')} (limit {radiance.get('limit')}, "
                      f"{radiance.get('over_limit')} past it), the merge waited {radiance.get('waits')} times "
                      f"({radiance.get('wait_s')} s)")
     per_frame = rb.get("stage_cpu_ms_per_frame", {})
