@@ -202,15 +202,23 @@ def test_metrics_of_a_real_runtime_parse_with_prometheus_client():
 def test_bounded_buffers_follow_the_config_and_what_the_pipeline_keeps():
     from edgehdr.pipeline.daemon import build_runtime
 
+    class EverythingSink:  # says nothing of what it reads: the output step holds every field of its frame
+        def write(self, ctx):
+            pass
+
+    class SdrSink(EverythingSink):
+        reads = ("sdr",)
+
     raw = {"source": {"width": 96, "height": 64, "fps": 0}, "preview": {"enabled": False}}
-    for keep, sections, radiance_limit, max_stacks in [
-            ((), {}, 1, 2), (("bracket", "radiance"), {}, 2, 3),  # the demo keeps the last frame's: one more each
-            ((), {"run": {"radiance_buffers": 0}, "source": {"buffers": 0}}, None, None),
-            ((), {"run": {"radiance_buffers": 2}, "source": {"buffers": 4}}, 2, 4)]:
+    for keep, sections, sinks, radiance_limit, max_stacks in [
+            ((), {}, (), 1, 2), (("bracket", "radiance"), {}, (), 2, 3),  # the demo keeps the last frame's
+            ((), {}, (EverythingSink(),), 2, 3), ((), {}, (SdrSink(),), 1, 2),  # one more for a later reader
+            ((), {"run": {"radiance_buffers": 0}, "source": {"buffers": 0}}, (), None, None),
+            ((), {"run": {"radiance_buffers": 2}, "source": {"buffers": 4}}, (), 2, 4)]:
         cfg = {k: dict(v) for k, v in raw.items()}
         for section, values in sections.items():
             cfg.setdefault(section, {}).update(values)
-        rt = build_runtime(validate(cfg), keep=keep)
+        rt = build_runtime(validate(cfg), keep=keep, extra_sinks=sinks)
         try:
             assert rt.pipeline.stages[1].fn.radiance_pool.limit == radiance_limit, (keep, sections)
             assert rt.source.max_stacks == max_stacks, (keep, sections)

@@ -61,6 +61,8 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
         "response": (str, "srgb", _any()),
         "moving_objects": (int, 2, _range(0, 32)),
         "shake_px": (int, 0, _range(0, 64)),
+        # The synthetic camera's bracket stacks in flight at most (0: no limit), as a driver's buffer count: with all
+        # held downstream the read waits; one more per step after the merge that reads the bracket, and when kept.
         "buffers": (int, 2, _range(0, 64)),
     },
     "planner": {

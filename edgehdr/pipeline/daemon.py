@@ -202,7 +202,7 @@ class Runtime:
         return final
 
 
-def _build_source(cfg: dict[str, Any], response_bits: int = 8, keep: Iterable[str] = ()) -> BracketSource:
+def _build_source(cfg: dict[str, Any], response_bits: int = 8) -> BracketSource:
     from edgehdr.camera.base import ExposurePlan
 
     src = cfg["source"]
@@ -212,12 +212,9 @@ def _build_source(cfg: dict[str, Any], response_bits: int = 8, keep: Iterable[st
     if kind == "synthetic":
         from edgehdr.camera.synthetic import SyntheticCamera
 
-        # [source] buffers: bracket stacks in flight (0: unbounded), one more when the pipeline keeps the last
-        # frame's bracket (the demo's contact sheet).
-        max_stacks = src["buffers"] + int("bracket" in keep) if src["buffers"] else None
+        # max_stacks ([source] buffers) is set once the stages are known (_bound_buffers)
         return SyntheticCamera(seed=src["seed"], response=src["response"] if src["response"] != "auto" else "srgb",
-                               moving_objects=src["moving_objects"], shake_px=src["shake_px"], max_stacks=max_stacks,
-                               **common)
+                               moving_objects=src["moving_objects"], shake_px=src["shake_px"], **common)
     if kind == "replay":
         from edgehdr.camera.replay import ReplaySource
 
@@ -276,10 +273,8 @@ def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: d
     """Build the runtime step by step; each builder records on ``rt`` what it opened, so ``rt.close()``
     releases it when a later step fails."""
     from edgehdr.hdr.merge import resolve_response
-    from edgehdr.pipeline.graph import RELEASABLE_FIELDS
-    from edgehdr.pipeline.stages import MergeStage
 
-    source = _build_source(cfg, keep=keep)
+    source = _build_source(cfg)
     rt.source = source
     source.open()  # open early: size, bits and response come from the device
     response = getattr(source, "response", None) or resolve_response(cfg["source"]["response"], source.bits)
@@ -299,15 +294,28 @@ def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: d
             stages.append(_bridge_stage(rt, cfg))
     stages += score  # after the zones are sent: scoring a frame never delays its zones
     stages.append(_output_stage(rt, cfg, extra_sinks, start, fps))
-    keep = tuple(keep)  # iterated more than once below
+    keep = tuple(keep)
+    _bound_buffers(cfg, source, stages, keep)
+    rt.pipeline = Pipeline(source, stages, keep=keep, kernel_threads=cfg["run"]["kernel_threads"])
+
+
+def _bound_buffers(cfg: dict[str, Any], source: BracketSource, stages: list[Stage], keep: tuple[str, ...]) -> None:
+    """``[source] buffers`` bracket stacks (the synthetic camera's) and ``[run] radiance_buffers`` radiance arrays in
+    flight at most (0: no limit), one more for each step after the first reader that holds the field too (a concurrent
+    stage shares its predecessor's step) and one when the pipeline keeps the last frame's (the demo)."""
+    from edgehdr.pipeline.graph import RELEASABLE_FIELDS
+    from edgehdr.pipeline.stages import MergeStage
+
+    def later_steps(field: str) -> int:  # the steps after the merge that read the field
+        return sum(1 for st in stages[2:] if not st.concurrent and field in getattr(st.fn, "reads", RELEASABLE_FIELDS))
+
+    if cfg["source"]["buffers"] and hasattr(source, "max_stacks"):
+        source.max_stacks = cfg["source"]["buffers"] + later_steps("bracket") + int("bracket" in keep)
     merge = stages[1].fn
     if cfg["run"]["radiance_buffers"] and isinstance(merge, MergeStage):
-        # the steps (a concurrent stage shares its predecessor's) that read the radiance each hold a frame's
-        readers = [st for st in stages[2:] if "radiance" in getattr(st.fn, "reads", RELEASABLE_FIELDS)]
-        steps = sum(1 for st in readers if not st.concurrent)
-        merge.radiance_pool.limit = cfg["run"]["radiance_buffers"] + max(steps - 1, 0) + int("radiance" in keep)
-        merge.radiance_pool.capacity = max(merge.radiance_pool.capacity, merge.radiance_pool.limit)
-    rt.pipeline = Pipeline(source, stages, keep=keep, kernel_threads=cfg["run"]["kernel_threads"])
+        limit = cfg["run"]["radiance_buffers"] + max(later_steps("radiance") - 1, 0) + int("radiance" in keep)
+        merge.radiance_pool.limit = limit
+        merge.radiance_pool.capacity = max(merge.radiance_pool.capacity, limit)
 
 
 def _hdr_stages(cfg: dict[str, Any], source: BracketSource, response: CameraResponse) -> list[Stage]:
