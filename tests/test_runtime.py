@@ -175,6 +175,21 @@ def test_synthetic_camera_with_max_stacks_waits_for_the_pipeline_to_release_a_st
         SyntheticCamera(64, 48, max_stacks=0)
 
 
+def test_synthetic_camera_counts_the_slots_a_late_read_passed_but_not_the_time_before_its_first_read():
+    cam = SyntheticCamera(64, 48, fps=50, moving_objects=0)
+    with cam:
+        cam.read_bracket()  # loads the kernels
+    cam = SyntheticCamera(64, 48, fps=50, moving_objects=0)
+    with cam:
+        time.sleep(0.3)  # the pipeline is still being built: the stream starts with the first read
+        cam.read_bracket()
+        cam.read_bracket()
+        assert cam.frames_skipped == 0
+        time.sleep(0.2)  # 10 slots of 20 ms pass; one period of lateness is caught up
+        cam.read_bracket()
+        assert 7 <= cam.frames_skipped <= 10
+
+
 def test_synthetic_camera_paces_frames_and_follows_the_plan():
     cam = SyntheticCamera(160, 90, fps=100, moving_objects=1)
     with cam:

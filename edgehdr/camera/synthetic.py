@@ -246,6 +246,8 @@ class SyntheticCamera(BracketSource):
     def _wait_for_slot(self, timeout_s: float) -> float:
         now = time.monotonic()
         if self.fps:
+            if self._reads == 0:  # the first read after open(): the stream starts now, nothing was passed yet
+                self._next_capture = max(self._next_capture, now)
             delay = self._next_capture - now
             if delay > timeout_s:
                 raise SourceTimeout(f"{self.name}: next frame due in {delay:.3f} s, after the timeout")
