@@ -164,15 +164,19 @@ class Runtime:
             stats["link"] = self.link_stats()
         if self.scorer is not None:
             stats["quality"] = self.scorer.snapshot()
-        if self.pipeline is not None and len(self.pipeline.stages) > 1:
-            merge = self.pipeline.stages[1].fn
-            if hasattr(merge, "radiance_pool"):
-                stats["radiance_buffers"] = merge.radiance_pool.snapshot()
+        self._add_buffer_stats(stats)
         if self.simulator is not None:
             st = self.simulator.status()
             stats["controller"] = {"frames_applied": st.frames_applied, "state": int(st.state),
                                    "crc_errors": st.crc_errors, "framing_errors": st.framing_errors}
         return stats
+
+    def _add_buffer_stats(self, stats: dict[str, Any]) -> None:
+        """The merge's radiance pool ([run] radiance_buffers): arrays allocated, its limit, waits."""
+        if self.pipeline is not None and len(self.pipeline.stages) > 1:
+            merge = self.pipeline.stages[1].fn
+            if hasattr(merge, "radiance_pool"):
+                stats["radiance_buffers"] = merge.radiance_pool.snapshot()
 
     def close(self) -> dict[str, Any]:
         """Stop and release everything this run opened, in order; safe after a partial build and twice."""
@@ -180,6 +184,8 @@ class Runtime:
             return {}
         self._closed = True
         final = self.pipeline.stop() if self.pipeline else {}
+        if final:
+            self._add_buffer_stats(final)
         if self.pipeline is None and self.source is not None:
             try:
                 self.source.close()
