@@ -254,3 +254,43 @@ def test_frames_through_bounded_buffers_are_right_and_the_pools_stay_within_thei
     if merge.radiance_pool.limit is not None:
         assert pool["allocated"] - pool["over_limit"] <= merge.radiance_pool.limit == 2
         assert rt.source.stacks_allocated <= rt.source.max_stacks == 3
+
+
+def test_a_source_opened_before_the_kernels_is_closed_when_the_warm_up_or_the_build_fails(tmp_path, monkeypatch):
+    """``open_source_and_warm_up`` and ``build_runtime(source=...)``: the runtime owns the source it is handed, so a
+    failure on the way (a warm-up error, a layout for another panel) closes it; a good build uses it as it is."""
+    from edgehdr.dimming.layout import LayoutError
+    from edgehdr.pipeline.daemon import build_runtime, open_source, open_source_and_warm_up
+
+    cfg = validate({"source": {"width": 96, "height": 64, "fps": 0}, "preview": {"enabled": False},
+                    "dimming": {"rows": 4, "cols": 6}})
+    opened = []
+    import edgehdr.camera.synthetic as synthetic
+
+    original_open = synthetic.SyntheticCamera.open
+
+    def recording_open(self):  # the real open(), noting which camera it was
+        opened.append(self)
+        return original_open(self)
+
+    monkeypatch.setattr(synthetic.SyntheticCamera, "open", recording_open)
+    with pytest.raises(ValueError, match="unknown warm-up jobs"):
+        open_source_and_warm_up(cfg, jobs=("no such job",))
+    assert len(opened) == 1 and not opened[0]._opened  # closed again
+    layout = tmp_path / "layout.toml"
+    layout.write_text("[panel]\nwidth_px = 1920\nheight_px = 1080\n[zones]\nrows = 8\ncols = 12\n")
+    bad = validate({"source": {"width": 96, "height": 64, "fps": 0}, "preview": {"enabled": False},
+                    "dimming": {"layout": str(layout)}})
+    source = open_source(bad)
+    with pytest.raises((ConfigError, LayoutError), match="1920x1080 panel"):
+        build_runtime(bad, source=source)
+    assert not source._opened
+    source, seconds = open_source_and_warm_up(cfg)
+    rt = build_runtime(cfg, source=source)
+    try:
+        assert rt.source is source and source._opened and seconds >= 0.0
+        assert len(opened) == 3  # build_runtime did not open another camera
+        assert source.read_bracket().frames.shape == (3, 64, 96, 3)
+    finally:
+        rt.close()
+    assert not source._opened

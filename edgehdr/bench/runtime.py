@@ -73,8 +73,8 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     applies. ``overrides`` (section -> {key: value}) change the daemon configuration.
     """
     from edgehdr.pipeline.config import validate
-    from edgehdr.pipeline.daemon import build_runtime
-    from edgehdr.warmup import jobs_for_config, limit_blas_threads, settle_heap, warm_up
+    from edgehdr.pipeline.daemon import build_runtime, open_source_and_warm_up
+    from edgehdr.warmup import limit_blas_threads, settle_heap
 
     limit_blas_threads()
     startup_mb = {"imported": round(_rss_mb(), 1)}  # the runtime's modules (numba, OpenCV, NumPy) loaded
@@ -84,18 +84,19 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
         raw.setdefault(section, {}).update(values)
     cfg = validate(raw)
     progress = Progress(4, quiet=quiet)
-    progress.step("kernels: compiling, or loading numba's cache")
-    # As the daemon does: on a cold numba cache (a fresh install) the kernels would otherwise compile on the
-    # first frames, inside the measured window (a first run measured 18 fps and a 7.7 s p99.9 that way).
-    warm_up(jobs=jobs_for_config(cfg))
+    progress.step("the camera's scene, then the kernels: compiling, or loading numba's cache")
+    # As the daemon does: the source first (open_source: the synthetic scene's layers before LLVM's memory), and the
+    # kernels before the frames: on a cold numba cache (a fresh install) they would otherwise compile on the first
+    # frames, inside the measured window (a first run measured 18 fps and a 7.7 s p99.9 that way).
+    source, _ = open_source_and_warm_up(cfg)
     startup_mb["kernels"] = round(_rss_mb(), 1)
-    rt = build_runtime(cfg)
+    rt = build_runtime(cfg, source=source)
     pipeline = rt.built_pipeline()
     settle_heap()
     startup_mb["built"] = round(_rss_mb(), 1)  # source, stages, link and simulator, before the first frame
     split_before = _rss_split_mb()
-    # The start-up's own high-water mark (building the synthetic camera's 1080p scene peaked 130 MB above the
-    # kernels), then the mark reset so that the peak reported is the running pipeline's.
+    # The start-up's own high-water mark (the synthetic camera's 1080p scene: 322 MB when built after the kernels
+    # were loaded, 250 MB before them), then the mark reset so that the peak reported is the running pipeline's.
     startup_mb["peak"] = round(_peak_rss_mb(), 1)
     peak_is_running = _reset_peak_rss()
     pipeline.start()
@@ -194,8 +195,8 @@ def format_runtime(rb: dict[str, Any]) -> str:
              f"trend {rb['rss_trend_mb_per_min']:+.2f} MB/min"]
     if "rss_startup_mb" in rb:
         up, before, running = rb["rss_startup_mb"], rb["rss_split_before_frames_mb"], rb["rss_split_running_mb"]
-        lines.append(f"RSS before the first frame: modules {up['imported']:.0f} MB, with the kernels "
-                     f"{up['kernels']:.0f} MB, the runtime built {up['built']:.0f} MB, start-up peak "
+        lines.append(f"RSS before the first frame: modules {up['imported']:.0f} MB, with the camera and the "
+                     f"kernels {up['kernels']:.0f} MB, the runtime built {up['built']:.0f} MB, start-up peak "
                      f"{up['peak']:.0f} MB "
                      f"({before['anonymous']:.0f} MB anonymous, {before['file']:.0f} MB file-backed); at the end "
                      f"{running['anonymous']:.0f} MB anonymous, {running['file']:.0f} MB file-backed (library code "

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from firmware_bridge.simulator import ControllerSimulator
     from firmware_bridge.transports import PtyPair, Transport
 
-__all__ = ["Runtime", "build_runtime", "run_daemon", "setup_logging"]
+__all__ = ["Runtime", "build_runtime", "open_source", "open_source_and_warm_up", "run_daemon", "setup_logging"]
 
 log = logging.getLogger("edgehdr.daemon")
 
@@ -248,23 +248,52 @@ def _model_runner(cfg: dict[str, Any], model: str) -> Runner:
                        prefer="cpu" if inf["backend"] == "cpu" else "auto", intra_op_threads=inf["threads"])
 
 
+def open_source(cfg: dict[str, Any]) -> BracketSource:
+    """The configured bracket source, opened: its device, or the synthetic camera's scene.
+
+    The daemon, the demo and the runtime benchmark open it before loading the kernels and hand it to
+    ``build_runtime(cfg, source=...)``: the synthetic scene's 1080p layers then come and go before numba's LLVM
+    memory is there (the process's start-up peak 250 against 322 MB, below the running pipeline's), and nothing
+    that talks to the controller waits through a first run's kernel compilation.
+    """
+    source = _build_source(cfg)
+    source.open()
+    return source
+
+
 def build_runtime(cfg: dict[str, Any], *, extra_sinks: Iterable[Any] = (), start: datetime | None = None,
-                  keep: Iterable[str] = ()) -> Runtime:
+                  keep: Iterable[str] = (), source: BracketSource | None = None) -> Runtime:
     """Wire a runtime from a validated configuration (the caller starts and closes it).
 
     ``start`` (default: now) fills ``{start:...}`` in output names; ``keep`` names frame
     fields the pipeline must not release before the last stage (``Pipeline``'s ``keep``:
-    the demo keeps what its contact sheet shows). When a step fails,
+    the demo keeps what its contact sheet shows); ``source``: the configuration's source, already opened
+    (``open_source``; default: opened here), which the runtime then owns. When a step fails,
     everything opened so far (source, simulator, pty, link, preview) is closed before
     the error propagates.
     """
     rt = Runtime()
+    rt.source = source
     try:
         _wire(rt, cfg, extra_sinks, start or datetime.now(), keep)
     except BaseException:
         rt.close()
         raise
     return rt
+
+
+def open_source_and_warm_up(cfg: dict[str, Any], jobs: Iterable[str] | None = None) -> tuple[BracketSource, float]:
+    """``open_source(cfg)``, then the kernels (``edgehdr.warmup.warm_up`` of ``jobs``, default the configuration's):
+    the source and the warm-up's seconds. The source is closed again when the warm-up fails."""
+    from edgehdr.warmup import jobs_for_config, warm_up
+
+    source = open_source(cfg)
+    try:
+        seconds = warm_up(jobs=tuple(jobs) if jobs is not None else jobs_for_config(cfg))
+    except BaseException:
+        source.close()
+        raise
+    return source, seconds
 
 
 def _check_layout_fits(layout: LedLayout, width: int, height: int, where: str) -> None:
@@ -280,9 +309,10 @@ def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: d
     releases it when a later step fails."""
     from edgehdr.hdr.merge import resolve_response
 
-    source = _build_source(cfg)
-    rt.source = source
-    source.open()  # open early: size, bits and response come from the device
+    if rt.source is None:
+        rt.source = _build_source(cfg)
+        rt.source.open()  # open early: size, bits and response come from the device
+    source = rt.source
     response = getattr(source, "response", None) or resolve_response(cfg["source"]["response"], source.bits)
     width, height = (source.width, source.height) if hasattr(source, "width") and hasattr(source, "height") else \
         (cfg["source"]["width"], cfg["source"]["height"])
@@ -498,10 +528,11 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        from edgehdr.warmup import jobs_for_config, settle_heap, warm_up
+        from edgehdr.warmup import settle_heap
 
-        log.info("kernels ready", extra={"fields": {"seconds": round(warm_up(jobs=jobs_for_config(cfg)), 2)}})
-        rt = build_runtime(cfg)
+        source, warm_s = open_source_and_warm_up(cfg)  # the source before the kernels: open_source
+        log.info("kernels ready", extra={"fields": {"seconds": round(warm_s, 2)}})
+        rt = build_runtime(cfg, source=source)
         pipeline = rt.built_pipeline()
         settle_heap()
         pipeline.start()
