@@ -211,8 +211,8 @@ def test_bounded_buffers_follow_the_config_and_what_the_pipeline_keeps():
 
     raw = {"source": {"width": 96, "height": 64, "fps": 0}, "preview": {"enabled": False}}
     for keep, sections, sinks, radiance_limit, max_stacks in [
-            ((), {}, (), 1, 2), (("bracket", "radiance"), {}, (), 2, 3),  # the demo keeps the last frame's
-            ((), {}, (EverythingSink(),), 2, 3), ((), {}, (SdrSink(),), 1, 2),  # one more for a later reader
+            ((), {}, (), 1, 1), (("bracket", "radiance"), {}, (), 2, 2),  # the demo keeps the last frame's
+            ((), {}, (EverythingSink(),), 2, 2), ((), {}, (SdrSink(),), 1, 1),  # one more for a later reader
             ((), {"run": {"radiance_buffers": 0}, "source": {"buffers": 0}}, (), None, None),
             ((), {"run": {"radiance_buffers": 2}, "source": {"buffers": 4}}, (), 2, 4)]:
         cfg = {k: dict(v) for k, v in raw.items()}
@@ -253,7 +253,7 @@ def test_frames_through_bounded_buffers_are_right_and_the_pools_stay_within_thei
     pool = stats["radiance_buffers"]
     if merge.radiance_pool.limit is not None:
         assert pool["allocated"] - pool["over_limit"] <= merge.radiance_pool.limit == 2
-        assert rt.source.stacks_allocated <= rt.source.max_stacks == 3
+        assert rt.source.stacks_allocated <= rt.source.max_stacks == 2
 
 
 def test_a_source_opened_before_the_kernels_is_closed_when_the_warm_up_or_the_build_fails(tmp_path, monkeypatch):

@@ -263,11 +263,12 @@ class SyntheticCamera(BracketSource):
 
     def _wait_for_stack(self, timeout_s: float) -> None:
         """With ``max_stacks`` stacks all held downstream, wait (polling) until the pipeline releases one."""
-        if self.max_stacks is None:
+        limit = self.max_stacks
+        if limit is None:
             return
 
         def none_free() -> bool:
-            if len(self._pool) < self.max_stacks:  # type: ignore[operator]
+            if len(self._pool) < limit:
                 return False
             # A free stack of another shape counts: it is let go and a new one allocated. self._latest is the
             # camera's own reference to the last bracket's stack, which it drops before reusing it.
@@ -283,7 +284,7 @@ class SyntheticCamera(BracketSource):
         try:
             while none_free():
                 if time.monotonic() - t0 > timeout_s:
-                    raise SourceTimeout(f"{self.name}: all {self.max_stacks} bracket buffers held downstream for "
+                    raise SourceTimeout(f"{self.name}: all {limit} bracket buffers held downstream for "
                                         f"{timeout_s:g} s")
                 time.sleep(0.0005)
         finally:

@@ -63,7 +63,9 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
         "shake_px": (int, 0, _range(0, 64)),
         # The synthetic camera's bracket stacks in flight at most (0: no limit), as a driver's buffer count: with all
         # held downstream the read waits; one more per step after the merge that reads the bracket, and when kept.
-        "buffers": (int, 2, _range(0, 64)),
+        # 1: the next capture waits for the merge to let go of the last bracket (a few ms, before its frame slot)
+        # and writes into the same stack; 2 absorbs a slower merge for 19 MB more at 1080p (README, issue 16).
+        "buffers": (int, 1, _range(0, 64)),
     },
     "planner": {
         "enabled": (bool, True, _any()),
