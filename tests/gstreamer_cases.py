@@ -257,3 +257,20 @@ def test_the_argus_default_is_unchanged_and_its_absence_is_explained():
     if Gst.ElementFactory.find("nvarguscamerasrc") is None:
         with pytest.raises(SourceError, match=r'no element "nvarguscamerasrc".*nvidia-l4t-gstreamer'):
             src.open()
+
+
+def test_an_unbounded_appsink_keeps_only_the_newest_frames_while_nothing_reads():
+    """A pipeline that leaves appsink's queue unbounded (its default) gets max-buffers=2 drop=true: frames that
+    nobody reads for a while (a first run's kernel compilation after the source is opened) do not pile up, and the
+    next read is of a recent frame. A pipeline that sets its own bound keeps it."""
+    pipeline = ("videotestsrc is-live=true pattern=smpte ! video/x-raw,width=64,height=48,framerate=30/1 ! "
+                "videoconvert ! video/x-raw,format=BGR ! appsink name=sink")
+    with GStreamerSource(pipeline, plan=ExposurePlan.of([0.01]), settle_frames=0) as src:
+        sink = src._sink
+        assert sink.get_property("max-buffers") == 2 and sink.get_property("drop") is True
+        time.sleep(0.5)  # 15 frames arrive unread
+        stamp = src.read_bracket(1.0).timestamp_ns[0]
+        assert time.monotonic_ns() - stamp < 150e6  # one of the last frames, not the first of the half second
+    own = pipeline.replace("appsink name=sink", "appsink name=sink max-buffers=5")
+    with GStreamerSource(own, plan=ExposurePlan.of([0.01]), settle_frames=0) as src:
+        assert src._sink.get_property("max-buffers") == 5

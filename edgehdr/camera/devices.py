@@ -309,6 +309,14 @@ class GStreamerSource(_GroupingSource):
         sink = pipeline.get_by_name("sink")
         if sink is None or sink.get_factory() is None or sink.get_factory().get_name() != "appsink":
             raise SourceError("the GStreamer pipeline needs an 'appsink name=sink'")
+        if sink.get_property("max-buffers") == 0:
+            # appsink's default queue is unbounded: a live camera's frames would pile up (6 MB each at 1080p) while
+            # nothing reads them, e.g. through a first run's kernel compilation after the source is opened
+            # (edgehdr.pipeline.daemon.open_source). A live source wants the newest frames: 2, the oldest dropped,
+            # as the Argus default pipeline sets it.
+            sink.set_property("max-buffers", 2)
+            sink.set_property("drop", True)
+            log.info("GStreamer appsink: max-buffers=2 drop=true (the pipeline left its queue unbounded)")
         element = self._control_element(pipeline)
         bus = pipeline.get_bus()
         started = pipeline.set_state(Gst.State.PLAYING) != Gst.StateChangeReturn.FAILURE
