@@ -24,7 +24,7 @@ import numpy as np
 from edgehdr.bracket import Bracket
 from edgehdr.camera.base import BracketSource, ExposurePlan, PendingPlan, SourceTimeout
 from edgehdr.hdr.crf import CameraResponse, ResponseCurve
-from edgehdr.pipeline.buffers import unshared
+from edgehdr.pipeline.buffers import unshared, wait_until
 from edgehdr.synth.scenes import make_scene
 
 __all__ = ["SyntheticCamera"]
@@ -279,16 +279,11 @@ class SyntheticCamera(BracketSource):
 
         if not none_free():
             return
-        t0 = time.monotonic()
         self.buffer_waits += 1
-        try:
-            while none_free():
-                if time.monotonic() - t0 > timeout_s:
-                    raise SourceTimeout(f"{self.name}: all {limit} bracket buffers held downstream for "
-                                        f"{timeout_s:g} s")
-                time.sleep(0.0005)
-        finally:
-            self.buffer_wait_s += time.monotonic() - t0
+        released, waited = wait_until(lambda: not none_free(), timeout_s)
+        self.buffer_wait_s += waited
+        if not released:
+            raise SourceTimeout(f"{self.name}: all {limit} bracket buffers held downstream for {timeout_s:g} s")
 
     def _pool_index(self, stack: np.ndarray | None) -> int:
         for j in range(len(self._pool)):

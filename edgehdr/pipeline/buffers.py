@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BufferPool", "unshared"]
+__all__ = ["BufferPool", "unshared", "wait_until"]
 
 
 def _references_when_unshared() -> int:
@@ -39,6 +40,17 @@ def unshared(array: np.ndarray, known: int = 0) -> bool:
     other variable, container or view (a view holds its base) keeps it, so its memory may be written again.
     ``known``: further references the caller holds and accounts for itself (e.g. an attribute it will drop)."""
     return sys.getrefcount(array) == _UNSHARED + known
+
+
+def wait_until(released: Callable[[], bool], timeout_s: float) -> tuple[bool, float]:
+    """Poll ``released()`` every 0.5 ms until it is true or ``timeout_s`` passed: (whether it became true, seconds
+    waited). A bounded pool's wait for another thread to let go of an array (references give no notification)."""
+    t0 = time.monotonic()
+    while not released():
+        if time.monotonic() - t0 > timeout_s:
+            return False, time.monotonic() - t0
+        time.sleep(0.0005)
+    return True, time.monotonic() - t0
 
 
 class BufferPool:
@@ -67,10 +79,9 @@ class BufferPool:
                  wait_s: float = 0.25) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be >= 1 or None, got {limit}")
-        self.capacity, self.idle_takes = max(capacity, limit or 0), idle_takes
-        self.limit, self.wait_s = limit, wait_s
+        self.capacity, self.idle_takes, self.wait_s = capacity, idle_takes, wait_s
+        self.limit: int | None = None
+        self.bound(limit)
         self.waits = 0  # takes that found every array held at the limit and waited
         self.wait_s_total = 0.0
         self.over_limit = 0  # arrays allocated past the limit after waiting wait_s
@@ -92,14 +103,10 @@ class BufferPool:
         shape = tuple(shape)
         past_limit = False
         if self.limit is not None and len(self._arrays) >= self.limit and not self._any_free():
-            t0 = time.monotonic()
             self.waits += 1
-            while not self._any_free():
-                if time.monotonic() - t0 > self.wait_s:
-                    past_limit = True
-                    break
-                time.sleep(0.0005)
-            self.wait_s_total += time.monotonic() - t0
+            released, waited = wait_until(self._any_free, self.wait_s)
+            past_limit = not released
+            self.wait_s_total += waited
         self._takes += 1
         chosen = -1
         drop = []
@@ -125,6 +132,13 @@ class BufferPool:
             self._arrays.append(array)
             self._last_take.append(self._takes)
         return array
+
+    def bound(self, limit: int | None) -> None:
+        """Set ``limit`` (None: no limit); the pool keeps at least that many arrays."""
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {limit}")
+        self.limit = limit
+        self.capacity = max(self.capacity, limit or 0)
 
     def _any_free(self) -> bool:
         # a free array of another shape or dtype counts: take() lets it go and allocates in its place

@@ -350,8 +350,7 @@ def _bound_buffers(cfg: dict[str, Any], source: BracketSource, stages: list[Stag
     merge = stages[1].fn
     if cfg["run"]["radiance_buffers"] and isinstance(merge, MergeStage):
         limit = cfg["run"]["radiance_buffers"] + max(later_steps("radiance") - 1, 0) + int("radiance" in keep)
-        merge.radiance_pool.limit = limit
-        merge.radiance_pool.capacity = max(merge.radiance_pool.capacity, limit)
+        merge.radiance_pool.bound(limit)
 
 
 def _hdr_stages(cfg: dict[str, Any], source: BracketSource, response: CameraResponse) -> list[Stage]:

@@ -95,9 +95,9 @@ class StageStats:
                 self.cpu_total_s += cpu_seconds
                 self._cpu.append(cpu_seconds)
 
-    def drop(self) -> None:
+    def drop(self, count: int = 1) -> None:
         with self._lock:
-            self.dropped += 1
+            self.dropped += count
 
     def error(self, message: str) -> None:
         with self._lock:
@@ -363,8 +363,8 @@ class Pipeline:
             # Capture slots the source let pass (the synthetic camera waiting for a bracket buffer the stages still
             # held): frames lost before the first stage, counted as the capture's drops.
             skipped = getattr(self.source, "frames_skipped", 0)
-            for _ in range(skipped - self._source_skipped):
-                self.capture.drop()
+            if skipped > self._source_skipped:
+                self.capture.drop(skipped - self._source_skipped)
             self._source_skipped = skipped
             self._next_id += 1
             captured = int(np.max(bracket.timestamp_ns)) if bracket.timestamp_ns is not None else time.monotonic_ns()
