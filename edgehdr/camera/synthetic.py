@@ -243,6 +243,14 @@ class SyntheticCamera(BracketSource):
         self.frames_captured += 1
         return out
 
+    def _sleep_until_slot(self, timeout_s: float) -> None:
+        """Sleep until the next frame's capture time, when one is set and due within ``timeout_s`` (the slot's own
+        accounting, skipped slots and the time-out, stays with ``_wait_for_slot``)."""
+        if self.fps and self._reads > 0:
+            delay = self._next_capture - time.monotonic()
+            if 0 < delay <= timeout_s:
+                time.sleep(delay)
+
     def _wait_for_slot(self, timeout_s: float) -> float:
         now = time.monotonic()
         if self.fps:
@@ -360,6 +368,10 @@ class SyntheticCamera(BracketSource):
             frames: np.ndarray | None = None
             for _ in range(len(fresh)):
                 if frames is None:
+                    # Up to the frame's slot first: the pipeline has usually let go of a stack by then, so the
+                    # wait for one rarely polls (polling from the end of the last read cost the capture thread
+                    # 0.7 ms of CPU a frame at 1080p30 with one stack).
+                    self._sleep_until_slot(timeout_s)
                     self._wait_for_stack(timeout_s)
                 t_s = self._wait_for_slot(timeout_s)  # on a timeout the last bracket's frames stay retained
                 if frames is None:
