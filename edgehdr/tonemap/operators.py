@@ -60,20 +60,23 @@ _LN2 = math.log(2.0)
 _MIN_LUM = 1e-9
 log = logging.getLogger("edgehdr.tonemap")
 
-# sRGB OETF x 255 on [0.0031308, 1] as a degree-5 polynomial in x^(1/4) (least-squares fit,
-# max error 0.011 code; tests/test_tonemap.py checks it). Arithmetic vectorises, where a
-# lookup-table gather per channel measured 5x slower at 1080p.
-_S0, _S1, _S2 = -15.9473226, 44.1672418, 310.112608
-_S3, _S4, _S5 = -130.572346, 60.5571508, -13.318309
+# sRGB OETF x 255 on [0.0031308, 1] as a degree-9 polynomial in x^(1/2) (Chebyshev least-squares fit,
+# max error 0.007 code evaluated in float32; tests/test_tonemap.py checks it). Arithmetic vectorises, where a
+# lookup-table gather per channel measured 5x slower at 1080p. The previous form, degree 5 in x^(1/4), took a
+# second square root per value, slower than the four more multiply-adds: 6.2 M values on one core 3.13-3.22
+# against 2.87-2.92 ms.
+_S0, _S1, _S2, _S3, _S4 = -11.615421, 431.009382, -853.999342, 3291.11295, -9315.92157
+_S5, _S6, _S7, _S8, _S9 = 17830.6995, -22339.7357, 17489.9747, -7745.75855, 1479.23632
 
 
 @numba.njit(fastmath=True, cache=True, inline="always")
 def srgb8(v: float) -> np.uint8:
     """Linear value -> sRGB code 0..255 (clipped), rounded."""
     v = min(max(v, np.float32(0.0)), np.float32(1.0))
-    q = math.sqrt(math.sqrt(v))
-    curve = np.float32(_S0) + q * (np.float32(_S1) + q * (np.float32(_S2) + q * (
-        np.float32(_S3) + q * (np.float32(_S4) + q * np.float32(_S5)))))
+    q = math.sqrt(v)
+    curve = np.float32(_S0) + q * (np.float32(_S1) + q * (np.float32(_S2) + q * (np.float32(_S3) + q * (
+        np.float32(_S4) + q * (np.float32(_S5) + q * (np.float32(_S6) + q * (np.float32(_S7) + q * (
+            np.float32(_S8) + q * np.float32(_S9)))))))))
     code = v * np.float32(12.92 * 255.0) if v < np.float32(0.0031308) else curve
     return np.uint8(code + np.float32(0.5))
 
