@@ -142,6 +142,31 @@ def test_lcd_compensation_reproduces_the_target_where_the_backlight_allows():
 
 
 @pytest.mark.parametrize("lcd_bits", [8, 10])
+@pytest.mark.parametrize("lcd_gamma", [1.0, 1.8, 2.2, 2.6, 3.0])
+def test_lcd_codes_are_the_rounded_power_of_the_transmittance(lcd_gamma, lcd_bits):
+    """The kernel's ``T^(1/gamma)`` (a polynomial in ``T^(1/8)``) against the exact power in float64, rounded, over
+    transmittances spread in log and in linear steps: off by one code only at rounding ties."""
+    top = (1 << lcd_bits) - 1
+    rng = np.random.default_rng(lcd_bits)
+    t = np.concatenate([np.geomspace(1e-12, 1.0, 59999), rng.uniform(0.0, 1.0, 60000), [0.0]])
+    target = np.zeros((16, 7500, 3), np.float32)
+    target[..., 0] = t.reshape(16, 7500)  # leak ~0: the target over a backlight of 1 is the transmittance
+    target[..., 1] = t[::-1].reshape(16, 7500)
+    target[..., 2] = np.sqrt(t).reshape(16, 7500)
+    layout = LedLayout(rows=2, cols=8, width_px=7500, height_px=16, native_contrast=1e7, lcd_gamma=lcd_gamma,
+                       lcd_bits=lcd_bits)
+    codes = lcd_compensation(target, np.ones((16, 7500), np.float32), layout).astype(np.int64)
+    transmittance = np.clip((target.astype(np.float64) - layout.leakage) / (1 - layout.leakage), 1e-12, 1.0)
+    exact = top * transmittance ** (1.0 / lcd_gamma)
+    expected = np.floor(exact + 0.5)
+    off = codes != expected
+    assert np.abs(codes - expected).max() <= 1
+    # where it is off, the exact value lies within 0.005 code of a tie (the fit is within 0.004 code)
+    assert np.all(np.abs(exact[off] - np.floor(exact[off]) - 0.5) < 0.005), exact[off][:5]
+    assert codes.max() == top and codes.min() == 0
+
+
+@pytest.mark.parametrize("lcd_bits", [8, 10])
 def test_lcd_compensation_interpolates_a_working_resolution_backlight_as_opencv_does(lcd_bits):
     # The runtime hands the LCD pass the light model's 1/4-resolution backlight; the pass interpolates it row by
     # row. The codes must be those of the backlight brought to full resolution by OpenCV first (the model's

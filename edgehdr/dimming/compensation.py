@@ -6,7 +6,8 @@ and the LCD code ``(2^bits - 1) T^(1 / gamma)``. The displayed image is then
 ``B (leak + (1 - leak) T)``: exact where the backlight suffices, clipped where it
 is too dim (``Y > B``), and raised where it is too bright for the LCD to block
 (``Y < leak B``: the halo of local dimming). One fused numba pass computes the
-codes per row with vectorisable ``log2``/``exp2``.
+codes per row; the power ``T^(1 / gamma)`` is a degree-7 polynomial in ``T^(1/8)``
+(three square roots), fitted per panel gamma and depth (``_code_polynomial``).
 
 A non-finite target pixel (``edgehdr.tonemap.nonfinite``) gets code 0 (NaN, ``-inf``)
 or full transmittance (``+inf``), counted in one warning per call.
@@ -14,6 +15,7 @@ or full transmittance (``+inf``), counted in one warning per call.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -22,7 +24,6 @@ import numba
 import numpy as np
 
 from edgehdr.dimming.layout import LedLayout
-from edgehdr.fastmath import exp2_bits, log2_from_bits
 from edgehdr.tonemap.guided import bilinear_taps, widen_maps
 from edgehdr.tonemap.nonfinite import (
     any_nonfinite,
@@ -35,13 +36,33 @@ __all__ = ["lcd_compensation", "simulate_display", "ideal_display", "full_resolu
 log = logging.getLogger("edgehdr.dimming")
 
 
+@functools.lru_cache(maxsize=16)
+def _code_polynomial(gamma: float, top: int) -> tuple[np.ndarray, np.float32]:
+    """``top * T^(1 / gamma)`` as a degree-7 polynomial in ``q = T^(1/8)`` (Chebyshev least squares on
+    ``[q_lo, 1]``), and ``q_lo``: below it the code rounds to 0 (``top * T^(1/gamma) < 0.25``).
+
+    ``q^(8 / gamma)`` is smooth on that interval for every panel gamma in [1, 3], so the fit stays within
+    0.004 code of the exact power at 8 and 10 bits, evaluated in float32 (tests/test_dimming.py checks it);
+    the ``log2``/``exp2`` polynomials it replaced were within about 0.01 code and took 5.0 against 3.7 ms for
+    a 1080p frame's 6.2 M values on one core. With two square roots (``T^(1/4)``) the fit missed by up to
+    0.23 code at 10 bits and gamma 3.
+    """
+    t_lo = (0.25 / top) ** gamma
+    q_lo = t_lo ** 0.125
+    q = q_lo + (1.0 - q_lo) * (1.0 - np.cos(np.linspace(0.0, np.pi, 4097))) / 2.0
+    cheb = np.polynomial.chebyshev.chebfit(q, top * q ** (8.0 / gamma), 7)
+    return np.polynomial.chebyshev.cheb2poly(cheb).astype(np.float32), np.float32(q_lo)
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _compensation_kernel(target, bits, scale, wide, y0s, y1s, fys, leak, inv_gamma, top, out, row_black, row_white):
+def _compensation_kernel(target, bits, scale, wide, y0s, y1s, fys, leak, coef, q_lo, top, out, row_black,
+                         row_white):
     # ``wide``: the backlight's rows at the panel's width (``widen_maps``); each pixel row blends the two rows
     # around it (bilinear, half-pixel centres), so a working-resolution backlight is never materialised at
     # full resolution (a full-resolution one comes with y0 = y1 = y).
     h, w, _ = target.shape
     inv_open = np.float32(1.0) / (np.float32(1.0) - leak)
+    c0, c1, c2, c3, c4, c5, c6, c7 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6], coef[7]
     for y in numba.prange(h):
         src = target[y].reshape(-1)
         b0, b1, fy = wide[y0s[y]], wide[y1s[y]], fys[y]
@@ -56,15 +77,12 @@ def _compensation_kernel(target, bits, scale, wide, y0s, y1s, fys, leak, inv_gam
                 t_row[3 * x + c] = min(max(t, np.float32(1e-12)), np.float32(1.0))
         row_bits = bits[y]
         fix_row = any_nonfinite(row_bits)  # while the row is in cache; fixed up at the end
-        t_bits = t_row.view(np.int32)
-        code_bits = np.empty(3 * w, np.int32)
-        for j in range(3 * w):
-            v = inv_gamma * log2_from_bits(t_bits[j])
-            code_bits[j] = exp2_bits(max(v, np.float32(-126.0)))
-        enc = code_bits.view(np.float32)
         dst = out[y].reshape(-1)
         for j in range(3 * w):
-            dst[j] = min(enc[j] * top + np.float32(0.5), top)
+            q = math.sqrt(math.sqrt(math.sqrt(t_row[j])))
+            code = c0 + q * (c1 + q * (c2 + q * (c3 + q * (c4 + q * (c5 + q * (c6 + q * c7))))))
+            code = code if q >= q_lo else np.float32(0.0)
+            dst[j] = min(max(code, np.float32(0.0)) + np.float32(0.5), top)
         black = white = 0
         if fix_row:
             black, white = paint_nonfinite_row(dst, row_bits, w, top)
@@ -130,7 +148,8 @@ def lcd_compensation(target_cd_m2: np.ndarray, backlight_cd_m2: np.ndarray, layo
     row_white = np.empty(h, np.int64)
     _compensation_kernel(target, target.reshape(h, -1).view(np.int32), np.float32(scale),
                          *_panel_rows(backlight, h, w), np.float32(layout.leakage),
-                         np.float32(1.0 / layout.lcd_gamma), top, out, row_black, row_white)
+                         *_code_polynomial(float(layout.lcd_gamma), (1 << layout.lcd_bits) - 1), top, out,
+                         row_black, row_white)
     report_nonfinite(log, "LCD compensation", row_black.sum(), row_white.sum(), h * w)
     return out
 
