@@ -62,8 +62,8 @@ def test_cold_cache_is_filled_by_worker_processes(tmp_path):
             "warm_up(jobs=['camera', 'score', 'dimming_stats'], workers=2); "
             "print(_camera_cache_cold()); "
             "import edgehdr.camera.synthetic as c; "
-            "print(sum(z._zone_stats_kernel.stats.cache_misses.values()), sum(z._zone_stats_kernel.stats.cache_hits.values()), "
-            "sum(c._expose.stats.cache_hits.values()))")
+            "zs, cs = z._zone_stats_kernel.stats, c._expose.stats; "
+            "print(sum(zs.cache_misses.values()), sum(zs.cache_hits.values()), sum(cs.cache_hits.values()))")
     env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
