@@ -127,9 +127,8 @@ def warm_up(*, deghost: bool = False, dimming: bool = True, jobs: Sequence[str] 
     numba's on-disk cache; this process then loads every kernel from the cache and never
     holds the compiler's memory (about 85 MB at 1080p, kept for the process's life).
     Cold, the demo's kernels took 45 s in one process on the 2-core development machine.
-    Where the cache cannot be
-    written (numba then compiles in memory only), the workers' work is lost and this
-    process compiles everything itself, as it would without them.
+    Where the cache cannot be written (numba then compiles in memory only), the workers'
+    work is lost and this process compiles everything itself, as it would without them.
 
     numba's cache lives in ``__pycache__`` beside the package's modules, or under
     ``NUMBA_CACHE_DIR`` when that is set: on a read-only root filesystem point it at a
@@ -148,11 +147,11 @@ def warm_up(*, deghost: bool = False, dimming: bool = True, jobs: Sequence[str] 
     # The synthetic camera's kernel is the probe: when numba's cache does not hold it, the cache is cold
     # (a fresh install, or kernels changed) and the jobs go to the workers. Asked of the cache without
     # compiling, so a cold start does not compile the probe first and then start the workers.
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 (0: compile in this process), got {workers}")
     cold = _camera_cache_cold()
     if cold is None:  # the cache could not be asked: compile the probe and look whether it missed
         cold = sum(_camera_kernel().stats.cache_misses.values()) > 0
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0 (0: compile in this process), got {workers}")
     if workers >= 1 and jobs and cold:
         _compile_in_workers(jobs, workers)
     _run_jobs(jobs)
@@ -207,8 +206,8 @@ def _compile_in_workers(jobs: Sequence[str], workers: int) -> None:
     groups = [g for g in groups if g]
     # Every group compiles in a worker, none here: LLVM's memory from compiling stays in the process that
     # compiled (a first 1080p30 run held 366 MB against 277 MB loading the same kernels from the cache, 85 MB
-    # more anonymous memory for the run's whole life), and loading from the cache afterwards costs this process
-    # about 2 s. Compiling the largest group here instead saved one process start.
+    # more anonymous memory for the run's whole life). Compiling the largest group here instead saved one process
+    # start: the cold demo's kernels were ready in 9.2 s that way, 9.6 s this way.
     try:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(len(groups), mp_context=context) as pool:

@@ -49,6 +49,8 @@ def test_jobs_follow_the_configuration():
     assert set(default) | set(custom) <= set(ALL_JOBS)
     with pytest.raises(ValueError, match="unknown warm-up jobs"):
         warm_up(jobs=["tonemapp"])
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        warm_up(jobs=["camera"], workers=-1)
 
 
 def test_cold_cache_is_filled_by_worker_processes(tmp_path):
