@@ -448,7 +448,7 @@ def frame_statistics(radiance: np.ndarray, *, delta: float = 1e-6, block: int = 
         within 1% of the full-resolution value on natural content, though a pattern
         with a period of ``stride`` rows aliases.
     max_luminance : float
-        Largest luminance over all pixels.
+        Largest luminance over the rows read (every ``stride``-th; all pixels of those rows).
     blocks : ndarray, (ceil(H / block), ceil(W / block)) float32
         Block means of the luminance (the local operator's low-resolution input).
     """
