@@ -44,8 +44,9 @@ def _code_polynomial(gamma: float, top: int) -> tuple[np.ndarray, np.float32]:
     ``q^(8 / gamma)`` is smooth on that interval for every panel gamma in [1, 3], so the fit stays within
     0.004 code of the exact power at 8 and 10 bits, evaluated in float32 (tests/test_dimming.py checks it);
     the ``log2``/``exp2`` polynomials it replaced were within about 0.01 code and took 5.0 against 3.7 ms for
-    a 1080p frame's 6.2 M values on one core. With two square roots (``T^(1/4)``) the fit missed by up to
-    0.23 code at 10 bits and gamma 3.
+    a 1080p frame's 6.2 M values on one x86 core (Arm cores take longer over a vector square root relative to a
+    multiply-add: unmeasured there). With two square roots (``T^(1/4)``) the fit missed by up to 0.23 code at
+    10 bits and gamma 3.
     """
     t_lo = (0.25 / top) ** gamma
     q_lo = t_lo ** 0.125
