@@ -1,5 +1,5 @@
 """``edgehdr bench --runtime``'s memory figures: the resident set split by kind adds up to what ``statm`` reports,
-and the split follows an allocation into the anonymous part."""
+and the split follows an allocation into the anonymous part; its CPU split by thread adds up to the process's."""
 
 from __future__ import annotations
 
@@ -38,3 +38,46 @@ def test_the_peak_can_be_reset_to_the_current_resident_set():
     if not _reset_peak_rss():
         pytest.skip("/proc/self/clear_refs cannot be written here")
     assert _peak_rss_mb() - _rss_mb() < 8
+
+
+def test_thread_cpu_groups_add_up_to_the_process_and_follow_the_names():
+    """Two Python threads named as the pipeline's and the link's burn CPU; their groups get it, and the groups add up
+    to the process's CPU time over the same window."""
+    import os
+    import threading
+    import time
+
+    from edgehdr.bench.runtime import _cpu_s, _thread_cpu_s, _thread_group_cpu_s
+
+    def burn(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        x = 0
+        while time.thread_time() < end:
+            x += 1
+
+    before, cpu0 = _thread_cpu_s(), _cpu_s()
+    assert threading.get_native_id() in before
+    started = threading.Event()
+    done = threading.Event()
+
+    def named(seconds: float) -> None:
+        burn(seconds)
+        started.set()
+        done.wait(10)  # alive at the second snapshot: a thread that ended is no longer listed
+
+    workers = [threading.Thread(target=named, args=(0.3,), name="stage:probe"),
+               threading.Thread(target=named, args=(0.2,), name="link:probe")]
+    for t in workers:
+        t.start()
+    while any(t.is_alive() and not started.is_set() for t in workers):
+        time.sleep(0.01)
+    time.sleep(0.4)
+    after, cpu1 = _thread_cpu_s(), _cpu_s()
+    groups = _thread_group_cpu_s(before, after)  # while the threads live: their names are looked up now
+    done.set()
+    for t in workers:
+        t.join()
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    assert groups["pipeline"] >= 0.3 - 2 * tick and groups["link"] >= 0.2 - 2 * tick, groups
+    assert groups["pipeline"] < 0.6 and groups["link"] < 0.5, groups
+    assert abs(sum(groups.values()) - (cpu1 - cpu0)) < 0.05 + 0.1 * (cpu1 - cpu0), (groups, cpu1 - cpu0)

@@ -55,6 +55,49 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
+def _thread_cpu_s() -> dict[int, float]:
+    """User + system CPU time of each live thread of this process, s, by native thread id (Linux's
+    ``/proc/self/task/*/stat``; empty elsewhere). A thread that ended meanwhile is missing."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    times: dict[int, float] = {}
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return times
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        except OSError:
+            continue
+        times[int(tid)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15)
+    return times
+
+
+# How the per-thread CPU is grouped: Python threads by name; every other thread is a native worker (numba's
+# OpenMP team, ONNX Runtime's pool, BLAS).
+_THREAD_GROUPS = (("pipeline", ("capture", "stage:")), ("link", ("link:", "controller-sim")), ("main", ("MainThread",)))
+
+
+def _thread_group_cpu_s(before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    """CPU seconds between two ``_thread_cpu_s`` snapshots, summed by group: ``pipeline`` (the capture and stage
+    threads), ``link`` (the link and the controller simulator), ``main``, ``other_python`` and ``native_workers``.
+    Python threads are named as they are now: call it while the measured threads still run."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    groups = {"pipeline": 0.0, "link": 0.0, "main": 0.0, "other_python": 0.0, "native_workers": 0.0}
+    for tid, seconds in after.items():
+        spent = seconds - before.get(tid, 0.0)
+        name = names.get(tid)
+        if name is None:
+            groups["native_workers"] += spent
+            continue
+        group = next((g for g, prefixes in _THREAD_GROUPS if name.startswith(prefixes)), "other_python")
+        groups[group] += spent
+    return groups
+
+
 def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int = 1080, fps: float = 30.0,
                       warmup_s: float = 5.0, memory_every_s: float = 1.0, quiet: bool = False, shake_px: int = 0,
                       overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -104,7 +147,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     time.sleep(warmup_s)
     base = rt.stats()
     pipeline.reset_latency_window()
-    cpu0, wall0 = _cpu_s(), time.monotonic()
+    cpu0, wall0, threads0 = _cpu_s(), time.monotonic(), _thread_cpu_s()
     memory = [(0.0, _rss_mb())]
     progress.step(f"measuring {seconds:g} s at {width}x{height}, {fps:g} fps")
     t0 = time.monotonic()
@@ -116,6 +159,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
             next_mem += memory_every_s
     end = rt.stats()
     cpu_s = _cpu_s() - cpu0
+    thread_groups = _thread_group_cpu_s(threads0, _thread_cpu_s())
     cpu_percent = 100.0 * cpu_s / (time.monotonic() - wall0)
     memory.append((round(time.monotonic() - t0, 1), _rss_mb()))
     peak_mb = _peak_rss_mb()
@@ -160,7 +204,12 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
                     "source_max_stacks": getattr(rt.source, "max_stacks", None),
                     "radiance": end.get("radiance_buffers")},
         "cpu_percent": round(cpu_percent, 1), "cpu_ms_per_frame": round(1e3 * cpu_s / max(completed, 1), 2),
-        "stage_cpu_ms_per_frame": stage_cpu, "rss_peak_mb": round(peak_mb, 1),
+        "stage_cpu_ms_per_frame": stage_cpu,
+        # CPU by thread group over the window (Linux; empty dict elsewhere): the pipeline's own threads, the kernels'
+        # native worker threads, the link and the controller simulator
+        "thread_cpu_ms_per_frame": ({k: round(1e3 * v / max(completed, 1), 2) for k, v in thread_groups.items()}
+                                    if threads0 else {}),
+        "rss_peak_mb": round(peak_mb, 1),
         # True: rss_peak_mb is the running pipeline's (VmHWM reset when frames started); False: the process's,
         # start-up included (the reset is not available).
         "rss_peak_is_running": peak_is_running,
@@ -211,9 +260,17 @@ def format_runtime(rb: dict[str, Any]) -> str:
                      f"{radiance.get('over_limit')} past it), the merge waited {radiance.get('waits')} times "
                      f"({radiance.get('wait_s')} s)")
     per_frame = rb.get("stage_cpu_ms_per_frame", {})
-    lines.append(f"CPU per completed frame {rb.get('cpu_ms_per_frame')} ms, of which the capture and stage threads "
-                 f"themselves {sum(per_frame.values()):.1f} ms (the rest: their kernels' worker threads, as [run] "
-                 f"kernel_threads allows, the link and the controller simulator); capture is the synthetic camera "
+    threads = rb.get("thread_cpu_ms_per_frame") or {}
+    if threads:  # Linux: each thread's own CPU time
+        split = (f"capture and stage threads {threads['pipeline']:.1f} ms, their kernels' native worker threads "
+                 f"(numba's, as [run] kernel_threads allows; ONNX Runtime's) {threads['native_workers']:.1f} ms, "
+                 f"link and controller simulator {threads['link']:.1f} ms, other "
+                 f"{threads['main'] + threads['other_python']:.1f} ms")
+    else:
+        split = (f"of which the capture and stage threads themselves {sum(per_frame.values()):.1f} ms (the rest: "
+                 f"their kernels' worker threads, as [run] kernel_threads allows, the link and the controller "
+                 f"simulator)")
+    lines.append(f"CPU per completed frame {rb.get('cpu_ms_per_frame')} ms: {split}; capture is the synthetic camera "
                  f"rendering each frame in software ({per_frame.get('capture', 0.0)} ms on its own thread), which a "
                  f"camera's driver does not cost")
     for st in rb["stages"]:
