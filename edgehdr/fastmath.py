@@ -8,9 +8,9 @@ below 8.4e-6 relative (the degree-6 polynomial's own error, largest as the fract
 nears 1), log2 below 5.1e-6 absolute plus the float32 rounding of the result (1.1e-5 in
 all near log2 = 71).
 
-numba caches a kernel under its own module's file: the kernels that inline these are
-recompiled after a change here only when their cache is cleared (``__pycache__/*.nb?``)
-or their files change, as they do with every install of a new version.
+numba caches a kernel under its own module's file: the kernels in other modules that
+inline these would keep a stale cache after a change here; ``edgehdr.kernelcache`` drops
+their cached kernels when this file (or another helper module) changed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from edgehdr.kernelcache import drop_stale_dependents
+
 __all__ = ["exp2_bits", "log2_from_bits"]
+
+# Other modules' kernels inline this module's functions: their cached kernels go when it changed (edgehdr.kernelcache).
+drop_stale_dependents()
 
 
 @numba.njit(fastmath=True, cache=True, inline="always")

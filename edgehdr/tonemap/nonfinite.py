@@ -24,8 +24,13 @@ import logging
 import numba
 import numpy as np
 
+from edgehdr.kernelcache import drop_stale_dependents
+
 __all__ = ["FINITE", "SHOWN_BLACK", "SHOWN_WHITE", "any_nonfinite", "nonfinite_pixels", "paint_nonfinite_row",
            "pixel_class", "report_nonfinite"]
+
+# Other modules' kernels inline this module's functions: their cached kernels go when it changed (edgehdr.kernelcache).
+drop_stale_dependents()
 
 FINITE, SHOWN_BLACK, SHOWN_WHITE = 0, 1, 2
 _EXPONENT = 0x7F800000  # float32 exponent field; all ones: inf or NaN

@@ -65,7 +65,7 @@ log = logging.getLogger("edgehdr.tonemap")
 # lookup-table gather per channel measured 5x slower at 1080p. The previous form, degree 5 in x^(1/4), took a
 # second square root per value, slower than the four more multiply-adds: 6.2 M values on one core 3.13-3.22
 # against 2.87-2.92 ms. Kernels in other modules inline ``srgb8`` (``edgehdr.tonemap.neural``): after a change
-# here their numba cache is stale until cleared (``__pycache__/*.nb?``) or their own files change (every install).
+# here ``edgehdr.kernelcache`` drops their cached kernels (numba keys a cache on the kernel's own file only).
 _S0, _S1, _S2, _S3, _S4 = -11.615421, 431.009382, -853.999342, 3291.11295, -9315.92157
 _S5, _S6, _S7, _S8, _S9 = 17830.6995, -22339.7357, 17489.9747, -7745.75855, 1479.23632
 

@@ -1,0 +1,111 @@
+"""numba's on-disk kernel cache, kept consistent across modules.
+
+numba keys a cached kernel on its own source file only. A kernel that inlines a numba
+function from another module (the ``fastmath`` polynomials, ``nonfinite``'s row checks,
+the tone mappers' sRGB encoder) is not invalidated when only that other module changes:
+in a working tree updated with ``git pull`` (the README's editable install) or edited, the
+kernel would go on running the old helper until its own file changed. An install of a new
+version rewrites every file, so there the problem does not arise.
+
+``drop_stale_dependents`` fingerprints the helper modules' sources (``PROVIDERS``); when
+the fingerprint differs from the one stored beside numba's cache, it deletes the cached
+kernels of the modules that inline them (``DEPENDENTS``), which then compile again on
+their first call (or in the warm-up's workers), and stores the new fingerprint. The
+helper modules call it as they are imported, before any dependent kernel can run; it
+costs reading three source files. ``tests/test_kernelcache.py`` keeps the two lists
+complete: it finds every numba function imported from another module of the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PROVIDERS", "DEPENDENTS", "drop_stale_dependents"]
+
+log = logging.getLogger("edgehdr.kernelcache")
+
+_PACKAGE = Path(__file__).resolve().parent
+# Modules whose numba functions other modules' kernels inline, and those other modules (paths in the package).
+PROVIDERS = ("fastmath.py", "tonemap/nonfinite.py", "tonemap/operators.py")
+DEPENDENTS = ("hdr/merge.py", "hdr/neural_merge.py", "tonemap/neural.py", "tonemap/operators.py", "dimming/zones.py",
+              "dimming/compensation.py")
+_MARKER = "edgehdr-inlined-helpers.sha256"
+_checked = False
+
+
+def _cache_dir(py_file: Path) -> Path | None:
+    """The folder numba caches ``py_file``'s kernels in (its first locator that applies, as numba picks them), or
+    None where that cannot be found out (numba's locators are not public API)."""
+    try:
+        from numba.core.caching import CacheImpl
+
+        def probe() -> None:  # a locator reads the function's first line number only
+            return None
+
+        locator_classes: list[Any] = list(CacheImpl._locator_classes)
+        for locator_class in locator_classes:
+            locator = locator_class.from_function(probe, str(py_file))
+            if locator is not None:
+                return Path(locator.get_cache_path())
+    except Exception:  # noqa: BLE001 - internals of numba: without them nothing is dropped, as before
+        return None
+    return None
+
+
+def _fingerprint() -> str:
+    import numba
+
+    digest = hashlib.sha256(numba.__version__.encode())
+    for name in PROVIDERS:
+        digest.update(name.encode())
+        digest.update((_PACKAGE / name).read_bytes())
+    return digest.hexdigest()
+
+
+def drop_stale_dependents(*, force: bool = False) -> int:
+    """Delete the dependent modules' cached kernels if the helper modules changed since they were cached; returns
+    how many cache files went. Runs once per process (``force``: again)."""
+    global _checked
+    if _checked and not force:
+        return 0
+    _checked = True
+    marker_dir = _cache_dir(_PACKAGE / PROVIDERS[0])
+    if marker_dir is None:
+        return 0
+    marker = marker_dir / _MARKER
+    try:
+        fingerprint = _fingerprint()
+        if marker.is_file() and marker.read_text().strip() == fingerprint:
+            return 0
+    except OSError:
+        return 0
+    dropped = 0
+    for name in DEPENDENTS:
+        source = _PACKAGE / name
+        folder = _cache_dir(source)
+        if folder is None or not folder.is_dir():
+            continue
+        for path in list(folder.glob(f"{source.stem}.*.nbi")) + list(folder.glob(f"{source.stem}.*.nbc")):
+            try:
+                path.unlink()
+                dropped += 1
+            except FileNotFoundError:  # another process dropped it first
+                pass
+            except OSError:
+                return dropped  # a cache we cannot write: numba cannot have written it either
+    try:  # atomically, so that a process starting meanwhile reads the old fingerprint or the new one
+        marker_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=marker_dir, prefix=".edgehdr-", delete=False) as tmp:
+            tmp.write(fingerprint + "\n")
+        os.replace(tmp.name, marker)
+    except OSError:
+        pass
+    if dropped:
+        log.info("numba kernel cache: the inlined helper modules changed; dropped %d cached kernel files of %s "
+                 "(they compile again)", dropped, ", ".join(DEPENDENTS))
+    return dropped

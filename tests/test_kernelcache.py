@@ -1,0 +1,76 @@
+"""``edgehdr.kernelcache``: the cached kernels that inline another module's numba functions go when that module
+changes, and only those; the module lists cover every such import in the package."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "edgehdr"
+
+
+def _numba_functions(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and any("njit" in ast.unparse(d) or "numba.jit" in ast.unparse(d)
+                                                     for d in node.decorator_list):
+            names.add(node.name)
+    return names
+
+
+def test_every_numba_function_imported_across_modules_is_declared():
+    from edgehdr.kernelcache import DEPENDENTS, PROVIDERS
+
+    modules = {p.relative_to(PACKAGE).as_posix(): ast.parse(p.read_text()) for p in PACKAGE.rglob("*.py")}
+    jitted = {name: _numba_functions(tree) for name, tree in modules.items()}
+    found = set()
+    for importer, tree in modules.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edgehdr."):
+                provider = node.module.removeprefix("edgehdr.").replace(".", "/") + ".py"
+                if any(alias.name in jitted.get(provider, ()) for alias in node.names) and importer != "warmup.py":
+                    found.add((provider, importer))  # the warm-up calls kernels; it defines none
+    assert found, "the scan found no cross-module numba import: it is broken"
+    missing = sorted((p, i) for p, i in found if p not in PROVIDERS or i not in DEPENDENTS)
+    assert not missing, f"add to edgehdr.kernelcache.PROVIDERS / DEPENDENTS: {missing}"
+
+
+def test_a_changed_helper_drops_its_dependents_cached_kernels_and_no_others(tmp_path):
+    """In a fresh process with its own numba cache: kernels of a dependent (the LCD pass) and of an unrelated module
+    (the synthetic camera) are cached; a changed fingerprint drops the dependent's files only, once."""
+    code = """
+import json, numpy as np
+from pathlib import Path
+from edgehdr import kernelcache
+from edgehdr.dimming import LedLayout, lcd_compensation
+from edgehdr.warmup import _camera_kernel
+layout = LedLayout(rows=2, cols=2, width_px=16, height_px=16)
+lcd_compensation(np.ones((16, 16, 3), np.float32), np.ones((16, 16), np.float32), layout)
+_camera_kernel()
+cache = Path(__import__("os").environ["NUMBA_CACHE_DIR"])
+names = lambda: sorted(p.name for p in cache.rglob("*.nb[ic]"))
+before = names()
+marker = next(cache.rglob(kernelcache._MARKER))
+unchanged = kernelcache.drop_stale_dependents(force=True)
+marker.write_text("an older helper\\n")
+dropped = kernelcache.drop_stale_dependents(force=True)
+print(json.dumps({"before": before, "after": names(), "unchanged": unchanged, "dropped": dropped,
+                  "again": kernelcache.drop_stale_dependents(force=True),
+                  "marker": marker.read_text().strip(), "fingerprint": kernelcache._fingerprint()}))
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    compensation = [n for n in result["before"] if n.startswith("compensation.")]
+    camera = [n for n in result["before"] if n.startswith("synthetic.")]
+    assert compensation and camera, result["before"]
+    assert result["unchanged"] == 0  # the fingerprint stored at import time still matches
+    assert result["dropped"] >= len(compensation)
+    assert not any(n.startswith("compensation.") for n in result["after"])
+    assert set(camera) <= set(result["after"])  # an unrelated module's kernels stay
+    assert result["again"] == 0 and result["marker"] == result["fingerprint"]
