@@ -98,13 +98,16 @@ def drop_stale_dependents(*, force: bool = False) -> int:
                 pass
             except OSError:
                 return dropped  # a cache we cannot write: numba cannot have written it either
+    tmp_name = None
     try:  # atomically, so that a process starting meanwhile reads the old fingerprint or the new one
         marker_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=marker_dir, prefix=".edgehdr-", delete=False) as tmp:
+            tmp_name = tmp.name
             tmp.write(fingerprint + "\n")
-        os.replace(tmp.name, marker)
+        os.replace(tmp_name, marker)
     except OSError:
-        pass
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
     if dropped:
         log.info("numba kernel cache: the inlined helper modules changed; dropped %d cached kernel files of %s "
                  "(they compile again)", dropped, ", ".join(DEPENDENTS))
