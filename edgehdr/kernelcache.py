@@ -36,6 +36,7 @@ DEPENDENTS = ("hdr/merge.py", "hdr/neural_merge.py", "tonemap/neural.py", "tonem
               "dimming/compensation.py")
 _MARKER = "edgehdr-inlined-helpers.sha256"
 _checked = False
+dropped_files = 0  # cache files this process dropped: ``edgehdr.warmup`` then counts the cache as cold
 
 
 def _cache_dir(py_file: Path) -> Path | None:
@@ -70,7 +71,7 @@ def _fingerprint() -> str:
 def drop_stale_dependents(*, force: bool = False) -> int:
     """Delete the dependent modules' cached kernels if the helper modules changed since they were cached; returns
     how many cache files went. Runs once per process (``force``: again)."""
-    global _checked
+    global _checked, dropped_files
     if _checked and not force:
         return 0
     _checked = True
@@ -108,6 +109,7 @@ def drop_stale_dependents(*, force: bool = False) -> int:
     except OSError:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
+    dropped_files += dropped
     if dropped:
         log.info("numba kernel cache: the inlined helper modules changed; dropped %d cached kernel files of %s "
                  "(they compile again)", dropped, ", ".join(DEPENDENTS))

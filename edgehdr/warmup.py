@@ -152,6 +152,10 @@ def warm_up(*, deghost: bool = False, dimming: bool = True, jobs: Sequence[str] 
     cold = _camera_cache_cold()
     if cold is None:  # the cache could not be asked: compile the probe and look whether it missed
         cold = sum(_camera_kernel().stats.cache_misses.values()) > 0
+    from edgehdr import kernelcache
+
+    # Kernels dropped as stale on import (a helper module changed) compile again: in the workers too.
+    cold = cold or kernelcache.dropped_files > 0
     if workers >= 1 and jobs and cold:
         _compile_in_workers(jobs, workers)
     _run_jobs(jobs)

@@ -74,3 +74,39 @@ print(json.dumps({"before": before, "after": names(), "unchanged": unchanged, "d
     assert not any(n.startswith("compensation.") for n in result["after"])
     assert set(camera) <= set(result["after"])  # an unrelated module's kernels stay
     assert result["again"] == 0 and result["marker"] == result["fingerprint"]
+
+
+def test_kernels_dropped_on_import_compile_in_the_warm_up_workers(tmp_path):
+    """A process that finds the helpers changed (a stale fingerprint) drops the dependents' kernels as it imports;
+    its warm-up then counts the cache as cold although the camera probe is cached, so the workers compile the
+    dropped kernels and this process loads them (no compiler in it)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    fill = """
+import numpy as np
+from pathlib import Path
+from edgehdr import kernelcache
+from edgehdr.dimming import LedLayout, lcd_compensation
+from edgehdr.warmup import warm_up
+warm_up(jobs=["camera", "dimming"], workers=0)
+cache = Path(__import__("os").environ["NUMBA_CACHE_DIR"])
+next(cache.rglob(kernelcache._MARKER)).write_text("an older helper\\n")
+"""
+    out = subprocess.run([sys.executable, "-c", fill], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    check = """
+import json
+from edgehdr import kernelcache
+from edgehdr.warmup import _camera_cache_cold, warm_up
+import edgehdr.dimming.compensation as cm
+dropped = kernelcache.dropped_files
+probe_cold = _camera_cache_cold()
+warm_up(jobs=["camera", "dimming"], workers=2)
+s = cm._compensation_kernel.stats
+print(json.dumps({"dropped": dropped, "probe_cold": probe_cold, "misses": sum(s.cache_misses.values()),
+                  "hits": sum(s.cache_hits.values())}))
+"""
+    out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["dropped"] > 0 and result["probe_cold"] is False, result
+    assert result["misses"] == 0 and result["hits"] >= 1, result
