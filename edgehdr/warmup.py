@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from edgehdr import kernelcache
+
 __all__ = ["ALL_JOBS", "settle_heap", "jobs_for_config", "limit_blas_threads", "trim_heap", "warm_up"]
 
 log = logging.getLogger("edgehdr.warmup")
@@ -144,16 +146,14 @@ def warm_up(*, deghost: bool = False, dimming: bool = True, jobs: Sequence[str] 
     jobs = list(dict.fromkeys(jobs))
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 (0: compile in this process), got {workers}")
     # The synthetic camera's kernel is the probe: when numba's cache does not hold it, the cache is cold
     # (a fresh install, or kernels changed) and the jobs go to the workers. Asked of the cache without
     # compiling, so a cold start does not compile the probe first and then start the workers.
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0 (0: compile in this process), got {workers}")
     cold = _camera_cache_cold()
     if cold is None:  # the cache could not be asked: compile the probe and look whether it missed
         cold = sum(_camera_kernel().stats.cache_misses.values()) > 0
-    from edgehdr import kernelcache
-
     # Kernels dropped as stale on import (a helper module changed) compile again: in the workers too.
     cold = cold or kernelcache.dropped_files > 0
     if workers >= 1 and jobs and cold:

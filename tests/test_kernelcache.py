@@ -82,10 +82,8 @@ def test_kernels_dropped_on_import_compile_in_the_warm_up_workers(tmp_path):
     dropped kernels and this process loads them (no compiler in it)."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     fill = """
-import numpy as np
 from pathlib import Path
 from edgehdr import kernelcache
-from edgehdr.dimming import LedLayout, lcd_compensation
 from edgehdr.warmup import warm_up
 warm_up(jobs=["camera", "dimming"], workers=0)
 cache = Path(__import__("os").environ["NUMBA_CACHE_DIR"])
