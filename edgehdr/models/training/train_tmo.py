@@ -122,14 +122,16 @@ def _highlights(codes: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
 
 
 def tmo_objective(scenes: Sequence[dict[str, Any]], grid: torch.Tensor, *,
-                  beat_weight: float = 0.0, highlight_weight: float = HIGHLIGHT_WEIGHT) -> dict[str, torch.Tensor]:
+                  beat_weight: float = 0.0, highlight_weight: float = HIGHLIGHT_WEIGHT,
+                  beat_highlight_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """The per-image training objective of ``grid`` (B, 3, 8, 14) on ``scenes``; every entry is (B,).
 
     ``loss = (1 - tmqi) + COLOUR_WEIGHT * colour + highlight_weight * highlights + beat_weight * shortfall``
     with ``shortfall = max(0, tmqi_rl + BEAT_MARGIN - tmqi) + max(0, highlights - highlights_rl + BEAT_MARGIN)``
     (0 when ``beat_weight`` is 0; otherwise the scenes need ``prepare_scene(..., reinhard_local_targets=True)``):
     the issue's per-image targets against Reinhard's local operator (TMQI at least its, highlights at 255 at most
-    its) as hinges. The mean objective lets the network
+    its) as hinges. ``beat_highlight_weight`` weights the highlight hinge alone (added to the above).
+    The mean objective lets the network
     give up TMQI on a few images for the colour and highlight terms. Also returned: ``tmqi``,
     ``saturation_ratio`` (mid-tone saturation / the colour-ratio-keeping rendering's), ``colour``,
     ``highlights`` (soft fraction of highlight pixels at code 255) and ``shortfall``.
@@ -146,14 +148,19 @@ def tmo_objective(scenes: Sequence[dict[str, Any]], grid: torch.Tensor, *,
     colour = (ratio - 1.0) ** 2
     highlights = _highlights(codes, high)
     shortfall = torch.zeros_like(q)
-    if beat_weight > 0:
+    if beat_weight > 0 or beat_highlight_weight > 0:
         if any("tmqi_rl" not in s for s in scenes):
             raise ValueError("the hinges need Reinhard local's figures: "
                              "prepare_scene(..., reinhard_local_targets=True)")
         tmqi_rl = torch.tensor([s["tmqi_rl"] for s in scenes], dtype=q.dtype)
         hl_rl = torch.tensor([s["highlights_rl"] for s in scenes], dtype=highlights.dtype)
-        shortfall = torch.relu(tmqi_rl + BEAT_MARGIN - q) + torch.relu(highlights - hl_rl + BEAT_MARGIN)
-    loss = (1.0 - q) + COLOUR_WEIGHT * colour + highlight_weight * highlights + beat_weight * shortfall
+        short_q = torch.relu(tmqi_rl + BEAT_MARGIN - q)
+        short_hl = torch.relu(highlights - hl_rl + BEAT_MARGIN)
+        shortfall = short_q + short_hl
+        penalty = beat_weight * shortfall + beat_highlight_weight * short_hl
+    else:
+        penalty = torch.zeros_like(q)
+    loss = (1.0 - q) + COLOUR_WEIGHT * colour + highlight_weight * highlights + penalty
     return {"loss": loss, "tmqi": q, "saturation_ratio": ratio, "colour": colour, "highlights": highlights,
             "shortfall": shortfall}
 
@@ -195,6 +202,7 @@ def teacher_grid(scene: dict[str, Any], *, steps: int = 60, lr: float = 0.08, sm
 def train_student(scenes: list[dict[str, Any]], teacher: np.ndarray | None, *, epochs: int = 30, batch: int = 8,
                   lr: float = 3e-3, distill: float = 1.0, smooth: float = 0.0, width: int = 32, seed: int = 0,
                   beat_weight: float = 0.0, highlight_weight: float = HIGHLIGHT_WEIGHT,
+                  beat_highlight_weight: float = 0.0,
                   log: Callable[[str], object] = print) -> tuple[TMONet, list[dict[str, float]]]:
     """Adam on ``tmo_objective(student) + distill * ||(student - teacher) / range||^2 + smooth * TV(grid)``
     (no teacher term when ``teacher`` is None; TV on the grid normalised to its ranges: parameter changes
@@ -214,7 +222,8 @@ def train_student(scenes: list[dict[str, Any]], teacher: np.ndarray | None, *, e
             idx = order[start:start + batch]
             chosen = [scenes[i] for i in idx]
             grid = model(_batch(chosen, "x"))
-            terms = tmo_objective(chosen, grid, beat_weight=beat_weight, highlight_weight=highlight_weight)
+            terms = tmo_objective(chosen, grid, beat_weight=beat_weight, highlight_weight=highlight_weight,
+                                  beat_highlight_weight=beat_highlight_weight)
             d = torch.zeros(()) if teacher_t is None else (((grid - teacher_t[idx]) / _SPAN) ** 2).mean()
             loss = terms["loss"].mean() + distill * d
             if smooth > 0:
@@ -257,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--smooth", type=float, default=0.1, help="weight of the grid's total variation (halos)")
     p.add_argument("--beat", type=float, default=0.0,
                    help="weight of the hinge on TMQI below Reinhard local's (+ BEAT_MARGIN) per image")
+    p.add_argument("--beat-highlights", type=float, default=0.0,
+                   help="weight of the hinge on highlights at 255 above Reinhard local's (+ BEAT_MARGIN) alone")
     p.add_argument("--highlight", type=float, default=HIGHLIGHT_WEIGHT,
                    help="weight of the highlight term (soft fraction of the brightest 2 %% at code 255)")
     p.add_argument("--work", type=Path, default=Path("tmo-training"), help="teacher cache and training log")
@@ -265,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
-    targets = args.beat > 0  # Reinhard local's TMQI and highlights per image, for the hinges only
+    # Reinhard local's TMQI and highlights per image, for the hinges only
+    targets = args.beat > 0 or args.beat_highlights > 0
     scenes = tmo_scenes(args.scenes, seed=args.seed, reinhard_local_targets=targets)
     photos: list[str] = []
     if args.crops:
@@ -297,13 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         t_teacher = time.perf_counter() - t0
     model, history = train_student(scenes, teacher, epochs=args.epochs, seed=args.seed, width=args.width,
                                    distill=args.distill, smooth=args.smooth, beat_weight=args.beat,
-                                   highlight_weight=args.highlight)
+                                   highlight_weight=args.highlight, beat_highlight_weight=args.beat_highlights)
     t_total = time.perf_counter() - t0
     export_tmo(model, args.out, extra_metadata={
         "edgehdr.recipe": f"train_tmo --scenes {args.scenes} --crops {args.crops} --teacher-steps "
                           f"{args.teacher_steps} --epochs {args.epochs} --seed {args.seed} --width {args.width} "
                           f"--distill {args.distill} --smooth {args.smooth} --beat {args.beat} "
-                          f"--highlight {args.highlight}",
+                          f"--beat-highlights {args.beat_highlights} --highlight {args.highlight}",
         "edgehdr.training_photos": ",".join(photos)})
     log = write_training_log(args.work / "train_tmo_log.json", model, TMO_INPUT_SHAPE, history=history,
                              teacher_seconds=round(t_teacher, 1), total_seconds=round(t_total, 1),
