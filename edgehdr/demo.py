@@ -67,9 +67,11 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
     from edgehdr.pipeline.daemon import open_source_and_warm_up
     from edgehdr.warmup import jobs_for_config, settle_heap
 
-    # The contact sheet shows the simulated display through reinhard-local: compiled with the rest (--neural).
+    # The contact sheet shows the simulated display through reinhard-local (its statistics and apply kernels):
+    # compiled with the rest (--neural).
     # The source (the synthetic scene) before the kernels, as the daemon does (open_source).
-    source, warm_s = open_source_and_warm_up(cfg, (*jobs_for_config(cfg), "tonemap_local"))
+    source, warm_s = open_source_and_warm_up(cfg, tuple(dict.fromkeys((*jobs_for_config(cfg), "tonemap_stats",
+                                                                      "tonemap_local"))))
     say(f"      kernels ready in {warm_s:.1f} s (compiled on the first run, then cached)")
     rt = build_runtime(cfg, keep=("bracket", "radiance", "sdr", "lcd", "backlight"),  # what the contact sheet shows
                        source=source)

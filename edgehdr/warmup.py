@@ -91,7 +91,10 @@ def trim_heap() -> None:
 # 5.8, score 1.2, dimming_stats 5.8, dimming 6.4 s, but the demo's cold start was faster with these weights:
 # kernels ready in 14.3-17.0 s over four runs (the two statistics kernels in one process, the apply kernels in
 # the other) against 18.5-19.3 s over three with the single-job times, which split them.
-JOB_SECONDS = {"camera": 1.0, "align": 4.3, "merge": 3.4, "deghost": 5.8, "tonemap_stats": 5.5, "tonemap": 7.0,
+# "merge_statistics" is the merge kernel that also measures what the tone mapper and the dimming would
+# (edgehdr.hdr.MergeStatistics); a configuration that uses it needs neither statistics job.
+JOB_SECONDS = {"camera": 1.0, "align": 4.3, "merge": 3.4, "merge_statistics": 4.5, "deghost": 5.8,
+               "tonemap_stats": 5.5, "tonemap": 7.0,
                "tonemap_local": 9.2, "tonemap_drago": 7.0, "tonemap_parametric": 6.5, "score": 0.8,
                "dimming_stats": 5.8, "dimming": 5.0, "neural_tmo": 6.9, "neural_merge": 7.3}
 _OPERATOR_JOBS = {"reinhard": "tonemap", "reinhard-local": "tonemap_local", "drago": "tonemap_drago",
@@ -102,7 +105,13 @@ ALL_JOBS = tuple(JOB_SECONDS)
 def jobs_for_config(cfg: dict[str, Any]) -> tuple[str, ...]:
     """The warm-up jobs a validated daemon configuration needs (``edgehdr.pipeline.config``)."""
     operator = cfg["tonemap"]["operator"]
-    jobs = ["align", "merge", "tonemap_stats"] + ([_OPERATOR_JOBS[operator]] if operator in _OPERATOR_JOBS else [])
+    # What the runtime lets the classical merge measure (edgehdr.pipeline.daemon._share_merge_statistics).
+    classical = cfg["merge"]["method"] != "neural"
+    tonemap_from_merge = classical and operator in ("reinhard", "drago")
+    zones_from_merge = classical and cfg["dimming"]["enabled"] and cfg["dimming"]["algorithm"] == "max"
+    merge = "merge_statistics" if tonemap_from_merge or zones_from_merge else "merge"
+    jobs = ["align", merge] + ([] if tonemap_from_merge else ["tonemap_stats"]) + \
+        ([_OPERATOR_JOBS[operator]] if operator in _OPERATOR_JOBS else [])
     if cfg["source"]["kind"] == "synthetic":
         jobs.append("camera")
     if cfg["merge"]["deghost"]:
@@ -114,7 +123,7 @@ def jobs_for_config(cfg: dict[str, Any]) -> tuple[str, ...]:
     if cfg["score"]["every_n"]:
         jobs.append("score")
     if cfg["dimming"]["enabled"]:
-        jobs += ["dimming_stats", "dimming"]
+        jobs += ["dimming"] if zones_from_merge else ["dimming_stats", "dimming"]
     return tuple(jobs)
 
 
@@ -243,6 +252,12 @@ def _run_jobs(jobs: Sequence[str]) -> None:
             merge_debevec(bracket, response=response, deghost=deghost)
             # Frames above a few thousand pixels take the merge's parallel kernel (small ones the serial one).
             merge_debevec(big, bracket.relative_exposure, response, bits=bracket.bits, deghost=deghost)
+        elif job == "merge_statistics":
+            from edgehdr.hdr import MergeStatistics
+
+            for frames in (bracket, big):  # the serial and the parallel kernel
+                merge_debevec(frames, bracket.relative_exposure, response, bits=bracket.bits,
+                              statistics=MergeStatistics((3, 4)))
         elif job == "tonemap_stats":
             from edgehdr.tonemap import frame_statistics
 

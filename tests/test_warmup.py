@@ -41,8 +41,14 @@ def test_jobs_follow_the_configuration():
     from edgehdr.warmup import ALL_JOBS, jobs_for_config, warm_up
 
     default = jobs_for_config(validate({}))
-    assert {"align", "merge", "tonemap", "dimming", "camera"} <= set(default)
+    # Reinhard global and max dimming take their statistics from the merge's kernel (MergeStatistics): their own
+    # statistics kernels are not needed, nor the merge kernel that measures nothing.
+    assert {"align", "merge_statistics", "tonemap", "dimming", "camera"} <= set(default)
+    assert not {"merge", "tonemap_stats", "dimming_stats"} & set(default)
     assert "neural_tmo" not in default and "neural_merge" not in default and "deghost" not in default
+    measuring = jobs_for_config(validate({"merge": {"method": "neural"}, "dimming": {"algorithm": "sqrt"}}))
+    assert {"merge", "tonemap_stats", "dimming_stats", "neural_merge"} <= set(measuring)
+    assert "merge_statistics" not in measuring
     custom = jobs_for_config(validate({"source": {"kind": "replay", "path": "x"}, "dimming": {"enabled": False},
                                        "tonemap": {"operator": "neural"}, "merge": {"deghost": True}}))
     assert "camera" not in custom and "dimming" not in custom and {"neural_tmo", "deghost"} <= set(custom)

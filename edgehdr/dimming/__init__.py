@@ -19,6 +19,7 @@ from edgehdr.dimming.zones import (
     ZoneTemporalFilter,
     within_budget,
     zone_light,
+    zone_max_light,
     zone_statistics,
 )
 
@@ -52,5 +53,6 @@ __all__ = [
     "HEURISTICS",
     "ZoneTemporalFilter",
     "zone_light",
+    "zone_max_light",
     "zone_statistics",
 ]

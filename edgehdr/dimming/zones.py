@@ -32,8 +32,8 @@ from edgehdr.dimming.layout import LedLayout
 from edgehdr.fastmath import log2_from_bits
 from edgehdr.tonemap.nonfinite import SHOWN_BLACK, SHOWN_WHITE, any_nonfinite, pixel_class, report_nonfinite
 
-__all__ = ["zone_statistics", "zone_light", "within_budget", "HEURISTICS", "ZoneTemporalFilter", "DEFAULT_ALGORITHM",
-           "DEFAULT_POWER_BUDGET"]
+__all__ = ["zone_statistics", "zone_max_light", "zone_light", "within_budget", "HEURISTICS", "ZoneTemporalFilter",
+           "DEFAULT_ALGORITHM", "DEFAULT_POWER_BUDGET"]
 
 HEURISTICS = ("max", "mean", "sqrt", "percentile")
 # The runtime's default, chosen on the shared real HDR photographs at 48 x 48 zones under a stated cap of 25 % of
@@ -149,6 +149,26 @@ def zone_statistics(target_cd_m2: np.ndarray, layout: LedLayout, *, histogram: b
                        layout.rows, layout.cols, histogram, zmax, zsum, hist, row_black, row_white)
     report_nonfinite(log, "zone statistics", row_black.sum(), row_white.sum(), h * w)
     return zmax, zsum, (hist if histogram else None)
+
+
+def zone_max_light(zone_max: np.ndarray, layout: LedLayout, *, scale: float = 1.0) -> np.ndarray:
+    """The ``max`` heuristic's light (rows, cols) from per-zone maxima of ``max(R, G, B)`` measured elsewhere.
+
+    ``zone_max`` is in the units of the image ``zone_statistics`` would have read (the runtime's
+    merge gathers it as it writes the radiance: ``edgehdr.hdr.MergeStatistics``); the result is
+    ``clip(zone_max * scale / peak, 0, 1)``, identical to ``zone_light(image, layout, 'max')`` with
+    that ``scale``: scaling and clipping are monotonic, so they commute with the maximum.
+    """
+    zmax = np.asarray(zone_max)
+    if zmax.shape != (layout.rows, layout.cols):
+        raise ValueError(f"zone maxima are {zmax.shape[0]} x {zmax.shape[1]} but the layout has "
+                         f"{layout.rows} x {layout.cols} zones")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale}")
+    if not np.isfinite(zmax).all():
+        raise ValueError("zone maxima must be finite")
+    light = zmax.astype(np.float32) * np.float32(scale / layout.peak_luminance_cd_m2)
+    return np.clip(light, np.float32(0.0), np.float32(1.0))
 
 
 def _percentile_from_hist(hist: np.ndarray, zmax: np.ndarray, p: float) -> np.ndarray:

@@ -10,7 +10,7 @@ from edgehdr.hdr.crf import (
     standard_response,
 )
 from edgehdr.hdr.deghost import consistency_masks
-from edgehdr.hdr.merge import merge_debevec, resolve_response
+from edgehdr.hdr.merge import MergeStatistics, merge_debevec, resolve_response
 from edgehdr.hdr.weights import WEIGHTINGS, weight_lut
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "select_calibration_samples",
     "standard_response",
     "consistency_masks",
+    "MergeStatistics",
     "merge_debevec",
     "resolve_response",
     "WEIGHTINGS",

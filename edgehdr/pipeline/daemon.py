@@ -328,11 +328,24 @@ def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: d
         stages.append(dimming)
         if cfg["bridge"]["enabled"]:
             stages.append(_bridge_stage(rt, cfg))
+    _share_merge_statistics(stages)
     stages += score  # after the zones are sent: scoring a frame never delays its zones
     stages.append(_output_stage(rt, cfg, extra_sinks, start, fps))
     keep = tuple(keep)
     _bound_buffers(cfg, source, stages, keep)
     rt.pipeline = Pipeline(source, stages, keep=keep, kernel_threads=cfg["run"]["kernel_threads"])
+
+
+def _share_merge_statistics(stages: list[Stage]) -> None:
+    """Let the classical merge measure what the tone mapper and the dimming would measure in passes of their own."""
+    from edgehdr.pipeline.stages import DimmingStage, MergeStage, ToneMapStage
+
+    merge = next((st.fn for st in stages if isinstance(st.fn, MergeStage)), None)
+    if merge is None or merge.merger is not None:  # the network's merge measures nothing (nor its rare fallback)
+        return
+    zones = next((st.fn.merge_statistics_zones for st in stages if isinstance(st.fn, DimmingStage)), None)
+    tonemap = any(st.fn.uses_merge_statistics for st in stages if isinstance(st.fn, ToneMapStage))
+    merge.statistics, merge.statistics_zones = tonemap or zones is not None, zones
 
 
 def _bound_buffers(cfg: dict[str, Any], source: BracketSource, stages: list[Stage], keep: tuple[str, ...]) -> None:

@@ -55,6 +55,9 @@ class FrameContext:
     motions: list[Any] | None = None
     shifts: np.ndarray | None = None  # (N, 2) integer (dx, dy) still to apply to ``aligned``; None: none to apply
     radiance: np.ndarray | None = None
+    # what the classical merge measured of the radiance while writing it (edgehdr.hdr.MergeStatistics), for the
+    # tone mapper and the dimming to skip their statistics passes; None: not gathered (they measure themselves)
+    merge_statistics: Any = None
     sdr: np.ndarray | None = None
     quality_score: float | None = None
     display_scale: float | None = None

@@ -29,12 +29,13 @@ from edgehdr.dimming import (
     lcd_compensation,
     robust_peak_luminance,
     zone_light,
+    zone_max_light,
     zone_statistics,
     zone_values_within_budget,
 )
 from edgehdr.hdr.align import ALIGN_METHODS, align_auto, align_homography, align_mtb, shifts_of
 from edgehdr.hdr.crf import CameraResponse
-from edgehdr.hdr.merge import merge_debevec
+from edgehdr.hdr.merge import MergeStatistics, merge_debevec
 from edgehdr.pipeline.buffers import BufferPool
 from edgehdr.tonemap import TemporalAdaptation, tonemap
 
@@ -114,14 +115,22 @@ class MergeStage:
     With ``merger`` (an ``edgehdr.hdr.neural_merge.NeuralMerger``) 3-frame brackets are
     merged with the network's weights; other bracket sizes fall back to the classical
     merge and are counted in ``fallbacks``.
+
+    With ``statistics`` the classical merge measures the radiance as it writes it
+    (``ctx.merge_statistics``, an ``edgehdr.hdr.MergeStatistics``; zone maxima over
+    ``statistics_zones`` when given): the runtime turns it on when the tone mapper or the
+    dimming can use what it measures (``ToneMapStage.uses_merge_statistics``,
+    ``DimmingStage.merge_statistics_zones``), which then skip a pass over the frame each.
     """
 
     reads: tuple[str, ...] = ("aligned", "bracket")
 
     def __init__(self, response: CameraResponse, *, weighting: str = "noise", deghost: bool = False,
                  planner: ExposurePlanner | None = None, source: BracketSource | None = None, plan_every: int = 5,
-                 merger: NeuralMerger | None = None, radiance_buffers: int | None = None) -> None:
+                 merger: NeuralMerger | None = None, radiance_buffers: int | None = None,
+                 statistics: bool = False, statistics_zones: tuple[int, int] | None = None) -> None:
         self.response, self.weighting, self.deghost = response, weighting, deghost
+        self.statistics, self.statistics_zones = statistics, statistics_zones
         self.planner, self.source, self.plan_every = planner, source, plan_every
         self.merger, self.fallbacks = merger, 0
         if merger is not None:
@@ -143,8 +152,11 @@ class MergeStage:
                 if self.fallbacks == 1:
                     log.warning("merge network takes 3 exposures, frame %d has %d: classical merge (counted)",
                                 ctx.frame_id, len(b))
+            stats = MergeStatistics(self.statistics_zones) if self.statistics else None
             ctx.radiance = merge_debevec(b, response=self.response, weighting=self.weighting, deghost=self.deghost,
-                                         out=self.radiance_pool.take((h, w, 3), np.float32), shifts=ctx.shifts)
+                                         out=self.radiance_pool.take((h, w, 3), np.float32), shifts=ctx.shifts,
+                                         statistics=stats)
+            ctx.merge_statistics = stats
         if self.planner is not None and self.source is not None and ctx.frame_id % self.plan_every == 0:
             now = time.monotonic()
             dt = (now - self._last_plan_t) if self._last_plan_t else self.plan_every / 30.0
@@ -188,8 +200,16 @@ class ToneMapStage:
         kwargs = dict(self.params)
         if self.adaptation is not None:
             kwargs["adaptation"] = self.adaptation
+        stats = ctx.merge_statistics
+        if self.uses_merge_statistics and stats is not None and stats.delta == self.params.get("delta", 1e-6):
+            kwargs["statistics"] = (stats.log_average(), stats.max_luminance())
         ctx.sdr = tonemap(radiance, self.operator, out=self._sdr.take(radiance.shape, np.uint8), **kwargs)
         return ctx
+
+    @property
+    def uses_merge_statistics(self) -> bool:
+        """Whether the operator takes the merge's global statistics instead of a pass of its own."""
+        return self.neural is None and self.operator in ("reinhard", "drago")
 
 
 class ScoreStage:
@@ -270,8 +290,12 @@ class DimmingStage:
         robust = robust_peak_luminance(rad[::8, ::8], self.peak_percentile)  # over finite pixels only
         robust = self.adaptation.update(peak=max(robust, 1e-9))["peak"]
         scale = self.layout.peak_luminance_cd_m2 / robust
+        stats = ctx.merge_statistics
         if self.neural is not None:
             light = self.temporal.update(self.neural(rad, scale=scale))
+        elif self.merge_statistics_zones is not None and stats is not None and stats.zones == (
+                self.layout.rows, self.layout.cols) and stats.zone_max is not None:
+            light = self.temporal.update(zone_max_light(stats.zone_max, self.layout, scale=scale))
         else:
             stats = zone_statistics(rad, self.layout, histogram=self.algorithm == "percentile", scale=scale)
             light = self.temporal.update(zone_light(rad, self.layout, self.algorithm, stats=stats))
@@ -283,6 +307,11 @@ class DimmingStage:
         ctx.lcd = lcd_compensation(rad, ctx.backlight, self.layout, self._lcd.take(rad.shape, lcd_dtype), scale=scale)
         ctx.display_scale = scale
         return ctx
+
+    @property
+    def merge_statistics_zones(self) -> tuple[int, int] | None:
+        """The zone grid whose maxima the merge can measure for this stage (the ``max`` heuristic's only input)."""
+        return (self.layout.rows, self.layout.cols) if self.neural is None and self.algorithm == "max" else None
 
 
 class BridgeStage:

@@ -511,9 +511,25 @@ def _adapted(adaptation: TemporalAdaptation | None, dt_s, **values):
     return values if adaptation is None else adaptation.update(dt_s, **values)
 
 
-def _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, row_state, block=4, blocks_wanted=True):
+def _global_statistics(rgb, delta, row_state, statistics):
+    """``(log_average, max_luminance)`` of the frame: the caller's, checked, or one statistics pass."""
+    if statistics is None:
+        log_avg, lmax, _ = _statistics(rgb, delta, 4, 2, row_state, blocks_wanted=False)
+        return log_avg, lmax
+    log_avg, lmax = (float(v) for v in statistics)
+    if not (math.isfinite(log_avg) and log_avg > 0 and math.isfinite(lmax) and lmax >= 0):
+        raise ValueError(f"statistics must be a finite log-average > 0 and a finite maximum >= 0, got {statistics}")
+    return log_avg, lmax
+
+
+def _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, row_state, block=4, blocks_wanted=True,
+                         statistics=None):
     """Scale ``key / L_avg`` (eq. 2), ``1 / L_white^2`` (eq. 4) and the block luminance (if wanted)."""
-    log_avg, lmax, blocks = _statistics(rgb, delta, block, 2, row_state, blocks_wanted)
+    if statistics is not None and not blocks_wanted:
+        log_avg, lmax = _global_statistics(rgb, delta, row_state, statistics)
+        blocks = np.empty((0, 0), np.float32)
+    else:
+        log_avg, lmax, blocks = _statistics(rgb, delta, block, 2, row_state, blocks_wanted)
     stats = _adapted(adaptation, dt_s, log_average=log_avg, max_luminance=max(lmax, _MIN_LUM))
     scale = key / stats["log_average"]
     l_white = white if white is not None else stats["max_luminance"] * scale
@@ -531,6 +547,7 @@ def reinhard_global(
     adaptation: TemporalAdaptation | None = None,
     dt_s: float | None = None,
     out: np.ndarray | None = None,
+    statistics: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Reinhard et al.'s photographic global operator; sRGB uint8 output.
 
@@ -550,6 +567,10 @@ def reinhard_global(
         Colour correction (``schlick`` or ``mantiuk``) and its saturation ``s``.
     adaptation : TemporalAdaptation, optional
         Smooths the log-average and white point across video frames.
+    statistics : (log_average, max_luminance), optional
+        This frame's statistics, measured already (``frame_statistics(radiance)[:2]`` with the
+        same ``delta``; the runtime's merge gathers them as it writes the radiance,
+        ``edgehdr.hdr.MergeStatistics``): the statistics pass over the frame is skipped.
 
     References
     ----------
@@ -558,7 +579,8 @@ def reinhard_global(
     """
     rgb = _check_radiance(radiance)
     rows = _unchecked_rows(rgb.shape[0])
-    scale, inv_white2, _ = _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, rows, blocks_wanted=False)
+    scale, inv_white2, _ = _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, rows, blocks_wanted=False,
+                                                statistics=statistics)
     return _run_apply(rgb, _apply_reinhard_global, (scale, inv_white2), color, saturation, out, who="tonemap reinhard",
                       row_state=rows)
 
@@ -655,12 +677,14 @@ def drago(
     adaptation: TemporalAdaptation | None = None,
     dt_s: float | None = None,
     out: np.ndarray | None = None,
+    statistics: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Drago et al.'s adaptive logarithmic mapping (2003, eq. 4).
 
     ``L_d = (L_dmax / 100) / log10(L_wmax + 1) * ln(L_w + 1) / ln(2 + 8 (L_w / L_wmax)^(ln b / ln 0.5))``
     with ``L_w`` in units of the world adaptation luminance (the log-average,
-    exposure-adjusted by ``(1 + b - 0.85)^5`` as in the authors' code).
+    exposure-adjusted by ``(1 + b - 0.85)^5`` as in the authors' code). ``statistics``:
+    this frame's ``(log_average, max_luminance)`` measured already, as ``reinhard_global``'s.
 
     References
     ----------
@@ -671,7 +695,7 @@ def drago(
         raise ValueError(f"bias must be in [0.5, 1], got {bias}")
     rgb = _check_radiance(radiance)
     rows = _unchecked_rows(rgb.shape[0])
-    log_avg, lmax, _ = _statistics(rgb, delta, 4, 2, rows, blocks_wanted=False)
+    log_avg, lmax = _global_statistics(rgb, delta, rows, statistics)
     stats = _adapted(adaptation, dt_s, log_average=log_avg, max_luminance=max(lmax, _MIN_LUM))
     l_wa = stats["log_average"] / (1.0 + bias - 0.85) ** 5
     l_wmax = max(stats["max_luminance"] / l_wa, 1e-6)
