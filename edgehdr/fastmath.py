@@ -1,4 +1,5 @@
-"""Vectorisable float32 ``exp2``/``log2`` for numba kernels (polynomials on IEEE-754 bits).
+"""Vectorisable float32 ``exp2``/``log2`` for numba kernels (polynomials on IEEE-754 bits), and the row of
+luminance statistics built on them that the tone mappers' statistics pass and the merge share.
 
 libm's ``expf``/``logf`` are opaque calls that stop LLVM from vectorising a pixel
 loop; these are plain arithmetic on the float's exponent and mantissa, so loops
@@ -20,7 +21,7 @@ import numpy as np
 
 from edgehdr.kernelcache import drop_stale_dependents
 
-__all__ = ["exp2_bits", "log2_from_bits"]
+__all__ = ["exp2_bits", "log2_from_bits", "luminance_log_row"]
 
 # Other modules' kernels inline this module's functions: their cached kernels go when it changed (edgehdr.kernelcache).
 drop_stale_dependents()
@@ -53,3 +54,31 @@ def log2_from_bits(bits: np.int32) -> np.float32:
         np.float32(0.45385646) + m * (np.float32(-0.272353455) + m * (np.float32(0.11790537)
                                                                      + m * np.float32(-0.0248256486))))))
     return exponent + poly
+
+
+_LUMA_R, _LUMA_G, _LUMA_B = 0.2126, 0.7152, 0.0722  # Rec. 709
+
+
+@numba.njit(fastmath=True, cache=True, inline="always")
+def luminance_log_row(src, lum_row, log_row, stride, delta):
+    """One interleaved RGB row ``src`` (3 W float32): Rec. 709 luminance into ``lum_row`` (W), then
+    ``log2(delta + max(L, 0))`` of every ``stride``-th pixel (``log_row`` holds ``ceil(W / stride)``).
+
+    Returns ``(sum of those log2 values, peak luminance)``, both float32, for Reinhard et al.'s
+    log-average (2002, eq. 1): branch-free passes over row buffers, each vectorised.
+    """
+    w = lum_row.size
+    peak = np.float32(0.0)
+    for x in range(w):
+        lum = (np.float32(_LUMA_R) * src[3 * x] + np.float32(_LUMA_G) * src[3 * x + 1]
+               + np.float32(_LUMA_B) * src[3 * x + 2])
+        lum_row[x] = lum
+        peak = max(peak, lum)
+    n_log = log_row.size
+    for i in range(n_log):
+        log_row[i] = delta + max(lum_row[i * stride], np.float32(0.0))
+    log_bits = log_row.view(np.int32)
+    total = np.float32(0.0)
+    for i in range(n_log):
+        total += log2_from_bits(log_bits[i])
+    return total, peak

@@ -39,7 +39,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from edgehdr.bracket import Bracket, as_frame_stack
-from edgehdr.fastmath import exp2_bits, log2_from_bits
+from edgehdr.fastmath import exp2_bits, luminance_log_row
 from edgehdr.hdr.crf import RESPONSE_FILE_SUFFIXES, CameraResponse, ResponseLike, standard_response
 from edgehdr.hdr.weights import NoiseModel, noise_weights, weight_function, weight_lut, weighting_names
 
@@ -216,7 +216,6 @@ def _merge_kernel_serial(frames, shifts, packed, offset, log_lut, log_exposure, 
     return out_bits
 
 
-_LUMA_R, _LUMA_G, _LUMA_B = 0.2126, 0.7152, 0.0722  # Rec. 709, as edgehdr.tonemap's statistics
 _LN2 = 0.6931471805599453
 
 
@@ -233,7 +232,6 @@ def _merge_band(band, band_edges, col_edges, frames, shifts, packed, offset, log
     n_log = (w + 1) // 2
     lum_row = np.empty(w, np.float32)
     log_row = np.empty(n_log, np.float32)
-    log_bits = log_row.view(np.int32)
     col_max = np.zeros(w, np.float32)
     delta32 = np.float32(delta)
     for y in range(y0, y1):
@@ -247,17 +245,7 @@ def _merge_band(band, band_edges, col_edges, frames, shifts, packed, offset, log
             row_count[y] = 0
             row_max[y] = 0.0
             continue
-        peak = np.float32(0.0)
-        for x in range(w):
-            lum = (np.float32(_LUMA_R) * src[3 * x] + np.float32(_LUMA_G) * src[3 * x + 1]
-                   + np.float32(_LUMA_B) * src[3 * x + 2])
-            lum_row[x] = lum
-            peak = max(peak, lum)
-        for i in range(n_log):
-            log_row[i] = delta32 + max(lum_row[2 * i], np.float32(0.0))
-        row_log = np.float32(0.0)
-        for i in range(n_log):
-            row_log += log2_from_bits(log_bits[i])
+        row_log, peak = luminance_log_row(src, lum_row, log_row, 2, delta32)
         row_logsum[y] = np.float64(row_log) * _LN2
         row_count[y] = n_log
         row_max[y] = peak

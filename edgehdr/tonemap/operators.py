@@ -31,7 +31,7 @@ import cv2
 import numba
 import numpy as np
 
-from edgehdr.fastmath import exp2_bits, log2_from_bits
+from edgehdr.fastmath import exp2_bits, log2_from_bits, luminance_log_row
 from edgehdr.tonemap.color import COLOR_METHODS
 from edgehdr.tonemap.guided import guided_coefficients, widen_maps
 from edgehdr.tonemap.nonfinite import (
@@ -98,7 +98,6 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
         y1 = min(y0 + block, h)
         lum_row = np.empty(w, np.float32)
         log_row = np.empty(n_log, np.float32)
-        log_bits = log_row.view(np.int32)
         logsum = 0.0
         count = 0
         rows = 0
@@ -117,22 +116,13 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
                 # block sums, then log(delta + L) of every stride-th pixel by the polynomial
                 # log2 on the float bits (a scalar math.log per pixel was 60 % of the kernel).
                 row_state[y] = 0
-                src = rgb[y].reshape(-1)
-                for x in range(w):
-                    lum = (np.float32(_LUMA_R) * src[3 * x] + np.float32(_LUMA_G) * src[3 * x + 1]
-                           + np.float32(_LUMA_B) * src[3 * x + 2])
-                    lum_row[x] = lum
-                    peak = max(peak, lum)
+                row_log, row_peak = luminance_log_row(rgb[y].reshape(-1), lum_row, log_row, stride, delta32)
+                peak = max(peak, row_peak)
                 for bx in range(nbx):
                     acc = np.float32(0.0)
                     for x in range(bx * block, min(bx * block + block, w)):
                         acc += lum_row[x]
                     blocks[by, bx] += acc
-                for i in range(n_log):
-                    log_row[i] = delta32 + max(lum_row[i * stride], np.float32(0.0))
-                row_log = np.float32(0.0)
-                for i in range(n_log):
-                    row_log += log2_from_bits(log_bits[i])
                 logsum += np.float64(row_log) * _LN2
                 count += n_log
                 continue
