@@ -232,6 +232,7 @@ def _merge_band(band, band_edges, col_edges, frames, shifts, packed, offset, log
     n_log = (w + 1) // 2
     lum_row = np.empty(w, np.float32)
     log_row = np.empty(n_log, np.float32)
+    log_bits = log_row.view(np.int32)
     col_max = np.zeros(w, np.float32)
     delta32 = np.float32(delta)
     for y in range(y0, y1):
@@ -245,7 +246,7 @@ def _merge_band(band, band_edges, col_edges, frames, shifts, packed, offset, log
             row_count[y] = 0
             row_max[y] = 0.0
             continue
-        row_log, peak = luminance_log_row(src, lum_row, log_row, 2, delta32)
+        row_log, peak = luminance_log_row(src, lum_row, log_row, log_bits, 2, delta32)
         row_logsum[y] = np.float64(row_log) * _LN2
         row_count[y] = n_log
         row_max[y] = peak

@@ -98,6 +98,7 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
         y1 = min(y0 + block, h)
         lum_row = np.empty(w, np.float32)
         log_row = np.empty(n_log, np.float32)
+        log_bits = log_row.view(np.int32)
         logsum = 0.0
         count = 0
         rows = 0
@@ -116,7 +117,8 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
                 # block sums, then log(delta + L) of every stride-th pixel by the polynomial
                 # log2 on the float bits (a scalar math.log per pixel was 60 % of the kernel).
                 row_state[y] = 0
-                row_log, row_peak = luminance_log_row(rgb[y].reshape(-1), lum_row, log_row, stride, delta32)
+                row_log, row_peak = luminance_log_row(rgb[y].reshape(-1), lum_row, log_row, log_bits, stride,
+                                                         delta32)
                 peak = max(peak, row_peak)
                 for bx in range(nbx):
                     acc = np.float32(0.0)
