@@ -57,6 +57,7 @@ def log2_from_bits(bits: np.int32) -> np.float32:
 
 
 _LUMA_R, _LUMA_G, _LUMA_B = 0.2126, 0.7152, 0.0722  # Rec. 709
+_LN2 = 0.6931471805599453
 
 
 @numba.njit(fastmath=True, cache=True, inline="always")
@@ -66,8 +67,9 @@ def luminance_log_row(src, lum_row, log_row, log_bits, stride, delta):
     ``log_bits`` is its int32 view, made once by the caller: a view made here, per row, cost the
     statistics pass 0.8 ms of its 3 at 1080p).
 
-    Returns ``(sum of those log2 values, peak luminance)``, both float32, for Reinhard et al.'s
-    log-average (2002, eq. 1): branch-free passes over row buffers, each vectorised.
+    Returns ``(sum of their natural logs, float64; peak luminance, float32)``, for Reinhard et al.'s
+    log-average (2002, eq. 1): branch-free passes over row buffers, each vectorised (the log2 values
+    summed in float32 per row, then converted).
     """
     w = lum_row.size
     peak = np.float32(0.0)
@@ -82,4 +84,4 @@ def luminance_log_row(src, lum_row, log_row, log_bits, stride, delta):
     total = np.float32(0.0)
     for i in range(n_log):
         total += log2_from_bits(log_bits[i])
-    return total, peak
+    return np.float64(total) * _LN2, peak

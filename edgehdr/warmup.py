@@ -104,11 +104,13 @@ ALL_JOBS = tuple(JOB_SECONDS)
 
 def jobs_for_config(cfg: dict[str, Any]) -> tuple[str, ...]:
     """The warm-up jobs a validated daemon configuration needs (``edgehdr.pipeline.config``)."""
+    from edgehdr.pipeline.stages import MERGE_MEASURED_DIMMING, MERGE_MEASURED_OPERATORS
+
     operator = cfg["tonemap"]["operator"]
     # What the runtime lets the classical merge measure (edgehdr.pipeline.daemon._share_merge_statistics).
     classical = cfg["merge"]["method"] != "neural"
-    tonemap_from_merge = classical and operator in ("reinhard", "drago")
-    zones_from_merge = classical and cfg["dimming"]["enabled"] and cfg["dimming"]["algorithm"] == "max"
+    tonemap_from_merge = classical and operator in MERGE_MEASURED_OPERATORS
+    zones_from_merge = classical and cfg["dimming"]["enabled"] and cfg["dimming"]["algorithm"] == MERGE_MEASURED_DIMMING
     merge = "merge_statistics" if tonemap_from_merge or zones_from_merge else "merge"
     jobs = ["align", merge] + ([] if tonemap_from_merge else ["tonemap_stats"]) + \
         ([_OPERATOR_JOBS[operator]] if operator in _OPERATOR_JOBS else [])

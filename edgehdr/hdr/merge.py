@@ -216,9 +216,6 @@ def _merge_kernel_serial(frames, shifts, packed, offset, log_lut, log_exposure, 
     return out_bits
 
 
-_LN2 = 0.6931471805599453
-
-
 @numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _merge_band(band, band_edges, col_edges, frames, shifts, packed, offset, log_lut, log_exposure, order, top,
                 use_mask, mask, out_bits, out, delta, row_logsum, row_count, row_max, zone_max):
@@ -246,10 +243,8 @@ def _merge_band(band, band_edges, col_edges, frames, shifts, packed, offset, log
             row_count[y] = 0
             row_max[y] = 0.0
             continue
-        row_log, peak = luminance_log_row(src, lum_row, log_row, log_bits, 2, delta32)
-        row_logsum[y] = np.float64(row_log) * _LN2
+        row_logsum[y], row_max[y] = luminance_log_row(src, lum_row, log_row, log_bits, 2, delta32)
         row_count[y] = n_log
-        row_max[y] = peak
     for c in range(cols):
         m = np.float32(0.0)
         for x in range(col_edges[c], col_edges[c + 1]):

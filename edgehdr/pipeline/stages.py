@@ -49,6 +49,12 @@ __all__ = ["AlignStage", "MergeStage", "ToneMapStage", "ScoreStage", "DimmingSta
 
 log = logging.getLogger("edgehdr.pipeline")
 
+# The tone-map operators and the dimming algorithm that take what the classical merge measures
+# (edgehdr.hdr.MergeStatistics) instead of a statistics pass of their own; the warm-up
+# (edgehdr.warmup.jobs_for_config) compiles the kernels by the same lists.
+MERGE_MEASURED_OPERATORS = ("reinhard", "drago")
+MERGE_MEASURED_DIMMING = "max"
+
 
 def _bracket(ctx: FrameContext, what: str) -> Bracket:
     """The captured bracket a stage before the merge works on."""
@@ -209,7 +215,7 @@ class ToneMapStage:
     @property
     def uses_merge_statistics(self) -> bool:
         """Whether the operator takes the merge's global statistics instead of a pass of its own."""
-        return self.neural is None and self.operator in ("reinhard", "drago")
+        return self.operator in MERGE_MEASURED_OPERATORS
 
 
 class ScoreStage:
@@ -290,12 +296,11 @@ class DimmingStage:
         robust = robust_peak_luminance(rad[::8, ::8], self.peak_percentile)  # over finite pixels only
         robust = self.adaptation.update(peak=max(robust, 1e-9))["peak"]
         scale = self.layout.peak_luminance_cd_m2 / robust
-        stats = ctx.merge_statistics
+        measured, zones = ctx.merge_statistics, self.merge_statistics_zones
         if self.neural is not None:
             light = self.temporal.update(self.neural(rad, scale=scale))
-        elif self.merge_statistics_zones is not None and stats is not None and stats.zones == (
-                self.layout.rows, self.layout.cols) and stats.zone_max is not None:
-            light = self.temporal.update(zone_max_light(stats.zone_max, self.layout, scale=scale))
+        elif zones is not None and measured is not None and measured.zones == zones:
+            light = self.temporal.update(zone_max_light(measured.zone_max, self.layout, scale=scale))
         else:
             stats = zone_statistics(rad, self.layout, histogram=self.algorithm == "percentile", scale=scale)
             light = self.temporal.update(zone_light(rad, self.layout, self.algorithm, stats=stats))
@@ -311,7 +316,7 @@ class DimmingStage:
     @property
     def merge_statistics_zones(self) -> tuple[int, int] | None:
         """The zone grid whose maxima the merge can measure for this stage (the ``max`` heuristic's only input)."""
-        return (self.layout.rows, self.layout.cols) if self.neural is None and self.algorithm == "max" else None
+        return (self.layout.rows, self.layout.cols) if self.algorithm == MERGE_MEASURED_DIMMING else None
 
 
 class BridgeStage:

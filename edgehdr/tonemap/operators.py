@@ -56,7 +56,6 @@ __all__ = [
 OPERATORS = ("reinhard", "reinhard-local", "drago", "parametric")
 LOCAL_FILTERS = ("guided", "bilateral", "gaussian")
 _LUMA_R, _LUMA_G, _LUMA_B = 0.2126, 0.7152, 0.0722
-_LN2 = math.log(2.0)
 _MIN_LUM = 1e-9
 log = logging.getLogger("edgehdr.tonemap")
 
@@ -125,7 +124,7 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
                     for x in range(bx * block, min(bx * block + block, w)):
                         acc += lum_row[x]
                     blocks[by, bx] += acc
-                logsum += np.float64(row_log) * _LN2
+                logsum += row_log
                 count += n_log
                 continue
             # The same loop, skipping non-finite pixels (kept apart so the common loop has no test).
@@ -517,11 +516,11 @@ def _global_statistics(rgb, delta, row_state, statistics):
 def _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, row_state, block=4, blocks_wanted=True,
                          statistics=None):
     """Scale ``key / L_avg`` (eq. 2), ``1 / L_white^2`` (eq. 4) and the block luminance (if wanted)."""
-    if statistics is not None and not blocks_wanted:
+    if blocks_wanted:  # the local operator: block means as well, from its own pass
+        log_avg, lmax, blocks = _statistics(rgb, delta, block, 2, row_state, blocks_wanted)
+    else:
         log_avg, lmax = _global_statistics(rgb, delta, row_state, statistics)
         blocks = np.empty((0, 0), np.float32)
-    else:
-        log_avg, lmax, blocks = _statistics(rgb, delta, block, 2, row_state, blocks_wanted)
     stats = _adapted(adaptation, dt_s, log_average=log_avg, max_luminance=max(lmax, _MIN_LUM))
     scale = key / stats["log_average"]
     l_white = white if white is not None else stats["max_luminance"] * scale
