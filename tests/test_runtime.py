@@ -34,6 +34,43 @@ def test_frame_grouper_rolling_and_burst():
     assert ready == [False, False, True, False, False, True]  # a whole new bracket each time
 
 
+def test_frame_grouper_recycles_frames_and_stacks_without_touching_what_is_held():
+    """Frames captured into ``frame_buffer`` and stacks from ``take`` are recycled once nothing else holds them; a
+    bracket the pipeline still holds is never written, and every bracket holds the newest frame of each exposure."""
+    grouper = FrameGrouper(3, "rolling", stack_pool_size=3)
+    held, kept_values, checked = None, None, 0
+    for i in range(60):
+        buffer = grouper.frame_buffer((4, 5, 3))
+        assert not any(f is not None and np.shares_memory(buffer, f) for f in grouper.frames)
+        buffer[...] = i
+        ready = grouper.add(i % 3, buffer, 0.01 * (i % 3 + 1), 1.0, i)
+        del buffer
+        if not ready:
+            continue
+        bracket = grouper.take(8, i, "t")
+        newest = [i - (i - k) % 3 for k in range(3)]  # the last index captured at each exposure
+        assert [int(f[0, 0, 0]) for f in bracket.frames] == newest
+        if held is not None:
+            assert not np.shares_memory(bracket.frames, held.frames)
+        if i % 10 == 2:  # the pipeline keeps a bracket for a while (a slow sink): it must stay untouched
+            if held is not None:
+                np.testing.assert_array_equal(held.frames, kept_values)
+                checked += 1
+            held, kept_values = bracket, bracket.frames.copy()
+        del bracket  # the merge is done with it
+    assert checked == 5
+    assert grouper.stack_pool.reused >= 50 and grouper.stack_pool.allocated <= 6
+    assert grouper.frame_pool.reused >= 50 and grouper.frame_pool.allocated <= 5
+
+
+def test_frame_grouper_names_a_frame_of_another_size():
+    grouper = FrameGrouper(2, "burst")
+    grouper.add(0, np.zeros((4, 5, 3), np.uint8), 0.01, 1.0, 0)
+    grouper.add(1, np.zeros((4, 6, 3), np.uint8), 0.02, 1.0, 1)
+    with pytest.raises(ValueError, match=r"frames\[1\]"):
+        grouper.take(8, 1, "t")
+
+
 def test_synthetic_camera_is_radiometrically_consistent():
     cam = SyntheticCamera(320, 180, fps=0, illumination_stops=0.0, moving_objects=0, noise_codes=0.0)
     with cam:
@@ -468,6 +505,35 @@ def test_device_sources_fail_with_actionable_errors():
     except ImportError:
         with pytest.raises(SourceError, match="GStreamer Python bindings missing"):
             GStreamerSource().open()
+
+
+def test_v4l2_source_reads_through_a_real_opencv_capture_into_recycled_buffers(tmp_path):
+    """V4L2Source's read path on a real OpenCV capture (an image sequence stands in for /dev/video0, which this
+    machine lacks): RGB in the right order, each frame at its exposure slot, the decode and bracket arrays reused."""
+    import cv2
+
+    from edgehdr.camera.devices import V4L2Source
+
+    for i in range(7):
+        bgr = np.zeros((30, 41, 3), np.uint8)
+        bgr[..., 0], bgr[..., 1], bgr[..., 2] = 10 * i, 100, 200  # blue carries the frame's index
+        assert cv2.imwrite(str(tmp_path / f"f_{i:03d}.png"), bgr)
+    src = V4L2Source(str(tmp_path), plan=ExposurePlan.of([0.001, 0.004, 0.016]), settle_frames=0)
+    src._cap = cv2.VideoCapture(str(tmp_path / "f_%03d.png"), cv2.CAP_IMAGES)
+    assert src._cap.isOpened()
+    brackets = [src.read_bracket(1.0)]
+    decoded = src._bgr
+    brackets += [src.read_bracket(1.0) for _ in range(4)]
+    assert src._bgr is decoded  # OpenCV decoded every later frame into the first frame's array
+    for n, bracket in enumerate(brackets):
+        last = n + 2  # the newest frame's index
+        assert [int(f[0, 0, 2]) // 10 for f in bracket.frames] == [last - (last - k) % 3 for k in range(3)]
+        assert np.all(bracket.frames[..., 0] == 200) and np.all(bracket.frames[..., 1] == 100)
+        np.testing.assert_allclose(bracket.exposure_s, [0.001, 0.004, 0.016])
+    info = src.describe()["buffers"]
+    assert info["stacks_allocated"] == 5  # all five brackets are still held here: none may be written again
+    assert (info["frames_allocated"], info["frames_reused"]) == (4, 3)  # 7 frames: 3 stored, 1 being captured
+    src.close()
 
 
 def test_a_corrupt_frame_costs_exactly_that_frame():

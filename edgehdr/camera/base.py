@@ -132,19 +132,37 @@ class FrameGrouper:
     bracket is ready as soon as every exposure has been seen once (then after every
     frame: output at capture rate). ``mode="burst"``: a bracket is ready when all
     frames of one round have arrived, and the round starts over.
+
+    Memory is recycled rather than allocated per frame (a 1080p bracket is 18 MB, and a
+    fresh one page-faults in on every read): a source converts each capture into
+    ``frame_buffer(shape)``, an array the grouper no longer holds, and ``take`` copies the
+    stored frames into a pooled stack that is written again only once the pipeline has let
+    go of the bracket that carried it (``edgehdr.pipeline.buffers.BufferPool``).
     """
 
-    def __init__(self, count: int, mode: str = "rolling") -> None:
+    def __init__(self, count: int, mode: str = "rolling", *, stack_pool_size: int = 4) -> None:
         if mode not in ("rolling", "burst"):
             raise ValueError(f"mode must be 'rolling' or 'burst', got {mode!r}")
+        # Imported here: edgehdr.pipeline imports this module.
+        from edgehdr.pipeline.buffers import BufferPool
+
         self.count, self.mode = count, mode
+        # Frames: the stored ones, the one being captured and one a source discarded but still holds.
+        self.frame_pool = BufferPool(capacity=count + 2)
+        self.stack_pool = BufferPool(capacity=stack_pool_size)
         self.reset(count)
 
     def reset(self, count: int | None = None) -> None:
         self.count = count or self.count
+        self.frame_pool.capacity = self.count + 2
         self.frames: list[np.ndarray | None] = [None] * self.count
         self.meta: list[tuple[float, float, int] | None] = [None] * self.count
         self._fresh: set[int] = set()
+
+    def frame_buffer(self, shape: tuple[int, ...], dtype: np.dtype | type = np.uint8) -> np.ndarray:
+        """An array to capture the next frame into (contents undefined, like ``np.empty``): one the grouper has
+        replaced and nothing else holds, or a new one."""
+        return self.frame_pool.take(shape, dtype)
 
     def add(self, index: int, frame: np.ndarray, exposure_s: float, gain: float, timestamp_ns: int) -> bool:
         """Store a frame; True when a bracket can be taken."""
@@ -165,7 +183,13 @@ class FrameGrouper:
             raise RuntimeError(f"FrameGrouper.take: {len(frames)} of {self.count} exposures stored; wait until "
                                "add() returns True")
         exposure, gain, stamps = zip(*meta)
-        bracket = Bracket(frames=np.stack(frames), exposure_s=exposure, gain=gain, bits=bits,
+        first = frames[0]
+        stack: np.ndarray | list[np.ndarray] = frames  # frames that differ: Bracket names the odd one out
+        if first.ndim == 3 and all(f.shape == first.shape and f.dtype == first.dtype for f in frames):
+            stack = self.stack_pool.take((len(frames), *first.shape), first.dtype)
+            for i, frame in enumerate(frames):
+                stack[i] = frame
+        bracket = Bracket(frames=stack, exposure_s=exposure, gain=gain, bits=bits,
                           timestamp_ns=stamps, sequence=sequence, source=source)
         if self.mode == "burst":
             self._fresh.clear()
