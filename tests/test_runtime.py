@@ -411,6 +411,32 @@ def test_overload_drops_oldest_frames_and_keeps_latency_bounded():
     assert stats["frames_captured"] > len(sink.seen) * 2, "the camera was never slowed down by the sink"
 
 
+class _SkippingCamera(SyntheticCamera):
+    """A real synthetic camera that reports one capture slot passed before every bracket it delivers, as a
+    camera does whose reader falls behind."""
+
+    def read_bracket(self, timeout_s: float = 1.0):
+        bracket = super().read_bracket(timeout_s)
+        self.frames_skipped += 1
+        return bracket
+
+
+def test_skipped_capture_slots_count_in_the_drop_fraction():
+    """Slots the source let pass are drops that were never captured: the drop fraction is taken over the frames
+    offered (captured + skipped), so a camera losing every other slot reads about 50 %, not 0 %."""
+    cam = _SkippingCamera(64, 48, fps=0, moving_objects=0)
+    pipe = _small_pipeline(cam, [Stage("sink", lambda ctx: ctx, queue_size=64)], queue_size=64).start()
+    deadline = time.monotonic() + 20
+    while pipe.stats()["frames_completed"] < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stats = pipe.stop()
+    offered = stats["frames_captured"] + stats["frames_skipped"]
+    assert stats["frames_skipped"] == cam.frames_skipped >= 20
+    assert stats["frames_completed"] + stats["frames_dropped"] + stats["frames_failed"] == offered
+    assert stats["drop_fraction"] == round(1.0 - stats["frames_completed"] / offered, 4)
+    assert 0.45 <= stats["drop_fraction"] <= 0.55
+
+
 class _FlakyCamera(SyntheticCamera):
     """A real synthetic camera whose reads fail on schedule: raise at read 5, stall at reads 10 and 11."""
 
@@ -465,7 +491,8 @@ def test_stop_drains_every_queued_frame():
     time.sleep(0.5)
     stats = pipe.stop()
     accounted = stats["frames_completed"] + stats["frames_dropped"] + stats["frames_failed"]
-    assert accounted == stats["frames_captured"], "every captured frame was completed or counted as dropped"
+    assert accounted == stats["frames_captured"] + stats["frames_skipped"], \
+        "every captured frame was completed or counted as dropped"
     assert len(sink.seen) == stats["frames_completed"]
 
 
@@ -691,7 +718,8 @@ def test_a_concurrent_stage_runs_beside_the_one_before_on_the_same_frame():
     assert by_name["a"]["errors"] >= 1 and by_name["b"]["errors"] >= 1
     # Every captured frame is completed, dropped or failed, once: frame 35 failed in both stages, one frame.
     assert stats["frames_captured"] >= 35
-    assert stats["frames_completed"] + stats["frames_dropped"] + stats["frames_failed"] == stats["frames_captured"]
+    assert (stats["frames_completed"] + stats["frames_dropped"] + stats["frames_failed"]
+            == stats["frames_captured"] + stats["frames_skipped"])
     with pytest.raises(ValueError, match="concurrent stage"):
         Pipeline(cam, [Stage("b", stage_b, concurrent=True)])
     # A concurrent stage that returns something other than its frame fails that frame, counted; nothing hangs.
@@ -707,4 +735,4 @@ def test_a_concurrent_stage_runs_beside_the_one_before_on_the_same_frame():
         stats = pipe.stop()
     assert not any(st.thread.is_alive() for st in pipe.stages)
     assert stats["frames_completed"] == 0 and stats["frames_failed"] >= 6
-    assert stats["frames_failed"] + stats["frames_dropped"] == stats["frames_captured"]
+    assert stats["frames_failed"] + stats["frames_dropped"] == stats["frames_captured"] + stats["frames_skipped"]

@@ -508,8 +508,14 @@ class Pipeline:
             "frames_captured": captured,
             "frames_completed": finished,
             "frames_dropped": self.capture.dropped + sum(s.stats.dropped for s in self.stages),
+            # of those, capture slots the source let pass (never captured): completed + dropped + failed ==
+            # captured + skipped once the queues are drained
+            "frames_skipped": self.capture.dropped,
             "frames_failed": sum(s.stats.errors for s in self.stages) - self._both_failed,
-            "drop_fraction": round(1.0 - finished / captured, 4) if captured else 0.0,
+            # Over the frames the source offered: captured ones and capture slots it let pass (counted as the
+            # capture's drops, never captured), so a source that skips slots cannot hide its losses.
+            "drop_fraction": (round(1.0 - finished / (captured + self.capture.dropped), 4)
+                              if captured + self.capture.dropped else 0.0),
             "fps": round(finished / elapsed, 2) if elapsed > 0 else 0.0,
             "source_stalls": self.source_stalls,
             "source_restarts": self.source_restarts,
