@@ -198,10 +198,12 @@ def test_the_daemon_restarts_the_source_after_a_pipeline_error():
     assert all(np.all(np.diff(b.frames.reshape(3, -1).mean(axis=1)) > 30) for b in resumed)
 
 
-def test_padded_rows_and_colour_order_survive_the_appsink():
-    # 322 px of BGR is 966 bytes, padded by GStreamer to 968: reading it as packed would shear the image
+@pytest.mark.parametrize("layout", ["BGR", "RGB", "BGRx", "RGBA"])
+def test_padded_rows_and_colour_order_survive_the_appsink(layout):
+    # 322 px of BGR is 966 bytes, padded by GStreamer to 968: reading it as packed would shear the image. The
+    # 4-byte layouts are what a converter such as Jetson's nvvidconv hands over without a videoconvert pass.
     pipeline = ("videotestsrc is-live=true pattern=smpte ! video/x-raw,width=322,height=30,framerate=30/1 ! "
-                "videoconvert ! video/x-raw,format=BGR ! appsink name=sink")
+                f"videoconvert ! video/x-raw,format={layout} ! appsink name=sink")
     with GStreamerSource(pipeline, plan=ExposurePlan.of([0.01]), settle_frames=0) as src:
         frame = src.read_bracket(1.0).frames[0]
     assert frame.shape == (30, 322, 3)
@@ -209,6 +211,14 @@ def test_padded_rows_and_colour_order_survive_the_appsink():
     bars = frame[0, 23::46]  # centres of the seven bars: white, yellow, cyan, green, magenta, red, blue (RGB)
     np.testing.assert_array_equal(bars > 128, [[1, 1, 1], [1, 1, 0], [0, 1, 1], [0, 1, 0], [1, 0, 1], [1, 0, 0],
                                               [0, 0, 1]])
+
+
+def test_a_pixel_format_the_source_cannot_read_is_named():
+    pipeline = ("videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=30/1 ! "
+                "videoconvert ! video/x-raw,format=I420 ! appsink name=sink")
+    with GStreamerSource(pipeline, plan=ExposurePlan.of([0.01]), settle_frames=0) as src:
+        with pytest.raises(SourceError, match=r"format=I420; it takes BGR, RGB, BGRx"):
+            src.read_bracket(1.0)
 
 
 def test_a_mapping_that_returns_the_wrong_type_is_a_clear_error():
@@ -236,12 +246,12 @@ def test_exposure_control_configuration_is_checked():
                                             "mapping": "argus"}
 
 
-def test_the_argus_default_is_unchanged_and_its_absence_is_explained():
+def test_the_argus_default_and_its_absence_is_explained():
     src = GStreamerSource()
     assert src.pipeline_text == (
         'nvarguscamerasrc name=src sensor-id=0 aelock=true exposuretimerange="500000 500000" gainrange="1 1" ! '
         "video/x-raw(memory:NVMM),width=1920,height=1080,framerate=30/1 ! nvvidconv ! video/x-raw,format=BGRx ! "
-        "videoconvert ! video/x-raw,format=BGR ! appsink name=sink max-buffers=2 drop=true sync=false")
+        "appsink name=sink max-buffers=2 drop=true sync=false")
     assert src.settle_frames == 3 and src.control == ExposureControl()
 
     class Element:  # what the Argus mapping writes, recorded

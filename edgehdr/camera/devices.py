@@ -31,6 +31,13 @@ __all__ = ["ExposureControl", "GStreamerSource", "Picamera2Source", "V4L2Source"
 log = logging.getLogger("edgehdr.camera")
 
 
+# Packed 8-bit layouts a source can hand over, and the OpenCV conversion of each to RGB (None: already RGB). The
+# 4-byte ones let a pipeline end at the converter that made them (Jetson's nvvidconv writes BGRx) without a CPU
+# videoconvert pass to BGR before the appsink.
+PIXEL_LAYOUTS: dict[str, str | None] = {"BGR": "COLOR_BGR2RGB", "RGB": None, "BGRx": "COLOR_BGRA2RGB",
+                                        "BGRA": "COLOR_BGRA2RGB", "RGBx": "COLOR_RGBA2RGB", "RGBA": "COLOR_RGBA2RGB"}
+
+
 class _GroupingSource(BracketSource):
     """Shared plan handling and frame grouping of the device sources."""
 
@@ -68,16 +75,23 @@ class _GroupingSource(BracketSource):
         """(frame RGB, timestamp ns) at this exposure; implemented per device."""
         raise NotImplementedError
 
-    def _to_rgb(self, bgr: np.ndarray) -> np.ndarray:
-        """A BGR (H, W, 3) frame (rows may be padded, memory read only) as RGB in one of the grouper's recycled
-        frame buffers. OpenCV's channel swap: numpy's ``bgr[..., ::-1].copy()`` took 12-25 ms at 1080p on this
-        project's 2-core VM against 0.2-0.35 ms for ``cv2.cvtColor`` into a buffer."""
+    def _to_rgb(self, pixels: np.ndarray, layout: str = "BGR") -> np.ndarray:
+        """An 8-bit (H, W, 3 or 4) frame in ``layout`` (a key of ``PIXEL_LAYOUTS``; rows may be padded, memory
+        read only) as RGB in one of the grouper's recycled frame buffers, in one OpenCV pass. The channel swap
+        by numpy's ``bgr[..., ::-1].copy()`` took 12-25 ms at 1080p on this project's 2-core VM against
+        0.2-0.35 ms for ``cv2.cvtColor`` into a buffer."""
         import cv2
 
-        if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
-            raise SourceError(f"{self.name}: expected an 8-bit BGR frame (H, W, 3), got {bgr.dtype} "
-                              f"{tuple(bgr.shape)}")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=self._grouper.frame_buffer(bgr.shape))
+        channels = len(layout)
+        if pixels.ndim != 3 or pixels.shape[2] != channels or pixels.dtype != np.uint8:
+            raise SourceError(f"{self.name}: expected an 8-bit {layout} frame (H, W, {channels}), got "
+                              f"{pixels.dtype} {tuple(pixels.shape)}")
+        out = self._grouper.frame_buffer((*pixels.shape[:2], 3))
+        conversion = PIXEL_LAYOUTS[layout]
+        if conversion is None:
+            np.copyto(out, pixels)
+            return out
+        return cv2.cvtColor(pixels, getattr(cv2, conversion), dst=out)
 
     def describe(self) -> dict[str, Any]:
         frames, stacks = self._grouper.frame_pool, self._grouper.stack_pool
@@ -299,12 +313,12 @@ class GStreamerSource(_GroupingSource):
     @staticmethod
     def default_pipeline(sensor_id: int = 0, width: int = 1920, height: int = 1080, fps: float = 30.0,
                          exposure_s: float = 1 / 2000) -> str:
-        """The Jetson pipeline: ``nvarguscamerasrc`` (manual exposure, AE locked) -> NVMM NV12 -> BGR appsink."""
+        """The Jetson pipeline: ``nvarguscamerasrc`` (manual exposure, AE locked) -> NVMM NV12 -> ``nvvidconv`` (VIC
+        hardware) -> BGRx appsink; the source turns BGRx into RGB in one OpenCV pass (no CPU ``videoconvert``)."""
         t_ns = int(exposure_s * 1e9)
         return (f'nvarguscamerasrc name=src sensor-id={sensor_id} aelock=true exposuretimerange="{t_ns} {t_ns}" '
                 f'gainrange="1 1" ! video/x-raw(memory:NVMM),width={width},height={height},framerate={int(fps)}/1 ! '
-                "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
-                "appsink name=sink max-buffers=2 drop=true sync=false")
+                "nvvidconv ! video/x-raw,format=BGRx ! appsink name=sink max-buffers=2 drop=true sync=false")
 
     def open(self) -> None:
         try:
@@ -436,16 +450,22 @@ class GStreamerSource(_GroupingSource):
         buf = sample.get_buffer()
         caps = sample.get_caps().get_structure(0)
         w, h = caps.get_value("width"), caps.get_value("height")
+        layout = caps.get_string("format")
+        if layout not in PIXEL_LAYOUTS:
+            raise SourceError(f"{self.name}: the appsink receives format={layout}; it takes "
+                              f"{', '.join(PIXEL_LAYOUTS)}: end the pipeline in e.g. 'videoconvert ! "
+                              "video/x-raw,format=BGR ! appsink name=sink'")
+        size = len(layout)
         ok, info = buf.map(self._Gst.MapFlags.READ)
         if not ok:
             raise SourceError(f"{self.name}: cannot map a buffer")
         try:
-            stride = info.size // h  # GStreamer pads each BGR row to a multiple of 4 bytes
-            if stride < w * 3:
-                raise SourceError(f"{self.name}: a {w}x{h} buffer of {info.size} bytes is not BGR; end the "
-                                  "pipeline in 'videoconvert ! video/x-raw,format=BGR ! appsink name=sink'")
+            stride = info.size // h  # GStreamer pads each 3-byte row to a multiple of 4 bytes
+            if stride < w * size:
+                raise SourceError(f"{self.name}: a {w}x{h} {layout} buffer of {info.size} bytes is too small for "
+                                  f"{size} bytes a pixel")
             rows = np.frombuffer(info.data, np.uint8, count=stride * h).reshape(h, stride)
-            rgb = self._to_rgb(rows[:, : w * 3].reshape(h, w, 3))
+            rgb = self._to_rgb(rows[:, : w * size].reshape(h, w, size), layout)
         finally:
             buf.unmap(info)
         return rgb, self._stamp_ns(sample, buf)
