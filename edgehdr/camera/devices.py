@@ -321,6 +321,8 @@ class GStreamerSource(_GroupingSource):
                 "nvvidconv ! video/x-raw,format=BGRx ! appsink name=sink max-buffers=2 drop=true sync=false")
 
     def open(self) -> None:
+        import cv2  # noqa: F401 - here, not at the first frame's conversion (a cold import takes about a second)
+
         try:
             import gi
 
@@ -536,6 +538,8 @@ class Picamera2Source(_GroupingSource):
         self._cam: Any | None = None  # a picamera2.Picamera2 while open
 
     def open(self) -> None:
+        import cv2  # noqa: F401 - here, not at the first frame's conversion (a cold import takes about a second)
+
         try:
             from picamera2 import Picamera2
         except ImportError as exc:
