@@ -189,6 +189,49 @@ def test_bracket_input_uses_its_exposure_and_gain():
 
 
 @pytest.mark.parametrize("size", [(40, 56), (96, 160)])  # the serial kernel and the parallel one
+def test_rows_mostly_clipped_or_black_take_the_same_bound_as_rows_with_a_few(size):
+    """A row where most samples are clipped or black in every frame takes the bound in vectorised passes, a row
+    with a few in the per-sample loop: the same samples get bit-identical values either way, and both follow the
+    rule (the shortest frame that reads bright, else the longest) against a float64 reference."""
+    from edgehdr.hdr.merge import resolve_response
+
+    h, w = size
+    rng = np.random.default_rng(3)
+    exposures = np.array([1.0, 0.25, 4.0])  # frame 1 is the shortest: the kernel orders by exposure
+    # codes 0 and 255 only: no frame measures them (zero weight at both ends)
+    pattern = np.where(rng.random((3, w, 3)) < 0.5, 0, 255).astype(np.uint8)
+    frames = rng.integers(30, 220, (3, h, w, 3), dtype=np.uint8)
+    mostly = np.arange(0, h, 2)  # every even row: all of it unmeasured
+    frames[:, mostly] = pattern[:, None]
+    few = np.arange(1, h, 2)  # odd rows: the first 5 pixels only
+    frames[:, few, :5] = pattern[:, None, :5]
+    for shifts in (None, np.array([[2, 0], [0, 0], [-3, 0]])):
+        kw = {} if shifts is None else {"shifts": shifts}
+        merged = merge_debevec(frames, exposures, "srgb", **kw)
+        if shifts is None:
+            np.testing.assert_array_equal(merged[mostly][:, :5].view(np.int32),
+                                          np.broadcast_to(merged[few][:1, :5], (len(mostly), 5, 3)).view(np.int32))
+            np.testing.assert_array_equal(merged[few][:, :5].view(np.int32),
+                                          np.broadcast_to(merged[1, :5], (len(few), 5, 3)).view(np.int32))
+        else:  # read through the shifts: bit-identical to merging the shifted copy
+            from edgehdr.hdr.align import shifted_stack
+
+            reference = merge_debevec(shifted_stack(frames, shifts), exposures, "srgb")
+            np.testing.assert_array_equal(merged.view(np.int32), reference.view(np.int32))
+    merged = merge_debevec(frames, exposures, "srgb")
+    log_lut = resolve_response("srgb", 8).log_lut().astype(np.float64)
+    order = np.argsort(exposures)
+    bright = 2 * pattern.astype(np.int32) >= 255  # (3 frames, w, 3)
+    pick = np.full((w, 3), order[-1])
+    for i in order[::-1]:  # the longest first; each shorter bright frame takes over
+        pick = np.where(bright[i], i, pick)
+    z = np.take_along_axis(pattern, pick[None], axis=0)[0]
+    expected = np.exp(log_lut[np.arange(3)[None, :], z] - np.log(exposures[pick]))
+    np.testing.assert_allclose(merged[0], expected, rtol=2e-5)
+    assert (pick == 1).any() and (pick == 2).any() and (pick == 0).any()  # shortest bright, middle, longest
+
+
+@pytest.mark.parametrize("size", [(40, 56), (96, 160)])  # the serial kernel and the parallel one
 @pytest.mark.parametrize("deghost", [False, True])
 def test_shifts_read_in_the_kernel_equal_merging_the_shifted_copy(size, deghost):
     """merge_debevec(shifts=...) reads frame i at (y + dy, x + dx), edges replicated: bit-identical to merging

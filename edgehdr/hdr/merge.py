@@ -158,6 +158,29 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
         den = np.float32(a >> 32)
         num = np.float32(a & low_mask)
         loge[j] = num / max(den, np.float32(1e-30)) - np.float32(offset)
+    if not use_mask and 8 * unmeasured > 3 * w:
+        # Many samples clipped or black in every frame (a night scene's black, a covered lens, a test
+        # pattern): the rule below for the whole row in vectorisable passes, one per frame from the
+        # longest to the shortest, each bright code taking over (the shortest bright frame wins, else the
+        # longest frame), then kept where nothing was measured; bit-identical. The passes cost the same
+        # whatever the share, the loop below in proportion to it: about even at 3/8 of the row. A 1080p
+        # stack of 0/255 colour bars: 46 against 95 ms of process CPU on 2 cores (mid-tone codes 16).
+        bound = np.empty(3 * w, np.float32)
+        for k in range(n - 1, -1, -1):
+            i = order[k]
+            dx = shifts[i, 0]
+            row = frames[i, min(max(y + shifts[i, 1], 0), h - 1)]
+            t_log = log_exposure[i]
+            for x in range(w):
+                xs = min(max(x + dx, 0), w - 1)
+                for c in range(3):
+                    z = row[xs, c]
+                    value = log_lut[c, z] - t_log
+                    take = k == n - 1 or 2 * np.int32(z) >= top
+                    bound[3 * x + c] = value if take else bound[3 * x + c]
+        for j in range(3 * w):
+            loge[j] = bound[j] if (acc[j] >> 32) == 0 else loge[j]
+        unmeasured = 0
     # The unmeasured samples' indices, gathered without a branch (a data-dependent
     # branch per sample mispredicts where channels of one pixel differ).
     todo = np.empty(unmeasured + 1, np.int64)
