@@ -170,8 +170,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     captured = end["frames_captured"] - base["frames_captured"]
     completed = end["frames_completed"] - base["frames_completed"]
     dropped = end["frames_dropped"] - base["frames_dropped"]
-    # capture slots the camera let pass: drops that were never captured (the capture stage's own drops)
-    skipped = end["stages"][0]["dropped"] - base["stages"][0]["dropped"]
+    skipped = end["frames_skipped"] - base["frames_skipped"]  # capture slots the camera let pass: never captured
     failed = end["frames_failed"] - base["frames_failed"]
     # CPU time of each stage's thread (and of the capture thread) per completed frame over the window: frames
     # dropped after a stage still cost that stage, so this is what a delivered frame costs, stage by stage.
