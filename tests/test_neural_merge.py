@@ -374,3 +374,36 @@ def test_int8_export_of_the_merge_net_stays_within_its_budget(tmp_path):
     manifest = json.loads((tmp_path / "merge_net.int8.onnx.manifest.json").read_text())
     assert check_qdq_for_tensorrt(tmp_path / "merge_net.int8.onnx",
                                   float_nodes=manifest["calibration"]["kept_float"]) == []
+
+
+def test_rows_mostly_falling_back_take_the_same_bound_as_rows_with_a_few():
+    """A row where most samples have no usable frame takes the fallback in one branch-free pass over the row, a row
+    with a few in the per-sample loop: the same pixels get bit-identical values either way, and the fallback's
+    choices among the three frames all occur (shortest bright, reference, longest), with and without the gate."""
+    from edgehdr.hdr.crf import CameraResponse, ResponseCurve
+
+    response = CameraResponse.from_curve(ResponseCurve.parse("srgb"), 8)
+    rng = np.random.default_rng(11)
+    h, w, n = 8, 256, 64
+    exposures = np.array([1.0, 0.25, 4.0])  # frame 1 the shortest: the kernel sorts by exposure
+    # The first n pixels: codes at the ends, inside the clip margins and mid-tones, mixed per channel and frame, so
+    # that some samples fall back, with the gate's and the looser test's verdicts differing across channels.
+    codes = np.array([0, 3, 9, 60, 120, 200, 246, 252, 255], np.uint8)
+    pattern = codes[rng.integers(0, len(codes), (3, n, 3))]
+    frames = np.full((3, h, w, 3), 120, np.uint8)  # the rest of the few rows: the reference measures every sample
+    frames[:, :, :n] = pattern[:, None]
+    mostly = np.arange(0, h, 2)
+    frames[:, mostly, n:] = np.where(rng.random((3, w - n, 3)) < 0.5, 0, 255).astype(np.uint8)[:, None]
+    lut = response.log_lut().astype(np.float64)
+    candidates = np.exp(lut[np.arange(3)[None, :], pattern] - np.log(exposures)[:, None, None])  # (frame, n, 3)
+    for gate in (True, False):
+        out = merge_with_weights(frames, np.full((3, 4, 4), 1 / 3, np.float32), exposures, response,
+                                 consistency_gate=gate)
+        few = np.arange(1, h, 2)
+        np.testing.assert_array_equal(out[mostly, :n].view(np.int32),
+                                      np.broadcast_to(out[1, :n], (len(mostly), n, 3)).view(np.int32))
+        np.testing.assert_array_equal(out[few, :n].view(np.int32),
+                                      np.broadcast_to(out[1, :n], (len(few), n, 3)).view(np.int32))
+        took = np.isclose(out[0, :n][None], candidates, rtol=1e-5)  # which frame's bound a sample equals
+        only = took & (took.sum(axis=0) == 1)[None]
+        assert all(only[i].sum() >= 2 for i in range(3)), only.sum(axis=(1, 2))

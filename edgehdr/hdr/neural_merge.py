@@ -294,7 +294,33 @@ def _weighted_merge_kernel(levels: int):
             unusable = 0
             for j in range(3 * n_cols):
                 unusable += den_row[j] <= eps
-            if unusable:
+            if 8 * unusable > 9 * n_cols:  # more than 3/8 of the row's 3 n_cols samples
+                # Most of the row clipped or black in every frame (a covered lens, a night sky, a test pattern):
+                # the same rule, per pixel, for the whole row without data-dependent branches, each sample
+                # kept only where it falls back; bit-identical to the loop below, which costs in proportion
+                # to the samples falling back. 1080p, process CPU on two cores, alternating runs: 0/255 colour
+                # bars 42-52 against 77-82 ms, 0/255 codes scattered over half the samples 75-89 against 100-104,
+                # mid-tones 27-34 against 29-31 (unchanged: the pass does not run); with 0/255 over 10 or 30 %
+                # of the samples (the loop runs) 42-50 and 71-83 either way. Choosing the table and the frame
+                # by arithmetic instead of selects was no faster.
+                for x in range(n_cols):
+                    use0 = True
+                    use2 = True
+                    if gate:
+                        for cc in range(3):
+                            zr = np.int64(f1[3 * x + cc]) + cc * levels
+                            falls = den_row[3 * x + cc] <= eps
+                            tight0, tight2, loose0, loose2 = spans[0, zr], spans[1, zr], loose[0, zr], loose[1, zr]
+                            use0 = use0 & _in_span(f0[3 * x + cc], tight0 if falls else loose0)
+                            use2 = use2 & _in_span(f2[3 * x + cc], tight2 if falls else loose2)
+                    for c in range(3):
+                        j = 3 * x + c
+                        z0, z1, z2 = f0[j], f1[j], f2[j]
+                        r0, r1, r2 = log2_rad[0, c, z0], log2_rad[1, c, z1], log2_rad[2, c, z2]
+                        longer = r1 if (z1 >= half_level) | (not use2) else r2
+                        bound = r0 if use0 & (z0 >= half_level) else longer
+                        buf[j] = bound if den_row[j] <= eps else buf[j]
+            elif unusable:
                 for j in range(3 * n_cols):
                     if den_row[j] <= eps:
                         x, c = j // 3, j % 3
