@@ -166,3 +166,41 @@ def test_basic_graph_optimisation_runs_qdq_nodes_as_written(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="graph_optimization"):
         OnnxRuntimeRunner(path, graph_optimization="fast")
+
+
+def test_qdq_model_on_the_cpu_provider_is_named_in_the_log(tmp_path, nets, caplog):
+    """An INT8 Q/DQ model loaded on ONNX Runtime's CPU provider at the runtime's optimisation level gets a warning
+    naming the file (it runs slower than FP32 there; Q/DQ is for TensorRT): found from the graph's
+    DequantizeLinear nodes, or from a manifest beside it, which takes precedence. An FP32 model, and the "basic"
+    level the export's validation uses, get none."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgehdr.infer.ort import is_qdq_model
+
+    inits = [numpy_helper.from_array(np.array(np.float32(0.05)), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 4))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, 4))], inits)
+    qdq = tmp_path / "qdq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), qdq)
+    fp32 = nets["image"]
+    assert is_qdq_model(qdq) and not is_qdq_model(fp32)
+
+    def warned(path, **kw) -> bool:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="edgehdr.infer"), OnnxRuntimeRunner(path, **kw):
+            pass
+        return any(path.name in r.getMessage() and "TensorRT" in r.getMessage() for r in caplog.records)
+
+    assert warned(qdq)
+    assert not warned(qdq, graph_optimization="basic")
+    assert not warned(fp32)
+    Manifest(model_name="qdq", artefact=qdq.name, precision="fp32").save(Manifest.path_for(qdq))
+    assert not is_qdq_model(qdq) and not warned(qdq)
+    copied = tmp_path / "image.onnx"
+    copied.write_bytes(fp32.read_bytes())
+    Manifest(model_name="image", artefact=copied.name, precision="int8").save(Manifest.path_for(copied))
+    assert warned(copied)

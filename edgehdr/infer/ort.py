@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,10 +23,13 @@ from edgehdr.infer.manifest import Manifest
 if TYPE_CHECKING:
     import onnxruntime
 
+log = logging.getLogger("edgehdr.infer")
+
 __all__ = [
     "GRAPH_OPTIMIZATION_LEVELS",
     "OnnxRuntimeRunner",
     "best_providers",
+    "is_qdq_model",
     "model_metadata",
     "ort_device",
     "ort_dtype_name",
@@ -165,6 +169,12 @@ class OnnxRuntimeRunner(RunnerBase):
             self.session = ort.InferenceSession(str(self.model), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types
             raise ValueError(f"{self.model}: ONNX Runtime cannot load the model ({exc})") from exc
+        if (self.session.get_providers()[0] == "CPUExecutionProvider" and self.graph_optimization == "all"
+                and is_qdq_model(self.model)):
+            log.warning("%s: an INT8 Q/DQ model on ONNX Runtime's CPU provider runs slower than its FP32 model "
+                        "(measured 1.4-2.1x: tmo_net, merge_net, dimming_net on an x86 CPU with VNNI); Q/DQ is "
+                        "made for TensorRT (edgehdr-export build --target trt on the device): on a CPU run the "
+                        "FP32 ONNX model", self.model.name)
         return self
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -203,6 +213,23 @@ class OnnxRuntimeRunner(RunnerBase):
 
     def close(self) -> None:
         self.session = None
+
+
+def is_qdq_model(model: PathLike) -> bool:
+    """Whether an ONNX model is quantised with QuantizeLinear / DequantizeLinear nodes: its manifest says
+    ``int8`` where one lies beside it, else the graph names a ``DequantizeLinear`` operator (ONNX stores each
+    node's operator type as a plain string; the runtime needs no ``onnx`` package for this)."""
+    path = Path(model)
+    manifest = Manifest.path_for(path)
+    if manifest.is_file():
+        try:
+            return Manifest.load(manifest).precision == "int8"
+        except (OSError, ValueError, TypeError):
+            pass  # a damaged manifest: look at the graph
+    try:
+        return b"DequantizeLinear" in path.read_bytes()
+    except OSError:
+        return False
 
 
 def model_metadata(model: PathLike) -> dict[str, str]:
