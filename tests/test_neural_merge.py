@@ -160,12 +160,13 @@ def test_weight_upsampling_is_opencv_bilinear():
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("k", [2, 3, 4, 8, 16])
 def test_working_size_block_means_are_rounded_means(k, dtype):
     """The encoder's block means of the three frames (one kernel call, exposure order) against NumPy's
     exact integer means, rounded half up, on a size that leaves rows and columns over; with deferred shifts, the
-    means of ``shifted_stack``'s moved frames."""
-    from edgehdr.hdr.neural_merge import _block_means
+    means of ``shifted_stack``'s moved frames. Blocks of the top code: the row sums' type (``_accumulator``)
+    must hold k of them."""
+    from edgehdr.hdr.neural_merge import _accumulator, _block_means
 
     rng = np.random.default_rng(k)
     top = np.iinfo(dtype).max
@@ -174,7 +175,7 @@ def test_working_size_block_means_are_rounded_means(k, dtype):
     order = np.array([2, 0, 1], np.int64)
     for shifts in (np.zeros((3, 2), np.int64), np.array([[3, -2], [0, 0], [-k - 1, 5]], np.int64)):
         out = np.empty((3, 7, 11, 3), dtype)
-        _block_means(stack, order, shifts, k, out)
+        _block_means(stack, order, shifts, k, out, _accumulator(stack.dtype, k))
         moved = shifted_stack(stack, shifts)
         for f, i in enumerate(order):
             sums = moved[i, :7 * k, :11 * k].astype(np.int64).reshape(7, k, 11, k, 3).sum(axis=(1, 3))
