@@ -160,7 +160,7 @@ def test_weight_upsampling_is_opencv_bilinear():
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-@pytest.mark.parametrize("k", [2, 3, 4, 8, 16])
+@pytest.mark.parametrize("k", [2, 3, 4, 8, 15, 16, 17, 32])
 def test_working_size_block_means_are_rounded_means(k, dtype):
     """The encoder's block means of the three frames (one kernel call, exposure order) against NumPy's
     exact integer means, rounded half up, on a size that leaves rows and columns over; with deferred shifts, the
