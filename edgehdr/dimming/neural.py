@@ -83,6 +83,7 @@ class NeuralDimmer:
         if not 0.0 < power_budget <= 1.0:
             raise ValueError(f"power_budget must be in (0, 1], got {power_budget}")
         self.runner, self.layout, self.power_budget = runner, layout, float(power_budget)
+        self.non_finite_frames = 0  # frames whose network output held a non-finite zone value (given full light)
         (spec,) = runner.describe().inputs
         self._input_name, shape = spec.name, spec.shape
         expected = [1, INPUT_CHANNELS, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION]
@@ -111,7 +112,9 @@ class NeuralDimmer:
         light = np.asarray(light, np.float32).reshape(self.layout.rows, self.layout.cols)
         finite = np.isfinite(light)
         if not finite.all():
-            log.warning("dimming network returned %d non-finite zone values of %d; those zones get full light",
-                        light.size - int(np.count_nonzero(finite)), light.size)
+            self.non_finite_frames += 1
+            log.warning("dimming network returned %d non-finite zone values of %d; those zones get full light "
+                        "(frames so far: %d)", light.size - int(np.count_nonzero(finite)), light.size,
+                        self.non_finite_frames)
             light = np.where(finite, light, np.float32(1.0))
         return within_budget(np.clip(light, 0.0, 1.0), budget)

@@ -35,6 +35,7 @@ F. Banterle and A. Artusi, "Modern HDR imaging at the time of deep learning" (tu
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
 __all__ = ["MERGE_INPUT_SHAPE", "MERGE_OUTPUT_SHAPE", "encode_merge_input", "merge_with_weights", "softmax_weights",
            "frame_weights", "gate_tables", "fallback_gate_tables", "gate_spans", "merge_weight_table",
            "NeuralMerger", "bilinear_taps"]
+
+log = logging.getLogger("edgehdr.hdr")
 
 MERGE_INPUT_SHAPE = (1, 12, 272, 480)
 MERGE_OUTPUT_SHAPE = (1, 3, 136, 240)
@@ -535,13 +538,30 @@ class NeuralMerger:
         self.response: ResponseLike = response
         self.consistency_gate = consistency_gate
         self.input_name = runner.describe().inputs[0].name
+        self.non_finite_frames = 0  # brackets whose network output held a non-finite logit (``finite_logits``)
+
+    def finite_logits(self, logits: np.ndarray) -> np.ndarray:
+        """The network's logits with every non-finite one (a broken model or engine, e.g. an FP16 overflow) set to
+        0 across the three frames of its cell: equal weights there, i.e. the hat-weighted Debevec merge with the
+        consistency gate, instead of NaN radiance. Counted in ``non_finite_frames`` and named in a warning."""
+        z = np.asarray(logits, np.float32).reshape(3, *np.shape(logits)[-2:])
+        finite = np.isfinite(z)
+        if finite.all():
+            return z
+        self.non_finite_frames += 1
+        cells = ~np.all(finite, axis=0)
+        log.warning("merge network returned non-finite weights in %d of %d cells; those cells merge with equal "
+                    "weights (brackets so far: %d)", int(np.count_nonzero(cells)), cells.size,
+                    self.non_finite_frames)
+        return np.where(cells[None], np.float32(0.0), z)
 
     def weights(self, bracket: FramesLike, exposures: ArrayLike | None = None, *,
                 bits: int | None = None, shifts: ArrayLike | None = None) -> np.ndarray:
         """Per-frame weight maps (3, 136, 240) in the bracket's frame order."""
         stack, exposures, _, bits, _ = _prepare(bracket, exposures, self.response, bits)
         x = encode_merge_input(stack, exposures, self.response, bits=bits, shifts=shifts)
-        return frame_weights(next(iter(self.runner.run({self.input_name: x}).values())), exposures)
+        return frame_weights(self.finite_logits(next(iter(self.runner.run({self.input_name: x}).values()))),
+                             exposures)
 
     def __call__(self, bracket: FramesLike, exposures: ArrayLike | None = None, *, bits: int | None = None,
                  out: np.ndarray | None = None, shifts: ArrayLike | None = None) -> np.ndarray:

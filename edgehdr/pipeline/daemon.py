@@ -165,11 +165,25 @@ class Runtime:
         if self.scorer is not None:
             stats["quality"] = self.scorer.snapshot()
         self._add_buffer_stats(stats)
+        faults = self.network_faults()
+        if faults:
+            stats["network_non_finite_frames"] = faults
         if self.simulator is not None:
             st = self.simulator.status()
             stats["controller"] = {"frames_applied": st.frames_applied, "state": int(st.state),
                                    "crc_errors": st.crc_errors, "framing_errors": st.framing_errors}
         return stats
+
+    def network_faults(self) -> dict[str, int]:
+        """Per stage with a network (merge, tone map, dimming): frames whose network output held a non-finite value,
+        which the stage replaced (``NeuralMerger.finite_logits``, ``NeuralToneMapper.finite_grid``, the dimming
+        network's full light); the score stage's unscored frames are in ``quality``."""
+        faults: dict[str, int] = {}
+        for stage in self.pipeline.stages if self.pipeline is not None else ():
+            network = getattr(stage.fn, "merger", None) or getattr(stage.fn, "neural", None)
+            if network is not None and hasattr(network, "non_finite_frames"):
+                faults[stage.name] = int(network.non_finite_frames)
+        return faults
 
     def _add_buffer_stats(self, stats: dict[str, Any]) -> None:
         """The merge's radiance pool ([run] radiance_buffers): arrays allocated, its limit, waits."""
@@ -186,6 +200,9 @@ class Runtime:
         final = self.pipeline.stop() if self.pipeline else {}
         if final:
             self._add_buffer_stats(final)
+            faults = self.network_faults()
+            if faults:
+                final["network_non_finite_frames"] = faults
         if self.pipeline is None and self.source is not None:
             try:
                 self.source.close()
@@ -628,12 +645,16 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
 
 
 def status_line(stats: dict[str, Any]) -> str:
-    """The systemd ``STATUS=`` text: rate, drops, failures, output errors per sink, link state."""
+    """The systemd ``STATUS=`` text: rate, drops, failures, output errors per sink, frames a network's non-finite
+    output was replaced in, link state."""
     parts = [f"{stats.get('fps')} fps", f"{stats.get('frames_dropped')} dropped",
              f"{stats.get('frames_failed')} failed"]
     failing = [f"{o['sink']} {o['errors']}" for o in stats.get("outputs", []) if o["errors"]]
     if failing:
         parts.append("output errors: " + ", ".join(failing))
+    faulty = [f"{name} {n}" for name, n in stats.get("network_non_finite_frames", {}).items() if n]
+    if faulty:
+        parts.append("non-finite network outputs: " + ", ".join(faulty))
     link = stats.get("link")
     if link is not None:
         parts.append(f"link {link['state']}" + (f" ({link['last_error']})" if link["state"] != "connected"

@@ -235,10 +235,16 @@ class ScoreStage:
         self.scorer, self.every_n, self.model = NoRVDPNetScorer(runner), int(every_n), model
         self.recent: list[float] = []
         self.window, self.frames_scored = window, 0
+        self.non_finite_frames = 0  # frames the model gave a non-finite score: left unscored, the frame goes on
 
     def __call__(self, ctx: FrameContext) -> FrameContext:
         if ctx.sdr is not None and ctx.frame_id % self.every_n == 0:
-            ctx.quality_score = self.scorer.score(ctx.sdr)
+            try:
+                ctx.quality_score = self.scorer.score(ctx.sdr)
+            except ValueError as exc:  # a non-finite score: the picture is fine, its score is not
+                self.non_finite_frames += 1
+                log.warning("frame %d not scored: %s (frames so far: %d)", ctx.frame_id, exc, self.non_finite_frames)
+                return ctx
             self.frames_scored += 1
             self.recent = (self.recent + [ctx.quality_score])[-self.window:]
         return ctx
@@ -246,6 +252,7 @@ class ScoreStage:
     def snapshot(self) -> dict[str, Any]:
         recent = list(self.recent)
         return {"model": self.model, "every_n": self.every_n, "frames_scored": self.frames_scored,
+                "non_finite_frames": self.non_finite_frames,
                 "last": round(recent[-1], 4) if recent else None,
                 "mean_recent": round(float(np.mean(recent)), 4) if recent else None}
 

@@ -141,7 +141,10 @@ class NoRVDPNetScorer:
     def score(self, image: np.ndarray) -> float:
         x = encode_sdr(image, self.shape) if self.encoding == "sdr" else encode_hdr(image, self.shape)
         out = self.runner.run({self.input_name: x})
-        return float(np.asarray(next(iter(out.values()))).reshape(-1)[0])
+        value = float(np.asarray(next(iter(out.values()))).reshape(-1)[0])
+        if not math.isfinite(value):  # a broken model or engine: no score rather than a NaN in averages and ranks
+            raise ValueError(f"the quality model returned a non-finite score ({value})")
+        return value
 
     def rank(self, paths: Iterable[str | os.PathLike[str]]) -> list[tuple[float, Path]]:
         """``(score, path)`` for image files, best first (8-bit images; radiance files for an HDR model)."""
@@ -160,7 +163,10 @@ class NoRVDPNetScorer:
                 if img is None:
                     raise ValueError(f"{p}: not a readable 8-bit image (PNG, JPEG, TIFF, ...)")
                 image = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-            scored.append((self.score(image), p))
+            try:
+                scored.append((self.score(image), p))
+            except ValueError as exc:
+                raise ValueError(f"{p}: {exc}") from exc
         return sorted(scored, key=lambda t: -t[0])
 
 

@@ -249,6 +249,7 @@ class NeuralToneMapper:
         self.frame_interval_s = float(frame_interval_s)
         self._params: np.ndarray | None = None
         self._key: float | None = None
+        self.non_finite_frames = 0  # frames whose network output held a non-finite parameter (``finite_grid``)
         (self._input_name,) = [i.name for i in runner.describe().inputs]
 
     def reset(self) -> None:
@@ -260,8 +261,27 @@ class NeuralToneMapper:
         (params,) = self.runner.run({self._input_name: x}).values()
         return np.asarray(params, np.float32).reshape(TMO_GRID_SHAPE[1:]), key_log2, blocks
 
+    def finite_grid(self, params: np.ndarray) -> np.ndarray:
+        """The network's grid made safe to apply and to smooth: a non-finite parameter (a broken model or engine,
+        e.g. an FP16 overflow) takes the smoothed grid's value for its cell (the default grid's before the first
+        frame), counted in ``non_finite_frames`` and named in a warning, so that one bad output neither corrupts
+        the picture (the guided upsampling would spread it over a third of the frame) nor stays in the temporal
+        state; every parameter is then held to ``PARAM_RANGES``, which the network's last layer maps into."""
+        finite = np.isfinite(params)
+        if not finite.all():
+            self.non_finite_frames += 1
+            previous = self._params if self._params is not None else default_parameter_grid()
+            log.warning("tone-mapping network returned %d non-finite parameters of %d; those cells keep the "
+                        "previous grid's values (frames so far: %d)", params.size - int(np.count_nonzero(finite)),
+                        params.size, self.non_finite_frames)
+            params = np.where(finite, params, previous)
+        lo = np.array([r[0] for r in PARAM_RANGES], np.float32)[:, None, None]
+        hi = np.array([r[1] for r in PARAM_RANGES], np.float32)[:, None, None]
+        return np.clip(params, lo, hi).astype(np.float32)
+
     def __call__(self, radiance: np.ndarray, *, dt_s: float | None = None, out=None) -> np.ndarray:
         params, key_log2, blocks = self.predict(radiance)
+        params = self.finite_grid(params)
         if self.time_constant_s > 0 and self._params is not None and self._key is not None:
             dt = self.frame_interval_s if dt_s is None else max(float(dt_s), 0.0)
             k = np.float32(1.0 - math.exp(-dt / self.time_constant_s))
