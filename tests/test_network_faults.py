@@ -163,7 +163,10 @@ def test_a_non_finite_quality_score_is_an_error_and_the_score_stage_counts_it(tm
 
 
 def test_the_daemon_counts_frames_a_network_answered_non_finite(tmp_path, run_pipeline):
+    from prometheus_client import parser
+
     from edgehdr.pipeline.daemon import status_line
+    from edgehdr.pipeline.preview import prometheus_text
 
     bad = _tmo_grid()
     bad[1, 3, 4] = np.nan
@@ -179,3 +182,7 @@ def test_the_daemon_counts_frames_a_network_answered_non_finite(tmp_path, run_pi
     counted = final["network_non_finite_frames"]["tonemap"]
     assert counted >= len(seen) and live["network_non_finite_frames"]["tonemap"] >= 4
     assert f"non-finite network outputs: tonemap {counted}" in status_line(final)
+    families = {f.name: f for f in parser.text_string_to_metric_families(prometheus_text(final))}
+    assert families["edgehdr_network_non_finite_frames"].type == "counter"
+    assert {s.labels["stage"]: s.value for s in families["edgehdr_network_non_finite_frames"].samples} == {
+        "tonemap": counted}

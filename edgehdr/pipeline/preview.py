@@ -107,6 +107,12 @@ def prometheus_text(stats: dict[str, Any]) -> str:
                [({"sink": o["sink"]}, o.get("frames_written")) for o in outputs])
         metric("output_errors_total", "counter", "Writes an output sink failed.",
                [({"sink": o["sink"]}, o.get("errors")) for o in outputs])
+    faults = stats.get("network_non_finite_frames") or {}
+    quality_faults = (stats.get("quality") or {}).get("non_finite_frames")
+    if faults or quality_faults is not None:
+        metric("network_non_finite_frames_total", "counter", "Frames a stage's network answered NaN or infinity "
+               "in (replaced: equal merge weights, the previous tone-mapping grid, full zone light; a score left out).",
+               [*(({"stage": name}, n) for name, n in faults.items()), ({"stage": "score"}, quality_faults)])
     link = stats.get("link") or {}
     metric("link_frames_sent_total", "counter", "Zone frames written to the controller link.",
            [({}, link.get("frames_sent"))])
