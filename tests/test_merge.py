@@ -153,13 +153,44 @@ def test_codes_near_clipping_do_not_reject_a_correct_shorter_frame():
     assert np.median(np.abs(merged[bright] / truth[bright] - 1)) < 0.05
     import edgehdr.hdr.deghost as deghost
 
-    original = deghost.clip_margin_codes
+    original, upper = deghost.clip_margin_codes, deghost.reference_upper_bounds
     deghost.clip_margin_codes = lambda levels: 2
+    deghost.reference_upper_bounds = lambda hi: hi  # the shoulder rule (a later test) would rescue them too
     try:
         before = merge_debevec(frames, exposures, resp, deghost=True, reference_index=1)
     finally:
-        deghost.clip_margin_codes = original
+        deghost.clip_margin_codes, deghost.reference_upper_bounds = original, upper
     assert np.mean(np.abs(np.log(before[bright] / truth[bright])) > 1.0) > 0.05  # the old margin lost samples
+
+
+def test_a_reference_on_its_shoulder_does_not_reject_a_brighter_shorter_frame(shoulder_bracket):
+    """The reference's codes from ``reference_shoulder_code`` (217 at 8 bits) up bound the radiance from below only:
+    the short frame reading brighter stays and the merge comes closer to the highlight; a short frame reading darker
+    than a shoulder code is still rejected. With the reference's upper bounds as every frame's, the short frame's
+    correct samples were rejected and the merge kept the reference's too-low readings."""
+    import edgehdr.hdr.deghost as deghost
+    from edgehdr.hdr.deghost import consistency_masks, reference_shoulder_code
+
+    assert reference_shoulder_code(256) == 217
+    resp = standard_response("gamma2.2")
+    frames, exposures, truth, shoulder, moved = shoulder_bracket
+    masks = consistency_masks(frames, exposures, resp, reference_index=1)
+    assert masks[0][shoulder].all()
+    assert not masks[0][moved].any()
+    merged = merge_debevec(frames, exposures, resp, deghost=True, reference_index=1)
+    err = np.abs(np.log(merged[shoulder] / truth[shoulder]))
+    original = deghost.reference_upper_bounds
+    deghost.reference_upper_bounds = lambda hi: hi
+    try:
+        masks_before = consistency_masks(frames, exposures, resp, reference_index=1)
+        before = merge_debevec(frames, exposures, resp, deghost=True, reference_index=1)
+    finally:
+        deghost.reference_upper_bounds = original
+    err_before = np.abs(np.log(before[shoulder] / truth[shoulder]))
+    assert masks_before[0][shoulder].mean() < 0.5  # the test rejected them before
+    # The merge still weighs the reference's shoulder codes (the noise weights' taper only lowers them): closer,
+    # not exact (median |log error| 0.98 against 1.59 here, where the reference reads 3-9x too low).
+    assert np.median(err) < 0.7 * np.median(err_before)
 
 
 def test_preallocated_output_and_validation():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edgehdr.hdr.align import shifted_stack
+from edgehdr.hdr.crf import standard_response
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.hdr.neural_merge import (
     MERGE_INPUT_SHAPE,
@@ -82,7 +83,12 @@ def test_consistency_gate_drops_the_samples_grosch_rejects(bracket, bits):
     equal weights over the samples that are usable and consistent with the reference. At 16 bits the
     kernel is compiled for 65536 codes (the tables' stride is a compile-time constant)."""
     from edgehdr.bracket import Bracket
-    from edgehdr.hdr.deghost import _inconsistent_kernel, clip_margin_codes, radiance_intervals
+    from edgehdr.hdr.deghost import (
+        _inconsistent_kernel,
+        clip_margin_codes,
+        radiance_intervals,
+        reference_upper_bounds,
+    )
 
     b, resp = bracket.bracket, bracket.response
     if bits == 16:
@@ -92,8 +98,8 @@ def test_consistency_gate_drops_the_samples_grosch_rejects(bracket, bits):
     n, h, w, _ = b.frames.shape
     lo, hi = radiance_intervals(resp)
     bad = np.empty((n, h, w), np.uint8)
-    _inconsistent_kernel(b.frames, lo, hi, b.relative_exposure.astype(np.float32), 1, 2, bad,
-                         np.empty((h, w), np.uint8))
+    _inconsistent_kernel(b.frames, lo, hi, reference_upper_bounds(hi), b.relative_exposure.astype(np.float32), 1, 2,
+                         bad, np.empty((h, w), np.uint8))
     assert bad[[0, 2]].any()  # the moving objects make some
     z = b.frames.astype(np.int64)
     x = z / float((1 << bits) - 1)
@@ -106,6 +112,31 @@ def test_consistency_gate_drops_the_samples_grosch_rejects(bracket, bits):
     expected = np.exp((v * logs).sum(axis=0) / np.maximum(den, 1e-30))
     np.testing.assert_allclose(ours[ok], expected[ok], rtol=2e-3)
 
+
+
+def test_the_gate_takes_a_reference_shoulder_code_as_a_lower_bound(shoulder_bracket, monkeypatch):
+    """As the classical deghosting (``reference_upper_bounds``): where the reference reads its shoulder (here 3-9x
+    too low, colour processing after the clip) the brighter short frame passes the gate and pulls the merge towards
+    the truth; a short frame darker than a shoulder reading is still dropped (the merge there is the reference's
+    reading alone, as without the rule)."""
+    import edgehdr.hdr.neural_merge as nm
+
+    frames, exposures, truth, shoulder, moved = shoulder_bracket
+    resp = standard_response("gamma2.2")
+    uniform = np.full((3, 6, 8), 1 / 3, np.float32)
+    nm._gate_and_fallback_spans.cache_clear()
+    merged = merge_with_weights(frames, uniform, exposures, resp)
+    plain = nm.gate_tables
+    monkeypatch.setattr(nm, "gate_tables", lambda *a, **k: plain(*a, **{**k, "reference_shoulder": False}))
+    nm._gate_and_fallback_spans.cache_clear()
+    before = merge_with_weights(frames, uniform, exposures, resp)
+    nm._gate_and_fallback_spans.cache_clear()
+    err = np.median(np.abs(np.log(merged[shoulder] / truth[shoulder])))
+    err_before = np.median(np.abs(np.log(before[shoulder] / truth[shoulder])))
+    assert err < 0.7 * err_before, (err, err_before)
+    ref_alone = np.exp(resp.log_lut()[0][frames[1][moved][:, 0]]) / exposures[1]
+    np.testing.assert_allclose(merged[moved][:, 0], ref_alone, rtol=1e-5)
+    np.testing.assert_array_equal(merged[moved], before[moved])
 
 
 @pytest.mark.parametrize("bits", [8, 16])

@@ -408,20 +408,24 @@ def merge_weight_table(levels: int) -> np.ndarray:
 
 
 def gate_tables(response: CameraResponse, exposures_sorted: ArrayLike, *, tolerance: float = 0.25,
-                code_margin: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                code_margin: int | None = None, reference_shoulder: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """log2 radiance intervals per frame (sorted by exposure), channel and code: Grosch's consistency test
     (``edgehdr.hdr.deghost.radiance_intervals``, by default tolerance 0.25, 2-code slack; the codes within
     ``clip_margin_codes`` of either end, 8 at 8 bits, open upwards (clipped) or downwards (black)).
+    ``reference_shoulder``: the reference's (row 1) codes from ``reference_shoulder_code`` up bound the radiance
+    from below only (``edgehdr.hdr.deghost.reference_upper_bounds``), as in the classical deghosting.
     ``fallback_gate_tables`` gives the looser test of the kernel's fallback."""
-    from edgehdr.hdr.deghost import radiance_intervals
+    from edgehdr.hdr.deghost import radiance_intervals, reference_upper_bounds
 
     lo, hi = radiance_intervals(response, tolerance=tolerance, code_margin=code_margin)
     with np.errstate(divide="ignore"):
         lo2 = np.log2(lo.astype(np.float64))
         hi2 = np.log2(hi.astype(np.float64))
-    lo2, hi2 = np.maximum(lo2, -1e30), np.minimum(hi2, 1e30)
+        ref_hi2 = np.log2(reference_upper_bounds(hi).astype(np.float64)) if reference_shoulder else hi2
+    lo2, hi2, ref_hi2 = np.maximum(lo2, -1e30), np.minimum(hi2, 1e30), np.minimum(ref_hi2, 1e30)
     t2 = np.log2(np.asarray(exposures_sorted, np.float64))
-    return (np.stack([lo2 - t for t in t2]).astype(np.float32), np.stack([hi2 - t for t in t2]).astype(np.float32))
+    return (np.stack([lo2 - t for t in t2]).astype(np.float32),
+            np.stack([(ref_hi2 if k == 1 else hi2) - t for k, t in enumerate(t2)]).astype(np.float32))
 
 
 # The fallback's test in the channels of a pixel that do not fall back: Grosch's intervals widened by a factor of 4
@@ -444,7 +448,8 @@ def fallback_gate_tables(response: CameraResponse, exposures_sorted: ArrayLike) 
     a frame the gate rejected only for a small difference in a channel that does not fall back still serves the
     fallback; one that differs by more than about 4 stops (a moving object) does not."""
     levels = response.levels
-    return gate_tables(response, exposures_sorted, tolerance=FALLBACK_TOLERANCE, code_margin=8 * max(1, levels // 256))
+    return gate_tables(response, exposures_sorted, tolerance=FALLBACK_TOLERANCE, code_margin=8 * max(1, levels // 256),
+                       reference_shoulder=False)
 
 
 def gate_spans(lo2: np.ndarray, hi2: np.ndarray) -> np.ndarray:
