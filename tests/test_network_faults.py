@@ -91,8 +91,22 @@ def test_tone_mapper_keeps_the_previous_grid_where_the_network_answers_non_finit
     mapper.runner = ok_runner
     mapper(rad, dt_s=1 / 30)
     assert np.all(np.isfinite(mapper._params)) and mapper.non_finite_frames == 1
+    # Nor does a frame whose median luminance overflows, or a non-finite frame interval, reach the state.
+    key_before = mapper._key
+    with np.errstate(over="ignore", invalid="ignore"):  # the encoding's own arithmetic on such a frame
+        mapper(np.full_like(rad, 3e38), dt_s=float("nan"))
+    assert mapper._key == key_before and np.all(np.isfinite(mapper._params))
 
     # Before any grid was smoothed, the default grid stands in.
+    # A finite answer out of its parameter's range alone is held to the range too, and is not a non-finite frame.
+    wide = good.copy()
+    wide[2, 4, 4] = -3.0
+    wide_runner = _answering(tmp_path / "wide.onnx", "log_luminance", TMO_INPUT_SHAPE, "params", wide[None])
+    held = NeuralToneMapper(wide_runner, time_constant_s=0.4)
+    np.testing.assert_array_equal(held(rad), apply_parameter_grid(rad, np.clip(wide, lo, hi), key_log2=key,
+                                                                  blocks=blocks))
+    assert held.non_finite_frames == 0
+
     fresh = NeuralToneMapper(nan_runner, time_constant_s=0.4)
     start = np.clip(np.where(np.isfinite(bad), bad, default_parameter_grid()), lo, hi)
     np.testing.assert_array_equal(fresh(rad), apply_parameter_grid(rad, start, key_log2=key, blocks=blocks))
@@ -140,7 +154,7 @@ def test_merge_takes_equal_weights_in_cells_where_the_network_answers_non_finite
 
 def test_a_non_finite_quality_score_is_an_error_and_the_score_stage_counts_it(tmp_path, caplog):
     runner = _answering(tmp_path / "score.onnx", "image", (1, 1, 64, 64), "score",
-                        np.full((1, 1), np.nan, np.float32))
+                        np.full((1, 1, 1, 1), np.nan, np.float32))
     scorer = NoRVDPNetScorer(runner)
     sdr = np.full((48, 64, 3), 128, np.uint8)
     with pytest.raises(ValueError, match="non-finite score"):
@@ -160,6 +174,11 @@ def test_a_non_finite_quality_score_is_an_error_and_the_score_stage_counts_it(tm
     snap = stage.snapshot()
     assert snap["non_finite_frames"] == 1 and snap["frames_scored"] == 0 and snap["mean_recent"] is None
     assert any("frame 0 not scored" in r.getMessage() for r in caplog.records)
+    # Anything else wrong still fails the frame (the pipeline counts it): here an image that is not 8-bit.
+    ctx.sdr = np.zeros((48, 64, 3), np.float32)
+    with pytest.raises(ValueError, match="uint8"):
+        stage(ctx)
+    assert stage.snapshot()["non_finite_frames"] == 1
 
 
 def test_the_daemon_counts_frames_a_network_answered_non_finite(tmp_path, run_pipeline):
@@ -168,21 +187,33 @@ def test_the_daemon_counts_frames_a_network_answered_non_finite(tmp_path, run_pi
     from edgehdr.pipeline.daemon import status_line
     from edgehdr.pipeline.preview import prometheus_text
 
-    bad = _tmo_grid()
-    bad[1, 3, 4] = np.nan
-    model = tmp_path / "tmo_nan.onnx"
-    _answering(model, "log_luminance", TMO_INPUT_SHAPE, "params", bad[None])
+    grid = _tmo_grid()
+    grid[1, 3, 4] = np.nan
+    tmo = tmp_path / "tmo_nan.onnx"
+    _answering(tmo, "log_luminance", TMO_INPUT_SHAPE, "params", grid[None])
+    logits = np.zeros(MERGE_OUTPUT_SHAPE, np.float32)
+    logits[0, 2, 40:50, 100:120] = np.inf
+    merge = tmp_path / "merge_inf.onnx"
+    _answering(merge, "bracket", MERGE_INPUT_SHAPE, "weights", logits)
+    score = tmp_path / "score_nan.onnx"
+    _answering(score, "image", (1, 1, 64, 64), "score", np.full((1, 1, 1, 1), np.nan, np.float32))
     seen, final, live = run_pipeline(
-        {"source": {"width": 320, "height": 180, "fps": 30}, "tonemap": {"operator": "neural", "model": str(model)},
+        {"source": {"width": 320, "height": 180, "fps": 30}, "merge": {"method": "neural", "model": str(merge)},
+         "tonemap": {"operator": "neural", "model": str(tmo)}, "score": {"every_n": 1, "model": str(score)},
          "dimming": {"enabled": False}, "bridge": {"enabled": False}, "preview": {"enabled": False},
          "planner": {"enabled": False}, "infer": {"backend": "cpu"}},
-        lambda ctx: ctx.sdr.copy(), 4, inspect=lambda rt: rt.stats())
+        lambda ctx: (ctx.radiance.copy(), ctx.sdr.copy()), 4, inspect=lambda rt: rt.stats())
     assert len(seen) >= 4 and final["frames_failed"] == 0
-    assert all(np.isfinite(s).all() and s.max() > 0 for s in seen)
-    counted = final["network_non_finite_frames"]["tonemap"]
-    assert counted >= len(seen) and live["network_non_finite_frames"]["tonemap"] >= 4
-    assert f"non-finite network outputs: tonemap {counted}" in status_line(final)
+    assert all(np.isfinite(r).all() and s.max() > 0 for r, s in seen)
+    counted = final["network_non_finite_frames"]
+    assert counted["tonemap"] >= len(seen) and counted["merge"] >= len(seen)
+    assert live["network_non_finite_frames"]["tonemap"] >= 4 and live["quality"]["non_finite_frames"] >= 1
+    unscored = final["quality"]["non_finite_frames"]
+    assert unscored >= len(seen) - 1 and final["quality"]["frames_scored"] == 0
+    line = status_line(final)
+    assert f"non-finite network outputs: merge {counted['merge']}, tonemap {counted['tonemap']}, score {unscored}" \
+        in line, line
     families = {f.name: f for f in parser.text_string_to_metric_families(prometheus_text(final))}
     assert families["edgehdr_network_non_finite_frames"].type == "counter"
     assert {s.labels["stage"]: s.value for s in families["edgehdr_network_non_finite_frames"].samples} == {
-        "tonemap": counted}
+        "merge": counted["merge"], "tonemap": counted["tonemap"], "score": unscored}

@@ -203,6 +203,8 @@ class Runtime:
             faults = self.network_faults()
             if faults:
                 final["network_non_finite_frames"] = faults
+            if self.scorer is not None:
+                final["quality"] = self.scorer.snapshot()
         if self.pipeline is None and self.source is not None:
             try:
                 self.source.close()
@@ -653,6 +655,9 @@ def status_line(stats: dict[str, Any]) -> str:
     if failing:
         parts.append("output errors: " + ", ".join(failing))
     faulty = [f"{name} {n}" for name, n in stats.get("network_non_finite_frames", {}).items() if n]
+    unscored = (stats.get("quality") or {}).get("non_finite_frames")
+    if unscored:
+        faulty.append(f"score {unscored}")
     if faulty:
         parts.append("non-finite network outputs: " + ", ".join(faulty))
     link = stats.get("link")

@@ -228,8 +228,9 @@ class ScoreStage:
     reads: tuple[str, ...] = ("sdr",)
 
     def __init__(self, runner: Runner, *, every_n: int = 30, model: str = "norvdpnet_tmo", window: int = 100) -> None:
-        from edgehdr.quality.norvdpnet import NoRVDPNetScorer
+        from edgehdr.quality.norvdpnet import NonFiniteScore, NoRVDPNetScorer
 
+        self._non_finite = NonFiniteScore
         if every_n < 1:
             raise ValueError(f"[score] every_n must be >= 1 for a score stage, got {every_n}")
         self.scorer, self.every_n, self.model = NoRVDPNetScorer(runner), int(every_n), model
@@ -241,7 +242,7 @@ class ScoreStage:
         if ctx.sdr is not None and ctx.frame_id % self.every_n == 0:
             try:
                 ctx.quality_score = self.scorer.score(ctx.sdr)
-            except ValueError as exc:  # a non-finite score: the picture is fine, its score is not
+            except self._non_finite as exc:  # the picture is fine, its score is not (other errors fail the frame)
                 self.non_finite_frames += 1
                 log.warning("frame %d not scored: %s (frames so far: %d)", ctx.frame_id, exc, self.non_finite_frames)
                 return ctx

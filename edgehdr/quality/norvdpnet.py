@@ -50,8 +50,8 @@ if TYPE_CHECKING:
     from edgehdr.infer.base import Runner
 
 __all__ = ["model_encoding", "SCORE_INPUT_SHAPE", "pil_luma8", "encode_sdr", "encode_hdr", "NoRVDPNetScorer",
-           "tone_mapping_variants", "VARIANT_KINDS", "WIDE_VARIANT_KINDS", "single_exposure", "opencv_render",
-           "spearman", "pearson"]
+           "NonFiniteScore", "tone_mapping_variants", "VARIANT_KINDS", "WIDE_VARIANT_KINDS", "single_exposure",
+           "opencv_render", "spearman", "pearson"]
 
 SCORE_INPUT_SHAPE = (1, 1, 128, 192)
 SDR_GAMMA = 2.2
@@ -118,6 +118,10 @@ def model_encoding(onnx_path: str | os.PathLike[str]) -> str:
     return "hdr" if meta.get("edgehdr.preprocess") == "norvdpnet_hdr" else "sdr"
 
 
+class NonFiniteScore(ValueError):
+    """The quality model answered NaN or infinity for an image (a broken model or engine)."""
+
+
 class NoRVDPNetScorer:
     """Scores SDR frames with a NoR-VDPNet model through a runner (``edgehdr.infer``).
 
@@ -143,7 +147,7 @@ class NoRVDPNetScorer:
         out = self.runner.run({self.input_name: x})
         value = float(np.asarray(next(iter(out.values()))).reshape(-1)[0])
         if not math.isfinite(value):  # a broken model or engine: no score rather than a NaN in averages and ranks
-            raise ValueError(f"the quality model returned a non-finite score ({value})")
+            raise NonFiniteScore(f"the quality model returned a non-finite score ({value})")
         return value
 
     def rank(self, paths: Iterable[str | os.PathLike[str]]) -> list[tuple[float, Path]]:
@@ -165,8 +169,8 @@ class NoRVDPNetScorer:
                 image = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
             try:
                 scored.append((self.score(image), p))
-            except ValueError as exc:
-                raise ValueError(f"{p}: {exc}") from exc
+            except NonFiniteScore as exc:
+                raise NonFiniteScore(f"{p}: {exc}") from exc
         return sorted(scored, key=lambda t: -t[0])
 
 

@@ -275,15 +275,16 @@ class NeuralToneMapper:
                         "previous grid's values (frames so far: %d)", params.size - int(np.count_nonzero(finite)),
                         params.size, self.non_finite_frames)
             params = np.where(finite, params, previous)
-        lo = np.array([r[0] for r in PARAM_RANGES], np.float32)[:, None, None]
-        hi = np.array([r[1] for r in PARAM_RANGES], np.float32)[:, None, None]
-        return np.clip(params, lo, hi).astype(np.float32)
+        return np.clip(params, _LO[:, None, None], _HI[:, None, None]).astype(np.float32)
 
     def __call__(self, radiance: np.ndarray, *, dt_s: float | None = None, out=None) -> np.ndarray:
         params, key_log2, blocks = self.predict(radiance)
         params = self.finite_grid(params)
+        if not math.isfinite(key_log2):  # block means overflowed (radiance near float32's top): not a key to keep
+            log.warning("tone mapping: the frame's median luminance is not finite; the previous one is used")
+            key_log2 = self._key if self._key is not None else 0.0
         if self.time_constant_s > 0 and self._params is not None and self._key is not None:
-            dt = self.frame_interval_s if dt_s is None else max(float(dt_s), 0.0)
+            dt = self.frame_interval_s if dt_s is None or not math.isfinite(dt_s) else max(float(dt_s), 0.0)
             k = np.float32(1.0 - math.exp(-dt / self.time_constant_s))
             self._params += k * (params - self._params)
             self._key += float(k) * (key_log2 - self._key)
