@@ -257,6 +257,32 @@ def _in_span(z: np.integer, span: np.int64) -> bool:
     return np.uint32(np.int64(z) - (span & 0xFFFFFFFF)) <= np.uint32(span >> 32)
 
 
+@numba.njit(fastmath=True, cache=True, inline="always")
+def _fallback_frames(f0, f1, f2, x, den_row, spans, loose, levels, eps):
+    """Whether the shortest (``use0``) and longest (``use2``) frame may serve pixel ``x``'s fallback: the gate's
+    test (``spans``) in the channels that fall back, the looser one (``loose``) in the others; both tables read
+    and one chosen, without a data-dependent branch."""
+    use0 = True
+    use2 = True
+    for cc in range(3):
+        zr = np.int64(f1[3 * x + cc]) + cc * levels
+        falls = den_row[3 * x + cc] <= eps
+        tight0, tight2, loose0, loose2 = spans[0, zr], spans[1, zr], loose[0, zr], loose[1, zr]
+        use0 = use0 & _in_span(f0[3 * x + cc], tight0 if falls else loose0)
+        use2 = use2 & _in_span(f2[3 * x + cc], tight2 if falls else loose2)
+    return use0, use2
+
+
+@numba.njit(fastmath=True, cache=True, inline="always")
+def _fallback_bound(z0, z1, z2, c, use0, use2, log2_rad, half_level):
+    """The classical bound of a sample no frame measures: the shortest usable frame reading bright (a lower
+    bound), else the reference when it reads bright or the longest frame is not usable, else the longest frame
+    (an upper bound); the three values read, then selected."""
+    r0, r1, r2 = log2_rad[0, c, z0], log2_rad[1, c, z1], log2_rad[2, c, z2]
+    longer = r1 if (z1 >= half_level) | (not use2) else r2
+    return r0 if use0 & (z0 >= half_level) else longer
+
+
 @functools.cache
 def _weighted_merge_kernel(levels: int):
     """The fused weighted merge for ``levels`` code values: the tables' channel stride is a compile-time
@@ -343,18 +369,10 @@ def _weighted_merge_kernel(levels: int):
                     use0 = True
                     use2 = True
                     if gate:
-                        for cc in range(3):
-                            zr = np.int64(f1[3 * x + cc]) + cc * levels
-                            falls = den_row[3 * x + cc] <= eps
-                            tight0, tight2, loose0, loose2 = spans[0, zr], spans[1, zr], loose[0, zr], loose[1, zr]
-                            use0 = use0 & _in_span(f0[3 * x + cc], tight0 if falls else loose0)
-                            use2 = use2 & _in_span(f2[3 * x + cc], tight2 if falls else loose2)
+                        use0, use2 = _fallback_frames(f0, f1, f2, x, den_row, spans, loose, levels, eps)
                     for c in range(3):
                         j = 3 * x + c
-                        z0, z1, z2 = f0[j], f1[j], f2[j]
-                        r0, r1, r2 = log2_rad[0, c, z0], log2_rad[1, c, z1], log2_rad[2, c, z2]
-                        longer = r1 if (z1 >= half_level) | (not use2) else r2
-                        bound = r0 if use0 & (z0 >= half_level) else longer
+                        bound = _fallback_bound(f0[j], f1[j], f2[j], c, use0, use2, log2_rad, half_level)
                         buf[j] = bound if den_row[j] <= eps else buf[j]
             elif unusable:
                 for j in range(3 * n_cols):
@@ -366,19 +384,8 @@ def _weighted_merge_kernel(levels: int):
                         use0 = True
                         use2 = True
                         if gate:
-                            for cc in range(3):
-                                zr = np.int64(f1[3 * x + cc]) + cc * levels
-                                table = spans if den_row[3 * x + cc] <= eps else loose
-                                s0, s2 = table[0, zr], table[1, zr]
-                                use0 = use0 & _in_span(f0[3 * x + cc], s0)
-                                use2 = use2 & _in_span(f2[3 * x + cc], s2)
-                        z0, z1, z2 = f0[j], f1[j], f2[j]
-                        if use0 and z0 >= half_level:
-                            buf[j] = log2_rad[0, c, z0]
-                        elif z1 >= half_level or not use2:
-                            buf[j] = log2_rad[1, c, z1]
-                        else:
-                            buf[j] = log2_rad[2, c, z2]
+                            use0, use2 = _fallback_frames(f0, f1, f2, x, den_row, spans, loose, levels, eps)
+                        buf[j] = _fallback_bound(f0[j], f1[j], f2[j], c, use0, use2, log2_rad, half_level)
             o = out_bits[y].reshape(-1)
             for j in range(3 * n_cols):
                 o[j] = exp2_bits(max(min(buf[j], np.float32(126.0)), np.float32(-126.0)))
