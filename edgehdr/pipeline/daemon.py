@@ -162,35 +162,31 @@ class Runtime:
             stats["output_errors"] = sum(o["errors"] for o in stats["outputs"])
         if self.link is not None:
             stats["link"] = self.link_stats()
-        if self.scorer is not None:
-            stats["quality"] = self.scorer.snapshot()
-        self._add_buffer_stats(stats)
-        faults = self.network_faults()
-        if faults:
-            stats["network_non_finite_frames"] = faults
+        self._add_stage_stats(stats)
         if self.simulator is not None:
             st = self.simulator.status()
             stats["controller"] = {"frames_applied": st.frames_applied, "state": int(st.state),
                                    "crc_errors": st.crc_errors, "framing_errors": st.framing_errors}
         return stats
 
-    def network_faults(self) -> dict[str, int]:
-        """Per stage with a network (merge, tone map, dimming): frames whose network output held a non-finite value,
-        which the stage replaced (``NeuralMerger.finite_logits``, ``NeuralToneMapper.finite_grid``, the dimming
-        network's full light); the score stage's unscored frames are in ``quality``."""
+    def _add_stage_stats(self, stats: dict[str, Any]) -> None:
+        """What stages hold beside the pipeline's counts, live and in the final stats: the merge's radiance pool
+        ([run] radiance_buffers: arrays allocated, its limit, waits), the score stage's ``quality``, and per stage
+        with a network (merge, tone map, dimming) the frames whose network output held a non-finite value, which
+        the stage replaced (``NeuralMerger.finite_logits``, ``NeuralToneMapper.finite_grid``, the dimming
+        network's full light; the score stage's unscored frames are in ``quality``)."""
+        stages = self.pipeline.stages if self.pipeline is not None else []
+        if len(stages) > 1 and hasattr(stages[1].fn, "radiance_pool"):
+            stats["radiance_buffers"] = stages[1].fn.radiance_pool.snapshot()
+        if self.scorer is not None:
+            stats["quality"] = self.scorer.snapshot()
         faults: dict[str, int] = {}
-        for stage in self.pipeline.stages if self.pipeline is not None else ():
+        for stage in stages:
             network = getattr(stage.fn, "merger", None) or getattr(stage.fn, "neural", None)
             if network is not None and hasattr(network, "non_finite_frames"):
                 faults[stage.name] = int(network.non_finite_frames)
-        return faults
-
-    def _add_buffer_stats(self, stats: dict[str, Any]) -> None:
-        """The merge's radiance pool ([run] radiance_buffers): arrays allocated, its limit, waits."""
-        if self.pipeline is not None and len(self.pipeline.stages) > 1:
-            merge = self.pipeline.stages[1].fn
-            if hasattr(merge, "radiance_pool"):
-                stats["radiance_buffers"] = merge.radiance_pool.snapshot()
+        if faults:
+            stats["network_non_finite_frames"] = faults
 
     def close(self) -> dict[str, Any]:
         """Stop and release everything this run opened, in order; safe after a partial build and twice."""
@@ -199,12 +195,7 @@ class Runtime:
         self._closed = True
         final = self.pipeline.stop() if self.pipeline else {}
         if final:
-            self._add_buffer_stats(final)
-            faults = self.network_faults()
-            if faults:
-                final["network_non_finite_frames"] = faults
-            if self.scorer is not None:
-                final["quality"] = self.scorer.snapshot()
+            self._add_stage_stats(final)
         if self.pipeline is None and self.source is not None:
             try:
                 self.source.close()
