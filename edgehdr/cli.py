@@ -69,9 +69,11 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         if args.align != "none":
             progress.note(f"frame {i}: {json.dumps(m.as_dict())}")
     progress.step(f"aligned ({args.align})")
-    radiance = merge_debevec(bracket, response=response, weighting=args.weighting, deghost=args.deghost)
+    radiance = merge_debevec(bracket, response=response, weighting=args.weighting, deghost=args.deghost,
+                             fill=args.fill)
     write_radiance(args.output, radiance, exr_pixel_type=args.exr_pixel_type)
-    progress.step(f"merged{' with deghosting' if args.deghost else ''} -> {args.output}")
+    done = " and ".join(word for word, on in (("deghosting", args.deghost), ("the fill", args.fill)) if on)
+    progress.step(f"merged{' with ' + done if done else ''} -> {args.output}")
     return 0
 
 
@@ -522,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: translation, rotation or homography only where it lowers the exposure-matched "
                         "residual (tripod stacks stay put); mtb: Ward's bitmaps; homography; none")
     p.add_argument("--deghost", action="store_true", help="reject moving objects against the middle exposure")
+    p.add_argument("--fill", action="store_true",
+                   help="samples no frame measures (clipped or black in every usable frame) from their measured "
+                        "neighbours, within their bound (edgehdr.hdr.fill); most useful with --deghost")
     p.add_argument("--weighting", choices=sorted(WEIGHTINGS), default="noise",
                    help="noise: inverse-variance weights from the camera noise model (best measured on real "
                         "photographs re-taken through JPEG cameras); triangle (= hat, Debevec's); tutorial: the "

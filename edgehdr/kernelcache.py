@@ -12,7 +12,7 @@ the fingerprint differs from the one stored beside numba's cache, it deletes the
 kernels of the modules that inline them (``DEPENDENTS``), which then compile again on
 their first call (or in the warm-up's workers), and stores the new fingerprint. The
 helper modules call it as they are imported, before any dependent kernel can run; it
-costs reading three source files. ``tests/test_kernelcache.py`` keeps the two lists
+costs reading four source files. ``tests/test_kernelcache.py`` keeps the two lists
 complete: it finds every numba function imported from another module of the package.
 """
 
@@ -31,9 +31,9 @@ log = logging.getLogger("edgehdr.kernelcache")
 
 _PACKAGE = Path(__file__).resolve().parent
 # Modules whose numba functions other modules' kernels inline, and those other modules (paths in the package).
-PROVIDERS = ("fastmath.py", "tonemap/nonfinite.py", "tonemap/operators.py")
-DEPENDENTS = ("hdr/merge.py", "hdr/neural_merge.py", "tonemap/neural.py", "tonemap/operators.py", "dimming/zones.py",
-              "dimming/compensation.py")
+PROVIDERS = ("fastmath.py", "tonemap/nonfinite.py", "tonemap/operators.py", "hdr/fill.py")
+DEPENDENTS = ("hdr/merge.py", "hdr/neural_merge.py", "hdr/fill.py", "tonemap/neural.py", "tonemap/operators.py",
+              "dimming/zones.py", "dimming/compensation.py")
 _MARKER = "edgehdr-inlined-helpers.sha256"
 _checked = False
 dropped_files = 0  # cache files this process dropped: ``edgehdr.warmup`` then counts the cache as cold

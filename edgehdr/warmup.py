@@ -293,10 +293,15 @@ def _run_jobs(jobs: Sequence[str]) -> None:
             blocks = np.full((-(-h // BLOCK), -(-w // BLOCK)), 0.5, np.float32)
             apply_parameter_grid(radiance, default_parameter_grid(), key_log2=0.0, blocks=blocks)
         elif job == "neural_merge":
+            from edgehdr.hdr.fill import LOWER_BOUND, fill_unmeasured
             from edgehdr.hdr.neural_merge import encode_merge_input, merge_with_weights
 
             encode_merge_input(bracket, response=response)
             encode_merge_input(big, bracket.relative_exposure, response, bits=bracket.bits)
             for gate in (True, False):
                 merge_with_weights(bracket, np.full((3, 4, 4), 1 / 3, np.float32), response=response,
-                                   consistency_gate=gate)
+                                   consistency_gate=gate, fill=gate)  # the daemon's merger: gate and fill
+            # The fill's own pass runs only where a sample fell back: compile it on one that did.
+            flags = np.zeros(radiance.shape, np.uint8)
+            flags[0, 0, 0] = LOWER_BOUND
+            fill_unmeasured(radiance.copy(), flags)

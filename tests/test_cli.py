@@ -43,6 +43,28 @@ def test_synth_merge_tonemap_round_trip(synth_dir, tmp_path):
     assert sdr.shape == truth.shape and sdr.dtype == np.uint8 and 60 < sdr.mean() < 200
 
 
+def test_merge_fill_is_the_library_fill_and_changes_only_what_fell_back(tmp_path):
+    """``--deghost --fill`` writes ``merge_debevec(..., deghost=True, fill=True)`` of the frames it read; against
+    ``--deghost`` alone it changes only samples that no frame measured (clipped or black, or a rejected object's)."""
+    from edgehdr.hdr.merge import merge_debevec
+    from edgehdr.io import read_ldr_stack
+
+    stack = tmp_path / "moving"
+    assert main(["-q", "synth", "-o", str(stack), "--seed", "5", "--width", "320", "--height", "200", "--moving", "3",
+                 "--spacing", "4"]) == 0
+    args = ["-q", "merge", str(stack), "--response", str(stack / "response.json"), "--align", "none", "--deghost"]
+    assert main(args + ["-o", str(tmp_path / "filled.pfm"), "--fill"]) == 0
+    assert main(args + ["-o", str(tmp_path / "bound.pfm")]) == 0
+    filled, bound = read_radiance(tmp_path / "filled.pfm"), read_radiance(tmp_path / "bound.pfm")
+    bracket = read_ldr_stack([str(stack)])
+    expected = merge_debevec(bracket, response=str(stack / "response.json"), deghost=True, fill=True)
+    np.testing.assert_allclose(filled, expected, rtol=1e-6)
+    changed = filled != bound
+    frames = bracket.frames
+    outside = ((frames >= 8) & (frames <= 247)).all(axis=0)  # every frame reads this sample inside its range
+    assert changed.any() and not (changed & outside).any()
+
+
 def test_merge_with_calibrated_response_saves_it(synth_dir, tmp_path):
     out, resp = tmp_path / "m.pfm", tmp_path / "resp.json"
     assert main(["-q", "merge", str(synth_dir / "list.txt"), "-o", str(out), "--response", "auto",

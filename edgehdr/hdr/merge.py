@@ -39,8 +39,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from edgehdr.bracket import Bracket, as_frame_stack
-from edgehdr.fastmath import exp2_bits, luminance_log_row
+from edgehdr.fastmath import exp2_bits, log2_from_bits, luminance_log_row
 from edgehdr.hdr.crf import RESPONSE_FILE_SUFFIXES, CameraResponse, ResponseLike, standard_response
+from edgehdr.hdr.fill import FILL_BLOCK, LOWER_BOUND, MEASURED, UPPER_BOUND, fill_unmeasured, sample_row
 from edgehdr.hdr.weights import NoiseModel, noise_weights, weight_function, weight_lut, weighting_names
 
 __all__ = ["FramesLike", "MergeStatistics", "merge_debevec", "resolve_response", "weighting_names"]
@@ -197,20 +198,7 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
         # bounds it from above, the longest most tightly. Take the bright bound
         # when there is one: no holes, and the closest value the stack allows.
         x, c = j // 3, j % 3
-        pick = -1
-        for k in range(n):
-            i = order[k]
-            if use_mask and mask[i, y, x] == 0:
-                continue
-            if 2 * np.int32(_shifted(frames, shifts, i, y, x, c)) >= top:
-                pick = i
-                break
-        if pick < 0:
-            for k in range(n - 1, -1, -1):
-                i = order[k]
-                if not use_mask or mask[i, y, x] != 0:
-                    pick = i
-                    break
+        pick = _fallback_frame(frames, shifts, order, top, use_mask, mask, y, x, c)
         loge[j] = log_lut[c, _shifted(frames, shifts, pick, y, x, c)] - log_exposure[pick]
     for j in range(3 * w):
         out_row[j] = exp2_bits(max(min(loge[j] * log2e, np.float32(126.0)), np.float32(-126.0)))
@@ -221,6 +209,23 @@ def _shifted(frames, shifts, i, y, x, c):
     """Frame ``i``'s code at output pixel (y, x), channel c, read through its shift (edges replicated)."""
     _, h, w, _ = frames.shape
     return frames[i, min(max(y + shifts[i, 1], 0), h - 1), min(max(x + shifts[i, 0], 0), w - 1), c]
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True, inline="always")
+def _fallback_frame(frames, shifts, order, top, use_mask, mask, y, x, c):
+    """The frame a sample no usable frame measures falls back on: the shortest usable frame reading bright (its
+    clipped value bounds the radiance from below, the shortest most tightly), else the longest usable frame (a black
+    reading bounds it from above, the longest most tightly)."""
+    n = frames.shape[0]
+    for k in range(n):
+        i = order[k]
+        if (not use_mask or mask[i, y, x] != 0) and 2 * np.int32(_shifted(frames, shifts, i, y, x, c)) >= top:
+            return i
+    for k in range(n - 1, -1, -1):
+        i = order[k]
+        if not use_mask or mask[i, y, x] != 0:
+            return i
+    return -1
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
@@ -239,6 +244,49 @@ def _merge_kernel_serial(frames, shifts, packed, offset, log_lut, log_exposure, 
     for y in range(frames.shape[1]):
         _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, out_bits)
     return out_bits
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _fallback_flags(frames, shifts, has_weight, order, top, use_mask, mask, out_bits, flags, rows_unmeasured,
+                    block_sums, block_counts):
+    """``edgehdr.hdr.fill``'s inputs for ``_merge_row``'s result, in one pass after it: per sample whether a usable
+    frame gave it weight (``has_weight[i, c, z]``), else the kernel's fallback rule's direction (the shortest bright
+    usable frame, a lower bound, else the longest usable frame, an upper bound when it reads dark); per row the
+    count of samples that fell back; on each block row's ``sample_row`` the block sums of the log2 radiance of
+    pixels measured in all three channels."""
+    n, h, w, _ = frames.shape
+    for y in numba.prange(h):
+        measured = np.zeros(3 * w, np.uint8)
+        for i in range(n):
+            dx = shifts[i, 0]
+            row = frames[i, min(max(y + shifts[i, 1], 0), h - 1)]
+            table = has_weight[i]
+            for x in range(w):
+                xs = min(max(x + dx, 0), w - 1)
+                usable = np.uint8(mask[i, y, x] if use_mask else 1)
+                for c in range(3):
+                    measured[3 * x + c] |= table[c, row[xs, c]] & usable
+        f = flags[y].reshape(-1)
+        count = 0
+        for j in range(3 * w):
+            f[j] = MEASURED
+            count += measured[j] == 0
+        rows_unmeasured[y] = count
+        for j in range(3 * w if count else 0):
+            if measured[j]:
+                continue
+            x, c = j // 3, j % 3
+            pick = _fallback_frame(frames, shifts, order, top, use_mask, mask, y, x, c)
+            f[j] = LOWER_BOUND if 2 * np.int32(_shifted(frames, shifts, pick, y, x, c)) >= top else UPPER_BOUND
+        by = y // FILL_BLOCK
+        if y == sample_row(by, h):
+            o = out_bits[y].reshape(-1)
+            for x in range(w):
+                bx = x // FILL_BLOCK
+                m = (measured[3 * x] & measured[3 * x + 1] & measured[3 * x + 2]) != 0  # whole pixels only
+                for c in range(3):
+                    block_sums[by, bx, c] += log2_from_bits(o[3 * x + c]) if m else np.float32(0.0)
+                    block_counts[by, bx, c] += np.float32(1.0) if m else np.float32(0.0)
 
 
 @numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
@@ -522,6 +570,7 @@ def merge_debevec(
     noise: NoiseModel | None = None,
     shifts: ArrayLike | None = None,
     statistics: MergeStatistics | None = None,
+    fill: bool = False,
 ) -> np.ndarray:
     """Merge an exposure stack into linear radiance.
 
@@ -565,6 +614,12 @@ def merge_debevec(
         Filled with the radiance's tone-mapping statistics and zone maxima, measured by the merge's
         kernel as it writes each row (the tone mapper and the local dimming then skip their own
         statistics passes: 1080p, one core, about 3 and 2 ms).
+    fill : bool
+        The samples no usable frame measures (clipped or black in each, or rejected by the deghosting) take the
+        normalized convolution of the measured log radiance around them where it respects their bound
+        (``edgehdr.hdr.fill``) instead of the bound alone; not with ``statistics`` (they would describe the
+        radiance before the fill). A separate pass over the frames: the merge network's kernel gathers the same
+        in its own pass.
 
     Returns
     -------
@@ -589,6 +644,8 @@ def merge_debevec(
     M. Granados et al., "Optimal HDR reconstruction with linear digital cameras," CVPR 2010.
     """
     weight_function(weighting)  # unknown names fail here, before any work
+    if fill and statistics is not None:
+        raise ValueError("fill=True with statistics=: the statistics would describe the radiance before the fill")
     if noise is not None and weighting != "noise":
         raise ValueError(f"noise= sets the model of the 'noise' weighting; it has no effect with {weighting!r}")
     gains = None
@@ -656,4 +713,13 @@ def merge_debevec(
     kernel = _merge_kernel_serial if serial else _merge_kernel
     kernel(stack, offsets, tables.packed, tables.offset, prep.log_lut, tables.log_exposure, order, levels - 1,
            use_mask, mask, out.view(np.int32))
+    if fill:
+        flags = np.empty((h, w, 3), np.uint8)
+        rows_unmeasured = np.empty(h, np.int32)
+        grid_shape = (-(-h // FILL_BLOCK), -(-w // FILL_BLOCK), 3)
+        sums, counts = np.zeros(grid_shape, np.float32), np.zeros(grid_shape, np.float32)
+        has_weight = ((tables.packed >> 32) > 0).astype(np.uint8)
+        _fallback_flags(stack, offsets, has_weight, order, levels - 1, use_mask, mask, out.view(np.int32), flags,
+                        rows_unmeasured, sums, counts)
+        fill_unmeasured(out, flags, sums=sums, counts=counts, rows_with=np.flatnonzero(rows_unmeasured))
     return out

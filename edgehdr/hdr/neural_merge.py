@@ -47,6 +47,7 @@ from numpy.typing import ArrayLike
 from edgehdr.bracket import Bracket
 from edgehdr.fastmath import exp2_bits, log2_from_bits
 from edgehdr.hdr.crf import CameraResponse, ResponseLike
+from edgehdr.hdr.fill import FILL_BLOCK, LOWER_BOUND, MEASURED, UPPER_BOUND, fill_unmeasured, sample_row
 from edgehdr.hdr.merge import FramesLike, as_frame_stack, resolve_response
 from edgehdr.hdr.weights import weight_lut
 from edgehdr.tonemap.color import REC709_LUMA
@@ -277,10 +278,15 @@ def _fallback_frames(f0, f1, f2, x, den_row, spans, loose, levels, eps):
 def _fallback_bound(z0, z1, z2, c, use0, use2, log2_rad, half_level):
     """The classical bound of a sample no frame measures: the shortest usable frame reading bright (a lower
     bound), else the reference when it reads bright or the longest frame is not usable, else the longest frame
-    (an upper bound); the three values read, then selected."""
+    (an upper bound); the three values read, then selected. Also whether it is a lower bound (the chosen frame
+    reads bright) for ``edgehdr.hdr.fill``."""
     r0, r1, r2 = log2_rad[0, c, z0], log2_rad[1, c, z1], log2_rad[2, c, z2]
-    longer = r1 if (z1 >= half_level) | (not use2) else r2
-    return r0 if use0 & (z0 >= half_level) else longer
+    take1 = (z1 >= half_level) | (not use2)
+    longer = r1 if take1 else r2
+    take0 = use0 & (z0 >= half_level)
+    # A lower bound when the chosen frame reads bright (clipped), an upper one when it reads dark (black).
+    lower = take0 | ((z1 if take1 else z2) >= half_level)
+    return (r0 if take0 else longer), lower
 
 
 @functools.cache
@@ -291,7 +297,7 @@ def _weighted_merge_kernel(levels: int):
 
     @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
     def kernel(stack, order, shifts, log2_rad, v, vl, spans, loose, prob, y0s, y1s, fys, half_level, gate,
-               out_bits):
+               out_bits, fill, flags, rows_unmeasured, block_sums, block_counts):
         """One pass: bilinear weights, consistency gate, code weighting (``merge_weight_table``), log2-domain
         Debevec average, exp2 on the float bits. Frame ``i`` is read through ``shifts[i]`` = (dx, dy)
         (``_shifted_row``). The tables are indexed ``[k, c * levels + z]`` for the k-th
@@ -299,7 +305,10 @@ def _weighted_merge_kernel(levels: int):
         the codes of the shortest (j = 0) and longest (j = 1) frame consistent with reference code z
         (``gate_spans``).
         ``log2_rad[k, c, z]`` is ``log2 f^-1(z) - log2 t`` (the fallback where no sample is usable); ``loose``
-        as ``spans`` for the fallback's test in the channels that do not fall back (``fallback_gate_tables``)."""
+        as ``spans`` for the fallback's test in the channels that do not fall back (``fallback_gate_tables``).
+        ``fill``: for ``edgehdr.hdr.fill``, each row's count of samples that fall back (``rows_unmeasured``), their
+        ``flags`` (every sample of such a row; other rows are not written) and, on each block row's
+        ``sample_row``, the block sums of measured log2 radiance and their counts."""
         n_rows, n_cols = stack.shape[1], stack.shape[2]
         i0, i1, i2 = order[0], order[1], order[2]
         moved_x = shifts[0, 0] != 0 or shifts[1, 0] != 0 or shifts[2, 0] != 0
@@ -372,9 +381,14 @@ def _weighted_merge_kernel(levels: int):
                         use0, use2 = _fallback_frames(f0, f1, f2, x, den_row, spans, loose, levels, eps)
                     for c in range(3):
                         j = 3 * x + c
-                        bound = _fallback_bound(f0[j], f1[j], f2[j], c, use0, use2, log2_rad, half_level)
-                        buf[j] = bound if den_row[j] <= eps else buf[j]
+                        bound, lower = _fallback_bound(f0[j], f1[j], f2[j], c, use0, use2, log2_rad, half_level)
+                        falls = den_row[j] <= eps
+                        buf[j] = bound if falls else buf[j]
+                        if fill:
+                            flags[y, x, c] = (LOWER_BOUND if lower else UPPER_BOUND) if falls else MEASURED
             elif unusable:
+                if fill:
+                    flags[y] = MEASURED
                 for j in range(3 * n_cols):
                     if den_row[j] <= eps:
                         x, c = j // 3, j % 3
@@ -385,7 +399,21 @@ def _weighted_merge_kernel(levels: int):
                         use2 = True
                         if gate:
                             use0, use2 = _fallback_frames(f0, f1, f2, x, den_row, spans, loose, levels, eps)
-                        buf[j] = _fallback_bound(f0[j], f1[j], f2[j], c, use0, use2, log2_rad, half_level)
+                        buf[j], lower = _fallback_bound(f0[j], f1[j], f2[j], c, use0, use2, log2_rad, half_level)
+                        if fill:
+                            flags[y, x, c] = LOWER_BOUND if lower else UPPER_BOUND
+            if fill:
+                rows_unmeasured[y] = unusable
+                by = y // FILL_BLOCK
+                if y == sample_row(by, n_rows):  # one row per block row writes its sums: no two threads meet
+                    sums_row, counts_row = block_sums[by], block_counts[by]
+                    for x in range(n_cols):
+                        bx = x // FILL_BLOCK
+                        # pixels measured in all three channels only: the estimate's colour is one pixel's
+                        measured = (den_row[3 * x] > eps) & (den_row[3 * x + 1] > eps) & (den_row[3 * x + 2] > eps)
+                        for c in range(3):
+                            sums_row[bx, c] += buf[3 * x + c] if measured else np.float32(0.0)
+                            counts_row[bx, c] += np.float32(1.0) if measured else np.float32(0.0)
             o = out_bits[y].reshape(-1)
             for j in range(3 * n_cols):
                 o[j] = exp2_bits(max(min(buf[j], np.float32(126.0)), np.float32(-126.0)))
@@ -495,7 +523,8 @@ def _gate_and_fallback_spans(lut_bytes: bytes, shape: tuple[int, ...],
 
 def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike | None = None,
                        response: ResponseLike = None, *, bits: int | None = None, out: np.ndarray | None = None,
-                       consistency_gate: bool = True, shifts: ArrayLike | None = None) -> np.ndarray:
+                       consistency_gate: bool = True, shifts: ArrayLike | None = None,
+                       fill: bool = False) -> np.ndarray:
     """Weighted Debevec merge with per-frame weight maps ``prob`` (3, h, w) at any resolution (bilinear).
 
     ``prob[i]`` belongs to input frame ``i`` (the bracket's order, not the exposure order).
@@ -505,7 +534,9 @@ def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike
     within the clip margin); a sample no frame measures takes the classical bound, from a frame the
     gate kept in the channels that fall back and within about 4 stops of the reference in the others
     (``fallback_gate_tables``). ``shifts`` (3, 2): each frame's integer (dx, dy), applied as it is read
-    (``encode_merge_input``), so deferred alignment needs no shifted copy of the frames.
+    (``encode_merge_input``), so deferred alignment needs no shifted copy of the frames. ``fill``: the samples
+    that fall back then take the normalized convolution of the measured log radiance around them where it respects
+    their bound (``edgehdr.hdr.fill``); without it the merge is exactly the weighted merge.
     """
     stack, exposures, resp, bits, order = _prepare(frames, exposures, response, bits)
     _, h, w, _ = stack.shape
@@ -532,8 +563,19 @@ def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike
     # verdicts built per call, and 24.2 and 11.8 for one packed (weight, weighted log, low, high) row per sample.
     v = np.ascontiguousarray(np.broadcast_to(vtab, log2_rad.shape).reshape(3, -1))
     vl = np.ascontiguousarray((vtab * log2_rad).reshape(3, -1))
+    if fill:
+        flags = np.empty((h, w, 3), np.uint8)
+        rows_unmeasured = np.zeros(h, np.int32)
+        grid_shape = (-(-h // FILL_BLOCK), -(-w // FILL_BLOCK), 3)
+        sums, counts = np.zeros(grid_shape, np.float32), np.zeros(grid_shape, np.float32)
+    else:
+        flags, rows_unmeasured = np.empty((1, 1, 3), np.uint8), np.empty(1, np.int32)
+        sums = counts = np.empty((1, 1, 3), np.float32)
     _weighted_merge_kernel(levels)(stack, order, _frame_shifts(shifts), log2_rad, v, vl, spans, loose, prob, *ys,
-                                   levels // 2, bool(consistency_gate), out.view(np.int32))
+                                   levels // 2, bool(consistency_gate), out.view(np.int32), bool(fill), flags,
+                                   rows_unmeasured, sums, counts)
+    if fill:
+        fill_unmeasured(out, flags, sums=sums, counts=counts, rows_with=np.flatnonzero(rows_unmeasured))
     return out
 
 
@@ -545,10 +587,12 @@ class NeuralMerger:
     exposure order back to the bracket's frame order.
     """
 
-    def __init__(self, runner: Runner, response: ResponseLike = None, *, consistency_gate: bool = True) -> None:
+    def __init__(self, runner: Runner, response: ResponseLike = None, *, consistency_gate: bool = True,
+                 fill: bool = True) -> None:
         self.runner: Runner = runner
         self.response: ResponseLike = response
         self.consistency_gate = consistency_gate
+        self.fill = fill  # the samples no frame measures from their measured neighbours (``edgehdr.hdr.fill``)
         self.input_name = runner.describe().inputs[0].name
         self.non_finite_frames = 0  # brackets whose network output held a non-finite logit (``finite_logits``)
 
@@ -583,4 +627,4 @@ class NeuralMerger:
             bracket = bracket.frames
         prob = self.weights(bracket, exposures, bits=bits, shifts=shifts)
         return merge_with_weights(bracket, prob, exposures, self.response, bits=bits, out=out,
-                                  consistency_gate=self.consistency_gate, shifts=shifts)
+                                  consistency_gate=self.consistency_gate, shifts=shifts, fill=self.fill)

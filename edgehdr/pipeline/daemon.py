@@ -392,7 +392,7 @@ def _hdr_stages(cfg: dict[str, Any], source: BracketSource, response: CameraResp
     if cfg["merge"]["method"] == "neural":
         from edgehdr.hdr.neural_merge import NeuralMerger
 
-        merger = NeuralMerger(_model_runner(cfg, cfg["merge"]["model"]), response)
+        merger = NeuralMerger(_model_runner(cfg, cfg["merge"]["model"]), response, fill=cfg["merge"]["fill"])
     return [Stage("align", AlignStage(cfg["align"]["method"], response=response,
                                       work_scale=cfg["align"]["work_scale"], defer_shifts=True), queue_size=q),
             Stage("merge", MergeStage(response, weighting=cfg["merge"]["weighting"], deghost=cfg["merge"]["deghost"],

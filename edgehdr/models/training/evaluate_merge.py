@@ -8,7 +8,9 @@ PSNR-mu (mu = 5000) and PU21-PSNR of the merge against the exact radiance, on
 dynamic scenes (two moving objects; also inside the moving regions) and on the same
 scenes without motion. The ``oracle`` row picks, per pixel, the single input frame
 closest to the truth: a bound for any per-pixel choice among the inputs (where the
-reference frame is clipped on a moving object, no weighted merge can recover it).
+reference frame is clipped on a moving object, no weighted merge can recover it). ``deghost_fill`` and
+``network`` fill the samples no frame measures from their measured neighbours (``edgehdr.hdr.fill``, the
+network's default); ``network_no_fill`` is the network's weighted merge alone.
 Speed: one 1080p bracket, median of 7, network (ONNX Runtime, FP32, CPU) + encoding +
 fused merge against ``merge_debevec`` with deghosting.
 """
@@ -77,8 +79,16 @@ def evaluate(merger: NeuralMerger, seeds: Iterable[int], *, height: int = 544, w
         for motion in ("dynamic", "static"):
             frames, exposures, truth, mask, response = make(2 if motion == "dynamic" else 0)
             merger.response = response
+            fill = merger.fill
+            try:
+                merger.fill = False
+                unfilled = merger(frames, exposures, bits=8)
+            finally:
+                merger.fill = fill
             results = {"plain": merge_debevec(frames, exposures, response),
                        "deghost": merge_debevec(frames, exposures, response, deghost=True),
+                       "deghost_fill": merge_debevec(frames, exposures, response, deghost=True, fill=True),
+                       "network_no_fill": unfilled,
                        "network": merger(frames, exposures, bits=8),
                        "oracle": oracle_selection(frames, exposures, response, truth)}
             for name, rad in results.items():
@@ -116,12 +126,17 @@ def timing(merger: NeuralMerger, *, repeats: int = 7) -> dict[str, float]:
         return median_ms(fn, repeats)
 
     prob = merger.weights(frames, exposures, bits=8)
+    fill = merger.fill
     out = np.empty((1080, 1920, 3), np.float32)
     result = {"encode_ms": med(lambda: encode_merge_input(frames, exposures, response)),
               "network_ms": med(lambda: merger.runner.run({name: x})),
-              "merge_ms": med(lambda: merge_with_weights(frames, prob, exposures, response, bits=8, out=out)),
+              "merge_ms": med(lambda: merge_with_weights(frames, prob, exposures, response, bits=8, out=out,
+                                                         fill=fill)),
+              "merge_no_fill_ms": med(lambda: merge_with_weights(frames, prob, exposures, response, bits=8, out=out)),
               "total_ms": med(lambda: merger(frames, exposures, bits=8, out=out)),
               "classical_deghost_ms": med(lambda: merge_debevec(frames, exposures, response, deghost=True, out=out)),
+              "classical_deghost_fill_ms": med(lambda: merge_debevec(frames, exposures, response, deghost=True,
+                                                                     out=out, fill=True)),
               "classical_plain_ms": med(lambda: merge_debevec(frames, exposures, response, out=out))}
     return {k: round(v, 2) for k, v in result.items()}
 
@@ -155,10 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tables.append((f"real photographs re-photographed, {split}: {count}", report["real"][f"mean_{split}"]))
     for label, m in tables:
         print(f"{label} (mean dB)")
-        print(f"{'merge':<10} {'dyn PSNR-mu':>12} {'dyn PU-PSNR':>12} {'moving PU':>10} {'static PSNR-mu':>15} "
+        print(f"{'merge':<15} {'dyn PSNR-mu':>12} {'dyn PU-PSNR':>12} {'moving PU':>10} {'static PSNR-mu':>15} "
               f"{'static PU':>10}")
-        for name in ("plain", "deghost", "network", "oracle"):
-            print(f"{name:<10} {m[f'dynamic_{name}_psnr_mu']:>12.2f} {m[f'dynamic_{name}_pu_psnr']:>12.2f} "
+        for name in ("plain", "deghost", "deghost_fill", "network_no_fill", "network", "oracle"):
+            print(f"{name:<15} {m[f'dynamic_{name}_psnr_mu']:>12.2f} {m[f'dynamic_{name}_pu_psnr']:>12.2f} "
                   f"{m.get(f'moving_{name}_pu_psnr', float('nan')):>10.2f} {m[f'static_{name}_psnr_mu']:>15.2f} "
                   f"{m[f'static_{name}_pu_psnr']:>10.2f}")
     if "timing_1080p" in report:

@@ -1,0 +1,150 @@
+"""Filling the samples no exposure measures (``edgehdr.hdr.fill``): the normalized convolution against its
+definition, a clipped patch recovered against the scene's truth in both merges, bounds respected, measured samples
+untouched, and the fused kernel's flags and block sums against the stand-alone path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgehdr.bracket import Bracket
+from edgehdr.hdr.crf import CameraResponse, ResponseCurve
+from edgehdr.hdr.fill import FILL_BLOCK, LOWER_BOUND, MEASURED, UPPER_BOUND, fill_grid, fill_unmeasured
+from edgehdr.hdr.merge import merge_debevec
+from edgehdr.hdr.neural_merge import merge_with_weights
+
+EQUAL = np.full((3, 4, 4), 1 / 3, np.float32)
+
+
+def test_fill_grid_is_a_normalized_convolution():
+    """A constant field with holes is filled with the constant, exactly, from the finest scale across a small hole
+    and from the coarser ones across a large one; around a hole's centre the measured cells lie symmetrically, so
+    a ramp in log2 radiance comes back as the ramp on average there (elsewhere in a hole the estimate leans to the
+    nearer side: a zeroth-order fit); a grid with nothing measured has no estimate."""
+    rows, cols = 96, 128
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    counts = np.full((rows, cols, 3), float(FILL_BLOCK), np.float32)
+    counts[68:76, 96:104] = 0  # a small hole: the finest scale (sigma 1 cell) reaches across it
+    counts[32:64, 32:64] = 0  # a large one, on the coarser grids' cells: only the coarser scales reach
+    constant = np.broadcast_to(np.array([-3.0, 0.5, 7.25], np.float32), counts.shape)
+    np.testing.assert_allclose(fill_grid(constant * counts, counts), constant, atol=1e-5)
+    ramp = np.stack([0.05 * xx - 0.02 * yy + k for k in range(3)], axis=-1)
+    est = fill_grid(ramp * counts, counts)
+    for centre in (np.s_[71:73, 99:101], np.s_[47:49, 47:49]):  # the 2 x 2 cells around each hole's centre
+        np.testing.assert_allclose(est[centre].mean(axis=(0, 1)), ramp[centre].mean(axis=(0, 1)), atol=0.01)
+    assert np.abs(est[68:76, 96:104] - ramp[68:76, 96:104]).max() < 0.05 * 4  # at most the slope over half the hole
+    assert np.isnan(fill_grid(ramp * 0, counts * 0)).all()
+
+
+def _code(curve: ResponseCurve, x: np.ndarray) -> np.ndarray:
+    return np.rint(255 * curve.forward(np.clip(x, 0.0, 1.0))).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def clipped_sky():
+    """A bright sky (1-1.6 stops above the reference's clip, a smooth gradient) over mid-tone ground with a deep
+    shadow. The short frame measures the sky except where a dark object passed (the gate rejects it there), the
+    long frame clips it: those samples fall back on the reference's clipped bound, a stop or more below the truth.
+    The shadow is black in every frame (an upper bound). Returns (bracket, response, truth, patch, shadow)."""
+    curve = ResponseCurve.parse("srgb")
+    response = CameraResponse.from_curve(curve, 8)
+    h, w = 64, 96
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    sky = 2.0 * 2.0 ** (0.6 * xx / w + 0.2 * yy / h)
+    truth = np.where((yy < 32)[..., None], sky[..., None] * np.array([0.8, 0.9, 1.0]), 0.18)
+    truth[48:, 72:] = 0.0004
+    rel = np.array([0.25, 1.0, 4.0])
+    frames = np.stack([_code(curve, truth * r) for r in rel])
+    patch = np.zeros((h, w), bool)
+    patch[8:20, 30:46] = True
+    frames[0][patch] = _code(curve, np.full(3, 0.05))  # the object, in the short frame only
+    shadow = np.zeros((h, w), bool)
+    shadow[50:, 74:] = True
+    bracket = Bracket(frames=frames, exposure_s=list(rel), gain=[1.0] * 3, bits=8)  # radiance in the truth's units
+    return bracket, response, truth.astype(np.float32), patch, shadow
+
+
+@pytest.mark.parametrize("merge", ["network", "deghost"])
+def test_fill_recovers_a_clipped_patch_and_keeps_what_was_measured(clipped_sky, merge):
+    bracket, response, truth, patch, shadow = clipped_sky
+    if merge == "network":
+        def run(fill: bool) -> np.ndarray:
+            return merge_with_weights(bracket, EQUAL, response=response, fill=fill)
+    else:
+        def run(fill: bool) -> np.ndarray:
+            return merge_debevec(bracket, response=response, weighting="tutorial", deghost=True, fill=fill)
+    bound, filled = run(False), run(True)
+    error_bound = np.abs(np.log2(bound[patch] / truth[patch]))
+    error_filled = np.abs(np.log2(filled[patch] / truth[patch]))
+    assert np.median(error_bound) > 1.0  # the clipped reference's bound
+    assert np.median(error_filled) < 0.1 and error_filled.max() < 0.3
+    assert np.all(filled[patch] >= bound[patch])  # a lower bound is only ever raised
+    # The shadow's neighbours are brighter than its upper bound: kept. Away from the patch and the shadow nothing
+    # falls back, and the fill leaves every measured sample bit-identical.
+    np.testing.assert_array_equal(filled[shadow].view(np.int32), bound[shadow].view(np.int32))
+    elsewhere = ~patch & ~shadow
+    np.testing.assert_array_equal(filled[elsewhere].view(np.int32), bound[elsewhere].view(np.int32))
+
+
+def test_the_fused_kernels_flags_and_sums_are_the_stand_alone_fill(clipped_sky):
+    """The network's kernel gathers its flags and block sums as it merges; the stand-alone ``fill_unmeasured`` takes
+    flags given here from the scene's construction (the patch a lower bound, the shadow an upper bound) and sums
+    the merged radiance itself: the same result."""
+    bracket, response, _, patch, shadow = clipped_sky
+    bound = merge_with_weights(bracket, EQUAL, response=response)
+    flags = np.full(bound.shape, MEASURED, np.uint8)
+    flags[patch] = LOWER_BOUND
+    flags[48:, 72:] = np.where(bracket.frames[2][48:, 72:] < 8, UPPER_BOUND, MEASURED)  # black in the long frame
+    expected = fill_unmeasured(bound.copy(), flags)
+    fused = merge_with_weights(bracket, EQUAL, response=response, fill=True)
+    np.testing.assert_allclose(fused, expected, rtol=1e-5)
+    assert not np.array_equal(fused[patch], bound[patch])
+
+
+def test_an_upper_bound_is_lowered_by_darker_neighbours_and_never_raised():
+    """Radiance given with its flags directly: a block of upper bounds among darker measured samples takes their
+    value, a block of upper bounds among brighter ones keeps its bound, and lower bounds mirror it."""
+    h, w = 40, 80
+    radiance = np.full((h, w, 3), 0.5, np.float32)
+    radiance[:, 40:] = 4.0
+    flags = np.full((h, w, 3), MEASURED, np.uint8)
+    flags[8:14, 4:10] = UPPER_BOUND  # bound 2.0 among 0.5: lowered to about 0.5
+    flags[8:14, 66:72] = UPPER_BOUND  # bound 2.0 among 4.0: kept
+    flags[26:32, 4:10] = LOWER_BOUND  # bound 2.0 among 0.5: kept
+    flags[26:32, 66:72] = LOWER_BOUND  # bound 2.0 among 4.0: raised to about 4.0
+    for block in ((slice(8, 14), slice(4, 10)), (slice(8, 14), slice(66, 72)), (slice(26, 32), slice(4, 10)),
+                  (slice(26, 32), slice(66, 72))):
+        radiance[block] = 2.0
+    out = fill_unmeasured(radiance.copy(), flags)
+    np.testing.assert_allclose(out[8:14, 4:10], 0.5, rtol=1e-3)
+    np.testing.assert_array_equal(out[8:14, 66:72], 2.0)
+    np.testing.assert_array_equal(out[26:32, 4:10], 2.0)
+    np.testing.assert_allclose(out[26:32, 66:72], 4.0, rtol=1e-3)
+    untouched = flags == MEASURED
+    np.testing.assert_array_equal(out[untouched], radiance[untouched])
+
+
+def test_fill_rejects_mismatched_flags():
+    with pytest.raises(ValueError, match="flags must be"):
+        fill_unmeasured(np.ones((4, 4, 3), np.float32), np.zeros((4, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match="statistics"):
+        from edgehdr.hdr.merge import MergeStatistics
+
+        merge_debevec(np.zeros((2, 4, 4, 3), np.uint8), [1.0, 4.0], fill=True, statistics=MergeStatistics())
+
+
+def test_a_pixels_bounds_move_together_or_not_at_all():
+    """Three lower-bound channels at 2.0: among neighbours (4, 0.5, 4) the green estimate lies below its bound, so
+    the pixel keeps all three bounds (channel by channel it would turn magenta); among (4, 3, 4) all three exceed
+    theirs and the pixel takes the neighbours' colour."""
+    h, w = 40, 80
+    radiance = np.empty((h, w, 3), np.float32)
+    radiance[:, :40] = (4.0, 0.5, 4.0)
+    radiance[:, 40:] = (4.0, 3.0, 4.0)
+    flags = np.full((h, w, 3), MEASURED, np.uint8)
+    for block in (np.s_[16:24, 8:16], np.s_[16:24, 64:72]):
+        radiance[block] = 2.0
+        flags[block] = LOWER_BOUND
+    out = fill_unmeasured(radiance.copy(), flags)
+    np.testing.assert_array_equal(out[16:24, 8:16], 2.0)
+    np.testing.assert_allclose(out[16:24, 64:72], np.broadcast_to([4.0, 3.0, 4.0], (8, 8, 3)), rtol=1e-3)
