@@ -9,7 +9,15 @@ import pytest
 
 from edgehdr.bracket import Bracket
 from edgehdr.hdr.crf import CameraResponse, ResponseCurve
-from edgehdr.hdr.fill import FILL_BLOCK, LOWER_BOUND, MEASURED, UPPER_BOUND, fill_grid, fill_unmeasured
+from edgehdr.hdr.fill import (
+    FILL_BLOCK,
+    LOWER_BOUND,
+    MEASURED,
+    UPPER_BOUND,
+    fill_grid,
+    fill_unmeasured,
+    reference_clip_log2,
+)
 from edgehdr.hdr.merge import merge_debevec
 from edgehdr.hdr.neural_merge import merge_with_weights
 
@@ -74,11 +82,17 @@ def test_fill_recovers_a_clipped_patch_and_keeps_what_was_measured(clipped_sky, 
         def run(fill: bool) -> np.ndarray:
             return merge_debevec(bracket, response=response, weighting="tutorial", deghost=True, fill=fill)
     bound, filled = run(False), run(True)
-    error_bound = np.abs(np.log2(bound[patch] / truth[patch]))
-    error_filled = np.abs(np.log2(filled[patch] / truth[patch]))
-    assert np.median(error_bound) > 1.0  # the clipped reference's bound
-    assert np.median(error_filled) < 0.1 and error_filled.max() < 0.3
+    def log_error(rad: np.ndarray) -> np.ndarray:
+        return np.log2(rad[patch] / truth[patch])
+
+    assert np.median(np.abs(log_error(bound))) > 1.0  # the clipped reference's bound
+    # The fill brings the brightness (the mean over channels in log2) to the sky's; the pixel keeps the bound's
+    # hue (white), so each channel stays within the sky's own spread of colour (0.8 : 0.9 : 1).
+    assert np.median(np.abs(log_error(filled).mean(axis=-1))) < 0.05
+    assert np.abs(log_error(filled)).max() < 0.3
     assert np.all(filled[patch] >= bound[patch])  # a lower bound is only ever raised
+    hue = filled[patch] / filled[patch].mean(axis=-1, keepdims=True)
+    np.testing.assert_allclose(hue, bound[patch] / bound[patch].mean(axis=-1, keepdims=True), rtol=1e-4)
     # The shadow's neighbours are brighter than its upper bound: kept. Away from the patch and the shadow nothing
     # falls back, and the fill leaves every measured sample bit-identical.
     np.testing.assert_array_equal(filled[shadow].view(np.int32), bound[shadow].view(np.int32))
@@ -88,40 +102,44 @@ def test_fill_recovers_a_clipped_patch_and_keeps_what_was_measured(clipped_sky, 
 
 def test_the_fused_kernels_flags_and_sums_are_the_stand_alone_fill(clipped_sky):
     """The network's kernel gathers its flags and block sums as it merges; the stand-alone ``fill_unmeasured`` takes
-    flags given here from the scene's construction (the patch a lower bound, the shadow an upper bound) and sums
-    the merged radiance itself: the same result."""
+    flags given here from the scene's construction (the patch a lower bound, the shadow an upper bound) and the
+    reference's clip level, and sums the merged radiance itself: the same result."""
     bracket, response, _, patch, shadow = clipped_sky
     bound = merge_with_weights(bracket, EQUAL, response=response)
     flags = np.full(bound.shape, MEASURED, np.uint8)
     flags[patch] = LOWER_BOUND
     flags[48:, 72:] = np.where(bracket.frames[2][48:, 72:] < 8, UPPER_BOUND, MEASURED)  # black in the long frame
-    expected = fill_unmeasured(bound.copy(), flags)
+    clip = reference_clip_log2(response.log_lut() / np.log(2), bracket.relative_exposure[1])
+    expected = fill_unmeasured(bound.copy(), flags, bright_log2=clip)
     fused = merge_with_weights(bracket, EQUAL, response=response, fill=True)
     np.testing.assert_allclose(fused, expected, rtol=1e-5)
     assert not np.array_equal(fused[patch], bound[patch])
 
 
-def test_an_upper_bound_is_lowered_by_darker_neighbours_and_never_raised():
-    """Radiance given with its flags directly: a block of upper bounds among darker measured samples takes their
-    value, a block of upper bounds among brighter ones keeps its bound, and lower bounds mirror it."""
-    h, w = 40, 80
-    radiance = np.full((h, w, 3), 0.5, np.float32)
-    radiance[:, 40:] = 4.0
+def test_only_lower_bounds_move_and_only_towards_neighbours_as_bright_as_the_reference_clip():
+    """Radiance given with its flags directly: a clipped block (bound 2.0) among neighbours at 4.0, above the
+    reference's clip level 3.0, takes their value; among neighbours at 2.5, brighter than the bound but below the
+    clip level, it keeps its bound (such a neighbour was measured by the reference, so the clipped sample is not
+    like it), unless no level is given; a black block (an upper bound) keeps its bound whatever its neighbours."""
+    h, w = 40, 512  # the two halves beyond the coarsest scale's reach (sigma 64 px) of each other's blocks
+    radiance = np.full((h, w, 3), 2.5, np.float32)
+    radiance[:, 256:] = 4.0
     flags = np.full((h, w, 3), MEASURED, np.uint8)
-    flags[8:14, 4:10] = UPPER_BOUND  # bound 2.0 among 0.5: lowered to about 0.5
-    flags[8:14, 66:72] = UPPER_BOUND  # bound 2.0 among 4.0: kept
-    flags[26:32, 4:10] = LOWER_BOUND  # bound 2.0 among 0.5: kept
-    flags[26:32, 66:72] = LOWER_BOUND  # bound 2.0 among 4.0: raised to about 4.0
-    for block in ((slice(8, 14), slice(4, 10)), (slice(8, 14), slice(66, 72)), (slice(26, 32), slice(4, 10)),
-                  (slice(26, 32), slice(66, 72))):
-        radiance[block] = 2.0
-    out = fill_unmeasured(radiance.copy(), flags)
-    np.testing.assert_allclose(out[8:14, 4:10], 0.5, rtol=1e-3)
-    np.testing.assert_array_equal(out[8:14, 66:72], 2.0)
-    np.testing.assert_array_equal(out[26:32, 4:10], 2.0)
-    np.testing.assert_allclose(out[26:32, 66:72], 4.0, rtol=1e-3)
+    flags[8:14, 4:10] = LOWER_BOUND  # among 2.5
+    flags[8:14, 496:502] = LOWER_BOUND  # among 4.0
+    flags[26:32, 4:10] = UPPER_BOUND  # among 2.5
+    flags[26:32, 496:502] = UPPER_BOUND  # among 4.0
+    radiance[flags != MEASURED] = 2.0
+    clip = np.full(3, np.log2(3.0), np.float32)
+    out = fill_unmeasured(radiance.copy(), flags, bright_log2=clip)
+    np.testing.assert_array_equal(out[8:14, 4:10], 2.0)
+    np.testing.assert_allclose(out[8:14, 496:502], 4.0, rtol=1e-3)
+    np.testing.assert_array_equal(out[26:32], radiance[26:32])
     untouched = flags == MEASURED
     np.testing.assert_array_equal(out[untouched], radiance[untouched])
+    anything = fill_unmeasured(radiance.copy(), flags)  # every measured pixel supports
+    np.testing.assert_allclose(anything[8:14, 4:10], 2.5, rtol=1e-3)
+    np.testing.assert_array_equal(anything[26:32], radiance[26:32])
 
 
 def test_fill_rejects_mismatched_flags():
@@ -133,10 +151,10 @@ def test_fill_rejects_mismatched_flags():
         merge_debevec(np.zeros((2, 4, 4, 3), np.uint8), [1.0, 4.0], fill=True, statistics=MergeStatistics())
 
 
-def test_a_pixels_bounds_move_together_or_not_at_all():
-    """Three lower-bound channels at 2.0: among neighbours (4, 0.5, 4) the green estimate lies below its bound, so
-    the pixel keeps all three bounds (channel by channel it would turn magenta); among (4, 3, 4) all three exceed
-    theirs and the pixel takes the neighbours' colour."""
+def test_a_pixels_bounds_move_together_keeping_their_hue_or_not_at_all():
+    """Three clipped channels at 2.0: among neighbours (4, 0.5, 4) the green estimate lies below its bound, so the
+    pixel keeps all three bounds (channel by channel it would turn magenta); among (4, 3, 4) all three exceed theirs
+    and the pixel rises by the mean excess, log2(4 * 3 * 4 / 8) / 3, in every channel: grey stays grey."""
     h, w = 40, 80
     radiance = np.empty((h, w, 3), np.float32)
     radiance[:, :40] = (4.0, 0.5, 4.0)
@@ -147,4 +165,4 @@ def test_a_pixels_bounds_move_together_or_not_at_all():
         flags[block] = LOWER_BOUND
     out = fill_unmeasured(radiance.copy(), flags)
     np.testing.assert_array_equal(out[16:24, 8:16], 2.0)
-    np.testing.assert_allclose(out[16:24, 64:72], np.broadcast_to([4.0, 3.0, 4.0], (8, 8, 3)), rtol=1e-3)
+    np.testing.assert_allclose(out[16:24, 64:72], 2.0 * (4.0 * 3.0 * 4.0 / 8.0) ** (1 / 3), rtol=1e-3)

@@ -41,7 +41,15 @@ from numpy.typing import ArrayLike
 from edgehdr.bracket import Bracket, as_frame_stack
 from edgehdr.fastmath import exp2_bits, log2_from_bits, luminance_log_row
 from edgehdr.hdr.crf import RESPONSE_FILE_SUFFIXES, CameraResponse, ResponseLike, standard_response
-from edgehdr.hdr.fill import FILL_BLOCK, LOWER_BOUND, MEASURED, UPPER_BOUND, fill_unmeasured, sample_row
+from edgehdr.hdr.fill import (
+    FILL_BLOCK,
+    LOWER_BOUND,
+    MEASURED,
+    UPPER_BOUND,
+    fill_unmeasured,
+    reference_clip_log2,
+    sample_row,
+)
 from edgehdr.hdr.weights import NoiseModel, noise_weights, weight_function, weight_lut, weighting_names
 
 __all__ = ["FramesLike", "MergeStatistics", "merge_debevec", "resolve_response", "weighting_names"]
@@ -246,26 +254,33 @@ def _merge_kernel_serial(frames, shifts, packed, offset, log_lut, log_exposure, 
     return out_bits
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _fallback_flags(frames, shifts, has_weight, order, top, use_mask, mask, out_bits, flags, rows_unmeasured,
-                    block_sums, block_counts):
+                    block_sums, block_counts, bright):
     """``edgehdr.hdr.fill``'s inputs for ``_merge_row``'s result, in one pass after it: per sample whether a usable
     frame gave it weight (``has_weight[i, c, z]``), else the kernel's fallback rule's direction (the shortest bright
     usable frame, a lower bound, else the longest usable frame, an upper bound when it reads dark); per row the
     count of samples that fell back; on each block row's ``sample_row`` the block sums of the log2 radiance of
-    pixels measured in all three channels."""
+    pixels measured in all three channels and at least ``bright`` in one (``edgehdr.hdr.fill``)."""
     n, h, w, _ = frames.shape
     for y in numba.prange(h):
         measured = np.zeros(3 * w, np.uint8)
         for i in range(n):
             dx = shifts[i, 0]
             row = frames[i, min(max(y + shifts[i, 1], 0), h - 1)]
-            table = has_weight[i]
+            t0, t1, t2 = has_weight[i, 0], has_weight[i, 1], has_weight[i, 2]
+            if dx == 0 and not use_mask:  # the common case as plain slices (vectorised gathers)
+                for x in range(w):
+                    measured[3 * x] |= t0[row[x, 0]]
+                    measured[3 * x + 1] |= t1[row[x, 1]]
+                    measured[3 * x + 2] |= t2[row[x, 2]]
+                continue
             for x in range(w):
                 xs = min(max(x + dx, 0), w - 1)
-                usable = np.uint8(mask[i, y, x] if use_mask else 1)
-                for c in range(3):
-                    measured[3 * x + c] |= table[c, row[xs, c]] & usable
+                usable = np.uint8(mask[i, y, x]) if use_mask else np.uint8(1)
+                measured[3 * x] |= t0[row[xs, 0]] & usable
+                measured[3 * x + 1] |= t1[row[xs, 1]] & usable
+                measured[3 * x + 2] |= t2[row[xs, 2]] & usable
         f = flags[y].reshape(-1)
         count = 0
         for j in range(3 * w):
@@ -283,9 +298,12 @@ def _fallback_flags(frames, shifts, has_weight, order, top, use_mask, mask, out_
             o = out_bits[y].reshape(-1)
             for x in range(w):
                 bx = x // FILL_BLOCK
-                m = (measured[3 * x] & measured[3 * x + 1] & measured[3 * x + 2]) != 0  # whole pixels only
+                j = 3 * x
+                r0, r1, r2 = log2_from_bits(o[j]), log2_from_bits(o[j + 1]), log2_from_bits(o[j + 2])
+                m = ((measured[j] & measured[j + 1] & measured[j + 2]) != 0) & (
+                    (r0 >= bright[0]) | (r1 >= bright[1]) | (r2 >= bright[2]))  # whole pixels, one channel bright
                 for c in range(3):
-                    block_sums[by, bx, c] += log2_from_bits(o[3 * x + c]) if m else np.float32(0.0)
+                    block_sums[by, bx, c] += (r0 if c == 0 else (r1 if c == 1 else r2)) if m else np.float32(0.0)
                     block_counts[by, bx, c] += np.float32(1.0) if m else np.float32(0.0)
 
 
@@ -596,7 +614,7 @@ def merge_debevec(
     deghost : bool
         Reject samples inconsistent with the reference frame (Grosch 2006).
     reference_index : int, optional
-        Reference frame for deghosting; default the middle exposure.
+        Reference frame for deghosting and the fill's clip level; default the middle exposure.
     deghost_tolerance : float
         Relative radiance tolerance of the consistency test.
     out : ndarray, optional
@@ -615,11 +633,11 @@ def merge_debevec(
         kernel as it writes each row (the tone mapper and the local dimming then skip their own
         statistics passes: 1080p, one core, about 3 and 2 ms).
     fill : bool
-        The samples no usable frame measures (clipped or black in each, or rejected by the deghosting) take the
-        normalized convolution of the measured log radiance around them where it respects their bound
-        (``edgehdr.hdr.fill``) instead of the bound alone; not with ``statistics`` (they would describe the
-        radiance before the fill). A separate pass over the frames: the merge network's kernel gathers the same
-        in its own pass.
+        The samples every usable frame saw clipped (or the deghosting left only clipped readings of) take the
+        normalized convolution of the log radiance of their measured neighbours as bright as the reference's clip,
+        where it lies above their bound (``edgehdr.hdr.fill``), instead of the bound alone; not with
+        ``statistics`` (they would describe the radiance before the fill). A separate pass over the frames: the
+        merge network's kernel gathers the same in its own pass.
 
     Returns
     -------
@@ -690,12 +708,12 @@ def merge_debevec(
         out = np.empty((h, w, 3), np.float32)
     elif out.shape != (h, w, 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a contiguous ({h}, {w}, 3) float32 array")
+    ref = int(order[n // 2]) if reference_index is None else int(reference_index)
+    if not 0 <= ref < n:
+        raise ValueError(f"reference_index {ref} out of range for {n} frames")
     if deghost:
         from edgehdr.hdr.deghost import consistency_masks
 
-        ref = int(order[n // 2]) if reference_index is None else int(reference_index)
-        if not 0 <= ref < n:
-            raise ValueError(f"reference_index {ref} out of range for {n} frames")
         mask = consistency_masks(stack, exposures, prep.response, reference_index=ref, tolerance=deghost_tolerance)
         use_mask = True
     else:
@@ -719,7 +737,8 @@ def merge_debevec(
         grid_shape = (-(-h // FILL_BLOCK), -(-w // FILL_BLOCK), 3)
         sums, counts = np.zeros(grid_shape, np.float32), np.zeros(grid_shape, np.float32)
         has_weight = ((tables.packed >> 32) > 0).astype(np.uint8)
+        bright = reference_clip_log2(prep.log_lut * np.float32(1 / np.log(2)), float(exposures[ref]))
         _fallback_flags(stack, offsets, has_weight, order, levels - 1, use_mask, mask, out.view(np.int32), flags,
-                        rows_unmeasured, sums, counts)
+                        rows_unmeasured, sums, counts, bright)
         fill_unmeasured(out, flags, sums=sums, counts=counts, rows_with=np.flatnonzero(rows_unmeasured))
     return out

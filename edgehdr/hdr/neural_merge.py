@@ -47,7 +47,15 @@ from numpy.typing import ArrayLike
 from edgehdr.bracket import Bracket
 from edgehdr.fastmath import exp2_bits, log2_from_bits
 from edgehdr.hdr.crf import CameraResponse, ResponseLike
-from edgehdr.hdr.fill import FILL_BLOCK, LOWER_BOUND, MEASURED, UPPER_BOUND, fill_unmeasured, sample_row
+from edgehdr.hdr.fill import (
+    FILL_BLOCK,
+    LOWER_BOUND,
+    MEASURED,
+    UPPER_BOUND,
+    fill_unmeasured,
+    reference_clip_log2,
+    sample_row,
+)
 from edgehdr.hdr.merge import FramesLike, as_frame_stack, resolve_response
 from edgehdr.hdr.weights import weight_lut
 from edgehdr.tonemap.color import REC709_LUMA
@@ -297,7 +305,7 @@ def _weighted_merge_kernel(levels: int):
 
     @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
     def kernel(stack, order, shifts, log2_rad, v, vl, spans, loose, prob, y0s, y1s, fys, half_level, gate,
-               out_bits, fill, flags, rows_unmeasured, block_sums, block_counts):
+               out_bits, fill, flags, rows_unmeasured, block_sums, block_counts, bright):
         """One pass: bilinear weights, consistency gate, code weighting (``merge_weight_table``), log2-domain
         Debevec average, exp2 on the float bits. Frame ``i`` is read through ``shifts[i]`` = (dx, dy)
         (``_shifted_row``). The tables are indexed ``[k, c * levels + z]`` for the k-th
@@ -308,7 +316,8 @@ def _weighted_merge_kernel(levels: int):
         as ``spans`` for the fallback's test in the channels that do not fall back (``fallback_gate_tables``).
         ``fill``: for ``edgehdr.hdr.fill``, each row's count of samples that fall back (``rows_unmeasured``), their
         ``flags`` (every sample of such a row; other rows are not written) and, on each block row's
-        ``sample_row``, the block sums of measured log2 radiance and their counts."""
+        ``sample_row``, the block sums of the log2 radiance of the pixels that support the fill (measured in all
+        three channels, one of them at least ``bright``, ``reference_clip_log2``) and their counts."""
         n_rows, n_cols = stack.shape[1], stack.shape[2]
         i0, i1, i2 = order[0], order[1], order[2]
         moved_x = shifts[0, 0] != 0 or shifts[1, 0] != 0 or shifts[2, 0] != 0
@@ -409,11 +418,15 @@ def _weighted_merge_kernel(levels: int):
                     sums_row, counts_row = block_sums[by], block_counts[by]
                     for x in range(n_cols):
                         bx = x // FILL_BLOCK
-                        # pixels measured in all three channels only: the estimate's colour is one pixel's
-                        measured = (den_row[3 * x] > eps) & (den_row[3 * x + 1] > eps) & (den_row[3 * x + 2] > eps)
+                        # pixels measured in all three channels (the estimate's colour is one pixel's), at least
+                        # as bright as the reference's clip in one
+                        j = 3 * x
+                        measured = (den_row[j] > eps) & (den_row[j + 1] > eps) & (den_row[j + 2] > eps)
+                        bright_pixel = (buf[j] >= bright[0]) | (buf[j + 1] >= bright[1]) | (buf[j + 2] >= bright[2])
+                        support = measured & bright_pixel
                         for c in range(3):
-                            sums_row[bx, c] += buf[3 * x + c] if measured else np.float32(0.0)
-                            counts_row[bx, c] += np.float32(1.0) if measured else np.float32(0.0)
+                            sums_row[bx, c] += buf[j + c] if support else np.float32(0.0)
+                            counts_row[bx, c] += np.float32(1.0) if support else np.float32(0.0)
             o = out_bits[y].reshape(-1)
             for j in range(3 * n_cols):
                 o[j] = exp2_bits(max(min(buf[j], np.float32(126.0)), np.float32(-126.0)))
@@ -535,8 +548,9 @@ def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike
     gate kept in the channels that fall back and within about 4 stops of the reference in the others
     (``fallback_gate_tables``). ``shifts`` (3, 2): each frame's integer (dx, dy), applied as it is read
     (``encode_merge_input``), so deferred alignment needs no shifted copy of the frames. ``fill``: the samples
-    that fall back then take the normalized convolution of the measured log radiance around them where it respects
-    their bound (``edgehdr.hdr.fill``); without it the merge is exactly the weighted merge.
+    the frames saw clipped then take the normalized convolution of the log radiance of their measured neighbours as
+    bright as the reference's clip, where it lies above their bound (``edgehdr.hdr.fill``); without it the merge is
+    exactly the weighted merge.
     """
     stack, exposures, resp, bits, order = _prepare(frames, exposures, response, bits)
     _, h, w, _ = stack.shape
@@ -571,9 +585,10 @@ def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike
     else:
         flags, rows_unmeasured = np.empty((1, 1, 3), np.uint8), np.empty(1, np.int32)
         sums = counts = np.empty((1, 1, 3), np.float32)
+    bright = reference_clip_log2(log2_lut, exposures[order[1]])
     _weighted_merge_kernel(levels)(stack, order, _frame_shifts(shifts), log2_rad, v, vl, spans, loose, prob, *ys,
                                    levels // 2, bool(consistency_gate), out.view(np.int32), bool(fill), flags,
-                                   rows_unmeasured, sums, counts)
+                                   rows_unmeasured, sums, counts, bright)
     if fill:
         fill_unmeasured(out, flags, sums=sums, counts=counts, rows_with=np.flatnonzero(rows_unmeasured))
     return out

@@ -84,7 +84,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
         "model": (str, "merge_net", _any()),
         "weighting": (str, "noise", _choice(*sorted(WEIGHTINGS))),
         "deghost": (bool, False, _any()),
-        "fill": (bool, True, _any()),  # the neural merge's fill of samples no frame measures (edgehdr.hdr.fill)
+        "fill": (bool, True, _any()),  # the neural merge's fill of clipped samples no frame measures (hdr/fill.py)
     },
     "tonemap": {
         "operator": (str, "reinhard", _choice(*OPERATORS, "neural")),
