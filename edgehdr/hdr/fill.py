@@ -103,10 +103,11 @@ def _mean4(a: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _combine(blurred_sums, blurred_counts, min_count, n_coarse, coarse1, coarse2):
-    """The finest scale's ratio where its blurred count reaches ``min_count``, else the first of the ``n_coarse``
-    coarser estimates (upsampled, NaN where they lack support) that is not NaN, else NaN. Not fastmath: NaN is a
-    value here."""
+def _combine(blurred_sums, blurred_counts, min_count, coarse):
+    """The finest scale's ratio where its blurred count reaches ``min_count``, else the first of the coarser
+    estimates ``coarse`` (levels, rows, cols, ch; upsampled, NaN where they lack support; none when no cell lacks
+    support) that is not NaN, else NaN. Not fastmath: NaN is a value here. One array type whatever the levels: a
+    second compilation at the first frame with full support would stall the runtime."""
     rows, cols, ch = blurred_sums.shape
     out = np.empty((rows, cols, ch), np.float32)
     for y in numba.prange(rows):
@@ -114,10 +115,8 @@ def _combine(blurred_sums, blurred_counts, min_count, n_coarse, coarse1, coarse2
             for c in range(ch):
                 n = blurred_counts[y, x, c]
                 value = blurred_sums[y, x, c] / n if n >= min_count else np.float32(np.nan)
-                if value != value and n_coarse > 0:
-                    value = coarse1[y, x, c]
-                if value != value and n_coarse > 1:
-                    value = coarse2[y, x, c]
+                for k in range(coarse.shape[0]):
+                    value = coarse[k, y, x, c] if value != value else value
                 out[y, x, c] = value
     return out
 
@@ -137,8 +136,9 @@ def fill_grid(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     s, n = np.ascontiguousarray(sums, np.float32), np.ascontiguousarray(counts, np.float32)
     min_count = np.float32(FILL_MIN_SUPPORT * FILL_BLOCK)
     blurred_sums, blurred_counts = _blur(s), _blur(n)
-    levels = []
+    coarse = np.empty((0, rows, cols, ch), np.float32)
     if (blurred_counts < min_count).any():
+        coarse = np.empty((FILL_SCALES - 1, rows, cols, ch), np.float32)
         for level in range(1, FILL_SCALES):
             # coarser cells hold the mean of 4 x 4 finer ones: the count a cell stands for stays the same
             s, n = _mean4(s), _mean4(n)
@@ -147,10 +147,8 @@ def fill_grid(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
                 est = np.where(bn >= min_count, bs / bn, np.float32(np.nan)).astype(np.float32)
             scale = 4 ** level
             up = cv2.resize(est, (est.shape[1] * scale, est.shape[0] * scale), interpolation=cv2.INTER_LINEAR)
-            levels.append(up.reshape(est.shape[0] * scale, est.shape[1] * scale, ch)[:rows, :cols])
-    none = np.empty((1, 1, ch), np.float32)[:1, :1]  # the same array type as the cropped levels: one compilation
-    coarse1, coarse2 = (levels + [none, none])[:2]
-    return _combine(blurred_sums, blurred_counts, min_count, len(levels), coarse1, coarse2)
+            coarse[level - 1] = up.reshape(est.shape[0] * scale, est.shape[1] * scale, ch)[:rows, :cols]
+    return _combine(blurred_sums, blurred_counts, min_count, coarse)
 
 
 @numba.njit(cache=True, inline="always")
