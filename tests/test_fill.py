@@ -166,3 +166,115 @@ def test_a_pixels_bounds_move_together_keeping_their_hue_or_not_at_all():
     out = fill_unmeasured(radiance.copy(), flags)
     np.testing.assert_array_equal(out[16:24, 8:16], 2.0)
     np.testing.assert_allclose(out[16:24, 64:72], 2.0 * (4.0 * 3.0 * 4.0 / 8.0) ** (1 / 3), rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def mixed_sky():
+    """An odd-sized frame (61 x 93: the fill's 16-pixel scan has a tail) with a wide clipped patch (most of its rows
+    fall back: the kernel's whole-row path), a dark bar the reference measures right beside it (measured, but below
+    the reference's clip: not support), a strip whose red is clipped in every frame (a partly clipped pixel: its
+    other channels are measured, but it is not support) and a black corner. Returns (bracket, response, patch,
+    strip)."""
+    curve = ResponseCurve.parse("srgb")
+    response = CameraResponse.from_curve(curve, 8)
+    h, w = 61, 93
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    sky = 2.0 * 2.0 ** (0.6 * xx / w + 0.2 * yy / h)
+    truth = np.where((yy < 34)[..., None], sky[..., None] * np.array([0.8, 0.9, 1.0]), 0.18)
+    truth[6:20, 70:76] = 0.3  # the dark bar
+    truth[22:26, 10:60, 0] = 20.0  # red beyond every frame's range
+    truth[50:, 75:] = 2e-5  # code 0 in every frame: no weight in any weighting
+    rel = np.array([0.25, 1.0, 4.0])
+    frames = np.stack([_code(curve, truth * r) for r in rel])
+    patch = np.zeros((h, w), bool)
+    patch[6:20, 5:70] = True
+    patch[6:20, 84:] = True  # and in the scan's tail (its last 13 pixels)
+    frames[0][patch] = _code(curve, np.full(3, 0.05))
+    strip = np.zeros((h, w), bool)
+    strip[22:26, 10:60] = True
+    bracket = Bracket(frames=frames, exposure_s=list(rel), gain=[1.0] * 3, bits=8)
+    return bracket, response, patch, strip
+
+
+def _classical_flags(bracket: Bracket, response: CameraResponse) -> np.ndarray:
+    """The classical merge's fallback, written out independently: a sample is measured when a frame the deghosting
+    keeps reads a code the tutorial weighting gives weight; else it falls back on the shortest kept frame reading
+    bright (a lower bound), else on the longest kept frame (a lower bound if it reads bright, an upper one if dark)."""
+    from edgehdr.hdr.deghost import consistency_masks
+    from edgehdr.hdr.weights import weight_lut
+
+    frames = bracket.frames.astype(np.int64)
+    order = np.argsort(bracket.relative_exposure)
+    masks = consistency_masks(bracket.frames, bracket.relative_exposure, response, reference_index=int(order[1]))
+    kept = masks[..., None].astype(bool) & np.ones(3, bool)
+    measured = (kept & (weight_lut("tutorial", 256)[frames] > 0)).any(axis=0)
+    bright = 2 * frames >= 255
+    flags = np.full(frames.shape[1:], MEASURED, np.uint8)
+    pick = np.full(frames.shape[1:], -1)
+    for i in order[::-1]:  # the shortest kept bright frame wins: visit it last
+        pick = np.where(kept[i] & bright[i], i, pick)
+    longest = np.full(frames.shape[1:], -1)
+    for i in order:  # the longest kept frame: visit it last
+        longest = np.where(kept[i], i, longest)
+    pick = np.where(pick >= 0, pick, longest)
+    picked_bright = np.take_along_axis(bright, pick[None], axis=0)[0]
+    flags[~measured] = np.where(picked_bright, LOWER_BOUND, UPPER_BOUND)[~measured]
+    return flags
+
+
+def test_both_merges_fill_as_the_stand_alone_path_with_flags_written_out(mixed_sky):
+    """The network's kernel (flags, block sums and support gathered while it merges, the whole-row path included)
+    and the classical merge's own pass, each against ``fill_unmeasured`` on their unfilled result with flags written
+    out independently (the scene's construction; the classical rule above) and the reference's clip level: the same
+    radiance. The dark bar beside the patch and the partly clipped strip are measured but not support: counting them
+    (or any measured pixel) moves the patch's estimate, which this compares."""
+    bracket, response, patch, strip = mixed_sky
+    clip = reference_clip_log2(response.log_lut() / np.log(2), bracket.relative_exposure[1])
+    bound = merge_with_weights(bracket, EQUAL, response=response)
+    flags = np.full(bound.shape, MEASURED, np.uint8)
+    flags[patch] = LOWER_BOUND
+    flags[strip, 0] = LOWER_BOUND
+    flags[50:, 75:] = np.where(bracket.frames[2][50:, 75:] < 8, UPPER_BOUND, MEASURED)
+    expected = fill_unmeasured(bound.copy(), flags, bright_log2=clip)
+    np.testing.assert_allclose(merge_with_weights(bracket, EQUAL, response=response, fill=True), expected, rtol=1e-5)
+    assert np.all(expected[patch] > bound[patch])  # (the strip's red bound, 4, lies above its neighbours: kept)
+    everything = fill_unmeasured(bound.copy(), flags)  # every measured pixel as support: a different answer
+    assert np.abs(np.log2(everything[patch] / expected[patch])).max() > 0.1
+
+    classical = merge_debevec(bracket, response=response, weighting="tutorial", deghost=True)
+    classical_flags = _classical_flags(bracket, response)
+    assert (classical_flags[patch] == LOWER_BOUND).all() and (classical_flags == UPPER_BOUND).any()
+    expected = fill_unmeasured(classical.copy(), classical_flags, bright_log2=clip)
+    filled = merge_debevec(bracket, response=response, weighting="tutorial", deghost=True, fill=True)
+    np.testing.assert_allclose(filled, expected, rtol=1e-5)
+    assert not np.array_equal(filled, classical)
+
+
+def test_a_fill_never_lands_below_its_bound():
+    """Neighbours a hair above the bound: the raise goes through log2 and exp2 polynomials, whose round trip could
+    land under the bound for a tiny excess; the result is never below it."""
+    rng = np.random.default_rng(3)
+    h, w = 48, 80
+    radiance = np.full((h, w, 3), 2.0, np.float32) * (1 + rng.uniform(1e-7, 1e-4, (h, w, 3))).astype(np.float32)
+    flags = np.full((h, w, 3), MEASURED, np.uint8)
+    flags[8:40, 8:72] = LOWER_BOUND
+    radiance[flags == LOWER_BOUND] = 2.0
+    out = fill_unmeasured(radiance.copy(), flags)
+    assert np.all(out[flags == LOWER_BOUND] >= 2.0)
+
+
+def test_fill_grid_needs_its_minimum_support():
+    """One supporting cell among empty ones has an estimate in its own cell; a grid whose only support is a sliver
+    (a count far below ``FILL_MIN_SUPPORT``) has none."""
+    from edgehdr.hdr.fill import FILL_MIN_SUPPORT
+
+    sums = np.zeros((64, 64, 3), np.float32)
+    counts = np.zeros((64, 64, 3), np.float32)
+    counts[32, 32] = FILL_BLOCK
+    sums[32, 32] = 5.0 * FILL_BLOCK
+    est = fill_grid(sums, counts)
+    np.testing.assert_allclose(est[32, 32], 5.0, rtol=1e-5)
+    counts[32, 32] = 0.04  # a sliver: 1 % of a cell's samples, blurred to about a sixth of that
+    sums[32, 32] = 5.0 * counts[32, 32]
+    assert 0.04 < FILL_MIN_SUPPORT * FILL_BLOCK  # below the minimum before the blur already
+    assert np.isnan(fill_grid(sums, counts)).all()

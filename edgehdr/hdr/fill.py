@@ -10,9 +10,11 @@ sample from its neighbours that are measured and at least as bright as the refer
 in some channel): normalized convolution (Knutsson & Westin 1993), ``F = G * (m L) / G * m`` with ``L`` the log2
 radiance, ``m`` the mask of such neighbours and ``G`` a Gaussian, at three scales (sigma 1, 4 and 16 blocks of 4 x 4
 pixels, i.e. 4, 16 and 64 pixels; the finest scale with enough support wins), i.e. the expected radiance of a pixel
-here that the reference could not measure either. A pixel's clipped channels take their estimates only when every
-one of them lies above its bound. Nothing measured changes; a sample with no such neighbour within the coarsest
-scale, and every upper bound (black in every frame), keep their bound.
+here that the reference could not measure either. Where the estimate lies above the bound in every clipped channel
+of a pixel, those channels rise together by the mean log2 excess (a fully clipped pixel keeps its bound's hue; a
+partly clipped one keeps its measured channels). Nothing measured changes; a sample with no such neighbour within
+the coarsest scale (up to about half a coarse cell less at the edge of the support: bilinear upsampling spreads an
+unsupported cell's NaN), and every upper bound (black in every frame), keep their bound.
 
 Choices, measured with the merge network on ``evaluate_merge --real`` (PU21-PSNR, moving brackets, held-out
 photographs / synthetic scenes): every measured neighbour as support 25.04 / 26.87 dB, only those reaching the
@@ -162,11 +164,11 @@ def _bilinear(g0, g1, fy, i0, i1, fx):
 @numba.njit(cache=True, inline="always")
 def _fill_pixel(f, o, x, g0, g1, fy, g_cols, centre):
     """Pixel ``x`` of a row (``f`` its flags, ``o`` its float bits): when the grid's bilinear estimate lies above
-    the bound in every ``LOWER_BOUND`` channel, those channels all rise by the mean of the excesses (log2), so the
-    pixel keeps its bound's hue and takes its neighbours' brightness; else, or where an estimate is NaN (no
-    support), the pixel stays as it is. Taking each channel's estimate gave the same PU21 but painted a neighbour's
-    colour into the clipped samples (a sunlit field's yellow into a white disc) and, where a channel's estimate fell
-    below its bound, pink edges."""
+    the bound in every ``LOWER_BOUND`` channel, those channels all rise by the mean of the excesses (log2), so a
+    fully clipped pixel keeps its bound's hue and takes its neighbours' brightness; else, or where an estimate is
+    NaN (no support), the pixel stays as it is. Taking each channel's estimate gave the same PU21 but painted a
+    neighbour's colour into the clipped samples (a sunlit field's yellow into a white disc) and, where a channel's
+    estimate fell below its bound, pink edges."""
     j = 3 * x
     if not (f[j] == LOWER_BOUND or f[j + 1] == LOWER_BOUND or f[j + 2] == LOWER_BOUND):
         return
@@ -190,7 +192,9 @@ def _fill_pixel(f, o, x, g0, g1, fy, g_cols, centre):
     for c in range(3):
         if f[j + c] == LOWER_BOUND:
             raised = log2_from_bits(o[j + c]) + shift
-            o[j + c] = exp2_bits(max(min(raised, np.float32(126.0)), np.float32(-126.0)))
+            # Never below the bound: the log2 / exp2 polynomials' round trip can land a hair under it for a tiny
+            # excess (positive floats' bits order as the floats do).
+            o[j + c] = max(o[j + c], exp2_bits(max(min(raised, np.float32(126.0)), np.float32(-126.0))))
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -200,10 +204,11 @@ def _apply_fill(out_bits, flags, rows_with, grid):
     (most hold no flag). Not fastmath: a NaN estimate (no support) must be seen."""
     n_cols = out_bits.shape[1]
     g_rows, g_cols = grid.shape[0], grid.shape[1]
-    centre = np.float32((FILL_BLOCK - 1) / 2.0)
+    centre = np.float32((FILL_BLOCK - 1) / 2.0)  # across: a cell's mean is its block's centre
+    row_centre = np.float32(FILL_BLOCK // 2)  # down: a cell is its block's ``sample_row``
     for r in numba.prange(rows_with.shape[0]):
         y = rows_with[r]
-        gy = min(max((np.float32(y) - centre) / FILL_BLOCK, np.float32(0.0)), np.float32(g_rows - 1))
+        gy = min(max((np.float32(y) - row_centre) / FILL_BLOCK, np.float32(0.0)), np.float32(g_rows - 1))
         y0 = min(int(gy), g_rows - 1)
         y1 = min(y0 + 1, g_rows - 1)
         fy = gy - np.float32(y0)
@@ -227,9 +232,9 @@ def _apply_fill(out_bits, flags, rows_with, grid):
 def fill_unmeasured(radiance: np.ndarray, flags: np.ndarray, *, bright_log2: np.ndarray | None = None,
                     sums: np.ndarray | None = None, counts: np.ndarray | None = None,
                     rows_with: np.ndarray | None = None) -> np.ndarray:
-    """Replace, in place, each clipped sample's bound by the normalized convolution of the log2 radiance of its
-    measured neighbours at least as bright as ``bright_log2`` in some channel, where every clipped channel of the
-    pixel lies below its estimate (module docstring).
+    """Raise, in place, the clipped samples of each pixel towards the normalized convolution of the log2 radiance of
+    its measured neighbours at least as bright as ``bright_log2`` in some channel: by the mean log2 excess, where
+    every clipped channel of the pixel lies below its estimate (module docstring).
 
     ``radiance`` (h, w, 3) float32 as merged; ``flags`` (h, w, 3) uint8: ``MEASURED``, ``LOWER_BOUND`` (clipped: the
     estimate is taken where higher) or ``UPPER_BOUND`` (black: kept). ``bright_log2`` (3,): the support's level,
@@ -239,8 +244,11 @@ def fill_unmeasured(radiance: np.ndarray, flags: np.ndarray, *, bright_log2: np.
     """
     if radiance.ndim != 3 or radiance.shape[2] != 3 or radiance.dtype != np.float32:
         raise ValueError(f"radiance must be (h, w, 3) float32, got {radiance.shape} {radiance.dtype}")
+    if not radiance.flags.c_contiguous:
+        raise ValueError("radiance must be C-contiguous (it is filled in place)")
     if flags.shape != radiance.shape or flags.dtype != np.uint8:
         raise ValueError(f"flags must be {radiance.shape} uint8, got {flags.shape} {flags.dtype}")
+    flags = np.ascontiguousarray(flags)
     if sums is None or counts is None:
         sums, counts = block_log2_sums(radiance, flags, bright_log2)
     if rows_with is None:

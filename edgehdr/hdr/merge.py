@@ -614,7 +614,8 @@ def merge_debevec(
     deghost : bool
         Reject samples inconsistent with the reference frame (Grosch 2006).
     reference_index : int, optional
-        Reference frame for deghosting and the fill's clip level; default the middle exposure.
+        Reference frame for deghosting and the fill's clip level; default the middle exposure. Checked whether
+        or not either is on.
     deghost_tolerance : float
         Relative radiance tolerance of the consistency test.
     out : ndarray, optional
@@ -633,9 +634,9 @@ def merge_debevec(
         kernel as it writes each row (the tone mapper and the local dimming then skip their own
         statistics passes: 1080p, one core, about 3 and 2 ms).
     fill : bool
-        The samples every usable frame saw clipped (or the deghosting left only clipped readings of) take the
-        normalized convolution of the log radiance of their measured neighbours as bright as the reference's clip,
-        where it lies above their bound (``edgehdr.hdr.fill``), instead of the bound alone; not with
+        The samples every usable frame saw clipped (or the deghosting left only clipped readings of) rise towards
+        the normalized convolution of the log radiance of their measured neighbours as bright as the reference's
+        clip, where it lies above their bound (``edgehdr.hdr.fill``), instead of keeping the bound alone; not with
         ``statistics`` (they would describe the radiance before the fill). A separate pass over the frames: the
         merge network's kernel gathers the same in its own pass.
 

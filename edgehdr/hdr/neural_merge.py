@@ -548,9 +548,9 @@ def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike
     gate kept in the channels that fall back and within about 4 stops of the reference in the others
     (``fallback_gate_tables``). ``shifts`` (3, 2): each frame's integer (dx, dy), applied as it is read
     (``encode_merge_input``), so deferred alignment needs no shifted copy of the frames. ``fill``: the samples
-    the frames saw clipped then take the normalized convolution of the log radiance of their measured neighbours as
-    bright as the reference's clip, where it lies above their bound (``edgehdr.hdr.fill``); without it the merge is
-    exactly the weighted merge.
+    the frames saw clipped then rise towards the normalized convolution of the log radiance of their measured
+    neighbours as bright as the reference's clip, where it lies above their bound (``edgehdr.hdr.fill``); without it
+    the merge is exactly the weighted merge.
     """
     stack, exposures, resp, bits, order = _prepare(frames, exposures, response, bits)
     _, h, w, _ = stack.shape
