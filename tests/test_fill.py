@@ -48,25 +48,30 @@ def _code(curve: ResponseCurve, x: np.ndarray) -> np.ndarray:
     return np.rint(255 * curve.forward(np.clip(x, 0.0, 1.0))).astype(np.uint8)
 
 
+def _sky_over_ground(h: int, w: int, horizon: int) -> tuple[ResponseCurve, CameraResponse, np.ndarray]:
+    """An sRGB camera and a scene: a bright sky above row ``horizon`` (1-1.6 stops above the reference's clip, a
+    smooth gradient, colour 0.8 : 0.9 : 1) over mid-tone ground."""
+    curve = ResponseCurve.parse("srgb")
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    sky = 2.0 * 2.0 ** (0.6 * xx / w + 0.2 * yy / h)
+    truth = np.where((yy < horizon)[..., None], sky[..., None] * np.array([0.8, 0.9, 1.0]), 0.18)
+    return curve, CameraResponse.from_curve(curve, 8), truth
+
+
 @pytest.fixture(scope="module")
 def clipped_sky():
     """A bright sky (1-1.6 stops above the reference's clip, a smooth gradient) over mid-tone ground with a deep
     shadow. The short frame measures the sky except where a dark object passed (the gate rejects it there), the
     long frame clips it: those samples fall back on the reference's clipped bound, a stop or more below the truth.
     The shadow is black in every frame (an upper bound). Returns (bracket, response, truth, patch, shadow)."""
-    curve = ResponseCurve.parse("srgb")
-    response = CameraResponse.from_curve(curve, 8)
-    h, w = 64, 96
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    sky = 2.0 * 2.0 ** (0.6 * xx / w + 0.2 * yy / h)
-    truth = np.where((yy < 32)[..., None], sky[..., None] * np.array([0.8, 0.9, 1.0]), 0.18)
+    curve, response, truth = _sky_over_ground(64, 96, 32)
     truth[48:, 72:] = 0.0004
     rel = np.array([0.25, 1.0, 4.0])
     frames = np.stack([_code(curve, truth * r) for r in rel])
-    patch = np.zeros((h, w), bool)
+    patch = np.zeros(truth.shape[:2], bool)
     patch[8:20, 30:46] = True
     frames[0][patch] = _code(curve, np.full(3, 0.05))  # the object, in the short frame only
-    shadow = np.zeros((h, w), bool)
+    shadow = np.zeros(truth.shape[:2], bool)
     shadow[50:, 74:] = True
     bracket = Bracket(frames=frames, exposure_s=list(rel), gain=[1.0] * 3, bits=8)  # radiance in the truth's units
     return bracket, response, truth.astype(np.float32), patch, shadow
@@ -175,22 +180,17 @@ def mixed_sky():
     the reference's clip: not support), a strip whose red is clipped in every frame (a partly clipped pixel: its
     other channels are measured, but it is not support) and a black corner. Returns (bracket, response, patch,
     strip)."""
-    curve = ResponseCurve.parse("srgb")
-    response = CameraResponse.from_curve(curve, 8)
-    h, w = 61, 93
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    sky = 2.0 * 2.0 ** (0.6 * xx / w + 0.2 * yy / h)
-    truth = np.where((yy < 34)[..., None], sky[..., None] * np.array([0.8, 0.9, 1.0]), 0.18)
+    curve, response, truth = _sky_over_ground(61, 93, 34)
     truth[6:20, 70:76] = 0.3  # the dark bar
     truth[22:26, 10:60, 0] = 20.0  # red beyond every frame's range
     truth[50:, 75:] = 2e-5  # code 0 in every frame: no weight in any weighting
     rel = np.array([0.25, 1.0, 4.0])
     frames = np.stack([_code(curve, truth * r) for r in rel])
-    patch = np.zeros((h, w), bool)
+    patch = np.zeros(truth.shape[:2], bool)
     patch[6:20, 5:70] = True
     patch[6:20, 84:] = True  # and in the scan's tail (its last 13 pixels)
     frames[0][patch] = _code(curve, np.full(3, 0.05))
-    strip = np.zeros((h, w), bool)
+    strip = np.zeros(truth.shape[:2], bool)
     strip[22:26, 10:60] = True
     bracket = Bracket(frames=frames, exposure_s=list(rel), gain=[1.0] * 3, bits=8)
     return bracket, response, patch, strip
