@@ -11,6 +11,7 @@ from edgehdr.bracket import Bracket
 from edgehdr.hdr.crf import CameraResponse, ResponseCurve
 from edgehdr.hdr.fill import (
     FILL_BLOCK,
+    KEPT,
     LOWER_BOUND,
     MEASURED,
     UPPER_BOUND,
@@ -192,6 +193,7 @@ def mixed_sky():
     frames[0][patch] = _code(curve, np.full(3, 0.05))
     strip = np.zeros(truth.shape[:2], bool)
     strip[22:26, 10:60] = True
+    frames[2][54, 80:90] = 255  # hot pixels: the long frame reads clipped where the others read black
     bracket = Bracket(frames=frames, exposure_s=list(rel), gain=[1.0] * 3, bits=8)
     return bracket, response, patch, strip
 
@@ -199,7 +201,8 @@ def mixed_sky():
 def _classical_flags(bracket: Bracket, response: CameraResponse) -> np.ndarray:
     """The classical merge's fallback, written out independently: a sample is measured when a frame the deghosting
     keeps reads a code the tutorial weighting gives weight; else it falls back on the shortest kept frame reading
-    bright (a lower bound), else on the longest kept frame (a lower bound if it reads bright, an upper one if dark)."""
+    bright (a lower bound), else on the longest kept frame (a lower bound if it reads bright, an upper one if dark);
+    a bright reading in a frame longer than the reference is no bound to trust (``KEPT``)."""
     from edgehdr.hdr.deghost import consistency_masks
     from edgehdr.hdr.weights import weight_lut
 
@@ -218,7 +221,9 @@ def _classical_flags(bracket: Bracket, response: CameraResponse) -> np.ndarray:
         longest = np.where(kept[i], i, longest)
     pick = np.where(pick >= 0, pick, longest)
     picked_bright = np.take_along_axis(bright, pick[None], axis=0)[0]
-    flags[~measured] = np.where(picked_bright, LOWER_BOUND, UPPER_BOUND)[~measured]
+    longer_than_reference = np.argsort(order)[pick] > 1
+    fell_back = np.where(picked_bright, np.where(longer_than_reference, KEPT, LOWER_BOUND), UPPER_BOUND)
+    flags[~measured] = fell_back[~measured]
     return flags
 
 
@@ -235,6 +240,7 @@ def test_both_merges_fill_as_the_stand_alone_path_with_flags_written_out(mixed_s
     flags[patch] = LOWER_BOUND
     flags[strip, 0] = LOWER_BOUND
     flags[50:, 75:] = np.where(bracket.frames[2][50:, 75:] < 8, UPPER_BOUND, MEASURED)
+    flags[54, 80:90] = UPPER_BOUND  # the gate rejects the hot pixels: the black reference's bound
     expected = fill_unmeasured(bound.copy(), flags, bright_log2=clip)
     np.testing.assert_allclose(merge_with_weights(bracket, EQUAL, response=response, fill=True), expected, rtol=1e-5)
     assert np.all(expected[patch] > bound[patch])  # (the strip's red bound, 4, lies above its neighbours: kept)
@@ -244,10 +250,14 @@ def test_both_merges_fill_as_the_stand_alone_path_with_flags_written_out(mixed_s
     classical = merge_debevec(bracket, response=response, weighting="tutorial", deghost=True)
     classical_flags = _classical_flags(bracket, response)
     assert (classical_flags[patch] == LOWER_BOUND).all() and (classical_flags == UPPER_BOUND).any()
+    assert (classical_flags[54, 80:90] == KEPT).all()  # the deghosting keeps every frame where the reference is black
     expected = fill_unmeasured(classical.copy(), classical_flags, bright_log2=clip)
     filled = merge_debevec(bracket, response=response, weighting="tutorial", deghost=True, fill=True)
     np.testing.assert_allclose(filled, expected, rtol=1e-5)
     assert not np.array_equal(filled, classical)
+    np.testing.assert_array_equal(filled[54, 80:90], classical[54, 80:90])  # raised as a lower bound, 15 stops off
+    as_lower = np.where(classical_flags == KEPT, LOWER_BOUND, classical_flags).astype(np.uint8)
+    assert (fill_unmeasured(classical.copy(), as_lower, bright_log2=clip)[54, 80:90] > classical[54, 80:90]).all()
 
 
 def test_a_fill_never_lands_below_its_bound():

@@ -43,13 +43,16 @@ import numpy as np
 from edgehdr.fastmath import exp2_bits, log2_from_bits
 from edgehdr.kernelcache import drop_stale_dependents
 
-__all__ = ["FILL_BLOCK", "MEASURED", "LOWER_BOUND", "UPPER_BOUND", "block_log2_sums", "fill_grid", "fill_unmeasured",
-           "reference_clip_log2", "sample_row"]
+__all__ = ["FILL_BLOCK", "MEASURED", "LOWER_BOUND", "UPPER_BOUND", "KEPT", "block_log2_sums", "fill_grid",
+           "fill_unmeasured", "reference_clip_log2", "sample_row"]
 
 FILL_BLOCK = 4  # pixels per block side of the estimate's grid
 FILL_SCALES = 3  # Gaussian sigma 1 block, then 4 and 16 blocks (each coarser grid 4x smaller, sigma 1 there)
 FILL_MIN_SUPPORT = 0.02  # the blurred fraction of supporting pixels a scale needs to give an estimate
-MEASURED, LOWER_BOUND, UPPER_BOUND = 0, 1, 2  # ``flags`` values
+# ``flags`` values: measured; clipped (a lower bound, the fill's to raise); black (an upper bound, kept); fell back
+# on a reading the fill must not trust (kept: the classical merge's bright reading in a frame longer than a reference
+# that reads black)
+MEASURED, LOWER_BOUND, UPPER_BOUND, KEPT = 0, 1, 2, 3
 
 # ``sample_row`` is inlined into the merge network's kernel: its cached kernels go when this file changes.
 drop_stale_dependents()
@@ -237,8 +240,8 @@ def fill_unmeasured(radiance: np.ndarray, flags: np.ndarray, *, bright_log2: np.
     every clipped channel of the pixel lies below its estimate (module docstring).
 
     ``radiance`` (h, w, 3) float32 as merged; ``flags`` (h, w, 3) uint8: ``MEASURED``, ``LOWER_BOUND`` (clipped: the
-    estimate is taken where higher) or ``UPPER_BOUND`` (black: kept). ``bright_log2`` (3,): the support's level,
-    ``reference_clip_log2`` (None: every measured pixel supports). ``sums``/``counts``: the block grid's
+    estimate is taken where higher), ``UPPER_BOUND`` (black: kept) or ``KEPT``. ``bright_log2`` (3,): the support's
+    level, ``reference_clip_log2`` (None: every measured pixel supports). ``sums``/``counts``: the block grid's
     ``block_log2_sums`` when the merge kernel gathered them (then ``bright_log2`` is the kernel's business);
     ``rows_with``: the rows holding a flagged sample (every row when not given). Returns ``radiance``.
     """

@@ -43,6 +43,7 @@ from edgehdr.fastmath import exp2_bits, log2_from_bits, luminance_log_row
 from edgehdr.hdr.crf import RESPONSE_FILE_SUFFIXES, CameraResponse, ResponseLike, standard_response
 from edgehdr.hdr.fill import (
     FILL_BLOCK,
+    KEPT,
     LOWER_BOUND,
     MEASURED,
     UPPER_BOUND,
@@ -256,10 +257,11 @@ def _merge_kernel_serial(frames, shifts, packed, offset, log_lut, log_exposure, 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _fallback_flags(frames, shifts, has_weight, order, top, use_mask, mask, out_bits, flags, rows_unmeasured,
-                    block_sums, block_counts, bright):
+                    block_sums, block_counts, bright, rank, ref_rank):
     """``edgehdr.hdr.fill``'s inputs for ``_merge_row``'s result, in one pass after it: per sample whether a usable
     frame gave it weight (``has_weight[i, c, z]``), else the kernel's fallback rule's direction (the shortest bright
-    usable frame, a lower bound, else the longest usable frame, an upper bound when it reads dark); per row the
+    usable frame, a lower bound, else the longest usable frame, an upper bound when it reads dark; ``KEPT`` where a
+    frame longer than the reference (``rank``: each frame's place in ``order``) reads bright); per row the
     count of samples that fell back; on each block row's ``sample_row`` the block sums of the log2 radiance of
     pixels measured in all three channels and at least ``bright`` in one (``edgehdr.hdr.fill``)."""
     n, h, w, _ = frames.shape
@@ -292,7 +294,10 @@ def _fallback_flags(frames, shifts, has_weight, order, top, use_mask, mask, out_
                 continue
             x, c = j // 3, j % 3
             pick = _fallback_frame(frames, shifts, order, top, use_mask, mask, y, x, c)
-            f[j] = LOWER_BOUND if 2 * np.int32(_shifted(frames, shifts, pick, y, x, c)) >= top else UPPER_BOUND
+            reads_bright = 2 * np.int32(_shifted(frames, shifts, pick, y, x, c)) >= top
+            # A bright reading in a frame longer than the reference, where the reference reads black: no bound the
+            # fill may trust (a hot pixel or flare; a synthetic scene's row of them went 15 stops off when filled).
+            f[j] = (LOWER_BOUND if rank[pick] <= ref_rank else KEPT) if reads_bright else UPPER_BOUND
         by = y // FILL_BLOCK
         if y == sample_row(by, h):
             o = out_bits[y].reshape(-1)
@@ -739,7 +744,8 @@ def merge_debevec(
         sums, counts = np.zeros(grid_shape, np.float32), np.zeros(grid_shape, np.float32)
         has_weight = ((tables.packed >> 32) > 0).astype(np.uint8)
         bright = reference_clip_log2(prep.log_lut * np.float32(1 / np.log(2)), float(exposures[ref]))
+        rank = np.argsort(order).astype(np.int64)
         _fallback_flags(stack, offsets, has_weight, order, levels - 1, use_mask, mask, out.view(np.int32), flags,
-                        rows_unmeasured, sums, counts, bright)
+                        rows_unmeasured, sums, counts, bright, rank, int(rank[ref]))
         fill_unmeasured(out, flags, sums=sums, counts=counts, rows_with=np.flatnonzero(rows_unmeasured))
     return out
