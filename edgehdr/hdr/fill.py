@@ -43,8 +43,8 @@ import numpy as np
 from edgehdr.fastmath import exp2_bits, log2_from_bits
 from edgehdr.kernelcache import drop_stale_dependents
 
-__all__ = ["FILL_BLOCK", "MEASURED", "LOWER_BOUND", "UPPER_BOUND", "KEPT", "block_log2_sums", "fill_grid",
-           "fill_unmeasured", "reference_clip_log2", "sample_row"]
+__all__ = ["FILL_BLOCK", "MEASURED", "LOWER_BOUND", "UPPER_BOUND", "KEPT", "add_support", "block_log2_sums",
+           "fill_buffers", "fill_grid", "fill_unmeasured", "reference_clip_log2", "sample_row"]
 
 FILL_BLOCK = 4  # pixels per block side of the estimate's grid
 FILL_SCALES = 3  # Gaussian sigma 1 block, then 4 and 16 blocks (each coarser grid 4x smaller, sigma 1 there)
@@ -54,7 +54,8 @@ FILL_MIN_SUPPORT = 0.02  # the blurred fraction of supporting pixels a scale nee
 # that reads black)
 MEASURED, LOWER_BOUND, UPPER_BOUND, KEPT = 0, 1, 2, 3
 
-# ``sample_row`` is inlined into the merge network's kernel: its cached kernels go when this file changes.
+# ``sample_row`` and ``add_support`` are inlined into the merge kernels: their cached kernels go when this file
+# changes.
 drop_stale_dependents()
 
 
@@ -63,6 +64,31 @@ def sample_row(block_row: int, n_rows: int) -> int:
     """The image row that stands for block row ``block_row`` in the estimate: its middle row (the last row of a
     partial block at the bottom)."""
     return min(FILL_BLOCK * block_row + FILL_BLOCK // 2, n_rows - 1)
+
+
+@numba.njit(cache=True, inline="always")
+def add_support(sums_row, counts_row, x, r0, r1, r2, measured, bright):
+    """Pixel ``x`` of a block row's ``sample_row`` (log2 radiance ``r0, r1, r2``) into that row's block sums and
+    counts when it supports the fill: ``measured`` in all three channels, and at least ``bright``
+    (``reference_clip_log2``) in one. The merge kernels' side of ``block_log2_sums``, which they gather as they
+    merge."""
+    support = measured & ((r0 >= bright[0]) | (r1 >= bright[1]) | (r2 >= bright[2]))
+    bx = x // FILL_BLOCK
+    one = np.float32(1.0) if support else np.float32(0.0)
+    sums_row[bx, 0] += r0 if support else np.float32(0.0)
+    sums_row[bx, 1] += r1 if support else np.float32(0.0)
+    sums_row[bx, 2] += r2 if support else np.float32(0.0)
+    counts_row[bx, 0] += one
+    counts_row[bx, 1] += one
+    counts_row[bx, 2] += one
+
+
+def fill_buffers(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What a merge kernel fills for ``fill_unmeasured`` on an (h, w) frame: ``flags`` (h, w, 3) uint8, each row's
+    count of samples that fell back (h,) int32, and the block grid's ``block_log2_sums`` sums and counts, zeroed."""
+    grid_shape = (-(-h // FILL_BLOCK), -(-w // FILL_BLOCK), 3)
+    return (np.empty((h, w, 3), np.uint8), np.zeros(h, np.int32), np.zeros(grid_shape, np.float32),
+            np.zeros(grid_shape, np.float32))
 
 
 def reference_clip_log2(log2_lut: np.ndarray, reference_exposure: float) -> np.ndarray:

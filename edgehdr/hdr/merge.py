@@ -47,6 +47,8 @@ from edgehdr.hdr.fill import (
     LOWER_BOUND,
     MEASURED,
     UPPER_BOUND,
+    add_support,
+    fill_buffers,
     fill_unmeasured,
     reference_clip_log2,
     sample_row,
@@ -302,14 +304,9 @@ def _fallback_flags(frames, shifts, has_weight, order, top, use_mask, mask, out_
         if y == sample_row(by, h):
             o = out_bits[y].reshape(-1)
             for x in range(w):
-                bx = x // FILL_BLOCK
                 j = 3 * x
-                r0, r1, r2 = log2_from_bits(o[j]), log2_from_bits(o[j + 1]), log2_from_bits(o[j + 2])
-                m = ((measured[j] & measured[j + 1] & measured[j + 2]) != 0) & (
-                    (r0 >= bright[0]) | (r1 >= bright[1]) | (r2 >= bright[2]))  # whole pixels, one channel bright
-                for c in range(3):
-                    block_sums[by, bx, c] += (r0 if c == 0 else (r1 if c == 1 else r2)) if m else np.float32(0.0)
-                    block_counts[by, bx, c] += np.float32(1.0) if m else np.float32(0.0)
+                add_support(block_sums[by], block_counts[by], x, log2_from_bits(o[j]), log2_from_bits(o[j + 1]),
+                            log2_from_bits(o[j + 2]), (measured[j] & measured[j + 1] & measured[j + 2]) != 0, bright)
 
 
 @numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
@@ -738,10 +735,7 @@ def merge_debevec(
     kernel(stack, offsets, tables.packed, tables.offset, prep.log_lut, tables.log_exposure, order, levels - 1,
            use_mask, mask, out.view(np.int32))
     if fill:
-        flags = np.empty((h, w, 3), np.uint8)
-        rows_unmeasured = np.empty(h, np.int32)
-        grid_shape = (-(-h // FILL_BLOCK), -(-w // FILL_BLOCK), 3)
-        sums, counts = np.zeros(grid_shape, np.float32), np.zeros(grid_shape, np.float32)
+        flags, rows_unmeasured, sums, counts = fill_buffers(h, w)
         has_weight = ((tables.packed >> 32) > 0).astype(np.uint8)
         bright = reference_clip_log2(prep.log_lut * np.float32(1 / np.log(2)), float(exposures[ref]))
         rank = np.argsort(order).astype(np.int64)

@@ -52,6 +52,8 @@ from edgehdr.hdr.fill import (
     LOWER_BOUND,
     MEASURED,
     UPPER_BOUND,
+    add_support,
+    fill_buffers,
     fill_unmeasured,
     reference_clip_log2,
     sample_row,
@@ -417,16 +419,9 @@ def _weighted_merge_kernel(levels: int):
                 if y == sample_row(by, n_rows):  # one row per block row writes its sums: no two threads meet
                     sums_row, counts_row = block_sums[by], block_counts[by]
                     for x in range(n_cols):
-                        bx = x // FILL_BLOCK
-                        # pixels measured in all three channels (the estimate's colour is one pixel's), at least
-                        # as bright as the reference's clip in one
                         j = 3 * x
                         measured = (den_row[j] > eps) & (den_row[j + 1] > eps) & (den_row[j + 2] > eps)
-                        bright_pixel = (buf[j] >= bright[0]) | (buf[j + 1] >= bright[1]) | (buf[j + 2] >= bright[2])
-                        support = measured & bright_pixel
-                        for c in range(3):
-                            sums_row[bx, c] += buf[j + c] if support else np.float32(0.0)
-                            counts_row[bx, c] += np.float32(1.0) if support else np.float32(0.0)
+                        add_support(sums_row, counts_row, x, buf[j], buf[j + 1], buf[j + 2], measured, bright)
             o = out_bits[y].reshape(-1)
             for j in range(3 * n_cols):
                 o[j] = exp2_bits(max(min(buf[j], np.float32(126.0)), np.float32(-126.0)))
@@ -578,14 +573,12 @@ def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike
     v = np.ascontiguousarray(np.broadcast_to(vtab, log2_rad.shape).reshape(3, -1))
     vl = np.ascontiguousarray((vtab * log2_rad).reshape(3, -1))
     if fill:
-        flags = np.empty((h, w, 3), np.uint8)
-        rows_unmeasured = np.zeros(h, np.int32)
-        grid_shape = (-(-h // FILL_BLOCK), -(-w // FILL_BLOCK), 3)
-        sums, counts = np.zeros(grid_shape, np.float32), np.zeros(grid_shape, np.float32)
+        flags, rows_unmeasured, sums, counts = fill_buffers(h, w)
+        bright = reference_clip_log2(log2_lut, exposures[order[1]])
     else:
         flags, rows_unmeasured = np.empty((1, 1, 3), np.uint8), np.empty(1, np.int32)
         sums = counts = np.empty((1, 1, 3), np.float32)
-    bright = reference_clip_log2(log2_lut, exposures[order[1]])
+        bright = np.zeros(3, np.float32)
     _weighted_merge_kernel(levels)(stack, order, _frame_shifts(shifts), log2_rad, v, vl, spans, loose, prob, *ys,
                                    levels // 2, bool(consistency_gate), out.view(np.int32), bool(fill), flags,
                                    rows_unmeasured, sums, counts, bright)
