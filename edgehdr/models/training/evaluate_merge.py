@@ -79,17 +79,14 @@ def evaluate(merger: NeuralMerger, seeds: Iterable[int], *, height: int = 544, w
         for motion in ("dynamic", "static"):
             frames, exposures, truth, mask, response = make(2 if motion == "dynamic" else 0)
             merger.response = response
-            fill = merger.fill
-            try:
-                merger.fill = False
-                unfilled = merger(frames, exposures, bits=8)
-            finally:
-                merger.fill = fill
+            prob = merger.weights(frames, exposures, bits=8)  # the network once: the merger's two merges share it
+            network = functools.partial(merge_with_weights, frames, prob, exposures, response, bits=8,
+                                        consistency_gate=merger.consistency_gate)
             results = {"plain": merge_debevec(frames, exposures, response),
                        "deghost": merge_debevec(frames, exposures, response, deghost=True),
                        "deghost_fill": merge_debevec(frames, exposures, response, deghost=True, fill=True),
-                       "network_no_fill": unfilled,
-                       "network": merger(frames, exposures, bits=8),
+                       "network_no_fill": network(fill=False),
+                       "network": network(fill=merger.fill),
                        "oracle": oracle_selection(frames, exposures, response, truth)}
             for name, rad in results.items():
                 row[f"{motion}_{name}_psnr_mu"] = psnr_mu(rad, truth)
