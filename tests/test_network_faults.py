@@ -96,6 +96,7 @@ def test_tone_mapper_keeps_the_previous_grid_where_the_network_answers_non_finit
     with np.errstate(over="ignore", invalid="ignore"):  # the encoding's own arithmetic on such a frame
         mapper(np.full_like(rad, 3e38), dt_s=float("nan"))
     assert mapper._key == key_before and np.all(np.isfinite(mapper._params))
+    assert mapper.non_finite_key_frames == 1  # counted apart from the network's answers
 
     # Before any grid was smoothed, the default grid stands in.
     # A finite answer out of its parameter's range alone is held to the range too, and is not a non-finite frame.
@@ -217,3 +218,10 @@ def test_the_daemon_counts_frames_a_network_answered_non_finite(tmp_path, run_pi
     assert families["edgehdr_network_non_finite_frames"].type == "counter"
     assert {s.labels["stage"]: s.value for s in families["edgehdr_network_non_finite_frames"].samples} == {
         "merge": counted["merge"], "tonemap": counted["tonemap"], "score": unscored}
+    # The frames' medians were finite: counted as none, and not in the status line.
+    assert final["non_finite_key_frames"] == {"tonemap": 0} and "median" not in line
+    assert [s.value for s in families["edgehdr_non_finite_key_frames"].samples] == [0]
+    keyed = {**final, "non_finite_key_frames": {"tonemap": 3}}
+    assert "non-finite frame medians: tonemap 3" in status_line(keyed)
+    families = {f.name: f for f in parser.text_string_to_metric_families(prometheus_text(keyed))}
+    assert {s.labels["stage"]: s.value for s in families["edgehdr_non_finite_key_frames"].samples} == {"tonemap": 3}

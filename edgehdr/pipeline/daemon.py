@@ -174,19 +174,25 @@ class Runtime:
         ([run] radiance_buffers: arrays allocated, its limit, waits), the score stage's ``quality``, and per stage
         with a network (merge, tone map, dimming) the frames whose network output held a non-finite value, which
         the stage replaced (``NeuralMerger.finite_logits``, ``NeuralToneMapper.finite_grid``, the dimming
-        network's full light; the score stage's unscored frames are in ``quality``)."""
+        network's full light; the score stage's unscored frames are in ``quality``), and the neural tone mapper's
+        frames whose median luminance was not finite (radiance near float32's top; the previous median served)."""
         stages = self.pipeline.stages if self.pipeline is not None else []
         if len(stages) > 1 and hasattr(stages[1].fn, "radiance_pool"):
             stats["radiance_buffers"] = stages[1].fn.radiance_pool.snapshot()
         if self.scorer is not None:
             stats["quality"] = self.scorer.snapshot()
         faults: dict[str, int] = {}
+        keys: dict[str, int] = {}
         for stage in stages:
             network = getattr(stage.fn, "merger", None) or getattr(stage.fn, "neural", None)
             if network is not None and hasattr(network, "non_finite_frames"):
                 faults[stage.name] = int(network.non_finite_frames)
+            if network is not None and hasattr(network, "non_finite_key_frames"):
+                keys[stage.name] = int(network.non_finite_key_frames)
         if faults:
             stats["network_non_finite_frames"] = faults
+        if keys:
+            stats["non_finite_key_frames"] = keys
 
     def close(self) -> dict[str, Any]:
         """Stop and release everything this run opened, in order; safe after a partial build and twice."""
@@ -651,6 +657,9 @@ def status_line(stats: dict[str, Any]) -> str:
         faulty.append(f"score {unscored}")
     if faulty:
         parts.append("non-finite network outputs: " + ", ".join(faulty))
+    keys = [f"{name} {n}" for name, n in stats.get("non_finite_key_frames", {}).items() if n]
+    if keys:
+        parts.append("non-finite frame medians: " + ", ".join(keys))
     link = stats.get("link")
     if link is not None:
         parts.append(f"link {link['state']}" + (f" ({link['last_error']})" if link["state"] != "connected"

@@ -113,6 +113,11 @@ def prometheus_text(stats: dict[str, Any]) -> str:
         metric("network_non_finite_frames_total", "counter", "Frames a stage's network answered NaN or infinity "
                "in (replaced: equal merge weights, the previous tone-mapping grid, full zone light; a score left out).",
                [*(({"stage": name}, n) for name, n in faults.items()), ({"stage": "score"}, quality_faults)])
+    keys = stats.get("non_finite_key_frames") or {}
+    if keys:
+        metric("non_finite_key_frames_total", "counter", "Frames whose median luminance, the neural tone mapper's "
+               "key, was not finite (radiance near float32's top; the previous median served).",
+               [({"stage": name}, n) for name, n in keys.items()])
     link = stats.get("link") or {}
     metric("link_frames_sent_total", "counter", "Zone frames written to the controller link.",
            [({}, link.get("frames_sent"))])

@@ -250,6 +250,7 @@ class NeuralToneMapper:
         self._params: np.ndarray | None = None
         self._key: float | None = None
         self.non_finite_frames = 0  # frames whose network output held a non-finite parameter (``finite_grid``)
+        self.non_finite_key_frames = 0  # frames whose median luminance was not finite (the previous one was used)
         (self._input_name,) = [i.name for i in runner.describe().inputs]
 
     def reset(self) -> None:
@@ -281,7 +282,9 @@ class NeuralToneMapper:
         params, key_log2, blocks = self.predict(radiance)
         params = self.finite_grid(params)
         if not math.isfinite(key_log2):  # block means overflowed (radiance near float32's top): not a key to keep
-            log.warning("tone mapping: the frame's median luminance is not finite; the previous one is used")
+            self.non_finite_key_frames += 1
+            log.warning("tone mapping: the frame's median luminance is not finite; the previous one is used "
+                        "(frames so far: %d)", self.non_finite_key_frames)
             key_log2 = self._key if self._key is not None else 0.0
         if self.time_constant_s > 0 and self._params is not None and self._key is not None:
             dt = self.frame_interval_s if dt_s is None or not math.isfinite(dt_s) else max(float(dt_s), 0.0)
