@@ -303,10 +303,10 @@ def _fallback_flags(frames, shifts, has_weight, order, top, use_mask, mask, out_
         by = y // FILL_BLOCK
         if y == sample_row(by, h):
             o = out_bits[y].reshape(-1)
-            for x in range(w):
-                j = 3 * x
-                add_support(block_sums[by], block_counts[by], x, log2_from_bits(o[j]), log2_from_bits(o[j + 1]),
-                            log2_from_bits(o[j + 2]), (measured[j] & measured[j + 1] & measured[j + 2]) != 0, bright)
+            log2_row = np.empty(3 * w, np.float32)
+            for j in range(3 * w):
+                log2_row[j] = log2_from_bits(o[j])
+            add_support(block_sums[by], block_counts[by], log2_row, measured, np.uint8(0), bright)
 
 
 @numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")

@@ -398,8 +398,10 @@ def _weighted_merge_kernel(levels: int):
                         if fill:
                             flags[y, x, c] = (LOWER_BOUND if lower else UPPER_BOUND) if falls else MEASURED
             elif unusable:
-                if fill:
-                    flags[y] = MEASURED
+                if fill:  # a flat loop, a memset (``flags[y] = MEASURED`` ran over two indices: 2.5 ms a 1080p merge)
+                    flags_row = flags[y].reshape(-1)
+                    for j in range(3 * n_cols):
+                        flags_row[j] = MEASURED
                 for j in range(3 * n_cols):
                     if den_row[j] <= eps:
                         x, c = j // 3, j % 3
@@ -417,11 +419,7 @@ def _weighted_merge_kernel(levels: int):
                 rows_unmeasured[y] = unusable
                 by = y // FILL_BLOCK
                 if y == sample_row(by, n_rows):  # one row per block row writes its sums: no two threads meet
-                    sums_row, counts_row = block_sums[by], block_counts[by]
-                    for x in range(n_cols):
-                        j = 3 * x
-                        measured = (den_row[j] > eps) & (den_row[j + 1] > eps) & (den_row[j + 2] > eps)
-                        add_support(sums_row, counts_row, x, buf[j], buf[j + 1], buf[j + 2], measured, bright)
+                    add_support(block_sums[by], block_counts[by], buf, den_row, eps, bright)
             o = out_bits[y].reshape(-1)
             for j in range(3 * n_cols):
                 o[j] = exp2_bits(max(min(buf[j], np.float32(126.0)), np.float32(-126.0)))
