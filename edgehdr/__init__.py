@@ -14,8 +14,8 @@ import os as _os
 # a pause instruction (300,000 by default, several milliseconds on recent x86 cores) before they sleep: that spin
 # holds a core the next library wants, e.g. ONNX Runtime's threads right after the merge network's encoding (the
 # network's run took 9.8-12.2 ms after the encoding kernel against 5.7-9.8, mostly about 6, at 10,000 rounds;
-# 1080p, two cores). libgomp reads this once, when numba first loads it, so it is set here, at import, unless the user chose a
-# spin count or a wait policy.
+# 1080p, two cores). libgomp reads this once, when numba first loads it, so it is set here, at import, unless the
+# user chose a spin count or a wait policy.
 if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "10000"
 
