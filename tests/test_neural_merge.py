@@ -351,6 +351,47 @@ def test_real_training_brackets_come_from_the_training_photographs_only(tmp_path
         assert np.median(np.abs(np.diff(np.log(truth), axis=1))) > 0.05
         assert s["x"].shape == MERGE_INPUT_SHAPE[1:]
 
+@needs_torch
+def test_merge_net_split_fusion_is_the_concatenation_and_the_reexport_keeps_the_function(tmp_path):
+    """MergeNet's decoder fuses ``up(W_low * low) + W_skip * skip + b`` (no concatenation in the exported graph):
+    the same function as the 1 x 1 convolution of ``concat(up(low), skip)`` written out here with the same
+    parameters; and ``train_merge --reexport`` gives the shipped weights again (ONNX Runtime on both files)."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgehdr.models.training.train_merge import load_merge_onnx
+    from edgehdr.models.training.train_merge import main as train_main
+
+    model, props = load_merge_onnx(model_path("merge_net"))
+    x = torch.rand(1, *MERGE_INPUT_SHAPE[1:], generator=torch.Generator().manual_seed(3))
+
+    def concatenated(step, low, skip):
+        return step(torch.cat([F.interpolate(low, scale_factor=2, mode="bilinear", align_corners=False), skip], 1))
+
+    with torch.no_grad():
+        e1 = model.enc1(x)
+        e2 = model.enc2(e1)
+        e3 = model.mid(model.enc3(e2))
+        d1 = concatenated(model.dec1, concatenated(model.dec2, e3, e2), e1)
+        reference = model.head(d1)
+        split = model(x)
+    assert float(reference.abs().max()) > 0.1  # trained weights: not the zero head
+    torch.testing.assert_close(split, reference, rtol=0, atol=1e-5)
+
+    out = tmp_path / "merge_net.onnx"
+    assert train_main(["--reexport", str(model_path("merge_net")), "-o", str(out)]) == 0
+    import onnx
+
+    again = onnx.load(str(out))
+    assert "Concat" not in {n.op_type for n in again.graph.node}
+    assert {p.key: p.value for p in again.metadata_props}["edgehdr.recipe"] == props["edgehdr.recipe"]
+    feed = {"bracket": x.numpy()}
+    with OnnxRuntimeRunner(model_path("merge_net")) as shipped, OnnxRuntimeRunner(out) as reexported:
+        np.testing.assert_allclose(reexported.run(feed)["weights"], shipped.run(feed)["weights"], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="not an exported MergeNet"):
+        load_merge_onnx(model_path("dimming_net"))
+
+
 def test_shipped_model_matches_its_manifest_and_budget():
     path = model_path("merge_net")
     manifest = Manifest.load(Manifest.path_for(path))

@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, TMO_INPUT_SHAPE
@@ -123,6 +124,13 @@ class MergeNet(nn.Module):
     a 1 x 1 fusion and a 3 x 3 convolution), a 3 x 3 head at half the working size. The head
     starts at zero, so an untrained network weights the frames equally: the classical
     merge without deghosting (Kalantari & Ramamoorthi 2017, weight-estimation variant).
+
+    Each decoder step's 1 x 1 fusion of ``concat(up(low), skip)`` runs as
+    ``up(W_low * low) + W_skip * skip + b`` with the same parameters (``_fuse``): a 1 x 1 convolution commutes with
+    the bilinear upsampling (both linear, per pixel and per channel; the taps sum to one, so the bias may go either
+    side), and the sum needs no concatenation. The same function (within 1e-6 on the shipped weights); exported, ONNX
+    Runtime's NCHWc graph has no Concat and no layout reorders around it: 4.1-4.6 against 5.4-5.6 ms at 480 x 272 on
+    two cores (alternating sessions), and the upsampling carries the narrower output.
     """
 
     def __init__(self, width: int = 16) -> None:
@@ -141,12 +149,21 @@ class MergeNet(nn.Module):
             assert self.head.bias is not None  # Conv2d(bias=True)
             self.head.bias.zero_()
 
+    def _fuse(self, step: nn.Sequential, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``step`` (1 x 1 fusion, ReLU, 3 x 3 block) on ``concat(up(low), skip)``, the fusion split (class
+        docstring)."""
+        fusion = step[0]
+        assert isinstance(fusion, nn.Conv2d) and fusion.bias is not None
+        c = low.shape[1]
+        fused = self.up(F.conv2d(low, fusion.weight[:, :c])) + F.conv2d(skip, fusion.weight[:, c:], fusion.bias)
+        return step[2](F.relu(fused))
+
     def forward(self, bracket: torch.Tensor) -> torch.Tensor:
         e1 = self.enc1(bracket)
         e2 = self.enc2(e1)
         e3 = self.mid(self.enc3(e2))
-        d2 = self.dec2(torch.cat([self.up(e3), e2], dim=1))
-        d1 = self.dec1(torch.cat([self.up(d2), e1], dim=1))
+        d2 = self._fuse(self.dec2, e3, e2)
+        d1 = self._fuse(self.dec1, d2, e1)
         return self.head(d1)
 
 

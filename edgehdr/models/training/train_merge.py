@@ -47,7 +47,7 @@ from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.quality.metrics import MU_LAW_MU
 
 __all__ = ["dynamic_bracket", "merge_samples", "real_merge_samples", "merge_twin", "train_merge", "export_merge",
-           "main"]
+           "load_merge_onnx", "main"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent
 CROP = 256  # full-resolution crop; the network sees CROP/2 (the working size is half of 544 x 960)
@@ -206,6 +206,47 @@ def export_merge(model: MergeNet, path: str | os.PathLike[str], *,
                        model_name="merge_net", metadata=meta, recipe="train_merge")
 
 
+def _split_fusion(m: Any, step: str, state: dict[str, torch.Tensor],
+                  path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1 x 1 fusion weights of decoder ``step`` in a graph exported with ``MergeNet._fuse``: the skip half is the
+    convolution that carries the step's bias, the upsampled half the bias-free convolution whose output the Resize
+    before their Add reads."""
+    producers = {out: node for node in m.graph.node for out in node.output}
+    skip = next((n for n in m.graph.node if n.op_type == "Conv" and n.input[2:] == [f"{step}.0.bias"]), None)
+    add = next((n for n in m.graph.node if n.op_type == "Add" and skip is not None and skip.output[0] in n.input),
+               None)
+    if skip is None or add is None:
+        raise ValueError(f"{path}: no '{step}' fusion in the graph (neither its 1 x 1 weights nor their split)")
+    resize = producers.get(next(i for i in add.input if i != skip.output[0]))
+    low = producers.get(resize.input[0]) if resize is not None and resize.op_type == "Resize" else None
+    if low is None or low.op_type != "Conv" or len(low.input) != 2:
+        raise ValueError(f"{path}: the '{step}' fusion's upsampled half is not a bias-free convolution")
+    return state[low.input[1]], state[skip.input[1]]
+
+
+def load_merge_onnx(path: str | os.PathLike[str]) -> tuple[MergeNet, dict[str, str]]:
+    """A ``MergeNet`` with the weights of an exported merge network (its initializers carry the parameters' names)
+    and the model's metadata properties: to export trained weights again when the graph changes (``--reexport``),
+    without training."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    state = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in m.graph.initializer}
+    if "enc1.0.weight" not in state:
+        raise ValueError(f"{path}: not an exported MergeNet (no initializer 'enc1.0.weight')")
+    for step in ("dec2", "dec1"):
+        if f"{step}.0.weight" not in state:  # the split fusion (MergeNet._fuse): its two halves, found in the graph
+            state[f"{step}.0.weight"] = torch.cat(_split_fusion(m, step, state, path), dim=1)
+    state = {k: v for k, v in state.items() if not k.startswith("onnx::")}
+    model = MergeNet(int(state["enc1.0.weight"].shape[0]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: its weights do not fit MergeNet ({exc})") from exc
+    return model.eval(), {p.key: p.value for p in m.metadata_props}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.train_merge",
                                 description=__doc__.split("\n")[0])
@@ -218,7 +259,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="re-photographed crops per real training photograph (0: synthetic brackets only)")
     p.add_argument("--work", type=Path, default=Path("merge-training"), help="training log")
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "merge_net.onnx")
+    p.add_argument("--reexport", type=Path, metavar="MODEL.onnx",
+                   help="no training: export this merge network's weights again with today's graph, its metadata "
+                        "(recipe, training photographs) kept")
     args = p.parse_args(argv)
+    if args.reexport:
+        model, props = load_merge_onnx(args.reexport)
+        kept = {k: v for k, v in props.items() if k not in ("edgehdr.model", "edgehdr.preprocess", "edgehdr.encoding")}
+        export_merge(model, args.out, extra_metadata=kept)
+        print(f"wrote {args.out}: the weights of {args.reexport}, exported again")
+        return 0
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
