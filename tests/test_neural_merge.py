@@ -390,6 +390,15 @@ def test_merge_net_split_fusion_is_the_concatenation_and_the_reexport_keeps_the_
         np.testing.assert_allclose(reexported.run(feed)["weights"], shipped.run(feed)["weights"], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="not an exported MergeNet"):
         load_merge_onnx(model_path("dimming_net"))
+    # An edited graph whose upsampled half reads its weights through a node: named, not a KeyError.
+    producers = {o: n for n in again.graph.node for o in n.output}
+    resize = next(n for n in again.graph.node if n.op_type == "Resize")
+    low = producers[resize.input[0]]
+    again.graph.node.insert(0, onnx.helper.make_node("Identity", [low.input[1]], ["edited_weight"]))
+    low.input[1] = "edited_weight"
+    onnx.save(again, tmp_path / "edited.onnx")
+    with pytest.raises(ValueError, match="are not initializers"):
+        load_merge_onnx(tmp_path / "edited.onnx")
 
 
 def test_shipped_model_matches_its_manifest_and_budget():

@@ -573,9 +573,10 @@ def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike
                                     dtype=np.float32)
     lut = np.ascontiguousarray(resp.inverse_lut, dtype=np.float32)
     spans, loose = _gate_and_fallback_spans(lut.tobytes(), lut.shape, tuple(exposures[order].tolist()))
-    # Tables of (frame, channel x code), one float each. 1080p, alternating: 23.2 ms on one core and 11.3 on
-    # two, against 25.7 and 13.2 for a packed (weight, weighted log) row per sample plus a byte table of the gate's
-    # verdicts built per call, and 24.2 and 11.8 for one packed (weight, weighted log, low, high) row per sample.
+    # Tables of channel x code (the weight) and of (frame, channel x code) (the weighted log), one float each.
+    # 1080p, alternating (with a weight table per frame then): 23.2 ms on one core and 11.3 on two, against 25.7
+    # and 13.2 for a packed (weight, weighted log) row per sample plus a byte table of the gate's verdicts built per
+    # call, and 24.2 and 11.8 for one packed (weight, weighted log, low, high) row per sample.
     v = np.ascontiguousarray(np.tile(vtab, 3))  # channel x code
     vl = np.ascontiguousarray((vtab * log2_rad).reshape(3, -1))
     if fill:

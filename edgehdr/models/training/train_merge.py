@@ -217,10 +217,14 @@ def _split_fusion(m: Any, step: str, state: dict[str, torch.Tensor],
                None)
     if skip is None or add is None:
         raise ValueError(f"{path}: no '{step}' fusion in the graph (neither its 1 x 1 weights nor their split)")
-    resize = producers.get(next(i for i in add.input if i != skip.output[0]))
+    other = next((i for i in add.input if i != skip.output[0]), None)
+    resize = producers.get(other) if other is not None else None
     low = producers.get(resize.input[0]) if resize is not None and resize.op_type == "Resize" else None
     if low is None or low.op_type != "Conv" or len(low.input) != 2:
         raise ValueError(f"{path}: the '{step}' fusion's upsampled half is not a bias-free convolution")
+    missing = [name for name in (low.input[1], skip.input[1]) if name not in state]
+    if missing:
+        raise ValueError(f"{path}: the '{step}' fusion's weights {missing} are not initializers")
     return state[low.input[1]], state[skip.input[1]]
 
 
