@@ -294,3 +294,19 @@ def test_a_source_opened_before_the_kernels_is_closed_when_the_warm_up_or_the_bu
     finally:
         rt.close()
     assert not source._opened
+
+
+def test_the_pipeline_runs_on_numbas_workqueue_layer(tmp_path):
+    """Without libgomp or TBB numba falls back to its workqueue layer, which terminates the process when two threads
+    launch parallel kernels at once; the stages and the synthetic camera then take ``edgehdr.kernellock``'s lock and
+    the run completes (here the layer is forced, as on a machine without libgomp), with a warning naming the fix."""
+    cfg = _config(tmp_path, source={"width": 320, "height": 180, "fps": 30}, dimming={"rows": 9, "cols": 16},
+                  preview={"enabled": False}, run={"log_format": "json"})
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    proc = subprocess.run([sys.executable, "-m", "edgehdr.cli", "run", "--config", str(cfg), "--seconds", "3"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logs = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    final = next(rec for rec in logs if rec["msg"] == "stopped")
+    assert final["frames_completed"] >= 30 and final["frames_failed"] == 0
+    assert any("workqueue" in rec["msg"] and "libgomp1" in rec["msg"] for rec in logs)

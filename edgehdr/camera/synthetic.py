@@ -24,6 +24,7 @@ import numpy as np
 from edgehdr.bracket import Bracket
 from edgehdr.camera.base import BracketSource, ExposurePlan, PendingPlan, SourceTimeout
 from edgehdr.hdr.crf import CameraResponse, ResponseCurve
+from edgehdr.kernellock import kernel_lock
 from edgehdr.pipeline.buffers import unshared, wait_until
 from edgehdr.synth.scenes import make_scene
 
@@ -232,8 +233,9 @@ class SyntheticCamera(BracketSource):
             out = np.empty((self.height, self.width, 3), np.uint8)
         # The tile rolled by (rng_shift % 64, (rng_shift // 64) % 64) rows and columns.
         dither = self._dithers[n % len(self._dithers)]
-        _expose(self._log_bg, dy, dx, np.int32(offset), self._lut, dither, -(rng_shift % 64) % 64,
-                -((rng_shift // 64) % 64) % 64, out)
+        with kernel_lock():  # it runs on the capture thread, beside the stages (edgehdr.kernellock)
+            _expose(self._log_bg, dy, dx, np.int32(offset), self._lut, dither, -(rng_shift % 64) % 64,
+                    -((rng_shift // 64) % 64) % 64, out)
         frame_time = t_s * (self.fps or 30.0)
         for sprite, log_q, mask in self._sprites:
             sx, sy = sprite.position(frame_time)

@@ -31,6 +31,7 @@ import numpy as np
 
 from edgehdr.bracket import Bracket
 from edgehdr.camera.base import BracketSource, SourceExhausted, SourceTimeout
+from edgehdr.kernellock import kernel_lock, kernels_serialised
 
 __all__ = ["FrameContext", "Stage", "Pipeline", "StageStats"]
 
@@ -239,6 +240,7 @@ class Pipeline:
 
     def start(self) -> Pipeline:
         self._started = time.monotonic()
+        kernels_serialised()  # numba's threading layer, found here before the threads start (edgehdr.kernellock)
         self.source.open()
         for i, stage in enumerate(self.stages):
             stage.thread = threading.Thread(target=self._worker, args=(i,), name=f"stage:{stage.name}", daemon=True)
@@ -417,7 +419,8 @@ class Pipeline:
         t0 = time.perf_counter()
         c0 = time.thread_time()
         try:
-            out = stage.fn(item)
+            with kernel_lock():  # a no-op unless numba's threading layer is not thread-safe (edgehdr.kernellock)
+                out = stage.fn(item)
         except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the daemon
             self._stage_failed(stage, item, f"{type(exc).__name__}: {exc}")
             return None, True
