@@ -5,8 +5,11 @@ part of every GCC install, so present on JetPack, Raspberry Pi OS and full Linux
 ``workqueue``. The workqueue layer terminates the process when two Python threads launch parallel kernels at once
 ("Concurrent access has been detected"), and the runtime's stages run on threads of their own, as does the
 synthetic camera: on a machine without libgomp (a slim container image) ``edgehdr demo`` died at its first frames.
-There the pipeline now runs its stages' kernels one at a time under this lock (each still on every core): slower,
-but it runs, and a warning names the fix (``apt-get install libgomp1``, or ``pip install tbb``).
+There the pipeline runs each stage that launches kernels, and the synthetic camera's exposure kernel, under one lock
+(``Stage(kernels=False)`` opts a stage out: the bridge, the outputs): those stages take turns (each kernel still on
+every core), which is slower, but it runs, and a warning names the fix (``apt-get install libgomp1``, or
+``pip install tbb``). A thread that waits for a buffer another stage holds lets go of the lock while it waits
+(``paused``), or the stage that would release the buffer could not run.
 
 Elsewhere the lock is a no-op.
 """
@@ -16,15 +19,49 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 
 import numba
 import numpy as np
 
-__all__ = ["kernel_lock", "kernels_serialised"]
+__all__ = ["kernel_lock", "kernel_lock_paused", "kernels_serialised"]
 
 log = logging.getLogger("edgehdr")
 
-_LOCK = threading.RLock()
+class _KernelLock:
+    """A re-entrant lock that ``paused`` lets go of entirely (every level this thread holds) and takes back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def __enter__(self) -> _KernelLock:
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            self._lock.acquire()
+        self._local.depth = depth + 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._local.depth -= 1
+        if self._local.depth == 0:
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = 0
+            self._lock.release()
+        try:
+            yield
+        finally:
+            if depth:
+                self._lock.acquire()
+                self._local.depth = depth
+
+
+_LOCK = _KernelLock()
 _NO_LOCK = contextlib.nullcontext()
 _serialised: bool | None = None
 _probe_lock = threading.Lock()
@@ -52,10 +89,10 @@ def kernels_serialised() -> bool:
                     _probe(np.zeros(2))
                 layer = numba.threading_layer()
                 if layer == "workqueue":
-                    log.warning("numba found no thread-safe threading layer (OpenMP's libgomp.so.1 or TBB) and uses "
-                                "its workqueue, which cannot run kernels from several threads at once: the pipeline's "
-                                "stages run their kernels one at a time (slower). Install libgomp1 (apt-get install "
-                                "libgomp1) or TBB (pip install tbb) for the full speed")
+                    log.warning("numba runs on its workqueue threading layer (no OpenMP libgomp.so.1 or TBB found, or "
+                                "NUMBA_THREADING_LAYER asked for it), which cannot run kernels from several threads at "
+                                "once: the pipeline's stages that run kernels take turns (slower). Install libgomp1 "
+                                "(apt-get install libgomp1) or TBB (pip install tbb) for the full speed")
                 _serialised = layer == "workqueue"
     return _serialised
 
@@ -64,3 +101,9 @@ def kernel_lock() -> contextlib.AbstractContextManager[object]:
     """The lock to hold while a thread runs the runtime's parallel kernels: a real (re-entrant) lock where numba's
     layer is not thread-safe (``kernels_serialised``), else a no-op."""
     return _LOCK if kernels_serialised() else _NO_LOCK
+
+
+def kernel_lock_paused() -> contextlib.AbstractContextManager[None]:
+    """While inside: this thread does not hold the kernel lock (it lets go of it if it held it, and takes it back
+    after). For waits on another thread: a stage waiting for a buffer a later stage must release."""
+    return _LOCK.paused() if kernels_serialised() else contextlib.nullcontext()

@@ -310,3 +310,30 @@ def test_the_pipeline_runs_on_numbas_workqueue_layer(tmp_path):
     final = next(rec for rec in logs if rec["msg"] == "stopped")
     assert final["frames_completed"] >= 30 and final["frames_failed"] == 0
     assert any("workqueue" in rec["msg"] and "libgomp1" in rec["msg"] for rec in logs)
+
+
+def test_a_stage_waiting_for_a_buffer_lets_go_of_the_kernel_lock(monkeypatch):
+    """On the workqueue layer the stages take turns under one lock; a stage that waits for a buffer a later stage
+    holds must let go of it while it waits, or that stage cannot run to release the buffer (each wait would run to
+    its timeout). The layer is set as found serialised here; the lock and the wait are the runtime's own."""
+    import threading
+
+    from edgehdr import kernellock
+    from edgehdr.pipeline.buffers import wait_until
+
+    monkeypatch.setattr(kernellock, "_serialised", True)
+    released = threading.Event()
+    inner_depth = []
+
+    def later_stage():
+        with kernellock.kernel_lock():
+            released.set()
+
+    with kernellock.kernel_lock(), kernellock.kernel_lock():  # held twice, as a stage calling a locked helper
+        threading.Thread(target=later_stage).start()
+        ok, waited_s = wait_until(released.is_set, 5.0)
+        inner_depth.append(kernellock._LOCK._local.depth)
+    assert ok and waited_s < 2.0
+    assert inner_depth == [2]  # taken back at its depth after the wait
+    assert kernellock._LOCK._lock.acquire(blocking=False)  # and let go on the way out
+    kernellock._LOCK._lock.release()

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from edgehdr.kernellock import kernel_lock_paused
+
 __all__ = ["BufferPool", "unshared", "wait_until"]
 
 
@@ -46,10 +48,13 @@ def wait_until(released: Callable[[], bool], timeout_s: float) -> tuple[bool, fl
     """Poll ``released()`` every 0.5 ms until it is true or ``timeout_s`` passed: (whether it became true, seconds
     waited). A bounded pool's wait for another thread to let go of an array (references give no notification)."""
     t0 = time.monotonic()
-    while not released():
-        if time.monotonic() - t0 > timeout_s:
-            return False, time.monotonic() - t0
-        time.sleep(0.0005)
+    if released():
+        return True, 0.0
+    with kernel_lock_paused():  # the thread that would release it may need the kernel lock (edgehdr.kernellock)
+        while not released():
+            if time.monotonic() - t0 > timeout_s:
+                return False, time.monotonic() - t0
+            time.sleep(0.0005)
     return True, time.monotonic() - t0
 
 

@@ -485,7 +485,7 @@ def _bridge_stage(rt: Runtime, cfg: dict[str, Any]) -> Stage:
         transport = open_transport(br["port"], baudrate=br["baudrate"])
     rt.link = Link(transport, link_cfg).start()
     rt.bridge = BridgeStage(rt.link)
-    return Stage("bridge", rt.bridge, queue_size=cfg["run"]["queue_size"])
+    return Stage("bridge", rt.bridge, queue_size=cfg["run"]["queue_size"], kernels=False)
 
 
 def _output_stage(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: datetime, fps: float) -> Stage:
@@ -526,7 +526,7 @@ def _output_stage(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], 
                               f"({exc.strerror or exc}); choose another port, 0 for any free one, or "
                               "[preview] enabled = false") from None
     rt.outputs = OutputStage(sinks)
-    return Stage("outputs", rt.outputs, queue_size=cfg["run"]["queue_size"])
+    return Stage("outputs", rt.outputs, queue_size=cfg["run"]["queue_size"], kernels=False)
 
 
 def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dict[str, Any] | None = None,

@@ -8,7 +8,8 @@ it and counts it. The capture thread restarts a failing or stalled source with
 exponential backoff. ``stop()`` drains: the capture thread stops, every queued
 frame still flows through, stages are closed, the source is closed, and the
 final statistics are returned. Heavy kernels release the GIL (numba ``nogil``,
-OpenCV), so stages really run side by side.
+OpenCV), so stages really run side by side (except on numba's workqueue threading
+layer, where the stages that run kernels take turns: ``edgehdr.kernellock``).
 
 A stage made with ``concurrent=True`` runs beside the stage before it on the same
 frame (fork-join, on its own thread): the daemon runs the tone mapper and the local
@@ -18,6 +19,7 @@ picture and the LCD image and the zones still leave together.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -146,9 +148,12 @@ class Stage:
     """
 
     def __init__(self, name: str, fn: Callable[[FrameContext], FrameContext | None], *,
-                 queue_size: int = 2, concurrent: bool = False) -> None:
+                 queue_size: int = 2, concurrent: bool = False, kernels: bool = True) -> None:
         self.name = name
         self.fn = fn
+        # False: ``fn`` launches no numba parallel kernel, so it need not take turns with the stages that do where
+        # numba's threading layer is not thread-safe (``edgehdr.kernellock``): the bridge, the outputs.
+        self.kernels = kernels
         # Runs beside the previous stage on the same frame (module docstring): it must not read what that stage
         # writes, nor write what it reads. Its queue only carries the frames the previous stage passes it.
         self.concurrent = concurrent
@@ -419,8 +424,8 @@ class Pipeline:
         t0 = time.perf_counter()
         c0 = time.thread_time()
         try:
-            with kernel_lock():  # a no-op unless numba's threading layer is not thread-safe (edgehdr.kernellock)
-                out = stage.fn(item)
+            with kernel_lock() if stage.kernels else contextlib.nullcontext():  # a no-op unless numba's threading
+                out = stage.fn(item)  # layer is not thread-safe (edgehdr.kernellock)
         except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the daemon
             self._stage_failed(stage, item, f"{type(exc).__name__}: {exc}")
             return None, True
