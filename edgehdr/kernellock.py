@@ -28,6 +28,7 @@ __all__ = ["kernel_lock", "kernel_lock_paused", "kernels_serialised"]
 
 log = logging.getLogger("edgehdr")
 
+
 class _KernelLock:
     """A re-entrant lock that ``paused`` lets go of entirely (every level this thread holds) and takes back."""
 
