@@ -32,6 +32,7 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
     """Run the pipeline demo and return its statistics (also written to ``stats.json``)."""
     from edgehdr.dimming import simulate_display, zone_heatmap
     from edgehdr.io import write_ldr_image, write_radiance, write_text_atomic
+    from edgehdr.kernellock import kernel_lock
     from edgehdr.pipeline.config import validate
     from edgehdr.pipeline.daemon import build_runtime
     from edgehdr.tonemap import reinhard_local
@@ -112,20 +113,24 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
     if (layout is None or ctx.bracket is None or ctx.radiance is None or ctx.sdr is None or ctx.zone_values is None
             or ctx.lcd is None or ctx.backlight is None):
         raise RuntimeError(f"frame {ctx.frame_id} lacks the bracket or the dimming results; see the log above")
-    displayed = simulate_display(ctx.lcd, ctx.backlight, layout)
-    b = ctx.bracket
-    fc, (lo, hi) = false_colour(ctx.radiance)
-    tiles = [(f"exposure {i}: {t:.3g} (x gain {g:g})", f) for i, (t, g, f) in
-             enumerate(zip(b.exposure_s, b.gain, b.frames))]
-    tiles += [
-        (f"merged HDR, log2 L {lo:.0f}..{hi:.0f} (false colour)", fc),
-        (f"tone-mapped ({'neural TMO' if neural else f'reinhard-local, base x{1 - DEMO_BASE_COMPRESSION:g}'}, "
-         "temporal adaptation)", ctx.sdr),
-        (f"LED zones {layout.rows}x{layout.cols} (drive^1/2.2)", zone_heatmap(ctx.zone_values, layout, width_px=width)),
-        ("LCD compensation image", ctx.lcd if ctx.lcd.dtype == np.uint8 else (ctx.lcd >> 2).astype(np.uint8)),
-        (f"simulated display, {layout.peak_luminance_cd_m2:g} cd/m2 peak (tone-mapped to view)",
-         reinhard_local(displayed, base_compression=DEMO_BASE_COMPRESSION)),
-    ]
+    # A stage thread that outlived stop()'s join could still be in a kernel: on numba's workqueue layer these must
+    # take their turn (edgehdr.kernellock; a no-op elsewhere).
+    with kernel_lock():
+        displayed = simulate_display(ctx.lcd, ctx.backlight, layout)
+        b = ctx.bracket
+        fc, (lo, hi) = false_colour(ctx.radiance)
+        tiles = [(f"exposure {i}: {t:.3g} (x gain {g:g})", f) for i, (t, g, f) in
+                 enumerate(zip(b.exposure_s, b.gain, b.frames))]
+        tiles += [
+            (f"merged HDR, log2 L {lo:.0f}..{hi:.0f} (false colour)", fc),
+            (f"tone-mapped ({'neural TMO' if neural else f'reinhard-local, base x{1 - DEMO_BASE_COMPRESSION:g}'}, "
+             "temporal adaptation)", ctx.sdr),
+            (f"LED zones {layout.rows}x{layout.cols} (drive^1/2.2)",
+             zone_heatmap(ctx.zone_values, layout, width_px=width)),
+            ("LCD compensation image", ctx.lcd if ctx.lcd.dtype == np.uint8 else (ctx.lcd >> 2).astype(np.uint8)),
+            (f"simulated display, {layout.peak_luminance_cd_m2:g} cd/m2 peak (tone-mapped to view)",
+             reinhard_local(displayed, base_compression=DEMO_BASE_COMPRESSION)),
+        ]
     say("[3/3] writing contact sheet, stats and the last frame")
     write_ldr_image(out / "contact_sheet.png", contact_sheet(tiles, columns=3))
     write_radiance(out / "merged.exr", ctx.radiance)
