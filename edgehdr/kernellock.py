@@ -107,4 +107,4 @@ def kernel_lock() -> contextlib.AbstractContextManager[object]:
 def kernel_lock_paused() -> contextlib.AbstractContextManager[None]:
     """While inside: this thread does not hold the kernel lock (it lets go of it if it held it, and takes it back
     after). For waits on another thread: a stage waiting for a buffer a later stage must release."""
-    return _LOCK.paused() if kernels_serialised() else contextlib.nullcontext()
+    return _LOCK.paused() if kernels_serialised() else _NO_LOCK

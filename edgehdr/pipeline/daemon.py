@@ -185,9 +185,11 @@ class Runtime:
         keys: dict[str, int] = {}
         for stage in stages:
             network = getattr(stage.fn, "merger", None) or getattr(stage.fn, "neural", None)
-            if network is not None and hasattr(network, "non_finite_frames"):
+            if network is None:
+                continue
+            if hasattr(network, "non_finite_frames"):
                 faults[stage.name] = int(network.non_finite_frames)
-            if network is not None and hasattr(network, "non_finite_key_frames"):
+            if hasattr(network, "non_finite_key_frames"):
                 keys[stage.name] = int(network.non_finite_key_frames)
         if faults:
             stats["network_non_finite_frames"] = faults

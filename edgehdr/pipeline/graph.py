@@ -424,8 +424,10 @@ class Pipeline:
         t0 = time.perf_counter()
         c0 = time.thread_time()
         try:
-            with kernel_lock() if stage.kernels else contextlib.nullcontext():  # a no-op unless numba's threading
-                out = stage.fn(item)  # layer is not thread-safe (edgehdr.kernellock)
+            # A no-op unless numba's threading layer is not thread-safe (edgehdr.kernellock).
+            lock = kernel_lock() if stage.kernels else contextlib.nullcontext()
+            with lock:
+                out = stage.fn(item)
         except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the daemon
             self._stage_failed(stage, item, f"{type(exc).__name__}: {exc}")
             return None, True

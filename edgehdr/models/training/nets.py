@@ -129,7 +129,7 @@ class MergeNet(nn.Module):
     ``up(W_low * low) + W_skip * skip + b`` with the same parameters (``_fuse``): a 1 x 1 convolution commutes with
     the bilinear upsampling (both linear, per pixel and per channel; the taps sum to one, so the bias may go either
     side), and the sum needs no concatenation. The same function (within 1e-6 on the shipped weights); exported, ONNX
-    Runtime's NCHWc graph has no Concat and no layout reorders around it: 4.1-4.6 against 5.4-5.6 ms at 480 x 272 on
+    Runtime's NCHWc graph has no Concat and no layout reorders around it: 4.1-4.7 against 5.3-8.6 ms at 480 x 272 on
     two cores (alternating sessions), and the upsampling carries the narrower output.
     """
 
