@@ -211,9 +211,9 @@ def tone_mapped_pairs(radiance_items: Iterable[np.ndarray], count: int, *, per_s
 
 
 def _merge_input(item: tuple[Bracket, np.ndarray | None], shape: Sequence[int]) -> np.ndarray:
-    from edgehdr.hdr.neural_merge import encode_merge_input  # the runtime merger's own encoder
+    from edgehdr.hdr.neural_merge import encode_merge_input, working_size  # the runtime merger's own encoder
 
-    return encode_merge_input(item[0], response=MERGE_RESPONSE)
+    return encode_merge_input(item[0], response=MERGE_RESPONSE, size=working_size(tuple(shape)))
 
 
 def _score_input(pair: tuple[np.ndarray, np.ndarray], shape: Sequence[int]) -> np.ndarray:

@@ -129,12 +129,13 @@ def _bracket(h: int = 136, w: int = 240):
 
 def test_merge_takes_equal_weights_in_cells_where_the_network_answers_non_finite(tmp_path, caplog):
     rng = np.random.default_rng(7)
-    logits = rng.normal(0.0, 2.0, MERGE_OUTPUT_SHAPE).astype(np.float32)
+    # A model taking the bracket at 480 x 272 (the merger reads its input size): weight cells 1:1 with these frames.
+    logits = rng.normal(0.0, 2.0, (1, 3, 136, 240)).astype(np.float32)
     bad = logits.copy()
     bad[0, 1, 10:20, 30:40] = np.nan  # 100 cells, one frame each
     bad[0, 2, 50, 60] = np.inf
     bad[0, 0, 70, 80] = -np.inf
-    runner = _answering(tmp_path / "merge.onnx", "bracket", MERGE_INPUT_SHAPE, "weights", bad)
+    runner = _answering(tmp_path / "merge.onnx", "bracket", (1, 12, 272, 480), "weights", bad)
     frames, exposures, response = _bracket()
     merger = NeuralMerger(runner, response)
     with caplog.at_level(logging.WARNING, logger="edgehdr.hdr"):

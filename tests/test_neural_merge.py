@@ -21,6 +21,7 @@ from edgehdr.hdr.neural_merge import (
     encode_merge_input,
     merge_with_weights,
     softmax_weights,
+    working_size,
 )
 from edgehdr.infer import Manifest, OnnxRuntimeRunner, sha256_file
 from edgehdr.models import model_path
@@ -236,9 +237,14 @@ def test_encoding_sorts_by_exposure_and_centres_on_the_reference(bracket):
     exposures = b.relative_exposure[[2, 0, 1]]
     x = encode_merge_input(shuffled, exposures, bracket.response)
     assert x.shape == MERGE_INPUT_SHAPE and x.dtype == np.float32
+    full = encode_merge_input(shuffled, exposures, bracket.response, size=(272, 480))  # the bracket's own size
+    assert full.shape == (1, 12, 272, 480)
+    h, w = MERGE_INPUT_SHAPE[2:]
     for k in range(3):  # short, reference, long
-        area = cv2.resize(b.frames[k], (480, 272), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-        np.testing.assert_allclose(x[0, 3 * k:3 * k + 3], area.transpose(2, 0, 1), atol=1e-6)
+        area = cv2.resize(b.frames[k], (w, h), interpolation=cv2.INTER_AREA)  # the 2 x 2 means, rounded
+        np.testing.assert_allclose(x[0, 3 * k:3 * k + 3], area.transpose(2, 0, 1).astype(np.float32) / 255, atol=1e-6)
+        np.testing.assert_allclose(full[0, 3 * k:3 * k + 3], b.frames[k].transpose(2, 0, 1) / np.float32(255),
+                                   atol=1e-6)
     assert np.median(x[0, 10, ::2, ::2]) == pytest.approx(0.5, abs=1e-6)
     # one more stop of exposure is 1/32 of the encoding range: the long frame sits 4 stops above the reference
     assert np.median(x[0, 11] - x[0, 10]) == pytest.approx(0.0, abs=0.05)
@@ -349,7 +355,7 @@ def test_real_training_brackets_come_from_the_training_photographs_only(tmp_path
         assert np.isfinite(truth).all() and truth.min() > 0
         # the noisy photograph (neighbours differ by 0.16 in log measured), not the flat one (0.004)
         assert np.median(np.abs(np.diff(np.log(truth), axis=1))) > 0.05
-        assert s["x"].shape == MERGE_INPUT_SHAPE[1:]
+        assert s["x"].shape == (12, 48, 80)  # trained at half the bracket's size (``training_encoding``)
 
 @needs_torch
 def test_merge_net_split_fusion_is_the_concatenation_and_the_reexport_keeps_the_function(tmp_path):
@@ -399,6 +405,42 @@ def test_merge_net_split_fusion_is_the_concatenation_and_the_reexport_keeps_the_
     onnx.save(again, tmp_path / "edited.onnx")
     with pytest.raises(ValueError, match="are not initializers"):
         load_merge_onnx(tmp_path / "edited.onnx")
+
+
+def test_the_working_size_is_the_model_files_input_shape(tmp_path, bracket, merger):
+    """The network is fully convolutional: the merger takes the bracket at its model's input size. The shipped
+    weights with their input set to 480 x 272 (the size they were exported at before) run there; on the same
+    weights both sizes merge this moving bracket within 0.3 dB PU21 of each other against the truth."""
+    import onnx
+
+    from edgehdr.quality import pu21_psnr
+
+    assert merger.size == MERGE_INPUT_SHAPE[2:]
+    model = onnx.load(str(model_path("merge_net")))
+    for value, dims in ((model.graph.input[0], (1, 12, 272, 480)), (model.graph.output[0], (1, 3, 136, 240))):
+        for d, n in zip(value.type.tensor_type.shape.dim, dims, strict=True):
+            d.dim_value = n
+    onnx.save(model, tmp_path / "merge_net_480.onnx")
+    b = bracket.bracket
+    with OnnxRuntimeRunner(tmp_path / "merge_net_480.onnx") as runner:
+        wide = NeuralMerger(runner, bracket.response)
+        assert wide.size == (272, 480)
+        prob = wide.weights(b.frames, b.relative_exposure, bits=8)
+        assert prob.shape == (3, 136, 240)
+        x = encode_merge_input(b.frames, b.relative_exposure, bracket.response, size=(272, 480))
+        logits = runner.run({"bracket": x})["weights"]
+        np.testing.assert_array_equal(prob, softmax_weights(logits)[np.argsort(np.argsort(b.relative_exposure))])
+        merged_wide = wide(b.frames, b.relative_exposure, bits=8)
+    shipped = NeuralMerger(merger.runner, bracket.response)
+    merged = shipped(b.frames, b.relative_exposure, bits=8)
+    assert shipped.weights(b.frames, b.relative_exposure, bits=8).shape == (3, *MERGE_OUTPUT_SHAPE[2:])
+    assert abs(pu21_psnr(merged, bracket.radiance) - pu21_psnr(merged_wide, bracket.radiance)) < 0.3
+    assert not np.array_equal(merged, merged_wide)  # the two sizes did give different weights
+    assert working_size((1, 12, "h", "w")) == MERGE_INPUT_SHAPE[2:]  # dynamic: the default
+    assert working_size(("N", 12, 64, 96)) == (64, 96)
+    for bad in ((1, 9, 136, 240), (2, 12, 136, 240), (1, 12, 130, 240), (12, 136, 240)):
+        with pytest.raises(ValueError, match="merge model input"):
+            working_size(bad)
 
 
 def test_shipped_model_matches_its_manifest_and_budget():

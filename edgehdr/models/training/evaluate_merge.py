@@ -116,7 +116,7 @@ def timing(merger: NeuralMerger, *, repeats: int = 7) -> dict[str, float]:
     """Per-bracket milliseconds at 1080p (median): encoding, network, fused merge; classical deghost merge."""
     frames, exposures, _, _, response = dynamic_bracket(HOLDOUT_SEED, height=1080, width=1920, moving_objects=2)
     merger.response = response
-    x = encode_merge_input(frames, exposures, response)
+    x = encode_merge_input(frames, exposures, response, size=merger.size)
     name = merger.input_name
 
     def med(fn: Callable[[], object]) -> float:
@@ -125,7 +125,7 @@ def timing(merger: NeuralMerger, *, repeats: int = 7) -> dict[str, float]:
     prob = merger.weights(frames, exposures, bits=8)
     fill = merger.fill
     out = np.empty((1080, 1920, 3), np.float32)
-    result = {"encode_ms": med(lambda: encode_merge_input(frames, exposures, response)),
+    result = {"encode_ms": med(lambda: encode_merge_input(frames, exposures, response, size=merger.size)),
               "network_ms": med(lambda: merger.runner.run({name: x})),
               "merge_ms": med(lambda: merge_with_weights(frames, prob, exposures, response, bits=8, out=out,
                                                          fill=fill)),

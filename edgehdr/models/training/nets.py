@@ -117,7 +117,8 @@ class DimmingNet(nn.Module):
 
 
 class MergeNet(nn.Module):
-    """Merge weights: bracket encoding (1, 12, 272, 480) -> per-frame logits (1, 3, 136, 240).
+    """Merge weights: bracket encoding (1, 12, h, w) -> per-frame logits (1, 3, h / 2, w / 2), h and w multiples of
+    8 (trained at 272 x 480, half the recipe's brackets; exported at the runtime's 136 x 240, ``MERGE_INPUT_SHAPE``).
 
     A small U-Net (three strided 3 x 3 encoders to 1/8 of the working size, two 3 x 3
     convolutions there, two decoder steps with bilinear x2 upsampling, skip concatenation,

@@ -46,11 +46,20 @@ from edgehdr.models.training.nets import MergeNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.quality.metrics import MU_LAW_MU
 
-__all__ = ["dynamic_bracket", "merge_samples", "real_merge_samples", "merge_twin", "train_merge", "export_merge",
-           "load_merge_onnx", "main"]
+__all__ = ["dynamic_bracket", "training_encoding", "merge_samples", "real_merge_samples", "merge_twin", "train_merge",
+           "export_merge", "load_merge_onnx", "main"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent
-CROP = 256  # full-resolution crop; the network sees CROP/2 (the working size is half of 544 x 960)
+CROP = 256  # full-resolution crop; the network sees CROP/2 (the training's working size is half the bracket's)
+
+
+def training_encoding(frames: np.ndarray, exposures: np.ndarray, response: Any) -> np.ndarray:
+    """The runtime's encoding (``encode_merge_input``) at half the bracket's size, as the network is trained: 272 x
+    480 for the 544 x 960 brackets. The runtime takes the bracket at the exported model's own input size
+    (``MERGE_INPUT_SHAPE``, 136 x 240 whatever the frame size; the network is fully convolutional): a quarter of its
+    work at 1080p, the same merges (``edgehdr.hdr.neural_merge``'s module docstring)."""
+    h, w = np.shape(frames)[1:3]
+    return encode_merge_input(frames, exposures, response, size=(h // 2, w // 2))
 
 
 def _sample(frames: np.ndarray, exposures: np.ndarray, truth: np.ndarray, mask: np.ndarray,
@@ -61,7 +70,7 @@ def _sample(frames: np.ndarray, exposures: np.ndarray, truth: np.ndarray, mask: 
     order = np.argsort(exposures, kind="stable")
     lo2, hi2 = gate_tables(response, exposures[order])
     loose_lo2, loose_hi2 = fallback_gate_tables(response, exposures[order])
-    return {"x": encode_merge_input(frames, exposures, response)[0], "lo2": lo2, "hi2": hi2,
+    return {"x": training_encoding(frames, exposures, response)[0], "lo2": lo2, "hi2": hi2,
             "loose_lo2": loose_lo2, "loose_hi2": loose_hi2,
             "codes": frames[order], "log_t": np.log(exposures[order]).astype(np.float32),
             "log_lut": response.log_lut(), "truth": truth.astype(np.float32), "mask": mask,
@@ -193,12 +202,14 @@ def train_merge(samples: list[dict[str, Any]], *, epochs: int = 40, crops_per_sa
 
 def export_merge(model: MergeNet, path: str | os.PathLike[str], *,
                  extra_metadata: dict[str, Any] | None = None) -> Path:
-    """ONNX export (``bracket`` -> ``weights``), the encoding in metadata, checked, with a manifest."""
+    """ONNX export (``bracket`` -> ``weights``) at the runtime's working size (``MERGE_INPUT_SHAPE``), the encoding
+    in metadata, checked, with a manifest."""
+    h, w = MERGE_INPUT_SHAPE[2:]
     meta = {"edgehdr.preprocess": "merge_bracket",
             "edgehdr.encoding": "input: 3 frames sorted by exposure (short, reference, long), area-resampled to "
-                                "480x272: RGB codes / full scale (9 ch), then log2 luminance radiance relative to "
+                                f"{w}x{h}: RGB codes / full scale (9 ch), then log2 luminance radiance relative to "
                                 "the reference median, (v + 16) / 32 clipped (3 ch); output: per-frame weight logits "
-                                "at 136x240 (softmax over frames, bilinear to the frame, times the tutorial "
+                                f"at {w // 2}x{h // 2} (softmax over frames, bilinear to the frame, times the tutorial "
                                 "weighting with no weight within the clip margin, merge_weight_table, Debevec "
                                 "log-domain merge)",
             **(extra_metadata or {})}
