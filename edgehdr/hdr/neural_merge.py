@@ -133,9 +133,10 @@ def _block_means(stack, order, shifts, k, out, witness):
     (``_shifted_row``).
 
     Per output row, each frame's k rows are summed into a flat row of ``witness.dtype`` (vectorised: uint16
-    where k times the top code fits, ``_accumulator``), then the k neighbours of each column in uint32; one call
-    for the three frames. 1080p, two cores, uint8 codes: 0.65-0.89 ms against 2.2-3.2 ms for uint32 sums (which
-    took 4.3 against 5.1 ms on one core for per-pixel int64 sums and a call per frame)."""
+    where k times the top code fits, ``_accumulator``), then the k neighbours of each column in uint32, written
+    out for k = 4 and 8 (1080p at 480 x 272 and 240 x 136; k = 8: 0.47 against 2.0 ms for the loop over them);
+    one call for the three frames. 1080p, two cores, uint8 codes, k = 4: 0.65-0.89 ms against 2.2-3.2 ms for
+    uint32 sums (which took 4.3 against 5.1 ms on one core for per-pixel int64 sums and a call per frame)."""
     rows, cols = out.shape[1], out.shape[2]
     # float64, and a quarter of a sum's step above one half: exact half-up rounding of sum / k^2 for 16-bit codes
     # too (float32's product rounded 16-bit blocks of k = 15, 17, 32 one code low at exact halves)
@@ -157,7 +158,15 @@ def _block_means(stack, order, shifts, k, out, witness):
                 line = _shifted_row(frame, r * k + dy, sx, sy, buf)
                 for j in range(span):
                     acc[j] += line[j]
-            if k == 4:  # 1080p: the four neighbours written out
+            if k == 8:  # 1080p at the shipped 240 x 136: the eight neighbours written out
+                for col in range(cols):
+                    for c in range(3):
+                        b = 24 * col + c
+                        sums[3 * col + c] = (np.uint32(acc[b]) + np.uint32(acc[b + 3]) + np.uint32(acc[b + 6])
+                                             + np.uint32(acc[b + 9]) + np.uint32(acc[b + 12])
+                                             + np.uint32(acc[b + 15]) + np.uint32(acc[b + 18])
+                                             + np.uint32(acc[b + 21]))
+            elif k == 4:  # 1080p at 480 x 272: the four neighbours written out
                 for col in range(cols):
                     for c in range(3):
                         b = 12 * col + c
