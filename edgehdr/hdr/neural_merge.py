@@ -292,6 +292,18 @@ def _in_span(z: np.integer, span: np.int64) -> bool:
 
 
 @numba.njit(fastmath=True, cache=True, inline="always")
+def _gate_row(spans_k, frame_k, reference, weights_k, levels):
+    """The consistency gate for one frame over a row: ``weights_k[x]`` to 0 where frame k's code misses the span
+    of codes consistent with the reference's (``gate_spans``, ``spans_k`` its row for the frame) in any channel."""
+    for x in range(weights_k.shape[0]):
+        j = 3 * x
+        ok = (_in_span(frame_k[j], spans_k[np.int64(reference[j])])
+              & _in_span(frame_k[j + 1], spans_k[np.int64(reference[j + 1]) + levels])
+              & _in_span(frame_k[j + 2], spans_k[np.int64(reference[j + 2]) + 2 * levels]))
+        weights_k[x] = weights_k[x] if ok else np.float32(0.0)
+
+
+@numba.njit(fastmath=True, cache=True, inline="always")
 def _fallback_frames(f0, f1, f2, x, den_row, spans, loose, levels, eps):
     """Whether the shortest (``use0``) and longest (``use2``) frame may serve pixel ``x``'s fallback: the gate's
     test (``spans``) in the channels that fall back, the looser one (``loose``) in the others; both tables read
@@ -374,16 +386,10 @@ def _weighted_merge_kernel(levels: int):
                 # channel, is dropped. One table read per channel and frame: the span of consistent codes
                 # (start | width << 32), tested as unsigned (z - start) <= width. 1080p, the gate alone: 3.2
                 # against 3.8 ms for the four interval reads it replaces (two cores; 5.9 against 7.0 on one).
-                for x in range(n_cols):
-                    ok0 = True
-                    ok2 = True
-                    for c in range(3):
-                        z1 = np.int64(f1[3 * x + c]) + c * levels
-                        s0, s2 = spans[0, z1], spans[1, z1]
-                        ok0 = ok0 & _in_span(f0[3 * x + c], s0)
-                        ok2 = ok2 & _in_span(f2[3 * x + c], s2)
-                    w0[x] = w0[x] if ok0 else np.float32(0.0)
-                    w2[x] = w2[x] if ok2 else np.float32(0.0)
+                # A loop per frame: the two frames' tests in one loop kept more values live than there are
+                # registers (the kernel 23.7 against 24.8-25.3 ms at 1080p on one core, minimum of 25 calls).
+                _gate_row(spans[0], f0, f1, w0, levels)
+                _gate_row(spans[1], f2, f1, w2, levels)
             buf = log_rows[thread, 0]  # log2 radiance of the row; exp2 in a separate, SIMD pass
             den_row = log_rows[thread, 1]
             for x in range(n_cols):
