@@ -443,6 +443,33 @@ def test_the_working_size_is_the_model_files_input_shape(tmp_path, bracket, merg
             working_size(bad)
 
 
+@needs_torch
+def test_reexport_at_another_working_size(tmp_path, bracket, capsys):
+    """``train_merge --reexport --size WxH`` writes the same weights for another working size, which the merger then
+    takes (the shipped file's logits at 120 x 68 against the new file's on the same input: the same network); a
+    size that is not a multiple of 8 is refused by name."""
+    from edgehdr.models.training.train_merge import main as train_main
+
+    out = tmp_path / "merge_net_128.onnx"
+    assert train_main(["--reexport", str(model_path("merge_net")), "--size", "128x72", "-o", str(out)]) == 0
+    assert json.loads(out.with_name(out.name + ".manifest.json").read_text())["inputs"][0]["shape"] == [1, 12, 72, 128]
+    b = bracket.bracket
+    with OnnxRuntimeRunner(out) as runner:
+        merger = NeuralMerger(runner, bracket.response)
+        assert merger.size == (72, 128)
+        assert merger.weights(b.frames, b.relative_exposure, bits=8).shape == (3, 36, 64)
+        x = np.random.default_rng(0).random(MERGE_INPUT_SHAPE, np.float32)
+        with OnnxRuntimeRunner(model_path("merge_net")) as shipped:
+            # fully convolutional: the 72 x 128 file on the top-left 72 x 128 of an input agrees with the shipped
+            # file away from the crop's edges (zero padding differs there; the receptive field is about 40 px)
+            small = runner.run({"bracket": np.ascontiguousarray(x[..., :72, :128])})["weights"]
+            full = shipped.run({"bracket": x})["weights"]
+            np.testing.assert_allclose(small[..., :12, :40], full[..., :12, :40], atol=1e-4)
+    with pytest.raises(SystemExit):
+        train_main(["--reexport", str(model_path("merge_net")), "--size", "130x72", "-o", str(out)])
+    assert "multiples of 8" in capsys.readouterr().err
+
+
 def test_shipped_model_matches_its_manifest_and_budget():
     path = model_path("merge_net")
     manifest = Manifest.load(Manifest.path_for(path))

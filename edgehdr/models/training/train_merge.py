@@ -40,6 +40,7 @@ from edgehdr.hdr.neural_merge import (
     fallback_gate_tables,
     gate_tables,
     merge_weight_table,
+    working_size,
 )
 from edgehdr.models.training.merge_data import dynamic_bracket
 from edgehdr.models.training.nets import MergeNet
@@ -201,10 +202,12 @@ def train_merge(samples: list[dict[str, Any]], *, epochs: int = 40, crops_per_sa
 
 
 def export_merge(model: MergeNet, path: str | os.PathLike[str], *,
-                 extra_metadata: dict[str, Any] | None = None) -> Path:
-    """ONNX export (``bracket`` -> ``weights``) at the runtime's working size (``MERGE_INPUT_SHAPE``), the encoding
-    in metadata, checked, with a manifest."""
-    h, w = MERGE_INPUT_SHAPE[2:]
+                 extra_metadata: dict[str, Any] | None = None, size: tuple[int, int] | None = None) -> Path:
+    """ONNX export (``bracket`` -> ``weights``) at a working size (height, width; multiples of 8), by default the
+    runtime's (``MERGE_INPUT_SHAPE``), the encoding in metadata, checked, with a manifest. The runtime takes the
+    bracket at the file's size (``edgehdr.hdr.neural_merge.working_size``)."""
+    h, w = MERGE_INPUT_SHAPE[2:] if size is None else size
+    working_size((1, MERGE_INPUT_SHAPE[1], h, w))  # multiples of 8, or a ValueError naming the size
     meta = {"edgehdr.preprocess": "merge_bracket",
             "edgehdr.encoding": "input: 3 frames sorted by exposure (short, reference, long), area-resampled to "
                                 f"{w}x{h}: RGB codes / full scale (9 ch), then log2 luminance radiance relative to "
@@ -213,8 +216,8 @@ def export_merge(model: MergeNet, path: str | os.PathLike[str], *,
                                 "weighting with no weight within the clip margin, merge_weight_table, Debevec "
                                 "log-domain merge)",
             **(extra_metadata or {})}
-    return export_onnx(model, path, input_shape=MERGE_INPUT_SHAPE, input_name="bracket", output_name="weights",
-                       model_name="merge_net", metadata=meta, recipe="train_merge")
+    return export_onnx(model, path, input_shape=(1, MERGE_INPUT_SHAPE[1], h, w), input_name="bracket",
+                       output_name="weights", model_name="merge_net", metadata=meta, recipe="train_merge")
 
 
 def _split_fusion(m: Any, step: str, state: dict[str, torch.Tensor],
@@ -262,6 +265,16 @@ def load_merge_onnx(path: str | os.PathLike[str]) -> tuple[MergeNet, dict[str, s
     return model.eval(), {p.key: p.value for p in m.metadata_props}
 
 
+def _working_size_arg(text: str) -> tuple[int, int]:
+    """argparse type: ``WIDTHxHEIGHT``, multiples of 8 -> (height, width)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        return working_size((1, MERGE_INPUT_SHAPE[1], h, w))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT, both multiples of 8 (e.g. 240x136): "
+                                         f"{exc}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.train_merge",
                                 description=__doc__.split("\n")[0])
@@ -277,11 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reexport", type=Path, metavar="MODEL.onnx",
                    help="no training: export this merge network's weights again with today's graph, its metadata "
                         "(recipe, training photographs) kept")
+    p.add_argument("--size", type=_working_size_arg, default=None, metavar="WIDTHxHEIGHT",
+                   help="the working size of the exported file (multiples of 8; default "
+                        f"{MERGE_INPUT_SHAPE[3]}x{MERGE_INPUT_SHAPE[2]}): the runtime takes the bracket at it")
     args = p.parse_args(argv)
     if args.reexport:
         model, props = load_merge_onnx(args.reexport)
         kept = {k: v for k, v in props.items() if k not in ("edgehdr.model", "edgehdr.preprocess", "edgehdr.encoding")}
-        export_merge(model, args.out, extra_metadata=kept)
+        export_merge(model, args.out, extra_metadata=kept, size=args.size)
         print(f"wrote {args.out}: the weights of {args.reexport}, exported again")
         return 0
     torch.manual_seed(args.seed)
@@ -298,11 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, history = train_merge(samples, epochs=args.epochs, crops_per_sample=args.crops, width=args.width,
                                  seed=args.seed)
     t_total = time.perf_counter() - t0
-    export_merge(model, args.out, extra_metadata={
+    size = f" --size {args.size[1]}x{args.size[0]}" if args.size else ""
+    export_merge(model, args.out, size=args.size, extra_metadata={
         "edgehdr.recipe": f"train_merge --brackets {args.brackets} --epochs {args.epochs} --crops {args.crops} "
-                          f"--width {args.width} --seed {args.seed} --real {args.real}",
+                          f"--width {args.width} --seed {args.seed} --real {args.real}{size}",
         "edgehdr.training_photos": ",".join(photos)})
-    log = write_training_log(args.work / "train_merge_log.json", model, MERGE_INPUT_SHAPE, history=history,
+    shape = MERGE_INPUT_SHAPE if args.size is None else (1, MERGE_INPUT_SHAPE[1], *args.size)
+    log = write_training_log(args.work / "train_merge_log.json", model, shape, history=history,
                              data_seconds=round(t_data, 1), total_seconds=round(t_total, 1))
     print(f"wrote {args.out}: {log['parameters']} parameters, {log['macs_per_frame'] / 1e9:.2f} GMAC per frame; "
           f"total {t_total:.0f} s")
