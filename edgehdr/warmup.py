@@ -272,7 +272,8 @@ def _run_jobs(jobs: Sequence[str]) -> None:
         elif job == "score":
             from edgehdr.quality.norvdpnet import encode_sdr
 
-            encode_sdr(np.ascontiguousarray(bracket.frames[1]))
+            encode_sdr(np.ascontiguousarray(bracket.frames[1]))  # smaller than the model's input: luma, then OpenCV
+            encode_sdr(np.ascontiguousarray(big[1]))  # larger (a camera's frame): the fused luma and area kernel
         elif job.startswith("dimming"):
             from edgehdr.dimming import BacklightModel, LedLayout, lcd_compensation, zone_statistics
 

@@ -52,6 +52,18 @@ def test_sdr_encoding_is_the_authors_pil_luma_linearised():
     assert small.shape == SCORE_INPUT_SHAPE and -1 <= small.min() and small.max() <= 1
 
 
+@pytest.mark.parametrize("size", [(61, 83), (200, 333), (128, 192), (129, 200), (1080, 1920), (100, 150)])
+def test_sdr_encoding_resamples_as_opencv_area(size):
+    """The fused luma and area resampling (one pass over the RGB) against the linear luma image resampled by
+    OpenCV's INTER_AREA: fractional and integer factors, the same size, and an enlargement (OpenCV's path)."""
+    rgb = np.random.default_rng(size[0]).integers(0, 256, (*size, 3)).astype(np.uint8)
+    rgb[: size[0] // 3] = 255  # a flat bright band: exact area sums there
+    lin = (pil_luma8(rgb) / 255.0) ** 2.2
+    for shape in (SCORE_INPUT_SHAPE, (1, 1, 100, 150)):
+        expected = cv2.resize(lin.astype(np.float32), (shape[3], shape[2]), interpolation=cv2.INTER_AREA) * 2 - 1
+        np.testing.assert_allclose(encode_sdr(rgb, shape)[0, 0], expected, atol=2e-6)
+
+
 def test_hdr_encoding_is_log10_of_rec709_luminance():
     rad = np.random.default_rng(1).lognormal(0, 3, (20, 30, 3)).astype(np.float32)
     rad[0, 0] = [np.inf, 0, 0]

@@ -70,6 +70,50 @@ def _luma_linear(rgb, table, out):
             out[y, x] = table[luma]
 
 
+def _area_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Box-overlap taps of area resampling from ``n_in`` to ``n_out <= n_in`` samples (OpenCV's INTER_AREA): output
+    ``i`` covers ``[i s, (i + 1) s)`` with ``s = n_in / n_out``; per output its first input index, its tap count and
+    the overlaps (float64, a row of ``ceil(s) + 1`` per output, unused taps 0), divided by ``s``."""
+    scale = n_in / n_out
+    width = int(math.ceil(scale)) + 1
+    start = np.empty(n_out, np.int64)
+    count = np.empty(n_out, np.int64)
+    weight = np.zeros((n_out, width), np.float64)
+    for i in range(n_out):
+        lo, hi = i * scale, min((i + 1) * scale, n_in)
+        first = int(math.floor(lo))
+        last = min(int(math.ceil(hi)), n_in)
+        start[i], count[i] = first, last - first
+        for t, r in enumerate(range(first, last)):
+            weight[i, t] = (min(r + 1, hi) - max(r, lo)) / scale
+    return start, count, weight
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _luma_area(rgb, table, y_start, y_count, y_weight, x_start, x_count, x_weight, out):
+    """PIL's luma, linearised through ``table``, area-resampled to ``out`` (``_area_taps`` down and across) in
+    one pass over the 8-bit RGB: each output row sums its input rows' weighted linear luma, then each output
+    column its columns'. The frame is read once (an input row on an output row's edge twice), where the luma
+    image and OpenCV's fractional INTER_AREA took 1.4 + 3.8 ms at 1080p on two cores."""
+    n_cols = rgb.shape[1]
+    for i in numba.prange(out.shape[0]):
+        acc = np.zeros(n_cols, np.float32)
+        codes = np.empty(n_cols, np.uint8)
+        for t in range(y_count[i]):
+            row = rgb[y_start[i] + t].reshape(-1)
+            for x in range(n_cols):  # PIL's fixed-point luma: vectorised, apart from the table's reads below
+                codes[x] = (np.uint32(row[3 * x]) * 19595 + np.uint32(row[3 * x + 1]) * 38470
+                            + np.uint32(row[3 * x + 2]) * 7471 + 0x8000) >> 16
+            w = np.float32(y_weight[i, t])
+            for x in range(n_cols):
+                acc[x] += w * table[codes[x]]
+        for j in range(out.shape[1]):
+            total = np.float32(0.0)
+            for t in range(x_count[j]):
+                total += np.float32(x_weight[j, t]) * acc[x_start[j] + t]
+            out[i, j] = total
+
+
 def pil_luma8(rgb_u8: np.ndarray) -> np.ndarray:
     """PIL's ``convert('L')`` of 8-bit RGB: ITU-R 601 luma in 16-bit fixed point, rounded (uint8)."""
     rgb = np.asarray(rgb_u8)
@@ -88,6 +132,12 @@ def encode_sdr(rgb_u8: np.ndarray, shape: Sequence[int] | None = SCORE_INPUT_SHA
     rgb = np.asarray(rgb_u8)
     if rgb.dtype != np.uint8 or not (rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] == 3)):
         raise ValueError(f"SDR image must be uint8 grey (H, W) or RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    if shape is not None and rgb.ndim == 3 and shape[2] <= rgb.shape[0] and shape[3] <= rgb.shape[1]:
+        # a reduction, the usual case: luma, linearisation and area resampling fused (``_luma_area``)
+        small = np.empty((shape[2], shape[3]), np.float32)
+        _luma_area(np.ascontiguousarray(rgb), _LINEAR, *_area_taps(rgb.shape[0], shape[2]),
+                   *_area_taps(rgb.shape[1], shape[3]), small)
+        return np.ascontiguousarray((small * 2.0 - 1.0)[None, None], dtype=np.float32)
     if rgb.ndim == 2:
         lin = _LINEAR[rgb]
     else:  # PIL's luma and the linearisation fused (numba): 1 ms at 1080p where NumPy takes ~10
