@@ -33,6 +33,7 @@ no-reference image quality metrics," IEEE Access 11, 2023.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -70,10 +71,12 @@ def _luma_linear(rgb, table, out):
             out[y, x] = table[luma]
 
 
+@functools.lru_cache(maxsize=16)
 def _area_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Box-overlap taps of area resampling from ``n_in`` to ``n_out <= n_in`` samples (OpenCV's INTER_AREA): output
     ``i`` covers ``[i s, (i + 1) s)`` with ``s = n_in / n_out``; per output its first input index, its tap count and
-    the overlaps (float64, a row of ``ceil(s) + 1`` per output, unused taps 0), divided by ``s``."""
+    the overlaps (float64, a row of ``ceil(s) + 1`` per output, unused taps 0), divided by ``s``. Kept per size pair
+    (read-only): built in Python, 1.6 ms for a 1080p frame's."""
     scale = n_in / n_out
     width = int(math.ceil(scale)) + 1
     start = np.empty(n_out, np.int64)
@@ -86,6 +89,8 @@ def _area_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
         start[i], count[i] = first, last - first
         for t, r in enumerate(range(first, last)):
             weight[i, t] = (min(r + 1, hi) - max(r, lo)) / scale
+    for a in (start, count, weight):
+        a.flags.writeable = False
     return start, count, weight
 
 
