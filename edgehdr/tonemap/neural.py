@@ -14,10 +14,7 @@ parameter map, bilinearly upsampled to 1/4 resolution, is guided-filtered with
 the 1/4-resolution log luminance as guide, and the guided filter's linear
 coefficients are interpolated per pixel and applied to the full-resolution log
 luminance (fast guided filter, He & Sun 2015). The network therefore never
-runs at full resolution; the application is one fused numba pass. A colour whose
-largest channel would overshoot has its chroma rolled off towards its luminance,
-keeping luminance and hue (``_encode_rolled_row``, ``CHROMA_KNEE``), instead of
-clipping that channel alone: bright saturated regions keep their gradation.
+runs at full resolution; the application is one fused numba pass.
 
 Input encoding (the ONNX input ``log_luminance``, (1, 1, 128, 224) float32):
 4 x 4 block means of the Rec. 709 luminance, area-resampled to 128 x 224,
@@ -48,10 +45,10 @@ from edgehdr.tonemap.nonfinite import (
     paint_nonfinite_row,
     report_nonfinite,
 )
-from edgehdr.tonemap.operators import _bits, _check_radiance, _colour_ratios, frame_statistics, srgb8
+from edgehdr.tonemap.operators import _bits, _check_radiance, _colour_ratios, _encode_srgb_row, frame_statistics
 
-__all__ = ["TMO_INPUT_SHAPE", "TMO_GRID_SHAPE", "PARAM_RANGES", "CHROMA_KNEE", "encode_tmo_input",
-           "apply_parameter_grid", "guide_radius", "NeuralToneMapper", "GUIDE_EPS", "BLOCK", "LOG_STOPS"]
+__all__ = ["TMO_INPUT_SHAPE", "TMO_GRID_SHAPE", "PARAM_RANGES", "encode_tmo_input", "apply_parameter_grid",
+           "guide_radius", "NeuralToneMapper", "GUIDE_EPS", "BLOCK", "LOG_STOPS"]
 
 TMO_INPUT_SHAPE = (1, 1, 128, 224)
 TMO_GRID_SHAPE = (1, 3, 8, 14)
@@ -127,41 +124,6 @@ def _row_taps(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return i0, i1, (f - i0).astype(np.float32)
 
 
-# The chroma roll-off: a colour's channels start to move towards its luminance once its largest channel has used
-# this fraction of the headroom above the luminance (``_encode_rolled_row``).
-CHROMA_KNEE = 0.75
-
-
-@numba.njit(fastmath=True, cache=True, inline="always")
-def _encode_rolled_row(dst, ld_row, colour_row):
-    """sRGB codes of ``C = L_d * colour`` with a soft, luminance- and hue-preserving roll-off of saturated
-    highlights: where the largest channel ``m`` lies more than ``CHROMA_KNEE`` of the headroom ``1 - L`` above the
-    colour's Rec. 709 luminance ``L``, the chroma ``C - L`` shrinks so that the excess ``m - L`` follows
-    ``k h + (1 - k) h u / (1 + u)`` (``h = 1 - L``, ``u`` the excess beyond the knee in units of ``(1 - k) h``):
-    continuous in value and slope at the knee, below 1 for every finite colour. Without it (the tutorial's
-    ``(C_w / L_w)^gamma L_d`` clipped per channel) a bright saturated colour clipped its largest channel alone at
-    255: its gradation lost and its hue shifted. Grey (``m = L``) and colours within the knee are unchanged."""
-    k = np.float32(CHROMA_KNEE)
-    one = np.float32(1.0)
-    for x in range(ld_row.size):
-        ld = ld_row[x]
-        c0, c1, c2 = ld * colour_row[3 * x], ld * colour_row[3 * x + 1], ld * colour_row[3 * x + 2]
-        lum = np.float32(_LUMA_R) * c0 + np.float32(_LUMA_G) * c1 + np.float32(_LUMA_B) * c2
-        excess = max(c0, c1, c2) - lum
-        head = max(one - lum, np.float32(0.0))
-        start = k * head
-        if excess > start:  # a few per cent of the pixels
-            span = (one - k) * head
-            u = (excess - start) / max(span, np.float32(1e-30))
-            scale = (start + span * u / (one + u)) / excess
-            c0 = lum + scale * (c0 - lum)
-            c1 = lum + scale * (c1 - lum)
-            c2 = lum + scale * (c2 - lum)
-        dst[3 * x] = srgb8(c0)
-        dst[3 * x + 1] = srgb8(c1)
-        dst[3 * x + 2] = srgb8(c2)
-
-
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _apply_grid_kernel(rgb, bits, coef, key_log2, y0s, y1s, tys, lo, hi, out, row_black, row_white):
     h, w, _ = rgb.shape
@@ -215,7 +177,7 @@ def _apply_grid_kernel(rgb, bits, coef, key_log2, y0s, y1s, tys, lo, hi, out, ro
         for j in range(3 * w):
             pw_bits[j] = exp2_bits(min(max(gam3[j] * log2_from_bits(ratio_bits[j]), np.float32(-126.0)),
                                        np.float32(126.0)))
-        _encode_rolled_row(dst, ld, pw_bits.view(np.float32))
+        _encode_srgb_row(dst, ld, pw_bits.view(np.float32))
         # Non-finite pixels: what was computed for them is replaced by black or white.
         black = white = 0
         if fix_row:
