@@ -14,7 +14,10 @@ parameter map, bilinearly upsampled to 1/4 resolution, is guided-filtered with
 the 1/4-resolution log luminance as guide, and the guided filter's linear
 coefficients are interpolated per pixel and applied to the full-resolution log
 luminance (fast guided filter, He & Sun 2015). The network therefore never
-runs at full resolution; the application is one fused numba pass.
+runs at full resolution; the application is one fused numba pass. A saturated
+colour whose largest channel would overshoot is scaled down softly, keeping its
+chromaticity (``_encode_rolled_row``, ``CHROMA_KNEE``), instead of clipping that
+channel alone: bright saturated regions keep their hue and gradation.
 
 Input encoding (the ONNX input ``log_luminance``, (1, 1, 128, 224) float32):
 4 x 4 block means of the Rec. 709 luminance, area-resampled to 128 x 224,
@@ -45,10 +48,10 @@ from edgehdr.tonemap.nonfinite import (
     paint_nonfinite_row,
     report_nonfinite,
 )
-from edgehdr.tonemap.operators import _bits, _check_radiance, _colour_ratios, _encode_srgb_row, frame_statistics
+from edgehdr.tonemap.operators import _bits, _check_radiance, _colour_ratios, frame_statistics, srgb8
 
-__all__ = ["TMO_INPUT_SHAPE", "TMO_GRID_SHAPE", "PARAM_RANGES", "encode_tmo_input", "apply_parameter_grid",
-           "guide_radius", "NeuralToneMapper", "GUIDE_EPS", "BLOCK", "LOG_STOPS"]
+__all__ = ["TMO_INPUT_SHAPE", "TMO_GRID_SHAPE", "PARAM_RANGES", "CHROMA_KNEE", "encode_tmo_input",
+           "apply_parameter_grid", "guide_radius", "NeuralToneMapper", "GUIDE_EPS", "BLOCK", "LOG_STOPS"]
 
 TMO_INPUT_SHAPE = (1, 1, 128, 224)
 TMO_GRID_SHAPE = (1, 3, 8, 14)
@@ -124,6 +127,39 @@ def _row_taps(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return i0, i1, (f - i0).astype(np.float32)
 
 
+# The highlight roll-off: a fully saturated colour's largest channel starts to roll off at this value, a grey
+# one's never (``_encode_rolled_row``).
+CHROMA_KNEE = 0.8
+
+
+@numba.njit(fastmath=True, cache=True, inline="always")
+def _encode_rolled_row(dst, ld_row, colour_row):
+    """sRGB codes of ``C = L_d * colour`` with a soft roll-off of saturated highlights that keeps their
+    chromaticity: where the largest channel ``m`` passes a knee ``k = 1 - (1 - CHROMA_KNEE) s`` (``s = 1 - min /
+    max``, the colour's saturation), all three channels scale by ``r(m) / m`` with ``r = k + (1 - k) u / (1 + u)``
+    (``u`` the excess beyond the knee in units of ``1 - k``): continuous in value and slope at the knee, below 1
+    for every finite colour, so the channels keep their ratios (hue and saturation) and their gradation where the
+    tutorial's ``(C_w / L_w)^gamma L_d`` clipped the largest channel alone at 255 (a shifted hue, a flat patch).
+    Grey (``s = 0``, knee 1) is untouched: white stays reachable. The colour pays in luminance, not in saturation
+    (blending towards the luminance instead turned a warm-lit orange table white)."""
+    one = np.float32(1.0)
+    for x in range(ld_row.size):
+        ld = ld_row[x]
+        c0, c1, c2 = ld * colour_row[3 * x], ld * colour_row[3 * x + 1], ld * colour_row[3 * x + 2]
+        top = max(c0, c1, c2)
+        if top > np.float32(CHROMA_KNEE):  # bright pixels only
+            saturation = one - max(min(c0, c1, c2), np.float32(0.0)) / top
+            span = np.float32(1.0 - CHROMA_KNEE) * saturation
+            knee = one - span
+            if top > knee:
+                u = (top - knee) / max(span, np.float32(1e-30))
+                factor = (knee + span * u / (one + u)) / top
+                c0, c1, c2 = c0 * factor, c1 * factor, c2 * factor
+        dst[3 * x] = srgb8(c0)
+        dst[3 * x + 1] = srgb8(c1)
+        dst[3 * x + 2] = srgb8(c2)
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _apply_grid_kernel(rgb, bits, coef, key_log2, y0s, y1s, tys, lo, hi, out, row_black, row_white):
     h, w, _ = rgb.shape
@@ -177,7 +213,7 @@ def _apply_grid_kernel(rgb, bits, coef, key_log2, y0s, y1s, tys, lo, hi, out, ro
         for j in range(3 * w):
             pw_bits[j] = exp2_bits(min(max(gam3[j] * log2_from_bits(ratio_bits[j]), np.float32(-126.0)),
                                        np.float32(126.0)))
-        _encode_srgb_row(dst, ld, pw_bits.view(np.float32))
+        _encode_rolled_row(dst, ld, pw_bits.view(np.float32))
         # Non-finite pixels: what was computed for them is replaced by black or white.
         black = white = 0
         if fix_row:

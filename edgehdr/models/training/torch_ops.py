@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from edgehdr.quality.tmqi import TMQI_CONSTANTS
-from edgehdr.tonemap.neural import BLOCK, GUIDE_EPS, PARAM_RANGES, guide_radius
+from edgehdr.tonemap.neural import BLOCK, CHROMA_KNEE, GUIDE_EPS, PARAM_RANGES, guide_radius
 
-__all__ = ["tmqi_torch", "apply_grid_torch", "srgb_encode_torch", "box_symmetric"]
+__all__ = ["tmqi_torch", "apply_grid_torch", "chroma_rolloff_torch", "srgb_encode_torch", "box_symmetric"]
 
 _LUMA709 = (0.2126, 0.7152, 0.0722)
 _TMQI_LUMA = _LUMA709  # the reference TMQI code's Y (matched to its outputs, edgehdr.quality.tmqi)
@@ -44,11 +44,13 @@ def srgb_encode_torch(v: torch.Tensor) -> torch.Tensor:
     return 255.0 * torch.where(v <= 0.0031308, 12.92 * v, 1.055 * v.clamp_min(1e-12).pow(1 / 2.4) - 0.055)
 
 
-def apply_grid_torch(radiance: torch.Tensor, params: torch.Tensor, key_log2: torch.Tensor) -> torch.Tensor:
+def apply_grid_torch(radiance: torch.Tensor, params: torch.Tensor, key_log2: torch.Tensor, *,
+                     rolloff: bool = True) -> torch.Tensor:
     """``edgehdr.tonemap.neural.apply_parameter_grid`` in PyTorch: (B, 3, H, W) radiance -> sRGB codes.
 
     ``params`` (B, 3, gh, gw) physical (alpha, s, gamma); ``key_log2`` (B,). H and W must be
-    multiples of 4 (the working resolution is exact 4 x 4 block means).
+    multiples of 4 (the working resolution is exact 4 x 4 block means). ``rolloff``: the runtime's highlight roll-off
+    (``chroma_rolloff_torch``); without it each channel clips on its own, as the runtime did before it.
     """
     b, _, h, w = radiance.shape
     if h % BLOCK or w % BLOCK:
@@ -77,7 +79,22 @@ def apply_grid_torch(radiance: torch.Tensor, params: torch.Tensor, key_log2: tor
     alpha, mid, gamma = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
     ld = torch.sigmoid(alpha * (g - mid) * math.log(2.0))
     ratio = (radiance / lum).clamp_min(1e-30)
-    return srgb_encode_torch(ld * ratio.pow(gamma))
+    colour = ld * ratio.pow(gamma)
+    return srgb_encode_torch(chroma_rolloff_torch(colour) if rolloff else colour)
+
+
+def chroma_rolloff_torch(colour: torch.Tensor) -> torch.Tensor:
+    """``edgehdr.tonemap.neural._encode_rolled_row``'s roll-off of saturated highlights on (B, 3, H, W) linear
+    colour: past a knee ``1 - (1 - CHROMA_KNEE) s`` (``s`` the colour's saturation) the largest channel ``m`` rolls
+    off softly below 1 and the other channels scale with it."""
+    top = colour.amax(dim=1, keepdim=True)
+    low = colour.amin(dim=1, keepdim=True).clamp_min(0.0)
+    saturation = 1.0 - low / top.clamp_min(1e-30)
+    span = (1.0 - CHROMA_KNEE) * saturation
+    knee = 1.0 - span
+    u = (top - knee).clamp_min(0.0) / span.clamp_min(1e-30)
+    factor = (knee + span * u / (1.0 + u)) / top.clamp_min(1e-30)
+    return colour * torch.where((top > CHROMA_KNEE) & (top > knee), factor, torch.ones_like(factor))
 
 
 def _gauss_1d(dtype: torch.dtype) -> torch.Tensor:
