@@ -62,13 +62,17 @@ HDR_MAX_CLIP = 1e6
 _LINEAR = ((np.arange(256) / 255.0) ** SDR_GAMMA).astype(np.float32)
 
 
+@numba.njit(cache=True, inline="always")
+def _pil_luma(r, g, b):
+    """PIL's ``convert('L')`` of one 8-bit RGB pixel: ITU-R 601 luma in 16-bit fixed point, rounded (``pil_luma8``)."""
+    return (np.uint32(r) * 19595 + np.uint32(g) * 38470 + np.uint32(b) * 7471 + 0x8000) >> 16
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _luma_linear(rgb, table, out):
     for y in numba.prange(rgb.shape[0]):
         for x in range(rgb.shape[1]):
-            luma = (np.uint32(rgb[y, x, 0]) * 19595 + np.uint32(rgb[y, x, 1]) * 38470
-                    + np.uint32(rgb[y, x, 2]) * 7471 + 0x8000) >> 16
-            out[y, x] = table[luma]
+            out[y, x] = table[_pil_luma(rgb[y, x, 0], rgb[y, x, 1], rgb[y, x, 2])]
 
 
 @functools.lru_cache(maxsize=16)
@@ -107,8 +111,7 @@ def _luma_area(rgb, table, y_start, y_count, y_weight, x_start, x_count, x_weigh
         for t in range(y_count[i]):
             row = rgb[y_start[i] + t].reshape(-1)
             for x in range(n_cols):  # PIL's fixed-point luma: vectorised, apart from the table's reads below
-                codes[x] = (np.uint32(row[3 * x]) * 19595 + np.uint32(row[3 * x + 1]) * 38470
-                            + np.uint32(row[3 * x + 2]) * 7471 + 0x8000) >> 16
+                codes[x] = _pil_luma(row[3 * x], row[3 * x + 1], row[3 * x + 2])
             w = np.float32(y_weight[i, t])
             for x in range(n_cols):
                 acc[x] += w * table[codes[x]]

@@ -94,7 +94,8 @@ def chroma_rolloff_torch(colour: torch.Tensor) -> torch.Tensor:
     knee = 1.0 - span
     u = (top - knee).clamp_min(0.0) / span.clamp_min(1e-30)
     factor = (knee + span * u / (1.0 + u)) / top.clamp_min(1e-30)
-    return colour * torch.where((top > CHROMA_KNEE) & (top > knee), factor, torch.ones_like(factor))
+    # the knee is never below CHROMA_KNEE: colours beyond it are the ones the runtime's early-out lets through
+    return colour * torch.where(top > knee, factor, torch.ones_like(factor))
 
 
 def _gauss_1d(dtype: torch.dtype) -> torch.Tensor:
