@@ -68,10 +68,11 @@ def test_display_twin_matches_the_numpy_display(scene_factory):
 
 
 @needs_torch
-@pytest.mark.parametrize("loss", ["mse", "log"])
-def test_student_training_lowers_the_display_error(loss):
-    """A few epochs of either display loss lower the twin's PU21 error of the unlimited light below the
-    untrained network's on the scenes trained on (the recipe's loop, on a tiny panel)."""
+@pytest.mark.parametrize(("loss", "flips"), [("mse", False), ("log", False), ("log", True)])
+def test_student_training_lowers_the_display_error(loss, flips):
+    """A few epochs of either display loss, with or without the mirrored samples, lower the twin's PU21
+    error of the unlimited light below the untrained network's on the scenes trained on (the recipe's loop,
+    on a tiny panel)."""
     import torch
 
     from edgehdr.models.training.nets import DimmingNet
@@ -99,11 +100,41 @@ def test_student_training_lowers_the_display_error(loss):
 
     torch.manual_seed(0)
     untrained = error(DimmingNet(layout.rows, layout.cols).eval())
-    net, history = train_student(scenes, {}, layout, epochs=8, batch=4, lr=1e-2, loss=loss, log=lambda _: None)
+    net, history = train_student(scenes, {}, layout, epochs=8, batch=4, lr=1e-2, loss=loss, flips=flips,
+                                 log=lambda _: None)
     assert len(history) == 8
     assert error(net) < 0.7 * untrained
     with pytest.raises(ValueError, match="loss"):
         train_student(scenes, {}, layout, epochs=1, loss="psnr")
+
+
+@needs_torch
+def test_mirrors_are_symmetries_of_the_training_problem(scene_factory):
+    """What ``train_student(flips=True)`` relies on: mirroring a scene left-right or upside down mirrors its
+    encoding, leaves the twin's PU21 error of the mirrored light unchanged, and mirrors the teacher's answer
+    (the NumPy optimiser, an independent implementation of the same objective)."""
+    import torch
+
+    from edgehdr.dimming import optimal_zone_light
+    from edgehdr.models.training.train_dimming import DisplayTwin, _flip, pu21_torch, training_layout
+
+    layout = training_layout(rows=3, cols=4, width_px=64, height_px=48)
+    target = display_target(scene_factory(5, 48, 64).radiance, layout)
+    twin = DisplayTwin(layout)
+    light = zone_light(target, layout, "sqrt")
+    teacher = optimal_zone_light(target, layout, iterations=60)
+    x = torch.from_numpy(encode_dimming_input(target, layout))
+    t = torch.from_numpy(target.transpose(2, 0, 1).copy())[None]
+    lt = torch.from_numpy(light)[None, None]
+    error = float(twin.pu_error(lt, t, pu21_torch(t))[0])
+    for dims in ((-1,), (-2,), (-2, -1)):
+        mirrored = np.ascontiguousarray(torch.flip(torch.from_numpy(target), [d - 1 for d in dims]).numpy())
+        np.testing.assert_allclose(encode_dimming_input(mirrored, layout), _flip(x, dims).numpy(), atol=1e-6)
+        tm = _flip(t, dims)
+        assert float(twin.pu_error(_flip(lt, dims), tm, pu21_torch(tm))[0]) == pytest.approx(error, rel=1e-4)
+        np.testing.assert_allclose(optimal_zone_light(mirrored, layout, iterations=60),
+                                   _flip(torch.from_numpy(teacher)[None, None], dims).numpy()[0, 0], atol=2e-3)
+    assert not np.allclose(light, light[:, ::-1], atol=1e-3)  # the scene is not itself symmetric
 
 
 @needs_torch

@@ -212,9 +212,16 @@ class DisplayTwin:
         return ((pu21_torch(shown) - target_pu) ** 2).mean(dim=(1, 2, 3))
 
 
+_FLIP_DIMS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, upside down, both
+
+
+def _flip(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return torch.flip(t, dims) if dims else t
+
+
 def train_student(scenes: Sequence[Mapping[str, Any]], teacher: Mapping[str, np.ndarray], layout: LedLayout, *,
                   epochs: int = 60, batch: int = 8, lr: float = 3e-3, distill: float = 200.0, seed: int = 0,
-                  loss: str = "log", width: int = 32, device: str = "cpu",
+                  loss: str = "log", width: int = 32, device: str = "cpu", flips: bool = False,
                   log: Callable[[str], object] = print) -> tuple[DimmingNet, list[dict[str, float]]]:
     """Adam on the PU21 display error of the budgeted light plus ``distill`` x MSE to the teacher's light.
 
@@ -225,7 +232,10 @@ def train_student(scenes: Sequence[Mapping[str, Any]], teacher: Mapping[str, np.
 
     ``teacher[kind]`` is (scenes, R, C) for the budget kinds that have a teacher; every (scene, budget)
     pair is a sample, trained on the display objective (the teacher's own) and, where there is a
-    teacher for its budget, the distillation term. ``device`` is a PyTorch device ("cuda" trains on a
+    teacher for its budget, the distillation term. ``flips`` shows each sample mirrored left-right
+    and/or upside down at random (scene, encoding and teacher light alike): the display model is
+    symmetric under both mirrors (a Gaussian PSF on a centred zone grid), so a mirrored scene is
+    another valid scene whose optimal light is the mirrored light. ``device`` is a PyTorch device ("cuda" trains on a
     GPU: the same recipe, not bit-identical to a CPU run); the returned model is on the CPU.
     """
     if loss not in ("mse", "log"):
@@ -242,6 +252,7 @@ def train_student(scenes: Sequence[Mapping[str, Any]], teacher: Mapping[str, np.
     samples = [(i, k) for i in range(len(scenes)) for k in BUDGETS]
     teacher_t = {k: torch.from_numpy(np.asarray(v, np.float32))[:, None].to(dev) for k, v in teacher.items()}
     rng = np.random.default_rng(seed)
+    flip_rng = np.random.default_rng([seed, 1])  # its own stream: flips=False keeps the recipe's bytes
     history = []
     t_start = time.perf_counter()
     for epoch in range(epochs):
@@ -249,12 +260,15 @@ def train_student(scenes: Sequence[Mapping[str, Any]], teacher: Mapping[str, np.
         e_sum, d_sum = torch.zeros((), device=dev), torch.zeros((), device=dev)
         for start in range(0, len(order), batch):
             chosen = [samples[j] for j in order[start:start + batch]]
-            x = torch.cat([inputs[i][k] for i, k in chosen])
+            mirror = ([_FLIP_DIMS[c] for c in flip_rng.integers(0, 4, len(chosen))] if flips
+                      else [()] * len(chosen))
+            x = torch.cat([_flip(inputs[i][k], m) for (i, k), m in zip(chosen, mirror)])
             budget = torch.tensor([scenes[i]["budgets"][k] for i, k in chosen], dtype=torch.float32, device=dev)
             light = budget_scale_torch(model(x), budget)
-            err = twin.pu_error(light, torch.cat([targets[i] for i, _ in chosen]),
-                                torch.cat([targets_pu[i] for i, _ in chosen]))
-            taught = [(j, teacher_t[k][i:i + 1]) for j, (i, k) in enumerate(chosen) if k in teacher_t]
+            err = twin.pu_error(light, torch.cat([_flip(targets[i], m) for (i, _), m in zip(chosen, mirror)]),
+                                torch.cat([_flip(targets_pu[i], m) for (i, _), m in zip(chosen, mirror)]))
+            taught = [(j, _flip(teacher_t[k][i:i + 1], mirror[j])) for j, (i, k) in enumerate(chosen)
+                      if k in teacher_t]
             d = (((light[[j for j, _ in taught]] - torch.cat([t for _, t in taught])) ** 2).mean() if taught
                  else torch.zeros((), device=dev))
             objective = (err.clamp_min(1e-6).log().mean() if loss == "log" else err.mean()) + distill * d
@@ -302,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=32, help="channels of DimmingNet at zone resolution")
     p.add_argument("--crops", type=int, default=48,
                    help="crops per real training photograph (splits.real_split; the held-out ones never), 0: none")
+    p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=False,
+                   help="show each sample mirrored left-right and/or upside down at random (the display is symmetric)")
     p.add_argument("--device", default="cpu", help="PyTorch device for the student ('cuda' on a GPU)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes preparing the scenes and running the teacher (the result does not depend on it)")
@@ -329,12 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         np.savez(cache, **teacher)  # type: ignore[arg-type]
     t_teacher = time.perf_counter() - t0
     net, history = train_student(scenes, teacher, layout, epochs=args.epochs, distill=args.distill, seed=args.seed,
-                                 loss=args.loss, width=args.width, device=args.device)
+                                 loss=args.loss, width=args.width, device=args.device, flips=args.flips)
     t_total = time.perf_counter() - t0
     export_dimming(net, layout, args.out, extra_metadata={
         "edgehdr.recipe": f"train_dimming --rows {args.rows} --cols {args.cols} --scenes {args.scenes} "
                           f"--epochs {args.epochs} --distill {args.distill} --loss {args.loss} --width {args.width} "
-                          f"--crops {args.crops} --seed {args.seed} "
+                          f"--crops {args.crops} --seed {args.seed} {'--flips ' if args.flips else ''}"
                           f"{'--teacher-budgets' if args.teacher_budgets else '--no-teacher-budgets'}"})
     shape = (1, INPUT_CHANNELS, args.rows * SUBDIVISION, args.cols * SUBDIVISION)
     log = write_training_log(args.work / "train_dimming_log.json", net, shape, history=history,
