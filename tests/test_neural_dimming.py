@@ -272,3 +272,15 @@ def test_real_table_groups_by_split_budget_and_algorithm():
                      ("train", "18x32", "0.25", "max"): (32.0, 30.0)}
     assert [line.split()[0] for line in lines] == ["held-out", "train", "train"]
     assert lines[1].split()[2] == "none"  # no limit first within a split
+
+
+def test_evaluation_scores_a_second_model_on_the_same_scenes():
+    """``evaluate_dimming --against``: the shipped model against itself gives the network's own figures, row for
+    row, without a limit and at each heuristic's power (the same scenes, budgets and display path)."""
+    from edgehdr.models.training.evaluate_dimming import evaluate
+
+    result = evaluate(1, against="dimming_net", sizes=((360, 640),), speed=False)
+    r = result["sizes"]["640x360"]
+    assert r["summary"]["against"] == r["summary"]["network"]
+    for v in r["equal_power"].values():
+        assert v["against_db"] == v["network_db"] and v["against_wins"] == v["wins"]

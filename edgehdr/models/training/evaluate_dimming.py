@@ -1,7 +1,7 @@
 """Quality and speed table of the local-dimming CNN against its teacher and the heuristics.
 
     python -m edgehdr.models.training.evaluate_dimming [--scenes 16] [--int8 out/dimming_net.int8.onnx]
-        [--sizes 640x360 1280x720]
+        [--sizes 640x360 1280x720] [--against retrained.onnx]
 
 Held-out synthetic scenes (seeds from 100000), the demo's 18 x 32 zones on a 640 x 360
 and a 1280 x 720 panel (``--sizes``; the larger panel takes about four times as long,
@@ -116,7 +116,11 @@ def format_real(rows: Sequence[dict[str, Any]]) -> str:
 
 def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
              int8: str | os.PathLike[str] | None = None,
-             sizes: Sequence[tuple[int, int]] = ((360, 640), (720, 1280))) -> dict[str, Any]:
+             sizes: Sequence[tuple[int, int]] = ((360, 640), (720, 1280)),
+             against: str | os.PathLike[str] | None = None, speed: bool = True) -> dict[str, Any]:
+    """The table above; ``against``: a second model (e.g. a retrain) scored in the same run on the same scenes,
+    without a limit ("against" row) and at each heuristic's power (``against_db``, ``against_wins``);
+    ``speed=False`` leaves out the 1080p timing (``speed_1080p_ms`` None)."""
     from edgehdr.dimming import (
         BacklightModel,
         LedLayout,
@@ -137,12 +141,14 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
     path = model_path(model)
     runner = OnnxRuntimeRunner(path).load()
     quant = OnnxRuntimeRunner(int8).load() if int8 else None
+    rival = OnnxRuntimeRunner(model_path(against)).load() if against else None
     result: dict[str, Any] = {"sizes": {}}
     for height, width in sizes:
         layout = LedLayout(rows=18, cols=32, width_px=width, height_px=height)
         backlight = BacklightModel(layout)
         net = NeuralDimmer(runner, layout, model_path=path)
         net8 = NeuralDimmer(quant, layout) if quant else None
+        other = NeuralDimmer(rival, layout) if rival else None
 
         # layout and backlight bound as defaults: the closure belongs to this loop iteration's panel.
         def shown_metrics(light: np.ndarray, target: np.ndarray, budget: float | None = None, *,
@@ -152,7 +158,8 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
             return dimming_metrics(target, simulate_display(lcd_compensation(target, b, layout), b, layout), light,
                                    layout)
 
-        rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("teacher", "network", "network_int8", *HEURISTICS)}
+        rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("teacher", "network", "network_int8", "against",
+                                                                  *HEURISTICS)}
         equal_power: dict[str, list[dict[str, float]]] = {h: [] for h in HEURISTICS}
         zone_mae_int8: list[float] = []
         for i in range(scenes):
@@ -160,6 +167,8 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
             ours = net(target)
             rows["network"].append(shown_metrics(ours, target))
             rows["teacher"].append(shown_metrics(optimal_zone_light(target, layout, model=backlight), target))
+            if other is not None:
+                rows["against"].append(shown_metrics(other(target), target))
             if net8 is not None:
                 ours8 = net8(target)
                 rows["network_int8"].append(shown_metrics(ours8, target))
@@ -174,6 +183,9 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
                 equal_power[h].append({"heuristic_db": m["pu_psnr_db"], "network_db": mine["pu_psnr_db"],
                                        "teacher_db": best["pu_psnr_db"], "network_power": mine["power"],
                                        "heuristic_power": m["power"]})
+                if other is not None:
+                    equal_power[h][-1]["against_db"] = shown_metrics(other(target, power_budget=m["power"]), target,
+                                                                     budget=m["power"])["pu_psnr_db"]
         summary = {k: {"pu_psnr_db": float(np.mean([m["pu_psnr_db"] for m in v])),
                        "power": float(np.mean([m["power"] for m in v])),
                        "halo_pu": float(np.mean([m["halo_pu"] for m in v]))} for k, v in rows.items() if v}
@@ -183,9 +195,16 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
                   "wins": int(sum(r["network_db"] > r["heuristic_db"] for r in v)), "of": len(v),
                   "power_ok": all(r["network_power"] <= r["heuristic_power"] + 1e-6 for r in v)}
               for h, v in equal_power.items()}
+        if other is not None:
+            for h, v in equal_power.items():
+                eq[h]["against_db"] = float(np.mean([r["against_db"] for r in v]))
+                eq[h]["against_wins"] = int(sum(r["against_db"] > r["heuristic_db"] for r in v))
         result["sizes"][f"{width}x{height}"] = {"summary": summary, "equal_power": eq,
                                                  "int8_zone_mae": float(np.mean(zone_mae_int8)) if zone_mae_int8
                                                  else None}
+    if not speed:
+        result["speed_1080p_ms"] = None
+        return result
     # Speed at 1080p.
     layout = LedLayout(rows=18, cols=32, width_px=1920, height_px=1080)
     net = NeuralDimmer(runner, layout)
@@ -204,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scenes", type=int, default=16)
     p.add_argument("--model", default="dimming_net")
     p.add_argument("--int8", default=None)
+    p.add_argument("--against", default=None, metavar="MODEL",
+                   help="a second dimming model (e.g. a retrain) scored in the same run on the same scenes")
     p.add_argument("--sizes", type=frame_size, nargs="+", default=[(640, 360), (1280, 720)], metavar="WxH",
                    help="panel sizes (default 640x360 1280x720; the larger takes about 4x the smaller's time)")
     p.add_argument("--json", default=None)
@@ -217,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             write_text_atomic(args.json, json.dumps(rows, indent=2))
         return 0
-    result = evaluate(args.scenes, model=args.model, int8=args.int8, sizes=[(h, w) for w, h in args.sizes])
+    result = evaluate(args.scenes, model=args.model, int8=args.int8, sizes=[(h, w) for w, h in args.sizes],
+                      against=args.against)
     for size, r in result["sizes"].items():
         print(f"panel {size}, 18x32 zones, {args.scenes} held-out scenes")
         print(f"  {'algorithm':<14} {'PU-PSNR dB':>10} {'power':>7} {'halo PU':>8}")
@@ -225,7 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {k:<14} {v['pu_psnr_db']:>10.2f} {v['power']:>7.4f} {v['halo_pu']:>8.3f}")
         for h, v in r["equal_power"].items():
             print(f"  at {h}'s power: network {v['network_db']:.2f} dB, {h} {v['heuristic_db']:.2f} dB, teacher "
-                  f"{v['teacher_db']:.2f} dB; network wins {v['wins']}/{v['of']}, within the power: {v['power_ok']}")
+                  f"{v['teacher_db']:.2f} dB; network wins {v['wins']}/{v['of']}, within the power: {v['power_ok']}"
+                  + (f"; against {v['against_db']:.2f} dB, wins {v['against_wins']}/{v['of']}" if "against_db" in v
+                     else ""))
         if r["int8_zone_mae"] is not None:
             print(f"  INT8 zone light mean abs error vs FP32: {r['int8_zone_mae']:.4f}")
     print("1080p ms:", result["speed_1080p_ms"])
