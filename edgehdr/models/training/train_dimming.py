@@ -235,8 +235,9 @@ def train_student(scenes: Sequence[Mapping[str, Any]], teacher: Mapping[str, np.
     teacher for its budget, the distillation term. ``flips`` shows each sample mirrored left-right
     and/or upside down at random (scene, encoding and teacher light alike): the display model is
     symmetric under both mirrors (a Gaussian PSF on a centred zone grid), so a mirrored scene is
-    another valid scene whose optimal light is the mirrored light. ``device`` is a PyTorch device ("cuda" trains on a
-    GPU: the same recipe, not bit-identical to a CPU run); the returned model is on the CPU.
+    another valid scene whose optimal light is the mirrored light. ``device`` is a PyTorch device
+    ("cuda" trains on a GPU: the same recipe, not bit-identical to a CPU run); the returned model is
+    on the CPU.
     """
     if loss not in ("mse", "log"):
         raise ValueError(f"loss must be 'mse' or 'log', got {loss!r}")
