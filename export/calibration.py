@@ -193,7 +193,7 @@ def _dimming_input(radiance: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     from edgehdr.dimming.neural import encode_dimming_input  # the runtime stage's own encoder
 
     layout = dimming_layout_for(radiance, shape)
-    return encode_dimming_input(display_target(radiance, layout), layout)
+    return encode_dimming_input(display_target(radiance, layout), layout, channels=int(shape[1]))
 
 
 def tone_mapped_pairs(radiance_items: Iterable[np.ndarray], count: int, *, per_scene: int = 4,

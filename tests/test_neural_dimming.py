@@ -41,6 +41,31 @@ def test_encoder_is_sub_zone_max_and_mean(scene_factory):
         encode_dimming_input(target, layout, power_budget=0.0)
 
 
+def test_min_channel_is_sub_zone_minimum_in_the_same_pass(scene_factory):
+    """The fourth channel (``train_dimming --min-stat``) against a NumPy block minimum; the first three are the
+    three-channel encoding's, and the kernel's max and mean do not change when it also gathers minima."""
+    from edgehdr.dimming.zones import zone_statistics, zone_statistics_with_min
+
+    layout = LedLayout(rows=9, cols=16, width_px=320, height_px=180)
+    target = display_target(scene_factory(3, 180, 320).radiance, layout)
+    x4 = encode_dimming_input(target, layout, power_budget=0.5, channels=4)
+    x3 = encode_dimming_input(target, layout, power_budget=0.5)
+    assert x4.shape == (1, 4, 36, 64)
+    np.testing.assert_array_equal(x4[:, :3], x3)
+    m = np.clip(target.max(axis=2) / layout.peak_luminance_cd_m2, 0, 1)
+    expected = np.clip(np.log2(np.maximum(m.reshape(36, 5, 64, 5).min(axis=(1, 3)), 2.0 ** -12)) / 12 + 1, 0, 1)
+    np.testing.assert_allclose(x4[0, 3], expected, atol=2e-5)
+    assert np.ptp(expected) > 0.3  # the scene's sub-zones differ in their darkest pixel
+    zmax, zmean, zmin, hist = zone_statistics_with_min(target, layout, histogram=True)
+    plain = zone_statistics(target, layout, histogram=True)
+    np.testing.assert_array_equal(zmax, plain[0])
+    np.testing.assert_array_equal(zmean, plain[1])
+    np.testing.assert_array_equal(hist, plain[2])
+    np.testing.assert_allclose(zmin, m.reshape(9, 20, 16, 20).min(axis=(1, 3)), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="channels"):
+        encode_dimming_input(target, layout, channels=5)
+
+
 def test_budget_step_scales_uniformly():
     light = np.array([[0.2, 0.8], [0.4, 0.6]], np.float32)
     np.testing.assert_allclose(within_budget(light, 0.25), light * 0.5, rtol=1e-6)
@@ -68,11 +93,13 @@ def test_display_twin_matches_the_numpy_display(scene_factory):
 
 
 @needs_torch
-@pytest.mark.parametrize(("loss", "flips"), [("mse", False), ("log", False), ("log", True)])
-def test_student_training_lowers_the_display_error(loss, flips):
-    """A few epochs of either display loss, with or without the mirrored samples, lower the twin's PU21
-    error of the unlimited light below the untrained network's on the scenes trained on (the recipe's loop,
-    on a tiny panel)."""
+@pytest.mark.parametrize(("loss", "flips", "channels"), [("mse", False, 3), ("log", False, 3), ("log", True, 3),
+                                                      ("log", False, 4)])
+def test_student_training_lowers_the_display_error(loss, flips, channels, tmp_path):
+    """A few epochs of either display loss, with or without the mirrored samples or the minima channel, lower
+    the twin's PU21 error of the unlimited light below the untrained network's on the scenes trained on (the
+    recipe's loop, on a tiny panel). The four-channel model, exported, runs in the runtime's stage with the
+    network's own light."""
     import torch
 
     from edgehdr.models.training.nets import DimmingNet
@@ -86,7 +113,7 @@ def test_student_training_lowers_the_display_error(loss, flips):
     )
 
     layout = training_layout(rows=3, cols=4, width_px=64, height_px=48)
-    scenes = dimming_scenes(4, layout, seed=7)
+    scenes = dimming_scenes(4, layout, seed=7, channels=channels)
     twin = DisplayTwin(layout)
 
     def error(net):
@@ -99,11 +126,22 @@ def test_student_training_lowers_the_display_error(loss, flips):
         return np.mean(out)
 
     torch.manual_seed(0)
-    untrained = error(DimmingNet(layout.rows, layout.cols).eval())
+    untrained = error(DimmingNet(layout.rows, layout.cols, in_channels=channels).eval())
     net, history = train_student(scenes, {}, layout, epochs=8, batch=4, lr=1e-2, loss=loss, flips=flips,
                                  log=lambda _: None)
     assert len(history) == 8
     assert error(net) < 0.7 * untrained
+    if channels == 4:
+        from edgehdr.models.training.train_dimming import export_dimming
+
+        path = export_dimming(net, layout, tmp_path / "dim4.onnx")
+        with OnnxRuntimeRunner(path) as runner:
+            dimmer = NeuralDimmer(runner, layout, model_path=path)
+            assert dimmer.channels == 4
+            got = dimmer(scenes[0]["target"])
+        with torch.no_grad():
+            want = net(scenes[0]["x"]["none"])[0, 0].numpy()
+        np.testing.assert_allclose(got, within_budget(want, 1.0), atol=1e-5)
     with pytest.raises(ValueError, match="loss"):
         train_student(scenes, {}, layout, epochs=1, loss="psnr")
 

@@ -10,7 +10,10 @@ would choose, in one pass of well under a millisecond.
 Input encoding (ONNX input ``zone_stats``, (1, 3, 4 R, 4 C) float32): channel 0
 the sub-zone maxima, channel 1 the sub-zone means, each ``log2(v) / 12 + 1``
 clipped to [0, 1] (12 stops below the peak to the peak); channel 2 the power
-budget (mean light fraction allowed, 1 = no limit) everywhere. Output ``light``
+budget (mean light fraction allowed, 1 = no limit) everywhere. A model with a
+fourth input channel (``train_dimming --min-stat``) gets the sub-zone minima
+there, encoded as the maxima (the darkest pixel, where the LCD's leakage lifts the
+black level first); the model's input shape says which encoding it takes. Output ``light``
 (1, 1, R, C) in [0, 1], then scaled down uniformly if its mean exceeds the budget
 (``within_budget``; training optimises through the same step), so the result
 never draws more than the budget. A model is made for one zone grid and PSF (its
@@ -31,16 +34,17 @@ import logging
 import numpy as np
 
 from edgehdr.dimming.layout import LedLayout
-from edgehdr.dimming.zones import within_budget, zone_statistics  # within_budget: re-exported
+from edgehdr.dimming.zones import within_budget, zone_statistics_with_min  # within_budget: re-exported
 
-__all__ = ["SUBDIVISION", "STATS_STOPS", "INPUT_CHANNELS", "encode_dimming_input", "within_budget", "NeuralDimmer",
-           "model_layout_metadata"]
+__all__ = ["SUBDIVISION", "STATS_STOPS", "INPUT_CHANNELS", "ENCODINGS", "encode_dimming_input", "within_budget",
+           "NeuralDimmer", "model_layout_metadata"]
 
 log = logging.getLogger("edgehdr.dimming")
 
 SUBDIVISION = 4
 STATS_STOPS = 12.0
 INPUT_CHANNELS = 3
+ENCODINGS = (3, 4)  # input channels: max, mean, budget (the shipped model); and the sub-zone minima after them
 
 
 def _stats_layout(layout: LedLayout) -> LedLayout:
@@ -50,17 +54,26 @@ def _stats_layout(layout: LedLayout) -> LedLayout:
 
 
 def encode_dimming_input(target: np.ndarray, layout: LedLayout, *, scale: float = 1.0, power_budget: float = 1.0,
-                         stats_layout: LedLayout | None = None) -> np.ndarray:
-    """(1, 3, 4 R, 4 C) float32 network input from a target in cd/m^2 (or radiance times ``scale``)."""
+                         stats_layout: LedLayout | None = None, channels: int = INPUT_CHANNELS) -> np.ndarray:
+    """(1, channels, 4 R, 4 C) float32 network input from a target in cd/m^2 (or radiance times ``scale``).
+
+    ``channels`` is 3 (max, mean, budget) or 4 (and the sub-zone minima); module docstring.
+    """
     if not 0.0 < power_budget <= 1.0:
         raise ValueError(f"power_budget must be in (0, 1], got {power_budget}")
-    zmax, zmean, _ = zone_statistics(target, stats_layout or _stats_layout(layout), scale=scale)
-    x = np.empty((1, INPUT_CHANNELS) + zmax.shape, np.float32)
+    if channels not in ENCODINGS:
+        raise ValueError(f"channels must be one of {ENCODINGS}, got {channels}")
+    zmax, zmean, zmin, _ = zone_statistics_with_min(target, stats_layout or _stats_layout(layout), scale=scale,
+                                                    minimum=channels == 4)
+    x = np.empty((1, channels) + zmax.shape, np.float32)
     floor = np.float32(2.0 ** -STATS_STOPS)
     x[0, 0] = np.log2(np.maximum(zmax, floor))
     x[0, 1] = np.log2(np.maximum(zmean, floor))
     np.clip(x[0, :2] / np.float32(STATS_STOPS) + 1, 0, 1, out=x[0, :2])
     x[0, 2] = power_budget
+    if zmin is not None:
+        x[0, 3] = np.log2(np.maximum(zmin, floor))
+        np.clip(x[0, 3] / np.float32(STATS_STOPS) + 1, 0, 1, out=x[0, 3])
     return x
 
 
@@ -86,7 +99,8 @@ class NeuralDimmer:
         self.non_finite_frames = 0  # frames whose network output held a non-finite zone value (given full light)
         (spec,) = runner.describe().inputs
         self._input_name, shape = spec.name, spec.shape
-        expected = [1, INPUT_CHANNELS, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION]
+        self.channels = shape[1] if len(shape) == 4 and shape[1] in ENCODINGS else INPUT_CHANNELS
+        expected = [1, self.channels, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION]
         if list(shape) != expected:
             raise ValueError(f"dimming model {model_path or ''} expects input {list(shape)}, the layout "
                              f"({layout.rows}x{layout.cols} zones) needs {expected}; make a model for this layout "
@@ -107,7 +121,7 @@ class NeuralDimmer:
     def __call__(self, target: np.ndarray, *, scale: float = 1.0, power_budget: float | None = None) -> np.ndarray:
         budget = self.power_budget if power_budget is None else float(power_budget)
         x = encode_dimming_input(target, self.layout, scale=scale, power_budget=budget,
-                                 stats_layout=self._stats_layout)
+                                 stats_layout=self._stats_layout, channels=self.channels)
         (light,) = self.runner.run({self._input_name: x}).values()
         light = np.asarray(light, np.float32).reshape(self.layout.rows, self.layout.cols)
         finite = np.isfinite(light)

@@ -32,8 +32,8 @@ from edgehdr.dimming.layout import LedLayout
 from edgehdr.fastmath import log2_from_bits
 from edgehdr.tonemap.nonfinite import SHOWN_BLACK, SHOWN_WHITE, any_nonfinite, pixel_class, report_nonfinite
 
-__all__ = ["zone_statistics", "zone_max_light", "zone_light", "within_budget", "HEURISTICS", "ZoneTemporalFilter",
-           "DEFAULT_ALGORITHM", "DEFAULT_POWER_BUDGET"]
+__all__ = ["zone_statistics", "zone_statistics_with_min", "zone_max_light", "zone_light", "within_budget",
+           "HEURISTICS", "ZoneTemporalFilter", "DEFAULT_ALGORITHM", "DEFAULT_POWER_BUDGET"]
 
 HEURISTICS = ("max", "mean", "sqrt", "percentile")
 # The runtime's default, chosen on the shared real HDR photographs at 48 x 48 zones under a stated cap of 25 % of
@@ -48,10 +48,11 @@ log = logging.getLogger("edgehdr.dimming")
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _zone_stats_kernel(target, bits, inv_peak, rows, cols, want_hist, zmax, zsum, hist, row_black, row_white):
+def _zone_stats_kernel(target, bits, inv_peak, rows, cols, want_hist, want_min, zmax, zsum, zmin, hist, row_black,
+                       row_white):
     # Parallel over zone rows (no two threads touch one zone). Per pixel row: max-RGB /
     # peak into a row buffer, its histogram bins by a vectorised log2 on the float
-    # bits, then per-zone max, sum and counts.
+    # bits, then per-zone max, sum, (on request) min and counts.
     h, w, _ = target.shape
     nbins = hist.shape[2]
     bins_per_stop = np.float32(nbins / 16.0)
@@ -73,6 +74,7 @@ def _zone_stats_kernel(target, bits, inv_peak, rows, cols, want_hist, zmax, zsum
         # the end: reducing each pixel row per zone (short loops of about 40) took 60 % of the kernel at 1080p.
         col_max = np.zeros(w, np.float32)
         col_sum = np.zeros(w, np.float32)
+        col_min = np.ones(w, np.float32)
         black = 0
         white = 0
         for y in range(y0, y1):
@@ -100,6 +102,9 @@ def _zone_stats_kernel(target, bits, inv_peak, rows, cols, want_hist, zmax, zsum
             for x in range(w):
                 col_max[x] = max(col_max[x], m_row[x])
                 col_sum[x] += m_row[x]
+            if want_min:
+                for x in range(w):
+                    col_min[x] = min(col_min[x], m_row[x])
             if want_hist:
                 for c in range(cols):
                     for x in range(col_edges[c], col_edges[c + 1]):
@@ -112,6 +117,11 @@ def _zone_stats_kernel(target, bits, inv_peak, rows, cols, want_hist, zmax, zsum
                 m_sum += col_sum[x]
             zmax[r, c] = m_max
             zsum[r, c] = m_sum / ((y1 - y0) * (col_edges[c + 1] - col_edges[c]))
+            if want_min:
+                m_min = np.float32(1.0)
+                for x in range(col_edges[c], col_edges[c + 1]):
+                    m_min = min(m_min, col_min[x])
+                zmin[r, c] = m_min
         row_black[r] = black
         row_white[r] = white
 
@@ -131,6 +141,20 @@ def zone_statistics(target_cd_m2: np.ndarray, layout: LedLayout, *, histogram: b
     hist : ndarray (rows, cols, 64) int32 or None
         Counts over log2(value) from -16 to 0 (bin 0 also holds everything darker).
     """
+    zmax, zmean, _, hist = zone_statistics_with_min(target_cd_m2, layout, histogram=histogram, scale=scale,
+                                                    minimum=False)
+    return zmax, zmean, hist
+
+
+def zone_statistics_with_min(target_cd_m2: np.ndarray, layout: LedLayout, *, histogram: bool = False,
+                             scale: float = 1.0, minimum: bool = True
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``zone_statistics`` and, with ``minimum``, each zone's minimum of max-RGB / peak, in the same pass.
+
+    Returns ``(zmax, zmean, zmin, hist)``; ``zmin`` (rows, cols) float32 in [0, 1] is ``None``
+    without ``minimum``. The minimum is the darkest pixel's brightest channel: where the LCD's
+    leakage lifts the black level, that pixel is the first to show it.
+    """
     target = np.ascontiguousarray(target_cd_m2, dtype=np.float32)
     if target.ndim != 3 or target.shape[2] != 3:
         raise ValueError(f"target must be an HxWx3 image in cd/m^2, got shape {target.shape}")
@@ -141,14 +165,15 @@ def zone_statistics(target_cd_m2: np.ndarray, layout: LedLayout, *, histogram: b
         raise ValueError(f"scale must be a finite number > 0, got {scale}")
     zmax = np.empty((layout.rows, layout.cols), np.float32)
     zsum = np.empty((layout.rows, layout.cols), np.float32)
+    zmin = np.empty((layout.rows, layout.cols) if minimum else (1, 1), np.float32)
     hist = np.empty((layout.rows, layout.cols, _HIST_BINS if histogram else 1), np.int32)
     row_black = np.empty(layout.rows, np.int64)
     row_white = np.empty(layout.rows, np.int64)
     h, w = target.shape[:2]
     _zone_stats_kernel(target, target.reshape(h, -1).view(np.int32), np.float32(scale / layout.peak_luminance_cd_m2),
-                       layout.rows, layout.cols, histogram, zmax, zsum, hist, row_black, row_white)
+                       layout.rows, layout.cols, histogram, minimum, zmax, zsum, zmin, hist, row_black, row_white)
     report_nonfinite(log, "zone statistics", row_black.sum(), row_white.sum(), h * w)
-    return zmax, zsum, (hist if histogram else None)
+    return zmax, zsum, (zmin if minimum else None), (hist if histogram else None)
 
 
 def zone_max_light(zone_max: np.ndarray, layout: LedLayout, *, scale: float = 1.0) -> np.ndarray:

@@ -96,15 +96,17 @@ assert math.isclose(TMO_INPUT_SHAPE[2] / TMO_GRID_SHAPE[2], 16) and TMO_INPUT_SH
 class DimmingNet(nn.Module):
     """Local dimming: sub-zone statistics and power budget (1, 3, 4R, 4C) -> zone light (1, 1, R, C) in [0, 1].
 
+    ``in_channels`` = 4 takes the sub-zone minima as a fourth channel (``edgehdr.dimming.neural``).
+
     Two strided convolutions bring the 4 x 4 sub-zone grid to the zone grid; two residual
     3 x 3 blocks at zone resolution give every zone the neighbourhood the LED PSF couples it
     to (a receptive field of +-4 zones); a 1 x 1 head and a sigmoid give the light fraction.
     """
 
-    def __init__(self, rows: int, cols: int, width: int = 32) -> None:
+    def __init__(self, rows: int, cols: int, width: int = 32, in_channels: int = 3) -> None:
         super().__init__()
-        self.rows, self.cols = rows, cols
-        self.down = nn.Sequential(_conv(3, 16), _conv(16, 24, 2), _conv(24, width, 2))
+        self.rows, self.cols, self.in_channels = rows, cols, in_channels
+        self.down = nn.Sequential(_conv(in_channels, 16), _conv(16, 24, 2), _conv(24, width, 2))
         self.block1 = nn.Sequential(_conv(width, width), nn.Conv2d(width, width, 3, padding=1))
         self.block2 = nn.Sequential(_conv(width, width), nn.Conv2d(width, width, 3, padding=1))
         self.head = nn.Conv2d(width, 1, 1)

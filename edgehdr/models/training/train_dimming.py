@@ -64,7 +64,7 @@ def training_layout(rows: int = 18, cols: int = 32, width_px: int = 640, height_
     return LedLayout(rows=rows, cols=cols, width_px=width_px, height_px=height_px, source="train_dimming", **kw)
 
 
-def _scene_sample(target: np.ndarray, layout: LedLayout) -> dict[str, Any]:
+def _scene_sample(target: np.ndarray, layout: LedLayout, channels: int = INPUT_CHANNELS) -> dict[str, Any]:
     """One training sample: the panel target, each budget's power (1 for 'none'), heuristic inits and encodings."""
     budgets: dict[str, float] = {"none": 1.0}
     inits: dict[str, np.ndarray | None] = {"none": None}
@@ -72,31 +72,34 @@ def _scene_sample(target: np.ndarray, layout: LedLayout) -> dict[str, Any]:
         light = zone_light(target, layout, h)
         budgets[h], inits[h] = power_fraction(light, layout), light
     return {"target": target, "budgets": budgets, "inits": inits,
-            "x": {k: encode_dimming_input(target, layout, power_budget=b) for k, b in budgets.items()}}
+            "x": {k: encode_dimming_input(target, layout, power_budget=b, channels=channels)
+                  for k, b in budgets.items()}}
 
 
-def _synthetic_sample(args: tuple[int, LedLayout]) -> dict[str, Any]:
+def _synthetic_sample(args: tuple[int, LedLayout, int]) -> dict[str, Any]:
     from edgehdr.synth import make_scene
 
-    index, layout = args
-    return _scene_sample(display_target(make_scene(index, layout.height_px, layout.width_px).radiance, layout), layout)
+    index, layout, channels = args
+    return _scene_sample(display_target(make_scene(index, layout.height_px, layout.width_px).radiance, layout), layout,
+                         channels)
 
 
-def _photo_sample(args: tuple[np.ndarray, LedLayout]) -> dict[str, Any]:
-    radiance, layout = args
-    return _scene_sample(display_target(radiance, layout), layout)
+def _photo_sample(args: tuple[np.ndarray, LedLayout, int]) -> dict[str, Any]:
+    radiance, layout, channels = args
+    return _scene_sample(display_target(radiance, layout), layout, channels)
 
 
 def dimming_scenes(count: int, layout: LedLayout, *, seed: int = 0, photos: Sequence[np.ndarray] = (),
-                   workers: int = 1) -> list[dict[str, Any]]:
+                   workers: int = 1, channels: int = INPUT_CHANNELS) -> list[dict[str, Any]]:
     """Scenes on the panel with each budget's power (1 for 'none') and the runtime's encoding at that budget.
 
     ``count`` synthetic scenes (``make_scene(seed + i)``), then one sample per radiance map in
     ``photos`` (crops of real photographs at the panel's resolution, see ``real_photo_crops``).
-    ``workers`` > 1 prepares them in that many processes (same result, in order).
+    ``workers`` > 1 prepares them in that many processes (same result, in order). ``channels``:
+    the input encoding (``edgehdr.dimming.neural.ENCODINGS``).
     """
-    synthetic = [(seed + i, layout) for i in range(count)]
-    real = [(np.asarray(r, np.float32), layout) for r in photos]
+    synthetic = [(seed + i, layout, channels) for i in range(count)]
+    real = [(np.asarray(r, np.float32), layout, channels) for r in photos]
     if workers > 1 and len(synthetic) + len(real) > 1:
         with _pool(workers) as pool:
             out = pool.map(_synthetic_sample, synthetic, chunksize=8) + pool.map(_photo_sample, real, chunksize=4)
@@ -243,7 +246,8 @@ def train_student(scenes: Sequence[Mapping[str, Any]], teacher: Mapping[str, np.
         raise ValueError(f"loss must be 'mse' or 'log', got {loss!r}")
     torch.manual_seed(seed)
     dev = torch.device(device)
-    model = DimmingNet(layout.rows, layout.cols, width=width).to(dev)
+    in_channels = int(next(iter(scenes[0]["x"].values())).shape[1])  # the scenes' encoding
+    model = DimmingNet(layout.rows, layout.cols, width=width, in_channels=in_channels).to(dev)
     twin = DisplayTwin(layout, dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
@@ -289,12 +293,14 @@ def train_student(scenes: Sequence[Mapping[str, Any]], teacher: Mapping[str, np.
 def export_dimming(model: DimmingNet, layout: LedLayout, path: str | os.PathLike[str], *,
                    extra_metadata: dict[str, Any] | None = None) -> Path:
     """ONNX export (``zone_stats`` -> ``light``, the layout and encoding in metadata), checked, with a manifest."""
-    shape = (1, INPUT_CHANNELS, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION)
+    shape = (1, model.in_channels, layout.rows * SUBDIVISION, layout.cols * SUBDIVISION)
     meta = {"edgehdr.preprocess": "dimming_zone_stats",
             "edgehdr.layout": json.dumps(model_layout_metadata(layout)),
             "edgehdr.encoding": "input: per 4x4 sub-zone max and mean of max-RGB / panel peak, log2(v)/12 + 1 "
                                 "clipped to [0, 1], and the power budget (mean light allowed, 1 = none) as a "
-                                "constant channel; output: zone light fraction in [0, 1], scaled down uniformly "
+                                "constant channel" + (", then the sub-zone minima encoded as the maxima"
+                                                      if model.in_channels == 4 else "") +
+                                "; output: zone light fraction in [0, 1], scaled down uniformly "
                                 "when its mean exceeds the budget",
             **(extra_metadata or {})}
     return export_onnx(model, path, input_shape=shape, input_name="zone_stats", output_name="light",
@@ -319,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="crops per real training photograph (splits.real_split; the held-out ones never), 0: none")
     p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=False,
                    help="show each sample mirrored left-right and/or upside down at random (the display is symmetric)")
+    p.add_argument("--min-stat", action=argparse.BooleanOptionalAction, default=False,
+                   help="a fourth input channel: each sub-zone's darkest pixel (its max-RGB), beside max and mean")
     p.add_argument("--device", default="cpu", help="PyTorch device for the student ('cuda' on a GPU)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes preparing the scenes and running the teacher (the result does not depend on it)")
@@ -330,7 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout = training_layout(args.rows, args.cols)
     args.work.mkdir(parents=True, exist_ok=True)
     photos = real_photo_crops(args.crops, layout, seed=args.seed)
-    scenes = dimming_scenes(args.scenes, layout, seed=args.seed, photos=photos, workers=args.workers)
+    channels = 4 if args.min_stat else INPUT_CHANNELS
+    scenes = dimming_scenes(args.scenes, layout, seed=args.seed, photos=photos, workers=args.workers,
+                            channels=channels)
     print(f"{len(scenes)} scenes: {args.scenes} synthetic, {len(photos)} crops of real photographs "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
     kinds = BUDGETS if args.teacher_budgets else ("none",)
@@ -352,8 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "edgehdr.recipe": f"train_dimming --rows {args.rows} --cols {args.cols} --scenes {args.scenes} "
                           f"--epochs {args.epochs} --distill {args.distill} --loss {args.loss} --width {args.width} "
                           f"--crops {args.crops} --seed {args.seed} {'--flips ' if args.flips else ''}"
+                          f"{'--min-stat ' if args.min_stat else ''}"
+                          f"{f'--device {args.device} ' if args.device != 'cpu' else ''}"
                           f"{'--teacher-budgets' if args.teacher_budgets else '--no-teacher-budgets'}"})
-    shape = (1, INPUT_CHANNELS, args.rows * SUBDIVISION, args.cols * SUBDIVISION)
+    shape = (1, channels, args.rows * SUBDIVISION, args.cols * SUBDIVISION)
     log = write_training_log(args.work / "train_dimming_log.json", net, shape, history=history,
                              teacher_seconds=round(t_teacher, 1), total_seconds=round(t_total, 1))
     print(f"wrote {args.out}: {log['parameters']} parameters, {log['macs_per_frame'] / 1e6:.1f} M MAC; "
