@@ -29,6 +29,10 @@
    the student 1.4-1.7 dB below its teacher on held-out scenes against 0.85 dB.
 4. Export to ONNX (``zone_stats`` -> ``light``), checked, with a manifest and the
    layout it was made for in its metadata.
+
+``--min-stat`` adds a fourth input channel, each sub-zone's darkest pixel
+(``edgehdr.dimming.neural``): the statistic the LCD's leakage acts on first, which
+max and mean do not carry. Off by default (the README gives its measured effect).
 """
 
 from __future__ import annotations
