@@ -66,24 +66,26 @@ def _compensation_kernel(target, bits, scale, wide, y0s, y1s, fys, leak, coef, q
     c0, c1, c2, c3, c4, c5, c6, c7 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6], coef[7]
     for y in numba.prange(h):
         src = target[y].reshape(-1)
-        b0, b1, fy = wide[y0s[y]], wide[y1s[y]], fys[y]
-        inv_b_row = np.empty(w, np.float32)
-        for x in range(w):
-            inv_b_row[x] = scale / max(b0[x] + fy * (b1[x] - b0[x]), np.float32(1e-9))
-        t_row = np.empty(3 * w, np.float32)
-        for x in range(w):
-            inv_b = inv_b_row[x]
-            for c in range(3):
-                t = (src[3 * x + c] * inv_b - leak) * inv_open
-                t_row[3 * x + c] = min(max(t, np.float32(1e-12)), np.float32(1.0))
-        row_bits = bits[y]
-        fix_row = any_nonfinite(row_bits)  # while the row is in cache; fixed up at the end
         dst = out[y].reshape(-1)
+        b0, b1, fy = wide[y0s[y]], wide[y1s[y]], fys[y]
+        # The pixel's scale / backlight, repeated for its three channels, so that the pass below is one flat
+        # vectorised loop over the row's 3 W values from the target to the code, with no stored intermediate:
+        # 1080p on one core 4.4 against 6.2 ms with the transmittance written to a row array first and coded in
+        # a second pass (bit-identical codes).
+        inv_b3 = np.empty(3 * w, np.float32)
+        for x in range(w):
+            inv_b = scale / max(b0[x] + fy * (b1[x] - b0[x]), np.float32(1e-9))
+            inv_b3[3 * x] = inv_b
+            inv_b3[3 * x + 1] = inv_b
+            inv_b3[3 * x + 2] = inv_b
         for j in range(3 * w):
-            q = math.sqrt(math.sqrt(math.sqrt(t_row[j])))
+            t = min(max((src[j] * inv_b3[j] - leak) * inv_open, np.float32(1e-12)), np.float32(1.0))
+            q = math.sqrt(math.sqrt(math.sqrt(t)))
             code = c0 + q * (c1 + q * (c2 + q * (c3 + q * (c4 + q * (c5 + q * (c6 + q * c7))))))
             code = code if q >= q_lo else np.float32(0.0)
             dst[j] = min(max(code, np.float32(0.0)) + np.float32(0.5), top)
+        row_bits = bits[y]
+        fix_row = any_nonfinite(row_bits)  # while the row is in cache; fixed up here
         black = white = 0
         if fix_row:
             black, white = paint_nonfinite_row(dst, row_bits, w, top)
