@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -87,10 +88,12 @@ def test_synthetic_camera_is_radiometrically_consistent():
     assert np.median(np.abs(merged[ok] / truth[ok] - 1)) < 0.01  # the log-LUT camera is 1/256 stop exact
 
 
-@pytest.mark.parametrize("corner", [(-12, -15), (100, 40), (150, 290)])
-def test_synthetic_camera_pastes_sprites_clipped_at_the_frame_edges(corner):
-    """A sprite half outside the frame, inside it, and over the far corner: exactly the sprite's codes
-    (its log radiance through the camera's LUT, no dither) where its mask is set, the background elsewhere."""
+@pytest.mark.parametrize(("corner", "offset"), [((-12, -15), -1234), ((100, 40), -1234), ((150, 290), -1234),
+                                                ((20, 30), -40_000), ((20, 30), 50_000), ((20, 30), -9000)])
+def test_synthetic_camera_pastes_sprites_clipped_at_the_frame_edges(corner, offset):
+    """A sprite half outside the frame, inside it, and over the far corner, and at exposures far beyond the LUT
+    at both ends: exactly the sprite's codes (its log radiance through the camera's LUT, clamped to its ends, no
+    dither) where its mask is set, the background elsewhere."""
     from edgehdr.camera.synthetic import _paste
 
     cam = SyntheticCamera(320, 180, fps=0, noise_codes=0.0, moving_objects=1)
@@ -99,8 +102,7 @@ def test_synthetic_camera_pastes_sprites_clipped_at_the_frame_edges(corner):
     background = np.full((180, 320, 3), 7, np.uint8)
     out = background.copy()
     sy, sx = corner
-    offset = -1234
-    _paste(log_q, mask, sy, sx, np.int32(offset), cam._lut, out)
+    _paste(log_q, mask, sy, sx, np.int32(cam._padded_offset(offset)), cam._lut_padded, out)
     expected = background.copy()
     h, w = mask.shape
     for y in range(max(sy, 0), min(sy + h, 180)):
@@ -110,6 +112,40 @@ def test_synthetic_camera_pastes_sprites_clipped_at_the_frame_edges(corner):
                 expected[y, x] = cam._lut[idx]
     np.testing.assert_array_equal(out, expected)
     assert (out != background).any()
+
+
+@pytest.mark.parametrize("exposure_s", [1e-3, 0.05, 1e-45, 1e45, 1e-300, 1e300])
+@pytest.mark.parametrize("noise_codes", [1.0, 40.0])
+def test_synthetic_camera_frame_is_its_layers_through_the_clamped_lut(exposure_s, noise_codes):
+    """A whole frame (background, dither, shake, sprites) against a NumPy rendering with the LUT clamped at its
+    ends: the kernels read a padded table without a clamp, and exposures far beyond the table must give the
+    same codes (all black, all white) as the clamp."""
+    cam = SyntheticCamera(160, 90, fps=0, moving_objects=2, shake_px=3, noise_codes=noise_codes)
+    cam.open()
+    t_s = 0.7
+    n = cam.frames_captured
+    frame = cam.capture(exposure_s, 2.0, t_s)
+    # the same geometry and dither as SyntheticCamera.capture, rendered independently
+    offset = int(round(math.log2(exposure_s * 2.0 * cam.illumination(t_s)) * 256))
+    top = cam._lut.size - 1
+    dy = cam._margin + int(round(cam.shake_px * math.sin(0.9 * t_s + 1.3)))
+    dx = cam._margin + int(round(cam.shake_px * math.sin(1.3 * t_s)))
+    shift = (n * 7919) % 997
+    tile = cam._dithers[n % len(cam._dithers)]
+    rows = (np.arange(90) - (shift % 64)) % 64
+    dither = tile[rows][:, -((shift // 64) % 64) % 64:][:, :160]
+    log_q = cam._log_bg[dy:dy + 90, dx:dx + 160].astype(np.int64)
+    expected = cam._lut[np.clip(log_q + offset + dither[..., None], 0, top)]
+    for sprite, sprite_q, mask in cam._sprites:
+        sx, sy = sprite.position(t_s * 30.0)
+        sx, sy = int(sx + dx - cam._margin), int(sy + dy - cam._margin)
+        for y in range(max(sy, 0), min(sy + mask.shape[0], 90)):
+            for x in range(max(sx, 0), min(sx + mask.shape[1], 160)):
+                if mask[y - sy, x - sx]:
+                    expected[y, x] = cam._lut[np.clip(sprite_q[y - sy, x - sx].astype(np.int64) + offset, 0, top)]
+    np.testing.assert_array_equal(frame, expected)
+    if not 1e-40 < exposure_s < 1e40:
+        assert np.unique(frame).size == 1  # beyond the table: one end code everywhere
 
 
 def test_synthetic_camera_reuses_a_released_stack_and_never_writes_to_a_held_one():
