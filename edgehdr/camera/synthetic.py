@@ -45,8 +45,8 @@ def _expose(log_q: np.ndarray, y0: int, x0: int, offset_q: int | np.integer, lut
     # ``dither`` is a (dh, >= w + dither_x) tile repeated along x: the pixel (y, x) reads
     # row (y + dither_y) % dh, column x + dither_x, contiguous (a per-pixel modulo cost
     # 60 % of the frame). ``lut`` is the padded table (SyntheticCamera._padded_offset): every
-    # index the frame can form lies inside it, so no clamp per value (1080p on one core 3.5
-    # against 4.2 ms with the clamp to the unpadded table, codes identical).
+    # index the frame can form lies inside it, so no clamp per value (this loop alone, 1080p on one
+    # core: 3.5 against 4.2 ms with the clamp to the unpadded table, codes identical).
     h, w, _ = out.shape
     dh = dither.shape[0]
     for y in numba.prange(h):
@@ -166,7 +166,7 @@ class SyntheticCamera(BracketSource):
         # Dither in log units, stronger in the dark (shot noise ~ 1/sqrt(signal)); a tile reused with offsets.
         tiles = [np.rint(rng.standard_normal((64, 64)) * self.noise_codes * 4).astype(np.int32) for _ in range(4)]
         self._dither_max = max(int(np.abs(t).max()) for t in tiles)
-        if self._dither_max >= 1 << 15:  # _padded_offset's bound needs |dither| below 2^15 (_LUT_PAD - 2^16)
+        if self._dither_max >= 1 << 15:  # _padded_offset's bound needs 2 |dither| below _LUT_PAD - 2^16 + 1
             raise ValueError(f"noise_codes={self.noise_codes} makes a dither of {self._dither_max} (1/{_Q} stops); "
                              f"keep it below {(1 << 15) // (4 * 6)}")
         # Each tile repeated along x to the frame width plus one tile, so a shifted tile is a slice.
