@@ -262,6 +262,38 @@ def test_rows_mostly_clipped_or_black_take_the_same_bound_as_rows_with_a_few(siz
     assert (pick == 1).any() and (pick == 2).any() and (pick == 0).any()  # shortest bright, middle, longest
 
 
+@pytest.mark.parametrize(("n", "bits"), [(2, 8), (4, 12), (5, 16)])
+def test_unmeasured_samples_follow_the_fallback_rule_for_any_frame_count_and_depth(n, bits):
+    """Samples no frame measures (codes 0 and the top code, zero weight) take the shortest frame that reads bright,
+    else the longest: in rows with a few of them (found a word at a time) and rows mostly of them (one pass per
+    frame), for 2 to 5 frames in any exposure order (two equal exposures included: the earlier frame counts as the
+    shorter) and 8 to 16 bits, against a float64 reference of the rule."""
+    from edgehdr.hdr.merge import resolve_response
+
+    h, w = 48, 64
+    top = (1 << bits) - 1
+    rng = np.random.default_rng(n + bits)
+    exposures = rng.permutation(np.geomspace(0.01, 0.01 * 4 ** (n - 1), n))
+    exposures[-1] = exposures[0]  # a tie
+    dtype = np.uint8 if bits == 8 else np.uint16
+    frames = rng.integers(top // 8, top - top // 8, (n, h, w, 3)).astype(dtype)
+    ends = np.where(rng.random((n, h, w, 3)) < 0.5, 0, top).astype(dtype)
+    unmeasured = np.zeros((h, w, 3), bool)
+    unmeasured[::2] = True  # every even row: all of it
+    unmeasured[1::2] = rng.random((h // 2, w, 3)) < 0.05  # odd rows: a few scattered samples
+    frames = np.where(unmeasured[None], ends, frames)
+    merged = merge_debevec(frames, exposures, "srgb", bits=bits)
+    order = np.argsort(exposures, kind="stable")
+    pick = np.full((h, w, 3), order[-1])
+    for i in order[::-1]:  # the longest first; each shorter bright frame takes over
+        pick = np.where(2 * ends[i].astype(np.int64) >= top, i, pick)
+    z = np.take_along_axis(ends, pick[None], axis=0)[0]
+    log_lut = resolve_response("srgb", bits).log_lut().astype(np.float64)
+    expected = np.exp(log_lut[np.arange(3)[None, None, :], z] - np.log(exposures[pick]))
+    np.testing.assert_allclose(merged[unmeasured], expected[unmeasured], rtol=2e-5)
+    assert len(np.unique(pick[unmeasured])) == n  # every frame is some sample's pick
+
+
 @pytest.mark.parametrize("size", [(40, 56), (96, 160)])  # the serial kernel and the parallel one
 @pytest.mark.parametrize("deghost", [False, True])
 def test_shifts_read_in_the_kernel_equal_merging_the_shifted_copy(size, deghost):

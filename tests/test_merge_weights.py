@@ -204,13 +204,16 @@ def test_cache_reuses_state_and_json_files_by_content(tmp_path):
 
 
 def test_cache_stays_within_its_byte_budget():
-    cache = merge_module._StateCache(max_tables=100, max_table_bytes=10 << 20)
+    # A 16-bit, 3-frame entry: the packed tables (3 frames x 3 channels x 65536 int64) and the fallback keys
+    # (3 x 65536 int64), 6.3 MB; a budget of 2.5 entries holds 2.
+    entry = (3 * 3 + 3) * 65536 * 8
+    cache = merge_module._StateCache(max_tables=100, max_table_bytes=int(2.5 * entry))
     frames = np.zeros((3, 2, 2, 3), np.uint16)
     merge_module._STATE, saved = cache, merge_module._STATE
     try:
         for k in range(6):
             merge_debevec(frames, [0.01, 0.02 + k, 0.16 + k], "srgb", bits=16)
-        assert len(cache._tables) == 2 and cache._table_bytes <= 10 << 20
+        assert len(cache._tables) == 2 and cache._table_bytes == 2 * entry
     finally:
         merge_module._STATE = saved
 
