@@ -262,6 +262,43 @@ def test_rows_mostly_clipped_or_black_take_the_same_bound_as_rows_with_a_few(siz
     assert (pick == 1).any() and (pick == 2).any() and (pick == 0).any()  # shortest bright, middle, longest
 
 
+@pytest.mark.parametrize("width", [2600, 700, 37])
+def test_merge_equals_a_float64_reference_across_the_kernels_column_spans(width):
+    """The kernel works on a row wider than 2048 columns 256 at a time: such rows and narrower ones, shifted reads
+    that cross the spans' edges, spans mostly unmeasured beside spans with a few such samples, against a float64
+    Debevec merge of NumPy's shifted copy with the same weights and the fallback rule."""
+    from edgehdr.hdr.align import shifted_stack
+    from edgehdr.hdr.merge import resolve_response
+
+    h = 20
+    rng = np.random.default_rng(width)
+    frames = rng.integers(0, 256, (3, h, width, 3), dtype=np.uint8)
+    frames[:, :6, width // 7:width // 2] = 255  # clipped in every frame
+    frames[:, -5:, -width // 3:] = 0  # black in every frame
+    scattered = rng.random((h, width, 3)) < 0.02
+    frames[:, scattered] = np.where(rng.random((3, int(scattered.sum()))) < 0.5, 0, 255).astype(np.uint8)
+    exposures = np.array([1.0, 0.25, 4.0])
+    shifts = np.array([[3, -2], [0, 0], [-5, 4]])
+    ours = merge_debevec(frames, exposures, "srgb", weighting="triangle", shifts=shifts)
+    z = shifted_stack(frames, shifts).astype(np.int64)
+    weights = weight_lut("triangle", 256).astype(np.float64)[z]
+    log_lut = resolve_response("srgb", 8).log_lut().astype(np.float64)
+    values = log_lut[np.arange(3)[None, None, None, :], z] - np.log(exposures)[:, None, None, None]
+    den = weights.sum(axis=0)
+    log_e = (weights * values).sum(axis=0) / np.maximum(den, 1e-300)
+    order = np.argsort(exposures)
+    pick = np.full(den.shape, order[-1])
+    for i in order[::-1]:  # unmeasured: the shortest frame reading bright, else the longest
+        pick = np.where(2 * z[i] >= 255, i, pick)
+    log_e = np.where(den == 0, np.take_along_axis(values, pick[None], axis=0)[0], log_e)
+    assert (den == 0).mean() > 0.04
+    # The kernel's sums are 12.20 fixed point: where the whole weight is one edge code's (1 / 127), the rounding
+    # of the weighted value moves ln E by up to about 2e-4; elsewhere float32 and the exp2 polynomial, a few 1e-6.
+    error = np.abs(np.log(ours) - log_e)
+    assert error.max() < 3e-4 and np.median(error) < 1e-5, (error.max(), np.median(error))
+    assert error[den == 0].max() < 1e-5
+
+
 @pytest.mark.parametrize(("n", "bits"), [(2, 8), (4, 12), (5, 16)])
 def test_unmeasured_samples_follow_the_fallback_rule_for_any_frame_count_and_depth(n, bits):
     """Samples no frame measures (codes 0 and the top code, zero weight) take the shortest frame that reads bright,
@@ -294,7 +331,7 @@ def test_unmeasured_samples_follow_the_fallback_rule_for_any_frame_count_and_dep
     assert len(np.unique(pick[unmeasured])) == n  # every frame is some sample's pick
 
 
-@pytest.mark.parametrize("size", [(40, 56), (96, 160)])  # the serial kernel and the parallel one
+@pytest.mark.parametrize("size", [(40, 56), (96, 160), (12, 2600)])  # serial, parallel, 11 column spans
 @pytest.mark.parametrize("deghost", [False, True])
 def test_shifts_read_in_the_kernel_equal_merging_the_shifted_copy(size, deghost):
     """merge_debevec(shifts=...) reads frame i at (y + dy, x + dx), edges replicated: bit-identical to merging

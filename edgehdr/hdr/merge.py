@@ -63,6 +63,8 @@ __all__ = ["FramesLike", "MergeStatistics", "merge_debevec", "resolve_response",
 FramesLike: TypeAlias = Bracket | np.ndarray | Sequence[np.ndarray]
 
 _FIXED_BITS = 20  # fixed-point fraction bits of the packed tables
+_SPAN = 256  # columns the merge works on at a time in rows wider than _SPAN_ABOVE
+_SPAN_ABOVE = 2048
 _DENSE_SHARE = 8  # a row with more than 1 / _DENSE_SHARE of its samples unmeasured takes the dense fallback
 
 
@@ -109,7 +111,25 @@ def _fallback_table(order: np.ndarray, levels: int) -> np.ndarray:
 @numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, fallback,
                out_bits):
-    # One row: accumulate sum w and sum w (g - ln t + offset) over the frames as packed
+    # One row; a row wider than _SPAN_ABOVE columns in spans of _SPAN (_merge_span inlined: its sums and ln E are
+    # this function's allocations). Radiance bit-identical either way. On one core, this and the whole-row kernel
+    # alternating in one process: the bench's 4K bracket 52-55 / 68-72 against 63-65 / 82-84 ms (two runs), four
+    # tiles of its 1080p bracket (4K) 54-55 against 57-58 (spans of 128 / 512 / 1024 columns: about 5 / 5 / 10 %
+    # slower than 256). At 1080p spans were no faster (one core 5 % slower, two cores 2.5 % faster, the runtime's
+    # merge with statistics on two cores 2 % slower), so rows up to 2048 columns stay whole.
+    w = frames.shape[2]
+    span = w if w <= _SPAN_ABOVE else _SPAN
+    acc = np.empty(3 * span, np.int64)
+    loge = np.empty(3 * span, np.float32)
+    for x0 in range(0, w, span):
+        _merge_span(y, x0, min(x0 + span, w), frames, shifts, packed, offset, log_lut, log_exposure, order, top,
+                    use_mask, mask, fallback, out_bits, acc, loge)
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy", inline="always")
+def _merge_span(y, x0, x1, frames, shifts, packed, offset, log_lut, log_exposure, order, top, use_mask, mask,
+                fallback, out_bits, acc, loge):
+    # Columns [x0, x1) of one row: accumulate sum w and sum w (g - ln t + offset) over the frames as packed
     # int64 (one table read per sample), then ln E = num / den - offset and
     # E = 2^(ln E / ln 2), written as float32 bits into the output (vectorisable
     # exp2, edgehdr.fastmath). Samples with no usable frame get a scalar fix-up of
@@ -118,10 +138,11 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
     # samples black in every frame).
     # Frame i is read translated by shifts[i] = (dx, dy): its sample at output pixel (y, x) is
     # frames[i, y + dy, x + dx], clamped to the frame (edges replicated, as align_mtb's shifted copy).
+    # acc and loge hold the span's samples from index 0 (column x at 3 (x - x0)).
     n, h, w, _ = frames.shape
+    span_w = x1 - x0
     log2e = np.float32(1.4426950408889634)
     low_mask = np.int64(0xFFFFFFFF)
-    acc = np.empty(3 * w, np.int64)
     for i in range(n):
         dx = shifts[i, 0]
         row = frames[i, min(max(y + shifts[i, 1], 0), h - 1)]
@@ -134,8 +155,8 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
         for part in range(3):
             # the left edge, the inside, the right edge; the first frame stores, the others add
             # (one pass over acc fewer than zeroing it)
-            a = 0 if part == 0 else (x_in if part == 1 else x_out)
-            b = x_in if part == 0 else (x_out if part == 1 else w)
+            a = max(x0, 0 if part == 0 else (x_in if part == 1 else x_out))
+            b = min(x1, x_in if part == 0 else (x_out if part == 1 else w))
             if a >= b:
                 continue
             if part != 1:  # an edge: every column reads the frame's first or last column
@@ -145,16 +166,17 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
                     s0 = m * lut0[row[src, 0]]
                     s1 = m * lut1[row[src, 1]]
                     s2 = m * lut2[row[src, 2]]
+                    k = 3 * (x - x0)
                     if i == 0:
-                        acc[3 * x], acc[3 * x + 1], acc[3 * x + 2] = s0, s1, s2
+                        acc[k], acc[k + 1], acc[k + 2] = s0, s1, s2
                     else:
-                        acc[3 * x] += s0
-                        acc[3 * x + 1] += s1
-                        acc[3 * x + 2] += s2
+                        acc[k] += s0
+                        acc[k + 1] += s1
+                        acc[k + 2] += s2
                 continue
             # The inside as slices indexed from 0 (1080p, both cores: 5.5 ms, against 7.3 with the loops
             # indexing row[x + dx] for x from a).
-            span = acc[3 * a:3 * b]
+            span = acc[3 * (a - x0):3 * (b - x0)]
             src = row[a + dx:b + dx]
             if use_mask:
                 keep = mask[i, y, a:b]
@@ -180,16 +202,15 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
                     span[3 * x] += lut0[src[x, 0]]
                     span[3 * x + 1] += lut1[src[x, 1]]
                     span[3 * x + 2] += lut2[src[x, 2]]
-    out_row = out_bits[y].reshape(-1)
+    out_row = out_bits[y].reshape(-1)[3 * x0:3 * x1]
     unmeasured = 0
-    loge = np.empty(3 * w, np.float32)
-    for j in range(3 * w):
+    for j in range(3 * span_w):
         a = acc[j]
         unmeasured += (a >> 32) == 0
         den = np.float32(a >> 32)
         num = np.float32(a & low_mask)
         loge[j] = num / max(den, np.float32(1e-30)) - np.float32(offset)
-    if not use_mask and _DENSE_SHARE * unmeasured > 3 * w:
+    if not use_mask and _DENSE_SHARE * unmeasured > 3 * span_w:
         # Many samples clipped or black in every frame (a night scene's black, a covered lens, a bright
         # window): the largest fallback key (_fallback_table) of every sample of the row in vectorisable
         # passes, one per frame, then its value kept where nothing was measured. The passes cost the same
@@ -197,13 +218,13 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
         # _DENSE_SHARE 4 / 8 / 16 / 32 the 4K bench bracket (5 % unmeasured) merged in 73-75 / 69-71 / 70 /
         # 69 ms on one core and the 1080p one (2 %) in 13.9 / 13.8 / 14.2 / 15.6 ms. Keys computed from the
         # codes instead of read from the table: 78-79 and 14.5-14.7 ms.
-        best = np.empty(3 * w, np.int64)
+        best = np.empty(3 * span_w, np.int64)
         for i in range(n):
             dx = shifts[i, 0]
             row = frames[i, min(max(y + shifts[i, 1], 0), h - 1)]
             keys = fallback[i]
-            for x in range(w):
-                xs = min(max(x + dx, 0), w - 1)
+            for x in range(span_w):
+                xs = min(max(x0 + x + dx, 0), w - 1)
                 if i == 0:
                     best[3 * x] = keys[row[xs, 0]]
                     best[3 * x + 1] = keys[row[xs, 1]]
@@ -212,7 +233,7 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
                     best[3 * x] = max(best[3 * x], keys[row[xs, 0]])
                     best[3 * x + 1] = max(best[3 * x + 1], keys[row[xs, 1]])
                     best[3 * x + 2] = max(best[3 * x + 2], keys[row[xs, 2]])
-        for x in range(w):
+        for x in range(span_w):
             for c in range(3):
                 j = 3 * x + c
                 k = best[j]
@@ -227,8 +248,8 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
         # its samples unmeasured, in half its rows) 13.8 against 14.7 ms, the 4K one (5 %) 69-71 against
         # 79-80 (with the dense passes above); without any fallback at all 12.6-13.3 and 55.5 ms.
         found = 0
-        for j0 in range(0, 3 * w, 8):
-            j1 = min(j0 + 8, 3 * w)
+        for j0 in range(0, 3 * span_w, 8):
+            j1 = min(j0 + 8, 3 * span_w)
             least = np.int64(1)
             for j in range(j0, j1):
                 least = min(least, acc[j] >> 32)
@@ -237,7 +258,7 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
             for j in range(j0, j1):
                 if (acc[j] >> 32) != 0:
                     continue
-                x, c = j // 3, j % 3
+                x, c = x0 + j // 3, j % 3
                 best = np.int64(0)
                 for i in range(n):
                     best = max(best, fallback[i, _shifted(frames, shifts, i, y, x, c)])
@@ -251,7 +272,7 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
     # without a branch (a data-dependent branch per sample mispredicts where channels of one pixel differ).
     todo = np.empty(unmeasured + 1, np.int64)
     count = 0
-    for j in range(3 * w if unmeasured > 0 else 0):
+    for j in range(3 * span_w if unmeasured > 0 else 0):
         todo[min(count, unmeasured)] = j
         count += (acc[j] >> 32) == 0
     for t in range(unmeasured):
@@ -260,10 +281,10 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
         # radiance from below, the shortest such frame most tightly; a black one
         # bounds it from above, the longest most tightly. Take the bright bound
         # when there is one: no holes, and the closest value the stack allows.
-        x, c = j // 3, j % 3
+        x, c = x0 + j // 3, j % 3
         pick = _fallback_frame(frames, shifts, order, top, use_mask, mask, y, x, c)
         loge[j] = log_lut[c, _shifted(frames, shifts, pick, y, x, c)] - log_exposure[pick]
-    for j in range(3 * w):
+    for j in range(3 * span_w):
         out_row[j] = exp2_bits(max(min(loge[j] * log2e, np.float32(126.0)), np.float32(-126.0)))
 
 
