@@ -143,6 +143,30 @@ def _merge_span(y, x0, x1, frames, shifts, packed, offset, log_lut, log_exposure
     span_w = x1 - x0
     log2e = np.float32(1.4426950408889634)
     low_mask = np.int64(0xFFFFFFFF)
+    # Three frames without deghosting (the runtime's bracket): where every frame reads inside itself, [lo, hi),
+    # the three frames' table values summed per sample in one pass, acc written once (a frame at a time, each
+    # sample's sum is loaded and stored again per frame: the loop is bound by loads and stores, not arithmetic;
+    # with the flagged fallback below, 1080p on one core 12.3-12.9 against 14.2-14.6 ms, 12.9 without this pass).
+    lo, hi = x1, x1
+    if n == 3 and not use_mask:
+        lo, hi = x0, x1
+        for i in range(3):
+            lo = max(lo, min(max(-shifts[i, 0], 0), w))
+            hi = min(hi, max(min(w - shifts[i, 0], w), 0))
+        lo = min(lo, x1)
+        hi = max(hi, lo)
+        r0 = frames[0, min(max(y + shifts[0, 1], 0), h - 1), lo + shifts[0, 0]:hi + shifts[0, 0]]
+        r1 = frames[1, min(max(y + shifts[1, 1], 0), h - 1), lo + shifts[1, 0]:hi + shifts[1, 0]]
+        r2 = frames[2, min(max(y + shifts[2, 1], 0), h - 1), lo + shifts[2, 0]:hi + shifts[2, 0]]
+        p00, p01, p02 = packed[0, 0], packed[0, 1], packed[0, 2]
+        p10, p11, p12 = packed[1, 0], packed[1, 1], packed[1, 2]
+        p20, p21, p22 = packed[2, 0], packed[2, 1], packed[2, 2]
+        fused = acc[3 * (lo - x0):3 * (hi - x0)]
+        for x in range(hi - lo):
+            fused[3 * x] = p00[r0[x, 0]] + p10[r1[x, 0]] + p20[r2[x, 0]]
+            fused[3 * x + 1] = p01[r0[x, 1]] + p11[r1[x, 1]] + p21[r2[x, 1]]
+            fused[3 * x + 2] = p02[r0[x, 2]] + p12[r1[x, 2]] + p22[r2[x, 2]]
+    # Elsewhere (all of the span when not fused) frame by frame, in the columns [x0, lo) and [hi, x1).
     for i in range(n):
         dx = shifts[i, 0]
         row = frames[i, min(max(y + shifts[i, 1], 0), h - 1)]
@@ -152,15 +176,16 @@ def _merge_span(y, x0, x1, frames, shifts, packed, offset, log_lut, log_exposure
         lut0 = packed[i, 0]
         lut1 = packed[i, 1]
         lut2 = packed[i, 2]
-        for part in range(3):
-            # the left edge, the inside, the right edge; the first frame stores, the others add
-            # (one pass over acc fewer than zeroing it)
-            a = max(x0, 0 if part == 0 else (x_in if part == 1 else x_out))
-            b = min(x1, x_in if part == 0 else (x_out if part == 1 else w))
+        for part in range(6):
+            # the left edge, the inside, the right edge of [x0, lo), then of [hi, x1); the first frame stores,
+            # the others add (one pass over acc fewer than zeroing it)
+            ra, rb = (x0, lo) if part < 3 else (hi, x1)
+            a = max(ra, 0 if part % 3 == 0 else (x_in if part % 3 == 1 else x_out))
+            b = min(rb, x_in if part % 3 == 0 else (x_out if part % 3 == 1 else w))
             if a >= b:
                 continue
-            if part != 1:  # an edge: every column reads the frame's first or last column
-                src = 0 if part == 0 else w - 1
+            if part % 3 != 1:  # an edge: every column reads the frame's first or last column
+                src = 0 if part % 3 == 0 else w - 1
                 for x in range(a, b):
                     m = np.int64(mask[i, y, x]) if use_mask else np.int64(1)
                     s0 = m * lut0[row[src, 0]]
@@ -214,7 +239,7 @@ def _merge_span(y, x0, x1, frames, shifts, packed, offset, log_lut, log_exposure
         # Many samples clipped or black in every frame (a night scene's black, a covered lens, a bright
         # window): the largest fallback key (_fallback_table) of every sample of the row in vectorisable
         # passes, one per frame, then its value kept where nothing was measured. The passes cost the same
-        # whatever the share, the per-sample loop below in proportion to it (about 10 ns a sample): at
+        # whatever the share, the per-sample path below in proportion to it (tuned with its earlier form): at
         # _DENSE_SHARE 4 / 8 / 16 / 32 the 4K bench bracket (5 % unmeasured) merged in 73-75 / 69-71 / 70 /
         # 69 ms on one core and the 1080p one (2 %) in 13.9 / 13.8 / 14.2 / 15.6 ms. Keys computed from the
         # codes instead of read from the table: 78-79 and 14.5-14.7 ms.
@@ -241,32 +266,37 @@ def _merge_span(y, x0, x1, frames, shifts, packed, offset, log_lut, log_exposure
                 loge[j] = value if (acc[j] >> 32) == 0 else loge[j]
         unmeasured = 0
     if unmeasured > 0 and not use_mask:
-        # The samples no frame measures, found 8 at a time (a word without one costs a vectorised minimum),
-        # each given its fallback by the largest of its frames' keys in ``fallback`` (``_fallback_table``):
-        # the frame ``_fallback_frame`` picks, without its two scans. Bit-identical to the loop below, which
-        # ran over every sample of a row with any such sample: on one core the 1080p bench bracket (2 % of
-        # its samples unmeasured, in half its rows) 13.8 against 14.7 ms, the 4K one (5 %) 69-71 against
-        # 79-80 (with the dense passes above); without any fallback at all 12.6-13.3 and 55.5 ms.
-        found = 0
-        for j0 in range(0, 3 * span_w, 8):
-            j1 = min(j0 + 8, 3 * span_w)
-            least = np.int64(1)
-            for j in range(j0, j1):
-                least = min(least, acc[j] >> 32)
-            if least != 0:
+        # The samples no frame measures: a byte flag per sample (a vectorised pass), the flags' 8-byte words
+        # skipped while zero and a nonzero word's flagged samples listed without a branch, then each given its
+        # fallback by the largest of its frames' keys in ``fallback`` (``_fallback_table``), the frame
+        # ``_fallback_frame`` picks without its two scans. Bit-identical to the loop below (which runs over
+        # every sample of a row with any such sample). The 1080p bench bracket (2 % of its samples unmeasured,
+        # in half its rows) on one core: this fallback 1.5 ms of the merge, against 3.2 with a branch per flag
+        # (mispredicted: 3.5 flagged samples a nonzero word) and 3.2 for the loop below.
+        words = (3 * span_w + 7) // 8
+        flags = np.empty(8 * words, np.uint8)
+        for j in range(3 * span_w):
+            flags[j] = (acc[j] >> 32) == 0
+        flags[3 * span_w:] = 0
+        flag_words = flags.view(np.uint64)
+        found = np.empty(8 * words, np.int64)
+        count = 0
+        for k in range(words):
+            if flag_words[k] == 0:
                 continue
-            for j in range(j0, j1):
-                if (acc[j] >> 32) != 0:
-                    continue
-                x, c = x0 + j // 3, j % 3
-                best = np.int64(0)
-                for i in range(n):
-                    best = max(best, fallback[i, _shifted(frames, shifts, i, y, x, c)])
-                pick = (best >> 16) & 0xFFFF
-                loge[j] = log_lut[c, best & 0xFFFF] - log_exposure[pick]
-                found += 1
-            if found == unmeasured:
+            for j in range(8 * k, 8 * k + 8):  # the word's flagged samples listed without a branch
+                found[count] = j
+                count += flags[j]
+            if count == unmeasured:
                 break
+        for t in range(count):
+            j = found[t]
+            x, c = x0 + j // 3, j % 3
+            best = np.int64(0)
+            for i in range(n):
+                best = max(best, fallback[i, _shifted(frames, shifts, i, y, x, c)])
+            pick = (best >> 16) & 0xFFFF
+            loge[j] = log_lut[c, best & 0xFFFF] - log_exposure[pick]
         unmeasured = 0
     # With deghosting (the mask decides which frames may serve): the unmeasured samples' indices, gathered
     # without a branch (a data-dependent branch per sample mispredicts where channels of one pixel differ).
