@@ -111,12 +111,13 @@ def _fallback_table(order: np.ndarray, levels: int) -> np.ndarray:
 @numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, top, use_mask, mask, fallback,
                out_bits):
-    # One row; a row wider than _SPAN_ABOVE columns in spans of _SPAN (_merge_span inlined: its sums and ln E are
-    # this function's allocations). Radiance bit-identical either way. On one core, this and the whole-row kernel
-    # alternating in one process: the bench's 4K bracket 52-55 / 68-72 against 63-65 / 82-84 ms (two runs), four
-    # tiles of its 1080p bracket (4K) 54-55 against 57-58 (spans of 128 / 512 / 1024 columns: about 5 / 5 / 10 %
-    # slower than 256). At 1080p spans were no faster (one core 5 % slower, two cores 2.5 % faster, the runtime's
-    # merge with statistics on two cores 2 % slower), so rows up to 2048 columns stay whole.
+    # One row; a row wider than _SPAN_ABOVE columns in spans of _SPAN. Radiance bit-identical either way. On one
+    # core, this and the whole-row kernel alternating in one process: the bench's 4K bracket 52-55 / 68-72 against
+    # 63-65 / 82-84 ms (two runs), four tiles of its 1080p bracket (4K) 54-55 against 57-58 (spans of 128 / 512 /
+    # 1024 columns: about 5 / 5 / 10 % slower than 256). At 1080p spans were no faster (one core 5 % slower, two
+    # cores 2.5 % faster, the runtime's merge with statistics on two cores 2 % slower), so rows up to 2048 columns
+    # stay whole. _merge_span is not inlined here (numba's inline="always"): that doubled the merge kernels' cold
+    # compile (17.6-18.0 against 8.8-9.5 s) and was no faster.
     w = frames.shape[2]
     span = w if w <= _SPAN_ABOVE else _SPAN
     acc = np.empty(3 * span, np.int64)
@@ -126,7 +127,7 @@ def _merge_row(y, frames, shifts, packed, offset, log_lut, log_exposure, order, 
                     use_mask, mask, fallback, out_bits, acc, loge)
 
 
-@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy", inline="always")
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _merge_span(y, x0, x1, frames, shifts, packed, offset, log_lut, log_exposure, order, top, use_mask, mask,
                 fallback, out_bits, acc, loge):
     # Columns [x0, x1) of one row: accumulate sum w and sum w (g - ln t + offset) over the frames as packed
