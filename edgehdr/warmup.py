@@ -95,11 +95,13 @@ def trim_heap() -> None:
 # (edgehdr.hdr.MergeStatistics); a configuration that uses it needs neither statistics job. Its weight went from 4.5
 # to 6.5 when the merge gained its three-frame pass and flagged fallback (alone, cold: 9.1 against 7.0 s): at 4.5
 # it shared a process with tonemap_local and the demo's kernels were ready in 19.8-21.9 s, at 6.5 in 15.9-16.4 s
-# (the 1080p30 runtime's 13.6-13.8 s).
+# (the 1080p30 runtime's 13.6-13.8 s). "neural_merge" compiles in 23.5-24.5 s cold on its own: at its old weight
+# of 7.3 it shared a process with the neural TMO and the cold `edgehdr demo --neural` had its kernels ready in
+# 38.0-39.6 s, at 20 in 31.8-32.4 s.
 JOB_SECONDS = {"camera": 1.0, "align": 4.3, "merge": 3.4, "merge_statistics": 6.5, "deghost": 5.8,
                "tonemap_stats": 5.5, "tonemap": 7.0,
                "tonemap_local": 9.2, "tonemap_drago": 7.0, "tonemap_parametric": 6.5, "score": 0.8,
-               "dimming_stats": 5.8, "dimming": 5.0, "neural_tmo": 6.9, "neural_merge": 7.3}
+               "dimming_stats": 5.8, "dimming": 5.0, "neural_tmo": 6.9, "neural_merge": 20.0}
 _OPERATOR_JOBS = {"reinhard": "tonemap", "reinhard-local": "tonemap_local", "drago": "tonemap_drago",
                   "parametric": "tonemap_parametric"}
 ALL_JOBS = tuple(JOB_SECONDS)
