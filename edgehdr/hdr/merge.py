@@ -582,6 +582,11 @@ class _Tables:
     order: np.ndarray
     fallback: np.ndarray  # _fallback_table(order, levels)
 
+    @property
+    def nbytes(self) -> int:
+        """What the entry holds against ``_StateCache.max_table_bytes``."""
+        return self.packed.nbytes + self.fallback.nbytes
+
 
 class _StateCache:
     """Two small LRUs under one lock: ``_Prepared`` by response key, ``_Tables`` by (token, exposures, gains).
@@ -628,13 +633,13 @@ class _StateCache:
         with self._lock:
             old = self._tables.pop(key, None)
             if old is not None:
-                self._table_bytes -= old.packed.nbytes + old.fallback.nbytes
+                self._table_bytes -= old.nbytes
             self._tables[key] = built
-            self._table_bytes += built.packed.nbytes + built.fallback.nbytes
+            self._table_bytes += built.nbytes
             while len(self._tables) > 1 and (len(self._tables) > self.max_tables
                                              or self._table_bytes > self.max_table_bytes):
                 _, dropped = self._tables.popitem(last=False)
-                self._table_bytes -= dropped.packed.nbytes + dropped.fallback.nbytes
+                self._table_bytes -= dropped.nbytes
         return built
 
 

@@ -318,8 +318,13 @@ def _luminance_row(rgb, bits, row_state, y):
         lum = max(lum, np.float32(_MIN_LUM))
         inv_lum_row[x] = np.float32(1.0) / lum
         ld_row[x] = lum
-    fix_row = row_state[y] == 1 if row_state[y] >= 0 else any_nonfinite(bits[y])
-    return ld_row, inv_lum_row, fix_row
+    return ld_row, inv_lum_row, _row_has_nonfinite(bits, row_state, y)
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
+def _row_has_nonfinite(bits, row_state, y):
+    # Known for the rows the statistics pass read (row_state 0 or 1); the others are looked at now, while in cache.
+    return row_state[y] == 1 if row_state[y] >= 0 else any_nonfinite(bits[y])
 
 
 @numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
@@ -381,8 +386,7 @@ def _apply_reinhard_global(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block,
                 dst[3 * x] = srgb8(src[3 * x] * k)
                 dst[3 * x + 1] = srgb8(src[3 * x + 1] * k)
                 dst[3 * x + 2] = srgb8(src[3 * x + 2] * k)
-            fix_row = row_state[y] == 1 if row_state[y] >= 0 else any_nonfinite(bits[y])
-            _paint_row(dst, bits, y, w, fix_row, row_black, row_white)
+            _paint_row(dst, bits, y, w, _row_has_nonfinite(bits, row_state, y), row_black, row_white)
         return
     for row in numba.prange(rgb.shape[0]):
         y = np.int64(row)
