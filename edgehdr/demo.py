@@ -62,9 +62,9 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
         f"{'neural ' if neural else ''}merge "
         f"-> {'neural ' if neural else ''}tone map beside 18x32-zone {'neural ' if neural else ''}dimming "
         "-> controller simulator on a pty; NoR-VDPNet scores the tone-mapped frames")
-    from edgehdr.warmup import limit_blas_threads
+    from edgehdr.warmup import limit_library_threads
 
-    limit_blas_threads()
+    limit_library_threads()
     from edgehdr.pipeline.daemon import open_source_and_warm_up
     from edgehdr.warmup import jobs_for_config, settle_heap
 

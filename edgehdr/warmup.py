@@ -1,4 +1,4 @@
-"""Prepare a process for real-time work: numba kernels compiled, BLAS on one thread.
+"""Prepare a process for real-time work: numba kernels compiled, BLAS and OpenCV on one thread.
 
 numba compiles a kernel on its first call (and caches it on disk for later
 processes), so the first frames of a fresh installation would each wait seconds.
@@ -20,20 +20,30 @@ import numpy as np
 
 from edgehdr import kernelcache
 
-__all__ = ["ALL_JOBS", "settle_heap", "jobs_for_config", "limit_blas_threads", "trim_heap", "warm_up"]
+__all__ = ["ALL_JOBS", "settle_heap", "jobs_for_config", "limit_library_threads", "trim_heap", "warm_up"]
 
 log = logging.getLogger("edgehdr.warmup")
 
 
-def limit_blas_threads() -> None:
-    """Keep BLAS (numpy's linear algebra) on one thread for the rest of the process.
+def limit_library_threads() -> None:
+    """Keep BLAS (numpy's linear algebra) and OpenCV on one thread each for the rest of the process.
 
-    OpenBLAS workers spin after every call and starve the numba kernels of the next
-    stage on a small CPU (measured); the runtime's matrix work is tiny anyway.
+    The runtime's stages already run side by side on their own threads, and numba's kernels
+    use the cores as ``[run] kernel_threads`` allows; the libraries' own thread pools only add
+    wake-ups and spinning on a small CPU. OpenBLAS workers spin after every call and starve the
+    numba kernels of the next stage (measured); the runtime's matrix work is tiny anyway.
+    OpenCV's calls in the pipeline (the alignment's grey image, its 1/2-scale resize and
+    lookup tables, the dimming's backlight widening) take about 1 ms of a 1080p frame on one
+    thread, and its pool (one worker on 2 cores) cost 1.9 ms of CPU a frame more than that:
+    1080p30 pipeline, 34.7 against 36.6 ms a completed frame, the setting toggled every 8 s in
+    one running pipeline, lower in 8 of 8 pairs. Offline tools (``edgehdr merge``, ``align
+    --method auto``) do not call this and keep OpenCV's threads.
     """
+    import cv2
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
+    cv2.setNumThreads(1)
 
 
 def settle_heap() -> None:

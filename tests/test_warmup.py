@@ -82,3 +82,18 @@ def test_cold_cache_is_filled_by_worker_processes(tmp_path):
     zone_misses, zone_hits, camera_hits = map(int, out.stdout.split()[-3:])
     assert zone_misses == 0 and zone_hits >= 1 and camera_hits >= 1, out.stdout
     assert any(p.suffix == ".nbi" for p in tmp_path.rglob("*"))
+
+
+def test_library_threads_limited_to_one():
+    """The runtime's processes run BLAS and OpenCV on the calling thread only (their pools cost CPU a frame,
+    measured); in a fresh interpreter, so this test's process keeps its own settings."""
+    import subprocess
+    import sys
+
+    code = ("import cv2, threadpoolctl\n"
+            "from edgehdr.warmup import limit_library_threads\n"
+            "limit_library_threads()\n"
+            "blas = [p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas']\n"
+            "print(cv2.getNumThreads(), max(blas, default=1))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["1", "1"], out.stdout + out.stderr

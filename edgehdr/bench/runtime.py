@@ -117,9 +117,9 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     """
     from edgehdr.pipeline.config import validate
     from edgehdr.pipeline.daemon import build_runtime, open_source_and_warm_up
-    from edgehdr.warmup import limit_blas_threads, settle_heap
+    from edgehdr.warmup import limit_library_threads, settle_heap
 
-    limit_blas_threads()
+    limit_library_threads()
     startup_mb = {"imported": round(_rss_mb(), 1)}  # the runtime's modules (numba, OpenCV, NumPy) loaded
     raw: dict[str, dict[str, Any]] = {"source": {"width": width, "height": height, "fps": fps, "shake_px": shake_px},
                                       "planner": {"max_exposure_s": 10.0}, "preview": {"enabled": False}}

@@ -545,9 +545,9 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
         return 2
     setup_logging(cfg["run"]["log_level"], cfg["run"]["log_format"])
     seconds = cfg["run"]["seconds"] if seconds is None else seconds
-    from edgehdr.warmup import limit_blas_threads
+    from edgehdr.warmup import limit_library_threads
 
-    limit_blas_threads()  # BLAS workers spin and starve the numba kernels (measured)
+    limit_library_threads()  # BLAS and OpenCV pools spin and starve the numba kernels (measured)
     notifier = SystemdNotifier()
     stop = threading.Event()
 
