@@ -298,7 +298,10 @@ def _run_jobs(jobs: Sequence[str]) -> None:
                 zone_statistics(target, layout)
                 zone_statistics(target, layout, histogram=True)
             else:  # the backlight (working resolution, as the stage has it) and the LCD image, from zone light
-                # made without the statistics kernel
+                # made without the statistics kernel; the display scale's robust peak (as the stage measures it)
+                from edgehdr.dimming import robust_peak_luminance
+
+                robust_peak_luminance(target, step=8)
                 backlight = BacklightModel(layout).forward(np.full((3, 4), 0.5, np.float32))
                 lcd_compensation(target, backlight, layout)
         elif job == "neural_tmo":

@@ -22,11 +22,13 @@ from edgehdr.dimming import (
     load_layout,
     optimal_zone_light,
     project_power_budget,
+    robust_peak_luminance,
     simulate_display,
     zone_light,
     zone_statistics,
 )
 from edgehdr.synth import make_scene
+from edgehdr.tonemap import luminance
 
 SMALL = dict(rows=6, cols=8, width_px=160, height_px=96)
 
@@ -195,6 +197,29 @@ def test_lcd_compensation_interpolates_a_working_resolution_backlight_as_opencv_
         lcd_compensation(target[:50], work[:, :60].repeat(2, axis=0), layout)  # backlight taller than the target
     with pytest.raises(ValueError, match="lower resolution"):
         simulate_display(from_work[:20], work, layout)  # a backlight larger than the image
+
+
+@pytest.mark.parametrize("percentile", [99.9, 99.0, 100.0, 50.0])
+@pytest.mark.parametrize("step", [1, 8])
+def test_robust_peak_is_numpys_percentile_of_the_subsampled_luminance_to_the_bit(step, percentile):
+    # Against NumPy on the strided view: a photograph-like scene, a gradient that rises along every row (each sample
+    # a new maximum for the heap), ties (a flat image with a few highlights), and negative and non-finite pixels.
+    rng = np.random.default_rng(3)
+    scene = make_scene(2, 271, 389, kind="indoor").radiance
+    ramp = np.broadcast_to(np.linspace(0.0, 50.0, 389, dtype=np.float32)[None, :, None], (271, 389, 3)).copy()
+    flat = np.full((271, 389, 3), 0.25, np.float32)
+    flat[rng.integers(0, 271, 40), rng.integers(0, 389, 40)] = 9.0
+    odd = (rng.standard_normal((271, 389, 3)) * 10).astype(np.float32)
+    odd[::5, ::3, 1] = np.nan
+    odd[2::8, ::8, 0] = np.inf
+    for image in (scene, ramp, flat, odd):
+        lum = luminance(image[::step, ::step]).ravel()
+        want = float(np.percentile(lum[np.isfinite(lum)], percentile))
+        assert robust_peak_luminance(image, percentile, step=step) == want
+    with pytest.raises(ValueError, match="step"):
+        robust_peak_luminance(scene, step=0)
+    with pytest.raises(ValueError, match="non-finite"):
+        robust_peak_luminance(np.full((9, 9, 3), np.nan, np.float32), step=8)
 
 
 def test_temporal_filter_bounds_rise_and_fall():

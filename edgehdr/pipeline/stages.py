@@ -301,7 +301,7 @@ class DimmingStage:
         if rad.shape[:2] != (self.layout.height_px, self.layout.width_px):
             raise ValueError(f"frame {rad.shape[1]}x{rad.shape[0]} does not match the panel "
                              f"{self.layout.width_px}x{self.layout.height_px} of the LED layout")
-        robust = robust_peak_luminance(rad[::8, ::8], self.peak_percentile)  # over finite pixels only
+        robust = robust_peak_luminance(rad, self.peak_percentile, step=8)  # over finite pixels only
         robust = self.adaptation.update(peak=max(robust, 1e-9))["peak"]
         scale = self.layout.peak_luminance_cd_m2 / robust
         measured, zones = ctx.merge_statistics, self.merge_statistics_zones
