@@ -188,3 +188,33 @@ def test_mtb_support_matches_its_definition():
         expected = (rate(0, 0) - rate(*shift)) / rate(0, 0)
         assert mtb_shift_support(a, b, shift) == pytest.approx(expected, abs=1e-12)
     assert mtb_shift_support(a, b, (3, -2)) > 0.9  # b moved by the true shift explains nearly every mismatch
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (1100, 1950)])  # the serial and the parallel code kernel
+def test_mtb_level_codes_match_the_definition(shape):
+    """The 8-bit comparison kernel gives the codes of the definition: 0 where either image is clipped, black or
+    within the exclusion band of its median, 1 above the median, 2 below (medians of the pixels valid in both)."""
+    from edgehdr.hdr.align import _mtb_level_codes
+
+    rng = np.random.default_rng(11)
+    cases = [((6, 249), 4, 0, 256), ((0, 255), 0, 0, 256), ((6, 249), 4, 0, 12), ((6, 249), 4, 244, 256),
+             ((0, 255), 7, 250, 256), ((10, 200), 255, 0, 256), ((200, 10), 4, 0, 256)]
+    for (lo, hi), r, low, high in cases:
+        a = rng.integers(low, high, shape).astype(np.uint8)
+        b = rng.integers(0, 256, shape).astype(np.uint8)
+        valid = (a > lo) & (a < hi) & (b > lo) & (b < hi)
+        codes_a, codes_b = _mtb_level_codes(a, b, (lo, hi), r)
+        if valid.sum() < 16:
+            assert not codes_a.any() and not codes_b.any()
+            continue
+        step = 2 if a.size > (1 << 18) else 1  # the medians' sample, as the kernel takes it
+        sub = valid[::step, ::step]
+        for img, codes in ((a, codes_a), (b, codes_b)):
+            med = int(np.searchsorted(np.cumsum(np.bincount(img[::step, ::step][sub], minlength=256)), sub.sum() / 2))
+            far = valid & (np.abs(img.astype(int) - med) > r)
+            expected = np.where(far, np.where(img > med, 1, 2), 0)
+            np.testing.assert_array_equal(codes, expected)
+    with pytest.raises(ValueError, match="valid_range"):
+        _mtb_level_codes(a, b, (-1, 249), 4)
+    with pytest.raises(ValueError, match="exclude_range"):
+        _mtb_level_codes(a, b, (6, 249), -1)

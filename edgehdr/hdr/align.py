@@ -161,27 +161,35 @@ def _histogram_median(hist, half):
 
 
 @numba.njit(inline="always")
-def _mtb_code_rows(y0, y1, a, b, lut_a, lut_b, valid, codes_a, codes_b):
+def _mtb_code_rows(y0, y1, a, b, lo, hi, lo_a, hi_a, lo_b, hi_b, codes_a, codes_b):
+    # A pixel is valid where lo < code < hi in both images; its code is 1 above ``hi_*`` (median + exclusion),
+    # 2 below ``lo_*`` (median - exclusion), else 0, and 0 where either image is not valid. Every bound is a
+    # uint8, so the comparisons stay 8-bit and LLVM vectorises the row (32-64 pixels an instruction): 960 x 540
+    # on one core 0.065 against 0.49 ms for the 256-entry tables this replaced (four gathers a pixel), codes
+    # identical (tests/test_align.py).
     w = a.shape[1]
     for y in range(y0, y1):
+        ra, rb, oa, ob = a[y], b[y], codes_a[y], codes_b[y]
         for x in range(w):
-            va, vb = a[y, x], b[y, x]
-            keep = (valid[va] & valid[vb]) * np.uint8(3)  # 3 keeps both code bits, 0 clears them
-            codes_a[y, x] = lut_a[va] & keep
-            codes_b[y, x] = lut_b[vb] & keep
+            va, vb = ra[x], rb[x]
+            keep = np.uint8((va > lo) & (va < hi) & (vb > lo) & (vb < hi))
+            below_a, below_b = np.uint8(va < lo_a), np.uint8(vb < lo_b)
+            oa[x] = (np.uint8(va > hi_a) | (below_a + below_a)) * keep
+            ob[x] = (np.uint8(vb > hi_b) | (below_b + below_b)) * keep
 
 
 @numba.njit(cache=True, nogil=True)
-def _mtb_codes_serial(a, b, lut_a, lut_b, valid, codes_a, codes_b):
-    _mtb_code_rows(0, a.shape[0], a, b, lut_a, lut_b, valid, codes_a, codes_b)
+def _mtb_codes_serial(a, b, lo, hi, lo_a, hi_a, lo_b, hi_b, codes_a, codes_b):
+    _mtb_code_rows(0, a.shape[0], a, b, lo, hi, lo_a, hi_a, lo_b, hi_b, codes_a, codes_b)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _mtb_codes_parallel(a, b, lut_a, lut_b, valid, codes_a, codes_b):
+def _mtb_codes_parallel(a, b, lo, hi, lo_a, hi_a, lo_b, hi_b, codes_a, codes_b):
     h = a.shape[0]
     chunks = 16
     for c in numba.prange(chunks):
-        _mtb_code_rows(c * h // chunks, (c + 1) * h // chunks, a, b, lut_a, lut_b, valid, codes_a, codes_b)
+        _mtb_code_rows(c * h // chunks, (c + 1) * h // chunks, a, b, lo, hi, lo_a, hi_a, lo_b, hi_b,
+                       codes_a, codes_b)
 
 
 @numba.njit(inline="always")
@@ -241,26 +249,26 @@ def _mtb_mismatch(codes_a, codes_b, dx, dy, row_step):
 @numba.njit(cache=True, nogil=True)
 def _mtb_level(a, b, lo, hi, exclude_range, median_step, parallel, codes_a, codes_b):
     valid = np.zeros(256, np.uint8)
-    valid[lo + 1:hi] = 1  # a table: comparing uint8 codes with the int bounds costs 3x the loop
+    valid[lo + 1:hi] = 1  # the medians' table (their histogram loop does not vectorise either way)
     med_a, med_b = _mtb_medians(a, b, valid, median_step)
     if med_a < 0:  # nothing usable at this level: empty bitmaps vote for no shift
         codes_a[:] = 0
         codes_b[:] = 0
         return
-    lut_a = np.zeros(256, np.uint8)
-    lut_b = np.zeros(256, np.uint8)
-    for v in range(256):
-        if abs(v - med_a) > exclude_range:
-            lut_a[v] = 1 if v > med_a else 2
-        if abs(v - med_b) > exclude_range:
-            lut_b[v] = 1 if v > med_b else 2
+    # the bounds as uint8 (see _mtb_code_rows; 0 <= lo, hi <= 255 is checked by _mtb_level_codes); a median's
+    # bound past 0 or 255 can hold no code, so it is clamped there
+    lo8, hi8 = np.uint8(lo), np.uint8(hi)
+    lo_a, hi_a = np.uint8(max(med_a - exclude_range, 0)), np.uint8(min(med_a + exclude_range, 255))
+    lo_b, hi_b = np.uint8(max(med_b - exclude_range, 0)), np.uint8(min(med_b + exclude_range, 255))
     if parallel:
-        _mtb_codes_parallel(a, b, lut_a, lut_b, valid, codes_a, codes_b)
+        _mtb_codes_parallel(a, b, lo8, hi8, lo_a, hi_a, lo_b, hi_b, codes_a, codes_b)
     else:
-        _mtb_codes_serial(a, b, lut_a, lut_b, valid, codes_a, codes_b)
+        _mtb_codes_serial(a, b, lo8, hi8, lo_a, hi_a, lo_b, hi_b, codes_a, codes_b)
 
 
-_MTB_PARALLEL_MIN_PIXELS = 1 << 17  # below this the serial code kernel runs (thread wake-up costs more)
+# below this the serial code kernel runs: 960 x 540 (1080p at the runtime's work scale) takes 0.065 ms on one core,
+# less than waking the workers costs
+_MTB_PARALLEL_MIN_PIXELS = 1 << 21
 
 
 def _mtb_level_codes(a: np.ndarray, b: np.ndarray, valid_range: tuple[int, int],
@@ -272,8 +280,12 @@ def _mtb_level_codes(a: np.ndarray, b: np.ndarray, valid_range: tuple[int, int],
     within ``exclude_range`` of its image's median. Nothing valid: all codes 0 (empty
     bitmaps vote for no shift).
     """
+    lo, hi = int(valid_range[0]), int(valid_range[1])
+    if not (0 <= lo <= 255 and 0 <= hi <= 255) or int(exclude_range) < 0:
+        raise ValueError(f"MTB needs 0 <= valid_range <= 255 (codes strictly between are used) and exclude_range >= 0, "
+                         f"got valid_range={tuple(valid_range)}, exclude_range={exclude_range}")
     codes_a, codes_b = np.empty_like(a), np.empty_like(b)
-    _mtb_level(a, b, int(valid_range[0]), int(valid_range[1]), int(exclude_range), 2 if a.size > (1 << 18) else 1,
+    _mtb_level(a, b, lo, hi, int(exclude_range), 2 if a.size > (1 << 18) else 1,
                a.size >= _MTB_PARALLEL_MIN_PIXELS, codes_a, codes_b)
     return codes_a, codes_b
 
@@ -290,7 +302,8 @@ def median_threshold_shift(ref_gray: np.ndarray, gray: np.ndarray, *, max_bits: 
     over all pixels lands on the clip level. Ties prefer the smaller shift.
     ``bitmaps_out``, a list, receives the full-resolution bitmaps of both images for
     ``mtb_shift_support``, as one code image each: 0 excluded, 1 above the median,
-    2 below it.
+    2 below it. ``valid_range`` ``(lo, hi)``, each within 0-255: the codes strictly between
+    are usable; ``exclude_range`` >= 0 (a ValueError otherwise).
     """
     if ref_gray.shape != gray.shape or ref_gray.dtype != np.uint8 or gray.dtype != np.uint8:
         raise ValueError("median_threshold_shift needs two uint8 grey images of equal size")
