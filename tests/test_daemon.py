@@ -337,3 +337,46 @@ def test_a_stage_waiting_for_a_buffer_lets_go_of_the_kernel_lock(monkeypatch):
     assert inner_depth == [2]  # taken back at its depth after the wait
     assert kernellock._LOCK._lock.acquire(blocking=False)  # and let go on the way out
     kernellock._LOCK._lock.release()
+
+
+def _snapshot(elapsed_s, completed, dropped, stage_cpu_s):
+    return {"elapsed_s": elapsed_s, "frames_completed": completed, "frames_dropped": dropped,
+            "stages": [{"name": name, "cpu_s_total": cpu} for name, cpu in stage_cpu_s.items()]}
+
+
+def test_falling_behind_names_the_cost_or_stays_silent():
+    """The daemon's warning when fewer frames come out than the capture rate: silent when the pipeline keeps up, has
+    no target rate, lost no frame or was judged too briefly; otherwise it says whether the process used the machine's
+    cores (short of CPU) or not (something waits), with the stage whose thread spent the most a frame."""
+    from edgehdr.pipeline.daemon import falling_behind
+
+    before = _snapshot(10.0, 300, 0, {"align": 1.0, "merge": 3.0, "tonemap": 1.5})
+    kept_up = _snapshot(20.0, 598, 2, {"align": 1.5, "merge": 4.2, "tonemap": 2.0})  # 29.8 fps: within 2 %
+    assert falling_behind(before, kept_up, target_fps=30.0, cpu_s=12.0, cores=2) is None
+    behind = _snapshot(20.0, 573, 27, {"align": 1.6, "merge": 6.3, "tonemap": 2.4})  # 27.3 fps, 27 lost
+    assert falling_behind(before, behind, target_fps=0.0, cpu_s=17.0, cores=2) is None  # as fast as it goes
+    assert falling_behind(before, dict(behind, frames_dropped=0), target_fps=30.0, cpu_s=17.0, cores=2) is None
+    assert falling_behind(before, dict(behind, elapsed_s=11.5), target_fps=30.0, cpu_s=1.7, cores=2) is None
+    short = falling_behind(before, behind, target_fps=30.0, cpu_s=17.0, cores=2)  # 1.7 of 2 cores
+    assert short is not None
+    assert "27.3 of 30 fps" in short and "27 frames lost" in short and "1.70 of 2 cores" in short
+    assert "62.3 ms of CPU a frame" in short  # 17 s over 273 frames
+    assert "heaviest stage: merge (12.1 ms" in short and "short of CPU" in short  # 3.3 s over 273 frames
+    waits = falling_behind(before, behind, target_fps=30.0, cpu_s=8.0, cores=4)
+    assert waits is not None and "not short of CPU" in waits and "0.80 of 4 cores" in waits
+
+
+def test_the_daemon_warns_when_the_machine_cannot_keep_up(tmp_path):
+    """A capture rate no machine keeps up with through the whole pipeline (1000 brackets a second): the daemon
+    keeps running, counts the lost frames, and logs why, once, with what the process spent."""
+    cfg = _config(tmp_path, source={"width": 320, "height": 180, "fps": 1000}, dimming={"rows": 9, "cols": 16},
+                  preview={"enabled": False}, run={"log_format": "json", "stats_interval_s": 2.5})
+    proc = subprocess.run([sys.executable, "-m", "edgehdr.cli", "run", "--config", str(cfg), "--seconds", "6"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logs = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    final = next(rec for rec in logs if rec["msg"] == "stopped")
+    assert final["frames_failed"] == 0 and final["frames_dropped"] > 0 and final["fps"] < 980
+    warnings = [rec for rec in logs if rec["msg"].startswith("pipeline below the capture rate")]
+    assert len(warnings) == 1 and warnings[0]["level"] == "warning"
+    assert "of 1000 fps" in warnings[0]["msg"] and "cores" in warnings[0]["msg"]

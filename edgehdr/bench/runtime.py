@@ -116,7 +116,7 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     applies. ``overrides`` (section -> {key: value}) change the daemon configuration.
     """
     from edgehdr.pipeline.config import validate
-    from edgehdr.pipeline.daemon import build_runtime, open_source_and_warm_up
+    from edgehdr.pipeline.daemon import build_runtime, falling_behind, open_source_and_warm_up, usable_cores
     from edgehdr.warmup import limit_library_threads, settle_heap
 
     limit_library_threads()
@@ -211,6 +211,8 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
         # native worker threads, the link and the controller simulator
         "thread_cpu_ms_per_frame": ({k: round(1e3 * v / max(completed, 1), 2) for k, v in thread_groups.items()}
                                     if threads0 else {}),
+        # why the window delivered less than the capture rate (the daemon logs the same), or None
+        "behind": falling_behind(base, end, target_fps=fps, cpu_s=cpu_s, cores=usable_cores()),
         "rss_peak_mb": round(peak_mb, 1),
         # True: rss_peak_mb is the running pipeline's (VmHWM reset when frames started); False: the process's,
         # start-up included (the reset is not available).
@@ -279,4 +281,6 @@ def format_runtime(rb: dict[str, Any]) -> str:
         lines.append(f"  {st['name']:<9} {st['fps']:6.2f} fps  median {st['latency_ms_median']} ms  p99 "
                      f"{st['latency_ms_p99']} ms  CPU {st.get('cpu_ms_median')} ms a call, "
                      f"{per_frame.get(st['name'])} ms a completed frame  dropped {st['dropped']}")
+    if rb.get("behind"):
+        lines.append(rb["behind"])
     return "\n".join(lines)

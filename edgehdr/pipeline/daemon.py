@@ -582,6 +582,14 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
     next_watchdog = started
     failure: str | None = None
     link_seen: tuple[Any, Any] | None = None
+    # falling_behind: each stats interval against the one before (the first, with the start-up's frames, is not judged)
+    behind_from: tuple[dict[str, Any], float] | None = None
+    next_behind_log = started
+    # the bracket rate: a rolling source delivers one a capture, a burst one every bracket_size captures
+    target_fps = float(cfg["source"].get("fps") or 0.0)
+    if cfg["source"].get("mode") == "burst":
+        target_fps /= max(int(cfg["source"].get("bracket_size") or 1), 1)
+    cores = usable_cores()
     while not stop.is_set():
         stop.wait(0.1)
         now = time.monotonic()
@@ -602,6 +610,14 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
                 "last_error": link["last_error"]}})
         if now >= next_stats:
             st = rt.stats()
+            cpu_now = time.process_time()
+            if behind_from is not None and now >= next_behind_log:
+                behind = falling_behind(behind_from[0], st, target_fps=target_fps, cpu_s=cpu_now - behind_from[1],
+                                        cores=cores)
+                if behind:  # at most once a minute: the stats line below carries the counts every interval
+                    log.warning(behind)
+                    next_behind_log = now + 60.0
+            behind_from = (st, cpu_now)
             summary = {k: st.get(k) for k in ("fps", "frames_completed", "frames_dropped", "frames_failed",
                                              "output_errors", "capture_to_zones_ms_median",
                                              "capture_to_zones_ms_p99", "source_restarts")}
@@ -643,6 +659,51 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
                   f"(last: {out['last_error']})", file=sys.stderr)
             status = 1
     return status
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else the machine's count)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def falling_behind(before: dict[str, Any], after: dict[str, Any], *, target_fps: float, cpu_s: float,
+                   cores: int) -> str | None:
+    """Why the pipeline delivered less than the capture rate between two ``Pipeline.stats()`` snapshots, or None.
+
+    Behind means under 98 % of ``target_fps`` delivered over at least 2 s with frames lost meanwhile (dropped at a
+    queue, or capture slots passed). The text says what it cost: the process's CPU over the interval (``cpu_s``,
+    every thread) against ``cores``; at 85 % of them or more the machine is short of CPU (lower ``[source] fps`` or
+    the frame size, or choose lighter stages), else something waits (a stage or the source stalls); and the stage
+    whose thread spent the most CPU a delivered frame. None when it kept up, without a target rate (``target_fps``
+    0: as fast as the source goes) or on too short an interval.
+    """
+    wall_s = float(after.get("elapsed_s", 0.0)) - float(before.get("elapsed_s", 0.0))
+    if not (target_fps > 0 and wall_s >= 2.0):
+        return None
+    delivered = int(after.get("frames_completed", 0)) - int(before.get("frames_completed", 0))
+    lost = int(after.get("frames_dropped", 0)) - int(before.get("frames_dropped", 0))
+    fps = delivered / wall_s
+    if fps >= 0.98 * target_fps or lost <= 0:
+        return None
+    used = cpu_s / wall_s
+    per_frame_ms = 1e3 * cpu_s / max(delivered, 1)
+    spent = {st["name"]: (st.get("cpu_s_total") or 0.0) for st in before.get("stages", [])}
+    heaviest = max(((st["name"], (st.get("cpu_s_total") or 0.0) - spent.get(st["name"], 0.0))
+                    for st in after.get("stages", [])), key=lambda item: item[1], default=None)
+    text = (f"pipeline below the capture rate: {fps:.1f} of {target_fps:g} fps over the last {wall_s:.0f} s, "
+            f"{lost} frames lost; the process used {used:.2f} of {cores} cores ({per_frame_ms:.1f} ms of CPU a "
+            "frame)")
+    if heaviest is not None and heaviest[1] > 0:
+        heaviest_ms = 1e3 * heaviest[1] / max(delivered, 1)
+        text += f"; the heaviest stage: {heaviest[0]} ({heaviest_ms:.1f} ms of its thread a frame)"
+    if used >= 0.85 * cores:
+        return text + ": short of CPU; lower [source] fps or the frame size, or choose lighter stages"
+    return text + ": not short of CPU, so a stage or the source waits (see the stages' latency in /stats.json)"
 
 
 def status_line(stats: dict[str, Any]) -> str:
