@@ -215,8 +215,8 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
         # native worker threads, the link and the controller simulator
         "thread_cpu_ms_per_frame": ({k: round(1e3 * v / max(completed, 1), 2) for k, v in thread_groups.items()}
                                     if threads0 else {}),
-        # why the window delivered less than the capture rate (the daemon logs the same), or None
-        "behind": falling_behind(base, end, target_fps=fps, cpu_s=cpu_s, cores=usable_cores()),
+        # why the window lost frames (the daemon logs the same), or None
+        "behind": falling_behind(base, end, cpu_s=cpu_s, cores=usable_cores()),
         "rss_peak_mb": round(peak_mb, 1),
         # True: rss_peak_mb is the running pipeline's (VmHWM reset when frames started); False: the process's,
         # start-up included (the reset is not available).

@@ -585,10 +585,6 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
     # falling_behind: each stats interval against the one before (the first, with the start-up's frames, is not judged)
     behind_from: tuple[dict[str, Any], float] | None = None
     next_behind_log = started
-    # the bracket rate: a rolling source delivers one a capture, a burst one every bracket_size captures
-    target_fps = float(cfg["source"].get("fps") or 0.0)
-    if cfg["source"].get("mode") == "burst":
-        target_fps /= max(int(cfg["source"].get("bracket_size") or 1), 1)
     cores = usable_cores()
     while not stop.is_set():
         stop.wait(0.1)
@@ -612,8 +608,7 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
             st = rt.stats()
             cpu_now = time.process_time()
             if behind_from is not None and now >= next_behind_log:
-                behind = falling_behind(behind_from[0], st, target_fps=target_fps, cpu_s=cpu_now - behind_from[1],
-                                        cores=cores)
+                behind = falling_behind(behind_from[0], st, cpu_s=cpu_now - behind_from[1], cores=cores)
                 if behind:  # at most once a minute: the stats line below carries the counts every interval
                     log.warning(behind)
                     next_behind_log = now + 60.0
@@ -671,33 +666,36 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def falling_behind(before: dict[str, Any], after: dict[str, Any], *, target_fps: float, cpu_s: float,
-                   cores: int) -> str | None:
-    """Why the pipeline delivered less than the capture rate between two ``Pipeline.stats()`` snapshots, or None.
+def falling_behind(before: dict[str, Any], after: dict[str, Any], *, cpu_s: float, cores: int) -> str | None:
+    """Why the pipeline lost frames between two ``Pipeline.stats()`` snapshots, or None.
 
-    Behind means under 98 % of ``target_fps`` delivered over at least 2 s with frames lost meanwhile (dropped at a
-    queue, or capture slots passed). The text says what it cost: the process's CPU over the interval (``cpu_s``,
-    every thread) against ``cores``; at 85 % of them or more the machine is short of CPU (lower ``[source] fps`` or
-    the frame size, or choose lighter stages), else something waits (a stage or the source stalls); and the stage
-    whose thread spent the most CPU a delivered frame. None when it kept up, without a target rate (``target_fps``
-    0: as fast as the source goes) or on too short an interval.
+    Behind means more than 2 % of the brackets the source offered over at least 2 s were lost (dropped at a queue,
+    or capture slots the source let pass): the pipeline's own ``drop_fraction`` over the interval, so no source
+    has to state its bracket rate (a burst bracket, a replay's per-bracket rate, a device's settle frames). The
+    text says what it cost: the process's CPU over the interval (``cpu_s``, every thread) against ``cores``; at
+    85 % of them or more the machine is short of CPU (lower ``[source] fps`` or the frame size, or choose lighter
+    stages), else something waits (a stage or the source stalls); and the stage whose thread spent the most CPU a
+    delivered frame. None when it kept up or on too short an interval.
     """
     wall_s = float(after.get("elapsed_s", 0.0)) - float(before.get("elapsed_s", 0.0))
-    if not (target_fps > 0 and wall_s >= 2.0):
+    if wall_s < 2.0:
         return None
-    delivered = int(after.get("frames_completed", 0)) - int(before.get("frames_completed", 0))
-    lost = int(after.get("frames_dropped", 0)) - int(before.get("frames_dropped", 0))
-    fps = delivered / wall_s
-    if fps >= 0.98 * target_fps or lost <= 0:
+
+    def change(key: str) -> int:
+        return int(after.get(key, 0)) - int(before.get(key, 0))
+
+    delivered, lost = change("frames_completed"), change("frames_dropped")
+    offered = change("frames_captured") + change("frames_skipped")  # as Pipeline.stats' drop_fraction counts them
+    if lost <= 0.02 * max(offered, 1):
         return None
     used = cpu_s / wall_s
     per_frame_ms = 1e3 * cpu_s / max(delivered, 1)
     spent = {st["name"]: (st.get("cpu_s_total") or 0.0) for st in before.get("stages", [])}
     heaviest = max(((st["name"], (st.get("cpu_s_total") or 0.0) - spent.get(st["name"], 0.0))
                     for st in after.get("stages", [])), key=lambda item: item[1], default=None)
-    text = (f"pipeline below the capture rate: {fps:.1f} of {target_fps:g} fps over the last {wall_s:.0f} s, "
-            f"{lost} frames lost; the process used {used:.2f} of {cores} cores ({per_frame_ms:.1f} ms of CPU a "
-            "frame)")
+    text = (f"pipeline losing frames: {delivered / wall_s:.1f} fps delivered over the last {wall_s:.0f} s, {lost} "
+            f"of {offered} brackets lost ({100.0 * lost / max(offered, 1):.1f} %); the process used {used:.2f} of "
+            f"{cores} cores ({per_frame_ms:.1f} ms of CPU a frame)")
     if heaviest is not None and heaviest[1] > 0:
         heaviest_ms = 1e3 * heaviest[1] / max(delivered, 1)
         text += f"; the heaviest stage: {heaviest[0]} ({heaviest_ms:.1f} ms of its thread a frame)"
