@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -43,8 +44,6 @@ from edgehdr.pipeline.graph import Pipeline, Stage
 from edgehdr.pipeline.notify import SystemdNotifier
 
 if TYPE_CHECKING:
-    import os
-
     from edgehdr.camera.base import BracketSource
     from edgehdr.dimming import LedLayout
     from edgehdr.hdr.crf import CameraResponse
@@ -658,8 +657,6 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
 
 def usable_cores() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one, else the machine's count)."""
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
