@@ -480,7 +480,7 @@ class _SkippingCamera(SyntheticCamera):
 
 def test_skipped_capture_slots_count_in_the_drop_fraction():
     """Slots the source let pass are drops that were never captured: the drop fraction is taken over the frames
-    offered (captured + skipped), so a camera losing every other slot reads about 50 %, not 0 %."""
+    offered (captured + skipped), so a camera losing every other slot reads at least 50 %, not 0 %."""
     cam = _SkippingCamera(64, 48, fps=0, moving_objects=0)
     pipe = _small_pipeline(cam, [Stage("sink", lambda ctx: ctx, queue_size=64)], queue_size=64).start()
     deadline = time.monotonic() + 20
@@ -491,7 +491,12 @@ def test_skipped_capture_slots_count_in_the_drop_fraction():
     assert stats["frames_skipped"] == cam.frames_skipped >= 20
     assert stats["frames_completed"] + stats["frames_dropped"] + stats["frames_failed"] == offered
     assert stats["drop_fraction"] == round(1.0 - stats["frames_completed"] / offered, 4)
-    assert 0.45 <= stats["drop_fraction"] <= 0.55
+    # One slot let pass a bracket captured: half of what was offered never reached the stages. The stages may drop
+    # more of the captured ones on a loaded machine (a queue full while the kernels compile): those add on top, so
+    # the share is exactly the skipped half plus the stages' own losses, never less than half.
+    assert stats["frames_skipped"] == stats["frames_captured"]
+    stage_losses = stats["frames_dropped"] - stats["frames_skipped"] + stats["frames_failed"]
+    assert stats["drop_fraction"] == round(0.5 + stage_losses / offered, 4)
 
 
 class _FlakyCamera(SyntheticCamera):
