@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROVIDERS", "DEPENDENTS", "drop_stale_dependents"]
+__all__ = ["PROVIDERS", "DEPENDENTS", "drop_stale_dependents", "marker_folder"]
 
 log = logging.getLogger("edgehdr.kernelcache")
 
@@ -58,6 +58,12 @@ def _cache_dir(py_file: Path) -> Path | None:
     return None
 
 
+def marker_folder() -> Path | None:
+    """The folder of numba's cache that holds the package's own markers (beside ``fastmath``'s kernels), or None
+    where numba's locators cannot tell."""
+    return _cache_dir(_PACKAGE / PROVIDERS[0])
+
+
 def _fingerprint() -> str:
     import numba
 
@@ -75,7 +81,7 @@ def drop_stale_dependents(*, force: bool = False) -> int:
     if _checked and not force:
         return 0
     _checked = True
-    marker_dir = _cache_dir(_PACKAGE / PROVIDERS[0])
+    marker_dir = marker_folder()
     if marker_dir is None:
         return 0
     marker = marker_dir / _MARKER

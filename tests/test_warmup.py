@@ -97,3 +97,44 @@ def test_library_threads_limited_to_one():
             "print(cv2.getNumThreads(), max(blas, default=1))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["1", "1"], out.stdout + out.stderr
+
+
+def test_a_cache_warm_in_part_sends_the_missing_jobs_to_the_workers(tmp_path):
+    """The camera probe cached (a test or another command ran first) but not every kernel a configuration needs: the
+    jobs this source tree has not recorded as cached compile in the workers, and this process compiles nothing. A
+    record of another tree (the sources or numba changed since) counts for nothing."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    code = """
+import json, sys
+from numba.core.registry import CPUDispatcher
+import edgehdr.quality.norvdpnet, edgehdr.hdr.align, edgehdr.camera.synthetic
+from edgehdr.warmup import _camera_cache_cold, warm_up
+probe_cold = _camera_cache_cold()
+warm_up(jobs=sys.argv[1].split(","), workers=int(sys.argv[2]))
+misses = sum(sum(d.stats.cache_misses.values()) for m in list(sys.modules.values()) if m and
+             m.__name__.startswith("edgehdr") for d in vars(m).values() if isinstance(d, CPUDispatcher))
+print(json.dumps({"probe_cold": probe_cold, "misses": misses}))
+"""
+
+    def run(jobs: str, workers: int) -> dict:
+        out = subprocess.run([sys.executable, "-c", code, jobs, str(workers)], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run("camera", 0)  # compiles the probe here: the cache is now warm in part
+    assert first["probe_cold"] is True and first["misses"] >= 1, first
+    second = run("camera,score", 2)
+    assert second == {"probe_cold": False, "misses": 0}, second
+    record = next(tmp_path.rglob("edgehdr-warm-jobs.json"))
+    assert json.loads(record.read_text())["jobs"] == ["camera", "score"]
+    # A record of another tree claiming "align" is ignored: the workers compile it, not this process.
+    record.write_text(json.dumps({"key": "another tree", "jobs": ["align", "camera", "score"]}))
+    third = run("camera,align", 2)
+    assert third == {"probe_cold": False, "misses": 0}, third
+    assert set(json.loads(record.read_text())["jobs"]) == {"camera", "align"}
