@@ -382,6 +382,14 @@ def _cmd_bridge_send(args: argparse.Namespace) -> int:
             delay = start + i / args.fps - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+        # Report once the link has written (or superseded) every frame handed to it, however loaded the machine,
+        # and the controller had a moment to answer; at most 5 s.
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            stats = link.stats()
+            if stats["frames_sent"] + stats["frames_superseded"] >= n:
+                break
+            time.sleep(0.01)
         time.sleep(0.2)
         print(json.dumps(link.stats(), indent=2, default=str))
     return 0

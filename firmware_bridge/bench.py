@@ -526,9 +526,17 @@ def qemu_fault_run(hz: float = 120.0, rows: int = 4, cols: int = 6, bits: int = 
                 send()
             for _ in range(int(hz // 4)):
                 send()
-            time.sleep(0.5)  # two STATUS replies
-            after = dict(link.stats()["controller_status"])
-            errors = (after["crc_errors"] + after["framing_errors"]) - (before["crc_errors"] + before["framing_errors"])
+            # Two STATUS replies at least; then until the counters show every burst, or 10 s (a STATUS reply can
+            # lag on a loaded host: QEMU or the link's thread descheduled).
+            time.sleep(0.5)
+            deadline = time.monotonic() + 10.0
+            while True:
+                after = dict(link.stats()["controller_status"])
+                errors = ((after["crc_errors"] + after["framing_errors"])
+                          - (before["crc_errors"] + before["framing_errors"]))
+                if errors >= injected or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             result.update({"noise_bursts": injected, "errors_counted_by_firmware": errors,
                            "all_bursts_counted": errors == injected})
             # MCU reset mid-stream.

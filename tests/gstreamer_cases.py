@@ -162,9 +162,10 @@ def test_a_pipeline_error_is_reported_and_a_reopen_resumes_frames():
         t0 = time.monotonic()
         with pytest.raises(SourceError, match=r"error from videotestsrc.*not-negotiated") as info:
             for _ in range(10):
-                src.read_bracket(1.0)
+                src.read_bracket(5.0)
         assert not isinstance(info.value, SourceTimeout)
-        assert time.monotonic() - t0 < 0.5 and src.bus_errors == 1 and "not-negotiated" in src.last_error
+        # at once, not after a read's 5 s time-out (room for a loaded machine)
+        assert time.monotonic() - t0 < 2.5 and src.bus_errors == 1 and "not-negotiated" in src.last_error
     reopened_ns = time.monotonic_ns()
     src.open()  # what the daemon's capture loop does: close, reopen
     try:
@@ -185,7 +186,7 @@ def test_the_daemon_restarts_the_source_after_a_pipeline_error():
         before = len(got)
         failed_ns = time.monotonic_ns()
         threading.Timer(0, _fail_stream, args=(src,)).start()
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 20.0  # ends as soon as frames flow again (about 0.5 s when not loaded)
         while time.monotonic() < deadline and not (src.restarts and len(got) > before + 10):
             time.sleep(0.05)
     finally:
@@ -280,7 +281,8 @@ def test_an_unbounded_appsink_keeps_only_the_newest_frames_while_nothing_reads()
         assert sink.get_property("max-buffers") == 2 and sink.get_property("drop") is True
         time.sleep(0.5)  # 15 frames arrive unread
         stamp = src.read_bracket(1.0).timestamp_ns[0]
-        assert time.monotonic_ns() - stamp < 150e6  # one of the last frames, not the first of the half second
+        # one of the last frames (about 70 ms old; room for a loaded machine), not the first of the half second
+        assert time.monotonic_ns() - stamp < 300e6
     own = pipeline.replace("appsink name=sink", "appsink name=sink max-buffers=5")
     with GStreamerSource(own, plan=ExposurePlan.of([0.01]), settle_frames=0) as src:
         assert src._sink.get_property("max-buffers") == 5

@@ -57,21 +57,21 @@ def test_thread_cpu_groups_add_up_to_the_process_and_follow_the_names():
 
     before, cpu0 = _thread_cpu_s(), _cpu_s()
     assert threading.get_native_id() in before
-    started = threading.Event()
+    burnt = [threading.Event(), threading.Event()]
     done = threading.Event()
 
-    def named(seconds: float) -> None:
+    def named(seconds: float, finished: threading.Event) -> None:
         burn(seconds)
-        started.set()
-        done.wait(10)  # alive at the second snapshot: a thread that ended is no longer listed
+        finished.set()
+        done.wait(60)  # alive at the second snapshot: a thread that ended is no longer listed
 
-    workers = [threading.Thread(target=named, args=(0.3,), name="stage:probe"),
-               threading.Thread(target=named, args=(0.2,), name="link:probe")]
+    workers = [threading.Thread(target=named, args=(0.3, burnt[0]), name="stage:probe"),
+               threading.Thread(target=named, args=(0.2, burnt[1]), name="link:probe")]
     for t in workers:
         t.start()
-    while any(t.is_alive() and not started.is_set() for t in workers):
-        time.sleep(0.01)
-    time.sleep(0.4)
+    for finished in burnt:  # both have burnt their share, however long a loaded machine takes
+        assert finished.wait(60)
+    time.sleep(0.1)
     after, cpu1 = _thread_cpu_s(), _cpu_s()
     groups = _thread_group_cpu_s(before, after)  # while the threads live: their names are looked up now
     done.set()

@@ -93,7 +93,7 @@ def test_the_port_to_a_second_board_behaves_the_same(tmp_path):
     # the GPTM timer at 120 Hz of wall time (QEMU's timers run late when the host is busy; 60 or 240 is a wrong divider)
     assert 90.0 <= stream["controller_vsync_hz"] <= 123.0, stream
     assert faults["errors_counted_by_firmware"] == 5 and faults["reset_boot_line"] == "reset", faults
-    assert faults["resume_after_reset_s"] is not None and faults["resume_after_reset_s"] <= 1.0, faults
+    assert faults["resume_after_reset_s"] is not None and faults["resume_after_reset_s"] <= 2.0, faults
 
 
 @needs_toolchain
@@ -110,7 +110,8 @@ def test_noise_is_counted_and_a_reset_mcu_is_reconfigured(controller):
     assert result["errors_counted_by_firmware"] == 10, result
     assert result["reset_boot_line"] == "reset"
     assert result["reconfigured"] >= 1 and result["host_nacks"].get("NOT_CONFIGURED", 0) >= 1
-    assert result["resume_after_reset_s"] is not None and result["resume_after_reset_s"] <= 1.0, result
+    # about 0.1-0.3 s from the reset to the first frame applied; 2 s is room for a loaded host (the bench reports it)
+    assert result["resume_after_reset_s"] is not None and result["resume_after_reset_s"] <= 2.0, result
     assert result["corrupted_accepted"] == 0
 
 
