@@ -254,6 +254,7 @@ def _record_jobs(jobs: Sequence[str], warm: set[str]) -> None:
         with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".edgehdr-", delete=False) as tmp:
             tmp_name = tmp.name
             json.dump({"key": _tree_key(), "jobs": sorted(warm | set(jobs))}, tmp)
+        os.chmod(tmp_name, 0o644)  # readable as numba's own cache files are (a service and its operator share it)
         os.replace(tmp_name, folder / _RECORD)
     except OSError as exc:
         log.debug("no record of the cached kernels (%s)", exc)
