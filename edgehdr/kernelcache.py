@@ -111,6 +111,7 @@ def drop_stale_dependents(*, force: bool = False) -> int:
         with tempfile.NamedTemporaryFile("w", dir=marker_dir, prefix=".edgehdr-", delete=False) as tmp:
             tmp_name = tmp.name
             tmp.write(fingerprint + "\n")
+        os.chmod(tmp_name, 0o644)  # readable as numba's own cache files are (a service and its operator share it)
         os.replace(tmp_name, marker)
     except OSError:
         if tmp_name is not None:
