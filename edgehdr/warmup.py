@@ -202,17 +202,24 @@ _RECORD = "edgehdr-warm-jobs.json"
 
 
 def _tree_key() -> str:
-    """What a cached kernel depends on: numba's version, the host CPU numba compiles for, and the package's
-    sources (path, size and modification time of every module, as numba keys a kernel on its file's)."""
+    """What a cached kernel depends on: numba's version, the machine numba compiles for (its codegen's "magic
+    tuple", which numba's cache index is keyed on: triple, CPU name and features, ``NUMBA_CPU_NAME`` honoured), and
+    the package's sources (path, size and modification time of every module, as numba keys a kernel on its file's)."""
     import hashlib
 
-    import llvmlite.binding as llvm
     import numba
 
+    try:
+        from numba.core.registry import cpu_target
+
+        machine = repr(cpu_target.target_context.codegen().magic_tuple())
+    except Exception:  # noqa: BLE001 - numba's internals: the host CPU as LLVM names it instead
+        import llvmlite.binding as llvm
+
+        machine = f"{llvm.get_host_cpu_name()} {llvm.get_host_cpu_features().flatten()} " \
+                  f"{os.environ.get('NUMBA_CPU_NAME', '')} {os.environ.get('NUMBA_CPU_FEATURES', '')}"
     package = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.sha256(f"{numba.__version__} {llvm.get_host_cpu_name()} "
-                            f"{os.environ.get('NUMBA_CPU_NAME', '')} {os.environ.get('NUMBA_CPU_FEATURES', '')}"
-                            .encode())
+    digest = hashlib.sha256(f"{numba.__version__} {machine}".encode())
     for root, dirs, files in os.walk(package):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(f for f in files if f.endswith(".py")):
