@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROVIDERS", "DEPENDENTS", "drop_stale_dependents", "marker_folder"]
+__all__ = ["PROVIDERS", "DEPENDENTS", "drop_stale_dependents", "marker_folder", "shared_file_mode"]
 
 log = logging.getLogger("edgehdr.kernelcache")
 
@@ -62,6 +62,20 @@ def marker_folder() -> Path | None:
     """The folder of numba's cache that holds the package's own markers (beside ``fastmath``'s kernels), or None
     where numba's locators cannot tell."""
     return _cache_dir(_PACKAGE / PROVIDERS[0])
+
+
+def shared_file_mode() -> int:
+    """The mode a new file gets under this process's umask (``0o666 & ~umask``, as numba's own cache files get):
+    a temporary file made for an atomic replace is 0o600 otherwise, unreadable to the other users of a shared
+    cache. The umask is read from ``/proc/self/status`` (Linux 4.7+), else taken as 0o022."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
 
 
 def _fingerprint() -> str:
@@ -111,7 +125,7 @@ def drop_stale_dependents(*, force: bool = False) -> int:
         with tempfile.NamedTemporaryFile("w", dir=marker_dir, prefix=".edgehdr-", delete=False) as tmp:
             tmp_name = tmp.name
             tmp.write(fingerprint + "\n")
-        os.chmod(tmp_name, 0o644)  # readable as numba's own cache files are (a service and its operator share it)
+        os.chmod(tmp_name, shared_file_mode())
         os.replace(tmp_name, marker)
     except OSError:
         if tmp_name is not None:

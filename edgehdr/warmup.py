@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -186,15 +187,22 @@ def warm_up(*, deghost: bool = False, dimming: bool = True, jobs: Sequence[str] 
     # Kernels dropped as stale on import (a helper module changed) compile again: in the workers too.
     cold = cold or kernelcache.dropped_files > 0
     # A cache can also be warm in part: a test or another command filled the camera probe and some kernels, or
-    # the configuration changed (another tone mapper). Jobs this source tree has not recorded as cached go to the
-    # workers too; the others load quickly. (Measured, 1080p30 bench after one small test run had cached the
-    # probe: the rest compiled here, 355 MB running peak against 281 MB.)
-    warm = _recorded_jobs()
-    missing = list(jobs) if cold else [j for j in jobs if j not in warm]
+    # the configuration changed (another tone mapper). Jobs not recorded as cached for this tree, interpreter and
+    # machine go to the workers too; recorded ones load here from the cache. (Measured, 1080p30 bench after one
+    # small test run had cached the probe: the rest compiled here, 355 MB running peak against 281 MB.) Where the
+    # cache's folder cannot be found (numba's locators are internal), the probe alone decides, as before.
+    folder = kernelcache.marker_folder()
+    key = _tree_key() if folder is not None else ""
+    warm = set() if cold or folder is None else _recorded_jobs(folder, key)
+    if cold:
+        missing = list(jobs)
+    else:
+        missing = [] if folder is None else [j for j in jobs if j not in warm]
     if workers >= 1 and missing:
         _compile_in_workers(missing, workers)
     _run_jobs(jobs)
-    _record_jobs(jobs, warm)
+    if folder is not None and _tree_key() == key:  # not if the sources changed meanwhile (a pull during warm-up)
+        _record_jobs(folder, key, jobs, warm)
     return time.perf_counter() - t0
 
 
@@ -202,10 +210,13 @@ _RECORD = "edgehdr-warm-jobs.json"
 
 
 def _tree_key() -> str:
-    """What a cached kernel depends on: numba's version, the machine numba compiles for (its codegen's "magic
-    tuple", which numba's cache index is keyed on: triple, CPU name and features, ``NUMBA_CPU_NAME`` honoured), and
-    the package's sources (path, size and modification time of every module, as numba keys a kernel on its file's)."""
+    """What a cached kernel depends on: numba's version, the interpreter (numba names its cache files per Python
+    version and ABI), the machine numba compiles for (its codegen's "magic tuple", which numba's cache index is
+    keyed on: triple, CPU name and features, ``NUMBA_CPU_NAME`` honoured), and the package's sources: path, size
+    and modification time of every module (numba checks a kernel's own file by its contents; any change of any
+    module's time is stricter, costing at most a start whose workers load what is cached)."""
     import hashlib
+    import sys
 
     import numba
 
@@ -219,7 +230,7 @@ def _tree_key() -> str:
         machine = f"{llvm.get_host_cpu_name()} {llvm.get_host_cpu_features().flatten()} " \
                   f"{os.environ.get('NUMBA_CPU_NAME', '')} {os.environ.get('NUMBA_CPU_FEATURES', '')}"
     package = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.sha256(f"{numba.__version__} {machine}".encode())
+    digest = hashlib.sha256(f"{numba.__version__} {sys.implementation.cache_tag} {sys.abiflags} {machine}".encode())
     for root, dirs, files in os.walk(package):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(f for f in files if f.endswith(".py")):
@@ -229,39 +240,36 @@ def _tree_key() -> str:
     return digest.hexdigest()
 
 
-def _recorded_jobs() -> set[str]:
-    """The jobs a process of this source tree ran to the end with numba's cache in this folder (their kernels are
-    cached); empty where there is no record, it is of another tree, or it cannot be read."""
+def _recorded_jobs(folder: Path, key: str) -> set[str]:
+    """The jobs a process of this tree (``key``) ran to the end with numba's cache in ``folder`` (their kernels
+    are cached); empty where there is no record, it is of another tree, or it cannot be read."""
     import json
 
-    folder = kernelcache.marker_folder()
-    if folder is None:
-        return set()
     try:
         record = json.loads((folder / _RECORD).read_text())
-        if record.get("key") == _tree_key():
-            return {str(j) for j in record.get("jobs", [])}
-    except (OSError, ValueError, AttributeError):
+        jobs = record.get("jobs") if isinstance(record, dict) and record.get("key") == key else None
+        if isinstance(jobs, list):
+            return {j for j in jobs if isinstance(j, str)}
+    except (OSError, ValueError):
         pass
     return set()
 
 
-def _record_jobs(jobs: Sequence[str], warm: set[str]) -> None:
-    """Record ``jobs`` (with ``warm``, recorded before) as cached, atomically; a cache folder that cannot be
-    written keeps no record (numba could not cache the kernels there either)."""
+def _record_jobs(folder: Path, key: str, jobs: Sequence[str], warm: set[str]) -> None:
+    """Record ``jobs`` (with ``warm``, recorded before) as cached for ``key``, atomically; a cache folder that
+    cannot be written keeps no record (numba could not cache the kernels there either)."""
     import json
     import tempfile
 
-    folder = kernelcache.marker_folder()
-    if folder is None or set(jobs) <= warm:
+    if set(jobs) <= warm:
         return
     tmp_name = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".edgehdr-", delete=False) as tmp:
             tmp_name = tmp.name
-            json.dump({"key": _tree_key(), "jobs": sorted(warm | set(jobs))}, tmp)
-        os.chmod(tmp_name, 0o644)  # readable as numba's own cache files are (a service and its operator share it)
+            json.dump({"key": key, "jobs": sorted(warm | set(jobs))}, tmp)
+        os.chmod(tmp_name, kernelcache.shared_file_mode())
         os.replace(tmp_name, folder / _RECORD)
     except OSError as exc:
         log.debug("no record of the cached kernels (%s)", exc)

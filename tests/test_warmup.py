@@ -113,12 +113,15 @@ def test_a_cache_warm_in_part_sends_the_missing_jobs_to_the_workers(tmp_path):
 import json, sys
 from numba.core.registry import CPUDispatcher
 import edgehdr.quality.norvdpnet, edgehdr.hdr.align, edgehdr.camera.synthetic
-from edgehdr.warmup import _camera_cache_cold, warm_up
-probe_cold = _camera_cache_cold()
-warm_up(jobs=sys.argv[1].split(","), workers=int(sys.argv[2]))
+import edgehdr.warmup as w
+probe_cold = w._camera_cache_cold()
+to_workers = []
+compile_in_workers = w._compile_in_workers
+w._compile_in_workers = lambda jobs, n: (to_workers.extend(jobs), compile_in_workers(jobs, n))
+w.warm_up(jobs=sys.argv[1].split(","), workers=int(sys.argv[2]))
 misses = sum(sum(d.stats.cache_misses.values()) for m in list(sys.modules.values()) if m and
              m.__name__.startswith("edgehdr") for d in vars(m).values() if isinstance(d, CPUDispatcher))
-print(json.dumps({"probe_cold": probe_cold, "misses": misses}))
+print(json.dumps({"probe_cold": probe_cold, "misses": misses, "workers": sorted(to_workers)}))
 """
 
     def run(jobs: str, workers: int) -> dict:
@@ -129,12 +132,15 @@ print(json.dumps({"probe_cold": probe_cold, "misses": misses}))
 
     first = run("camera", 0)  # compiles the probe here: the cache is now warm in part
     assert first["probe_cold"] is True and first["misses"] >= 1, first
-    second = run("camera,score", 2)
-    assert second == {"probe_cold": False, "misses": 0}, second
+    second = run("camera,score", 2)  # only the job not recorded goes to the workers
+    assert second == {"probe_cold": False, "misses": 0, "workers": ["score"]}, second
     record = next(tmp_path.rglob("edgehdr-warm-jobs.json"))
     assert json.loads(record.read_text())["jobs"] == ["camera", "score"]
-    # A record of another tree claiming "align" is ignored: the workers compile it, not this process.
+    # Everything recorded: no worker starts, and this process compiles nothing (the record is trusted across
+    # processes of the same tree).
+    assert run("camera,score", 2) == {"probe_cold": False, "misses": 0, "workers": []}
+    # A record of another tree claiming "align" is ignored: the workers get every job, this process compiles none.
     record.write_text(json.dumps({"key": "another tree", "jobs": ["align", "camera", "score"]}))
     third = run("camera,align", 2)
-    assert third == {"probe_cold": False, "misses": 0}, third
+    assert third == {"probe_cold": False, "misses": 0, "workers": ["align", "camera"]}, third
     assert set(json.loads(record.read_text())["jobs"]) == {"camera", "align"}
