@@ -160,7 +160,8 @@ def warm_up(*, deghost: bool = False, dimming: bool = True, jobs: Sequence[str] 
     work is lost and this process compiles everything itself, as it would without them.
     A cache warm in part (the probe cached, not every job: another tone mapper configured,
     or a test ran first) sends the jobs not recorded as cached for this source tree, numba
-    version and CPU (``edgehdr-warm-jobs.json`` beside the cache) to the workers as well.
+    version, interpreter and CPU (``edgehdr-warm-jobs.json`` beside the cache) to the workers
+    as well.
 
     numba's cache lives in ``__pycache__`` beside the package's modules, or under
     ``NUMBA_CACHE_DIR`` when that is set: on a read-only root filesystem point it at a
