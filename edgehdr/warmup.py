@@ -21,7 +21,8 @@ import numpy as np
 
 from edgehdr import kernelcache
 
-__all__ = ["ALL_JOBS", "settle_heap", "jobs_for_config", "limit_library_threads", "trim_heap", "warm_up"]
+__all__ = ["ALL_JOBS", "settle_heap", "jobs_for_config", "kernels_compiled_here", "limit_library_threads",
+           "trim_heap", "warm_up"]
 
 log = logging.getLogger("edgehdr.warmup")
 
@@ -204,7 +205,33 @@ def warm_up(*, deghost: bool = False, dimming: bool = True, jobs: Sequence[str] 
     _run_jobs(jobs)
     if folder is not None and _tree_key() == key:  # not if the sources changed meanwhile (a pull during warm-up)
         _record_jobs(folder, key, jobs, warm)
+    compiled = kernels_compiled_here()
+    if workers >= 1 and compiled:
+        # Silent otherwise: the process runs, but holds the compiler's memory for its life and compiles again at
+        # every start.
+        log.warning("%d numba kernels compiled in this process instead of loading from numba's cache (%s): the "
+                    "compiler's memory, about 85 MB at 1080p, stays for the run, and every start compiles again; "
+                    "point NUMBA_CACHE_DIR at a folder this user can write", compiled, folder or "not found")
     return time.perf_counter() - t0
+
+
+def kernels_compiled_here() -> int:
+    """How many of the package's numba kernels (signatures) this process compiled instead of loading them from
+    numba's on-disk cache: the cache misses of every kernel of the ``edgehdr`` modules imported so far."""
+    import sys
+
+    from numba.core.registry import CPUDispatcher
+
+    seen: set[int] = set()
+    compiled = 0
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "edgehdr" or name.startswith("edgehdr.")):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, CPUDispatcher) and id(value) not in seen:
+                seen.add(id(value))
+                compiled += sum(value.stats.cache_misses.values())
+    return compiled
 
 
 _RECORD = "edgehdr-warm-jobs.json"

@@ -144,3 +144,34 @@ print(json.dumps({"probe_cold": probe_cold, "misses": misses, "workers": sorted(
     third = run("camera,align", 2)
     assert third == {"probe_cold": False, "misses": 0, "workers": ["align", "camera"]}, third
     assert set(json.loads(record.read_text())["jobs"]) == {"camera", "align"}
+
+
+def test_kernels_compiled_in_the_running_process_are_reported(tmp_path):
+    """When the workers leave the cache without a kernel (here: they do not run), the running process compiles it
+    and holds the compiler's memory for its life; the warm-up says so with the count. The next start loads what
+    that process cached and says nothing."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    code = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+import edgehdr.warmup as w
+if sys.argv[1] == "no-workers":
+    w._compile_in_workers = lambda jobs, n: None  # workers that leave nothing in the cache
+w.warm_up(jobs=["camera", "score"], workers=2)
+print("compiled", w.kernels_compiled_here())
+"""
+
+    def run(mode: str) -> tuple[int, str]:
+        out = subprocess.run([sys.executable, "-c", code, mode], env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.split()[-1]), out.stderr
+
+    compiled, log = run("no-workers")
+    assert compiled >= 2, log  # the camera's two kernels at least, and the score's
+    assert f"WARNING {compiled} numba kernels compiled in this process" in log and "NUMBA_CACHE_DIR" in log, log
+    compiled, log = run("normal")
+    assert compiled == 0 and "compiled in this process" not in log, log
