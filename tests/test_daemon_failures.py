@@ -266,3 +266,38 @@ def test_repeated_per_frame_warnings_are_held_back_and_counted():
     time.sleep(0.25)
     later = record("%d non-finite pixels")
     assert f.filter(later) and "(49 more like this in the last 0.2 s)" in later.msg
+
+
+def test_a_run_that_completed_no_frame_because_of_failures_exits_1(tmp_path):
+    """A replay whose bracket mixes frame sizes fails at every read: the run (2 s, far below the fail-fast rule's
+    30 frames) completed nothing and must not end with status 0; the message names the file and both sizes."""
+    stack = tmp_path / "stack"
+    assert subprocess.run([sys.executable, "-m", "edgehdr.cli", "-q", "synth", "-o", str(stack), "--width", "64",
+                           "--height", "48"], capture_output=True, timeout=120).returncode == 0
+    frame = cv2.imread(str(stack / "frame_1.png"))
+    assert cv2.imwrite(str(stack / "frame_1.png"), cv2.resize(frame, (80, 60)))
+    cfg = _toml(tmp_path / "edgehdr.toml", source={"kind": "replay", "path": str(stack), "fps": 30},
+                preview={"enabled": False}, run={"seconds": 2, "log_format": "json"})
+    proc, logs = _daemon(cfg, tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "edgehdr run: error: no frame completed: the source failed" in proc.stderr
+    assert "frame_1.png: 80x60 uint8 differs from the rest of its bracket" in proc.stderr
+    assert "64x48 uint8" in proc.stderr
+    final = next(r for r in logs if r["msg"] == "stopped")
+    assert final["frames_completed"] == 0
+
+
+def test_nothing_completed_names_the_failures_and_only_failures():
+    from edgehdr.pipeline.daemon import nothing_completed
+
+    capture = {"name": "capture", "errors": 0, "last_error": ""}
+    stage = {"name": "tonemap", "errors": 15, "last_error": "ValueError: model input"}
+    assert nothing_completed({"frames_completed": 3, "frames_failed": 9, "stages": [capture, stage]}) is None
+    # stopped before the first frame was through, nothing wrong: not a failure
+    assert nothing_completed({"frames_completed": 0, "frames_failed": 0, "source_restarts": 0,
+                              "stages": [capture, {**stage, "errors": 0, "last_error": ""}]}) is None
+    message = nothing_completed({"frames_completed": 0, "frames_failed": 15, "stages": [capture, stage]})
+    assert message == "no frame completed: 15 frames failed (last: ValueError: model input)"
+    stalled = nothing_completed({"frames_completed": 0, "frames_failed": 0, "source_stalls": 4,
+                                 "stages": [{**capture, "errors": 4, "last_error": "stall: no frame"}]})
+    assert stalled == "no frame completed: the source failed (0 restarts, 4 stalls; last: stall: no frame)"

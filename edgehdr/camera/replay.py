@@ -112,7 +112,9 @@ class ReplaySource(BracketSource):
         frames = [self._frame(i) for i in idx]
         for i, f in zip(idx, frames):
             if f.shape != frames[0].shape or f.dtype != frames[0].dtype:
-                raise SourceError(f"{entries[i][0]}: size or depth differs from the rest of its bracket")
+                raise SourceError(f"{entries[i][0]}: {f.shape[1]}x{f.shape[0]} {f.dtype} differs from the rest of "
+                                  f"its bracket ({entries[idx[0]][0]}: {frames[0].shape[1]}x{frames[0].shape[0]} "
+                                  f"{frames[0].dtype})")
         bits = self._bits or (8 if frames[0].dtype == np.uint8 else 16)
         now = time.monotonic_ns()
         self._sequence += 1

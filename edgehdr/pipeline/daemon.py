@@ -641,6 +641,12 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
     if failure:
         print(f"edgehdr run: error: the first {FAIL_FAST_FRAMES} frames all failed: {failure}", file=sys.stderr)
         status = 1
+    else:
+        nothing = nothing_completed(final)
+        if nothing:
+            log.error(nothing)
+            print(f"edgehdr run: error: {nothing}", file=sys.stderr)
+            status = 1
     link = final.get("link")
     if link is not None and not link.get("frames_sent") and final.get("frames_completed"):
         print(f"edgehdr run: error: the controller link ({cfg['bridge']['port']}) never sent a frame: "
@@ -653,6 +659,27 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
                   f"(last: {out['last_error']})", file=sys.stderr)
             status = 1
     return status
+
+
+def nothing_completed(stats: dict[str, Any]) -> str | None:
+    """Why a run that completed no frame failed, from its final stats; None if it completed one, or if nothing went
+    wrong (stopped before the first frame was through). A run shorter than the fail-fast rule's 30 frames, or one
+    whose source failed at every read, would otherwise end with exit status 0."""
+    if stats.get("frames_completed"):
+        return None
+    stages = stats.get("stages") or []
+    reasons = []
+    if stats.get("frames_failed"):
+        last = next((s.get("last_error") for s in reversed(stages[1:]) if s.get("errors") and s.get("last_error")),
+                    None)
+        reasons.append(f"{stats['frames_failed']} frames failed (last: {last or 'unknown'})")
+    capture = stages[0] if stages else {}
+    if stats.get("source_restarts") or stats.get("source_stalls") or capture.get("errors"):
+        reasons.append(f"the source failed ({stats.get('source_restarts', 0)} restarts, "
+                       f"{stats.get('source_stalls', 0)} stalls; last: {capture.get('last_error') or 'unknown'})")
+    if not reasons:
+        return None
+    return "no frame completed: " + "; ".join(reasons)
 
 
 def usable_cores() -> int:
