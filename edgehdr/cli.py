@@ -42,6 +42,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from edgehdr.hdr.crf import calibrate_debevec
     from edgehdr.hdr.merge import merge_debevec, resolve_response
     from edgehdr.io import RADIANCE_SUFFIXES, read_ldr_stack, write_radiance
+    from edgehdr.io.ldr_stack import stack_files
     from edgehdr.progress import Progress
 
     if args.save_response and args.response != "auto":
@@ -54,13 +55,15 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         _check_output(args.save_response, RESPONSE_FILE_SUFFIXES, option="--save-response")
     progress = Progress(4, quiet=args.quiet)
     bracket = read_ldr_stack(args.images, list_file=args.list, bits=args.bits)
+    inputs = {p.resolve() for p in stack_files(args.images, list_file=args.list)}
+    for option, path in (("-o", args.output), ("--save-response", args.save_response)):
+        if path and Path(path).resolve() in inputs:  # a response saved as .txt over the folder's list.txt, say
+            raise ValueError(f"{option} {path}: is one of the inputs being merged; give another file name")
     progress.step(f"read {len(bracket)} frames {bracket.frames.shape[2]}x{bracket.frames.shape[1]}, "
                   f"{bracket.bits}-bit, relative exposures {np.round(bracket.relative_exposure, 6).tolist()}")
     if args.response == "auto":
         response = calibrate_debevec(bracket.frames, bracket.relative_exposure, bits=bracket.bits,
                                      smoothness=args.smoothness)
-        if args.save_response:
-            response.save(args.save_response)
     else:
         response = resolve_response(args.response, bracket.bits)
     progress.step(f"camera response: {response.name}")
@@ -71,7 +74,14 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     progress.step(f"aligned ({args.align})")
     radiance = merge_debevec(bracket, response=response, weighting=args.weighting, deghost=args.deghost,
                              fill=args.fill)
-    write_radiance(args.output, radiance, exr_pixel_type=args.exr_pixel_type)
+    if args.save_response:  # both files or neither: the response staged beside its final name, published last
+        from edgehdr.io.atomic import atomic_output
+
+        with atomic_output(args.save_response) as staged:
+            response.save(staged)
+            write_radiance(args.output, radiance, exr_pixel_type=args.exr_pixel_type)
+    else:
+        write_radiance(args.output, radiance, exr_pixel_type=args.exr_pixel_type)
     done = " and ".join(word for word, on in (("deghosting", args.deghost), ("the fill", args.fill)) if on)
     progress.step(f"merged{' with ' + done if done else ''} -> {args.output}")
     return 0

@@ -67,15 +67,10 @@ def marker_folder() -> Path | None:
 def shared_file_mode() -> int:
     """The mode a new file gets under this process's umask (``0o666 & ~umask``, as numba's own cache files get):
     a temporary file made for an atomic replace is 0o600 otherwise, unreadable to the other users of a shared
-    cache. The umask is read from ``/proc/self/status`` (Linux 4.7+), else taken as 0o022."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o644
+    cache."""
+    from edgehdr.io.atomic import current_umask  # here, not at import: the helper modules import this module
+
+    return 0o666 & ~current_umask()
 
 
 def _fingerprint() -> str:

@@ -74,6 +74,39 @@ def test_merge_with_calibrated_response_saves_it(synth_dir, tmp_path):
     assert np.all(np.isfinite(read_radiance(out)))
 
 
+def test_merge_never_writes_over_its_inputs_and_saves_the_response_only_with_the_radiance(synth_dir, tmp_path,
+                                                                                          capsys):
+    """A response saved as .txt is a valid format, and the folder's list.txt is a .txt: refused, not overwritten.
+    A merge whose radiance cannot be written leaves no response behind (both files or neither)."""
+    listing = (synth_dir / "list.txt").read_bytes()
+    frame = (synth_dir / "frame_0.png").read_bytes()
+    for args in ([str(synth_dir)], [str(synth_dir / "list.txt")], ["--list", str(synth_dir / "list.txt"), "x.png"]):
+        target = synth_dir / "list.txt"
+        assert main(["merge", *args, "-o", str(tmp_path / "m.exr"), "--save-response", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"--save-response {target}: is one of the inputs being merged" in err, err
+    assert (synth_dir / "list.txt").read_bytes() == listing and (synth_dir / "frame_0.png").read_bytes() == frame
+    assert not (tmp_path / "m.exr").exists()
+    # The radiance's write fails (its name is taken by a folder, found only when writing): no response either.
+    resp = tmp_path / "resp.json"
+    blocker = tmp_path / "late.exr"
+    real_write = __import__("edgehdr.io", fromlist=["write_radiance"]).write_radiance
+
+    def failing_write(path, *a, **k):
+        blocker.mkdir()
+        return real_write(path, *a, **k)
+
+    import edgehdr.io
+
+    edgehdr.io.write_radiance, saved = failing_write, edgehdr.io.write_radiance
+    try:
+        assert main(["merge", str(synth_dir), "-o", str(blocker), "--save-response", str(resp)]) != 0
+    finally:
+        edgehdr.io.write_radiance = saved
+    assert not resp.exists() and not list(tmp_path.glob(".resp.json.*")), list(tmp_path.iterdir())
+    assert blocker.is_dir() and not list(blocker.iterdir())
+
+
 def test_errors_exit_2_and_name_the_file(tmp_path, capsys):
     bad = tmp_path / "bad.exr"
     bad.write_bytes(b"nope")

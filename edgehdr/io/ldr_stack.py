@@ -22,7 +22,7 @@ from edgehdr.bracket import Bracket, check_frame_matches
 from edgehdr.io.atomic import write_bytes_atomic
 from edgehdr.io.headers import check_image_header, jpeg_is_complete
 
-__all__ = ["read_ldr_stack", "read_ldr_image", "write_ldr_image", "read_list_file", "read_exif_exposure",
+__all__ = ["read_ldr_stack", "stack_files", "read_ldr_image", "write_ldr_image", "read_list_file", "read_exif_exposure",
            "LDR_SUFFIXES"]
 
 LDR_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".ppm", ".pgm", ".bmp", ".webp")
@@ -176,6 +176,16 @@ def _collect_paths(
     if len(paths) == 1 and paths[0].suffix.lower() == ".txt":
         return [], paths[0]
     return paths, None
+
+
+def stack_files(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
+                list_file: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The files ``read_ldr_stack(inputs, list_file=...)`` reads: the list file, if one is used, and the images."""
+    paths, found_list = _collect_paths(inputs)
+    chosen = list_file or found_list
+    if chosen is not None:
+        return [Path(chosen)] + [p for p, _ in read_list_file(chosen)]
+    return paths
 
 
 def read_ldr_stack(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
