@@ -17,7 +17,7 @@ import select
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -38,6 +38,7 @@ __all__ = [
     "FdTransport",
     "PtyPair",
     "open_transport",
+    "parse_transport_spec",
 ]
 
 
@@ -455,18 +456,31 @@ class PtyPair:
         self.close()
 
 
-def open_transport(spec: str, *, baudrate: int = 2_000_000) -> Transport:
-    """Transport from a spec: ``/dev/ttyACM0`` (serial), ``udp:HOST:PORT``, ``spi:BUS.DEV[@HZ]``."""
+def parse_transport_spec(spec: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """``(kind, args, kwargs)`` of a transport spec without opening anything: ``("udp", (host, port), {})``,
+    ``("spi", (bus, device), {"speed_hz": hz})`` or ``("serial", (path,), {})``; ValueError names a bad one."""
     if spec.startswith("udp:"):
         host, _, port = spec[4:].rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"bad UDP transport {spec!r}; write udp:HOST:PORT")
-        return UdpTransport(host, int(port))
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"bad UDP transport {spec!r}; write udp:HOST:PORT with a port of 1-65535")
+        return "udp", (host, int(port)), {}
     if spec.startswith("spi:"):
         rest, _, speed = spec[4:].partition("@")
         bus, _, dev = rest.partition(".")
         if not (bus.isdigit() and dev.isdigit()) or (speed and not speed.isdigit()):
             raise ValueError(f"bad SPI transport {spec!r}; write spi:BUS.DEVICE[@SPEED_HZ]")
-        return SpiTransport(int(bus), int(dev), **({"speed_hz": int(speed)} if speed else {}))
+        return "spi", (int(bus), int(dev)), ({"speed_hz": int(speed)} if speed else {})
+    if not spec:
+        raise ValueError("empty transport; give a serial device, udp:HOST:PORT or spi:BUS.DEVICE")
+    return "serial", (spec,), {}
+
+
+def open_transport(spec: str, *, baudrate: int = 2_000_000) -> Transport:
+    """Transport from a spec: ``/dev/ttyACM0`` (serial), ``udp:HOST:PORT``, ``spi:BUS.DEV[@HZ]``."""
+    kind, args, kwargs = parse_transport_spec(spec)
+    if kind == "udp":
+        return UdpTransport(*args)
+    if kind == "spi":
+        return SpiTransport(*args, **kwargs)
     return SerialTransport(spec, baudrate=baudrate)
 

@@ -198,6 +198,13 @@ def validate(data: dict[str, Any], source: str = "<config>") -> dict[str, dict[s
         raise ConfigError(f"{source}: [tonemap] base_compression = {tm['base_compression']!r}: applies to "
                           f"operator = 'reinhard-local', not {tm['operator']!r} (leave it at 0)")
     bridge = config["bridge"]
+    if bridge["enabled"] and bridge["port"] != "simulate":
+        from firmware_bridge.transports import parse_transport_spec
+
+        try:
+            parse_transport_spec(bridge["port"])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: [bridge] port = {bridge['port']!r}: {exc}, or \"simulate\"") from None
     if 2 * bridge["heartbeat_ms"] >= bridge["watchdog_ms"]:
         raise ConfigError(f"{source}: [bridge] heartbeat_ms = {bridge['heartbeat_ms']}: expected less than "
                           f"watchdog_ms / 2 ({bridge['watchdog_ms'] // 2})")
