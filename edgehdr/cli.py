@@ -207,7 +207,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from edgehdr import bench
     from edgehdr.io import null_undefined, write_json_atomic
+    from edgehdr.io.staging import output_file
 
+    if args.json:  # before the run: a 10-minute soak must not end in a path it cannot write
+        output_file(args.json, option="--json")
     result: dict[str, Any]
     if args.runtime or args.faults:
         result = {}
@@ -424,8 +427,11 @@ def _cmd_bridge_bench_qemu(args: argparse.Namespace) -> int:
 
 def _cmd_bridge_bench(args: argparse.Namespace) -> int:
     from edgehdr.io import null_undefined, write_json_atomic
+    from edgehdr.io.staging import output_file
     from firmware_bridge import bench
 
+    if args.json:  # before the run, which takes minutes
+        output_file(args.json, option="--json")
     if args.controller == "qemu":
         return _cmd_bridge_bench_qemu(args)
     args.hz = args.hz or 120.0

@@ -222,6 +222,12 @@ def test_atomic_outputs_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path
     (["score", "{tmp}/stack", "--model", "{tmp}/binary.txt"], "binary.txt: not a loadable ONNX model"),
     (["run", "--config", "{tmp}/grid.toml"], "[dimming] 64x48 zones at [bridge] bits = 12 cannot go over the"),
     (["run", "--config", "{tmp}/pattern.toml"], "[outputs] video = 'rec-{{when}}.avi': the only placeholder"),
+    # checked before the run (a soak of minutes), not after it
+    (["bench", "--runtime", "--seconds", "600", "--json", "{tmp}/missing/b.json"],
+     "--json {tmp}/missing/b.json: folder {tmp}/missing does not exist"),
+    (["bench", "--runtime", "--seconds", "600", "--json", "{tmp}/stack"], "--json {tmp}/stack: is a folder"),
+    (["bridge", "bench", "--seconds", "600", "--json", "{tmp}/missing/b.json"],
+     "--json {tmp}/missing/b.json: folder {tmp}/missing does not exist"),
 ])
 def test_cli_bad_input_exits_2_naming_it(tmp_path, capsys, radiance, argv, message):
     write_radiance(tmp_path / "in.exr", radiance)
