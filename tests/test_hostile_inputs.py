@@ -432,3 +432,40 @@ def test_radiance_write_on_a_full_disk_is_a_clear_error(tmp_path, suffix):
     assert proc.returncode == 2 and f"{out}: cannot write" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.glob(f"*{suffix}*")) and not list(tmp_path.glob(".*")), "nothing partial left"
+
+
+def test_codes_past_the_stated_depth_are_refused_naming_the_file(tmp_path, capsys):
+    """16-bit files whose codes use the high bits (as most 12-bit sensors' PNGs do), merged with --bits 12: a clear
+    error naming the file, before calibration (whose response table the codes would index past)."""
+    from edgehdr.hdr.crf import calibrate_debevec
+
+    folder = tmp_path / "b16"
+    folder.mkdir()
+    frames = []
+    for i in range(3):
+        frame = np.random.default_rng(i).integers(0, 4096, (24, 32, 3)).astype(np.uint16) << 4  # high-bit aligned
+        frame[0, 0] = 4095 << 4 if i == 1 else frame[0, 0]
+        cv2.imwrite(str(folder / f"f{i}.png"), frame)
+        frames.append(frame)
+    (folder / "list.txt").write_text("f0.png 1000\nf1.png 250\nf2.png 62.5\n")
+    assert main(["merge", str(folder), "-o", str(tmp_path / "m.exr"), "--bits", "12"]) == 2
+    assert f"{folder / 'f1.png'}: holds code 65520 but bits=12 allows at most 4095" in capsys.readouterr().err
+    assert not (tmp_path / "m.exr").exists()
+    with pytest.raises(ValueError, match="frames hold code 65520 but bits=12 allows at most 4095"):
+        calibrate_debevec(np.stack(frames), [1.0, 4.0, 16.0], bits=12)
+    with pytest.raises(ValueError, match="uint8 frames carry 8 bits, not 12"):
+        calibrate_debevec(np.zeros((3, 8, 8, 3), np.uint8), [1.0, 4.0, 16.0], bits=12)
+    # the same codes shifted down to 12 bits merge
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"f{i}.png"), frame >> 4)
+    assert main(["-q", "merge", str(folder), "-o", str(tmp_path / "m.exr"), "--bits", "12"]) == 0
+
+
+def test_very_short_distinct_exposures_are_not_taken_for_the_same(tmp_path):
+    """Inverse shutter times of 1e9 and 2.5e8 (1 and 4 ns) are two stops apart, not the same exposure."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    _stack(folder)
+    (folder / "list.txt").write_text("f0.png 1e9\nf1.png 2.5e8\nf2.png 6.25e7\n")
+    bracket = read_ldr_stack(folder)
+    np.testing.assert_allclose(bracket.relative_exposure / bracket.relative_exposure[0], [1, 4, 16])

@@ -244,7 +244,7 @@ def read_ldr_stack(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[s
     relative = np.asarray(exposures) * (np.asarray(gains) if gains else 1.0)
     for i in range(len(paths)):
         for j in range(i):
-            if np.isclose(relative[i], relative[j], rtol=1e-6):
+            if np.isclose(relative[i], relative[j], rtol=1e-6, atol=0.0):  # relative only: 1 ns and 4 ns differ
                 raise ValueError(
                     f"{where}: {paths[j]} and {paths[i]} have the same exposure "
                     f"({relative[i]:.6g} s relative); each frame of a stack needs its own exposure"
@@ -257,6 +257,14 @@ def read_ldr_stack(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[s
         frames.append(frame)
     if bits is None:
         bits = 8 if frames[0].dtype == np.uint8 else 16
+    elif frames[0].dtype == np.uint8 and bits != 8:
+        raise ValueError(f"{paths[0]}: an 8-bit image carries 8 bits, not bits={bits}")
+    elif bits < 16:
+        peaks = [int(f.max()) for f in frames]
+        worst = int(np.argmax(peaks))
+        if peaks[worst] >= 1 << bits:
+            raise ValueError(f"{paths[worst]}: holds code {peaks[worst]} but bits={bits} allows at most "
+                             f"{(1 << bits) - 1} (the sensor's depth is larger, or its codes sit in the high bits)")
     return Bracket(
         frames=np.stack(frames),
         exposure_s=np.asarray(exposures, dtype=np.float64),
