@@ -301,3 +301,29 @@ def test_nothing_completed_names_the_failures_and_only_failures():
     stalled = nothing_completed({"frames_completed": 0, "frames_failed": 0, "source_stalls": 4,
                                  "stages": [{**capture, "errors": 4, "last_error": "stall: no frame"}]})
     assert stalled == "no frame completed: the source failed (0 restarts, 4 stalls; last: stall: no frame)"
+
+
+@pytest.mark.parametrize("section,values,message", [
+    ("tonemap", {"operator": "neural", "model": "dimming_net"},
+     r"\[tonemap\] model = 'dimming_net': tone-mapping model .*dimming_net.onnx: expects input \[\[1, 3, 72, 128\]\]"),
+    ("merge", {"method": "neural", "model": "nope"}, r"\[merge\] model = 'nope': model 'nope' is not shipped"),
+    ("dimming", {"algorithm": "neural", "model": "tmo_net", "rows": 4, "cols": 6},
+     r"\[dimming\] model = 'tmo_net': dimming model .*tmo_net.onnx expects input"),
+])
+def test_a_model_its_stage_cannot_use_is_a_configuration_error(section, values, message):
+    """Another network's file, or none: refused while the runtime is built (exit 2, naming the key), not by ONNX
+    Runtime at the first frame (which failed every frame of a short run and exited 0)."""
+    cfg = validate({"source": {"width": 160, "height": 96}, "preview": {"enabled": False}, section: values})
+    with pytest.raises(ConfigError, match=message):
+        build_runtime(cfg)
+
+
+def test_the_tone_map_cli_refuses_another_networks_model(tmp_path, capsys):
+    from edgehdr.cli import main
+    from edgehdr.io import write_radiance
+
+    write_radiance(tmp_path / "in.exr", np.full((48, 64, 3), 0.5, np.float32))
+    assert main(["tonemap", str(tmp_path / "in.exr"), "-o", str(tmp_path / "o.png"), "--operator", "neural",
+                 "--model", "dimming_net"]) == 2
+    assert "the neural tone mapper needs one input [1, 1, 128, 224]" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()

@@ -23,6 +23,7 @@ frame failed, or an output lost data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -265,6 +266,18 @@ def _model_runner(cfg: dict[str, Any], model: str) -> Runner:
                        prefer="cpu" if inf["backend"] == "cpu" else "auto", intra_op_threads=inf["threads"])
 
 
+@contextlib.contextmanager
+def _model_key(section: str, model: str) -> Iterator[None]:
+    """A model that cannot be found, loaded or used by its stage (another network's file, say) is a configuration
+    error naming its key (exit 2 before any frame), not a start-up failure."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"[{section}] model = {model!r}: {exc}") from exc
+
+
 def open_source(cfg: dict[str, Any]) -> BracketSource:
     """The configured bracket source, opened: its device, or the synthetic camera's scene.
 
@@ -399,7 +412,8 @@ def _hdr_stages(cfg: dict[str, Any], source: BracketSource, response: CameraResp
     if cfg["merge"]["method"] == "neural":
         from edgehdr.hdr.neural_merge import NeuralMerger
 
-        merger = NeuralMerger(_model_runner(cfg, cfg["merge"]["model"]), response, fill=cfg["merge"]["fill"])
+        with _model_key("merge", cfg["merge"]["model"]):
+            merger = NeuralMerger(_model_runner(cfg, cfg["merge"]["model"]), response, fill=cfg["merge"]["fill"])
     return [Stage("align", AlignStage(cfg["align"]["method"], response=response,
                                       work_scale=cfg["align"]["work_scale"], defer_shifts=True), queue_size=q),
             Stage("merge", MergeStage(response, weighting=cfg["merge"]["weighting"], deghost=cfg["merge"]["deghost"],
@@ -418,12 +432,14 @@ def _tonemap_stages(rt: Runtime, cfg: dict[str, Any]) -> list[Stage]:
         params["saturation"] = tm["saturation"]
     if tm["operator"] == "reinhard-local":
         params["base_compression"] = tm["base_compression"]
-    runner = _model_runner(cfg, tm["model"]) if tm["operator"] == "neural" else None
-    stages = [Stage("tonemap", ToneMapStage(tm["operator"], params, time_constant_s=tm["time_constant_s"],
-                                            runner=runner), queue_size=q)]
+    with _model_key("tonemap", tm["model"]) if tm["operator"] == "neural" else contextlib.nullcontext():
+        runner = _model_runner(cfg, tm["model"]) if tm["operator"] == "neural" else None
+        stages = [Stage("tonemap", ToneMapStage(tm["operator"], params, time_constant_s=tm["time_constant_s"],
+                                                runner=runner), queue_size=q)]
     sc = cfg["score"]
     if sc["every_n"] > 0:
-        rt.scorer = ScoreStage(_model_runner(cfg, sc["model"]), every_n=sc["every_n"], model=sc["model"])
+        with _model_key("score", sc["model"]):
+            rt.scorer = ScoreStage(_model_runner(cfg, sc["model"]), every_n=sc["every_n"], model=sc["model"])
         stages.append(Stage("score", rt.scorer, queue_size=q))
     return stages
 
@@ -443,13 +459,14 @@ def _dimming_stage(rt: Runtime, cfg: dict[str, Any], width: int, height: int, fp
                            zone_bits=cfg["bridge"]["bits"], source="[dimming] rows/cols")
     rt.layout = layout
     runner = model = None
-    if dim["algorithm"] == "neural":
-        from edgehdr.models import model_path
+    with _model_key("dimming", dim["model"]) if dim["algorithm"] == "neural" else contextlib.nullcontext():
+        if dim["algorithm"] == "neural":
+            from edgehdr.models import model_path
 
-        model = model_path(dim["model"])
-        runner = _model_runner(cfg, dim["model"])
-    dimming = DimmingStage(layout, algorithm=dim["algorithm"], frame_interval_s=1 / fps, runner=runner,
-                           model_path=model, power_budget=dim["power_budget"])
+            model = model_path(dim["model"])
+            runner = _model_runner(cfg, dim["model"])
+        dimming = DimmingStage(layout, algorithm=dim["algorithm"], frame_interval_s=1 / fps, runner=runner,
+                               model_path=model, power_budget=dim["power_budget"])
     for warning in getattr(dimming.neural, "warnings", []):
         log.warning("dimming model %s: %s", model, warning)
     return Stage("dimming", dimming, queue_size=cfg["run"]["queue_size"])

@@ -287,7 +287,18 @@ class NeuralToneMapper:
         self._key: float | None = None
         self.non_finite_frames = 0  # frames whose network output held a non-finite parameter (``finite_grid``)
         self.non_finite_key_frames = 0  # frames whose median luminance was not finite (the previous one was used)
-        (self._input_name,) = [i.name for i in runner.describe().inputs]
+        description = runner.describe()
+        inputs, outputs = description.inputs, description.outputs
+        shapes_in = [list(i.shape) for i in inputs]
+        size_out = [int(np.prod(o.shape)) if all(isinstance(d, int) for d in o.shape) else None for o in outputs]
+        # A wrong model (another network of the zoo, say) is refused here, not by the runtime at the first frame.
+        if shapes_in != [list(TMO_INPUT_SHAPE)] or size_out != [int(np.prod(TMO_GRID_SHAPE))]:
+            name = getattr(runner, "model", None) or getattr(runner, "engine_path", "")
+            raise ValueError(f"tone-mapping model {name}: expects input {shapes_in} and output "
+                             f"{[list(o.shape) for o in outputs]}; the neural tone mapper "
+                             f"needs one input {list(TMO_INPUT_SHAPE)} and one output of "
+                             f"{int(np.prod(TMO_GRID_SHAPE))} values {list(TMO_GRID_SHAPE)} (a tmo_net model)")
+        self._input_name = inputs[0].name
 
     def reset(self) -> None:
         self._params, self._key = None, None
