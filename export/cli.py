@@ -126,8 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("candidate", type=Path)
     p.add_argument("--data", default="synth", help=_DATA_HELP)
     p.add_argument("--count", type=positive, default=16)
-    p.add_argument("--psnr-budget", type=_finite_float, default=PSNR_BUDGET_DB)
-    p.add_argument("--abs-budget", type=_finite_float, default=ABS_BUDGET)
+    p.add_argument("--psnr-budget", type=_finite_float, default=None,
+                   help=f"image outputs' PSNR against FP32, dB (default {PSNR_BUDGET_DB:g}; a shipped model is held "
+                        "to its stage's task budget, and to this too when given)")
+    p.add_argument("--abs-budget", type=_finite_float, default=None,
+                   help=f"scalar outputs' max abs error against FP32 (default {ABS_BUDGET:g}; with a shipped model "
+                        "as --psnr-budget)")
     _add_user_budget(p)
     _add_shape(p)
     p.add_argument("-o", "--out", type=Path, default=None, help="report base path (writes .json and .md)")

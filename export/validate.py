@@ -186,21 +186,31 @@ def _budget_cosine(r: Mapping[str, Any]) -> float:
     return r["cosine_similarity"] if r.get("scalar") else r["cosine_similarity_min"]
 
 
-def apply_budget(report: dict[str, Any], *, psnr_db: float = PSNR_BUDGET_DB, max_abs: float = ABS_BUDGET,
+def apply_budget(report: dict[str, Any], *, psnr_db: float | None = None, max_abs: float | None = None,
                  task_budget: Budget | None = None, cosine: float | None = None,
                  rel_l2: float | None = None) -> dict[str, Any]:
-    """Image outputs need PSNR >= ``psnr_db`` against FP32; scalar outputs max |error| <= ``max_abs``.
+    """Image outputs need PSNR >= ``psnr_db`` against FP32; scalar outputs max |error| <= ``max_abs``
+    (None: ``PSNR_BUDGET_DB``, ``ABS_BUDGET``).
 
     A model with a task (``export.tasks``) is held to its task's budget instead: what the
-    stage produces from the outputs (e.g. the tone-mapped frame), not the raw outputs.
+    stage produces from the outputs (e.g. the tone-mapped frame), not the raw outputs; a
+    ``psnr_db`` or ``max_abs`` given as well holds its raw outputs to that too (both must pass).
     Given ``cosine`` and ``rel_l2`` (anyone's model on user tensors), every output needs
     cosine similarity >= ``cosine`` (``_budget_cosine``) and relative L2 error <= ``rel_l2``.
     """
     if task_budget is not None:
         checks = task_budget(report["task"])
+        for name, r in report["outputs"].items():  # the caller's own raw-output budget, where one was given
+            if r.get("scalar") and max_abs is not None:
+                checks.append((f"{name}: max abs error {r['max_abs_error']:.3g} <= {max_abs}",
+                               r["max_abs_error"] <= max_abs))
+            elif not r.get("scalar") and psnr_db is not None:
+                checks.append((f"{name}: PSNR {r['psnr_db']:.2f} dB >= {psnr_db}", r["psnr_db"] >= psnr_db))
         report["budget"] = {"rule": "; ".join(c[0] for c in checks), "passed": all(c[1] for c in checks),
                             "kind": "task"}
         return report
+    psnr_db = PSNR_BUDGET_DB if psnr_db is None else psnr_db
+    max_abs = ABS_BUDGET if max_abs is None else max_abs
     checks = []
     if cosine is not None or rel_l2 is not None:
         cosine = COSINE_BUDGET if cosine is None else cosine
@@ -225,7 +235,7 @@ def apply_budget(report: dict[str, Any], *, psnr_db: float = PSNR_BUDGET_DB, max
 
 
 def validate(reference: PathLike, candidate: PathLike, *, data: PathLike = "synth", count: int = 16,
-             out_base: PathLike | None = None, psnr_db: float = PSNR_BUDGET_DB, max_abs: float = ABS_BUDGET,
+             out_base: PathLike | None = None, psnr_db: float | None = None, max_abs: float | None = None,
              quiet: bool = False, shapes: ShapeOverrides | None = None, cosine: float = COSINE_BUDGET,
              rel_l2: float = REL_L2_BUDGET, split: bool | None = None, option: str = "--data") -> dict[str, Any]:
     """FP32 ``reference`` vs ``candidate`` on held-out data; report (and ``out_base``.json/.md) with the budget.

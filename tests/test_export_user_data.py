@@ -362,6 +362,26 @@ def test_generic_metrics_and_budget_match_numpy():
     assert zeros["outputs"]["z"]["cosine_similarity_min"] == 1.0 and zeros["outputs"]["z"]["relative_l2_error"] == 0
 
 
+def test_a_shipped_models_task_budget_and_the_callers_own_both_hold():
+    """A model with a task is judged on its stage's output; a --psnr-budget or --abs-budget the caller gives is
+    applied to its raw outputs as well (it was silently dropped), and neither replaces the other."""
+    from export.tasks import TASKS
+    from export.validate import apply_budget
+
+    def report(psnr_db: float, task_psnr_db: float) -> dict:
+        return {"task": {"tmo_output_psnr_db_mean": task_psnr_db},
+                "outputs": {"params": {"psnr_db": psnr_db, "scalar": False}}}
+
+    tmo = TASKS["tmo_log_luminance"]["budget"]
+    plain = apply_budget(report(65.7, 52.0), task_budget=tmo)["budget"]
+    assert plain["passed"] and plain["kind"] == "task" and "params: PSNR" not in plain["rule"]
+    strict = apply_budget(report(65.7, 52.0), psnr_db=1000.0, task_budget=tmo)["budget"]
+    assert not strict["passed"] and "params: PSNR 65.70 dB >= 1000.0" in strict["rule"]
+    assert "tone-mapped output PSNR 52.00 dB >= 40" in strict["rule"]
+    assert apply_budget(report(65.7, 52.0), psnr_db=60.0, task_budget=tmo)["budget"]["passed"]
+    assert not apply_budget(report(65.7, 30.0), psnr_db=60.0, task_budget=tmo)["budget"]["passed"]
+
+
 def test_validate_of_a_different_network_on_user_data_fails_its_budget(work, capsys, tmp_path):
     other = user_net(tmp_path / "other.onnx", seed=9)
     rc, stdout, _ = cli(capsys, "validate", work["net"], other, "--data", work["holdout"])
