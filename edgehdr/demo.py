@@ -32,6 +32,7 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
     """Run the pipeline demo and return its statistics (also written to ``stats.json``)."""
     from edgehdr.dimming import simulate_display, zone_heatmap
     from edgehdr.io import write_ldr_image, write_radiance, write_text_atomic
+    from edgehdr.io.staging import output_folder, staged_outputs
     from edgehdr.kernellock import kernel_lock
     from edgehdr.pipeline.config import validate
     from edgehdr.pipeline.daemon import build_runtime
@@ -39,7 +40,7 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
     from edgehdr.viz import contact_sheet, false_colour
 
     out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out, create=False)  # a path that cannot be written fails now, not after the run
     say = (lambda *a: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     cfg = validate({
         "source": {"kind": "synthetic", "width": width, "height": height, "fps": fps, "seed": seed},
@@ -132,12 +133,15 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
              reinhard_local(displayed, base_compression=DEMO_BASE_COMPRESSION)),
         ]
     say("[3/3] writing contact sheet, stats and the last frame")
-    write_ldr_image(out / "contact_sheet.png", contact_sheet(tiles, columns=3))
-    write_radiance(out / "merged.exr", ctx.radiance)
-    write_ldr_image(out / "tonemapped.png", ctx.sdr)
-    write_ldr_image(out / "lcd.png", ctx.lcd)
-    write_text_atomic(out / "zones.csv", "\n".join(",".join(map(str, row)) for row in ctx.zone_values) + "\n")
     stats["last_frame"] = {"frame_id": ctx.frame_id, "exposure_s": [float(t) for t in b.exposure_s],
                            "stage_ms": {k: round(v, 2) for k, v in ctx.stage_ms.items()}}
-    write_text_atomic(out / "stats.json", json.dumps(stats, indent=2, default=str))
+    # All six or none: staged in a hidden folder inside the output folder, moved in once every one is written (a
+    # full disk left some beside an earlier run's others).
+    with staged_outputs(out, "demo") as stage:
+        write_ldr_image(stage / "contact_sheet.png", contact_sheet(tiles, columns=3))
+        write_radiance(stage / "merged.exr", ctx.radiance)
+        write_ldr_image(stage / "tonemapped.png", ctx.sdr)
+        write_ldr_image(stage / "lcd.png", ctx.lcd)
+        write_text_atomic(stage / "zones.csv", "\n".join(",".join(map(str, row)) for row in ctx.zone_values) + "\n")
+        write_text_atomic(stage / "stats.json", json.dumps(stats, indent=2, default=str))
     return stats

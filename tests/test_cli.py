@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,31 @@ def test_runtime_bench_with_hand_shake(capsys):
         main(["bench", "--runtime", "--shake-px", "65"])
     assert exc.value.code == 2
     assert "--shake-px" in capsys.readouterr().err
+
+
+def test_demo_writes_all_its_results_or_none(tmp_path, monkeypatch):
+    """A failure while the results are written (a full disk at stats.json) leaves an earlier run's files as they were
+    and none of the new ones: the six files are staged and moved in together."""
+    import edgehdr.io
+    from edgehdr.demo import run_demo
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "stats.json").write_text("an earlier run\n")
+    real = edgehdr.io.write_text_atomic
+
+    def full_disk(path, text):
+        if Path(path).name == "stats.json":
+            raise OSError(28, f"{path}: cannot write (No space left on device)")
+        return real(path, text)
+
+    monkeypatch.setattr(edgehdr.io, "write_text_atomic", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_demo(out, seconds=1.0, quiet=True, width=160, height=96)
+    assert sorted(p.name for p in out.iterdir()) == ["stats.json"]
+    assert (out / "stats.json").read_text() == "an earlier run\n"
+    monkeypatch.setattr(edgehdr.io, "write_text_atomic", real)
+    run_demo(out, seconds=1.0, quiet=True, width=160, height=96)
+    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "lcd.png", "merged.exr", "stats.json",
+                                                     "tonemapped.png", "zones.csv"]
+    assert json.loads((out / "stats.json").read_text())["frames_completed"] > 0
