@@ -42,6 +42,26 @@ def test_config_errors_name_the_key_and_allowed_values(tmp_path, body, message):
         load_config(path)
 
 
+@pytest.mark.parametrize("body,message", [
+    ('[source]\nkind = "replay"\npath = "{tmp}/nope"\n', r"\[source\] path = '.*nope': no such folder or list file"),
+    ('[dimming]\nlayout = "{tmp}/nope.json"\n', r"\[dimming\] layout = '.*nope.json': no such layout file"),
+    ('[infer]\nengine_dir = "{tmp}/engines"\n', r"\[infer\] engine_dir = '.*engines': no such folder"),
+    ('[outputs]\nframes_dir = "{tmp}/edgehdr.toml/frames"\n',
+     r"\[outputs\] frames_dir = '.*': .*edgehdr.toml exists and is not a folder"),
+    ('[outputs]\nvideo = "{tmp}/missing/rec.avi"\n', r"\[outputs\] video = '.*': folder .*missing does not exist"),
+])
+def test_config_paths_that_do_not_exist_are_config_errors(tmp_path, body, message):
+    """A file or folder the configuration names is checked with the file (a typo fails before any frame, exit 2),
+    not at start-up; a missing engine folder would otherwise be ignored without a word."""
+    path = tmp_path / "edgehdr.toml"
+    path.write_text(body.format(tmp=tmp_path))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+    (tmp_path / "frames").mkdir()
+    path.write_text('[outputs]\nframes_dir = "{tmp}/new/frames-{{start:%Y}}"\n'.format(tmp=tmp_path))
+    assert load_config(path)["outputs"]["frames_dir"].endswith("frames-{start:%Y}")  # created with its parents
+
+
 def test_example_config_is_valid_and_complete():
     from pathlib import Path
 

@@ -229,9 +229,41 @@ def _check_response(response: str, source: str) -> None:
         raise ConfigError(f"{source}: [source] response = {response!r}: {exc}, or a response .json file") from None
 
 
+def check_paths(config: dict[str, dict[str, Any]], source: str = "<config>") -> None:
+    """The files and folders a validated configuration names, as they are now: a replay's stack, a layout file, an
+    engine folder, and the folders outputs go to. Raises ``ConfigError`` naming the key, so a typo fails before
+    any frame (exit 2) instead of at start-up or, for ``[infer] engine_dir``, not at all (engines then silently
+    not used). Kept out of ``validate``, which also checks configurations built in code for other machines."""
+    src = config["source"]
+    if src["kind"] == "replay" and not Path(src["path"]).exists():
+        raise ConfigError(f"{source}: [source] path = {src['path']!r}: no such folder or list file")
+    layout = config["dimming"]["layout"]
+    if config["dimming"]["enabled"] and layout and not Path(layout).is_file():
+        raise ConfigError(f"{source}: [dimming] layout = {layout!r}: no such layout file")
+    engine_dir = config["infer"]["engine_dir"]
+    if engine_dir and not Path(engine_dir).is_dir():
+        raise ConfigError(f"{source}: [infer] engine_dir = {engine_dir!r}: no such folder (the engines "
+                          "edgehdr-export build made on this device)")
+    when = datetime.now()
+    for key in ("frames_dir", "lcd_dir", "video"):
+        pattern = config["outputs"][key]
+        if not pattern:
+            continue
+        path = Path(pattern.format(start=when))
+        if key != "video":  # a frames folder is created with its parents; a file in its place cannot be
+            blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+            if blocker is not None and not blocker.is_dir():
+                raise ConfigError(f"{source}: [outputs] {key} = {pattern!r}: {blocker} exists and is not a folder")
+        elif not path.parent.is_dir():
+            raise ConfigError(f"{source}: [outputs] {key} = {pattern!r}: folder {path.parent} does not exist "
+                              "(create it first)")
+
+
 def load_config(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """Read and validate a TOML configuration file."""
+    """Read and validate a TOML configuration file, and the paths it names (``check_paths``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such configuration file")
-    return validate(read_table(path, ConfigError), str(path))
+    config = validate(read_table(path, ConfigError), str(path))
+    check_paths(config, str(path))
+    return config
