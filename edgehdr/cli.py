@@ -48,6 +48,10 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     if args.save_response and args.response != "auto":
         raise ValueError(f"--save-response {args.save_response}: only with --response auto (the calibration "
                          f"writes it; --response {args.response} is given, not estimated)")
+    if args.list and args.images:  # the list's entries would replace them without a word
+        raise ValueError(f"--list {args.list} and images ({' '.join(args.images)}): give one or the other")
+    if not args.list and not args.images:
+        raise ValueError("no images: give image files, a folder, a list file, or --list FILE")
     _check_output(args.output, RADIANCE_SUFFIXES)
     if args.save_response:
         from edgehdr.hdr.crf import RESPONSE_FILE_SUFFIXES
@@ -302,7 +306,9 @@ def _cmd_dim(args: argparse.Namespace) -> int:
     with staged_outputs(args.output, "dim") as stage:  # all or nothing: moved in when every file is written
         write_results(stage, result, layout, target_cd_m2=target)
     progress.step(f"wrote zones.csv, zones.npy, lcd.png, display.exr, heatmap.png, metrics.json to {args.output}")
-    print(json.dumps(metrics, indent=2, default=float))
+    from edgehdr.io import null_undefined
+
+    print(json.dumps(null_undefined(metrics), indent=2, default=float, allow_nan=False))  # as metrics.json: no Infinity
     return 0
 
 
@@ -690,7 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the capture daemon (SIGTERM/SIGINT stop it cleanly)")
     p.add_argument("--config", help="edgehdr.toml (see edgehdr/deploy/edgehdr.example.toml); default: synthetic camera")
-    p.add_argument("--seconds", type=_float_at_least(0.0), help="stop after this long (overrides [run] seconds)")
+    p.add_argument("--seconds", type=_float_at_least(0.0),
+                   help="stop after this long; 0: until SIGTERM or Ctrl-C (overrides [run] seconds)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="the main job on the built-in default: synthetic camera -> pipeline -> "

@@ -81,7 +81,7 @@ def test_merge_never_writes_over_its_inputs_and_saves_the_response_only_with_the
     A merge whose radiance cannot be written leaves no response behind (both files or neither)."""
     listing = (synth_dir / "list.txt").read_bytes()
     frame = (synth_dir / "frame_0.png").read_bytes()
-    for args in ([str(synth_dir)], [str(synth_dir / "list.txt")], ["--list", str(synth_dir / "list.txt"), "x.png"]):
+    for args in ([str(synth_dir)], [str(synth_dir / "list.txt")], ["--list", str(synth_dir / "list.txt")]):
         target = synth_dir / "list.txt"
         assert main(["merge", *args, "-o", str(tmp_path / "m.exr"), "--save-response", str(target)]) == 2
         err = capsys.readouterr().err
@@ -240,3 +240,17 @@ def test_demo_writes_all_its_results_or_none(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "lcd.png", "merged.exr", "stats.json",
                                                      "tonemapped.png", "zones.csv"]
     assert json.loads((out / "stats.json").read_text())["frames_completed"] > 0
+
+
+def test_dim_prints_strict_json_where_a_metric_is_undefined(tmp_path, capsys):
+    """An all-black frame is shown exactly, so its PU-PSNR is infinite: stdout carries null, as metrics.json does,
+    not the 'Infinity' that strict JSON readers refuse."""
+    from edgehdr.io import write_radiance
+
+    write_radiance(tmp_path / "black.exr", np.zeros((48, 64, 3), np.float32))
+    assert main(["-q", "dim", str(tmp_path / "black.exr"), "--input-referred", "display", "-o",
+                 str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    strict = json.loads(printed, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
+    assert strict["pu_psnr_db"] is None
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]["pu_psnr_db"] is None

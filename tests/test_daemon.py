@@ -57,8 +57,7 @@ def test_config_paths_that_do_not_exist_are_config_errors(tmp_path, body, messag
     path.write_text(body.format(tmp=tmp_path))
     with pytest.raises(ConfigError, match=message):
         load_config(path)
-    (tmp_path / "frames").mkdir()
-    path.write_text('[outputs]\nframes_dir = "{tmp}/new/frames-{{start:%Y}}"\n'.format(tmp=tmp_path))
+    path.write_text(f'[outputs]\nframes_dir = "{tmp_path}/new/frames-{{start:%Y}}"\n')
     assert load_config(path)["outputs"]["frames_dir"].endswith("frames-{start:%Y}")  # created with its parents
 
 
