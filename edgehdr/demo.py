@@ -12,6 +12,7 @@ statistics), and the last frame's files. Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -40,6 +41,9 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
     from edgehdr.viz import contact_sheet, false_colour
 
     out = Path(outdir)
+    if not out.exists():  # -o results/today: its parents made, as before (output_folder names what is wrong)
+        with contextlib.suppress(OSError):
+            out.parent.mkdir(parents=True, exist_ok=True)
     output_folder(out, create=False)  # a path that cannot be written fails now, not after the run
     say = (lambda *a: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     cfg = validate({

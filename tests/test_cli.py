@@ -104,7 +104,9 @@ def test_merge_never_writes_over_its_inputs_and_saves_the_response_only_with_the
         assert main(["merge", str(synth_dir), "-o", str(blocker), "--save-response", str(resp)]) != 0
     finally:
         edgehdr.io.write_radiance = saved
-    assert not resp.exists() and not list(tmp_path.glob(".resp.json.*")), list(tmp_path.iterdir())
+    err = capsys.readouterr().err
+    assert "late.exr" in err and "resp.json" not in err, err  # the error names the file that failed
+    assert not list(tmp_path.glob(".resp.json.*")), list(tmp_path.iterdir())
     assert blocker.is_dir() and not list(blocker.iterdir())
 
 

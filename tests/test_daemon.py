@@ -45,7 +45,8 @@ def test_config_errors_name_the_key_and_allowed_values(tmp_path, body, message):
 @pytest.mark.parametrize("body,message", [
     ('[source]\nkind = "replay"\npath = "{tmp}/nope"\n', r"\[source\] path = '.*nope': no such folder or list file"),
     ('[dimming]\nlayout = "{tmp}/nope.json"\n', r"\[dimming\] layout = '.*nope.json': no such layout file"),
-    ('[infer]\nengine_dir = "{tmp}/engines"\n', r"\[infer\] engine_dir = '.*engines': no such folder"),
+    ('[infer]\nengine_dir = "{tmp}/engines"\n[tonemap]\noperator = "neural"\n',
+     r"\[infer\] engine_dir = '.*engines': no such folder"),
     ('[outputs]\nframes_dir = "{tmp}/edgehdr.toml/frames"\n',
      r"\[outputs\] frames_dir = '.*': .*edgehdr.toml exists and is not a folder"),
     ('[outputs]\nvideo = "{tmp}/missing/rec.avi"\n', r"\[outputs\] video = '.*': folder .*missing does not exist"),
@@ -410,3 +411,16 @@ def test_the_daemon_warns_when_the_machine_cannot_keep_up(tmp_path):
     warnings = [rec for rec in logs if rec["msg"].startswith("pipeline losing frames")]
     assert len(warnings) == 1 and warnings[0]["level"] == "warning"
     assert "brackets lost" in warnings[0]["msg"] and "cores" in warnings[0]["msg"]
+
+
+def test_an_engine_folder_is_checked_only_where_engines_would_be_used(tmp_path):
+    """A configuration shared with a CPU-only host, or one without networks, may name the device's engine folder."""
+    path = tmp_path / "edgehdr.toml"
+    missing = tmp_path / "engines"
+    path.write_text(f'[infer]\nengine_dir = "{missing}"\nbackend = "cpu"\n[score]\nevery_n = 15\n')
+    assert load_config(path)["infer"]["engine_dir"] == str(missing)
+    path.write_text(f'[infer]\nengine_dir = "{missing}"\n')  # no network configured
+    assert load_config(path)["infer"]["engine_dir"] == str(missing)
+    path.write_text(f'[infer]\nengine_dir = "{missing}"\n[score]\nevery_n = 15\n')
+    with pytest.raises(ConfigError, match=r"\[infer\] engine_dir = .*: no such folder"):
+        load_config(path)

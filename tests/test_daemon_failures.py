@@ -327,3 +327,19 @@ def test_the_tone_map_cli_refuses_another_networks_model(tmp_path, capsys):
                  "--model", "dimming_net"]) == 2
     assert "the neural tone mapper needs one input [1, 1, 128, 224]" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_configuration_error_found_while_building_names_the_file(tmp_path, capsys):
+    from edgehdr.pipeline.daemon import run_daemon
+
+    path = _toml(tmp_path / "edgehdr.toml", source={"width": 160, "height": 96}, preview={"enabled": False},
+                 tonemap={"operator": "neural", "model": "dimming_net"})
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:  # run_daemon installs its own SIGINT/SIGTERM handlers: this process's come back after
+        assert run_daemon(path, seconds=1.0) == 2
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert f"edgehdr run: error: {path}: [tonemap] model = 'dimming_net': " in capsys.readouterr().err

@@ -356,6 +356,8 @@ def test_generic_metrics_and_budget_match_numpy():
     for r in report["outputs"].values():
         r["scalar"] = r["elements"] <= 4
     assert apply_budget(report, cosine=0.99, rel_l2=0.1)["budget"]["passed"]
+    with pytest.raises(ValueError, match="--psnr-budget and --abs-budget apply to the shipped data encodings"):
+        apply_budget(report, cosine=0.99, rel_l2=0.1, psnr_db=30.0)  # refused, not dropped without a word
     failed = apply_budget(report, cosine=0.99, rel_l2=0.01)["budget"]
     assert not failed["passed"] and failed["kind"] == "generic" and "s: relative L2 0.02 <= 0.01" in failed["rule"]
     zeros = compare_runners(_Fixed([{"z": np.zeros(8)}]), _Fixed([{"z": np.zeros(8)}]), [{}])

@@ -241,13 +241,17 @@ def check_paths(config: dict[str, dict[str, Any]], source: str = "<config>") -> 
     if config["dimming"]["enabled"] and layout and not Path(layout).is_file():
         raise ConfigError(f"{source}: [dimming] layout = {layout!r}: no such layout file")
     engine_dir = config["infer"]["engine_dir"]
-    if engine_dir and not Path(engine_dir).is_dir():
+    networks = (config["merge"]["method"] == "neural" or config["tonemap"]["operator"] == "neural"
+                or (config["dimming"]["enabled"] and config["dimming"]["algorithm"] == "neural")
+                or config["score"]["every_n"] > 0)
+    # Read only where a network runs on the device's engines (a config shared with a CPU-only host may name it).
+    if engine_dir and networks and config["infer"]["backend"] != "cpu" and not Path(engine_dir).is_dir():
         raise ConfigError(f"{source}: [infer] engine_dir = {engine_dir!r}: no such folder (the engines "
                           "edgehdr-export build made on this device)")
     when = datetime.now()
     for key in ("frames_dir", "lcd_dir", "video"):
         pattern = config["outputs"][key]
-        if not pattern:
+        if not pattern or (key == "lcd_dir" and not config["dimming"]["enabled"]):  # not written without dimming
             continue
         path = Path(pattern.format(start=when))
         if key != "video":  # a frames folder is created with its parents; a file in its place cannot be

@@ -583,8 +583,11 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
         settle_heap()
         pipeline.start()
     except (ConfigError, LayoutError) as exc:
-        log.error("configuration error: %s", exc)
-        print(f"edgehdr run: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if config_path and not message.startswith(str(config_path)):  # found while building: name the file too
+            message = f"{config_path}: {message}"
+        log.error("configuration error: %s", message)
+        print(f"edgehdr run: error: {message}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - report any start-up failure with its reason
         log.error("could not start: %s: %s", type(exc).__name__, exc)

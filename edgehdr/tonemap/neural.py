@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numba
@@ -290,9 +292,14 @@ class NeuralToneMapper:
         description = runner.describe()
         inputs, outputs = description.inputs, description.outputs
         shapes_in = [list(i.shape) for i in inputs]
-        size_out = [int(np.prod(o.shape)) if all(isinstance(d, int) for d in o.shape) else None for o in outputs]
+
+        def fits(shape: Sequence[Any], wanted: Sequence[int]) -> bool:  # a named (dynamic) dimension fits any size
+            return len(shape) == len(wanted) and all(not isinstance(d, int) or d == w for d, w in zip(shape, wanted))
+
         # A wrong model (another network of the zoo, say) is refused here, not by the runtime at the first frame.
-        if shapes_in != [list(TMO_INPUT_SHAPE)] or size_out != [int(np.prod(TMO_GRID_SHAPE))]:
+        if len(inputs) != 1 or not fits(inputs[0].shape, TMO_INPUT_SHAPE) or len(outputs) != 1 or (
+                all(isinstance(d, int) for d in outputs[0].shape)
+                and int(np.prod(outputs[0].shape)) != int(np.prod(TMO_GRID_SHAPE))):
             name = getattr(runner, "model", None) or getattr(runner, "engine_path", "")
             raise ValueError(f"tone-mapping model {name}: expects input {shapes_in} and output "
                              f"{[list(o.shape) for o in outputs]}; the neural tone mapper "
