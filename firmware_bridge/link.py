@@ -239,8 +239,9 @@ class Link:
             if not self.transport.is_open:
                 try:
                     self.transport.open()
-                except TransportError as exc:
-                    self._record_error(str(exc))
+                except Exception as exc:  # noqa: BLE001 - any failure to open is retried and counted, never fatal
+                    self._record_error(str(exc) if isinstance(exc, TransportError) else
+                                       f"{type(exc).__name__}: {exc}")
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 1.0)
                     continue
@@ -248,8 +249,8 @@ class Link:
                 self._on_open()
             try:
                 self._service()
-            except TransportError as exc:
-                self._record_error(str(exc))
+            except Exception as exc:  # noqa: BLE001 - the link thread must not die: reconnect, counted and logged
+                self._record_error(str(exc) if isinstance(exc, TransportError) else f"{type(exc).__name__}: {exc}")
                 log.warning("link %s: %s; reconnecting", self.transport.name, exc)
                 self.transport.close()
                 self._set_state("disconnected")

@@ -390,3 +390,17 @@ def test_test_patterns_cover_the_range_and_change_every_frame():
     assert set(np.unique(checker)) == {0, 255} and checker[0, 0] != checker[0, 1]
     with pytest.raises(ValueError, match="unknown test pattern 'stripes'"):
         test_pattern("stripes", 4, 4, 8, 0)
+
+
+def test_a_transport_failing_in_an_unexpected_way_is_retried_and_counted_not_fatal():
+    """A real UDP socket refusing an out-of-range port raises OverflowError, not a TransportError: the link thread
+    stays alive, keeps retrying with backoff, and the error shows in its stats (it died with a traceback and
+    'last error: none')."""
+    link = Link(UdpTransport("127.0.0.1", 99999), CONFIG).start()
+    try:
+        assert wait_for(lambda: link.stats()["transport_errors"] >= 2, timeout_s=5.0), link.stats()
+        stats = link.stats()
+        assert stats["last_error"].startswith("OverflowError") and not link.running
+        assert link._thread is not None and link._thread.is_alive()
+    finally:
+        link.close()
