@@ -17,8 +17,10 @@ controller link's state (connected, connecting, rejected, down) and last error a
 logged on every change and shown in the stats, ``/metrics`` and ``STATUS=``.
 
 Exit status: 0 after a clean stop with every output complete; 2 for a
-configuration error; 1 when the pipeline could not start, stopped because every
-frame failed, or an output lost data.
+configuration error (values, the files and models it names); 1 when the pipeline
+could not start, stopped because every frame failed, ended without one completed
+frame because frames or the source failed, never sent a frame to the controller,
+or an output lost data.
 """
 
 from __future__ import annotations
