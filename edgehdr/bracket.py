@@ -7,14 +7,27 @@ a ``Bracket``; alignment and merging consume it. Frames are stacked in one
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["Bracket", "as_frame_stack", "check_frame_matches"]
+__all__ = ["Bracket", "as_frame_stack", "check_code_depth", "check_frame_matches"]
+
+
+def check_code_depth(frames: np.ndarray | Sequence[np.ndarray], bits: int) -> None:
+    """Raise ``ValueError`` when ``frames`` (a stack, or a list of frames of one dtype) cannot carry ``bits``:
+    uint8 frames carry 8 bits, and a uint16 code at or above ``2 ** bits`` (a sensor's codes in the high bits,
+    say) would index past a response table of that depth."""
+    if frames[0].dtype == np.uint8:
+        if bits != 8:
+            raise ValueError(f"uint8 frames carry 8 bits, not {bits}")
+    elif bits < 16:
+        peak = int(frames.max()) if isinstance(frames, np.ndarray) else max(int(f.max()) for f in frames)
+        if peak >= 1 << bits:
+            raise ValueError(f"frames hold code {peak} but bits={bits} allows at most {(1 << bits) - 1}")
 
 
 def check_frame_matches(frame: np.ndarray, first: np.ndarray, label: str, first_label: str) -> None:

@@ -26,7 +26,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
-from edgehdr.bracket import check_frame_matches
+from edgehdr.bracket import check_code_depth, check_frame_matches
 from edgehdr.hdr.weights import weight_lut
 from edgehdr.io.atomic import write_bytes_atomic, write_text_atomic
 
@@ -852,13 +852,8 @@ def calibrate_debevec(
     is_u8 = views[0].dtype == np.uint8
     if bits is None:
         bits = 8 if is_u8 else 16
-    if is_u8 and bits != 8:
-        raise ValueError(f"uint8 frames carry 8 bits, not {bits}")
+    check_code_depth(views, bits)
     levels_out = 1 << bits
-    if not is_u8 and bits < 16:  # a code past the stated depth would index past the response table
-        peak = max(int(v.max()) for v in views)
-        if peak >= levels_out:
-            raise ValueError(f"frames hold code {peak} but bits={bits} allows at most {levels_out - 1}")
     # Solve on at most 1024 levels (codes binned); g is interpolated back to every code.
     shift = max(0, bits - 10)
     levels = levels_out >> shift

@@ -38,7 +38,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
-from edgehdr.bracket import Bracket, as_frame_stack
+from edgehdr.bracket import Bracket, as_frame_stack, check_code_depth
 from edgehdr.fastmath import exp2_bits, log2_from_bits, luminance_log_row
 from edgehdr.hdr.crf import RESPONSE_FILE_SUFFIXES, CameraResponse, ResponseLike, standard_response
 from edgehdr.hdr.fill import (
@@ -802,11 +802,8 @@ def merge_debevec(
         raise ValueError(f"need {n} positive, finite exposures, got {exposures.tolist()}")
     if bits is None:
         bits = 8 if stack.dtype == np.uint8 else 16
-    if stack.dtype == np.uint8 and bits != 8:
-        raise ValueError(f"uint8 frames carry 8 bits, not {bits}")
+    check_code_depth(stack, bits)
     levels = 1 << bits
-    if stack.dtype == np.uint16 and bits < 16 and int(stack.max()) >= levels:
-        raise ValueError(f"frames hold code {int(stack.max())} but bits={bits} allows at most {levels - 1}")
     if gains is None or weighting != "noise":
         gains = np.ones(n)
     if shifts is None:
