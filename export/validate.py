@@ -186,6 +186,19 @@ def _budget_cosine(r: Mapping[str, Any]) -> float:
     return r["cosine_similarity"] if r.get("scalar") else r["cosine_similarity_min"]
 
 
+def _raw_output_checks(report: Mapping[str, Any], psnr_db: float | None,
+                       max_abs: float | None) -> list[tuple[str, bool]]:
+    """PSNR >= ``psnr_db`` for each image output, max |error| <= ``max_abs`` for each scalar one (None: no check)."""
+    checks = []
+    for name, r in report["outputs"].items():
+        if r.get("scalar") and max_abs is not None:
+            checks.append((f"{name}: max abs error {r['max_abs_error']:.3g} <= {max_abs}",
+                           r["max_abs_error"] <= max_abs))
+        elif not r.get("scalar") and psnr_db is not None:
+            checks.append((f"{name}: PSNR {r['psnr_db']:.2f} dB >= {psnr_db}", r["psnr_db"] >= psnr_db))
+    return checks
+
+
 def apply_budget(report: dict[str, Any], *, psnr_db: float | None = None, max_abs: float | None = None,
                  task_budget: Budget | None = None, cosine: float | None = None,
                  rel_l2: float | None = None) -> dict[str, Any]:
@@ -199,13 +212,8 @@ def apply_budget(report: dict[str, Any], *, psnr_db: float | None = None, max_ab
     cosine similarity >= ``cosine`` (``_budget_cosine``) and relative L2 error <= ``rel_l2``.
     """
     if task_budget is not None:
-        checks = task_budget(report["task"])
-        for name, r in report["outputs"].items():  # the caller's own raw-output budget, where one was given
-            if r.get("scalar") and max_abs is not None:
-                checks.append((f"{name}: max abs error {r['max_abs_error']:.3g} <= {max_abs}",
-                               r["max_abs_error"] <= max_abs))
-            elif not r.get("scalar") and psnr_db is not None:
-                checks.append((f"{name}: PSNR {r['psnr_db']:.2f} dB >= {psnr_db}", r["psnr_db"] >= psnr_db))
+        # and the caller's own raw-output budget, where one was given
+        checks = task_budget(report["task"]) + _raw_output_checks(report, psnr_db, max_abs)
         report["budget"] = {"rule": "; ".join(c[0] for c in checks), "passed": all(c[1] for c in checks),
                             "kind": "task"}
         return report
@@ -226,12 +234,7 @@ def apply_budget(report: dict[str, Any], *, psnr_db: float | None = None, max_ab
         return report
     psnr_db = PSNR_BUDGET_DB if psnr_db is None else psnr_db
     max_abs = ABS_BUDGET if max_abs is None else max_abs
-    for name, r in report["outputs"].items():
-        if r.get("scalar"):
-            checks.append((f"{name}: max abs error {r['max_abs_error']:.3g} <= {max_abs}",
-                           r["max_abs_error"] <= max_abs))
-        else:
-            checks.append((f"{name}: PSNR {r['psnr_db']:.2f} dB >= {psnr_db}", r["psnr_db"] >= psnr_db))
+    checks = _raw_output_checks(report, psnr_db, max_abs)
     report["budget"] = {"rule": "; ".join(c[0] for c in checks), "passed": all(c[1] for c in checks),
                         "psnr_db_min": psnr_db, "max_abs_error_max": max_abs}
     return report
