@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROVIDERS", "DEPENDENTS", "drop_stale_dependents", "marker_folder", "shared_file_mode"]
+__all__ = ["PROVIDERS", "DEPENDENTS", "drop_stale_dependents", "marker_folder"]
 
 log = logging.getLogger("edgehdr.kernelcache")
 
@@ -62,15 +62,6 @@ def marker_folder() -> Path | None:
     """The folder of numba's cache that holds the package's own markers (beside ``fastmath``'s kernels), or None
     where numba's locators cannot tell."""
     return _cache_dir(_PACKAGE / PROVIDERS[0])
-
-
-def shared_file_mode() -> int:
-    """The mode a new file gets under this process's umask (``0o666 & ~umask``, as numba's own cache files get):
-    a temporary file made for an atomic replace is 0o600 otherwise, unreadable to the other users of a shared
-    cache."""
-    from edgehdr.io.atomic import current_umask  # here, not at import: the helper modules import this module
-
-    return 0o666 & ~current_umask()
 
 
 def _fingerprint() -> str:
@@ -120,7 +111,11 @@ def drop_stale_dependents(*, force: bool = False) -> int:
         with tempfile.NamedTemporaryFile("w", dir=marker_dir, prefix=".edgehdr-", delete=False) as tmp:
             tmp_name = tmp.name
             tmp.write(fingerprint + "\n")
-        os.chmod(tmp_name, shared_file_mode())
+        # the mode a new file gets under the umask, as numba's own cache files do (the temporary file is 0o600);
+        # imported here, not at the top: the helper modules import this module
+        from edgehdr.io.atomic import current_umask
+
+        os.chmod(tmp_name, 0o666 & ~current_umask())
         os.replace(tmp_name, marker)
     except OSError:
         if tmp_name is not None:

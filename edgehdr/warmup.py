@@ -287,25 +287,16 @@ def _record_jobs(folder: Path, key: str, jobs: Sequence[str], warm: set[str]) ->
     """Record ``jobs`` (with ``warm``, recorded before) as cached for ``key``, atomically; a cache folder that
     cannot be written keeps no record (numba could not cache the kernels there either)."""
     import json
-    import tempfile
+
+    from edgehdr.io.atomic import write_text_atomic
 
     if set(jobs) <= warm:
         return
-    tmp_name = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".edgehdr-", delete=False) as tmp:
-            tmp_name = tmp.name
-            json.dump({"key": key, "jobs": sorted(warm | set(jobs))}, tmp)
-        os.chmod(tmp_name, kernelcache.shared_file_mode())
-        os.replace(tmp_name, folder / _RECORD)
+        write_text_atomic(folder / _RECORD, json.dumps({"key": key, "jobs": sorted(warm | set(jobs))}))
     except OSError as exc:
         log.debug("no record of the cached kernels (%s)", exc)
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
 
 
 def _camera_args() -> tuple[Any, ...]:

@@ -240,8 +240,7 @@ class Link:
                 try:
                     self.transport.open()
                 except Exception as exc:  # noqa: BLE001 - any failure to open is retried and counted, never fatal
-                    self._record_error(str(exc) if isinstance(exc, TransportError) else
-                                       f"{type(exc).__name__}: {exc}")
+                    self._record_error(exc)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 1.0)
                     continue
@@ -250,13 +249,15 @@ class Link:
             try:
                 self._service()
             except Exception as exc:  # noqa: BLE001 - the link thread must not die: reconnect, counted and logged
-                self._record_error(str(exc) if isinstance(exc, TransportError) else f"{type(exc).__name__}: {exc}")
+                self._record_error(exc)
                 log.warning("link %s: %s; reconnecting", self.transport.name, exc)
                 self.transport.close()
                 self._set_state("disconnected")
                 self._stop.wait(0.05)
 
-    def _record_error(self, message: str) -> None:
+    def _record_error(self, exc: Exception) -> None:
+        # a transport's own errors say what failed; anything else is named by its type (OverflowError: ...)
+        message = str(exc) if isinstance(exc, TransportError) else f"{type(exc).__name__}: {exc}"
         with self._lock:
             self._stats.transport_errors += 1
             repeated = self._stats.last_error == message
