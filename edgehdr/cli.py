@@ -79,21 +79,11 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     radiance = merge_debevec(bracket, response=response, weighting=args.weighting, deghost=args.deghost,
                              fill=args.fill)
     if args.save_response:  # both files or neither: the response staged beside its final name, published last
-        import tempfile
+        from edgehdr.io.atomic import atomic_output
 
-        from edgehdr.io.atomic import current_umask
-
-        target = Path(args.save_response)
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
-        os.close(fd)
-        staged = Path(name)
-        try:
+        with atomic_output(args.save_response) as staged:
             response.save(staged)
-            write_radiance(args.output, radiance, exr_pixel_type=args.exr_pixel_type)  # its own errors name it
-            os.chmod(staged, 0o666 & ~current_umask())
-            os.replace(staged, target)
-        finally:
-            staged.unlink(missing_ok=True)
+            write_radiance(args.output, radiance, exr_pixel_type=args.exr_pixel_type)  # its errors name its file
     else:
         write_radiance(args.output, radiance, exr_pixel_type=args.exr_pixel_type)
     done = " and ".join(word for word, on in (("deghosting", args.deghost), ("the fill", args.fill)) if on)

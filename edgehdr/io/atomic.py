@@ -50,7 +50,13 @@ def atomic_output(path: str | os.PathLike[str], *, suffix: str | None = None) ->
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if exc.errno is not None and str(path) not in str(exc):  # name the output, not the temporary file
+        # Name the output, not the temporary file. An error about another file (other work inside the block: a
+        # second output written before this one is published) is left as it is: one whose file names are not
+        # these two, or whose text names a file of its own (not the system's text, not the temporary name).
+        names = {str(f) for f in (exc.filename, exc.filename2) if f is not None}
+        own_text = exc.strerror != os.strerror(exc.errno) if exc.errno is not None else True
+        if exc.errno is not None and str(path) not in str(exc) and names <= {str(tmp), str(path)} and (
+                not own_text or str(tmp) in str(exc)):
             raise OSError(exc.errno, f"{path}: cannot write ({exc.strerror})") from exc
         raise
     except BaseException:
