@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -175,6 +176,19 @@ def _neural_tonemap(radiance: np.ndarray, model: str, backend: str) -> np.ndarra
         runner.close()
 
 
+_SYNTH_FRAME_NAME = re.compile(r"frame_[0-9]+\.(png|tif)")
+
+
+def _synth_frames_listed(list_path: Path) -> set[str]:
+    """The frame names ``edgehdr synth`` wrote (``frame_N.png|tif``) that an existing ``list.txt`` names."""
+    try:
+        text = list_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    names = (line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    return {name for name in names if _SYNTH_FRAME_NAME.fullmatch(name)}
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from edgehdr.hdr.crf import ResponseCurve
     from edgehdr.io import write_ldr_image, write_radiance, write_text_atomic
@@ -187,6 +201,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                          f"above the pixel limit of {max_pixels_limit() / 1e6:.1f} MP (EDGEHDR_MAX_PIXELS)")
     camera = CameraModel(response=ResponseCurve.parse(args.response), bits=args.bits)
     out = Path(args.output)
+    earlier_frames = _synth_frames_listed(out / "list.txt")
     # All or nothing: every file is written into a hidden folder beside the result and moved in at the end.
     with staged_outputs(out, "synth") as stage:
         scene = make_scene(args.seed, args.height, args.width, kind=args.kind, moving_objects=args.moving)
@@ -203,6 +218,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         write_text_atomic(stage / "list.txt", "\n".join(lines) + "\n")
         write_radiance(stage / "ground_truth.exr", shot.radiance, exr_pixel_type="float")
         shot.response.save(stage / "response.json")
+    # An earlier, longer (or other bit depth) bracket written here: its frames the new list does not name go, so
+    # the folder holds one bracket (only files synth names itself and the old list named are touched).
+    for name in earlier_frames - {line.split()[0] for line in lines}:
+        (out / name).unlink(missing_ok=True)
     if not args.quiet:
         print(f"wrote {args.exposures} frames, list.txt, ground_truth.exr and response.json to {out}", file=sys.stderr)
     return 0

@@ -50,11 +50,15 @@ def inspect(path: PathLike) -> dict[str, Any]:
         try:
             import tensorrt as trt
         except ImportError:
+            if "manifest" not in info:  # nothing here can say what the file is
+                raise ValueError(f"{path}: TensorRT is not installed here and there is no manifest "
+                                 f"({manifest_path.name}) beside the engine; nothing can be read from it") from None
             info["engine_io"] = "TensorRT is not installed here; the manifest above says what the engine expects"
         else:
             engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
             if engine is None:
-                info["engine_io"] = f"TensorRT {trt.__version__} cannot deserialise it (built elsewhere?)"
+                raise ValueError(f"{path}: TensorRT {trt.__version__} cannot deserialise it (not an engine, or "
+                                 f"built by another TensorRT version or for another GPU)")
             else:
                 info["engine_io"] = [{"name": engine.get_tensor_name(i),
                                       "mode": str(engine.get_tensor_mode(engine.get_tensor_name(i))),

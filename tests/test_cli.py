@@ -66,6 +66,25 @@ def test_merge_fill_is_the_library_fill_and_changes_only_what_fell_back(tmp_path
     assert changed.any() and not (changed & outside).any()
 
 
+def test_synth_over_an_earlier_longer_bracket_leaves_one_bracket(tmp_path):
+    """A 5-frame 8-bit bracket, then a 3-frame 16-bit one into the same folder: the folder holds exactly the new
+    bracket (its list, frames, truth), the old frames are gone and a file synth never wrote stays."""
+    from edgehdr.io import read_ldr_stack
+
+    out = tmp_path / "stack"
+    common = ["--width", "64", "--height", "48", "--seed", "1"]
+    assert main(["-q", "synth", "-o", str(out), "--exposures", "5", *common]) == 0
+    (out / "notes.txt").write_text("mine\n")
+    (out / "frame_9.png").write_bytes(b"not listed by synth's list")
+    assert sorted(p.name for p in out.glob("frame_*")) == [f"frame_{i}.png" for i in range(5)] + ["frame_9.png"]
+    assert main(["-q", "synth", "-o", str(out), "--exposures", "3", "--bits", "16", *common]) == 0
+    assert sorted(p.name for p in out.glob("frame_*")) == ["frame_0.tif", "frame_1.tif", "frame_2.tif",
+                                                           "frame_9.png"]
+    assert (out / "notes.txt").read_text() == "mine\n"
+    bracket = read_ldr_stack([str(out)])
+    assert len(bracket.frames) == 3 and bracket.frames.dtype == np.uint16
+
+
 def test_merge_with_calibrated_response_saves_it(synth_dir, tmp_path):
     out, resp = tmp_path / "m.pfm", tmp_path / "resp.json"
     assert main(["-q", "merge", str(synth_dir / "list.txt"), "-o", str(out), "--response", "auto",

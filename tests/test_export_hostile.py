@@ -119,6 +119,26 @@ def test_inspect_of_an_empty_model_says_what_is_missing(files, capsys):
         load_model(path)
 
 
+def test_inspect_of_a_file_named_engine_that_nothing_can_read_fails(tmp_path, capsys):
+    """A text file named .engine: TensorRT (where installed) cannot deserialise it, and without TensorRT nothing
+    beside it says what it is; either way exit 2 naming it, not a report that exits 0. With a manifest beside it
+    and no TensorRT, the manifest is what inspect shows."""
+    path = tmp_path / "model.engine"
+    path.write_text("not an engine\n")
+    rc, out, err = cli(capsys, "inspect", path)
+    assert_clear_error(rc, err, path)
+    assert out == ""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        manifest = Manifest(model_name="image", artefact=path.name, format="tensorrt", precision="fp16")
+        manifest.save(Manifest.path_for(path))
+        rc, out, _ = cli(capsys, "inspect", path)
+        assert rc == 0
+        shown = _strict_json(out)
+        assert shown["manifest"]["precision"] == "fp16" and "not installed" in shown["engine_io"]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_damaged_model_bytes_never_raise_a_traceback(files, tmp_path_factory, data):
