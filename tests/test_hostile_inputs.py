@@ -156,6 +156,42 @@ def test_truncated_jpeg_in_a_stack_fails_merge_naming_the_file(tmp_path, capsys)
     assert not (tmp_path / "out.exr").exists()
 
 
+@pytest.mark.parametrize("damage", ["zeroed", "overwritten"])
+def test_jpeg_damaged_mid_stream_fails_merge_naming_the_file(tmp_path, capsys, damage):
+    """Bytes zeroed or overwritten inside the entropy-coded data, the end marker intact: OpenCV decodes the file
+    with a warning on stderr and garbage blocks; the reader refuses it, naming the file and libjpeg's complaint."""
+    paths = _stack(tmp_path, suffix=".jpg", size=(240, 320))
+    data = bytearray(paths[1].read_bytes())
+    start = len(data) * 2 // 3
+    if damage == "zeroed":
+        data[start:start + 512] = bytes(512)
+    else:  # no 0xFF byte: the marker structure stays intact
+        data[start:start + 64] = np.random.default_rng(5).integers(0, 255, 64, dtype=np.uint8).tobytes()
+    paths[1].write_bytes(bytes(data))
+    assert jpeg_is_complete(bytes(data))
+    assert cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_UNCHANGED) is not None  # OpenCV takes it
+    with pytest.raises(ValueError, match=r"f1\.jpg: (corrupt|truncated or corrupt) JPEG"):
+        read_ldr_stack(tmp_path)
+    rc, err = _run(["merge", str(tmp_path), "-o", str(tmp_path / "out.exr")], capsys)
+    assert rc == 2 and "f1.jpg:" in err and "JPEG" in err
+    assert not (tmp_path / "out.exr").exists()
+
+
+@pytest.mark.parametrize("params", [[], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 2],
+                                    [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]])
+def test_jpeg_pixels_are_opencvs(tmp_path, params):
+    """The strict decoder returns exactly OpenCV's pixels (RGB) for sound files, grey ones as three channels."""
+    img = np.random.default_rng(3).integers(0, 255, size=(61, 83, 3), dtype=np.uint8)
+    img = cv2.GaussianBlur(img, (5, 5), 0)
+    for name, pixels in (("colour.jpg", img), ("grey.jpg", img[:, :, 0])):
+        path = tmp_path / name
+        path.write_bytes(cv2.imencode(".jpg", pixels, params)[1].tobytes())
+        expected = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
+        got = read_ldr_image(path)
+        assert got.dtype == np.uint8 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_truncated_exr_names_the_file(tmp_path, radiance):
     path = tmp_path / "r.exr"
     write_radiance(path, radiance)

@@ -105,8 +105,8 @@ def test_core_dependencies_leave_host_tooling_to_extras():
     project = _pyproject()["project"]
     core = {_name(r) for r in project["dependencies"]}
     assert not core & set(HOST_ONLY), f"host tooling in the core install: {sorted(core & set(HOST_ONLY))}"
-    assert {"numpy", "opencv-python-headless", "numba", "openexr", "pillow", "onnxruntime", "cobs", "pyserial",
-            "threadpoolctl"} <= core
+    assert {"numpy", "opencv-python-headless", "simplejpeg", "numba", "openexr", "pillow", "onnxruntime", "cobs",
+            "pyserial", "threadpoolctl"} <= core
     extras = project["optional-dependencies"]
     assert {_name(r) for r in extras["export"]} >= {"onnx", "onnxslim"}
     # the README's `pip install -e ".[test]"` must bring everything the suite imports, the export tools included

@@ -36,9 +36,10 @@ def read_ldr_image(path: str | os.PathLike[str], *, max_pixels: int | None = Non
     """Read an 8- or 16-bit image as an RGB (H, W, 3) uint8/uint16 array.
 
     The header is checked before decoding (content matches the suffix, positive size
-    within ``max_pixels``, see ``edgehdr.io.headers``) and a JPEG must reach its end
-    marker: libjpeg decodes a truncated file with only a warning and grey fill, which
-    would merge into a wrong HDR image.
+    within ``max_pixels``, see ``edgehdr.io.headers``); a JPEG must reach its end
+    marker and decode without libjpeg's warnings (strict, ``simplejpeg``): OpenCV
+    decodes a truncated or damaged file with only a warning on stderr and grey fill
+    or garbage blocks, which would merge into a wrong HDR image.
 
     Raises
     ------
@@ -53,8 +54,13 @@ def read_ldr_image(path: str | os.PathLike[str], *, max_pixels: int | None = Non
         raise FileNotFoundError(f"{path}: no such file")
     declared = check_image_header(path, max_pixels=max_pixels)
     data = np.fromfile(path, np.uint8)
-    if path.suffix.lower() in (".jpg", ".jpeg") and not jpeg_is_complete(data.tobytes()):
-        raise ValueError(f"{path}: truncated or corrupt JPEG (the data ends before the end-of-image marker)")
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        rgb = _decode_jpeg_strict(path, data.tobytes())
+        if rgb is not None:
+            if declared is not None and rgb.shape[1::-1] != tuple(declared):
+                raise ValueError(f"{path}: decoded {rgb.shape[1]} x {rgb.shape[0]} pixels, header declares "
+                                 f"{declared[0]} x {declared[1]}")
+            return rgb
     try:
         bgr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # some malformed headers make OpenCV assert instead of returning None
@@ -71,6 +77,27 @@ def read_ldr_image(path: str | os.PathLike[str], *, max_pixels: int | None = Non
     if bgr.shape[2] == 4:
         return cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _decode_jpeg_strict(path: Path, data: bytes) -> np.ndarray | None:
+    """RGB uint8 pixels of a JPEG, decoded by libjpeg-turbo (simplejpeg) with its warnings as errors; None for
+    a CMYK/YCCK file (libjpeg-turbo does not convert those to RGB: OpenCV decodes it, without that check).
+
+    OpenCV's and Pillow's libjpeg decode a file damaged mid-stream (bytes overwritten or zeroed: "Corrupt JPEG
+    data", "premature end of data segment") with a warning on stderr and garbage blocks, which a merge would take as
+    a frame; strict decoding refuses it. The pixels are OpenCV's (the same library and IDCT; a test compares)."""
+    import simplejpeg
+
+    if not jpeg_is_complete(data):
+        raise ValueError(f"{path}: truncated or corrupt JPEG (the data ends before the end-of-image marker)")
+    try:
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        if colorspace in ("CMYK", "YCCK"):
+            return None
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{path}: corrupt JPEG ({str(exc).strip()})") from None
+    return np.ascontiguousarray(rgb)
 
 
 def write_ldr_image(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:

@@ -217,14 +217,12 @@ class NoRVDPNetScorer:
                 from edgehdr.io import read_radiance
 
                 image = read_radiance(p)
-            else:
-                try:
-                    img = cv2.imread(str(p), cv2.IMREAD_COLOR)  # 16-bit files are reduced to 8 bits by OpenCV
-                except cv2.error:  # some malformed headers make OpenCV assert instead of returning None
-                    img = None
-                if img is None:
-                    raise ValueError(f"{p}: not a readable 8-bit image (PNG, JPEG, TIFF, ...)")
-                image = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            else:  # the checked reader: headers, truncated and damaged JPEGs refused naming the file
+                from edgehdr.io import read_ldr_image
+
+                image = read_ldr_image(p)
+                if image.dtype == np.uint16:  # 16-bit files reduced to 8 bits, as OpenCV's imread does
+                    image = (image >> 8).astype(np.uint8)
             try:
                 scored.append((self.score(image), p))
             except NonFiniteScore as exc:
