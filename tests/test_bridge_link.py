@@ -14,7 +14,9 @@ from firmware_bridge.protocol import Config, MsgType, State
 from firmware_bridge.simulator import ControllerSimulator, UdpControllerEndpoint
 from firmware_bridge.transports import PtyPair, SerialTransport, SpiTransport, UdpTransport
 
-CONFIG = Config(rows=16, cols=24, bits=12, safe_level=300, watchdog_ms=250, heartbeat_ms=40)
+# A 1 s watchdog with 100 ms heartbeats: a loaded CI machine can stall the link's thread for a few hundred ms,
+# which a 250 ms watchdog would take for a dead host in the tests that expect a live one.
+CONFIG = Config(rows=16, cols=24, bits=12, safe_level=300, watchdog_ms=1000, heartbeat_ms=100)
 
 
 def wait_for(predicate, timeout_s=3.0, step_s=0.005):
@@ -82,7 +84,7 @@ def test_controller_falls_back_to_safe_level_when_the_host_goes_quiet(pty_pair, 
     link.send_zones(zones(1), frame_id=1)
     assert wait_for(lambda: controller.last_frame_id == 1)
     link.close()  # host process dies: no more bytes, not even heartbeats
-    assert wait_for(lambda: controller.state == State.FALLBACK, timeout_s=2.0)
+    assert wait_for(lambda: controller.state == State.FALLBACK, timeout_s=4 * CONFIG.watchdog_ms / 1000)
     assert np.all(controller.backlight_u16 == CONFIG.safe_level)
     assert controller.status().faults & 1
     with Link(SerialTransport(pty_pair.path), CONFIG) as link2:  # host back: frames resume
@@ -95,7 +97,7 @@ def test_heartbeats_keep_an_idle_link_alive(pty_pair, controller):
     with Link(SerialTransport(pty_pair.path), CONFIG) as link:
         assert link.wait_running(3.0)
         link.send_zones(zones(3), frame_id=3)
-        time.sleep(4 * CONFIG.watchdog_ms / 1000)  # no zone frames, only heartbeats
+        time.sleep(2.5 * CONFIG.watchdog_ms / 1000)  # no zone frames, only heartbeats
         assert controller.state == State.RUNNING
         assert link.stats()["heartbeats_received"] > 0 and link.stats()["reconnects"] == 0
 
