@@ -124,6 +124,9 @@ def test_sigterm_mid_run_exits_cleanly_with_notifications_and_complete_files(tmp
     assert "STATUS=" in joined and "WATCHDOG=1" in joined and "STOPPING=1" in joined
     logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(rec["msg"] == "signal SIGTERM: stopping" for rec in logs)
+    # a stats line every stats_interval_s (0.5 s) over the 1.5 s after READY, none held back as a repeat
+    stats_lines = [rec for rec in logs if rec["msg"].startswith("stats")]
+    assert len(stats_lines) >= 3 and all(rec["msg"] == "stats" for rec in stats_lines), stats_lines
     final = next(rec for rec in logs if rec["msg"] == "stopped")
     assert final["frames_completed"] > 0 and final["frames_failed"] == 0
     # Outputs: complete files under their final names, nothing partial left behind.

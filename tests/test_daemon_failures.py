@@ -263,6 +263,10 @@ def test_repeated_per_frame_warnings_are_held_back_and_counted():
     assert passed[0] and not any(passed[1:])
     assert f.filter(record("another message")), "a different message is not held back"
     assert f.filter(record("output failed", level=logging.ERROR)) and f.filter(record("output failed", logging.ERROR))
+    for _ in range(3):  # the stats line and the link's state changes pass every time
+        always = record("controller link %s", level=logging.INFO, name="edgehdr.daemon")
+        always.always = True
+        assert f.filter(always) and "more like this" not in always.msg
     time.sleep(0.25)
     later = record("%d non-finite pixels")
     assert f.filter(later) and "(49 more like this in the last 0.2 s)" in later.msg

@@ -89,7 +89,10 @@ class RepeatFilter(logging.Filter):
 
     A camera that delivers a non-finite pixel in every frame would otherwise log a
     warning per frame from each stage that met it (tone mapping, zone statistics,
-    LCD compensation). Messages are grouped by logger and format string.
+    LCD compensation). Messages are grouped by logger and format string. Errors and
+    records logged with ``extra={"always": True}`` pass every time: the periodic
+    stats line (``[run] stats_interval_s`` may be shorter than the interval) and
+    the link's state changes, which are logged only when they happen.
     """
 
     def __init__(self, interval_s: float = 10.0) -> None:
@@ -98,7 +101,7 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [last emitted at, held back since]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
+        if record.levelno >= logging.ERROR or getattr(record, "always", False):
             return True
         key = (record.name, str(record.msg))
         now = time.monotonic()
@@ -622,7 +625,7 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
             link_seen = (link["state"], link["last_error"])
             level = logging.INFO if link["state"] in ("connected", "connecting") and not link["last_error"] \
                 else logging.WARNING
-            log.log(level, "controller link %s", link["state"], extra={"fields": {
+            log.log(level, "controller link %s", link["state"], extra={"always": True, "fields": {
                 "port": cfg["bridge"]["port"], "protocol_state": link["protocol_state"],
                 "last_error": link["last_error"]}})
         if now >= next_stats:
@@ -639,7 +642,7 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
                                              "capture_to_zones_ms_p99", "source_restarts")}
             if link is not None:
                 summary["link"] = link["state"]
-            log.info("stats", extra={"fields": summary})
+            log.info("stats", extra={"always": True, "fields": summary})
             notifier.status(status_line(st))
             next_stats = now + cfg["run"]["stats_interval_s"]
         failure = pipeline.failing_from_start(FAIL_FAST_FRAMES)
