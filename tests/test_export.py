@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -282,6 +283,21 @@ def test_cli_bench_measures_every_backend_present(work, capsys):
     assert export_main(["bench", str(work["nets"]["score"]), "--runs", "5", "--warmup", "1"]) == 0
     text = capsys.readouterr().out
     assert "ort-cpu" in text and "opencv-dnn" in text
+
+
+def test_bench_of_every_shipped_model_times_onnx_runtime_and_reports_what_opencv_cannot_run(tmp_path):
+    """OpenCV's DNN importer accepts graphs its layers then refuse at the first forward (tmo_net's residuals in
+    OpenCV 5): that is a row saying so, beside ONNX Runtime's timing, not a traceback."""
+    from export.bench import bench
+
+    models = Path(__file__).resolve().parents[1] / "edgehdr" / "models"
+    rows = bench(models, runs=2, warmup=0)
+    for path in sorted(models.glob("*.onnx")):
+        ours = {r["backend"]: r for r in rows if r["artefact"] == path.name}
+        assert ours["ort-cpu"]["median_ms"] > 0, ours
+        dnn = ours["opencv-dnn"]
+        assert dnn.get("median_ms", 0) > 0 or dnn["error"].startswith("cannot run it: "), dnn
+        assert "\n" not in dnn.get("error", "") and "/opencv/modules/" not in dnn.get("error", "")
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="checks the message on machines without TensorRT")
