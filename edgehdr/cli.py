@@ -410,8 +410,10 @@ def _cmd_bridge_send(args: argparse.Namespace) -> int:
     config = _bridge_config(args)
     with Link(open_transport(args.port, baudrate=args.baud), config) as link:
         if not link.wait_running(args.connect_timeout):
-            print(f"edgehdr bridge send: error: controller on {args.port} did not come up: "
-                  f"{link.stats()['last_error']}", file=sys.stderr)
+            stats = link.stats()
+            why = stats["last_error"] or (f"no answer in {args.connect_timeout:g} s (protocol state "
+                                          f"{stats.get('state', '?')}: nothing or no controller listens there)")
+            print(f"edgehdr bridge send: error: controller on {args.port} did not come up: {why}", file=sys.stderr)
             return 2
         n = int(args.seconds * args.fps)
         start = time.monotonic()
@@ -467,8 +469,9 @@ def _cmd_bridge_bench(args: argparse.Namespace) -> int:
     progress_print(f"[2/4] {args.hz:g} Hz stream over a pty for {args.seconds:g} s, vsync {args.hz:g} Hz")
     result["stream"] = bench.stream_run(args.seconds, args.hz, args.zones)
     print(bench.format_stream(result["stream"]))
-    progress_print("[3/4] the same, applied on receipt (no vsync wait), 10 s")
-    result["stream_apply_on_receipt"] = bench.stream_run(min(args.seconds, 10.0), args.hz, args.zones, vsync_hz=0)
+    receipt_s = min(args.seconds, 10.0)
+    progress_print(f"[3/4] the same, applied on receipt (no vsync wait), {receipt_s:g} s")
+    result["stream_apply_on_receipt"] = bench.stream_run(receipt_s, args.hz, args.zones, vsync_hz=0)
     print(bench.format_apply_on_receipt(result["stream_apply_on_receipt"]))
     progress_print("[4/4] fault run: unplug/replug, garbage injection")
     result["faults"] = bench.fault_run(args.hz, args.zones)

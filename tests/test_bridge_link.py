@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import socket
 import time
 
 import numpy as np
@@ -313,6 +314,13 @@ def test_cli_send_to_a_missing_port_fails_cleanly(tmp_path, capsys):
 
     assert main(["bridge", "send", str(tmp_path / "ttyNONE"), "--connect-timeout", "0.3"]) == 2
     assert "ttyNONE" in capsys.readouterr().err
+    # a UDP port nobody answers on: no transport error to quote, so the message says what was seen
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as quiet:
+        quiet.bind(("127.0.0.1", 0))
+        port = quiet.getsockname()[1]
+        assert main(["bridge", "send", f"udp:127.0.0.1:{port}", "--connect-timeout", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert f"udp:127.0.0.1:{port} did not come up: no answer in 0.3 s (protocol state " in err
 
 
 def test_cli_simulate_refuses_to_replace_a_file_and_cleans_up_on_sigterm(tmp_path, capsys):

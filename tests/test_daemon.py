@@ -32,6 +32,10 @@ from edgehdr.pipeline.sinks import PreviewState
     ("[camera]\n", r"unknown section \[camera\]"),
     ("[source]\nkind = 'replay'\n", r"\[source\] path is required when kind = 'replay'"),
     ("[source]\nexposures_s = [0.01, -1]\n", r"\[source\] exposures_s"),
+    ("[source]\nsettle_frames = 4\n", r"\[source\] settle_frames = 4: only the v4l2 and gstreamer sources"),
+    ("[source]\nkind = 'gstreamer'\nsettle_frames = 9\n", r"\[source\] settle_frames = 9: expected a number in -1..8"),
+    ("[source]\nkind = 'v4l2'\npath = '/dev/video0'\nhdr_mode = true\n",
+     r"\[source\] hdr_mode = true: the Pi 5's HDR mode needs kind = \"picamera2\", not 'v4l2'"),
     ("[tonemap]\noperator = 'drago'\nbase_compression = 0.5\n",
      r"\[tonemap\] base_compression = 0.5: applies to operator = 'reinhard-local', not 'drago'"),
 ])
@@ -70,6 +74,22 @@ def test_example_config_is_valid_and_complete():
     example = Path(edgehdr.__file__).parent / "deploy" / "edgehdr.example.toml"
     cfg = load_config(example)
     assert cfg == validate({}), "the example lists every key at its default"
+
+
+def test_device_source_settings_reach_the_source():
+    """``[source] settle_frames`` and ``hdr_mode`` are handed to the device sources (built, not opened: no device
+    here); left out, each source keeps its own default."""
+    from edgehdr.pipeline.daemon import _build_source
+
+    def build(**src):
+        return _build_source(validate({"source": src}))
+
+    assert build(kind="v4l2", path="/dev/video0", settle_frames=5).settle_frames == 5
+    assert build(kind="v4l2", path="/dev/video0").settle_frames == 2
+    assert build(kind="gstreamer", settle_frames=0).settle_frames == 0
+    assert build(kind="gstreamer").settle_frames == 3
+    assert build(kind="picamera2", hdr_mode=True).hdr_mode is True
+    assert build(kind="picamera2").hdr_mode is False
 
 
 def _config(tmp_path, **sections):

@@ -58,6 +58,11 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
         "loop": (bool, True, _any()),
         "pipeline": (str, "", _any()),
         "sensor_id": (int, 0, _range(0, 16)),
+        # v4l2 / gstreamer: frames dropped after each exposure change while the sensor applies it (-1: the source's
+        # own, 2 for V4L2 and 3 for Argus); picamera2 checks each frame's metadata instead
+        "settle_frames": (int, -1, _range(-1, 8)),
+        # picamera2: the Pi 5 ISP's MultiExposureUnmerged mode alternates the exposures itself
+        "hdr_mode": (bool, False, _any()),
         "response": (str, "srgb", _any()),
         "moving_objects": (int, 2, _range(0, 32)),
         "shake_px": (int, 0, _range(0, 64)),
@@ -168,6 +173,12 @@ def validate(data: dict[str, Any], source: str = "<config>") -> dict[str, dict[s
             raise ConfigError(f"{source}: [{section}] {key} = {value!r}: expected {allowed}")
         config[section][key] = value
     src = config["source"]
+    if src["settle_frames"] != -1 and src["kind"] not in ("v4l2", "gstreamer"):
+        raise ConfigError(f"{source}: [source] settle_frames = {src['settle_frames']}: only the v4l2 and gstreamer "
+                          f"sources drop frames after an exposure change, not kind = {src['kind']!r} (leave it out)")
+    if src["hdr_mode"] and src["kind"] != "picamera2":
+        raise ConfigError(f"{source}: [source] hdr_mode = true: the Pi 5's HDR mode needs kind = \"picamera2\", "
+                          f"not {src['kind']!r}")
     for key in ("exposures_s", "gains"):
         values = src[key]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0

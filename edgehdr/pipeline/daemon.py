@@ -248,17 +248,18 @@ def _build_source(cfg: dict[str, Any], response_bits: int = 8) -> BracketSource:
         from edgehdr.camera.replay import ReplaySource
 
         return ReplaySource(src["path"], bracket_size=src["bracket_size"], fps=src["fps"], loop=src["loop"])
+    settle = {} if src["settle_frames"] == -1 else {"settle_frames": src["settle_frames"]}
     if kind == "v4l2":
         from edgehdr.camera.devices import V4L2Source
 
-        return V4L2Source(src["path"], **common)
+        return V4L2Source(src["path"], **settle, **common)
     if kind == "gstreamer":
         from edgehdr.camera.devices import GStreamerSource
 
-        return GStreamerSource(src["pipeline"], sensor_id=src["sensor_id"], **common)
+        return GStreamerSource(src["pipeline"], sensor_id=src["sensor_id"], **settle, **common)
     from edgehdr.camera.devices import Picamera2Source
 
-    return Picamera2Source(camera_num=src["sensor_id"], **common)
+    return Picamera2Source(camera_num=src["sensor_id"], hdr_mode=src["hdr_mode"], **common)
 
 
 def _model_runner(cfg: dict[str, Any], model: str) -> Runner:
