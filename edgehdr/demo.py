@@ -124,7 +124,7 @@ def run_demo(outdir: str | os.PathLike[str] = "edgehdr-demo", *, seconds: float 
         displayed = simulate_display(ctx.lcd, ctx.backlight, layout)
         b = ctx.bracket
         fc, (lo, hi) = false_colour(ctx.radiance)
-        tiles = [(f"exposure {i}: {t:.3g} (x gain {g:g})", f) for i, (t, g, f) in
+        tiles = [(f"exposure {i}: {t:.3g} s (x gain {g:g})", f) for i, (t, g, f) in
                  enumerate(zip(b.exposure_s, b.gain, b.frames))]
         tiles += [
             (f"merged HDR, log2 L {lo:.0f}..{hi:.0f} (false colour)", fc),
