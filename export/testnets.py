@@ -48,8 +48,8 @@ def image_net(path: PathLike, *, height: int = 64, width: int = 64, channels: in
     def conv(name: str, x: str, out_ch: int, in_ch: int, stride: int = 1) -> str:
         w, b = _conv_weights(rng, out_ch, in_ch)
         inits.extend([numpy_helper.from_array(w, f"{name}.weight"), numpy_helper.from_array(b, f"{name}.bias")])
-        nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [name], pads=[1, 1, 1, 1],
-                                      strides=[stride, stride], name=name))
+        nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [name], kernel_shape=[3, 3],
+                                      pads=[1, 1, 1, 1], strides=[stride, stride], name=name))
         return name
 
     def relu(x: str) -> str:
@@ -61,8 +61,12 @@ def image_net(path: PathLike, *, height: int = 64, width: int = 64, channels: in
     nodes.append(helper.make_node("Add", [c2, c1], ["residual"], name="residual_add"))
     inits.append(numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "down_scales"))
     inits.append(numpy_helper.from_array(np.array([1, 1, 2.0, 2.0], np.float32), "up_scales"))
-    nodes.append(helper.make_node("Resize", ["residual", "", "down_scales"], ["down"], mode="linear", name="down"))
-    nodes.append(helper.make_node("Resize", ["down", "", "up_scales"], ["up"], mode="linear", name="up"))
+    # kernel_shape and coordinate_transformation_mode are ONNX's defaults written out: OpenCV 4.11's importer (the
+    # JetPack 6 pin, the benches' baseline) refuses a Conv without the one and a linear Resize without the other.
+    nodes.append(helper.make_node("Resize", ["residual", "", "down_scales"], ["down"], mode="linear",
+                                  coordinate_transformation_mode="half_pixel", name="down"))
+    nodes.append(helper.make_node("Resize", ["down", "", "up_scales"], ["up"], mode="linear",
+                                  coordinate_transformation_mode="half_pixel", name="up"))
     nodes.append(helper.make_node("Add", ["up", "residual"], ["context"], name="context_add"))
     c3 = conv("conv3", "context", 3, channels)
     nodes.append(helper.make_node("Sigmoid", [c3], ["output"], name="sigmoid"))
@@ -83,7 +87,7 @@ def score_net(path: PathLike, *, height: int = 64, width: int = 64, seed: int = 
         w, b = _conv_weights(rng, out_ch, in_ch)
         inits += [numpy_helper.from_array(w, f"conv{i}.weight"), numpy_helper.from_array(b, f"conv{i}.bias")]
         nodes.append(helper.make_node("Conv", [x, f"conv{i}.weight", f"conv{i}.bias"], [f"conv{i}"],
-                                      pads=[1, 1, 1, 1], strides=[2, 2], name=f"conv{i}"))
+                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2], name=f"conv{i}"))
         nodes.append(helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"], name=f"relu{i}"))
         x, in_ch = f"relu{i}", out_ch
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["pooled"], name="pool"))

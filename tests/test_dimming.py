@@ -215,7 +215,11 @@ def test_robust_peak_is_numpys_percentile_of_the_subsampled_luminance_to_the_bit
     for image in (scene, ramp, flat, odd):
         lum = luminance(image[::step, ::step]).ravel()
         want = float(np.percentile(lum[np.isfinite(lum)], percentile))
-        assert robust_peak_luminance(image, percentile, step=step) == want
+        got = robust_peak_luminance(image, percentile, step=step)
+        if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+            assert got == want  # NumPy 2 interpolates float32 samples in float32 (NEP 50), as the kernel does
+        else:  # NumPy 1.x (JetPack 6's pin) interpolates them in float64: the same to one float32 step
+            assert abs(got - want) <= float(np.spacing(np.float32(want)))
     with pytest.raises(ValueError, match="step"):
         robust_peak_luminance(scene, step=0)
     with pytest.raises(ValueError, match="non-finite"):

@@ -152,7 +152,7 @@ def test_basic_graph_optimisation_runs_qdq_nodes_as_written(tmp_path):
     graph = helper.make_graph(nodes, "qdq_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, 8, 6, 6))], inits)
     path = tmp_path / "qdq_conv.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
 
     xd = np.clip(np.round(x / sx), -128, 127) * sx
     wd = np.clip(np.round(w / sw), -127, 127) * sw
@@ -185,7 +185,7 @@ def test_qdq_model_on_the_cpu_provider_is_named_in_the_log(tmp_path, nets, caplo
     graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 4))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, 4))], inits)
     qdq = tmp_path / "qdq.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), qdq)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), qdq)
     fp32 = nets["image"]
     assert is_qdq_model(qdq) and not is_qdq_model(fp32)
 

@@ -48,7 +48,7 @@ def _answering(path, input_name: str, input_shape, output_name: str, answer: np.
     graph = helper.make_graph(nodes, "answer", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT,
                                                                               input_shape)],
                               [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, answer.shape)], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     return OnnxRuntimeRunner(path).load()
 
 

@@ -252,12 +252,24 @@ def test_constraints_resolve_for_their_target(name, extras, tmp_path):
            "--implementation=cp", f"--target={tmp_path / 'target'}", f"--report={report}", "--quiet",
            "-c", str(CONSTRAINTS / name), *requirements]
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
+    running = ".".join(map(str, sys.version_info[:3]))
+    if out.returncode != 0 and f"requires a different Python: {running} not in" in out.stderr:
+        import pip
+
+        pytest.skip(f"pip {pip.__version__} checks Requires-Python against this interpreter ({running}) instead of "
+                    f"--python-version={python_version} (pip 24.2 and later do not): run with a newer pip")
     assert out.returncode == 0, f"{' '.join(cmd)}\n{out.stderr[-4000:]}"
 
     import json
 
-    resolved = {_name(item["metadata"]["name"]): item["metadata"]["version"]
-                for item in json.loads(report.read_text())["install"]}
+    installs = json.loads(report.read_text())["install"]
+    resolved = {_name(item["metadata"]["name"]): item["metadata"]["version"] for item in installs}
+    # Older pip applies Requires-Python to the running interpreter, not the target: checked here for the target.
+    specifiers = pytest.importorskip("packaging.specifiers")
+    wrong_python = {item["metadata"]["name"]: item["metadata"]["requires_python"] for item in installs
+                    if item["metadata"].get("requires_python") and f"{python_version}.0" not in
+                    specifiers.SpecifierSet(item["metadata"]["requires_python"])}
+    assert not wrong_python, f"{name}: pins that do not support Python {python_version}: {wrong_python}"
     pins = _pins(CONSTRAINTS / name)
     stale = sorted(set(pins) - set(resolved))
     assert not stale, f"{name} pins packages the core install no longer uses: {stale}"
@@ -328,13 +340,18 @@ def test_wheel_ships_models_c_sources_and_firmware(wheel):
 
 @pytest.mark.slow
 def test_core_install_carries_no_host_tooling(core_venv, tmp_path):
-    code = ("import importlib.util, edgehdr; print(edgehdr.__file__); "
-            f"print(','.join(m for m in {HOST_ONLY!r} if importlib.util.find_spec(m)))")
+    code = ("import importlib.util, importlib.metadata, edgehdr; print(edgehdr.__file__); "
+            f"print(','.join(m for m in {HOST_ONLY!r} if importlib.util.find_spec(m))); "
+            "print(importlib.metadata.version('onnxruntime'))")
     out = _in_venv(core_venv, "python", "-c", code, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    location, present = out.stdout.splitlines()
+    location, present, onnxruntime = out.stdout.splitlines()
     assert Path(location).resolve().is_relative_to(core_venv.parent.resolve()), "edgehdr not imported from the venv"
-    assert present == "", f"installed by `pip install edgehdr`: {present}"
+    found = set(filter(None, present.split(",")))
+    if tuple(int(v) for v in onnxruntime.split(".")[:2]) < (1, 24):
+        # onnxruntime before 1.24 depends on sympy itself (the last release for Python 3.10 is 1.23, as on JetPack 6)
+        found.discard("sympy")
+    assert not found, f"installed by `pip install edgehdr`: {sorted(found)}"
 
 
 @pytest.mark.slow

@@ -75,7 +75,7 @@ def test_onnxruntime_description_of_other_dtypes_and_dynamic_dims(tmp_path):
     dims = helper.make_tensor_value_info("dims", TensorProto.INT64, [4])
     graph = helper.make_graph([helper.make_node("Add", ["pixels", "pixels"], ["twice"]),
                                helper.make_node("Shape", ["pixels"], ["dims"])], "g", [x], [y, dims])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     model.ir_version = 8
     path = tmp_path / "mixed.onnx"
     onnx.save(model, str(path))
