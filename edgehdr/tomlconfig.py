@@ -8,12 +8,13 @@ of the wrong type fail with ``FILE: [section] key = value: expected TYPE``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_table", "typed_entries"]
+__all__ = ["finite_number", "read_table", "typed_entries"]
 
 
 def read_table(path: str | os.PathLike[str], error: type[Exception]) -> Any:
@@ -41,8 +42,20 @@ def read_table(path: str | os.PathLike[str], error: type[Exception]) -> Any:
     return data
 
 
+def finite_number(value: Any) -> bool:
+    """A real number (not a bool) that a float holds finitely: TOML and JSON integers beyond 1.8e308 are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _coerce(source: str, section: str, key: str, value: Any, expected: type, error: type[Exception]) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        if not finite_number(value):
+            raise error(f"{source}: [{section}] {key} = {value!r}: expected float (a number a float can hold)")
         return float(value)
     if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
         raise error(f"{source}: [{section}] {key} = {value!r}: expected {expected.__name__}")

@@ -463,6 +463,9 @@ def parse_transport_spec(spec: str) -> tuple[str, tuple[Any, ...], dict[str, Any
         host, _, port = spec[4:].rpartition(":")
         if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise ValueError(f"bad UDP transport {spec!r}; write udp:HOST:PORT with a port of 1-65535")
+        if any(c in host for c in ":[]"):
+            raise ValueError(f"bad UDP transport {spec!r}: the UDP link is IPv4 (udp:HOST:PORT with a host name or "
+                             f"an IPv4 address)")
         return "udp", (host, int(port)), {}
     if spec.startswith("spi:"):
         rest, _, speed = spec[4:].partition("@")

@@ -113,3 +113,54 @@ def test_debevec_on_frames_smaller_than_the_sample_count():
     assert estimate.inverse_lut.shape[-1] == 256
     assert np.all(np.diff(estimate.inverse_lut, axis=-1) >= 0)
     assert _log_rms_error(estimate, shot.response, frames=frames) < 0.3
+
+
+def _npy_header(shape: str, descr: str = "<f8") -> bytes:
+    import struct
+
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}".ljust(118) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+
+
+def test_damaged_response_files_are_one_value_error_naming_the_file(tmp_path):
+    """Found by fuzzing: an .npy declaring 2e9 entries in 192 bytes (NumPy allocated 15 GB before), zip magic,
+    a broken header, JSON numbers beyond a float, a list for 'meta', 100000 nested brackets, negative Octave
+    dimensions. Each is a ValueError that names the file, no other exception type."""
+    import json
+
+    good = standard_response("srgb", 2).to_dict()
+    cases = {
+        "huge.npy": _npy_header("(2000000000,)") + bytes(64),
+        "zip.npy": b"PK\x03\x04" + bytes(40),
+        "header.npy": b"\x93NUMPY\x01\x00\x01\x00{'d1e400escr': '<f4'",
+        "empty.npy": b"",
+        "bigint.json": json.dumps({**good, "inverse_lut": [[0, 0.1, 0.5, 10**400]] * 3}).encode(),
+        "meta.json": json.dumps({**good, "meta": [1, 2]}).encode(),
+        "deep.json": b"[" * 100000 + b"]" * 100000,
+        "digits.json": b'{"format": "edgehdr-camera-response", "version": 1, "bits": ' + b"1" * 5000 + b"}",
+        "dims.m": b"# name: IR\n# rows: -1\n# columns: -3\n0 0 0\n",
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match=str(path).replace(".", r"\.")):
+            CameraResponse.load(path)
+
+
+def test_flat_responses_and_degenerate_curve_parameters_are_refused(tmp_path):
+    """A constant LUT (every code the same radiance) and curves whose parameters are infinite or denormal (their
+    LUTs were all 0 or all 1) are refused; the usual curves load."""
+    import json
+
+    good = standard_response("srgb", 2).to_dict()
+    for value in (0.0, 1.0):
+        path = tmp_path / f"flat{value:g}.json"
+        path.write_text(json.dumps({**good, "inverse_lut": [[value] * 4] * 3}))
+        with pytest.raises(ValueError, match=r"flat\d\.json: inverse_lut channel R is flat"):
+            CameraResponse.load(path)
+    for text in ("gammainf", "gamma1e-320", "gamma2.2e400", "s-curve:inf:1", "s-curve:1e308:1e-308", "gamma0"):
+        with pytest.raises(ValueError, match=r"must be a finite number|bad gamma"):
+            ResponseCurve.parse(text)
+    for text in ("srgb", "linear", "gamma2.2", "s-curve", "s-curve:2.5:0.1"):
+        lut = CameraResponse.from_curve(ResponseCurve.parse(text), 8).inverse_lut
+        assert (lut[:, -1] > lut[:, 0]).all(), text

@@ -56,6 +56,10 @@ def test_layout_loads_toml_and_json_and_names_bad_keys(tmp_path):
         ("[drive]\nresponse = 'lut'\nlut = [0.5, 0.2, 1.0]\n", r"\[drive\] lut"),
         ("[panel]\nlcd_bits = 12\n", r"lcd_bits = 12: expected 8 or 10"),
         ("not toml [", "not valid TOML"),
+        # found by fuzzing: integers beyond a float's range (OverflowError before), a NUL in a file name
+        ("[panel]\nlcd_gamma = " + "9" * 400 + "\n", r"\[panel\] lcd_gamma = 9+: expected float"),
+        ("[drive]\nresponse = 'lut'\nlut = [0, " + "9" * 400 + "]\n", r"\[drive\] lut\[1\] = 9+: expected a finite"),
+        ("[psf]\nmodel = 'image'\nfile = \"a\\u0000b.png\"\n", r"\[psf\] file = 'a\\x00b.png': .*NUL character"),
     ):
         bad = tmp_path / "bad.toml"
         bad.write_text(body)

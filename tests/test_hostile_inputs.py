@@ -508,3 +508,141 @@ def test_very_short_distinct_exposures_are_not_taken_for_the_same(tmp_path):
     (folder / "list.txt").write_text("f0.png 1e9\nf1.png 2.5e8\nf2.png 6.25e7\n")
     bracket = read_ldr_stack(folder)
     np.testing.assert_allclose(bracket.relative_exposure / bracket.relative_exposure[0], [1, 4, 16])
+
+
+# ------------------------------------------------------------------------- headers that declare too much (fuzzing)
+
+
+def test_tiff_whose_directory_lies_beyond_the_file_is_refused_without_reading_there(tmp_path):
+    """A 16-byte TIFF whose first-directory offset is 2e9: refused by the offset (the reader padded 2 GB of zeros
+    to reach it before)."""
+    path = tmp_path / "far.tif"
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 2_000_000_000) + bytes(8))
+    with pytest.raises(ValueError, match=r"far\.tif: .*first directory offset 2000000000 lies beyond the file's end"):
+        check_image_header(path)
+    img = np.random.default_rng(0).integers(0, 255, (19, 23, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "ok.tif"), img)
+    assert check_image_header(tmp_path / "ok.tif") == (23, 19)
+
+
+def test_png_chunk_longer_than_the_file_is_refused_before_decoding(tmp_path):
+    """IEND declaring 2 GiB and the data chunk renamed: libpng allocated for it (2 GB for 84 bytes) before failing;
+    the header walk refuses the chunk, naming it and where it starts."""
+    data = bytearray(cv2.imencode(".png", np.zeros((6, 7, 3), np.uint8))[1].tobytes())
+    end = data.rfind(b"IEND")
+    struct.pack_into(">I", data, end - 4, 0x7FFFFFFF)
+    idat = data.find(b"IDAT")
+    data[idat:idat + 4] = b"IDA\xfc"
+    path = tmp_path / "chunk.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"chunk\.png: .*PNG chunk b'IEND' at byte {end - 4} declares 2147483647 "):
+        read_ldr_image(path)
+
+
+def _webp(img, **options):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "WEBP", **options)
+    return bytearray(buf.getvalue())
+
+
+def test_webp_size_is_read_from_each_header_kind_and_the_pixel_limit_applies(tmp_path):
+    """Lossy (VP8), lossless (VP8L) and extended (VP8X, here with EXIF) WebP headers give the decoded size; a
+    38-byte lossless file patched to declare 12000 x 12000 is refused by the pixel limit (it decoded to 144 MP)."""
+    from PIL import Image
+
+    img = np.random.default_rng(1).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x010F] = "camera"
+    for name, data in (("lossy", _webp(img, quality=80)), ("lossless", _webp(img, lossless=True)),
+                       ("extended", _webp(img, quality=80, exif=exif.tobytes()))):
+        path = tmp_path / f"{name}.webp"
+        path.write_bytes(bytes(data))
+        assert check_image_header(path) == (53, 37), name
+        assert read_ldr_image(path).shape == (37, 53, 3)
+    data = _webp(np.full((16, 16, 3), 77, np.uint8), lossless=True, method=0)
+    bits = struct.unpack_from("<I", data, 21)[0]
+    struct.pack_into("<I", data, 21, (bits & ~((1 << 28) - 1)) | (12000 - 1) | ((12000 - 1) << 14))
+    path = tmp_path / "huge.webp"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"huge\.webp: header declares 12000 x 12000 = 144.0 MP, above the limit of "
+                                         r"0.001 MP"):
+        read_ldr_image(path, max_pixels=1000)
+
+
+def test_ppm_header_with_words_for_its_size_names_the_file(tmp_path):
+    path = tmp_path / "bad.ppm"
+    path.write_bytes(b"P6\nxx 5\n255\n")
+    with pytest.raises(ValueError, match=r"bad\.ppm: .*malformed \.ppm header"):
+        check_image_header(path)
+
+
+# ------------------------------------------------------------------------------------------------ EXIF (fuzzing)
+
+
+def _exif_jpeg(path: Path, tags: dict, value: int = 100) -> Path:
+    import io
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    sub = exif.get_ifd(0x8769)
+    sub.update(tags)
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buf, "JPEG", exif=exif.tobytes())
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def test_exif_values_that_are_not_one_positive_number_are_refused_naming_file_and_tag(tmp_path):
+    """ISO 0/0 or infinity went into the bracket's gain as NaN/inf (and let two frames of the same exposure past the
+    duplicate check); an ExposureTime of two rationals was divided into 0.5 s; text raised without the file name.
+    A manual lens's FNumber 0/0 means an unknown aperture, as before."""
+    from PIL.TiffImagePlugin import IFDRational
+
+    from edgehdr.io.ldr_stack import read_exif_exposure
+
+    exposure = {0x829A: IFDRational(1, 100)}
+    for name, tags, message in (
+            ("iso_nan", {**exposure, 0x8827: IFDRational(0, 0)}, "EXIF ISOSpeedRatings nan is not a positive number"),
+            ("iso_inf", {**exposure, 0x8827: float("inf")}, "EXIF ISOSpeedRatings inf is not a positive number"),
+            ("two", {0x829A: (IFDRational(1, 100), IFDRational(1, 50))}, "EXIF ExposureTime holds 2 values"),
+            ("text", {0x829A: "abc"}, "EXIF ExposureTime 'abc' is not a number")):
+        path = _exif_jpeg(tmp_path / f"{name}.jpg", tags)
+        with pytest.raises(ValueError, match=rf"{name}\.jpg: {message}"):
+            read_exif_exposure(path)
+    assert read_exif_exposure(_exif_jpeg(tmp_path / "manual.jpg", {**exposure, 0x829D: IFDRational(0, 0),
+                                                                   0x8827: 0})) == (0.01, None, None)
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    _exif_jpeg(folder / "a.jpg", {**exposure, 0x8827: 100}, 60)
+    _exif_jpeg(folder / "b.jpg", {**exposure, 0x8827: IFDRational(0, 0)}, 120)
+    with pytest.raises(ValueError, match=r"b\.jpg: EXIF ISOSpeedRatings nan"):
+        read_ldr_stack(folder)
+
+
+def test_exif_reader_turns_every_pillow_failure_into_an_error_naming_the_file(tmp_path):
+    """A JPEG whose frame header declares 65000 x 65000 (Pillow's DecompressionBombError) and a PNG with a
+    truncated IHDR (Pillow's own ValueError without the name): one ValueError naming the file each."""
+    from edgehdr.io.ldr_stack import read_exif_exposure
+
+    data = bytearray(_exif_jpeg(tmp_path / "x.jpg", {0x829A: 0.01}).read_bytes())
+    sof = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, 65000, 65000)
+    (tmp_path / "bomb.jpg").write_bytes(bytes(data))
+    (tmp_path / "ihdr.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x05IHDR\x00\x00\x00\x01\x00\x00\x00\x00")
+    for name in ("bomb.jpg", "ihdr.png"):
+        with pytest.raises(ValueError, match=rf"{name.replace('.', chr(92) + '.')}: cannot read EXIF"):
+            read_exif_exposure(tmp_path / name)
+
+
+def test_list_file_inverse_time_whose_inverse_overflows_names_the_line(tmp_path):
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((4, 4, 3), 50 * i + 10, np.uint8))
+    (tmp_path / "list.txt").write_text("0.png 30\n1.png 1e-320\n")
+    with pytest.raises(ValueError, match=r"list\.txt:2: inverse shutter time must be a positive number whose "
+                                         r"inverse is finite, got 1e-320"):
+        read_ldr_stack(tmp_path)

@@ -63,6 +63,14 @@ _SCHEMA = {
 _REAL = (int, float, np.integer, np.floating)
 
 
+def _isfinite(value) -> bool:
+    """``math.isfinite`` that answers False for integers beyond a float's range (TOML and JSON allow them)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _num(value: float) -> str:
     return f"{value:g}".replace("e+0", "e").replace("e+", "e")
 
@@ -135,7 +143,7 @@ class LedLayout:
 
     def _number(self, key: str, value, lo: float, hi: float) -> None:
         # NaN fails every comparison, so it is named here rather than slipping through a range test.
-        if (isinstance(value, bool) or not isinstance(value, _REAL) or not math.isfinite(value)
+        if (isinstance(value, bool) or not isinstance(value, _REAL) or not _isfinite(value)
                 or not lo <= value <= hi):
             self._fail(key, value, f"a finite number {_num(lo)}..{_num(hi)}")
 
@@ -173,7 +181,7 @@ class LedLayout:
             self._fail("[drive] lut", raw, what)
         items = raw.tolist() if isinstance(raw, np.ndarray) else list(raw)
         for i, v in enumerate(items):
-            if isinstance(v, bool) or not isinstance(v, _REAL) or not math.isfinite(v) or not 0 <= v <= 1:
+            if isinstance(v, bool) or not isinstance(v, _REAL) or not _isfinite(v) or not 0 <= v <= 1:
                 self._fail(f"[drive] lut[{i}]", v, "a finite number in [0, 1]")
             if i and v < items[i - 1]:
                 self._fail(f"[drive] lut[{i}]", v, f"a value >= lut[{i - 1}] = {items[i - 1]!r} (the LUT never "
@@ -264,10 +272,15 @@ def load_layout(path: str | os.PathLike[str]) -> LedLayout:
         from edgehdr.io import read_ldr_image, read_radiance
         from edgehdr.io.hdr_files import RADIANCE_SUFFIXES
 
+        if "\0" in psf_file:
+            raise LayoutError(f"{path}: [psf] file = {psf_file!r}: a file name cannot hold a NUL character")
         psf_path = (path.parent / psf_file).resolve()
         if not psf_path.is_file():
             raise LayoutError(f"{path}: [psf] file = {psf_file!r}: no such file ({psf_path})")
-        img = read_radiance(psf_path) if psf_path.suffix.lower() in RADIANCE_SUFFIXES else read_ldr_image(psf_path)
+        try:
+            img = read_radiance(psf_path) if psf_path.suffix.lower() in RADIANCE_SUFFIXES else read_ldr_image(psf_path)
+        except ValueError as exc:
+            raise LayoutError(f"{path}: [psf] file = {psf_file!r}: {exc}") from None
         kwargs["psf_image"] = np.asarray(img, np.float64).mean(axis=2)
     layout = LedLayout(source=str(path), **kwargs)
     # A half-given grid would silently take the default for the other half (48 zones, 1920 px ...).

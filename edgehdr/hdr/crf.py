@@ -15,6 +15,7 @@ import functools
 import io
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -85,8 +86,10 @@ class ResponseCurve:
     def __post_init__(self) -> None:
         if self.kind not in ("linear", "gamma", "srgb", "s-curve"):
             raise ValueError(f"unknown response kind {self.kind!r}; use linear, gamma, srgb or s-curve")
-        if self.gamma <= 0 or self.contrast <= 0 or self.pivot <= 0:
-            raise ValueError("gamma, contrast and pivot must be positive")
+        for name, value, lo, hi in (("gamma", self.gamma, 0.05, 20.0), ("contrast", self.contrast, 0.05, 20.0),
+                                    ("pivot", self.pivot, 1e-3, 1e3)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
+                raise ValueError(f"response {name} must be a finite number in {lo:g}..{hi:g}, got {value!r}")
 
     @classmethod
     def parse(cls, text: str) -> ResponseCurve:
@@ -97,9 +100,13 @@ class ResponseCurve:
         if t.startswith("gamma"):
             value = t[5:].lstrip(":=") or "2.2"
             try:
-                return cls(kind="gamma", gamma=float(value))
+                gamma = float(value)
             except ValueError:
                 raise ValueError(f"bad gamma in response {text!r}; write e.g. gamma2.2") from None
+            try:
+                return cls(kind="gamma", gamma=gamma)
+            except ValueError as exc:
+                raise ValueError(f"bad gamma in response {text!r}: {exc}") from None
         if t.startswith("s-curve"):
             parts = [p for p in t[7:].split(":") if p]
             try:
@@ -189,6 +196,10 @@ class CameraResponse:
             raise ValueError("inverse_lut must be finite and non-negative")
         if np.any(np.diff(lut, axis=1) < 0):
             lut = _nearest_non_decreasing(lut, self.name)
+        flat = [c for c in range(3) if lut[c, -1] <= lut[c, 0]]
+        if flat:  # every code would mean the same radiance: nothing could be merged with it
+            raise ValueError(f"inverse_lut channel {'RGB'[flat[0]]} is flat (every code maps to "
+                             f"{float(lut[flat[0], 0]):g}); a response must rise from its first code to its last")
         self.inverse_lut = np.ascontiguousarray(lut)
 
     @property
@@ -312,13 +323,31 @@ class CameraResponse:
             with Octave ``# rows:`` headers is read as pfstools'.
         """
         path = Path(path)
+        try:
+            return cls._load(path)
+        except (OSError, ValueError) as exc:
+            if str(path) in str(exc):
+                raise
+            raise ValueError(f"{path}: not a readable camera response ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - NumPy's and json's parsers raise many kinds on damaged files
+            raise ValueError(f"{path}: not a readable camera response ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _load(cls, path: Path) -> CameraResponse:
         suffix = path.suffix.lower()
         try:
             if suffix == ".npy":
-                try:
-                    array = np.load(path, allow_pickle=False)
-                except ValueError as exc:
+                try:  # mapped first: a header declaring 2e9 entries in a 192-byte file is refused, not allocated
+                    mapped = np.load(path, allow_pickle=False, mmap_mode="r")
+                except (ValueError, EOFError, OSError) as exc:
+                    if isinstance(exc, FileNotFoundError):
+                        raise
                     raise ValueError(f"{path}: not a NumPy array file ({exc})") from None
+                if not isinstance(mapped, np.ndarray) or mapped.size > 3 * (1 << 16):
+                    raise ValueError(f"{path}: a response array has at most 3 x 65536 entries, got shape "
+                                     f"{getattr(mapped, 'shape', None)}")
+                array = np.array(mapped)
+                del mapped
                 try:
                     response = cls.from_opencv(array, name=path.name)
                 except ValueError as exc:
@@ -346,7 +375,7 @@ class CameraResponse:
             raise ValueError(f"{path}: field 'version' must be 1, got {data.get('version')!r}")
         try:
             lut = np.asarray(data["inverse_lut"], dtype=np.float64)
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, OverflowError):
             raise ValueError(f"{path}: field 'inverse_lut' must be a 3 x 2^bits list of numbers") from None
         bits = data.get("bits")
         if not isinstance(bits, int) or not 2 <= bits <= 16:
@@ -354,8 +383,11 @@ class CameraResponse:
         if lut.shape != (3, 1 << bits):
             raise ValueError(
                 f"{path}: field 'inverse_lut' must be 3 rows of {1 << bits} entries, got shape {lut.shape}")
+        meta = data.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path}: field 'meta' must be an object, got {type(meta).__name__}")
         try:
-            return cls(lut, name=str(data.get("name", path.stem)), meta=dict(data.get("meta") or {}))
+            return cls(lut, name=str(data.get("name", path.stem)), meta=dict(meta))
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
 

@@ -83,8 +83,7 @@ def declared_size(path: str | os.PathLike[str], head: bytes | None = None) -> tu
                          f"({_what_it_is(head)})")
     try:
         if suffix == ".png":
-            width, height = struct.unpack(">II", head[16:24])
-            return width, height
+            return _png_size(path, head)
         if suffix in (".jpg", ".jpeg"):
             return _jpeg_size(path, head)
         if suffix in (".hdr", ".pic"):
@@ -100,7 +99,13 @@ def declared_size(path: str | os.PathLike[str], head: bytes | None = None) -> tu
             return _tiff_size(path, head)
         if suffix in (".ppm", ".pgm"):
             tokens = re.sub(rb"#[^\n]*", b" ", head[2:256]).split()
-            return int(tokens[0]), int(tokens[1])
+            try:
+                return int(tokens[0]), int(tokens[1])
+            except ValueError:
+                raise ValueError(f"{path}: not a readable image: malformed {suffix} header (width and height "
+                                 f"{tokens[:2]!r} are not integers)") from None
+        if suffix == ".webp":
+            return _webp_size(path, head)
     except (struct.error, IndexError) as exc:
         raise ValueError(f"{path}: not a readable image: truncated or malformed {suffix} header") from exc
     return None
@@ -127,13 +132,59 @@ def _jpeg_size(path: Path, head: bytes) -> tuple[int, int]:
     raise ValueError(f"{path}: JPEG without a frame header (SOF marker); truncated or not a JPEG")
 
 
+def _png_size(path: Path, head: bytes) -> tuple[int, int]:
+    """IHDR's size, after a walk over the chunk headers: a chunk whose declared length runs past the end of the
+    file (libpng allocates for it before it finds out: 2 GB for an 84-byte file) is refused."""
+    length, kind = struct.unpack(">I4s", head[8:16])
+    if kind != b"IHDR" or length != 13:
+        raise ValueError(f"{path}: not a readable image: a PNG must start with its 13-byte IHDR chunk")
+    width, height = struct.unpack(">II", head[16:24])
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        pos = 8
+        while pos + 8 <= size:
+            fh.seek(pos)
+            length, kind = struct.unpack(">I4s", fh.read(8))
+            if length > 0x7FFFFFFF or pos + 12 + length > size:
+                raise ValueError(f"{path}: not a readable image: PNG chunk {kind!r} at byte {pos} declares "
+                                 f"{length} bytes, beyond the file's {size}")
+            if kind == b"IEND":
+                break
+            pos += 12 + length
+    return width, height
+
+
+def _webp_size(path: Path, head: bytes) -> tuple[int, int]:
+    """Canvas size of a WebP: its VP8X, VP8L (lossless) or VP8 (lossy) header (Google's WebP container and
+    bitstream specifications)."""
+    if head[8:12] != b"WEBP":
+        raise ValueError(f"{path}: not a readable image: a RIFF file but not WebP")
+    kind, data = head[12:16], head[20:30]
+    if kind == b"VP8X":
+        return 1 + int.from_bytes(data[4:7], "little"), 1 + int.from_bytes(data[7:10], "little")
+    if kind == b"VP8L":
+        if data[0] != 0x2F:
+            raise ValueError(f"{path}: not a readable image: malformed WebP lossless header")
+        bits = int.from_bytes(data[1:5], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if kind == b"VP8 ":
+        if data[3:6] != b"\x9d\x01\x2a":
+            raise ValueError(f"{path}: not a readable image: malformed WebP lossy header")
+        width, height = struct.unpack("<HH", data[6:10])
+        return width & 0x3FFF, height & 0x3FFF
+    raise ValueError(f"{path}: not a readable image: unknown WebP chunk {kind!r}")
+
+
 def _tiff_size(path: Path, head: bytes) -> tuple[int, int]:
     order = "<" if head[:2] == b"II" else ">"
     offset = struct.unpack(order + "I", head[4:8])[0]
-    if offset + 2 > len(head):
+    if offset + 2 > len(head):  # the first directory lies beyond what was read: read it from there
+        if offset + 2 > path.stat().st_size:
+            raise ValueError(f"{path}: not a readable image: TIFF's first directory offset {offset} lies beyond the "
+                             f"file's end")
         with open(path, "rb") as fh:
             fh.seek(offset)
-            head = b"\0" * offset + fh.read(2 + 12 * 4096)
+            head, offset = fh.read(2 + 12 * 4096), 0
     count = struct.unpack(order + "H", head[offset:offset + 2])[0]
     found = {}
     for k in range(count):
@@ -200,7 +251,7 @@ def check_image_header(path: str | os.PathLike[str], *, max_pixels: int | None =
     if width * height > limit:
         raise ValueError(
             f"{path}: header declares {width} x {height} = {width * height / 1e6:.1f} MP, above the limit of "
-            f"{limit / 1e6:.1f} MP (set EDGEHDR_MAX_PIXELS to raise it)"
+            f"{limit / 1e6:.3g} MP (set EDGEHDR_MAX_PIXELS to raise it)"
         )
     return size
 

@@ -10,6 +10,7 @@ into the bracket's gain so that ``exposure_s * gain`` is the relative exposure
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -139,49 +140,63 @@ def read_list_file(list_path: str | os.PathLike[str]) -> list[tuple[Path, float]
             inverse_s = float(value)
         except ValueError:
             raise ValueError(f"{list_path}:{lineno}: inverse shutter time {value!r} is not a number") from None
-        if not np.isfinite(inverse_s) or inverse_s <= 0:
-            raise ValueError(f"{list_path}:{lineno}: inverse shutter time must be > 0, got {value}")
+        if not np.isfinite(inverse_s) or inverse_s <= 0 or not math.isfinite(1.0 / inverse_s):
+            raise ValueError(f"{list_path}:{lineno}: inverse shutter time must be a positive number whose inverse "
+                             f"is finite, got {value}")
         entries.append((list_path.parent / name, 1.0 / inverse_s))
     return entries
 
 
-def _rational(value: Any) -> float:
-    if isinstance(value, tuple) and len(value) == 2:
-        return float(value[0]) / float(value[1]) if value[1] else float("nan")
-    return float(value)
+def _exif_number(path: Path, name: str, value: Any) -> float:
+    """One EXIF number (an int, a float, a Pillow rational or a ``(numerator, denominator)`` pair) as a float;
+    ``ValueError`` naming the file and the tag for anything else (several values, text, a zero denominator)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) == 2 and all(isinstance(v, (int, float)) for v in value):  # a raw (num, den) rational
+            value = value[0] / value[1] if value[1] else float("nan")
+        elif len(value) == 1:
+            value = value[0]
+        else:
+            raise ValueError(f"{path}: EXIF {name} holds {len(value)} values {value!r}; expected one number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        raise ValueError(f"{path}: EXIF {name} {value!r} is not a number") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{path}: EXIF {name} {value!r} is not a positive number")
+    return number
 
 
 def read_exif_exposure(path: str | os.PathLike[str]) -> tuple[float, float | None, float | None]:
     """Return ``(exposure_s, f_number, iso)`` from a file's EXIF.
 
-    ``f_number`` and ``iso`` are None when absent. Raises ``ValueError`` naming
-    the file when ExposureTime is missing or invalid.
+    ``f_number`` and ``iso`` are None when absent or 0 (unknown); an FNumber that is
+    not one positive number (a manual lens's 0/0) is taken as unknown too. Raises
+    ``ValueError`` naming the file when ExposureTime is missing or invalid, when ISO is
+    present but not one positive number (0/0, infinity, text, several values), or
+    when the file's EXIF cannot be read at all.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
     try:
         with Image.open(path) as img:
             exif = img.getexif()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: cannot read EXIF ({exc})") from exc
-    tags = dict(exif)
-    tags.update(exif.get_ifd(_EXIF_IFD))
+            tags = dict(exif)
+            tags.update(exif.get_ifd(_EXIF_IFD))
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds on damaged files (OSError, SyntaxError,
+        # KeyError, DecompressionBombError, ...): all mean "cannot read this file's EXIF"
+        raise ValueError(f"{path}: cannot read EXIF ({type(exc).__name__}: {exc})") from None
     if _TAG_EXPOSURE_TIME not in tags:
         raise ValueError(
             f"{path}: no EXIF ExposureTime; give the exposures in a list file "
             "('FILENAME INVERSE_SHUTTER_TIME' per line)"
         )
-    exposure_s = _rational(tags[_TAG_EXPOSURE_TIME])
-    if not np.isfinite(exposure_s) or exposure_s <= 0:
-        raise ValueError(f"{path}: EXIF ExposureTime {tags[_TAG_EXPOSURE_TIME]!r} is not a positive time")
-    f_number = _rational(tags[_TAG_FNUMBER]) if _TAG_FNUMBER in tags else None
-    if f_number is not None and (not np.isfinite(f_number) or f_number <= 0):
+    exposure_s = _exif_number(path, "ExposureTime", tags[_TAG_EXPOSURE_TIME])
+    try:  # a manual lens reports FNumber 0 or 0/0: the aperture is unknown, taken as the same in every frame
+        f_number = _exif_number(path, "FNumber", tags[_TAG_FNUMBER]) if tags.get(_TAG_FNUMBER) else None
+    except ValueError:
         f_number = None
-    iso = tags.get(_TAG_ISO)
-    if isinstance(iso, (tuple, list)):
-        iso = iso[0] if iso else None
-    iso = float(iso) if iso else None
+    iso = _exif_number(path, "ISOSpeedRatings", tags[_TAG_ISO]) if tags.get(_TAG_ISO) else None  # 0: unknown
     return exposure_s, f_number, iso
 
 
@@ -255,10 +270,13 @@ def read_ldr_stack(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[s
             isos.append(iso)
         gains = []
         n0 = next((n for n in f_numbers if n), None)
-        for n, iso in zip(f_numbers, isos):
+        for p, n, iso in zip(paths, f_numbers, isos):
             g = (iso / 100.0) if iso else 1.0
             if n0 and n:
-                g *= (n0 / n) ** 2
+                g *= math.pow(min(n0 / n, 1e150), 2)  # capped: a float's pow overflows with an exception
+            if not math.isfinite(g) or g <= 0 or g > 1e12:  # FNumbers of 1e-300 and 1: a gain no camera has
+                raise ValueError(f"{p}: EXIF FNumber {n:g}{f' and ISO {iso:g}' if iso else ''} give a relative gain "
+                                 f"of {g:g} against the first frame's f/{n0:g}; not a usable exposure")
             gains.append(g)
     if len(paths) < 2:
         raise ValueError(f"{where}: an exposure stack needs at least two frames, got {len(paths)}")

@@ -7,7 +7,6 @@ value and what is allowed. ``edgehdr/deploy/edgehdr.example.toml`` lists every k
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from datetime import datetime
@@ -17,7 +16,7 @@ from typing import Any, TypeAlias
 from edgehdr.dimming.zones import DEFAULT_ALGORITHM, DEFAULT_POWER_BUDGET, HEURISTICS
 from edgehdr.hdr.align import ALIGN_METHODS
 from edgehdr.hdr.weights import WEIGHTINGS
-from edgehdr.tomlconfig import read_table, typed_entries
+from edgehdr.tomlconfig import finite_number, read_table, typed_entries
 from edgehdr.tonemap import OPERATORS
 
 __all__ = ["load_config", "default_config", "ConfigError", "SCHEMA"]
@@ -181,20 +180,22 @@ def validate(data: dict[str, Any], source: str = "<config>") -> dict[str, dict[s
                           f"not {src['kind']!r}")
     for key in ("exposures_s", "gains"):
         values = src[key]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-                   for v in values):
+        if not all(finite_number(v) and v > 0 for v in values):
             raise ConfigError(f"{source}: [source] {key} = {values!r}: expected a list of finite positive numbers")
     if len(src["exposures_s"]) == 1:
         raise ConfigError(f"{source}: [source] exposures_s = {src['exposures_s']!r}: an HDR bracket needs at least "
                           "two exposures (or leave it empty for the source's own guess)")
     if len(set(src["exposures_s"])) != len(src["exposures_s"]) and not src["gains"]:
         raise ConfigError(f"{source}: [source] exposures_s = {src['exposures_s']!r}: each exposure must differ")
+    from edgehdr.pipeline.sinks import expand_run_pattern
+
     for key in ("frames_dir", "lcd_dir", "video"):
         try:
-            config["outputs"][key].format(start=datetime(2000, 1, 1))
-        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            expand_run_pattern(config["outputs"][key], datetime(2000, 1, 1))
+        except ValueError as exc:
             raise ConfigError(f"{source}: [outputs] {key} = {config['outputs'][key]!r}: the only placeholder "
-                              f"allowed is {{start:FORMAT}} with a strftime FORMAT ({exc})") from None
+                              f"allowed is {{start:FORMAT}} with a strftime FORMAT ({str(exc).rsplit(' (', 1)[-1]}"
+                              ) from None
     if src["gains"] and len(src["gains"]) != len(src["exposures_s"]):
         raise ConfigError(f"{source}: [source] gains has {len(src['gains'])} values for "
                           f"{len(src['exposures_s'])} exposures_s")

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import os
 import shutil
+import string
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -46,11 +47,15 @@ def expand_run_pattern(path: str, start: datetime) -> str:
     """
     if "{" not in path and "}" not in path:
         return path
+    allowed = f"output path {path!r}: only the placeholder {{start:%Y%m%d-%H%M%S}} (strftime format) is allowed"
     try:
+        # only {start} or {start:FORMAT}: no attribute or index ({start.year:300000000} formats a 300 MB name)
+        for _, field, _, conversion in string.Formatter().parse(path):
+            if field is not None and (field != "start" or conversion):
+                raise ValueError(f"{{{field}{'!' + conversion if conversion else ''}}} is not {{start}}")
         return path.format(start=start)
-    except (KeyError, IndexError, ValueError, AttributeError) as exc:
-        raise ValueError(f"output path {path!r}: only the placeholder {{start:%Y%m%d-%H%M%S}} (strftime format) "
-                         f"is allowed ({type(exc).__name__}: {exc})") from None
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+        raise ValueError(f"{allowed} ({type(exc).__name__}: {exc})") from None
 
 
 def unused_path(path: Path) -> Path:
