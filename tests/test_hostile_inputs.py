@@ -646,3 +646,25 @@ def test_list_file_inverse_time_whose_inverse_overflows_names_the_line(tmp_path)
     with pytest.raises(ValueError, match=r"list\.txt:2: inverse shutter time must be a positive number whose "
                                          r"inverse is finite, got 1e-320"):
         read_ldr_stack(tmp_path)
+
+
+def test_cmyk_jpeg_is_checked_strictly_too(tmp_path):
+    """libjpeg-turbo does not convert CMYK to RGB, so OpenCV decodes such files; they are decoded strictly first
+    (a CMYK file with 200 bytes zeroed mid-scan was taken with garbage pixels, where an RGB one was refused)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    smooth = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (64, 64, 4), dtype=np.uint8), (7, 7), 0)
+    Image.fromarray(smooth, "CMYK").save(buf, "JPEG", quality=90)
+    good = tmp_path / "cmyk.jpg"
+    good.write_bytes(buf.getvalue())
+    np.testing.assert_array_equal(read_ldr_image(good), cv2.imread(str(good), cv2.IMREAD_COLOR)[:, :, ::-1])
+    data = bytearray(buf.getvalue())
+    middle = (data.find(b"\xff\xda") + len(data)) // 2
+    data[middle:middle + 200] = bytes(200)
+    bad = tmp_path / "cmyk_damaged.jpg"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"cmyk_damaged\.jpg: corrupt JPEG"):
+        read_ldr_image(bad)

@@ -82,7 +82,7 @@ def read_ldr_image(path: str | os.PathLike[str], *, max_pixels: int | None = Non
 
 def _decode_jpeg_strict(path: Path, data: bytes) -> np.ndarray | None:
     """RGB uint8 pixels of a JPEG, decoded by libjpeg-turbo (simplejpeg) with its warnings as errors; None for
-    a CMYK/YCCK file (libjpeg-turbo does not convert those to RGB: OpenCV decodes it, without that check).
+    a CMYK/YCCK file once it decoded strictly (libjpeg-turbo does not convert those to RGB: OpenCV does).
 
     OpenCV's and Pillow's libjpeg decode a file damaged mid-stream (bytes overwritten or zeroed: "Corrupt JPEG
     data", "premature end of data segment") with a warning on stderr and garbage blocks, which a merge would take as
@@ -93,7 +93,8 @@ def _decode_jpeg_strict(path: Path, data: bytes) -> np.ndarray | None:
         raise ValueError(f"{path}: truncated or corrupt JPEG (the data ends before the end-of-image marker)")
     try:
         colorspace = simplejpeg.decode_jpeg_header(data)[2]
-        if colorspace in ("CMYK", "YCCK"):
+        if colorspace in ("CMYK", "YCCK"):  # checked strictly, then converted to RGB by OpenCV
+            simplejpeg.decode_jpeg(data, colorspace="CMYK", strict=True)
             return None
         rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
     except ValueError as exc:
