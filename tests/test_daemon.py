@@ -38,6 +38,7 @@ from edgehdr.pipeline.sinks import PreviewState
     ("[source]\nresponse = 'gammainf'\n", r"\[source\] response = 'gammainf': bad gamma .*finite number"),
     ("[outputs]\nframes_dir = '/tmp/{start[0]}'\n", r"\[outputs\] frames_dir = .*only placeholder allowed"),
     ("[outputs]\nvideo = '/tmp/{start.year:300000000}.avi'\n", r"\[outputs\] video = .*only placeholder allowed"),
+    ("[preview]\nhost = ''\n", r"\[preview\] host = '': expected an address \(127.0.0.1: this machine only"),
     ("[bridge]\nport = 'udp:[::1]:5000'\n", r"\[bridge\] port = 'udp:\[::1\]:5000': .*the UDP link is IPv4"),
     ("[source]\nkind = 'gstreamer'\nsettle_frames = 9\n", r"\[source\] settle_frames = 9: expected a number in -1..8"),
     ("[source]\nkind = 'v4l2'\npath = '/dev/video0'\nhdr_mode = true\n",

@@ -272,6 +272,24 @@ def test_repeated_per_frame_warnings_are_held_back_and_counted():
     assert f.filter(later) and "(49 more like this in the last 0.2 s)" in later.msg
 
 
+def test_log_lines_carry_the_exception_of_log_exception():
+    """``log.exception`` (the preview's failures) printed no cause: the traceback is a field of the line."""
+    import json
+    import sys as _sys
+
+    from edgehdr.pipeline.daemon import _KeyValueFormatter
+
+    try:
+        raise KeyError("stage table")
+    except KeyError:
+        info = _sys.exc_info()
+    record = logging.LogRecord("edgehdr.preview", logging.ERROR, __file__, 1, "request failed", (), info)
+    line = _KeyValueFormatter(as_json=False).format(record)
+    assert "exc=" in line and "KeyError: 'stage table'" in line
+    fields = json.loads(_KeyValueFormatter(as_json=True).format(record))
+    assert fields["msg"] == "request failed" and fields["exc"].splitlines()[-1] == "KeyError: 'stage table'"
+
+
 def test_a_run_that_completed_no_frame_because_of_failures_exits_1(tmp_path):
     """A replay whose bracket mixes frame sizes fails at every read: the run (2 s, far below the fail-fast rule's
     30 frames) completed nothing and must not end with status 0; the message names the file and both sizes."""

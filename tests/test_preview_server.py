@@ -204,11 +204,11 @@ def test_path_traversal_and_bad_requests_are_refused(serve):
         assert _request(server, "GET", path)[0] == 404
     assert _request(server, "POST", "/stats.json")[0] == 501
     with socket.create_connection(server.address, timeout=5.0) as s:
-        s.sendall(b"GET / FOO/1.0\r\n\r\n")  # http.server answers a bad version the HTTP/0.9 way: body only
+        s.sendall(b"GET / FOO/1.0\r\n\r\n")  # a status line and headers, not http.server's HTTP/0.9 bare body
         data = b""
         while chunk := s.recv(65536):
             data += chunk
-        assert b"Error code: 400" in data and b"200 OK" not in data
+        assert data.startswith(b"HTTP/1.0 400 ") and b"Error code: 400" in data
     with socket.create_connection(server.address, timeout=5.0) as s:
         s.sendall(b"GET /stats.json HTTP/1.1\r\nX-Pad: " + b"a" * 20000)
         data = b""
@@ -406,3 +406,79 @@ def test_at_the_connection_limit_slow_heads_make_room(serve):
 def test_construction_checks_the_limits():
     with pytest.raises(ValueError, match="max_streams"):
         PreviewServer(_state(), port=0, workers=2, max_streams=2)
+
+
+def _raw(server, request: bytes) -> bytes:
+    with socket.create_connection(server.address, timeout=10.0) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def test_only_loopback_host_names_are_answered_on_loopback(serve):
+    """DNS rebinding: a page whose own name now resolves to 127.0.0.1 sends its name as Host and must not read the
+    camera; loopback names (with or without a port) and HTTP/1.0 requests without Host are answered."""
+    server = serve()
+    port = server.address[1]
+    for host in (f"attacker.example:{port}", "attacker.example", "192.168.1.5", "127.0.0.1.evil.example"):
+        data = _raw(server, f"GET /frame.jpg HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert data.startswith(b"HTTP/1.0 403 ") and b"\xff\xd8" not in data, host
+    for host in (f"localhost:{port}", "127.0.0.1", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+        assert _raw(server, f"GET /frame.jpg HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()).startswith(
+            b"HTTP/1.0 200 "), host
+    assert _raw(server, b"GET /stats.json HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 ")
+    assert server.connection_stats()["wrong_host"] == 4
+    anywhere = PreviewServer(_state(), host="0.0.0.0", port=0).start()  # exposed on purpose: any name
+    try:
+        data = _raw(anywhere, b"GET /stats.json HTTP/1.1\r\nHost: edgehdr-box.lan\r\n\r\n")
+        assert data.startswith(b"HTTP/1.0 200 ")
+    finally:
+        anywhere.close()
+
+
+def test_a_request_that_fails_gets_a_500_and_the_log_has_the_cause(serve, caplog):
+    """Statistics that raise: the client got an empty reply and the log line no cause before."""
+    def broken():
+        raise KeyError("stage table")
+
+    server = serve(_state(broken))
+    with caplog.at_level("DEBUG", logger="edgehdr.preview"):
+        for path in ("/stats.json", "/metrics", "/"):
+            assert _request(server, "GET", path)[0] == 500, path
+    assert server.connection_stats()["failed"] == 3
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info[0] is KeyError  # one error line per 10 s, the rest debug
+    assert _request(server, "GET", "/frame.jpg")[0] == 200  # the server goes on
+
+
+def test_frames_not_there_yet_are_503_with_retry_after(serve):
+    server = serve(PreviewState(lambda: STATS))
+    for path in ("/frame.jpg", "/zones.png"):
+        status, headers, _ = _request(server, "GET", path)
+        assert status == 503 and headers["retry-after"] == "1", path
+    assert _request(server, "GET", "/nothing.jpg")[0] == 404
+
+
+def test_a_dead_acceptor_closes_the_port_and_says_so(serve, caplog, monkeypatch):
+    """The acceptor failing (a fault injected into its head reader) used to leave a port that completed the TCP
+    handshake and answered nothing: the port is closed (clients are refused at once) and the stats say so."""
+    server = serve()
+    assert _request(server)[0] == 200
+
+    def fail(*args):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(server, "_read_head", fail)
+    with caplog.at_level("ERROR", logger="edgehdr.preview"):
+        try:
+            with socket.create_connection(server.address, timeout=5.0) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                s.recv(10)
+        except OSError:
+            pass
+        assert _wait_for(lambda: server.connection_stats()["acceptor_failed"] == 1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(server.address, timeout=5.0).close()
+    assert any("preview is down" in r.getMessage() and r.exc_info for r in caplog.records)

@@ -134,7 +134,9 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
     },
     "preview": {
         "enabled": (bool, True, _any()),
-        "host": (str, "127.0.0.1", _any()),
+        # "" would listen on every interface: refused (write 0.0.0.0 to mean that)
+        "host": (str, "127.0.0.1", ((lambda v: bool(v.strip())), "an address (127.0.0.1: this machine only; 0.0.0.0: "
+                                                                  "every interface)")),
         "port": (int, 8080, _range(0, 65535)),
     },
     "run": {

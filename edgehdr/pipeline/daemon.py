@@ -78,6 +78,8 @@ class _KeyValueFormatter(logging.Formatter):
         fields = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
                   "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
         fields.update(getattr(record, "fields", {}))
+        if record.exc_info:  # log.exception's traceback: the cause, in the line (key=value) or a JSON field
+            fields["exc"] = self.formatException(record.exc_info)
         if self.as_json:
             return json.dumps(fields, default=str)
         return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) and (' ' in v or not v) else v}"
@@ -167,6 +169,8 @@ class Runtime:
             stats["output_errors"] = sum(o["errors"] for o in stats["outputs"])
         if self.link is not None:
             stats["link"] = self.link_stats()
+        if self.preview is not None:  # what the preview server did with its connections; acceptor_failed: it is down
+            stats["preview"] = self.preview.connection_stats()
         self._add_stage_stats(stats)
         if self.simulator is not None:
             st = self.simulator.status()
@@ -543,6 +547,9 @@ def _output_stage(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], 
         rt.preview_state = PreviewState(rt.stats)
         sinks.append(PreviewSink(rt.preview_state, rt.layout))
         host, port = cfg["preview"]["host"], cfg["preview"]["port"]
+        if not (host in ("localhost", "::1") or host.startswith("127.")):
+            log.warning("preview listens on %s, beyond this machine: anyone who reaches port %d sees the camera "
+                        "(the default, 127.0.0.1, with an SSH tunnel keeps it local)", host, port)
         try:
             rt.preview = PreviewServer(rt.preview_state, host=host, port=port).start()
         except OSError as exc:

@@ -25,8 +25,10 @@ Writes time out after ``write_timeout_s``. One request per connection (HTTP/1.0)
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
+import ipaddress
 import logging
 import math
 import queue
@@ -193,6 +195,8 @@ _BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nConte
          b"Retry-After: 1\r\nConnection: close\r\n\r\nbusy\n")
 _TOO_LARGE = (b"HTTP/1.0 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n"
               b"Connection: close\r\n\r\nhead too large.\n")
+_FAILED = (b"HTTP/1.0 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 35\r\n"
+           b"Connection: close\r\n\r\nrequest failed; see the daemon log\n")
 _WARN_EVERY_S = 10.0
 
 
@@ -234,7 +238,10 @@ class PreviewServer:
         self._streams: set[socket.socket] = set()
         self._next_warning = 0.0
         self._counts = dict.fromkeys(("accepted", "rejected_over_limit", "evicted", "timed_out", "bad_request",
-                                      "requests", "streams_refused"), 0)
+                                      "requests", "streams_refused", "failed", "wrong_host", "acceptor_failed"), 0)
+        self._next_failure_log = 0.0
+        # Host names a request may carry (DNS rebinding): a loopback-only server answers to loopback names only
+        self._loopback_only = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
         self._threads = [threading.Thread(target=self._accept_loop, name="preview-accept", daemon=True)]
         self._threads += [threading.Thread(target=self._work_loop, name=f"preview-worker-{i}", daemon=True)
                           for i in range(workers)]
@@ -273,6 +280,27 @@ class PreviewServer:
         for sock in (self._listener, self._wake_r, self._wake_w):
             sock.close()
 
+    def host_allowed(self, host_header: str | None) -> bool:
+        """Whether a request's Host header may be answered: any where the server listens beyond loopback (the
+        operator chose to expose it), loopback names only where it listens on loopback (a page that rebinds its
+        own name to 127.0.0.1 reads nothing). Counted as ``wrong_host``."""
+        if not self._loopback_only or host_header is None:  # HTTP/1.0 clients may send none; browsers always do
+            return True
+        name = host_header.strip().lower()
+        if name.startswith("["):  # [IPv6]:port
+            name = name[1:name.find("]")] if "]" in name else name
+        elif name.count(":") == 1:  # name:port
+            name = name.split(":", 1)[0]
+        try:
+            loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
+        except ValueError:  # a name other than localhost ("127.0.0.1.evil.example" is a name)
+            loopback = False
+        if loopback:
+            return True
+        with self._lock:
+            self._counts["wrong_host"] += 1
+        return False
+
     def connection_stats(self) -> dict[str, int]:
         """Counts since start (accepted, rejected_over_limit, evicted, timed_out, bad_request, requests,
         streams_refused), the current open connections and streams, and the requests whose head is read
@@ -304,7 +332,10 @@ class PreviewServer:
                                pending[sock].addr[0], self.head_timeout_s)
                     self._drop(sel, pending, sock)
         except Exception:  # the acceptor must report why it stopped
-            log.exception("preview acceptor failed")
+            log.exception("preview acceptor failed; the preview is down (the pipeline goes on)")
+            self._listener.close()  # new clients are refused at once instead of waiting on a port nobody serves
+            with self._lock:
+                self._counts["acceptor_failed"] = 1
         finally:
             for sock in list(pending):
                 self._drop(sel, pending, sock)
@@ -411,8 +442,16 @@ class PreviewServer:
                     _Handler(sock, head, addr, self)
             except OSError as exc:  # the client went away or stopped reading
                 log.debug("preview: %s: %s", addr[0], exc)
-            except Exception:  # a worker must survive any request
-                log.exception("preview: request from %s failed", addr[0])
+            except Exception:  # a worker must survive any request (the handler answered 500 where it could)
+                now = time.monotonic()
+                with self._lock:
+                    self._counts["failed"] += 1
+                    failed = self._counts["failed"]
+                    level = logging.DEBUG
+                    if now >= self._next_failure_log:  # a failing /metrics is scraped every few seconds
+                        level, self._next_failure_log = logging.ERROR, now + _WARN_EVERY_S
+                log.log(level, "preview: request from %s failed (%d failed requests so far)", addr[0], failed,
+                        exc_info=True)
             finally:
                 self._release(sock)
 
@@ -458,6 +497,9 @@ class _Handler(BaseHTTPRequestHandler):
     server): ``preview`` is the server it answers for, ``self.server`` is not set.
     """
 
+    # a malformed request line gets a status line and headers (HTTP/1.0), not http.server's HTTP/0.9 bare body
+    default_request_version = "HTTP/1.0"
+
     def __init__(self, sock: socket.socket, head: bytes, client_address: tuple[Any, ...],
                  preview: PreviewServer) -> None:
         # What BaseRequestHandler.__init__ does (setup, handle, finish), with the request head already read.
@@ -468,10 +510,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.setup()
         try:
             self.handle()
+        except Exception:
+            if not self.responded:  # an error page instead of a closed connection with no reply
+                with contextlib.suppress(OSError):
+                    self.connection.sendall(_FAILED)
+            raise
         finally:
             self.finish()
 
     def setup(self) -> None:
+        self.responded = False  # set once a status line went out: a failure after it cannot become a 500
         self.connection = self.request
         self.rfile = io.BytesIO(self._head)
         self.wfile = _SocketWriter(self.connection)
@@ -490,6 +538,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, code: int, ctype: str, body: bytes, send_body: bool,
               headers: Iterable[tuple[str, str]] = ()) -> None:
+        self.responded = True
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -503,6 +552,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, send_body: bool) -> None:
         state = self.preview.state
         path = self.path.split("?", 1)[0]
+        if not self.preview.host_allowed(self.headers.get("Host")):
+            # DNS rebinding: a web page whose name now resolves to 127.0.0.1 must not read the camera as its own
+            self._send(403, "text/plain", b"this preview answers only to localhost, 127.0.0.1 or [::1]\n", send_body)
+            return
         if path == "/":
             self._send(200, "text/html; charset=utf-8", _status_page(state.stats()).encode(), send_body)
         elif path == "/stats.json":
@@ -515,10 +568,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "application/json", body, send_body)
         elif path == "/metrics":
             self._send(200, "text/plain; version=0.0.4", prometheus_text(state.stats()).encode(), send_body)
-        elif path == "/frame.jpg" and (jpeg := state.jpeg) is not None:
-            self._send(200, "image/jpeg", jpeg, send_body)
-        elif path == "/zones.png" and (png := state.zones_png) is not None:
-            self._send(200, "image/png", png, send_body)
+        elif path == "/frame.jpg":
+            if (jpeg := state.jpeg) is None:
+                self._send(503, "text/plain", b"no frame yet\n", send_body, headers=[("Retry-After", "1")])
+            else:
+                self._send(200, "image/jpeg", jpeg, send_body)
+        elif path == "/zones.png":
+            if (png := state.zones_png) is None:
+                self._send(503, "text/plain", b"no zone values yet (or dimming is off)\n", send_body,
+                           headers=[("Retry-After", "1")])
+            else:
+                self._send(200, "image/png", png, send_body)
         elif path == "/stream.mjpg":
             self._stream(send_body)
         else:  # fixed endpoints only: nothing is read from the file system, so "/../x" is just unknown
