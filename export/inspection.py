@@ -57,8 +57,11 @@ def inspect(path: PathLike) -> dict[str, Any]:
         else:
             engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
             if engine is None:
-                raise ValueError(f"{path}: TensorRT {trt.__version__} cannot deserialise it (not an engine, or "
-                                 f"built by another TensorRT version or for another GPU)")
+                why = (f"TensorRT {trt.__version__} cannot deserialise it (not an engine, or built by another "
+                       f"TensorRT version or for another GPU)")
+                if "manifest" not in info:
+                    raise ValueError(f"{path}: {why}")
+                info["engine_io"] = why + "; the manifest above says what built it"
             else:
                 info["engine_io"] = [{"name": engine.get_tensor_name(i),
                                       "mode": str(engine.get_tensor_mode(engine.get_tensor_name(i))),

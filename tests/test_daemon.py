@@ -38,6 +38,7 @@ from edgehdr.pipeline.sinks import PreviewState
     ("[source]\nresponse = 'gammainf'\n", r"\[source\] response = 'gammainf': bad gamma .*finite number"),
     ("[outputs]\nframes_dir = '/tmp/{start[0]}'\n", r"\[outputs\] frames_dir = .*only placeholder allowed"),
     ("[outputs]\nvideo = '/tmp/{start.year:300000000}.avi'\n", r"\[outputs\] video = .*only placeholder allowed"),
+    ("[preview]\nallowed_hosts = ['ok', '']\n", r"\[preview\] allowed_hosts = \['ok', ''\]: expected a list of host"),
     ("[preview]\nhost = ''\n", r"\[preview\] host = '': expected an address \(127.0.0.1: this machine only"),
     ("[bridge]\nport = 'udp:[::1]:5000'\n", r"\[bridge\] port = 'udp:\[::1\]:5000': .*the UDP link is IPv4"),
     ("[source]\nkind = 'gstreamer'\nsettle_frames = 9\n", r"\[source\] settle_frames = 9: expected a number in -1..8"),
@@ -134,7 +135,7 @@ def test_sigterm_mid_run_exits_cleanly_with_notifications_and_complete_files(tmp
             except TimeoutError:
                 pass
         assert any("READY=1" in m for m in messages), "no READY=1 from the daemon"
-        time.sleep(1.5)  # frames flow, the video grows, status and watchdog pings go out
+        time.sleep(2.0)  # frames flow, the video grows, status and watchdog pings go out, stats lines are logged
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -151,7 +152,7 @@ def test_sigterm_mid_run_exits_cleanly_with_notifications_and_complete_files(tmp
     assert "STATUS=" in joined and "WATCHDOG=1" in joined and "STOPPING=1" in joined
     logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(rec["msg"] == "signal SIGTERM: stopping" for rec in logs)
-    # a stats line every stats_interval_s (0.5 s) over the 1.5 s after READY, none held back as a repeat
+    # a stats line every stats_interval_s (0.5 s) over the 2 s after READY, none held back as a repeat
     stats_lines = [rec for rec in logs if rec["msg"].startswith("stats")]
     assert len(stats_lines) >= 3 and all(rec["msg"] == "stats" for rec in stats_lines), stats_lines
     final = next(rec for rec in logs if rec["msg"] == "stopped")

@@ -365,3 +365,16 @@ def test_a_configuration_error_found_while_building_names_the_file(tmp_path, cap
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert f"edgehdr run: error: {path}: [tonemap] model = 'dimming_net': " in capsys.readouterr().err
+
+
+def test_link_state_changes_that_always_show_and_the_cycle_that_is_held_back():
+    from edgehdr.pipeline.daemon import link_change_always_logged as always
+
+    assert always(None, ("connecting", ""))  # the first state
+    assert always(("connecting", ""), ("connected", ""))  # up
+    assert always(("connected", ""), ("down", "write timeout"))  # down, with a new error
+    assert always(("connected", ""), ("connecting", ""))  # lost, no error text
+    assert always(("down", "timeout"), ("down", "port gone"))  # a new error
+    # an absent controller: connecting <-> down every handshake timeout, the same error: held back
+    assert not always(("connecting", "no answer"), ("down", "no answer"))
+    assert not always(("down", "no answer"), ("connecting", "no answer"))

@@ -668,3 +668,44 @@ def test_cmyk_jpeg_is_checked_strictly_too(tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"cmyk_damaged\.jpg: corrupt JPEG"):
         read_ldr_image(bad)
+
+
+def test_jpeg_warnings_about_metadata_only_decode_and_lenient_mode_takes_the_rest(tmp_path, monkeypatch):
+    """Samsung phones write sequential JPEGs whose SOS header has Se = 0 ("Invalid SOS parameters for sequential
+    JPEG"): sound pixels, decoded as OpenCV does. EDGEHDR_JPEG_LENIENT=1 takes a damaged file as OpenCV would."""
+    img = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8), (5, 5), 0)
+    data = bytearray(cv2.imencode(".jpg", img)[1].tobytes())
+    sos = data.find(b"\xff\xda")
+    se = sos + 5 + 2 * data[sos + 4] + 1
+    assert data[se] == 63
+    data[se] = 0
+    path = tmp_path / "samsung.jpg"
+    path.write_bytes(bytes(data))
+    np.testing.assert_array_equal(read_ldr_image(path), cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1])
+    damaged = bytearray(cv2.imencode(".jpg", img)[1].tobytes())
+    damaged[len(damaged) * 2 // 3:len(damaged) * 2 // 3 + 512] = bytes(512)
+    bad = tmp_path / "damaged.jpg"
+    bad.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"damaged\.jpg: corrupt JPEG \(Corrupt JPEG data: .*EDGEHDR_JPEG_LENIENT"):
+        read_ldr_image(bad)
+    monkeypatch.setenv("EDGEHDR_JPEG_LENIENT", "1")
+    np.testing.assert_array_equal(read_ldr_image(bad), cv2.imread(str(bad), cv2.IMREAD_COLOR)[:, :, ::-1])
+
+
+def test_exif_iso_with_several_values_takes_the_first_and_absurd_gains_name_what_gave_them(tmp_path):
+    """ISOSpeedRatings may hold several SHORTs: (400, 400) is ISO 400 (it was read as the fraction 400/400 = 1);
+    an ISO of 1e15 without an FNumber is refused with a message (formatting the absent FNumber raised TypeError)."""
+    from PIL.TiffImagePlugin import IFDRational
+
+    from edgehdr.io.ldr_stack import read_exif_exposure
+
+    exposure = {0x829A: IFDRational(1, 100)}
+    assert read_exif_exposure(_exif_jpeg(tmp_path / "pair.jpg", {**exposure, 0x8827: (400, 400)}))[2] == 400.0
+    assert read_exif_exposure(_exif_jpeg(tmp_path / "three.jpg", {**exposure, 0x8827: (100, 200, 300)}))[2] == 100.0
+    assert read_exif_exposure(_exif_jpeg(tmp_path / "zero.jpg", {**exposure, 0x8827: (0,)}))[2] is None
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    _exif_jpeg(folder / "a.jpg", {0x829A: IFDRational(1, 50)}, 60)
+    _exif_jpeg(folder / "b.jpg", {**exposure, 0x8827: 1e15}, 120)
+    with pytest.raises(ValueError, match=r"b\.jpg: EXIF ISO 1e\+15 give a relative gain of 1e\+13; not a usable"):
+        read_ldr_stack(folder)

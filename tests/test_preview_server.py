@@ -482,3 +482,48 @@ def test_a_dead_acceptor_closes_the_port_and_says_so(serve, caplog, monkeypatch)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(server.address, timeout=5.0).close()
     assert any("preview is down" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_loopback_is_judged_by_the_bound_address_and_allowed_hosts_are_answered(serve):
+    """A bind to ::1 or a name that resolves to loopback is loopback-only (the check read the configured string
+    before); allowed_hosts lets a reverse proxy on this machine pass its own Host on."""
+    from edgehdr.pipeline.preview import _is_loopback
+
+    assert _is_loopback("127.0.1.1") and _is_loopback("::1") and _is_loopback("::ffff:127.0.0.1")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.5") and not _is_loopback("localhost.evil")
+    server = PreviewServer(_state(), host="localhost", port=0, allowed_hosts=["Preview.Example"]).start()
+    try:
+        assert server.loopback_only
+        assert _raw(server, b"GET /stats.json HTTP/1.1\r\nHost: preview.example\r\n\r\n").startswith(b"HTTP/1.0 200")
+        assert _raw(server, b"GET /stats.json HTTP/1.1\r\nHost: other.example\r\n\r\n").startswith(b"HTTP/1.0 403")
+    finally:
+        server.close()
+
+
+def test_zones_are_404_for_a_run_without_dimming(serve):
+    from edgehdr.pipeline.sinks import PreviewSink
+
+    state = PreviewState(lambda: STATS)
+    PreviewSink(state, None)  # no layout: the run has no dimming
+    status, headers, body = _request(serve(state), "GET", "/zones.png")
+    assert status == 404 and b"no dimming" in body and "retry-after" not in headers
+
+
+def test_a_stream_that_fails_midway_is_cut_not_given_an_error_page_inside_it(serve, monkeypatch):
+    server = serve()
+    calls = []
+
+    def wait_frame(last, timeout_s=2.0):
+        calls.append(last)
+        if len(calls) > 1:
+            raise RuntimeError("injected")
+        return 1, server.state.jpeg
+
+    monkeypatch.setattr(server.state, "wait_frame", wait_frame)
+    with socket.create_connection(server.address, timeout=10.0) as s:
+        s.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.0 200 ") and b"--frame" in data and b"500 Internal" not in data
+    assert _wait_for(lambda: server.connection_stats()["failed"] == 1)

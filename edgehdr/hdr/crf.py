@@ -339,9 +339,7 @@ class CameraResponse:
             if suffix == ".npy":
                 try:  # mapped first: a header declaring 2e9 entries in a 192-byte file is refused, not allocated
                     mapped = np.load(path, allow_pickle=False, mmap_mode="r")
-                except (ValueError, EOFError, OSError) as exc:
-                    if isinstance(exc, FileNotFoundError):
-                        raise
+                except (ValueError, EOFError) as exc:  # OSError (missing, unreadable) is reported as such
                     raise ValueError(f"{path}: not a NumPy array file ({exc})") from None
                 if not isinstance(mapped, np.ndarray) or mapped.size > 3 * (1 << 16):
                     raise ValueError(f"{path}: a response array has at most 3 x 65536 entries, got shape "

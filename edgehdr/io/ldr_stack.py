@@ -80,26 +80,41 @@ def read_ldr_image(path: str | os.PathLike[str], *, max_pixels: int | None = Non
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+# libjpeg warnings about a file's metadata or labelling, not its pixels: decoded as OpenCV does. Samsung phones and
+# some IP cameras write sequential JPEGs whose SOS header says otherwise; the pixels are sound.
+_BENIGN_JPEG_WARNINGS = ("Invalid SOS parameters for sequential JPEG", "Unknown Adobe color transform code",
+                         "Warning: unknown JFIF revision number", "Corrupt JPEG data: bad ICC marker")
+
+
 def _decode_jpeg_strict(path: Path, data: bytes) -> np.ndarray | None:
     """RGB uint8 pixels of a JPEG, decoded by libjpeg-turbo (simplejpeg) with its warnings as errors; None for
     a CMYK/YCCK file once it decoded strictly (libjpeg-turbo does not convert those to RGB: OpenCV does).
 
     OpenCV's and Pillow's libjpeg decode a file damaged mid-stream (bytes overwritten or zeroed: "Corrupt JPEG
-    data", "premature end of data segment") with a warning on stderr and garbage blocks, which a merge would take as
-    a frame; strict decoding refuses it. The pixels are OpenCV's (the same library and IDCT; a test compares)."""
+    data: N extraneous bytes before marker", "premature end of data segment") with a warning on stderr and garbage
+    blocks, which a merge would take as a frame; strict decoding refuses it. Warnings about metadata only
+    (``_BENIGN_JPEG_WARNINGS``) are let through, and ``EDGEHDR_JPEG_LENIENT=1`` lets every warning through (a
+    camera whose sound files libjpeg warns about). The pixels are OpenCV's: the same library, its accurate IDCT
+    and fancy upsampling (a test compares)."""
     import simplejpeg
 
     if not jpeg_is_complete(data):
         raise ValueError(f"{path}: truncated or corrupt JPEG (the data ends before the end-of-image marker)")
+    lenient = os.environ.get("EDGEHDR_JPEG_LENIENT", "") not in ("", "0")
     try:
         colorspace = simplejpeg.decode_jpeg_header(data)[2]
-        if colorspace in ("CMYK", "YCCK"):  # checked strictly, then converted to RGB by OpenCV
-            simplejpeg.decode_jpeg(data, colorspace="CMYK", strict=True)
-            return None
-        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        cmyk = colorspace in ("CMYK", "YCCK")  # checked here, then converted to RGB by OpenCV
+        options = {"colorspace": "CMYK" if cmyk else "RGB", "fastdct": False, "fastupsample": False}
+        try:
+            rgb = simplejpeg.decode_jpeg(data, strict=not lenient, **options)
+        except ValueError as exc:
+            if not str(exc).strip().startswith(_BENIGN_JPEG_WARNINGS):
+                raise
+            rgb = simplejpeg.decode_jpeg(data, strict=False, **options)
     except ValueError as exc:
-        raise ValueError(f"{path}: corrupt JPEG ({str(exc).strip()})") from None
-    return np.ascontiguousarray(rgb)
+        raise ValueError(f"{path}: corrupt JPEG ({str(exc).strip()}; EDGEHDR_JPEG_LENIENT=1 decodes it as OpenCV "
+                         "would, garbage blocks included)") from None
+    return None if cmyk else np.ascontiguousarray(rgb)
 
 
 def write_ldr_image(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
@@ -148,13 +163,12 @@ def read_list_file(list_path: str | os.PathLike[str]) -> list[tuple[Path, float]
     return entries
 
 
-def _exif_number(path: Path, name: str, value: Any) -> float:
-    """One EXIF number (an int, a float, a Pillow rational or a ``(numerator, denominator)`` pair) as a float;
-    ``ValueError`` naming the file and the tag for anything else (several values, text, a zero denominator)."""
+def _exif_number(path: Path, name: str, value: Any, *, first_of_many: bool = False) -> float:
+    """One EXIF number (an int, a float or Pillow's rational) as a float; ``ValueError`` naming the file and the
+    tag for anything else (several values, text, 0/0, infinity). ``first_of_many``: a tag that may hold several
+    values (ISOSpeedRatings) gives its first."""
     if isinstance(value, (tuple, list)):
-        if len(value) == 2 and all(isinstance(v, (int, float)) for v in value):  # a raw (num, den) rational
-            value = value[0] / value[1] if value[1] else float("nan")
-        elif len(value) == 1:
+        if len(value) == 1 or (first_of_many and value):
             value = value[0]
         else:
             raise ValueError(f"{path}: EXIF {name} holds {len(value)} values {value!r}; expected one number")
@@ -197,7 +211,10 @@ def read_exif_exposure(path: str | os.PathLike[str]) -> tuple[float, float | Non
         f_number = _exif_number(path, "FNumber", tags[_TAG_FNUMBER]) if tags.get(_TAG_FNUMBER) else None
     except ValueError:
         f_number = None
-    iso = _exif_number(path, "ISOSpeedRatings", tags[_TAG_ISO]) if tags.get(_TAG_ISO) else None  # 0: unknown
+    iso_tag = tags.get(_TAG_ISO)
+    if isinstance(iso_tag, (tuple, list)):  # several SHORTs: the first is the one in use
+        iso_tag = iso_tag[0] if iso_tag else None
+    iso = _exif_number(path, "ISOSpeedRatings", iso_tag, first_of_many=True) if iso_tag else None  # 0: unknown
     return exposure_s, f_number, iso
 
 
@@ -276,8 +293,11 @@ def read_ldr_stack(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[s
             if n0 and n:
                 g *= math.pow(min(n0 / n, 1e150), 2)  # capped: a float's pow overflows with an exception
             if not math.isfinite(g) or g <= 0 or g > 1e12:  # FNumbers of 1e-300 and 1: a gain no camera has
-                raise ValueError(f"{p}: EXIF FNumber {n:g}{f' and ISO {iso:g}' if iso else ''} give a relative gain "
-                                 f"of {g:g} against the first frame's f/{n0:g}; not a usable exposure")
+                settings = " and ".join(part for part in (f"FNumber {n:g}" if n else "", f"ISO {iso:g}" if iso else "")
+                                        if part)
+                against = f" against the first frame's f/{n0:g}" if n and n0 else ""
+                raise ValueError(f"{p}: EXIF {settings} give a relative gain of {g:g}{against}; not a usable "
+                                 "exposure")
             gains.append(g)
     if len(paths) < 2:
         raise ValueError(f"{where}: an exposure stack needs at least two frames, got {len(paths)}")

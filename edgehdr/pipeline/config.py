@@ -138,6 +138,10 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
         "host": (str, "127.0.0.1", ((lambda v: bool(v.strip())), "an address (127.0.0.1: this machine only; 0.0.0.0: "
                                                                   "every interface)")),
         "port": (int, 8080, _range(0, 65535)),
+        # Host names answered beside loopback ones while listening on loopback (a reverse proxy on this machine that
+        # passes its own Host on); a page that rebinds its name to 127.0.0.1 is refused otherwise
+        "allowed_hosts": (list, [], ((lambda v: all(isinstance(h, str) and h.strip() for h in v)),
+                                     "a list of host names")),
     },
     "run": {
         "seconds": (float, 0.0, _range(0.0, 1e9)),

@@ -118,6 +118,14 @@ class RepeatFilter(logging.Filter):
         return False
 
 
+def link_change_always_logged(before: tuple[Any, Any] | None, now: tuple[Any, Any]) -> bool:
+    """Whether a change of the link's ``(state, last_error)`` passes the repeat filter: coming up, going down and a
+    new error always do; an absent controller's connecting/down cycle with the same error (every handshake
+    timeout, 2 s) is held back to one line per 10 s."""
+    state_before, error_before = before or (None, None)
+    return "connected" in (now[0], state_before) or now[1] != error_before
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_KeyValueFormatter(fmt == "json"))
@@ -547,15 +555,16 @@ def _output_stage(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], 
         rt.preview_state = PreviewState(rt.stats)
         sinks.append(PreviewSink(rt.preview_state, rt.layout))
         host, port = cfg["preview"]["host"], cfg["preview"]["port"]
-        if not (host in ("localhost", "::1") or host.startswith("127.")):
-            log.warning("preview listens on %s, beyond this machine: anyone who reaches port %d sees the camera "
-                        "(the default, 127.0.0.1, with an SSH tunnel keeps it local)", host, port)
         try:
-            rt.preview = PreviewServer(rt.preview_state, host=host, port=port).start()
+            rt.preview = PreviewServer(rt.preview_state, host=host, port=port,
+                                       allowed_hosts=cfg["preview"]["allowed_hosts"]).start()
         except OSError as exc:
             raise ConfigError(f"[preview] host = {host!r}, port = {port}: cannot listen there "
                               f"({exc.strerror or exc}); choose another port, 0 for any free one, or "
                               "[preview] enabled = false") from None
+        if not rt.preview.loopback_only:
+            log.warning("preview listens on %s, beyond this machine: anyone who reaches port %d sees the camera "
+                        "(the default, 127.0.0.1, with an SSH tunnel keeps it local)", host, rt.preview.address[1])
     rt.outputs = OutputStage(sinks)
     return Stage("outputs", rt.outputs, queue_size=cfg["run"]["queue_size"], kernels=False)
 
@@ -630,10 +639,13 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
             next_watchdog = now + notifier.watchdog_interval_s
         link = rt.link_stats()
         if link is not None and (link["state"], link["last_error"]) != link_seen:
+            # Coming up, going down and a new error always show; an absent controller's connecting/down cycle with
+            # the same error every handshake timeout is held back by the repeat filter (one line per 10 s)
+            always = link_change_always_logged(link_seen, (link["state"], link["last_error"]))
             link_seen = (link["state"], link["last_error"])
             level = logging.INFO if link["state"] in ("connected", "connecting") and not link["last_error"] \
                 else logging.WARNING
-            log.log(level, "controller link %s", link["state"], extra={"always": True, "fields": {
+            log.log(level, "controller link %s", link["state"], extra={"always": always, "fields": {
                 "port": cfg["bridge"]["port"], "protocol_state": link["protocol_state"],
                 "last_error": link["last_error"]}})
         if now >= next_stats:

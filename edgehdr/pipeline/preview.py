@@ -200,6 +200,16 @@ _FAILED = (b"HTTP/1.0 500 Internal Server Error\r\nContent-Type: text/plain\r\nC
 _WARN_EVERY_S = 10.0
 
 
+def _is_loopback(address: str) -> bool:
+    """An IP address of this machine's loopback (127.0.0.0/8, ::1, ::ffff:127.x.x.x); a name is not."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:  # a name ("127.0.0.1.evil.example" is one)
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 class _Pending:
     """A connection whose request head is still arriving."""
 
@@ -217,7 +227,8 @@ class PreviewServer:
 
     def __init__(self, state: PreviewState, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 8,
                  max_connections: int = 256, max_streams: int = 3, head_timeout_s: float = 5.0,
-                 write_timeout_s: float = 10.0, request_queue_size: int = 128) -> None:
+                 write_timeout_s: float = 10.0, request_queue_size: int = 128,
+                 allowed_hosts: Iterable[str] = ()) -> None:
         if workers < 1 or max_connections < 1 or not 0 <= max_streams < workers:
             raise ValueError(f"preview server needs workers >= 1, max_connections >= 1 and 0 <= max_streams < "
                              f"workers (got workers={workers}, max_connections={max_connections}, "
@@ -240,8 +251,10 @@ class PreviewServer:
         self._counts = dict.fromkeys(("accepted", "rejected_over_limit", "evicted", "timed_out", "bad_request",
                                       "requests", "streams_refused", "failed", "wrong_host", "acceptor_failed"), 0)
         self._next_failure_log = 0.0
-        # Host names a request may carry (DNS rebinding): a loopback-only server answers to loopback names only
-        self._loopback_only = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+        # Host names a request may carry (DNS rebinding): a loopback-only server answers to loopback names only,
+        # and to allowed_hosts (a reverse proxy on this machine that passes its own Host on)
+        self.loopback_only = _is_loopback(self._address[0])
+        self.allowed_hosts = {h.strip().lower() for h in allowed_hosts}
         self._threads = [threading.Thread(target=self._accept_loop, name="preview-accept", daemon=True)]
         self._threads += [threading.Thread(target=self._work_loop, name=f"preview-worker-{i}", daemon=True)
                           for i in range(workers)]
@@ -284,18 +297,14 @@ class PreviewServer:
         """Whether a request's Host header may be answered: any where the server listens beyond loopback (the
         operator chose to expose it), loopback names only where it listens on loopback (a page that rebinds its
         own name to 127.0.0.1 reads nothing). Counted as ``wrong_host``."""
-        if not self._loopback_only or host_header is None:  # HTTP/1.0 clients may send none; browsers always do
+        if not self.loopback_only or host_header is None:  # HTTP/1.0 clients may send none; browsers always do
             return True
         name = host_header.strip().lower()
         if name.startswith("["):  # [IPv6]:port
             name = name[1:name.find("]")] if "]" in name else name
         elif name.count(":") == 1:  # name:port
             name = name.split(":", 1)[0]
-        try:
-            loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
-        except ValueError:  # a name other than localhost ("127.0.0.1.evil.example" is a name)
-            loopback = False
-        if loopback:
+        if name == "localhost" or _is_loopback(name) or name in self.allowed_hosts:
             return True
         with self._lock:
             self._counts["wrong_host"] += 1
@@ -574,8 +583,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(200, "image/jpeg", jpeg, send_body)
         elif path == "/zones.png":
-            if (png := state.zones_png) is None:
-                self._send(503, "text/plain", b"no zone values yet (or dimming is off)\n", send_body,
+            if not state.zones_enabled:
+                self._send(404, "text/plain", b"no zone values: this run has no dimming ([dimming] enabled)\n",
+                           send_body)
+            elif (png := state.zones_png) is None:
+                self._send(503, "text/plain", b"no zone values yet\n", send_body,
                            headers=[("Retry-After", "1")])
             else:
                 self._send(200, "image/png", png, send_body)
@@ -594,6 +606,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(503, "text/plain", b"too many streams\n", send_body, headers=[("Retry-After", "5")])
             return
         try:
+            self.responded = True  # a failure from here on ends the stream; a 500 would land inside it
             self.send_response(200)
             self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
             self.send_header("Cache-Control", "no-store")

@@ -220,6 +220,7 @@ class PreviewState:
         self._cond = threading.Condition()
         self.jpeg: bytes | None = None
         self.zones_png: bytes | None = None
+        self.zones_enabled = True  # False when the run has no dimming: /zones.png never comes (the sink says so)
         self.sequence = 0
 
     def publish(self, jpeg: bytes | None = None, zones_png: bytes | None = None) -> None:
@@ -247,6 +248,7 @@ class PreviewSink:
     def __init__(self, state: PreviewState, layout: LedLayout | None = None, *, width_px: int = 640, every_n: int = 3,
                  quality: int = 80) -> None:
         self.state, self.layout = state, layout
+        state.zones_enabled = layout is not None
         self.written = 0
         self.width_px, self.every_n, self.quality = width_px, every_n, quality
 

@@ -221,7 +221,7 @@ class NoRVDPNetScorer:
                 from edgehdr.io import read_ldr_image
 
                 image = read_ldr_image(p)
-                if image.dtype == np.uint16:  # 16-bit files reduced to 8 bits, as OpenCV's imread does
+                if image.dtype == np.uint16:  # 16-bit files reduced to 8 bits: the high byte (imread rounds; +-1)
                     image = (image >> 8).astype(np.uint8)
             try:
                 scored.append((self.score(image), p))
