@@ -72,6 +72,22 @@ def test_frame_grouper_names_a_frame_of_another_size():
         grouper.take(8, 1, "t")
 
 
+def test_synthetic_scene_clock_starts_with_the_stream_not_at_open():
+    """The daemon opens the camera before the kernels load (11 s on a first run): the scene's light swing must start
+    at the first frame, so a cold and a warm run see the same light (the cold demo's last frame showed another
+    phase of the swing, its sky clipped on the simulated display)."""
+    cam = SyntheticCamera(64, 48, fps=0, illumination_stops=2.0, illumination_period_s=1.0, moving_objects=0)
+    with cam:
+        opened = time.monotonic()
+        time.sleep(0.25)  # as the kernels' warm-up does
+        started = time.monotonic()
+        bracket = cam.read_bracket()
+        since_start = time.monotonic() - cam._t0
+    assert started <= cam._t0, "the scene's clock started at open(), not with the stream"
+    assert cam._t0 - opened >= 0.25
+    assert bracket.extra["illumination"] == pytest.approx(cam.illumination(since_start), rel=0.05)
+
+
 def test_synthetic_camera_is_radiometrically_consistent():
     cam = SyntheticCamera(320, 180, fps=0, illumination_stops=0.0, moving_objects=0, noise_codes=0.0)
     with cam:

@@ -244,7 +244,7 @@ class SyntheticCamera(BracketSource):
     # ------------------------------------------------------------------------------------------ capture
 
     def capture(self, exposure_s: float, gain: float, t_s: float, out: np.ndarray | None = None) -> np.ndarray:
-        """One frame (H, W, 3) uint8 at time ``t_s`` (seconds since open), into ``out`` if given."""
+        """One frame (H, W, 3) uint8 at time ``t_s`` (seconds since the first read), into ``out`` if given."""
         k = exposure_s * gain * self.illumination(t_s)
         lut_offset = self._padded_offset(int(round(math.log2(k) * _Q)))
         n = self.frames_captured
@@ -279,6 +279,12 @@ class SyntheticCamera(BracketSource):
 
     def _wait_for_slot(self, timeout_s: float) -> float:
         now = time.monotonic()
+        if self._reads == 0:
+            # The scene's clock (its light swing, its moving objects) starts with the stream, not at open(): the
+            # daemon opens the camera before the kernels load, and a first run's 11 s of compiling had put its
+            # frames at another phase of the light than every later run's (the demo's last frame 3 s into the
+            # swing, or 15 s).
+            self._t0 = now
         if self.fps:
             if self._reads == 0:  # the first read after open(): the stream starts now, nothing was passed yet
                 self._next_capture = max(self._next_capture, now)
