@@ -186,9 +186,9 @@ def read_exif_exposure(path: str | os.PathLike[str]) -> tuple[float, float | Non
 
     ``f_number`` and ``iso`` are None when absent or 0 (unknown); an FNumber that is
     not one positive number (a manual lens's 0/0) is taken as unknown too. Raises
-    ``ValueError`` naming the file when ExposureTime is missing or invalid, when ISO is
-    present but not one positive number (0/0, infinity, text, several values), or
-    when the file's EXIF cannot be read at all.
+    ``ValueError`` naming the file when ExposureTime is missing or not one positive
+    number, when ISO is present but not a positive number (0/0, infinity, text; of
+    several values the first counts), or when the file's EXIF cannot be read at all.
     """
     from PIL import Image
 

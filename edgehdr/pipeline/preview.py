@@ -563,7 +563,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if not self.preview.host_allowed(self.headers.get("Host")):
             # DNS rebinding: a web page whose name now resolves to 127.0.0.1 must not read the camera as its own
-            self._send(403, "text/plain", b"this preview answers only to localhost, 127.0.0.1 or [::1]\n", send_body)
+            self._send(403, "text/plain", b"this preview answers only to localhost, 127.0.0.1, [::1] and "
+                                          b"[preview] allowed_hosts\n", send_body)
             return
         if path == "/":
             self._send(200, "text/html; charset=utf-8", _status_page(state.stats()).encode(), send_body)
