@@ -17,17 +17,28 @@ from numpy.typing import ArrayLike
 __all__ = ["Bracket", "as_frame_stack", "check_code_depth", "check_frame_matches"]
 
 
-def check_code_depth(frames: np.ndarray | Sequence[np.ndarray], bits: int) -> None:
+def check_code_depth(frames: np.ndarray | Sequence[np.ndarray], bits: int, *,
+                     names: Sequence[object] | None = None) -> None:
     """Raise ``ValueError`` when ``frames`` (a stack, or a list of frames of one dtype) cannot carry ``bits``:
     uint8 frames carry 8 bits, and a uint16 code at or above ``2 ** bits`` (a sensor's codes in the high bits,
-    say) would index past a response table of that depth."""
+    say) would index past a response table of that depth. ``names`` (the frames' files) puts the offending
+    frame's name in the message."""
     if frames[0].dtype == np.uint8:
         if bits != 8:
-            raise ValueError(f"uint8 frames carry 8 bits, not {bits}")
+            raise ValueError(f"{names[0]}: an 8-bit image carries 8 bits, not bits={bits}" if names is not None
+                             else f"uint8 frames carry 8 bits, not {bits}")
     elif bits < 16:
-        peak = int(frames.max()) if isinstance(frames, np.ndarray) else max(int(f.max()) for f in frames)
-        if peak >= 1 << bits:
-            raise ValueError(f"frames hold code {peak} but bits={bits} allows at most {(1 << bits) - 1}")
+        if names is None and isinstance(frames, np.ndarray):
+            peaks, worst = [int(frames.max())], 0
+        else:
+            peaks = [int(f.max()) for f in frames]
+            worst = int(np.argmax(peaks))
+        if peaks[worst] >= 1 << bits:
+            if names is not None:
+                raise ValueError(f"{names[worst]}: holds code {peaks[worst]} but bits={bits} allows at most "
+                                 f"{(1 << bits) - 1} (the sensor's depth is larger, or its codes sit in the high "
+                                 "bits)")
+            raise ValueError(f"frames hold code {peaks[worst]} but bits={bits} allows at most {(1 << bits) - 1}")
 
 
 def check_frame_matches(frame: np.ndarray, first: np.ndarray, label: str, first_label: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgehdr.bracket import Bracket, check_frame_matches
+from edgehdr.bracket import Bracket, check_code_depth, check_frame_matches
 from edgehdr.io.atomic import write_bytes_atomic
 from edgehdr.io.headers import check_image_header, jpeg_is_complete
 
@@ -54,9 +54,10 @@ def read_ldr_image(path: str | os.PathLike[str], *, max_pixels: int | None = Non
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     declared = check_image_header(path, max_pixels=max_pixels)
-    data = np.fromfile(path, np.uint8)
+    raw = path.read_bytes()
+    data = np.frombuffer(raw, np.uint8)  # the same bytes for OpenCV, no copy
     if path.suffix.lower() in (".jpg", ".jpeg"):
-        rgb = _decode_jpeg_strict(path, data.tobytes())
+        rgb = _decode_jpeg_strict(path, raw)
         if rgb is not None:
             if declared is not None and rgb.shape[1::-1] != tuple(declared):
                 raise ValueError(f"{path}: decoded {rgb.shape[1]} x {rgb.shape[0]} pixels, header declares "
@@ -163,12 +164,11 @@ def read_list_file(list_path: str | os.PathLike[str]) -> list[tuple[Path, float]
     return entries
 
 
-def _exif_number(path: Path, name: str, value: Any, *, first_of_many: bool = False) -> float:
+def _exif_number(path: Path, name: str, value: Any) -> float:
     """One EXIF number (an int, a float or Pillow's rational) as a float; ``ValueError`` naming the file and the
-    tag for anything else (several values, text, 0/0, infinity). ``first_of_many``: a tag that may hold several
-    values (ISOSpeedRatings) gives its first."""
+    tag for anything else (several values, text, 0/0, infinity)."""
     if isinstance(value, (tuple, list)):
-        if len(value) == 1 or (first_of_many and value):
+        if len(value) == 1:
             value = value[0]
         else:
             raise ValueError(f"{path}: EXIF {name} holds {len(value)} values {value!r}; expected one number")
@@ -214,7 +214,7 @@ def read_exif_exposure(path: str | os.PathLike[str]) -> tuple[float, float | Non
     iso_tag = tags.get(_TAG_ISO)
     if isinstance(iso_tag, (tuple, list)):  # several SHORTs: the first is the one in use
         iso_tag = iso_tag[0] if iso_tag else None
-    iso = _exif_number(path, "ISOSpeedRatings", iso_tag, first_of_many=True) if iso_tag else None  # 0: unknown
+    iso = _exif_number(path, "ISOSpeedRatings", iso_tag) if iso_tag else None  # 0: unknown
     return exposure_s, f_number, iso
 
 
@@ -323,14 +323,8 @@ def read_ldr_stack(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[s
         frames.append(frame)
     if bits is None:
         bits = 8 if frames[0].dtype == np.uint8 else 16
-    elif frames[0].dtype == np.uint8 and bits != 8:
-        raise ValueError(f"{paths[0]}: an 8-bit image carries 8 bits, not bits={bits}")
-    elif bits < 16:
-        peaks = [int(f.max()) for f in frames]
-        worst = int(np.argmax(peaks))
-        if peaks[worst] >= 1 << bits:
-            raise ValueError(f"{paths[worst]}: holds code {peaks[worst]} but bits={bits} allows at most "
-                             f"{(1 << bits) - 1} (the sensor's depth is larger, or its codes sit in the high bits)")
+    else:
+        check_code_depth(frames, bits, names=paths)
     return Bracket(
         frames=np.stack(frames),
         exposure_s=np.asarray(exposures, dtype=np.float64),

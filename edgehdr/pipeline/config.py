@@ -193,15 +193,14 @@ def validate(data: dict[str, Any], source: str = "<config>") -> dict[str, dict[s
                           "two exposures (or leave it empty for the source's own guess)")
     if len(set(src["exposures_s"])) != len(src["exposures_s"]) and not src["gains"]:
         raise ConfigError(f"{source}: [source] exposures_s = {src['exposures_s']!r}: each exposure must differ")
-    from edgehdr.pipeline.sinks import expand_run_pattern
+    from edgehdr.pipeline.sinks import RunPatternError, expand_run_pattern
 
     for key in ("frames_dir", "lcd_dir", "video"):
         try:
             expand_run_pattern(config["outputs"][key], datetime(2000, 1, 1))
-        except ValueError as exc:
+        except RunPatternError as exc:
             raise ConfigError(f"{source}: [outputs] {key} = {config['outputs'][key]!r}: the only placeholder "
-                              f"allowed is {{start:FORMAT}} with a strftime FORMAT ({str(exc).rsplit(' (', 1)[-1]}"
-                              ) from None
+                              f"allowed is {{start:FORMAT}} with a strftime FORMAT ({exc.detail})") from None
     if src["gains"] and len(src["gains"]) != len(src["exposures_s"]):
         raise ConfigError(f"{source}: [source] gains has {len(src['gains'])} values for "
                           f"{len(src['exposures_s'])} exposures_s")
@@ -266,12 +265,14 @@ def check_paths(config: dict[str, dict[str, Any]], source: str = "<config>") -> 
     if engine_dir and networks and config["infer"]["backend"] != "cpu" and not Path(engine_dir).is_dir():
         raise ConfigError(f"{source}: [infer] engine_dir = {engine_dir!r}: no such folder (the engines "
                           "edgehdr-export build made on this device)")
+    from edgehdr.pipeline.sinks import expand_run_pattern  # here, as in validate: sinks brings OpenCV
+
     when = datetime.now()
     for key in ("frames_dir", "lcd_dir", "video"):
         pattern = config["outputs"][key]
         if not pattern or (key == "lcd_dir" and not config["dimming"]["enabled"]):  # not written without dimming
             continue
-        path = Path(pattern.format(start=when))
+        path = Path(expand_run_pattern(pattern, when))  # validate() checked the pattern
         if key != "video":  # a frames folder is created with its parents; a file in its place cannot be
             blocker = next((p for p in (path, *path.parents) if p.exists()), None)
             if blocker is not None and not blocker.is_dir():

@@ -37,17 +37,27 @@ if TYPE_CHECKING:
     from edgehdr.dimming import LedLayout
     from edgehdr.pipeline.graph import FrameContext
 
-__all__ = ["ImageSequenceSink", "VideoSink", "PreviewState", "PreviewSink", "expand_run_pattern", "unused_path"]
+__all__ = ["ImageSequenceSink", "VideoSink", "PreviewState", "PreviewSink", "RunPatternError", "expand_run_pattern",
+           "unused_path"]
+
+
+class RunPatternError(ValueError):
+    """An output path pattern with a placeholder other than ``{start}`` / ``{start:FORMAT}``; ``detail`` says
+    what was wrong with it."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"output path {path!r}: only the placeholder {{start:%Y%m%d-%H%M%S}} (strftime format) is "
+                         f"allowed ({detail})")
+        self.detail = detail
 
 
 def expand_run_pattern(path: str, start: datetime) -> str:
     """Fill ``{start:FORMAT}`` (strftime) in an output path with the run's start time.
 
-    Raises ``ValueError`` for any other placeholder or a malformed pattern.
+    Raises ``RunPatternError`` (a ``ValueError``) for any other placeholder or a malformed pattern.
     """
     if "{" not in path and "}" not in path:
         return path
-    allowed = f"output path {path!r}: only the placeholder {{start:%Y%m%d-%H%M%S}} (strftime format) is allowed"
     try:
         # only {start} or {start:FORMAT}: no attribute or index ({start.year:300000000} formats a 300 MB name)
         for _, field, _, conversion in string.Formatter().parse(path):
@@ -55,7 +65,7 @@ def expand_run_pattern(path: str, start: datetime) -> str:
                 raise ValueError(f"{{{field}{'!' + conversion if conversion else ''}}} is not {{start}}")
         return path.format(start=start)
     except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
-        raise ValueError(f"{allowed} ({type(exc).__name__}: {exc})") from None
+        raise RunPatternError(path, f"{type(exc).__name__}: {exc}") from None
 
 
 def unused_path(path: Path) -> Path:
