@@ -43,7 +43,6 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from edgehdr.hdr.crf import calibrate_debevec
     from edgehdr.hdr.merge import merge_debevec, resolve_response
     from edgehdr.io import RADIANCE_SUFFIXES, read_ldr_stack, write_radiance
-    from edgehdr.io.ldr_stack import stack_files
     from edgehdr.progress import Progress
 
     if args.save_response and args.response != "auto":
@@ -60,7 +59,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         _check_output(args.save_response, RESPONSE_FILE_SUFFIXES, option="--save-response")
     progress = Progress(4, quiet=args.quiet)
     bracket = read_ldr_stack(args.images, list_file=args.list, bits=args.bits)
-    inputs = {p.resolve() for p in stack_files(args.images, list_file=args.list)}
+    read = [*bracket.extra["paths"], *([bracket.extra["list_file"]] if "list_file" in bracket.extra else [])]
+    inputs = {Path(p).resolve() for p in read}
     for option, path in (("-o", args.output), ("--save-response", args.save_response)):
         if path and Path(path).resolve() in inputs:  # a response saved as .txt over the folder's list.txt, say
             raise ValueError(f"{option} {path}: is one of the inputs being merged; give another file name")

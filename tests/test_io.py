@@ -129,6 +129,10 @@ def test_list_file_stack_round_trip(tmp_path, shot_factory):
     np.testing.assert_array_equal(bracket.frames, shot.bracket.frames)
     np.testing.assert_allclose(bracket.exposure_s, shot.bracket.exposure_s, rtol=1e-12)
     assert bracket.bits == 8
+    # the files read, as `edgehdr merge` checks its outputs against them: the list's images in its order, the list
+    names = [line.split()[0] for line in (tmp_path / "list.txt").read_text().splitlines()]
+    assert bracket.extra["paths"] == [str(tmp_path / n) for n in names]
+    assert bracket.extra["list_file"] == str(tmp_path / "list.txt")
 
 
 def test_sixteen_bit_stack(tmp_path, rng):
@@ -161,6 +165,8 @@ def test_exif_exposure_folds_aperture_and_iso_into_gain(tmp_path, rng):
     # b: ISO 400 (x4) at f/8 vs f/4 (x1/4): same light per second, 4x the time.
     np.testing.assert_allclose(bracket.gain, [1.0, 1.0])
     np.testing.assert_allclose(bracket.relative_exposure, [0.01, 0.04])
+    assert bracket.extra["paths"] == [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]
+    assert "list_file" not in bracket.extra  # read by EXIF: no list file among the inputs
 
 
 def test_missing_exif_exposure_names_the_file(tmp_path, rng):

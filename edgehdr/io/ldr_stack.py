@@ -23,7 +23,7 @@ from edgehdr.bracket import Bracket, check_code_depth, check_frame_matches
 from edgehdr.io.atomic import write_bytes_atomic
 from edgehdr.io.headers import check_image_header, jpeg_is_complete
 
-__all__ = ["read_ldr_stack", "stack_files", "read_ldr_image", "write_ldr_image", "read_list_file", "read_exif_exposure",
+__all__ = ["read_ldr_stack", "read_ldr_image", "write_ldr_image", "read_list_file", "read_exif_exposure",
            "LDR_SUFFIXES"]
 
 LDR_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".ppm", ".pgm", ".bmp", ".webp")
@@ -238,16 +238,6 @@ def _collect_paths(
     return paths, None
 
 
-def stack_files(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
-                list_file: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The files ``read_ldr_stack(inputs, list_file=...)`` reads: the list file, if one is used, and the images."""
-    paths, found_list = _collect_paths(inputs)
-    chosen = list_file or found_list
-    if chosen is not None:
-        return [Path(chosen)] + [p for p, _ in read_list_file(chosen)]
-    return paths
-
-
 def read_ldr_stack(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
                    list_file: str | os.PathLike[str] | None = None, bits: int | None = None) -> Bracket:
     """Load an exposure stack as a ``Bracket``.
@@ -261,6 +251,12 @@ def read_ldr_stack(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[s
     bits : int, optional
         Significant bits of 16-bit files (e.g. 12 for 12-bit raw data in a 16-bit
         container). Default: 8 for 8-bit files, 16 for 16-bit files.
+
+    Returns
+    -------
+    Bracket
+        Its ``extra["paths"]`` lists the image files read, in order, and
+        ``extra["list_file"]`` the list file, where one was used.
 
     Raises
     ------
@@ -331,5 +327,5 @@ def read_ldr_stack(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[s
         gain=None if gains is None else np.asarray(gains),
         bits=bits,
         source=str(list_file or paths[0].parent),
-        extra={"paths": [str(p) for p in paths]},
+        extra={"paths": [str(p) for p in paths], **({"list_file": str(list_file)} if list_file is not None else {})},
     )
