@@ -422,14 +422,18 @@ def test_only_loopback_host_names_are_answered_on_loopback(serve):
     camera; loopback names (with or without a port) and HTTP/1.0 requests without Host are answered."""
     server = serve()
     port = server.address[1]
-    for host in (f"attacker.example:{port}", "attacker.example", "192.168.1.5", "127.0.0.1.evil.example"):
+    refused = (f"attacker.example:{port}", "attacker.example", "192.168.1.5", "127.0.0.1.evil.example",
+               "dead.beef", "0x7f.1.example", "10.1", "127.1.")
+    for host in refused:
         data = _raw(server, f"GET /frame.jpg HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         assert data.startswith(b"HTTP/1.0 403 ") and b"\xff\xd8" not in data, host
-    for host in (f"localhost:{port}", "127.0.0.1", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+    # IPv4 shorthands of loopback, as curl sends them (a browser sends the dotted form)
+    for host in (f"localhost:{port}", "127.0.0.1", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST",
+                 f"127.1:{port}", "0x7f000001", "2130706433", "0177.0.0.1"):
         assert _raw(server, f"GET /frame.jpg HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()).startswith(
             b"HTTP/1.0 200 "), host
     assert _raw(server, b"GET /stats.json HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 ")
-    assert server.connection_stats()["wrong_host"] == 4
+    assert server.connection_stats()["wrong_host"] == len(refused)
     anywhere = PreviewServer(_state(), host="0.0.0.0", port=0).start()  # exposed on purpose: any name
     try:
         data = _raw(anywhere, b"GET /stats.json HTTP/1.1\r\nHost: edgehdr-box.lan\r\n\r\n")

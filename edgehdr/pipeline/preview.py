@@ -201,11 +201,21 @@ _WARN_EVERY_S = 10.0
 
 
 def _is_loopback(address: str) -> bool:
-    """An IP address of this machine's loopback (127.0.0.0/8, ::1, ::ffff:127.x.x.x); a name is not."""
+    """An IP address of this machine's loopback (127.0.0.0/8, ::1, ::ffff:127.x.x.x); a name is not.
+
+    IPv4's numeric shorthands (``127.1``, ``0x7f000001``), which curl sends as written, count as the address
+    they stand for: a browser turns any host name that parses as a number into that address itself, so no name
+    a page could rebind has this form."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:  # a name ("127.0.0.1.evil.example" is one)
-        return False
+    except ValueError:  # a name ("127.0.0.1.evil.example" is one), or a shorthand
+        if not address or address.strip("0123456789abcdefx.") or address.endswith("."):
+            return False
+        try:
+            ip = ipaddress.IPv4Address(socket.inet_aton(address))
+        except OSError:
+            return False
     mapped = getattr(ip, "ipv4_mapped", None)
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
