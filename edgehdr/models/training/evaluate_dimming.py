@@ -117,10 +117,19 @@ def format_real(rows: Sequence[dict[str, Any]]) -> str:
 def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
              int8: str | os.PathLike[str] | None = None,
              sizes: Sequence[tuple[int, int]] = ((360, 640), (720, 1280)),
-             against: str | os.PathLike[str] | None = None, speed: bool = True) -> dict[str, Any]:
+             against: str | os.PathLike[str] | None = None, speed: bool = True,
+             refine: Sequence[int] = ()) -> dict[str, Any]:
     """The table above; ``against``: a second model (e.g. a retrain) scored in the same run on the same scenes,
     without a limit ("against" row) and at each heuristic's power (``against_db``, ``against_wins``);
-    ``speed=False`` leaves out the 1080p timing (``speed_1080p_ms`` None)."""
+    ``speed=False`` leaves out the 1080p timing (``speed_1080p_ms`` None).
+
+    ``refine``: iteration counts K of the teacher's own descent started from the network's light, without a
+    limit, as rows "refined K" (the objective on the panel's pixels, as the teacher has it) and "refined K,
+    1/4 area" (on the target area-averaged to a quarter of the panel's width and height, the PSF at that
+    resolution): how far a few steps of the display model at run time would take the network's answer towards
+    its teacher. A measurement, not a runtime path (``optimal_zone_light`` takes tens of ms a call)."""
+    import cv2
+
     from edgehdr.dimming import (
         BacklightModel,
         LedLayout,
@@ -158,8 +167,11 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
             return dimming_metrics(target, simulate_display(lcd_compensation(target, b, layout), b, layout), light,
                                    layout)
 
+        refined_rows = [f"refined {k}{quarter}" for k in refine for quarter in ("", ", 1/4 area")]
         rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("teacher", "network", "network_int8", "against",
-                                                                  *HEURISTICS)}
+                                                                  *refined_rows, *HEURISTICS)}
+        quarter_layout = LedLayout(rows=18, cols=32, width_px=max(1, width // 4), height_px=max(1, height // 4))
+        quarter_backlight = BacklightModel(quarter_layout, work_scale=1)
         equal_power: dict[str, list[dict[str, float]]] = {h: [] for h in HEURISTICS}
         zone_mae_int8: list[float] = []
         for i in range(scenes):
@@ -169,6 +181,15 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
             rows["teacher"].append(shown_metrics(optimal_zone_light(target, layout, model=backlight), target))
             if other is not None:
                 rows["against"].append(shown_metrics(other(target), target))
+            if refine:
+                quarter = cv2.resize(target, (quarter_layout.width_px, quarter_layout.height_px),
+                                     interpolation=cv2.INTER_AREA)
+            for k in refine:
+                rows[f"refined {k}"].append(shown_metrics(
+                    optimal_zone_light(target, layout, model=backlight, init=ours, iterations=k), target))
+                rows[f"refined {k}, 1/4 area"].append(shown_metrics(
+                    optimal_zone_light(quarter, quarter_layout, model=quarter_backlight, init=ours, iterations=k),
+                    target))
             if net8 is not None:
                 ours8 = net8(target)
                 rows["network_int8"].append(shown_metrics(ours8, target))
@@ -227,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="a second dimming model (e.g. a retrain) scored in the same run on the same scenes")
     p.add_argument("--sizes", type=frame_size, nargs="+", default=[(640, 360), (1280, 720)], metavar="WxH",
                    help="panel sizes (default 640x360 1280x720; the larger takes about 4x the smaller's time)")
+    p.add_argument("--refine", type=int, nargs="*", default=[], metavar="K",
+                   help="also the network's light refined by K steps of its teacher's descent (rows 'refined K')")
     p.add_argument("--json", default=None)
     p.add_argument("--real", action="store_true", help="only the table on the shared real photographs")
     args = p.parse_args(argv)
@@ -239,12 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_text_atomic(args.json, json.dumps(rows, indent=2))
         return 0
     result = evaluate(args.scenes, model=args.model, int8=args.int8, sizes=[(h, w) for w, h in args.sizes],
-                      against=args.against)
+                      against=args.against, refine=args.refine)
     for size, r in result["sizes"].items():
         print(f"panel {size}, 18x32 zones, {args.scenes} held-out scenes")
-        print(f"  {'algorithm':<14} {'PU-PSNR dB':>10} {'power':>7} {'halo PU':>8}")
+        print(f"  {'algorithm':<20} {'PU-PSNR dB':>10} {'power':>7} {'halo PU':>8}")
         for k, v in r["summary"].items():
-            print(f"  {k:<14} {v['pu_psnr_db']:>10.2f} {v['power']:>7.4f} {v['halo_pu']:>8.3f}")
+            print(f"  {k:<20} {v['pu_psnr_db']:>10.2f} {v['power']:>7.4f} {v['halo_pu']:>8.3f}")
         for h, v in r["equal_power"].items():
             print(f"  at {h}'s power: network {v['network_db']:.2f} dB, {h} {v['heuristic_db']:.2f} dB, teacher "
                   f"{v['teacher_db']:.2f} dB; network wins {v['wins']}/{v['of']}, within the power: {v['power_ok']}"
