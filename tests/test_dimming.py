@@ -245,6 +245,13 @@ def test_power_budget_projection():
     p = project_power_budget(light, 0.3)
     assert p.min() >= 0 and p.max() <= 1 and p.mean() == pytest.approx(0.3, abs=1e-6)
     np.testing.assert_array_equal(project_power_budget(np.full((3, 3), 0.1), 0.5), np.full((3, 3), 0.1))
+    # A descent step can overshoot far past full light: the shift must be able to go beyond 1. The projection
+    # is the KKT point: every zone strictly inside (0, 1) is shifted by the same amount.
+    light = rng.uniform(-1.0, 6.0, (10, 10))
+    p = project_power_budget(light, 0.3)
+    assert p.mean() == pytest.approx(0.3, abs=1e-6)
+    inside = (p > 1e-9) & (p < 1 - 1e-9)
+    assert inside.any() and np.ptp((light - p)[inside]) < 1e-9
 
 
 def test_budget_aware_quantisation_never_exceeds_the_budget():

@@ -38,7 +38,7 @@ def project_power_budget(light: np.ndarray, budget: float | None) -> np.ndarray:
     out = np.clip(light, 0.0, 1.0)
     if budget is None or out.mean() <= budget:
         return out
-    lo, hi = 0.0, float(out.max())
+    lo, hi = 0.0, float(np.max(light))  # the unclipped top: a zone at 3 needs a shift past 2 to leave full light
     for _ in range(50):
         tau = 0.5 * (lo + hi)
         if np.clip(light - tau, 0.0, 1.0).mean() > budget:
