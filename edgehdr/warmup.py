@@ -113,7 +113,7 @@ def trim_heap() -> None:
 JOB_SECONDS = {"camera": 1.0, "align": 4.3, "merge": 3.4, "merge_statistics": 6.5, "deghost": 5.8,
                "tonemap_stats": 5.5, "tonemap": 7.0,
                "tonemap_local": 9.2, "tonemap_drago": 7.0, "tonemap_parametric": 6.5, "score": 0.8,
-               "dimming_stats": 5.8, "dimming": 5.0, "neural_tmo": 6.9, "neural_merge": 20.0}
+               "dimming_stats": 5.8, "dimming": 5.0, "dimming_refine": 3.0, "neural_tmo": 6.9, "neural_merge": 20.0}
 _OPERATOR_JOBS = {"reinhard": "tonemap", "reinhard-local": "tonemap_local", "drago": "tonemap_drago",
                   "parametric": "tonemap_parametric"}
 ALL_JOBS = tuple(JOB_SECONDS)
@@ -143,6 +143,8 @@ def jobs_for_config(cfg: dict[str, Any]) -> tuple[str, ...]:
         jobs.append("score")
     if cfg["dimming"]["enabled"]:
         jobs += ["dimming"] if zones_from_merge else ["dimming_stats", "dimming"]
+        if cfg["dimming"]["algorithm"] == "neural" and cfg["dimming"]["refine_steps"]:
+            jobs.append("dimming_refine")
     return tuple(jobs)
 
 
@@ -400,6 +402,14 @@ def _run_jobs(jobs: Sequence[str]) -> None:
 
             encode_sdr(np.ascontiguousarray(bracket.frames[1]))  # smaller than the model's input: luma, then OpenCV
             encode_sdr(np.ascontiguousarray(big[1]))  # larger (a camera's frame): the fused luma and area kernel
+        elif job == "dimming_refine":
+            from edgehdr.dimming import LedLayout
+            from edgehdr.dimming.refine import refine_zone_light
+
+            grid = np.full((12, 16), 100.0, np.float32)
+            grid[0, 0] = 5000.0  # a cell the backlight clips: the descent's every path
+            refine_zone_light(np.full((3, 4), 0.5, np.float32), grid, LedLayout(rows=3, cols=4, width_px=64,
+                                                                               height_px=48), steps=2)
         elif job.startswith("dimming"):
             from edgehdr.dimming import BacklightModel, LedLayout, lcd_compensation, zone_statistics
 

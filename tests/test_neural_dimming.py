@@ -136,7 +136,7 @@ def test_student_training_lowers_the_display_error(loss, flips, channels, tmp_pa
 
         path = export_dimming(net, layout, tmp_path / "dim4.onnx")
         with OnnxRuntimeRunner(path) as runner:
-            dimmer = NeuralDimmer(runner, layout, model_path=path)
+            dimmer = NeuralDimmer(runner, layout, model_path=path, refine_steps=0)  # the network's own light
             assert dimmer.channels == 4
             got = dimmer(scenes[0]["target"])
         with torch.no_grad():
@@ -325,7 +325,7 @@ def test_evaluation_scores_a_second_model_on_the_same_scenes():
 
 
 def test_evaluation_refines_the_network_towards_its_teacher():
-    """``evaluate_dimming --refine``: the teacher's descent started from the network's light decreases the teacher's
+    """``evaluate_dimming --refine``: the teacher's descent started from the network's own light decreases the teacher's
     own objective at every step, so a held-out scene's PU-PSNR does not fall from the network's towards more steps,
     and the teacher (150 steps) stays at or above a few; the quarter-area rows are a different objective and are
     reported, checked only to be finite figures of a scene the network lit."""
@@ -334,6 +334,8 @@ def test_evaluation_refines_the_network_towards_its_teacher():
     result = evaluate(1, sizes=((360, 640),), speed=False, refine=(1, 4))
     s = result["sizes"]["640x360"]["summary"]
     db = {k: v["pu_psnr_db"] for k, v in s.items()}
-    assert db["network"] - 0.02 <= db["refined 1"] <= db["refined 4"] + 0.02 <= db["teacher"] + 0.04, db
-    assert db["refined 4"] > db["network"] + 0.01, db  # the steps move the light, not only its rounding
+    assert db["network alone"] - 0.02 <= db["refined 1"] <= db["refined 4"] + 0.02 <= db["teacher"] + 0.04, db
+    assert db["refined 4"] > db["network alone"] + 0.01, db  # the steps move the light, not only its rounding
+    # the runtime's own steps (on the sub-zone grid) improve on the network alone as well
+    assert db["network"] > db["network alone"] + 0.01, db
     assert all(np.isfinite(db[k]) and db[k] > 20 for k in ("refined 1, 1/4 area", "refined 4, 1/4 area")), db

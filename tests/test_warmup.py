@@ -52,6 +52,10 @@ def test_jobs_follow_the_configuration():
     custom = jobs_for_config(validate({"source": {"kind": "replay", "path": "x"}, "dimming": {"enabled": False},
                                        "tonemap": {"operator": "neural"}, "merge": {"deghost": True}}))
     assert "camera" not in custom and "dimming" not in custom and {"neural_tmo", "deghost"} <= set(custom)
+    # the neural dimming's refinement steps have their own kernel, compiled only where they run
+    neural = jobs_for_config(validate({"dimming": {"algorithm": "neural", "rows": 18, "cols": 32}}))
+    assert "dimming_refine" in neural and "dimming_refine" not in default and "dimming_refine" not in measuring
+    assert "dimming_refine" not in jobs_for_config(validate({"dimming": {"algorithm": "neural", "refine_steps": 0}}))
     assert set(default) | set(custom) <= set(ALL_JOBS)
     with pytest.raises(ValueError, match="unknown warm-up jobs"):
         warm_up(jobs=["tonemapp"])

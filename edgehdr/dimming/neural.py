@@ -20,6 +20,12 @@ never draws more than the budget. A model is made for one zone grid and PSF (its
 metadata says which); the stage refuses a model whose grid differs from the
 layout's.
 
+Refinement (``refine_steps``, 4 by default): the network's light then takes that many steps of
+its teacher's own descent (``edgehdr.dimming.refine``) on the sub-zone means the encoder has
+measured, seen as a grey image at that grid's resolution, within the power budget. On 16
+held-out scenes at 640 x 360 the network is 0.65 dB below its teacher and 0.45 dB after four
+steps; the steps cost about 0.1-0.6 ms a frame whatever the panel's resolution (README).
+
 Non-finite pixels enter the statistics as ``zone_statistics`` counts them (black or
 peak, with a warning). Should the network itself return a non-finite zone value, that
 zone gets full light, so the LCD still shows the target there (a warning names how
@@ -36,8 +42,8 @@ import numpy as np
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.dimming.zones import within_budget, zone_statistics_with_min  # within_budget: re-exported
 
-__all__ = ["SUBDIVISION", "STATS_STOPS", "INPUT_CHANNELS", "ENCODINGS", "encode_dimming_input", "within_budget",
-           "NeuralDimmer", "model_layout_metadata"]
+__all__ = ["SUBDIVISION", "STATS_STOPS", "INPUT_CHANNELS", "ENCODINGS", "REFINE_STEPS", "MAX_REFINE_STEPS",
+           "encode_dimming_input", "within_budget", "NeuralDimmer", "model_layout_metadata"]
 
 log = logging.getLogger("edgehdr.dimming")
 
@@ -45,6 +51,8 @@ SUBDIVISION = 4
 STATS_STOPS = 12.0
 INPUT_CHANNELS = 3
 ENCODINGS = (3, 4)  # input channels: max, mean, budget (the shipped model); and the sub-zone minima after them
+REFINE_STEPS = 4  # steps of the teacher's descent after the network (NeuralDimmer, [dimming] refine_steps)
+MAX_REFINE_STEPS = 32
 
 
 def _stats_layout(layout: LedLayout) -> LedLayout:
@@ -65,6 +73,11 @@ def encode_dimming_input(target: np.ndarray, layout: LedLayout, *, scale: float 
         raise ValueError(f"channels must be one of {ENCODINGS}, got {channels}")
     zmax, zmean, zmin, _ = zone_statistics_with_min(target, stats_layout or _stats_layout(layout), scale=scale,
                                                     minimum=channels == 4)
+    return _encode_statistics(zmax, zmean, zmin, power_budget, channels)
+
+
+def _encode_statistics(zmax: np.ndarray, zmean: np.ndarray, zmin: np.ndarray | None, power_budget: float,
+                       channels: int) -> np.ndarray:
     x = np.empty((1, channels) + zmax.shape, np.float32)
     floor = np.float32(2.0 ** -STATS_STOPS)
     x[0, 0] = np.log2(np.maximum(zmax, floor))
@@ -92,10 +105,14 @@ class NeuralDimmer:
     but was distilled for another panel).
     """
 
-    def __init__(self, runner, layout: LedLayout, *, model_path=None, power_budget: float = 1.0):
+    def __init__(self, runner, layout: LedLayout, *, model_path=None, power_budget: float = 1.0,
+                 refine_steps: int = REFINE_STEPS):
         if not 0.0 < power_budget <= 1.0:
             raise ValueError(f"power_budget must be in (0, 1], got {power_budget}")
+        if not 0 <= refine_steps <= MAX_REFINE_STEPS:
+            raise ValueError(f"refine_steps must be in 0..{MAX_REFINE_STEPS}, got {refine_steps}")
         self.runner, self.layout, self.power_budget = runner, layout, float(power_budget)
+        self.refine_steps = int(refine_steps)
         self.non_finite_frames = 0  # frames whose network output held a non-finite zone value (given full light)
         (spec,) = runner.describe().inputs
         self._input_name, shape = spec.name, spec.shape
@@ -117,11 +134,24 @@ class NeuralDimmer:
                 if key in made_for and made_for[key] != ours[key]:
                     self.warnings.append(f"model made for {key}={made_for[key]}, layout has {ours[key]}")
         self._stats_layout = _stats_layout(layout)
+        self._refiner = None
+        if self.refine_steps:
+            from edgehdr.dimming.refine import GridRefiner
+
+            if layout.psf_model != "gaussian":
+                self.refine_steps = 0
+                self.warnings.append("refinement steps need the Gaussian PSF model; the network's light is used as "
+                                     "it is")
+            else:
+                self._refiner = GridRefiner(layout, (self._stats_layout.rows, self._stats_layout.cols))
 
     def __call__(self, target: np.ndarray, *, scale: float = 1.0, power_budget: float | None = None) -> np.ndarray:
         budget = self.power_budget if power_budget is None else float(power_budget)
-        x = encode_dimming_input(target, self.layout, scale=scale, power_budget=budget,
-                                 stats_layout=self._stats_layout, channels=self.channels)
+        if not 0.0 < budget <= 1.0:
+            raise ValueError(f"power_budget must be in (0, 1], got {budget}")
+        zmax, zmean, zmin, _ = zone_statistics_with_min(target, self._stats_layout, scale=scale,
+                                                        minimum=self.channels == 4)
+        x = _encode_statistics(zmax, zmean, zmin, budget, self.channels)
         (light,) = self.runner.run({self._input_name: x}).values()
         light = np.asarray(light, np.float32).reshape(self.layout.rows, self.layout.cols)
         finite = np.isfinite(light)
@@ -131,4 +161,9 @@ class NeuralDimmer:
                         "(frames so far: %d)", light.size - int(np.count_nonzero(finite)), light.size,
                         self.non_finite_frames)
             light = np.where(finite, light, np.float32(1.0))
-        return within_budget(np.clip(light, 0.0, 1.0), budget)
+        light = within_budget(np.clip(light, 0.0, 1.0), budget)
+        if self._refiner is not None:  # from the network's light within the budget: each step stays within it
+            grid_cd_m2 = zmean * np.float32(self.layout.peak_luminance_cd_m2)
+            light = within_budget(self._refiner(light, grid_cd_m2, steps=self.refine_steps, power_budget=budget),
+                                  budget)
+        return light

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from edgehdr.dimming.neural import MAX_REFINE_STEPS, REFINE_STEPS
 from edgehdr.dimming.zones import DEFAULT_ALGORITHM, DEFAULT_POWER_BUDGET, HEURISTICS
 from edgehdr.hdr.align import ALIGN_METHODS
 from edgehdr.hdr.weights import WEIGHTINGS
@@ -107,6 +108,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
         "algorithm": (str, DEFAULT_ALGORITHM, _choice(*HEURISTICS, "neural")),
         "model": (str, "dimming_net", _any()),
         "power_budget": (float, DEFAULT_POWER_BUDGET, _range(0.01, 1.0)),
+        "refine_steps": (int, REFINE_STEPS, _range(0, MAX_REFINE_STEPS)),  # algorithm = "neural" (NeuralDimmer)
     },
     "score": {
         "every_n": (int, 0, _range(0, 100000)),

@@ -484,7 +484,7 @@ def _dimming_stage(rt: Runtime, cfg: dict[str, Any], width: int, height: int, fp
             model = model_path(dim["model"])
             runner = _model_runner(cfg, dim["model"])
         dimming = DimmingStage(layout, algorithm=dim["algorithm"], frame_interval_s=1 / fps, runner=runner,
-                               model_path=model, power_budget=dim["power_budget"])
+                               model_path=model, power_budget=dim["power_budget"], refine_steps=dim["refine_steps"])
     for warning in getattr(dimming.neural, "warnings", []):
         log.warning("dimming model %s: %s", model, warning)
     return Stage("dimming", dimming, queue_size=cfg["run"]["queue_size"])

@@ -276,7 +276,7 @@ class DimmingStage:
                  max_fall_per_s: float = 2.0, peak_percentile: float = 99.9, time_constant_s: float = 0.4,
                  frame_interval_s: float = 1 / 30, runner: Runner | None = None,
                  model_path: str | os.PathLike[str] | None = None,
-                 power_budget: float = DEFAULT_POWER_BUDGET) -> None:
+                 power_budget: float = DEFAULT_POWER_BUDGET, refine_steps: int | None = None) -> None:
         if algorithm not in (*HEURISTICS, "neural"):
             raise ValueError(f"runtime dimming algorithm must be a heuristic ({', '.join(HEURISTICS)}) or "
                              f"neural, got {algorithm!r}; 'optimal' is an offline reference")
@@ -288,9 +288,10 @@ class DimmingStage:
         if algorithm == "neural":
             if runner is None:
                 raise ValueError("neural dimming needs a runner (edgehdr.infer.open_runner(model))")
-            from edgehdr.dimming.neural import NeuralDimmer
+            from edgehdr.dimming.neural import REFINE_STEPS, NeuralDimmer
 
-            self.neural = NeuralDimmer(runner, layout, model_path=model_path, power_budget=power_budget)
+            self.neural = NeuralDimmer(runner, layout, model_path=model_path, power_budget=power_budget,
+                                       refine_steps=REFINE_STEPS if refine_steps is None else refine_steps)
         self.model = BacklightModel(layout)
         self.temporal = ZoneTemporalFilter(max_rise_per_s, max_fall_per_s, frame_interval_s)
         self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s, frame_interval_s=frame_interval_s)

@@ -123,7 +123,10 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
     without a limit ("against" row) and at each heuristic's power (``against_db``, ``against_wins``);
     ``speed=False`` leaves out the 1080p timing (``speed_1080p_ms`` None).
 
-    ``refine``: iteration counts K of the teacher's own descent started from the network's light, without a
+    "network" is the runtime's answer (the network, then ``REFINE_STEPS`` steps on its sub-zone grid,
+    ``edgehdr.dimming.refine``), "network alone" the network's own light.
+
+    ``refine``: iteration counts K of the teacher's own descent started from the network's own light, without a
     limit, as rows "refined K" (the objective on the panel's pixels, as the teacher has it) and "refined K,
     1/4 area" (on the target area-averaged to a quarter of the panel's width and height, the PSF at that
     resolution): how far a few steps of the display model at run time would take the network's answer towards
@@ -155,7 +158,8 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
     for height, width in sizes:
         layout = LedLayout(rows=18, cols=32, width_px=width, height_px=height)
         backlight = BacklightModel(layout)
-        net = NeuralDimmer(runner, layout, model_path=path)
+        net = NeuralDimmer(runner, layout, model_path=path)  # with the runtime's refinement steps
+        alone = NeuralDimmer(runner, layout, model_path=path, refine_steps=0)
         net8 = NeuralDimmer(quant, layout) if quant else None
         other = NeuralDimmer(rival, layout) if rival else None
 
@@ -168,8 +172,9 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
                                    layout)
 
         refined_rows = [f"refined {k}{quarter}" for k in refine for quarter in ("", ", 1/4 area")]
-        rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("teacher", "network", "network_int8", "against",
-                                                                  *refined_rows, *HEURISTICS)}
+        rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("teacher", "network", "network alone",
+                                                                  "network_int8", "against", *refined_rows,
+                                                                  *HEURISTICS)}
         quarter_layout = LedLayout(rows=18, cols=32, width_px=max(1, width // 4), height_px=max(1, height // 4))
         quarter_backlight = BacklightModel(quarter_layout, work_scale=1)
         equal_power: dict[str, list[dict[str, float]]] = {h: [] for h in HEURISTICS}
@@ -178,6 +183,8 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
             target = display_target(make_scene(100_000 + i, height, width).radiance, layout)
             ours = net(target)
             rows["network"].append(shown_metrics(ours, target))
+            own = alone(target)
+            rows["network alone"].append(shown_metrics(own, target))
             rows["teacher"].append(shown_metrics(optimal_zone_light(target, layout, model=backlight), target))
             if other is not None:
                 rows["against"].append(shown_metrics(other(target), target))
@@ -186,9 +193,9 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
                                      interpolation=cv2.INTER_AREA)
             for k in refine:
                 rows[f"refined {k}"].append(shown_metrics(
-                    optimal_zone_light(target, layout, model=backlight, init=ours, iterations=k), target))
+                    optimal_zone_light(target, layout, model=backlight, init=own, iterations=k), target))
                 rows[f"refined {k}, 1/4 area"].append(shown_metrics(
-                    optimal_zone_light(quarter, quarter_layout, model=quarter_backlight, init=ours, iterations=k),
+                    optimal_zone_light(quarter, quarter_layout, model=quarter_backlight, init=own, iterations=k),
                     target))
             if net8 is not None:
                 ours8 = net8(target)
@@ -229,9 +236,11 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
     # Speed at 1080p.
     layout = LedLayout(rows=18, cols=32, width_px=1920, height_px=1080)
     net = NeuralDimmer(runner, layout)
+    alone = NeuralDimmer(runner, layout, refine_steps=0)
     target = display_target(make_scene(3, 1080, 1920).radiance, layout)
 
     result["speed_1080p_ms"] = {"network_total": median_ms(lambda: net(target), 30, 3),
+                                "network_alone": median_ms(lambda: alone(target), 30, 3),
                                 "sqrt_heuristic": median_ms(lambda: zone_light(
                                     target, layout, "sqrt", stats=zone_statistics(target, layout)), 30, 3)}
     return result
