@@ -227,8 +227,9 @@ class GridRefiner:
     """The descent of ``refine_zone_light`` for one layout's statistics grid; the PSF matrices made once.
 
     ``grid_shape`` (rows, cols) is the statistics grid (a multiple of the zone grid); the grid image is
-    the panel seen at that resolution, the LED PSF sampled at its cells' centres
-    (``BacklightModel`` of a panel of ``grid_shape`` pixels, at full resolution).
+    the panel seen at that resolution, the LED PSF sampled at its cells' centres (``BacklightModel``'s
+    matrices at a working resolution of exactly the grid). The descent repeats ``optimal_zone_light``'s
+    loop line for line, as a numba kernel (the tests hold the two together).
     """
 
     def __init__(self, layout: LedLayout, grid_shape: tuple[int, int]):
