@@ -297,13 +297,16 @@ def test_neural_dimming_input_is_finite_and_a_nan_answer_lights_the_zone(caplog)
     answer = np.full((LAYOUT.rows, LAYOUT.cols), 0.25, np.float32)
     answer[1, 2] = np.nan
     runner = _FakeRunner(LAYOUT, answer)
-    dimmer = NeuralDimmer(runner, LAYOUT)
+    dimmer = NeuralDimmer(runner, LAYOUT, refine_steps=0)  # the network's answer as it is handed on
     with caplog.at_level(logging.WARNING, logger="edgehdr.dimming"):
         light = dimmer(bad)
     assert dimmer.non_finite_frames == 1
     assert np.all(np.isfinite(runner.seen))
     assert light[1, 2] == 1.0 and np.all(np.delete(light.ravel(), 1 * LAYOUT.cols + 2) == np.float32(0.25))
     assert any("1 non-finite zone values of 40" in m for m in _warnings(caplog, "edgehdr.dimming"))
+    # the refinement steps (the default) start from that answer and see the NaN pixels as the statistics count them
+    stepped = NeuralDimmer(runner, LAYOUT)(bad)
+    assert np.all(np.isfinite(stepped)) and stepped.min() >= 0 and stepped.max() <= 1
 
 
 def test_non_finite_zone_light_never_reaches_the_leds_or_the_filter_state():
