@@ -18,7 +18,7 @@ import numpy as np
 
 from edgehdr.dimming.layout import LedLayout
 
-__all__ = ["BacklightModel"]
+__all__ = ["BacklightModel", "psf_support"]
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
@@ -49,6 +49,16 @@ def _separable_spread(a_rows, light, a_cols_t, col_start, col_stop, out):
             for x in range(col_start[c], col_stop[c]):
                 row[x] += m * band[x]
     return out
+
+
+def psf_support(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's support in a PSF matrix: the first and one past the last non-zero column (int64; 0, 0 for a row
+    of zeros), so that a loop over ``range(start, stop)`` skips the zeros ``_psf_matrix`` wrote."""
+    nonzero = matrix != 0
+    start = np.argmax(nonzero, axis=1).astype(np.int64)
+    stop = (matrix.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)).astype(np.int64)
+    stop[~nonzero.any(axis=1)] = 0
+    return start, stop
 
 
 def _psf_matrix(distance_sigmas: np.ndarray) -> np.ndarray:
@@ -87,11 +97,7 @@ class BacklightModel:
             self._a_rows = _psf_matrix((np.arange(h)[:, None] - self.centre_y[None, :]) / sig_y)
             self._a_cols = _psf_matrix((np.arange(w)[:, None] - self.centre_x[None, :]) / sig_x)
             self._a_cols_t = np.ascontiguousarray(self._a_cols.T)
-            # Each zone column's support: the first and one past the last non-zero pixel.
-            nonzero = self._a_cols_t != 0
-            self._col_start = np.argmax(nonzero, axis=1).astype(np.int64)
-            self._col_stop = (w - np.argmax(nonzero[:, ::-1], axis=1)).astype(np.int64)
-            self._col_stop[~nonzero.any(axis=1)] = 0
+            self._col_start, self._col_stop = psf_support(self._a_cols_t)  # each zone column's pixels
             self._kernel = None
         else:
             kh = max(3, int(round(layout.psf_extent_pitch * pitch_y / sy)) | 1)

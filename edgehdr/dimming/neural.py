@@ -61,14 +61,18 @@ def _stats_layout(layout: LedLayout) -> LedLayout:
                      source=f"{layout.source} (x{SUBDIVISION} statistics grid)")
 
 
+def _require_budget(power_budget: float) -> None:
+    if not 0.0 < power_budget <= 1.0:
+        raise ValueError(f"power_budget must be in (0, 1], got {power_budget}")
+
+
 def encode_dimming_input(target: np.ndarray, layout: LedLayout, *, scale: float = 1.0, power_budget: float = 1.0,
                          stats_layout: LedLayout | None = None, channels: int = INPUT_CHANNELS) -> np.ndarray:
     """(1, channels, 4 R, 4 C) float32 network input from a target in cd/m^2 (or radiance times ``scale``).
 
     ``channels`` is 3 (max, mean, budget) or 4 (and the sub-zone minima); module docstring.
     """
-    if not 0.0 < power_budget <= 1.0:
-        raise ValueError(f"power_budget must be in (0, 1], got {power_budget}")
+    _require_budget(power_budget)
     if channels not in ENCODINGS:
         raise ValueError(f"channels must be one of {ENCODINGS}, got {channels}")
     zmax, zmean, zmin, _ = zone_statistics_with_min(target, stats_layout or _stats_layout(layout), scale=scale,
@@ -107,8 +111,7 @@ class NeuralDimmer:
 
     def __init__(self, runner, layout: LedLayout, *, model_path=None, power_budget: float = 1.0,
                  refine_steps: int = REFINE_STEPS):
-        if not 0.0 < power_budget <= 1.0:
-            raise ValueError(f"power_budget must be in (0, 1], got {power_budget}")
+        _require_budget(power_budget)
         if not 0 <= refine_steps <= MAX_REFINE_STEPS:
             raise ValueError(f"refine_steps must be in 0..{MAX_REFINE_STEPS}, got {refine_steps}")
         self.runner, self.layout, self.power_budget = runner, layout, float(power_budget)
@@ -147,8 +150,7 @@ class NeuralDimmer:
 
     def __call__(self, target: np.ndarray, *, scale: float = 1.0, power_budget: float | None = None) -> np.ndarray:
         budget = self.power_budget if power_budget is None else float(power_budget)
-        if not 0.0 < budget <= 1.0:
-            raise ValueError(f"power_budget must be in (0, 1], got {budget}")
+        _require_budget(budget)
         zmax, zmean, zmin, _ = zone_statistics_with_min(target, self._stats_layout, scale=scale,
                                                         minimum=self.channels == 4)
         x = _encode_statistics(zmax, zmean, zmin, budget, self.channels)

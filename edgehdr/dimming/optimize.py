@@ -24,6 +24,7 @@ import numpy as np
 
 from edgehdr.dimming.backlight import BacklightModel
 from edgehdr.dimming.layout import LedLayout, require_finite_light
+from edgehdr.dimming.refine import project_power_budget  # re-exported: the optimiser's projection
 from edgehdr.dimming.zones import within_budget, zone_statistics
 from edgehdr.quality.pu21 import pu21_derivative, pu21_encode
 from edgehdr.tonemap.nonfinite import nonfinite_pixels, report_nonfinite
@@ -31,21 +32,6 @@ from edgehdr.tonemap.nonfinite import nonfinite_pixels, report_nonfinite
 __all__ = ["optimal_zone_light", "project_power_budget", "quantise_within_budget", "zone_values_within_budget"]
 
 log = logging.getLogger("edgehdr.dimming")
-
-
-def project_power_budget(light: np.ndarray, budget: float | None) -> np.ndarray:
-    """Euclidean projection onto ``{0 <= l <= 1, mean(l) <= budget}`` (bisection on a shift)."""
-    out = np.clip(light, 0.0, 1.0)
-    if budget is None or out.mean() <= budget:
-        return out
-    lo, hi = 0.0, float(np.max(light))  # the unclipped top: a zone at 3 needs a shift past 2 to leave full light
-    for _ in range(50):
-        tau = 0.5 * (lo + hi)
-        if np.clip(light - tau, 0.0, 1.0).mean() > budget:
-            lo = tau
-        else:
-            hi = tau
-    return np.clip(light - hi, 0.0, 1.0)
 
 
 def quantise_within_budget(light: np.ndarray, layout: LedLayout, budget: float | None) -> np.ndarray:

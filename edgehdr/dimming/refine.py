@@ -23,11 +23,11 @@ import math
 import numba
 import numpy as np
 
-from edgehdr.dimming.backlight import BacklightModel
+from edgehdr.dimming.backlight import BacklightModel, psf_support
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.quality.pu21 import PU21_L_MAX, PU21_L_MIN, pu21_derivative, pu21_encode
 
-__all__ = ["GridRefiner", "refine_zone_light"]
+__all__ = ["GridRefiner", "refine_zone_light", "project_into_budget", "project_power_budget"]
 
 # PU21 (the 'banding_glare' fit) and its slope in log2 luminance, tabulated over PU21's range: the descent's
 # cells read it by linear interpolation (two powers a cell cost more than the rest of a step). Within 2e-4 PU
@@ -62,8 +62,10 @@ def _pu(y, values, slopes):
 
 
 @numba.njit(cache=True)
-def _project(light, budget, out):
-    """Euclidean projection onto {0 <= l <= 1, mean(l) <= budget} (``project_power_budget``: bisection on a shift)."""
+def project_into_budget(light, budget, out):
+    """Euclidean projection of flat ``light`` onto {0 <= l <= 1, mean(l) <= budget} into ``out``: a common shift
+    found by bisection, its upper bound the unclipped largest light (a zone at 3 needs a shift past 2 to leave full
+    light). The descent's and ``project_power_budget``'s (a budget of 1 or more: clipping only)."""
     n = light.size
     total = 0.0
     top = 0.0
@@ -71,7 +73,7 @@ def _project(light, budget, out):
         v = min(max(light[i], 0.0), 1.0)
         out[i] = v
         total += v
-        top = max(top, light[i])  # unclipped (project_power_budget)
+        top = max(top, light[i])
     if budget >= 1.0 or total / n <= budget:
         return
     lo, hi = 0.0, top
@@ -86,6 +88,16 @@ def _project(light, budget, out):
             hi = tau
     for i in range(n):
         out[i] = min(max(light[i] - hi, 0.0), 1.0)
+
+
+def project_power_budget(light: np.ndarray, budget: float | None) -> np.ndarray:
+    """Euclidean projection onto ``{0 <= l <= 1, mean(l) <= budget}`` (bisection on a shift; None: clipping
+    only): ``project_into_budget`` for an array of any shape, as ``optimal_zone_light`` projects."""
+    light = np.asarray(light)
+    flat = np.ascontiguousarray(light, np.float64).reshape(-1)
+    out = np.empty_like(flat)
+    project_into_budget(flat, 1.0 if budget is None else float(budget), out)
+    return out.reshape(light.shape).astype(np.result_type(light.dtype, np.float32), copy=False)
 
 
 @numba.njit(fastmath=True, cache=True)
@@ -182,7 +194,7 @@ def _descend(init, target, psf, gain, leak, values, slopes, budget, steps, toler
     grad32 = work[4]
     n = init.size
     light = np.empty((rows, cols))
-    _project(init.reshape(-1), budget, light.reshape(-1))
+    project_into_budget(init.reshape(-1), budget, light.reshape(-1))
     grad = np.empty((rows, cols))
     cand = np.empty((rows, cols))
     cand_grad = np.empty((rows, cols))
@@ -199,7 +211,7 @@ def _descend(init, target, psf, gain, leak, values, slopes, budget, steps, toler
             lf, gf = light.reshape(-1), grad.reshape(-1)
             for i in range(n):
                 trial[i] = lf[i] - step * gf[i]
-            _project(trial, budget, cand.reshape(-1))
+            project_into_budget(trial, budget, cand.reshape(-1))
             cand_value = _objective(cand, target, psf, gain, leak, values, slopes, work)
             for r in range(rows):
                 for c in range(cols):
@@ -249,10 +261,7 @@ class GridRefiner:
                                work_scale=k)
         assert model.work_shape == self.grid_shape
         a_rows = np.ascontiguousarray(model._a_rows, np.float32)
-        nonzero = a_rows != 0
-        rows_from = np.argmax(nonzero, axis=1).astype(np.int64)
-        rows_to = (a_rows.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)).astype(np.int64)
-        rows_to[~nonzero.any(axis=1)] = 0
+        rows_from, rows_to = psf_support(a_rows)
         # (A_r, its support per grid row, A_c^T, A_c): BacklightModel's matrices
         self._psf = (a_rows, rows_from, rows_to, np.ascontiguousarray(model._a_cols_t, np.float32),
                      np.ascontiguousarray(model._a_cols, np.float32))

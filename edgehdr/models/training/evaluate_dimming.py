@@ -175,8 +175,9 @@ def evaluate(scenes: int = 16, *, model: str | os.PathLike[str] = "dimming_net",
         rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("teacher", "network", "network alone",
                                                                   "network_int8", "against", *refined_rows,
                                                                   *HEURISTICS)}
-        quarter_layout = LedLayout(rows=18, cols=32, width_px=max(1, width // 4), height_px=max(1, height // 4))
-        quarter_backlight = BacklightModel(quarter_layout, work_scale=1)
+        if refine:  # the quarter-resolution objective's panel (a panel of at least 64 x 64 pixels)
+            quarter_layout = LedLayout(rows=18, cols=32, width_px=width // 4, height_px=height // 4)
+            quarter_backlight = BacklightModel(quarter_layout, work_scale=1)
         equal_power: dict[str, list[dict[str, float]]] = {h: [] for h in HEURISTICS}
         zone_mae_int8: list[float] = []
         for i in range(scenes):
