@@ -115,8 +115,9 @@ def stream_run(seconds: float = 60.0, hz: float = 120.0, zones: int = 2304, bits
             time.sleep(0.1)
             stats = link.stats()
             received = sim.received[MsgType.ZONES] - sim_received0
-            latencies = [(t_apply - link.sent_log[fid]) / 1e6 for fid, t_apply in list(sim.applied_log)
-                         if fid in link.sent_log]
+            sent_ns = link.sent_log.copy()  # the link's thread evicts old entries while this runs
+            latencies = [(t_apply - sent_ns[fid]) / 1e6 for fid, t_apply in list(sim.applied_log)
+                         if fid in sent_ns]
         finally:
             link.close()
             sim.stop()

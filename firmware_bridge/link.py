@@ -71,6 +71,10 @@ class LinkStats:
     rx_frames: int = 0
     rx_crc_errors: int = 0
     rx_framing_errors: int = 0
+    rx_overflows: int = 0
+    rx_rejected: int = 0
+    rx_malformed: int = 0
+    tx_dropped: int = 0
     transport_errors: int = 0
     rejections: int = 0
     handshake_retries: int = 0
@@ -198,9 +202,13 @@ class Link:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             snapshot = asdict(self._stats)
-        snapshot["rx_frames"] = self._decoder.frames
-        snapshot["rx_crc_errors"] = self._decoder.crc_errors
-        snapshot["rx_framing_errors"] = self._decoder.framing_errors
+        decoder = self._decoder
+        snapshot["rx_frames"] = decoder.frames
+        snapshot["rx_crc_errors"] = decoder.crc_errors
+        snapshot["rx_framing_errors"] = decoder.framing_errors
+        snapshot["rx_overflows"] = decoder.overflows
+        snapshot["rx_rejected"] = decoder.rejected  # frames of another protocol version
+        snapshot["tx_dropped"] = self.transport.dropped_sends
         return snapshot
 
     # ---------------------------------------------------------------------------------- internals
@@ -267,8 +275,7 @@ class Link:
 
     def _on_open(self) -> None:
         now = time.monotonic()
-        self._decoder = FrameDecoder(frames=self._decoder.frames, crc_errors=self._decoder.crc_errors,
-                                     framing_errors=self._decoder.framing_errors)
+        self._decoder.discard_partial()  # a frame cut by the reconnect is not glued to the new stream's first
         self._last_rx = now
         self._last_tx = 0.0
         self._next_config = now
@@ -304,6 +311,8 @@ class Link:
             try:
                 self._handle(decode_message(frame), frame.seq)
             except ProtocolError as exc:
+                with self._lock:
+                    self._stats.rx_malformed += 1
                 log.warning("link %s: malformed %s from controller: %s", self.transport.name,
                             MsgType(frame.type).name if frame.type in MsgType._value2member_map_ else frame.type, exc)
         now = time.monotonic()
@@ -347,7 +356,10 @@ class Link:
         if state in ("config", "running", "rejected"):
             if now - self._last_tx >= self._heartbeat_s:
                 self._write(Heartbeat(int(now * 1000), State.RUNNING if state == "running" else State.UNCONFIGURED))
-            if now - self._last_rx > self._silence_s:
+            # A controller that refused the session has nothing to say until the next HELLO (the C firmware and the
+            # simulator send no heartbeat before a session is negotiated): silence is expected while ``rejected``,
+            # and reconnecting on it would skip the rejection's backoff.
+            if state != "rejected" and now - self._last_rx > self._silence_s:
                 raise TransportError(f"{self.transport.name}: controller silent for {now - self._last_rx:.2f} s")
 
     def _handle(self, msg: Message, seq: int) -> None:

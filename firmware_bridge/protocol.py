@@ -414,6 +414,11 @@ class FrameDecoder:
     _buffer: bytearray = field(default_factory=bytearray)
     _discarding: bool = False
 
+    def discard_partial(self) -> None:
+        """Drop a frame in progress (the stream was cut, e.g. by a reconnect); the counters stay."""
+        self._buffer.clear()
+        self._discarding = False
+
     def feed(self, data: bytes) -> list[Frame]:
         out: list[Frame] = []
         start = 0

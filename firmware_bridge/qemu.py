@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -138,22 +139,31 @@ class QemuController:
                "-monitor", f"unix:{self._qmp_path},server=on,wait=off", "-nic", "none"]
         # QEMU names the pty it opened ("char device redirected to /dev/pts/N (label serial0)") on stdout.
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True)
+                                      stderr=subprocess.STDOUT, bufsize=0)
         deadline = time.monotonic() + self.boot_timeout_s
         output_lines: list[str] = []
         assert self._proc.stdout is not None
+        stdout_fd, pending = self._proc.stdout.fileno(), b""
+        # Read with a deadline (select, then os.read): a QEMU that runs but never names its pty must not hang here.
         while not self.pty_path:
-            line = self._proc.stdout.readline()
-            if not line:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.stop()
+                raise FirmwareUnavailable(f"QEMU did not report its pty within {self.boot_timeout_s} s: "
+                                          f"{' '.join(output_lines + [pending.decode(errors='replace')])[-500:]}")
+            if not select.select([stdout_fd], [], [], remaining)[0]:
+                continue
+            chunk = os.read(stdout_fd, 4096)
+            if not chunk:
                 self.stop()
                 raise FirmwareUnavailable(f"QEMU exited before opening its pty: {' '.join(output_lines)[-500:]}")
-            output_lines.append(line.strip())
-            match = re.search(r"redirected to (\S+) \(label serial0\)", line)
-            if match:
-                self.pty_path = match.group(1)
-            if time.monotonic() > deadline:
-                self.stop()
-                raise FirmwareUnavailable("QEMU did not report its pty in time")
+            *lines, pending = (pending + chunk).split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                output_lines.append(line.strip())
+                match = re.search(r"redirected to (\S+) \(label serial0\)", line)
+                if match and not self.pty_path:
+                    self.pty_path = match.group(1)
         threading.Thread(target=self._proc.stdout.read, daemon=True).start()  # keep draining
         self._reader = threading.Thread(target=self._read_monitor, name="qemu-monitor", daemon=True)
         self._reader.start()

@@ -174,6 +174,8 @@ class ControllerSimulator:
                 self._maybe_heartbeat(now)
 
     def _send(self, msg: Message, flags: int = 0) -> None:
+        if self._stop.is_set():
+            return  # stopping, or the host stopped reading (a write timed out): nothing more goes out
         data = encode_message(msg, self._seq, flags=flags, version=self.version or PROTOCOL_VERSION)
         self._seq = (self._seq + 1) & 0xFFFF
         try:
@@ -183,11 +185,14 @@ class ControllerSimulator:
         self._last_tx = time.monotonic()
 
     def _on_frame(self, frame: Frame) -> None:
-        self._last_rx = time.monotonic()
         self.received[frame.type] += 1
-        if frame.type != MsgType.HELLO and self.version is not None and frame.version != self.version:
+        # As the C firmware: HELLO passes in any version (to negotiate, or to be refused); every other frame must
+        # carry the negotiated version, PROTOCOL_VERSION before any HELLO. A refused frame does not feed the
+        # watchdog (the firmware's handler, which notes the time, sees only frames its decoder accepted).
+        if frame.type != MsgType.HELLO and frame.version != (self.version or PROTOCOL_VERSION):
             self.counters.rejected += 1
             return
+        self._last_rx = time.monotonic()
         try:
             msg = decode_message(frame)
         except ProtocolError as exc:

@@ -15,6 +15,7 @@ import errno
 import os
 import select
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,9 @@ class Transport:
     """Base class: context manager around ``open``/``close``."""
 
     name = "transport"
+    # Writes the transport gave up on without an error (a datagram the kernel had no room for, or sent before the
+    # peer listened): lost bytes the link's stats report as ``tx_dropped``.
+    dropped_sends = 0
 
     def open(self) -> None:
         raise NotImplementedError
@@ -202,6 +206,7 @@ class SpiTransport(Transport):
             raise TransportError(f"{path}: cannot open SPI device ({exc}); enable SPI in the device tree and "
                                  "check permissions (see the udev rules)") from exc
         self._spi = spi
+        self._rx.clear()  # what a failed session left half-read belongs to that session, not to this one
         if self.chunk_bytes is None:
             self.chunk_bytes = self.kernel_buffer_size()
 
@@ -286,7 +291,8 @@ class _DatagramSocket(Transport):
                 self._sock.sendto(data, address)
         except OSError as exc:
             if exc.errno in (errno.ECONNREFUSED, errno.EAGAIN):
-                return  # nobody listening yet / buffer full: datagrams may be lost, the link copes
+                self.dropped_sends += 1  # nobody listening yet / buffer full: lost, counted, and the link copes
+                return
             raise TransportError(f"{self.name}: send failed ({exc})") from exc
 
     def _receive_all(self, max_bytes: int, accept: Callable[[Address], bool]) -> bytes:
@@ -363,9 +369,10 @@ class UdpControllerEndpoint(_DatagramSocket):
 class FdTransport(Transport):
     """A raw file descriptor (the controller end of a pty pair in the simulator)."""
 
-    def __init__(self, fd: int, name: str = "fd") -> None:
+    def __init__(self, fd: int, name: str = "fd", *, write_timeout_s: float = 1.0) -> None:
         self._fd: int | None = fd
         self.name = name
+        self.write_timeout_s = float(write_timeout_s)
 
     def open(self) -> None:
         if self._fd is None:
@@ -382,14 +389,22 @@ class FdTransport(Transport):
         return self._fd
 
     def write(self, data: bytes) -> None:
+        """Write all of ``data``; a peer that reads nothing for ``write_timeout_s`` (the pty's buffer full) is a
+        ``TransportError``, so a writer never hangs on it."""
         view = memoryview(data)
+        deadline: float | None = None
         while view:
             if self._fd is None:
                 raise TransportError(f"{self.name}: closed")
             try:
                 n = os.write(self._fd, view)
             except BlockingIOError:
-                select.select([], [self._fd], [], 0.05)
+                now = time.monotonic()
+                deadline = now + self.write_timeout_s if deadline is None else deadline
+                if now >= deadline:
+                    raise TransportError(f"{self.name}: write timed out after {self.write_timeout_s} s "
+                                         f"(the peer reads nothing; {len(view)} bytes not written)") from None
+                select.select([], [self._fd], [], min(0.05, deadline - now))
                 continue
             except OSError as exc:
                 raise TransportError(f"{self.name}: write failed ({exc})") from exc

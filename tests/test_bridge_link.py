@@ -180,11 +180,14 @@ def test_version_and_config_refusals_are_reported(tmp_path):
                 stats = link.stats()
                 assert expected in stats["nacks"] and stats["last_error"]
                 assert not link.running
-                # A rejection is not for good: a silent controller is reconnected to; one that keeps talking
-                # (heartbeats) gets the handshake again after 1 s (then 2, 4, ... 30 s).
+                # A rejection is not for good: the handshake is tried again after 1 s (then 2, 4, ... 30 s), on
+                # the same connection. A controller that refused the version says nothing until then (no
+                # heartbeat before a session): that silence is no reason to reconnect, which used to skip the
+                # backoff and send HELLO every 0.35 s.
                 assert wait_for(lambda: link.stats()["rejections"] >= 2, timeout_s=4.0)
-                if expected == "BAD_CONFIG":
-                    assert link.stats()["handshake_retries"] >= 1
+                stats = link.stats()
+                assert stats["handshake_retries"] >= 1 and stats["reconnects"] == 0, stats
+                assert sim.received[MsgType.HELLO] <= stats["rejections"] + 1
         finally:
             sim.stop()
             pair.close()
@@ -414,3 +417,79 @@ def test_a_transport_failing_in_an_unexpected_way_is_retried_and_counted_not_fat
         assert link._thread is not None and link._thread.is_alive()
     finally:
         link.close()
+
+
+def test_link_stats_count_what_it_drops_from_the_controller(pty_pair, controller):
+    """Frames of another protocol version and frames whose payload does not parse are dropped and counted
+    (``rx_rejected``, ``rx_malformed``), also across a reconnect (the decoder's counters used to restart at 0)."""
+    from firmware_bridge.protocol import Heartbeat, encode_frame, encode_message
+
+    with Link(SerialTransport(pty_pair.path), CONFIG) as link:
+        assert link.wait_running(3.0)
+        for i in range(7):  # the controller's end of the pty: bytes the host reads
+            os.write(pty_pair.master_fd, encode_message(Heartbeat(1, State.RUNNING), 900 + i, version=2))
+        os.write(pty_pair.master_fd, encode_frame(MsgType.HEARTBEAT, b"\x01", 950))  # a heartbeat is 5 bytes
+        assert wait_for(lambda: link.stats()["rx_rejected"] == 7 and link.stats()["rx_malformed"] == 1), link.stats()
+        assert link.stats()["state"] == "running"
+        link.transport.close()  # a reconnect: the counters carry over
+        assert wait_for(lambda: link.stats()["reconnects"] == 1 and link.running)
+        assert link.stats()["rx_rejected"] == 7 and link.stats()["rx_malformed"] == 1
+
+
+def test_simulator_refuses_frames_of_another_version_as_the_firmware_does(pty_pair, tmp_path):
+    """As the C firmware: before HELLO only version-1 frames (and HELLO in any version) are read, and a refused
+    frame does not feed the watchdog."""
+    from firmware_bridge.protocol import Config as ConfigMsg
+    from firmware_bridge.protocol import FrameDecoder, Heartbeat, Hello, decode_message, encode_message
+
+    sim = ControllerSimulator(pty_pair.controller, rows=4, cols=4, vsync_hz=0).start()
+    host = pty_pair.slave_fd
+    os.set_blocking(host, False)
+
+    def replies():
+        time.sleep(0.15)
+        try:
+            data = os.read(host, 65536)
+        except BlockingIOError:
+            data = b""
+        return [type(decode_message(f)).__name__ for f in FrameDecoder(version=None).feed(data)]
+
+    try:
+        config = ConfigMsg(rows=4, cols=4, bits=12, watchdog_ms=300, heartbeat_ms=100)
+        os.write(host, encode_message(config, 1, version=7))  # no HELLO yet, and not version 1
+        assert replies() == [] and sim.state == State.UNCONFIGURED and sim.status().rejected == 1
+        os.write(host, encode_message(Hello(), 2) + encode_message(config, 3))
+        assert "Ack" in replies() and sim.state == State.RUNNING
+        deadline = time.monotonic() + 0.8  # 0.8 s of only version-2 heartbeats, watchdog 300 ms
+        while time.monotonic() < deadline:
+            os.write(host, encode_message(Heartbeat(1, State.RUNNING), 5, version=2))
+            time.sleep(0.03)
+        assert sim.state == State.FALLBACK and sim.status().rejected >= 15
+    finally:
+        sim.stop()
+
+
+def test_a_peer_that_stops_reading_cannot_hang_the_simulator(pty_pair):
+    """The host sends requests and never reads the answers: once the pty's buffer is full the simulator's write
+    times out (``FdTransport.write_timeout_s``), it stops, and ``stop``/``snapshot`` return (it used to spin in
+    the write holding its lock)."""
+    from firmware_bridge.protocol import Hello, StatusRequest, encode_message
+
+    pty_pair.controller.write_timeout_s = 0.2
+    sim = ControllerSimulator(pty_pair.controller, rows=4, cols=4, vsync_hz=0).start()
+    try:
+        burst = encode_message(Hello(), 0) + b"".join(encode_message(StatusRequest(), i) for i in range(1, 4000))
+        os.set_blocking(pty_pair.slave_fd, False)
+        view = memoryview(burst)
+        deadline = time.monotonic() + 5.0
+        while view and time.monotonic() < deadline:
+            try:
+                view = view[os.write(pty_pair.slave_fd, view):]
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert wait_for(lambda: sim._thread is not None and not sim._thread.is_alive(), timeout_s=5.0)
+    finally:
+        started = time.monotonic()
+        sim.stop()
+        assert time.monotonic() - started < 1.0
+    assert sim.snapshot()["state"] in ("UNCONFIGURED", "RUNNING")

@@ -150,3 +150,24 @@ def test_firmware_nacks_a_bad_config_and_an_unsupported_version(controller):
     finally:
         port.close()
     assert nacks == {7: NackReason.BAD_CONFIG, 8: NackReason.UNSUPPORTED_VERSION}
+
+
+def test_a_qemu_that_never_names_its_pty_times_out(tmp_path):
+    """A QEMU that runs but prints nothing (or its pty line in another form) fails ``start`` within the boot
+    timeout; reading its output line by line used to block until the process ended. A stand-in executable plays
+    that QEMU; no cross-compiler is needed."""
+    import os
+    import time
+
+    from firmware_bridge.qemu import FirmwareUnavailable
+
+    quiet = tmp_path / "quiet-qemu"
+    quiet.write_text("#!/bin/sh\necho 'QEMU 9.9 monitor - a line without the pty'\nexec sleep 30\n")
+    os.chmod(quiet, 0o755)
+    (tmp_path / "fw.elf").write_bytes(b"\x7fELF")
+    controller = QemuController(tmp_path / "fw.elf", qemu=str(quiet), boot_timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(FirmwareUnavailable, match=r"did not report its pty within 0.5 s: .*without the pty"):
+        controller.start()
+    assert time.monotonic() - started < 5.0
+    assert controller._proc is None and controller._tmp is None  # the process stopped and waited for
