@@ -179,14 +179,30 @@ def _neural_tonemap(radiance: np.ndarray, model: str, backend: str) -> np.ndarra
 _SYNTH_FRAME_NAME = re.compile(r"frame_[0-9]+\.(png|tif)")
 
 
-def _synth_frames_listed(list_path: Path) -> set[str]:
-    """The frame names ``edgehdr synth`` wrote (``frame_N.png|tif``) that an existing ``list.txt`` names."""
+def _synth_frames_listed(out: Path) -> set[str]:
+    """The frame names ``edgehdr synth`` wrote (``frame_N.png|tif``) that ``out/list.txt`` names.
+
+    Raises ``ValueError`` when ``out`` holds a bracket synth did not write: a ``list.txt`` naming any other file, or
+    a ``response.json`` or ``ground_truth.exr`` without a list. Synth replaces those files, so it refuses rather
+    than overwrite a user's own bracket."""
+    list_path = out / "list.txt"
     try:
         text = list_path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        own = [name for name in ("response.json", "ground_truth.exr") if (out / name).exists()]
+        if own:
+            raise ValueError(f"-o {out}: holds {' and '.join(own)} but no list.txt, so not a folder edgehdr synth "
+                             "wrote; not replacing them (choose an empty or new folder)") from None
+        return set()
     except OSError:
         return set()
-    names = (line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
-    return {name for name in names if _SYNTH_FRAME_NAME.fullmatch(name)}
+    names = [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    foreign = [name for name in names if not _SYNTH_FRAME_NAME.fullmatch(name)]
+    if foreign:
+        raise ValueError(f"{list_path}: names {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which "
+                         "edgehdr synth did not write: not replacing a bracket of your own (choose an empty or new "
+                         "folder for -o)")
+    return set(names)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -201,7 +217,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                          f"above the pixel limit of {max_pixels_limit() / 1e6:.1f} MP (EDGEHDR_MAX_PIXELS)")
     camera = CameraModel(response=ResponseCurve.parse(args.response), bits=args.bits)
     out = Path(args.output)
-    earlier_frames = _synth_frames_listed(out / "list.txt")
+    earlier_frames = _synth_frames_listed(out)
     # All or nothing: every file is written into a hidden folder beside the result and moved in at the end.
     with staged_outputs(out, "synth") as stage:
         scene = make_scene(args.seed, args.height, args.width, kind=args.kind, moving_objects=args.moving)

@@ -85,6 +85,25 @@ def test_synth_over_an_earlier_longer_bracket_leaves_one_bracket(tmp_path):
     assert len(bracket.frames) == 3 and bracket.frames.dtype == np.uint16
 
 
+def test_synth_refuses_to_overwrite_a_bracket_it_did_not_write(tmp_path, capsys):
+    """A folder holding the user's own bracket (a list naming their photographs, their response) is refused, named,
+    and left byte for byte as it was; it used to be overwritten with exit 0."""
+    common = ["--width", "64", "--height", "48"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "list.txt").write_text("photo.jpg 100\nphoto2.jpg 50\n")
+    (mine / "response.json").write_text('{"mine": 1}')
+    assert main(["-q", "synth", "-o", str(mine), *common]) == 2
+    err = capsys.readouterr().err
+    assert "list.txt" in err and "photo.jpg" in err and "did not write" in err
+    assert (mine / "list.txt").read_text() == "photo.jpg 100\nphoto2.jpg 50\n"
+    assert (mine / "response.json").read_text() == '{"mine": 1}' and sorted(p.name for p in mine.iterdir()) == [
+        "list.txt", "response.json"]
+    (mine / "list.txt").unlink()  # a response of one's own without a list: refused too
+    assert main(["-q", "synth", "-o", str(mine), *common]) == 2
+    assert "response.json" in capsys.readouterr().err and (mine / "response.json").read_text() == '{"mine": 1}'
+
+
 def test_merge_with_calibrated_response_saves_it(synth_dir, tmp_path):
     out, resp = tmp_path / "m.pfm", tmp_path / "resp.json"
     assert main(["-q", "merge", str(synth_dir / "list.txt"), "-o", str(out), "--response", "auto",

@@ -203,6 +203,27 @@ def test_score_command_ranks_a_photo_set_best_first(tmp_path, scene_factory, cap
     assert "missing.png" in capsys.readouterr().err
 
 
+def test_a_model_that_is_not_a_quality_metric_is_refused_naming_it(tmp_path, capsys):
+    """Another network of the zoo (tmo_net: one log-luminance input, a 3 x 8 x 14 parameter grid out) passes the
+    input check; its first output value used to rank the images, exit 0. The command and the daemon's stage refuse
+    it."""
+    from edgehdr.cli import main
+    from edgehdr.infer import OnnxRuntimeRunner
+    from edgehdr.models import model_path
+    from edgehdr.quality.norvdpnet import NoRVDPNetScorer
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((48, 64, 3), 128, np.uint8))
+    assert main(["score", str(tmp_path / "a.png"), "--model", "tmo_net"]) == 2
+    err = capsys.readouterr().err
+    assert "tmo_net" in err and "[1, 3, 8, 14]" in err and "one value" in err
+    with OnnxRuntimeRunner(model_path("tmo_net")) as runner, pytest.raises(ValueError, match="one value per image"):
+        NoRVDPNetScorer(runner)
+    config = tmp_path / "edgehdr.toml"
+    config.write_text('[score]\nevery_n = 1\nmodel = "tmo_net"\n')
+    assert main(["run", "--config", str(config), "--seconds", "1"]) == 2
+    assert "[score] model = 'tmo_net'" in capsys.readouterr().err
+
+
 def test_score_stage_scores_every_nth_frame_in_the_pipeline(scorer, run_pipeline):
     seen, final, stats = run_pipeline(
         {"source": {"width": 320, "height": 180, "fps": 30}, "score": {"every_n": 2},

@@ -192,10 +192,21 @@ class NoRVDPNetScorer:
         if encoding not in ("sdr", "hdr"):
             raise ValueError(f"encoding must be 'sdr' or 'hdr', got {encoding!r}")
         self.runner, self.encoding = runner, encoding
-        (first,) = runner.describe().inputs
+        description = runner.describe()
+        name = getattr(runner, "model", None) or getattr(runner, "engine_path", "")
+        if len(description.inputs) != 1:
+            raise ValueError(f"quality model {name}: has {len(description.inputs)} inputs; NoR-VDPNet has one "
+                             "(1, 1, H, W) grey image")
+        first = description.inputs[0]
         self.input_name, shape = first.name, first.shape
         if len(shape) != 4 or shape[1] != 1:
-            raise ValueError(f"NoR-VDPNet model input must be (1, 1, H, W) grey, got {shape}")
+            raise ValueError(f"quality model {name}: input must be (1, 1, H, W) grey, got {list(shape)}")
+        # One score per image: a model with a larger output (another network of the zoo, e.g. tmo_net's parameter
+        # grid) is refused here; its first value would otherwise rank the images.
+        outputs = description.outputs
+        if len(outputs) != 1 or any(isinstance(d, int) and d != 1 for d in outputs[0].shape):
+            raise ValueError(f"quality model {name}: outputs {[list(o.shape) for o in outputs]}; a NoR-VDPNet "
+                             "model has one output of one value per image (e.g. norvdpnet_tmo)")
         # a static input size is resampled to; a dynamic one (an imported checkpoint) takes the image as it is
         self.shape: tuple[int, ...] | None = (tuple(int(d) for d in shape)
                                                if all(isinstance(d, int) and d > 0 for d in shape) else None)
@@ -203,7 +214,11 @@ class NoRVDPNetScorer:
     def score(self, image: np.ndarray) -> float:
         x = encode_sdr(image, self.shape) if self.encoding == "sdr" else encode_hdr(image, self.shape)
         out = self.runner.run({self.input_name: x})
-        value = float(np.asarray(next(iter(out.values()))).reshape(-1)[0])
+        result = np.asarray(next(iter(out.values())))
+        if result.size != 1:
+            raise ValueError(f"the quality model returned {result.size} values of shape {list(result.shape)}, "
+                             "not one score")
+        value = float(result.reshape(-1)[0])
         if not math.isfinite(value):  # a broken model or engine: no score rather than a NaN in averages and ranks
             raise NonFiniteScore(f"the quality model returned a non-finite score ({value})")
         return value
