@@ -29,6 +29,7 @@ from edgehdr.pipeline.sinks import PreviewState
     ("[bridge]\nport = 'udp:nohost'\n", r"\[bridge\] port = 'udp:nohost': bad UDP transport"),
     ("[bridge]\nport = 'spi:abc'\n", r"\[bridge\] port = 'spi:abc': bad SPI transport .*spi:BUS.DEVICE"),
     ("[outputs]\nmovie = 'x.avi'\n", r"unknown key \[outputs\] movie; allowed: frames_dir"),
+    ("[outputs]\nvideo = 'out.txt'\n", r"\[outputs\] video = 'out.txt': expected a file ending in .avi"),
     ("[camera]\n", r"unknown section \[camera\]"),
     ("[source]\nkind = 'replay'\n", r"\[source\] path is required when kind = 'replay'"),
     ("[source]\nexposures_s = [0.01, -1]\n", r"\[source\] exposures_s"),
@@ -62,6 +63,10 @@ def test_config_errors_name_the_key_and_allowed_values(tmp_path, body, message):
     ('[outputs]\nframes_dir = "{tmp}/edgehdr.toml/frames"\n',
      r"\[outputs\] frames_dir = '.*': .*edgehdr.toml exists and is not a folder"),
     ('[outputs]\nvideo = "{tmp}/missing/rec.avi"\n', r"\[outputs\] video = '.*': folder .*missing does not exist"),
+    # a typo before the last folder is refused, not made into a tree of new folders (it used to be created)
+    ('[outputs]\nframes_dir = "{tmp}/typo/frames"\n', r"\[outputs\] frames_dir = '.*': folder .*typo does not exist"),
+    ('[source]\nkind = "replay"\npath = "{tmp}"\nresponse = "{tmp}/edgehdr.toml.json"\n',
+     r"\[source\] response = '.*edgehdr.toml.json': no such response file"),
 ])
 def test_config_paths_that_do_not_exist_are_config_errors(tmp_path, body, message):
     """A file or folder the configuration names is checked with the file (a typo fails before any frame, exit 2),
@@ -70,8 +75,32 @@ def test_config_paths_that_do_not_exist_are_config_errors(tmp_path, body, messag
     path.write_text(body.format(tmp=tmp_path))
     with pytest.raises(ConfigError, match=message):
         load_config(path)
-    path.write_text(f'[outputs]\nframes_dir = "{tmp_path}/new/frames-{{start:%Y}}"\n')
-    assert load_config(path)["outputs"]["frames_dir"].endswith("frames-{start:%Y}")  # created with its parents
+    path.write_text(f'[outputs]\nframes_dir = "{tmp_path}/frames-{{start:%Y}}/sdr"\n')
+    assert load_config(path)["outputs"]["frames_dir"].endswith("frames-{start:%Y}/sdr")  # created from the pattern on
+
+
+def test_a_response_file_is_read_with_the_config_and_the_synthetic_camera_refuses_one(tmp_path):
+    """A damaged response file fails with the configuration (exit 2, naming the key), not at start-up (exit 1);
+    the synthetic camera renders with a named curve, so a response file there is refused, not a start-up error.
+    Every suffix ``CameraResponse.load`` reads is a file, not only .json."""
+    from edgehdr.hdr.crf import CameraResponse, ResponseCurve
+
+    path = tmp_path / "edgehdr.toml"
+    (tmp_path / "bad.json").write_text("not json")
+    path.write_text(f'[source]\nkind = "replay"\npath = "{tmp_path}"\nresponse = "{tmp_path}/bad.json"\n')
+    with pytest.raises(ConfigError, match=r"\[source\] response = '.*bad.json': .*not a JSON camera response"):
+        load_config(path)
+    CameraResponse.from_curve(ResponseCurve.parse("gamma2.2"), 8).save(tmp_path / "good.json")
+    path.write_text(f'[source]\nresponse = "{tmp_path}/good.json"\n')
+    with pytest.raises(ConfigError, match=r"\[source\] response = .*synthetic camera renders with a named curve"):
+        load_config(path)
+    for name in ("good.json", "missing.npy"):
+        path.write_text(f'[source]\nkind = "replay"\npath = "{tmp_path}"\nresponse = "{tmp_path}/{name}"\n')
+        if name.endswith(".json"):
+            assert load_config(path)["source"]["response"].endswith(name)
+        else:
+            with pytest.raises(ConfigError, match=r"missing.npy': no such response file"):
+                load_config(path)
 
 
 def test_example_config_is_valid_and_complete():

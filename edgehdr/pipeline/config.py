@@ -132,7 +132,8 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
         "frames_dir": (str, "", _any()),
         "frames_every_n": (int, 30, _range(1, 100000)),
         "lcd_dir": (str, "", _any()),
-        "video": (str, "", _any()),
+        "video": (str, "", ((lambda v: not v or v.lower().endswith((".avi", ".mp4"))),
+                            "a file ending in .avi (MJPG) or .mp4 (mp4v), or \"\" for none")),
     },
     "preview": {
         "enabled": (bool, True, _any()),
@@ -206,7 +207,7 @@ def validate(data: dict[str, Any], source: str = "<config>") -> dict[str, dict[s
     if src["gains"] and len(src["gains"]) != len(src["exposures_s"]):
         raise ConfigError(f"{source}: [source] gains has {len(src['gains'])} values for "
                           f"{len(src['exposures_s'])} exposures_s")
-    _check_response(src["response"], source)
+    _check_response(src["response"], source, src["kind"])
     if src["kind"] in ("replay", "v4l2") and not src["path"]:
         raise ConfigError(f"{source}: [source] path is required when kind = {src['kind']!r}")
     planner = config["planner"]
@@ -233,19 +234,28 @@ def validate(data: dict[str, Any], source: str = "<config>") -> dict[str, dict[s
     return config
 
 
-def _check_response(response: str, source: str) -> None:
-    from edgehdr.hdr.crf import ResponseCurve
+def _check_response(response: str, source: str, kind: str) -> None:
+    from edgehdr.hdr.crf import RESPONSE_FILE_SUFFIXES, CameraResponse, ResponseCurve
 
     if response == "auto":
         return
-    if response.lower().endswith(".json"):
+    if response.lower().endswith(RESPONSE_FILE_SUFFIXES):
+        if kind == "synthetic":
+            raise ConfigError(f"{source}: [source] response = {response!r}: the synthetic camera renders with a "
+                              "named curve (linear, gamma2.2, srgb, s-curve); a response file is for the sources "
+                              "that read a real camera's frames (replay, v4l2, gstreamer, picamera2)")
         if not Path(response).is_file():
             raise ConfigError(f"{source}: [source] response = {response!r}: no such response file")
+        try:
+            CameraResponse.load(response)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{source}: [source] response = {response!r}: {exc}") from None
         return
     try:
         ResponseCurve.parse(response)
     except ValueError as exc:
-        raise ConfigError(f"{source}: [source] response = {response!r}: {exc}, or a response .json file") from None
+        raise ConfigError(f"{source}: [source] response = {response!r}: {exc}, or a response file "
+                          f"({', '.join(RESPONSE_FILE_SUFFIXES)})") from None
 
 
 def check_paths(config: dict[str, dict[str, Any]], source: str = "<config>") -> None:
@@ -275,10 +285,19 @@ def check_paths(config: dict[str, dict[str, Any]], source: str = "<config>") -> 
         if not pattern or (key == "lcd_dir" and not config["dimming"]["enabled"]):  # not written without dimming
             continue
         path = Path(expand_run_pattern(pattern, when))  # validate() checked the pattern
-        if key != "video":  # a frames folder is created with its parents; a file in its place cannot be
+        if key != "video":  # a frames folder is created; a file in its place cannot be
             blocker = next((p for p in (path, *path.parents) if p.exists()), None)
             if blocker is not None and not blocker.is_dir():
                 raise ConfigError(f"{source}: [outputs] {key} = {pattern!r}: {blocker} exists and is not a folder")
+            # Only the last folder, or those from the first {start:...} placeholder on, are created: a typo
+            # earlier in the path is refused rather than made into a new tree of folders.
+            parts = Path(pattern).parts
+            fixed = next((i for i, part in enumerate(parts) if "{" in part), len(parts) - 1)
+            base = Path(*parts[:fixed]) if fixed else Path(".")
+            if not base.is_dir():
+                raise ConfigError(f"{source}: [outputs] {key} = {pattern!r}: folder {base} does not exist (create "
+                                  "it first; only the last folder, or the folders from a {start:...} placeholder "
+                                  "on, are created)")
         elif not path.parent.is_dir():
             raise ConfigError(f"{source}: [outputs] {key} = {pattern!r}: folder {path.parent} does not exist "
                               "(create it first)")
