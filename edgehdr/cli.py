@@ -66,9 +66,21 @@ def _cmd_merge(args: argparse.Namespace) -> int:
             raise ValueError(f"{option} {path}: is one of the inputs being merged; give another file name")
     progress.step(f"read {len(bracket)} frames {bracket.frames.shape[2]}x{bracket.frames.shape[1]}, "
                   f"{bracket.bits}-bit, relative exposures {np.round(bracket.relative_exposure, 6).tolist()}")
+    source = args.list or " ".join(args.images)
+    top = (1 << bracket.bits) - 1
+    # A bracket with no sample between black and clipped in any frame measures nothing: its merge would be the
+    # exposure bound everywhere (a flat image), its calibration a curve fitted to no data.
+    if not ((bracket.frames > 0) & (bracket.frames < top)).any():
+        raise ValueError(f"{source}: every frame is black (code 0) or clipped (code {top}) everywhere: nothing in "
+                         "this bracket is measured, so there is nothing to calibrate or merge")
     if args.response == "auto":
-        response = calibrate_debevec(bracket.frames, bracket.relative_exposure, bits=bracket.bits,
-                                     smoothness=args.smoothness)
+        try:
+            response = calibrate_debevec(bracket.frames, bracket.relative_exposure, bits=bracket.bits,
+                                         smoothness=args.smoothness)
+        except ValueError as exc:
+            raise ValueError(f"{source}: calibrating the camera response failed ({exc}); the bracket holds too few "
+                             "samples that change with exposure: give --response srgb, or the camera's response "
+                             "file") from None
     else:
         response = resolve_response(args.response, bracket.bits)
     progress.step(f"camera response: {response.name}")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -102,6 +103,26 @@ def test_synth_refuses_to_overwrite_a_bracket_it_did_not_write(tmp_path, capsys)
     (mine / "list.txt").unlink()  # a response of one's own without a list: refused too
     assert main(["-q", "synth", "-o", str(mine), *common]) == 2
     assert "response.json" in capsys.readouterr().err and (mine / "response.json").read_text() == '{"mine": 1}'
+
+
+@pytest.mark.parametrize("code", [0, 255])
+def test_merge_refuses_a_bracket_that_measures_nothing(tmp_path, capsys, code):
+    """Every frame black (or clipped) everywhere: the merge used to write a flat image of the exposure bound with
+    exit 0 (black) or fail calibrating with a message about an internal table (clipped)."""
+    stack = tmp_path / "flat"
+    stack.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(stack / f"f{i}.png"), np.full((48, 64, 3), code, np.uint8))
+    (stack / "list.txt").write_text("f0.png 100\nf1.png 25\nf2.png 6\n")
+    for response in ("auto", "srgb"):
+        assert main(["-q", "merge", str(stack), "-o", str(tmp_path / "m.exr"), "--response", response]) == 2
+        err = capsys.readouterr().err
+        assert f"{stack}: every frame is black (code 0) or clipped (code 255) everywhere" in err
+    assert not (tmp_path / "m.exr").exists()
+    if code == 255:  # one frame grey, the rest clipped: nothing changes with exposure, calibration has no data
+        cv2.imwrite(str(stack / "f0.png"), np.full((48, 64, 3), 100, np.uint8))
+        assert main(["-q", "merge", str(stack), "-o", str(tmp_path / "m.exr")]) == 2
+        assert f"{stack}: calibrating the camera response failed" in capsys.readouterr().err
 
 
 def test_merge_with_calibrated_response_saves_it(synth_dir, tmp_path):
