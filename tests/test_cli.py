@@ -119,8 +119,11 @@ def test_merge_refuses_a_bracket_that_measures_nothing(tmp_path, capsys, code):
         err = capsys.readouterr().err
         assert f"{stack}: every frame is black (code 0) or clipped (code 255) everywhere" in err
     assert not (tmp_path / "m.exr").exists()
-    if code == 255:  # one frame grey, the rest clipped: nothing changes with exposure, calibration has no data
-        cv2.imwrite(str(stack / "f0.png"), np.full((48, 64, 3), 100, np.uint8))
+    if code == 255:  # one grey pixel, the same in every frame: nothing changes with exposure to calibrate from
+        frame = np.full((48, 64, 3), 255, np.uint8)
+        frame[0, 0] = 100
+        for i in range(3):
+            cv2.imwrite(str(stack / f"f{i}.png"), frame)
         assert main(["-q", "merge", str(stack), "-o", str(tmp_path / "m.exr")]) == 2
         assert f"{stack}: calibrating the camera response failed" in capsys.readouterr().err
 
