@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export.validate import COSINE_BUDGET, REL_L2_BUDGET, budget_line, validate
+from export.validate import budget_line, validate
 
 if TYPE_CHECKING:
     from edgehdr.infer.base import PathLike
@@ -33,7 +33,7 @@ def build(model: PathLike, out_dir: PathLike, *, precision: str = "fp32", calib:
           timing_cache: PathLike | None = None, quantiser: str = "onnxruntime", strongly_typed: bool | None = None,
           shapes: ShapeOverrides | None = None, name: str | None = None, version: str = "0",
           progress: Progress | None = None,
-          cosine: float = COSINE_BUDGET, rel_l2: float = REL_L2_BUDGET) -> dict[str, Any]:
+          cosine: float | None = None, rel_l2: float | None = None) -> dict[str, Any]:
     """Check, simplify, convert (FP16 / INT8 Q/DQ), validate against FP32 and optionally build an engine.
 
     Writes into ``out_dir``: ``NAME.fp32.onnx`` (checked, simplified), ``NAME.fp16.onnx`` or
@@ -112,7 +112,7 @@ def _build_staged(model: Path, source: Path, stage: Path, out_dir: Path, *, prec
                   calib_count: int, holdout: PathLike | None, holdout_count: int, method: str, target: str,
                   dla_core: int | None, workspace_mb: int, timing_cache: PathLike | None, quantiser: str,
                   strongly_typed: bool | None, shapes: dict[str, tuple[int, ...]], name: str, version: str,
-                  progress: Progress, cosine: float, rel_l2: float) -> dict[str, Any]:
+                  progress: Progress, cosine: float | None, rel_l2: float | None) -> dict[str, Any]:
     """``build``'s work, every file written into ``stage``; paths in the result are those in ``out_dir``."""
     import onnx
 

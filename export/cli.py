@@ -75,11 +75,26 @@ def _shape(text: str) -> tuple[str, tuple[int, ...]]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _cosine(text: str) -> float:
+    value = _finite_float(text)
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine similarity is in -1..1, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _add_user_budget(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cosine-budget", type=_finite_float, default=COSINE_BUDGET,
-                   help="user tensors: minimum cosine similarity with FP32 per output (worst held-out sample)")
-    p.add_argument("--rel-l2-budget", type=_finite_float, default=REL_L2_BUDGET,
-                   help="user tensors: maximum relative L2 error vs FP32 per output")
+    p.add_argument("--cosine-budget", type=_cosine, default=None,
+                   help=f"user tensors: minimum cosine similarity with FP32 per output (worst held-out sample; "
+                        f"default {COSINE_BUDGET:g})")
+    p.add_argument("--rel-l2-budget", type=_non_negative_float, default=None,
+                   help=f"user tensors: maximum relative L2 error vs FP32 per output (default {REL_L2_BUDGET:g})")
 
 
 _DATA_HELP = ("'synth', a folder (.exr/.hdr/.pfm, bracket folders, or .npz/.npy tensors named after the model's "

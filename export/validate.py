@@ -242,13 +242,14 @@ def apply_budget(report: dict[str, Any], *, psnr_db: float | None = None, max_ab
 
 def validate(reference: PathLike, candidate: PathLike, *, data: PathLike = "synth", count: int = 16,
              out_base: PathLike | None = None, psnr_db: float | None = None, max_abs: float | None = None,
-             quiet: bool = False, shapes: ShapeOverrides | None = None, cosine: float = COSINE_BUDGET,
-             rel_l2: float = REL_L2_BUDGET, split: bool | None = None, option: str = "--data") -> dict[str, Any]:
+             quiet: bool = False, shapes: ShapeOverrides | None = None, cosine: float | None = None,
+             rel_l2: float | None = None, split: bool | None = None, option: str = "--data") -> dict[str, Any]:
     """FP32 ``reference`` vs ``candidate`` on held-out data; report (and ``out_base``.json/.md) with the budget.
 
     ``data``: 'synth', a folder or a data-loader hook (``export.calibration``). ``shapes``
     (``{input: dims}``, ``export.shapes``) fixes the dynamic input dimensions of the held-out
-    feeds. User tensors are held to ``cosine`` and ``rel_l2`` (``apply_budget``); ``split``:
+    feeds. User tensors are held to ``cosine`` and ``rel_l2`` (``apply_budget``; None: ``COSINE_BUDGET``,
+    ``REL_L2_BUDGET``), and giving either with the shipped encodings' data is an error; ``split``:
     they also served as calibration data, so only every fifth sample is held out. ``option``
     names the data source in errors.
     """
@@ -272,6 +273,11 @@ def validate(reference: PathLike, candidate: PathLike, *, data: PathLike = "synt
     feeds, described, items = model_feeds(reference, data, count, role="holdout", with_items=True, shapes=shapes,
                                           split=split, option=option)
     task = task_for(described["preprocess"])
+    user_data = described.get("preprocess") == "none"
+    if not user_data and (cosine is not None or rel_l2 is not None):  # not applied: say so instead of dropping it
+        raise ValueError(f"--cosine-budget and --rel-l2-budget apply to your own tensors (a folder of .npz/.npy or "
+                         f"a loader hook); {option} {data} uses a shipped encoding, held to its stage's budget "
+                         "(or --psnr-budget / --abs-budget with edgehdr-export validate)")
 
     def metric(ref_outputs: list[Outputs], cand_outputs: list[Outputs]) -> dict[str, Any]:
         result = _task_metric(ref_outputs, cand_outputs)
@@ -302,9 +308,9 @@ def validate(reference: PathLike, candidate: PathLike, *, data: PathLike = "synt
         r["scalar"] = bool(int(r.get("elements", 0)) <= 4)
     report["data"] = described
     report["reference"], report["candidate"] = Path(reference).name, Path(candidate).name
-    user_data = described.get("preprocess") == "none"
     apply_budget(report, psnr_db=psnr_db, max_abs=max_abs, task_budget=task["budget"] if task else None,
-                 cosine=cosine if user_data else None, rel_l2=rel_l2 if user_data else None)
+                 cosine=(COSINE_BUDGET if cosine is None else cosine) if user_data else None,
+                 rel_l2=(REL_L2_BUDGET if rel_l2 is None else rel_l2) if user_data else None)
     if out_base is not None:
         report["files"] = [str(p) for p in write_report(report, out_base, title=f"{Path(candidate).name} vs "
                                                                               f"{Path(reference).name}")]

@@ -3,6 +3,7 @@ hook, checked at the boundary, and validation against FP32 with generic metrics 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -391,3 +392,23 @@ def test_validate_of_a_different_network_on_user_data_fails_its_budget(work, cap
     rc, stdout, _ = cli(capsys, "validate", work["net"], other, "--data", work["holdout"], "--cosine-budget", "-1",
                         "--rel-l2-budget", "100")
     assert rc == 0 and "within budget" in stdout
+
+
+def test_impossible_or_inapplicable_user_budgets_are_refused(work, capsys, tmp_path):
+    """A cosine outside -1..1 or a negative relative L2 error is refused by the parser; either budget with the shipped
+    encodings' data (--data synth) is refused naming it. Both used to be accepted and then ignored (exit 0, "within
+    budget" by the PSNR rule alone)."""
+    rc, _, err = cli(capsys, "validate", work["net"], work["net"], "--data", work["holdout"], "--cosine-budget", "2")
+    assert rc == 2 and "--cosine-budget" in err and "-1..1" in err
+    rc, _, err = cli(capsys, "validate", work["net"], work["net"], "--data", work["holdout"], "--rel-l2-budget", "-1")
+    assert rc == 2 and "--rel-l2-budget" in err and ">= 0" in err
+    from edgehdr.models import model_path
+
+    rc, _, err = cli(capsys, "validate", model_path("tmo_net"), model_path("tmo_net"), "--count", "2",
+                     "--rel-l2-budget", "0.5")
+    assert_refused(rc, err, "--cosine-budget and --rel-l2-budget apply to your own tensors", "--data synth")
+    report = tmp_path / "same"
+    rc, stdout, _ = cli(capsys, "validate", work["net"], work["net"], "--data", work["holdout"], "--cosine-budget",
+                        "0.999", "-o", report)
+    assert rc == 0 and "within budget" in stdout
+    assert ">= 0.999" in json.loads(report.with_suffix(".json").read_text())["budget"]["rule"]
