@@ -24,16 +24,17 @@ __all__ = ["main", "build_parser"]
 
 
 def _check_output(path: str | os.PathLike[str], suffixes: Sequence[str], *, option: str = "-o") -> None:
-    """Refuse an output path before any work: wrong suffix, a folder, or a folder that does not exist."""
+    """Refuse an output path before any work: wrong suffix, a folder, or a folder that does not exist or cannot be
+    written."""
+    from edgehdr.io.staging import output_file
+
     p = Path(path)
     if p.suffix.lower() not in suffixes:
         raise ValueError(f"{option} {path}: unsupported output type {p.suffix or '(no extension)'!r}; "
                          f"use one of {', '.join(suffixes)}")
     if p.is_dir():
         raise ValueError(f"{option} {path}: is a folder; give a file name")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"{option} {path}: output folder {parent} does not exist")
+    output_file(p, option=option)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:

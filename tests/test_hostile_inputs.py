@@ -245,7 +245,7 @@ def test_atomic_outputs_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path
 @pytest.mark.parametrize("argv,message", [
     (["tonemap", "{exr}", "-o", "{tmp}/out.xyz"], "-o {tmp}/out.xyz: unsupported output type '.xyz'"),
     (["tonemap", "{exr}", "-o", "{tmp}/out"], "unsupported output type '(no extension)'"),
-    (["tonemap", "{exr}", "-o", "{tmp}/missing/out.png"], "output folder {tmp}/missing does not exist"),
+    (["tonemap", "{exr}", "-o", "{tmp}/missing/out.png"], "folder {tmp}/missing does not exist"),
     (["tonemap", "{tmp}/photo.hdr", "-o", "{tmp}/o.png"], "photo.hdr: not a readable image"),
     (["merge", "{tmp}/stack", "-o", "{tmp}/m.exr", "--response", "srgb", "--save-response", "{tmp}/r.json"],
      "--save-response {tmp}/r.json: only with --response auto"),
@@ -709,3 +709,27 @@ def test_exif_iso_with_several_values_takes_the_first_and_absurd_gains_name_what
     _exif_jpeg(folder / "b.jpg", {**exposure, 0x8827: 1e15}, 120)
     with pytest.raises(ValueError, match=r"b\.jpg: EXIF ISO 1e\+15 give a relative gain of 1e\+13; not a usable"):
         read_ldr_stack(folder)
+
+
+def test_an_unwritable_output_is_refused_before_the_work_naming_it(tmp_path, capsys, radiance):
+    """A folder this user cannot write is refused before the work (it failed after it, naming a hidden temporary
+    file); where the check cannot tell (root writes anywhere its permissions allow, but no file can be made in
+    /proc), the failed write names the output, not the temporary file."""
+    from edgehdr.cli import main
+
+    write_radiance(tmp_path / "in.exr", radiance)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if not os.access(locked, os.W_OK):
+            for argv in (["tonemap", str(tmp_path / "in.exr"), "-o", str(locked / "x.png")],
+                         ["merge", str(tmp_path / "in.exr"), str(tmp_path / "in.exr"), "-o", str(locked / "m.exr")]):
+                assert main(argv) == 2
+                assert f"{locked}/" in capsys.readouterr().err and not any(locked.iterdir())
+    finally:
+        locked.chmod(0o755)
+    if Path("/proc").is_dir():
+        assert main(["tonemap", str(tmp_path / "in.exr"), "-o", "/proc/edgehdr-out.png"]) == 2
+        err = capsys.readouterr().err
+        assert "/proc/edgehdr-out.png: cannot write in /proc" in err and ".tmp" not in err

@@ -33,9 +33,12 @@ def atomic_output(path: str | os.PathLike[str], *, suffix: str | None = None) ->
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise FileNotFoundError(f"{path}: output folder {directory} does not exist")
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp" + (suffix if suffix is not None else path.suffix), dir=directory
-    )
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp" + (suffix if suffix is not None else path.suffix), dir=directory
+        )
+    except OSError as exc:  # name the output, not the temporary file it could not create (a read-only folder)
+        raise OSError(exc.errno, f"{path}: cannot write in {directory} ({exc.strerror})") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
