@@ -54,6 +54,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     if not args.list and not args.images:
         raise ValueError("no images: give image files, a folder, a list file, or --list FILE")
     _check_output(args.output, RADIANCE_SUFFIXES)
+    if args.exr_pixel_type != "auto" and Path(args.output).suffix.lower() != ".exr":
+        raise ValueError(f"--exr-pixel-type {args.exr_pixel_type} applies to an .exr output, not -o {args.output}")
     if args.save_response:
         from edgehdr.hdr.crf import RESPONSE_FILE_SUFFIXES
 
@@ -140,32 +142,46 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+# ``edgehdr tonemap`` options and the operators that read them (given for another, they are refused).
+_TONEMAP_OPTION_OPERATORS = {
+    "model": ("neural",), "key": ("reinhard", "reinhard-local", "parametric"),
+    "white": ("reinhard", "reinhard-local"), "bias": ("drago",), "alpha": ("parametric",), "mu": ("parametric",),
+    "saturation": ("reinhard", "reinhard-local", "drago", "parametric"),
+    "color": ("reinhard", "reinhard-local", "drago", "parametric")}
+
+
 def _cmd_tonemap(args: argparse.Namespace) -> int:
     from edgehdr.io import read_radiance, write_ldr_image
     from edgehdr.tonemap import tonemap
 
     _check_output(args.output, (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".webp"))
-    if args.model is not None and args.operator != "neural":
-        raise ValueError(f"--model applies to --operator neural, not {args.operator}")
     if args.base_compression and args.operator != "reinhard-local":
         raise ValueError(f"--base-compression applies to --operator reinhard-local, not {args.operator}")
+    for option, value in vars(args).items():  # an option the operator does not read is refused, not dropped
+        operators = _TONEMAP_OPTION_OPERATORS.get(option)
+        if operators is not None and value is not None and args.operator not in operators:
+            flag = "--" + option.replace("_", "-")
+            raise ValueError(f"{flag} applies to --operator {' or '.join(operators)}, not {args.operator}")
     radiance = read_radiance(args.input)
     if args.operator == "neural":
         model = args.model or "tmo_net"
         sdr = _neural_tonemap(radiance, model, args.backend)
         label = f"neural ({model})"
     else:
-        params = {"color": args.color}
+        key = 0.18 if args.key is None else args.key
+        if args.saturation is None:
+            args.saturation = 0.8 if args.operator == "parametric" else 1.0
+        params: dict[str, Any] = {"color": args.color or "schlick"}
         if args.operator in ("reinhard", "reinhard-local"):
-            params.update(key=args.key, saturation=args.saturation)
+            params.update(key=key, saturation=args.saturation)
             if args.white is not None:
                 params["white"] = args.white
             if args.operator == "reinhard-local":
                 params["base_compression"] = args.base_compression
         elif args.operator == "drago":
-            params.update(bias=args.bias, saturation=args.saturation)
+            params.update(bias=0.85 if args.bias is None else args.bias, saturation=args.saturation)
         else:
-            params.update(alpha=args.alpha, gamma=args.saturation, key=args.key)
+            params.update(alpha=0.8 if args.alpha is None else args.alpha, gamma=args.saturation, key=key)
             if args.mu is not None:
                 params["mu"] = args.mu
         sdr = tonemap(radiance, args.operator, **params)
@@ -627,17 +643,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="with --operator neural: a shipped model name or an .onnx path (default tmo_net)")
     p.add_argument("--backend", choices=("auto", "cpu"), default="auto",
                    help="with --operator neural: auto (a TensorRT engine where one is built) or cpu")
-    p.add_argument("--key", type=_float_above(0.0), default=0.18, help="Reinhard key / parametric mid-grey")
+    p.add_argument("--key", type=_float_above(0.0), default=None,
+                   help="Reinhard key / parametric mid-grey (default 0.18)")
     p.add_argument("--white", type=_float_above(0.0), help="Reinhard white point (default: scene maximum)")
     p.add_argument("--base-compression", type=_float_in(0.0, 0.95), default=0.0,
                    help="reinhard-local: compress the base layer towards the key by 1 - this (Durand & Dorsey); "
                         "0 is Reinhard's operator, 0.5 lifts deep shadows beside a bright sky")
-    p.add_argument("--bias", type=_float_above(0.0), default=0.85, help="Drago bias")
-    p.add_argument("--alpha", type=_float_above(0.0), default=0.8, help="parametric contrast exponent")
+    p.add_argument("--bias", type=_float_above(0.0), default=None, help="Drago bias (default 0.85)")
+    p.add_argument("--alpha", type=_float_above(0.0), default=None, help="parametric contrast exponent (default 0.8)")
     p.add_argument("--mu", type=_float_above(0.0), help="parametric mid-point (default from the key)")
     p.add_argument("--saturation", type=_float_at_least(0.0), default=None,
-                   help="colour saturation s (gamma for parametric)")
-    p.add_argument("--color", choices=COLOR_METHODS, default="schlick", help="colour correction")
+                   help="colour saturation s (gamma for parametric; default 1, 0.8 for parametric)")
+    p.add_argument("--color", choices=COLOR_METHODS, default=None, help="colour correction (default schlick)")
     p.set_defaults(func=_cmd_tonemap)
 
     p = sub.add_parser("synth", help="write a synthetic bracket with its exact ground truth")
@@ -779,8 +796,6 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "saturation", "absent") is None:
-        args.saturation = 0.8 if args.operator == "parametric" else 1.0
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:

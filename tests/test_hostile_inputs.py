@@ -247,6 +247,13 @@ def test_atomic_outputs_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path
     (["tonemap", "{exr}", "-o", "{tmp}/out"], "unsupported output type '(no extension)'"),
     (["tonemap", "{exr}", "-o", "{tmp}/missing/out.png"], "folder {tmp}/missing does not exist"),
     (["tonemap", "{tmp}/photo.hdr", "-o", "{tmp}/o.png"], "photo.hdr: not a readable image"),
+    # options the operator does not read are refused, not dropped
+    (["tonemap", "{exr}", "-o", "{tmp}/o.png", "--bias", "5"], "--bias applies to --operator drago, not reinhard"),
+    (["tonemap", "{exr}", "-o", "{tmp}/o.png", "--operator", "drago", "--white", "3"],
+     "--white applies to --operator reinhard or reinhard-local, not drago"),
+    (["tonemap", "{exr}", "-o", "{tmp}/o.png", "--operator", "neural", "--key", "0.3"], "--key applies to"),
+    (["merge", "{tmp}/stack", "-o", "{tmp}/m.hdr", "--exr-pixel-type", "half"],
+     "--exr-pixel-type half applies to an .exr output, not -o {tmp}/m.hdr"),
     (["merge", "{tmp}/stack", "-o", "{tmp}/m.exr", "--response", "srgb", "--save-response", "{tmp}/r.json"],
      "--save-response {tmp}/r.json: only with --response auto"),
     (["merge", "{tmp}/stack", "-o", "{tmp}/m.jpg"], "-o {tmp}/m.jpg: unsupported output type '.jpg'"),
@@ -437,12 +444,13 @@ def test_multi_file_outputs_are_all_or_nothing(tmp_path, radiance, command):
     assert not out.exists(), f"a failed {command} leaves nothing: {list(out.iterdir()) if out.exists() else ''}"
     # Into an existing folder with an earlier result: that result stays as it was.
     out.mkdir()
-    (out / "list.txt").write_text("earlier result\n")
+    earlier = "frame_0.png 100\n" if command == "synth" else "earlier result\n"  # synth replaces only its own list
+    (out / "list.txt").write_text(earlier)
     (out / "metrics.json").write_text("{}\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert sorted(p.name for p in out.iterdir()) == ["list.txt", "metrics.json"]
-    assert (out / "list.txt").read_text() == "earlier result\n"
+    assert (out / "list.txt").read_text() == earlier
     # Without the limit the same command writes the whole result.
     assert main(["-q", *argv]) == 0
     expected = {"synth": {"frame_0.png", "list.txt", "ground_truth.exr", "response.json"},
