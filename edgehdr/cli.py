@@ -122,6 +122,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
         if p.is_dir():
             paths += sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes)
         elif p.is_file():
+            if encoding != "hdr" and p.suffix.lower() in RADIANCE_SUFFIXES:  # the reader would call it corrupt
+                raise ValueError(f"{p}: a radiance map; {args.model} scores tone-mapped SDR images (tone map it "
+                                 "first: edgehdr tonemap)")
             paths.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such image or folder")
@@ -357,10 +360,15 @@ def _cmd_dim(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.input} is {w}x{h} but layout {args.layout} is for a "
                              f"{layout.width_px}x{layout.height_px} panel")
     else:
+        if min(h, w) < 16:  # the panel model's smallest side (LedLayout's check would name the built-in layout)
+            raise ValueError(f"{args.input} is {w}x{h}: the built-in panel needs at least 16 pixels a side")
         layout = LedLayout(rows=min(48, h), cols=min(48, w), width_px=w, height_px=h, source="<built-in 48x48>")
     progress.step(f"read {args.input} ({w}x{h}); layout {layout.rows}x{layout.cols} zones, "
                   f"peak {layout.peak_luminance_cd_m2:g} cd/m^2, contrast {layout.native_contrast:g}:1")
-    target = display_target(image, layout, referred=args.input_referred)
+    try:
+        target = display_target(image, layout, referred=args.input_referred)
+    except ValueError as exc:  # e.g. an image with no positive luminance: name it
+        raise ValueError(f"{args.input}: {exc}") from None
     progress.step(f"target: {args.input_referred}-referred -> cd/m^2 (robust peak to panel peak)")
     result = dim_frame(target, layout, args.algorithm, simulate=True, power_budget=args.power_budget)
     metrics = result.metrics

@@ -252,6 +252,9 @@ def test_atomic_outputs_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path
     (["tonemap", "{exr}", "-o", "{tmp}/o.png", "--operator", "drago", "--white", "3"],
      "--white applies to --operator reinhard or reinhard-local, not drago"),
     (["tonemap", "{exr}", "-o", "{tmp}/o.png", "--operator", "neural", "--key", "0.3"], "--key applies to"),
+    (["score", "{exr}"], "{tmp}/in.exr: a radiance map; norvdpnet_tmo scores tone-mapped SDR images"),
+    (["dim", "{tmp}/zero.exr", "-o", "{tmp}/d"], "{tmp}/zero.exr: image has no positive luminance to map"),
+    (["dim", "{tmp}/tiny.exr", "-o", "{tmp}/d"], "{tmp}/tiny.exr is 1x1: the built-in panel needs at least 16"),
     (["merge", "{tmp}/stack", "-o", "{tmp}/m.hdr", "--exr-pixel-type", "half"],
      "--exr-pixel-type half applies to an .exr output, not -o {tmp}/m.hdr"),
     (["merge", "{tmp}/stack", "-o", "{tmp}/m.exr", "--response", "srgb", "--save-response", "{tmp}/r.json"],
@@ -277,6 +280,8 @@ def test_atomic_outputs_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path
 ])
 def test_cli_bad_input_exits_2_naming_it(tmp_path, capsys, radiance, argv, message):
     write_radiance(tmp_path / "in.exr", radiance)
+    write_radiance(tmp_path / "zero.exr", np.zeros((32, 32, 3), np.float32))
+    write_radiance(tmp_path / "tiny.exr", np.ones((1, 1, 3), np.float32))
     (tmp_path / "photo.hdr").write_bytes(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
     (tmp_path / "stack").mkdir()
     _stack(tmp_path / "stack")
