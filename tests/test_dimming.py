@@ -60,6 +60,9 @@ def test_layout_loads_toml_and_json_and_names_bad_keys(tmp_path):
         ("[panel]\nlcd_gamma = " + "9" * 400 + "\n", r"\[panel\] lcd_gamma = 9+: expected float"),
         ("[drive]\nresponse = 'lut'\nlut = [0, " + "9" * 400 + "]\n", r"\[drive\] lut\[1\] = 9+: expected a finite"),
         ("[psf]\nmodel = 'image'\nfile = \"a\\u0000b.png\"\n", r"\[psf\] file = 'a\\x00b.png': .*NUL character"),
+        # given but not read (they were ignored without a word)
+        ("[drive]\nlut = [0.0, 0.5, 1.0]\n", r"\[drive\] lut is read only with response = 'lut', not 'linear'"),
+        ("[psf]\nfile = 'psf.png'\n", r"\[psf\] file = 'psf.png' is read only with model = 'image', not 'gaussian'"),
     ):
         bad = tmp_path / "bad.toml"
         bad.write_text(body)

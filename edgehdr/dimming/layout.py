@@ -267,7 +267,12 @@ def load_layout(path: str | os.PathLike[str]) -> LedLayout:
         if "lut" not in drive:
             raise LayoutError(f"{path}: [drive] lut is required when response = 'lut'")
         kwargs["drive_lut"] = drive["lut"]  # checked entry by entry in LedLayout.validate
+    elif "lut" in drive:  # given but not read: refused, so a forgotten response = "lut" does not go unnoticed
+        raise LayoutError(f"{path}: [drive] lut is read only with response = 'lut', not {response!r}")
     psf_file = data.get("psf", {}).get("file")
+    psf_model = data.get("psf", {}).get("model", "gaussian")
+    if psf_file is not None and psf_model != "image":
+        raise LayoutError(f"{path}: [psf] file = {psf_file!r} is read only with model = 'image', not {psf_model!r}")
     if psf_file is not None:
         from edgehdr.io import read_ldr_image, read_radiance
         from edgehdr.io.hdr_files import RADIANCE_SUFFIXES
