@@ -147,7 +147,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 # ``edgehdr tonemap`` options and the operators that read them (given for another, they are refused).
 _TONEMAP_OPTION_OPERATORS = {
-    "model": ("neural",), "key": ("reinhard", "reinhard-local", "parametric"),
+    "model": ("neural",), "backend": ("neural",), "base_compression": ("reinhard-local",),
+    "key": ("reinhard", "reinhard-local", "parametric"),
     "white": ("reinhard", "reinhard-local"), "bias": ("drago",), "alpha": ("parametric",), "mu": ("parametric",),
     "saturation": ("reinhard", "reinhard-local", "drago", "parametric"),
     "color": ("reinhard", "reinhard-local", "drago", "parametric")}
@@ -158,17 +159,18 @@ def _cmd_tonemap(args: argparse.Namespace) -> int:
     from edgehdr.tonemap import tonemap
 
     _check_output(args.output, (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".webp"))
-    if args.base_compression and args.operator != "reinhard-local":
-        raise ValueError(f"--base-compression applies to --operator reinhard-local, not {args.operator}")
     for option, value in vars(args).items():  # an option the operator does not read is refused, not dropped
         operators = _TONEMAP_OPTION_OPERATORS.get(option)
         if operators is not None and value is not None and args.operator not in operators:
             flag = "--" + option.replace("_", "-")
             raise ValueError(f"{flag} applies to --operator {' or '.join(operators)}, not {args.operator}")
+    if args.operator == "parametric" and args.mu is not None and args.key is not None:
+        raise ValueError("--key and --mu: the parametric operator's mid-point is --mu, or taken from --key when --mu "
+                         "is not given; give one")
     radiance = read_radiance(args.input)
     if args.operator == "neural":
         model = args.model or "tmo_net"
-        sdr = _neural_tonemap(radiance, model, args.backend)
+        sdr = _neural_tonemap(radiance, model, args.backend or "auto")
         label = f"neural ({model})"
     else:
         key = 0.18 if args.key is None else args.key
@@ -180,7 +182,7 @@ def _cmd_tonemap(args: argparse.Namespace) -> int:
             if args.white is not None:
                 params["white"] = args.white
             if args.operator == "reinhard-local":
-                params["base_compression"] = args.base_compression
+                params["base_compression"] = args.base_compression or 0.0
         elif args.operator == "drago":
             params.update(bias=0.85 if args.bias is None else args.bias, saturation=args.saturation)
         else:
@@ -649,12 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="neural: the real-time TMO network through ONNX Runtime (or a TensorRT engine); the "
                         "curve options below do not apply to it")
     p.add_argument("--model", help="with --operator neural: a shipped model name or an .onnx path (default tmo_net)")
-    p.add_argument("--backend", choices=("auto", "cpu"), default="auto",
-                   help="with --operator neural: auto (a TensorRT engine where one is built) or cpu")
+    p.add_argument("--backend", choices=("auto", "cpu"), default=None,
+                   help="with --operator neural: auto (a TensorRT engine where one is built; the default) or cpu")
     p.add_argument("--key", type=_float_above(0.0), default=None,
                    help="Reinhard key / parametric mid-grey (default 0.18)")
     p.add_argument("--white", type=_float_above(0.0), help="Reinhard white point (default: scene maximum)")
-    p.add_argument("--base-compression", type=_float_in(0.0, 0.95), default=0.0,
+    p.add_argument("--base-compression", type=_float_in(0.0, 0.95), default=None,
                    help="reinhard-local: compress the base layer towards the key by 1 - this (Durand & Dorsey); "
                         "0 is Reinhard's operator, 0.5 lifts deep shadows beside a bright sky")
     p.add_argument("--bias", type=_float_above(0.0), default=None, help="Drago bias (default 0.85)")
@@ -790,9 +792,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except None (an option whose default depends on others says so in its help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
     """Every (sub)command's --help shows the default of each option."""
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = _DefaultsFormatter
     for action in parser._actions:
         if action.help is None and action.option_strings and action.default not in (None, argparse.SUPPRESS):
             action.help = "default: %(default)s"  # argparse prints defaults only beside a help text

@@ -52,7 +52,7 @@ def build(model: PathLike, out_dir: PathLike, *, precision: str = "fp32", calib:
     """
     from edgehdr.io.staging import output_file, output_folder, staged_outputs
     from edgehdr.progress import Progress
-    from export.calibration import check_source
+    from export.calibration import check_source, is_tensor_source
     from export.checks import check_model, refuse_custom_ops
     from export.shapes import fix_input_shapes, model_inputs, overrides, static_shape
 
@@ -67,6 +67,12 @@ def build(model: PathLike, out_dir: PathLike, *, precision: str = "fp32", calib:
     check_source(calib, "--calib")
     if holdout is not None:
         check_source(holdout, "--holdout")
+    if (cosine is not None or rel_l2 is not None) and not is_tensor_source(holdout if holdout is not None else calib):
+        # validate() refuses this too, but only after calibration and quantisation: say it before any work
+        raise ValueError(f"--cosine-budget and --rel-l2-budget apply to your own tensors (a folder of .npz/.npy or "
+                         f"a loader hook); {'--holdout' if holdout is not None else '--calib'} "
+                         f"{holdout if holdout is not None else calib} uses a shipped encoding, held to its "
+                         "stage's budget")
     output_folder(out_dir, create=False)
     if timing_cache is not None:
         output_file(timing_cache, option="--timing-cache")

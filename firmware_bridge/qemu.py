@@ -158,10 +158,11 @@ class QemuController:
                 self.stop()
                 raise FirmwareUnavailable(f"QEMU exited before opening its pty: {' '.join(output_lines)[-500:]}")
             *lines, pending = (pending + chunk).split(b"\n")
-            for raw in lines:
-                line = raw.decode(errors="replace")
-                output_lines.append(line.strip())
-                match = re.search(r"redirected to (\S+) \(label serial0\)", line)
+            texts = [raw.decode(errors="replace") for raw in lines]
+            output_lines += [text.strip() for text in texts]
+            # the line that names the pty, also while it is still unterminated (the rest may never come)
+            for text in [*texts, pending.decode(errors="replace")]:
+                match = re.search(r"redirected to (\S+) \(label serial0\)", text)
                 if match and not self.pty_path:
                     self.pty_path = match.group(1)
         threading.Thread(target=self._proc.stdout.read, daemon=True).start()  # keep draining

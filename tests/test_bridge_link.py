@@ -469,27 +469,35 @@ def test_simulator_refuses_frames_of_another_version_as_the_firmware_does(pty_pa
         sim.stop()
 
 
-def test_a_peer_that_stops_reading_cannot_hang_the_simulator(pty_pair):
-    """The host sends requests and never reads the answers: once the pty's buffer is full the simulator's write
-    times out (``FdTransport.write_timeout_s``), it stops, and ``stop``/``snapshot`` return (it used to spin in
-    the write holding its lock)."""
+def test_a_host_that_stops_reading_neither_hangs_nor_stops_the_simulator(pty_pair):
+    """The host sends requests and never reads the answers (or goes away while the simulator heartbeats): once the
+    pty's buffer is full, what is queued is discarded and counted (as a UART's bytes sent to nobody), the simulator
+    stays responsive (``stop``/``snapshot`` return; it used to spin in the write holding its lock, and a first fix
+    stopped it for good), and a host that comes back gets a working link."""
     from firmware_bridge.protocol import Hello, StatusRequest, encode_message
 
-    pty_pair.controller.write_timeout_s = 0.2
-    sim = ControllerSimulator(pty_pair.controller, rows=4, cols=4, vsync_hz=0).start()
+    sim = ControllerSimulator(pty_pair.controller, rows=48, cols=48, vsync_hz=0).start()
     try:
         burst = encode_message(Hello(), 0) + b"".join(encode_message(StatusRequest(), i) for i in range(1, 4000))
         os.set_blocking(pty_pair.slave_fd, False)
         view = memoryview(burst)
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + 10.0
         while view and time.monotonic() < deadline:
             try:
                 view = view[os.write(pty_pair.slave_fd, view):]
             except BlockingIOError:
                 time.sleep(0.01)
-        assert wait_for(lambda: sim._thread is not None and not sim._thread.is_alive(), timeout_s=5.0)
+        assert not view
+        assert wait_for(lambda: pty_pair.controller.dropped_sends >= 1, timeout_s=10.0)
+        assert wait_for(lambda: sim.received[MsgType.STATUS_REQUEST] == 3999, timeout_s=10.0)
+        started = time.monotonic()
+        assert sim.snapshot()["state"] == "UNCONFIGURED" and time.monotonic() - started < 1.0
+        assert sim._thread is not None and sim._thread.is_alive()
+        with Link(SerialTransport(pty_pair.path), CONFIG) as link:  # the host comes back
+            assert link.wait_running(5.0), link.stats()
+            link.send_zones(zones(1), frame_id=1)
+            assert wait_for(lambda: sim.last_frame_id == 1)
     finally:
         started = time.monotonic()
         sim.stop()
         assert time.monotonic() - started < 1.0
-    assert sim.snapshot()["state"] in ("UNCONFIGURED", "RUNNING")

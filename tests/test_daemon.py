@@ -75,8 +75,9 @@ def test_config_paths_that_do_not_exist_are_config_errors(tmp_path, body, messag
     path.write_text(body.format(tmp=tmp_path))
     with pytest.raises(ConfigError, match=message):
         load_config(path)
-    path.write_text(f'[outputs]\nframes_dir = "{tmp_path}/frames-{{start:%Y}}/sdr"\n')
-    assert load_config(path)["outputs"]["frames_dir"].endswith("frames-{start:%Y}/sdr")  # created from the pattern on
+    for pattern in ("frames-{start:%Y}/sdr", "frames/{start:%Y%m%d}", "frames"):  # created: the last fixed folder on
+        path.write_text(f'[outputs]\nframes_dir = "{tmp_path}/{pattern}"\n')
+        assert load_config(path)["outputs"]["frames_dir"].endswith(pattern)
 
 
 def test_a_response_file_is_read_with_the_config_and_the_synthetic_camera_refuses_one(tmp_path):

@@ -407,6 +407,10 @@ def test_impossible_or_inapplicable_user_budgets_are_refused(work, capsys, tmp_p
     rc, _, err = cli(capsys, "validate", model_path("tmo_net"), model_path("tmo_net"), "--count", "2",
                      "--rel-l2-budget", "0.5")
     assert_refused(rc, err, "--cosine-budget and --rel-l2-budget apply to your own tensors", "--data synth")
+    out = tmp_path / "engine"
+    rc, _, err = cli(capsys, "build", model_path("tmo_net"), "-o", out, "--cosine-budget", "0.9")
+    assert_refused(rc, err, "--cosine-budget and --rel-l2-budget apply to your own tensors", "--calib synth")
+    assert "calibration data" not in err and not out.exists()  # refused before any work
     report = tmp_path / "same"
     rc, stdout, _ = cli(capsys, "validate", work["net"], work["net"], "--data", work["holdout"], "--cosine-budget",
                         "0.999", "-o", report)

@@ -171,3 +171,21 @@ def test_a_qemu_that_never_names_its_pty_times_out(tmp_path):
         controller.start()
     assert time.monotonic() - started < 5.0
     assert controller._proc is None and controller._tmp is None  # the process stopped and waited for
+
+
+def test_a_pty_line_without_its_newline_is_read(tmp_path):
+    """QEMU's 'redirected to /dev/pts/N (label serial0)' without a trailing newline (the output cut there) is still
+    read: the error used to say the pty was not reported while quoting the line that reported it. The stand-in then
+    boots no firmware, so start fails later, on the boot line, not on the pty."""
+    import os
+
+    from firmware_bridge.qemu import FirmwareUnavailable
+
+    fake = tmp_path / "unterminated-qemu"
+    fake.write_text("#!/bin/sh\nprintf 'char device redirected to /dev/pts/999 (label serial0)'\nexec sleep 30\n")
+    os.chmod(fake, 0o755)
+    (tmp_path / "fw.elf").write_bytes(b"\x7fELF")
+    controller = QemuController(tmp_path / "fw.elf", qemu=str(fake), boot_timeout_s=0.5)
+    with pytest.raises(FirmwareUnavailable) as failure:
+        controller.start()
+    assert controller.pty_path == "/dev/pts/999" and "did not report its pty" not in str(failure.value)

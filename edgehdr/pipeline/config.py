@@ -289,15 +289,16 @@ def check_paths(config: dict[str, dict[str, Any]], source: str = "<config>") -> 
             blocker = next((p for p in (path, *path.parents) if p.exists()), None)
             if blocker is not None and not blocker.is_dir():
                 raise ConfigError(f"{source}: [outputs] {key} = {pattern!r}: {blocker} exists and is not a folder")
-            # Only the last folder, or those from the first {start:...} placeholder on, are created: a typo
-            # earlier in the path is refused rather than made into a new tree of folders.
+            # The last fixed folder (the folder itself, or the one holding the first {start:...} placeholder) and
+            # the per-run folders below it are created; what is above it must exist, so a typo earlier in the path
+            # is refused rather than made into a new tree of folders.
             parts = Path(pattern).parts
-            fixed = next((i for i, part in enumerate(parts) if "{" in part), len(parts) - 1)
-            base = Path(*parts[:fixed]) if fixed else Path(".")
+            first_placeholder = next((i for i, part in enumerate(parts) if "{" in part), len(parts))
+            base = Path(*parts[:first_placeholder - 1]) if first_placeholder > 1 else Path(".")
             if not base.is_dir():
                 raise ConfigError(f"{source}: [outputs] {key} = {pattern!r}: folder {base} does not exist (create "
-                                  "it first; only the last folder, or the folders from a {start:...} placeholder "
-                                  "on, are created)")
+                                  "it first: only the last folder before a {start:...} placeholder, and those from "
+                                  "it on, are created)")
         elif not path.parent.is_dir():
             raise ConfigError(f"{source}: [outputs] {key} = {pattern!r}: folder {path.parent} does not exist "
                               "(create it first)")
