@@ -30,6 +30,7 @@ from edgehdr.pipeline.sinks import PreviewState
     ("[bridge]\nport = 'spi:abc'\n", r"\[bridge\] port = 'spi:abc': bad SPI transport .*spi:BUS.DEVICE"),
     ("[outputs]\nmovie = 'x.avi'\n", r"unknown key \[outputs\] movie; allowed: frames_dir"),
     ("[outputs]\nvideo = 'out.txt'\n", r"\[outputs\] video = 'out.txt': expected a file ending in .avi"),
+    ("[planner]\nmax_frames = 1\n", r"\[planner\] max_frames = 1: expected a number in 2..9"),
     ("[camera]\n", r"unknown section \[camera\]"),
     ("[source]\nkind = 'replay'\n", r"\[source\] path is required when kind = 'replay'"),
     ("[source]\nexposures_s = [0.01, -1]\n", r"\[source\] exposures_s"),
@@ -485,3 +486,25 @@ def test_an_engine_folder_is_checked_only_where_engines_would_be_used(tmp_path):
     path.write_text(f'[infer]\nengine_dir = "{missing}"\n[score]\nevery_n = 15\n')
     with pytest.raises(ConfigError, match=r"\[infer\] engine_dir = .*: no such folder"):
         load_config(path)
+
+
+def test_the_daemons_planner_never_plans_a_single_exposure():
+    """A scene of low range (a uniform wall) needs one exposure by the planner's own measure; a bracket of one
+    cannot be merged, and the planner, fed by merged frames, would never change it again: every frame then failed
+    while the run went on and exited 0. The daemon's planner plans at least two."""
+    import numpy as np
+
+    from edgehdr.camera.base import ExposurePlan
+    from edgehdr.camera.synthetic import SyntheticCamera
+    from edgehdr.hdr.merge import resolve_response
+    from edgehdr.pipeline.daemon import _hdr_stages
+
+    cfg = validate({})
+    plan = ExposurePlan.of([0.004, 0.008])
+    source = SyntheticCamera(64, 48, fps=30, plan=plan)
+    stages = _hdr_stages(cfg, source, resolve_response("srgb", 8))
+    planner = next(s.fn.planner for s in stages if getattr(s.fn, "planner", None) is not None)
+    wall = np.full((48, 64, 3), 0.18, np.float32)
+    for _ in range(40):
+        plan = planner.update(wall, plan)
+    assert len(plan) >= 2

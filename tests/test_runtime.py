@@ -605,6 +605,66 @@ def test_replay_source_timing_loop_and_end(tmp_path):
         ReplaySource(tmp_path / "s", bracket_size=4).open()
 
 
+def test_replay_reads_gains_from_exif_as_merge_does_and_stamps_each_frame(tmp_path):
+    """A folder without a list replays at the exposure EXIF gives, ISO and aperture included (it kept ExposureTime
+    only: 1/100 s at ISO 100, 400 and 1600 all merged as if at ISO 100); every frame of a bracket has its own
+    timestamp (the alignment's caches key on them)."""
+    from PIL import Image
+    from PIL.TiffImagePlugin import IFDRational
+
+    from edgehdr.io import read_ldr_stack
+
+    for i, iso in enumerate((100, 400, 1600)):
+        exif = Image.Exif()
+        sub = exif.get_ifd(0x8769)
+        sub[0x829A], sub[0x8827] = IFDRational(1, 100), iso
+        Image.fromarray(np.full((16, 16, 3), 30 + 60 * i, np.uint8)).save(tmp_path / f"f{i}.jpg", exif=exif)
+    with ReplaySource(tmp_path, bracket_size=3, fps=0, loop=False) as src:
+        replayed = src.read_bracket()
+    merged = read_ldr_stack(tmp_path)
+    np.testing.assert_allclose(replayed.gain, [1, 4, 16])
+    np.testing.assert_allclose(replayed.relative_exposure, merged.relative_exposure)
+    assert len(set(replayed.timestamp_ns.tolist())) == 3
+
+
+def test_a_replayed_shaken_bracket_is_aligned(tmp_path):
+    """The daemon's MTB alignment on replayed brackets: the frames' shifts are found (every frame shared the
+    reference's timestamp, so the per-frame cache handed each the reference's pyramid and every shift was 0)."""
+    from edgehdr.cli import main
+    from edgehdr.hdr.merge import resolve_response
+    assert main(["-q", "synth", "-o", str(tmp_path / "s"), "--width", "320", "--height", "240", "--shake-px", "8",
+                 "--seed", "3"]) == 0
+    with ReplaySource(tmp_path / "s", bracket_size=3, fps=0, loop=False) as src:
+        bracket = src.read_bracket()
+    stage = AlignStage("mtb", response=resolve_response(str(tmp_path / "s" / "response.json"), 8),
+                       defer_shifts=True)
+    ctx = stage(FrameContext(frame_id=1, bracket=bracket, captured_ns=0))
+    assert ctx.shifts is not None and np.abs(ctx.shifts).max() >= 2
+
+
+def test_a_missing_replay_file_drops_its_bracket_and_the_replay_goes_on(tmp_path):
+    """A file gone from a recording costs its bracket, counted, and the replay goes on to its end (it restarted the
+    source, which began again at the first bracket: a replay without looping never ended, and exited 0)."""
+    from edgehdr.cli import main
+
+    stack = tmp_path / "s"
+    assert main(["-q", "synth", "-o", str(stack), "--width", "64", "--height", "48"]) == 0
+    lines = (stack / "list.txt").read_text().splitlines()
+    (stack / "list.txt").write_text("\n".join(lines * 3 + ["gone.png 100", *lines[1:]]) + "\n")
+    src = ReplaySource(stack, bracket_size=3, fps=0, loop=False)
+    src.open()
+    src.open()  # the daemon opens the source before the pipeline does: a second open changes nothing
+    pipe = Pipeline(src, [Stage("pass", lambda ctx: ctx)]).start()
+    deadline = time.monotonic() + 20.0
+    while not pipe.exhausted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pipe.exhausted
+    stats = pipe.stop()
+    capture = stats["stages"][0]
+    assert stats["frames_captured"] == 3 and stats["source_restarts"] == 0 and stats["frames_skipped"] == 1
+    assert capture["errors"] == 1 and "gone.png" in capture["last_error"]
+
+
 def test_device_sources_fail_with_actionable_errors():
     from edgehdr.camera.devices import GStreamerSource, Picamera2Source, V4L2Source
 
@@ -648,6 +708,22 @@ def test_v4l2_source_reads_through_a_real_opencv_capture_into_recycled_buffers(t
     info = src.describe()["buffers"]
     assert info["stacks_allocated"] == 5  # all five brackets are still held here: none may be written again
     assert (info["frames_allocated"], info["frames_reused"]) == (4, 3)  # 7 frames: 3 stored, 1 being captured
+    src.close()
+
+
+def test_v4l2_brackets_record_the_exposure_the_driver_applies(tmp_path):
+    """exposure_time_absolute takes whole 100 us units, at least one: a plan entry of 10 us is exposed for 100 us,
+    and the bracket says so (it recorded the 10 us asked for, a merge error of ten times on that frame)."""
+    import cv2
+
+    from edgehdr.camera.devices import V4L2Source
+
+    for i in range(3):
+        assert cv2.imwrite(str(tmp_path / f"f_{i:03d}.png"), np.full((8, 8, 3), 40 * i, np.uint8))
+    src = V4L2Source(str(tmp_path), plan=ExposurePlan.of([1e-5, 4.4e-4, 0.016]), settle_frames=0)
+    src._cap = cv2.VideoCapture(str(tmp_path / "f_%03d.png"), cv2.CAP_IMAGES)
+    np.testing.assert_allclose(src.read_bracket(1.0).exposure_s, [1e-4, 4e-4, 0.016])
+    assert [src._exposure_units(t) for t in (1e-5, 4.4e-4, 0.016)] == [1, 4, 160]
     src.close()
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["BracketSource", "ExposurePlan", "PendingPlan", "SourceError", "SourceTimeout", "SourceExhausted",
-           "FrameGrouper"]
+           "BracketFault", "FrameGrouper"]
 
 
 class SourceError(RuntimeError):
@@ -36,6 +36,11 @@ class SourceTimeout(SourceError):
 
 class SourceExhausted(SourceError):
     """A finite source (replay without looping) has delivered its last bracket."""
+
+
+class BracketFault(SourceError):
+    """One bracket could not be delivered (a recorded file missing or damaged, frames of different sizes) while the
+    source itself is fine: the pipeline drops that bracket and counts it, and reads the next without reopening."""
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,11 @@ class _GroupingSource(BracketSource):
         """(frame RGB, timestamp ns) at this exposure; implemented per device."""
         raise NotImplementedError
 
+    def _applied_exposure_s(self, exposure_s: float) -> float:
+        """The exposure the device really applies for a requested one (what the bracket records); a device whose
+        control is quantised overrides it."""
+        return exposure_s
+
     def _to_rgb(self, pixels: np.ndarray, layout: str = "BGR") -> np.ndarray:
         """An 8-bit (H, W, 3 or 4) frame in ``layout`` (a key of ``PIXEL_LAYOUTS``; rows may be padded, memory
         read only) as RGB in one of the grouper's recycled frame buffers, in one OpenCV pass. The channel swap
@@ -106,7 +111,7 @@ class _GroupingSource(BracketSource):
             i = self._index % len(plan)
             frame, stamp = self._capture(plan.exposure_s[i], plan.gain[i], max(0.0, deadline - time.monotonic()))
             self._index = (i + 1) % len(plan)
-            if self._grouper.add(i, frame, plan.exposure_s[i], plan.gain[i], stamp):
+            if self._grouper.add(i, frame, self._applied_exposure_s(plan.exposure_s[i]), plan.gain[i], stamp):
                 self._sequence += 1
                 return self._grouper.take(self.bits, self._sequence, self.name)
             if time.monotonic() > deadline:
@@ -136,6 +141,8 @@ class V4L2Source(_GroupingSource):
         self._current: tuple[float, float] | None = None
 
     def open(self) -> None:
+        if self._cap is not None:  # open already (the daemon opens the source before the pipeline starts)
+            return
         import cv2
 
         cap = cv2.VideoCapture(self.device, cv2.CAP_V4L2)
@@ -159,13 +166,21 @@ class V4L2Source(_GroupingSource):
             self._cap.release()
             self._cap = None
 
+    def _exposure_units(self, exposure_s: float) -> int:
+        """``exposure_time_absolute`` is a whole number of units (100 us on UVC cameras), at least one."""
+        return max(1, round(exposure_s / self.exposure_unit_s))
+
+    def _applied_exposure_s(self, exposure_s: float) -> float:
+        # what the driver applies, not what was asked: a 10 us plan entry is exposed for 100 us
+        return self._exposure_units(exposure_s) * self.exposure_unit_s
+
     def _capture(self, exposure_s: float, gain: float, timeout_s: float) -> tuple[np.ndarray, int]:
         import cv2
 
         if self._cap is None:
             raise SourceError(f"{self.device}: not open")
         if self._current != (exposure_s, gain):
-            self._cap.set(cv2.CAP_PROP_EXPOSURE, max(1.0, exposure_s / self.exposure_unit_s))
+            self._cap.set(cv2.CAP_PROP_EXPOSURE, self._exposure_units(exposure_s))
             self._cap.set(cv2.CAP_PROP_GAIN, gain)
             self._current = (exposure_s, gain)
             for _ in range(self.settle_frames):
@@ -321,6 +336,8 @@ class GStreamerSource(_GroupingSource):
                 "nvvidconv ! video/x-raw,format=BGRx ! appsink name=sink max-buffers=2 drop=true sync=false")
 
     def open(self) -> None:
+        if self._pipeline is not None:  # open already: a second pipeline would leak the first, and count a restart
+            return
         import cv2  # noqa: F401 - here, not at the first frame's conversion (a cold import takes about a second)
 
         try:
@@ -538,6 +555,8 @@ class Picamera2Source(_GroupingSource):
         self._cam: Any | None = None  # a picamera2.Picamera2 while open
 
     def open(self) -> None:
+        if self._cam is not None:  # open already (libcamera allows one session per camera)
+            return
         import cv2  # noqa: F401 - here, not at the first frame's conversion (a cold import takes about a second)
 
         try:

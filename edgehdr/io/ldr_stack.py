@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from edgehdr.io.atomic import write_bytes_atomic
 from edgehdr.io.headers import check_image_header, jpeg_is_complete
 
 __all__ = ["read_ldr_stack", "read_ldr_image", "write_ldr_image", "read_list_file", "read_exif_exposure",
-           "LDR_SUFFIXES"]
+           "exif_gains", "LDR_SUFFIXES"]
 
 LDR_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".ppm", ".pgm", ".bmp", ".webp")
 _EXIF_IFD = 0x8769
@@ -238,6 +238,26 @@ def _collect_paths(
     return paths, None
 
 
+def exif_gains(paths: Sequence[str | os.PathLike[str]], f_numbers: Sequence[float | None],
+               isos: Sequence[float | None]) -> list[float]:
+    """Relative gains from EXIF: ISO / 100, times the square of the aperture ratio to the first frame with a known
+    FNumber (a frame at f/4 gathers four times the light of one at f/8). Unknown values count as unchanged.
+    ``ValueError`` naming the file for a gain no camera has."""
+    gains = []
+    n0 = next((n for n in f_numbers if n), None)
+    for p, n, iso in zip(paths, f_numbers, isos):
+        g = (iso / 100.0) if iso else 1.0
+        if n0 and n:
+            g *= math.pow(min(n0 / n, 1e150), 2)  # capped: a float's pow overflows with an exception
+        if not math.isfinite(g) or g <= 0 or g > 1e12:  # FNumbers of 1e-300 and 1: a gain no camera has
+            settings = " and ".join(part for part in (f"FNumber {n:g}" if n else "", f"ISO {iso:g}" if iso else "")
+                                    if part)
+            against = f" against the first frame's f/{n0:g}" if n and n0 else ""
+            raise ValueError(f"{p}: EXIF {settings} give a relative gain of {g:g}{against}; not a usable exposure")
+        gains.append(g)
+    return gains
+
+
 def read_ldr_stack(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
                    list_file: str | os.PathLike[str] | None = None, bits: int | None = None) -> Bracket:
     """Load an exposure stack as a ``Bracket``.
@@ -282,19 +302,7 @@ def read_ldr_stack(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[s
             exposures.append(t)
             f_numbers.append(n)
             isos.append(iso)
-        gains = []
-        n0 = next((n for n in f_numbers if n), None)
-        for p, n, iso in zip(paths, f_numbers, isos):
-            g = (iso / 100.0) if iso else 1.0
-            if n0 and n:
-                g *= math.pow(min(n0 / n, 1e150), 2)  # capped: a float's pow overflows with an exception
-            if not math.isfinite(g) or g <= 0 or g > 1e12:  # FNumbers of 1e-300 and 1: a gain no camera has
-                settings = " and ".join(part for part in (f"FNumber {n:g}" if n else "", f"ISO {iso:g}" if iso else "")
-                                        if part)
-                against = f" against the first frame's f/{n0:g}" if n and n0 else ""
-                raise ValueError(f"{p}: EXIF {settings} give a relative gain of {g:g}{against}; not a usable "
-                                 "exposure")
-            gains.append(g)
+        gains = exif_gains(paths, f_numbers, isos)
     if len(paths) < 2:
         raise ValueError(f"{where}: an exposure stack needs at least two frames, got {len(paths)}")
     seen = {}

@@ -74,7 +74,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, _Check]]] = {
     },
     "planner": {
         "enabled": (bool, True, _any()),
-        "max_frames": (int, 3, _range(1, 9)),
+        "max_frames": (int, 3, _range(2, 9)),  # a bracket of one exposure cannot be merged
         "min_exposure_s": (float, 1e-5, _range(1e-7, 10.0)),
         "max_exposure_s": (float, 0.0333, _range(1e-6, 60.0)),
         "max_gain": (float, 8.0, _range(1.0, 256.0)),

@@ -423,7 +423,9 @@ def _hdr_stages(cfg: dict[str, Any], source: BracketSource, response: CameraResp
     planner = None
     if cfg["planner"]["enabled"] and source.plan is not None:
         p = cfg["planner"]
-        planner = ExposurePlanner(response, max_frames=p["max_frames"],
+        # at least two frames: a plan of one exposure (a scene of low range) could never be merged, and the
+        # planner, fed by merged frames, would never see another frame to change it
+        planner = ExposurePlanner(response, max_frames=p["max_frames"], min_frames=2,
                                   exposure_limits_s=(p["min_exposure_s"], p["max_exposure_s"]),
                                   gain_limits=(1.0, p["max_gain"]))
     merger = None

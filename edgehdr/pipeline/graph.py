@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgehdr.bracket import Bracket
-from edgehdr.camera.base import BracketSource, SourceExhausted, SourceTimeout
+from edgehdr.camera.base import BracketFault, BracketSource, SourceExhausted, SourceTimeout
 from edgehdr.kernellock import kernel_lock, kernels_serialised
 
 __all__ = ["FrameContext", "Stage", "Pipeline", "StageStats"]
@@ -360,6 +360,11 @@ class Pipeline:
                 log.warning("source %s stalled (%s)", self.source.name, exc)
                 if failures >= self.stalls_before_restart:
                     backoff = self._restart_source(backoff)
+                continue
+            except BracketFault as exc:  # one bad bracket (a damaged recorded file): dropped and counted, no restart
+                self.capture.error(f"bracket dropped: {exc}")
+                self.capture.drop()  # a capture slot lost, as the frames_skipped and drop_fraction figures count
+                log.error("source %s: bracket dropped: %s", self.source.name, exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - any device failure: restart, never die
                 failures += 1

@@ -95,10 +95,14 @@ class AlignStage:
             return ctx
         ref = int(np.argsort(b.relative_exposure)[len(b) // 2])
         if self.method == "mtb":
+            # Frames are cached by timestamp: only when every frame has its own (a source that stamps a whole
+            # bracket at once would otherwise hand every frame the reference's cached pyramid, and no shift).
+            stamps = [int(t) for t in b.timestamp_ns]
+            keys = [(t, b.frames.shape) for t in stamps] if len(set(stamps)) == len(stamps) else None
             frames, motions = align_mtb(b.frames, reference_index=ref, exposures=b.relative_exposure,
                                         response=self.response, bits=b.bits, work_scale=self.work_scale,
-                                        frame_keys=[(int(t), b.frames.shape) for t in b.timestamp_ns],
-                                        cache=self._cache, apply=not self.defer_shifts)
+                                        frame_keys=keys, cache=self._cache if keys else None,
+                                        apply=not self.defer_shifts)
             if self.defer_shifts:
                 shifts = shifts_of(motions)
                 ctx.shifts = shifts if shifts.any() else None
