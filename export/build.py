@@ -76,10 +76,15 @@ def build(model: PathLike, out_dir: PathLike, *, precision: str = "fp32", calib:
     output_folder(out_dir, create=False)
     if timing_cache is not None:
         output_file(timing_cache, option="--timing-cache")
-    if target == "trt":  # before any work: engines are built where TensorRT is
+    if dla_core is not None and precision == "fp32":
+        raise ValueError(f"--dla {dla_core} with --precision fp32: the DLA runs FP16 and INT8 only, so every layer "
+                         "would fall back to the GPU; give --precision fp16 or int8")
+    if target == "trt":  # before any work: engines are built where TensorRT is, and checked through pycuda
+        from edgehdr.infer.cuda_buffers import device_properties
         from edgehdr.infer.trt import import_tensorrt
 
         import_tensorrt()
+        device_properties(0)  # BackendUnavailable without pycuda or a CUDA device: the manifest needs both
     shapes = overrides(shapes)
     steps = 3 + (precision == "int8") + (target == "trt")
     progress = progress or Progress(steps)

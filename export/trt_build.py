@@ -9,6 +9,7 @@ the device name in the manifest, ``pycuda``.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -103,7 +104,12 @@ def build_engine(onnx_path: PathLike, out_dir: PathLike, *, precision: str = "fp
         config.add_optimization_profile(opt)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):  # e.g. a cache another GPU or TensorRT made
+        print(f"edgehdr-export: warning: timing cache {timing_cache} does not match this device or TensorRT "
+              "version; building without it, and not writing over it", file=sys.stderr)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        timing_cache = None
     if dla_core is not None:
         if builder.num_DLA_cores <= dla_core:
             raise BackendUnavailable(f"DLA core {dla_core} requested, this device has {builder.num_DLA_cores}")

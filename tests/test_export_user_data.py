@@ -416,3 +416,12 @@ def test_impossible_or_inapplicable_user_budgets_are_refused(work, capsys, tmp_p
                         "0.999", "-o", report)
     assert rc == 0 and "within budget" in stdout
     assert ">= 0.999" in json.loads(report.with_suffix(".json").read_text())["budget"]["rule"]
+
+
+def test_a_dla_build_in_fp32_is_refused_before_any_work(capsys, tmp_path):
+    """The DLA runs FP16 and INT8 only: an FP32 DLA engine would be a GPU engine under a DLA name (every layer falls
+    back), so it is refused, before TensorRT is even looked for."""
+    from edgehdr.models import model_path
+
+    rc, _, err = cli(capsys, "build", model_path("tmo_net"), "-o", tmp_path, "--target", "trt", "--dla", "0")
+    assert_refused(rc, err, "--dla 0 with --precision fp32", "FP16 and INT8 only")

@@ -32,6 +32,10 @@ def open_runner(onnx_path: PathLike, *, engine_dir: PathLike | None = None, pref
                 return TensorRTRunner(engine).load()
             except (BackendUnavailable, EngineMismatch, FileNotFoundError, ValueError) as exc:
                 log.info("not using engine %s: %s", engine, exc)
+            except Exception as exc:  # noqa: BLE001 - CUDA's own errors (pycuda's classes are not RuntimeError: out
+                # of device memory, a failed cuInit), a TensorRT data type NumPy cannot hold: fall back, said loudly
+                log.warning("not using engine %s: %s: %s; falling back to ONNX Runtime", engine, type(exc).__name__,
+                            exc)
     if prefer != "cpu":
         try:
             return OnnxRuntimeRunner(onnx_path, providers="auto", **ort_options).load()

@@ -135,7 +135,12 @@ def check_engine_manifest(manifest: Manifest, *, trt_version: str, device_name: 
 
 
 class TensorRTRunner(RunnerBase):
-    """A TensorRT engine file plus its manifest (``ENGINE.manifest.json``)."""
+    """A TensorRT engine file plus its manifest (``ENGINE.manifest.json``).
+
+    ``run`` may be called from any thread (each call pushes the runner's CUDA context), but ``close`` belongs on the
+    thread that called ``load``: pycuda detaches a context only on the thread that made it, and elsewhere leaves it
+    (and its device memory) behind without an error.
+    """
 
     name = "tensorrt"
 
