@@ -12,6 +12,7 @@ from edgehdr.io import (
     atomic_output,
     read_exif_exposure,
     read_ldr_stack,
+    read_list_file,
     read_radiance,
     write_ldr_image,
     write_radiance,
@@ -204,3 +205,118 @@ def test_stack_errors_name_the_files(tmp_path, rng):
     (tmp_path / "list.txt").write_text("a.png 100\nmissing.png 25\n")
     with pytest.raises(FileNotFoundError, match=r"missing\.png"):
         read_ldr_stack(tmp_path)
+
+
+# --- after a review of the readers and writers -------------------------------------------------------------------
+
+
+def _rewrite_rgbe_resolution(src: Path, dst: Path, resolution: str, extra_header: bytes = b"") -> Path:
+    data = src.read_bytes()
+    end = data.find(b"\n\n")
+    line_end = data.find(b"\n", end + 2)
+    dst.write_bytes(data[:end] + extra_header + b"\n\n" + resolution.encode() + data[line_end:])
+    return dst
+
+
+def test_rgbe_reads_each_mantissa_at_its_bins_centre_as_radiance_does(tmp_path):
+    """OpenCV decodes m 2^(e-136), the bottom of the mantissa's bin: every value read back was up to one step low,
+    half a step on average. Read as Radiance's colr_color does, (m + 0.5) 2^(e-136), the round trip is unbiased and
+    within half a step of the pixel's largest channel."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    radiance = np.exp(rng.normal(0, 2, (60, 80, 3))).astype(np.float32)
+    write_radiance(tmp_path / "r.hdr", radiance)
+    ours = read_radiance(tmp_path / "r.hdr")
+    opencv = cv2.cvtColor(cv2.imread(str(tmp_path / "r.hdr"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+    _, exponent = np.frexp(radiance.max(axis=2))
+    step = np.ldexp(1.0, exponent - 8)[:, :, None]
+    np.testing.assert_allclose(ours - opencv, 0.5 * np.broadcast_to(step, ours.shape), rtol=1e-5)
+    error = (ours - radiance) / step
+    assert np.abs(error).max() <= 0.5 + 1e-4 and abs(float(error.mean())) < 0.02
+    assert float(((opencv - radiance) / step).mean()) < -0.4  # the bias this removes
+
+
+@pytest.mark.parametrize("resolution, stored", [
+    ("+Y {h} +X {w}", lambda a: a[::-1]), ("-Y {h} -X {w}", lambda a: a[:, ::-1]),
+    ("+Y {h} -X {w}", lambda a: a[::-1, ::-1]), ("+X {w} -Y {h}", lambda a: a.transpose(1, 0, 2)),
+    ("-X {w} +Y {h}", lambda a: a[::-1, ::-1].transpose(1, 0, 2)),
+    ("+X {w} +Y {h}", lambda a: a[::-1].transpose(1, 0, 2)),
+])
+def test_rgbe_files_in_every_orientation_read_as_the_standard_one(tmp_path, resolution, stored):
+    """Radiance allows eight scanline orders; OpenCV reads only '-Y H +X W' and refused the others as corrupt."""
+    rng = np.random.default_rng(2)
+    radiance = (rng.random((4, 6, 3)) * 10 + 0.1).astype(np.float32)
+    write_radiance(tmp_path / "std.hdr", radiance)
+    write_radiance(tmp_path / "t.hdr", np.ascontiguousarray(stored(radiance)))
+    other = _rewrite_rgbe_resolution(tmp_path / "t.hdr", tmp_path / "o.hdr", resolution.format(h=4, w=6))
+    np.testing.assert_array_equal(read_radiance(other), read_radiance(tmp_path / "std.hdr"))
+
+
+def test_rgbe_exposure_lines_are_divided_out(tmp_path):
+    radiance = np.full((2, 3, 3), 3.0, np.float32)
+    write_radiance(tmp_path / "a.hdr", radiance)
+    data = (tmp_path / "a.hdr").read_bytes()
+    (tmp_path / "b.hdr").write_bytes(data.replace(b"FORMAT=", b"EXPOSURE=2.0\nEXPOSURE=1.5\nFORMAT=", 1))
+    np.testing.assert_allclose(read_radiance(tmp_path / "b.hdr") * 3.0, read_radiance(tmp_path / "a.hdr"), rtol=1e-6)
+
+
+def test_exr_auto_keeps_what_half_would_lose_and_negative_values_round_trip(tmp_path):
+    """'auto' wrote half whenever the maximum fitted: 1e-8 became 0 and -1e5 became -infinity (a file the reader
+    then refused). Both now go to float pixels and come back as written."""
+    tiny = (np.linspace(1, 2, 12, dtype=np.float32) * 1e-8).reshape(2, 2, 3)
+    write_radiance(tmp_path / "tiny.exr", tiny)
+    np.testing.assert_array_equal(read_radiance(tmp_path / "tiny.exr"), tiny)
+    negative = np.ones((2, 3, 3), np.float32)
+    negative[0, 0, 0] = -1e5
+    write_radiance(tmp_path / "neg.exr", negative)
+    np.testing.assert_array_equal(read_radiance(tmp_path / "neg.exr"), negative)
+    with pytest.raises(ValueError, match="exceeds the half-float maximum"):
+        write_radiance(tmp_path / "h.exr", negative, exr_pixel_type="half")
+    ordinary = np.full((2, 2, 3), 0.5, np.float32)  # still half where half holds it
+    write_radiance(tmp_path / "o.exr", ordinary)
+    import OpenEXR
+
+    with OpenEXR.File(str(tmp_path / "o.exr")) as exr:
+        assert exr.channels()["RGB"].pixels.dtype == np.float16
+
+
+def test_exr_channel_layouts_other_than_rgb(tmp_path):
+    """R, G and B of different pixel types are read (they were refused as corrupt); a luminance/chroma file is
+    refused naming what it is (it was read as grey, its colour dropped)."""
+    import OpenEXR
+
+    ones = np.ones((2, 2), np.float32)
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    with OpenEXR.File(header, {"R": ones, "G": (ones * 2).astype(np.float16), "B": ones * 3}) as exr:
+        exr.write(str(tmp_path / "mixed.exr"))
+    np.testing.assert_array_equal(read_radiance(tmp_path / "mixed.exr")[1, 1], [1, 2, 3])
+    with OpenEXR.File(header, {"Y": ones, "RY": ones * 0.1, "BY": ones * 0.2}) as exr:
+        exr.write(str(tmp_path / "yc.exr"))
+    with pytest.raises(ValueError, match=r"yc\.exr: a luminance/chroma OpenEXR file"):
+        read_radiance(tmp_path / "yc.exr")
+
+
+def test_pfm_whose_header_does_not_match_its_data_is_refused(tmp_path):
+    """A header of 3 x 1 over two rows of data returned the bottom stored row as the image, without a word."""
+    (tmp_path / "x.pfm").write_bytes(b"PF\n3 1\n-1.0\n" + np.arange(18, dtype="<f4").tobytes())
+    with pytest.raises(ValueError, match=r"x\.pfm: 72 bytes of pixels, the header's 3 x 1 x 3 floats need 36"):
+        read_radiance(tmp_path / "x.pfm")
+
+
+def test_sixteen_bit_images_are_not_written_to_eight_bit_formats(tmp_path):
+    """OpenCV saturated them into 8 bits: a white JPEG, exit 0."""
+    image = np.full((4, 4, 3), 30000, np.uint16)
+    for suffix in (".jpg", ".bmp", ".webp"):
+        with pytest.raises(ValueError, match="holds 8 bits; this image is 16-bit"):
+            write_ldr_image(tmp_path / f"x{suffix}", image)
+    with pytest.raises(ValueError, match=r"x\.xyz: OpenCV cannot write a '\.xyz' image"):
+        write_ldr_image(tmp_path / "x.xyz", image.astype(np.uint8))
+    assert not any(tmp_path.iterdir())
+
+
+def test_list_files_with_a_byte_order_mark_spaces_and_hashes_in_names(tmp_path):
+    (tmp_path / "list.txt").write_text("\ufeffmy img0.png 30\nshot#1.png 60  # the short one\n# a comment\n",
+                                       encoding="utf-8")
+    assert read_list_file(tmp_path / "list.txt") == [(tmp_path / "my img0.png", pytest.approx(1 / 30)),
+                                                     (tmp_path / "shot#1.png", pytest.approx(1 / 60))]

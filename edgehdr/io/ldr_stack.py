@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -119,12 +120,21 @@ def _decode_jpeg_strict(path: Path, data: bytes) -> np.ndarray | None:
 
 
 def write_ldr_image(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
-    """Write an RGB uint8/uint16 image atomically; PNG, TIFF or JPEG by suffix."""
+    """Write an RGB uint8/uint16 image atomically; PNG, TIFF or JPEG by suffix (16 bits: PNG, TIFF, PPM only)."""
     path = Path(path)
     rgb = np.asarray(rgb)
     if rgb.dtype not in (np.uint8, np.uint16) or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"{path}: expected an HxWx3 uint8/uint16 RGB image, got {rgb.dtype} {rgb.shape}")
-    ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    suffix = path.suffix.lower()
+    if rgb.dtype == np.uint16 and suffix not in (".png", ".tif", ".tiff", ".ppm", ".pgm"):
+        # OpenCV would write 8 bits saturated from the 16-bit values: a white image, without a word
+        raise ValueError(f"{path}: a {suffix or '(no extension)'} file holds 8 bits; this image is 16-bit (write "
+                         ".png or .tif, or convert to 8 bits first)")
+    try:
+        ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    except cv2.error as exc:  # an extension OpenCV has no encoder for
+        raise ValueError(f"{path}: OpenCV cannot write a {path.suffix or '(no extension)'!r} image "
+                         f"({str(exc).strip().splitlines()[-1]})") from None
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode a {path.suffix!r} image")
     return write_bytes_atomic(path, encoded.tobytes())
@@ -140,16 +150,17 @@ def read_list_file(list_path: str | os.PathLike[str]) -> list[tuple[Path, float]
     if not list_path.is_file():
         raise FileNotFoundError(f"{list_path}: no such list file")
     try:
-        text = list_path.read_text(encoding="utf-8")
+        text = list_path.read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad's) is not part of a name
     except UnicodeDecodeError as exc:
         raise ValueError(f"{list_path}: not a text list file (byte {exc.start} is not UTF-8); expected lines of "
                          "'FILENAME INVERSE_SHUTTER_TIME'") from None
     entries = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
+        # A comment is a line starting with '#', or '#' after a space: 'shot#1.png 30' names a file
+        line = "" if raw.lstrip().startswith("#") else re.split(r"\s#", raw, maxsplit=1)[0].strip()
         if not line:
             continue
-        parts = line.split()
+        parts = line.rsplit(None, 1)  # the value is the last field; the name may hold spaces
         if len(parts) != 2:
             raise ValueError(f"{list_path}:{lineno}: expected 'FILENAME INVERSE_SHUTTER_TIME', got {raw!r}")
         name, value = parts
