@@ -375,3 +375,38 @@ def test_runtime_dimming_stage_keeps_every_frame_within_the_power_budget(run_pip
     for zones, light in seen:
         assert zones.mean() / top <= 0.15 + 1e-12 and light.mean() <= 0.15 + 1e-6
     assert max(z.mean() / top for z, _ in seen) > 0.1  # the budget binds: 'max' wants more than 0.15 here
+
+
+def test_backlight_of_zones_a_few_pixels_wide_matches_direct_summation():
+    """The working grid sampled the PSF at a quarter of the panel: with zones 1-2 pixels wide the Gaussian was
+    narrower than a working pixel and most of its light fell between the samples (36 % kept on a 48 x 64 panel of
+    48 x 48 zones; `edgehdr dim`'s built-in layout gives such zones to a small image)."""
+    for (h, w, rows, cols) in ((20, 30, 20, 30), (48, 64, 48, 48), (60, 90, 20, 30)):
+        layout = LedLayout(rows=rows, cols=cols, width_px=w, height_px=h)
+        model = BacklightModel(layout)
+        light = np.zeros((rows, cols), np.float32)
+        light[::2, ::2] = 1.0
+        simulated, direct = model.simulate(light), model.reference_backlight(light)
+        assert abs(simulated.sum() / direct.sum() - 1) < 0.02, (h, w, rows, cols)
+        edge = model.work_scale  # the outermost pixels take the nearest working sample (a known, separate error)
+        inner = np.s_[edge:-edge, edge:-edge]
+        assert np.abs(simulated - direct)[inner].max() < 0.05 * direct.max(), (h, w, rows, cols)
+    assert BacklightModel(LedLayout(rows=48, cols=48, width_px=1920, height_px=1080)).work_scale == 4  # unchanged
+
+
+def test_a_drive_lut_keeps_the_budget_in_light_and_a_dead_zone_off():
+    """The power budget is a mean light fraction: with a convex drive LUT the rounding's allowance was counted in
+    drive codes (mean light 0.25, but the rounding's own sum in drive); with a dead zone ([0, 0, 0.5, 1]) a zone
+    asked for no light was driven at a third of full drive (np.interp over a repeated value)."""
+    from edgehdr.dimming import dim_frame
+
+    convex = LedLayout(rows=4, cols=4, width_px=64, height_px=64, drive_lut=[0.0, 0.1, 0.3, 1.0])
+    result = dim_frame(np.full((64, 64, 3), 400.0, np.float32), convex, "max", power_budget=0.25, simulate=True)
+    assert convex.light_from_drive(result.zone_values / 4095.0).mean() <= 0.25 + 1e-9
+    assert result.metrics["mean_light"] <= 0.25 + 1e-9 and result.metrics["power"] > 0.5  # drive: the electrical
+    dead = LedLayout(rows=4, cols=4, width_px=64, height_px=64, drive_lut=[0.0, 0.0, 0.5, 1.0])
+    assert float(dead.drive_from_light(0.0)) == 0.0 and float(dead.drive_from_light(0.25)) == pytest.approx(0.5)
+    target = np.zeros((64, 64, 3), np.float32)
+    target[:16, :16] = 900.0
+    codes = dim_frame(target, dead, "max", power_budget=0.25, simulate=True).zone_values
+    assert int(codes.min()) == 0 and np.count_nonzero(codes) == 1

@@ -83,6 +83,13 @@ class BacklightModel:
         if work_scale < 1:
             raise ValueError(f"work_scale must be >= 1, got {work_scale}")
         self.layout = layout
+        # The working grid samples the PSF and is interpolated back to the panel: a Gaussian narrower than a few
+        # working pixels (zones a few pixels wide) lost light between the samples (a 1-pixel pitch kept 36 % of
+        # it), so the scale comes down until sigma spans two working pixels; ordinary panels (a pitch of 8 pixels or
+        # more) keep ``work_scale``.
+        narrowest = min(layout.pitch_px)
+        finest = layout.psf_sigma_pitch * narrowest / 2 if layout.psf_model == "gaussian" else narrowest / 4
+        work_scale = max(1, min(int(work_scale), int(finest)))
         self.work_scale = int(work_scale)
         self.work_shape = (max(1, -(-layout.height_px // work_scale)), max(1, -(-layout.width_px // work_scale)))
         h, w = self.work_shape

@@ -219,7 +219,15 @@ class LedLayout:
         light = np.clip(np.asarray(light, np.float64), 0.0, 1.0)
         if self.drive_lut is None:
             return light
-        return np.interp(light, self.drive_lut, np.linspace(0.0, 1.0, self.drive_lut.size))
+        # The LUT may repeat a value (a dead zone at the bottom, a plateau). Between two levels the inverse runs
+        # along the rising segment (np.interp over the repeated x does that); a light equal to a repeated level
+        # takes its lowest drive (np.interp took the highest: no light was sent a third of full drive).
+        drive_levels = np.linspace(0.0, 1.0, self.drive_lut.size)
+        drive = np.interp(light, self.drive_lut, drive_levels)
+        levels, first = np.unique(self.drive_lut, return_index=True)
+        at = np.minimum(np.searchsorted(levels, light), levels.size - 1)
+        exact = levels[at] == light
+        return np.where(exact, drive_levels[first[at]], drive)
 
     def to_zone_values(self, light: np.ndarray) -> np.ndarray:
         """Light fractions (rows, cols) -> uint16 drive codes ``0 .. 2^zone_bits - 1`` (the ZoneFrame).

@@ -49,7 +49,9 @@ def halo_measure(target_cd_m2: np.ndarray, displayed_cd_m2: np.ndarray, layout: 
 
 
 def power_fraction(light: np.ndarray, layout: LedLayout) -> float:
-    """Backlight power relative to every LED at full drive (drive values summed)."""
+    """Backlight power relative to every LED at full drive (drive values summed: the electrical power). With a
+    drive LUT it differs from the mean light fraction, the unit of the power budget (``mean_light`` in the
+    metrics); with linear drive the two are equal."""
     return float(np.mean(layout.drive_from_light(light)))
 
 
@@ -64,4 +66,5 @@ def dimming_metrics(target_cd_m2: np.ndarray, displayed_cd_m2: np.ndarray, light
         "clipped_fraction": clipped_fraction(target, displayed),
         "halo_pu": halo_measure(target, displayed, layout),
         "power": power_fraction(light, layout),
+        "mean_light": float(np.mean(np.clip(light, 0.0, 1.0))),
     }

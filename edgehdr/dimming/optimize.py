@@ -35,25 +35,31 @@ log = logging.getLogger("edgehdr.dimming")
 
 
 def quantise_within_budget(light: np.ndarray, layout: LedLayout, budget: float | None) -> np.ndarray:
-    """Zone drive codes nearest to ``light`` whose mean drive stays within ``budget``.
+    """Zone drive codes nearest to ``light`` whose mean light stays within ``budget``.
 
-    Plain rounding can lift the mean drive above a budget the continuous answer met;
+    Plain rounding can lift the mean light above a budget the continuous answer met;
     this floors every zone, then gives one LSB back to the zones with the largest
-    remainders while the budget allows (largest-remainder rounding). ``ValueError`` on a
-    non-finite light fraction, as ``LedLayout.to_zone_values``.
+    remainders while the budget allows (largest-remainder rounding). The budget is in
+    light, as everywhere: with a drive LUT each LSB costs the light it adds at that code
+    (with linear drive, 1 / (2^bits - 1)). ``ValueError`` on a non-finite light fraction,
+    as ``LedLayout.to_zone_values``.
     """
     top = (1 << layout.zone_bits) - 1
     exact = np.clip(layout.drive_from_light(require_finite_light(light)), 0.0, 1.0) * top
     codes = np.floor(exact + 1e-9).astype(np.int64)
     if budget is None:
         return np.rint(exact).astype(np.uint16)
-    allowance = int(np.floor(budget * top * codes.size + 1e-6)) - int(codes.sum())
+    flat = codes.ravel()
     remainder = (exact - codes).ravel()
     order = np.argsort(-remainder, kind="stable")
-    give = order[: max(0, min(allowance, int(np.count_nonzero(remainder >= 0.5))))]
-    flat = codes.ravel()
+    candidates = order[: int(np.count_nonzero(remainder >= 0.5))]
+    candidates = candidates[flat[candidates] < top]
+    floored_light = layout.light_from_drive(flat / top)
+    extra = layout.light_from_drive((flat[candidates] + 1) / top) - floored_light[candidates]
+    allowance = budget * flat.size - float(floored_light.sum())
+    give = candidates[np.cumsum(extra) <= allowance + 1e-9 * max(1.0, budget * flat.size)]
     flat[give] += 1
-    return np.minimum(flat, top).reshape(codes.shape).astype(np.uint16)
+    return flat.reshape(codes.shape).astype(np.uint16)
 
 
 def zone_values_within_budget(light: np.ndarray, layout: LedLayout, budget: float | None) -> np.ndarray:
@@ -136,7 +142,7 @@ def optimal_zone_light(
         bb = b[idx].astype(np.float64)[:, None]
         shown = np.clip(tb, leak * bb, bb)
         err = pu21_encode(shown) - pu21_encode(tb)
-        value = float(np.sum(err * err) / n + power_weight * float(layout.light_from_drive(light).mean()))
+        value = float(np.sum(err * err) / n + power_weight * float(light.mean()))  # the budget's unit: mean light
         d_shown = np.where(tb > bb, 1.0, np.where(tb < leak * bb, float(leak), 0.0))
         g_full = np.zeros(h * w, np.float32)
         g_full[idx] = (np.sum(2.0 * err * pu21_derivative(shown) * d_shown, axis=1) / n).astype(np.float32)
