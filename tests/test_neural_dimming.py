@@ -231,6 +231,10 @@ def test_shipped_dimming_model_manifest_and_layout_check(dim_runner):
         NeuralDimmer(dim_runner, LedLayout(rows=24, cols=32, width_px=640, height_px=360))
     other_psf = LedLayout(rows=18, cols=32, width_px=640, height_px=360, psf_sigma_pitch=1.5)
     assert any("psf_sigma_pitch" in w for w in NeuralDimmer(dim_runner, other_psf, model_path=path).warnings)
+    dim_panel = LedLayout(rows=18, cols=32, width_px=640, height_px=360, peak_luminance_cd_m2=100.0)
+    assert any("peak_luminance_cd_m2=1000" in w for w in NeuralDimmer(dim_runner, dim_panel, model_path=path).warnings)
+    assert NeuralDimmer(dim_runner, LedLayout(rows=18, cols=32, width_px=640, height_px=360), model_path=path
+                        ).warnings == []
 
 
 def test_shipped_dimming_model_beats_the_heuristics_at_their_power(dim_runner, scene_factory):

@@ -133,7 +133,7 @@ class NeuralDimmer:
             meta = model_metadata(model_path)  # through ONNX Runtime: the device install has no onnx package
             made_for = json.loads(meta.get("edgehdr.layout", "{}"))
             ours = model_layout_metadata(layout)
-            for key in ("psf_model", "psf_sigma_pitch", "native_contrast"):
+            for key in ("psf_model", "psf_sigma_pitch", "native_contrast", "peak_luminance_cd_m2"):
                 if key in made_for and made_for[key] != ours[key]:
                     self.warnings.append(f"model made for {key}={made_for[key]}, layout has {ours[key]}")
         self._stats_layout = _stats_layout(layout)
