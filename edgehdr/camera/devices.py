@@ -163,8 +163,10 @@ class V4L2Source(_GroupingSource):
 
     def close(self) -> None:
         if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+            try:
+                self._cap.release()
+            finally:  # forgotten even when releasing failed: the next open makes a new capture
+                self._cap = None
 
     def _exposure_units(self, exposure_s: float) -> int:
         """``exposure_time_absolute`` is a whole number of units (100 us on UVC cameras), at least one."""
@@ -409,8 +411,10 @@ class GStreamerSource(_GroupingSource):
 
     def close(self) -> None:
         if self._pipeline is not None:
-            self._pipeline.set_state(self._Gst.State.NULL)
-            self._pipeline = self._sink = self._bus = self._element = self._clock = None
+            try:
+                self._pipeline.set_state(self._Gst.State.NULL)
+            finally:  # forgotten even when stopping it failed: the next open builds a new one (open skips an open one)
+                self._pipeline = self._sink = self._bus = self._element = self._clock = None
 
     def element(self, name: str) -> Any | None:
         """The running pipeline's element called ``name`` (None when absent), e.g. to tune other properties."""
