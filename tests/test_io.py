@@ -253,6 +253,15 @@ def test_rgbe_files_in_every_orientation_read_as_the_standard_one(tmp_path, reso
     np.testing.assert_array_equal(read_radiance(other), read_radiance(tmp_path / "std.hdr"))
 
 
+def test_rgbe_resolution_lines_without_signed_axes_are_refused(tmp_path):
+    """The header check took any character for a sign ('*Y 2 ?X 3' passed it, and the reader then guessed)."""
+    write_radiance(tmp_path / "a.hdr", np.ones((2, 3, 3), np.float32))
+    for line in ("*Y 2 ?X 3", "Y 2 X 3", "-Y 2 +Y 3"):
+        bad = _rewrite_rgbe_resolution(tmp_path / "a.hdr", tmp_path / "b.hdr", line)
+        with pytest.raises(ValueError, match=r"b\.hdr: malformed Radiance resolution line"):
+            read_radiance(bad)
+
+
 def test_rgbe_exposure_lines_are_divided_out(tmp_path):
     radiance = np.full((2, 3, 3), 3.0, np.float32)
     write_radiance(tmp_path / "a.hdr", radiance)

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from edgehdr.io.atomic import atomic_output
-from edgehdr.io.headers import check_image_header
+from edgehdr.io.headers import check_image_header, rgbe_resolution
 
 log = logging.getLogger("edgehdr.io")
 HALF_MAX = 65504.0
@@ -59,7 +59,6 @@ def read_radiance(path: str | os.PathLike[str], *, max_pixels: int | None = None
     if suffix == ".exr":
         rgb = _read_exr(path)
     elif suffix == ".pfm":
-        _check_pfm_length(path, declared)
         rgb = _decode(path, suffix)
     else:
         rgb = _read_rgbe(path)
@@ -87,26 +86,6 @@ def _decode(path: Path, suffix: str, data: bytes | None = None) -> np.ndarray:
     return cv2.cvtColor(bgr[:, :, :3].astype(np.float32, copy=False), cv2.COLOR_BGR2RGB)
 
 
-def _check_pfm_length(path: Path, declared: tuple[int, int] | None) -> None:
-    """A PFM's pixels are exactly width x height x channels floats after its three header lines: more data means
-    the header's size is wrong (OpenCV would return some other rows), less is truncation."""
-    if declared is None:
-        return
-    with open(path, "rb") as fh:
-        head = fh.read(256)
-    lines = head.split(b"\n", 3)
-    if len(lines) < 4:
-        return  # OpenCV's decoder reports it
-    channels = 3 if lines[0].strip() == b"PF" else 1
-    header_bytes = sum(len(line) + 1 for line in lines[:3])
-    expected = header_bytes + declared[0] * declared[1] * channels * 4
-    actual = path.stat().st_size
-    if actual != expected:
-        raise ValueError(f"{path}: {actual - header_bytes} bytes of pixels, the header's {declared[0]} x "
-                         f"{declared[1]} x {channels} floats need {expected - header_bytes} ("
-                         f"{'truncated' if actual < expected else 'wrong size in the header'}?)")
-
-
 def _read_rgbe(path: Path) -> np.ndarray:
     """A Radiance RGBE file as Radiance reads it.
 
@@ -116,16 +95,14 @@ def _read_rgbe(path: Path) -> np.ndarray:
     ``colr_color``; OpenCV decodes ``m 2^(e - 136)``, the bin's bottom, which put every value half a step low on
     average), and ``EXPOSURE=`` lines (multipliers already applied to the pixels) are divided out.
     """
-    data = path.read_bytes()
-    end = data.find(b"\n\n")
-    line_end = data.find(b"\n", end + 2)
-    header, resolution = data[:end], data[end + 2:line_end].decode("ascii", "replace").split()
-    # check_image_header validated the line's shape: two axes, each once
-    sign1, axis1, n1 = resolution[0][0], resolution[0][1], int(resolution[1])
-    sign2, axis2, n2 = resolution[2][0], resolution[2][1], int(resolution[3])
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    end, line_end, (sign1, axis1, n1), (sign2, axis2, n2) = rgbe_resolution(path, head)
+    header = head[:end]
     if (sign1, axis1, sign2, axis2) == ("-", "Y", "+", "X"):
         rgb = _decode(path, ".hdr")
-    else:
+    else:  # the whole file read here only: OpenCV reads a standard one itself
+        data = path.read_bytes()
         rewritten = data[:end + 2] + f"-Y {n1} +X {n2}".encode() + data[line_end:]
         rgb = _decode(path, ".hdr", rewritten)  # rows: the first axis, columns: the second
         if axis1 == "X":  # column-major: the first axis runs along x
@@ -176,19 +153,18 @@ def _read_exr(path: Path) -> np.ndarray:
     import OpenEXR
 
     try:
-        try:
-            with OpenEXR.File(str(path)) as exr:
-                channels = exr.channels()
-                names = sorted(channels)
-                rgb = _exr_rgb(path, channels)
-        except (RuntimeError, ValueError) as exc:
-            if "coalesce" not in str(exc):
-                raise
-            # R, G and B of different pixel types (float and half, say): a valid file, read channel by channel
-            with OpenEXR.File(str(path), separate_channels=True) as exr:
-                channels = exr.channels()
-                names = sorted(channels)
-                rgb = _exr_rgb(path, channels)
+        # R, G and B of different pixel types (float and half, say) cannot be read as one RGB array: such a valid
+        # file is read again channel by channel
+        for separate in (False, True):
+            try:
+                with OpenEXR.File(str(path), separate_channels=separate) as exr:
+                    channels = exr.channels()
+                    names = sorted(channels)
+                    rgb = _exr_rgb(path, channels)
+                break
+            except (RuntimeError, ValueError) as exc:
+                if separate or "coalesce" not in str(exc):
+                    raise
     except ValueError as exc:
         if str(path) in str(exc):
             raise

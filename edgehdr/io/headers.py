@@ -22,7 +22,8 @@ import re
 import struct
 from pathlib import Path
 
-__all__ = ["DEFAULT_MAX_PIXELS", "max_pixels_limit", "declared_size", "check_image_header", "jpeg_is_complete"]
+__all__ = ["DEFAULT_MAX_PIXELS", "max_pixels_limit", "declared_size", "check_image_header", "jpeg_is_complete",
+           "rgbe_resolution"]
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -197,18 +198,49 @@ def _tiff_size(path: Path, head: bytes) -> tuple[int, int]:
     return found[256], found[257]
 
 
-def _rgbe_size(path: Path, head: bytes) -> tuple[int, int]:
+RgbeAxis = tuple[str, str, int]  # sign ('+' or '-'), axis ('X' or 'Y'), count
+
+
+def rgbe_resolution(path: str | os.PathLike[str], head: bytes) -> tuple[int, int, RgbeAxis, RgbeAxis]:
+    """A Radiance file's resolution line: the offsets of the header's end (its blank line) and of the line's end,
+    then the slow and the fast axis as ``(sign, axis, count)`` (``-Y H +X W`` is the standard order; Radiance
+    allows all eight). ``ValueError`` naming the file for a malformed line."""
     end = head.find(b"\n\n")
     if end < 0:
         raise ValueError(f"{path}: Radiance header has no end (blank line) in its first {len(head)} bytes")
-    line = head[end + 2:head.find(b"\n", end + 2)].decode("ascii", "replace").split()
-    if len(line) != 4 or line[0][1:] not in "YX" or line[2][1:] not in "YX" or line[0][1] == line[2][1]:
-        raise ValueError(f"{path}: malformed Radiance resolution line {' '.join(line)!r} (expected '-Y H +X W')")
+    line_end = head.find(b"\n", end + 2)
+    if line_end < 0:
+        raise ValueError(f"{path}: no Radiance resolution line in the first {len(head)} bytes")
+    line = head[end + 2:line_end].decode("ascii", "replace").split()
+    if (len(line) != 4 or any(len(f) != 2 or f[0] not in "+-" or f[1] not in "XY" for f in line[0::2])
+            or line[0][1] == line[2][1]):
+        raise ValueError(f"{path}: malformed Radiance resolution line {' '.join(line)!r} (expected '-Y H +X W' or "
+                         "another order of two signed axes)")
     try:
         first, second = int(line[1]), int(line[3])
     except ValueError:
         raise ValueError(f"{path}: malformed Radiance resolution line {' '.join(line)!r}") from None
-    return (second, first) if line[0][1] == "Y" else (first, second)
+    return end, line_end, (line[0][0], line[0][1], first), (line[2][0], line[2][1], second)
+
+
+def _rgbe_size(path: Path, head: bytes) -> tuple[int, int]:
+    _, _, (_, slow, first), (_, _, second) = rgbe_resolution(path, head)
+    return (second, first) if slow == "Y" else (first, second)
+
+
+def _check_pfm_length(path: Path, head: bytes, width: int, height: int) -> None:
+    """A PFM's pixels are exactly width x height x channels floats after its three header lines: more data means
+    the header's size is wrong (OpenCV would return some other rows), less is truncation."""
+    lines = head.split(b"\n", 3)
+    if len(lines) < 4:
+        return  # OpenCV's decoder reports it
+    channels = 3 if lines[0].strip() == b"PF" else 1
+    header_bytes = sum(len(line) + 1 for line in lines[:3])
+    needed = width * height * channels * 4
+    actual = path.stat().st_size - header_bytes
+    if actual != needed:
+        raise ValueError(f"{path}: {actual} bytes of pixels, the header's {width} x {height} x {channels} floats "
+                         f"need {needed} ({'truncated' if actual < needed else 'wrong size in the header'}?)")
 
 
 def _pfm_size(path: Path, head: bytes) -> tuple[int, int]:
@@ -240,7 +272,9 @@ def check_image_header(path: str | os.PathLike[str], *, max_pixels: int | None =
         size is not positive, or ``width * height`` exceeds ``max_pixels``.
     """
     path = Path(path)
-    size = declared_size(path)
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    size = declared_size(path, head)
     if size is None:
         return None
     width, height = size
@@ -252,6 +286,8 @@ def check_image_header(path: str | os.PathLike[str], *, max_pixels: int | None =
             f"{path}: header declares {width} x {height} = {width * height / 1e6:.1f} MP, above the limit of "
             f"{limit / 1e6:.3g} MP (set EDGEHDR_MAX_PIXELS to raise it)"
         )
+    if path.suffix.lower() == ".pfm":
+        _check_pfm_length(path, head, width, height)
     return size
 
 
