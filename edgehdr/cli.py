@@ -173,22 +173,11 @@ def _cmd_tonemap(args: argparse.Namespace) -> int:
         sdr = _neural_tonemap(radiance, model, args.backend or "auto")
         label = f"neural ({model})"
     else:
-        key = 0.18 if args.key is None else args.key
-        if args.saturation is None:
-            args.saturation = 0.8 if args.operator == "parametric" else 1.0
-        params: dict[str, Any] = {"color": args.color or "schlick"}
-        if args.operator in ("reinhard", "reinhard-local"):
-            params.update(key=key, saturation=args.saturation)
-            if args.white is not None:
-                params["white"] = args.white
-            if args.operator == "reinhard-local":
-                params["base_compression"] = args.base_compression or 0.0
-        elif args.operator == "drago":
-            params.update(bias=0.85 if args.bias is None else args.bias, saturation=args.saturation)
-        else:
-            params.update(alpha=0.8 if args.alpha is None else args.alpha, gamma=args.saturation, key=key)
-            if args.mu is not None:
-                params["mu"] = args.mu
+        # only what was given: the rest are the operator's own defaults (the help texts name them)
+        params = {name: value for name, value in vars(args).items()
+                  if value is not None and name in _TONEMAP_OPTION_OPERATORS and name not in ("model", "backend")}
+        if args.operator == "parametric" and "saturation" in params:
+            params["gamma"] = params.pop("saturation")  # the parametric operator's colour exponent
         sdr = tonemap(radiance, args.operator, **params)
         label = args.operator
     write_ldr_image(args.output, sdr)
@@ -219,23 +208,27 @@ def _synth_frames_listed(out: Path) -> set[str]:
     Raises ``ValueError`` when ``out`` holds a bracket synth did not write: a ``list.txt`` naming any other file, or
     a ``response.json`` or ``ground_truth.exr`` without a list. Synth replaces those files, so it refuses rather
     than overwrite a user's own bracket."""
+    from edgehdr.io.ldr_stack import read_list_file
+
     list_path = out / "list.txt"
+    refusal = "not replacing a bracket of your own (choose an empty or new folder for -o)"
     try:
-        text = list_path.read_text(encoding="utf-8", errors="replace")
+        entries = read_list_file(list_path)  # the parser merge reads it with
     except FileNotFoundError:
         own = [name for name in ("response.json", "ground_truth.exr") if (out / name).exists()]
         if own:
             raise ValueError(f"-o {out}: holds {' and '.join(own)} but no list.txt, so not a folder edgehdr synth "
                              "wrote; not replacing them (choose an empty or new folder)") from None
         return set()
+    except ValueError as exc:  # not a list synth writes
+        raise ValueError(f"{list_path}: not a list edgehdr synth wrote ({exc}): {refusal}") from None
     except OSError:
         return set()
-    names = [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    names = [os.path.relpath(path, out) for path, _ in entries]
     foreign = [name for name in names if not _SYNTH_FRAME_NAME.fullmatch(name)]
     if foreign:
         raise ValueError(f"{list_path}: names {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which "
-                         "edgehdr synth did not write: not replacing a bracket of your own (choose an empty or new "
-                         "folder for -o)")
+                         f"edgehdr synth did not write: {refusal}")
     return set(names)
 
 
