@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export.validate import budget_line, validate
+from export.validate import budget_line, refuse_unused_user_budget, validate
 
 if TYPE_CHECKING:
     from edgehdr.infer.base import PathLike
@@ -67,12 +67,9 @@ def build(model: PathLike, out_dir: PathLike, *, precision: str = "fp32", calib:
     check_source(calib, "--calib")
     if holdout is not None:
         check_source(holdout, "--holdout")
-    if (cosine is not None or rel_l2 is not None) and not is_tensor_source(holdout if holdout is not None else calib):
-        # validate() refuses this too, but only after calibration and quantisation: say it before any work
-        raise ValueError(f"--cosine-budget and --rel-l2-budget apply to your own tensors (a folder of .npz/.npy or "
-                         f"a loader hook); {'--holdout' if holdout is not None else '--calib'} "
-                         f"{holdout if holdout is not None else calib} uses a shipped encoding, held to its "
-                         "stage's budget")
+    held_out, data_option = (holdout, "--holdout") if holdout is not None else (calib, "--calib")
+    refuse_unused_user_budget(cosine, rel_l2, user_data=is_tensor_source(held_out), option=data_option,
+                              data=held_out)  # before the calibration and quantisation validate() comes after
     output_folder(out_dir, create=False)
     if timing_cache is not None:
         output_file(timing_cache, option="--timing-cache")

@@ -240,6 +240,16 @@ def apply_budget(report: dict[str, Any], *, psnr_db: float | None = None, max_ab
     return report
 
 
+def refuse_unused_user_budget(cosine: float | None, rel_l2: float | None, *, user_data: bool, option: str,
+                              data: object) -> None:
+    """``cosine`` and ``rel_l2`` hold user tensors only: given with the shipped encodings' data they would be dropped
+    without a word, so they are refused (``build`` asks before any work, ``validate`` once it has the data)."""
+    if not user_data and (cosine is not None or rel_l2 is not None):
+        raise ValueError(f"--cosine-budget and --rel-l2-budget apply to your own tensors (a folder of .npz/.npy or "
+                         f"a loader hook); {option} {data} uses a shipped encoding, held to its stage's budget "
+                         "(or --psnr-budget / --abs-budget with edgehdr-export validate)")
+
+
 def validate(reference: PathLike, candidate: PathLike, *, data: PathLike = "synth", count: int = 16,
              out_base: PathLike | None = None, psnr_db: float | None = None, max_abs: float | None = None,
              quiet: bool = False, shapes: ShapeOverrides | None = None, cosine: float | None = None,
@@ -274,10 +284,7 @@ def validate(reference: PathLike, candidate: PathLike, *, data: PathLike = "synt
                                           split=split, option=option)
     task = task_for(described["preprocess"])
     user_data = described.get("preprocess") == "none"
-    if not user_data and (cosine is not None or rel_l2 is not None):  # not applied: say so instead of dropping it
-        raise ValueError(f"--cosine-budget and --rel-l2-budget apply to your own tensors (a folder of .npz/.npy or "
-                         f"a loader hook); {option} {data} uses a shipped encoding, held to its stage's budget "
-                         "(or --psnr-budget / --abs-budget with edgehdr-export validate)")
+    refuse_unused_user_budget(cosine, rel_l2, user_data=user_data, option=option, data=data)
 
     def metric(ref_outputs: list[Outputs], cand_outputs: list[Outputs]) -> dict[str, Any]:
         result = _task_metric(ref_outputs, cand_outputs)

@@ -175,7 +175,7 @@ class ControllerSimulator:
 
     def _send(self, msg: Message, flags: int = 0) -> None:
         if self._stop.is_set():
-            return  # stopping, or the host stopped reading (a write timed out): nothing more goes out
+            return  # stopping, or the transport failed (a write error): nothing more goes out
         data = encode_message(msg, self._seq, flags=flags, version=self.version or PROTOCOL_VERSION)
         self._seq = (self._seq + 1) & 0xFFFF
         try:
