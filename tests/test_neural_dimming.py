@@ -127,9 +127,12 @@ def test_student_training_lowers_the_display_error(loss, flips, channels, tmp_pa
 
     torch.manual_seed(0)
     untrained = error(DimmingNet(layout.rows, layout.cols, in_channels=channels).eval())
-    net, history = train_student(scenes, {}, layout, epochs=8, batch=4, lr=1e-2, loss=loss, flips=flips,
+    # The four-channel net learns slower on this tiny problem: after 8 epochs it sat at 0.70 of the untrained
+    # error (0.70 with the twin's old clamped edges, 0.72 with extrapolated ones), after 12 at 0.31-0.33.
+    epochs = 12 if channels == 4 else 8
+    net, history = train_student(scenes, {}, layout, epochs=epochs, batch=4, lr=1e-2, loss=loss, flips=flips,
                                  log=lambda _: None)
-    assert len(history) == 8
+    assert len(history) == epochs
     assert error(net) < 0.7 * untrained
     if channels == 4:
         from edgehdr.models.training.train_dimming import export_dimming

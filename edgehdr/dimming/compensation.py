@@ -19,10 +19,10 @@ import functools
 import logging
 import math
 
-import cv2
 import numba
 import numpy as np
 
+from edgehdr.dimming.backlight import upsample_backlight
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.tonemap.guided import bilinear_taps, widen_maps
 from edgehdr.tonemap.nonfinite import (
@@ -97,11 +97,13 @@ def _compensation_kernel(target, bits, scale, wide, y0s, y1s, fys, leak, coef, q
 def _panel_rows(backlight: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                        np.ndarray]:
     """The backlight's rows at the panel width and each panel row's two rows and weight (``BacklightModel.
-    full_resolution``'s bilinear interpolation, half-pixel centres; the identity at full resolution)."""
+    full_resolution``'s bilinear interpolation, half-pixel centres, the outermost pixels extrapolated; the identity
+    at full resolution)."""
     if backlight.shape == (height, width):
         rows = np.arange(height, dtype=np.int64)
         return backlight, rows, rows, np.zeros(height, np.float32)
-    return (np.ascontiguousarray(widen_maps(backlight[None], width)[0]), *bilinear_taps(backlight.shape[0], height))
+    wide = np.maximum(widen_maps(backlight[None], width, extrapolate=True)[0], 0.0)  # as ``upsample_backlight``
+    return np.ascontiguousarray(wide), *bilinear_taps(backlight.shape[0], height, extrapolate=True)
 
 
 def _checked_backlight(backlight_cd_m2: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -116,11 +118,11 @@ def _checked_backlight(backlight_cd_m2: np.ndarray, height: int, width: int) -> 
 
 def full_resolution_backlight(backlight_cd_m2: np.ndarray, height: int, width: int) -> np.ndarray:
     """A backlight at the panel's (``height``, ``width``), interpolated bilinearly from a working resolution
-    (OpenCV, as ``BacklightModel.full_resolution``); returned as is when it is already that size."""
+    (``upsample_backlight``, as ``BacklightModel.full_resolution``); returned as is when it is already that size."""
     backlight = _checked_backlight(backlight_cd_m2, height, width)
     if backlight.shape == (height, width):
         return backlight
-    return cv2.resize(backlight, (width, height), interpolation=cv2.INTER_LINEAR)
+    return upsample_backlight(backlight, height, width)
 
 
 def lcd_compensation(target_cd_m2: np.ndarray, backlight_cd_m2: np.ndarray, layout: LedLayout,

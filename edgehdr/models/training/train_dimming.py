@@ -48,13 +48,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from edgehdr.dimming import BacklightModel, LedLayout, display_target, optimal_zone_light, power_fraction, zone_light
 from edgehdr.dimming.neural import INPUT_CHANNELS, SUBDIVISION, encode_dimming_input, model_layout_metadata
 from edgehdr.models.training.nets import DimmingNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.quality.pu21 import PU21_L_MAX, PU21_L_MIN, PU21_PARAMS
+from edgehdr.tonemap.guided import bilinear_taps
 
 __all__ = ["training_layout", "dimming_scenes", "real_photo_crops", "teacher_light", "DisplayTwin", "pu21_torch",
            "train_student", "export_dimming", "main"]
@@ -205,12 +205,22 @@ class DisplayTwin:
         self.a_cols = torch.from_numpy(model._a_cols).to(device)
         self.gain = float(model.gain)
         self.leak = 1.0 / layout.native_contrast
+        # ``upsample_backlight``'s interpolation: bilinear, half-pixel centres, the outermost pixels extrapolated
+        # (``F.interpolate`` clamps them, as OpenCV does).
+        (h, w), dev = model.work_shape, torch.device(device)
+        self.y0, self.y1, fy = (torch.from_numpy(a).to(dev) for a in bilinear_taps(h, layout.height_px,
+                                                                                    extrapolate=True))
+        self.x0, self.x1, fx = (torch.from_numpy(a).to(dev) for a in bilinear_taps(w, layout.width_px,
+                                                                                    extrapolate=True))
+        self.fy, self.fx = fy[:, None], fx
 
     def backlight(self, light: torch.Tensor) -> torch.Tensor:
         """(B, 1, R, C) light -> (B, 1, H, W) backlight in cd/m^2."""
         work = self.gain * torch.einsum("hr,brc,wc->bhw", self.a_rows, light[:, 0], self.a_cols)
-        return F.interpolate(work[:, None], size=(self.layout.height_px, self.layout.width_px), mode="bilinear",
-                             align_corners=False)
+        left, right = work[:, :, self.x0], work[:, :, self.x1]
+        wide = torch.clamp(left + self.fx * (right - left), min=0.0)
+        top, bottom = wide[:, self.y0], wide[:, self.y1]
+        return torch.clamp(top + self.fy * (bottom - top), min=0.0)[:, None]
 
     def pu_error(self, light: torch.Tensor, target: torch.Tensor, target_pu: torch.Tensor) -> torch.Tensor:
         """Mean squared PU21 error of the shown image per sample (the teacher's objective)."""
