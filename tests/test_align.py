@@ -218,3 +218,62 @@ def test_mtb_level_codes_match_the_definition(shape):
         _mtb_level_codes(a, b, (-1, 249), 4)
     with pytest.raises(ValueError, match="exclude_range"):
         _mtb_level_codes(a, b, (6, 249), -1)
+
+
+def _shifted_bracket(bits: int, shift=(7, -5)):
+    """Three uint16 frames at ``bits`` bits of a blurred noise texture, 1 stop apart; the last moved by ``shift``."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    h, w = 240, 320
+    scene = cv2.GaussianBlur(rng.random((h + 40, w + 40)).astype(np.float32), (0, 0), 3)
+    scene = (scene - scene.min()) / np.ptp(scene)
+    exposures = np.array([0.5, 1.0, 2.0])
+    frames = []
+    for t, (dx, dy) in zip(exposures, [(0, 0), (0, 0), shift]):
+        crop = scene[20 + dy:20 + dy + h, 20 + dx:20 + dx + w]
+        codes = np.rint(np.clip(crop * t * 0.6, 0, 1) ** (1 / 2.2) * ((1 << bits) - 1))
+        frames.append(np.repeat(codes[..., None], 3, -1).astype(np.uint16))
+    return np.stack(frames), exposures
+
+
+@pytest.mark.parametrize("bits", [10, 12, 16])
+def test_aligners_find_the_shift_of_10_and_12_bit_frames_in_uint16(bits):
+    """The grey images took a uint16 frame's top 8 bits whatever its depth: 12-bit codes became grey 0-15, below
+    MTB's usable 6-249, and every shift came out (0, 0) with ok=True."""
+    from edgehdr.bracket import Bracket
+
+    frames, exposures = _shifted_bracket(bits)
+    for motions in (align_mtb(frames, reference_index=1, bits=bits)[1],
+                    align_mtb(frames, reference_index=1, bits=bits, exposures=exposures, response="gamma2.2")[1],
+                    align_bracket(Bracket(frames, exposures, bits=bits), "mtb", response="gamma2.2")[1]):
+        assert (motions[2].dx_px, motions[2].dy_px) == (-7.0, 5.0) and motions[2].ok
+
+
+def test_shift_support_of_a_shift_wider_than_the_image_is_zero():
+    """A shift past the image's width read beyond the bitmap rows (slices wrapping round) and counted garbage."""
+    from edgehdr.hdr.align import median_threshold_shift, mtb_shift_support
+
+    frames, _ = _shifted_bracket(8)
+    ref, moved = frames[1, :64, :64, 0].astype(np.uint8), frames[2, :64, :64, 0].astype(np.uint8)
+    found = median_threshold_shift(ref, moved)
+    assert mtb_shift_support(ref, moved, found) > 0.3  # the true shift, found
+    for shift in ((-64, 0), (-65, 0), (-100, 3), (0, -90)):
+        assert mtb_shift_support(ref, moved, shift) == 0.0
+
+
+def test_aligners_refuse_a_reference_outside_the_bracket_and_pass_tiny_frames():
+    frames, exposures = _shifted_bracket(8)
+    for align in (align_mtb, align_homography):
+        for bad in (3, -1, 7):
+            with pytest.raises(ValueError, match=f"reference_index {bad} is outside the bracket's frames 0..2"):
+                align(frames[:, :40, :40], reference_index=bad)
+    from edgehdr.hdr.align import align_auto
+
+    # ORB failed inside OpenCV on a 1-pixel side; no feature fits under 32 pixels, so those frames stay put.
+    for shape in ((1, 50), (50, 1)):
+        tiny = np.ascontiguousarray(frames[:, :shape[0], :shape[1]])
+        for align in (align_homography, align_auto):
+            aligned, motions = align(tiny, reference_index=1)
+            np.testing.assert_array_equal(aligned, tiny)
+            assert [m.dx_px for m in motions] == [0.0, 0.0, 0.0]

@@ -67,10 +67,26 @@ class Motion:
         }
 
 
-def _gray8(frame: np.ndarray) -> np.ndarray:
+def _gray8(frame: np.ndarray, bits: int) -> np.ndarray:
+    """8-bit grey image of an RGB frame whose codes have ``bits`` bits: uint16 frames lose their ``bits - 8`` low
+    bits (a 12-bit frame's top code 4095 becomes 255; ``>> 8`` made it 15, below MTB's usable range of 6-249, and
+    every shift came out 0)."""
     if frame.dtype == np.uint16:
-        frame = (frame >> 8).astype(np.uint8)
+        frame = np.minimum(frame >> max(bits - 8, 0), 255).astype(np.uint8)
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+
+
+def _frame_bits(stack: np.ndarray, bits: int | None) -> int:
+    """The code depth: ``bits``, or 8 for uint8 and 16 for uint16 frames."""
+    return (8 if stack.dtype == np.uint8 else 16) if bits is None else int(bits)
+
+
+def _reference(n: int, reference_index: int | None) -> int:
+    """The reference frame's index: ``reference_index``, or the middle frame; ``ValueError`` outside ``[0, n)``."""
+    ref = n // 2 if reference_index is None else int(reference_index)
+    if not 0 <= ref < n:
+        raise ValueError(f"reference_index {reference_index} is outside the bracket's frames 0..{n - 1}")
+    return ref
 
 
 def _shift_integer(frame: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -104,7 +120,7 @@ def _warp(frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def _matched_pair(stack: np.ndarray, ref: int, i: int, exposures: np.ndarray | None,
-                  response: CameraResponse | None) -> tuple[np.ndarray, np.ndarray]:
+                  response: CameraResponse | None, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Grey images of the reference and frame ``i`` at a common exposure.
 
     With a known response the shorter exposure of the pair is re-rendered at the
@@ -113,10 +129,10 @@ def _matched_pair(stack: np.ndarray, ref: int, i: int, exposures: np.ndarray | N
     both are returned as plain grey images.
     """
     if response is None or exposures is None:
-        return _gray8(stack[ref]), _gray8(stack[i])
+        return _gray8(stack[ref], bits), _gray8(stack[i], bits)
     if exposures[i] < exposures[ref]:
-        return _gray8(stack[ref]), _exposure_normalised(stack[i], exposures[ref] / exposures[i], response)
-    return _exposure_normalised(stack[ref], exposures[i] / exposures[ref], response), _gray8(stack[i])
+        return _gray8(stack[ref], bits), _exposure_normalised(stack[i], exposures[ref] / exposures[i], response, bits)
+    return _exposure_normalised(stack[ref], exposures[i] / exposures[ref], response, bits), _gray8(stack[i], bits)
 
 
 def _resolve(response: ResponseLike, exposures: ArrayLike | None,
@@ -343,6 +359,8 @@ def mtb_shift_support(ref_gray: np.ndarray, gray: np.ndarray, shift: Sequence[in
     sx, sy = int(shift[0]), int(shift[1])
     if (sx, sy) == (0, 0):
         return 1.0
+    if abs(sx) >= ref_gray.shape[1] or abs(sy) >= ref_gray.shape[0]:
+        return 0.0  # no overlap (the kernel's slices would wrap around)
     if bitmaps is None:
         codes_a, codes_b = _mtb_level_codes(ref_gray, gray, valid_range, exclude_range)
     else:  # those median_threshold_shift computed at full resolution
@@ -418,9 +436,8 @@ def align_mtb(frames: np.ndarray | Sequence[np.ndarray], *, reference_index: int
     """
     stack = as_frame_stack(frames)
     n = stack.shape[0]
-    ref = n // 2 if reference_index is None else int(reference_index)
-    if bits is None:
-        bits = 8 if stack.dtype == np.uint8 else 16
+    ref = _reference(n, reference_index)
+    bits = _frame_bits(stack, bits)
     response, exposures = _resolve(response, exposures, bits)
     if cache is None or frame_keys is None:
         cache, frame_keys = {}, list(range(n))
@@ -432,7 +449,7 @@ def align_mtb(frames: np.ndarray | Sequence[np.ndarray], *, reference_index: int
     def gray(i: int) -> np.ndarray:
         key = frame_keys[i]
         if key not in grays:
-            g = _gray8(stack[i])
+            g = _gray8(stack[i], bits)
             grays[key] = cv2.resize(g, size, interpolation=cv2.INTER_AREA) if work_scale > 1 else g
         return grays[key]
 
@@ -540,26 +557,26 @@ def _gain_grey(gray: np.ndarray, gain_to_reference: float, response: CameraRespo
     return cv2.LUT(gray, _gain_lut(gain_to_reference, response))
 
 
-def _exposure_normalised(frame: np.ndarray, gain_to_reference: float, response: CameraResponse) -> np.ndarray:
+def _exposure_normalised(frame: np.ndarray, gain_to_reference: float, response: CameraResponse,
+                         bits: int) -> np.ndarray:
     """Grey 8-bit image of ``frame`` as the camera would have recorded it with ``gain_to_reference`` x the exposure.
 
     ``z' = f(min(f^-1(z) * gain, f^-1(top)))`` through the mean-channel response,
     applied as a 256-entry LUT to the grey image.
     """
-    return _gain_grey(_gray8(frame), gain_to_reference, response)
+    return _gain_grey(_gray8(frame, bits), gain_to_reference, response)
 
 
 def _work_setup(frames: np.ndarray | Sequence[np.ndarray], reference_index: int | None, exposures: ArrayLike | None,
                 response: ResponseLike, bits: int | None, work_size_px: int
-                ) -> tuple[np.ndarray, int, CameraResponse | None, np.ndarray | None, float,
+                ) -> tuple[np.ndarray, int, int, CameraResponse | None, np.ndarray | None, float,
                            Callable[[np.ndarray], np.ndarray]]:
-    """What the feature-based aligners share: the stack, the reference, the response and exposures (or None), and
-    the reduction to ``work_size_px`` (its scale and a function applying it)."""
+    """What the feature-based aligners share: the stack, the reference, the code depth, the response and exposures
+    (or None), and the reduction to ``work_size_px`` (its scale and a function applying it)."""
     stack = as_frame_stack(frames)
     n, h, w, _ = stack.shape
-    ref = n // 2 if reference_index is None else int(reference_index)
-    if bits is None:
-        bits = 8 if stack.dtype == np.uint8 else 16
+    ref = _reference(n, reference_index)
+    bits = _frame_bits(stack, bits)
     resolved, exposures_arr = _resolve(response, exposures, bits)
     scale = min(1.0, work_size_px / max(h, w))
     size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
@@ -567,15 +584,18 @@ def _work_setup(frames: np.ndarray | Sequence[np.ndarray], reference_index: int 
     def small(img: np.ndarray) -> np.ndarray:
         return cv2.resize(img, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else img
 
-    return stack, ref, resolved, exposures_arr, scale, small
+    return stack, ref, bits, resolved, exposures_arr, scale, small
 
 
 def _estimate_homography(ref_img: np.ndarray, img: np.ndarray, orb: cv2.ORB, matcher: cv2.BFMatcher, *,
                          min_inliers: int, refine: bool) -> tuple[np.ndarray | None, int]:
     """Homography mapping ``ref_img`` coordinates to ``img`` coordinates: ORB, ratio test, RANSAC, ECC.
 
-    Returns ``(None, inliers)`` when fewer than ``min_inliers`` matches agree.
+    Returns ``(None, inliers)`` when fewer than ``min_inliers`` matches agree, and ``(None, 0)`` for images
+    narrower than ORB's 31-pixel patch, which can hold no feature (OpenCV's ORB fails on a 1-pixel side).
     """
+    if min(ref_img.shape[:2]) < 32 or min(img.shape[:2]) < 32:
+        return None, 0
     kp_ref, des_ref = orb.detectAndCompute(ref_img, None)
     kp, des = orb.detectAndCompute(img, None)
     hom, inliers = None, 0
@@ -636,14 +656,14 @@ def align_homography(
     G. D. Evangelidis and E. Z. Psarakis, "Parametric image alignment using
     enhanced correlation coefficient maximization," IEEE TPAMI 30(10), 2008.
     """
-    stack, ref, response, exposures, scale, small = _work_setup(frames, reference_index, exposures, response, bits,
-                                                                 work_size_px)
+    stack, ref, bits, response, exposures, scale, small = _work_setup(frames, reference_index, exposures, response,
+                                                                       bits, work_size_px)
     n, h, w, _ = stack.shape
 
     def pair(i: int) -> tuple[np.ndarray, np.ndarray]:
         if response is None:
-            return small(cv2.equalizeHist(_gray8(stack[ref]))), small(cv2.equalizeHist(_gray8(stack[i])))
-        a, b = _matched_pair(stack, ref, i, exposures, response)
+            return small(cv2.equalizeHist(_gray8(stack[ref], bits))), small(cv2.equalizeHist(_gray8(stack[i], bits)))
+        a, b = _matched_pair(stack, ref, i, exposures, response, bits)
         return small(a), small(b)
 
     orb = cv2.ORB.create(nfeatures=max_features)
@@ -743,8 +763,8 @@ def align_auto(
     G. D. Evangelidis and E. Z. Psarakis, "Parametric image alignment using
     enhanced correlation coefficient maximization," IEEE TPAMI 30(10), 2008.
     """
-    stack, ref, resolved, exposures_arr, scale, small = _work_setup(frames, reference_index, exposures, response,
-                                                                     bits, work_size_px)
+    stack, ref, bits, resolved, exposures_arr, scale, small = _work_setup(frames, reference_index, exposures,
+                                                                           response, bits, work_size_px)
     n, h, w, _ = stack.shape
 
     orb = cv2.ORB.create(nfeatures=3000)
@@ -759,13 +779,13 @@ def align_auto(
             motions.append(Motion(method="auto"))
             continue
         if resolved is None:
-            a, b = cv2.equalizeHist(_gray8(stack[ref])), cv2.equalizeHist(_gray8(stack[i]))
+            a, b = cv2.equalizeHist(_gray8(stack[ref], bits)), cv2.equalizeHist(_gray8(stack[i], bits))
         else:
-            a, b = _matched_pair(stack, ref, i, exposures_arr, resolved)
+            a, b = _matched_pair(stack, ref, i, exposures_arr, resolved, bits)
         a, b = small(a), small(b)
         # Usable pixels by each frame's own codes: a dark frame brightened to the reference's exposure is
         # still all noise and quantisation, whatever grey it was lifted to.
-        own_a, own_b = small(_gray8(stack[ref])), small(_gray8(stack[i]))
+        own_a, own_b = small(_gray8(stack[ref], bits)), small(_gray8(stack[i], bits))
         valid_a = ((own_a > 6) & (own_a < 249) & (a > 6) & (a < 249)).view(np.uint8)
         valid_b = ((own_b > 6) & (own_b < 249) & (b > 6) & (b < 249)).view(np.uint8)
         usable = float(np.count_nonzero(valid_a & valid_b)) / a.size
