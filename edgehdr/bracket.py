@@ -122,16 +122,20 @@ class Bracket:
         if not np.all(np.isfinite(self.exposure_s)) or np.any(self.exposure_s <= 0):
             raise ValueError(f"Bracket: exposure_s must be positive and finite, got {self.exposure_s.tolist()}")
         self.gain = np.ones(n) if gain is None else np.asarray(gain, dtype=np.float64).reshape(-1)
-        if self.gain.shape != (n,) or np.any(self.gain <= 0):
-            raise ValueError(f"Bracket: gain must hold {n} positive values, got {np.asarray(self.gain).tolist()}")
+        if self.gain.shape != (n,) or not np.all(np.isfinite(self.gain)) or np.any(self.gain <= 0):
+            raise ValueError(f"Bracket: gain must hold {n} positive, finite values, got "
+                             f"{np.asarray(self.gain).tolist()}")
         if bits is None:
             bits = 8 if self.frames.dtype == np.uint8 else 16
         self.bits = bits
-        if not (1 <= self.bits <= 16) or (self.frames.dtype == np.uint8 and self.bits > 8):
-            raise ValueError(f"Bracket: bits={self.bits} does not fit dtype {self.frames.dtype}")
+        if not (1 <= self.bits <= 16) or (self.frames.dtype == np.uint8 and self.bits != 8):
+            raise ValueError(f"Bracket: bits={self.bits} does not fit dtype {self.frames.dtype} (uint8 frames carry "
+                             "8 bits, uint16 frames 1 to 16)")
         if timestamp_ns is None:
             timestamp_ns = np.zeros(n, dtype=np.int64)
         self.timestamp_ns = np.asarray(timestamp_ns, dtype=np.int64).reshape(-1)
+        if self.timestamp_ns.shape != (n,):
+            raise ValueError(f"Bracket: {n} frames but {self.timestamp_ns.size} timestamps")
         self.sequence = sequence
         self.source = source
         self.extra = {} if extra is None else extra

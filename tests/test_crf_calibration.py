@@ -295,3 +295,21 @@ def test_every_response_file_type_resolves_for_merge(tmp_path):
         assert loaded.bits == 10, suffix
         np.testing.assert_allclose(loaded.inverse_lut, original.resampled(10).inverse_lut, rtol=1e-3, atol=1e-7,
                                    err_msg=suffix)
+
+
+def test_calibration_names_a_bracket_that_cannot_fix_a_curve():
+    """NaN or infinite exposures, and brackets whose samples never change or fall with exposure, were refused
+    with a message about a flat curve (``inverse_lut channel R is flat``) instead of about the bracket."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(20, 200, (32, 32, 3))
+    rising = np.stack([np.clip(base * k, 0, 255) for k in (0.5, 1.0, 1.25)]).astype(np.uint8)
+    for exposures in ([0.1, np.nan, 1.0], [0.1, 1.0, np.inf]):
+        with pytest.raises(ValueError, match="need 3 positive, finite exposures"):
+            calibrate_debevec(rising, exposures)
+    for frames in (np.full((3, 32, 32, 3), 255, np.uint8), np.zeros((3, 32, 32, 3), np.uint8),
+                   np.full((3, 32, 32, 3), 128, np.uint8)):
+        with pytest.raises(ValueError, match="no calibration sample changes code across the exposures"):
+            calibrate_debevec(frames, [0.1, 0.4, 1.6])
+    with pytest.raises(ValueError, match="get darker with longer exposure .* in the frames' order"):
+        calibrate_debevec(rising, [1.6, 0.4, 0.1])
+    assert calibrate_debevec(rising, [0.1, 0.2, 0.25]).inverse_lut.shape == (3, 256)  # the right order calibrates

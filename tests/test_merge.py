@@ -355,3 +355,39 @@ def test_shifts_read_in_the_kernel_equal_merging_the_shifted_copy(size, deghost)
         merge_debevec(frames, [0.25, 1.0, 4.0], "srgb", shifts=np.zeros((3, 2), np.float32))
     with pytest.raises(ValueError, match="one per frame"):
         merge_debevec(frames, [0.25, 1.0, 4.0], "srgb", shifts=np.zeros((2, 2), np.int64))
+
+
+def test_consistency_masks_refuse_what_their_kernel_cannot_index():
+    """The public mask function passed anything to its kernel, which read past its arrays: a reference index past
+    the frames, fewer exposures than frames, codes deeper than the response all came back as masks."""
+    from edgehdr.hdr.deghost import consistency_masks
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    exposures = [0.25, 1.0, 4.0]
+    resp = standard_response("srgb", 8)
+    good = consistency_masks(frames, exposures, resp, reference_index=1)
+    assert good.shape == (3, 8, 8) and good[1].all()
+    for kwargs, message in (
+        ({"reference_index": 3}, r"reference_index 3 is outside the bracket's frames 0..2"),
+        ({"reference_index": -1}, r"reference_index -1 is outside"),
+        ({"exposures": [0.25, 1.0]}, r"need 3 positive, finite exposures, one per frame"),
+        ({"exposures": [0.25, np.nan, 4.0]}, r"need 3 positive, finite exposures"),
+        ({"frames": frames.astype(np.uint16) * 16, "response": standard_response("srgb", 10)},
+         r"frames hold code 4080 but bits=10 allows at most 1023"),
+    ):
+        args = {"frames": frames, "exposures": exposures, "response": resp, "reference_index": 1, **kwargs}
+        with pytest.raises(ValueError, match=message):
+            consistency_masks(args.pop("frames"), args.pop("exposures"), args.pop("response"), **args)
+
+
+def test_a_bracket_refuses_metadata_the_merge_cannot_use():
+    from edgehdr.bracket import Bracket
+
+    frames = np.zeros((3, 4, 4, 3), np.uint8)
+    for kwargs, message in (({"gain": [1.0, np.nan, 1.0]}, "gain must hold 3 positive, finite values"),
+                            ({"gain": [1.0, np.inf, 1.0]}, "gain must hold 3 positive, finite values"),
+                            ({"bits": 4}, r"bits=4 does not fit dtype uint8 \(uint8 frames carry 8 bits"),
+                            ({"timestamp_ns": [1, 2]}, "3 frames but 2 timestamps")):
+        with pytest.raises(ValueError, match=message):
+            Bracket(frames, [0.25, 1.0, 4.0], **kwargs)

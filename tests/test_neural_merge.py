@@ -558,3 +558,27 @@ def test_rows_mostly_falling_back_take_the_same_bound_as_rows_with_a_few():
         took = np.isclose(out[0, :n][None], candidates, rtol=1e-5)  # which frame's bound a sample equals
         only = took & (took.sum(axis=0) == 1)[None]
         assert all(only[i].sum() >= 2 for i in range(3)), only.sum(axis=(1, 2))
+
+
+def test_the_network_merge_refuses_what_its_kernels_cannot_index(bracket):
+    """Codes above ``bits`` read past the kernels' tables (no error, radiance up to 8.5e37); a fractional shift was
+    truncated and a NaN weight gave radiance 1.0, both without a word. merge_debevec refuses all three."""
+    frames, exposures = bracket.bracket.frames, bracket.bracket.relative_exposure
+    deep = frames.astype(np.uint16) * 257  # 16-bit codes
+    prob = np.full((3, 17, 30), 1 / 3, np.float32)
+    for call in (lambda: merge_with_weights(deep, prob, exposures, "srgb", bits=12),
+                 lambda: encode_merge_input(deep, exposures, "srgb", bits=12),
+                 lambda: merge_debevec(deep, exposures, "srgb", bits=12)):
+        with pytest.raises(ValueError, match="hold code 65535 but bits=12 allows at most 4095"):
+            call()
+    with pytest.raises(ValueError, match="uint8 frames carry 8 bits, not 16"):
+        merge_with_weights(frames, prob, exposures, "srgb", bits=16)
+    with pytest.raises(ValueError, match=r"shifts must be 3 integer \(dx, dy\) pairs"):
+        merge_with_weights(frames, prob, exposures, "srgb", shifts=[[1.7, 0], [0, 0], [0, -0.5]])
+    bad = prob.copy()
+    bad[:, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="weights hold 3 non-finite values"):
+        merge_with_weights(frames, bad, exposures, "srgb")
+    np.testing.assert_array_equal(merge_with_weights(frames, prob, exposures, "srgb", shifts=[[1, 0], [0, 0], [0, 0]]),
+                                  merge_with_weights(frames, prob, exposures, "srgb",
+                                                     shifts=np.array([[1, 0], [0, 0], [0, 0]], np.int32)))

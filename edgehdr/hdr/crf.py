@@ -873,8 +873,8 @@ def calibrate_debevec(
     n_frames = len(views)
     if n_frames < 2:
         raise ValueError(f"calibration needs at least two exposures, got {n_frames}")
-    if exposures.shape != (n_frames,) or np.any(exposures <= 0):
-        raise ValueError(f"need {n_frames} positive exposures, got {exposures.tolist()}")
+    if exposures.shape != (n_frames,) or not np.all(np.isfinite(exposures)) or np.any(exposures <= 0):
+        raise ValueError(f"need {n_frames} positive, finite exposures, got {exposures.tolist()}")
     if np.unique(exposures).size != n_frames:
         raise ValueError("calibration needs distinct exposures")
     if channels not in ("shared", "separate"):
@@ -905,6 +905,7 @@ def calibrate_debevec(
     with _blas_controller().limit(limits=1, user_api="blas"):
         _, codes = _calibration_samples(views, n_samples, seed=seed, max_levels=levels, bits=None if is_u8 else bits)
         samples = codes >> shift  # (C, samples, frames)
+        _check_samples_informative(samples, exposures)
         if channels == "shared":
             g = _solve_debevec(samples.reshape(-1, n_frames), log_t, weights, lam)
             g_all = np.repeat(g[None, :], 3, axis=0)
@@ -922,6 +923,22 @@ def calibrate_debevec(
         meta={"method": "debevec-malik-1997", "smoothness": smoothness, "samples": n_samples, "weighting": weighting,
               "channels": channels},
     )
+
+
+def _check_samples_informative(samples: np.ndarray, exposures: np.ndarray) -> None:
+    """``ValueError`` when the calibration samples (C, S, N) cannot fix a curve: no sample's code changes across the
+    frames (every frame clipped, black, or a uniform scene), or more samples fall than rise with exposure (the
+    exposures given in another order than the frames). Either left the solver a flat curve, refused with a message
+    about the curve instead of the bracket."""
+    steps = np.diff(samples[:, :, np.argsort(exposures, kind="stable")].astype(np.int64), axis=2)
+    rising = int(np.count_nonzero((steps >= 0).all(axis=2) & (steps > 0).any(axis=2)))
+    falling = int(np.count_nonzero((steps <= 0).all(axis=2) & (steps < 0).any(axis=2)))
+    if not (steps != 0).any():
+        raise ValueError("no calibration sample changes code across the exposures: every frame is clipped, black, "
+                         "or of a uniform scene there; nothing fixes a response")
+    if falling > rising:
+        raise ValueError(f"{falling} calibration samples get darker with longer exposure against {rising} that get "
+                         "brighter: are the exposures listed in the frames' order?")
 
 
 def _solve_debevec(z: np.ndarray, log_t: np.ndarray, weights: np.ndarray, lam: float) -> np.ndarray:

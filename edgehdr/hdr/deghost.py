@@ -28,6 +28,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
+from edgehdr.bracket import check_code_depth
 from edgehdr.hdr.crf import CameraResponse
 
 __all__ = ["consistency_masks", "radiance_intervals", "clip_margin_codes", "reference_shoulder_code",
@@ -149,6 +150,25 @@ def consistency_masks(
     O. T. Tursun et al., "The state of the art in HDR deghosting: a survey and
     evaluation," Computer Graphics Forum 34(2), 2015 (the tutorial's reference).
     """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"frames must be an (N, H, W, 3) uint8 or uint16 stack, got {frames.shape} {frames.dtype}")
+    n = frames.shape[0]
+    if not 0 <= int(reference_index) < n:
+        raise ValueError(f"reference_index {reference_index} is outside the bracket's frames 0..{n - 1}")
+    exposures_arr = np.asarray(exposures, dtype=np.float64).reshape(-1)
+    if exposures_arr.shape != (n,) or not np.all(np.isfinite(exposures_arr)) or np.any(exposures_arr <= 0):
+        raise ValueError(f"need {n} positive, finite exposures, one per frame, got {exposures_arr.tolist()}")
+    bits = int(response.levels).bit_length() - 1
+    if 1 << bits != response.levels:
+        raise ValueError(f"the response has {response.levels} levels, not a power of two")
+    check_code_depth(frames, bits)  # the kernel indexes the response's tables by code
+    return _consistency_masks(frames, exposures_arr, response, int(reference_index), tolerance, dilate_px)
+
+
+def _consistency_masks(frames: np.ndarray, exposures: np.ndarray, response: CameraResponse, reference_index: int,
+                       tolerance: float, dilate_px: int | None) -> np.ndarray:
+    """``consistency_masks`` on inputs the caller checked (``merge_debevec`` has)."""
     n, h, w, _ = frames.shape
     margin = clip_margin_codes(response.levels)
     lo, hi = radiance_intervals(response, tolerance=tolerance, clip_codes=margin)

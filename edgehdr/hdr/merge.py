@@ -838,9 +838,9 @@ def merge_debevec(
     if not 0 <= ref < n:
         raise ValueError(f"reference_index {ref} out of range for {n} frames")
     if deghost:
-        from edgehdr.hdr.deghost import consistency_masks
+        from edgehdr.hdr.deghost import _consistency_masks
 
-        mask = consistency_masks(stack, exposures, prep.response, reference_index=ref, tolerance=deghost_tolerance)
+        mask = _consistency_masks(stack, exposures, prep.response, ref, deghost_tolerance, None)
         use_mask = True
     else:
         mask = _NO_MASK

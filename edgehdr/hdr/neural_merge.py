@@ -53,7 +53,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
-from edgehdr.bracket import Bracket
+from edgehdr.bracket import Bracket, check_code_depth
 from edgehdr.fastmath import exp2_bits, log2_from_bits
 from edgehdr.hdr.crf import CameraResponse, ResponseLike
 from edgehdr.hdr.fill import (
@@ -100,6 +100,7 @@ def _prepare(frames: FramesLike, exposures: ArrayLike | None, response: Response
         raise ValueError(f"need 3 positive, finite exposures, got {exposures.tolist()}")
     if bits is None:
         bits = 8 if stack.dtype == np.uint8 else 16
+    check_code_depth(stack, bits)  # the kernels index tables of 2^bits codes
     resp = resolve_response(response, bits)
     order = np.argsort(exposures, kind="stable").astype(np.int64)
     return stack, exposures, resp, bits, order
@@ -263,10 +264,11 @@ def _frame_shifts(shifts: ArrayLike | None) -> np.ndarray:
     """Three frames' (dx, dy) as contiguous int64 (3, 2); zeros for None."""
     if shifts is None:
         return np.zeros((3, 2), np.int64)
-    offsets = np.ascontiguousarray(np.asarray(shifts, np.int64))
-    if offsets.shape != (3, 2):
-        raise ValueError(f"shifts must be 3 (dx, dy) pairs, one per frame, got shape {offsets.shape}")
-    return offsets
+    offsets = np.asarray(shifts)
+    if offsets.shape != (3, 2) or not np.issubdtype(offsets.dtype, np.integer):
+        # as merge_debevec: a fractional shift was truncated towards 0 without a word
+        raise ValueError(f"shifts must be 3 integer (dx, dy) pairs, one per frame, got {offsets.tolist()}")
+    return np.ascontiguousarray(offsets, np.int64)
 
 
 def frame_weights(logits: np.ndarray, exposures: ArrayLike) -> np.ndarray:
@@ -588,6 +590,9 @@ def merge_with_weights(frames: FramesLike, prob: ArrayLike, exposures: ArrayLike
     prob = np.ascontiguousarray(prob, dtype=np.float32)
     if prob.ndim != 3 or prob.shape[0] != 3:
         raise ValueError(f"weights must be (3, h, w), got {prob.shape}")
+    if not np.isfinite(prob).all():  # a NaN weight made its pixels' radiance 1.0
+        raise ValueError(f"weights hold {int(np.count_nonzero(~np.isfinite(prob)))} non-finite values "
+                         "(NeuralMerger.finite_logits replaces a network's)")
     levels = 1 << bits
     vtab = merge_weight_table(levels)
     if out is None:
