@@ -227,7 +227,7 @@ def unpack_zone_values(data: bytes, rows: int, cols: int, bits: int, encoding: i
         dtype = np.uint8 if bits <= 8 else np.dtype("<u2")
         values = np.frombuffer(data, dtype=dtype).astype(np.uint16).reshape(rows, cols)
         if bits < 16 and values.size and int(values.max()) >> bits:
-            raise ProtocolError(f"ZONES value {int(values.max())} is wider than {bits} bits", NackReason.ZONE_MISMATCH)
+            raise ProtocolError(f"ZONES value {int(values.max())} is wider than {bits} bits", NackReason.BAD_LENGTH)
         return values
     bit_stream = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: n * bits].reshape(n, bits)
     weights = (1 << np.arange(bits, dtype=np.uint32)).astype(np.uint32)

@@ -196,6 +196,9 @@ class ControllerSimulator:
         try:
             msg = decode_message(frame)
         except ProtocolError as exc:
+            if frame.type == MsgType.ZONES:
+                self._on_bad_zones(frame)
+                return
             self.counters.rejected += 1
             self._send(Nack(frame.seq, frame.type, int(exc.reason)))
             return
@@ -235,21 +238,44 @@ class ControllerSimulator:
         if frame.flags & FLAG_ACK_REQUEST and not isinstance(msg, Config):
             self._send(Ack(frame.seq, frame.type))
 
+    def _not_configured(self, seq: int) -> None:
+        now = time.monotonic()
+        if now - self._last_not_configured >= 1.0:
+            self._last_not_configured = now
+            self._send(Nack(seq, MsgType.ZONES, NackReason.NOT_CONFIGURED))
+
+    def _on_bad_zones(self, frame: Frame) -> None:
+        """A ZONES payload that does not decode, answered in the C firmware's order (``on_zones``): not configured
+        first; then a head whose grid differs from the configuration is NACK(zone mismatch); any other fault of
+        the payload (its length, encoding, or a value wider than its bits) is NACK(bad length)."""
+        cfg = self.config
+        if cfg is None:
+            self._not_configured(frame.seq)
+            return
+        payload = frame.payload
+        if len(payload) >= 12 and tuple(payload[8:11]) == (cfg.rows, cfg.cols, cfg.bits) and self._stale(
+                int.from_bytes(payload[:4], "little")):
+            self.counters.frames_superseded += 1  # the firmware drops a stale frame before it reads the data
+            return
+        self.counters.rejected += 1
+        grid_differs = len(payload) >= 12 and tuple(payload[8:11]) != (cfg.rows, cfg.cols, cfg.bits)
+        self._send(Nack(frame.seq, MsgType.ZONES, NackReason.ZONE_MISMATCH if grid_differs else NackReason.BAD_LENGTH))
+
+    def _stale(self, frame_id: int) -> bool:
+        """Whether ``frame_id`` is not newer than the pending frame, or else the last applied one (RFC 1982)."""
+        newest = self._pending.frame_id if self._pending is not None else self.last_frame_id
+        return newest is not None and (frame_id == newest or ((frame_id - newest) & 0xFFFFFFFF) >= 0x80000000)
+
     def _on_zones(self, zones: Zones, seq: int) -> None:
         cfg = self.config
         if cfg is None:
-            now = time.monotonic()
-            if now - self._last_not_configured >= 1.0:
-                self._last_not_configured = now
-                self._send(Nack(seq, MsgType.ZONES, NackReason.NOT_CONFIGURED))
+            self._not_configured(seq)
             return
         if zones.values.shape != (cfg.rows, cfg.cols) or zones.bits != cfg.bits:
             self.counters.rejected += 1
             self._send(Nack(seq, MsgType.ZONES, NackReason.ZONE_MISMATCH))
             return
-        newest = self._pending.frame_id if self._pending is not None else self.last_frame_id
-        if newest is not None and ((zones.frame_id - newest) & 0xFFFFFFFF) >= 0x80000000 or (
-                newest is not None and zones.frame_id == newest):
+        if self._stale(zones.frame_id):
             self.counters.frames_superseded += 1  # stale (older than what we hold): dropped
             return
         if self._pending is not None:

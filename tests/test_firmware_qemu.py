@@ -189,3 +189,78 @@ def test_a_pty_line_without_its_newline_is_read(tmp_path):
     with pytest.raises(FirmwareUnavailable) as failure:
         controller.start()
     assert controller.pty_path == "/dev/pts/999" and "did not report its pty" not in str(failure.value)
+
+
+def _bad_zone_nacks(port_path: str) -> dict[int, int]:
+    """Configure a 4 x 6 x 12-bit grid, then send ZONES frames that do not decode; the NACK reason per frame seq."""
+    import struct
+    import time
+
+    import serial
+
+    from firmware_bridge.protocol import (
+        FLAG_ACK_REQUEST,
+        Config,
+        FrameDecoder,
+        Hello,
+        MsgType,
+        Nack,
+        decode_message,
+        encode_frame,
+        encode_message,
+    )
+
+    def zones(frame_id: int, rows: int, cols: int, bits: int, encoding: int, data: bytes) -> bytes:
+        return struct.pack("<IIBBBB", frame_id, 0, rows, cols, bits, encoding) + data
+
+    raw = np.full(24, 100, "<u2")
+    wide = raw.copy()
+    wide[5] = 5000  # wider than 12 bits
+    frames = {
+        20: zones(1, 4, 6, 12, 0, wide.tobytes()),
+        21: zones(2, 4, 6, 12, 2, raw.tobytes()),  # no encoding 2
+        22: zones(3, 5, 6, 12, 0, np.full(30, 100, "<u2").tobytes()),  # the grid differs
+        23: zones(4, 4, 6, 12, 0, raw.tobytes()[:-1]),  # a byte short
+        24: zones(5, 4, 6, 20, 0, raw.tobytes()),  # no 20-bit zones
+        25: b"\x01\x02\x03",  # shorter than the head
+    }
+    port = serial.Serial(port_path, 2_000_000, timeout=0, write_timeout=5)
+    try:
+        port.write(encode_message(Hello(1, 1, 0), 1))
+        port.write(encode_message(Config(rows=4, cols=6, bits=12, watchdog_ms=2000, heartbeat_ms=500), 2,
+                                  flags=FLAG_ACK_REQUEST))
+        time.sleep(0.3)
+        for seq, payload in frames.items():
+            port.write(encode_frame(MsgType.ZONES, payload, seq))
+        decoder, nacks = FrameDecoder(version=None), {}
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and len(nacks) < len(frames):
+            for frame in decoder.feed(port.read(4096)):
+                msg = decode_message(frame)
+                if isinstance(msg, Nack) and msg.ref_seq in frames:
+                    nacks[msg.ref_seq] = int(msg.reason)
+            time.sleep(0.01)
+    finally:
+        port.close()
+    return nacks
+
+
+@needs_toolchain
+def test_the_simulator_refuses_bad_zone_frames_as_the_firmware_does(controller, tmp_path):
+    """The simulator answered a zone value wider than its bits, and an unknown encoding, with NACK(zone mismatch)
+    where the C firmware says NACK(bad length); both now judge a ZONES frame in PROTOCOL.md's order."""
+    from firmware_bridge.protocol import NackReason
+    from firmware_bridge.simulator import ControllerSimulator
+    from firmware_bridge.transports import PtyPair
+
+    expected = {20: NackReason.BAD_LENGTH, 21: NackReason.BAD_LENGTH, 22: NackReason.ZONE_MISMATCH,
+                23: NackReason.BAD_LENGTH, 24: NackReason.ZONE_MISMATCH, 25: NackReason.BAD_LENGTH}
+    assert _bad_zone_nacks(controller.pty_path) == expected
+    pair = PtyPair()
+    sim = ControllerSimulator(pair.controller, rows=48, cols=48).start()
+    try:
+        assert _bad_zone_nacks(pair.slave_path) == expected
+        assert sim.counters.rejected == len(expected)
+    finally:
+        sim.stop()
+        pair.close()
