@@ -164,3 +164,25 @@ def test_flat_responses_and_degenerate_curve_parameters_are_refused(tmp_path):
     for text in ("srgb", "linear", "gamma2.2", "s-curve", "s-curve:2.5:0.1"):
         lut = CameraResponse.from_curve(ResponseCurve.parse(text), 8).inverse_lut
         assert (lut[:, -1] > lut[:, 0]).all(), text
+
+
+def test_a_response_saves_as_strict_json_and_refuses_more_than_16_bits(tmp_path, caplog):
+    """JSON has no NaN: ``save`` wrote a non-finite meta value as bare NaN, which strict JSON readers refuse; a
+    2^17-entry response loaded but neither its .npy nor its .json save read back."""
+    import json
+    import logging
+
+    response = CameraResponse(np.linspace(0.0, 1.0, 256) ** 2.2, name="t",
+                              meta={"residual": float("nan"), "spread": [1.0, np.inf], "lam": np.float32(2.5)})
+    with caplog.at_level(logging.WARNING, logger="edgehdr.hdr"):
+        path = response.save(tmp_path / "r.json")
+    assert "meta.residual, meta.spread[1] not finite, written as null" in caplog.text
+    text = path.read_text()
+    strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in the file"))
+    assert strict["meta"] == {"residual": None, "spread": [1.0, None], "lam": 2.5}
+    np.testing.assert_array_equal(CameraResponse.load(path).inverse_lut, response.inverse_lut)
+    with pytest.raises(ValueError, match="bits at most 16"):
+        CameraResponse(np.linspace(0.0, 1.0, 1 << 17))
+    np.save(tmp_path / "deep.npy", np.linspace(0.0, 1.0, 1 << 17, dtype=np.float32))
+    with pytest.raises(ValueError, match="deep.npy"):
+        CameraResponse.load(tmp_path / "deep.npy")

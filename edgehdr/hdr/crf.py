@@ -190,8 +190,9 @@ class CameraResponse:
         if lut.shape[0] == 1:
             lut = np.repeat(lut, 3, axis=0)
         k = lut.shape[1]
-        if k & (k - 1):
-            raise ValueError(f"inverse_lut needs 2^bits entries per channel, got {k}")
+        if k & (k - 1) or k > 1 << 16:
+            raise ValueError(f"inverse_lut needs 2^bits entries per channel, bits at most 16 (uint16 frames), "
+                             f"got {k}")
         if not np.all(np.isfinite(lut)) or np.any(lut < 0):
             raise ValueError("inverse_lut must be finite and non-negative")
         if np.any(np.diff(lut, axis=1) < 0):
@@ -299,7 +300,12 @@ class CameraResponse:
             return write_text_atomic(path, _format_pfstools(self.inverse_lut))
         if suffix in (".txt", ".lut"):
             return write_text_atomic(path, _format_text_lut(self.inverse_lut, self.name))
-        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
+        data = self.to_dict()
+        replaced: list[str] = []
+        data["meta"] = _finite_json(data["meta"], "meta", replaced)
+        if replaced:  # JSON has no NaN or infinity: json.dumps wrote bare NaN, which strict readers refuse
+            log.warning("%s: %s not finite, written as null", path, ", ".join(replaced))
+        return write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CameraResponse:
@@ -413,6 +419,21 @@ def _pool_adjacent_violators(values: np.ndarray) -> np.ndarray:
         means.append(mean)
         lengths.append(length)
     return np.repeat(np.asarray(means), lengths)
+
+
+def _finite_json(value: Any, where: str, replaced: list[str]) -> Any:
+    """``value`` with every non-finite float (also NumPy's) replaced by None; their places appended to
+    ``replaced``."""
+    if isinstance(value, dict):
+        return {k: _finite_json(v, f"{where}.{k}", replaced) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v, f"{where}[{i}]", replaced) for i, v in enumerate(value)]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        replaced.append(where)
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _nearest_non_decreasing(lut: np.ndarray, name: str) -> np.ndarray:
