@@ -191,8 +191,8 @@ class CameraResponse:
             lut = np.repeat(lut, 3, axis=0)
         k = lut.shape[1]
         if k & (k - 1) or k > 1 << 16:
-            raise ValueError(f"inverse_lut needs 2^bits entries per channel, bits at most 16 (uint16 frames), "
-                             f"got {k}")
+            raise ValueError(f"inverse_lut needs 2^bits entries per channel, got {k} (bits at most 16: uint16 "
+                             "frames)")
         if not np.all(np.isfinite(lut)) or np.any(lut < 0):
             raise ValueError("inverse_lut must be finite and non-negative")
         if np.any(np.diff(lut, axis=1) < 0):
