@@ -40,3 +40,21 @@ def test_real_stack_report_compares_both_tools_on_a_stack_folder(tmp_path):
         assert 0 < row[tool]["reprojection_codes"] < 5 and row[tool]["calibrate_ms"] > 0
     assert all(m["dx_px"] == 0 for m in row["edgehdr"]["motions"]), "a tripod stack stays put"
     assert np.isfinite(row["edgehdr"]["merge_ms"])
+
+
+def test_an_all_black_stack_is_refused_by_name_without_numpy_warnings(tmp_path, capsys):
+    import warnings
+
+    import cv2
+
+    from edgehdr.cli import main
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), np.zeros((32, 32, 3), np.uint8))
+    (tmp_path / "list.txt").write_text("f0.png 0.01\nf1.png 0.04\nf2.png 0.16\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy's "mean of empty slice" came before the error
+        assert main(["bench", "--real", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"edgehdr bench: error: {tmp_path}: no calibration sample changes code across the exposures: every frame is "
+        "clipped, black, or of a uniform scene there; nothing fixes a response")

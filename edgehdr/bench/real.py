@@ -94,7 +94,10 @@ def real_stack_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     frames, t = bracket.frames, np.asarray(bracket.relative_exposure, np.float64)
     row: dict[str, Any] = {"stack": str(path), "frames": len(bracket), "size": [frames.shape[2], frames.shape[1]]}
     # EdgeHDR with the CLI's defaults: calibrated response, automatic alignment, default weighting.
-    response, cal_ms = _timed(lambda: calibrate_debevec(frames, t, bits=8))
+    try:
+        response, cal_ms = _timed(lambda: calibrate_debevec(frames, t, bits=8))
+    except ValueError as exc:  # an all-black bracket, say: name the stack
+        raise ValueError(f"{path}: {exc}") from None
     (aligned, motions), align_ms = _timed(lambda: align_bracket(bracket, "auto", response=response))
     radiance, merge_ms = _timed(lambda: merge_debevec(aligned, response=response))
     row["edgehdr"] = {"reprojection_codes": reprojection_error(aligned.frames, t, radiance, response),
