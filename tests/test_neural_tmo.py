@@ -291,3 +291,51 @@ def test_int8_export_of_the_tmo_stays_within_its_budget(tmp_path):
     manifest = json.loads((tmp_path / "tmo_net.int8.onnx.manifest.json").read_text())
     assert check_qdq_for_tensorrt(tmp_path / "tmo_net.int8.onnx",
                                   float_nodes=manifest["calibration"]["kept_float"]) == []
+
+
+# ------------------------------------------------------------------------------ regressions from the review
+
+
+def test_a_given_key_is_used_when_the_blocks_are_not_given(scene_factory):
+    """key_log2 without blocks was silently replaced by the frame's own median."""
+    rad = scene_factory(3, 64, 96).radiance
+    _, key, blocks = encode_tmo_input(rad)
+    grid = default_parameter_grid()
+    brighter_key = apply_parameter_grid(rad, grid, key_log2=key + 3.0)
+    np.testing.assert_array_equal(brighter_key, apply_parameter_grid(rad, grid, key_log2=key + 3.0, blocks=blocks))
+    assert brighter_key.mean() < apply_parameter_grid(rad, grid).mean() - 20  # the mid-point 3 stops up: darker
+    # and the blocks alone: the key is their median, as encode_tmo_input's
+    np.testing.assert_array_equal(apply_parameter_grid(rad, grid, blocks=blocks),
+                                  apply_parameter_grid(rad, grid, key_log2=key, blocks=blocks))
+    with pytest.raises(ValueError, match="key_log2 must be a finite number"):
+        apply_parameter_grid(rad, grid, key_log2=float("nan"))
+
+
+def test_a_non_contiguous_out_is_refused_by_the_grid_application(scene_factory):
+    rad = scene_factory(3, 32, 48).radiance
+    with pytest.raises(ValueError, match="out must be a writeable, C-contiguous"):
+        apply_parameter_grid(rad, default_parameter_grid(), out=np.zeros((32, 96, 3), np.uint8)[:, ::2])
+    out = np.zeros((32, 48, 3), np.uint8)
+    assert apply_parameter_grid(rad, default_parameter_grid(), out=out) is out
+    np.testing.assert_array_equal(out, apply_parameter_grid(rad, default_parameter_grid()))
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 3), (5, 0, 3)])
+def test_empty_frames_are_refused_by_the_neural_path(shape):
+    with pytest.raises(ValueError, match="radiance has no pixels"):
+        apply_parameter_grid(np.zeros(shape, np.float32), default_parameter_grid())
+    with pytest.raises(ValueError, match="radiance has no pixels"):
+        encode_tmo_input(np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("big", [1e38, 3.0e38])
+@pytest.mark.parametrize("width", [8, 9, 48])
+def test_huge_finite_radiance_is_white_in_the_grid_application(big, width):
+    """1 / L of a luminance above 2^126 is subnormal and was flushed to 0 (in the kernel's scalar loops: rows
+    narrower than a vector, the remainder columns of the others): the pixel came out black."""
+    rad = np.full((32, width, 3), 0.1, np.float32)
+    rad[5, 7] = big
+    rad[9, 6] = (0.05, 0.1, 0.2)
+    out = apply_parameter_grid(rad, default_parameter_grid())
+    assert out[5, 7].tolist() == [255, 255, 255]
+    assert out[9, 6, 2] > out[9, 6, 0] > 0  # the rest keeps its colour

@@ -252,3 +252,31 @@ def test_int8_export_of_the_scorer_keeps_its_rank_correlation(tmp_path):
     manifest = json.loads((tmp_path / "norvdpnet_tmo.int8.onnx.manifest.json").read_text())
     assert check_qdq_for_tensorrt(tmp_path / "norvdpnet_tmo.int8.onnx",
                                   float_nodes=manifest["calibration"]["kept_float"]) == []
+
+
+@pytest.mark.parametrize("make", [lambda: cv2.createTonemapDrago(gamma=2.2),
+                                  lambda: cv2.createTonemapReinhard(gamma=2.2),
+                                  lambda: cv2.createTonemapMantiuk(gamma=2.2)], ids=["drago", "reinhard", "mantiuk"])
+def test_opencv_render_of_a_frame_with_non_finite_pixels(make, scene_factory):
+    """One NaN or inf channel made the normalising maximum NaN / inf: a black frame or an OpenCV assertion.
+    Now the policy of edgehdr.tonemap.nonfinite: the others render as in the frame with those pixels at the
+    finite pixels' median colour, and they show black (NaN, -inf) or white (+inf)."""
+    from edgehdr.quality.norvdpnet import opencv_render
+
+    radiance = scene_factory(4, 64, 96).radiance.astype(np.float32)
+    clean = opencv_render(radiance, make())
+    bad = radiance.copy()
+    bad[3, 4, 0] = np.nan
+    bad[10, 20, 2] = -np.inf
+    bad[30, 40, 1] = np.inf  # +inf only: an overflowed highlight
+    out = opencv_render(bad, make())
+    assert out[3, 4].tolist() == [0, 0, 0] and out[10, 20].tolist() == [0, 0, 0]
+    assert out[30, 40].tolist() == [255, 255, 255]
+    finite = np.isfinite(bad).all(axis=2)
+    filled = bad.copy()
+    filled[~finite] = np.median(radiance[finite], axis=0)
+    expected = opencv_render(filled, make())
+    np.testing.assert_array_equal(out[finite], expected[finite])
+    assert np.abs(out[finite].astype(int) - clean[finite]).mean() < 1.0  # three pixels of 6144 barely move the rest
+    with pytest.raises(ValueError, match="all 6144 pixels are non-finite"):
+        opencv_render(np.full_like(radiance, np.nan), make())

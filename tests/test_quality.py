@@ -157,3 +157,43 @@ def test_scene_correlations_separate_within_scene_from_pooled_ranking():
     assert c["srocc"] < 0.0 and c["renderings"] == 8 and c["scenes"] == 3
     assert c["rmse"] == pytest.approx(float(np.sqrt(np.mean((pred - label) ** 2))))
     assert math.isnan(scene_correlations(pred[:2], label[:2], scene[:2])["within_srocc_mean"])
+
+
+# ------------------------------------------------------------------ input checks (regressions from the review)
+
+
+@pytest.mark.parametrize("scale", [0.0, -50.0, math.nan, math.inf])
+def test_pu21_metrics_refuse_a_scale_that_is_not_positive(scale):
+    """scale_cd_m2 = 0 put both images at the PU21 floor: inf dB and SSIM 1.0 for any pair."""
+    ref = np.full((16, 16, 3), 10.0)
+    ref[4:8] = 50.0
+    test = ref * 1.3
+    with pytest.raises(ValueError, match="scale_cd_m2 must be a finite number > 0"):
+        pu21_psnr(test, ref, scale_cd_m2=scale)
+    with pytest.raises(ValueError, match="scale_cd_m2 must be a finite number > 0"):
+        pu21_ssim(test, ref, scale_cd_m2=scale)
+    with pytest.raises(ValueError, match="peak_cd_m2 must be a finite number > 0"):
+        pu21_psnr(test, ref, peak_cd_m2=scale if scale != math.inf else -1.0)
+
+
+def test_psnr_refuses_a_peak_that_is_not_positive():
+    """A reference whose maximum is <= 0 gave -inf dB or a negative, meaningless PSNR."""
+    test = np.full((8, 8, 3), 0.5)
+    with pytest.raises(ValueError, match="reference maximum is 0.0: no positive peak"):
+        psnr(test, np.zeros_like(test))
+    with pytest.raises(ValueError, match="reference maximum is -0.5"):
+        psnr(test, -test)
+    with pytest.raises(ValueError, match="peak must be a finite number > 0, got -1.0"):
+        psnr(test, test * 2, peak=-1.0)
+    # an explicit peak still scores an all-black reference: MSE 0.25, peak 1 -> 10 log10(4)
+    assert psnr(test, np.zeros_like(test), peak=1.0) == pytest.approx(10 * math.log10(4.0))
+
+
+@pytest.mark.parametrize("percentile", [0.0, -5.0, 100.5, 250.0, math.nan])
+def test_peak_percentile_must_be_in_0_100(percentile):
+    ref = np.full((8, 8, 3), 2.0)
+    with pytest.raises(ValueError, match=r"peak_percentile must be in \(0, 100\]"):
+        psnr_mu(ref * 1.1, ref, peak_percentile=percentile)
+    with pytest.raises(ValueError, match=r"peak_percentile must be in \(0, 100\]"):
+        pu21_psnr(ref * 1.1, ref, peak_percentile=percentile)
+    assert psnr_mu(ref * 1.1, ref, peak_percentile=100.0) == psnr_mu(ref * 1.1, ref, peak_percentile=50.0)

@@ -74,3 +74,43 @@ def test_images_under_the_window_and_non_finite_hdr_are_refused():
     hdr[3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         tmqi(hdr, np.zeros((16, 16, 3), np.uint8))
+
+
+def _scene_and_rendering(size=(32, 40)):
+    rng = np.random.default_rng(3)
+    hdr = rng.gamma(0.5, 1.0, (*size, 3)).astype(np.float32)
+    sdr = np.clip(255 * (hdr / (1 + hdr)) ** (1 / 2.2), 0, 255).astype(np.uint8)
+    return hdr, sdr
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_sdr_is_refused(value):
+    """One NaN code value used to give Q = NaN without a word."""
+    hdr, sdr = _scene_and_rendering()
+    bad = sdr.astype(np.float32)
+    bad[5, 5, 1] = value
+    with pytest.raises(ValueError, match="SDR image has NaN or infinite values"):
+        tmqi(hdr, bad)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.int32, np.int64, bool])
+def test_integer_sdr_other_than_uint8_is_refused(dtype):
+    """A 16-bit rendering was scored as if its codes were 8-bit (N = 0: 'too bright')."""
+    hdr, sdr = _scene_and_rendering()
+    with pytest.raises(ValueError, match=f"SDR image is {np.dtype(dtype)}; TMQI expects 8-bit code values"):
+        tmqi(hdr, sdr.astype(dtype))
+    # the documented way in: 16-bit codes divided by 257 score as the 8-bit rendering they came from
+    r16 = tmqi(hdr, (sdr.astype(np.uint16) * 257) / 257.0)
+    r8 = tmqi(hdr, sdr)
+    assert (r16.Q, r16.S, r16.N) == pytest.approx((r8.Q, r8.S, r8.N), abs=1e-12)
+
+
+def test_an_all_black_float_rendering_is_scored_and_a_normalised_one_refused():
+    """All-black float codes were refused as 'normalised to [0, 1]'; they are black in either convention."""
+    hdr, sdr = _scene_and_rendering()
+    black = tmqi(hdr, np.zeros(sdr.shape, np.float64))
+    reference = tmqi(hdr, np.zeros(sdr.shape, np.uint8))
+    assert (black.Q, black.S, black.N) == (reference.Q, reference.S, reference.N)
+    assert black.N == 0.0 and 0 < black.Q < 0.5
+    with pytest.raises(ValueError, match=r"looks normalised to \[0, 1\] \(largest value 0.937"):
+        tmqi(hdr, sdr / 255.0)

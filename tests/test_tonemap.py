@@ -29,9 +29,9 @@ def _encode(linear):
 
 def _stats(radiance, delta=1e-6):
     # The operators' documented sampling: log-average on every 2nd row and column,
-    # maximum over every 2nd row.
+    # maximum over every pixel.
     lum = luminance(radiance).astype(np.float64)
-    return math.exp(np.mean(np.log(delta + lum[::2, ::2]))), float(lum[::2].max())
+    return math.exp(np.mean(np.log(delta + lum[::2, ::2]))), float(lum.max())
 
 
 def test_fused_srgb_encoding_matches_the_standard():
@@ -249,3 +249,261 @@ def test_widen_maps_is_a_horizontal_resize_per_map():
     per_map = np.stack([cv2.resize(m, (50, 9), interpolation=cv2.INTER_LINEAR) for m in maps])
     assert wide.shape == (6, 9, 50) and np.array_equal(wide, per_map)
     assert widen_maps(maps, 13) is maps
+
+
+# ------------------------------------------------------------------------------ regressions from the review
+
+
+def _reinhard_reference(radiance, key=0.18, white_lum=None):
+    """Eq. 1, 2, 4 in float64 with the documented sampling (log-average on the stride-2 grid, maximum over
+    every pixel, or ``white_lum``), Schlick colour at s = 1; sRGB codes."""
+    log_avg, lmax = _stats(radiance)
+    lum = luminance(radiance).astype(np.float64)
+    lm = key / log_avg * lum
+    white = key / log_avg * (lmax if white_lum is None else white_lum)
+    ld = lm * (1 + lm / white**2) / (1 + lm)
+    return _encode(radiance / np.maximum(lum, 1e-9)[..., None] * ld[..., None])
+
+
+@pytest.mark.parametrize("row", [10, 11, 62, 63])  # even and odd rows; 63 the last, alone in no block row
+def test_the_maximum_is_over_every_row_so_the_brightest_pixel_maps_to_white(row):
+    rng = np.random.default_rng(row)
+    radiance = rng.uniform(0.05, 0.2, (64, 48, 3)).astype(np.float32)
+    radiance[row, 5] = (900.0, 1000.0, 1100.0)
+    lum = luminance(radiance)
+    _, lmax, _ = frame_statistics(radiance)
+    assert lmax == pytest.approx(float(lum.max()), rel=1e-6)
+    out = reinhard_global(radiance)
+    # the scene maximum maps to white (L_d = 1: its channels at C / L), wherever it lies
+    assert out[row, 5].tolist() == _encode(radiance[row, 5] / lum[row, 5]).tolist() == [245, 255, 255]
+    # every other pixel as eq. 4 with that white point (on an odd row the old white was 100x too small)
+    assert np.abs(out.astype(int) - _reinhard_reference(radiance)).max() <= 1
+    # Drago's L_wmax is the same maximum (eq. 4 with it, as test_drago_matches_equation_4)
+    log_avg, lmax = _stats(radiance)
+    lw, lwmax = lum.astype(np.float64) / log_avg, lmax / log_avg
+    ld = np.log(lw + 1) / np.log10(lwmax + 1) / np.log(2 + 8 * (lw / lwmax) ** (np.log(0.85) / np.log(0.5)))
+    assert np.abs(drago(radiance).astype(int) - _encode(radiance / lum[..., None] * ld[..., None])).max() <= 1
+
+
+@pytest.mark.parametrize("height", [40, 200])  # 10 and 50 bright odd rows: the serial and the parallel look-up
+def test_odd_row_stripes_set_the_white_point(height):
+    radiance = np.full((height, 64, 3), 0.1, np.float32)
+    radiance[1::2] = 50.0
+    radiance[7, 3] = (60.0, 80.0, 10.0)  # the brightest luminance, a coloured pixel on an odd row
+    _, lmax, _ = frame_statistics(radiance)
+    assert lmax == pytest.approx(float(luminance(radiance).max()), rel=1e-6)
+    out = reinhard_global(radiance)
+    np.testing.assert_array_less(np.abs(out.astype(int) - _reinhard_reference(radiance)), 2)
+    assert out[0, 0].max() < 200  # the 0.1 rows are not white (they were, with the even rows' white point)
+
+
+def test_frame_statistics_maximum_matches_numpy_on_random_scenes(scene_factory):
+    for seed in range(4):
+        radiance = scene_factory(seed, 90, 131).radiance
+        _, lmax, _ = frame_statistics(radiance)
+        assert lmax == pytest.approx(float(luminance(radiance).max()), rel=1e-6)
+
+
+@pytest.mark.parametrize("op", ["reinhard", "reinhard-local", "drago", "parametric"])
+@pytest.mark.parametrize("colour", [{}, {"saturation": 0.7}, {"color": "mantiuk", "saturation": 0.7}],
+                         ids=["schlick-1", "schlick-0.7", "mantiuk-0.7"])
+@pytest.mark.parametrize("big", [1e38, 3.0e38])
+@pytest.mark.parametrize("width", [8, 16])  # whether 1 / L was flushed depended on the loop's vector width
+def test_huge_finite_radiance_is_white_not_black(op, colour, big, width):
+    """Finite values above 2^126 (1 / L subnormal, flushed by fastmath) came out black. Luminance above 1e30
+    counts as 1e30: the frame renders as the one with those pixels brought down to luminance 1e30."""
+    if op == "parametric":
+        colour = {k: v for k, v in colour.items() if k == "color"}
+    radiance = np.full((16, width, 3), 1e-3, np.float32)
+    radiance[5, 5] = (0.5e-3, 1e-3, 2e-3)
+    equivalent = radiance.copy()
+    # on odd rows: in the maximum only, not in the log-average or the block means
+    radiance[1, 1], equivalent[1, 1] = big, 1e30  # grey
+    radiance[3, 3], equivalent[3, 3] = (big, 0.0, 0.0), (1e30 / 0.2126, 0.0, 0.0)  # saturated red
+    out = tonemap(radiance, op, **colour)
+    assert out[1, 1].tolist() == [255, 255, 255]
+    assert out[3, 3, 0] == 255 and out[3, 3, 1] == out[3, 3, 2]  # red (or white, far above its surround), G = B
+    if op != "reinhard-local":
+        assert out[3, 3, 1] < 255
+    np.testing.assert_array_equal(out, tonemap(equivalent, op, **colour))
+    assert out[5, 5, 2] >= out[5, 5, 0]  # the rest keeps its colour
+    # on the log-average's grid (rows and columns even) as well: in every statistic
+    radiance[0, 0], radiance[2, 2] = big, (big, 0.0, 0.0)
+    out = tonemap(radiance, op, **colour)
+    assert out[0, 0].tolist() == out[1, 1].tolist() == [255, 255, 255]
+    assert out[2, 2, 0] == 255 and out[2, 2, 1] == out[2, 2, 2]
+
+
+def test_huge_values_keep_the_statistics_finite():
+    radiance = np.full((16, 16, 3), 1.0, np.float32)
+    radiance[:4, :4] = 3.0e38  # a whole block at float32's top: its sum overflowed to inf
+    log_avg, lmax, blocks = frame_statistics(radiance)
+    assert math.isfinite(log_avg) and lmax == pytest.approx(1e30, rel=1e-6)  # clamped, as documented
+    assert np.all(np.isfinite(blocks)) and blocks[0, 0] == pytest.approx(1e30, rel=1e-6)
+    assert blocks[1:, 1:] == pytest.approx(1.0)
+    out = reinhard_local(radiance, saturation=0.7)
+    assert np.all(out[:4, :4] == 255) and 0 < out[8:, 8:].mean() < 255
+
+
+@pytest.mark.parametrize("op", ["reinhard", "reinhard-local", "drago", "parametric"])
+@pytest.mark.parametrize("colour", [{}, {"saturation": 0.5}, {"color": "mantiuk", "saturation": 0.5},
+                                    {"color": "mantiuk", "saturation": 1.5}],
+                         ids=["schlick-1", "schlick-0.5", "mantiuk-0.5", "mantiuk-1.5"])
+@pytest.mark.parametrize("frame", ["zeros", "negative-noise"])
+def test_black_stays_black(op, colour, frame):
+    """An all-black frame came out uniform grey (code 188) with Mantiuk's correction at s < 1."""
+    if op == "parametric":
+        colour = {"color": colour.get("color", "schlick")}
+    if frame == "zeros":
+        radiance = np.zeros((16, 24, 3), np.float32)
+    else:  # sensor noise around a subtracted black level: every pixel's luminance <= 0
+        rng = np.random.default_rng(0)
+        radiance = (rng.normal(0, 1e-4, (16, 24, 3)) - 5e-4).astype(np.float32)
+        radiance[luminance(radiance) > 0] = 0.0
+    assert np.all(tonemap(radiance, op, **colour) == 0)
+
+
+@pytest.mark.parametrize("dt_s", [float("nan"), float("inf"), float("-inf")])
+def test_temporal_adaptation_takes_a_broken_dt_as_the_frame_interval(dt_s):
+    """dt_s = NaN used to turn the state into NaN for good (max(nan, 0) is nan)."""
+    broken, reference = TemporalAdaptation(), TemporalAdaptation()
+    for value in (1.0, 4.0, 2.0):
+        got = broken.update(dt_s, log_average=value)
+        want = reference.update(None, log_average=value)
+        assert got == want and math.isfinite(got["log_average"])
+    # and it still adapts afterwards
+    assert broken.update(1 / 30, log_average=8.0) == reference.update(1 / 30, log_average=8.0)
+
+
+def _upsample_at_block_centres(m, h, w, block):
+    """Bilinear upsampling whose sample (y, x) sits at ((y + 0.5) / block - 0.5, (x + 0.5) / block - 0.5)."""
+    def taps(n_src, n_dst):
+        pos = np.clip((np.arange(n_dst) + 0.5) / block - 0.5, 0, n_src - 1)
+        i0 = np.minimum(np.floor(pos).astype(int), max(n_src - 2, 0))
+        return i0, np.minimum(i0 + 1, n_src - 1), pos - i0
+
+    y0, y1, ty = taps(m.shape[0], h)
+    x0, x1, tx = taps(m.shape[1], w)
+    rows = m[y0] * (1 - ty)[:, None] + m[y1] * ty[:, None]
+    return rows[:, x0] * (1 - tx) + rows[:, x1] * tx
+
+
+@pytest.mark.parametrize(("block", "width"), [(4, 96), (4, 97), (4, 111), (16, 97), (3, 100)])
+def test_local_operator_interpolates_columns_at_the_block_centres_like_rows(block, width):
+    """Columns went through a resize to the frame width (scale nbx / W): off by up to a block when W is not a
+    multiple of it (18 codes at a bright right edge)."""
+    from edgehdr.tonemap import guided_coefficients
+
+    h = 64
+    rng = np.random.default_rng(2)
+    xx = np.arange(width)[None, :].repeat(h, 0)
+    lum = np.where(xx < width - 9, 0.05, 50.0).astype(np.float32) * (1 + 0.1 * rng.random((h, width))).astype(
+        np.float32)
+    radiance = np.repeat(lum[..., None], 3, axis=2)
+    log_avg, lmax, blocks = frame_statistics(radiance, block=block, stride=min(2, block))
+    scale = 0.18 / log_avg
+    log_lm = np.log(np.maximum(blocks * np.float32(scale), np.float32(1e-9)))
+    radius = max(1, int(round(0.025 * max(h, width) / block)))
+    a, b = guided_coefficients(log_lm, log_lm, radius, 0.1)
+    lm = np.maximum(luminance(radiance, np.float64), 1e-9) * scale
+    adapt = np.exp(_upsample_at_block_centres(a, h, width, block) * np.log(lm)
+                   + _upsample_at_block_centres(b, h, width, block))
+    lw = lmax * scale
+    expected = _encode(lm * (1 + lm / lw**2) / (1 + adapt))
+    out = reinhard_local(radiance, block=block)[..., 0].astype(int)
+    assert np.abs(out - expected).max() <= 1
+
+
+def test_frame_statistics_reads_a_row_of_every_block_row_at_any_valid_stride():
+    """stride 3 with block 4 left the last block rows without a sampled row: block means of 0."""
+    rng = np.random.default_rng(5)
+    radiance = rng.uniform(0.5, 2.0, (10, 13, 3)).astype(np.float32)
+    lum = luminance(radiance).astype(np.float64)
+    for block, stride in [(4, 3), (4, 4), (5, 2), (3, 1), (1, 1)]:
+        log_avg, lmax, blocks = frame_statistics(radiance, block=block, stride=stride)
+        read = (np.arange(10) % block) % stride == 0  # rows stride apart from each block row's first
+        expected = np.array([[lum[by * block:(by + 1) * block][read[by * block:(by + 1) * block]]
+                              [:, bx * block:(bx + 1) * block].mean() for bx in range(-(-13 // block))]
+                             for by in range(-(-10 // block))])
+        np.testing.assert_allclose(blocks, expected, rtol=1e-5)
+        assert log_avg == pytest.approx(math.exp(np.mean(np.log(1e-6 + lum[read][:, ::stride]))), rel=1e-5)
+        assert lmax == pytest.approx(lum.max(), rel=1e-6)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"stride": 0}, r"stride must be an integer in \[1, block = 4\], got 0"),
+    ({"stride": -1}, r"stride must be an integer in \[1, block = 4\], got -1"),
+    ({"stride": 5}, r"stride must be an integer in \[1, block = 4\], got 5"),
+    ({"block": 2, "stride": 3}, r"stride must be an integer in \[1, block = 2\], got 3"),
+    ({"block": 0}, "block must be an integer >= 1, got 0"),
+    ({"block": -2}, "block must be an integer >= 1, got -2"),
+    ({"delta": 0.0}, "delta must be a finite number > 0, got 0.0"),
+])
+def test_frame_statistics_refuses_bad_block_and_stride(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        frame_statistics(np.ones((8, 8, 3), np.float32), **kwargs)
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda r: reinhard_global(r, key=0.0), "key must be a finite number > 0, got 0.0"),
+    (lambda r: reinhard_global(r, key=-0.18), "key must be a finite number > 0, got -0.18"),
+    (lambda r: reinhard_global(r, key=NAN), "key must be a finite number > 0, got nan"),
+    (lambda r: reinhard_global(r, white=0.0), "white must be a finite number > 0, got 0.0"),
+    (lambda r: reinhard_global(r, white=-2.0), "white must be a finite number > 0, got -2.0"),
+    (lambda r: reinhard_global(r, white=NAN), "white must be a finite number > 0, got nan"),
+    (lambda r: reinhard_global(r, delta=-1e-6), "delta must be a finite number > 0"),
+    (lambda r: reinhard_local(r, white=NAN), "white must be a finite number > 0, got nan"),
+    (lambda r: reinhard_local(r, key=0.0), "key must be a finite number > 0, got 0.0"),
+    (lambda r: reinhard_local(r, block=0), "block must be an integer >= 1, got 0"),
+    (lambda r: reinhard_local(r, block=-2), "block must be an integer >= 1, got -2"),
+    (lambda r: reinhard_local(r, filter="bilateral", eps=-1.0), "eps must be a finite number > 0, got -1.0"),
+    (lambda r: reinhard_local(r, eps=0.0), "eps must be a finite number > 0, got 0.0"),
+    (lambda r: reinhard_local(r, radius_fraction=-5.0), "radius_fraction must be a finite number > 0, got -5.0"),
+    (lambda r: drago(r, max_display_cd_m2=0.0), "max_display_cd_m2 must be a finite number > 0, got 0.0"),
+    (lambda r: drago(r, max_display_cd_m2=-100.0), "max_display_cd_m2 must be a finite number > 0, got -100.0"),
+    (lambda r: drago(r, max_display_cd_m2=NAN), "max_display_cd_m2 must be a finite number > 0, got nan"),
+    (lambda r: parametric(r, gamma=3.0), r"gamma must be in \[0, 2\], got 3.0"),
+    (lambda r: parametric(r, key=0.0), "key must be a finite number > 0, got 0.0"),
+    (lambda r: parametric(r, key=-1.0), "key must be a finite number > 0, got -1.0"),
+    (lambda r: parametric(r, mu=NAN), "mu must be a finite number > 0, got nan"),
+    (lambda r: parametric(r, alpha=NAN), "alpha must be a finite number > 0, got nan"),
+])
+def test_operator_parameters_are_checked_and_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(np.ones((8, 8, 3), np.float32))
+
+
+def test_parametric_key_above_one_is_in_its_domain(scene_factory):
+    """key / (1 + key) is in (0, 1) for every key > 0: key = 2 puts the log-average at 2/3 (Reinhard-like)."""
+    radiance = scene_factory(3, 32, 48).radiance
+    log_avg, _ = _stats(radiance)
+    key, alpha = 2.0, 0.8
+    target = key / (1 + key)
+    mu = log_avg**alpha * (1 - target) / target
+    np.testing.assert_array_equal(parametric(radiance, key=key, alpha=alpha), parametric(radiance, mu=mu, alpha=alpha))
+
+
+@pytest.mark.parametrize("op", ["reinhard", "reinhard-local", "drago", "parametric"])
+def test_a_non_contiguous_out_is_refused_and_a_contiguous_one_is_filled(op, scene_factory):
+    radiance = scene_factory(1, 32, 48).radiance
+    strided = np.zeros((32, 96, 3), np.uint8)[:, ::2]
+    with pytest.raises(ValueError, match="out must be a writeable, C-contiguous"):
+        tonemap(radiance, op, out=strided)
+    read_only = np.zeros((32, 48, 3), np.uint8)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="C-contiguous False|writeable False"):
+        tonemap(radiance, op, out=read_only)
+    out = np.zeros((32, 48, 3), np.uint8)
+    assert tonemap(radiance, op, out=out) is out and np.array_equal(out, tonemap(radiance, op))
+
+
+@pytest.mark.parametrize("op", ["reinhard", "reinhard-local", "drago", "parametric"])
+@pytest.mark.parametrize("shape", [(0, 5, 3), (5, 0, 3), (0, 0, 3)])
+def test_empty_frames_are_refused_clearly(op, shape):
+    with pytest.raises(ValueError, match=r"radiance has no pixels \(shape"):
+        tonemap(np.zeros(shape, np.float32), op)
+    with pytest.raises(ValueError, match="radiance has no pixels"):
+        frame_statistics(np.zeros(shape, np.float32))

@@ -11,6 +11,8 @@ Calibrated images pass ``scale_cd_m2`` instead.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 from numpy.typing import ArrayLike
@@ -47,16 +49,40 @@ def _psnr_from_mse(mse: float, peak: float) -> float:
     return float("inf") if mse == 0 else float(10.0 * np.log10(peak * peak / mse))
 
 
+def _require_positive(name: str, value: float) -> float:
+    """``value`` as a float; ``ValueError`` naming ``name`` unless it is a finite number > 0."""
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def _require_percentile(peak_percentile: float) -> float:
+    p = float(peak_percentile)
+    if not 0.0 < p <= 100.0:
+        raise ValueError(f"peak_percentile must be in (0, 100], got {peak_percentile!r}")
+    return p
+
+
 def psnr(test: ArrayLike, reference: ArrayLike, *, peak: float | None = None) -> float:
-    """PSNR in dB with ``peak`` defaulting to the reference maximum (linear HDR PSNR)."""
+    """PSNR in dB with ``peak`` defaulting to the reference maximum (linear HDR PSNR).
+
+    ``peak`` must be finite and > 0: a reference whose maximum is not (an all-black or negative
+    image) raises ``ValueError``; pass ``peak`` explicitly to score against it.
+    """
     test, reference = _pair(test, reference)
-    peak = float(reference.max()) if peak is None else float(peak)
-    return _psnr_from_mse(float(np.mean((test - reference) ** 2)), peak)
+    if peak is None:
+        peak = float(reference.max())
+        if not peak > 0:
+            raise ValueError(f"reference maximum is {peak}: no positive peak for the PSNR; pass peak=")
+    return _psnr_from_mse(float(np.mean((test - reference) ** 2)), _require_positive("peak", peak))
 
 
 def robust_peak(reference: np.ndarray, percentile: float) -> float:
     """The ``percentile`` luminance of ``reference`` (its maximum at 100): the normalising peak of the
-    mu-law and PU21 comparisons, robust to a few hot pixels. Raises ``ValueError`` if not positive."""
+    mu-law and PU21 comparisons, robust to a few hot pixels. ``percentile`` in (0, 100]. Raises
+    ``ValueError`` if the peak is not positive."""
+    percentile = _require_percentile(percentile)
     lum = luminance(reference, np.float64) if reference.ndim == 3 else reference
     peak = float(np.percentile(lum, percentile)) if percentile < 100 else float(lum.max())
     if not peak > 0:
@@ -86,14 +112,15 @@ def psnr_mu(test: ArrayLike, reference: ArrayLike, *, mu: float = MU_LAW_MU, pea
 
 
 def absolute_scale(reference: ArrayLike, *, peak_cd_m2: float = 4000.0, peak_percentile: float = 99.9) -> float:
-    """Factor mapping a relative reference's robust peak luminance to ``peak_cd_m2``."""
-    return peak_cd_m2 / robust_peak(np.asarray(reference, dtype=np.float64), peak_percentile)
+    """Factor mapping a relative reference's robust peak luminance to ``peak_cd_m2`` (> 0)."""
+    peak = _require_positive("peak_cd_m2", peak_cd_m2)
+    return peak / robust_peak(np.asarray(reference, dtype=np.float64), peak_percentile)
 
 
 def _pu_pair(test: ArrayLike, reference: ArrayLike, scale_cd_m2: float | None, peak_cd_m2: float,
              peak_percentile: float, variant: str) -> tuple[np.ndarray, np.ndarray]:
     test, reference = _pair(test, reference)
-    scale = scale_cd_m2 if scale_cd_m2 is not None else absolute_scale(
+    scale = _require_positive("scale_cd_m2", scale_cd_m2) if scale_cd_m2 is not None else absolute_scale(
         reference, peak_cd_m2=peak_cd_m2, peak_percentile=peak_percentile)
     return pu21_encode(test * scale, variant), pu21_encode(reference * scale, variant)
 
@@ -102,6 +129,8 @@ def pu21_psnr(test: ArrayLike, reference: ArrayLike, *, scale_cd_m2: float | Non
               peak_percentile: float = 99.9, variant: str = "banding_glare", mask: ArrayLike | None = None) -> float:
     """PSNR of PU21-encoded values with peak 256 (the PU value of ~100 cd/m^2), per colour channel.
 
+    ``scale_cd_m2`` (finite, > 0) maps the images to cd/m^2; without it the reference's
+    ``peak_percentile`` luminance (in (0, 100]) maps to ``peak_cd_m2`` (> 0).
     ``mask`` (H, W) bool restricts the error to a region (e.g. moving objects).
     """
     a, b = _pu_pair(test, reference, scale_cd_m2, peak_cd_m2, peak_percentile, variant)
@@ -147,7 +176,8 @@ def ssim(test: ArrayLike, reference: ArrayLike, *, data_range: float) -> float:
 
 def pu21_ssim(test: ArrayLike, reference: ArrayLike, *, scale_cd_m2: float | None = None, peak_cd_m2: float = 4000.0,
               peak_percentile: float = 99.9, variant: str = "banding_glare") -> float:
-    """SSIM of PU21-encoded luminance with data range 256."""
+    """SSIM of PU21-encoded luminance with data range 256; ``scale_cd_m2``, ``peak_cd_m2`` and
+    ``peak_percentile`` as ``pu21_psnr``'s."""
     test, reference = _pair(test, reference)
     lt = luminance(test, np.float64) if test.ndim == 3 else test
     lr = luminance(reference, np.float64) if reference.ndim == 3 else reference

@@ -46,6 +46,7 @@ import numpy as np
 
 from edgehdr.quality.correlation import pearson, spearman
 from edgehdr.tonemap.color import REC709_LUMA, luminance
+from edgehdr.tonemap.nonfinite import nonfinite_pixels
 
 if TYPE_CHECKING:
     from edgehdr.infer.base import Runner
@@ -274,9 +275,26 @@ def single_exposure(radiance: np.ndarray, stops: float) -> np.ndarray:
 
 def opencv_render(radiance: np.ndarray, tonemapper: cv2.Tonemap) -> np.ndarray:
     """Radiance RGB through one of OpenCV's tone mappers, as a user of OpenCV renders it: BGR, normalised
-    by the maximum, ``process``, non-finite results to 0 (1 for +inf), codes rounded; sRGB uint8 RGB."""
-    bgr = np.ascontiguousarray(np.asarray(radiance, np.float32)[..., ::-1])
+    by the maximum, ``process``, non-finite results to 0 (1 for +inf), codes rounded; sRGB uint8 RGB.
+
+    Non-finite pixels follow ``edgehdr.tonemap.nonfinite``'s policy: the maximum is taken over the
+    finite values, and a pixel with a NaN or infinite channel goes into ``process`` as the finite
+    pixels' median colour (so that it moves OpenCV's frame statistics as little as one pixel can;
+    one NaN used to make every pixel NaN, a black frame or an OpenCV assertion) and comes out black
+    (NaN or ``-inf`` in a channel) or white (``+inf`` only). ``ValueError`` if no pixel is finite.
+    """
+    rgb = np.asarray(radiance, np.float32)
+    shown_black, shown_white = nonfinite_pixels(rgb)
+    bad = shown_black | shown_white
+    if bad.any():
+        if bad.all():
+            raise ValueError(f"opencv_render: all {bad.size} pixels are non-finite (NaN or +-inf): nothing to render")
+        rgb = rgb.copy()
+        rgb[bad] = np.median(rgb[~bad], axis=0)
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
     out = np.nan_to_num(tonemapper.process(bgr / max(float(bgr.max()), 1e-12)), nan=0.0, posinf=1.0, neginf=0.0)
+    out[shown_black] = 0.0
+    out[shown_white] = 1.0
     return np.ascontiguousarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., ::-1])
 
 

@@ -301,7 +301,9 @@ def tmqi(hdr: ArrayLike, sdr: ArrayLike) -> TMQIResult:
     hdr : array_like, shape (H, W, 3) or (H, W)
         Linear HDR radiance (RGB, or luminance), any positive scale; exact zeros are fine.
     sdr : array_like, shape (H, W, 3) or (H, W)
-        The SDR rendering in code values: uint8, or float in [0, 255].
+        The SDR rendering in 8-bit code values: uint8, or finite float in [0, 255]. Other integer
+        types are refused rather than guessed at (a uint16 image may hold 16-, 12- or 10-bit codes):
+        bring them to 0..255 first, e.g. ``x / 257`` for 16-bit codes.
 
     Returns
     -------
@@ -312,7 +314,9 @@ def tmqi(hdr: ArrayLike, sdr: ArrayLike) -> TMQIResult:
     ------
     ValueError
         Sizes differ, either side is under 11 x 11 pixels (the window; the reference refuses these too), the
-        HDR image is constant or not finite, or the SDR image looks normalised to [0, 1].
+        HDR image is constant or not finite, the SDR image is not finite, is of an integer type other than
+        uint8, or looks normalised to [0, 1] (a float image whose largest value is above 0 and at most 1; an
+        all-black one is scored).
 
     Notes
     -----
@@ -339,8 +343,17 @@ def tmqi(hdr: ArrayLike, sdr: ArrayLike) -> TMQIResult:
     n = TMQI_CONSTANTS["window_size"]
     if min(hdr.shape[:2]) < n:
         raise ValueError(f"TMQI needs images of at least {n}x{n} pixels (its window), got {hdr.shape[:2]}")
-    if sdr.dtype.kind == "f" and sdr.max() <= 1.0:
-        raise ValueError("SDR image looks normalised to [0, 1]; TMQI expects code values in [0, 255]")
+    if sdr.dtype.kind in "biu" and sdr.dtype != np.uint8:
+        raise ValueError(f"SDR image is {sdr.dtype}; TMQI expects 8-bit code values: uint8, or float in [0, 255] "
+                         f"(scale other integer codes to 0..255 first, e.g. x / 257 for 16-bit)")
+    if sdr.dtype.kind not in "uf":
+        raise ValueError(f"SDR image is {sdr.dtype}; TMQI expects code values as uint8 or float in [0, 255]")
+    if sdr.dtype.kind == "f":
+        if not np.all(np.isfinite(sdr)):
+            raise ValueError("SDR image has NaN or infinite values; TMQI expects finite code values in [0, 255]")
+        if 0.0 < sdr.max() <= 1.0:
+            raise ValueError(f"SDR image looks normalised to [0, 1] (largest value {float(sdr.max())}); TMQI "
+                             f"expects code values in [0, 255]: multiply by 255")
     l_hdr = _luminance(hdr) if hdr.ndim == 3 else hdr.astype(np.float64)
     l_ldr = _luminance(sdr) if sdr.ndim == 3 else sdr.astype(np.float64)
     lmin, lmax = float(l_hdr.min()), float(l_hdr.max())

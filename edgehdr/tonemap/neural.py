@@ -50,7 +50,15 @@ from edgehdr.tonemap.nonfinite import (
     paint_nonfinite_row,
     report_nonfinite,
 )
-from edgehdr.tonemap.operators import _bits, _check_radiance, _colour_ratios, frame_statistics, srgb8
+from edgehdr.tonemap.operators import (
+    _MAX_LUM,
+    _bits,
+    _check_radiance,
+    _colour_ratios,
+    _output_array,
+    frame_statistics,
+    srgb8,
+)
 
 __all__ = ["TMO_INPUT_SHAPE", "TMO_GRID_SHAPE", "PARAM_RANGES", "CHROMA_KNEE", "encode_tmo_input",
            "apply_parameter_grid", "guide_radius", "NeuralToneMapper", "GUIDE_EPS", "BLOCK", "LOG_STOPS"]
@@ -179,7 +187,8 @@ def _apply_grid_kernel(rgb, bits, coef, key_log2, y0s, y1s, tys, lo, hi, out, ro
         for x in range(w):
             lum = (np.float32(_LUMA_R) * src[3 * x] + np.float32(_LUMA_G) * src[3 * x + 1]
                    + np.float32(_LUMA_B) * src[3 * x + 2])
-            lum_row[x] = max(lum, np.float32(_MIN_LUM))
+            # Clamped above as the operators' luminance (edgehdr.tonemap.operators): 1 / L stays a normal float32.
+            lum_row[x] = min(max(lum, np.float32(_MIN_LUM)), np.float32(_MAX_LUM))
         row_bits = bits[y]
         fix_row = any_nonfinite(row_bits)  # while the row is in cache; fixed up at the end
         lum_bits = lum_row.view(np.int32)
@@ -233,8 +242,9 @@ def apply_parameter_grid(radiance: np.ndarray, params: np.ndarray, *, key_log2: 
                          blocks: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Tone map ``radiance`` with a parameter grid ``params`` (3, gh, gw): alpha, s (stops), gamma.
 
-    ``key_log2`` and ``blocks`` come from ``encode_tmo_input`` (recomputed when not given).
-    Returns sRGB uint8 (H, W, 3).
+    ``key_log2`` and ``blocks`` come from ``encode_tmo_input``; what is not given is computed (the
+    blocks from the frame, the key from the blocks), what is given is used as it is. ``out``: a
+    C-contiguous (H, W, 3) uint8 array to write into. Returns sRGB uint8 (H, W, 3).
 
     References
     ----------
@@ -245,13 +255,14 @@ def apply_parameter_grid(radiance: np.ndarray, params: np.ndarray, *, key_log2: 
     """
     rgb = _check_radiance(radiance)
     h, w, _ = rgb.shape
-    if key_log2 is None or blocks is None:
-        _, key_log2, blocks = encode_tmo_input(rgb)
+    out = _output_array(out, rgb.shape)
+    if blocks is None:
+        _, _, blocks = frame_statistics(rgb, block=BLOCK)
+    if key_log2 is None:
+        key_log2 = _encode_blocks(blocks)[1]
+    elif not math.isfinite(key_log2):
+        raise ValueError(f"key_log2 must be a finite number (log2 of the median luminance), got {key_log2!r}")
     coef = _coefficients(params, blocks, key_log2, h, w)
-    if out is None:
-        out = np.empty(rgb.shape, np.uint8)
-    elif out.shape != rgb.shape or out.dtype != np.uint8:
-        raise ValueError(f"out must be a {rgb.shape} uint8 array")
     coef = widen_maps(coef, w)  # the kernel blends rows
     row_black = np.empty(h, np.int64)
     row_white = np.empty(h, np.int64)

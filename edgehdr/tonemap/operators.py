@@ -19,6 +19,12 @@ other pixels map as they would in the frame without it; it is shown black (NaN,
 is noise around black and counts as black. Finding such pixels is an integer pass
 over each row inside the kernels (under 2 % of a frame's time); only rows that hold
 one take the slower per-pixel path.
+
+Finite radiance of any size maps: luminance above 1e30 counts as 1e30 (in the maximum, the
+block means and the curves), which keeps the reciprocal ``1 / L`` of the colour ratios a
+normal float32 and every product finite, so such a pixel is as white as the brightest of
+the scene (at ~8.5e37 and above the reciprocal used to flush to 0 and the pixel went black).
+Black (``L <= 0``) maps to ``L_d = 0`` with either colour correction.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from edgehdr.fastmath import exp2_bits, log2_from_bits, luminance_log_row
 from edgehdr.tonemap.color import COLOR_METHODS
 from edgehdr.tonemap.guided import guided_coefficients, widen_maps
 from edgehdr.tonemap.nonfinite import (
+    _EXPONENT,
     any_nonfinite,
     paint_nonfinite_row,
     pixel_class,
@@ -57,6 +64,10 @@ OPERATORS = ("reinhard", "reinhard-local", "drago", "parametric")
 LOCAL_FILTERS = ("guided", "bilateral", "gaussian")
 _LUMA_R, _LUMA_G, _LUMA_B = 0.2126, 0.7152, 0.0722
 _MIN_LUM = 1e-9
+# Luminance counts as at most this much: 1 / L stays a normal float32 (above 2^126, about 8.5e37, it is
+# subnormal and fastmath flushes it to 0: the pixel went black), and products and block sums stay finite.
+_MAX_LUM = 1e30
+_LOG2_OF_ONE = 5.06477678e-06  # edgehdr.fastmath.log2_from_bits of 1.0: its polynomial's constant term
 log = logging.getLogger("edgehdr.tonemap")
 
 # sRGB OETF x 255 on [0.0031308, 1] as a degree-9 polynomial in x^(1/2) (Chebyshev least-squares fit,
@@ -81,17 +92,48 @@ def srgb8(v: float) -> np.uint8:
     return np.uint8(code + np.float32(0.5))
 
 
+@numba.njit(fastmath=True, cache=True, nogil=True, inline="always")
+def _luminance_peak(src):
+    """Largest Rec. 709 luminance of an interleaved, finite RGB row (3 W), clamped at ``_MAX_LUM``."""
+    peak = np.float32(0.0)
+    for x in range(src.size // 3):
+        lum = (np.float32(_LUMA_R) * src[3 * x] + np.float32(_LUMA_G) * src[3 * x + 1]
+               + np.float32(_LUMA_B) * src[3 * x + 2])
+        peak = max(peak, lum)
+    return min(peak, np.float32(_MAX_LUM))
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True, inline="always")
+def _finite_top(row_bits):
+    """One integer pass over a row's int32 view (SIMD max-reductions): whether every value is finite, and the
+    bit pattern of the largest value (0 if none is positive). Positive floats order as their bits do, so for a
+    finite row it is the largest channel value, a bound on the row's luminance (a mean of the channels)."""
+    top_exp = np.int32(0)
+    top = np.int32(0)
+    for j in range(row_bits.shape[0]):
+        b = row_bits[j]
+        top_exp = max(top_exp, np.int32(b & np.int32(_EXPONENT)))
+        top = max(top, b)
+    return top_exp != _EXPONENT, top
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, row_count, row_max, row_bad,
-                  row_state):
-    # Reads only every ``stride``-th row: statistics of a decimated grid, half the
-    # memory traffic at stride 2. Block means are taken over the rows read.
-    # Non-finite pixels are skipped (and counted) on the rows that hold any; row_state
-    # records for each row read whether it holds one, so the apply pass need not look again.
+                  row_state, row_top):
+    # The log-average and the block means read only every ``stride``-th row of each block row (its first row
+    # always): statistics of a decimated grid, half the memory traffic and arithmetic at stride 2. The maximum
+    # is over every row: a bright pixel on a skipped row is the scene's white point all the same. A skipped
+    # row costs one integer pass here (its non-finite test, which the apply pass then need not repeat, and its
+    # largest channel value); after the parallel loop its luminance is computed only where that bound passes
+    # the maximum so far, on natural content the dozen rows through the brightest highlight (a luminance pass
+    # over every skipped row cost 25 % of this kernel at 1080p, the integer pass costs about half that, most
+    # of it reading the rows). Luminance is clamped at _MAX_LUM in the block sums and the maximum. Non-finite
+    # pixels are skipped (and counted, on the rows read); row_state records for each row whether it holds one.
     h, w, _ = rgb.shape
     nby, nbx = blocks.shape
     n_log = (w + stride - 1) // stride
     delta32 = np.float32(delta)
+    lum_cap = np.float32(_MAX_LUM)
     for by in numba.prange(nby):
         y0 = by * block
         y1 = min(y0 + block, h)
@@ -107,10 +149,22 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
             blocks[by, bx] = 0.0
             block_n[by, bx] = 0  # pixels skipped, until the end of the block row
         for y in range(y0, y1):
-            if y % stride != 0 and y1 - y0 > 1:
+            row_bits = bits[y]
+            if (y - y0) % stride != 0:
+                # A row the log-average skips: for the maximum only.
+                finite, top = _finite_top(row_bits)
+                row_top[y] = top
+                if finite:
+                    row_state[y] = 0
+                    continue
+                row_state[y] = 1
+                for x in range(w):
+                    if pixel_class(row_bits, 3 * x) == 0:
+                        lum = (np.float32(_LUMA_R) * rgb[y, x, 0] + np.float32(_LUMA_G) * rgb[y, x, 1]
+                               + np.float32(_LUMA_B) * rgb[y, x, 2])
+                        peak = max(peak, min(lum, lum_cap))
                 continue
             rows += 1
-            row_bits = bits[y]
             if not any_nonfinite(row_bits):
                 # Branch-free passes over row buffers, each vectorised: luminance and peak,
                 # block sums, then log(delta + L) of every stride-th pixel by the polynomial
@@ -118,11 +172,11 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
                 row_state[y] = 0
                 row_log, row_peak = luminance_log_row(rgb[y].reshape(-1), lum_row, log_row, log_bits, stride,
                                                          delta32)
-                peak = max(peak, row_peak)
+                peak = max(peak, min(row_peak, lum_cap))
                 for bx in range(nbx):
                     acc = np.float32(0.0)
                     for x in range(bx * block, min(bx * block + block, w)):
-                        acc += lum_row[x]
+                        acc += min(lum_row[x], lum_cap)
                     blocks[by, bx] += acc
                 logsum += row_log
                 count += n_log
@@ -138,9 +192,8 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
                 lum = (np.float32(_LUMA_R) * rgb[y, x, 0] + np.float32(_LUMA_G) * rgb[y, x, 1]
                        + np.float32(_LUMA_B) * rgb[y, x, 2])
                 if nbx > 0:
-                    blocks[by, x // block] += lum
-                if lum > peak:
-                    peak = lum
+                    blocks[by, x // block] += min(lum, lum_cap)
+                peak = max(peak, min(lum, lum_cap))
                 if x % stride == 0:
                     logsum += math.log(delta + max(lum, np.float32(0.0)))
                     count += 1
@@ -153,6 +206,31 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
         row_count[by] = count
         row_max[by] = peak
         row_bad[by] = bad
+    if stride == 1:
+        return
+    # The skipped finite rows whose largest channel could hold a luminance above the maximum so far. The
+    # bound carries a margin for the float32 rounding of the luminance (a few ulp above a grey pixel's value).
+    so_far = np.float32(0.0)
+    for by in range(nby):
+        so_far = max(so_far, row_max[by])
+    bound_bits = np.empty(1, np.float32)
+    bound_bits[0] = so_far * np.float32(1.0 - 1e-6)
+    bound = bound_bits.view(np.int32)[0]
+    wanted = 0
+    for y in range(h):
+        if (y % block) % stride != 0 and row_state[y] == 0 and row_top[y] > bound:
+            row_top[wanted] = y  # the list of rows to look at, in place
+            wanted += 1
+    peaks = np.empty(wanted, np.float32)
+    if wanted <= 64:  # the usual case: a few rows, not worth a parallel region's start
+        for i in range(wanted):
+            peaks[i] = _luminance_peak(rgb[row_top[i]].reshape(-1))
+    else:
+        for i in numba.prange(wanted):
+            peaks[i] = _luminance_peak(rgb[row_top[i]].reshape(-1))
+    for i in range(wanted):
+        by = row_top[i] // block
+        row_max[by] = max(row_max[by], peaks[i])
 
 
 # The apply pass, per row: luminance (``_luminance_row``), the operator's display
@@ -215,6 +293,8 @@ def _ld_reinhard_local(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
 def _ld_drago(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
     # Drago et al. 2003, eq. 4: p0 = 1 / L_wa, p1 = 1 / L_wmax, p2 = log(b)/log(0.5),
     # p3 = (L_dmax / 100) / log10(L_wmax + 1). The ratio of logs is base-free: log2.
+    # log2(L_w + 1) less the polynomial's value at 1 (_LOG2_OF_ONE, its 5e-6 error there): black maps to 0,
+    # and near-black to its slope, where p3 is large (a dark frame: L_wmax near 0) and the offset showed as grey.
     w = ld_row.size
     num_row = np.empty(w, np.float32)
     rel_row = np.empty(w, np.float32)
@@ -232,7 +312,7 @@ def _ld_drago(y, ld_row, p0, p1, p2, p3, coef_a, coef_b, inv_block):
     for x in range(w):
         rel_row[x] = 2 + 8 * powed[x]
     for x in range(w):
-        ld_row[x] = p3 * log2_from_bits(num_bits[x]) / log2_from_bits(rel_bits[x])
+        ld_row[x] = p3 * (log2_from_bits(num_bits[x]) - np.float32(_LOG2_OF_ONE)) / log2_from_bits(rel_bits[x])
 
 
 @numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
@@ -305,8 +385,9 @@ def _color_mantiuk(src, dst, ld_row, inv_lum_row, saturation):
 
 @numba.njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _luminance_row(rgb, bits, row_state, y):
-    # Pass 1 over a row: luminance (floored) and its reciprocal; whether the row holds a
-    # non-finite pixel (rows the statistics pass read are known; the others are looked at
+    # Pass 1 over a row: luminance in [0, _MAX_LUM] (what the operators map: black, L = 0, maps to
+    # L_d = 0) and the reciprocal of the luminance floored at _MIN_LUM (the colour ratios' divisor); whether
+    # the row holds a non-finite pixel (rows the statistics pass read are known; the others are looked at
     # now, while in cache).
     w = rgb.shape[1]
     src = rgb[y].reshape(-1)
@@ -315,8 +396,8 @@ def _luminance_row(rgb, bits, row_state, y):
     for x in range(w):
         lum = (np.float32(_LUMA_R) * src[3 * x] + np.float32(_LUMA_G) * src[3 * x + 1]
                + np.float32(_LUMA_B) * src[3 * x + 2])
-        lum = max(lum, np.float32(_MIN_LUM))
-        inv_lum_row[x] = np.float32(1.0) / lum
+        lum = min(max(lum, np.float32(0.0)), np.float32(_MAX_LUM))
+        inv_lum_row[x] = np.float32(1.0) / max(lum, np.float32(_MIN_LUM))
         ld_row[x] = lum
     return ld_row, inv_lum_row, _row_has_nonfinite(bits, row_state, y)
 
@@ -379,7 +460,7 @@ def _apply_reinhard_global(rgb, bits, p0, p1, p2, p3, coef_a, coef_b, inv_block,
             for x in range(w):
                 lum = (np.float32(_LUMA_R) * src[3 * x] + np.float32(_LUMA_G) * src[3 * x + 1]
                        + np.float32(_LUMA_B) * src[3 * x + 2])
-                lm = max(lum, np.float32(_MIN_LUM)) * p0
+                lm = min(max(lum, np.float32(_MIN_LUM)), np.float32(_MAX_LUM)) * p0
                 k_row[x] = p0 * (1 + lm * p1) / (1 + lm)
             for x in range(w):
                 k = k_row[x]
@@ -444,6 +525,8 @@ def _check_radiance(radiance: np.ndarray) -> np.ndarray:
     rgb = np.asarray(radiance)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"radiance must be an HxWx3 array, got shape {rgb.shape}")
+    if rgb.size == 0:
+        raise ValueError(f"radiance has no pixels (shape {rgb.shape}); expected an HxWx3 array with H, W >= 1")
     if rgb.dtype != np.float32:
         rgb = rgb.astype(np.float32)
     return np.ascontiguousarray(rgb)
@@ -465,20 +548,56 @@ def frame_statistics(radiance: np.ndarray, *, delta: float = 1e-6, block: int = 
 
     Non-finite pixels (NaN, +-inf in any channel) are left out of all three; a block
     without a finite pixel gets the log-average. ``ValueError`` if no pixel is finite.
+    Luminance above 1e30 counts as 1e30 in the maximum and the block means (the operators
+    map it so too: a pixel that bright is white in any scene of ordinary radiance).
+
+    Parameters
+    ----------
+    delta : float
+        Offset inside the log (> 0), so that black pixels do not give log 0.
+    block : int
+        Block size in pixels of ``blocks`` (>= 1).
+    stride : int
+        Decimation of the log-average and the block means, in ``[1, block]``: the rows read are
+        those ``stride`` apart from the first row of each block row (``y mod block`` a multiple of
+        ``stride``: the even rows at the default 4 and 2), and every ``stride``-th pixel of those
+        rows enters the log-average. Every block row is read at least once.
 
     Returns
     -------
     log_average : float
-        ``exp(mean(log(delta + L)))`` over a ``stride``-decimated grid (Reinhard 2002, eq. 1);
+        ``exp(mean(log(delta + L)))`` over the ``stride``-decimated grid (Reinhard 2002, eq. 1);
         within 1% of the full-resolution value on natural content, though a pattern
         with a period of ``stride`` rows aliases.
     max_luminance : float
-        Largest luminance over the rows read (every ``stride``-th; all pixels of those rows).
+        Largest luminance of the frame: every row, every pixel, whatever the ``stride``.
     blocks : ndarray, (ceil(H / block), ceil(W / block)) float32
-        Block means of the luminance (the local operator's low-resolution input).
+        Block means of the luminance over the rows read (the local operator's low-resolution input).
     """
+    _require_positive(delta=delta)
+    _require_block(block)
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or not 1 <= stride <= block:
+        raise ValueError(f"stride must be an integer in [1, block = {block}], got {stride!r}")
     rgb = _check_radiance(radiance)
-    return _statistics(rgb, delta, block, stride, _unchecked_rows(rgb.shape[0]))
+    return _statistics(rgb, delta, int(block), int(stride), _unchecked_rows(rgb.shape[0]))
+
+
+def _require_positive(**values: float | None) -> None:
+    """``ValueError`` naming the first parameter that is not a finite number > 0 (``None``: not given, fine)."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        try:
+            ok = math.isfinite(float(value)) and float(value) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _require_block(block: int) -> None:
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block must be an integer >= 1, got {block!r}")
 
 
 def _statistics(rgb, delta, block, stride, row_state, blocks_wanted=True):
@@ -493,8 +612,9 @@ def _statistics(rgb, delta, block, stride, row_state, blocks_wanted=True):
     row_count = np.empty(nby, np.int64)
     row_max = np.empty(nby, np.float32)
     row_bad = np.empty(nby, np.int64)
+    row_top = np.empty(h, np.int32)
     _stats_kernel(rgb, _bits(rgb), np.float32(delta), block, stride, blocks, block_n, row_logsum, row_count,
-                  row_max, row_bad, row_state)
+                  row_max, row_bad, row_state, row_top)
     if row_count.sum() == 0 and row_bad.sum() > 0:
         if stride > 1:  # every pixel on the decimated grid is non-finite: read them all
             return _statistics(rgb, delta, block, 1, row_state, blocks_wanted)
@@ -505,20 +625,31 @@ def _statistics(rgb, delta, block, stride, row_state, blocks_wanted=True):
     return log_average, float(row_max.max()), blocks
 
 
-def _color_args(color: str, saturation: float):
+def _color_args(color: str, saturation: float, name: str = "saturation"):
     if color not in COLOR_METHODS:
         raise ValueError(f"unknown colour correction {color!r}; use one of {', '.join(COLOR_METHODS)}")
     if not 0.0 <= saturation <= 2.0:
-        raise ValueError(f"saturation must be in [0, 2], got {saturation}")
+        raise ValueError(f"{name} must be in [0, 2], got {saturation}")
     return (0 if color == "schlick" else 1), np.float32(saturation)
 
 
-def _run_apply(rgb, kernel, params, color, saturation, out, coef=None, block=4, who="tonemap", row_state=None):
-    color_code, sat = _color_args(color, saturation)
+def _output_array(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """The caller's ``out`` checked (the kernels write rows through a C-contiguous view), or a new array."""
     if out is None:
-        out = np.empty(rgb.shape, np.uint8)
-    elif out.shape != rgb.shape or out.dtype != np.uint8:
-        raise ValueError(f"out must be a {rgb.shape} uint8 array")
+        return np.empty(shape, np.uint8)
+    if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.uint8 or not (
+            out.flags.c_contiguous and out.flags.writeable):
+        got = (f"{out.shape} {out.dtype} array, C-contiguous {out.flags.c_contiguous}, writeable "
+               f"{out.flags.writeable}" if isinstance(out, np.ndarray) else type(out).__name__)
+        raise ValueError(f"out must be a writeable, C-contiguous {shape} uint8 array (np.empty({shape}, np.uint8)); "
+                         f"got a {got}")
+    return out
+
+
+def _run_apply(rgb, kernel, params, color, saturation, out, coef=None, block=4, who="tonemap", row_state=None,
+               saturation_name="saturation"):
+    color_code, sat = _color_args(color, saturation, saturation_name)
+    out = _output_array(out, rgb.shape)
     p = [np.float32(v) for v in (list(params) + [0.0] * 4)[:4]]
     if coef is None:
         coef = (np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32))
@@ -551,7 +682,7 @@ def _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, row_state, bl
                          statistics=None):
     """Scale ``key / L_avg`` (eq. 2), ``1 / L_white^2`` (eq. 4) and the block luminance (if wanted)."""
     if blocks_wanted:  # the local operator: block means as well, from its own pass
-        log_avg, lmax, blocks = _statistics(rgb, delta, block, 2, row_state, blocks_wanted)
+        log_avg, lmax, blocks = _statistics(rgb, delta, block, min(2, block), row_state, blocks_wanted)
     else:
         log_avg, lmax = _global_statistics(rgb, delta, row_state, statistics)
         blocks = np.empty((0, 0), np.float32)
@@ -582,12 +713,12 @@ def reinhard_global(
     Parameters
     ----------
     key : float
-        Key value ``a`` (0.18 for a normal-key scene).
+        Key value ``a`` (0.18 for a normal-key scene); > 0.
     white : float, optional
-        Smallest scaled luminance mapped to white; default the scene maximum (so the
-        brightest pixel maps exactly to white).
+        Smallest scaled luminance mapped to white (> 0); default the scene maximum over every
+        pixel (so the brightest pixel maps exactly to white).
     delta : float
-        Small offset of the log-average (eq. 1) so black pixels do not give log 0.
+        Small offset (> 0) of the log-average (eq. 1) so black pixels do not give log 0.
     color, saturation
         Colour correction (``schlick`` or ``mantiuk``) and its saturation ``s``.
     adaptation : TemporalAdaptation, optional
@@ -602,6 +733,7 @@ def reinhard_global(
     E. Reinhard, M. Stark, P. Shirley and J. Ferwerda, "Photographic tone
     reproduction for digital images," ACM TOG 21(3), 2002.
     """
+    _require_positive(key=key, white=white, delta=delta)
     rgb = _check_radiance(radiance)
     rows = _unchecked_rows(rgb.shape[0])
     scale, inv_white2, _ = _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, rows, blocks_wanted=False,
@@ -641,12 +773,13 @@ def reinhard_local(
         luminance (Durand & Dorsey 2002), or Reinhard's linear Gaussian average,
         which halos at strong edges (kept for comparison).
     radius_fraction : float
-        Filter radius as a fraction of the frame's long side.
+        Filter radius as a fraction of the frame's long side (> 0; at least one working pixel).
     eps : float
-        Guided-filter regulariser in (natural-log luminance)^2; the bilateral
+        Guided-filter regulariser in (natural-log luminance)^2 (> 0); the bilateral
         filter uses ``sqrt(eps)`` as its range sigma.
     block : int
-        Down-sampling factor of the filter's working resolution.
+        Down-sampling factor of the filter's working resolution (>= 1). The filter's
+        coefficients are interpolated back at the blocks' centres, in both directions.
     base_compression : float in [0, 1)
         Durand and Dorsey's base-layer compression folded into eq. 9: ``L_m`` and
         ``V`` are both multiplied by ``(key / V)^beta``, so the base layer ``log V``
@@ -665,8 +798,8 @@ def reinhard_local(
         raise ValueError(f"unknown filter {filter!r}; use one of {', '.join(LOCAL_FILTERS)}")
     if not 0.0 <= base_compression < 1.0:
         raise ValueError(f"base_compression must be in [0, 1), got {base_compression}")
-    if key <= 0:
-        raise ValueError(f"key must be > 0, got {key}")
+    _require_positive(key=key, white=white, delta=delta, radius_fraction=radius_fraction, eps=eps)
+    _require_block(block)
     rgb = _check_radiance(radiance)
     h, w, _ = rgb.shape
     rows = _unchecked_rows(h)
@@ -683,8 +816,12 @@ def reinhard_local(
             # Reinhard's own local average: a Gaussian of L_m in the linear domain.
             smooth = np.log(np.maximum(cv2.GaussianBlur(np.exp(log_lm), (0, 0), radius / 2.0), _MIN_LUM))
         coef = (np.zeros_like(smooth), np.ascontiguousarray(smooth, np.float32))
-    # Horizontal half of the bilinear upsampling here; the kernel blends the two rows around each output row.
-    wide = widen_maps(np.stack([np.asarray(c, np.float32) for c in coef]), w)
+    # Horizontal half of the bilinear upsampling here; the kernel blends the two rows around each output row,
+    # at the block centres: row y at (y + 0.5) / block - 0.5. The columns must sit at the same centres, so the
+    # maps are widened to nbx * block columns (scale exactly 1 / block) and the kernel reads the first w: a
+    # widening to w would scale by nbx / w and shift the map by up to a block where w is not a multiple of it.
+    nbx = coef[0].shape[1]
+    wide = widen_maps(np.stack([np.asarray(c, np.float32) for c in coef]), nbx * block)
     coef = (wide[0], wide[1])
     return _run_apply(rgb, _apply_reinhard_local, (scale, inv_white2, base_compression, math.log2(key)), color,
                       saturation, out,
@@ -708,8 +845,9 @@ def drago(
 
     ``L_d = (L_dmax / 100) / log10(L_wmax + 1) * ln(L_w + 1) / ln(2 + 8 (L_w / L_wmax)^(ln b / ln 0.5))``
     with ``L_w`` in units of the world adaptation luminance (the log-average,
-    exposure-adjusted by ``(1 + b - 0.85)^5`` as in the authors' code). ``statistics``:
-    this frame's ``(log_average, max_luminance)`` measured already, as ``reinhard_global``'s.
+    exposure-adjusted by ``(1 + b - 0.85)^5`` as in the authors' code). ``bias`` ``b`` in
+    [0.5, 1]; ``max_display_cd_m2`` ``L_dmax`` > 0. ``statistics``: this frame's
+    ``(log_average, max_luminance)`` measured already, as ``reinhard_global``'s.
 
     References
     ----------
@@ -718,6 +856,7 @@ def drago(
     """
     if not 0.5 <= bias <= 1.0:
         raise ValueError(f"bias must be in [0.5, 1], got {bias}")
+    _require_positive(max_display_cd_m2=max_display_cd_m2, delta=delta)
     rgb = _check_radiance(radiance)
     rows = _unchecked_rows(rgb.shape[0])
     log_avg, lmax = _global_statistics(rgb, delta, rows, statistics)
@@ -746,7 +885,9 @@ def parametric(
 
     A sigmoid in log luminance (Naka–Rushton form); ``alpha`` sets contrast, ``mu``
     the mid-point, ``gamma`` the saturation. With ``mu`` unset it is chosen so that
-    the log-average luminance maps to ``key / (1 + key)``, like Reinhard's key.
+    the log-average luminance maps to ``key / (1 + key)``, like Reinhard's key: any
+    ``key > 0`` puts that target inside (0, 1). ``alpha``, ``mu`` and ``key`` must be
+    finite and > 0, ``gamma`` in [0, 2].
     These are the parameters the real-time neural TMO predicts per region.
 
     References
@@ -754,8 +895,7 @@ def parametric(
     F. Banterle and A. Artusi, "Modern HDR imaging at the time of deep learning"
     (tutorial), tone mapping section; K.-I. Naka and W. A. H. Rushton, J. Physiol. 1966.
     """
-    if alpha <= 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+    _require_positive(alpha=alpha, mu=mu, key=key, delta=delta)
     rgb = _check_radiance(radiance)
     rows = _unchecked_rows(rgb.shape[0])
     if mu is None:
@@ -763,10 +903,9 @@ def parametric(
         stats = _adapted(adaptation, dt_s, log_average=log_avg, max_luminance=max(lmax, _MIN_LUM))
         target = key / (1.0 + key)
         mu = stats["log_average"] ** alpha * (1.0 - target) / target
-    if mu <= 0:
-        raise ValueError(f"mu must be > 0, got {mu}")
+    _require_positive(mu=mu)  # one computed from an overflowed log-average is not
     return _run_apply(rgb, _apply_parametric, (alpha, mu), color, gamma, out, who="tonemap parametric",
-                      row_state=rows)
+                      row_state=rows, saturation_name="gamma")
 
 
 def tonemap(radiance: np.ndarray, operator: str = "reinhard", **params) -> np.ndarray:

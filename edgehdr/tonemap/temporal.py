@@ -47,13 +47,16 @@ class TemporalAdaptation:
         """Feed this frame's positive statistics (e.g. ``log_average=..., white=...``); get the smoothed ones.
 
         A non-finite value raises ``ValueError`` and leaves the state as it was: one NaN
-        would otherwise stay in the state and spoil every later frame.
+        would otherwise stay in the state and spoil every later frame. ``dt_s`` is the time
+        since the previous frame in seconds; ``None`` or a non-finite value (NaN, inf: a
+        broken timestamp) stands for the frame interval, as in ``NeuralToneMapper``, and a
+        negative one for 0 (the state does not move).
         """
         for name, value in values.items():
             if not math.isfinite(float(value)):
                 raise ValueError(f"adaptation statistic {name} = {float(value)}: expected a finite number "
                                  f"(the adaptation state is unchanged)")
-        dt = self.frame_interval_s if dt_s is None else max(float(dt_s), 0.0)
+        dt = self.frame_interval_s if dt_s is None or not math.isfinite(dt_s) else max(float(dt_s), 0.0)
         step = 1.0 if self.time_constant_s == 0 else 1.0 - math.exp(-dt / self.time_constant_s)
         out = {}
         for name, value in values.items():
