@@ -57,6 +57,10 @@ def log2_from_bits(bits: np.int32) -> np.float32:
 
 
 _LUMA_R, _LUMA_G, _LUMA_B = 0.2126, 0.7152, 0.0722  # Rec. 709
+# Luminance counts as at most this much in the tone mappers and their statistics: 1 / L stays a normal float32
+# (above 2^126, about 8.5e37, it is subnormal and fastmath flushes it to 0: the pixel went black), and products
+# and block sums stay finite.
+_MAX_LUM = 1e30
 _LN2 = 0.6931471805599453
 
 

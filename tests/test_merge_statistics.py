@@ -67,6 +67,21 @@ def test_synthetic_brackets_match_the_statistics_passes(shot_factory, height, wi
     _check_against_passes(shot.bracket.frames, shot.bracket.relative_exposure, "srgb", zones)
 
 
+@pytest.mark.parametrize("serial", [True, False])
+def test_the_peak_is_over_every_row_as_frame_statistics_takes_it(serial):
+    """The merge measured the peak on even rows only, as frame_statistics did: a highlight on an odd row (a
+    specular glint, one pixel high) was outside the white point. Both now take every row; the merged scenes of
+    the other tests had their peak on an even row."""
+    height, width = (40, 64) if serial else (270, 481)
+    rng = np.random.default_rng(3)
+    frames = rng.integers(20, 120, (3, height, width, 3), dtype=np.uint8)
+    frames[:, 17, 33] = [[250, 250, 250], [255, 255, 255], [255, 255, 255]]  # odd row: bright in the short frame
+    plain, stats = _check_against_passes(frames, [0.25, 1.0, 4.0], "srgb", None)
+    luminance = plain @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    assert np.unravel_index(np.argmax(luminance), luminance.shape) == (17, 33)
+    assert stats.max_luminance() == pytest.approx(float(luminance.max()), rel=1e-5)
+
+
 def test_shifted_and_deghosted_merges_match(shot_factory):
     shot = shot_factory(5, 120, 200, moving=2)
     shifts = np.array([[3, -2], [0, 0], [-4, 5]])

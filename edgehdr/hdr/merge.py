@@ -39,7 +39,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from edgehdr.bracket import Bracket, as_frame_stack, check_code_depth
-from edgehdr.fastmath import exp2_bits, log2_from_bits, luminance_log_row
+from edgehdr.fastmath import _LUMA_B, _LUMA_G, _LUMA_R, _MAX_LUM, exp2_bits, log2_from_bits, luminance_log_row
 from edgehdr.hdr.crf import RESPONSE_FILE_SUFFIXES, CameraResponse, ResponseLike, standard_response
 from edgehdr.hdr.fill import (
     FILL_BLOCK,
@@ -429,8 +429,8 @@ def _fallback_flags(frames, shifts, has_weight, order, top, use_mask, mask, out_
 def _merge_band(band, band_edges, col_edges, frames, shifts, packed, offset, log_lut, log_exposure, order, top,
                 use_mask, mask, fallback, out_bits, out, delta, row_logsum, row_count, row_max, zone_max):
     # The rows of one band (a zone row of the LED layout), each merged by _merge_row and, while it is in the
-    # cache, measured: on even rows the tone mappers' statistics (edgehdr.tonemap.frame_statistics with
-    # stride 2: log(delta + L) of every other pixel, the peak over the row), on every row the column-wise
+    # cache, measured as edgehdr.tonemap.frame_statistics measures with stride 2: on even rows log(delta + L) of
+    # every other pixel, on every row the luminance peak (clamped at _MAX_LUM as there), and the column-wise
     # maximum of max(R, G, B), reduced per zone at the end of the band (the local dimming's zone maxima).
     y0, y1 = band_edges[band], band_edges[band + 1]
     w = out.shape[1]
@@ -448,12 +448,17 @@ def _merge_band(band, band_edges, col_edges, frames, shifts, packed, offset, log
         if cols > 0:
             for x in range(w):
                 col_max[x] = max(col_max[x], max(src[3 * x], max(src[3 * x + 1], src[3 * x + 2])))
-        if y % 2 != 0:
+        if y % 2 != 0:  # the log-average skips it; the peak is over every row (a highlight may lie on this one)
             row_logsum[y] = 0.0
             row_count[y] = 0
-            row_max[y] = 0.0
+            peak = np.float32(0.0)
+            for x in range(w):
+                peak = max(peak, np.float32(_LUMA_R) * src[3 * x] + np.float32(_LUMA_G) * src[3 * x + 1]
+                           + np.float32(_LUMA_B) * src[3 * x + 2])
+            row_max[y] = min(peak, np.float32(_MAX_LUM))
             continue
-        row_logsum[y], row_max[y] = luminance_log_row(src, lum_row, log_row, log_bits, 2, delta32)
+        row_logsum[y], peak = luminance_log_row(src, lum_row, log_row, log_bits, 2, delta32)
+        row_max[y] = min(peak, np.float32(_MAX_LUM))
         row_count[y] = n_log
     for c in range(cols):
         m = np.float32(0.0)
@@ -490,8 +495,9 @@ class MergeStatistics:
     reads each radiance row while it is still in the cache):
 
     * the global tone mappers' statistics (``log_average``, ``max_luminance``), exactly as
-      ``edgehdr.tonemap.frame_statistics`` gathers them with its default stride of 2 (even rows,
-      the log of every other pixel; Reinhard et al. 2002, eq. 1), for ``delta`` (theirs, 1e-6);
+      ``edgehdr.tonemap.frame_statistics`` gathers them with its default stride of 2 (the log of
+      every other pixel of the even rows, Reinhard et al. 2002, eq. 1, for ``delta``, theirs 1e-6;
+      the peak over every pixel, luminance counted as at most 1e30);
     * with ``zones=(rows, cols)``, per zone of that grid (the LED layout's: row ``r`` spans
       pixel rows ``r * H // rows`` up to ``(r + 1) * H // rows``, likewise the columns, as
       ``edgehdr.dimming.zone_statistics``) the maximum over its pixels of ``max(R, G, B)``
@@ -541,7 +547,7 @@ class MergeStatistics:
         return float(np.exp(self.row_logsum.sum() / max(1, int(self.row_count.sum()))))
 
     def max_luminance(self) -> float:
-        """Largest luminance over the even rows (``frame_statistics``'s rows read)."""
+        """Largest luminance over every pixel (at most 1e30), as ``frame_statistics``'s."""
         self._check_filled()
         return float(self.row_max.max())
 

@@ -37,7 +37,7 @@ import cv2
 import numba
 import numpy as np
 
-from edgehdr.fastmath import exp2_bits, log2_from_bits, luminance_log_row
+from edgehdr.fastmath import _MAX_LUM, exp2_bits, log2_from_bits, luminance_log_row
 from edgehdr.tonemap.color import COLOR_METHODS
 from edgehdr.tonemap.guided import guided_coefficients, widen_maps
 from edgehdr.tonemap.nonfinite import (
@@ -64,9 +64,6 @@ OPERATORS = ("reinhard", "reinhard-local", "drago", "parametric")
 LOCAL_FILTERS = ("guided", "bilateral", "gaussian")
 _LUMA_R, _LUMA_G, _LUMA_B = 0.2126, 0.7152, 0.0722
 _MIN_LUM = 1e-9
-# Luminance counts as at most this much: 1 / L stays a normal float32 (above 2^126, about 8.5e37, it is
-# subnormal and fastmath flushes it to 0: the pixel went black), and products and block sums stay finite.
-_MAX_LUM = 1e30
 _LOG2_OF_ONE = 5.06477678e-06  # edgehdr.fastmath.log2_from_bits of 1.0: its polynomial's constant term
 log = logging.getLogger("edgehdr.tonemap")
 
