@@ -508,3 +508,22 @@ def test_the_daemons_planner_never_plans_a_single_exposure():
     for _ in range(40):
         plan = planner.update(wall, plan)
     assert len(plan) >= 2
+
+
+@pytest.mark.parametrize("fps", [15, 60])
+def test_the_tone_mapper_adapts_at_the_configured_frame_rate(fps):
+    """The tone mapper's adaptation assumed 30 fps whatever the source ran at (the dimming had 1 / fps): at 60 fps
+    the picture adapted twice as fast as [tonemap] time_constant_s and out of step with the backlight."""
+    from edgehdr.pipeline.daemon import build_runtime
+    from edgehdr.pipeline.stages import DimmingStage, ToneMapStage
+
+    cfg = validate({"source": {"width": 160, "height": 96, "fps": fps}, "bridge": {"enabled": False},
+                    "preview": {"enabled": False}})
+    rt = build_runtime(cfg)
+    try:
+        stages = [st.fn for st in rt.built_pipeline().stages]
+    finally:
+        rt.close()
+    tonemap = next(s for s in stages if isinstance(s, ToneMapStage))
+    dimming = next(s for s in stages if isinstance(s, DimmingStage))
+    assert tonemap.adaptation.frame_interval_s == dimming.adaptation.frame_interval_s == pytest.approx(1 / fps)

@@ -154,7 +154,7 @@ def test_synthetic_camera_frame_is_its_layers_through_the_clamped_lut(exposure_s
     expected = cam._lut[np.clip(log_q + offset + dither[..., None], 0, top)]
     for sprite, sprite_q, mask in cam._sprites:
         sx, sy = sprite.position(t_s * 30.0)
-        sx, sy = int(sx + dx - cam._margin), int(sy + dy - cam._margin)
+        sx, sy = int(sx - (dx - cam._margin)), int(sy - (dy - cam._margin))  # with the background, against the shake
         for y in range(max(sy, 0), min(sy + mask.shape[0], 90)):
             for x in range(max(sx, 0), min(sx + mask.shape[1], 160)):
                 if mask[y - sy, x - sx]:
@@ -902,3 +902,93 @@ def test_a_concurrent_stage_runs_beside_the_one_before_on_the_same_frame():
     assert not any(st.thread.is_alive() for st in pipe.stages)
     assert stats["frames_completed"] == 0 and stats["frames_failed"] >= 6
     assert stats["frames_failed"] + stats["frames_dropped"] == stats["frames_captured"] + stats["frames_skipped"]
+
+
+def test_a_failed_frame_gives_its_bracket_buffer_back_at_once():
+    """A stage that raised left the failed frame referenced by its worker until the next frame came, and with the
+    synthetic camera's one bracket buffer no next frame could come: the source stalled twice and was restarted."""
+    cam = SyntheticCamera(160, 90, fps=60, moving_objects=0, max_stacks=1)
+    pipe = _small_pipeline(cam, [Stage("check", _FailOn(3))]).start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and pipe.stages[-1].stats.processed < 30:
+        time.sleep(0.05)
+    stats = pipe.stop()
+    assert stats["frames_failed"] == 1 and stats["frames_completed"] >= 29
+    assert stats["source_stalls"] == 0 and stats["source_restarts"] == 0, stats
+
+
+class _SlowFirstFrame(SyntheticCamera):
+    """A real synthetic camera whose first bracket after each open comes 0.45 s late (a prerolling device), with one
+    hiccup of two stalls at read 12."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.opens = self.reads = 0
+        self._opened_at = 0.0
+
+    def open(self):
+        self.opens += 1
+        self._opened_at = time.monotonic()
+        super().open()
+
+    def read_bracket(self, timeout_s=1.0):
+        self.reads += 1
+        due = self._opened_at + 0.45
+        if self.reads in (12, 13) or time.monotonic() + timeout_s < due:
+            time.sleep(timeout_s)
+            raise SourceTimeout("no frame yet")
+        time.sleep(max(0.0, due - time.monotonic()))
+        return super().read_bracket(timeout_s)
+
+
+def test_a_restarted_source_gets_its_own_stalls_before_the_next_restart():
+    """The stall count was reset by a frame only, never by a restart: after one hiccup, a source whose first frame
+    comes later than the read timeout was restarted at its first stall, again and again, and never delivered."""
+    cam = _SlowFirstFrame(160, 90, fps=60, moving_objects=0)
+    pipe = _small_pipeline(cam).start()  # read timeout 0.3 s, a restart after 2 stalls in a row
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and pipe.stages[-1].stats.processed < 40:
+        time.sleep(0.05)
+    stats = pipe.stop()
+    assert stats["frames_completed"] >= 40, stats
+    assert stats["source_restarts"] == 1 and cam.opens == 2, stats  # the hiccup's; the slow first frames survive
+
+
+def test_frames_a_stage_drops_on_purpose_are_counted():
+    """A stage may return None to drop a frame; such frames were counted nowhere, so completed + dropped + failed
+    fell short of captured + skipped."""
+    cam = SyntheticCamera(160, 90, fps=0, moving_objects=0)
+    pipe = Pipeline(cam, [Stage("odd", lambda ctx: ctx if ctx.frame_id % 3 else None, queue_size=64),
+                          Stage("out", lambda ctx: ctx, queue_size=64)]).start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and pipe.stages[-1].stats.processed < 30:
+        time.sleep(0.02)
+    stats = pipe.stop()
+    odd = next(s for s in stats["stages"] if s["name"] == "odd")
+    assert odd["dropped"] >= 10
+    assert stats["frames_completed"] + stats["frames_dropped"] + stats["frames_failed"] == \
+        stats["frames_captured"] + stats["frames_skipped"]
+
+
+def test_a_static_object_moves_with_the_background_under_hand_shake():
+    """The synthetic camera moved its sprites against the shake: the background's content moves by minus the
+    shake offset, the sprites moved by plus it, so a still object seemed to move twice the shake."""
+    kwargs = {"fps": 0, "shake_px": 6, "illumination_stops": 0, "seed": 4, "noise_codes": 0.0}
+    cam = SyntheticCamera(160, 120, moving_objects=1, object_speed_px=0.0, **kwargs)
+    plain = SyntheticCamera(160, 120, moving_objects=0, **kwargs)
+    cam.open()
+    plain.open()
+    try:
+        corners = []
+        for t in (0.0, 2.0):
+            with_sprite, background = cam.capture(0.02, 1.0, t), plain.capture(0.02, 1.0, t)
+            ys, xs = np.nonzero(np.abs(with_sprite.astype(int) - background).sum(axis=2))
+            corners.append((ys.min(), xs.min()))
+        b0, b2 = plain.capture(0.02, 1.0, 0.0).astype(float), plain.capture(0.02, 1.0, 2.0).astype(float)
+    finally:
+        cam.close()
+        plain.close()
+    _, shift_y, shift_x = min((np.abs(np.roll(b0, (sy, sx), (0, 1))[10:-10, 10:-10] - b2[10:-10, 10:-10]).mean(),
+                               sy, sx) for sy in range(-8, 9) for sx in range(-8, 9))
+    assert (shift_y, shift_x) != (0, 0)
+    assert (corners[1][0] - corners[0][0], corners[1][1] - corners[0][1]) == (shift_y, shift_x)

@@ -263,8 +263,10 @@ class SyntheticCamera(BracketSource):
         frame_time = t_s * (self.fps or 30.0)
         for sprite, log_q, mask in self._sprites:
             sx, sy = sprite.position(frame_time)
-            sx += dx - self._margin
-            sy += dy - self._margin
+            # The background is read at (y + dy, x + dx) of the margin-padded scene, so its content moves by
+            # -(dy - margin, dx - margin) in the frame; a sprite at rest in the scene moves with it.
+            sx -= dx - self._margin
+            sy -= dy - self._margin
             _paste(log_q, mask, int(sy), int(sx), np.int32(lut_offset), self._lut_padded, out)
         self.frames_captured += 1
         return out

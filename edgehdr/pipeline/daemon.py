@@ -366,7 +366,7 @@ def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: d
         (cfg["source"]["width"], cfg["source"]["height"])
     fps = cfg["source"]["fps"] or 30.0
     stages = _hdr_stages(cfg, source, response)
-    tonemap, *score = _tonemap_stages(rt, cfg)
+    tonemap, *score = _tonemap_stages(rt, cfg, fps)
     stages.append(tonemap)
     if cfg["dimming"]["enabled"]:
         # The dimming runs beside the tone mapper on the same frame (both read only the radiance): the zones and the
@@ -441,7 +441,7 @@ def _hdr_stages(cfg: dict[str, Any], source: BracketSource, response: CameraResp
                                       merger=merger), queue_size=q)]
 
 
-def _tonemap_stages(rt: Runtime, cfg: dict[str, Any]) -> list[Stage]:
+def _tonemap_stages(rt: Runtime, cfg: dict[str, Any], fps: float) -> list[Stage]:
     """Tone mapping, and the NoR-VDPNet quality score when ``[score] every_n`` asks for it."""
     from edgehdr.pipeline.stages import ScoreStage, ToneMapStage
 
@@ -455,7 +455,7 @@ def _tonemap_stages(rt: Runtime, cfg: dict[str, Any]) -> list[Stage]:
     with _model_key("tonemap", tm["model"]) if tm["operator"] == "neural" else contextlib.nullcontext():
         runner = _model_runner(cfg, tm["model"]) if tm["operator"] == "neural" else None
         stages = [Stage("tonemap", ToneMapStage(tm["operator"], params, time_constant_s=tm["time_constant_s"],
-                                                runner=runner), queue_size=q)]
+                                                runner=runner, frame_interval_s=1 / fps), queue_size=q)]
     sc = cfg["score"]
     if sc["every_n"] > 0:
         with _model_key("score", sc["model"]):

@@ -360,6 +360,7 @@ class Pipeline:
                 log.warning("source %s stalled (%s)", self.source.name, exc)
                 if failures >= self.stalls_before_restart:
                     backoff = self._restart_source(backoff)
+                    failures = 0  # a fresh source gets its own stalls_before_restart (its first frame may be slow)
                 continue
             except BracketFault as exc:  # one bad bracket (a damaged recorded file): dropped and counted, no restart
                 self.capture.error(f"bracket dropped: {exc}")
@@ -371,6 +372,7 @@ class Pipeline:
                 self.capture.error(f"{type(exc).__name__}: {exc}")
                 log.error("source %s failed: %s", self.source.name, exc)
                 backoff = self._restart_source(backoff)
+                failures = 0
                 continue
             failures = 0
             backoff = 0.1
@@ -440,6 +442,8 @@ class Pipeline:
         stage.stats.record(dt, time.thread_time() - c0)
         if out is not None:
             out.stage_ms[stage.name] = dt * 1e3
+        else:  # dropped on purpose: counted as the stage's drop, so that every captured frame is accounted for
+            stage.stats.drop()
         return out, False
 
     def _concurrent_worker(self, index: int) -> None:
@@ -447,11 +451,13 @@ class Pipeline:
         # always (the stage before waits for it): anything that goes wrong counts as this stage failing the frame.
         stage = self.stages[index]
         self._limit_kernel_threads()
+        item: FrameContext | _Stop | None = None
+        outcome: tuple[FrameContext | None, bool] = (None, True)
         while True:
+            item, outcome = None, (None, True)  # nothing of the last frame held while waiting
             item = stage.queue.get()
             if isinstance(item, _Stop):
                 return
-            outcome: tuple[FrameContext | None, bool] = (None, True)
             try:
                 outcome = self._run_stage(stage, item)
                 if outcome[0] is not None and outcome[0] is not item:
@@ -472,7 +478,10 @@ class Pipeline:
         last = end == len(self.stages) - 1
         release = self._release[end]
         self._limit_kernel_threads()
+        item: FrameContext | _Stop | None = None
+        out: FrameContext | None = None
         while True:
+            item = out = None  # nothing of the last frame held while waiting (its buffers go back to their pools)
             item = stage.queue.get()
             if isinstance(item, _Stop):
                 if partner is not None:
@@ -491,6 +500,11 @@ class Pipeline:
                 if partner_out is not out:
                     out = None
             if out is None:
+                # A frame that failed or was dropped goes no further: its buffers go back now, not when the next
+                # frame arrives (a failed frame held the synthetic camera's only bracket buffer, which stalled the
+                # source into a restart).
+                for name in RELEASABLE_FIELDS:
+                    setattr(item, name, None)
                 continue
             for name in release:
                 setattr(out, name, None)

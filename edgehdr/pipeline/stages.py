@@ -182,13 +182,16 @@ class ToneMapStage:
     """Tone maps the radiance to sRGB with temporally smoothed adaptation.
 
     ``operator='neural'`` runs the real-time TMO network (``edgehdr.tonemap.neural``)
-    through ``runner``; its parameter grid is smoothed over time instead.
+    through ``runner``; its parameter grid is smoothed over time instead. ``frame_interval_s``:
+    the time between frames (``1 / fps``), so that ``time_constant_s`` holds at any frame rate,
+    as in ``DimmingStage``.
     """
 
     reads: tuple[str, ...] = ("radiance",)
 
     def __init__(self, operator: str = "reinhard", params: dict[str, Any] | None = None, *,
-                 time_constant_s: float = 0.4, runner: Runner | None = None) -> None:
+                 time_constant_s: float = 0.4, runner: Runner | None = None,
+                 frame_interval_s: float = 1 / 30) -> None:
         self.operator = operator
         self.params = dict(params or {})
         self.neural = None
@@ -197,9 +200,9 @@ class ToneMapStage:
                 raise ValueError("the neural tone mapper needs a runner (edgehdr.infer.open_runner(model))")
             from edgehdr.tonemap.neural import NeuralToneMapper
 
-            self.neural = NeuralToneMapper(runner, time_constant_s=time_constant_s)
-        self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s) if operator != "parametric" or \
-            "mu" not in self.params else None
+            self.neural = NeuralToneMapper(runner, time_constant_s=time_constant_s, frame_interval_s=frame_interval_s)
+        self.adaptation = TemporalAdaptation(time_constant_s=time_constant_s, frame_interval_s=frame_interval_s) \
+            if operator != "parametric" or "mu" not in self.params else None
         self._sdr = BufferPool()
 
     def __call__(self, ctx: FrameContext) -> FrameContext:
