@@ -47,12 +47,13 @@ def build(model: PathLike, out_dir: PathLike, *, precision: str = "fp32", calib:
     ``calib`` and ``holdout``: 'synth', a folder (HDR images, bracket folders, or ``.npz``/``.npy``
     tensors for anyone's model) or a data-loader hook ``MODULE:FUNCTION`` / ``FILE.py:FUNCTION``
     (``export.calibration``). Without ``holdout``, validation uses ``calib``'s held-out part (every
-    fifth item), or disjoint synthetic scenes. Models validated on user tensors are held to
+    fifth item), or disjoint synthetic scenes; with it, each source is used whole, and the same
+    folder or hook for both is refused. Models validated on user tensors are held to
     ``cosine`` and ``rel_l2`` against FP32 (``export.validate.apply_budget``).
     """
     from edgehdr.io.staging import output_file, output_folder, staged_outputs
     from edgehdr.progress import Progress
-    from export.calibration import check_source, is_tensor_source
+    from export.calibration import check_source, is_tensor_source, same_source
     from export.checks import check_model, refuse_custom_ops
     from export.shapes import fix_input_shapes, model_inputs, overrides, static_shape
 
@@ -67,6 +68,10 @@ def build(model: PathLike, out_dir: PathLike, *, precision: str = "fp32", calib:
     check_source(calib, "--calib")
     if holdout is not None:
         check_source(holdout, "--holdout")
+        if same_source(calib, holdout):
+            raise ValueError(f"--calib {calib} and --holdout {holdout} are the same data, so validation would run on "
+                             "the calibration samples themselves: give --holdout other data, or leave it out to "
+                             "hold every fifth sample of --calib out")
     held_out, data_option = (holdout, "--holdout") if holdout is not None else (calib, "--calib")
     refuse_unused_user_budget(cosine, rel_l2, user_data=is_tensor_source(held_out), option=data_option,
                               data=held_out)  # before the calibration and quantisation validate() comes after
@@ -149,7 +154,8 @@ def _build_staged(model: Path, source: Path, stage: Path, out_dir: Path, *, prec
                                precision=prec, source_onnx_sha256=source_sha, inputs=specs["inputs"],
                                outputs=specs["outputs"], created=_now(), **extra), Manifest.path_for(path))
 
-    # one source for both roles: its every fifth sample held out (user tensors; HDR folders always split)
+    # one source for both roles: its every fifth sample held out; an explicit --holdout (never the --calib source,
+    # build() refused that) is used whole, and so is --calib then
     held_out = holdout if holdout is not None else calib
     split, data_option = holdout is None, "--holdout" if holdout is not None else "--calib"
 

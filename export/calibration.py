@@ -13,7 +13,10 @@ bracket (code values / full scale, RGB) into 3K channels, shortest exposure firs
 parameters) and feeds the SDR renderings through the scorer's encoding.
 
 Calibration and held-out sets never overlap: synthetic scenes draw from disjoint
-seed ranges, and a folder is split (every fifth file held out).
+seed ranges; a folder (or hook) serving both roles (``build`` without ``--holdout``)
+is split, every fifth item held out; ``build --holdout`` uses its source whole
+(and its calibration source whole), and refuses the same source for both
+(``same_source``).
 
 Data for anyone's model
 -----------------------
@@ -51,9 +54,11 @@ infinite values, an unreadable file or a pickled (object) array.
 
 A folder or hook given for both roles (``build`` without ``--holdout``) holds
 every fifth sample out for validation; given for one role, all its samples
-(up to the count) serve that role. The manifest's calibration ``data`` records
-the source, the format, the files read, the sample count, the input shapes and
-dtypes, and a sha256 over the samples as fed.
+(up to the count) serve that role; given as both ``--calib`` and ``--holdout``
+it is refused (the held-out samples would be the calibration samples). The
+manifest's calibration ``data`` records the source, the format, the files read,
+the sample count, the input shapes and dtypes, and a sha256 over the samples as
+fed.
 """
 
 from __future__ import annotations
@@ -83,8 +88,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CALIBRATION_SEED", "HOLDOUT_SEED", "PREPROCESSING", "TENSOR_SUFFIXES", "CalibrationReader", "batches",
            "bracket_folders", "bracket_nchw", "check_source", "hdr_files", "hook_samples", "input_specs", "is_hook",
-           "load_hook", "log_encode_nchw", "model_feeds", "preprocessing_of", "samples_of", "synthetic_brackets",
-           "synthetic_hdr", "tensor_files", "tensor_folder_samples", "tone_mapped_pairs", "user_feeds"]
+           "load_hook", "log_encode_nchw", "model_feeds", "preprocessing_of", "same_source", "samples_of",
+           "synthetic_brackets", "synthetic_hdr", "tensor_files", "tensor_folder_samples", "tone_mapped_pairs",
+           "user_feeds"]
 
 CALIBRATION_SEED = 0
 HOLDOUT_SEED = 100_000  # synthetic held-out scenes start here: disjoint from any calibration set
@@ -266,6 +272,25 @@ def check_source(source: PathLike, option: str) -> None:
         return
     raise ValueError(f"{option} {source}: neither 'synth' nor a folder (of .exr/.hdr/.pfm files, of bracket folders, "
                      "or of .npz/.npy tensors) nor a data-loader hook (MODULE:FUNCTION or FILE.py:FUNCTION)")
+
+
+def same_source(a: PathLike, b: PathLike) -> bool:
+    """Whether two data sources are the same data: one folder (however spelt: the resolved path) or one hook
+    (the same module, or the same resolved file, and function). ``synth`` is never the same as anything: its
+    calibration and held-out scenes come from disjoint seeds."""
+    def identity(source: PathLike) -> tuple[str, str] | None:
+        text = str(source)
+        if text == "synth":
+            return None
+        if is_hook(text):
+            target, sep, function = text.rpartition(":")
+            if not sep:
+                target, function = text, HOOK_DEFAULT_FUNCTION
+            return ("hook", f"{Path(target).resolve() if target.endswith('.py') else target}:{function}")
+        return ("path", str(Path(text).resolve()))
+
+    ia = identity(a)
+    return ia is not None and ia == identity(b)
 
 
 # ------------------------------------------------------------------------------------ data for anyone's model
@@ -605,7 +630,8 @@ def model_feeds(model_path: PathLike, source: PathLike, count: int, *, role: str
 
     ``role`` is 'calibration' or 'holdout': synthetic data comes from disjoint seed
     ranges; a folder of HDR images or brackets gives every fifth item to the held-out set
-    and the rest to calibration. User tensors (a ``.npz``/``.npy`` folder or a hook, see
+    and the rest to calibration, unless ``split`` is False (the folder serves ``role``
+    alone: all its items). User tensors (a ``.npz``/``.npy`` folder or a hook, see
     the module notes) are fed as they are: split that way when ``split`` (the source
     serves both roles), else all to ``role``; their description has ``preprocess``
     'none'. Otherwise the model's single image input decides the shape. ``shapes``
@@ -658,14 +684,16 @@ def model_feeds(model_path: PathLike, source: PathLike, count: int, *, role: str
             raise ValueError(f"calibration source {source!r}: neither 'synth' nor a folder nor a data-loader hook "
                          "(MODULE:FUNCTION or FILE.py:FUNCTION)")
         every = list(bracket_folders(folder) if spec["source"].startswith("bracket") else hdr_files(folder))
-        picked: list[Any] = [x for i, x in enumerate(every) if (i % 5 == 4) == (role == "holdout")]
+        whole = split is False  # the folder serves this role alone (build --holdout)
+        picked: list[Any] = every if whole else [x for i, x in enumerate(every) if (i % 5 == 4) == (role == "holdout")]
         if spec["source"] == "bracket_truth":
             picked = [(b, None) for b in picked]  # no ground truth for captured brackets
         items = tone_mapped_pairs(picked, count) if spec["source"] == "tone_mapped" else picked[:count]
-        description = {"source": str(folder), "split": "every 5th item held out"}
+        description = {"source": str(folder), "split": "all items" if whole else "every 5th item held out"}
     feeds = [{inputs[0].name: spec["to_nchw"](item, shape)} for item in items]
     if not feeds:
-        raise ValueError(f"{source}: no {role} samples (a folder needs at least 5 items to hold one out)")
+        need = "" if source == "synth" or split is False else " (a folder needs at least 5 items to hold one out)"
+        raise ValueError(f"{source}: no {role} samples{need}")
     description.update(role=role, samples=len(feeds), preprocess=kind)
     return (feeds, description, items) if with_items else (feeds, description)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,15 +64,17 @@ def quantize_int8(path_in: PathLike, path_out: PathLike, reader: CalibrationRead
     ``method``: minmax, entropy, percentile, or auto (each tried, the closest to FP32 on
     the calibration data kept; see ``_quantize_auto``).
 
-    ``keep_float``: names of nodes left unquantised (TensorRT runs them in FP16/FP32);
-    'auto' keeps score heads (``scalar_heads``) and adds of a constant (``constant_adds``, an
-    output's affine range mapping) in float; ``()`` quantises everything.
+    ``keep_float``: names of nodes left unquantised (TensorRT runs them in FP16/FP32), as they
+    are named after ONNX Runtime's pre-processing (``quant_pre_process``); a name missing from
+    the quantised graph is an error. 'auto' keeps score heads (``scalar_heads``) and adds of a
+    constant (``constant_adds``, an output's affine range mapping) in float, found on the
+    pre-processed graph; ``()`` quantises everything.
     """
-    if isinstance(keep_float, str):
-        if keep_float != "auto":
-            raise ValueError(f"keep_float must be 'auto' or a list of node names, got {keep_float!r}")
-        keep_float = scalar_heads(path_in) + constant_adds(path_in)
+    if isinstance(keep_float, str) and keep_float != "auto":
+        raise ValueError(f"keep_float must be 'auto' or a list of node names, got {keep_float!r}")
     if backend == "modelopt":
+        if isinstance(keep_float, str):
+            keep_float = scalar_heads(path_in) + constant_adds(path_in)
         return _quantize_modelopt(Path(path_in), Path(path_out), reader, method, keep_float)
     if method == "auto":
         return _quantize_auto(path_in, path_out, reader, percentile=percentile, per_channel=per_channel,
@@ -96,6 +99,9 @@ def quantize_int8(path_in: PathLike, path_out: PathLike, reader: CalibrationRead
     tmp = path_out.with_name(f".{path_out.stem}.partial.onnx")
     try:
         quant_pre_process(str(path_in), str(pre), skip_symbolic_shape=True)
+        if isinstance(keep_float, str):  # 'auto': named on the graph quantize_static gets, after the pre-processing
+            # has fused nodes under new names (MatMul + Add -> Gemm 'NAME/MatMulAddFusion')
+            keep_float = scalar_heads(pre) + constant_adds(pre)
         if method == "entropy":
             # quantize_static builds its entropy histogram with 128 bins for 128 quantised bins, where the KL
             # search has nothing to clip and returns the min/max range. TensorRT's entropy calibration uses
@@ -111,6 +117,12 @@ def quantize_int8(path_in: PathLike, path_out: PathLike, reader: CalibrationRead
                             per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             calibrate_method=cal, nodes_to_exclude=list(keep_float), extra_options=extra)
         model = _float_inputs_for_float_ops(onnx.load(str(tmp)))
+        present = {n.name for n in model.graph.node}
+        missing = [name for name in keep_float if name not in present]
+        if missing:  # nodes_to_exclude matched nothing for them: they were quantised, or never existed
+            raise ValueError(f"{path_in}: nodes {missing} to keep in float are not in the quantised graph (ONNX "
+                             "Runtime's pre-processing fuses nodes under new names, e.g. MatMul + Add into Gemm "
+                             f"'NAME/MatMulAddFusion'); nodes there: {sorted(present)}")
         onnx.checker.check_model(model)
         from edgehdr.io.atomic import write_bytes_atomic
 
@@ -147,6 +159,36 @@ def _float_inputs_for_float_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         for k, name in enumerate(n.input):
             if name in float_source:
                 n.input[k] = float_source[name]
+    # A graph output that also feeds a quantised op comes out of the DequantizeLinear (ONNX Runtime renames the
+    # float tensor), i.e. rounded to int8 steps though no quantised op produces it: the float tensor gets the
+    # output's name back and the DequantizeLinear a new one, read by the quantised consumers only.
+    graph_inputs = {i.name for i in graph.input} | inits
+    taken = {name for n in graph.node for name in (*n.input, *n.output)} | graph_inputs
+    rename: dict[str, str] = {}
+    for out in graph.output:
+        source = float_source.get(out.name)
+        if source is None or source in graph_inputs:
+            continue
+        dq_name, k = f"{out.name}_DequantizeLinear_Output", 0
+        while dq_name in taken:
+            k += 1
+            dq_name = f"{out.name}_DequantizeLinear_Output_{k}"
+        taken.add(dq_name)
+        rename[out.name] = dq_name
+        rename[source] = out.name
+    if rename:
+        for n in graph.node:
+            for seq in (n.input, n.output):
+                for k, name in enumerate(seq):
+                    if name in rename:
+                        seq[k] = rename[name]
+        for v in graph.value_info:
+            if v.name in rename:
+                v.name = rename[v.name]
+        outputs = {o.name for o in graph.output}
+        kept = [v for v in graph.value_info if v.name not in outputs]  # a graph output needs no value_info
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
     graph_outputs = {o.name for o in graph.output}
     while True:
         used = {i for n in graph.node for i in n.input} | graph_outputs
@@ -229,14 +271,7 @@ def _quantize_auto(path_in: PathLike, path_out: PathLike, reader: CalibrationRea
         for method, trial in trials.items():
             described[method] = quantize_int8(path_in, trial, reader, method=method, **options)
             cand = ort.InferenceSession(str(trial), sess_options=basic, providers=["CPUExecutionProvider"])
-            image_err, scalar_err = 0.0, 0.0
-            for f, ref_out in zip(feeds, reference):
-                for r, c in zip(ref_out, cand.run(names, f)):
-                    if r.size > 4:  # images: MSE relative to the FP32 variance (the PSNR budget's quantity)
-                        image_err += float(np.mean((c - r) ** 2) / max(float(np.var(r)), 1e-12)) / len(feeds)
-                    else:  # scores: the worst absolute error (the budget's quantity)
-                        scalar_err = max(scalar_err, float(np.abs(c - r).max()))
-            scores[method] = image_err + scalar_err
+            scores[method] = _selection_error(reference, [cand.run(names, f) for f in feeds])
         best = min(scores, key=scores.__getitem__)
         trials[best].replace(path_out)
     finally:
@@ -245,6 +280,24 @@ def _quantize_auto(path_in: PathLike, path_out: PathLike, reader: CalibrationRea
     result = described[best]
     result.update(method_selected_by="auto", selection_error=scores, selection_samples=len(feeds))
     return result
+
+
+def _selection_error(reference: Sequence[Sequence[np.ndarray]], candidate: Sequence[Sequence[np.ndarray]]) -> float:
+    """How far a candidate's outputs are from FP32's (``reference[sample][output]``), as ``_quantize_auto`` ranks
+    them: image outputs by MSE over the FP32 variance (averaged over samples), scores (<= 4 values) by the worst
+    absolute error; infinite when the candidate has a non-finite value where FP32's is finite (a NaN would
+    otherwise compare as no error at all)."""
+    image_err, scalar_err = 0.0, 0.0
+    for ref_out, cand_out in zip(reference, candidate):
+        for r, c in zip(ref_out, cand_out):
+            r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
+            if np.any(~np.isfinite(c) & np.isfinite(r)):
+                return math.inf
+            if r.size > 4:  # images: MSE relative to the FP32 variance (the PSNR budget's quantity)
+                image_err += float(np.mean((c - r) ** 2) / max(float(np.var(r)), 1e-12)) / len(reference)
+            else:  # scores: the worst absolute error (the budget's quantity)
+                scalar_err = max(scalar_err, float(np.abs(c - r).max()))
+    return image_err + scalar_err
 
 
 def _entropy_ranges(model_path: PathLike, reader: CalibrationReader, *, num_bins: int = 2048,

@@ -32,24 +32,30 @@ class Task(TypedDict):
 
 def _tmo_output_psnr(items: Sequence[Any], ref_outputs: Sequence[Outputs],
                      cand_outputs: Sequence[Outputs]) -> dict[str, Any]:
-    """Tone-mapped sRGB frames rendered from the FP32 and converted parameter grids: PSNR (peak 255)."""
+    """Tone-mapped sRGB frames rendered from the FP32 and converted parameter grids: PSNR (peak 255).
+
+    ``tmo_output_psnr_db_mean`` is the PSNR of the mean squared error over all samples (every
+    sample counts, those identical to FP32 with their zero error); ``tmo_output_psnr_db_min``
+    the worst sample's PSNR (infinite where every sample is identical).
+    """
     from edgehdr.tonemap.neural import apply_parameter_grid, encode_tmo_input
 
-    values = []
+    def psnr(mse: float) -> float:
+        return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)  # NaN stays NaN
+
+    errors = []
     for radiance, ref, cand in zip(items, ref_outputs, cand_outputs):
         _, key, blocks = encode_tmo_input(radiance)
         a = apply_parameter_grid(radiance, next(iter(ref.values()))[0], key_log2=key, blocks=blocks)
         b = apply_parameter_grid(radiance, next(iter(cand.values()))[0], key_log2=key, blocks=blocks)
-        mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-        values.append(float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse))
-    finite = [v for v in values if math.isfinite(v)]
-    return {"tmo_output_psnr_db_mean": float(np.mean(finite)) if finite else float("inf"),
-            "tmo_output_psnr_db_min": min(values)}
+        errors.append(float(np.mean((a.astype(np.float64) - b) ** 2)))
+    return {"tmo_output_psnr_db_mean": psnr(float(np.mean(errors))),
+            "tmo_output_psnr_db_min": psnr(float(np.max(errors)))}
 
 
 def _tmo_budget(task: dict[str, Any]) -> list[tuple[str, bool]]:
-    return [(f"tone-mapped output PSNR {task['tmo_output_psnr_db_mean']:.2f} dB >= 40",
-             task["tmo_output_psnr_db_mean"] >= 40.0)]
+    return [(f"tone-mapped output PSNR {task['tmo_output_psnr_db_mean']:.2f} dB >= 40 (the PSNR of the mean "
+             "squared error over the samples)", task["tmo_output_psnr_db_mean"] >= 40.0)]
 
 
 def _zone_light_error(items: Sequence[Any], ref_outputs: Sequence[Outputs],
@@ -75,7 +81,11 @@ def _score_correlation(items: Sequence[Any], ref_outputs: Sequence[Outputs],
     labels = [tmqi(radiance, sdr).Q for radiance, sdr in items]
     ref = [float(np.asarray(next(iter(r.values()))).reshape(-1)[0]) for r in ref_outputs]
     cand = [float(np.asarray(next(iter(c.values()))).reshape(-1)[0]) for c in cand_outputs]
-    return {"srocc_fp32": spearman(ref, labels), "srocc_converted": spearman(cand, labels),
+
+    def srocc(scores: list[float]) -> float:  # a rank correlation ranks NaN like a number: undefined instead
+        return spearman(scores, labels) if np.isfinite(scores).all() and np.isfinite(labels).all() else math.nan
+
+    return {"srocc_fp32": srocc(ref), "srocc_converted": srocc(cand),
             "score_max_abs_diff": float(np.max(np.abs(np.subtract(ref, cand))))}
 
 

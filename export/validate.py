@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     Budget: TypeAlias = Callable[[dict[str, Any]], list[tuple[str, bool]]]  # task figures -> (rule, passed)
 
 __all__ = ["ABS_BUDGET", "COSINE_BUDGET", "PSNR_BUDGET_DB", "REL_L2_BUDGET", "apply_budget", "budget_line",
-           "compare_runners", "spearman", "validate", "write_report"]
+           "compare_runners", "report_paths", "spearman", "validate", "write_report"]
 
 PSNR_BUDGET_DB = 40.0  # image outputs of a converted model vs FP32
 ABS_BUDGET = 0.01  # scalar outputs (scores in [0, 1]) vs FP32
@@ -56,23 +56,32 @@ def compare_runners(reference: Runner, candidate: Runner, feeds: Iterable[dict[s
     ``reference`` and ``candidate`` are loaded runners (``edgehdr.infer``); ``task_metric(ref_outputs,
     cand_outputs)`` may add the model's own figure (e.g. TMQI, SROCC) under ``"task"``.
     """
+    ref_desc, cand_desc = reference.describe(), candidate.describe()
+    _check_same_outputs(ref_desc.model, {t.name: t.shape for t in ref_desc.outputs},
+                        cand_desc.model, {t.name: t.shape for t in cand_desc.outputs})
     per_output: dict[str, dict] = {}
     ref_all: list[Outputs] = []
     cand_all: list[Outputs] = []
     for feed in feeds:
         ref = reference.run(feed)
         out = candidate.run(feed)
+        # what the runners returned, not only what they declared (a dynamic dimension is declared as '?')
+        _check_same_outputs(ref_desc.model, {k: np.shape(v) for k, v in ref.items()},
+                            cand_desc.model, {k: np.shape(v) for k, v in out.items()})
         ref_all.append(ref)
         cand_all.append(out)
         for name, value in ref.items():
             acc = per_output.setdefault(name, {"max_abs": 0.0, "sum_abs": 0.0, "sum_sq": 0.0, "n": 0,
                                               "lo": math.inf, "hi": -math.inf, "ref_sq": 0.0, "cos_min": math.inf,
-                                              "dot": 0.0, "cand_sq": 0.0,
+                                              "dot": 0.0, "cand_sq": 0.0, "nonfinite": 0,
                                               "elements": int(np.asarray(value).size)})
             r = np.asarray(value, np.float64).ravel()
             c = np.asarray(out[name], np.float64).ravel()
-            diff = c - r
-            acc["max_abs"] = max(acc["max_abs"], float(np.abs(diff).max()))
+            acc["nonfinite"] += int(np.count_nonzero(~np.isfinite(c) & np.isfinite(r)))
+            with np.errstate(invalid="ignore"):  # inf - inf: NaN, replaced where the values are equal
+                diff = np.where(c == r, 0.0, c - r)  # equal infinities are no error; NaN stays NaN
+            # np.max, not max(): Python's max(0.0, nan) is 0.0, which would let a NaN output pass
+            acc["max_abs"] = float(np.max([acc["max_abs"], float(np.abs(diff).max(initial=0.0))]))
             acc["sum_abs"] += float(np.abs(diff).sum())
             acc["sum_sq"] += float((diff * diff).sum())
             acc["n"] += diff.size
@@ -100,24 +109,54 @@ def compare_runners(reference: Runner, candidate: Runner, feeds: Iterable[dict[s
                                    "psnr_db": float("inf") if mse == 0 else 10 * math.log10(peak * peak / mse),
                                    "relative_l2_error": rel_l2, "cosine_similarity_min": acc["cos_min"],
                                    "cosine_similarity": cos_all,
-                                   "fp32_range": [acc["lo"], acc["hi"]], "elements": acc["elements"]}
+                                   "fp32_range": [acc["lo"], acc["hi"]], "elements": acc["elements"],
+                                   "nonfinite_values": acc["nonfinite"]}
     if task_metric is not None:
         report["task"] = task_metric(ref_all, cand_all)
     return report
 
 
+def _check_same_outputs(ref_name: str, ref_shapes: Mapping[str, Sequence[int | str]], cand_name: str,
+                        cand_shapes: Mapping[str, Sequence[int | str]]) -> None:
+    """Refuse (``ValueError`` naming both models) a candidate whose outputs differ from the reference's in name or
+    shape; a dimension either side leaves dynamic (a string) matches any size."""
+    problems = []
+    missing, extra = sorted(set(ref_shapes) - set(cand_shapes)), sorted(set(cand_shapes) - set(ref_shapes))
+    if missing:
+        problems.append(f"outputs {missing} missing from the candidate")
+    if extra:
+        problems.append(f"outputs {extra} not in the reference")
+    for name in sorted(set(ref_shapes) & set(cand_shapes)):
+        a, b = tuple(ref_shapes[name]), tuple(cand_shapes[name])
+        if len(a) != len(b) or any(isinstance(x, int) and isinstance(y, int) and x != y for x, y in zip(a, b)):
+            problems.append(f"output {name!r} has shape {list(b)} in the candidate, {list(a)} in the reference")
+    if problems:
+        raise ValueError(f"candidate {cand_name} does not have the outputs of reference {ref_name}: "
+                         + "; ".join(problems) + " (compare a converted model with the FP32 model it came from)")
+
+
+def report_paths(out_base: PathLike) -> tuple[Path, Path]:
+    """``(OUT_BASE.json, OUT_BASE.md)``; a .json/.md suffix on ``out_base`` is dropped."""
+    out_base = Path(out_base)
+    if out_base.suffix in (".json", ".md"):
+        out_base = out_base.with_suffix("")
+    return Path(f"{out_base}.json"), Path(f"{out_base}.md")
+
+
 def write_report(report: Mapping[str, Any], out_base: PathLike, *, title: str) -> list[Path]:
-    """``OUT_BASE.json`` and ``OUT_BASE.md`` (atomic; a .json/.md suffix on ``out_base`` is dropped).
+    """``OUT_BASE.json`` and ``OUT_BASE.md`` (``report_paths``), published together: both are written into a
+    hidden staging folder beside them and moved into place once both are written (``edgehdr.io.staging``), so
+    a failure leaves neither new file (and no half-replaced pair).
 
     The JSON is strict: undefined figures (the PSNR of identical outputs, a correlation of
     constant scores) are ``null``."""
     from edgehdr.io.atomic import dumps_json, write_json_atomic, write_text_atomic
+    from edgehdr.io.staging import output_file, staged_outputs
     from export.strict_json import null_undefined
 
-    out_base = Path(out_base)
-    if out_base.suffix in (".json", ".md"):
-        out_base = out_base.with_suffix("")
-    json_path, md_path = Path(f"{out_base}.json"), Path(f"{out_base}.md")
+    json_path, md_path = report_paths(out_base)
+    for path in (json_path, md_path):
+        output_file(path, option="-o")
     lines = [f"# {title}", "", f"{report['samples']} held-out samples.", "",
              "| output | max abs error | mean abs error | PSNR dB | relative L2 | cosine (worst sample) | FP32 range |",
              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -132,8 +171,10 @@ def write_report(report: Mapping[str, Any], out_base: PathLike, *, title: str) -
         lines += ["", f"Task metric: {dumps_json(null_undefined(report['task']))}"]
     if "budget" in report:
         lines += ["", f"Budget: {report['budget']['rule']} -> {'PASS' if report['budget']['passed'] else 'FAIL'}"]
-    return [write_json_atomic(json_path, null_undefined(report)),
-            write_text_atomic(md_path, "\n".join(lines) + "\n")]
+    with staged_outputs(json_path.parent, json_path.stem) as stage:
+        write_json_atomic(stage / json_path.name, null_undefined(report))
+        write_text_atomic(stage / md_path.name, "\n".join(lines) + "\n")
+    return [json_path, md_path]
 
 
 def budget_line(report: Mapping[str, Any]) -> str:
@@ -176,7 +217,9 @@ def _task_metric(ref_outputs: Sequence[Outputs], cand_outputs: Sequence[Outputs]
         if np.asarray(ref_outputs[0][name]).size <= 4 and len(ref_outputs) >= 3:
             ref = [float(np.asarray(r[name]).ravel()[0]) for r in ref_outputs]
             cand = [float(np.asarray(c[name]).ravel()[0]) for c in cand_outputs]
-            task[f"{name}_srocc_vs_fp32"] = spearman(ref, cand)
+            # a rank correlation ranks NaN like a number: undefined instead (apply_budget fails the NaN itself)
+            finite = bool(np.isfinite(ref).all() and np.isfinite(cand).all())
+            task[f"{name}_srocc_vs_fp32"] = spearman(ref, cand) if finite else math.nan
     return task
 
 
@@ -199,6 +242,13 @@ def _raw_output_checks(report: Mapping[str, Any], psnr_db: float | None,
     return checks
 
 
+def _nonfinite_checks(report: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """A failed check for each output with NaN or infinite values where FP32's are finite, whatever the budget: a
+    NaN compares false with every threshold and ranks like a number, so no figure can be trusted to catch it."""
+    return [(f"{name}: {r['nonfinite_values']} non-finite values where FP32 is finite", False)
+            for name, r in report["outputs"].items() if r.get("nonfinite_values", 0)]
+
+
 def apply_budget(report: dict[str, Any], *, psnr_db: float | None = None, max_abs: float | None = None,
                  task_budget: Budget | None = None, cosine: float | None = None,
                  rel_l2: float | None = None) -> dict[str, Any]:
@@ -210,10 +260,12 @@ def apply_budget(report: dict[str, Any], *, psnr_db: float | None = None, max_ab
     ``psnr_db`` or ``max_abs`` given as well holds its raw outputs to that too (both must pass).
     Given ``cosine`` and ``rel_l2`` (anyone's model on user tensors), every output needs
     cosine similarity >= ``cosine`` (``_budget_cosine``) and relative L2 error <= ``rel_l2``.
+    Under every budget, an output with non-finite values where FP32's are finite fails
+    (``nonfinite_values`` from ``compare_runners``).
     """
     if task_budget is not None:
         # and the caller's own raw-output budget, where one was given
-        checks = task_budget(report["task"]) + _raw_output_checks(report, psnr_db, max_abs)
+        checks = task_budget(report["task"]) + _raw_output_checks(report, psnr_db, max_abs) + _nonfinite_checks(report)
         report["budget"] = {"rule": "; ".join(c[0] for c in checks), "passed": all(c[1] for c in checks),
                             "kind": "task"}
         return report
@@ -229,12 +281,13 @@ def apply_budget(report: dict[str, Any], *, psnr_db: float | None = None, max_ab
             checks.append((f"{name}: {which} {_budget_cosine(r):.5f} >= {cosine}", _budget_cosine(r) >= cosine))
             checks.append((f"{name}: relative L2 {r['relative_l2_error']:.3g} <= {rel_l2}",
                            r["relative_l2_error"] <= rel_l2))
+        checks += _nonfinite_checks(report)
         report["budget"] = {"rule": "; ".join(c[0] for c in checks), "passed": all(c[1] for c in checks),
                             "kind": "generic", "cosine_min": cosine, "relative_l2_max": rel_l2}
         return report
     psnr_db = PSNR_BUDGET_DB if psnr_db is None else psnr_db
     max_abs = ABS_BUDGET if max_abs is None else max_abs
-    checks = _raw_output_checks(report, psnr_db, max_abs)
+    checks = _raw_output_checks(report, psnr_db, max_abs) + _nonfinite_checks(report)
     report["budget"] = {"rule": "; ".join(c[0] for c in checks), "passed": all(c[1] for c in checks),
                         "psnr_db_min": psnr_db, "max_abs_error_max": max_abs}
     return report
@@ -259,9 +312,11 @@ def validate(reference: PathLike, candidate: PathLike, *, data: PathLike = "synt
     ``data``: 'synth', a folder or a data-loader hook (``export.calibration``). ``shapes``
     (``{input: dims}``, ``export.shapes``) fixes the dynamic input dimensions of the held-out
     feeds. User tensors are held to ``cosine`` and ``rel_l2`` (``apply_budget``; None: ``COSINE_BUDGET``,
-    ``REL_L2_BUDGET``), and giving either with the shipped encodings' data is an error; ``split``:
-    they also served as calibration data, so only every fifth sample is held out. ``option``
-    names the data source in errors.
+    ``REL_L2_BUDGET``), and giving either with the shipped encodings' data is an error. ``split``
+    True: the data also served as calibration data, so only every fifth sample is held out;
+    False: all of it is held-out data; None: a folder of HDR images or brackets is split, user
+    tensors are used whole (``export.calibration.model_feeds``). ``option`` names the data
+    source in errors.
     """
     from edgehdr.io.staging import output_file
     from export.calibration import check_source, model_feeds
@@ -278,8 +333,9 @@ def validate(reference: PathLike, candidate: PathLike, *, data: PathLike = "synt
         refuse_custom_ops(candidate_model, candidate, why)
         qdq = _has_qdq(candidate_model)
     check_source(data, option)
-    if out_base is not None:
-        output_file(out_base, option="-o")
+    if out_base is not None:  # the base (a folder there is a mistake) and both report files, before any work
+        for path in (Path(out_base), *report_paths(out_base)):
+            output_file(path, option="-o")
     feeds, described, items = model_feeds(reference, data, count, role="holdout", with_items=True, shapes=shapes,
                                           split=split, option=option)
     task = task_for(described["preprocess"])

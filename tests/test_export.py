@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import random
 from pathlib import Path
 
@@ -306,3 +307,200 @@ def test_cli_trt_target_without_tensorrt_says_what_to_install(work, tmp_path, ca
     assert rc == 2
     assert "TensorRT is not installed" in capsys.readouterr().err
     assert export_main(["device-suite", "-o", str(tmp_path / "dev")]) == 2
+
+
+# ------------------------------------------------------------------------------------ review regressions
+def _poisoned(reference: Path, path: Path, value: float) -> Path:
+    """``reference`` with its last node's output (the graph output) plus a constant: NaN or inf poison it."""
+    model = onnx.load(str(reference))
+    out = model.graph.node[-1].output[0]
+    model.graph.node[-1].output[0] = f"{out}_clean"
+    model.graph.initializer.append(numpy_helper.from_array(np.array([value], np.float32), "poison_value"))
+    model.graph.node.append(helper.make_node("Add", [f"{out}_clean", "poison_value"], [out], name="poison"))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_nan_scores_fail_validation(work, tmp_path, capsys):
+    """A candidate whose score is NaN on every sample used to pass: max(0.0, nan) is 0.0, so its max abs error read
+    0 <= 0.01. The NaN values are counted per output and fail the budget; the error figure is undefined (null)."""
+    broken = _poisoned(work["nets"]["score"], tmp_path / "broken.onnx", math.nan)
+    rc = export_main(["validate", str(work["nets"]["score"]), str(broken), "--count", "4", "-o",
+                      str(tmp_path / "report")])
+    assert rc == 1 and "OUTSIDE budget" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    score = report["outputs"]["score"]
+    assert score["nonfinite_values"] == 4 and score["max_abs_error"] is None
+    assert not report["budget"]["passed"]
+    assert "score: 4 non-finite values where FP32 is finite" in report["budget"]["rule"]
+    fine = export_main(["validate", str(work["nets"]["score"]), str(work["nets"]["score"]), "--count", "4"])
+    assert fine == 0 and "within budget" in capsys.readouterr().out  # finite and identical: no such failure
+
+
+def test_a_nan_score_fails_the_scorer_task_budget(tmp_path):
+    """The shipped scorer judged by its task (SROCC with TMQI): a NaN score on the held-out sample FP32 rates highest
+    took the top rank in the correlation, which stayed 0.90 like FP32's, so the budget passed. The correlation is
+    undefined now and the NaN fails the budget whatever the task."""
+    import onnxruntime as ort
+
+    from edgehdr.models import model_path
+
+    ref = model_path("norvdpnet_tmo")
+    feeds, _ = model_feeds(ref, "synth", 8, role="holdout")
+    session = ort.InferenceSession(str(ref), providers=["CPUExecutionProvider"])
+    scores = sorted(float(session.run(None, f)[0].ravel()[0]) for f in feeds)
+    threshold = (scores[-1] + scores[-2]) / 2  # sqrt(threshold - score) * 0 is NaN for the top sample only
+    model = onnx.load(str(ref))
+    graph, out = model.graph, model.graph.output[0].name
+    for node in graph.node:
+        for k, name in enumerate(node.output):
+            if name == out:
+                node.output[k] = "clean"
+    graph.initializer.extend([numpy_helper.from_array(np.array(threshold, np.float32), "t"),
+                              numpy_helper.from_array(np.array(0, np.float32), "zero")])
+    graph.node.extend([helper.make_node("Sub", ["t", "clean"], ["d"]), helper.make_node("Sqrt", ["d"], ["s"]),
+                       helper.make_node("Mul", ["s", "zero"], ["z"]), helper.make_node("Add", ["clean", "z"], [out])])
+    cand = tmp_path / "norvdpnet_nan.onnx"
+    onnx.save(model, str(cand))
+    report = validate(ref, cand, data="synth", count=8, quiet=True)
+    assert report["budget"]["kind"] == "task" and not report["budget"]["passed"]
+    assert math.isnan(report["task"]["srocc_converted"]) and math.isfinite(report["task"]["srocc_fp32"])
+    assert report["outputs"][out]["nonfinite_values"] == 1
+
+
+def test_auto_calibration_ranks_a_nan_candidate_last():
+    """``_quantize_auto``'s selection error: a NaN score compared as no error (max(0.0, nan) is 0.0), so a method
+    producing NaN would have been kept; it is infinitely far now. Finite outputs keep the documented figure."""
+    from export.precision import _selection_error
+
+    rng = np.random.default_rng(0)
+    ref = [[rng.random((1, 3, 8, 8)), np.array([[0.5]])] for _ in range(3)]
+    close = [[r[0] + 0.01, r[1] + 0.002] for r in ref]
+    nan = [[r[0], np.array([[math.nan]])] for r in ref]
+    want = np.mean([np.mean(0.01 ** 2) / np.var(r[0]) for r in ref]) + 0.002
+    assert _selection_error(ref, close) == pytest.approx(want, rel=1e-6)
+    assert _selection_error(ref, nan) == math.inf
+    assert _selection_error(ref, [[r[0] + np.inf, r[1]] for r in ref]) == math.inf
+
+
+def _linear_head(path: Path) -> Path:
+    """A conv net with a linear head exported as MatMul + Add(bias) (torch.onnx's nn.Linear without Gemm) and a
+    (1, 2) score output: ONNX Runtime's pre-processing fuses the pair into a Gemm named 'fc_matmul/MatMulAddFusion'."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "c.w"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "c.b"),
+             numpy_helper.from_array((rng.standard_normal((8, 2)) * 0.5).astype(np.float32), "fc.w"),
+             numpy_helper.from_array(np.array([0.1, -0.2], np.float32), "fc.b")]
+    nodes = [helper.make_node("Conv", ["image", "c.w", "c.b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                              name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], axis=1, name="flatten"),
+             helper.make_node("MatMul", ["f", "fc.w"], ["mm"], name="fc_matmul"),
+             helper.make_node("Add", ["mm", "fc.b"], ["logit"], name="fc_bias"),
+             helper.make_node("Sigmoid", ["logit"], ["score"], name="sigmoid")]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT,
+                                                                            [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("score", onnx.TensorProto.FLOAT, [1, 2])],
+                              initializer=inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+def test_auto_keep_float_names_the_nodes_of_the_preprocessed_graph(tmp_path):
+    """keep_float='auto' named the MatMul and Add on the FP32 model; the pre-processing fused them into a Gemm of
+    another name, so nothing was excluded: the head was quantised and the manifest listed nodes the model lacks.
+    The head is found on the pre-processed graph now and stays float; a name to keep that the quantised graph lacks
+    is an error, not a silent no-op."""
+    model = _linear_head(tmp_path / "head.onnx")
+    rng = np.random.default_rng(1)
+    reader = CalibrationReader([{"image": rng.random((1, 3, 16, 16), dtype=np.float32)} for _ in range(4)])
+    out = tmp_path / "head.int8.onnx"
+    info = quantize_int8(model, out, reader, method="minmax")
+    q = onnx.load(str(out))
+    nodes = {n.name: n for n in q.graph.node}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    assert info["kept_float"] and all(name in nodes for name in info["kept_float"]), info["kept_float"]
+    (head,) = [n for n in q.graph.node if n.op_type in ("Gemm", "MatMul")]
+    assert head.name in info["kept_float"]
+    assert not any(i in producer and producer[i].op_type == "DequantizeLinear" for i in head.input)
+    assert producer[nodes["conv"].input[0]].op_type == "DequantizeLinear"  # the rest is still quantised
+    assert check_qdq_for_tensorrt(out, float_nodes=info["kept_float"]) == []
+    with pytest.raises(ValueError, match=r"\['fc_matmul'\] to keep in float are not in the quantised graph"):
+        quantize_int8(model, tmp_path / "named.int8.onnx", reader, method="minmax", keep_float=["fc_matmul"])
+    assert not (tmp_path / "named.int8.onnx").exists()
+
+
+def test_a_graph_output_that_feeds_a_quantised_op_stays_float(tmp_path):
+    """A tensor that is a graph output and the input of a Conv came out of the DequantizeLinear, rounded to int8
+    steps though no quantised op produces it. The output is the float tensor again; the Conv still reads Q/DQ."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "c1.w"),
+             numpy_helper.from_array((rng.standard_normal((3, 8, 3, 3)) * 0.3).astype(np.float32), "c2.w")]
+    nodes = [helper.make_node("Conv", ["image", "c1.w"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Sigmoid", ["c1"], ["feat"], name="sig"),
+             helper.make_node("Conv", ["feat", "c2.w"], ["out"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv2")]
+    f32 = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "two_outputs", [helper.make_tensor_value_info("image", f32, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("feat", f32, [1, 8, 16, 16]),
+                               helper.make_tensor_value_info("out", f32, [1, 3, 16, 16])], initializer=inits)
+    model = tmp_path / "two_outputs.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(model))
+    feeds = [{"image": rng.random((1, 3, 16, 16), dtype=np.float32)} for _ in range(4)]
+    out = tmp_path / "two_outputs.int8.onnx"
+    quantize_int8(model, out, CalibrationReader(feeds), method="minmax", keep_float=())
+    q = onnx.load(str(out))
+    producer = {o: n for n in q.graph.node for o in n.output}
+    assert producer["feat"].op_type == "Sigmoid"
+    conv2 = next(n for n in q.graph.node if n.name == "conv2")
+    assert producer[conv2.input[0]].op_type == "DequantizeLinear"
+    assert [o.name for o in q.graph.output] == ["feat", "out"] and check_qdq_for_tensorrt(q) == []
+    basic = ort.SessionOptions()
+    basic.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    feat = ort.InferenceSession(str(out), basic, providers=["CPUExecutionProvider"]).run(["feat"], feeds[0])[0]
+    fp32 = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(["feat"], feeds[0])[0]
+    assert np.unique(feat).size > 256  # off the int8 grid (at most 256 levels)
+    assert float(np.abs(feat - fp32).max()) < 0.02  # only the quantised conv1 before it differs
+
+
+def test_inspect_checks_qdq_with_the_nodes_build_kept_in_float(work, tmp_path, capsys):
+    """``inspect`` ran the TensorRT Q/DQ check without the manifest's kept-float nodes and flagged the score head
+    that ``build`` had left in float on purpose (and checked: 'passed')."""
+    out = tmp_path / "out"
+    assert export_main(["build", str(work["nets"]["score"]), "--precision", "int8", "--method", "minmax",
+                        "--calib-count", "8", "--holdout-count", "4", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert export_main(["inspect", str(out / "score.int8.onnx")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["manifest"]["calibration"]["kept_float"] == ["fc"]
+    assert info["tensorrt_qdq_check"] == "passed"
+    # without the manifest the head is reported, as check_qdq_for_tensorrt does for a bare model
+    Manifest.path_for(out / "score.int8.onnx").unlink()
+    assert export_main(["inspect", str(out / "score.int8.onnx")]) == 0
+    assert any("fc" in p for p in json.loads(capsys.readouterr().out)["tensorrt_qdq_check"])
+
+
+def test_tmo_task_psnr_counts_the_samples_identical_to_fp32():
+    """The TMO task's PSNR averaged the per-sample PSNRs of the samples that differ, dropping identical ones (an
+    infinite PSNR), so one differing sample of three was judged alone. It is the PSNR of the mean squared error now:
+    one sample of N differing gives that sample's PSNR plus 10 log10(N)."""
+    from edgehdr.models import model_path
+    from export.tasks import TASKS
+
+    ref_model = model_path("tmo_net")
+    feeds, _, items = model_feeds(ref_model, "synth", 3, role="holdout", with_items=True)
+    with OnnxRuntimeRunner(ref_model) as runner:
+        ref = [runner.run(f) for f in feeds]
+    cand = [dict(r) for r in ref]
+    name = next(iter(ref[0]))
+    cand[1] = {name: ref[1][name] + np.float32(0.05)}  # one sample of three differs
+    metric = TASKS["tmo_log_luminance"]["metric"]
+    task = metric(items, ref, cand)
+    assert math.isfinite(task["tmo_output_psnr_db_min"])
+    assert task["tmo_output_psnr_db_mean"] == pytest.approx(task["tmo_output_psnr_db_min"] + 10 * math.log10(3))
+    assert metric(items, ref, ref)["tmo_output_psnr_db_mean"] == math.inf
+    (rule, _), = TASKS["tmo_log_luminance"]["budget"](task)
+    assert "mean squared error over the samples" in rule

@@ -293,6 +293,91 @@ def test_staged_outputs_publish_on_success_and_vanish_on_failure(tmp_path, failu
     assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["model.fp32.onnx", "model.fp32.onnx.manifest.json"]
 
 
+def test_validate_report_is_both_files_or_neither(files, tmp_path, capsys):
+    """``validate -o BASE`` wrote BASE.json, then failed on BASE.md (a folder there), leaving the .json alone (and an
+    older pair mismatched). Both paths are checked before any work, and a pair written earlier stays as it was."""
+    (tmp_path / "report.md").mkdir()
+    (tmp_path / "older.json").write_text("earlier json")
+    (tmp_path / "older.md").mkdir()
+    for base in ("report", "older"):
+        rc, _, err = cli(capsys, "validate", files / "image.onnx", files / "image.onnx", "--count", "2",
+                         "-o", tmp_path / base)
+        assert_clear_error(rc, err, "-o", tmp_path / f"{base}.md", "is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["older.json", "older.md", "report.md"]
+    assert (tmp_path / "older.json").read_text() == "earlier json"
+    rc, _, err = cli(capsys, "validate", files / "image.onnx", files / "image.onnx", "--count", "2",
+                     "-o", tmp_path / "new.json")
+    assert rc == 0, err
+    assert {"new.json", "new.md"} <= {p.name for p in tmp_path.iterdir()}
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging folder left behind
+
+
+def _renamed_output(source: Path, path: Path) -> Path:
+    model = onnx.load(str(source))
+    model.graph.node[-1].output[0] = "renamed"
+    model.graph.output[0].name = "renamed"
+    onnx.save(model, str(path))
+    return path
+
+
+def _nhwc_output(source: Path, path: Path) -> Path:
+    """The same network with its (1, C, H, W) output transposed to (1, H, W, C): as many elements, another layout."""
+    model = onnx.load(str(source))
+    model.graph.node[-1].output[0] = "nchw"
+    model.graph.node.append(helper.make_node("Transpose", ["nchw"], ["output"], perm=[0, 2, 3, 1]))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    channels = dims[1].dim_value
+    dims[1].dim_value, dims[3].dim_value = dims[2].dim_value, channels
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("make, needles", [(_renamed_output, ["outputs ['output'] missing", "['renamed']"]),
+                                           (_nhwc_output, ["output 'output' has shape [1, 32, 32, 3]",
+                                                           "[1, 3, 32, 32] in the reference"])])
+def test_validate_of_a_candidate_with_other_outputs_is_refused(files, tmp_path, capsys, make, needles):
+    """A renamed output ended in a KeyError traceback (exit 1, the 'outside budget' status); an NHWC output of the
+    same size was compared element by element. Both are a bad input: exit 2 naming both models."""
+    cand = make(files / "image.onnx", tmp_path / "candidate.onnx")
+    rc, stdout, err = cli(capsys, "validate", files / "image.onnx", cand, "--count", "2", "-o", tmp_path / "report")
+    assert_clear_error(rc, err, cand, files / "image.onnx", *needles)
+    assert stdout == "" and not (tmp_path / "report.json").exists()
+
+
+def test_the_same_data_for_calibration_and_holdout_is_refused(files, tmp_path, capsys):
+    """``--calib D --holdout D`` validated on the calibration samples themselves (the two fingerprints equal), though
+    the sets are meant never to overlap. Refused before any work, however the folder is spelt."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        np.savez(data / f"s{i}.npz", image=rng.random((1, 3, 32, 32), dtype=np.float32))
+    out = tmp_path / "out"
+    for holdout in (data, tmp_path / "data" / ".." / "data"):
+        rc, stdout, err = cli(capsys, "build", files / "image.onnx", "--precision", "int8", "--method", "minmax",
+                              "--calib", data, "--holdout", holdout, "-o", out)
+        assert_clear_error(rc, err, "--calib", "--holdout", "the same data")
+        assert stdout == "" and _nothing_written(out)
+
+
+def test_an_explicit_holdout_image_folder_is_used_whole(files, tmp_path, capsys):
+    """An HDR image folder given as --holdout was split like a calibration source (every fifth file held out), so
+    three files were 'too few to hold one out'. As user tensors always were, it is held-out data as a whole."""
+    from edgehdr.io import write_radiance
+
+    held = tmp_path / "held"
+    held.mkdir()
+    for i in range(3):
+        write_radiance(held / f"s{i}.pfm", np.random.default_rng(i).random((32, 32, 3), dtype=np.float32) + 0.1)
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, "build", files / "image.onnx", "--precision", "fp16", "--holdout", held,
+                     "--holdout-count", "8", "-o", out)
+    assert rc == 0, err
+    data = json.loads((out / "image.fp16.validation.json").read_text())["data"]
+    assert data["samples"] == 3 and data["split"] == "all items" and data["source"] == str(held)
+
+
 # ------------------------------------------------------------------------------------------------ strict JSON
 def test_validate_report_of_identical_models_is_strict_json(files, tmp_path, capsys):
     """Identical outputs have an infinite PSNR: written as null, not as the bare Infinity json.dumps writes."""

@@ -331,13 +331,21 @@ def test_unknown_module_and_missing_script_are_named(work, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------- generic metrics
 class _Fixed:
-    """A runner returning given outputs in turn."""
+    """A runner returning given outputs in turn; it describes them as the first sample has them."""
 
     def __init__(self, outputs):
+        self.first = outputs[0]
         self.outputs = iter(outputs)
 
     def run(self, feed):
         return next(self.outputs)
+
+    def describe(self):
+        from edgehdr.infer import RunnerDescription, TensorDescription
+
+        return RunnerDescription(backend="fixed", model="fixed", providers=(), precision="unknown", device="cpu",
+                                 outputs=tuple(TensorDescription(k, np.shape(v), str(np.asarray(v).dtype))
+                                               for k, v in self.first.items()))
 
 
 def test_generic_metrics_and_budget_match_numpy():

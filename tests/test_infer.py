@@ -93,7 +93,8 @@ def test_open_runner_falls_back_past_an_unusable_engine(nets, tmp_path, caplog):
     """An engine that cannot be used here (no TensorRT, or built elsewhere) is skipped with its reason logged."""
     engine = tmp_path / "image.fp16.engine"
     engine.write_bytes(b"\0" * 64)
-    _engine_manifest(compute_capability="0.0").save(Manifest.path_for(engine))
+    _engine_manifest(compute_capability="0.0", source_onnx_sha256=sha256_file(nets["image"])).save(
+        Manifest.path_for(engine))
     with caplog.at_level(logging.INFO, logger="edgehdr.infer"):
         runner = open_runner(nets["image"], engine_dir=tmp_path)
     try:
@@ -109,6 +110,93 @@ def test_open_runner_falls_back_past_an_unusable_engine(nets, tmp_path, caplog):
         assert cpu_runner.describe().providers == ("CPUExecutionProvider",)
     finally:
         cpu_runner.close()
+
+
+def test_open_runner_considers_only_this_models_engines_built_from_this_file(nets, tmp_path, caplog):
+    """``image`` picked up ``image_large.fp16.engine`` (a glob of ``image*.engine``) and engines built from another
+    version of image.onnx. Only ``image.*.engine`` is considered now, and an engine whose manifest names another
+    model, another source sha256 or a failed accuracy budget is skipped with a warning naming it and why. The one
+    engine that fits goes on to TensorRT (absent here, so ONNX Runtime runs the model, as the log says)."""
+    sha = sha256_file(nets["image"])
+    passed = {"budget": {"passed": True, "rule": "output: PSNR 50.00 dB >= 40.0"}}
+    engines = {
+        "image_large.fp16.engine": _engine_manifest(model_name="image_large", source_onnx_sha256=sha,
+                                                    accuracy_vs_fp32=passed),
+        "image.fp16.engine": _engine_manifest(source_onnx_sha256="0" * 64, accuracy_vs_fp32=passed),
+        "image.int8.engine": _engine_manifest(model_name="score", source_onnx_sha256=sha, accuracy_vs_fp32=passed),
+        "image.fp32.engine": _engine_manifest(source_onnx_sha256=sha, accuracy_vs_fp32={
+            "budget": {"passed": False, "rule": "output: PSNR 12.00 dB >= 40.0"}}),
+        "image.dla.engine": None,  # no manifest beside it
+        "image.good.engine": _engine_manifest(source_onnx_sha256=sha, accuracy_vs_fp32=passed),
+    }
+    for name, manifest in engines.items():
+        (tmp_path / name).write_bytes(b"\0" * 64)
+        if manifest is not None:
+            manifest.save(Manifest.path_for(tmp_path / name))
+    with caplog.at_level(logging.INFO, logger="edgehdr.infer"):
+        runner = open_runner(nets["image"], engine_dir=tmp_path)
+    runner.close()
+    assert isinstance(runner, OnnxRuntimeRunner)
+    warned = {r.getMessage().split(": ", 1)[0].rsplit("/", 1)[-1]: r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING}
+    assert "image_large" not in caplog.text  # another model's engine is not even looked at
+    assert set(warned) == {"image.fp16.engine", "image.int8.engine", "image.fp32.engine", "image.dla.engine"}
+    assert "built from another ONNX file" in warned["image.fp16.engine"] and sha[:12] in warned["image.fp16.engine"]
+    assert "for model 'score', not 'image'" in warned["image.int8.engine"]
+    assert "failed the accuracy budget" in warned["image.fp32.engine"] and "12.00 dB" in warned["image.fp32.engine"]
+    assert "no manifest" in warned["image.dla.engine"]
+    tried = [r.getMessage() for r in caplog.records
+             if r.levelno == logging.INFO and "image.good.engine" in r.getMessage()]
+    assert tried and "TensorRT is not installed" in tried[0]
+
+
+@pytest.mark.parametrize("text", ["null", "42", '"model_name"', "[1, 2]", "true"])
+def test_a_manifest_that_is_json_but_not_an_object_is_refused_naming_it(tmp_path, text):
+    path = tmp_path / "image.fp16.engine.manifest.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"image\.fp16\.engine\.manifest\.json: not a manifest: .*JSON object"):
+        Manifest.load(path)
+
+
+def _dynamic_net(path):
+    """'x' float32 ('batch', 3, 4) (a named dynamic dimension), 'n' int64 (2,) -> 'y' = x + 1."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["y"]), helper.make_node("Identity", ["n"], ["m"])], "dyn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 4]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 4]),
+         helper.make_tensor_value_info("m", TensorProto.INT64, [2])],
+        [numpy_helper.from_array(np.ones((1, 3, 4), np.float32), "one")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+@pytest.mark.parametrize("x, n, needles", [
+    (np.zeros((1, 3, 4)), None, ["input 'x'", "given dtype float64", "dtype float32"]),
+    (np.zeros((1, 3, 5), np.float32), None, ["input 'x'", "shape [1, 3, 5]", "shape ['batch', 3, 4]"]),
+    (np.zeros((3, 4), np.float32), None, ["input 'x'", "shape [3, 4]", "shape ['batch', 3, 4]"]),
+    ([[[0.0] * 4] * 3], None, ["input 'x'", "given a list", "a numpy array of dtype float32"]),
+    (None, np.zeros(2, np.int32), ["input 'n'", "given dtype int32", "dtype int64, shape [2]"]),
+    (None, np.zeros(3, np.int64), ["input 'n'", "shape [3]", "shape [2]"]),
+])
+def test_onnxruntime_runner_refuses_a_wrong_dtype_or_shape_naming_the_input(tmp_path, x, n, needles):
+    """ONNX Runtime's own InvalidArgument came through for a wrong dtype, shape or rank (the TensorRT runner raises
+    ValueError): a ValueError naming the input, what the model expects and what was given; nothing is cast. A named
+    dynamic dimension takes any size."""
+    path = _dynamic_net(tmp_path / "dyn.onnx")
+    good_x, good_n = np.zeros((1, 3, 4), np.float32), np.arange(2, dtype=np.int64)
+    with OnnxRuntimeRunner(path) as runner:
+        for batch in (1, 5):  # the dynamic dimension: any size
+            out = runner.run({"x": np.full((batch, 3, 4), 2.0, np.float32), "n": good_n})
+            assert out["y"].shape == (batch, 3, 4) and np.all(out["y"] == 3.0) and list(out["m"]) == [0, 1]
+        feed = {"x": good_x if x is None else x, "n": good_n if n is None else n}
+        with pytest.raises(ValueError) as err:
+            runner.run(feed)
+    for needle in ("dyn.onnx", *needles):
+        assert needle in str(err.value), (needle, str(err.value))
 
 
 @pytest.mark.skipif(not HAVE_TRT, reason="TensorRT and pycuda are not installed (a Jetson or a CUDA machine with "

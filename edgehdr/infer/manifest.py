@@ -72,6 +72,11 @@ class Manifest:
                 f"{path}: no manifest (engines need the manifest written by edgehdr-export)") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not a JSON manifest ({exc})") from exc
+        if not isinstance(data, dict):  # valid JSON, but null, a number, a string or a list
+            kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(
+                type(data), "null")
+            raise ValueError(f"{path}: not a manifest: the file holds a JSON {kind}, where a manifest is a JSON "
+                             "object of fields (model_name, artefact, ...)")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -128,6 +128,9 @@ class OnnxRuntimeRunner(RunnerBase):
         self.intra_op_threads, self.inter_op_threads = intra_op_threads, inter_op_threads
         self.trt_fp16, self.trt_int8, self.trt_cache_dir = trt_fp16, trt_int8, trt_cache_dir
         self.session: onnxruntime.InferenceSession | None = None
+        self._inputs: tuple[_InputCheck, ...] = ()  # what run() checks each feed against, read once at load
+        self._input_names: frozenset[str] = frozenset()
+        self._output_names: list[str] = []
 
     def load(self) -> OnnxRuntimeRunner:
         try:
@@ -169,6 +172,9 @@ class OnnxRuntimeRunner(RunnerBase):
             self.session = ort.InferenceSession(str(self.model), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types
             raise ValueError(f"{self.model}: ONNX Runtime cannot load the model ({exc})") from exc
+        self._inputs = tuple(_InputCheck.of(i) for i in self.session.get_inputs())
+        self._input_names = frozenset(i.name for i in self._inputs)
+        self._output_names = [o.name for o in self.session.get_outputs()]
         if (self.session.get_providers()[0] == "CPUExecutionProvider" and self.graph_optimization == "all"
                 and is_qdq_model(self.model)):
             log.warning("%s: an INT8 Q/DQ model on ONNX Runtime's CPU provider runs slower than its FP32 model "
@@ -178,13 +184,21 @@ class OnnxRuntimeRunner(RunnerBase):
         return self
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs ``{name: array}`` for inputs ``{name: array}``. Every input must be a numpy array of the model
+        input's dtype and shape (a dynamic dimension takes any size; nothing is cast), else ``ValueError``
+        naming the input, what the model expects and what was given."""
         if self.session is None:
             raise RuntimeError("runner not loaded: call load() or use it in a with block")
-        expected = {i.name for i in self.session.get_inputs()}
-        if set(feed) != expected:
-            raise ValueError(f"{self.model.name}: inputs {sorted(feed)} do not match the model's {sorted(expected)}")
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feed)))
+        if feed.keys() != self._input_names:
+            raise ValueError(f"{self.model.name}: inputs {sorted(feed)} do not match the model's "
+                             f"{sorted(self._input_names)}")
+        for spec in self._inputs:
+            value = feed[spec.name]
+            if not isinstance(value, np.ndarray) or (spec.dtype is not None and value.dtype != spec.dtype) or (
+                    value.shape != spec.shape if spec.static else not spec.fits(value.shape)):
+                raise ValueError(f"{self.model.name}: input {spec.name!r}: {spec.given(value)}; the model expects "
+                                 f"{spec.expected()}")
+        return dict(zip(self._output_names, self.session.run(self._output_names, feed)))
 
     def describe(self) -> RunnerDescription:
         """Providers in use, precision, device and the model's inputs and outputs as ONNX Runtime reports them."""
@@ -213,6 +227,55 @@ class OnnxRuntimeRunner(RunnerBase):
 
     def close(self) -> None:
         self.session = None
+        self._inputs, self._input_names, self._output_names = (), frozenset(), []
+
+
+class _InputCheck(NamedTuple):
+    """One model input as ``OnnxRuntimeRunner.run`` checks a feed against it, built once at load: the numpy
+    dtype (None where numpy has none, or for strings, left to ONNX Runtime), the dimensions (None where dynamic;
+    ``dims`` None when the model states no shape) and, when every dimension is fixed, the shape to compare
+    with one tuple comparison."""
+
+    name: str
+    dtype: np.dtype | None
+    dims: tuple[int | None, ...] | None
+    static: bool
+    shape: tuple[int, ...]
+    ort_type: str
+    ort_dims: tuple[int | str, ...]
+
+    @classmethod
+    def of(cls, node_arg: Any) -> _InputCheck:
+        ort_type = str(node_arg.type)
+        try:
+            dtype: np.dtype | None = np.dtype(ort_dtype_name(ort_type))
+        except TypeError:  # bfloat16, float8 ...: numpy has no such dtype
+            dtype = None
+        if dtype is not None and dtype.kind == "O":  # string tensors: numpy gives them as str or object arrays
+            dtype = None
+        raw = node_arg.shape
+        dims = None if raw is None else tuple(d if isinstance(d, int) and d >= 0 else None for d in raw)
+        shape = tuple(d for d in dims if d is not None) if dims is not None else ()
+        static = dims is not None and len(shape) == len(dims)
+        return cls(name=str(node_arg.name), dtype=dtype, dims=dims, static=static, shape=shape if static else (),
+                   ort_type=ort_type, ort_dims=ort_shape(raw))
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """``shape`` has the input's rank and its size in every fixed dimension (any size in a dynamic one)."""
+        if self.dims is None:
+            return True
+        return len(shape) == len(self.dims) and all(d is None or d == n for d, n in zip(self.dims, shape))
+
+    def expected(self) -> str:
+        dtype = str(self.dtype) if self.dtype is not None else ort_dtype_name(self.ort_type)
+        shape = "any shape" if self.dims is None else f"shape {list(self.ort_dims)}"
+        dynamic = " ('?' or a name: any size)" if self.dims is not None and not self.static else ""
+        return f"a numpy array of dtype {dtype}, {shape}{dynamic}"
+
+    def given(self, value: object) -> str:
+        if not isinstance(value, np.ndarray):
+            return f"given a {type(value).__name__}"
+        return f"given dtype {value.dtype}, shape {list(value.shape)}"
 
 
 def is_qdq_model(model: PathLike) -> bool:
