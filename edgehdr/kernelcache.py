@@ -13,7 +13,8 @@ kernels of the modules that inline them (``DEPENDENTS``), which then compile aga
 their first call (or in the warm-up's workers), and stores the new fingerprint. The
 helper modules call it as they are imported, before any dependent kernel can run; it
 costs reading four source files. ``tests/test_kernelcache.py`` keeps the two lists
-complete: it finds every numba function imported from another module of the package.
+complete: it finds every numba function imported from another module of the package, and every
+constant of another module that a kernel reads (numba freezes globals into the compiled code).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ log = logging.getLogger("edgehdr.kernelcache")
 
 _PACKAGE = Path(__file__).resolve().parent
 # Modules whose numba functions other modules' kernels inline, and those other modules (paths in the package).
-PROVIDERS = ("fastmath.py", "tonemap/nonfinite.py", "tonemap/operators.py", "hdr/fill.py")
+# A provider's module-level constants count too: numba freezes a global into the compiled kernel (the PU21
+# range in the display refinement's kernels).
+PROVIDERS = ("fastmath.py", "tonemap/nonfinite.py", "tonemap/operators.py", "hdr/fill.py", "quality/pu21.py")
 DEPENDENTS = ("hdr/merge.py", "hdr/neural_merge.py", "hdr/fill.py", "tonemap/neural.py", "tonemap/operators.py",
-              "dimming/zones.py", "dimming/compensation.py")
+              "dimming/zones.py", "dimming/compensation.py", "dimming/refine.py")
 _MARKER = "edgehdr-inlined-helpers.sha256"
 _checked = False
 dropped_files = 0  # cache files this process dropped: ``edgehdr.warmup`` then counts the cache as cold

@@ -39,6 +39,63 @@ def test_every_numba_function_imported_across_modules_is_declared():
     assert not missing, f"add to edgehdr.kernelcache.PROVIDERS / DEPENDENTS: {missing}"
 
 
+def _module_constants(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) else []
+        for target in targets:
+            for leaf in ast.walk(target):
+                if isinstance(leaf, ast.Name):
+                    names.add(leaf.id)
+    return names
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def test_every_constant_a_kernel_reads_from_another_module_is_declared():
+    """numba freezes a global's value into the compiled kernel: a kernel that reads another module's constant,
+    directly or through a constant of its own computed from it (the display refinement's PU21 range and its
+    log2), kept running the old value from the cache after that module changed (the function scan missed it)."""
+    from edgehdr.kernelcache import DEPENDENTS, PROVIDERS
+
+    modules = {p.relative_to(PACKAGE).as_posix(): ast.parse(p.read_text()) for p in PACKAGE.rglob("*.py")}
+    constants = {name: _module_constants(tree) for name, tree in modules.items()}
+    found = set()
+    for importer, tree in modules.items():
+        kernels = [node for node in tree.body if isinstance(node, ast.FunctionDef)
+                   and node.name in _numba_functions(tree)]
+        if not kernels:
+            continue
+        read = set().union(*(_names(k) for k in kernels))
+        imported: dict[str, str] = {}  # a constant's local name -> the module it comes from
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edgehdr."):
+                provider = node.module.removeprefix("edgehdr.").replace(".", "/") + ".py"
+                for alias in node.names:
+                    if alias.name in constants.get(provider, ()):
+                        imported[alias.asname or alias.name] = provider
+        sources = {name: {provider} for name, provider in imported.items()}
+        changed = True
+        while changed:  # module-level values computed from imported constants carry their providers
+            changed = False
+            for node in tree.body:
+                if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+                    providers = set().union(*(sources.get(n, set()) for n in _names(node.value)))
+                    for target in _module_constants(ast.Module(body=[node], type_ignores=[])):
+                        if providers - sources.get(target, set()):
+                            sources[target] = sources.get(target, set()) | providers
+                            changed = True
+        for name in read:
+            for provider in sources.get(name, ()):
+                found.add((provider, importer))
+    assert ("quality/pu21.py", "dimming/refine.py") in found, "the scan missed the known case: it is broken"
+    missing = sorted((p, i) for p, i in found if p not in PROVIDERS or i not in DEPENDENTS)
+    assert not missing, f"add to edgehdr.kernelcache.PROVIDERS / DEPENDENTS: {missing}"
+
+
 def test_a_changed_helper_drops_its_dependents_cached_kernels_and_no_others(tmp_path):
     """In a fresh process with its own numba cache: kernels of a dependent (the LCD pass) and of an unrelated module
     (the synthetic camera) are cached; a changed fingerprint drops the dependent's files only, once."""

@@ -11,6 +11,12 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from edgehdr.kernelcache import drop_stale_dependents
+
+# The display refinement's kernels freeze this module's range into their compiled code (edgehdr.kernelcache):
+# cached ones go when this file changes.
+drop_stale_dependents()
+
 __all__ = ["PU21_PARAMS", "PU21_L_MIN", "PU21_L_MAX", "pu21_encode", "pu21_decode", "pu21_derivative"]
 
 PU21_L_MIN = 0.005
