@@ -4,10 +4,13 @@ luminance statistics built on them that the tone mappers' statistics pass and th
 libm's ``expf``/``logf`` are opaque calls that stop LLVM from vectorising a pixel
 loop; these are plain arithmetic on the float's exponent and mantissa, so loops
 that use them run in SIMD. Kernels read and write the bit patterns through int32
-views of float32 row buffers. Error, measured against float64 over 4 M arguments: exp2
-below 8.4e-6 relative (the degree-6 polynomial's own error, largest as the fraction
-nears 1), log2 below 5.1e-6 absolute plus the float32 rounding of the result (1.1e-5 in
-all near log2 = 71).
+views of float32 row buffers. Error, measured against float64: exp2 below 8.4e-6 relative
+(the degree-6 polynomial's own error, largest as the fraction nears 1) over [-126, 126];
+log2 below 5.1e-6 absolute plus the float32 rounding of the result, which fastmath's
+reassociation may round twice: at most 1.14e-5 over every positive normal float (every
+16th bit pattern; the largest at log2 = -126, 1.1e-5 near log2 = 71). Domains: exp2 for
+arguments in [-126, 126], log2 for positive normal floats (not 0, subnormals, inf or NaN);
+every caller clamps to them.
 
 numba caches a kernel under its own module's file: the kernels in other modules that
 inline these would keep a stale cache after a change here; ``edgehdr.kernelcache`` drops

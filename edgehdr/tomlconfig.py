@@ -30,7 +30,7 @@ def read_table(path: str | os.PathLike[str], error: type[Exception]) -> Any:
     is_json = Path(path).suffix.lower() == ".json"
     try:
         if is_json:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)  # TOML refuses a repeated key; so does this
         else:
             try:
                 import tomllib
@@ -40,6 +40,16 @@ def read_table(path: str | os.PathLike[str], error: type[Exception]) -> Any:
     except Exception as exc:
         raise error(f"{path}: not valid {'JSON' if is_json else 'TOML'} ({exc})") from exc
     return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members as a dict; ``ValueError`` on a key given twice (json keeps the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} is given twice in one object")
+        out[key] = value
+    return out
 
 
 def finite_number(value: Any) -> bool:

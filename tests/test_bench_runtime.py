@@ -81,3 +81,48 @@ def test_thread_cpu_groups_add_up_to_the_process_and_follow_the_names():
     assert groups["pipeline"] >= 0.3 - 2 * tick and groups["link"] >= 0.2 - 2 * tick, groups
     assert groups["pipeline"] < 0.6 and groups["link"] < 0.5, groups
     assert abs(sum(groups.values()) - (cpu1 - cpu0)) < 0.05 + 0.1 * (cpu1 - cpu0), (groups, cpu1 - cpu0)
+
+
+def test_rss_drift_of_a_short_run_compares_its_first_and_last_third():
+    """Below 2 minutes the first and the last minute were the same samples, so a 60 s run with a leak of 1 MB/s
+    read +0.0 % (the trend alone showed it)."""
+    from edgehdr.bench.runtime import rss_summary
+
+    t = np.arange(0.0, 60.5, 0.5)
+    settle, window, first, last, trend = rss_summary(t, 200.0 + 1.0 * t)
+    assert (settle, window) == (0.0, 20.0)
+    assert first == pytest.approx(210.0) and last == pytest.approx(250.0)
+    assert trend == pytest.approx(60.0)
+    t = np.arange(0.0, 300.5, 0.5)  # a long run: minute 2 against the last minute, the first minute left out
+    settle, window, first, last, _ = rss_summary(t, np.where(t < 60, 100.0, 300.0))
+    assert (settle, window, first, last) == (60.0, 60.0, 300.0, 300.0)
+
+
+def test_resetting_the_latency_window_forgets_every_stages_warm_up_calls():
+    """The benchmark's reset cleared the capture-to-zones window only: the stages' median and p99 kept the
+    warm-up's slow calls (a run of 10 ms calls reported p99 200 ms)."""
+    import time
+
+    from edgehdr.camera.synthetic import SyntheticCamera
+    from edgehdr.pipeline import Pipeline, Stage
+
+    calls = []
+
+    def slow_then_fast(ctx):
+        calls.append(ctx.frame_id)
+        time.sleep(0.2 if len(calls) <= 3 else 0.002)
+        return ctx
+
+    pipe = Pipeline(SyntheticCamera(64, 48, fps=0, moving_objects=0), [Stage("work", slow_then_fast)]).start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(calls) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pipe.reset_latency_window(500)
+        start = len(calls)
+        while len(calls) < start + 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        work = next(s for s in pipe.stats()["stages"] if s["name"] == "work")
+    finally:
+        pipe.stop()
+    assert work["latency_ms_p99"] < 100.0, work

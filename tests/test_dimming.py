@@ -434,3 +434,13 @@ def test_a_drive_lut_keeps_the_budget_in_light_and_a_dead_zone_off():
     target[:16, :16] = 900.0
     codes = dim_frame(target, dead, "max", power_budget=0.25, simulate=True).zone_values
     assert int(codes.min()) == 0 and np.count_nonzero(codes) == 1
+
+
+def test_a_json_layout_with_a_key_given_twice_is_refused(tmp_path):
+    """JSON keeps the last of a repeated key without a word (TOML refuses it): rows 12 then 24 loaded as 24."""
+    path = tmp_path / "panel.json"
+    path.write_text('{"zones": {"rows": 12, "cols": 16, "rows": 24}, "panel": {"width_px": 1920, "height_px": 1080}}')
+    with pytest.raises(LayoutError, match=r"panel.json: not valid JSON \(key 'rows' is given twice in one object\)"):
+        load_layout(path)
+    path.write_text('{"zones": {"rows": 12, "cols": 16}, "panel": {"width_px": 1920, "height_px": 1080}}')
+    assert load_layout(path).rows == 12

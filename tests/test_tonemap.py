@@ -507,3 +507,16 @@ def test_empty_frames_are_refused_clearly(op, shape):
         tonemap(np.zeros(shape, np.float32), op)
     with pytest.raises(ValueError, match="radiance has no pixels"):
         frame_statistics(np.zeros(shape, np.float32))
+
+
+def test_a_subnormal_delta_is_refused():
+    """The log-average's offset goes through the kernels' log2 polynomial, which reads a subnormal float as another
+    number: a black frame's log-average with delta 1e-42 came out 5.9e-39 instead of 1e-42."""
+    from edgehdr.hdr import MergeStatistics
+
+    black = np.zeros((8, 8, 3), np.float32)
+    assert frame_statistics(black, delta=2.0 ** -126)[0] == pytest.approx(2.0 ** -126, rel=1e-4)
+    for call in (lambda: frame_statistics(black, delta=1e-42), lambda: reinhard_global(black, delta=1e-40),
+                 lambda: MergeStatistics(delta=1e-42)):
+        with pytest.raises(ValueError, match=r"delta must be at least 2\^-126"):
+            call()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -150,7 +151,9 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     progress.step(f"warming up {warmup_s:g} s")
     time.sleep(warmup_s)
     base = rt.stats()
-    pipeline.reset_latency_window()
+    # Windows that hold the whole measured run (a stage keeps its last 600 calls by default: the figures of a
+    # short run included the warm-up's, those of a long one covered its last 20 s only).
+    pipeline.reset_latency_window(int(seconds * max(fps, 1.0) * 1.5) + 100)
     cpu0, wall0, threads0 = _cpu_s(), time.monotonic(), _thread_cpu_s()
     memory = [(0.0, _rss_mb())]
     progress.step(f"measuring {seconds:g} s at {width}x{height}, {fps:g} fps")
@@ -181,17 +184,8 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
     base_cpu = {st["name"]: st.get("cpu_s_total") or 0.0 for st in base["stages"]}
     stage_cpu = {st["name"]: round(1e3 * ((st.get("cpu_s_total") or 0.0) - base_cpu.get(st["name"], 0.0))
                                    / max(completed, 1), 2) for st in end["stages"]}
-    t_mem = np.array([t for t, _ in memory])
+    settle, span, first, last, slope = rss_summary([t for t, _ in memory], [m for _, m in memory])
     rss = np.array([m for _, m in memory])
-    # RSS moves by tens of MB with the frames in flight at the sampling instant (each ~70 MB at
-    # 1080p), and the allocator's per-thread arenas fill during the first minute. So: medians of
-    # minute 2 and of the last minute, and the slope after the first minute (runs >= 3 min);
-    # shorter runs compare their first and last minute.
-    settle = 60.0 if t_mem.max() >= 180.0 else 0.0
-    first = np.median(rss[(t_mem >= settle) & (t_mem <= settle + 60.0)])
-    last = np.median(rss[t_mem >= t_mem.max() - 60.0])
-    tail = t_mem >= settle
-    slope = float(np.polyfit(t_mem[tail], rss[tail], 1)[0]) * 60.0 if tail.sum() > 2 else 0.0
     return {
         "size": [width, height], "target_fps": fps, "shake_px": cfg["source"]["shake_px"], "seconds": round(window, 2),
         "fps": round(completed / window, 2), "frames_captured": captured, "frames_completed": completed,
@@ -227,11 +221,31 @@ def runtime_benchmark(seconds: float = 60.0, *, width: int = 1920, height: int =
         "stages": end["stages"], "controller_applied": end.get("controller", {}).get("frames_applied"),
         "link_reconnects": final.get("link", {}).get("reconnects"),
         "rss_mb": [(t, round(m, 1)) for t, m in memory[::max(1, int(round(10.0 / memory_every_s)))]],
-        "rss_settle_s": settle,
+        "rss_settle_s": settle, "rss_window_s": round(span, 1),
         "rss_first_minute_median_mb": round(float(first), 1), "rss_last_minute_median_mb": round(float(last), 1),
         "rss_change_after_warmup": round(float((last - first) / first), 4),
         "rss_trend_mb_per_min": round(slope, 3),
     }
+
+
+def rss_summary(times_s: Sequence[float], rss_mb: Sequence[float]) -> tuple[float, float, float, float, float]:
+    """The resident set's drift over a run sampled at ``times_s``: ``(settle_s, window_s, first_mb, last_mb,
+    trend_mb_per_min)``.
+
+    RSS moves by tens of MB with the frames in flight at the sampling instant (each ~70 MB at
+    1080p), and the allocator's per-thread arenas fill during the first minute. So: medians of
+    minute 2 and of the last minute, and the slope after the first minute (runs >= 3 min);
+    shorter runs compare their first and last third (a minute each was the same samples below
+    2 minutes, and a 60 s run with a leak read +0.0 %).
+    """
+    t_mem, rss = np.asarray(times_s, np.float64), np.asarray(rss_mb, np.float64)
+    settle = 60.0 if t_mem.max() >= 180.0 else 0.0
+    span = min(60.0, (t_mem.max() - settle) / 3.0)
+    first = float(np.median(rss[(t_mem >= settle) & (t_mem <= settle + span)]))
+    last = float(np.median(rss[t_mem >= t_mem.max() - span]))
+    tail = t_mem >= settle
+    slope = float(np.polyfit(t_mem[tail], rss[tail], 1)[0]) * 60.0 if tail.sum() > 2 else 0.0
+    return settle, span, first, last, slope
 
 
 def format_runtime(rb: dict[str, Any]) -> str:
@@ -246,9 +260,10 @@ def format_runtime(rb: dict[str, Any]) -> str:
              f"RSS peak {rb['rss_peak_mb']:.0f} MB"
              f"{' while running' if rb.get('rss_peak_is_running') else ' (start-up included)'}, "
              f"median {rb['rss_median_mb']:.0f} MB; "
-             f"median first minute after {rb['rss_settle_s']:g} s "
+             f"median of the first {rb.get('rss_window_s', 60.0):g} s after {rb['rss_settle_s']:g} s "
              f"{rb['rss_first_minute_median_mb']} MB, "
-             f"last minute {rb['rss_last_minute_median_mb']} MB ({100 * rb['rss_change_after_warmup']:+.1f}%), "
+             f"of the last {rb.get('rss_window_s', 60.0):g} s {rb['rss_last_minute_median_mb']} MB "
+             f"({100 * rb['rss_change_after_warmup']:+.1f}%), "
              f"trend {rb['rss_trend_mb_per_min']:+.2f} MB/min"]
     if "rss_startup_mb" in rb:
         up, before, running = rb["rss_startup_mb"], rb["rss_split_before_frames_mb"], rb["rss_split_running_mb"]

@@ -74,12 +74,12 @@ def _benchmark_size(name: str, *, repeat: int, seed: int, progress: Progress) ->
     stage = {
         "align_mtb": (
             median_ms(lambda: align_mtb(bracket.frames), repeat),
-            median_ms(lambda: mtb.process(frames_bgr, [f.copy() for f in frames_bgr]), repeat),
+            median_ms(lambda: mtb.process(frames_bgr, [np.empty_like(f) for f in frames_bgr]), repeat),
         ),
         "align_mtb_matched": (
             median_ms(lambda: align_mtb(bracket.frames, exposures=bracket.relative_exposure,
                                          response=response), repeat),
-            median_ms(lambda: mtb.process(frames_bgr, [f.copy() for f in frames_bgr]), repeat),
+            median_ms(lambda: mtb.process(frames_bgr, [np.empty_like(f) for f in frames_bgr]), repeat),
         ),
         "merge": (
             median_ms(lambda: merge_debevec(bracket, response=response), repeat),

@@ -511,8 +511,8 @@ class MergeStatistics:
     def __init__(self, zones: tuple[int, int] | None = None, *, delta: float = 1e-6) -> None:
         if zones is not None and (len(zones) != 2 or min(int(zones[0]), int(zones[1])) < 1):
             raise ValueError(f"zones must be (rows, cols) of at least 1, got {zones}")
-        if not delta > 0:
-            raise ValueError(f"delta must be > 0, got {delta}")
+        if not (np.isfinite(delta) and delta >= 2.0 ** -126):  # the log2 polynomial's domain (edgehdr.fastmath)
+            raise ValueError(f"delta must be at least 2^-126 (1.18e-38, the smallest normal float32), got {delta}")
         self.zones = None if zones is None else (int(zones[0]), int(zones[1]))
         self.delta = float(delta)
         self.shape: tuple[int, int] | None = None

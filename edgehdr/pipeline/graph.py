@@ -105,6 +105,13 @@ class StageStats:
         with self._lock:
             self.dropped += count
 
+    def reset_window(self, window: int | None = None) -> None:
+        """Forget the latency, CPU and timing windows (the cumulative counters stay); ``window``: their new length
+        in calls."""
+        with self._lock:
+            n = self._latency.maxlen if window is None else max(1, int(window))
+            self._cpu, self._latency, self._times = deque(maxlen=n), deque(maxlen=n), deque(maxlen=n)
+
     def error(self, message: str) -> None:
         with self._lock:
             self.errors += 1
@@ -283,10 +290,15 @@ class Pipeline:
     def running(self) -> bool:
         return self._capture_thread is not None and self._capture_thread.is_alive()
 
-    def reset_latency_window(self) -> None:
-        """Forget the capture-to-zones latencies so far (a benchmark starts its window after warm-up)."""
+    def reset_latency_window(self, frames: int | None = None) -> None:
+        """Forget the capture-to-zones latencies and every stage's latency window so far (a benchmark starts its
+        window after warm-up: the stages' medians and p99 included warm-up calls); ``frames``: the windows' new
+        length, so that they hold a whole measured run (by default the stages keep their last 600 calls and the
+        capture-to-zones figures their last 8192 frames)."""
         with self._lat_lock:
-            self._latency.clear()
+            self._latency = deque(maxlen=max(int(frames), 1) if frames is not None else self._latency.maxlen)
+        for stats in [self.capture] + [s.stats for s in self.stages]:
+            stats.reset_window(frames)
 
     def failing_from_start(self, frames: int) -> str | None:
         """The first error, when at least ``frames`` frames failed in a stage and none ever completed.

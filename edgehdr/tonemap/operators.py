@@ -571,7 +571,7 @@ def frame_statistics(radiance: np.ndarray, *, delta: float = 1e-6, block: int = 
     blocks : ndarray, (ceil(H / block), ceil(W / block)) float32
         Block means of the luminance over the rows read (the local operator's low-resolution input).
     """
-    _require_positive(delta=delta)
+    _require_delta(delta)
     _require_block(block)
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or not 1 <= stride <= block:
         raise ValueError(f"stride must be an integer in [1, block = {block}], got {stride!r}")
@@ -590,6 +590,15 @@ def _require_positive(**values: float | None) -> None:
             ok = False
         if not ok:
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _require_delta(delta: float) -> None:
+    """``ValueError`` unless the log-average's offset is finite and at least the smallest normal float32 (2^-126,
+    about 1.2e-38): the kernels' log2 polynomial reads a subnormal as another number (a black frame's log-average
+    with delta 1e-42 came out 5.9e-39)."""
+    _require_positive(delta=delta)
+    if float(delta) < 2.0 ** -126:
+        raise ValueError(f"delta must be at least 2^-126 (1.18e-38, the smallest normal float32), got {delta!r}")
 
 
 def _require_block(block: int) -> None:
@@ -730,7 +739,8 @@ def reinhard_global(
     E. Reinhard, M. Stark, P. Shirley and J. Ferwerda, "Photographic tone
     reproduction for digital images," ACM TOG 21(3), 2002.
     """
-    _require_positive(key=key, white=white, delta=delta)
+    _require_positive(key=key, white=white)
+    _require_delta(delta)
     rgb = _check_radiance(radiance)
     rows = _unchecked_rows(rgb.shape[0])
     scale, inv_white2, _ = _reinhard_parameters(rgb, key, white, delta, adaptation, dt_s, rows, blocks_wanted=False,
@@ -795,7 +805,8 @@ def reinhard_local(
         raise ValueError(f"unknown filter {filter!r}; use one of {', '.join(LOCAL_FILTERS)}")
     if not 0.0 <= base_compression < 1.0:
         raise ValueError(f"base_compression must be in [0, 1), got {base_compression}")
-    _require_positive(key=key, white=white, delta=delta, radius_fraction=radius_fraction, eps=eps)
+    _require_positive(key=key, white=white, radius_fraction=radius_fraction, eps=eps)
+    _require_delta(delta)
     _require_block(block)
     rgb = _check_radiance(radiance)
     h, w, _ = rgb.shape
@@ -853,7 +864,8 @@ def drago(
     """
     if not 0.5 <= bias <= 1.0:
         raise ValueError(f"bias must be in [0.5, 1], got {bias}")
-    _require_positive(max_display_cd_m2=max_display_cd_m2, delta=delta)
+    _require_positive(max_display_cd_m2=max_display_cd_m2)
+    _require_delta(delta)
     rgb = _check_radiance(radiance)
     rows = _unchecked_rows(rgb.shape[0])
     log_avg, lmax = _global_statistics(rgb, delta, rows, statistics)
@@ -892,7 +904,8 @@ def parametric(
     F. Banterle and A. Artusi, "Modern HDR imaging at the time of deep learning"
     (tutorial), tone mapping section; K.-I. Naka and W. A. H. Rushton, J. Physiol. 1966.
     """
-    _require_positive(alpha=alpha, mu=mu, key=key, delta=delta)
+    _require_positive(alpha=alpha, mu=mu, key=key)
+    _require_delta(delta)
     rgb = _check_radiance(radiance)
     rows = _unchecked_rows(rgb.shape[0])
     if mu is None:
