@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["finite_number", "read_table", "typed_entries"]
+__all__ = ["finite_number", "read_table", "typed_entries", "unique_json_keys"]
 
 
 def read_table(path: str | os.PathLike[str], error: type[Exception]) -> Any:
@@ -30,7 +30,7 @@ def read_table(path: str | os.PathLike[str], error: type[Exception]) -> Any:
     is_json = Path(path).suffix.lower() == ".json"
     try:
         if is_json:
-            data = json.loads(text, object_pairs_hook=_unique_keys)  # TOML refuses a repeated key; so does this
+            data = json.loads(text, object_pairs_hook=unique_json_keys)  # TOML refuses a repeated key; so does this
         else:
             try:
                 import tomllib
@@ -42,7 +42,7 @@ def read_table(path: str | os.PathLike[str], error: type[Exception]) -> Any:
     return data
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object's members as a dict; ``ValueError`` on a key given twice (json keeps the last silently)."""
     out: dict[str, Any] = {}
     for key, value in pairs:

@@ -64,7 +64,7 @@ def _zone_light_error(items: Sequence[Any], ref_outputs: Sequence[Outputs],
     diffs = [np.abs(np.asarray(next(iter(c.values())), np.float64) - next(iter(r.values())))
              for r, c in zip(ref_outputs, cand_outputs)]
     return {"zone_light_mae": float(np.mean([d.mean() for d in diffs])),
-            "zone_light_max_abs": float(max(d.max() for d in diffs))}
+            "zone_light_max_abs": float(np.max([d.max() for d in diffs]))}  # NaN shows (Python's max hid it)
 
 
 def _dimming_budget(task: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -105,6 +105,14 @@ def _merge_quality(items: Sequence[Any], ref_outputs: Sequence[Outputs],
 
     vs_truth_ref, vs_truth_cand, vs_fp32 = [], [], []
     for (bracket, truth), r, c in zip(items, ref_outputs, cand_outputs):
+        if not all(np.isfinite(np.asarray(v)).all() for v in c.values()):
+            # merge_with_weights refuses non-finite weights: the candidate's figures are NaN, which fails the
+            # budget (as every non-finite output does) instead of stopping the validation
+            vs_fp32.append(float("nan"))
+            if truth is not None:
+                vs_truth_ref.append(float("nan"))
+                vs_truth_cand.append(float("nan"))
+            continue
         merged = [merge_with_weights(bracket, frame_weights(next(iter(out.values())), bracket.relative_exposure),
                                      response=MERGE_RESPONSE) for out in (r, c)]
         vs_fp32.append(psnr_mu(merged[1], merged[0]))

@@ -186,3 +186,13 @@ def test_a_response_saves_as_strict_json_and_refuses_more_than_16_bits(tmp_path,
     np.save(tmp_path / "deep.npy", np.linspace(0.0, 1.0, 1 << 17, dtype=np.float32))
     with pytest.raises(ValueError, match="deep.npy"):
         CameraResponse.load(tmp_path / "deep.npy")
+
+
+def test_a_response_json_with_a_key_given_twice_is_refused(tmp_path):
+    """json keeps the last of a repeated key without a word; config and layout files refuse it, and so does the
+    response file --response reads (two inverse_lut members: which one did the user mean?)."""
+    path = CameraResponse(np.linspace(0.0, 1.0, 256) ** 2.2).save(tmp_path / "r.json")
+    text = path.read_text()
+    path.write_text(text.replace('"name":', '"name": "first",\n "name":', 1))
+    with pytest.raises(ValueError, match=r"r.json: .*key 'name' is given twice in one object"):
+        CameraResponse.load(path)

@@ -504,3 +504,26 @@ def test_tmo_task_psnr_counts_the_samples_identical_to_fp32():
     assert metric(items, ref, ref)["tmo_output_psnr_db_mean"] == math.inf
     (rule, _), = TASKS["tmo_log_luminance"]["budget"](task)
     assert "mean squared error over the samples" in rule
+
+
+def test_task_metrics_of_a_candidate_with_a_nan_fail_instead_of_stopping():
+    """A merge network whose converted logits hold a NaN stopped the validation (merge_with_weights refuses
+    non-finite weights) instead of failing its budget; the dimming task's max error hid a NaN (Python's max)."""
+    from edgehdr.bracket import Bracket
+    from export.tasks import TASKS
+
+    rng = np.random.default_rng(0)
+    bracket = Bracket(rng.integers(0, 256, (3, 32, 48, 3), dtype=np.uint8), [0.25, 1.0, 4.0], bits=8)
+    ref = {"logits": rng.normal(size=(1, 3, 8, 12)).astype(np.float32)}
+    bad = {"logits": ref["logits"].copy()}
+    bad["logits"][0, 1, 2, 3] = np.nan
+    merge = TASKS["merge_bracket"]
+    figures = merge["metric"]([(bracket, None), (bracket, None)], [ref, ref], [ref, bad])
+    assert math.isnan(figures["merge_psnr_mu_vs_fp32_db"])
+    assert not any(passed for _, passed in merge["budget"](figures))
+    assert merge["metric"]([(bracket, None)], [ref], [ref])["merge_psnr_mu_vs_fp32_db"] > 40  # itself: no change
+    light = rng.random((1, 1, 6, 8)).astype(np.float32)
+    broken = light.copy()
+    broken[0, 0, 0, 0] = np.nan
+    zones = TASKS["dimming_zone_stats"]["metric"]([None], [{"light": light}], [{"light": broken}])
+    assert math.isnan(zones["zone_light_max_abs"])

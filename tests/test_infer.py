@@ -150,6 +150,14 @@ def test_open_runner_considers_only_this_models_engines_built_from_this_file(net
     assert tried and "TensorRT is not installed" in tried[0]
 
 
+def test_a_manifest_with_a_key_given_twice_is_refused(tmp_path):
+    path = tmp_path / "image.fp16.engine.manifest.json"
+    path.write_text('{"model_name": "image", "model_name": "score"}')
+    with pytest.raises(ValueError, match=r"engine\.manifest\.json: not a JSON manifest \(key 'model_name' is given "
+                                         r"twice in one object\)"):
+        Manifest.load(path)
+
+
 @pytest.mark.parametrize("text", ["null", "42", '"model_name"', "[1, 2]", "true"])
 def test_a_manifest_that_is_json_but_not_an_object_is_refused_naming_it(tmp_path, text):
     path = tmp_path / "image.fp16.engine.manifest.json"

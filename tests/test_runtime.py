@@ -954,18 +954,32 @@ def test_a_restarted_source_gets_its_own_stalls_before_the_next_restart():
     assert stats["source_restarts"] == 1 and cam.opens == 2, stats  # the hiccup's; the slow first frames survive
 
 
-def test_frames_a_stage_drops_on_purpose_are_counted():
+def _drop_every_third(ctx):
+    return ctx if ctx.frame_id % 3 else None
+
+
+def _fail_every_third(ctx):
+    if ctx.frame_id % 3 == 0:
+        raise RuntimeError("boom")
+    return ctx
+
+
+@pytest.mark.parametrize("partner", [None, _drop_every_third, _fail_every_third])
+def test_frames_a_stage_drops_on_purpose_are_counted_once(partner):
     """A stage may return None to drop a frame; such frames were counted nowhere, so completed + dropped + failed
-    fell short of captured + skipped."""
+    fell short of captured + skipped. A frame a stage and its concurrent partner both drop counts once, and one
+    that the partner fails counts as failed only."""
     cam = SyntheticCamera(160, 90, fps=0, moving_objects=0)
-    pipe = Pipeline(cam, [Stage("odd", lambda ctx: ctx if ctx.frame_id % 3 else None, queue_size=64),
-                          Stage("out", lambda ctx: ctx, queue_size=64)]).start()
+    stages = [Stage("odd", _drop_every_third, queue_size=64)]
+    if partner is not None:
+        stages.append(Stage("beside", partner, queue_size=64, concurrent=True))
+    pipe = Pipeline(cam, stages + [Stage("out", lambda ctx: ctx, queue_size=64)]).start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and pipe.stages[-1].stats.processed < 30:
         time.sleep(0.02)
     stats = pipe.stop()
-    odd = next(s for s in stats["stages"] if s["name"] == "odd")
-    assert odd["dropped"] >= 10
+    lost = stats["frames_failed"] if partner is _fail_every_third else stats["frames_dropped"]
+    assert lost >= 10 and stats["frames_dropped" if partner is _fail_every_third else "frames_failed"] == 0
     assert stats["frames_completed"] + stats["frames_dropped"] + stats["frames_failed"] == \
         stats["frames_captured"] + stats["frames_skipped"]
 

@@ -233,10 +233,11 @@ def rss_summary(times_s: Sequence[float], rss_mb: Sequence[float]) -> tuple[floa
     trend_mb_per_min)``.
 
     RSS moves by tens of MB with the frames in flight at the sampling instant (each ~70 MB at
-    1080p), and the allocator's per-thread arenas fill during the first minute. So: medians of
-    minute 2 and of the last minute, and the slope after the first minute (runs >= 3 min);
-    shorter runs compare their first and last third (a minute each was the same samples below
-    2 minutes, and a 60 s run with a leak read +0.0 %).
+    1080p), and the allocator's per-thread arenas fill during the first minute. So: from 3 minutes
+    on, the first minute is left out (``settle_s`` 60) and the slope taken after it; the medians
+    compared are of the first and the last ``window_s`` of what remains, a minute each, or a third
+    of it where that is shorter (runs under 4 minutes; a minute each was the same samples below 2
+    minutes, and a 60 s run with a leak read +0.0 %).
     """
     t_mem, rss = np.asarray(times_s, np.float64), np.asarray(rss_mb, np.float64)
     settle = 60.0 if t_mem.max() >= 180.0 else 0.0

@@ -102,8 +102,9 @@ def _panel_rows(backlight: np.ndarray, height: int, width: int) -> tuple[np.ndar
     if backlight.shape == (height, width):
         rows = np.arange(height, dtype=np.int64)
         return backlight, rows, rows, np.zeros(height, np.float32)
-    wide = np.maximum(widen_maps(backlight[None], width, extrapolate=True)[0], 0.0)  # as ``upsample_backlight``
-    return np.ascontiguousarray(wide), *bilinear_taps(backlight.shape[0], height, extrapolate=True)
+    wide = np.ascontiguousarray(widen_maps(backlight[None], width, extrapolate=True)[0])
+    np.maximum(wide, 0.0, out=wide)  # as ``upsample_backlight``; in place (a second 2 MB array cost 1.5 ms at 1080p)
+    return wide, *bilinear_taps(backlight.shape[0], height, extrapolate=True)
 
 
 def _checked_backlight(backlight_cd_m2: np.ndarray, height: int, width: int) -> np.ndarray:

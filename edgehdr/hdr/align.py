@@ -72,7 +72,9 @@ def _gray8(frame: np.ndarray, bits: int) -> np.ndarray:
     bits (a 12-bit frame's top code 4095 becomes 255; ``>> 8`` made it 15, below MTB's usable range of 6-249, and
     every shift came out 0)."""
     if frame.dtype == np.uint16:
-        frame = np.minimum(frame >> max(bits - 8, 0), 255).astype(np.uint8)
+        # OpenCV's saturating conversion: min(code, 255) as uint8 in one SIMD pass (numpy's minimum on uint16 took
+        # 6 ms at 1080p against 1 ms); a 16-bit frame's shift leaves nothing to saturate, as before.
+        frame = cv2.convertScaleAbs(frame >> max(bits - 8, 0))
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
 

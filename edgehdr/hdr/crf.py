@@ -30,6 +30,7 @@ from numpy.typing import ArrayLike
 from edgehdr.bracket import check_code_depth, check_frame_matches
 from edgehdr.hdr.weights import weight_lut
 from edgehdr.io.atomic import write_bytes_atomic, write_text_atomic
+from edgehdr.tomlconfig import unique_json_keys
 
 __all__ = [
     "ResponseCurve",
@@ -368,7 +369,7 @@ class CameraResponse:
                     return cls(lut, name=path.name, meta={"source": source, "file": path.name})
                 except ValueError as exc:
                     raise ValueError(f"{path}: {exc}") from None
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_json_keys)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no such response file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

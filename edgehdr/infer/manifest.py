@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgehdr.infer.base import PathLike
+from edgehdr.tomlconfig import unique_json_keys
 
 __all__ = ["Manifest", "TensorSpec", "sha256_file"]
 
@@ -66,11 +67,11 @@ class Manifest:
     def load(cls, path: PathLike) -> Manifest:
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_json_keys)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{path}: no manifest (engines need the manifest written by edgehdr-export)") from None
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # JSONDecodeError, or a key given twice (unique_json_keys)
             raise ValueError(f"{path}: not a JSON manifest ({exc})") from exc
         if not isinstance(data, dict):  # valid JSON, but null, a number, a string or a list
             kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(

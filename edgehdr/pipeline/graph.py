@@ -454,8 +454,6 @@ class Pipeline:
         stage.stats.record(dt, time.thread_time() - c0)
         if out is not None:
             out.stage_ms[stage.name] = dt * 1e3
-        else:  # dropped on purpose: counted as the stage's drop, so that every captured frame is accounted for
-            stage.stats.drop()
         return out, False
 
     def _concurrent_worker(self, index: int) -> None:
@@ -504,13 +502,20 @@ class Pipeline:
             if partner is not None:  # its queue is empty: it finished the previous frame before this one came
                 self.stages[partner].queue.put(item)
             out, failed = self._run_stage(stage, item)
+            dropper = stage if out is None and not failed else None  # a stage that returned None on purpose
             if partner is not None:  # the frame goes on only when both stages passed it
                 partner_out, partner_failed = self._joined[partner].get()
                 if failed and partner_failed:
                     with self._lat_lock:
                         self._both_failed += 1
+                if partner_out is None and not partner_failed and dropper is None:
+                    dropper = self.stages[partner]
+                if failed or partner_failed:
+                    dropper = None  # counted as failed, not also as dropped
                 if partner_out is not out:
                     out = None
+            if dropper is not None:  # dropped on purpose: counted once a frame, so every captured frame is counted
+                dropper.stats.drop()
             if out is None:
                 # A frame that failed or was dropped goes no further: its buffers go back now, not when the next
                 # frame arrives (a failed frame held the synthetic camera's only bracket buffer, which stalled the

@@ -122,9 +122,13 @@ def _stats_kernel(rgb, bits, delta, block, stride, blocks, block_n, row_logsum, 
     # is over every row: a bright pixel on a skipped row is the scene's white point all the same. A skipped
     # row costs one integer pass here (its non-finite test, which the apply pass then need not repeat, and its
     # largest channel value); after the parallel loop its luminance is computed only where that bound passes
-    # the maximum so far, on natural content the dozen rows through the brightest highlight (a luminance pass
-    # over every skipped row cost 25 % of this kernel at 1080p, the integer pass costs about half that, most
-    # of it reading the rows). Luminance is clamped at _MAX_LUM in the block sums and the maximum. Non-finite
+    # the maximum so far, on natural content the dozen rows through the brightest highlight. Against the even
+    # rows alone, at 1080p on this 2-core machine: +15-30 % of this kernel on natural scenes (reinhard_global
+    # +5-15 %); on noise or saturated colour the largest channel passes the bound on nearly every skipped row,
+    # and the re-read makes it +60-100 % (reinhard_global +30 %). A luminance pass over every skipped row cost
+    # +25 % on any content. The runtime's merge measures its statistics instead (MergeStatistics: a luminance
+    # peak over its odd rows while they are in the cache). Luminance is clamped at _MAX_LUM in the block sums
+    # and the maximum. Non-finite
     # pixels are skipped (and counted, on the rows read); row_state records for each row whether it holds one.
     h, w, _ = rgb.shape
     nby, nbx = blocks.shape
@@ -540,7 +544,7 @@ def _unchecked_rows(h: int) -> np.ndarray:
 
 
 def frame_statistics(radiance: np.ndarray, *, delta: float = 1e-6, block: int = 4,
-                     stride: int = 2) -> tuple[float, float, np.ndarray]:
+                     stride: int | None = None) -> tuple[float, float, np.ndarray]:
     """Luminance statistics of a frame in one pass.
 
     Non-finite pixels (NaN, +-inf in any channel) are left out of all three; a block
@@ -554,8 +558,9 @@ def frame_statistics(radiance: np.ndarray, *, delta: float = 1e-6, block: int = 
         Offset inside the log (> 0), so that black pixels do not give log 0.
     block : int
         Block size in pixels of ``blocks`` (>= 1).
-    stride : int
-        Decimation of the log-average and the block means, in ``[1, block]``: the rows read are
+    stride : int, optional
+        Decimation of the log-average and the block means, in ``[1, block]`` (default 2, or 1 for
+        ``block = 1``): the rows read are
         those ``stride`` apart from the first row of each block row (``y mod block`` a multiple of
         ``stride``: the even rows at the default 4 and 2), and every ``stride``-th pixel of those
         rows enters the log-average. Every block row is read at least once.
@@ -573,6 +578,8 @@ def frame_statistics(radiance: np.ndarray, *, delta: float = 1e-6, block: int = 
     """
     _require_delta(delta)
     _require_block(block)
+    if stride is None:
+        stride = min(2, int(block))
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or not 1 <= stride <= block:
         raise ValueError(f"stride must be an integer in [1, block = {block}], got {stride!r}")
     rgb = _check_radiance(radiance)
