@@ -3,7 +3,8 @@
     python -m edgehdr.models.training.evaluate_merge [--scenes 8] [--model merge_net]
 
 Held-out synthetic scenes (seeds from 100000, never trained on), 544 x 960, three
-exposures 4 stops apart with noise and hand shake, aligned by the runtime's MTB:
+exposures spaced by ``suggest_exposures`` for each scene (2.5-3.2 stops on these seeds), with
+noise and hand shake, aligned by the runtime's MTB:
 PSNR-mu (mu = 5000) and PU21-PSNR of the merge against the exact radiance, on
 dynamic scenes (two moving objects; also inside the moving regions) and on the same
 scenes without motion. The ``oracle`` row picks, per pixel, the single input frame
@@ -66,10 +67,12 @@ def evaluate(merger: NeuralMerger, seeds: Iterable[int], *, height: int = 544, w
     shared real photographs re-photographed (``real_dynamic_bracket``), ``seeds`` ignored."""
     sources: list[tuple[Any, Callable[[int], tuple[Any, ...]]]] = []
     if real:
+        from edgehdr.models.training.splits import photo_seed
         from edgehdr.synth.realistic import real_hdr_scenes
 
-        for k, (name, rad) in enumerate(real_hdr_scenes(max_side=max(height, width))):
-            sources.append((name, functools.partial(_real_source, rad, HOLDOUT_SEED + k)))
+        for name, rad in real_hdr_scenes(max_side=max(height, width)):
+            # seeded by name: another photograph in the folder leaves this one's bracket as it was
+            sources.append((name, functools.partial(_real_source, rad, photo_seed(name, HOLDOUT_SEED))))
     else:
         for seed in seeds:
             sources.append((int(seed), functools.partial(_synthetic_source, int(seed), height, width)))
@@ -78,6 +81,7 @@ def evaluate(merger: NeuralMerger, seeds: Iterable[int], *, height: int = 544, w
         row: dict[str, Any] = {"seed" if not real else "photo": key}
         for motion in ("dynamic", "static"):
             frames, exposures, truth, mask, response = make(2 if motion == "dynamic" else 0)
+            row["size"] = [int(frames.shape[2]), int(frames.shape[1])]  # a photograph keeps its own (smaller) size
             merger.response = response
             prob = merger.weights(frames, exposures, bits=8)  # the network once: the merger's two merges share it
             network = functools.partial(merge_with_weights, frames, prob, exposures, response, bits=8,
@@ -94,12 +98,15 @@ def evaluate(merger: NeuralMerger, seeds: Iterable[int], *, height: int = 544, w
                 if motion == "dynamic" and mask.any():
                     row[f"moving_{name}_pu_psnr"] = pu21_psnr(rad, truth, mask=mask)
         rows.append(row)
-    keys = [k for k in rows[0] if k not in ("seed", "photo", "split")]
+    keys = [k for k in rows[0] if k not in ("seed", "photo", "split", "size")]
 
     def mean_of(chosen: list[dict[str, Any]]) -> dict[str, float]:
         return {k: float(np.mean([r[k] for r in chosen if k in r])) for k in keys}
 
-    report = {"size": [width, height], "rows": rows, "mean": mean_of(rows)}
+    # Synthetic scenes are rendered at width x height; a photograph is only ever shrunk to fit its longer side in
+    # max(width, height) (the rows carry each one's size).
+    report: dict[str, Any] = ({"max_side": max(width, height)} if real else {"size": [width, height]})
+    report.update(rows=rows, mean=mean_of(rows))
     if real:  # the merge recipe can train on re-photographed crops of the training photographs: report apart
         from edgehdr.models.training.splits import is_held_out
 
@@ -164,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for split in ("held-out", "training"):
             if f"mean_{split}" in report["real"]:
                 count = sum(r["split"] == split for r in real_rows)
-                tables.append((f"real photographs re-photographed, {split}: {count}", report["real"][f"mean_{split}"]))
+                tables.append((f"real photographs re-photographed at their own size up to a longest side of "
+                               f"{report['real']['max_side']} px, {split}: {count}", report["real"][f"mean_{split}"]))
     for label, m in tables:
         print(f"{label} (mean dB)")
         print(f"{'merge':<15} {'dyn PSNR-mu':>12} {'dyn PU-PSNR':>12} {'moving PU':>10} {'static PSNR-mu':>15} "

@@ -51,7 +51,7 @@ def operator_renderings(radiance: np.ndarray) -> list[tuple[str, np.ndarray]]:
 def evaluate(models: Sequence[str], *, max_side: int = 768) -> dict[str, Any]:
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
-    from edgehdr.models.training.splits import is_held_out
+    from edgehdr.models.training.splits import is_held_out, photo_seed
     from edgehdr.quality import tmqi
     from edgehdr.quality.correlation import scene_correlations
     from edgehdr.quality.norvdpnet import WIDE_VARIANT_KINDS, NoRVDPNetScorer, tone_mapping_variants
@@ -61,10 +61,11 @@ def evaluate(models: Sequence[str], *, max_side: int = 768) -> dict[str, Any]:
     runners = {m: OnnxRuntimeRunner(model_path(m)).load() for m in models}
     scorers = {m: NoRVDPNetScorer(r) for m, r in runners.items()}
     rows: list[dict[str, Any]] = []
-    for k, (name, radiance) in enumerate(real_hdr_scenes(max_side=max_side)):
+    for name, radiance in real_hdr_scenes(max_side=max_side):
+        seed = photo_seed(name, 200_000)  # by name: another photograph in the folder leaves this one's draw
         sets = {"operators": operator_renderings(radiance),
                 "wide": [(d["kind"], sdr) for sdr, d in
-                         tone_mapping_variants(radiance, 8, seed=200_000 + k, kinds=WIDE_VARIANT_KINDS)]}
+                         tone_mapping_variants(radiance, 8, seed=seed, kinds=WIDE_VARIANT_KINDS)]}
         for set_name, renderings in sets.items():
             for label, sdr in renderings:
                 rows.append({"photo": name, "held_out": is_held_out(name), "set": set_name, "rendering": label,

@@ -10,12 +10,13 @@ atrium with sunlit walls, and a church interior with bright stained glass.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
-__all__ = ["REAL_HELD_OUT", "real_split", "is_held_out", "random_crops"]
+__all__ = ["REAL_HELD_OUT", "real_split", "is_held_out", "photo_seed", "random_crops"]
 
 REAL_HELD_OUT = ("openexr_Tree", "pfstools_mpi_atrium_3", "polyhaven_st_fagans_interior_1k")
 
@@ -23,6 +24,13 @@ REAL_HELD_OUT = ("openexr_Tree", "pfstools_mpi_atrium_3", "polyhaven_st_fagans_i
 def is_held_out(name: str) -> bool:
     """Whether the photograph ``name`` (file stem) belongs to the held-out split."""
     return name in REAL_HELD_OUT
+
+
+def photo_seed(name: str, base: int) -> int:
+    """A random seed for the photograph ``name`` (file stem): ``base`` plus its CRC-32 modulo 10^6. From the name,
+    not the photograph's place in the folder, so that adding a photograph leaves the others' draws (and the
+    figures of an evaluation that renders or re-photographs them) as they were."""
+    return int(base) + zlib.crc32(name.encode("utf-8")) % 1_000_000
 
 
 def real_split(root: str | os.PathLike[str] | None = None, *, max_side: int | None = None
