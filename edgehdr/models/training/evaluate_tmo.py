@@ -8,8 +8,8 @@ optimisation the recipe distils from, ``teacher_grid``) is optimised per held-ou
 with 60 steps at that size (the recipe's ``--teacher-steps`` default is 40 at 192 x 288,
 and the shipped recipe distils nothing: ``--distill 0``). Speed: one 1080p frame, encode + network
 (ONNX Runtime CPU, FP32) + application, median of 20, with Reinhard global timed in
-the same run. Temporal stability: a static scene with sensor noise over 60 frames, the same noisy frames with and without
-the temporal smoothing.
+the same run. Temporal stability: a static scene with sensor noise over 60 frames, the same
+noisy frames with and without the temporal smoothing.
 
 Real content (``evaluate_real``): every shared HDR photograph, labelled held-out or
 training by ``edgehdr.models.training.splits``, rendered by the network, the

@@ -51,6 +51,7 @@ import torch
 
 from edgehdr.dimming import BacklightModel, LedLayout, display_target, optimal_zone_light, power_fraction, zone_light
 from edgehdr.dimming.neural import INPUT_CHANNELS, SUBDIVISION, encode_dimming_input, model_layout_metadata
+from edgehdr.models.training.cachekey import DIMMING_SOURCES, data_key
 from edgehdr.models.training.nets import DimmingNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.quality.pu21 import PU21_L_MAX, PU21_L_MIN, PU21_PARAMS
@@ -359,7 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
     kinds = BUDGETS if args.teacher_budgets else ("none",)
     crops = f"_crops{args.crops}x{len(photos) // max(args.crops, 1)}" if photos else ""
-    cache = args.work / f"teacher_{args.rows}x{args.cols}_{args.scenes}{crops}_{args.seed}_{'-'.join(kinds)}.npz"
+    key = data_key(DIMMING_SOURCES)  # the display model and the scenes, too (cachekey)
+    cache = args.work / (f"teacher_{args.rows}x{args.cols}_{args.scenes}{crops}_{args.seed}_{'-'.join(kinds)}"
+                         f"_{key}.npz")
     if cache.is_file():
         data = np.load(cache)
         teacher = {k: data[k] for k in kinds}

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgehdr.models.training.cachekey import NORVDPNET_SOURCES, data_key
 from edgehdr.models.training.nets import NoRVDPNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.quality.correlation import scene_correlations
@@ -168,7 +169,9 @@ def export_scorer(model: NoRVDPNet, path: str | os.PathLike[str], *, extra_metad
 
 def _load_or_make(work: Path, name: str, sources: Callable[[], list[tuple[str, np.ndarray]]], variants: int,
                   seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cache = work / f"{name}_{variants}_{seed}_wide.npz"
+    # keyed by what makes the data too (edgehdr.models.training.cachekey): renderers, scenes, labels, photographs
+    key = data_key(NORVDPNET_SOURCES)
+    cache = work / f"{name}_{variants}_{seed}_wide_{key}.npz"
     if cache.is_file():
         d = np.load(cache)
         return d["x"], d["y"], d["owner"]

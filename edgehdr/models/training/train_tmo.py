@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgehdr.models.training.cachekey import TMO_SOURCES, data_key
 from edgehdr.models.training.nets import TMONet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
 from edgehdr.models.training.torch_ops import apply_grid_torch, tmqi_torch, to_nchw
@@ -299,8 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_teacher = 0.0
     if args.distill > 0:
         # the teacher's objective depends on the highlight weight: a cache made with another weight is not reused
+        # and on the operators, the scenes and the photographs (edgehdr.models.training.cachekey)
+        key = data_key(TMO_SOURCES)
         cache = args.work / (f"teacher_{args.scenes}_{args.crops}x{len(photos)}_{args.seed}_{args.teacher_steps}"
-                             f"_objective2_highlight{args.highlight:g}{'_rolloff' if args.rolloff else ''}.npz")
+                             f"_objective2_highlight{args.highlight:g}{'_rolloff' if args.rolloff else ''}_{key}.npz")
         if cache.is_file():
             teacher = np.load(cache)["grids"]
             print(f"teacher grids from {cache}")
