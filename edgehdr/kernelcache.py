@@ -12,7 +12,15 @@ the fingerprint differs from the one stored beside numba's cache, it deletes the
 kernels of the modules that inline them (``DEPENDENTS``), which then compile again on
 their first call (or in the warm-up's workers), and stores the new fingerprint. The
 helper modules call it as they are imported, before any dependent kernel can run; it
-costs reading four source files. ``tests/test_kernelcache.py`` keeps the two lists
+costs reading five source files.
+
+Dropping alone left a race: a process started before the tree changed holds the old helpers in memory, and a
+dependent kernel it compiled after a newer process had dropped the cache was saved under the new fingerprint's
+marker and loaded by every later process. So the dependents' cache files also carry the fingerprint their process
+imported the helpers with (``process_tag``, in the file name numba derives from its locator's "disambiguator":
+``compensation._compensation_kernel-412-h3f9c2a01be.py311.nbi``): a process reads and writes only the files of the
+helpers it runs, whatever an older one writes beside them. Where numba's locators cannot be extended (its
+internals), the dropping alone remains. ``tests/test_kernelcache.py`` keeps the two lists
 complete: it finds every numba function imported from another module of the package, and every
 constant of another module that a kernel reads (numba freezes globals into the compiled code).
 """
@@ -26,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROVIDERS", "DEPENDENTS", "drop_stale_dependents", "marker_folder"]
+__all__ = ["PROVIDERS", "DEPENDENTS", "drop_stale_dependents", "marker_folder", "process_tag"]
 
 log = logging.getLogger("edgehdr.kernelcache")
 
@@ -75,6 +83,75 @@ def _fingerprint() -> str:
         digest.update(name.encode())
         digest.update((_PACKAGE / name).read_bytes())
     return digest.hexdigest()
+
+
+def process_tag() -> str:
+    """The helper modules' fingerprint this process imported them with (10 hex digits), computed once: the tag
+    in its dependent kernels' cache file names. Empty where the sources cannot be read."""
+    global _process_tag
+    if _process_tag is None:
+        try:
+            _process_tag = _fingerprint()[:10]
+        except OSError:
+            _process_tag = ""
+    return _process_tag
+
+
+_process_tag: str | None = None
+
+
+def _install_tagging_locator() -> bool:
+    """Put a locator in front of numba's for the ``DEPENDENTS``' kernels: it defers to numba's own choice of
+    folder and source stamp and adds ``process_tag()`` to the file names. Returns whether it is in place."""
+    try:
+        from numba.core import caching
+
+        names = vars(caching)  # CacheImpl in recent numba, _CacheImpl in older ones
+        impl: Any = names.get("CacheImpl") or names["_CacheImpl"]
+        base: Any = names["_CacheLocator"]
+        classes: list[Any] = impl._locator_classes
+    except Exception:  # noqa: BLE001 - numba's internals: without them the dropping alone stands
+        return False
+    if any(getattr(c, "edgehdr_tagging", False) for c in classes):
+        return True
+    dependents = {os.path.normcase(str((_PACKAGE / name).resolve())) for name in DEPENDENTS}
+    numba_own = list(classes)
+
+    class _HelperTaggedLocator(base):
+        edgehdr_tagging = True
+
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def ensure_cache_path(self) -> None:
+            self._inner.ensure_cache_path()
+
+        def get_cache_path(self) -> str:
+            return str(self._inner.get_cache_path())
+
+        def get_source_stamp(self) -> Any:
+            return self._inner.get_source_stamp()
+
+        def get_disambiguator(self) -> str:
+            tag = process_tag()
+            inner = str(self._inner.get_disambiguator())
+            return f"{inner}-h{tag}" if tag else inner
+
+        @classmethod
+        def from_function(cls, py_func: Any, py_file: str) -> Any:
+            try:
+                if os.path.normcase(str(Path(py_file).resolve())) not in dependents:
+                    return None
+            except OSError:
+                return None
+            for locator_class in numba_own:
+                inner = locator_class.from_function(py_func, py_file)
+                if inner is not None:
+                    return cls(inner)
+            return None
+
+    classes.insert(0, _HelperTaggedLocator)
+    return True
 
 
 def drop_stale_dependents(*, force: bool = False) -> int:
@@ -128,3 +205,10 @@ def drop_stale_dependents(*, force: bool = False) -> int:
         log.info("numba kernel cache: the inlined helper modules changed; dropped %d cached kernel files of %s "
                  "(they compile again)", dropped, ", ".join(DEPENDENTS))
     return dropped
+
+
+# At import, before any dependent module defines its kernels (each imports a helper module first, which imports
+# this one): numba picks a kernel's locator when the kernel is defined. The tag is taken now, as the first helper
+# module is imported, not when the first dependent kernel is defined.
+process_tag()
+tagging_installed = _install_tagging_locator()

@@ -165,3 +165,44 @@ print(json.dumps({"dropped": dropped, "probe_cold": probe_cold, "misses": sum(s.
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["dropped"] > 0 and result["probe_cold"] is False, result
     assert result["misses"] == 0 and result["hits"] >= 1, result
+
+
+def test_a_process_with_other_helpers_neither_reads_nor_replaces_this_ones_kernels(tmp_path):
+    """The race dropping alone left: a process that imported other helper sources (a tree changed under a running
+    daemon) writes its dependent kernels under its own tag, so a process with today's helpers compiles its own
+    instead of loading those, and the older process finds its own again; an unrelated module's files carry no tag."""
+    code = """
+import json, sys
+import numpy as np
+from edgehdr import kernelcache
+if sys.argv[1] != "today":
+    kernelcache._process_tag = sys.argv[1]  # as if its helpers' sources had been others when it imported them
+from edgehdr.dimming import LedLayout, lcd_compensation
+import edgehdr.dimming.compensation as cm
+layout = LedLayout(rows=2, cols=2, width_px=16, height_px=16)
+lcd_compensation(np.ones((16, 16, 3), np.float32), np.ones((16, 16), np.float32), layout)
+s = cm._compensation_kernel.stats
+print(json.dumps({"tag": kernelcache.process_tag(), "installed": kernelcache.tagging_installed,
+                  "misses": sum(s.cache_misses.values()), "hits": sum(s.cache_hits.values())}))
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+
+    def run(tag):
+        out = subprocess.run([sys.executable, "-c", code, tag], env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    older = run("0123456789")
+    assert older["installed"] and older["misses"] >= 1 and older["hits"] == 0
+    today = run("today")
+    assert len(today["tag"]) == 10 and today["tag"] != "0123456789"
+    assert today["misses"] >= 1 and today["hits"] == 0, today  # the older process's kernel is not loaded
+    again = run("0123456789")
+    assert again["misses"] == 0 and again["hits"] >= 1, again  # nor replaced: the older process finds its own
+    assert run("today")["hits"] >= 1
+    names = sorted(p.name for p in tmp_path.rglob("compensation.*.nbi"))
+    assert len(names) == 2 and any("-h0123456789." in n for n in names) and any(f"-h{today['tag']}." in n
+                                                                                for n in names), names
+    from edgehdr.kernelcache import DEPENDENTS
+
+    assert "dimming/compensation.py" in DEPENDENTS
