@@ -68,6 +68,12 @@ def test_config_errors_name_the_key_and_allowed_values(tmp_path, body, message):
     ('[outputs]\nframes_dir = "{tmp}/typo/frames"\n', r"\[outputs\] frames_dir = '.*': folder .*typo does not exist"),
     ('[source]\nkind = "replay"\npath = "{tmp}"\nresponse = "{tmp}/edgehdr.toml.json"\n',
      r"\[source\] response = '.*edgehdr.toml.json': no such response file"),
+    # a model a stage runs: a typo fails with the file, before the kernels' warm-up
+    ('[merge]\nmethod = "neural"\nmodel = "merge_nett"\n', r"\[merge\] model = 'merge_nett': model 'merge_nett' is not "
+     r"shipped .*known models: .*merge_net"),
+    ('[score]\nevery_n = 5\nmodel = "{tmp}/scorer.onnx"\n', r"\[score\] model = '.*scorer.onnx': .*no such ONNX model"),
+    ('[dimming]\nalgorithm = "neural"\nmodel = "dimming"\n', r"\[dimming\] model = 'dimming': model 'dimming' is not"),
+    ('[tonemap]\noperator = "neural"\nmodel = "tmo"\n', r"\[tonemap\] model = 'tmo': model 'tmo' is not shipped"),
 ])
 def test_config_paths_that_do_not_exist_are_config_errors(tmp_path, body, message):
     """A file or folder the configuration names is checked with the file (a typo fails before any frame, exit 2),
@@ -76,6 +82,10 @@ def test_config_paths_that_do_not_exist_are_config_errors(tmp_path, body, messag
     path.write_text(body.format(tmp=tmp_path))
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+    # a model named for a stage that does not run is not looked for
+    path.write_text('[merge]\nmodel = "merge_nett"\n[tonemap]\nmodel = "tmo"\n[dimming]\nmodel = "x"\n[score]\n'
+                    'model = "y"\nevery_n = 0\n')
+    assert load_config(path)["merge"]["model"] == "merge_nett"
     for pattern in ("frames-{start:%Y}/sdr", "frames/{start:%Y%m%d}", "frames"):  # created: the last fixed folder on
         path.write_text(f'[outputs]\nframes_dir = "{tmp_path}/{pattern}"\n')
         assert load_config(path)["outputs"]["frames_dir"].endswith(pattern)

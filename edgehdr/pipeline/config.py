@@ -270,9 +270,20 @@ def check_paths(config: dict[str, dict[str, Any]], source: str = "<config>") -> 
     if config["dimming"]["enabled"] and layout and not Path(layout).is_file():
         raise ConfigError(f"{source}: [dimming] layout = {layout!r}: no such layout file")
     engine_dir = config["infer"]["engine_dir"]
-    networks = (config["merge"]["method"] == "neural" or config["tonemap"]["operator"] == "neural"
-                or (config["dimming"]["enabled"] and config["dimming"]["algorithm"] == "neural")
-                or config["score"]["every_n"] > 0)
+    used = {"merge": config["merge"]["method"] == "neural", "tonemap": config["tonemap"]["operator"] == "neural",
+            "dimming": config["dimming"]["enabled"] and config["dimming"]["algorithm"] == "neural",
+            "score": config["score"]["every_n"] > 0}
+    networks = any(used.values())
+    # A model's name or file, where its stage runs: a typo fails here, not after the kernels' warm-up (10-19 s on a
+    # first run). Whether the file suits its stage is checked as the runtime is built (it means loading it).
+    from edgehdr.models import model_path
+
+    for section in (name for name, runs in used.items() if runs):
+        model = config[section]["model"]
+        try:
+            model_path(model)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{source}: [{section}] model = {model!r}: {exc}") from None
     # Read only where a network runs on the device's engines (a config shared with a CPU-only host may name it).
     if engine_dir and networks and config["infer"]["backend"] != "cpu" and not Path(engine_dir).is_dir():
         raise ConfigError(f"{source}: [infer] engine_dir = {engine_dir!r}: no such folder (the engines "
