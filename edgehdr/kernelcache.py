@@ -18,9 +18,12 @@ Dropping alone left a race: a process started before the tree changed holds the 
 dependent kernel it compiled after a newer process had dropped the cache was saved under the new fingerprint's
 marker and loaded by every later process. So the dependents' cache files also carry the fingerprint their process
 imported the helpers with (``process_tag``, in the file name numba derives from its locator's "disambiguator":
-``compensation._compensation_kernel-412-h3f9c2a01be.py311.nbi``): a process reads and writes only the files of the
-helpers it runs, whatever an older one writes beside them. Where numba's locators cannot be extended (its
-internals), the dropping alone remains. ``tests/test_kernelcache.py`` keeps the two lists
+``compensation._compensation_kernel-412-np24-h3f9c2a01be.py311.nbi``): a process reads and writes only the files of the
+helpers it runs, whatever an older one writes beside them. Every kernel of the package also carries numpy's
+version (major.minor: ``-np24``), which numba's own cache key lacks: numba types some numpy functions by the numpy
+it runs with, so a kernel compiled under numpy 2 was loaded under numpy 1.26 after a downgrade (or by a second
+venv sharing the checkout's ``__pycache__``). Where numba's locators cannot be extended (its internals), the
+dropping alone remains. ``tests/test_kernelcache.py`` keeps the two lists
 complete: it finds every numba function imported from another module of the package, and every
 constant of another module that a kernel reads (numba freezes globals into the compiled code).
 """
@@ -34,7 +37,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROVIDERS", "DEPENDENTS", "drop_stale_dependents", "marker_folder", "process_tag"]
+__all__ = ["PROVIDERS", "DEPENDENTS", "drop_stale_dependents", "marker_folder", "numpy_tag", "process_tag"]
 
 log = logging.getLogger("edgehdr.kernelcache")
 
@@ -100,9 +103,24 @@ def process_tag() -> str:
 _process_tag: str | None = None
 
 
+def numpy_tag() -> str:
+    """numpy's major and minor version as the package's kernel cache file names carry it (``np24``, ``np126``)."""
+    global _numpy_tag
+    if _numpy_tag is None:
+        import numpy
+
+        major, minor = numpy.__version__.split(".")[:2]
+        _numpy_tag = f"np{major}{minor}"
+    return _numpy_tag
+
+
+_numpy_tag: str | None = None
+
+
 def _install_tagging_locator() -> bool:
-    """Put a locator in front of numba's for the ``DEPENDENTS``' kernels: it defers to numba's own choice of
-    folder and source stamp and adds ``process_tag()`` to the file names. Returns whether it is in place."""
+    """Put a locator in front of numba's for the package's kernels: it defers to numba's own choice of folder and
+    source stamp and adds ``numpy_tag()`` to the file names, and ``process_tag()`` to the ``DEPENDENTS``'. Returns
+    whether it is in place."""
     try:
         from numba.core import caching
 
@@ -115,13 +133,14 @@ def _install_tagging_locator() -> bool:
     if any(getattr(c, "edgehdr_tagging", False) for c in classes):
         return True
     dependents = {os.path.normcase(str((_PACKAGE / name).resolve())) for name in DEPENDENTS}
+    package = os.path.normcase(str(_PACKAGE)) + os.sep
     numba_own = list(classes)
 
     class _HelperTaggedLocator(base):
         edgehdr_tagging = True
 
-        def __init__(self, inner: Any) -> None:
-            self._inner = inner
+        def __init__(self, inner: Any, dependent: bool) -> None:
+            self._inner, self._dependent = inner, dependent
 
         def ensure_cache_path(self) -> None:
             self._inner.ensure_cache_path()
@@ -133,21 +152,21 @@ def _install_tagging_locator() -> bool:
             return self._inner.get_source_stamp()
 
         def get_disambiguator(self) -> str:
-            tag = process_tag()
-            inner = str(self._inner.get_disambiguator())
-            return f"{inner}-h{tag}" if tag else inner
+            tag = process_tag() if self._dependent else ""
+            return f"{self._inner.get_disambiguator()}-{numpy_tag()}" + (f"-h{tag}" if tag else "")
 
         @classmethod
         def from_function(cls, py_func: Any, py_file: str) -> Any:
             try:
-                if os.path.normcase(str(Path(py_file).resolve())) not in dependents:
-                    return None
+                path = os.path.normcase(str(Path(py_file).resolve()))
             except OSError:
+                return None
+            if not path.startswith(package):
                 return None
             for locator_class in numba_own:
                 inner = locator_class.from_function(py_func, py_file)
                 if inner is not None:
-                    return cls(inner)
+                    return cls(inner, path in dependents)
             return None
 
     classes.insert(0, _HelperTaggedLocator)

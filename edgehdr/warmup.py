@@ -240,11 +240,12 @@ _RECORD = "edgehdr-warm-jobs.json"
 
 
 def _tree_key() -> str:
-    """What a cached kernel depends on: numba's version, the interpreter (numba names its cache files per Python
-    version and ABI), the machine numba compiles for (its codegen's "magic tuple", which numba's cache index is
-    keyed on: triple, CPU name and features, ``NUMBA_CPU_NAME`` honoured), and the package's sources: path, size
-    and modification time of every module (numba checks a kernel's own file by its contents; any change of any
-    module's time is stricter, costing at most a start whose workers load what is cached)."""
+    """What a cached kernel depends on: numba's and numpy's versions (``edgehdr.kernelcache`` names the
+    package's cache files per numpy), the interpreter (numba names its cache files per Python version and ABI), the
+    machine numba compiles for (its codegen's "magic tuple", which numba's cache index is keyed on: triple, CPU name
+    and features, ``NUMBA_CPU_NAME`` honoured), and the package's sources: path, size and modification time of
+    every module (numba checks a kernel's own file by its contents; any change of any module's time is stricter,
+    costing at most a start whose workers load what is cached)."""
     import hashlib
     import sys
 
@@ -260,7 +261,8 @@ def _tree_key() -> str:
         machine = f"{llvm.get_host_cpu_name()} {llvm.get_host_cpu_features().flatten()} " \
                   f"{os.environ.get('NUMBA_CPU_NAME', '')} {os.environ.get('NUMBA_CPU_FEATURES', '')}"
     package = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.sha256(f"{numba.__version__} {sys.implementation.cache_tag} {sys.abiflags} {machine}".encode())
+    digest = hashlib.sha256(f"{numba.__version__} {kernelcache.numpy_tag()} {sys.implementation.cache_tag} "
+                            f"{sys.abiflags} {machine}".encode())
     for root, dirs, files in os.walk(package):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(f for f in files if f.endswith(".py")):

@@ -167,42 +167,56 @@ print(json.dumps({"dropped": dropped, "probe_cold": probe_cold, "misses": sum(s.
     assert result["misses"] == 0 and result["hits"] >= 1, result
 
 
-def test_a_process_with_other_helpers_neither_reads_nor_replaces_this_ones_kernels(tmp_path):
+def test_a_process_with_other_helpers_or_numpy_neither_reads_nor_replaces_this_ones_kernels(tmp_path):
     """The race dropping alone left: a process that imported other helper sources (a tree changed under a running
     daemon) writes its dependent kernels under its own tag, so a process with today's helpers compiles its own
-    instead of loading those, and the older process finds its own again; an unrelated module's files carry no tag."""
+    instead of loading those, and the older process finds its own again. The same for numpy's version, which
+    numba's own cache key lacks, and for every kernel of the package (the synthetic camera's too)."""
     code = """
 import json, sys
 import numpy as np
 from edgehdr import kernelcache
-if sys.argv[1] != "today":
-    kernelcache._process_tag = sys.argv[1]  # as if its helpers' sources had been others when it imported them
+helpers, numpy_tag = sys.argv[1:3]
+if helpers != "today":
+    kernelcache._process_tag = helpers  # as if its helpers' sources had been others when it imported them
+if numpy_tag != "today":
+    kernelcache._numpy_tag = numpy_tag  # as if another numpy ran it
 from edgehdr.dimming import LedLayout, lcd_compensation
 import edgehdr.dimming.compensation as cm
+from edgehdr.warmup import _camera_kernel
 layout = LedLayout(rows=2, cols=2, width_px=16, height_px=16)
 lcd_compensation(np.ones((16, 16, 3), np.float32), np.ones((16, 16), np.float32), layout)
-s = cm._compensation_kernel.stats
-print(json.dumps({"tag": kernelcache.process_tag(), "installed": kernelcache.tagging_installed,
-                  "misses": sum(s.cache_misses.values()), "hits": sum(s.cache_hits.values())}))
+stats = [cm._compensation_kernel.stats, _camera_kernel().stats]
+print(json.dumps({"tag": kernelcache.process_tag(), "np": kernelcache.numpy_tag(),
+                  "installed": kernelcache.tagging_installed,
+                  "misses": [sum(s.cache_misses.values()) for s in stats],
+                  "hits": [sum(s.cache_hits.values()) for s in stats]}))
 """
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
 
-    def run(tag):
-        out = subprocess.run([sys.executable, "-c", code, tag], env=env, capture_output=True, text=True, timeout=600)
+    def run(helpers="today", numpy_tag="today"):
+        out = subprocess.run([sys.executable, "-c", code, helpers, numpy_tag], env=env, capture_output=True,
+                             text=True, timeout=600)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     older = run("0123456789")
-    assert older["installed"] and older["misses"] >= 1 and older["hits"] == 0
-    today = run("today")
-    assert len(today["tag"]) == 10 and today["tag"] != "0123456789"
-    assert today["misses"] >= 1 and today["hits"] == 0, today  # the older process's kernel is not loaded
+    assert older["installed"] and older["misses"][0] >= 1 and older["hits"][0] == 0
+    today = run()
+    assert len(today["tag"]) == 10 and today["tag"] != "0123456789" and today["np"].startswith("np")
+    assert today["misses"][0] >= 1 and today["hits"][0] == 0, today  # the older process's kernel is not loaded
+    assert today["hits"][1] >= 1  # the camera inlines no helper: the older process's file serves
     again = run("0123456789")
-    assert again["misses"] == 0 and again["hits"] >= 1, again  # nor replaced: the older process finds its own
-    assert run("today")["hits"] >= 1
+    assert again["misses"][0] == 0 and again["hits"][0] >= 1, again  # nor replaced: the older process finds its own
+    other_numpy = run(numpy_tag="np19")
+    assert min(other_numpy["misses"]) >= 1 and other_numpy["hits"] == [0, 0], other_numpy  # neither is loaded
+    assert run()["hits"][0] >= 1 and run(numpy_tag="np19")["misses"] == [0, 0]
     names = sorted(p.name for p in tmp_path.rglob("compensation.*.nbi"))
-    assert len(names) == 2 and any("-h0123456789." in n for n in names) and any(f"-h{today['tag']}." in n
-                                                                                for n in names), names
+    assert len(names) == 3, names
+    assert {n.split("-", 2)[2].split(".py")[0] for n in names} == {
+        f"{today['np']}-h0123456789", f"{today['np']}-h{today['tag']}", f"np19-h{today['tag']}"}, names
+    camera = sorted(p.name for p in tmp_path.rglob("synthetic._expose-*.nbi"))
+    assert [n.split("-")[2].split(".py")[0] for n in camera] == sorted([today["np"], "np19"]), camera
     from edgehdr.kernelcache import DEPENDENTS
 
-    assert "dimming/compensation.py" in DEPENDENTS
+    assert "dimming/compensation.py" in DEPENDENTS and "camera/synthetic.py" not in DEPENDENTS
