@@ -24,6 +24,8 @@ from collections.abc import Iterator
 import numba
 import numpy as np
 
+from edgehdr import kernelcache  # noqa: F401 - before the kernels below: it names their numba cache files
+
 __all__ = ["kernel_lock", "kernel_lock_paused", "kernels_serialised"]
 
 log = logging.getLogger("edgehdr")

@@ -220,3 +220,32 @@ print(json.dumps({"tag": kernelcache.process_tag(), "np": kernelcache.numpy_tag(
     from edgehdr.kernelcache import DEPENDENTS
 
     assert "dimming/compensation.py" in DEPENDENTS and "camera/synthetic.py" not in DEPENDENTS
+
+
+def test_every_module_with_cached_kernels_loads_the_cache_naming_first():
+    """numba picks a kernel's cache file name when the kernel is defined; ``edgehdr.kernelcache`` adds numpy's version
+    (and the dependents' helper fingerprint) only once it is imported. A module whose kernels could be defined before
+    it (imported first in some process) got names without the tag there and with it elsewhere: the warm-up's workers
+    then compiled kernels the daemon did not find (6 of the aligner's kernels compiled again in a cold demo). Every
+    module with cached kernels imports it, or a helper module that does, above its first kernel."""
+    from edgehdr.kernelcache import PROVIDERS
+
+    loaders = {"edgehdr.kernelcache"} | {"edgehdr." + p[:-3].replace("/", ".") for p in PROVIDERS}
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        if "cache=True" not in source:
+            continue
+        tree = ast.parse(source)
+        module = "edgehdr." + path.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", ".")
+        imported: set[str] = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.FunctionDef) and any("cache=True" in ast.unparse(d) for d in node.decorator_list):
+                break
+        if module != "edgehdr.kernelcache" and not imported & loaders:
+            missing.append(module)
+    assert not missing, f"import edgehdr.kernelcache above the first cached kernel in: {missing}"

@@ -21,6 +21,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from edgehdr import kernelcache  # noqa: F401 - before the kernels below: it names their numba cache files
 from edgehdr.bracket import Bracket
 from edgehdr.camera.base import BracketSource, ExposurePlan, PendingPlan, SourceTimeout
 from edgehdr.hdr.crf import CameraResponse, ResponseCurve

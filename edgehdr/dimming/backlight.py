@@ -19,6 +19,7 @@ import cv2
 import numba
 import numpy as np
 
+from edgehdr import kernelcache  # noqa: F401 - before the kernels below: it names their numba cache files
 from edgehdr.dimming.layout import LedLayout
 from edgehdr.tonemap.guided import bilinear_taps
 

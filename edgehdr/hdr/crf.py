@@ -27,6 +27,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
+from edgehdr import kernelcache  # noqa: F401 - before the kernels below: it names their numba cache files
 from edgehdr.bracket import check_code_depth, check_frame_matches
 from edgehdr.hdr.weights import weight_lut
 from edgehdr.io.atomic import write_bytes_atomic, write_text_atomic

@@ -28,6 +28,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
+from edgehdr import kernelcache  # noqa: F401 - before the kernels below: it names their numba cache files
 from edgehdr.bracket import check_code_depth
 from edgehdr.hdr.crf import CameraResponse
 

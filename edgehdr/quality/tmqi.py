@@ -26,6 +26,8 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
+from edgehdr import kernelcache  # noqa: F401 - before the kernels below: it names their numba cache files
+
 __all__ = ["tmqi", "TMQIResult", "structural_fidelity", "statistical_naturalness", "TMQI_CONSTANTS"]
 
 
