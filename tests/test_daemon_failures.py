@@ -369,6 +369,40 @@ def test_a_configuration_error_found_while_building_names_the_file(tmp_path, cap
     assert f"edgehdr run: error: {path}: [tonemap] model = 'dimming_net': " in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("section,values", [("tonemap", {"operator": "neural", "model": "dimming_net"}),
+                                            ("score", {"every_n": 5, "model": "tmo_net"}),
+                                            ("merge", {"method": "neural", "model": "norvdpnet_tmo"})])
+def test_another_networks_model_fails_before_the_kernels_warm_up(tmp_path, capsys, monkeypatch, section, values):
+    """check_models opens each model a configured stage runs before the warm-up (13-26 s cold on 2 cores): the
+    daemon exits 2 naming the key without compiling or opening anything."""
+    import signal
+
+    import edgehdr.warmup
+    from edgehdr.pipeline.daemon import run_daemon
+
+    warmed = []
+    monkeypatch.setattr(edgehdr.warmup, "warm_up", lambda **kw: warmed.append(kw) or 0.0)
+    path = _toml(tmp_path / "edgehdr.toml", source={"width": 160, "height": 96}, preview={"enabled": False},
+                 **{section: values})
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert run_daemon(path, seconds=1.0) == 2
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert f"edgehdr run: error: {path}: [{section}] model = '{values['model']}': " in capsys.readouterr().err
+    assert warmed == []
+
+
+def test_check_models_passes_the_shipped_models_and_ignores_stages_that_do_not_run():
+    from edgehdr.pipeline.daemon import check_models
+
+    check_models(validate({"merge": {"method": "neural"}, "tonemap": {"operator": "neural"}, "score": {"every_n": 5}}))
+    # named but not run: not opened (another network's file would be refused if it were)
+    check_models(validate({"merge": {"model": "tmo_net"}, "tonemap": {"model": "dimming_net"},
+                           "score": {"every_n": 0, "model": "tmo_net"}}))
+
+
 def test_link_state_changes_that_always_show_and_the_cycle_that_is_held_back():
     from edgehdr.pipeline.daemon import link_change_always_logged as always
 
