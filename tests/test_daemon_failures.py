@@ -371,10 +371,13 @@ def test_a_configuration_error_found_while_building_names_the_file(tmp_path, cap
 
 @pytest.mark.parametrize("section,values", [("tonemap", {"operator": "neural", "model": "dimming_net"}),
                                             ("score", {"every_n": 5, "model": "tmo_net"}),
-                                            ("merge", {"method": "neural", "model": "norvdpnet_tmo"})])
+                                            ("merge", {"method": "neural", "model": "norvdpnet_tmo"}),
+                                            ("dimming", {"algorithm": "neural", "model": "tmo_net", "rows": 4,
+                                                         "cols": 6})])
 def test_another_networks_model_fails_before_the_kernels_warm_up(tmp_path, capsys, monkeypatch, section, values):
     """check_models opens each model a configured stage runs before the warm-up (13-26 s cold on 2 cores): the
-    daemon exits 2 naming the key without compiling or opening anything."""
+    daemon exits 2 naming the key without compiling anything or opening the link (the dimming model once the
+    source is open: its input depends on the frame size)."""
     import signal
 
     import edgehdr.warmup
@@ -395,12 +398,24 @@ def test_another_networks_model_fails_before_the_kernels_warm_up(tmp_path, capsy
 
 
 def test_check_models_passes_the_shipped_models_and_ignores_stages_that_do_not_run():
-    from edgehdr.pipeline.daemon import check_models
+    from edgehdr.pipeline.daemon import check_models, open_source
 
-    check_models(validate({"merge": {"method": "neural"}, "tonemap": {"operator": "neural"}, "score": {"every_n": 5}}))
+    cfg = validate({"source": {"width": 160, "height": 96}, "merge": {"method": "neural"},
+                    "tonemap": {"operator": "neural"}, "score": {"every_n": 5},
+                    "dimming": {"algorithm": "neural", "rows": 18, "cols": 32}})
+    source = open_source(cfg)
+    try:
+        check_models(cfg, source)
+        # the dimming model is made for 18 x 32 zones: another grid is refused with the source's frame size known
+        with pytest.raises(ConfigError, match=r"\[dimming\] model = 'dimming_net': .*the layout \(9x16 zones\)"):
+            check_models(validate({**cfg, "dimming": {**cfg["dimming"], "rows": 9, "cols": 16}}), source)
+        check_models(validate({**cfg, "dimming": {**cfg["dimming"], "rows": 9, "cols": 16}}))  # no source: not checked
+    finally:
+        source.close()
     # named but not run: not opened (another network's file would be refused if it were)
     check_models(validate({"merge": {"model": "tmo_net"}, "tonemap": {"model": "dimming_net"},
-                           "score": {"every_n": 0, "model": "tmo_net"}}))
+                           "score": {"every_n": 0, "model": "tmo_net"},
+                           "dimming": {"algorithm": "max", "model": "tmo_net"}}))
 
 
 def test_link_state_changes_that_always_show_and_the_cycle_that_is_held_back():

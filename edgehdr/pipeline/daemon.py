@@ -26,6 +26,7 @@ or an output lost data.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -297,13 +298,14 @@ def _model_key(section: str, model: str) -> Iterator[None]:
         raise ConfigError(f"[{section}] model = {model!r}: {exc}") from exc
 
 
-def check_models(cfg: dict[str, Any]) -> None:
-    """The merge, tone-mapping and score models a configuration runs, each opened in ONNX Runtime (CPU) and checked
-    as its stage checks it, then closed: ``ConfigError`` naming the key for another network's file. The daemon
-    calls it before the kernels' warm-up, so such a file fails in well under a second instead of after a first
-    run's compilation (13-26 s on 2 cores). An engine for the device is checked when the runtime is built (it is
-    made from the same ONNX file: ``open_runner`` matches its sha256), as is the dimming model, whose input depends
-    on the LED layout and the frame size."""
+def check_models(cfg: dict[str, Any], source: BracketSource | None = None) -> None:
+    """The models a configuration runs, each opened in ONNX Runtime (CPU) and checked as its stage checks it, then
+    closed: ``ConfigError`` naming the key for another network's file. With the opened ``source`` the dimming
+    model too (its input depends on the LED layout, which depends on the frame size), and the layout file against
+    the frames. The daemon calls it between opening the source and the kernels' warm-up, so such a file fails in
+    well under a second instead of after a first run's compilation (13-26 s on 2 cores). An engine for the device
+    is checked when the runtime is built (it is made from the same ONNX file: ``open_runner`` matches its
+    sha256)."""
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
 
@@ -325,6 +327,17 @@ def check_models(cfg: dict[str, Any]) -> None:
     checks = {"merge": (cfg["merge"]["method"] == "neural", merge_check),
               "tonemap": (cfg["tonemap"]["operator"] == "neural", tonemap_check),
               "score": (cfg["score"]["every_n"] > 0, score_check)}
+    dim = cfg["dimming"]
+    if source is not None and dim["enabled"]:
+        layout = _dimming_layout(cfg, *_frame_size(cfg, source))
+
+        def dimming_check(runner: Runner) -> None:
+            from edgehdr.dimming.neural import NeuralDimmer
+
+            NeuralDimmer(runner, layout, model_path=model_path(dim["model"]), power_budget=dim["power_budget"],
+                         refine_steps=dim["refine_steps"])
+
+        checks["dimming"] = (dim["algorithm"] == "neural", dimming_check)
     for section, (runs, check) in checks.items():
         if not runs:
             continue
@@ -367,13 +380,17 @@ def build_runtime(cfg: dict[str, Any], *, extra_sinks: Iterable[Any] = (), start
     return rt
 
 
-def open_source_and_warm_up(cfg: dict[str, Any], jobs: Iterable[str] | None = None) -> tuple[BracketSource, float]:
-    """``open_source(cfg)``, then the kernels (``edgehdr.warmup.warm_up`` of ``jobs``, default the configuration's):
-    the source and the warm-up's seconds. The source is closed again when the warm-up fails."""
+def open_source_and_warm_up(cfg: dict[str, Any], jobs: Iterable[str] | None = None, *,
+                            check: Callable[[BracketSource], None] | None = None) -> tuple[BracketSource, float]:
+    """``open_source(cfg)``, then ``check(source)`` if given (the daemon's ``check_models``), then the kernels
+    (``edgehdr.warmup.warm_up`` of ``jobs``, default the configuration's): the source and the warm-up's seconds.
+    The source is closed again when the check or the warm-up fails."""
     from edgehdr.warmup import jobs_for_config, warm_up
 
     source = open_source(cfg)
     try:
+        if check is not None:
+            check(source)
         seconds = warm_up(jobs=tuple(jobs) if jobs is not None else jobs_for_config(cfg))
     except BaseException:
         source.close()
@@ -399,8 +416,7 @@ def _wire(rt: Runtime, cfg: dict[str, Any], extra_sinks: Iterable[Any], start: d
         rt.source.open()  # open early: size, bits and response come from the device
     source = rt.source
     response = getattr(source, "response", None) or resolve_response(cfg["source"]["response"], source.bits)
-    width, height = (source.width, source.height) if hasattr(source, "width") and hasattr(source, "height") else \
-        (cfg["source"]["width"], cfg["source"]["height"])
+    width, height = _frame_size(cfg, source)
     fps = cfg["source"]["fps"] or 30.0
     stages = _hdr_stages(cfg, source, response)
     tonemap, *score = _tonemap_stages(rt, cfg, fps)
@@ -501,20 +517,34 @@ def _tonemap_stages(rt: Runtime, cfg: dict[str, Any], fps: float) -> list[Stage]
     return stages
 
 
-def _dimming_stage(rt: Runtime, cfg: dict[str, Any], width: int, height: int, fps: float) -> Stage:
-    """Local dimming over the configured layout (or a rows x cols grid over the frame)."""
+def _dimming_layout(cfg: dict[str, Any], width: int, height: int) -> LedLayout:
+    """The configured LED layout for frames of ``width`` x ``height`` (``[dimming] layout``, checked against the
+    frame size, or a rows x cols grid over the frame)."""
     from edgehdr.dimming import LedLayout, load_layout
-    from edgehdr.pipeline.stages import DimmingStage
 
     dim = cfg["dimming"]
     if dim["layout"]:
         layout = load_layout(dim["layout"])
         _check_layout_fits(layout, width, height, f"[dimming] layout = {dim['layout']!r}")
-    else:
-        layout = LedLayout(rows=min(dim["rows"], height), cols=min(dim["cols"], width), width_px=width,
-                           height_px=height, peak_luminance_cd_m2=dim["peak_luminance_cd_m2"],
-                           zone_bits=cfg["bridge"]["bits"], source="[dimming] rows/cols")
-    rt.layout = layout
+        return layout
+    return LedLayout(rows=min(dim["rows"], height), cols=min(dim["cols"], width), width_px=width, height_px=height,
+                     peak_luminance_cd_m2=dim["peak_luminance_cd_m2"], zone_bits=cfg["bridge"]["bits"],
+                     source="[dimming] rows/cols")
+
+
+def _frame_size(cfg: dict[str, Any], source: BracketSource) -> tuple[int, int]:
+    """(width, height) of the frames an opened source delivers (the configuration's where it does not say)."""
+    if hasattr(source, "width") and hasattr(source, "height"):
+        return source.width, source.height
+    return cfg["source"]["width"], cfg["source"]["height"]
+
+
+def _dimming_stage(rt: Runtime, cfg: dict[str, Any], width: int, height: int, fps: float) -> Stage:
+    """Local dimming over the configured layout (or a rows x cols grid over the frame)."""
+    from edgehdr.pipeline.stages import DimmingStage
+
+    dim = cfg["dimming"]
+    layout = rt.layout = _dimming_layout(cfg, width, height)
     runner = model = None
     with _model_key("dimming", dim["model"]) if dim["algorithm"] == "neural" else contextlib.nullcontext():
         if dim["algorithm"] == "neural":
@@ -637,8 +667,8 @@ def run_daemon(config_path: str | os.PathLike[str] | None = None, *, config: dic
     try:
         from edgehdr.warmup import settle_heap
 
-        check_models(cfg)  # another network's file fails now, not after the kernels' warm-up
-        source, warm_s = open_source_and_warm_up(cfg)  # the source before the kernels: open_source
+        # the source before the kernels (open_source); another network's file fails before them too
+        source, warm_s = open_source_and_warm_up(cfg, check=functools.partial(check_models, cfg))
         log.info("kernels ready", extra={"fields": {"seconds": round(warm_s, 2)}})
         rt = build_runtime(cfg, source=source)
         pipeline = rt.built_pipeline()
