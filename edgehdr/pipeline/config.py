@@ -258,6 +258,14 @@ def _check_response(response: str, source: str, kind: str) -> None:
                           f"({', '.join(RESPONSE_FILE_SUFFIXES)})") from None
 
 
+def sections_running_networks(config: dict[str, dict[str, Any]]) -> list[str]:
+    """The sections of a validated configuration whose stage runs its ``model``: merge, tonemap, dimming, score."""
+    runs = {"merge": config["merge"]["method"] == "neural", "tonemap": config["tonemap"]["operator"] == "neural",
+            "dimming": config["dimming"]["enabled"] and config["dimming"]["algorithm"] == "neural",
+            "score": config["score"]["every_n"] > 0}
+    return [section for section, running in runs.items() if running]
+
+
 def check_paths(config: dict[str, dict[str, Any]], source: str = "<config>") -> None:
     """The files and folders a validated configuration names, as they are now: a replay's stack, a layout file, an
     engine folder, and the folders outputs go to. Raises ``ConfigError`` naming the key, so a typo fails before
@@ -270,15 +278,12 @@ def check_paths(config: dict[str, dict[str, Any]], source: str = "<config>") -> 
     if config["dimming"]["enabled"] and layout and not Path(layout).is_file():
         raise ConfigError(f"{source}: [dimming] layout = {layout!r}: no such layout file")
     engine_dir = config["infer"]["engine_dir"]
-    used = {"merge": config["merge"]["method"] == "neural", "tonemap": config["tonemap"]["operator"] == "neural",
-            "dimming": config["dimming"]["enabled"] and config["dimming"]["algorithm"] == "neural",
-            "score": config["score"]["every_n"] > 0}
-    networks = any(used.values())
+    networks = sections_running_networks(config)
     # A model's name or file, where its stage runs: a typo fails here, not after the kernels' warm-up (10-19 s on a
-    # first run). Whether the file suits its stage is checked as the runtime is built (it means loading it).
+    # first run). Whether the file suits its stage is checked by the daemon's check_models (it means loading it).
     from edgehdr.models import model_path
 
-    for section in (name for name, runs in used.items() if runs):
+    for section in networks:
         model = config[section]["model"]
         try:
             model_path(model)

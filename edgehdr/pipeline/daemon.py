@@ -43,7 +43,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from edgehdr.dimming.layout import LayoutError
-from edgehdr.pipeline.config import ConfigError, load_config, validate
+from edgehdr.pipeline.config import ConfigError, load_config, sections_running_networks, validate
 from edgehdr.pipeline.graph import Pipeline, Stage
 from edgehdr.pipeline.notify import SystemdNotifier
 
@@ -324,9 +324,8 @@ def check_models(cfg: dict[str, Any], source: BracketSource | None = None) -> No
 
         NoRVDPNetScorer(runner)
 
-    checks = {"merge": (cfg["merge"]["method"] == "neural", merge_check),
-              "tonemap": (cfg["tonemap"]["operator"] == "neural", tonemap_check),
-              "score": (cfg["score"]["every_n"] > 0, score_check)}
+    checks: dict[str, Callable[[Runner], None]] = {"merge": merge_check, "tonemap": tonemap_check,
+                                                   "score": score_check}
     dim = cfg["dimming"]
     if source is not None and dim["enabled"]:
         layout = _dimming_layout(cfg, *_frame_size(cfg, source))
@@ -337,13 +336,13 @@ def check_models(cfg: dict[str, Any], source: BracketSource | None = None) -> No
             NeuralDimmer(runner, layout, model_path=model_path(dim["model"]), power_budget=dim["power_budget"],
                          refine_steps=dim["refine_steps"])
 
-        checks["dimming"] = (dim["algorithm"] == "neural", dimming_check)
-    for section, (runs, check) in checks.items():
-        if not runs:
+        checks["dimming"] = dimming_check
+    for section in sections_running_networks(cfg):
+        if section not in checks:  # the dimming model without the source
             continue
         with _model_key(section, cfg[section]["model"]):
             with OnnxRuntimeRunner(model_path(cfg[section]["model"]), intra_op_threads=1) as runner:
-                check(runner)
+                checks[section](runner)
 
 
 def open_source(cfg: dict[str, Any]) -> BracketSource:
