@@ -12,9 +12,11 @@ Two rendering sets per photograph, both scored against TMQI (``edgehdr.quality.t
   correlation over 8 renderings moves by several tenths with the draw; ``--wide 24`` measures the
   within-scene figure more steadily (the first 8 of the 24 are the default's 8).
 
-Photographs are labelled held-out or training by ``edgehdr.models.training.splits``;
-the correlations that judge a model are the held-out ones, printed per photograph too. Speed: one 1080p frame
-(encoding + network, ONNX Runtime CPU), median of 20, each model in the same run.
+Photographs are labelled held-out, validation or training by ``edgehdr.models.training.splits``;
+the correlations that judge a model are the held-out ones, printed per photograph too. The validation
+photographs, printed per photograph as well, are for choosing between recipe variants trained with
+``train_norvdpnet --validation`` (which never sees them); for the shipped weights they are training photographs.
+Speed: one 1080p frame (encoding + network, ONNX Runtime CPU), median of 20, each model in the same run.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def evaluate(models: Sequence[str], *, max_side: int = 768, wide: int = 8) -> di
         raise ValueError(f"wide: at least 3 renderings per photograph are needed for a ranking, got {wide}")
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
-    from edgehdr.models.training.splits import is_held_out, photo_seed
+    from edgehdr.models.training.splits import photo_seed, split_of
     from edgehdr.quality import tmqi
     from edgehdr.quality.correlation import scene_correlations
     from edgehdr.quality.norvdpnet import WIDE_VARIANT_KINDS, NoRVDPNetScorer, tone_mapping_variants
@@ -73,13 +75,13 @@ def evaluate(models: Sequence[str], *, max_side: int = 768, wide: int = 8) -> di
                          tone_mapping_variants(radiance, wide, seed=seed, kinds=WIDE_VARIANT_KINDS)]}
         for set_name, renderings in sets.items():
             for label, sdr in renderings:
-                rows.append({"photo": name, "held_out": is_held_out(name), "set": set_name, "rendering": label,
+                rows.append({"photo": name, "split": split_of(name), "set": set_name, "rendering": label,
                              "tmqi": tmqi(radiance, sdr).Q, **{m: s.score(sdr) for m, s in scorers.items()}})
     result: dict[str, Any] = {"rows": rows, "correlations": {}}
     photos = sorted({r["photo"] for r in rows})
-    for split in ("held-out", "training"):
+    for split in ("held-out", "validation", "training"):
         for set_name in ("operators", "wide"):
-            sel = [r for r in rows if r["held_out"] == (split == "held-out") and r["set"] == set_name]
+            sel = [r for r in rows if r["split"] == split and r["set"] == set_name]
             if not sel:
                 continue
             label = np.array([r["tmqi"] for r in sel])
@@ -114,13 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{c['within_srocc_mean']:>11.3f} {c['within_srocc_min']:>6.3f} {c['renderings']:>4}")
     from edgehdr.quality.correlation import spearman
 
-    held_out = sorted({r["photo"] for r in result["rows"] if r["held_out"]})
-    for set_name in ("operators", "wide"):
-        for photo in held_out:
-            sel = [r for r in result["rows"] if r["photo"] == photo and r["set"] == set_name]
-            label = np.array([r["tmqi"] for r in sel])
-            print(f"held-out {set_name:<9} {photo:<32} within SROCC " + ", ".join(
-                f"{m} {spearman(np.array([r[m] for r in sel]), label):.3f}" for m in models) + f" (n {len(sel)})")
+    for split in ("held-out", "validation"):
+        for set_name in ("operators", "wide"):
+            for photo in sorted({r["photo"] for r in result["rows"] if r["split"] == split}):
+                sel = [r for r in result["rows"] if r["photo"] == photo and r["set"] == set_name]
+                label = np.array([r["tmqi"] for r in sel])
+                print(f"{split:<10} {set_name:<9} {photo:<32} within SROCC " + ", ".join(
+                    f"{m} {spearman(np.array([r[m] for r in sel]), label):.3f}" for m in models)
+                    + f" (n {len(sel)})")
     print("1080p scoring (encode + network):", ", ".join(f"{m} {v:.2f} ms" for m, v in
                                                           result["score_1080p_ms"].items()))
     if args.json:

@@ -5,6 +5,14 @@ targets); evaluations report them separately. The split is fixed by name so that
 figure in a closing note can be reproduced: one photograph from each source
 (OpenEXR samples, pfstools, Poly Haven), chosen for being hard — a backlit tree, an
 atrium with sunlit walls, and a church interior with bright stained glass.
+
+Choices between recipe variants (a loss weight, an input size, a schedule) are made on
+the **validation** photographs instead: two of the training photographs, fixed by a rule
+set before any figure was seen (the last by name of each source that has two or more
+training photographs). A recipe run with its validation option trains on the other
+training photographs only and reports these; the shipped weights then train on all of
+them. Choosing on the held-out photographs would make their figures a test of the
+choice, not of the model.
 """
 
 from __future__ import annotations
@@ -16,14 +24,22 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["REAL_HELD_OUT", "real_split", "is_held_out", "photo_seed", "random_crops"]
+__all__ = ["REAL_HELD_OUT", "REAL_VALIDATION", "real_split", "real_photos", "is_held_out", "split_of",
+           "photo_seed", "random_crops"]
 
 REAL_HELD_OUT = ("openexr_Tree", "pfstools_mpi_atrium_3", "polyhaven_st_fagans_interior_1k")
+REAL_VALIDATION = ("openexr_StillLife", "polyhaven_potsdamer_platz_1k")
 
 
 def is_held_out(name: str) -> bool:
     """Whether the photograph ``name`` (file stem) belongs to the held-out split."""
     return name in REAL_HELD_OUT
+
+
+def split_of(name: str) -> str:
+    """``"held-out"``, ``"validation"`` (a training photograph set aside for choosing between recipe variants)
+    or ``"training"``."""
+    return "held-out" if name in REAL_HELD_OUT else "validation" if name in REAL_VALIDATION else "training"
 
 
 def photo_seed(name: str, base: int) -> int:
@@ -43,6 +59,20 @@ def real_split(root: str | os.PathLike[str] | None = None, *, max_side: int | No
 
     scenes = real_hdr_scenes(root, max_side=max_side)
     return ([s for s in scenes if not is_held_out(s[0])], [s for s in scenes if is_held_out(s[0])])
+
+
+def real_photos(split: str, root: str | os.PathLike[str] | None = None, *, max_side: int | None = None
+                ) -> list[tuple[str, np.ndarray]]:
+    """``(name, radiance)`` of one split: ``"train"`` (every photograph outside the held-out split, validation
+    ones included: what shipped weights train on), ``"fit"`` (``"train"`` without the validation photographs:
+    what a validation run trains on), ``"validation"`` or ``"held-out"``."""
+    from edgehdr.synth.realistic import real_hdr_scenes
+
+    keep = {"train": lambda n: not is_held_out(n), "fit": lambda n: split_of(n) == "training",
+            "validation": lambda n: split_of(n) == "validation", "held-out": is_held_out}
+    if split not in keep:
+        raise ValueError(f"split: one of {', '.join(keep)}, got {split!r}")
+    return [s for s in real_hdr_scenes(root, max_side=max_side) if keep[split](s[0])]
 
 
 def random_crops(photos: Sequence[tuple[str, np.ndarray]], per_photo: int, *, seed: int = 0, height: int = 192,

@@ -23,7 +23,10 @@ as the full-reference target instead of HDR-VDP:
 4. Held out: synthetic scenes (seeds from 100000) and the held-out real photographs
    (whole, plus crops), never trained on: Spearman and Pearson correlation with TMQI
    pooled over scenes and within each scene; export to ONNX (``image`` -> ``quality``)
-   with a manifest.
+   with a manifest. These are reported, not chosen on: to compare recipe variants, run
+   each with ``--validation`` (trains without the validation photographs of
+   ``splits.REAL_VALIDATION`` and reports those instead of the held-out ones) and judge
+   the files with ``evaluate_norvdpnet --against``'s validation rows.
 
 Everything is seeded; a run on the same versions reproduces the weights.
 """
@@ -62,15 +65,14 @@ HOLDOUT_SEED = 100_000
 def hdr_sources(scenes: int, *, seed: int = 0, real: str | None = None, crops: int = 0, height: int = 256,
                 width: int = 384) -> list[tuple[str, np.ndarray]]:
     """``(name, radiance)``: ``scenes`` synthetic scenes from ``seed``, then ``crops`` crops of each real
-    photograph of the ``real`` split (``"train"`` or ``"held-out"``; None for none)."""
-    from edgehdr.models.training.splits import random_crops, real_split
+    photograph of the ``real`` split (``splits.real_photos``: ``"train"``, ``"fit"``, ``"validation"`` or
+    ``"held-out"``; None for none)."""
+    from edgehdr.models.training.splits import random_crops, real_photos
     from edgehdr.synth import make_scene
 
     out = [(f"synthetic-{seed + i}", make_scene(seed + i, height, width).radiance) for i in range(scenes)]
     if real is not None and crops > 0:
-        train, held_out = real_split()
-        photos = train if real == "train" else held_out
-        out += random_crops(photos, crops, seed=seed, height=height, width=width)
+        out += random_crops(real_photos(real), crops, seed=seed, height=height, width=width)
     return out
 
 
@@ -116,10 +118,13 @@ def rank_loss(pred: torch.Tensor, label: torch.Tensor, *, temperature: float = 0
 
 
 def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int = 16, lr: float = 1e-3,
-                 width_scale: float = 0.25, seed: int = 0, rank: float = 1.0,
+                 width_scale: float = 0.25, seed: int = 0, rank: float = 1.0, ema: float = 0.0,
                  log: Callable[[str], object] = print) -> tuple[NoRVDPNet, list[dict[str, float]]]:
     """Adam on the squared error to TMQI plus ``rank`` x the batch-wide ranking loss, cosine learning rate,
-    random horizontal flips. Batches are drawn from the whole set, so most pairs cross scenes."""
+    random horizontal flips. Batches are drawn from the whole set, so most pairs cross scenes.
+
+    ``ema > 0``: the returned weights are the exponential moving average of the weights over the
+    steps, ``w <- ema w + (1 - ema) w_step`` (Polyak averaging), instead of the last step's."""
     torch.manual_seed(seed)
     model = NoRVDPNet(width_scale=width_scale)
     with torch.no_grad():  # start at the mean label: the sigmoid's logit of mean(y)
@@ -132,6 +137,7 @@ def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int =
     rng = np.random.default_rng(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     history = []
+    average = [q.detach().clone() for q in model.parameters()] if ema > 0 else []
     for epoch in range(epochs):
         model.train()
         order = rng.permutation(len(x))
@@ -146,10 +152,16 @@ def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int =
             opt.zero_grad()
             loss.backward()
             opt.step()
+            with torch.no_grad():
+                for a, q in zip(average, model.parameters()):
+                    a.mul_(ema).add_(q.detach(), alpha=1.0 - ema)
             total += float(loss.detach()) * len(idx)
         sched.step()
         history.append({"epoch": epoch + 1, "loss": total / len(x)})
         log(f"epoch {epoch + 1:2d}/{epochs}: train loss {total / len(x):.5f}")
+    with torch.no_grad():
+        for a, q in zip(average, model.parameters()):
+            q.copy_(a)
     return model.eval(), history
 
 
@@ -191,33 +203,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--rank", type=float, default=1.0, help="weight of the batch-wide ranking loss")
     p.add_argument("--width-scale", type=float, default=0.25)
+    p.add_argument("--ema", type=float, default=0.0, help="return the moving average of the weights (0: off)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--validation", action="store_true",
+                   help="train without the validation photographs (splits.REAL_VALIDATION) and report them instead "
+                        "of the held-out ones: for choosing between recipe variants")
     p.add_argument("--work", type=Path, default=Path("norvdpnet-training"), help="dataset cache and training log")
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "norvdpnet_tmo.onnx")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
-    x, y, _ = _load_or_make(args.work, f"train_{args.scenes}_{args.crops}",
-                            lambda: hdr_sources(args.scenes, seed=args.seed, real="train", crops=args.crops),
+    fit, report = ("fit", "validation") if args.validation else ("train", "held-out")
+    x, y, _ = _load_or_make(args.work, f"{fit}_{args.scenes}_{args.crops}",
+                            lambda: hdr_sources(args.scenes, seed=args.seed, real=fit, crops=args.crops),
                             args.variants, args.seed)
     held = {
         "synthetic": _load_or_make(args.work, f"holdout_{args.holdout_scenes}",
                                    lambda: hdr_sources(args.holdout_scenes, seed=HOLDOUT_SEED), args.variants,
                                    HOLDOUT_SEED),
-        "real": _load_or_make(args.work, f"holdout_real_{args.holdout_crops}",
-                              lambda: hdr_sources(0, seed=HOLDOUT_SEED, real="held-out", crops=args.holdout_crops),
-                              args.variants, HOLDOUT_SEED)}
+        "real" if report == "held-out" else report: _load_or_make(
+            args.work, f"{report}_real_{args.holdout_crops}",
+            lambda: hdr_sources(0, seed=HOLDOUT_SEED, real=report, crops=args.holdout_crops), args.variants,
+            HOLDOUT_SEED)}
     t_data = time.perf_counter() - t0
-    print(f"{len(x)} training renderings, held out {len(held['synthetic'][0])} synthetic and {len(held['real'][0])} "
-          f"real; TMQI {y.min():.3f}..{y.max():.3f} ({t_data:.0f} s)", flush=True)
+    n_real = len(list(held.values())[1][0])
+    print(f"{len(x)} training renderings, held out {len(held['synthetic'][0])} synthetic and {n_real} "
+          f"{report} real; TMQI {y.min():.3f}..{y.max():.3f} ({t_data:.0f} s)", flush=True)
     model, history = train_scorer(x, y, epochs=args.epochs, width_scale=args.width_scale, seed=args.seed,
-                                  rank=args.rank)
+                                  rank=args.rank, ema=args.ema)
     result = {k: scene_correlations(predict(model, xh), yh, oh) for k, (xh, yh, oh) in held.items()}
     t_total = time.perf_counter() - t0
     export_scorer(model, args.out, extra_metadata={
         "edgehdr.recipe": f"train_norvdpnet --scenes {args.scenes} --crops {args.crops} --variants {args.variants} "
                           f"--epochs {args.epochs} --rank {args.rank} --width-scale {args.width_scale} "
-                          f"--seed {args.seed}",
+                          f"--seed {args.seed}" + (f" --ema {args.ema}" if args.ema else "")
+                          + (" --validation" if args.validation else ""),
         "edgehdr.holdout": json.dumps({k: {m: round(v, 4) for m, v in r.items()} for k, r in result.items()})})
     log = write_training_log(args.work / "train_norvdpnet_log.json", model, SCORE_INPUT_SHAPE, holdout=result,
                              history=history, data_seconds=round(t_data, 1), total_seconds=round(t_total, 1))
