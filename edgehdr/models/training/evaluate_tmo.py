@@ -11,7 +11,7 @@ and the shipped recipe distils nothing: ``--distill 0``). Speed: one 1080p frame
 the same run. Temporal stability: a static scene with sensor noise over 60 frames, the same
 noisy frames with and without the temporal smoothing.
 
-Real content (``evaluate_real``): every shared HDR photograph, labelled held-out or
+Real content (``evaluate_real``): every shared HDR photograph, labelled held-out, validation or
 training by ``edgehdr.models.training.splits``, rendered by the network, the
 project's classical operators and OpenCV's Reinhard, Drago and Mantiuk tone mappers in
 the same run, each scored by TMQI, mid-tone saturation, highlight clipping and
@@ -56,7 +56,7 @@ def evaluate_real(*, model: str | os.PathLike[str] = "tmo_net", max_side: int = 
     from edgehdr.demo import DEMO_BASE_COMPRESSION
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
-    from edgehdr.models.training.splits import is_held_out
+    from edgehdr.models.training.splits import split_of
     from edgehdr.quality import colourfulness, highlight_clipping, midtone_saturation, tmqi
     from edgehdr.synth.realistic import real_hdr_scenes
     from edgehdr.tonemap import drago, reinhard_global, reinhard_local
@@ -72,7 +72,7 @@ def evaluate_real(*, model: str | os.PathLike[str] = "tmo_net", max_side: int = 
             operators[name] = functools.partial(opencv_tonemap, name=name)
     rows = []
     for name, rad in real_hdr_scenes(max_side=max_side):
-        row: dict[str, Any] = {"photo": name, "split": "held-out" if is_held_out(name) else "training"}
+        row: dict[str, Any] = {"photo": name, "split": split_of(name)}
         for label, op in operators.items():
             out = op(rad)
             row[label] = {"tmqi": tmqi(rad, out).Q, "midtone_saturation": midtone_saturation(rad, out),
@@ -163,15 +163,15 @@ def evaluate(scenes: int = 24, *, model: str | os.PathLike[str] = "tmo_net", int
 
 def format_real(rows: Sequence[dict[str, Any]]) -> str:
     """The real-content table: one line per photograph and operator."""
-    lines = [f"{'photograph':<32} {'split':<9} {'operator':<16} {'TMQI':>6} {'mid sat':>7} {'hl@255':>6} "
+    lines = [f"{'photograph':<32} {'split':<10} {'operator':<16} {'TMQI':>6} {'mid sat':>7} {'hl@255':>6} "
              f"{'colourf':>7}"]
     for row in rows:
         for label, v in row.items():
             if isinstance(v, dict) and "tmqi" in v:
-                lines.append(f"{row['photo']:<32} {row['split']:<9} {label:<16} {v['tmqi']:>6.3f} "
+                lines.append(f"{row['photo']:<32} {row['split']:<10} {label:<16} {v['tmqi']:>6.3f} "
                              f"{v['midtone_saturation']:>7.3f} {v['highlight_clipping']:>6.3f} "
                              f"{v['colourfulness']:>7.1f}")
-        lines.append(f"{'':<32} {'':<9} targets: " + ", ".join(f"{k} {'yes' if ok else 'NO'}"
+        lines.append(f"{'':<32} {'':<10} targets: " + ", ".join(f"{k} {'yes' if ok else 'NO'}"
                                                              for k, ok in row["targets_met"].items()))
     return "\n".join(lines)
 

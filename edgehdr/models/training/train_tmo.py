@@ -278,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="train through the runtime's highlight roll-off (the shipped weights were trained without "
                         "it; trained through it: every held-out synthetic scene within the targets, but the held-out "
                         "Tree's TMQI 0.935 against Reinhard local's 0.960)")
+    p.add_argument("--validation", action="store_true",
+                   help="train without the validation photographs (splits.REAL_VALIDATION; evaluate_tmo reports "
+                        "them apart): for choosing between recipe variants")
     p.add_argument("--work", type=Path, default=Path("tmo-training"), help="teacher cache and training log")
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "tmo_net.onnx")
     args = p.parse_args(argv)
@@ -289,9 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenes = tmo_scenes(args.scenes, seed=args.seed, reinhard_local_targets=targets)
     photos: list[str] = []
     if args.crops:
-        from edgehdr.models.training.splits import real_split
+        from edgehdr.models.training.splits import real_photos
 
-        train_photos, _ = real_split()
+        train_photos = real_photos("fit" if args.validation else "train")
         photos = [name for name, _ in train_photos]
         scenes += real_crops(train_photos, args.crops, seed=args.seed, reinhard_local_targets=targets)
     print(f"{len(scenes)} training images: {args.scenes} synthetic, {len(scenes) - args.scenes} crops of "
@@ -328,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"{args.teacher_steps} --epochs {args.epochs} --seed {args.seed} --width {args.width} "
                           f"--distill {args.distill} --smooth {args.smooth} --beat {args.beat} "
                           f"--beat-highlights {args.beat_highlights} --highlight {args.highlight}"
-                          + (" --rolloff" if args.rolloff else ""),
+                          + (" --rolloff" if args.rolloff else "") + (" --validation" if args.validation else ""),
         "edgehdr.training_photos": ",".join(photos)})
     log = write_training_log(args.work / "train_tmo_log.json", model, TMO_INPUT_SHAPE, history=history,
                              teacher_seconds=round(t_teacher, 1), total_seconds=round(t_total, 1),
