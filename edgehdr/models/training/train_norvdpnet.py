@@ -1,7 +1,7 @@
 """Recipe: the default NoR-VDPNet weights, a width-reduced variant that predicts TMQI from the SDR image alone.
 
-    python -m edgehdr.models.training.train_norvdpnet        # the shipped weights; 61 min on 2 CPU cores
-                                                             # (measured with another recipe training beside it)
+    python -m edgehdr.models.training.train_norvdpnet        # the shipped weights; 4 min on 2 idle CPU cores
+    python -m edgehdr.models.training.train_norvdpnet --validation -o variant.onnx   # to compare a variant
 
 The NoR-VDPNet++ "TMO" task (Banterle et al. 2023) with TMQI (Yeganeh & Wang 2013)
 as the full-reference target instead of HDR-VDP:
