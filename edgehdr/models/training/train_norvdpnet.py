@@ -118,13 +118,10 @@ def rank_loss(pred: torch.Tensor, label: torch.Tensor, *, temperature: float = 0
 
 
 def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int = 16, lr: float = 1e-3,
-                 width_scale: float = 0.25, seed: int = 0, rank: float = 1.0, ema: float = 0.0,
+                 width_scale: float = 0.25, seed: int = 0, rank: float = 1.0,
                  log: Callable[[str], object] = print) -> tuple[NoRVDPNet, list[dict[str, float]]]:
     """Adam on the squared error to TMQI plus ``rank`` x the batch-wide ranking loss, cosine learning rate,
-    random horizontal flips. Batches are drawn from the whole set, so most pairs cross scenes.
-
-    ``ema > 0``: the returned weights are the exponential moving average of the weights over the
-    steps, ``w <- ema w + (1 - ema) w_step`` (Polyak averaging), instead of the last step's."""
+    random horizontal flips. Batches are drawn from the whole set, so most pairs cross scenes."""
     torch.manual_seed(seed)
     model = NoRVDPNet(width_scale=width_scale)
     with torch.no_grad():  # start at the mean label: the sigmoid's logit of mean(y)
@@ -137,7 +134,6 @@ def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int =
     rng = np.random.default_rng(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     history = []
-    average = [q.detach().clone() for q in model.parameters()] if ema > 0 else []
     for epoch in range(epochs):
         model.train()
         order = rng.permutation(len(x))
@@ -152,16 +148,10 @@ def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int =
             opt.zero_grad()
             loss.backward()
             opt.step()
-            with torch.no_grad():
-                for a, q in zip(average, model.parameters()):
-                    a.mul_(ema).add_(q.detach(), alpha=1.0 - ema)
             total += float(loss.detach()) * len(idx)
         sched.step()
         history.append({"epoch": epoch + 1, "loss": total / len(x)})
         log(f"epoch {epoch + 1:2d}/{epochs}: train loss {total / len(x):.5f}")
-    with torch.no_grad():
-        for a, q in zip(average, model.parameters()):
-            q.copy_(a)
     return model.eval(), history
 
 
@@ -203,7 +193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--rank", type=float, default=1.0, help="weight of the batch-wide ranking loss")
     p.add_argument("--width-scale", type=float, default=0.25)
-    p.add_argument("--ema", type=float, default=0.0, help="return the moving average of the weights (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validation", action="store_true",
                    help="train without the validation photographs (splits.REAL_VALIDATION) and report them instead "
@@ -230,14 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(x)} training renderings, held out {len(held['synthetic'][0])} synthetic and {n_real} "
           f"{report} real; TMQI {y.min():.3f}..{y.max():.3f} ({t_data:.0f} s)", flush=True)
     model, history = train_scorer(x, y, epochs=args.epochs, width_scale=args.width_scale, seed=args.seed,
-                                  rank=args.rank, ema=args.ema)
+                                  rank=args.rank)
     result = {k: scene_correlations(predict(model, xh), yh, oh) for k, (xh, yh, oh) in held.items()}
     t_total = time.perf_counter() - t0
     export_scorer(model, args.out, extra_metadata={
         "edgehdr.recipe": f"train_norvdpnet --scenes {args.scenes} --crops {args.crops} --variants {args.variants} "
                           f"--epochs {args.epochs} --rank {args.rank} --width-scale {args.width_scale} "
-                          f"--seed {args.seed}" + (f" --ema {args.ema}" if args.ema else "")
-                          + (" --validation" if args.validation else ""),
+                          f"--seed {args.seed}" + (" --validation" if args.validation else ""),
         "edgehdr.holdout": json.dumps({k: {m: round(v, 4) for m, v in r.items()} for k, r in result.items()})})
     log = write_training_log(args.work / "train_norvdpnet_log.json", model, SCORE_INPUT_SHAPE, holdout=result,
                              history=history, data_seconds=round(t_data, 1), total_seconds=round(t_total, 1))
