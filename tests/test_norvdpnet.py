@@ -182,6 +182,38 @@ def test_rank_loss_prefers_the_labels_order_across_the_batch():
     assert float(rank_loss(right, torch.full((4,), 0.5))) == 0.0  # no pair differs: nothing to rank
 
 
+
+@needs_torch
+def test_per_epoch_figures_are_logged_without_changing_the_training():
+    """train_scorer's on_epoch: its figures reach the history each epoch, and the weights are those of the same
+    training without it (evaluating between epochs must not draw from the random streams)."""
+    from edgehdr.models.training.train_norvdpnet import predict, train_scorer
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (12, 1, 64, 96)).astype(np.float32)
+    y = rng.uniform(0.5, 0.95, 12).astype(np.float32)
+    calls = []
+
+    def figures(model):
+        calls.append(1)
+        return {"mean score": float(predict(model, x).mean())}
+
+    quiet = dict(epochs=2, batch=4, seed=3, log=lambda _: None)
+    plain, history_plain = train_scorer(x, y, **quiet)
+    watched, history = train_scorer(x, y, on_epoch=figures, **quiet)
+    assert len(calls) == 2 and [h["epoch"] for h in history] == [1, 2]
+    assert all("mean score" in h for h in history) and all("mean score" not in h for h in history_plain)
+    for (name, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items(), strict=True):
+        assert torch_equal(a, b), name
+    np.testing.assert_array_equal(predict(plain, x), predict(watched, x))
+    assert history[-1]["mean score"] == pytest.approx(float(predict(watched, x).mean()), abs=1e-6)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
 def test_score_command_ranks_a_photo_set_best_first(tmp_path, scene_factory, capsys):
     from edgehdr.cli import main
     from edgehdr.tonemap import reinhard_local

@@ -119,9 +119,13 @@ def rank_loss(pred: torch.Tensor, label: torch.Tensor, *, temperature: float = 0
 
 def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int = 16, lr: float = 1e-3,
                  width_scale: float = 0.25, seed: int = 0, rank: float = 1.0,
-                 log: Callable[[str], object] = print) -> tuple[NoRVDPNet, list[dict[str, float]]]:
+                 log: Callable[[str], object] = print,
+                 on_epoch: Callable[[NoRVDPNet], dict[str, float]] | None = None
+                 ) -> tuple[NoRVDPNet, list[dict[str, float]]]:
     """Adam on the squared error to TMQI plus ``rank`` x the batch-wide ranking loss, cosine learning rate,
-    random horizontal flips. Batches are drawn from the whole set, so most pairs cross scenes."""
+    random horizontal flips. Batches are drawn from the whole set, so most pairs cross scenes. ``on_epoch``:
+    figures of the model after each epoch (e.g. on the validation photographs), logged and kept in the history;
+    they do not change the training."""
     torch.manual_seed(seed)
     model = NoRVDPNet(width_scale=width_scale)
     with torch.no_grad():  # start at the mean label: the sigmoid's logit of mean(y)
@@ -150,8 +154,10 @@ def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int =
             opt.step()
             total += float(loss.detach()) * len(idx)
         sched.step()
-        history.append({"epoch": epoch + 1, "loss": total / len(x)})
-        log(f"epoch {epoch + 1:2d}/{epochs}: train loss {total / len(x):.5f}")
+        figures = on_epoch(model) if on_epoch is not None else {}
+        history.append({"epoch": epoch + 1, "loss": total / len(x), **figures})
+        log(f"epoch {epoch + 1:2d}/{epochs}: train loss {total / len(x):.5f}"
+            + "".join(f", {k} {v:.3f}" for k, v in figures.items()))
     return model.eval(), history
 
 
@@ -218,8 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_real = len(list(held.values())[1][0])
     print(f"{len(x)} training renderings, held out {len(held['synthetic'][0])} synthetic and {n_real} "
           f"{report} real; TMQI {y.min():.3f}..{y.max():.3f} ({t_data:.0f} s)", flush=True)
+    def validation_figures(model: NoRVDPNet) -> dict[str, float]:
+        xv, yv, ov = held["validation"]
+        r = scene_correlations(predict(model, xv), yv, ov)
+        return {"validation pooled": r["srocc"], "within mean": r["within_srocc_mean"]}
+
     model, history = train_scorer(x, y, epochs=args.epochs, width_scale=args.width_scale, seed=args.seed,
-                                  rank=args.rank)
+                                  rank=args.rank, on_epoch=validation_figures if args.validation else None)
     result = {k: scene_correlations(predict(model, xh), yh, oh) for k, (xh, yh, oh) in held.items()}
     t_total = time.perf_counter() - t0
     export_scorer(model, args.out, extra_metadata={
