@@ -182,11 +182,12 @@ def test_rank_loss_prefers_the_labels_order_across_the_batch():
     assert float(rank_loss(right, torch.full((4,), 0.5))) == 0.0  # no pair differs: nothing to rank
 
 
-
 @needs_torch
 def test_per_epoch_figures_are_logged_without_changing_the_training():
     """train_scorer's on_epoch: its figures reach the history each epoch, and the weights are those of the same
     training without it (evaluating between epochs must not draw from the random streams)."""
+    import torch
+
     from edgehdr.models.training.train_norvdpnet import predict, train_scorer
 
     rng = np.random.default_rng(0)
@@ -204,15 +205,9 @@ def test_per_epoch_figures_are_logged_without_changing_the_training():
     assert len(calls) == 2 and [h["epoch"] for h in history] == [1, 2]
     assert all("mean score" in h for h in history) and all("mean score" not in h for h in history_plain)
     for (name, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items(), strict=True):
-        assert torch_equal(a, b), name
+        assert torch.equal(a, b), name
     np.testing.assert_array_equal(predict(plain, x), predict(watched, x))
     assert history[-1]["mean score"] == pytest.approx(float(predict(watched, x).mean()), abs=1e-6)
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return bool(torch.equal(a, b))
 
 def test_score_command_ranks_a_photo_set_best_first(tmp_path, scene_factory, capsys):
     from edgehdr.cli import main

@@ -224,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_real = len(list(held.values())[1][0])
     print(f"{len(x)} training renderings, held out {len(held['synthetic'][0])} synthetic and {n_real} "
           f"{report} real; TMQI {y.min():.3f}..{y.max():.3f} ({t_data:.0f} s)", flush=True)
+
     def validation_figures(model: NoRVDPNet) -> dict[str, float]:
         xv, yv, ov = held["validation"]
         r = scene_correlations(predict(model, xv), yv, ov)
