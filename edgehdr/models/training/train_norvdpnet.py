@@ -209,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     fit, report = ("fit", "validation") if args.validation else ("train", "held-out")
+    real_key = "validation" if args.validation else "real"  # "real": the key the shipped weights' metadata has
     x, y, _ = _load_or_make(args.work, f"{fit}_{args.scenes}_{args.crops}",
                             lambda: hdr_sources(args.scenes, seed=args.seed, real=fit, crops=args.crops),
                             args.variants, args.seed)
@@ -216,17 +217,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "synthetic": _load_or_make(args.work, f"holdout_{args.holdout_scenes}",
                                    lambda: hdr_sources(args.holdout_scenes, seed=HOLDOUT_SEED), args.variants,
                                    HOLDOUT_SEED),
-        "real" if report == "held-out" else report: _load_or_make(
+        real_key: _load_or_make(
             args.work, f"{report}_real_{args.holdout_crops}",
             lambda: hdr_sources(0, seed=HOLDOUT_SEED, real=report, crops=args.holdout_crops), args.variants,
             HOLDOUT_SEED)}
     t_data = time.perf_counter() - t0
-    n_real = len(list(held.values())[1][0])
-    print(f"{len(x)} training renderings, held out {len(held['synthetic'][0])} synthetic and {n_real} "
+    print(f"{len(x)} training renderings, held out {len(held['synthetic'][0])} synthetic and {len(held[real_key][0])} "
           f"{report} real; TMQI {y.min():.3f}..{y.max():.3f} ({t_data:.0f} s)", flush=True)
 
     def validation_figures(model: NoRVDPNet) -> dict[str, float]:
-        xv, yv, ov = held["validation"]
+        xv, yv, ov = held[real_key]
         r = scene_correlations(predict(model, xv), yv, ov)
         return {"validation pooled": r["srocc"], "within mean": r["within_srocc_mean"]}
 
