@@ -19,6 +19,9 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike[str], *, input_s
                 build_flags: dict[str, Any] | None = None, dynamic_hw: bool = False) -> Path:
     """Export ``model`` at ``input_shape`` (opset 17) with ``metadata`` as ONNX model properties.
 
+    The sources' revision is recorded as ``edgehdr.source`` (``source_revision``) unless ``metadata``
+    carries one already (a re-export of weights trained earlier).
+
     The model is checked by ``export.checks.check_model`` (static shapes unless
     ``dynamic_hw``: height and width of the input left symbolic) and gets an FP32
     manifest beside it, like every artefact of ``edgehdr-export``.
@@ -27,6 +30,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike[str], *, input_s
 
     from edgehdr.infer.manifest import Manifest, sha256_file
     from edgehdr.io.atomic import write_bytes_atomic
+    from edgehdr.models.training.reproduce import source_revision
     from export.checks import check_model, io_specs
 
     path = Path(path)
@@ -37,6 +41,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike[str], *, input_s
     m = onnx.load(str(tmp))
     tmp.unlink()
     meta = {"edgehdr.model": model_name, **{k: str(v) for k, v in metadata.items()}}
+    meta.setdefault("edgehdr.source", source_revision())  # a re-export keeps the training's revision
     onnx.helper.set_model_props(m, meta)
     m.producer_name = f"edgehdr.models.training.{recipe}"
     write_bytes_atomic(path, m.SerializeToString())

@@ -45,6 +45,7 @@ from edgehdr.hdr.neural_merge import (
 from edgehdr.models.training.merge_data import dynamic_bracket
 from edgehdr.models.training.nets import MergeNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
+from edgehdr.models.training.reproduce import source_revision
 from edgehdr.quality.metrics import MU_LAW_MU
 
 __all__ = ["dynamic_bracket", "training_encoding", "merge_samples", "real_merge_samples", "merge_twin", "train_merge",
@@ -297,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.reexport:
         model, props = load_merge_onnx(args.reexport)
         kept = {k: v for k, v in props.items() if k not in ("edgehdr.model", "edgehdr.preprocess", "edgehdr.encoding")}
+        kept.setdefault("edgehdr.source", f"unrecorded (weights re-exported at {source_revision()})")
         export_merge(model, args.out, extra_metadata=kept, size=args.size)
         print(f"wrote {args.out}: the weights of {args.reexport}, exported again")
         return 0

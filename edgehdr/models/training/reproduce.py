@@ -1,0 +1,145 @@
+"""Does a shipped model still come out of the command in its metadata? Run the command, compare the weights.
+
+Every recipe records its command line in the ONNX model's ``edgehdr.recipe`` property (and, since this
+module, the commit of the sources it ran from in ``edgehdr.source``). The recipes are seeded and
+deterministic on one machine, so running that command again must give the same weights — unless the
+code the recipe depends on (scene generator, operators, metrics, application kernels) changed since.
+That had happened silently twice: a retrain then makes a different model, and figures quoted for the
+shipped file no longer describe what its recorded command makes. This tool makes the check one command::
+
+    python -m edgehdr.models.training.reproduce edgehdr/models/tmo_net.onnx
+
+It runs the recorded recipe in a fresh work folder (``--work``; the output goes there, never over the
+shipped file), compares the float initialisers and exits 0 when the largest difference is at most
+``--tolerance`` (default 0: the same bytes), 1 when not, 2 when the command cannot be run. Weights are
+compared by name where both graphs name the same tensors, otherwise as the sorted multiset of values (a
+re-export may fuse or split a layer's tensors: ``train_merge --reexport``), which equal weights satisfy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["RECIPES", "recorded_command", "source_revision", "weight_difference"]
+
+RECIPES = ("train_dimming", "train_merge", "train_norvdpnet", "train_tmo")
+"""The recipes whose recorded commands this tool runs (modules of ``edgehdr.models.training``)."""
+
+_REPOSITORY = Path(__file__).resolve().parents[3]
+
+
+def source_revision() -> str:
+    """The git commit the package's sources are at, for the model's ``edgehdr.source`` property.
+
+    ``"git <40 hex digits>"``, with ``" + uncommitted changes to the sources"`` when a ``.py`` file of
+    ``edgehdr/`` or ``export/`` differs from that commit or is not in it (the weights then came from code no commit
+    holds); ``"unknown (not a git checkout)"`` for an installed package or when git is absent.
+    """
+
+    def git(*words: str) -> str:
+        return subprocess.run(["git", "-C", str(_REPOSITORY), *words], capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != _REPOSITORY:  # e.g. site-packages in a project
+            return "unknown (not a git checkout)"
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--", "edgehdr/*.py", "export/*.py")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"git {commit}" + (" + uncommitted changes to the sources" if changed else "")
+
+
+def recorded_command(model_path: str | Path) -> tuple[str, list[str], dict[str, str]]:
+    """The recipe module, its arguments and all metadata properties recorded in ``model_path``.
+
+    Raises ``ValueError`` naming the file when it has no ``edgehdr.recipe`` property or the recipe is not
+    one of ``RECIPES``, or when the arguments already name ``--work`` or ``-o`` (this tool sets both).
+    """
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    recipe = props.get("edgehdr.recipe")
+    if not recipe:
+        raise ValueError(f"{model_path}: no 'edgehdr.recipe' metadata property (not made by a recipe of this "
+                         "package, or made before recipes recorded their command)")
+    words = shlex.split(recipe)
+    if not words or words[0] not in RECIPES:
+        raise ValueError(f"{model_path}: edgehdr.recipe {recipe!r} does not start with one of {', '.join(RECIPES)}")
+    if any(w in ("--work", "-o", "--out") or w.startswith(("--work=", "--out=")) for w in words[1:]):
+        raise ValueError(f"{model_path}: edgehdr.recipe {recipe!r} names its own --work or -o; this tool sets both")
+    return words[0], words[1:], props
+
+
+def _float_initializers(path: str | Path) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    arrays = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    return {name: a.astype(np.float64) for name, a in arrays.items() if a.dtype.kind == "f"}
+
+
+def weight_difference(a_path: str | Path, b_path: str | Path) -> tuple[float, str]:
+    """Largest absolute difference between the float weights of two ONNX files, and how they were matched.
+
+    By name when both files hold the same names at the same shapes ("by name"); otherwise the sorted
+    values of all float initialisers ("as sorted values": equal for weights that a re-export only split
+    or fused differently). Returns ``inf`` when even the number of weights differs.
+    """
+    a, b = _float_initializers(a_path), _float_initializers(b_path)
+    if a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a):
+        diff = max((float(np.max(np.abs(a[k] - b[k]), initial=0.0)) for k in a), default=0.0)
+        return diff, "by name"
+    va = np.sort(np.concatenate([v.ravel() for v in a.values()])) if a else np.zeros(0)
+    vb = np.sort(np.concatenate([v.ravel() for v in b.values()])) if b else np.zeros(0)
+    if va.shape != vb.shape:
+        return float("inf"), f"different numbers of weights ({va.size} against {vb.size})"
+    return float(np.max(np.abs(va - vb), initial=0.0)), "as sorted values"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.reproduce",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("model", type=Path,
+                   help="an ONNX file made by one of the recipes (e.g. edgehdr/models/tmo_net.onnx)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="work folder for the rerun (default: a new temporary folder, removed afterwards)")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="largest weight difference still counted as reproduced (default 0: the same values)")
+    args = p.parse_args(argv)
+    try:
+        recipe, recipe_args, props = recorded_command(args.model)
+    except (ValueError, OSError) as exc:
+        print(f"reproduce: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="edgehdr-reproduce-") as tmp:
+        work = args.work if args.work is not None else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        out = work / args.model.name
+        command = [sys.executable, "-m", f"edgehdr.models.training.{recipe}", *recipe_args, "--work", str(work),
+                   "-o", str(out)]
+        print(f"{args.model}: recorded {recipe} {' '.join(recipe_args)}", flush=True)
+        print(f"  made from {props.get('edgehdr.source', 'an unrecorded source revision')}", flush=True)
+        run = subprocess.run(command)
+        if run.returncode != 0 or not out.is_file():
+            print(f"reproduce: the recorded command failed (exit {run.returncode}): {shlex.join(command)}",
+                  file=sys.stderr)
+            return 2
+        diff, how = weight_difference(out, args.model)
+    same = diff <= args.tolerance
+    print(f"{args.model}: largest weight difference {diff:.3g} ({how}) -> "
+          f"{'reproduced' if same else 'NOT reproduced'} (tolerance {args.tolerance:g})")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

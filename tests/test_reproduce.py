@@ -1,0 +1,120 @@
+"""``edgehdr.models.training.reproduce``: a model's recorded command run again gives its weights, and a model
+whose weights that command does not make is reported as not reproduced (exit 1)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="onnx is the export extra (pip install 'edgehdr[export]')")
+from onnx import helper, numpy_helper  # noqa: E402
+
+from edgehdr.models.training.reproduce import (  # noqa: E402
+    main,
+    recorded_command,
+    source_revision,
+    weight_difference,
+)
+
+try:
+    import torch  # noqa: F401
+
+    HAVE_TORCH = True
+except ImportError:
+    HAVE_TORCH = False
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is the training extra (pip install 'edgehdr[train]')")
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+TINY_MERGE = "train_merge --brackets 2 --epochs 1 --crops 1 --width 4 --seed 0 --real 0"
+
+
+def _model(path: Path, initializers: dict[str, np.ndarray], props: dict[str, str]) -> Path:
+    """An ONNX file holding ``initializers`` (an Identity graph, enough for the weights and metadata)."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+                              [numpy_helper.from_array(a.astype(np.float32), name) for name, a in initializers.items()])
+    model = helper.make_model(graph)
+    helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_weights_are_compared_by_name_or_as_the_values_of_a_split_layer(tmp_path):
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    a = _model(tmp_path / "a.onnx", {"conv.weight": w, "conv.bias": np.ones(3)}, {})
+    moved = w.copy()
+    moved[1, 2] += 0.25
+    b = _model(tmp_path / "b.onnx", {"conv.weight": moved, "conv.bias": np.ones(3)}, {})
+    assert weight_difference(a, a) == (0.0, "by name")
+    diff, how = weight_difference(a, b)
+    assert how == "by name" and diff == pytest.approx(0.25)
+    # the same weights, the layer split in two tensors (as train_merge's re-export does): equal as values
+    split = _model(tmp_path / "split.onnx", {"low": w[:, :2], "skip": w[:, 2:], "bias": np.ones(3)}, {})
+    assert weight_difference(a, split) == (0.0, "as sorted values")
+    # one value changed in the split file is seen too
+    moved_split = _model(tmp_path / "ms.onnx", {"low": moved[:, :2], "skip": moved[:, 2:], "bias": np.ones(3)}, {})
+    assert weight_difference(a, moved_split)[0] > 0
+    fewer = _model(tmp_path / "fewer.onnx", {"low": w[:, :2], "bias": np.ones(3)}, {})
+    assert weight_difference(a, fewer)[0] == float("inf")
+
+
+def test_a_file_without_a_usable_recipe_is_refused_by_name(tmp_path, capsys):
+    bare = _model(tmp_path / "bare.onnx", {"w": np.ones(2)}, {})
+    with pytest.raises(ValueError, match="bare.onnx: no 'edgehdr.recipe'"):
+        recorded_command(bare)
+    assert main([str(bare)]) == 2
+    assert "bare.onnx" in capsys.readouterr().err
+    other = _model(tmp_path / "other.onnx", {"w": np.ones(2)}, {"edgehdr.recipe": "rm -rf /"})
+    with pytest.raises(ValueError, match="does not start with one of"):
+        recorded_command(other)
+    own_out = _model(tmp_path / "own.onnx", {"w": np.ones(2)}, {"edgehdr.recipe": f"{TINY_MERGE} -o x.onnx"})
+    with pytest.raises(ValueError, match="names its own --work or -o"):
+        recorded_command(own_out)
+    recipe, words, _ = recorded_command(_model(tmp_path / "ok.onnx", {"w": np.ones(2)}, {"edgehdr.recipe": TINY_MERGE}))
+    assert recipe == "train_merge" and words[:2] == ["--brackets", "2"]
+
+
+def test_source_revision_names_this_checkouts_commit():
+    if shutil.which("git") is None or not (REPOSITORY / ".git").exists():
+        pytest.skip("not a git checkout (or no git): source_revision answers 'unknown'")
+    head = subprocess.run(["git", "-C", str(REPOSITORY), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    revision = source_revision()
+    assert revision.startswith(f"git {head}")
+    dirty = subprocess.run(["git", "-C", str(REPOSITORY), "status", "--porcelain", "--", "edgehdr/*.py", "export/*.py"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert revision.endswith("uncommitted changes to the sources") == bool(dirty)
+
+
+@needs_torch
+def test_a_recipes_model_is_reproduced_and_a_changed_one_is_not(tmp_path, capsys):
+    """The tiny merge recipe run twice gives the same weights (exit 0); the same file with one weight moved by
+    1e-3, or with a recorded seed the weights were not made with, is reported as not reproduced (exit 1)."""
+    from edgehdr.models.training.train_merge import main as train_main
+
+    made = tmp_path / "made.onnx"
+    assert train_main([*TINY_MERGE.split()[1:], "--work", str(tmp_path / "w"), "-o", str(made)]) == 0
+    props = {p.key: p.value for p in onnx.load(str(made)).metadata_props}
+    assert props["edgehdr.recipe"] == TINY_MERGE and props["edgehdr.source"]
+    assert main([str(made)]) == 0
+    assert "largest weight difference 0 (by name) -> reproduced" in capsys.readouterr().out
+
+    model = onnx.load(str(made))
+    first = next(t for t in model.graph.initializer if numpy_helper.to_array(t).size > 1)
+    moved = numpy_helper.to_array(first).copy()
+    moved.flat[0] += 1e-3
+    first.CopyFrom(numpy_helper.from_array(moved, first.name))
+    onnx.save(model, str(tmp_path / "moved.onnx"))
+    assert main([str(tmp_path / "moved.onnx")]) == 1
+    assert "NOT reproduced" in capsys.readouterr().out
+    assert main([str(tmp_path / "moved.onnx"), "--tolerance", "2e-3"]) == 0
+
+    model = onnx.load(str(made))
+    helper.set_model_props(model, {**props, "edgehdr.recipe": TINY_MERGE.replace("--seed 0", "--seed 1")})
+    onnx.save(model, str(tmp_path / "seed1.onnx"))
+    assert main([str(tmp_path / "seed1.onnx")]) == 1
