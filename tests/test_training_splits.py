@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+import shutil
+
+import cv2
 import numpy as np
 import pytest
 
 from edgehdr.io import write_radiance
-from edgehdr.models.training.splits import REAL_HELD_OUT, REAL_VALIDATION, real_photos, real_split, split_of
+from edgehdr.models.training.splits import (
+    EXTRA_PHOTOS_DIR,
+    REAL_HELD_OUT,
+    REAL_VALIDATION,
+    extra_photos,
+    real_photos,
+    real_split,
+    split_of,
+)
 
 
 def _folder(tmp_path):
@@ -35,3 +48,67 @@ def test_splits_partition_the_folder_and_fit_never_sees_validation_or_held_out(t
 def test_unknown_split_is_refused_with_the_choices(tmp_path):
     with pytest.raises(ValueError, match="fit, validation, held-out"):
         real_photos("test", tmp_path)
+
+
+def test_extra_photographs_are_the_licensed_files_and_real_hdr():
+    """The files are the ones the licence note lists (SHA-256 pinned there), and each is a high-dynamic-range
+    photograph (not an 8-bit image saved as EXR, at most 8 stops): more than 12 stops between its 1st percentile
+    and its peak."""
+    note = (EXTRA_PHOTOS_DIR / "LICENSE.txt").read_text()
+    pinned = dict((name, digest) for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", note, re.M))
+    files = sorted(p.name for p in EXTRA_PHOTOS_DIR.glob("*.exr"))
+    assert files == sorted(pinned) and len(files) == 8
+    for name in files:
+        assert hashlib.sha256((EXTRA_PHOTOS_DIR / name).read_bytes()).hexdigest() == pinned[name], name
+    for name, radiance in extra_photos():
+        assert name.startswith("blender_") and split_of(name) == "training"
+        luminance = radiance.mean(axis=2)
+        assert np.log2(luminance.max() / np.percentile(luminance[luminance > 0], 1)) > 12, name
+
+
+def test_extra_photographs_join_the_training_splits_only(tmp_path):
+    names = _folder(tmp_path)
+    extras = [n for n, _ in extra_photos(max_side=16)]
+    for split in ("train", "fit"):
+        got = [n for n, _ in real_photos(split, tmp_path, max_side=16, extra=True)]
+        assert got == sorted([n for n, _ in real_photos(split, tmp_path)] + extras)
+    for split in ("validation", "held-out"):
+        assert [n for n, _ in real_photos(split, tmp_path, extra=True)] == [n for n, _ in real_photos(split, tmp_path)]
+    assert not set(extras) & set(names)
+    # a photograph folder that holds a file of the same name as an extra one: refused, both places named
+    shutil.copy(EXTRA_PHOTOS_DIR / "blender_city.exr", tmp_path / "blender_city.exr")
+    with pytest.raises(ValueError, match="blender_city are both in the photograph folder and in"):
+        real_photos("train", tmp_path, extra=True)
+
+
+def _thumbnail(radiance: np.ndarray) -> np.ndarray:
+    """Normalised log luminance at 128 x 64 (the extra photographs' and the Poly Haven ones' 2:1 panoramas)."""
+    small = cv2.resize(radiance.mean(axis=2), (128, 64), interpolation=cv2.INTER_AREA)
+    log = np.log(small + 1e-4)
+    return (log - log.mean()) / log.std()
+
+
+def _likeness(a: np.ndarray, b: np.ndarray) -> float:
+    """Highest correlation of two thumbnails over horizontal turns (a panorama's seam can be anywhere) and a
+    mirror image."""
+    return max(float((np.roll(x, k, axis=1) * b).mean()) for x in (a, a[:, ::-1]) for k in range(128))
+
+
+def test_extra_photographs_are_other_scenes_than_every_shared_one():
+    """No extra photograph is a shared one (held-out or validation content in training would make their figures
+    meaningless): their thumbnails correlate below 0.95 over every turn (0.88 at most on these files: outdoor
+    panoramas share a bright-sky-over-ground layout), while the check finds a shared photograph in a turned,
+    mirrored and re-exposed copy of itself (above 0.99)."""
+    from edgehdr.synth.realistic import real_hdr_scenes
+
+    try:
+        shared = real_hdr_scenes()
+    except FileNotFoundError as exc:
+        pytest.skip(f"the shared photographs are not here: {exc}")
+    extras = [(n, _thumbnail(r)) for n, r in extra_photos()]
+    for name, radiance in shared:
+        thumb = _thumbnail(radiance)
+        for extra, other in extras:
+            assert _likeness(other, thumb) < 0.95, (extra, name)
+        copy = _thumbnail(np.roll(radiance[:, ::-1], radiance.shape[1] // 4, axis=1) * 7.0)
+        assert _likeness(copy, thumb) > 0.99, name

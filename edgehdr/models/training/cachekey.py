@@ -33,7 +33,8 @@ TMO_SOURCES = ("tonemap", "synth", "quality", "fastmath.py", "io", "models/train
 def data_key(sources: Sequence[str], *, photos: bool = True) -> str:
     """12 hex digits of SHA-256 over the package ``sources`` (paths inside ``edgehdr``: files, or folders whose
     ``.py`` files all count) and, with ``photos``, the names and byte sizes of the real HDR photographs
-    (``edgehdr.synth.realistic.real_hdr_dir``; none when the folder is absent)."""
+    (``edgehdr.synth.realistic.real_hdr_dir``; none when the folder is absent) and of the extra training
+    photographs (``splits.EXTRA_PHOTOS_DIR``)."""
     digest = hashlib.sha256()
     for source in sources:
         path = _PACKAGE / source
@@ -44,10 +45,12 @@ def data_key(sources: Sequence[str], *, photos: bool = True) -> str:
             digest.update(file.relative_to(_PACKAGE).as_posix().encode())
             digest.update(file.read_bytes())
     if photos:
+        from edgehdr.models.training.splits import EXTRA_PHOTOS_DIR
         from edgehdr.synth.realistic import real_hdr_dir
 
-        folder = real_hdr_dir()
-        if folder.is_dir():
-            for file in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".exr", ".hdr") and p.is_file()):
-                digest.update(f"{file.name}:{file.stat().st_size}".encode())
+        for folder in (real_hdr_dir(), EXTRA_PHOTOS_DIR):
+            if folder.is_dir():
+                for file in sorted(p for p in folder.iterdir()
+                                   if p.suffix.lower() in (".exr", ".hdr") and p.is_file()):
+                    digest.update(f"{file.name}:{file.stat().st_size}".encode())
     return digest.hexdigest()[:12]

@@ -13,6 +13,12 @@ training photographs). A recipe run with its validation option trains on the oth
 training photographs only and reports these; the shipped weights then train on all of
 them. Choosing on the held-out photographs would make their figures a test of the
 choice, not of the model.
+
+**Extra training photographs** (``EXTRA_PHOTOS_DIR``, in this repository beside the recipes, not in the
+installed package): Blender's eight CC0 world HDRIs (``blender_*.exr``, ``photos/LICENSE.txt``). They are
+different scenes from every shared photograph and only ever training photographs; a recipe takes them with
+``real_photos(..., extra=True)`` (NoR-VDPNet's does by default: with three fit photographs its result on
+real content depended on its seed more than on any variant).
 """
 
 from __future__ import annotations
@@ -20,15 +26,18 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-__all__ = ["REAL_HELD_OUT", "REAL_VALIDATION", "real_split", "real_photos", "is_held_out", "split_of",
-           "photo_seed", "random_crops"]
+__all__ = ["EXTRA_PHOTOS_DIR", "REAL_HELD_OUT", "REAL_VALIDATION", "extra_photos", "real_split", "real_photos",
+           "is_held_out", "split_of", "photo_seed", "random_crops"]
 
 REAL_HELD_OUT = ("openexr_Tree", "pfstools_mpi_atrium_3", "polyhaven_st_fagans_interior_1k")
 REAL_VALIDATION = ("openexr_StillLife", "polyhaven_potsdamer_platz_1k")
+EXTRA_PHOTOS_DIR = Path(__file__).resolve().parent / "photos"
+"""Blender's world HDRIs (CC0): training-only photographs that ship with the recipes' sources."""
 
 
 def is_held_out(name: str) -> bool:
@@ -61,18 +70,36 @@ def real_split(root: str | os.PathLike[str] | None = None, *, max_side: int | No
     return ([s for s in scenes if not is_held_out(s[0])], [s for s in scenes if is_held_out(s[0])])
 
 
-def real_photos(split: str, root: str | os.PathLike[str] | None = None, *, max_side: int | None = None
-                ) -> list[tuple[str, np.ndarray]]:
+def extra_photos(*, max_side: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """``(name, radiance)`` of the extra training photographs in ``EXTRA_PHOTOS_DIR``, sorted by name."""
+    from edgehdr.synth.realistic import real_hdr_scenes
+
+    return real_hdr_scenes(EXTRA_PHOTOS_DIR, max_side=max_side)
+
+
+def real_photos(split: str, root: str | os.PathLike[str] | None = None, *, max_side: int | None = None,
+                extra: bool = False) -> list[tuple[str, np.ndarray]]:
     """``(name, radiance)`` of one split: ``"train"`` (every photograph outside the held-out split, validation
     ones included: what shipped weights train on), ``"fit"`` (``"train"`` without the validation photographs:
-    what a validation run trains on), ``"validation"`` or ``"held-out"``."""
+    what a validation run trains on), ``"validation"`` or ``"held-out"``.
+
+    ``extra``: the training splits (``"train"``, ``"fit"``) take the extra photographs too (``extra_photos``),
+    all sorted by name; the validation and held-out splits never do. A name in both folders is refused."""
     from edgehdr.synth.realistic import real_hdr_scenes
 
     keep = {"train": lambda n: not is_held_out(n), "fit": lambda n: split_of(n) == "training",
             "validation": lambda n: split_of(n) == "validation", "held-out": is_held_out}
     if split not in keep:
         raise ValueError(f"split: one of {', '.join(keep)}, got {split!r}")
-    return [s for s in real_hdr_scenes(root, max_side=max_side) if keep[split](s[0])]
+    photos = [s for s in real_hdr_scenes(root, max_side=max_side) if keep[split](s[0])]
+    if extra and split in ("train", "fit"):
+        more = extra_photos(max_side=max_side)
+        clash = {n for n, _ in photos} & {n for n, _ in more}
+        if clash:
+            raise ValueError(f"photographs named {', '.join(sorted(clash))} are both in the photograph folder and "
+                             f"in {EXTRA_PHOTOS_DIR}; rename one of them")
+        photos = sorted(photos + more, key=lambda item: item[0])
+    return photos
 
 
 def random_crops(photos: Sequence[tuple[str, np.ndarray]], per_photo: int, *, seed: int = 0, height: int = 192,
