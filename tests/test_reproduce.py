@@ -77,6 +77,11 @@ def test_a_file_without_a_usable_recipe_is_refused_by_name(tmp_path, capsys):
         recorded_command(own_out)
     recipe, words, _ = recorded_command(_model(tmp_path / "ok.onnx", {"w": np.ones(2)}, {"edgehdr.recipe": TINY_MERGE}))
     assert recipe == "train_merge" and words[:2] == ["--brackets", "2"]
+    # the rerun never goes over the file it checks
+    before = (tmp_path / "ok.onnx").read_bytes()
+    assert main([str(tmp_path / "ok.onnx"), "--work", str(tmp_path)]) == 2
+    assert "would write the rerun over" in capsys.readouterr().err
+    assert (tmp_path / "ok.onnx").read_bytes() == before
 
 
 def test_source_revision_names_this_checkouts_commit():

@@ -11,7 +11,7 @@ shipped file no longer describe what its recorded command makes. This tool makes
 
 It runs the recorded recipe in a fresh work folder (``--work``; the output goes there, never over the
 shipped file), compares the float initialisers and exits 0 when the largest difference is at most
-``--tolerance`` (default 0: the same bytes), 1 when not, 2 when the command cannot be run. Weights are
+``--tolerance`` (default 0: the same values), 1 when not, 2 when the command cannot be run. Weights are
 compared by name where both graphs name the same tensors, otherwise as the sorted multiset of values (a
 re-export may fuse or split a layer's tensors: ``train_merge --reexport``), which equal weights satisfy.
 """
@@ -125,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = args.work if args.work is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         out = work / args.model.name
+        if out.resolve() == args.model.resolve():
+            print(f"reproduce: --work {work} would write the rerun over {args.model}; give another folder",
+                  file=sys.stderr)
+            return 2
         command = [sys.executable, "-m", f"edgehdr.models.training.{recipe}", *recipe_args, "--work", str(work),
                    "-o", str(out)]
         print(f"{args.model}: recorded {recipe} {' '.join(recipe_args)}", flush=True)
