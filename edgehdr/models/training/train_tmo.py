@@ -281,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--validation", action="store_true",
                    help="train without the validation photographs (splits.REAL_VALIDATION; evaluate_tmo reports "
                         "them apart): for choosing between recipe variants")
+    p.add_argument("--extra-photos", action="store_true",
+                   help="crops of the extra training photographs too (splits.EXTRA_PHOTOS_DIR; off by default: the "
+                        "shipped weights were trained without them)")
     p.add_argument("--work", type=Path, default=Path("tmo-training"), help="teacher cache and training log")
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "tmo_net.onnx")
     args = p.parse_args(argv)
@@ -294,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.crops:
         from edgehdr.models.training.splits import real_photos
 
-        train_photos = real_photos("fit" if args.validation else "train")
+        train_photos = real_photos("fit" if args.validation else "train", extra=args.extra_photos)
         photos = [name for name, _ in train_photos]
         scenes += real_crops(train_photos, args.crops, seed=args.seed, reinhard_local_targets=targets)
     print(f"{len(scenes)} training images: {args.scenes} synthetic, {len(scenes) - args.scenes} crops of "
@@ -331,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"{args.teacher_steps} --epochs {args.epochs} --seed {args.seed} --width {args.width} "
                           f"--distill {args.distill} --smooth {args.smooth} --beat {args.beat} "
                           f"--beat-highlights {args.beat_highlights} --highlight {args.highlight}"
-                          + (" --rolloff" if args.rolloff else "") + (" --validation" if args.validation else ""),
+                          + (" --rolloff" if args.rolloff else "") + (" --extra-photos" if args.extra_photos else "")
+                          + (" --validation" if args.validation else ""),
         "edgehdr.training_photos": ",".join(photos)})
     log = write_training_log(args.work / "train_tmo_log.json", model, TMO_INPUT_SHAPE, history=history,
                              teacher_seconds=round(t_teacher, 1), total_seconds=round(t_total, 1),
