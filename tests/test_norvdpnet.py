@@ -209,6 +209,7 @@ def test_per_epoch_figures_are_logged_without_changing_the_training():
     np.testing.assert_array_equal(predict(plain, x), predict(watched, x))
     assert history[-1]["mean score"] == pytest.approx(float(predict(watched, x).mean()), abs=1e-6)
 
+
 def test_score_command_ranks_a_photo_set_best_first(tmp_path, scene_factory, capsys):
     from edgehdr.cli import main
     from edgehdr.tonemap import reinhard_local

@@ -16,6 +16,7 @@ from edgehdr.models.training.splits import (
     REAL_HELD_OUT,
     REAL_VALIDATION,
     extra_photos,
+    real_photo_names,
     real_photos,
     real_split,
     split_of,
@@ -79,6 +80,21 @@ def test_extra_photographs_join_the_training_splits_only(tmp_path):
     shutil.copy(EXTRA_PHOTOS_DIR / "blender_city.exr", tmp_path / "blender_city.exr")
     with pytest.raises(ValueError, match="blender_city are both in the photograph folder and in"):
         real_photos("train", tmp_path, extra=True)
+
+
+def test_photo_names_are_real_photos_names_without_decoding(tmp_path):
+    _folder(tmp_path)
+    for split in ("train", "fit", "validation", "held-out"):
+        for extra in (False, True):
+            assert real_photo_names(split, tmp_path, extra=extra) == \
+                [n for n, _ in real_photos(split, tmp_path, max_side=16, extra=extra)], (split, extra)
+    with pytest.raises(ValueError, match="fit, validation, held-out"):
+        real_photo_names("test", tmp_path)
+    # names only: a file that does not decode is still listed (real_photos, which reads it, fails on it)
+    (tmp_path / "fit_c.hdr").write_bytes(b"not a radiance file")
+    assert "fit_c" in real_photo_names("fit", tmp_path)
+    with pytest.raises(ValueError):
+        real_photos("fit", tmp_path)
 
 
 def _thumbnail(radiance: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ __all__ = [
     "RealisticCamera",
     "jpeg_roundtrip",
     "real_hdr_dir",
+    "real_hdr_files",
     "real_hdr_scenes",
     "rephotograph",
 ]
@@ -362,6 +363,15 @@ def real_hdr_dir(root: str | os.PathLike[str] | None = None) -> Path:
     return Path(edgehdr.__file__).resolve().parents[2] / "shared" / "data" / "hdr"
 
 
+def real_hdr_files(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The real HDR photographs' files (.exr, .hdr) in ``real_hdr_dir(root)``, sorted by name; none when the folder
+    is absent. What ``real_hdr_scenes`` reads, for callers that need the names or sizes without the pixels."""
+    folder = real_hdr_dir(root)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".exr", ".hdr") and p.is_file())
+
+
 def real_hdr_scenes(root: str | os.PathLike[str] | None = None, *,
                     max_side: int | None = None) -> list[tuple[str, np.ndarray]]:
     """Read the real HDR photographs (.exr, .hdr) as ``(name, radiance)`` pairs, sorted by name.
@@ -378,8 +388,7 @@ def real_hdr_scenes(root: str | os.PathLike[str] | None = None, *,
     from edgehdr.io import read_radiance
 
     folder = real_hdr_dir(root)
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".exr", ".hdr") and p.is_file()) \
-        if folder.is_dir() else []
+    files = real_hdr_files(root)
     if not files:
         raise FileNotFoundError(
             f"no real HDR photographs (.exr, .hdr) in {folder}; put them there or set EDGEHDR_DATA to their folder")

@@ -33,7 +33,7 @@ TMO_SOURCES = ("tonemap", "synth", "quality", "fastmath.py", "io", "models/train
 def data_key(sources: Sequence[str], *, photos: bool = True) -> str:
     """12 hex digits of SHA-256 over the package ``sources`` (paths inside ``edgehdr``: files, or folders whose
     ``.py`` files all count) and, with ``photos``, the names and byte sizes of the real HDR photographs
-    (``edgehdr.synth.realistic.real_hdr_dir``; none when the folder is absent) and of the extra training
+    (``edgehdr.synth.realistic.real_hdr_files``; none when the folder is absent) and of the extra training
     photographs (``splits.EXTRA_PHOTOS_DIR``)."""
     digest = hashlib.sha256()
     for source in sources:
@@ -46,11 +46,8 @@ def data_key(sources: Sequence[str], *, photos: bool = True) -> str:
             digest.update(file.read_bytes())
     if photos:
         from edgehdr.models.training.splits import EXTRA_PHOTOS_DIR
-        from edgehdr.synth.realistic import real_hdr_dir
+        from edgehdr.synth.realistic import real_hdr_files
 
-        for folder in (real_hdr_dir(), EXTRA_PHOTOS_DIR):
-            if folder.is_dir():
-                for file in sorted(p for p in folder.iterdir()
-                                   if p.suffix.lower() in (".exr", ".hdr") and p.is_file()):
-                    digest.update(f"{file.name}:{file.stat().st_size}".encode())
+        for file in real_hdr_files() + real_hdr_files(EXTRA_PHOTOS_DIR):
+            digest.update(f"{file.name}:{file.stat().st_size}".encode())
     return digest.hexdigest()[:12]

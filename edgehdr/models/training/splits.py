@@ -31,8 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["EXTRA_PHOTOS_DIR", "REAL_HELD_OUT", "REAL_VALIDATION", "extra_photos", "real_split", "real_photos",
-           "is_held_out", "split_of", "photo_seed", "random_crops"]
+__all__ = ["EXTRA_PHOTOS_DIR", "REAL_HELD_OUT", "REAL_VALIDATION", "extra_photos", "real_split", "real_photo_names",
+           "real_photos", "is_held_out", "split_of", "photo_seed", "random_crops"]
 
 REAL_HELD_OUT = ("openexr_Tree", "pfstools_mpi_atrium_3", "polyhaven_st_fagans_interior_1k")
 REAL_VALIDATION = ("openexr_StillLife", "polyhaven_potsdamer_platz_1k")
@@ -77,6 +77,26 @@ def extra_photos(*, max_side: int | None = None) -> list[tuple[str, np.ndarray]]
     return real_hdr_scenes(EXTRA_PHOTOS_DIR, max_side=max_side)
 
 
+def real_photo_names(split: str, root: str | os.PathLike[str] | None = None, *, extra: bool = False) -> list[str]:
+    """The names (file stems) ``real_photos`` returns, in its order, from the folder's file names alone (no
+    photograph is decoded): for a recipe's metadata. Unknown splits and name clashes are refused as there."""
+    from edgehdr.synth.realistic import real_hdr_files
+
+    keep = {"train": lambda n: not is_held_out(n), "fit": lambda n: split_of(n) == "training",
+            "validation": lambda n: split_of(n) == "validation", "held-out": is_held_out}
+    if split not in keep:
+        raise ValueError(f"split: one of {', '.join(keep)}, got {split!r}")
+    names = [p.stem for p in real_hdr_files(root) if keep[split](p.stem)]
+    if extra and split in ("train", "fit"):
+        more = [p.stem for p in real_hdr_files(EXTRA_PHOTOS_DIR)]
+        clash = set(names) & set(more)
+        if clash:
+            raise ValueError(f"photographs named {', '.join(sorted(clash))} are both in the photograph folder and "
+                             f"in {EXTRA_PHOTOS_DIR}; rename one of them")
+        names = sorted(names + more)
+    return names
+
+
 def real_photos(split: str, root: str | os.PathLike[str] | None = None, *, max_side: int | None = None,
                 extra: bool = False) -> list[tuple[str, np.ndarray]]:
     """``(name, radiance)`` of one split: ``"train"`` (every photograph outside the held-out split, validation
@@ -84,22 +104,17 @@ def real_photos(split: str, root: str | os.PathLike[str] | None = None, *, max_s
     what a validation run trains on), ``"validation"`` or ``"held-out"``.
 
     ``extra``: the training splits (``"train"``, ``"fit"``) take the extra photographs too (``extra_photos``),
-    all sorted by name; the validation and held-out splits never do. A name in both folders is refused."""
+    all sorted by name; the validation and held-out splits never do. A name in both folders is refused.
+    The selection is ``real_photo_names``'."""
     from edgehdr.synth.realistic import real_hdr_scenes
 
-    keep = {"train": lambda n: not is_held_out(n), "fit": lambda n: split_of(n) == "training",
-            "validation": lambda n: split_of(n) == "validation", "held-out": is_held_out}
-    if split not in keep:
-        raise ValueError(f"split: one of {', '.join(keep)}, got {split!r}")
-    photos = [s for s in real_hdr_scenes(root, max_side=max_side) if keep[split](s[0])]
+    names = real_photo_names(split, root, extra=extra)
+    chosen = set(names)
+    photos = [s for s in real_hdr_scenes(root, max_side=max_side) if s[0] in chosen]
     if extra and split in ("train", "fit"):
-        more = extra_photos(max_side=max_side)
-        clash = {n for n, _ in photos} & {n for n, _ in more}
-        if clash:
-            raise ValueError(f"photographs named {', '.join(sorted(clash))} are both in the photograph folder and "
-                             f"in {EXTRA_PHOTOS_DIR}; rename one of them")
-        photos = sorted(photos + more, key=lambda item: item[0])
-    return photos
+        photos += extra_photos(max_side=max_side)
+    by_name = dict(photos)
+    return [(name, by_name[name]) for name in names]
 
 
 def random_crops(photos: Sequence[tuple[str, np.ndarray]], per_photo: int, *, seed: int = 0, height: int = 192,

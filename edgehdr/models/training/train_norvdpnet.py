@@ -50,7 +50,7 @@ import torch
 from edgehdr.models.training.cachekey import NORVDPNET_SOURCES, data_key
 from edgehdr.models.training.nets import NoRVDPNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
-from edgehdr.models.training.splits import random_crops, real_photos
+from edgehdr.models.training.splits import random_crops, real_photo_names, real_photos
 from edgehdr.quality.correlation import scene_correlations
 from edgehdr.quality.norvdpnet import (
     SCORE_INPUT_SHAPE,
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"--epochs {args.epochs} --rank {args.rank} --width-scale {args.width_scale} "
                           f"--seed {args.seed} {'--extra-photos' if args.extra_photos else '--no-extra-photos'}"
                           + (" --validation" if args.validation else ""),
-        "edgehdr.training_photos": ",".join(name for name, _ in real_photos(fit, extra=args.extra_photos)),
+        "edgehdr.training_photos": ",".join(real_photo_names(fit, extra=args.extra_photos)),
         "edgehdr.holdout": json.dumps({k: {m: round(v, 4) for m, v in r.items()} for k, r in result.items()})})
     log = write_training_log(args.work / "train_norvdpnet_log.json", model, SCORE_INPUT_SHAPE, holdout=result,
                              history=history, data_seconds=round(t_data, 1), total_seconds=round(t_total, 1))
