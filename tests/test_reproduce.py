@@ -89,11 +89,40 @@ def test_source_revision_names_this_checkouts_commit():
         pytest.skip("not a git checkout (or no git): source_revision answers 'unknown'")
     head = subprocess.run(["git", "-C", str(REPOSITORY), "rev-parse", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    revision = source_revision()
-    assert revision.startswith(f"git {head}")
-    dirty = subprocess.run(["git", "-C", str(REPOSITORY), "status", "--porcelain", "--", "edgehdr/*.py", "export/*.py"],
-                           capture_output=True, text=True, check=True).stdout.strip()
-    assert revision.endswith("uncommitted changes to the sources") == bool(dirty)
+    assert source_revision().startswith(f"git {head}")
+
+
+def test_source_revision_marks_uncommitted_sources_only(tmp_path):
+    """In a repository of its own: clean after the commit; a changed or new .py file under edgehdr/ or export/
+    marks it; a changed README or a .py file elsewhere does not; a folder that is not the top of a checkout is
+    'unknown'."""
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+
+    def git(*words: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *words],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    for name in ("edgehdr/a.py", "edgehdr/sub/b.py", "export/c.py", "tools/d.py", "README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "one")
+    clean = f"git {git('rev-parse', 'HEAD')}"
+    assert source_revision(tmp_path) == clean
+    dirty = clean + " + uncommitted changes to the sources"
+    for change in ("edgehdr/a.py", "edgehdr/sub/b.py", "export/c.py", "edgehdr/new.py"):
+        (tmp_path / change).write_text("x = 2\n")
+        assert source_revision(tmp_path) == dirty, change
+        git("checkout", "-q", "--", ".")
+        git("clean", "-q", "-f")
+        assert source_revision(tmp_path) == clean, change
+    for change in ("README.md", "tools/d.py"):
+        (tmp_path / change).write_text("x = 2\n")
+        assert source_revision(tmp_path) == clean, change
+    assert source_revision(tmp_path / "edgehdr") == "unknown (not a git checkout)"
+    assert source_revision(tmp_path.parent) == "unknown (not a git checkout)"
 
 
 @needs_torch

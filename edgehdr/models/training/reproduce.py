@@ -19,6 +19,7 @@ re-export may fuse or split a layer's tensors: ``train_merge --reexport``), whic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import subprocess
 import sys
@@ -36,20 +37,22 @@ RECIPES = ("train_dimming", "train_merge", "train_norvdpnet", "train_tmo")
 _REPOSITORY = Path(__file__).resolve().parents[3]
 
 
-def source_revision() -> str:
+def source_revision(repository: str | Path = _REPOSITORY) -> str:
     """The git commit the package's sources are at, for the model's ``edgehdr.source`` property.
 
     ``"git <40 hex digits>"``, with ``" + uncommitted changes to the sources"`` when a ``.py`` file of
     ``edgehdr/`` or ``export/`` differs from that commit or is not in it (the weights then came from code no commit
-    holds); ``"unknown (not a git checkout)"`` for an installed package or when git is absent.
+    holds); ``"unknown (not a git checkout)"`` for an installed package or when git is absent. ``repository``:
+    the checkout to ask (default: the one holding this package), which must be the top of its own git tree.
     """
+    repository = Path(repository).resolve()
 
     def git(*words: str) -> str:
-        return subprocess.run(["git", "-C", str(_REPOSITORY), *words], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", str(repository), *words], capture_output=True, text=True,
                               check=True, timeout=30).stdout.strip()
 
     try:
-        if Path(git("rev-parse", "--show-toplevel")).resolve() != _REPOSITORY:  # e.g. site-packages in a project
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != repository:  # e.g. site-packages in a project
             return "unknown (not a git checkout)"
         commit = git("rev-parse", "HEAD")
         changed = git("status", "--porcelain", "--", "edgehdr/*.py", "export/*.py")
@@ -121,8 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"reproduce: {exc}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="edgehdr-reproduce-") as tmp:
-        work = args.work if args.work is not None else Path(tmp)
+    with contextlib.ExitStack() as stack:  # a temporary folder only when no --work is given
+        work = args.work if args.work is not None else Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="edgehdr-reproduce-")))
         work.mkdir(parents=True, exist_ok=True)
         out = work / args.model.name
         if out.resolve() == args.model.resolve():
