@@ -14,8 +14,10 @@ onnx = pytest.importorskip("onnx", reason="onnx is the export extra (pip install
 from onnx import helper, numpy_helper  # noqa: E402
 
 from edgehdr.models.training.reproduce import (  # noqa: E402
+    export_commit,
     main,
     recorded_command,
+    recorded_commit,
     source_revision,
     weight_difference,
 )
@@ -123,6 +125,68 @@ def test_source_revision_marks_uncommitted_sources_only(tmp_path):
         assert source_revision(tmp_path) == clean, change
     assert source_revision(tmp_path / "edgehdr") == "unknown (not a git checkout)"
     assert source_revision(tmp_path.parent) == "unknown (not a git checkout)"
+
+
+def test_recorded_commit_is_read_and_unusable_sources_are_refused(tmp_path, capsys):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert recorded_commit(f"git {sha}", "m.onnx") == sha
+    assert recorded_commit(f"git {sha} (recorded later: its command makes these bytes there)", "m.onnx") == sha
+    for bad, why in ((f"git {sha} + uncommitted changes to the sources", "uncommitted"),
+                     ("unknown (not a git checkout)", "names no git commit"), (f"git {sha[:12]}", "names no git")):
+        with pytest.raises(ValueError, match=why):
+            recorded_commit(bad, "m.onnx")
+        model = _model(tmp_path / "m.onnx", {"w": np.ones(2)}, {"edgehdr.recipe": TINY_MERGE, "edgehdr.source": bad})
+        assert main([str(model), "--at-source"]) == 2
+        assert "m.onnx: edgehdr.source" in capsys.readouterr().err
+    # a file that records no source at all
+    model = _model(tmp_path / "m.onnx", {"w": np.ones(2)}, {"edgehdr.recipe": TINY_MERGE})
+    assert main([str(model), "--at-source"]) == 2
+
+
+def test_export_commit_writes_that_commits_tree(tmp_path):
+    """Two commits that differ in a file: each commit's tree holds its own version; an unknown commit is refused."""
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*words: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *words],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (repo / "edgehdr").mkdir()
+    commits = []
+    for value in ("1", "2"):
+        (repo / "edgehdr" / "a.py").write_text(f"x = {value}\n")
+        git("add", "-A")
+        git("commit", "-q", "-m", value)
+        commits.append(git("rev-parse", "HEAD"))
+    (repo / "edgehdr" / "a.py").write_text("x = 3\n")  # uncommitted: in neither tree
+    for value, commit in zip(("1", "2"), commits):
+        tree = export_commit(commit, tmp_path / f"out{value}", repo)
+        assert (tree / "edgehdr" / "a.py").read_text() == f"x = {value}\n"
+    with pytest.raises(ValueError, match="git archive"):
+        export_commit("f" * 40, tmp_path / "out3", repo)
+
+
+@needs_torch
+def test_at_source_runs_the_command_in_the_recorded_commits_sources(tmp_path, capsys):
+    """The tiny merge recipe's model, recorded at this checkout's commit, is reproduced from that commit's own
+    sources (written out by git archive and imported from there)."""
+    if shutil.which("git") is None or not (REPOSITORY / ".git").exists():
+        pytest.skip("not a git checkout (or no git)")
+    revision = source_revision()
+    if "uncommitted" in revision:
+        pytest.skip("the sources differ from their commit, so no commit holds the code that makes today's model")
+    from edgehdr.models.training.train_merge import main as train_main
+
+    made = tmp_path / "made.onnx"
+    assert train_main([*TINY_MERGE.split()[1:], "--work", str(tmp_path / "w"), "-o", str(made)]) == 0
+    assert main([str(made), "--at-source", "--work", str(tmp_path / "rerun")]) == 0
+    out = capsys.readouterr().out
+    assert f"running in the sources of {revision.split()[1]}" in out
+    assert "largest weight difference 0 (by name) -> reproduced" in out
 
 
 @needs_torch

@@ -14,15 +14,24 @@ shipped file), compares the float initialisers and exits 0 when the largest diff
 ``--tolerance`` (default 0: the same values), 1 when not, 2 when the command cannot be run. Weights are
 compared by name where both graphs name the same tensors, otherwise as the sorted multiset of values (a
 re-export may fuse or split a layer's tensors: ``train_merge --reexport``), which equal weights satisfy.
+
+``--at-source`` runs the command in the sources of the commit the model records in ``edgehdr.source``
+(``git archive`` of that commit into a temporary folder, which the recipe then imports from; the
+photographs are the ones this checkout finds, passed as ``EDGEHDR_DATA``): whether the file is what its
+command made from the code of its day, where the plain check asks whether today's code still makes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
+import os
+import re
 import shlex
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -109,6 +118,39 @@ def weight_difference(a_path: str | Path, b_path: str | Path) -> tuple[float, st
     return float(np.max(np.abs(va - vb), initial=0.0)), "as sorted values"
 
 
+def recorded_commit(revision: str, model_path: str | Path) -> str:
+    """The commit of an ``edgehdr.source`` value (``"git <40 hex digits>..."``).
+
+    Raises ``ValueError`` naming the file when the value names no commit or records uncommitted changes (no commit
+    holds the code the weights came from).
+    """
+    match = re.match(r"git ([0-9a-f]{40})\b(.*)$", revision)
+    if match is None:
+        raise ValueError(f"{model_path}: edgehdr.source {revision!r} names no git commit")
+    if "uncommitted" in match.group(2):
+        raise ValueError(f"{model_path}: edgehdr.source {revision!r}: made from uncommitted changes, which no "
+                         "commit holds")
+    return match.group(1)
+
+
+def export_commit(commit: str, into: Path, repository: str | Path = _REPOSITORY) -> Path:
+    """The tree of ``commit`` of the checkout at ``repository``, written below ``into`` (``git archive``).
+
+    Raises ``ValueError`` when git cannot (not a checkout, no such commit)."""
+    tree = Path(into) / f"source-{commit[:12]}"
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(repository), "archive", "--format=tar", commit], capture_output=True,
+                             timeout=300)
+    if archive.returncode != 0:
+        raise ValueError(f"git archive {commit} in {repository}: {archive.stderr.decode(errors='replace').strip()}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python 3.10.12+ / 3.11.4+: refuse links and paths out of the tree
+            tar.extractall(tree, filter="data")
+        else:  # pragma: no cover - an older 3.10 patch release; the archive is this repository's own commit
+            tar.extractall(tree)
+    return tree
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgehdr.models.training.reproduce",
                                 description=__doc__.split("\n")[0])
@@ -118,9 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="work folder for the rerun (default: a new temporary folder, removed afterwards)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="largest weight difference still counted as reproduced (default 0: the same values)")
+    p.add_argument("--at-source", action="store_true",
+                   help="run the command in the sources of the commit recorded in edgehdr.source instead of "
+                        "today's (git archive of it in a temporary folder)")
     args = p.parse_args(argv)
     try:
         recipe, recipe_args, props = recorded_command(args.model)
+        commit = recorded_commit(props.get("edgehdr.source", "(none)"), args.model) if args.at_source else None
     except (ValueError, OSError) as exc:
         print(f"reproduce: {exc}", file=sys.stderr)
         return 2
@@ -133,11 +179,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"reproduce: --work {work} would write the rerun over {args.model}; give another folder",
                   file=sys.stderr)
             return 2
-        command = [sys.executable, "-m", f"edgehdr.models.training.{recipe}", *recipe_args, "--work", str(work),
-                   "-o", str(out)]
+        command = [sys.executable, "-m", f"edgehdr.models.training.{recipe}", *recipe_args, "--work",
+                   str(work.resolve()), "-o", str(out.resolve())]
         print(f"{args.model}: recorded {recipe} {' '.join(recipe_args)}", flush=True)
         print(f"  made from {props.get('edgehdr.source', 'an unrecorded source revision')}", flush=True)
-        run = subprocess.run(command)
+        cwd, env = None, None
+        if commit is not None:
+            from edgehdr.synth.realistic import real_hdr_dir
+
+            try:
+                cwd = export_commit(commit, Path(stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="edgehdr-source-"))))
+            except (ValueError, OSError, subprocess.SubprocessError, tarfile.TarError) as exc:
+                print(f"reproduce: the recorded sources cannot be written out: {exc}", file=sys.stderr)
+                return 2
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(cwd), os.environ.get("PYTHONPATH")])),
+                   "EDGEHDR_DATA": str(real_hdr_dir().resolve())}
+            print(f"  running in the sources of {commit} ({cwd})", flush=True)
+        run = subprocess.run(command, cwd=cwd, env=env)
         if run.returncode != 0 or not out.is_file():
             print(f"reproduce: the recorded command failed (exit {run.returncode}): {shlex.join(command)}",
                   file=sys.stderr)
