@@ -210,6 +210,23 @@ def test_per_epoch_figures_are_logged_without_changing_the_training():
     assert history[-1]["mean score"] == pytest.approx(float(predict(watched, x).mean()), abs=1e-6)
 
 
+def test_a_collapsed_training_stops_at_once_naming_its_epoch():
+    """A learning rate far too high kills every unit within the first epoch (one score for every image, the
+    sigmoid saturated): train_scorer stops there with TrainingCollapsed instead of training a constant to the end;
+    the same data at the recipe's rate trains and scores the images apart."""
+    from edgehdr.models.training.train_norvdpnet import TrainingCollapsed, predict, train_scorer
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (12, 1, 64, 96)).astype(np.float32)
+    y = rng.uniform(0.5, 0.95, 12).astype(np.float32)
+    epochs_run = []
+    with pytest.raises(TrainingCollapsed, match=r"collapsed at epoch 1 of 5 \(seed 3\).*one score"):
+        train_scorer(x, y, epochs=5, batch=4, seed=3, lr=1.0, log=epochs_run.append)
+    assert epochs_run == []  # stopped before logging a first epoch, not after five
+    model, history = train_scorer(x, y, epochs=2, batch=4, seed=3, log=lambda _: None)
+    assert len(history) == 2 and np.ptp(predict(model, x)) > 1e-6
+
+
 def test_score_command_ranks_a_photo_set_best_first(tmp_path, scene_factory, capsys):
     from edgehdr.cli import main
     from edgehdr.tonemap import reinhard_local

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,7 +61,7 @@ from edgehdr.quality.norvdpnet import (
 )
 
 __all__ = ["score_dataset", "hdr_sources", "rank_loss", "train_scorer", "predict", "export_scorer", "main",
-           "HOLDOUT_SEED"]
+           "HOLDOUT_SEED", "TrainingCollapsed"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent
 HOLDOUT_SEED = 100_000
@@ -97,6 +98,12 @@ def score_dataset(sources: Sequence[tuple[str, np.ndarray]], variants: int, *, s
     return np.stack(xs).astype(np.float32), np.asarray(ys, np.float32), np.asarray(owner), desc
 
 
+class TrainingCollapsed(RuntimeError):
+    """The network gives one score for every image: its ReLUs died (every feature zero), so no gradient reaches them
+    again and further epochs cannot change it. Seen on real data (``--validation --seed 1`` with more photographs:
+    the loss rose in the second epoch and stayed at the labels' variance from the third)."""
+
+
 def predict(model: NoRVDPNet, x: np.ndarray, batch: int = 64) -> np.ndarray:
     model.eval()
     with torch.no_grad():
@@ -128,7 +135,12 @@ def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int =
     """Adam on the squared error to TMQI plus ``rank`` x the batch-wide ranking loss, cosine learning rate,
     random horizontal flips. Batches are drawn from the whole set, so most pairs cross scenes. ``on_epoch``:
     figures of the model after each epoch (e.g. on the validation photographs), logged and kept in the history;
-    they do not change the training."""
+    they do not change the training.
+
+    Raises ``TrainingCollapsed`` after the first epoch at which the network scores the first 64 training images
+    all alike (within 1e-6): a dead network never recovers, so the run stops there instead of training it to the end
+    and exporting a constant. The check reads no random stream; the weights of a run that passes it are those of a
+    run without it."""
     torch.manual_seed(seed)
     model = NoRVDPNet(width_scale=width_scale)
     with torch.no_grad():  # start at the mean label: the sigmoid's logit of mean(y)
@@ -157,6 +169,12 @@ def train_scorer(x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch: int =
             opt.step()
             total += float(loss.detach()) * len(idx)
         sched.step()
+        spread = float(np.ptp(predict(model, x[:64])))
+        if spread < 1e-6:
+            raise TrainingCollapsed(
+                f"training collapsed at epoch {epoch + 1} of {epochs} (seed {seed}): the network gives one score "
+                f"({float(predict(model, x[:1])[0]):.4f}) for every image (spread {spread:.1e}; train loss "
+                f"{total / len(x):.5f}); its units died and cannot recover. Try another --seed")
         figures = on_epoch(model) if on_epoch is not None else {}
         history.append({"epoch": epoch + 1, "loss": total / len(x), **figures})
         log(f"epoch {epoch + 1:2d}/{epochs}: train loss {total / len(x):.5f}"
@@ -238,8 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = scene_correlations(predict(model, xv), yv, ov)
         return {"validation pooled": r["srocc"], "within mean": r["within_srocc_mean"]}
 
-    model, history = train_scorer(x, y, epochs=args.epochs, width_scale=args.width_scale, seed=args.seed,
-                                  rank=args.rank, on_epoch=validation_figures if args.validation else None)
+    try:
+        model, history = train_scorer(x, y, epochs=args.epochs, width_scale=args.width_scale, seed=args.seed,
+                                      rank=args.rank, on_epoch=validation_figures if args.validation else None)
+    except TrainingCollapsed as exc:
+        print(f"train_norvdpnet: {exc}; nothing written to {args.out}", file=sys.stderr)
+        return 1
     result = {k: scene_correlations(predict(model, xh), yh, oh) for k, (xh, yh, oh) in held.items()}
     t_total = time.perf_counter() - t0
     export_scorer(model, args.out, extra_metadata={
