@@ -356,6 +356,13 @@ def test_real_training_brackets_come_from_the_training_photographs_only(tmp_path
         # the noisy photograph (neighbours differ by 0.16 in log measured), not the flat one (0.004)
         assert np.median(np.abs(np.diff(np.log(truth), axis=1))) > 0.05
         assert s["x"].shape == (12, 48, 80)  # trained at half the bracket's size (``training_encoding``)
+    # --extra-photos: the extra training photographs join, still never the held-out one
+    from edgehdr.models.training.splits import extra_photos
+
+    extras = [n for n, _ in extra_photos(max_side=8)]
+    samples, names = real_merge_samples(1, seed=2, height=48, width=80, root=tmp_path, extra=True)
+    assert names == sorted(["train_photo", *extras]) and len(samples) == len(names)
+
 
 @needs_torch
 def test_merge_net_split_fusion_is_the_concatenation_and_the_reexport_keeps_the_function(tmp_path):

@@ -91,16 +91,17 @@ def merge_samples(seeds: Sequence[int], *, log: Callable[[str], object] | None =
 
 
 def real_merge_samples(per_photo: int, *, seed: int = 0, log: Callable[[str], object] | None = None,
-                       height: int = 544, width: int = 960, root: str | os.PathLike[str] | None = None
-                       ) -> tuple[list[dict[str, Any]], list[str]]:
+                       height: int = 544, width: int = 960, root: str | os.PathLike[str] | None = None,
+                       extra: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
     """Training samples from the shared real photographs outside the held-out split: ``per_photo`` random
     ``height x width`` crops of each (``splits.random_crops``), re-photographed as dynamic brackets
     (``real_dynamic_bracket``: filmic response, noise, JPEG, hand shake, 0-3 moving discs). Returns the samples
-    and the photographs' names. ``root``: the photographs' folder (default ``edgehdr.synth.real_hdr_dir``)."""
+    and the photographs' names. ``root``: the photographs' folder (default ``edgehdr.synth.real_hdr_dir``);
+    ``extra``: the extra training photographs too (``splits.real_photos(..., extra=True)``)."""
     from edgehdr.models.training.merge_data import real_dynamic_bracket
-    from edgehdr.models.training.splits import random_crops, real_split
+    from edgehdr.models.training.splits import random_crops, real_photos
 
-    train_photos, _ = real_split(root)
+    train_photos = real_photos("train", root, extra=extra)
     crops = random_crops(train_photos, per_photo, seed=seed, height=height, width=width)
     out = []
     for n, (_, crop) in enumerate(crops):
@@ -286,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--real", type=int, default=12,
                    help="re-photographed crops per real training photograph (0: synthetic brackets only)")
+    p.add_argument("--extra-photos", action="store_true",
+                   help="re-photograph crops of the extra training photographs too (splits.EXTRA_PHOTOS_DIR; off by "
+                        "default: the shipped weights' recorded command means what it did)")
     p.add_argument("--work", type=Path, default=Path("merge-training"), help="training log")
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "merge_net.onnx")
     p.add_argument("--reexport", type=Path, metavar="MODEL.onnx",
@@ -308,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples = merge_samples(range(args.seed, args.seed + args.brackets), log=print)
     photos: list[str] = []
     if args.real:
-        real, photos = real_merge_samples(args.real, seed=args.seed, log=print)
+        real, photos = real_merge_samples(args.real, seed=args.seed, log=print, extra=args.extra_photos)
         samples += real
     t_data = time.perf_counter() - t0
     print(f"{len(samples)} brackets, {len(samples) - args.brackets} of them re-photographed crops of "
@@ -319,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = f" --size {args.size[1]}x{args.size[0]}" if args.size else ""
     export_merge(model, args.out, size=args.size, extra_metadata={
         "edgehdr.recipe": f"train_merge --brackets {args.brackets} --epochs {args.epochs} --crops {args.crops} "
-                          f"--width {args.width} --seed {args.seed} --real {args.real}{size}",
+                          f"--width {args.width} --seed {args.seed} --real {args.real}{size}"
+                          + (" --extra-photos" if args.extra_photos else ""),
         "edgehdr.training_photos": ",".join(photos)})
     shape = MERGE_INPUT_SHAPE if args.size is None else (1, MERGE_INPUT_SHAPE[1], *args.size)
     log = write_training_log(args.work / "train_merge_log.json", model, shape, history=history,
