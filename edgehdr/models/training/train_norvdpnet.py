@@ -99,9 +99,10 @@ def score_dataset(sources: Sequence[tuple[str, np.ndarray]], variants: int, *, s
 
 
 class TrainingCollapsed(RuntimeError):
-    """The network gives one score for every image: its ReLUs died (every feature zero), so no gradient reaches them
-    again and further epochs cannot change it. Seen on real data (``--validation --seed 1`` with more photographs:
-    the loss rose in the second epoch and stayed at the labels' variance from the third)."""
+    """The network gives one score for every image: its units died (a layer's ReLUs all at zero for every input),
+    so no gradient reaches what is before them and further epochs cannot change it. Seen on real data
+    (``--validation --seed 1`` with five more training photographs: the loss rose in the second epoch and stayed at
+    the labels' variance from the third)."""
 
 
 def predict(model: NoRVDPNet, x: np.ndarray, batch: int = 64) -> np.ndarray:
