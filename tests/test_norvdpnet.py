@@ -210,6 +210,7 @@ def test_per_epoch_figures_are_logged_without_changing_the_training():
     assert history[-1]["mean score"] == pytest.approx(float(predict(watched, x).mean()), abs=1e-6)
 
 
+@needs_torch
 def test_a_collapsed_training_stops_at_once_naming_its_epoch():
     """A learning rate far too high kills every unit within the first epoch (one score for every image, the
     sigmoid saturated): train_scorer stops there with TrainingCollapsed instead of training a constant to the end;
