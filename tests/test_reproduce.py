@@ -46,6 +46,17 @@ def _model(path: Path, initializers: dict[str, np.ndarray], props: dict[str, str
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_merge_model(tmp_path_factory) -> Path:
+    """The tiny merge recipe's model, trained once for the tests that rerun its recorded command."""
+    from edgehdr.models.training.train_merge import main as train_main
+
+    work = tmp_path_factory.mktemp("tiny_merge")
+    made = work / "made.onnx"
+    assert train_main([*TINY_MERGE.split()[1:], "--work", str(work / "w"), "-o", str(made)]) == 0
+    return made
+
+
 def test_weights_are_compared_by_name_or_as_the_values_of_a_split_layer(tmp_path):
     w = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
     a = _model(tmp_path / "a.onnx", {"conv.weight": w, "conv.bias": np.ones(3)}, {})
@@ -171,7 +182,7 @@ def test_export_commit_writes_that_commits_tree(tmp_path):
 
 
 @needs_torch
-def test_at_source_runs_the_command_in_the_recorded_commits_sources(tmp_path, capsys):
+def test_at_source_runs_the_command_in_the_recorded_commits_sources(tiny_merge_model, tmp_path, capsys):
     """The tiny merge recipe's model, recorded at this checkout's commit, is reproduced from that commit's own
     sources (written out by git archive and imported from there)."""
     if shutil.which("git") is None or not (REPOSITORY / ".git").exists():
@@ -179,24 +190,17 @@ def test_at_source_runs_the_command_in_the_recorded_commits_sources(tmp_path, ca
     revision = source_revision()
     if "uncommitted" in revision:
         pytest.skip("the sources differ from their commit, so no commit holds the code that makes today's model")
-    from edgehdr.models.training.train_merge import main as train_main
-
-    made = tmp_path / "made.onnx"
-    assert train_main([*TINY_MERGE.split()[1:], "--work", str(tmp_path / "w"), "-o", str(made)]) == 0
-    assert main([str(made), "--at-source", "--work", str(tmp_path / "rerun")]) == 0
+    assert main([str(tiny_merge_model), "--at-source", "--work", str(tmp_path / "rerun")]) == 0
     out = capsys.readouterr().out
     assert f"running in the sources of {revision.split()[1]}" in out
     assert "largest weight difference 0 (by name) -> reproduced" in out
 
 
 @needs_torch
-def test_a_recipes_model_is_reproduced_and_a_changed_one_is_not(tmp_path, capsys):
+def test_a_recipes_model_is_reproduced_and_a_changed_one_is_not(tiny_merge_model, tmp_path, capsys):
     """The tiny merge recipe run twice gives the same weights (exit 0); the same file with one weight moved by
     1e-3, or with a recorded seed the weights were not made with, is reported as not reproduced (exit 1)."""
-    from edgehdr.models.training.train_merge import main as train_main
-
-    made = tmp_path / "made.onnx"
-    assert train_main([*TINY_MERGE.split()[1:], "--work", str(tmp_path / "w"), "-o", str(made)]) == 0
+    made = tiny_merge_model
     props = {p.key: p.value for p in onnx.load(str(made)).metadata_props}
     assert props["edgehdr.recipe"] == TINY_MERGE and props["edgehdr.source"]
     assert main([str(made)]) == 0
