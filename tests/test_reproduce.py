@@ -19,6 +19,7 @@ from edgehdr.models.training.reproduce import (  # noqa: E402
     recorded_command,
     recorded_commit,
     source_revision,
+    training_source,
     weight_difference,
 )
 
@@ -136,6 +137,35 @@ def test_source_revision_marks_uncommitted_sources_only(tmp_path):
         assert source_revision(tmp_path) == clean, change
     assert source_revision(tmp_path / "edgehdr") == "unknown (not a git checkout)"
     assert source_revision(tmp_path.parent) == "unknown (not a git checkout)"
+
+
+def test_training_source_is_the_start_revision_or_marked_when_the_checkout_moved(tmp_path):
+    """The revision a recipe started from is recorded as it is while the checkout stays there; a commit or an edit
+    of the sources during the training marks it, and such a record names no usable commit for --at-source."""
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+
+    def git(*words: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *words],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "edgehdr").mkdir()
+    (tmp_path / "edgehdr" / "a.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "one")
+    started = source_revision(tmp_path)
+    assert training_source(started, tmp_path) == started
+    (tmp_path / "edgehdr" / "a.py").write_text("x = 2\n")  # an edit while it trains
+    edited = training_source(started, tmp_path)
+    assert edited == f"{started} + the checkout changed during the training (now {started} + uncommitted " \
+                     "changes to the sources)"
+    git("commit", "-q", "-am", "two")  # then a commit
+    moved = training_source(started, tmp_path)
+    assert moved == f"{started} + the checkout changed during the training (now git {git('rev-parse', 'HEAD')})"
+    for record in (edited, moved):
+        with pytest.raises(ValueError, match="moved while it trained"):
+            recorded_commit(record, "m.onnx")
 
 
 def test_recorded_commit_is_read_and_unusable_sources_are_refused(tmp_path, capsys):

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RECIPES", "recorded_command", "source_revision", "weight_difference"]
+__all__ = ["RECIPES", "recorded_command", "source_revision", "training_source", "weight_difference"]
 
 RECIPES = ("train_dimming", "train_merge", "train_norvdpnet", "train_tmo")
 """The recipes whose recorded commands this tool runs (modules of ``edgehdr.models.training``)."""
@@ -68,6 +68,25 @@ def source_revision(repository: str | Path = _REPOSITORY) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return f"git {commit}" + (" + uncommitted changes to the sources" if changed else "")
+
+
+CHANGED_DURING_TRAINING = "the checkout changed during the training"
+"""Marks an ``edgehdr.source`` whose sources moved between a recipe's start and its export (``training_source``)."""
+
+
+def training_source(started: str, repository: str | Path = _REPOSITORY) -> str:
+    """``edgehdr.source`` for weights a recipe trained from the sources at ``started``.
+
+    ``started`` is ``source_revision(repository)`` taken when the recipe began. A training runs for minutes to
+    hours; if the checkout moved meanwhile (a commit, a checkout, an edit), the revision at export would name
+    code the weights did not come from, and modules imported later in the run may have come from either, so
+    the value is then ``started`` with ``"+ <CHANGED_DURING_TRAINING> (now ...)"`` after it, which
+    ``recorded_commit`` refuses like uncommitted changes.
+    """
+    now = source_revision(repository)
+    if now == started:
+        return started
+    return f"{started} + {CHANGED_DURING_TRAINING} (now {now})"
 
 
 def recorded_command(model_path: str | Path) -> tuple[str, list[str], dict[str, str]]:
@@ -121,12 +140,16 @@ def weight_difference(a_path: str | Path, b_path: str | Path) -> tuple[float, st
 def recorded_commit(revision: str, model_path: str | Path) -> str:
     """The commit of an ``edgehdr.source`` value (``"git <40 hex digits>..."``).
 
-    Raises ``ValueError`` naming the file when the value names no commit or records uncommitted changes (no commit
-    holds the code the weights came from).
+    Raises ``ValueError`` naming the file when the value names no commit, records uncommitted changes, or records
+    that the checkout changed during the training (``training_source``): no commit holds the code the weights came
+    from.
     """
     match = re.match(r"git ([0-9a-f]{40})\b(.*)$", revision)
     if match is None:
         raise ValueError(f"{model_path}: edgehdr.source {revision!r} names no git commit")
+    if CHANGED_DURING_TRAINING in match.group(2):
+        raise ValueError(f"{model_path}: edgehdr.source {revision!r}: the sources moved while it trained, so no "
+                         "one commit is known to hold the code the weights came from")
     if "uncommitted" in match.group(2):
         raise ValueError(f"{model_path}: edgehdr.source {revision!r}: made from uncommitted changes, which no "
                          "commit holds")

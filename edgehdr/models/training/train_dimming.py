@@ -54,6 +54,7 @@ from edgehdr.dimming.neural import INPUT_CHANNELS, SUBDIVISION, encode_dimming_i
 from edgehdr.models.training.cachekey import DIMMING_SOURCES, data_key
 from edgehdr.models.training.nets import DimmingNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
+from edgehdr.models.training.reproduce import source_revision, training_source
 from edgehdr.quality.pu21 import PU21_L_MAX, PU21_L_MIN, PU21_PARAMS
 from edgehdr.tonemap.guided import bilinear_taps
 
@@ -349,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("dimming-training"))
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "dimming_net.onnx")
     args = p.parse_args(argv)
+    started = source_revision()  # the sources this run trains from (training_source)
     t0 = time.perf_counter()
     layout = training_layout(args.rows, args.cols)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -376,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  loss=args.loss, width=args.width, device=args.device, flips=args.flips)
     t_total = time.perf_counter() - t0
     export_dimming(net, layout, args.out, extra_metadata={
+        "edgehdr.source": training_source(started),
         "edgehdr.recipe": f"train_dimming --rows {args.rows} --cols {args.cols} --scenes {args.scenes} "
                           f"--epochs {args.epochs} --distill {args.distill} --loss {args.loss} --width {args.width} "
                           f"--crops {args.crops} --seed {args.seed} {'--flips ' if args.flips else ''}"

@@ -45,7 +45,7 @@ from edgehdr.hdr.neural_merge import (
 from edgehdr.models.training.merge_data import dynamic_bracket
 from edgehdr.models.training.nets import MergeNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
-from edgehdr.models.training.reproduce import source_revision
+from edgehdr.models.training.reproduce import source_revision, training_source
 from edgehdr.quality.metrics import MU_LAW_MU
 
 __all__ = ["dynamic_bracket", "training_encoding", "merge_samples", "real_merge_samples", "merge_twin", "train_merge",
@@ -299,10 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="the working size of the exported file (multiples of 8; default "
                         f"{MERGE_INPUT_SHAPE[3]}x{MERGE_INPUT_SHAPE[2]}): the runtime takes the bracket at it")
     args = p.parse_args(argv)
+    started = source_revision()  # the sources this run trains from (training_source)
     if args.reexport:
         model, props = load_merge_onnx(args.reexport)
         kept = {k: v for k, v in props.items() if k not in ("edgehdr.model", "edgehdr.preprocess", "edgehdr.encoding")}
-        kept.setdefault("edgehdr.source", f"unrecorded (weights re-exported at {source_revision()})")
+        kept.setdefault("edgehdr.source", f"unrecorded (weights re-exported at {started})")
         export_merge(model, args.out, extra_metadata=kept, size=args.size)
         print(f"wrote {args.out}: the weights of {args.reexport}, exported again")
         return 0
@@ -322,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_total = time.perf_counter() - t0
     size = f" --size {args.size[1]}x{args.size[0]}" if args.size else ""
     export_merge(model, args.out, size=args.size, extra_metadata={
+        "edgehdr.source": training_source(started),
         "edgehdr.recipe": f"train_merge --brackets {args.brackets} --epochs {args.epochs} --crops {args.crops} "
                           f"--width {args.width} --seed {args.seed} --real {args.real}{size}"
                           + (" --extra-photos" if args.extra_photos else ""),

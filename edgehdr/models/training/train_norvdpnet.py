@@ -51,6 +51,7 @@ import torch
 from edgehdr.models.training.cachekey import NORVDPNET_SOURCES, data_key
 from edgehdr.models.training.nets import NoRVDPNet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
+from edgehdr.models.training.reproduce import source_revision, training_source
 from edgehdr.models.training.splits import random_crops, real_photo_names, real_photos
 from edgehdr.quality.correlation import scene_correlations
 from edgehdr.quality.norvdpnet import (
@@ -231,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("norvdpnet-training"), help="dataset cache and training log")
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "norvdpnet_tmo.onnx")
     args = p.parse_args(argv)
+    started = source_revision()  # the sources this run trains from (training_source)
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     fit, report = ("fit", "validation") if args.validation else ("train", "held-out")
@@ -266,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {k: scene_correlations(predict(model, xh), yh, oh) for k, (xh, yh, oh) in held.items()}
     t_total = time.perf_counter() - t0
     export_scorer(model, args.out, extra_metadata={
+        "edgehdr.source": training_source(started),
         "edgehdr.recipe": f"train_norvdpnet --scenes {args.scenes} --crops {args.crops} --variants {args.variants} "
                           f"--epochs {args.epochs} --rank {args.rank} --width-scale {args.width_scale} "
                           f"--seed {args.seed} {'--extra-photos' if args.extra_photos else '--no-extra-photos'}"

@@ -54,6 +54,7 @@ import torch
 from edgehdr.models.training.cachekey import TMO_SOURCES, data_key
 from edgehdr.models.training.nets import TMONet
 from edgehdr.models.training.onnx_export import export_onnx, write_training_log
+from edgehdr.models.training.reproduce import source_revision, training_source
 from edgehdr.models.training.torch_ops import apply_grid_torch, tmqi_torch, to_nchw
 from edgehdr.quality.rendering import tone_masks
 from edgehdr.tonemap.neural import PARAM_RANGES, TMO_GRID_SHAPE, TMO_INPUT_SHAPE, encode_tmo_input
@@ -287,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("tmo-training"), help="teacher cache and training log")
     p.add_argument("-o", "--out", type=Path, default=MODELS_DIR / "tmo_net.onnx")
     args = p.parse_args(argv)
+    started = source_revision()  # the sources this run trains from (training_source)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -330,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    rolloff=args.rolloff)
     t_total = time.perf_counter() - t0
     export_tmo(model, args.out, extra_metadata={
+        "edgehdr.source": training_source(started),
         "edgehdr.recipe": f"train_tmo --scenes {args.scenes} --crops {args.crops} --teacher-steps "
                           f"{args.teacher_steps} --epochs {args.epochs} --seed {args.seed} --width {args.width} "
                           f"--distill {args.distill} --smooth {args.smooth} --beat {args.beat} "
