@@ -21,6 +21,7 @@ from edgehdr.models.training.splits import (
     real_split,
     split_of,
 )
+from edgehdr.synth.realistic import real_hdr_scenes
 
 
 def _folder(tmp_path):
@@ -90,11 +91,20 @@ def test_photo_names_are_real_photos_names_without_decoding(tmp_path):
                 [n for n, _ in real_photos(split, tmp_path, max_side=16, extra=extra)], (split, extra)
     with pytest.raises(ValueError, match="fit, validation, held-out"):
         real_photo_names("test", tmp_path)
+    whole = dict(real_hdr_scenes(tmp_path))
     # names only: a file that does not decode is still listed (real_photos, which reads it, fails on it)
     (tmp_path / "fit_c.hdr").write_bytes(b"not a radiance file")
     assert "fit_c" in real_photo_names("fit", tmp_path)
     with pytest.raises(ValueError):
         real_photos("fit", tmp_path)
+    # a split decodes its own photographs only: the broken file fails the splits that hold it, not the others,
+    # and the others' values are what the whole folder's read gives them
+    for split in ("validation", "held-out"):
+        photos = real_photos(split, tmp_path)
+        assert [n for n, _ in photos] == real_photo_names(split, tmp_path)
+        assert all(np.array_equal(r, whole[n]) for n, r in photos), split
+    with pytest.raises(ValueError):
+        real_photos("train", tmp_path)
 
 
 def _thumbnail(radiance: np.ndarray) -> np.ndarray:
@@ -116,8 +126,6 @@ def test_extra_photographs_are_other_scenes_than_every_shared_one():
     sunset): their thumbnails correlate below 0.95 over every turn (0.88 at most on these files: outdoor panoramas
     share a bright-sky-over-ground layout), while the check finds a photograph in a turned, mirrored and re-exposed
     copy of itself (above 0.99)."""
-    from edgehdr.synth.realistic import real_hdr_scenes
-
     extras = [(n, _thumbnail(r)) for n, r in extra_photos()]
     for i, (name, thumb) in enumerate(extras):
         for extra, other in extras[i + 1:]:

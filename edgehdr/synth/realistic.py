@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -372,13 +373,14 @@ def real_hdr_files(root: str | os.PathLike[str] | None = None) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".exr", ".hdr") and p.is_file())
 
 
-def real_hdr_scenes(root: str | os.PathLike[str] | None = None, *,
-                    max_side: int | None = None) -> list[tuple[str, np.ndarray]]:
+def real_hdr_scenes(root: str | os.PathLike[str] | None = None, *, max_side: int | None = None,
+                    names: Collection[str] | None = None) -> list[tuple[str, np.ndarray]]:
     """Read the real HDR photographs (.exr, .hdr) as ``(name, radiance)`` pairs, sorted by name.
 
     Radiance is linear float32 (H, W, 3) in the file's arbitrary units, negative pixels (EXR ringing)
     clipped to 0; ``max_side`` downscales larger images with ``cv2.INTER_AREA``. The folder is found by
-    ``real_hdr_dir``.
+    ``real_hdr_dir``. ``names``: only the photographs of these file stems are read (the others are not
+    decoded); names the folder does not hold are ignored.
 
     Raises
     ------
@@ -396,6 +398,8 @@ def real_hdr_scenes(root: str | os.PathLike[str] | None = None, *,
         raise ValueError(f"max_side must be >= 1, got {max_side}")
     scenes = []
     for path in files:
+        if names is not None and path.stem not in names:
+            continue
         radiance = np.maximum(read_radiance(path), 0.0)
         h, w = radiance.shape[:2]
         if max_side is not None and max(h, w) > max_side:

@@ -109,8 +109,7 @@ def real_photos(split: str, root: str | os.PathLike[str] | None = None, *, max_s
     from edgehdr.synth.realistic import real_hdr_scenes
 
     names = real_photo_names(split, root, extra=extra)
-    chosen = set(names)
-    photos = [s for s in real_hdr_scenes(root, max_side=max_side) if s[0] in chosen]
+    photos = real_hdr_scenes(root, max_side=max_side, names=set(names))  # the other splits' are not decoded
     if extra and split in ("train", "fit"):
         photos += extra_photos(max_side=max_side)
     by_name = dict(photos)
