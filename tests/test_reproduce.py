@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,25 @@ def _model(path: Path, initializers: dict[str, np.ndarray], props: dict[str, str
     helper.set_model_props(model, props)
     onnx.save(model, str(path))
     return path
+
+
+def _scratch_repository(path: Path, files: Sequence[str]) -> Callable[..., str]:
+    """A git repository at ``path`` holding ``files`` (each ``x = 1``) in one commit; returns its git command
+    (words in, stdout out). Skips without git."""
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+
+    def git(*words: str) -> str:
+        return subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t", *words],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    for name in files:
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "one")
+    return git
 
 
 @pytest.fixture(scope="module")
@@ -110,19 +130,7 @@ def test_source_revision_marks_uncommitted_sources_only(tmp_path):
     """In a repository of its own: clean after the commit; a changed or new .py file under edgehdr/ or export/
     marks it; a changed README or a .py file elsewhere does not; a folder that is not the top of a checkout is
     'unknown'."""
-    if shutil.which("git") is None:
-        pytest.skip("no git")
-
-    def git(*words: str) -> str:
-        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *words],
-                              capture_output=True, text=True, check=True).stdout.strip()
-
-    git("init", "-q")
-    for name in ("edgehdr/a.py", "edgehdr/sub/b.py", "export/c.py", "tools/d.py", "README.md"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text("x = 1\n")
-    git("add", "-A")
-    git("commit", "-q", "-m", "one")
+    git = _scratch_repository(tmp_path, ("edgehdr/a.py", "edgehdr/sub/b.py", "export/c.py", "tools/d.py", "README.md"))
     clean = f"git {git('rev-parse', 'HEAD')}"
     assert source_revision(tmp_path) == clean
     dirty = clean + " + uncommitted changes to the sources"
@@ -142,18 +150,7 @@ def test_source_revision_marks_uncommitted_sources_only(tmp_path):
 def test_training_source_is_the_start_revision_or_marked_when_the_checkout_moved(tmp_path):
     """The revision a recipe started from is recorded as it is while the checkout stays there; a commit or an edit
     of the sources during the training marks it, and such a record names no usable commit for --at-source."""
-    if shutil.which("git") is None:
-        pytest.skip("no git")
-
-    def git(*words: str) -> str:
-        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *words],
-                              capture_output=True, text=True, check=True).stdout.strip()
-
-    git("init", "-q")
-    (tmp_path / "edgehdr").mkdir()
-    (tmp_path / "edgehdr" / "a.py").write_text("x = 1\n")
-    git("add", "-A")
-    git("commit", "-q", "-m", "one")
+    git = _scratch_repository(tmp_path, ("edgehdr/a.py",))
     started = source_revision(tmp_path)
     assert training_source(started, tmp_path) == started
     (tmp_path / "edgehdr" / "a.py").write_text("x = 2\n")  # an edit while it trains
@@ -186,23 +183,13 @@ def test_recorded_commit_is_read_and_unusable_sources_are_refused(tmp_path, caps
 
 def test_export_commit_writes_that_commits_tree(tmp_path):
     """Two commits that differ in a file: each commit's tree holds its own version; an unknown commit is refused."""
-    if shutil.which("git") is None:
-        pytest.skip("no git")
     repo = tmp_path / "repo"
     repo.mkdir()
-
-    def git(*words: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *words],
-                              capture_output=True, text=True, check=True).stdout.strip()
-
-    git("init", "-q")
-    (repo / "edgehdr").mkdir()
-    commits = []
-    for value in ("1", "2"):
-        (repo / "edgehdr" / "a.py").write_text(f"x = {value}\n")
-        git("add", "-A")
-        git("commit", "-q", "-m", value)
-        commits.append(git("rev-parse", "HEAD"))
+    git = _scratch_repository(repo, ("edgehdr/a.py",))  # x = 1
+    commits = [git("rev-parse", "HEAD")]
+    (repo / "edgehdr" / "a.py").write_text("x = 2\n")
+    git("commit", "-q", "-am", "two")
+    commits.append(git("rev-parse", "HEAD"))
     (repo / "edgehdr" / "a.py").write_text("x = 3\n")  # uncommitted: in neither tree
     for value, commit in zip(("1", "2"), commits):
         tree = export_commit(commit, tmp_path / f"out{value}", repo)
