@@ -968,8 +968,10 @@ def _fail_every_third(ctx):
 def test_frames_a_stage_drops_on_purpose_are_counted_once(partner):
     """A stage may return None to drop a frame; such frames were counted nowhere, so completed + dropped + failed
     fell short of captured + skipped. A frame a stage and its concurrent partner both drop counts once, and one
-    that the partner fails counts as failed only."""
-    cam = SyntheticCamera(160, 90, fps=0, moving_objects=0)
+    that the partner fails counts as failed only. The camera is paced (100 fps, not as fast as it can), so that the
+    stages' queues do not overflow on a loaded machine: an overflow drops frames too, and the counts below are
+    those the stages dropped on purpose (with fps=0 a busy CI run lost 58 frames that way beside the 64 failed)."""
+    cam = SyntheticCamera(160, 90, fps=100, moving_objects=0)
     stages = [Stage("odd", _drop_every_third, queue_size=64)]
     if partner is not None:
         stages.append(Stage("beside", partner, queue_size=64, concurrent=True))
@@ -978,8 +980,11 @@ def test_frames_a_stage_drops_on_purpose_are_counted_once(partner):
     while time.monotonic() < deadline and pipe.stages[-1].stats.processed < 30:
         time.sleep(0.02)
     stats = pipe.stop()
-    lost = stats["frames_failed"] if partner is _fail_every_third else stats["frames_dropped"]
-    assert lost >= 10 and stats["frames_dropped" if partner is _fail_every_third else "frames_failed"] == 0
+    # Capture slots the camera let pass (late on a loaded machine) are drops too, but never reached a stage:
+    # frames_skipped, set aside here.
+    by_stages = stats["frames_dropped"] - stats["frames_skipped"]
+    lost = stats["frames_failed"] if partner is _fail_every_third else by_stages
+    assert lost >= 10 and (by_stages if partner is _fail_every_third else stats["frames_failed"]) == 0, stats
     assert stats["frames_completed"] + stats["frames_dropped"] + stats["frames_failed"] == \
         stats["frames_captured"] + stats["frames_skipped"]
 
