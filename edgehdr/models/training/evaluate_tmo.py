@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from edgehdr.io.atomic import write_json_atomic
 from edgehdr.timing import median_ms
 
 __all__ = ["evaluate", "evaluate_real", "opencv_tonemap", "main"]
@@ -187,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     real = evaluate_real(model=args.model)
     print(format_real(real))
     if args.real_only:
-        _write_json(args.json, {"real": real})
+        if args.json:
+            write_json_atomic(args.json, {"real": real})
         return 0
     result = evaluate(args.scenes, model=args.model, int8=args.int8)
     result["real"] = real
@@ -200,16 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("scenes meeting each target:", result["targets_met_scenes"])
     print("1080p:", ", ".join(f"{k} {v:.2f}" for k, v in result["speed_1080p"].items()))
     print("mean frame-to-frame change of the mean code, static noisy scene:", result["mean_frame_step_codes"])
-    _write_json(args.json, result)
+    if args.json:
+        write_json_atomic(args.json, result)
     return 0
-
-
-def _write_json(path: str | None, result: dict[str, Any]) -> None:
-    """``result`` as JSON at ``path`` (atomically), if a path was given."""
-    if path:
-        from edgehdr.io.atomic import write_text_atomic
-
-        write_text_atomic(path, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
