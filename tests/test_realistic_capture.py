@@ -358,6 +358,20 @@ def test_real_photograph_loader_reads_every_file():
         assert np.log2(np.percentile(lum, 99.9) / max(np.percentile(lum, 10), 1e-6)) > 5, "an HDR scene"
 
 
+def test_real_photograph_loader_reads_only_the_named_files_and_refuses_a_bare_name(tmp_path):
+    """names= selects whole file stems; a bare string used to match by substring ("ab" held "a" and "b")."""
+    from edgehdr.io import write_radiance
+
+    for i, stem in enumerate(("a", "ab", "b")):
+        write_radiance(tmp_path / f"{stem}.hdr", np.full((4, 6, 3), 0.5 * (i + 1), np.float32))
+    picked = real_hdr_scenes(tmp_path, names=["ab"])
+    assert [n for n, _ in picked] == ["ab"]
+    np.testing.assert_allclose(picked[0][1], 1.0, rtol=0.01)  # the second file's value, not another's
+    assert [n for n, _ in real_hdr_scenes(tmp_path, names={"a", "b", "missing"})] == ["a", "b"]
+    with pytest.raises(TypeError, match="collection of file stems.*'ab'"):
+        real_hdr_scenes(tmp_path, names="ab")
+
+
 def test_real_photograph_loader_finds_the_folder_and_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEHDR_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):

@@ -380,12 +380,15 @@ def real_hdr_scenes(root: str | os.PathLike[str] | None = None, *, max_side: int
     Radiance is linear float32 (H, W, 3) in the file's arbitrary units, negative pixels (EXR ringing)
     clipped to 0; ``max_side`` downscales larger images with ``cv2.INTER_AREA``. The folder is found by
     ``real_hdr_dir``. ``names``: only the photographs of these file stems are read (the others are not
-    decoded); names the folder does not hold are ignored.
+    decoded); names the folder does not hold are ignored, and a bare string is refused (TypeError), since
+    it would be read as a collection of its characters.
 
     Raises
     ------
     FileNotFoundError
         When the folder does not exist or holds no .exr/.hdr file; the message names where it looked.
+    TypeError
+        When ``names`` is a string rather than a collection of strings.
     """
     from edgehdr.io import read_radiance
 
@@ -396,9 +399,12 @@ def real_hdr_scenes(root: str | os.PathLike[str] | None = None, *, max_side: int
             f"no real HDR photographs (.exr, .hdr) in {folder}; put them there or set EDGEHDR_DATA to their folder")
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
+    if isinstance(names, str):  # a bare name would be read as its characters (substring matches)
+        raise TypeError(f"names must be a collection of file stems, got the string {names!r}; pass [{names!r}]")
+    wanted = None if names is None else frozenset(names)
     scenes = []
     for path in files:
-        if names is not None and path.stem not in names:
+        if wanted is not None and path.stem not in wanted:
             continue
         radiance = np.maximum(read_radiance(path), 0.0)
         h, w = radiance.shape[:2]

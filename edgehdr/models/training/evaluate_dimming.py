@@ -26,7 +26,6 @@ from this table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -267,9 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = evaluate_real(model=args.model)
         print(format_real(rows))
         if args.json:
-            from edgehdr.io.atomic import write_text_atomic
+            from edgehdr.io.atomic import write_json_atomic
 
-            write_text_atomic(args.json, json.dumps(rows, indent=2))
+            write_json_atomic(args.json, rows)
         return 0
     result = evaluate(args.scenes, model=args.model, int8=args.int8, sizes=[(h, w) for w, h in args.sizes],
                       against=args.against, refine=args.refine)
@@ -287,9 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  INT8 zone light mean abs error vs FP32: {r['int8_zone_mae']:.4f}")
     print("1080p ms:", result["speed_1080p_ms"])
     if args.json:
-        from edgehdr.io.atomic import write_text_atomic
+        from edgehdr.io.atomic import write_json_atomic
 
-        write_text_atomic(args.json, json.dumps(result, indent=2))
+        write_json_atomic(args.json, result)
     return 0
 
 

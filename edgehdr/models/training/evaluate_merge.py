@@ -184,9 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "timing_1080p" in report:
         print("1080p ms:", json.dumps(report["timing_1080p"]))
     if args.json:
-        from edgehdr.io.atomic import write_text_atomic
+        from edgehdr.io.atomic import write_json_atomic
 
-        write_text_atomic(args.json, json.dumps(report, indent=2))
+        write_json_atomic(args.json, report)
     runner.close()
     return 0
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,9 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("1080p scoring (encode + network):", ", ".join(f"{m} {v:.2f} ms" for m, v in
                                                           result["score_1080p_ms"].items()))
     if args.json:
-        from edgehdr.io.atomic import write_text_atomic
+        from edgehdr.io.atomic import write_json_atomic
 
-        write_text_atomic(args.json, json.dumps(result, indent=2))
+        write_json_atomic(args.json, result)
     return 0
 
 
