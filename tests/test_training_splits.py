@@ -15,11 +15,14 @@ from edgehdr.models.training.splits import (
     EXTRA_PHOTOS_DIR,
     REAL_HELD_OUT,
     REAL_VALIDATION,
+    UNSEEN_PHOTOS_DIR,
+    evaluation_photos,
     extra_photos,
     real_photo_names,
     real_photos,
     real_split,
     split_of,
+    unseen_photos,
 )
 from edgehdr.synth.realistic import real_hdr_scenes
 
@@ -140,3 +143,48 @@ def test_extra_photographs_are_other_scenes_than_every_shared_one():
             assert _likeness(other, thumb) < 0.95, (extra, name)
         copy = _thumbnail(np.roll(radiance[:, ::-1], radiance.shape[1] // 4, axis=1) * 7.0)
         assert _likeness(copy, thumb) > 0.99, name
+
+
+def test_unseen_photographs_are_the_licensed_files_real_hdr_and_other_scenes():
+    """The evaluation-only photographs: the files the licence note pins, each high-dynamic-range (more than 7 stops
+    between its 1st percentile and a peak above 1: the apartment, a room with a sunlit window, spans 7.6 at
+    512 x 256, the others 10.4-21.8), and another scene than every shared photograph, every extra training
+    photograph and each other (the check above; the left-out duplicates reach 1.00 on it)."""
+    note = (UNSEEN_PHOTOS_DIR / "LICENSE.txt").read_text()
+    pinned = dict((name, digest) for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", note, re.M))
+    files = sorted(p.name for p in UNSEEN_PHOTOS_DIR.glob("*.exr"))
+    assert files == sorted(pinned) and len(files) == 10
+    for name in files:
+        assert hashlib.sha256((UNSEEN_PHOTOS_DIR / name).read_bytes()).hexdigest() == pinned[name], name
+    unseen = unseen_photos()
+    for name, radiance in unseen:
+        assert name.startswith("pmndrs_") and radiance.shape == (256, 512, 3), name
+        luminance = radiance.mean(axis=2)
+        assert luminance.max() > 1 and np.log2(luminance.max() / np.percentile(luminance[luminance > 0], 1)) > 7, name
+    thumbs = [(n, _thumbnail(r)) for n, r in unseen]
+    others = [(n, _thumbnail(r)) for n, r in extra_photos()]
+    try:
+        others += [(n, _thumbnail(r)) for n, r in real_hdr_scenes()]
+    except FileNotFoundError:
+        pass  # the shared photographs are checked where they are present
+    for i, (name, thumb) in enumerate(thumbs):
+        for other, other_thumb in thumbs[i + 1:] + others:
+            assert _likeness(other_thumb, thumb) < 0.95, (name, other)
+
+
+def test_unseen_photographs_are_in_no_recipe_split_and_evaluations_label_them(tmp_path, monkeypatch):
+    """No split a recipe reads (with or without the extra photographs) returns an unseen photograph;
+    evaluation_photos adds them after the shared ones as "unseen" and refuses a name in both folders."""
+    names = _folder(tmp_path)
+    unseen = [n for n, _ in unseen_photos(max_side=16)]
+    for split in ("train", "fit", "validation", "held-out"):
+        for extra in (False, True):
+            assert not set(real_photo_names(split, tmp_path, extra=extra)) & set(unseen), (split, extra)
+    monkeypatch.setenv("EDGEHDR_DATA", str(tmp_path))
+    photos = evaluation_photos(max_side=16, unseen=True)
+    assert [(n, s) for n, s, _ in photos] == [(n, split_of(n)) for n in sorted(names)] + \
+        [(n, "unseen") for n in unseen]
+    assert [n for n, _, _ in evaluation_photos(max_side=16)] == sorted(names)
+    shutil.copy(UNSEEN_PHOTOS_DIR / "pmndrs_hall.exr", tmp_path / "pmndrs_hall.exr")
+    with pytest.raises(ValueError, match="pmndrs_hall are both in the photograph folder and in"):
+        evaluation_photos(unseen=True)

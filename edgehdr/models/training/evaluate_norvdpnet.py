@@ -51,34 +51,34 @@ def operator_renderings(radiance: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def evaluate(models: Sequence[str], *, max_side: int = 768, wide: int = 8) -> dict[str, Any]:
-    """Scores, TMQI and their correlations for each of ``models`` (see the module docstring)."""
+def evaluate(models: Sequence[str], *, max_side: int = 768, wide: int = 8, unseen: bool = False) -> dict[str, Any]:
+    """Scores, TMQI and their correlations for each of ``models`` (see the module docstring). ``unseen``: the
+    unseen photographs too (``splits.UNSEEN_PHOTOS_DIR``, split ``"unseen"``)."""
     if wide < 3:
         raise ValueError(f"wide: at least 3 renderings per photograph are needed for a ranking, got {wide}")
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
-    from edgehdr.models.training.splits import photo_seed, split_of
+    from edgehdr.models.training.splits import evaluation_photos, photo_seed
     from edgehdr.quality import tmqi
     from edgehdr.quality.correlation import scene_correlations
     from edgehdr.quality.norvdpnet import WIDE_VARIANT_KINDS, NoRVDPNetScorer, tone_mapping_variants
     from edgehdr.synth import make_scene
-    from edgehdr.synth.realistic import real_hdr_scenes
 
     runners = {m: OnnxRuntimeRunner(model_path(m)).load() for m in models}
     scorers = {m: NoRVDPNetScorer(r) for m, r in runners.items()}
     rows: list[dict[str, Any]] = []
-    for name, radiance in real_hdr_scenes(max_side=max_side):
+    for name, split, radiance in evaluation_photos(max_side=max_side, unseen=unseen):
         seed = photo_seed(name, 200_000)  # by name: another photograph in the folder leaves this one's draw
         sets = {"operators": operator_renderings(radiance),
                 "wide": [(d["kind"], sdr) for sdr, d in
                          tone_mapping_variants(radiance, wide, seed=seed, kinds=WIDE_VARIANT_KINDS)]}
         for set_name, renderings in sets.items():
             for label, sdr in renderings:
-                rows.append({"photo": name, "split": split_of(name), "set": set_name, "rendering": label,
+                rows.append({"photo": name, "split": split, "set": set_name, "rendering": label,
                              "tmqi": tmqi(radiance, sdr).Q, **{m: s.score(sdr) for m, s in scorers.items()}})
     result: dict[str, Any] = {"rows": rows, "correlations": {}}
     photos = sorted({r["photo"] for r in rows})
-    for split in ("held-out", "validation", "training"):
+    for split in ("held-out", "unseen", "validation", "training"):
         for set_name in ("operators", "wide"):
             sel = [r for r in rows if r["split"] == split and r["set"] == set_name]
             if not sel:
@@ -102,10 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--against", action="append", default=[], help="another model to score in the same run")
     p.add_argument("--wide", type=int, default=8, help="renderings per photograph in the wide set (default 8)")
     p.add_argument("--json", default=None)
+    p.add_argument("--unseen", action="store_true",
+                   help="the unseen photographs too (splits.UNSEEN_PHOTOS_DIR: ten panoramas no recipe reads)")
     args = p.parse_args(argv)
     models = [args.model, *args.against]
     try:
-        result = evaluate(models, wide=args.wide)
+        result = evaluate(models, wide=args.wide, unseen=args.unseen)
     except ValueError as error:
         p.error(str(error))
     print(f"{'split / set':<22} {'model':<28} {'pooled SROCC':>12} {'PLCC':>6} {'within mean':>11} {'min':>6} {'n':>4}")
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{c['within_srocc_mean']:>11.3f} {c['within_srocc_min']:>6.3f} {c['renderings']:>4}")
     from edgehdr.quality.correlation import spearman
 
-    for split in ("held-out", "validation"):
+    for split in ("held-out", "unseen", "validation"):
         for set_name in ("operators", "wide"):
             for photo in sorted({r["photo"] for r in result["rows"] if r["split"] == split}):
                 sel = [r for r in result["rows"] if r["photo"] == photo and r["set"] == set_name]

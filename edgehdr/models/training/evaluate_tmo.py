@@ -51,14 +51,15 @@ def opencv_tonemap(radiance: np.ndarray, name: str) -> np.ndarray:
 
 
 def evaluate_real(*, model: str | os.PathLike[str] = "tmo_net", max_side: int = 1024,
-                  with_opencv: bool = True) -> list[dict[str, Any]]:
-    """Per photograph and operator: TMQI, mid-tone saturation, highlight clipping, colourfulness, split."""
+                  with_opencv: bool = True, unseen: bool = False) -> list[dict[str, Any]]:
+    """Per photograph and operator: TMQI, mid-tone saturation, highlight clipping, colourfulness, split.
+
+    ``unseen``: the unseen photographs too (``splits.UNSEEN_PHOTOS_DIR``, split ``"unseen"``)."""
     from edgehdr.demo import DEMO_BASE_COMPRESSION
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
-    from edgehdr.models.training.splits import split_of
+    from edgehdr.models.training.splits import evaluation_photos
     from edgehdr.quality import colourfulness, highlight_clipping, midtone_saturation, tmqi
-    from edgehdr.synth.realistic import real_hdr_scenes
     from edgehdr.tonemap import drago, reinhard_global, reinhard_local
     from edgehdr.tonemap.neural import NeuralToneMapper
 
@@ -71,8 +72,8 @@ def evaluate_real(*, model: str | os.PathLike[str] = "tmo_net", max_side: int = 
         for name in ("opencv_reinhard", "opencv_drago", "opencv_mantiuk"):
             operators[name] = functools.partial(opencv_tonemap, name=name)
     rows = []
-    for name, rad in real_hdr_scenes(max_side=max_side):
-        row: dict[str, Any] = {"photo": name, "split": split_of(name)}
+    for name, split, rad in evaluation_photos(max_side=max_side, unseen=unseen):
+        row: dict[str, Any] = {"photo": name, "split": split}
         for label, op in operators.items():
             out = op(rad)
             row[label] = {"tmqi": tmqi(rad, out).Q, "midtone_saturation": midtone_saturation(rad, out),
@@ -173,6 +174,12 @@ def format_real(rows: Sequence[dict[str, Any]]) -> str:
                              f"{v['colourfulness']:>7.1f}")
         lines.append(f"{'':<32} {'':<10} targets: " + ", ".join(f"{k} {'yes' if ok else 'NO'}"
                                                              for k, ok in row["targets_met"].items()))
+    for split in dict.fromkeys(row["split"] for row in rows):
+        sel = [row for row in rows if row["split"] == split]
+        met = {k: sum(row["targets_met"][k] for row in sel) for k in sel[0]["targets_met"]}
+        met["all_three"] = sum(all(row["targets_met"].values()) for row in sel)
+        lines.append(f"{split}: photographs meeting each target (of {len(sel)}): "
+                     + ", ".join(f"{k} {v}" for k, v in met.items()))
     return "\n".join(lines)
 
 
@@ -183,8 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--int8", default=None, help="an INT8 Q/DQ model from edgehdr-export build --precision int8")
     p.add_argument("--json", default=None)
     p.add_argument("--real-only", action="store_true", help="only the table on the shared real photographs")
+    p.add_argument("--unseen", action="store_true",
+                   help="the unseen photographs too (splits.UNSEEN_PHOTOS_DIR: ten panoramas no recipe reads)")
     args = p.parse_args(argv)
-    real = evaluate_real(model=args.model)
+    real = evaluate_real(model=args.model, unseen=args.unseen)
     print(format_real(real))
     if args.real_only:
         if args.json:

@@ -19,6 +19,13 @@ installed package): Blender's eight CC0 world HDRIs (``blender_*.exr``, ``photos
 different scenes from every shared photograph and only ever training photographs; a recipe takes them with
 ``real_photos(..., extra=True)`` (NoR-VDPNet's does by default: with three fit photographs its result on
 real content depended on its seed more than on any variant).
+
+**Unseen photographs** (``UNSEEN_PHOTOS_DIR``, beside the recipes too): ten Poly Haven panoramas as carried by
+the npm package @pmndrs/assets (``pmndrs_*.exr``, 512 x 256, lossy DWAB; ``photos_unseen/LICENSE.txt`` says which
+of the package's eighteen were left out and why). A second held-out set, for evaluations only: no recipe, validation
+or calibration reads them (``real_photos`` never returns them), so every figure on them is a test figure, on more
+scenes than the three held-out photographs. Evaluations take them with ``--unseen`` and report them as the split
+``"unseen"``.
 """
 
 from __future__ import annotations
@@ -31,13 +38,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["EXTRA_PHOTOS_DIR", "REAL_HELD_OUT", "REAL_VALIDATION", "extra_photos", "real_split", "real_photo_names",
-           "real_photos", "is_held_out", "split_of", "photo_seed", "random_crops"]
+__all__ = ["EXTRA_PHOTOS_DIR", "REAL_HELD_OUT", "REAL_VALIDATION", "UNSEEN_PHOTOS_DIR", "extra_photos", "real_split",
+           "real_photo_names", "real_photos", "is_held_out", "split_of", "photo_seed", "random_crops",
+           "unseen_photos", "evaluation_photos"]
 
 REAL_HELD_OUT = ("openexr_Tree", "pfstools_mpi_atrium_3", "polyhaven_st_fagans_interior_1k")
 REAL_VALIDATION = ("openexr_StillLife", "polyhaven_potsdamer_platz_1k")
 EXTRA_PHOTOS_DIR = Path(__file__).resolve().parent / "photos"
 """Blender's world HDRIs (CC0): training-only photographs that ship with the recipes' sources."""
+UNSEEN_PHOTOS_DIR = Path(__file__).resolve().parent / "photos_unseen"
+"""Poly Haven panoramas via @pmndrs/assets (CC0): evaluation-only photographs that no recipe reads."""
 
 
 def is_held_out(name: str) -> bool:
@@ -75,6 +85,29 @@ def extra_photos(*, max_side: int | None = None) -> list[tuple[str, np.ndarray]]
     from edgehdr.synth.realistic import real_hdr_scenes
 
     return real_hdr_scenes(EXTRA_PHOTOS_DIR, max_side=max_side)
+
+
+def unseen_photos(*, max_side: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """``(name, radiance)`` of the unseen photographs in ``UNSEEN_PHOTOS_DIR``, sorted by name: evaluation only."""
+    from edgehdr.synth.realistic import real_hdr_scenes
+
+    return real_hdr_scenes(UNSEEN_PHOTOS_DIR, max_side=max_side)
+
+
+def evaluation_photos(*, max_side: int | None = None, unseen: bool = False) -> list[tuple[str, str, np.ndarray]]:
+    """``(name, split, radiance)`` of every shared photograph (its ``split_of``) and, with ``unseen``, the unseen
+    ones after them (split ``"unseen"``): what the evaluation scripts score. A name in both folders is refused."""
+    from edgehdr.synth.realistic import real_hdr_scenes
+
+    photos = [(name, split_of(name), radiance) for name, radiance in real_hdr_scenes(max_side=max_side)]
+    if unseen:
+        more = unseen_photos(max_side=max_side)
+        clash = {n for n, _, _ in photos} & {n for n, _ in more}
+        if clash:
+            raise ValueError(f"photographs named {', '.join(sorted(clash))} are both in the photograph folder and "
+                             f"in {UNSEEN_PHOTOS_DIR}; rename one of them")
+        photos += [(name, "unseen", radiance) for name, radiance in more]
+    return photos
 
 
 def real_photo_names(split: str, root: str | os.PathLike[str] | None = None, *, extra: bool = False) -> list[str]:
