@@ -39,11 +39,12 @@ __all__ = ["evaluate", "evaluate_real", "main"]
 
 def evaluate_real(*, zones: Sequence[tuple[int, int]] = ((48, 48), (18, 32)),
                   budgets: Sequence[float | None] = (None, 0.5, 0.35, 0.25), model: str = "dimming_net",
-                  max_side: int = 1024) -> list[dict[str, Any]]:
+                  max_side: int = 1024, unseen: bool = False) -> list[dict[str, Any]]:
     """One row per photograph, zone grid, budget and algorithm: PU-PSNR, clipped fraction, power.
 
     Where the network runs (its own zone grid), the PU21 optimiser ``optimal_zone_light`` at the
-    same budget is a row too ("teacher"). Each row names its split ("held-out" or "train").
+    same budget is a row too ("teacher"). Each row names its split ("held-out" or "train"; with ``unseen``,
+    the unseen photographs too, ``splits.UNSEEN_PHOTOS_DIR``, as "unseen").
     """
     from edgehdr.dimming import (
         BacklightModel,
@@ -60,12 +61,11 @@ def evaluate_real(*, zones: Sequence[tuple[int, int]] = ((48, 48), (18, 32)),
     from edgehdr.dimming.zones import HEURISTICS
     from edgehdr.infer import OnnxRuntimeRunner
     from edgehdr.models import model_path
-    from edgehdr.models.training.splits import is_held_out
-    from edgehdr.synth.realistic import real_hdr_scenes
+    from edgehdr.models.training.splits import evaluation_photos
 
     runner = OnnxRuntimeRunner(model_path(model)).load()
     rows: list[dict[str, Any]] = []
-    for name, radiance in real_hdr_scenes(max_side=max_side):
+    for name, split, radiance in evaluation_photos(max_side=max_side, unseen=unseen):
         h, w = radiance.shape[:2]
         for zr, zc in zones:
             layout = LedLayout(rows=zr, cols=zc, width_px=w, height_px=h)
@@ -89,7 +89,7 @@ def evaluate_real(*, zones: Sequence[tuple[int, int]] = ((48, 48), (18, 32)),
                     b = backlight.simulate(q)
                     m = dimming_metrics(target, simulate_display(lcd_compensation(target, b, layout), b, layout), q,
                                         layout)
-                    rows.append({"photo": name, "split": "held-out" if is_held_out(name) else "train",
+                    rows.append({"photo": name, "split": split if split in ("held-out", "unseen") else "train",
                                  "zones": f"{zr}x{zc}", "budget": budget, "algorithm": algorithm,
                                  **{k: m[k] for k in ("pu_psnr_db", "clipped_fraction", "power")}})
     runner.close()
@@ -261,9 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also the network's light refined by K steps of its teacher's descent (rows 'refined K')")
     p.add_argument("--json", default=None)
     p.add_argument("--real", action="store_true", help="only the table on the shared real photographs")
+    p.add_argument("--unseen", action="store_true",
+                   help="with --real, the unseen photographs too (splits.UNSEEN_PHOTOS_DIR: ten panoramas no recipe "
+                        "reads)")
     args = p.parse_args(argv)
+    if args.unseen and not args.real:
+        p.error("--unseen needs --real")
     if args.real:
-        rows = evaluate_real(model=args.model)
+        rows = evaluate_real(model=args.model, unseen=args.unseen)
         print(format_real(rows))
         if args.json:
             from edgehdr.io.atomic import write_json_atomic

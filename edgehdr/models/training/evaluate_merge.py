@@ -62,15 +62,17 @@ def _synthetic_source(seed: int, height: int, width: int, moving: int) -> tuple[
 
 
 def evaluate(merger: NeuralMerger, seeds: Iterable[int], *, height: int = 544, width: int = 960,
-             real: bool = False) -> dict[str, Any]:
+             real: bool = False, unseen: bool = False) -> dict[str, Any]:
     """Per scene and merge: PSNR-mu and PU-PSNR, dynamic and static. ``real``: instead of synthetic scenes, the
-    shared real photographs re-photographed (``real_dynamic_bracket``), ``seeds`` ignored."""
+    shared real photographs re-photographed (``real_dynamic_bracket``), ``seeds`` ignored; ``unseen``: with
+    ``real``, the unseen photographs too (``splits.UNSEEN_PHOTOS_DIR``, split ``"unseen"``)."""
     sources: list[tuple[Any, Callable[[int], tuple[Any, ...]]]] = []
+    splits: dict[str, str] = {}
     if real:
-        from edgehdr.models.training.splits import photo_seed
-        from edgehdr.synth.realistic import real_hdr_scenes
+        from edgehdr.models.training.splits import evaluation_photos, photo_seed
 
-        for name, rad in real_hdr_scenes(max_side=max(height, width)):
+        for name, split, rad in evaluation_photos(max_side=max(height, width), unseen=unseen):
+            splits[name] = split if split in ("held-out", "unseen") else "training"
             # seeded by name: another photograph in the folder leaves this one's bracket as it was
             sources.append((name, functools.partial(_real_source, rad, photo_seed(name, HOLDOUT_SEED))))
     else:
@@ -108,11 +110,9 @@ def evaluate(merger: NeuralMerger, seeds: Iterable[int], *, height: int = 544, w
     report: dict[str, Any] = ({"max_side": max(width, height)} if real else {"size": [width, height]})
     report.update(rows=rows, mean=mean_of(rows))
     if real:  # the merge recipe can train on re-photographed crops of the training photographs: report apart
-        from edgehdr.models.training.splits import is_held_out
-
         for row in rows:
-            row["split"] = "held-out" if is_held_out(row["photo"]) else "training"
-        for split in ("held-out", "training"):
+            row["split"] = splits[row["photo"]]
+        for split in ("held-out", "unseen", "training"):
             chosen = [r for r in rows if r["split"] == split]
             if chosen:
                 report[f"mean_{split}"] = mean_of(chosen)
@@ -155,20 +155,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="merge_net")
     p.add_argument("--no-timing", action="store_true")
     p.add_argument("--real", action="store_true", help="also the shared real photographs, re-photographed")
+    p.add_argument("--unseen", action="store_true",
+                   help="with --real, the unseen photographs too (splits.UNSEEN_PHOTOS_DIR: ten panoramas no recipe "
+                        "reads)")
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
+    if args.unseen and not args.real:
+        p.error("--unseen needs --real (the unseen photographs are re-photographed as the shared ones are)")
     runner = OnnxRuntimeRunner(model_path(args.model)).load()
     merger = NeuralMerger(runner)
     report = evaluate(merger, range(HOLDOUT_SEED, HOLDOUT_SEED + args.scenes))
     if args.real:
-        report["real"] = evaluate(merger, (), real=True)
+        report["real"] = evaluate(merger, (), real=True, unseen=args.unseen)
     if not args.no_timing:
         report["timing_1080p"] = timing(merger)
     tables: list[tuple[str, dict[str, float]]] = [(f"held-out synthetic scenes: {len(report['rows'])}",
                                                    report["mean"])]
     if "real" in report:
         real_rows = report["real"]["rows"]
-        for split in ("held-out", "training"):
+        for split in ("held-out", "unseen", "training"):
             if f"mean_{split}" in report["real"]:
                 count = sum(r["split"] == split for r in real_rows)
                 tables.append((f"real photographs re-photographed at their own size up to a longest side of "
