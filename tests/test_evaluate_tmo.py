@@ -23,3 +23,26 @@ def test_real_only_writes_the_json_it_was_asked_for(tmp_path, monkeypatch, capsy
     assert [r["photo"] for r in rows] == ["openexr_Tree"] and rows[0]["split"] == "held-out"
     for label in ("neural", "reinhard_local", "opencv_mantiuk"):
         assert f"{label:<16} {rows[0][label]['tmqi']:>6.3f}" in printed, label
+
+
+def test_unseen_photographs_are_scored_as_their_own_split_and_counted_per_split(tmp_path, monkeypatch, capsys):
+    """``--unseen`` adds the ten evaluation-only photographs after the shared ones, as split "unseen"; each split's
+    line counts the photographs meeting each target, as the rows' own flags say."""
+    from edgehdr.models.training.splits import UNSEEN_PHOTOS_DIR
+
+    rng = np.random.default_rng(1)
+    sky = np.exp(rng.normal(0.0, 2.0, (48, 64, 1))).astype(np.float32) * np.array([1.0, 0.8, 0.6], np.float32)
+    write_radiance(tmp_path / "openexr_Tree.hdr", sky)
+    monkeypatch.setenv("EDGEHDR_DATA", str(tmp_path))
+    out = tmp_path / "real.json"
+    assert main(["--real-only", "--unseen", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())["real"]
+    unseen = sorted(p.stem for p in UNSEEN_PHOTOS_DIR.glob("*.exr"))
+    assert [(r["photo"], r["split"]) for r in rows] == [("openexr_Tree", "held-out")] + [(n, "unseen") for n in unseen]
+    for split in ("held-out", "unseen"):
+        sel = [r for r in rows if r["split"] == split]
+        tmqi_met = sum(r["targets_met"]["tmqi_ge_reinhard_local"] for r in sel)
+        every = sum(all(r["targets_met"].values()) for r in sel)
+        assert (f"{split}: photographs meeting each target (of {len(sel)}): tmqi_ge_reinhard_local {tmqi_met}, "
+                in printed and f"all_three {every}\n" in printed + "\n"), split
