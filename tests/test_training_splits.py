@@ -55,16 +55,21 @@ def test_unknown_split_is_refused_with_the_choices(tmp_path):
         real_photos("test", tmp_path)
 
 
+def _assert_the_pinned_files(folder, count):
+    """The folder's .exr files are exactly the ``count`` its LICENSE.txt lists, each with the SHA-256 pinned there."""
+    note = (folder / "LICENSE.txt").read_text()
+    pinned = dict((name, digest) for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", note, re.M))
+    files = sorted(p.name for p in folder.glob("*.exr"))
+    assert files == sorted(pinned) and len(files) == count
+    for name in files:
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == pinned[name], name
+
+
 def test_extra_photographs_are_the_licensed_files_and_real_hdr():
     """The files are the ones the licence note lists (SHA-256 pinned there), and each is a high-dynamic-range
     photograph (not an 8-bit image saved as EXR, at most 8 stops): more than 12 stops between its 1st percentile
     and its peak."""
-    note = (EXTRA_PHOTOS_DIR / "LICENSE.txt").read_text()
-    pinned = dict((name, digest) for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", note, re.M))
-    files = sorted(p.name for p in EXTRA_PHOTOS_DIR.glob("*.exr"))
-    assert files == sorted(pinned) and len(files) == 8
-    for name in files:
-        assert hashlib.sha256((EXTRA_PHOTOS_DIR / name).read_bytes()).hexdigest() == pinned[name], name
+    _assert_the_pinned_files(EXTRA_PHOTOS_DIR, 8)
     for name, radiance in extra_photos():
         assert name.startswith("blender_") and split_of(name) == "training"
         luminance = radiance.mean(axis=2)
@@ -150,12 +155,7 @@ def test_unseen_photographs_are_the_licensed_files_real_hdr_and_other_scenes():
     between its 1st percentile and a peak above 1: the apartment, a room with a sunlit window, spans 7.6 at
     512 x 256, the others 10.4-21.8), and another scene than every shared photograph, every extra training
     photograph and each other (the check above; the left-out duplicates reach 1.00 on it)."""
-    note = (UNSEEN_PHOTOS_DIR / "LICENSE.txt").read_text()
-    pinned = dict((name, digest) for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", note, re.M))
-    files = sorted(p.name for p in UNSEEN_PHOTOS_DIR.glob("*.exr"))
-    assert files == sorted(pinned) and len(files) == 10
-    for name in files:
-        assert hashlib.sha256((UNSEEN_PHOTOS_DIR / name).read_bytes()).hexdigest() == pinned[name], name
+    _assert_the_pinned_files(UNSEEN_PHOTOS_DIR, 10)
     unseen = unseen_photos()
     for name, radiance in unseen:
         assert name.startswith("pmndrs_") and radiance.shape == (256, 512, 3), name
