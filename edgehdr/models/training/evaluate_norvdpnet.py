@@ -16,6 +16,8 @@ Photographs are labelled held-out, validation or training by ``edgehdr.models.tr
 the correlations that judge a model are the held-out ones, printed per photograph too. The validation
 photographs, printed per photograph as well, are for choosing between recipe variants trained with
 ``train_norvdpnet --validation`` (which never sees them); for the shipped weights they are training photographs.
+``--unseen`` adds the ten evaluation-only photographs (``splits.UNSEEN_PHOTOS_DIR``) as the split "unseen":
+a second test set, four times the held-out one.
 Speed: one 1080p frame (encoding + network, ONNX Runtime CPU), median of 20, each model in the same run.
 """
 

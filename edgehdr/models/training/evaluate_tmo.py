@@ -17,7 +17,8 @@ project's classical operators and OpenCV's Reinhard, Drago and Mantiuk tone mapp
 the same run, each scored by TMQI, mid-tone saturation, highlight clipping and
 colourfulness (``edgehdr.quality.rendering``: TMQI sees luminance only). The issue's
 targets are checked per image: TMQI >= reinhard-local's, mid-tone saturation >= 0.9 x
-Reinhard global's, highlight clipping <= reinhard-local's.
+Reinhard global's, highlight clipping <= reinhard-local's, and counted per split. ``--unseen`` adds the ten
+evaluation-only photographs (``splits.UNSEEN_PHOTOS_DIR``) as the split "unseen".
 """
 
 from __future__ import annotations
