@@ -46,3 +46,31 @@ def test_unseen_photographs_are_scored_as_their_own_split_and_counted_per_split(
         every = sum(all(r["targets_met"].values()) for r in sel)
         assert (f"{split}: photographs meeting each target (of {len(sel)}): tmqi_ge_reinhard_local {tmqi_met}, "
                 in printed and f"all_three {every}\n" in printed + "\n"), split
+
+
+def test_synthetic_table_names_the_scenes_that_miss_a_target(tmp_path):
+    """``targets_met_scenes["missed_seeds"]``: the seeds of the scenes that miss any target, so that a rule's failure
+    can be looked at. The shipped model misses none of the first three; a model whose grid is the same constant
+    for every frame (a picture far too dark or bright) misses all three."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgehdr.models.training.evaluate_tmo import evaluate
+    from edgehdr.tonemap.neural import TMO_GRID_SHAPE, TMO_INPUT_SHAPE
+
+    shipped = evaluate(3, teacher_steps=1)["targets_met_scenes"]
+    assert shipped["missed_seeds"] == [] and shipped["all_three"] == 3
+    cells = int(np.prod(TMO_GRID_SHAPE))
+    constant = helper.make_tensor("grid", TensorProto.FLOAT, list(TMO_GRID_SHAPE), [0.97] * cells)
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["log_luminance"], ["pooled"]),
+         helper.make_node("Mul", ["pooled", "zero"], ["nothing"]),
+         helper.make_node("Add", ["nothing", "grid"], ["params"])],
+        "constant_grid", [helper.make_tensor_value_info("log_luminance", TensorProto.FLOAT, list(TMO_INPUT_SHAPE))],
+        [helper.make_tensor_value_info("params", TensorProto.FLOAT, list(TMO_GRID_SHAPE))],
+        [constant, helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "constant.onnx")
+    broken = evaluate(3, model=tmp_path / "constant.onnx", teacher_steps=1)["targets_met_scenes"]
+    assert broken["missed_seeds"] == [100_000, 100_001, 100_002] and broken["all_three"] == 0

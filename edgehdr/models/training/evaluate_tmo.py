@@ -135,7 +135,7 @@ def evaluate(scenes: int = 24, *, model: str | os.PathLike[str] = "tmo_net", int
                colour["reinhard_local"])]
     targets = {"tmqi_ge_reinhard_local": sum(m[0] for m in met), "saturation_ge_0.9_reinhard": sum(m[1] for m in met),
                "clipping_le_reinhard_local": sum(m[2] for m in met), "all_three": sum(all(m) for m in met),
-               "of": scenes}
+               "of": scenes, "missed_seeds": [100_000 + i for i, m in enumerate(met) if not all(m)]}
     # Speed at 1080p.
     big = make_scene(7, 1080, 1920).radiance
     x, key, blocks = encode_tmo_input(big)
