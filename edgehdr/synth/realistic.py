@@ -31,6 +31,7 @@ from edgehdr.synth.scenes import camera_matrix
 __all__ = [
     "FilmicResponse",
     "RealisticCamera",
+    "fill_negative_pixels",
     "jpeg_roundtrip",
     "real_hdr_dir",
     "real_hdr_files",
@@ -373,12 +374,35 @@ def real_hdr_files(root: str | os.PathLike[str] | None = None) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".exr", ".hdr") and p.is_file())
 
 
+def fill_negative_pixels(radiance: np.ndarray) -> np.ndarray:
+    """``radiance`` (H, W, 3) with every pixel that has a channel below zero replaced by the per-channel median
+    of its 5 x 5 neighbourhood (``cv2.medianBlur``), the rest clipped at 0 (a no-op there) and kept as they are.
+
+    For lossy files (DWAB OpenEXR) whose ringing beside bright edges drives whole pixels negative: clipped at zero
+    such a pixel is a black or strongly coloured speck with no physical meaning, and a merge measured against it
+    is scored on the specks (re-photographed, a speck is blurred and noisy like its neighbours, so every merge misses
+    a "truth" of 0 by many stops). Where a cluster leaves a channel at zero the median is taken again, from its edge
+    inwards, until none is left or a pass changes nothing.
+    """
+    specks = (radiance < 0).any(axis=2)
+    filled = np.maximum(radiance, 0.0).astype(np.float32)
+    while specks.any():
+        filled[specks] = cv2.medianBlur(filled, 5)[specks]
+        left = specks & (filled <= 0).any(axis=2)
+        if left.sum() == specks.sum():
+            break  # no progress: a channel that is zero over the whole neighbourhood stays zero
+        specks = left
+    return filled
+
+
 def real_hdr_scenes(root: str | os.PathLike[str] | None = None, *, max_side: int | None = None,
-                    names: Collection[str] | None = None) -> list[tuple[str, np.ndarray]]:
+                    names: Collection[str] | None = None, fill_negative: bool = False
+                    ) -> list[tuple[str, np.ndarray]]:
     """Read the real HDR photographs (.exr, .hdr) as ``(name, radiance)`` pairs, sorted by name.
 
     Radiance is linear float32 (H, W, 3) in the file's arbitrary units, negative pixels (EXR ringing)
-    clipped to 0; ``max_side`` downscales larger images with ``cv2.INTER_AREA``. The folder is found by
+    clipped to 0, or with ``fill_negative`` given their neighbourhood's median (``fill_negative_pixels``, for
+    lossy files); ``max_side`` downscales larger images with ``cv2.INTER_AREA``. The folder is found by
     ``real_hdr_dir``. ``names``: only the photographs of these file stems are read (the others are not
     decoded); names the folder does not hold are ignored, and a bare string is refused (TypeError), since
     it would be read as a collection of its characters.
@@ -406,7 +430,8 @@ def real_hdr_scenes(root: str | os.PathLike[str] | None = None, *, max_side: int
     for path in files:
         if wanted is not None and path.stem not in wanted:
             continue
-        radiance = np.maximum(read_radiance(path), 0.0)
+        raw = read_radiance(path)
+        radiance = fill_negative_pixels(raw) if fill_negative else np.maximum(raw, 0.0)
         h, w = radiance.shape[:2]
         if max_side is not None and max(h, w) > max_side:
             scale = max_side / max(h, w)

@@ -87,42 +87,24 @@ def extra_photos(*, max_side: int | None = None) -> list[tuple[str, np.ndarray]]
     return real_hdr_scenes(EXTRA_PHOTOS_DIR, max_side=max_side)
 
 
+def _refuse_name_clash(names: Sequence[str], more: Sequence[str], folder: Path) -> None:
+    """A ValueError naming the photographs that are both in the photograph folder and in ``folder``."""
+    clash = set(names) & set(more)
+    if clash:
+        raise ValueError(f"photographs named {', '.join(sorted(clash))} are both in the photograph folder and "
+                         f"in {folder}; rename one of them")
+
+
 def unseen_photos(*, max_side: int | None = None) -> list[tuple[str, np.ndarray]]:
     """``(name, radiance)`` of the unseen photographs in ``UNSEEN_PHOTOS_DIR``, sorted by name: evaluation only.
 
-    Their lossy (DWAB) compression leaves ringing beside bright edges, 0.01-2 % of a file's pixels with a channel
-    below zero. Clipped at zero, as ``real_hdr_scenes`` does, such a pixel becomes a black or strongly coloured
-    speck with no physical meaning, and a merge measured against it is scored on the specks (a re-photographed
-    speck is blurred and noisy like its neighbours, so every merge misses a "truth" of 0 by many stops). Those
-    pixels take the per-channel median of their 5 x 5 neighbourhood instead (``cv2.medianBlur``; again where a
-    cluster left a channel at zero, until none is left or a pass changes nothing); every other pixel is the
-    file's, and ``max_side`` then downscales with ``cv2.INTER_AREA`` as ``real_hdr_scenes`` does.
+    Their lossy (DWAB) compression leaves ringing beside bright edges, 0.01-2.8 % of a file's pixels with a channel
+    below zero: those pixels take their neighbourhood's median (``fill_negative_pixels``) instead of being clipped
+    into black specks; every other pixel is the file's.
     """
-    from edgehdr.io import read_radiance
-    from edgehdr.synth.realistic import real_hdr_files
+    from edgehdr.synth.realistic import real_hdr_scenes
 
-    if max_side is not None and max_side < 1:
-        raise ValueError(f"max_side must be >= 1, got {max_side}")
-    photos = []
-    for path in real_hdr_files(UNSEEN_PHOTOS_DIR):
-        raw = read_radiance(path)
-        specks = ~np.isfinite(raw).all(axis=2) | (raw < 0).any(axis=2)
-        radiance = np.maximum(np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), 0.0).astype(np.float32)
-        while specks.any():  # a cluster of specks is filled from its edge inwards, a pass at a time
-            radiance[specks] = cv2.medianBlur(radiance, 5)[specks]
-            left = specks & (radiance <= 0).any(axis=2)
-            if left.sum() == specks.sum():
-                break  # no progress: a channel that is zero over the whole neighbourhood stays zero
-            specks = left
-        h, w = radiance.shape[:2]
-        if max_side is not None and max(h, w) > max_side:
-            scale = max_side / max(h, w)
-            radiance = cv2.resize(radiance, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                  interpolation=cv2.INTER_AREA)
-        photos.append((path.stem, np.ascontiguousarray(radiance, dtype=np.float32)))
-    if not photos:
-        raise FileNotFoundError(f"no unseen photographs (.exr, .hdr) in {UNSEEN_PHOTOS_DIR}")
-    return photos
+    return real_hdr_scenes(UNSEEN_PHOTOS_DIR, max_side=max_side, fill_negative=True)
 
 
 def evaluation_photos(*, max_side: int | None = None, unseen: bool = False) -> list[tuple[str, str, np.ndarray]]:
@@ -133,10 +115,7 @@ def evaluation_photos(*, max_side: int | None = None, unseen: bool = False) -> l
     photos = [(name, split_of(name), radiance) for name, radiance in real_hdr_scenes(max_side=max_side)]
     if unseen:
         more = unseen_photos(max_side=max_side)
-        clash = {n for n, _, _ in photos} & {n for n, _ in more}
-        if clash:
-            raise ValueError(f"photographs named {', '.join(sorted(clash))} are both in the photograph folder and "
-                             f"in {UNSEEN_PHOTOS_DIR}; rename one of them")
+        _refuse_name_clash([n for n, _, _ in photos], [n for n, _ in more], UNSEEN_PHOTOS_DIR)
         photos += [(name, "unseen", radiance) for name, radiance in more]
     return photos
 
@@ -153,10 +132,7 @@ def real_photo_names(split: str, root: str | os.PathLike[str] | None = None, *, 
     names = [p.stem for p in real_hdr_files(root) if keep[split](p.stem)]
     if extra and split in ("train", "fit"):
         more = [p.stem for p in real_hdr_files(EXTRA_PHOTOS_DIR)]
-        clash = set(names) & set(more)
-        if clash:
-            raise ValueError(f"photographs named {', '.join(sorted(clash))} are both in the photograph folder and "
-                             f"in {EXTRA_PHOTOS_DIR}; rename one of them")
+        _refuse_name_clash(names, more, EXTRA_PHOTOS_DIR)
         names = sorted(names + more)
     return names
 
